@@ -1,0 +1,56 @@
+"""ensemble's runtime: messages, supervisor, workers, clients and the CLI.
+
+Public names are re-exported here; everything else lives in ``_private``
+modules and may change.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from actors._errors import (
+    ClientClosed,
+    ConfigError,
+    DaemonAlreadyRunning,
+    DaemonError,
+    DaemonNotRunning,
+    EnsembleError,
+    JobCancelled,
+    JobError,
+    JobLost,
+    JobNotFound,
+    JobRefused,
+    JobTimeout,
+    ProtocolError,
+    QueueFull,
+    RemoteError,
+    TransportError,
+    WrongContextError,
+)
+from actors._task import Task, current_task
+from actors.config import Config, load_config
+
+__all__ = [
+    "__version__",
+    "ClientClosed",
+    "Config",
+    "ConfigError",
+    "DaemonAlreadyRunning",
+    "DaemonError",
+    "DaemonNotRunning",
+    "EnsembleError",
+    "JobCancelled",
+    "JobError",
+    "JobLost",
+    "JobNotFound",
+    "JobRefused",
+    "JobTimeout",
+    "ProtocolError",
+    "QueueFull",
+    "RemoteError",
+    "Task",
+    "TransportError",
+    "WrongContextError",
+    "current_task",
+    "load_config",
+]

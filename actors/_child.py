@@ -1,0 +1,148 @@
+"""The child side of supervision: connect, say hello, heartbeat, obey stop.
+
+Every supervised process (controller, processor, worker) runs a :class:`Child`
+loop on its main thread: a DEALER socket to the supervisor's internal ROUTER,
+a heartbeat every ``heartbeat_interval``, and an exit when the supervisor has
+been silent past ``heartbeat_timeout`` (belt and braces beside the
+parent-death signal).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from actors._errors import ProtocolError
+from actors.config import Config
+from actors.messages import Heartbeat, Hello, Limits, Message, Stop, decode, encode
+
+log = logging.getLogger("ensemble.child")
+
+
+class Child:
+    """Base class of a supervised process; subclasses handle their own messages."""
+
+    role = "child"
+
+    def __init__(self, cfg: Config, name: str) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.limits = Limits(max_frame=cfg.daemon.max_frame)
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, name.encode())
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        from actors._rundir import RunDir
+
+        self.sock.connect(RunDir(cfg.run_dir).internal_endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.running = True
+        self.last_heard = time.monotonic()
+        self.last_sent = 0.0
+        self.stop_reason = ""
+
+    def send(self, msg: Message) -> None:
+        """Send one message to the supervisor."""
+        self.sock.send(encode(msg))
+        self.last_sent = time.monotonic()
+
+    def stats(self) -> dict[str, Any]:
+        """Stats attached to every heartbeat (subclasses add theirs)."""
+        return {}
+
+    def handle(self, msg: Message) -> None:
+        """Handle a message other than heartbeat or stop (subclasses override)."""
+        log.warning("%s: unexpected message %s", self.name, type(msg).__name__)
+
+    def extra_sockets(self) -> list[Any]:
+        """Further sockets or fds to poll (subclasses override)."""
+        return []
+
+    def on_ready(self, sock: Any) -> None:
+        """One of :meth:`extra_sockets` is readable."""
+
+    def tick(self, now: float) -> None:
+        """Called every loop iteration (subclasses do periodic work here)."""
+
+    def poll_timeout(self) -> float:
+        """Seconds the loop may sleep (subclasses shorten it while busy)."""
+        return self.cfg.supervision.heartbeat_interval
+
+    def on_stop(self) -> None:
+        """Called once when a stop was requested, before the loop ends."""
+
+    def run(self) -> int:
+        """Main loop: returns the process exit code."""
+        signal.signal(signal.SIGTERM, lambda *_: self._request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for s in self.extra_sockets():
+            self.poller.register(s, zmq.POLLIN)
+        self.send(Hello(self.role, self.name, os.getpid()))
+        sup = self.cfg.supervision
+        while self.running:
+            events = dict(self.poller.poll(int(self.poll_timeout() * 1000)))
+            now = time.monotonic()
+            if events.pop(self.sock, 0):
+                self._drain()
+            for s in events:
+                self.on_ready(s)
+            now = time.monotonic()
+            self.tick(now)
+            if now - self.last_sent >= sup.heartbeat_interval:
+                self.send(Heartbeat(self.stats()))
+            if now - self.last_heard > sup.heartbeat_timeout:
+                log.error("%s: supervisor silent for %.1fs, exiting", self.name, now - self.last_heard)
+                self.stop_reason = "supervisor silent"
+                break
+        self.on_stop()
+        self.sock.close(linger=500)
+        return 0
+
+    def _request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.running = False
+
+    def _drain(self) -> None:
+        for _ in range(1000):
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            try:
+                _, msg = decode(frame, self.limits)
+            except ProtocolError as exc:
+                log.error("%s: bad frame from supervisor: %s", self.name, exc)
+                continue
+            if isinstance(msg, Heartbeat):
+                continue
+            if isinstance(msg, Stop):
+                self._request_stop(msg.reason or "stop")
+                continue
+            self.handle(msg)
+
+
+def child_main(cls: type[Child]) -> None:
+    """Entry point shared by every child module: ``python -m X <config-json> <name>``."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s " + cls.role + " pid=%(process)d %(name)s: %(message)s",
+    )
+    if len(sys.argv) != 3:
+        sys.stderr.write(f"usage: python -m {cls.__module__} CONFIG_JSON NAME\n")
+        sys.exit(2)
+    cfg = Config.from_json(sys.argv[1])
+    child = cls(cfg, sys.argv[2])
+    code = child.run()
+    sys.stdout.flush()
+    os._exit(code)

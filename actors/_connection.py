@@ -1,0 +1,255 @@
+"""One DEALER connection to a daemon, owned by a background I/O thread.
+
+Every client front end (:class:`actors.Client`, :class:`actors.Executor`,
+:class:`actors.AsyncClient`) sits on a :class:`Connection`.  Calls from any
+thread are queued and the I/O thread sends them; submits queued together are
+merged into one :class:`Submit` (batched submits).  Replies complete
+``concurrent.futures.Future`` objects; pushes (job updates, results) go to
+listeners registered per job id.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import zmq
+
+from actors._errors import ClientClosed, DaemonNotRunning, EnsembleError, ProtocolError, error_from_code
+from actors._rundir import RunDir
+from actors.config import Config
+from actors.messages import Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, decode, encode
+
+Listener = Callable[[JobInfo], None]
+_MAX_BATCH = 5000
+
+
+class Connection:
+    """Thread-safe request/reply and push routing over one DEALER socket."""
+
+    def __init__(self, cfg: Config, endpoint: str | None = None) -> None:
+        self.cfg = cfg
+        self.limits = Limits(max_frame=cfg.daemon.max_frame)
+        rundir = RunDir(cfg.run_dir)
+        if endpoint is None:
+            if not rundir.control.exists():
+                raise DaemonNotRunning(
+                    f"no daemon named {cfg.name!r} is running (no socket at {rundir.control}); start one with `ensemble up`"
+                )
+            endpoint = rundir.control_endpoint
+        self.endpoint = endpoint
+        self.ctx = zmq.Context()
+        self._corr = itertools.count(1)
+        self._lock = threading.Lock()
+        self._outgoing: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._waiting: dict[int, tuple[Future[Any], Callable[[Message], Any] | None]] = {}
+        self._listeners: dict[int, list[Listener]] = {}
+        self._closed = False
+        self._wake_addr = f"inproc://wake-{id(self)}"
+        self._wake_rx = self.ctx.socket(zmq.PAIR)
+        self._wake_rx.bind(self._wake_addr)
+        self._wake_tx = self.ctx.socket(zmq.PAIR)
+        self._wake_tx.connect(self._wake_addr)
+        self._wake_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._io, name="ensemble-client-io", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    # ------------------------------------------------------------------ API (any thread)
+    def call(self, msg: Message, convert: Callable[[Message], Any] | None = None) -> Future[Any]:
+        """Send a request; the future completes with the reply (or ``convert(reply)``), or an error."""
+        fut: Future[Any] = Future()
+        self._enqueue(("call", msg, fut, convert))
+        return fut
+
+    def submit(self, specs: list[JobSpec], listener: Listener | None = None) -> Future[list[int]]:
+        """Submit jobs (merged with other pending submits); the future gives their ids."""
+        fut: Future[list[int]] = Future()
+        self._enqueue(("submit", specs, fut, listener))
+        return fut
+
+    def listen(self, job_id: int, listener: Listener) -> None:
+        """Call ``listener(info)`` (on the I/O thread) for every push about ``job_id``."""
+        with self._lock:
+            self._listeners.setdefault(job_id, []).append(listener)
+
+    def unlisten(self, job_id: int, listener: Listener) -> None:
+        """Remove a listener added with :meth:`listen`."""
+        with self._lock:
+            lst = self._listeners.get(job_id)
+            if lst and listener in lst:
+                lst.remove(listener)
+                if not lst:
+                    del self._listeners[job_id]
+
+    def close(self) -> None:
+        """Stop the I/O thread and close the socket; pending calls fail with ClientClosed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake()
+        self._thread.join(timeout=5)
+        self._wake_tx.close(linger=0)
+        self.ctx.destroy(linger=0)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    # ------------------------------------------------------------------ internals
+    def _enqueue(self, item: tuple[Any, ...]) -> None:
+        if self._closed:
+            raise ClientClosed("this client was closed; create a new one")
+        self._outgoing.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            try:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _io(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.IDENTITY, f"client-{os.getpid()}-{id(self):x}".encode())
+        sock.connect(self.endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        self._ready.set()
+        try:
+            while not self._closed:
+                events = dict(poller.poll(1000))
+                if self._wake_rx in events:
+                    while True:
+                        try:
+                            self._wake_rx.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                self._send_pending(sock)
+                if sock in events:
+                    self._receive(sock)
+        finally:
+            sock.close(linger=0)
+            self._wake_rx.close(linger=0)
+            self._fail_all(ClientClosed("the client was closed before the daemon answered"))
+
+    def _send_pending(self, sock: zmq.Socket[bytes]) -> None:
+        submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]] = []
+        while self._outgoing:
+            kind, payload, fut, extra = self._outgoing.popleft()
+            if kind == "submit":
+                submits.append((payload, fut, extra))
+                if sum(len(s[0]) for s in submits) >= _MAX_BATCH:
+                    self._send_submits(sock, submits)
+                    submits = []
+                continue
+            self._send(sock, payload, fut, extra)
+        if submits:
+            self._send_submits(sock, submits)
+
+    def _send(self, sock: zmq.Socket[bytes], msg: Message, fut: Future[Any], convert: Any) -> None:
+        corr = next(self._corr)
+        try:
+            frame = encode(msg, corr)
+            if len(frame) > self.limits.max_frame:
+                raise ProtocolError(
+                    f"{type(msg).__name__} is {len(frame)} bytes, over the daemon's frame limit of "
+                    f"{self.limits.max_frame}; pass large arrays through shared memory (client.empty / upload)"
+                )
+        except ProtocolError as exc:
+            fut.set_exception(exc)
+            return
+        self._waiting[corr] = (fut, convert)
+        sock.send(frame)
+
+    def _send_submits(self, sock: zmq.Socket[bytes], submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]]) -> None:
+        specs = [spec for s in submits for spec in s[0]]
+        outer: Future[Any] = Future()
+
+        def split(reply: Message) -> None:
+            assert isinstance(reply, Submitted)
+            pos = 0
+            with self._lock:
+                for batch, _, listener in submits:
+                    if listener is not None:
+                        for jid in reply.ids[pos : pos + len(batch)]:
+                            self._listeners.setdefault(jid, []).append(listener)
+                    pos += len(batch)
+            pos = 0
+            for batch, fut, _ in submits:
+                fut.set_result(reply.ids[pos : pos + len(batch)])
+                pos += len(batch)
+
+        def propagate(f: Future[Any]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                for _, fut, _ in submits:
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+        outer.add_done_callback(propagate)
+        self._send(sock, Submit(specs, True), outer, split)
+
+    def _receive(self, sock: zmq.Socket[bytes]) -> None:
+        for _ in range(10_000):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                corr, msg = decode(frame, self.limits)
+            except ProtocolError:
+                continue
+            if corr == 0:
+                if isinstance(msg, JobInfos):
+                    self._route(msg.jobs)
+                continue
+            entry = self._waiting.pop(corr, None)
+            if entry is None:
+                continue
+            fut, convert = entry
+            if isinstance(msg, Error):
+                fut.set_exception(error_from_code(msg.code, msg.message))
+                continue
+            try:
+                fut.set_result(convert(msg) if convert is not None else msg)
+            except EnsembleError as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            except Exception as exc:  # a listener bug must not kill the I/O thread
+                if not fut.done():
+                    fut.set_exception(exc)
+
+    def _route(self, infos: list[JobInfo]) -> None:
+        for info in infos:
+            with self._lock:
+                listeners = list(self._listeners.get(info.id, ()))
+                if info.state in ("done", "failed", "cancelled", "killed", "worker-lost"):
+                    self._listeners.pop(info.id, None)
+            for fn in listeners:
+                try:
+                    fn(info)
+                except Exception:
+                    pass
+
+    def _fail_all(self, exc: EnsembleError) -> None:
+        for fut, _ in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiting.clear()
+        while self._outgoing:
+            item = self._outgoing.popleft()
+            fut = item[2]
+            if not fut.done():
+                fut.set_exception(exc)

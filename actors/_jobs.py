@@ -1,0 +1,243 @@
+"""The job book: every unfinished job in memory, its queue order and its journal rows.
+
+Pure bookkeeping, no sockets: the supervisor asks it to accept, start, requeue
+and finish jobs; it stages each change in the :class:`Journal` and keeps the
+priority queue (higher priority first, FIFO within a priority).  Finished jobs
+leave memory; their rows stay in the journal until pruned.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from typing import Any, Iterable
+
+import msgpack
+
+from actors._journal import TERMINAL, Journal
+from actors.messages import JobInfo, JobSpec, _default
+
+
+class Job:
+    """One unfinished job."""
+
+    __slots__ = (
+        "id", "spec", "state", "attempts", "submitted", "started", "worker", "progress", "status",
+        "properties", "events", "timeout_ms", "abort_reason", "kill_at", "deadline_at", "killed",
+        "watchers", "progress_watchers", "blockers",
+    )
+
+    def __init__(self, job_id: int, spec: JobSpec, submitted: float, attempts: int = 0) -> None:
+        self.id = job_id
+        self.spec = spec
+        self.state = "queued"
+        self.attempts = attempts
+        self.submitted = submitted
+        self.started = 0.0
+        self.worker = ""
+        self.progress = 0.0
+        self.status = ""
+        self.properties: dict[str, Any] = {}
+        self.events: list[list[Any]] = []
+        self.timeout_ms = spec.timeout_ms
+        self.abort_reason = ""
+        self.kill_at = 0.0  # monotonic time of the force kill, once aborted while running
+        self.deadline_at = 0.0  # monotonic time the deadline passes, once started
+        self.killed = ""  # reason, when the supervisor SIGKILLed its worker for it
+        self.watchers: set[bytes] | None = None
+        self.progress_watchers: set[bytes] | None = None
+        self.blockers: list[tuple[bytes, int]] | None = None
+
+    def info(self) -> JobInfo:
+        """A snapshot for clients."""
+        return JobInfo(
+            self.id, self.spec.fn, self.spec.name, self.state, self.progress, self.status,
+            self.properties, None, "", "", "", list(self.events), self.submitted, self.started, 0.0,
+            self.attempts, self.worker, self.spec.priority,
+        )
+
+
+def pack_spec(spec: JobSpec) -> bytes:
+    """Journal form of a job spec."""
+    return msgpack.packb(
+        [spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
+         spec.retries, spec.with_task],
+        default=_default,
+    )
+
+
+def unpack_spec(blob: bytes) -> JobSpec:
+    """Inverse of :func:`pack_spec` (journal rows are our own writing)."""
+    from actors.messages import _ext_hook
+
+    f = msgpack.unpackb(blob, ext_hook=_ext_hook)
+    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8])
+
+
+def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:
+    from actors.messages import _ext_hook
+
+    (jid, fn, name, state, progress, status, props, result, etype, emsg, tb, sub, start, fin, att, worker, prio) = row
+    return JobInfo(
+        jid, fn, name, state, progress, status,
+        msgpack.unpackb(props, ext_hook=_ext_hook) if props else {},
+        msgpack.unpackb(result, ext_hook=_ext_hook) if result else None,
+        etype, emsg, tb, events, sub, start, fin, att, worker, prio,
+    )
+
+
+class JobBook:
+    """Unfinished jobs, the queue, and the journal they are written to."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.jobs: dict[int, Job] = {}
+        self.heap: list[tuple[int, int, int]] = []
+        self._seq = itertools.count()
+        self._next_id = journal.next_id()
+        self.queued = 0
+        self.counters = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "killed": 0,
+                         "worker-lost": 0, "retried": 0}
+
+    # -- accepting -----------------------------------------------------------------
+    def accept(self, specs: Iterable[JobSpec], now: float) -> list[int]:
+        """Journal and queue new jobs; returns their ids."""
+        ids = []
+        stage = self.journal.stage_insert
+        for spec in specs:
+            jid = self._next_id
+            self._next_id += 1
+            job = Job(jid, spec, now)
+            self.jobs[jid] = job
+            stage(jid, spec.fn, spec.name, pack_spec(spec), spec.priority, now)
+            heapq.heappush(self.heap, (-spec.priority, next(self._seq), jid))
+            ids.append(jid)
+        self.queued += len(ids)
+        self.counters["submitted"] += len(ids)
+        return ids
+
+    def recover(self, now: float) -> tuple[int, int, int]:
+        """Load jobs a previous daemon left queued or running; returns (queued, requeued, lost)."""
+        queued = requeued = lost = 0
+        for jid, blob, _prio, state, attempts, submitted in self.journal.unfinished():
+            spec = unpack_spec(blob)
+            job = Job(jid, spec, submitted, attempts)
+            if state == "running":
+                if attempts <= spec.retries:
+                    self.journal.stage_requeue(jid, attempts)
+                    self.journal.stage_event(jid, "requeued", "daemon restarted while the job ran", now)
+                    requeued += 1
+                else:
+                    self.jobs[jid] = job
+                    job.state = "running"
+                    self.finish(job, "worker-lost", now, error_type="JobLost",
+                                error_message="the daemon stopped while the job ran and no retry was left")
+                    lost += 1
+                    continue
+            else:
+                queued += 1
+            self.jobs[jid] = job
+            heapq.heappush(self.heap, (-spec.priority, next(self._seq), jid))
+            self.queued += 1
+        return queued, requeued, lost
+
+    # -- queue -----------------------------------------------------------------------
+    def pop(self, n: int) -> list[Job]:
+        """Take up to ``n`` queued jobs, best first (state becomes ``dispatched``)."""
+        out = []
+        heap, jobs = self.heap, self.jobs
+        while heap and len(out) < n:
+            _, _, jid = heapq.heappop(heap)
+            job = jobs.get(jid)
+            if job is None or job.state != "queued":
+                continue
+            job.state = "dispatched"
+            out.append(job)
+        self.queued -= len(out)
+        return out
+
+    def requeue(self, job: Job, reason: str) -> None:
+        """Put a job back in the queue (its worker died or stopped before finishing it)."""
+        if job.state == "running":
+            self.journal.stage_requeue(job.id, job.attempts)
+        job.state = "queued"
+        job.worker = ""
+        job.kill_at = job.deadline_at = 0.0
+        job.abort_reason = ""
+        if reason:
+            job.events.append([time.time(), "requeued", reason])
+            self.journal.stage_event(job.id, "requeued", reason)
+            self.counters["retried"] += 1
+        heapq.heappush(self.heap, (-job.spec.priority, next(self._seq), job.id))
+        self.queued += 1
+
+    def start(self, job: Job, worker: str, now: float, mono: float) -> None:
+        """Record that ``job`` is now running on ``worker``."""
+        job.state = "running"
+        job.attempts += 1
+        job.started = now
+        job.worker = worker
+        if job.spec.deadline > 0:
+            job.deadline_at = mono + job.spec.deadline
+        self.journal.stage_start(job.id, now, worker, job.attempts)
+
+    def event(self, job: Job, kind: str, detail: str) -> None:
+        """Record an event (``stalled``, ``abort``, ...) on a job."""
+        t = time.time()
+        job.events.append([t, kind, detail])
+        self.journal.stage_event(job.id, kind, detail, t)
+
+    # -- finishing ------------------------------------------------------------------
+    def finish(
+        self,
+        job: Job,
+        state: str,
+        now: float,
+        value: Any = None,
+        error_type: str = "",
+        error_message: str = "",
+        traceback: str = "",
+    ) -> JobInfo:
+        """Record a terminal state (exactly once) and drop the job from memory."""
+        assert state in TERMINAL, state
+        if job.state == "queued":
+            self.queued -= 1
+        job.state = state
+        result = msgpack.packb(value, default=_default) if value is not None else None
+        props = msgpack.packb(job.properties, default=_default) if job.properties else None
+        self.journal.stage_finish(job.id, state, now, result, error_type, error_message, traceback,
+                                  job.progress, job.status, props)
+        self.jobs.pop(job.id, None)
+        self.counters[state] += 1
+        return JobInfo(
+            job.id, job.spec.fn, job.spec.name, state, job.progress, job.status, job.properties, value,
+            error_type, error_message, traceback, list(job.events), job.submitted, job.started, now,
+            job.attempts, job.worker, job.spec.priority,
+        )
+
+    # -- reading -----------------------------------------------------------------------
+    def infos(self, ids: list[int]) -> dict[int, JobInfo]:
+        """Snapshots of jobs, live ones from memory, finished ones from the journal."""
+        out: dict[int, JobInfo] = {}
+        missing = []
+        for jid in ids:
+            job = self.jobs.get(jid)
+            if job is not None:
+                out[jid] = job.info()
+            else:
+                missing.append(jid)
+        if missing:
+            self.journal.commit()
+            for row in self.journal.infos(missing):
+                out[row[0]] = _row_info(row, self.journal.events(row[0]))
+        return out
+
+    def recent(self, states: list[str], limit: int) -> list[JobInfo]:
+        """Recent jobs, newest first; live state from memory."""
+        self.journal.commit()
+        out = []
+        for row in self.journal.recent(states, limit):
+            job = self.jobs.get(row[0])
+            out.append(job.info() if job is not None else _row_info(row, []))
+        return out

@@ -1,0 +1,234 @@
+"""The task handle a job function receives first (HISE's BackgroundTask, in Python).
+
+The handle lives in the worker process and is used from the job's thread.
+Progress, status message, properties and timeout changes are published to the
+supervisor (throttled to one update per ``_PUBLISH_EVERY`` s; the last value is
+always delivered) so clients can read them while the job runs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from typing import Any, Callable
+
+from actors._errors import EnsembleError
+
+_PUBLISH_EVERY = 0.02
+_current: contextvars.ContextVar["Task | None"] = contextvars.ContextVar("ensemble_task", default=None)
+
+
+def current_task() -> "Task":
+    """The task handle of the job running in this thread.
+
+    Available in: worker (inside a job).  Lets plain functions submitted through
+    :class:`actors.Executor` report progress or check for an abort.  Raises
+    :class:`EnsembleError` outside a job.
+    """
+    task = _current.get()
+    if task is None:
+        raise EnsembleError("current_task() is only available inside a job running on an ensemble worker")
+    return task
+
+
+class Task:
+    """Handle to one running job: progress, status, properties, abort and timeout.
+
+    Mirrors HISE's BackgroundTask: ``set_progress``/``get_progress``,
+    ``set_status_message``/``get_status_message``, ``set_property``/``get_property``,
+    ``should_abort``, ``set_timeout``, ``run_process`` and ``kill_voices_and_call``.
+    All methods are cheap (no I/O on the calling thread) unless noted.
+    """
+
+    def __init__(self, job_id: int, timeout_ms: int, kill_voices: Callable[[Callable[[], Any]], bool] | None = None) -> None:
+        self.job_id = job_id
+        self._lock = threading.Lock()
+        self._progress = 0.0
+        self._status = ""
+        self._properties: dict[str, Any] = {}
+        self._timeout_ms = timeout_ms
+        self._abort = threading.Event()
+        self.abort_reason = ""
+        self._dirty = False
+        self._last_publish = 0.0
+        self._last_check: float | None = None  # monotonic time of the last should_abort()
+        self._stall_reported_for: float | None = None
+        self._kill_voices = kill_voices
+        self.started = time.time()
+
+    # -- progress and status -------------------------------------------------------
+    def set_progress(self, progress: float) -> None:
+        """Set the progress of this task, clamped to 0..1."""
+        with self._lock:
+            self._progress = min(1.0, max(0.0, float(progress)))
+            self._dirty = True
+
+    def get_progress(self) -> float:
+        """The progress last set (0..1)."""
+        return self._progress
+
+    def set_status_message(self, message: str) -> None:
+        """Set a human-readable status message, visible to clients while the job runs."""
+        with self._lock:
+            self._status = str(message)
+            self._dirty = True
+
+    def get_status_message(self) -> str:
+        """The status message last set."""
+        return self._status
+
+    def set_property(self, key: str, value: Any) -> None:
+        """Store a value clients can read while the job runs (must be msgpack-able)."""
+        if not isinstance(key, str):
+            raise TypeError(f"property keys must be strings, got {type(key).__name__}")
+        with self._lock:
+            self._properties[key] = value
+            self._dirty = True
+
+    def get_property(self, key: str, default: Any = None) -> Any:
+        """Read a property set by this task."""
+        with self._lock:
+            return self._properties.get(key, default)
+
+    # -- abort and timeout --------------------------------------------------------
+    def should_abort(self) -> bool:
+        """Whether the job should stop now (cancel, deadline, daemon stop or script reload).
+
+        Call it as often as possible; the gap between two calls must stay below
+        the timeout (see :meth:`set_timeout`) or the job is recorded as stalled,
+        and once aborted it is force-killed when the timeout has passed.
+        """
+        self._last_check = time.monotonic()
+        return self._abort.is_set()
+
+    def set_timeout(self, ms: int) -> None:
+        """Set the grace period (ms) between an abort request and a force kill (default 500)."""
+        if ms <= 0:
+            raise ValueError(f"timeout must be positive, got {ms} ms")
+        with self._lock:
+            self._timeout_ms = int(ms)
+            self._dirty = True
+            self._last_publish = 0.0  # publish at once: the supervisor times kills with it
+
+    def get_timeout(self) -> int:
+        """The current grace period in ms."""
+        return self._timeout_ms
+
+    def abort(self, reason: str = "") -> None:
+        """Make :meth:`should_abort` return True (called by the worker on an abort request)."""
+        self.abort_reason = reason
+        self._abort.set()
+
+    @property
+    def aborted(self) -> bool:
+        """Whether an abort was requested."""
+        return self._abort.is_set()
+
+    # -- external programs -----------------------------------------------------------
+    def run_process(
+        self,
+        command: str,
+        args: list[str] | str = (),  # type: ignore[assignment]
+        log_fn: Callable[["Task", bool, Any], Any] | None = None,
+    ) -> int:
+        """Run a program, call ``log_fn(task, False, line)`` per output line and ``log_fn(task, True, exit_code)`` at the end.
+
+        ``args`` is a list, or a string split at unquoted whitespace (shell
+        quoting respected).  While the program runs, an abort request kills it
+        at once and this returns its exit code (negative: killed by signal).
+        Blocks the job thread.  Raises ``FileNotFoundError`` when the program
+        does not exist.
+        """
+        argv = [command, *(shlex.split(args) if isinstance(args, str) else [str(a) for a in args])]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"run_process: program {command!r} was not found (searched PATH)") from exc
+        except PermissionError as exc:
+            raise PermissionError(f"run_process: program {command!r} is not executable: {exc}") from exc
+        lines: "queue.SimpleQueue[str | None]" = queue.SimpleQueue()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line.rstrip("\r\n"))
+            lines.put(None)
+
+        reader = threading.Thread(target=pump, name=f"run_process-{proc.pid}", daemon=True)
+        reader.start()
+        while True:
+            if self.should_abort() and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            try:
+                line = lines.get(timeout=0.02)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if log_fn is not None:
+                log_fn(self, False, line)
+        code = proc.wait()
+        reader.join(timeout=1)
+        if log_fn is not None:
+            log_fn(self, True, code)
+        return code
+
+    def kill_voices_and_call(self, fn: Callable[[], Any]) -> bool:
+        """Fade and kill all voices, keep the processor silent while ``fn()`` runs here, then resume.
+
+        Use it when a job replaces sample buffers the instrument plays.  Returns
+        whether ``fn`` ran (False when no processor is running).
+        """
+        if self._kill_voices is None:
+            fn()
+            return True
+        return self._kill_voices(fn)
+
+    # -- publishing (worker side) -------------------------------------------------------
+    def snapshot_if_due(self, now: float, force: bool = False) -> tuple[float, str, dict[str, Any], int] | None:
+        """The state to publish, if it changed and the throttle allows (worker io thread)."""
+        with self._lock:
+            if not self._dirty or (not force and now - self._last_publish < _PUBLISH_EVERY):
+                return None
+            self._dirty = False
+            self._last_publish = now
+            return self._progress, self._status, dict(self._properties), self._timeout_ms
+
+    def final_state(self) -> tuple[float, str, dict[str, Any]]:
+        """Progress, status and properties at the end of the job."""
+        with self._lock:
+            return self._progress, self._status, dict(self._properties)
+
+    def stalled_for(self, now: float) -> float | None:
+        """Seconds since the last should_abort() if past the timeout (reported once per gap)."""
+        last = self._last_check
+        if last is None or self._stall_reported_for == last:
+            return None
+        gap = now - last
+        if gap * 1000 > self._timeout_ms:
+            self._stall_reported_for = last
+            return gap
+        return None
+
+
+def activate(task: Task) -> contextvars.Token["Task | None"]:
+    """Make ``task`` the current task of this thread (worker internal)."""
+    return _current.set(task)
+
+
+def deactivate(token: contextvars.Token["Task | None"]) -> None:
+    """Undo :func:`activate`."""
+    _current.reset(token)

@@ -1,0 +1,373 @@
+"""The ``ensemble`` command line (click + rich).
+
+Every error is one clear line on stderr and a non-zero exit; ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+import click
+
+from actors import __version__
+from actors._errors import DaemonNotRunning, EnsembleError, JobCancelled
+from actors._rundir import RunDir
+from actors.config import Config, load_config
+
+_DEBUG = False
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one error line and exit."""
+    click.echo(f"ensemble: error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EnsembleError as exc:
+            if _DEBUG:
+                raise
+            fail(str(exc).splitlines()[0] if not isinstance(exc, Exception) else _one_line(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc)
+    from actors._errors import RemoteError
+
+    if isinstance(exc, RemoteError):
+        return f"job raised {exc.type_name}: {exc.remote_message}" + (" (--debug shows the remote traceback)")
+    return text
+
+
+def _config(ctx: click.Context, **daemon: Any) -> Config:
+    obj = ctx.ensure_object(dict)
+    return load_config(obj.get("config"), overrides={"daemon": {"name": obj.get("name"), **daemon}})
+
+
+def _client(ctx: click.Context) -> Any:
+    from actors.client import Client
+
+    return Client(config=_config(ctx))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--name", "-n", default=None, help="Daemon name (default: 'default', or $ENSEMBLE_NAME).")
+@click.option("--config", "-c", "config", default=None, type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="ensemble")
+@click.pass_context
+def main(ctx: click.Context, name: str | None, config: str | None, debug: bool) -> None:
+    """ensemble: a multiprocess actor runtime for realtime audio."""
+    global _DEBUG
+    _DEBUG = debug
+    ctx.ensure_object(dict).update(name=name, config=config)
+
+
+# ---------------------------------------------------------------------------- lifecycle
+@main.command()
+@click.option("--workers", "-w", default=None, help="Number of workers, or 'auto' (CPU count).")
+@click.option("--foreground", is_flag=True, help="Stay in the foreground, log to stderr (systemd, containers).")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for every actor to be ready.")
+@click.pass_context
+def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float) -> None:
+    """Start the daemon: controller, processor and workers."""
+    cfg = _config(ctx, workers=workers)
+    rundir = RunDir(cfg.run_dir)
+    if foreground:
+        from actors.supervisor import serve
+
+        sys.exit(serve(cfg, foreground=True))
+    if rundir.is_locked():
+        pid = rundir.read_pid()
+        fail(f"a daemon named {cfg.name!r} is already running" + (f" (pid {pid})" if pid else "")
+             + f"; stop it with `ensemble down --name {cfg.name}` or pick another --name")
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    err_path = cfg.state_dir / "daemon.err"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "actors.supervisor", cfg.to_json()],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            env=_child_env(),
+        )
+    status = _wait_ready(cfg, proc, timeout, err_path)
+    d = status.daemon
+    click.echo(f"ensemble {d.version}: daemon {d.name!r} up (pid {d.pid}), "
+               f"{sum(a.role == 'worker' for a in status.actors)} workers; log: {d.log_file}")
+    for a in status.actors:
+        if a.role == "processor" and a.stats.get("notice"):
+            click.echo(f"notice: {a.stats['notice']}")
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_path: Path) -> Any:
+    from actors.client import Client
+
+    deadline = time.monotonic() + timeout
+    client = None
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                text = err_path.read_text(errors="replace").strip().splitlines()
+                fail(text[-1].removeprefix("ensemble: error: ") if text else f"the daemon exited with code {proc.returncode}")
+            if client is None:
+                try:
+                    client = Client(config=cfg, timeout=2.0)
+                except DaemonNotRunning:
+                    time.sleep(0.02)
+                    continue
+            try:
+                status = client.status()
+            except EnsembleError:
+                continue
+            if status.actors and all(a.state in ("running", "failed") for a in status.actors):
+                return status
+            time.sleep(0.02)
+        fail(f"the daemon did not get ready within {timeout:g}s; see {cfg.state_dir / 'daemon.log'}")
+    finally:
+        if client is not None:
+            client.close()
+
+
+@main.command()
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the daemon to exit.")
+@click.pass_context
+def down(ctx: click.Context, timeout: float) -> None:
+    """Stop the daemon in order (stop message, SIGTERM, SIGKILL); nothing is left behind."""
+    cfg = _config(ctx)
+    rundir = RunDir(cfg.run_dir)
+    pid = rundir.read_pid()
+    if not rundir.is_locked():
+        click.echo(f"no daemon named {cfg.name!r} is running")
+        return
+    from actors.client import Client
+
+    with Client(config=cfg, timeout=10) as c:
+        c.shutdown()
+    deadline = time.monotonic() + timeout
+    while rundir.is_locked():
+        if time.monotonic() > deadline:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+            fail(f"the daemon did not stop within {timeout:g}s; killed pid {pid}")
+        time.sleep(0.02)
+    click.echo(f"daemon {cfg.name!r} stopped")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the daemon and every actor: pid, state, uptime, restarts, heartbeat age, RSS."""
+    import dataclasses
+
+    with _client(ctx) as c:
+        st = c.status()
+    if as_json:
+        click.echo(json.dumps({"daemon": dataclasses.asdict(st.daemon),
+                               "actors": [dataclasses.asdict(a) for a in st.actors]}, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    d = st.daemon
+    console = Console()
+    console.print(f"[bold]ensemble {d.version}[/] daemon [bold]{d.name}[/] pid {d.pid}, up {_age(d.uptime)}, "
+                  f"RSS {_mib(d.rss)}; jobs queued {d.queued}, running {d.running}; log {d.log_file}")
+    table = Table()
+    for col in ("actor", "role", "pid", "state", "uptime", "restarts", "heartbeat", "RSS", "detail"):
+        table.add_column(col)
+    for a in st.actors:
+        style = "red" if a.state == "failed" else None
+        detail = a.detail or ", ".join(f"{k}={v}" for k, v in a.stats.items() if k in ("backend", "done", "xruns", "notice"))
+        table.add_row(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
+                      _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail, style=style)
+    console.print(table)
+
+
+@main.command()
+@click.argument("workers", type=int)
+@click.pass_context
+def scale(ctx: click.Context, workers: int) -> None:
+    """Change the number of workers at runtime (idle workers retire first)."""
+    with _client(ctx) as c:
+        c.scale(workers)
+    click.echo(f"workers: {workers}")
+
+
+# ---------------------------------------------------------------------------- jobs
+def _parse_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("fn")
+@click.argument("args", nargs=-1)
+@click.option("--kw", multiple=True, help="Keyword argument NAME=VALUE (VALUE read as JSON where it parses).")
+@click.option("--wait", is_flag=True, help="Wait with a live progress bar and print the result; Ctrl-C cancels.")
+@click.option("--priority", default=0, help="Higher runs first.")
+@click.option("--timeout", default=0.5, help="Seconds between an abort and the force kill.")
+@click.option("--deadline", default=None, type=float, help="Wall-clock limit in seconds.")
+@click.option("--retries", default=0, help="Reruns after a worker death.")
+@click.option("--name", "job_name", default="", help="A name for the job.")
+@click.pass_context
+def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ...], wait: bool, priority: int,
+           timeout: float, deadline: float | None, retries: int, job_name: str) -> None:
+    """Submit a job FN ('module:function') with ARGS (each read as JSON where it parses)."""
+    kwargs = {}
+    for item in kw:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            fail(f"--kw {item!r} must look like NAME=VALUE")
+        kwargs[key] = _parse_arg(value)
+    with _client(ctx) as c:
+        handle = c.submit(fn, *[_parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
+                          timeout=timeout, deadline=deadline, retries=retries)
+        if not wait:
+            click.echo(handle.id)
+            return
+        _follow(c, handle.id, cancel_on_interrupt=True)
+
+
+def _follow(c: Any, job_id: int, cancel_on_interrupt: bool) -> None:
+    """Live progress bar until the job ends; print the result or fail with its error."""
+    import threading
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    changed = threading.Event()
+    handle = c.watch(job_id, lambda info: changed.set())
+    with Progress(TextColumn("job {task.fields[jid]} [bold]{task.fields[state]}[/]"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("{task.description}"),
+                  transient=True) as bar:
+        task = bar.add_task("", total=1.0, jid=job_id, state="queued")
+        try:
+            while not handle.done():
+                changed.wait(0.25)
+                changed.clear()
+                info = handle._info
+                if info is not None:
+                    bar.update(task, completed=info.progress, description=info.status, state=info.state)
+        except KeyboardInterrupt:
+            if not cancel_on_interrupt:
+                raise
+            bar.update(task, description="cancelling...")
+            handle.cancel(block=True)
+    _print_result(handle)
+
+
+def _print_result(handle: Any) -> None:
+    info = handle.wait()
+    try:
+        value = handle.result()
+    except JobCancelled as exc:
+        fail(str(exc))
+    click.echo(json.dumps(value, default=_jsonable) if not isinstance(value, str) else value)
+    _ = info
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, bytes):
+        return obj.hex()
+    return str(obj)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
+@click.option("--limit", default=50, show_default=True)
+@click.pass_context
+def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int) -> None:
+    """List recent jobs, newest first."""
+    import dataclasses
+
+    with _client(ctx) as c:
+        infos = c.jobs(states, limit)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(i) for i in infos], indent=2, default=_jsonable))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("id", "function", "name", "state", "progress", "status", "worker", "error"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(str(i.id), i.fn, i.name, i.state, f"{i.progress * 100:.0f}%", i.status, i.worker,
+                      f"{i.error_type}: {i.error_message}" if i.error_type else "")
+    Console().print(table)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.pass_context
+def watch(ctx: click.Context, job_id: int) -> None:
+    """Follow a job's progress until it ends, then print its result."""
+    with _client(ctx) as c:
+        _follow(c, job_id, cancel_on_interrupt=False)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--wait", is_flag=True, help="Return only when the job has stopped.")
+@click.pass_context
+def cancel(ctx: click.Context, job_id: int, wait: bool) -> None:
+    """Cancel a job: should_abort() turns true; force kill after its timeout."""
+    with _client(ctx) as c:
+        info = c.cancel(job_id, block=wait)
+    click.echo(f"job {job_id}: {info.state}" if info is not None else f"job {job_id}: abort requested")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--wait/--no-wait", default=True, help="Wait for the job if it is still running.")
+@click.pass_context
+def result(ctx: click.Context, job_id: int, wait: bool) -> None:
+    """Print a job's result (its error, and exit 1, if it did not succeed)."""
+    with _client(ctx) as c:
+        handle = c.job(job_id)
+        if not wait and not handle.done():
+            fail(f"job {job_id} is still {handle.state}")
+        _print_result(handle)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    main(prog_name="ensemble")
+
+

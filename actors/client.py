@@ -1,0 +1,459 @@
+"""Clients of a running daemon: :class:`Client` (sync), :class:`Executor`, :class:`AsyncClient`.
+
+All three share one :class:`~actors._connection.Connection` design: a
+background I/O thread owns the socket, so handles and futures can be used from
+any thread.  Job functions are named by import path (``"examples.jobs:sine"``)
+or passed as module-level functions; lambdas and closures are refused with an
+error that says what to do instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable, Iterator
+
+from actors._connection import Connection
+from actors._errors import (
+    EnsembleError, JobCancelled, JobLost, JobTimeout, RemoteError, TransportError,
+)
+from actors._jobfn import path_of
+from actors.config import Config, load_config
+from actors.messages import (
+    Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, Scale, Shutdown, Status,
+    StatusReply, Watch,
+)
+
+TERMINAL = frozenset(("done", "failed", "cancelled", "killed", "worker-lost"))
+_REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushed result
+
+
+def _raise_for(info: JobInfo) -> Any:
+    """Return the job's value, or raise the error its final state stands for."""
+    if info.state == "done":
+        return info.result
+    if info.state == "failed":
+        raise RemoteError(info.error_type or "Exception", info.error_message, info.traceback)
+    if info.state in ("cancelled", "killed"):
+        cls = JobTimeout if info.error_type == "JobTimeout" else JobCancelled
+        raise cls(f"job {info.id} ({info.fn}) {info.state}: {info.error_message or info.state}")
+    if info.state == "worker-lost":
+        raise JobLost(f"job {info.id} ({info.fn}): {info.error_message}")
+    raise EnsembleError(f"job {info.id} is not finished (state {info.state})")
+
+
+def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[str, Any], *, name: str = "",
+              priority: int = 0, timeout: float = 0.5, deadline: float | None = None, retries: int = 0,
+              with_task: bool = True) -> JobSpec:
+    """Build a :class:`JobSpec`; ``timeout`` and ``deadline`` are in seconds."""
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(timeout * 1000)),
+                   float(deadline or 0.0), int(retries), with_task)
+
+
+class JobHandle:
+    """A submitted job: its id, live progress and status, result and cancel."""
+
+    def __init__(self, client: "Client", job_id: int, info: JobInfo | None = None) -> None:
+        self.client = client
+        self.id = job_id
+        self._info = info
+        self._done = threading.Event()
+        if info is not None and info.state in TERMINAL:
+            self._done.set()
+        self._callbacks: list[Callable[[JobInfo], None]] = []
+
+    def _update(self, info: JobInfo) -> None:
+        self._info = info
+        if info.state in TERMINAL:
+            self._done.set()
+        for cb in list(self._callbacks):
+            cb(info)
+
+    def refresh(self) -> JobInfo:
+        """Fetch the job's current snapshot from the daemon."""
+        (info,) = self.client._call(GetJobs([self.id])).jobs
+        self._update(info)
+        return info
+
+    @property
+    def info(self) -> JobInfo:
+        """Latest known snapshot (fetched when nothing was pushed yet)."""
+        if self._info is None or (self._info.state not in TERMINAL and not self._callbacks):
+            return self.refresh()
+        return self._info
+
+    @property
+    def state(self) -> str:
+        """``queued``, ``running``, ``done``, ``failed``, ``cancelled``, ``killed`` or ``worker-lost``."""
+        return self.info.state if not self._done.is_set() else self._info.state  # type: ignore[union-attr]
+
+    @property
+    def progress(self) -> float:
+        """Progress 0..1 as the job last set it."""
+        return self.refresh().progress if not self._done.is_set() else self._info.progress  # type: ignore[union-attr]
+
+    @property
+    def status_message(self) -> str:
+        """The job's status message."""
+        return self.refresh().status if not self._done.is_set() else self._info.status  # type: ignore[union-attr]
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """Properties the job set with ``task.set_property``."""
+        return self.refresh().properties if not self._done.is_set() else self._info.properties  # type: ignore[union-attr]
+
+    def events(self) -> list[tuple[float, str, str]]:
+        """Events recorded on the job (``abort``, ``stalled``, ``killed``, ``requeued``), oldest first."""
+        return [tuple(e) for e in self.refresh().events]  # type: ignore[misc]
+
+    def done(self) -> bool:
+        """Whether the job reached a final state (as far as this client has heard)."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> JobInfo:
+        """Block until the job ends; returns its final snapshot.  Raises JobTimeout when ``timeout`` passes."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self._done.is_set():
+            left = _REFETCH_EVERY if end is None else min(_REFETCH_EVERY, end - time.monotonic())
+            if left <= 0:
+                raise JobTimeout(f"job {self.id} did not finish within {timeout:g}s (it is still {self._info.state if self._info else 'queued'})")
+            if not self._done.wait(left):
+                self.refresh()  # fallback if a push was lost
+        assert self._info is not None
+        return self._info
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job and return its value.
+
+        Raises :class:`RemoteError` if the job raised (with the remote traceback),
+        :class:`JobCancelled` / :class:`JobTimeout` if it was cancelled, killed or
+        passed its deadline, :class:`JobLost` if its worker died with no retry
+        left, and :class:`JobTimeout` if ``timeout`` seconds pass first.
+        """
+        return _raise_for(self.wait(timeout))
+
+    def cancel(self, block: bool = False, timeout: float | None = 30.0) -> JobInfo | None:
+        """Ask the job to stop (``should_abort()`` turns true; force kill after its timeout).
+
+        With ``block=True`` returns only when the job has stopped, with its final snapshot.
+        """
+        reply = self.client._call(Cancel(self.id, block), timeout=timeout)
+        if isinstance(reply, JobInfos):
+            self._update(reply.jobs[0])
+            return reply.jobs[0]
+        return None
+
+    def __repr__(self) -> str:
+        state = self._info.state if self._info else "?"
+        return f"<JobHandle {self.id} {state}>"
+
+
+class Client:
+    """Synchronous client of a running daemon.  A context manager; close it when done.
+
+    ``Client()`` connects to the daemon named in the config (``default``);
+    ``Client(name="x")`` to another.  Raises :class:`DaemonNotRunning` when none
+    runs.  Methods block the calling thread until the daemon answers (default
+    timeout 30 s, :class:`TransportError` past it).
+    """
+
+    def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 30.0,
+                 endpoint: str | None = None) -> None:
+        self.config = config or load_config(overrides={"daemon": {"name": name}})
+        self.timeout = timeout
+        self.conn = Connection(self.config, endpoint)
+
+    # -- plumbing
+    def _call(self, msg: Any, timeout: float | None = -1.0) -> Any:
+        wait = self.timeout if timeout == -1.0 else timeout
+        fut = self.conn.call(msg)
+        try:
+            return fut.result(wait)
+        except concurrent.futures.TimeoutError:
+            raise TransportError(
+                f"the daemon did not answer {type(msg).__name__} within {wait:g}s; is it overloaded or stopped? "
+                "(`ensemble status`)"
+            ) from None
+
+    def close(self) -> None:
+        """Close the connection (jobs keep running in the daemon)."""
+        self.conn.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- jobs
+    def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
+               timeout: float = 0.5, deadline: float | None = None, retries: int = 0,
+               kwargs: dict[str, Any] | None = None) -> JobHandle:
+        """Submit a job; returns once the daemon journaled it.
+
+        ``fn`` is ``"module:function"`` or a module-level function; it receives the
+        task handle first, then ``args`` and ``kwargs``.  ``timeout`` (s) is the
+        grace between an abort and the force kill; ``deadline`` (s) a wall-clock
+        limit from the start; ``retries`` how often to rerun after a worker death.
+        Raises :class:`JobRefused` (not allowed, bad path, lambda) or :class:`QueueFull`.
+        """
+        spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, timeout=timeout,
+                         deadline=deadline, retries=retries)
+        return self.submit_many([spec])[0]
+
+    def submit_many(self, specs: list[JobSpec]) -> list[JobHandle]:
+        """Submit many jobs in one message (see :func:`make_spec`)."""
+        handles: dict[int, JobHandle] = {}
+        early: dict[int, JobInfo] = {}
+        lock = threading.Lock()
+
+        def listener(info: JobInfo) -> None:
+            with lock:
+                h = handles.get(info.id)
+                if h is None:
+                    early[info.id] = info
+                    return
+            h._update(info)
+
+        fut = self.conn.submit(specs, listener)
+        try:
+            ids = fut.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            raise TransportError(f"the daemon did not acknowledge the submit within {self.timeout:g}s") from None
+        with lock:
+            for jid in ids:
+                handles[jid] = JobHandle(self, jid)
+                handles[jid]._callbacks.append(lambda info: None)  # pushes keep it current
+            pending = dict(early)
+        for jid, info in pending.items():
+            handles[jid]._update(info)
+        return [handles[j] for j in ids]
+
+    def job(self, job_id: int) -> JobHandle:
+        """Reattach to a job by id (from any process); its updates are pushed from now on."""
+        handle = JobHandle(self, job_id)
+        self.conn.listen(job_id, handle._update)
+        handle._callbacks.append(lambda info: None)
+        (info,) = self._call(Watch([job_id], True)).jobs
+        handle._update(info)
+        return handle
+
+    def watch(self, job_id: int, on_update: Callable[[JobInfo], None]) -> JobHandle:
+        """Reattach to a job and call ``on_update(info)`` (on the client's I/O thread) for every update."""
+        handle = JobHandle(self, job_id)
+        handle._callbacks.append(on_update)
+        self.conn.listen(job_id, handle._update)
+        (info,) = self._call(Watch([job_id], True)).jobs
+        handle._update(info)
+        return handle
+
+    def jobs(self, states: Iterable[str] = (), limit: int = 100) -> list[JobInfo]:
+        """Recent jobs, newest first, optionally only in the given states."""
+        return list(self._call(ListJobs(list(states), limit)).jobs)
+
+    def cancel(self, job_id: int, block: bool = False) -> JobInfo | None:
+        """Cancel a job by id (see :meth:`JobHandle.cancel`)."""
+        return JobHandle(self, job_id).cancel(block)
+
+    # -- daemon
+    def ping(self) -> Pong:
+        """Round trip to the daemon."""
+        return self._call(Ping())  # type: ignore[no-any-return]
+
+    def status(self) -> StatusReply:
+        """The daemon's and every actor's state."""
+        return self._call(Status())  # type: ignore[no-any-return]
+
+    def scale(self, workers: int) -> None:
+        """Change the number of workers at runtime (idle ones retire first)."""
+        self._call(Scale(int(workers)))
+
+    def shutdown(self) -> None:
+        """Ask the daemon to stop in order (returns once it accepted)."""
+        self._call(Shutdown())
+
+
+class Executor(concurrent.futures.Executor):
+    """A :class:`concurrent.futures.Executor` running plain functions on the daemon's workers.
+
+    Drop-in for ``ProcessPoolExecutor`` code: ``submit``/``map``/``shutdown``,
+    Futures that work with ``as_completed`` and ``wait``.  Functions receive no
+    task argument; inside them ``actors.current_task()`` reaches the handle.
+    Submits made close together travel as one batch.
+    """
+
+    def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 0.5,
+                 retries: int = 0) -> None:
+        self.config = config or load_config(overrides={"daemon": {"name": name}})
+        self.conn = Connection(self.config)
+        self._timeout = timeout
+        self._retries = retries
+        self._futures: dict[int, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:  # type: ignore[override]
+        """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        spec = make_spec(fn, args, kwargs, timeout=self._timeout, retries=self._retries, with_task=False)
+        fut: Future[Any] = Future()
+        early: list[JobInfo] = []
+
+        def on_info(info: JobInfo) -> None:
+            if info.state not in TERMINAL:
+                return
+            with self._lock:
+                if not hasattr(fut, "job_id"):
+                    early.append(info)
+                    return
+                self._futures.pop(info.id, None)
+            _complete(fut, info)
+
+        def on_ids(ids_fut: Future[list[int]]) -> None:
+            exc = ids_fut.exception()
+            if exc is not None:
+                fut.set_exception(exc)
+                return
+            (jid,) = ids_fut.result()
+            with self._lock:
+                fut.job_id = jid  # type: ignore[attr-defined]
+                self._futures[jid] = fut
+                pending = list(early)
+            for info in pending:
+                on_info(info)
+
+        self.conn.submit([spec], on_info).add_done_callback(on_ids)
+        fut.add_done_callback(self._on_future_done)
+        return fut
+
+    def _on_future_done(self, fut: Future[Any]) -> None:
+        if fut.cancelled() and hasattr(fut, "job_id") and not self.conn.closed:
+            self.conn.call(Cancel(fut.job_id, False))  # type: ignore[attr-defined]
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """Like :meth:`concurrent.futures.Executor.map` (all submits go out as batches)."""
+        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; with ``wait`` block until submitted futures finish."""
+        self._shutdown = True
+        with self._lock:
+            futures = list(self._futures.values())
+        if cancel_futures:
+            for f in futures:
+                f.cancel()
+        if wait:
+            concurrent.futures.wait(futures)
+        self.conn.close()
+
+
+def _complete(fut: Future[Any], info: JobInfo) -> None:
+    if not fut.set_running_or_notify_cancel():
+        return
+    try:
+        fut.set_result(_raise_for(info))
+    except EnsembleError as exc:
+        fut.set_exception(exc)
+
+
+class AsyncJobHandle:
+    """An awaitable job handle for :class:`AsyncClient`."""
+
+    def __init__(self, client: "AsyncClient", job_id: int) -> None:
+        self.client = client
+        self.id = job_id
+        self.info: JobInfo | None = None
+        self._final: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
+
+    def _update(self, info: JobInfo) -> None:
+        self.info = info
+        if info.state in TERMINAL and not self._final.done():
+            self._final.set_result(info)
+
+    async def wait(self, timeout: float | None = None) -> JobInfo:
+        """Await the job's end; returns its final snapshot."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._final), timeout)
+        except asyncio.TimeoutError:
+            raise JobTimeout(f"job {self.id} did not finish within {timeout:g}s") from None
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Await the job's value (errors as for :meth:`JobHandle.result`)."""
+        return _raise_for(await self.wait(timeout))
+
+    def __await__(self) -> Any:
+        return self.result().__await__()
+
+    async def cancel(self, block: bool = False) -> None:
+        """Ask the job to stop; with ``block`` return once it has."""
+        reply = await self.client._call(Cancel(self.id, block))
+        if isinstance(reply, JobInfos):
+            self._update(reply.jobs[0])
+
+    async def refresh(self) -> JobInfo:
+        """Fetch the current snapshot."""
+        (info,) = (await self.client._call(GetJobs([self.id]))).jobs
+        self._update(info)
+        return info
+
+
+class AsyncClient:
+    """asyncio client: ``async with AsyncClient() as c: value = await (await c.submit(...))``."""
+
+    def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 30.0) -> None:
+        self.config = config or load_config(overrides={"daemon": {"name": name}})
+        self.timeout = timeout
+        self.conn = Connection(self.config)
+
+    async def _call(self, msg: Any) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.conn.call(msg)), self.timeout)
+        except asyncio.TimeoutError:
+            raise TransportError(f"the daemon did not answer {type(msg).__name__} within {self.timeout:g}s") from None
+
+    async def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
+                     timeout: float = 0.5, deadline: float | None = None, retries: int = 0,
+                     kwargs: dict[str, Any] | None = None) -> AsyncJobHandle:
+        """Submit a job (as :meth:`Client.submit`); returns an awaitable handle."""
+        loop = asyncio.get_running_loop()
+        spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, timeout=timeout,
+                         deadline=deadline, retries=retries)
+        handle = AsyncJobHandle(self, 0)
+        early: list[JobInfo] = []
+
+        def listener(info: JobInfo) -> None:
+            loop.call_soon_threadsafe(handle._update, info)
+
+        (jid,) = await asyncio.wait_for(asyncio.wrap_future(self.conn.submit([spec], listener)), self.timeout)
+        handle.id = jid
+        for info in early:
+            handle._update(info)
+        return handle
+
+    async def ping(self) -> Pong:
+        """Round trip to the daemon."""
+        return await self._call(Ping())  # type: ignore[no-any-return]
+
+    async def status(self) -> StatusReply:
+        """The daemon's and every actor's state."""
+        return await self._call(Status())  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+__all__ = ["AsyncClient", "AsyncJobHandle", "Client", "Executor", "JobHandle", "make_spec"]

@@ -1,0 +1,289 @@
+"""One typed configuration object: TOML file, then ``ENSEMBLE_*`` environment, then flags.
+
+Precedence, lowest first: built-in defaults, the TOML file (``--config FILE`` or
+``$ENSEMBLE_CONFIG``), environment variables named ``ENSEMBLE_<SECTION>_<KEY>``
+(for example ``ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT=2``; the daemon section's
+keys also answer to ``ENSEMBLE_<KEY>``, e.g. ``ENSEMBLE_NAME``), then flags given
+on the command line.  :func:`load_config` returns a frozen :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from actors._errors import ConfigError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_ALLOW = ("examples.*", "tests.jobs.*", "bench.jobs.*")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Where the daemon lives and how many workers it runs."""
+
+    name: str = "default"
+    workers: str = "auto"  # a number or "auto" (CPU count)
+    run_dir: str = ""  # control sockets and lock; default $XDG_RUNTIME_DIR/ensemble/<name>
+    state_dir: str = ""  # journal, log, parameters; default $XDG_STATE_HOME/ensemble/<name>
+    log_level: str = "info"
+    max_frame: int = 64 * 1024 * 1024  # bytes; larger frames are refused
+    tcp: str = ""  # optional tcp endpoint for remote clients/workers (needs CURVE keys)
+
+
+@dataclass(frozen=True)
+class SupervisionConfig:
+    """Heartbeats, restart intensity and stop timing (OTP-style)."""
+
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 3.0
+    max_restarts: int = 5
+    restart_period: float = 10.0
+    stop_grace: float = 2.0  # stop message -> SIGTERM
+    term_grace: float = 1.0  # SIGTERM -> SIGKILL
+    worker_nice: int = 5
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """What jobs may run and how much the daemon keeps."""
+
+    allow: tuple[str, ...] = DEFAULT_ALLOW
+    queue_limit: int = 1_000_000
+    retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept
+    default_timeout_ms: int = 500
+    window: int = 8  # jobs handed to one worker at once (credit)
+    inline_array_limit: int = 64 * 1024  # arrays above this size travel through shared memory
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """The processor's backend and stream settings."""
+
+    backend: str = "auto"  # auto | sounddevice | null
+    device: str = ""
+    samplerate: int = 48000
+    blocksize: int = 256
+    channels: int = 2
+    max_voices: int = 64
+    script: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; sections mirror the TOML tables."""
+
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+    # -- derived values -------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The daemon's name (one daemon per name and user)."""
+        return self.daemon.name
+
+    @property
+    def run_dir(self) -> Path:
+        """Directory (mode 0700) holding the control socket, lock and pid file."""
+        if self.daemon.run_dir:
+            return Path(self.daemon.run_dir)
+        base = os.environ.get("XDG_RUNTIME_DIR")
+        if base and os.path.isdir(base) and os.access(base, os.W_OK):
+            return Path(base) / "ensemble" / self.name
+        return Path(tempfile.gettempdir()) / f"ensemble-{os.getuid()}" / self.name
+
+    @property
+    def state_dir(self) -> Path:
+        """Directory holding the journal, the log file and persisted parameters."""
+        if self.daemon.state_dir:
+            return Path(self.daemon.state_dir)
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "ensemble" / self.name
+
+    @property
+    def worker_count(self) -> int:
+        """Number of workers to start (``auto`` = CPU count)."""
+        if self.daemon.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return int(self.daemon.workers)
+
+    def to_json(self) -> str:
+        """Serialise for handing to child processes (JSON, never pickle)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        """Inverse of :meth:`to_json`."""
+        return _build(json.loads(text), "config")
+
+
+_SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig,
+    "supervision": SupervisionConfig,
+    "jobs": JobsConfig,
+    "audio": AudioConfig,
+}
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Coerce a TOML/env/flag value to the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, bool):
+                return value
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is str:
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return tuple(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(hint)}") from exc
+    raise ConfigError(f"{where}: unsupported setting type {hint!r}")
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "list of strings"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _build(data: Mapping[str, Any], where: str) -> Config:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a table of sections")
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{key}]; known: {', '.join(_SECTIONS)}")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: [{key}] must be a table")
+        sections[key] = _build_section(_SECTIONS[key], value, f"{where} [{key}]")
+    cfg = Config(**sections)
+    _validate(cfg)
+    return cfg
+
+
+def _build_section(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(hints)}")
+        kwargs[key] = _convert(value, hints[key], f"{where} {key}")
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    if not _NAME_RE.match(cfg.daemon.name):
+        raise ConfigError(
+            f"daemon name {cfg.daemon.name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'"
+        )
+    workers = cfg.daemon.workers
+    if workers != "auto" and not (workers.isdigit() and 0 <= int(workers) <= 1024):
+        raise ConfigError(f"workers {workers!r} is invalid: give a number 0-1024 or 'auto'")
+    sup = cfg.supervision
+    if sup.heartbeat_interval <= 0 or sup.heartbeat_timeout <= sup.heartbeat_interval:
+        raise ConfigError("heartbeat_timeout must be greater than heartbeat_interval > 0")
+    if sup.max_restarts < 0 or sup.restart_period <= 0:
+        raise ConfigError("max_restarts must be >= 0 and restart_period > 0")
+    if cfg.daemon.max_frame < 1024:
+        raise ConfigError(f"max_frame {cfg.daemon.max_frame} is too small (minimum 1024 bytes)")
+    if cfg.jobs.window < 1:
+        raise ConfigError("jobs.window must be at least 1")
+    if cfg.audio.backend not in ("auto", "null", "sounddevice"):
+        raise ConfigError(f"audio backend {cfg.audio.backend!r} is invalid: auto, null or sounddevice")
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for section, cls in _SECTIONS.items():
+        for key in typing.get_type_hints(cls):
+            names = [f"ENSEMBLE_{section.upper()}_{key.upper()}"]
+            if section == "daemon":
+                names.append(f"ENSEMBLE_{key.upper()}")
+            for var in names:
+                if var in env:
+                    out.setdefault(section, {})[key] = env[var]
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Load the configuration: TOML file, then ``ENSEMBLE_*`` environment, then ``overrides``.
+
+    ``overrides`` is ``{"daemon": {"name": "x"}}``-shaped (from CLI flags; ``None``
+    values are ignored).  Raises :class:`ConfigError` with one clear line on any
+    bad file, key or value.
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, dict[str, Any]] = {}
+    path = path or env.get("ENSEMBLE_CONFIG") or None
+    if path:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {p} does not exist") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} cannot be read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        for section, values in raw.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"config file {p}: [{section}] must be a table")
+            merged.setdefault(section, {}).update(values)
+        _build(merged, f"config file {p}")  # report file errors against the file
+    for section, values in _env_overrides(env).items():
+        merged.setdefault(section, {}).update(values)
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                merged.setdefault(section, {})[key] = value
+    return _build(merged, "config")
+
+
+__all__ = [
+    "AudioConfig",
+    "Config",
+    "DaemonConfig",
+    "JobsConfig",
+    "SupervisionConfig",
+    "load_config",
+]
+

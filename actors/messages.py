@@ -1,0 +1,714 @@
+"""The wire protocol: one versioned msgpack envelope and the typed messages in it.
+
+Every frame on every ensemble socket is ``msgpack([VERSION, kind, corr, fields])``:
+
+* ``VERSION`` — protocol version; a frame with another version is refused.
+* ``kind`` — small int naming the message class (:class:`Kind`).
+* ``corr`` — correlation id chosen by the requester and echoed in the reply;
+  ``0`` marks an unsolicited message (a push or a heartbeat).
+* ``fields`` — the message's fields as a list, in declaration order.
+
+Decoding always sets explicit limits (frame size, str/bin/array/map/ext
+lengths; msgpack's own stack limit bounds nesting at 1024) and validates every
+field's type, so nothing but plain data ever reaches the code: nothing is
+unpickled or evaluated.  Numpy arrays travel as msgpack ext types: small ones
+inline (ext 1), large ones as an :class:`ArrayHandle` to shared memory (ext 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Callable, ClassVar
+
+import msgpack
+
+from actors._errors import ProtocolError
+
+VERSION = 1
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+EXT_INLINE_ARRAY = 1
+EXT_ARRAY_HANDLE = 2
+_SAFE_DTYPE_KINDS = frozenset("biufc")  # bool, int, uint, float, complex: no objects
+
+
+class Kind(IntEnum):
+    """Message kinds; the numbers are part of the wire protocol."""
+
+    # replies and pushes
+    ERROR = 1
+    ACK = 2
+    PONG = 3
+    SUBMITTED = 4
+    JOB_INFOS = 5
+    STATUS_REPLY = 6
+    # client requests
+    PING = 20
+    STATUS = 21
+    SUBMIT = 22
+    CANCEL = 23
+    GET_JOBS = 24
+    LIST_JOBS = 25
+    WATCH = 26
+    UNWATCH = 27
+    SCALE = 28
+    SHUTDOWN = 29
+    # child <-> supervisor
+    HELLO = 40
+    HEARTBEAT = 41
+    STOP = 42
+    RUN_JOBS = 43
+    ABORT_JOB = 44
+    JOB_UPDATE = 45
+    JOBS_DONE = 46
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Explicit bounds applied to every frame before and while it is unpacked."""
+
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_str: int = 16 * 1024 * 1024
+    max_array: int = 1_000_000
+    max_map: int = 100_000
+
+    def unpack_kwargs(self) -> dict[str, int]:
+        """Keyword arguments for ``msgpack.unpackb`` enforcing these limits."""
+        return {
+            "max_str_len": min(self.max_str, self.max_frame),
+            "max_bin_len": self.max_frame,
+            "max_array_len": self.max_array,
+            "max_map_len": self.max_map,
+            "max_ext_len": self.max_frame,
+        }
+
+
+@dataclass(frozen=True)
+class ArrayHandle:
+    """A numpy array living in a named shared-memory segment, as it crosses a socket.
+
+    ``name`` is the POSIX shared-memory name (without ``/dev/shm``), ``offset``
+    the byte offset of the first element, ``dtype`` a numpy dtype string
+    (numeric kinds only), ``shape`` the array shape (C order).  The receiver maps
+    it with :func:`actors.shm.attach`; nothing is copied through the socket.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the array data in bytes."""
+        import numpy as np
+
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * np.dtype(self.dtype).itemsize
+
+
+# --------------------------------------------------------------------------- messages
+_REGISTRY: dict[int, type["Message"]] = {}
+_NESTED: set[type] = set()
+
+
+class Message:
+    """Base of every message class; subclasses are frozen dataclasses with a KIND."""
+
+    KIND: ClassVar[Kind]
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+    _CHECKS: ClassVar[tuple[Callable[[Any, str], Any], ...]] = ()
+
+
+M = typing.TypeVar("M", bound=type)
+
+
+def _message(kind: Kind) -> Callable[[M], M]:
+    def register(cls: M) -> M:
+        cls.KIND = kind  # type: ignore[attr-defined]
+        _REGISTRY[int(kind)] = cls  # type: ignore[assignment]
+        return cls
+
+    return register
+
+
+def _nested(cls: M) -> M:
+    """Mark a dataclass that travels inside messages (encoded as a field list)."""
+    _NESTED.add(cls)
+    return cls
+
+
+@_nested
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job as a client submits it."""
+
+    fn: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    priority: int = 0
+    timeout_ms: int = 500
+    deadline: float = 0.0  # seconds after start; 0 = none
+    retries: int = 0
+    with_task: bool = True  # pass the task handle as the first argument
+
+
+@_nested
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """What the daemon knows about one job (a snapshot)."""
+
+    id: int
+    fn: str
+    name: str
+    state: str
+    progress: float = 0.0
+    status: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    events: list[Any] = field(default_factory=list)
+    submitted: float = 0.0
+    started: float = 0.0
+    finished: float = 0.0
+    attempts: int = 0
+    worker: str = ""
+    priority: int = 0
+
+
+@_nested
+@dataclass(frozen=True, slots=True)
+class ActorInfo:
+    """One supervised child, as ``status`` shows it."""
+
+    name: str
+    role: str
+    pid: int
+    state: str
+    uptime: float
+    restarts: int
+    heartbeat_age: float
+    rss: int
+    detail: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@_nested
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    """The daemon itself, as ``status`` shows it."""
+
+    name: str
+    pid: int
+    version: str
+    uptime: float
+    run_dir: str
+    state_dir: str
+    log_file: str
+    workers_wanted: int
+    queued: int
+    running: int
+    rss: int
+    counters: dict[str, Any] = field(default_factory=dict)
+
+
+@_nested
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A job handed to a worker."""
+
+    job_id: int
+    fn: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    timeout_ms: int
+    attempt: int
+    with_task: bool = True
+
+
+@_nested
+@dataclass(frozen=True, slots=True)
+class JobDone:
+    """A worker's report that a job returned or raised."""
+
+    job_id: int
+    ok: bool
+    value: Any = None
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    progress: float = 0.0
+    status: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)
+    aborted: bool = False
+    started: float = 0.0
+
+
+# replies ---------------------------------------------------------------------
+@_message(Kind.ERROR)
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """A request failed: ``code`` names the error class, ``message`` says what and why."""
+
+    code: str
+    message: str
+
+
+@_message(Kind.ACK)
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    """A request was carried out."""
+
+    detail: str = ""
+
+
+@_message(Kind.PONG)
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    """Reply to :class:`Ping`."""
+
+    version: str
+    pid: int
+
+
+@_message(Kind.SUBMITTED)
+@dataclass(frozen=True, slots=True)
+class Submitted(Message):
+    """The jobs of a :class:`Submit` are journaled; their ids in order."""
+
+    ids: list[int]
+
+
+@_message(Kind.JOB_INFOS)
+@dataclass(frozen=True, slots=True)
+class JobInfos(Message):
+    """Job snapshots: a reply, or a push (corr 0) to watchers."""
+
+    jobs: list[JobInfo]
+
+
+@_message(Kind.STATUS_REPLY)
+@dataclass(frozen=True, slots=True)
+class StatusReply(Message):
+    """Reply to :class:`Status`."""
+
+    daemon: DaemonInfo
+    actors: list[ActorInfo]
+
+
+# client requests ---------------------------------------------------------------
+@_message(Kind.PING)
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Ask the daemon to answer (round-trip check)."""
+
+
+@_message(Kind.STATUS)
+@dataclass(frozen=True, slots=True)
+class Status(Message):
+    """Ask for the daemon's and every actor's state."""
+
+
+@_message(Kind.SUBMIT)
+@dataclass(frozen=True, slots=True)
+class Submit(Message):
+    """Submit jobs; the reply comes after they are journaled. ``watch``: push their results."""
+
+    jobs: list[JobSpec]
+    watch: bool = True
+
+
+@_message(Kind.CANCEL)
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """Ask a job to stop; with ``block`` the reply waits until it has stopped."""
+
+    job_id: int
+    block: bool = False
+
+
+@_message(Kind.GET_JOBS)
+@dataclass(frozen=True, slots=True)
+class GetJobs(Message):
+    """Fetch snapshots of the given jobs."""
+
+    job_ids: list[int]
+
+
+@_message(Kind.LIST_JOBS)
+@dataclass(frozen=True, slots=True)
+class ListJobs(Message):
+    """List recent jobs, optionally only those in the given states."""
+
+    states: list[str] = field(default_factory=list)
+    limit: int = 100
+
+
+@_message(Kind.WATCH)
+@dataclass(frozen=True, slots=True)
+class Watch(Message):
+    """Subscribe to updates of jobs (progress, status, state, result)."""
+
+    job_ids: list[int]
+    progress: bool = True
+
+
+@_message(Kind.UNWATCH)
+@dataclass(frozen=True, slots=True)
+class Unwatch(Message):
+    """Stop receiving updates of jobs."""
+
+    job_ids: list[int]
+
+
+@_message(Kind.SCALE)
+@dataclass(frozen=True, slots=True)
+class Scale(Message):
+    """Change the number of workers at runtime."""
+
+    workers: int
+
+
+@_message(Kind.SHUTDOWN)
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    """Stop the daemon in order (stop message, SIGTERM, SIGKILL)."""
+
+
+# child <-> supervisor ---------------------------------------------------------------
+@_message(Kind.HELLO)
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First message of a child: who it is."""
+
+    role: str
+    name: str
+    pid: int
+
+
+@_message(Kind.HEARTBEAT)
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """Liveness, both ways; children attach their stats."""
+
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@_message(Kind.STOP)
+@dataclass(frozen=True, slots=True)
+class Stop(Message):
+    """Ask a child to finish and exit."""
+
+    reason: str = ""
+
+
+@_message(Kind.RUN_JOBS)
+@dataclass(frozen=True, slots=True)
+class RunJobs(Message):
+    """Jobs for a worker to run in order."""
+
+    jobs: list[Dispatch]
+
+
+@_message(Kind.ABORT_JOB)
+@dataclass(frozen=True, slots=True)
+class AbortJob(Message):
+    """Make ``should_abort()`` true for a job (queued on the worker or running)."""
+
+    job_id: int
+    reason: str = ""
+
+
+@_message(Kind.JOB_UPDATE)
+@dataclass(frozen=True, slots=True)
+class JobUpdate(Message):
+    """Progress, status message, properties, timeout or an event of a running job."""
+
+    job_id: int
+    progress: float
+    status: str
+    properties: dict[str, Any]
+    timeout_ms: int
+    event: str = ""
+    detail: str = ""
+
+
+@_message(Kind.JOBS_DONE)
+@dataclass(frozen=True, slots=True)
+class JobsDone(Message):
+    """Jobs a worker finished since its last report."""
+
+    results: list[JobDone]
+
+
+# --------------------------------------------------------------------------- validation
+def _checker(hint: Any) -> Callable[[Any, str], Any]:
+    """Build a function that validates (and for nested types converts) one value."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return lambda v, where: v
+    if hint is bool:
+
+        def check_bool(v: Any, where: str) -> Any:
+            if type(v) is not bool:
+                raise ProtocolError(f"{where}: expected bool, got {type(v).__name__}")
+            return v
+
+        return check_bool
+    if hint is int:
+
+        def check_int(v: Any, where: str) -> Any:
+            if type(v) is not int:
+                raise ProtocolError(f"{where}: expected int, got {type(v).__name__}")
+            return v
+
+        return check_int
+    if hint is float:
+
+        def check_float(v: Any, where: str) -> Any:
+            if type(v) is float:
+                return v
+            if type(v) is int:
+                return float(v)
+            raise ProtocolError(f"{where}: expected float, got {type(v).__name__}")
+
+        return check_float
+    if hint in (str, bytes):
+
+        def check_plain(v: Any, where: str) -> Any:
+            if type(v) is not hint:
+                raise ProtocolError(f"{where}: expected {hint.__name__}, got {type(v).__name__}")
+            return v
+
+        return check_plain
+    if origin is tuple:  # tuple[int, ...]
+
+        def check_tuple(v: Any, where: str) -> Any:
+            if type(v) is not list or not all(type(x) is int for x in v):
+                raise ProtocolError(f"{where}: expected a list of ints")
+            return tuple(v)
+
+        return check_tuple
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if inner is Any:
+
+            def check_list(v: Any, where: str) -> Any:
+                if type(v) is not list:
+                    raise ProtocolError(f"{where}: expected list, got {type(v).__name__}")
+                return v
+
+            return check_list
+        item = _checker(inner)
+
+        def check_list_of(v: Any, where: str) -> Any:
+            if type(v) is not list:
+                raise ProtocolError(f"{where}: expected list, got {type(v).__name__}")
+            return [item(x, where) for x in v]
+
+        return check_list_of
+    if origin is dict:
+
+        def check_dict(v: Any, where: str) -> Any:
+            if type(v) is not dict:
+                raise ProtocolError(f"{where}: expected map, got {type(v).__name__}")
+            for k in v:
+                if type(k) is not str:
+                    raise ProtocolError(f"{where}: map keys must be strings, got {type(k).__name__}")
+            return v
+
+        return check_dict
+    if isinstance(hint, type) and hint in _NESTED:
+        return lambda v, where: _from_fields(hint, v, where)
+    raise TypeError(f"unsupported field type {hint!r}")
+
+
+def _prepare(cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    cls._FIELDS = tuple(f.name for f in fields)  # type: ignore[attr-defined]
+    cls._CHECKS = tuple(_checker(hints[f.name]) for f in fields)  # type: ignore[attr-defined]
+    required = 0
+    for f in fields:
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required += 1
+    cls._REQUIRED = required  # type: ignore[attr-defined]
+
+
+def _from_fields(cls: type, values: Any, where: str) -> Any:
+    if type(values) is not list:
+        raise ProtocolError(f"{where}: {cls.__name__} must be a list of fields")
+    names: tuple[str, ...] = cls._FIELDS  # type: ignore[attr-defined]
+    if not cls._REQUIRED <= len(values) <= len(names):  # type: ignore[attr-defined]
+        raise ProtocolError(
+            f"{where}: {cls.__name__} takes {cls._REQUIRED}..{len(names)} fields, got {len(values)}"  # type: ignore[attr-defined]
+        )
+    checks = cls._CHECKS  # type: ignore[attr-defined]
+    kwargs = {names[i]: checks[i](v, f"{where}.{names[i]}") for i, v in enumerate(values)}
+    return cls(**kwargs)
+
+
+for _cls in list(_NESTED) + list(_REGISTRY.values()):
+    _prepare(_cls)
+
+
+# --------------------------------------------------------------------------- codec
+def _default(obj: Any) -> Any:
+    cls = type(obj)
+    if cls in _NESTED:
+        return [getattr(obj, n) for n in cls._FIELDS]  # type: ignore[attr-defined]
+    if cls is ArrayHandle:
+        return msgpack.ExtType(
+            EXT_ARRAY_HANDLE, msgpack.packb([obj.name, obj.dtype, list(obj.shape), obj.offset])
+        )
+    if cls is tuple:
+        return list(obj)
+    if cls.__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.kind not in _SAFE_DTYPE_KINDS:
+                raise TypeError(f"numpy arrays of dtype {obj.dtype} cannot be sent (numeric only)")
+            data = np.ascontiguousarray(obj)
+            return msgpack.ExtType(
+                EXT_INLINE_ARRAY, msgpack.packb([data.dtype.str, list(data.shape), data.tobytes()])
+            )
+        if isinstance(obj, np.generic):
+            return obj.item()
+    raise TypeError(
+        f"cannot send a value of type {cls.__module__}.{cls.__qualname__}: "
+        "only None, bool, int, float, str, bytes, lists, maps with string keys "
+        "and numeric numpy arrays cross the wire"
+    )
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    try:
+        fields = msgpack.unpackb(data, max_array_len=64, max_str_len=256, max_bin_len=len(data))
+    except Exception as exc:
+        raise ProtocolError(f"malformed ext type {code}: {exc}") from exc
+    if code == EXT_INLINE_ARRAY:
+        return _inline_array(fields)
+    if code == EXT_ARRAY_HANDLE:
+        if (
+            type(fields) is not list
+            or len(fields) != 4
+            or type(fields[0]) is not str
+            or type(fields[1]) is not str
+            or type(fields[2]) is not list
+            or not all(type(d) is int and d >= 0 for d in fields[2])
+            or type(fields[3]) is not int
+            or fields[3] < 0
+        ):
+            raise ProtocolError("malformed array handle")
+        _check_dtype(fields[1])
+        return ArrayHandle(fields[0], fields[1], tuple(fields[2]), fields[3])
+    raise ProtocolError(f"unknown ext type {code}")
+
+
+def _check_dtype(text: str) -> Any:
+    import numpy as np
+
+    try:
+        dtype = np.dtype(text)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"unknown array dtype {text!r}") from exc
+    if dtype.kind not in _SAFE_DTYPE_KINDS or dtype.hasobject:
+        raise ProtocolError(f"array dtype {text!r} is not allowed (numeric only)")
+    return dtype
+
+
+def _inline_array(fields: Any) -> Any:
+    import numpy as np
+
+    if (
+        type(fields) is not list
+        or len(fields) != 3
+        or type(fields[0]) is not str
+        or type(fields[1]) is not list
+        or type(fields[2]) is not bytes
+        or not all(type(d) is int and d >= 0 for d in fields[1])
+    ):
+        raise ProtocolError("malformed inline array")
+    dtype = _check_dtype(fields[0])
+    count = 1
+    for dim in fields[1]:
+        count *= dim
+    if count * dtype.itemsize != len(fields[2]):
+        raise ProtocolError("inline array size does not match its shape and dtype")
+    return np.frombuffer(fields[2], dtype=dtype).reshape(fields[1])
+
+
+def encode(msg: Message, corr: int = 0) -> bytes:
+    """Pack one message into a frame.  Raises :class:`ProtocolError` for unsendable values."""
+    cls = type(msg)
+    try:
+        return msgpack.packb(
+            [VERSION, cls.KIND, corr, [getattr(msg, n) for n in cls._FIELDS]],
+            default=_default,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {cls.__name__}: {exc}") from exc
+
+
+def peek_corr(frame: bytes) -> int:
+    """Best-effort correlation id of a frame that failed to decode (0 if unknown)."""
+    try:
+        unpacker = msgpack.Unpacker(max_buffer_size=64, max_array_len=4)
+        unpacker.feed(frame[:64])
+        unpacker.read_array_header()
+        unpacker.skip()
+        unpacker.skip()
+        corr = unpacker.unpack()
+        return corr if type(corr) is int and 0 <= corr < 2**63 else 0
+    except Exception:
+        return 0
+
+
+def decode(frame: bytes, limits: Limits = Limits()) -> tuple[int, Message]:
+    """Unpack and validate one frame; returns ``(corr, message)``.
+
+    Raises :class:`ProtocolError` saying what was wrong: oversize frame,
+    undecodable bytes, wrong envelope, unknown version or kind, bad field.
+    """
+    if len(frame) > limits.max_frame:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
+    try:
+        env = msgpack.unpackb(frame, ext_hook=_ext_hook, **limits.unpack_kwargs())
+    except ProtocolError:
+        raise
+    except msgpack.exceptions.StackError as exc:
+        raise ProtocolError("frame nests deeper than 1024 levels") from exc
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
+    if type(env) is not list or len(env) != 4:
+        raise ProtocolError("frame is not an ensemble envelope [version, kind, corr, fields]")
+    version, kind, corr, fields = env
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks {VERSION})")
+    if type(corr) is not int or corr < 0:
+        raise ProtocolError("correlation id must be a non-negative int")
+    cls = _REGISTRY.get(kind) if type(kind) is int else None
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    return corr, _from_fields(cls, fields, cls.__name__)
+
+
+__all__ = [
+    "VERSION",
+    "ArrayHandle",
+    "Kind",
+    "Limits",
+    "Message",
+    "decode",
+    "encode",
+    "peek_corr",
+]
+__all__ += [c.__name__ for c in _REGISTRY.values()] + [c.__name__ for c in _NESTED]

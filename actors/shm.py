@@ -1,0 +1,131 @@
+"""Numpy arrays in POSIX shared memory, and the handles that name them on the wire.
+
+Segments are named ``ensemble.<daemon>.<pid>.<n>`` so that the daemon can
+sweep the ones a killed process left behind (at ``ensemble up`` and at
+``ensemble down``).  :class:`actors.messages.ArrayHandle` is the wire form.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+from actors._errors import ProtocolError
+from actors.messages import ArrayHandle
+
+SHM_DIR = Path("/dev/shm")
+_counter = itertools.count()
+
+
+def segment_prefix(daemon: str) -> str:
+    """Name prefix of every segment belonging to the daemon ``daemon``."""
+    return f"ensemble.{daemon}."
+
+
+def new_segment_name(daemon: str) -> str:
+    """A fresh segment name for this process."""
+    return f"{segment_prefix(daemon)}{os.getpid()}.{next(_counter)}"
+
+
+def sweep_segments(daemon: str) -> int:
+    """Unlink every segment of ``daemon``; returns how many were removed."""
+    n = 0
+    prefix = segment_prefix(daemon)
+    try:
+        entries = list(SHM_DIR.iterdir())
+    except FileNotFoundError:
+        return 0
+    for p in entries:
+        if p.name.startswith(prefix):
+            try:
+                p.unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n
+
+
+class SharedArray:
+    """A numpy array backed by a named shared-memory segment; a context manager.
+
+    ``array`` is the numpy view; ``handle`` crosses sockets.  ``close()`` unmaps;
+    ``unlink()`` removes the name (the memory is freed when every mapping is gone).
+    """
+
+    def __init__(self, handle: ArrayHandle, mm: mmap.mmap, owner: bool, readonly: bool = False) -> None:
+        import numpy as np
+
+        self.handle = handle
+        self._mm = mm
+        self.owner = owner
+        count = 1
+        for d in handle.shape:
+            count *= d
+        self.array = np.frombuffer(mm, dtype=np.dtype(handle.dtype), count=count, offset=handle.offset).reshape(handle.shape)
+        if readonly:
+            self.array.flags.writeable = False
+
+    @classmethod
+    def create(cls, daemon: str, shape: tuple[int, ...] | int, dtype: Any = "float64") -> "SharedArray":
+        """Allocate a new zero-filled segment (pages pre-faulted) holding an array."""
+        import numpy as np
+
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dt = np.dtype(dtype)
+        if dt.kind not in "biufc":
+            raise ProtocolError(f"shared arrays must be numeric, not {dt}")
+        nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
+        name = new_segment_name(daemon)
+        fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, nbytes)
+            mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        finally:
+            os.close(fd)
+        return cls(ArrayHandle(name, dt.str, shape, 0), mm, owner=True)
+
+    @classmethod
+    def attach(cls, handle: ArrayHandle, readonly: bool = False) -> "SharedArray":
+        """Map an existing segment named by a handle.  Raises ProtocolError if it is gone or too small."""
+        if "/" in handle.name or not handle.name.startswith("ensemble."):
+            raise ProtocolError(f"array handle names an invalid segment {handle.name!r}")
+        try:
+            fd = os.open(SHM_DIR / handle.name, os.O_RDONLY if readonly else os.O_RDWR)
+        except FileNotFoundError as exc:
+            raise ProtocolError(f"shared-memory segment {handle.name} no longer exists") from exc
+        try:
+            size = os.fstat(fd).st_size
+            if handle.offset + handle.nbytes > size:
+                raise ProtocolError(f"array handle {handle.name} claims {handle.nbytes} bytes at offset "
+                                    f"{handle.offset}, segment has {size}")
+            prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
+        finally:
+            os.close(fd)
+        return cls(handle, mm, owner=False, readonly=readonly)
+
+    def close(self) -> None:
+        """Drop the numpy view and unmap (safe to call twice)."""
+        self.array = None  # type: ignore[assignment]
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a view is still alive elsewhere; the mapping goes with it
+
+    def unlink(self) -> None:
+        """Remove the segment's name."""
+        try:
+            os.unlink(SHM_DIR / self.handle.name)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "SharedArray":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        if self.owner:
+            self.unlink()

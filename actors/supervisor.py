@@ -1,0 +1,804 @@
+"""The supervisor daemon: starts, watches and restarts every child; owns the job queue.
+
+One poll loop, one thread.  Each iteration: read client requests (control
+ROUTER) and child messages (internal ROUTER), reap children whose pidfd became
+readable, run timers (heartbeats, aborts, kills, deadlines), hand queued jobs
+to workers with free credit, commit the journal in one transaction (group
+commit), and only then send the acknowledgements and results of the iteration.
+
+Run it with ``ensemble up`` (background) or ``ensemble up --foreground``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from actors import __version__
+from actors._errors import DaemonError, EnsembleError, JobNotFound, JobRefused, ProtocolError, QueueFull, code_of
+from actors._jobfn import check_allowed
+from actors._jobs import Job, JobBook
+from actors._journal import Journal
+from actors._rundir import RunDir
+from actors._spawn import kill_group, spawn
+from actors.config import Config
+from actors.messages import (
+    AbortJob, Ack, ActorInfo, Cancel, DaemonInfo, Dispatch, Error, GetJobs, Heartbeat, Hello, JobInfo,
+    JobInfos, JobsDone, JobUpdate, Limits, ListJobs, Message, Ping, Pong, RunJobs, Scale, Shutdown,
+    Status, StatusReply, Stop, Submit, Submitted, Unwatch, Watch, decode, encode, peek_corr,
+)
+
+log = logging.getLogger("ensemble.supervisor")
+_DRAIN = 2000  # messages read per socket per iteration
+
+
+@dataclass
+class Slot:
+    """One supervised child position (``worker-3``), across its incarnations."""
+
+    name: str
+    role: str
+    module: str
+    proc: subprocess.Popen[bytes] | None = None
+    pidfd: int = -1
+    incarnation: int = 0
+    identity: bytes = b""
+    state: str = "starting"  # starting | running | failed | stopping
+    started: float = 0.0
+    last_heard: float = 0.0
+    ready: bool = False
+    restarts: int = 0
+    restart_times: collections.deque[float] = field(default_factory=collections.deque)
+    stats: dict[str, Any] = field(default_factory=dict)
+    detail: str = ""
+    expected_exit: bool = False  # we killed it on purpose (job kill, retire): no intensity count
+    retire: bool = False
+    outstanding: collections.deque[int] = field(default_factory=collections.deque)
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Supervisor:
+    """The daemon.  ``run()`` blocks until an orderly stop; returns the exit code."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.rundir = RunDir(cfg.run_dir)
+        self.state_dir = cfg.state_dir
+        self.log_file = self.state_dir / "daemon.log"
+        self.limits = Limits(max_frame=cfg.daemon.max_frame)
+        self.slots: dict[str, Slot] = {}
+        self.by_identity: dict[bytes, Slot] = {}
+        self.by_pidfd: dict[int, Slot] = {}
+        self.workers_wanted = cfg.worker_count
+        self._worker_seq = 0
+        self.started = time.time()
+        self.running = True
+        self.stopping_since = 0.0
+        self.term_sent = False
+        self.kill_sent = False
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.replies: list[tuple[bytes, bytes]] = []  # sent after the journal commit
+        self.pushes: dict[bytes, list[JobInfo]] = {}
+        self.progress_pushes: dict[bytes, dict[int, JobInfo]] = {}
+        self._module_ok: dict[str, str] = {}
+        self.journal: Journal | None = None
+        self.book: JobBook | None = None
+
+    # ------------------------------------------------------------------ setup
+    def open(self) -> None:
+        """Take the lock, sweep what a killed daemon left, bind sockets, open the journal."""
+        self.rundir.acquire()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from actors.shm import sweep_segments
+
+        swept = sweep_segments(self.cfg.name)
+        if swept:
+            log.warning("event=sweep segments=%d detail=shared-memory segments of a dead daemon removed", swept)
+        self.journal = Journal(self.state_dir / "jobs.sqlite3")
+        self.book = JobBook(self.journal)
+        q, rq, lost = self.book.recover(time.time())
+        self.journal.commit()
+        if q or rq or lost:
+            log.info("event=recover queued=%d requeued=%d worker_lost=%d", q, rq, lost)
+        self.ctx = zmq.Context()
+        self.control = self._bind(self.rundir.control, hwm=100_000)
+        self.internal = self._bind(self.rundir.internal, hwm=0)
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.internal, zmq.POLLIN)
+
+    def _bind(self, path: Path, hwm: int) -> zmq.Socket[bytes]:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.daemon.max_frame + 4096)
+        old = os.umask(0o177)
+        try:
+            sock.bind(f"ipc://{path}")
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        return sock
+
+    # ------------------------------------------------------------------ children
+    def start_children(self) -> None:
+        """Start the controller, the processor and the workers."""
+        self._add_slot("controller", "controller", "controller.actor")
+        self._add_slot("processor", "processor", "audio.processor")
+        for _ in range(self.workers_wanted):
+            self._add_worker()
+
+    def _add_worker(self) -> Slot:
+        self._worker_seq += 1
+        return self._add_slot(f"worker-{self._worker_seq}", "worker", "actors.worker")
+
+    def _add_slot(self, name: str, role: str, module: str) -> Slot:
+        slot = Slot(name, role, module)
+        self.slots[name] = slot
+        self._spawn(slot)
+        return slot
+
+    def _spawn(self, slot: Slot) -> None:
+        slot.incarnation += 1
+        ident = f"{slot.name}.{slot.incarnation}"
+        nice = self.cfg.supervision.worker_nice if slot.role == "worker" else 0
+        slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file)
+        slot.identity = ident.encode()
+        slot.pidfd = os.pidfd_open(slot.proc.pid)
+        slot.state = "starting"
+        slot.ready = False
+        slot.started = time.time()
+        slot.last_heard = time.monotonic()
+        slot.expected_exit = False
+        slot.stats = {}
+        self.by_identity[slot.identity] = slot
+        self.by_pidfd[slot.pidfd] = slot
+        self.poller.register(slot.pidfd, zmq.POLLIN)
+        log.info("event=spawn name=%s pid=%d incarnation=%d", slot.name, slot.proc.pid, slot.incarnation)
+
+    def _kill(self, slot: Slot, reason: str, expected: bool = True) -> None:
+        if slot.proc is not None and slot.proc.poll() is None:
+            slot.expected_exit = slot.expected_exit or expected
+            log.warning("event=kill name=%s pid=%d reason=%s", slot.name, slot.proc.pid, reason)
+            kill_group(slot.proc.pid)
+
+    def _reap(self, slot: Slot) -> None:
+        proc = slot.proc
+        assert proc is not None
+        code = proc.wait()
+        kill_group(proc.pid)  # whatever it started goes with it
+        self.poller.unregister(slot.pidfd)
+        del self.by_pidfd[slot.pidfd]
+        os.close(slot.pidfd)
+        slot.pidfd = -1
+        self.by_identity.pop(slot.identity, None)
+        slot.proc = None
+        slot.ready = False
+        log_fn = log.info if slot.expected_exit or self.stopping_since else log.error
+        log_fn("event=exit name=%s pid=%d code=%s", slot.name, proc.pid, code)
+        self._jobs_lost(slot)
+        if self.stopping_since or slot.retire:
+            del self.slots[slot.name]
+            return
+        if not slot.expected_exit:
+            now = time.monotonic()
+            times = slot.restart_times
+            while times and now - times[0] > self.cfg.supervision.restart_period:
+                times.popleft()
+            if len(times) >= self.cfg.supervision.max_restarts:
+                slot.state = "failed"
+                slot.detail = (f"gave up: {len(times)} restarts within {self.cfg.supervision.restart_period:g}s "
+                               f"(last exit code {code})")
+                log.critical("event=child-failed name=%s detail=%s; siblings keep running", slot.name, slot.detail)
+                return
+            times.append(now)
+        slot.restarts += 1
+        self._spawn(slot)
+
+    def _jobs_lost(self, slot: Slot) -> None:
+        book = self.book
+        assert book is not None
+        now = time.time()
+        first = True
+        for jid in slot.outstanding:
+            job = book.jobs.get(jid)
+            if job is None:
+                continue
+            if job.killed:
+                self._finish(job, "killed", now, error_type="JobCancelled",
+                             error_message=f"killed: {job.killed} (no return within {job.timeout_ms} ms of the abort)")
+            elif first and job.state == "running":
+                if job.attempts <= job.spec.retries and not self.stopping_since:
+                    book.requeue(job, f"worker {slot.name} died (attempt {job.attempts} of {job.spec.retries + 1})")
+                else:
+                    self._finish(job, "worker-lost", now, error_type="JobLost",
+                                 error_message=f"worker {slot.name} died while running the job and no retry was left")
+            else:
+                book.requeue(job, "")
+            first = False
+        slot.outstanding.clear()
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> int:
+        """Serve until stopped; returns the exit code."""
+        signal.signal(signal.SIGTERM, lambda *_: self.begin_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.begin_stop("SIGINT"))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        sup = self.cfg.supervision
+        next_beat = 0.0
+        next_prune = time.monotonic() + 60
+        try:
+            while self.running:
+                events = self.poller.poll(self._poll_timeout_ms())
+                for sock, _ in events:
+                    if sock is self.control:
+                        self._drain_control()
+                    elif sock is self.internal:
+                        self._drain_internal()
+                    else:
+                        slot = self.by_pidfd.get(sock)
+                        if slot is not None:
+                            self._reap(slot)
+                mono = time.monotonic()
+                if mono >= next_beat:
+                    next_beat = mono + sup.heartbeat_interval
+                    self._heartbeats(mono)
+                self._timers(mono)
+                if not self.stopping_since:
+                    self._dispatch(mono)
+                    if mono >= next_prune:
+                        next_prune = mono + 600
+                        self._prune()
+                else:
+                    self._stop_step(mono)
+                self._flush()
+        finally:
+            self.close()
+        return 0
+
+    def _poll_timeout_ms(self) -> int:
+        timeout = self.cfg.supervision.heartbeat_interval
+        if self.stopping_since:
+            timeout = min(timeout, 0.05)
+        book = self.book
+        assert book is not None
+        mono = time.monotonic()
+        for slot in self.slots.values():
+            if slot.outstanding:
+                job = book.jobs.get(slot.outstanding[0])
+                if job is not None:
+                    for t in (job.kill_at, job.deadline_at):
+                        if t:
+                            timeout = min(timeout, max(0.0, t - mono))
+        return max(0, math.ceil(timeout * 1000))
+
+    def _flush(self) -> None:
+        assert self.journal is not None
+        self.journal.commit()
+        for ident, frame in self.replies:
+            self._send_client(ident, frame)
+        self.replies.clear()
+        for ident, infos in self.pushes.items():
+            self._send_client(ident, encode(JobInfos(infos)))
+        self.pushes.clear()
+        for ident, by_id in self.progress_pushes.items():
+            self._send_client(ident, encode(JobInfos(list(by_id.values()))))
+        self.progress_pushes.clear()
+
+    def _send_client(self, ident: bytes, frame: bytes) -> None:
+        try:
+            self.control.send_multipart([ident, frame], zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["push_dropped"] += 1
+        except zmq.ZMQError:  # EHOSTUNREACH: the client is gone
+            self.counters["client_gone"] += 1
+
+    def _send_child(self, slot: Slot, msg: Message) -> bool:
+        try:
+            self.internal.send_multipart([slot.identity, encode(msg)], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    # ------------------------------------------------------------------ control socket
+    def _drain_control(self) -> None:
+        for _ in range(_DRAIN):
+            try:
+                parts = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            ident = parts[0]
+            if len(parts) == 3 and parts[1] == b"":  # a REQ client: keep its delimiter
+                ident, frame = ident, parts[2]
+            elif len(parts) != 2:
+                self.counters["bad_frames"] += 1
+                self.replies.append((ident, encode(Error("protocol", f"expected one frame per message, got {len(parts) - 1}"))))
+                continue
+            else:
+                frame = parts[1]
+            try:
+                corr, msg = decode(frame, self.limits)
+            except ProtocolError as exc:
+                self.counters["bad_frames"] += 1
+                log.warning("event=bad-frame bytes=%d reason=%s", len(frame), exc)
+                self.replies.append((ident, encode(Error("protocol", str(exc)), peek_corr(frame))))
+                continue
+            try:
+                reply = self._request(ident, corr, msg)
+            except EnsembleError as exc:
+                reply = Error(code_of(exc), str(exc))
+            except Exception as exc:  # a bug must not take the daemon down
+                log.exception("event=request-failed kind=%s", type(msg).__name__)
+                reply = Error("daemon", f"internal error handling {type(msg).__name__}: {exc}")
+            if reply is not None:
+                self.replies.append((ident, encode(reply, corr)))
+
+    def _request(self, ident: bytes, corr: int, msg: Message) -> Message | None:
+        handler: Callable[[bytes, int, Any], Message | None] | None = self._handlers.get(type(msg))  # type: ignore[assignment]
+        if handler is None:
+            raise ProtocolError(f"{type(msg).__name__} is not a request the daemon answers")
+        return handler(self, ident, corr, msg)
+
+    def _on_ping(self, ident: bytes, corr: int, msg: Ping) -> Message:
+        return Pong(__version__, os.getpid())
+
+    def _on_submit(self, ident: bytes, corr: int, msg: Submit) -> Message | None:
+        book = self.book
+        assert book is not None
+        if self.stopping_since:
+            raise DaemonError("the daemon is stopping; submit again after the next `ensemble up`")
+        allow = self.cfg.jobs.allow
+        for spec in msg.jobs:
+            known = self._module_ok.get(spec.fn)
+            if known is None:
+                try:
+                    check_allowed(spec.fn, allow)
+                    known = ""
+                except EnsembleError as exc:
+                    known = str(exc)
+                self._module_ok[spec.fn] = known
+            if known:
+                raise JobRefused(known)
+            if spec.timeout_ms <= 0 or spec.deadline < 0 or spec.retries < 0:
+                raise JobRefused(f"job {spec.fn}: timeout must be > 0 ms, deadline and retries >= 0")
+        limit = self.cfg.jobs.queue_limit
+        if len(book.jobs) + len(msg.jobs) > limit:
+            raise QueueFull(f"queue full: {len(book.jobs)} unfinished jobs, limit {limit} (jobs.queue_limit); "
+                            "retry later or raise the limit")
+        ids = book.accept(msg.jobs, time.time())
+        if msg.watch:
+            for jid in ids:
+                book.jobs[jid].watchers = {ident}
+        self.replies.append((ident, encode(Submitted(ids), corr)))
+        return None
+
+    def _on_cancel(self, ident: bytes, corr: int, msg: Cancel) -> Message | None:
+        book = self.book
+        assert book is not None
+        job = book.jobs.get(msg.job_id)
+        if job is None:
+            infos = book.infos([msg.job_id])
+            if msg.job_id not in infos:
+                raise JobNotFound(f"job {msg.job_id} is unknown to this daemon (never submitted, or pruned)")
+            return Ack(f"job {msg.job_id} had already ended ({infos[msg.job_id].state})")
+        if job.state == "queued":
+            self._finish(job, "cancelled", time.time(), error_type="JobCancelled", error_message="cancelled before it started")
+            return Ack("cancelled")
+        self._abort(job, "cancel")
+        if msg.block:
+            if job.blockers is None:
+                job.blockers = []
+            job.blockers.append((ident, corr))
+            return None
+        return Ack("abort requested")
+
+    def _on_get(self, ident: bytes, corr: int, msg: GetJobs) -> Message:
+        assert self.book is not None
+        infos = self.book.infos(list(msg.job_ids))
+        missing = [j for j in msg.job_ids if j not in infos]
+        if missing:
+            raise JobNotFound(f"job(s) {', '.join(map(str, missing))} unknown to this daemon (never submitted, or pruned)")
+        return JobInfos([infos[j] for j in msg.job_ids])
+
+    def _on_list(self, ident: bytes, corr: int, msg: ListJobs) -> Message:
+        assert self.book is not None
+        return JobInfos(self.book.recent(list(msg.states), max(1, min(msg.limit, 10_000))))
+
+    def _on_watch(self, ident: bytes, corr: int, msg: Watch) -> Message:
+        assert self.book is not None
+        for jid in msg.job_ids:
+            job = self.book.jobs.get(jid)
+            if job is not None:
+                if job.watchers is None:
+                    job.watchers = set()
+                job.watchers.add(ident)
+                if msg.progress:
+                    if job.progress_watchers is None:
+                        job.progress_watchers = set()
+                    job.progress_watchers.add(ident)
+        return self._on_get(ident, corr, GetJobs(msg.job_ids))
+
+    def _on_unwatch(self, ident: bytes, corr: int, msg: Unwatch) -> Message:
+        assert self.book is not None
+        for jid in msg.job_ids:
+            job = self.book.jobs.get(jid)
+            if job is not None:
+                for s in (job.watchers, job.progress_watchers):
+                    if s:
+                        s.discard(ident)
+        return Ack()
+
+    def _on_status(self, ident: bytes, corr: int, msg: Status) -> Message:
+        return self.status()
+
+    def _on_scale(self, ident: bytes, corr: int, msg: Scale) -> Message:
+        if not 0 <= msg.workers <= 1024:
+            raise EnsembleError(f"cannot scale to {msg.workers} workers: give 0..1024")
+        self.scale(msg.workers)
+        return Ack(f"workers: {msg.workers}")
+
+    def _on_shutdown(self, ident: bytes, corr: int, msg: Shutdown) -> Message:
+        self.begin_stop("shutdown request")
+        return Ack("stopping")
+
+    _handlers: dict[type, Callable[..., Message | None]] = {
+        Ping: _on_ping, Submit: _on_submit, Cancel: _on_cancel, GetJobs: _on_get, ListJobs: _on_list,
+        Watch: _on_watch, Unwatch: _on_unwatch, Status: _on_status, Scale: _on_scale, Shutdown: _on_shutdown,
+    }
+
+    # ------------------------------------------------------------------ internal socket
+    def _drain_internal(self) -> None:
+        for _ in range(_DRAIN):
+            try:
+                parts = self.internal.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            slot = self.by_identity.get(parts[0])
+            if slot is None or len(parts) != 2:
+                self.counters["stray_frames"] += 1
+                continue
+            try:
+                _, msg = decode(parts[1], self.limits)
+            except ProtocolError as exc:
+                self.counters["bad_frames"] += 1
+                log.error("event=bad-child-frame name=%s reason=%s", slot.name, exc)
+                continue
+            slot.last_heard = time.monotonic()
+            if isinstance(msg, Heartbeat):
+                slot.stats = msg.stats
+            elif isinstance(msg, JobsDone):
+                self._jobs_done(slot, msg)
+            elif isinstance(msg, JobUpdate):
+                self._job_update(slot, msg)
+            elif isinstance(msg, Hello):
+                slot.ready = True
+                slot.state = "running"
+                log.info("event=ready name=%s pid=%d", slot.name, msg.pid)
+            else:
+                self.counters["stray_frames"] += 1
+
+    def _jobs_done(self, slot: Slot, msg: JobsDone) -> None:
+        book = self.book
+        assert book is not None
+        now = time.time()
+        for done in msg.results:
+            job = book.jobs.get(done.job_id)
+            if job is None or done.job_id not in slot.outstanding:
+                self.counters["stale_results"] += 1
+                continue
+            if slot.outstanding[0] == done.job_id:
+                slot.outstanding.popleft()
+            else:
+                slot.outstanding.remove(done.job_id)
+            job.progress, job.status, job.properties = done.progress, done.status, done.properties
+            if done.started and job.state == "running":
+                job.started = done.started
+            if job.abort_reason:
+                etype = "JobTimeout" if job.abort_reason == "deadline" else "JobCancelled"
+                state = "cancelled"
+                msg_text = {"deadline": f"deadline of {job.spec.deadline:g}s passed",
+                            "cancel": "cancelled", "shutdown": "the daemon stopped"}.get(job.abort_reason, job.abort_reason)
+                if not done.ok and done.error_type not in ("JobCancelled", "JobTimeout"):
+                    msg_text += f"; the job then raised {done.error_type}: {done.error_message}"
+                self._finish(job, state, now, done.value, etype, msg_text, done.traceback)
+            elif done.ok:
+                self._finish(job, "done", now, done.value)
+            else:
+                self._finish(job, "failed", now, None, done.error_type, done.error_message, done.traceback)
+        self._advance(slot, now, time.monotonic())
+        if slot.retire and not slot.outstanding:
+            self._send_child(slot, Stop("scaled down"))
+
+    def _advance(self, slot: Slot, now: float, mono: float) -> None:
+        """Mark the job now at the head of a worker's line as running."""
+        assert self.book is not None
+        if slot.outstanding:
+            job = self.book.jobs.get(slot.outstanding[0])
+            if job is not None and job.state == "dispatched":
+                self.book.start(job, slot.name, now, mono)
+
+    def _job_update(self, slot: Slot, msg: JobUpdate) -> None:
+        book = self.book
+        assert book is not None
+        job = book.jobs.get(msg.job_id)
+        if job is None:
+            return
+        job.progress, job.status = msg.progress, msg.status
+        if msg.properties or not msg.event:
+            job.properties = msg.properties
+        if msg.timeout_ms != job.timeout_ms:
+            job.timeout_ms = msg.timeout_ms
+            if job.kill_at:
+                job.kill_at = time.monotonic() + msg.timeout_ms / 1000
+        if msg.event:
+            book.event(job, msg.event, msg.detail)
+            log.warning("event=job-%s job=%d detail=%s", msg.event, job.id, msg.detail)
+        else:
+            book.journal.stage_progress(job.id, job.progress, job.status, job.properties)
+        if job.progress_watchers:
+            info = job.info()
+            for ident in job.progress_watchers:
+                self.progress_pushes.setdefault(ident, {})[job.id] = info
+
+    # ------------------------------------------------------------------ jobs
+    def _finish(self, job: Job, state: str, now: float, value: Any = None, error_type: str = "",
+                error_message: str = "", traceback: str = "") -> None:
+        assert self.book is not None
+        info = self.book.finish(job, state, now, value, error_type, error_message, traceback)
+        if job.watchers:
+            for ident in job.watchers:
+                self.pushes.setdefault(ident, []).append(info)
+        if job.blockers:
+            for ident, corr in job.blockers:
+                self.replies.append((ident, encode(JobInfos([info]), corr)))
+
+    def _abort(self, job: Job, reason: str) -> None:
+        if job.abort_reason:
+            return
+        job.abort_reason = reason
+        assert self.book is not None
+        self.book.event(job, "abort", reason)
+        slot = self.slots.get(job.worker) if job.worker else self._slot_of(job.id)
+        if slot is not None:
+            self._send_child(slot, AbortJob(job.id, reason))
+            if job.state == "running":
+                job.kill_at = time.monotonic() + job.timeout_ms / 1000
+
+    def _slot_of(self, job_id: int) -> Slot | None:
+        for slot in self.slots.values():
+            if job_id in slot.outstanding:
+                return slot
+        return None
+
+    def _timers(self, mono: float) -> None:
+        assert self.book is not None
+        jobs = self.book.jobs
+        for slot in list(self.slots.values()):
+            if not slot.outstanding:
+                continue
+            job = jobs.get(slot.outstanding[0])
+            if job is None:
+                continue
+            if job.deadline_at and mono >= job.deadline_at and not job.abort_reason:
+                self._abort(job, "deadline")
+            if job.kill_at and mono >= job.kill_at and not job.killed:
+                job.killed = job.abort_reason or "abort"
+                self.book.event(job, "killed", f"no return within {job.timeout_ms} ms of the abort; process group SIGKILLed")
+                self._kill(slot, f"job {job.id} ignored its abort for {job.timeout_ms} ms")
+
+    def _heartbeats(self, mono: float) -> None:
+        timeout = self.cfg.supervision.heartbeat_timeout
+        beat = encode(Heartbeat())
+        for slot in list(self.slots.values()):
+            if slot.proc is None:
+                continue
+            try:
+                self.internal.send_multipart([slot.identity, beat], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            if mono - slot.last_heard > timeout and not self.stopping_since:
+                if not slot.detail.startswith("silent"):
+                    log.error("event=silent name=%s seconds=%.1f", slot.name, mono - slot.last_heard)
+                slot.detail = f"silent for {mono - slot.last_heard:.1f}s; replaced"
+                self._kill(slot, "heartbeat timeout", expected=False)
+
+    def _dispatch(self, mono: float) -> None:
+        book = self.book
+        assert book is not None
+        if not book.queued:
+            return
+        window = self.cfg.jobs.window
+        ready = [s for s in self.slots.values()
+                 if s.role == "worker" and s.ready and not s.retire and len(s.outstanding) < window]
+        if not ready:
+            return
+        ready.sort(key=lambda s: len(s.outstanding))
+        now = time.time()
+        for i, slot in enumerate(ready):
+            share = math.ceil(book.queued / (len(ready) - i))
+            jobs = book.pop(min(window - len(slot.outstanding), max(1, share)))
+            if not jobs:
+                break
+            was_idle = not slot.outstanding
+            batch = []
+            for job in jobs:
+                slot.outstanding.append(job.id)
+                job.worker = slot.name
+                s = job.spec
+                batch.append(Dispatch(job.id, s.fn, s.args, s.kwargs, job.timeout_ms, job.attempts + 1, s.with_task))
+            if not self._send_child(slot, RunJobs(batch)):
+                for job in jobs:
+                    slot.outstanding.remove(job.id)
+                    book.requeue(job, "")
+                continue
+            if was_idle:
+                self._advance(slot, now, mono)
+
+    def scale(self, n: int) -> None:
+        """Change the number of workers: start new ones, or retire idle ones first."""
+        self.workers_wanted = n
+        workers = [s for s in self.slots.values() if s.role == "worker" and not s.retire]
+        for _ in range(n - len(workers)):
+            self._add_worker()
+        excess = len(workers) - n
+        if excess > 0:
+            workers.sort(key=lambda s: (len(s.outstanding), s.state != "failed"))
+            for slot in workers[:excess]:
+                slot.retire = True
+                if slot.state == "failed":
+                    del self.slots[slot.name]
+                elif not slot.outstanding:
+                    self._send_child(slot, Stop("scaled down"))
+        log.info("event=scale workers=%d", n)
+
+    def _prune(self) -> None:
+        assert self.journal is not None
+        n = self.journal.prune(time.time() - self.cfg.jobs.retention)
+        if n:
+            log.info("event=prune jobs=%d", n)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> StatusReply:
+        """Snapshot of the daemon and every actor."""
+        book = self.book
+        assert book is not None
+        now, mono = time.time(), time.monotonic()
+        actors = []
+        for slot in self.slots.values():
+            pid = slot.proc.pid if slot.proc is not None else 0
+            actors.append(ActorInfo(
+                slot.name, slot.role, pid, ("retiring" if slot.retire else slot.state) if pid else slot.state,
+                now - slot.started if pid else 0.0, slot.restarts, mono - slot.last_heard if pid else 0.0,
+                _rss(pid) if pid else 0, slot.detail, slot.stats,
+            ))
+        running = sum(len(s.outstanding) > 0 for s in self.slots.values())
+        counters = dict(self.counters)
+        counters.update({f"jobs_{k}": v for k, v in book.counters.items()})
+        daemon = DaemonInfo(
+            self.cfg.name, os.getpid(), __version__, now - self.started, str(self.rundir.path),
+            str(self.state_dir), str(self.log_file), self.workers_wanted, book.queued, running,
+            _rss(os.getpid()), counters,
+        )
+        return StatusReply(daemon, actors)
+
+    # ------------------------------------------------------------------ stopping
+    def begin_stop(self, reason: str) -> None:
+        """Start an orderly stop: abort jobs, stop message, SIGTERM, SIGKILL."""
+        if self.stopping_since:
+            return
+        log.info("event=stopping reason=%s", reason)
+        self.stopping_since = time.monotonic()
+        assert self.book is not None
+        for job in list(self.book.jobs.values()):
+            if job.state == "running":
+                self._abort(job, "shutdown")
+        for slot in self.slots.values():
+            if slot.proc is not None:
+                slot.state = "stopping"
+                self._send_child(slot, Stop(reason))
+
+    def _stop_step(self, mono: float) -> None:
+        alive = [s for s in self.slots.values() if s.proc is not None]
+        if not alive:
+            self.running = False
+            return
+        elapsed = mono - self.stopping_since
+        sup = self.cfg.supervision
+        if elapsed > sup.stop_grace and not self.term_sent:
+            self.term_sent = True
+            for s in alive:
+                log.warning("event=sigterm name=%s", s.name)
+                assert s.proc is not None
+                s.proc.send_signal(signal.SIGTERM)
+        if elapsed > sup.stop_grace + sup.term_grace and not self.kill_sent:
+            self.kill_sent = True
+            for s in alive:
+                self._kill(s, "did not stop after SIGTERM")
+
+    def close(self) -> None:
+        """Kill what is left, write the journal, remove sockets and the lock."""
+        for slot in list(self.slots.values()):
+            if slot.proc is not None:
+                kill_group(slot.proc.pid)
+                slot.proc.wait()
+                os.close(slot.pidfd)
+        if self.book is not None:
+            now = time.time()
+            for job in list(self.book.jobs.values()):
+                if job.killed:
+                    self._finish(job, "killed", now, error_type="JobCancelled", error_message="killed: the daemon stopped")
+        if self.journal is not None:
+            self.journal.close()
+        if hasattr(self, "ctx"):
+            self.ctx.destroy(linger=0)
+        from actors.shm import sweep_segments
+
+        sweep_segments(self.cfg.name)
+        self.rundir.release()
+        log.info("event=stopped")
+
+
+def setup_logging(cfg: Config, foreground: bool) -> None:
+    """Log to ``<state dir>/daemon.log`` (and stderr in the foreground), one grep-able line per event."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s supervisor pid=%(process)d %(message)s")
+    root = logging.getLogger()
+    root.handlers.clear()
+    fh = logging.FileHandler(cfg.state_dir / "daemon.log")
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+    if foreground:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        root.addHandler(sh)
+    root.setLevel(getattr(logging, cfg.daemon.log_level.upper(), logging.INFO))
+
+
+def serve(cfg: Config, foreground: bool = False) -> int:
+    """Run a daemon in this process until it is stopped; returns the exit code."""
+    setup_logging(cfg, foreground)
+    sup = Supervisor(cfg)
+    try:
+        sup.open()
+    except DaemonError:
+        raise
+    log.info("event=start name=%s pid=%d version=%s workers=%d run_dir=%s", cfg.name, os.getpid(), __version__,
+             sup.workers_wanted, sup.rundir.path)
+    sup.start_children()
+    return sup.run()
+
+
+def main() -> None:
+    """``python -m actors.supervisor CONFIG_JSON [--foreground]`` (used by ``ensemble up``)."""
+    cfg = Config.from_json(sys.argv[1])
+    try:
+        code = serve(cfg, foreground="--foreground" in sys.argv[2:])
+    except EnsembleError as exc:
+        sys.stderr.write(f"ensemble: error: {exc}\n")
+        sys.exit(1)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""A worker process: runs jobs one at a time, with the task handle, on its job thread.
+
+Threads: the main thread runs the supervision loop (heartbeats, dispatch,
+aborts, publishing progress); the job thread runs job functions.  They talk
+through an inproc PAIR socket (results, job thread -> main) and a queue (jobs,
+main -> job thread).  Jobs handed over but not yet started sit in the main
+thread's ``pending`` deque, so an abort of one of them answers at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+import traceback
+from typing import Any
+
+import msgpack
+import zmq
+
+from actors._child import Child, child_main
+from actors._jobfn import resolve
+from actors._task import Task, activate, deactivate
+from actors.messages import (
+    AbortJob,
+    Dispatch,
+    JobDone,
+    JobsDone,
+    JobUpdate,
+    Message,
+    RunJobs,
+    _default,
+)
+
+log = logging.getLogger("ensemble.worker")
+
+
+class Worker(Child):
+    """Supervised worker: receives :class:`RunJobs`, reports :class:`JobsDone`."""
+
+    role = "worker"
+
+    def __init__(self, cfg: Any, name: str) -> None:
+        super().__init__(cfg, name)
+        self.pending: collections.deque[Dispatch] = collections.deque()
+        self.current: tuple[Dispatch, Task] | None = None
+        self.jobs_in: "queue.SimpleQueue[tuple[Dispatch, Task] | None]" = queue.SimpleQueue()
+        self.results_in = self.ctx.socket(zmq.PAIR)
+        self.results_in.bind(f"inproc://results-{id(self)}")
+        self.results_out = self.ctx.socket(zmq.PAIR)
+        self.results_out.connect(f"inproc://results-{id(self)}")
+        self.finished: "queue.SimpleQueue[JobDone]" = queue.SimpleQueue()
+        self.done_count = 0
+        self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
+        self.thread.start()
+
+    # -- main thread ---------------------------------------------------------------
+    def extra_sockets(self) -> list[Any]:
+        return [self.results_in]
+
+    def stats(self) -> dict[str, Any]:
+        return {"done": self.done_count, "pending": len(self.pending), "busy": self.current is not None}
+
+    def poll_timeout(self) -> float:
+        return 0.02 if self.current is not None else super().poll_timeout()
+
+    def handle(self, msg: Message) -> None:
+        if isinstance(msg, RunJobs):
+            self.pending.extend(msg.jobs)
+            self._start_next()
+        elif isinstance(msg, AbortJob):
+            self._abort(msg.job_id, msg.reason)
+        else:
+            super().handle(msg)
+
+    def _abort(self, job_id: int, reason: str) -> None:
+        if self.current is not None and self.current[0].job_id == job_id:
+            self.current[1].abort(reason)
+            return
+        for d in self.pending:
+            if d.job_id == job_id:
+                self.pending.remove(d)
+                now = time.time()
+                self.send(JobsDone([JobDone(job_id, False, None, "JobCancelled", reason or "cancelled before it started", "", aborted=True, started=now)]))
+                return
+
+    def _start_next(self) -> None:
+        if self.current is None and self.pending:
+            d = self.pending.popleft()
+            task = Task(d.job_id, d.timeout_ms)
+            self.current = (d, task)
+            self.jobs_in.put((d, task))
+
+    def on_ready(self, sock: Any) -> None:
+        done: list[JobDone] = []
+        while True:
+            try:
+                frame = self.results_in.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            done.append(self.finished.get_nowait())
+            self.current = None
+            self._start_next()
+        if done:
+            self.done_count += len(done)
+            self.send(JobsDone(done))
+
+    def tick(self, now: float) -> None:
+        cur = self.current
+        if cur is None:
+            return
+        d, task = cur
+        snap = task.snapshot_if_due(now)
+        if snap is not None:
+            self.send(JobUpdate(d.job_id, snap[0], snap[1], snap[2], snap[3]))
+        gap = task.stalled_for(now)
+        if gap is not None:
+            self.send(
+                JobUpdate(d.job_id, task.get_progress(), task.get_status_message(), {}, task.get_timeout(),
+                          "stalled", f"no should_abort() call for {gap * 1000:.0f} ms (timeout {task.get_timeout()} ms)")
+            )
+
+    def on_stop(self) -> None:
+        if self.current is not None:
+            self.current[1].abort(self.stop_reason or "worker stopping")
+        self.jobs_in.put(None)
+        self.thread.join(timeout=self.cfg.supervision.stop_grace)
+        self.on_ready(self.results_in)
+        for d in list(self.pending):
+            self._abort(d.job_id, "worker stopping")
+
+    # -- job thread ------------------------------------------------------------------
+    def _job_loop(self) -> None:
+        while True:
+            item = self.jobs_in.get()
+            if item is None:
+                return
+            d, task = item
+            self.finished.put(_sendable(_run_one(d, task)))
+            self.results_out.send(b"")
+
+
+def _run_one(d: Dispatch, task: Task) -> JobDone:
+    token = activate(task)
+    started = task.started
+    try:
+        fn = resolve(d.fn)
+        value = fn(task, *d.args, **d.kwargs) if d.with_task else fn(*d.args, **d.kwargs)
+        progress, status, props = task.final_state()
+        return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,
+                       aborted=task.aborted, started=started)
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported to the client
+        progress, status, props = task.final_state()
+        tb = traceback.format_exc()
+        return JobDone(d.job_id, False, None, type(exc).__qualname__, str(exc), tb, progress, status, props,
+                       aborted=task.aborted, started=started)
+    finally:
+        deactivate(token)
+
+
+def _sendable(done: JobDone) -> JobDone:
+    """Replace a result that cannot cross the wire by an error saying so."""
+    try:
+        msgpack.packb(done.value, default=_default)
+        msgpack.packb(done.properties, default=_default)
+        return done
+    except (TypeError, ValueError, OverflowError) as exc:
+        return JobDone(done.job_id, False, None, "TypeError", f"the job's return value cannot be sent: {exc}",
+                       "", done.progress, done.status, {}, done.aborted, done.started)
+
+
+if __name__ == "__main__":
+    child_main(Worker)

@@ -1,0 +1,1 @@
+"""The controller actor: the instrument script's control side (parameters, storage, callbacks)."""

@@ -1,0 +1,1 @@
+"""Runnable examples used by the README: jobs and instrument scripts."""
