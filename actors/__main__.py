@@ -1,0 +1,5 @@
+"""``python -m actors`` is the ``ensemble`` command."""
+
+from actors.cli import run
+
+run()

@@ -1,0 +1,218 @@
+"""Shared fixtures: a real daemon in a private run directory, and leak checks.
+
+Every test that starts a daemon gets its own short run directory under /tmp
+(unix socket paths are limited to ~100 characters) and its own state
+directory.  At the end of the session no child process, no ``ensemble.*``
+shared-memory segment and no socket file may remain.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from actors.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll ``cond`` until it returns something truthy; fail loudly after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < end:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+class Daemon:
+    """A daemon started for one test through the real CLI (``ensemble up`` / ``down``)."""
+
+    def __init__(self, base: Path, name: str = "t", workers: int = 2, extra_env: dict[str, str] | None = None,
+                 config_text: str = "") -> None:
+        self.base = base
+        self.env = dict(os.environ)
+        self.env.update({
+            "ENSEMBLE_NAME": name,
+            "ENSEMBLE_RUN_DIR": str(base / "run"),
+            "ENSEMBLE_STATE_DIR": str(base / "state"),
+            "ENSEMBLE_WORKERS": str(workers),
+            "ENSEMBLE_AUDIO_BACKEND": "null",
+            "ENSEMBLE_SUPERVISION_HEARTBEAT_INTERVAL": "0.2",
+            "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "2.0",
+            "PYTHONPATH": str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", ""),
+        })
+        self.env.update(extra_env or {})
+        if config_text:
+            cfg_file = base / "ensemble.toml"
+            cfg_file.write_text(config_text)
+            self.env["ENSEMBLE_CONFIG"] = str(cfg_file)
+        self.config: Config = load_config(env=self.env)
+        self.pid = 0
+        self._clients: list[Any] = []
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60.0, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``ensemble ARGS`` against this daemon."""
+        proc = subprocess.run([sys.executable, "-m", "actors", *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ensemble {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def up(self, *extra: str) -> None:
+        """Start the daemon and wait until every actor is ready."""
+        self.cli("up", *extra)
+        self.pid = int((self.base / "run" / "daemon.pid").read_text())
+
+    def down(self) -> None:
+        """Stop the daemon in order (also closes clients made by :meth:`client`)."""
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+        self.cli("down")
+
+    def client(self, **kw: Any) -> Any:
+        """A :class:`actors.Client` connected to this daemon (closed at teardown)."""
+        from actors.client import Client
+
+        c = Client(config=self.config, **kw)
+        self._clients.append(c)
+        return c
+
+    def status(self) -> Any:
+        """``status`` through a fresh client."""
+        from actors.client import Client
+
+        with Client(config=self.config, timeout=10) as c:
+            return c.status()
+
+    def actor(self, name: str) -> Any:
+        """The ActorInfo of one actor."""
+        return next(a for a in self.status().actors if a.name == name)
+
+    def cleanup(self) -> None:
+        """Make sure nothing of this daemon survives the test."""
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+        run = self.base / "run"
+        if (run / "daemon.lock").exists():
+            self.cli("down", check=False, timeout=60)
+        if self.pid and pid_alive(self.pid):
+            os.kill(self.pid, signal.SIGKILL)
+            wait_for(lambda: not pid_alive(self.pid), 10, what="daemon to die")
+        wait_for(lambda: not processes_mentioning(str(self.base)), 10,
+                 what=f"processes of the daemon in {self.base} to exit")
+
+    def socket_files(self) -> list[Path]:
+        """Socket files left in the run directory."""
+        run = self.base / "run"
+        return [p for p in run.iterdir() if p.is_socket()] if run.exists() else []
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (a test's private directory)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd and pid_alive(int(entry)):
+            out.append(int(entry))
+    return out
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory (unix socket paths must stay under ~100 characters)."""
+    path = Path(tempfile.mkdtemp(prefix="ens-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_daemon(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory of daemons for one test; every one is stopped at teardown."""
+    made: list[Daemon] = []
+
+    def make(**kw: Any) -> Daemon:
+        base = short_tmp / f"d{len(made)}"
+        base.mkdir()
+        d = Daemon(base, **kw)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.cleanup()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    """A running daemon with 2 workers and fast heartbeats."""
+    d = make_daemon()
+    d.up()
+    return d
+
+
+def _our_segments() -> set[str]:
+    try:
+        return {p for p in os.listdir("/dev/shm") if p.startswith("ensemble.")}
+    except FileNotFoundError:
+        return set()
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            out.append(int(entry))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After every test: no child process, no new shared-memory segment of ours."""
+    before = _our_segments()
+    yield
+    wait_for(lambda: not [p for p in _children() if pid_alive(p)], 15, what="child processes to exit")
+    leaked = _our_segments() - before
+    wait_for(lambda: not (_our_segments() - before), 10, what=f"shared-memory segments {leaked} to be unlinked")
