@@ -87,6 +87,7 @@ class Child:
         for s in self.extra_sockets():
             self.poller.register(s, zmq.POLLIN)
         self.send(Hello(self.role, self.name, os.getpid()))
+        self.send(Heartbeat(self.stats()))  # stats (e.g. the audio backend's notice) at once
         sup = self.cfg.supervision
         while self.running:
             events = dict(self.poller.poll(int(self.poll_timeout() * 1000)))

@@ -23,8 +23,8 @@ from actors._errors import (
 from actors._jobfn import path_of
 from actors.config import Config, load_config
 from actors.messages import (
-    Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, Scale, Shutdown, Status,
-    StatusReply, Watch,
+    AudioEvent, Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
+    SampleList, SampleLoad, Scale, Shutdown, Status, StatusReply, Watch,
 )
 
 TERMINAL = frozenset(("done", "failed", "cancelled", "killed", "worker-lost"))
@@ -259,6 +259,62 @@ class Client:
     def cancel(self, job_id: int, block: bool = False) -> JobInfo | None:
         """Cancel a job by id (see :meth:`JobHandle.cancel`)."""
         return JobHandle(self, job_id).cancel(block)
+
+    # -- audio
+    def note_on(self, note: int, velocity: float = 1.0, at: float | None = None, sample: str = "") -> None:
+        """Play ``note`` (0..127) at ``velocity`` (0..1) on the processor.
+
+        ``at``: seconds from when the processor receives it (None: its next block);
+        the event then starts at its exact sample offset.  ``sample`` names a
+        loaded sample ("" = the last one loaded, else the built-in sound).
+        """
+        self._call(AudioEvent("note_on", int(note), float(velocity), 0.0, float(at or 0.0), sample))
+
+    def note_off(self, note: int, at: float | None = None) -> None:
+        """Release every voice playing ``note`` (release envelope, no click)."""
+        self._call(AudioEvent("note_off", int(note), 0.0, 0.0, float(at or 0.0)))
+
+    def control_change(self, controller: int, value: float, at: float | None = None) -> None:
+        """Send controller ``controller`` (0..127) with ``value`` (0..1) to the processor."""
+        self._call(AudioEvent("cc", int(controller), 0.0, float(value), float(at or 0.0)))
+
+    def kill_all_voices(self, fade_ms: float = 10.0) -> None:
+        """Fade out and free every sounding voice."""
+        self._call(AudioEvent("kill_all", fade_ms=float(fade_ms)))
+
+    def upload_sample(self, array: Any, name: str, samplerate: int = 48000, root_key: int = 60) -> SampleInfo:
+        """Copy ``array`` ([frames] or [frames, channels]) into shared memory and register it as ``name``.
+
+        The daemon's registry owns the segment from then on (``drop_sample``
+        releases it); replacing a sample the processor plays swaps it at a
+        block boundary.  Cost: one copy of the data.
+        """
+        import numpy as np
+
+        from actors.shm import SharedArray
+
+        data = np.asarray(array, dtype=np.float32)
+        if data.ndim not in (1, 2) or data.shape[0] == 0:
+            raise ValueError(f"a sample is a non-empty [frames] or [frames, channels] array, got shape {data.shape}")
+        sa = SharedArray.create(self.config.name, data.shape, np.float32)
+        try:
+            sa.array[...] = data
+            info = SampleInfo(name, sa.handle, int(samplerate), int(root_key))
+            self._call(SampleLoad(info))
+        except BaseException:
+            sa.unlink()
+            raise
+        finally:
+            sa.close()
+        return info
+
+    def samples(self) -> list[SampleInfo]:
+        """The samples in the daemon's registry."""
+        return list(self._call(SampleList()).samples)
+
+    def drop_sample(self, name: str) -> None:
+        """Remove a sample from the registry (its memory is freed once the processor lets go)."""
+        self._call(SampleDrop(name))
 
     # -- daemon
     def ping(self) -> Pong:

@@ -63,6 +63,14 @@ class Kind(IntEnum):
     ABORT_JOB = 44
     JOB_UPDATE = 45
     JOBS_DONE = 46
+    VOICES_OP = 47
+    VOICES_DONE = 48
+    # audio: events and samples
+    AUDIO_EVENT = 60
+    SAMPLE_LOAD = 61
+    SAMPLE_DROP = 62
+    SAMPLE_LIST = 63
+    SAMPLE_INFOS = 64
 
 
 @dataclass(frozen=True)
@@ -448,6 +456,88 @@ class JobsDone(Message):
     results: list[JobDone]
 
 
+@_message(Kind.VOICES_OP)
+@dataclass(frozen=True, slots=True)
+class VoicesOp(Message):
+    """kill_voices_and_call: ``suspend`` (fade, kill, stay silent) or ``resume`` the processor's voices."""
+
+    op: str
+    token: int
+    fade_ms: float = 10.0
+
+
+@_message(Kind.VOICES_DONE)
+@dataclass(frozen=True, slots=True)
+class VoicesDone(Message):
+    """The processor carried out a :class:`VoicesOp` (``ok`` False: it could not)."""
+
+    token: int
+    ok: bool
+    detail: str = ""
+
+
+# audio -----------------------------------------------------------------------------
+@_message(Kind.AUDIO_EVENT)
+@dataclass(frozen=True, slots=True)
+class AudioEvent(Message):
+    """A MIDI-like event for the processor: ``note_on``, ``note_off``, ``cc``, ``kill_all``.
+
+    ``delay`` is seconds after the processor receives it (0: the next block);
+    ``sample`` names the sample a note plays ("" = the default instrument's).
+    """
+
+    op: str
+    note: int = 0
+    velocity: float = 1.0
+    value: float = 0.0
+    delay: float = 0.0
+    sample: str = ""
+    fade_ms: float = 10.0
+
+
+@_nested
+@dataclass(frozen=True, slots=True)
+class SampleInfo:
+    """A sample buffer in the registry."""
+
+    name: str
+    handle: ArrayHandle
+    samplerate: int
+    root_key: int = 60
+    frames: int = 0
+    channels: int = 1
+
+
+@_message(Kind.SAMPLE_LOAD)
+@dataclass(frozen=True, slots=True)
+class SampleLoad(Message):
+    """Register (or replace) a sample buffer living in shared memory; the registry owns it from now on."""
+
+    sample: SampleInfo
+
+
+@_message(Kind.SAMPLE_DROP)
+@dataclass(frozen=True, slots=True)
+class SampleDrop(Message):
+    """Remove a sample from the registry; its segment is unlinked once nobody uses it."""
+
+    name: str
+
+
+@_message(Kind.SAMPLE_LIST)
+@dataclass(frozen=True, slots=True)
+class SampleList(Message):
+    """Ask for the registered samples."""
+
+
+@_message(Kind.SAMPLE_INFOS)
+@dataclass(frozen=True, slots=True)
+class SampleInfos(Message):
+    """The registered samples."""
+
+    samples: list[SampleInfo]
+
+
 # --------------------------------------------------------------------------- validation
 def _checker(hint: Any) -> Callable[[Any, str], Any]:
     """Build a function that validates (and for nested types converts) one value."""
@@ -525,6 +615,14 @@ def _checker(hint: Any) -> Callable[[Any, str], Any]:
             return v
 
         return check_dict
+    if hint is ArrayHandle:
+
+        def check_handle(v: Any, where: str) -> Any:
+            if type(v) is not ArrayHandle:
+                raise ProtocolError(f"{where}: expected an array handle, got {type(v).__name__}")
+            return v
+
+        return check_handle
     if isinstance(hint, type) and hint in _NESTED:
         return lambda v, where: _from_fields(hint, v, where)
     raise TypeError(f"unsupported field type {hint!r}")

@@ -37,6 +37,7 @@ from actors.messages import (
     AbortJob, Ack, ActorInfo, Cancel, DaemonInfo, Dispatch, Error, GetJobs, Heartbeat, Hello, JobInfo,
     JobInfos, JobsDone, JobUpdate, Limits, ListJobs, Message, Ping, Pong, RunJobs, Scale, Shutdown,
     Status, StatusReply, Stop, Submit, Submitted, Unwatch, Watch, decode, encode, peek_corr,
+    AudioEvent, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad, VoicesDone, VoicesOp,
 )
 
 log = logging.getLogger("ensemble.supervisor")
@@ -101,6 +102,8 @@ class Supervisor:
         self._module_ok: dict[str, str] = {}
         self.journal: Journal | None = None
         self.book: JobBook | None = None
+        self.samples: dict[str, SampleInfo] = {}  # the shared-memory sample registry
+        self.voice_ops: dict[int, bytes] = {}  # kill_voices_and_call token -> worker identity
 
     # ------------------------------------------------------------------ setup
     def open(self) -> None:
@@ -462,9 +465,72 @@ class Supervisor:
         self.begin_stop("shutdown request")
         return Ack("stopping")
 
+    def _processor(self) -> Slot:
+        slot = self.slots.get("processor")
+        if slot is None or not slot.ready:
+            state = slot.state if slot is not None else "absent"
+            raise DaemonError(f"the processor is not running (state: {state}); see `ensemble status`")
+        return slot
+
+    def _on_audio_event(self, ident: bytes, corr: int, msg: AudioEvent) -> Message:
+        if msg.op not in ("note_on", "note_off", "cc", "kill_all"):
+            raise ProtocolError(f"unknown audio event {msg.op!r}: note_on, note_off, cc or kill_all")
+        if not (0 <= msg.note <= 127 and 0.0 <= msg.velocity <= 1.0 and 0.0 <= msg.delay <= 3600):
+            raise ProtocolError("audio event out of range: note 0..127, velocity 0..1, delay 0..3600 s")
+        if msg.sample and msg.sample not in self.samples:
+            raise DaemonError(f"no sample named {msg.sample!r} is loaded (`ensemble sample list`)")
+        if not self._send_child(self._processor(), msg):
+            raise DaemonError("the processor is not reachable right now; try again")
+        return Ack()
+
+    def _on_sample_load(self, ident: bytes, corr: int, msg: SampleLoad) -> Message:
+        from actors.shm import SharedArray, segment_prefix
+
+        info = msg.sample
+        if not info.name or len(info.name) > 128:
+            raise ProtocolError("a sample needs a name of 1..128 characters")
+        if not info.handle.name.startswith(segment_prefix(self.cfg.name)):
+            raise ProtocolError(f"segment {info.handle.name!r} does not belong to daemon {self.cfg.name!r}")
+        if not (len(info.handle.shape) in (1, 2) and 1000 <= info.samplerate <= 768000):
+            raise ProtocolError("a sample is [frames] or [frames, channels] at 1000..768000 Hz")
+        SharedArray.attach(info.handle, readonly=True).close()  # exists and is big enough
+        old = self.samples.get(info.name)
+        frames = info.handle.shape[0]
+        channels = info.handle.shape[1] if len(info.handle.shape) == 2 else 1
+        info = SampleInfo(info.name, info.handle, info.samplerate, info.root_key, frames, channels)
+        self.samples[info.name] = info
+        if old is not None and old.handle.name != info.handle.name:
+            self._unlink(old)
+        proc = self.slots.get("processor")
+        if proc is not None and proc.ready:
+            self._send_child(proc, SampleLoad(info))
+        log.info("event=sample-load name=%s frames=%d segment=%s", info.name, frames, info.handle.name)
+        return Ack(f"sample {info.name!r}: {frames} frames")
+
+    def _unlink(self, info: SampleInfo) -> None:
+        try:
+            os.unlink(f"/dev/shm/{info.handle.name}")
+        except FileNotFoundError:
+            pass
+
+    def _on_sample_drop(self, ident: bytes, corr: int, msg: SampleDrop) -> Message:
+        info = self.samples.pop(msg.name, None)
+        if info is None:
+            raise DaemonError(f"no sample named {msg.name!r} is loaded")
+        proc = self.slots.get("processor")
+        if proc is not None and proc.ready:
+            self._send_child(proc, msg)
+        self._unlink(info)  # mappings stay valid until the processor lets go of them
+        return Ack(f"sample {msg.name!r} dropped")
+
+    def _on_sample_list(self, ident: bytes, corr: int, msg: SampleList) -> Message:
+        return SampleInfos(list(self.samples.values()))
+
     _handlers: dict[type, Callable[..., Message | None]] = {
         Ping: _on_ping, Submit: _on_submit, Cancel: _on_cancel, GetJobs: _on_get, ListJobs: _on_list,
         Watch: _on_watch, Unwatch: _on_unwatch, Status: _on_status, Scale: _on_scale, Shutdown: _on_shutdown,
+        AudioEvent: _on_audio_event, SampleLoad: _on_sample_load, SampleDrop: _on_sample_drop,
+        SampleList: _on_sample_list,
     }
 
     # ------------------------------------------------------------------ internal socket
@@ -495,8 +561,26 @@ class Supervisor:
                 slot.ready = True
                 slot.state = "running"
                 log.info("event=ready name=%s pid=%d", slot.name, msg.pid)
+                if slot.role == "processor":
+                    for info in self.samples.values():  # a restarted processor maps them again
+                        self._send_child(slot, SampleLoad(info))
+            elif isinstance(msg, VoicesOp):
+                self._voices_op(slot, msg)
+            elif isinstance(msg, VoicesDone):
+                worker = self.voice_ops.pop(msg.token, None)
+                target = self.by_identity.get(worker) if worker else None
+                if target is not None:
+                    self._send_child(target, msg)
             else:
                 self.counters["stray_frames"] += 1
+
+    def _voices_op(self, worker: Slot, msg: VoicesOp) -> None:
+        proc = self.slots.get("processor")
+        if proc is None or not proc.ready or not self._send_child(proc, msg):
+            self._send_child(worker, VoicesDone(msg.token, False, "no processor is running"))
+            return
+        if msg.op == "suspend":
+            self.voice_ops[msg.token] = worker.identity
 
     def _jobs_done(self, slot: Slot, msg: JobsDone) -> None:
         book = self.book

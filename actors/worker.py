@@ -10,6 +10,7 @@ thread's ``pending`` deque, so an abort of one of them answers at once.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import queue
 import threading
@@ -31,10 +32,13 @@ from actors.messages import (
     JobUpdate,
     Message,
     RunJobs,
+    VoicesDone,
+    VoicesOp,
     _default,
 )
 
 log = logging.getLogger("ensemble.worker")
+_VOICES_TIMEOUT = 10.0  # seconds to wait for the processor to fall silent
 
 
 class Worker(Child):
@@ -52,6 +56,9 @@ class Worker(Child):
         self.results_out = self.ctx.socket(zmq.PAIR)
         self.results_out.connect(f"inproc://results-{id(self)}")
         self.finished: "queue.SimpleQueue[JobDone]" = queue.SimpleQueue()
+        self.voice_requests: "queue.SimpleQueue[VoicesOp]" = queue.SimpleQueue()
+        self.voice_waits: dict[int, list[Any]] = {}
+        self._voice_tokens = itertools.count(1)
         self.done_count = 0
         self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
         self.thread.start()
@@ -72,6 +79,11 @@ class Worker(Child):
             self._start_next()
         elif isinstance(msg, AbortJob):
             self._abort(msg.job_id, msg.reason)
+        elif isinstance(msg, VoicesDone):
+            wait = self.voice_waits.get(msg.token)
+            if wait is not None:
+                wait[1] = msg
+                wait[0].set()
         else:
             super().handle(msg)
 
@@ -89,7 +101,7 @@ class Worker(Child):
     def _start_next(self) -> None:
         if self.current is None and self.pending:
             d = self.pending.popleft()
-            task = Task(d.job_id, d.timeout_ms)
+            task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call)
             self.current = (d, task)
             self.jobs_in.put((d, task))
 
@@ -100,6 +112,9 @@ class Worker(Child):
                 frame = self.results_in.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if frame == b"v":
+                self.send(self.voice_requests.get_nowait())
+                continue
             done.append(self.finished.get_nowait())
             self.current = None
             self._start_next()
@@ -132,6 +147,25 @@ class Worker(Child):
             self._abort(d.job_id, "worker stopping")
 
     # -- job thread ------------------------------------------------------------------
+    def _kill_voices_and_call(self, fn: Any) -> bool:
+        """Suspend the processor's voices, run ``fn`` here, resume (job thread)."""
+        token = next(self._voice_tokens)
+        wait: list[Any] = [threading.Event(), None]
+        self.voice_waits[token] = wait
+        try:
+            self.voice_requests.put(VoicesOp("suspend", token))
+            self.results_out.send(b"v")
+            if not wait[0].wait(_VOICES_TIMEOUT) or not wait[1].ok:
+                return False
+            try:
+                fn()
+            finally:
+                self.voice_requests.put(VoicesOp("resume", token))
+                self.results_out.send(b"v")
+            return True
+        finally:
+            self.voice_waits.pop(token, None)
+
     def _job_loop(self) -> None:
         while True:
             item = self.jobs_in.get()
@@ -139,7 +173,7 @@ class Worker(Child):
                 return
             d, task = item
             self.finished.put(_sendable(_run_one(d, task)))
-            self.results_out.send(b"")
+            self.results_out.send(b"r")
 
 
 def _run_one(d: Dispatch, task: Task) -> JobDone:

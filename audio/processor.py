@@ -1,14 +1,157 @@
-"""The processor process (placeholder until the engine lands)."""
+"""The processor process: the realtime audio engine as a supervised actor.
+
+Threads.  The audio thread (PortAudio's callback, or the null backend's
+clock thread) runs only :meth:`audio.Engine.render`.  The main thread runs the
+supervision loop (:class:`actors._child.Child`): it turns messages from the
+supervisor (audio events, sample buffers, kill_voices_and_call) into engine
+calls — which only append to lock-free deques the callback drains at the start
+of its next block — sends heartbeats with the engine's stats, and releases
+buffers the callback retired.  It spends its time blocked in ``zmq.poll``
+(the GIL released), so it does not compete with the callback while it renders.
+No other Python thread runs here.  Automatic garbage collection is off while
+the backend runs (see ``audio._realtime``); the main loop runs a young
+collection when idle.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections import defaultdict, deque
+from typing import Any
+
 from actors._child import Child, child_main
+from actors.messages import AudioEvent, Message, SampleDrop, SampleLoad, VoicesDone, VoicesOp
+from actors.shm import SharedArray
+from audio._backends import choose_backend
+from audio._buffers import builtin_sample
+from audio._engine import Engine
+from audio._events import ControlChange, KillAllVoices, NoteOff, NoteOn
+from audio._realtime import collect_young
+
+log = logging.getLogger("ensemble.processor")
+_SILENCE_TIMEOUT = 2.0  # seconds kill_voices_and_call waits for the voices to fall silent
 
 
 class Processor(Child):
-    """Supervised processor process."""
+    """Supervised processor: one engine, one backend, the sample registry's mappings."""
 
     role = "processor"
+
+    def __init__(self, cfg: Any, name: str) -> None:
+        super().__init__(cfg, name)
+        a = cfg.audio
+        self.engine = Engine(a.samplerate, a.blocksize, a.channels, a.max_voices)
+        self.engine.set_buffer("builtin", builtin_sample(a.samplerate), a.samplerate, 60)
+        self.default_sample = "builtin"
+        self.mapped: dict[str, SharedArray] = {}
+        self.retiring: dict[str, deque[SharedArray]] = defaultdict(deque)
+        self.backend, self.notice = choose_backend(self.engine, a.backend, device=a.device or None)
+        self.backend.start()
+        extra = getattr(self.backend, "notice", "")
+        if extra:
+            self.notice = "; ".join(x for x in (self.notice, extra) if x)
+        if self.notice:
+            log.warning("event=audio-notice detail=%s", self.notice)
+        self.backend_name = type(self.backend).__name__.removesuffix("Backend").lower()
+
+    def stats(self) -> dict[str, Any]:
+        s = dataclasses.asdict(self.engine.stats())
+        s["backend"] = self.backend_name
+        s["notice"] = self.notice
+        jack = getattr(self.backend, "jack_client", None)
+        if jack:
+            s["jack_client"] = jack
+        s["samples"] = sorted(self.mapped)
+        return s
+
+    def handle(self, msg: Message) -> None:
+        if isinstance(msg, AudioEvent):
+            self._event(msg)
+        elif isinstance(msg, SampleLoad):
+            self._load(msg)
+        elif isinstance(msg, SampleDrop):
+            self._drop(msg.name)
+        elif isinstance(msg, VoicesOp):
+            self._voices(msg)
+        else:
+            super().handle(msg)
+
+    def _at(self, delay: float) -> int | None:
+        return None if delay <= 0 else self.engine.frame + int(delay * self.engine.samplerate)
+
+    def _event(self, msg: AudioEvent) -> None:
+        eng = self.engine
+        at = self._at(msg.delay)
+        try:
+            if msg.op == "note_on":
+                slot = eng.slot_index(msg.sample or self.default_sample)
+                eng.post(NoteOn(msg.note, msg.velocity, at, slot))
+            elif msg.op == "note_off":
+                eng.post(NoteOff(note=msg.note, at=at))
+            elif msg.op == "cc":
+                eng.post(ControlChange(msg.note, msg.value, at))
+            elif msg.op == "kill_all":
+                eng.post(KillAllVoices(msg.fade_ms, at))
+        except (OverflowError, KeyError, ValueError) as exc:
+            log.warning("event=audio-event-dropped op=%s reason=%s", msg.op, exc)
+
+    def _load(self, msg: SampleLoad) -> None:
+        info = msg.sample
+        try:
+            sa = SharedArray.attach(info.handle, readonly=True)
+            self.engine.set_buffer(info.name, sa.array, info.samplerate, info.root_key)
+        except Exception as exc:  # a bad or vanished segment must not stop the audio
+            log.error("event=sample-map-failed name=%s reason=%s", info.name, exc)
+            return
+        old = self.mapped.pop(info.name, None)
+        if old is not None:
+            self.retiring[info.name].append(old)
+        self.mapped[info.name] = sa
+        self.default_sample = info.name
+        log.info("event=sample-mapped name=%s frames=%d", info.name, info.handle.shape[0])
+
+    def _drop(self, name: str) -> None:
+        sa = self.mapped.pop(name, None)
+        if sa is None:
+            return
+        self.retiring[name].append(sa)
+        try:
+            self.engine.set_buffer(name, None)
+        except (KeyError, ValueError):
+            pass
+        if self.default_sample == name:
+            self.default_sample = next(reversed(self.mapped), "builtin") if self.mapped else "builtin"
+
+    def _voices(self, msg: VoicesOp) -> None:
+        if msg.op == "suspend":
+            self.engine.suspend(msg.fade_ms)
+            try:
+                self.engine.wait_silent(_SILENCE_TIMEOUT)
+                self.send(VoicesDone(msg.token, True))
+            except Exception as exc:
+                self.engine.resume()
+                self.send(VoicesDone(msg.token, False, f"voices did not fall silent: {exc}"))
+        elif msg.op == "resume":
+            self.engine.resume()
+
+    def tick(self, now: float) -> None:
+        for buf in self.engine.drain_retired():  # the callback let go: unmap off the audio thread
+            name = getattr(buf, "name", None)
+            if name and self.retiring.get(name):
+                self.retiring[name].popleft().close()
+
+    def poll_timeout(self) -> float:
+        return min(0.1, super().poll_timeout())
+
+    def on_stop(self) -> None:
+        self.backend.stop()
+        for sa in list(self.mapped.values()):
+            sa.close()
+        for q in self.retiring.values():
+            for sa in q:
+                sa.close()
+        collect_young()
 
 
 if __name__ == "__main__":
