@@ -9,6 +9,7 @@ parent-death signal).
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -23,6 +24,34 @@ from actors.config import Config
 from actors.messages import Heartbeat, Hello, Limits, Message, Stop, decode, encode
 
 log = logging.getLogger("ensemble.child")
+
+
+class Outbox:
+    """Messages from another thread (script thread, audio thread) for the main loop to send.
+
+    ``put`` appends to a deque (atomic under the GIL) and writes an eventfd the
+    main loop polls: no lock, no allocation beyond the message, never blocks,
+    so the audio thread may use it.
+    """
+
+    def __init__(self) -> None:
+        self.items: collections.deque[Message] = collections.deque()
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def put(self, msg: Message) -> None:
+        """Queue ``msg`` and wake the main loop (any thread)."""
+        self.items.append(msg)
+        try:
+            os.eventfd_write(self.fd, 1)
+        except BlockingIOError:
+            pass
+
+    def clear_wakeup(self) -> None:
+        """Reset the eventfd (main loop)."""
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
 
 
 class Child:
@@ -45,6 +74,8 @@ class Child:
         self.sock.connect(RunDir(cfg.run_dir).internal_endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
+        self.outbox = Outbox()
+        self.poller.register(self.outbox.fd, zmq.POLLIN)
         self.running = True
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
@@ -94,6 +125,10 @@ class Child:
             now = time.monotonic()
             if events.pop(self.sock, 0):
                 self._drain()
+            if events.pop(self.outbox.fd, 0):
+                self.outbox.clear_wakeup()
+            while self.outbox.items:
+                self.send(self.outbox.items.popleft())
             for s in events:
                 self.on_ready(s)
             now = time.monotonic()
@@ -105,7 +140,10 @@ class Child:
                 self.stop_reason = "supervisor silent"
                 break
         self.on_stop()
+        while self.outbox.items:
+            self.send(self.outbox.items.popleft())
         self.sock.close(linger=500)
+        os.close(self.outbox.fd)
         return 0
 
     def _request_stop(self, reason: str) -> None:

@@ -63,7 +63,11 @@ def check_allowed(path: str, allow: Sequence[str]) -> None:
 
 
 def resolve(path: str) -> Callable[..., Any]:
-    """Import ``module`` and return the attribute named after the colon."""
+    """Import ``module`` and return the attribute named after the colon (``script:FILE:fn``: a script's function)."""
+    if path.startswith("script:"):
+        from controller._tasks import resolve_script_fn
+
+        return resolve_script_fn(path)
     module_name, _, qualname = path.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)

@@ -465,6 +465,72 @@ def render(midi: str | None, sample: str | None, seconds: float | None, out: str
     click.echo(f"wrote {path}")
 
 
+# ---------------------------------------------------------------------------- scripts
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def load(ctx: click.Context, path: str) -> None:
+    """Load an instrument script (controller first, then the processor)."""
+    with _client(ctx) as c:
+        c.load_script(path)
+    click.echo(f"loading {Path(path).resolve()}")
+
+
+@main.command()
+@click.pass_context
+def reload(ctx: click.Context) -> None:
+    """Reload the script: pending callbacks discarded, background tasks aborted, parameters kept."""
+    with _client(ctx) as c:
+        c.reload_script()
+    click.echo("reloading")
+
+
+@main.group()
+def param() -> None:
+    """Script parameters: list, get, set."""
+
+
+@param.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def param_list(ctx: click.Context, as_json: bool) -> None:
+    """List the script's parameters and their values."""
+    import dataclasses
+
+    with _client(ctx) as c:
+        params = c.params()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(p) for p in params], indent=2, default=str))
+        return
+    for p in params:
+        rng = f" [{p.min}..{p.max}]" if p.min is not None or p.max is not None else ""
+        click.echo(f"{p.name} = {p.value!r}\t{p.long_name} ({p.kind}{rng}, default {p.default!r})")
+
+
+@param.command("get")
+@click.argument("name")
+@click.pass_context
+def param_get(ctx: click.Context, name: str) -> None:
+    """Print one parameter's value (JSON)."""
+    with _client(ctx) as c:
+        try:
+            value = c.get_param(name)
+        except KeyError as exc:
+            fail(str(exc).strip("'\""))
+    click.echo(json.dumps(value))
+
+
+@param.command("set")
+@click.argument("name")
+@click.argument("value")
+@click.pass_context
+def param_set(ctx: click.Context, name: str, value: str) -> None:
+    """Set a parameter (VALUE read as JSON where it parses)."""
+    with _client(ctx) as c:
+        c.set_param(name, _parse_arg(value))
+    click.echo(f"{name} = {value}")
+
+
 def run() -> None:
     """Console-script entry point."""
     main(prog_name="ensemble")

@@ -24,7 +24,7 @@ from actors._jobfn import path_of
 from actors.config import Config, load_config
 from actors.messages import (
     AudioEvent, Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
-    SampleList, SampleLoad, Scale, Shutdown, Status, StatusReply, Watch,
+    SampleList, SampleLoad, Scale, Shutdown, Status, StatusReply, Watch, ScriptLoad, ParamInfo, ParamList, ParamSet,
 )
 
 TERMINAL = frozenset(("done", "failed", "cancelled", "killed", "worker-lost"))
@@ -315,6 +315,32 @@ class Client:
     def drop_sample(self, name: str) -> None:
         """Remove a sample from the registry (its memory is freed once the processor lets go)."""
         self._call(SampleDrop(name))
+
+    # -- scripts and parameters
+    def load_script(self, path: str, reload: bool = False) -> None:
+        """Load an instrument script in the controller, then the processor (HALion's init order)."""
+        import os
+
+        self._call(ScriptLoad(os.path.abspath(path) if path else "", reload))
+
+    def reload_script(self) -> None:
+        """Reload the current script: pending callbacks are discarded, its tasks aborted, parameters kept."""
+        self._call(ScriptLoad("", True))
+
+    def params(self) -> list[ParamInfo]:
+        """The loaded script's parameters with their current values."""
+        return list(self._call(ParamList()).params)
+
+    def get_param(self, name: str) -> Any:
+        """One parameter's current value.  Raises KeyError if there is none of that name."""
+        for p in self.params():
+            if p.name == name:
+                return p.value
+        raise KeyError(f"no parameter named {name!r}")
+
+    def set_param(self, name: str, value: Any) -> None:
+        """Set a parameter: it enters the controller's queue as a control callback."""
+        self._call(ParamSet(name, value))
 
     # -- daemon
     def ping(self) -> Pong:

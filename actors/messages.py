@@ -71,6 +71,17 @@ class Kind(IntEnum):
     SAMPLE_DROP = 62
     SAMPLE_LIST = 63
     SAMPLE_INFOS = 64
+    # scripts
+    SCRIPT_LOAD = 70
+    SCRIPT_READY = 71
+    SCRIPT_ERROR = 72
+    RUN_SYNC = 73
+    RUN_ASYNC = 74
+    RUN_ASYNC_RESULT = 75
+    PARAM_SET = 76
+    PARAM_VALUES = 77
+    PARAM_LIST = 78
+    PARAM_INFOS = 79
 
 
 @dataclass(frozen=True)
@@ -536,6 +547,114 @@ class SampleInfos(Message):
     """The registered samples."""
 
     samples: list[SampleInfo]
+
+
+# scripts -----------------------------------------------------------------------------
+@_message(Kind.SCRIPT_LOAD)
+@dataclass(frozen=True, slots=True)
+class ScriptLoad(Message):
+    """Load (or with ``reload`` re-load) an instrument script from a file path."""
+
+    path: str
+    reload: bool = False
+
+
+@_message(Kind.SCRIPT_READY)
+@dataclass(frozen=True, slots=True)
+class ScriptReady(Message):
+    """The controller ran a script's module code, parameters and on_load; the processor may run on_init."""
+
+    path: str
+
+
+@_message(Kind.SCRIPT_ERROR)
+@dataclass(frozen=True, slots=True)
+class ScriptError(Message):
+    """A script raised, used a function in the wrong context, or overran its budget."""
+
+    context: str
+    kind: str  # error | wrong-context | overrun | stopped
+    message: str
+    location: str = ""
+
+
+@_message(Kind.RUN_SYNC)
+@dataclass(frozen=True, slots=True)
+class RunSync(Message):
+    """Run the script function ``fn`` in the processor at the start of the next block."""
+
+    fn: str
+    args: list[Any]
+    id: str = ""
+
+
+@_message(Kind.RUN_ASYNC)
+@dataclass(frozen=True, slots=True)
+class RunAsync(Message):
+    """Run the script function ``fn`` in the controller; answer with :class:`RunAsyncResult`."""
+
+    token: int
+    fn: str
+    args: list[Any]
+
+
+@_message(Kind.RUN_ASYNC_RESULT)
+@dataclass(frozen=True, slots=True)
+class RunAsyncResult(Message):
+    """What a ``run_async`` function returned (or raised)."""
+
+    token: int
+    ok: bool
+    value: Any = None
+    error: str = ""
+
+
+@_message(Kind.PARAM_SET)
+@dataclass(frozen=True, slots=True)
+class ParamSet(Message):
+    """Set a script parameter (enters the controller's queue as a control callback)."""
+
+    name: str
+    value: Any
+
+
+@_nested
+@dataclass(frozen=True, slots=True)
+class ParamInfo:
+    """A script parameter: definition and current value."""
+
+    name: str
+    long_name: str
+    value: Any
+    default: Any
+    min: Any = None
+    max: Any = None
+    kind: str = "float"
+    processor: bool = False
+
+
+@_message(Kind.PARAM_VALUES)
+@dataclass(frozen=True, slots=True)
+class ParamValues(Message):
+    """Parameter values after a change; ``call`` names parameters whose processor callback should run."""
+
+    params: list[ParamInfo]
+    call: list[str] = field(default_factory=list)
+
+
+@_message(Kind.PARAM_LIST)
+@dataclass(frozen=True, slots=True)
+class ParamList(Message):
+    """Ask for the script's parameters."""
+
+
+@_message(Kind.PARAM_INFOS)
+@dataclass(frozen=True, slots=True)
+class ParamInfos(Message):
+    """The script's parameters."""
+
+    params: list[ParamInfo]
+    script: str = ""
 
 
 # --------------------------------------------------------------------------- validation

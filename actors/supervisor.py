@@ -38,6 +38,8 @@ from actors.messages import (
     JobInfos, JobsDone, JobUpdate, Limits, ListJobs, Message, Ping, Pong, RunJobs, Scale, Shutdown,
     Status, StatusReply, Stop, Submit, Submitted, Unwatch, Watch, decode, encode, peek_corr,
     AudioEvent, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad, VoicesDone, VoicesOp,
+    ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError,
+    ScriptLoad, ScriptReady,
 )
 
 log = logging.getLogger("ensemble.supervisor")
@@ -104,6 +106,10 @@ class Supervisor:
         self.book: JobBook | None = None
         self.samples: dict[str, SampleInfo] = {}  # the shared-memory sample registry
         self.voice_ops: dict[int, bytes] = {}  # kill_voices_and_call token -> worker identity
+        self.script_path = str(Path(cfg.audio.script).resolve()) if cfg.audio.script else ""
+        self.script_ready = False  # the controller ran module code, parameters and on_load
+        self.params: dict[str, ParamInfo] = {}
+        self.script_errors: collections.deque[str] = collections.deque(maxlen=20)
 
     # ------------------------------------------------------------------ setup
     def open(self) -> None:
@@ -373,6 +379,11 @@ class Supervisor:
             raise DaemonError("the daemon is stopping; submit again after the next `ensemble up`")
         allow = self.cfg.jobs.allow
         for spec in msg.jobs:
+            if spec.fn.startswith("script:"):
+                if not self.script_path or spec.fn.rpartition(":")[0] != f"script:{self.script_path}":
+                    raise JobRefused(f"job function {spec.fn!r}: only functions of the loaded script "
+                                     f"({self.script_path or 'none'}) may run as script jobs")
+                continue
             known = self._module_ok.get(spec.fn)
             if known is None:
                 try:
@@ -526,11 +537,76 @@ class Supervisor:
     def _on_sample_list(self, ident: bytes, corr: int, msg: SampleList) -> Message:
         return SampleInfos(list(self.samples.values()))
 
+    def _on_script_load(self, ident: bytes, corr: int, msg: ScriptLoad) -> Message:
+        path = Path(msg.path or self.script_path)
+        if not msg.path and not self.script_path:
+            raise DaemonError("no script is loaded; give a path: `ensemble load path/to/instrument.py`")
+        if not path.is_file():
+            raise DaemonError(f"script {path} does not exist")
+        controller = self.slots.get("controller")
+        if controller is None or not controller.ready:
+            raise DaemonError("the controller is not running; see `ensemble status`")
+        self.script_path = str(path.resolve())
+        self.script_ready = False
+        self._send_child(controller, ScriptLoad(self.script_path, msg.reload))
+        log.info("event=script-load path=%s reload=%s", self.script_path, msg.reload)
+        return Ack(f"loading {self.script_path}")
+
+    def _on_param_set(self, ident: bytes, corr: int, msg: ParamSet) -> Message:
+        if msg.name not in self.params:
+            raise DaemonError(f"no parameter named {msg.name!r}" + (
+                f"; known: {', '.join(self.params)}" if self.params else "; no script with parameters is loaded"))
+        p = self.params[msg.name]
+        if p.kind != "choice":
+            from controller._host import ParamDef
+
+            try:
+                value = ParamDef(p.name, p.long_name, p.default, p.min, p.max, p.kind).coerce(msg.value)
+            except ValueError as exc:
+                raise DaemonError(str(exc)) from None
+            msg = ParamSet(msg.name, value)
+        controller = self.slots.get("controller")
+        if controller is None or not controller.ready or not self._send_child(controller, msg):
+            raise DaemonError("the controller is not running; see `ensemble status`")
+        return Ack(f"{msg.name} = {msg.value!r} queued")
+
+    def _on_param_list(self, ident: bytes, corr: int, msg: ParamList) -> Message:
+        return ParamInfos(list(self.params.values()), self.script_path)
+
+    def _script_message(self, slot: Slot, msg: Message) -> None:
+        """Route script traffic between controller and processor, and record script errors."""
+        proc, ctl = self.slots.get("processor"), self.slots.get("controller")
+        if isinstance(msg, ScriptReady):
+            self.script_ready = True
+            if proc is not None and proc.ready:
+                self._send_child(proc, ScriptLoad(msg.path))
+        elif isinstance(msg, (RunSync, RunAsyncResult)):
+            if proc is not None and proc.ready:
+                self._send_child(proc, msg)
+        elif isinstance(msg, RunAsync):
+            if ctl is not None and ctl.ready:
+                self._send_child(ctl, msg)
+            elif proc is not None:
+                self._send_child(proc, RunAsyncResult(msg.token, False, None, "the controller is not running"))
+        elif isinstance(msg, ParamValues):
+            self.params = {p.name: p for p in msg.params}
+            if proc is not None and proc.ready:
+                self._send_child(proc, msg)
+        elif isinstance(msg, ParamSet):
+            if ctl is not None and ctl.ready:
+                self._send_child(ctl, msg)
+        elif isinstance(msg, ScriptError):
+            text = f"{msg.context} {msg.kind}: {msg.message}" + (f" ({msg.location})" if msg.location else "")
+            self.script_errors.append(text)
+            self.counters["script_errors"] += 1
+            slot.detail = text[:200]
+            log.error("event=script-%s context=%s detail=%s location=%s", msg.kind, msg.context, msg.message, msg.location)
+
     _handlers: dict[type, Callable[..., Message | None]] = {
         Ping: _on_ping, Submit: _on_submit, Cancel: _on_cancel, GetJobs: _on_get, ListJobs: _on_list,
         Watch: _on_watch, Unwatch: _on_unwatch, Status: _on_status, Scale: _on_scale, Shutdown: _on_shutdown,
         AudioEvent: _on_audio_event, SampleLoad: _on_sample_load, SampleDrop: _on_sample_drop,
-        SampleList: _on_sample_list,
+        SampleList: _on_sample_list, ScriptLoad: _on_script_load, ParamSet: _on_param_set, ParamList: _on_param_list,
     }
 
     # ------------------------------------------------------------------ internal socket
@@ -564,8 +640,16 @@ class Supervisor:
                 if slot.role == "processor":
                     for info in self.samples.values():  # a restarted processor maps them again
                         self._send_child(slot, SampleLoad(info))
+                    if self.script_ready:
+                        self._send_child(slot, ScriptLoad(self.script_path))
+                        self._send_child(slot, ParamValues(list(self.params.values())))
+                elif slot.role == "controller" and self.script_path:
+                    self.script_ready = False
+                    self._send_child(slot, ScriptLoad(self.script_path))
             elif isinstance(msg, VoicesOp):
                 self._voices_op(slot, msg)
+            elif isinstance(msg, (ScriptReady, RunSync, RunAsync, RunAsyncResult, ParamValues, ParamSet, ScriptError)):
+                self._script_message(slot, msg)
             elif isinstance(msg, VoicesDone):
                 worker = self.voice_ops.pop(msg.token, None)
                 target = self.by_identity.get(worker) if worker else None
@@ -777,7 +861,11 @@ class Supervisor:
                 _rss(pid) if pid else 0, slot.detail, slot.stats,
             ))
         running = sum(len(s.outstanding) > 0 for s in self.slots.values())
-        counters = dict(self.counters)
+        counters: dict[str, Any] = dict(self.counters)
+        if self.script_path:
+            counters["script"] = self.script_path
+        if self.script_errors:
+            counters["script_errors_recent"] = list(self.script_errors)
         counters.update({f"jobs_{k}": v for k, v in book.counters.items()})
         daemon = DaemonInfo(
             self.cfg.name, os.getpid(), __version__, now - self.started, str(self.rundir.path),

@@ -21,13 +21,22 @@ from collections import defaultdict, deque
 from typing import Any
 
 from actors._child import Child, child_main
-from actors.messages import AudioEvent, Message, SampleDrop, SampleLoad, VoicesDone, VoicesOp
+import time
+
+from actors.messages import (
+    AudioEvent, Message, ParamValues, RunAsyncResult, RunSync, SampleDrop, SampleLoad, ScriptError, ScriptLoad,
+    VoicesDone, VoicesOp,
+)
 from actors.shm import SharedArray
 from audio._backends import choose_backend
 from audio._buffers import builtin_sample
 from audio._engine import Engine
 from audio._events import ControlChange, KillAllVoices, NoteOff, NoteOn
 from audio._realtime import collect_young
+from controller._context import PROCESSOR, set_context
+from controller._host import install
+from controller._processor_side import ProcessorScript
+from controller._watchdog import interrupt
 
 log = logging.getLogger("ensemble.processor")
 _SILENCE_TIMEOUT = 2.0  # seconds kill_voices_and_call waits for the voices to fall silent
@@ -46,6 +55,10 @@ class Processor(Child):
         self.default_sample = "builtin"
         self.mapped: dict[str, SharedArray] = {}
         self.retiring: dict[str, deque[SharedArray]] = defaultdict(deque)
+        set_context(PROCESSOR)
+        self.script = ProcessorScript(self.engine, self.outbox)
+        install(self.script)
+        self.engine.add_block_hook(self.script.block)
         self.backend, self.notice = choose_backend(self.engine, a.backend, device=a.device or None)
         self.backend.start()
         extra = getattr(self.backend, "notice", "")
@@ -63,6 +76,7 @@ class Processor(Child):
         if jack:
             s["jack_client"] = jack
         s["samples"] = sorted(self.mapped)
+        s.update(self.script.stats())
         return s
 
     def handle(self, msg: Message) -> None:
@@ -74,6 +88,17 @@ class Processor(Child):
             self._drop(msg.name)
         elif isinstance(msg, VoicesOp):
             self._voices(msg)
+        elif isinstance(msg, ScriptLoad):
+            try:
+                self.script.load(msg.path)
+            except Exception as exc:  # module code failed here: report, keep playing
+                self.send(ScriptError("Processor", "error", f"loading {msg.path}: {type(exc).__name__}: {exc}"))
+        elif isinstance(msg, RunSync):
+            self.script.run_sync_call(msg.fn, msg.args, msg.id)
+        elif isinstance(msg, RunAsyncResult):
+            self.script.async_result(msg.token, msg.ok, msg.value, msg.error)
+        elif isinstance(msg, ParamValues):
+            self.script.set_values({p.name: p.value for p in msg.params}, msg.call)
         else:
             super().handle(msg)
 
@@ -83,6 +108,10 @@ class Processor(Child):
     def _event(self, msg: AudioEvent) -> None:
         eng = self.engine
         at = self._at(msg.delay)
+        if self.script.module is not None and msg.op != "kill_all":
+            self.script.default_slot_index = eng.slot_index(msg.sample or self.default_sample)
+            self.script.event(msg.op, msg.note, msg.velocity, msg.value, at)
+            return
         try:
             if msg.op == "note_on":
                 slot = eng.slot_index(msg.sample or self.default_sample)
@@ -136,6 +165,14 @@ class Processor(Child):
             self.engine.resume()
 
     def tick(self, now: float) -> None:
+        busy = self.script.busy_since
+        if busy and time.monotonic() - busy > self.script.hard_ns / 1e9 and self.script.thread_id:
+            from controller._watchdog import ScriptTimeout
+
+            self.script.busy_since = 0.0
+            interrupt(self.script.thread_id, ScriptTimeout)
+        while self.script.logs:
+            log.info("event=script-print %s", self.script.logs.popleft())
         for buf in self.engine.drain_retired():  # the callback let go: unmap off the audio thread
             name = getattr(buf, "name", None)
             if name and self.retiring.get(name):

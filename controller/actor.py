@@ -1,18 +1,60 @@
-"""The controller process: runs the control side of the instrument script.
+"""The controller process: hosts the control side of the instrument script.
 
-Today it is a supervised actor with heartbeats; script loading, parameters and
-the prioritised callback queue arrive with the controller issue.
+The main thread runs the supervision loop and feeds the script thread's
+priority queue (see ``controller._controller_side``); it also watches the
+script thread's budget.  Parameter values and ``on_save()`` state persist in
+the daemon's state directory.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from actors._child import Child, child_main
+from actors.messages import Message, ParamSet, RunAsync, ScriptLoad
+from controller._context import CONTROLLER, set_context
+from controller._controller_side import ControllerScript
+from controller._host import install
 
 
 class Controller(Child):
     """Supervised controller process."""
 
     role = "controller"
+
+    def __init__(self, cfg: Any, name: str) -> None:
+        super().__init__(cfg, name)
+        set_context(CONTROLLER)
+
+        def make_client() -> Any:
+            from actors.client import Client
+
+            return Client(config=cfg)
+
+        self.script = ControllerScript(self.outbox, cfg.state_dir, client_factory=make_client)
+        install(self.script)
+
+    def handle(self, msg: Message) -> None:
+        if isinstance(msg, ScriptLoad):
+            self.script.load(msg.path, msg.reload)
+        elif isinstance(msg, RunAsync):
+            self.script.run_async_call(msg.token, msg.fn, msg.args)
+        elif isinstance(msg, ParamSet):
+            self.script.param_from_outside(msg.name, msg.value)
+        else:
+            super().handle(msg)
+
+    def poll_timeout(self) -> float:
+        return min(0.1, super().poll_timeout())
+
+    def tick(self, now: float) -> None:
+        self.script.check_budget()
+
+    def stats(self) -> dict[str, Any]:
+        return self.script.stats()
+
+    def on_stop(self) -> None:
+        self.script.stop()
 
 
 if __name__ == "__main__":

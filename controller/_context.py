@@ -1,0 +1,89 @@
+"""Where script code runs, and the check every script function makes.
+
+A script function is declared with :func:`available_in`; calling it anywhere
+else raises :class:`~actors.WrongContextError` naming the function, where it is
+available, where it was called (context, script file and line) and the way out
+(``run_sync`` from the controller, ``run_async`` from the processor).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+from actors._errors import WrongContextError
+
+CONTROLLER = "Controller"
+PROCESSOR = "Processor"
+_context = {"name": ""}  # set once per process by the actor that hosts the script
+_loading = {"active": False}  # module code of a script is being executed
+REGISTRY: dict[str, tuple[str, ...]] = {}  # function name -> contexts, for the docs table
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def set_context(name: str) -> None:
+    """Name this process's script context (``Controller`` or ``Processor``)."""
+    _context["name"] = name
+
+
+def get_context() -> str:
+    """The context the calling code runs in: ``"Controller"``, ``"Processor"`` or ``""`` (outside ensemble).
+
+    Available in: Controller, Processor.
+    """
+    return _context["name"]
+
+
+def _caller() -> str:
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "unknown location"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+
+
+def available_in(*contexts: str, during_load: bool = False) -> Callable[[F], F]:
+    """Declare where a script function may run; the wrapper raises WrongContextError elsewhere.
+
+    ``during_load``: also allowed while a script's module code runs in any
+    context (definitions such as ``define_parameter`` are recorded on both sides).
+    """
+
+    def wrap(fn: F) -> F:
+        REGISTRY[fn.__name__] = contexts
+        where = ", ".join(contexts)
+        fn.__doc__ = (fn.__doc__ or "").rstrip() + f"\n\n    **Available in:** {where}.\n"
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            here = _context["name"]
+            if here not in contexts and not (during_load and _loading["active"]):
+                bridge = ("call it from a function passed to run_sync(fn) (Controller -> Processor)"
+                          if PROCESSOR in contexts else
+                          "call it from a function passed to `await run_async(fn)` (Processor -> Controller)")
+                raise WrongContextError(
+                    f"{fn.__name__}() is available in: {where}; it was called in: {here or 'no script context'} "
+                    f"at {_caller()}; {bridge}"
+                )
+            return fn(*args, **kwargs)
+
+        return checked  # type: ignore[return-value]
+
+    return wrap
+
+
+def contexts_table() -> str:
+    """A Markdown table of every script function and where it is available."""
+    lines = ["| function | Controller | Processor |", "|---|:-:|:-:|"]
+    for name in sorted(REGISTRY):
+        ctx = REGISTRY[name]
+        lines.append(f"| `{name}` | {'yes' if CONTROLLER in ctx else ''} | {'yes' if PROCESSOR in ctx else ''} |")
+    return "\n".join(lines)
+
+
+import os as _os  # noqa: E402
+
+_OWN_DIRS = (_os.path.dirname(__file__) + _os.sep,)

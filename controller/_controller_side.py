@@ -1,0 +1,357 @@
+"""The controller side of a script: serialised callbacks by priority, on one thread.
+
+Every controller callback runs on the script thread (an asyncio loop), one at
+a time, taken from a priority queue: control (parameter changes, run_async
+calls) before task notifications before timers before status.  A callback may
+be ``async def`` and ``await wait(ms)``; other callbacks run meanwhile.  A
+callback step that runs past the budget (5000 ms, as HALion's controller) is
+interrupted with :class:`~controller._watchdog.ScriptTimeout` and reported.
+Reloading discards every pending callback and aborts the script's
+background tasks; parameter values survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import threading
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from actors._errors import EnsembleError, WrongContextError
+from actors.messages import ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady
+from controller._host import ParamDef, function_name, load_module
+from controller._watchdog import ScriptTimeout, interrupt
+
+log = logging.getLogger("ensemble.controller")
+
+CONTROL, TASK, TIMER, STATUS = 0, 1, 2, 3
+PRIORITY_NAMES = {CONTROL: "control", TASK: "task", TIMER: "timer", STATUS: "status"}
+
+
+class ControllerScript:
+    """Hosts a script in the controller process."""
+
+    def __init__(self, outbox: Any, state_dir: Path, budget_ms: float = 5000.0, client_factory: Any = None) -> None:
+        self.outbox = outbox
+        self.state_dir = state_dir
+        self.budget_s = budget_ms / 1000.0
+        self.client_factory = client_factory
+        self.module: ModuleType | None = None
+        self.path = ""
+        self.params: dict[str, ParamDef] = {}
+        self.values: dict[str, Any] = {}
+        self.generation = 0  # bumped on reload; callbacks of older generations are dropped
+        self.heap: list[tuple[int, int, int, Callable[..., Any], tuple[Any, ...], str]] = []
+        self._seq = itertools.count()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.bg_tasks: list[Any] = []
+        self.timers: list[asyncio.TimerHandle] = []
+        self.discarded = 0
+        self.errors = 0
+        self.ran: list[str] = []  # names of callbacks run, newest last (bounded)
+        self.busy_since = 0.0
+        self.busy_name = ""
+        self.loading_status: dict[str, Any] = {}
+        self.loop = asyncio.new_event_loop()
+        self._wakeup = asyncio.Event()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="script", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+        self._client: Any = None
+
+    # ------------------------------------------------------------------ any thread
+    def submit(self, priority: int, fn: Callable[..., Any], args: tuple[Any, ...] = (), name: str = "",
+               generation: int | None = None) -> None:
+        """Queue a callback (thread-safe)."""
+        gen = self.generation if generation is None else generation
+        self.loop.call_soon_threadsafe(self._push, priority, gen, fn, args, name or getattr(fn, "__name__", "callback"))
+
+    def _push(self, priority: int, gen: int, fn: Callable[..., Any], args: tuple[Any, ...], name: str) -> None:
+        heapq.heappush(self.heap, (priority, next(self._seq), gen, fn, args, name))
+        self._wakeup.set()
+
+    def pending(self) -> int:
+        """Callbacks waiting in the queue."""
+        return len(self.heap)
+
+    def check_budget(self) -> None:
+        """Main thread: interrupt a callback step running past the budget."""
+        since = self.busy_since
+        if since and time.monotonic() - since > self.budget_s and self.thread.ident:
+            self.busy_since = 0.0
+            interrupt(self.thread.ident, ScriptTimeout)
+
+    def stop(self) -> None:
+        """Abort background tasks and stop the script thread."""
+        for t in self.bg_tasks:
+            t._abort_quietly()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        if self._client is not None:
+            self._client.close()
+
+    # ------------------------------------------------------------------ script thread
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.create_task(self._dispatch())
+        self.loop.call_soon(self._ready.set)
+        self.loop.run_forever()
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self.heap:
+                _, _, gen, fn, args, name = heapq.heappop(self.heap)
+                if gen != self.generation:
+                    continue
+                self._call(fn, args, name)
+                await asyncio.sleep(0)  # let suspended callbacks and timers breathe between callbacks
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], name: str) -> Any:
+        self.busy_since, self.busy_name = time.monotonic(), name
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported, never fatal
+            self._report(name, exc)
+            return None
+        finally:
+            self.busy_since = 0.0
+        self.ran.append(name)
+        del self.ran[:-2000]
+        if asyncio.iscoroutine(result):
+            task = self.loop.create_task(self._drive(result, name, self.generation))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return result
+
+    async def _drive(self, coro: Any, name: str, gen: int) -> Any:
+        """Step a coroutine callback ourselves so each step is timed against the budget."""
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            if gen != self.generation:
+                coro.close()
+                return None
+            self.busy_since, self.busy_name = time.monotonic(), name
+            try:
+                fut = coro.throw(exc) if exc is not None else coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+            except BaseException as e:  # noqa: BLE001
+                self._report(name, e)
+                return None
+            finally:
+                self.busy_since = 0.0
+            value, exc = None, None
+            try:
+                value = await fut
+            except BaseException as e:  # noqa: BLE001
+                exc = e
+
+    def _report(self, name: str, exc: BaseException) -> None:
+        self.errors += 1
+        kind = "overrun" if isinstance(exc, ScriptTimeout) else "wrong-context" if isinstance(exc, WrongContextError) else "error"
+        file = getattr(self.module, "__file__", "") or ""
+        tb = traceback.extract_tb(exc.__traceback__)
+        loc = next((f"{f.filename}:{f.lineno} in {f.name}" for f in reversed(tb) if f.filename == file), "")
+        if kind == "overrun":
+            text = f"{name} ran past the controller's budget of {self.budget_s * 1000:.0f} ms and was stopped"
+        else:
+            text = f"{type(exc).__name__} in {name}: {exc}"
+        log.error("event=script-%s %s at %s", kind, text, loc)
+        self.outbox.put(ScriptError("Controller", kind, text, loc))
+
+    # ------------------------------------------------------------------ loading (script thread)
+    def load(self, path: str, reload: bool) -> None:
+        """Queue loading ``path`` (module code, parameters, on_load); then the processor may init."""
+        self.loop.call_soon_threadsafe(self._load, path, reload)
+
+    def _load(self, path: str, reload: bool) -> None:
+        from controller import _context
+
+        self.generation += 1
+        self.discarded += len(self.heap)
+        self.heap.clear()
+        for t in list(self.tasks):
+            t.cancel()
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+        for bg in self.bg_tasks:
+            bg._abort_quietly()
+        self.bg_tasks.clear()
+        self.params = {}
+        _context._loading["active"] = True
+        self.busy_since, self.busy_name = time.monotonic(), "module code"
+        try:
+            self.module = load_module(path)
+        except BaseException as exc:  # noqa: BLE001
+            self.module = None
+            self._report("module code", exc)
+            return
+        finally:
+            _context._loading["active"] = False
+            self.busy_since = 0.0
+        self.path = str(Path(path).resolve())
+        saved = self._read_state()
+        for name, p in self.params.items():
+            if name in saved.get("params", {}):
+                try:
+                    self.values[name] = p.coerce(saved["params"][name])
+                    continue
+                except ValueError:
+                    pass
+            self.values.setdefault(name, p.default)
+        on_load = getattr(self.module, "on_load", None)
+        if callable(on_load) and "state" in saved:
+            self._call(on_load, (saved["state"],), "on_load")
+        self.outbox.put(self._param_message([]))
+        self.outbox.put(ScriptReady(self.path))
+        log.info("event=script-loaded path=%s reload=%s params=%d discarded=%d", self.path, reload,
+                 len(self.params), self.discarded)
+
+    # ------------------------------------------------------------------ parameters
+    def define(self, p: ParamDef) -> None:
+        self.params[p.name] = p
+
+    def _state_file(self) -> Path:
+        return self.state_dir / "script-state.json"
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._state_file().read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data.get(self.path, {}) if isinstance(data, dict) else {}
+
+    def save_state(self) -> None:
+        """Persist parameter values and what ``on_save()`` returns (script thread)."""
+        entry: dict[str, Any] = {"params": dict(self.values)}
+        on_save = getattr(self.module, "on_save", None)
+        if callable(on_save):
+            try:
+                entry["state"] = on_save()
+            except BaseException as exc:  # noqa: BLE001
+                self._report("on_save", exc)
+        path = self._state_file()
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            data = {}
+        data[self.path] = entry
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, default=str))
+        tmp.replace(path)
+
+    def _param_message(self, call: list[str]) -> ParamValues:
+        infos = [ParamInfo(p.name, p.long_name, self.values.get(p.name, p.default), p.default, p.min, p.max, p.kind,
+                           p.processor) for p in self.params.values()]
+        return ParamValues(infos, call)
+
+    def param_from_outside(self, name: str, value: Any) -> None:
+        """A ``param set`` from a client or the processor: a control callback (any thread)."""
+        self.submit(CONTROL, self._apply_param, (name, value), f"param {name}")
+
+    def _apply_param(self, name: str, value: Any) -> None:
+        p = self.params.get(name)
+        if p is None:
+            raise KeyError(f"no parameter named {name!r}")
+        value = p.coerce(value)
+        self.values[name] = value
+        self.save_state()
+        self.outbox.put(self._param_message([name] if p.processor and p.on_change else []))
+        if p.on_change is not None and not p.processor:
+            self._call(p.on_change, (value,), f"on_change({name})")
+
+    # ------------------------------------------------------------------ API used by controller.script
+    def get_parameter(self, name: str) -> Any:
+        if name not in self.params:
+            raise KeyError(f"no parameter named {name!r}")
+        return self.values.get(name, self.params[name].default)
+
+    def set_parameter(self, name: str, value: Any) -> None:
+        self.param_from_outside(name, value)
+
+    def wait(self, ms: float) -> Any:
+        return asyncio.sleep(ms / 1000.0)
+
+    def print(self, text: str) -> None:
+        log.info("event=script-print %s", text)
+
+    def run_sync(self, fn: Any, args: tuple[Any, ...], id: Any) -> None:
+        name = function_name(self.module, fn, "run_sync")
+        self.outbox.put(RunSync(name, list(args), "" if id is None else str(id)))
+
+    def run_async_call(self, token: int, fn: str, args: list[Any]) -> None:
+        """A run_async request from the processor: runs as a control callback, answers with the result."""
+
+        def call() -> None:
+            func = getattr(self.module, fn, None)
+            if not callable(func):
+                self.outbox.put(RunAsyncResult(token, False, None, f"the script has no function {fn!r}"))
+                return
+            try:
+                value = func(*args)
+            except BaseException as exc:  # noqa: BLE001
+                self.outbox.put(RunAsyncResult(token, False, None, f"{type(exc).__name__}: {exc}"))
+                return
+            if asyncio.iscoroutine(value):
+                async def finish() -> None:
+                    try:
+                        v = await value
+                        self.outbox.put(RunAsyncResult(token, True, v))
+                    except BaseException as exc:  # noqa: BLE001
+                        self.outbox.put(RunAsyncResult(token, False, None, f"{type(exc).__name__}: {exc}"))
+                self.loop.create_task(finish())
+                return
+            self.outbox.put(RunAsyncResult(token, True, value))
+
+        self.submit(CONTROL, call, (), f"run_async({fn})")
+
+    def start_timer(self, interval_ms: float, fn: Callable[[], Any]) -> None:
+        gen = self.generation
+        interval = max(0.001, interval_ms / 1000.0)
+
+        def fire() -> None:
+            if gen != self.generation:
+                return
+            self.submit(TIMER, fn, (), f"timer {getattr(fn, '__name__', '')}", gen)
+            self.timers.append(self.loop.call_later(interval, fire))
+
+        self.timers.append(self.loop.call_later(interval, fire))
+
+    def client(self) -> Any:
+        """A client of the daemon (for background tasks), made on first use."""
+        if self._client is None:
+            self._client = self.client_factory()
+        return self._client
+
+    def create_background_task(self, name: str) -> Any:
+        from controller._tasks import ScriptTask
+
+        task = ScriptTask(self, name)
+        self.bg_tasks.append(task)
+        return task
+
+    def stats(self) -> dict[str, Any]:
+        return {"script": self.path, "pending": len(self.heap), "discarded": self.discarded,
+                "script_errors": self.errors, "loading": self.loading_status}
+
+
+def not_available(*_: Any) -> None:
+    """Placeholder for processor-only API names on the controller runtime (guarded by available_in)."""
+    raise EnsembleError("not available in the controller")
+
+
+for _name in ("play_note", "post_event", "release_voice", "fade", "control_change", "get_cc", "kill_all_voices",
+              "get_time", "wait_for_release", "run_async"):
+    setattr(ControllerScript, _name, not_available)

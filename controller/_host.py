@@ -1,0 +1,103 @@
+"""The script runtime this process hosts (one per process), reached by the script API."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from actors._errors import EnsembleError
+
+_current: dict[str, Any] = {"runtime": None}
+SCRIPT_MODULE = "ensemble_instrument"
+
+
+def runtime() -> Any:
+    """The hosting runtime, or raise EnsembleError when no script runtime runs here."""
+    rt = _current["runtime"]
+    if rt is None:
+        raise EnsembleError("no ensemble script runtime in this process; load the script with `ensemble load PATH`")
+    return rt
+
+
+def install(rt: Any) -> None:
+    """Make ``rt`` this process's runtime."""
+    _current["runtime"] = rt
+
+
+@dataclass
+class ParamDef:
+    """A parameter as ``define_parameter`` declared it."""
+
+    name: str
+    long_name: str
+    default: Any
+    min: Any = None
+    max: Any = None
+    kind: str = "float"  # float | int | bool | str | choice
+    choices: tuple[Any, ...] = ()
+    on_change: Callable[[Any], Any] | None = None
+    processor: bool = False
+
+    def coerce(self, value: Any) -> Any:
+        """Convert and range-check a new value; raises ValueError saying why."""
+        try:
+            if self.kind == "bool":
+                if isinstance(value, str):
+                    value = value.strip().lower() in ("1", "true", "yes", "on")
+                return bool(value)
+            if self.kind == "int":
+                value = int(value)
+            elif self.kind == "float":
+                value = float(value)
+            elif self.kind == "str":
+                return str(value)
+            elif self.kind == "choice":
+                if value not in self.choices:
+                    raise ValueError(f"{value!r} is not one of {list(self.choices)}")
+                return value
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"parameter {self.name!r}: {value!r} is not a valid {self.kind}: {exc}") from None
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            raise ValueError(f"parameter {self.name!r}: {value!r} is outside {self.min}..{self.max}")
+        return value
+
+
+def load_module(path: str) -> ModuleType:
+    """Execute a script file as the module ``ensemble_instrument`` (replacing an earlier one)."""
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise EnsembleError(f"script {path} does not exist")
+    spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, p)
+    if spec is None or spec.loader is None:
+        raise EnsembleError(f"script {path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[SCRIPT_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(SCRIPT_MODULE, None)
+        raise
+    return module
+
+
+def function_name(module: ModuleType | None, fn: Callable[..., Any] | str, bridge: str) -> str:
+    """The name by which ``fn`` crosses to the other process, or raise EnsembleError saying why not."""
+    if isinstance(fn, str):
+        name = fn
+    else:
+        name = getattr(fn, "__name__", "")
+        qual = getattr(fn, "__qualname__", "")
+        if not name or "<lambda>" in qual or "<locals>" in qual:
+            raise EnsembleError(
+                f"{bridge}: {qual or fn!r} is a lambda or a closure, which the other process cannot resolve; "
+                "define it at the top level of the script and pass it by name"
+            )
+    if module is None or not callable(getattr(module, name, None)):
+        raise EnsembleError(f"{bridge}: the script has no top-level function named {name!r}")
+    if not isinstance(fn, str) and getattr(module, name) is not fn:
+        raise EnsembleError(f"{bridge}: {name!r} is not the script's top-level function of that name")
+    return name

@@ -1,0 +1,398 @@
+"""The processor side of a script: callbacks as coroutines driven at block boundaries.
+
+# REALTIME CODE: ``block()`` runs on the audio thread (an engine block hook).
+# It drains deques the main thread fills, steps script coroutines and posts
+# engine events.  It takes no lock, does no I/O (errors and prints are queued
+# for the main thread), and measures its own time against the block budget.
+
+Each callback invocation is a coroutine.  ``await wait(ms)`` parks it until
+the block containing the target frame, and events it posts then land at that
+exact frame; ``await wait_for_release()`` parks it until its note is released;
+``await run_async(fn)`` parks it until the controller's answer arrives.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+import traceback
+from types import ModuleType
+from typing import Any, Callable
+
+from actors._errors import EnsembleError
+from actors.messages import RunAsync, ScriptError
+from audio._events import ControlChange, Fade, KillAllVoices, NoteOff, NoteOn
+from controller._host import ParamDef, function_name, load_module
+from controller.script import Event
+
+
+class _Park:
+    """What a script coroutine yields to the scheduler."""
+
+    __slots__ = ("kind", "arg")
+
+    def __init__(self, kind: str, arg: Any) -> None:
+        self.kind = kind
+        self.arg = arg
+
+    def __await__(self) -> Any:
+        return (yield self)
+
+
+class _Task:
+    __slots__ = ("coro", "now", "note", "event_id", "name", "send", "throw", "spent_ns", "location")
+
+    def __init__(self, coro: Any, now: int, note: int, event_id: int, name: str) -> None:
+        self.coro = coro
+        self.now = now
+        self.note = note
+        self.event_id = event_id
+        self.name = name
+        self.send: Any = None
+        self.throw: BaseException | None = None
+        self.spent_ns = 0
+        self.location = ""
+
+
+class ProcessorScript:
+    """Hosts a script in the processor process; ``block`` is the engine's block hook."""
+
+    def __init__(self, engine: Any, outbox: Any, budget_fraction: float = 0.5, hard_limit_ms: float = 1000.0) -> None:
+        self.engine = engine
+        self.outbox = outbox  # actors._child.Outbox: messages for the main thread to send
+        self.module: ModuleType | None = None
+        self.path = ""
+        self.params: dict[str, ParamDef] = {}
+        self.values: dict[str, Any] = {}
+        self.inbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self.ready: list[_Task] = []
+        self.waiting: list[_Task] = []  # parked on wait(ms), sorted by frame when woken
+        self.on_release_wait: dict[int, list[_Task]] = {}
+        self.on_async: dict[int, _Task] = {}
+        self.held: dict[int, list[int]] = {}  # note -> event ids still held
+        self.logs: collections.deque[str] = collections.deque(maxlen=1000)
+        self._tokens = itertools.count(1)
+        self._ids = itertools.count(1)
+        self.current: _Task | None = None
+        self.frame = 0
+        self.init_frame = 0
+        self.stopped = ""
+        self.period_ns = engine.blocksize * 1e9 / engine.samplerate
+        self.budget_ns = budget_fraction * self.period_ns
+        self.hard_ns = hard_limit_ms * 1e6
+        self.overruns = 0
+        self.last_overrun = ""
+        self.errors = 0
+        self.busy_since = 0.0  # monotonic time a callback step started (0: idle); the watchdog reads it
+        self.thread_id = 0
+
+    # ------------------------------------------------------------------ main thread
+    def load(self, path: str) -> None:
+        """Import the script here (module code only; on_init runs in the first block after)."""
+        from controller import _context
+
+        _context._loading["active"] = True
+        try:
+            self.params = {}
+            module = load_module(path)
+        finally:
+            _context._loading["active"] = False
+        self.module = module
+        self.path = path
+        for name, p in self.params.items():
+            self.values.setdefault(name, p.default)
+        self.inbox.append(("init",))
+
+    def define(self, p: ParamDef) -> None:
+        self.params[p.name] = p
+
+    def set_values(self, values: dict[str, Any], call: list[str]) -> None:
+        """New parameter values from the controller (applied at the next block)."""
+        self.inbox.append(("params", values, call))
+
+    def event(self, kind: str, note: int, velocity: float, value: float, at: int | None) -> None:
+        """An incoming event for the script (main thread)."""
+        self.inbox.append(("event", kind, note, velocity, value, at))
+
+    def async_result(self, token: int, ok: bool, value: Any, error: str) -> None:
+        self.inbox.append(("async", token, ok, value, error))
+
+    def run_sync_call(self, fn: str, args: list[Any], id: str) -> None:
+        """A run_sync call from the controller: runs at the start of the next block."""
+        func = getattr(self.module, fn, None) if self.module is not None else None
+        if func is None:
+            self.outbox.put(ScriptError("Processor", "error", f"run_sync: the script has no function {fn!r}"))
+            return
+        self.engine.post_call(self._guarded_call, (func, tuple(args)), id=id or None)
+
+    def unload(self) -> None:
+        """Forget the script: pending callbacks are dropped."""
+        self.inbox.append(("unload",))
+
+    # ------------------------------------------------------------------ audio thread
+    def block(self, start: int, frames: int) -> None:
+        """Engine block hook: apply inbox, resume due coroutines, check the budget."""
+        import threading
+
+        self.thread_id = threading.get_ident()
+        t0 = time.perf_counter_ns()
+        self.frame = start
+        end = start + frames
+        inbox = self.inbox
+        while inbox:
+            self._apply(inbox.popleft(), start)
+        if self.module is None or self.stopped:
+            return
+        if self.waiting:
+            still = []
+            for task in self.waiting:
+                if task.now < end:
+                    self.ready.append(task)
+                else:
+                    still.append(task)
+            self.waiting = still
+        while self.ready:
+            task = self.ready.pop(0)
+            self._step(task)
+            if self.stopped:
+                break
+        spent = time.perf_counter_ns() - t0
+        if spent > self.budget_ns:
+            self.overruns += 1
+            self.last_overrun = f"{spent / 1e6:.2f} ms of a {self.period_ns / 1e6:.2f} ms block"
+            if self.overruns == 1 or self.overruns % 100 == 0:
+                self.outbox.put(ScriptError("Processor", "overrun",
+                                            f"script callbacks took {self.last_overrun} (budget "
+                                            f"{self.budget_ns / 1e6:.2f} ms); {self.overruns} overrun(s) so far",
+                                            self._location_of_last()))
+
+    def _location_of_last(self) -> str:
+        return self.current.location if self.current is not None else ""
+
+    def _apply(self, item: tuple[Any, ...], start: int) -> None:
+        kind = item[0]
+        if kind == "event":
+            self._incoming(item[1], item[2], item[3], item[4], item[5] if item[5] is not None else start)
+        elif kind == "async":
+            task = self.on_async.pop(item[1], None)
+            if task is not None:
+                if item[2]:
+                    task.send = item[3]
+                else:
+                    task.throw = EnsembleError(f"run_async function failed in the controller: {item[4]}")
+                task.now = max(task.now, start)
+                self.ready.append(task)
+        elif kind == "params":
+            self.values.update(item[1])
+            for name in item[2]:
+                p = self.params.get(name)
+                if p is not None and p.on_change is not None:
+                    self._start(p.on_change, (self.values.get(name),), start, -1, 0, f"on_change({name})")
+        elif kind == "init":
+            self.stopped = ""
+            self.ready.clear()
+            self.waiting.clear()
+            self.on_release_wait.clear()
+            self.on_async.clear()
+            self.init_frame = start
+            fn = getattr(self.module, "on_init", None)
+            if callable(fn):
+                self._start(fn, (), start, -1, 0, "on_init")
+        elif kind == "unload":
+            self.module = None
+            self.ready.clear()
+            self.waiting.clear()
+
+    def _incoming(self, kind: str, note: int, velocity: float, value: float, at: int) -> None:
+        mod = self.module
+        if kind == "note_on":
+            eid = next(self._ids)
+            self.held.setdefault(note, []).append(eid)
+            fn = getattr(mod, "on_note", None) if mod is not None and not self.stopped else None
+            if callable(fn):
+                self._start(fn, (Event("note-on", note, velocity, id=eid),), at, note, eid, "on_note")
+            else:
+                self.engine.post(NoteOn(note, velocity, at))
+        elif kind == "note_off":
+            ids = self.held.pop(note, [])
+            for eid in ids:
+                for task in self.on_release_wait.pop(eid, []):
+                    task.now = max(task.now, at)
+                    self.ready.append(task)
+            fn = getattr(mod, "on_release", None) if mod is not None and not self.stopped else None
+            if callable(fn):
+                self._start(fn, (Event("note-off", note, 0.0, id=ids[0] if ids else 0),), at, note, 0, "on_release")
+            else:
+                self.engine.post(NoteOff(note=note, at=at))
+        elif kind == "cc":
+            fn = getattr(mod, "on_controller", None) if mod is not None and not self.stopped else None
+            if callable(fn):
+                self._start(fn, (Event("controller", controller=note, value=value),), at, -1, 0, "on_controller")
+            else:
+                self.engine.post(ControlChange(note, value, at))
+
+    def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], now: int, note: int, eid: int, name: str) -> None:
+        task = _Task(None, now, note, eid, name)
+        self.current = task
+        self.busy_since = time.monotonic()
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - a script error never stops the audio
+            self._error(task, exc)
+            return
+        finally:
+            self.busy_since = 0.0
+            self.current = None
+        if hasattr(result, "send") and hasattr(result, "throw"):
+            task.coro = result
+            self._step(task)
+
+    def _step(self, task: _Task) -> None:
+        self.current = task
+        self.frame = task.now
+        self.busy_since = time.monotonic()
+        t0 = time.perf_counter_ns()
+        try:
+            if task.throw is not None:
+                exc, task.throw = task.throw, None
+                park = task.coro.throw(exc)
+            else:
+                value, task.send = task.send, None
+                park = task.coro.send(value)
+        except StopIteration:
+            return
+        except BaseException as exc:  # noqa: BLE001
+            self._error(task, exc)
+            return
+        finally:
+            self.busy_since = 0.0
+            self.current = None
+            task.spent_ns += time.perf_counter_ns() - t0
+        if task.spent_ns > self.hard_ns:
+            self._stop(task, f"{task.name} ran {task.spent_ns / 1e6:.0f} ms, past the processor's hard limit "
+                             f"of {self.hard_ns / 1e6:.0f} ms")
+            return
+        if not isinstance(park, _Park):
+            self._error(task, EnsembleError(f"{task.name} awaited {park!r}; in the processor only wait(), "
+                                            "wait_for_release() and run_async() can be awaited"))
+            return
+        if park.kind == "wait":
+            task.now += max(0, int(park.arg))
+            self.waiting.append(task)
+        elif park.kind == "release":
+            if task.event_id and task.event_id in self.held.get(task.note, ()):
+                self.on_release_wait.setdefault(task.event_id, []).append(task)
+            else:
+                self.ready.append(task)  # already released: resume at once
+        elif park.kind == "async":
+            self.on_async[park.arg] = task
+
+    def _error(self, task: _Task, exc: BaseException) -> None:
+        from actors._errors import WrongContextError
+        from controller._watchdog import ScriptTimeout
+
+        if isinstance(exc, ScriptTimeout):
+            self._stop(task, f"{task.name} ran past the processor's hard limit of {self.hard_ns / 1e6:.0f} ms")
+            return
+        self.errors += 1
+        kind = "wrong-context" if isinstance(exc, WrongContextError) else "error"
+        tb = traceback.extract_tb(exc.__traceback__)
+        loc = next((f"{f.filename}:{f.lineno} in {f.name}" for f in reversed(tb) if f.filename == self._file()), "")
+        self.outbox.put(ScriptError("Processor", kind, f"{type(exc).__name__} in {task.name}: {exc}", loc))
+
+    def _stop(self, task: _Task, why: str) -> None:
+        self.stopped = why
+        self.ready.clear()
+        self.waiting.clear()
+        self.on_release_wait.clear()
+        self.on_async.clear()
+        self.outbox.put(ScriptError("Processor", "stopped", f"script stopped: {why}; audio continues", task.location))
+
+    def _file(self) -> str:
+        return getattr(self.module, "__file__", "") or ""
+
+    def _guarded_call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._start(fn, args, self.engine.frame, -1, 0, f"run_sync({getattr(fn, '__name__', fn)})")
+
+    # ------------------------------------------------------------------ API used by controller.script
+    def get_parameter(self, name: str) -> Any:
+        if name not in self.params:
+            raise KeyError(f"no parameter named {name!r}")
+        return self.values.get(name, self.params[name].default)
+
+    def set_parameter(self, name: str, value: Any) -> None:
+        from actors.messages import ParamSet
+
+        if name not in self.params:
+            raise KeyError(f"no parameter named {name!r}")
+        self.outbox.put(ParamSet(name, value))
+
+    def wait(self, ms: float) -> _Park:
+        return _Park("wait", ms * self.engine.samplerate / 1000.0)
+
+    def is_note_held(self, event: Event) -> bool:
+        return event.id in self.held.get(event.note, ())
+
+    def wait_for_release(self) -> _Park:
+        return _Park("release", None)
+
+    def run_async(self, fn: Any, args: tuple[Any, ...]) -> _Park:
+        name = function_name(self.module, fn, "run_async")
+        token = next(self._tokens)
+        self.outbox.put(RunAsync(token, name, list(args)))
+        return _Park("async", token)
+
+    def print(self, text: str) -> None:
+        self.logs.append(text)
+
+    def _now(self) -> int:
+        return self.current.now if self.current is not None else self.frame
+
+    def play_note(self, note: int, velocity: float, duration: float, sample: str) -> int:
+        slot = self.engine.slot_index(sample) if sample else self.default_slot()
+        ev = self.engine.post(NoteOn(int(note), float(velocity), self._now(), slot))
+        if duration is not None and duration > 0:
+            self.engine.post(NoteOff(note_id=ev.note_id, at=self._now() + int(duration * self.engine.samplerate / 1000)))
+        return int(ev.note_id)
+
+    def default_slot(self) -> int:
+        return self.default_slot_index
+
+    default_slot_index = 0
+
+    def post_event(self, event: Event) -> int:
+        if event.type == "note-on":
+            return self.play_note(event.note, event.velocity, -1, "")
+        if event.type == "note-off":
+            self.engine.post(NoteOff(note=event.note, at=self._now()))
+        elif event.type == "controller":
+            self.engine.post(ControlChange(event.controller, event.value, self._now()))
+        return 0
+
+    def release_voice(self, note_id: int) -> None:
+        self.engine.post(NoteOff(note_id=int(note_id), at=self._now()))
+
+    def fade(self, note_id: int, start: float | None, end: float, duration_ms: float, kill: bool) -> None:
+        self.engine.post(Fade(int(note_id), start, end, duration_ms, kill, self._now()))
+
+    def control_change(self, controller: int, value: float) -> None:
+        self.engine.post(ControlChange(int(controller), float(value), self._now()))
+
+    def get_cc(self, controller: int) -> float:
+        return float(self.engine.cc(controller))
+
+    def kill_all_voices(self, fade_ms: float) -> None:
+        self.engine.post(KillAllVoices(fade_ms, self._now()))
+
+    def get_time(self) -> float:
+        return (self._now() - self.init_frame) * 1000.0 / self.engine.samplerate
+
+    def stats(self) -> dict[str, Any]:
+        return {"script": self.path, "script_overruns": self.overruns, "script_errors": self.errors,
+                "script_stopped": self.stopped, "script_tasks": len(self.ready) + len(self.waiting)
+                + len(self.on_async) + sum(len(v) for v in self.on_release_wait.values())}
+
+    # the controller-only API, for a clear error if reached (available_in checks first)
+    def run_sync(self, *a: Any) -> None:  # pragma: no cover - guarded by available_in
+        raise EnsembleError("run_sync is not available in the processor")

@@ -1,0 +1,201 @@
+"""Background tasks from scripts (HISE's BackgroundTask), run as jobs on workers.
+
+``create_background_task(name)`` in the controller returns a :class:`ScriptTask`.
+``call_on_background_thread(fn)`` submits ``fn`` — a top-level function of the
+script — as a job; the worker loads the same script file and calls ``fn(task)``
+with its own task handle.  Progress, status and properties the job sets are
+pushed back and readable here; the finish callback runs on the controller's
+script thread (task priority) when the task starts and when it stops.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from actors._errors import EnsembleError
+from actors.messages import JobInfo
+from controller._host import ParamDef, function_name
+
+_TERMINAL = ("done", "failed", "cancelled", "killed", "worker-lost")
+
+
+class ScriptTask:
+    """Controller-side handle of a script's background task (every method of the seed, in Python spelling)."""
+
+    def __init__(self, rt: Any, name: str) -> None:
+        self.rt = rt
+        self.name = name
+        self.job_id = 0
+        self._info: JobInfo | None = None
+        self._timeout_ms = 500
+        self._finish: Callable[[bool, bool], Any] | None = None
+        self._forward = False
+        self._aborted = False
+        self._progress = 0.0
+        self._status = ""
+        self._props: dict[str, Any] = {}
+        self._stopped = threading.Event()
+
+    def call_on_background_thread(self, fn: Callable[..., Any] | str) -> None:
+        """Run the script function ``fn(task)`` as a job on a worker; returns at once."""
+        name = function_name(self.rt.module, fn, "call_on_background_thread")
+        self._submit(f"script:{self.rt.path}:{name}", [])
+
+    def run_process(self, command: str, args: list[str] | str, log_fn: Callable[..., Any] | str) -> None:
+        """Run a program on a worker; the script function ``log_fn(task, finished, line_or_code)`` sees its output."""
+        log_name = function_name(self.rt.module, log_fn, "run_process")
+        self._submit("controller._tasks:run_process_job", [self.rt.path, command, args, log_name])
+
+    def kill_voices_and_call(self, fn: Callable[..., Any] | str) -> None:
+        """On a worker: fade and kill all voices, call the script function ``fn()`` while silent, resume."""
+        name = function_name(self.rt.module, fn, "kill_voices_and_call")
+        self._submit("controller._tasks:kill_voices_job", [self.rt.path, name])
+
+    def _submit(self, fn: str, args: list[Any]) -> None:
+        if self.job_id and not self._stopped.is_set():
+            raise EnsembleError(f"background task {self.name!r} is already running (job {self.job_id})")
+        self._aborted = False
+        self._stopped.clear()
+        client = self.rt.client()
+        handle = client.submit(fn, *args, name=self.name, timeout=self._timeout_ms / 1000)
+        self.job_id = handle.id
+        if self._finish is not None:
+            self.rt.submit(1, self._finish, (False, False), f"finish callback {self.name}")
+        client.watch(handle.id, self._update)
+
+    def _update(self, info: JobInfo) -> None:  # client I/O thread
+        self._info = info
+        self._progress, self._status, self._props = info.progress, info.status, dict(info.properties)
+        if self._forward:
+            self.rt.loading_status = {"task": self.name, "progress": info.progress, "status": info.status}
+        if info.state in _TERMINAL and not self._stopped.is_set():
+            self._stopped.set()
+            if self._forward:
+                self.rt.loading_status = {}
+            if self._finish is not None:
+                self.rt.submit(1, self._finish, (True, info.state in ("cancelled", "killed")), f"finish callback {self.name}")
+
+    def set_finish_callback(self, fn: Callable[[bool, bool], Any]) -> None:
+        """``fn(is_finished, was_cancelled)`` runs on the script thread when the task starts and when it stops."""
+        self._finish = fn
+
+    def send_abort_signal(self, block_until_stopped: bool = False) -> None:
+        """Make the job's ``should_abort()`` true; with ``block_until_stopped`` wait until it has stopped."""
+        self._aborted = True
+        if self.job_id and not self._stopped.is_set():
+            self.rt.client().cancel(self.job_id, block=block_until_stopped)
+
+    def _abort_quietly(self) -> None:
+        try:
+            self.send_abort_signal(False)
+        except EnsembleError:
+            pass
+
+    def should_abort(self) -> bool:
+        """Whether an abort was signalled (reload, or send_abort_signal)."""
+        return self._aborted
+
+    def set_timeout(self, ms: int) -> None:
+        """Grace (ms) between an abort and the force kill, for the next start."""
+        self._timeout_ms = int(ms)
+
+    def get_progress(self) -> float:
+        """Progress the job last reported (0..1)."""
+        return self._progress
+
+    def set_progress(self, p: float) -> None:
+        """Set the progress seen here (the job's own reports overwrite it)."""
+        self._progress = float(p)
+
+    def get_status_message(self) -> str:
+        """Status message the job last reported."""
+        return self._status
+
+    def set_status_message(self, m: str) -> None:
+        """Set the status message seen here."""
+        self._status = str(m)
+
+    def get_property(self, key: str, default: Any = None) -> Any:
+        """A property the job set."""
+        return self._props.get(key, default)
+
+    def set_property(self, key: str, value: Any) -> None:
+        """Set a property seen here."""
+        self._props[key] = value
+
+    def set_forward_status_to_loading_thread(self, forward: bool) -> None:
+        """Mirror progress and status into the loading-status channel (``ensemble status``) while the task runs."""
+        self._forward = bool(forward)
+
+    @property
+    def running(self) -> bool:
+        """Whether the job was started and has not stopped."""
+        return bool(self.job_id) and not self._stopped.is_set()
+
+
+# ------------------------------------------------------------------ worker side
+_modules: dict[tuple[str, float], ModuleType] = {}
+
+
+class _WorkerHost:
+    """Minimal runtime for script module code executed in a worker (definitions are recorded, no audio)."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, ParamDef] = {}
+
+    def define(self, p: ParamDef) -> None:
+        self.params[p.name] = p
+
+    def get_parameter(self, name: str) -> Any:
+        return self.params[name].default
+
+    def print(self, text: str) -> None:
+        import logging
+
+        logging.getLogger("ensemble.script").info("event=script-print %s", text)
+
+
+def load_script(path: str) -> ModuleType:
+    """Load (or reuse) a script file in a worker."""
+    from controller import _context, _host
+    from controller._host import load_module
+
+    key = (path, Path(path).stat().st_mtime)
+    mod = _modules.get(key)
+    if mod is None:
+        if _host._current["runtime"] is None:
+            _host.install(_WorkerHost())
+        _context._loading["active"] = True
+        try:
+            mod = load_module(path)
+        finally:
+            _context._loading["active"] = False
+        _modules[key] = mod
+    return mod
+
+
+def resolve_script_fn(fn_path: str) -> Callable[..., Any]:
+    """``script:/abs/path.py:function`` -> the function, loaded in this worker."""
+    _, rest = fn_path.split(":", 1)
+    path, _, name = rest.rpartition(":")
+    func = getattr(load_script(path), name, None)
+    if not callable(func):
+        raise LookupError(f"script {path} has no function {name!r}")
+    return func  # type: ignore[no-any-return]
+
+
+def run_process_job(task: Any, path: str, command: str, args: Any, log_name: str) -> int:
+    """Job: run a program with the script's log function (``ScriptTask.run_process``)."""
+    log_fn = getattr(load_script(path), log_name)
+    return int(task.run_process(command, args, log_fn))
+
+
+def kill_voices_job(task: Any, path: str, name: str) -> bool:
+    """Job: ``task.kill_voices_and_call(script.name)``."""
+    fn = getattr(load_script(path), name)
+    return bool(task.kill_voices_and_call(fn))
+
+

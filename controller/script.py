@@ -1,0 +1,227 @@
+"""The instrument-script API: ``from controller.script import *``.
+
+A script is a Python module loaded in both the controller and the processor
+(HALion's two threads, as two processes).  Every function below says where it
+is **available**; calling it elsewhere raises :class:`WrongContextError`, and
+``run_sync`` / ``run_async`` are the bridges.  The callbacks a script may define:
+
+* Processor: ``on_init()``, ``on_note(event)``, ``on_release(event)``,
+  ``on_controller(event)`` — plain functions or ``async def`` coroutines that
+  may ``await wait(ms)``, ``await wait_for_release()`` and ``await run_async(fn, ...)``.
+* Controller: ``on_load(state)``, ``on_save() -> state``, parameter
+  ``on_change(value)`` callbacks, timers (``start_timer``), ``on_status()``.
+
+Processor callbacks run on the audio thread at block boundaries, within a
+per-block budget; controller callbacks run one at a time on the controller's
+script thread, by priority (control, task notifications, timers, status).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from actors._errors import WrongContextError
+from controller._context import CONTROLLER, PROCESSOR, available_in, get_context
+from controller._host import ParamDef, runtime
+
+__all__ = [
+    "Event",
+    "WrongContextError",
+    "control_change",
+    "create_background_task",
+    "define_parameter",
+    "fade",
+    "get_cc",
+    "get_context",
+    "get_parameter",
+    "get_sample_rate",
+    "get_time",
+    "is_note_held",
+    "kill_all_voices",
+    "play_note",
+    "post_event",
+    "print_",
+    "release_voice",
+    "run_async",
+    "run_sync",
+    "set_parameter",
+    "start_timer",
+    "wait",
+    "wait_for_release",
+]
+
+log = logging.getLogger("ensemble.script")
+
+
+class Event:
+    """An incoming event as processor callbacks see it (``type``: note-on, note-off, controller)."""
+
+    __slots__ = ("type", "note", "velocity", "controller", "value", "id")
+
+    def __init__(self, type: str, note: int = 0, velocity: float = 0.0, controller: int = 0,
+                 value: float = 0.0, id: int = 0) -> None:
+        self.type = type
+        self.note = note
+        self.velocity = velocity
+        self.controller = controller
+        self.value = value
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"Event({self.type!r}, note={self.note}, velocity={self.velocity:.3f}, id={self.id})"
+
+
+# ------------------------------------------------------------------ both contexts
+@available_in(CONTROLLER, PROCESSOR, during_load=True)
+def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: Any = None, max: Any = None,
+                     on_change: Callable[[Any], Any] | None = None, *, kind: str = "", choices: list[Any] | None = None,
+                     processor: bool = False) -> None:
+    """Define a parameter; its value persists across restarts and reloads.
+
+    ``kind`` is inferred from ``default`` (bool, int, float, str) or ``"choice"``
+    with ``choices``.  ``on_change(value)`` runs in the controller's queue as a
+    control callback, or with ``processor=True`` in the processor at the start
+    of the next block.  Call it in the script's module code.
+    """
+    if not kind:
+        kind = "choice" if choices else ("bool" if isinstance(default, bool) else "int" if isinstance(default, int)
+                                         else "str" if isinstance(default, str) else "float")
+    runtime().define(ParamDef(name, long_name or name, default, min, max, kind, tuple(choices or ()), on_change, processor))
+
+
+@available_in(CONTROLLER, PROCESSOR)
+def get_parameter(name: str) -> Any:
+    """The current value of a parameter (in the processor: as of the current block).  Raises KeyError if undefined."""
+    return runtime().get_parameter(name)
+
+
+@available_in(CONTROLLER, PROCESSOR)
+def set_parameter(name: str, value: Any) -> None:
+    """Set a parameter; the change enters the controller's queue as a control callback."""
+    runtime().set_parameter(name, value)
+
+
+@available_in(CONTROLLER, PROCESSOR)
+def wait(ms: float) -> Any:
+    """Suspend the calling callback for ``ms`` milliseconds: ``await wait(ms)``.
+
+    In the processor the callback resumes at the exact sample frame; in the
+    controller the resolution is coarser (the event loop's).
+    """
+    return runtime().wait(ms)
+
+
+@available_in(CONTROLLER, PROCESSOR)
+def print_(*values: Any) -> None:
+    """Print to the daemon log (outside the audio thread: the processor defers it)."""
+    runtime().print(" ".join(str(v) for v in values))
+
+
+# ------------------------------------------------------------------ processor
+@available_in(PROCESSOR)
+def play_note(note: int, velocity: float = 1.0, duration: float = -1, sample: str = "") -> int:
+    """Start a note now (at the callback's current frame); returns its note id.
+
+    ``duration`` in ms (-1: until released).  ``velocity`` 0..1.
+    """
+    return runtime().play_note(note, velocity, duration, sample)
+
+
+@available_in(PROCESSOR)
+def post_event(event: Event) -> int:
+    """Play an incoming event as it is (a note-on starts a voice); returns the note id."""
+    return runtime().post_event(event)
+
+
+@available_in(PROCESSOR)
+def release_voice(note_id: int) -> None:
+    """Release a voice by note id (release envelope, no click)."""
+    runtime().release_voice(note_id)
+
+
+@available_in(PROCESSOR)
+def fade(note_id: int, start: float | None, end: float, duration_ms: float, kill: bool = False) -> None:
+    """Fade a voice's gain from ``start`` (None: current) to ``end`` over ``duration_ms``; ``kill`` frees it at the end."""
+    runtime().fade(note_id, start, end, duration_ms, kill)
+
+
+@available_in(PROCESSOR)
+def control_change(controller: int, value: float) -> None:
+    """Send a controller value (0..1) into the engine now."""
+    runtime().control_change(controller, value)
+
+
+@available_in(PROCESSOR)
+def get_cc(controller: int) -> float:
+    """The last value (0..1) of a controller."""
+    return runtime().get_cc(controller)
+
+
+@available_in(PROCESSOR)
+def kill_all_voices(fade_ms: float = 10.0) -> None:
+    """Fade out and free every voice."""
+    runtime().kill_all_voices(fade_ms)
+
+
+@available_in(PROCESSOR)
+def get_time() -> float:
+    """Milliseconds since the script's on_init (restarts at 0 on reload), at the callback's current frame."""
+    return runtime().get_time()
+
+
+@available_in(PROCESSOR)
+def get_sample_rate() -> int:
+    """The engine's sample rate."""
+    return runtime().engine.samplerate
+
+
+@available_in(PROCESSOR)
+def is_note_held(event: Event) -> bool:
+    """Whether the note of an incoming note-on event is still held (no note-off yet)."""
+    return runtime().is_note_held(event)
+
+
+@available_in(PROCESSOR)
+def wait_for_release() -> Any:
+    """Suspend the on_note callback until its note is released: ``await wait_for_release()``."""
+    return runtime().wait_for_release()
+
+
+@available_in(PROCESSOR)
+def run_async(fn: Callable[..., Any] | str, *args: Any) -> Any:
+    """Run the script function ``fn(*args)`` in the controller: ``value = await run_async(fn, ...)``.
+
+    The calling callback is suspended (never the audio callback) and resumes
+    with ``fn``'s return value at least one block later; an exception in
+    ``fn`` is raised at the ``await``.  ``fn`` must be a top-level function of
+    the script; args must be msgpack-able.
+    """
+    return runtime().run_async(fn, args)
+
+
+# ------------------------------------------------------------------ controller
+@available_in(CONTROLLER)
+def run_sync(fn: Callable[..., Any] | str, *args: Any, id: Any = None) -> None:
+    """Run the script function ``fn(*args)`` in the processor at the start of the next block; returns at once.
+
+    A later call with the same ``id`` replaces one that has not run yet, so
+    only the last runs.  ``fn`` must be a top-level function of the script.
+    """
+    runtime().run_sync(fn, args, id)
+
+
+@available_in(CONTROLLER)
+def start_timer(interval_ms: float, fn: Callable[[], Any]) -> None:
+    """Call ``fn()`` every ``interval_ms`` in the controller's queue (timer priority)."""
+    runtime().start_timer(interval_ms, fn)
+
+
+@available_in(CONTROLLER)
+def create_background_task(name: str) -> Any:
+    """A HISE-style BackgroundTask: run a top-level script function as a job on a worker.
+
+    See :class:`controller._tasks.ScriptTask` for its methods
+    (``call_on_background_thread``, ``set_finish_callback``, ``send_abort_signal``, ...).
+    """
+    return runtime().create_background_task(name)

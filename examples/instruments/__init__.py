@@ -1,0 +1,1 @@
+"""Instrument scripts ported from the seeds (HALion and HISE examples)."""
