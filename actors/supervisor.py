@@ -599,7 +599,7 @@ class Supervisor:
             text = f"{msg.context} {msg.kind}: {msg.message}" + (f" ({msg.location})" if msg.location else "")
             self.script_errors.append(text)
             self.counters["script_errors"] += 1
-            slot.detail = text[:200]
+            slot.detail = text[:600]
             log.error("event=script-%s context=%s detail=%s location=%s", msg.kind, msg.context, msg.message, msg.location)
 
     _handlers: dict[type, Callable[..., Message | None]] = {

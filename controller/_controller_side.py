@@ -93,7 +93,12 @@ class ControllerScript:
         """Abort background tasks and stop the script thread."""
         for t in self.bg_tasks:
             t._abort_quietly()
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        def shutdown() -> None:
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.call_soon(self.loop.stop)
+
+        self.loop.call_soon_threadsafe(shutdown)
         self.thread.join(timeout=5)
         if self._client is not None:
             self._client.close()
@@ -104,6 +109,8 @@ class ControllerScript:
         self.loop.create_task(self._dispatch())
         self.loop.call_soon(self._ready.set)
         self.loop.run_forever()
+        self.loop.run_until_complete(asyncio.sleep(0))  # let cancelled tasks finish
+        self.loop.close()
 
     async def _dispatch(self) -> None:
         while True:

@@ -101,3 +101,26 @@ def function_name(module: ModuleType | None, fn: Callable[..., Any] | str, bridg
     if not isinstance(fn, str) and getattr(module, name) is not fn:
         raise EnsembleError(f"{bridge}: {name!r} is not the script's top-level function of that name")
     return name
+
+
+class OffsideTask:
+    """A background task as seen outside the controller (processor, worker): every use is a context error."""
+
+    def __init__(self, name: str, context: str) -> None:
+        self.name = name
+        self.context = context
+
+    def __getattr__(self, attr: str) -> Any:
+        def refuse(*_: Any, **__: Any) -> Any:
+            from actors._errors import WrongContextError
+            from controller import _context
+
+            if _context._loading["active"] and attr.startswith("set_"):
+                return None  # configuration in module code: it matters in the controller's copy only
+
+            raise WrongContextError(
+                f"background task {self.name!r}: {attr}() is available in: Controller; it was called in: "
+                f"{self.context}; call it from a function passed to `await run_async(fn)`"
+            )
+
+        return refuse

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from actors._errors import EnsembleError
 from actors.messages import RunAsync, ScriptError
 from audio._events import ControlChange, Fade, KillAllVoices, NoteOff, NoteOn
-from controller._host import ParamDef, function_name, load_module
+from controller._host import OffsideTask, ParamDef, function_name, load_module
 from controller.script import Event
 
 
@@ -392,6 +392,9 @@ class ProcessorScript:
         return {"script": self.path, "script_overruns": self.overruns, "script_errors": self.errors,
                 "script_stopped": self.stopped, "script_tasks": len(self.ready) + len(self.waiting)
                 + len(self.on_async) + sum(len(v) for v in self.on_release_wait.values())}
+
+    def create_background_task(self, name: str) -> Any:
+        return OffsideTask(name, "Processor")
 
     # the controller-only API, for a clear error if reached (available_in checks first)
     def run_sync(self, *a: Any) -> None:  # pragma: no cover - guarded by available_in

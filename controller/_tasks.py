@@ -152,6 +152,11 @@ class _WorkerHost:
     def get_parameter(self, name: str) -> Any:
         return self.params[name].default
 
+    def create_background_task(self, name: str) -> Any:
+        from controller._host import OffsideTask
+
+        return OffsideTask(name, "a worker")
+
     def print(self, text: str) -> None:
         import logging
 

@@ -217,11 +217,13 @@ def start_timer(interval_ms: float, fn: Callable[[], Any]) -> None:
     runtime().start_timer(interval_ms, fn)
 
 
-@available_in(CONTROLLER)
+@available_in(CONTROLLER, during_load=True)
 def create_background_task(name: str) -> Any:
     """A HISE-style BackgroundTask: run a top-level script function as a job on a worker.
 
     See :class:`controller._tasks.ScriptTask` for its methods
     (``call_on_background_thread``, ``set_finish_callback``, ``send_abort_signal``, ...).
+    May be called in module code: the processor's copy of the module gets a
+    handle whose every method raises WrongContextError.
     """
     return runtime().create_background_task(name)

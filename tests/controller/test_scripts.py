@@ -1,0 +1,119 @@
+"""Instrument scripts in a running daemon: contexts, parameters, init order, budgets, run_async, tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Daemon, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _load(d: Daemon, script: Path) -> Any:
+    c = d.client()
+    c.load_script(str(script))
+    wait_for(lambda: d.actor("processor").stats.get("script") == str(script.resolve()), what="processor to load the script")
+    return c
+
+
+def _param(c: Any, name: str) -> Any:
+    return c.get_param(name)
+
+
+def _blocks(d: Daemon) -> int:
+    return int(d.actor("processor").stats["blocks"])
+
+
+def test_wrong_context_in_the_processor_is_reported_and_audio_goes_on(daemon: Daemon) -> None:
+    c = _load(daemon, SCRIPTS / "contexts.py")
+    before = _blocks(daemon)
+    c.note_on(1)
+    detail = wait_for(lambda: daemon.actor("processor").detail, what="the error in status")
+    assert "run_sync() is available in: Controller" in detail
+    assert "called in: Processor" in detail
+    assert "contexts.py:" in detail and "run_async" in detail
+    wait_for(lambda: _blocks(daemon) > before + 10, what="the processor to keep rendering")
+
+
+def test_wrong_context_in_the_controller_is_reported(daemon: Daemon) -> None:
+    c = _load(daemon, SCRIPTS / "contexts.py")
+    c.set_param("bad", 1)
+    detail = wait_for(lambda: daemon.actor("controller").detail, what="the error in status")
+    assert "play_note() is available in: Processor" in detail
+    assert "called in: Controller" in detail and "run_sync" in detail
+    log = (daemon.base / "state" / "daemon.log").read_text()
+    assert "wrong-context" in log
+
+
+def test_get_context_names_each_side_and_run_async_errors_raise_at_the_await(daemon: Daemon) -> None:
+    c = _load(daemon, SCRIPTS / "contexts.py")
+    c.note_on(2)
+    wait_for(lambda: _param(c, "ctx_seen") == "Processor", what="processor context")
+    c.note_on(3)
+    wait_for(lambda: _param(c, "ctx_controller") == "Controller", what="controller context via run_async")
+    c.note_on(4)
+    err = wait_for(lambda: _param(c, "async_error"), what="run_async error at the await")
+    assert "ValueError: nope" in err
+
+
+def test_parameters_and_on_save_state_survive_a_daemon_restart(make_daemon: Any) -> None:
+    script = SCRIPTS / "stateful.py"
+    d = make_daemon(extra_env={"ENSEMBLE_AUDIO_SCRIPT": str(script)})
+    d.up()
+    c = d.client()
+    wait_for(lambda: d.actor("processor").stats.get("script") == str(script.resolve()), what="script from config")
+    c.set_param("gain", 0.8)
+    wait_for(lambda: _param(c, "gain") == 0.8, what="gain set")
+    with pytest.raises(Exception, match="outside"):
+        c.set_param("gain", 3)
+    d.down()
+    d.up()
+    c = d.client()
+    wait_for(lambda: _param(c, "restored") == "0.8", what="on_load to get what on_save returned")
+    assert _param(c, "gain") == 0.8
+
+
+def test_processor_budget_overrun_is_counted_and_a_runaway_callback_stops_the_script(daemon: Daemon) -> None:
+    c = _load(daemon, SCRIPTS / "heavy.py")
+    c.note_on(1)
+    wait_for(lambda: daemon.actor("processor").stats["script_overruns"] >= 1, what="an overrun to be counted")
+    c.note_on(2)
+    stopped = wait_for(lambda: daemon.actor("processor").stats["script_stopped"], 60, what="the script to be stopped")
+    assert "hard limit" in stopped
+    before = _blocks(daemon)
+    wait_for(lambda: _blocks(daemon) > before + 10, what="audio to continue after the stop")
+    assert daemon.actor("processor").restarts == 0
+
+
+def test_hise_download_example_runs_and_cancels_gracefully(daemon: Daemon) -> None:
+    c = _load(daemon, ROOT / "examples" / "instruments" / "download.py")
+    c.set_param("run", True)
+    loading = wait_for(lambda: daemon.actor("controller").stats.get("loading", {}).get("progress", 0) > 0.02
+                       and daemon.actor("controller").stats["loading"], what="forwarded progress")
+    assert loading["task"] == "DownloadTest" and "Downloading" in loading["status"]
+    c.set_param("run", False)
+    wait_for(lambda: _param(c, "last_finish") == "True,True", what="finish callback (finished, cancelled)")
+    jobs = c.jobs()
+    assert jobs[0].name == "DownloadTest" and jobs[0].state == "cancelled"
+
+
+def test_halion_key_colour_example_awaits_the_controller(daemon: Daemon) -> None:
+    c = _load(daemon, ROOT / "examples" / "instruments" / "key_colour.py")
+    c.note_on(60, 0.9)
+    c.note_on(62, 0.1)
+    log = daemon.base / "state" / "daemon.log"
+    wait_for(lambda: "key 60 is red" in log.read_text() and "key 62 is blue" in log.read_text(), what="both notes")
+    wait_for(lambda: daemon.actor("processor").stats["peak_voices"] >= 1, what="the notes to play")
+
+
+def test_reload_keeps_parameters_and_aborts_background_tasks(daemon: Daemon) -> None:
+    c = _load(daemon, ROOT / "examples" / "instruments" / "download.py")
+    c.set_param("run", True)
+    wait_for(lambda: any(j.state == "running" for j in c.jobs()), what="the task to run")
+    c.reload_script()
+    wait_for(lambda: c.jobs()[0].state in ("cancelled", "killed"), what="reload to abort the task")
+    assert _param(c, "run") is True
