@@ -31,9 +31,12 @@ def set_context(name: str) -> None:
 def get_context() -> str:
     """The context the calling code runs in: ``"Controller"``, ``"Processor"`` or ``""`` (outside ensemble).
 
-    Available in: Controller, Processor.
+    **Available in:** Controller, Processor.
     """
     return _context["name"]
+
+
+REGISTRY["get_context"] = (CONTROLLER, PROCESSOR)
 
 
 def _caller() -> str:
