@@ -1,0 +1,57 @@
+"""ensemble's realtime audio core: the engine, its events, and the backends that clock it.
+
+The public names are re-exported here; the modules behind them are private.
+``import audio`` never imports sounddevice (PortAudio is loaded only when a
+sounddevice backend, :func:`devices` or :func:`choose_backend` is used).
+"""
+
+from __future__ import annotations
+
+from ._backends import (
+    JACK_CLIENT_NAME,
+    Backend,
+    BackendUnavailable,
+    NullBackend,
+    OfflineBackend,
+    OutputDevice,
+    SoundDeviceBackend,
+    choose_backend,
+    devices,
+    load_sounddevice,
+    render_offline,
+)
+from ._buffers import SampleBuffer, builtin_sample
+from ._engine import STEAL_POLICIES, Engine, EngineStats
+from ._events import ControlChange, Event, Fade, KillAllVoices, NoteOff, NoteOn
+from ._midi import midi_events
+from ._realtime import GcPause, collect_young
+from .render import render
+
+__all__ = [
+    "JACK_CLIENT_NAME",
+    "STEAL_POLICIES",
+    "Backend",
+    "BackendUnavailable",
+    "ControlChange",
+    "Engine",
+    "EngineStats",
+    "Event",
+    "Fade",
+    "GcPause",
+    "KillAllVoices",
+    "NoteOff",
+    "NoteOn",
+    "NullBackend",
+    "OfflineBackend",
+    "OutputDevice",
+    "SampleBuffer",
+    "SoundDeviceBackend",
+    "builtin_sample",
+    "choose_backend",
+    "collect_young",
+    "devices",
+    "load_sounddevice",
+    "midi_events",
+    "render",
+    "render_offline",
+]
