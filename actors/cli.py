@@ -448,18 +448,32 @@ def devices() -> None:
 
 
 @main.command()
+@click.argument("script", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--midi", type=click.Path(exists=True, dir_okay=False), help="Standard MIDI file to play.")
 @click.option("--sample", type=click.Path(exists=True, dir_okay=False), help="Sound file played across the keyboard.")
 @click.option("--seconds", type=click.FloatRange(0.001, 24 * 3600), default=None, help="Length (default: the MIDI file + 1 s).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
 @click.option("--samplerate", default=48000, show_default=True, type=click.IntRange(1000, 768000))
 @click.option("--blocksize", default=256, show_default=True, type=click.IntRange(1, 65536))
-def render(midi: str | None, sample: str | None, seconds: float | None, out: str, samplerate: int, blocksize: int) -> None:
-    """Render offline, as fast as possible, to a WAV file (deterministic)."""
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE@SECONDS", help="Set a script parameter at a time.")
+def render(script: str | None, midi: str | None, sample: str | None, seconds: float | None, out: str,
+           samplerate: int, blocksize: int, sets: tuple[str, ...]) -> None:
+    """Render offline, as fast as possible, to a WAV file (deterministic), optionally through SCRIPT."""
     from audio.render import render as do_render
 
     try:
-        path = do_render(out=out, midi=midi, sample=sample, seconds=seconds, samplerate=samplerate, blocksize=blocksize)
+        if script:
+            from controller.offline import parse_set, render_script
+
+            path, errors = render_script(script, out=out, midi=midi, sample=sample, seconds=seconds,
+                                         sets=[parse_set(s) for s in sets], samplerate=samplerate, blocksize=blocksize)
+            for err in errors:
+                click.echo(f"script: {err}", err=True)
+        else:
+            if sets:
+                fail("--set needs a SCRIPT")
+            path = do_render(out=out, midi=midi, sample=sample, seconds=seconds, samplerate=samplerate,
+                             blocksize=blocksize)
     except (ValueError, RuntimeError, OSError) as exc:
         fail(str(exc))
     click.echo(f"wrote {path}")

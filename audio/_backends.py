@@ -16,7 +16,7 @@ import ctypes.util
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -430,8 +430,12 @@ class OfflineBackend(Backend):
     def __init__(
         self, engine: Engine, path: str | Path, seconds: float,
         events: Iterable[Event] = (), *, subtype: str = "FLOAT",
+        feed: Callable[[Event], None] | None = None,
+        between_blocks: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(engine)
+        self.feed = feed or engine.post  # where due events go (a script host takes them instead)
+        self.between_blocks = between_blocks  # called with each block's first frame, before it renders
         if not seconds > 0:
             raise ValueError(f"seconds must be > 0, got {seconds!r}")
         self.path = Path(path)
@@ -461,8 +465,10 @@ class OfflineBackend(Backend):
                 while written + filled < self.frames:
                     block_end = engine.frame + engine.blocksize
                     while next_event < len(events) and (events[next_event].at or 0) < block_end:
-                        engine.post(events[next_event])
+                        self.feed(events[next_event])
                         next_event += 1
+                    if self.between_blocks is not None:
+                        self.between_blocks(engine.frame)
                     engine.render(block)
                     chunk[filled:filled + engine.blocksize] = block
                     filled += engine.blocksize

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from typing import Any, Callable, TypeVar
 
 from actors._errors import WrongContextError
@@ -17,6 +18,7 @@ from actors._errors import WrongContextError
 CONTROLLER = "Controller"
 PROCESSOR = "Processor"
 _context = {"name": ""}  # set once per process by the actor that hosts the script
+_thread = threading.local()  # a thread may name its own context (offline render hosts both sides)
 _loading = {"active": False}  # module code of a script is being executed
 REGISTRY: dict[str, tuple[str, ...]] = {}  # function name -> contexts, for the docs table
 
@@ -28,12 +30,17 @@ def set_context(name: str) -> None:
     _context["name"] = name
 
 
+def set_thread_context(name: str) -> None:
+    """Name the calling thread's script context, overriding the process's."""
+    _thread.name = name
+
+
 def get_context() -> str:
     """The context the calling code runs in: ``"Controller"``, ``"Processor"`` or ``""`` (outside ensemble).
 
     **Available in:** Controller, Processor.
     """
-    return _context["name"]
+    return getattr(_thread, "name", "") or _context["name"]
 
 
 REGISTRY["get_context"] = (CONTROLLER, PROCESSOR)
@@ -62,7 +69,7 @@ def available_in(*contexts: str, during_load: bool = False) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def checked(*args: Any, **kwargs: Any) -> Any:
-            here = _context["name"]
+            here = get_context()
             if here not in contexts and not (during_load and _loading["active"]):
                 bridge = ("call it from a function passed to run_sync(fn) (Controller -> Processor)"
                           if PROCESSOR in contexts else

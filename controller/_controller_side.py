@@ -48,7 +48,7 @@ class ControllerScript:
         self.params: dict[str, ParamDef] = {}
         self.values: dict[str, Any] = {}
         self.generation = 0  # bumped on reload; callbacks of older generations are dropped
-        self.heap: list[tuple[int, int, int, Callable[..., Any], tuple[Any, ...], str]] = []
+        self.heap: list[tuple[int, int, int | None, Callable[..., Any], tuple[Any, ...], str]] = []
         self._seq = itertools.count()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.bg_tasks: list[Any] = []
@@ -71,12 +71,21 @@ class ControllerScript:
     def submit(self, priority: int, fn: Callable[..., Any], args: tuple[Any, ...] = (), name: str = "",
                generation: int | None = None) -> None:
         """Queue a callback (thread-safe)."""
-        gen = self.generation if generation is None else generation
-        self.loop.call_soon_threadsafe(self._push, priority, gen, fn, args, name or getattr(fn, "__name__", "callback"))
+        self.loop.call_soon_threadsafe(self._push, priority, generation, fn, args,
+                                       name or getattr(fn, "__name__", "callback"))
 
-    def _push(self, priority: int, gen: int, fn: Callable[..., Any], args: tuple[Any, ...], name: str) -> None:
+    def _push(self, priority: int, gen: int | None, fn: Callable[..., Any], args: tuple[Any, ...], name: str) -> None:
+        if gen is None:  # resolved here, on the script thread, after any reload queued before it
+            gen = self.generation
         heapq.heappush(self.heap, (priority, next(self._seq), gen, fn, args, name))
         self._wakeup.set()
+
+    def barrier(self, timeout: float = 30.0) -> None:
+        """Block (another thread) until every callback queued so far has run."""
+        done = threading.Event()
+        self.submit(99, done.set, (), "barrier")
+        if not done.wait(timeout):
+            raise EnsembleError(f"the controller's queue did not drain within {timeout:g}s")
 
     def pending(self) -> int:
         """Callbacks waiting in the queue."""
@@ -105,6 +114,9 @@ class ControllerScript:
 
     # ------------------------------------------------------------------ script thread
     def _run(self) -> None:
+        from controller._context import CONTROLLER, set_thread_context
+
+        set_thread_context(CONTROLLER)
         asyncio.set_event_loop(self.loop)
         self.loop.create_task(self._dispatch())
         self.loop.call_soon(self._ready.set)

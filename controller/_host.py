@@ -12,20 +12,26 @@ from typing import Any, Callable
 from actors._errors import EnsembleError
 
 _current: dict[str, Any] = {"runtime": None}
+_by_context: dict[str, Any] = {}
 SCRIPT_MODULE = "ensemble_instrument"
 
 
 def runtime() -> Any:
     """The hosting runtime, or raise EnsembleError when no script runtime runs here."""
-    rt = _current["runtime"]
+    from controller._context import get_context
+
+    rt = _by_context.get(get_context()) or _current["runtime"]
     if rt is None:
         raise EnsembleError("no ensemble script runtime in this process; load the script with `ensemble load PATH`")
     return rt
 
 
-def install(rt: Any) -> None:
-    """Make ``rt`` this process's runtime."""
-    _current["runtime"] = rt
+def install(rt: Any, context: str = "") -> None:
+    """Make ``rt`` this process's runtime (or, with ``context``, the runtime of that context only)."""
+    if context:
+        _by_context[context] = rt
+    else:
+        _current["runtime"] = rt
 
 
 @dataclass
