@@ -23,7 +23,7 @@ from typing import Any, Mapping
 from actors._errors import ConfigError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEFAULT_ALLOW = ("examples.*", "tests.jobs.*", "bench.jobs.*", "controller._tasks:*_job")
+DEFAULT_ALLOW = ("examples.*", "tests.jobs:*", "bench.jobs:*", "controller._tasks:*_job")
 
 
 @dataclass(frozen=True)

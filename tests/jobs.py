@@ -72,3 +72,10 @@ def props(task: Task, n: int) -> dict[str, Any]:
     while not task.should_abort():
         time.sleep(0.01)
     return {"n": n}
+
+
+def swap_while_silent(task: Task) -> bool:
+    """kill_voices_and_call: runs a function while the processor is silent; reports whether it ran."""
+    ran: list[bool] = []
+    ok = task.kill_voices_and_call(lambda: ran.append(True))
+    return ok and ran == [True]
