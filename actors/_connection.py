@@ -11,6 +11,7 @@ listeners registered per job id.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import os
 import threading
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 import zmq
 
+from actors._arrays import ClientArrays
 from actors._errors import ClientClosed, DaemonNotRunning, EnsembleError, ProtocolError, error_from_code
 from actors._rundir import RunDir
 from actors.config import Config
@@ -42,6 +44,7 @@ class Connection:
                 )
             endpoint = rundir.control_endpoint
         self.endpoint = endpoint
+        self.arrays = ClientArrays(cfg.name, cfg.jobs.inline_array_limit)
         self.ctx = zmq.Context()
         self._corr = itertools.count(1)
         self._lock = threading.Lock()
@@ -68,10 +71,33 @@ class Connection:
         return fut
 
     def submit(self, specs: list[JobSpec], listener: Listener | None = None) -> Future[list[int]]:
-        """Submit jobs (merged with other pending submits); the future gives their ids."""
+        """Submit jobs (merged with other pending submits); the future gives their ids.
+
+        Large numpy arrays in the arguments are moved to shared memory here, on
+        the calling thread (see :mod:`actors._arrays`).
+        """
         fut: Future[list[int]] = Future()
-        self._enqueue(("submit", specs, fut, listener))
+        borrowed: list[list[Any]] = []
+        out = []
+        for spec in specs:
+            lent: list[Any] = []
+            changed: list[bool] = []
+            args = self.arrays.export(spec.args, lent, changed)
+            kwargs = self.arrays.export(spec.kwargs, lent, changed)
+            out.append(dataclasses.replace(spec, args=args, kwargs=kwargs) if changed else spec)
+            borrowed.append(lent)
+        if any(borrowed):
+            fut.add_done_callback(lambda f: self._lend(f, borrowed))
+        self._enqueue(("submit", out, fut, listener))
         return fut
+
+    def _lend(self, fut: Future[list[int]], borrowed: list[list[Any]]) -> None:
+        if fut.exception() is not None:
+            for lent in borrowed:
+                self.arrays.return_unused(lent)
+            return
+        for jid, lent in zip(fut.result(), borrowed):
+            self.arrays.lend(jid, lent)
 
     def listen(self, job_id: int, listener: Listener) -> None:
         """Call ``listener(info)`` (on the I/O thread) for every push about ``job_id``."""
@@ -96,6 +122,7 @@ class Connection:
         self._thread.join(timeout=5)
         self._wake_tx.close(linger=0)
         self.ctx.destroy(linger=0)
+        self.arrays.close()
 
     @property
     def closed(self) -> bool:
@@ -223,6 +250,8 @@ class Connection:
                 fut.set_exception(error_from_code(msg.code, msg.message))
                 continue
             try:
+                if isinstance(msg, JobInfos):
+                    msg = JobInfos([self.arrays.import_info(i) for i in msg.jobs])
                 fut.set_result(convert(msg) if convert is not None else msg)
             except EnsembleError as exc:
                 if not fut.done():
@@ -233,6 +262,15 @@ class Connection:
 
     def _route(self, infos: list[JobInfo]) -> None:
         for info in infos:
+            terminal = info.state in ("done", "failed", "cancelled", "killed", "worker-lost")
+            if terminal:
+                try:
+                    info = self.arrays.import_info(info)
+                except EnsembleError as exc:
+                    import dataclasses as dc
+
+                    info = dc.replace(info, state="failed", result=None, error_type=type(exc).__name__,
+                                      error_message=str(exc))
             with self._lock:
                 listeners = list(self._listeners.get(info.id, ()))
                 if info.state in ("done", "failed", "cancelled", "killed", "worker-lost"):
@@ -242,6 +280,8 @@ class Connection:
                     fn(info)
                 except Exception:
                     pass
+            if terminal:
+                self.arrays.job_ended(info.id)
 
     def _fail_all(self, exc: EnsembleError) -> None:
         for fut, _ in self._waiting.values():

@@ -45,8 +45,10 @@ class Task:
     All methods are cheap (no I/O on the calling thread) unless noted.
     """
 
-    def __init__(self, job_id: int, timeout_ms: int, kill_voices: Callable[[Callable[[], Any]], bool] | None = None) -> None:
+    def __init__(self, job_id: int, timeout_ms: int, kill_voices: Callable[[Callable[[], Any]], bool] | None = None,
+                 arrays: Any = None) -> None:
         self.job_id = job_id
+        self._arrays = arrays
         self._lock = threading.Lock()
         self._progress = 0.0
         self._status = ""
@@ -185,6 +187,14 @@ class Task:
         if log_fn is not None:
             log_fn(self, True, code)
         return code
+
+    def empty(self, shape: Any, dtype: Any = "float64") -> Any:
+        """A new array in shared memory; returned from the job it reaches the client without a copy."""
+        if self._arrays is None:
+            import numpy as np
+
+            return np.empty(shape, dtype)
+        return self._arrays.empty(shape, dtype)
 
     def kill_voices_and_call(self, fn: Callable[[], Any]) -> bool:
         """Fade and kill all voices, keep the processor silent while ``fn()`` runs here, then resume.

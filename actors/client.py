@@ -260,6 +260,18 @@ class Client:
         """Cancel a job by id (see :meth:`JobHandle.cancel`)."""
         return JobHandle(self, job_id).cancel(block)
 
+    # -- arrays
+    def empty(self, shape: Any, dtype: Any = "float64") -> Any:
+        """A numpy array in shared memory: passed to jobs by handle, no copy (and written in place).
+
+        It stays allocated until :meth:`free` or :meth:`close`.
+        """
+        return self.conn.arrays.empty(shape, dtype)
+
+    def free(self, array: Any) -> None:
+        """Release an array from :meth:`empty`."""
+        self.conn.arrays.free(array)
+
     # -- audio
     def note_on(self, note: int, velocity: float = 1.0, at: float | None = None, sample: str = "") -> None:
         """Play ``note`` (0..127) at ``velocity`` (0..1) on the processor.

@@ -115,6 +115,14 @@ class SharedArray:
         except BufferError:
             pass  # a view is still alive elsewhere; the mapping goes with it
 
+    @staticmethod
+    def unlink_name(name: str) -> None:
+        """Remove a segment by name (missing is fine)."""
+        try:
+            os.unlink(SHM_DIR / name)
+        except FileNotFoundError:
+            pass
+
     def unlink(self) -> None:
         """Remove the segment's name."""
         try:
@@ -129,3 +137,70 @@ class SharedArray:
         self.close()
         if self.owner:
             self.unlink()
+
+
+# --------------------------------------------------------------------------- arrays in jobs
+def _np() -> Any:
+    import numpy as np
+
+    return np
+
+
+def _make_shm_ndarray_class() -> Any:
+    np = _np()
+
+    class SharedNDArray(np.ndarray):  # type: ignore[misc]
+        """A numpy array that lives in a whole shared-memory segment (crosses sockets as a handle).
+
+        Views and slices are ordinary arrays as far as the wire is concerned
+        (they are copied); only the whole array travels by handle.
+        """
+
+        _ens_segment: SharedArray | None = None
+
+        def __array_finalize__(self, obj: Any) -> None:
+            self._ens_segment = None  # views do not inherit the segment
+
+        @property
+        def shared_handle(self) -> ArrayHandle | None:
+            """The handle if this is a whole segment's array, else None."""
+            seg = self._ens_segment
+            return seg.handle if seg is not None else None
+
+    return SharedNDArray
+
+
+_SharedNDArray: Any = None
+
+
+def shared_ndarray(seg: SharedArray) -> Any:
+    """Wrap a segment's array as a SharedNDArray that knows its handle."""
+    global _SharedNDArray
+    if _SharedNDArray is None:
+        _SharedNDArray = _make_shm_ndarray_class()
+    arr = seg.array.view(_SharedNDArray)
+    arr._ens_segment = seg
+    return arr
+
+
+def handle_of(value: Any) -> ArrayHandle | None:
+    """The handle of a whole shared array (SharedNDArray), else None."""
+    return getattr(value, "shared_handle", None) if type(value).__name__ == "SharedNDArray" else None
+
+
+def is_ndarray(value: Any) -> bool:
+    """Whether ``value`` is a numpy array (without importing numpy for other values)."""
+    return type(value).__module__ == "numpy" or type(value).__name__ == "SharedNDArray"
+
+
+def walk(value: Any, fn: Any, depth: int = 0) -> Any:
+    """Apply ``fn`` to every leaf of nested lists/tuples/dicts (bounded depth)."""
+    if depth > 16:
+        return value
+    if isinstance(value, list):
+        return [walk(v, fn, depth + 1) for v in value]
+    if isinstance(value, tuple):
+        return [walk(v, fn, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {k: walk(v, fn, depth + 1) for k, v in value.items()}
+    return fn(value)

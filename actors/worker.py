@@ -22,6 +22,7 @@ import msgpack
 import zmq
 
 from actors._child import Child, child_main
+from actors._arrays import WorkerArrays
 from actors._jobfn import resolve
 from actors._task import Task, activate, deactivate
 from actors.messages import (
@@ -56,6 +57,7 @@ class Worker(Child):
         self.results_out = self.ctx.socket(zmq.PAIR)
         self.results_out.connect(f"inproc://results-{id(self)}")
         self.finished: "queue.SimpleQueue[JobDone]" = queue.SimpleQueue()
+        self.arrays = WorkerArrays(cfg.name, cfg.jobs.inline_array_limit)
         self.voice_requests: "queue.SimpleQueue[VoicesOp]" = queue.SimpleQueue()
         self.voice_waits: dict[int, list[Any]] = {}
         self._voice_tokens = itertools.count(1)
@@ -101,7 +103,7 @@ class Worker(Child):
     def _start_next(self) -> None:
         if self.current is None and self.pending:
             d = self.pending.popleft()
-            task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call)
+            task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call, self.arrays)
             self.current = (d, task)
             self.jobs_in.put((d, task))
 
@@ -172,16 +174,20 @@ class Worker(Child):
             if item is None:
                 return
             d, task = item
-            self.finished.put(_sendable(_run_one(d, task)))
+            self.finished.put(_sendable(_run_one(d, task, self.arrays)))
             self.results_out.send(b"r")
 
 
-def _run_one(d: Dispatch, task: Task) -> JobDone:
+def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays) -> JobDone:
     token = activate(task)
     started = task.started
+    mapped: list[Any] = []
     try:
         fn = resolve(d.fn)
-        value = fn(task, *d.args, **d.kwargs) if d.with_task else fn(*d.args, **d.kwargs)
+        args = arrays.import_args(d.args, mapped)
+        kwargs = arrays.import_args(d.kwargs, mapped)
+        value = fn(task, *args, **kwargs) if d.with_task else fn(*args, **kwargs)
+        value = arrays.export_result(value)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,
                        aborted=task.aborted, started=started)
@@ -192,6 +198,8 @@ def _run_one(d: Dispatch, task: Task) -> JobDone:
                        aborted=task.aborted, started=started)
     finally:
         deactivate(token)
+        for seg in mapped:
+            seg.close()
 
 
 def _sendable(done: JobDone) -> JobDone:

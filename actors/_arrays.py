@@ -1,0 +1,210 @@
+"""Numpy arrays in job arguments and results: shared memory instead of the socket.
+
+Client side (:class:`ClientArrays`): an ordinary array larger than
+``jobs.inline_array_limit`` is copied once into a pooled segment (kept mapped,
+so its pages stay faulted in for the next job) and crosses as a handle; the
+segment returns to the pool when the job ends.  An array from
+``client.empty()`` crosses as its handle with no copy; the job sees (and may
+write) the same memory.
+
+Worker side: handles in arguments are mapped; a result that is a whole shared
+array (an argument, or one from ``task.empty()``) crosses as its handle; any
+other large result is copied once into a new segment.  The client maps a
+result segment and unlinks its name, so the memory lives exactly as long as
+the returned array.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+from actors.messages import ArrayHandle, JobInfo
+from actors.shm import SharedArray, handle_of, is_ndarray, shared_ndarray, walk
+
+_SIZE_CLASS = 1 << 20  # pool segments are rounded up to whole MiB
+
+
+def _size_class(nbytes: int) -> int:
+    return max(_SIZE_CLASS, -(-nbytes // _SIZE_CLASS) * _SIZE_CLASS)
+
+
+class ClientArrays:
+    """A client's shared-memory arrays: the argument pool and the user's own arrays."""
+
+    def __init__(self, daemon: str, inline_limit: int) -> None:
+        self.daemon = daemon
+        self.inline_limit = inline_limit
+        self._lock = threading.Lock()
+        self._free: dict[int, list[SharedArray]] = collections.defaultdict(list)
+        self._in_use: dict[int, list[SharedArray]] = {}  # job id -> pooled segments it borrowed
+        self._by_name: dict[str, SharedArray] = {}
+        self._user: dict[str, Any] = {}  # name -> SharedNDArray from empty()
+        self._results: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+    def empty(self, shape: Any, dtype: Any = "float64") -> Any:
+        """A new array in shared memory that jobs receive without a copy."""
+        seg = SharedArray.create(self.daemon, shape, dtype)
+        arr = shared_ndarray(seg)
+        with self._lock:
+            self._user[seg.handle.name] = arr
+        return arr
+
+    def free(self, array: Any) -> None:
+        """Release an array from :meth:`empty` (its name is unlinked; the memory goes with the last view)."""
+        h = handle_of(array)
+        if h is not None:
+            with self._lock:
+                self._user.pop(h.name, None)
+            SharedArray.unlink_name(h.name)
+
+    def export(self, value: Any, borrowed: list[SharedArray], changed: list[bool]) -> Any:
+        """Replace large arrays in ``value`` by handles (copying ordinary ones into pooled segments).
+
+        Appends to ``borrowed`` the pooled segments used and to ``changed`` a
+        marker for every array replaced.
+        """
+
+        def leaf(v: Any) -> Any:
+            if not is_ndarray(v):
+                return v
+            h = handle_of(v)
+            if h is not None:
+                changed.append(True)
+                return h
+            if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc":
+                return v
+            seg = self._take(v.nbytes)
+            borrowed.append(seg)
+            changed.append(True)
+            view = seg.array[: v.nbytes].view(v.dtype).reshape(v.shape)
+            view[...] = v
+            return ArrayHandle(seg.handle.name, v.dtype.str, tuple(v.shape), 0)
+
+        return walk(value, leaf)
+
+    def _take(self, nbytes: int) -> SharedArray:
+        size = _size_class(nbytes)
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                return free.pop()
+        seg = SharedArray.create(self.daemon, size, "uint8")
+        with self._lock:
+            self._by_name[seg.handle.name] = seg
+        return seg
+
+    def lend(self, job_id: int, borrowed: list[SharedArray]) -> None:
+        """Record which pooled segments a submitted job uses."""
+        if borrowed:
+            with self._lock:
+                self._in_use[job_id] = borrowed
+
+    def return_unused(self, borrowed: list[SharedArray]) -> None:
+        """Segments of a submit that failed go straight back to the pool."""
+        with self._lock:
+            for seg in borrowed:
+                self._free[seg.handle.nbytes].append(seg)
+
+    def job_ended(self, job_id: int) -> None:
+        """The job is over: its pooled segments go back to the pool."""
+        with self._lock:
+            for seg in self._in_use.pop(job_id, ()):
+                if seg.handle.name in self._by_name:
+                    self._free[seg.handle.nbytes].append(seg)
+
+    def import_info(self, info: JobInfo) -> JobInfo:
+        """Turn result handles into arrays (mapping and unlinking result segments)."""
+        if info.result is None or info.state != "done":
+            return info
+        import dataclasses
+
+        return dataclasses.replace(info, result=walk(info.result, self._import_leaf))
+
+    def _import_leaf(self, v: Any) -> Any:
+        if type(v) is not ArrayHandle:
+            return v
+        with self._lock:
+            user = self._user.get(v.name)
+            cached = self._results.get(v.name)
+            pooled = self._by_name.pop(v.name, None)
+        if user is not None:
+            return user
+        if cached is not None:
+            return cached
+        if pooled is not None:  # the job returned its (copied) argument: hand the segment to the caller
+            for lst in self._free.values():
+                if pooled in lst:
+                    lst.remove(pooled)
+            arr = pooled.array[: _nbytes(v)].view(v.dtype).reshape(v.shape)
+            SharedArray.unlink_name(v.name)
+            return arr
+        try:
+            seg = SharedArray.attach(v)
+        except Exception as exc:  # taken by another client, or the daemon went down
+            from actors._errors import JobError
+
+            raise JobError(f"the job's result array ({v.name}) is no longer in shared memory: {exc}") from exc
+        SharedArray.unlink_name(v.name)
+        arr = seg.array
+        with self._lock:
+            self._results[v.name] = arr
+            while len(self._results) > 64:
+                self._results.popitem(last=False)
+        return arr
+
+    def close(self) -> None:
+        """Unlink every segment this client created (mappings live on in existing arrays)."""
+        with self._lock:
+            names = list(self._by_name) + list(self._user)
+            self._by_name.clear()
+            self._user.clear()
+            self._free.clear()
+            self._in_use.clear()
+        for name in names:
+            SharedArray.unlink_name(name)
+
+
+def _nbytes(h: ArrayHandle) -> int:
+    return h.nbytes
+
+
+class WorkerArrays:
+    """Arrays in a worker: map argument handles, export results."""
+
+    def __init__(self, daemon: str, inline_limit: int) -> None:
+        self.daemon = daemon
+        self.inline_limit = inline_limit
+
+    def import_args(self, value: Any, mapped: list[SharedArray]) -> Any:
+        def leaf(v: Any) -> Any:
+            if type(v) is not ArrayHandle:
+                return v
+            seg = SharedArray.attach(v)
+            mapped.append(seg)
+            arr = shared_ndarray(seg)
+            return arr
+
+        return walk(value, leaf)
+
+    def empty(self, shape: Any, dtype: Any = "float64") -> Any:
+        """A result array in shared memory: returning it costs no copy."""
+        return shared_ndarray(SharedArray.create(self.daemon, shape, dtype))
+
+    def export_result(self, value: Any) -> Any:
+        def leaf(v: Any) -> Any:
+            if not is_ndarray(v):
+                return v
+            h = handle_of(v)
+            if h is not None:
+                return h
+            if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc":
+                return v
+            seg = SharedArray.create(self.daemon, v.shape, v.dtype)
+            seg.array[...] = v
+            h = seg.handle
+            seg.close()
+            return h
+
+        return walk(value, leaf)
