@@ -1,0 +1,46 @@
+"""Numpy arrays in jobs: shared memory instead of the socket, and no segment left behind."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tests.conftest import Daemon
+
+
+def _ours() -> set[str]:
+    return {p for p in os.listdir("/dev/shm") if p.startswith("ensemble.t.")}
+
+
+def test_large_arguments_and_results_cross_through_shared_memory(daemon: Daemon) -> None:
+    c = daemon.client()
+    a = np.arange(1_000_000, dtype=np.float64)  # 8 MB: over the inline limit
+    r = c.submit("tests.jobs:scale_array", a, 2.0).result(60)
+    assert isinstance(r, np.ndarray) and r.shape == a.shape and np.array_equal(r, a * 2)
+    small = c.submit("tests.jobs:scale_array", np.ones(4), 3.0).result(60)  # inline both ways
+    assert small.tolist() == [3.0, 3.0, 3.0, 3.0]
+
+
+def test_runtime_allocated_arrays_cross_by_handle_and_are_written_in_place(daemon: Daemon) -> None:
+    c = daemon.client()
+    s = c.empty(1_000_000, "float64")
+    s[:] = 1.0
+    r = c.submit("tests.jobs:double_in_place", s).result(60)
+    assert r is s  # the same memory came back, nothing copied
+    assert float(s[123]) == 2.0
+    made = c.submit("tests.jobs:make_shared", 2_000_000).result(60)
+    assert made.dtype == np.float32 and made.shape == (2_000_000,) and float(made[-1]) == 1.5
+
+
+def test_segments_are_released_when_the_client_closes(daemon: Daemon) -> None:
+    before = _ours()
+    c = daemon.client()
+    for _ in range(3):  # the pool reuses one segment for the same size
+        c.submit("tests.jobs:scale_array", np.ones(500_000), 1.0).result(60)
+    s = c.empty(1000)
+    mid = _ours() - before
+    assert s.shared_handle.name in mid
+    assert len([n for n in mid if n != s.shared_handle.name]) == 1  # one pooled argument segment
+    c.close()
+    assert _ours() - before == set()
