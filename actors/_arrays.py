@@ -173,9 +173,10 @@ def _nbytes(h: ArrayHandle) -> int:
 class WorkerArrays:
     """Arrays in a worker: map argument handles, export results."""
 
-    def __init__(self, daemon: str, inline_limit: int) -> None:
+    def __init__(self, daemon: str, inline_limit: int, shared: bool = True) -> None:
         self.daemon = daemon
         self.inline_limit = inline_limit
+        self.shared = shared  # False on a remote host: everything crosses as bytes
 
     def import_args(self, value: Any, mapped: list[SharedArray]) -> Any:
         def leaf(v: Any) -> Any:
@@ -190,6 +191,10 @@ class WorkerArrays:
 
     def empty(self, shape: Any, dtype: Any = "float64") -> Any:
         """A result array in shared memory: returning it costs no copy."""
+        if not self.shared:
+            import numpy as np
+
+            return np.empty(shape, dtype)
         return shared_ndarray(SharedArray.create(self.daemon, shape, dtype))
 
     def export_result(self, value: Any) -> Any:
@@ -197,9 +202,9 @@ class WorkerArrays:
             if not is_ndarray(v):
                 return v
             h = handle_of(v)
-            if h is not None:
+            if h is not None and self.shared:
                 return h
-            if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc":
+            if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc" or not self.shared:
                 return v
             seg = SharedArray.create(self.daemon, v.shape, v.dtype)
             seg.array[...] = v

@@ -5,6 +5,9 @@ loop on its main thread: a DEALER socket to the supervisor's internal ROUTER,
 a heartbeat every ``heartbeat_interval``, and an exit when the supervisor has
 been silent past ``heartbeat_timeout`` (belt and braces beside the
 parent-death signal).
+
+Test hook: with ``ENSEMBLE_TEST_CRASH_ROLE=<role>`` in the daemon's environment,
+every child of that role exits with code 3 at start (a crash loop on demand).
 """
 
 from __future__ import annotations
@@ -59,8 +62,12 @@ class Child:
 
     role = "child"
 
-    def __init__(self, cfg: Config, name: str) -> None:
+    def __init__(self, cfg: Config, name: str, endpoint: str | None = None,
+                 curve: tuple[str, str] | None = None) -> None:
+        """Connect to the supervisor: its ipc socket, or ``endpoint`` (tcp, with ``curve`` =
+        (own secret key file, daemon public key file)) for a worker on another host."""
         self.cfg = cfg
+        self.remote = endpoint is not None
         self.name = name
         self.limits = Limits(max_frame=cfg.daemon.max_frame)
         self.ctx = zmq.Context.instance()
@@ -71,7 +78,11 @@ class Child:
         self.sock.setsockopt(zmq.RCVHWM, 0)
         from actors._rundir import RunDir
 
-        self.sock.connect(RunDir(cfg.run_dir).internal_endpoint)
+        if curve is not None:
+            from actors._keys import curve_client
+
+            curve_client(self.sock, curve[0], curve[1])
+        self.sock.connect(endpoint or RunDir(cfg.run_dir).internal_endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.outbox = Outbox()
@@ -146,6 +157,13 @@ class Child:
         os.close(self.outbox.fd)
         return 0
 
+    def _kill_own_group(self) -> None:
+        """A remote worker told to die (its job ignored an abort): take the job's processes with it."""
+        log.error("%s: killed by the supervisor", self.name)
+        if os.getpgrp() == os.getpid():
+            os.killpg(0, signal.SIGKILL)
+        os._exit(137)
+
     def _request_stop(self, reason: str) -> None:
         self.stop_reason = reason
         self.running = False
@@ -165,6 +183,8 @@ class Child:
             if isinstance(msg, Heartbeat):
                 continue
             if isinstance(msg, Stop):
+                if msg.reason == "kill" and self.remote:
+                    self._kill_own_group()
                 self._request_stop(msg.reason or "stop")
                 continue
             self.handle(msg)
@@ -180,6 +200,11 @@ def child_main(cls: type[Child]) -> None:
     if len(sys.argv) != 3:
         sys.stderr.write(f"usage: python -m {cls.__module__} CONFIG_JSON NAME\n")
         sys.exit(2)
+    if os.environ.get("ENSEMBLE_TEST_CRASH_ROLE") == cls.role:
+        # Test hook: a child of this role fails at start, so tests can drive the
+        # restart-intensity limit.  Unset in normal use; costs one dict lookup.
+        sys.stderr.write(f"{cls.role}: ENSEMBLE_TEST_CRASH_ROLE={cls.role}: exiting at start\n")
+        sys.exit(3)
     cfg = Config.from_json(sys.argv[1])
     child = cls(cfg, sys.argv[2])
     code = child.run()

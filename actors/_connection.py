@@ -33,8 +33,11 @@ _MAX_BATCH = 5000
 class Connection:
     """Thread-safe request/reply and push routing over one DEALER socket."""
 
-    def __init__(self, cfg: Config, endpoint: str | None = None) -> None:
+    def __init__(self, cfg: Config, endpoint: str | None = None, curve: tuple[str, str] | None = None) -> None:
         self.cfg = cfg
+        self.curve = curve
+        if endpoint is not None and endpoint.startswith("tcp://") and curve is None:
+            raise ProtocolError(f"{endpoint}: tcp needs CURVE keys: pass curve=(your .key_secret file, the daemon's server.key)")
         self.limits = Limits(max_frame=cfg.daemon.max_frame)
         rundir = RunDir(cfg.run_dir)
         if endpoint is None:
@@ -149,6 +152,10 @@ class Connection:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.IDENTITY, f"client-{os.getpid()}-{id(self):x}".encode())
+        if self.curve is not None:
+            from actors._keys import curve_client
+
+            curve_client(sock, *self.curve)
         sock.connect(self.endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)

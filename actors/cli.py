@@ -60,6 +60,9 @@ def _config(ctx: click.Context, **daemon: Any) -> Config:
 def _client(ctx: click.Context) -> Any:
     from actors.client import Client
 
+    obj = ctx.ensure_object(dict)
+    if obj.get("connect"):
+        return Client(config=_config(ctx), endpoint=obj["connect"], curve=(obj["key"], obj["server_key"]))
     return Client(config=_config(ctx))
 
 
@@ -67,13 +70,19 @@ def _client(ctx: click.Context) -> Any:
 @click.option("--name", "-n", default=None, help="Daemon name (default: 'default', or $ENSEMBLE_NAME).")
 @click.option("--config", "-c", "config", default=None, type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("--connect", default=None, metavar="tcp://HOST:PORT", help="A daemon on another host (CURVE).")
+@click.option("--key", default=None, type=click.Path(dir_okay=False), help="With --connect: your .key_secret file.")
+@click.option("--server-key", default=None, type=click.Path(dir_okay=False), help="With --connect: the daemon's server.key.")
 @click.version_option(__version__, prog_name="ensemble")
 @click.pass_context
-def main(ctx: click.Context, name: str | None, config: str | None, debug: bool) -> None:
+def main(ctx: click.Context, name: str | None, config: str | None, debug: bool, connect: str | None,
+         key: str | None, server_key: str | None) -> None:
     """ensemble: a multiprocess actor runtime for realtime audio."""
     global _DEBUG
     _DEBUG = debug
-    ctx.ensure_object(dict).update(name=name, config=config)
+    if connect and not (key and server_key):
+        fail("--connect needs --key (your .key_secret file) and --server-key (the daemon's server.key)")
+    ctx.ensure_object(dict).update(name=name, config=config, connect=connect, key=key, server_key=server_key)
 
 
 # ---------------------------------------------------------------------------- lifecycle
@@ -543,6 +552,87 @@ def param_set(ctx: click.Context, name: str, value: str) -> None:
     with _client(ctx) as c:
         c.set_param(name, _parse_arg(value))
     click.echo(f"{name} = {value}")
+
+
+# ---------------------------------------------------------------------------- keys and remote workers
+@main.group()
+def keys() -> None:
+    """CURVE keys for tcp: the daemon's pair, issued worker/client keys, the allow-list."""
+
+
+def _keys_dir(ctx: click.Context) -> Path:
+    from actors._keys import keys_dir
+
+    return keys_dir(_config(ctx))
+
+
+@keys.command("init")
+@click.option("--force", is_flag=True, help="Replace existing daemon keys.")
+@click.pass_context
+def keys_init(ctx: click.Context, force: bool) -> None:
+    """Write the daemon's key pair."""
+    from actors._keys import init_keys
+
+    pub = init_keys(_keys_dir(ctx), force)
+    click.echo(f"daemon public key: {pub} (give it to remote workers and clients)")
+
+
+@keys.command("add-worker")
+@click.argument("name")
+@click.pass_context
+def keys_add_worker(ctx: click.Context, name: str) -> None:
+    """Issue a key for a remote worker and allow it."""
+    from actors._keys import add_peer
+
+    click.echo(add_peer(_keys_dir(ctx), name))
+
+
+@keys.command("add-client")
+@click.argument("name")
+@click.pass_context
+def keys_add_client(ctx: click.Context, name: str) -> None:
+    """Issue a key for a remote client and allow it."""
+    from actors._keys import add_peer
+
+    click.echo(add_peer(_keys_dir(ctx), name))
+
+
+@keys.command("revoke")
+@click.argument("name")
+@click.pass_context
+def keys_revoke(ctx: click.Context, name: str) -> None:
+    """Remove a key from the allow-list (a running daemon refuses it at once)."""
+    from actors._keys import revoke
+
+    revoke(_keys_dir(ctx), name)
+    click.echo(f"revoked {name}")
+
+
+@keys.command("list")
+@click.pass_context
+def keys_list(ctx: click.Context) -> None:
+    """List allowed keys."""
+    d = _keys_dir(ctx) / "allowed"
+    for f in sorted(d.glob("*.key")) if d.is_dir() else []:
+        click.echo(f.stem)
+
+
+@main.command()
+@click.option("--connect", "endpoint", required=True, metavar="tcp://HOST:PORT", help="The daemon's worker endpoint.")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="This worker's .key_secret file.")
+@click.option("--server-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The daemon's server.key.")
+@click.option("--worker-name", default=None, help="Name shown in status (default: the host name).")
+@click.pass_context
+def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_name: str | None) -> None:
+    """Run a worker on this host for a daemon elsewhere (restart it with systemd or Kubernetes)."""
+    import socket
+
+    from actors.worker import run_remote
+
+    code = run_remote(_config(ctx), endpoint, key, server_key, worker_name or socket.gethostname())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown: ZeroMQ's atexit term would wait on inproc sockets
 
 
 def run() -> None:

@@ -163,10 +163,12 @@ class Client:
     """
 
     def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 30.0,
-                 endpoint: str | None = None) -> None:
+                 endpoint: str | None = None, curve: tuple[str, str] | None = None) -> None:
+        """``endpoint``: a ``tcp://`` address of a daemon on another host, with ``curve`` =
+        (this client's ``.key_secret`` file, the daemon's ``server.key``)."""
         self.config = config or load_config(overrides={"daemon": {"name": name}})
         self.timeout = timeout
-        self.conn = Connection(self.config, endpoint)
+        self.conn = Connection(self.config, endpoint, curve)
 
     # -- plumbing
     def _call(self, msg: Any, timeout: float | None = -1.0) -> Any:
@@ -388,6 +390,8 @@ class Executor(concurrent.futures.Executor):
         self._timeout = timeout
         self._retries = retries
         self._futures: dict[int, Future[Any]] = {}
+        self._live: set[Future[Any]] = set()  # every future not yet done, with or without its job id
+        self._cancels: list[Future[Any]] = []  # Cancel requests for cancelled futures, sent before closing
         self._lock = threading.Lock()
         self._shutdown = False
 
@@ -412,23 +416,39 @@ class Executor(concurrent.futures.Executor):
         def on_ids(ids_fut: Future[list[int]]) -> None:
             exc = ids_fut.exception()
             if exc is not None:
-                fut.set_exception(exc)
+                if _start(fut):
+                    fut.set_exception(exc)
                 return
             (jid,) = ids_fut.result()
             with self._lock:
                 fut.job_id = jid  # type: ignore[attr-defined]
                 self._futures[jid] = fut
                 pending = list(early)
+            if fut.cancelled():  # cancelled before the daemon named the job: cancel it there too
+                self._on_future_done(fut)
             for info in pending:
                 on_info(info)
 
-        self.conn.submit([spec], on_info).add_done_callback(on_ids)
+        with self._lock:
+            self._live.add(fut)
         fut.add_done_callback(self._on_future_done)
+        self.conn.submit([spec], on_info).add_done_callback(on_ids)
         return fut
 
     def _on_future_done(self, fut: Future[Any]) -> None:
-        if fut.cancelled() and hasattr(fut, "job_id") and not self.conn.closed:
-            self.conn.call(Cancel(fut.job_id, False))  # type: ignore[attr-defined]
+        if fut.cancelled():
+            _start(fut)  # CANCELLED -> CANCELLED_AND_NOTIFIED: wait() and as_completed() count it as done
+            if hasattr(fut, "job_id") and not self.conn.closed:
+                self._cancels.append(self.conn.call(Cancel(fut.job_id, False)))  # type: ignore[attr-defined]
+        with self._lock:
+            self._live.discard(fut)
+            close_now = self._shutdown and not self._live and not self.conn.closed
+        if close_now:  # shutdown(wait=False) was called and the last future just finished
+            threading.Thread(target=self._close, name="ensemble-executor-close", daemon=True).start()
+
+    def _close(self) -> None:
+        concurrent.futures.wait(list(self._cancels), timeout=10)  # let the daemon hear every cancel
+        self.conn.close()
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
@@ -436,20 +456,32 @@ class Executor(concurrent.futures.Executor):
         return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting work; with ``wait`` block until submitted futures finish."""
-        self._shutdown = True
+        """Stop accepting work; with ``wait`` block until submitted futures finish.
+
+        Without ``wait`` it returns at once and the connection closes when the
+        last pending future is done.
+        """
         with self._lock:
-            futures = list(self._futures.values())
+            self._shutdown = True
+            futures = list(self._live)
         if cancel_futures:
             for f in futures:
                 f.cancel()
-        if wait:
+        if wait or not futures:
             concurrent.futures.wait(futures)
-        self.conn.close()
+            self._close()
+
+
+def _start(fut: Future[Any]) -> bool:
+    """``set_running_or_notify_cancel`` that tolerates a future already cancelled and notified."""
+    try:
+        return fut.set_running_or_notify_cancel()
+    except RuntimeError:  # cancelled and notified already (a cancel raced the result)
+        return False
 
 
 def _complete(fut: Future[Any], info: JobInfo) -> None:
-    if not fut.set_running_or_notify_cancel():
+    if not _start(fut):
         return
     try:
         fut.set_result(_raise_for(info))

@@ -36,7 +36,11 @@ class DaemonConfig:
     state_dir: str = ""  # journal, log, parameters; default $XDG_STATE_HOME/ensemble/<name>
     log_level: str = "info"
     max_frame: int = 64 * 1024 * 1024  # bytes; larger frames are refused
-    tcp: str = ""  # optional tcp endpoint for remote clients/workers (needs CURVE keys)
+    tcp: str = ""  # tcp endpoint for remote workers, e.g. tcp://0.0.0.0:7700 (needs CURVE keys)
+    client_tcp: str = ""  # tcp endpoint for remote clients (needs CURVE keys)
+    keys_dir: str = ""  # default <state dir>/keys
+    metrics_port: int = 0  # Prometheus metrics on 127.0.0.1:PORT; 0 = off
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("max_restarts must be >= 0 and restart_period > 0")
     if cfg.daemon.max_frame < 1024:
         raise ConfigError(f"max_frame {cfg.daemon.max_frame} is too small (minimum 1024 bytes)")
+    for field_name in ("tcp", "client_tcp"):
+        endpoint = getattr(cfg.daemon, field_name)
+        if endpoint and not endpoint.startswith("tcp://"):
+            raise ConfigError(f"daemon.{field_name} {endpoint!r} must be a tcp:// endpoint")
+    if not 0 <= cfg.daemon.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port {cfg.daemon.metrics_port} is not a port number")
     if cfg.jobs.window < 1:
         raise ConfigError("jobs.window must be at least 1")
     if cfg.audio.backend not in ("auto", "null", "sounddevice"):

@@ -68,6 +68,25 @@ class Slot:
     expected_exit: bool = False  # we killed it on purpose (job kill, retire): no intensity count
     retire: bool = False
     outstanding: collections.deque[int] = field(default_factory=collections.deque)
+    remote: bool = False  # a worker that joined over tcp (no process of ours; liveness by heartbeat)
+    sock: Any = None  # the ROUTER it talks through (internal ipc, or the tcp one)
+
+
+def _inline(value: Any) -> Any:
+    """Shared-memory arrays as bytes, for a worker on another host."""
+    from actors.messages import ArrayHandle
+    from actors.shm import SharedArray, walk
+
+    def leaf(v: Any) -> Any:
+        if type(v) is not ArrayHandle:
+            return v
+        seg = SharedArray.attach(v, readonly=True)
+        try:
+            return seg.array.copy()
+        finally:
+            seg.close()
+
+    return walk(value, leaf)
 
 
 def _rss(pid: int) -> int:
@@ -99,6 +118,12 @@ class Supervisor:
         self.kill_sent = False
         self.counters: collections.Counter[str] = collections.Counter()
         self.replies: list[tuple[bytes, bytes]] = []  # sent after the journal commit
+        self.client_socks: dict[bytes, Any] = {}  # identities of tcp clients -> their socket
+        self.control_tcp: Any = None
+        self.internal_tcp: Any = None
+        self.auth: Any = None
+        self.allowed: set[bytes] = set()
+        self._allowed_mtime = 0.0
         self.pushes: dict[bytes, list[JobInfo]] = {}
         self.progress_pushes: dict[bytes, dict[int, JobInfo]] = {}
         self._module_ok: dict[str, str] = {}
@@ -133,6 +158,70 @@ class Supervisor:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.internal, zmq.POLLIN)
+        if self.cfg.daemon.tcp or self.cfg.daemon.client_tcp:
+            self._bind_tcp()
+
+    def _bind_tcp(self) -> None:
+        """CURVE-secured tcp endpoints with a ZAP allow-list (refused without keys)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        from actors._keys import allowed_keys, keys_dir, server_keys
+
+        kdir = keys_dir(self.cfg)
+        public, secret = server_keys(kdir)  # ConfigError without keys: nothing is bound
+        self.keys_dir = kdir
+        self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ensemble.zap"))
+        self.auth.start()
+        self.auth.configure_curve(domain="ensemble", location=str(kdir / "allowed"))
+        self.allowed = allowed_keys(kdir)
+        self._allowed_mtime = self._allowed_stamp()
+        for field_name in ("client_tcp", "tcp"):
+            endpoint = getattr(self.cfg.daemon, field_name)
+            if not endpoint:
+                continue
+            sock = self.ctx.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.daemon.max_frame + 4096)
+            sock.curve_server = True
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            sock.zap_domain = b"ensemble"
+            sock.bind(endpoint)
+            self.poller.register(sock, zmq.POLLIN)
+            if field_name == "tcp":
+                self.internal_tcp = sock
+            else:
+                self.control_tcp = sock
+            log.info("event=bind endpoint=%s mechanism=CURVE allowed_keys=%d", endpoint, len(self.allowed))
+
+    def _allowed_stamp(self) -> float:
+        try:
+            d = self.keys_dir / "allowed"
+            return max([d.stat().st_mtime] + [f.stat().st_mtime for f in d.iterdir()])
+        except (OSError, ValueError, AttributeError):
+            return 0.0
+
+    def _refresh_allowed(self) -> None:
+        """Re-read the allow-list when it changed (revocation without a restart)."""
+        from actors._keys import allowed_keys
+
+        stamp = self._allowed_stamp()
+        if stamp != self._allowed_mtime:
+            self._allowed_mtime = stamp
+            self.auth.configure_curve(domain="ensemble", location=str(self.keys_dir / "allowed"))
+            self.allowed = allowed_keys(self.keys_dir)
+            log.info("event=allow-list-reloaded keys=%d", len(self.allowed))
+
+    def _recv_tcp(self, sock: Any) -> list[bytes] | None:
+        """Receive from a CURVE socket; None (and counted) for a key revoked since it connected."""
+        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        user = frames[-1].get("User-Id")
+        if user is None or user.encode() not in self.allowed:
+            self.counters["revoked_frames"] += 1
+            return None
+        return [f.bytes for f in frames]
 
     def _bind(self, path: Path, hwm: int) -> zmq.Socket[bytes]:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -187,6 +276,11 @@ class Supervisor:
         log.info("event=spawn name=%s pid=%d incarnation=%d", slot.name, slot.proc.pid, slot.incarnation)
 
     def _kill(self, slot: Slot, reason: str, expected: bool = True) -> None:
+        if slot.remote:
+            log.warning("event=kill name=%s remote=1 reason=%s", slot.name, reason)
+            self._send_child(slot, Stop("kill"))  # the remote worker kills its own process group
+            self._remote_gone(slot, reason)
+            return
         if slot.proc is not None and slot.proc.poll() is None:
             slot.expected_exit = slot.expected_exit or expected
             log.warning("event=kill name=%s pid=%d reason=%s", slot.name, slot.proc.pid, reason)
@@ -225,6 +319,30 @@ class Supervisor:
         slot.restarts += 1
         self._spawn(slot)
 
+    def _remote_hello(self, sock: Any, ident: bytes, frame: bytes) -> Slot | None:
+        """A worker joining over tcp: give it a slot of its own (its host restarts it, not us)."""
+        try:
+            _, msg = decode(frame, self.limits)
+        except ProtocolError:
+            self.counters["bad_frames"] += 1
+            return None
+        if not isinstance(msg, Hello) or msg.role != "worker":
+            self.counters["stray_frames"] += 1
+            return None
+        name = f"remote:{ident.decode(errors='replace')}"
+        slot = Slot(name, "worker", "", remote=True, sock=sock, identity=ident, started=time.time(),
+                    last_heard=time.monotonic())
+        self.slots[name] = slot
+        self.by_identity[ident] = slot
+        log.info("event=remote-worker-joined name=%s pid=%d", name, msg.pid)
+        return slot
+
+    def _remote_gone(self, slot: Slot, reason: str) -> None:
+        log.warning("event=remote-worker-gone name=%s reason=%s", slot.name, reason)
+        self.by_identity.pop(slot.identity, None)
+        self._jobs_lost(slot)
+        self.slots.pop(slot.name, None)
+
     def _jobs_lost(self, slot: Slot) -> None:
         book = self.book
         assert book is not None
@@ -235,7 +353,7 @@ class Supervisor:
             if job is None:
                 continue
             if job.killed:
-                self._finish(job, "killed", now, error_type="JobCancelled",
+                self._finish(job, "killed", now, error_type="JobTimeout" if job.killed == "deadline" else "JobCancelled",
                              error_message=f"killed: {job.killed} (no return within {job.timeout_ms} ms of the abort)")
             elif first and job.state == "running":
                 if job.attempts <= job.spec.retries and not self.stopping_since:
@@ -261,10 +379,10 @@ class Supervisor:
             while self.running:
                 events = self.poller.poll(self._poll_timeout_ms())
                 for sock, _ in events:
-                    if sock is self.control:
-                        self._drain_control()
-                    elif sock is self.internal:
-                        self._drain_internal()
+                    if sock is self.control or sock is self.control_tcp:
+                        self._drain_control(sock)
+                    elif sock is self.internal or sock is self.internal_tcp:
+                        self._drain_internal(sock)
                     else:
                         slot = self.by_pidfd.get(sock)
                         if slot is not None:
@@ -273,6 +391,8 @@ class Supervisor:
                 if mono >= next_beat:
                     next_beat = mono + sup.heartbeat_interval
                     self._heartbeats(mono)
+                    if self.auth is not None:
+                        self._refresh_allowed()
                 self._timers(mono)
                 if not self.stopping_since:
                     self._dispatch(mono)
@@ -317,7 +437,7 @@ class Supervisor:
 
     def _send_client(self, ident: bytes, frame: bytes) -> None:
         try:
-            self.control.send_multipart([ident, frame], zmq.NOBLOCK)
+            self.client_socks.get(ident, self.control).send_multipart([ident, frame], zmq.NOBLOCK)
         except zmq.Again:
             self.counters["push_dropped"] += 1
         except zmq.ZMQError:  # EHOSTUNREACH: the client is gone
@@ -325,19 +445,26 @@ class Supervisor:
 
     def _send_child(self, slot: Slot, msg: Message) -> bool:
         try:
-            self.internal.send_multipart([slot.identity, encode(msg)], zmq.NOBLOCK)
+            (slot.sock or self.internal).send_multipart([slot.identity, encode(msg)], zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
 
     # ------------------------------------------------------------------ control socket
-    def _drain_control(self) -> None:
+    def _drain_control(self, sock: Any) -> None:
+        tcp = sock is not self.control
         for _ in range(_DRAIN):
             try:
-                parts = self.control.recv_multipart(zmq.NOBLOCK)
+                parts = self._recv_tcp(sock) if tcp else sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if parts is None:
+                continue
             ident = parts[0]
+            if tcp:
+                if len(self.client_socks) > 10_000:
+                    self.client_socks.clear()
+                self.client_socks[ident] = sock
             if len(parts) == 3 and parts[1] == b"":  # a REQ client: keep its delimiter
                 ident, frame = ident, parts[2]
             elif len(parts) != 2:
@@ -610,13 +737,18 @@ class Supervisor:
     }
 
     # ------------------------------------------------------------------ internal socket
-    def _drain_internal(self) -> None:
+    def _drain_internal(self, sock: Any) -> None:
+        tcp = sock is not self.internal
         for _ in range(_DRAIN):
             try:
-                parts = self.internal.recv_multipart(zmq.NOBLOCK)
+                parts = self._recv_tcp(sock) if tcp else sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if parts is None:
+                continue
             slot = self.by_identity.get(parts[0])
+            if slot is None and tcp and len(parts) == 2:
+                slot = self._remote_hello(sock, parts[0], parts[1])
             if slot is None or len(parts) != 2:
                 self.counters["stray_frames"] += 1
                 continue
@@ -679,6 +811,8 @@ class Supervisor:
                 slot.outstanding.popleft()
             else:
                 slot.outstanding.remove(done.job_id)
+            if job.state == "dispatched" and not job.abort_reason:  # ran and ended in a batch behind the head
+                book.start(job, slot.name, done.started or now, time.monotonic())
             job.progress, job.status, job.properties = done.progress, done.status, done.properties
             if done.started and job.state == "running":
                 job.started = done.started
@@ -705,6 +839,8 @@ class Supervisor:
             job = self.book.jobs.get(slot.outstanding[0])
             if job is not None and job.state == "dispatched":
                 self.book.start(job, slot.name, now, mono)
+                if job.abort_reason and not job.kill_at:  # aborted while it waited in the worker's line
+                    job.kill_at = mono + job.timeout_ms / 1000
 
     def _job_update(self, slot: Slot, msg: JobUpdate) -> None:
         book = self.book
@@ -779,10 +915,10 @@ class Supervisor:
         timeout = self.cfg.supervision.heartbeat_timeout
         beat = encode(Heartbeat())
         for slot in list(self.slots.values()):
-            if slot.proc is None:
+            if slot.proc is None and not slot.remote:
                 continue
             try:
-                self.internal.send_multipart([slot.identity, beat], zmq.NOBLOCK)
+                (slot.sock or self.internal).send_multipart([slot.identity, beat], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             if mono - slot.last_heard > timeout and not self.stopping_since:
@@ -814,7 +950,8 @@ class Supervisor:
                 slot.outstanding.append(job.id)
                 job.worker = slot.name
                 s = job.spec
-                batch.append(Dispatch(job.id, s.fn, s.args, s.kwargs, job.timeout_ms, job.attempts + 1, s.with_task))
+                args, kwargs = (s.args, s.kwargs) if not slot.remote else (_inline(s.args), _inline(s.kwargs))
+                batch.append(Dispatch(job.id, s.fn, args, kwargs, job.timeout_ms, job.attempts + 1, s.with_task))
             if not self._send_child(slot, RunJobs(batch)):
                 for job in jobs:
                     slot.outstanding.remove(job.id)
@@ -886,7 +1023,7 @@ class Supervisor:
             if job.state == "running":
                 self._abort(job, "shutdown")
         for slot in self.slots.values():
-            if slot.proc is not None:
+            if slot.proc is not None or slot.remote:
                 slot.state = "stopping"
                 self._send_child(slot, Stop(reason))
 
@@ -922,6 +1059,8 @@ class Supervisor:
                     self._finish(job, "killed", now, error_type="JobCancelled", error_message="killed: the daemon stopped")
         if self.journal is not None:
             self.journal.close()
+        if self.auth is not None:
+            self.auth.stop()
         if hasattr(self, "ctx"):
             self.ctx.destroy(linger=0)
         from actors.shm import sweep_segments

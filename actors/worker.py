@@ -10,6 +10,7 @@ thread's ``pending`` deque, so an abort of one of them answers at once.
 from __future__ import annotations
 
 import collections
+import os
 import itertools
 import logging
 import queue
@@ -47,8 +48,8 @@ class Worker(Child):
 
     role = "worker"
 
-    def __init__(self, cfg: Any, name: str) -> None:
-        super().__init__(cfg, name)
+    def __init__(self, cfg: Any, name: str, endpoint: str | None = None, curve: tuple[str, str] | None = None) -> None:
+        super().__init__(cfg, name, endpoint, curve)
         self.pending: collections.deque[Dispatch] = collections.deque()
         self.current: tuple[Dispatch, Task] | None = None
         self.jobs_in: "queue.SimpleQueue[tuple[Dispatch, Task] | None]" = queue.SimpleQueue()
@@ -57,7 +58,9 @@ class Worker(Child):
         self.results_out = self.ctx.socket(zmq.PAIR)
         self.results_out.connect(f"inproc://results-{id(self)}")
         self.finished: "queue.SimpleQueue[JobDone]" = queue.SimpleQueue()
-        self.arrays = WorkerArrays(cfg.name, cfg.jobs.inline_array_limit)
+        # on another host shared memory is out of reach: arrays cross as bytes, within the frame limit
+        self.arrays = WorkerArrays(cfg.name, cfg.daemon.max_frame if self.remote else cfg.jobs.inline_array_limit,
+                                   shared=not self.remote)
         self.voice_requests: "queue.SimpleQueue[VoicesOp]" = queue.SimpleQueue()
         self.voice_waits: dict[int, list[Any]] = {}
         self._voice_tokens = itertools.count(1)
@@ -211,6 +214,14 @@ def _sendable(done: JobDone) -> JobDone:
     except (TypeError, ValueError, OverflowError) as exc:
         return JobDone(done.job_id, False, None, "TypeError", f"the job's return value cannot be sent: {exc}",
                        "", done.progress, done.status, {}, done.aborted, done.started)
+
+
+def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, name: str) -> int:
+    """``ensemble worker --connect tcp://HOST:PORT``: a worker on another host (returns the exit code)."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s worker pid=%(process)d %(name)s: %(message)s")
+    worker = Worker(cfg, f"{name}-{os.getpid()}", endpoint, (key_file, server_key_file))
+    return worker.run()
 
 
 if __name__ == "__main__":
