@@ -25,7 +25,7 @@ class Job:
     __slots__ = (
         "id", "spec", "state", "attempts", "submitted", "started", "worker", "progress", "status",
         "properties", "events", "timeout_ms", "abort_reason", "kill_at", "deadline_at", "killed",
-        "watchers", "progress_watchers", "blockers",
+        "watchers", "progress_watchers", "blockers", "recalling",
     )
 
     def __init__(self, job_id: int, spec: JobSpec, submitted: float, attempts: int = 0) -> None:
@@ -48,6 +48,7 @@ class Job:
         self.watchers: set[bytes] | None = None
         self.progress_watchers: set[bytes] | None = None
         self.blockers: list[tuple[bytes, int]] | None = None
+        self.recalling = False  # a Recall is on its way to the worker holding it
 
     def info(self) -> JobInfo:
         """A snapshot for clients."""

@@ -65,6 +65,8 @@ class Kind(IntEnum):
     JOBS_DONE = 46
     VOICES_OP = 47
     VOICES_DONE = 48
+    RECALL = 49
+    RECALLED = 50
     # audio: events and samples
     AUDIO_EVENT = 60
     SAMPLE_LOAD = 61
@@ -465,6 +467,22 @@ class JobsDone(Message):
     """Jobs a worker finished since its last report."""
 
     results: list[JobDone]
+
+
+@_message(Kind.RECALL)
+@dataclass(frozen=True, slots=True)
+class Recall(Message):
+    """Give back jobs handed over but not started (a higher-priority job arrived)."""
+
+    job_ids: list[int]
+
+
+@_message(Kind.RECALLED)
+@dataclass(frozen=True, slots=True)
+class Recalled(Message):
+    """The jobs of a :class:`Recall` that had not started; the supervisor queues them again."""
+
+    job_ids: list[int]
 
 
 @_message(Kind.VOICES_OP)

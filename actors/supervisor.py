@@ -39,7 +39,7 @@ from actors.messages import (
     Status, StatusReply, Stop, Submit, Submitted, Unwatch, Watch, decode, encode, peek_corr,
     AudioEvent, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad, VoicesDone, VoicesOp,
     ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError,
-    ScriptLoad, ScriptReady,
+    ScriptLoad, ScriptReady, Recall, Recalled,
 )
 
 log = logging.getLogger("ensemble.supervisor")
@@ -528,11 +528,43 @@ class Supervisor:
             raise QueueFull(f"queue full: {len(book.jobs)} unfinished jobs, limit {limit} (jobs.queue_limit); "
                             "retry later or raise the limit")
         ids = book.accept(msg.jobs, time.time())
+        self._recall_below(max(spec.priority for spec in msg.jobs) if msg.jobs else 0)
         if msg.watch:
             for jid in ids:
                 book.jobs[jid].watchers = {ident}
         self.replies.append((ident, encode(Submitted(ids), corr)))
         return None
+
+    def _recall_below(self, priority: int) -> None:
+        """Ask workers to give back prefetched jobs of lower priority than a newly queued one."""
+        book = self.book
+        assert book is not None
+        for slot in self.slots.values():
+            if len(slot.outstanding) < 2:
+                continue
+            ids = []
+            for jid in list(slot.outstanding)[1:]:
+                job = book.jobs.get(jid)
+                if job is not None and job.state == "dispatched" and job.spec.priority < priority and not job.recalling:
+                    job.recalling = True
+                    ids.append(jid)
+            if ids:
+                self._send_child(slot, Recall(ids))
+
+    def _recalled(self, slot: Slot, msg: Recalled) -> None:
+        book = self.book
+        assert book is not None
+        for jid in msg.job_ids:
+            job = book.jobs.get(jid)
+            if job is None or jid not in slot.outstanding:
+                continue
+            slot.outstanding.remove(jid)
+            job.recalling = False
+            book.requeue(job, "")
+        for jid in slot.outstanding:  # those that had started meanwhile stay where they are
+            job = book.jobs.get(jid)
+            if job is not None:
+                job.recalling = False
 
     def _on_cancel(self, ident: bytes, corr: int, msg: Cancel) -> Message | None:
         book = self.book
@@ -765,6 +797,8 @@ class Supervisor:
                 self._jobs_done(slot, msg)
             elif isinstance(msg, JobUpdate):
                 self._job_update(slot, msg)
+            elif isinstance(msg, Recalled):
+                self._recalled(slot, msg)
             elif isinstance(msg, Hello):
                 slot.ready = True
                 slot.state = "running"
@@ -835,7 +869,7 @@ class Supervisor:
     def _advance(self, slot: Slot, now: float, mono: float) -> None:
         """Mark the job now at the head of a worker's line as running."""
         assert self.book is not None
-        if slot.outstanding:
+        if slot.outstanding and not self.stopping_since:  # stopping workers start nothing new
             job = self.book.jobs.get(slot.outstanding[0])
             if job is not None and job.state == "dispatched":
                 self.book.start(job, slot.name, now, mono)

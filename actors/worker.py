@@ -33,6 +33,8 @@ from actors.messages import (
     JobsDone,
     JobUpdate,
     Message,
+    Recall,
+    Recalled,
     RunJobs,
     VoicesDone,
     VoicesOp,
@@ -84,6 +86,11 @@ class Worker(Child):
             self._start_next()
         elif isinstance(msg, AbortJob):
             self._abort(msg.job_id, msg.reason)
+        elif isinstance(msg, Recall):
+            wanted = set(msg.job_ids)
+            back = [d.job_id for d in self.pending if d.job_id in wanted]
+            self.pending = collections.deque(d for d in self.pending if d.job_id not in wanted)
+            self.send(Recalled(back))
         elif isinstance(msg, VoicesDone):
             wait = self.voice_waits.get(msg.token)
             if wait is not None:
@@ -104,7 +111,7 @@ class Worker(Child):
                 return
 
     def _start_next(self) -> None:
-        if self.current is None and self.pending:
+        if self.current is None and self.pending and self.running:
             d = self.pending.popleft()
             task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call, self.arrays)
             self.current = (d, task)
@@ -143,13 +150,17 @@ class Worker(Child):
             )
 
     def on_stop(self) -> None:
+        # Jobs still in ``pending`` never started: they are not reported, so the
+        # supervisor puts them back in its queue when this worker exits (and a
+        # stopping daemon leaves them queued in the journal for the next ``up``).
         if self.current is not None:
             self.current[1].abort(self.stop_reason or "worker stopping")
         self.jobs_in.put(None)
         self.thread.join(timeout=self.cfg.supervision.stop_grace)
-        self.on_ready(self.results_in)
-        for d in list(self.pending):
-            self._abort(d.job_id, "worker stopping")
+        self.on_ready(self.results_in)  # report the job that returned; start nothing new (not running)
+        if not self.thread.is_alive():  # let the context terminate (and flush) on exit
+            self.results_out.close(linger=0)
+            self.results_in.close(linger=0)
 
     # -- job thread ------------------------------------------------------------------
     def _kill_voices_and_call(self, fn: Any) -> bool:
