@@ -114,13 +114,24 @@ class ClientArrays:
                 if seg.handle.name in self._by_name:
                     self._free[seg.handle.nbytes].append(seg)
 
-    def import_info(self, info: JobInfo) -> JobInfo:
-        """Turn result handles into arrays (mapping and unlinking result segments)."""
+    def import_info(self, info: JobInfo, strict: bool = True) -> JobInfo:
+        """Turn result handles into arrays (mapping and unlinking result segments).
+
+        ``strict=False`` leaves a handle whose segment is gone in place (a listing
+        of old jobs); ``result()`` then says the array is no longer available.
+        """
         if info.result is None or info.state != "done":
             return info
         import dataclasses
 
-        return dataclasses.replace(info, result=walk(info.result, self._import_leaf))
+        from actors._errors import JobError
+
+        try:
+            return dataclasses.replace(info, result=walk(info.result, self._import_leaf))
+        except JobError:
+            if strict:
+                raise
+            return info
 
     def _import_leaf(self, v: Any) -> Any:
         if type(v) is not ArrayHandle:

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -148,13 +149,14 @@ class Child:
                 self.send(Heartbeat(self.stats()))
             if now - self.last_heard > sup.heartbeat_timeout:
                 log.error("%s: supervisor silent for %.1fs, exiting", self.name, now - self.last_heard)
-                self.stop_reason = "supervisor silent"
+                self._request_stop("supervisor silent")
                 break
         self.on_stop()
         while self.outbox.items:
             self.send(self.outbox.items.popleft())
         self.sock.close(linger=500)
         os.close(self.outbox.fd)
+        _deliver_and_term(self.ctx, timeout=1.0)
         return 0
 
     def _kill_own_group(self) -> None:
@@ -188,6 +190,20 @@ class Child:
                 self._request_stop(msg.reason or "stop")
                 continue
             self.handle(msg)
+
+
+def _deliver_and_term(ctx: zmq.Context[Any], timeout: float) -> None:
+    """Let ZeroMQ deliver what was sent before the process ends (waits at most ``timeout`` s).
+
+    Children leave through ``os._exit``, which would kill ZeroMQ's I/O thread
+    with the last messages (results, the final JobsDone) still queued.
+    ``ctx.term()`` waits for closed sockets to flush (their linger) but also for
+    every socket to be closed, so it runs in a thread and is given up on after
+    ``timeout`` if a stuck job thread still holds one.
+    """
+    thread = threading.Thread(target=ctx.term, name="zmq-term", daemon=True)
+    thread.start()
+    thread.join(timeout)
 
 
 def child_main(cls: type[Child]) -> None:

@@ -258,7 +258,7 @@ class Connection:
                 continue
             try:
                 if isinstance(msg, JobInfos):
-                    msg = JobInfos([self.arrays.import_info(i) for i in msg.jobs])
+                    msg = JobInfos([self.arrays.import_info(i, strict=False) for i in msg.jobs])
                 fut.set_result(convert(msg) if convert is not None else msg)
             except EnsembleError as exc:
                 if not fut.done():

@@ -211,15 +211,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
 
     d = st.daemon
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(f"[bold]ensemble {d.version}[/] daemon [bold]{d.name}[/] pid {d.pid}, up {_age(d.uptime)}, "
                   f"RSS {_mib(d.rss)}; jobs queued {d.queued}, running {d.running}; log {d.log_file}")
     table = Table()
-    for col in ("actor", "role", "pid", "state", "uptime", "restarts", "heartbeat", "RSS", "detail"):
-        table.add_column(col)
+    for col in ("actor", "role", "pid", "state", "uptime", "restarts", "heartbeat", "RSS"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("detail", overflow="ellipsis", max_width=60)
     for a in st.actors:
         style = "red" if a.state == "failed" else None
-        detail = a.detail or ", ".join(f"{k}={v}" for k, v in a.stats.items() if k in ("backend", "done", "xruns", "notice"))
+        detail = a.detail or ", ".join(f"{k}={v}" for k, v in a.stats.items()
+                                       if k in ("backend", "done", "xruns", "notice", "loading") and v not in ("", {}))
         table.add_row(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
                       _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail, style=style)
     console.print(table)
@@ -335,12 +337,14 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     from rich.table import Table
 
     table = Table()
-    for col in ("id", "function", "name", "state", "progress", "status", "worker", "error"):
-        table.add_column(col)
+    for col in ("id", "function", "name", "state", "progress", "worker"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("status", overflow="ellipsis", max_width=40)
+    table.add_column("error", overflow="ellipsis", max_width=50)
     for i in infos:
-        table.add_row(str(i.id), i.fn, i.name, i.state, f"{i.progress * 100:.0f}%", i.status, i.worker,
+        table.add_row(str(i.id), i.fn, i.name, i.state, f"{i.progress * 100:.0f}%", i.worker, i.status,
                       f"{i.error_type}: {i.error_message}" if i.error_type else "")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 @main.command()

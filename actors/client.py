@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from actors._connection import Connection
 from actors._errors import (
-    EnsembleError, JobCancelled, JobLost, JobTimeout, RemoteError, TransportError,
+    EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, RemoteError, TransportError,
 )
 from actors._jobfn import path_of
 from actors.config import Config, load_config
@@ -34,7 +34,16 @@ _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushe
 def _raise_for(info: JobInfo) -> Any:
     """Return the job's value, or raise the error its final state stands for."""
     if info.state == "done":
-        return info.result
+        from actors.messages import ArrayHandle
+        from actors.shm import walk
+
+        def gone(v: Any) -> Any:
+            if type(v) is ArrayHandle:
+                raise JobError(f"job {info.id}: its result array ({v.name}) was already taken by a client, "
+                               "or the daemon restarted; results in shared memory are handed over once")
+            return v
+
+        return walk(info.result, gone) if info.result is not None else None
     if info.state == "failed":
         raise RemoteError(info.error_type or "Exception", info.error_message, info.traceback)
     if info.state in ("cancelled", "killed"):
