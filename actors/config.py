@@ -64,7 +64,7 @@ class JobsConfig:
     queue_limit: int = 1_000_000
     retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept
     default_timeout_ms: int = 500
-    window: int = 8  # jobs handed to one worker at once (credit)
+    window: int = 64  # at most this many jobs handed to one worker at once (credit; adaptive below it)
     inline_array_limit: int = 64 * 1024  # arrays above this size travel through shared memory
 
 

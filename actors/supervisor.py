@@ -44,6 +44,7 @@ from actors.messages import (
 
 log = logging.getLogger("ensemble.supervisor")
 _DRAIN = 2000  # messages read per socket per iteration
+_BUFFERED_WORK = 0.02  # seconds of work the dispatch window aims to keep queued at each worker
 
 
 @dataclass
@@ -129,6 +130,7 @@ class Supervisor:
         self._module_ok: dict[str, str] = {}
         self.journal: Journal | None = None
         self.book: JobBook | None = None
+        self.job_seconds = 0.0  # moving average of a job's run time (sizes the dispatch window)
         self.samples: dict[str, SampleInfo] = {}  # the shared-memory sample registry
         self.voice_ops: dict[int, bytes] = {}  # kill_voices_and_call token -> worker identity
         self.script_path = str(Path(cfg.audio.script).resolve()) if cfg.audio.script else ""
@@ -298,7 +300,7 @@ class Supervisor:
         self.by_identity.pop(slot.identity, None)
         slot.proc = None
         slot.ready = False
-        log_fn = log.info if slot.expected_exit or self.stopping_since else log.error
+        log_fn = log.info if slot.expected_exit or slot.retire or self.stopping_since else log.error
         log_fn("event=exit name=%s pid=%d code=%s", slot.name, proc.pid, code)
         self._jobs_lost(slot)
         if self.stopping_since or slot.retire:
@@ -832,10 +834,26 @@ class Supervisor:
         if msg.op == "suspend":
             self.voice_ops[msg.token] = worker.identity
 
+    def _window(self) -> int:
+        """Jobs to hand one worker at once: about ``_BUFFERED_WORK`` seconds of work, at most ``jobs.window``.
+
+        Short jobs travel in big batches (throughput); long ones one or two at a
+        time, so an idle worker never waits while another holds a backlog.
+        """
+        per_job = self.job_seconds
+        if per_job <= 0:
+            return min(2, self.cfg.jobs.window)
+        return max(1, min(self.cfg.jobs.window, int(_BUFFERED_WORK / per_job)))
+
     def _jobs_done(self, slot: Slot, msg: JobsDone) -> None:
         book = self.book
         assert book is not None
         now = time.time()
+        if msg.results:
+            first = msg.results[0]
+            if first.started:
+                took = max(1e-6, (now - first.started) / len(msg.results))
+                self.job_seconds = took if self.job_seconds <= 0 else 0.8 * self.job_seconds + 0.2 * took
         for done in msg.results:
             job = book.jobs.get(done.job_id)
             if job is None or done.job_id not in slot.outstanding:
@@ -966,7 +984,7 @@ class Supervisor:
         assert book is not None
         if not book.queued:
             return
-        window = self.cfg.jobs.window
+        window = self._window()
         ready = [s for s in self.slots.values()
                  if s.role == "worker" and s.ready and not s.retire and len(s.outstanding) < window]
         if not ready:

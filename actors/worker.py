@@ -52,9 +52,11 @@ class Worker(Child):
 
     def __init__(self, cfg: Any, name: str, endpoint: str | None = None, curve: tuple[str, str] | None = None) -> None:
         super().__init__(cfg, name, endpoint, curve)
-        self.pending: collections.deque[Dispatch] = collections.deque()
-        self.current: tuple[Dispatch, Task] | None = None
-        self.jobs_in: "queue.SimpleQueue[tuple[Dispatch, Task] | None]" = queue.SimpleQueue()
+        self.pending: collections.deque[Dispatch] = collections.deque()  # guarded by _work
+        self.current: tuple[Dispatch, Task] | None = None  # set by the job thread under _work
+        self._work = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._wake_sent = False  # coalesces job-thread wake-ups: one per drain of ``finished``
         self.results_in = self.ctx.socket(zmq.PAIR)
         self.results_in.bind(f"inproc://results-{id(self)}")
         self.results_out = self.ctx.socket(zmq.PAIR)
@@ -82,14 +84,16 @@ class Worker(Child):
 
     def handle(self, msg: Message) -> None:
         if isinstance(msg, RunJobs):
-            self.pending.extend(msg.jobs)
-            self._start_next()
+            with self._work:
+                self.pending.extend(msg.jobs)
+                self._work.notify()
         elif isinstance(msg, AbortJob):
             self._abort(msg.job_id, msg.reason)
         elif isinstance(msg, Recall):
             wanted = set(msg.job_ids)
-            back = [d.job_id for d in self.pending if d.job_id in wanted]
-            self.pending = collections.deque(d for d in self.pending if d.job_id not in wanted)
+            with self._work:
+                back = [d.job_id for d in self.pending if d.job_id in wanted]
+                self.pending = collections.deque(d for d in self.pending if d.job_id not in wanted)
             self.send(Recalled(back))
         elif isinstance(msg, VoicesDone):
             wait = self.voice_waits.get(msg.token)
@@ -100,36 +104,36 @@ class Worker(Child):
             super().handle(msg)
 
     def _abort(self, job_id: int, reason: str) -> None:
-        if self.current is not None and self.current[0].job_id == job_id:
-            self.current[1].abort(reason)
-            return
-        for d in self.pending:
-            if d.job_id == job_id:
-                self.pending.remove(d)
-                now = time.time()
-                self.send(JobsDone([JobDone(job_id, False, None, "JobCancelled", reason or "cancelled before it started", "", aborted=True, started=now)]))
+        with self._work:
+            cur = self.current
+            if cur is not None and cur[0].job_id == job_id:
+                cur[1].abort(reason)
                 return
-
-    def _start_next(self) -> None:
-        if self.current is None and self.pending and self.running:
-            d = self.pending.popleft()
-            task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call, self.arrays)
-            self.current = (d, task)
-            self.jobs_in.put((d, task))
+            found = next((d for d in self.pending if d.job_id == job_id), None)
+            if found is None:
+                return
+            self.pending.remove(found)
+        self.send(JobsDone([JobDone(job_id, False, None, "JobCancelled", reason or "cancelled before it started", "",
+                                    aborted=True, started=time.time())]))
 
     def on_ready(self, sock: Any) -> None:
-        done: list[JobDone] = []
+        voices = 0
         while True:
             try:
                 frame = self.results_in.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             if frame == b"v":
-                self.send(self.voice_requests.get_nowait())
-                continue
-            done.append(self.finished.get_nowait())
-            self.current = None
-            self._start_next()
+                voices += 1
+        for _ in range(voices):
+            self.send(self.voice_requests.get_nowait())
+        self._wake_sent = False  # before draining: a result queued after this wakes us again
+        done: list[JobDone] = []
+        while True:
+            try:
+                done.append(self.finished.get_nowait())
+            except queue.Empty:
+                break
         if done:
             self.done_count += len(done)
             self.send(JobsDone(done))
@@ -153,11 +157,13 @@ class Worker(Child):
         # Jobs still in ``pending`` never started: they are not reported, so the
         # supervisor puts them back in its queue when this worker exits (and a
         # stopping daemon leaves them queued in the journal for the next ``up``).
-        if self.current is not None:
-            self.current[1].abort(self.stop_reason or "worker stopping")
-        self.jobs_in.put(None)
+        with self._work:
+            self._stopping = True
+            if self.current is not None:
+                self.current[1].abort(self.stop_reason or "worker stopping")
+            self._work.notify()
         self.thread.join(timeout=self.cfg.supervision.stop_grace)
-        self.on_ready(self.results_in)  # report the job that returned; start nothing new (not running)
+        self.on_ready(self.results_in)  # report the job that returned
         if not self.thread.is_alive():  # let the context terminate (and flush) on exit
             self.results_out.close(linger=0)
             self.results_in.close(linger=0)
@@ -183,13 +189,23 @@ class Worker(Child):
             self.voice_waits.pop(token, None)
 
     def _job_loop(self) -> None:
+        """Job thread: take the next pending job, run it, queue the result (no hand-off per job)."""
         while True:
-            item = self.jobs_in.get()
-            if item is None:
-                return
-            d, task = item
-            self.finished.put(_sendable(_run_one(d, task, self.arrays)))
-            self.results_out.send(b"r")
+            with self._work:
+                while not self.pending and not self._stopping:
+                    self._work.wait()
+                if self._stopping:
+                    return
+                d = self.pending.popleft()
+                task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call, self.arrays)
+                self.current = (d, task)
+            done = _sendable(_run_one(d, task, self.arrays))
+            with self._work:
+                self.current = None
+            self.finished.put(done)
+            if not self._wake_sent:
+                self._wake_sent = True
+                self.results_out.send(b"r")
 
 
 def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays) -> JobDone:
