@@ -30,8 +30,24 @@ from actors._errors import (
 from actors._task import Task, current_task
 from actors.config import Config, load_config
 
+_CLIENT_NAMES = ("AsyncClient", "Client", "Executor", "JobHandle")
+
+
+def __getattr__(name: str) -> object:
+    """``actors.Client`` and friends, imported on first use (keeps ``import actors`` light for workers)."""
+    if name in _CLIENT_NAMES:
+        from actors import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'actors' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
+    "AsyncClient",
+    "Client",
+    "Executor",
+    "JobHandle",
     "ClientClosed",
     "Config",
     "ConfigError",
