@@ -79,3 +79,117 @@ def swap_while_silent(task: Task) -> bool:
     ran: list[bool] = []
     ok = task.kill_voices_and_call(lambda: ran.append(True))
     return ok and ran == [True]
+
+
+def record(task: Task, path: str, tag: Any) -> Any:
+    """Append ``tag`` as one line to ``path`` (O_APPEND: atomic across processes); return it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{tag}\n".encode())
+    finally:
+        os.close(fd)
+    return tag
+
+
+def wait_file(task: Task, path: str, seconds: float = 120.0) -> str:
+    """Poll (checking should_abort()) until ``path`` exists; 'released', 'aborted' or 'expired'."""
+    task.set_status_message(f"waiting for {path}")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if task.should_abort():
+            return "aborted"
+        if os.path.exists(path):
+            return "released"
+        time.sleep(0.01)
+    return "expired"
+
+
+def crash_once(task: Task, marker: str) -> str:
+    """Kill the worker on the first attempt (leaving ``marker``); return 'survived' on a retry."""
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+class CustomJobError(Exception):
+    """An exception type a test recognises by name."""
+
+
+def boom(task: Task, message: str) -> None:
+    """Raise CustomJobError(message) from a nested call."""
+    def inner_helper() -> None:
+        raise CustomJobError(message)
+
+    inner_helper()
+
+
+def run_lines(task: Task, command: str, args: Any = (), timeout_ms: int = 500) -> dict[str, Any]:
+    """Run a program through task.run_process and return what log_fn saw."""
+    task.set_timeout(timeout_ms)
+    seen: list[Any] = []
+
+    def log_fn(t: Task, finished: bool, data: Any) -> None:
+        assert t is task
+        seen.append([finished, data])
+        if not finished:
+            t.set_status_message(str(data))  # the last line, readable by clients while it runs
+
+    code = task.run_process(command, args, log_fn)
+    return {"code": code, "calls": seen}
+
+
+def square(x: float) -> float:
+    """A plain function (no task argument) for the Executor."""
+    return x * x
+
+
+def plain_with_task(x: int) -> list[Any]:
+    """A plain function that reaches its task handle through current_task()."""
+    from actors import current_task
+
+    t = current_task()
+    t.set_progress(1.0)
+    t.set_property("x", x)
+    return [t.job_id, x, t.get_property("x")]
+
+
+def plain_fail(message: str) -> None:
+    """A plain function that raises."""
+    raise KeyError(message)
+
+
+def plain_sleep(seconds: float) -> float:
+    """A plain function that sleeps."""
+    time.sleep(seconds)
+    return seconds
+
+
+def numpy_sum(task: Task, array: Any) -> Any:
+    """Return the array doubled and its sum."""
+    return {"doubled": array * 2, "sum": float(array.sum())}
+
+
+def scale_array(task: Task, array: Any, factor: float) -> Any:
+    """Return ``array * factor`` (a new array: copied once into shared memory by the worker)."""
+    return array * factor
+
+
+def double_in_place(task: Task, array: Any) -> Any:
+    """Double a shared array in place and return it (crosses back by handle)."""
+    array *= 2
+    return array
+
+
+def make_shared(task: Task, n: int) -> Any:
+    """Allocate the result in shared memory with task.empty (no copy on the way back)."""
+    out = task.empty(n, "float32")
+    out[:] = 1.5
+    return out
+
+
+def nap(task: Task, seconds: float, tag: Any) -> Any:
+    """Sleep ``seconds`` (ignoring aborts) and return ``tag``."""
+    time.sleep(seconds)
+    return tag
