@@ -386,7 +386,7 @@ class ProcessorScript:
         self.engine.post(KillAllVoices(fade_ms, self._now()))
 
     def get_time(self) -> float:
-        return (self._now() - self.init_frame) * 1000.0 / self.engine.samplerate
+        return float((self._now() - self.init_frame) * 1000.0 / self.engine.samplerate)
 
     def stats(self) -> dict[str, Any]:
         return {"script": self.path, "script_overruns": self.overruns, "script_errors": self.errors,

@@ -18,7 +18,7 @@ class ScriptTimeout(EnsembleError):
 
 def interrupt(thread_id: int, exc: type[BaseException] = ScriptTimeout) -> bool:
     """Raise ``exc`` in the thread ``thread_id``; returns whether a thread was hit."""
-    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
+    n: int = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
     if n > 1:  # should not happen; undo to be safe
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
         return False

@@ -125,13 +125,13 @@ def play_note(note: int, velocity: float = 1.0, duration: float = -1, sample: st
 
     ``duration`` in ms (-1: until released).  ``velocity`` 0..1.
     """
-    return runtime().play_note(note, velocity, duration, sample)
+    return int(runtime().play_note(note, velocity, duration, sample))
 
 
 @available_in(PROCESSOR)
 def post_event(event: Event) -> int:
     """Play an incoming event as it is (a note-on starts a voice); returns the note id."""
-    return runtime().post_event(event)
+    return int(runtime().post_event(event))
 
 
 @available_in(PROCESSOR)
@@ -155,7 +155,7 @@ def control_change(controller: int, value: float) -> None:
 @available_in(PROCESSOR)
 def get_cc(controller: int) -> float:
     """The last value (0..1) of a controller."""
-    return runtime().get_cc(controller)
+    return float(runtime().get_cc(controller))
 
 
 @available_in(PROCESSOR)
@@ -167,19 +167,19 @@ def kill_all_voices(fade_ms: float = 10.0) -> None:
 @available_in(PROCESSOR)
 def get_time() -> float:
     """Milliseconds since the script's on_init (restarts at 0 on reload), at the callback's current frame."""
-    return runtime().get_time()
+    return float(runtime().get_time())
 
 
 @available_in(PROCESSOR)
 def get_sample_rate() -> int:
     """The engine's sample rate."""
-    return runtime().engine.samplerate
+    return int(runtime().engine.samplerate)
 
 
 @available_in(PROCESSOR)
 def is_note_held(event: Event) -> bool:
     """Whether the note of an incoming note-on event is still held (no note-off yet)."""
-    return runtime().is_note_held(event)
+    return bool(runtime().is_note_held(event))
 
 
 @available_in(PROCESSOR)
