@@ -32,6 +32,7 @@ from controller._watchdog import ScriptTimeout, interrupt
 log = logging.getLogger("ensemble.controller")
 
 CONTROL, TASK, TIMER, STATUS = 0, 1, 2, 3
+STATUS_INTERVAL_MS = 1000.0  # how often a script's on_status() runs
 PRIORITY_NAMES = {CONTROL: "control", TASK: "task", TIMER: "timer", STATUS: "status"}
 
 
@@ -233,6 +234,9 @@ class ControllerScript:
         on_load = getattr(self.module, "on_load", None)
         if callable(on_load) and "state" in saved:
             self._call(on_load, (saved["state"],), "on_load")
+        on_status = getattr(self.module, "on_status", None)
+        if callable(on_status):  # status/paint-like notifications: lowest priority, once a second
+            self.start_timer(STATUS_INTERVAL_MS, on_status, STATUS)
         self.outbox.put(self._param_message([]))
         self.outbox.put(ScriptReady(self.path))
         log.info("event=script-loaded path=%s reload=%s params=%d discarded=%d", self.path, reload,
@@ -336,14 +340,14 @@ class ControllerScript:
 
         self.submit(CONTROL, call, (), f"run_async({fn})")
 
-    def start_timer(self, interval_ms: float, fn: Callable[[], Any]) -> None:
+    def start_timer(self, interval_ms: float, fn: Callable[[], Any], priority: int = TIMER) -> None:
         gen = self.generation
         interval = max(0.001, interval_ms / 1000.0)
 
         def fire() -> None:
             if gen != self.generation:
                 return
-            self.submit(TIMER, fn, (), f"timer {getattr(fn, '__name__', '')}", gen)
+            self.submit(priority, fn, (), f"{PRIORITY_NAMES[priority]} {getattr(fn, '__name__', '')}", gen)
             self.timers.append(self.loop.call_later(interval, fire))
 
         self.timers.append(self.loop.call_later(interval, fire))

@@ -91,3 +91,17 @@ def test_budget_overrun_is_stopped_and_reported(tmp_path: Path) -> None:
         assert "spin" in err.message and "budget" in err.message
     finally:
         rt.stop()
+
+
+def test_on_status_runs_periodically_at_status_priority(tmp_path: Path) -> None:
+    script = _script(tmp_path, "seen = []\ndef on_status():\n    seen.append(1)\n")
+    rt = ControllerScript(Collect(), tmp_path)
+    try:
+        from controller._host import install
+
+        install(rt)
+        rt.load(str(script), False)
+        wait_for(lambda: rt.module is not None and len(rt.module.seen) >= 2, what="on_status to run twice")
+        assert "status on_status" in rt.ran
+    finally:
+        rt.stop()

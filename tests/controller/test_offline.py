@@ -74,3 +74,20 @@ def test_script_render_is_bit_identical(tmp_path: Path) -> None:
     assert a.read_bytes() == b.read_bytes()
     audio, _ = sf.read(str(a), dtype="float32")
     assert np.abs(audio).max() > 0.01
+
+
+def test_run_sync_with_the_same_id_replaces_one_not_yet_run(tmp_path: Path) -> None:
+    from audio import Engine
+    from controller.offline import OfflineScriptHost
+
+    engine = Engine(SR, BLOCK, 2)
+    host = OfflineScriptHost(engine, str(ROOT / "tests" / "scripts" / "runsync.py"), tmp_path)
+    try:
+        host.ctrl.param_from_outside("fire", True)
+        host.sync()  # the controller ran the callback; its run_sync calls reached the processor
+        out = np.zeros((BLOCK, 2), dtype=np.float32)
+        engine.render(out)  # the next block runs them
+        assert host.proc.module.hits == ["second", "other"]
+        assert host.errors == []
+    finally:
+        host.close()
