@@ -78,6 +78,7 @@ class AudioConfig:
     blocksize: int = 256
     channels: int = 2
     max_voices: int = 64
+    steal: str = "oldest"  # voice stealing at the polyphony limit: oldest | newest | quietest | none
     script: str = ""
 
 
@@ -233,6 +234,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"metrics_port {cfg.daemon.metrics_port} is not a port number")
     if cfg.jobs.window < 1:
         raise ConfigError("jobs.window must be at least 1")
+    if cfg.audio.steal not in ("oldest", "newest", "quietest", "none"):
+        raise ConfigError(f"audio steal {cfg.audio.steal!r} is invalid: oldest, newest, quietest or none")
     if cfg.audio.backend not in ("auto", "null", "sounddevice"):
         raise ConfigError(f"audio backend {cfg.audio.backend!r} is invalid: auto, null or sounddevice")
 

@@ -50,7 +50,8 @@ class Processor(Child):
     def __init__(self, cfg: Any, name: str) -> None:
         super().__init__(cfg, name)
         a = cfg.audio
-        self.engine = Engine(a.samplerate, a.blocksize, a.channels, a.max_voices)
+        self.engine = Engine(a.samplerate, a.blocksize, a.channels, a.max_voices, a.steal)
+        self.dropped_events = 0  # events naming a sample that is gone, or refused by a full queue
         self.engine.set_buffer("builtin", builtin_sample(a.samplerate), a.samplerate, 60)
         self.default_sample = "builtin"
         self.mapped: dict[str, SharedArray] = {}
@@ -76,6 +77,7 @@ class Processor(Child):
         if jack:
             s["jack_client"] = jack
         s["samples"] = sorted(self.mapped)
+        s["dropped_client_events"] = self.dropped_events
         s.update(self.script.stats())
         return s
 
@@ -109,7 +111,12 @@ class Processor(Child):
         eng = self.engine
         at = self._at(msg.delay)
         if self.script.module is not None and msg.op != "kill_all":
-            self.script.default_slot_index = eng.slot_index(msg.sample or self.default_sample)
+            try:
+                self.script.default_slot_index = eng.slot_index(msg.sample or self.default_sample)
+            except KeyError:
+                self.dropped_events += 1
+                log.warning("event=audio-event-dropped op=%s reason=no sample %r", msg.op, msg.sample)
+                return
             self.script.event(msg.op, msg.note, msg.velocity, msg.value, at)
             return
         try:
@@ -123,6 +130,7 @@ class Processor(Child):
             elif msg.op == "kill_all":
                 eng.post(KillAllVoices(msg.fade_ms, at))
         except (OverflowError, KeyError, ValueError) as exc:
+            self.dropped_events += 1
             log.warning("event=audio-event-dropped op=%s reason=%s", msg.op, exc)
 
     def _load(self, msg: SampleLoad) -> None:
