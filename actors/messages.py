@@ -1,5 +1,10 @@
 """The wire protocol: one versioned msgpack envelope and the typed messages in it.
 
+Message classes are slotted dataclasses, not frozen ones: a frozen
+dataclass's ``__init__`` costs five times as much, and decoding builds one per
+message.  Treat messages as values all the same: never mutate one, use
+``dataclasses.replace``.
+
 Every frame on every ensemble socket is ``msgpack([VERSION, kind, corr, fields])``:
 
 * ``VERSION`` — protocol version; a frame with another version is refused.
@@ -18,6 +23,7 @@ inline (ext 1), large ones as an :class:`ArrayHandle` to shared memory (ext 2).
 from __future__ import annotations
 
 import dataclasses
+import operator
 import typing
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -164,7 +170,7 @@ def _nested(cls: M) -> M:
 
 
 @_nested
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobSpec:
     """One job as a client submits it."""
 
@@ -180,7 +186,7 @@ class JobSpec:
 
 
 @_nested
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobInfo:
     """What the daemon knows about one job (a snapshot)."""
 
@@ -205,7 +211,7 @@ class JobInfo:
 
 
 @_nested
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ActorInfo:
     """One supervised child, as ``status`` shows it."""
 
@@ -222,7 +228,7 @@ class ActorInfo:
 
 
 @_nested
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DaemonInfo:
     """The daemon itself, as ``status`` shows it."""
 
@@ -241,7 +247,7 @@ class DaemonInfo:
 
 
 @_nested
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dispatch:
     """A job handed to a worker."""
 
@@ -255,7 +261,7 @@ class Dispatch:
 
 
 @_nested
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobDone:
     """A worker's report that a job returned or raised."""
 
@@ -274,7 +280,7 @@ class JobDone:
 
 # replies ---------------------------------------------------------------------
 @_message(Kind.ERROR)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Error(Message):
     """A request failed: ``code`` names the error class, ``message`` says what and why."""
 
@@ -283,7 +289,7 @@ class Error(Message):
 
 
 @_message(Kind.ACK)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ack(Message):
     """A request was carried out."""
 
@@ -291,7 +297,7 @@ class Ack(Message):
 
 
 @_message(Kind.PONG)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pong(Message):
     """Reply to :class:`Ping`."""
 
@@ -300,7 +306,7 @@ class Pong(Message):
 
 
 @_message(Kind.SUBMITTED)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Submitted(Message):
     """The jobs of a :class:`Submit` are journaled; their ids in order."""
 
@@ -308,7 +314,7 @@ class Submitted(Message):
 
 
 @_message(Kind.JOB_INFOS)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobInfos(Message):
     """Job snapshots: a reply, or a push (corr 0) to watchers."""
 
@@ -316,7 +322,7 @@ class JobInfos(Message):
 
 
 @_message(Kind.STATUS_REPLY)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StatusReply(Message):
     """Reply to :class:`Status`."""
 
@@ -326,19 +332,19 @@ class StatusReply(Message):
 
 # client requests ---------------------------------------------------------------
 @_message(Kind.PING)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ping(Message):
     """Ask the daemon to answer (round-trip check)."""
 
 
 @_message(Kind.STATUS)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Status(Message):
     """Ask for the daemon's and every actor's state."""
 
 
 @_message(Kind.SUBMIT)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Submit(Message):
     """Submit jobs; the reply comes after they are journaled. ``watch``: push their results."""
 
@@ -347,7 +353,7 @@ class Submit(Message):
 
 
 @_message(Kind.CANCEL)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancel(Message):
     """Ask a job to stop; with ``block`` the reply waits until it has stopped."""
 
@@ -356,7 +362,7 @@ class Cancel(Message):
 
 
 @_message(Kind.GET_JOBS)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GetJobs(Message):
     """Fetch snapshots of the given jobs."""
 
@@ -364,7 +370,7 @@ class GetJobs(Message):
 
 
 @_message(Kind.LIST_JOBS)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ListJobs(Message):
     """List recent jobs, optionally only those in the given states."""
 
@@ -373,7 +379,7 @@ class ListJobs(Message):
 
 
 @_message(Kind.WATCH)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Watch(Message):
     """Subscribe to updates of jobs (progress, status, state, result)."""
 
@@ -382,7 +388,7 @@ class Watch(Message):
 
 
 @_message(Kind.UNWATCH)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unwatch(Message):
     """Stop receiving updates of jobs."""
 
@@ -390,7 +396,7 @@ class Unwatch(Message):
 
 
 @_message(Kind.SCALE)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Scale(Message):
     """Change the number of workers at runtime."""
 
@@ -398,14 +404,14 @@ class Scale(Message):
 
 
 @_message(Kind.SHUTDOWN)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Shutdown(Message):
     """Stop the daemon in order (stop message, SIGTERM, SIGKILL)."""
 
 
 # child <-> supervisor ---------------------------------------------------------------
 @_message(Kind.HELLO)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hello(Message):
     """First message of a child: who it is."""
 
@@ -415,7 +421,7 @@ class Hello(Message):
 
 
 @_message(Kind.HEARTBEAT)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Heartbeat(Message):
     """Liveness, both ways; children attach their stats."""
 
@@ -423,7 +429,7 @@ class Heartbeat(Message):
 
 
 @_message(Kind.STOP)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stop(Message):
     """Ask a child to finish and exit."""
 
@@ -431,7 +437,7 @@ class Stop(Message):
 
 
 @_message(Kind.RUN_JOBS)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunJobs(Message):
     """Jobs for a worker to run in order."""
 
@@ -439,7 +445,7 @@ class RunJobs(Message):
 
 
 @_message(Kind.ABORT_JOB)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AbortJob(Message):
     """Make ``should_abort()`` true for a job (queued on the worker or running)."""
 
@@ -448,7 +454,7 @@ class AbortJob(Message):
 
 
 @_message(Kind.JOB_UPDATE)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobUpdate(Message):
     """Progress, status message, properties, timeout or an event of a running job."""
 
@@ -462,7 +468,7 @@ class JobUpdate(Message):
 
 
 @_message(Kind.JOBS_DONE)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JobsDone(Message):
     """Jobs a worker finished since its last report."""
 
@@ -470,7 +476,7 @@ class JobsDone(Message):
 
 
 @_message(Kind.RECALL)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Recall(Message):
     """Give back jobs handed over but not started (a higher-priority job arrived)."""
 
@@ -478,7 +484,7 @@ class Recall(Message):
 
 
 @_message(Kind.RECALLED)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Recalled(Message):
     """The jobs of a :class:`Recall` that had not started; the supervisor queues them again."""
 
@@ -486,7 +492,7 @@ class Recalled(Message):
 
 
 @_message(Kind.VOICES_OP)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class VoicesOp(Message):
     """kill_voices_and_call: ``suspend`` (fade, kill, stay silent) or ``resume`` the processor's voices."""
 
@@ -496,7 +502,7 @@ class VoicesOp(Message):
 
 
 @_message(Kind.VOICES_DONE)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class VoicesDone(Message):
     """The processor carried out a :class:`VoicesOp` (``ok`` False: it could not)."""
 
@@ -507,7 +513,7 @@ class VoicesDone(Message):
 
 # audio -----------------------------------------------------------------------------
 @_message(Kind.AUDIO_EVENT)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AudioEvent(Message):
     """A MIDI-like event for the processor: ``note_on``, ``note_off``, ``cc``, ``kill_all``.
 
@@ -525,7 +531,7 @@ class AudioEvent(Message):
 
 
 @_nested
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SampleInfo:
     """A sample buffer in the registry."""
 
@@ -538,7 +544,7 @@ class SampleInfo:
 
 
 @_message(Kind.SAMPLE_LOAD)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SampleLoad(Message):
     """Register (or replace) a sample buffer living in shared memory; the registry owns it from now on."""
 
@@ -546,7 +552,7 @@ class SampleLoad(Message):
 
 
 @_message(Kind.SAMPLE_DROP)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SampleDrop(Message):
     """Remove a sample from the registry; its segment is unlinked once nobody uses it."""
 
@@ -554,13 +560,13 @@ class SampleDrop(Message):
 
 
 @_message(Kind.SAMPLE_LIST)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SampleList(Message):
     """Ask for the registered samples."""
 
 
 @_message(Kind.SAMPLE_INFOS)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SampleInfos(Message):
     """The registered samples."""
 
@@ -569,7 +575,7 @@ class SampleInfos(Message):
 
 # scripts -----------------------------------------------------------------------------
 @_message(Kind.SCRIPT_LOAD)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScriptLoad(Message):
     """Load (or with ``reload`` re-load) an instrument script from a file path."""
 
@@ -578,7 +584,7 @@ class ScriptLoad(Message):
 
 
 @_message(Kind.SCRIPT_READY)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScriptReady(Message):
     """The controller ran a script's module code, parameters and on_load; the processor may run on_init."""
 
@@ -586,7 +592,7 @@ class ScriptReady(Message):
 
 
 @_message(Kind.SCRIPT_ERROR)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScriptError(Message):
     """A script raised, used a function in the wrong context, or overran its budget."""
 
@@ -597,7 +603,7 @@ class ScriptError(Message):
 
 
 @_message(Kind.RUN_SYNC)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunSync(Message):
     """Run the script function ``fn`` in the processor at the start of the next block."""
 
@@ -607,7 +613,7 @@ class RunSync(Message):
 
 
 @_message(Kind.RUN_ASYNC)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunAsync(Message):
     """Run the script function ``fn`` in the controller; answer with :class:`RunAsyncResult`."""
 
@@ -617,7 +623,7 @@ class RunAsync(Message):
 
 
 @_message(Kind.RUN_ASYNC_RESULT)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunAsyncResult(Message):
     """What a ``run_async`` function returned (or raised)."""
 
@@ -628,7 +634,7 @@ class RunAsyncResult(Message):
 
 
 @_message(Kind.PARAM_SET)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParamSet(Message):
     """Set a script parameter (enters the controller's queue as a control callback)."""
 
@@ -637,7 +643,7 @@ class ParamSet(Message):
 
 
 @_nested
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParamInfo:
     """A script parameter: definition and current value."""
 
@@ -652,7 +658,7 @@ class ParamInfo:
 
 
 @_message(Kind.PARAM_VALUES)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParamValues(Message):
     """Parameter values after a change; ``call`` names parameters whose processor callback should run."""
 
@@ -661,13 +667,13 @@ class ParamValues(Message):
 
 
 @_message(Kind.PARAM_LIST)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParamList(Message):
     """Ask for the script's parameters."""
 
 
 @_message(Kind.PARAM_INFOS)
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParamInfos(Message):
     """The script's parameters."""
 
@@ -676,118 +682,104 @@ class ParamInfos(Message):
 
 
 # --------------------------------------------------------------------------- validation
-def _checker(hint: Any) -> Callable[[Any, str], Any]:
-    """Build a function that validates (and for nested types converts) one value."""
+# Each message class gets a decoder generated from its type hints: one Python
+# function that checks every field inline and builds the object positionally
+# (one call per message instead of one per field).
+
+def _bad(where: str, name: str, expected: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"{where}.{name}: expected {expected}, got {type(value).__name__}")
+
+
+def _bad_key(where: str, name: str, key: Any) -> ProtocolError:
+    return ProtocolError(f"{where}.{name}: map keys must be strings, got {type(key).__name__}")
+
+
+def _bad_shape(cls: type, where: str, n: int) -> ProtocolError:
+    return ProtocolError(
+        f"{where}: {cls.__name__} takes {cls._REQUIRED}..{len(cls._FIELDS)} fields, got {n}"  # type: ignore[attr-defined]
+    )
+
+
+def _check_code(i: int, name: str, hint: Any, env: dict[str, Any]) -> list[str]:
+    """Source lines checking (and for nested types converting) the local ``a{i}``."""
+    x = f"a{i}"
     origin = typing.get_origin(hint)
     if hint is Any:
-        return lambda v, where: v
-    if hint is bool:
-
-        def check_bool(v: Any, where: str) -> Any:
-            if type(v) is not bool:
-                raise ProtocolError(f"{where}: expected bool, got {type(v).__name__}")
-            return v
-
-        return check_bool
-    if hint is int:
-
-        def check_int(v: Any, where: str) -> Any:
-            if type(v) is not int:
-                raise ProtocolError(f"{where}: expected int, got {type(v).__name__}")
-            return v
-
-        return check_int
+        return []
+    if hint in (bool, int, str, bytes):
+        return [f"if type({x}) is not {hint.__name__}: raise _bad(where, {name!r}, {hint.__name__!r}, {x})"]
     if hint is float:
-
-        def check_float(v: Any, where: str) -> Any:
-            if type(v) is float:
-                return v
-            if type(v) is int:
-                return float(v)
-            raise ProtocolError(f"{where}: expected float, got {type(v).__name__}")
-
-        return check_float
-    if hint in (str, bytes):
-
-        def check_plain(v: Any, where: str) -> Any:
-            if type(v) is not hint:
-                raise ProtocolError(f"{where}: expected {hint.__name__}, got {type(v).__name__}")
-            return v
-
-        return check_plain
-    if origin is tuple:  # tuple[int, ...]
-
-        def check_tuple(v: Any, where: str) -> Any:
-            if type(v) is not list or not all(type(x) is int for x in v):
-                raise ProtocolError(f"{where}: expected a list of ints")
-            return tuple(v)
-
-        return check_tuple
+        return [f"if type({x}) is not float:",
+                f"    if type({x}) is int: {x} = float({x})",
+                f"    else: raise _bad(where, {name!r}, 'float', {x})"]
+    if hint is ArrayHandle:
+        return [f"if type({x}) is not ArrayHandle: raise _bad(where, {name!r}, 'an array handle', {x})"]
+    if origin is tuple:
+        return [f"if type({x}) is not list or not all(type(e) is int for e in {x}):",
+                f"    raise _bad(where, {name!r}, 'a list of ints', {x})",
+                f"{x} = tuple({x})"]
     if origin is list:
         (inner,) = typing.get_args(hint)
-        if inner is Any:
-
-            def check_list(v: Any, where: str) -> Any:
-                if type(v) is not list:
-                    raise ProtocolError(f"{where}: expected list, got {type(v).__name__}")
-                return v
-
-            return check_list
-        item = _checker(inner)
-
-        def check_list_of(v: Any, where: str) -> Any:
-            if type(v) is not list:
-                raise ProtocolError(f"{where}: expected list, got {type(v).__name__}")
-            return [item(x, where) for x in v]
-
-        return check_list_of
+        lines = [f"if type({x}) is not list: raise _bad(where, {name!r}, 'list', {x})"]
+        if inner in (int, str):
+            lines += [f"for e in {x}:",
+                      f"    if type(e) is not {inner.__name__}: raise _bad(where, {name!r}, 'a list of {inner.__name__}s', e)"]
+        elif isinstance(inner, type) and inner in _NESTED:
+            env[f"_dec_{inner.__name__}"] = lambda v, w, _c=inner: _DECODERS[_c](v, w)
+            lines += [f"{x} = [_dec_{inner.__name__}(e, where + '.{name}') for e in {x}]"]
+        elif inner is not Any:
+            raise TypeError(f"unsupported list item type {inner!r}")
+        return lines
     if origin is dict:
-
-        def check_dict(v: Any, where: str) -> Any:
-            if type(v) is not dict:
-                raise ProtocolError(f"{where}: expected map, got {type(v).__name__}")
-            for k in v:
-                if type(k) is not str:
-                    raise ProtocolError(f"{where}: map keys must be strings, got {type(k).__name__}")
-            return v
-
-        return check_dict
-    if hint is ArrayHandle:
-
-        def check_handle(v: Any, where: str) -> Any:
-            if type(v) is not ArrayHandle:
-                raise ProtocolError(f"{where}: expected an array handle, got {type(v).__name__}")
-            return v
-
-        return check_handle
+        return [f"if type({x}) is not dict: raise _bad(where, {name!r}, 'map', {x})",
+                f"for k in {x}:",
+                f"    if type(k) is not str: raise _bad_key(where, {name!r}, k)"]
     if isinstance(hint, type) and hint in _NESTED:
-        return lambda v, where: _from_fields(hint, v, where)
+        env[f"_dec_{hint.__name__}"] = lambda v, w, _c=hint: _DECODERS[_c](v, w)
+        return [f"{x} = _dec_{hint.__name__}({x}, where + '.{name}')"]
     raise TypeError(f"unsupported field type {hint!r}")
+
+
+_DECODERS: dict[type, Callable[[Any, str], Any]] = {}
 
 
 def _prepare(cls: type) -> None:
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
     cls._FIELDS = tuple(f.name for f in fields)  # type: ignore[attr-defined]
-    cls._CHECKS = tuple(_checker(hints[f.name]) for f in fields)  # type: ignore[attr-defined]
-    required = 0
-    for f in fields:
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            required += 1
+    cls._GET = operator.attrgetter(*cls._FIELDS) if len(fields) > 1 else (  # type: ignore[attr-defined]
+        (lambda o, _n=fields[0].name: (getattr(o, _n),)) if fields else (lambda o: ()))
+    required = sum(1 for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
     cls._REQUIRED = required  # type: ignore[attr-defined]
+    env: dict[str, Any] = {"_bad": _bad, "_bad_key": _bad_key, "_bad_shape": _bad_shape, "ProtocolError": ProtocolError,
+                           "ArrayHandle": ArrayHandle, "_cls": cls}
+    n = len(fields)
+    lines = [f"def decode_{cls.__name__}(v, where):",
+             f"    if type(v) is not list: raise ProtocolError(where + ': {cls.__name__} must be a list of fields')",
+             "    n = len(v)",
+             f"    if n == {n}:",
+             f"        {', '.join(f'a{i}' for i in range(n))}{',' if n == 1 else ''} = v" if n else "        pass",
+             f"    elif {required} <= n < {n}:"]
+    for i, f in enumerate(fields):
+        if i < required:
+            lines.append(f"        a{i} = v[{i}]")
+        else:
+            env[f"_d{i}"] = f.default if f.default is not dataclasses.MISSING else None
+            env[f"_f{i}"] = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            default = f"_d{i}" if f.default is not dataclasses.MISSING else f"_f{i}()"
+            lines.append(f"        a{i} = v[{i}] if n > {i} else {default}")
+    if not fields:
+        lines.append("        pass")
+    lines.append(f"    else: raise _bad_shape(_cls, where, n)")
+    for i, f in enumerate(fields):
+        lines += ["    " + line for line in _check_code(i, f.name, hints[f.name], env)]
+    lines.append(f"    return _cls({', '.join(f'a{i}' for i in range(n))})")
+    exec("\n".join(lines), env)  # noqa: S102 - our own generated source, from our own type hints
+    _DECODERS[cls] = env[f"decode_{cls.__name__}"]
 
 
 def _from_fields(cls: type, values: Any, where: str) -> Any:
-    if type(values) is not list:
-        raise ProtocolError(f"{where}: {cls.__name__} must be a list of fields")
-    names: tuple[str, ...] = cls._FIELDS  # type: ignore[attr-defined]
-    if not cls._REQUIRED <= len(values) <= len(names):  # type: ignore[attr-defined]
-        raise ProtocolError(
-            f"{where}: {cls.__name__} takes {cls._REQUIRED}..{len(names)} fields, got {len(values)}"  # type: ignore[attr-defined]
-        )
-    checks = cls._CHECKS  # type: ignore[attr-defined]
-    kwargs = {names[i]: checks[i](v, f"{where}.{names[i]}") for i, v in enumerate(values)}
-    return cls(**kwargs)
+    return _DECODERS[cls](values, where)
 
 
 for _cls in list(_NESTED) + list(_REGISTRY.values()):
@@ -798,7 +790,7 @@ for _cls in list(_NESTED) + list(_REGISTRY.values()):
 def _default(obj: Any) -> Any:
     cls = type(obj)
     if cls in _NESTED:
-        return [getattr(obj, n) for n in cls._FIELDS]  # type: ignore[attr-defined]
+        return cls._GET(obj)  # type: ignore[attr-defined]
     if cls is ArrayHandle:
         return msgpack.ExtType(
             EXT_ARRAY_HANDLE, msgpack.packb([obj.name, obj.dtype, list(obj.shape), obj.offset])
@@ -881,14 +873,14 @@ def _inline_array(fields: Any) -> Any:
     return np.frombuffer(fields[2], dtype=dtype).reshape(fields[1])
 
 
+_pack = msgpack.Packer(default=_default).pack
+
+
 def encode(msg: Message, corr: int = 0) -> bytes:
     """Pack one message into a frame.  Raises :class:`ProtocolError` for unsendable values."""
     cls = type(msg)
     try:
-        return msgpack.packb(
-            [VERSION, cls.KIND, corr, [getattr(msg, n) for n in cls._FIELDS]],
-            default=_default,
-        )
+        return _pack([VERSION, cls.KIND, corr, cls._GET(msg)])  # type: ignore[attr-defined]
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {cls.__name__}: {exc}") from exc
 
