@@ -144,7 +144,9 @@ _NESTED: set[type] = set()
 
 
 class Message:
-    """Base of every message class; subclasses are frozen dataclasses with a KIND."""
+    """Base of every message class; subclasses are slotted dataclasses with a KIND."""
+
+    __slots__ = ()
 
     KIND: ClassVar[Kind]
     _FIELDS: ClassVar[tuple[str, ...]] = ()
