@@ -15,14 +15,15 @@ import dataclasses
 import itertools
 import os
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
 import zmq
 
 from actors._arrays import ClientArrays
-from actors._errors import ClientClosed, DaemonNotRunning, EnsembleError, ProtocolError, error_from_code
-from actors._rundir import RunDir
+from actors._errors import ClientClosed, DaemonNotRunning, EnsembleError, ProtocolError, TransportError, error_from_code
+from actors._rundir import RunDir, process_exists
 from actors.config import Config
 from actors.messages import Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, decode, encode
 
@@ -45,6 +46,12 @@ class Connection:
                 raise DaemonNotRunning(
                     f"no daemon named {cfg.name!r} is running (no socket at {rundir.control}); start one with `ensemble up`"
                 )
+            pid = rundir.read_pid()
+            if pid is None or not process_exists(pid):  # a socket left by a daemon that was killed
+                raise DaemonNotRunning(
+                    f"no daemon named {cfg.name!r} is running (pid {pid} is gone; its files in {rundir.path} "
+                    "are stale); start one with `ensemble up`, which cleans them up"
+                )
             endpoint = rundir.control_endpoint
         self.endpoint = endpoint
         self.arrays = ClientArrays(cfg.name, cfg.jobs.inline_array_limit)
@@ -55,6 +62,8 @@ class Connection:
         self._waiting: dict[int, tuple[Future[Any], Callable[[Message], Any] | None]] = {}
         self._listeners: dict[int, list[Listener]] = {}
         self._closed = False
+        self._local = threading.local()
+        self._direct: list[Any] = []
         self._wake_addr = f"inproc://wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PAIR)
         self._wake_rx.bind(self._wake_addr)
@@ -72,6 +81,48 @@ class Connection:
         fut: Future[Any] = Future()
         self._enqueue(("call", msg, fut, convert))
         return fut
+
+    def request(self, msg: Message, timeout: float | None) -> Message:
+        """Request and reply on the calling thread's own socket (no hand-off to the I/O thread).
+
+        For requests whose answer is the whole story (ping, status, listings,
+        cancel, scale, audio, parameters); pushes still arrive on the I/O thread.
+        Raises the ``Error`` reply as its exception and TransportError on timeout.
+        """
+        if self._closed:
+            raise ClientClosed("this client was closed; create a new one")
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                from actors._keys import curve_client
+
+                curve_client(sock, *self.curve)
+            sock.connect(self.endpoint)
+            self._local.sock = sock
+            with self._lock:
+                self._direct.append(sock)
+        corr = next(self._corr)
+        frame = encode(msg, corr)
+        if len(frame) > self.limits.max_frame:
+            raise ProtocolError(f"{type(msg).__name__} is {len(frame)} bytes, over the daemon's frame limit of "
+                                f"{self.limits.max_frame}")
+        sock.send(frame)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = -1 if end is None else max(0, int((end - time.monotonic()) * 1000))
+            if not sock.poll(wait):
+                raise TransportError(f"the daemon did not answer {type(msg).__name__} within {timeout:g}s; "
+                                     "is it overloaded or stopped? (`ensemble status`)")
+            got, reply = decode(sock.recv(), self.limits)
+            if got != corr:
+                continue  # the late answer to a request that timed out earlier
+            if isinstance(reply, Error):
+                raise error_from_code(reply.code, reply.message)
+            if isinstance(reply, JobInfos):
+                reply = JobInfos([self.arrays.import_info(i, strict=False) for i in reply.jobs])
+            return reply
 
     def submit(self, specs: list[JobSpec], listener: Listener | None = None) -> Future[list[int]]:
         """Submit jobs (merged with other pending submits); the future gives their ids.
@@ -124,6 +175,8 @@ class Connection:
         self._wake()
         self._thread.join(timeout=5)
         self._wake_tx.close(linger=0)
+        for sock in self._direct:
+            sock.close(linger=0)
         self.ctx.destroy(linger=0)
         self.arrays.close()
 

@@ -77,6 +77,8 @@ class JobHandle:
         self._callbacks: list[Callable[[JobInfo], None]] = []
 
     def _update(self, info: JobInfo) -> None:
+        if self._done.is_set() and info.state not in TERMINAL:
+            return  # a stale snapshot (a reply or push sent before the end) must not undo it
         self._info = info
         if info.state in TERMINAL:
             self._done.set()
@@ -182,6 +184,8 @@ class Client:
     # -- plumbing
     def _call(self, msg: Any, timeout: float | None = -1.0) -> Any:
         wait = self.timeout if timeout == -1.0 else timeout
+        if not isinstance(msg, Watch):  # a watch must come from the socket its pushes go to
+            return self.conn.request(msg, wait)
         fut = self.conn.call(msg)
         try:
             return fut.result(wait)
@@ -448,7 +452,7 @@ class Executor(concurrent.futures.Executor):
         if fut.cancelled():
             _start(fut)  # CANCELLED -> CANCELLED_AND_NOTIFIED: wait() and as_completed() count it as done
             if hasattr(fut, "job_id") and not self.conn.closed:
-                self._cancels.append(self.conn.call(Cancel(fut.job_id, False)))  # type: ignore[attr-defined]
+                self._cancels.append(self.conn.call(Cancel(fut.job_id, False)))
         with self._lock:
             self._live.discard(fut)
             close_now = self._shutdown and not self._live and not self.conn.closed
@@ -508,6 +512,8 @@ class AsyncJobHandle:
         self._final: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
 
     def _update(self, info: JobInfo) -> None:
+        if self._final.done() and info.state not in TERMINAL:
+            return  # a stale snapshot must not undo the end
         self.info = info
         if info.state in TERMINAL and not self._final.done():
             self._final.set_result(info)
