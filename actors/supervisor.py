@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import zmq
 
@@ -453,15 +453,20 @@ class Supervisor:
             return False
 
     # ------------------------------------------------------------------ control socket
-    def _drain_control(self, sock: Any) -> None:
-        tcp = sock is not self.control
+    def _frames(self, sock: Any, local: Any) -> Iterator[list[bytes]]:
+        """Messages waiting on ``sock`` (at most ``_DRAIN``); tcp ones only from keys still allowed."""
+        tcp = sock is not local
         for _ in range(_DRAIN):
             try:
                 parts = self._recv_tcp(sock) if tcp else sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if parts is None:
-                continue
+            if parts is not None:
+                yield parts
+
+    def _drain_control(self, sock: Any) -> None:
+        tcp = sock is not self.control
+        for parts in self._frames(sock, self.control):
             ident = parts[0]
             if tcp:
                 if len(self.client_socks) > 10_000:
@@ -773,13 +778,7 @@ class Supervisor:
     # ------------------------------------------------------------------ internal socket
     def _drain_internal(self, sock: Any) -> None:
         tcp = sock is not self.internal
-        for _ in range(_DRAIN):
-            try:
-                parts = self._recv_tcp(sock) if tcp else sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if parts is None:
-                continue
+        for parts in self._frames(sock, self.internal):
             slot = self.by_identity.get(parts[0])
             if slot is None and tcp and len(parts) == 2:
                 slot = self._remote_hello(sock, parts[0], parts[1])
