@@ -54,7 +54,7 @@ class Connection:
                 )
             endpoint = rundir.control_endpoint
         self.endpoint = endpoint
-        self.arrays = ClientArrays(cfg.name, cfg.jobs.inline_array_limit)
+        self.arrays = ClientArrays(cfg.shm_key, cfg.jobs.inline_array_limit)
         self.ctx = zmq.Context()
         self._corr = itertools.count(1)
         self._lock = threading.Lock()

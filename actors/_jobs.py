@@ -9,7 +9,6 @@ leave memory; their rows stay in the journal until pruned.
 from __future__ import annotations
 
 import heapq
-import itertools
 import time
 from typing import Any, Iterable
 
@@ -45,8 +44,8 @@ class Job:
         self.kill_at = 0.0  # monotonic time of the force kill, once aborted while running
         self.deadline_at = 0.0  # monotonic time the deadline passes, once started
         self.killed = ""  # reason, when the supervisor SIGKILLed its worker for it
-        self.watchers: set[bytes] | None = None
-        self.progress_watchers: set[bytes] | None = None
+        self.watchers: tuple[bytes, ...] | None = None
+        self.progress_watchers: tuple[bytes, ...] | None = None
         self.blockers: list[tuple[bytes, int]] | None = None
         self.recalling = False  # a Recall is on its way to the worker holding it
 
@@ -94,8 +93,7 @@ class JobBook:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.jobs: dict[int, Job] = {}
-        self.heap: list[tuple[int, int, int]] = []
-        self._seq = itertools.count()
+        self.heap: list[tuple[int, int]] = []  # (-priority, id): ids grow in submit order, so FIFO within a priority
         self._next_id = journal.next_id()
         self.queued = 0
         self.counters = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "killed": 0,
@@ -112,7 +110,7 @@ class JobBook:
             job = Job(jid, spec, now)
             self.jobs[jid] = job
             stage(jid, spec.fn, spec.name, pack_spec(spec), spec.priority, now)
-            heapq.heappush(self.heap, (-spec.priority, next(self._seq), jid))
+            heapq.heappush(self.heap, (-spec.priority, jid))
             ids.append(jid)
         self.queued += len(ids)
         self.counters["submitted"] += len(ids)
@@ -139,7 +137,7 @@ class JobBook:
             else:
                 queued += 1
             self.jobs[jid] = job
-            heapq.heappush(self.heap, (-spec.priority, next(self._seq), jid))
+            heapq.heappush(self.heap, (-spec.priority, jid))
             self.queued += 1
         return queued, requeued, lost
 
@@ -149,7 +147,7 @@ class JobBook:
         out = []
         heap, jobs = self.heap, self.jobs
         while heap and len(out) < n:
-            _, _, jid = heapq.heappop(heap)
+            _, jid = heapq.heappop(heap)
             job = jobs.get(jid)
             if job is None or job.state != "queued":
                 continue
@@ -170,7 +168,7 @@ class JobBook:
             job.events.append([time.time(), "requeued", reason])
             self.journal.stage_event(job.id, "requeued", reason)
             self.counters["retried"] += 1
-        heapq.heappush(self.heap, (-job.spec.priority, next(self._seq), job.id))
+        heapq.heappush(self.heap, (-job.spec.priority, job.id))  # back in its place: recalled or retried jobs keep FIFO
         self.queued += 1
 
     def start(self, job: Job, worker: str, now: float, mono: float) -> None:

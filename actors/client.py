@@ -323,7 +323,7 @@ class Client:
         data = np.asarray(array, dtype=np.float32)
         if data.ndim not in (1, 2) or data.shape[0] == 0:
             raise ValueError(f"a sample is a non-empty [frames] or [frames, channels] array, got shape {data.shape}")
-        sa = SharedArray.create(self.config.name, data.shape, np.float32)
+        sa = SharedArray.create(self.config.shm_key, data.shape, np.float32)
         try:
             sa.array[...] = data
             info = SampleInfo(name, sa.handle, int(samplerate), int(root_key))

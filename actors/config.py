@@ -116,6 +116,14 @@ class Config:
         return Path(base) / "ensemble" / self.name
 
     @property
+    def shm_key(self) -> str:
+        """This daemon's tag in shared-memory names (``ensemble.<key>.*``): its name plus a hash of its
+        run directory, so two daemons of the same name (other users, tests) never sweep each other's."""
+        import hashlib
+
+        return f"{self.name}.{hashlib.sha1(str(self.run_dir).encode()).hexdigest()[:8]}"
+
+    @property
     def worker_count(self) -> int:
         """Number of workers to start (``auto`` = CPU count)."""
         if self.daemon.workers == "auto":

@@ -1,6 +1,6 @@
 """Numpy arrays in POSIX shared memory, and the handles that name them on the wire.
 
-Segments are named ``ensemble.<daemon>.<pid>.<n>`` so that the daemon can
+Segments are named ``ensemble.<daemon>.<run-dir hash>.<pid>.<n>`` (see ``Config.shm_key``) so that the daemon can
 sweep the ones a killed process left behind (at ``ensemble up`` and at
 ``ensemble down``).  :class:`actors.messages.ArrayHandle` is the wire form.
 """

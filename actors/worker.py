@@ -63,7 +63,7 @@ class Worker(Child):
         self.results_out.connect(f"inproc://results-{id(self)}")
         self.finished: "queue.SimpleQueue[JobDone]" = queue.SimpleQueue()
         # on another host shared memory is out of reach: arrays cross as bytes, within the frame limit
-        self.arrays = WorkerArrays(cfg.name, cfg.daemon.max_frame if self.remote else cfg.jobs.inline_array_limit,
+        self.arrays = WorkerArrays(cfg.shm_key, cfg.daemon.max_frame if self.remote else cfg.jobs.inline_array_limit,
                                    shared=not self.remote)
         self.voice_requests: "queue.SimpleQueue[VoicesOp]" = queue.SimpleQueue()
         self.voice_waits: dict[int, list[Any]] = {}

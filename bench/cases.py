@@ -261,7 +261,8 @@ def case_cancel(quick: bool) -> list[Row]:
 
 def case_replacement(quick: bool) -> list[Row]:
     out = []
-    with BenchDaemon(workers=2) as d:
+    # every kill counts against the restart intensity; lift it so the measurement is not cut short
+    with BenchDaemon(workers=2, ENSEMBLE_SUPERVISION_MAX_RESTARTS="1000") as d:
         c = d.client()
         for _ in range(3 if quick else 10):
             w = next(a for a in c.status().actors if a.name == "worker-1")

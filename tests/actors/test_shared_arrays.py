@@ -9,8 +9,8 @@ import numpy as np
 from tests.conftest import Daemon
 
 
-def _ours() -> set[str]:
-    return {p for p in os.listdir("/dev/shm") if p.startswith("ensemble.t.")}
+def _ours(d: Daemon) -> set[str]:
+    return {p for p in os.listdir("/dev/shm") if p.startswith(f"ensemble.{d.config.shm_key}.")}
 
 
 def test_large_arguments_and_results_cross_through_shared_memory(daemon: Daemon) -> None:
@@ -34,13 +34,13 @@ def test_runtime_allocated_arrays_cross_by_handle_and_are_written_in_place(daemo
 
 
 def test_segments_are_released_when_the_client_closes(daemon: Daemon) -> None:
-    before = _ours()
+    before = _ours(daemon)
     c = daemon.client()
     for _ in range(3):  # the pool reuses one segment for the same size
         c.submit("tests.jobs:scale_array", np.ones(500_000), 1.0).result(60)
     s = c.empty(1000)
-    mid = _ours() - before
+    mid = _ours(daemon) - before
     assert s.shared_handle.name in mid
     assert len([n for n in mid if n != s.shared_handle.name]) == 1  # one pooled argument segment
     c.close()
-    assert _ours() - before == set()
+    assert _ours(daemon) - before == set()

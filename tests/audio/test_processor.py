@@ -18,14 +18,14 @@ def _proc(d: Daemon) -> Any:
     return d.actor("processor")
 
 
-def _segments(daemon_name: str) -> set[str]:
-    return {p for p in os.listdir("/dev/shm") if p.startswith(f"ensemble.{daemon_name}.")}
+def _segments(d: Daemon) -> set[str]:
+    return {p for p in os.listdir("/dev/shm") if p.startswith(f"ensemble.{d.config.shm_key}.")}
 
 
 def test_note_plays_a_loaded_sample_from_shared_memory(daemon: Daemon) -> None:
     c = daemon.client()
     info = c.upload_sample(np.full((4800, 2), 0.25, dtype=np.float32), "flat", 48000)
-    assert info.handle.name in _segments("t")
+    assert info.handle.name in _segments(daemon)
     assert [s.name for s in c.samples()] == ["flat"]
     wait_for(lambda: "flat" in _proc(daemon).stats["samples"], what="the processor to map the sample")
     c.note_on(60, 1.0)
@@ -38,11 +38,11 @@ def test_replacing_and_dropping_samples_unlinks_their_segments(daemon: Daemon) -
     c = daemon.client()
     first = c.upload_sample(np.zeros(1000, dtype=np.float32), "s", 48000)
     second = c.upload_sample(np.ones(2000, dtype=np.float32), "s", 48000)
-    assert first.handle.name not in _segments("t")  # replaced: the registry let go of the old one
-    assert second.handle.name in _segments("t")
+    assert first.handle.name not in _segments(daemon)  # replaced: the registry let go of the old one
+    assert second.handle.name in _segments(daemon)
     wait_for(lambda: "s" in _proc(daemon).stats["samples"], what="mapping")
     c.drop_sample("s")
-    assert second.handle.name not in _segments("t")
+    assert second.handle.name not in _segments(daemon)
     assert c.samples() == []
     with pytest.raises(Exception, match="no sample named"):
         c.drop_sample("s")
@@ -73,9 +73,9 @@ def test_segments_left_by_a_killed_daemon_are_swept_at_the_next_up(make_daemon: 
     c.close()
     os.kill(d.pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(d.pid), what="daemon death")
-    assert info.handle.name in _segments("t")  # left behind by the kill
+    assert info.handle.name in _segments(d)  # left behind by the kill
     d.up()
-    assert info.handle.name not in _segments("t")
+    assert info.handle.name not in _segments(d)
     d.down()
 
 
