@@ -727,7 +727,7 @@ def _check_code(i: int, name: str, hint: Any, env: dict[str, Any]) -> list[str]:
             lines += [f"for e in {x}:",
                       f"    if type(e) is not {inner.__name__}: raise _bad(where, {name!r}, 'a list of {inner.__name__}s', e)"]
         elif isinstance(inner, type) and inner in _NESTED:
-            env[f"_dec_{inner.__name__}"] = lambda v, w, _c=inner: _DECODERS[_c](v, w)
+            env[f"_dec_{inner.__name__}"] = lambda v, w, _c=inner: _decoder(_c)(v, w)
             lines += [f"{x} = [_dec_{inner.__name__}(e, where + '.{name}') for e in {x}]"]
         elif inner is not Any:
             raise TypeError(f"unsupported list item type {inner!r}")
@@ -737,7 +737,7 @@ def _check_code(i: int, name: str, hint: Any, env: dict[str, Any]) -> list[str]:
                 f"for k in {x}:",
                 f"    if type(k) is not str: raise _bad_key(where, {name!r}, k)"]
     if isinstance(hint, type) and hint in _NESTED:
-        env[f"_dec_{hint.__name__}"] = lambda v, w, _c=hint: _DECODERS[_c](v, w)
+        env[f"_dec_{hint.__name__}"] = lambda v, w, _c=hint: _decoder(_c)(v, w)
         return [f"{x} = _dec_{hint.__name__}({x}, where + '.{name}')"]
     raise TypeError(f"unsupported field type {hint!r}")
 
@@ -746,13 +746,27 @@ _DECODERS: dict[type, Callable[[Any, str], Any]] = {}
 
 
 def _prepare(cls: type) -> None:
-    hints = typing.get_type_hints(cls)
+    """What encoding needs, at import: field names and a C-level getter."""
     fields = dataclasses.fields(cls)
     cls._FIELDS = tuple(f.name for f in fields)  # type: ignore[attr-defined]
     cls._GET = operator.attrgetter(*cls._FIELDS) if len(fields) > 1 else (  # type: ignore[attr-defined]
         (lambda o, _n=fields[0].name: (getattr(o, _n),)) if fields else (lambda o: ()))
     required = sum(1 for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
     cls._REQUIRED = required  # type: ignore[attr-defined]
+
+
+def _decoder(cls: type) -> Callable[[Any, str], Any]:
+    """The generated decoder of ``cls`` (built on first use: a process compiles only what it receives)."""
+    dec = _DECODERS.get(cls)
+    if dec is None:
+        dec = _DECODERS[cls] = _generate(cls)
+    return dec
+
+
+def _generate(cls: type) -> Callable[[Any, str], Any]:
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    required = cls._REQUIRED  # type: ignore[attr-defined]
     env: dict[str, Any] = {"_bad": _bad, "_bad_key": _bad_key, "_bad_shape": _bad_shape, "ProtocolError": ProtocolError,
                            "ArrayHandle": ArrayHandle, "_cls": cls}
     n = len(fields)
@@ -777,11 +791,13 @@ def _prepare(cls: type) -> None:
         lines += ["    " + line for line in _check_code(i, f.name, hints[f.name], env)]
     lines.append(f"    return _cls({', '.join(f'a{i}' for i in range(n))})")
     exec("\n".join(lines), env)  # noqa: S102 - our own generated source, from our own type hints
-    _DECODERS[cls] = env[f"decode_{cls.__name__}"]
+    return env[f"decode_{cls.__name__}"]  # type: ignore[no-any-return]
+
+
 
 
 def _from_fields(cls: type, values: Any, where: str) -> Any:
-    return _DECODERS[cls](values, where)
+    return _decoder(cls)(values, where)
 
 
 for _cls in list(_NESTED) + list(_REGISTRY.values()):
