@@ -31,6 +31,7 @@ from actors._jobfn import check_allowed
 from actors._jobs import Job, JobBook
 from actors._journal import Journal
 from actors._rundir import RunDir
+from actors import _sdnotify as sdnotify
 from actors._spawn import kill_group, spawn
 from actors.config import Config
 from actors.messages import (
@@ -385,6 +386,9 @@ class Supervisor:
         sup = self.cfg.supervision
         next_beat = 0.0
         next_prune = time.monotonic() + 60
+        dog = sdnotify.watchdog_interval()
+        next_dog = 0.0
+        announced = False
         try:
             while self.running:
                 events = self.poller.poll(self._poll_timeout_ms())
@@ -398,6 +402,13 @@ class Supervisor:
                         if slot is not None:
                             self._reap(slot)
                 mono = time.monotonic()
+                if not announced and self.slots and all(s.ready or s.state == "failed" for s in self.slots.values()):
+                    announced = True
+                    sdnotify.ready()
+                    sdnotify.status(f"{len(self.slots)} actors running")
+                if dog is not None and mono >= next_dog:
+                    next_dog = mono + dog
+                    sdnotify.watchdog()
                 if mono >= next_beat:
                     next_beat = mono + sup.heartbeat_interval
                     self._heartbeats(mono)
@@ -1078,6 +1089,7 @@ class Supervisor:
         if self.stopping_since:
             return
         log.info("event=stopping reason=%s", reason)
+        sdnotify.stopping()
         self.stopping_since = time.monotonic()
         assert self.book is not None
         for job in list(self.book.jobs.values()):
