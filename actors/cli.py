@@ -173,7 +173,9 @@ def down(ctx: click.Context, timeout: float) -> None:
     with Client(config=cfg, timeout=10) as c:
         c.shutdown()
     deadline = time.monotonic() + timeout
-    while rundir.is_locked():
+    from actors._rundir import process_exists
+
+    while rundir.is_locked() or (pid and process_exists(pid)):  # return only once the process is gone
         if time.monotonic() > deadline:
             if pid:
                 os.kill(pid, signal.SIGKILL)
@@ -228,6 +230,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--refresh", default=0.25, show_default=True, type=click.FloatRange(0.05, 10), help="Seconds between refreshes.")
+@click.pass_context
+def top(ctx: click.Context, refresh: float) -> None:
+    """A live view of actors, jobs and audio; q or Ctrl-C quits."""
+    from actors._top import run_top
+
+    with _client(ctx) as c:
+        run_top(c, refresh)
+
+
+@main.command()
 @click.argument("workers", type=int)
 @click.pass_context
 def scale(ctx: click.Context, workers: int) -> None:
@@ -271,7 +284,11 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
         if not wait:
             click.echo(handle.id)
             return
-        _follow(c, handle.id, cancel_on_interrupt=True)
+        try:
+            _follow(c, handle.id, cancel_on_interrupt=True)
+        except KeyboardInterrupt:  # Ctrl-C before the progress bar took over: cancel all the same
+            c.cancel(handle.id, block=True)
+            _print_result(c.job(handle.id))
 
 
 def _follow(c: Any, job_id: int, cancel_on_interrupt: bool) -> None:

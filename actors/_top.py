@@ -1,0 +1,89 @@
+"""``ensemble top``: a live terminal view of actors, jobs and audio.
+
+:func:`render` builds the screen from a status snapshot and a job list (a
+pure function, tested on its own); :func:`run_top` refreshes it a few times a
+second and quits on ``q`` or Ctrl-C, restoring the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from typing import Any
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from actors.messages import JobInfo, StatusReply
+
+
+def _age(s: float) -> str:
+    return f"{s:.1f}s" if s < 60 else f"{s / 60:.1f}m" if s < 3600 else f"{s / 3600:.1f}h"
+
+
+def render(status: StatusReply, jobs: list[JobInfo]) -> Group:
+    """The whole screen for one refresh."""
+    d = status.daemon
+    head = Text.assemble((f"ensemble {d.version}", "bold"), f"  daemon {d.name} pid {d.pid}  up {_age(d.uptime)}  ",
+                         f"queued {d.queued}  running {d.running}  RSS {d.rss / 2**20:.0f} MiB   (q quits)")
+    actors = Table(expand=True, title="actors")
+    for col in ("actor", "pid", "state", "uptime", "restarts", "heartbeat", "RSS", "detail"):
+        actors.add_column(col, no_wrap=col != "detail", overflow="ellipsis")
+    for a in status.actors:
+        style = "red" if a.state == "failed" else "yellow" if a.state != "running" else None
+        actors.add_row(a.name, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
+                       _age(a.heartbeat_age) if a.pid else "-", f"{a.rss / 2**20:.0f} MiB", a.detail, style=style)
+    table = Table(expand=True, title="jobs")
+    for col in ("id", "function", "state", "progress", "status"):
+        table.add_column(col, no_wrap=col != "status", overflow="ellipsis")
+    order = {"running": 0, "queued": 1}
+    for j in sorted(jobs, key=lambda j: (order.get(j.state, 2), -j.id))[:15]:
+        table.add_row(str(j.id), j.fn, j.state, ProgressBar(total=1.0, completed=j.progress, width=20), j.status)
+    parts: list[Any] = [head, actors, table]
+    proc = next((a for a in status.actors if a.role == "processor" and a.stats), None)
+    if proc is not None:
+        s = proc.stats
+        parts.append(Panel(
+            f"backend {s.get('backend', '?')}  blocks {s.get('blocks', 0)}  voices {s.get('active_voices', 0)}  "
+            f"callback p50 {s.get('callback_p50_ms', 0):.3f} ms  p99 {s.get('callback_p99_ms', 0):.3f} ms  "
+            f"p99.9 {s.get('callback_p999_ms', 0):.3f} ms  of {s.get('period_ms', 0):.2f} ms  "
+            f"xruns {s.get('xruns', 0)}  deadline misses {s.get('deadline_misses', 0)}  late {s.get('late_events', 0)}",
+            title="audio"))
+    return Group(*parts)
+
+
+def _key_pressed(fd: int) -> str:
+    ready, _, _ = select.select([fd], [], [], 0)
+    return os.read(fd, 16).decode(errors="replace") if ready else ""
+
+
+def run_top(client: Any, refresh: float = 0.25) -> None:
+    """Show the live view until ``q`` or Ctrl-C (restoring the terminal either way)."""
+    from rich.live import Live
+
+    fd = sys.stdin.fileno() if sys.stdin.isatty() else -1
+    saved = termios.tcgetattr(fd) if fd >= 0 else None
+    try:
+        if fd >= 0:
+            tty.setcbreak(fd)
+        with Live(render(client.status(), client.jobs(limit=30)), refresh_per_second=max(1, int(1 / refresh)),
+                  screen=sys.stdout.isatty()) as live:
+            while True:
+                end = time.monotonic() + refresh
+                while time.monotonic() < end:
+                    if fd >= 0 and "q" in _key_pressed(fd).lower():
+                        return
+                    time.sleep(0.02)
+                live.update(render(client.status(), client.jobs(limit=30)))
+    except KeyboardInterrupt:
+        return
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -1,0 +1,53 @@
+"""``ensemble top``: the rendered screen, and the real command in a terminal (tmux) quitting on q."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+from rich.console import Console
+
+from actors._top import render
+from actors.messages import ActorInfo, DaemonInfo, JobInfo, StatusReply
+from tests.conftest import Daemon, wait_for
+
+
+def _status() -> StatusReply:
+    daemon = DaemonInfo("studio", 100, "0.1.0", 12.0, "/run", "/state", "/state/daemon.log", 2, 3, 1, 30 << 20)
+    actors = [
+        ActorInfo("processor", "processor", 101, "running", 12.0, 0, 0.1, 40 << 20, "",
+                  {"backend": "null", "blocks": 2250, "callback_p999_ms": 0.3, "period_ms": 5.33, "xruns": 0}),
+        ActorInfo("worker-1", "worker", 102, "failed", 0.0, 5, 0.0, 0, "gave up: 5 restarts within 10s"),
+    ]
+    return StatusReply(daemon, actors)
+
+
+def test_render_shows_actors_jobs_and_audio() -> None:
+    jobs = [JobInfo(7, "examples.jobs:countdown", "", "running", 0.42, "3.0s left"),
+            JobInfo(6, "examples.jobs:add", "", "done", 1.0)]
+    console = Console(record=True, width=160)
+    console.print(render(_status(), jobs))
+    text = console.export_text()
+    for needle in ("daemon studio", "processor", "worker-1", "failed", "gave up", "countdown", "3.0s left",
+                   "backend null", "xruns 0"):
+        assert needle in text, needle
+    assert text.index("countdown") < text.index("examples.jobs:add")  # running jobs first
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+def test_top_runs_in_a_terminal_and_quits_on_q(daemon: Daemon) -> None:
+    session = f"enstop{daemon.base.name}"
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in daemon.env.items() if k.startswith(("ENSEMBLE_", "PYTHONPATH")))
+    command = f"env {env} {sys.executable} -m actors top --refresh 0.2; echo EXIT=$?; sleep 30"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", command], check=True)
+    try:
+        screen = lambda: subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                                        text=True).stdout  # noqa: E731
+        wait_for(lambda: "worker-2" in screen() and "processor" in screen(), 60, what="top to show the actors")
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        wait_for(lambda: "EXIT=0" in screen(), 30, what="top to quit with status 0 on q")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
