@@ -138,6 +138,7 @@ class Supervisor:
         self._module_ok: dict[str, str] = {}
         self.journal: Journal | None = None
         self.book: JobBook | None = None
+        self.metrics: Any = None
         self.job_seconds = 0.0  # moving average of a job's run time (sizes the dispatch window)
         self.samples: dict[str, SampleInfo] = {}  # the shared-memory sample registry
         self.voice_ops: dict[int, bytes] = {}  # kill_voices_and_call token -> worker identity
@@ -170,6 +171,12 @@ class Supervisor:
         self.poller.register(self.internal, zmq.POLLIN)
         if self.cfg.daemon.tcp or self.cfg.daemon.client_tcp:
             self._bind_tcp()
+        if self.cfg.daemon.metrics_port:
+            from actors._metrics import Metrics
+
+            self.metrics = Metrics()
+            port = self.metrics.start(self.cfg.daemon.metrics_port, self.cfg.daemon.metrics_host)
+            log.info("event=metrics url=http://%s:%d/metrics", self.cfg.daemon.metrics_host, port)
 
     def _bind_tcp(self) -> None:
         """CURVE-secured tcp endpoints with a ZAP allow-list (refused without keys)."""
@@ -414,6 +421,8 @@ class Supervisor:
                     self._heartbeats(mono)
                     if self.auth is not None:
                         self._refresh_allowed()
+                    if self.metrics is not None:
+                        self.metrics.update(self.status())
                 self._timers(mono)
                 if not self.stopping_since:
                     self._dispatch(mono)
@@ -935,6 +944,8 @@ class Supervisor:
                 error_message: str = "", traceback: str = "") -> None:
         assert self.book is not None
         info = self.book.finish(job, state, now, value, error_type, error_message, traceback)
+        if self.metrics is not None and job.started:
+            self.metrics.job_finished(now - job.started)
         if job.watchers:
             for ident in job.watchers:
                 self.pushes.setdefault(ident, []).append(info)
@@ -1134,6 +1145,8 @@ class Supervisor:
             self.journal.close()
         if self.auth is not None:
             self.auth.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if hasattr(self, "ctx"):
             self.ctx.destroy(linger=0)
         from actors.shm import sweep_segments
