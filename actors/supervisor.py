@@ -497,6 +497,7 @@ class Supervisor:
         for parts in self._frames(sock, self.control):
             ident = parts[0]
             if tcp:
+                self.counters["tcp_frames"] += 1  # only frames from allowed keys get this far
                 if len(self.client_socks) > 10_000:
                     self.client_socks.clear()
                 self.client_socks[ident] = sock
@@ -803,6 +804,8 @@ class Supervisor:
         tcp = sock is not self.internal
         for parts in self._frames(sock, self.internal):
             slot = self.by_identity.get(parts[0])
+            if tcp:
+                self.counters["tcp_frames"] += 1
             if slot is None and tcp and len(parts) == 2:
                 slot = self._remote_hello(sock, parts[0], parts[1])
             if slot is None or len(parts) != 2:
