@@ -657,7 +657,19 @@ def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_
 
 
 def run() -> None:
-    """Console-script entry point."""
-    main(prog_name="ensemble")
+    """Console-script entry point: usage errors are one line too (``ensemble: error: ...``, exit 2)."""
+    try:
+        code = main.main(prog_name="ensemble", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        click.echo(f"ensemble: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("ensemble: error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"ensemble: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 

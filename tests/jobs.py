@@ -42,7 +42,8 @@ def ignore_abort_with_grandchild(task: Task, pidfile: str) -> None:
 
 
 def polite(task: Task, seconds: float = 60.0) -> str:
-    """Loop checking should_abort() every 10 ms; returns 'aborted' when asked."""
+    """Loop checking should_abort() every 10 ms; returns 'aborted' when asked (status 'started' once running)."""
+    task.set_status_message("started")
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if task.should_abort():
@@ -193,3 +194,25 @@ def nap(task: Task, seconds: float, tag: Any) -> Any:
     """Sleep ``seconds`` (ignoring aborts) and return ``tag``."""
     time.sleep(seconds)
     return tag
+
+
+def stubborn(task: Task) -> None:
+    """Set the status 'started', then sleep forever ignoring should_abort()."""
+    task.set_status_message("started")
+    while True:
+        time.sleep(0.01)
+
+
+def record_run(task: Task, path: str, job_tag: int, seconds: float = 0.0) -> int:
+    """Append ``job_tag`` to ``path`` (one line per execution, O_APPEND), optionally work a while."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{job_tag}\n".encode())
+    finally:
+        os.close(fd)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if task.should_abort():
+            break
+        time.sleep(0.005)
+    return job_tag
