@@ -1,0 +1,73 @@
+"""Restart intensity and hangs, with their figures."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import pid_alive, wait_for
+from tests.reliability.history import report
+
+pytestmark = pytest.mark.reliability
+
+
+def test_a_child_crashing_on_start_is_spawned_at_most_limit_plus_one_times(make_daemon: Any) -> None:
+    d = make_daemon(extra_env={"ENSEMBLE_TEST_CRASH_ROLE": "controller"})
+    d.cli("up", check=False)  # the controller never becomes ready; the daemon stays up
+    d.pid = int((d.base / "run" / "daemon.pid").read_text())
+    ctl = wait_for(lambda: (a := d.actor("controller")).state == "failed" and a, 60, what="controller marked failed")
+    log = (d.base / "state" / "daemon.log").read_text()
+    spawns = len(re.findall(r"event=spawn name=controller ", log))
+    workers = [a for a in d.status().actors if a.role == "worker"]
+    report("restart intensity", {"spawns": spawns, "limit": 5, "state": ctl.state, "detail": ctl.detail,
+                                 "siblings_running": all(a.state == "running" for a in workers)})
+    assert spawns <= 6 and "gave up" in ctl.detail and "CRITICAL" in log
+    assert all(a.state == "running" and a.restarts == 0 for a in workers)
+
+
+def test_stopped_worker_and_gil_holding_job_are_detected(make_daemon: Any) -> None:
+    d = make_daemon(workers=2)
+    d.up()
+    c = d.client()
+    hb = d.config.supervision
+    # a job spinning with the GIL held, never checking should_abort(), cancelled
+    spin = c.submit("tests.jobs:spin", 3600.0, timeout=0.3)
+    wait_for(lambda: spin.refresh().state == "running", what="spin running")
+    t = time.monotonic()
+    spin.cancel()
+    final = spin.wait(60)
+    spin_s = time.monotonic() - t
+    # a SIGSTOPped worker running a job
+    sleeper = c.submit("tests.jobs:sleep", 3600.0)
+    wait_for(lambda: sleeper.refresh().state == "running", what="sleeper running")
+    victim = next(a for a in d.status().actors if a.name == sleeper.refresh().worker)
+    os.kill(victim.pid, signal.SIGSTOP)
+    t = time.monotonic()
+    try:
+        lost = sleeper.wait(60)
+        stop_s = time.monotonic() - t
+    finally:
+        if pid_alive(victim.pid):
+            os.kill(victim.pid, signal.SIGCONT)
+    wait_for(lambda: not pid_alive(victim.pid), what="the stopped worker to be gone")
+    zombies = [p for p in os.listdir("/proc") if p.isdigit() and _zombie_of(int(p), d.pid)]
+    report("hangs", {"spin_cancel_to_end_s": round(spin_s, 3), "spin_state": final.state,
+                     "sigstop_detect_s": round(stop_s, 3), "sigstop_state": lost.state,
+                     "heartbeat_timeout_plus_interval_s": hb.heartbeat_timeout + hb.heartbeat_interval,
+                     "zombies": len(zombies)})
+    assert final.state == "killed" and lost.state == "worker-lost" and not zombies
+    assert [e[1] for e in sleeper.events()].count("killed") <= 1
+
+
+def _zombie_of(pid: int, parent: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] == "Z" and int(fields[1]) == parent
