@@ -216,3 +216,12 @@ def record_run(task: Task, path: str, job_tag: int, seconds: float = 0.0) -> int
             break
         time.sleep(0.005)
     return job_tag
+
+
+def spin_started(task: Task, seconds: float = 3600.0) -> None:
+    """Say so, then spin holding the GIL without ever checking should_abort()."""
+    task.set_status_message("spinning")
+    task.set_progress(0.5)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
