@@ -128,18 +128,20 @@ def test_leak_soak_kill_restart_cycles(make_daemon: Any) -> None:
         with open(f"/proc/{d.pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def settle() -> None:
-        wait_for(lambda: all(a.state == "running" for a in d.status().actors), 60, what="every actor back")
+    def settle(gone: int) -> None:
+        wait_for(lambda: (st := d.status()) and all(a.state == "running" and a.pid != gone for a in st.actors),
+                 60, what="every actor back, the killed one replaced")
 
     for _ in range(5):  # warm-up
-        os.kill(_workers(d)[0].pid, signal.SIGKILL)
-        settle()
+        victim = _workers(d)[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        settle(victim.pid)
     fd0, rss0 = fds(), rss()
     for i in range(cycles):
         name = "processor" if i % 4 == 0 else None
         victim = d.actor("processor") if name else _workers(d)[0]
         os.kill(victim.pid, signal.SIGKILL)
-        settle()
+        settle(victim.pid)
     assert c.submit("examples.jobs:add", 1, 1).result(30) == 2
     zombies = [p for p in os.listdir("/proc") if p.isdigit() and _is_zombie_child(int(p), d.pid)]
     orphans = [p for p in os.listdir("/dev/shm") if p.startswith(prefix)]
