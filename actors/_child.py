@@ -69,6 +69,12 @@ class Child:
         (own secret key file, daemon public key file)) for a worker on another host."""
         self.cfg = cfg
         self.remote = endpoint is not None
+        self._sentinel_fd = -1
+        if not self.remote and os.getpgrp() == os.getpid():  # a child of the local daemon
+            from actors._spawn import guard_process_group
+
+            # first, before ZeroMQ starts threads: our group dies with us, job subprocesses too
+            self._sentinel_fd = guard_process_group()
         self.name = name
         self.limits = Limits(max_frame=cfg.daemon.max_frame)
         self.ctx = zmq.Context.instance()

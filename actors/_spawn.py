@@ -3,7 +3,9 @@
 A child is ``python -m <module> <config-json> <name> <role>``.  Before ``exec``
 it moves into its own process group (so a kill of the group takes the
 subprocesses a job started) and asks Linux to SIGKILL it when the daemon dies
-(``prctl(PR_SET_PDEATHSIG)``), so no child outlives the supervisor.
+(``prctl(PR_SET_PDEATHSIG)``), so no child outlives the supervisor.  Each
+child then starts a sentinel (:func:`guard_process_group`) so that its group,
+and with it every subprocess of its jobs, dies with it too.
 """
 
 from __future__ import annotations
@@ -54,6 +56,48 @@ def spawn(module: str, argv: list[str], *, nice: int = 0, log_path: Path | None 
     finally:
         if log_path:
             out.close()  # type: ignore[union-attr]
+
+
+# The sentinel: wakes when its parent (a child of the daemon) is gone, by end of file on the pipe
+# only the parent writes to or by its own parent-death signal, and SIGKILLs the whole group.
+_SENTINEL = 'trap "kill -KILL 0" TERM HUP; read -r _; kill -KILL 0'
+
+
+def _sentinel_setup(parent_pid: int) -> None:
+    # Runs in the forked sentinel before exec: async-signal-safe work only.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.killpg(0, signal.SIGKILL)
+
+
+def guard_process_group() -> int:
+    """Make sure this process's group dies with it, subprocesses of its jobs included.
+
+    The parent-death signal SIGKILLs a child when the daemon dies, but then
+    nobody signals the child's process group, and whatever a job started would
+    live on as an orphan.  This starts a tiny ``sh`` in the same group that
+    SIGKILLs the group once this process is gone (however it died).  Call it
+    once, early, in a process that leads its own group; keep the returned file
+    descriptor open for the life of the process (closing it fires the sentinel).
+    Costs one fork/exec and about 1 MiB.
+    """
+    parent = os.getpid()
+    read_end, write_end = os.pipe()  # both non-inheritable: job subprocesses do not hold them
+    try:
+        subprocess.Popen(
+            ["/bin/sh", "-c", _SENTINEL],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            preexec_fn=lambda: _sentinel_setup(parent),
+        )
+    except OSError:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return write_end
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:

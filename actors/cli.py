@@ -279,16 +279,32 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
             fail(f"--kw {item!r} must look like NAME=VALUE")
         kwargs[key] = _parse_arg(value)
     with _client(ctx) as c:
-        handle = c.submit(fn, *[_parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
-                          timeout=timeout, deadline=deadline, retries=retries)
+        held: list[bool] = []
+        if wait:  # a first Ctrl-C during the submit waits for the job's id, so that the job can be cancelled
+            previous = signal.signal(signal.SIGINT, lambda *_: _hold_interrupt(held))
+        try:
+            handle = c.submit(fn, *[_parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
+                              timeout=timeout, deadline=deadline, retries=retries)
+        finally:
+            if wait:
+                signal.signal(signal.SIGINT, previous)
         if not wait:
             click.echo(handle.id)
             return
         try:
+            if held:
+                raise KeyboardInterrupt
             _follow(c, handle.id, cancel_on_interrupt=True)
         except KeyboardInterrupt:  # Ctrl-C before the progress bar took over: cancel all the same
             c.cancel(handle.id, block=True)
             _print_result(c.job(handle.id))
+
+
+def _hold_interrupt(held: list[bool]) -> None:
+    """SIGINT handler while a submit is in flight: note the first Ctrl-C, raise on a second."""
+    if held:
+        raise KeyboardInterrupt
+    held.append(True)
 
 
 def _follow(c: Any, job_id: int, cancel_on_interrupt: bool) -> None:

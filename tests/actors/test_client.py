@@ -1,0 +1,258 @@
+"""Clients: reattach, Executor, AsyncClient, concurrency (exactly once), limits and transport errors."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from actors import (
+    ClientClosed, DaemonNotRunning, JobCancelled, JobRefused, JobTimeout, ProtocolError, RemoteError, TransportError,
+)
+from actors.client import AsyncClient, Client, Executor
+from actors.config import load_config
+from tests import jobs
+from tests.conftest import Daemon, wait_for
+
+Make = Callable[..., Daemon]
+
+
+# --------------------------------------------------------------------------------- reattach
+def test_client_job_reattaches_from_another_client(module_daemon: Daemon) -> None:
+    first, second = module_daemon.client(), module_daemon.client()
+    job = first.submit("tests.jobs:props", 11)
+    other = second.job(job.id)
+    assert other.id == job.id
+    wait_for(lambda: other.progress == 0.5 and other.status_message == "half way" and other.properties == {"n": 11},
+             30, what="the second client to see the job's progress")
+    seen: list[str] = []
+    watched = second.watch(job.id, lambda info: seen.append(info.state))
+    second.cancel(job.id, block=True)
+    assert other.wait(30).state == "cancelled"
+    assert job.wait(30).state == "cancelled"
+    wait_for(lambda: watched.done(), 30, what="the watcher to hear the end")
+    assert seen[-1] == "cancelled"
+
+
+def test_client_job_reattaches_from_another_process(module_daemon: Daemon) -> None:
+    job = module_daemon.client().submit("tests.jobs:polite", 120)
+    wait_for(lambda: job.status_message == "started", 30, what="the job to start")
+    code = ("import sys; from actors.client import Client; from actors.config import load_config\n"
+            "with Client(config=load_config()) as c:\n"
+            "    h = c.job(int(sys.argv[1]))\n"
+            "    print(h.state, flush=True)\n"
+            "    h.cancel(block=True)\n"
+            "    print(h.wait(30).state, h.wait(30).result)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(job.id)], env=module_daemon.env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.split("\n")[:2]
+    assert first == "running" and second == "cancelled aborted"
+    assert job.wait(30).state == "cancelled"
+
+
+def test_reattach_to_a_finished_or_unknown_job(module_daemon: Daemon) -> None:
+    c = module_daemon.client()
+    done = c.submit("examples.jobs:add", 1, 2)
+    assert done.result(30) == 3
+    again = module_daemon.client().job(done.id)
+    assert again.done() and again.result(1) == 3
+    from actors import JobNotFound
+
+    with pytest.raises(JobNotFound, match="unknown to this daemon"):
+        c.job(10**9)
+    with pytest.raises(JobNotFound):
+        c.cancel(10**9)
+
+
+def test_result_timeout_raises_job_timeout(module_daemon: Daemon) -> None:
+    job = module_daemon.client().submit("tests.jobs:polite", 120)
+    with pytest.raises(JobTimeout, match="did not finish within"):
+        job.result(timeout=0.2)
+    job.cancel(block=True)
+
+
+# --------------------------------------------------------------------------------- Executor
+def test_executor_works_with_as_completed_wait_and_map(module_daemon: Daemon) -> None:
+    with Executor(config=module_daemon.config) as ex:
+        assert isinstance(ex, concurrent.futures.Executor)
+        futures = {ex.submit(jobs.square, i): i for i in range(20)}
+        got = {futures[f]: f.result() for f in concurrent.futures.as_completed(futures, timeout=60)}
+        assert got == {i: i * i for i in range(20)}
+        more = [ex.submit(jobs.square, i) for i in range(5)]
+        done, not_done = concurrent.futures.wait(more, timeout=60)
+        assert not not_done and sorted(f.result() for f in done) == [0, 1, 4, 9, 16]
+        assert list(ex.map(jobs.square, range(10), timeout=60)) == [i * i for i in range(10)]
+        assert list(ex.map(jobs.square, [])) == []
+
+
+def test_executor_functions_reach_their_task_through_current_task(module_daemon: Daemon) -> None:
+    with Executor(config=module_daemon.config) as ex:
+        job_id, x, prop = ex.submit(jobs.plain_with_task, 5).result(60)
+    assert (x, prop) == (5, 5)
+    info = module_daemon.client().job(job_id).wait(30)
+    assert info.progress == 1.0 and info.properties == {"x": 5} and info.fn == "tests.jobs:plain_with_task"
+
+
+def test_executor_futures_carry_remote_errors(module_daemon: Daemon) -> None:
+    with Executor(config=module_daemon.config) as ex:
+        fut = ex.submit(jobs.plain_fail, "missing-key")
+        exc = fut.exception(60)
+        assert isinstance(exc, RemoteError) and exc.type_name == "KeyError" and "missing-key" in exc.remote_message
+        refused = ex.submit(__import__("json").dumps, [1])
+        assert isinstance(refused.exception(60), JobRefused)
+        with pytest.raises(JobRefused, match="lambda"):
+            ex.submit(lambda: 1)
+
+
+def test_executor_shutdown_waits_for_everything_submitted(module_daemon: Daemon) -> None:
+    with Executor(config=module_daemon.config) as ex:
+        futures = [ex.submit(jobs.square, i) for i in range(50)]
+    assert [f.result(0) for f in futures] == [i * i for i in range(50)]
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(jobs.square, 1)
+
+
+def test_executor_shutdown_without_wait_lets_pending_futures_finish(module_daemon: Daemon) -> None:
+    ex = Executor(config=module_daemon.config)
+    futures = [ex.submit(jobs.square, i) for i in range(20)]
+    ex.shutdown(wait=False)
+    assert [f.result(60) for f in futures] == [i * i for i in range(20)]
+    wait_for(lambda: ex.conn.closed, 30, what="the connection to close after the last future")
+
+
+def test_executor_shutdown_can_cancel_pending_futures(module_daemon: Daemon) -> None:
+    ex = Executor(config=module_daemon.config)
+    futures = [ex.submit(jobs.plain_sleep, 3600) for _ in range(3)]
+    wait_for(lambda: all(hasattr(f, "job_id") for f in futures), 30, what="job ids")
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert all(f.cancelled() for f in futures)
+    c = module_daemon.client()
+    for f in futures:
+        assert c.job(f.job_id).wait(60).state in ("cancelled", "killed")  # type: ignore[attr-defined]
+
+
+def test_cancelling_an_executor_future_cancels_the_job(module_daemon: Daemon) -> None:
+    with Executor(config=module_daemon.config) as ex:
+        fut = ex.submit(jobs.plain_sleep, 3600)
+        wait_for(lambda: hasattr(fut, "job_id"), 30, what="the job id")
+        c = module_daemon.client()
+        wait_for(lambda: c.job(fut.job_id).state == "running", 30, what="the job to run")  # type: ignore[attr-defined]
+        assert fut.cancel()
+        info = c.job(fut.job_id).wait(60)  # type: ignore[attr-defined]
+    assert info.state in ("cancelled", "killed")
+
+
+# --------------------------------------------------------------------------------- AsyncClient
+def test_async_client_submits_awaits_and_cancels(module_daemon: Daemon) -> None:
+    async def main() -> None:
+        async with AsyncClient(config=module_daemon.config) as c:
+            assert (await c.ping()).pid == module_daemon.pid
+            assert len((await c.status()).actors) == 4
+            handle = await c.submit("examples.jobs:add", 1, 2)
+            assert await handle == 3
+            handles = [await c.submit("examples.jobs:add", i, i) for i in range(10)]
+            assert await asyncio.gather(*(h.result(60) for h in handles)) == [2 * i for i in range(10)]
+            polite = await c.submit("tests.jobs:polite", 120)
+            with pytest.raises(JobTimeout):
+                await polite.wait(0.1)
+            await polite.cancel(block=True)
+            assert polite.info is not None and polite.info.state == "cancelled"
+            with pytest.raises(JobCancelled):
+                await polite.result(5)
+            failing = await c.submit("tests.jobs:boom", "async")
+            with pytest.raises(RemoteError) as info:
+                await failing
+            assert info.value.type_name == "CustomJobError"
+            assert (await failing.refresh()).state == "failed"
+            with pytest.raises(JobRefused):
+                await c.submit("os:system", "true")
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------------- concurrency
+def test_1000_jobs_from_4_concurrent_clients_complete_exactly_once(module_daemon: Daemon, tmp_path: Path) -> None:
+    marks = str(tmp_path / "marks")
+    per_client = 250
+    results: dict[int, list[tuple[int, Any, str]]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def run(n: int) -> None:
+        try:
+            with Client(config=module_daemon.config) as c:
+                barrier.wait(30)
+                handles = [(c.submit("tests.jobs:record", marks, f"c{n}-{i}"), f"c{n}-{i}") for i in range(per_client)]
+                results[n] = [(h.id, h.result(120), tag) for h, tag in handles]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    rows = [r for n in range(4) for r in results[n]]
+    ids = [r[0] for r in rows]
+    assert len(rows) == 1000 and len(set(ids)) == 1000
+    assert all(value == tag for _, value, tag in rows)
+    ran = collections.Counter(Path(marks).read_text().split())
+    assert len(ran) == 1000 and set(ran.values()) == {1}  # each function ran exactly once
+    db = sqlite3.connect(str(module_daemon.base / "state" / "jobs.sqlite3"))
+    try:
+        marks_sql = ",".join("?" * len(ids))
+        states = db.execute(f"SELECT state, attempts, COUNT(*) FROM jobs WHERE id IN ({marks_sql}) GROUP BY 1, 2",
+                            ids).fetchall()
+    finally:
+        db.close()
+    assert states == [("done", 1, 1000)]
+
+
+# --------------------------------------------------------------------------------- limits and failures
+def test_oversize_payload_is_refused_on_the_client_side(make_daemon: Make) -> None:
+    d = make_daemon(extra_env={"ENSEMBLE_MAX_FRAME": "65536"})
+    d.up()
+    c = d.client()
+    with pytest.raises(ProtocolError, match="over the daemon's frame limit of 65536"):
+        c.submit("examples.jobs:echo", "x" * 100_000)
+    with Executor(config=d.config) as ex:
+        assert isinstance(ex.submit(jobs.square, b"x" * 100_000).exception(30), ProtocolError)
+    assert c.jobs() == []  # nothing reached the journal
+    assert c.submit("examples.jobs:echo", "x" * 1000).result(30) == "x" * 1000
+
+
+def test_no_daemon_and_closed_client_are_clear_errors(tmp_path: Path, module_daemon: Daemon) -> None:
+    cfg = load_config(env={"ENSEMBLE_RUN_DIR": str(tmp_path / "run"), "ENSEMBLE_NAME": "ghost"})
+    with pytest.raises(DaemonNotRunning, match="no daemon named 'ghost' is running.*ensemble up"):
+        Client(config=cfg)
+    c = Client(config=module_daemon.config)
+    c.close()
+    with pytest.raises(ClientClosed, match="closed"):
+        c.status()
+    assert issubclass(ClientClosed, TransportError)
+    c.close()  # closing twice is fine
+
+
+def test_an_unresponsive_daemon_is_a_transport_error(make_daemon: Make) -> None:
+    d = make_daemon()
+    d.up()
+    c = d.client(timeout=0.3)
+    os.kill(d.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(TransportError, match="did not answer Status within 0.3s"):
+            c.status()
+    finally:
+        os.kill(d.pid, signal.SIGCONT)
+    wait_for(lambda: d.status().daemon.pid == d.pid, 30, what="the daemon to answer again")

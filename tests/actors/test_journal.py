@@ -1,0 +1,221 @@
+"""Durability: the SQLite journal, recovery after restarts, and a daemon kill -9 in a submit burst."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from actors import TransportError
+from actors._jobs import JobBook, pack_spec, unpack_spec
+from actors._journal import TERMINAL, Journal
+from actors.client import Client, make_spec
+from actors.messages import JobSpec
+from tests.conftest import Daemon, pid_alive, wait_for
+
+Make = Callable[..., Daemon]
+
+
+# --------------------------------------------------------------------------------- the journal, no sockets
+@pytest.fixture
+def journal(tmp_path: Path) -> Any:
+    j = Journal(tmp_path / "jobs.sqlite3")
+    yield j
+    j.close()
+
+
+def test_journal_uses_wal(journal: Journal) -> None:
+    assert journal.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_nothing_is_written_before_commit_and_everything_after(journal: Journal, tmp_path: Path) -> None:
+    book = JobBook(journal)
+    ids = book.accept([JobSpec("tests.jobs:pid"), JobSpec("tests.jobs:pid")], time.time())
+    other = sqlite3.connect(str(tmp_path / "jobs.sqlite3"))
+    try:
+        assert other.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+        journal.commit()
+        assert other.execute("SELECT id, state FROM jobs ORDER BY id").fetchall() == [(i, "queued") for i in ids]
+    finally:
+        other.close()
+
+
+def test_a_result_is_recorded_exactly_once(journal: Journal) -> None:
+    book = JobBook(journal)
+    (jid,) = book.accept([JobSpec("tests.jobs:pid")], time.time())
+    journal.commit()
+    journal.stage_finish(jid, "done", time.time(), b"\x01")
+    journal.stage_finish(jid, "failed", time.time(), None, "X", "second finish must not win")
+    journal.commit()
+    journal.stage_finish(jid, "cancelled", time.time(), None)
+    journal.commit()
+    row = journal.db.execute("SELECT state, result, error_type FROM jobs WHERE id=?", (jid,)).fetchone()
+    assert row == ("done", b"\x01", "")
+
+
+def test_queue_is_priority_first_then_fifo() -> None:
+    class NullJournal(Journal):
+        def __init__(self) -> None:  # bookkeeping only: no file
+            self._staged: list[Any] = []
+
+        def next_id(self) -> int:
+            return 1
+
+        def stage_insert(self, *a: Any) -> None:
+            self._staged.append(a)
+
+        def stage_start(self, *a: Any) -> None:
+            pass
+
+    book = JobBook(NullJournal())
+    specs = [JobSpec("m:f", name=n, priority=p) for n, p in [("a", 0), ("b", 5), ("c", 0), ("d", 9), ("e", 5)]]
+    book.accept(specs, time.time())
+    order = [j.spec.name for j in book.pop(10)]
+    assert order == ["d", "b", "e", "a", "c"]
+    assert book.queued == 0
+
+
+def test_recovery_requeues_or_fails_running_jobs_by_their_retries(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    j = Journal(path)
+    book = JobBook(j)
+    now = time.time()
+    retry, no_retry, queued = book.accept(
+        [JobSpec("m:f", name="r", retries=1), JobSpec("m:f", name="n"), JobSpec("m:f", name="q")], now)
+    for job in book.pop(2):  # FIFO: r and n start, q stays queued
+        book.start(job, "worker-1", now, time.monotonic())
+    j.commit()
+    j.db.close()  # the daemon died here
+
+    j2 = Journal(path)
+    book2 = JobBook(j2)
+    assert book2.recover(time.time()) == (1, 1, 1)
+    j2.commit()
+    states = dict(j2.db.execute("SELECT id, state FROM jobs").fetchall())
+    assert states == {queued: "queued", retry: "queued", no_retry: "worker-lost"}
+    row = j2.db.execute("SELECT error_type, error_message FROM jobs WHERE id=?", (no_retry,)).fetchone()
+    assert row[0] == "JobLost" and "no retry was left" in row[1]
+    assert [e[1] for e in j2.events(retry)] == ["requeued"]
+    assert {job.id for job in book2.pop(10)} == {queued, retry}
+    assert book2.accept([JobSpec("m:f")], time.time()) == [queued + 1]  # ids never repeat
+    j2.close()
+
+
+def test_prune_removes_old_finished_jobs_only(journal: Journal) -> None:
+    book = JobBook(journal)
+    old, recent, live = book.accept([JobSpec("m:f"), JobSpec("m:f"), JobSpec("m:f")], time.time())
+    journal.commit()
+    journal.stage_finish(old, "done", time.time() - 3600, None)
+    journal.stage_event(old, "abort", "x")
+    journal.stage_finish(recent, "done", time.time(), None)
+    journal.commit()
+    assert journal.prune(time.time() - 60) == 1
+    assert {r[0] for r in journal.db.execute("SELECT id FROM jobs")} == {recent, live}
+    assert journal.events(old) == []
+
+
+def test_spec_round_trips_through_the_journal_form() -> None:
+    spec = JobSpec("tests.jobs:record", ["/tmp/x", 3], {"k": [1, {"n": None}]}, "name", -2, 750, 4.5, 3, False)
+    assert unpack_spec(pack_spec(spec)) == spec
+
+
+def test_terminal_states_are_the_documented_ones() -> None:
+    assert set(TERMINAL) == {"done", "failed", "cancelled", "killed", "worker-lost"}
+
+
+# --------------------------------------------------------------------------------- across daemon restarts
+def test_queued_jobs_survive_an_orderly_restart(make_daemon: Make, tmp_path: Path) -> None:
+    d = make_daemon(workers=1)
+    d.up()
+    c = d.client()
+    blocker = c.submit("tests.jobs:polite", 120)
+    wait_for(lambda: blocker.status_message == "started", 30, what="the worker to be busy")
+    out = tmp_path / "out"
+    queued = [c.submit("tests.jobs:record", str(out), f"t{i}") for i in range(3)]
+    done_before = c.submit("examples.jobs:add", 1, 1)
+    ids = [q.id for q in queued]
+    d.down()
+    assert blocker.id not in ids
+    d.up()
+    c = d.client()
+    assert [c.job(i).result(60) for i in ids] == ["t0", "t1", "t2"]
+    assert c.job(blocker.id).wait(30).state == "cancelled"  # `down` aborted it; it returned in time
+    late = c.job(done_before.id)
+    assert late.result(60) == 2
+    assert sorted(out.read_text().split()) == ["t0", "t1", "t2"]
+    assert d.cli("result", str(ids[0])).stdout.strip() == "t0"
+
+
+def test_daemon_kill_9_in_a_submit_burst_loses_no_acknowledged_job(make_daemon: Make) -> None:
+    d = make_daemon(workers=2)
+    d.up()
+    acked: dict[int, tuple[str, int]] = {}
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    submitting = Client(config=d.config, timeout=30.0)
+
+    def burst() -> None:
+        n = 0
+        with submitting as c:
+            while not stop.is_set():
+                specs = [make_spec("tests.jobs:nap", [0.01, f"j{n + k}"], {}, retries=(n + k) % 2) for k in range(5)]
+                try:
+                    handles = c.submit_many(specs)
+                except TransportError as exc:
+                    failures.append(exc)
+                    return
+                for k, h in enumerate(handles):
+                    acked[h.id] = (f"j{n + k}", (n + k) % 2)
+                n += 5
+
+    submitter = threading.Thread(target=burst)
+    submitter.start()
+    try:
+        wait_for(lambda: len(acked) >= 200, 60, what="200 acknowledged jobs")
+        children = [a.pid for a in d.status().actors]
+        os.kill(d.pid, signal.SIGKILL)
+    finally:
+        stop.set()
+        submitting.close()  # a submit waiting on the dead daemon fails now with ClientClosed
+        submitter.join(60)
+    wait_for(lambda: not any(pid_alive(p) for p in children + [d.pid]), 10, what="the daemon and its children to die")
+    ids = sorted(acked)
+
+    db = sqlite3.connect(str(d.base / "state" / "jobs.sqlite3"))
+    try:
+        marks = ",".join("?" * len(ids))
+        journaled = dict(db.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", ids).fetchall())
+    finally:
+        db.close()
+    assert set(journaled) == set(ids)  # every acknowledged job was on disk before its ack
+    was_running = [i for i, s in journaled.items() if s == "running"]
+
+    d.up()  # sweeps the dead daemon's files, recovers the journal
+    c = d.client()
+    finals = {i: c.job(i).wait(120) for i in ids}
+    states = {i: info.state for i, info in finals.items()}
+    assert set(states.values()) <= {"done", "worker-lost"}, states
+    for i, info in finals.items():
+        tag, retries = acked[i]
+        if info.state == "done":
+            assert info.result == tag
+        else:  # it was running when the daemon died and had no retry left
+            assert i in was_running and retries == 0 and info.error_type == "JobLost"
+    for i in was_running:
+        if acked[i][1] == 1:
+            assert states[i] == "done" and any(e[1] == "requeued" for e in finals[i].events)
+    d.down()
+    db = sqlite3.connect(str(d.base / "state" / "jobs.sqlite3"))
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        left = db.execute(f"SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND id IN ({marks})",
+                          ids).fetchone()[0]
+    finally:
+        db.close()
+    assert left == 0

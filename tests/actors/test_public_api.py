@@ -1,0 +1,148 @@
+"""The public surface of ``actors``: exported names, the error tree, the task handle's methods."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import actors
+import actors.client
+import actors.config
+from actors import EnsembleError
+
+EXPORTED = [
+    "__version__",
+    "AsyncClient",
+    "Client",
+    "Executor",
+    "JobHandle",
+    "ClientClosed",
+    "Config",
+    "ConfigError",
+    "DaemonAlreadyRunning",
+    "DaemonError",
+    "DaemonNotRunning",
+    "EnsembleError",
+    "JobCancelled",
+    "JobError",
+    "JobLost",
+    "JobNotFound",
+    "JobRefused",
+    "JobTimeout",
+    "ProtocolError",
+    "QueueFull",
+    "RemoteError",
+    "Task",
+    "TransportError",
+    "WrongContextError",
+    "current_task",
+    "load_config",
+]
+
+
+def test_actors_exports_exactly_these_names() -> None:
+    assert sorted(actors.__all__) == sorted(EXPORTED)
+    for name in actors.__all__:
+        assert getattr(actors, name) is not None
+
+
+def test_client_and_config_modules_export_their_names() -> None:
+    assert sorted(actors.client.__all__) == ["AsyncClient", "AsyncJobHandle", "Client", "Executor", "JobHandle",
+                                             "make_spec"]
+    assert sorted(actors.config.__all__) == ["AudioConfig", "Config", "DaemonConfig", "JobsConfig",
+                                             "SupervisionConfig", "load_config"]
+    for module in (actors.client, actors.config):
+        for name in module.__all__:
+            assert getattr(module, name).__doc__, f"{module.__name__}.{name} has no docstring"
+
+
+def test_clients_are_reachable_from_the_package() -> None:
+    assert actors.Client is actors.client.Client  # type: ignore[attr-defined]
+    assert actors.Executor is actors.client.Executor  # type: ignore[attr-defined]
+    assert actors.AsyncClient is actors.client.AsyncClient  # type: ignore[attr-defined]
+
+
+ERRORS = [getattr(actors, n) for n in EXPORTED if isinstance(getattr(actors, n), type)
+          and issubclass(getattr(actors, n), BaseException)]
+
+
+@pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.__name__)
+def test_every_error_is_an_ensemble_error_with_a_one_line_docstring(cls: type) -> None:
+    assert issubclass(cls, EnsembleError)
+    doc = (cls.__doc__ or "").strip()
+    assert doc and "\n" not in doc, f"{cls.__name__}: {doc!r}"
+
+
+def test_the_error_tree() -> None:
+    tree = {
+        actors.ConfigError: EnsembleError,
+        actors.DaemonError: EnsembleError,
+        actors.DaemonAlreadyRunning: actors.DaemonError,
+        actors.DaemonNotRunning: actors.DaemonError,
+        actors.TransportError: EnsembleError,
+        actors.ClientClosed: actors.TransportError,
+        actors.ProtocolError: EnsembleError,
+        actors.WrongContextError: EnsembleError,
+        actors.JobError: EnsembleError,
+        actors.JobRefused: actors.JobError,
+        actors.QueueFull: actors.JobRefused,
+        actors.JobNotFound: actors.JobError,
+        actors.JobTimeout: actors.JobError,
+        actors.JobCancelled: actors.JobError,
+        actors.JobLost: actors.JobError,
+        actors.RemoteError: actors.JobError,
+    }
+    for cls, parent in tree.items():
+        assert cls.__mro__[1] is parent, f"{cls.__name__} should derive from {parent.__name__}"
+
+
+def test_remote_error_carries_type_message_and_traceback() -> None:
+    err = actors.RemoteError("ValueError", "bad", "Traceback (most recent call last):\n  ...\nValueError: bad\n")
+    assert (err.type_name, err.remote_message) == ("ValueError", "bad")
+    assert str(err).startswith("ValueError: bad") and "Remote traceback:" in str(err)
+    assert str(actors.RemoteError("KeyError", "k")) == "KeyError: k"
+
+
+BACKGROUND_TASK = {  # HISE BackgroundTask method -> Python spelling
+    "setProgress": "set_progress", "getProgress": "get_progress",
+    "setStatusMessage": "set_status_message", "getStatusMessage": "get_status_message",
+    "setProperty": "set_property", "getProperty": "get_property",
+    "shouldAbort": "should_abort", "setTimeOut": "set_timeout",
+    "runProcess": "run_process", "killVoicesAndCall": "kill_voices_and_call",
+}
+
+
+@pytest.mark.parametrize("hise, name", list(BACKGROUND_TASK.items()))
+def test_task_follows_background_task_method_by_method(hise: str, name: str) -> None:
+    method = getattr(actors.Task, name)
+    assert callable(method) and method.__doc__, f"Task.{name} ({hise}) is missing or undocumented"
+
+
+def test_run_process_signature_matches_the_seed() -> None:
+    params = list(inspect.signature(actors.Task.run_process).parameters)
+    assert params == ["self", "command", "args", "log_fn"]
+
+
+@pytest.mark.parametrize("name", ["submit", "job", "jobs", "cancel", "watch", "status", "scale", "ping", "shutdown",
+                                  "close"])
+def test_client_methods(name: str) -> None:
+    assert getattr(actors.client.Client, name).__doc__
+
+
+@pytest.mark.parametrize("name", ["result", "cancel", "progress", "status_message", "properties", "state",
+                                  "events", "wait", "done", "refresh"])
+def test_job_handle_members(name: str) -> None:
+    assert getattr(actors.client.JobHandle, name).__doc__
+
+
+def test_importing_actors_stays_light() -> None:
+    """Job modules do ``from actors import Task``: that must not pull in ZeroMQ or the clients."""
+    import subprocess
+    import sys
+
+    code = "import sys, actors; print('zmq' in sys.modules, 'actors.client' in sys.modules)"
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "False"]

@@ -1,0 +1,113 @@
+"""Scaling the worker pool at runtime: no running worker restarted, busy workers finish first."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from actors import EnsembleError
+from tests.conftest import Daemon, pid_alive, wait_for
+
+Make = Callable[..., Daemon]
+
+
+def workers(d: Daemon) -> dict[str, Any]:
+    return {a.name: a for a in d.status().actors if a.role == "worker"}
+
+
+def log_tail(d: Daemon, lines: int = 40) -> str:
+    return "\n".join((d.base / "state" / "daemon.log").read_text().splitlines()[-lines:])
+
+
+def all_running(d: Daemon, n: int) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        w = workers(d)
+        return w if len(w) == n and all(a.state == "running" for a in w.values()) else None
+
+    return wait_for(check, 60, what=f"{n} running workers")
+
+
+def test_scale_up_and_down_without_restarting_running_workers(make_daemon: Make, tmp_path: Path) -> None:
+    d = make_daemon(workers=2)
+    d.up()
+    before = {name: a.pid for name, a in all_running(d, 2).items()}
+
+    out = d.cli("scale", "4")
+    assert out.stdout.strip() == "workers: 4"
+    grown = all_running(d, 4)
+    assert {n: grown[n].pid for n in before} == before  # the first two kept running
+    assert d.status().daemon.workers_wanted == 4
+
+    c = d.client()
+    go = {n: tmp_path / f"go{n}" for n in (1, 2)}
+    busy = [c.submit("tests.jobs:wait_file", str(go[n])) for n in (1, 2)]
+    wait_for(lambda: all(j.status_message.startswith("waiting for") for j in busy), 30, what="two busy workers")
+    busy_workers = [j.refresh().worker for j in busy]
+    assert len(set(busy_workers)) == 2
+    busy_pids = {n: grown[n].pid for n in busy_workers}
+    idle = [n for n in grown if n not in busy_workers]
+
+    c.scale(1)  # two idle workers retire at once; one busy worker retires after its job
+    def shrunk() -> dict[str, Any] | None:
+        w = workers(d)
+        return w if set(w) == set(busy_workers) else None
+
+    w = wait_for(shrunk, 30, what="the idle workers to retire first")
+    assert not any(pid_alive(grown[n].pid) for n in idle)
+    states = sorted(a.state for a in w.values())
+    assert states == ["retiring", "running"]
+    assert {n: a.pid for n, a in w.items()} == busy_pids  # busy workers were not restarted
+    assert all(j.state == "running" for j in busy)
+    assert d.status().daemon.workers_wanted == 1
+
+    retiring = next(n for n, a in w.items() if a.state == "retiring")
+    staying = next(n for n in busy_workers if n != retiring)
+    job_on_retiring = busy[busy_workers.index(retiring)]
+    go[busy_workers.index(retiring) + 1].touch()
+    assert job_on_retiring.result(30) == "released"  # it finished its job ...
+    final = wait_for(lambda: (w := workers(d)) and set(w) == {staying} and w, 30,
+                     what="the retiring worker to leave after its job")
+    wait_for(lambda: not pid_alive(busy_pids[retiring]), 10, what="the retired worker to exit")
+    assert final[staying].pid == busy_pids[staying]
+    go[busy_workers.index(staying) + 1].touch()
+    assert busy[busy_workers.index(staying)].result(30) == "released"
+    assert c.submit("examples.jobs:add", 2, 2).result(30) == 4
+    log = (d.base / "state" / "daemon.log").read_text()
+    assert "event=scale workers=1" in log
+    retired_exits = [line for line in log.splitlines() if f"event=exit name={retiring} " in line]
+    assert retired_exits and all(" INFO " in line for line in retired_exits)  # a retirement is no failure
+
+
+def test_scale_to_zero_queues_jobs_until_workers_return(make_daemon: Make) -> None:
+    d = make_daemon(workers=1)
+    d.up()
+    c = d.client()
+    c.scale(0)
+    wait_for(lambda: not workers(d), 30, what="every worker to retire")
+    job = c.submit("examples.jobs:add", 3, 4)
+    assert job.state == "queued" and d.status().daemon.queued == 1
+    d.cli("scale", "2")
+    assert job.result(60) == 7
+    all_running(d, 2)
+
+
+def test_bad_scale_values_are_clear_errors(module_daemon: Daemon) -> None:
+    with pytest.raises(EnsembleError, match="cannot scale to 5000 workers: give 0..1024"):
+        module_daemon.client().scale(5000)
+    proc = module_daemon.cli("scale", "5000", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "ensemble: error: cannot scale to 5000 workers: give 0..1024"
+    assert len(workers(module_daemon)) == 2
+
+
+def test_workers_auto_is_the_cpu_count(make_daemon: Make) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    if cpus > 8:
+        pytest.skip(f"{cpus} CPUs: too many workers for a quick test (the config test covers 'auto')")
+    d = make_daemon()
+    d.up("--workers", "auto")
+    assert len(all_running(d, cpus)) == cpus
+    assert d.status().daemon.workers_wanted == cpus

@@ -1,0 +1,200 @@
+"""The task handle (HISE's BackgroundTask) in-process, and run_process inside real jobs."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors import EnsembleError, JobCancelled, RemoteError, Task, current_task
+from actors._task import activate, deactivate
+from tests.conftest import Daemon, pid_alive, wait_for
+
+PY = sys.executable
+
+
+def collecting() -> tuple[list[list[Any]], Any]:
+    seen: list[list[Any]] = []
+
+    def log_fn(task: Task, finished: bool, data: Any) -> None:
+        seen.append([finished, data])
+
+    return seen, log_fn
+
+
+# --------------------------------------------------------------------------------- the handle, in-process
+def test_progress_is_clamped_and_readable() -> None:
+    t = Task(1, 500)
+    assert t.get_progress() == 0.0
+    t.set_progress(0.25)
+    assert t.get_progress() == 0.25
+    t.set_progress(7)
+    assert t.get_progress() == 1.0
+    t.set_progress(-1)
+    assert t.get_progress() == 0.0
+
+
+def test_status_message_and_properties() -> None:
+    t = Task(1, 500)
+    t.set_status_message("loading")
+    assert t.get_status_message() == "loading"
+    t.set_property("count", 3)
+    t.set_property("names", ["a", "b"])
+    assert t.get_property("count") == 3 and t.get_property("names") == ["a", "b"]
+    assert t.get_property("missing") is None and t.get_property("missing", 5) == 5
+    with pytest.raises(TypeError, match="property keys must be strings"):
+        t.set_property(1, "x")  # type: ignore[arg-type]
+
+
+def test_should_abort_turns_true_on_abort() -> None:
+    t = Task(1, 500)
+    assert not t.should_abort() and not t.aborted
+    t.abort("cancel")
+    assert t.should_abort() and t.aborted and t.abort_reason == "cancel"
+
+
+def test_timeout_defaults_to_500_ms_and_must_be_positive() -> None:
+    from actors.messages import JobSpec
+
+    assert JobSpec("m:f").timeout_ms == 500
+    t = Task(1, 500)
+    assert t.get_timeout() == 500
+    t.set_timeout(1500)
+    assert t.get_timeout() == 1500
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match="timeout must be positive"):
+            t.set_timeout(bad)
+
+
+def test_stall_is_reported_once_per_gap_and_only_after_a_first_check() -> None:
+    t = Task(1, 200)
+    now = time.monotonic()
+    assert t.stalled_for(now + 10) is None  # never called should_abort(): no safety check yet
+    t.should_abort()
+    assert t.stalled_for(time.monotonic() + 0.1) is None  # within the timeout
+    gap = t.stalled_for(time.monotonic() + 1.0)
+    assert gap is not None and gap > 0.2
+    assert t.stalled_for(time.monotonic() + 2.0) is None  # the same gap is reported once
+    t.should_abort()
+    assert t.stalled_for(time.monotonic() + 1.0) is not None  # a new gap
+
+
+def test_changes_are_published_when_dirty() -> None:
+    t = Task(1, 500)
+    assert t.snapshot_if_due(time.monotonic(), force=True) is None
+    t.set_progress(0.5)
+    t.set_property("k", "v")
+    snap = t.snapshot_if_due(time.monotonic(), force=True)
+    assert snap == (0.5, "", {"k": "v"}, 500)
+    assert t.snapshot_if_due(time.monotonic() + 1) is None
+
+
+def test_current_task_outside_a_job_is_an_error() -> None:
+    with pytest.raises(EnsembleError, match="only available inside a job"):
+        current_task()
+    t = Task(3, 500)
+    token = activate(t)
+    try:
+        assert current_task() is t
+    finally:
+        deactivate(token)
+
+
+def test_kill_voices_and_call_without_a_processor_just_calls() -> None:
+    ran: list[int] = []
+    assert Task(1, 500).kill_voices_and_call(lambda: ran.append(1)) is True
+    assert ran == [1]
+
+
+# --------------------------------------------------------------------------------- run_process, in-process
+def test_run_process_with_list_args_logs_every_line_then_the_exit_code() -> None:
+    seen, log_fn = collecting()
+    code = Task(1, 500).run_process(PY, ["-c", "print('one'); print('two words'); print('')"], log_fn)
+    assert code == 0
+    assert seen == [[False, "one"], [False, "two words"], [False, ""], [True, 0]]
+
+
+def test_run_process_splits_a_string_at_unquoted_whitespace() -> None:
+    seen, log_fn = collecting()
+    script = "import sys; print(sys.argv[1:]); sys.exit(3)"
+    code = Task(1, 500).run_process(PY, f"-c {shlex.quote(script)} 'a  b' c \"d e\"", log_fn)
+    assert code == 3
+    assert seen == [[False, "['a  b', 'c', 'd e']"], [True, 3]]
+
+
+def test_run_process_without_log_fn_returns_the_exit_code() -> None:
+    assert Task(1, 500).run_process(PY, ["-c", "raise SystemExit(4)"]) == 4
+    assert Task(1, 500).run_process("true") == 0
+
+
+def test_run_process_missing_program_is_a_clear_error() -> None:
+    with pytest.raises(FileNotFoundError, match="program 'ensemble-no-such-program' was not found"):
+        Task(1, 500).run_process("ensemble-no-such-program", [], None)
+
+
+def test_run_process_kills_the_program_when_aborted() -> None:
+    task = Task(1, 500)
+    seen, log_fn = collecting()
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(task.run_process(
+            PY, ["-c", "import os, time; print(os.getpid(), flush=True); time.sleep(3600)"], log_fn)))
+    thread.start()
+    try:
+        wait_for(lambda: seen, 30, what="the program's first line")
+        program = int(seen[0][1])
+        assert pid_alive(program)
+        task.abort("cancel")
+        thread.join(30)
+        assert not thread.is_alive()
+    finally:
+        task.abort()
+        thread.join(30)
+    assert result and result[0] < 0  # killed by a signal
+    assert seen[-1] == [True, result[0]]
+    wait_for(lambda: not pid_alive(program), 10, what="the program to be gone")
+
+
+# --------------------------------------------------------------------------------- run_process inside jobs
+def test_run_process_in_a_job_with_list_args(module_daemon: Daemon) -> None:
+    out = module_daemon.client().submit("tests.jobs:run_lines", PY, ["-c", "print('hello'); print('world')"]).result(30)
+    assert out == {"code": 0, "calls": [[False, "hello"], [False, "world"], [True, 0]]}
+
+
+def test_run_process_in_a_job_with_a_quoted_string(module_daemon: Daemon) -> None:
+    args = "-c \"import sys; print(' '.join(sys.argv[1:])); sys.exit(2)\" 'x  y' z"
+    out = module_daemon.client().submit("tests.jobs:run_lines", PY, args).result(30)
+    assert out == {"code": 2, "calls": [[False, "x  y z"], [True, 2]]}
+
+
+def test_run_process_in_a_job_missing_program_is_a_clear_error(module_daemon: Daemon) -> None:
+    job = module_daemon.client().submit("tests.jobs:run_lines", "ensemble-no-such-program", [])
+    with pytest.raises(RemoteError) as info:
+        job.result(30)
+    assert info.value.type_name == "FileNotFoundError"
+    assert "'ensemble-no-such-program' was not found" in info.value.remote_message
+
+
+def test_cancel_kills_the_program_at_once_so_the_job_ends_cancelled(module_daemon: Daemon) -> None:
+    # a 60 s grace: if run_process did not kill the program itself, the job could only end 'killed'
+    program = "import os, time; print(os.getpid(), flush=True); time.sleep(3600)"
+    job = module_daemon.client().submit("tests.jobs:run_lines", PY, ["-c", program], 60_000, timeout=60)
+    pid = int(wait_for(lambda: job.status_message, 30, what="the program's pid line"))
+    assert pid_alive(pid)
+    info = job.cancel(block=True, timeout=120)
+    assert info is not None and info.state == "cancelled"
+    assert info.result["code"] < 0 and info.result["calls"][-1] == [True, info.result["code"]]
+    assert not pid_alive(pid)
+    with pytest.raises(JobCancelled):
+        job.result(5)
+
+
+def test_example_job_count_lines_runs_wc(module_daemon: Daemon, tmp_path: Path) -> None:
+    f = tmp_path / "lines.txt"
+    f.write_text("a\nb\nc\n")
+    assert module_daemon.client().submit("examples.jobs:count_lines", str(f)).result(30) == 3
