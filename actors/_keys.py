@@ -78,7 +78,10 @@ def server_keys(directory: Path) -> tuple[bytes, bytes]:
         raise ConfigError(
             f"refusing to bind a tcp endpoint without CURVE keys: {secret_file} is missing; run `ensemble keys init`"
         )
-    pub, sec = zmq.auth.load_certificate(str(secret_file))
+    try:
+        pub, sec = zmq.auth.load_certificate(str(secret_file))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the daemon's key file {secret_file}: {exc}") from exc
     if sec is None:
         raise ConfigError(f"{secret_file} holds no secret key")
     return pub, sec

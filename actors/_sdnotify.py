@@ -46,12 +46,16 @@ def status(text: str) -> bool:
 
 
 def watchdog_interval() -> float | None:
-    """Seconds between watchdog pets (half of ``WatchdogSec``), or None when no watchdog is asked for."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
+    """Seconds between watchdog pets (half of ``WatchdogSec``), or None when no watchdog is asked for.
+
+    As libsystemd's ``sd_watchdog_enabled``: ``$WATCHDOG_USEC`` must be a positive
+    integer and, when ``$WATCHDOG_PID`` is set, it must name this process (children
+    that inherit the environment do not pet the watchdog).
+    """
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if pid and (not pid.isdigit() or int(pid) != os.getpid()):
         return None
-    try:
-        return max(0.05, int(usec) / 2e6)
-    except ValueError:
+    if not usec.isdigit() or int(usec) <= 0:
         return None
+    return max(0.05, int(usec) / 2e6)
