@@ -567,15 +567,12 @@ class AsyncClient:
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, timeout=timeout,
                          deadline=deadline, retries=retries)
         handle = AsyncJobHandle(self, 0)
-        early: list[JobInfo] = []
 
-        def listener(info: JobInfo) -> None:
+        def listener(info: JobInfo) -> None:  # the handle's own loop applies every push, in order
             loop.call_soon_threadsafe(handle._update, info)
 
         (jid,) = await asyncio.wait_for(asyncio.wrap_future(self.conn.submit([spec], listener)), self.timeout)
         handle.id = jid
-        for info in early:
-            handle._update(info)
         return handle
 
     async def ping(self) -> Pong:
