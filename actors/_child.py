@@ -77,7 +77,7 @@ class Child:
             self._sentinel_fd = guard_process_group()
         self.name = name
         self.limits = Limits(max_frame=cfg.daemon.max_frame)
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, name.encode())
         self.sock.setsockopt(zmq.LINGER, 1000)

@@ -60,11 +60,12 @@ class Job:
 
 def pack_spec(spec: JobSpec) -> bytes:
     """Journal form of a job spec."""
-    return msgpack.packb(
+    blob: bytes = msgpack.packb(
         [spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
          spec.retries, spec.with_task],
         default=_default,
     )
+    return blob
 
 
 def unpack_spec(blob: bytes) -> JobSpec:
@@ -144,7 +145,7 @@ class JobBook:
     # -- queue -----------------------------------------------------------------------
     def pop(self, n: int) -> list[Job]:
         """Take up to ``n`` queued jobs, best first (state becomes ``dispatched``)."""
-        out = []
+        out: list[Job] = []
         heap, jobs = self.heap, self.jobs
         while heap and len(out) < n:
             _, jid = heapq.heappop(heap)

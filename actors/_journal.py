@@ -184,7 +184,7 @@ class Journal:
             "SELECT id, spec, priority, state, attempts, submitted FROM jobs "
             "WHERE state IN ('queued','running') ORDER BY id"
         ).fetchall()
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [tuple(r) for r in rows]
 
     def infos(self, ids: Sequence[int]) -> list[tuple[Any, ...]]:
         """Rows for the given ids (see ``_INFO_COLUMNS``), with events, in id order."""

@@ -87,6 +87,7 @@ class JobHandle:
 
     def refresh(self) -> JobInfo:
         """Fetch the job's current snapshot from the daemon."""
+        info: JobInfo
         (info,) = self.client._call(GetJobs([self.id])).jobs
         self._update(info)
         return info
@@ -120,7 +121,7 @@ class JobHandle:
 
     def events(self) -> list[tuple[float, str, str]]:
         """Events recorded on the job (``abort``, ``stalled``, ``killed``, ``requeued``), oldest first."""
-        return [tuple(e) for e in self.refresh().events]  # type: ignore[misc]
+        return [tuple(e) for e in self.refresh().events]
 
     def done(self) -> bool:
         """Whether the job reached a final state (as far as this client has heard)."""
@@ -408,7 +409,7 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._shutdown = False
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:  # type: ignore[override]
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
@@ -540,6 +541,7 @@ class AsyncJobHandle:
 
     async def refresh(self) -> JobInfo:
         """Fetch the current snapshot."""
+        info: JobInfo
         (info,) = (await self.client._call(GetJobs([self.id]))).jobs
         self._update(info)
         return info

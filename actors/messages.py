@@ -159,7 +159,7 @@ M = typing.TypeVar("M", bound=type)
 def _message(kind: Kind) -> Callable[[M], M]:
     def register(cls: M) -> M:
         cls.KIND = kind  # type: ignore[attr-defined]
-        _REGISTRY[int(kind)] = cls  # type: ignore[assignment]
+        _REGISTRY[int(kind)] = cls
         return cls
 
     return register
@@ -808,7 +808,7 @@ for _cls in list(_NESTED) + list(_REGISTRY.values()):
 def _default(obj: Any) -> Any:
     cls = type(obj)
     if cls in _NESTED:
-        return cls._GET(obj)  # type: ignore[attr-defined]
+        return cls._GET(obj)
     if cls is ArrayHandle:
         return msgpack.ExtType(
             EXT_ARRAY_HANDLE, msgpack.packb([obj.name, obj.dtype, list(obj.shape), obj.offset])
@@ -898,7 +898,8 @@ def encode(msg: Message, corr: int = 0) -> bytes:
     """Pack one message into a frame.  Raises :class:`ProtocolError` for unsendable values."""
     cls = type(msg)
     try:
-        return _pack([VERSION, cls.KIND, corr, cls._GET(msg)])  # type: ignore[attr-defined]
+        frame: bytes = _pack([VERSION, cls.KIND, corr, cls._GET(msg)])  # type: ignore[attr-defined]
+        return frame
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {cls.__name__}: {exc}") from exc
 

@@ -149,7 +149,7 @@ def _np() -> Any:
 def _make_shm_ndarray_class() -> Any:
     np = _np()
 
-    class SharedNDArray(np.ndarray):  # type: ignore[misc]
+    class SharedNDArray(np.ndarray):  # type: ignore[misc,name-defined]
         """A numpy array that lives in a whole shared-memory segment (crosses sockets as a handle).
 
         Views and slices are ordinary arrays as far as the wire is concerned

@@ -527,7 +527,7 @@ class Supervisor:
                 self.replies.append((ident, encode(reply, corr)))
 
     def _request(self, ident: bytes, corr: int, msg: Message) -> Message | None:
-        handler: Callable[[bytes, int, Any], Message | None] | None = self._handlers.get(type(msg))  # type: ignore[assignment]
+        handler: Callable[..., Message | None] | None = self._handlers.get(type(msg))
         if handler is None:
             raise ProtocolError(f"{type(msg).__name__} is not a request the daemon answers")
         return handler(self, ident, corr, msg)
