@@ -233,13 +233,15 @@ class Connection:
 
     def _send_pending(self, sock: zmq.Socket[bytes]) -> None:
         submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]] = []
+        queued = 0  # jobs in ``submits`` (a running count: re-summing made big batches quadratic)
         while self._outgoing:
             kind, payload, fut, extra = self._outgoing.popleft()
             if kind == "submit":
                 submits.append((payload, fut, extra))
-                if sum(len(s[0]) for s in submits) >= _MAX_BATCH:
+                queued += len(payload)
+                if queued >= _MAX_BATCH:
                     self._send_submits(sock, submits)
-                    submits = []
+                    submits, queued = [], 0
                 continue
             self._send(sock, payload, fut, extra)
         if submits:

@@ -23,6 +23,7 @@ inline (ext 1), large ones as an :class:`ArrayHandle` to shared memory (ext 2).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 import typing
 from dataclasses import dataclass, field
@@ -904,6 +905,11 @@ def encode(msg: Message, corr: int = 0) -> bytes:
         raise ProtocolError(f"cannot encode {cls.__name__}: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=16)
+def _unpack_kwargs(limits: Limits) -> dict[str, int]:
+    return limits.unpack_kwargs()
+
+
 def peek_corr(frame: bytes) -> int:
     """Best-effort correlation id of a frame that failed to decode (0 if unknown)."""
     try:
@@ -927,7 +933,7 @@ def decode(frame: bytes, limits: Limits = Limits()) -> tuple[int, Message]:
     if len(frame) > limits.max_frame:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
     try:
-        env = msgpack.unpackb(frame, ext_hook=_ext_hook, **limits.unpack_kwargs())
+        env = msgpack.unpackb(frame, ext_hook=_ext_hook, **_unpack_kwargs(limits))
     except ProtocolError:
         raise
     except msgpack.exceptions.StackError as exc:

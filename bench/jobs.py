@@ -1,4 +1,8 @@
-"""Job functions for the benchmarks (allowed by the default allow-list as ``bench.jobs:*``)."""
+"""Job functions for the benchmarks (the daemon's default allow-list has ``bench.jobs:*``).
+
+``plain_*`` variants take no task argument: they are what ``Executor``,
+``ProcessPoolExecutor``, ``multiprocessing.Pool`` and Ray run.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,11 @@ from typing import Any
 
 
 def noop(task: Any = None, *args: Any) -> None:
-    """Nothing at all (throughput and latency floors)."""
+    """Nothing at all (throughput and latency)."""
 
 
 def plain_noop(*args: Any) -> None:
-    """Nothing, without a task argument (Executor, ProcessPoolExecutor, multiprocessing)."""
+    """Nothing, without a task argument."""
 
 
 def echo(task: Any, value: Any) -> Any:
@@ -20,12 +24,25 @@ def echo(task: Any, value: Any) -> Any:
 
 
 def plain_echo(value: Any) -> Any:
-    """Return the argument, without a task argument (the pickle peers)."""
+    """Return the argument, without a task argument."""
     return value
 
 
+def nbytes(task: Any, value: Any) -> int:
+    """An array in, a number out (arrays in only)."""
+    return int(value.nbytes)
+
+
+def plain_nbytes(value: Any) -> int:
+    return int(value.nbytes)
+
+
 def burn(task: Any, seconds: float) -> int:
-    """Spin the CPU for ``seconds`` (CPU-bound scaling)."""
+    """Spin the CPU for ``seconds`` of wall time (CPU-bound scaling)."""
+    return plain_burn(seconds)
+
+
+def plain_burn(seconds: float) -> int:
     end = time.perf_counter() + seconds
     n = 0
     while time.perf_counter() < end:
@@ -33,11 +50,18 @@ def burn(task: Any, seconds: float) -> int:
     return n
 
 
-def plain_burn(seconds: float) -> int:
-    """``burn`` without a task argument."""
-    return burn(None, seconds)
+def spin(task: Any, iterations: int) -> int:
+    """A fixed amount of CPU work (``iterations`` loop turns), whatever the wall time."""
+    return plain_spin(iterations)
+
+
+def plain_spin(iterations: int) -> int:
+    x = 0
+    for i in range(iterations):
+        x += i * i & 7
+    return x
 
 
 def ignore_abort(task: Any, seconds: float = 60.0) -> None:
-    """Never look at should_abort() (cancel-to-kill)."""
+    """Never look at should_abort() (cancel to killed)."""
     time.sleep(seconds)

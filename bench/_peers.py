@@ -1,0 +1,127 @@
+"""Peers and floors that need setting up: Ray, the raw pyzmq echo server, and feature detection.
+
+A peer that is not installed (or too slow to start for ``--quick``) is
+reported as skipped with the reason, never replaced by a made-up number.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+RAY_CPUS = 2  # the peer runs with as many CPUs as ensemble has workers in the comparisons
+
+
+class RaySession:
+    """Ray started once per run on first use (``ray.init(num_cpus=2, include_dashboard=False)``), shut down at the end."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.ray: Any = None
+        self.reason = ""
+        self.init_seconds = 0.0
+        self._tried = False
+
+    def get(self) -> Any:
+        """The ``ray`` module, initialised; None with :attr:`reason` set when it is not available here."""
+        if self._tried:
+            return self.ray
+        self._tried = True
+        try:
+            import ray
+        except ImportError:
+            self.reason = "Ray not installed (pip install -e '.[bench]')"
+            return None
+        if self.quick:
+            self.reason = "Ray's startup (~8 s on 2 cores) does not fit --quick; it runs in full mode"
+            return None
+        t = time.perf_counter()
+        try:
+            ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        except Exception as exc:  # noqa: BLE001 - a peer that cannot start is skipped, with why
+            self.reason = f"ray.init failed: {type(exc).__name__}: {exc}"[:200]
+            return None
+        self.init_seconds = time.perf_counter() - t
+        self.ray = ray
+        return ray
+
+    def shutdown(self) -> None:
+        if self.ray is not None:
+            self.ray.shutdown()
+            self.ray = None
+
+
+# The floor of the ping case: the same envelope ([version, kind, corr, fields]) decoded and answered
+# with msgpack, one recv/send pair per message, nothing else in the loop.
+FLOOR_SERVER = textwrap.dedent("""
+    import sys, msgpack, zmq
+    ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.bind(sys.argv[1])
+    print("ready", flush=True)
+    while True:
+        ident, frame = s.recv_multipart()
+        if frame == b"stop":
+            break
+        env = msgpack.unpackb(frame)
+        s.send_multipart([ident, msgpack.packb([env[0], 3, env[2], ["0.1.0", 1]])])
+    s.close(linger=0); ctx.term()
+""")
+
+
+def start_floor_server(endpoint: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, endpoint], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("the raw pyzmq echo server did not start")
+    return proc
+
+
+# ------------------------------------------------------------------ features still being built
+def feature_arrays() -> str:
+    """'' when shared-memory arrays (``Client.empty``/``free``) exist, else why not."""
+    from actors.client import Client
+
+    missing = [m for m in ("empty", "free") if not hasattr(Client, m)]
+    return f"feature not available yet (actors.Client has no {', '.join(missing)})" if missing else ""
+
+
+def feature_audio() -> str:
+    """'' when the processor can run on a real audio backend here, else why not."""
+    from actors.client import Client
+
+    missing = [m for m in ("note_on", "upload_sample") if not hasattr(Client, m)]
+    if missing:
+        return f"feature not available yet (actors.Client has no {', '.join(missing)})"
+    try:
+        import audio
+    except ImportError as exc:
+        return f"feature not available yet (audio: {exc})"
+    lacking = [n for n in ("Engine", "SoundDeviceBackend", "load_sounddevice") if not hasattr(audio, n)]
+    if lacking:
+        return f"feature not available yet (audio has no {', '.join(lacking)})"
+    try:
+        ok = subprocess.run(["jack_lsp"], capture_output=True, timeout=10).returncode == 0
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        return "no JACK server here (start one: jackd -R -d dummy -r 48000 -p 256 &)"
+    return ""
+
+
+def feature_bridges() -> str:
+    """'' when instrument scripts with run_sync/run_async can be loaded into a daemon, else why not."""
+    from actors.client import Client
+
+    try:
+        from controller import script
+    except ImportError as exc:
+        return f"feature not available yet (controller.script: {exc})"
+    missing = [f"controller.script.{m}" for m in ("run_sync", "run_async", "get_time", "set_parameter")
+               if not hasattr(script, m)]
+    missing += [f"Client.{m}" for m in ("load_script", "get_param", "set_param") if not hasattr(Client, m)]
+    return f"feature not available yet (no {', '.join(missing)})" if missing else ""
