@@ -80,3 +80,13 @@ def report(name: str, figures: dict[str, Any]) -> None:
 def full() -> bool:
     """Whether the full sizes were asked for (ENSEMBLE_FULL=1)."""
     return os.environ.get("ENSEMBLE_FULL") == "1"
+
+
+def is_zombie_child(pid: int, parent: int) -> bool:
+    """Whether ``pid`` is a zombie whose parent is ``parent`` (nobody reaped it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] == "Z" and int(fields[1]) == parent

@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from actors.client import make_spec
 from tests.conftest import pid_alive, wait_for
-from tests.reliability.history import History, full, report
+from tests.reliability.history import History, full, is_zombie_child, report
 
 pytestmark = pytest.mark.reliability
 
@@ -143,21 +142,13 @@ def test_leak_soak_kill_restart_cycles(make_daemon: Any) -> None:
         os.kill(victim.pid, signal.SIGKILL)
         settle(victim.pid)
     assert c.submit("examples.jobs:add", 1, 1).result(30) == 2
-    zombies = [p for p in os.listdir("/proc") if p.isdigit() and _is_zombie_child(int(p), d.pid)]
+    zombies = [p for p in os.listdir("/proc") if p.isdigit() and is_zombie_child(int(p), d.pid)]
     orphans = [p for p in os.listdir("/dev/shm") if p.startswith(prefix)]
     figures = {"cycles": cycles, "fd_delta": fds() - fd0, "rss_growth": round(rss() / rss0 - 1, 4),
                "zombies": zombies, "orphan_segments": orphans}
     report("leak soak", figures)
     assert abs(figures["fd_delta"]) <= 5 and figures["rss_growth"] < 0.10 and not zombies and not orphans
 
-
-def _is_zombie_child(pid: int, parent: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] == "Z" and int(fields[1]) == parent
 
 
 def test_producer_killed_while_writing_a_buffer_is_never_played(make_daemon: Any, tmp_path: Path) -> None:
