@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import weakref
 from typing import Any
 
 from actors.messages import ArrayHandle, JobInfo
@@ -40,6 +41,7 @@ class ClientArrays:
         self._free: dict[int, list[SharedArray]] = collections.defaultdict(list)
         self._in_use: dict[int, list[SharedArray]] = {}  # job id -> pooled segments it borrowed
         self._by_name: dict[str, SharedArray] = {}
+        self._lent: dict[str, SharedArray] = {}  # pooled segments returned as results, until collected
         self._user: dict[str, Any] = {}  # name -> SharedNDArray from empty()
         self._results: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
@@ -144,12 +146,15 @@ class ClientArrays:
             return user
         if cached is not None:
             return cached
-        if pooled is not None:  # the job returned its (copied) argument: hand the segment to the caller
-            for lst in self._free.values():
-                if pooled in lst:
-                    lst.remove(pooled)
+        if pooled is not None:  # the job returned its (copied) argument: lend the pooled segment to the caller
+            with self._lock:
+                for lst in self._free.values():
+                    if pooled in lst:
+                        lst.remove(pooled)
+                self._lent[v.name] = pooled
             arr = pooled.array[: _nbytes(v)].view(v.dtype).reshape(v.shape)
-            SharedArray.unlink_name(v.name)
+            # back to the pool (pages still faulted in) once the caller drops the array and its views
+            weakref.finalize(arr, self._give_back, pooled)
             return arr
         try:
             seg = SharedArray.attach(v)
@@ -165,10 +170,17 @@ class ClientArrays:
                 self._results.popitem(last=False)
         return arr
 
+    def _give_back(self, seg: SharedArray) -> None:
+        with self._lock:
+            if self._lent.pop(seg.handle.name, None) is not None:
+                self._by_name[seg.handle.name] = seg
+                self._free[seg.handle.nbytes].append(seg)
+
     def close(self) -> None:
         """Unlink every segment this client created (mappings live on in existing arrays)."""
         with self._lock:
-            names = list(self._by_name) + list(self._user)
+            names = list(self._by_name) + list(self._user) + list(self._lent)
+            self._lent.clear()
             self._by_name.clear()
             self._user.clear()
             self._free.clear()

@@ -44,3 +44,22 @@ def test_segments_are_released_when_the_client_closes(daemon: Daemon) -> None:
     assert len([n for n in mid if n != s.shared_handle.name]) == 1  # one pooled argument segment
     c.close()
     assert _ours(daemon) - before == set()
+
+
+def test_an_argument_returned_as_the_result_goes_back_to_the_pool_when_dropped(daemon: Daemon) -> None:
+    import gc
+
+    before = _ours(daemon)
+    c = daemon.client()
+    a = np.arange(1_000_000, dtype=np.float64)
+    r = c.submit("tests.jobs:double_in_place", a).result(60)  # returns its (pooled) argument
+    assert np.array_equal(r, a * 2) and not np.shares_memory(r, a)
+    lent = _ours(daemon) - before
+    del r
+    gc.collect()
+    for _ in range(3):  # the same pooled segment serves every later submit: no new segment appears
+        assert float(c.submit("tests.jobs:double_in_place", a).result(60)[7]) == 14.0
+        gc.collect()
+    assert _ours(daemon) - before == lent
+    c.close()
+    assert _ours(daemon) - before == set()
