@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import msgpack
 
+from actors._errors import JobRefused
 from actors._journal import TERMINAL, Journal
 from actors.messages import JobInfo, JobSpec, _default
 
@@ -102,7 +103,15 @@ class JobBook:
 
     # -- accepting -----------------------------------------------------------------
     def accept(self, specs: Iterable[JobSpec], now: float) -> list[int]:
-        """Journal and queue new jobs; returns their ids."""
+        """Journal and queue new jobs; returns their ids.
+
+        Raises :class:`JobRefused` (nothing accepted) for a priority outside
+        SQLite's 64-bit integers: staged, it would fail the whole group commit.
+        """
+        specs = list(specs)
+        for spec in specs:
+            if not -2**63 <= spec.priority < 2**63:
+                raise JobRefused(f"job {spec.fn}: priority {spec.priority} is out of range (a signed 64-bit int)")
         ids = []
         stage = self.journal.stage_insert
         for spec in specs:

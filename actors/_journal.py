@@ -91,7 +91,13 @@ class Journal:
         self._starts.append((started, worker, attempts, job_id))
 
     def stage_requeue(self, job_id: int, attempts: int) -> None:
-        """Put a job back to ``queued`` (its worker died and a retry is left)."""
+        """Put a job back to ``queued`` (its worker died and a retry is left).
+
+        Requeues are written before starts, so a start staged earlier in this
+        batch for the same job is dropped: the row must end ``queued``.
+        """
+        if self._starts:
+            self._starts = [s for s in self._starts if s[3] != job_id]
         self._requeues.append((attempts, job_id))
 
     def stage_progress(self, job_id: int, progress: float, status: str, properties: dict[str, Any]) -> None:
@@ -141,7 +147,7 @@ class Journal:
                 )
             if self._requeues:
                 db.executemany(
-                    "UPDATE jobs SET state='queued', attempts=?, worker='' WHERE id=? AND state='running'",
+                    "UPDATE jobs SET state='queued', attempts=?, worker='' WHERE id=? AND state IN ('queued','running')",
                     self._requeues,
                 )
             if self._starts:
@@ -188,6 +194,7 @@ class Journal:
 
     def infos(self, ids: Sequence[int]) -> list[tuple[Any, ...]]:
         """Rows for the given ids (see ``_INFO_COLUMNS``), with events, in id order."""
+        ids = [i for i in ids if -2**63 <= i < 2**63]  # no row has an id SQLite cannot even bind
         out = []
         for chunk_start in range(0, len(ids), 500):
             chunk = list(ids[chunk_start : chunk_start + 500])

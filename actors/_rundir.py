@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from actors._errors import DaemonAlreadyRunning, DaemonError
@@ -23,6 +24,38 @@ def process_exists(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def check_private_path(path: Path) -> None:
+    """Refuse a directory another user could have planted or could write into.
+
+    Every existing directory from ``/`` down to ``path`` must belong to root or
+    to this user, and be writable by nobody else unless it is sticky (``/tmp``);
+    ``path`` itself, when it exists, must be this user's.  A symlink counts as
+    what it points to, and must itself belong to root or this user.  Raises
+    :class:`DaemonError` naming the directory and the fix.
+    """
+    uid = os.getuid()
+    p = Path(os.path.abspath(path))
+    for part in (*reversed(p.parents), p):
+        try:
+            st = os.lstat(part)
+            if stat.S_ISLNK(st.st_mode):
+                if st.st_uid not in (0, uid):
+                    raise DaemonError(f"{part} is a symlink owned by uid {st.st_uid}, not by you or root; "
+                                      "remove it or set ENSEMBLE_RUN_DIR to a directory of your own")
+                st = os.stat(part)
+        except FileNotFoundError:
+            return  # created below, by us, with mode 0700
+        if not stat.S_ISDIR(st.st_mode):
+            raise DaemonError(f"{part} is not a directory; set ENSEMBLE_RUN_DIR to a directory of your own")
+        mine = part == p or part.name.startswith("ensemble")
+        if st.st_uid != uid and (mine or st.st_uid != 0):
+            raise DaemonError(f"{part} belongs to uid {st.st_uid}, not to you (uid {uid}): another user may have "
+                              "planted it; remove it or set ENSEMBLE_RUN_DIR to a directory of your own")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX and st.st_uid != uid:
+            raise DaemonError(f"{part} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                              "set ENSEMBLE_RUN_DIR to a directory of your own")
 
 
 class RunDir:
@@ -54,13 +87,16 @@ class RunDir:
                 f"({len(str(self.internal))} > {_IPC_PATH_MAX} characters); set ENSEMBLE_RUN_DIR "
                 "to a shorter directory"
             )
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private_path(self.path)
+        old = os.umask(0o077)
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        finally:
+            os.umask(old)
+        check_private_path(self.path)  # nobody slipped a directory in between
         os.chmod(self.path, 0o700)
         if self.path.parent.name.startswith("ensemble"):
-            try:
-                os.chmod(self.path.parent, 0o700)
-            except PermissionError:
-                pass
+            os.chmod(self.path.parent, 0o700)
 
     def acquire(self) -> None:
         """Take the daemon lock or raise :class:`DaemonAlreadyRunning`; sweep stale files."""
@@ -96,10 +132,30 @@ class RunDir:
             os.close(fd)
         return False
 
+    def started_file(self, identity: str) -> Path:
+        """Where a local worker incarnation records the id of the job it last started (see :meth:`take_started`)."""
+        return self.path / f"started.{identity}"
+
+    def take_started(self, identity: str) -> int:
+        """The id of the job a dead worker incarnation last started (0: none), removing the record.
+
+        The worker writes it before it calls the job function, so it survives a
+        SIGKILL: the supervisor learns which of the jobs handed to the worker
+        had really begun (a prefetched job may start before the result of the
+        one ahead of it has left the process).
+        """
+        path = self.started_file(identity)
+        try:
+            data = path.read_bytes()
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+
     def sweep(self) -> list[str]:
-        """Remove socket and pid files a dead daemon left behind; returns their names."""
+        """Remove socket, pid and started-job files a dead daemon left behind; returns their names."""
         removed = []
-        for p in (self.control, self.internal, self.pid_file):
+        for p in (self.control, self.internal, self.pid_file, *self.path.glob("started.*")):
             try:
                 p.unlink()
                 removed.append(p.name)

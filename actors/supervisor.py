@@ -366,22 +366,31 @@ class Supervisor:
         book = self.book
         assert book is not None
         now = time.time()
-        first = True
-        for jid in slot.outstanding:
+        ids = list(slot.outstanding)
+        if slot.remote:  # no record of what it started: its head counts as begun
+            head = book.jobs.get(ids[0]) if ids else None
+            begun = 1 if head is not None and head.state == "running" else 0
+        else:  # the jobs up to the one it last started had begun (prefetched ones too)
+            last = self.rundir.take_started(slot.identity.decode())
+            begun = ids.index(last) + 1 if last in ids else 0
+        for i, jid in enumerate(ids):
             job = book.jobs.get(jid)
             if job is None:
                 continue
             if job.killed:
                 self._finish_killed(job, now)
-            elif first and job.state == "running":
+            elif i < begun and job.state in ("running", "dispatched"):
+                if job.state == "dispatched":
+                    book.start(job, slot.name, now, time.monotonic())
                 if job.attempts <= job.spec.retries and not self.stopping_since:
                     book.requeue(job, f"worker {slot.name} died (attempt {job.attempts} of {job.spec.retries + 1})")
                 else:
                     self._finish(job, "worker-lost", now, error_type="JobLost",
                                  error_message=f"worker {slot.name} died while running the job and no retry was left")
-            else:
+            else:  # it never began: no attempt spent
+                if job.state == "running":
+                    job.attempts -= 1
                 book.requeue(job, "")
-            first = False
         slot.outstanding.clear()
 
     # ------------------------------------------------------------------ loop

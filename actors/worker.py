@@ -69,6 +69,14 @@ class Worker(Child):
         self.voice_waits: dict[int, list[Any]] = {}
         self._voice_tokens = itertools.count(1)
         self.done_count = 0
+        # the id of the job last started, written before the job runs: after a SIGKILL the supervisor reads
+        # it to tell prefetched jobs that had begun (their results unsent) from those that never started
+        self._started_fd = -1
+        if not self.remote:
+            from actors._rundir import RunDir
+
+            self._started_fd = os.open(RunDir(cfg.run_dir).started_file(name), os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+                                       0o600)
         self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
         self.thread.start()
 
@@ -199,6 +207,8 @@ class Worker(Child):
                 d = self.pending.popleft()
                 task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call, self.arrays)
                 self.current = (d, task)
+            if self._started_fd >= 0:
+                os.pwrite(self._started_fd, d.job_id.to_bytes(8, "little"), 0)
             done = _sendable(_run_one(d, task, self.arrays))
             with self._work:
                 self.current = None

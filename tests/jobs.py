@@ -225,3 +225,44 @@ def spin_started(task: Task, seconds: float = 3600.0) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
+
+
+def record_execution(task: Task, path: str, seconds: float = 0.0) -> int:
+    """Append '<job id> <worker pid>' to ``path`` (O_APPEND, one line per execution), work a while; return the id."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{task.job_id} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if task.should_abort():
+            break
+        time.sleep(0.002)
+    return task.job_id
+
+
+def record_then_crash(task: Task, path: str) -> None:
+    """Append '<job id> <worker pid>' to ``path``, then SIGKILL the worker (a job that segfaults, say)."""
+    record_execution(task, path)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold_gil(task: Task, path: str = "") -> int:
+    """Say so (and touch ``path``), then hold the GIL in one C call for hours: even heartbeats stop."""
+    task.set_status_message("holding the GIL")
+    if path:
+        open(path, "w").close()
+    return sum(range(10**13))
+
+
+def fill_shared(task: Task, n: int, path: str) -> None:
+    """Allocate ``n`` float32 in shared memory, touch ``path`` (with the segment name), then fill it forever."""
+    out = task.empty(n, "float32")
+    with open(path + ".tmp", "w") as f:
+        f.write(out.shared_handle.name)
+    os.replace(path + ".tmp", path)
+    value = 0.0
+    while True:
+        value += 1.0
+        out[:] = value

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import pid_alive, wait_for
-from tests.reliability.history import is_zombie_child, report
+from tests.reliability.history import report, zombies_of
 
 pytestmark = pytest.mark.reliability
 
@@ -55,7 +55,7 @@ def test_stopped_worker_and_gil_holding_job_are_detected(make_daemon: Any) -> No
         if pid_alive(victim.pid):
             os.kill(victim.pid, signal.SIGCONT)
     wait_for(lambda: not pid_alive(victim.pid), what="the stopped worker to be gone")
-    zombies = [p for p in os.listdir("/proc") if p.isdigit() and is_zombie_child(int(p), d.pid)]
+    zombies = zombies_of(d.pid)
     report("hangs", {"spin_cancel_to_end_s": round(spin_s, 3), "spin_state": final.state,
                      "sigstop_detect_s": round(stop_s, 3), "sigstop_state": lost.state,
                      "heartbeat_timeout_plus_interval_s": hb.heartbeat_timeout + hb.heartbeat_interval,
