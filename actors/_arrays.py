@@ -22,7 +22,7 @@ import weakref
 from typing import Any
 
 from actors.messages import ArrayHandle, JobInfo
-from actors.shm import SharedArray, handle_of, is_ndarray, shared_ndarray, walk
+from actors.shm import segment_prefix, SharedArray, handle_of, is_ndarray, shared_ndarray, walk
 
 _SIZE_CLASS = 1 << 20  # pool segments are rounded up to whole MiB
 
@@ -157,7 +157,7 @@ class ClientArrays:
             weakref.finalize(arr, self._give_back, pooled)
             return arr
         try:
-            seg = SharedArray.attach(v)
+            seg = SharedArray.attach(v, prefix=segment_prefix(self.daemon))
         except Exception as exc:  # taken by another client, or the daemon went down
             from actors._errors import JobError
 
@@ -205,7 +205,7 @@ class WorkerArrays:
         def leaf(v: Any) -> Any:
             if type(v) is not ArrayHandle:
                 return v
-            seg = SharedArray.attach(v)
+            seg = SharedArray.attach(v, prefix=segment_prefix(self.daemon))
             mapped.append(seg)
             arr = shared_ndarray(seg)
             return arr

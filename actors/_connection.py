@@ -23,12 +23,17 @@ import zmq
 
 from actors._arrays import ClientArrays
 from actors._errors import ClientClosed, DaemonNotRunning, EnsembleError, ProtocolError, TransportError, error_from_code
-from actors._rundir import RunDir, process_exists
+from actors._rundir import RunDir, check_private_path, process_exists
 from actors.config import Config
 from actors.messages import Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, decode, encode
 
 Listener = Callable[[JobInfo], None]
 _MAX_BATCH = 5000
+
+
+def _unguessable_id() -> bytes:
+    """A routing id for a tcp socket: 16 random bytes, so no other key can wait under it for our replies."""
+    return b"c" + os.urandom(15)
 
 
 class Connection:
@@ -42,6 +47,7 @@ class Connection:
         self.limits = Limits(max_frame=cfg.daemon.max_frame)
         rundir = RunDir(cfg.run_dir)
         if endpoint is None:
+            check_private_path(rundir.path)  # never talk to a socket another user planted
             if not rundir.control.exists():
                 raise DaemonNotRunning(
                     f"no daemon named {cfg.name!r} is running (no socket at {rundir.control}); start one with `ensemble up`"
@@ -54,7 +60,8 @@ class Connection:
                 )
             endpoint = rundir.control_endpoint
         self.endpoint = endpoint
-        self.arrays = ClientArrays(cfg.shm_key, cfg.jobs.inline_array_limit)
+        remote = endpoint.startswith("tcp://")  # another host: arrays travel inline, never as shared memory
+        self.arrays = ClientArrays(cfg.shm_key, cfg.daemon.max_frame if remote else cfg.jobs.inline_array_limit)
         self.ctx = zmq.Context()
         self._corr = itertools.count(1)
         self._lock = threading.Lock()
@@ -99,6 +106,7 @@ class Connection:
                 from actors._keys import curve_client
 
                 curve_client(sock, *self.curve)
+                sock.routing_id = _unguessable_id()
             sock.connect(self.endpoint)
             self._local.sock = sock
             with self._lock:
@@ -209,6 +217,7 @@ class Connection:
             from actors._keys import curve_client
 
             curve_client(sock, *self.curve)
+            sock.routing_id = _unguessable_id()
         sock.connect(self.endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)

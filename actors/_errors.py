@@ -37,6 +37,10 @@ class ClientClosed(TransportError):
     """Raised when a client is used after ``close()`` (you closed it; it did not break)."""
 
 
+class PermissionDenied(EnsembleError):
+    """Raised when a remote peer asks for something its key's role does not grant."""
+
+
 class ProtocolError(EnsembleError):
     """Raised when a frame is not a valid ensemble message (size, version, kind, fields)."""
 
@@ -98,6 +102,7 @@ ERROR_CODES: dict[str, type[EnsembleError]] = {
     "config": ConfigError,
     "daemon": DaemonError,
     "context": WrongContextError,
+    "permission": PermissionDenied,
 }
 
 

@@ -1,23 +1,44 @@
 """Naming job functions: ``"package.module:function"`` import paths and the allow-list.
 
 A job crosses the wire as the import path of a module-level function, never as
-code.  The daemon checks the path against its allow-list (``jobs.allow``, glob
-patterns) at submit; the worker imports and calls it.
+code.  The rules, checked the same way at submit (by the daemon) and again in
+the worker before the call:
+
+* ``module:function`` where ``function`` is one identifier (no attribute walk:
+  ``mod:Class.method`` or ``mod:os.system`` are refused);
+* no part of the module path and not the function starts with ``_`` (private
+  and internal code never runs as a job named by a peer);
+* the object is a plain function or builtin whose own ``__module__`` is the
+  named module (a name the module merely imported, such as ``subprocess.run``
+  imported into ``examples.jobs``, is refused);
+* modules in :data:`ALWAYS_DENIED` never run, whatever the allow-list says.
+
+Remote clients are also bound by the allow-list (``jobs.allow``): each
+pattern is ``module_glob[:function_glob]``, module and function matched
+separately, and a ``*`` never crosses a ``.``.  A local client is the daemon's
+own user and is trusted as that user: the allow-list does not apply to it.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
-import importlib.util
 import re
+import types
 from typing import Any, Callable, Sequence
 
 from actors._errors import JobRefused
 
-_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_IDENT = r"[A-Za-z][A-Za-z0-9_]*"
+_PATH_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}$")
+_MAX_PATH = 256
 # Never runnable, whatever the allow-list says: they would hand a client a shell.
-ALWAYS_DENIED = ("builtins", "os", "posix", "subprocess", "shutil", "sys", "importlib", "pickle", "marshal", "ctypes", "code", "runpy", "pty")
+ALWAYS_DENIED = frozenset((
+    "builtins", "os", "posix", "subprocess", "shutil", "sys", "importlib", "pickle", "marshal", "ctypes", "code",
+    "codeop", "runpy", "pty", "socket", "multiprocessing", "concurrent", "asyncio", "signal", "tempfile", "io",
+    "pathlib", "glob", "zipfile", "tarfile", "sqlite3", "webbrowser", "http", "urllib", "ftplib", "smtplib",
+    "telnetlib", "pdb", "bdb", "inspect", "gc", "threading", "atexit", "resource", "fcntl", "mmap",
+))
+_FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType)
 
 
 def path_of(fn: Callable[..., Any] | str) -> str:
@@ -41,43 +62,96 @@ def path_of(fn: Callable[..., Any] | str) -> str:
     return f"{module}:{qualname}"
 
 
-def check_allowed(path: str, allow: Sequence[str]) -> None:
-    """Raise JobRefused unless ``path`` is well-formed, allowed and its module exists."""
-    if not isinstance(path, str) or not _PATH_RE.match(path):
-        raise JobRefused(f"job function {path!r} is not an import path of the form 'package.module:function'")
-    module = path.split(":", 1)[0]
-    top = module.split(".", 1)[0]
-    if top in ALWAYS_DENIED:
-        raise JobRefused(f"job function {path!r} is refused: module {top!r} is never allowed to run as a job")
-    if not any(fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(module, pat) for pat in allow):
+def check_name(path: Any) -> tuple[str, str]:
+    """``(module, function)`` of a well-formed job path, or raise JobRefused saying what is wrong."""
+    if not isinstance(path, str) or len(path) > _MAX_PATH or not _PATH_RE.match(path):
+        shown = path[:80] + "..." if isinstance(path, str) and len(path) > 80 else path
         raise JobRefused(
-            f"job function {path!r} is not in the daemon's allow-list ({', '.join(allow) or 'empty'}); "
-            "add a pattern to [jobs] allow in the config"
+            f"job function {shown!r} is not a job path: give 'package.module:function', one identifier after "
+            "the colon (no attribute walk), no part starting with '_'"
         )
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        found = None
-    if found is None:
-        raise JobRefused(f"job function {path!r}: module {module!r} cannot be found on the daemon's path")
+    module, _, function = path.partition(":")
+    if module.split(".", 1)[0] in ALWAYS_DENIED:
+        raise JobRefused(f"job function {path!r} is refused: module {module.split('.', 1)[0]!r} never runs as a job")
+    return module, function
+
+
+def _glob_re(pattern: str) -> str:
+    """A glob where ``*`` and ``?`` never cross a ``.``, as a regular expression."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(r"[^.]*")
+        elif ch == "?":
+            out.append(r"[^.]")
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
+def compile_allow(allow: Sequence[str]) -> re.Pattern[str]:
+    """One regular expression matching every ``module:function`` the patterns allow.
+
+    ``examples.*`` allows every public function of every direct submodule of
+    ``examples``; ``examples.jobs:add`` exactly one function; ``pkg.*:run_*``
+    the ``run_`` functions of ``pkg``'s submodules.
+    """
+    alts = []
+    for pat in allow:
+        module, sep, function = pat.partition(":")
+        alts.append(f"{_glob_re(module)}:{_glob_re(function) if sep else '[^.]*'}")
+    return re.compile("^(?:" + "|".join(alts) + ")$" if alts else "(?!)")
+
+
+def check_allowed(path: Any, allow: Sequence[str] | re.Pattern[str]) -> None:
+    """Raise JobRefused unless ``path`` is a well-formed job path that the allow-list admits (remote clients)."""
+    check_name(path)
+    pattern = allow if isinstance(allow, re.Pattern) else compile_allow(allow)
+    if not pattern.match(path):
+        shown = ", ".join(allow) if not isinstance(allow, re.Pattern) else "jobs.allow"
+        raise JobRefused(
+            f"job function {path!r} is not in the daemon's allow-list for remote clients ({shown or 'empty'}); "
+            "the operator adds a pattern to [jobs] allow in the daemon's config"
+        )
 
 
 def resolve(path: str) -> Callable[..., Any]:
-    """Import ``module`` and return the attribute named after the colon (``script:FILE:fn``: a script's function)."""
+    """Import ``module`` and return its function named after the colon, checked by the rules above.
+
+    Raises :class:`JobRefused` for a name that breaks the rules, ``LookupError``
+    for a module or function that does not exist.
+    """
+    module_name, function = check_name(path)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LookupError(f"job function {path!r}: module {module_name!r} cannot be imported: {exc}") from exc
+    obj = module.__dict__.get(function)
+    if obj is None:
+        raise LookupError(f"job function {path!r}: module {module_name!r} defines no function {function!r}")
+    if not isinstance(obj, _FUNCTION_TYPES):
+        raise JobRefused(f"job function {path!r} is a {type(obj).__name__}, not a function")
+    if getattr(obj, "__module__", None) != module_name:
+        raise JobRefused(
+            f"job function {path!r} is {getattr(obj, '__module__', '?')}.{function} imported into "
+            f"{module_name!r}, not defined there; name the module that defines it"
+        )
+    return obj
+
+
+def resolve_internal(path: str) -> Callable[..., Any]:
+    """The function of a job the controller submitted (``TaskSubmit``): internal, or a script's own.
+
+    Only the supervisor hands a worker such a job, after checking the
+    controller's token: ``script:FILE:name`` is a function the loaded script
+    defines, ``package.module:name`` an internal job function.
+    """
     if path.startswith("script:"):
         from controller._tasks import resolve_script_fn
 
         return resolve_script_fn(path)
-    module_name, _, qualname = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise LookupError(f"job function {path!r}: module {module_name!r} cannot be imported: {exc}") from exc
-    for part in qualname.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise LookupError(f"job function {path!r}: {module_name!r} has no attribute {qualname!r}") from None
-    if not callable(obj):
-        raise LookupError(f"job function {path!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    module_name, _, function = path.partition(":")
+    obj = getattr(importlib.import_module(module_name), function, None) if "." not in function else None
+    if not isinstance(obj, _FUNCTION_TYPES):
+        raise LookupError(f"internal job function {path!r} does not exist")
+    return obj

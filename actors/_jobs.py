@@ -25,12 +25,16 @@ class Job:
     __slots__ = (
         "id", "spec", "state", "attempts", "submitted", "started", "worker", "progress", "status",
         "properties", "events", "timeout_ms", "abort_reason", "kill_at", "deadline_at", "killed",
-        "watchers", "progress_watchers", "blockers", "recalling",
+        "watchers", "progress_watchers", "blockers", "recalling", "owner", "nbytes", "internal",
     )
 
-    def __init__(self, job_id: int, spec: JobSpec, submitted: float, attempts: int = 0) -> None:
+    def __init__(self, job_id: int, spec: JobSpec, submitted: float, attempts: int = 0, owner: str = "",
+                 nbytes: int = 0, internal: bool = False) -> None:
         self.id = job_id
         self.spec = spec
+        self.owner = owner  # "" for a local client, "ROLE:NAME" for a remote key
+        self.nbytes = nbytes  # what its arguments cost the daemon (counted against jobs.queue_bytes)
+        self.internal = internal  # submitted by the controller (TaskSubmit), not by a client
         self.state = "queued"
         self.attempts = attempts
         self.submitted = submitted
@@ -59,22 +63,23 @@ class Job:
         )
 
 
-def pack_spec(spec: JobSpec) -> bytes:
-    """Journal form of a job spec."""
+def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False) -> bytes:
+    """Journal form of a job spec, with who submitted it."""
     blob: bytes = msgpack.packb(
         [spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
-         spec.retries, spec.with_task],
+         spec.retries, spec.with_task, owner, internal],
         default=_default,
     )
     return blob
 
 
-def unpack_spec(blob: bytes) -> JobSpec:
-    """Inverse of :func:`pack_spec` (journal rows are our own writing)."""
+def unpack_spec(blob: bytes) -> tuple[JobSpec, str, bool]:
+    """Inverse of :func:`pack_spec`: ``(spec, owner, internal)``.  Rows of older releases have no owner (local)."""
     from actors.messages import _ext_hook
 
     f = msgpack.unpackb(blob, ext_hook=_ext_hook)
-    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8])
+    owner, internal = (f[9], f[10]) if len(f) >= 11 else ("", False)
+    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]), owner, internal
 
 
 def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:
@@ -98,15 +103,18 @@ class JobBook:
         self.heap: list[tuple[int, int]] = []  # (-priority, id): ids grow in submit order, so FIFO within a priority
         self._next_id = journal.next_id()
         self.queued = 0
+        self.queued_bytes = 0  # sum of ``nbytes`` over unfinished jobs
         self.counters = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "killed": 0,
                          "worker-lost": 0, "retried": 0}
 
     # -- accepting -----------------------------------------------------------------
-    def accept(self, specs: Iterable[JobSpec], now: float) -> list[int]:
+    def accept(self, specs: Iterable[JobSpec], now: float, owner: str = "", nbytes: int = 0,
+               internal: bool = False) -> list[int]:
         """Journal and queue new jobs; returns their ids.
 
-        Raises :class:`JobRefused` (nothing accepted) for a priority outside
-        SQLite's 64-bit integers: staged, it would fail the whole group commit.
+        ``nbytes`` is what the whole group costs (shared evenly).  Raises
+        :class:`JobRefused` (nothing accepted) for a priority outside SQLite's
+        64-bit integers: staged, it would fail the whole group commit.
         """
         specs = list(specs)
         for spec in specs:
@@ -114,14 +122,16 @@ class JobBook:
                 raise JobRefused(f"job {spec.fn}: priority {spec.priority} is out of range (a signed 64-bit int)")
         ids = []
         stage = self.journal.stage_insert
+        each = nbytes // max(1, len(specs))
         for spec in specs:
             jid = self._next_id
             self._next_id += 1
-            job = Job(jid, spec, now)
+            job = Job(jid, spec, now, 0, owner, each, internal)
             self.jobs[jid] = job
-            stage(jid, spec.fn, spec.name, pack_spec(spec), spec.priority, now)
+            stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal), spec.priority, now, owner)
             heapq.heappush(self.heap, (-spec.priority, jid))
             ids.append(jid)
+        self.queued_bytes += each * len(ids)
         self.queued += len(ids)
         self.counters["submitted"] += len(ids)
         return ids
@@ -130,8 +140,16 @@ class JobBook:
         """Load jobs a previous daemon left queued or running; returns (queued, requeued, lost)."""
         queued = requeued = lost = 0
         for jid, blob, _prio, state, attempts, submitted in self.journal.unfinished():
-            spec = unpack_spec(blob)
-            job = Job(jid, spec, submitted, attempts)
+            try:
+                spec, owner, internal = unpack_spec(blob)
+            except Exception as exc:  # noqa: BLE001 - a row no release can run: fail it, keep the rest
+                self.journal.stage_finish(jid, "failed", now, None, "ProtocolError",
+                                          f"the journaled job cannot be read back ({exc}); it was never run", "",
+                                          0.0, "", None)
+                lost += 1
+                continue
+            job = Job(jid, spec, submitted, attempts, owner, len(blob), internal)
+            self.queued_bytes += job.nbytes
             if state == "running":
                 if attempts <= spec.retries:
                     self.journal.stage_requeue(jid, attempts)
@@ -212,9 +230,13 @@ class JobBook:
         assert state in TERMINAL, state
         if job.state == "queued":
             self.queued -= 1
+        if job.id in self.jobs:
+            self.queued_bytes -= job.nbytes
         job.state = state
         result = msgpack.packb(value, default=_default) if value is not None else None
         props = msgpack.packb(job.properties, default=_default) if job.properties else None
+        if len(error_message) > 4096:
+            error_message = error_message[:4096] + " [...]"
         self.journal.stage_finish(job.id, state, now, result, error_type, error_message, traceback,
                                   job.progress, job.status, props)
         self.jobs.pop(job.id, None)
@@ -242,11 +264,19 @@ class JobBook:
                 out[row[0]] = _row_info(row, self.journal.events(row[0]))
         return out
 
-    def recent(self, states: list[str], limit: int) -> list[JobInfo]:
-        """Recent jobs, newest first; live state from memory."""
+    def owner_of(self, job_id: int) -> str | None:
+        """Who submitted a job ("" local, "ROLE:NAME" remote), or None if it is unknown."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job.owner
+        self.journal.commit()
+        return self.journal.owners([job_id]).get(job_id)
+
+    def recent(self, states: list[str], limit: int, owner: str | None = None) -> list[JobInfo]:
+        """Recent jobs, newest first (only ``owner``'s when given); live state from memory."""
         self.journal.commit()
         out = []
-        for row in self.journal.recent(states, limit):
+        for row in self.journal.recent(states, limit, owner):
             job = self.jobs.get(row[0])
             out.append(job.info() if job is not None else _row_info(row, []))
         return out

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs(
     progress REAL NOT NULL DEFAULT 0,
     status TEXT NOT NULL DEFAULT '',
     properties BLOB,
-    worker TEXT NOT NULL DEFAULT ''
+    worker TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS events(
@@ -67,6 +68,9 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+            if "owner" not in columns:  # a journal from before remote ownership: every job was local
+                self.db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         except sqlite3.DatabaseError as exc:
             raise DaemonError(f"job journal {path} cannot be opened: {exc}") from exc
         self._inserts: list[tuple[Any, ...]] = []
@@ -82,9 +86,10 @@ class Journal:
         row = self.db.execute("SELECT MAX(id) FROM jobs").fetchone()
         return (row[0] or 0) + 1
 
-    def stage_insert(self, job_id: int, fn: str, name: str, spec: bytes, priority: int, submitted: float) -> None:
-        """Record a newly accepted job (state ``queued``)."""
-        self._inserts.append((job_id, fn, name, spec, priority, "queued", submitted))
+    def stage_insert(self, job_id: int, fn: str, name: str, spec: bytes, priority: int, submitted: float,
+                     owner: str = "") -> None:
+        """Record a newly accepted job (state ``queued``); ``owner`` is "" for a local client, else ROLE:NAME."""
+        self._inserts.append((job_id, fn, name, spec, priority, "queued", submitted, owner))
 
     def stage_start(self, job_id: int, started: float, worker: str, attempts: int) -> None:
         """Record that a job started running on a worker."""
@@ -142,7 +147,7 @@ class Journal:
             db.execute("BEGIN")
             if self._inserts:
                 db.executemany(
-                    "INSERT INTO jobs(id, fn, name, spec, priority, state, submitted) VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO jobs(id, fn, name, spec, priority, state, submitted, owner) VALUES (?,?,?,?,?,?,?,?)",
                     self._inserts,
                 )
             if self._requeues:
@@ -202,16 +207,29 @@ class Journal:
             out += self.db.execute(f"SELECT {_INFO_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id", chunk).fetchall()
         return out
 
-    def recent(self, states: Iterable[str], limit: int) -> list[tuple[Any, ...]]:
-        """The most recent jobs, newest first, optionally filtered by state."""
+    def recent(self, states: Iterable[str], limit: int, owner: str | None = None) -> list[tuple[Any, ...]]:
+        """The most recent jobs, newest first, optionally filtered by state and by owner."""
+        where, params = [], []
         states = list(states)
         if states:
-            marks = ",".join("?" * len(states))
-            return self.db.execute(
-                f"SELECT {_INFO_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY id DESC LIMIT ?",
-                (*states, limit),
-            ).fetchall()
-        return self.db.execute(f"SELECT {_INFO_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params += states
+        if owner is not None:
+            where.append("owner=?")
+            params.append(owner)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self.db.execute(f"SELECT {_INFO_COLUMNS} FROM jobs {clause}ORDER BY id DESC LIMIT ?",
+                               (*params, limit)).fetchall()
+
+    def owners(self, ids: Sequence[int]) -> dict[int, str]:
+        """Who submitted each of the given jobs ("" for a local client)."""
+        out: dict[int, str] = {}
+        ids = [i for i in ids if -2**63 <= i < 2**63]
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            out.update(self.db.execute(f"SELECT id, owner FROM jobs WHERE id IN ({marks})", chunk).fetchall())
+        return out
 
     def events(self, job_id: int) -> list[list[Any]]:
         """Events recorded on one job, oldest first, as ``[t, kind, detail]``."""

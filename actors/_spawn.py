@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+_USER_UMASK = os.umask(0o022)  # read once at import (umask has no getter), restored at once below
+os.umask(_USER_UMASK)
 _libc = ctypes.CDLL(None, use_errno=True)
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -25,6 +27,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 def _child_setup(parent_pid: int, nice: int) -> None:
     # Runs in the forked child before exec: async-signal-safe work only.
     os.setpgid(0, 0)
+    os.umask(_USER_UMASK)  # the daemon writes its own files 0600; jobs write files as the user would
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the daemon died before prctl took effect
         os._exit(1)
@@ -37,20 +40,40 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
-def spawn(module: str, argv: list[str], *, nice: int = 0, log_path: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``python -m module *argv`` as a supervised child and return its Popen."""
-    parent = os.getpid()
+# Where daemon processes run: never the directory `ensemble up` was typed in, so that nothing planted
+# there (an ``actors/`` or ``examples/`` of someone else's) can shadow the daemon's own code.
+NEUTRAL_CWD = "/"
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a daemon process: ours, with this installation's root first on the import path."""
     env = dict(os.environ)
+    env.pop("PYTHONSTARTUP", None)
+    env["PYTHONSAFEPATH"] = "1"
     env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra or {})
+    return env
+
+
+def python_argv(module: str, *argv: str) -> list[str]:
+    """``python -P -m module ARGV``: ``-P`` keeps the working directory off the import path."""
+    return [sys.executable, "-P", "-m", module, *argv]
+
+
+def spawn(module: str, argv: list[str], *, nice: int = 0, log_path: Path | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -P -m module *argv`` as a supervised child (in :data:`NEUTRAL_CWD`) and return its Popen."""
+    parent = os.getpid()
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", module, *argv],
+            python_argv(module, *argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
             close_fds=True,
-            env=env,
+            cwd=NEUTRAL_CWD,
+            env=child_env(env),
             preexec_fn=lambda: _child_setup(parent, nice),
         )
     finally:

@@ -19,7 +19,8 @@ import click
 
 from actors import __version__
 from actors._errors import DaemonNotRunning, EnsembleError, JobCancelled
-from actors._rundir import RunDir
+from actors._rundir import RunDir, check_private_path
+from actors._spawn import NEUTRAL_CWD, child_env, python_argv
 from actors.config import Config, load_config
 
 _DEBUG = False
@@ -54,7 +55,7 @@ def _one_line(exc: Exception) -> str:
 
 def _config(ctx: click.Context, **daemon: Any) -> Config:
     obj = ctx.ensure_object(dict)
-    return load_config(obj.get("config"), overrides={"daemon": {"name": obj.get("name"), **daemon}})
+    return load_config(obj.get("config"), overrides={"daemon": {"name": obj.get("name"), **daemon}}).absolute()
 
 
 def _client(ctx: click.Context) -> Any:
@@ -95,6 +96,7 @@ def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float
     """Start the daemon: controller, processor and workers."""
     cfg = _config(ctx, workers=workers)
     rundir = RunDir(cfg.run_dir)
+    check_private_path(rundir.path)  # before anything starts: a planted run directory is refused here
     if foreground:
         from actors.supervisor import serve
 
@@ -107,9 +109,9 @@ def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float
     err_path = cfg.state_dir / "daemon.err"
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.supervisor", cfg.to_json()],
+            python_argv("actors.supervisor", cfg.to_json()),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-            env=_child_env(),
+            env=child_env(), cwd=NEUTRAL_CWD,
         )
     status = _wait_ready(cfg, proc, timeout, err_path)
     d = status.daemon
@@ -118,13 +120,6 @@ def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float
     for a in status.actors:
         if a.role == "processor" and a.stats.get("notice"):
             click.echo(f"notice: {a.stats['notice']}")
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def _wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_path: Path) -> Any:
@@ -594,13 +589,16 @@ def param_set(ctx: click.Context, name: str, value: str) -> None:
 # ---------------------------------------------------------------------------- keys and remote workers
 @main.group()
 def keys() -> None:
-    """CURVE keys for tcp: the daemon's pair, issued worker/client keys, the allow-list."""
+    """CURVE keys for tcp: the daemon's pair, keys issued with a role (worker, client, admin), the allow-lists."""
+    os.umask(0o077)  # key files and the state directory they may create are this user's only
 
 
 def _keys_dir(ctx: click.Context) -> Path:
     from actors._keys import keys_dir
 
-    return keys_dir(_config(ctx))
+    cfg = _config(ctx)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return keys_dir(cfg)
 
 
 @keys.command("init")
@@ -614,24 +612,19 @@ def keys_init(ctx: click.Context, force: bool) -> None:
     click.echo(f"daemon public key: {pub} (give it to remote workers and clients)")
 
 
-@keys.command("add-worker")
-@click.argument("name")
-@click.pass_context
-def keys_add_worker(ctx: click.Context, name: str) -> None:
-    """Issue a key for a remote worker and allow it."""
-    from actors._keys import add_peer
+def _add_key_command(role: str, what: str) -> None:
+    @keys.command(f"add-{role}", help=f"Issue a key for {what} and allow it (role: {role}).")
+    @click.argument("name")
+    @click.pass_context
+    def add(ctx: click.Context, name: str) -> None:
+        from actors._keys import add_peer
 
-    click.echo(add_peer(_keys_dir(ctx), name))
+        click.echo(add_peer(_keys_dir(ctx), name, role))
 
 
-@keys.command("add-client")
-@click.argument("name")
-@click.pass_context
-def keys_add_client(ctx: click.Context, name: str) -> None:
-    """Issue a key for a remote client and allow it."""
-    from actors._keys import add_peer
-
-    click.echo(add_peer(_keys_dir(ctx), name))
+_add_key_command("worker", "a remote worker: accepted on the worker endpoint only")
+_add_key_command("client", "a remote client: submits allowed jobs, reads and cancels its own")
+_add_key_command("admin", "a remote admin: a client that may also scale, stop, load scripts and samples")
 
 
 @keys.command("revoke")
@@ -641,17 +634,20 @@ def keys_revoke(ctx: click.Context, name: str) -> None:
     """Remove a key from the allow-list (a running daemon refuses it at once)."""
     from actors._keys import revoke
 
-    revoke(_keys_dir(ctx), name)
-    click.echo(f"revoked {name}")
+    role = revoke(_keys_dir(ctx), name)
+    click.echo(f"revoked {name} ({role})")
 
 
 @keys.command("list")
 @click.pass_context
 def keys_list(ctx: click.Context) -> None:
-    """List allowed keys."""
-    d = _keys_dir(ctx) / "allowed"
-    for f in sorted(d.glob("*.key")) if d.is_dir() else []:
-        click.echo(f.stem)
+    """List allowed keys with their roles."""
+    from actors._keys import list_keys, unassigned_keys
+
+    for name, role in list_keys(_keys_dir(ctx)):
+        click.echo(f"{name}\t{role}")
+    for name in unassigned_keys(_keys_dir(ctx)):
+        click.echo(f"{name}\tnone (from before roles: grants nothing; re-issue with add-worker/add-client/add-admin)")
 
 
 @main.command()
@@ -670,6 +666,8 @@ def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: ZeroMQ's atexit term would wait on inproc sockets
+
+
 
 
 def run() -> None:

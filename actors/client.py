@@ -25,6 +25,7 @@ from actors.config import Config, load_config
 from actors.messages import (
     AudioEvent, Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
     SampleList, SampleLoad, Scale, Shutdown, Status, StatusReply, Watch, ScriptLoad, ParamInfo, ParamList, ParamSet,
+    Submitted, TaskSubmit,
 )
 
 TERMINAL = frozenset(("done", "failed", "cancelled", "killed", "worker-lost"))
@@ -249,6 +250,17 @@ class Client:
         for jid, info in pending.items():
             handles[jid]._update(info)
         return [handles[j] for j in ids]
+
+    def _submit_task(self, token: str, fn: str, args: list[Any], name: str, timeout: float) -> int:
+        """The controller's own job (a script's background task): internal or script functions; returns its id.
+
+        Needs the token the daemon gave the controller at spawn; any other
+        caller gets :class:`PermissionDenied`.  Watch it with :meth:`watch`.
+        """
+        spec = JobSpec(fn, list(args), {}, name, 0, max(1, round(timeout * 1000)))
+        reply = self.conn.request(TaskSubmit(token, [spec], False), self.timeout)
+        assert isinstance(reply, Submitted)
+        return reply.ids[0]
 
     def job(self, job_id: int) -> JobHandle:
         """Reattach to a job by id (from any process); its updates are pushed from now on."""

@@ -23,7 +23,10 @@ from typing import Any, Mapping
 from actors._errors import ConfigError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEFAULT_ALLOW = ("examples.*", "tests.jobs:*", "bench.jobs:*", "controller._tasks:*_job")
+# What a *remote* client may run out of the box: the side-effect-free examples only (no file access).
+# Local clients are trusted as the daemon's user and are not bound by it; see actors/_jobfn.py.
+DEFAULT_ALLOW = ("examples.jobs:noop", "examples.jobs:echo", "examples.jobs:add", "examples.jobs:countdown",
+                 "examples.jobs:fail")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class JobsConfig:
 
     allow: tuple[str, ...] = DEFAULT_ALLOW
     queue_limit: int = 1_000_000
+    queue_bytes: int = 1024 * 1024 * 1024  # budget for the arguments of unfinished jobs held by the daemon
     retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept
     default_timeout_ms: int = 500
     window: int = 64  # at most this many jobs handed to one worker at once (credit; adaptive below it)
@@ -80,6 +84,7 @@ class AudioConfig:
     max_voices: int = 64
     steal: str = "oldest"  # voice stealing at the polyphony limit: oldest | newest | quietest | none
     script: str = ""
+    script_dirs: tuple[str, ...] = ()  # where `ensemble load` from a remote admin may load scripts from
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,18 @@ class Config:
         if self.daemon.workers == "auto":
             return max(1, len(os.sched_getaffinity(0)))
         return int(self.daemon.workers)
+
+    def absolute(self) -> "Config":
+        """This config with every path made absolute against the current directory (daemons run in ``/``)."""
+        def ab(p: str) -> str:
+            return os.path.abspath(p) if p else p
+
+        d, a = self.daemon, self.audio
+        return dataclasses.replace(
+            self,
+            daemon=dataclasses.replace(d, run_dir=ab(d.run_dir), state_dir=ab(d.state_dir), keys_dir=ab(d.keys_dir)),
+            audio=dataclasses.replace(a, script=ab(a.script), script_dirs=tuple(ab(p) for p in a.script_dirs)),
+        )
 
     def to_json(self) -> str:
         """Serialise for handing to child processes (JSON, never pickle)."""
@@ -240,6 +257,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"daemon.{field_name} {endpoint!r} must be a tcp:// endpoint")
     if not 0 <= cfg.daemon.metrics_port <= 65535:
         raise ConfigError(f"metrics_port {cfg.daemon.metrics_port} is not a port number")
+    if not 1 <= cfg.jobs.queue_limit <= 2**40 or not 1024 <= cfg.jobs.queue_bytes <= 2**50:
+        raise ConfigError("jobs.queue_limit must be 1..2**40 and jobs.queue_bytes 1024..2**50")
     if cfg.jobs.window < 1:
         raise ConfigError("jobs.window must be at least 1")
     if cfg.audio.steal not in ("oldest", "newest", "quietest", "none"):

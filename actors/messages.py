@@ -62,6 +62,7 @@ class Kind(IntEnum):
     UNWATCH = 27
     SCALE = 28
     SHUTDOWN = 29
+    TASK_SUBMIT = 30
     # child <-> supervisor
     HELLO = 40
     HEARTBEAT = 41
@@ -261,6 +262,7 @@ class Dispatch:
     timeout_ms: int
     attempt: int
     with_task: bool = True
+    internal: bool = False  # accepted from the controller (TaskSubmit): internal and script functions may run
 
 
 @_nested
@@ -351,6 +353,22 @@ class Status(Message):
 class Submit(Message):
     """Submit jobs; the reply comes after they are journaled. ``watch``: push their results."""
 
+    jobs: list[JobSpec]
+    watch: bool = True
+
+
+@_message(Kind.TASK_SUBMIT)
+@dataclass(slots=True)
+class TaskSubmit(Message):
+    """The controller's own jobs (a script's background tasks), proven by the token the daemon gave it.
+
+    Accepted only on the local control socket and only with the token the
+    supervisor handed the controller at spawn: a client cannot send one.  The
+    jobs may name internal functions and the loaded script's own functions,
+    which a ``Submit`` never may.
+    """
+
+    token: str
     jobs: list[JobSpec]
     watch: bool = True
 
@@ -693,6 +711,15 @@ def _bad(where: str, name: str, expected: str, value: Any) -> ProtocolError:
     return ProtocolError(f"{where}.{name}: expected {expected}, got {type(value).__name__}")
 
 
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def _bad_int(where: str, name: str, value: Any) -> ProtocolError:
+    if type(value) is int:
+        return ProtocolError(f"{where}.{name}: {value} is out of range (a signed 64-bit int)")
+    return _bad(where, name, "int", value)
+
+
 def _bad_key(where: str, name: str, key: Any) -> ProtocolError:
     return ProtocolError(f"{where}.{name}: map keys must be strings, got {type(key).__name__}")
 
@@ -709,7 +736,10 @@ def _check_code(i: int, name: str, hint: Any, env: dict[str, Any]) -> list[str]:
     origin = typing.get_origin(hint)
     if hint is Any:
         return []
-    if hint in (bool, int, str, bytes):
+    if hint is int:  # a signed 64-bit int: what SQLite, numpy and every peer can hold
+        return [f"if type({x}) is not int or not {_I64_MIN} <= {x} <= {_I64_MAX}:",
+                f"    raise _bad_int(where, {name!r}, {x})"]
+    if hint in (bool, str, bytes):
         return [f"if type({x}) is not {hint.__name__}: raise _bad(where, {name!r}, {hint.__name__!r}, {x})"]
     if hint is float:
         return [f"if type({x}) is not float:",
@@ -718,15 +748,18 @@ def _check_code(i: int, name: str, hint: Any, env: dict[str, Any]) -> list[str]:
     if hint is ArrayHandle:
         return [f"if type({x}) is not ArrayHandle: raise _bad(where, {name!r}, 'an array handle', {x})"]
     if origin is tuple:
-        return [f"if type({x}) is not list or not all(type(e) is int for e in {x}):",
-                f"    raise _bad(where, {name!r}, 'a list of ints', {x})",
+        return [f"if type({x}) is not list or not all(type(e) is int and 0 <= e <= {_I64_MAX} for e in {x}):",
+                f"    raise _bad(where, {name!r}, 'a list of non-negative 64-bit ints', {x})",
                 f"{x} = tuple({x})"]
     if origin is list:
         (inner,) = typing.get_args(hint)
         lines = [f"if type({x}) is not list: raise _bad(where, {name!r}, 'list', {x})"]
-        if inner in (int, str):
+        if inner is int:
             lines += [f"for e in {x}:",
-                      f"    if type(e) is not {inner.__name__}: raise _bad(where, {name!r}, 'a list of {inner.__name__}s', e)"]
+                      f"    if type(e) is not int or not {_I64_MIN} <= e <= {_I64_MAX}: raise _bad_int(where, {name!r}, e)"]
+        elif inner is str:
+            lines += [f"for e in {x}:",
+                      f"    if type(e) is not str: raise _bad(where, {name!r}, 'a list of strs', e)"]
         elif isinstance(inner, type) and inner in _NESTED:
             env[f"_dec_{inner.__name__}"] = lambda v, w, _c=inner: _decoder(_c)(v, w)
             lines += [f"{x} = [_dec_{inner.__name__}(e, where + '.{name}') for e in {x}]"]
@@ -768,7 +801,7 @@ def _generate(cls: type) -> Callable[[Any, str], Any]:
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
     required = cls._REQUIRED  # type: ignore[attr-defined]
-    env: dict[str, Any] = {"_bad": _bad, "_bad_key": _bad_key, "_bad_shape": _bad_shape, "ProtocolError": ProtocolError,
+    env: dict[str, Any] = {"_bad": _bad, "_bad_int": _bad_int, "_bad_key": _bad_key, "_bad_shape": _bad_shape, "ProtocolError": ProtocolError,
                            "ArrayHandle": ArrayHandle, "_cls": cls}
     n = len(fields)
     lines = [f"def decode_{cls.__name__}(v, where):",
@@ -835,7 +868,8 @@ def _default(obj: Any) -> Any:
     )
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+def _ext_hook(code: int, data: bytes, handles: str | None = "ensemble.") -> Any:
+    """Decode our ext types.  ``handles``: the segment-name prefix a handle must carry (None: refuse handles)."""
     try:
         fields = msgpack.unpackb(data, max_array_len=64, max_str_len=256, max_bin_len=len(data))
     except Exception as exc:
@@ -854,6 +888,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
             or fields[3] < 0
         ):
             raise ProtocolError("malformed array handle")
+        if handles is None:
+            raise ProtocolError("array handles name shared memory on the daemon's host and are refused from a "
+                                "remote peer; send the array itself (it travels inline)")
+        if not fields[0].startswith(handles) or "/" in fields[0]:
+            raise ProtocolError(f"array handle {fields[0][:80]!r} does not name a segment of this daemon")
         _check_dtype(fields[1])
         return ArrayHandle(fields[0], fields[1], tuple(fields[2]), fields[3])
     raise ProtocolError(f"unknown ext type {code}")
@@ -910,6 +949,13 @@ def _unpack_kwargs(limits: Limits) -> dict[str, int]:
     return limits.unpack_kwargs()
 
 
+@functools.lru_cache(maxsize=16)
+def _hook_for(handles: str | None) -> Callable[[int, bytes], Any]:
+    if handles == "ensemble.":
+        return _ext_hook
+    return functools.partial(_ext_hook, handles=handles)
+
+
 def peek_corr(frame: bytes) -> int:
     """Best-effort correlation id of a frame that failed to decode (0 if unknown)."""
     try:
@@ -924,16 +970,19 @@ def peek_corr(frame: bytes) -> int:
         return 0
 
 
-def decode(frame: bytes, limits: Limits = Limits()) -> tuple[int, Message]:
+def decode(frame: bytes, limits: Limits = Limits(), handles: str | None = "ensemble.") -> tuple[int, Message]:
     """Unpack and validate one frame; returns ``(corr, message)``.
 
-    Raises :class:`ProtocolError` saying what was wrong: oversize frame,
-    undecodable bytes, wrong envelope, unknown version or kind, bad field.
+    ``handles`` is the name prefix every :class:`ArrayHandle` in the frame must
+    carry (a daemon passes its own segments' prefix); ``None`` refuses handles
+    altogether (frames from another host).  Every int field must fit a signed
+    64-bit int.  Raises :class:`ProtocolError` saying what was wrong: oversize
+    frame, undecodable bytes, wrong envelope, unknown version or kind, bad field.
     """
     if len(frame) > limits.max_frame:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
     try:
-        env = msgpack.unpackb(frame, ext_hook=_ext_hook, **_unpack_kwargs(limits))
+        env = msgpack.unpackb(frame, ext_hook=_hook_for(handles), **_unpack_kwargs(limits))
     except ProtocolError:
         raise
     except msgpack.exceptions.StackError as exc:

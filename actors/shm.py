@@ -8,6 +8,7 @@ sweep the ones a killed process left behind (at ``ensemble up`` and at
 from __future__ import annotations
 
 import itertools
+import logging
 import mmap
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from actors._errors import ProtocolError
 from actors.messages import ArrayHandle
 
 SHM_DIR = Path("/dev/shm")
+log = logging.getLogger("ensemble.shm")
 _counter = itertools.count()
 
 
@@ -38,13 +40,19 @@ def sweep_segments(daemon: str) -> int:
         entries = list(SHM_DIR.iterdir())
     except FileNotFoundError:
         return 0
+    uid = os.getuid()
     for p in entries:
         if p.name.startswith(prefix):
             try:
+                if os.lstat(p).st_uid != uid:  # planted by another user: not ours to remove, never used
+                    log.warning("event=foreign-segment name=%s detail=owned by another user; skipped", p.name)
+                    continue
                 p.unlink()
                 n += 1
             except FileNotFoundError:
                 pass
+            except PermissionError:
+                log.warning("event=foreign-segment name=%s detail=cannot be removed; skipped", p.name)
     return n
 
 
@@ -78,8 +86,15 @@ class SharedArray:
         if dt.kind not in "biufc":
             raise ProtocolError(f"shared arrays must be numeric, not {dt}")
         nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
-        name = new_segment_name(daemon)
-        fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        for _ in range(100):  # a name somebody else planted is skipped, never opened
+            name = new_segment_name(daemon)
+            try:
+                fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise ProtocolError(f"no free shared-memory name for {daemon!r} after 100 tries (planted names?)")
         try:
             os.ftruncate(fd, nbytes)
             mm = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
@@ -88,16 +103,28 @@ class SharedArray:
         return cls(ArrayHandle(name, dt.str, shape, 0), mm, owner=True)
 
     @classmethod
-    def attach(cls, handle: ArrayHandle, readonly: bool = False) -> "SharedArray":
-        """Map an existing segment named by a handle.  Raises ProtocolError if it is gone or too small."""
-        if "/" in handle.name or not handle.name.startswith("ensemble."):
-            raise ProtocolError(f"array handle names an invalid segment {handle.name!r}")
+    def attach(cls, handle: ArrayHandle, readonly: bool = False, prefix: str = "ensemble.") -> "SharedArray":
+        """Map an existing segment named by a handle.
+
+        ``prefix`` is the name prefix of the segments the caller may map (its
+        daemon's: ``segment_prefix(cfg.shm_key)``).  Raises ProtocolError if the
+        name is not one of them, the segment is gone, belongs to another user,
+        is a symlink, or is too small for the handle.
+        """
+        if "/" in handle.name or not handle.name.startswith(prefix) or not prefix.startswith("ensemble."):
+            raise ProtocolError(f"array handle names segment {handle.name[:80]!r}, which is not one of this "
+                                f"daemon's ({prefix}*)")
         try:
-            fd = os.open(SHM_DIR / handle.name, os.O_RDONLY if readonly else os.O_RDWR)
+            fd = os.open(SHM_DIR / handle.name, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_NOFOLLOW)
         except FileNotFoundError as exc:
             raise ProtocolError(f"shared-memory segment {handle.name} no longer exists") from exc
+        except OSError as exc:
+            raise ProtocolError(f"shared-memory segment {handle.name} cannot be opened: {exc.strerror}") from exc
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid():
+                raise ProtocolError(f"shared-memory segment {handle.name} belongs to another user; refused")
+            size = st.st_size
             if handle.offset + handle.nbytes > size:
                 raise ProtocolError(f"array handle {handle.name} claims {handle.nbytes} bytes at offset "
                                     f"{handle.offset}, segment has {size}")

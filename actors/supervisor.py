@@ -12,9 +12,12 @@ Run it with ``ensemble up`` (background) or ``ensemble up --foreground``.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hmac
 import logging
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,8 +29,10 @@ from typing import Any, Callable, Iterator
 import zmq
 
 from actors import __version__
-from actors._errors import DaemonError, EnsembleError, JobNotFound, JobRefused, ProtocolError, QueueFull, code_of
-from actors._jobfn import check_allowed
+from actors._errors import (
+    DaemonError, EnsembleError, JobNotFound, JobRefused, PermissionDenied, ProtocolError, QueueFull, code_of,
+)
+from actors._jobfn import check_allowed, check_name, compile_allow
 from actors._jobs import Job, JobBook
 from actors._journal import Journal
 from actors._rundir import RunDir
@@ -35,17 +40,74 @@ from actors import _sdnotify as sdnotify
 from actors._spawn import kill_group, spawn
 from actors.config import Config
 from actors.messages import (
-    AbortJob, Ack, ActorInfo, Cancel, DaemonInfo, Dispatch, Error, GetJobs, Heartbeat, Hello, JobInfo,
+    AbortJob, Ack, ActorInfo, Cancel, DaemonInfo, Dispatch, Error, JobSpec, GetJobs, Heartbeat, Hello, JobInfo,
     JobInfos, JobsDone, JobUpdate, Limits, ListJobs, Message, Ping, Pong, RunJobs, Scale, Shutdown,
     Status, StatusReply, Stop, Submit, Submitted, Unwatch, Watch, decode, encode, peek_corr,
     AudioEvent, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad, VoicesDone, VoicesOp,
     ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError,
-    ScriptLoad, ScriptReady, Recall, Recalled,
+    ScriptLoad, ScriptReady, Recall, Recalled, TaskSubmit,
 )
 
 log = logging.getLogger("ensemble.supervisor")
 _DRAIN = 2000  # messages read per socket per iteration
 _BUFFERED_WORK = 0.02  # seconds of work the dispatch window aims to keep queued at each worker
+
+
+# What each remote role may ask for (a local client, the daemon's own user, may ask for anything).
+_CLIENT_REQUESTS = frozenset({Ping, Submit, Cancel, GetJobs, ListJobs, Watch, Unwatch})
+_ROLE_REQUESTS: dict[str, frozenset[type]] = {
+    "client": _CLIENT_REQUESTS,
+    "admin": _CLIENT_REQUESTS | {Status, Scale, Shutdown, AudioEvent, SampleLoad, SampleDrop, SampleList,
+                                 ScriptLoad, ParamSet, ParamList},
+}
+_ROLE_HINT = {
+    "client": "a client key submits jobs and reads or cancels its own; ask the operator for an admin key "
+              "(`ensemble keys add-admin NAME`) to manage the daemon",
+    "admin": "only the daemon's own user may send it, through the local socket",
+}
+_CONTROL = str.maketrans({c: f"\\x{c:02x}" for c in range(32)} | {127: "\\x7f"})
+
+
+def _esc(text: str) -> str:
+    """A peer-supplied value made safe for a one-line log record (control characters escaped, length capped)."""
+    text = text.translate(_CONTROL)
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+# What a remote worker may send (scripts, voices and samples are the local children's business).
+_REMOTE_WORKER_SENDS = (Heartbeat, JobsDone, JobUpdate, Recalled, Hello)
+_TCP = b"\x00\xfeTCP:"  # address prefix of tcp clients: ZeroMQ's own ids are 5 bytes, so none collides
+_REFUSED_CACHE = 4096  # job names whose check result is remembered
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a request: ``local`` (the daemon's own user, over the 0700 run dir) or a remote key's role."""
+
+    role: str  # local | client | admin
+    name: str = ""  # the key's name (remote)
+    addr: bytes = b""  # where replies and pushes go
+
+    @property
+    def owner(self) -> str:
+        """What jobs it submits are recorded under ("" for local)."""
+        return "" if self.role == "local" else f"{self.role}:{self.name}"
+
+
+LOCAL = Peer("local")
+
+
+class _KeyRoles:
+    """ZAP policy: which roles each tcp endpoint admits (the worker endpoint: workers; the client one: the rest)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, tuple[str, str]] = {}  # z85 public key -> (role, name); replaced, never mutated
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        found = self.keys.get(key)
+        if found is None:
+            return False
+        return (found[0] == "worker") == (domain == "ensemble-worker")
 
 
 @dataclass
@@ -72,6 +134,7 @@ class Slot:
     outstanding: collections.deque[int] = field(default_factory=collections.deque)
     remote: bool = False  # a worker that joined over tcp (no process of ours; liveness by heartbeat)
     sock: Any = None  # the ROUTER it talks through (internal ipc, or the tcp one)
+    key: bytes = b""  # a remote worker's CURVE public key: its frames must carry it
 
 
 def _with(idents: tuple[bytes, ...] | None, ident: bytes) -> tuple[bytes, ...]:
@@ -81,15 +144,15 @@ def _with(idents: tuple[bytes, ...] | None, ident: bytes) -> tuple[bytes, ...]:
     return idents if ident in idents else (*idents, ident)
 
 
-def _inline(value: Any) -> Any:
-    """Shared-memory arrays as bytes, for a worker on another host."""
+def _inline(value: Any, prefix: str) -> Any:
+    """Shared-memory arrays (this daemon's, named with ``prefix``) as bytes, for a worker on another host."""
     from actors.messages import ArrayHandle
     from actors.shm import SharedArray, walk
 
     def leaf(v: Any) -> Any:
         if type(v) is not ArrayHandle:
             return v
-        seg = SharedArray.attach(v, readonly=True)
+        seg = SharedArray.attach(v, readonly=True, prefix=prefix)
         try:
             return seg.array.copy()
         finally:
@@ -127,15 +190,21 @@ class Supervisor:
         self.kill_sent = False
         self.counters: collections.Counter[str] = collections.Counter()
         self.replies: list[tuple[bytes, bytes]] = []  # sent after the journal commit
-        self.client_socks: dict[bytes, Any] = {}  # identities of tcp clients -> their socket
         self.control_tcp: Any = None
         self.internal_tcp: Any = None
+        self.remote_slots: dict[bytes, Slot] = {}  # routing id on the tcp worker endpoint -> its slot
+        self._remote_seq = 0
         self.auth: Any = None
-        self.allowed: set[bytes] = set()
+        self.roles = _KeyRoles()
         self._allowed_mtime = 0.0
+        self.allow = compile_allow(cfg.jobs.allow)
+        self.shm_prefix = f"ensemble.{cfg.shm_key}."
+        self.internal_token = secrets.token_hex(16)  # the controller's proof for TaskSubmit (given at spawn)
+        self._peer = LOCAL  # who sent the request being handled
         self.pushes: dict[bytes, list[JobInfo]] = {}
         self.progress_pushes: dict[bytes, dict[int, JobInfo]] = {}
-        self._module_ok: dict[str, str] = {}
+        self._module_ok: dict[str, str] = {}  # job name -> "" (fine) or why it is refused; bounded
+        self._module_ok_remote: dict[str, str] = {}
         self.journal: Journal | None = None
         self.book: JobBook | None = None
         self.metrics: Any = None
@@ -179,66 +248,80 @@ class Supervisor:
             log.info("event=metrics url=http://%s:%d/metrics", self.cfg.daemon.metrics_host, port)
 
     def _bind_tcp(self) -> None:
-        """CURVE-secured tcp endpoints with a ZAP allow-list (refused without keys)."""
+        """CURVE-secured tcp endpoints, each admitting only its roles' keys (refused without keys).
+
+        The worker endpoint (``daemon.tcp``) admits ``worker`` keys, the client
+        endpoint (``daemon.client_tcp``) ``client`` and ``admin`` keys: separate
+        ZAP domains decided by :class:`_KeyRoles`.  Handover is off, so a
+        connection can never take over the routing id of one that is alive.
+        """
         from zmq.auth.thread import ThreadAuthenticator
 
-        from actors._keys import allowed_keys, keys_dir, server_keys
+        from actors._keys import keys_dir, server_keys, unassigned_keys
 
         kdir = keys_dir(self.cfg)
         public, secret = server_keys(kdir)  # ConfigError without keys: nothing is bound
         self.keys_dir = kdir
         self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ensemble.zap"))
         self.auth.start()
-        self.auth.configure_curve(domain="ensemble", location=str(kdir / "allowed"))
-        self.allowed = allowed_keys(kdir)
-        self._allowed_mtime = self._allowed_stamp()
+        for domain in ("ensemble-worker", "ensemble-client"):
+            self.auth.configure_curve_callback(domain, credentials_provider=self.roles)
+        self._refresh_allowed(force=True)
+        for name in unassigned_keys(kdir):
+            log.warning("event=key-without-role name=%s detail=grants nothing; re-issue it with "
+                        "`ensemble keys add-worker|add-client|add-admin`", _esc(name))
         for field_name in ("client_tcp", "tcp"):
             endpoint = getattr(self.cfg.daemon, field_name)
             if not endpoint:
                 continue
             sock = self.ctx.socket(zmq.ROUTER)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.daemon.max_frame + 4096)
             sock.curve_server = True
             sock.curve_publickey = public
             sock.curve_secretkey = secret
-            sock.zap_domain = b"ensemble"
+            sock.zap_domain = b"ensemble-worker" if field_name == "tcp" else b"ensemble-client"
             sock.bind(endpoint)
             self.poller.register(sock, zmq.POLLIN)
             if field_name == "tcp":
                 self.internal_tcp = sock
             else:
                 self.control_tcp = sock
-            log.info("event=bind endpoint=%s mechanism=CURVE allowed_keys=%d", endpoint, len(self.allowed))
+            log.info("event=bind endpoint=%s mechanism=CURVE allowed_keys=%d", endpoint, len(self.roles.keys))
 
     def _allowed_stamp(self) -> float:
         try:
             d = self.keys_dir / "allowed"
-            return max([d.stat().st_mtime] + [f.stat().st_mtime for f in d.iterdir()])
+            dirs = [d] + [p for p in d.iterdir() if p.is_dir()]
+            return max([p.stat().st_mtime for p in dirs] + [f.stat().st_mtime for p in dirs for f in p.iterdir()])
         except (OSError, ValueError, AttributeError):
             return 0.0
 
-    def _refresh_allowed(self) -> None:
-        """Re-read the allow-list when it changed (revocation without a restart)."""
+    def _refresh_allowed(self, force: bool = False) -> None:
+        """Re-read the allow-lists when they changed (revocation without a restart)."""
         from actors._keys import allowed_keys
 
         stamp = self._allowed_stamp()
-        if stamp != self._allowed_mtime:
+        if force or stamp != self._allowed_mtime:
             self._allowed_mtime = stamp
-            self.auth.configure_curve(domain="ensemble", location=str(self.keys_dir / "allowed"))
-            self.allowed = allowed_keys(self.keys_dir)
-            log.info("event=allow-list-reloaded keys=%d", len(self.allowed))
+            self.roles.keys = allowed_keys(self.keys_dir)
+            if not force:
+                log.info("event=allow-list-reloaded keys=%d", len(self.roles.keys))
+            for slot in [s for s in self.slots.values() if s.remote and s.key not in self.roles.keys]:
+                self._remote_gone(slot, "its key was revoked")
 
-    def _recv_tcp(self, sock: Any) -> list[bytes] | None:
-        """Receive from a CURVE socket; None (and counted) for a key revoked since it connected."""
+    def _recv_tcp(self, sock: Any) -> tuple[list[bytes], bytes, str, str] | None:
+        """One message from a CURVE socket as ``(frames, key, role, name)``; None for a key revoked since."""
         frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
         user = frames[-1].get("User-Id")
-        if user is None or user.encode() not in self.allowed:
+        key = user.encode() if user else b""
+        found = self.roles.keys.get(key)
+        if found is None:
             self.counters["revoked_frames"] += 1
             return None
-        return [f.bytes for f in frames]
+        return [f.bytes for f in frames], key, found[0], found[1]
 
     def _bind(self, path: Path, hwm: int) -> zmq.Socket[bytes]:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -278,7 +361,8 @@ class Supervisor:
         slot.incarnation += 1
         ident = f"{slot.name}.{slot.incarnation}"
         nice = self.cfg.supervision.worker_nice if slot.role == "worker" else 0
-        slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file)
+        env = {"ENSEMBLE_INTERNAL_TOKEN": self.internal_token} if slot.role == "controller" else {}
+        slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file, env=env)
         slot.identity = ident.encode()
         slot.pidfd = os.pidfd_open(slot.proc.pid)
         slot.state = "starting"
@@ -338,27 +422,35 @@ class Supervisor:
         slot.restarts += 1
         self._spawn(slot)
 
-    def _remote_hello(self, sock: Any, ident: bytes, frame: bytes) -> Slot | None:
-        """A worker joining over tcp: give it a slot of its own (its host restarts it, not us)."""
+    def _remote_hello(self, sock: Any, ident: bytes, key: bytes, name: str, frame: bytes) -> Slot | None:
+        """A worker joining over tcp: a slot of its own, bound to its socket, routing id and key.
+
+        Its name comes from its key (``remote:KEYNAME#N``), never from the peer.
+        """
         try:
-            _, msg = decode(frame, self.limits)
+            _, msg = decode(frame, self.limits, handles=None)
         except ProtocolError:
             self.counters["bad_frames"] += 1
             return None
         if not isinstance(msg, Hello) or msg.role != "worker":
             self.counters["stray_frames"] += 1
             return None
-        name = f"remote:{ident.decode(errors='replace')}"
-        slot = Slot(name, "worker", "", remote=True, sock=sock, identity=ident, started=time.time(),
-                    last_heard=time.monotonic())
-        self.slots[name] = slot
-        self.by_identity[ident] = slot
-        log.info("event=remote-worker-joined name=%s pid=%d", name, msg.pid)
+        if len(self.remote_slots) >= 1024:
+            log.warning("event=remote-worker-refused key=%s reason=1024 remote workers already", _esc(name))
+            return None
+        self._remote_seq += 1
+        slot_name = f"remote:{name}#{self._remote_seq}"
+        slot = Slot(slot_name, "worker", "", remote=True, sock=sock, identity=ident, started=time.time(),
+                    last_heard=time.monotonic(), key=key)
+        self.slots[slot_name] = slot
+        self.remote_slots[ident] = slot
+        log.info("event=remote-worker-joined name=%s pid=%d", _esc(slot_name), msg.pid)
         return slot
 
     def _remote_gone(self, slot: Slot, reason: str) -> None:
-        log.warning("event=remote-worker-gone name=%s reason=%s", slot.name, reason)
-        self.by_identity.pop(slot.identity, None)
+        log.warning("event=remote-worker-gone name=%s reason=%s", _esc(slot.name), reason)
+        if self.remote_slots.get(slot.identity) is slot:
+            del self.remote_slots[slot.identity]
         self._jobs_lost(slot)
         self.slots.pop(slot.name, None)
 
@@ -468,15 +560,31 @@ class Supervisor:
             self._send_client(ident, frame)
         self.replies.clear()
         for ident, infos in self.pushes.items():
-            self._send_client(ident, encode(JobInfos(infos)))
+            self._send_client(ident, self._encode_for(ident, JobInfos(infos)))
         self.pushes.clear()
         for ident, by_id in self.progress_pushes.items():
-            self._send_client(ident, encode(JobInfos(list(by_id.values()))))
+            self._send_client(ident, self._encode_for(ident, JobInfos(list(by_id.values()))))
         self.progress_pushes.clear()
 
-    def _send_client(self, ident: bytes, frame: bytes) -> None:
+    def _encode_for(self, addr: bytes, msg: Message, corr: int = 0) -> bytes:
+        """Encode a reply or push; for a client on another host, shared-memory results become bytes."""
+        if addr.startswith(_TCP) and isinstance(msg, JobInfos):
+            infos = []
+            for info in msg.jobs:
+                try:
+                    infos.append(dataclasses.replace(info, result=_inline(info.result, self.shm_prefix)))
+                except EnsembleError:
+                    infos.append(info)  # its segment is gone: the handle goes as it is, and fails to map there
+            msg = JobInfos(infos)
+        return encode(msg, corr)
+
+    def _send_client(self, addr: bytes, frame: bytes) -> None:
+        if addr.startswith(_TCP):
+            sock, addr = self.control_tcp, addr[len(_TCP):]
+        else:
+            sock = self.control
         try:
-            self.client_socks.get(ident, self.control).send_multipart([ident, frame], zmq.NOBLOCK)
+            sock.send_multipart([addr, frame], zmq.NOBLOCK)
         except zmq.Again:
             self.counters["push_dropped"] += 1
         except zmq.ZMQError:  # EHOSTUNREACH: the client is gone
@@ -486,95 +594,142 @@ class Supervisor:
         try:
             (slot.sock or self.internal).send_multipart([slot.identity, encode(msg)], zmq.NOBLOCK)
             return True
-        except zmq.ZMQError:
+        except (zmq.ZMQError, ProtocolError):
             return False
 
     # ------------------------------------------------------------------ control socket
-    def _frames(self, sock: Any, local: Any) -> Iterator[list[bytes]]:
-        """Messages waiting on ``sock`` (at most ``_DRAIN``); tcp ones only from keys still allowed."""
-        tcp = sock is not local
+    def _frames(self, sock: Any) -> Iterator[tuple[list[bytes], bytes, str, str]]:
+        """Messages waiting on ``sock`` (at most ``_DRAIN``) as ``(frames, key, role, name)``.
+
+        Local sockets give role ``local``; tcp ones only frames from keys still allowed, with their role.
+        """
+        tcp = sock is self.control_tcp or sock is self.internal_tcp
         for _ in range(_DRAIN):
             try:
-                parts = self._recv_tcp(sock) if tcp else sock.recv_multipart(zmq.NOBLOCK)
+                if tcp:
+                    got = self._recv_tcp(sock)
+                    if got is None:
+                        continue
+                    self.counters["tcp_frames"] += 1  # only frames from allowed keys get this far
+                    yield got
+                else:
+                    yield sock.recv_multipart(zmq.NOBLOCK), b"", "local", ""
             except zmq.Again:
                 return
-            if parts is not None:
-                yield parts
 
     def _drain_control(self, sock: Any) -> None:
-        tcp = sock is not self.control
-        for parts in self._frames(sock, self.control):
+        tcp = sock is self.control_tcp
+        handles = None if tcp else self.shm_prefix
+        for parts, _key, role, name in self._frames(sock):
             ident = parts[0]
-            if tcp:
-                self.counters["tcp_frames"] += 1  # only frames from allowed keys get this far
-                if len(self.client_socks) > 10_000:
-                    self.client_socks.clear()
-                self.client_socks[ident] = sock
-            if len(parts) == 3 and parts[1] == b"":  # a REQ client: keep its delimiter
-                ident, frame = ident, parts[2]
+            addr = _TCP + ident if tcp else ident
+            if len(parts) == 3 and parts[1] == b"" and not tcp:  # a local REQ client: keep its delimiter
+                frame = parts[2]
             elif len(parts) != 2:
                 self.counters["bad_frames"] += 1
-                self.replies.append((ident, encode(Error("protocol", f"expected one frame per message, got {len(parts) - 1}"))))
+                self.replies.append((addr, encode(Error("protocol", f"expected one frame per message, got {len(parts) - 1}"))))
                 continue
             else:
                 frame = parts[1]
             try:
-                corr, msg = decode(frame, self.limits)
+                corr, msg = decode(frame, self.limits, handles)
             except ProtocolError as exc:
                 self.counters["bad_frames"] += 1
-                log.warning("event=bad-frame bytes=%d reason=%s", len(frame), exc)
-                self.replies.append((ident, encode(Error("protocol", str(exc)), peek_corr(frame))))
+                log.warning("event=bad-frame bytes=%d reason=%s", len(frame), _esc(str(exc)))
+                self.replies.append((addr, encode(Error("protocol", str(exc)), peek_corr(frame))))
                 continue
+            self._peer = Peer(role, name, addr)
+            self._frame_len = len(frame)
             try:
-                reply = self._request(ident, corr, msg)
+                reply = self._request(addr, corr, msg)
             except EnsembleError as exc:
                 reply = Error(code_of(exc), str(exc))
             except Exception as exc:  # a bug must not take the daemon down
                 log.exception("event=request-failed kind=%s", type(msg).__name__)
                 reply = Error("daemon", f"internal error handling {type(msg).__name__}: {exc}")
+            finally:
+                self._peer = LOCAL
             if reply is not None:
-                self.replies.append((ident, encode(reply, corr)))
+                try:
+                    self.replies.append((addr, self._encode_for(addr, reply, corr)))
+                except ProtocolError as exc:
+                    self.replies.append((addr, encode(Error("protocol", f"the reply cannot be sent: {exc}"), corr)))
 
     def _request(self, ident: bytes, corr: int, msg: Message) -> Message | None:
         handler: Callable[..., Message | None] | None = self._handlers.get(type(msg))
         if handler is None:
             raise ProtocolError(f"{type(msg).__name__} is not a request the daemon answers")
+        role = self._peer.role
+        if role != "local" and type(msg) not in _ROLE_REQUESTS[role]:
+            self.counters["denied_requests"] += 1
+            raise PermissionDenied(f"{type(msg).__name__} is not allowed for a remote {role} key "
+                                   f"({self._peer.name!r}); {_ROLE_HINT[role]}")
         return handler(self, ident, corr, msg)
+
+    def _mine(self, job_id: int) -> bool:
+        """Whether the requesting peer may see and cancel this job (a client key: only its own)."""
+        if self._peer.role != "client":
+            return True
+        assert self.book is not None
+        return self.book.owner_of(job_id) == self._peer.owner
 
     def _on_ping(self, ident: bytes, corr: int, msg: Ping) -> Message:
         return Pong(__version__, os.getpid())
 
     def _on_submit(self, ident: bytes, corr: int, msg: Submit) -> Message | None:
+        """Client jobs: name rules for everyone, the allow-list for remote keys, limits on every field."""
+        remote = self._peer.role != "local"
+        cache = self._module_ok_remote if remote else self._module_ok
+        for spec in msg.jobs:
+            known = cache.get(spec.fn)
+            if known is None:
+                try:
+                    check_allowed(spec.fn, self.allow) if remote else check_name(spec.fn)
+                    known = ""
+                except EnsembleError as exc:
+                    known = str(exc)
+                if len(cache) >= _REFUSED_CACHE:
+                    cache.clear()
+                if len(spec.fn) <= 256:  # longer names are refused cheaply and never kept
+                    cache[spec.fn] = known
+            if known:
+                raise JobRefused(known)
+        return self._accept(ident, corr, msg.jobs, msg.watch, internal=False)
+
+    def _on_task_submit(self, ident: bytes, corr: int, msg: TaskSubmit) -> Message | None:
+        """The controller's jobs: internal and script functions, proven by the token given at its spawn."""
+        if not hmac.compare_digest(msg.token.encode(), self.internal_token.encode()):
+            self.counters["denied_requests"] += 1
+            raise PermissionDenied("TaskSubmit is the controller's own message; clients submit with Submit")
+        for spec in msg.jobs:
+            if spec.fn.startswith("script:") and spec.fn.rpartition(":")[0] != f"script:{self.script_path}":
+                raise JobRefused(f"job function {spec.fn!r}: only functions of the loaded script "
+                                 f"({self.script_path or 'none'}) may run as script tasks")
+        return self._accept(ident, corr, msg.jobs, msg.watch, internal=True)
+
+    def _accept(self, ident: bytes, corr: int, jobs: list[JobSpec], watch: bool, internal: bool) -> Message | None:
         book = self.book
         assert book is not None
         if self.stopping_since:
             raise DaemonError("the daemon is stopping; submit again after the next `ensemble up`")
-        allow = self.cfg.jobs.allow
-        for spec in msg.jobs:
-            if spec.fn.startswith("script:"):
-                if not self.script_path or spec.fn.rpartition(":")[0] != f"script:{self.script_path}":
-                    raise JobRefused(f"job function {spec.fn!r}: only functions of the loaded script "
-                                     f"({self.script_path or 'none'}) may run as script jobs")
-                continue
-            known = self._module_ok.get(spec.fn)
-            if known is None:
-                try:
-                    check_allowed(spec.fn, allow)
-                    known = ""
-                except EnsembleError as exc:
-                    known = str(exc)
-                self._module_ok[spec.fn] = known
-            if known:
-                raise JobRefused(known)
-            if spec.timeout_ms <= 0 or spec.deadline < 0 or spec.retries < 0:
-                raise JobRefused(f"job {spec.fn}: timeout must be > 0 ms, deadline and retries >= 0")
+        for spec in jobs:
+            if not (1 <= spec.timeout_ms <= 86_400_000 and 0 <= spec.deadline <= 1e9 and 0 <= spec.retries <= 1000
+                    and len(spec.name) <= 1024):
+                raise JobRefused(f"job {spec.fn}: timeout must be 1..86400000 ms, deadline 0..1e9 s, "
+                                 "retries 0..1000 and the name at most 1024 characters")
         limit = self.cfg.jobs.queue_limit
-        if len(book.jobs) + len(msg.jobs) > limit:
+        if len(book.jobs) + len(jobs) > limit:
             raise QueueFull(f"queue full: {len(book.jobs)} unfinished jobs, limit {limit} (jobs.queue_limit); "
                             "retry later or raise the limit")
-        ids = book.accept(msg.jobs, time.time())
-        self._recall_below(max(spec.priority for spec in msg.jobs) if msg.jobs else 0)
-        if msg.watch:
+        nbytes = self._frame_len
+        budget = self.cfg.jobs.queue_bytes
+        if book.queued_bytes + nbytes > budget:
+            raise QueueFull(f"queue full: unfinished jobs hold {book.queued_bytes} bytes of arguments and this "
+                            f"submit adds {nbytes}, budget {budget} (jobs.queue_bytes); retry later, pass big "
+                            "arrays through shared memory (client.empty), or raise the budget")
+        ids = book.accept(jobs, time.time(), self._peer.owner, nbytes, internal)
+        self._recall_below(max(spec.priority for spec in jobs) if jobs else 0)
+        if watch:
             for jid in ids:
                 book.jobs[jid].watchers = (ident,)  # a tuple: 56 bytes a job, where a set costs 216
         self.replies.append((ident, encode(Submitted(ids), corr)))
@@ -614,6 +769,8 @@ class Supervisor:
     def _on_cancel(self, ident: bytes, corr: int, msg: Cancel) -> Message | None:
         book = self.book
         assert book is not None
+        if not self._mine(msg.job_id):
+            raise JobNotFound(f"job {msg.job_id} is unknown to this daemon (never submitted, or pruned)")
         job = book.jobs.get(msg.job_id)
         if job is None:
             infos = book.infos([msg.job_id])
@@ -633,7 +790,10 @@ class Supervisor:
 
     def _on_get(self, ident: bytes, corr: int, msg: GetJobs) -> Message:
         assert self.book is not None
-        infos = self.book.infos(list(msg.job_ids))
+        if len(msg.job_ids) > 100_000:
+            raise ProtocolError(f"GetJobs asks for {len(msg.job_ids)} jobs; at most 100000 at once")
+        ids = [j for j in msg.job_ids if self._mine(j)]
+        infos = self.book.infos(ids)
         missing = [j for j in msg.job_ids if j not in infos]
         if missing:
             raise JobNotFound(f"job(s) {', '.join(map(str, missing))} unknown to this daemon (never submitted, or pruned)")
@@ -641,13 +801,14 @@ class Supervisor:
 
     def _on_list(self, ident: bytes, corr: int, msg: ListJobs) -> Message:
         assert self.book is not None
-        return JobInfos(self.book.recent(list(msg.states), max(1, min(msg.limit, 10_000))))
+        owner = self._peer.owner if self._peer.role == "client" else None
+        return JobInfos(self.book.recent(list(msg.states), max(1, min(msg.limit, 10_000)), owner))
 
     def _on_watch(self, ident: bytes, corr: int, msg: Watch) -> Message:
         assert self.book is not None
-        for jid in msg.job_ids:
+        for jid in msg.job_ids[:100_000]:
             job = self.book.jobs.get(jid)
-            if job is not None:
+            if job is not None and self._mine(jid):
                 job.watchers = _with(job.watchers, ident)
                 if msg.progress:
                     job.progress_watchers = _with(job.progress_watchers, ident)
@@ -703,7 +864,7 @@ class Supervisor:
             raise ProtocolError(f"segment {info.handle.name!r} does not belong to daemon {self.cfg.name!r}")
         if not (len(info.handle.shape) in (1, 2) and 1000 <= info.samplerate <= 768000):
             raise ProtocolError("a sample is [frames] or [frames, channels] at 1000..768000 Hz")
-        SharedArray.attach(info.handle, readonly=True).close()  # exists and is big enough
+        SharedArray.attach(info.handle, readonly=True, prefix=self.shm_prefix).close()  # ours, exists, big enough
         old = self.samples.get(info.name)
         frames = info.handle.shape[0]
         channels = info.handle.shape[1] if len(info.handle.shape) == 2 else 1
@@ -714,7 +875,7 @@ class Supervisor:
         proc = self.slots.get("processor")
         if proc is not None and proc.ready:
             self._send_child(proc, SampleLoad(info))
-        log.info("event=sample-load name=%s frames=%d segment=%s", info.name, frames, info.handle.name)
+        log.info("event=sample-load name=%s frames=%d segment=%s", _esc(info.name), frames, info.handle.name)
         return Ack(f"sample {info.name!r}: {frames} frames")
 
     def _unlink(self, info: SampleInfo) -> None:
@@ -740,8 +901,15 @@ class Supervisor:
         path = Path(msg.path or self.script_path)
         if not msg.path and not self.script_path:
             raise DaemonError("no script is loaded; give a path: `ensemble load path/to/instrument.py`")
+        if msg.path and self._peer.role != "local":  # a remote admin loads only from where the operator said
+            real = path.resolve()
+            dirs = [Path(d).resolve() for d in self.cfg.audio.script_dirs]
+            if not any(real.is_relative_to(d) for d in dirs):
+                raise PermissionDenied(f"script {_esc(msg.path)} is outside the script directories a remote admin "
+                                       f"may load from ({', '.join(map(str, dirs)) or 'none configured'}; "
+                                       "[audio] script_dirs)")
         if not path.is_file():
-            raise DaemonError(f"script {path} does not exist")
+            raise DaemonError(f"script {_esc(str(path))} does not exist")
         controller = self.slots.get("controller")
         if controller is None or not controller.ready:
             raise DaemonError("the controller is not running; see `ensemble status`")
@@ -802,7 +970,7 @@ class Supervisor:
             log.error("event=script-%s context=%s detail=%s location=%s", msg.kind, msg.context, msg.message, msg.location)
 
     _handlers: dict[type, Callable[..., Message | None]] = {
-        Ping: _on_ping, Submit: _on_submit, Cancel: _on_cancel, GetJobs: _on_get, ListJobs: _on_list,
+        Ping: _on_ping, Submit: _on_submit, TaskSubmit: _on_task_submit, Cancel: _on_cancel, GetJobs: _on_get, ListJobs: _on_list,
         Watch: _on_watch, Unwatch: _on_unwatch, Status: _on_status, Scale: _on_scale, Shutdown: _on_shutdown,
         AudioEvent: _on_audio_event, SampleLoad: _on_sample_load, SampleDrop: _on_sample_drop,
         SampleList: _on_sample_list, ScriptLoad: _on_script_load, ParamSet: _on_param_set, ParamList: _on_param_list,
@@ -810,21 +978,33 @@ class Supervisor:
 
     # ------------------------------------------------------------------ internal socket
     def _drain_internal(self, sock: Any) -> None:
-        tcp = sock is not self.internal
-        for parts in self._frames(sock, self.internal):
-            slot = self.by_identity.get(parts[0])
+        """Child messages: local children on the ipc socket, remote workers on the tcp one, never mixed.
+
+        A frame counts for a slot only when it comes in on that slot's socket,
+        with its routing id, and (tcp) under the key the slot joined with.
+        """
+        tcp = sock is self.internal_tcp
+        table = self.remote_slots if tcp else self.by_identity
+        handles = None if tcp else self.shm_prefix
+        for parts, key, _role, name in self._frames(sock):
+            slot = table.get(parts[0])
             if tcp:
-                self.counters["tcp_frames"] += 1
-            if slot is None and tcp and len(parts) == 2:
-                slot = self._remote_hello(sock, parts[0], parts[1])
+                if slot is None and len(parts) == 2:
+                    slot = self._remote_hello(sock, parts[0], key, name, parts[1])
+                elif slot is not None and not hmac.compare_digest(slot.key, key):
+                    self.counters["forged_frames"] += 1
+                    continue
             if slot is None or len(parts) != 2:
                 self.counters["stray_frames"] += 1
                 continue
             try:
-                _, msg = decode(parts[1], self.limits)
+                _, msg = decode(parts[1], self.limits, handles)
             except ProtocolError as exc:
                 self.counters["bad_frames"] += 1
-                log.error("event=bad-child-frame name=%s reason=%s", slot.name, exc)
+                log.error("event=bad-child-frame name=%s reason=%s", _esc(slot.name), _esc(str(exc)))
+                continue
+            if slot.remote and not isinstance(msg, _REMOTE_WORKER_SENDS):
+                self.counters["stray_frames"] += 1
                 continue
             slot.last_heard = time.monotonic()
             if isinstance(msg, Heartbeat):
@@ -932,9 +1112,10 @@ class Supervisor:
         book = self.book
         assert book is not None
         job = book.jobs.get(msg.job_id)
-        if job is None:
+        if job is None or msg.job_id not in slot.outstanding:
             return
         job.progress, job.status = msg.progress, msg.status
+        msg.timeout_ms = max(1, min(msg.timeout_ms, 86_400_000))
         if msg.properties or not msg.event:
             job.properties = msg.properties
         if msg.timeout_ms != job.timeout_ms:
@@ -963,7 +1144,7 @@ class Supervisor:
                 self.pushes.setdefault(ident, []).append(info)
         if job.blockers:
             for ident, corr in job.blockers:
-                self.replies.append((ident, encode(JobInfos([info]), corr)))
+                self.replies.append((ident, self._encode_for(ident, JobInfos([info]), corr)))
 
     def _finish_killed(self, job: Job, now: float) -> None:
         self._finish(job, "killed", now, error_type="JobTimeout" if job.killed == "deadline" else "JobCancelled",
@@ -1040,20 +1221,61 @@ class Supervisor:
             if not jobs:
                 break
             was_idle = not slot.outstanding
-            batch = []
+            batch, sent = [], []
             for job in jobs:
+                s = job.spec
+                try:
+                    args, kwargs = (s.args, s.kwargs) if not slot.remote else (_inline(s.args, self.shm_prefix), _inline(s.kwargs, self.shm_prefix))
+                except EnsembleError as exc:  # a segment gone since submit: this job fails, nothing else
+                    self._finish(job, "failed", now, error_type="ProtocolError",
+                                 error_message=f"the job cannot be dispatched: {exc}")
+                    continue
                 slot.outstanding.append(job.id)
                 job.worker = slot.name
-                s = job.spec
-                args, kwargs = (s.args, s.kwargs) if not slot.remote else (_inline(s.args), _inline(s.kwargs))
-                batch.append(Dispatch(job.id, s.fn, args, kwargs, job.timeout_ms, job.attempts + 1, s.with_task))
-            if not self._send_child(slot, RunJobs(batch)):
-                for job in jobs:
-                    slot.outstanding.remove(job.id)
-                    book.requeue(job, "")
+                sent.append(job)
+                batch.append(Dispatch(job.id, s.fn, args, kwargs, job.timeout_ms, job.attempts + 1, s.with_task,
+                                      job.internal))
+            if not batch:
+                continue
+            if not self._send_batch(slot, batch, sent, now):
                 continue
             if was_idle:
                 self._advance(slot, now, mono)
+
+    def _send_batch(self, slot: Slot, batch: list[Dispatch], jobs: list[Job], now: float) -> bool:
+        """Send jobs to a worker; a job that cannot be encoded or fit a frame fails alone, the rest go."""
+        try:
+            frame = encode(RunJobs(batch))
+            fits = len(frame) <= self.cfg.daemon.max_frame
+        except ProtocolError:
+            fits = False
+        if fits:
+            try:
+                (slot.sock or self.internal).send_multipart([slot.identity, frame], zmq.NOBLOCK)
+                return True
+            except zmq.ZMQError:
+                for job in jobs:
+                    slot.outstanding.remove(job.id)
+                    self.book.requeue(job, "")  # type: ignore[union-attr]
+                return False
+        sent_any = False
+        for d, job in zip(batch, jobs):  # one at a time, to find the ones that cannot go
+            try:
+                one = encode(RunJobs([d]))
+                if len(one) > self.cfg.daemon.max_frame:
+                    raise ProtocolError(f"it is {len(one)} bytes, over the frame limit of {self.cfg.daemon.max_frame}")
+            except ProtocolError as exc:
+                slot.outstanding.remove(job.id)
+                self._finish(job, "failed", now, error_type="ProtocolError",
+                             error_message=f"the job cannot be sent to worker {slot.name}: {exc}")
+                continue
+            try:
+                (slot.sock or self.internal).send_multipart([slot.identity, one], zmq.NOBLOCK)
+                sent_any = True
+            except zmq.ZMQError:
+                slot.outstanding.remove(job.id)
+                self.book.requeue(job, "")  # type: ignore[union-attr]
+        return sent_any
 
     def scale(self, n: int) -> None:
         """Change the number of workers: start new ones, or retire idle ones first."""
@@ -1168,10 +1390,18 @@ class Supervisor:
         log.info("event=stopped")
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Every record one line: control characters in the message escaped (a peer's value cannot forge a line)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_CONTROL)
+        return super().formatMessage(record)
+
+
 def setup_logging(cfg: Config, foreground: bool) -> None:
     """Log to ``<state dir>/daemon.log`` (and stderr in the foreground), one grep-able line per event."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s supervisor pid=%(process)d %(message)s")
+    fmt = _OneLineFormatter("%(asctime)s %(levelname)s supervisor pid=%(process)d %(message)s")
     root = logging.getLogger()
     root.handlers.clear()
     fh = logging.FileHandler(cfg.state_dir / "daemon.log")
@@ -1186,6 +1416,7 @@ def setup_logging(cfg: Config, foreground: bool) -> None:
 
 def serve(cfg: Config, foreground: bool = False) -> int:
     """Run a daemon in this process until it is stopped; returns the exit code."""
+    os.umask(0o077)  # journal, log, keys: this user's only (children get the user's own umask back)
     setup_logging(cfg, foreground)
     sup = Supervisor(cfg)
     try:

@@ -24,7 +24,7 @@ import zmq
 
 from actors._child import Child, child_main
 from actors._arrays import WorkerArrays
-from actors._jobfn import resolve
+from actors._jobfn import resolve, resolve_internal
 from actors._task import Task, activate, deactivate
 from actors.messages import (
     AbortJob,
@@ -61,7 +61,7 @@ class Worker(Child):
         self.results_in.bind(f"inproc://results-{id(self)}")
         self.results_out = self.ctx.socket(zmq.PAIR)
         self.results_out.connect(f"inproc://results-{id(self)}")
-        self.finished: "queue.SimpleQueue[JobDone]" = queue.SimpleQueue()
+        self.finished: "queue.SimpleQueue[tuple[JobDone, int]]" = queue.SimpleQueue()
         # on another host shared memory is out of reach: arrays cross as bytes, within the frame limit
         self.arrays = WorkerArrays(cfg.shm_key, cfg.daemon.max_frame if self.remote else cfg.jobs.inline_array_limit,
                                    shared=not self.remote)
@@ -137,13 +137,20 @@ class Worker(Child):
             self.send(self.voice_requests.get_nowait())
         self._wake_sent = False  # before draining: a result queued after this wakes us again
         done: list[JobDone] = []
+        size = 0
+        budget = self.cfg.daemon.max_frame // 2
         while True:
             try:
-                done.append(self.finished.get_nowait())
+                one, cost = self.finished.get_nowait()
             except queue.Empty:
                 break
+            if done and size + cost > budget:  # results travel in frames the daemon accepts
+                self.send(JobsDone(done))
+                done, size = [], 0
+            done.append(one)
+            size += cost
+            self.done_count += 1
         if done:
-            self.done_count += len(done)
             self.send(JobsDone(done))
 
     def tick(self, now: float) -> None:
@@ -209,7 +216,7 @@ class Worker(Child):
                 self.current = (d, task)
             if self._started_fd >= 0:
                 os.pwrite(self._started_fd, d.job_id.to_bytes(8, "little"), 0)
-            done = _sendable(_run_one(d, task, self.arrays))
+            done = _sendable(_run_one(d, task, self.arrays), self.cfg.daemon.max_frame)
             with self._work:
                 self.current = None
             self.finished.put(done)
@@ -223,7 +230,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays) -> JobDone:
     started = task.started
     mapped: list[Any] = []
     try:
-        fn = resolve(d.fn)
+        fn = resolve_internal(d.fn) if d.internal else resolve(d.fn)
         args = arrays.import_args(d.args, mapped)
         kwargs = arrays.import_args(d.kwargs, mapped)
         value = fn(task, *args, **kwargs) if d.with_task else fn(*args, **kwargs)
@@ -242,22 +249,51 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays) -> JobDone:
             seg.close()
 
 
-def _sendable(done: JobDone) -> JobDone:
-    """Replace a result that cannot cross the wire by an error saying so."""
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _skip_ext(code: int, data: bytes) -> None:
+    return None
+
+
+def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
+    """``(done, bytes it costs)``, the result replaced by an error saying why when it cannot cross the wire.
+
+    It cannot when msgpack cannot encode it, when a map in it has keys other
+    than strings (the receiving side refuses those), or when it is larger than
+    the daemon's frame limit (``daemon.max_frame``; big numpy arrays go through
+    shared memory and never count).
+    """
+    if len(done.error_message) > 65536 or len(done.traceback) > 65536:
+        done.error_message = done.error_message[:65536]
+        done.traceback = done.traceback[-65536:]
     try:
-        msgpack.packb(done.value, default=_default)
-        msgpack.packb(done.properties, default=_default)
-        return done
+        value, props = done.value, done.properties
+        packed = msgpack.packb(value, default=_default)
+        size = len(packed) + len(done.traceback) + len(done.error_message) + 256
+        if type(value) not in _PLAIN:  # containers: read back the way the daemon will
+            msgpack.unpackb(packed, strict_map_key=True, ext_hook=_skip_ext)
+        if props:
+            packed = msgpack.packb(props, default=_default)
+            msgpack.unpackb(packed, strict_map_key=True, ext_hook=_skip_ext)
+            size += len(packed)
+        if size > max_frame - 4096:
+            raise ValueError(f"it is {size} bytes, over the daemon's frame limit of {max_frame} (daemon.max_frame); "
+                             "return a numpy array (it travels through shared memory) or write it to a file")
+        return done, size
     except (TypeError, ValueError, OverflowError) as exc:
-        return JobDone(done.job_id, False, None, "TypeError", f"the job's return value cannot be sent: {exc}",
-                       "", done.progress, done.status, {}, done.aborted, done.started)
+        what = "return value or properties" if done.ok else "error"
+        if "map key" in str(exc):
+            exc = ValueError("a map in it has a key that is not a string (only str keys cross the wire)")
+        return JobDone(done.job_id, False, None, "TypeError", f"the job's {what} cannot be sent: {exc}",
+                       "", done.progress, done.status, {}, done.aborted, done.started), 1024
 
 
 def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, name: str) -> int:
     """``ensemble worker --connect tcp://HOST:PORT``: a worker on another host (returns the exit code)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s worker pid=%(process)d %(name)s: %(message)s")
-    worker = Worker(cfg, f"{name}-{os.getpid()}", endpoint, (key_file, server_key_file))
+    worker = Worker(cfg, f"{name}-{os.getpid()}-{os.urandom(6).hex()}", endpoint, (key_file, server_key_file))
     return worker.run()
 
 

@@ -27,7 +27,7 @@ from actors.messages import (
     AudioEvent, Message, ParamValues, RunAsyncResult, RunSync, SampleDrop, SampleLoad, ScriptError, ScriptLoad,
     VoicesDone, VoicesOp,
 )
-from actors.shm import SharedArray
+from actors.shm import SharedArray, segment_prefix
 from audio._backends import choose_backend
 from audio._buffers import builtin_sample
 from audio._engine import Engine
@@ -136,7 +136,7 @@ class Processor(Child):
     def _load(self, msg: SampleLoad) -> None:
         info = msg.sample
         try:
-            sa = SharedArray.attach(info.handle, readonly=True)
+            sa = SharedArray.attach(info.handle, readonly=True, prefix=segment_prefix(self.cfg.shm_key))
             self.engine.set_buffer(info.name, sa.array, info.samplerate, info.root_key)
         except Exception as exc:  # a bad or vanished segment must not stop the audio
             log.error("event=sample-map-failed name=%s reason=%s", info.name, exc)

@@ -10,6 +10,7 @@ script thread (task priority) when the task starts and when it stops.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -60,11 +61,11 @@ class ScriptTask:
         self._aborted = False
         self._stopped.clear()
         client = self.rt.client()
-        handle = client.submit(fn, *args, name=self.name, timeout=self._timeout_ms / 1000)
-        self.job_id = handle.id
+        self.job_id = client._submit_task(os.environ.get("ENSEMBLE_INTERNAL_TOKEN", ""), fn, args, self.name,
+                                          self._timeout_ms / 1000)
         if self._finish is not None:
             self.rt.submit(1, self._finish, (False, False), f"finish callback {self.name}")
-        client.watch(handle.id, self._update)
+        client.watch(self.job_id, self._update)
 
     def _update(self, info: JobInfo) -> None:  # client I/O thread
         self._info = info

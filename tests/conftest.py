@@ -72,6 +72,7 @@ class Daemon:
             cfg_file.write_text(config_text)
             self.env["ENSEMBLE_CONFIG"] = str(cfg_file)
         self.config: Config = load_config(env=self.env)
+        _SESSION_KEYS.add(self.config.shm_key)
         self.pid = 0
         self._clients: list[Any] = []
 
@@ -185,11 +186,17 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return d
 
 
+_SESSION_KEYS: set[str] = set()  # shm keys of the daemons this test session made
+
+
 def _our_segments() -> set[str]:
+    """Segments of this session: of a daemon it made, or made by this process (others' suites may run beside)."""
+    me = f".{os.getpid()}."
     try:
-        return {p for p in os.listdir("/dev/shm") if p.startswith("ensemble.")}
+        names = [p for p in os.listdir("/dev/shm") if p.startswith("ensemble.")]
     except FileNotFoundError:
         return set()
+    return {p for p in names if me in p or any(p.startswith(f"ensemble.{k}.") for k in _SESSION_KEYS)}
 
 
 def _children() -> list[int]:

@@ -266,3 +266,18 @@ def fill_shared(task: Task, n: int, path: str) -> None:
     while True:
         value += 1.0
         out[:] = value
+
+
+def big_string(task: Task, n: int) -> str:
+    """A result of ``n`` bytes (over a small frame limit)."""
+    return "x" * n
+
+
+def int_keys(task: Task) -> dict[int, str]:
+    """A result msgpack can encode but the daemon refuses (map keys must be strings)."""
+    return {1: "one"}
+
+
+def plain_int_keys() -> dict[int, str]:
+    """:func:`int_keys` without the task handle (for the Executor)."""
+    return {1: "one"}

@@ -109,7 +109,8 @@ def test_executor_futures_carry_remote_errors(module_daemon: Daemon) -> None:
         fut = ex.submit(jobs.plain_fail, "missing-key")
         exc = fut.exception(60)
         assert isinstance(exc, RemoteError) and exc.type_name == "KeyError" and "missing-key" in exc.remote_message
-        refused = ex.submit(__import__("json").dumps, [1])
+        assert ex.submit(__import__("json").dumps, [1]).result(60) == "[1]"  # local: trusted as the user
+        refused = ex.submit(__import__("os").system, "id")
         assert isinstance(refused.exception(60), JobRefused)
         with pytest.raises(JobRefused, match="lambda"):
             ex.submit(lambda: 1)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import pytest
 
 from actors._errors import ConfigError, EnsembleError
+from actors._errors import JobRefused
 from actors._jobfn import check_allowed
 from actors.config import DEFAULT_ALLOW, Config, load_config
 from tests.conftest import ROOT, Daemon
@@ -33,8 +34,9 @@ def test_defaults_work_on_a_laptop() -> None:
     assert cfg.daemon.max_frame == 64 * 1024 * 1024
     assert cfg.jobs.default_timeout_ms == 500
     assert cfg.jobs.allow == DEFAULT_ALLOW
-    for path in ("examples.jobs:add", "tests.jobs:pid"):
-        check_allowed(path, cfg.jobs.allow)  # the examples and the test jobs are allowed by default
+    check_allowed("examples.jobs:add", cfg.jobs.allow)  # side-effect-free examples are open to remote clients
+    with pytest.raises(JobRefused):
+        check_allowed("tests.jobs:pid", cfg.jobs.allow)  # test jobs never are
 
 
 def test_config_is_frozen() -> None:

@@ -52,27 +52,22 @@ def started(handle: Any) -> None:
                                   "importlib:import_module"])
 def test_dangerous_functions_are_refused_at_submit(module_daemon: Daemon, path: str) -> None:
     c = module_daemon.client()
-    with pytest.raises(JobRefused, match="never allowed") as info:
+    with pytest.raises(JobRefused, match="never runs as a job") as info:
         c.submit(path, "echo pwned")
     assert path in str(info.value)
     assert not [j for j in c.jobs(limit=1000) if j.fn == path]  # nothing was journaled
 
 
-def test_functions_outside_the_allow_list_are_refused_with_the_fix(module_daemon: Daemon) -> None:
+def test_a_local_client_is_not_bound_by_the_remote_allow_list(module_daemon: Daemon) -> None:
     c = module_daemon.client()
-    with pytest.raises(JobRefused, match=r"not in the daemon's allow-list .*\[jobs\] allow"):
-        c.submit("json:dumps", [1])
-    import json as json_module
-
-    with pytest.raises(JobRefused, match="allow-list"):
-        c.submit(json_module.dumps, [1])  # a module-level function is named by its path, then checked
+    assert c.submit("examples.jobs:sine_sweep", 0.01).result(60)  # outside the default allow-list: local is trusted
 
 
 @pytest.mark.parametrize("path, fragment", [
-    ("not a path", "is not an import path"),
-    ("tests.jobs", "is not an import path"),
-    ("tests.jobs:", "is not an import path"),
-    ("examples.no_such_module:fn", "cannot be found"),
+    ("not a path", "is not a job path"),
+    ("tests.jobs", "is not a job path"),
+    ("tests.jobs:", "is not a job path"),
+    ("tests.jobs:Task.run_process", "no attribute walk"),
 ])
 def test_malformed_or_missing_paths_are_refused(module_daemon: Daemon, path: str, fragment: str) -> None:
     with pytest.raises(JobRefused, match=fragment):
@@ -84,7 +79,10 @@ def test_unknown_function_in_an_allowed_module_fails_clearly(module_daemon: Daem
     with pytest.raises(RemoteError) as info:
         job.result(30)
     assert info.value.type_name == "LookupError"
-    assert "has no attribute 'no_such_function'" in info.value.remote_message
+    assert "defines no function 'no_such_function'" in info.value.remote_message
+    missing = module_daemon.client().submit("examples.no_such_module:fn")
+    with pytest.raises(RemoteError, match="cannot be imported"):
+        missing.result(30)
 
 
 def test_lambdas_and_closures_are_refused_with_an_explanation(module_daemon: Daemon) -> None:
@@ -122,7 +120,7 @@ def test_bad_options_are_refused(module_daemon: Daemon) -> None:
     c = module_daemon.client()
     with pytest.raises(ValueError, match="timeout must be positive"):
         c.submit("tests.jobs:pid", timeout=0)
-    with pytest.raises(JobRefused, match="retries >= 0"):
+    with pytest.raises(JobRefused, match="retries 0..1000"):
         c.submit("tests.jobs:pid", retries=-1)
 
 

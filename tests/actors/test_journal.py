@@ -122,7 +122,8 @@ def test_prune_removes_old_finished_jobs_only(journal: Journal) -> None:
 
 def test_spec_round_trips_through_the_journal_form() -> None:
     spec = JobSpec("tests.jobs:record", ["/tmp/x", 3], {"k": [1, {"n": None}]}, "name", -2, 750, 4.5, 3, False)
-    assert unpack_spec(pack_spec(spec)) == spec
+    assert unpack_spec(pack_spec(spec)) == (spec, "", False)
+    assert unpack_spec(pack_spec(spec, "client:c1", True)) == (spec, "client:c1", True)
 
 
 def test_terminal_states_are_the_documented_ones() -> None:

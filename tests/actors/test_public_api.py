@@ -30,6 +30,7 @@ EXPORTED = [
     "JobNotFound",
     "JobRefused",
     "JobTimeout",
+    "PermissionDenied",
     "ProtocolError",
     "QueueFull",
     "RemoteError",

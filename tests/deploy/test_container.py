@@ -114,7 +114,7 @@ def test_compose_workers_use_keys_that_keys_init_and_add_worker_write(tmp_path: 
     init_keys(made)
     for w in ("worker1", "worker2"):
         cmd = services[w]["command"]
-        add_peer(made, cmd[cmd.index("--worker-name") + 1])
+        add_peer(made, cmd[cmd.index("--worker-name") + 1], "worker")
     for w in ("worker1", "worker2"):
         svc = services[w]
         mounts = {m.split(":")[1]: m.split(":") for m in svc["volumes"]}

@@ -169,7 +169,7 @@ def test_secrets_put_the_keys_where_daemon_and_workers_read_them(tmp_path: Path)
 
     made = tmp_path / "keys"
     init_keys(made)
-    add_peer(made, "pool")
+    add_peer(made, "pool", "worker")
     files = {p.name: p.read_bytes() for p in made.rglob("*") if p.is_file()}
     secrets = {s["metadata"]["name"]: s for s in _all() if s["kind"] == "Secret"}
     data = {name: {k: files[k] for k in s["stringData"]} for name, s in secrets.items()}
@@ -184,7 +184,7 @@ def test_secrets_put_the_keys_where_daemon_and_workers_read_them(tmp_path: Path)
     public, secret = server_keys(droot)
     assert (public, secret) == server_keys(made)
     worker_public = load_pair(str(made / "issued" / "pool.key_secret"))[0]
-    assert allowed_keys(droot) == {worker_public}
+    assert allowed_keys(droot) == {worker_public: ("worker", "pool")}
     # the worker
     wcontainer = dep_pod["containers"][0]
     wmount = next(m for m in wcontainer["volumeMounts"] if m["name"] == "keys")
@@ -203,13 +203,13 @@ def test_revoking_by_removing_the_entry_leaves_the_daemon_keys_mountable(tmp_pat
 
     made = tmp_path / "keys"
     init_keys(made)
-    add_peer(made, "pool")
+    add_peer(made, "pool", "worker")
     files = {p.name: p.read_bytes() for p in made.rglob("*") if p.is_file()}
     data = {"ensemble-daemon-keys": {k: files[k] for k in ("server.key", "server.key_secret")}}
     pod = _pod(_one("StatefulSet"))
     root = tmp_path / "mount"
     _secret_files(next(v for v in pod["volumes"] if v["name"] == "keys"), data, root)
-    assert server_keys(root) and allowed_keys(root) == set()
+    assert server_keys(root) and allowed_keys(root) == {}
 
 
 def test_hpa_scales_the_worker_deployment_on_the_exported_queue_depth() -> None:

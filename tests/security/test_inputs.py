@@ -1,0 +1,161 @@
+"""Findings 5-13: no single input crashes the daemon, hangs a job, grows memory, or crosses a user boundary."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from actors import QueueFull, RemoteError
+from actors.config import load_config
+from tests.conftest import ROOT, Daemon, wait_for
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant files as another user")
+NOBODY = 65534
+
+
+def test_an_out_of_range_integer_is_refused_and_the_daemon_lives(daemon: Daemon) -> None:
+    out = daemon.cli("submit", "examples.jobs:add", "1", "2", "--priority", str(2**63), check=False)
+    assert out.returncode != 0 and "out of range" in out.stderr and "Traceback" not in out.stderr
+    assert daemon.client().submit("examples.jobs:add", 1, 2, priority=2**63 - 1).result(60) == 3
+
+
+def test_a_job_whose_segment_is_gone_fails_alone_and_the_daemon_survives_restarts(make_daemon: Any) -> None:
+    d = make_daemon(workers=0)
+    d.up()
+    from actors.client import Client
+
+    with Client(config=d.config) as c:
+        big = np.ones(1_000_000)  # pooled shared memory, unlinked when this client closes
+        job = c.submit("tests.jobs:numpy_sum", big)
+        job_id = job.id
+    d.cli("down")
+    d.up()  # the job is still queued in the journal
+    d.cli("scale", "1")
+    with Client(config=d.config) as c:
+        info = c.job(job_id).wait(60)
+        assert info.state == "failed" and "no longer exists" in info.error_message
+        assert c.submit("examples.jobs:add", 2, 2).result(60) == 4
+
+
+def test_results_that_cannot_cross_fail_their_job_with_the_reason(make_daemon: Any) -> None:
+    d = make_daemon(extra_env={"ENSEMBLE_MAX_FRAME": str(1 << 20)})
+    d.up()
+    c = d.client()
+    with pytest.raises(RemoteError, match="frame limit"):
+        c.submit("examples.jobs:echo", "x" * 100).result(60) and c.submit("tests.jobs:big_string", 2 << 20).result(60)
+    with pytest.raises(RemoteError, match="not a string"):
+        c.submit("tests.jobs:int_keys").result(60)
+    from actors.client import Executor
+
+    with Executor(config=d.config) as ex:  # and an Executor with such a job still exits
+        fut = ex.submit(__import__("tests.jobs", fromlist=["plain_int_keys"]).plain_int_keys)
+        with pytest.raises(RemoteError):
+            fut.result(60)
+
+
+def test_the_queue_has_a_byte_budget(make_daemon: Any) -> None:
+    d = make_daemon(workers=0, extra_env={"ENSEMBLE_JOBS_QUEUE_BYTES": str(1 << 20)})
+    d.up()
+    c = d.client()
+    with pytest.raises(QueueFull, match="queue_bytes"):
+        for _ in range(30):
+            c.submit("examples.jobs:echo", "y" * 100_000)
+    assert d.cli("status").returncode == 0
+
+
+def test_refused_names_are_not_kept(daemon: Daemon) -> None:
+    from actors import JobRefused
+
+    c = daemon.client()
+    before = daemon.status().daemon.rss
+    for i in range(10):
+        with pytest.raises(JobRefused):
+            c.submit(f"examples.jobs:{'x' * (4 << 20)}{i}")
+    grown = daemon.status().daemon.rss - before
+    assert grown < 30 * 2**20, f"daemon grew by {grown / 2**20:.0f} MiB for 10 refused 4 MiB names"
+
+
+@root_only
+def test_a_planted_segment_of_another_user_does_not_stop_up(make_daemon: Any) -> None:
+    d = make_daemon()
+    planted = Path("/dev/shm") / f"ensemble.{d.config.shm_key}.x"
+    planted.write_bytes(b"mine")
+    os.chown(planted, NOBODY, NOBODY)
+    try:
+        d.up()
+        assert planted.exists()  # not ours: left alone, and never used
+        assert d.client().submit("examples.jobs:add", 1, 1).result(60) == 2
+    finally:
+        planted.unlink()
+
+
+@root_only
+def test_a_run_dir_another_user_planted_is_refused(make_daemon: Any, tmp_path: Path) -> None:
+    d = make_daemon()
+    run = Path(d.env["ENSEMBLE_RUN_DIR"])
+    run.mkdir(mode=0o777)
+    os.chmod(run, 0o777)
+    os.chown(run, NOBODY, NOBODY)
+    out = d.cli("up", check=False)
+    assert out.returncode != 0 and "belongs to uid 65534" in out.stderr
+    from actors import DaemonError
+    from actors.client import Client
+
+    (run / "control").touch()
+    with pytest.raises(DaemonError, match="belongs to uid"):
+        Client(config=d.config)
+    os.chown(run, 0, 0)
+
+
+def test_children_never_import_from_the_current_directory(make_daemon: Any, tmp_path: Path) -> None:
+    planted = tmp_path / "cwd"
+    (planted / "examples").mkdir(parents=True)
+    (planted / "examples" / "__init__.py").write_text("")
+    (planted / "examples" / "jobs.py").write_text("def add(task, a, b):\n    return 'planted'\n")
+    d = make_daemon()
+    up = subprocess.run([sys.executable, "-m", "actors", "up"], env=d.env, cwd=planted, capture_output=True,
+                        text=True, timeout=60)
+    assert up.returncode == 0, up.stderr
+    d.pid = int((d.base / "run" / "daemon.pid").read_text())
+    assert d.client().submit("examples.jobs:add", 1, 2).result(60) == 3
+
+
+def test_state_files_keys_and_log_lines_stay_private_and_honest(make_daemon: Any) -> None:
+    d = make_daemon()
+    d.cli("keys", "init")
+    state = d.base / "state"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    out = d.cli("keys", "revoke", "../server", check=False)
+    assert out.returncode != 0 and "invalid" in out.stderr
+    assert (state / "keys" / "server.key").exists()
+    d.up()
+    for f in ("jobs.sqlite3", "daemon.log"):
+        assert stat.S_IMODE((state / f).stat().st_mode) & 0o077 == 0, f
+    c = d.client()
+    c.upload_sample(np.zeros(100_000, dtype=np.float32), "snare\n2026-01-01 CRITICAL forged", 48000)
+    wait_for(lambda: "event=sample-load" in (state / "daemon.log").read_text(), what="the sample-load line")
+    log = (state / "daemon.log").read_text()
+    assert not any(line.startswith("2026-01-01 CRITICAL") or line.startswith("CRITICAL forged")
+                   for line in log.splitlines())
+
+
+def test_a_client_maps_only_its_own_daemon_s_segments(tmp_path: Path) -> None:
+    from actors import ProtocolError
+    from actors.messages import ArrayHandle
+    from actors.shm import SharedArray, segment_prefix
+
+    cfg = load_config(env={"ENSEMBLE_NAME": "a", "ENSEMBLE_RUN_DIR": str(tmp_path / "a")})
+    other = load_config(env={"ENSEMBLE_NAME": "b", "ENSEMBLE_RUN_DIR": str(tmp_path / "b")})
+    with SharedArray.create(other.shm_key, 4) as seg:
+        with pytest.raises(ProtocolError, match="not one of this daemon"):
+            SharedArray.attach(seg.handle, prefix=segment_prefix(cfg.shm_key))
+    with pytest.raises(ProtocolError):
+        SharedArray.attach(ArrayHandle("ensemble.../x", "<f8", (1,), 0), prefix=segment_prefix(cfg.shm_key))
+    _ = ROOT

@@ -1,0 +1,140 @@
+"""Findings 3 and 4: a remote key is exactly its role; identities are the daemon's, bound to socket and key."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from actors import JobNotFound, PermissionDenied, TransportError
+from actors.messages import (
+    VERSION, Hello, JobDone, JobsDone, ListJobs, Ping, Scale, ScriptLoad, Shutdown, Status, Submit, JobSpec, encode,
+    decode,
+)
+from tests.conftest import wait_for
+from tests.security.conftest import Remote
+
+
+def _running_remote(r: Remote) -> list[Any]:
+    return [a for a in r.d.status().actors if a.name.startswith("remote:") and a.state == "running"]
+
+
+def test_a_client_key_gets_exactly_the_client_role(remote: Remote, tmp_path: Path) -> None:
+    c1, c2, admin = remote.client("c1"), remote.client("c2"), remote.client("a1")
+    assert c1.submit("examples.jobs:add", 1, 2).result(60) == 3
+    for call in (c1.status, lambda: c1.scale(64), c1.shutdown, lambda: c1.load_script(str(tmp_path / "x.py")),
+                 lambda: c1.note_on(60)):
+        with pytest.raises(PermissionDenied, match="client"):
+            call()
+    # a client reads and cancels only its own jobs
+    mine = c1.submit("tests.jobs:sleep", 30.0)
+    with pytest.raises(JobNotFound):
+        c2.job(mine.id)
+    with pytest.raises(JobNotFound):
+        c2.cancel(mine.id)
+    assert all(j.id != mine.id for j in c2.jobs())
+    assert any(j.id == mine.id for j in c1.jobs())
+    assert any(j.id == mine.id for j in admin.jobs())  # an admin sees every job
+    mine.cancel()
+    # remote clients are bound by the allow-list
+    from actors import JobRefused
+
+    with pytest.raises(JobRefused, match="allow-list"):
+        c1.submit("examples.jobs:normalize", "/etc/passwd", str(tmp_path / "out.wav"))
+    assert remote.d.cli("status").returncode == 0  # the local user keeps every power
+    assert admin.status().daemon.name
+
+
+def test_a_worker_key_is_refused_on_the_client_endpoint_and_a_client_key_on_the_worker_one(remote: Remote) -> None:
+    with remote.client("w1", timeout=3) as c:
+        with pytest.raises(TransportError):
+            c.ping()
+    s = remote.raw("c1", remote.worker_ep)
+    try:
+        s.send(encode(Hello("worker", "x", 1)))
+        time.sleep(0.5)
+        assert not any(a.name.startswith("remote:") for a in remote.d.status().actors)
+    finally:
+        s.close(0)
+
+
+def test_a_remote_admin_loads_scripts_only_from_the_script_dirs(remote: Remote, tmp_path: Path) -> None:
+    import subprocess as sp
+
+    admin = remote.client("a1")
+    with pytest.raises(PermissionDenied, match="script_dirs"):
+        admin.load_script(sp.__file__)  # the standard library's subprocess.py, as in the review
+    assert remote.d.cli("status").returncode == 0
+
+
+def test_a_worker_key_cannot_finish_or_steal_another_worker_s_jobs(remote: Remote, tmp_path: Path) -> None:
+    remote.d.cli("scale", "0")
+    wait_for(lambda: not [a for a in remote.d.status().actors if a.role == "worker" and a.pid], 60,
+             what="local workers to retire")
+    victim = remote.start_worker("w1")
+    remote.procs.append(victim)  # type: ignore[attr-defined]
+    wait_for(lambda: _running_remote(remote), 60, what="the remote worker to join")
+    c = remote.d.client()
+    gate = tmp_path / "gate"
+    job = c.submit("tests.jobs:wait_file", str(gate), 120.0)
+    wait_for(lambda: job.refresh().state == "running", 60, what="the job to run on the remote worker")
+    (name,) = [a.name for a in _running_remote(remote)]
+    assert name.startswith("remote:w1#")  # named from its key, not from what the peer said
+    # an attacker with another worker key joins and forges the result of the victim's job
+    evil = remote.raw("w2", remote.worker_ep)
+    try:
+        evil.send(encode(Hello("worker", "evil", 4242)))
+        wait_for(lambda: len(_running_remote(remote)) == 2, 60, what="the second worker key to join")
+        evil.send(encode(JobsDone([JobDone(job.id, True, "forged", started=time.time())])))
+        # and a client key cannot even reach the worker endpoint to try
+        spy = remote.raw("c1", remote.worker_ep, routing_id=b"w1-1-" + b"0" * 12)
+        spy.send(encode(JobsDone([JobDone(job.id, True, "forged too", started=time.time())])))
+        time.sleep(1.0)
+        assert job.refresh().state == "running"
+        gate.write_text("go")
+        assert job.result(60) == "released"  # the victim's own result, not a forged one
+        spy.close(0)
+    finally:
+        evil.close(0)
+    counters = remote.d.status().daemon.counters
+    assert counters.get("stale_results", 0) >= 1
+
+
+@pytest.mark.parametrize("key", ["c1", "a1"])
+def test_every_request_a_role_may_not_send_is_refused_and_the_daemon_lives(remote: Remote, key: str) -> None:
+    from actors.messages import _REGISTRY
+    from actors.supervisor import _ROLE_REQUESTS
+
+    s = remote.raw(key, remote.client_ep)
+    allowed = _ROLE_REQUESTS["client" if key.startswith("c") else "admin"]
+    try:
+        for kind, cls in sorted(_REGISTRY.items()):
+            if cls in allowed:
+                continue
+            s.send(msgpack.packb([VERSION, kind, kind, []]))
+            assert s.poll(10_000), f"no answer to {cls.__name__}"
+            corr, reply = decode(s.recv())
+            assert type(reply).__name__ == "Error", (cls.__name__, reply)
+            assert reply.code in ("permission", "protocol"), (cls.__name__, reply)
+    finally:
+        s.close(0)
+    assert remote.d.cli("status").returncode == 0
+    assert not any(a.restarts for a in remote.d.status().actors)
+
+
+def test_remote_peers_cannot_name_shared_memory(remote: Remote) -> None:
+    from actors.messages import ArrayHandle
+
+    s = remote.raw("c1", remote.client_ep)
+    try:
+        handle = ArrayHandle(f"ensemble.{remote.d.config.shm_key}.1.0", "<f8", (4,), 0)
+        s.send(encode(Submit([JobSpec("examples.jobs:echo", [handle])]), 7))
+        assert s.poll(10_000)
+        corr, reply = decode(s.recv())
+        assert corr == 7 and reply.code == "protocol" and "remote peer" in reply.message
+    finally:
+        s.close(0)
