@@ -146,10 +146,14 @@ def resolve_internal(path: str) -> Callable[..., Any]:
     controller's token: ``script:FILE:name`` is a function the loaded script
     defines, ``package.module:name`` an internal job function.
     """
-    if path.startswith("script:"):
-        from controller._tasks import resolve_script_fn
+    kind, _, rest = path.partition(":")
+    if "." not in kind and ":" in rest:  # KIND:...: resolved by the package that registered KIND
+        from actors.extensions import internal_resolver
 
-        return resolve_script_fn(path)
+        resolver = internal_resolver(kind)
+        if resolver is None:
+            raise LookupError(f"internal job function {path!r}: no installed package resolves {kind!r} jobs")
+        return resolver(path)
     module_name, _, function = path.partition(":")
     obj = getattr(importlib.import_module(module_name), function, None) if "." not in function else None
     if not isinstance(obj, _FUNCTION_TYPES):

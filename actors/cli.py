@@ -18,6 +18,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from actors import __version__
+from actors._completion import completion
 from actors._errors import DaemonNotRunning, EnsembleError, JobCancelled
 from actors._rundir import RunDir, check_private_path
 from actors._spawn import NEUTRAL_CWD, child_env, python_argv
@@ -668,6 +669,7 @@ def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_
     os._exit(code)  # skip interpreter teardown: ZeroMQ's atexit term would wait on inproc sockets
 
 
+main.add_command(completion)
 
 
 def run() -> None:

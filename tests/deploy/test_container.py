@@ -71,7 +71,9 @@ def test_image_runs_the_daemon_in_the_foreground_as_a_user_that_owns_its_volume(
 
 def test_image_copies_what_the_package_needs() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", project["project"]["readme"], *project["tool"]["setuptools"]["packages"]}
+    needed = {"pyproject.toml", project["project"]["readme"],
+              *(p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]),
+              *(f.split("/")[0] for files in project["tool"]["setuptools"].get("data-files", {}).values() for f in files)}
     copied = set()
     for instr, args in containerfile(FILE):
         if instr == "COPY":

@@ -106,11 +106,13 @@ def test_a_worker_key_cannot_finish_or_steal_another_worker_s_jobs(remote: Remot
 
 @pytest.mark.parametrize("key", ["c1", "a1"])
 def test_every_request_a_role_may_not_send_is_refused_and_the_daemon_lives(remote: Remote, key: str) -> None:
+    from actors.extensions import load_extensions
     from actors.messages import _REGISTRY
-    from actors.supervisor import _ROLE_REQUESTS
+    from actors.supervisor._requests import ADMIN_REQUESTS, CLIENT_REQUESTS
 
     s = remote.raw(key, remote.client_ep)
-    allowed = _ROLE_REQUESTS["client" if key.startswith("c") else "admin"]
+    allowed = CLIENT_REQUESTS if key.startswith("c") else ADMIN_REQUESTS.union(
+        *(ext.admin_requests for ext in load_extensions()))
     try:
         for kind, cls in sorted(_REGISTRY.items()):
             if cls in allowed:

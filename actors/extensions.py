@@ -1,0 +1,130 @@
+"""The actor-role interface: how packages built on the runtime add children, requests and commands.
+
+``actors`` is the runtime and knows nothing of audio or scripts.  A package
+built on it (``audio``, ``controller``) contributes through entry points of
+the distribution, so the runtime never imports it by name:
+
+* ``ensemble.extensions`` — an :class:`Extension` subclass: children the
+  supervisor starts and watches, requests it answers for clients, messages
+  from children it routes, what it adds to ``status``;
+* ``ensemble.cli`` — a function ``register(group)`` adding click commands to
+  the ``ensemble`` command line;
+* ``ensemble.internal_jobs`` — ``resolve(path) -> function`` for the
+  controller's own jobs whose path starts with ``<entry point name>:``
+  (a script's background task: ``script:FILE:function``).
+
+Without the packages installed the daemon runs jobs only.  Every extension
+runs in the supervisor's one thread and must never block.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from actors.config import Config
+from actors.messages import JobSpec, Message
+
+if TYPE_CHECKING:
+    import collections
+
+    from actors.supervisor._children import Slot
+    from actors.supervisor._transport import Peer
+
+log = logging.getLogger("ensemble.extensions")
+
+RequestHandler = Callable[[int, Message], "Message | None"]
+ChildHandler = Callable[["Slot", Message], None]
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """A supervised child an extension asks for: its slot name, role and ``python -m`` module."""
+
+    name: str
+    role: str
+    module: str
+
+
+class Host(Protocol):
+    """What an extension may use of the supervisor (and nothing else)."""
+
+    cfg: Config
+    shm_prefix: str
+    counters: "collections.Counter[str]"
+
+    @property
+    def peer(self) -> "Peer":
+        """Who sent the request being handled (role ``local``, ``client`` or ``admin``)."""
+
+    def child(self, name: str) -> "Slot | None":
+        """The slot named ``name`` if its process is running and said hello, else None."""
+
+    def send_child(self, slot: "Slot", msg: Message) -> bool:
+        """Send a message to a child without blocking; False if it could not go."""
+
+
+class Extension:
+    """Base of a package's part of the daemon; override what you need.
+
+    An instance lives as long as the daemon; its state (loaded samples, the
+    script, parameters) is its own.
+    """
+
+    name = ""
+    children: tuple[ChildSpec, ...] = ()
+    admin_requests: frozenset[type] = frozenset()  # which of its requests a remote admin key may send
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def requests(self) -> dict[type, RequestHandler]:
+        """Client request types this extension answers, with their handlers ``(corr, msg) -> reply``."""
+        return {}
+
+    def child_messages(self) -> dict[type, ChildHandler]:
+        """Message types from children this extension routes, with their handlers ``(slot, msg)``."""
+        return {}
+
+    def child_ready(self, slot: "Slot") -> None:
+        """A child (of any role) said hello: send it what it needs (samples, the script, ...)."""
+
+    def check_task(self, spec: JobSpec) -> bool:
+        """Whether this extension vouches for a controller job (``TaskSubmit``); raise JobRefused to refuse it."""
+        return False
+
+    def status(self, counters: dict[str, Any]) -> None:
+        """Add what ``ensemble status`` should show to ``counters``."""
+
+
+def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
+    return sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name)
+
+
+def load_extensions() -> list[type[Extension]]:
+    """The installed :class:`Extension` classes, by entry-point name (a broken one is logged and skipped)."""
+    out = []
+    for ep in _entry_points("ensemble.extensions"):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # noqa: BLE001 - one broken package must not stop the runtime
+            log.error("event=extension-failed name=%s reason=%s", ep.name, exc)
+            continue
+        out.append(cls)
+    return out
+
+
+def register_commands(group: Any) -> None:
+    """Add the installed packages' commands to the ``ensemble`` click group."""
+    for ep in _entry_points("ensemble.cli"):
+        ep.load()(group)
+
+
+def internal_resolver(kind: str) -> Callable[[str], Callable[..., Any]] | None:
+    """The resolver of internal job paths ``KIND:...`` (``script``), if a package provides one."""
+    for ep in _entry_points("ensemble.internal_jobs"):
+        if ep.name == kind:
+            return ep.load()  # type: ignore[no-any-return]
+    return None

@@ -1,0 +1,358 @@
+"""The supervisor daemon: starts, watches and restarts every child; owns the job queue.
+
+One poll loop, one thread.  Each iteration: read client requests (control
+ROUTER) and child messages (internal ROUTER), reap children whose pidfd became
+readable, run timers (heartbeats, aborts, kills, deadlines), hand queued jobs
+to workers with free credit, commit the journal in one transaction (group
+commit), and only then send the acknowledgements and results of the iteration.
+
+The parts, one file each:
+
+* :mod:`._transport` — sockets, CURVE roles, who a frame is from;
+* :mod:`._children` — spawn, reap, restarts, heartbeats, remote workers, scaling;
+* :mod:`._requests` — who may ask for what; the runtime's request handlers;
+* :mod:`._work` — jobs on workers: dispatch, results, aborts, kills;
+* :mod:`._dispatch` — the dispatch policy as pure functions;
+* this module — the loop, status and stopping.
+
+Packages built on the runtime (audio, scripts) add children, requests and
+routing through :mod:`actors.extensions`.
+
+Run it with ``ensemble up`` (background) or ``ensemble up --foreground``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import zmq
+
+from actors import __version__
+from actors import _sdnotify as sdnotify
+from actors._errors import DaemonError, EnsembleError
+from actors._jobfn import compile_allow
+from actors._jobs import JobBook
+from actors._journal import Journal
+from actors._rundir import RunDir
+from actors._spawn import kill_group
+from actors.config import Config
+from actors.extensions import Extension, load_extensions
+from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Message, StatusReply, Stop
+from actors.supervisor import _dispatch as plan
+from actors.supervisor._children import ChildrenMixin, Slot, _rss
+from actors.supervisor._requests import ADMIN_REQUESTS, CLIENT_REQUESTS, RequestsMixin
+from actors.supervisor._transport import _CONTROL, LOCAL, KeyRoles, Peer, TransportMixin
+from actors.supervisor._work import WorkMixin
+
+log = logging.getLogger("ensemble.supervisor")
+
+
+class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
+    """The daemon.  ``run()`` blocks until an orderly stop; returns the exit code."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.rundir = RunDir(cfg.run_dir)
+        self.state_dir = cfg.state_dir
+        self.log_file = self.state_dir / "daemon.log"
+        self.limits = Limits(max_frame=cfg.daemon.max_frame)
+        self.slots: dict[str, Slot] = {}
+        self.by_identity: dict[bytes, Slot] = {}
+        self.by_pidfd: dict[int, Slot] = {}
+        self.workers_wanted = cfg.worker_count
+        self._worker_seq = 0
+        self.started = time.time()
+        self.running = True
+        self.stopping_since = 0.0
+        self.term_sent = False
+        self.kill_sent = False
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.replies: list[tuple[bytes, bytes]] = []  # sent after the journal commit
+        self.control_tcp: Any = None
+        self.internal_tcp: Any = None
+        self.remote_slots: dict[bytes, Slot] = {}  # routing id on the tcp worker endpoint -> its slot
+        self._remote_seq = 0
+        self.auth: Any = None
+        self.roles = KeyRoles()
+        self._allowed_mtime = 0.0
+        self.allow = compile_allow(cfg.jobs.allow)
+        self.shm_prefix = f"ensemble.{cfg.shm_key}."
+        self.internal_token = secrets.token_hex(16)  # the controller's proof for TaskSubmit (given at spawn)
+        self._peer = LOCAL  # who sent the request being handled
+        self.pushes: dict[bytes, list[JobInfo]] = {}
+        self.progress_pushes: dict[bytes, dict[int, JobInfo]] = {}
+        self._module_ok: dict[str, str] = {}  # job name -> "" (fine) or why it is refused; bounded
+        self._module_ok_remote: dict[str, str] = {}
+        self.journal: Journal | None = None
+        self.book: JobBook | None = None
+        self.metrics: Any = None
+        self.job_seconds = 0.0  # moving average of a job's run time (sizes the dispatch window)
+        self._frame_len = 0  # bytes of the request being handled (counted against jobs.queue_bytes)
+        self.extensions: list[Extension] = [cls(self) for cls in load_extensions()]
+        # request type -> handler(ident, corr, msg): the runtime's own, then each extension's
+        self.handlers: dict[type, Callable[[bytes, int, Message], Message | None]] = {
+            t: fn.__get__(self) for t, fn in RequestsMixin._handlers.items()}
+        self.child_handlers: dict[type, Callable[[Slot, Message], None]] = {}
+        admin = set(ADMIN_REQUESTS)
+        for ext in self.extensions:
+            for t, h in ext.requests().items():
+                self.handlers[t] = lambda ident, corr, msg, _h=h: _h(corr, msg)
+            self.child_handlers.update(ext.child_messages())
+            admin |= ext.admin_requests
+        self.role_requests: dict[str, frozenset[type]] = {"client": CLIENT_REQUESTS, "admin": frozenset(admin)}
+
+    # ------------------------------------------------------------------ what extensions see (actors.extensions.Host)
+    @property
+    def peer(self) -> Peer:
+        """Who sent the request being handled."""
+        return self._peer
+
+    def child(self, name: str) -> Slot | None:
+        """The slot ``name`` if its child is running and said hello."""
+        slot = self.slots.get(name)
+        return slot if slot is not None and slot.ready else None
+
+    def send_child(self, slot: Slot, msg: Message) -> bool:
+        """Send to a child without blocking; False if it could not go."""
+        return self._send_child(slot, msg)
+
+    def open(self) -> None:
+        """Take the lock, sweep what a killed daemon left, bind sockets, open the journal."""
+        self.rundir.acquire()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from actors.shm import sweep_segments
+
+        swept = sweep_segments(self.cfg.shm_key)
+        if swept:
+            log.warning("event=sweep segments=%d detail=shared-memory segments of a dead daemon removed", swept)
+        self.journal = Journal(self.state_dir / "jobs.sqlite3")
+        self.book = JobBook(self.journal)
+        q, rq, lost = self.book.recover(time.time())
+        self.journal.commit()
+        if q or rq or lost:
+            log.info("event=recover queued=%d requeued=%d worker_lost=%d", q, rq, lost)
+        self.ctx = zmq.Context()
+        self.control = self._bind(self.rundir.control, hwm=100_000)
+        self.internal = self._bind(self.rundir.internal, hwm=0)
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.internal, zmq.POLLIN)
+        if self.cfg.daemon.tcp or self.cfg.daemon.client_tcp:
+            self._bind_tcp()
+        if self.cfg.daemon.metrics_port:
+            from actors._metrics import Metrics
+
+            self.metrics = Metrics()
+            port = self.metrics.start(self.cfg.daemon.metrics_port, self.cfg.daemon.metrics_host)
+            log.info("event=metrics url=http://%s:%d/metrics", self.cfg.daemon.metrics_host, port)
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit code."""
+        signal.signal(signal.SIGTERM, lambda *_: self.begin_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.begin_stop("SIGINT"))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        sup = self.cfg.supervision
+        next_beat = 0.0
+        next_prune = time.monotonic() + 60
+        dog = sdnotify.watchdog_interval()
+        next_dog = 0.0
+        announced = False
+        try:
+            while self.running:
+                events = self.poller.poll(self._poll_timeout_ms())
+                for sock, _ in events:
+                    if sock is self.control or sock is self.control_tcp:
+                        self._drain_control(sock)
+                    elif sock is self.internal or sock is self.internal_tcp:
+                        self._drain_internal(sock)
+                    else:
+                        slot = self.by_pidfd.get(sock)
+                        if slot is not None:
+                            self._reap(slot)
+                mono = time.monotonic()
+                if not announced and self.slots and all(s.ready or s.state == "failed" for s in self.slots.values()):
+                    announced = True
+                    sdnotify.ready()
+                    sdnotify.status(f"{len(self.slots)} actors running")
+                if dog is not None and mono >= next_dog:
+                    next_dog = mono + dog
+                    sdnotify.watchdog()
+                if mono >= next_beat:
+                    next_beat = mono + sup.heartbeat_interval
+                    self._heartbeats(mono)
+                    if self.auth is not None:
+                        self._refresh_allowed()
+                    if self.metrics is not None:
+                        self.metrics.update(self.status())
+                self._timers(mono)
+                if not self.stopping_since:
+                    self._dispatch(mono)
+                    if mono >= next_prune:
+                        next_prune = mono + 600
+                        self._prune()
+                else:
+                    self._stop_step(mono)
+                self._flush()
+        finally:
+            self.close()
+        return 0
+
+    def _poll_timeout_ms(self) -> int:
+        longest = 0.05 if self.stopping_since else self.cfg.supervision.heartbeat_interval
+        assert self.book is not None
+        return max(0, int(plan.next_wakeup(self.book, list(self.slots.values()), time.monotonic(), longest) * 1000 + 0.999))
+
+    def _flush(self) -> None:
+        assert self.journal is not None
+        self.journal.commit()
+        for ident, frame in self.replies:
+            self._send_client(ident, frame)
+        self.replies.clear()
+        for ident, infos in self.pushes.items():
+            self._send_client(ident, self._encode_for(ident, JobInfos(infos)))
+        self.pushes.clear()
+        for ident, by_id in self.progress_pushes.items():
+            self._send_client(ident, self._encode_for(ident, JobInfos(list(by_id.values()))))
+        self.progress_pushes.clear()
+
+    def status(self) -> StatusReply:
+        """Snapshot of the daemon and every actor."""
+        book = self.book
+        assert book is not None
+        now, mono = time.time(), time.monotonic()
+        actors = []
+        for slot in self.slots.values():
+            pid = slot.proc.pid if slot.proc is not None else 0
+            actors.append(ActorInfo(
+                slot.name, slot.role, pid, ("retiring" if slot.retire else slot.state) if pid else slot.state,
+                now - slot.started if pid else 0.0, slot.restarts, mono - slot.last_heard if pid else 0.0,
+                _rss(pid) if pid else 0, slot.detail, slot.stats,
+            ))
+        running = sum(len(s.outstanding) > 0 for s in self.slots.values())
+        counters: dict[str, Any] = dict(self.counters)
+        for ext in self.extensions:
+            ext.status(counters)
+        counters.update({f"jobs_{k}": v for k, v in book.counters.items()})
+        daemon = DaemonInfo(
+            self.cfg.name, os.getpid(), __version__, now - self.started, str(self.rundir.path),
+            str(self.state_dir), str(self.log_file), self.workers_wanted, book.queued, running,
+            _rss(os.getpid()), counters,
+        )
+        return StatusReply(daemon, actors)
+
+    def begin_stop(self, reason: str) -> None:
+        """Start an orderly stop: abort jobs, stop message, SIGTERM, SIGKILL."""
+        if self.stopping_since:
+            return
+        log.info("event=stopping reason=%s", reason)
+        sdnotify.stopping()
+        self.stopping_since = time.monotonic()
+        assert self.book is not None
+        for job in list(self.book.jobs.values()):
+            if job.state == "running":
+                self._abort(job, "shutdown")
+        for slot in self.slots.values():
+            if slot.proc is not None or slot.remote:
+                slot.state = "stopping"
+                self._send_child(slot, Stop(reason))
+
+    def _stop_step(self, mono: float) -> None:
+        alive = [s for s in self.slots.values() if s.proc is not None]
+        if not alive:
+            self.running = False
+            return
+        elapsed = mono - self.stopping_since
+        sup = self.cfg.supervision
+        if elapsed > sup.stop_grace and not self.term_sent:
+            self.term_sent = True
+            for s in alive:
+                log.warning("event=sigterm name=%s", s.name)
+                assert s.proc is not None
+                s.proc.send_signal(signal.SIGTERM)
+        if elapsed > sup.stop_grace + sup.term_grace and not self.kill_sent:
+            self.kill_sent = True
+            for s in alive:
+                self._kill(s, "did not stop after SIGTERM")
+
+    def close(self) -> None:
+        """Kill what is left, write the journal, remove sockets and the lock."""
+        for slot in list(self.slots.values()):
+            if slot.proc is not None:
+                kill_group(slot.proc.pid)
+                slot.proc.wait()
+                os.close(slot.pidfd)
+        if self.book is not None:
+            now = time.time()
+            for job in list(self.book.jobs.values()):
+                if job.killed:
+                    self._finish(job, "killed", now, error_type="JobCancelled", error_message="killed: the daemon stopped")
+        if self.journal is not None:
+            self.journal.close()
+        if self.auth is not None:
+            self.auth.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
+        if hasattr(self, "ctx"):
+            self.ctx.destroy(linger=0)
+        from actors.shm import sweep_segments
+
+        sweep_segments(self.cfg.shm_key)
+        self.rundir.release()
+        log.info("event=stopped")
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Every record one line: control characters in the message escaped (a peer's value cannot forge a line)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_CONTROL)
+        return super().formatMessage(record)
+
+
+def setup_logging(cfg: Config, foreground: bool) -> None:
+    """Log to ``<state dir>/daemon.log`` (and stderr in the foreground), one grep-able line per event."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fmt = _OneLineFormatter("%(asctime)s %(levelname)s supervisor pid=%(process)d %(message)s")
+    root = logging.getLogger()
+    root.handlers.clear()
+    fh = logging.FileHandler(cfg.state_dir / "daemon.log")
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+    if foreground:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        root.addHandler(sh)
+    root.setLevel(getattr(logging, cfg.daemon.log_level.upper(), logging.INFO))
+
+
+def serve(cfg: Config, foreground: bool = False) -> int:
+    """Run a daemon in this process until it is stopped; returns the exit code."""
+    os.umask(0o077)  # journal, log, keys: this user's only (children get the user's own umask back)
+    setup_logging(cfg, foreground)
+    sup = Supervisor(cfg)
+    try:
+        sup.open()
+    except DaemonError:
+        raise
+    log.info("event=start name=%s pid=%d version=%s workers=%d run_dir=%s", cfg.name, os.getpid(), __version__,
+             sup.workers_wanted, sup.rundir.path)
+    sup.start_children()
+    return sup.run()
+
+
+def main() -> None:
+    """``python -m actors.supervisor CONFIG_JSON [--foreground]`` (used by ``ensemble up``)."""
+    cfg = Config.from_json(sys.argv[1])
+    try:
+        code = serve(cfg, foreground="--foreground" in sys.argv[2:])
+    except EnsembleError as exc:
+        sys.stderr.write(f"ensemble: error: {exc}\n")
+        sys.exit(1)
+    sys.exit(code)

@@ -1,0 +1,241 @@
+"""Children: spawn, reap, restart (OTP intensity), heartbeats, remote workers, scaling."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors._spawn import kill_group, spawn
+import zmq
+
+from actors.messages import Heartbeat, Hello, Stop, decode, encode
+from actors._errors import ProtocolError
+from actors.supervisor._transport import _esc
+
+log = logging.getLogger("ensemble.supervisor")
+
+
+@dataclass
+class Slot:
+    """One supervised child position (``worker-3``), across its incarnations."""
+
+    name: str
+    role: str
+    module: str
+    proc: subprocess.Popen[bytes] | None = None
+    pidfd: int = -1
+    incarnation: int = 0
+    identity: bytes = b""
+    state: str = "starting"  # starting | running | failed | stopping
+    started: float = 0.0
+    last_heard: float = 0.0
+    ready: bool = False
+    restarts: int = 0
+    restart_times: collections.deque[float] = field(default_factory=collections.deque)
+    stats: dict[str, Any] = field(default_factory=dict)
+    detail: str = ""
+    expected_exit: bool = False  # we killed it on purpose (job kill, retire): no intensity count
+    retire: bool = False
+    outstanding: collections.deque[int] = field(default_factory=collections.deque)
+    remote: bool = False  # a worker that joined over tcp (no process of ours; liveness by heartbeat)
+    sock: Any = None  # the ROUTER it talks through (internal ipc, or the tcp one)
+    key: bytes = b""  # a remote worker's CURVE public key: its frames must carry it
+
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+
+class ChildrenMixin:
+    """Child lifecycle of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
+
+    def start_children(self) -> None:
+        """Start the extensions' children (controller, processor) and the workers."""
+        for ext in self.extensions:
+            for spec in ext.children:
+                self._add_slot(spec.name, spec.role, spec.module)
+        for _ in range(self.workers_wanted):
+            self._add_worker()
+
+    def _add_worker(self) -> Slot:
+        self._worker_seq += 1
+        return self._add_slot(f"worker-{self._worker_seq}", "worker", "actors.worker")
+
+    def _add_slot(self, name: str, role: str, module: str) -> Slot:
+        slot = Slot(name, role, module)
+        self.slots[name] = slot
+        self._spawn(slot)
+        return slot
+
+    def _spawn(self, slot: Slot) -> None:
+        slot.incarnation += 1
+        ident = f"{slot.name}.{slot.incarnation}"
+        nice = self.cfg.supervision.worker_nice if slot.role == "worker" else 0
+        # the extensions' own children may submit internal jobs (TaskSubmit); workers run jobs, they never submit
+        env = {"ENSEMBLE_INTERNAL_TOKEN": self.internal_token} if slot.role != "worker" else {}
+        slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file, env=env)
+        slot.identity = ident.encode()
+        slot.pidfd = os.pidfd_open(slot.proc.pid)
+        slot.state = "starting"
+        slot.ready = False
+        slot.started = time.time()
+        slot.last_heard = time.monotonic()
+        slot.expected_exit = False
+        slot.stats = {}
+        self.by_identity[slot.identity] = slot
+        self.by_pidfd[slot.pidfd] = slot
+        self.poller.register(slot.pidfd, zmq.POLLIN)
+        log.info("event=spawn name=%s pid=%d incarnation=%d", slot.name, slot.proc.pid, slot.incarnation)
+
+    def _kill(self, slot: Slot, reason: str, expected: bool = True) -> None:
+        if slot.remote:
+            log.warning("event=kill name=%s remote=1 reason=%s", slot.name, reason)
+            self._send_child(slot, Stop("kill"))  # the remote worker kills its own process group
+            self._remote_gone(slot, reason)
+            return
+        if slot.proc is not None and slot.proc.poll() is None:
+            slot.ready = False  # dying: no more jobs go to it before the reap
+            slot.state = "restarting"
+            slot.expected_exit = slot.expected_exit or expected
+            log.warning("event=kill name=%s pid=%d reason=%s", slot.name, slot.proc.pid, reason)
+            kill_group(slot.proc.pid)
+
+    def _reap(self, slot: Slot) -> None:
+        proc = slot.proc
+        assert proc is not None
+        code = proc.wait()
+        kill_group(proc.pid)  # whatever it started goes with it
+        self.poller.unregister(slot.pidfd)
+        del self.by_pidfd[slot.pidfd]
+        os.close(slot.pidfd)
+        slot.pidfd = -1
+        self.by_identity.pop(slot.identity, None)
+        slot.proc = None
+        slot.ready = False
+        log_fn = log.info if slot.expected_exit or slot.retire or self.stopping_since else log.error
+        log_fn("event=exit name=%s pid=%d code=%s", slot.name, proc.pid, code)
+        self._jobs_lost(slot)
+        if self.stopping_since or slot.retire:
+            del self.slots[slot.name]
+            return
+        if not slot.expected_exit:
+            now = time.monotonic()
+            times = slot.restart_times
+            while times and now - times[0] > self.cfg.supervision.restart_period:
+                times.popleft()
+            if len(times) >= self.cfg.supervision.max_restarts:
+                slot.state = "failed"
+                slot.detail = (f"gave up: {len(times)} restarts within {self.cfg.supervision.restart_period:g}s "
+                               f"(last exit code {code})")
+                log.critical("event=child-failed name=%s detail=%s; siblings keep running", slot.name, slot.detail)
+                return
+            times.append(now)
+        slot.restarts += 1
+        self._spawn(slot)
+
+    def _remote_hello(self, sock: Any, ident: bytes, key: bytes, name: str, frame: bytes) -> Slot | None:
+        """A worker joining over tcp: a slot of its own, bound to its socket, routing id and key.
+
+        Its name comes from its key (``remote:KEYNAME#N``), never from the peer.
+        """
+        try:
+            _, msg = decode(frame, self.limits, handles=None)
+        except ProtocolError:
+            self.counters["bad_frames"] += 1
+            return None
+        if not isinstance(msg, Hello) or msg.role != "worker":
+            self.counters["stray_frames"] += 1
+            return None
+        if len(self.remote_slots) >= 1024:
+            log.warning("event=remote-worker-refused key=%s reason=1024 remote workers already", _esc(name))
+            return None
+        self._remote_seq += 1
+        slot_name = f"remote:{name}#{self._remote_seq}"
+        slot = Slot(slot_name, "worker", "", remote=True, sock=sock, identity=ident, started=time.time(),
+                    last_heard=time.monotonic(), key=key)
+        self.slots[slot_name] = slot
+        self.remote_slots[ident] = slot
+        log.info("event=remote-worker-joined name=%s pid=%d", _esc(slot_name), msg.pid)
+        return slot
+
+    def _remote_gone(self, slot: Slot, reason: str) -> None:
+        log.warning("event=remote-worker-gone name=%s reason=%s", _esc(slot.name), reason)
+        if self.remote_slots.get(slot.identity) is slot:
+            del self.remote_slots[slot.identity]
+        self._jobs_lost(slot)
+        self.slots.pop(slot.name, None)
+
+    def _jobs_lost(self, slot: Slot) -> None:
+        book = self.book
+        assert book is not None
+        now = time.time()
+        ids = list(slot.outstanding)
+        if slot.remote:  # no record of what it started: its head counts as begun
+            head = book.jobs.get(ids[0]) if ids else None
+            begun = 1 if head is not None and head.state == "running" else 0
+        else:  # the jobs up to the one it last started had begun (prefetched ones too)
+            last = self.rundir.take_started(slot.identity.decode())
+            begun = ids.index(last) + 1 if last in ids else 0
+        for i, jid in enumerate(ids):
+            job = book.jobs.get(jid)
+            if job is None:
+                continue
+            if job.killed:
+                self._finish_killed(job, now)
+            elif i < begun and job.state in ("running", "dispatched"):
+                if job.state == "dispatched":
+                    book.start(job, slot.name, now, time.monotonic())
+                if job.attempts <= job.spec.retries and not self.stopping_since:
+                    book.requeue(job, f"worker {slot.name} died (attempt {job.attempts} of {job.spec.retries + 1})")
+                else:
+                    self._finish(job, "worker-lost", now, error_type="JobLost",
+                                 error_message=f"worker {slot.name} died while running the job and no retry was left")
+            else:  # it never began: no attempt spent
+                if job.state == "running":
+                    job.attempts -= 1
+                book.requeue(job, "")
+        slot.outstanding.clear()
+
+    def _heartbeats(self, mono: float) -> None:
+        timeout = self.cfg.supervision.heartbeat_timeout
+        beat = encode(Heartbeat())
+        for slot in list(self.slots.values()):
+            if slot.proc is None and not slot.remote:
+                continue
+            try:
+                (slot.sock or self.internal).send_multipart([slot.identity, beat], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            if mono - slot.last_heard > timeout and not self.stopping_since:
+                if not slot.detail.startswith("silent"):
+                    log.error("event=silent name=%s seconds=%.1f", slot.name, mono - slot.last_heard)
+                slot.detail = f"silent for {mono - slot.last_heard:.1f}s; replaced"
+                self._kill(slot, "heartbeat timeout", expected=False)
+
+    def scale(self, n: int) -> None:
+        """Change the number of workers: start new ones, or retire idle ones first."""
+        self.workers_wanted = n
+        workers = [s for s in self.slots.values() if s.role == "worker" and not s.retire]
+        for _ in range(n - len(workers)):
+            self._add_worker()
+        excess = len(workers) - n
+        if excess > 0:
+            workers.sort(key=lambda s: (len(s.outstanding), s.state != "failed"))
+            for slot in workers[:excess]:
+                slot.retire = True
+                if slot.state == "failed":
+                    del self.slots[slot.name]
+                elif not slot.outstanding:
+                    self._send_child(slot, Stop("scaled down"))
+        log.info("event=scale workers=%d", n)

@@ -1,0 +1,108 @@
+"""Dispatch policy as pure code: which queued jobs go to which worker, what to recall, what is due.
+
+Nothing here touches a socket or a clock of its own: each function takes the
+job book, the worker slots and the time it is told, changes the bookkeeping
+(jobs popped from the queue, ``recalling`` marks) and returns what the
+supervisor must send.  So the policy is unit-tested without processes
+(``tests/actors/test_dispatch.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterable
+
+from actors._jobs import Job, JobBook
+
+if TYPE_CHECKING:
+    from actors.supervisor._children import Slot
+
+BUFFERED_WORK = 0.02  # seconds of work the dispatch window aims to keep queued at each worker
+
+
+def window(job_seconds: float, limit: int) -> int:
+    """Jobs to hand one worker at once: about :data:`BUFFERED_WORK` seconds of work, at most ``limit``.
+
+    Short jobs travel in big batches (throughput); long ones one or two at a
+    time, so an idle worker never waits while another holds a backlog.  Before
+    the first job has been timed (``job_seconds <= 0``): two.
+    """
+    if job_seconds <= 0:
+        return min(2, limit)
+    return max(1, min(limit, int(BUFFERED_WORK / job_seconds)))
+
+
+def plan(book: JobBook, slots: Iterable["Slot"], credit: int) -> list[tuple["Slot", list[Job]]]:
+    """Pop queued jobs, best first, for every ready worker with free credit; returns ``(worker, jobs)`` pairs.
+
+    Workers with the fewest outstanding jobs are served first, and the queue is
+    shared out evenly so that one worker never takes a backlog others could
+    run.  The popped jobs are ``dispatched`` in the book; the caller records
+    them on the slot and sends them (or requeues them if it cannot).
+    """
+    if not book.queued:
+        return []
+    ready = [s for s in slots
+             if s.role == "worker" and s.ready and not s.retire and len(s.outstanding) < credit]
+    ready.sort(key=lambda s: len(s.outstanding))
+    out = []
+    for i, slot in enumerate(ready):
+        share = math.ceil(book.queued / (len(ready) - i))
+        jobs = book.pop(min(credit - len(slot.outstanding), max(1, share)))
+        if not jobs:
+            break
+        out.append((slot, jobs))
+    return out
+
+
+def recalls(book: JobBook, slots: Iterable["Slot"], priority: int) -> list[tuple["Slot", list[int]]]:
+    """Prefetched jobs of lower priority than ``priority`` to ask back from their workers (marked ``recalling``).
+
+    A worker's head job may already run, so only the jobs behind it are
+    candidates; a job already being recalled is not asked for twice.
+    """
+    out = []
+    for slot in slots:
+        if len(slot.outstanding) < 2:
+            continue
+        ids = []
+        for jid in list(slot.outstanding)[1:]:
+            job = book.jobs.get(jid)
+            if job is not None and job.state == "dispatched" and job.spec.priority < priority and not job.recalling:
+                job.recalling = True
+                ids.append(jid)
+        if ids:
+            out.append((slot, ids))
+    return out
+
+
+def due(book: JobBook, slots: Iterable["Slot"], mono: float) -> tuple[list[Job], list[tuple["Slot", Job]]]:
+    """``(jobs whose deadline passed, (worker, job) pairs whose abort grace ran out)`` at monotonic time ``mono``.
+
+    Only the job at the head of a worker's line runs, so only heads are looked at.
+    """
+    expired, kills = [], []
+    for slot in slots:
+        if not slot.outstanding:
+            continue
+        job = book.jobs.get(slot.outstanding[0])
+        if job is None:
+            continue
+        if job.deadline_at and mono >= job.deadline_at and not job.abort_reason:
+            expired.append(job)
+        if job.kill_at and mono >= job.kill_at and not job.killed:
+            kills.append((slot, job))
+    return expired, kills
+
+
+def next_wakeup(book: JobBook, slots: Iterable["Slot"], mono: float, longest: float) -> float:
+    """Seconds until the next deadline or kill of a running job, at most ``longest``."""
+    timeout = longest
+    for slot in slots:
+        if slot.outstanding:
+            job = book.jobs.get(slot.outstanding[0])
+            if job is not None:
+                for t in (job.kill_at, job.deadline_at):
+                    if t:
+                        timeout = min(timeout, max(0.0, t - mono))
+    return timeout

@@ -1,0 +1,292 @@
+"""Client requests and child messages: who may ask for what, and the handlers of the runtime's own requests.
+
+Audio and script requests are not here: the packages that own them register
+handlers through :mod:`actors.extensions`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from actors import __version__
+from actors._errors import (
+    DaemonError, EnsembleError, JobNotFound, JobRefused, PermissionDenied, ProtocolError, QueueFull, code_of,
+)
+from actors._jobfn import check_allowed, check_name
+from actors.messages import (
+    Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message, Ping,
+    Pong, Recalled, Scale, Shutdown, Status, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode, peek_corr,
+)
+from actors.supervisor._children import Slot
+from actors.supervisor._transport import LOCAL, TCP, Peer, _esc
+
+log = logging.getLogger("ensemble.supervisor")
+_REFUSED_CACHE = 4096  # job names whose check result is remembered
+# What each remote role may ask for of the runtime (extensions add their admin requests).
+CLIENT_REQUESTS = frozenset({Ping, Submit, Cancel, GetJobs, ListJobs, Watch, Unwatch})
+ADMIN_REQUESTS = CLIENT_REQUESTS | {Status, Scale, Shutdown}
+_ROLE_HINT = {
+    "client": "a client key submits jobs and reads or cancels its own; ask the operator for an admin key "
+              "(`ensemble keys add-admin NAME`) to manage the daemon",
+    "admin": "only the daemon's own user may send it, through the local socket",
+}
+# What a remote worker may send (scripts, voices and samples are the local children's business).
+_REMOTE_WORKER_SENDS = (Heartbeat, JobsDone, JobUpdate, Recalled, Hello)
+
+
+def _with(idents: tuple[bytes, ...] | None, ident: bytes) -> tuple[bytes, ...]:
+    """A watcher tuple with ``ident`` in it."""
+    if not idents:
+        return (ident,)
+    return idents if ident in idents else (*idents, ident)
+
+
+
+class RequestsMixin:
+    """Request handling of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
+
+    def _drain_control(self, sock: Any) -> None:
+        tcp = sock is self.control_tcp
+        handles = None if tcp else self.shm_prefix
+        for parts, _key, role, name in self._frames(sock):
+            ident = parts[0]
+            addr = TCP + ident if tcp else ident
+            if len(parts) == 3 and parts[1] == b"" and not tcp:  # a local REQ client: keep its delimiter
+                frame = parts[2]
+            elif len(parts) != 2:
+                self.counters["bad_frames"] += 1
+                self.replies.append((addr, encode(Error("protocol", f"expected one frame per message, got {len(parts) - 1}"))))
+                continue
+            else:
+                frame = parts[1]
+            try:
+                corr, msg = decode(frame, self.limits, handles)
+            except ProtocolError as exc:
+                self.counters["bad_frames"] += 1
+                log.warning("event=bad-frame bytes=%d reason=%s", len(frame), _esc(str(exc)))
+                self.replies.append((addr, encode(Error("protocol", str(exc)), peek_corr(frame))))
+                continue
+            self._peer = Peer(role, name, addr)
+            self._frame_len = len(frame)
+            try:
+                reply = self._request(addr, corr, msg)
+            except EnsembleError as exc:
+                reply = Error(code_of(exc), str(exc))
+            except Exception as exc:  # a bug must not take the daemon down
+                log.exception("event=request-failed kind=%s", type(msg).__name__)
+                reply = Error("daemon", f"internal error handling {type(msg).__name__}: {exc}")
+            finally:
+                self._peer = LOCAL
+            if reply is not None:
+                try:
+                    self.replies.append((addr, self._encode_for(addr, reply, corr)))
+                except ProtocolError as exc:
+                    self.replies.append((addr, encode(Error("protocol", f"the reply cannot be sent: {exc}"), corr)))
+
+    def _request(self, ident: bytes, corr: int, msg: Message) -> Message | None:
+        handler: Callable[[bytes, int, Message], Message | None] | None = self.handlers.get(type(msg))
+        if handler is None:
+            raise ProtocolError(f"{type(msg).__name__} is not a request the daemon answers")
+        role = self._peer.role
+        if role != "local" and type(msg) not in self.role_requests[role]:
+            self.counters["denied_requests"] += 1
+            raise PermissionDenied(f"{type(msg).__name__} is not allowed for a remote {role} key "
+                                   f"({self._peer.name!r}); {_ROLE_HINT[role]}")
+        return handler(ident, corr, msg)
+
+    def _mine(self, job_id: int) -> bool:
+        """Whether the requesting peer may see and cancel this job (a client key: only its own)."""
+        if self._peer.role != "client":
+            return True
+        assert self.book is not None
+        return self.book.owner_of(job_id) == self._peer.owner
+
+    def _on_ping(self, ident: bytes, corr: int, msg: Ping) -> Message:
+        return Pong(__version__, os.getpid())
+
+    def _on_submit(self, ident: bytes, corr: int, msg: Submit) -> Message | None:
+        """Client jobs: name rules for everyone, the allow-list for remote keys, limits on every field."""
+        remote = self._peer.role != "local"
+        cache = self._module_ok_remote if remote else self._module_ok
+        for spec in msg.jobs:
+            known = cache.get(spec.fn)
+            if known is None:
+                try:
+                    check_allowed(spec.fn, self.allow) if remote else check_name(spec.fn)
+                    known = ""
+                except EnsembleError as exc:
+                    known = str(exc)
+                if len(cache) >= _REFUSED_CACHE:
+                    cache.clear()
+                if len(spec.fn) <= 256:  # longer names are refused cheaply and never kept
+                    cache[spec.fn] = known
+            if known:
+                raise JobRefused(known)
+        return self._accept(ident, corr, msg.jobs, msg.watch, internal=False)
+
+    def _on_task_submit(self, ident: bytes, corr: int, msg: TaskSubmit) -> Message | None:
+        """The controller's jobs: internal and script functions, proven by the token given at its spawn."""
+        if not hmac.compare_digest(msg.token.encode(), self.internal_token.encode()):
+            self.counters["denied_requests"] += 1
+            raise PermissionDenied("TaskSubmit is the controller's own message; clients submit with Submit")
+        for spec in msg.jobs:  # an extension that knows the function vouches for it, or it is refused
+            if not any(ext.check_task(spec) for ext in self.extensions):
+                raise JobRefused(f"internal job function {spec.fn!r} is not one any installed package runs")
+        return self._accept(ident, corr, msg.jobs, msg.watch, internal=True)
+
+    def _accept(self, ident: bytes, corr: int, jobs: list[JobSpec], watch: bool, internal: bool) -> Message | None:
+        book = self.book
+        assert book is not None
+        if self.stopping_since:
+            raise DaemonError("the daemon is stopping; submit again after the next `ensemble up`")
+        for spec in jobs:
+            if not (1 <= spec.timeout_ms <= 86_400_000 and 0 <= spec.deadline <= 1e9 and 0 <= spec.retries <= 1000
+                    and len(spec.name) <= 1024):
+                raise JobRefused(f"job {spec.fn}: timeout must be 1..86400000 ms, deadline 0..1e9 s, "
+                                 "retries 0..1000 and the name at most 1024 characters")
+        limit = self.cfg.jobs.queue_limit
+        if len(book.jobs) + len(jobs) > limit:
+            raise QueueFull(f"queue full: {len(book.jobs)} unfinished jobs, limit {limit} (jobs.queue_limit); "
+                            "retry later or raise the limit")
+        nbytes = self._frame_len
+        budget = self.cfg.jobs.queue_bytes
+        if book.queued_bytes + nbytes > budget:
+            raise QueueFull(f"queue full: unfinished jobs hold {book.queued_bytes} bytes of arguments and this "
+                            f"submit adds {nbytes}, budget {budget} (jobs.queue_bytes); retry later, pass big "
+                            "arrays through shared memory (client.empty), or raise the budget")
+        ids = book.accept(jobs, time.time(), self._peer.owner, nbytes, internal)
+        self._recall_below(max(spec.priority for spec in jobs) if jobs else 0)
+        if watch:
+            for jid in ids:
+                book.jobs[jid].watchers = (ident,)  # a tuple: 56 bytes a job, where a set costs 216
+        self.replies.append((ident, encode(Submitted(ids), corr)))
+        return None
+
+    def _on_cancel(self, ident: bytes, corr: int, msg: Cancel) -> Message | None:
+        book = self.book
+        assert book is not None
+        if not self._mine(msg.job_id):
+            raise JobNotFound(f"job {msg.job_id} is unknown to this daemon (never submitted, or pruned)")
+        job = book.jobs.get(msg.job_id)
+        if job is None:
+            infos = book.infos([msg.job_id])
+            if msg.job_id not in infos:
+                raise JobNotFound(f"job {msg.job_id} is unknown to this daemon (never submitted, or pruned)")
+            return Ack(f"job {msg.job_id} had already ended ({infos[msg.job_id].state})")
+        if job.state == "queued":
+            self._finish(job, "cancelled", time.time(), error_type="JobCancelled", error_message="cancelled before it started")
+            return Ack("cancelled")
+        self._abort(job, "cancel")
+        if msg.block:
+            if job.blockers is None:
+                job.blockers = []
+            job.blockers.append((ident, corr))
+            return None
+        return Ack("abort requested")
+
+    def _on_get(self, ident: bytes, corr: int, msg: GetJobs) -> Message:
+        assert self.book is not None
+        if len(msg.job_ids) > 100_000:
+            raise ProtocolError(f"GetJobs asks for {len(msg.job_ids)} jobs; at most 100000 at once")
+        ids = [j for j in msg.job_ids if self._mine(j)]
+        infos = self.book.infos(ids)
+        missing = [j for j in msg.job_ids if j not in infos]
+        if missing:
+            raise JobNotFound(f"job(s) {', '.join(map(str, missing))} unknown to this daemon (never submitted, or pruned)")
+        return JobInfos([infos[j] for j in msg.job_ids])
+
+    def _on_list(self, ident: bytes, corr: int, msg: ListJobs) -> Message:
+        assert self.book is not None
+        owner = self._peer.owner if self._peer.role == "client" else None
+        return JobInfos(self.book.recent(list(msg.states), max(1, min(msg.limit, 10_000)), owner))
+
+    def _on_watch(self, ident: bytes, corr: int, msg: Watch) -> Message:
+        assert self.book is not None
+        for jid in msg.job_ids[:100_000]:
+            job = self.book.jobs.get(jid)
+            if job is not None and self._mine(jid):
+                job.watchers = _with(job.watchers, ident)
+                if msg.progress:
+                    job.progress_watchers = _with(job.progress_watchers, ident)
+        return self._on_get(ident, corr, GetJobs(msg.job_ids))
+
+    def _on_unwatch(self, ident: bytes, corr: int, msg: Unwatch) -> Message:
+        assert self.book is not None
+        for jid in msg.job_ids:
+            job = self.book.jobs.get(jid)
+            if job is not None:
+                job.watchers = tuple(w for w in job.watchers or () if w != ident) or None
+                job.progress_watchers = tuple(w for w in job.progress_watchers or () if w != ident) or None
+        return Ack()
+
+    def _on_status(self, ident: bytes, corr: int, msg: Status) -> Message:
+        return self.status()
+
+    def _on_scale(self, ident: bytes, corr: int, msg: Scale) -> Message:
+        if not 0 <= msg.workers <= 1024:
+            raise EnsembleError(f"cannot scale to {msg.workers} workers: give 0..1024")
+        self.scale(msg.workers)
+        return Ack(f"workers: {msg.workers}")
+
+    def _on_shutdown(self, ident: bytes, corr: int, msg: Shutdown) -> Message:
+        self.begin_stop("shutdown request")
+        return Ack("stopping")
+
+    _handlers: dict[type, Callable[..., Message | None]] = {
+        Ping: _on_ping, Submit: _on_submit, TaskSubmit: _on_task_submit, Cancel: _on_cancel, GetJobs: _on_get,
+        ListJobs: _on_list, Watch: _on_watch, Unwatch: _on_unwatch, Status: _on_status, Scale: _on_scale,
+        Shutdown: _on_shutdown,
+    }
+
+    def _drain_internal(self, sock: Any) -> None:
+        """Child messages: local children on the ipc socket, remote workers on the tcp one, never mixed.
+
+        A frame counts for a slot only when it comes in on that slot's socket,
+        with its routing id, and (tcp) under the key the slot joined with.
+        """
+        tcp = sock is self.internal_tcp
+        table = self.remote_slots if tcp else self.by_identity
+        handles = None if tcp else self.shm_prefix
+        for parts, key, _role, name in self._frames(sock):
+            slot = table.get(parts[0])
+            if tcp:
+                if slot is None and len(parts) == 2:
+                    slot = self._remote_hello(sock, parts[0], key, name, parts[1])
+                elif slot is not None and not hmac.compare_digest(slot.key, key):
+                    self.counters["forged_frames"] += 1
+                    continue
+            if slot is None or len(parts) != 2:
+                self.counters["stray_frames"] += 1
+                continue
+            try:
+                _, msg = decode(parts[1], self.limits, handles)
+            except ProtocolError as exc:
+                self.counters["bad_frames"] += 1
+                log.error("event=bad-child-frame name=%s reason=%s", _esc(slot.name), _esc(str(exc)))
+                continue
+            if slot.remote and not isinstance(msg, _REMOTE_WORKER_SENDS):
+                self.counters["stray_frames"] += 1
+                continue
+            slot.last_heard = time.monotonic()
+            if isinstance(msg, Heartbeat):
+                slot.stats = msg.stats
+            elif isinstance(msg, JobsDone):
+                self._jobs_done(slot, msg)
+            elif isinstance(msg, JobUpdate):
+                self._job_update(slot, msg)
+            elif isinstance(msg, Recalled):
+                self._recalled(slot, msg)
+            elif isinstance(msg, Hello):
+                slot.ready = True
+                slot.state = "running"
+                log.info("event=ready name=%s pid=%d", _esc(slot.name), msg.pid)
+                for ext in self.extensions:
+                    ext.child_ready(slot)
+            elif type(msg) in self.child_handlers and not slot.remote:
+                self.child_handlers[type(msg)](slot, msg)
+            else:
+                self.counters["stray_frames"] += 1

@@ -1,0 +1,229 @@
+"""Transport: the sockets, CURVE and its roles, and who a frame is from.
+
+The local sockets (``control`` for clients, ``internal`` for children) are ipc
+in the 0700 run directory: whoever reaches them is the daemon's own user.  The
+tcp endpoints use CURVE, each with its own ZAP domain deciding by key role
+(:class:`KeyRoles`); identities there are bound to socket, routing id and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import zmq
+
+from actors._errors import EnsembleError, ProtocolError
+from actors.messages import JobInfos, Message, encode
+
+if TYPE_CHECKING:
+    from actors.supervisor._children import Slot
+
+log = logging.getLogger("ensemble.supervisor")
+_DRAIN = 2000  # messages read per socket per iteration
+_CONTROL = str.maketrans({c: f"\\x{c:02x}" for c in range(32)} | {127: "\\x7f"})
+TCP = b"\x00\xfeTCP:"  # address prefix of tcp clients: ZeroMQ's own ids are 5 bytes, so none collides
+
+
+def _esc(text: str) -> str:
+    """A peer-supplied value made safe for a one-line log record (control characters escaped, length capped)."""
+    text = text.translate(_CONTROL)
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a request: ``local`` (the daemon's own user, over the 0700 run dir) or a remote key's role."""
+
+    role: str  # local | client | admin
+    name: str = ""  # the key's name (remote)
+    addr: bytes = b""  # where replies and pushes go
+
+    @property
+    def owner(self) -> str:
+        """What jobs it submits are recorded under ("" for local)."""
+        return "" if self.role == "local" else f"{self.role}:{self.name}"
+
+
+
+LOCAL = Peer("local")
+
+
+class KeyRoles:
+    """ZAP policy: which roles each tcp endpoint admits (the worker endpoint: workers; the client one: the rest)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, tuple[str, str]] = {}  # z85 public key -> (role, name); replaced, never mutated
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        found = self.keys.get(key)
+        if found is None:
+            return False
+        return (found[0] == "worker") == (domain == "ensemble-worker")
+
+
+def _inline(value: Any, prefix: str) -> Any:
+    """Shared-memory arrays (this daemon's, named with ``prefix``) as bytes, for a worker on another host."""
+    from actors.messages import ArrayHandle
+    from actors.shm import SharedArray, walk
+
+    def leaf(v: Any) -> Any:
+        if type(v) is not ArrayHandle:
+            return v
+        seg = SharedArray.attach(v, readonly=True, prefix=prefix)
+        try:
+            return seg.array.copy()
+        finally:
+            seg.close()
+
+    return walk(value, leaf)
+
+
+class TransportMixin:
+    """Sockets of the :class:`~actors.supervisor.Supervisor` (mixed in; state lives on the supervisor)."""
+
+    def _bind_tcp(self) -> None:
+        """CURVE-secured tcp endpoints, each admitting only its roles' keys (refused without keys).
+
+        The worker endpoint (``daemon.tcp``) admits ``worker`` keys, the client
+        endpoint (``daemon.client_tcp``) ``client`` and ``admin`` keys: separate
+        ZAP domains decided by :class:`_KeyRoles`.  Handover is off, so a
+        connection can never take over the routing id of one that is alive.
+        """
+        from zmq.auth.thread import ThreadAuthenticator
+
+        from actors._keys import keys_dir, server_keys, unassigned_keys
+
+        kdir = keys_dir(self.cfg)
+        public, secret = server_keys(kdir)  # ConfigError without keys: nothing is bound
+        self.keys_dir = kdir
+        self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ensemble.zap"))
+        self.auth.start()
+        for domain in ("ensemble-worker", "ensemble-client"):
+            self.auth.configure_curve_callback(domain, credentials_provider=self.roles)
+        self._refresh_allowed(force=True)
+        for name in unassigned_keys(kdir):
+            log.warning("event=key-without-role name=%s detail=grants nothing; re-issue it with "
+                        "`ensemble keys add-worker|add-client|add-admin`", _esc(name))
+        for field_name in ("client_tcp", "tcp"):
+            endpoint = getattr(self.cfg.daemon, field_name)
+            if not endpoint:
+                continue
+            sock = self.ctx.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.daemon.max_frame + 4096)
+            sock.curve_server = True
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            sock.zap_domain = b"ensemble-worker" if field_name == "tcp" else b"ensemble-client"
+            sock.bind(endpoint)
+            self.poller.register(sock, zmq.POLLIN)
+            if field_name == "tcp":
+                self.internal_tcp = sock
+            else:
+                self.control_tcp = sock
+            log.info("event=bind endpoint=%s mechanism=CURVE allowed_keys=%d", endpoint, len(self.roles.keys))
+
+    def _allowed_stamp(self) -> float:
+        try:
+            d = self.keys_dir / "allowed"
+            dirs = [d] + [p for p in d.iterdir() if p.is_dir()]
+            return max([p.stat().st_mtime for p in dirs] + [f.stat().st_mtime for p in dirs for f in p.iterdir()])
+        except (OSError, ValueError, AttributeError):
+            return 0.0
+
+    def _refresh_allowed(self, force: bool = False) -> None:
+        """Re-read the allow-lists when they changed (revocation without a restart)."""
+        from actors._keys import allowed_keys
+
+        stamp = self._allowed_stamp()
+        if force or stamp != self._allowed_mtime:
+            self._allowed_mtime = stamp
+            self.roles.keys = allowed_keys(self.keys_dir)
+            if not force:
+                log.info("event=allow-list-reloaded keys=%d", len(self.roles.keys))
+            for slot in [s for s in self.slots.values() if s.remote and s.key not in self.roles.keys]:
+                self._remote_gone(slot, "its key was revoked")
+
+    def _recv_tcp(self, sock: Any) -> tuple[list[bytes], bytes, str, str] | None:
+        """One message from a CURVE socket as ``(frames, key, role, name)``; None for a key revoked since."""
+        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        user = frames[-1].get("User-Id")
+        key = user.encode() if user else b""
+        found = self.roles.keys.get(key)
+        if found is None:
+            self.counters["revoked_frames"] += 1
+            return None
+        return [f.bytes for f in frames], key, found[0], found[1]
+
+    def _bind(self, path: Path, hwm: int) -> zmq.Socket[bytes]:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.daemon.max_frame + 4096)
+        old = os.umask(0o177)
+        try:
+            sock.bind(f"ipc://{path}")
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        return sock
+
+    def _frames(self, sock: Any) -> Iterator[tuple[list[bytes], bytes, str, str]]:
+        """Messages waiting on ``sock`` (at most ``_DRAIN``) as ``(frames, key, role, name)``.
+
+        Local sockets give role ``local``; tcp ones only frames from keys still allowed, with their role.
+        """
+        tcp = sock is self.control_tcp or sock is self.internal_tcp
+        for _ in range(_DRAIN):
+            try:
+                if tcp:
+                    got = self._recv_tcp(sock)
+                    if got is None:
+                        continue
+                    self.counters["tcp_frames"] += 1  # only frames from allowed keys get this far
+                    yield got
+                else:
+                    yield sock.recv_multipart(zmq.NOBLOCK), b"", "local", ""
+            except zmq.Again:
+                return
+
+    def _encode_for(self, addr: bytes, msg: Message, corr: int = 0) -> bytes:
+        """Encode a reply or push; for a client on another host, shared-memory results become bytes."""
+        if addr.startswith(TCP) and isinstance(msg, JobInfos):
+            infos = []
+            for info in msg.jobs:
+                try:
+                    infos.append(dataclasses.replace(info, result=_inline(info.result, self.shm_prefix)))
+                except EnsembleError:
+                    infos.append(info)  # its segment is gone: the handle goes as it is, and fails to map there
+            msg = JobInfos(infos)
+        return encode(msg, corr)
+
+    def _send_client(self, addr: bytes, frame: bytes) -> None:
+        if addr.startswith(TCP):
+            sock, addr = self.control_tcp, addr[len(TCP):]
+        else:
+            sock = self.control
+        try:
+            sock.send_multipart([addr, frame], zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["push_dropped"] += 1
+        except zmq.ZMQError:  # EHOSTUNREACH: the client is gone
+            self.counters["client_gone"] += 1
+
+    def _send_child(self, slot: Slot, msg: Message) -> bool:
+        try:
+            (slot.sock or self.internal).send_multipart([slot.identity, encode(msg)], zmq.NOBLOCK)
+            return True
+        except (zmq.ZMQError, ProtocolError):
+            return False

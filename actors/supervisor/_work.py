@@ -1,0 +1,240 @@
+"""Jobs on workers: dispatch by credit, results, progress, aborts, kills, deadlines.
+
+What to send is decided by the pure functions of :mod:`actors.supervisor._dispatch`;
+this mixin applies their decisions to sockets and the job book.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from actors._errors import EnsembleError, ProtocolError
+from actors._jobs import Job
+from actors.messages import AbortJob, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop, encode
+from actors.supervisor import _dispatch as plan
+from actors.supervisor._children import Slot
+from actors.supervisor._transport import _inline
+
+log = logging.getLogger("ensemble.supervisor")
+
+
+class WorkMixin:
+    """The job path of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
+
+    def _jobs_done(self, slot: Slot, msg: JobsDone) -> None:
+        book = self.book
+        assert book is not None
+        now = time.time()
+        if msg.results:
+            first = msg.results[0]
+            if first.started:
+                took = max(1e-6, (now - first.started) / len(msg.results))
+                self.job_seconds = took if self.job_seconds <= 0 else 0.8 * self.job_seconds + 0.2 * took
+        for done in msg.results:
+            job = book.jobs.get(done.job_id)
+            if job is None or done.job_id not in slot.outstanding:
+                self.counters["stale_results"] += 1
+                continue
+            if slot.outstanding[0] == done.job_id:
+                slot.outstanding.popleft()
+            else:
+                slot.outstanding.remove(done.job_id)
+            if job.state == "dispatched" and not job.abort_reason:  # ran and ended in a batch behind the head
+                book.start(job, slot.name, done.started or now, time.monotonic())
+            job.progress, job.status, job.properties = done.progress, done.status, done.properties
+            if done.started and job.state == "running":
+                job.started = done.started
+            if job.abort_reason:
+                etype = "JobTimeout" if job.abort_reason == "deadline" else "JobCancelled"
+                state = "cancelled"
+                msg_text = {"deadline": f"deadline of {job.spec.deadline:g}s passed",
+                            "cancel": "cancelled", "shutdown": "the daemon stopped"}.get(job.abort_reason, job.abort_reason)
+                if not done.ok and done.error_type not in ("JobCancelled", "JobTimeout"):
+                    msg_text += f"; the job then raised {done.error_type}: {done.error_message}"
+                self._finish(job, state, now, done.value, etype, msg_text, done.traceback)
+            elif done.ok:
+                self._finish(job, "done", now, done.value)
+            else:
+                self._finish(job, "failed", now, None, done.error_type, done.error_message, done.traceback)
+        self._advance(slot, now, time.monotonic())
+        if slot.retire and not slot.outstanding:
+            self._send_child(slot, Stop("scaled down"))
+
+    def _advance(self, slot: Slot, now: float, mono: float) -> None:
+        """Mark the job now at the head of a worker's line as running."""
+        assert self.book is not None
+        if slot.outstanding and not self.stopping_since:  # stopping workers start nothing new
+            job = self.book.jobs.get(slot.outstanding[0])
+            if job is not None and job.state == "dispatched":
+                self.book.start(job, slot.name, now, mono)
+                if job.abort_reason and not job.kill_at:  # aborted while it waited in the worker's line
+                    job.kill_at = mono + job.timeout_ms / 1000
+
+    def _job_update(self, slot: Slot, msg: JobUpdate) -> None:
+        book = self.book
+        assert book is not None
+        job = book.jobs.get(msg.job_id)
+        if job is None or msg.job_id not in slot.outstanding:
+            return
+        job.progress, job.status = msg.progress, msg.status
+        msg.timeout_ms = max(1, min(msg.timeout_ms, 86_400_000))
+        if msg.properties or not msg.event:
+            job.properties = msg.properties
+        if msg.timeout_ms != job.timeout_ms:
+            job.timeout_ms = msg.timeout_ms
+            if job.kill_at:
+                job.kill_at = time.monotonic() + msg.timeout_ms / 1000
+        if msg.event:
+            book.event(job, msg.event, msg.detail)
+            log.warning("event=job-%s job=%d detail=%s", msg.event, job.id, msg.detail)
+        else:
+            book.journal.stage_progress(job.id, job.progress, job.status, job.properties)
+        if job.progress_watchers:
+            info = job.info()
+            for ident in job.progress_watchers:
+                self.progress_pushes.setdefault(ident, {})[job.id] = info
+
+    def _finish(self, job: Job, state: str, now: float, value: Any = None, error_type: str = "",
+                error_message: str = "", traceback: str = "") -> None:
+        assert self.book is not None
+        info = self.book.finish(job, state, now, value, error_type, error_message, traceback)
+        if self.metrics is not None and job.started:
+            self.metrics.job_finished(now - job.started)
+        if job.watchers:
+            for ident in job.watchers:
+                self.pushes.setdefault(ident, []).append(info)
+        if job.blockers:
+            for ident, corr in job.blockers:
+                self.replies.append((ident, self._encode_for(ident, JobInfos([info]), corr)))
+
+    def _finish_killed(self, job: Job, now: float) -> None:
+        self._finish(job, "killed", now, error_type="JobTimeout" if job.killed == "deadline" else "JobCancelled",
+                     error_message=f"killed: {job.killed} (no return within {job.timeout_ms} ms of the abort)")
+
+    def _abort(self, job: Job, reason: str) -> None:
+        if job.abort_reason:
+            return
+        job.abort_reason = reason
+        assert self.book is not None
+        self.book.event(job, "abort", reason)
+        slot = self.slots.get(job.worker) if job.worker else self._slot_of(job.id)
+        if slot is not None:
+            self._send_child(slot, AbortJob(job.id, reason))
+            if job.state == "running":
+                job.kill_at = time.monotonic() + job.timeout_ms / 1000
+
+    def _slot_of(self, job_id: int) -> Slot | None:
+        for slot in self.slots.values():
+            if job_id in slot.outstanding:
+                return slot
+        return None
+
+    def _timers(self, mono: float) -> None:
+        """Abort jobs whose deadline passed; SIGKILL the workers of jobs that ignored their abort."""
+        assert self.book is not None
+        expired, kills = plan.due(self.book, list(self.slots.values()), mono)
+        for job in expired:
+            self._abort(job, "deadline")
+        for slot, job in kills:
+            if job.killed:
+                continue
+            job.killed = job.abort_reason or "abort"
+            self.book.event(job, "killed", f"no return within {job.timeout_ms} ms of the abort; process group SIGKILLed")
+            self._kill(slot, f"job {job.id} ignored its abort for {job.timeout_ms} ms")
+            if job.id in self.book.jobs:  # SIGKILL cannot fail: record the end now, not at the reap
+                slot.outstanding.remove(job.id)
+                self._finish_killed(job, time.time())
+
+    def _dispatch(self, mono: float) -> None:
+        """Send what :func:`~actors.supervisor._dispatch.plan` hands each worker."""
+        book = self.book
+        assert book is not None
+        now = time.time()
+        for slot, jobs in plan.plan(book, list(self.slots.values()), plan.window(self.job_seconds, self.cfg.jobs.window)):
+            was_idle = not slot.outstanding
+            batch, sent = [], []
+            for job in jobs:
+                s = job.spec
+                try:
+                    args, kwargs = (s.args, s.kwargs) if not slot.remote else (_inline(s.args, self.shm_prefix), _inline(s.kwargs, self.shm_prefix))
+                except EnsembleError as exc:  # a segment gone since submit: this job fails, nothing else
+                    self._finish(job, "failed", now, error_type="ProtocolError",
+                                 error_message=f"the job cannot be dispatched: {exc}")
+                    continue
+                slot.outstanding.append(job.id)
+                job.worker = slot.name
+                sent.append(job)
+                batch.append(Dispatch(job.id, s.fn, args, kwargs, job.timeout_ms, job.attempts + 1, s.with_task,
+                                      job.internal))
+            if not batch:
+                continue
+            if not self._send_batch(slot, batch, sent, now):
+                continue
+            if was_idle:
+                self._advance(slot, now, mono)
+
+    def _send_batch(self, slot: Slot, batch: list[Dispatch], jobs: list[Job], now: float) -> bool:
+        """Send jobs to a worker; a job that cannot be encoded or fit a frame fails alone, the rest go."""
+        try:
+            frame = encode(RunJobs(batch))
+            fits = len(frame) <= self.cfg.daemon.max_frame
+        except ProtocolError:
+            fits = False
+        if fits:
+            try:
+                (slot.sock or self.internal).send_multipart([slot.identity, frame], zmq.NOBLOCK)
+                return True
+            except zmq.ZMQError:
+                for job in jobs:
+                    slot.outstanding.remove(job.id)
+                    self.book.requeue(job, "")  # type: ignore[union-attr]
+                return False
+        sent_any = False
+        for d, job in zip(batch, jobs):  # one at a time, to find the ones that cannot go
+            try:
+                one = encode(RunJobs([d]))
+                if len(one) > self.cfg.daemon.max_frame:
+                    raise ProtocolError(f"it is {len(one)} bytes, over the frame limit of {self.cfg.daemon.max_frame}")
+            except ProtocolError as exc:
+                slot.outstanding.remove(job.id)
+                self._finish(job, "failed", now, error_type="ProtocolError",
+                             error_message=f"the job cannot be sent to worker {slot.name}: {exc}")
+                continue
+            try:
+                (slot.sock or self.internal).send_multipart([slot.identity, one], zmq.NOBLOCK)
+                sent_any = True
+            except zmq.ZMQError:
+                slot.outstanding.remove(job.id)
+                self.book.requeue(job, "")  # type: ignore[union-attr]
+        return sent_any
+
+    def _recall_below(self, priority: int) -> None:
+        """Ask workers to give back prefetched jobs of lower priority than a newly queued one."""
+        assert self.book is not None
+        for slot, ids in plan.recalls(self.book, list(self.slots.values()), priority):
+            self._send_child(slot, Recall(ids))
+
+    def _recalled(self, slot: Slot, msg: Recalled) -> None:
+        book = self.book
+        assert book is not None
+        for jid in msg.job_ids:
+            job = book.jobs.get(jid)
+            if job is None or jid not in slot.outstanding:
+                continue
+            slot.outstanding.remove(jid)
+            job.recalling = False
+            book.requeue(job, "")
+        for jid in slot.outstanding:  # those that had started meanwhile stay where they are
+            job = book.jobs.get(jid)
+            if job is not None:
+                job.recalling = False
+
+    def _prune(self) -> None:
+        assert self.journal is not None
+        n = self.journal.prune(time.time() - self.cfg.jobs.retention)
+        if n:
+            log.info("event=prune jobs=%d", n)

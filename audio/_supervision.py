@@ -1,0 +1,110 @@
+"""The audio side of the daemon: the processor child, the shared-memory sample registry, notes and voices.
+
+Registered with the runtime through the ``ensemble.extensions`` entry point
+(see :mod:`actors.extensions`); runs in the supervisor's thread, never blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from actors import DaemonError, ProtocolError
+from actors.extensions import ChildSpec, Extension
+from actors.messages import (
+    Ack, AudioEvent, Message, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad, VoicesDone, VoicesOp,
+)
+from actors.shm import SharedArray
+
+log = logging.getLogger("ensemble.supervisor")
+
+
+class AudioExtension(Extension):
+    """The processor, the samples it plays and the notes clients send it."""
+
+    name = "audio"
+    children = (ChildSpec("processor", "processor", "audio.processor"),)
+    admin_requests = frozenset({AudioEvent, SampleLoad, SampleDrop, SampleList})
+
+    def __init__(self, host: Any) -> None:
+        super().__init__(host)
+        self.samples: dict[str, SampleInfo] = {}  # the shared-memory sample registry
+        self.voice_ops: dict[int, Any] = {}  # kill_voices_and_call token -> the worker slot waiting for it
+
+    def requests(self) -> dict[type, Any]:
+        return {AudioEvent: self._event, SampleLoad: self._load, SampleDrop: self._drop, SampleList: self._list}
+
+    def child_messages(self) -> dict[type, Any]:
+        return {VoicesOp: self._voices_op, VoicesDone: self._voices_done}
+
+    def child_ready(self, slot: Any) -> None:
+        if slot.role == "processor":
+            for info in self.samples.values():  # a restarted processor maps them again
+                self.host.send_child(slot, SampleLoad(info))
+
+    # -- requests
+    def _processor(self) -> Any:
+        slot = self.host.child("processor")
+        if slot is None:
+            raise DaemonError("the processor is not running; see `ensemble status`")
+        return slot
+
+    def _event(self, corr: int, msg: AudioEvent) -> Message:
+        if msg.op not in ("note_on", "note_off", "cc", "kill_all"):
+            raise ProtocolError(f"unknown audio event {msg.op!r}: note_on, note_off, cc or kill_all")
+        if not (0 <= msg.note <= 127 and 0.0 <= msg.velocity <= 1.0 and 0.0 <= msg.delay <= 3600):
+            raise ProtocolError("audio event out of range: note 0..127, velocity 0..1, delay 0..3600 s")
+        if msg.sample and msg.sample not in self.samples:
+            raise DaemonError(f"no sample named {msg.sample!r} is loaded (`ensemble sample list`)")
+        if not self.host.send_child(self._processor(), msg):
+            raise DaemonError("the processor is not reachable right now; try again")
+        return Ack()
+
+    def _load(self, corr: int, msg: SampleLoad) -> Message:
+        info = msg.sample
+        if not info.name or len(info.name) > 128:
+            raise ProtocolError("a sample needs a name of 1..128 characters")
+        if not (len(info.handle.shape) in (1, 2) and 1000 <= info.samplerate <= 768000):
+            raise ProtocolError("a sample is [frames] or [frames, channels] at 1000..768000 Hz")
+        SharedArray.attach(info.handle, readonly=True, prefix=self.host.shm_prefix).close()  # ours, there, big enough
+        old = self.samples.get(info.name)
+        frames = info.handle.shape[0]
+        channels = info.handle.shape[1] if len(info.handle.shape) == 2 else 1
+        info = SampleInfo(info.name, info.handle, info.samplerate, info.root_key, frames, channels)
+        self.samples[info.name] = info
+        if old is not None and old.handle.name != info.handle.name:
+            SharedArray.unlink_name(old.handle.name)
+        proc = self.host.child("processor")
+        if proc is not None:
+            self.host.send_child(proc, SampleLoad(info))
+        log.info("event=sample-load name=%s frames=%d segment=%s", info.name, frames, info.handle.name)
+        return Ack(f"sample {info.name!r}: {frames} frames")
+
+    def _drop(self, corr: int, msg: SampleDrop) -> Message:
+        info = self.samples.pop(msg.name, None)
+        if info is None:
+            raise DaemonError(f"no sample named {msg.name!r} is loaded")
+        proc = self.host.child("processor")
+        if proc is not None:
+            self.host.send_child(proc, msg)
+        SharedArray.unlink_name(info.handle.name)  # mappings stay valid until the processor lets go of them
+        return Ack(f"sample {msg.name!r} dropped")
+
+    def _list(self, corr: int, msg: SampleList) -> Message:
+        return SampleInfos(list(self.samples.values()))
+
+    # -- kill_voices_and_call: a worker's job asks the processor to fall silent, then to resume
+    def _voices_op(self, worker: Any, msg: VoicesOp) -> None:
+        proc = self.host.child("processor")
+        if proc is None or not self.host.send_child(proc, msg):
+            self.host.send_child(worker, VoicesDone(msg.token, False, "no processor is running"))
+            return
+        if msg.op == "suspend":
+            if len(self.voice_ops) > 10_000:
+                self.voice_ops.clear()
+            self.voice_ops[msg.token] = (worker, worker.identity)
+
+    def _voices_done(self, slot: Any, msg: VoicesDone) -> None:
+        waiting = self.voice_ops.pop(msg.token, None)
+        if waiting is not None and waiting[0].identity == waiting[1] and waiting[0].ready:  # the same incarnation
+            self.host.send_child(waiting[0], msg)

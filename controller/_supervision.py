@@ -1,0 +1,144 @@
+"""The script side of the daemon: the controller child, the loaded script, its parameters and its routing.
+
+Registered with the runtime through the ``ensemble.extensions`` entry point
+(see :mod:`actors.extensions`); runs in the supervisor's thread, never blocks.
+Controller and processor each host the script; this routes ``run_sync`` /
+``run_async`` and parameter traffic between them and records script errors.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from pathlib import Path
+from typing import Any
+
+from actors import DaemonError, JobRefused, PermissionDenied
+from actors.extensions import ChildSpec, Extension
+from actors.messages import (
+    Ack, JobSpec, Message, ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult,
+    RunSync, ScriptError, ScriptLoad, ScriptReady,
+)
+from controller._host import ParamDef
+
+log = logging.getLogger("ensemble.supervisor")
+INTERNAL_JOBS = frozenset({"controller._tasks:run_process_job", "controller._tasks:kill_voices_job"})
+
+
+class ScriptExtension(Extension):
+    """The controller, the script it runs and the parameters it defines."""
+
+    name = "controller"
+    children = (ChildSpec("controller", "controller", "controller.actor"),)
+    admin_requests = frozenset({ScriptLoad, ParamSet, ParamList})
+
+    def __init__(self, host: Any) -> None:
+        super().__init__(host)
+        script = host.cfg.audio.script
+        self.script_path = str(Path(script).resolve()) if script else ""
+        self.script_ready = False  # the controller ran module code, parameters and on_load
+        self.params: dict[str, ParamInfo] = {}
+        self.errors: collections.deque[str] = collections.deque(maxlen=20)
+
+    def requests(self) -> dict[type, Any]:
+        return {ScriptLoad: self._load, ParamSet: self._param_set, ParamList: self._param_list}
+
+    def child_messages(self) -> dict[type, Any]:
+        return {t: self._route for t in (ScriptReady, RunSync, RunAsync, RunAsyncResult, ParamValues, ParamSet,
+                                         ScriptError)}
+
+    def child_ready(self, slot: Any) -> None:
+        if slot.role == "processor" and self.script_ready:
+            self.host.send_child(slot, ScriptLoad(self.script_path))
+            self.host.send_child(slot, ParamValues(list(self.params.values())))
+        elif slot.role == "controller" and self.script_path:
+            self.script_ready = False
+            self.host.send_child(slot, ScriptLoad(self.script_path))
+
+    def check_task(self, spec: JobSpec) -> bool:
+        """Script tasks name the loaded script's functions; the two internal helpers are ours."""
+        if spec.fn in INTERNAL_JOBS:
+            return True
+        if spec.fn.startswith("script:"):
+            if not self.script_path or spec.fn.rpartition(":")[0] != f"script:{self.script_path}":
+                raise JobRefused(f"job function {spec.fn!r}: only functions of the loaded script "
+                                 f"({self.script_path or 'none'}) may run as script tasks")
+            return True
+        return False
+
+    def status(self, counters: dict[str, Any]) -> None:
+        if self.script_path:
+            counters["script"] = self.script_path
+        if self.errors:
+            counters["script_errors_recent"] = list(self.errors)
+
+    # -- requests
+    def _load(self, corr: int, msg: ScriptLoad) -> Message:
+        path = Path(msg.path or self.script_path)
+        if not msg.path and not self.script_path:
+            raise DaemonError("no script is loaded; give a path: `ensemble load path/to/instrument.py`")
+        if msg.path and self.host.peer.role != "local":  # a remote admin loads only from where the operator said
+            dirs = [Path(d).resolve() for d in self.host.cfg.audio.script_dirs]
+            if not any(path.resolve().is_relative_to(d) for d in dirs):
+                raise PermissionDenied(f"script {msg.path[:200]!r} is outside the script directories a remote "
+                                       f"admin may load from ({', '.join(map(str, dirs)) or 'none configured'}; "
+                                       "[audio] script_dirs)")
+        if not path.is_file():
+            raise DaemonError(f"script {str(path)[:200]!r} does not exist")
+        controller = self.host.child("controller")
+        if controller is None:
+            raise DaemonError("the controller is not running; see `ensemble status`")
+        self.script_path = str(path.resolve())
+        self.script_ready = False
+        self.host.send_child(controller, ScriptLoad(self.script_path, msg.reload))
+        log.info("event=script-load path=%s reload=%s", self.script_path, msg.reload)
+        return Ack(f"loading {self.script_path}")
+
+    def _param_set(self, corr: int, msg: ParamSet) -> Message:
+        if msg.name not in self.params:
+            raise DaemonError(f"no parameter named {msg.name!r}" + (
+                f"; known: {', '.join(self.params)}" if self.params else "; no script with parameters is loaded"))
+        p = self.params[msg.name]
+        if p.kind != "choice":
+            try:
+                value = ParamDef(p.name, p.long_name, p.default, p.min, p.max, p.kind).coerce(msg.value)
+            except ValueError as exc:
+                raise DaemonError(str(exc)) from None
+            msg = ParamSet(msg.name, value)
+        controller = self.host.child("controller")
+        if controller is None or not self.host.send_child(controller, msg):
+            raise DaemonError("the controller is not running; see `ensemble status`")
+        return Ack(f"{msg.name} = {msg.value!r} queued")
+
+    def _param_list(self, corr: int, msg: ParamList) -> Message:
+        return ParamInfos(list(self.params.values()), self.script_path)
+
+    # -- routing between controller and processor
+    def _route(self, slot: Any, msg: Message) -> None:
+        proc, ctl = self.host.child("processor"), self.host.child("controller")
+        if isinstance(msg, ScriptReady):
+            self.script_ready = True
+            if proc is not None:
+                self.host.send_child(proc, ScriptLoad(msg.path))
+        elif isinstance(msg, (RunSync, RunAsyncResult)):
+            if proc is not None:
+                self.host.send_child(proc, msg)
+        elif isinstance(msg, RunAsync):
+            if ctl is not None:
+                self.host.send_child(ctl, msg)
+            elif proc is not None:
+                self.host.send_child(proc, RunAsyncResult(msg.token, False, None, "the controller is not running"))
+        elif isinstance(msg, ParamValues):
+            self.params = {p.name: p for p in msg.params}
+            if proc is not None:
+                self.host.send_child(proc, msg)
+        elif isinstance(msg, ParamSet):
+            if ctl is not None:
+                self.host.send_child(ctl, msg)
+        elif isinstance(msg, ScriptError):
+            text = f"{msg.context} {msg.kind}: {msg.message}" + (f" ({msg.location})" if msg.location else "")
+            self.errors.append(text)
+            self.host.counters["script_errors"] += 1
+            slot.detail = text[:600]
+            log.error("event=script-%s context=%s detail=%s location=%s", msg.kind, msg.context, msg.message,
+                      msg.location)
