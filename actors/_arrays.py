@@ -21,6 +21,8 @@ import threading
 import weakref
 from typing import Any
 
+import msgspec
+
 from actors.messages import ArrayHandle, JobInfo
 from actors.shm import segment_prefix, SharedArray, handle_of, is_ndarray, shared_ndarray, walk
 
@@ -124,12 +126,10 @@ class ClientArrays:
         """
         if info.result is None or info.state != "done":
             return info
-        import dataclasses
-
         from actors._errors import JobError
 
         try:
-            return dataclasses.replace(info, result=walk(info.result, self._import_leaf))
+            return msgspec.structs.replace(info, result=walk(info.result, self._import_leaf))
         except JobError:
             if strict:
                 raise

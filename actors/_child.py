@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 
 from actors._errors import ProtocolError
+from actors._logging import setup as one_line_logging
 from actors.config import Config
 from actors.messages import Heartbeat, Hello, Limits, Message, Stop, decode, encode
 
@@ -214,11 +215,7 @@ def _deliver_and_term(ctx: zmq.Context[Any], timeout: float) -> None:
 
 def child_main(cls: type[Child]) -> None:
     """Entry point shared by every child module: ``python -m X <config-json> <name>``."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s " + cls.role + " pid=%(process)d %(name)s: %(message)s",
-    )
+    one_line_logging(cls.role, sys.stderr)
     if len(sys.argv) != 3:
         sys.stderr.write(f"usage: python -m {cls.__module__} CONFIG_JSON NAME\n")
         sys.exit(2)

@@ -11,7 +11,6 @@ listeners registered per job id.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import os
 import threading
@@ -19,10 +18,12 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
+import msgspec
 import zmq
 
 from actors._arrays import ClientArrays
 from actors._errors import ClientClosed, DaemonNotRunning, EnsembleError, ProtocolError, TransportError, error_from_code
+from actors._state import FINAL
 from actors._rundir import RunDir, check_private_path, process_exists
 from actors.config import Config
 from actors.messages import Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, decode, encode
@@ -146,7 +147,7 @@ class Connection:
             changed: list[bool] = []
             args = self.arrays.export(spec.args, lent, changed)
             kwargs = self.arrays.export(spec.kwargs, lent, changed)
-            out.append(dataclasses.replace(spec, args=args, kwargs=kwargs) if changed else spec)
+            out.append(msgspec.structs.replace(spec, args=args, kwargs=kwargs) if changed else spec)
             borrowed.append(lent)
         if any(borrowed):
             fut.add_done_callback(lambda f: self._lend(f, borrowed))
@@ -333,18 +334,16 @@ class Connection:
 
     def _route(self, infos: list[JobInfo]) -> None:
         for info in infos:
-            terminal = info.state in ("done", "failed", "cancelled", "killed", "worker-lost")
+            terminal = info.state in FINAL
             if terminal:
                 try:
                     info = self.arrays.import_info(info)
                 except EnsembleError as exc:
-                    import dataclasses as dc
-
-                    info = dc.replace(info, state="failed", result=None, error_type=type(exc).__name__,
-                                      error_message=str(exc))
+                    info = msgspec.structs.replace(info, state="failed", result=None,
+                                                   error_type=type(exc).__name__, error_message=str(exc))
             with self._lock:
                 listeners = list(self._listeners.get(info.id, ()))
-                if info.state in ("done", "failed", "cancelled", "killed", "worker-lost"):
+                if info.state in FINAL:
                     self._listeners.pop(info.id, None)
             for fn in listeners:
                 try:

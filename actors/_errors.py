@@ -33,8 +33,16 @@ class TransportError(EnsembleError):
     """Raised when the connection to the daemon broke or did not answer in time."""
 
 
-class ClientClosed(TransportError):
-    """Raised when a client is used after ``close()`` (you closed it; it did not break)."""
+class ClientClosed(EnsembleError):
+    """Raised when a client is used after ``close()`` (you closed it; nothing broke)."""
+
+
+class WaitTimeout(EnsembleError, TimeoutError):
+    """Raised when your wait for a job ran out of time; the job itself goes on."""
+
+
+class OutOfRange(EnsembleError, ValueError):
+    """Raised when a request carries a value outside its range (a note above 127, a negative delay)."""
 
 
 class PermissionDenied(EnsembleError):
@@ -66,7 +74,7 @@ class JobNotFound(JobError):
 
 
 class JobTimeout(JobError):
-    """Raised when waiting for a result timed out, or the job passed its deadline."""
+    """Raised by ``result()`` when the job passed its deadline (``deadline=``) and was stopped."""
 
 
 class JobCancelled(JobError):
@@ -103,6 +111,7 @@ ERROR_CODES: dict[str, type[EnsembleError]] = {
     "daemon": DaemonError,
     "context": WrongContextError,
     "permission": PermissionDenied,
+    "range": OutOfRange,
 }
 
 

@@ -12,11 +12,9 @@ import heapq
 import time
 from typing import Any, Iterable
 
-import msgpack
-
 from actors._errors import JobRefused
 from actors._journal import TERMINAL, Journal
-from actors.messages import JobInfo, JobSpec, _default
+from actors.messages import JobInfo, JobSpec, _decode_value, _encode_value
 
 
 class Job:
@@ -65,31 +63,23 @@ class Job:
 
 def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False) -> bytes:
     """Journal form of a job spec, with who submitted it."""
-    blob: bytes = msgpack.packb(
-        [spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
-         spec.retries, spec.with_task, owner, internal],
-        default=_default,
-    )
-    return blob
+    return _encode_value([spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
+                          spec.retries, spec.with_task, owner, internal])
 
 
 def unpack_spec(blob: bytes) -> tuple[JobSpec, str, bool]:
     """Inverse of :func:`pack_spec`: ``(spec, owner, internal)``.  Rows of older releases have no owner (local)."""
-    from actors.messages import _ext_hook
-
-    f = msgpack.unpackb(blob, ext_hook=_ext_hook)
+    f = _decode_value(blob)
     owner, internal = (f[9], f[10]) if len(f) >= 11 else ("", False)
     return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]), owner, internal
 
 
 def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:
-    from actors.messages import _ext_hook
-
     (jid, fn, name, state, progress, status, props, result, etype, emsg, tb, sub, start, fin, att, worker, prio) = row
     return JobInfo(
         jid, fn, name, state, progress, status,
-        msgpack.unpackb(props, ext_hook=_ext_hook) if props else {},
-        msgpack.unpackb(result, ext_hook=_ext_hook) if result else None,
+        _decode_value(props) if props else {},
+        _decode_value(result) if result else None,
         etype, emsg, tb, events, sub, start, fin, att, worker, prio,
     )
 
@@ -136,8 +126,14 @@ class JobBook:
         self.counters["submitted"] += len(ids)
         return ids
 
-    def recover(self, now: float) -> tuple[int, int, int]:
-        """Load jobs a previous daemon left queued or running; returns (queued, requeued, lost)."""
+    def recover(self, now: float, begun: set[int] | frozenset[int] = frozenset()) -> tuple[int, int, int]:
+        """Load jobs a previous daemon left queued or running; returns (queued, requeued, lost).
+
+        ``begun``: jobs the dead daemon's workers recorded as started
+        (:meth:`RunDir.take_all_started`).  Such a job ran even if the journal
+        still says queued (its start, or its result, never reached the
+        journal), so it is rerun only if its retries allow, as a running one is.
+        """
         queued = requeued = lost = 0
         for jid, blob, _prio, state, attempts, submitted in self.journal.unfinished():
             try:
@@ -148,6 +144,8 @@ class JobBook:
                                           0.0, "", None)
                 lost += 1
                 continue
+            if state == "queued" and jid in begun:  # it ran; only its start was lost with the daemon
+                state, attempts = "running", attempts + 1
             job = Job(jid, spec, submitted, attempts, owner, len(blob), internal)
             self.queued_bytes += job.nbytes
             if state == "running":
@@ -233,8 +231,8 @@ class JobBook:
         if job.id in self.jobs:
             self.queued_bytes -= job.nbytes
         job.state = state
-        result = msgpack.packb(value, default=_default) if value is not None else None
-        props = msgpack.packb(job.properties, default=_default) if job.properties else None
+        result = _encode_value(value) if value is not None else None
+        props = _encode_value(job.properties) if job.properties else None
         if len(error_message) > 4096:
             error_message = error_message[:4096] + " [...]"
         self.journal.stage_finish(job.id, state, now, result, error_type, error_message, traceback,

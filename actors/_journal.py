@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import msgpack
-
 from actors._errors import DaemonError
+from actors._state import FINAL
+from actors.messages import _encode_value
 
-TERMINAL = ("done", "failed", "cancelled", "killed", "worker-lost")
+TERMINAL = tuple(sorted(FINAL))  # for SQL parameters
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs(
@@ -107,7 +107,7 @@ class Journal:
 
     def stage_progress(self, job_id: int, progress: float, status: str, properties: dict[str, Any]) -> None:
         """Record the latest progress of a running job (last one per commit wins)."""
-        self._progress[job_id] = (progress, status, msgpack.packb(properties, default=_plain), job_id)
+        self._progress[job_id] = (progress, status, _encode_value(properties), job_id)
 
     def stage_finish(
         self,
@@ -262,9 +262,3 @@ class Journal:
             self.commit()
         finally:
             self.db.close()
-
-
-def _plain(obj: Any) -> Any:
-    from actors.messages import _default
-
-    return _default(obj)

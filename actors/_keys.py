@@ -146,17 +146,11 @@ def server_keys(directory: Path) -> tuple[bytes, bytes]:
         raise ConfigError(
             f"refusing to bind a tcp endpoint without CURVE keys: {secret_file} is missing; run `ensemble keys init`"
         )
-    try:
-        pub, sec = zmq.auth.load_certificate(str(secret_file))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the daemon's key file {secret_file}: {exc}") from exc
-    if sec is None:
-        raise ConfigError(f"{secret_file} holds no secret key")
-    return pub, sec
+    return load_pair(secret_file)
 
 
 def load_pair(secret_file: str | os.PathLike[str]) -> tuple[bytes, bytes]:
-    """(public, secret) from a ``.key_secret`` certificate file."""
+    """(public, secret) from a ``.key_secret`` certificate file; ConfigError saying why not."""
     try:
         pub, sec = zmq.auth.load_certificate(str(secret_file))
     except (OSError, ValueError) as exc:

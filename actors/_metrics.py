@@ -13,9 +13,10 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterator
 
+from actors._state import FINAL
 from actors.messages import StatusReply
 
-_JOB_STATES = ("done", "failed", "cancelled", "killed", "worker-lost")
+_JOB_STATES: tuple[str, ...] = tuple(sorted(str(s) for s in FINAL))
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0)
 
 

@@ -58,6 +58,47 @@ def check_private_path(path: Path) -> None:
                               "set ENSEMBLE_RUN_DIR to a directory of your own")
 
 
+class StartedLog:
+    """A worker's record of the jobs it started: a count, then a ring of the last :data:`RING` job ids.
+
+    Written with two ``pwrite`` calls before each job function is called (the
+    id, then the count), so a job counts as begun only once both are on disk;
+    a crash in between leaves it not begun, which is the truth.
+    """
+
+    RING = 4096
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        self.count = 0
+
+    def record(self, job_id: int) -> None:
+        """Note that ``job_id`` starts now (call before the job function)."""
+        os.pwrite(self.fd, job_id.to_bytes(8, "little"), 8 + (self.count % self.RING) * 8)
+        self.count += 1
+        os.pwrite(self.fd, self.count.to_bytes(8, "little"), 0)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    @classmethod
+    def read(cls, path: Path) -> tuple[int, set[int]]:
+        """``(last started id or 0, every started id still in the ring)`` of a log file (missing: nothing)."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return 0, set()
+        if len(data) < 16:
+            return 0, set()
+        count = int.from_bytes(data[:8], "little")
+        ids = []
+        for seq in range(max(0, count - cls.RING), count):
+            at = 8 + (seq % cls.RING) * 8
+            if at + 8 <= len(data):
+                ids.append(int.from_bytes(data[at:at + 8], "little"))
+        return (ids[-1] if ids else 0), set(ids)
+
+
 class RunDir:
     """Paths inside one daemon's run directory."""
 
@@ -101,7 +142,7 @@ class RunDir:
     def acquire(self) -> None:
         """Take the daemon lock or raise :class:`DaemonAlreadyRunning`; sweep stale files."""
         self.create()
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -113,7 +154,7 @@ class RunDir:
                 + f"; stop it with `ensemble down --name {self.path.name}` or pick another --name"
             ) from None
         self._lock_fd = fd
-        self.sweep()
+        self.sweep(started=False)  # the started-job records are read by recovery (take_all_started)
         tmp = self.pid_file.with_suffix(".tmp")
         tmp.write_text(f"{os.getpid()}\n")
         os.replace(tmp, self.pid_file)
@@ -121,7 +162,7 @@ class RunDir:
     def is_locked(self) -> bool:
         """Whether a live daemon holds the lock (without taking it)."""
         try:
-            fd = os.open(self.lock_file, os.O_RDWR)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_NOFOLLOW)
         except FileNotFoundError:
             return False
         try:
@@ -133,29 +174,38 @@ class RunDir:
         return False
 
     def started_file(self, identity: str) -> Path:
-        """Where a local worker incarnation records the id of the job it last started (see :meth:`take_started`)."""
+        """Where a local worker incarnation records the jobs it starts (see :class:`StartedLog`)."""
         return self.path / f"started.{identity}"
 
     def take_started(self, identity: str) -> int:
-        """The id of the job a dead worker incarnation last started (0: none), removing the record.
+        """The id of the job a dead worker incarnation last started (0: none), removing its record.
 
-        The worker writes it before it calls the job function, so it survives a
-        SIGKILL: the supervisor learns which of the jobs handed to the worker
-        had really begun (a prefetched job may start before the result of the
-        one ahead of it has left the process).
+        The worker records a job before it calls the job function, so the
+        record survives a SIGKILL: the supervisor learns which of the jobs
+        handed to the worker had really begun (a prefetched job may start before
+        the result of the one ahead of it has left the process).
         """
         path = self.started_file(identity)
-        try:
-            data = path.read_bytes()
-            path.unlink()
-        except FileNotFoundError:
-            return 0
-        return int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+        last, _ = StartedLog.read(path)
+        path.unlink(missing_ok=True)
+        return last
 
-    def sweep(self) -> list[str]:
-        """Remove socket, pid and started-job files a dead daemon left behind; returns their names."""
+    def take_all_started(self) -> set[int]:
+        """Every job id the workers of a dead daemon recorded as begun, removing their records.
+
+        Read at start-up, before recovery: a job the journal still holds as
+        queued may have run on a worker whose start never reached the journal.
+        """
+        begun: set[int] = set()
+        for path in self.path.glob("started.*"):
+            begun |= StartedLog.read(path)[1]
+            path.unlink(missing_ok=True)
+        return begun
+
+    def sweep(self, started: bool = True) -> list[str]:
+        """Remove socket, pid and (with ``started``) started-job files a dead daemon left; returns their names."""
         removed = []
-        for p in (self.control, self.internal, self.pid_file, *self.path.glob("started.*")):
+        for p in (self.control, self.internal, self.pid_file, *(self.path.glob("started.*") if started else ())):
             try:
                 p.unlink()
                 removed.append(p.name)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -23,6 +23,7 @@ from actors._errors import DaemonNotRunning, EnsembleError, JobCancelled
 from actors._rundir import RunDir, check_private_path
 from actors._spawn import NEUTRAL_CWD, child_env, python_argv
 from actors.config import Config, load_config
+from actors.extensions import register_commands
 
 _DEBUG = False
 
@@ -54,18 +55,20 @@ def _one_line(exc: Exception) -> str:
     return text
 
 
-def _config(ctx: click.Context, **daemon: Any) -> Config:
+def config_of(ctx: click.Context, **daemon: Any) -> Config:
+    """The config for this command: --config/--name, environment, flags; paths made absolute."""
     obj = ctx.ensure_object(dict)
     return load_config(obj.get("config"), overrides={"daemon": {"name": obj.get("name"), **daemon}}).absolute()
 
 
-def _client(ctx: click.Context) -> Any:
+def client_of(ctx: click.Context) -> Any:
+    """A Client of the daemon this command names (local, or --connect with CURVE keys); close it after use."""
     from actors.client import Client
 
     obj = ctx.ensure_object(dict)
     if obj.get("connect"):
-        return Client(config=_config(ctx), endpoint=obj["connect"], curve=(obj["key"], obj["server_key"]))
-    return Client(config=_config(ctx))
+        return Client(config=config_of(ctx), endpoint=obj["connect"], curve=(obj["key"], obj["server_key"]))
+    return Client(config=config_of(ctx))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,7 +98,7 @@ def main(ctx: click.Context, name: str | None, config: str | None, debug: bool, 
 @click.pass_context
 def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float) -> None:
     """Start the daemon: controller, processor and workers."""
-    cfg = _config(ctx, workers=workers)
+    cfg = config_of(ctx, workers=workers)
     rundir = RunDir(cfg.run_dir)
     check_private_path(rundir.path)  # before anything starts: a planted run directory is refused here
     if foreground:
@@ -158,7 +161,7 @@ def _wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_
 @click.pass_context
 def down(ctx: click.Context, timeout: float) -> None:
     """Stop the daemon in order (stop message, SIGTERM, SIGKILL); nothing is left behind."""
-    cfg = _config(ctx)
+    cfg = config_of(ctx)
     rundir = RunDir(cfg.run_dir)
     pid = rundir.read_pid()
     if not rundir.is_locked():
@@ -197,13 +200,13 @@ def _mib(n: int) -> str:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show the daemon and every actor: pid, state, uptime, restarts, heartbeat age, RSS."""
-    import dataclasses
+    import msgspec
 
-    with _client(ctx) as c:
+    with client_of(ctx) as c:
         st = c.status()
     if as_json:
-        click.echo(json.dumps({"daemon": dataclasses.asdict(st.daemon),
-                               "actors": [dataclasses.asdict(a) for a in st.actors]}, indent=2, default=str))
+        click.echo(json.dumps({"daemon": msgspec.structs.asdict(st.daemon),
+                               "actors": [msgspec.structs.asdict(a) for a in st.actors]}, indent=2, default=str))
         return
     from rich.console import Console
     from rich.table import Table
@@ -232,7 +235,7 @@ def top(ctx: click.Context, refresh: float) -> None:
     """A live view of actors, jobs and audio; q or Ctrl-C quits."""
     from actors._top import run_top
 
-    with _client(ctx) as c:
+    with client_of(ctx) as c:
         run_top(c, refresh)
 
 
@@ -241,13 +244,13 @@ def top(ctx: click.Context, refresh: float) -> None:
 @click.pass_context
 def scale(ctx: click.Context, workers: int) -> None:
     """Change the number of workers at runtime (idle workers retire first)."""
-    with _client(ctx) as c:
+    with client_of(ctx) as c:
         c.scale(workers)
     click.echo(f"workers: {workers}")
 
 
 # ---------------------------------------------------------------------------- jobs
-def _parse_arg(text: str) -> Any:
+def parse_arg(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
@@ -260,27 +263,28 @@ def _parse_arg(text: str) -> Any:
 @click.option("--kw", multiple=True, help="Keyword argument NAME=VALUE (VALUE read as JSON where it parses).")
 @click.option("--wait", is_flag=True, help="Wait with a live progress bar and print the result; Ctrl-C cancels.")
 @click.option("--priority", default=0, help="Higher runs first.")
-@click.option("--timeout", default=0.5, help="Seconds between an abort and the force kill.")
-@click.option("--deadline", default=None, type=float, help="Wall-clock limit in seconds.")
+@click.option("--grace", "--timeout", "grace", default=0.5, show_default=True,
+              help="Seconds between an abort (cancel, deadline, stop) and the force kill (--timeout: the old name).")
+@click.option("--deadline", default=None, type=float, help="Run-time limit in seconds from the start.")
 @click.option("--retries", default=0, help="Reruns after a worker death.")
 @click.option("--name", "job_name", default="", help="A name for the job.")
 @click.pass_context
 def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ...], wait: bool, priority: int,
-           timeout: float, deadline: float | None, retries: int, job_name: str) -> None:
+           grace: float, deadline: float | None, retries: int, job_name: str) -> None:
     """Submit a job FN ('module:function') with ARGS (each read as JSON where it parses)."""
     kwargs = {}
     for item in kw:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             fail(f"--kw {item!r} must look like NAME=VALUE")
-        kwargs[key] = _parse_arg(value)
-    with _client(ctx) as c:
+        kwargs[key] = parse_arg(value)
+    with client_of(ctx) as c:
         held: list[bool] = []
         if wait:  # a first Ctrl-C during the submit waits for the job's id, so that the job can be cancelled
             previous = signal.signal(signal.SIGINT, lambda *_: _hold_interrupt(held))
         try:
-            handle = c.submit(fn, *[_parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
-                              timeout=timeout, deadline=deadline, retries=retries)
+            handle = c.submit(fn, *[parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
+                              grace=grace, deadline=deadline, retries=retries)
         finally:
             if wait:
                 signal.signal(signal.SIGINT, previous)
@@ -355,12 +359,12 @@ def _jsonable(obj: Any) -> Any:
 @click.pass_context
 def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int) -> None:
     """List recent jobs, newest first."""
-    import dataclasses
+    import msgspec
 
-    with _client(ctx) as c:
+    with client_of(ctx) as c:
         infos = c.jobs(states, limit)
     if as_json:
-        click.echo(json.dumps([dataclasses.asdict(i) for i in infos], indent=2, default=_jsonable))
+        click.echo(json.dumps([msgspec.structs.asdict(i) for i in infos], indent=2, default=_jsonable))
         return
     from rich.console import Console
     from rich.table import Table
@@ -381,7 +385,7 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
 @click.pass_context
 def watch(ctx: click.Context, job_id: int) -> None:
     """Follow a job's progress until it ends, then print its result."""
-    with _client(ctx) as c:
+    with client_of(ctx) as c:
         _follow(c, job_id, cancel_on_interrupt=False)
 
 
@@ -391,7 +395,7 @@ def watch(ctx: click.Context, job_id: int) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, job_id: int, wait: bool) -> None:
     """Cancel a job: should_abort() turns true; force kill after its timeout."""
-    with _client(ctx) as c:
+    with client_of(ctx) as c:
         info = c.cancel(job_id, block=wait)
     click.echo(f"job {job_id}: {info.state}" if info is not None else f"job {job_id}: abort requested")
 
@@ -402,189 +406,11 @@ def cancel(ctx: click.Context, job_id: int, wait: bool) -> None:
 @click.pass_context
 def result(ctx: click.Context, job_id: int, wait: bool) -> None:
     """Print a job's result (its error, and exit 1, if it did not succeed)."""
-    with _client(ctx) as c:
+    with client_of(ctx) as c:
         handle = c.job(job_id)
         if not wait and not handle.done():
             fail(f"job {job_id} is still {handle.state}")
         _print_result(handle)
-
-
-# ---------------------------------------------------------------------------- audio
-@main.command()
-@click.argument("note", type=click.IntRange(0, 127))
-@click.option("--velocity", "-v", default=100, type=click.IntRange(1, 127), show_default=True, help="MIDI velocity.")
-@click.option("--length", "-l", default=1.0, type=click.FloatRange(0, 3600), show_default=True, help="Seconds until note off.")
-@click.option("--sample", "-s", default="", help="Name of a loaded sample (default: the last loaded, else built-in).")
-@click.pass_context
-def note(ctx: click.Context, note: int, velocity: int, length: float, sample: str) -> None:
-    """Play NOTE (MIDI number, 60 = middle C) on the running processor."""
-    with _client(ctx) as c:
-        c.note_on(note, velocity / 127, sample=sample)
-        c.note_off(note, at=length)
-    click.echo(f"note {note} velocity {velocity} for {length:g}s")
-
-
-@main.group()
-def sample() -> None:
-    """Sample buffers in shared memory: load, list, drop."""
-
-
-@sample.command("load")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--name", "sample_name", default=None, help="Name in the registry (default: the file name).")
-@click.option("--root-key", default=60, type=click.IntRange(0, 127), show_default=True)
-@click.pass_context
-def sample_load(ctx: click.Context, path: str, sample_name: str | None, root_key: int) -> None:
-    """Load a sound file (WAV, FLAC, ...) into shared memory for the processor."""
-    import soundfile as sf
-
-    try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as exc:
-        fail(f"cannot read {path}: {exc}")
-    name = sample_name or Path(path).stem
-    with _client(ctx) as c:
-        info = c.upload_sample(data, name, int(rate), root_key)
-    click.echo(f"sample {info.name!r}: {len(data)} frames, {data.shape[1]} channel(s) at {rate} Hz")
-
-
-@sample.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def sample_list(ctx: click.Context, as_json: bool) -> None:
-    """List the registered samples."""
-    with _client(ctx) as c:
-        infos = c.samples()
-    if as_json:
-        click.echo(json.dumps([{"name": i.name, "frames": i.frames, "channels": i.channels,
-                                "samplerate": i.samplerate, "root_key": i.root_key, "segment": i.handle.name}
-                               for i in infos], indent=2))
-        return
-    for i in infos:
-        click.echo(f"{i.name}\t{i.frames} frames\t{i.channels} ch\t{i.samplerate} Hz\troot {i.root_key}")
-
-
-@sample.command("drop")
-@click.argument("name")
-@click.pass_context
-def sample_drop(ctx: click.Context, name: str) -> None:
-    """Remove a sample from the registry."""
-    with _client(ctx) as c:
-        c.drop_sample(name)
-    click.echo(f"sample {name!r} dropped")
-
-
-@main.command()
-def devices() -> None:
-    """List the audio output devices PortAudio sees."""
-    from audio._backends import BackendUnavailable, devices as list_devices
-
-    try:
-        found = list_devices()
-    except BackendUnavailable as exc:
-        fail(str(exc))
-    if not found:
-        click.echo("no output devices (the processor will use the null backend)")
-    for d in found:
-        click.echo(f"{d.index}: {d.name} ({d.host_api}), {d.channels} out, {d.default_samplerate:g} Hz")
-
-
-@main.command()
-@click.argument("script", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("--midi", type=click.Path(exists=True, dir_okay=False), help="Standard MIDI file to play.")
-@click.option("--sample", type=click.Path(exists=True, dir_okay=False), help="Sound file played across the keyboard.")
-@click.option("--seconds", type=click.FloatRange(0.001, 24 * 3600), default=None, help="Length (default: the MIDI file + 1 s).")
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
-@click.option("--samplerate", default=48000, show_default=True, type=click.IntRange(1000, 768000))
-@click.option("--blocksize", default=256, show_default=True, type=click.IntRange(1, 65536))
-@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE@SECONDS", help="Set a script parameter at a time.")
-def render(script: str | None, midi: str | None, sample: str | None, seconds: float | None, out: str,
-           samplerate: int, blocksize: int, sets: tuple[str, ...]) -> None:
-    """Render offline, as fast as possible, to a WAV file (deterministic), optionally through SCRIPT."""
-    from audio.render import render as do_render
-
-    try:
-        if script:
-            from controller.offline import parse_set, render_script
-
-            path, errors = render_script(script, out=out, midi=midi, sample=sample, seconds=seconds,
-                                         sets=[parse_set(s) for s in sets], samplerate=samplerate, blocksize=blocksize)
-            for err in errors:
-                click.echo(f"script: {err}", err=True)
-        else:
-            if sets:
-                fail("--set needs a SCRIPT")
-            path = do_render(out=out, midi=midi, sample=sample, seconds=seconds, samplerate=samplerate,
-                             blocksize=blocksize)
-    except (ValueError, RuntimeError, OSError) as exc:
-        fail(str(exc))
-    click.echo(f"wrote {path}")
-
-
-# ---------------------------------------------------------------------------- scripts
-@main.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.pass_context
-def load(ctx: click.Context, path: str) -> None:
-    """Load an instrument script (controller first, then the processor)."""
-    with _client(ctx) as c:
-        c.load_script(path)
-    click.echo(f"loading {Path(path).resolve()}")
-
-
-@main.command()
-@click.pass_context
-def reload(ctx: click.Context) -> None:
-    """Reload the script: pending callbacks discarded, background tasks aborted, parameters kept."""
-    with _client(ctx) as c:
-        c.reload_script()
-    click.echo("reloading")
-
-
-@main.group()
-def param() -> None:
-    """Script parameters: list, get, set."""
-
-
-@param.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def param_list(ctx: click.Context, as_json: bool) -> None:
-    """List the script's parameters and their values."""
-    import dataclasses
-
-    with _client(ctx) as c:
-        params = c.params()
-    if as_json:
-        click.echo(json.dumps([dataclasses.asdict(p) for p in params], indent=2, default=str))
-        return
-    for p in params:
-        rng = f" [{p.min}..{p.max}]" if p.min is not None or p.max is not None else ""
-        click.echo(f"{p.name} = {p.value!r}\t{p.long_name} ({p.kind}{rng}, default {p.default!r})")
-
-
-@param.command("get")
-@click.argument("name")
-@click.pass_context
-def param_get(ctx: click.Context, name: str) -> None:
-    """Print one parameter's value (JSON)."""
-    with _client(ctx) as c:
-        try:
-            value = c.get_param(name)
-        except KeyError as exc:
-            fail(str(exc).strip("'\""))
-    click.echo(json.dumps(value))
-
-
-@param.command("set")
-@click.argument("name")
-@click.argument("value")
-@click.pass_context
-def param_set(ctx: click.Context, name: str, value: str) -> None:
-    """Set a parameter (VALUE read as JSON where it parses)."""
-    with _client(ctx) as c:
-        c.set_param(name, _parse_arg(value))
-    click.echo(f"{name} = {value}")
 
 
 # ---------------------------------------------------------------------------- keys and remote workers
@@ -597,7 +423,7 @@ def keys() -> None:
 def _keys_dir(ctx: click.Context) -> Path:
     from actors._keys import keys_dir
 
-    cfg = _config(ctx)
+    cfg = config_of(ctx)
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return keys_dir(cfg)
 
@@ -663,13 +489,14 @@ def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_
 
     from actors.worker import run_remote
 
-    code = run_remote(_config(ctx), endpoint, key, server_key, worker_name or socket.gethostname())
+    code = run_remote(config_of(ctx), endpoint, key, server_key, worker_name or socket.gethostname())
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: ZeroMQ's atexit term would wait on inproc sockets
 
 
 main.add_command(completion)
+register_commands(main)  # what the installed packages built on the runtime add (audio, scripts)
 
 
 def run() -> None:

@@ -10,17 +10,22 @@ error that says what to do instead.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import logging
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator
 
 from actors._connection import Connection
 from actors._errors import (
-    EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, RemoteError, TransportError,
+    EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, OutOfRange, RemoteError, TransportError, WaitTimeout,
 )
 from actors._jobfn import path_of
+from actors._rundir import RunDir
+from actors._state import FINAL
 from actors.config import Config, load_config
 from actors.messages import (
     AudioEvent, Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
@@ -28,7 +33,8 @@ from actors.messages import (
     Submitted, TaskSubmit,
 )
 
-TERMINAL = frozenset(("done", "failed", "cancelled", "killed", "worker-lost"))
+_log = logging.getLogger("ensemble.client")
+TERMINAL = FINAL  # the final job states (kept under its old name)
 _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushed result
 
 
@@ -55,13 +61,22 @@ def _raise_for(info: JobInfo) -> Any:
     raise EnsembleError(f"job {info.id} is not finished (state {info.state})")
 
 
+def _grace(grace: float, timeout: float | None) -> float:
+    """``grace``, or the deprecated ``timeout`` it replaced (same meaning: the abort-to-kill grace)."""
+    if timeout is not None:
+        warnings.warn("the job option `timeout` is now `grace` (seconds between an abort and the force kill; "
+                      "a run-time limit is `deadline`)", DeprecationWarning, stacklevel=3)
+        return timeout
+    return grace
+
+
 def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[str, Any], *, name: str = "",
-              priority: int = 0, timeout: float = 0.5, deadline: float | None = None, retries: int = 0,
+              priority: int = 0, grace: float = 0.5, deadline: float | None = None, retries: int = 0,
               with_task: bool = True) -> JobSpec:
-    """Build a :class:`JobSpec`; ``timeout`` and ``deadline`` are in seconds."""
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout}")
-    return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(timeout * 1000)),
+    """Build a :class:`JobSpec`; ``grace`` (abort to force kill) and ``deadline`` (run-time limit) in seconds."""
+    if grace <= 0:
+        raise ValueError(f"grace must be positive, got {grace}")
+    return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
                    float(deadline or 0.0), int(retries), with_task)
 
 
@@ -129,12 +144,16 @@ class JobHandle:
         return self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> JobInfo:
-        """Block until the job ends; returns its final snapshot.  Raises JobTimeout when ``timeout`` passes."""
+        """Block until the job ends; returns its final snapshot.
+
+        Raises :class:`WaitTimeout` when ``timeout`` seconds pass first (the job goes on).
+        """
         end = None if timeout is None else time.monotonic() + timeout
         while not self._done.is_set():
             left = _REFETCH_EVERY if end is None else min(_REFETCH_EVERY, end - time.monotonic())
             if left <= 0:
-                raise JobTimeout(f"job {self.id} did not finish within {timeout:g}s (it is still {self._info.state if self._info else 'queued'})")
+                raise WaitTimeout(f"job {self.id} did not finish within {timeout:g}s (it is still "
+                                  f"{self._info.state if self._info else 'queued'}; it goes on: wait again or cancel it)")
             if not self._done.wait(left):
                 self.refresh()  # fallback if a push was lost
         assert self._info is not None
@@ -144,9 +163,9 @@ class JobHandle:
         """Wait for the job and return its value.
 
         Raises :class:`RemoteError` if the job raised (with the remote traceback),
-        :class:`JobCancelled` / :class:`JobTimeout` if it was cancelled, killed or
-        passed its deadline, :class:`JobLost` if its worker died with no retry
-        left, and :class:`JobTimeout` if ``timeout`` seconds pass first.
+        :class:`JobCancelled` if it was cancelled or killed, :class:`JobTimeout`
+        if it passed its deadline, :class:`JobLost` if its worker died with no
+        retry left, and :class:`WaitTimeout` if ``timeout`` seconds pass first.
         """
         return _raise_for(self.wait(timeout))
 
@@ -209,17 +228,18 @@ class Client:
 
     # -- jobs
     def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
-               timeout: float = 0.5, deadline: float | None = None, retries: int = 0,
-               kwargs: dict[str, Any] | None = None) -> JobHandle:
+               grace: float = 0.5, deadline: float | None = None, retries: int = 0,
+               kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> JobHandle:
         """Submit a job; returns once the daemon journaled it.
 
         ``fn`` is ``"module:function"`` or a module-level function; it receives the
-        task handle first, then ``args`` and ``kwargs``.  ``timeout`` (s) is the
-        grace between an abort and the force kill; ``deadline`` (s) a wall-clock
-        limit from the start; ``retries`` how often to rerun after a worker death.
+        task handle first, then ``args`` and ``kwargs``.  ``grace`` (s) is the
+        time between an abort (cancel, deadline, stop) and the force kill;
+        ``deadline`` (s) the run-time limit from the start; ``retries`` how often
+        to rerun after a worker death.  ``timeout`` is the old name of ``grace``.
         Raises :class:`JobRefused` (not allowed, bad path, lambda) or :class:`QueueFull`.
         """
-        spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, timeout=timeout,
+        spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
                          deadline=deadline, retries=retries)
         return self.submit_many([spec])[0]
 
@@ -251,13 +271,13 @@ class Client:
             handles[jid]._update(info)
         return [handles[j] for j in ids]
 
-    def _submit_task(self, token: str, fn: str, args: list[Any], name: str, timeout: float) -> int:
+    def _submit_task(self, token: str, fn: str, args: list[Any], name: str, grace: float) -> int:
         """The controller's own job (a script's background task): internal or script functions; returns its id.
 
         Needs the token the daemon gave the controller at spawn; any other
         caller gets :class:`PermissionDenied`.  Watch it with :meth:`watch`.
         """
-        spec = JobSpec(fn, list(args), {}, name, 0, max(1, round(timeout * 1000)))
+        spec = JobSpec(fn, list(args), {}, name, 0, max(1, round(grace * 1000)))
         reply = self.conn.request(TaskSubmit(token, [spec], False), self.timeout)
         assert isinstance(reply, Submitted)
         return reply.ids[0]
@@ -301,14 +321,19 @@ class Client:
         self.conn.arrays.free(array)
 
     # -- audio
-    def note_on(self, note: int, velocity: float = 1.0, at: float | None = None, sample: str = "") -> None:
-        """Play ``note`` (0..127) at ``velocity`` (0..1) on the processor.
+    def note_on(self, note: int, velocity: int = 100, at: float | None = None, sample: str = "") -> None:
+        """Play ``note`` (0..127) at MIDI ``velocity`` (1..127, as MIDI, HALion and ``ensemble note`` count it).
 
         ``at``: seconds from when the processor receives it (None: its next block);
         the event then starts at its exact sample offset.  ``sample`` names a
-        loaded sample ("" = the last one loaded, else the built-in sound).
+        loaded sample ("" = the last one loaded, else the built-in sound); the
+        note carries it, so two notes in one block can play two samples.
+        Raises :class:`OutOfRange` for a note or velocity outside its range.
         """
-        self._call(AudioEvent("note_on", int(note), float(velocity), 0.0, float(at or 0.0), sample))
+        if type(velocity) is not int or not 1 <= velocity <= 127 or type(note) is not int or not 0 <= note <= 127:
+            raise OutOfRange(f"note_on({note!r}, velocity={velocity!r}): note is 0..127 and velocity a MIDI "
+                             "velocity 1..127 (an int, as in `ensemble note --velocity`)")
+        self._call(AudioEvent("note_on", note, velocity / 127, 0.0, float(at or 0.0), sample))
 
     def note_off(self, note: int, at: float | None = None) -> None:
         """Release every voice playing ``note`` (release envelope, no click)."""
@@ -407,13 +432,44 @@ class Executor(concurrent.futures.Executor):
     Futures that work with ``as_completed`` and ``wait``.  Functions receive no
     task argument; inside them ``actors.current_task()`` reaches the handle.
     Submits made close together travel as one batch.
+
+    Which daemon: with ``config`` or ``daemon="name"`` given, that one (it must
+    be running).  Otherwise the default daemon if one is running, else a
+    **private daemon** started for this executor (jobs only, ``max_workers``
+    workers, in a private run directory) and stopped with it, as
+    ``ray.init()`` does.  One log line says which.  On a shared daemon
+    ``max_workers`` caps how many of this executor's jobs run at once.
     """
 
-    def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 0.5,
-                 retries: int = 0) -> None:
-        self.config = config or load_config(overrides={"daemon": {"name": name}})
-        self.conn = Connection(self.config)
-        self._timeout = timeout
+    def __init__(self, max_workers: int | None = None, *, daemon: str | None = None, config: Config | None = None,
+                 grace: float = 0.5, retries: int = 0, name: str | None = None,
+                 timeout: float | None = None) -> None:
+        from actors._private import PrivateDaemon
+
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        daemon = daemon or name
+        self._private: PrivateDaemon | None = None
+        self._cap = max_workers
+        if config is None and daemon is None:
+            shared = load_config()
+            if RunDir(shared.run_dir).is_locked():
+                config = shared
+                _log.info("event=executor daemon=%s detail=attached to the running daemon", shared.name)
+            else:
+                self._private = PrivateDaemon(max_workers, shared)
+                config = self._private.config
+                self._cap = None  # the pool is this executor's own
+        self.config = config or load_config(overrides={"daemon": {"name": daemon}})
+        try:
+            self.conn = Connection(self.config)
+        except BaseException:
+            if self._private is not None:
+                self._private.stop()
+            raise
+        self._running = 0  # this executor's jobs submitted and not finished (for the cap)
+        self._waiting: collections.deque[tuple[Future[Any], Callable[[], None]]] = collections.deque()
+        self._grace = _grace(grace, timeout)
         self._retries = retries
         self._futures: dict[int, Future[Any]] = {}
         self._live: set[Future[Any]] = set()  # every future not yet done, with or without its job id
@@ -425,7 +481,7 @@ class Executor(concurrent.futures.Executor):
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        spec = make_spec(fn, args, kwargs, timeout=self._timeout, retries=self._retries, with_task=False)
+        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries, with_task=False)
         fut: Future[Any] = Future()
         early: list[JobInfo] = []
 
@@ -455,10 +511,20 @@ class Executor(concurrent.futures.Executor):
             for info in pending:
                 on_info(info)
 
+        def send() -> None:
+            fut._ens_sent = True  # type: ignore[attr-defined]
+            self.conn.submit([spec], on_info).add_done_callback(on_ids)
+
         with self._lock:
             self._live.add(fut)
+            held = self._cap is not None and self._running >= self._cap
+            if held:
+                self._waiting.append((fut, send))
+            else:
+                self._running += 1
         fut.add_done_callback(self._on_future_done)
-        self.conn.submit([spec], on_info).add_done_callback(on_ids)
+        if not held:
+            send()
         return fut
 
     def _on_future_done(self, fut: Future[Any]) -> None:
@@ -468,13 +534,26 @@ class Executor(concurrent.futures.Executor):
                 self._cancels.append(self.conn.call(Cancel(fut.job_id, False)))
         with self._lock:
             self._live.discard(fut)
+            nxt = None
+            if not getattr(fut, "_ens_sent", False):  # cancelled while held back under the cap: never sent
+                self._waiting = collections.deque(w for w in self._waiting if w[0] is not fut)
+            else:
+                while self._waiting and nxt is None:  # a slot under the cap is free: the next held job goes
+                    held_fut, send_it = self._waiting.popleft()
+                    nxt = None if held_fut.cancelled() else send_it
+                if nxt is None:
+                    self._running -= 1
             close_now = self._shutdown and not self._live and not self.conn.closed
+        if nxt is not None:
+            nxt()
         if close_now:  # shutdown(wait=False) was called and the last future just finished
             threading.Thread(target=self._close, name="ensemble-executor-close", daemon=True).start()
 
     def _close(self) -> None:
         concurrent.futures.wait(list(self._cancels), timeout=10)  # let the daemon hear every cancel
         self.conn.close()
+        if self._private is not None:
+            self._private.stop()
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
@@ -536,7 +615,7 @@ class AsyncJobHandle:
         try:
             return await asyncio.wait_for(asyncio.shield(self._final), timeout)
         except asyncio.TimeoutError:
-            raise JobTimeout(f"job {self.id} did not finish within {timeout:g}s") from None
+            raise WaitTimeout(f"job {self.id} did not finish within {timeout:g}s (it goes on)") from None
 
     async def result(self, timeout: float | None = None) -> Any:
         """Await the job's value (errors as for :meth:`JobHandle.result`)."""
@@ -574,11 +653,11 @@ class AsyncClient:
             raise TransportError(f"the daemon did not answer {type(msg).__name__} within {self.timeout:g}s") from None
 
     async def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
-                     timeout: float = 0.5, deadline: float | None = None, retries: int = 0,
-                     kwargs: dict[str, Any] | None = None) -> AsyncJobHandle:
+                     grace: float = 0.5, deadline: float | None = None, retries: int = 0,
+                     kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> AsyncJobHandle:
         """Submit a job (as :meth:`Client.submit`); returns an awaitable handle."""
         loop = asyncio.get_running_loop()
-        spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, timeout=timeout,
+        spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
                          deadline=deadline, retries=retries)
         handle = AsyncJobHandle(self, 0)
 

@@ -44,6 +44,7 @@ class DaemonConfig:
     keys_dir: str = ""  # default <state dir>/keys
     metrics_port: int = 0  # Prometheus metrics on 127.0.0.1:PORT; 0 = off
     metrics_host: str = "127.0.0.1"
+    extensions: tuple[str, ...] = ("*",)  # installed packages that add to the daemon (audio, controller); () = jobs only
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,6 @@ class JobsConfig:
     queue_limit: int = 1_000_000
     queue_bytes: int = 1024 * 1024 * 1024  # budget for the arguments of unfinished jobs held by the daemon
     retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept
-    default_timeout_ms: int = 500
     window: int = 64  # at most this many jobs handed to one worker at once (credit; adaptive below it)
     inline_array_limit: int = 64 * 1024  # arrays above this size travel through shared memory
 
@@ -76,7 +76,7 @@ class JobsConfig:
 class AudioConfig:
     """The processor's backend and stream settings."""
 
-    backend: str = "auto"  # auto | sounddevice | null
+    backend: str = "auto"  # auto (JACK if a server runs, else PortAudio, else null) | jack | sounddevice | null
     device: str = ""
     samplerate: int = 48000
     blocksize: int = 256
@@ -85,6 +85,8 @@ class AudioConfig:
     steal: str = "oldest"  # voice stealing at the polyphony limit: oldest | newest | quietest | none
     script: str = ""
     script_dirs: tuple[str, ...] = ()  # where `ensemble load` from a remote admin may load scripts from
+    autoconnect: bool = True  # JACK backend: connect out_N to the physical playback ports at start
+    midi_in: tuple[str, ...] = ()  # JACK MIDI sources (port-name regexes) connected to <client>:midi_in
 
 
 @dataclass(frozen=True)
@@ -263,8 +265,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("jobs.window must be at least 1")
     if cfg.audio.steal not in ("oldest", "newest", "quietest", "none"):
         raise ConfigError(f"audio steal {cfg.audio.steal!r} is invalid: oldest, newest, quietest or none")
-    if cfg.audio.backend not in ("auto", "null", "sounddevice"):
-        raise ConfigError(f"audio backend {cfg.audio.backend!r} is invalid: auto, null or sounddevice")
+    if cfg.audio.backend not in ("auto", "jack", "sounddevice", "null"):
+        raise ConfigError(f"audio backend {cfg.audio.backend!r} is invalid: auto, jack, sounddevice or null")
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:

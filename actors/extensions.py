@@ -11,7 +11,9 @@ the distribution, so the runtime never imports it by name:
   the ``ensemble`` command line;
 * ``ensemble.internal_jobs`` — ``resolve(path) -> function`` for the
   controller's own jobs whose path starts with ``<entry point name>:``
-  (a script's background task: ``script:FILE:function``).
+  (a script's background task: ``script:FILE:function``);
+* ``ensemble.script_hosts`` — ``processor``: the factory of the script host
+  the audio processor runs (see ``audio/_script_host.py``).
 
 Without the packages installed the daemon runs jobs only.  Every extension
 runs in the supervisor's one thread and must never block.
@@ -122,9 +124,14 @@ def register_commands(group: Any) -> None:
         ep.load()(group)
 
 
+def find_entry_point(group: str, name: str) -> Any:
+    """What the installed entry point ``name`` of ``group`` names, or None if no package provides it."""
+    for ep in _entry_points(group):
+        if ep.name == name:
+            return ep.load()
+    return None
+
+
 def internal_resolver(kind: str) -> Callable[[str], Callable[..., Any]] | None:
     """The resolver of internal job paths ``KIND:...`` (``script``), if a package provides one."""
-    for ep in _entry_points("ensemble.internal_jobs"):
-        if ep.name == kind:
-            return ep.load()  # type: ignore[no-any-return]
-    return None
+    return find_entry_point("ensemble.internal_jobs", kind)  # type: ignore[no-any-return]

@@ -1,44 +1,51 @@
-"""The wire protocol: one versioned msgpack envelope and the typed messages in it.
+"""The wire protocol: one versioned MessagePack envelope and the typed messages in it.
 
-Message classes are slotted dataclasses, not frozen ones: a frozen
-dataclass's ``__init__`` costs five times as much, and decoding builds one per
-message.  Treat messages as values all the same: never mutate one, use
-``dataclasses.replace``.
-
-Every frame on every ensemble socket is ``msgpack([VERSION, kind, corr, fields])``:
+Every message is a frozen, array-like :class:`msgspec.Struct`: built
+positionally like a tuple, compared by value, never changed after it is made
+(use :func:`msgspec.structs.replace` for a changed copy).  Every frame on every
+ensemble socket is ``msgpack([VERSION, kind, corr, [kind, *fields]])``:
 
 * ``VERSION`` — protocol version; a frame with another version is refused.
 * ``kind`` — small int naming the message class (:class:`Kind`).
 * ``corr`` — correlation id chosen by the requester and echoed in the reply;
   ``0`` marks an unsolicited message (a push or a heartbeat).
-* ``fields`` — the message's fields as a list, in declaration order.
+* ``[kind, *fields]`` — the message: its kind again (the tag that lets msgspec
+  decode the frame into the right class in one pass) and its fields in
+  declaration order.  The header keeps version, kind and corr at fixed places
+  so that :func:`peek_corr` and error reports can read them from a frame whose
+  message does not decode; :func:`decode` refuses a frame whose two kinds differ.
 
-Decoding always sets explicit limits (frame size, str/bin/array/map/ext
-lengths; msgpack's own stack limit bounds nesting at 1024) and validates every
-field's type, so nothing but plain data ever reaches the code: nothing is
-unpickled or evaluated.  Numpy arrays travel as msgpack ext types: small ones
-inline (ext 1), large ones as an :class:`ArrayHandle` to shared memory (ext 2).
+Decoding checks the frame size first, then msgspec validates every field's type
+in C while it unpacks (ints must fit a signed 64-bit int; maps typed
+``dict[str, Any]`` need string keys; values typed ``Any`` may be any plain
+data, maps with other keys included) and Python's recursion limit bounds
+nesting.  Nothing but plain data ever reaches the code: nothing is unpickled or
+evaluated.  Numpy arrays of numeric dtypes travel as MessagePack ext types:
+small ones inline (ext 1), large ones as an :class:`ArrayHandle` to shared
+memory (ext 2).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import operator
-import typing
-from dataclasses import dataclass, field
+import re
 from enum import IntEnum
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, ClassVar, Final, Literal, Union, get_args, get_origin
 
-import msgpack
+import msgspec
+from msgspec import Meta, field
 
 from actors._errors import ProtocolError
 
-VERSION = 1
+VERSION: Final = 2
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 EXT_INLINE_ARRAY = 1
 EXT_ARRAY_HANDLE = 2
 _SAFE_DTYPE_KINDS = frozenset("biufc")  # bool, int, uint, float, complex: no objects
+
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+"""Every int field: a signed 64-bit int, what SQLite, numpy and every peer can hold."""
+_Size = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # correlation ids, array dimensions and offsets
 
 
 class Kind(IntEnum):
@@ -94,27 +101,16 @@ class Kind(IntEnum):
     PARAM_INFOS = 79
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Explicit bounds applied to every frame before and while it is unpacked."""
+class Limits(msgspec.Struct, frozen=True):
+    """Bounds applied to every frame before it is unpacked.
+
+    ``max_frame`` caps the frame size (``daemon.max_frame``), and so every
+    string, list and map in it; nesting is bounded by Python's recursion limit.
+    """
 
     max_frame: int = DEFAULT_MAX_FRAME
-    max_str: int = 16 * 1024 * 1024
-    max_array: int = 1_000_000
-    max_map: int = 100_000
-
-    def unpack_kwargs(self) -> dict[str, int]:
-        """Keyword arguments for ``msgpack.unpackb`` enforcing these limits."""
-        return {
-            "max_str_len": min(self.max_str, self.max_frame),
-            "max_bin_len": self.max_frame,
-            "max_array_len": self.max_array,
-            "max_map_len": self.max_map,
-            "max_ext_len": self.max_frame,
-        }
 
 
-@dataclass(frozen=True)
 class ArrayHandle:
     """A numpy array living in a named shared-memory segment, as it crosses a socket.
 
@@ -122,17 +118,45 @@ class ArrayHandle:
     the byte offset of the first element, ``dtype`` a numpy dtype string
     (numeric kinds only), ``shape`` the array shape (C order).  The receiver maps
     it with :func:`actors.shm.attach`; nothing is copied through the socket.
+    An immutable value; a plain class rather than a Struct or dataclass, since
+    msgspec would pack those itself instead of as ext type 2.
     """
 
+    __slots__ = ("dtype", "name", "offset", "shape")
     name: str
     dtype: str
     shape: tuple[int, ...]
-    offset: int = 0
+    offset: int
+
+    def __init__(self, name: str, dtype: str, shape: tuple[int, ...], offset: int = 0) -> None:
+        for attr, value in (("name", name), ("dtype", dtype), ("shape", tuple(shape)), ("offset", offset)):
+            object.__setattr__(self, attr, value)
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        raise AttributeError(f"ArrayHandle is immutable (cannot set {attr!r})")
+
+    def __delattr__(self, attr: str) -> None:
+        raise AttributeError(f"ArrayHandle is immutable (cannot delete {attr!r})")
+
+    def _key(self) -> tuple[str, str, tuple[int, ...], int]:
+        return self.name, self.dtype, self.shape, self.offset
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if type(other) is ArrayHandle else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"ArrayHandle(name={self.name!r}, dtype={self.dtype!r}, shape={self.shape!r}, offset={self.offset!r})"
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, tuple[int, ...], int]]:
+        return ArrayHandle, self._key()
 
     @property
     def nbytes(self) -> int:
         """Size of the array data in bytes."""
-        import numpy as np
+        import numpy as np  # numpy only where arrays are: a child that handles none never imports it
 
         count = 1
         for dim in self.shape:
@@ -141,60 +165,34 @@ class ArrayHandle:
 
 
 # --------------------------------------------------------------------------- messages
-_REGISTRY: dict[int, type["Message"]] = {}
-_NESTED: set[type] = set()
-
-
-class Message:
-    """Base of every message class; subclasses are slotted dataclasses with a KIND."""
-
-    __slots__ = ()
+class Message(msgspec.Struct, array_like=True, frozen=True):
+    """Base of every message class: a frozen array-like Struct tagged with its :class:`Kind`."""
 
     KIND: ClassVar[Kind]
-    _FIELDS: ClassVar[tuple[str, ...]] = ()
-    _CHECKS: ClassVar[tuple[Callable[[Any, str], Any], ...]] = ()
 
 
-M = typing.TypeVar("M", bound=type)
+class _Record(msgspec.Struct, array_like=True, frozen=True):
+    """Base of the values that travel inside messages (packed as a list of fields)."""
 
 
-def _message(kind: Kind) -> Callable[[M], M]:
-    def register(cls: M) -> M:
-        cls.KIND = kind  # type: ignore[attr-defined]
-        _REGISTRY[int(kind)] = cls
-        return cls
-
-    return register
-
-
-def _nested(cls: M) -> M:
-    """Mark a dataclass that travels inside messages (encoded as a field list)."""
-    _NESTED.add(cls)
-    return cls
-
-
-@_nested
-@dataclass(slots=True)
-class JobSpec:
+class JobSpec(_Record, frozen=True):
     """One job as a client submits it."""
 
     fn: str
     args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     name: str = ""
-    priority: int = 0
-    timeout_ms: int = 500
+    priority: Int64 = 0
+    timeout_ms: Int64 = 500
     deadline: float = 0.0  # seconds after start; 0 = none
-    retries: int = 0
+    retries: Int64 = 0
     with_task: bool = True  # pass the task handle as the first argument
 
 
-@_nested
-@dataclass(slots=True)
-class JobInfo:
+class JobInfo(_Record, frozen=True):
     """What the daemon knows about one job (a snapshot)."""
 
-    id: int
+    id: Int64
     fn: str
     name: str
     state: str
@@ -209,68 +207,60 @@ class JobInfo:
     submitted: float = 0.0
     started: float = 0.0
     finished: float = 0.0
-    attempts: int = 0
+    attempts: Int64 = 0
     worker: str = ""
-    priority: int = 0
+    priority: Int64 = 0
 
 
-@_nested
-@dataclass(slots=True)
-class ActorInfo:
+class ActorInfo(_Record, frozen=True):
     """One supervised child, as ``status`` shows it."""
 
     name: str
     role: str
-    pid: int
+    pid: Int64
     state: str
     uptime: float
-    restarts: int
+    restarts: Int64
     heartbeat_age: float
-    rss: int
+    rss: Int64
     detail: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-@_nested
-@dataclass(slots=True)
-class DaemonInfo:
+class DaemonInfo(_Record, frozen=True):
     """The daemon itself, as ``status`` shows it."""
 
     name: str
-    pid: int
+    pid: Int64
     version: str
     uptime: float
     run_dir: str
     state_dir: str
     log_file: str
-    workers_wanted: int
-    queued: int
-    running: int
-    rss: int
+    workers_wanted: Int64
+    queued: Int64
+    running: Int64
+    rss: Int64
     counters: dict[str, Any] = field(default_factory=dict)
 
 
-@_nested
-@dataclass(slots=True)
-class Dispatch:
+class Dispatch(_Record, frozen=True):
     """A job handed to a worker."""
 
-    job_id: int
+    job_id: Int64
     fn: str
     args: list[Any]
     kwargs: dict[str, Any]
-    timeout_ms: int
-    attempt: int
+    timeout_ms: Int64
+    attempt: Int64
     with_task: bool = True
     internal: bool = False  # accepted from the controller (TaskSubmit): internal and script functions may run
 
 
-@_nested
-@dataclass(slots=True)
-class JobDone:
+class JobDone(_Record, frozen=True):
     """A worker's report that a job returned or raised."""
 
-    job_id: int
+    job_id: Int64
     ok: bool
     value: Any = None
     error_type: str = ""
@@ -284,51 +274,39 @@ class JobDone:
 
 
 # replies ---------------------------------------------------------------------
-@_message(Kind.ERROR)
-@dataclass(slots=True)
-class Error(Message):
+class Error(Message, tag=Kind.ERROR.value, frozen=True):
     """A request failed: ``code`` names the error class, ``message`` says what and why."""
 
     code: str
     message: str
 
 
-@_message(Kind.ACK)
-@dataclass(slots=True)
-class Ack(Message):
+class Ack(Message, tag=Kind.ACK.value, frozen=True):
     """A request was carried out."""
 
     detail: str = ""
 
 
-@_message(Kind.PONG)
-@dataclass(slots=True)
-class Pong(Message):
+class Pong(Message, tag=Kind.PONG.value, frozen=True):
     """Reply to :class:`Ping`."""
 
     version: str
-    pid: int
+    pid: Int64
 
 
-@_message(Kind.SUBMITTED)
-@dataclass(slots=True)
-class Submitted(Message):
+class Submitted(Message, tag=Kind.SUBMITTED.value, frozen=True):
     """The jobs of a :class:`Submit` are journaled; their ids in order."""
 
-    ids: list[int]
+    ids: list[Int64]
 
 
-@_message(Kind.JOB_INFOS)
-@dataclass(slots=True)
-class JobInfos(Message):
+class JobInfos(Message, tag=Kind.JOB_INFOS.value, frozen=True):
     """Job snapshots: a reply, or a push (corr 0) to watchers."""
 
     jobs: list[JobInfo]
 
 
-@_message(Kind.STATUS_REPLY)
-@dataclass(slots=True)
-class StatusReply(Message):
+class StatusReply(Message, tag=Kind.STATUS_REPLY.value, frozen=True):
     """Reply to :class:`Status`."""
 
     daemon: DaemonInfo
@@ -336,30 +314,22 @@ class StatusReply(Message):
 
 
 # client requests ---------------------------------------------------------------
-@_message(Kind.PING)
-@dataclass(slots=True)
-class Ping(Message):
+class Ping(Message, tag=Kind.PING.value, frozen=True):
     """Ask the daemon to answer (round-trip check)."""
 
 
-@_message(Kind.STATUS)
-@dataclass(slots=True)
-class Status(Message):
+class Status(Message, tag=Kind.STATUS.value, frozen=True):
     """Ask for the daemon's and every actor's state."""
 
 
-@_message(Kind.SUBMIT)
-@dataclass(slots=True)
-class Submit(Message):
+class Submit(Message, tag=Kind.SUBMIT.value, frozen=True):
     """Submit jobs; the reply comes after they are journaled. ``watch``: push their results."""
 
     jobs: list[JobSpec]
     watch: bool = True
 
 
-@_message(Kind.TASK_SUBMIT)
-@dataclass(slots=True)
-class TaskSubmit(Message):
+class TaskSubmit(Message, tag=Kind.TASK_SUBMIT.value, frozen=True):
     """The controller's own jobs (a script's background tasks), proven by the token the daemon gave it.
 
     Accepted only on the local control socket and only with the token the
@@ -373,169 +343,131 @@ class TaskSubmit(Message):
     watch: bool = True
 
 
-@_message(Kind.CANCEL)
-@dataclass(slots=True)
-class Cancel(Message):
+class Cancel(Message, tag=Kind.CANCEL.value, frozen=True):
     """Ask a job to stop; with ``block`` the reply waits until it has stopped."""
 
-    job_id: int
+    job_id: Int64
     block: bool = False
 
 
-@_message(Kind.GET_JOBS)
-@dataclass(slots=True)
-class GetJobs(Message):
+class GetJobs(Message, tag=Kind.GET_JOBS.value, frozen=True):
     """Fetch snapshots of the given jobs."""
 
-    job_ids: list[int]
+    job_ids: list[Int64]
 
 
-@_message(Kind.LIST_JOBS)
-@dataclass(slots=True)
-class ListJobs(Message):
+class ListJobs(Message, tag=Kind.LIST_JOBS.value, frozen=True):
     """List recent jobs, optionally only those in the given states."""
 
     states: list[str] = field(default_factory=list)
-    limit: int = 100
+    limit: Int64 = 100
 
 
-@_message(Kind.WATCH)
-@dataclass(slots=True)
-class Watch(Message):
+class Watch(Message, tag=Kind.WATCH.value, frozen=True):
     """Subscribe to updates of jobs (progress, status, state, result)."""
 
-    job_ids: list[int]
+    job_ids: list[Int64]
     progress: bool = True
 
 
-@_message(Kind.UNWATCH)
-@dataclass(slots=True)
-class Unwatch(Message):
+class Unwatch(Message, tag=Kind.UNWATCH.value, frozen=True):
     """Stop receiving updates of jobs."""
 
-    job_ids: list[int]
+    job_ids: list[Int64]
 
 
-@_message(Kind.SCALE)
-@dataclass(slots=True)
-class Scale(Message):
+class Scale(Message, tag=Kind.SCALE.value, frozen=True):
     """Change the number of workers at runtime."""
 
-    workers: int
+    workers: Int64
 
 
-@_message(Kind.SHUTDOWN)
-@dataclass(slots=True)
-class Shutdown(Message):
+class Shutdown(Message, tag=Kind.SHUTDOWN.value, frozen=True):
     """Stop the daemon in order (stop message, SIGTERM, SIGKILL)."""
 
 
 # child <-> supervisor ---------------------------------------------------------------
-@_message(Kind.HELLO)
-@dataclass(slots=True)
-class Hello(Message):
+class Hello(Message, tag=Kind.HELLO.value, frozen=True):
     """First message of a child: who it is."""
 
     role: str
     name: str
-    pid: int
+    pid: Int64
 
 
-@_message(Kind.HEARTBEAT)
-@dataclass(slots=True)
-class Heartbeat(Message):
+class Heartbeat(Message, tag=Kind.HEARTBEAT.value, frozen=True):
     """Liveness, both ways; children attach their stats."""
 
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-@_message(Kind.STOP)
-@dataclass(slots=True)
-class Stop(Message):
+class Stop(Message, tag=Kind.STOP.value, frozen=True):
     """Ask a child to finish and exit."""
 
     reason: str = ""
 
 
-@_message(Kind.RUN_JOBS)
-@dataclass(slots=True)
-class RunJobs(Message):
+class RunJobs(Message, tag=Kind.RUN_JOBS.value, frozen=True):
     """Jobs for a worker to run in order."""
 
     jobs: list[Dispatch]
 
 
-@_message(Kind.ABORT_JOB)
-@dataclass(slots=True)
-class AbortJob(Message):
+class AbortJob(Message, tag=Kind.ABORT_JOB.value, frozen=True):
     """Make ``should_abort()`` true for a job (queued on the worker or running)."""
 
-    job_id: int
+    job_id: Int64
     reason: str = ""
 
 
-@_message(Kind.JOB_UPDATE)
-@dataclass(slots=True)
-class JobUpdate(Message):
+class JobUpdate(Message, tag=Kind.JOB_UPDATE.value, frozen=True):
     """Progress, status message, properties, timeout or an event of a running job."""
 
-    job_id: int
+    job_id: Int64
     progress: float
     status: str
     properties: dict[str, Any]
-    timeout_ms: int
+    timeout_ms: Int64
     event: str = ""
     detail: str = ""
 
 
-@_message(Kind.JOBS_DONE)
-@dataclass(slots=True)
-class JobsDone(Message):
+class JobsDone(Message, tag=Kind.JOBS_DONE.value, frozen=True):
     """Jobs a worker finished since its last report."""
 
     results: list[JobDone]
 
 
-@_message(Kind.RECALL)
-@dataclass(slots=True)
-class Recall(Message):
+class Recall(Message, tag=Kind.RECALL.value, frozen=True):
     """Give back jobs handed over but not started (a higher-priority job arrived)."""
 
-    job_ids: list[int]
+    job_ids: list[Int64]
 
 
-@_message(Kind.RECALLED)
-@dataclass(slots=True)
-class Recalled(Message):
+class Recalled(Message, tag=Kind.RECALLED.value, frozen=True):
     """The jobs of a :class:`Recall` that had not started; the supervisor queues them again."""
 
-    job_ids: list[int]
+    job_ids: list[Int64]
 
 
-@_message(Kind.VOICES_OP)
-@dataclass(slots=True)
-class VoicesOp(Message):
+class VoicesOp(Message, tag=Kind.VOICES_OP.value, frozen=True):
     """kill_voices_and_call: ``suspend`` (fade, kill, stay silent) or ``resume`` the processor's voices."""
 
     op: str
-    token: int
+    token: Int64
     fade_ms: float = 10.0
 
 
-@_message(Kind.VOICES_DONE)
-@dataclass(slots=True)
-class VoicesDone(Message):
+class VoicesDone(Message, tag=Kind.VOICES_DONE.value, frozen=True):
     """The processor carried out a :class:`VoicesOp` (``ok`` False: it could not)."""
 
-    token: int
+    token: Int64
     ok: bool
     detail: str = ""
 
 
 # audio -----------------------------------------------------------------------------
-@_message(Kind.AUDIO_EVENT)
-@dataclass(slots=True)
-class AudioEvent(Message):
+class AudioEvent(Message, tag=Kind.AUDIO_EVENT.value, frozen=True):
     """A MIDI-like event for the processor: ``note_on``, ``note_off``, ``cc``, ``kill_all``.
 
     ``delay`` is seconds after the processor receives it (0: the next block);
@@ -543,7 +475,7 @@ class AudioEvent(Message):
     """
 
     op: str
-    note: int = 0
+    note: Int64 = 0
     velocity: float = 1.0
     value: float = 0.0
     delay: float = 0.0
@@ -551,70 +483,54 @@ class AudioEvent(Message):
     fade_ms: float = 10.0
 
 
-@_nested
-@dataclass(slots=True)
-class SampleInfo:
+class SampleInfo(_Record, frozen=True):
     """A sample buffer in the registry."""
 
     name: str
     handle: ArrayHandle
-    samplerate: int
-    root_key: int = 60
-    frames: int = 0
-    channels: int = 1
+    samplerate: Int64
+    root_key: Int64 = 60
+    frames: Int64 = 0
+    channels: Int64 = 1
 
 
-@_message(Kind.SAMPLE_LOAD)
-@dataclass(slots=True)
-class SampleLoad(Message):
+class SampleLoad(Message, tag=Kind.SAMPLE_LOAD.value, frozen=True):
     """Register (or replace) a sample buffer living in shared memory; the registry owns it from now on."""
 
     sample: SampleInfo
 
 
-@_message(Kind.SAMPLE_DROP)
-@dataclass(slots=True)
-class SampleDrop(Message):
+class SampleDrop(Message, tag=Kind.SAMPLE_DROP.value, frozen=True):
     """Remove a sample from the registry; its segment is unlinked once nobody uses it."""
 
     name: str
 
 
-@_message(Kind.SAMPLE_LIST)
-@dataclass(slots=True)
-class SampleList(Message):
+class SampleList(Message, tag=Kind.SAMPLE_LIST.value, frozen=True):
     """Ask for the registered samples."""
 
 
-@_message(Kind.SAMPLE_INFOS)
-@dataclass(slots=True)
-class SampleInfos(Message):
+class SampleInfos(Message, tag=Kind.SAMPLE_INFOS.value, frozen=True):
     """The registered samples."""
 
     samples: list[SampleInfo]
 
 
 # scripts -----------------------------------------------------------------------------
-@_message(Kind.SCRIPT_LOAD)
-@dataclass(slots=True)
-class ScriptLoad(Message):
+class ScriptLoad(Message, tag=Kind.SCRIPT_LOAD.value, frozen=True):
     """Load (or with ``reload`` re-load) an instrument script from a file path."""
 
     path: str
     reload: bool = False
 
 
-@_message(Kind.SCRIPT_READY)
-@dataclass(slots=True)
-class ScriptReady(Message):
+class ScriptReady(Message, tag=Kind.SCRIPT_READY.value, frozen=True):
     """The controller ran a script's module code, parameters and on_load; the processor may run on_init."""
 
     path: str
 
 
-@_message(Kind.SCRIPT_ERROR)
-@dataclass(slots=True)
-class ScriptError(Message):
+class ScriptError(Message, tag=Kind.SCRIPT_ERROR.value, frozen=True):
     """A script raised, used a function in the wrong context, or overran its budget."""
 
     context: str
@@ -623,9 +539,7 @@ class ScriptError(Message):
     location: str = ""
 
 
-@_message(Kind.RUN_SYNC)
-@dataclass(slots=True)
-class RunSync(Message):
+class RunSync(Message, tag=Kind.RUN_SYNC.value, frozen=True):
     """Run the script function ``fn`` in the processor at the start of the next block."""
 
     fn: str
@@ -633,39 +547,31 @@ class RunSync(Message):
     id: str = ""
 
 
-@_message(Kind.RUN_ASYNC)
-@dataclass(slots=True)
-class RunAsync(Message):
+class RunAsync(Message, tag=Kind.RUN_ASYNC.value, frozen=True):
     """Run the script function ``fn`` in the controller; answer with :class:`RunAsyncResult`."""
 
-    token: int
+    token: Int64
     fn: str
     args: list[Any]
 
 
-@_message(Kind.RUN_ASYNC_RESULT)
-@dataclass(slots=True)
-class RunAsyncResult(Message):
+class RunAsyncResult(Message, tag=Kind.RUN_ASYNC_RESULT.value, frozen=True):
     """What a ``run_async`` function returned (or raised)."""
 
-    token: int
+    token: Int64
     ok: bool
     value: Any = None
     error: str = ""
 
 
-@_message(Kind.PARAM_SET)
-@dataclass(slots=True)
-class ParamSet(Message):
+class ParamSet(Message, tag=Kind.PARAM_SET.value, frozen=True):
     """Set a script parameter (enters the controller's queue as a control callback)."""
 
     name: str
     value: Any
 
 
-@_nested
-@dataclass(slots=True)
-class ParamInfo:
+class ParamInfo(_Record, frozen=True):
     """A script parameter: definition and current value."""
 
     name: str
@@ -678,227 +584,89 @@ class ParamInfo:
     processor: bool = False
 
 
-@_message(Kind.PARAM_VALUES)
-@dataclass(slots=True)
-class ParamValues(Message):
+class ParamValues(Message, tag=Kind.PARAM_VALUES.value, frozen=True):
     """Parameter values after a change; ``call`` names parameters whose processor callback should run."""
 
     params: list[ParamInfo]
     call: list[str] = field(default_factory=list)
 
 
-@_message(Kind.PARAM_LIST)
-@dataclass(slots=True)
-class ParamList(Message):
+class ParamList(Message, tag=Kind.PARAM_LIST.value, frozen=True):
     """Ask for the script's parameters."""
 
 
-@_message(Kind.PARAM_INFOS)
-@dataclass(slots=True)
-class ParamInfos(Message):
+class ParamInfos(Message, tag=Kind.PARAM_INFOS.value, frozen=True):
     """The script's parameters."""
 
     params: list[ParamInfo]
     script: str = ""
 
 
-# --------------------------------------------------------------------------- validation
-# Each message class gets a decoder generated from its type hints: one Python
-# function that checks every field inline and builds the object positionally
-# (one call per message instead of one per field).
+_REGISTRY: dict[int, type[Message]] = {}
+for _cls in Message.__subclasses__():
+    _cls.KIND = Kind(_cls.__struct_config__.tag)  # type: ignore[arg-type]  # every message has an int tag
+    _REGISTRY[_cls.KIND.value] = _cls
 
-def _bad(where: str, name: str, expected: str, value: Any) -> ProtocolError:
-    return ProtocolError(f"{where}.{name}: expected {expected}, got {type(value).__name__}")
-
-
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+# One frame: [VERSION, kind, corr, [kind, *fields]].  A wrong version fails at once, at $[0].
+_ENVELOPE: Any = tuple[Literal[VERSION], int, _Size, Union[tuple(_REGISTRY.values())]]  # type: ignore[misc, valid-type]  # noqa: UP007
 
 
-def _bad_int(where: str, name: str, value: Any) -> ProtocolError:
-    if type(value) is int:
-        return ProtocolError(f"{where}.{name}: {value} is out of range (a signed 64-bit int)")
-    return _bad(where, name, "int", value)
+# --------------------------------------------------------------------------- ext types
+# Their payloads are msgpack too: [dtype, shape, data] (ext 1), [name, dtype, shape, offset] (ext 2).
+_pack_plain = msgspec.msgpack.Encoder().encode
+_DType = Annotated[str, Meta(max_length=64)]
+_Shape = Annotated[list[_Size], Meta(max_length=64)]
+_unpack_inline = msgspec.msgpack.Decoder(tuple[_DType, _Shape, bytes]).decode
+_unpack_handle = msgspec.msgpack.Decoder(tuple[Annotated[str, Meta(max_length=256)], _DType, _Shape, _Size]).decode
 
 
-def _bad_key(where: str, name: str, key: Any) -> ProtocolError:
-    return ProtocolError(f"{where}.{name}: map keys must be strings, got {type(key).__name__}")
-
-
-def _bad_shape(cls: type, where: str, n: int) -> ProtocolError:
-    return ProtocolError(
-        f"{where}: {cls.__name__} takes {cls._REQUIRED}..{len(cls._FIELDS)} fields, got {n}"  # type: ignore[attr-defined]
-    )
-
-
-def _check_code(i: int, name: str, hint: Any, env: dict[str, Any]) -> list[str]:
-    """Source lines checking (and for nested types converting) the local ``a{i}``."""
-    x = f"a{i}"
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return []
-    if hint is int:  # a signed 64-bit int: what SQLite, numpy and every peer can hold
-        return [f"if type({x}) is not int or not {_I64_MIN} <= {x} <= {_I64_MAX}:",
-                f"    raise _bad_int(where, {name!r}, {x})"]
-    if hint in (bool, str, bytes):
-        return [f"if type({x}) is not {hint.__name__}: raise _bad(where, {name!r}, {hint.__name__!r}, {x})"]
-    if hint is float:
-        return [f"if type({x}) is not float:",
-                f"    if type({x}) is int: {x} = float({x})",
-                f"    else: raise _bad(where, {name!r}, 'float', {x})"]
-    if hint is ArrayHandle:
-        return [f"if type({x}) is not ArrayHandle: raise _bad(where, {name!r}, 'an array handle', {x})"]
-    if origin is tuple:
-        return [f"if type({x}) is not list or not all(type(e) is int and 0 <= e <= {_I64_MAX} for e in {x}):",
-                f"    raise _bad(where, {name!r}, 'a list of non-negative 64-bit ints', {x})",
-                f"{x} = tuple({x})"]
-    if origin is list:
-        (inner,) = typing.get_args(hint)
-        lines = [f"if type({x}) is not list: raise _bad(where, {name!r}, 'list', {x})"]
-        if inner is int:
-            lines += [f"for e in {x}:",
-                      f"    if type(e) is not int or not {_I64_MIN} <= e <= {_I64_MAX}: raise _bad_int(where, {name!r}, e)"]
-        elif inner is str:
-            lines += [f"for e in {x}:",
-                      f"    if type(e) is not str: raise _bad(where, {name!r}, 'a list of strs', e)"]
-        elif isinstance(inner, type) and inner in _NESTED:
-            env[f"_dec_{inner.__name__}"] = lambda v, w, _c=inner: _decoder(_c)(v, w)
-            lines += [f"{x} = [_dec_{inner.__name__}(e, where + '.{name}') for e in {x}]"]
-        elif inner is not Any:
-            raise TypeError(f"unsupported list item type {inner!r}")
-        return lines
-    if origin is dict:
-        return [f"if type({x}) is not dict: raise _bad(where, {name!r}, 'map', {x})",
-                f"for k in {x}:",
-                f"    if type(k) is not str: raise _bad_key(where, {name!r}, k)"]
-    if isinstance(hint, type) and hint in _NESTED:
-        env[f"_dec_{hint.__name__}"] = lambda v, w, _c=hint: _decoder(_c)(v, w)
-        return [f"{x} = _dec_{hint.__name__}({x}, where + '.{name}')"]
-    raise TypeError(f"unsupported field type {hint!r}")
-
-
-_DECODERS: dict[type, Callable[[Any, str], Any]] = {}
-
-
-def _prepare(cls: type) -> None:
-    """What encoding needs, at import: field names and a C-level getter."""
-    fields = dataclasses.fields(cls)
-    cls._FIELDS = tuple(f.name for f in fields)  # type: ignore[attr-defined]
-    cls._GET = operator.attrgetter(*cls._FIELDS) if len(fields) > 1 else (  # type: ignore[attr-defined]
-        (lambda o, _n=fields[0].name: (getattr(o, _n),)) if fields else (lambda o: ()))
-    required = sum(1 for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-    cls._REQUIRED = required  # type: ignore[attr-defined]
-
-
-def _decoder(cls: type) -> Callable[[Any, str], Any]:
-    """The generated decoder of ``cls`` (built on first use: a process compiles only what it receives)."""
-    dec = _DECODERS.get(cls)
-    if dec is None:
-        dec = _DECODERS[cls] = _generate(cls)
-    return dec
-
-
-def _generate(cls: type) -> Callable[[Any, str], Any]:
-    hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
-    required = cls._REQUIRED  # type: ignore[attr-defined]
-    env: dict[str, Any] = {"_bad": _bad, "_bad_int": _bad_int, "_bad_key": _bad_key, "_bad_shape": _bad_shape, "ProtocolError": ProtocolError,
-                           "ArrayHandle": ArrayHandle, "_cls": cls}
-    n = len(fields)
-    lines = [f"def decode_{cls.__name__}(v, where):",
-             f"    if type(v) is not list: raise ProtocolError(where + ': {cls.__name__} must be a list of fields')",
-             "    n = len(v)",
-             f"    if n == {n}:",
-             f"        {', '.join(f'a{i}' for i in range(n))}{',' if n == 1 else ''} = v" if n else "        pass",
-             f"    elif {required} <= n < {n}:"]
-    for i, f in enumerate(fields):
-        if i < required:
-            lines.append(f"        a{i} = v[{i}]")
-        else:
-            env[f"_d{i}"] = f.default if f.default is not dataclasses.MISSING else None
-            env[f"_f{i}"] = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-            default = f"_d{i}" if f.default is not dataclasses.MISSING else f"_f{i}()"
-            lines.append(f"        a{i} = v[{i}] if n > {i} else {default}")
-    if not fields:
-        lines.append("        pass")
-    lines.append(f"    else: raise _bad_shape(_cls, where, n)")
-    for i, f in enumerate(fields):
-        lines += ["    " + line for line in _check_code(i, f.name, hints[f.name], env)]
-    lines.append(f"    return _cls({', '.join(f'a{i}' for i in range(n))})")
-    exec("\n".join(lines), env)  # noqa: S102 - our own generated source, from our own type hints
-    return env[f"decode_{cls.__name__}"]  # type: ignore[no-any-return]
-
-
-
-
-def _from_fields(cls: type, values: Any, where: str) -> Any:
-    return _decoder(cls)(values, where)
-
-
-for _cls in list(_NESTED) + list(_REGISTRY.values()):
-    _prepare(_cls)
-
-
-# --------------------------------------------------------------------------- codec
-def _default(obj: Any) -> Any:
+def _enc_hook(obj: Any) -> Any:
+    """What msgspec cannot pack itself: array handles (ext 2), numeric numpy arrays (ext 1) and scalars."""
     cls = type(obj)
-    if cls in _NESTED:
-        return cls._GET(obj)
     if cls is ArrayHandle:
-        return msgpack.ExtType(
-            EXT_ARRAY_HANDLE, msgpack.packb([obj.name, obj.dtype, list(obj.shape), obj.offset])
-        )
-    if cls is tuple:
-        return list(obj)
+        return msgspec.msgpack.Ext(EXT_ARRAY_HANDLE, _pack_plain((obj.name, obj.dtype, obj.shape, obj.offset)))
     if cls.__module__ == "numpy":
-        import numpy as np
+        import numpy as np  # numpy only where arrays are: a child that sends none never imports it
 
         if isinstance(obj, np.ndarray):
             if obj.dtype.kind not in _SAFE_DTYPE_KINDS:
                 raise TypeError(f"numpy arrays of dtype {obj.dtype} cannot be sent (numeric only)")
             data = np.ascontiguousarray(obj)
-            return msgpack.ExtType(
-                EXT_INLINE_ARRAY, msgpack.packb([data.dtype.str, list(data.shape), data.tobytes()])
-            )
+            return msgspec.msgpack.Ext(EXT_INLINE_ARRAY, _pack_plain((data.dtype.str, data.shape, data.tobytes())))
         if isinstance(obj, np.generic):
             return obj.item()
     raise TypeError(
         f"cannot send a value of type {cls.__module__}.{cls.__qualname__}: "
-        "only None, bool, int, float, str, bytes, lists, maps with string keys "
+        "only None, bool, int, float, str, bytes, lists, maps "
         "and numeric numpy arrays cross the wire"
     )
 
 
-def _ext_hook(code: int, data: bytes, handles: str | None = "ensemble.") -> Any:
+def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemble.") -> Any:
     """Decode our ext types.  ``handles``: the segment-name prefix a handle must carry (None: refuse handles)."""
-    try:
-        fields = msgpack.unpackb(data, max_array_len=64, max_str_len=256, max_bin_len=len(data))
-    except Exception as exc:
-        raise ProtocolError(f"malformed ext type {code}: {exc}") from exc
     if code == EXT_INLINE_ARRAY:
-        return _inline_array(fields)
+        try:
+            dtype, shape, raw = _unpack_inline(data)
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(f"malformed inline array: {exc}") from exc
+        return _inline_array(dtype, shape, raw)
     if code == EXT_ARRAY_HANDLE:
-        if (
-            type(fields) is not list
-            or len(fields) != 4
-            or type(fields[0]) is not str
-            or type(fields[1]) is not str
-            or type(fields[2]) is not list
-            or not all(type(d) is int and d >= 0 for d in fields[2])
-            or type(fields[3]) is not int
-            or fields[3] < 0
-        ):
-            raise ProtocolError("malformed array handle")
+        try:
+            name, dtype, shape, offset = _unpack_handle(data)
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(f"malformed array handle: {exc}") from exc
         if handles is None:
             raise ProtocolError("array handles name shared memory on the daemon's host and are refused from a "
                                 "remote peer; send the array itself (it travels inline)")
-        if not fields[0].startswith(handles) or "/" in fields[0]:
-            raise ProtocolError(f"array handle {fields[0][:80]!r} does not name a segment of this daemon")
-        _check_dtype(fields[1])
-        return ArrayHandle(fields[0], fields[1], tuple(fields[2]), fields[3])
+        if not name.startswith(handles) or "/" in name:
+            raise ProtocolError(f"array handle {name[:80]!r} does not name a segment of this daemon")
+        _check_dtype(dtype)
+        return ArrayHandle(name, dtype, tuple(shape), offset)
     raise ProtocolError(f"unknown ext type {code}")
 
 
 def _check_dtype(text: str) -> Any:
+    """The numpy dtype ``text`` names, if it is numeric; else :class:`ProtocolError`."""
     import numpy as np
 
     try:
@@ -910,101 +678,205 @@ def _check_dtype(text: str) -> Any:
     return dtype
 
 
-def _inline_array(fields: Any) -> Any:
+def _inline_array(dtype_text: str, shape: list[int], raw: bytes) -> Any:
+    """A read-only array over ``raw`` (ext 1), once dtype, shape and size agree."""
     import numpy as np
 
-    if (
-        type(fields) is not list
-        or len(fields) != 3
-        or type(fields[0]) is not str
-        or type(fields[1]) is not list
-        or type(fields[2]) is not bytes
-        or not all(type(d) is int and d >= 0 for d in fields[1])
-    ):
-        raise ProtocolError("malformed inline array")
-    dtype = _check_dtype(fields[0])
+    dtype = _check_dtype(dtype_text)
     count = 1
-    for dim in fields[1]:
+    for dim in shape:
         count *= dim
-    if count * dtype.itemsize != len(fields[2]):
+    if count * dtype.itemsize != len(raw):
         raise ProtocolError("inline array size does not match its shape and dtype")
-    return np.frombuffer(fields[2], dtype=dtype).reshape(fields[1])
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-_pack = msgpack.Packer(default=_default).pack
+# --------------------------------------------------------------------------- codec
+_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 
 
 def encode(msg: Message, corr: int = 0) -> bytes:
-    """Pack one message into a frame.  Raises :class:`ProtocolError` for unsendable values."""
-    cls = type(msg)
+    """Pack one message into a frame (thread-safe; one pass in C).
+
+    Raises :class:`ProtocolError` for unsendable values: an object, a complex
+    number, an array of objects, nesting deeper than the recursion limit.
+    """
     try:
-        frame: bytes = _pack([VERSION, cls.KIND, corr, cls._GET(msg)])  # type: ignore[attr-defined]
-        return frame
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"cannot encode {cls.__name__}: {exc}") from exc
+        return _encoder.encode((VERSION, msg.KIND, corr, msg))
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
+        raise ProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
 
 
 @functools.lru_cache(maxsize=16)
-def _unpack_kwargs(limits: Limits) -> dict[str, int]:
-    return limits.unpack_kwargs()
+def _decoder(handles: str | None) -> msgspec.msgpack.Decoder[Any]:
+    """The frame decoder of one handle policy (built on first use, kept)."""
+    hook = _ext_hook if handles == "ensemble." else functools.partial(_ext_hook, handles=handles)
+    return msgspec.msgpack.Decoder(_ENVELOPE, ext_hook=hook)
 
 
-@functools.lru_cache(maxsize=16)
-def _hook_for(handles: str | None) -> Callable[[int, bytes], Any]:
-    if handles == "ensemble.":
-        return _ext_hook
-    return functools.partial(_ext_hook, handles=handles)
+_DEFAULT_LIMITS = Limits()
 
 
-def peek_corr(frame: bytes) -> int:
-    """Best-effort correlation id of a frame that failed to decode (0 if unknown)."""
-    try:
-        unpacker = msgpack.Unpacker(max_buffer_size=64, max_array_len=4)
-        unpacker.feed(frame[:64])
-        unpacker.read_array_header()
-        unpacker.skip()
-        unpacker.skip()
-        corr = unpacker.unpack()
-        return corr if type(corr) is int and 0 <= corr < 2**63 else 0
-    except Exception:
-        return 0
-
-
-def decode(frame: bytes, limits: Limits = Limits(), handles: str | None = "ensemble.") -> tuple[int, Message]:
+def decode(frame: bytes, limits: Limits = _DEFAULT_LIMITS, handles: str | None = "ensemble.") -> tuple[int, Message]:
     """Unpack and validate one frame; returns ``(corr, message)``.
 
     ``handles`` is the name prefix every :class:`ArrayHandle` in the frame must
     carry (a daemon passes its own segments' prefix); ``None`` refuses handles
     altogether (frames from another host).  Every int field must fit a signed
     64-bit int.  Raises :class:`ProtocolError` saying what was wrong: oversize
-    frame, undecodable bytes, wrong envelope, unknown version or kind, bad field.
+    frame, undecodable bytes, wrong envelope, unknown version or kind, bad field
+    (named by its path, as in ``Submit.jobs[0].priority``), nesting too deep.
+    Thread-safe; one pass over the frame in C, with one decoder per ``handles``
+    policy built on first use.
     """
     if len(frame) > limits.max_frame:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
     try:
-        env = msgpack.unpackb(frame, ext_hook=_hook_for(handles), **_unpack_kwargs(limits))
+        _, kind, corr, msg = _decoder(handles).decode(frame)
     except ProtocolError:
-        raise
-    except msgpack.exceptions.StackError as exc:
-        raise ProtocolError("frame nests deeper than 1024 levels") from exc
-    except (ValueError, TypeError) as exc:
-        raise ProtocolError(f"frame is not valid msgpack: {exc}") from exc
-    if type(env) is not list or len(env) != 4:
-        raise ProtocolError("frame is not an ensemble envelope [version, kind, corr, fields]")
-    version, kind, corr, fields = env
+        raise  # an ext hook's verdict on an array or a handle
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _refusal(frame, exc) from exc
+    if kind != msg.KIND:
+        raise ProtocolError(f"the envelope says kind {kind} but the message is of kind {msg.KIND.value} "
+                            f"({type(msg).__name__})")
+    return corr, msg
+
+
+def _refusal(frame: bytes, exc: Exception) -> ProtocolError:
+    """The one place a failed decode becomes a :class:`ProtocolError` saying what was wrong."""
+    if isinstance(exc, RecursionError):
+        return ProtocolError("frame nests too deeply (deeper than the decoder's recursion limit)")
+    header = _header(frame)
+    if header is None:
+        if isinstance(exc, msgspec.ValidationError):
+            return ProtocolError(f"frame is not an ensemble envelope [version, kind, corr, [kind, *fields]]: {exc}")
+        return ProtocolError(f"frame is not valid msgpack: {exc}")
+    version, kind, corr, tag = header
     if version != VERSION:
-        raise ProtocolError(f"protocol version {version!r} is not supported (this side speaks {VERSION})")
-    if type(corr) is not int or corr < 0:
-        raise ProtocolError("correlation id must be a non-negative int")
-    cls = _REGISTRY.get(kind) if type(kind) is int else None
+        return ProtocolError(f"protocol version {version!r} is not supported (this side speaks {VERSION})")
+    if not 0 <= corr < 2**63:
+        return ProtocolError(f"correlation id {corr} is not a non-negative 64-bit int")
+    cls = _REGISTRY.get(kind)
     if cls is None:
-        raise ProtocolError(f"unknown message kind {kind!r}")
-    return corr, _from_fields(cls, fields, cls.__name__)
+        return ProtocolError(f"unknown message kind {kind!r}")
+    if tag is not None and tag != kind:
+        return ProtocolError(f"the envelope says kind {kind} ({cls.__name__}) but the message is of kind {tag}")
+    if not isinstance(exc, msgspec.ValidationError):
+        return ProtocolError(f"frame is not valid msgpack: {exc}")
+    found = _ERROR_AT.fullmatch(str(exc))
+    what, key, path = found.groups() if found else (str(exc), None, None)
+    if not path or not path.startswith("$[3]"):
+        return ProtocolError(f"frame is not an ensemble envelope [version, kind, corr, [kind, *fields]]: {exc}")
+    where = _field_path(cls, path[4:]) + (" (a map key)" if key else "")
+    if path == "$[3]" and (short := re.match(r"Expected `array` of (?:at least )?length \d+, got (\d+)", what)):
+        required = sum(f.required for f in msgspec.structs.fields(cls))
+        what = f"needs at least {required} field{'s' * (required != 1)}, got {max(int(short[1]) - 1, 0)}"
+    return ProtocolError(f"{where}: {_INT64_BOUND.sub('out of range (a signed 64-bit int)', what)}")
+
+
+_ERROR_AT = re.compile(r"(.*?)(?: - at (`key` in )?`(\$.*)`)?", re.DOTALL)  # msgspec: "what - at `$[3][1]`"
+_INT64_BOUND = re.compile(rf"Expected `int` (?:<= {2**63 - 1}|>= {-(2**63)})")
+
+
+def _field_path(cls: type[Message], path: str) -> str:
+    """msgspec's path inside a message (``[1][0][5]``) spelled with field names (``Submit.jobs[0].priority``)."""
+    where, current = cls.__name__, cls
+    for step in re.findall(r"\[(\d+)\]", path):
+        index = int(step)
+        while get_origin(current) is Annotated:
+            current = get_args(current)[0]
+        if isinstance(current, type) and issubclass(current, msgspec.Struct):
+            if current.__struct_config__.tag is not None:  # a message: item 0 is its kind
+                if index == 0:
+                    return f"{where} (its kind)"
+                index -= 1
+            fields = msgspec.structs.fields(current)
+            if index >= len(fields):
+                return where
+            where, current = f"{where}.{fields[index].name}", fields[index].type
+        else:  # an item of a list[JobSpec], list[Int64], list[Any]
+            item = get_args(current)
+            where, current = f"{where}[{index}]", item[0] if item else Any
+    return where
+
+
+_INT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+_ARRAY_HEADERS = {0xDC: 3, 0xDD: 5}  # array16, array32: bytes before the first item
+
+
+def _header(frame: bytes) -> tuple[int, int, int, int | None] | None:
+    """``(version, kind, corr, tag)`` read by hand from the first bytes of a frame, or None.
+
+    For frames that did not decode (truncated, malformed, wrong message): it
+    reads the three header ints and the message's first item (its kind, the
+    tag; None when that is not an int) and needs nothing else to be valid.
+    """
+    pos = _array_start(frame, 0)
+    values: list[int] = []
+    while pos is not None and len(values) < 3:
+        pos = _read_int(frame, pos, values)
+    if pos is None:
+        return None
+    version, kind, corr = values
+    start = _array_start(frame, pos)
+    tag = values[3] if start is not None and _read_int(frame, start, values) is not None else None
+    return version, kind, corr, tag
+
+
+def _array_start(frame: bytes, pos: int) -> int | None:
+    """Where the first item of the array at ``pos`` starts (None: no array there)."""
+    if pos >= len(frame):
+        return None
+    byte = frame[pos]
+    return pos + 1 if 0x90 <= byte <= 0x9F else (pos + _ARRAY_HEADERS[byte] if byte in _ARRAY_HEADERS else None)
+
+
+def _read_int(frame: bytes, pos: int, out: list[int]) -> int | None:
+    """Append the int at ``pos`` to ``out``; where the next item starts (None: no whole int there)."""
+    if pos >= len(frame):
+        return None
+    byte = frame[pos]
+    if byte <= 0x7F or byte >= 0xE0:  # positive and negative fixint
+        out.append(byte if byte <= 0x7F else byte - 0x100)
+        return pos + 1
+    size = _INT_SIZES.get(byte)
+    if size is None or pos + 1 + size > len(frame):
+        return None
+    out.append(int.from_bytes(frame[pos + 1:pos + 1 + size], "big", signed=byte >= 0xD0))
+    return pos + 1 + size
+
+
+def peek_corr(frame: bytes) -> int:
+    """Best-effort correlation id of a frame that failed to decode (0 if unknown)."""
+    header = _header(frame)
+    return header[2] if header is not None and 0 <= header[2] < 2**63 else 0
+
+
+# --------------------------------------------------------------------------- plain values
+_plain_decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
+
+
+def _encode_value(value: Any) -> bytes:
+    """Pack a value as a message field carries it (the journal stores specs, results and properties so).
+
+    Raises :class:`ProtocolError` for values that cannot cross the wire.
+    """
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
+        raise ProtocolError(f"cannot encode a {type(value).__name__}: {exc}") from exc
+
+
+def _decode_value(blob: bytes) -> Any:
+    """Inverse of :func:`_encode_value` (rows written by older releases, with msgpack, read the same)."""
+    return _plain_decoder.decode(blob)
 
 
 __all__ = [
     "VERSION",
     "ArrayHandle",
+    "Int64",
     "Kind",
     "Limits",
     "Message",
@@ -1012,4 +884,5 @@ __all__ = [
     "encode",
     "peek_corr",
 ]
-__all__ += [c.__name__ for c in _REGISTRY.values()] + [c.__name__ for c in _NESTED]
+__all__ += [c.__name__ for c in _REGISTRY.values()]
+__all__ += [c.__name__ for c in _Record.__subclasses__()]

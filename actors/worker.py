@@ -14,16 +14,20 @@ import os
 import itertools
 import logging
 import queue
+import sys
 import threading
 import time
 import traceback
 from typing import Any
 
-import msgpack
+import msgspec
 import zmq
 
 from actors._child import Child, child_main
+from actors._logging import setup as one_line_logging
+from actors._rundir import RunDir, StartedLog
 from actors._arrays import WorkerArrays
+from actors._errors import ProtocolError
 from actors._jobfn import resolve, resolve_internal
 from actors._task import Task, activate, deactivate
 from actors.messages import (
@@ -38,7 +42,8 @@ from actors.messages import (
     RunJobs,
     VoicesDone,
     VoicesOp,
-    _default,
+    decode,
+    encode,
 )
 
 log = logging.getLogger("ensemble.worker")
@@ -71,12 +76,9 @@ class Worker(Child):
         self.done_count = 0
         # the id of the job last started, written before the job runs: after a SIGKILL the supervisor reads
         # it to tell prefetched jobs that had begun (their results unsent) from those that never started
-        self._started_fd = -1
+        self._started: StartedLog | None = None
         if not self.remote:
-            from actors._rundir import RunDir
-
-            self._started_fd = os.open(RunDir(cfg.run_dir).started_file(name), os.O_RDWR | os.O_CREAT | os.O_TRUNC,
-                                       0o600)
+            self._started = StartedLog(RunDir(cfg.run_dir).started_file(name))
         self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
         self.thread.start()
 
@@ -214,8 +216,8 @@ class Worker(Child):
                 d = self.pending.popleft()
                 task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call, self.arrays)
                 self.current = (d, task)
-            if self._started_fd >= 0:
-                os.pwrite(self._started_fd, d.job_id.to_bytes(8, "little"), 0)
+            if self._started is not None:
+                self._started.record(d.job_id)
             done = _sendable(_run_one(d, task, self.arrays), self.cfg.daemon.max_frame)
             with self._work:
                 self.current = None
@@ -252,47 +254,35 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays) -> JobDone:
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
 
-def _skip_ext(code: int, data: bytes) -> None:
-    return None
-
-
 def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
     """``(done, bytes it costs)``, the result replaced by an error saying why when it cannot cross the wire.
 
-    It cannot when msgpack cannot encode it, when a map in it has keys other
-    than strings (the receiving side refuses those), or when it is larger than
-    the daemon's frame limit (``daemon.max_frame``; big numpy arrays go through
-    shared memory and never count).
+    It cannot when the codec cannot encode it (an object, a complex number),
+    when the daemon's decoder would refuse it (a property name that is not a
+    string), or when it is larger than the daemon's frame limit
+    (``daemon.max_frame``; big numpy arrays go through shared memory and never count).
     """
     if len(done.error_message) > 65536 or len(done.traceback) > 65536:
-        done.error_message = done.error_message[:65536]
-        done.traceback = done.traceback[-65536:]
+        done = msgspec.structs.replace(done, error_message=done.error_message[:65536],
+                                       traceback=done.traceback[-65536:])
     try:
-        value, props = done.value, done.properties
-        packed = msgpack.packb(value, default=_default)
-        size = len(packed) + len(done.traceback) + len(done.error_message) + 256
-        if type(value) not in _PLAIN:  # containers: read back the way the daemon will
-            msgpack.unpackb(packed, strict_map_key=True, ext_hook=_skip_ext)
-        if props:
-            packed = msgpack.packb(props, default=_default)
-            msgpack.unpackb(packed, strict_map_key=True, ext_hook=_skip_ext)
-            size += len(packed)
+        frame = encode(JobsDone([done]))
+        size = len(frame)
         if size > max_frame - 4096:
             raise ValueError(f"it is {size} bytes, over the daemon's frame limit of {max_frame} (daemon.max_frame); "
                              "return a numpy array (it travels through shared memory) or write it to a file")
+        if type(done.value) not in _PLAIN or done.properties:  # containers: read back the way the daemon will
+            decode(frame, handles="")
         return done, size
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (ProtocolError, ValueError) as exc:
         what = "return value or properties" if done.ok else "error"
-        if "map key" in str(exc):
-            exc = ValueError("a map in it has a key that is not a string (only str keys cross the wire)")
         return JobDone(done.job_id, False, None, "TypeError", f"the job's {what} cannot be sent: {exc}",
                        "", done.progress, done.status, {}, done.aborted, done.started), 1024
 
 
 def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, name: str) -> int:
     """``ensemble worker --connect tcp://HOST:PORT``: a worker on another host (returns the exit code)."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s worker pid=%(process)d %(name)s: %(message)s")
+    one_line_logging("worker", sys.stderr)
     worker = Worker(cfg, f"{name}-{os.getpid()}-{os.urandom(6).hex()}", endpoint, (key_file, server_key_file))
     return worker.run()
 

@@ -1,8 +1,9 @@
 """ensemble's realtime audio core: the engine, its events, and the backends that clock it.
 
 The public names are re-exported here; the modules behind them are private.
-``import audio`` never imports sounddevice (PortAudio is loaded only when a
-sounddevice backend, :func:`devices` or :func:`choose_backend` is used).
+``import audio`` never imports sounddevice or jack (PortAudio and libjack are
+loaded only when a backend that needs them, :func:`devices` or
+:func:`choose_backend` is used).
 """
 
 from __future__ import annotations
@@ -15,19 +16,22 @@ from ._backends import (
     OfflineBackend,
     OutputDevice,
     SoundDeviceBackend,
-    choose_backend,
     devices,
     load_sounddevice,
     render_offline,
 )
 from ._buffers import SampleBuffer, builtin_sample
+from ._choose import BACKENDS, choose_backend
 from ._engine import STEAL_POLICIES, Engine, EngineStats
-from ._events import ControlChange, Event, Fade, KillAllVoices, NoteOff, NoteOn
+from ._events import ControlChange, Event, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
+from ._jack import JackBackend
 from ._midi import midi_events
+from ._midi_in import MidiDecoder
 from ._realtime import GcPause, collect_young
 from .render import render
 
 __all__ = [
+    "BACKENDS",
     "JACK_CLIENT_NAME",
     "STEAL_POLICIES",
     "Backend",
@@ -38,12 +42,15 @@ __all__ = [
     "Event",
     "Fade",
     "GcPause",
+    "JackBackend",
     "KillAllVoices",
+    "MidiDecoder",
     "NoteOff",
     "NoteOn",
     "NullBackend",
     "OfflineBackend",
     "OutputDevice",
+    "PitchBend",
     "SampleBuffer",
     "SoundDeviceBackend",
     "builtin_sample",

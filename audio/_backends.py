@@ -1,11 +1,12 @@
 """Backends: what clocks :meth:`audio.Engine.render` — a device, a thread, or a file.
 
-All three share one interface (:class:`Backend`: ``start``, ``stop``,
-``running``, ``notice``, context manager) and drive the same engine, so the
-processor's code is identical with a sound card, without one, and offline.
+These three and the JACK backend (``audio._jack``) share one interface
+(:class:`Backend`: ``start``, ``stop``, ``running``, ``notice``, context
+manager) and drive the same engine, so the processor's code is identical with
+a sound card, without one, and offline.  ``audio._choose`` picks one.
 
 ``sounddevice`` is imported lazily, inside :class:`SoundDeviceBackend`,
-:func:`devices` and :func:`choose_backend`, so ``import audio`` works on a
+:func:`devices` and :func:`load_sounddevice`, so ``import audio`` works on a
 machine without the PortAudio library.
 """
 
@@ -27,7 +28,7 @@ import soundfile
 
 from ._engine import Engine
 from ._events import Event
-from ._realtime import DEFAULT_PRIORITY, GcPause, promote_current_thread, thread_policy
+from ._realtime import DEFAULT_PRIORITY, GcPause, SwitchInterval, promote_current_thread, thread_policy
 
 __all__ = [
     "Backend",
@@ -36,7 +37,6 @@ __all__ = [
     "OfflineBackend",
     "OutputDevice",
     "SoundDeviceBackend",
-    "choose_backend",
     "devices",
     "render_offline",
 ]
@@ -95,6 +95,8 @@ class NullBackend(Backend):
     period``), so it does not drift however long each render takes.  When it
     falls more than one block behind it counts an xrun and restarts the
     schedule from now instead of bursting to catch up, as a device would.
+    Falling behind is counted as a clock slip (``EngineStats.clock_slips``),
+    never as an xrun: there is no device to under-run.
 
     With ``realtime=True`` the thread asks for SCHED_FIFO at ``priority``; when
     the OS refuses, it runs at normal priority and ``notice`` says so.
@@ -129,10 +131,12 @@ class NullBackend(Backend):
         self.error = None
         self._started.clear()
         GcPause.enter()
+        SwitchInterval.enter()
         self._thread = threading.Thread(target=self._run, name="ensemble-null-audio", daemon=True)
         self._thread.start()
         if not self._started.wait(5.0):
             self._stop_flag = True
+            SwitchInterval.exit()
             GcPause.exit()
             raise RuntimeError("NullBackend thread did not start within 5 s")
 
@@ -151,6 +155,7 @@ class NullBackend(Backend):
         if thread.is_alive():
             raise RuntimeError(f"NullBackend thread still running {timeout} s after stop()")
         self._thread = None
+        SwitchInterval.exit()
         GcPause.exit()
         if self.error is not None:
             raise RuntimeError("NullBackend rendering failed") from self.error
@@ -171,7 +176,7 @@ class NullBackend(Backend):
                 if delay > 0:
                     time.sleep(delay)
                 elif delay < -period:
-                    engine.report_status(xrun=True)
+                    engine.report_status(slip=True)
                     due = time.perf_counter()
         except BaseException as exc:  # reported by stop(); the thread must end cleanly
             self.error = exc
@@ -200,7 +205,9 @@ class SoundDeviceBackend(Backend):
     ``ensemble-01`` from JACK).  ``jack_client`` holds the name JACK gave.
 
     The callback renders the engine, counts PortAudio's output underflow /
-    overflow flags as xruns and priming blocks as priming, and on its first
+    overflow flags as underflows (``EngineStats.underflows``; on PortAudio's
+    JACK host API they stand for JACK's xrun notifications, delivered with the
+    next block) and priming blocks as priming, and on its first
     call records the thread's scheduling policy (``thread_policy``), asking for
     SCHED_FIFO if the host API did not already give it.
     """
@@ -254,9 +261,11 @@ class SoundDeviceBackend(Backend):
         self.host_api = str(sd.query_hostapis(info["hostapi"])["name"])
         self.jack_client = _jack_client_name(sd)
         GcPause.enter()
+        SwitchInterval.enter()
         try:
             stream.start()
         except Exception as exc:
+            SwitchInterval.exit()
             GcPause.exit()
             stream.close()
             raise BackendUnavailable(f"cannot start output stream: {exc}") from exc
@@ -272,6 +281,7 @@ class SoundDeviceBackend(Backend):
             stream.stop()
         finally:
             stream.close()
+            SwitchInterval.exit()
             GcPause.exit()
 
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
@@ -286,7 +296,7 @@ class SoundDeviceBackend(Backend):
             self.thread_policy = policy
         if status:
             self.engine.report_status(
-                xrun=bool(status.output_underflow or status.output_overflow),
+                underflow=bool(status.output_underflow or status.output_overflow),
                 priming=bool(status.priming_output),
             )
         self.engine.render(outdata)
@@ -376,44 +386,6 @@ def devices() -> list[OutputDevice]:
                 default_samplerate=float(info["default_samplerate"]),
             ))
     return found
-
-
-def choose_backend(
-    engine: Engine, requested: str = "auto", *, device: int | str | None = None
-) -> tuple[Backend, str]:
-    """Pick a backend: ``"auto"``, ``"sounddevice"`` or ``"null"``; returns (backend, notice).
-
-    ``"auto"`` gives the sounddevice backend when PortAudio loads and offers an
-    output device (``device`` if given), else the null backend with a one-line
-    notice saying why; the notice is '' when nothing needs saying.  Nothing is
-    started.  Context: non-realtime.  Raises :class:`BackendUnavailable` for an
-    explicit ``"sounddevice"`` that cannot work and :class:`ValueError` for an
-    unknown name.
-    """
-    if requested == "null":
-        return NullBackend(engine), ""
-    if requested not in ("auto", "sounddevice"):
-        raise ValueError(f"backend must be 'auto', 'sounddevice' or 'null', got {requested!r}")
-    try:
-        outputs = devices()
-        if not outputs:
-            raise BackendUnavailable("PortAudio found no audio output device")
-        if device is not None:
-            load_sounddevice().query_devices(device, kind="output")
-    except BackendUnavailable as exc:
-        if requested == "sounddevice":
-            raise
-        return NullBackend(engine), f"{_first_line(exc)}; using the null backend (no sound)"
-    except Exception as exc:  # sounddevice's lookup errors for `device`, PortAudioError
-        if requested == "sounddevice":
-            raise BackendUnavailable(f"output device {device!r}: {exc}") from exc
-        return NullBackend(engine), f"output device {device!r} not usable ({_first_line(exc)}); using the null backend (no sound)"
-    return SoundDeviceBackend(engine, device), ""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class OfflineBackend(Backend):

@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._buffers import SampleBuffer
-from ._events import ControlChange, Event, Fade, KillAllVoices, NoteOff, NoteOn
+from ._events import ControlChange, Event, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 
 __all__ = ["Engine", "EngineStats", "STEAL_POLICIES"]
 
@@ -77,7 +77,9 @@ _SWAPS = 15
 _ACTIVE = 16
 _PEAK = 17
 _TIMED = 18  # blocks in the timing ring since the last reset_timing()
-_N_COUNTERS = 19
+_UNDERFLOWS = 19
+_CLOCK_SLIPS = 20
+_N_COUNTERS = 21
 
 _NEVER = np.iinfo(np.int64).max
 
@@ -135,7 +137,7 @@ class _Call:
 class _Installed:
     """A sample buffer plus what the callback needs about it, made off the audio thread."""
 
-    __slots__ = ("buffer", "columns", "routes", "last", "ratio", "root")
+    __slots__ = ("buffer", "columns", "routes", "last", "ratio", "root", "engine_rate")
 
     def __init__(self, buffer: SampleBuffer, engine_rate: int, out_channels: int) -> None:
         self.buffer = buffer
@@ -149,6 +151,13 @@ class _Installed:
         self.last = float(buffer.frames - 1)
         self.ratio = buffer.samplerate / engine_rate
         self.root = float(buffer.root_key)
+        self.engine_rate = engine_rate
+
+    def follow_rate(self, engine_rate: int) -> None:
+        """Re-derive the playback ratio for a new engine rate (no allocation beyond a float)."""
+        if engine_rate != self.engine_rate:
+            self.ratio = self.buffer.samplerate / engine_rate
+            self.engine_rate = engine_rate
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,12 @@ class EngineStats:
     Times are in milliseconds; ``load_*`` are the same times as a fraction of
     the block period (1.0 = the whole period).  Percentiles cover the last
     ``timed_blocks`` blocks (the ring buffer's size at most).
+
+    Stream trouble is counted by kind (see :meth:`Engine.report_status`):
+    ``xruns`` only what the audio server itself calls an xrun (JACK's xrun
+    callback), ``underflows`` the backend's underflow / overflow flags,
+    ``priming_blocks`` start-up priming, ``clock_slips`` the null clock
+    falling behind.  The null backend never reports an xrun.
     """
 
     samplerate: int
@@ -180,7 +195,9 @@ class EngineStats:
     late_events: int
     dropped_events: int
     xruns: int
+    underflows: int
     priming_blocks: int
+    clock_slips: int
     stolen_voices: int
     hard_steals: int
     refused_notes: int
@@ -229,6 +246,7 @@ class Engine:
         steal_fade_ms: float = 5.0,
         steal_headroom: int | None = None,
         gain: float = 0.5,
+        bend_range: float = 2.0,
         max_slots: int = 128,
         max_events: int = 4096,
         stats_blocks: int = 8192,
@@ -243,7 +261,7 @@ class Engine:
         if steal not in STEAL_POLICIES:
             raise ValueError(f"steal must be one of {STEAL_POLICIES}, got {steal!r}")
         for name, value in (("attack_ms", attack_ms), ("release_ms", release_ms),
-                            ("steal_fade_ms", steal_fade_ms), ("gain", gain)):
+                            ("steal_fade_ms", steal_fade_ms), ("gain", gain), ("bend_range", bend_range)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         headroom = max(4, max_voices // 4) if steal_headroom is None else steal_headroom
@@ -256,17 +274,14 @@ class Engine:
         self.max_voices = max_voices
         self.steal = steal
         self.gain = gain
-        self.period_ns = blocksize * 1e9 / samplerate
         self._steal_code = STEAL_POLICIES.index(steal)
-        self._ns_per_frame = 1e9 / samplerate
-        # Ramp lengths in frames, at least one (a zero-length ramp is a jump).
-        self._attack_step = _OVERSHOOT / max(1.0, attack_ms * samplerate / 1000.0)
-        self._release_frames = max(1.0, release_ms * samplerate / 1000.0)
-        self._steal_frames = max(1.0, steal_fade_ms * samplerate / 1000.0)
+        self._ramp_ms = (attack_ms, release_ms, steal_fade_ms)
+        self._set_rate_constants()
         self._max_slots = max_slots
         self._max_events = max_events
 
-        self._alloc_voices(max_voices + headroom, blocksize)
+        self._alloc_voices(max_voices + headroom)
+        self._alloc_work(max_voices + headroom, blocksize)
         self._alloc_queues()
         self._counters = np.zeros(_N_COUNTERS, dtype=np.int64)
         self._times = np.zeros(stats_blocks, dtype=np.int64)
@@ -275,6 +290,8 @@ class Engine:
         self._master_now = gain
         self._master_target = gain
         self._pedal = False
+        self.bend_range = bend_range
+        self._bend = 1.0  # playback-rate factor of the current pitch bend
         self._suspended = False
         self._suspend_token = 0  # non-realtime side writes
         self._suspend_applied = 0  # audio thread writes
@@ -284,8 +301,18 @@ class Engine:
         self._hi = 0  # voices [0, _hi) may be active
         self.last_error: BaseException | None = None
 
-    def _alloc_voices(self, voices: int, frames: int) -> None:
-        v, f = voices, frames
+    def _set_rate_constants(self) -> None:
+        samplerate = self.samplerate
+        attack_ms, release_ms, steal_fade_ms = self._ramp_ms
+        self.period_ns = self.blocksize * 1e9 / samplerate
+        self._ns_per_frame = 1e9 / samplerate
+        # Ramp lengths in frames, at least one (a zero-length ramp is a jump).
+        self._attack_step = _OVERSHOOT / max(1.0, attack_ms * samplerate / 1000.0)
+        self._release_frames = max(1.0, release_ms * samplerate / 1000.0)
+        self._steal_frames = max(1.0, steal_fade_ms * samplerate / 1000.0)
+
+    def _alloc_voices(self, voices: int) -> None:
+        v = voices
         self._voices = v
         # Per-voice state, one entry per physical voice.
         self._active = np.zeros(v, dtype=bool)
@@ -320,6 +347,9 @@ class Engine:
         self._t_i = np.zeros(v, dtype=np.int64)
         self._m_a = np.zeros(v, dtype=bool)
         self._m_b = np.zeros(v, dtype=bool)
+
+    def _alloc_work(self, voices: int, frames: int) -> None:
+        v, f = voices, frames
         # [voices, frames] work areas.
         self._w_pos = np.zeros((v, f), dtype=np.float64)
         self._w_idx = np.zeros((v, f), dtype=np.intp)
@@ -354,6 +384,7 @@ class Engine:
         self._handlers: tuple[Callable[[Any], None], ...] = (
             self._rt_note_on, self._rt_note_off, self._rt_control_change,
             self._rt_fade, self._rt_kill_all, self._rt_suspend, self._rt_resume,
+            self._rt_pitch_bend,
         )
 
     # ------------------------------------------------------------------
@@ -595,7 +626,8 @@ class Engine:
             deadline_misses=int(counters[_DEADLINE_MISSES]),
             active_voices=int(counters[_ACTIVE]), peak_voices=int(counters[_PEAK]),
             late_events=int(counters[_LATE_EVENTS]), dropped_events=int(counters[_DROPPED_EVENTS]),
-            xruns=int(counters[_XRUNS]), priming_blocks=int(counters[_PRIMING]),
+            xruns=int(counters[_XRUNS]), underflows=int(counters[_UNDERFLOWS]),
+            priming_blocks=int(counters[_PRIMING]), clock_slips=int(counters[_CLOCK_SLIPS]),
             stolen_voices=int(counters[_STOLEN]), hard_steals=int(counters[_HARD_STEALS]),
             refused_notes=int(counters[_REFUSED]), orphaned_voices=int(counters[_ORPHANED]),
             missing_buffer_notes=int(counters[_MISSING_BUFFER]),
@@ -614,19 +646,66 @@ class Engine:
         self._counters[_TIMED] = 0
         self._counters[_DEADLINE_MISSES] = 0
 
+    def set_format(self, samplerate: int, blocksize: int) -> None:
+        """Switch to another sample rate and/or block size, keeping voices, buffers and events.
+
+        For a backend whose server changes format under it (JACK's sample-rate
+        and buffer-size callbacks) or starts with another one than configured.
+        A new block size reallocates the ``[voices, frames]`` work areas; a new
+        rate re-pitches every buffer (and the voices playing it) for the new
+        rate and recomputes the ramp lengths.  Timing statistics restart, since
+        the period changed.  Events already scheduled keep their frame number.
+
+        Context: non-realtime, and only while :meth:`render` cannot run: the
+        backend is stopped, or the caller is JACK's buffer-size / sample-rate
+        callback, which the server runs with the process cycle halted.  Cost:
+        allocation of the work areas.  Raises :class:`ValueError` for a value
+        that is not a positive int.
+        """
+        _check_positive("samplerate", samplerate)
+        _check_positive("blocksize", blocksize)
+        if blocksize != self.blocksize:
+            self._alloc_work(self._voices, blocksize)
+            self.blocksize = blocksize
+        if samplerate != self.samplerate:
+            self.samplerate = samplerate
+            for index, installed in enumerate(self._slots):
+                if installed is not None:
+                    installed.follow_rate(samplerate)
+                    self._rt_retarget(index, installed)
+        self._set_rate_constants()
+        self.reset_timing()
+
     # ------------------------------------------------------------------
     # Realtime side
     # ------------------------------------------------------------------
 
-    def report_status(self, *, xrun: bool = False, priming: bool = False) -> None:
-        """Count an xrun (output underflow / overflow) or a priming block the backend saw.
+    def report_status(
+        self, *, xrun: bool = False, underflow: bool = False, priming: bool = False, slip: bool = False,
+    ) -> None:
+        """Count what the backend saw about the stream; each kind has its own counter.
 
-        Context: the audio thread (the backend's callback).  Cost: O(1).
+        * ``xrun``: the audio server says a cycle was missed (JACK's xrun
+          callback).  The only thing ``EngineStats.xruns`` counts.
+        * ``underflow``: the backend's own underflow / overflow flag
+          (PortAudio's ``output_underflow`` / ``output_overflow``).
+        * ``priming``: a block rendered to prime the device at start-up
+          (PortAudio's ``priming_output``): not an xrun.
+        * ``slip``: the null clock fell more than a block behind and restarted
+          its schedule.  No device, so not an xrun either.
+
+        Context: the audio thread, or one backend notification thread per
+        kind (each counter has a single writer).  Cost: O(1).
         """
+        counters = self._counters
         if xrun:
-            self._counters[_XRUNS] += 1
+            counters[_XRUNS] += 1
+        if underflow:
+            counters[_UNDERFLOWS] += 1
         if priming:
-            self._counters[_PRIMING] += 1
+            counters[_PRIMING] += 1
+        if slip:
+            counters[_CLOCK_SLIPS] += 1
 
     def render(self, out: npt.NDArray[np.float32]) -> None:
         """Fill ``out`` (``[frames, channels]`` float32, frames <= blocksize) with the next block.
@@ -689,6 +768,8 @@ class Engine:
         swaps = self._swaps
         while swaps:
             index, installed = swaps.popleft()
+            if installed is not None:
+                installed.follow_rate(self.samplerate)  # staged before a set_format()
             old = self._slots[index]
             self._slots[index] = installed
             if old is not None:
@@ -715,7 +796,7 @@ class Engine:
         np.subtract(self._note[:hi], installed.root, out=rate)
         np.divide(rate, 12.0, out=rate)
         np.exp2(rate, out=rate)
-        np.multiply(rate, installed.ratio, out=rate)
+        np.multiply(rate, installed.ratio * self._bend, out=rate)
         np.copyto(self._rate[:hi], rate, where=mask)
         np.copyto(self._last[:hi], installed.last, where=mask)
 
@@ -785,7 +866,7 @@ class Engine:
         self._sustained[v] = False
         self._fade_kill[v] = False
         self._pos[v] = 0.0
-        self._rate[v] = installed.ratio * 2.0 ** ((event.note - installed.root) / 12.0)
+        self._rate[v] = installed.ratio * self._bend * 2.0 ** ((event.note - installed.root) / 12.0)
         self._last[v] = installed.last
         self._vgain[v] = event.velocity
         self._env[v] = 0.0
@@ -903,6 +984,14 @@ class Engine:
             mask = self._m_a[:hi]
             np.copyto(mask, self._active[:hi])
             self._rt_release(mask, hi)
+
+    def _rt_pitch_bend(self, event: PitchBend) -> None:
+        bend = 2.0 ** (event.value * self.bend_range / 12.0)
+        hi = self._hi
+        if hi:
+            rate = self._rate[:hi]
+            np.multiply(rate, bend / self._bend, out=rate)  # free voices hold rate 0: unchanged
+        self._bend = bend
 
     def _rt_fade(self, event: Fade) -> None:
         hi = self._hi

@@ -31,6 +31,7 @@ __all__ = [
     "KillAllVoices",
     "NoteOff",
     "NoteOn",
+    "PitchBend",
 ]
 
 
@@ -164,5 +165,24 @@ class KillAllVoices:
         _check_at(self.at)
 
 
-Event = Union[NoteOn, NoteOff, ControlChange, Fade, KillAllVoices]
+@dataclass(frozen=True, slots=True)
+class PitchBend:
+    """Bend every voice, sounding and new, by ``value`` (-1.0..1.0) of the bend range.
+
+    The range is the engine's ``bend_range`` (2 semitones by default, the MIDI
+    convention); 0.0 is no bend.  A bend applies from its frame on, like any
+    other event.
+    """
+
+    KIND: ClassVar[int] = 7
+    value: float
+    at: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.value, numbers.Real) and -1.0 <= self.value <= 1.0):
+            raise ValueError(f"value must be a float in -1.0..1.0, got {self.value!r}")
+        _check_at(self.at)
+
+
+Event = Union[NoteOn, NoteOff, ControlChange, Fade, KillAllVoices, PitchBend]
 """Any event the engine accepts."""

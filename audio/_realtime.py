@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 
-__all__ = ["GcPause", "collect_young", "promote_current_thread", "thread_policy"]
+__all__ = ["GcPause", "SwitchInterval", "collect_young", "promote_control_thread", "promote_current_thread", "thread_policy"]
 
 DEFAULT_PRIORITY = 70
 """SCHED_FIFO priority asked for a rendering thread (JACK's own clients run near 70-80)."""
+
+CONTROL_PRIORITY = 1
+"""SCHED_FIFO priority of the threads that share the GIL with the audio callback (below every audio thread)."""
 
 
 def promote_current_thread(priority: int = DEFAULT_PRIORITY) -> str:
@@ -47,6 +51,22 @@ def promote_current_thread(priority: int = DEFAULT_PRIORITY) -> str:
     except OSError as exc:
         return f"realtime priority failed ({exc.strerror}); rendering at normal priority"
     return ""
+
+
+def promote_control_thread(priority: int = CONTROL_PRIORITY) -> str:
+    """Make the calling (non-audio) thread SCHED_FIFO at ``priority``; returns a notice, '' on success.
+
+    The audio callback needs the GIL.  When another thread of the process
+    holds it and the kernel preempts that thread for an ordinary process (a
+    busy worker, anything at normal priority), the callback waits for a whole
+    scheduler slice however short the switch interval is: priority inversion
+    through the GIL.  At SCHED_FIFO 1 the thread still yields to every audio
+    thread but is never preempted by ordinary processes, so the GIL comes back
+    within the switch interval.  The thread must block (poll, sleep) when idle:
+    it is not time-sliced against normal processes.  Threads it starts inherit
+    the policy.  Context: the thread itself, at start-up.  Never raises.
+    """
+    return promote_current_thread(priority).replace("rendering at normal priority", "running at normal priority")
 
 
 def thread_policy() -> str:
@@ -108,3 +128,42 @@ class GcPause:
                 gc.unfreeze()
                 if cls._was_enabled:
                     gc.enable()
+
+
+class SwitchInterval:
+    """Shorten the interpreter's GIL switch interval while a realtime backend runs; nestable.
+
+    A thread that wants the GIL waits up to ``sys.getswitchinterval()``
+    (5 ms by default) before it may ask the holder to let go.  5 ms is
+    nearly a whole 256-frame period at 48 kHz (5.33 ms) and twice a 128-frame
+    one, so an audio callback that arrives while the processor's main thread
+    runs Python code can miss its cycle without its own render time showing
+    it.  ``enter()`` on the first holder sets :attr:`SECONDS`; ``exit()`` on
+    the last restores the previous value.  See audio/README.md ("Xruns and
+    the GIL") for the measurements behind the value.  Context: non-realtime
+    (backend start/stop).
+    """
+
+    SECONDS = 0.0002
+    _lock = threading.Lock()
+    _holders = 0
+    _previous = 0.005
+
+    @classmethod
+    def enter(cls) -> None:
+        """Take a hold (see the class docstring)."""
+        with cls._lock:
+            if cls._holders == 0:
+                cls._previous = sys.getswitchinterval()
+                sys.setswitchinterval(min(cls.SECONDS, cls._previous))
+            cls._holders += 1
+
+    @classmethod
+    def exit(cls) -> None:
+        """Release a hold taken with :meth:`enter`.  Raises :class:`RuntimeError` if none is held."""
+        with cls._lock:
+            if cls._holders == 0:
+                raise RuntimeError("SwitchInterval.exit() without a matching enter()")
+            cls._holders -= 1
+            if cls._holders == 0:
+                sys.setswitchinterval(cls._previous)

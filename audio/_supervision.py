@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from actors import DaemonError, ProtocolError
+from actors import DaemonError, OutOfRange, ProtocolError
 from actors.extensions import ChildSpec, Extension
 from actors.messages import (
     Ack, AudioEvent, Message, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad, VoicesDone, VoicesOp,
@@ -53,7 +53,7 @@ class AudioExtension(Extension):
         if msg.op not in ("note_on", "note_off", "cc", "kill_all"):
             raise ProtocolError(f"unknown audio event {msg.op!r}: note_on, note_off, cc or kill_all")
         if not (0 <= msg.note <= 127 and 0.0 <= msg.velocity <= 1.0 and 0.0 <= msg.delay <= 3600):
-            raise ProtocolError("audio event out of range: note 0..127, velocity 0..1, delay 0..3600 s")
+            raise OutOfRange("audio event out of range: note 0..127, velocity 0..1, delay 0..3600 s")
         if msg.sample and msg.sample not in self.samples:
             raise DaemonError(f"no sample named {msg.sample!r} is loaded (`ensemble sample list`)")
         if not self.host.send_child(self._processor(), msg):

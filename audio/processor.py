@@ -1,16 +1,25 @@
 """The processor process: the realtime audio engine as a supervised actor.
 
-Threads.  The audio thread (PortAudio's callback, or the null backend's
-clock thread) runs only :meth:`audio.Engine.render`.  The main thread runs the
-supervision loop (:class:`actors._child.Child`): it turns messages from the
-supervisor (audio events, sample buffers, kill_voices_and_call) into engine
-calls — which only append to lock-free deques the callback drains at the start
-of its next block — sends heartbeats with the engine's stats, and releases
-buffers the callback retired.  It spends its time blocked in ``zmq.poll``
-(the GIL released), so it does not compete with the callback while it renders.
-No other Python thread runs here.  Automatic garbage collection is off while
-the backend runs (see ``audio._realtime``); the main loop runs a young
-collection when idle.
+Threads.  The audio thread — JACK's client thread (the JACK backend), PortAudio's
+callback, or the null backend's clock thread — runs :meth:`audio.Engine.render`
+and, on JACK, decodes live MIDI into it.  The main thread runs the supervision
+loop (:class:`actors._child.Child`): it turns messages from the supervisor
+(audio events, sample buffers, kill_voices_and_call) into engine calls — which
+only append to lock-free deques the callback drains at the start of its next
+block — sends heartbeats with the engine's stats, and releases buffers the
+callback retired.  It spends its time blocked in ``zmq.poll`` (the GIL
+released).  The JACK backend adds a watcher thread (connections, fallback to
+the null clock, reconnects) that sleeps until JACK tells it something.
+Automatic garbage collection is off while the backend runs (see
+``audio._realtime``); the main loop runs a young collection when idle.
+
+The GIL.  The callback needs the GIL, so any Python work on the main thread
+can delay it.  Two measures keep that delay far below a block (numbers and
+commands in audio/README.md, "Xruns and the GIL"): the switch interval is
+0.2 ms instead of 5 ms while a backend runs (``SwitchInterval``), and the main
+thread runs at SCHED_FIFO 1 (``promote_control_thread``), so the kernel never
+preempts it for an ordinary process while it holds the GIL the callback waits
+for.  Where the OS refuses the priority, the notice in ``status`` says so.
 """
 
 from __future__ import annotations
@@ -20,23 +29,20 @@ import logging
 from collections import defaultdict, deque
 from typing import Any
 
-from actors._child import Child, child_main
-import time
+from actors import Child, child_main
 
 from actors.messages import (
     AudioEvent, Message, ParamValues, RunAsyncResult, RunSync, SampleDrop, SampleLoad, ScriptError, ScriptLoad,
     VoicesDone, VoicesOp,
 )
 from actors.shm import SharedArray, segment_prefix
-from audio._backends import choose_backend
 from audio._buffers import builtin_sample
+from audio._choose import choose_backend
 from audio._engine import Engine
 from audio._events import ControlChange, KillAllVoices, NoteOff, NoteOn
-from audio._realtime import collect_young
-from controller._context import PROCESSOR, set_context
-from controller._host import install
-from controller._processor_side import ProcessorScript
-from controller._watchdog import interrupt
+from audio._midi_in import MidiDecoder
+from audio._realtime import collect_young, promote_control_thread
+from audio._script_host import make_script_host
 
 log = logging.getLogger("ensemble.processor")
 _SILENCE_TIMEOUT = 2.0  # seconds kill_voices_and_call waits for the voices to fall silent
@@ -56,26 +62,50 @@ class Processor(Child):
         self.default_sample = "builtin"
         self.mapped: dict[str, SharedArray] = {}
         self.retiring: dict[str, deque[SharedArray]] = defaultdict(deque)
-        set_context(PROCESSOR)
-        self.script = ProcessorScript(self.engine, self.outbox)
-        install(self.script)
+        self.script = make_script_host(self.engine, self.outbox)
         self.engine.add_block_hook(self.script.block)
-        self.backend, self.notice = choose_backend(self.engine, a.backend, device=a.device or None)
+        self.midi = MidiDecoder(self.engine, self._midi_deliver)
+        self.midi.slot = self.script.default_slot_index = self.engine.slot_index("builtin")
+        control = promote_control_thread()  # before the backend's threads start: they inherit it
+        self.backend, self.notice = choose_backend(
+            self.engine, a.backend, device=a.device or None, autoconnect=a.autoconnect,
+            midi_in=a.midi_in, midi=self.midi,
+        )
+        if control:
+            self.notice = "; ".join(x for x in (self.notice, f"main thread: {control}") if x)
         self.backend.start()
-        extra = getattr(self.backend, "notice", "")
-        if extra:
-            self.notice = "; ".join(x for x in (self.notice, extra) if x)
-        if self.notice:
-            log.warning("event=audio-notice detail=%s", self.notice)
+        if self._notice():
+            log.warning("event=audio-notice detail=%s", self._notice())
         self.backend_name = type(self.backend).__name__.removesuffix("Backend").lower()
+
+    def _notice(self) -> str:
+        """The choice notice plus what the backend says now (JACK lost, format followed, ...)."""
+        extra = self.backend.notice
+        return "; ".join(x for x in (self.notice, extra) if x)
+
+    def _midi_deliver(self, kind: str, number: int, velocity: float, value: float, at: int) -> None:
+        """Where live MIDI goes (audio thread): a loaded script's callbacks, else the default sampler.
+
+        The same routing as :meth:`_event` gives client events: a script sees
+        note on/off and controllers through ``on_note`` / ``on_release`` /
+        ``on_controller`` at frame ``at``; pitch bend goes to the engine.
+        """
+        script = self.script
+        if script.module is not None and kind != "pitch_bend":
+            script.event(kind, number, velocity, value, at, self.midi.slot)
+        else:
+            self.midi.to_engine(kind, number, velocity, value, at)
 
     def stats(self) -> dict[str, Any]:
         s = dataclasses.asdict(self.engine.stats())
         s["backend"] = self.backend_name
-        s["notice"] = self.notice
+        s["notice"] = self._notice()
         jack = getattr(self.backend, "jack_client", None)
         if jack:
             s["jack_client"] = jack
+        backend_stats = getattr(self.backend, "stats", None)
+        if backend_stats is not None:
+            s.update(backend_stats())
         s["samples"] = sorted(self.mapped)
         s["dropped_client_events"] = self.dropped_events
         s.update(self.script.stats())
@@ -111,13 +141,13 @@ class Processor(Child):
         eng = self.engine
         at = self._at(msg.delay)
         if self.script.module is not None and msg.op != "kill_all":
-            try:
-                self.script.default_slot_index = eng.slot_index(msg.sample or self.default_sample)
+            try:  # the note carries its sample to the script: two notes in one block keep their own
+                slot = eng.slot_index(msg.sample) if msg.sample else None
             except KeyError:
                 self.dropped_events += 1
                 log.warning("event=audio-event-dropped op=%s reason=no sample %r", msg.op, msg.sample)
                 return
-            self.script.event(msg.op, msg.note, msg.velocity, msg.value, at)
+            self.script.event(msg.op, msg.note, msg.velocity, msg.value, at, slot)
             return
         try:
             if msg.op == "note_on":
@@ -146,6 +176,7 @@ class Processor(Child):
             self.retiring[info.name].append(old)
         self.mapped[info.name] = sa
         self.default_sample = info.name
+        self.midi.slot = self.script.default_slot_index = self.engine.slot_index(info.name)
         log.info("event=sample-mapped name=%s frames=%d", info.name, info.handle.shape[0])
 
     def _drop(self, name: str) -> None:
@@ -159,6 +190,7 @@ class Processor(Child):
             pass
         if self.default_sample == name:
             self.default_sample = next(reversed(self.mapped), "builtin") if self.mapped else "builtin"
+            self.midi.slot = self.script.default_slot_index = self.engine.slot_index(self.default_sample)
 
     def _voices(self, msg: VoicesOp) -> None:
         if msg.op == "suspend":
@@ -173,14 +205,7 @@ class Processor(Child):
             self.engine.resume()
 
     def tick(self, now: float) -> None:
-        busy = self.script.busy_since
-        if busy and time.monotonic() - busy > self.script.hard_ns / 1e9 and self.script.thread_id:
-            from controller._watchdog import ScriptTimeout
-
-            self.script.busy_since = 0.0
-            interrupt(self.script.thread_id, ScriptTimeout)
-        while self.script.logs:
-            log.info("event=script-print %s", self.script.logs.popleft())
+        self.script.tick(self.engine.period_ns)
         for buf in self.engine.drain_retired():  # the callback let go: unmap off the audio thread
             name = getattr(buf, "name", None)
             if name and self.retiring.get(name):

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any, Callable, TypeVar
 
-from actors._errors import WrongContextError
+from actors import WrongContextError
 
 CONTROLLER = "Controller"
 PROCESSOR = "Processor"

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from actors._errors import EnsembleError
+from actors import EnsembleError
 
 _current: dict[str, Any] = {"runtime": None}
 _by_context: dict[str, Any] = {}
@@ -118,7 +118,7 @@ class OffsideTask:
 
     def __getattr__(self, attr: str) -> Any:
         def refuse(*_: Any, **__: Any) -> Any:
-            from actors._errors import WrongContextError
+            from actors import WrongContextError
             from controller import _context
 
             if _context._loading["active"] and attr.startswith("set_"):

@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import time
 import traceback
 from types import ModuleType
 from typing import Any, Callable
 
-from actors._errors import EnsembleError
+from actors import EnsembleError
 from actors.messages import RunAsync, ScriptError
-from audio._events import ControlChange, Fade, KillAllVoices, NoteOff, NoteOn
-from controller._host import OffsideTask, ParamDef, function_name, load_module
+from audio import ControlChange, Fade, KillAllVoices, NoteOff, NoteOn
+from controller._context import PROCESSOR, set_context
+from controller._host import OffsideTask, ParamDef, function_name, install, load_module
+from controller._watchdog import ScriptTimeout, interrupt
 from controller.script import Event
+
+_log = logging.getLogger("ensemble.processor")
 
 
 class _Park:
@@ -41,10 +46,11 @@ class _Park:
 
 
 class _Task:
-    __slots__ = ("coro", "now", "note", "event_id", "name", "send", "throw", "spent_ns", "location")
+    __slots__ = ("coro", "now", "note", "event_id", "name", "send", "throw", "spent_ns", "location", "slot")
 
-    def __init__(self, coro: Any, now: int, note: int, event_id: int, name: str) -> None:
+    def __init__(self, coro: Any, now: int, note: int, event_id: int, name: str, slot: int | None = None) -> None:
         self.coro = coro
+        self.slot = slot  # the sample the event that started it chose (None: the default one)
         self.now = now
         self.note = note
         self.event_id = event_id
@@ -111,9 +117,14 @@ class ProcessorScript:
         """New parameter values from the controller (applied at the next block)."""
         self.inbox.append(("params", values, call))
 
-    def event(self, kind: str, note: int, velocity: float, value: float, at: int | None) -> None:
-        """An incoming event for the script (main thread)."""
-        self.inbox.append(("event", kind, note, velocity, value, at))
+    def event(self, kind: str, note: int, velocity: float, value: float, at: int | None,
+              slot: int | None = None) -> None:
+        """An incoming event for the script (main thread); ``slot``: the sample a note chose (None: the default).
+
+        The slot travels with the event, so ``play_note`` in the ``on_note`` it
+        starts plays that sample, and two notes in one block keep their own.
+        """
+        self.inbox.append(("event", kind, note, velocity, value, at, slot))
 
     def async_result(self, token: int, ok: bool, value: Any, error: str) -> None:
         self.inbox.append(("async", token, ok, value, error))
@@ -173,7 +184,7 @@ class ProcessorScript:
     def _apply(self, item: tuple[Any, ...], start: int) -> None:
         kind = item[0]
         if kind == "event":
-            self._incoming(item[1], item[2], item[3], item[4], item[5] if item[5] is not None else start)
+            self._incoming(item[1], item[2], item[3], item[4], item[5] if item[5] is not None else start, item[6])
         elif kind == "async":
             task = self.on_async.pop(item[1], None)
             if task is not None:
@@ -204,16 +215,16 @@ class ProcessorScript:
             self.ready.clear()
             self.waiting.clear()
 
-    def _incoming(self, kind: str, note: int, velocity: float, value: float, at: int) -> None:
+    def _incoming(self, kind: str, note: int, velocity: float, value: float, at: int, slot: int | None) -> None:
         mod = self.module
         if kind == "note_on":
             eid = next(self._ids)
             self.held.setdefault(note, []).append(eid)
             fn = getattr(mod, "on_note", None) if mod is not None and not self.stopped else None
             if callable(fn):
-                self._start(fn, (Event("note-on", note, velocity, id=eid),), at, note, eid, "on_note")
+                self._start(fn, (Event("note-on", note, velocity, id=eid),), at, note, eid, "on_note", slot)
             else:
-                self.engine.post(NoteOn(note, velocity, at))
+                self.engine.post(NoteOn(note, velocity, at, self.default_slot_index if slot is None else slot))
         elif kind == "note_off":
             ids = self.held.pop(note, [])
             for eid in ids:
@@ -232,8 +243,9 @@ class ProcessorScript:
             else:
                 self.engine.post(ControlChange(note, value, at))
 
-    def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], now: int, note: int, eid: int, name: str) -> None:
-        task = _Task(None, now, note, eid, name)
+    def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], now: int, note: int, eid: int, name: str,
+               slot: int | None = None) -> None:
+        task = _Task(None, now, note, eid, name, slot)
         self.current = task
         self.busy_since = time.monotonic()
         try:
@@ -289,7 +301,7 @@ class ProcessorScript:
             self.on_async[park.arg] = task
 
     def _error(self, task: _Task, exc: BaseException) -> None:
-        from actors._errors import WrongContextError
+        from actors import WrongContextError
         from controller._watchdog import ScriptTimeout
 
         if isinstance(exc, ScriptTimeout):
@@ -357,9 +369,11 @@ class ProcessorScript:
         return int(ev.note_id)
 
     def default_slot(self) -> int:
-        return self.default_slot_index
+        """The sample ``play_note`` plays without one named: the running event's, else the processor's default."""
+        cur = self.current
+        return cur.slot if cur is not None and cur.slot is not None else self.default_slot_index
 
-    default_slot_index = 0
+    default_slot_index = 0  # the last loaded sample, else the built-in one (set by the processor)
 
     def post_event(self, event: Event) -> int:
         if event.type == "note-on":
@@ -388,6 +402,18 @@ class ProcessorScript:
     def get_time(self) -> float:
         return float((self._now() - self.init_frame) * 1000.0 / self.engine.samplerate)
 
+    def tick(self, period_ns: float) -> None:
+        """Main thread, every loop: follow the block period, stop a callback past its hard limit, flush prints."""
+        if self.period_ns != period_ns:  # the backend followed a new block size or rate
+            self.period_ns = period_ns
+            self.budget_ns = period_ns / 2
+        busy = self.busy_since
+        if busy and time.monotonic() - busy > self.hard_ns / 1e9 and self.thread_id:
+            self.busy_since = 0.0
+            interrupt(self.thread_id, ScriptTimeout)
+        while self.logs:
+            _log.info("event=script-print %s", self.logs.popleft())
+
     def stats(self) -> dict[str, Any]:
         return {"script": self.path, "script_overruns": self.overruns, "script_errors": self.errors,
                 "script_stopped": self.stopped, "script_tasks": len(self.ready) + len(self.waiting)
@@ -399,3 +425,15 @@ class ProcessorScript:
     # the controller-only API, for a clear error if reached (available_in checks first)
     def run_sync(self, *a: Any) -> None:  # pragma: no cover - guarded by available_in
         raise EnsembleError("run_sync is not available in the processor")
+
+
+def processor_host(engine: Any, outbox: Any) -> ProcessorScript:
+    """The script host of the audio processor (the ``ensemble.script_hosts`` entry point ``processor``).
+
+    Marks this process as the processor context and installs the host as the
+    runtime that the script API reaches.
+    """
+    set_context(PROCESSOR)
+    host = ProcessorScript(engine, outbox)
+    install(host)
+    return host

@@ -16,11 +16,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from actors._errors import EnsembleError
+from actors import FINAL, EnsembleError
 from actors.messages import JobInfo
 from controller._host import ParamDef, function_name
 
-_TERMINAL = ("done", "failed", "cancelled", "killed", "worker-lost")
+
 
 
 class ScriptTask:
@@ -62,7 +62,7 @@ class ScriptTask:
         self._stopped.clear()
         client = self.rt.client()
         self.job_id = client._submit_task(os.environ.get("ENSEMBLE_INTERNAL_TOKEN", ""), fn, args, self.name,
-                                          self._timeout_ms / 1000)
+                                          self._timeout_ms / 1000)  # the seed's set_timeout: the abort grace
         if self._finish is not None:
             self.rt.submit(1, self._finish, (False, False), f"finish callback {self.name}")
         client.watch(self.job_id, self._update)
@@ -72,7 +72,7 @@ class ScriptTask:
         self._progress, self._status, self._props = info.progress, info.status, dict(info.properties)
         if self._forward:
             self.rt.loading_status = {"task": self.name, "progress": info.progress, "status": info.status}
-        if info.state in _TERMINAL and not self._stopped.is_set():
+        if info.state in FINAL and not self._stopped.is_set():
             self._stopped.set()
             if self._forward:
                 self.rt.loading_status = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 
-from actors._errors import EnsembleError
+from actors import EnsembleError
 
 
 class ScriptTimeout(EnsembleError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors._child import Child, child_main
+from actors import Child, child_main
 from actors.messages import Message, ParamSet, RunAsync, ScriptLoad
 from controller._context import CONTROLLER, set_context
 from controller._controller_side import ControllerScript

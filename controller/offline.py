@@ -18,15 +18,15 @@ from typing import Any
 
 import soundfile
 
-from actors._errors import EnsembleError
+from actors import EnsembleError
 from actors.messages import (
     ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptReady,
 )
-from audio._backends import OfflineBackend
-from audio._buffers import builtin_sample
-from audio._engine import Engine
-from audio._events import ControlChange, Event, NoteOff, NoteOn
-from audio._midi import midi_events
+from audio import OfflineBackend
+from audio import builtin_sample
+from audio import Engine
+from audio import ControlChange, Event, NoteOff, NoteOn
+from audio import midi_events
 from audio.render import TAIL_SECONDS, demo_events
 from controller._context import CONTROLLER, PROCESSOR, set_thread_context
 from controller._controller_side import ControllerScript

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from actors._errors import WrongContextError
+from actors import WrongContextError
 from controller._context import CONTROLLER, PROCESSOR, available_in, get_context
 from controller._host import ParamDef, runtime
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from actors import Task
@@ -281,3 +282,12 @@ def int_keys(task: Task) -> dict[int, str]:
 def plain_int_keys() -> dict[int, str]:
     """:func:`int_keys` without the task handle (for the Executor)."""
     return {1: "one"}
+
+
+def plain_gate(marker_dir: str, gate: str, seconds: float = 120.0) -> int:
+    """A plain function: drop a marker file, wait for ``gate`` to exist; returns this worker's pid."""
+    Path(marker_dir, f"{os.getpid()}-{time.monotonic_ns()}").touch()
+    end = time.monotonic() + seconds
+    while not os.path.exists(gate) and time.monotonic() < end:
+        time.sleep(0.005)
+    return os.getpid()

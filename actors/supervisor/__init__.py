@@ -40,6 +40,7 @@ from actors._errors import DaemonError, EnsembleError
 from actors._jobfn import compile_allow
 from actors._jobs import JobBook
 from actors._journal import Journal
+from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir
 from actors._spawn import kill_group
 from actors.config import Config
@@ -48,10 +49,18 @@ from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Me
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
 from actors.supervisor._requests import ADMIN_REQUESTS, CLIENT_REQUESTS, RequestsMixin
-from actors.supervisor._transport import _CONTROL, LOCAL, KeyRoles, Peer, TransportMixin
+from actors.supervisor._transport import LOCAL, KeyRoles, Peer, TransportMixin
 from actors.supervisor._work import WorkMixin
 
 log = logging.getLogger("ensemble.supervisor")
+
+
+def _drop_ident(handler: Callable[[int, Message], Message | None]) -> Callable[[bytes, int, Message], Message | None]:
+    """An extension's request handler ``(corr, msg)`` as the supervisor calls it ``(ident, corr, msg)``."""
+    def call(ident: bytes, corr: int, msg: Message) -> Message | None:
+        return handler(corr, msg)
+
+    return call
 
 
 class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
@@ -95,15 +104,17 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
         self.metrics: Any = None
         self.job_seconds = 0.0  # moving average of a job's run time (sizes the dispatch window)
         self._frame_len = 0  # bytes of the request being handled (counted against jobs.queue_bytes)
-        self.extensions: list[Extension] = [cls(self) for cls in load_extensions()]
+        wanted = cfg.daemon.extensions
+        self.extensions: list[Extension] = [cls(self) for cls in load_extensions()
+                                            if "*" in wanted or cls.name in wanted]
         # request type -> handler(ident, corr, msg): the runtime's own, then each extension's
         self.handlers: dict[type, Callable[[bytes, int, Message], Message | None]] = {
             t: fn.__get__(self) for t, fn in RequestsMixin._handlers.items()}
         self.child_handlers: dict[type, Callable[[Slot, Message], None]] = {}
-        admin = set(ADMIN_REQUESTS)
+        admin: set[type] = set(ADMIN_REQUESTS)
         for ext in self.extensions:
             for t, h in ext.requests().items():
-                self.handlers[t] = lambda ident, corr, msg, _h=h: _h(corr, msg)
+                self.handlers[t] = _drop_ident(h)
             self.child_handlers.update(ext.child_messages())
             admin |= ext.admin_requests
         self.role_requests: dict[str, frozenset[type]] = {"client": CLIENT_REQUESTS, "admin": frozenset(admin)}
@@ -134,7 +145,7 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
             log.warning("event=sweep segments=%d detail=shared-memory segments of a dead daemon removed", swept)
         self.journal = Journal(self.state_dir / "jobs.sqlite3")
         self.book = JobBook(self.journal)
-        q, rq, lost = self.book.recover(time.time())
+        q, rq, lost = self.book.recover(time.time(), self.rundir.take_all_started())
         self.journal.commit()
         if q or rq or lost:
             log.info("event=recover queued=%d requeued=%d worker_lost=%d", q, rq, lost)
@@ -308,28 +319,11 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
         log.info("event=stopped")
 
 
-class _OneLineFormatter(logging.Formatter):
-    """Every record one line: control characters in the message escaped (a peer's value cannot forge a line)."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = record.message.translate(_CONTROL)
-        return super().formatMessage(record)
-
-
 def setup_logging(cfg: Config, foreground: bool) -> None:
     """Log to ``<state dir>/daemon.log`` (and stderr in the foreground), one grep-able line per event."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fmt = _OneLineFormatter("%(asctime)s %(levelname)s supervisor pid=%(process)d %(message)s")
-    root = logging.getLogger()
-    root.handlers.clear()
-    fh = logging.FileHandler(cfg.state_dir / "daemon.log")
-    fh.setFormatter(fmt)
-    root.addHandler(fh)
-    if foreground:
-        sh = logging.StreamHandler(sys.stderr)
-        sh.setFormatter(fmt)
-        root.addHandler(sh)
-    root.setLevel(getattr(logging, cfg.daemon.log_level.upper(), logging.INFO))
+    one_line_logging("supervisor", sys.stderr if foreground else None, str(cfg.state_dir / "daemon.log"),
+                     getattr(logging, cfg.daemon.log_level.upper(), logging.INFO))
 
 
 def serve(cfg: Config, foreground: bool = False) -> int:

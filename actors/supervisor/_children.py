@@ -16,6 +16,7 @@ import zmq
 from actors.messages import Heartbeat, Hello, Stop, decode, encode
 from actors._errors import ProtocolError
 from actors.supervisor._transport import _esc
+from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
 
@@ -57,7 +58,7 @@ def _rss(pid: int) -> int:
 
 
 
-class ChildrenMixin:
+class ChildrenMixin(State):
     """Child lifecycle of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
 
     def start_children(self) -> None:

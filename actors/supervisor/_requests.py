@@ -23,6 +23,7 @@ from actors.messages import (
 )
 from actors.supervisor._children import Slot
 from actors.supervisor._transport import LOCAL, TCP, Peer, _esc
+from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
 _REFUSED_CACHE = 4096  # job names whose check result is remembered
@@ -46,7 +47,7 @@ def _with(idents: tuple[bytes, ...] | None, ident: bytes) -> tuple[bytes, ...]:
 
 
 
-class RequestsMixin:
+class RequestsMixin(State):
     """Request handling of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
 
     def _drain_control(self, sock: Any) -> None:

@@ -8,30 +8,31 @@ tcp endpoints use CURVE, each with its own ZAP domain deciding by key role
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+import msgspec
 import zmq
 
 from actors._errors import EnsembleError, ProtocolError
+from actors._logging import CONTROL
 from actors.messages import JobInfos, Message, encode
+from actors.supervisor._state import State
 
 if TYPE_CHECKING:
     from actors.supervisor._children import Slot
 
 log = logging.getLogger("ensemble.supervisor")
 _DRAIN = 2000  # messages read per socket per iteration
-_CONTROL = str.maketrans({c: f"\\x{c:02x}" for c in range(32)} | {127: "\\x7f"})
 TCP = b"\x00\xfeTCP:"  # address prefix of tcp clients: ZeroMQ's own ids are 5 bytes, so none collides
 
 
 def _esc(text: str) -> str:
     """A peer-supplied value made safe for a one-line log record (control characters escaped, length capped)."""
-    text = text.translate(_CONTROL)
+    text = text.translate(CONTROL)
     return text if len(text) <= 300 else text[:300] + "..."
 
 
@@ -83,7 +84,7 @@ def _inline(value: Any, prefix: str) -> Any:
     return walk(value, leaf)
 
 
-class TransportMixin:
+class TransportMixin(State):
     """Sockets of the :class:`~actors.supervisor.Supervisor` (mixed in; state lives on the supervisor)."""
 
     def _bind_tcp(self) -> None:
@@ -163,7 +164,7 @@ class TransportMixin:
         return [f.bytes for f in frames], key, found[0], found[1]
 
     def _bind(self, path: Path, hwm: int) -> zmq.Socket[bytes]:
-        sock = self.ctx.socket(zmq.ROUTER)
+        sock: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.LINGER, 0)
@@ -203,7 +204,7 @@ class TransportMixin:
             infos = []
             for info in msg.jobs:
                 try:
-                    infos.append(dataclasses.replace(info, result=_inline(info.result, self.shm_prefix)))
+                    infos.append(msgspec.structs.replace(info, result=_inline(info.result, self.shm_prefix)))
                 except EnsembleError:
                     infos.append(info)  # its segment is gone: the handle goes as it is, and fails to map there
             msg = JobInfos(infos)

@@ -18,11 +18,12 @@ from actors.messages import AbortJob, Dispatch, JobInfos, JobsDone, JobUpdate, R
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
 from actors.supervisor._transport import _inline
+from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
 
 
-class WorkMixin:
+class WorkMixin(State):
     """The job path of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
 
     def _jobs_done(self, slot: Slot, msg: JobsDone) -> None:
@@ -81,13 +82,13 @@ class WorkMixin:
         if job is None or msg.job_id not in slot.outstanding:
             return
         job.progress, job.status = msg.progress, msg.status
-        msg.timeout_ms = max(1, min(msg.timeout_ms, 86_400_000))
+        timeout_ms = max(1, min(msg.timeout_ms, 86_400_000))
         if msg.properties or not msg.event:
             job.properties = msg.properties
-        if msg.timeout_ms != job.timeout_ms:
-            job.timeout_ms = msg.timeout_ms
+        if timeout_ms != job.timeout_ms:
+            job.timeout_ms = timeout_ms
             if job.kill_at:
-                job.kill_at = time.monotonic() + msg.timeout_ms / 1000
+                job.kill_at = time.monotonic() + timeout_ms / 1000
         if msg.event:
             book.event(job, msg.event, msg.detail)
             log.warning("event=job-%s job=%d detail=%s", msg.event, job.id, msg.detail)

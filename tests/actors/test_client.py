@@ -18,6 +18,7 @@ import pytest
 
 from actors import (
     ClientClosed, DaemonNotRunning, JobCancelled, JobRefused, JobTimeout, ProtocolError, RemoteError, TransportError,
+    WaitTimeout,
 )
 from actors.client import AsyncClient, Client, Executor
 from actors.config import load_config
@@ -77,7 +78,7 @@ def test_reattach_to_a_finished_or_unknown_job(module_daemon: Daemon) -> None:
 
 def test_result_timeout_raises_job_timeout(module_daemon: Daemon) -> None:
     job = module_daemon.client().submit("tests.jobs:polite", 120)
-    with pytest.raises(JobTimeout, match="did not finish within"):
+    with pytest.raises(WaitTimeout, match="did not finish within"):
         job.result(timeout=0.2)
     job.cancel(block=True)
 
@@ -165,7 +166,7 @@ def test_async_client_submits_awaits_and_cancels(module_daemon: Daemon) -> None:
             handles = [await c.submit("examples.jobs:add", i, i) for i in range(10)]
             assert await asyncio.gather(*(h.result(60) for h in handles)) == [2 * i for i in range(10)]
             polite = await c.submit("tests.jobs:polite", 120)
-            with pytest.raises(JobTimeout):
+            with pytest.raises(WaitTimeout):
                 await polite.wait(0.1)
             await polite.cancel(block=True)
             assert polite.info is not None and polite.info.state == "cancelled"
@@ -242,7 +243,7 @@ def test_no_daemon_and_closed_client_are_clear_errors(tmp_path: Path, module_dae
     c.close()
     with pytest.raises(ClientClosed, match="closed"):
         c.status()
-    assert issubclass(ClientClosed, TransportError)
+    assert not issubclass(ClientClosed, TransportError)  # you closed it: nothing broke
     c.close()  # closing twice is fine
 
 

@@ -118,8 +118,8 @@ def test_module_level_functions_can_be_passed_directly(module_daemon: Daemon) ->
 
 def test_bad_options_are_refused(module_daemon: Daemon) -> None:
     c = module_daemon.client()
-    with pytest.raises(ValueError, match="timeout must be positive"):
-        c.submit("tests.jobs:pid", timeout=0)
+    with pytest.raises(ValueError, match="grace must be positive"):
+        c.submit("tests.jobs:pid", grace=0)
     with pytest.raises(JobRefused, match="retries 0..1000"):
         c.submit("tests.jobs:pid", retries=-1)
 
@@ -196,7 +196,7 @@ def test_cancel_of_a_queued_job_never_runs_it(module_daemon: Daemon, tmp_path: P
 def test_ignoring_job_and_its_sigterm_proof_grandchild_are_killed(module_daemon: Daemon, tmp_path: Path) -> None:
     c = module_daemon.client()
     pidfile = str(tmp_path / "grandchild.pid")
-    job = c.submit("tests.jobs:ignore_abort_with_grandchild", pidfile, timeout=0.3)
+    job = c.submit("tests.jobs:ignore_abort_with_grandchild", pidfile, grace=0.3)
     grandchild = int(wait_for(lambda: Path(pidfile).exists() and Path(pidfile).read_text(), 30,
                               what="the grandchild's pid"))
     assert pid_alive(grandchild)
@@ -218,7 +218,7 @@ def test_ignoring_job_and_its_sigterm_proof_grandchild_are_killed(module_daemon:
 
 def test_gap_between_should_abort_calls_is_recorded_as_stalled(module_daemon: Daemon) -> None:
     c = module_daemon.client()
-    job = c.submit("tests.jobs:stall_after_check", 1.0, timeout=0.2)
+    job = c.submit("tests.jobs:stall_after_check", 1.0, grace=0.2)
     wait_for(lambda: "stalled" in kinds(job), 30, what="a stalled event while the job runs")
     assert job.result(30) == "ok"
     stalled = [e for e in job.events() if e[1] == "stalled"]
@@ -228,7 +228,7 @@ def test_gap_between_should_abort_calls_is_recorded_as_stalled(module_daemon: Da
 
 
 def test_no_stalled_event_for_a_job_that_checks_often(module_daemon: Daemon) -> None:
-    job = module_daemon.client().submit("tests.jobs:polite", 0.3, timeout=5.0)  # checks every 10 ms
+    job = module_daemon.client().submit("tests.jobs:polite", 0.3, grace=5.0)  # checks every 10 ms
     assert job.result(30) == "finished"
     assert "stalled" not in kinds(job)
 
@@ -243,7 +243,7 @@ def test_deadline_aborts_a_polite_job_with_job_timeout(module_daemon: Daemon) ->
 
 
 def test_deadline_kills_a_job_that_ignores_it(module_daemon: Daemon) -> None:
-    job = module_daemon.client().submit("tests.jobs:stubborn", deadline=1.0, timeout=0.2)
+    job = module_daemon.client().submit("tests.jobs:stubborn", deadline=1.0, grace=0.2)
     with pytest.raises(JobTimeout, match="killed: deadline"):
         job.result(30)
     assert job.state == "killed" and {"abort", "killed"} <= set(kinds(job))
@@ -355,7 +355,7 @@ def test_down_aborts_running_jobs_and_kills_those_that_ignore_it(make_daemon: Ma
     d.up()
     c = d.client()
     polite = c.submit("tests.jobs:polite", 120)
-    stubborn = c.submit("tests.jobs:stubborn", timeout=0.2)
+    stubborn = c.submit("tests.jobs:stubborn", grace=0.2)
     started(polite)
     started(stubborn)
     d.down()

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
-from actors import TransportError
+from actors import ClientClosed, TransportError
 from actors._jobs import JobBook, pack_spec, unpack_spec
 from actors._journal import TERMINAL, Journal
 from actors.client import Client, make_spec
@@ -168,7 +168,7 @@ def test_daemon_kill_9_in_a_submit_burst_loses_no_acknowledged_job(make_daemon: 
                 specs = [make_spec("tests.jobs:nap", [0.01, f"j{n + k}"], {}, retries=(n + k) % 2) for k in range(5)]
                 try:
                     handles = c.submit_many(specs)
-                except TransportError as exc:
+                except (TransportError, ClientClosed) as exc:  # the daemon died, or the test closed us
                     failures.append(exc)
                     return
                 for k, h in enumerate(handles):
@@ -220,3 +220,33 @@ def test_daemon_kill_9_in_a_submit_burst_loses_no_acknowledged_job(make_daemon: 
     finally:
         db.close()
     assert left == 0
+
+
+def test_a_job_a_dead_daemon_s_worker_began_is_not_rerun_without_a_retry(tmp_path: Path) -> None:
+    from actors._rundir import RunDir, StartedLog
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    log = StartedLog(run.started_file("worker-1.1"))
+    journal = Journal(tmp_path / "j.sqlite3")
+    book = JobBook(journal)
+    began, retried, untouched = book.accept([JobSpec("m:f"), JobSpec("m:f", retries=1), JobSpec("m:f")], 1.0)
+    journal.commit()
+    log.record(began)  # the worker started these two; the daemon died before their starts were journaled
+    log.record(retried)
+    log.close()
+    assert RunDir.take_started(run, "worker-1.1") == retried
+    log = StartedLog(run.started_file("worker-2.1"))
+    for jid in (began, retried):
+        log.record(jid)
+    log.close()
+    journal.close()
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    book = JobBook(journal)
+    queued, requeued, lost = book.recover(2.0, run.take_all_started())
+    journal.commit()
+    assert (queued, requeued, lost) == (1, 1, 1)
+    assert untouched in book.jobs and retried in book.jobs and began not in book.jobs
+    assert book.infos([began])[began].state == "worker-lost"
+    assert book.jobs[retried].attempts == 1 and not list(run.path.glob("started.*"))

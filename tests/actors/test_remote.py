@@ -83,7 +83,7 @@ def test_remote_worker_killed_mid_job_requeues_or_fails_by_retry_policy(make_dae
         c = d.client()
         assert c.submit("examples.jobs:add", 20, 22).result(60) == 42
 
-        retried = c.submit("tests.jobs:sleep", 3.0, retries=1, timeout=1.0)
+        retried = c.submit("tests.jobs:sleep", 3.0, retries=1, grace=1.0)
         wait_for(lambda: retried.refresh().state == "running", 60, what="the job to run remotely")
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait(30)
@@ -93,7 +93,7 @@ def test_remote_worker_killed_mid_job_requeues_or_fails_by_retry_policy(make_dae
         info = retried.refresh()
         assert info.attempts == 2 and any(e[1] == "requeued" for e in info.events)
 
-        lost = c.submit("tests.jobs:sleep", 3.0, retries=0, timeout=1.0)
+        lost = c.submit("tests.jobs:sleep", 3.0, retries=0, grace=1.0)
         wait_for(lambda: lost.refresh().state == "running", 60, what="the second job to run remotely")
         workers[1].send_signal(signal.SIGKILL)
         workers[1].wait(30)

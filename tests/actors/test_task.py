@@ -183,7 +183,7 @@ def test_run_process_in_a_job_missing_program_is_a_clear_error(module_daemon: Da
 def test_cancel_kills_the_program_at_once_so_the_job_ends_cancelled(module_daemon: Daemon) -> None:
     # a 60 s grace: if run_process did not kill the program itself, the job could only end 'killed'
     program = "import os, time; print(os.getpid(), flush=True); time.sleep(3600)"
-    job = module_daemon.client().submit("tests.jobs:run_lines", PY, ["-c", program], 60_000, timeout=60)
+    job = module_daemon.client().submit("tests.jobs:run_lines", PY, ["-c", program], 60_000, grace=60)
     pid = int(wait_for(lambda: job.status_message, 30, what="the program's pid line"))
     assert pid_alive(pid)
     info = job.cancel(block=True, timeout=120)

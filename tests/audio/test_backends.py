@@ -16,6 +16,7 @@ import pytest
 from audio import (
     BackendUnavailable,
     Engine,
+    JackBackend,
     NullBackend,
     SoundDeviceBackend,
     builtin_sample,
@@ -44,6 +45,7 @@ def test_null_backend_renders_in_real_time_and_stops_cleanly(wait_until: Callabl
     assert thread_ended and gc.isenabled() == gc_was_enabled
     assert stats.blocks >= 20 and stats.timed_blocks >= 20 and stats.callback_p50_ms > 0
     assert backend.thread_policy.startswith("SCHED_FIFO") or backend.notice
+    assert stats.xruns == 0 and stats.underflows == 0  # no device: a late clock is a slip, never an xrun
     blocks = stats.blocks
     assert engine.stats().blocks == blocks  # nothing renders after stop()
     backend.stop()  # a second stop is harmless
@@ -80,21 +82,29 @@ def test_choose_backend_null_and_bad_name() -> None:
 
 def test_choose_backend_auto_gives_a_backend_and_at_most_one_line() -> None:
     backend, notice = choose_backend(Engine(48000, 256, 2), "auto")
-    assert "\n" not in notice
-    if isinstance(backend, NullBackend):
-        assert notice.endswith("using the null backend (no sound)")
-    else:
-        assert isinstance(backend, SoundDeviceBackend) and notice == ""
+    try:
+        assert "\n" not in notice
+        if isinstance(backend, NullBackend):
+            assert notice.endswith("using the null backend (no sound)")
+        else:
+            assert isinstance(backend, (JackBackend, SoundDeviceBackend)) and notice == ""
+        if _jack_ports() is not None:
+            assert isinstance(backend, JackBackend)  # a reachable JACK server comes first
+    finally:
+        backend.stop()  # a JACK backend holds the client the probe opened
 
 
 def test_choose_backend_without_the_sounddevice_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # `import sounddevice` now fails
+    monkeypatch.setitem(sys.modules, "jack", None)  # and JACK-Client too
     engine = Engine(48000, 256, 2)
     backend, notice = choose_backend(engine, "auto")
     assert isinstance(backend, NullBackend)
     assert "sounddevice is not installed" in notice and "\n" not in notice
     with pytest.raises(BackendUnavailable):
         choose_backend(engine, "sounddevice")
+    with pytest.raises(BackendUnavailable, match="JACK-Client is not installed"):
+        choose_backend(engine, "jack")
 
 
 def test_import_and_choose_backend_without_the_portaudio_library() -> None:
@@ -103,7 +113,7 @@ def test_import_and_choose_backend_without_the_portaudio_library() -> None:
     code = textwrap.dedent(
         """
         import ctypes.util
-        ctypes.util.find_library = lambda name: None
+        ctypes.util.find_library = lambda name: None  # neither PortAudio nor libjack
         import audio
         backend, notice = audio.choose_backend(audio.Engine(48000, 256, 2))
         print(type(backend).__name__)
@@ -162,7 +172,7 @@ def test_plays_through_portaudio_on_jack(wait_until: Callable[..., Any]) -> None
         f"{stats.blocks} blocks, callback p50 {stats.callback_p50_ms:.3f} ms, "
         f"p99.9 {stats.callback_p999_ms:.3f} ms, max {stats.callback_max_ms:.3f} ms "
         f"(period {stats.period_ms:.3f} ms), deadline misses {stats.deadline_misses}, "
-        f"xruns {stats.xruns}, peak voices {stats.peak_voices}"
+        f"underflows {stats.underflows}, xruns {stats.xruns}, peak voices {stats.peak_voices}"
     )
     assert client == "ensemble" or client.startswith("ensemble-")
     assert f"{client}:out_0" in ports.split() and f"{client}:out_1" in ports.split()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audio import ControlChange, Engine, Fade, KillAllVoices, NoteOff, NoteOn
+from audio import ControlChange, Engine, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 
 from .signals import first_nonzero, make_engine, render_blocks
 
@@ -156,6 +156,35 @@ def test_an_octave_up_reads_two_frames_per_frame() -> None:
     engine.note_on(72, 1.0, at=0)
     out = render_blocks(engine, 4)[:, 0]
     np.testing.assert_array_equal(out, ramp()[0 : 2 * 1024 : 2])
+
+
+def test_pitch_bend_bends_sounding_and_new_voices_from_its_frame() -> None:
+    engine = make_engine(bend_range=12.0)  # full bend = an octave
+    engine.set_buffer(0, ramp(), root_key=60)
+    engine.note_on(60, 1.0, at=0)
+    engine.post(PitchBend(1.0, at=256))
+    engine.post(NoteOn(60, 1.0, at=512))  # a new voice starts bent too
+    engine.post(PitchBend(0.0, at=768))
+    out = render_blocks(engine, 4)[:, 0]
+    first = np.concatenate([np.arange(256), 256 + 2 * np.arange(512), 1280 + np.arange(256)])
+    second = np.concatenate([2 * np.arange(256), 512 + np.arange(256)])
+    expected = ramp()[first].astype(np.float64)
+    expected[512:] += ramp()[second]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_set_format_follows_a_new_block_size_and_rate_keeping_voices() -> None:
+    engine = make_engine()
+    engine.set_buffer(0, ramp(), root_key=60)
+    engine.note_on(60, 1.0, at=0)
+    head = render_blocks(engine, 1)[:, 0]
+    engine.set_format(24000, 128)  # the server now runs at half the rate, half the block
+    assert (engine.samplerate, engine.blocksize, engine.period_ns) == (24000, 128, pytest.approx(128e9 / 24000))
+    tail = render_blocks(engine, 2)[:, 0]
+    np.testing.assert_array_equal(head, ramp()[:256])
+    np.testing.assert_allclose(tail, ramp()[256 : 256 + 2 * 256 : 2], rtol=1e-6)  # same pitch: 2 source frames per frame
+    with pytest.raises(ValueError):
+        engine.set_format(0, 128)
 
 
 @pytest.mark.parametrize(("note", "buffer_rate"), [(67, 48000), (55, 48000), (60, 24000), (61, 44100)])

@@ -28,7 +28,7 @@ def test_note_plays_a_loaded_sample_from_shared_memory(daemon: Daemon) -> None:
     assert info.handle.name in _segments(daemon)
     assert [s.name for s in c.samples()] == ["flat"]
     wait_for(lambda: "flat" in _proc(daemon).stats["samples"], what="the processor to map the sample")
-    c.note_on(60, 1.0)
+    c.note_on(60, 127)
     wait_for(lambda: _proc(daemon).stats["peak_voices"] >= 1, what="a voice to sound")
     c.note_off(60)
     wait_for(lambda: _proc(daemon).stats["active_voices"] == 0, what="the voice to end")
@@ -85,7 +85,7 @@ def test_kill_voices_and_call_silences_the_processor_while_the_job_runs(daemon: 
     wait_for(lambda: "long" in _proc(daemon).stats["samples"], what="mapping")
     c.note_on(60)
     wait_for(lambda: _proc(daemon).stats["active_voices"] == 1, what="a voice")
-    assert c.submit("tests.jobs:swap_while_silent", timeout=5).result(30) is True
+    assert c.submit("tests.jobs:swap_while_silent", grace=5).result(30) is True
     wait_for(lambda: _proc(daemon).stats["active_voices"] == 0, what="the killed voice to stay gone")
     c.note_on(62)  # play resumed after the function ran
     wait_for(lambda: _proc(daemon).stats["active_voices"] == 1, what="play to resume")

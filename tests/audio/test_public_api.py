@@ -9,7 +9,7 @@ from pathlib import Path
 import audio
 
 EXPORTED = {
-    "JACK_CLIENT_NAME", "STEAL_POLICIES", "Backend", "BackendUnavailable", "ControlChange",
+    "BACKENDS", "JACK_CLIENT_NAME", "JackBackend", "MidiDecoder", "PitchBend", "STEAL_POLICIES", "Backend", "BackendUnavailable", "ControlChange",
     "Engine", "EngineStats", "Event", "Fade", "GcPause", "KillAllVoices", "NoteOff", "NoteOn",
     "NullBackend", "OfflineBackend", "OutputDevice", "SampleBuffer", "SoundDeviceBackend",
     "builtin_sample", "choose_backend", "collect_young", "devices", "load_sounddevice",
@@ -24,7 +24,7 @@ def test_exported_names_are_pinned() -> None:
     assert all(hasattr(audio, name) for name in EXPORTED)
 
 
-def test_import_audio_does_not_import_sounddevice() -> None:
-    code = "import sys, audio; print('sounddevice' in sys.modules)"
+def test_import_audio_does_not_import_sounddevice_or_jack() -> None:
+    code = "import sys, audio; print('sounddevice' in sys.modules, 'jack' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT)
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "False False"

@@ -103,8 +103,8 @@ def test_hise_download_example_runs_and_cancels_gracefully(daemon: Daemon) -> No
 
 def test_halion_key_colour_example_awaits_the_controller(daemon: Daemon) -> None:
     c = _load(daemon, ROOT / "examples" / "instruments" / "key_colour.py")
-    c.note_on(60, 0.9)
-    c.note_on(62, 0.1)
+    c.note_on(60, 114)  # MIDI velocities: the script sees 0.9 and 0.1
+    c.note_on(62, 13)
     log = daemon.base / "state" / "daemon.log"
     wait_for(lambda: "key 60 is red" in log.read_text() and "key 62 is blue" in log.read_text(), what="both notes")
     wait_for(lambda: daemon.actor("processor").stats["peak_voices"] >= 1, what="the notes to play")

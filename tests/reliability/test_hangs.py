@@ -36,7 +36,7 @@ def test_stopped_worker_and_gil_holding_job_are_detected(make_daemon: Any) -> No
     c = d.client()
     hb = d.config.supervision
     # a job spinning with the GIL held, never checking should_abort(), cancelled
-    spin = c.submit("tests.jobs:spin_started", 3600.0, timeout=0.3)
+    spin = c.submit("tests.jobs:spin_started", 3600.0, grace=0.3)
     wait_for(lambda: spin.refresh().status == "spinning", what="the spin to have started")
     t = time.monotonic()
     spin.cancel()

@@ -117,7 +117,7 @@ def test_every_request_a_role_may_not_send_is_refused_and_the_daemon_lives(remot
         for kind, cls in sorted(_REGISTRY.items()):
             if cls in allowed:
                 continue
-            s.send(msgpack.packb([VERSION, kind, kind, []]))
+            s.send(msgpack.packb([VERSION, kind, kind, [kind]]))  # a well-formed envelope: the role decides
             assert s.poll(10_000), f"no answer to {cls.__name__}"
             corr, reply = decode(s.recv())
             assert type(reply).__name__ == "Error", (cls.__name__, reply)

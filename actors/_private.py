@@ -1,0 +1,99 @@
+"""A private daemon: started for one Executor (or Client) when none is running, stopped with it.
+
+Like ``ray.init()`` or Dask's ``LocalCluster``: jobs only (no controller, no
+processor), in a private run directory, sized by ``max_workers``.  The daemon
+is an ordinary one (journal, supervision, leak checks), just owned by its
+creator: it is stopped, and its directories removed, when the creator closes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from actors._errors import DaemonError, DaemonNotRunning, EnsembleError
+from actors._spawn import NEUTRAL_CWD, child_env, python_argv
+from actors.config import Config, load_config
+
+log = logging.getLogger("ensemble.client")
+_START_TIMEOUT = 60.0
+
+
+class PrivateDaemon:
+    """A daemon of this process's own; ``config`` reaches it.  Close it with :meth:`stop` (or ``with``)."""
+
+    def __init__(self, max_workers: int | None = None, base: Config | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ens-", dir="/tmp"))  # short: unix socket paths are limited
+        base = base or load_config()
+        workers = max_workers if max_workers is not None else base.worker_count
+        if workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {workers}")
+        self.config = dataclasses.replace(
+            base,
+            daemon=dataclasses.replace(base.daemon, name=f"private-{os.getpid()}", workers=str(workers),
+                                       run_dir=str(self.dir / "run"), state_dir=str(self.dir / "state"),
+                                       tcp="", client_tcp="", metrics_port=0, extensions=()),
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._start(workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, workers: int) -> None:
+        from actors.client import Client
+
+        err = open(self.dir / "daemon.err", "wb")
+        try:
+            self.proc = subprocess.Popen(python_argv("actors.supervisor", self.config.to_json()), env=child_env(),
+                                         cwd=NEUTRAL_CWD, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=err, start_new_session=True)
+        finally:
+            err.close()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                text = (self.dir / "daemon.err").read_text(errors="replace").strip().splitlines()
+                raise DaemonError(f"the private daemon exited at start: {text[-1] if text else self.proc.returncode}")
+            try:
+                with Client(config=self.config, timeout=2.0) as c:
+                    status = c.status()
+                if sum(a.role == "worker" and a.state == "running" for a in status.actors) >= workers:
+                    log.info("event=private-daemon pid=%d workers=%d detail=started for this process; "
+                             "it stops with it", self.proc.pid, workers)
+                    return
+            except (DaemonNotRunning, EnsembleError):
+                pass
+            time.sleep(0.02)
+        raise DaemonError(f"the private daemon did not get ready within {_START_TIMEOUT:g}s; see {self.dir}")
+
+    def stop(self) -> None:
+        """Stop the daemon in order (SIGKILL after a grace) and remove its directories; safe to call twice."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            from actors.client import Client
+
+            try:
+                with Client(config=self.config, timeout=5.0) as c:
+                    c.shutdown()
+            except EnsembleError:
+                proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "PrivateDaemon":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

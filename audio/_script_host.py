@@ -1,0 +1,84 @@
+"""What the processor needs of an instrument script's host, and the host it uses when none is installed.
+
+The processor renders audio; scripts are the controller package's business.
+So the processor depends on this protocol only, and finds the real host
+through the ``ensemble.script_hosts`` entry point (``controller`` provides
+:class:`controller._processor_side.ProcessorScript`).  Without it, the
+processor plays notes with the default sampler and refuses scripts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from actors.extensions import find_entry_point
+
+
+class ScriptHost(Protocol):
+    """A script hosted in the processor: callbacks run at block boundaries on the audio thread."""
+
+    module: Any  # the loaded script, or None
+    default_slot_index: int  # the sample a note plays when neither it nor the script names one
+
+    def block(self, start: int, frames: int) -> None:
+        """Engine block hook (audio thread): run what is due in this block."""
+
+    def event(self, kind: str, note: int, velocity: float, value: float, at: int | None,
+              slot: int | None = None) -> None:
+        """A note on/off or controller for the script (main or MIDI thread); ``slot``: the note's sample."""
+
+    def load(self, path: str) -> None:
+        """Load the script module (main thread); raises what its module code raises."""
+
+    def run_sync_call(self, fn: str, args: list[Any], id: str) -> None:
+        """A ``run_sync`` from the controller: ``fn(*args)`` at the start of the next block."""
+
+    def async_result(self, token: int, ok: bool, value: Any, error: str) -> None:
+        """The controller's answer to a ``run_async``."""
+
+    def set_values(self, values: dict[str, Any], call: list[str]) -> None:
+        """New parameter values (and the ``on_change`` callbacks to run)."""
+
+    def tick(self, period_ns: float) -> None:
+        """Main thread, every loop: follow the block period, stop a callback past its hard limit, flush prints."""
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for ``ensemble status``."""
+
+
+class NoScriptHost:
+    """The host when no script package is installed: nothing to run, scripts refused with the reason."""
+
+    module: Any = None
+    default_slot_index = 0
+
+    def block(self, start: int, frames: int) -> None:
+        pass
+
+    def event(self, kind: str, note: int, velocity: float, value: float, at: int | None,
+              slot: int | None = None) -> None:
+        pass
+
+    def load(self, path: str) -> None:
+        raise RuntimeError("no script host is installed (the `controller` package provides it)")
+
+    def run_sync_call(self, fn: str, args: list[Any], id: str) -> None:
+        pass
+
+    def async_result(self, token: int, ok: bool, value: Any, error: str) -> None:
+        pass
+
+    def set_values(self, values: dict[str, Any], call: list[str]) -> None:
+        pass
+
+    def tick(self, period_ns: float) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+def make_script_host(engine: Any, outbox: Any) -> ScriptHost:
+    """The installed script host for the processor (``ensemble.script_hosts`` entry point), else :class:`NoScriptHost`."""
+    factory = find_entry_point("ensemble.script_hosts", "processor")
+    return factory(engine, outbox) if factory is not None else NoScriptHost()

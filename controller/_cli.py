@@ -1,0 +1,115 @@
+"""The script commands of ``ensemble``: load, reload, parameters, offline render (``ensemble.cli`` entry point)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from actors.cli import client_of, fail, parse_arg
+
+
+def register(main: click.Group) -> None:
+    """Add the script commands to the ``ensemble`` group."""
+    for cmd in (render, load, reload, param):
+        main.add_command(cmd)
+
+
+@click.command()
+@click.argument("script", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--midi", type=click.Path(exists=True, dir_okay=False), help="Standard MIDI file to play.")
+@click.option("--sample", type=click.Path(exists=True, dir_okay=False), help="Sound file played across the keyboard.")
+@click.option("--seconds", type=click.FloatRange(0.001, 24 * 3600), default=None, help="Length (default: the MIDI file + 1 s).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
+@click.option("--samplerate", default=48000, show_default=True, type=click.IntRange(1000, 768000))
+@click.option("--blocksize", default=256, show_default=True, type=click.IntRange(1, 65536))
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE@SECONDS", help="Set a script parameter at a time.")
+def render(script: str | None, midi: str | None, sample: str | None, seconds: float | None, out: str,
+           samplerate: int, blocksize: int, sets: tuple[str, ...]) -> None:
+    """Render offline, as fast as possible, to a WAV file (deterministic), optionally through SCRIPT."""
+    from audio import render as do_render
+
+    try:
+        if script:
+            from controller.offline import parse_set, render_script
+
+            path, errors = render_script(script, out=out, midi=midi, sample=sample, seconds=seconds,
+                                         sets=[parse_set(s) for s in sets], samplerate=samplerate, blocksize=blocksize)
+            for err in errors:
+                click.echo(f"script: {err}", err=True)
+        else:
+            if sets:
+                fail("--set needs a SCRIPT")
+            path = do_render(out=out, midi=midi, sample=sample, seconds=seconds, samplerate=samplerate,
+                             blocksize=blocksize)
+    except (ValueError, RuntimeError, OSError) as exc:
+        fail(str(exc))
+    click.echo(f"wrote {path}")
+
+
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def load(ctx: click.Context, path: str) -> None:
+    """Load an instrument script (controller first, then the processor)."""
+    with client_of(ctx) as c:
+        c.load_script(path)
+    click.echo(f"loading {Path(path).resolve()}")
+
+
+@click.command()
+@click.pass_context
+def reload(ctx: click.Context) -> None:
+    """Reload the script: pending callbacks discarded, background tasks aborted, parameters kept."""
+    with client_of(ctx) as c:
+        c.reload_script()
+    click.echo("reloading")
+
+
+@click.group()
+def param() -> None:
+    """Script parameters: list, get, set."""
+
+
+@param.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def param_list(ctx: click.Context, as_json: bool) -> None:
+    """List the script's parameters and their values."""
+    import msgspec
+
+    with client_of(ctx) as c:
+        params = c.params()
+    if as_json:
+        click.echo(json.dumps([msgspec.structs.asdict(p) for p in params], indent=2, default=str))
+        return
+    for p in params:
+        rng = f" [{p.min}..{p.max}]" if p.min is not None or p.max is not None else ""
+        click.echo(f"{p.name} = {p.value!r}\t{p.long_name} ({p.kind}{rng}, default {p.default!r})")
+
+
+@param.command("get")
+@click.argument("name")
+@click.pass_context
+def param_get(ctx: click.Context, name: str) -> None:
+    """Print one parameter's value (JSON)."""
+    with client_of(ctx) as c:
+        try:
+            value = c.get_param(name)
+        except KeyError as exc:
+            fail(str(exc).strip("'\""))
+    click.echo(json.dumps(value))
+
+
+@param.command("set")
+@click.argument("name")
+@click.argument("value")
+@click.pass_context
+def param_set(ctx: click.Context, name: str, value: str) -> None:
+    """Set a parameter (VALUE read as JSON where it parses)."""
+    with client_of(ctx) as c:
+        c.set_param(name, parse_arg(value))
+    click.echo(f"{name} = {value}")

@@ -1,0 +1,54 @@
+"""Zero setup: an Executor with no daemon running starts a private one, owned by it and stopped with it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.client import Executor
+from tests import jobs
+from tests.conftest import pid_alive, wait_for
+
+
+def test_an_executor_with_no_daemon_starts_a_private_one_and_stops_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))  # nothing runs there
+    with Executor(2) as ex:
+        private = ex._private
+        assert private is not None
+        pid, where = private.proc.pid, private.dir
+        assert list(ex.map(jobs.square, range(20))) == [x * x for x in range(20)]
+        assert sum(a.role == "worker" for a in ex_status(ex).actors) == 2
+        assert not any(a.role in ("controller", "processor") for a in ex_status(ex).actors)  # jobs only
+    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
+    assert not where.exists()
+
+
+def ex_status(ex: Executor) -> Any:
+    from actors.client import Client
+
+    with Client(config=ex.config, timeout=10) as c:
+        return c.status()
+
+
+def test_an_executor_attaches_to_a_running_daemon_and_caps_its_own_jobs(daemon: Any, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in daemon.env.items():
+        if key.startswith("ENSEMBLE_"):
+            monkeypatch.setenv(key, value)
+    markers, gate = tmp_path / "markers", tmp_path / "gate"
+    markers.mkdir()
+    with Executor(max_workers=1) as ex:  # the daemon has two workers; this executor may use one
+        assert ex._private is None
+        futures = [ex.submit(jobs.plain_gate, str(markers), str(gate)) for _ in range(3)]
+        wait_for(lambda: len(list(markers.iterdir())) == 1, 60, what="the first job to start")
+        c = daemon.client()
+        assert len([j for j in c.jobs() if j.fn == "tests.jobs:plain_gate"]) == 1  # the others wait here
+        gate.touch()
+        assert len({f.result(60) for f in futures}) >= 1
+    assert len(list(markers.iterdir())) == 3
+    assert os.path.exists(gate)

@@ -1,0 +1,317 @@
+"""The JACK-native backend in a running daemon: live MIDI in at exact frames, sustain, scripts, JACK restarts.
+
+Sources and sinks are JACK's own example clients (``jack_midiseq`` plays a
+looped note sequence, ``jack_rec`` records ensemble's output) or a small
+JACK-Client MIDI source in the test process.  Every timing check is relative
+to the first note heard, in frames of the recording, never wall-clock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+
+from audio import BackendUnavailable
+from audio._buffers import BUILTIN_FREQUENCY
+from audio._jack import jack_module
+from tests.conftest import Daemon, wait_for
+
+pytestmark = pytest.mark.jack
+
+RATE = 48000
+RELEASE = 4800  # the engine's default 100 ms release at 48 kHz
+LOOP = 48000
+SEQUENCE = [(0, 60), (9000, 67), (21000, 72), (33333, 64)]  # (start frame in the loop, note); odd gaps on purpose
+LENGTH = 4000  # frames each note is held; release included, every note ends before the next starts
+
+
+def _jack_lsp(env: dict[str, str] | None = None) -> str | None:
+    try:
+        result = subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=10, env=env)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def _need(*programs: str) -> None:
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        pytest.skip(f"JACK example clients not installed ({', '.join(missing)}; Debian: jackd2)")
+    try:
+        jack_module()
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def jack_server() -> None:
+    """Skip unless the default JACK server runs and the clients the tests drive are installed."""
+    if _jack_lsp() is None:
+        pytest.skip("no JACK server running (jack_lsp failed); start one with: jackd -R -d dummy -r 48000 -p 256")
+    _need("jack_midiseq", "jack_rec")
+
+
+def _processor(d: Daemon) -> dict[str, Any]:
+    return dict(d.actor("processor").stats)
+
+
+def _jack_daemon(make_daemon: Callable[..., Daemon], source: str, **env: str) -> tuple[Daemon, str]:
+    """A daemon whose processor is a JACK client taking MIDI from ports matching ``source``; (daemon, client name)."""
+    d = make_daemon(workers=0, extra_env={
+        "ENSEMBLE_AUDIO_BACKEND": "auto", "ENSEMBLE_AUDIO_AUTOCONNECT": "false",
+        "ENSEMBLE_AUDIO_MIDI_IN": source, **env,
+    })
+    d.up()
+    stats = wait_for(lambda: (s := _processor(d)).get("jack_state") == "connected" and s, what="the JACK backend")
+    assert stats["backend"] == "jack"
+    return d, str(stats["jack_client"])
+
+
+class Recording:
+    """``jack_rec`` recording one port to a 32-bit WAV for ``seconds``; a context manager."""
+
+    def __init__(self, path: Path, port: str, seconds: float) -> None:
+        self.path = path
+        self.seconds = seconds
+        self.proc = subprocess.Popen(["jack_rec", "-f", str(path), "-d", f"{seconds:g}", "-b", "32", port],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def samples(self) -> np.ndarray:
+        """Wait for the recording to end (jack_rec stops after ``seconds``) and read channel 1."""
+        assert self.proc.wait(timeout=self.seconds + 60) == 0, "jack_rec failed"
+        audio, rate = soundfile.read(str(self.path), dtype="float64", always_2d=True)
+        assert rate == RATE
+        return audio[:, 0]
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Sequencer:
+    """``jack_midiseq NAME 48000 [start note 4000] ...``: the loop in :data:`SEQUENCE`, until closed."""
+
+    def __init__(self, name: str, sequence: list[tuple[int, int]], loop: int = LOOP) -> None:
+        args = [str(x) for start, note in sequence for x in (start, note, LENGTH)]
+        self.proc = subprocess.Popen(["jack_midiseq", name, str(loop), *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def onsets(signal_: np.ndarray) -> list[int]:
+    """Frames where sound starts after exact silence (not the first frame of the recording)."""
+    sounding = signal_ != 0.0
+    return [int(i) + 1 for i in np.flatnonzero(sounding[1:] & ~sounding[:-1])]
+
+
+def pitch_note(signal_: np.ndarray, start: int) -> int:
+    """The MIDI note whose built-in-sample pitch the 3000 frames after ``start`` (past the attack) have."""
+    segment = signal_[start + 200 : start + 3200] * np.hanning(3000)
+    spectrum = np.abs(np.fft.rfft(segment, 1 << 17))
+    freq = float(np.fft.rfftfreq(1 << 17, 1 / RATE)[np.argmax(spectrum)])
+    return int(round(60 + 12 * np.log2(freq / BUILTIN_FREQUENCY)))
+
+
+def check_timeline(recorded: np.ndarray, sequence: list[tuple[int, int]], transpose: int = 0, loop: int = LOOP) -> int:
+    """Every note in ``recorded`` starts where the looped ``sequence`` says, relative to the first; returns the count."""
+    starts = onsets(recorded)
+    heard = [(frame, pitch_note(recorded, frame)) for frame in starts if frame + 3200 < recorded.size]
+    assert len(heard) >= 2 * len(sequence), f"too few notes heard: {heard}"
+    index = {note + transpose: i for i, (_, note) in enumerate(sequence)}
+    first_frame, first_note = heard[0]
+    assert first_note in index, f"first note heard has pitch {first_note}, not one of the sequence's"
+    k0 = index[first_note]
+    for n, (frame, note) in enumerate(heard):
+        expected_note = sequence[(k0 + n) % len(sequence)][1] + transpose
+        loops, k = divmod(k0 + n, len(sequence))
+        expected_frame = first_frame + loops * loop + sequence[k][0] - sequence[k0][0]
+        assert (frame, note) == (expected_frame, expected_note), f"note {n} of {heard}"
+    return len(heard)
+
+
+def test_midiseq_notes_start_on_their_frames_at_their_pitch(
+    jack_server: None, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    seq_name = f"ens-seq-{os.getpid()}"
+    d, client = _jack_daemon(make_daemon, f"{seq_name}:out")
+    sequencer = Sequencer(seq_name, SEQUENCE)
+    try:
+        wait_for(lambda: _processor(d)["midi_events"] >= 2, what="MIDI from jack_midiseq to arrive")
+        with Recording(tmp_path / "out.wav", f"{client}:out_0", 3.5) as rec:
+            recorded = rec.samples()
+    finally:
+        sequencer.close()
+    heard = check_timeline(recorded, SEQUENCE)
+    stats = _processor(d)
+    print(f"\n{heard} notes at their exact frames; JACK xruns {stats['xruns']} "
+          f"(startup {stats['jack_startup_xruns']}), callback late p99 {stats['jack_late_p99_ms']:.3f} ms")
+    assert stats["midi_dropped"] == 0 and stats["late_events"] == 0
+
+
+def test_midi_reaches_the_script_with_its_frame(
+    jack_server: None, make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    script = tmp_path / "octave.py"
+    script.write_text(
+        "from controller.script import play_note, release_voice\n"
+        "held = {}\n"
+        "def on_note(event):\n"
+        "    held[event.note] = play_note(event.note + 12, event.velocity)\n"
+        "def on_release(event):\n"
+        "    note_id = held.pop(event.note, 0)\n"
+        "    if note_id:\n"
+        "        release_voice(note_id)\n"
+    )
+    seq_name = f"ens-oct-{os.getpid()}"
+    d, client = _jack_daemon(make_daemon, f"{seq_name}:out")
+    d.client().load_script(str(script))
+    wait_for(lambda: _processor(d).get("script") == str(script), what="the script in the processor")
+    sequence = [(0, 60), (10001, 64)]
+    sequencer = Sequencer(seq_name, sequence, loop=24000)
+    try:
+        wait_for(lambda: _processor(d)["midi_events"] >= 2, what="MIDI to arrive")
+        with Recording(tmp_path / "out.wav", f"{client}:out_0", 2.0) as rec:
+            recorded = rec.samples()
+    finally:
+        sequencer.close()
+    check_timeline(recorded, sequence, transpose=12, loop=24000)  # on_note played an octave up, on the note's frame
+    assert _processor(d)["script_errors"] == 0
+
+
+class MidiSource:
+    """A JACK MIDI output in the test process that plays ``(frame, bytes)`` events once armed."""
+
+    def __init__(self, name: str) -> None:
+        jack = jack_module()
+        self.client = jack.Client(name, no_start_server=True)
+        self.port = self.client.midi_outports.register("out")
+        self.pending: list[tuple[int, bytes]] = []
+        self.position = -1  # frames since arming; -1: not armed
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def play(self, events: list[tuple[int, bytes]]) -> None:
+        self.pending = sorted(events)
+        self.position = 0
+
+    @property
+    def done(self) -> bool:
+        return self.position >= 0 and not self.pending
+
+    def _process(self, frames: int) -> None:
+        self.port.clear_buffer()
+        if self.position < 0:
+            return
+        while self.pending and self.pending[0][0] < self.position + frames:
+            frame, data = self.pending.pop(0)
+            self.port.write_midi_event(frame - self.position, data)
+        self.position += frames
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+@pytest.fixture
+def midi_source() -> Iterator[MidiSource]:
+    source = MidiSource(f"ens-src-{os.getpid()}")
+    try:
+        yield source
+    finally:
+        source.close()
+
+
+def test_sustain_pedal_holds_a_release_until_it_lifts(
+    jack_server: None, make_daemon: Callable[..., Daemon], midi_source: MidiSource, tmp_path: Path
+) -> None:
+    d, client = _jack_daemon(make_daemon, midi_source.port.name)
+    wait_for(lambda: midi_source.port.is_connected_to(f"{client}:midi_in"), what="the source connected to midi_in")
+    note_on, pedal_down, note_off, pedal_up = 0, 1000, 12000, 48000
+    with Recording(tmp_path / "out.wav", f"{client}:out_0", 2.5) as rec:
+        jack = midi_source.client
+        wait_for(lambda: jack.get_all_connections(f"{client}:out_0"), what="jack_rec to connect")
+        midi_source.play([
+            (note_on, bytes([0x90, 60, 100])), (pedal_down, bytes([0xB0, 64, 127])),
+            (note_off, bytes([0x80, 60, 0])), (pedal_up, bytes([0xB0, 64, 0])),
+        ])
+        wait_for(lambda: midi_source.done, what="the source to play its events")
+        recorded = rec.samples()
+    sounding = np.flatnonzero(recorded != 0.0)
+    assert sounding.size, "nothing was heard"
+    first, last = int(sounding[0]), int(sounding[-1])
+    assert np.all(recorded[first : first + note_off + RELEASE + 1000] != 0.0)  # held past note off + release
+    assert last - first == pedal_up - note_on + RELEASE - 2  # released at the pedal's frame: exactly 0 on the release's last frame
+    assert _processor(d)["midi_events"] == 4
+
+
+def _start_private_server(name: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, JACK_DEFAULT_SERVER=name)
+    proc = subprocess.Popen(["jackd", "-n", name, "-r", "-d", "dummy", "-r", str(RATE), "-p", "256"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_for(lambda: _jack_lsp(env) is not None, what=f"a private JACK server {name!r}")
+    except AssertionError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_processor_survives_jack_going_away_and_reconnects(make_daemon: Callable[..., Daemon]) -> None:
+    _need("jackd")
+    server = f"ens-test-{os.getpid()}"
+    jackd = _start_private_server(server)
+    try:
+        d = make_daemon(workers=0, extra_env={"JACK_DEFAULT_SERVER": server, "ENSEMBLE_AUDIO_BACKEND": "auto"})
+        d.up()
+        wait_for(lambda: _processor(d).get("jack_state") == "connected", what="the JACK backend")
+        pid = d.actor("processor").pid
+        _stop(jackd, signal.SIGKILL)  # JACK killed under a running daemon
+        lost = wait_for(lambda: (s := _processor(d)).get("jack_state") == "null-clock" and s, what="the null clock")
+        assert "JACK went away" in lost["notice"]
+        wait_for(lambda: _processor(d)["blocks"] > lost["blocks"] + 50, what="blocks on the null clock")
+        assert d.actor("processor").pid == pid  # the same process kept running
+        jackd = _start_private_server(server)
+        back = wait_for(lambda: (s := _processor(d)).get("jack_state") == "connected" and s, timeout=60,
+                        what="the processor to reconnect")
+        assert back["jack_reconnects"] == 1 and d.actor("processor").pid == pid
+        ports = _jack_lsp(dict(os.environ, JACK_DEFAULT_SERVER=server)) or ""
+        assert f"{back['jack_client']}:out_0" in ports.split()
+        d.down()
+    finally:
+        _stop(jackd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v", "-s"]))
