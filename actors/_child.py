@@ -99,6 +99,7 @@ class Child:
         self.last_heard = time.monotonic()
         self.last_sent = 0.0
         self.stop_reason = ""
+        self.exit_code = 0  # what run() returns (a worker retiring on changed code sets its own)
 
     def send(self, msg: Message) -> None:
         """Send one message to the supervisor."""
@@ -164,7 +165,7 @@ class Child:
         self.sock.close(linger=500)
         os.close(self.outbox.fd)
         _deliver_and_term(self.ctx, timeout=1.0)
-        return 0
+        return self.exit_code
 
     def _kill_own_group(self) -> None:
         """A remote worker told to die (its job ignored an abort): take the job's processes with it."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -30,6 +31,15 @@ from actors.messages import Error, JobInfo, JobInfos, JobSpec, Limits, Message, 
 
 Listener = Callable[[JobInfo], None]
 _MAX_BATCH = 5000
+
+
+def _context() -> tuple[str, list[str]]:
+    """This process's working directory and import path: where its jobs' functions and relative paths live."""
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the directory was removed under us
+        return "", []
+    return cwd, [os.path.join(cwd, p) if not os.path.isabs(p) else p for p in sys.path]
 
 
 def _unguessable_id() -> bytes:
@@ -298,7 +308,7 @@ class Connection:
                         fut.set_exception(exc)
 
         outer.add_done_callback(propagate)
-        self._send(sock, Submit(specs, True), outer, split)
+        self._send(sock, Submit(specs, True, *_context()), outer, split)
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         for _ in range(10_000):

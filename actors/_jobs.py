@@ -23,7 +23,7 @@ class Job:
     __slots__ = (
         "id", "spec", "state", "attempts", "submitted", "started", "worker", "progress", "status",
         "properties", "events", "timeout_ms", "abort_reason", "kill_at", "deadline_at", "killed",
-        "watchers", "progress_watchers", "blockers", "recalling", "owner", "nbytes", "internal",
+        "watchers", "progress_watchers", "blockers", "recalling", "owner", "nbytes", "internal", "context",
     )
 
     def __init__(self, job_id: int, spec: JobSpec, submitted: float, attempts: int = 0, owner: str = "",
@@ -33,6 +33,7 @@ class Job:
         self.owner = owner  # "" for a local client, "ROLE:NAME" for a remote key
         self.nbytes = nbytes  # what its arguments cost the daemon (counted against jobs.queue_bytes)
         self.internal = internal  # submitted by the controller (TaskSubmit), not by a client
+        self.context: tuple[str, list[str]] = ("", [])  # a local client's (cwd, import path), shared per submit
         self.state = "queued"
         self.attempts = attempts
         self.submitted = submitted
@@ -52,35 +53,44 @@ class Job:
         self.blockers: list[tuple[bytes, int]] | None = None
         self.recalling = False  # a Recall is on its way to the worker holding it
 
-    def info(self) -> JobInfo:
-        """A snapshot for clients."""
+    def info(self, **final: Any) -> JobInfo:
+        """A snapshot for clients; ``final`` sets what only an ended job has (state, result, error, finished)."""
         return JobInfo(
-            self.id, self.spec.fn, self.spec.name, self.state, self.progress, self.status,
-            self.properties, None, "", "", "", list(self.events), self.submitted, self.started, 0.0,
-            self.attempts, self.worker, self.spec.priority,
+            id=self.id, fn=self.spec.fn, name=self.spec.name, state=final.pop("state", self.state),
+            progress=self.progress, status=self.status, properties=self.properties, events=list(self.events),
+            submitted=self.submitted, started=self.started, attempts=self.attempts, worker=self.worker,
+            priority=self.spec.priority, **final,
         )
 
 
-def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False) -> bytes:
-    """Journal form of a job spec, with who submitted it."""
+def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
+              context: tuple[str, list[str]] = ("", [])) -> bytes:
+    """Journal form of a job spec, with who submitted it and (local clients) their cwd and import path."""
     return _encode_value([spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
-                          spec.retries, spec.with_task, owner, internal])
+                          spec.retries, spec.with_task, owner, internal, context[0], context[1]])
 
 
 def unpack_spec(blob: bytes) -> tuple[JobSpec, str, bool]:
     """Inverse of :func:`pack_spec`: ``(spec, owner, internal)``.  Rows of older releases have no owner (local)."""
+    spec, owner, internal, _ = unpack_job(blob)
+    return spec, owner, internal
+
+
+def unpack_job(blob: bytes) -> tuple[JobSpec, str, bool, tuple[str, list[str]]]:
+    """Everything :func:`pack_spec` wrote: ``(spec, owner, internal, (cwd, path))``."""
     f = _decode_value(blob)
     owner, internal = (f[9], f[10]) if len(f) >= 11 else ("", False)
-    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]), owner, internal
+    context = (f[11], list(f[12])) if len(f) >= 13 else ("", [])
+    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]), owner, internal, context
 
 
 def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:
     (jid, fn, name, state, progress, status, props, result, etype, emsg, tb, sub, start, fin, att, worker, prio) = row
     return JobInfo(
-        jid, fn, name, state, progress, status,
-        _decode_value(props) if props else {},
-        _decode_value(result) if result else None,
-        etype, emsg, tb, events, sub, start, fin, att, worker, prio,
+        id=jid, fn=fn, name=name, state=state, progress=progress, status=status,
+        properties=_decode_value(props) if props else {}, result=_decode_value(result) if result else None,
+        error_type=etype, error_message=emsg, traceback=tb, events=events, submitted=sub, started=start,
+        finished=fin, attempts=att, worker=worker, priority=prio,
     )
 
 
@@ -99,7 +109,7 @@ class JobBook:
 
     # -- accepting -----------------------------------------------------------------
     def accept(self, specs: Iterable[JobSpec], now: float, owner: str = "", nbytes: int = 0,
-               internal: bool = False) -> list[int]:
+               internal: bool = False, context: tuple[str, list[str]] = ("", [])) -> list[int]:
         """Journal and queue new jobs; returns their ids.
 
         ``nbytes`` is what the whole group costs (shared evenly).  Raises
@@ -117,8 +127,9 @@ class JobBook:
             jid = self._next_id
             self._next_id += 1
             job = Job(jid, spec, now, 0, owner, each, internal)
+            job.context = context
             self.jobs[jid] = job
-            stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal), spec.priority, now, owner)
+            stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal, context), spec.priority, now, owner)
             heapq.heappush(self.heap, (-spec.priority, jid))
             ids.append(jid)
         self.queued_bytes += each * len(ids)
@@ -137,7 +148,7 @@ class JobBook:
         queued = requeued = lost = 0
         for jid, blob, _prio, state, attempts, submitted in self.journal.unfinished():
             try:
-                spec, owner, internal = unpack_spec(blob)
+                spec, owner, internal, context = unpack_job(blob)
             except Exception as exc:  # noqa: BLE001 - a row no release can run: fail it, keep the rest
                 self.journal.stage_finish(jid, "failed", now, None, "ProtocolError",
                                           f"the journaled job cannot be read back ({exc}); it was never run", "",
@@ -147,6 +158,7 @@ class JobBook:
             if state == "queued" and jid in begun:  # it ran; only its start was lost with the daemon
                 state, attempts = "running", attempts + 1
             job = Job(jid, spec, submitted, attempts, owner, len(blob), internal)
+            job.context = context
             self.queued_bytes += job.nbytes
             if state == "running":
                 if attempts <= spec.retries:
@@ -239,11 +251,8 @@ class JobBook:
                                   job.progress, job.status, props)
         self.jobs.pop(job.id, None)
         self.counters[state] += 1
-        return JobInfo(
-            job.id, job.spec.fn, job.spec.name, state, job.progress, job.status, job.properties, value,
-            error_type, error_message, traceback, list(job.events), job.submitted, job.started, now,
-            job.attempts, job.worker, job.spec.priority,
-        )
+        return job.info(state=state, result=value, error_type=error_type, error_message=error_message,
+                        traceback=traceback, finished=now)
 
     # -- reading -----------------------------------------------------------------------
     def infos(self, ids: list[int]) -> dict[int, JobInfo]:

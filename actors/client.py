@@ -578,11 +578,21 @@ class Executor(concurrent.futures.Executor):
 
 
 def _start(fut: Future[Any]) -> bool:
-    """``set_running_or_notify_cancel`` that tolerates a future already cancelled and notified."""
-    try:
-        return fut.set_running_or_notify_cancel()
-    except RuntimeError:  # cancelled and notified already (a cancel raced the result)
+    """``set_running_or_notify_cancel`` that tolerates a future already cancelled and notified.
+
+    Calling it a second time on a cancelled future would make ``concurrent.futures``
+    log a CRITICAL "in unexpected state" line (one per future: hundreds for a
+    cancelled ``map``), so a future already notified is not asked again.
+    """
+    if fut.cancelled() and getattr(fut, "_ens_notified", False):
         return False
+    try:
+        started = fut.set_running_or_notify_cancel()
+    except RuntimeError:  # notified already by someone else (a cancel raced the result)
+        return False
+    if not started:
+        fut._ens_notified = True  # type: ignore[attr-defined]
+    return started
 
 
 def _complete(fut: Future[Any], info: JobInfo) -> None:

@@ -82,6 +82,7 @@ class Kind(IntEnum):
     VOICES_DONE = 48
     RECALL = 49
     RECALLED = 50
+    RETIRING = 51
     # audio: events and samples
     AUDIO_EVENT = 60
     SAMPLE_LOAD = 61
@@ -255,6 +256,8 @@ class Dispatch(_Record, frozen=True):
     attempt: Int64
     with_task: bool = True
     internal: bool = False  # accepted from the controller (TaskSubmit): internal and script functions may run
+    cwd: str = ""  # the local client's working directory ("" = the worker's own)
+    path: list[str] = field(default_factory=list)  # the local client's import path, searched first
 
 
 class JobDone(_Record, frozen=True):
@@ -323,10 +326,17 @@ class Status(Message, tag=Kind.STATUS.value, frozen=True):
 
 
 class Submit(Message, tag=Kind.SUBMIT.value, frozen=True):
-    """Submit jobs; the reply comes after they are journaled. ``watch``: push their results."""
+    """Submit jobs; the reply comes after they are journaled. ``watch``: push their results.
+
+    ``cwd`` and ``path`` are the submitting process's working directory and
+    import path: a local client's jobs run with them (as under
+    ``ProcessPoolExecutor``); the daemon ignores them from a remote peer.
+    """
 
     jobs: list[JobSpec]
     watch: bool = True
+    cwd: str = ""
+    path: list[str] = field(default_factory=list)
 
 
 class TaskSubmit(Message, tag=Kind.TASK_SUBMIT.value, frozen=True):
@@ -448,6 +458,12 @@ class Recalled(Message, tag=Kind.RECALLED.value, frozen=True):
     """The jobs of a :class:`Recall` that had not started; the supervisor queues them again."""
 
     job_ids: list[Int64]
+
+
+class Retiring(Message, tag=Kind.RETIRING.value, frozen=True):
+    """A worker leaves on purpose (code it imported changed on disk); replace it, count no failure."""
+
+    reason: str
 
 
 class VoicesOp(Message, tag=Kind.VOICES_OP.value, frozen=True):

@@ -24,6 +24,7 @@ import msgspec
 import zmq
 
 from actors._child import Child, child_main
+from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir, StartedLog
 from actors._arrays import WorkerArrays
@@ -39,6 +40,7 @@ from actors.messages import (
     Message,
     Recall,
     Recalled,
+    Retiring,
     RunJobs,
     VoicesDone,
     VoicesOp,
@@ -79,6 +81,8 @@ class Worker(Child):
         self._started: StartedLog | None = None
         if not self.remote:
             self._started = StartedLog(RunDir(cfg.run_dir).started_file(name))
+        self.code = UserCode()
+        self.retire_reason = ""
         self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
         self.thread.start()
 
@@ -135,6 +139,10 @@ class Worker(Child):
                 break
             if frame == b"v":
                 voices += 1
+            elif frame == b"x":  # the job thread left: code changed on disk
+                self.send(Retiring(self.retire_reason))
+                self.exit_code = RETIRE_CODE
+                self._request_stop("code changed")
         for _ in range(voices):
             self.send(self.voice_requests.get_nowait())
         self._wake_sent = False  # before draining: a result queued after this wakes us again
@@ -216,9 +224,18 @@ class Worker(Child):
                 d = self.pending.popleft()
                 task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call, self.arrays)
                 self.current = (d, task)
+            if d.cwd or d.path:  # a local client's job: its directory, its import path, its current code
+                changed = self.code.stale()
+                if changed:  # never run a job on old code: leave; the replacement imports the new one
+                    self.retire_reason = f"module {changed} changed on disk since this worker imported it"
+                    self.results_out.send(b"x")
+                    return
+                self.code.enter(d.cwd, d.path)
             if self._started is not None:
                 self._started.record(d.job_id)
             done = _sendable(_run_one(d, task, self.arrays), self.cfg.daemon.max_frame)
+            if d.path:
+                self.code.note_imports()
             with self._work:
                 self.current = None
             self.finished.put(done)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors._freshness import RETIRE_CODE
 from actors._spawn import kill_group, spawn
 import zmq
 
@@ -117,6 +118,8 @@ class ChildrenMixin(State):
         assert proc is not None
         code = proc.wait()
         kill_group(proc.pid)  # whatever it started goes with it
+        if code == RETIRE_CODE and slot.role == "worker":  # it left on purpose (its code changed): no failure
+            slot.expected_exit = True
         self.poller.unregister(slot.pidfd)
         del self.by_pidfd[slot.pidfd]
         os.close(slot.pidfd)

@@ -19,7 +19,7 @@ from actors._errors import (
 from actors._jobfn import check_allowed, check_name
 from actors.messages import (
     Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message, Ping,
-    Pong, Recalled, Scale, Shutdown, Status, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode, peek_corr,
+    Pong, Recalled, Retiring, Scale, Shutdown, Status, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode, peek_corr,
 )
 from actors.supervisor._children import Slot
 from actors.supervisor._transport import LOCAL, TCP, Peer, _esc
@@ -127,7 +127,8 @@ class RequestsMixin(State):
                     cache[spec.fn] = known
             if known:
                 raise JobRefused(known)
-        return self._accept(ident, corr, msg.jobs, msg.watch, internal=False)
+        context = (msg.cwd, list(msg.path)) if not remote else ("", [])  # a remote peer's paths mean nothing here
+        return self._accept(ident, corr, msg.jobs, msg.watch, internal=False, context=context)
 
     def _on_task_submit(self, ident: bytes, corr: int, msg: TaskSubmit) -> Message | None:
         """The controller's jobs: internal and script functions, proven by the token given at its spawn."""
@@ -139,7 +140,8 @@ class RequestsMixin(State):
                 raise JobRefused(f"internal job function {spec.fn!r} is not one any installed package runs")
         return self._accept(ident, corr, msg.jobs, msg.watch, internal=True)
 
-    def _accept(self, ident: bytes, corr: int, jobs: list[JobSpec], watch: bool, internal: bool) -> Message | None:
+    def _accept(self, ident: bytes, corr: int, jobs: list[JobSpec], watch: bool, internal: bool,
+                context: tuple[str, list[str]] = ("", [])) -> Message | None:
         book = self.book
         assert book is not None
         if self.stopping_since:
@@ -159,7 +161,7 @@ class RequestsMixin(State):
             raise QueueFull(f"queue full: unfinished jobs hold {book.queued_bytes} bytes of arguments and this "
                             f"submit adds {nbytes}, budget {budget} (jobs.queue_bytes); retry later, pass big "
                             "arrays through shared memory (client.empty), or raise the budget")
-        ids = book.accept(jobs, time.time(), self._peer.owner, nbytes, internal)
+        ids = book.accept(jobs, time.time(), self._peer.owner, nbytes, internal, context)
         self._recall_below(max(spec.priority for spec in jobs) if jobs else 0)
         if watch:
             for jid in ids:
@@ -281,6 +283,10 @@ class RequestsMixin(State):
                 self._job_update(slot, msg)
             elif isinstance(msg, Recalled):
                 self._recalled(slot, msg)
+            elif isinstance(msg, Retiring) and not slot.remote:  # it leaves on purpose: replace it, no failure
+                slot.ready = False
+                slot.expected_exit = True
+                log.info("event=worker-retiring name=%s reason=%s", slot.name, msg.reason)
             elif isinstance(msg, Hello):
                 slot.ready = True
                 slot.state = "running"

@@ -184,7 +184,8 @@ class State:
     def _request(self, ident: bytes, corr: int, msg: Message) -> Message | None:
         raise NotImplementedError
 
-    def _accept(self, ident: bytes, corr: int, jobs: list[JobSpec], watch: bool, internal: bool) -> Message | None:
+    def _accept(self, ident: bytes, corr: int, jobs: list[JobSpec], watch: bool, internal: bool,
+                context: tuple[str, list[str]] = ("", [])) -> Message | None:
         raise NotImplementedError
 
     def _slot_of(self, job_id: int) -> Slot | None:

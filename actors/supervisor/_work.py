@@ -169,8 +169,9 @@ class WorkMixin(State):
                 slot.outstanding.append(job.id)
                 job.worker = slot.name
                 sent.append(job)
+                cwd, path = job.context if not slot.remote else ("", [])
                 batch.append(Dispatch(job.id, s.fn, args, kwargs, job.timeout_ms, job.attempts + 1, s.with_task,
-                                      job.internal))
+                                      job.internal, cwd, path))
             if not batch:
                 continue
             if not self._send_batch(slot, batch, sent, now):

@@ -258,3 +258,13 @@ def test_an_unresponsive_daemon_is_a_transport_error(make_daemon: Make) -> None:
     finally:
         os.kill(d.pid, signal.SIGCONT)
     wait_for(lambda: d.status().daemon.pid == d.pid, 30, what="the daemon to answer again")
+
+
+def test_cancelled_executor_futures_log_nothing_alarming(module_daemon: Daemon,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("DEBUG", logger="concurrent.futures"):
+        ex = Executor(config=module_daemon.config)
+        futures = [ex.submit(jobs.plain_sleep, 30.0) for _ in range(20)]
+        ex.shutdown(wait=True, cancel_futures=True)
+    assert all(f.cancelled() or f.done() for f in futures)
+    assert not [r for r in caplog.records if "unexpected state" in r.getMessage()]

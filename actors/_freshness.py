@@ -1,0 +1,71 @@
+"""A worker's view of the user's code: the client's cwd and import path, and whether that code changed on disk.
+
+A local client's jobs run in the client's working directory with the client's
+import path searched first, as under ``ProcessPoolExecutor``.  Modules imported
+from those directories (not the standard library or site-packages) are the
+user's own code; a worker never runs a job against one that changed on disk
+since it imported it: it retires (exit code :data:`RETIRE_CODE`) and its
+replacement imports the new code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from types import ModuleType
+
+RETIRE_CODE = 75  # EX_TEMPFAIL: "the code changed; start me again", not a failure
+
+_SYSTEM = tuple(os.path.realpath(p) + os.sep for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib",
+                                                                                           "purelib", "platlib")})
+
+
+class UserCode:
+    """Tracks the client directories on ``sys.path`` and the modules imported from them (job thread only)."""
+
+    def __init__(self) -> None:
+        self.added: set[str] = set()
+        self.mtimes: dict[str, tuple[str, int]] = {}  # module name -> (file, mtime_ns when first seen)
+        self._seen = 0  # len(sys.modules) at the last scan: nothing new imported, nothing to look at
+
+    def enter(self, cwd: str, path: list[str]) -> None:
+        """Run the next job in ``cwd`` with ``path`` searched before the worker's own import path."""
+        if cwd and os.getcwd() != cwd:
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass  # gone since submit: the job runs where the worker is, and relative paths fail there
+        fresh = [p for p in path if p not in self.added and p not in sys.path]
+        if fresh:
+            sys.path[:0] = fresh
+            self.added.update(fresh)
+
+    def note_imports(self) -> None:
+        """Remember the user modules imported so far (after a job ran) with their files' times."""
+        if not self.added or len(sys.modules) == self._seen:
+            return
+        self._seen = len(sys.modules)
+        roots = tuple(os.path.realpath(p) + os.sep for p in self.added if p)
+        for name, mod in list(sys.modules.items()):
+            if name in self.mtimes or not isinstance(mod, ModuleType):
+                continue
+            file = getattr(mod, "__file__", None)
+            if not file:
+                continue
+            real = os.path.realpath(file)
+            if real.startswith(roots) and not real.startswith(_SYSTEM):
+                try:
+                    self.mtimes[name] = (file, os.stat(file).st_mtime_ns)
+                except OSError:
+                    continue
+
+    def stale(self) -> str:
+        """The first user module whose file changed (or vanished) since it was imported, else ""."""
+        for name, (file, mtime) in self.mtimes.items():
+            try:
+                if os.stat(file).st_mtime_ns != mtime:
+                    return name
+            except OSError:
+                return name
+        return ""

@@ -1,0 +1,58 @@
+"""A local client's own code: its modules import in the workers, its cwd is theirs, and edits take effect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ROOT
+
+
+def _run(project: Path, daemon: Any, code: str) -> str:
+    env = {k: v for k, v in daemon.env.items() if k != "PYTHONPATH"}  # the project is found as a user finds it
+    env["PYTHONPATH"] = str(ROOT)  # only so that `import actors` works from this checkout
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=project, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_a_project_module_runs_with_no_setup_and_edits_take_effect(daemon: Any, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mywork.py").write_text("def square(x):\n    return x * x\n\n\n"
+                                       "def count(path):\n    return len(open(path).read().splitlines())\n")
+    (project / "data.txt").write_text("3 lines\n\n\n")
+    script = """
+        import mywork
+        from actors.client import Executor
+        with Executor() as ex:
+            print(sum(ex.map(mywork.square, range(100))))
+            print(ex.submit(mywork.count, "data.txt").result(60))  # a relative path: the client's directory
+    """
+    assert _run(project, daemon, script).splitlines() == [str(sum(x * x for x in range(100))), "3"]
+    workers = {a.pid for a in daemon.status().actors if a.role == "worker"}
+    (project / "mywork.py").write_text("def square(x):\n    return -x\n\n\n"
+                                       "def count(path):\n    return len(open(path).read().splitlines())\n")
+    os.utime(project / "mywork.py", ns=(1, 1))  # a different mtime even on a coarse clock
+    assert _run(project, daemon, script).splitlines()[0] == str(-sum(range(100)))  # every result on the new code
+    status = daemon.status()
+    assert all(a.state in ("running", "starting") for a in status.actors)
+    assert {a.pid for a in status.actors if a.role == "worker"} != workers  # replaced, not failed
+    assert all(a.restarts <= 2 and "failed" not in a.state for a in status.actors)
+    log = (daemon.base / "state" / "daemon.log").read_text()
+    assert "changed on disk" in log and "CRITICAL" not in log
+
+
+def test_relative_paths_in_arguments_mean_the_client_s_directory(daemon: Any, tmp_path: Path) -> None:
+    project = tmp_path / "p2"
+    project.mkdir()
+    (project / "lines.txt").write_text("a\nb\nc\n")
+    out = subprocess.run([sys.executable, "-m", "actors", "submit", "examples.jobs:count_lines", "lines.txt",
+                          "--wait"], cwd=project, env=daemon.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "3"
