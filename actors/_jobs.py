@@ -67,7 +67,7 @@ def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
               context: tuple[str, list[str]] = ("", [])) -> bytes:
     """Journal form of a job spec, with who submitted it and (local clients) their cwd and import path."""
     return _encode_value([spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
-                          spec.retries, spec.with_task, owner, internal, context[0], context[1]])
+                          spec.retries, spec.with_task, owner, internal, context[0], context[1], spec.pickled])
 
 
 def unpack_spec(blob: bytes) -> tuple[JobSpec, str, bool]:
@@ -81,7 +81,8 @@ def unpack_job(blob: bytes) -> tuple[JobSpec, str, bool, tuple[str, list[str]]]:
     f = _decode_value(blob)
     owner, internal = (f[9], f[10]) if len(f) >= 11 else ("", False)
     context = (f[11], list(f[12])) if len(f) >= 13 else ("", [])
-    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]), owner, internal, context
+    pickled = bool(f[13]) if len(f) >= 14 else False
+    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pickled), owner, internal, context
 
 
 def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:

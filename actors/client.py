@@ -13,11 +13,14 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import pickle
 import threading
 import time
 import warnings
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator
+
+import msgspec
 
 from actors._connection import Connection
 from actors._errors import (
@@ -26,6 +29,7 @@ from actors._errors import (
 from actors._jobfn import path_of
 from actors._rundir import RunDir
 from actors._state import FINAL
+from actors.shm import is_ndarray
 from actors.config import Config, load_config
 from actors.messages import (
     AudioEvent, Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
@@ -468,6 +472,8 @@ class Executor(concurrent.futures.Executor):
                 self._private.stop()
             raise
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
+        self._acks: list[Future[list[int]]] = []  # the daemon's answers to our submits (ids), for a clean close
+        self._exact = not self.conn.endpoint.startswith("tcp://")  # local: values cross pickled, exactly
         self._waiting: collections.deque[tuple[Future[Any], Callable[[], None]]] = collections.deque()
         self._grace = _grace(grace, timeout)
         self._retries = retries
@@ -482,6 +488,12 @@ class Executor(concurrent.futures.Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries, with_task=False)
+        # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
+        # yours); numpy arrays keep the MessagePack path, where big ones cross through shared memory
+        pickled = self._exact and not any(is_ndarray(v) for v in (*args, *kwargs.values()))
+        if pickled:
+            spec = msgspec.structs.replace(spec, args=[pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)],
+                                           kwargs={}, pickled=True)
         fut: Future[Any] = Future()
         early: list[JobInfo] = []
 
@@ -493,7 +505,7 @@ class Executor(concurrent.futures.Executor):
                     early.append(info)
                     return
                 self._futures.pop(info.id, None)
-            _complete(fut, info)
+            _complete(fut, info, pickled)
 
         def on_ids(ids_fut: Future[list[int]]) -> None:
             exc = ids_fut.exception()
@@ -513,7 +525,12 @@ class Executor(concurrent.futures.Executor):
 
         def send() -> None:
             fut._ens_sent = True  # type: ignore[attr-defined]
-            self.conn.submit([spec], on_info).add_done_callback(on_ids)
+            ids = self.conn.submit([spec], on_info)
+            with self._lock:
+                if len(self._acks) >= 1024:  # keep only the answers still awaited
+                    self._acks = [a for a in self._acks if not a.done()]
+                self._acks.append(ids)
+            ids.add_done_callback(on_ids)
 
         with self._lock:
             self._live.add(fut)
@@ -550,6 +567,8 @@ class Executor(concurrent.futures.Executor):
             threading.Thread(target=self._close, name="ensemble-executor-close", daemon=True).start()
 
     def _close(self) -> None:
+        # a future cancelled before the daemon named its job sends its Cancel once the id arrives: wait for the ids
+        concurrent.futures.wait(list(self._acks), timeout=10)
         concurrent.futures.wait(list(self._cancels), timeout=10)  # let the daemon hear every cancel
         self.conn.close()
         if self._private is not None:
@@ -595,9 +614,18 @@ def _start(fut: Future[Any]) -> bool:
     return started
 
 
-def _complete(fut: Future[Any], info: JobInfo) -> None:
+def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
     if not _start(fut):
         return
+    if pickled and isinstance(info.result, bytes) and info.state in ("done", "failed"):
+        value = pickle.loads(info.result)  # from our own user's job, through our own daemon
+        if info.state == "done":
+            fut.set_result(value)
+            return
+        if isinstance(value, BaseException):  # the job's own exception, as ProcessPoolExecutor re-raises it
+            value.__cause__ = RemoteError(info.error_type, info.error_message, info.traceback)
+            fut.set_exception(value)
+            return
     try:
         fut.set_result(_raise_for(info))
     except EnsembleError as exc:

@@ -188,6 +188,7 @@ class JobSpec(_Record, frozen=True):
     deadline: float = 0.0  # seconds after start; 0 = none
     retries: Int64 = 0
     with_task: bool = True  # pass the task handle as the first argument
+    pickled: bool = False  # args is [pickle of (args, kwargs)]: a local client's exact values (never from tcp)
 
 
 class JobInfo(_Record, frozen=True):
@@ -258,6 +259,7 @@ class Dispatch(_Record, frozen=True):
     internal: bool = False  # accepted from the controller (TaskSubmit): internal and script functions may run
     cwd: str = ""  # the local client's working directory ("" = the worker's own)
     path: list[str] = field(default_factory=list)  # the local client's import path, searched first
+    pickled: bool = False  # see JobSpec.pickled: the result (or the exception) goes back pickled too
 
 
 class JobDone(_Record, frozen=True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 import itertools
 import logging
 import queue
@@ -244,24 +245,37 @@ class Worker(Child):
                 self.results_out.send(b"r")
 
 
+def _pickled_error(exc: BaseException) -> bytes | None:
+    """The exception itself, pickled for a local client to re-raise (None if it cannot be pickled)."""
+    try:
+        blob = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt: the client gets RemoteError then
+        return blob
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays) -> JobDone:
     token = activate(task)
     started = task.started
     mapped: list[Any] = []
     try:
         fn = resolve_internal(d.fn) if d.internal else resolve(d.fn)
-        args = arrays.import_args(d.args, mapped)
-        kwargs = arrays.import_args(d.kwargs, mapped)
+        if d.pickled:  # a local client's exact values (its own user: pickle is trusted here, never in the daemon)
+            args, kwargs = pickle.loads(d.args[0])
+        else:
+            args = arrays.import_args(d.args, mapped)
+            kwargs = arrays.import_args(d.kwargs, mapped)
         value = fn(task, *args, **kwargs) if d.with_task else fn(*args, **kwargs)
-        value = arrays.export_result(value)
+        value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if d.pickled else arrays.export_result(value)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,
                        aborted=task.aborted, started=started)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the client
         progress, status, props = task.final_state()
         tb = traceback.format_exc()
-        return JobDone(d.job_id, False, None, type(exc).__qualname__, str(exc), tb, progress, status, props,
-                       aborted=task.aborted, started=started)
+        return JobDone(d.job_id, False, _pickled_error(exc) if d.pickled else None, type(exc).__qualname__, str(exc),
+                       tb, progress, status, props, aborted=task.aborted, started=started)
     finally:
         deactivate(token)
         for seg in mapped:

@@ -204,18 +204,21 @@ def stubborn(task: Task) -> None:
         time.sleep(0.01)
 
 
-def record_run(task: Task, path: str, job_tag: int, seconds: float = 0.0) -> int:
-    """Append ``job_tag`` to ``path`` (one line per execution, O_APPEND), optionally work a while."""
+def _append_then_work(task: Task, path: str, line: str, seconds: float, step: float) -> None:
+    """Append ``line`` to ``path`` (O_APPEND: one whole line per execution), then work ``seconds`` or until aborted."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, f"{job_tag}\n".encode())
+        os.write(fd, f"{line}\n".encode())
     finally:
         os.close(fd)
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if task.should_abort():
-            break
-        time.sleep(0.005)
+    while time.monotonic() < end and not task.should_abort():
+        time.sleep(step)
+
+
+def record_run(task: Task, path: str, job_tag: int, seconds: float = 0.0) -> int:
+    """Append ``job_tag`` to ``path`` (one line per execution, O_APPEND), optionally work a while."""
+    _append_then_work(task, path, str(job_tag), seconds, 0.005)
     return job_tag
 
 
@@ -230,16 +233,7 @@ def spin_started(task: Task, seconds: float = 3600.0) -> None:
 
 def record_execution(task: Task, path: str, seconds: float = 0.0) -> int:
     """Append '<job id> <worker pid>' to ``path`` (O_APPEND, one line per execution), work a while; return the id."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, f"{task.job_id} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if task.should_abort():
-            break
-        time.sleep(0.002)
+    _append_then_work(task, path, f"{task.job_id} {os.getpid()}", seconds, 0.002)
     return task.job_id
 
 
@@ -291,3 +285,18 @@ def plain_gate(marker_dir: str, gate: str, seconds: float = 120.0) -> int:
     while not os.path.exists(gate) and time.monotonic() < end:
         time.sleep(0.005)
     return os.getpid()
+
+
+def identity(value: Any) -> Any:
+    """A plain function returning its argument (values must come back exactly as they went)."""
+    return value
+
+
+def plain_raise_value_error(message: str) -> None:
+    """A plain function raising a builtin exception type."""
+    raise ValueError(message)
+
+
+def object_result(task: Task) -> object:
+    """A result MessagePack cannot carry (``Client.submit`` jobs travel as MessagePack)."""
+    return object()

@@ -127,6 +127,9 @@ class RequestsMixin(State):
                     cache[spec.fn] = known
             if known:
                 raise JobRefused(known)
+            if remote and spec.pickled:
+                raise JobRefused(f"job {spec.fn}: pickled arguments are accepted only from local clients; "
+                                 "a remote peer sends MessagePack values")
         context = (msg.cwd, list(msg.path)) if not remote else ("", [])  # a remote peer's paths mean nothing here
         return self._accept(ident, corr, msg.jobs, msg.watch, internal=False, context=context)
 

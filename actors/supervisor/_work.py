@@ -60,7 +60,9 @@ class WorkMixin(State):
             elif done.ok:
                 self._finish(job, "done", now, done.value)
             else:
-                self._finish(job, "failed", now, None, done.error_type, done.error_message, done.traceback)
+                # a pickled job's exception travels back pickled (opaque bytes here), for the client to re-raise
+                self._finish(job, "failed", now, done.value if job.spec.pickled else None, done.error_type,
+                             done.error_message, done.traceback)
         self._advance(slot, now, time.monotonic())
         if slot.retire and not slot.outstanding:
             self._send_child(slot, Stop("scaled down"))
@@ -171,7 +173,7 @@ class WorkMixin(State):
                 sent.append(job)
                 cwd, path = job.context if not slot.remote else ("", [])
                 batch.append(Dispatch(job.id, s.fn, args, kwargs, job.timeout_ms, job.attempts + 1, s.with_task,
-                                      job.internal, cwd, path))
+                                      job.internal, cwd, path, s.pickled))
             if not batch:
                 continue
             if not self._send_batch(slot, batch, sent, now):

@@ -109,7 +109,8 @@ def test_executor_futures_carry_remote_errors(module_daemon: Daemon) -> None:
     with Executor(config=module_daemon.config) as ex:
         fut = ex.submit(jobs.plain_fail, "missing-key")
         exc = fut.exception(60)
-        assert isinstance(exc, RemoteError) and exc.type_name == "KeyError" and "missing-key" in exc.remote_message
+        assert isinstance(exc, KeyError) and "missing-key" in str(exc)  # the job's own exception, as PPE gives it
+        assert isinstance(exc.__cause__, RemoteError) and "plain_fail" in exc.__cause__.traceback_text
         assert ex.submit(__import__("json").dumps, [1]).result(60) == "[1]"  # local: trusted as the user
         refused = ex.submit(__import__("os").system, "id")
         assert isinstance(refused.exception(60), JobRefused)
@@ -268,3 +269,14 @@ def test_cancelled_executor_futures_log_nothing_alarming(module_daemon: Daemon,
         ex.shutdown(wait=True, cancel_futures=True)
     assert all(f.cancelled() or f.done() for f in futures)
     assert not [r for r in caplog.records if "unexpected state" in r.getMessage()]
+
+
+def test_executor_values_come_back_as_processpoolexecutor_gives_them(module_daemon: Daemon) -> None:
+    import fractions
+
+    with Executor(config=module_daemon.config) as ex:
+        assert ex.submit(jobs.identity, (1, 2)).result(60) == (1, 2)  # a tuple stays a tuple
+        assert ex.submit(jobs.identity, {1: {"a", "b"}}).result(60) == {1: {"a", "b"}}  # int keys, sets
+        assert ex.submit(jobs.identity, fractions.Fraction(1, 3)).result(60) == fractions.Fraction(1, 3)
+        with pytest.raises(ValueError, match="plain"):
+            ex.submit(jobs.plain_raise_value_error, "plain").result(60)

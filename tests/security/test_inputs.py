@@ -44,6 +44,13 @@ def test_a_job_whose_segment_is_gone_fails_alone_and_the_daemon_survives_restart
         assert c.submit("examples.jobs:add", 2, 2).result(60) == 4
 
 
+def returns_a_lock() -> Any:
+    """A value neither MessagePack nor pickle can carry."""
+    import threading
+
+    return threading.Lock()
+
+
 def returns_an_object() -> object:
     """A job result no codec can send (the Executor below runs it in a worker)."""
     return object()
@@ -60,9 +67,12 @@ def test_results_that_cannot_cross_fail_their_job_with_the_reason(make_daemon: A
 
     with Executor(config=d.config) as ex:  # and an Executor with such a job still exits
         assert ex.submit(__import__("tests.jobs", fromlist=["plain_int_keys"]).plain_int_keys).result(60) == {1: "one"}
-        fut = ex.submit(returns_an_object)
-        with pytest.raises(RemoteError, match="cannot be sent: .*cannot send a value of type builtins.object"):
-            fut.result(60)
+        assert type(ex.submit(returns_an_object).result(60)) is object  # a local Executor: exact values (pickle)
+        with pytest.raises(TypeError, match="pickle") as info:  # what cannot be pickled fails as under PPE
+            ex.submit(returns_a_lock).result(60)
+        assert isinstance(info.value.__cause__, RemoteError)
+    with pytest.raises(RemoteError, match="cannot be sent: .*cannot send a value of type builtins.object"):
+        c.submit("tests.jobs:object_result").result(60)
     assert c.submit("examples.jobs:add", 2, 2).result(60) == 4
 
 
