@@ -32,7 +32,7 @@ from actors._state import FINAL
 from actors.shm import is_ndarray
 from actors.config import Config, load_config
 from actors.messages import (
-    AudioEvent, Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
+    Cancel, ControlEvent, KillAllEvent, NoteOffEvent, NoteOnEvent, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
     SampleList, SampleLoad, Scale, Shutdown, Status, StatusReply, Watch, ScriptLoad, ParamInfo, ParamList, ParamSet,
     Submitted, TaskSubmit,
 )
@@ -337,19 +337,19 @@ class Client:
         if type(velocity) is not int or not 1 <= velocity <= 127 or type(note) is not int or not 0 <= note <= 127:
             raise OutOfRange(f"note_on({note!r}, velocity={velocity!r}): note is 0..127 and velocity a MIDI "
                              "velocity 1..127 (an int, as in `ensemble note --velocity`)")
-        self._call(AudioEvent("note_on", note, velocity / 127, 0.0, float(at or 0.0), sample))
+        self._call(NoteOnEvent(note, velocity / 127, float(at or 0.0), sample))
 
     def note_off(self, note: int, at: float | None = None) -> None:
         """Release every voice playing ``note`` (release envelope, no click)."""
-        self._call(AudioEvent("note_off", int(note), 0.0, 0.0, float(at or 0.0)))
+        self._call(NoteOffEvent(int(note), float(at or 0.0)))
 
     def control_change(self, controller: int, value: float, at: float | None = None) -> None:
         """Send controller ``controller`` (0..127) with ``value`` (0..1) to the processor."""
-        self._call(AudioEvent("cc", int(controller), 0.0, float(value), float(at or 0.0)))
+        self._call(ControlEvent(int(controller), float(value), float(at or 0.0)))
 
     def kill_all_voices(self, fade_ms: float = 10.0) -> None:
         """Fade out and free every sounding voice."""
-        self._call(AudioEvent("kill_all", fade_ms=float(fade_ms)))
+        self._call(KillAllEvent(float(fade_ms)))
 
     def upload_sample(self, array: Any, name: str, samplerate: int = 48000, root_key: int = 60) -> SampleInfo:
         """Copy ``array`` ([frames] or [frames, channels]) into shared memory and register it as ``name``.

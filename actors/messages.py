@@ -84,7 +84,11 @@ class Kind(IntEnum):
     RECALLED = 50
     RETIRING = 51
     # audio: events and samples
-    AUDIO_EVENT = 60
+    # 60 was the one AudioEvent with an op string (before version 2): retired, never reuse it
+    NOTE_ON = 65
+    NOTE_OFF = 66
+    CONTROL = 67
+    KILL_ALL = 68
     SAMPLE_LOAD = 61
     SAMPLE_DROP = 62
     SAMPLE_LIST = 63
@@ -485,20 +489,42 @@ class VoicesDone(Message, tag=Kind.VOICES_DONE.value, frozen=True):
 
 
 # audio -----------------------------------------------------------------------------
-class AudioEvent(Message, tag=Kind.AUDIO_EVENT.value, frozen=True):
-    """A MIDI-like event for the processor: ``note_on``, ``note_off``, ``cc``, ``kill_all``.
+class NoteOnEvent(Message, tag=Kind.NOTE_ON.value, frozen=True):
+    """Play ``note`` (0..127) at ``velocity`` (0..1) with ``sample`` ("" = the default one), ``delay`` s from now.
 
-    ``delay`` is seconds after the processor receives it (0: the next block);
-    ``sample`` names the sample a note plays ("" = the default instrument's).
+    The sample travels with the note, to the script's ``on_note`` too.
     """
 
-    op: str
-    note: Int64 = 0
+    note: Int64
     velocity: float = 1.0
-    value: float = 0.0
     delay: float = 0.0
     sample: str = ""
+
+
+class NoteOffEvent(Message, tag=Kind.NOTE_OFF.value, frozen=True):
+    """Release every voice playing ``note``, ``delay`` seconds from now."""
+
+    note: Int64
+    delay: float = 0.0
+
+
+class ControlEvent(Message, tag=Kind.CONTROL.value, frozen=True):
+    """Controller ``controller`` (0..127) to ``value`` (0..1), ``delay`` seconds from now."""
+
+    controller: Int64
+    value: float
+    delay: float = 0.0
+
+
+class KillAllEvent(Message, tag=Kind.KILL_ALL.value, frozen=True):
+    """Fade out and free every sounding voice over ``fade_ms``."""
+
     fade_ms: float = 10.0
+    delay: float = 0.0
+
+
+AudioEvent = NoteOnEvent | NoteOffEvent | ControlEvent | KillAllEvent
+AUDIO_EVENTS: tuple[type[Message], ...] = (NoteOnEvent, NoteOffEvent, ControlEvent, KillAllEvent)
 
 
 class SampleInfo(_Record, frozen=True):

@@ -12,7 +12,7 @@ from typing import Any
 from actors import DaemonError, OutOfRange, ProtocolError
 from actors.extensions import ChildSpec, Extension
 from actors.messages import (
-    Ack, AudioEvent, Message, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad, VoicesDone, VoicesOp,
+    AUDIO_EVENTS, Ack, ControlEvent, KillAllEvent, Message, NoteOffEvent, NoteOnEvent, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad, VoicesDone, VoicesOp,
 )
 from actors.shm import SharedArray
 
@@ -24,7 +24,7 @@ class AudioExtension(Extension):
 
     name = "audio"
     children = (ChildSpec("processor", "processor", "audio.processor"),)
-    admin_requests = frozenset({AudioEvent, SampleLoad, SampleDrop, SampleList})
+    admin_requests = frozenset({*AUDIO_EVENTS, SampleLoad, SampleDrop, SampleList})
 
     def __init__(self, host: Any) -> None:
         super().__init__(host)
@@ -32,7 +32,8 @@ class AudioExtension(Extension):
         self.voice_ops: dict[int, Any] = {}  # kill_voices_and_call token -> the worker slot waiting for it
 
     def requests(self) -> dict[type, Any]:
-        return {AudioEvent: self._event, SampleLoad: self._load, SampleDrop: self._drop, SampleList: self._list}
+        return {**{t: self._event for t in AUDIO_EVENTS}, SampleLoad: self._load, SampleDrop: self._drop,
+                SampleList: self._list}
 
     def child_messages(self) -> dict[type, Any]:
         return {VoicesOp: self._voices_op, VoicesDone: self._voices_done}
@@ -49,13 +50,20 @@ class AudioExtension(Extension):
             raise DaemonError("the processor is not running; see `ensemble status`")
         return slot
 
-    def _event(self, corr: int, msg: AudioEvent) -> Message:
-        if msg.op not in ("note_on", "note_off", "cc", "kill_all"):
-            raise ProtocolError(f"unknown audio event {msg.op!r}: note_on, note_off, cc or kill_all")
-        if not (0 <= msg.note <= 127 and 0.0 <= msg.velocity <= 1.0 and 0.0 <= msg.delay <= 3600):
-            raise OutOfRange("audio event out of range: note 0..127, velocity 0..1, delay 0..3600 s")
-        if msg.sample and msg.sample not in self.samples:
-            raise DaemonError(f"no sample named {msg.sample!r} is loaded (`ensemble sample list`)")
+    def _event(self, corr: int, msg: NoteOnEvent | NoteOffEvent | ControlEvent | KillAllEvent) -> Message:
+        if not 0.0 <= msg.delay <= 3600:
+            raise OutOfRange(f"{type(msg).__name__}: delay {msg.delay} is out of range (0..3600 s)")
+        if isinstance(msg, (NoteOnEvent, NoteOffEvent)) and not 0 <= msg.note <= 127:
+            raise OutOfRange(f"{type(msg).__name__}: note {msg.note} is out of range (0..127)")
+        if isinstance(msg, NoteOnEvent):
+            if not 0.0 <= msg.velocity <= 1.0:
+                raise OutOfRange(f"NoteOnEvent: velocity {msg.velocity} is out of range (0..1)")
+            if msg.sample and msg.sample not in self.samples:
+                raise DaemonError(f"no sample named {msg.sample!r} is loaded (`ensemble sample list`)")
+        if isinstance(msg, ControlEvent) and not (0 <= msg.controller <= 127 and 0.0 <= msg.value <= 1.0):
+            raise OutOfRange(f"ControlEvent: controller 0..127 and value 0..1, got {msg.controller}, {msg.value}")
+        if isinstance(msg, KillAllEvent) and not 0.0 <= msg.fade_ms <= 60_000:
+            raise OutOfRange(f"KillAllEvent: fade {msg.fade_ms} ms is out of range (0..60000)")
         if not self.host.send_child(self._processor(), msg):
             raise DaemonError("the processor is not reachable right now; try again")
         return Ack()

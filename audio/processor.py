@@ -32,7 +32,7 @@ from typing import Any
 from actors import Child, child_main
 
 from actors.messages import (
-    AudioEvent, Message, ParamValues, RunAsyncResult, RunSync, SampleDrop, SampleLoad, ScriptError, ScriptLoad,
+    ControlEvent, KillAllEvent, Message, NoteOffEvent, NoteOnEvent, ParamValues, RunAsyncResult, RunSync, SampleDrop, SampleLoad, ScriptError, ScriptLoad,
     VoicesDone, VoicesOp,
 )
 from actors.shm import SharedArray, segment_prefix
@@ -112,7 +112,7 @@ class Processor(Child):
         return s
 
     def handle(self, msg: Message) -> None:
-        if isinstance(msg, AudioEvent):
+        if isinstance(msg, (NoteOnEvent, NoteOffEvent, ControlEvent, KillAllEvent)):
             self._event(msg)
         elif isinstance(msg, SampleLoad):
             self._load(msg)
@@ -137,31 +137,33 @@ class Processor(Child):
     def _at(self, delay: float) -> int | None:
         return None if delay <= 0 else self.engine.frame + int(delay * self.engine.samplerate)
 
-    def _event(self, msg: AudioEvent) -> None:
+    def _event(self, msg: NoteOnEvent | NoteOffEvent | ControlEvent | KillAllEvent) -> None:
+        """A client's event: to the script's callbacks when one is loaded, else straight to the engine."""
         eng = self.engine
         at = self._at(msg.delay)
-        if self.script.module is not None and msg.op != "kill_all":
-            try:  # the note carries its sample to the script: two notes in one block keep their own
-                slot = eng.slot_index(msg.sample) if msg.sample else None
-            except KeyError:
-                self.dropped_events += 1
-                log.warning("event=audio-event-dropped op=%s reason=no sample %r", msg.op, msg.sample)
-                return
-            self.script.event(msg.op, msg.note, msg.velocity, msg.value, at, slot)
-            return
         try:
-            if msg.op == "note_on":
-                slot = eng.slot_index(msg.sample or self.default_sample)
-                eng.post(NoteOn(msg.note, msg.velocity, at, slot))
-            elif msg.op == "note_off":
-                eng.post(NoteOff(note=msg.note, at=at))
-            elif msg.op == "cc":
-                eng.post(ControlChange(msg.note, msg.value, at))
-            elif msg.op == "kill_all":
+            if isinstance(msg, NoteOnEvent):
+                chosen = eng.slot_index(msg.sample) if msg.sample else None  # the note carries its sample
+                if self.script.module is not None:
+                    self.script.event("note_on", msg.note, msg.velocity, 0.0, at, chosen)
+                else:
+                    eng.post(NoteOn(msg.note, msg.velocity, at, eng.slot_index(self.default_sample)
+                                    if chosen is None else chosen))
+            elif isinstance(msg, NoteOffEvent):
+                if self.script.module is not None:
+                    self.script.event("note_off", msg.note, 0.0, 0.0, at)
+                else:
+                    eng.post(NoteOff(note=msg.note, at=at))
+            elif isinstance(msg, ControlEvent):
+                if self.script.module is not None:
+                    self.script.event("cc", msg.controller, 0.0, msg.value, at)
+                else:
+                    eng.post(ControlChange(msg.controller, msg.value, at))
+            else:
                 eng.post(KillAllVoices(msg.fade_ms, at))
         except (OverflowError, KeyError, ValueError) as exc:
             self.dropped_events += 1
-            log.warning("event=audio-event-dropped op=%s reason=%s", msg.op, exc)
+            log.warning("event=audio-event-dropped kind=%s reason=%s", type(msg).__name__, exc)
 
     def _load(self, msg: SampleLoad) -> None:
         info = msg.sample
