@@ -29,17 +29,20 @@ class UserCode:
         self.mtimes: dict[str, tuple[str, int]] = {}  # module name -> (file, mtime_ns when first seen)
         self._seen = 0  # len(sys.modules) at the last scan: nothing new imported, nothing to look at
 
-    def enter(self, cwd: str, path: list[str]) -> None:
-        """Run the next job in ``cwd`` with ``path`` searched before the worker's own import path."""
+    def add_path(self, path: list[str]) -> None:
+        """Search ``path`` (a client's import path) before the worker's own, from now on (as jobs arrive)."""
+        fresh = [p for p in path if p not in self.added and p not in sys.path]
+        if fresh:
+            sys.path[:0] = fresh
+            self.added.update(fresh)
+
+    def enter(self, cwd: str) -> None:
+        """Run the next job in ``cwd``."""
         if cwd and os.getcwd() != cwd:
             try:
                 os.chdir(cwd)
             except OSError:
                 pass  # gone since submit: the job runs where the worker is, and relative paths fail there
-        fresh = [p for p in path if p not in self.added and p not in sys.path]
-        if fresh:
-            sys.path[:0] = fresh
-            self.added.update(fresh)
 
     def note_imports(self) -> None:
         """Remember the user modules imported so far (after a job ran) with their files' times."""

@@ -194,17 +194,32 @@ class Client:
 
     ``Client()`` connects to the daemon named in the config (``default``);
     ``Client(name="x")`` to another.  Raises :class:`DaemonNotRunning` when none
-    runs.  Methods block the calling thread until the daemon answers (default
-    timeout 30 s, :class:`TransportError` past it).
+    runs, unless you ask for a private one: ``Client(private=True,
+    max_workers=N)`` starts a jobs-only daemon of its own and stops it on
+    ``close()`` (its audio and script calls need the real daemon).  Methods
+    block the calling thread until the daemon answers (default timeout 30 s,
+    :class:`TransportError` past it).
     """
 
     def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 30.0,
-                 endpoint: str | None = None, curve: tuple[str, str] | None = None) -> None:
+                 endpoint: str | None = None, curve: tuple[str, str] | None = None, *, private: bool = False,
+                 max_workers: int | None = None) -> None:
         """``endpoint``: a ``tcp://`` address of a daemon on another host, with ``curve`` =
         (this client's ``.key_secret`` file, the daemon's ``server.key``)."""
+        from actors._private import PrivateDaemon
+
+        self._private: PrivateDaemon | None = None
+        if private:
+            self._private = PrivateDaemon(max_workers, config)
+            config = self._private.config
         self.config = config or load_config(overrides={"daemon": {"name": name}})
         self.timeout = timeout
-        self.conn = Connection(self.config, endpoint, curve)
+        try:
+            self.conn = Connection(self.config, endpoint, curve)
+        except BaseException:
+            if self._private is not None:
+                self._private.stop()
+            raise
 
     # -- plumbing
     def _call(self, msg: Any, timeout: float | None = -1.0) -> Any:
@@ -221,8 +236,11 @@ class Client:
             ) from None
 
     def close(self) -> None:
-        """Close the connection (jobs keep running in the daemon)."""
+        """Close the connection (jobs keep running in the daemon; a private daemon stops)."""
         self.conn.close()
+        if self._private is not None:
+            self._private.stop()
+            self._private = None
 
     def __enter__(self) -> "Client":
         return self
@@ -473,6 +491,7 @@ class Executor(concurrent.futures.Executor):
             raise
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
         self._acks: list[Future[list[int]]] = []  # the daemon's answers to our submits (ids), for a clean close
+        self._acks_limit = 1024
         self._exact = not self.conn.endpoint.startswith("tcp://")  # local: values cross pickled, exactly
         self._waiting: collections.deque[tuple[Future[Any], Callable[[], None]]] = collections.deque()
         self._grace = _grace(grace, timeout)
@@ -527,8 +546,9 @@ class Executor(concurrent.futures.Executor):
             fut._ens_sent = True  # type: ignore[attr-defined]
             ids = self.conn.submit([spec], on_info)
             with self._lock:
-                if len(self._acks) >= 1024:  # keep only the answers still awaited
+                if len(self._acks) >= self._acks_limit:  # keep only the answers still awaited (amortised)
                     self._acks = [a for a in self._acks if not a.done()]
+                    self._acks_limit = max(1024, 2 * len(self._acks))
                 self._acks.append(ids)
             ids.add_done_callback(on_ids)
 

@@ -99,6 +99,9 @@ class Worker(Child):
 
     def handle(self, msg: Message) -> None:
         if isinstance(msg, RunJobs):
+            for d in msg.jobs:  # an import path comes only when it changed: apply it as it arrives
+                if d.path:
+                    self.code.add_path(d.path)
             with self._work:
                 self.pending.extend(msg.jobs)
                 self._work.notify()
@@ -225,17 +228,17 @@ class Worker(Child):
                 d = self.pending.popleft()
                 task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call, self.arrays)
                 self.current = (d, task)
-            if d.cwd or d.path:  # a local client's job: its directory, its import path, its current code
+            if d.cwd:  # a local client's job: its directory, its import path, its current code
                 changed = self.code.stale()
                 if changed:  # never run a job on old code: leave; the replacement imports the new one
                     self.retire_reason = f"module {changed} changed on disk since this worker imported it"
                     self.results_out.send(b"x")
                     return
-                self.code.enter(d.cwd, d.path)
+                self.code.enter(d.cwd)
             if self._started is not None:
                 self._started.record(d.job_id)
             done = _sendable(_run_one(d, task, self.arrays), self.cfg.daemon.max_frame)
-            if d.path:
+            if d.cwd:
                 self.code.note_imports()
             with self._work:
                 self.current = None

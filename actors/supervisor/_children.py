@@ -47,6 +47,7 @@ class Slot:
     remote: bool = False  # a worker that joined over tcp (no process of ours; liveness by heartbeat)
     sock: Any = None  # the ROUTER it talks through (internal ipc, or the tcp one)
     key: bytes = b""  # a remote worker's CURVE public key: its frames must carry it
+    path_sent: Any = None  # the import path last sent to this incarnation (sent again only when it changes)
 
 
 
@@ -82,6 +83,7 @@ class ChildrenMixin(State):
 
     def _spawn(self, slot: Slot) -> None:
         slot.incarnation += 1
+        slot.path_sent = None  # a new process knows no import path yet
         ident = f"{slot.name}.{slot.incarnation}"
         nice = self.cfg.supervision.worker_nice if slot.role == "worker" else 0
         # the extensions' own children may submit internal jobs (TaskSubmit); workers run jobs, they never submit

@@ -172,6 +172,10 @@ class WorkMixin(State):
                 job.worker = slot.name
                 sent.append(job)
                 cwd, path = job.context if not slot.remote else ("", [])
+                if path and path is slot.path_sent:  # one submit's jobs share one list: the worker keeps it
+                    path = []
+                elif path:
+                    slot.path_sent = path
                 batch.append(Dispatch(job.id, s.fn, args, kwargs, job.timeout_ms, job.attempts + 1, s.with_task,
                                       job.internal, cwd, path, s.pickled))
             if not batch:

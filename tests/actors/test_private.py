@@ -52,3 +52,18 @@ def test_an_executor_attaches_to_a_running_daemon_and_caps_its_own_jobs(daemon: 
         assert len({f.result(60) for f in futures}) >= 1
     assert len(list(markers.iterdir())) == 3
     assert os.path.exists(gate)
+
+
+def test_a_client_starts_a_private_daemon_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors import DaemonNotRunning
+    from actors.client import Client
+
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    with pytest.raises(DaemonNotRunning):
+        Client()
+    with Client(private=True, max_workers=1) as c:
+        pid, where = c._private.proc.pid, c._private.dir
+        assert c.submit("tests.jobs:pid").result(60) in {a.pid for a in c.status().actors if a.role == "worker"}
+    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its client")
+    assert not where.exists()
