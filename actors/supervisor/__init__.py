@@ -293,12 +293,37 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
                 self._kill(s, "did not stop after SIGTERM")
 
     def close(self) -> None:
-        """Kill what is left, write the journal, remove sockets and the lock."""
+        """Kill what is left, write the journal, remove sockets, segments and the lock.
+
+        Each step runs even if an earlier one fails (a state directory removed
+        under a running daemon makes the journal's last commit fail): nothing
+        is left behind because of another step's error.
+        """
+        from actors.shm import sweep_segments
+
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("children", self._kill_children), ("journal", self._close_journal),
+            ("auth", lambda: self.auth.stop() if self.auth is not None else None),
+            ("metrics", lambda: self.metrics.stop() if self.metrics is not None else None),
+            ("sockets", lambda: self.ctx.destroy(linger=0) if hasattr(self, "ctx") else None),
+            ("segments", lambda: log.info("event=swept segments=%d", sweep_segments(self.cfg.shm_key))),
+            ("run dir", self.rundir.release),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - the next steps must run all the same
+                log.error("event=close-step-failed step=%s reason=%s", what, exc)
+        log.info("event=stopped")
+
+    def _kill_children(self) -> None:
         for slot in list(self.slots.values()):
             if slot.proc is not None:
                 kill_group(slot.proc.pid)
                 slot.proc.wait()
                 os.close(slot.pidfd)
+
+    def _close_journal(self) -> None:
         if self.book is not None:
             now = time.time()
             for job in list(self.book.jobs.values()):
@@ -306,17 +331,6 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
                     self._finish(job, "killed", now, error_type="JobCancelled", error_message="killed: the daemon stopped")
         if self.journal is not None:
             self.journal.close()
-        if self.auth is not None:
-            self.auth.stop()
-        if self.metrics is not None:
-            self.metrics.stop()
-        if hasattr(self, "ctx"):
-            self.ctx.destroy(linger=0)
-        from actors.shm import sweep_segments
-
-        sweep_segments(self.cfg.shm_key)
-        self.rundir.release()
-        log.info("event=stopped")
 
 
 def setup_logging(cfg: Config, foreground: bool) -> None:

@@ -385,3 +385,21 @@ def test_oversize_frames_are_refused_and_the_daemon_goes_on(make_daemon: Make) -
     st = d.status()
     assert st.daemon.pid == d.pid and all(a.state == "running" for a in st.actors)
     d.down()
+
+
+def test_a_daemon_whose_state_dir_vanished_still_leaves_nothing_behind(make_daemon: Make) -> None:
+    import shutil
+
+    import numpy as np
+
+    d = make_daemon()
+    d.up()
+    with d.client() as c:
+        c.upload_sample(np.zeros(50_000, dtype=np.float32), "s", 48000)
+    prefix = f"ensemble.{d.config.shm_key}."
+    assert [p for p in os.listdir("/dev/shm") if p.startswith(prefix)]
+    shutil.rmtree(d.base / "state")  # the journal's last commit will fail: the other steps must still run
+    d.cli("down")
+    wait_for(lambda: not [p for p in os.listdir("/dev/shm") if p.startswith(prefix)], 30,
+             what="the daemon's segments to be swept")
+    assert not d.socket_files()
