@@ -165,6 +165,7 @@ class JobBook:
                 if attempts <= spec.retries:
                     self.journal.stage_requeue(jid, attempts)
                     self.journal.stage_event(jid, "requeued", "daemon restarted while the job ran", now)
+                    job.events.append([now, "requeued", "daemon restarted while the job ran"])  # live snapshots too
                     requeued += 1
                 else:
                     self.jobs[jid] = job
