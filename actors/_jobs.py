@@ -17,6 +17,9 @@ from actors._journal import TERMINAL, Journal
 from actors.messages import JobInfo, JobSpec, _decode_value, _encode_value
 
 
+NO_CONTEXT: tuple[str, list[str]] = ("", [])  # no client directory or path (remote, internal): never mutated
+
+
 class Job:
     """One unfinished job."""
 
@@ -33,7 +36,7 @@ class Job:
         self.owner = owner  # "" for a local client, "ROLE:NAME" for a remote key
         self.nbytes = nbytes  # what its arguments cost the daemon (counted against jobs.queue_bytes)
         self.internal = internal  # submitted by the controller (TaskSubmit), not by a client
-        self.context: tuple[str, list[str]] = ("", [])  # a local client's (cwd, import path), shared per submit
+        self.context = NO_CONTEXT  # a local client's (cwd, import path), one tuple shared by a submit's jobs
         self.state = "queued"
         self.attempts = attempts
         self.submitted = submitted
@@ -64,7 +67,7 @@ class Job:
 
 
 def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
-              context: tuple[str, list[str]] = ("", [])) -> bytes:
+              context: tuple[str, list[str]] = NO_CONTEXT) -> bytes:
     """Journal form of a job spec, with who submitted it and (local clients) their cwd and import path."""
     return _encode_value([spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
                           spec.retries, spec.with_task, owner, internal, context[0], context[1], spec.pickled])
@@ -110,7 +113,7 @@ class JobBook:
 
     # -- accepting -----------------------------------------------------------------
     def accept(self, specs: Iterable[JobSpec], now: float, owner: str = "", nbytes: int = 0,
-               internal: bool = False, context: tuple[str, list[str]] = ("", [])) -> list[int]:
+               internal: bool = False, context: tuple[str, list[str]] = NO_CONTEXT) -> list[int]:
         """Journal and queue new jobs; returns their ids.
 
         ``nbytes`` is what the whole group costs (shared evenly).  Raises

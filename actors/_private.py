@@ -14,11 +14,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from actors._errors import DaemonError, DaemonNotRunning, EnsembleError
-from actors._spawn import NEUTRAL_CWD, child_env, python_argv
+from actors._errors import DaemonError, EnsembleError
+from actors._launch import start_daemon, wait_ready
 from actors.config import Config, load_config
 
 log = logging.getLogger("ensemble.client")
@@ -48,31 +47,14 @@ class PrivateDaemon:
             raise
 
     def _start(self, workers: int) -> None:
-        from actors.client import Client
-
-        err = open(self.dir / "daemon.err", "wb")
+        err_path = self.dir / "daemon.err"
+        self.proc = start_daemon(self.config, err_path)
         try:
-            self.proc = subprocess.Popen(python_argv("actors.supervisor", self.config.to_json()), env=child_env(),
-                                         cwd=NEUTRAL_CWD, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=err, start_new_session=True)
-        finally:
-            err.close()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                text = (self.dir / "daemon.err").read_text(errors="replace").strip().splitlines()
-                raise DaemonError(f"the private daemon exited at start: {text[-1] if text else self.proc.returncode}")
-            try:
-                with Client(config=self.config, timeout=2.0) as c:
-                    status = c.status()
-                if sum(a.role == "worker" and a.state == "running" for a in status.actors) >= workers:
-                    log.info("event=private-daemon pid=%d workers=%d detail=started for this process; "
-                             "it stops with it", self.proc.pid, workers)
-                    return
-            except (DaemonNotRunning, EnsembleError):
-                pass
-            time.sleep(0.02)
-        raise DaemonError(f"the private daemon did not get ready within {_START_TIMEOUT:g}s; see {self.dir}")
+            wait_ready(self.config, self.proc, _START_TIMEOUT, err_path)
+        except DaemonError as exc:
+            raise DaemonError(f"the private daemon did not start: {exc}") from None
+        log.info("event=private-daemon pid=%d workers=%d detail=started for this process; it stops with it",
+                 self.proc.pid, workers)
 
     def stop(self) -> None:
         """Stop the daemon in order (SIGKILL after a grace) and remove its directories; safe to call twice."""

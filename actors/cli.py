@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,9 +18,9 @@ import click
 
 from actors import __version__
 from actors._completion import completion
-from actors._errors import DaemonNotRunning, EnsembleError, JobCancelled
+from actors._errors import EnsembleError, JobCancelled
 from actors._rundir import RunDir, check_private_path
-from actors._spawn import NEUTRAL_CWD, child_env, python_argv
+from actors._launch import start_daemon, wait_ready
 from actors.config import Config, load_config
 from actors.extensions import register_commands
 
@@ -111,49 +110,13 @@ def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float
              + f"; stop it with `ensemble down --name {cfg.name}` or pick another --name")
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     err_path = cfg.state_dir / "daemon.err"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            python_argv("actors.supervisor", cfg.to_json()),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-            env=child_env(), cwd=NEUTRAL_CWD,
-        )
-    status = _wait_ready(cfg, proc, timeout, err_path)
+    status = wait_ready(cfg, start_daemon(cfg, err_path), timeout, err_path)
     d = status.daemon
     click.echo(f"ensemble {d.version}: daemon {d.name!r} up (pid {d.pid}), "
                f"{sum(a.role == 'worker' for a in status.actors)} workers; log: {d.log_file}")
     for a in status.actors:
         if a.role == "processor" and a.stats.get("notice"):
             click.echo(f"notice: {a.stats['notice']}")
-
-
-def _wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_path: Path) -> Any:
-    from actors.client import Client
-
-    deadline = time.monotonic() + timeout
-    client = None
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                text = err_path.read_text(errors="replace").strip().splitlines()
-                fail(text[-1].removeprefix("ensemble: error: ") if text else f"the daemon exited with code {proc.returncode}")
-            if client is None:
-                try:
-                    client = Client(config=cfg, timeout=2.0)
-                except DaemonNotRunning:
-                    time.sleep(0.02)
-                    continue
-            try:
-                status = client.status()
-            except EnsembleError:
-                continue
-            if status.actors and all(a.state in ("running", "failed") for a in status.actors) and all(
-                    a.stats for a in status.actors if a.state == "running" and a.role == "processor"):
-                return status
-            time.sleep(0.02)
-        fail(f"the daemon did not get ready within {timeout:g}s; see {cfg.state_dir / 'daemon.log'}")
-    finally:
-        if client is not None:
-            client.close()
 
 
 @main.command()

@@ -16,7 +16,6 @@ import zmq
 
 from actors.messages import Heartbeat, Hello, Stop, decode, encode
 from actors._errors import ProtocolError
-from actors.supervisor._transport import _esc
 from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
@@ -164,7 +163,7 @@ class ChildrenMixin(State):
             self.counters["stray_frames"] += 1
             return None
         if len(self.remote_slots) >= 1024:
-            log.warning("event=remote-worker-refused key=%s reason=1024 remote workers already", _esc(name))
+            log.warning("event=remote-worker-refused key=%s reason=1024 remote workers already", name)
             return None
         self._remote_seq += 1
         slot_name = f"remote:{name}#{self._remote_seq}"
@@ -172,11 +171,11 @@ class ChildrenMixin(State):
                     last_heard=time.monotonic(), key=key)
         self.slots[slot_name] = slot
         self.remote_slots[ident] = slot
-        log.info("event=remote-worker-joined name=%s pid=%d", _esc(slot_name), msg.pid)
+        log.info("event=remote-worker-joined name=%s pid=%d", slot_name, msg.pid)
         return slot
 
     def _remote_gone(self, slot: Slot, reason: str) -> None:
-        log.warning("event=remote-worker-gone name=%s reason=%s", _esc(slot.name), reason)
+        log.warning("event=remote-worker-gone name=%s reason=%s", slot.name, reason)
         if self.remote_slots.get(slot.identity) is slot:
             del self.remote_slots[slot.identity]
         self._jobs_lost(slot)

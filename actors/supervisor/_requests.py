@@ -21,8 +21,7 @@ from actors.messages import (
     Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message, Ping,
     Pong, Recalled, Retiring, Scale, Shutdown, Status, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode, peek_corr,
 )
-from actors.supervisor._children import Slot
-from actors.supervisor._transport import LOCAL, TCP, Peer, _esc
+from actors.supervisor._transport import LOCAL, TCP, Peer, _short
 from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
@@ -68,7 +67,7 @@ class RequestsMixin(State):
                 corr, msg = decode(frame, self.limits, handles)
             except ProtocolError as exc:
                 self.counters["bad_frames"] += 1
-                log.warning("event=bad-frame bytes=%d reason=%s", len(frame), _esc(str(exc)))
+                log.warning("event=bad-frame bytes=%d reason=%s", len(frame), _short(str(exc)))
                 self.replies.append((addr, encode(Error("protocol", str(exc)), peek_corr(frame))))
                 continue
             self._peer = Peer(role, name, addr)
@@ -272,7 +271,7 @@ class RequestsMixin(State):
                 _, msg = decode(parts[1], self.limits, handles)
             except ProtocolError as exc:
                 self.counters["bad_frames"] += 1
-                log.error("event=bad-child-frame name=%s reason=%s", _esc(slot.name), _esc(str(exc)))
+                log.error("event=bad-child-frame name=%s reason=%s", slot.name, _short(str(exc)))
                 continue
             if slot.remote and not isinstance(msg, _REMOTE_WORKER_SENDS):
                 self.counters["stray_frames"] += 1
@@ -293,7 +292,7 @@ class RequestsMixin(State):
             elif isinstance(msg, Hello):
                 slot.ready = True
                 slot.state = "running"
-                log.info("event=ready name=%s pid=%d", _esc(slot.name), msg.pid)
+                log.info("event=ready name=%s pid=%d", slot.name, msg.pid)
                 for ext in self.extensions:
                     ext.child_ready(slot)
             elif type(msg) in self.child_handlers and not slot.remote:

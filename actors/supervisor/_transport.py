@@ -18,7 +18,6 @@ import msgspec
 import zmq
 
 from actors._errors import EnsembleError, ProtocolError
-from actors._logging import CONTROL
 from actors.messages import JobInfos, Message, encode
 from actors.supervisor._state import State
 
@@ -30,9 +29,8 @@ _DRAIN = 2000  # messages read per socket per iteration
 TCP = b"\x00\xfeTCP:"  # address prefix of tcp clients: ZeroMQ's own ids are 5 bytes, so none collides
 
 
-def _esc(text: str) -> str:
-    """A peer-supplied value made safe for a one-line log record (control characters escaped, length capped)."""
-    text = text.translate(CONTROL)
+def _short(text: str) -> str:
+    """A peer-supplied text cut to a length fit for one log record (the log formatter escapes what it holds)."""
     return text if len(text) <= 300 else text[:300] + "..."
 
 
@@ -109,7 +107,7 @@ class TransportMixin(State):
         self._refresh_allowed(force=True)
         for name in unassigned_keys(kdir):
             log.warning("event=key-without-role name=%s detail=grants nothing; re-issue it with "
-                        "`ensemble keys add-worker|add-client|add-admin`", _esc(name))
+                        "`ensemble keys add-worker|add-client|add-admin`", name)
         for field_name in ("client_tcp", "tcp"):
             endpoint = getattr(self.cfg.daemon, field_name)
             if not endpoint:

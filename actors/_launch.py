@@ -1,0 +1,56 @@
+"""Starting a daemon in the background and waiting until it is ready (``ensemble up``, private daemons)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from actors._errors import DaemonError, DaemonNotRunning, EnsembleError
+from actors._spawn import NEUTRAL_CWD, child_env, python_argv
+from actors.config import Config
+
+
+def start_daemon(cfg: Config, err_path: Path) -> subprocess.Popen[bytes]:
+    """``python -P -m actors.supervisor`` in a session of its own, in ``/``; its stderr goes to ``err_path``."""
+    with open(err_path, "wb") as err:
+        return subprocess.Popen(python_argv("actors.supervisor", cfg.to_json()), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=child_env(),
+                                cwd=NEUTRAL_CWD)
+
+
+def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_path: Path) -> Any:
+    """The daemon's status once every actor runs (or failed); DaemonError if it exits or is not ready in time.
+
+    Polls every 20 ms through one client; the error says the daemon's own last
+    line when it exited.
+    """
+    from actors.client import Client
+
+    deadline = time.monotonic() + timeout
+    client = None
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                text = err_path.read_text(errors="replace").strip().splitlines()
+                raise DaemonError(text[-1].removeprefix("ensemble: error: ") if text
+                                  else f"the daemon exited with code {proc.returncode}")
+            if client is None:
+                try:
+                    client = Client(config=cfg, timeout=2.0)
+                except DaemonNotRunning:
+                    time.sleep(0.02)
+                    continue
+            try:
+                status = client.status()
+            except EnsembleError:
+                continue
+            if status.actors and all(a.state in ("running", "failed") for a in status.actors) and all(
+                    a.stats for a in status.actors if a.state == "running" and a.role == "processor"):
+                return status
+            time.sleep(0.02)
+        raise DaemonError(f"the daemon did not get ready within {timeout:g}s; see {cfg.state_dir / 'daemon.log'}")
+    finally:
+        if client is not None:
+            client.close()
