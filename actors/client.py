@@ -34,7 +34,7 @@ from actors.config import Config, load_config
 from actors.messages import (
     Cancel, ControlEvent, KillAllEvent, NoteOffEvent, NoteOnEvent, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
     SampleList, SampleLoad, Scale, Shutdown, Status, StatusReply, Watch, ScriptLoad, ParamInfo, ParamList, ParamSet,
-    Submitted, TaskSubmit,
+    Submitted, TaskSubmit, UiEvent, UiList, UiState,
 )
 
 _log = logging.getLogger("ensemble.client")
@@ -428,6 +428,14 @@ class Client:
     def set_param(self, name: str, value: Any) -> None:
         """Set a parameter: it enters the controller's queue as a control callback."""
         self._call(ParamSet(name, value))
+
+    def ui_elements(self) -> UiState:
+        """The loaded script's UI elements (buttons, labels, progress bars) as the controller last sent them."""
+        return self._call(UiList())  # type: ignore[no-any-return]
+
+    def ui_event(self, element_id: str, value: Any = None) -> None:
+        """Use a script's UI element (click a button): its callback runs in the controller's queue (control)."""
+        self._call(UiEvent(element_id, value))
 
     # -- daemon
     def ping(self) -> Pong:

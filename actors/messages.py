@@ -104,6 +104,11 @@ class Kind(IntEnum):
     PARAM_VALUES = 77
     PARAM_LIST = 78
     PARAM_INFOS = 79
+    # the script's UI elements and the instrument panel
+    UI_STATE = 90
+    UI_LIST = 91
+    UI_EVENT = 92
+    PANEL_START = 93
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -626,6 +631,7 @@ class ParamInfo(_Record, frozen=True):
     max: Any = None
     kind: str = "float"
     processor: bool = False
+    choices: list[Any] = field(default_factory=list)  # kind "choice": the values a menu offers
 
 
 class ParamValues(Message, tag=Kind.PARAM_VALUES.value, frozen=True):
@@ -644,6 +650,48 @@ class ParamInfos(Message, tag=Kind.PARAM_INFOS.value, frozen=True):
 
     params: list[ParamInfo]
     script: str = ""
+
+
+class UiElement(_Record, frozen=True):
+    """One widget a script added in the controller (``add_button``, ``add_label``, ``add_progress``)."""
+
+    id: str
+    kind: str  # button | label | progress
+    text: str = ""
+    visible: bool = True
+    value: float = 0.0  # a progress bar's fraction (0..1)
+
+
+class UiState(Message, tag=Kind.UI_STATE.value, frozen=True):
+    """The script's UI elements, in the order they were added (controller → supervisor, and the reply to UiList).
+
+    ``version`` grows with every change, so a reader can skip an unchanged state.
+    """
+
+    elements: list[UiElement]
+    version: Int64 = 0
+    script: str = ""
+
+
+class UiList(Message, tag=Kind.UI_LIST.value, frozen=True):
+    """Client → daemon: the script's UI elements (reply: UiState)."""
+
+
+class UiEvent(Message, tag=Kind.UI_EVENT.value, frozen=True):
+    """A UI element was used (a button clicked): client → daemon → controller, a control callback there."""
+
+    id: str
+    value: Any = None
+
+
+class PanelStart(Message, tag=Kind.PANEL_START.value, frozen=True):
+    """Local client → daemon: start the instrument panel's actor (if it is not running) on ``host:port``.
+
+    ``port`` -1: the port it has (or the default, 8765); 0: any free port.
+    """
+
+    port: Int64 = -1
+    host: str = "127.0.0.1"
 
 
 _REGISTRY: dict[int, type[Message]] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors import Child, child_main
-from actors.messages import Message, ParamSet, RunAsync, ScriptLoad
+from actors.messages import Message, ParamSet, RunAsync, ScriptLoad, UiEvent
 from controller._context import CONTROLLER, set_context
 from controller._controller_side import ControllerScript
 from controller._host import install
@@ -41,6 +41,8 @@ class Controller(Child):
             self.script.run_async_call(msg.token, msg.fn, msg.args)
         elif isinstance(msg, ParamSet):
             self.script.param_from_outside(msg.name, msg.value)
+        elif isinstance(msg, UiEvent):
+            self.script.ui_event(msg.id, msg.value)
         else:
             super().handle(msg)
 
@@ -49,6 +51,9 @@ class Controller(Child):
 
     def tick(self, now: float) -> None:
         self.script.check_budget()
+        ui = self.script.ui.message_if_changed(now, self.script.path)
+        if ui is not None:
+            self.send(ui)
 
     def stats(self) -> dict[str, Any]:
         return self.script.stats()
