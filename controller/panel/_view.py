@@ -21,7 +21,6 @@ from actors.client import Client
 from actors.config import Config
 from actors.messages import JobInfo
 
-LIVE_STATES = ["running", "dispatched", "queued"]
 JOB_ROWS = 30
 LOG_LINES = 40
 LOG_BYTES = 16 * 1024
@@ -51,6 +50,8 @@ class DaemonView:
         self.log_file = cfg.state_dir / "daemon.log"
         self._n = 0
         self._samples: list[dict[str, Any]] = []
+        self._jobs_key: Any = None
+        self._recent: list[JobInfo] = []
 
     def _c(self) -> Client:
         if self.client is None:
@@ -67,8 +68,9 @@ class DaemonView:
     def collect(self) -> dict[str, Any]:
         """One snapshot: ``daemon``, ``actors``, ``audio``, ``loading``, ``jobs``, ``params``, ``ui``, ``samples``, ``log``.
 
-        Four requests (status, jobs, parameters, UI elements), a fifth every
-        ``SAMPLES_EVERY`` snapshots, and the tail of the log file read here.
+        Status, parameters and UI elements; the running jobs while some run and
+        the newest jobs when the job counters moved; the samples every
+        ``SAMPLES_EVERY`` snapshots; the tail of the log file read here.
         Raises EnsembleError if the daemon does not answer.
         """
         c = self._c()
@@ -87,10 +89,7 @@ class DaemonView:
         out["audio"] = {k: proc.stats.get(k) for k in AUDIO_KEYS} if proc is not None and proc.stats else {}
         ctl = next((a for a in st.actors if a.role == "controller"), None)
         out["loading"] = dict(ctl.stats.get("loading") or {}) if ctl is not None and ctl.stats else {}
-        live = c.jobs(LIVE_STATES, JOB_ROWS) if d.queued or d.running else []
-        recent = c.jobs((), JOB_ROWS)
-        seen = {j.id for j in live}
-        out["jobs"] = [_job(j) for j in live] + [_job(j) for j in recent if j.id not in seen]
+        out["jobs"] = self._jobs(c, d)
         out["params"] = [{"name": p.name, "long_name": p.long_name, "value": p.value, "default": p.default,
                           "min": p.min, "max": p.max, "kind": p.kind, "choices": list(p.choices)}
                          for p in c.params()]
@@ -104,6 +103,17 @@ class DaemonView:
         out["samples"] = self._samples
         out["log"] = self._log_tail()
         return out
+
+    def _jobs(self, c: Client, d: Any) -> list[dict[str, Any]]:
+        """Running jobs (their progress moves) and the newest ones; the newest are asked for again only when
+        the job counters in ``status`` moved, so an idle daemon costs one request less per snapshot."""
+        running = c.jobs(["running"], JOB_ROWS) if d.running else []
+        key = (d.queued, d.running, tuple(sorted((k, v) for k, v in d.counters.items() if k.startswith("jobs_"))))
+        if key != self._jobs_key:
+            self._jobs_key = key
+            self._recent = c.jobs((), JOB_ROWS)
+        seen = {j.id for j in running}
+        return [_job(j) for j in running] + [_job(j) for j in self._recent if j.id not in seen]
 
     def _log_tail(self) -> list[str]:
         try:

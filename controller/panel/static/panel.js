@@ -103,7 +103,7 @@ function makeParam(p) {
   if (p.kind === "bool") c = el("input", { type: "checkbox" });
   else if (p.kind === "choice") c = el("select", {}, ...p.choices.map((x) => el("option", { value: x, text: x })));
   else if (numeric && p.min !== null && p.max !== null) {
-    c = el("input", { type: "range", min: p.min, max: p.max, step: p.kind === "int" ? 1 : (p.max - p.min) / 1000 });
+    c = el("input", { type: "range", min: p.min, max: p.max, step: p.kind === "int" ? 1 : "any" });
   } else c = el("input", { type: numeric ? "number" : "text" });
   c.dataset.param = p.name;
   const value = (x) => (p.kind === "bool" ? x.checked : numeric ? Number(x.value) : x.value);
@@ -166,15 +166,18 @@ function renderAudio(a) {
 function plot() {
   const cv = $("#plot"); const g = cv.getContext("2d");
   g.clearRect(0, 0, cv.width, cv.height);
+  const top = Math.max(0.05, ...history.map((h) => h[1]), ...history.map((h) => h[0])) * 1.2;  // auto-scaled
   const line = (idx, colour) => {
     g.strokeStyle = colour; g.beginPath();
     history.forEach((h, i) => {
-      const x = (i / 239) * cv.width; const y = cv.height - Math.min(1, h[idx]) * cv.height;
+      const x = (i / 239) * cv.width; const y = cv.height - Math.min(1, h[idx] / top) * cv.height;
       if (i) g.lineTo(x, y); else g.moveTo(x, y);
     });
     g.stroke();
   };
-  line(1, "#5b4a2a"); line(0, "#4fa3ff");
+  line(1, "#8a6d2f"); line(0, "#4fa3ff");
+  g.fillStyle = "#8b90a0"; g.font = "11px sans-serif";
+  g.fillText(`${(top * 100).toFixed(0)} % of the block period · blue p99, amber max`, 6, 12);
 }
 
 function renderJobs(jobs) {

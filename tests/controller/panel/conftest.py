@@ -50,7 +50,7 @@ class Panel:
 
 
 def start_panel(d: Daemon) -> Panel:
-    out = d.cli("up", "--panel", "127.0.0.1:0").stdout
+    out = d.cli("up", "--timeout", "120", "--panel", "127.0.0.1:0", timeout=180).stdout
     d.pid = int((d.base / "run" / "daemon.pid").read_text())
     m = re.search(r"panel: (http://127\.0\.0\.1:(\d+)/\?token=(\S+))", out)
     assert m, out
