@@ -30,7 +30,7 @@ def _add_panel_option(up: click.Command) -> None:
                                        "prints its URL."))
 
     @click.pass_context
-    def up_with_panel(ctx: click.Context, panel_address: str | None, **kwargs: Any) -> Any:
+    def up_with_panel(ctx: click.Context, /, panel_address: str | None, **kwargs: Any) -> Any:
         if panel_address is None:
             return ctx.invoke(original, **kwargs)
         os.environ[START_ENV] = panel_address  # the daemon (in-process with --foreground) starts it

@@ -51,8 +51,8 @@ class PanelExtension(Extension):
             except ValueError as exc:
                 log.error("event=panel-refused %s=%s reason=%s", START_ENV, wanted[:100], exc)
 
-    @property  # type: ignore[override]
-    def children(self) -> tuple[ChildSpec, ...]:
+    @property
+    def children(self) -> tuple[ChildSpec, ...]:  # type: ignore[override]  # a class attribute in Extension
         """The panel, when the daemon was started with it (read once, as the children start: the run
         directory exists by then, and the settings file the panel reads is written into it here)."""
         if self._at_start is None:
