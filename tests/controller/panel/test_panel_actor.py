@@ -159,3 +159,25 @@ def test_killing_the_panel_changes_nothing_for_audio_and_jobs(panel: Panel) -> N
         assert all(a.restarts == 0 for a in procs.values())
     with Page(panel) as page:  # the same token opens the restarted panel
         page.until(lambda s: any(a["name"] == "panel" for a in s.get("actors", [])), what="state from the new panel")
+
+
+def test_a_dropped_wav_becomes_a_sample_and_the_page_scales_workers(panel: Panel, tmp_path: Any) -> None:
+    import io
+
+    import numpy as np
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, (0.1 * np.sin(np.linspace(0, 200, 4800))).astype("float32"), 48000, format="WAV")
+    status, _, body = panel.request("POST", "/samples?name=ping.wav",
+                                    {"Cookie": panel.cookie, "Origin": panel.origin}, buf.getvalue())
+    assert status == 200 and json.loads(body)["ok"], body
+    c = panel.daemon.client()
+    assert [(s.name, s.frames) for s in c.samples()] == [("ping", 4800)]
+    with Page(panel) as page:
+        page.until(lambda s: [x["name"] for x in s.get("samples", [])] == ["ping"], what="the sample on the page")
+        page.send({"op": "scale", "workers": 3})
+        page.until(lambda s: s.get("daemon", {}).get("workers_wanted") == 3, what="the scale from the page")
+        page.send({"op": "note_on", "note": 200})
+        page.until(lambda s: any("note must be an integer 0..127" in r.get("message", "") for r in page.replies),
+                   what="a bad note refused with the reason")
