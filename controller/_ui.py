@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from actors.messages import UiElement, UiState
+from controller.messages import UiElement, UiState
 
 SEND_INTERVAL = 0.05  # seconds between two UiState messages at most
 KINDS = ("button", "label", "progress")

@@ -77,7 +77,7 @@ def panel(ctx: click.Context, port: int | None, host: str, open_browser: bool, t
     parameters, shows the script's buttons, the jobs and the actors.  Every
     request needs the token in the URL (then a cookie the page keeps).
     """
-    from actors.messages import PanelStart
+    from controller.messages import PanelStart
 
     if ctx.ensure_object(dict).get("connect"):
         fail("the panel is started on the daemon's own host (drop --connect)")

@@ -14,7 +14,8 @@ from typing import Any
 
 from actors import DaemonError, PermissionDenied
 from actors.extensions import ChildSpec, Extension
-from actors.messages import Ack, Message, PanelStart
+from actors.messages import Ack, Message
+from controller.messages import PanelStart
 from controller.panel import _settings
 from controller.panel._settings import PanelSettings
 

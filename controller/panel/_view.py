@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import EnsembleError
-from actors.client import Client
+from controller.client import Client
 from actors.config import Config
 from actors.messages import JobInfo
 

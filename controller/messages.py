@@ -1,0 +1,170 @@
+"""The script schema: loading a script, its parameters, and the calls between the controller and the processor.
+
+Part of the wire protocol (see :mod:`actors.messages` for the envelope, the
+codec and the limits); its kinds are 70..89 (80..83: the script's UI elements and the instrument panel).  Importing this module adds them
+to the decoder of the process.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+from msgspec import field
+
+from actors.messages import Int64, Message, Record, register
+
+
+class ScriptKind(IntEnum):
+    """Script message kinds; the numbers are part of the wire protocol."""
+
+    SCRIPT_LOAD = 70
+    SCRIPT_READY = 71
+    SCRIPT_ERROR = 72
+    RUN_SYNC = 73
+    RUN_ASYNC = 74
+    RUN_ASYNC_RESULT = 75
+    PARAM_SET = 76
+    PARAM_VALUES = 77
+    PARAM_LIST = 78
+    PARAM_INFOS = 79
+    UI_STATE = 80
+    UI_LIST = 81
+    UI_EVENT = 82
+    PANEL_START = 83
+
+
+class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
+    """Load (or with ``reload`` re-load) an instrument script from a file path."""
+
+    path: str
+    reload: bool = False
+
+
+class ScriptReady(Message, tag=ScriptKind.SCRIPT_READY.value, frozen=True):
+    """The controller ran a script's module code, parameters and on_load; the processor may run on_init."""
+
+    path: str
+
+
+class ScriptError(Message, tag=ScriptKind.SCRIPT_ERROR.value, frozen=True):
+    """A script raised, used a function in the wrong context, or overran its budget."""
+
+    context: str
+    kind: str  # error | wrong-context | overrun | stopped
+    message: str
+    location: str = ""
+
+
+class RunSync(Message, tag=ScriptKind.RUN_SYNC.value, frozen=True):
+    """Run the script function ``fn`` in the processor at the start of the next block."""
+
+    fn: str
+    args: list[Any]
+    id: str = ""
+
+
+class RunAsync(Message, tag=ScriptKind.RUN_ASYNC.value, frozen=True):
+    """Run the script function ``fn`` in the controller; answer with :class:`RunAsyncResult`."""
+
+    token: Int64
+    fn: str
+    args: list[Any]
+
+
+class RunAsyncResult(Message, tag=ScriptKind.RUN_ASYNC_RESULT.value, frozen=True):
+    """What a ``run_async`` function returned (or raised)."""
+
+    token: Int64
+    ok: bool
+    value: Any = None
+    error: str = ""
+
+
+class ParamSet(Message, tag=ScriptKind.PARAM_SET.value, frozen=True):
+    """Set a script parameter (enters the controller's queue as a control callback)."""
+
+    name: str
+    value: Any
+
+
+class ParamInfo(Record, frozen=True):
+    """A script parameter: definition and current value."""
+
+    name: str
+    long_name: str
+    value: Any
+    default: Any
+    min: Any = None
+    max: Any = None
+    kind: str = "float"
+    processor: bool = False
+    choices: list[Any] = field(default_factory=list)  # kind "choice": the values a menu offers
+
+
+class ParamValues(Message, tag=ScriptKind.PARAM_VALUES.value, frozen=True):
+    """Parameter values after a change; ``call`` names parameters whose processor callback should run."""
+
+    params: list[ParamInfo]
+    call: list[str] = field(default_factory=list)
+
+
+class ParamList(Message, tag=ScriptKind.PARAM_LIST.value, frozen=True):
+    """Ask for the script's parameters."""
+
+
+class ParamInfos(Message, tag=ScriptKind.PARAM_INFOS.value, frozen=True):
+    """The script's parameters."""
+
+    params: list[ParamInfo]
+    script: str = ""
+
+
+class UiElement(Record, frozen=True):
+    """One widget a script added in the controller (``add_button``, ``add_label``, ``add_progress``)."""
+
+    id: str
+    kind: str  # button | label | progress
+    text: str = ""
+    visible: bool = True
+    value: float = 0.0  # a progress bar's fraction (0..1)
+
+
+class UiState(Message, tag=ScriptKind.UI_STATE.value, frozen=True):
+    """The script's UI elements, in the order they were added (controller → supervisor, and the reply to UiList).
+
+    ``version`` grows with every change, so a reader can skip an unchanged state.
+    """
+
+    elements: list[UiElement]
+    version: Int64 = 0
+    script: str = ""
+
+
+class UiList(Message, tag=ScriptKind.UI_LIST.value, frozen=True):
+    """Client → daemon: the script's UI elements (reply: UiState)."""
+
+
+class UiEvent(Message, tag=ScriptKind.UI_EVENT.value, frozen=True):
+    """A UI element was used (a button clicked): client → daemon → controller, a control callback there."""
+
+    id: str
+    value: Any = None
+
+
+class PanelStart(Message, tag=ScriptKind.PANEL_START.value, frozen=True):
+    """Local client → daemon: start the instrument panel's actor (if it is not running) on ``host:port``.
+
+    ``port`` -1: the port it has (or the default, 8765); 0: any free port.
+    """
+
+    port: Int64 = -1
+    host: str = "127.0.0.1"
+
+
+register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
+         ParamList, ParamInfos, UiState, UiList, UiEvent, PanelStart)
+
+__all__ = ["PanelStart", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues", "RunAsync",
+           "RunAsyncResult", "RunSync", "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady", "UiElement",
+           "UiEvent", "UiList", "UiState"]
