@@ -70,8 +70,9 @@ class PanelExtension(Extension):
         return {PanelStart: self._start}
 
     def status(self, counters: dict[str, Any]) -> None:
-        if self.settings is not None:
-            counters["panel"] = self.settings.url(with_token=False)
+        current = _settings.read(self.run_dir) if self.settings is not None else None  # the port it really got
+        if current is not None:
+            counters["panel"] = current.url(with_token=False)
 
     def _new(self, host: str, port: int) -> PanelSettings:
         settings = PanelSettings(host, port, _settings.new_token())

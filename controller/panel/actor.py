@@ -41,7 +41,10 @@ class Panel(Child):
         return self.server.stats()
 
     def on_stop(self) -> None:
+        """The daemon stops (only then is this child told to stop): close the pages, remove the token file."""
         self.server.stop()
+        if self.stop_reason != "supervisor silent":  # a silent supervisor may come back and restart us
+            _settings.remove(self.cfg.run_dir)
 
 
 if __name__ == "__main__":

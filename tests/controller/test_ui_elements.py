@@ -10,6 +10,7 @@ import pytest
 
 from actors import DaemonError, WrongContextError
 from controller import script
+from controller._context import CONTROLLER, PROCESSOR, set_thread_context
 from controller._controller_side import CONTROL, STATUS, TASK, TIMER, ControllerScript
 from controller._host import install
 from tests.conftest import Daemon, wait_for
@@ -19,10 +20,15 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 def test_ui_functions_outside_a_controller_raise_wrong_context() -> None:
-    for call in (lambda: script.add_button("a", "A"), lambda: script.add_label("a"), lambda: script.add_progress("a"),
-                 lambda: script.set_visible("a", True), lambda: script.set_text("a", "x")):
-        with pytest.raises(WrongContextError, match=r"is available in: Controller; it was called in: no script"):
-            call()
+    set_thread_context(PROCESSOR)  # as on the processor's audio thread
+    try:
+        for call in (lambda: script.add_button("a", "A"), lambda: script.add_label("a"),
+                     lambda: script.add_progress("a"), lambda: script.set_visible("a", True),
+                     lambda: script.set_text("a", "x")):
+            with pytest.raises(WrongContextError, match=r"is available in: Controller; it was called in: Processor"):
+                call()
+    finally:
+        set_thread_context("")
 
 
 def test_ui_functions_are_documented_as_controller_only() -> None:
@@ -35,7 +41,7 @@ def test_a_click_is_a_control_callback_ahead_of_tasks_timers_and_status(tmp_path
     out = Collect()
     rt = ControllerScript(out, tmp_path)
     try:
-        install(rt)
+        install(rt, CONTROLLER)  # the script thread's context: this runtime, whatever an earlier test installed
         rt.load(str(SCRIPTS / "ui.py"), False)
         wait_for(lambda: rt.module is not None and rt.ui.snapshot(), what="the script's elements")
         gate = threading.Event()
@@ -58,7 +64,7 @@ def test_a_click_is_a_control_callback_ahead_of_tasks_timers_and_status(tmp_path
 def test_elements_are_sent_when_they_change_and_dropped_on_reload(tmp_path: Path) -> None:
     rt = ControllerScript(Collect(), tmp_path)
     try:
-        install(rt)
+        install(rt, CONTROLLER)  # the script thread's context: this runtime, whatever an earlier test installed
         rt.load(str(SCRIPTS / "ui.py"), False)
         wait_for(lambda: rt.module is not None and rt.ui.snapshot(), what="the script's elements")
         first = rt.ui.message_if_changed(100.0, rt.path)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -63,6 +65,18 @@ def start_panel(d: Daemon) -> Panel:
 def panel(make_daemon: Callable[..., Daemon]) -> Panel:
     """A daemon (null audio, 2 workers) with its panel on a free loopback port."""
     return start_panel(make_daemon())
+
+
+@pytest.fixture(scope="module")
+def shared_panel() -> Iterator[Panel]:
+    """One daemon with its panel for a whole test module (for tests that only read, or clean up after them)."""
+    base = Path(tempfile.mkdtemp(prefix="ens-p", dir="/tmp"))
+    d = Daemon(base)
+    try:
+        yield start_panel(d)
+    finally:
+        d.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -94,10 +94,13 @@ def test_ensemble_panel_starts_it_on_demand_and_prints_the_same_url_again(make_d
     assert d.cli("panel").stdout.strip() == first  # running: the same address and token
     refused = d.cli("panel", "--port", str(int(m.group(1)) + 1 if int(m.group(1)) < 65535 else 1), check=False)
     assert refused.returncode != 0 and "already serves" in refused.stderr
-    assert d.status().daemon.counters["panel"].startswith("http://127.0.0.1:")
+    assert d.status().daemon.counters["panel"] == first.split("?")[0]  # the port it got, never the token
+    d.down()
+    assert not (d.base / "run" / "panel.json").exists()  # the token file goes with the daemon
 
 
-def test_controls_move_parameters_and_the_cli_moves_controls(panel: Panel) -> None:
+def test_controls_move_parameters_and_the_cli_moves_controls(shared_panel: Panel) -> None:
+    panel = shared_panel
     c = loaded(panel, EXAMPLES / "download_panel.py")
     with Page(panel) as page:
         page.until(lambda s: _param(s, "seconds") is not None, what="the parameters")
@@ -112,8 +115,9 @@ def test_controls_move_parameters_and_the_cli_moves_controls(panel: Panel) -> No
     c.close()
 
 
-def test_the_download_button_starts_and_cancels_and_the_finish_callback_shows(panel: Panel) -> None:
-    loaded(panel, EXAMPLES / "download_panel.py")
+def test_the_download_button_starts_and_cancels_and_the_finish_callback_shows(shared_panel: Panel) -> None:
+    panel = shared_panel
+    loaded(panel, EXAMPLES / "download_panel.py").set_param("seconds", 30.0)
     with Page(panel) as page:
         page.until(lambda s: _ui(s, "run").get("text") == "Run", what="the Run button")
         page.send({"op": "ui", "id": "run"})
@@ -128,7 +132,8 @@ def test_the_download_button_starts_and_cancels_and_the_finish_callback_shows(pa
         assert _param(page.until(lambda s: _param(s, "last_finish") == "True,True" and s), "last_finish")
 
 
-def test_a_cli_job_appears_and_is_cancelled_from_the_page(panel: Panel) -> None:
+def test_a_cli_job_appears_and_is_cancelled_from_the_page(shared_panel: Panel) -> None:
+    panel = shared_panel
     out = panel.daemon.cli("submit", "examples.jobs:countdown", "600", "0.1").stdout
     job_id = int(re.search(r"(\d+)", out).group(1))  # type: ignore[union-attr]
     with Page(panel) as page:
@@ -161,7 +166,8 @@ def test_killing_the_panel_changes_nothing_for_audio_and_jobs(panel: Panel) -> N
         page.until(lambda s: any(a["name"] == "panel" for a in s.get("actors", [])), what="state from the new panel")
 
 
-def test_a_dropped_wav_becomes_a_sample_and_the_page_scales_workers(panel: Panel, tmp_path: Any) -> None:
+def test_a_dropped_wav_becomes_a_sample_and_the_page_scales_workers(shared_panel: Panel, tmp_path: Any) -> None:
+    panel = shared_panel
     import io
 
     import numpy as np
@@ -181,3 +187,5 @@ def test_a_dropped_wav_becomes_a_sample_and_the_page_scales_workers(panel: Panel
         page.send({"op": "note_on", "note": 200})
         page.until(lambda s: any("note must be an integer 0..127" in r.get("message", "") for r in page.replies),
                    what="a bad note refused with the reason")
+        page.send({"op": "drop_sample", "name": "ping"})  # the daemon shared by this module keeps no segment
+        page.until(lambda s: s.get("samples") == [], what="the sample dropped")

@@ -18,6 +18,12 @@ from controller.panel._settings import PanelSettings, is_loopback
 from tests.controller.panel.conftest import Panel
 
 S = PanelSettings("127.0.0.1", 8765, "secret-token")
+
+
+@pytest.fixture
+def panel(shared_panel: Panel) -> Panel:
+    """One daemon for the module: these tests only knock on its door."""
+    return shared_panel
 HOST = {"Host": "127.0.0.1:8765"}
 
 
