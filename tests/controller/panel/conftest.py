@@ -92,3 +92,28 @@ def loaded(p: Panel, script: Path) -> Any:
     wait_for(lambda: p.daemon.actor("processor").stats.get("script") == str(script.resolve()),
              what="the script to load")
     return c
+
+
+@dataclass
+class Kill:
+    """What stood before the panel was killed: its ActorInfo, the processor's blocks, the others' pids."""
+
+    panel: Any
+    blocks: int
+    others: dict[str, int]
+
+    def others_untouched(self, d: Daemon) -> bool:
+        """Whether processor and controller are the very processes they were before the kill."""
+        return {a.name: a.pid for a in d.status().actors if a.role in ("processor", "controller")} == self.others
+
+
+def kill_panel(d: Daemon) -> Kill:
+    """SIGKILL the panel's process (by its pid), having noted what must not change."""
+    import os
+    import signal
+
+    st = d.status().actors
+    before = Kill(next(a for a in st if a.role == "panel"), next(a for a in st if a.role == "processor").stats["blocks"],
+                  {a.name: a.pid for a in st if a.role in ("processor", "controller")})
+    os.kill(before.panel.pid, signal.SIGKILL)
+    return before

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from tests.conftest import wait_for
-from tests.controller.panel.conftest import EXAMPLES, Panel, loaded
+from tests.controller.panel.conftest import EXAMPLES, Panel, kill_panel, loaded
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -157,15 +156,12 @@ def test_killing_the_panel_while_the_page_is_open(browser: Any, panel: Panel) ->
     _tab(browser, "runtime")
     job = c.submit("examples.jobs:countdown", 8, 0.1)
     wait_for(lambda: job.state == "running", what="the job to run")
-    before = d.actor("panel")
-    blocks = d.actor("processor").stats["blocks"]
-    others = {a.name: a.pid for a in d.status().actors if a.role in ("processor", "controller")}
-    os.kill(before.pid, signal.SIGKILL)
+    before = kill_panel(d)
     wait_for(lambda: browser.find_element(By.ID, "conn").text != "live", what="the page to see the panel go")
     wait_for(lambda: browser.find_element(By.ID, "conn").text == "live", 60, what="the page to reconnect")
-    assert d.actor("panel").pid != before.pid
-    assert {a.name: a.pid for a in d.status().actors if a.role in ("processor", "controller")} == others
+    assert d.actor("panel").pid != before.panel.pid
+    assert before.others_untouched(d)
     assert job.result(60) == "done"
-    wait_for(lambda: d.actor("processor").stats["blocks"] > blocks + 50, what="audio to go on")
+    wait_for(lambda: d.actor("processor").stats["blocks"] > before.blocks + 50, what="audio to go on")
     wait_for(lambda: browser.find_element(By.CSS_SELECTOR, 'tr[data-actor="panel"]'), what="the actors table")
     _shot(browser, "runtime")

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import time
 from typing import Any, Callable
 
 import aiohttp
 
 from tests.conftest import Daemon, wait_for
-from tests.controller.panel.conftest import EXAMPLES, Panel, loaded
+from tests.controller.panel.conftest import EXAMPLES, Panel, kill_panel, loaded
 
 
 class Page:
@@ -152,16 +150,13 @@ def test_killing_the_panel_changes_nothing_for_audio_and_jobs(panel: Panel) -> N
         page.until(lambda s: s.get("actors"), what="a first state")
         job = c.submit("examples.jobs:countdown", 8, 0.1)
         wait_for(lambda: job.state == "running", what="the job to run")
-        before = d.actor("panel")
-        blocks = d.actor("processor").stats["blocks"]
-        others = {a.name: a.pid for a in d.status().actors if a.role in ("processor", "controller")}
-        os.kill(before.pid, signal.SIGKILL)
-        after = wait_for(lambda: (a := d.actor("panel")).state == "running" and a.pid != before.pid and a.stats.get("port")
-                         and a, what="the supervisor to restart the panel")
-        assert after.stats["port"] == panel.port and after.restarts == before.restarts + 1
-        assert {a.name: a.pid for a in d.status().actors if a.role in ("processor", "controller")} == others
+        before = kill_panel(d)
+        after = wait_for(lambda: (a := d.actor("panel")).state == "running" and a.pid != before.panel.pid
+                         and a.stats.get("port") and a, what="the supervisor to restart the panel")
+        assert after.stats["port"] == panel.port and after.restarts == before.panel.restarts + 1
+        assert before.others_untouched(d)
         assert job.result(60) == "done"  # the job went on
-        wait_for(lambda: d.actor("processor").stats["blocks"] > blocks + 50, what="audio to go on")
+        wait_for(lambda: d.actor("processor").stats["blocks"] > before.blocks + 50, what="audio to go on")
     with Page(panel) as page:  # the same token opens the restarted panel
         page.until(lambda s: any(a["name"] == "panel" for a in s.get("actors", [])), what="state from the new panel")
 
