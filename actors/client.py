@@ -34,7 +34,7 @@ from actors.config import Config, load_config
 from actors.messages import (
     Cancel, ControlEvent, KillAllEvent, NoteOffEvent, NoteOnEvent, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
     SampleList, SampleLoad, Scale, Shutdown, Status, StatusReply, Watch, ScriptLoad, ParamInfo, ParamList, ParamSet,
-    Submitted, TaskSubmit,
+    Submitted, TaskSubmit, MidiConnect, ParamBind,
 )
 
 _log = logging.getLogger("ensemble.client")
@@ -428,6 +428,14 @@ class Client:
     def set_param(self, name: str, value: Any) -> None:
         """Set a parameter: it enters the controller's queue as a control callback."""
         self._call(ParamSet(name, value))
+
+    def bind_param(self, name: str, controller: int | None) -> None:
+        """Bind a parameter to MIDI controller ``controller`` (0..127; None unbinds); persisted with the parameter."""
+        self._call(ParamBind(name, -1 if controller is None else int(controller)))
+
+    def connect_midi(self, port: str, via: str = "auto") -> None:
+        """Ask the processor to take MIDI from ``port`` (see ``ensemble midi connect``); the outcome shows in ``status``."""
+        self._call(MidiConnect(port, via))
 
     # -- daemon
     def ping(self) -> Pong:

@@ -89,6 +89,7 @@ class Kind(IntEnum):
     NOTE_OFF = 66
     CONTROL = 67
     KILL_ALL = 68
+    MIDI_CONNECT = 69
     SAMPLE_LOAD = 61
     SAMPLE_DROP = 62
     SAMPLE_LIST = 63
@@ -104,6 +105,8 @@ class Kind(IntEnum):
     PARAM_VALUES = 77
     PARAM_LIST = 78
     PARAM_INFOS = 79
+    PARAM_BIND = 80
+    PARAM_CONTROL = 81
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -527,6 +530,18 @@ AudioEvent = NoteOnEvent | NoteOffEvent | ControlEvent | KillAllEvent
 AUDIO_EVENTS: tuple[type[Message], ...] = (NoteOnEvent, NoteOffEvent, ControlEvent, KillAllEvent)
 
 
+class MidiConnect(Message, tag=Kind.MIDI_CONNECT.value, frozen=True):
+    """Connect a MIDI source to the processor while it runs (``ensemble midi connect``).
+
+    ``via``: ``"auto"`` (a JACK MIDI output of that name, else an ALSA
+    sequencer input), ``"jack"``, ``"alsa"`` or ``"rtmidi-jack"`` (RtMidi's
+    JACK API: the timestamped path on a machine without ALSA's sequencer).
+    """
+
+    port: str
+    via: str = "auto"
+
+
 class SampleInfo(_Record, frozen=True):
     """A sample buffer in the registry."""
 
@@ -626,6 +641,7 @@ class ParamInfo(_Record, frozen=True):
     max: Any = None
     kind: str = "float"
     processor: bool = False
+    cc: Int64 = -1  # the MIDI controller bound to it (``ensemble param bind``), -1 for none
 
 
 class ParamValues(Message, tag=Kind.PARAM_VALUES.value, frozen=True):
@@ -644,6 +660,20 @@ class ParamInfos(Message, tag=Kind.PARAM_INFOS.value, frozen=True):
 
     params: list[ParamInfo]
     script: str = ""
+
+
+class ParamBind(Message, tag=Kind.PARAM_BIND.value, frozen=True):
+    """Bind a parameter to MIDI controller ``controller`` (0..127), or unbind it with -1; persisted with it."""
+
+    name: str
+    controller: Int64
+
+
+class ParamControl(Message, tag=Kind.PARAM_CONTROL.value, frozen=True):
+    """Processor to controller: bound controller ``controller`` moved to ``value`` (0..1)."""
+
+    controller: Int64
+    value: float
 
 
 _REGISTRY: dict[int, type[Message]] = {}

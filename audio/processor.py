@@ -26,21 +26,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections import defaultdict, deque
 from typing import Any
 
 from actors import Child, child_main
 
 from actors.messages import (
-    ControlEvent, KillAllEvent, Message, NoteOffEvent, NoteOnEvent, ParamValues, RunAsyncResult, RunSync, SampleDrop, SampleLoad, ScriptError, ScriptLoad,
-    VoicesDone, VoicesOp,
+    ControlEvent, KillAllEvent, Message, MidiConnect, NoteOffEvent, NoteOnEvent, ParamControl, ParamValues, RunAsyncResult,
+    RunSync, SampleDrop, SampleLoad, ScriptError, ScriptLoad, VoicesDone, VoicesOp,
 )
 from actors.shm import SharedArray, segment_prefix
 from audio._buffers import builtin_sample
+from audio._backends import BackendUnavailable
 from audio._choose import choose_backend
 from audio._engine import Engine
 from audio._events import ControlChange, KillAllVoices, NoteOff, NoteOn
-from audio._midi_in import MidiDecoder
+from audio._jack import JackBackend
+from audio._midi_in import AFTERTOUCH, PITCH_BEND, MidiDecoder
+from audio._midi_ports import TimedMidiInput
 from audio._realtime import collect_young, promote_control_thread
 from audio._script_host import make_script_host
 
@@ -63,7 +67,12 @@ class Processor(Child):
         self.mapped: dict[str, SharedArray] = {}
         self.retiring: dict[str, deque[SharedArray]] = defaultdict(deque)
         self.script = make_script_host(self.engine, self.outbox)
+        self.timed_inputs: tuple[TimedMidiInput, ...] = ()  # RtMidi ports (`midi connect`), copy-on-write
+        self.engine.add_block_hook(self._pump_timed_midi)  # before the script's hook: their events land this block
         self.engine.add_block_hook(self.script.block)
+        self.bound_ccs: frozenset[int] = frozenset()  # controllers a parameter follows (`param bind`)
+        self.moved: deque[tuple[int, float]] = deque()  # bound controllers that moved (audio thread -> main)
+        self.midi_errors: deque[str] = deque(maxlen=5)
         self.midi = MidiDecoder(self.engine, self._midi_deliver)
         self.midi.slot = self.script.default_slot_index = self.engine.slot_index("builtin")
         control = promote_control_thread()  # before the backend's threads start: they inherit it
@@ -88,13 +97,30 @@ class Processor(Child):
 
         The same routing as :meth:`_event` gives client events: a script sees
         note on/off and controllers through ``on_note`` / ``on_release`` /
-        ``on_controller`` at frame ``at``; pitch bend goes to the engine.
+        ``on_controller`` at frame ``at`` (pitch bend and channel pressure as
+        controllers 129 and 128, HALion's numbers).  A bound controller also
+        moves its parameter (queued for the main loop, which tells the controller).
         """
+        if kind == "cc" and number in self.bound_ccs:
+            self.moved.append((number, value))  # the main loop sends it to the controller
+            try:
+                os.eventfd_write(self.outbox.fd, 1)  # wake it: one non-blocking write
+            except OSError:
+                pass
         script = self.script
-        if script.module is not None and kind != "pitch_bend":
+        if script.module is not None:
+            if kind == "pitch_bend":
+                kind, number = "cc", PITCH_BEND
+            elif kind == "pressure":
+                kind, number = "cc", AFTERTOUCH
             script.event(kind, number, velocity, value, at, self.midi.slot)
         else:
             self.midi.to_engine(kind, number, velocity, value, at)
+
+    def _pump_timed_midi(self, start: int, frames: int) -> None:
+        """Engine block hook (audio thread): the RtMidi inputs' messages into this block."""
+        for source in self.timed_inputs:
+            source.block(start, frames)
 
     def stats(self) -> dict[str, Any]:
         s = dataclasses.asdict(self.engine.stats())
@@ -109,6 +135,13 @@ class Processor(Child):
         s["samples"] = sorted(self.mapped)
         s["dropped_client_events"] = self.dropped_events
         s.update(self.script.stats())
+        s.update(midi_events=self.midi.events, midi_ignored=self.midi.ignored, midi_dropped=self.midi.dropped)
+        if self.timed_inputs:
+            s["midi_timed_inputs"] = [t.stats() for t in self.timed_inputs]
+        if self.midi_errors:
+            s["midi_errors_recent"] = list(self.midi_errors)
+        if self.bound_ccs:
+            s["midi_bound_ccs"] = sorted(self.bound_ccs)
         return s
 
     def handle(self, msg: Message) -> None:
@@ -130,7 +163,10 @@ class Processor(Child):
         elif isinstance(msg, RunAsyncResult):
             self.script.async_result(msg.token, msg.ok, msg.value, msg.error)
         elif isinstance(msg, ParamValues):
+            self.bound_ccs = frozenset(p.cc for p in msg.params if p.cc >= 0)
             self.script.set_values({p.name: p.value for p in msg.params}, msg.call)
+        elif isinstance(msg, MidiConnect):
+            self._connect_midi(msg)
         else:
             super().handle(msg)
 
@@ -155,6 +191,8 @@ class Processor(Child):
                 else:
                     eng.post(NoteOff(note=msg.note, at=at))
             elif isinstance(msg, ControlEvent):
+                if msg.controller in self.bound_ccs:
+                    self.moved.append((msg.controller, msg.value))
                 if self.script.module is not None:
                     self.script.event("cc", msg.controller, 0.0, msg.value, at)
                 else:
@@ -164,6 +202,42 @@ class Processor(Child):
         except (OverflowError, KeyError, ValueError) as exc:
             self.dropped_events += 1
             log.warning("event=audio-event-dropped kind=%s reason=%s", type(msg).__name__, exc)
+
+    def _connect_midi(self, msg: MidiConnect) -> None:
+        """``ensemble midi connect``: a JACK MIDI output to ``midi_in``, else an RtMidi input (main thread).
+
+        The outcome shows in ``status``: ``midi_sources`` / ``midi_timed_inputs``,
+        or a line in ``midi_errors_recent``.
+        """
+        backend = self.backend
+        via = msg.via
+        try:
+            if via in ("auto", "jack"):
+                if via == "jack" and not (isinstance(backend, JackBackend) and backend.state == "connected"):
+                    raise BackendUnavailable(f"the processor is not on JACK (backend {self.backend_name!r}, "
+                                             f"state {getattr(backend, 'state', 'n/a')!r})")
+                if isinstance(backend, JackBackend) and backend.state == "connected":
+                    try:
+                        backend.connect_midi(msg.port)
+                        log.info("event=midi-connect port=%s via=jack", msg.port)
+                        return
+                    except BackendUnavailable:
+                        if via == "jack":
+                            raise
+                via = "alsa"
+            if via == "rtmidi-jack" and isinstance(backend, JackBackend) and backend.state == "connected":
+                raise BackendUnavailable(
+                    "RtMidi's JACK API cannot be used while the processor is itself a JACK client (RtMidi keeps the "
+                    "GIL while JACK waits for this process's callbacks: a deadlock); connect the port with --via jack")
+            if any(t.via == via and msg.port in t.name for t in self.timed_inputs):
+                return
+            source = TimedMidiInput(self.engine, self.midi, msg.port, via)
+        except BackendUnavailable as exc:
+            self.midi_errors.append(f"midi connect {msg.port!r}: {exc}")
+            log.warning("event=midi-connect-failed port=%s reason=%s", msg.port, exc)
+            return
+        self.timed_inputs = (*self.timed_inputs, source)
+        log.info("event=midi-connect port=%s via=%s", source.name, via)
 
     def _load(self, msg: SampleLoad) -> None:
         info = msg.sample
@@ -208,6 +282,13 @@ class Processor(Child):
 
     def tick(self, now: float) -> None:
         self.script.tick(self.engine.period_ns)
+        if self.moved:  # bound controllers: the latest value of each goes to the controller
+            latest: dict[int, float] = {}
+            while self.moved:
+                cc, value = self.moved.popleft()
+                latest[cc] = value
+            for cc, value in latest.items():
+                self.send(ParamControl(cc, value))
         for buf in self.engine.drain_retired():  # the callback let go: unmap off the audio thread
             name = getattr(buf, "name", None)
             if name and self.retiring.get(name):
@@ -218,6 +299,9 @@ class Processor(Child):
 
     def on_stop(self) -> None:
         self.backend.stop()
+        inputs, self.timed_inputs = self.timed_inputs, ()
+        for source in inputs:
+            source.close()
         for sa in list(self.mapped.values()):
             sa.close()
         for q in self.retiring.values():

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from actors import EnsembleError
 from actors.messages import RunAsync, ScriptError
-from audio import ControlChange, Fade, KillAllVoices, NoteOff, NoteOn
+from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, set_context
 from controller._host import OffsideTask, ParamDef, function_name, install, load_module
 from controller._watchdog import ScriptTimeout, interrupt
@@ -240,7 +240,9 @@ class ProcessorScript:
             fn = getattr(mod, "on_controller", None) if mod is not None and not self.stopped else None
             if callable(fn):
                 self._start(fn, (Event("controller", controller=note, value=value),), at, -1, 0, "on_controller")
-            else:
+            elif note == PITCH_BEND:
+                self.engine.post(PitchBend(value, at))
+            elif note != AFTERTOUCH:  # the default sampler has no use for channel pressure
                 self.engine.post(ControlChange(note, value, at))
 
     def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], now: int, note: int, eid: int, name: str,
@@ -391,7 +393,10 @@ class ProcessorScript:
         self.engine.post(Fade(int(note_id), start, end, duration_ms, kill, self._now()))
 
     def control_change(self, controller: int, value: float) -> None:
-        self.engine.post(ControlChange(int(controller), float(value), self._now()))
+        if controller == PITCH_BEND:
+            self.engine.post(PitchBend(float(value), self._now()))
+        elif controller != AFTERTOUCH:
+            self.engine.post(ControlChange(int(controller), float(value), self._now()))
 
     def get_cc(self, controller: int) -> float:
         return float(self.engine.cc(controller))

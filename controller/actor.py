@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors import Child, child_main
-from actors.messages import Message, ParamSet, RunAsync, ScriptLoad
+from actors.messages import Message, ParamBind, ParamControl, ParamSet, RunAsync, ScriptLoad
 from controller._context import CONTROLLER, set_context
 from controller._controller_side import ControllerScript
 from controller._host import install
@@ -41,6 +41,10 @@ class Controller(Child):
             self.script.run_async_call(msg.token, msg.fn, msg.args)
         elif isinstance(msg, ParamSet):
             self.script.param_from_outside(msg.name, msg.value)
+        elif isinstance(msg, ParamBind):
+            self.script.bind_from_outside(msg.name, msg.controller)
+        elif isinstance(msg, ParamControl):
+            self.script.controller_moved(msg.controller, msg.value)
         else:
             super().handle(msg)
 
