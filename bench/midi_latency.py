@@ -2,7 +2,7 @@
 
 Run: ``python bench/midi_latency.py [--notes 400] [--blocksize 256]`` (needs
 jackd and python-rtmidi).  RtMidi sends from one port to another through a
-private JACK server (``jackd -n ensemble-midibench-<pid> -d dummy``; this VM
+private JACK server (``jackd -R -n ensemble-bench-<pid> -d dummy``; this VM
 has no ALSA sequencer, so RtMidi's JACK API carries the messages); the
 receiving port is an :class:`audio._midi_ports.TimedMidiInput` feeding an
 engine on the null clock (a realtime thread, the processor's fallback clock),
@@ -27,8 +27,8 @@ import argparse
 import os
 import random
 import shutil
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,19 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audio import Engine, MidiDecoder, NullBackend  # noqa: E402
 from audio._midi_ports import TimedMidiInput, rtmidi_module  # noqa: E402
-
-
-def _server(name: str, blocksize: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, JACK_DEFAULT_SERVER=name)
-    proc = subprocess.Popen(["jackd", "-n", name, "-R", "-d", "dummy", "-r", "48000", "-p", str(blocksize)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 20
-    while subprocess.run(["jack_lsp"], env=env, capture_output=True).returncode != 0:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise SystemExit("jackd did not start")
-        time.sleep(0.1)
-    return proc
+from bench.audio_jack import PrivateJack  # noqa: E402
 
 
 def measure(notes: int, blocksize: int) -> dict[str, np.ndarray]:
@@ -124,14 +112,13 @@ def main() -> None:
         raise SystemExit("jackd is not installed")
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; {os.cpu_count()} cores")
     for frames in args.blocksize:
-        name = f"ensemble-midibench-{os.getpid()}-{frames}"
-        server = _server(name, frames)
-        os.environ["JACK_DEFAULT_SERVER"] = name
-        try:
-            r = measure(args.notes, frames)
-        finally:
-            server.terminate()
-            server.wait(timeout=20)
+        with tempfile.TemporaryDirectory(prefix="ens-midibench-") as tmp:
+            server = PrivateJack(frames, Path(tmp) / "jackd.log")
+            os.environ["JACK_DEFAULT_SERVER"] = server.name
+            try:
+                r = measure(args.notes, frames)
+            finally:
+                server.close()
         period = frames / 48.0
         print(f"\n{frames} frames (period {period:.2f} ms), {args.notes} notes, lost {int(r['lost'][0])}, "
               f"late {int(r['late'][0])}")
