@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from actors.extensions import find_entry_point
+from actors.messages import Message
 
 
 class ScriptHost(Protocol):
@@ -19,6 +20,7 @@ class ScriptHost(Protocol):
 
     module: Any  # the loaded script, or None
     default_slot_index: int  # the sample a note plays when neither it nor the script names one
+    bound_controllers: frozenset[int]  # MIDI controllers a parameter follows (``param bind``); read on the audio thread
 
     def block(self, start: int, frames: int) -> None:
         """Engine block hook (audio thread): run what is due in this block."""
@@ -27,17 +29,15 @@ class ScriptHost(Protocol):
               slot: int | None = None) -> None:
         """A note on/off or controller for the script (main or MIDI thread); ``slot``: the note's sample."""
 
-    def load(self, path: str) -> None:
-        """Load the script module (main thread); raises what its module code raises."""
+    def handle(self, msg: Message) -> bool:
+        """Main thread: carry out a message of the script schema (load the script, a ``run_sync``, a
+        ``run_async`` answer, new parameter values) and return True; return False for any other message.
 
-    def run_sync_call(self, fn: str, args: list[Any], id: str) -> None:
-        """A ``run_sync`` from the controller: ``fn(*args)`` at the start of the next block."""
+        The script schema is the host's business: the processor never imports it.
+        """
 
-    def async_result(self, token: int, ok: bool, value: Any, error: str) -> None:
-        """The controller's answer to a ``run_async``."""
-
-    def set_values(self, values: dict[str, Any], call: list[str]) -> None:
-        """New parameter values (and the ``on_change`` callbacks to run)."""
+    def controllers_moved(self, values: dict[int, float]) -> None:
+        """Main thread: bound controllers moved to these values (0..1); tell the controller, which moves the parameters."""
 
     def tick(self, period_ns: float) -> None:
         """Main thread, every loop: follow the block period, stop a callback past its hard limit, flush prints."""
@@ -51,6 +51,7 @@ class NoScriptHost:
 
     module: Any = None
     default_slot_index = 0
+    bound_controllers: frozenset[int] = frozenset()
 
     def block(self, start: int, frames: int) -> None:
         pass
@@ -59,16 +60,10 @@ class NoScriptHost:
               slot: int | None = None) -> None:
         pass
 
-    def load(self, path: str) -> None:
-        raise RuntimeError("no script host is installed (the `controller` package provides it)")
+    def handle(self, msg: Message) -> bool:
+        return False  # no script schema here: the daemon routes no script messages to this processor
 
-    def run_sync_call(self, fn: str, args: list[Any], id: str) -> None:
-        pass
-
-    def async_result(self, token: int, ok: bool, value: Any, error: str) -> None:
-        pass
-
-    def set_values(self, values: dict[str, Any], call: list[str]) -> None:
+    def controllers_moved(self, values: dict[int, float]) -> None:
         pass
 
     def tick(self, period_ns: float) -> None:

@@ -32,10 +32,8 @@ from typing import Any
 
 from actors import Child, child_main
 
-from actors.messages import (
-    ControlEvent, KillAllEvent, Message, MidiConnect, NoteOffEvent, NoteOnEvent, ParamControl, ParamValues, RunAsyncResult,
-    RunSync, SampleDrop, SampleLoad, ScriptError, ScriptLoad, VoicesDone, VoicesOp,
-)
+from actors.messages import Message, VoicesDone, VoicesOp
+from audio.messages import ControlEvent, KillAllEvent, MidiConnect, NoteOffEvent, NoteOnEvent, SampleDrop, SampleLoad
 from actors.shm import SharedArray, segment_prefix
 from audio._buffers import builtin_sample
 from audio._backends import BackendUnavailable
@@ -70,7 +68,6 @@ class Processor(Child):
         self.timed_inputs: tuple[TimedMidiInput, ...] = ()  # RtMidi ports (`midi connect`), copy-on-write
         self.engine.add_block_hook(self._pump_timed_midi)  # before the script's hook: their events land this block
         self.engine.add_block_hook(self.script.block)
-        self.bound_ccs: frozenset[int] = frozenset()  # controllers a parameter follows (`param bind`)
         self.moved: deque[tuple[int, float]] = deque()  # bound controllers that moved (audio thread -> main)
         self.midi_errors: deque[str] = deque(maxlen=5)
         self.midi = MidiDecoder(self.engine, self._midi_deliver)
@@ -101,7 +98,7 @@ class Processor(Child):
         controllers 129 and 128, HALion's numbers).  A bound controller also
         moves its parameter (queued for the main loop, which tells the controller).
         """
-        if kind == "cc" and number in self.bound_ccs:
+        if kind == "cc" and number in self.script.bound_controllers:
             self.moved.append((number, value))  # the main loop sends it to the controller
             try:
                 os.eventfd_write(self.outbox.fd, 1)  # wake it: one non-blocking write
@@ -140,8 +137,8 @@ class Processor(Child):
             s["midi_timed_inputs"] = [t.stats() for t in self.timed_inputs]
         if self.midi_errors:
             s["midi_errors_recent"] = list(self.midi_errors)
-        if self.bound_ccs:
-            s["midi_bound_ccs"] = sorted(self.bound_ccs)
+        if self.script.bound_controllers:
+            s["midi_bound_ccs"] = sorted(self.script.bound_controllers)
         return s
 
     def handle(self, msg: Message) -> None:
@@ -153,21 +150,9 @@ class Processor(Child):
             self._drop(msg.name)
         elif isinstance(msg, VoicesOp):
             self._voices(msg)
-        elif isinstance(msg, ScriptLoad):
-            try:
-                self.script.load(msg.path)
-            except Exception as exc:  # module code failed here: report, keep playing
-                self.send(ScriptError("Processor", "error", f"loading {msg.path}: {type(exc).__name__}: {exc}"))
-        elif isinstance(msg, RunSync):
-            self.script.run_sync_call(msg.fn, msg.args, msg.id)
-        elif isinstance(msg, RunAsyncResult):
-            self.script.async_result(msg.token, msg.ok, msg.value, msg.error)
-        elif isinstance(msg, ParamValues):
-            self.bound_ccs = frozenset(p.cc for p in msg.params if p.cc >= 0)
-            self.script.set_values({p.name: p.value for p in msg.params}, msg.call)
         elif isinstance(msg, MidiConnect):
             self._connect_midi(msg)
-        else:
+        elif not self.script.handle(msg):  # the script schema is the script host's
             super().handle(msg)
 
     def _at(self, delay: float) -> int | None:
@@ -191,7 +176,7 @@ class Processor(Child):
                 else:
                     eng.post(NoteOff(note=msg.note, at=at))
             elif isinstance(msg, ControlEvent):
-                if msg.controller in self.bound_ccs:
+                if msg.controller in self.script.bound_controllers:
                     self.moved.append((msg.controller, msg.value))
                 if self.script.module is not None:
                     self.script.event("cc", msg.controller, 0.0, msg.value, at)
@@ -287,8 +272,7 @@ class Processor(Child):
             while self.moved:
                 cc, value = self.moved.popleft()
                 latest[cc] = value
-            for cc, value in latest.items():
-                self.send(ParamControl(cc, value))
+            self.script.controllers_moved(latest)
         for buf in self.engine.drain_retired():  # the callback let go: unmap off the audio thread
             name = getattr(buf, "name", None)
             if name and self.retiring.get(name):

@@ -22,7 +22,8 @@ from types import ModuleType
 from typing import Any, Callable
 
 from actors import EnsembleError
-from actors.messages import RunAsync, ScriptError
+from actors.messages import Message
+from controller.messages import ParamControl, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad
 from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, set_context
 from controller._host import OffsideTask, ParamDef, function_name, install, load_module
@@ -68,6 +69,7 @@ class ProcessorScript:
         self.engine = engine
         self.outbox = outbox  # actors._child.Outbox: messages for the main thread to send
         self.module: ModuleType | None = None
+        self.bound_controllers: frozenset[int] = frozenset()  # `param bind`: read by the processor on the audio thread
         self.path = ""
         self.params: dict[str, ParamDef] = {}
         self.values: dict[str, Any] = {}
@@ -94,6 +96,29 @@ class ProcessorScript:
         self.thread_id = 0
 
     # ------------------------------------------------------------------ main thread
+    def handle(self, msg: Message) -> bool:
+        """A message of the script schema from the daemon: carry it out (True); anything else: False."""
+        if isinstance(msg, ScriptLoad):
+            try:
+                self.load(msg.path)
+            except Exception as exc:  # module code failed here: report, keep playing
+                self.outbox.put(ScriptError("Processor", "error", f"loading {msg.path}: {type(exc).__name__}: {exc}"))
+        elif isinstance(msg, RunSync):
+            self.run_sync_call(msg.fn, msg.args, msg.id)
+        elif isinstance(msg, RunAsyncResult):
+            self.async_result(msg.token, msg.ok, msg.value, msg.error)
+        elif isinstance(msg, ParamValues):
+            self.bound_controllers = frozenset(p.cc for p in msg.params if p.cc >= 0)
+            self.set_values({p.name: p.value for p in msg.params}, msg.call)
+        else:
+            return False
+        return True
+
+    def controllers_moved(self, values: dict[int, float]) -> None:
+        """Main thread: bound controllers moved; the controller sets the parameters bound to them (``ParamControl``)."""
+        for controller, value in values.items():
+            self.outbox.put(ParamControl(controller, value))
+
     def load(self, path: str) -> None:
         """Import the script here (module code only; on_init runs in the first block after)."""
         from controller import _context
@@ -336,7 +361,7 @@ class ProcessorScript:
         return self.values.get(name, self.params[name].default)
 
     def set_parameter(self, name: str, value: Any) -> None:
-        from actors.messages import ParamSet
+        from controller.messages import ParamSet
 
         if name not in self.params:
             raise KeyError(f"no parameter named {name!r}")
