@@ -66,15 +66,22 @@ def _param(d: Daemon, name: str) -> Any:
     return next(p for p in d.client().params() if p.name == name)
 
 
+def _scripted(make_daemon: Callable[..., Daemon], source: MidiSource, script: Path, text: str) -> Daemon:
+    """A daemon on JACK taking MIDI from ``source``, with ``text`` written to ``script`` and loaded in both contexts."""
+    script.write_text(text)
+    d, client = _jack_daemon(make_daemon, source.port.name)
+    wait_for(lambda: source.port.is_connected_to(f"{client}:midi_in"), what="the source connected")
+    d.client().load_script(str(script))
+    wait_for(lambda: _processor(d).get("script") == str(script), what="the script in the processor")
+    return d
+
+
 def test_param_bound_to_a_cc_moves_when_the_cc_arrives(
     jack_server: None, make_daemon: Callable[..., Daemon], midi_source: MidiSource, tmp_path: Path
 ) -> None:
     out = tmp_path / "on_change.txt"
     script = tmp_path / "bound.py"
-    script.write_text(BOUND_SCRIPT.format(out=str(out)))
-    d, client = _jack_daemon(make_daemon, midi_source.port.name)
-    wait_for(lambda: midi_source.port.is_connected_to(f"{client}:midi_in"), what="the source connected")
-    d.cli("load", str(script))
+    d = _scripted(make_daemon, midi_source, script, BOUND_SCRIPT.format(out=str(out)))
     wait_for(lambda: any(p.name == "cutoff" for p in d.client().params()), what="the script's parameters")
     assert "cutoff follows CC 74" in d.cli("param", "bind", "cutoff", "cc74").stdout
     d.cli("param", "bind", "mode", "75")
@@ -122,12 +129,7 @@ def test_every_midi_kind_reaches_the_script_at_its_frame(
     jack_server: None, make_daemon: Callable[..., Daemon], midi_source: MidiSource, tmp_path: Path
 ) -> None:
     out = tmp_path / "seen.json"
-    script = tmp_path / "every.py"
-    script.write_text(EVERY_KIND_SCRIPT.format(out=str(out)))
-    d, client = _jack_daemon(make_daemon, midi_source.port.name)
-    wait_for(lambda: midi_source.port.is_connected_to(f"{client}:midi_in"), what="the source connected")
-    d.client().load_script(str(script))
-    wait_for(lambda: _processor(d).get("script") == str(script), what="the script in the processor")
+    d = _scripted(make_daemon, midi_source, tmp_path / "every.py", EVERY_KIND_SCRIPT.format(out=str(out)))
     events = [
         (0, [0x90, 60, 127], ["note", 60, 1.0]), (300, [0xB0, 64, 127], ["controller", 64, 1.0]),
         (701, [0xE0, 0, 0], ["controller", 129, -1.0]), (1000, [0xD0, 127, 0], ["controller", 128, 1.0]),
