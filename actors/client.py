@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import msgspec
 
+from actors import _map
 from actors._connection import Connection
 from actors._errors import (
     EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, RemoteError, TransportError, WaitTimeout,
@@ -412,6 +413,7 @@ class Executor(concurrent.futures.Executor):
         self._cancels: list[Future[Any]] = []  # Cancel requests for cancelled futures, sent before closing
         self._lock = threading.Lock()
         self._shutdown = False
+        self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
@@ -507,8 +509,39 @@ class Executor(concurrent.futures.Executor):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
-        """Like :meth:`concurrent.futures.Executor.map` (all submits go out as batches)."""
-        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        """Like :meth:`concurrent.futures.Executor.map`: ``fn`` over the zipped iterables, results in order.
+
+        Each chunk of ``chunksize`` items is one job (as ``ProcessPoolExecutor``
+        sends them), and the jobs leave in large batches with no Future per
+        item (see :mod:`actors._map`).  The first failure is raised when the
+        iterator reaches it; ``timeout`` (s, from this call) raises
+        ``TimeoutError``; leaving the iterator early cancels what has not run.
+        On a remote daemon, under a ``max_workers`` cap on a shared one, or with
+        numpy arrays among the items (they keep their shared-memory path), it
+        falls back to one job per item.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        items = list(zip(*iterables))
+        if not self._exact or self._cap is not None or any(is_ndarray(v) for args in items for v in args):
+            return super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
+        parts = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, with_task=False)
+        run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels)
+        with self._lock:
+            self._live.add(run.done)
+            self._maps.add(run)
+            self._acks.extend(run.acks)
+
+        def ended(_: Future[None]) -> None:
+            with self._lock:
+                self._live.discard(run.done)
+                self._maps.discard(run)
+
+        run.done.add_done_callback(ended)
+        return run.results(timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``wait`` block until submitted futures finish.
@@ -519,9 +552,12 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
             futures = list(self._live)
+            maps = list(self._maps)
         if cancel_futures:
             for f in futures:
                 f.cancel()
+            for run in maps:
+                run.cancel()
         if wait or not futures:
             concurrent.futures.wait(futures)
             self._close()

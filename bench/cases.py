@@ -231,12 +231,15 @@ def case_throughput(ctx: Ctx) -> list[Row]:
                 contenders: dict[str, tuple[int, Callable[[int], Any]]] = {
                     "Client.submit_many": (n, ens_many),
                     "Executor.map": (n, lambda k: list(ex.map(bj.plain_noop, range(k)))),
+                    "Executor.map (chunksize=64)": (n, lambda k: list(ex.map(bj.plain_noop, range(k), chunksize=64))),
+                    "Executor.submit": (n, lambda k: [f.result() for f in [ex.submit(bj.plain_noop) for _ in range(k)]]),
                     "ProcessPoolExecutor.submit": (n, lambda k: [f.result() for f in [ppe.submit(bj.plain_noop)
                                                                                     for _ in range(k)]]),
                     "ProcessPoolExecutor.map": (n, lambda k: list(ppe.map(bj.plain_noop, range(k)))),
                     "multiprocessing.Pool.apply_async": (n, lambda k: [r.get() for r in [pool.apply_async(bj.plain_noop)
                                                                                           for _ in range(k)]]),
                     "multiprocessing.Pool.map (chunksize=1)": (n, lambda k: pool.map(bj.plain_noop, range(k), chunksize=1)),
+                    "multiprocessing.Pool.map (chunksize=64)": (n, lambda k: pool.map(bj.plain_noop, range(k), chunksize=64)),
                 }
                 if ray is not None:
                     rf = ray.remote(bj.plain_noop)
@@ -262,13 +265,18 @@ def case_throughput(ctx: Ctx) -> list[Row]:
         row(case, "Client.submit_many", m["Client.submit_many"], "jobs/s", "ProcessPoolExecutor(2).submit",
             m["ProcessPoolExecutor.submit"], ">= 1.0x", m["Client.submit_many"] >= m["ProcessPoolExecutor.submit"], note),
         row(case, "Client.submit_many", m["Client.submit_many"], "jobs/s", "multiprocessing.Pool(2).apply_async",
-            m["multiprocessing.Pool.apply_async"], ">= 1.5x (aim)",
+            m["multiprocessing.Pool.apply_async"], ">= 1.5x",
             m["Client.submit_many"] >= 1.5 * m["multiprocessing.Pool.apply_async"]),
+        row(case, "Executor.submit loop", m["Executor.submit"], "jobs/s", "ProcessPoolExecutor(2).submit",
+            m["ProcessPoolExecutor.submit"], ">= 1.5x", m["Executor.submit"] >= 1.5 * m["ProcessPoolExecutor.submit"]),
         row(case, "Executor.map", m["Executor.map"], "jobs/s", "ProcessPoolExecutor(2).map", m["ProcessPoolExecutor.map"],
             ">= 1.0x", m["Executor.map"] >= m["ProcessPoolExecutor.map"]),
         row(case, "Executor.map", m["Executor.map"], "jobs/s", "multiprocessing.Pool(2).map (chunksize=1)",
-            m["multiprocessing.Pool.map (chunksize=1)"], ">= 1.5x (aim)",
-            m["Executor.map"] >= 1.5 * m["multiprocessing.Pool.map (chunksize=1)"]),
+            m["multiprocessing.Pool.map (chunksize=1)"], ">= 1.0x",
+            m["Executor.map"] >= m["multiprocessing.Pool.map (chunksize=1)"]),
+        row(case, "Executor.map (chunksize=64)", m["Executor.map (chunksize=64)"], "items/s",
+            "multiprocessing.Pool(2).map (chunksize=64)", m["multiprocessing.Pool.map (chunksize=64)"], ">= 1.0x",
+            m["Executor.map (chunksize=64)"] >= m["multiprocessing.Pool.map (chunksize=64)"]),
     ]
     if ray is not None:
         rows.append(row(case, "Client.submit_many", m["Client.submit_many"], "jobs/s", "Ray tasks (num_cpus=2)",
