@@ -194,35 +194,47 @@ class Processor(Child):
         The outcome shows in ``status``: ``midi_sources`` / ``midi_timed_inputs``,
         or a line in ``midi_errors_recent``.
         """
-        backend = self.backend
-        via = msg.via
         try:
-            if via in ("auto", "jack"):
-                if via == "jack" and not (isinstance(backend, JackBackend) and backend.state == "connected"):
-                    raise BackendUnavailable(f"the processor is not on JACK (backend {self.backend_name!r}, "
-                                             f"state {getattr(backend, 'state', 'n/a')!r})")
-                if isinstance(backend, JackBackend) and backend.state == "connected":
-                    try:
-                        backend.connect_midi(msg.port)
-                        log.info("event=midi-connect port=%s via=jack", msg.port)
-                        return
-                    except BackendUnavailable:
-                        if via == "jack":
-                            raise
-                via = "alsa"
-            if via == "rtmidi-jack" and isinstance(backend, JackBackend) and backend.state == "connected":
-                raise BackendUnavailable(
-                    "RtMidi's JACK API cannot be used while the processor is itself a JACK client (RtMidi keeps the "
-                    "GIL while JACK waits for this process's callbacks: a deadlock); connect the port with --via jack")
-            if any(t.via == via and msg.port in t.name for t in self.timed_inputs):
-                return
-            source = TimedMidiInput(self.engine, self.midi, msg.port, via)
+            source = self._open_midi(msg.port, msg.via)
         except BackendUnavailable as exc:
             self.midi_errors.append(f"midi connect {msg.port!r}: {exc}")
             log.warning("event=midi-connect-failed port=%s reason=%s", msg.port, exc)
             return
-        self.timed_inputs = (*self.timed_inputs, source)
-        log.info("event=midi-connect port=%s via=%s", source.name, via)
+        if source is not None:
+            self.timed_inputs = (*self.timed_inputs, source)
+            log.info("event=midi-connect port=%s via=%s", source.name, source.via)
+
+    def _open_midi(self, port: str, via: str) -> TimedMidiInput | None:
+        """Connect ``port`` on JACK (returns None) or open it with RtMidi (returns the new input, or None if open).
+
+        Raises :class:`BackendUnavailable` saying why neither worked.
+        """
+        backend = self.backend
+        jack = backend if isinstance(backend, JackBackend) and backend.state == "connected" else None
+        jack_reason = ""
+        if via in ("auto", "jack"):
+            if jack is None:
+                jack_reason = f"the processor is not on JACK (backend {self.backend_name!r})"
+            else:
+                try:
+                    jack.connect_midi(port)
+                    log.info("event=midi-connect port=%s via=jack", port)
+                    return None
+                except BackendUnavailable as exc:
+                    jack_reason = str(exc)
+            if via == "jack":
+                raise BackendUnavailable(jack_reason)
+            via = "alsa"
+        if via == "rtmidi-jack" and jack is not None:
+            raise BackendUnavailable(
+                "RtMidi's JACK API cannot be used while the processor is itself a JACK client (RtMidi keeps the "
+                "GIL while JACK waits for this process's callbacks: a deadlock); connect the port with --via jack")
+        if any(t.via == via and port in t.name for t in self.timed_inputs):
+            return None
+        try:
+            return TimedMidiInput(self.engine, self.midi, port, via)
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(f"{jack_reason}; {exc}" if jack_reason else str(exc)) from exc
 
     def _load(self, msg: SampleLoad) -> None:
         info = msg.sample

@@ -48,6 +48,8 @@ def test_midi_list_and_connect_through_the_daemon(
     assert {"name": port, "via": "jack", "connected": True} in listed_json["ports"]
     bad = d.cli("midi", "connect", "no-such:port", "--via", "jack", check=False)
     assert bad.returncode != 0 and "no JACK MIDI output named 'no-such:port'" in bad.stderr
+    bad = d.cli("midi", "connect", "no-such:port", check=False)  # auto: neither JACK nor ALSA has it, both say why
+    assert bad.returncode != 0 and "no JACK MIDI output named 'no-such:port'" in bad.stderr and "alsa" in bad.stderr
 
 
 BOUND_SCRIPT = """
