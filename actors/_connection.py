@@ -132,10 +132,14 @@ class Connection:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = -1 if end is None else max(0, int((end - time.monotonic()) * 1000))
-            if not sock.poll(wait):
+            if sock.rcvtimeo != wait:
+                sock.rcvtimeo = wait
+            try:
+                answer = sock.recv()  # one blocking call (poll then recv costs a second round into libzmq)
+            except zmq.Again:
                 raise TransportError(f"the daemon did not answer {type(msg).__name__} within {timeout:g}s; "
-                                     "is it overloaded or stopped? (`ensemble status`)")
-            got, reply = decode(sock.recv(), self.limits)
+                                     "is it overloaded or stopped? (`ensemble status`)") from None
+            got, reply = decode(answer, self.limits)
             if got != corr:
                 continue  # the late answer to a request that timed out earlier
             if isinstance(reply, Error):

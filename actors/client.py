@@ -9,7 +9,6 @@ error that says what to do instead.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import logging
@@ -18,7 +17,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import msgspec
 
@@ -37,6 +36,8 @@ from actors.messages import (
 )
 
 _log = logging.getLogger("ensemble.client")
+if TYPE_CHECKING:
+    import asyncio
 TERMINAL = FINAL  # the final job states (kept under its old name)
 _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushed result
 
@@ -599,6 +600,13 @@ def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
         fut.set_exception(exc)
 
 
+def _aio() -> Any:
+    """The asyncio module, imported on first use by the asyncio client."""
+    import asyncio
+
+    return asyncio
+
+
 class AsyncJobHandle:
     """An awaitable job handle for :class:`AsyncClient`."""
 
@@ -606,6 +614,8 @@ class AsyncJobHandle:
         self.client = client
         self.id = job_id
         self.info: JobInfo | None = None
+        import asyncio  # only for the asyncio client: `import actors.client` stays free of asyncio (~0.1 s)
+
         self._final: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
 
     def _update(self, info: JobInfo) -> None:
@@ -618,8 +628,9 @@ class AsyncJobHandle:
     async def wait(self, timeout: float | None = None) -> JobInfo:
         """Await the job's end; returns its final snapshot."""
         try:
-            return await asyncio.wait_for(asyncio.shield(self._final), timeout)
-        except asyncio.TimeoutError:
+            info: JobInfo = await _aio().wait_for(_aio().shield(self._final), timeout)
+            return info
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             raise WaitTimeout(f"job {self.id} did not finish within {timeout:g}s (it goes on)") from None
 
     async def result(self, timeout: float | None = None) -> Any:
@@ -653,15 +664,15 @@ class AsyncClient:
 
     async def _call(self, msg: Any) -> Any:
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.conn.call(msg)), self.timeout)
-        except asyncio.TimeoutError:
+            return await _aio().wait_for(_aio().wrap_future(self.conn.call(msg)), self.timeout)
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             raise TransportError(f"the daemon did not answer {type(msg).__name__} within {self.timeout:g}s") from None
 
     async def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
                      grace: float = 0.5, deadline: float | None = None, retries: int = 0,
                      kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> AsyncJobHandle:
         """Submit a job (as :meth:`Client.submit`); returns an awaitable handle."""
-        loop = asyncio.get_running_loop()
+        loop = _aio().get_running_loop()
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
                          deadline=deadline, retries=retries)
         handle = AsyncJobHandle(self, 0)
@@ -669,7 +680,7 @@ class AsyncClient:
         def listener(info: JobInfo) -> None:  # the handle's own loop applies every push, in order
             loop.call_soon_threadsafe(handle._update, info)
 
-        (jid,) = await asyncio.wait_for(asyncio.wrap_future(self.conn.submit([spec], listener)), self.timeout)
+        (jid,) = await _aio().wait_for(_aio().wrap_future(self.conn.submit([spec], listener)), self.timeout)
         handle.id = jid
         return handle
 

@@ -342,6 +342,59 @@ def case_latency(ctx: Ctx) -> list[Row]:
     return rows
 
 
+# ================================================================== 4b. a private Executor from cold
+_COLD = """
+import sys, time
+t0 = time.perf_counter()
+KIND = sys.argv[1]
+from bench import jobs
+if KIND == "ensemble":
+    from ensemble import Executor
+    ex = Executor(2)
+else:
+    import concurrent.futures
+    ex = concurrent.futures.ProcessPoolExecutor(2)
+ex.submit(jobs.plain_noop).result(120)
+t1 = time.perf_counter()
+ex.shutdown()
+print(t1 - t0)
+"""
+
+
+def case_cold(ctx: Ctx) -> list[Row]:
+    """Time to the first result of a fresh ``Executor()`` (a private daemon: nothing else runs) vs a fresh pool."""
+    case = "first result from cold (private Executor(2))"
+    rounds = ctx.size(3, 7)
+    with tempfile.TemporaryDirectory(prefix="ens-cold-") as tmp:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "ENSEMBLE_NAME": "cold", "ENSEMBLE_RUN_DIR": f"{tmp}/run",
+               "ENSEMBLE_STATE_DIR": f"{tmp}/state"}
+        env.pop("ENSEMBLE_CONFIG", None)
+
+        def once(kind: str) -> float:
+            out = subprocess.run([sys.executable, "-c", _COLD, kind], env=env, capture_output=True, text=True,
+                                 timeout=180, cwd=str(ROOT))
+            if out.returncode != 0:
+                raise RuntimeError(f"{kind} cold start failed: {out.stderr.strip()[-400:]}")
+            return float(out.stdout.strip().splitlines()[-1])
+
+        def interpreter() -> float:
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
+            return time.perf_counter() - t
+
+        times: dict[str, list[float]] = {"ensemble": [], "ppe": [], "python": []}
+        for r in range(rounds):
+            for kind in (("ensemble", "ppe") if r % 2 == 0 else ("ppe", "ensemble")):
+                times[kind].append(once(kind))
+            times["python"].append(interpreter())
+    ens, ppe, py = (median(times[k]) for k in ("ensemble", "ppe", "python"))
+    budget = 1.5 * ppe + py
+    return [row(case, "to first result", ens * 1e3, "ms", "ProcessPoolExecutor(2), to first result", ppe * 1e3,
+                "<= 1.5x + one interpreter start", ens <= budget,
+                f"median of {rounds} fresh processes each; one interpreter start (python -c pass) = {py * 1e3:.0f} ms, "
+                f"so the budget is {budget * 1e3:.0f} ms; the private daemon starts a supervisor and 2 workers")]
+
+
 # ================================================================== 5. scaling
 def _spin_iterations(seconds: float) -> int:
     k = 200_000
@@ -826,7 +879,7 @@ def case_bridges(ctx: Ctx) -> list[Row]:
 
 
 CASES: dict[str, Callable[[Ctx], list[Row]]] = {
-    "ping": case_ping, "codec": case_codec, "throughput": case_throughput, "latency": case_latency,
+    "ping": case_ping, "codec": case_codec, "throughput": case_throughput, "latency": case_latency, "cold": case_cold,
     "scaling": case_scaling, "cancel": case_cancel, "replacement": case_replacement, "up": case_up,
     "clients": case_clients, "memory": case_memory, "arrays": case_arrays, "audio": case_audio,
     "bridges": case_bridges, "audio_jack": case_audio_jack,
