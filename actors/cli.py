@@ -445,14 +445,22 @@ def keys_list(ctx: click.Context) -> None:
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="This worker's .key_secret file.")
 @click.option("--server-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The daemon's server.key.")
 @click.option("--worker-name", default=None, help="Name shown in status (default: the host name).")
+@click.option("--resources", default="", metavar="NAME=AMOUNT,...",
+              help="What it offers jobs, e.g. CPU=8,GPU=1 (default: this host's CPUs and memory).")
 @click.pass_context
-def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_name: str | None) -> None:
+def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_name: str | None,
+           resources: str) -> None:
     """Run a worker on this host for a daemon elsewhere (restart it with systemd or Kubernetes)."""
     import socket
 
+    from actors._resources import host_resources, parse
     from actors.worker import run_remote
 
-    code = run_remote(config_of(ctx), endpoint, key, server_key, worker_name or socket.gethostname())
+    try:
+        offer = parse(resources, "--resources") if resources else host_resources()
+    except EnsembleError as exc:
+        fail(str(exc))
+    code = run_remote(config_of(ctx), endpoint, key, server_key, worker_name or socket.gethostname(), offer)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: ZeroMQ's atexit term would wait on inproc sockets

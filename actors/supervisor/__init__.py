@@ -244,7 +244,7 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
             actors.append(ActorInfo(
                 slot.name, slot.role, pid, ("retiring" if slot.retire else slot.state) if pid else slot.state,
                 now - slot.started if pid else 0.0, slot.restarts, mono - slot.last_heard if pid else 0.0,
-                _rss(pid) if pid else 0, slot.detail, slot.stats,
+                _rss(pid) if pid else 0, slot.detail, slot.stats, slot.resources,
             ))
         running = sum(len(s.outstanding) > 0 for s in self.slots.values())
         counters: dict[str, Any] = dict(self.counters)

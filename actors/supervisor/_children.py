@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors._freshness import RETIRE_CODE
+from actors._resources import check as check_resources, host_resources
 from actors._spawn import kill_group, spawn
 import zmq
 
 from actors.messages import Heartbeat, Hello, Stop, decode, encode
-from actors._errors import ProtocolError
+from actors._errors import EnsembleError, ProtocolError
 from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
@@ -47,6 +48,7 @@ class Slot:
     sock: Any = None  # the ROUTER it talks through (internal ipc, or the tcp one)
     key: bytes = b""  # a remote worker's CURVE public key: its frames must carry it
     path_sent: Any = None  # the import path last sent to this incarnation (sent again only when it changes)
+    resources: dict[str, float] = field(default_factory=dict)  # what it offers jobs (actors._resources)
 
 
 
@@ -72,10 +74,10 @@ class ChildrenMixin(State):
 
     def _add_worker(self) -> Slot:
         self._worker_seq += 1
-        return self._add_slot(f"worker-{self._worker_seq}", "worker", "actors.worker")
+        return self._add_slot(f"worker-{self._worker_seq}", "worker", "actors.worker", host_resources())
 
-    def _add_slot(self, name: str, role: str, module: str) -> Slot:
-        slot = Slot(name, role, module)
+    def _add_slot(self, name: str, role: str, module: str, resources: dict[str, float] | None = None) -> Slot:
+        slot = Slot(name, role, module, resources=resources or {})
         self.slots[name] = slot
         self._spawn(slot)
         return slot
@@ -165,10 +167,15 @@ class ChildrenMixin(State):
         if len(self.remote_slots) >= 1024:
             log.warning("event=remote-worker-refused key=%s reason=1024 remote workers already", name)
             return None
+        try:
+            resources = check_resources(msg.resources, f"remote worker {name}")
+        except EnsembleError as exc:
+            log.warning("event=remote-worker-resources-ignored key=%s reason=%s", name, exc)
+            resources = {}
         self._remote_seq += 1
         slot_name = f"remote:{name}#{self._remote_seq}"
         slot = Slot(slot_name, "worker", "", remote=True, sock=sock, identity=ident, started=time.time(),
-                    last_heard=time.monotonic(), key=key)
+                    last_heard=time.monotonic(), key=key, resources=resources)
         self.slots[slot_name] = slot
         self.remote_slots[ident] = slot
         log.info("event=remote-worker-joined name=%s pid=%d", slot_name, msg.pid)
