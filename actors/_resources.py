@@ -51,8 +51,10 @@ def check(resources: Any, what: str) -> dict[str, float]:
 
 
 def parse(text: str, what: str) -> dict[str, float]:
-    """``"CPU=1,GPU=0.5"`` (a flag or an environment variable) as a resources table."""
+    """``"CPU=1,GPU=0.5"`` (a flag or an environment variable) as a resources table (``none``: empty)."""
     out: dict[str, Any] = {}
+    if text.strip() == "none":
+        return {}
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue

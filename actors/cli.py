@@ -204,12 +204,14 @@ def top(ctx: click.Context, refresh: float) -> None:
 
 @main.command()
 @click.argument("workers", type=int)
+@click.option("--on", "on", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Which workers: this host's, or those placed on the Ray cluster ([cluster] ray).")
 @click.pass_context
-def scale(ctx: click.Context, workers: int) -> None:
+def scale(ctx: click.Context, workers: int, on: str) -> None:
     """Change the number of workers at runtime (idle workers retire first)."""
     with client_of(ctx) as c:
-        c.scale(workers)
-    click.echo(f"workers: {workers}")
+        c.scale(workers, "" if on == "local" else on)
+    click.echo(f"workers: {workers}" + (" on ray" if on == "ray" else ""))
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -231,9 +233,10 @@ def parse_arg(text: str) -> Any:
 @click.option("--deadline", default=None, type=float, help="Run-time limit in seconds from the start.")
 @click.option("--retries", default=0, help="Reruns after a worker death.")
 @click.option("--name", "job_name", default="", help="A name for the job.")
+@click.option("--resources", default="", metavar="NAME=AMOUNT,...", help="What its worker must offer, e.g. GPU=1.")
 @click.pass_context
 def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ...], wait: bool, priority: int,
-           grace: float, deadline: float | None, retries: int, job_name: str) -> None:
+           grace: float, deadline: float | None, retries: int, job_name: str, resources: str) -> None:
     """Submit a job FN ('module:function') with ARGS (each read as JSON where it parses)."""
     kwargs = {}
     for item in kw:
@@ -241,13 +244,19 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
         if not sep or not key.isidentifier():
             fail(f"--kw {item!r} must look like NAME=VALUE")
         kwargs[key] = parse_arg(value)
+    from actors._resources import parse
+
+    try:
+        need = parse(resources, "--resources") if resources else None
+    except EnsembleError as exc:
+        fail(str(exc))
     with client_of(ctx) as c:
         held: list[bool] = []
         if wait:  # a first Ctrl-C during the submit waits for the job's id, so that the job can be cancelled
             previous = signal.signal(signal.SIGINT, lambda *_: _hold_interrupt(held))
         try:
             handle = c.submit(fn, *[parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
-                              grace=grace, deadline=deadline, retries=retries)
+                              grace=grace, deadline=deadline, retries=retries, resources=need)
         finally:
             if wait:
                 signal.signal(signal.SIGINT, previous)
@@ -457,7 +466,7 @@ def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_
     from actors.worker import run_remote
 
     try:
-        offer = parse(resources, "--resources") if resources else host_resources()
+        offer = parse(resources, "--resources") if resources else host_resources()  # "none": offers nothing
     except EnsembleError as exc:
         fail(str(exc))
     code = run_remote(config_of(ctx), endpoint, key, server_key, worker_name or socket.gethostname(), offer)

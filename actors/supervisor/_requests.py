@@ -248,6 +248,11 @@ class RequestsMixin(State):
     def _on_scale(self, ident: bytes, corr: int, msg: Scale) -> Message:
         if not 0 <= msg.workers <= 1024:
             raise EnsembleError(f"cannot scale to {msg.workers} workers: give 0..1024")
+        if msg.on == "ray":
+            self.scale_cluster(msg.workers)
+            return Ack(f"workers on ray: {msg.workers}")
+        if msg.on not in ("", "local"):
+            raise EnsembleError(f"cannot scale workers on {msg.on!r}: give local or ray")
         self.scale(msg.workers)
         return Ack(f"workers: {msg.workers}")
 

@@ -158,6 +158,9 @@ class State:
     def scale(self, n: int) -> None:
         raise NotImplementedError
 
+    def scale_cluster(self, n: int) -> None:
+        raise NotImplementedError
+
     def status(self) -> StatusReply:
         raise NotImplementedError
 
@@ -171,6 +174,9 @@ class State:
         raise NotImplementedError
 
     def _spawn(self, slot: Slot) -> None:
+        raise NotImplementedError
+
+    def _cluster_open(self) -> None:
         raise NotImplementedError
 
     def _add_worker(self) -> Slot:
