@@ -172,7 +172,7 @@ class RayWorkers:
             raise DaemonError(f"cannot join the Ray cluster at {address!r} ([cluster] ray): {exc}; start one "
                               "(`ray start --head`) or fix the address") from exc
         self.endpoint = self.cfg.cluster.connect or self._connect_endpoint()
-        self._host_cls = ray.remote(max_restarts=-1, max_task_retries=0)(WorkerHost)
+        self._host_cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2)(WorkerHost)
         log.info("event=ray-joined address=%s connect=%s workers=%d", address, self.endpoint, self.cfg.cluster.workers)
         self.scale(self.cfg.cluster.workers)
 
