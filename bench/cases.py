@@ -28,6 +28,7 @@ from bench._daemon import ROOT, BenchDaemon, rss
 from bench._peers import RaySession, feature_arrays, feature_audio, feature_bridges, start_floor_server
 from bench._stats import Row, median, pct, row, skipped
 from bench.audio_jack import case_audio_jack
+from bench.ray_cluster import case_ray_cluster
 
 CORES = len(os.sched_getaffinity(0))
 SPAWN = multiprocessing.get_context("spawn")
@@ -821,5 +822,5 @@ CASES: dict[str, Callable[[Ctx], list[Row]]] = {
     "ping": case_ping, "codec": case_codec, "throughput": case_throughput, "latency": case_latency,
     "scaling": case_scaling, "cancel": case_cancel, "replacement": case_replacement, "up": case_up,
     "clients": case_clients, "memory": case_memory, "arrays": case_arrays, "audio": case_audio,
-    "bridges": case_bridges, "audio_jack": case_audio_jack,
+    "bridges": case_bridges, "audio_jack": case_audio_jack, "ray_cluster": case_ray_cluster,
 }
