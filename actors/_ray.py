@@ -130,6 +130,7 @@ class Member:
     run: Any
     resources: dict[str, float]
     demand: bool = False  # started for a queued job's resources, beyond ``[cluster] workers``
+    retiring: bool = False  # picked by a scale-down: when its worker stops, the actor goes
     started: float = field(default_factory=time.monotonic)
 
 
@@ -246,18 +247,22 @@ class RayWorkers:
         Growing starts actors at once.  Shrinking picks placement-made members
         first, then the newest; those not yet connected are removed at once.
         """
-        have = sorted(self.members.values(), key=lambda m: (not m.demand, -m.started))
+        have = sorted((m for m in self.members.values() if not m.retiring), key=lambda m: (not m.demand, -m.started))
         for _ in range(n - len(have)):
             self.add(dict(self.cfg.cluster.worker_resources))
-        return [m.name for m in have[:max(0, len(have) - n)]]
+        going = have[:max(0, len(have) - n)]
+        for member in going:
+            member.retiring = True
+        return [m.name for m in going]
 
     # -- watching ------------------------------------------------------------------------
     def poll(self) -> list[tuple[str, str]]:
         """Members whose ``run()`` ended since the last call, as ``(name, why)``; costs one ``ray.wait(timeout=0)``.
 
-        A run that returned (the daemon stopped the worker) removes the member;
-        one that failed (actor or node died) is submitted again, so it waits
-        for Ray's restart of the actor.
+        A run that returned (its worker stopped) removes a retiring member and
+        starts the worker again for any other (it left because the daemon
+        fell silent); one that failed (actor or node died) is submitted again,
+        so it waits for Ray's restart of the actor.
         """
         if not self.members:
             return []
@@ -273,7 +278,11 @@ class RayWorkers:
                 member.run = member.actor.run.remote()
                 out.append((member.name, why))
                 continue
-            self.remove(member.name, "its worker stopped")
-            out.append((member.name, "its worker stopped"))
+            if member.retiring:
+                self.remove(member.name, "its worker stopped")
+                out.append((member.name, "its worker stopped"))
+            else:
+                member.run = member.actor.run.remote()
+                out.append((member.name, "its worker stopped unasked; started again"))
         return out
 
