@@ -60,14 +60,18 @@ def config_of(ctx: click.Context, **daemon: Any) -> Config:
     return load_config(obj.get("config"), overrides={"daemon": {"name": obj.get("name"), **daemon}}).absolute()
 
 
-def client_of(ctx: click.Context) -> Any:
-    """A Client of the daemon this command names (local, or --connect with CURVE keys); close it after use."""
+def client_of(ctx: click.Context, cls: type[Any] | None = None) -> Any:
+    """A client of the daemon this command names (local, or --connect with CURVE keys); close it after use.
+
+    ``cls``: the client class (a package's commands pass their own, e.g. ``audio.client.Client``).
+    """
     from actors.client import Client
 
+    make = cls or Client
     obj = ctx.ensure_object(dict)
     if obj.get("connect"):
-        return Client(config=config_of(ctx), endpoint=obj["connect"], curve=(obj["key"], obj["server_key"]))
-    return Client(config=config_of(ctx))
+        return make(config=config_of(ctx), endpoint=obj["connect"], curve=(obj["key"], obj["server_key"]))
+    return make(config=config_of(ctx))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

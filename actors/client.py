@@ -24,7 +24,7 @@ import msgspec
 
 from actors._connection import Connection
 from actors._errors import (
-    EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, OutOfRange, RemoteError, TransportError, WaitTimeout,
+    EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, RemoteError, TransportError, WaitTimeout,
 )
 from actors._jobfn import path_of
 from actors._rundir import RunDir
@@ -32,9 +32,7 @@ from actors._state import FINAL
 from actors.shm import is_ndarray
 from actors.config import Config, load_config
 from actors.messages import (
-    Cancel, ControlEvent, KillAllEvent, NoteOffEvent, NoteOnEvent, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, SampleDrop, SampleInfo,
-    SampleList, SampleLoad, Scale, Shutdown, Status, StatusReply, Watch, ScriptLoad, ParamInfo, ParamList, ParamSet,
-    Submitted, TaskSubmit,
+    Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, Scale, Shutdown, Status, StatusReply, Submitted, TaskSubmit, Watch,
 )
 
 _log = logging.getLogger("ensemble.client")
@@ -347,93 +345,6 @@ class Client:
     def free(self, array: Any) -> None:
         """Release an array from :meth:`empty`."""
         self.conn.arrays.free(array)
-
-    # -- audio
-    def note_on(self, note: int, velocity: int = 100, at: float | None = None, sample: str = "") -> None:
-        """Play ``note`` (0..127) at MIDI ``velocity`` (1..127, as MIDI, HALion and ``ensemble note`` count it).
-
-        ``at``: seconds from when the processor receives it (None: its next block);
-        the event then starts at its exact sample offset.  ``sample`` names a
-        loaded sample ("" = the last one loaded, else the built-in sound); the
-        note carries it, so two notes in one block can play two samples.
-        Raises :class:`OutOfRange` for a note or velocity outside its range.
-        """
-        if type(velocity) is not int or not 1 <= velocity <= 127 or type(note) is not int or not 0 <= note <= 127:
-            raise OutOfRange(f"note_on({note!r}, velocity={velocity!r}): note is 0..127 and velocity a MIDI "
-                             "velocity 1..127 (an int, as in `ensemble note --velocity`)")
-        self._call(NoteOnEvent(note, velocity / 127, float(at or 0.0), sample))
-
-    def note_off(self, note: int, at: float | None = None) -> None:
-        """Release every voice playing ``note`` (release envelope, no click)."""
-        self._call(NoteOffEvent(int(note), float(at or 0.0)))
-
-    def control_change(self, controller: int, value: float, at: float | None = None) -> None:
-        """Send controller ``controller`` (0..127) with ``value`` (0..1) to the processor."""
-        self._call(ControlEvent(int(controller), float(value), float(at or 0.0)))
-
-    def kill_all_voices(self, fade_ms: float = 10.0) -> None:
-        """Fade out and free every sounding voice."""
-        self._call(KillAllEvent(float(fade_ms)))
-
-    def upload_sample(self, array: Any, name: str, samplerate: int = 48000, root_key: int = 60) -> SampleInfo:
-        """Copy ``array`` ([frames] or [frames, channels]) into shared memory and register it as ``name``.
-
-        The daemon's registry owns the segment from then on (``drop_sample``
-        releases it); replacing a sample the processor plays swaps it at a
-        block boundary.  Cost: one copy of the data.
-        """
-        import numpy as np
-
-        from actors.shm import SharedArray
-
-        data = np.asarray(array, dtype=np.float32)
-        if data.ndim not in (1, 2) or data.shape[0] == 0:
-            raise ValueError(f"a sample is a non-empty [frames] or [frames, channels] array, got shape {data.shape}")
-        sa = SharedArray.create(self.config.shm_key, data.shape, np.float32)
-        try:
-            sa.array[...] = data
-            info = SampleInfo(name, sa.handle, int(samplerate), int(root_key))
-            self._call(SampleLoad(info))
-        except BaseException:
-            sa.unlink()
-            raise
-        finally:
-            sa.close()
-        return info
-
-    def samples(self) -> list[SampleInfo]:
-        """The samples in the daemon's registry."""
-        return list(self._call(SampleList()).samples)
-
-    def drop_sample(self, name: str) -> None:
-        """Remove a sample from the registry (its memory is freed once the processor lets go)."""
-        self._call(SampleDrop(name))
-
-    # -- scripts and parameters
-    def load_script(self, path: str, reload: bool = False) -> None:
-        """Load an instrument script in the controller, then the processor (HALion's init order)."""
-        import os
-
-        self._call(ScriptLoad(os.path.abspath(path) if path else "", reload))
-
-    def reload_script(self) -> None:
-        """Reload the current script: pending callbacks are discarded, its tasks aborted, parameters kept."""
-        self._call(ScriptLoad("", True))
-
-    def params(self) -> list[ParamInfo]:
-        """The loaded script's parameters with their current values."""
-        return list(self._call(ParamList()).params)
-
-    def get_param(self, name: str) -> Any:
-        """One parameter's current value.  Raises KeyError if there is none of that name."""
-        for p in self.params():
-            if p.name == name:
-                return p.value
-        raise KeyError(f"no parameter named {name!r}")
-
-    def set_param(self, name: str, value: Any) -> None:
-        """Set a parameter: it enters the controller's queue as a control callback."""
-        self._call(ParamSet(name, value))
 
     # -- daemon
     def ping(self) -> Pong:

@@ -1,4 +1,10 @@
-"""The wire protocol: one versioned MessagePack envelope and the typed messages in it.
+"""The wire protocol: one versioned MessagePack envelope, its codec, and the runtime's messages.
+
+The schema is split by domain, one module each: the runtime's messages (jobs,
+workers, the daemon) are here; the audio schema is :mod:`audio.messages` and
+the script schema :mod:`controller.messages`.  Each calls :func:`register`
+for its kinds, so the runtime never imports the layers above it and a
+process decodes the kinds of the schemas it imported.
 
 Every message is a frozen, array-like :class:`msgspec.Struct`: built
 positionally like a tuple, compared by value, never changed after it is made
@@ -83,27 +89,7 @@ class Kind(IntEnum):
     RECALL = 49
     RECALLED = 50
     RETIRING = 51
-    # audio: events and samples
-    # 60 was the one AudioEvent with an op string (before version 2): retired, never reuse it
-    NOTE_ON = 65
-    NOTE_OFF = 66
-    CONTROL = 67
-    KILL_ALL = 68
-    SAMPLE_LOAD = 61
-    SAMPLE_DROP = 62
-    SAMPLE_LIST = 63
-    SAMPLE_INFOS = 64
-    # scripts
-    SCRIPT_LOAD = 70
-    SCRIPT_READY = 71
-    SCRIPT_ERROR = 72
-    RUN_SYNC = 73
-    RUN_ASYNC = 74
-    RUN_ASYNC_RESULT = 75
-    PARAM_SET = 76
-    PARAM_VALUES = 77
-    PARAM_LIST = 78
-    PARAM_INFOS = 79
+    # 60..69: audio (audio/messages.py); 70..89: scripts (controller/messages.py)
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -173,14 +159,14 @@ class ArrayHandle:
 class Message(msgspec.Struct, array_like=True, frozen=True):
     """Base of every message class: a frozen array-like Struct tagged with its :class:`Kind`."""
 
-    KIND: ClassVar[Kind]
+    KIND: ClassVar[IntEnum]  # Kind, or the kind enum of the domain schema that registered it
 
 
-class _Record(msgspec.Struct, array_like=True, frozen=True):
+class Record(msgspec.Struct, array_like=True, frozen=True):
     """Base of the values that travel inside messages (packed as a list of fields)."""
 
 
-class JobSpec(_Record, frozen=True):
+class JobSpec(Record, frozen=True):
     """One job as a client submits it."""
 
     fn: str
@@ -196,7 +182,7 @@ class JobSpec(_Record, frozen=True):
     resources: dict[str, float] = field(default_factory=dict)  # what its worker's slot must offer ({"GPU": 1})
 
 
-class JobInfo(_Record, frozen=True):
+class JobInfo(Record, frozen=True):
     """What the daemon knows about one job (a snapshot)."""
 
     id: Int64
@@ -219,7 +205,7 @@ class JobInfo(_Record, frozen=True):
     priority: Int64 = 0
 
 
-class ActorInfo(_Record, frozen=True):
+class ActorInfo(Record, frozen=True):
     """One supervised child, as ``status`` shows it."""
 
     name: str
@@ -235,7 +221,7 @@ class ActorInfo(_Record, frozen=True):
     resources: dict[str, float] = field(default_factory=dict)  # what a worker offers jobs
 
 
-class DaemonInfo(_Record, frozen=True):
+class DaemonInfo(Record, frozen=True):
     """The daemon itself, as ``status`` shows it."""
 
     name: str
@@ -252,7 +238,7 @@ class DaemonInfo(_Record, frozen=True):
     counters: dict[str, Any] = field(default_factory=dict)
 
 
-class Dispatch(_Record, frozen=True):
+class Dispatch(Record, frozen=True):
     """A job handed to a worker."""
 
     job_id: Int64
@@ -268,7 +254,7 @@ class Dispatch(_Record, frozen=True):
     pickled: bool = False  # see JobSpec.pickled: the result (or the exception) goes back pickled too
 
 
-class JobDone(_Record, frozen=True):
+class JobDone(Record, frozen=True):
     """A worker's report that a job returned or raised."""
 
     job_id: Int64
@@ -492,171 +478,31 @@ class VoicesDone(Message, tag=Kind.VOICES_DONE.value, frozen=True):
     detail: str = ""
 
 
-# audio -----------------------------------------------------------------------------
-class NoteOnEvent(Message, tag=Kind.NOTE_ON.value, frozen=True):
-    """Play ``note`` (0..127) at ``velocity`` (0..1) with ``sample`` ("" = the default one), ``delay`` s from now.
-
-    The sample travels with the note, to the script's ``on_note`` too.
-    """
-
-    note: Int64
-    velocity: float = 1.0
-    delay: float = 0.0
-    sample: str = ""
-
-
-class NoteOffEvent(Message, tag=Kind.NOTE_OFF.value, frozen=True):
-    """Release every voice playing ``note``, ``delay`` seconds from now."""
-
-    note: Int64
-    delay: float = 0.0
-
-
-class ControlEvent(Message, tag=Kind.CONTROL.value, frozen=True):
-    """Controller ``controller`` (0..127) to ``value`` (0..1), ``delay`` seconds from now."""
-
-    controller: Int64
-    value: float
-    delay: float = 0.0
-
-
-class KillAllEvent(Message, tag=Kind.KILL_ALL.value, frozen=True):
-    """Fade out and free every sounding voice over ``fade_ms``."""
-
-    fade_ms: float = 10.0
-    delay: float = 0.0
-
-
-AudioEvent = NoteOnEvent | NoteOffEvent | ControlEvent | KillAllEvent
-AUDIO_EVENTS: tuple[type[Message], ...] = (NoteOnEvent, NoteOffEvent, ControlEvent, KillAllEvent)
-
-
-class SampleInfo(_Record, frozen=True):
-    """A sample buffer in the registry."""
-
-    name: str
-    handle: ArrayHandle
-    samplerate: Int64
-    root_key: Int64 = 60
-    frames: Int64 = 0
-    channels: Int64 = 1
-
-
-class SampleLoad(Message, tag=Kind.SAMPLE_LOAD.value, frozen=True):
-    """Register (or replace) a sample buffer living in shared memory; the registry owns it from now on."""
-
-    sample: SampleInfo
-
-
-class SampleDrop(Message, tag=Kind.SAMPLE_DROP.value, frozen=True):
-    """Remove a sample from the registry; its segment is unlinked once nobody uses it."""
-
-    name: str
-
-
-class SampleList(Message, tag=Kind.SAMPLE_LIST.value, frozen=True):
-    """Ask for the registered samples."""
-
-
-class SampleInfos(Message, tag=Kind.SAMPLE_INFOS.value, frozen=True):
-    """The registered samples."""
-
-    samples: list[SampleInfo]
-
-
-# scripts -----------------------------------------------------------------------------
-class ScriptLoad(Message, tag=Kind.SCRIPT_LOAD.value, frozen=True):
-    """Load (or with ``reload`` re-load) an instrument script from a file path."""
-
-    path: str
-    reload: bool = False
-
-
-class ScriptReady(Message, tag=Kind.SCRIPT_READY.value, frozen=True):
-    """The controller ran a script's module code, parameters and on_load; the processor may run on_init."""
-
-    path: str
-
-
-class ScriptError(Message, tag=Kind.SCRIPT_ERROR.value, frozen=True):
-    """A script raised, used a function in the wrong context, or overran its budget."""
-
-    context: str
-    kind: str  # error | wrong-context | overrun | stopped
-    message: str
-    location: str = ""
-
-
-class RunSync(Message, tag=Kind.RUN_SYNC.value, frozen=True):
-    """Run the script function ``fn`` in the processor at the start of the next block."""
-
-    fn: str
-    args: list[Any]
-    id: str = ""
-
-
-class RunAsync(Message, tag=Kind.RUN_ASYNC.value, frozen=True):
-    """Run the script function ``fn`` in the controller; answer with :class:`RunAsyncResult`."""
-
-    token: Int64
-    fn: str
-    args: list[Any]
-
-
-class RunAsyncResult(Message, tag=Kind.RUN_ASYNC_RESULT.value, frozen=True):
-    """What a ``run_async`` function returned (or raised)."""
-
-    token: Int64
-    ok: bool
-    value: Any = None
-    error: str = ""
-
-
-class ParamSet(Message, tag=Kind.PARAM_SET.value, frozen=True):
-    """Set a script parameter (enters the controller's queue as a control callback)."""
-
-    name: str
-    value: Any
-
-
-class ParamInfo(_Record, frozen=True):
-    """A script parameter: definition and current value."""
-
-    name: str
-    long_name: str
-    value: Any
-    default: Any
-    min: Any = None
-    max: Any = None
-    kind: str = "float"
-    processor: bool = False
-
-
-class ParamValues(Message, tag=Kind.PARAM_VALUES.value, frozen=True):
-    """Parameter values after a change; ``call`` names parameters whose processor callback should run."""
-
-    params: list[ParamInfo]
-    call: list[str] = field(default_factory=list)
-
-
-class ParamList(Message, tag=Kind.PARAM_LIST.value, frozen=True):
-    """Ask for the script's parameters."""
-
-
-class ParamInfos(Message, tag=Kind.PARAM_INFOS.value, frozen=True):
-    """The script's parameters."""
-
-    params: list[ParamInfo]
-    script: str = ""
-
-
+# --------------------------------------------------------------------------- the registry of kinds
 _REGISTRY: dict[int, type[Message]] = {}
-for _cls in Message.__subclasses__():
-    _cls.KIND = Kind(_cls.__struct_config__.tag)  # type: ignore[arg-type]  # every message has an int tag
-    _REGISTRY[_cls.KIND.value] = _cls
+_generation = 0  # bumped by every register(): the frame decoders are rebuilt for the new union
 
-# One frame: [VERSION, kind, corr, [kind, *fields]].  A wrong version fails at once, at $[0].
-_ENVELOPE: Any = tuple[Literal[VERSION], int, _Size, Union[tuple(_REGISTRY.values())]]  # type: ignore[misc, valid-type]  # noqa: UP007
+
+def register(kinds: type[IntEnum], *classes: type[Message]) -> None:
+    """Add a domain's message classes to the wire protocol (each package's schema module calls it once).
+
+    ``kinds`` is the domain's :class:`~enum.IntEnum` of kind numbers; every
+    class's tag must be one of them and no other class's.  A process decodes
+    the kinds of the schema modules it imported: the daemon without audio
+    refuses a note as an unknown kind, with an error that says so.
+    """
+    global _generation
+    for cls in classes:
+        kind = kinds(cls.__struct_config__.tag)  # type: ignore[arg-type]  # every message has an int tag
+        if _REGISTRY.get(kind.value, cls) is not cls:
+            raise ValueError(f"message kind {kind.value} of {cls.__qualname__} is taken by "
+                             f"{_REGISTRY[kind.value].__qualname__}")
+        cls.KIND = kind
+        _REGISTRY[kind.value] = cls
+    _generation += 1
+
+
+register(Kind, *Message.__subclasses__())  # the runtime's own kinds
 
 
 # --------------------------------------------------------------------------- ext types
@@ -756,10 +602,12 @@ def encode(msg: Message, corr: int = 0) -> bytes:
 
 
 @functools.lru_cache(maxsize=16)
-def _decoder(handles: str | None) -> msgspec.msgpack.Decoder[Any]:
-    """The frame decoder of one handle policy (built on first use, kept)."""
+def _decoder(handles: str | None, generation: int) -> msgspec.msgpack.Decoder[Any]:
+    """The frame decoder of one handle policy for the kinds registered so far (built on first use, kept)."""
     hook = _ext_hook if handles == "ensemble." else functools.partial(_ext_hook, handles=handles)
-    return msgspec.msgpack.Decoder(_ENVELOPE, ext_hook=hook)
+    # One frame: [VERSION, kind, corr, [kind, *fields]].  A wrong version fails at once, at $[0].
+    envelope = tuple[Literal[VERSION], int, _Size, Union[tuple(_REGISTRY.values())]]  # type: ignore[misc, valid-type]  # noqa: UP007
+    return msgspec.msgpack.Decoder(envelope, ext_hook=hook)
 
 
 _DEFAULT_LIMITS = Limits()
@@ -780,7 +628,7 @@ def decode(frame: bytes, limits: Limits = _DEFAULT_LIMITS, handles: str | None =
     if len(frame) > limits.max_frame:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
     try:
-        _, kind, corr, msg = _decoder(handles).decode(frame)
+        _, kind, corr, msg = _decoder(handles, _generation).decode(frame)
     except ProtocolError:
         raise  # an ext hook's verdict on an array or a handle
     except (msgspec.DecodeError, RecursionError) as exc:
@@ -932,5 +780,6 @@ __all__ = [
     "encode",
     "peek_corr",
 ]
+__all__ += ["Record", "register"]
 __all__ += [c.__name__ for c in _REGISTRY.values()]
-__all__ += [c.__name__ for c in _Record.__subclasses__()]
+__all__ += [c.__name__ for c in Record.__subclasses__()]

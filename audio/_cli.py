@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from actors.cli import client_of, fail
+from audio.client import Client
 
 
 def register(main: click.Group) -> None:
@@ -24,7 +25,7 @@ def register(main: click.Group) -> None:
 @click.pass_context
 def note(ctx: click.Context, note: int, velocity: int, length: float, sample: str) -> None:
     """Play NOTE (MIDI number, 60 = middle C) on the running processor."""
-    with client_of(ctx) as c:
+    with client_of(ctx, Client) as c:
         c.note_on(note, velocity, sample=sample)
         c.note_off(note, at=length)
     click.echo(f"note {note} velocity {velocity} for {length:g}s")
@@ -49,7 +50,7 @@ def sample_load(ctx: click.Context, path: str, sample_name: str | None, root_key
     except (RuntimeError, sf.LibsndfileError) as exc:
         fail(f"cannot read {path}: {exc}")
     name = sample_name or Path(path).stem
-    with client_of(ctx) as c:
+    with client_of(ctx, Client) as c:
         info = c.upload_sample(data, name, int(rate), root_key)
     click.echo(f"sample {info.name!r}: {len(data)} frames, {data.shape[1]} channel(s) at {rate} Hz")
 
@@ -59,7 +60,7 @@ def sample_load(ctx: click.Context, path: str, sample_name: str | None, root_key
 @click.pass_context
 def sample_list(ctx: click.Context, as_json: bool) -> None:
     """List the registered samples."""
-    with client_of(ctx) as c:
+    with client_of(ctx, Client) as c:
         infos = c.samples()
     if as_json:
         click.echo(json.dumps([{"name": i.name, "frames": i.frames, "channels": i.channels,
@@ -75,7 +76,7 @@ def sample_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def sample_drop(ctx: click.Context, name: str) -> None:
     """Remove a sample from the registry."""
-    with client_of(ctx) as c:
+    with client_of(ctx, Client) as c:
         c.drop_sample(name)
     click.echo(f"sample {name!r} dropped")
 

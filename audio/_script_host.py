@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from actors.extensions import find_entry_point
+from actors.messages import Message
 
 
 class ScriptHost(Protocol):
@@ -27,17 +28,12 @@ class ScriptHost(Protocol):
               slot: int | None = None) -> None:
         """A note on/off or controller for the script (main or MIDI thread); ``slot``: the note's sample."""
 
-    def load(self, path: str) -> None:
-        """Load the script module (main thread); raises what its module code raises."""
+    def handle(self, msg: Message) -> bool:
+        """Main thread: carry out a message of the script schema (load the script, a ``run_sync``, a
+        ``run_async`` answer, new parameter values) and return True; return False for any other message.
 
-    def run_sync_call(self, fn: str, args: list[Any], id: str) -> None:
-        """A ``run_sync`` from the controller: ``fn(*args)`` at the start of the next block."""
-
-    def async_result(self, token: int, ok: bool, value: Any, error: str) -> None:
-        """The controller's answer to a ``run_async``."""
-
-    def set_values(self, values: dict[str, Any], call: list[str]) -> None:
-        """New parameter values (and the ``on_change`` callbacks to run)."""
+        The script schema is the host's business: the processor never imports it.
+        """
 
     def tick(self, period_ns: float) -> None:
         """Main thread, every loop: follow the block period, stop a callback past its hard limit, flush prints."""
@@ -59,17 +55,8 @@ class NoScriptHost:
               slot: int | None = None) -> None:
         pass
 
-    def load(self, path: str) -> None:
-        raise RuntimeError("no script host is installed (the `controller` package provides it)")
-
-    def run_sync_call(self, fn: str, args: list[Any], id: str) -> None:
-        pass
-
-    def async_result(self, token: int, ok: bool, value: Any, error: str) -> None:
-        pass
-
-    def set_values(self, values: dict[str, Any], call: list[str]) -> None:
-        pass
+    def handle(self, msg: Message) -> bool:
+        return False  # no script schema here: the daemon routes no script messages to this processor
 
     def tick(self, period_ns: float) -> None:
         pass

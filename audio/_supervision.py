@@ -11,8 +11,9 @@ from typing import Any
 
 from actors import DaemonError, OutOfRange, ProtocolError
 from actors.extensions import ChildSpec, Extension
-from actors.messages import (
-    AUDIO_EVENTS, Ack, ControlEvent, KillAllEvent, Message, NoteOffEvent, NoteOnEvent, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad, VoicesDone, VoicesOp,
+from actors.messages import Ack, Message, VoicesDone, VoicesOp
+from audio.messages import (
+    AUDIO_EVENTS, ControlEvent, KillAllEvent, NoteOffEvent, NoteOnEvent, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad,
 )
 from actors.shm import SharedArray
 

@@ -31,10 +31,8 @@ from typing import Any
 
 from actors import Child, child_main
 
-from actors.messages import (
-    ControlEvent, KillAllEvent, Message, NoteOffEvent, NoteOnEvent, ParamValues, RunAsyncResult, RunSync, SampleDrop, SampleLoad, ScriptError, ScriptLoad,
-    VoicesDone, VoicesOp,
-)
+from actors.messages import Message, VoicesDone, VoicesOp
+from audio.messages import ControlEvent, KillAllEvent, NoteOffEvent, NoteOnEvent, SampleDrop, SampleLoad
 from actors.shm import SharedArray, segment_prefix
 from audio._buffers import builtin_sample
 from audio._choose import choose_backend
@@ -120,18 +118,7 @@ class Processor(Child):
             self._drop(msg.name)
         elif isinstance(msg, VoicesOp):
             self._voices(msg)
-        elif isinstance(msg, ScriptLoad):
-            try:
-                self.script.load(msg.path)
-            except Exception as exc:  # module code failed here: report, keep playing
-                self.send(ScriptError("Processor", "error", f"loading {msg.path}: {type(exc).__name__}: {exc}"))
-        elif isinstance(msg, RunSync):
-            self.script.run_sync_call(msg.fn, msg.args, msg.id)
-        elif isinstance(msg, RunAsyncResult):
-            self.script.async_result(msg.token, msg.ok, msg.value, msg.error)
-        elif isinstance(msg, ParamValues):
-            self.script.set_values({p.name: p.value for p in msg.params}, msg.call)
-        else:
+        elif not self.script.handle(msg):  # the script schema is the script host's
             super().handle(msg)
 
     def _at(self, delay: float) -> int | None:

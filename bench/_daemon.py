@@ -112,14 +112,14 @@ class BenchDaemon:
         return load_config(env=self.env)
 
     def client(self, **kw: Any) -> Any:
-        from actors.client import Client
+        from ensemble import Client
 
         c = Client(config=self.config(), **kw)
         self.clients.append(c)
         return c
 
     def actor(self, name: str) -> Any:
-        from actors.client import Client
+        from ensemble import Client
 
         with Client(config=self.config()) as c:
             return next(a for a in c.status().actors if a.name == name)

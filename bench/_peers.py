@@ -92,11 +92,11 @@ def feature_arrays() -> str:
 
 def feature_audio() -> str:
     """'' when the processor can run on a real audio backend here, else why not."""
-    from actors.client import Client
+    from ensemble import Client
 
     missing = [m for m in ("note_on", "upload_sample") if not hasattr(Client, m)]
     if missing:
-        return f"feature not available yet (actors.Client has no {', '.join(missing)})"
+        return f"feature not available yet (ensemble.Client has no {', '.join(missing)})"
     try:
         import audio
     except ImportError as exc:
@@ -115,7 +115,7 @@ def feature_audio() -> str:
 
 def feature_bridges() -> str:
     """'' when instrument scripts with run_sync/run_async can be loaded into a daemon, else why not."""
-    from actors.client import Client
+    from ensemble import Client
 
     try:
         from controller import script

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from actors.cli import client_of, fail, parse_arg
+from controller.client import Client
 
 
 def register(main: click.Group) -> None:
@@ -55,7 +56,7 @@ def render(script: str | None, midi: str | None, sample: str | None, seconds: fl
 @click.pass_context
 def load(ctx: click.Context, path: str) -> None:
     """Load an instrument script (controller first, then the processor)."""
-    with client_of(ctx) as c:
+    with client_of(ctx, Client) as c:
         c.load_script(path)
     click.echo(f"loading {Path(path).resolve()}")
 
@@ -64,7 +65,7 @@ def load(ctx: click.Context, path: str) -> None:
 @click.pass_context
 def reload(ctx: click.Context) -> None:
     """Reload the script: pending callbacks discarded, background tasks aborted, parameters kept."""
-    with client_of(ctx) as c:
+    with client_of(ctx, Client) as c:
         c.reload_script()
     click.echo("reloading")
 
@@ -81,7 +82,7 @@ def param_list(ctx: click.Context, as_json: bool) -> None:
     """List the script's parameters and their values."""
     import msgspec
 
-    with client_of(ctx) as c:
+    with client_of(ctx, Client) as c:
         params = c.params()
     if as_json:
         click.echo(json.dumps([msgspec.structs.asdict(p) for p in params], indent=2, default=str))
@@ -96,7 +97,7 @@ def param_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def param_get(ctx: click.Context, name: str) -> None:
     """Print one parameter's value (JSON)."""
-    with client_of(ctx) as c:
+    with client_of(ctx, Client) as c:
         try:
             value = c.get_param(name)
         except KeyError as exc:
@@ -110,6 +111,6 @@ def param_get(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def param_set(ctx: click.Context, name: str, value: str) -> None:
     """Set a parameter (VALUE read as JSON where it parses)."""
-    with client_of(ctx) as c:
+    with client_of(ctx, Client) as c:
         c.set_param(name, parse_arg(value))
     click.echo(f"{name} = {value}")

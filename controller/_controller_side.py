@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from actors import EnsembleError, WrongContextError
-from actors.messages import ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady
+from controller.messages import ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady
 from controller._host import ParamDef, function_name, load_module
 from controller._watchdog import ScriptTimeout, interrupt
 

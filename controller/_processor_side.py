@@ -22,7 +22,8 @@ from types import ModuleType
 from typing import Any, Callable
 
 from actors import EnsembleError
-from actors.messages import RunAsync, ScriptError
+from actors.messages import Message
+from controller.messages import ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad
 from audio import ControlChange, Fade, KillAllVoices, NoteOff, NoteOn
 from controller._context import PROCESSOR, set_context
 from controller._host import OffsideTask, ParamDef, function_name, install, load_module
@@ -94,6 +95,23 @@ class ProcessorScript:
         self.thread_id = 0
 
     # ------------------------------------------------------------------ main thread
+    def handle(self, msg: Message) -> bool:
+        """A message of the script schema from the daemon: carry it out (True); anything else: False."""
+        if isinstance(msg, ScriptLoad):
+            try:
+                self.load(msg.path)
+            except Exception as exc:  # module code failed here: report, keep playing
+                self.outbox.put(ScriptError("Processor", "error", f"loading {msg.path}: {type(exc).__name__}: {exc}"))
+        elif isinstance(msg, RunSync):
+            self.run_sync_call(msg.fn, msg.args, msg.id)
+        elif isinstance(msg, RunAsyncResult):
+            self.async_result(msg.token, msg.ok, msg.value, msg.error)
+        elif isinstance(msg, ParamValues):
+            self.set_values({p.name: p.value for p in msg.params}, msg.call)
+        else:
+            return False
+        return True
+
     def load(self, path: str) -> None:
         """Import the script here (module code only; on_init runs in the first block after)."""
         from controller import _context
@@ -334,7 +352,7 @@ class ProcessorScript:
         return self.values.get(name, self.params[name].default)
 
     def set_parameter(self, name: str, value: Any) -> None:
-        from actors.messages import ParamSet
+        from controller.messages import ParamSet
 
         if name not in self.params:
             raise KeyError(f"no parameter named {name!r}")

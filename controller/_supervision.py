@@ -15,9 +15,9 @@ from typing import Any
 
 from actors import DaemonError, JobRefused, PermissionDenied
 from actors.extensions import ChildSpec, Extension
-from actors.messages import (
-    Ack, JobSpec, Message, ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult,
-    RunSync, ScriptError, ScriptLoad, ScriptReady,
+from actors.messages import Ack, JobSpec, Message
+from controller.messages import (
+    ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad, ScriptReady,
 )
 from controller._host import ParamDef
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from actors import Child, child_main
-from actors.messages import Message, ParamSet, RunAsync, ScriptLoad
+from actors.messages import Message
+from controller.messages import ParamSet, RunAsync, ScriptLoad
 from controller._context import CONTROLLER, set_context
 from controller._controller_side import ControllerScript
 from controller._host import install
@@ -27,7 +28,7 @@ class Controller(Child):
         set_context(CONTROLLER)
 
         def make_client() -> Any:
-            from actors.client import Client
+            from controller.client import Client
 
             return Client(config=cfg)
 

@@ -19,9 +19,7 @@ from typing import Any
 import soundfile
 
 from actors import EnsembleError
-from actors.messages import (
-    ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptReady,
-)
+from controller.messages import ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptReady
 from audio import OfflineBackend
 from audio import builtin_sample
 from audio import Engine

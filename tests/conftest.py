@@ -97,8 +97,8 @@ class Daemon:
         self.cli("down")
 
     def client(self, **kw: Any) -> Any:
-        """A :class:`actors.Client` connected to this daemon (closed at teardown)."""
-        from actors.client import Client
+        """An :class:`ensemble.Client` (jobs, audio, scripts) connected to this daemon (closed at teardown)."""
+        from ensemble import Client
 
         c = Client(config=self.config, **kw)
         self._clients.append(c)

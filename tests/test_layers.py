@@ -1,7 +1,7 @@
-"""The layers point one way: actors <- audio <- controller, through public names only.
+"""The layers point one way: actors <- audio <- controller <- ensemble, through public names only.
 
 ``actors`` is the runtime and knows nothing of audio or scripts; ``audio``
-builds on it; ``controller`` (scripts) on both.  Packages reach each other
+builds on it; ``controller`` (scripts) on both; ``ensemble`` is the facade over all three.  Packages reach each other
 only through public modules and names (never ``pkg._private``); the
 runtime finds the others through entry points (``actors/extensions.py``).
 Imports placed inside functions count too.
@@ -13,7 +13,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ALLOWED = {"actors": set(), "audio": {"actors"}, "controller": {"actors", "audio"}}
+ALLOWED = {"actors": set(), "audio": {"actors"}, "controller": {"actors", "audio"},
+           "ensemble": {"actors", "audio", "controller"}}
 
 
 def _imports() -> list[tuple[str, int, str, str]]:

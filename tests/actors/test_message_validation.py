@@ -10,28 +10,16 @@ import pytest
 
 from actors._errors import ProtocolError
 from actors.messages import (
-    _REGISTRY,
-    VERSION,
-    ArrayHandle,
-    GetJobs,
-    Heartbeat,
-    JobInfo,
-    JobInfos,
-    Kind,
-    Message,
-    SampleInfo,
-    SampleLoad,
-    Scale,
-    Submitted,
-    _decoder,  # the decoder per handle policy
-    decode,
-    encode,
+    ArrayHandle, GetJobs, Heartbeat, JobInfo, JobInfos, Kind, Message, Scale, Submitted, VERSION, _REGISTRY, _decoder, decode, encode,
+    register,
 )
+from audio.messages import AudioKind, SampleInfo, SampleLoad
+from controller.messages import ScriptKind
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
 
-def frame(kind: Kind, *fields: object, corr: int = 1) -> bytes:
+def frame(kind: int, *fields: object, corr: int = 1) -> bytes:
     return msgpack.packb([VERSION, int(kind), corr, [int(kind), *fields]])
 
 
@@ -51,7 +39,7 @@ def _structs() -> set[type[msgspec.Struct]]:
 
 
 def test_every_kind_has_one_class_tagged_with_it() -> None:
-    assert sorted(_REGISTRY) == sorted(int(k) for k in Kind)
+    assert sorted(_REGISTRY) == sorted(int(k) for kinds in (Kind, AudioKind, ScriptKind) for k in kinds)
     for kind, cls in _REGISTRY.items():
         assert cls.KIND == kind and cls.__struct_config__.tag == kind and issubclass(cls, Message)
 
@@ -83,7 +71,7 @@ def test_every_int_field_is_a_signed_64_bit_int() -> None:
     (frame(Kind.SUBMIT, [["tests.jobs:pid", [], {3: None}]]), r"Submit.jobs\[0\].kwargs \(a map key\)"),
     (frame(Kind.JOB_INFOS, [[1, "m:f", "n", "done"], [2, "m:f", 7, "done"]]), r"JobInfos.jobs\[1\].name"),
     (frame(Kind.GET_JOBS, [1, 2, "3"]), r"GetJobs.job_ids\[2\]"),
-    (frame(Kind.SAMPLE_LOAD, ["s", "not a handle", 48000]), "SampleLoad.sample.handle"),
+    (frame(AudioKind.SAMPLE_LOAD, ["s", "not a handle", 48000]), "SampleLoad.sample.handle"),
     (frame(Kind.HEARTBEAT, {"ok": 1, 2: "two"}), r"Heartbeat.stats \(a map key\)"),
     (frame(Kind.STATUS_REPLY, ["d", 1, "v", 0.0, "r", "s", "l", 1, 0, 0, 1, {}], [["a", "worker", 1, "running", 0.0, 0, 0.0, 1.5]]),
      r"StatusReply.actors\[0\].rss"),
@@ -125,8 +113,36 @@ def test_handles_must_carry_the_policy_prefix() -> None:
 
 
 def test_the_decoder_of_each_policy_is_built_once() -> None:
-    assert _decoder("ensemble.d1.") is _decoder("ensemble.d1.")
-    assert _decoder(None) is _decoder(None) and _decoder(None) is not _decoder("ensemble.d1.")
+    from actors import messages
+
+    gen = messages._generation
+    assert _decoder("ensemble.d1.", gen) is _decoder("ensemble.d1.", gen)
+    assert _decoder(None, gen) is _decoder(None, gen) and _decoder(None, gen) is not _decoder("ensemble.d1.", gen)
+
+
+def test_a_kind_belongs_to_one_class() -> None:
+    class Twin(Message, tag=int(Kind.PING), frozen=True):
+        pass
+
+    with pytest.raises(ValueError, match="message kind 20 of .*Twin is taken by Ping"):
+        register(Kind, Twin)
+    assert _REGISTRY[int(Kind.PING)] is not Twin
+
+
+def test_a_process_decodes_only_the_schemas_it_imported() -> None:
+    """The runtime alone (no audio package imported) refuses a note as an unknown kind, saying which."""
+    import subprocess
+    import sys
+
+    from audio.messages import NoteOnEvent
+
+    code = ("import sys; from actors.messages import decode; from actors import ProtocolError\n"
+            "try:\n    decode(sys.stdin.buffer.read())\nexcept ProtocolError as e:\n    print(e)\n"
+            "print('audio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], input=encode(NoteOnEvent(60), 3), capture_output=True,
+                         check=True).stdout.decode()
+    assert out.split("\n")[:2] == ["unknown message kind 65", "False"]
+    assert decode(encode(NoteOnEvent(60), 3)) == (3, NoteOnEvent(60))  # here, where audio.messages is imported
 
 
 def test_nesting_deeper_than_the_recursion_limit_is_refused() -> None:

@@ -11,29 +11,9 @@ from hypothesis import strategies as st
 
 from actors._errors import ProtocolError
 from actors.messages import (
-    VERSION,
-    Ack,
-    ArrayHandle,
-    Cancel,
-    Error,
-    Heartbeat,
-    JobInfo,
-    JobInfos,
-    JobSpec,
-    Kind,
-    Limits,
-    Ping,
-    Pong,
-    SampleInfo,
-    SampleLoad,
-    Scale,
-    Status,
-    Submit,
-    Submitted,
-    decode,
-    encode,
-    peek_corr,
+    Ack, ArrayHandle, Cancel, Error, Heartbeat, JobInfo, JobInfos, JobSpec, Kind, Limits, Ping, Pong, Scale, Status, Submit, Submitted, VERSION, decode, encode, peek_corr,
 )
+from audio.messages import SampleInfo, SampleLoad
 
 HEARTBEAT, SUBMIT, CANCEL, SCALE, PING = (int(k) for k in (Kind.HEARTBEAT, Kind.SUBMIT, Kind.CANCEL, Kind.SCALE, Kind.PING))
 

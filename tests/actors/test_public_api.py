@@ -70,6 +70,29 @@ def test_clients_are_reachable_from_the_package() -> None:
     assert actors.AsyncClient is actors.client.AsyncClient  # type: ignore[attr-defined]
 
 
+def test_ensemble_is_the_runtime_s_names_with_the_full_client() -> None:
+    """``from ensemble import ...`` gives every public name of actors; its Client has each layer's calls."""
+    import subprocess
+    import sys
+
+    import audio.client
+    import controller.client
+    import ensemble
+
+    assert sorted(ensemble.__all__) == sorted(actors.__all__)
+    for name in actors.__all__:
+        if name != "Client":
+            assert getattr(ensemble, name) is getattr(actors, name), name
+    assert ensemble.Client is controller.client.Client
+    assert issubclass(ensemble.Client, audio.client.Client) and issubclass(audio.client.Client, actors.client.Client)
+    for layer, calls in ((audio.client.Client, ("note_on", "upload_sample")), (controller.client.Client, ("load_script", "set_param"))):
+        assert all(call in vars(layer) for call in calls)
+    assert not hasattr(actors.client.Client, "note_on")  # the runtime's client knows nothing of audio
+    light = subprocess.run([sys.executable, "-c", "import ensemble, sys; print(sorted(m for m in ('numpy', 'zmq', 'audio', "
+                            "'controller') if m in sys.modules))"], capture_output=True, text=True, check=True)
+    assert light.stdout.strip() == "[]"  # `import ensemble` stays light: the clients load on first use
+
+
 ERRORS = [getattr(actors, n) for n in EXPORTED if isinstance(getattr(actors, n), type)
           and issubclass(getattr(actors, n), BaseException)]
 

@@ -31,7 +31,7 @@ class Remote:
     server_key: str
 
     def client(self, key: str, timeout: float = 10.0) -> Any:
-        from actors.client import Client
+        from ensemble import Client
 
         c = Client(config=self.d.config, endpoint=self.client_ep, curve=(self.keys[key], self.server_key),
                    timeout=timeout)

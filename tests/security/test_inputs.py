@@ -29,7 +29,7 @@ def test_an_out_of_range_integer_is_refused_and_the_daemon_lives(daemon: Daemon)
 def test_a_job_whose_segment_is_gone_fails_alone_and_the_daemon_survives_restarts(make_daemon: Any) -> None:
     d = make_daemon(workers=0)
     d.up()
-    from actors.client import Client
+    from ensemble import Client
 
     with Client(config=d.config) as c:
         big = np.ones(1_000_000)  # pooled shared memory, unlinked when this client closes
@@ -122,7 +122,7 @@ def test_a_run_dir_another_user_planted_is_refused(make_daemon: Any, tmp_path: P
     out = d.cli("up", check=False)
     assert out.returncode != 0 and "belongs to uid 65534" in out.stderr
     from actors import DaemonError
-    from actors.client import Client
+    from ensemble import Client
 
     (run / "control").touch()
     with pytest.raises(DaemonError, match="belongs to uid"):

@@ -12,9 +12,9 @@ import zmq
 
 from actors import JobNotFound, PermissionDenied, TransportError
 from actors.messages import (
-    VERSION, Hello, JobDone, JobsDone, ListJobs, Ping, Scale, ScriptLoad, Shutdown, Status, Submit, JobSpec, encode,
-    decode,
+    Hello, JobDone, JobSpec, JobsDone, ListJobs, Ping, Scale, Shutdown, Status, Submit, VERSION, decode, encode,
 )
+from controller.messages import ScriptLoad
 from tests.conftest import wait_for
 from tests.security.conftest import Remote
 

@@ -1,0 +1,122 @@
+"""The script schema: loading a script, its parameters, and the calls between the controller and the processor.
+
+Part of the wire protocol (see :mod:`actors.messages` for the envelope, the
+codec and the limits); its kinds are 70..89.  Importing this module adds them
+to the decoder of the process.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+from msgspec import field
+
+from actors.messages import Int64, Message, Record, register
+
+
+class ScriptKind(IntEnum):
+    """Script message kinds; the numbers are part of the wire protocol."""
+
+    SCRIPT_LOAD = 70
+    SCRIPT_READY = 71
+    SCRIPT_ERROR = 72
+    RUN_SYNC = 73
+    RUN_ASYNC = 74
+    RUN_ASYNC_RESULT = 75
+    PARAM_SET = 76
+    PARAM_VALUES = 77
+    PARAM_LIST = 78
+    PARAM_INFOS = 79
+
+
+class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
+    """Load (or with ``reload`` re-load) an instrument script from a file path."""
+
+    path: str
+    reload: bool = False
+
+
+class ScriptReady(Message, tag=ScriptKind.SCRIPT_READY.value, frozen=True):
+    """The controller ran a script's module code, parameters and on_load; the processor may run on_init."""
+
+    path: str
+
+
+class ScriptError(Message, tag=ScriptKind.SCRIPT_ERROR.value, frozen=True):
+    """A script raised, used a function in the wrong context, or overran its budget."""
+
+    context: str
+    kind: str  # error | wrong-context | overrun | stopped
+    message: str
+    location: str = ""
+
+
+class RunSync(Message, tag=ScriptKind.RUN_SYNC.value, frozen=True):
+    """Run the script function ``fn`` in the processor at the start of the next block."""
+
+    fn: str
+    args: list[Any]
+    id: str = ""
+
+
+class RunAsync(Message, tag=ScriptKind.RUN_ASYNC.value, frozen=True):
+    """Run the script function ``fn`` in the controller; answer with :class:`RunAsyncResult`."""
+
+    token: Int64
+    fn: str
+    args: list[Any]
+
+
+class RunAsyncResult(Message, tag=ScriptKind.RUN_ASYNC_RESULT.value, frozen=True):
+    """What a ``run_async`` function returned (or raised)."""
+
+    token: Int64
+    ok: bool
+    value: Any = None
+    error: str = ""
+
+
+class ParamSet(Message, tag=ScriptKind.PARAM_SET.value, frozen=True):
+    """Set a script parameter (enters the controller's queue as a control callback)."""
+
+    name: str
+    value: Any
+
+
+class ParamInfo(Record, frozen=True):
+    """A script parameter: definition and current value."""
+
+    name: str
+    long_name: str
+    value: Any
+    default: Any
+    min: Any = None
+    max: Any = None
+    kind: str = "float"
+    processor: bool = False
+
+
+class ParamValues(Message, tag=ScriptKind.PARAM_VALUES.value, frozen=True):
+    """Parameter values after a change; ``call`` names parameters whose processor callback should run."""
+
+    params: list[ParamInfo]
+    call: list[str] = field(default_factory=list)
+
+
+class ParamList(Message, tag=ScriptKind.PARAM_LIST.value, frozen=True):
+    """Ask for the script's parameters."""
+
+
+class ParamInfos(Message, tag=ScriptKind.PARAM_INFOS.value, frozen=True):
+    """The script's parameters."""
+
+    params: list[ParamInfo]
+    script: str = ""
+
+
+register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
+         ParamList, ParamInfos)
+
+__all__ = ["ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues", "RunAsync", "RunAsyncResult", "RunSync",
+           "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady"]
