@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import jobs as bj
-from bench._daemon import ROOT, BenchDaemon, rss
+from bench._daemon import ROOT, BenchDaemon, cancel_to_killed, rss
 from bench._peers import RaySession, feature_arrays, feature_audio, feature_bridges, start_floor_server
 from bench._stats import Row, median, pct, row, skipped
 from bench.audio_jack import case_audio_jack
@@ -399,14 +399,8 @@ def case_cancel(ctx: Ctx) -> list[Row]:
         for _ in range(ctx.size(3, 10)):
             _wait(lambda: any(a.role == "worker" and a.state == "running" for a in c.status().actors),
                   what="a running worker")
-            h = c.submit("bench.jobs:ignore_abort", 60.0, grace=timeout)
-            _wait(lambda: h.refresh().state == "running", what="the job to run", interval=0.005)
-            time.sleep(0.05)
-            t = time.perf_counter()
-            info = h.cancel(block=True)
-            out.append(time.perf_counter() - t)
-            if info is None or info.state != "killed":
-                raise RuntimeError(f"expected the job to be killed, got {info}")
+            took, h = cancel_to_killed(c, timeout)
+            out.append(took)
             ev = {kind: ts for ts, kind, _ in h.events()}
             if "abort" in ev and "killed" in ev:
                 daemon_side.append(ev["killed"] - ev["abort"])

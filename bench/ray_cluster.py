@@ -31,7 +31,7 @@ import time
 from typing import Any, Callable
 
 from bench import jobs as bj
-from bench._daemon import ROOT, BenchDaemon
+from bench._daemon import ROOT, BenchDaemon, cancel_to_killed
 from bench._stats import Row, median, pct, row, skipped
 
 CASE = "Ray cluster: ensemble workers placed by Ray vs Ray tasks/actors"
@@ -184,14 +184,7 @@ def _cancel(ray: Any, c: Any) -> list[Row]:
     hang = ray.remote(num_cpus=1, max_retries=0)(bj.plain_hang_marked)
     marks = tempfile.mkdtemp(prefix="ens-b-ray-")
     for i in range(5):
-        h = c.submit("bench.jobs:ignore_abort", 60.0, grace=grace)
-        _wait(lambda: h.refresh().state == "running", 60, "the job to run")
-        time.sleep(0.05)
-        t = time.perf_counter()
-        info = h.cancel(block=True)
-        ens.append(time.perf_counter() - t)
-        if info is None or info.state != "killed":
-            raise RuntimeError(f"expected the job to be killed, got {info}")
+        ens.append(cancel_to_killed(c, grace)[0])
         mark = os.path.join(marks, str(i))
         ref = hang.remote(mark)
         _wait(lambda: os.path.exists(mark), 60, "the Ray task to run")
