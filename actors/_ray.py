@@ -31,10 +31,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ from typing import Any
 from actors._errors import ConfigError, DaemonError
 from actors._keys import add_peer, list_keys, revoke
 from actors._resources import describe, fits
+from actors._spawn import child_env, python_argv, set_parent_death_signal
 from actors.config import Config
 
 log = logging.getLogger("ensemble.ray")
@@ -76,49 +75,43 @@ class WorkerHost:
 
     ``run()`` starts ``python -m actors worker --connect ...`` in its own
     process group and waits; a worker that exits non-zero (a job kill, a
-    crash) is started again, one that exits 0 (the daemon stopped it) ends
-    ``run()`` with 0.  The worker dies with this actor (parent-death signal).
+    crash) is started again, one that exits 0 ends ``run()`` with 0.  The
+    worker dies with this actor (parent-death signal).  Its keys reach it
+    through pipes (``--key /dev/fd/N``): nothing secret is written to the
+    node's disk, so an actor killed outright leaves nothing behind.
     """
 
     def __init__(self, endpoint: str, secret: str, server_public: str, name: str, env: dict[str, str],
                  resources: dict[str, float]) -> None:
-        self.dir = tempfile.mkdtemp(prefix="ensemble-ray-")  # 0700: the key files are this user's only
-        self.key_file = os.path.join(self.dir, "worker.key_secret")
-        self.server_file = os.path.join(self.dir, "server.key")
-        for path, text in ((self.key_file, secret), (self.server_file, server_public)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-        self.endpoint, self.name, self.env = endpoint, name, env
-        self.resources = resources
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def where(self) -> str:
-        """The Ray node id this actor runs on."""
-        import ray
-
-        return str(ray.get_runtime_context().get_node_id())
+        self.endpoint, self.secret, self.server_public = endpoint, secret, server_public
+        self.name, self.env, self.resources = name, env, resources
 
     def run(self) -> int:
-        """Run the worker until the daemon stops it (returns 0); restart it when it dies otherwise."""
-        from actors._resources import describe
-        from actors._spawn import child_env, python_argv, set_parent_death_signal
-
-        argv = python_argv("actors", "worker", "--connect", self.endpoint, "--key", self.key_file,
-                           "--server-key", self.server_file, "--worker-name", self.name,
-                           "--resources", describe(self.resources))
+        """Run the worker until it exits 0 (stopped by the daemon, or the daemon fell silent); restart it otherwise."""
         while True:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=child_env(self.env), cwd="/",
-                                         close_fds=True, start_new_session=True,
-                                         preexec_fn=set_parent_death_signal)
-            code = self.proc.wait()
+            code = self._run_once()
             if code == 0:
                 return 0
             print(f"ensemble worker {self.name} exited with code {code}; starting it again", file=sys.stderr)
             time.sleep(_RESTART_PAUSE)
 
-    def __del__(self) -> None:
-        shutil.rmtree(getattr(self, "dir", ""), ignore_errors=True)
+    def _run_once(self) -> int:
+        fds: list[int] = []
+        try:
+            for text in (self.secret, self.server_public):  # a key file is ~400 bytes: a pipe holds it whole
+                r, w = os.pipe()
+                fds.append(r)
+                with os.fdopen(w, "w") as f:
+                    f.write(text)
+            argv = python_argv("actors", "worker", "--connect", self.endpoint, "--key", f"/dev/fd/{fds[0]}",
+                               "--server-key", f"/dev/fd/{fds[1]}", "--worker-name", self.name,
+                               "--resources", describe(self.resources))
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=child_env(self.env), cwd="/", pass_fds=fds,
+                                    start_new_session=True, preexec_fn=set_parent_death_signal)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return proc.wait()
 
 
 @dataclass
@@ -173,7 +166,7 @@ class RayWorkers:
             raise DaemonError(f"cannot join the Ray cluster at {address!r} ([cluster] ray): {exc}; start one "
                               "(`ray start --head`) or fix the address") from exc
         self.endpoint = self.cfg.cluster.connect or self._connect_endpoint()
-        self._host_cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2)(WorkerHost)
+        self._host_cls = ray.remote(max_restarts=-1, max_task_retries=0)(WorkerHost)
         log.info("event=ray-joined address=%s connect=%s workers=%d", address, self.endpoint, self.cfg.cluster.workers)
         self.scale(self.cfg.cluster.workers)
 

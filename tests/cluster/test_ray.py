@@ -6,6 +6,8 @@ about 10 s on two cores) and shuts it down.
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 import zmq
 
 from tests.cluster.conftest import add_node, ray_workers
-from tests.conftest import Daemon, processes_mentioning, wait_for
+from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +104,21 @@ def test_a_removed_actor_s_key_stops_working_and_down_leaves_no_ray_actor(
     assert not processes_mentioning("ray::WorkerHost")  # and no actor process on any node
     assert not list((keys / "allowed" / "worker").glob("ray-*.key"))  # and no key of theirs still allowed
 
+
+
+def test_a_daemon_killed_and_started_again_replaces_its_ray_workers_and_their_keys(
+        ray_daemon: tuple[Daemon, Any]) -> None:
+    d, cluster = ray_daemon
+    keys = d.base / "state" / "keys"
+    old = sorted(a.name.split(":")[1].split("#")[0] for a in ray_workers(d))
+    os.kill(d.pid, signal.SIGKILL)  # no orderly stop: its Ray driver dies with it, and Ray ends the actors it owned
+    wait_for(lambda: not pid_alive(d.pid), 30, what="the daemon to die")
+    wait_for(lambda: not any(processes_mentioning(f"--worker-name {n}") for n in old), 60,
+             what="the old workers to go with their actors")
+    d.up()
+    wait_for(lambda: len(ray_workers(d)) == 2, 120, what="two new Ray-placed workers to join")
+    new = sorted(a.name.split(":")[1].split("#")[0] for a in ray_workers(d))
+    assert not set(new) & set(old)
+    assert not [n for n in old if (keys / "allowed" / "worker" / f"{n}.key").exists()]  # revoked at the new start
+    c = d.client(timeout=60)
+    assert [h.result(60) for h in [c.submit("examples.jobs:add", i, 1) for i in range(10)]] == list(range(1, 11))
