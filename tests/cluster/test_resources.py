@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
-from actors import JobRefused
+from actors import Executor, JobRefused
 from tests.cluster.conftest import free_port
 from tests.conftest import wait_for
+
+
+def worker_pid() -> int:
+    """A plain function for the Executor: the pid of the process running it."""
+    return os.getpid()
 
 
 def test_resources_decide_the_worker_and_an_impossible_job_is_refused_at_submit(make_daemon: Any) -> None:
@@ -39,6 +45,8 @@ def test_resources_decide_the_worker_and_an_impossible_job_is_refused_at_submit(
         plain = [c.submit("tests.jobs:pid") for _ in range(6)]
         assert {h.wait(30).worker.split("#")[0] for h in gpu_jobs} == {"remote:gpubox"}  # only there
         assert all(h.wait(30).state == "done" for h in plain)
+        with Executor(config=d.config, resources={"GPU": 1}) as ex:  # every job of this executor needs one
+            assert ex.submit(worker_pid).result(30) == gpu_jobs[0].result()  # the GPU worker's own pid
     finally:
         d.down()
         proc.wait(30)
