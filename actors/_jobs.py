@@ -8,6 +8,7 @@ leave memory; their rows stay in the journal until pruned.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import time
 from typing import Any, Iterable
@@ -112,6 +113,7 @@ class JobBook:
         self._next_id = journal.next_id()
         self.queued = 0
         self.needy = 0  # queued jobs that name resources (while 0, pop takes the plain path)
+        self.needs: collections.Counter[tuple[tuple[str, float], ...]] = collections.Counter()  # their distinct needs
         self.queued_bytes = 0  # sum of ``nbytes`` over unfinished jobs
         self.counters = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "killed": 0,
                          "worker-lost": 0, "retried": 0}
@@ -141,7 +143,7 @@ class JobBook:
             stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal, context), spec.priority, now, owner)
             heapq.heappush(self.heap, (-spec.priority, jid))
             if spec.resources:
-                self.needy += 1
+                self._needs(spec.resources, 1)
             ids.append(jid)
         self.queued_bytes += each * len(ids)
         self.queued += len(ids)
@@ -190,7 +192,7 @@ class JobBook:
             heapq.heappush(self.heap, (-spec.priority, jid))
             self.queued += 1
             if spec.resources:
-                self.needy += 1
+                self._needs(spec.resources, 1)
         return queued, requeued, lost
 
     # -- queue -----------------------------------------------------------------------
@@ -214,7 +216,16 @@ class JobBook:
         self.queued -= len(out)
         return out
 
+    def _needs(self, need: dict[str, float], delta: int) -> None:
+        key = tuple(sorted(need.items()))
+        self.needy += delta
+        self.needs[key] += delta
+        if self.needs[key] <= 0:
+            del self.needs[key]
+
     def _pop_fitting(self, n: int, offer: dict[str, float]) -> list[Job]:
+        if self.queued == self.needy and not any(fits(dict(k), offer) for k in self.needs):
+            return []  # only jobs this worker cannot run are queued: nothing to look through
         out: list[Job] = []
         passed: list[tuple[int, int]] = []
         heap, jobs = self.heap, self.jobs
@@ -229,7 +240,7 @@ class JobBook:
                 continue
             job.state = "dispatched"
             if need:
-                self.needy -= 1
+                self._needs(need, -1)
             out.append(job)
         for item in passed:
             heapq.heappush(heap, item)
@@ -237,10 +248,8 @@ class JobBook:
         return out
 
     def waiting_needs(self) -> list[dict[str, float]]:
-        """The resources of queued jobs that name some (for placing workers that offer them)."""
-        if not self.needy:
-            return []
-        return [job.spec.resources for job in self.jobs.values() if job.state == "queued" and job.spec.resources]
+        """The distinct resources queued jobs name (for placing workers that offer them)."""
+        return [dict(k) for k in self.needs]
 
     def requeue(self, job: Job, reason: str) -> None:
         """Put a job back in the queue (its worker died or stopped before finishing it)."""
@@ -257,7 +266,7 @@ class JobBook:
         heapq.heappush(self.heap, (-job.spec.priority, job.id))  # back in its place: recalled or retried jobs keep FIFO
         self.queued += 1
         if job.spec.resources:
-            self.needy += 1
+            self._needs(job.spec.resources, 1)
 
     def start(self, job: Job, worker: str, now: float, mono: float) -> None:
         """Record that ``job`` is now running on ``worker``."""
@@ -291,7 +300,7 @@ class JobBook:
         if job.state == "queued":
             self.queued -= 1
             if job.spec.resources:
-                self.needy -= 1
+                self._needs(job.spec.resources, -1)
         if job.id in self.jobs:
             self.queued_bytes -= job.nbytes
         job.state = state

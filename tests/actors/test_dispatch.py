@@ -160,3 +160,12 @@ def test_journal_keeps_a_jobs_resources_and_reads_older_rows(tmp_path: Path) -> 
     assert unpack_job(pack_spec(spec))[0] == spec
     plain = JobSpec("m:f")
     assert unpack_job(pack_spec(plain))[0] == plain  # no resources: the row of an older release, unchanged
+
+
+def test_the_book_counts_distinct_needs_and_skips_a_worker_none_fits(tmp_path: Path) -> None:
+    book = _needy_book(tmp_path, [(0, {"GPU": 1}), (0, {"GPU": 1.0}), (0, {"TPU": 2})])
+    assert sorted(book.waiting_needs(), key=str) == [{"GPU": 1.0}, {"TPU": 2.0}]
+    heap = list(book.heap)
+    assert book.pop(8, {"CPU": 4.0}) == [] and book.heap == heap  # nothing looked through, nothing moved
+    (job,) = book.pop(8, {"TPU": 2.0})
+    assert job.spec.resources == {"TPU": 2.0} and book.waiting_needs() == [{"GPU": 1.0}]
