@@ -9,7 +9,6 @@ error that says what to do instead.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import logging
@@ -18,10 +17,11 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import msgspec
 
+from actors import _map
 from actors._connection import Connection
 from actors._errors import (
     EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, RemoteError, TransportError, WaitTimeout,
@@ -36,6 +36,8 @@ from actors.messages import (
 )
 
 _log = logging.getLogger("ensemble.client")
+if TYPE_CHECKING:
+    import asyncio
 TERMINAL = FINAL  # the final job states (kept under its old name)
 _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushed result
 
@@ -420,6 +422,7 @@ class Executor(concurrent.futures.Executor):
         self._cancels: list[Future[Any]] = []  # Cancel requests for cancelled futures, sent before closing
         self._lock = threading.Lock()
         self._shutdown = False
+        self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
@@ -516,8 +519,39 @@ class Executor(concurrent.futures.Executor):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
-        """Like :meth:`concurrent.futures.Executor.map` (all submits go out as batches)."""
-        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        """Like :meth:`concurrent.futures.Executor.map`: ``fn`` over the zipped iterables, results in order.
+
+        Each chunk of ``chunksize`` items is one job (as ``ProcessPoolExecutor``
+        sends them), and the jobs leave in large batches with no Future per
+        item (see :mod:`actors._map`).  The first failure is raised when the
+        iterator reaches it; ``timeout`` (s, from this call) raises
+        ``TimeoutError``; leaving the iterator early cancels what has not run.
+        On a remote daemon, under a ``max_workers`` cap on a shared one, or with
+        numpy arrays among the items (they keep their shared-memory path), it
+        falls back to one job per item.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        items = list(zip(*iterables))
+        if not self._exact or self._cap is not None or any(is_ndarray(v) for args in items for v in args):
+            return super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
+        parts = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, with_task=False)
+        run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels)
+        with self._lock:
+            self._live.add(run.done)
+            self._maps.add(run)
+            self._acks.extend(run.acks)
+
+        def ended(_: Future[None]) -> None:
+            with self._lock:
+                self._live.discard(run.done)
+                self._maps.discard(run)
+
+        run.done.add_done_callback(ended)
+        return run.results(timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``wait`` block until submitted futures finish.
@@ -528,9 +562,12 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
             futures = list(self._live)
+            maps = list(self._maps)
         if cancel_futures:
             for f in futures:
                 f.cancel()
+            for run in maps:
+                run.cancel()
         if wait or not futures:
             concurrent.futures.wait(futures)
             self._close()
@@ -572,6 +609,13 @@ def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
         fut.set_exception(exc)
 
 
+def _aio() -> Any:
+    """The asyncio module, imported on first use by the asyncio client."""
+    import asyncio
+
+    return asyncio
+
+
 class AsyncJobHandle:
     """An awaitable job handle for :class:`AsyncClient`."""
 
@@ -579,6 +623,8 @@ class AsyncJobHandle:
         self.client = client
         self.id = job_id
         self.info: JobInfo | None = None
+        import asyncio  # only for the asyncio client: `import actors.client` stays free of asyncio (~0.1 s)
+
         self._final: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
 
     def _update(self, info: JobInfo) -> None:
@@ -591,8 +637,9 @@ class AsyncJobHandle:
     async def wait(self, timeout: float | None = None) -> JobInfo:
         """Await the job's end; returns its final snapshot."""
         try:
-            return await asyncio.wait_for(asyncio.shield(self._final), timeout)
-        except asyncio.TimeoutError:
+            info: JobInfo = await _aio().wait_for(_aio().shield(self._final), timeout)
+            return info
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             raise WaitTimeout(f"job {self.id} did not finish within {timeout:g}s (it goes on)") from None
 
     async def result(self, timeout: float | None = None) -> Any:
@@ -626,8 +673,8 @@ class AsyncClient:
 
     async def _call(self, msg: Any) -> Any:
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.conn.call(msg)), self.timeout)
-        except asyncio.TimeoutError:
+            return await _aio().wait_for(_aio().wrap_future(self.conn.call(msg)), self.timeout)
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             raise TransportError(f"the daemon did not answer {type(msg).__name__} within {self.timeout:g}s") from None
 
     async def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
@@ -635,7 +682,7 @@ class AsyncClient:
                      kwargs: dict[str, Any] | None = None, timeout: float | None = None,
                      resources: dict[str, float] | None = None) -> AsyncJobHandle:
         """Submit a job (as :meth:`Client.submit`); returns an awaitable handle."""
-        loop = asyncio.get_running_loop()
+        loop = _aio().get_running_loop()
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
                          deadline=deadline, retries=retries, resources=resources)
         handle = AsyncJobHandle(self, 0)
@@ -643,7 +690,7 @@ class AsyncClient:
         def listener(info: JobInfo) -> None:  # the handle's own loop applies every push, in order
             loop.call_soon_threadsafe(handle._update, info)
 
-        (jid,) = await asyncio.wait_for(asyncio.wrap_future(self.conn.submit([spec], listener)), self.timeout)
+        (jid,) = await _aio().wait_for(_aio().wrap_future(self.conn.submit([spec], listener)), self.timeout)
         handle.id = jid
         return handle
 
