@@ -538,7 +538,8 @@ class Executor(concurrent.futures.Executor):
         if not self._exact or self._cap is not None or any(is_ndarray(v) for args in items for v in args):
             return super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
         parts = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
-        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, with_task=False)
+        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, with_task=False,
+                         resources=self._resources)
         run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels)
         with self._lock:
             self._live.add(run.done)

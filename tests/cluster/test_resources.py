@@ -14,7 +14,7 @@ from tests.cluster.conftest import free_port
 from tests.conftest import wait_for
 
 
-def worker_pid() -> int:
+def worker_pid(*_: Any) -> int:
     """A plain function for the Executor: the pid of the process running it."""
     return os.getpid()
 
@@ -47,6 +47,7 @@ def test_resources_decide_the_worker_and_an_impossible_job_is_refused_at_submit(
         assert all(h.wait(30).state == "done" for h in plain)
         with Executor(config=d.config, resources={"GPU": 1}) as ex:  # every job of this executor needs one
             assert ex.submit(worker_pid).result(30) == gpu_jobs[0].result()  # the GPU worker's own pid
+            assert set(ex.map(worker_pid, range(6), chunksize=2)) == {gpu_jobs[0].result()}  # map's chunks too
     finally:
         d.down()
         proc.wait(30)
