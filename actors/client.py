@@ -9,7 +9,6 @@ error that says what to do instead.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import logging
@@ -18,10 +17,11 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import msgspec
 
+from actors import _map
 from actors._connection import Connection
 from actors._errors import (
     EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, RemoteError, TransportError, WaitTimeout,
@@ -36,6 +36,8 @@ from actors.messages import (
 )
 
 _log = logging.getLogger("ensemble.client")
+if TYPE_CHECKING:
+    import asyncio
 TERMINAL = FINAL  # the final job states (kept under its old name)
 _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushed result
 
@@ -74,12 +76,14 @@ def _grace(grace: float, timeout: float | None) -> float:
 
 def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[str, Any], *, name: str = "",
               priority: int = 0, grace: float = 0.5, deadline: float | None = None, retries: int = 0,
-              with_task: bool = True) -> JobSpec:
-    """Build a :class:`JobSpec`; ``grace`` (abort to force kill) and ``deadline`` (run-time limit) in seconds."""
+              with_task: bool = True, resources: dict[str, float] | None = None) -> JobSpec:
+    """Build a :class:`JobSpec`; ``grace`` (abort to force kill) and ``deadline`` (run-time limit) in seconds;
+    ``resources`` what its worker must offer (``{"GPU": 1}``)."""
     if grace <= 0:
         raise ValueError(f"grace must be positive, got {grace}")
     return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
-                   float(deadline or 0.0), int(retries), with_task)
+                   float(deadline or 0.0), int(retries), with_task, False,
+                   {k: float(v) for k, v in resources.items()} if resources else {})
 
 
 class JobHandle:
@@ -249,7 +253,8 @@ class Client:
     # -- jobs
     def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
                grace: float = 0.5, deadline: float | None = None, retries: int = 0,
-               kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> JobHandle:
+               kwargs: dict[str, Any] | None = None, timeout: float | None = None,
+               resources: dict[str, float] | None = None) -> JobHandle:
         """Submit a job; returns once the daemon journaled it.
 
         ``fn`` is ``"module:function"`` or a module-level function; it receives the
@@ -257,10 +262,13 @@ class Client:
         time between an abort (cancel, deadline, stop) and the force kill;
         ``deadline`` (s) the run-time limit from the start; ``retries`` how often
         to rerun after a worker death.  ``timeout`` is the old name of ``grace``.
-        Raises :class:`JobRefused` (not allowed, bad path, lambda) or :class:`QueueFull`.
+        ``resources`` (``{"GPU": 1}``): it runs only on a worker whose slot offers
+        them, waiting in the queue by priority while those are busy.
+        Raises :class:`JobRefused` (not allowed, bad path, lambda, resources no
+        worker can ever offer) or :class:`QueueFull`.
         """
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
-                         deadline=deadline, retries=retries)
+                         deadline=deadline, retries=retries, resources=resources)
         return self.submit_many([spec])[0]
 
     def submit_many(self, specs: list[JobSpec]) -> list[JobHandle]:
@@ -349,9 +357,9 @@ class Client:
         """The daemon's and every actor's state."""
         return self._call(Status())  # type: ignore[no-any-return]
 
-    def scale(self, workers: int) -> None:
-        """Change the number of workers at runtime (idle ones retire first)."""
-        self._call(Scale(int(workers)))
+    def scale(self, workers: int, on: str = "") -> None:
+        """Change the number of workers at runtime (idle ones retire first); ``on="ray"``: the Ray-placed ones."""
+        self._call(Scale(int(workers), on))
 
     def shutdown(self) -> None:
         """Ask the daemon to stop in order (returns once it accepted)."""
@@ -372,11 +380,12 @@ class Executor(concurrent.futures.Executor):
     workers, in a private run directory) and stopped with it, as
     ``ray.init()`` does.  One log line says which.  On a shared daemon
     ``max_workers`` caps how many of this executor's jobs run at once.
+    ``resources`` (``{"GPU": 1}``): every job runs only on a worker offering them.
     """
 
     def __init__(self, max_workers: int | None = None, *, daemon: str | None = None, config: Config | None = None,
                  grace: float = 0.5, retries: int = 0, name: str | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, resources: dict[str, float] | None = None) -> None:
         from actors._private import PrivateDaemon
 
         if max_workers is not None and max_workers < 1:
@@ -407,17 +416,20 @@ class Executor(concurrent.futures.Executor):
         self._waiting: collections.deque[tuple[Future[Any], Callable[[], None]]] = collections.deque()
         self._grace = _grace(grace, timeout)
         self._retries = retries
+        self._resources = resources
         self._futures: dict[int, Future[Any]] = {}
         self._live: set[Future[Any]] = set()  # every future not yet done, with or without its job id
         self._cancels: list[Future[Any]] = []  # Cancel requests for cancelled futures, sent before closing
         self._lock = threading.Lock()
         self._shutdown = False
+        self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries, with_task=False)
+        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries, with_task=False,
+                         resources=self._resources)
         # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
         # yours); numpy arrays keep the MessagePack path, where big ones cross through shared memory
         pickled = self._exact and not any(is_ndarray(v) for v in (*args, *kwargs.values()))
@@ -507,8 +519,40 @@ class Executor(concurrent.futures.Executor):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
-        """Like :meth:`concurrent.futures.Executor.map` (all submits go out as batches)."""
-        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        """Like :meth:`concurrent.futures.Executor.map`: ``fn`` over the zipped iterables, results in order.
+
+        Each chunk of ``chunksize`` items is one job (as ``ProcessPoolExecutor``
+        sends them), and the jobs leave in large batches with no Future per
+        item (see :mod:`actors._map`).  The first failure is raised when the
+        iterator reaches it; ``timeout`` (s, from this call) raises
+        ``TimeoutError``; leaving the iterator early cancels what has not run.
+        On a remote daemon, under a ``max_workers`` cap on a shared one, or with
+        numpy arrays among the items (they keep their shared-memory path), it
+        falls back to one job per item.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        items = list(zip(*iterables))
+        if not self._exact or self._cap is not None or any(is_ndarray(v) for args in items for v in args):
+            return super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
+        parts = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, with_task=False,
+                         resources=self._resources)
+        run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels)
+        with self._lock:
+            self._live.add(run.done)
+            self._maps.add(run)
+            self._acks.extend(run.acks)
+
+        def ended(_: Future[None]) -> None:
+            with self._lock:
+                self._live.discard(run.done)
+                self._maps.discard(run)
+
+        run.done.add_done_callback(ended)
+        return run.results(timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``wait`` block until submitted futures finish.
@@ -519,9 +563,12 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
             futures = list(self._live)
+            maps = list(self._maps)
         if cancel_futures:
             for f in futures:
                 f.cancel()
+            for run in maps:
+                run.cancel()
         if wait or not futures:
             concurrent.futures.wait(futures)
             self._close()
@@ -563,6 +610,13 @@ def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
         fut.set_exception(exc)
 
 
+def _aio() -> Any:
+    """The asyncio module, imported on first use by the asyncio client."""
+    import asyncio
+
+    return asyncio
+
+
 class AsyncJobHandle:
     """An awaitable job handle for :class:`AsyncClient`."""
 
@@ -570,6 +624,8 @@ class AsyncJobHandle:
         self.client = client
         self.id = job_id
         self.info: JobInfo | None = None
+        import asyncio  # only for the asyncio client: `import actors.client` stays free of asyncio (~0.1 s)
+
         self._final: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
 
     def _update(self, info: JobInfo) -> None:
@@ -582,8 +638,9 @@ class AsyncJobHandle:
     async def wait(self, timeout: float | None = None) -> JobInfo:
         """Await the job's end; returns its final snapshot."""
         try:
-            return await asyncio.wait_for(asyncio.shield(self._final), timeout)
-        except asyncio.TimeoutError:
+            info: JobInfo = await _aio().wait_for(_aio().shield(self._final), timeout)
+            return info
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             raise WaitTimeout(f"job {self.id} did not finish within {timeout:g}s (it goes on)") from None
 
     async def result(self, timeout: float | None = None) -> Any:
@@ -617,23 +674,24 @@ class AsyncClient:
 
     async def _call(self, msg: Any) -> Any:
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.conn.call(msg)), self.timeout)
-        except asyncio.TimeoutError:
+            return await _aio().wait_for(_aio().wrap_future(self.conn.call(msg)), self.timeout)
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             raise TransportError(f"the daemon did not answer {type(msg).__name__} within {self.timeout:g}s") from None
 
     async def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
                      grace: float = 0.5, deadline: float | None = None, retries: int = 0,
-                     kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> AsyncJobHandle:
+                     kwargs: dict[str, Any] | None = None, timeout: float | None = None,
+                     resources: dict[str, float] | None = None) -> AsyncJobHandle:
         """Submit a job (as :meth:`Client.submit`); returns an awaitable handle."""
-        loop = asyncio.get_running_loop()
+        loop = _aio().get_running_loop()
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
-                         deadline=deadline, retries=retries)
+                         deadline=deadline, retries=retries, resources=resources)
         handle = AsyncJobHandle(self, 0)
 
         def listener(info: JobInfo) -> None:  # the handle's own loop applies every push, in order
             loop.call_soon_threadsafe(handle._update, info)
 
-        (jid,) = await asyncio.wait_for(asyncio.wrap_future(self.conn.submit([spec], listener)), self.timeout)
+        (jid,) = await _aio().wait_for(_aio().wrap_future(self.conn.submit([spec], listener)), self.timeout)
         handle.id = jid
         return handle
 

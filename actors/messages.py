@@ -179,6 +179,7 @@ class JobSpec(Record, frozen=True):
     retries: Int64 = 0
     with_task: bool = True  # pass the task handle as the first argument
     pickled: bool = False  # args is [pickle of (args, kwargs)]: a local client's exact values (never from tcp)
+    resources: dict[str, float] = field(default_factory=dict)  # what its worker's slot must offer ({"GPU": 1})
 
 
 class JobInfo(Record, frozen=True):
@@ -217,6 +218,7 @@ class ActorInfo(Record, frozen=True):
     rss: Int64
     detail: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)  # what a worker offers jobs
 
 
 class DaemonInfo(Record, frozen=True):
@@ -379,9 +381,10 @@ class Unwatch(Message, tag=Kind.UNWATCH.value, frozen=True):
 
 
 class Scale(Message, tag=Kind.SCALE.value, frozen=True):
-    """Change the number of workers at runtime."""
+    """Change the number of workers at runtime (``on="ray"``: the workers placed on the Ray cluster)."""
 
     workers: Int64
+    on: str = ""
 
 
 class Shutdown(Message, tag=Kind.SHUTDOWN.value, frozen=True):
@@ -395,6 +398,7 @@ class Hello(Message, tag=Kind.HELLO.value, frozen=True):
     role: str
     name: str
     pid: Int64
+    resources: dict[str, float] = field(default_factory=dict)  # what its slot offers (a remote worker's own word)
 
 
 class Heartbeat(Message, tag=Kind.HEARTBEAT.value, frozen=True):

@@ -27,6 +27,7 @@ import zmq
 from actors._child import Child, child_main
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
+from actors._map import MapChunk
 from actors._rundir import RunDir, StartedLog
 from actors._arrays import WorkerArrays
 from actors._errors import ProtocolError
@@ -265,11 +266,15 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays) -> JobDone:
     try:
         fn = resolve_internal(d.fn) if d.internal else resolve(d.fn)
         if d.pickled:  # a local client's exact values (its own user: pickle is trusted here, never in the daemon)
-            args, kwargs = pickle.loads(d.args[0])
+            payload = pickle.loads(d.args[0])
         else:
-            args = arrays.import_args(d.args, mapped)
-            kwargs = arrays.import_args(d.kwargs, mapped)
-        value = fn(task, *args, **kwargs) if d.with_task else fn(*args, **kwargs)
+            payload = arrays.import_args(d.args, mapped), arrays.import_args(d.kwargs, mapped)
+        value: Any
+        if type(payload) is MapChunk:  # Executor.map: fn over each item of the chunk
+            value = payload.run(fn)
+        else:
+            args, kwargs = payload
+            value = fn(task, *args, **kwargs) if d.with_task else fn(*args, **kwargs)
         value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if d.pickled else arrays.export_result(value)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,
@@ -314,10 +319,16 @@ def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
                        "", done.progress, done.status, {}, done.aborted, done.started), 1024
 
 
-def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, name: str) -> int:
-    """``ensemble worker --connect tcp://HOST:PORT``: a worker on another host (returns the exit code)."""
+def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, name: str,
+               resources: dict[str, float] | None = None) -> int:
+    """``ensemble worker --connect tcp://HOST:PORT``: a worker on another host (returns the exit code).
+
+    ``resources``: what it offers jobs (``{"GPU": 1}``); only jobs that need
+    no more than that are dispatched to it.
+    """
     one_line_logging("worker", sys.stderr)
     worker = Worker(cfg, f"{name}-{os.getpid()}-{os.urandom(6).hex()}", endpoint, (key_file, server_key_file))
+    worker.resources = dict(resources or {})
     return worker.run()
 
 

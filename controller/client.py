@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 import audio.client
-from controller.messages import ParamInfo, ParamList, ParamSet, ScriptLoad, UiEvent, UiList, UiState
+from controller.messages import ParamBind, ParamInfo, ParamList, ParamSet, ScriptLoad, UiEvent, UiList, UiState
 
 
 class Client(audio.client.Client):
@@ -38,6 +38,10 @@ class Client(audio.client.Client):
     def set_param(self, name: str, value: Any) -> None:
         """Set a parameter: it enters the controller's queue as a control callback."""
         self._call(ParamSet(name, value))
+
+    def bind_param(self, name: str, controller: int | None) -> None:
+        """Bind a parameter to MIDI controller ``controller`` (0..127; None unbinds); persisted with the parameter."""
+        self._call(ParamBind(name, -1 if controller is None else int(controller)))
 
     def ui_elements(self) -> UiState:
         """The loaded script's UI elements (buttons, labels, progress bars) as the controller last sent them."""

@@ -1,8 +1,9 @@
 """The script schema: loading a script, its parameters, and the calls between the controller and the processor.
 
 Part of the wire protocol (see :mod:`actors.messages` for the envelope, the
-codec and the limits); its kinds are 70..89 (80..83: the script's UI elements and the instrument panel).  Importing this module adds them
-to the decoder of the process.
+codec and the limits); its kinds are 70..89 (82..85: the script's UI elements
+and the instrument panel).  Importing this module adds them to the decoder of
+the process.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ class ScriptKind(IntEnum):
     PARAM_VALUES = 77
     PARAM_LIST = 78
     PARAM_INFOS = 79
-    UI_STATE = 80
-    UI_LIST = 81
-    UI_EVENT = 82
-    PANEL_START = 83
+    PARAM_BIND = 80
+    PARAM_CONTROL = 81
+    UI_STATE = 82
+    UI_LIST = 83
+    UI_EVENT = 84
+    PANEL_START = 85
 
 
 class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
@@ -99,6 +102,7 @@ class ParamInfo(Record, frozen=True):
     max: Any = None
     kind: str = "float"
     processor: bool = False
+    cc: Int64 = -1  # the MIDI controller bound to it (``ensemble param bind``), -1 for none
     choices: list[Any] = field(default_factory=list)  # kind "choice": the values a menu offers
 
 
@@ -118,6 +122,20 @@ class ParamInfos(Message, tag=ScriptKind.PARAM_INFOS.value, frozen=True):
 
     params: list[ParamInfo]
     script: str = ""
+
+
+class ParamBind(Message, tag=ScriptKind.PARAM_BIND.value, frozen=True):
+    """Bind a parameter to MIDI controller ``controller`` (0..127), or unbind it with -1; persisted with it."""
+
+    name: str
+    controller: Int64
+
+
+class ParamControl(Message, tag=ScriptKind.PARAM_CONTROL.value, frozen=True):
+    """Processor to controller: bound controller ``controller`` moved to ``value`` (0..1)."""
+
+    controller: Int64
+    value: float
 
 
 class UiElement(Record, frozen=True):
@@ -163,8 +181,8 @@ class PanelStart(Message, tag=ScriptKind.PANEL_START.value, frozen=True):
 
 
 register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
-         ParamList, ParamInfos, UiState, UiList, UiEvent, PanelStart)
+         ParamList, ParamInfos, ParamBind, ParamControl, UiState, UiList, UiEvent, PanelStart)
 
-__all__ = ["PanelStart", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues", "RunAsync",
-           "RunAsyncResult", "RunSync", "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady", "UiElement",
-           "UiEvent", "UiList", "UiState"]
+__all__ = ["PanelStart", "ParamBind", "ParamControl", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues",
+           "RunAsync", "RunAsyncResult", "RunSync", "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady",
+           "UiElement", "UiEvent", "UiList", "UiState"]

@@ -300,3 +300,8 @@ def plain_raise_value_error(message: str) -> None:
 def object_result(task: Task) -> object:
     """A result MessagePack cannot carry (``Client.submit`` jobs travel as MessagePack)."""
     return object()
+
+
+def plain_divmod(a: int, b: int) -> tuple[int, int]:
+    """A plain function of two arguments (Executor.map over two iterables)."""
+    return divmod(a, b)
