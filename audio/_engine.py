@@ -208,6 +208,7 @@ class EngineStats:
     hook_errors: int
     buffer_swaps: int
     last_error: str | None
+    output_peak: float = 0.0  # the output's peak level (linear, 1.0 = full scale), held and falling 20 dB/s
 
 
 class Engine:
@@ -284,6 +285,7 @@ class Engine:
         self._alloc_work(max_voices + headroom, blocksize)
         self._alloc_queues()
         self._counters = np.zeros(_N_COUNTERS, dtype=np.int64)
+        self._level = 0.0  # output peak level, held (see render)
         self._times = np.zeros(stats_blocks, dtype=np.int64)
         self._cc = np.zeros(128, dtype=np.float64)
         self._cc[7] = 1.0  # unity volume until a CC 7 says otherwise
@@ -635,6 +637,7 @@ class Engine:
             call_errors=int(counters[_CALL_ERRORS]), hook_errors=int(counters[_HOOK_ERRORS]),
             buffer_swaps=int(counters[_SWAPS]),
             last_error=None if err is None else f"{type(err).__name__}: {err}",
+            output_peak=self._level,
         )
 
     def reset_timing(self) -> None:
@@ -753,6 +756,12 @@ class Engine:
         if cursor < frames:
             self._rt_segment(out, cursor, frames)
         self._rt_finish_block(out, frames)
+        # output level for a meter: the block's peak, or the held peak falling 20 dB a second (two scalar
+        # reductions over the block, no allocation)
+        block = out[:frames]
+        peak = max(float(block.max()), -float(block.min()))
+        held = self._level * 10.0 ** (-frames / self.samplerate)
+        self._level = peak if peak > held else held
         self._frame = end
         elapsed = time.perf_counter_ns() - t0
         counters = self._counters

@@ -26,7 +26,8 @@ LOG_LINES = 40
 LOG_BYTES = 16 * 1024
 SAMPLES_EVERY = 8  # snapshots between two sample-list requests (samples change rarely)
 AUDIO_KEYS = ("backend", "samplerate", "blocksize", "active_voices", "peak_voices", "load_p50", "load_p99",
-              "load_max", "xruns", "underflows", "deadline_misses", "blocks", "script_errors", "script_overruns")
+              "load_max", "xruns", "underflows", "deadline_misses", "blocks", "script_errors", "script_overruns",
+              "output_peak")
 MAX_UPLOAD = 64 * 1024 * 1024
 
 

@@ -451,3 +451,20 @@ def test_short_final_block_is_rendered(dc_engine: Engine) -> None:
     out = np.zeros((128, 2), dtype=np.float32)
     dc_engine.render(out)
     assert first_nonzero(out) == 100 and dc_engine.frame == 128
+
+
+# -- output level ---------------------------------------------------------------
+
+
+def test_output_peak_follows_the_loudest_sample_and_falls_20_db_a_second(dc_engine: Engine) -> None:
+    assert dc_engine.stats().output_peak == 0.0  # silence
+    dc_engine.post(NoteOn(60, 0.5, at=10))
+    render_blocks(dc_engine, 2)
+    assert dc_engine.stats().output_peak == pytest.approx(0.5)
+    dc_engine.post(KillAllVoices(fade_ms=0.0))
+    render_blocks(dc_engine, 48000 // 256)  # about one second of silence after the note
+    level = dc_engine.stats().output_peak
+    assert 0.04 < level < 0.06  # held, falling 20 dB in that second (0.5 -> 0.05)
+    dc_engine.post(NoteOn(60, 1.0))
+    render_blocks(dc_engine, 1)
+    assert dc_engine.stats().output_peak == pytest.approx(1.0)  # a louder block raises it at once

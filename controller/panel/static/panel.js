@@ -158,6 +158,12 @@ function renderAudio(a) {
   const load = a.load_p99 ?? 0;
   $("#dsp-load").textContent = a.backend ? `${(load * 100).toFixed(1)} %` : "-";
   $("#load-fill").style.width = `${Math.min(100, load * 100)}%`;
+  const peak = a.output_peak ?? 0;  // linear; the meter spans -60..0 dBFS
+  const db = peak > 0 ? 20 * Math.log10(peak) : -Infinity;
+  $("#level-db").textContent = a.backend ? (db > -60 ? `${db.toFixed(1)} dBFS` : "silent") : "-";
+  const fill = $("#level-fill");
+  fill.style.width = `${Math.max(0, Math.min(100, (db + 60) / 60 * 100))}%`;
+  fill.classList.toggle("clip", peak >= 1.0);
   if (a.blocks !== lastBlocks) { lastBlocks = a.blocks; history.push([load, a.load_max ?? 0]); }
   if (history.length > 240) history.shift();
   plot();

@@ -82,6 +82,8 @@ def test_clicking_a_key_sounds_a_voice(browser: Any, panel: Panel) -> None:
     try:
         wait_for(lambda: panel.daemon.actor("processor").stats["active_voices"] >= 1, what="a voice to sound")
         wait_for(lambda: int(browser.find_element(By.ID, "voices").text) >= 1, what="the page to show the voice")
+        wait_for(lambda: panel.daemon.actor("processor").stats["output_peak"] > 0, what="the output level to rise")
+        wait_for(lambda: "dBFS" in browser.find_element(By.ID, "level-db").text, what="the level meter to move")
     finally:
         ActionChains(browser).release(key).perform()
     body = browser.find_element(By.TAG_NAME, "body")
