@@ -12,9 +12,11 @@ import heapq
 import time
 from typing import Any, Iterable
 
+import msgspec
+
 from actors._errors import JobRefused
 from actors._journal import TERMINAL, Journal
-from actors.messages import JobInfo, JobSpec, _decode_value, _encode_value
+from actors.messages import JobInfo, JobSpec, WorkerSetup, _decode_value, _encode_value
 
 
 NO_CONTEXT: tuple[str, list[str]] = ("", [])  # no client directory or path (remote, internal): never mutated
@@ -70,7 +72,8 @@ def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
               context: tuple[str, list[str]] = NO_CONTEXT) -> bytes:
     """Journal form of a job spec, with who submitted it and (local clients) their cwd and import path."""
     return _encode_value([spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
-                          spec.retries, spec.with_task, owner, internal, context[0], context[1], spec.pickled])
+                          spec.retries, spec.with_task, owner, internal, context[0], context[1], spec.pickled,
+                          None if spec.setup is None else msgspec.structs.astuple(spec.setup)])
 
 
 def unpack_spec(blob: bytes) -> tuple[JobSpec, str, bool]:
@@ -85,7 +88,8 @@ def unpack_job(blob: bytes) -> tuple[JobSpec, str, bool, tuple[str, list[str]]]:
     owner, internal = (f[9], f[10]) if len(f) >= 11 else ("", False)
     context = (f[11], list(f[12])) if len(f) >= 13 else ("", [])
     pickled = bool(f[13]) if len(f) >= 14 else False
-    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pickled), owner, internal, context
+    setup = WorkerSetup(*f[14]) if len(f) >= 15 and f[14] is not None else None
+    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pickled, setup), owner, internal, context
 
 
 def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:

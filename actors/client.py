@@ -13,6 +13,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import os
 import pickle
 import threading
 import time
@@ -33,6 +34,7 @@ from actors.shm import is_ndarray
 from actors.config import Config, load_config
 from actors.messages import (
     Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, Scale, Shutdown, Status, StatusReply, Submitted, TaskSubmit, Watch,
+    WorkerSetup,
 )
 
 _log = logging.getLogger("ensemble.client")
@@ -73,13 +75,16 @@ def _grace(grace: float, timeout: float | None) -> float:
 
 
 def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[str, Any], *, name: str = "",
-              priority: int = 0, grace: float = 0.5, deadline: float | None = None, retries: int = 0,
-              with_task: bool = True) -> JobSpec:
-    """Build a :class:`JobSpec`; ``grace`` (abort to force kill) and ``deadline`` (run-time limit) in seconds."""
+              priority: int = 0, grace: float = 0.5, deadline: float | None = None, retries: int = 0) -> JobSpec:
+    """Build a :class:`JobSpec`; ``grace`` (abort to force kill) and ``deadline`` (run-time limit) in seconds.
+
+    Whether the function gets the task handle first is decided by the worker
+    from its signature (see :func:`actors._jobfn.takes_task`), alike for every entry point.
+    """
     if grace <= 0:
         raise ValueError(f"grace must be positive, got {grace}")
     return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
-                   float(deadline or 0.0), int(retries), with_task)
+                   float(deadline or 0.0), int(retries))
 
 
 class JobHandle:
@@ -252,8 +257,10 @@ class Client:
                kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> JobHandle:
         """Submit a job; returns once the daemon journaled it.
 
-        ``fn`` is ``"module:function"`` or a module-level function; it receives the
-        task handle first, then ``args`` and ``kwargs``.  ``grace`` (s) is the
+        ``fn`` is ``"module:function"`` or a module-level function, called with
+        ``args`` and ``kwargs``; it reaches its task handle through
+        :func:`actors.current_task`, or receives it first when its first parameter
+        is named ``task`` (or annotated ``Task``), as from every entry point.  ``grace`` (s) is the
         time between an abort (cancel, deadline, stop) and the force kill;
         ``deadline`` (s) the run-time limit from the start; ``retries`` how often
         to rerun after a worker death.  ``timeout`` is the old name of ``grace``.
@@ -362,8 +369,10 @@ class Executor(concurrent.futures.Executor):
     """A :class:`concurrent.futures.Executor` running plain functions on the daemon's workers.
 
     Drop-in for ``ProcessPoolExecutor`` code: ``submit``/``map``/``shutdown``,
-    Futures that work with ``as_completed`` and ``wait``.  Functions receive no
-    task argument; inside them ``actors.current_task()`` reaches the handle.
+    Futures that work with ``as_completed`` and ``wait``.  Functions are called
+    as ``fn(*args, **kwargs)`` and reach their task handle through
+    ``actors.current_task()`` (one whose first parameter is named ``task``
+    gets it first, as from ``Client.submit``).
     Submits made close together travel as one batch.
 
     Which daemon: with ``config`` or ``daemon="name"`` given, that one (it must
@@ -374,13 +383,34 @@ class Executor(concurrent.futures.Executor):
     ``max_workers`` caps how many of this executor's jobs run at once.
     """
 
-    def __init__(self, max_workers: int | None = None, *, daemon: str | None = None, config: Config | None = None,
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
+                 initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (), *,
+                 max_tasks_per_child: int | None = None, daemon: str | None = None, config: Config | None = None,
                  grace: float = 0.5, retries: int = 0, name: str | None = None,
                  timeout: float | None = None) -> None:
+        """``ProcessPoolExecutor``'s arguments, then ensemble's own (keyword only).
+
+        ``mp_context`` is accepted and ignored (workers are the daemon's
+        processes).  ``initializer(*initargs)`` runs in a worker before this
+        executor's first job there (a module-level function; a worker may
+        serve other clients too, so it runs once per executor and worker); if
+        it raises, the job fails with ``BrokenProcessPool`` and so do later
+        submits.  ``max_tasks_per_child``: a worker that ran that many of this
+        executor's jobs retires and the daemon starts a fresh one; on a shared
+        daemon that worker also stops serving the other clients (they carry on
+        on its replacement).  ``daemon``/``config`` pick the daemon,
+        ``grace`` and ``retries`` apply to every job (see :meth:`Client.submit`).
+        """
         from actors._private import PrivateDaemon
 
+        del mp_context  # accepted for ProcessPoolExecutor code; the daemon's workers are its processes
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError(f"max_tasks_per_child must be >= 1, got {max_tasks_per_child}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        init_path = path_of(initializer) if initializer is not None else ""
         daemon = daemon or name
         self._private: PrivateDaemon | None = None
         self._cap = max_workers
@@ -412,12 +442,26 @@ class Executor(concurrent.futures.Executor):
         self._cancels: list[Future[Any]] = []  # Cancel requests for cancelled futures, sent before closing
         self._lock = threading.Lock()
         self._shutdown = False
+        self._broken = ""  # why the pool is broken (its initializer raised); submits then raise BrokenProcessPool
+        self._setup: WorkerSetup | None = None
+        if init_path or max_tasks_per_child:
+            exact = self._exact and not any(is_ndarray(v) for v in initargs)
+            self._setup = WorkerSetup(
+                os.urandom(8).hex(), init_path,
+                [pickle.dumps(tuple(initargs), protocol=pickle.HIGHEST_PROTOCOL)] if exact else list(initargs),
+                exact, max_tasks_per_child or 0)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
+        if self._broken:
+            from concurrent.futures.process import BrokenProcessPool
+
+            raise BrokenProcessPool(self._broken)
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries, with_task=False)
+        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries)
+        if self._setup is not None:
+            spec = msgspec.structs.replace(spec, setup=self._setup)
         # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
         # yours); numpy arrays keep the MessagePack path, where big ones cross through shared memory
         pickled = self._exact and not any(is_ndarray(v) for v in (*args, *kwargs.values()))
@@ -435,6 +479,8 @@ class Executor(concurrent.futures.Executor):
                     early.append(info)
                     return
                 self._futures.pop(info.id, None)
+            if info.error_type == "BrokenProcessPool" and not self._broken:
+                self._broken = f"a worker's initializer failed: {info.error_message}"
             _complete(fut, info, pickled)
 
         def on_ids(ids_fut: Future[list[int]]) -> None:

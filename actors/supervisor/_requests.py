@@ -46,6 +46,18 @@ def _with(idents: tuple[bytes, ...] | None, ident: bytes) -> tuple[bytes, ...]:
 
 
 
+def _check_setup(spec: JobSpec, remote: bool, allow: Any) -> None:
+    """An Executor's worker setup: its initializer named by the same rules as a job function."""
+    setup = spec.setup
+    assert setup is not None
+    if setup.initializer:
+        check_allowed(setup.initializer, allow) if remote else check_name(setup.initializer)
+    if remote and setup.pickled:
+        raise JobRefused(f"job {spec.fn}: pickled initargs are accepted only from local clients")
+    if setup.max_tasks < 0 or len(setup.key) > 64:
+        raise JobRefused(f"job {spec.fn}: max_tasks must be >= 0 and the setup key at most 64 characters")
+
+
 class RequestsMixin(State):
     """Request handling of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
 
@@ -129,6 +141,8 @@ class RequestsMixin(State):
             if remote and spec.pickled:
                 raise JobRefused(f"job {spec.fn}: pickled arguments are accepted only from local clients; "
                                  "a remote peer sends MessagePack values")
+            if spec.setup is not None:
+                _check_setup(spec, remote, self.allow)
         context = (msg.cwd, list(msg.path)) if not remote else ("", [])  # a remote peer's paths mean nothing here
         return self._accept(ident, corr, msg.jobs, msg.watch, internal=False, context=context)
 
