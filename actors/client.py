@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 import msgspec
 
 from actors._connection import Connection
+from actors._exact import dumps_arguments
 from actors._errors import (
     EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, RemoteError, TransportError, WaitTimeout,
 )
@@ -465,10 +466,14 @@ class Executor(concurrent.futures.Executor):
         # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
         # yours); numpy arrays keep the MessagePack path, where big ones cross through shared memory
         pickled = self._exact and not any(is_ndarray(v) for v in (*args, *kwargs.values()))
-        if pickled:
-            spec = msgspec.structs.replace(spec, args=[pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)],
-                                           kwargs={}, pickled=True)
         fut: Future[Any] = Future()
+        if pickled:
+            try:
+                blob = dumps_arguments(spec.fn, args, kwargs)
+            except TypeError as exc:  # this job fails at once, as ProcessPoolExecutor's future would
+                fut.set_exception(exc)
+                return fut
+            spec = msgspec.structs.replace(spec, args=[blob], kwargs={}, pickled=True)
         early: list[JobInfo] = []
 
         def on_info(info: JobInfo) -> None:
@@ -595,7 +600,14 @@ def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
     if not _start(fut):
         return
     if pickled and isinstance(info.result, bytes) and info.state in ("done", "failed"):
-        value = pickle.loads(info.result)  # from our own user's job, through our own daemon
+        try:
+            value = pickle.loads(info.result)  # from our own user's job, through our own daemon
+        except Exception as exc:  # noqa: BLE001 - e.g. a class whose constructor wants other arguments
+            what = "return value" if info.state == "done" else f"exception ({info.error_type})"
+            fut.set_exception(RemoteError(
+                "TypeError", f"job {info.id} ({info.fn}): its {what} came back but cannot be rebuilt here: "
+                f"{type(exc).__name__}: {exc}", info.traceback))
+            return
         if info.state == "done":
             fut.set_result(value)
             return

@@ -25,6 +25,7 @@ import msgspec
 import zmq
 
 from actors._child import Child, child_main
+from actors._exact import dumps
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir, StartedLog
@@ -304,7 +305,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
         # one calling convention for every entry point, read from the signature; internal jobs
         # (a script's background task) keep the seed's fn(task) form
         value = fn(task, *args, **kwargs) if (d.with_task if d.internal else takes_task(fn)) else fn(*args, **kwargs)
-        value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if d.pickled else arrays.export_result(value)
+        value = dumps(value, "the job's result") if d.pickled else arrays.export_result(value)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,
                        aborted=task.aborted, started=started)

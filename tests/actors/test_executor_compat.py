@@ -160,3 +160,89 @@ def test_as_completed_and_wait_see_cancelled_futures(module_daemon: Daemon) -> N
             f.cancel()
         done = list(concurrent.futures.as_completed(futures, timeout=60))
     assert len(done) == 10 and all(f.done() for f in futures)
+
+
+# -- a new user's project, outside the repository, with no configuration at all
+_MYWORK = '''
+import dataclasses
+import threading
+
+
+def square(x):
+    return x * x
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+
+
+def echo(value):
+    return value
+
+
+def lock_inside():
+    return {"ok": 1, "lock": threading.Lock()}
+
+
+class Picky(Exception):
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+
+def picky():
+    return Picky(1)
+'''
+
+_MAIN = '''
+import collections, datetime, decimal, fractions, os, pathlib, sys, threading, uuid
+
+import mywork
+from ensemble import Executor, RemoteError
+
+with Executor() as ex:
+    print(ex._private.proc.pid, ex._private.dir)
+    assert list(ex.map(mywork.square, range(1000))) == [x * x for x in range(1000)]
+    values = [(1, 2), {1, 2}, frozenset({3}), {(1, 2): "t", 3: "i", None: 0}, 2 ** 100, 1 + 2j,
+              datetime.datetime(2026, 12, 3, 11, 0, 1, 5), datetime.date(2026, 1, 2), datetime.time(1, 2),
+              datetime.timedelta(days=3), decimal.Decimal("1.10"), uuid.UUID(int=7), pathlib.PurePosixPath("a/b"),
+              pathlib.Path("rel"), b"x", bytearray(b"y"), mywork.Point(1, 2), fractions.Fraction(1, 3),
+              collections.OrderedDict(a=1), collections.Counter("aab"), [1, (2, {3})], float("inf"), None, True]
+    for value in values:
+        got = ex.submit(mywork.echo, value).result(60)
+        assert got == value and type(got) is type(value), (value, got)
+    fut = ex.submit(mywork.echo, {"a": [1, (2, threading.Lock())]})
+    assert "args[0]['a'][1][1]" in str(fut.exception(0)) and "_thread.lock" in str(fut.exception(0))
+    err = ex.submit(mywork.lock_inside).exception(60)
+    assert isinstance(err, TypeError) and "result['lock']" in str(err) and "_thread.lock" in str(err), err
+    err = ex.submit(mywork.picky).exception(60)
+    assert isinstance(err, RemoteError) and "cannot be rebuilt" in str(err), err
+    source = open("mywork.py").read()
+    open("mywork.py", "w").write(source.replace("return x * x", "return -x"))
+    os.utime("mywork.py", ns=(1, 1))  # a different mtime even on a coarse clock
+    assert list(ex.map(mywork.square, range(1000))) == [-x for x in range(1000)]  # every one on the new code
+print("ok")
+'''
+
+
+def test_a_new_user_s_project_runs_with_no_setup_and_faithful_values(tmp_path: Path) -> None:
+    import os
+
+    from tests.conftest import pid_alive, wait_for
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mywork.py").write_text(_MYWORK)
+    (project / "main.py").write_text(_MAIN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_") and k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(ROOT), ENSEMBLE_NAME="nobody-home", ENSEMBLE_RUN_DIR=str(tmp_path / "run"))
+    out = subprocess.run([sys.executable, "main.py"], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    first, last = out.stdout.strip().splitlines()[0], out.stdout.strip().splitlines()[-1]
+    assert last == "ok" and out.stderr == ""
+    pid, where = int(first.split()[0]), Path(first.split()[1])
+    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
+    assert not where.exists()
