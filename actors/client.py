@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 import os
 import pickle
@@ -75,6 +76,14 @@ def _grace(grace: float, timeout: float | None) -> float:
     return grace
 
 
+def _unwrap(fn: Any, args: Iterable[Any], kwargs: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """``functools.partial(f, *a, **k)`` called with ``args``/``kwargs`` as the call of ``f`` it stands for."""
+    args = tuple(args)
+    while isinstance(fn, functools.partial):
+        args, kwargs, fn = (*fn.args, *args), {**fn.keywords, **kwargs}, fn.func
+    return fn, args, kwargs
+
+
 def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[str, Any], *, name: str = "",
               priority: int = 0, grace: float = 0.5, deadline: float | None = None, retries: int = 0) -> JobSpec:
     """Build a :class:`JobSpec`; ``grace`` (abort to force kill) and ``deadline`` (run-time limit) in seconds.
@@ -84,6 +93,7 @@ def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[st
     """
     if grace <= 0:
         raise ValueError(f"grace must be positive, got {grace}")
+    fn, args, kwargs = _unwrap(fn, args, kwargs)  # a partial of a module-level function travels as that function
     return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
                    float(deadline or 0.0), int(retries))
 
@@ -460,6 +470,7 @@ class Executor(concurrent.futures.Executor):
             raise BrokenProcessPool(self._broken)
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        fn, args, kwargs = _unwrap(fn, args, kwargs)
         spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries)
         if self._setup is not None:
             spec = msgspec.structs.replace(spec, setup=self._setup)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import json
 import subprocess
 import sys
@@ -43,15 +44,18 @@ def test_example_jobs_keep_their_task_first_form(module_daemon: Daemon) -> None:
         assert c.submit("examples.jobs:add", 2, 3).result(60) == 5
 
 
-def test_pure_builtins_run_and_the_rest_of_builtins_stays_refused(module_daemon: Daemon) -> None:
+def test_pure_builtins_and_partials_run_and_the_rest_of_builtins_stays_refused(module_daemon: Daemon) -> None:
     with Executor(config=module_daemon.config) as ex:
         assert ex.submit(pow, 2, 10).result(60) == 1024
         assert list(ex.map(divmod, [7, 9, 100], [2, 4, 7], timeout=60)) == [(3, 1), (2, 1), (14, 2)]
         assert ex.submit(sorted, {3, 1, 2}).result(60) == [1, 2, 3]
+        assert list(ex.map(functools.partial(divmod, 100), [3, 7], timeout=60)) == [(33, 1), (14, 2)]
+        assert ex.submit(functools.partial(jobs.convention_named, x=8)).result(60) == ["named", True, 8]
         with pytest.raises(JobRefused, match="builtins"):
             ex.submit(eval, "1 + 1").result(60)
     with Client(config=module_daemon.config) as c:
         assert c.submit(pow, 3, 4).result(60) == 81
+        assert c.submit(functools.partial(pow, 2), 5).result(60) == 32  # a partial travels as its function
         with pytest.raises(JobRefused):
             c.submit("builtins:exec", "print(1)")
 
