@@ -250,3 +250,14 @@ def test_a_new_user_s_project_runs_with_no_setup_and_faithful_values(tmp_path: P
     pid, where = int(first.split()[0]), Path(first.split()[1])
     wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
     assert not where.exists()
+
+
+def test_an_executor_s_worker_setup_survives_the_journal() -> None:
+    from actors._jobs import pack_spec, unpack_job
+    from actors.messages import JobSpec, WorkerSetup
+
+    setup = WorkerSetup("k1", "tests.jobs:init_worker", [b"\x80\x05blob"], True, 3)
+    spec = JobSpec("tests.jobs:square", [2], {}, setup=setup)
+    assert unpack_job(pack_spec(spec, "", False, ("/tmp", ["/tmp"])))[0] == spec  # a restarted daemon still has it
+    plain = JobSpec("tests.jobs:square", [2])
+    assert unpack_job(pack_spec(plain))[0].setup is None
