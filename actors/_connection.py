@@ -88,6 +88,7 @@ class Connection:
         self._wake_tx = self.ctx.socket(zmq.PAIR)
         self._wake_tx.connect(self._wake_addr)
         self._wake_lock = threading.Lock()
+        self._wake_pending = False  # a wake-up was sent and the I/O thread has not read the queue since
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._io, name="ensemble-client-io", daemon=True)
         self._thread.start()
@@ -131,10 +132,14 @@ class Connection:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = -1 if end is None else max(0, int((end - time.monotonic()) * 1000))
-            if not sock.poll(wait):
+            if sock.rcvtimeo != wait:
+                sock.rcvtimeo = wait
+            try:
+                answer = sock.recv()  # one blocking call (poll then recv costs a second round into libzmq)
+            except zmq.Again:
                 raise TransportError(f"the daemon did not answer {type(msg).__name__} within {timeout:g}s; "
-                                     "is it overloaded or stopped? (`ensemble status`)")
-            got, reply = decode(sock.recv(), self.limits)
+                                     "is it overloaded or stopped? (`ensemble status`)") from None
+            got, reply = decode(answer, self.limits)
             if got != corr:
                 continue  # the late answer to a request that timed out earlier
             if isinstance(reply, Error):
@@ -153,6 +158,10 @@ class Connection:
         borrowed: list[list[Any]] = []
         out = []
         for spec in specs:
+            if spec.pickled:  # a local Executor's pickled values: never an array among them (they go unpickled)
+                out.append(spec)
+                borrowed.append([])
+                continue
             lent: list[Any] = []
             changed: list[bool] = []
             args = self.arrays.export(spec.args, lent, changed)
@@ -212,11 +221,15 @@ class Connection:
         self._wake()
 
     def _wake(self) -> None:
+        """Wake the I/O thread, unless a wake-up is already on its way (a burst of calls costs one)."""
         with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
             try:
                 self._wake_tx.send(b"", zmq.NOBLOCK)
             except zmq.ZMQError:
-                pass
+                self._wake_pending = False
 
     def _io(self) -> None:
         sock = self.ctx.socket(zmq.DEALER)
@@ -243,6 +256,7 @@ class Connection:
                             self._wake_rx.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
+                    self._wake_pending = False  # before the queue is read: a call queued after this wakes us again
                 self._send_pending(sock)
                 if sock in events:
                     self._receive(sock)

@@ -9,7 +9,6 @@ error that says what to do instead.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import functools
@@ -20,10 +19,11 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import msgspec
 
+from actors import _map
 from actors._connection import Connection
 from actors._exact import dumps_arguments
 from actors._errors import (
@@ -40,6 +40,8 @@ from actors.messages import (
 )
 
 _log = logging.getLogger("ensemble.client")
+if TYPE_CHECKING:
+    import asyncio
 TERMINAL = FINAL  # the final job states (kept under its old name)
 _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushed result
 
@@ -76,9 +78,8 @@ def _grace(grace: float, timeout: float | None) -> float:
     return grace
 
 
-def _unwrap(fn: Any, args: Iterable[Any], kwargs: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+def _unwrap(fn: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     """``functools.partial(f, *a, **k)`` called with ``args``/``kwargs`` as the call of ``f`` it stands for."""
-    args = tuple(args)
     while isinstance(fn, functools.partial):
         args, kwargs, fn = (*fn.args, *args), {**fn.keywords, **kwargs}, fn.func
     return fn, args, kwargs
@@ -461,15 +462,20 @@ class Executor(concurrent.futures.Executor):
                 os.urandom(8).hex(), init_path,
                 [pickle.dumps(tuple(initargs), protocol=pickle.HIGHEST_PROTOCOL)] if exact else list(initargs),
                 exact, max_tasks_per_child or 0)
+        self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
+    def _check_open(self) -> None:
+        """Raise as ``ProcessPoolExecutor`` does for a broken pool (a failed initializer) or after shutdown."""
         if self._broken:
             from concurrent.futures.process import BrokenProcessPool
 
             raise BrokenProcessPool(self._broken)
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
+        self._check_open()
         fn, args, kwargs = _unwrap(fn, args, kwargs)
         spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries)
         if self._setup is not None:
@@ -569,8 +575,41 @@ class Executor(concurrent.futures.Executor):
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
-        """Like :meth:`concurrent.futures.Executor.map` (all submits go out as batches)."""
-        return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        """Like :meth:`concurrent.futures.Executor.map`: ``fn`` over the zipped iterables, results in order.
+
+        Each chunk of ``chunksize`` items is one job (as ``ProcessPoolExecutor``
+        sends them), and the jobs leave in large batches with no Future per
+        item (see :mod:`actors._map`).  The first failure is raised when the
+        iterator reaches it; ``timeout`` (s, from this call) raises
+        ``TimeoutError``; leaving the iterator early cancels what has not run.
+        On a remote daemon, under a ``max_workers`` cap on a shared one, or with
+        numpy arrays among the items (they keep their shared-memory path), it
+        falls back to one job per item.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        self._check_open()
+        items = list(zip(*iterables))
+        if not self._exact or self._cap is not None or isinstance(fn, functools.partial) \
+                or any(is_ndarray(v) for args in items for v in args):
+            return super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
+        parts = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries)
+        if self._setup is not None:  # the initializer and max_tasks_per_child hold for map's jobs too
+            spec = msgspec.structs.replace(spec, setup=self._setup)
+        run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels)
+        with self._lock:
+            self._live.add(run.done)
+            self._maps.add(run)
+            self._acks.extend(run.acks)
+
+        def ended(_: Future[None]) -> None:
+            with self._lock:
+                self._live.discard(run.done)
+                self._maps.discard(run)
+
+        run.done.add_done_callback(ended)
+        return run.results(timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``wait`` block until submitted futures finish.
@@ -581,9 +620,12 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
             futures = list(self._live)
+            maps = list(self._maps)
         if cancel_futures:
             for f in futures:
                 f.cancel()
+            for run in maps:
+                run.cancel()
         if wait or not futures:
             concurrent.futures.wait(futures)
             self._close()
@@ -632,6 +674,13 @@ def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
         fut.set_exception(exc)
 
 
+def _aio() -> Any:
+    """The asyncio module, imported on first use by the asyncio client."""
+    import asyncio
+
+    return asyncio
+
+
 class AsyncJobHandle:
     """An awaitable job handle for :class:`AsyncClient`."""
 
@@ -639,6 +688,8 @@ class AsyncJobHandle:
         self.client = client
         self.id = job_id
         self.info: JobInfo | None = None
+        import asyncio  # only for the asyncio client: `import actors.client` stays free of asyncio (~0.1 s)
+
         self._final: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
 
     def _update(self, info: JobInfo) -> None:
@@ -651,8 +702,9 @@ class AsyncJobHandle:
     async def wait(self, timeout: float | None = None) -> JobInfo:
         """Await the job's end; returns its final snapshot."""
         try:
-            return await asyncio.wait_for(asyncio.shield(self._final), timeout)
-        except asyncio.TimeoutError:
+            info: JobInfo = await _aio().wait_for(_aio().shield(self._final), timeout)
+            return info
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             raise WaitTimeout(f"job {self.id} did not finish within {timeout:g}s (it goes on)") from None
 
     async def result(self, timeout: float | None = None) -> Any:
@@ -686,15 +738,15 @@ class AsyncClient:
 
     async def _call(self, msg: Any) -> Any:
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.conn.call(msg)), self.timeout)
-        except asyncio.TimeoutError:
+            return await _aio().wait_for(_aio().wrap_future(self.conn.call(msg)), self.timeout)
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             raise TransportError(f"the daemon did not answer {type(msg).__name__} within {self.timeout:g}s") from None
 
     async def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
                      grace: float = 0.5, deadline: float | None = None, retries: int = 0,
                      kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> AsyncJobHandle:
         """Submit a job (as :meth:`Client.submit`); returns an awaitable handle."""
-        loop = asyncio.get_running_loop()
+        loop = _aio().get_running_loop()
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
                          deadline=deadline, retries=retries)
         handle = AsyncJobHandle(self, 0)
@@ -702,7 +754,7 @@ class AsyncClient:
         def listener(info: JobInfo) -> None:  # the handle's own loop applies every push, in order
             loop.call_soon_threadsafe(handle._update, info)
 
-        (jid,) = await asyncio.wait_for(asyncio.wrap_future(self.conn.submit([spec], listener)), self.timeout)
+        (jid,) = await _aio().wait_for(_aio().wrap_future(self.conn.submit([spec], listener)), self.timeout)
         handle.id = jid
         return handle
 

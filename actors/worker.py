@@ -10,6 +10,7 @@ thread's ``pending`` deque, so an abort of one of them answers at once.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import pickle
 import itertools
@@ -28,6 +29,7 @@ from actors._child import Child, child_main
 from actors._exact import dumps
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
+from actors._map import MapChunk
 from actors._rundir import RunDir, StartedLog
 from actors._arrays import WorkerArrays
 from actors._errors import ProtocolError
@@ -53,6 +55,7 @@ from actors.messages import (
 
 log = logging.getLogger("ensemble.worker")
 _VOICES_TIMEOUT = 10.0  # seconds to wait for the processor to fall silent
+_RETIRE_WAIT = 5.0  # seconds a retiring worker waits for the supervisor's Stop before it leaves anyway
 
 
 class Worker(Child):
@@ -86,6 +89,7 @@ class Worker(Child):
             self._started = StartedLog(RunDir(cfg.run_dir).started_file(name))
         self.code = UserCode()
         self.retire_reason = ""
+        self.retiring_since = 0.0  # monotonic time the job thread left to retire; the supervisor's Stop ends us
         self.setups: dict[str, int] = {}  # Executor key -> its jobs run here, once its initializer ran (job thread)
         self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
         self.thread.start()
@@ -147,9 +151,7 @@ class Worker(Child):
             if frame == b"v":
                 voices += 1
             elif frame == b"x":  # the job thread left: code changed on disk, or an Executor's max_tasks_per_child
-                self.send(Retiring(self.retire_reason))
-                self.exit_code = RETIRE_CODE
-                self._request_stop(self.retire_reason)
+                self.retiring_since = time.monotonic()
         for _ in range(voices):
             self.send(self.voice_requests.get_nowait())
         self._wake_sent = False  # before draining: a result queued after this wakes us again
@@ -169,8 +171,15 @@ class Worker(Child):
             self.done_count += 1
         if done:
             self.send(JobsDone(done))
+        if self.retiring_since and not self.exit_code:
+            # after its last results: the supervisor reads those, then answers Retiring with Stop, so the
+            # exit never races them (a job that returned would otherwise count as lost with its worker)
+            self.send(Retiring(self.retire_reason))
+            self.exit_code = RETIRE_CODE
 
     def tick(self, now: float) -> None:
+        if self.retiring_since and time.monotonic() - self.retiring_since > _RETIRE_WAIT:
+            self._request_stop(self.retire_reason)  # no Stop came (a remote worker's daemon sends none)
         cur = self.current
         if cur is None:
             return
@@ -298,13 +307,18 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             set_up(d.setup)
         fn = resolve_internal(d.fn) if d.internal else resolve(d.fn)
         if d.pickled:  # a local client's exact values (its own user: pickle is trusted here, never in the daemon)
-            args, kwargs = pickle.loads(d.args[0])
+            payload = pickle.loads(d.args[0])
         else:
-            args = arrays.import_args(d.args, mapped)
-            kwargs = arrays.import_args(d.kwargs, mapped)
+            payload = arrays.import_args(d.args, mapped), arrays.import_args(d.kwargs, mapped)
         # one calling convention for every entry point, read from the signature; internal jobs
         # (a script's background task) keep the seed's fn(task) form
-        value = fn(task, *args, **kwargs) if (d.with_task if d.internal else takes_task(fn)) else fn(*args, **kwargs)
+        with_task = d.with_task if d.internal else takes_task(fn)
+        value: Any
+        if type(payload) is MapChunk:  # Executor.map: fn over each item of the chunk
+            value = payload.run(functools.partial(fn, task) if with_task else fn)
+        else:
+            args, kwargs = payload
+            value = fn(task, *args, **kwargs) if with_task else fn(*args, **kwargs)
         value = dumps(value, "the job's result") if d.pickled else arrays.export_result(value)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,

@@ -19,7 +19,7 @@ from typing import Any
 import soundfile
 
 from actors import EnsembleError
-from controller.messages import ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptReady
+from controller.messages import ParamSet, RunAsync, ScriptError, ScriptReady
 from audio import OfflineBackend
 from audio import builtin_sample
 from audio import Engine
@@ -83,12 +83,8 @@ class OfflineScriptHost:
         if isinstance(msg, ScriptReady):
             proc.load(msg.path)
             self.ready = True
-        elif isinstance(msg, RunSync):
-            proc.run_sync_call(msg.fn, msg.args, msg.id)
-        elif isinstance(msg, RunAsyncResult):
-            proc.async_result(msg.token, msg.ok, msg.value, msg.error)
-        elif isinstance(msg, ParamValues):
-            proc.set_values({p.name: p.value for p in msg.params}, msg.call)
+        else:  # run_sync calls, run_async answers, parameter values: as the processor process hands them over
+            proc.handle(msg)
 
     def feed(self, event: Event) -> None:
         """A MIDI event for the script's callbacks."""

@@ -343,3 +343,8 @@ def init_fails(message: str) -> None:
 def plain_pid(x: Any = None) -> int:
     """The worker's pid (no task parameter)."""
     return os.getpid()
+
+
+def plain_divmod(a: int, b: int) -> tuple[int, int]:
+    """A plain function of two arguments (Executor.map over two iterables)."""
+    return divmod(a, b)

@@ -19,7 +19,8 @@ from actors._errors import (
 from actors._jobfn import check_allowed, check_name
 from actors.messages import (
     Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message, Ping,
-    Pong, Recalled, Retiring, Scale, Shutdown, Status, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode, peek_corr,
+    Pong, Recalled, Retiring, Scale, Shutdown, Status, Stop, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode,
+    peek_corr,
 )
 from actors.supervisor._transport import LOCAL, TCP, Peer, _short
 from actors.supervisor._state import State
@@ -303,6 +304,7 @@ class RequestsMixin(State):
                 slot.ready = False
                 slot.expected_exit = True
                 log.info("event=worker-retiring name=%s reason=%s", slot.name, msg.reason)
+                self._send_child(slot, Stop("retiring"))  # its results came first: now it may exit
             elif isinstance(msg, Hello):
                 slot.ready = True
                 slot.state = "running"

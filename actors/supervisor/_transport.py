@@ -184,6 +184,8 @@ class TransportMixin(State):
         """
         tcp = sock is self.control_tcp or sock is self.internal_tcp
         for _ in range(_DRAIN):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a recv raising Again
+                return
             try:
                 if tcp:
                     got = self._recv_tcp(sock)

@@ -261,3 +261,15 @@ def test_an_executor_s_worker_setup_survives_the_journal() -> None:
     assert unpack_job(pack_spec(spec, "", False, ("/tmp", ["/tmp"])))[0] == spec  # a restarted daemon still has it
     plain = JobSpec("tests.jobs:square", [2])
     assert unpack_job(pack_spec(plain))[0].setup is None
+
+
+def test_map_in_chunks_keeps_the_calling_convention_and_the_worker_setup(module_daemon: Daemon,
+                                                                         tmp_path: Path) -> None:
+    with Executor(config=module_daemon.config, initializer=jobs.init_worker, initargs=(str(tmp_path), "m"),
+                  max_tasks_per_child=3) as ex:
+        got = list(ex.map(jobs.initialised, range(30), chunksize=4, timeout=120))
+        named = list(ex.map(jobs.convention_named, range(6), chunksize=3, timeout=60))
+        partial = list(ex.map(functools.partial(divmod, 100), [3, 7], chunksize=2, timeout=60))
+    assert [r[2] for r in got] == list(range(30)) and all(r[1] == ["m"] for r in got)
+    assert max(collections.Counter(r[0] for r in got).values()) <= 3 * 4  # at most 3 chunk jobs per worker
+    assert named == [["named", True, x] for x in range(6)] and partial == [(33, 1), (14, 2)]

@@ -1,0 +1,169 @@
+"""``Executor.map`` without a Future per item: chunks as jobs, sent in batches, results read in order.
+
+``concurrent.futures.Executor.map`` submits one job and builds one Future
+per item, and ignores ``chunksize``.  Here (a local client, whose values
+cross pickled) the items are cut into chunks of ``chunksize``, each chunk is
+one job whose pickled payload is a :class:`MapChunk`, the jobs go to the
+daemon in batches of :data:`BATCH` (the daemon starts the first batch while
+the next is being packed), and the I/O thread files each final
+:class:`~actors.messages.JobInfo` into the slot of its chunk.  The consumer
+unpickles chunk results in order and raises the first job's exception as
+``ProcessPoolExecutor.map`` does (its original type, the remote traceback as
+its cause).  Leaving the iterator early cancels the jobs not yet finished.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import pickle
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import msgspec
+
+from actors._errors import EnsembleError, RemoteError
+from actors._state import FINAL
+from actors.messages import Cancel, JobInfo, JobSpec
+
+if TYPE_CHECKING:
+    from actors._connection import Connection
+
+BATCH = 2000  # jobs per Submit
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class MapChunk:
+    """The pickled payload of one map job: ``fn`` applied to each argument tuple, results in a list."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[Any, ...]]) -> None:
+        self.items = items
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return MapChunk, (self.items,)
+
+    def run(self, fn: Callable[..., Any]) -> list[Any]:
+        """Worker side: the chunk's results, in order (the first exception ends the chunk, as in the pools)."""
+        return [fn(*args) for args in self.items]
+
+
+class MapRun:
+    """One ``map`` call in flight: its jobs' final infos, filed by chunk, and the iterator over their values.
+
+    ``done`` is a Future that completes when every job has ended (the
+    executor waits for it on ``shutdown`` and cancels it with
+    ``cancel_futures``; cancelling it cancels the jobs still running).
+    """
+
+    def __init__(self, conn: "Connection", spec: JobSpec, parts: list[list[tuple[Any, ...]]],
+                 cancels: list[concurrent.futures.Future[Any]]) -> None:
+        """``cancels``: where the Cancel requests this run sends are kept (the executor waits for them on close)."""
+        self.conn = conn
+        self.cancelled = False  # cancel() was called: jobs whose ids arrive later are cancelled on arrival
+        self.n = len(parts)
+        self.infos: list[JobInfo | None] = [None] * self.n
+        self.index: dict[int, int] = {}
+        self.early: dict[int, JobInfo] = {}  # final infos that arrived before their job's id was filed
+        self.ids: list[int] = []
+        self.ended = 0
+        self.cond = threading.Condition()
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.done.set_running_or_notify_cancel()
+        self.failed_submit: BaseException | None = None
+        self.acks: list[concurrent.futures.Future[list[int]]] = []
+        self.cancels = cancels
+        for start in range(0, self.n, BATCH):
+            specs = [msgspec.structs.replace(spec, args=[pickle.dumps(MapChunk(part), _PROTOCOL)])
+                     for part in parts[start:start + BATCH]]
+            ack = conn.submit(specs, self._on_info)
+            ack.add_done_callback(functools.partial(self._on_ids, first=start))
+            self.acks.append(ack)
+        if self.n == 0:
+            self.done.set_result(None)
+
+    # -- I/O thread
+    def _on_ids(self, ack: concurrent.futures.Future[list[int]], *, first: int) -> None:
+        exc = ack.exception()
+        with self.cond:
+            if exc is not None:
+                self.failed_submit = exc
+                self.cond.notify_all()
+            else:
+                for offset, jid in enumerate(ack.result()):
+                    self.index[jid] = first + offset
+                    self.ids.append(jid)
+            late = self.cancelled and exc is None
+            early = [self.early.pop(jid) for jid in (ack.result() if exc is None else ()) if jid in self.early]
+        if exc is not None and not self.done.done():
+            self.done.set_exception(exc)
+        for info in early:
+            self._on_info(info)
+        if late:
+            self.cancels.extend(self.conn.call(Cancel(jid, False)) for jid in ack.result())
+
+    def _on_info(self, info: JobInfo) -> None:
+        if info.state not in FINAL:
+            return
+        with self.cond:
+            i = self.index.get(info.id)
+            if i is None:  # its batch's ids have not been filed yet (the ack's callback runs on our caller's
+                self.early[info.id] = info  # thread when it was already answered): _on_ids files it
+                return
+            if self.infos[i] is not None:
+                return
+            self.infos[i] = info
+            self.ended += 1
+            last = self.ended == self.n
+            self.cond.notify_all()
+        if last and not self.done.done():
+            self.done.set_result(None)
+
+    # -- the caller's thread
+    def results(self, timeout: float | None) -> Iterator[Any]:
+        """The values in order; raises the first failure, or TimeoutError past ``timeout`` (from now)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for i in range(self.n):
+                with self.cond:
+                    while self.infos[i] is None:
+                        if self.failed_submit is not None:
+                            raise self.failed_submit
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise concurrent.futures.TimeoutError()
+                        self.cond.wait(left)
+                    info = self.infos[i]
+                assert info is not None
+                yield from _values(info)
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Ask the daemon to cancel the jobs that have not ended (those whose ids are still coming, on arrival)."""
+        with self.cond:
+            if self.ended == self.n:
+                return
+            self.cancelled = True
+            pending = [jid for jid, i in self.index.items() if self.infos[i] is None]
+        self.cancels.extend(self.conn.call(Cancel(jid, False)) for jid in pending)
+
+
+def _values(info: JobInfo) -> list[Any]:
+    """A chunk job's list of values, or its exception raised as the pools raise it."""
+    if isinstance(info.result, bytes) and info.state in ("done", "failed"):
+        value = pickle.loads(info.result)  # our own user's job, through our own daemon
+        if info.state == "done":
+            return value  # type: ignore[no-any-return]
+        if isinstance(value, BaseException):
+            value.__cause__ = RemoteError(info.error_type, info.error_message, info.traceback)
+            raise value
+    from actors.client import _raise_for
+
+    try:
+        _raise_for(info)
+    except EnsembleError:
+        raise
+    raise RemoteError(info.error_type or "JobError", f"map job {info.id} ended {info.state} without a value", "")

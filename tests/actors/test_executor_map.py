@@ -1,0 +1,89 @@
+"""Executor.map as ProcessPoolExecutor.map behaves: chunks as jobs, order, first failure, timeout, early exit."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+import pytest
+
+from actors.client import Executor
+from tests import jobs
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def ex(daemon: Any) -> Any:
+    """An Executor on the test daemon (no cap: the fast map path)."""
+    e = Executor(config=daemon.config)
+    yield e
+    e.shutdown(cancel_futures=True)
+
+
+@pytest.mark.parametrize("chunksize", [1, 7, 64, 1000])
+def test_map_gives_every_result_in_order_at_any_chunksize(ex: Any, daemon: Any, chunksize: int) -> None:
+    before = len(daemon.client().jobs(limit=10_000))
+    out = list(ex.map(jobs.identity, range(300), chunksize=chunksize))
+    assert out == list(range(300))
+    ran = len(daemon.client().jobs(limit=10_000)) - before
+    assert ran == -(-300 // chunksize)  # one job per chunk, as ProcessPoolExecutor sends them
+
+
+def test_map_zips_several_iterables_and_keeps_exact_types(ex: Any) -> None:
+    assert list(ex.map(jobs.identity, [(1, 2), {3}, frozenset({4})], chunksize=2)) == [(1, 2), {3}, frozenset({4})]
+    assert [type(v) for v in ex.map(jobs.identity, [(1,), {2}])] == [tuple, set]
+    assert list(ex.map(jobs.plain_divmod, [7, 9], [2, 4], chunksize=2)) == [(3, 1), (2, 1)]
+    assert list(ex.map(jobs.square, [])) == []
+
+
+def test_the_first_failure_is_raised_with_its_own_type_where_the_iterator_reaches_it(ex: Any) -> None:
+    it = ex.map(jobs.plain_fail, ["a", "b"], chunksize=1)
+    with pytest.raises(KeyError, match="a") as caught:
+        next(it)
+    assert type(caught.value.__cause__).__name__ == "RemoteError"
+
+
+def test_map_past_its_timeout_raises_timeout_error_and_cancels_the_rest(ex: Any, daemon: Any) -> None:
+    it = ex.map(jobs.plain_sleep, [0.0] + [30.0] * 4, timeout=1.0)
+    assert next(it) == 0.0
+    with pytest.raises(concurrent.futures.TimeoutError):
+        next(it)
+    c = daemon.client()
+    wait_for(lambda: all(j.state in ("done", "cancelled", "killed") for j in c.jobs(limit=100)
+                         if j.fn == "tests.jobs:plain_sleep"), 60, what="the map's other jobs to be cancelled")
+
+
+def test_leaving_the_iterator_early_cancels_what_has_not_run(ex: Any, daemon: Any) -> None:
+    it = ex.map(jobs.plain_sleep, [0.0] + [30.0] * 5)
+    assert next(it) == 0.0
+    it.close()  # the caller left the loop (as ProcessPoolExecutor.map, the rest is cancelled)
+    c = daemon.client()
+    wait_for(lambda: all(j.state in ("done", "cancelled", "killed") for j in c.jobs(limit=100)
+                         if j.fn == "tests.jobs:plain_sleep"), 60, what="every sleep job to end")
+    states = sorted(j.state for j in c.jobs(limit=100) if j.fn == "tests.jobs:plain_sleep")
+    assert states.count("done") == 1 and len(states) == 6
+
+
+def test_shutdown_waits_for_a_map_and_cancel_futures_stops_it(daemon: Any) -> None:
+    e = Executor(config=daemon.config)
+    results = e.map(jobs.square, range(50), chunksize=5)
+    e.shutdown(wait=True)
+    assert list(results) == [x * x for x in range(50)]
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        e.map(jobs.square, [1])
+    e2 = Executor(config=daemon.config)
+    e2.map(jobs.plain_sleep, [30.0] * 4)
+    e2.shutdown(wait=True, cancel_futures=True)  # returns: the jobs were cancelled, not waited for 2 minutes
+    c = daemon.client()
+    wait_for(lambda: all(j.state != "running" for j in c.jobs(limit=100) if j.fn == "tests.jobs:plain_sleep"),
+             60, what="the cancelled map's jobs to stop")
+
+
+def test_under_a_cap_on_a_shared_daemon_map_still_gives_every_result(daemon: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in daemon.env.items():
+        if key.startswith("ENSEMBLE_"):
+            monkeypatch.setenv(key, value)
+    with Executor(max_workers=1) as e:
+        assert e._private is None and e._cap == 1
+        assert list(e.map(jobs.square, range(20), chunksize=4)) == [x * x for x in range(20)]
