@@ -100,6 +100,7 @@ class Child:
         self.last_sent = 0.0
         self.stop_reason = ""
         self.exit_code = 0  # what run() returns (a worker retiring on changed code sets its own)
+        self.resources: dict[str, float] = {}  # what a remote worker tells the daemon it offers jobs
 
     def send(self, msg: Message) -> None:
         """Send one message to the supervisor."""
@@ -137,7 +138,7 @@ class Child:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for s in self.extra_sockets():
             self.poller.register(s, zmq.POLLIN)
-        self.send(Hello(self.role, self.name, os.getpid()))
+        self.send(Hello(self.role, self.name, os.getpid(), self.resources))
         self.send(Heartbeat(self.stats()))  # stats (e.g. the audio backend's notice) at once
         sup = self.cfg.supervision
         while self.running:

@@ -8,6 +8,7 @@ leave memory; their rows stay in the journal until pruned.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import time
 from typing import Any, Iterable
@@ -16,9 +17,11 @@ import msgspec
 
 from actors._errors import JobRefused
 from actors._journal import TERMINAL, Journal
+from actors._resources import fits
 from actors.messages import JobInfo, JobSpec, WorkerSetup, _decode_value, _encode_value
 
 
+SCAN = 4096  # queued jobs one pop may look past because the worker lacks their resources
 NO_CONTEXT: tuple[str, list[str]] = ("", [])  # no client directory or path (remote, internal): never mutated
 
 
@@ -72,8 +75,9 @@ def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
               context: tuple[str, list[str]] = NO_CONTEXT) -> bytes:
     """Journal form of a job spec, with who submitted it and (local clients) their cwd and import path."""
     return _encode_value([spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
-                          spec.retries, spec.with_task, owner, internal, context[0], context[1], spec.pickled,
-                          None if spec.setup is None else msgspec.structs.astuple(spec.setup)])
+                          spec.retries, spec.with_task, owner, internal, context[0], context[1], spec.pickled]
+                         + ([spec.resources] if spec.resources or spec.setup is not None else [])
+                         + ([msgspec.structs.astuple(spec.setup)] if spec.setup is not None else []))
 
 
 def unpack_spec(blob: bytes) -> tuple[JobSpec, str, bool]:
@@ -88,8 +92,10 @@ def unpack_job(blob: bytes) -> tuple[JobSpec, str, bool, tuple[str, list[str]]]:
     owner, internal = (f[9], f[10]) if len(f) >= 11 else ("", False)
     context = (f[11], list(f[12])) if len(f) >= 13 else ("", [])
     pickled = bool(f[13]) if len(f) >= 14 else False
-    setup = WorkerSetup(*f[14]) if len(f) >= 15 and f[14] is not None else None
-    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pickled, setup), owner, internal, context
+    resources = dict(f[14]) if len(f) >= 15 else {}
+    setup = WorkerSetup(*f[15]) if len(f) >= 16 and f[15] is not None else None
+    return (JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pickled, resources, setup), owner,
+            internal, context)
 
 
 def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:
@@ -111,6 +117,8 @@ class JobBook:
         self.heap: list[tuple[int, int]] = []  # (-priority, id): ids grow in submit order, so FIFO within a priority
         self._next_id = journal.next_id()
         self.queued = 0
+        self.needy = 0  # queued jobs that name resources (while 0, pop takes the plain path)
+        self.needs: collections.Counter[tuple[tuple[str, float], ...]] = collections.Counter()  # their distinct needs
         self.queued_bytes = 0  # sum of ``nbytes`` over unfinished jobs
         self.counters = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "killed": 0,
                          "worker-lost": 0, "retried": 0}
@@ -139,6 +147,8 @@ class JobBook:
             self.jobs[jid] = job
             stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal, context), spec.priority, now, owner)
             heapq.heappush(self.heap, (-spec.priority, jid))
+            if spec.resources:
+                self._needs(spec.resources, 1)
             ids.append(jid)
         self.queued_bytes += each * len(ids)
         self.queued += len(ids)
@@ -186,11 +196,19 @@ class JobBook:
             self.jobs[jid] = job
             heapq.heappush(self.heap, (-spec.priority, jid))
             self.queued += 1
+            if spec.resources:
+                self._needs(spec.resources, 1)
         return queued, requeued, lost
 
     # -- queue -----------------------------------------------------------------------
-    def pop(self, n: int) -> list[Job]:
-        """Take up to ``n`` queued jobs, best first (state becomes ``dispatched``)."""
+    def pop(self, n: int, offer: dict[str, float] | None = None) -> list[Job]:
+        """Take up to ``n`` queued jobs, best first (state becomes ``dispatched``).
+
+        ``offer``: what the worker's slot offers; jobs needing more stay queued
+        in their place (at most :data:`SCAN` of them are looked past per call).
+        """
+        if self.needy:
+            return self._pop_fitting(n, offer or {})
         out: list[Job] = []
         heap, jobs = self.heap, self.jobs
         while heap and len(out) < n:
@@ -202,6 +220,41 @@ class JobBook:
             out.append(job)
         self.queued -= len(out)
         return out
+
+    def _needs(self, need: dict[str, float], delta: int) -> None:
+        key = tuple(sorted(need.items()))
+        self.needy += delta
+        self.needs[key] += delta
+        if self.needs[key] <= 0:
+            del self.needs[key]
+
+    def _pop_fitting(self, n: int, offer: dict[str, float]) -> list[Job]:
+        if self.queued == self.needy and not any(fits(dict(k), offer) for k in self.needs):
+            return []  # only jobs this worker cannot run are queued: nothing to look through
+        out: list[Job] = []
+        passed: list[tuple[int, int]] = []
+        heap, jobs = self.heap, self.jobs
+        while heap and len(out) < n and len(passed) < SCAN:
+            item = heapq.heappop(heap)
+            job = jobs.get(item[1])
+            if job is None or job.state != "queued":
+                continue
+            need = job.spec.resources
+            if need and not fits(need, offer):
+                passed.append(item)
+                continue
+            job.state = "dispatched"
+            if need:
+                self._needs(need, -1)
+            out.append(job)
+        for item in passed:
+            heapq.heappush(heap, item)
+        self.queued -= len(out)
+        return out
+
+    def waiting_needs(self) -> list[dict[str, float]]:
+        """The distinct resources queued jobs name (for placing workers that offer them)."""
+        return [dict(k) for k in self.needs]
 
     def requeue(self, job: Job, reason: str) -> None:
         """Put a job back in the queue (its worker died or stopped before finishing it)."""
@@ -217,6 +270,8 @@ class JobBook:
             self.counters["retried"] += 1
         heapq.heappush(self.heap, (-job.spec.priority, job.id))  # back in its place: recalled or retried jobs keep FIFO
         self.queued += 1
+        if job.spec.resources:
+            self._needs(job.spec.resources, 1)
 
     def start(self, job: Job, worker: str, now: float, mono: float) -> None:
         """Record that ``job`` is now running on ``worker``."""
@@ -249,6 +304,8 @@ class JobBook:
         assert state in TERMINAL, state
         if job.state == "queued":
             self.queued -= 1
+            if job.spec.resources:
+                self._needs(job.spec.resources, -1)
         if job.id in self.jobs:
             self.queued_bytes -= job.nbytes
         job.state = state

@@ -208,12 +208,14 @@ def top(ctx: click.Context, refresh: float) -> None:
 
 @main.command()
 @click.argument("workers", type=int)
+@click.option("--on", "on", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Which workers: this host's, or those placed on the Ray cluster ([cluster] ray).")
 @click.pass_context
-def scale(ctx: click.Context, workers: int) -> None:
+def scale(ctx: click.Context, workers: int, on: str) -> None:
     """Change the number of workers at runtime (idle workers retire first)."""
     with client_of(ctx) as c:
-        c.scale(workers)
-    click.echo(f"workers: {workers}")
+        c.scale(workers, "" if on == "local" else on)
+    click.echo(f"workers: {workers}" + (" on ray" if on == "ray" else ""))
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -235,9 +237,10 @@ def parse_arg(text: str) -> Any:
 @click.option("--deadline", default=None, type=float, help="Run-time limit in seconds from the start.")
 @click.option("--retries", default=0, help="Reruns after a worker death.")
 @click.option("--job-name", "job_name", default="", help="A name for the job (--name is the daemon's, as everywhere).")
+@click.option("--resources", default="", metavar="NAME=AMOUNT,...", help="What its worker must offer, e.g. GPU=1.")
 @click.pass_context
 def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ...], wait: bool, priority: int,
-           grace: float, deadline: float | None, retries: int, job_name: str) -> None:
+           grace: float, deadline: float | None, retries: int, job_name: str, resources: str) -> None:
     """Submit a job FN ('module:function') with ARGS (each read as JSON where it parses)."""
     kwargs = {}
     for item in kw:
@@ -245,13 +248,19 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
         if not sep or not key.isidentifier():
             fail(f"--kw {item!r} must look like NAME=VALUE")
         kwargs[key] = parse_arg(value)
+    from actors._resources import parse
+
+    try:
+        need = parse(resources, "--resources") if resources else None
+    except EnsembleError as exc:
+        fail(str(exc))
     with client_of(ctx) as c:
         held: list[bool] = []
         if wait:  # a first Ctrl-C during the submit waits for the job's id, so that the job can be cancelled
             previous = signal.signal(signal.SIGINT, lambda *_: _hold_interrupt(held))
         try:
             handle = c.submit(fn, *[parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
-                              grace=grace, deadline=deadline, retries=retries)
+                              grace=grace, deadline=deadline, retries=retries, resources=need)
         finally:
             if wait:
                 signal.signal(signal.SIGINT, previous)
@@ -449,14 +458,22 @@ def keys_list(ctx: click.Context) -> None:
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="This worker's .key_secret file.")
 @click.option("--server-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The daemon's server.key.")
 @click.option("--worker-name", default=None, help="Name shown in status (default: the host name).")
+@click.option("--resources", default="", metavar="NAME=AMOUNT,...",
+              help="What it offers jobs, e.g. CPU=8,GPU=1 (default: this host's CPUs and memory).")
 @click.pass_context
-def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_name: str | None) -> None:
+def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_name: str | None,
+           resources: str) -> None:
     """Run a worker on this host for a daemon elsewhere (restart it with systemd or Kubernetes)."""
     import socket
 
+    from actors._resources import host_resources, parse
     from actors.worker import run_remote
 
-    code = run_remote(config_of(ctx), endpoint, key, server_key, worker_name or socket.gethostname())
+    try:
+        offer = parse(resources, "--resources") if resources else host_resources()  # "none": offers nothing
+    except EnsembleError as exc:
+        fail(str(exc))
+    code = run_remote(config_of(ctx), endpoint, key, server_key, worker_name or socket.gethostname(), offer)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: ZeroMQ's atexit term would wait on inproc sockets

@@ -86,8 +86,10 @@ def _unwrap(fn: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, dict[
 
 
 def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[str, Any], *, name: str = "",
-              priority: int = 0, grace: float = 0.5, deadline: float | None = None, retries: int = 0) -> JobSpec:
-    """Build a :class:`JobSpec`; ``grace`` (abort to force kill) and ``deadline`` (run-time limit) in seconds.
+              priority: int = 0, grace: float = 0.5, deadline: float | None = None, retries: int = 0,
+              resources: dict[str, float] | None = None) -> JobSpec:
+    """Build a :class:`JobSpec`; ``grace`` (abort to force kill) and ``deadline`` (run-time limit) in seconds;
+    ``resources`` what its worker must offer (``{"GPU": 1}``).
 
     Whether the function gets the task handle first is decided by the worker
     from its signature (see :func:`actors._jobfn.takes_task`), alike for every entry point.
@@ -96,7 +98,8 @@ def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[st
         raise ValueError(f"grace must be positive, got {grace}")
     fn, args, kwargs = _unwrap(fn, args, kwargs)  # a partial of a module-level function travels as that function
     return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
-                   float(deadline or 0.0), int(retries))
+                   float(deadline or 0.0), int(retries), True, False,
+                   {k: float(v) for k, v in resources.items()} if resources else {})
 
 
 class JobHandle:
@@ -266,7 +269,8 @@ class Client:
     # -- jobs
     def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
                grace: float = 0.5, deadline: float | None = None, retries: int = 0,
-               kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> JobHandle:
+               kwargs: dict[str, Any] | None = None, timeout: float | None = None,
+               resources: dict[str, float] | None = None) -> JobHandle:
         """Submit a job; returns once the daemon journaled it.
 
         ``fn`` is ``"module:function"`` or a module-level function, called with
@@ -276,10 +280,13 @@ class Client:
         time between an abort (cancel, deadline, stop) and the force kill;
         ``deadline`` (s) the run-time limit from the start; ``retries`` how often
         to rerun after a worker death.  ``timeout`` is the old name of ``grace``.
-        Raises :class:`JobRefused` (not allowed, bad path, lambda) or :class:`QueueFull`.
+        ``resources`` (``{"GPU": 1}``): it runs only on a worker whose slot offers
+        them, waiting in the queue by priority while those are busy.
+        Raises :class:`JobRefused` (not allowed, bad path, lambda, resources no
+        worker can ever offer) or :class:`QueueFull`.
         """
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
-                         deadline=deadline, retries=retries)
+                         deadline=deadline, retries=retries, resources=resources)
         return self.submit_many([spec])[0]
 
     def submit_many(self, specs: list[JobSpec]) -> list[JobHandle]:
@@ -368,9 +375,9 @@ class Client:
         """The daemon's and every actor's state."""
         return self._call(Status())  # type: ignore[no-any-return]
 
-    def scale(self, workers: int) -> None:
-        """Change the number of workers at runtime (idle ones retire first)."""
-        self._call(Scale(int(workers)))
+    def scale(self, workers: int, on: str = "") -> None:
+        """Change the number of workers at runtime (idle ones retire first); ``on="ray"``: the Ray-placed ones."""
+        self._call(Scale(int(workers), on))
 
     def shutdown(self) -> None:
         """Ask the daemon to stop in order (returns once it accepted)."""
@@ -393,13 +400,14 @@ class Executor(concurrent.futures.Executor):
     workers, in a private run directory) and stopped with it, as
     ``ray.init()`` does.  One log line says which.  On a shared daemon
     ``max_workers`` caps how many of this executor's jobs run at once.
+    ``resources`` (``{"GPU": 1}``): every job runs only on a worker offering them.
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
                  initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (), *,
                  max_tasks_per_child: int | None = None, daemon: str | None = None, config: Config | None = None,
                  grace: float = 0.5, retries: int = 0, name: str | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, resources: dict[str, float] | None = None) -> None:
         """``ProcessPoolExecutor``'s arguments, then ensemble's own (keyword only).
 
         ``mp_context`` is accepted and ignored (workers are the daemon's
@@ -449,6 +457,7 @@ class Executor(concurrent.futures.Executor):
         self._waiting: collections.deque[tuple[Future[Any], Callable[[], None]]] = collections.deque()
         self._grace = _grace(grace, timeout)
         self._retries = retries
+        self._resources = resources
         self._futures: dict[int, Future[Any]] = {}
         self._live: set[Future[Any]] = set()  # every future not yet done, with or without its job id
         self._cancels: list[Future[Any]] = []  # Cancel requests for cancelled futures, sent before closing
@@ -477,7 +486,7 @@ class Executor(concurrent.futures.Executor):
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
         self._check_open()
         fn, args, kwargs = _unwrap(fn, args, kwargs)
-        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries)
+        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries, resources=self._resources)
         if self._setup is not None:
             spec = msgspec.structs.replace(spec, setup=self._setup)
         # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
@@ -594,7 +603,7 @@ class Executor(concurrent.futures.Executor):
                 or any(is_ndarray(v) for args in items for v in args):
             return super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
         parts = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
-        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries)
+        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
         if self._setup is not None:  # the initializer and max_tasks_per_child hold for map's jobs too
             spec = msgspec.structs.replace(spec, setup=self._setup)
         run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels)
@@ -744,11 +753,12 @@ class AsyncClient:
 
     async def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
                      grace: float = 0.5, deadline: float | None = None, retries: int = 0,
-                     kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> AsyncJobHandle:
+                     kwargs: dict[str, Any] | None = None, timeout: float | None = None,
+                     resources: dict[str, float] | None = None) -> AsyncJobHandle:
         """Submit a job (as :meth:`Client.submit`); returns an awaitable handle."""
         loop = _aio().get_running_loop()
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
-                         deadline=deadline, retries=retries)
+                         deadline=deadline, retries=retries, resources=resources)
         handle = AsyncJobHandle(self, 0)
 
         def listener(info: JobInfo) -> None:  # the handle's own loop applies every push, in order

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from actors._errors import ConfigError
+from actors._resources import check, parse
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # What a *remote* client may run out of the box: the side-effect-free examples only (no file access).
@@ -106,6 +107,22 @@ class AudioConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Workers placed on a Ray cluster (``ray = "auto"`` or ``"ray://HOST:PORT"``; empty: no cluster).
+
+    Needs ``pip install 'ensemble-rt[ray]'`` here and on every node, and a
+    worker endpoint (``[daemon] tcp`` with CURVE keys) the nodes can reach:
+    each Ray actor hosts a worker that connects back with a key issued for it.
+    """
+
+    ray: str = ""  # "" (off) | "auto" (the cluster this host belongs to) | "ray://HOST:PORT" | "HOST:PORT"
+    workers: int = 0  # Ray-placed workers started with the daemon (`ensemble scale N --on ray` changes it)
+    worker_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # what Ray reserves for each
+    max_workers: int = 64  # at most this many Ray-placed workers, those started for jobs' resources included
+    connect: str = ""  # where workers connect back (tcp://HOST:PORT); default [daemon] tcp on this node's IP
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; sections mirror the TOML tables."""
 
@@ -113,6 +130,7 @@ class Config:
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     # -- derived values -------------------------------------------------
     @property
@@ -180,6 +198,7 @@ _SECTIONS: dict[str, type] = {
     "supervision": SupervisionConfig,
     "jobs": JobsConfig,
     "audio": AudioConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -212,6 +231,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             if not isinstance(value, (str, int)) or isinstance(value, bool):
                 raise ValueError(value)
             return str(value)
+        if origin is dict:  # resources: a TOML table, or NAME=AMOUNT,... from the environment or a flag
+            return parse(value, where) if isinstance(value, str) else check(value, where)
         if origin is tuple:
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
@@ -226,6 +247,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is tuple:
         return "list of strings"
+    if typing.get_origin(hint) is dict:
+        return "table of name = amount"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -281,8 +304,25 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("jobs.window must be at least 1")
     if cfg.audio.steal not in ("oldest", "newest", "quietest", "none"):
         raise ConfigError(f"audio steal {cfg.audio.steal!r} is invalid: oldest, newest, quietest or none")
+    _validate_cluster(cfg)
     if cfg.audio.backend not in ("auto", "jack", "sounddevice", "null"):
         raise ConfigError(f"audio backend {cfg.audio.backend!r} is invalid: auto, jack, sounddevice or null")
+
+
+def _validate_cluster(cfg: Config) -> None:
+    c = cfg.cluster
+    if c.ray and c.ray != "auto" and not c.ray.startswith("ray://") and not re.match(r"^[\w.-]+:\d+$", c.ray):
+        raise ConfigError(f"cluster ray {c.ray!r} is invalid: give \"auto\", \"ray://HOST:PORT\" or \"HOST:PORT\"")
+    if not 0 <= c.workers <= 1024 or not 1 <= c.max_workers <= 1024:
+        raise ConfigError("cluster.workers must be 0..1024 and cluster.max_workers 1..1024")
+    if c.workers and not c.ray:
+        raise ConfigError(f"cluster.workers = {c.workers} needs a cluster: set [cluster] ray = \"auto\" "
+                          "(or \"ray://HOST:PORT\")")
+    if c.ray and not cfg.daemon.tcp:
+        raise ConfigError("[cluster] ray needs a worker endpoint the nodes can reach: set [daemon] tcp, "
+                          "e.g. \"tcp://0.0.0.0:7700\", and run `ensemble keys init`")
+    if c.connect and not c.connect.startswith("tcp://"):
+        raise ConfigError(f"cluster.connect {c.connect!r} must be a tcp:// endpoint")
 
 
 def _env_names() -> dict[str, tuple[str, str]]:
@@ -362,6 +402,7 @@ def load_config(
 
 __all__ = [
     "AudioConfig",
+    "ClusterConfig",
     "Config",
     "DaemonConfig",
     "JobsConfig",

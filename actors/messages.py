@@ -196,6 +196,7 @@ class JobSpec(Record, frozen=True):
     retries: Int64 = 0
     with_task: bool = True  # internal jobs only (a script's task gets its handle first); client jobs: the signature decides
     pickled: bool = False  # args is [pickle of (args, kwargs)]: a local client's exact values (never from tcp)
+    resources: dict[str, float] = field(default_factory=dict)  # what its worker's slot must offer ({"GPU": 1})
     setup: WorkerSetup | None = None  # an Executor's initializer and max_tasks_per_child
 
 
@@ -235,6 +236,7 @@ class ActorInfo(Record, frozen=True):
     rss: Int64
     detail: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)  # what a worker offers jobs
 
 
 class DaemonInfo(Record, frozen=True):
@@ -398,9 +400,10 @@ class Unwatch(Message, tag=Kind.UNWATCH.value, frozen=True):
 
 
 class Scale(Message, tag=Kind.SCALE.value, frozen=True):
-    """Change the number of workers at runtime."""
+    """Change the number of workers at runtime (``on="ray"``: the workers placed on the Ray cluster)."""
 
     workers: Int64
+    on: str = ""
 
 
 class Shutdown(Message, tag=Kind.SHUTDOWN.value, frozen=True):
@@ -414,6 +417,7 @@ class Hello(Message, tag=Kind.HELLO.value, frozen=True):
     role: str
     name: str
     pid: Int64
+    resources: dict[str, float] = field(default_factory=dict)  # what its slot offers (a remote worker's own word)
 
 
 class Heartbeat(Message, tag=Kind.HEARTBEAT.value, frozen=True):

@@ -363,10 +363,16 @@ def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
                        "", done.progress, done.status, {}, done.aborted, done.started), 1024
 
 
-def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, name: str) -> int:
-    """``ensemble worker --connect tcp://HOST:PORT``: a worker on another host (returns the exit code)."""
+def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, name: str,
+               resources: dict[str, float] | None = None) -> int:
+    """``ensemble worker --connect tcp://HOST:PORT``: a worker on another host (returns the exit code).
+
+    ``resources``: what it offers jobs (``{"GPU": 1}``); only jobs that need
+    no more than that are dispatched to it.
+    """
     one_line_logging("worker", sys.stderr)
     worker = Worker(cfg, f"{name}-{os.getpid()}-{os.urandom(6).hex()}", endpoint, (key_file, server_key_file))
+    worker.resources = dict(resources or {})
     return worker.run()
 
 

@@ -26,11 +26,13 @@ from ._engine import STEAL_POLICIES, Engine, EngineStats
 from ._events import ControlChange, Event, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from ._jack import JackBackend
 from ._midi import midi_events
-from ._midi_in import MidiDecoder
+from ._midi_in import AFTERTOUCH, PITCH_BEND, MidiDecoder
 from ._realtime import GcPause, collect_young
 from .render import render
 
 __all__ = [
+    "AFTERTOUCH",
+    "PITCH_BEND",
     "BACKENDS",
     "JACK_CLIENT_NAME",
     "STEAL_POLICIES",

@@ -1,9 +1,11 @@
-"""The audio commands of ``ensemble``: notes, samples, devices (registered through the ``ensemble.cli`` entry point)."""
+"""The audio commands of ``ensemble``: notes, samples, devices, MIDI sources (the ``ensemble.cli`` entry point)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,7 +15,7 @@ from audio.client import Client
 
 def register(main: click.Group) -> None:
     """Add the audio commands to the ``ensemble`` group."""
-    for cmd in (note, sample, devices):
+    for cmd in (note, sample, devices, midi):
         main.add_command(cmd)
 
 
@@ -95,3 +97,98 @@ def devices() -> None:
         click.echo("no output devices (the processor will use the null backend)")
     for d in found:
         click.echo(f"{d.index}: {d.name} ({d.host_api}), {d.channels} out, {d.default_samplerate:g} Hz")
+
+
+@click.group()
+def midi() -> None:
+    """Live MIDI sources: list what can be connected, connect one to the running processor."""
+
+
+def _processor_stats(ctx: click.Context) -> dict[str, Any] | None:
+    """The processor's heartbeat figures, or None when no daemon (or processor) runs."""
+    from actors import EnsembleError
+
+    try:
+        with client_of(ctx) as c:
+            actors = c.status().actors
+    except (EnsembleError, OSError):
+        return None
+    return next((dict(a.stats) for a in actors if a.name == "processor"), None)
+
+
+@midi.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def midi_list(ctx: click.Context, as_json: bool) -> None:
+    """List MIDI sources: JACK MIDI outputs (* = connected to the processor) and ALSA sequencer inputs.
+
+    Looked up from this process, on the JACK server and machine the daemon
+    uses when the environment is the same (JACK_DEFAULT_SERVER).
+    """
+    from audio import BackendUnavailable
+    from audio._jack import open_client
+    from audio._midi_ports import list_ports
+
+    stats = _processor_stats(ctx) or {}
+    notes: list[str] = []
+    client = None
+    try:
+        client = open_client("ensemble-midi-list")
+    except BackendUnavailable as exc:
+        notes.append(f"JACK: {exc}")
+    try:
+        target = f"{stats['jack_client']}:midi_in" if stats.get("jack_client") else ""
+        ports, more = list_ports(client, target)
+    finally:
+        if client is not None:
+            client.close()
+    notes += more
+    timed = list(stats.get("midi_timed_inputs", []))
+    if as_json:
+        click.echo(json.dumps({"ports": [{"name": p.name, "via": p.via, "connected": p.connected} for p in ports],
+                               "timed_inputs": timed, "notes": notes}, indent=2))
+        return
+    for p in ports:
+        click.echo(f"{'*' if p.connected else ' '} {p.via}\t{p.name}")
+    for t in timed:
+        click.echo(f"* {t['via']}\t{t['port']}\t(timestamped: {t['received']} received, {t['late']} late)")
+    for line in notes:
+        click.echo(f"  ({line})")
+    if not ports and not timed:
+        click.echo("no MIDI sources found")
+
+
+@midi.command("connect")
+@click.argument("port")
+@click.option("--via", type=click.Choice(["auto", "jack", "alsa", "rtmidi-jack"]), default="auto", show_default=True,
+              help="auto: a JACK MIDI output of that name (sample-accurate), else an ALSA sequencer input (RtMidi, "
+                   "timestamped); rtmidi-jack: RtMidi's own JACK client (the timestamped path without ALSA).")
+@click.option("--timeout", default=10.0, type=click.FloatRange(0.5, 120), show_default=True,
+              help="Seconds to wait for the processor to report the connection.")
+@click.pass_context
+def midi_connect(ctx: click.Context, port: str, via: str, timeout: float) -> None:
+    """Connect MIDI source PORT (as `ensemble midi list` names it) to the running processor.
+
+    Live, until the daemon stops; a JACK port is connected again when JACK
+    comes back.  To connect at every start, list it in the config:
+    [audio] midi_in = ["PORT"] (JACK port-name regular expressions).
+    """
+    with client_of(ctx, Client) as c:
+        before = _processor_stats(ctx) or {}
+        errors_before = list(before.get("midi_errors_recent", []))
+        c.connect_midi(port, via)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = _processor_stats(ctx) or {}
+        if port in stats.get("midi_sources", []):
+            click.echo(f"connected {port} -> {stats.get('jack_client')}:midi_in (JACK)")
+            return
+        timed = [t for t in stats.get("midi_timed_inputs", []) if port in t["port"]]
+        if timed:
+            click.echo(f"connected {timed[0]['port']} ({timed[0]['via']}, timestamped on arrival)")
+            return
+        errors = [e for e in stats.get("midi_errors_recent", []) if e not in errors_before and repr(port) in e]
+        if errors:
+            fail(errors[-1])
+        time.sleep(0.1)
+    fail(f"the processor did not report {port!r} connected within {timeout:g}s; see `ensemble status`")

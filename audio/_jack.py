@@ -316,6 +316,41 @@ class JackBackend(Backend):
         except self._jack.JackError as exc:
             self.notice = f"JACK port connection failed: {exc}"
 
+    def connect_midi(self, source: str) -> None:
+        """Connect the JACK MIDI output ``source`` to ``midi_in`` now, and again after every reconnect.
+
+        ``ensemble midi connect``.  Context: non-realtime.  Cost: a round trip
+        to the server.  Raises :class:`BackendUnavailable` when the processor
+        is not on JACK right now or ``source`` is not a JACK MIDI output.
+        """
+        client = self._client
+        if client is None or self.state != "connected":
+            raise BackendUnavailable(f"the processor is not on JACK right now (state {self.state!r})")
+        jack = self._jack
+        try:
+            port = client.get_port_by_name(source)
+        except jack.JackError:
+            port = None
+        if port is None or not (port.is_midi and port.is_output):
+            raise BackendUnavailable(f"no JACK MIDI output named {source!r}; `ensemble midi list` shows them")
+        try:
+            self._connect(client, source, self._midi_port.name)
+        except jack.JackError as exc:
+            raise BackendUnavailable(f"JACK refused to connect {source!r} to {self._midi_port.name!r}: {exc}") from exc
+        pattern = re.escape(source)
+        if pattern not in self.midi_in:
+            self.midi_in = (*self.midi_in, pattern)
+
+    def midi_sources(self) -> list[str]:
+        """The JACK ports connected to ``midi_in`` now ([] off JACK).  Context: non-realtime."""
+        client = self._client
+        if client is None or self.state != "connected":
+            return []
+        try:
+            return sorted(p.name for p in client.get_all_connections(self._midi_port))
+        except Exception:  # noqa: BLE001 - a client on its way out
+            return []
+
     def _connect(self, client: Any, source: str, destination: str) -> None:
         jack = self._jack
         try:
@@ -527,6 +562,7 @@ class JackBackend(Backend):
             "jack_done_max_ms": done_top,
             "jack_overrun_cycles": self.overrun_cycles,
             "jack_callback_errors": self.callback_errors,
+            "midi_sources": self.midi_sources(),
             "midi_events": self.midi.events,
             "midi_ignored": self.midi.ignored,
             "midi_dropped": self.midi.dropped,

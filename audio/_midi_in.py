@@ -26,8 +26,15 @@ control change (0xBn)  ``"cc"``; the engine itself reads CC 7 (volume),
                        64 (sustain: releases wait until the pedal lifts),
                        120 (all sound off) and 123 (all notes off)
 pitch bend (0xEn)      ``"pitch_bend"``, value -1.0..1.0 (engine ``PitchBend``)
-channel pressure (Dn)  ``"pressure"``: stored nowhere yet, counted as ignored
+channel pressure (Dn)  ``"pressure"``, value 0.0..1.0: the default sampler does
+                       not respond to it; a script sees it
 =====================  ========================================================
+
+A loaded script gets notes in ``on_note`` / ``on_release`` and everything
+else in ``on_controller`` with HALion's controller numbers: 0..127 the MIDI
+controllers, :data:`AFTERTOUCH` (128) channel pressure, :data:`PITCH_BEND`
+(129) pitch bend (value -1.0..1.0).  A script without ``on_controller``
+leaves them to the engine as if no script were loaded.
 
 Anything else (poly pressure, program change, system messages) is counted in
 ``ignored`` and dropped.
@@ -40,7 +47,12 @@ from collections.abc import Callable
 from ._engine import Engine
 from ._events import ControlChange, NoteOff, NoteOn, PitchBend
 
-__all__ = ["Deliver", "MidiDecoder"]
+__all__ = ["AFTERTOUCH", "PITCH_BEND", "Deliver", "MidiDecoder"]
+
+AFTERTOUCH = 128
+"""The controller number a script's ``on_controller`` sees for channel pressure (HALion's numbering)."""
+PITCH_BEND = 129
+"""The controller number a script's ``on_controller`` sees for pitch bend, value -1.0..1.0 (HALion's numbering)."""
 
 Deliver = Callable[[str, int, float, float, int], None]
 """``deliver(kind, number, velocity, value, at)``: what a decoded message turns into."""
@@ -52,7 +64,7 @@ class MidiDecoder:
     """Decode raw MIDI channel messages into engine (or script) events.
 
     ``deliver`` receives ``(kind, number, velocity, value, at)`` with kind one
-    of ``"note_on"``, ``"note_off"``, ``"cc"``, ``"pitch_bend"``; ``None``
+    of ``"note_on"``, ``"note_off"``, ``"cc"``, ``"pitch_bend"``, ``"pressure"``; ``None``
     means :meth:`to_engine`.  Counters: ``events`` (messages delivered),
     ``ignored`` (messages of a kind nobody plays), ``dropped`` (refused by a
     full event queue or a bad value).
@@ -83,6 +95,8 @@ class MidiDecoder:
             elif kind == 0xE0:
                 bend = ((d2 << 7) | d1) - 8192
                 self.deliver("pitch_bend", 0, 0.0, max(-1.0, bend / 8191.0), at)
+            elif kind == 0xD0:
+                self.deliver("pressure", 0, 0.0, d1 * _SCALE, at)
             else:
                 self.ignored += 1
                 return
@@ -107,3 +121,4 @@ class MidiDecoder:
             engine.post(ControlChange(number, value, at))
         elif kind == "pitch_bend":
             engine.post(PitchBend(value, at))
+        # "pressure": the default sampler has no use for it

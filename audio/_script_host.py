@@ -20,6 +20,7 @@ class ScriptHost(Protocol):
 
     module: Any  # the loaded script, or None
     default_slot_index: int  # the sample a note plays when neither it nor the script names one
+    bound_controllers: frozenset[int]  # MIDI controllers a parameter follows (``param bind``); read on the audio thread
 
     def block(self, start: int, frames: int) -> None:
         """Engine block hook (audio thread): run what is due in this block."""
@@ -35,6 +36,9 @@ class ScriptHost(Protocol):
         The script schema is the host's business: the processor never imports it.
         """
 
+    def controllers_moved(self, values: dict[int, float]) -> None:
+        """Main thread: bound controllers moved to these values (0..1); tell the controller, which moves the parameters."""
+
     def tick(self, period_ns: float) -> None:
         """Main thread, every loop: follow the block period, stop a callback past its hard limit, flush prints."""
 
@@ -47,6 +51,7 @@ class NoScriptHost:
 
     module: Any = None
     default_slot_index = 0
+    bound_controllers: frozenset[int] = frozenset()
 
     def block(self, start: int, frames: int) -> None:
         pass
@@ -57,6 +62,9 @@ class NoScriptHost:
 
     def handle(self, msg: Message) -> bool:
         return False  # no script schema here: the daemon routes no script messages to this processor
+
+    def controllers_moved(self, values: dict[int, float]) -> None:
+        pass
 
     def tick(self, period_ns: float) -> None:
         pass

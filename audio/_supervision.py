@@ -13,9 +13,11 @@ from actors import DaemonError, OutOfRange, ProtocolError
 from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, Message, VoicesDone, VoicesOp
 from audio.messages import (
-    AUDIO_EVENTS, ControlEvent, KillAllEvent, NoteOffEvent, NoteOnEvent, SampleDrop, SampleInfo, SampleInfos, SampleList, SampleLoad,
+    AUDIO_EVENTS, ControlEvent, KillAllEvent, MidiConnect, NoteOffEvent, NoteOnEvent, SampleDrop, SampleInfo, SampleInfos,
+    SampleList, SampleLoad,
 )
 from actors.shm import SharedArray
+from audio._midi_ports import MIDI_VIAS
 
 log = logging.getLogger("ensemble.supervisor")
 
@@ -25,7 +27,7 @@ class AudioExtension(Extension):
 
     name = "audio"
     children = (ChildSpec("processor", "processor", "audio.processor"),)
-    admin_requests = frozenset({*AUDIO_EVENTS, SampleLoad, SampleDrop, SampleList})
+    admin_requests = frozenset({*AUDIO_EVENTS, SampleLoad, SampleDrop, SampleList, MidiConnect})
 
     def __init__(self, host: Any) -> None:
         super().__init__(host)
@@ -34,7 +36,7 @@ class AudioExtension(Extension):
 
     def requests(self) -> dict[type, Any]:
         return {**{t: self._event for t in AUDIO_EVENTS}, SampleLoad: self._load, SampleDrop: self._drop,
-                SampleList: self._list}
+                SampleList: self._list, MidiConnect: self._midi_connect}
 
     def child_messages(self) -> dict[type, Any]:
         return {VoicesOp: self._voices_op, VoicesDone: self._voices_done}
@@ -68,6 +70,16 @@ class AudioExtension(Extension):
         if not self.host.send_child(self._processor(), msg):
             raise DaemonError("the processor is not reachable right now; try again")
         return Ack()
+
+    def _midi_connect(self, corr: int, msg: MidiConnect) -> Message:
+        """``ensemble midi connect``: checked here, done by the processor (its outcome shows in ``status``)."""
+        if not msg.port or len(msg.port) > 320:
+            raise ProtocolError("a MIDI port name of 1..320 characters is needed")
+        if msg.via not in MIDI_VIAS:
+            raise DaemonError(f"MIDI via {msg.via!r}: one of {', '.join(MIDI_VIAS)}")
+        if not self.host.send_child(self._processor(), msg):
+            raise DaemonError("the processor is not reachable right now; try again")
+        return Ack(f"connecting {msg.port!r}")
 
     def _load(self, corr: int, msg: SampleLoad) -> Message:
         info = msg.sample

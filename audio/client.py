@@ -11,7 +11,9 @@ from typing import Any
 
 import actors.client
 from actors import OutOfRange
-from audio.messages import ControlEvent, KillAllEvent, NoteOffEvent, NoteOnEvent, SampleDrop, SampleInfo, SampleList, SampleLoad
+from audio.messages import (
+    ControlEvent, KillAllEvent, MidiConnect, NoteOffEvent, NoteOnEvent, SampleDrop, SampleInfo, SampleList, SampleLoad,
+)
 
 
 class Client(actors.client.Client):
@@ -76,3 +78,7 @@ class Client(actors.client.Client):
     def drop_sample(self, name: str) -> None:
         """Remove a sample from the registry (its memory is freed once the processor lets go)."""
         self._call(SampleDrop(name))
+
+    def connect_midi(self, port: str, via: str = "auto") -> None:
+        """Ask the processor to take MIDI from ``port`` (see ``ensemble midi connect``); the outcome shows in ``status``."""
+        self._call(MidiConnect(port, via))

@@ -24,6 +24,7 @@ class AudioKind(IntEnum):
     NOTE_OFF = 66
     CONTROL = 67
     KILL_ALL = 68
+    MIDI_CONNECT = 69
 
 
 class NoteOnEvent(Message, tag=AudioKind.NOTE_ON.value, frozen=True):
@@ -64,6 +65,18 @@ AudioEvent = NoteOnEvent | NoteOffEvent | ControlEvent | KillAllEvent
 AUDIO_EVENTS: tuple[type[Message], ...] = (NoteOnEvent, NoteOffEvent, ControlEvent, KillAllEvent)
 
 
+class MidiConnect(Message, tag=AudioKind.MIDI_CONNECT.value, frozen=True):
+    """Connect a MIDI source to the processor while it runs (``ensemble midi connect``).
+
+    ``via``: ``"auto"`` (a JACK MIDI output of that name, else an ALSA
+    sequencer input), ``"jack"``, ``"alsa"`` or ``"rtmidi-jack"`` (RtMidi's
+    JACK API: the timestamped path on a machine without ALSA's sequencer).
+    """
+
+    port: str
+    via: str = "auto"
+
+
 class SampleInfo(Record, frozen=True):
     """A sample buffer in the registry."""
 
@@ -97,7 +110,8 @@ class SampleInfos(Message, tag=AudioKind.SAMPLE_INFOS.value, frozen=True):
     samples: list[SampleInfo]
 
 
-register(AudioKind, NoteOnEvent, NoteOffEvent, ControlEvent, KillAllEvent, SampleLoad, SampleDrop, SampleList, SampleInfos)
+register(AudioKind, NoteOnEvent, NoteOffEvent, ControlEvent, KillAllEvent, SampleLoad, SampleDrop, SampleList, SampleInfos,
+         MidiConnect)
 
-__all__ = ["AUDIO_EVENTS", "AudioEvent", "AudioKind", "ControlEvent", "KillAllEvent", "NoteOffEvent", "NoteOnEvent",
+__all__ = ["AUDIO_EVENTS", "AudioEvent", "AudioKind", "ControlEvent", "KillAllEvent", "MidiConnect", "NoteOffEvent", "NoteOnEvent",
            "SampleDrop", "SampleInfo", "SampleInfos", "SampleList", "SampleLoad"]

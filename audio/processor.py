@@ -26,19 +26,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections import defaultdict, deque
 from typing import Any
 
 from actors import Child, child_main
 
 from actors.messages import Message, VoicesDone, VoicesOp
-from audio.messages import ControlEvent, KillAllEvent, NoteOffEvent, NoteOnEvent, SampleDrop, SampleLoad
+from audio.messages import ControlEvent, KillAllEvent, MidiConnect, NoteOffEvent, NoteOnEvent, SampleDrop, SampleLoad
 from actors.shm import SharedArray, segment_prefix
 from audio._buffers import builtin_sample
+from audio._backends import BackendUnavailable
 from audio._choose import choose_backend
 from audio._engine import Engine
 from audio._events import ControlChange, KillAllVoices, NoteOff, NoteOn
-from audio._midi_in import MidiDecoder
+from audio._jack import JackBackend
+from audio._midi_in import AFTERTOUCH, PITCH_BEND, MidiDecoder
+from audio._midi_ports import TimedMidiInput
 from audio._realtime import collect_young, promote_control_thread
 from audio._script_host import make_script_host
 
@@ -61,7 +65,11 @@ class Processor(Child):
         self.mapped: dict[str, SharedArray] = {}
         self.retiring: dict[str, deque[SharedArray]] = defaultdict(deque)
         self.script = make_script_host(self.engine, self.outbox)
+        self.timed_inputs: tuple[TimedMidiInput, ...] = ()  # RtMidi ports (`midi connect`), copy-on-write
+        self.engine.add_block_hook(self._pump_timed_midi)  # before the script's hook: their events land this block
         self.engine.add_block_hook(self.script.block)
+        self.moved: deque[tuple[int, float]] = deque()  # bound controllers that moved (audio thread -> main)
+        self.midi_errors: deque[str] = deque(maxlen=5)
         self.midi = MidiDecoder(self.engine, self._midi_deliver)
         self.midi.slot = self.script.default_slot_index = self.engine.slot_index("builtin")
         control = promote_control_thread()  # before the backend's threads start: they inherit it
@@ -86,13 +94,30 @@ class Processor(Child):
 
         The same routing as :meth:`_event` gives client events: a script sees
         note on/off and controllers through ``on_note`` / ``on_release`` /
-        ``on_controller`` at frame ``at``; pitch bend goes to the engine.
+        ``on_controller`` at frame ``at`` (pitch bend and channel pressure as
+        controllers 129 and 128, HALion's numbers).  A bound controller also
+        moves its parameter (queued for the main loop, which tells the controller).
         """
+        if kind == "cc" and number in self.script.bound_controllers:
+            self.moved.append((number, value))  # the main loop sends it to the controller
+            try:
+                os.eventfd_write(self.outbox.fd, 1)  # wake it: one non-blocking write
+            except OSError:
+                pass
         script = self.script
-        if script.module is not None and kind != "pitch_bend":
+        if script.module is not None:
+            if kind == "pitch_bend":
+                kind, number = "cc", PITCH_BEND
+            elif kind == "pressure":
+                kind, number = "cc", AFTERTOUCH
             script.event(kind, number, velocity, value, at, self.midi.slot)
         else:
             self.midi.to_engine(kind, number, velocity, value, at)
+
+    def _pump_timed_midi(self, start: int, frames: int) -> None:
+        """Engine block hook (audio thread): the RtMidi inputs' messages into this block."""
+        for source in self.timed_inputs:
+            source.block(start, frames)
 
     def stats(self) -> dict[str, Any]:
         s = dataclasses.asdict(self.engine.stats())
@@ -107,6 +132,13 @@ class Processor(Child):
         s["samples"] = sorted(self.mapped)
         s["dropped_client_events"] = self.dropped_events
         s.update(self.script.stats())
+        s.update(midi_events=self.midi.events, midi_ignored=self.midi.ignored, midi_dropped=self.midi.dropped)
+        if self.timed_inputs:
+            s["midi_timed_inputs"] = [t.stats() for t in self.timed_inputs]
+        if self.midi_errors:
+            s["midi_errors_recent"] = list(self.midi_errors)
+        if self.script.bound_controllers:
+            s["midi_bound_ccs"] = sorted(self.script.bound_controllers)
         return s
 
     def handle(self, msg: Message) -> None:
@@ -118,6 +150,8 @@ class Processor(Child):
             self._drop(msg.name)
         elif isinstance(msg, VoicesOp):
             self._voices(msg)
+        elif isinstance(msg, MidiConnect):
+            self._connect_midi(msg)
         elif not self.script.handle(msg):  # the script schema is the script host's
             super().handle(msg)
 
@@ -142,6 +176,8 @@ class Processor(Child):
                 else:
                     eng.post(NoteOff(note=msg.note, at=at))
             elif isinstance(msg, ControlEvent):
+                if msg.controller in self.script.bound_controllers:
+                    self.moved.append((msg.controller, msg.value))
                 if self.script.module is not None:
                     self.script.event("cc", msg.controller, 0.0, msg.value, at)
                 else:
@@ -151,6 +187,54 @@ class Processor(Child):
         except (OverflowError, KeyError, ValueError) as exc:
             self.dropped_events += 1
             log.warning("event=audio-event-dropped kind=%s reason=%s", type(msg).__name__, exc)
+
+    def _connect_midi(self, msg: MidiConnect) -> None:
+        """``ensemble midi connect``: a JACK MIDI output to ``midi_in``, else an RtMidi input (main thread).
+
+        The outcome shows in ``status``: ``midi_sources`` / ``midi_timed_inputs``,
+        or a line in ``midi_errors_recent``.
+        """
+        try:
+            source = self._open_midi(msg.port, msg.via)
+        except BackendUnavailable as exc:
+            self.midi_errors.append(f"midi connect {msg.port!r}: {exc}")
+            log.warning("event=midi-connect-failed port=%s reason=%s", msg.port, exc)
+            return
+        if source is not None:
+            self.timed_inputs = (*self.timed_inputs, source)
+            log.info("event=midi-connect port=%s via=%s", source.name, source.via)
+
+    def _open_midi(self, port: str, via: str) -> TimedMidiInput | None:
+        """Connect ``port`` on JACK (returns None) or open it with RtMidi (returns the new input, or None if open).
+
+        Raises :class:`BackendUnavailable` saying why neither worked.
+        """
+        backend = self.backend
+        jack = backend if isinstance(backend, JackBackend) and backend.state == "connected" else None
+        jack_reason = ""
+        if via in ("auto", "jack"):
+            if jack is None:
+                jack_reason = f"the processor is not on JACK (backend {self.backend_name!r})"
+            else:
+                try:
+                    jack.connect_midi(port)
+                    log.info("event=midi-connect port=%s via=jack", port)
+                    return None
+                except BackendUnavailable as exc:
+                    jack_reason = str(exc)
+            if via == "jack":
+                raise BackendUnavailable(jack_reason)
+            via = "alsa"
+        if via == "rtmidi-jack" and jack is not None:
+            raise BackendUnavailable(
+                "RtMidi's JACK API cannot be used while the processor is itself a JACK client (RtMidi keeps the "
+                "GIL while JACK waits for this process's callbacks: a deadlock); connect the port with --via jack")
+        if any(t.via == via and port in t.name for t in self.timed_inputs):
+            return None
+        try:
+            return TimedMidiInput(self.engine, self.midi, port, via)
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(f"{jack_reason}; {exc}" if jack_reason else str(exc)) from exc
 
     def _load(self, msg: SampleLoad) -> None:
         info = msg.sample
@@ -195,6 +279,12 @@ class Processor(Child):
 
     def tick(self, now: float) -> None:
         self.script.tick(self.engine.period_ns)
+        if self.moved:  # bound controllers: the latest value of each goes to the controller
+            latest: dict[int, float] = {}
+            while self.moved:
+                cc, value = self.moved.popleft()
+                latest[cc] = value
+            self.script.controllers_moved(latest)
         for buf in self.engine.drain_retired():  # the callback let go: unmap off the audio thread
             name = getattr(buf, "name", None)
             if name and self.retiring.get(name):
@@ -205,6 +295,9 @@ class Processor(Child):
 
     def on_stop(self) -> None:
         self.backend.stop()
+        inputs, self.timed_inputs = self.timed_inputs, ()
+        for source in inputs:
+            source.close()
         for sa in list(self.mapped.values()):
             sa.close()
         for q in self.retiring.values():

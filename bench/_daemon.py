@@ -214,3 +214,23 @@ def rss(pid: int) -> int:
     """Resident set size of a process in bytes."""
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cancel_to_killed(client: Any, grace: float) -> tuple[float, Any]:
+    """Submit a job that ignores its abort, cancel it once running; ``(seconds cancel(block=True) took, handle)``.
+
+    Raises RuntimeError when the job does not end ``killed`` (or never runs within 60 s).
+    """
+    h = client.submit("bench.jobs:ignore_abort", 60.0, grace=grace)
+    end = time.monotonic() + 60
+    while h.refresh().state != "running":
+        if time.monotonic() > end:
+            raise RuntimeError("benchmark: the job to cancel did not start within 60 s")
+        time.sleep(0.005)
+    time.sleep(0.05)
+    t = time.perf_counter()
+    info = h.cancel(block=True)
+    took = time.perf_counter() - t
+    if info is None or info.state != "killed":
+        raise RuntimeError(f"expected the job to be killed, got {info}")
+    return took, h

@@ -150,7 +150,9 @@ def case_audio_jack(ctx: Any) -> list[Row]:
         note = (f"{seconds:g} s each, jackd -R dummy at 48 kHz; JACK's xrun callback in the processor counted "
                 f"{s1['xruns'] - s0['xruns']}; callback began > half a period late "
                 f"{s1.get('jack_late_cycles', 0) - s0.get('jack_late_cycles', 0)} times "
-                f"(late p99 {s1.get('jack_late_p99_ms', 0):.2f} ms, max {s1.get('jack_late_max_ms', 0):.2f} ms)")
+                f"(late p99 {s1.get('jack_late_p99_ms', 0):.2f} ms, max {s1.get('jack_late_max_ms', 0):.2f} ms); "
+                f"ended after the period {s1.get('jack_overrun_cycles', 0) - s0.get('jack_overrun_cycles', 0)} times; "
+                f"load average {os.getloadavg()[0]:.1f} (2 cores shared)")
         rows.append(row(CASE, f"xruns, {label}", float(xruns), "xruns (jackd log)", "jack_simple_client",
                         float(floor), "<= C client", xruns <= floor, note))
         rows.append(row(CASE, f"callback p99.9, {label}", s1["load_p999"], "of period", "", None, "<= 0.30",

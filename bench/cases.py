@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import jobs as bj
-from bench._daemon import ROOT, BenchDaemon, rss
+from bench._daemon import ROOT, BenchDaemon, cancel_to_killed, rss
 from bench._peers import RaySession, feature_arrays, feature_audio, feature_bridges, start_floor_server
 from bench._stats import Row, median, pct, row, skipped
 from bench.audio_jack import case_audio_jack
+from bench.ray_cluster import case_ray_cluster
 
 CORES = len(os.sched_getaffinity(0))
 SPAWN = multiprocessing.get_context("spawn")
@@ -459,14 +460,8 @@ def case_cancel(ctx: Ctx) -> list[Row]:
         for _ in range(ctx.size(3, 10)):
             _wait(lambda: any(a.role == "worker" and a.state == "running" for a in c.status().actors),
                   what="a running worker")
-            h = c.submit("bench.jobs:ignore_abort", 60.0, grace=timeout)
-            _wait(lambda: h.refresh().state == "running", what="the job to run", interval=0.005)
-            time.sleep(0.05)
-            t = time.perf_counter()
-            info = h.cancel(block=True)
-            out.append(time.perf_counter() - t)
-            if info is None or info.state != "killed":
-                raise RuntimeError(f"expected the job to be killed, got {info}")
+            took, h = cancel_to_killed(c, timeout)
+            out.append(took)
             ev = {kind: ts for ts, kind, _ in h.events()}
             if "abort" in ev and "killed" in ev:
                 daemon_side.append(ev["killed"] - ev["abort"])
@@ -882,5 +877,5 @@ CASES: dict[str, Callable[[Ctx], list[Row]]] = {
     "ping": case_ping, "codec": case_codec, "throughput": case_throughput, "latency": case_latency, "cold": case_cold,
     "scaling": case_scaling, "cancel": case_cancel, "replacement": case_replacement, "up": case_up,
     "clients": case_clients, "memory": case_memory, "arrays": case_arrays, "audio": case_audio,
-    "bridges": case_bridges, "audio_jack": case_audio_jack,
+    "bridges": case_bridges, "audio_jack": case_audio_jack, "ray_cluster": case_ray_cluster,
 }

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -65,3 +66,11 @@ def plain_spin(iterations: int) -> int:
 def ignore_abort(task: Any, seconds: float = 60.0) -> None:
     """Never look at should_abort() (cancel to killed)."""
     time.sleep(seconds)
+
+
+def plain_hang_marked(path: str) -> None:
+    """Write ``path`` once running, then never return (a Ray task for force-cancel to kill)."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.01)

@@ -83,7 +83,7 @@ def reload(ctx: click.Context, timeout: float) -> None:
 
 @click.group()
 def param() -> None:
-    """Script parameters: list, get, set."""
+    """Script parameters: list, get, set, bind to a MIDI controller."""
 
 
 @param.command("list")
@@ -125,3 +125,32 @@ def param_set(ctx: click.Context, name: str, value: str) -> None:
     with client_of(ctx, Client) as c:
         c.set_param(name, parse_arg(value))
     click.echo(f"{name} = {value}")
+
+
+@param.command("bind")
+@click.argument("name")
+@click.argument("controller", metavar="ccN")
+@click.pass_context
+def param_bind(ctx: click.Context, name: str, controller: str) -> None:
+    """Bind parameter NAME to MIDI controller ccN (cc74, or 74): the controller moves it; persisted with it.
+
+    The controller's 0..127 spans the parameter's min..max (a bool is on
+    from 64, a choice picks by position).  A moved controller sets the
+    parameter exactly as `ensemble param set` does (its on_change runs).
+    """
+    text = controller.lower().removeprefix("cc")
+    if not text.isdigit() or not 0 <= int(text) <= 127:
+        fail(f"controller {controller!r}: give ccN with N in 0..127, e.g. cc74")
+    with client_of(ctx, Client) as c:
+        c.bind_param(name, int(text))
+    click.echo(f"{name} follows CC {int(text)}")
+
+
+@param.command("unbind")
+@click.argument("name")
+@click.pass_context
+def param_unbind(ctx: click.Context, name: str) -> None:
+    """Stop parameter NAME following its MIDI controller."""
+    with client_of(ctx, Client) as c:
+        c.bind_param(name, None)
+    click.echo(f"{name} follows no controller")

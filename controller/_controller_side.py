@@ -48,6 +48,7 @@ class ControllerScript:
         self.path = ""
         self.params: dict[str, ParamDef] = {}
         self.values: dict[str, Any] = {}
+        self.bindings: dict[str, int] = {}  # parameter name -> MIDI controller (``param bind``), persisted
         self.generation = 0  # bumped on reload; callbacks of older generations are dropped
         self.heap: list[tuple[int, int, int | None, Callable[..., Any], tuple[Any, ...], str]] = []
         self._seq = itertools.count()
@@ -235,6 +236,8 @@ class ControllerScript:
                 except ValueError:
                     pass
             self.values.setdefault(name, p.default)
+        self.bindings = {name: int(cc) for name, cc in saved.get("bindings", {}).items()
+                         if name in self.params and isinstance(cc, int) and 0 <= cc <= 127}
         on_load = getattr(self.module, "on_load", None)
         if callable(on_load) and "state" in saved:
             self._call(on_load, (saved["state"],), "on_load")
@@ -263,6 +266,8 @@ class ControllerScript:
     def save_state(self) -> None:
         """Persist parameter values and what ``on_save()`` returns (script thread)."""
         entry: dict[str, Any] = {"params": dict(self.values)}
+        if self.bindings:
+            entry["bindings"] = dict(self.bindings)
         on_save = getattr(self.module, "on_save", None)
         if callable(on_save):
             try:
@@ -281,7 +286,7 @@ class ControllerScript:
 
     def _param_message(self, call: list[str]) -> ParamValues:
         infos = [ParamInfo(p.name, p.long_name, self.values.get(p.name, p.default), p.default, p.min, p.max, p.kind,
-                           p.processor) for p in self.params.values()]
+                           p.processor, self.bindings.get(p.name, -1)) for p in self.params.values()]
         return ParamValues(infos, call)
 
     def param_from_outside(self, name: str, value: Any) -> None:
@@ -298,6 +303,38 @@ class ControllerScript:
         self.outbox.put(self._param_message([name] if p.processor and p.on_change else []))
         if p.on_change is not None and not p.processor:
             self._call(p.on_change, (value,), f"on_change({name})")
+
+    def bind_from_outside(self, name: str, controller: int) -> None:
+        """A ``param bind``: parameter ``name`` follows MIDI controller ``controller`` (-1: unbind).  Any thread.
+
+        Runs as a control callback; the binding is saved with the parameter
+        values and sent to the processor with them (``ParamInfo.cc``).
+        """
+        self.submit(CONTROL, self._apply_bind, (name, controller), f"param bind {name}")
+
+    def _apply_bind(self, name: str, controller: int) -> None:
+        p = self.params.get(name)
+        if p is None:
+            raise KeyError(f"no parameter named {name!r}")
+        if controller < 0:
+            self.bindings.pop(name, None)
+        else:
+            p.from_controller(0.0)  # refuses a kind no controller can move, before it is bound
+            self.bindings[name] = controller
+        self.save_state()
+        self.outbox.put(self._param_message([]))
+        log.info("event=param-bind name=%s controller=%d", name, controller)
+
+    def controller_moved(self, controller: int, value: float) -> None:
+        """Bound controller ``controller`` moved to ``value`` (0..1): set every parameter bound to it.
+
+        Any thread.  Each becomes a control callback exactly as a client's
+        ``param set`` (``on_change`` runs, the value is saved and sent on).
+        """
+        for name, cc in list(self.bindings.items()):
+            p = self.params.get(name)
+            if cc == controller and p is not None:
+                self.param_from_outside(name, p.from_controller(value))
 
     # ------------------------------------------------------------------ API used by controller.script
     def get_parameter(self, name: str) -> Any:

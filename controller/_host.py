@@ -71,6 +71,25 @@ class ParamDef:
             raise ValueError(f"parameter {self.name!r}: {value!r} is outside {self.min}..{self.max}")
         return value
 
+    def from_controller(self, value: float) -> Any:
+        """The value a MIDI controller at ``value`` (0..1) gives this parameter.
+
+        Across ``min..max`` (float: linear; int: rounded), a bool is on from
+        0.5, a choice picks by position.  Raises ValueError for a kind no
+        controller can move (str) or a number without both bounds.
+        """
+        value = min(1.0, max(0.0, float(value)))
+        if self.kind == "bool":
+            return value >= 0.5
+        if self.kind == "choice" and self.choices:
+            return self.choices[min(len(self.choices) - 1, int(value * len(self.choices)))]
+        if self.kind in ("int", "float") and self.min is not None and self.max is not None:
+            scaled = self.min + value * (self.max - self.min)
+            return int(round(scaled)) if self.kind == "int" else float(scaled)
+        raise ValueError(f"parameter {self.name!r} ({self.kind}"
+                         + (", no min and max" if self.kind in ("int", "float") else "")
+                         + ") cannot follow a MIDI controller: it needs a bool, a choice, or a number with min and max")
+
 
 def load_module(path: str) -> ModuleType:
     """Execute a script file as the module ``ensemble_instrument`` (replacing an earlier one)."""

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 from actors import EnsembleError
 from actors.messages import Message
-from controller.messages import ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad
-from audio import ControlChange, Fade, KillAllVoices, NoteOff, NoteOn
+from controller.messages import ParamControl, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad
+from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, set_context
 from controller._host import OffsideTask, ParamDef, function_name, install, load_module
 from controller._watchdog import ScriptTimeout, interrupt
@@ -69,6 +69,7 @@ class ProcessorScript:
         self.engine = engine
         self.outbox = outbox  # actors._child.Outbox: messages for the main thread to send
         self.module: ModuleType | None = None
+        self.bound_controllers: frozenset[int] = frozenset()  # `param bind`: read by the processor on the audio thread
         self.path = ""
         self.params: dict[str, ParamDef] = {}
         self.values: dict[str, Any] = {}
@@ -107,10 +108,16 @@ class ProcessorScript:
         elif isinstance(msg, RunAsyncResult):
             self.async_result(msg.token, msg.ok, msg.value, msg.error)
         elif isinstance(msg, ParamValues):
+            self.bound_controllers = frozenset(p.cc for p in msg.params if p.cc >= 0)
             self.set_values({p.name: p.value for p in msg.params}, msg.call)
         else:
             return False
         return True
+
+    def controllers_moved(self, values: dict[int, float]) -> None:
+        """Main thread: bound controllers moved; the controller sets the parameters bound to them (``ParamControl``)."""
+        for controller, value in values.items():
+            self.outbox.put(ParamControl(controller, value))
 
     def load(self, path: str) -> None:
         """Import the script here (module code only; on_init runs in the first block after)."""
@@ -258,7 +265,9 @@ class ProcessorScript:
             fn = getattr(mod, "on_controller", None) if mod is not None and not self.stopped else None
             if callable(fn):
                 self._start(fn, (Event("controller", controller=note, value=value),), at, -1, 0, "on_controller")
-            else:
+            elif note == PITCH_BEND:
+                self.engine.post(PitchBend(value, at))
+            elif note != AFTERTOUCH:  # the default sampler has no use for channel pressure
                 self.engine.post(ControlChange(note, value, at))
 
     def _start(self, fn: Callable[..., Any], args: tuple[Any, ...], now: int, note: int, eid: int, name: str,
@@ -409,7 +418,10 @@ class ProcessorScript:
         self.engine.post(Fade(int(note_id), start, end, duration_ms, kill, self._now()))
 
     def control_change(self, controller: int, value: float) -> None:
-        self.engine.post(ControlChange(int(controller), float(value), self._now()))
+        if controller == PITCH_BEND:
+            self.engine.post(PitchBend(float(value), self._now()))
+        elif controller != AFTERTOUCH:
+            self.engine.post(ControlChange(int(controller), float(value), self._now()))
 
     def get_cc(self, controller: int) -> float:
         return float(self.engine.cc(controller))

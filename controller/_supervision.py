@@ -17,7 +17,8 @@ from actors import DaemonError, JobRefused, PermissionDenied
 from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, JobSpec, Message
 from controller.messages import (
-    ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad, ScriptReady,
+    ParamBind, ParamControl, ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync,
+    ScriptError, ScriptLoad, ScriptReady,
 )
 from controller._host import ParamDef
 
@@ -30,7 +31,7 @@ class ScriptExtension(Extension):
 
     name = "controller"
     children = (ChildSpec("controller", "controller", "controller.actor"),)
-    admin_requests = frozenset({ScriptLoad, ParamSet, ParamList})
+    admin_requests = frozenset({ScriptLoad, ParamSet, ParamList, ParamBind})
 
     def __init__(self, host: Any) -> None:
         super().__init__(host)
@@ -43,10 +44,10 @@ class ScriptExtension(Extension):
         self.load_state: list[Any] = [0, "", ""]
 
     def requests(self) -> dict[type, Any]:
-        return {ScriptLoad: self._load, ParamSet: self._param_set, ParamList: self._param_list}
+        return {ScriptLoad: self._load, ParamSet: self._param_set, ParamList: self._param_list, ParamBind: self._param_bind}
 
     def child_messages(self) -> dict[type, Any]:
-        return {t: self._route for t in (ScriptReady, RunSync, RunAsync, RunAsyncResult, ParamValues, ParamSet,
+        return {t: self._route for t in (ScriptReady, RunSync, RunAsync, RunAsyncResult, ParamValues, ParamSet, ParamControl,
                                          ScriptError)}
 
     def child_ready(self, slot: Any) -> None:
@@ -119,6 +120,26 @@ class ScriptExtension(Extension):
             raise DaemonError("the controller is not running; see `ensemble status`")
         return Ack(f"{msg.name} = {msg.value!r} queued")
 
+    def _param_bind(self, corr: int, msg: ParamBind) -> Message:
+        """``param bind NAME ccN``: checked here (name, controller, a kind a controller can move), applied by the controller."""
+        p = self.params.get(msg.name)
+        if p is None:
+            raise DaemonError(f"no parameter named {msg.name!r}" + (
+                f"; known: {', '.join(self.params)}" if self.params else "; no script with parameters is loaded"))
+        if not -1 <= msg.controller <= 127:
+            raise DaemonError(f"MIDI controller {msg.controller} is out of range: 0..127 (or -1 to unbind)")
+        if msg.controller >= 0:
+            try:
+                ParamDef(p.name, p.long_name, p.default, p.min, p.max, p.kind,
+                         (p.value,) if p.kind == "choice" else ()).from_controller(0.0)
+            except ValueError as exc:
+                raise DaemonError(str(exc)) from None
+        controller = self.host.child("controller")
+        if controller is None or not self.host.send_child(controller, msg):
+            raise DaemonError("the controller is not running; see `ensemble status`")
+        what = f"bound to CC {msg.controller}" if msg.controller >= 0 else "unbound"
+        return Ack(f"{msg.name} {what}")
+
     def _param_list(self, corr: int, msg: ParamList) -> Message:
         return ParamInfos(list(self.params.values()), self.script_path)
 
@@ -143,7 +164,7 @@ class ScriptExtension(Extension):
             self.params = {p.name: p for p in msg.params}
             if proc is not None:
                 self.host.send_child(proc, msg)
-        elif isinstance(msg, ParamSet):
+        elif isinstance(msg, (ParamSet, ParamControl)):
             if ctl is not None:
                 self.host.send_child(ctl, msg)
         elif isinstance(msg, ScriptError):

@@ -12,7 +12,7 @@ from typing import Any
 
 from actors import Child, child_main
 from actors.messages import Message
-from controller.messages import ParamSet, RunAsync, ScriptLoad
+from controller.messages import ParamBind, ParamControl, ParamSet, RunAsync, ScriptLoad
 from controller._context import CONTROLLER, set_context
 from controller._controller_side import ControllerScript
 from controller._host import install
@@ -42,6 +42,10 @@ class Controller(Child):
             self.script.run_async_call(msg.token, msg.fn, msg.args)
         elif isinstance(msg, ParamSet):
             self.script.param_from_outside(msg.name, msg.value)
+        elif isinstance(msg, ParamBind):
+            self.script.bind_from_outside(msg.name, msg.controller)
+        elif isinstance(msg, ParamControl):
+            self.script.controller_moved(msg.controller, msg.value)
         else:
             super().handle(msg)
 

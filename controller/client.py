@@ -12,7 +12,7 @@ from typing import Any
 
 import audio.client
 from actors import EnsembleError, WaitTimeout
-from controller.messages import ParamInfo, ParamList, ParamSet, ScriptLoad
+from controller.messages import ParamBind, ParamInfo, ParamList, ParamSet, ScriptLoad
 
 
 class ScriptLoadError(EnsembleError):
@@ -74,3 +74,7 @@ class Client(audio.client.Client):
     def set_param(self, name: str, value: Any) -> None:
         """Set a parameter: it enters the controller's queue as a control callback."""
         self._call(ParamSet(name, value))
+
+    def bind_param(self, name: str, controller: int | None) -> None:
+        """Bind a parameter to MIDI controller ``controller`` (0..127; None unbinds); persisted with the parameter."""
+        self._call(ParamBind(name, -1 if controller is None else int(controller)))

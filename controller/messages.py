@@ -28,6 +28,8 @@ class ScriptKind(IntEnum):
     PARAM_VALUES = 77
     PARAM_LIST = 78
     PARAM_INFOS = 79
+    PARAM_BIND = 80
+    PARAM_CONTROL = 81
 
 
 class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
@@ -95,6 +97,7 @@ class ParamInfo(Record, frozen=True):
     max: Any = None
     kind: str = "float"
     processor: bool = False
+    cc: Int64 = -1  # the MIDI controller bound to it (``ensemble param bind``), -1 for none
 
 
 class ParamValues(Message, tag=ScriptKind.PARAM_VALUES.value, frozen=True):
@@ -115,8 +118,22 @@ class ParamInfos(Message, tag=ScriptKind.PARAM_INFOS.value, frozen=True):
     script: str = ""
 
 
-register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
-         ParamList, ParamInfos)
+class ParamBind(Message, tag=ScriptKind.PARAM_BIND.value, frozen=True):
+    """Bind a parameter to MIDI controller ``controller`` (0..127), or unbind it with -1; persisted with it."""
 
-__all__ = ["ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues", "RunAsync", "RunAsyncResult", "RunSync",
+    name: str
+    controller: Int64
+
+
+class ParamControl(Message, tag=ScriptKind.PARAM_CONTROL.value, frozen=True):
+    """Processor to controller: bound controller ``controller`` moved to ``value`` (0..1)."""
+
+    controller: Int64
+    value: float
+
+
+register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
+         ParamList, ParamInfos, ParamBind, ParamControl)
+
+__all__ = ["ParamBind", "ParamControl", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues", "RunAsync", "RunAsyncResult", "RunSync",
            "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady"]

@@ -8,6 +8,9 @@ is **available**; calling it elsewhere raises :class:`WrongContextError`, and
 * Processor: ``on_init()``, ``on_note(event)``, ``on_release(event)``,
   ``on_controller(event)`` — plain functions or ``async def`` coroutines that
   may ``await wait(ms)``, ``await wait_for_release()`` and ``await run_async(fn, ...)``.
+  Live MIDI arrives here too, at its frame: ``on_controller`` sees MIDI
+  controllers 0..127 (value 0..1), channel pressure as controller 128 and
+  pitch bend as 129 (value -1..1), HALion's numbers.
 * Controller: ``on_load(state)``, ``on_save() -> state``, parameter
   ``on_change(value)`` callbacks, timers (``start_timer``), ``on_status()``.
 
@@ -148,7 +151,7 @@ def fade(note_id: int, start: float | None, end: float, duration_ms: float, kill
 
 @available_in(PROCESSOR)
 def control_change(controller: int, value: float) -> None:
-    """Send a controller value (0..1) into the engine now."""
+    """Send a controller value (0..1) into the engine now (129: pitch bend, -1..1; 128, pressure, is ignored)."""
     runtime().control_change(controller, value)
 
 

@@ -10,6 +10,7 @@ The parts, one file each:
 
 * :mod:`._transport` — sockets, CURVE roles, who a frame is from;
 * :mod:`._children` — spawn, reap, restarts, heartbeats, remote workers, scaling;
+* :mod:`._cluster` — workers placed on a Ray cluster (``[cluster] ray``), when configured;
 * :mod:`._requests` — who may ask for what; the runtime's request handlers;
 * :mod:`._work` — jobs on workers: dispatch, results, aborts, kills;
 * :mod:`._dispatch` — the dispatch policy as pure functions;
@@ -48,6 +49,7 @@ from actors.extensions import Extension, load_extensions
 from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Message, StatusReply, Stop
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
+from actors.supervisor._cluster import ClusterMixin
 from actors.supervisor._requests import ADMIN_REQUESTS, CLIENT_REQUESTS, RequestsMixin
 from actors.supervisor._transport import LOCAL, KeyRoles, Peer, TransportMixin
 from actors.supervisor._work import WorkMixin
@@ -63,7 +65,7 @@ def _drop_ident(handler: Callable[[int, Message], Message | None]) -> Callable[[
     return call
 
 
-class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
+class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, WorkMixin):
     """The daemon.  ``run()`` blocks until an orderly stop; returns the exit code."""
 
     def __init__(self, cfg: Config) -> None:
@@ -102,6 +104,7 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
         self.journal: Journal | None = None
         self.book: JobBook | None = None
         self.metrics: Any = None
+        self.cluster: Any = None  # actors._ray.RayWorkers when [cluster] ray is set
         self.job_seconds = 0.0  # moving average of a job's run time (sizes the dispatch window)
         self._frame_len = 0  # bytes of the request being handled (counted against jobs.queue_bytes)
         wanted = cfg.daemon.extensions
@@ -200,6 +203,7 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
                     self._heartbeats(mono)
                     if self.auth is not None:
                         self._refresh_allowed()
+                    self._cluster_tick()
                     if self.metrics is not None:
                         self.metrics.update(self.status())
                 self._timers(mono)
@@ -244,13 +248,15 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
             actors.append(ActorInfo(
                 slot.name, slot.role, pid, ("retiring" if slot.retire else slot.state) if pid else slot.state,
                 now - slot.started if pid else 0.0, slot.restarts, mono - slot.last_heard if pid else 0.0,
-                _rss(pid) if pid else 0, slot.detail, slot.stats,
+                _rss(pid) if pid else 0, slot.detail, slot.stats, slot.resources,
             ))
         running = sum(len(s.outstanding) > 0 for s in self.slots.values())
         counters: dict[str, Any] = dict(self.counters)
         for ext in self.extensions:
             ext.status(counters)
         counters.update({f"jobs_{k}": v for k, v in book.counters.items()})
+        if self.cluster is not None:
+            counters["ray_workers"] = len(self.cluster.members)
         daemon = DaemonInfo(
             self.cfg.name, os.getpid(), __version__, now - self.started, str(self.rundir.path),
             str(self.state_dir), str(self.log_file), self.workers_wanted, book.queued, running,
@@ -302,7 +308,7 @@ class Supervisor(TransportMixin, ChildrenMixin, RequestsMixin, WorkMixin):
         from actors.shm import sweep_segments
 
         steps: list[tuple[str, Callable[[], None]]] = [
-            ("children", self._kill_children), ("journal", self._close_journal),
+            ("children", self._kill_children), ("ray", self._cluster_close), ("journal", self._close_journal),
             ("auth", lambda: self.auth.stop() if self.auth is not None else None),
             ("metrics", lambda: self.metrics.stop() if self.metrics is not None else None),
             ("sockets", lambda: self.ctx.destroy(linger=0) if hasattr(self, "ctx") else None),
@@ -351,7 +357,11 @@ def serve(cfg: Config, foreground: bool = False) -> int:
         raise
     log.info("event=start name=%s pid=%d version=%s workers=%d run_dir=%s", cfg.name, os.getpid(), __version__,
              sup.workers_wanted, sup.rundir.path)
-    sup.start_children()
+    try:
+        sup.start_children()  # joins the Ray cluster too, when configured
+    except BaseException:
+        sup.close()
+        raise
     return sup.run()
 
 

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors._freshness import RETIRE_CODE
+from actors._resources import check as check_resources, host_resources
 from actors._spawn import kill_group, spawn
 import zmq
 
 from actors.messages import Heartbeat, Hello, Stop, decode, encode
-from actors._errors import ProtocolError
+from actors._errors import EnsembleError, ProtocolError
 from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
@@ -46,7 +47,9 @@ class Slot:
     remote: bool = False  # a worker that joined over tcp (no process of ours; liveness by heartbeat)
     sock: Any = None  # the ROUTER it talks through (internal ipc, or the tcp one)
     key: bytes = b""  # a remote worker's CURVE public key: its frames must carry it
+    key_name: str = ""  # the name that key was issued under (Ray-placed workers: their actor's)
     path_sent: Any = None  # the import path last sent to this incarnation (sent again only when it changes)
+    resources: dict[str, float] = field(default_factory=dict)  # what it offers jobs (actors._resources)
 
 
 
@@ -69,13 +72,14 @@ class ChildrenMixin(State):
                 self._add_slot(spec.name, spec.role, spec.module)
         for _ in range(self.workers_wanted):
             self._add_worker()
+        self._cluster_open()
 
     def _add_worker(self) -> Slot:
         self._worker_seq += 1
-        return self._add_slot(f"worker-{self._worker_seq}", "worker", "actors.worker")
+        return self._add_slot(f"worker-{self._worker_seq}", "worker", "actors.worker", host_resources())
 
-    def _add_slot(self, name: str, role: str, module: str) -> Slot:
-        slot = Slot(name, role, module)
+    def _add_slot(self, name: str, role: str, module: str, resources: dict[str, float] | None = None) -> Slot:
+        slot = Slot(name, role, module, resources=resources or {})
         self.slots[name] = slot
         self._spawn(slot)
         return slot
@@ -165,10 +169,15 @@ class ChildrenMixin(State):
         if len(self.remote_slots) >= 1024:
             log.warning("event=remote-worker-refused key=%s reason=1024 remote workers already", name)
             return None
+        try:
+            resources = check_resources(msg.resources, f"remote worker {name}")
+        except EnsembleError as exc:
+            log.warning("event=remote-worker-resources-ignored key=%s reason=%s", name, exc)
+            resources = {}
         self._remote_seq += 1
         slot_name = f"remote:{name}#{self._remote_seq}"
         slot = Slot(slot_name, "worker", "", remote=True, sock=sock, identity=ident, started=time.time(),
-                    last_heard=time.monotonic(), key=key)
+                    last_heard=time.monotonic(), key=key, key_name=name, resources=resources)
         self.slots[slot_name] = slot
         self.remote_slots[ident] = slot
         log.info("event=remote-worker-joined name=%s pid=%d", slot_name, msg.pid)
@@ -229,9 +238,9 @@ class ChildrenMixin(State):
                 self._kill(slot, "heartbeat timeout", expected=False)
 
     def scale(self, n: int) -> None:
-        """Change the number of workers: start new ones, or retire idle ones first."""
+        """Change the number of local workers: start new ones, or retire idle ones first (remote ones are not ours)."""
         self.workers_wanted = n
-        workers = [s for s in self.slots.values() if s.role == "worker" and not s.retire]
+        workers = [s for s in self.slots.values() if s.role == "worker" and not s.retire and not s.remote]
         for _ in range(n - len(workers)):
             self._add_worker()
         excess = len(workers) - n

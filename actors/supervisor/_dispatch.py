@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING, Iterable
 
 from actors._jobs import Job, JobBook
+from actors._resources import describe, fits
 
 if TYPE_CHECKING:
     from actors.supervisor._children import Slot
@@ -37,7 +38,9 @@ def plan(book: JobBook, slots: Iterable["Slot"], credit: int) -> list[tuple["Slo
 
     Workers with the fewest outstanding jobs are served first, and the queue is
     shared out evenly so that one worker never takes a backlog others could
-    run.  The popped jobs are ``dispatched`` in the book; the caller records
+    run.  A job naming resources goes only to a worker whose slot offers them
+    (:func:`actors._resources.fits`); it keeps its place in the queue
+    meanwhile.  The popped jobs are ``dispatched`` in the book; the caller records
     them on the slot and sends them (or requeues them if it cannot).
     """
     if not book.queued:
@@ -48,10 +51,43 @@ def plan(book: JobBook, slots: Iterable["Slot"], credit: int) -> list[tuple["Slo
     out = []
     for i, slot in enumerate(ready):
         share = math.ceil(book.queued / (len(ready) - i))
-        jobs = book.pop(min(credit - len(slot.outstanding), max(1, share)))
+        jobs = book.pop(min(credit - len(slot.outstanding), max(1, share)), slot.resources)
         if not jobs:
+            if book.needy:  # this worker lacks what the queue's head needs; another may not
+                continue
             break
         out.append((slot, jobs))
+    return out
+
+
+def offers(slots: Iterable["Slot"]) -> list[dict[str, float]]:
+    """What every worker slot offers (ready, starting or restarting: any that can run a job again)."""
+    return [s.resources for s in slots if s.role == "worker" and not s.retire and s.state != "failed"]
+
+
+def refusal(need: dict[str, float], offered: list[dict[str, float]], placeable: bool) -> str:
+    """Why a job needing ``need`` can never run ("" when it can): no worker offers it and none can be placed.
+
+    ``placeable``: a cluster (Ray) may still start a worker offering it (its
+    nodes and autoscaler decide), so nothing is refused for its resources then.
+    """
+    if not need or placeable or any(fits(need, o) for o in offered):
+        return ""
+    best = ", ".join(sorted({describe(o) for o in offered})[:4]) or "no workers"
+    return (f"it needs {describe(need)} and no worker offers that (workers offer: {best}); "
+            "add a worker that does (`ensemble worker --resources`, or [cluster] ray) or ask for less")
+
+
+def unmet(book: JobBook, slots: Iterable["Slot"]) -> list[dict[str, float]]:
+    """Distinct resource needs of queued jobs that no live worker slot offers (to place a worker for each)."""
+    needs = book.waiting_needs()
+    if not needs:
+        return []
+    offered = offers(slots)
+    out: list[dict[str, float]] = []
+    for need in needs:
+        if need not in out and not any(fits(need, o) for o in offered):
+            out.append(need)
     return out
 
 

@@ -22,6 +22,8 @@ from actors.messages import (
     Pong, Recalled, Retiring, Scale, Shutdown, Status, Stop, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode,
     peek_corr,
 )
+from actors._resources import check as check_resources
+from actors.supervisor import _dispatch as plan
 from actors.supervisor._transport import LOCAL, TCP, Peer, _short
 from actors.supervisor._state import State
 
@@ -164,6 +166,8 @@ class RequestsMixin(State):
         if self.stopping_since:
             raise DaemonError("the daemon is stopping; submit again after the next `ensemble up`")
         for spec in jobs:
+            if spec.resources:
+                self._check_resources(spec)
             if not (1 <= spec.timeout_ms <= 86_400_000 and 0 <= spec.deadline <= 1e9 and 0 <= spec.retries <= 1000
                     and len(spec.name) <= 1024):
                 raise JobRefused(f"job {spec.fn}: timeout must be 1..86400000 ms, deadline 0..1e9 s, "
@@ -185,6 +189,16 @@ class RequestsMixin(State):
                 book.jobs[jid].watchers = (ident,)  # a tuple: 56 bytes a job, where a set costs 216
         self.replies.append((ident, encode(Submitted(ids), corr)))
         return None
+
+    def _check_resources(self, spec: JobSpec) -> None:
+        """JobRefused when a job's resources are malformed or no worker can ever offer them."""
+        try:
+            check_resources(spec.resources, f"job {spec.fn}")
+        except EnsembleError as exc:
+            raise JobRefused(str(exc)) from None
+        why = plan.refusal(spec.resources, plan.offers(self.slots.values()), self.cluster is not None)
+        if why:
+            raise JobRefused(f"job {spec.fn}: {why}")
 
     def _on_cancel(self, ident: bytes, corr: int, msg: Cancel) -> Message | None:
         book = self.book
@@ -249,6 +263,11 @@ class RequestsMixin(State):
     def _on_scale(self, ident: bytes, corr: int, msg: Scale) -> Message:
         if not 0 <= msg.workers <= 1024:
             raise EnsembleError(f"cannot scale to {msg.workers} workers: give 0..1024")
+        if msg.on == "ray":
+            self.scale_cluster(msg.workers)
+            return Ack(f"workers on ray: {msg.workers}")
+        if msg.on not in ("", "local"):
+            raise EnsembleError(f"cannot scale workers on {msg.on!r}: give local or ray")
         self.scale(msg.workers)
         return Ack(f"workers: {msg.workers}")
 

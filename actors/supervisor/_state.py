@@ -77,6 +77,7 @@ class State:
     handlers: "dict[type, Callable[[bytes, int, Message], Message | None]]"
     child_handlers: "dict[type, Callable[[Slot, Message], None]]"
     role_requests: dict[str, frozenset[type]]
+    cluster: Any  # the Ray placement (actors._ray.RayWorkers) when [cluster] ray is set, else None
 
     def _abort(self, job: Job, reason: str) -> None:
         raise NotImplementedError
@@ -157,6 +158,9 @@ class State:
     def scale(self, n: int) -> None:
         raise NotImplementedError
 
+    def scale_cluster(self, n: int) -> None:
+        raise NotImplementedError
+
     def status(self) -> StatusReply:
         raise NotImplementedError
 
@@ -172,10 +176,13 @@ class State:
     def _spawn(self, slot: Slot) -> None:
         raise NotImplementedError
 
+    def _cluster_open(self) -> None:
+        raise NotImplementedError
+
     def _add_worker(self) -> Slot:
         raise NotImplementedError
 
-    def _add_slot(self, name: str, role: str, module: str) -> Slot:
+    def _add_slot(self, name: str, role: str, module: str, resources: dict[str, float] | None = None) -> Slot:
         raise NotImplementedError
 
     def _mine(self, job_id: int) -> bool:

@@ -178,3 +178,32 @@ def test_overrides_are_validated_like_everything_else() -> None:
     with pytest.raises(ConfigError, match="workers"):
         cfg_with(daemon={"workers": "x"})
     assert cfg_with(daemon={"workers": 3}).worker_count == 3
+
+
+# -- [cluster] -------------------------------------------------------------------------------------
+def test_cluster_section_reads_ray_workers_and_resources(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[daemon]\ntcp = "tcp://0.0.0.0:7700"\n'
+                                      '[cluster]\nray = "auto"\nworkers = 3\nworker_resources = {CPU = 2, GPU = 1}\n'),
+                      env={})
+    assert (cfg.cluster.ray, cfg.cluster.workers) == ("auto", 3)
+    assert cfg.cluster.worker_resources == {"CPU": 2.0, "GPU": 1.0}
+    assert Config.from_json(cfg.to_json()) == cfg  # children get it as JSON
+    env = {"ENSEMBLE_DAEMON_TCP": "tcp://0.0.0.0:7700", "ENSEMBLE_CLUSTER_RAY": "ray://head:10001",
+           "ENSEMBLE_CLUSTER_WORKER_RESOURCES": "CPU=1,accel=4"}
+    cfg = load_config(env=env)
+    assert cfg.cluster.ray == "ray://head:10001" and cfg.cluster.worker_resources == {"CPU": 1.0, "accel": 4.0}
+    assert load_config(env={}).cluster.ray == ""  # off by default: Ray is never imported
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[cluster]\nray = "auto"\n', "[daemon] tcp"),  # the nodes need an endpoint to connect back to
+    ('[cluster]\nworkers = 2\n', 'ray = "auto"'),
+    ('[daemon]\ntcp = "tcp://0.0.0.0:1"\n[cluster]\nray = "http://x"\n', "ray://HOST:PORT"),
+    ('[daemon]\ntcp = "tcp://0.0.0.0:1"\n[cluster]\nray = "auto"\nworker_resources = {GPU = -1}\n', "GPU"),
+    ('[daemon]\ntcp = "tcp://0.0.0.0:1"\n[cluster]\nray = "auto"\nworker_resources = 4\n', "name = amount"),
+    ('[daemon]\ntcp = "tcp://0.0.0.0:1"\n[cluster]\nray = "auto"\nworkers = 5000\n', "0..1024"),
+])
+def test_cluster_mistakes_are_one_clear_line(tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), env={})
+    assert words in str(err.value) and "\n" not in str(err.value)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from actors._jobs import JobBook
 from actors._journal import Journal
 from actors.messages import JobSpec
@@ -71,3 +73,99 @@ def test_due_finds_expired_deadlines_and_ignored_aborts(tmp_path: Path) -> None:
     expired, kills = plan.due(book, [a, b], 25.0)
     assert expired == [ja[0]] and kills == [(sb, jb[0])]
     assert plan.next_wakeup(book, [a, b], 5.0, 60.0) == 5.0
+
+
+# -- resources -------------------------------------------------------------------------------------
+def _needy_book(tmp_path: Path, needs: list[tuple[int, dict[str, float]]]) -> JobBook:
+    book = JobBook(Journal(tmp_path / "j.sqlite3"))
+    book.accept([JobSpec("m:f", priority=p, resources=r) for p, r in needs], 0.0)
+    return book
+
+
+def test_a_job_naming_resources_goes_only_to_a_worker_offering_them(tmp_path: Path) -> None:
+    book = _needy_book(tmp_path, [(9, {"GPU": 1}), (5, {}), (1, {"CPU": 1})])
+    cpu = _worker("cpu")
+    cpu.resources = {"CPU": 2.0}
+    out = plan.plan(book, [cpu], credit=8)
+    assert [(s.name, [j.spec.priority for j in jobs]) for s, jobs in out] == [("cpu", [5, 1])]
+    assert book.queued == 1 and book.needy == 1  # the GPU job keeps its place
+    gpu = _worker("gpu")
+    gpu.resources = {"CPU": 1.0, "GPU": 1.0}
+    (slot, jobs), = plan.plan(book, [gpu], credit=8)
+    assert slot is gpu and [j.spec.resources for j in jobs] == [{"GPU": 1.0}]
+    assert book.queued == 0 and book.needy == 0
+
+
+def test_a_busy_resource_waits_by_priority_and_plain_jobs_pass_it(tmp_path: Path) -> None:
+    book = _needy_book(tmp_path, [(1, {"GPU": 1}), (7, {"GPU": 1}), (0, {})])
+    gpu, cpu = _worker("gpu", (99,)), _worker("cpu")
+    gpu.resources = {"GPU": 1.0}
+    out = plan.plan(book, [gpu, cpu], credit=1)  # the GPU worker is busy (its credit is used)
+    assert [(s.name, [j.spec.priority for j in jobs]) for s, jobs in out] == [("cpu", [0])]
+    gpu.outstanding.clear()
+    (slot, jobs), = plan.plan(book, [gpu, cpu], credit=1)
+    assert slot is gpu and jobs[0].spec.priority == 7  # the better of the two waiting GPU jobs first
+
+
+def test_a_requeued_or_finished_needy_job_keeps_the_count(tmp_path: Path) -> None:
+    book = _needy_book(tmp_path, [(0, {"GPU": 1}), (0, {"GPU": 1})])
+    gpu = _worker("gpu")
+    gpu.resources = {"GPU": 1.0}
+    (_, jobs), = plan.plan(book, [gpu], credit=1)
+    assert book.needy == 1
+    book.requeue(jobs[0], "")
+    assert book.needy == 2
+    book.finish(book.jobs[jobs[0].id], "cancelled", 0.0)
+    assert book.needy == 1 and book.queued == 1
+
+
+def test_refusal_only_when_no_worker_and_no_cluster_can_offer_it() -> None:
+    cpu = _worker("cpu")
+    cpu.resources = {"CPU": 2.0, "memory": 8e9}
+    offered = plan.offers([cpu, Slot("controller", "controller", "x")])
+    assert offered == [{"CPU": 2.0, "memory": 8e9}]
+    assert plan.refusal({}, offered, placeable=False) == ""
+    assert plan.refusal({"CPU": 2}, offered, placeable=False) == ""
+    why = plan.refusal({"GPU": 1}, offered, placeable=False)
+    assert "GPU=1" in why and "CPU=2" in why and "--resources" in why
+    assert plan.refusal({"GPU": 1}, offered, placeable=True) == ""  # a Ray node may come that has one
+    assert plan.refusal({"GPU": 1}, [], placeable=False).count("no workers") == 1
+
+
+def test_unmet_needs_are_distinct_and_skip_what_a_worker_offers(tmp_path: Path) -> None:
+    book = _needy_book(tmp_path, [(0, {"GPU": 1}), (0, {"GPU": 1}), (0, {"CPU": 1}), (0, {"TPU": 4})])
+    cpu = _worker("cpu")
+    cpu.resources = {"CPU": 1.0}
+    assert plan.unmet(book, [cpu]) == [{"GPU": 1.0}, {"TPU": 4.0}]
+
+
+def test_resource_tables_are_checked_and_matched() -> None:
+    from actors._errors import ConfigError
+    from actors._resources import check, fits, parse
+
+    assert parse("CPU=1, GPU=0.5", "flag") == {"CPU": 1.0, "GPU": 0.5}
+    assert fits({"GPU": 0.5}, {"GPU": 1.0}) and not fits({"GPU": 1}, {"CPU": 8})
+    assert fits({"GPU": 0}, {})  # asking for none of something needs nothing
+    for bad in ({"GPU": -1}, {"GPU": float("nan")}, {"": 1}, {"GPU": True}, {"x" * 65: 1}, [1]):
+        with pytest.raises(ConfigError):
+            check(bad, "test")
+    with pytest.raises(ConfigError, match="GPU"):
+        parse("GPU=lots", "flag")
+
+
+def test_journal_keeps_a_jobs_resources_and_reads_older_rows(tmp_path: Path) -> None:
+    from actors._jobs import pack_spec, unpack_job
+
+    spec = JobSpec("m:f", resources={"GPU": 1.0})
+    assert unpack_job(pack_spec(spec))[0] == spec
+    plain = JobSpec("m:f")
+    assert unpack_job(pack_spec(plain))[0] == plain  # no resources: the row of an older release, unchanged
+
+
+def test_the_book_counts_distinct_needs_and_skips_a_worker_none_fits(tmp_path: Path) -> None:
+    book = _needy_book(tmp_path, [(0, {"GPU": 1}), (0, {"GPU": 1.0}), (0, {"TPU": 2})])
+    assert sorted(book.waiting_needs(), key=str) == [{"GPU": 1.0}, {"TPU": 2.0}]
+    heap = list(book.heap)
+    assert book.pop(8, {"CPU": 4.0}) == [] and book.heap == heap  # nothing looked through, nothing moved
+    (job,) = book.pop(8, {"TPU": 2.0})
+    assert job.spec.resources == {"TPU": 2.0} and book.waiting_needs() == [{"GPU": 1.0}]

@@ -46,7 +46,13 @@ def test_round_trip_keeps_every_field(msg: object) -> None:
 
 def test_envelope_is_version_kind_corr_and_the_tagged_message() -> None:
     env = msgpack.unpackb(encode(Scale(4), corr=11))
-    assert env == [VERSION, SCALE, 11, [SCALE, 4]]
+    assert env == [VERSION, SCALE, 11, [SCALE, 4, ""]]  # fields in order, defaults included (``on`` came later)
+
+
+def test_frames_of_older_releases_decode_with_the_new_fields_defaulted() -> None:
+    """Fields are added at the end with defaults, so a frame without them still decodes."""
+    _, back = decode(msgpack.packb([VERSION, SCALE, 0, [SCALE, 4]]))
+    assert back == Scale(4, on="")
 
 
 def test_messages_are_frozen_values() -> None:

@@ -57,7 +57,7 @@ def test_actors_exports_exactly_these_names() -> None:
 def test_client_and_config_modules_export_their_names() -> None:
     assert sorted(actors.client.__all__) == ["AsyncClient", "AsyncJobHandle", "Client", "Executor", "JobHandle",
                                              "make_spec"]
-    assert sorted(actors.config.__all__) == ["AudioConfig", "Config", "DaemonConfig", "JobsConfig",
+    assert sorted(actors.config.__all__) == ["AudioConfig", "ClusterConfig", "Config", "DaemonConfig", "JobsConfig",
                                              "SupervisionConfig", "load_config"]
     for module in (actors.client, actors.config):
         for name in module.__all__:

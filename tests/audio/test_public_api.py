@@ -9,7 +9,7 @@ from pathlib import Path
 import audio
 
 EXPORTED = {
-    "BACKENDS", "JACK_CLIENT_NAME", "JackBackend", "MidiDecoder", "PitchBend", "STEAL_POLICIES", "Backend", "BackendUnavailable", "ControlChange",
+    "AFTERTOUCH", "PITCH_BEND", "BACKENDS", "JACK_CLIENT_NAME", "JackBackend", "MidiDecoder", "PitchBend", "STEAL_POLICIES", "Backend", "BackendUnavailable", "ControlChange",
     "Engine", "EngineStats", "Event", "Fade", "GcPause", "KillAllVoices", "NoteOff", "NoteOn",
     "NullBackend", "OfflineBackend", "OutputDevice", "SampleBuffer", "SoundDeviceBackend",
     "builtin_sample", "choose_backend", "collect_young", "devices", "load_sounddevice",

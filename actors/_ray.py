@@ -1,0 +1,281 @@
+"""Workers placed on a Ray cluster: each Ray actor hosts one ensemble worker that connects back over CURVE tcp.
+
+Ray does what it is good at: cluster membership, resource-aware placement
+(CPUs, GPUs, memory, custom resources), node autoscaling and node-failure
+detection.  Ensemble keeps its own job semantics: the daemon dispatches to
+these workers exactly as to any remote worker (progress, abort then kill,
+the journal, priorities), and a job's resources decide which one runs it.
+
+The shape, daemon side (:class:`RayWorkers`, owned by the supervisor when
+``[cluster] ray`` is set):
+
+* for each worker it issues a ``worker`` key (``ray-<token>-<n>``, see
+  :mod:`actors._keys`) and starts a Ray actor (:class:`WorkerHost`) with the
+  resources Ray must reserve for it, the key and the daemon's public key;
+* the actor runs ``ensemble worker --connect`` as a subprocess in its own
+  process group (restarted if a job kill takes it down) and reports its exit;
+* when an actor's run fails (its process or node died) the daemon is told at
+  once (Ray's detection, beside ensemble's heartbeats) and Ray restarts the
+  actor, on another node if the node is gone;
+* an actor removed for good (scale down, ``ensemble down``) is killed and its
+  key revoked, so it no longer authenticates.
+
+Ray is imported only here and only when configured (:func:`import_ray`).
+Nothing here touches the daemon's sockets or jobs: the supervisor's
+:mod:`actors.supervisor._cluster` applies what this reports.  Runtime layer:
+no audio or controller imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors._errors import ConfigError, DaemonError
+from actors._keys import add_peer, list_keys, revoke
+from actors._resources import describe, fits
+from actors._spawn import child_env, python_argv, set_parent_death_signal
+from actors.config import Config
+
+log = logging.getLogger("ensemble.ray")
+KEY_PREFIX = "ray-"  # names of the keys issued to Ray-placed workers (revoked at start if a dead daemon left any)
+_RESTART_PAUSE = 0.5  # seconds an actor waits before restarting a worker process that died
+
+
+def import_ray() -> Any:
+    """The ``ray`` module; ConfigError naming the fix when it is not installed."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("[cluster] ray is set but Ray is not installed here: pip install 'ensemble-rt[ray]' "
+                          "(on every node of the cluster too), or remove [cluster] ray") from exc
+    return ray
+
+
+def ray_options(resources: dict[str, float]) -> dict[str, Any]:
+    """Ray actor options reserving ``resources`` (``CPU``, ``GPU``, ``memory`` and custom names)."""
+    opts: dict[str, Any] = {"num_cpus": resources.get("CPU", 0.0), "num_gpus": resources.get("GPU", 0.0)}
+    if resources.get("memory"):
+        opts["memory"] = resources["memory"]
+    custom = {k: v for k, v in resources.items() if k not in ("CPU", "GPU", "memory")}
+    if custom:
+        opts["resources"] = custom
+    return opts
+
+
+class WorkerHost:
+    """The Ray actor: runs one ensemble worker process and reports when it ends (runs on a cluster node).
+
+    ``run()`` starts ``python -m actors worker --connect ...`` in its own
+    process group and waits; a worker that exits non-zero (a job kill, a
+    crash) is started again, one that exits 0 ends ``run()`` with 0.  The
+    worker dies with this actor (parent-death signal).  Its keys reach it
+    through pipes (``--key /dev/fd/N``): nothing secret is written to the
+    node's disk, so an actor killed outright leaves nothing behind.
+    """
+
+    def __init__(self, endpoint: str, secret: str, server_public: str, name: str, env: dict[str, str],
+                 resources: dict[str, float]) -> None:
+        self.endpoint, self.secret, self.server_public = endpoint, secret, server_public
+        self.name, self.env, self.resources = name, env, resources
+
+    def run(self) -> int:
+        """Run the worker until it exits 0 (stopped by the daemon, or the daemon fell silent); restart it otherwise."""
+        while True:
+            code = self._run_once()
+            if code == 0:
+                return 0
+            print(f"ensemble worker {self.name} exited with code {code}; starting it again", file=sys.stderr)
+            time.sleep(_RESTART_PAUSE)
+
+    def _run_once(self) -> int:
+        fds: list[int] = []
+        try:
+            for text in (self.secret, self.server_public):  # a key file is ~400 bytes: a pipe holds it whole
+                r, w = os.pipe()
+                fds.append(r)
+                with os.fdopen(w, "w") as f:
+                    f.write(text)
+            argv = python_argv("actors", "worker", "--connect", self.endpoint, "--key", f"/dev/fd/{fds[0]}",
+                               "--server-key", f"/dev/fd/{fds[1]}", "--worker-name", self.name,
+                               "--resources", describe(self.resources))
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=child_env(self.env), cwd="/", pass_fds=fds,
+                                    start_new_session=True, preexec_fn=set_parent_death_signal)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return proc.wait()
+
+
+@dataclass
+class Member:
+    """One Ray-placed worker: its key name, actor handle, the pending ``run()`` and what Ray reserved."""
+
+    name: str
+    actor: Any
+    run: Any
+    resources: dict[str, float]
+    demand: bool = False  # started for a queued job's resources, beyond ``[cluster] workers``
+    retiring: bool = False  # picked by a scale-down: when its worker stops, the actor goes
+    started: float = field(default_factory=time.monotonic)
+
+
+class RayWorkers:
+    """The daemon's Ray-placed workers: start, scale, notice deaths, remove (keys revoked).
+
+    Every method runs on the supervisor's loop thread and returns at once
+    (Ray's calls here are asynchronous), except :meth:`start` (connects to
+    the cluster: seconds) and :meth:`close` (kills the actors, disconnects).
+    """
+
+    def __init__(self, cfg: Config, keys_dir: Path, bound: str) -> None:
+        self.cfg = cfg
+        self.keys_dir = keys_dir
+        self.bound = bound  # the worker endpoint the daemon bound (tcp://HOST:PORT)
+        self.ray: Any = None
+        self.members: dict[str, Member] = {}
+        self.token = secrets.token_hex(3)
+        self.seq = 0
+        self.endpoint = ""
+        self._host_cls: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect to the cluster, revoke keys a dead daemon left, start ``[cluster] workers`` actors.
+
+        Raises ConfigError (Ray missing) or DaemonError (no cluster at the address).
+        """
+        ray = self.ray = import_ray()
+        stale = [n for n, role in list_keys(self.keys_dir) if role == "worker" and n.startswith(KEY_PREFIX)]
+        for name in stale:
+            self._forget_key(name)
+        if stale:
+            log.info("event=ray-stale-keys-revoked count=%d", len(stale))
+        address = self.cfg.cluster.ray
+        try:
+            ray.init(address=address, namespace=f"ensemble-{self.cfg.name}", log_to_driver=False,
+                     logging_level=logging.WARNING, configure_logging=False)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+            raise DaemonError(f"cannot join the Ray cluster at {address!r} ([cluster] ray): {exc}; start one "
+                              "(`ray start --head`) or fix the address") from exc
+        self.endpoint = self.cfg.cluster.connect or self._connect_endpoint()
+        self._host_cls = ray.remote(max_restarts=-1, max_task_retries=0)(WorkerHost)
+        log.info("event=ray-joined address=%s connect=%s workers=%d", address, self.endpoint, self.cfg.cluster.workers)
+        self.scale(self.cfg.cluster.workers)
+
+    def _connect_endpoint(self) -> str:
+        host, _, port = self.bound.removeprefix("tcp://").rpartition(":")
+        if host in ("0.0.0.0", "*", "", "[::]", "::"):
+            host = self.ray.util.get_node_ip_address()
+        return f"tcp://{host}:{port}"
+
+    def close(self) -> None:
+        """Kill every actor (no restart), revoke their keys, leave the cluster."""
+        for name in list(self.members):
+            self.remove(name, "the daemon stopped")
+        if self.ray is not None and self.ray.is_initialized():
+            self.ray.shutdown()
+
+    # -- placing -------------------------------------------------------------------------
+    def add(self, resources: dict[str, float], demand: bool = False) -> Member:
+        """Issue a key and start an actor that reserves ``resources``; Ray places it when a node fits."""
+        self.seq += 1
+        name = f"{KEY_PREFIX}{self.token}-{self.seq}"
+        secret_file = add_peer(self.keys_dir, name, "worker")
+        env = {
+            "ENSEMBLE_CONFIG": "", "ENSEMBLE_DAEMON_NAME": self.cfg.name,
+            "ENSEMBLE_DAEMON_MAX_FRAME": str(self.cfg.daemon.max_frame),
+            "ENSEMBLE_SUPERVISION_HEARTBEAT_INTERVAL": str(self.cfg.supervision.heartbeat_interval),
+            "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": str(self.cfg.supervision.heartbeat_timeout),
+            "ENSEMBLE_SUPERVISION_STOP_GRACE": str(self.cfg.supervision.stop_grace),
+            "ENSEMBLE_CLUSTER_RAY": "", "ENSEMBLE_CLUSTER_WORKERS": "0", "ENSEMBLE_DAEMON_TCP": "",
+        }
+        actor = self._host_cls.options(name=name, **ray_options(resources)).remote(
+            self.endpoint, secret_file.read_text(), (self.keys_dir / "server.key").read_text(), name, env, resources)
+        member = Member(name, actor, actor.run.remote(), resources, demand)
+        self.members[name] = member
+        log.info("event=ray-worker-added name=%s resources=%s demand=%d", name, describe(resources), int(demand))
+        return member
+
+    def remove(self, name: str, reason: str) -> None:
+        """Kill a member's actor for good and revoke its key (it no longer authenticates)."""
+        member = self.members.pop(name, None)
+        if member is None:
+            return
+        try:
+            self.ray.kill(member.actor, no_restart=True)
+        except Exception as exc:  # noqa: BLE001 - already gone: the key goes all the same
+            log.info("event=ray-kill-failed name=%s reason=%s", name, exc)
+        self._forget_key(name)
+        log.info("event=ray-worker-removed name=%s reason=%s", name, reason)
+
+    def _forget_key(self, name: str) -> None:
+        try:
+            revoke(self.keys_dir, name)
+        except ConfigError:
+            pass
+        for suffix in (".key", ".key_secret"):
+            (self.keys_dir / "issued" / f"{name}{suffix}").unlink(missing_ok=True)
+
+    def place(self, needs: list[dict[str, float]]) -> None:
+        """Start a worker for each resource need no member offers yet (within ``[cluster] max_workers``)."""
+        for need in needs:
+            if len(self.members) >= self.cfg.cluster.max_workers:
+                log.warning("event=ray-placement-capped need=%s max_workers=%d", describe(need),
+                            self.cfg.cluster.max_workers)
+                return
+            if not any(fits(need, m.resources) for m in self.members.values()):
+                self.add({**self.cfg.cluster.worker_resources, **need}, demand=True)
+
+    def scale(self, n: int) -> list[str]:
+        """Aim for ``n`` members; returns the names to retire (the supervisor stops their workers, then :meth:`reap`).
+
+        Growing starts actors at once.  Shrinking picks placement-made members
+        first, then the newest; those not yet connected are removed at once.
+        """
+        have = sorted((m for m in self.members.values() if not m.retiring), key=lambda m: (not m.demand, -m.started))
+        for _ in range(n - len(have)):
+            self.add(dict(self.cfg.cluster.worker_resources))
+        going = have[:max(0, len(have) - n)]
+        for member in going:
+            member.retiring = True
+        return [m.name for m in going]
+
+    # -- watching ------------------------------------------------------------------------
+    def poll(self) -> list[tuple[str, str]]:
+        """Members whose ``run()`` ended since the last call, as ``(name, why)``; costs one ``ray.wait(timeout=0)``.
+
+        A run that returned (its worker stopped) removes a retiring member and
+        starts the worker again for any other (it left because the daemon
+        fell silent); one that failed (actor or node died) is submitted again,
+        so it waits for Ray's restart of the actor.
+        """
+        if not self.members:
+            return []
+        refs = {m.run: m for m in self.members.values()}
+        ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        out = []
+        for ref in ready:
+            member = refs[ref]
+            try:
+                self.ray.get(ref, timeout=0)
+            except Exception as exc:  # noqa: BLE001 - RayActorError and kin: it died; Ray restarts it
+                why = f"Ray reports its actor died ({type(exc).__name__})"
+                member.run = member.actor.run.remote()
+                out.append((member.name, why))
+                continue
+            if member.retiring:
+                self.remove(member.name, "its worker stopped")
+                out.append((member.name, "its worker stopped"))
+            else:
+                member.run = member.actor.run.remote()
+                out.append((member.name, "its worker stopped unasked; started again"))
+        return out
+

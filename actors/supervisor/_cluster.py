@@ -1,0 +1,76 @@
+"""Workers on a Ray cluster, as the supervisor sees them: open, scale, deaths Ray reports, placement for resources.
+
+The Ray side lives in :mod:`actors._ray` (imported only when ``[cluster] ray``
+is set); this mixin applies what it reports to the daemon's slots.  A
+Ray-placed worker joins like any remote worker (a ``remote:ray-...`` slot,
+bound to its key); what is particular to it is handled here:
+
+* Ray says its actor died: its slot goes at once (its running job is retried
+  per its ``retries`` or ends ``worker-lost``), without waiting for the
+  heartbeat timeout; Ray restarts the actor and a new slot joins;
+* queued jobs whose resources no worker offers get a worker placed for them
+  (Ray keeps it pending until a node fits, or its autoscaler adds one);
+* ``scale --on ray`` retires idle workers first, as local scaling does; an
+  actor whose worker stopped is removed for good and its key revoked.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from actors._errors import EnsembleError
+from actors.messages import Stop
+from actors.supervisor import _dispatch as plan
+from actors.supervisor._state import State
+
+log = logging.getLogger("ensemble.supervisor")
+
+
+class ClusterMixin(State):
+    """Ray placement of the :class:`~actors.supervisor.Supervisor` (mixed in); ``self.cluster`` is None without it."""
+
+    def _cluster_open(self) -> None:
+        """Join the Ray cluster and start ``[cluster] workers`` (ConfigError without Ray, DaemonError without a cluster)."""
+        if not self.cfg.cluster.ray:
+            return
+        from actors._ray import RayWorkers
+
+        bound = self.internal_tcp.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.cluster = RayWorkers(self.cfg, self.keys_dir, bound)
+        self.cluster.start()
+        self._refresh_allowed(force=True)
+
+    def _cluster_tick(self) -> None:
+        """Apply Ray's reports (dead actors, stopped workers) and place workers for unmet resources (each heartbeat)."""
+        cluster = self.cluster
+        if cluster is None or self.stopping_since:
+            return
+        for name, why in cluster.poll():
+            for slot in [s for s in self.slots.values() if s.remote and s.key_name == name]:
+                slot.detail = why
+                self._remote_gone(slot, why)
+        assert self.book is not None
+        needs = plan.unmet(self.book, self.slots.values())
+        if needs:
+            cluster.place(needs)
+
+    def scale_cluster(self, n: int) -> None:
+        """Aim for ``n`` Ray-placed workers: start actors, or retire idle workers first (then remove their actors)."""
+        if self.cluster is None:
+            raise EnsembleError("this daemon runs no Ray workers: set [cluster] ray (and [daemon] tcp) in its "
+                                "config and restart it")
+        for name in self.cluster.scale(n):
+            slots = [s for s in self.slots.values() if s.remote and s.key_name == name]
+            if not slots:  # not connected yet: nothing to finish
+                self.cluster.remove(name, "scaled down")
+            for slot in slots:
+                slot.retire = True
+                if not slot.outstanding:
+                    self._send_child(slot, Stop("scaled down"))
+        log.info("event=scale workers=%d on=ray", n)
+
+    def _cluster_close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()

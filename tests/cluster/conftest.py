@@ -1,0 +1,65 @@
+"""A real multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``) and a daemon placing workers on it.
+
+Every cluster is shut down by the test that made it (Ray's own ``shutdown``
+stops the gcs server and every raylet it started); the leak check of
+``tests/conftest.py`` then finds no child process of the test left.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.conftest import Daemon, wait_for
+
+STORE = 80 * 1024 * 1024  # object store per node: small, two shared cores and little use for it here
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[Any]:
+    """A head with no CPUs (the daemon's host) and two nodes of one CPU each; shut down at teardown."""
+    cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed (pip install -e '.[ray]')")
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": STORE, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=STORE)
+        cluster.add_node(num_cpus=1, object_store_memory=STORE)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def add_node(cluster: Any, **kw: Any) -> Any:
+    """One more node of one CPU (``kw``: more resources, e.g. ``num_gpus=1``)."""
+    node = cluster.add_node(num_cpus=1, object_store_memory=STORE, **kw)
+    cluster.wait_for_nodes()
+    return node
+
+
+def ray_workers(d: Daemon) -> list[Any]:
+    """The daemon's running Ray-placed workers (their slots), as ``status`` shows them."""
+    return [a for a in d.status().actors if a.name.startswith("remote:ray-")]
+
+
+@pytest.fixture
+def ray_daemon(make_daemon: Callable[..., Daemon], ray_cluster: Any) -> Iterator[tuple[Daemon, Any]]:
+    """A jobs-only daemon with no local workers and two workers placed on ``ray_cluster``, all joined."""
+    d = make_daemon(workers=0, extra_env={
+        "ENSEMBLE_TCP": f"tcp://127.0.0.1:{free_port()}", "ENSEMBLE_CLUSTER_RAY": ray_cluster.address,
+        "ENSEMBLE_CLUSTER_WORKERS": "2", "ENSEMBLE_EXTENSIONS": ""})
+    d.cli("keys", "init")
+    d.up()
+    try:
+        wait_for(lambda: len(ray_workers(d)) == 2, 120, what="two Ray-placed workers to join")
+        yield d, ray_cluster
+    finally:
+        d.cleanup()  # `ensemble down` before the cluster goes (the fixture order guarantees it)
