@@ -40,9 +40,11 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "ENSEMBLE_CONFIG": "the config file (as --config)",
     "ENSEMBLE_INTERNAL_TOKEN": "set by the supervisor for the children that may submit internal jobs (controller)",
     "ENSEMBLE_DAEMON": "deploy/systemd: the daemon endpoint a remote worker unit connects to",
+    "ENSEMBLE_PANEL": "set by `ensemble up --panel` for the daemon: start the control panel at HOST:PORT",
     "ENSEMBLE_TEST_CRASH_ROLE": "tests: a child of this role exits at start (restart-intensity tests)",
     "ENSEMBLE_FULL": "tests: run the reliability suite at full size",
     "ENSEMBLE_FIGURES": "tests: append the reliability suite's figures to this file",
+    "ENSEMBLE_PANEL_SCREENSHOTS": "tests: the browser tests save the panel's screenshots here",
 }
 
 

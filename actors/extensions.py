@@ -67,6 +67,12 @@ class Host(Protocol):
     def send_child(self, slot: "Slot", msg: Message) -> bool:
         """Send a message to a child without blocking; False if it could not go."""
 
+    def start_child(self, spec: ChildSpec) -> bool:
+        """Start a child on demand (supervised from then on like the others); False if it already runs.
+
+        A child that was marked ``failed`` is given a fresh start.
+        """
+
 
 class Extension:
     """Base of a package's part of the daemon; override what you need.

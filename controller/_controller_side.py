@@ -27,6 +27,7 @@ from typing import Any, Callable
 from actors import EnsembleError, WrongContextError
 from controller.messages import ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady
 from controller._host import ParamDef, function_name, load_module
+from controller._ui import ScriptUi
 from controller._watchdog import ScriptTimeout, interrupt
 
 log = logging.getLogger("ensemble.controller")
@@ -61,6 +62,7 @@ class ControllerScript:
         self.busy_since = 0.0
         self.busy_name = ""
         self.loading_status: dict[str, Any] = {}
+        self.ui = ScriptUi()  # the script's buttons, labels and progress bars (the panel draws them)
         self.loop = asyncio.new_event_loop()
         self._wakeup = asyncio.Event()
         self._ready = threading.Event()
@@ -214,6 +216,7 @@ class ControllerScript:
         for bg in self.bg_tasks:
             bg._abort_quietly()
         self.bg_tasks.clear()
+        self.ui.clear()
         self.params = {}
         _context._loading["active"] = True
         self.busy_since, self.busy_name = time.monotonic(), "module code"
@@ -286,7 +289,7 @@ class ControllerScript:
 
     def _param_message(self, call: list[str]) -> ParamValues:
         infos = [ParamInfo(p.name, p.long_name, self.values.get(p.name, p.default), p.default, p.min, p.max, p.kind,
-                           p.processor, self.bindings.get(p.name, -1)) for p in self.params.values()]
+                           p.processor, self.bindings.get(p.name, -1), list(p.choices)) for p in self.params.values()]
         return ParamValues(infos, call)
 
     def param_from_outside(self, name: str, value: Any) -> None:
@@ -392,6 +395,24 @@ class ControllerScript:
             self.timers.append(self.loop.call_later(interval, fire))
 
         self.timers.append(self.loop.call_later(interval, fire))
+
+    def ui_add(self, kind: str, id: str, text: str, on_click: Any = None, task: Any = None) -> None:
+        self.ui.add(kind, id, text, on_click, task)
+
+    def ui_set(self, id: str, **values: Any) -> None:
+        self.ui.change(id, **values)
+
+    def ui_event(self, id: str, value: Any) -> None:
+        """A UI element was used in the panel (any thread): its callback runs as a control callback."""
+
+        def call() -> Any:
+            fn = self.ui.click_handler(id)
+            if fn is None:
+                log.warning("event=ui-event-ignored id=%s detail=no button with a callback has this id", id[:64])
+                return None
+            return fn() if value is None else fn(value)
+
+        self.submit(CONTROL, call, (), f"ui {id[:64]}")
 
     def client(self) -> Any:
         """A client of the daemon (for background tasks), made on first use."""

@@ -18,7 +18,7 @@ from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, JobSpec, Message
 from controller.messages import (
     ParamBind, ParamControl, ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync,
-    ScriptError, ScriptLoad, ScriptReady,
+    ScriptError, ScriptLoad, ScriptReady, UiEvent, UiList, UiState,
 )
 from controller._host import ParamDef
 
@@ -31,7 +31,7 @@ class ScriptExtension(Extension):
 
     name = "controller"
     children = (ChildSpec("controller", "controller", "controller.actor"),)
-    admin_requests = frozenset({ScriptLoad, ParamSet, ParamList, ParamBind})
+    admin_requests = frozenset({ScriptLoad, ParamSet, ParamList, ParamBind, UiList, UiEvent})
 
     def __init__(self, host: Any) -> None:
         super().__init__(host)
@@ -42,13 +42,15 @@ class ScriptExtension(Extension):
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
         # the latest load: [its number, "loading" | "ready" | "failed", the error]; `ensemble load` waits on it
         self.load_state: list[Any] = [0, "", ""]
+        self.ui = UiState([])  # the script's UI elements as the controller last sent them
 
     def requests(self) -> dict[type, Any]:
-        return {ScriptLoad: self._load, ParamSet: self._param_set, ParamList: self._param_list, ParamBind: self._param_bind}
+        return {ScriptLoad: self._load, ParamSet: self._param_set, ParamList: self._param_list, ParamBind: self._param_bind,
+                UiList: self._ui_list, UiEvent: self._ui_event}
 
     def child_messages(self) -> dict[type, Any]:
-        return {t: self._route for t in (ScriptReady, RunSync, RunAsync, RunAsyncResult, ParamValues, ParamSet, ParamControl,
-                                         ScriptError)}
+        return {**{t: self._route for t in (ScriptReady, RunSync, RunAsync, RunAsyncResult, ParamValues, ParamSet,
+                                            ParamControl, ScriptError)}, UiState: self._ui_state}
 
     def child_ready(self, slot: Any) -> None:
         if slot.role == "processor" and self.script_ready:
@@ -57,6 +59,7 @@ class ScriptExtension(Extension):
         elif slot.role == "controller" and self.script_path:
             self.script_ready = False
             self._loading()
+            self.ui = UiState([], self.ui.version + 1)  # a new controller: its elements come with the script
             self.host.send_child(slot, ScriptLoad(self.script_path))
 
     def _loading(self) -> None:
@@ -142,6 +145,21 @@ class ScriptExtension(Extension):
 
     def _param_list(self, corr: int, msg: ParamList) -> Message:
         return ParamInfos(list(self.params.values()), self.script_path)
+
+    def _ui_list(self, corr: int, msg: UiList) -> Message:
+        return self.ui
+
+    def _ui_event(self, corr: int, msg: UiEvent) -> Message:
+        if not any(e.id == msg.id for e in self.ui.elements):
+            known = ", ".join(e.id for e in self.ui.elements) or "none"
+            raise DaemonError(f"the script has no UI element {msg.id[:64]!r} (known: {known[:300]})")
+        controller = self.host.child("controller")
+        if controller is None or not self.host.send_child(controller, msg):
+            raise DaemonError("the controller is not running; see `ensemble status`")
+        return Ack(f"{msg.id} queued")
+
+    def _ui_state(self, slot: Any, msg: UiState) -> None:
+        self.ui = UiState(msg.elements[:256], self.ui.version + 1, msg.script)
 
     # -- routing between controller and processor
     def _route(self, slot: Any, msg: Message) -> None:

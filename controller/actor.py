@@ -12,7 +12,7 @@ from typing import Any
 
 from actors import Child, child_main
 from actors.messages import Message
-from controller.messages import ParamBind, ParamControl, ParamSet, RunAsync, ScriptLoad
+from controller.messages import ParamBind, ParamControl, ParamSet, RunAsync, ScriptLoad, UiEvent
 from controller._context import CONTROLLER, set_context
 from controller._controller_side import ControllerScript
 from controller._host import install
@@ -46,6 +46,8 @@ class Controller(Child):
             self.script.bind_from_outside(msg.name, msg.controller)
         elif isinstance(msg, ParamControl):
             self.script.controller_moved(msg.controller, msg.value)
+        elif isinstance(msg, UiEvent):
+            self.script.ui_event(msg.id, msg.value)
         else:
             super().handle(msg)
 
@@ -54,6 +56,9 @@ class Controller(Child):
 
     def tick(self, now: float) -> None:
         self.script.check_budget()
+        ui = self.script.ui.message_if_changed(now, self.script.path)
+        if ui is not None:
+            self.send(ui)
 
     def stats(self) -> dict[str, Any]:
         return self.script.stats()

@@ -12,7 +12,7 @@ from typing import Any
 
 import audio.client
 from actors import EnsembleError, WaitTimeout
-from controller.messages import ParamBind, ParamInfo, ParamList, ParamSet, ScriptLoad
+from controller.messages import ParamBind, ParamInfo, ParamList, ParamSet, ScriptLoad, UiEvent, UiList, UiState
 
 
 class ScriptLoadError(EnsembleError):
@@ -78,3 +78,11 @@ class Client(audio.client.Client):
     def bind_param(self, name: str, controller: int | None) -> None:
         """Bind a parameter to MIDI controller ``controller`` (0..127; None unbinds); persisted with the parameter."""
         self._call(ParamBind(name, -1 if controller is None else int(controller)))
+
+    def ui_elements(self) -> UiState:
+        """The loaded script's UI elements (buttons, labels, progress bars) as the controller last sent them."""
+        return self._call(UiList())  # type: ignore[no-any-return]
+
+    def ui_event(self, element_id: str, value: Any = None) -> None:
+        """Use a script's UI element (click a button): its callback runs in the controller's queue (control)."""
+        self._call(UiEvent(element_id, value))

@@ -1,8 +1,9 @@
 """The script schema: loading a script, its parameters, and the calls between the controller and the processor.
 
 Part of the wire protocol (see :mod:`actors.messages` for the envelope, the
-codec and the limits); its kinds are 70..89.  Importing this module adds them
-to the decoder of the process.
+codec and the limits); its kinds are 70..89 (82..85: the script's UI elements
+and the instrument panel).  Importing this module adds them to the decoder of
+the process.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class ScriptKind(IntEnum):
     PARAM_INFOS = 79
     PARAM_BIND = 80
     PARAM_CONTROL = 81
+    UI_STATE = 82
+    UI_LIST = 83
+    UI_EVENT = 84
+    PANEL_START = 85
 
 
 class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
@@ -98,6 +103,7 @@ class ParamInfo(Record, frozen=True):
     kind: str = "float"
     processor: bool = False
     cc: Int64 = -1  # the MIDI controller bound to it (``ensemble param bind``), -1 for none
+    choices: list[Any] = field(default_factory=list)  # kind "choice": the values a menu offers
 
 
 class ParamValues(Message, tag=ScriptKind.PARAM_VALUES.value, frozen=True):
@@ -132,8 +138,51 @@ class ParamControl(Message, tag=ScriptKind.PARAM_CONTROL.value, frozen=True):
     value: float
 
 
-register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
-         ParamList, ParamInfos, ParamBind, ParamControl)
+class UiElement(Record, frozen=True):
+    """One widget a script added in the controller (``add_button``, ``add_label``, ``add_progress``)."""
 
-__all__ = ["ParamBind", "ParamControl", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues", "RunAsync", "RunAsyncResult", "RunSync",
-           "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady"]
+    id: str
+    kind: str  # button | label | progress
+    text: str = ""
+    visible: bool = True
+    value: float = 0.0  # a progress bar's fraction (0..1)
+
+
+class UiState(Message, tag=ScriptKind.UI_STATE.value, frozen=True):
+    """The script's UI elements, in the order they were added (controller → supervisor, and the reply to UiList).
+
+    ``version`` grows with every change, so a reader can skip an unchanged state.
+    """
+
+    elements: list[UiElement]
+    version: Int64 = 0
+    script: str = ""
+
+
+class UiList(Message, tag=ScriptKind.UI_LIST.value, frozen=True):
+    """Client → daemon: the script's UI elements (reply: UiState)."""
+
+
+class UiEvent(Message, tag=ScriptKind.UI_EVENT.value, frozen=True):
+    """A UI element was used (a button clicked): client → daemon → controller, a control callback there."""
+
+    id: str
+    value: Any = None
+
+
+class PanelStart(Message, tag=ScriptKind.PANEL_START.value, frozen=True):
+    """Local client → daemon: start the instrument panel's actor (if it is not running) on ``host:port``.
+
+    ``port`` -1: the port it has (or the default, 8765); 0: any free port.
+    """
+
+    port: Int64 = -1
+    host: str = "127.0.0.1"
+
+
+register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
+         ParamList, ParamInfos, ParamBind, ParamControl, UiState, UiList, UiEvent, PanelStart)
+
+__all__ = ["PanelStart", "ParamBind", "ParamControl", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues",
+           "RunAsync", "RunAsyncResult", "RunSync", "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady",
+           "UiElement", "UiEvent", "UiList", "UiState"]

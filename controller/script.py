@@ -31,6 +31,9 @@ from controller._host import ParamDef, runtime
 __all__ = [
     "Event",
     "WrongContextError",
+    "add_button",
+    "add_label",
+    "add_progress",
     "control_change",
     "create_background_task",
     "define_parameter",
@@ -49,6 +52,8 @@ __all__ = [
     "run_async",
     "run_sync",
     "set_parameter",
+    "set_text",
+    "set_visible",
     "start_timer",
     "wait",
     "wait_for_release",
@@ -230,3 +235,60 @@ def create_background_task(name: str) -> Any:
     handle whose every method raises WrongContextError.
     """
     return runtime().create_background_task(name)
+
+
+# ------------------------------------------------------------------ controller: UI elements (the panel draws them)
+def _ui() -> Any:
+    """The controller's runtime, or None in another context's module code (elements mean nothing there)."""
+    rt = runtime()
+    return rt if get_context() == CONTROLLER else None
+
+
+@available_in(CONTROLLER, during_load=True)
+def add_button(id: str, text: str, on_click: Callable[[], Any] | None = None) -> None:
+    """Add a button to the instrument panel (``ensemble panel``); ``on_click()`` runs when it is clicked.
+
+    The click enters the controller's queue as a control callback (before task
+    notifications, timers and status).  Adding an id again replaces the
+    element.  Elements are dropped on reload; the module code adds them again.
+    Raises ValueError for an empty id.  Call it in module code or a controller callback.
+    """
+    rt = _ui()
+    if rt is not None:
+        rt.ui_add("button", id, text, on_click)
+
+
+@available_in(CONTROLLER, during_load=True)
+def add_label(id: str, text: str = "") -> None:
+    """Add a line of text to the instrument panel (change it with :func:`set_text`)."""
+    rt = _ui()
+    if rt is not None:
+        rt.ui_add("label", id, text)
+
+
+@available_in(CONTROLLER, during_load=True)
+def add_progress(id: str, text: str = "", task: Any = None) -> None:
+    """Add a progress bar to the instrument panel; with ``task`` (a background task) it follows its progress.
+
+    The bar shows the task's progress while the task runs and is empty
+    otherwise; the panel sees changes at most every 50 ms.
+    """
+    rt = _ui()
+    if rt is not None:
+        rt.ui_add("progress", id, text, None, task)
+
+
+@available_in(CONTROLLER, during_load=True)
+def set_visible(id: str, visible: bool) -> None:
+    """Show or hide a UI element.  Raises KeyError if no element has that id."""
+    rt = _ui()
+    if rt is not None:
+        rt.ui_set(id, visible=bool(visible))
+
+
+@available_in(CONTROLLER, during_load=True)
+def set_text(id: str, text: str) -> None:
+    """Change a UI element's text (a button's caption, a label, a bar's caption).  Raises KeyError if there is none."""
+    rt = _ui()
+    if rt is not None:
+        rt.ui_set(id, text=str(text))

@@ -45,7 +45,7 @@ from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir
 from actors._spawn import kill_group
 from actors.config import Config
-from actors.extensions import Extension, load_extensions
+from actors.extensions import ChildSpec, Extension, load_extensions
 from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Message, StatusReply, Stop
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
@@ -136,6 +136,18 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
     def send_child(self, slot: Slot, msg: Message) -> bool:
         """Send to a child without blocking; False if it could not go."""
         return self._send_child(slot, msg)
+
+    def start_child(self, spec: ChildSpec) -> bool:
+        """Start an extension's child on demand; False if its slot already has a live process."""
+        slot = self.slots.get(spec.name)
+        if slot is not None and (slot.proc is not None or slot.state != "failed"):
+            return False
+        if slot is not None:  # it had failed: a fresh start, with a fresh restart intensity
+            slot.restart_times.clear()
+            self._spawn(slot)
+            return True
+        self._add_slot(spec.name, spec.role, spec.module)
+        return True
 
     def open(self) -> None:
         """Take the lock, sweep what a killed daemon left, bind sockets, open the journal."""

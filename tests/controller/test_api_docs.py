@@ -24,8 +24,8 @@ def test_every_public_function_says_where_it_is_available() -> None:
 
 def test_exported_names_are_pinned() -> None:
     assert sorted(api.__all__) == sorted([
-        "Event", "WrongContextError", "control_change", "create_background_task", "define_parameter", "fade",
+        "Event", "WrongContextError", "add_button", "add_label", "add_progress", "control_change", "create_background_task", "define_parameter", "fade",
         "get_cc", "get_context", "get_parameter", "get_sample_rate", "get_time", "is_note_held", "kill_all_voices",
         "play_note", "post_event", "print_", "release_voice", "run_async", "run_sync", "set_parameter",
-        "start_timer", "wait", "wait_for_release",
+        "set_text", "set_visible", "start_timer", "wait", "wait_for_release",
     ])

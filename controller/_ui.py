@@ -1,0 +1,102 @@
+"""The script's UI elements in the controller: buttons, labels and progress bars the panel shows.
+
+A script adds elements in the controller context (``add_button``,
+``add_label``, ``add_progress``) and changes them (``set_visible``,
+``set_text``); the instrument panel draws them and sends clicks back, which
+enter the controller's queue as control callbacks.  The script thread writes
+the elements; the controller's main thread takes a snapshot (under a lock)
+and sends it to the supervisor when it changed, at most every
+``SEND_INTERVAL`` seconds, so a chatty script costs one message per interval.
+A progress bar bound to a background task follows the task's progress.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from controller.messages import UiElement, UiState
+
+SEND_INTERVAL = 0.05  # seconds between two UiState messages at most
+KINDS = ("button", "label", "progress")
+MAX_ELEMENTS = 256
+
+
+@dataclass
+class _Element:
+    id: str
+    kind: str
+    text: str
+    on_click: Callable[..., Any] | None = None
+    task: Any = None  # a ScriptTask whose progress a bar follows
+    visible: bool = True
+    value: float = 0.0
+
+
+@dataclass
+class ScriptUi:
+    """The elements of the loaded script, in the order they were added (one per controller)."""
+
+    elements: dict[str, _Element] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    version: int = 0
+    _sent: list[UiElement] | None = None
+    _sent_at: float = 0.0
+
+    def add(self, kind: str, id: str, text: str, on_click: Callable[..., Any] | None = None, task: Any = None) -> None:
+        """Add (or replace) an element; raises ValueError for an empty id, an unknown kind or too many elements."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown UI element kind {kind!r}; one of {', '.join(KINDS)}")
+        if not isinstance(id, str) or not id or len(id) > 64:
+            raise ValueError(f"a UI element needs an id of 1..64 characters, got {id!r}")
+        if on_click is not None and not callable(on_click):
+            raise ValueError(f"add_button({id!r}): on_click must be callable, got {on_click!r}")
+        with self.lock:
+            if id not in self.elements and len(self.elements) >= MAX_ELEMENTS:
+                raise ValueError(f"a script may add at most {MAX_ELEMENTS} UI elements")
+            self.elements[id] = _Element(id, kind, str(text), on_click, task)
+
+    def change(self, id: str, **values: Any) -> None:
+        """Set ``visible`` or ``text`` of an element; raises KeyError naming the known ids if there is none."""
+        with self.lock:
+            el = self.elements.get(id)
+            if el is None:
+                known = ", ".join(self.elements) or "none yet"
+                raise KeyError(f"no UI element with id {id!r} (known: {known}); add it first")
+            for key, value in values.items():
+                setattr(el, key, value)
+
+    def clear(self) -> None:
+        """Forget every element (a reload: the new module code adds its own)."""
+        with self.lock:
+            self.elements.clear()
+
+    def click_handler(self, id: str) -> Callable[..., Any] | None:
+        """The callback a click on ``id`` runs, if it is a button with one."""
+        with self.lock:
+            el = self.elements.get(id)
+            return el.on_click if el is not None and el.kind == "button" else None
+
+    def snapshot(self) -> list[UiElement]:
+        """The elements as they would be sent now (a bound bar reads its task's progress)."""
+        with self.lock:
+            els = list(self.elements.values())
+        out = []
+        for el in els:
+            value = el.value
+            if el.task is not None:
+                value = float(el.task.get_progress()) if el.task.running else 0.0
+            out.append(UiElement(el.id, el.kind, el.text, el.visible, max(0.0, min(1.0, value))))
+        return out
+
+    def message_if_changed(self, now: float, script: str) -> UiState | None:
+        """A UiState to send if the elements changed since the last one and the interval passed (main thread)."""
+        if now - self._sent_at < SEND_INTERVAL:
+            return None
+        snap = self.snapshot()
+        if snap == self._sent:
+            return None
+        self._sent, self._sent_at = snap, now
+        self.version += 1
+        return UiState(snap, self.version, script)

@@ -1,0 +1,97 @@
+"""The panel's part of the daemon: start its actor on demand (``ensemble panel``) or with the daemon (``up --panel``).
+
+Registered through the ``ensemble.extensions`` entry point; runs in the
+supervisor's thread and never blocks.  The panel is a supervised child like
+the others (restarted on a crash, within the restart intensity), but it is
+started only when asked for: a daemon without a panel runs no web server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from actors import DaemonError, PermissionDenied
+from actors.extensions import ChildSpec, Extension
+from actors.messages import Ack, Message
+from controller.messages import PanelStart
+from controller.panel import _settings
+from controller.panel._settings import PanelSettings
+
+log = logging.getLogger("ensemble.supervisor")
+SPEC = ChildSpec("panel", "panel", "controller.panel.actor")
+START_ENV = "ENSEMBLE_PANEL"  # HOST:PORT set by `ensemble up --panel`: start the panel with the daemon
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``PORT`` or ``HOST`` -> (host, port); raises ValueError saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = ("", text) if text.isdigit() else (text, str(_settings.DEFAULT_PORT))
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"panel address {text!r}: the port must be 0..65535")
+    return host, int(port)
+
+
+class PanelExtension(Extension):
+    """Starts the instrument panel's actor and keeps its settings (address and token) for its restarts."""
+
+    name = "panel"
+
+    def __init__(self, host: Any) -> None:
+        super().__init__(host)
+        self.run_dir = host.cfg.run_dir
+        self.settings: PanelSettings | None = None
+        self._at_start: tuple[str, int] | None = None
+        wanted = os.environ.get(START_ENV, "")
+        if wanted:
+            try:
+                self._at_start = parse_address(wanted)
+            except ValueError as exc:
+                log.error("event=panel-refused %s=%s reason=%s", START_ENV, wanted[:100], exc)
+
+    @property
+    def children(self) -> tuple[ChildSpec, ...]:  # type: ignore[override]  # a class attribute in Extension
+        """The panel, when the daemon was started with it (read once, as the children start: the run
+        directory exists by then, and the settings file the panel reads is written into it here)."""
+        if self._at_start is None:
+            return ()
+        if self.settings is None:
+            try:
+                self.settings = self._new(*self._at_start)
+            except OSError as exc:
+                log.error("event=panel-refused reason=%s", exc)
+                return ()
+        return (SPEC,)
+
+    def requests(self) -> dict[type, Any]:
+        return {PanelStart: self._start}
+
+    def status(self, counters: dict[str, Any]) -> None:
+        current = _settings.read(self.run_dir) if self.settings is not None else None  # the port it really got
+        if current is not None:
+            counters["panel"] = current.url(with_token=False)
+
+    def _new(self, host: str, port: int) -> PanelSettings:
+        settings = PanelSettings(host, port, _settings.new_token())
+        _settings.write(self.run_dir, settings)
+        return settings
+
+    def _start(self, corr: int, msg: PanelStart) -> Message:
+        if self.host.peer.role != "local":
+            raise PermissionDenied("the panel is started by the daemon's own user on its host (`ensemble panel`)")
+        if not -1 <= msg.port <= 65535:
+            raise DaemonError(f"panel port {msg.port} is not a port number (0..65535, or -1 for the current one)")
+        current = _settings.read(self.run_dir) if self.settings is not None else None
+        if current is not None and msg.host == current.host and msg.port in (-1, current.port):
+            self.host.start_child(SPEC)  # a no-op while it runs; the same token and port after a failure
+            return Ack(current.url(with_token=False))
+        if current is not None and self.host.child("panel") is not None:
+            raise DaemonError(f"the panel already serves {current.url(with_token=False)}; stop the daemon "
+                              "to move it, or run `ensemble panel` without --port/--host")
+        self.settings = self._new(msg.host, _settings.DEFAULT_PORT if msg.port == -1 else msg.port)
+        self.host.start_child(SPEC)
+        log.info("event=panel-start address=%s", self.settings.url(with_token=False))
+        return Ack(self.settings.url(with_token=False))

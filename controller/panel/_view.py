@@ -1,0 +1,183 @@
+"""What the panel shows and does, as a local client of the daemon (no web code here).
+
+:class:`DaemonView` runs on one thread of the panel (the server hands it
+work through a one-thread executor, so its :class:`~actors.client.Client`
+keeps one socket).  :meth:`DaemonView.collect` takes one snapshot of the
+daemon as JSON-ready sections; :meth:`DaemonView.act` carries out one action
+a page asked for.  The cost to the supervisor is a fixed number of requests
+per snapshot whatever happens in the daemon: a burst of job updates is seen
+as the jobs' latest state at the next snapshot, never one message per update.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from actors import EnsembleError
+from controller.client import Client
+from actors.config import Config
+from actors.messages import JobInfo
+
+JOB_ROWS = 30
+LOG_LINES = 40
+LOG_BYTES = 16 * 1024
+SAMPLES_EVERY = 8  # snapshots between two sample-list requests (samples change rarely)
+AUDIO_KEYS = ("backend", "samplerate", "blocksize", "active_voices", "peak_voices", "load_p50", "load_p99",
+              "load_max", "xruns", "underflows", "deadline_misses", "blocks", "script_errors", "script_overruns")
+MAX_UPLOAD = 64 * 1024 * 1024
+
+
+class ActionError(Exception):
+    """A page asked for something that cannot be done; the message goes back to the page."""
+
+
+def _job(j: JobInfo) -> dict[str, Any]:
+    return {"id": j.id, "fn": j.fn, "name": j.name, "state": j.state, "progress": j.progress, "status": j.status,
+            "properties": j.properties, "events": [list(e)[:3] for e in j.events[-5:]], "worker": j.worker,
+            "submitted": j.submitted, "started": j.started, "finished": j.finished, "attempts": j.attempts,
+            "error": f"{j.error_type}: {j.error_message}" if j.error_type else ""}
+
+
+class DaemonView:
+    """Snapshots of the daemon and actions on it, through one local client (one thread only)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.client: Client | None = None
+        self.log_file = cfg.state_dir / "daemon.log"
+        self._n = 0
+        self._samples: list[dict[str, Any]] = []
+        self._jobs_key: Any = None
+        self._recent: list[JobInfo] = []
+
+    def _c(self) -> Client:
+        if self.client is None:
+            self.client = Client(config=self.cfg, timeout=10.0)
+        return self.client
+
+    def close(self) -> None:
+        """Close the client (the panel stops)."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    # ------------------------------------------------------------------ snapshots
+    def collect(self) -> dict[str, Any]:
+        """One snapshot: ``daemon``, ``actors``, ``audio``, ``loading``, ``jobs``, ``params``, ``ui``, ``samples``, ``log``.
+
+        Status, parameters and UI elements; the running jobs while some run and
+        the newest jobs when the job counters moved; the samples every
+        ``SAMPLES_EVERY`` snapshots; the tail of the log file read here.
+        Raises EnsembleError if the daemon does not answer.
+        """
+        c = self._c()
+        st = c.status()
+        d = st.daemon
+        out: dict[str, Any] = {
+            "daemon": {"name": d.name, "pid": d.pid, "version": d.version, "uptime": round(d.uptime),
+                       "workers_wanted": d.workers_wanted, "queued": d.queued, "running": d.running,
+                       "script": d.counters.get("script", ""),
+                       "script_errors": list(d.counters.get("script_errors_recent", []))},
+            "actors": [{"name": a.name, "role": a.role, "pid": a.pid, "state": a.state, "uptime": round(a.uptime),
+                        "restarts": a.restarts, "heartbeat_age": round(a.heartbeat_age, 2), "rss": a.rss,
+                        "detail": a.detail} for a in st.actors],
+        }
+        proc = next((a for a in st.actors if a.role == "processor"), None)
+        out["audio"] = {k: proc.stats.get(k) for k in AUDIO_KEYS} if proc is not None and proc.stats else {}
+        ctl = next((a for a in st.actors if a.role == "controller"), None)
+        out["loading"] = dict(ctl.stats.get("loading") or {}) if ctl is not None and ctl.stats else {}
+        out["jobs"] = self._jobs(c, d)
+        out["params"] = [{"name": p.name, "long_name": p.long_name, "value": p.value, "default": p.default,
+                          "min": p.min, "max": p.max, "kind": p.kind, "choices": list(p.choices)}
+                         for p in c.params()]
+        ui = c.ui_elements()
+        out["ui"] = [{"id": e.id, "kind": e.kind, "text": e.text, "visible": e.visible, "value": round(e.value, 4)}
+                     for e in ui.elements]
+        if self._n % SAMPLES_EVERY == 0:
+            self._samples = [{"name": s.name, "frames": s.frames, "channels": s.channels,
+                              "samplerate": s.samplerate, "root_key": s.root_key} for s in c.samples()]
+        self._n += 1
+        out["samples"] = self._samples
+        out["log"] = self._log_tail()
+        return out
+
+    def _jobs(self, c: Client, d: Any) -> list[dict[str, Any]]:
+        """Running jobs (their progress moves) and the newest ones; the newest are asked for again only when
+        the job counters in ``status`` moved, so an idle daemon costs one request less per snapshot."""
+        running = c.jobs(["running"], JOB_ROWS) if d.running else []
+        key = (d.queued, d.running, tuple(sorted((k, v) for k, v in d.counters.items() if k.startswith("jobs_"))))
+        if key != self._jobs_key:
+            self._jobs_key = key
+            self._recent = c.jobs((), JOB_ROWS)
+        seen = {j.id for j in running}
+        return [_job(j) for j in running] + [_job(j) for j in self._recent if j.id not in seen]
+
+    def _log_tail(self) -> list[str]:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - LOG_BYTES))
+                data = f.read()
+        except OSError:
+            return []
+        lines = data.decode(errors="replace").splitlines()
+        return lines[-LOG_LINES:] if size <= LOG_BYTES else lines[1:][-LOG_LINES:]
+
+    # ------------------------------------------------------------------ actions
+    def act(self, msg: dict[str, Any]) -> str:
+        """Carry out one page action; returns a short confirmation, raises ActionError saying why not."""
+        op = msg.get("op")
+        c = self._c()
+        try:
+            if op == "note_on":
+                c.note_on(_int(msg, "note", 0, 127), _int(msg, "velocity", 1, 127, 100))
+            elif op == "note_off":
+                c.note_off(_int(msg, "note", 0, 127))
+            elif op == "param":
+                c.set_param(str(msg.get("name", "")), msg.get("value"))
+            elif op == "ui":
+                c.ui_event(str(msg.get("id", "")), msg.get("value"))
+            elif op == "cancel":
+                c.cancel(_int(msg, "id", 1, 2**62))
+            elif op == "reload":
+                c.reload_script()
+            elif op == "scale":
+                c.scale(_int(msg, "workers", 0, 1024))
+            elif op == "drop_sample":
+                c.drop_sample(str(msg.get("name", "")))
+            else:
+                raise ActionError(f"unknown action {str(op)[:40]!r}")
+        except EnsembleError as exc:
+            raise ActionError(str(exc).splitlines()[0]) from None
+        return f"{op} done"
+
+    def load_wav(self, name: str, data: bytes) -> str:
+        """Decode a sound file the page dropped and register it as sample ``name``."""
+        import soundfile
+
+        if not name or len(name) > 128:
+            raise ActionError("a sample needs a name of 1..128 characters")
+        if len(data) > MAX_UPLOAD:
+            raise ActionError(f"the file is larger than {MAX_UPLOAD // (1024 * 1024)} MiB")
+        try:
+            array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        except Exception as exc:  # noqa: BLE001 - soundfile raises its own error types
+            raise ActionError(f"not a sound file soundfile can read: {exc}") from None
+        try:
+            self._c().upload_sample(array, Path(name).stem, int(rate))
+        except EnsembleError as exc:
+            raise ActionError(str(exc).splitlines()[0]) from None
+        self._n = 0  # the sample list is read again at the next snapshot
+        return f"sample {Path(name).stem!r}: {len(array)} frames at {rate} Hz"
+
+
+def _int(msg: dict[str, Any], key: str, lo: int, hi: int, default: int | None = None) -> int:
+    value = msg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ActionError(f"{key} must be an integer {lo}..{hi}, got {str(value)[:40]!r}")
+    return value
+

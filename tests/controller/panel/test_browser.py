@@ -1,0 +1,167 @@
+"""The panel in a real browser: headless Chromium (Debian's chromium + chromium-driver) through Selenium.
+
+Each test drives the real page against a real daemon (null audio backend).
+Marked slow: run with ``pytest -m slow`` (``.ci/run`` does, after installing
+the browser).  With ``ENSEMBLE_PANEL_SCREENSHOTS=DIR`` the tests save the
+screenshots the docs show (``docs/images/panel-*.png``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.controller.panel.conftest import EXAMPLES, Panel, kill_panel, loaded
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the 'browser' extra)")
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+if not (shutil.which(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+    pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900",
+                "--no-first-run", "--disable-extensions"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _shot(driver: Any, name: str) -> None:
+    where = os.environ.get("ENSEMBLE_PANEL_SCREENSHOTS")
+    if where:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(where) / f"panel-{name}.png"))
+
+
+def _open(driver: Any, panel: Panel) -> None:
+    driver.get(panel.url)
+    wait_for(lambda: driver.find_element(By.ID, "conn").text == "live", 60, what="the page's WebSocket")
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#actors tbody tr"), 30, what="the first state")
+
+
+def _tab(driver: Any, name: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f'nav button[data-tab="{name}"]').click()
+
+
+def test_the_page_loads_only_with_the_token(browser: Any, panel: Panel) -> None:
+    browser.get(f"http://127.0.0.1:{panel.port}/")
+    assert "refused" in browser.find_element(By.TAG_NAME, "body").text
+    browser.get(f"http://127.0.0.1:{panel.port}/?token=wrong")
+    assert "no valid token" in browser.find_element(By.TAG_NAME, "body").text
+    _open(browser, panel)
+    assert browser.current_url == f"http://127.0.0.1:{panel.port}/"  # the token left the address bar
+    assert browser.get_cookie(f"ensemble_panel_{panel.port}")["httpOnly"] is True
+
+
+def test_clicking_a_key_sounds_a_voice(browser: Any, panel: Panel) -> None:
+    _open(browser, panel)
+    key = browser.find_element(By.CSS_SELECTOR, '[data-note="60"]')
+    chain = ActionChains(browser).click_and_hold(key)
+    chain.perform()
+    try:
+        wait_for(lambda: panel.daemon.actor("processor").stats["active_voices"] >= 1, what="a voice to sound")
+        wait_for(lambda: int(browser.find_element(By.ID, "voices").text) >= 1, what="the page to show the voice")
+    finally:
+        ActionChains(browser).release(key).perform()
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys("j")  # the computer keyboard plays too (j = A4 in the default octave)
+    wait_for(lambda: panel.daemon.actor("processor").stats["peak_voices"] >= 1, what="a voice from the keyboard")
+
+
+def test_a_control_and_the_cli_move_each_other(browser: Any, panel: Panel) -> None:
+    loaded(panel, EXAMPLES / "download_panel.py")
+    _open(browser, panel)
+    slider = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, '[data-param="seconds"]'), what="the control")
+    assert slider.get_attribute("type") == "range"
+    start = float(slider.get_attribute("value"))
+    slider.click()  # focus; arrow keys move a range input one step and fire input + change
+    for _ in range(5):
+        slider.send_keys(Keys.ARROW_RIGHT)
+    wait_for(lambda: float(panel.daemon.cli("param", "get", "seconds").stdout) > start,
+             what="`ensemble param get` to show the control's change")
+    browser.find_element(By.TAG_NAME, "h1").click()  # let go of the control
+    panel.daemon.cli("param", "set", "seconds", "42")
+    wait_for(lambda: float(slider.get_attribute("value")) == 42.0, what="the control to follow `param set`")
+
+
+def test_the_download_example_button_progress_cancel_and_finish(browser: Any, panel: Panel) -> None:
+    c = loaded(panel, EXAMPLES / "download_panel.py")
+    c.set_param("seconds", 30.0)
+    _open(browser, panel)
+    button = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, 'button[data-ui="run"]'), what="the Run button")
+    bar = browser.find_element(By.CSS_SELECTOR, '[data-ui="bar"]')
+    assert button.text == "Run" and not bar.is_displayed()
+    button.click()
+    wait_for(lambda: bar.is_displayed() and float(bar.get_attribute("data-value")) > 0.02, what="the bar to advance")
+    first = float(bar.get_attribute("data-value"))
+    wait_for(lambda: float(bar.get_attribute("data-value")) > first, what="the bar to go on advancing")
+    wait_for(lambda: browser.find_element(By.ID, "loading").is_displayed(), what="the loading bar in the header")
+    assert "DownloadTest" in browser.find_element(By.ID, "loading-task").text
+    assert button.text == "Cancel"
+    _shot(browser, "instrument")
+    button.click()  # the second click cancels
+    result = browser.find_element(By.CSS_SELECTOR, '[data-ui="result"]')
+    wait_for(lambda: result.is_displayed() and result.text == "Cancelled.", what="the finish callback's change")
+    assert not bar.is_displayed() and button.text == "Run"
+    wait_for(lambda: c.get_param("last_finish") == "True,True", what="the finish callback's parameter")
+    c.set_param("seconds", 1.0)  # now let one finish
+    wait_for(lambda: not result.is_displayed() or button.text == "Run", what="ready")
+    button.click()
+    wait_for(lambda: result.is_displayed() and result.text == "Download complete.", 60, what="the download to finish")
+    wait_for(lambda: c.get_param("last_finish") == "True,False", what="finished, not cancelled")
+
+
+def test_a_cli_job_appears_with_progress_and_is_cancelled_from_the_page(browser: Any, panel: Panel) -> None:
+    out = panel.daemon.cli("submit", "examples.jobs:countdown", "600", "0.1").stdout
+    job_id = int(re.search(r"(\d+)", out).group(1))  # type: ignore[union-attr]
+    _open(browser, panel)
+    _tab(browser, "jobs")
+    row = f'tr[data-job="{job_id}"]'
+    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "running",
+             what="the job in the list")
+    wait_for(lambda: "s left" in browser.find_element(By.CSS_SELECTOR, row).text, what="its status message")
+    wait_for(lambda: re.search(r"\b[1-9]\d*%", browser.find_element(By.CSS_SELECTOR, row).text), what="its progress")
+    _shot(browser, "jobs")
+    browser.find_element(By.CSS_SELECTOR, f"{row} button.cancel").click()
+    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, row).get_attribute("data-state") == "cancelled",
+             what="the job cancelled from the page")
+    assert panel.daemon.client().job(job_id).state == "cancelled"
+
+
+def test_killing_the_panel_while_the_page_is_open(browser: Any, panel: Panel) -> None:
+    d = panel.daemon
+    c = d.client()
+    _open(browser, panel)
+    _tab(browser, "runtime")
+    job = c.submit("examples.jobs:countdown", 8, 0.1)
+    wait_for(lambda: job.state == "running", what="the job to run")
+    before = kill_panel(d)
+    wait_for(lambda: browser.find_element(By.ID, "conn").text != "live", what="the page to see the panel go")
+    wait_for(lambda: browser.find_element(By.ID, "conn").text == "live", 60, what="the page to reconnect")
+    assert d.actor("panel").pid != before.panel.pid
+    assert before.others_untouched(d)
+    assert job.result(60) == "done"
+    wait_for(lambda: d.actor("processor").stats["blocks"] > before.blocks + 50, what="audio to go on")
+    wait_for(lambda: browser.find_element(By.CSS_SELECTOR, 'tr[data-actor="panel"]'), what="the actors table")
+    _shot(browser, "runtime")

@@ -1,0 +1,186 @@
+"""The panel as an actor: started on demand, a client of the daemon over one WebSocket, and dispensable.
+
+Against a real daemon, with aiohttp's WebSocket client standing in for the
+page (the browser tests in test_browser.py drive the real page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any, Callable
+
+import aiohttp
+
+from tests.conftest import Daemon, wait_for
+from tests.controller.panel.conftest import EXAMPLES, Panel, kill_panel, loaded
+
+
+class Page:
+    """A WebSocket to the panel on a thread-free asyncio loop: send actions, fold state pushes."""
+
+    def __init__(self, panel: Panel) -> None:
+        self.panel = panel
+        self.loop = asyncio.new_event_loop()
+        self.state: dict[str, Any] = {}
+        self.replies: list[dict[str, Any]] = []
+        self.session: aiohttp.ClientSession | None = None
+        self.ws: Any = None
+        self.pushes = 0
+
+    def __enter__(self) -> "Page":
+        self.loop.run_until_complete(self._open())
+        return self
+
+    async def _open(self) -> None:
+        self.session = aiohttp.ClientSession()
+        self.ws = await self.session.ws_connect(f"http://127.0.0.1:{self.panel.port}/ws",
+                                                headers={"Origin": self.panel.origin, "Cookie": self.panel.cookie})
+
+    def __exit__(self, *exc: object) -> None:
+        async def close() -> None:
+            await self.ws.close()
+            assert self.session is not None
+            await self.session.close()
+
+        self.loop.run_until_complete(close())
+        self.loop.close()
+
+    def send(self, action: dict[str, Any]) -> None:
+        self.loop.run_until_complete(self.ws.send_str(json.dumps(action)))
+
+    def until(self, cond: Callable[[dict[str, Any]], Any], timeout: float = 30.0, what: str = "state") -> Any:
+        """Read pushes until ``cond(state)`` is truthy (fails after ``timeout`` s)."""
+        end = time.monotonic() + timeout
+
+        async def run() -> Any:
+            while time.monotonic() < end:
+                value = cond(self.state)
+                if value:
+                    return value
+                try:
+                    msg = await self.ws.receive_json(timeout=max(0.05, end - time.monotonic()))
+                except (asyncio.TimeoutError, TypeError):
+                    break
+                if msg["type"] == "state":
+                    self.state.update(msg["data"])
+                    self.pushes += 1
+                else:
+                    self.replies.append(msg)
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; replies {self.replies[-3:]}")
+
+        return self.loop.run_until_complete(run())
+
+
+def _param(state: dict[str, Any], name: str) -> Any:
+    return next((p["value"] for p in state.get("params", []) if p["name"] == name), None)
+
+
+def _ui(state: dict[str, Any], id: str) -> dict[str, Any]:
+    return next((e for e in state.get("ui", []) if e["id"] == id), {})
+
+
+def test_ensemble_panel_starts_it_on_demand_and_prints_the_same_url_again(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon()
+    d.up()
+    assert not any(a.role == "panel" for a in d.status().actors)  # no web server unless asked for
+    first = d.cli("panel", "--port", "0").stdout.strip()
+    m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/\?token=\S{40,}", first)
+    assert m, first
+    assert d.cli("panel").stdout.strip() == first  # running: the same address and token
+    refused = d.cli("panel", "--port", str(int(m.group(1)) + 1 if int(m.group(1)) < 65535 else 1), check=False)
+    assert refused.returncode != 0 and "already serves" in refused.stderr
+    assert d.status().daemon.counters["panel"] == first.split("?")[0]  # the port it got, never the token
+    d.down()
+    assert not (d.base / "run" / "panel.json").exists()  # the token file goes with the daemon
+
+
+def test_controls_move_parameters_and_the_cli_moves_controls(shared_panel: Panel) -> None:
+    panel = shared_panel
+    c = loaded(panel, EXAMPLES / "download_panel.py")
+    with Page(panel) as page:
+        page.until(lambda s: _param(s, "seconds") is not None, what="the parameters")
+        page.send({"op": "param", "name": "seconds", "value": 12.5})
+        wait_for(lambda: panel.daemon.cli("param", "get", "seconds").stdout.strip() == "12.5",
+                 what="`param get` to show the page's change")
+        panel.daemon.cli("param", "set", "seconds", "3")
+        page.until(lambda s: _param(s, "seconds") == 3.0, what="the CLI's change on the page")
+        page.send({"op": "param", "name": "nope", "value": 1})
+        page.until(lambda s: any(r["type"] == "error" and "no parameter named 'nope'" in r["message"]
+                                 for r in page.replies), what="the refusal")
+    c.close()
+
+
+def test_the_download_button_starts_and_cancels_and_the_finish_callback_shows(shared_panel: Panel) -> None:
+    panel = shared_panel
+    loaded(panel, EXAMPLES / "download_panel.py").set_param("seconds", 30.0)
+    with Page(panel) as page:
+        page.until(lambda s: _ui(s, "run").get("text") == "Run", what="the Run button")
+        page.send({"op": "ui", "id": "run"})
+        page.until(lambda s: _ui(s, "bar").get("value", 0) > 0.02 and _ui(s, "bar")["visible"],
+                   what="the progress bar to advance")
+        page.until(lambda s: s.get("loading", {}).get("task") == "DownloadTest", what="the loading bar")
+        assert _ui(page.state, "run")["text"] == "Cancel"
+        page.send({"op": "ui", "id": "run"})  # the second click cancels
+        page.until(lambda s: _ui(s, "result").get("visible") and _ui(s, "result")["text"] == "Cancelled.",
+                   what="the finish callback's change")
+        assert not _ui(page.state, "bar")["visible"] and _ui(page.state, "run")["text"] == "Run"
+        assert _param(page.until(lambda s: _param(s, "last_finish") == "True,True" and s), "last_finish")
+
+
+def test_a_cli_job_appears_and_is_cancelled_from_the_page(shared_panel: Panel) -> None:
+    panel = shared_panel
+    out = panel.daemon.cli("submit", "examples.jobs:countdown", "600", "0.1").stdout
+    job_id = int(re.search(r"(\d+)", out).group(1))  # type: ignore[union-attr]
+    with Page(panel) as page:
+        row = page.until(lambda s: next((j for j in s.get("jobs", []) if j["id"] == job_id and j["state"] == "running"
+                                         and j["progress"] > 0), None), what="the job running with progress")
+        assert row["fn"] == "examples.jobs:countdown"
+        page.send({"op": "cancel", "id": job_id})
+        page.until(lambda s: any(j["id"] == job_id and j["state"] == "cancelled" for j in s.get("jobs", [])),
+                   what="the job cancelled")
+
+
+def test_killing_the_panel_changes_nothing_for_audio_and_jobs(panel: Panel) -> None:
+    d = panel.daemon
+    c = d.client()
+    with Page(panel) as page:
+        page.until(lambda s: s.get("actors"), what="a first state")
+        job = c.submit("examples.jobs:countdown", 8, 0.1)
+        wait_for(lambda: job.state == "running", what="the job to run")
+        before = kill_panel(d)
+        after = wait_for(lambda: (a := d.actor("panel")).state == "running" and a.pid != before.panel.pid
+                         and a.stats.get("port") and a, what="the supervisor to restart the panel")
+        assert after.stats["port"] == panel.port and after.restarts == before.panel.restarts + 1
+        assert before.others_untouched(d)
+        assert job.result(60) == "done"  # the job went on
+        wait_for(lambda: d.actor("processor").stats["blocks"] > before.blocks + 50, what="audio to go on")
+    with Page(panel) as page:  # the same token opens the restarted panel
+        page.until(lambda s: any(a["name"] == "panel" for a in s.get("actors", [])), what="state from the new panel")
+
+
+def test_a_dropped_wav_becomes_a_sample_and_the_page_scales_workers(shared_panel: Panel, tmp_path: Any) -> None:
+    panel = shared_panel
+    import io
+
+    import numpy as np
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, (0.1 * np.sin(np.linspace(0, 200, 4800))).astype("float32"), 48000, format="WAV")
+    status, _, body = panel.request("POST", "/samples?name=ping.wav",
+                                    {"Cookie": panel.cookie, "Origin": panel.origin}, buf.getvalue())
+    assert status == 200 and json.loads(body)["ok"], body
+    c = panel.daemon.client()
+    assert [(s.name, s.frames) for s in c.samples()] == [("ping", 4800)]
+    with Page(panel) as page:
+        page.until(lambda s: [x["name"] for x in s.get("samples", [])] == ["ping"], what="the sample on the page")
+        page.send({"op": "scale", "workers": 3})
+        page.until(lambda s: s.get("daemon", {}).get("workers_wanted") == 3, what="the scale from the page")
+        page.send({"op": "note_on", "note": 200})
+        page.until(lambda s: any("note must be an integer 0..127" in r.get("message", "") for r in page.replies),
+                   what="a bad note refused with the reason")
+        page.send({"op": "drop_sample", "name": "ping"})  # the daemon shared by this module keeps no segment
+        page.until(lambda s: s.get("samples") == [], what="the sample dropped")
