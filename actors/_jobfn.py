@@ -21,7 +21,9 @@ own user and is trusted as that user: the allow-list does not apply to it.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import re
 import types
 from typing import Any, Callable, Sequence
@@ -39,6 +41,12 @@ ALWAYS_DENIED = frozenset((
     "telnetlib", "pdb", "bdb", "inspect", "gc", "threading", "atexit", "resource", "fcntl", "mmap",
 ))
 _FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+# Builtins a job may name (``builtins:pow``), as ``ProcessPoolExecutor`` runs them: pure functions of their
+# arguments.  The rest of ``builtins`` (eval, exec, open, __import__, ...) stays denied with the module.
+PURE_BUILTINS = frozenset((
+    "abs", "all", "any", "ascii", "bin", "chr", "divmod", "format", "hash", "hex", "len", "max", "min", "oct",
+    "ord", "pow", "repr", "round", "sorted", "sum",
+))
 
 
 def path_of(fn: Callable[..., Any] | str) -> str:
@@ -71,6 +79,8 @@ def check_name(path: Any) -> tuple[str, str]:
             "the colon (no attribute walk), no part starting with '_'"
         )
     module, _, function = path.partition(":")
+    if module == "builtins" and function in PURE_BUILTINS:
+        return module, function
     if module.split(".", 1)[0] in ALWAYS_DENIED:
         raise JobRefused(f"job function {path!r} is refused: module {module.split('.', 1)[0]!r} never runs as a job")
     return module, function
@@ -137,6 +147,34 @@ def resolve(path: str) -> Callable[..., Any]:
             f"{module_name!r}, not defined there; name the module that defines it"
         )
     return obj
+
+
+@functools.lru_cache(maxsize=1024)
+def takes_task(fn: Callable[..., Any]) -> bool:
+    """Whether a job function receives the task handle as its first argument: the one calling convention.
+
+    It does when its first parameter is named ``task`` or annotated ``Task``
+    (``actors.Task``, or the string ``"Task"`` under ``from __future__ import
+    annotations``); every other function is called with the job's arguments
+    alone and reaches its handle through :func:`actors.current_task`.  The same
+    rule holds for ``Client.submit``, ``Executor.submit`` and ``ensemble submit``.
+    A builtin without a signature (``sorted``) takes none.  Decided once per
+    function object (cached), in the worker.
+    """
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a text signature
+        return False
+    if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                            inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return False
+    first = params[0]
+    if first.name == "task":
+        return True
+    ann = first.annotation
+    if isinstance(ann, str):
+        return ann.rpartition(".")[2] == "Task"
+    return getattr(ann, "__name__", None) == "Task" and getattr(ann, "__module__", "").startswith("actors")
 
 
 def resolve_internal(path: str) -> Callable[..., Any]:

@@ -13,10 +13,12 @@ import heapq
 import time
 from typing import Any, Iterable
 
+import msgspec
+
 from actors._errors import JobRefused
 from actors._journal import TERMINAL, Journal
 from actors._resources import fits
-from actors.messages import JobInfo, JobSpec, _decode_value, _encode_value
+from actors.messages import JobInfo, JobSpec, WorkerSetup, _decode_value, _encode_value
 
 
 SCAN = 4096  # queued jobs one pop may look past because the worker lacks their resources
@@ -74,7 +76,8 @@ def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
     """Journal form of a job spec, with who submitted it and (local clients) their cwd and import path."""
     return _encode_value([spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
                           spec.retries, spec.with_task, owner, internal, context[0], context[1], spec.pickled]
-                         + ([spec.resources] if spec.resources else []))
+                         + ([spec.resources] if spec.resources or spec.setup is not None else [])
+                         + ([msgspec.structs.astuple(spec.setup)] if spec.setup is not None else []))
 
 
 def unpack_spec(blob: bytes) -> tuple[JobSpec, str, bool]:
@@ -90,7 +93,9 @@ def unpack_job(blob: bytes) -> tuple[JobSpec, str, bool, tuple[str, list[str]]]:
     context = (f[11], list(f[12])) if len(f) >= 13 else ("", [])
     pickled = bool(f[13]) if len(f) >= 14 else False
     resources = dict(f[14]) if len(f) >= 15 else {}
-    return JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pickled, resources), owner, internal, context
+    setup = WorkerSetup(*f[15]) if len(f) >= 16 and f[15] is not None else None
+    return (JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pickled, resources, setup), owner,
+            internal, context)
 
 
 def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:

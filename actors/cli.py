@@ -236,7 +236,7 @@ def parse_arg(text: str) -> Any:
               help="Seconds between an abort (cancel, deadline, stop) and the force kill (--timeout: the old name).")
 @click.option("--deadline", default=None, type=float, help="Run-time limit in seconds from the start.")
 @click.option("--retries", default=0, help="Reruns after a worker death.")
-@click.option("--name", "job_name", default="", help="A name for the job.")
+@click.option("--job-name", "job_name", default="", help="A name for the job (--name is the daemon's, as everywhere).")
 @click.option("--resources", default="", metavar="NAME=AMOUNT,...", help="What its worker must offer, e.g. GPU=1.")
 @click.pass_context
 def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ...], wait: bool, priority: int,
@@ -479,8 +479,37 @@ def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_
     os._exit(code)  # skip interpreter teardown: ZeroMQ's atexit term would wait on inproc sockets
 
 
+_AFTER = {"daemon_name_after": "name", "config_after": "config"}  # parameter names unique beside a NAME argument
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the subcommand: it overrides the one given before."""
+    if value is not None:
+        ctx.ensure_object(dict)[_AFTER[param.name or ""]] = value
+
+
+def accept_global_options(group: click.Group) -> None:
+    """Let ``--name``/``-n`` and ``--config``/``-c`` follow any subcommand too (``ensemble up --name x``).
+
+    Added to every command of ``group``, its subgroups included, unless a
+    command already uses one of those spellings itself.  Call it after every
+    command is registered.
+    """
+    for cmd in group.commands.values():
+        taken = {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}
+        for decls, name, help_text in ((("--name", "-n"), "daemon_name_after", "Daemon name (as before the command)."),
+                                       (("--config", "-c"), "config_after", "TOML config file (as before the command).")):
+            if not taken & set(decls):
+                path = click.Path(dir_okay=False) if name == "config_after" else None
+                cmd.params.append(click.Option([*decls, name], default=None, expose_value=False, callback=_remember,
+                                               help=help_text, type=path))
+        if isinstance(cmd, click.Group):
+            accept_global_options(cmd)
+
+
 main.add_command(completion)
 register_commands(main)  # what the installed packages built on the runtime add (audio, scripts)
+accept_global_options(main)
 
 
 def run() -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import logging
+import os
 import pickle
 import threading
 import time
@@ -23,6 +25,7 @@ import msgspec
 
 from actors import _map
 from actors._connection import Connection
+from actors._exact import dumps_arguments
 from actors._errors import (
     EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, RemoteError, TransportError, WaitTimeout,
 )
@@ -33,6 +36,7 @@ from actors.shm import is_ndarray
 from actors.config import Config, load_config
 from actors.messages import (
     Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, Scale, Shutdown, Status, StatusReply, Submitted, TaskSubmit, Watch,
+    WorkerSetup,
 )
 
 _log = logging.getLogger("ensemble.client")
@@ -74,15 +78,27 @@ def _grace(grace: float, timeout: float | None) -> float:
     return grace
 
 
+def _unwrap(fn: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """``functools.partial(f, *a, **k)`` called with ``args``/``kwargs`` as the call of ``f`` it stands for."""
+    while isinstance(fn, functools.partial):
+        args, kwargs, fn = (*fn.args, *args), {**fn.keywords, **kwargs}, fn.func
+    return fn, args, kwargs
+
+
 def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[str, Any], *, name: str = "",
               priority: int = 0, grace: float = 0.5, deadline: float | None = None, retries: int = 0,
-              with_task: bool = True, resources: dict[str, float] | None = None) -> JobSpec:
+              resources: dict[str, float] | None = None) -> JobSpec:
     """Build a :class:`JobSpec`; ``grace`` (abort to force kill) and ``deadline`` (run-time limit) in seconds;
-    ``resources`` what its worker must offer (``{"GPU": 1}``)."""
+    ``resources`` what its worker must offer (``{"GPU": 1}``).
+
+    Whether the function gets the task handle first is decided by the worker
+    from its signature (see :func:`actors._jobfn.takes_task`), alike for every entry point.
+    """
     if grace <= 0:
         raise ValueError(f"grace must be positive, got {grace}")
+    fn, args, kwargs = _unwrap(fn, args, kwargs)  # a partial of a module-level function travels as that function
     return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
-                   float(deadline or 0.0), int(retries), with_task, False,
+                   float(deadline or 0.0), int(retries), True, False,
                    {k: float(v) for k, v in resources.items()} if resources else {})
 
 
@@ -257,8 +273,10 @@ class Client:
                resources: dict[str, float] | None = None) -> JobHandle:
         """Submit a job; returns once the daemon journaled it.
 
-        ``fn`` is ``"module:function"`` or a module-level function; it receives the
-        task handle first, then ``args`` and ``kwargs``.  ``grace`` (s) is the
+        ``fn`` is ``"module:function"`` or a module-level function, called with
+        ``args`` and ``kwargs``; it reaches its task handle through
+        :func:`actors.current_task`, or receives it first when its first parameter
+        is named ``task`` (or annotated ``Task``), as from every entry point.  ``grace`` (s) is the
         time between an abort (cancel, deadline, stop) and the force kill;
         ``deadline`` (s) the run-time limit from the start; ``retries`` how often
         to rerun after a worker death.  ``timeout`` is the old name of ``grace``.
@@ -370,8 +388,10 @@ class Executor(concurrent.futures.Executor):
     """A :class:`concurrent.futures.Executor` running plain functions on the daemon's workers.
 
     Drop-in for ``ProcessPoolExecutor`` code: ``submit``/``map``/``shutdown``,
-    Futures that work with ``as_completed`` and ``wait``.  Functions receive no
-    task argument; inside them ``actors.current_task()`` reaches the handle.
+    Futures that work with ``as_completed`` and ``wait``.  Functions are called
+    as ``fn(*args, **kwargs)`` and reach their task handle through
+    ``actors.current_task()`` (one whose first parameter is named ``task``
+    gets it first, as from ``Client.submit``).
     Submits made close together travel as one batch.
 
     Which daemon: with ``config`` or ``daemon="name"`` given, that one (it must
@@ -383,13 +403,34 @@ class Executor(concurrent.futures.Executor):
     ``resources`` (``{"GPU": 1}``): every job runs only on a worker offering them.
     """
 
-    def __init__(self, max_workers: int | None = None, *, daemon: str | None = None, config: Config | None = None,
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
+                 initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (), *,
+                 max_tasks_per_child: int | None = None, daemon: str | None = None, config: Config | None = None,
                  grace: float = 0.5, retries: int = 0, name: str | None = None,
                  timeout: float | None = None, resources: dict[str, float] | None = None) -> None:
+        """``ProcessPoolExecutor``'s arguments, then ensemble's own (keyword only).
+
+        ``mp_context`` is accepted and ignored (workers are the daemon's
+        processes).  ``initializer(*initargs)`` runs in a worker before this
+        executor's first job there (a module-level function; a worker may
+        serve other clients too, so it runs once per executor and worker); if
+        it raises, the job fails with ``BrokenProcessPool`` and so do later
+        submits.  ``max_tasks_per_child``: a worker that ran that many of this
+        executor's jobs retires and the daemon starts a fresh one; on a shared
+        daemon that worker also stops serving the other clients (they carry on
+        on its replacement).  ``daemon``/``config`` pick the daemon,
+        ``grace`` and ``retries`` apply to every job (see :meth:`Client.submit`).
+        """
         from actors._private import PrivateDaemon
 
+        del mp_context  # accepted for ProcessPoolExecutor code; the daemon's workers are its processes
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError(f"max_tasks_per_child must be >= 1, got {max_tasks_per_child}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        init_path = path_of(initializer) if initializer is not None else ""
         daemon = daemon or name
         self._private: PrivateDaemon | None = None
         self._cap = max_workers
@@ -422,21 +463,43 @@ class Executor(concurrent.futures.Executor):
         self._cancels: list[Future[Any]] = []  # Cancel requests for cancelled futures, sent before closing
         self._lock = threading.Lock()
         self._shutdown = False
+        self._broken = ""  # why the pool is broken (its initializer raised); submits then raise BrokenProcessPool
+        self._setup: WorkerSetup | None = None
+        if init_path or max_tasks_per_child:
+            exact = self._exact and not any(is_ndarray(v) for v in initargs)
+            self._setup = WorkerSetup(
+                os.urandom(8).hex(), init_path,
+                [pickle.dumps(tuple(initargs), protocol=pickle.HIGHEST_PROTOCOL)] if exact else list(initargs),
+                exact, max_tasks_per_child or 0)
         self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
+
+    def _check_open(self) -> None:
+        """Raise as ``ProcessPoolExecutor`` does for a broken pool (a failed initializer) or after shutdown."""
+        if self._broken:
+            from concurrent.futures.process import BrokenProcessPool
+
+            raise BrokenProcessPool(self._broken)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries, with_task=False,
-                         resources=self._resources)
+        self._check_open()
+        fn, args, kwargs = _unwrap(fn, args, kwargs)
+        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries, resources=self._resources)
+        if self._setup is not None:
+            spec = msgspec.structs.replace(spec, setup=self._setup)
         # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
         # yours); numpy arrays keep the MessagePack path, where big ones cross through shared memory
         pickled = self._exact and not any(is_ndarray(v) for v in (*args, *kwargs.values()))
-        if pickled:
-            spec = msgspec.structs.replace(spec, args=[pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)],
-                                           kwargs={}, pickled=True)
         fut: Future[Any] = Future()
+        if pickled:
+            try:
+                blob = dumps_arguments(spec.fn, args, kwargs)
+            except TypeError as exc:  # this job fails at once, as ProcessPoolExecutor's future would
+                fut.set_exception(exc)
+                return fut
+            spec = msgspec.structs.replace(spec, args=[blob], kwargs={}, pickled=True)
         early: list[JobInfo] = []
 
         def on_info(info: JobInfo) -> None:
@@ -447,6 +510,8 @@ class Executor(concurrent.futures.Executor):
                     early.append(info)
                     return
                 self._futures.pop(info.id, None)
+            if info.error_type == "BrokenProcessPool" and not self._broken:
+                self._broken = f"a worker's initializer failed: {info.error_message}"
             _complete(fut, info, pickled)
 
         def on_ids(ids_fut: Future[list[int]]) -> None:
@@ -532,14 +597,15 @@ class Executor(concurrent.futures.Executor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+        self._check_open()
         items = list(zip(*iterables))
-        if not self._exact or self._cap is not None or any(is_ndarray(v) for args in items for v in args):
+        if not self._exact or self._cap is not None or isinstance(fn, functools.partial) \
+                or any(is_ndarray(v) for args in items for v in args):
             return super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
         parts = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
-        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, with_task=False,
-                         resources=self._resources)
+        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
+        if self._setup is not None:  # the initializer and max_tasks_per_child hold for map's jobs too
+            spec = msgspec.structs.replace(spec, setup=self._setup)
         run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels)
         with self._lock:
             self._live.add(run.done)
@@ -596,7 +662,14 @@ def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
     if not _start(fut):
         return
     if pickled and isinstance(info.result, bytes) and info.state in ("done", "failed"):
-        value = pickle.loads(info.result)  # from our own user's job, through our own daemon
+        try:
+            value = pickle.loads(info.result)  # from our own user's job, through our own daemon
+        except Exception as exc:  # noqa: BLE001 - e.g. a class whose constructor wants other arguments
+            what = "return value" if info.state == "done" else f"exception ({info.error_type})"
+            fut.set_exception(RemoteError(
+                "TypeError", f"job {info.id} ({info.fn}): its {what} came back but cannot be rebuilt here: "
+                f"{type(exc).__name__}: {exc}", info.traceback))
+            return
         if info.state == "done":
             fut.set_result(value)
             return

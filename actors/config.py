@@ -1,15 +1,20 @@
 """One typed configuration object: TOML file, then ``ENSEMBLE_*`` environment, then flags.
 
-Precedence, lowest first: built-in defaults, the TOML file (``--config FILE`` or
-``$ENSEMBLE_CONFIG``), environment variables named ``ENSEMBLE_<SECTION>_<KEY>``
-(for example ``ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT=2``; the daemon section's
-keys also answer to ``ENSEMBLE_<KEY>``, e.g. ``ENSEMBLE_NAME``), then flags given
-on the command line.  :func:`load_config` returns a frozen :class:`Config`.
+Precedence, lowest first: built-in defaults, the TOML file (``--config FILE``,
+``$ENSEMBLE_CONFIG``, else ``$XDG_CONFIG_HOME/ensemble/config.toml`` when it
+exists, ``~/.config`` when ``XDG_CONFIG_HOME`` is unset), environment variables
+named ``ENSEMBLE_<SECTION>_<KEY>`` (for example
+``ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT=2``; the daemon section's keys also
+answer to ``ENSEMBLE_<KEY>``, e.g. ``ENSEMBLE_NAME``), then flags given on the
+command line.  :func:`load_config` returns a frozen :class:`Config`.  An
+``ENSEMBLE_*`` variable that names no setting, and is none of
+:data:`OTHER_VARIABLES`, is an error, as an unknown TOML key is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -28,6 +33,19 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Local clients are trusted as the daemon's user and are not bound by it; see actors/_jobfn.py.
 DEFAULT_ALLOW = ("examples.jobs:noop", "examples.jobs:echo", "examples.jobs:add", "examples.jobs:countdown",
                  "examples.jobs:fail")
+
+
+# Every ENSEMBLE_* variable that is not a setting, with who sets or reads it: the one list (a test keeps it whole).
+OTHER_VARIABLES: Mapping[str, str] = {
+    "ENSEMBLE_CONFIG": "the config file (as --config)",
+    "ENSEMBLE_INTERNAL_TOKEN": "set by the supervisor for the children that may submit internal jobs (controller)",
+    "ENSEMBLE_DAEMON": "deploy/systemd: the daemon endpoint a remote worker unit connects to",
+    "ENSEMBLE_PANEL": "set by `ensemble up --panel` for the daemon: start the control panel at HOST:PORT",
+    "ENSEMBLE_TEST_CRASH_ROLE": "tests: a child of this role exits at start (restart-intensity tests)",
+    "ENSEMBLE_FULL": "tests: run the reliability suite at full size",
+    "ENSEMBLE_FIGURES": "tests: append the reliability suite's figures to this file",
+    "ENSEMBLE_PANEL_SCREENSHOTS": "tests: the browser tests save the panel's screenshots here",
+}
 
 
 @dataclass(frozen=True)
@@ -309,17 +327,39 @@ def _validate_cluster(cfg: Config) -> None:
         raise ConfigError(f"cluster.connect {c.connect!r} must be a tcp:// endpoint")
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _env_names() -> dict[str, tuple[str, str]]:
+    """Every environment variable naming a setting: ``{variable: (section, key)}``."""
+    names: dict[str, tuple[str, str]] = {}
     for section, cls in _SECTIONS.items():
         for key in typing.get_type_hints(cls):
-            names = [f"ENSEMBLE_{section.upper()}_{key.upper()}"]
+            names[f"ENSEMBLE_{section.upper()}_{key.upper()}"] = (section, key)
             if section == "daemon":
-                names.append(f"ENSEMBLE_{key.upper()}")
-            for var in names:
-                if var in env:
-                    out.setdefault(section, {})[key] = env[var]
+                names[f"ENSEMBLE_{key.upper()}"] = (section, key)
+    return names
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The settings ``ENSEMBLE_*`` variables give; ConfigError for one that names no setting (a typo)."""
+    names = _env_names()
+    out: dict[str, dict[str, Any]] = {}
+    for var, value in env.items():
+        if not var.startswith("ENSEMBLE_") or var in OTHER_VARIABLES:
+            continue
+        if var not in names:
+            near = difflib.get_close_matches(var, [*names, *OTHER_VARIABLES], n=1)
+            raise ConfigError(f"environment variable {var} names no setting"
+                              + (f"; did you mean {near[0]}?" if near else "")
+                              + " (a setting is ENSEMBLE_<SECTION>_<KEY>, a [daemon] key also ENSEMBLE_<KEY>); "
+                              "unset it or fix its name")
+        section, key = names[var]
+        out.setdefault(section, {})[key] = value
     return out
+
+
+def default_config_file(env: Mapping[str, str]) -> Path:
+    """``$XDG_CONFIG_HOME/ensemble/config.toml`` (``~/.config/ensemble/config.toml`` when it is unset)."""
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "ensemble" / "config.toml"
 
 
 def load_config(
@@ -336,6 +376,8 @@ def load_config(
     env = os.environ if env is None else env
     merged: dict[str, dict[str, Any]] = {}
     path = path or env.get("ENSEMBLE_CONFIG") or None
+    if path is None and default_config_file(env).is_file():
+        path = default_config_file(env)
     if path:
         p = Path(path)
         try:

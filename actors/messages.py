@@ -166,6 +166,23 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
     """Base of the values that travel inside messages (packed as a list of fields)."""
 
 
+class WorkerSetup(Record, frozen=True):
+    """What an :class:`~actors.client.Executor` asks of each worker its jobs run on (``ProcessPoolExecutor`` parity).
+
+    ``key`` names the executor (a worker may serve several): ``initializer``
+    (a job path, "" = none) runs with ``initargs`` before the first job of that
+    key on a worker; after ``max_tasks`` jobs of that key (0 = no limit) the
+    worker retires and is replaced.  ``pickled``: ``initargs`` is ``[pickle of
+    the tuple]`` (a local client's exact values, as for :attr:`JobSpec.pickled`).
+    """
+
+    key: str
+    initializer: str = ""
+    initargs: list[Any] = field(default_factory=list)
+    pickled: bool = False
+    max_tasks: Int64 = 0
+
+
 class JobSpec(Record, frozen=True):
     """One job as a client submits it."""
 
@@ -177,9 +194,10 @@ class JobSpec(Record, frozen=True):
     timeout_ms: Int64 = 500
     deadline: float = 0.0  # seconds after start; 0 = none
     retries: Int64 = 0
-    with_task: bool = True  # pass the task handle as the first argument
+    with_task: bool = True  # internal jobs only (a script's task gets its handle first); client jobs: the signature decides
     pickled: bool = False  # args is [pickle of (args, kwargs)]: a local client's exact values (never from tcp)
     resources: dict[str, float] = field(default_factory=dict)  # what its worker's slot must offer ({"GPU": 1})
+    setup: WorkerSetup | None = None  # an Executor's initializer and max_tasks_per_child
 
 
 class JobInfo(Record, frozen=True):
@@ -252,6 +270,7 @@ class Dispatch(Record, frozen=True):
     cwd: str = ""  # the local client's working directory ("" = the worker's own)
     path: list[str] = field(default_factory=list)  # the local client's import path, searched first
     pickled: bool = False  # see JobSpec.pickled: the result (or the exception) goes back pickled too
+    setup: WorkerSetup | None = None  # see JobSpec.setup
 
 
 class JobDone(Record, frozen=True):

@@ -10,6 +10,7 @@ thread's ``pending`` deque, so an abort of one of them answers at once.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import pickle
 import itertools
@@ -19,19 +20,20 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import zmq
 
 from actors._child import Child, child_main
+from actors._exact import dumps
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._map import MapChunk
 from actors._rundir import RunDir, StartedLog
 from actors._arrays import WorkerArrays
 from actors._errors import ProtocolError
-from actors._jobfn import resolve, resolve_internal
+from actors._jobfn import resolve, resolve_internal, takes_task
 from actors._task import Task, activate, deactivate
 from actors.messages import (
     AbortJob,
@@ -46,12 +48,14 @@ from actors.messages import (
     RunJobs,
     VoicesDone,
     VoicesOp,
+    WorkerSetup,
     decode,
     encode,
 )
 
 log = logging.getLogger("ensemble.worker")
 _VOICES_TIMEOUT = 10.0  # seconds to wait for the processor to fall silent
+_RETIRE_WAIT = 5.0  # seconds a retiring worker waits for the supervisor's Stop before it leaves anyway
 
 
 class Worker(Child):
@@ -85,6 +89,8 @@ class Worker(Child):
             self._started = StartedLog(RunDir(cfg.run_dir).started_file(name))
         self.code = UserCode()
         self.retire_reason = ""
+        self.retiring_since = 0.0  # monotonic time the job thread left to retire; the supervisor's Stop ends us
+        self.setups: dict[str, int] = {}  # Executor key -> its jobs run here, once its initializer ran (job thread)
         self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
         self.thread.start()
 
@@ -144,10 +150,8 @@ class Worker(Child):
                 break
             if frame == b"v":
                 voices += 1
-            elif frame == b"x":  # the job thread left: code changed on disk
-                self.send(Retiring(self.retire_reason))
-                self.exit_code = RETIRE_CODE
-                self._request_stop("code changed")
+            elif frame == b"x":  # the job thread left: code changed on disk, or an Executor's max_tasks_per_child
+                self.retiring_since = time.monotonic()
         for _ in range(voices):
             self.send(self.voice_requests.get_nowait())
         self._wake_sent = False  # before draining: a result queued after this wakes us again
@@ -167,8 +171,15 @@ class Worker(Child):
             self.done_count += 1
         if done:
             self.send(JobsDone(done))
+        if self.retiring_since and not self.exit_code:
+            # after its last results: the supervisor reads those, then answers Retiring with Stop, so the
+            # exit never races them (a job that returned would otherwise count as lost with its worker)
+            self.send(Retiring(self.retire_reason))
+            self.exit_code = RETIRE_CODE
 
     def tick(self, now: float) -> None:
+        if self.retiring_since and time.monotonic() - self.retiring_since > _RETIRE_WAIT:
+            self._request_stop(self.retire_reason)  # no Stop came (a remote worker's daemon sends none)
         cur = self.current
         if cur is None:
             return
@@ -238,7 +249,7 @@ class Worker(Child):
                 self.code.enter(d.cwd)
             if self._started is not None:
                 self._started.record(d.job_id)
-            done = _sendable(_run_one(d, task, self.arrays), self.cfg.daemon.max_frame)
+            done = _sendable(_run_one(d, task, self.arrays, self._set_up), self.cfg.daemon.max_frame)
             if d.cwd:
                 self.code.note_imports()
             with self._work:
@@ -247,6 +258,33 @@ class Worker(Child):
             if not self._wake_sent:
                 self._wake_sent = True
                 self.results_out.send(b"r")
+            if d.setup is not None and self._served(d.setup):
+                self.retire_reason = f"ran max_tasks_per_child={d.setup.max_tasks} jobs of one executor"
+                self.results_out.send(b"x")
+                return
+
+    def _set_up(self, setup: WorkerSetup) -> None:
+        """Run an Executor's initializer before its first job here (job thread); raise BrokenProcessPool if it fails."""
+        if setup.key in self.setups:
+            return
+        if setup.initializer:
+            init = resolve(setup.initializer)
+            args = pickle.loads(setup.initargs[0]) if setup.pickled else setup.initargs
+            try:
+                init(*args)
+            except BaseException as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the pool is broken
+                from concurrent.futures.process import BrokenProcessPool
+
+                raise BrokenProcessPool(f"the executor's initializer {setup.initializer} raised "
+                                        f"{type(exc).__name__}: {exc}") from exc
+        self.setups[setup.key] = 0
+
+    def _served(self, setup: WorkerSetup) -> bool:
+        """Count one more job of an Executor; whether this worker has now run its ``max_tasks`` (job thread)."""
+        if setup.key not in self.setups:  # its initializer failed: the job never ran
+            return False
+        self.setups[setup.key] += 1
+        return 0 < setup.max_tasks <= self.setups[setup.key]
 
 
 def _pickled_error(exc: BaseException) -> bytes | None:
@@ -259,23 +297,29 @@ def _pickled_error(exc: BaseException) -> bytes | None:
         return None
 
 
-def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays) -> JobDone:
+def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
+             set_up: Callable[[WorkerSetup], None] | None = None) -> JobDone:
     token = activate(task)
     started = task.started
     mapped: list[Any] = []
     try:
+        if d.setup is not None and set_up is not None:
+            set_up(d.setup)
         fn = resolve_internal(d.fn) if d.internal else resolve(d.fn)
         if d.pickled:  # a local client's exact values (its own user: pickle is trusted here, never in the daemon)
             payload = pickle.loads(d.args[0])
         else:
             payload = arrays.import_args(d.args, mapped), arrays.import_args(d.kwargs, mapped)
+        # one calling convention for every entry point, read from the signature; internal jobs
+        # (a script's background task) keep the seed's fn(task) form
+        with_task = d.with_task if d.internal else takes_task(fn)
         value: Any
         if type(payload) is MapChunk:  # Executor.map: fn over each item of the chunk
-            value = payload.run(fn)
+            value = payload.run(functools.partial(fn, task) if with_task else fn)
         else:
             args, kwargs = payload
-            value = fn(task, *args, **kwargs) if d.with_task else fn(*args, **kwargs)
-        value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if d.pickled else arrays.export_result(value)
+            value = fn(task, *args, **kwargs) if with_task else fn(*args, **kwargs)
+        value = dumps(value, "the job's result") if d.pickled else arrays.export_result(value)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,
                        aborted=task.aborted, started=started)

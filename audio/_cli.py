@@ -40,7 +40,8 @@ def sample() -> None:
 
 @sample.command("load")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--name", "sample_name", default=None, help="Name in the registry (default: the file name).")
+@click.option("--sample-name", "sample_name", default=None,
+              help="Name in the registry (default: the file name; --name is the daemon's, as everywhere).")
 @click.option("--root-key", default=60, type=click.IntRange(0, 127), show_default=True)
 @click.pass_context
 def sample_load(ctx: click.Context, path: str, sample_name: str | None, root_key: int) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from actors.cli import client_of, fail, parse_arg
-from controller.client import Client
+from controller.client import Client, ScriptLoadError
 
 
 def register(main: click.Group) -> None:
@@ -51,23 +51,34 @@ def render(script: str | None, midi: str | None, sample: str | None, seconds: fl
 
 
 
+_WAIT_HELP = "Seconds to wait for the controller to load it (0: return once the daemon accepted the request)."
+
+
 @click.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0), help=_WAIT_HELP)
 @click.pass_context
-def load(ctx: click.Context, path: str) -> None:
-    """Load an instrument script (controller first, then the processor)."""
+def load(ctx: click.Context, path: str, timeout: float) -> None:
+    """Load an instrument script (controller first, then the processor); exit 1 with its error if it fails."""
     with client_of(ctx, Client) as c:
-        c.load_script(path)
-    click.echo(f"loading {Path(path).resolve()}")
+        try:
+            c.load_script(path, wait=timeout or None)
+        except ScriptLoadError as exc:
+            fail(str(exc))
+    click.echo(f"{'loaded' if timeout else 'loading'} {Path(path).resolve()}")
 
 
 @click.command()
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0), help=_WAIT_HELP)
 @click.pass_context
-def reload(ctx: click.Context) -> None:
+def reload(ctx: click.Context, timeout: float) -> None:
     """Reload the script: pending callbacks discarded, background tasks aborted, parameters kept."""
     with client_of(ctx, Client) as c:
-        c.reload_script()
-    click.echo("reloading")
+        try:
+            c.reload_script(wait=timeout or None)
+        except ScriptLoadError as exc:
+            fail(str(exc))
+    click.echo("reloaded" if timeout else "reloading")
 
 
 @click.group()

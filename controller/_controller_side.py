@@ -180,12 +180,16 @@ class ControllerScript:
             except BaseException as e:  # noqa: BLE001
                 exc = e
 
-    def _report(self, name: str, exc: BaseException) -> None:
+    def _report(self, name: str, exc: BaseException, loading: str = "") -> None:
+        """Send a script error to the supervisor; ``loading``: the file whose module code failed (kind load-failed)."""
         self.errors += 1
         kind = "overrun" if isinstance(exc, ScriptTimeout) else "wrong-context" if isinstance(exc, WrongContextError) else "error"
-        file = getattr(self.module, "__file__", "") or ""
+        kind = "load-failed" if loading else kind
+        file = loading or getattr(self.module, "__file__", "") or ""
         tb = traceback.extract_tb(exc.__traceback__)
         loc = next((f"{f.filename}:{f.lineno} in {f.name}" for f in reversed(tb) if f.filename == file), "")
+        if isinstance(exc, SyntaxError) and exc.filename:  # where the parser stopped, not where it was called
+            loc = f"{exc.filename}:{exc.lineno}"
         if kind == "overrun":
             text = f"{name} ran past the controller's budget of {self.budget_s * 1000:.0f} ms and was stopped"
         else:
@@ -220,7 +224,7 @@ class ControllerScript:
             self.module = load_module(path)
         except BaseException as exc:  # noqa: BLE001
             self.module = None
-            self._report("module code", exc)
+            self._report("module code", exc, loading=str(Path(path).resolve()))
             return
         finally:
             _context._loading["active"] = False

@@ -40,6 +40,8 @@ class ScriptExtension(Extension):
         self.script_ready = False  # the controller ran module code, parameters and on_load
         self.params: dict[str, ParamInfo] = {}
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
+        # the latest load: [its number, "loading" | "ready" | "failed", the error]; `ensemble load` waits on it
+        self.load_state: list[Any] = [0, "", ""]
         self.ui = UiState([])  # the script's UI elements as the controller last sent them
 
     def requests(self) -> dict[type, Any]:
@@ -56,8 +58,12 @@ class ScriptExtension(Extension):
             self.host.send_child(slot, ParamValues(list(self.params.values())))
         elif slot.role == "controller" and self.script_path:
             self.script_ready = False
+            self._loading()
             self.ui = UiState([], self.ui.version + 1)  # a new controller: its elements come with the script
             self.host.send_child(slot, ScriptLoad(self.script_path))
+
+    def _loading(self) -> None:
+        self.load_state = [self.load_state[0] + 1, "loading", ""]
 
     def check_task(self, spec: JobSpec) -> bool:
         """Script tasks name the loaded script's functions; the two internal helpers are ours."""
@@ -75,6 +81,8 @@ class ScriptExtension(Extension):
             counters["script"] = self.script_path
         if self.errors:
             counters["script_errors_recent"] = list(self.errors)
+        if self.load_state[0]:
+            counters["script_load"] = list(self.load_state)
 
     # -- requests
     def _load(self, corr: int, msg: ScriptLoad) -> Message:
@@ -94,9 +102,10 @@ class ScriptExtension(Extension):
             raise DaemonError("the controller is not running; see `ensemble status`")
         self.script_path = str(path.resolve())
         self.script_ready = False
+        self._loading()
         self.host.send_child(controller, ScriptLoad(self.script_path, msg.reload))
-        log.info("event=script-load path=%s reload=%s", self.script_path, msg.reload)
-        return Ack(f"loading {self.script_path}")
+        log.info("event=script-load path=%s reload=%s load=%d", self.script_path, msg.reload, self.load_state[0])
+        return Ack(f"loading {self.script_path} (load {self.load_state[0]})")
 
     def _param_set(self, corr: int, msg: ParamSet) -> Message:
         if msg.name not in self.params:
@@ -157,6 +166,8 @@ class ScriptExtension(Extension):
         proc, ctl = self.host.child("processor"), self.host.child("controller")
         if isinstance(msg, ScriptReady):
             self.script_ready = True
+            if self.load_state[1] == "loading":
+                self.load_state[1] = "ready"
             if proc is not None:
                 self.host.send_child(proc, ScriptLoad(msg.path))
         elif isinstance(msg, (RunSync, RunAsyncResult)):
@@ -176,6 +187,8 @@ class ScriptExtension(Extension):
                 self.host.send_child(ctl, msg)
         elif isinstance(msg, ScriptError):
             text = f"{msg.context} {msg.kind}: {msg.message}" + (f" ({msg.location})" if msg.location else "")
+            if msg.kind == "load-failed" and self.load_state[1] == "loading":
+                self.load_state[1:] = ["failed", f"{msg.message}" + (f" ({msg.location})" if msg.location else "")]
             self.errors.append(text)
             self.host.counters["script_errors"] += 1
             slot.detail = text[:600]

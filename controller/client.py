@@ -7,22 +7,58 @@ calls the controller answers; it is the one ``ensemble.Client`` names.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import audio.client
+from actors import EnsembleError, WaitTimeout
 from controller.messages import ParamBind, ParamInfo, ParamList, ParamSet, ScriptLoad, UiEvent, UiList, UiState
+
+
+class ScriptLoadError(EnsembleError):
+    """A script did not load: its module code raised (the message says what, with file and line)."""
 
 
 class Client(audio.client.Client):
     """An :class:`audio.Client` that also loads instrument scripts and reads and sets their parameters."""
 
-    def load_script(self, path: str, reload: bool = False) -> None:
-        """Load an instrument script in the controller, then the processor (HALion's init order)."""
-        self._call(ScriptLoad(os.path.abspath(path) if path else "", reload))
+    def load_script(self, path: str, reload: bool = False, wait: float | None = None) -> None:
+        """Load an instrument script in the controller, then the processor (HALion's init order).
 
-    def reload_script(self) -> None:
-        """Reload the current script: pending callbacks are discarded, its tasks aborted, parameters kept."""
-        self._call(ScriptLoad("", True))
+        Returns once the daemon accepted the request; with ``wait`` (seconds),
+        only once the controller ran the script's module code, parameters and
+        ``on_load``.  Then raises :class:`ScriptLoadError` if the module code
+        raised (a ``SyntaxError``: the message names file and line), and
+        :class:`WaitTimeout` if ``wait`` seconds pass first.  Blocks the caller.
+        """
+        before = self._load_state()[0] if wait is not None else 0
+        self._call(ScriptLoad(os.path.abspath(path) if path else "", reload))
+        if wait is not None:
+            self._wait_loaded(before, path, wait)
+
+    def reload_script(self, wait: float | None = None) -> None:
+        """Reload the current script: pending callbacks are discarded, its tasks aborted, parameters kept.
+
+        ``wait`` as for :meth:`load_script`.
+        """
+        self.load_script("", True, wait)
+
+    def _load_state(self) -> list[Any]:
+        """``[number of the latest load, "loading" | "ready" | "failed", its error]`` as the daemon reports it."""
+        return list(self.status().daemon.counters.get("script_load", [0, "", ""]))
+
+    def _wait_loaded(self, before: int, path: str, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            number, state, error = self._load_state()
+            if number > before and state == "ready":
+                return
+            if number > before and state == "failed":
+                raise ScriptLoadError(f"script {path or '(reload)'} did not load: {error}")
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"script {path or '(reload)'} was not loaded within {wait:g}s (still {state or 'queued'}); "
+                                  "see `ensemble status` and the daemon log")
+            time.sleep(0.05)
 
     def params(self) -> list[ParamInfo]:
         """The loaded script's parameters with their current values."""

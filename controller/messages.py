@@ -54,7 +54,7 @@ class ScriptError(Message, tag=ScriptKind.SCRIPT_ERROR.value, frozen=True):
     """A script raised, used a function in the wrong context, or overran its budget."""
 
     context: str
-    kind: str  # error | wrong-context | overrun | stopped
+    kind: str  # error | wrong-context | overrun | stopped | load-failed (module code raised: the script is not loaded)
     message: str
     location: str = ""
 

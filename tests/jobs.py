@@ -302,6 +302,49 @@ def object_result(task: Task) -> object:
     return object()
 
 
+# -- one calling convention, ProcessPoolExecutor parity (tests/actors/test_executor_compat.py)
+_INITIALISED: list[Any] = []  # what this executor's initializer set in this worker
+
+
+def convention_plain(x: int) -> list[Any]:
+    """No task parameter: called with the arguments alone; the handle through current_task()."""
+    from actors import current_task
+
+    return ["plain", current_task().job_id > 0, x]
+
+
+def convention_named(task: Any, x: int) -> list[Any]:
+    """A first parameter named ``task``: receives the handle first, from every entry point."""
+    return ["named", task.job_id > 0, x]
+
+
+def convention_annotated(handle: Task, x: int) -> list[Any]:
+    """A first parameter annotated ``Task``: receives the handle first."""
+    return ["annotated", handle.job_id > 0, x]
+
+
+def init_worker(marker_dir: str, tag: Any) -> None:
+    """An Executor initializer: note this worker's pid in ``marker_dir`` and keep ``tag`` for its jobs."""
+    with open(os.path.join(marker_dir, f"{os.getpid()}-{os.urandom(4).hex()}"), "w") as f:
+        f.write(str(tag))
+    _INITIALISED[:] = [tag]
+
+
+def initialised(x: Any) -> list[Any]:
+    """``[worker pid, what the initializer set, x]``."""
+    return [os.getpid(), list(_INITIALISED), x]
+
+
+def init_fails(message: str) -> None:
+    """An initializer that raises."""
+    raise ValueError(message)
+
+
+def plain_pid(x: Any = None) -> int:
+    """The worker's pid (no task parameter)."""
+    return os.getpid()
+
+
 def plain_divmod(a: int, b: int) -> tuple[int, int]:
     """A plain function of two arguments (Executor.map over two iterables)."""
     return divmod(a, b)

@@ -19,7 +19,8 @@ from actors._errors import (
 from actors._jobfn import check_allowed, check_name
 from actors.messages import (
     Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message, Ping,
-    Pong, Recalled, Retiring, Scale, Shutdown, Status, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode, peek_corr,
+    Pong, Recalled, Retiring, Scale, Shutdown, Status, Stop, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode,
+    peek_corr,
 )
 from actors._resources import check as check_resources
 from actors.supervisor import _dispatch as plan
@@ -46,6 +47,18 @@ def _with(idents: tuple[bytes, ...] | None, ident: bytes) -> tuple[bytes, ...]:
         return (ident,)
     return idents if ident in idents else (*idents, ident)
 
+
+
+def _check_setup(spec: JobSpec, remote: bool, allow: Any) -> None:
+    """An Executor's worker setup: its initializer named by the same rules as a job function."""
+    setup = spec.setup
+    assert setup is not None
+    if setup.initializer:
+        check_allowed(setup.initializer, allow) if remote else check_name(setup.initializer)
+    if remote and setup.pickled:
+        raise JobRefused(f"job {spec.fn}: pickled initargs are accepted only from local clients")
+    if setup.max_tasks < 0 or len(setup.key) > 64:
+        raise JobRefused(f"job {spec.fn}: max_tasks must be >= 0 and the setup key at most 64 characters")
 
 
 class RequestsMixin(State):
@@ -131,6 +144,8 @@ class RequestsMixin(State):
             if remote and spec.pickled:
                 raise JobRefused(f"job {spec.fn}: pickled arguments are accepted only from local clients; "
                                  "a remote peer sends MessagePack values")
+            if spec.setup is not None:
+                _check_setup(spec, remote, self.allow)
         context = (msg.cwd, list(msg.path)) if not remote else ("", [])  # a remote peer's paths mean nothing here
         return self._accept(ident, corr, msg.jobs, msg.watch, internal=False, context=context)
 
@@ -308,6 +323,7 @@ class RequestsMixin(State):
                 slot.ready = False
                 slot.expected_exit = True
                 log.info("event=worker-retiring name=%s reason=%s", slot.name, msg.reason)
+                self._send_child(slot, Stop("retiring"))  # its results came first: now it may exit
             elif isinstance(msg, Hello):
                 slot.ready = True
                 slot.state = "running"

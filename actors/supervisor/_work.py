@@ -177,7 +177,7 @@ class WorkMixin(State):
                 elif path:
                     slot.path_sent = path
                 batch.append(Dispatch(job.id, s.fn, args, kwargs, job.timeout_ms, job.attempts + 1, s.with_task,
-                                      job.internal, cwd, path, s.pickled))
+                                      job.internal, cwd, path, s.pickled, s.setup))
             if not batch:
                 continue
             if not self._send_batch(slot, batch, sent, now):

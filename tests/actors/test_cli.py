@@ -75,7 +75,7 @@ def test_submit_wait_reads_arguments_as_json_where_they_parse(module_daemon: Dae
 
 
 def test_submit_options_reach_the_job(module_daemon: Daemon) -> None:
-    job_id = int(module_daemon.cli("submit", "examples.jobs:add", "1", "1", "--name", "named", "--priority", "3",
+    job_id = int(module_daemon.cli("submit", "examples.jobs:add", "1", "1", "--job-name", "named", "--priority", "3",
                                    "--retries", "2").stdout)
     info = module_daemon.client().job(job_id).wait(30)
     assert (info.name, info.priority, info.result) == ("named", 3, 2)

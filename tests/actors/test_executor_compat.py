@@ -1,0 +1,275 @@
+"""The Executor as a drop-in for ProcessPoolExecutor, and one calling convention for every entry point."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import json
+import subprocess
+import sys
+import textwrap
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors import JobRefused
+from actors.client import Client, Executor
+from tests import jobs
+from tests.conftest import ROOT, Daemon
+
+
+# -- one calling convention
+@pytest.mark.parametrize("fn", ["convention_plain", "convention_named", "convention_annotated"])
+def test_the_same_function_runs_alike_from_every_entry_point(module_daemon: Daemon, fn: str) -> None:
+    func = getattr(jobs, fn)
+    kind = fn.removeprefix("convention_")
+    with Executor(config=module_daemon.config) as ex:
+        assert ex.submit(func, 3).result(60) == [kind, True, 3]
+    with Client(config=module_daemon.config) as c:
+        assert c.submit(func, 4).result(60) == [kind, True, 4]
+        assert c.submit(f"tests.jobs:{fn}", 5).result(60) == [kind, True, 5]
+    out = module_daemon.cli("submit", f"tests.jobs:{fn}", "6", "--wait")
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [kind, True, 6]
+
+
+def test_example_jobs_keep_their_task_first_form(module_daemon: Daemon) -> None:
+    from examples import jobs as examples
+
+    with Executor(config=module_daemon.config) as ex:
+        assert ex.submit(examples.add, 2, 3).result(60) == 5
+    with Client(config=module_daemon.config) as c:
+        assert c.submit("examples.jobs:add", 2, 3).result(60) == 5
+
+
+def test_pure_builtins_and_partials_run_and_the_rest_of_builtins_stays_refused(module_daemon: Daemon) -> None:
+    with Executor(config=module_daemon.config) as ex:
+        assert ex.submit(pow, 2, 10).result(60) == 1024
+        assert list(ex.map(divmod, [7, 9, 100], [2, 4, 7], timeout=60)) == [(3, 1), (2, 1), (14, 2)]
+        assert ex.submit(sorted, {3, 1, 2}).result(60) == [1, 2, 3]
+        assert list(ex.map(functools.partial(divmod, 100), [3, 7], timeout=60)) == [(33, 1), (14, 2)]
+        assert ex.submit(functools.partial(jobs.convention_named, x=8)).result(60) == ["named", True, 8]
+        with pytest.raises(JobRefused, match="builtins"):
+            ex.submit(eval, "1 + 1").result(60)
+    with Client(config=module_daemon.config) as c:
+        assert c.submit(pow, 3, 4).result(60) == 81
+        assert c.submit(functools.partial(pow, 2), 5).result(60) == 32  # a partial travels as its function
+        with pytest.raises(JobRefused):
+            c.submit("builtins:exec", "print(1)")
+
+
+# -- ProcessPoolExecutor's constructor
+def test_the_initializer_runs_once_per_worker_and_executor_before_its_first_job(
+        module_daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))  # no daemon there: a private one, 2 workers
+    with Executor(2, None, jobs.init_worker, (str(first), ("one", 1))) as ex:
+        assert ex._private is not None
+        got = list(ex.map(jobs.initialised, range(40), timeout=60))
+    assert all(r[1] == [("one", 1)] for r in got)  # initargs cross exactly (a tuple stays a tuple)
+    pids = collections.Counter(p.name.split("-")[0] for p in first.iterdir())
+    assert set(pids) == {str(r[0]) for r in got} and set(pids.values()) == {1}  # once per worker that ran a job
+    with Executor(config=module_daemon.config, initializer=jobs.init_worker, initargs=(str(second), "two")) as ex:
+        assert ex.submit(jobs.initialised, 0).result(60)[1] == ["two"]  # a worker that served another executor
+    assert len(list(second.iterdir())) == 1
+
+
+def test_a_failing_initializer_breaks_the_pool_as_in_processpoolexecutor(module_daemon: Daemon) -> None:
+    with Executor(config=module_daemon.config, initializer=jobs.init_fails, initargs=("no licence",)) as ex:
+        fut = ex.submit(jobs.square, 3)
+        with pytest.raises(BrokenProcessPool, match="no licence"):
+            fut.result(60)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(jobs.square, 4)
+
+
+def test_max_tasks_per_child_replaces_a_worker_after_that_many_jobs(module_daemon: Daemon) -> None:
+    before = {a.name: a.restarts for a in module_daemon.status().actors}
+    with Executor(config=module_daemon.config, max_tasks_per_child=2) as ex:
+        pids = [ex.submit(jobs.plain_pid).result(60) for _ in range(6)]  # one at a time
+        more = list(ex.map(jobs.plain_pid, range(20), timeout=60))
+    counts = collections.Counter(pids + more)
+    assert max(counts.values()) <= 2 and len(counts) >= 13
+    status = module_daemon.status()
+    assert all(a.state != "failed" for a in status.actors)
+    log = (module_daemon.base / "state" / "daemon.log").read_text()
+    assert "max_tasks_per_child=2" in log and "CRITICAL" not in log
+    assert {a.name for a in status.actors} >= set(before)
+
+
+def test_the_constructor_takes_processpoolexecutor_s_arguments_and_checks_them(module_daemon: Daemon) -> None:
+    import multiprocessing
+
+    cfg = module_daemon.config
+    with Executor(2, multiprocessing.get_context("spawn"), None, (), max_tasks_per_child=None, config=cfg) as ex:
+        assert ex.submit(jobs.square, 5).result(60) == 25
+    with pytest.raises(ValueError, match="max_tasks_per_child"):
+        Executor(max_tasks_per_child=0, config=cfg)
+    with pytest.raises(TypeError, match="initializer"):
+        Executor(initializer=42, config=cfg)  # type: ignore[arg-type]
+
+
+# -- shutdown and stderr
+_SHUTDOWN_SCRIPT = """
+    import concurrent.futures, sys
+    from actors.client import Executor
+    from tests import jobs
+
+    ex = Executor(max_workers=2)
+    futures = [ex.submit(jobs.plain_sleep, 0.2) for _ in range(60)]
+    futures[0].result(60)
+    ex.shutdown(wait=True, cancel_futures=True)
+    done, not_done = concurrent.futures.wait(futures, timeout=60)
+    cancelled = sum(f.cancelled() for f in futures)
+    assert not not_done and cancelled > 0, (len(not_done), cancelled)
+    try:
+        ex.submit(jobs.square, 1)
+    except RuntimeError:
+        pass
+    else:
+        sys.exit("submit after shutdown did not raise")
+
+    ex = Executor(max_workers=2)
+    futures = list(map(lambda x: ex.submit(jobs.plain_sleep, 0.1), range(20)))
+    for f in futures[5:]:
+        f.cancel()
+    ex.shutdown(wait=False, cancel_futures=True)
+    concurrent.futures.wait(futures, timeout=60)
+    with Executor(max_workers=2) as ex:
+        it = ex.map(jobs.plain_sleep, [0.05] * 40)
+        next(it)
+        ex.shutdown(wait=True, cancel_futures=True)
+    print("ok", cancelled)
+"""
+
+
+def test_shutdown_with_cancel_futures_leaves_nothing_on_stderr(module_daemon: Daemon) -> None:
+    env = dict(module_daemon.env, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_SHUTDOWN_SCRIPT)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")
+    assert out.stderr == "", out.stderr  # no "Future ... in unexpected state", no traceback, no log noise
+
+
+def test_as_completed_and_wait_see_cancelled_futures(module_daemon: Daemon) -> None:
+    with Executor(1, config=module_daemon.config) as ex:
+        futures = [ex.submit(jobs.plain_sleep, 0.05) for _ in range(10)]
+        for f in futures[3:]:
+            f.cancel()
+        done = list(concurrent.futures.as_completed(futures, timeout=60))
+    assert len(done) == 10 and all(f.done() for f in futures)
+
+
+# -- a new user's project, outside the repository, with no configuration at all
+_MYWORK = '''
+import dataclasses
+import threading
+
+
+def square(x):
+    return x * x
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+
+
+def echo(value):
+    return value
+
+
+def lock_inside():
+    return {"ok": 1, "lock": threading.Lock()}
+
+
+class Picky(Exception):
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+
+def picky():
+    return Picky(1)
+'''
+
+_MAIN = '''
+import collections, datetime, decimal, fractions, os, pathlib, sys, threading, uuid
+
+import mywork
+from ensemble import Executor, RemoteError
+
+with Executor() as ex:
+    print(ex._private.proc.pid, ex._private.dir)
+    assert list(ex.map(mywork.square, range(1000))) == [x * x for x in range(1000)]
+    values = [(1, 2), {1, 2}, frozenset({3}), {(1, 2): "t", 3: "i", None: 0}, 2 ** 100, 1 + 2j,
+              datetime.datetime(2026, 12, 3, 11, 0, 1, 5), datetime.date(2026, 1, 2), datetime.time(1, 2),
+              datetime.timedelta(days=3), decimal.Decimal("1.10"), uuid.UUID(int=7), pathlib.PurePosixPath("a/b"),
+              pathlib.Path("rel"), b"x", bytearray(b"y"), mywork.Point(1, 2), fractions.Fraction(1, 3),
+              collections.OrderedDict(a=1), collections.Counter("aab"), [1, (2, {3})], float("inf"), None, True]
+    for value in values:
+        got = ex.submit(mywork.echo, value).result(60)
+        assert got == value and type(got) is type(value), (value, got)
+    fut = ex.submit(mywork.echo, {"a": [1, (2, threading.Lock())]})
+    assert "args[0]['a'][1][1]" in str(fut.exception(0)) and "_thread.lock" in str(fut.exception(0))
+    err = ex.submit(mywork.lock_inside).exception(60)
+    assert isinstance(err, TypeError) and "result['lock']" in str(err) and "_thread.lock" in str(err), err
+    err = ex.submit(mywork.picky).exception(60)
+    assert isinstance(err, RemoteError) and "cannot be rebuilt" in str(err), err
+    source = open("mywork.py").read()
+    open("mywork.py", "w").write(source.replace("return x * x", "return -x"))
+    os.utime("mywork.py", ns=(1, 1))  # a different mtime even on a coarse clock
+    assert list(ex.map(mywork.square, range(1000))) == [-x for x in range(1000)]  # every one on the new code
+print("ok")
+'''
+
+
+def test_a_new_user_s_project_runs_with_no_setup_and_faithful_values(tmp_path: Path) -> None:
+    import os
+
+    from tests.conftest import pid_alive, wait_for
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mywork.py").write_text(_MYWORK)
+    (project / "main.py").write_text(_MAIN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_") and k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(ROOT), ENSEMBLE_NAME="nobody-home", ENSEMBLE_RUN_DIR=str(tmp_path / "run"))
+    out = subprocess.run([sys.executable, "main.py"], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    first, last = out.stdout.strip().splitlines()[0], out.stdout.strip().splitlines()[-1]
+    assert last == "ok" and out.stderr == ""
+    pid, where = int(first.split()[0]), Path(first.split()[1])
+    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
+    assert not where.exists()
+
+
+def test_an_executor_s_worker_setup_survives_the_journal() -> None:
+    from actors._jobs import pack_spec, unpack_job
+    from actors.messages import JobSpec, WorkerSetup
+
+    setup = WorkerSetup("k1", "tests.jobs:init_worker", [b"\x80\x05blob"], True, 3)
+    spec = JobSpec("tests.jobs:square", [2], {}, setup=setup)
+    assert unpack_job(pack_spec(spec, "", False, ("/tmp", ["/tmp"])))[0] == spec  # a restarted daemon still has it
+    plain = JobSpec("tests.jobs:square", [2])
+    assert unpack_job(pack_spec(plain))[0].setup is None
+
+
+def test_map_in_chunks_keeps_the_calling_convention_and_the_worker_setup(module_daemon: Daemon,
+                                                                         tmp_path: Path) -> None:
+    with Executor(config=module_daemon.config, initializer=jobs.init_worker, initargs=(str(tmp_path), "m"),
+                  max_tasks_per_child=3) as ex:
+        got = list(ex.map(jobs.initialised, range(30), chunksize=4, timeout=120))
+        named = list(ex.map(jobs.convention_named, range(6), chunksize=3, timeout=60))
+        partial = list(ex.map(functools.partial(divmod, 100), [3, 7], chunksize=2, timeout=60))
+    assert [r[2] for r in got] == list(range(30)) and all(r[1] == ["m"] for r in got)
+    assert max(collections.Counter(r[0] for r in got).values()) <= 3 * 4  # at most 3 chunk jobs per worker
+    assert named == [["named", True, x] for x in range(6)] and partial == [(33, 1), (14, 2)]

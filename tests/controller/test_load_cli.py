@@ -1,0 +1,31 @@
+"""``ensemble load`` waits for the controller: a script that does not load exits non-zero with its error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.client import ScriptLoadError
+from tests.conftest import Daemon
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_load_of_a_syntax_error_exits_non_zero_with_file_and_line(daemon: Daemon, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.py"
+    bad.write_text("from controller.script import *\n\ndef on_note(e)\n    pass\n")
+    out = daemon.cli("load", str(bad), check=False)
+    assert out.returncode == 1, out.stdout
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ensemble: error: script ")
+    assert "SyntaxError" in lines[0] and f"{bad.resolve()}:3" in lines[0]
+    good = ROOT / "examples" / "instruments" / "fade_all.py"
+    out = daemon.cli("load", str(good))
+    assert out.stdout.strip() == f"loaded {good.resolve()}"
+    assert daemon.cli("reload").stdout.strip() == "reloaded"
+    raising = tmp_path / "raising.py"
+    raising.write_text("x = 1\nraise RuntimeError('no licence')\n")
+    with pytest.raises(ScriptLoadError, match=rf"RuntimeError in module code: no licence \({raising.resolve()}:2"):
+        daemon.client().load_script(str(raising), wait=30)
+    assert daemon.cli("load", str(bad), "--timeout", "0").stdout.startswith("loading ")  # no wait: as before
