@@ -65,6 +65,7 @@ def _remote(d: Daemon) -> Any:
     return next((a for a in d.status().actors if a.name.startswith("remote:") and a.state == "running"), None)
 
 
+@pytest.mark.slow  # about 10 s: a network namespace and a remote worker killed mid-job
 def test_remote_worker_killed_mid_job_requeues_or_fails_by_retry_policy(make_daemon: Any, netns: tuple[str, str, str]) -> None:
     ns_a, ns_b, addr = netns
     endpoint = f"tcp://{addr}:7701"

@@ -151,6 +151,7 @@ def test_healthcheck_command_fails_without_a_daemon(short_tmp: Path) -> None:
     assert proc.returncode != 0
 
 
+@pytest.mark.slow  # the whole compose topology as processes, several seconds
 def test_compose_topology_runs_as_plain_processes(make_daemon: Any) -> None:
     """The compose services' settings and commands, run here without a container engine: a daemon with no
     local workers and CURVE tcp, keys made as the compose file's comment says, the two workers started with

@@ -51,6 +51,8 @@ import pytest
 from tests.conftest import ROOT, processes_mentioning, wait_for
 from tests.docs.guides import KNOWN, blocks, script
 
+pytestmark = pytest.mark.slow  # each guide followed end to end, about a minute in all: .ci/run runs them (-m slow)
+
 GUIDES = sorted((ROOT / "docs" / "guides").glob("*.md"))
 GUIDE_TIMEOUT = 120.0  # seconds for one whole guide: a hang guard, far above the normal run time
 # Fixed ports the operations guide uses (tcp endpoints, metrics); they must be free.

@@ -23,6 +23,8 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # a strict MkDocs build (.ci/run builds the site too)
+
 _NEEDED = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mkdocs_click")
 REFERENCES = {"actors": "reference/actors", "audio": "reference/audio", "controller.script": "reference/script"}
 

@@ -23,7 +23,7 @@ from actors.client import make_spec
 from tests.conftest import pid_alive, processes_mentioning, wait_for
 from tests.reliability.history import History, full, report
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # the fault-injection suite: .ci/run runs it (-m slow)
 
 
 def _running_workers(d: Any) -> list[Any]:

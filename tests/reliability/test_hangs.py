@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import pid_alive, wait_for
 from tests.reliability.history import report, zombies_of
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # the fault-injection suite: .ci/run runs it (-m slow)
 
 
 def test_a_child_crashing_on_start_is_spawned_at_most_limit_plus_one_times(make_daemon: Any) -> None:

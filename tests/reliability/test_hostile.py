@@ -18,7 +18,7 @@ from actors.messages import _REGISTRY, VERSION
 from tests.conftest import wait_for
 from tests.reliability.history import full, report
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # the fault-injection suite: .ci/run runs it (-m slow)
 N = 10_000 if full() else 600
 
 _values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats() | st.text(max_size=20)

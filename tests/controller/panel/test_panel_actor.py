@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable
 
 import aiohttp
+import pytest
 
 from tests.conftest import Daemon, wait_for
 from tests.controller.panel.conftest import EXAMPLES, Panel, kill_panel, loaded
@@ -143,6 +144,7 @@ def test_a_cli_job_appears_and_is_cancelled_from_the_page(shared_panel: Panel) -
                    what="the job cancelled")
 
 
+@pytest.mark.slow  # about 8 s; the browser test kills the panel too
 def test_killing_the_panel_changes_nothing_for_audio_and_jobs(panel: Panel) -> None:
     d = panel.daemon
     c = d.client()
