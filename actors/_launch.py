@@ -12,11 +12,14 @@ from actors._spawn import NEUTRAL_CWD, child_env, python_argv
 from actors.config import Config
 
 
-def start_daemon(cfg: Config, err_path: Path) -> subprocess.Popen[bytes]:
-    """``python -P -m actors.supervisor`` in a session of its own, in ``/``; its stderr goes to ``err_path``."""
+def start_daemon(cfg: Config, err_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``python -P -m actors.supervisor`` in a session of its own, in ``/``; its stderr goes to ``err_path``.
+
+    ``env``: variables added to the daemon's environment (a private daemon's owner).
+    """
     with open(err_path, "wb") as err:
         return subprocess.Popen(python_argv("actors.supervisor", cfg.to_json()), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=child_env(),
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=child_env(env),
                                 cwd=NEUTRAL_CWD)
 
 

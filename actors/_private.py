@@ -48,7 +48,10 @@ class PrivateDaemon:
 
     def _start(self, workers: int) -> None:
         err_path = self.dir / "daemon.err"
-        self.proc = start_daemon(self.config, err_path)
+        # the daemon watches its owner: if this process dies without stopping it (kill -9), it stops itself
+        # and removes this directory, so a killed program leaves no daemon, socket or segment behind
+        self.proc = start_daemon(self.config, err_path, {"ENSEMBLE_OWNER_PID": str(os.getpid()),
+                                                         "ENSEMBLE_PRIVATE_DIR": str(self.dir)})
         try:
             wait_ready(self.config, self.proc, _START_TIMEOUT, err_path)
         except DaemonError as exc:

@@ -28,6 +28,7 @@ import collections
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -170,6 +171,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.internal, zmq.POLLIN)
+        self._watch_owner()
         if self.cfg.daemon.tcp or self.cfg.daemon.client_tcp:
             self._bind_tcp()
         if self.cfg.daemon.metrics_port:
@@ -198,6 +200,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                         self._drain_control(sock)
                     elif sock is self.internal or sock is self.internal_tcp:
                         self._drain_internal(sock)
+                    elif self.owner_fd is not None and sock == self.owner_fd:
+                        self._owner_gone()
                     else:
                         slot = self.by_pidfd.get(sock)
                         if slot is not None:
@@ -230,6 +234,30 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         finally:
             self.close()
         return 0
+
+    def _watch_owner(self) -> None:
+        """A private daemon (``ENSEMBLE_OWNER_PID``) watches the process that owns it through a pidfd."""
+        self.owner_fd: int | None = None
+        self.owner_gone = False
+        owner = os.environ.get("ENSEMBLE_OWNER_PID")
+        if not owner:
+            return
+        try:
+            self.owner_fd = os.pidfd_open(int(owner))
+        except (OSError, ValueError):  # it is gone already
+            self.owner_gone = True
+            return
+        self.poller.register(self.owner_fd, zmq.POLLIN)
+
+    def _owner_gone(self) -> None:
+        """The owner of this private daemon exited without stopping it (killed, or it crashed): stop in order."""
+        if self.owner_fd is not None:
+            self.poller.unregister(self.owner_fd)
+            os.close(self.owner_fd)
+            self.owner_fd = None
+        self.owner_gone = True
+        log.warning("event=owner-gone detail=the process that owns this private daemon exited; stopping")
+        self.begin_stop("owner exited")
 
     def _poll_timeout_ms(self) -> int:
         longest = 0.05 if self.stopping_since else self.cfg.supervision.heartbeat_interval
@@ -374,7 +402,13 @@ def serve(cfg: Config, foreground: bool = False) -> int:
     except BaseException:
         sup.close()
         raise
-    return sup.run()
+    if sup.owner_gone:  # a private daemon whose owner died while it started
+        sup.begin_stop("owner exited")
+    code = sup.run()
+    private = os.environ.get("ENSEMBLE_PRIVATE_DIR")
+    if sup.owner_gone and private:  # nobody is left to remove a private daemon's directory: do it here
+        shutil.rmtree(private, ignore_errors=True)
+    return code
 
 
 def main() -> None:

@@ -67,3 +67,34 @@ def test_a_client_starts_a_private_daemon_only_when_asked(tmp_path: Path, monkey
         assert c.submit("tests.jobs:pid").result(60) in {a.pid for a in c.status().actors if a.role == "worker"}
     wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its client")
     assert not where.exists()
+
+
+def test_a_private_daemon_whose_owner_is_killed_stops_and_leaves_nothing(tmp_path: Path) -> None:
+    """kill -9 of the program that owns a private daemon: the daemon notices (pidfd), stops in order, removes its dir."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import os, sys, time; from actors.client import Executor; from tests import jobs\n"
+            "ex = Executor(2)\n"
+            "assert ex.submit(jobs.square, 3).result(60) == 9\n"
+            "print(ex._private.proc.pid, ex._private.dir, flush=True)\n"
+            "time.sleep(600)\n")
+    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
+           "PYTHONPATH": str(ROOT)}
+    owner = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pid_text, where = owner.stdout.readline().split()
+        daemon_pid = int(pid_text)
+        assert pid_alive(daemon_pid) and Path(where).is_dir()
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+        wait_for(lambda: not pid_alive(daemon_pid), 60, what="the private daemon to stop after its owner was killed")
+        wait_for(lambda: not Path(where).exists(), 30, what="the private daemon's directory to be removed")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(30)
