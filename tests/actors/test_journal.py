@@ -153,6 +153,7 @@ def test_queued_jobs_survive_an_orderly_restart(make_daemon: Make, tmp_path: Pat
     assert d.cli("result", str(ids[0])).stdout.strip() == "t0"
 
 
+@pytest.mark.slow  # a burst, kill -9 and a recovery: several seconds (the reliability suite covers more)
 def test_daemon_kill_9_in_a_submit_burst_loses_no_acknowledged_job(make_daemon: Make) -> None:
     d = make_daemon(workers=2)
     d.up()

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.jack
 NOWHERE = "none-such:nothing"  # a midi_in pattern that matches no port: connections come from `midi connect`
 
 
+@pytest.mark.slow  # several seconds: a daemon on JACK, ports listed and connected live
 def test_midi_list_and_connect_through_the_daemon(
     jack_server: None, make_daemon: Callable[..., Daemon], midi_source: MidiSource
 ) -> None:
@@ -78,6 +79,7 @@ def _scripted(make_daemon: Callable[..., Daemon], source: MidiSource, script: Pa
     return d
 
 
+@pytest.mark.slow  # several seconds: a daemon on JACK, then down and up again
 def test_param_bound_to_a_cc_moves_when_the_cc_arrives(
     jack_server: None, make_daemon: Callable[..., Daemon], midi_source: MidiSource, tmp_path: Path
 ) -> None:
@@ -146,6 +148,7 @@ def test_every_midi_kind_reaches_the_script_at_its_frame(
     assert _processor(d)["script_errors"] == 0
 
 
+@pytest.mark.slow  # several seconds: jack_bufsize through three sizes
 def test_buffer_size_changes_are_followed(make_daemon: Callable[..., Daemon]) -> None:
     _need("jackd", "jack_bufsize")
     server = f"ens-buf-{os.getpid()}"
