@@ -311,6 +311,8 @@ def test_processor_survives_jack_going_away_and_reconnects(make_daemon: Callable
         d.down()
     finally:
         _stop(jackd)
+        for leftover in Path("/dev/shm").glob(f"jack_sem.*_{server}_*"):  # this test's own server's semaphores:
+            leftover.unlink(missing_ok=True)  # the jackd killed with SIGKILL could not remove them
 
 
 if __name__ == "__main__":  # pragma: no cover
