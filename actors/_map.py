@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import msgspec
 
-from actors._errors import EnsembleError, RemoteError
 from actors._state import FINAL
 from actors.messages import Cancel, JobInfo, JobSpec
 
@@ -67,7 +66,6 @@ class MapRun:
         self.infos: list[JobInfo | None] = [None] * self.n
         self.index: dict[int, int] = {}
         self.early: dict[int, JobInfo] = {}  # final infos that arrived before their job's id was filed
-        self.ids: list[int] = []
         self.ended = 0
         self.cond = threading.Condition()
         self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -94,7 +92,6 @@ class MapRun:
             else:
                 for offset, jid in enumerate(ack.result()):
                     self.index[jid] = first + offset
-                    self.ids.append(jid)
             late = self.cancelled and exc is None
             early = [self.early.pop(jid) for jid in (ack.result() if exc is None else ()) if jid in self.early]
         if exc is not None and not self.done.done():
@@ -152,18 +149,8 @@ class MapRun:
 
 
 def _values(info: JobInfo) -> list[Any]:
-    """A chunk job's list of values, or its exception raised as the pools raise it."""
-    if isinstance(info.result, bytes) and info.state in ("done", "failed"):
-        value = pickle.loads(info.result)  # our own user's job, through our own daemon
-        if info.state == "done":
-            return value  # type: ignore[no-any-return]
-        if isinstance(value, BaseException):
-            value.__cause__ = RemoteError(info.error_type, info.error_message, info.traceback)
-            raise value
-    from actors.client import _raise_for
+    """A chunk job's list of values, or its exception raised as the pools raise it (the futures' rule)."""
+    from actors.client import _outcome  # the client imports this module
 
-    try:
-        _raise_for(info)
-    except EnsembleError:
-        raise
-    raise RemoteError(info.error_type or "JobError", f"map job {info.id} ended {info.state} without a value", "")
+    values: list[Any] = _outcome(info, pickled=True)
+    return values

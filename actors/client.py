@@ -658,29 +658,35 @@ def _start(fut: Future[Any]) -> bool:
     return started
 
 
-def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
-    if not _start(fut):
-        return
+def _outcome(info: JobInfo, pickled: bool = False) -> Any:
+    """A final job's value, or raise what it stands for: the job's own exception (pickled jobs, its remote
+    traceback as the cause, as ProcessPoolExecutor re-raises it), RemoteError for a value that cannot be
+    rebuilt here, else the error of its final state (:func:`_raise_for`).  One rule for futures and ``map``."""
     if pickled and isinstance(info.result, bytes) and info.state in ("done", "failed"):
         try:
             value = pickle.loads(info.result)  # from our own user's job, through our own daemon
         except Exception as exc:  # noqa: BLE001 - e.g. a class whose constructor wants other arguments
             what = "return value" if info.state == "done" else f"exception ({info.error_type})"
-            fut.set_exception(RemoteError(
+            raise RemoteError(
                 "TypeError", f"job {info.id} ({info.fn}): its {what} came back but cannot be rebuilt here: "
-                f"{type(exc).__name__}: {exc}", info.traceback))
-            return
+                f"{type(exc).__name__}: {exc}", info.traceback) from None
         if info.state == "done":
-            fut.set_result(value)
-            return
-        if isinstance(value, BaseException):  # the job's own exception, as ProcessPoolExecutor re-raises it
+            return value
+        if isinstance(value, BaseException):
             value.__cause__ = RemoteError(info.error_type, info.error_message, info.traceback)
-            fut.set_exception(value)
-            return
+            raise value
+    return _raise_for(info)
+
+
+def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
+    if not _start(fut):
+        return
     try:
-        fut.set_result(_raise_for(info))
-    except EnsembleError as exc:
+        value = _outcome(info, pickled)
+    except BaseException as exc:  # noqa: BLE001 - the job's own exception, or the error its end stands for
         fut.set_exception(exc)
+        return
+    fut.set_result(value)
 
 
 def _aio() -> Any:
