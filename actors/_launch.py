@@ -23,18 +23,23 @@ def start_daemon(cfg: Config, err_path: Path, env: dict[str, str] | None = None)
                                 cwd=NEUTRAL_CWD)
 
 
-def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_path: Path) -> Any:
+def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_path: Path,
+               actors: bool = True) -> Any:
     """The daemon's status once every actor runs (or failed); DaemonError if it exits or is not ready in time.
 
-    Polls every 20 ms through one client; the error says the daemon's own last
-    line when it exited.
+    ``actors=False``: as soon as the daemon answers (a private daemon's jobs
+    wait in its queue until a worker is up).  Polls every 5 ms for the first
+    second, then every 20 ms, through one client; the error says the daemon's
+    own last line when it exited.
     """
     from actors.client import Client
 
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     client = None
     try:
         while time.monotonic() < deadline:
+            pause = 0.005 if time.monotonic() - start < 1.0 else 0.02
             if proc.poll() is not None:
                 text = err_path.read_text(errors="replace").strip().splitlines()
                 raise DaemonError(text[-1].removeprefix("ensemble: error: ") if text
@@ -43,16 +48,16 @@ def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_p
                 try:
                     client = Client(config=cfg, timeout=2.0)
                 except DaemonNotRunning:
-                    time.sleep(0.02)
+                    time.sleep(pause)
                     continue
             try:
                 status = client.status()
             except EnsembleError:
                 continue
-            if status.actors and all(a.state in ("running", "failed") for a in status.actors) and all(
+            if not actors or status.actors and all(a.state in ("running", "failed") for a in status.actors) and all(
                     a.stats for a in status.actors if a.state == "running" and a.role == "processor"):
                 return status
-            time.sleep(0.02)
+            time.sleep(pause)
         raise DaemonError(f"the daemon did not get ready within {timeout:g}s; see {cfg.state_dir / 'daemon.log'}")
     finally:
         if client is not None:

@@ -53,7 +53,7 @@ class PrivateDaemon:
         self.proc = start_daemon(self.config, err_path, {"ENSEMBLE_OWNER_PID": str(os.getpid()),
                                                          "ENSEMBLE_PRIVATE_DIR": str(self.dir)})
         try:
-            wait_ready(self.config, self.proc, _START_TIMEOUT, err_path)
+            wait_ready(self.config, self.proc, _START_TIMEOUT, err_path, actors=False)  # jobs queue until a worker is up
         except DaemonError as exc:
             raise DaemonError(f"the private daemon did not start: {exc}") from None
         log.info("event=private-daemon pid=%d workers=%d detail=started for this process; it stops with it",

@@ -35,6 +35,11 @@ def _child_setup(parent_pid: int, nice: int) -> None:
         os.nice(nice)
 
 
+def restore_user_umask() -> None:
+    """Give this process the umask of the user who started the daemon (the daemon itself runs with 077)."""
+    os.umask(_USER_UMASK)
+
+
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent exits."""
     _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)

@@ -111,10 +111,16 @@ def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
     return sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name)
 
 
-def load_extensions() -> list[type[Extension]]:
-    """The installed :class:`Extension` classes, by entry-point name (a broken one is logged and skipped)."""
+def load_extensions(wanted: tuple[str, ...] | list[str] = ("*",)) -> list[type[Extension]]:
+    """The installed :class:`Extension` classes, by entry-point name (a broken one is logged and skipped).
+
+    ``wanted``: the entry-point names to load (``"*"``: all).  The others are
+    not even imported (``()``, a jobs-only daemon, imports no audio code).
+    """
     out = []
     for ep in _entry_points("ensemble.extensions"):
+        if "*" not in wanted and ep.name not in wanted:
+            continue
         try:
             cls = ep.load()
         except Exception as exc:  # noqa: BLE001 - one broken package must not stop the runtime

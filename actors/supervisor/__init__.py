@@ -48,7 +48,7 @@ from actors._spawn import kill_group
 from actors.config import Config
 from actors.extensions import ChildSpec, Extension, load_extensions
 from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Message, StatusReply, Stop
-from actors.supervisor import _dispatch as plan
+from actors.supervisor import _dispatch as plan, _prefork
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
 from actors.supervisor._cluster import ClusterMixin
 from actors.supervisor._requests import ADMIN_REQUESTS, CLIENT_REQUESTS, RequestsMixin
@@ -79,6 +79,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.by_identity: dict[bytes, Slot] = {}
         self.by_pidfd: dict[int, Slot] = {}
         self.workers_wanted = cfg.worker_count
+        self.blanks: list[_prefork.Blank] = []  # forked at start-up, waiting to become workers (serve() sets them)
         self._worker_seq = 0
         self.started = time.time()
         self.running = True
@@ -110,7 +111,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.job_seconds = 0.0  # moving average of a job's run time (sizes the dispatch window)
         self._frame_len = 0  # bytes of the request being handled (counted against jobs.queue_bytes)
         wanted = cfg.daemon.extensions
-        self.extensions: list[Extension] = [cls(self) for cls in load_extensions()
+        self.extensions: list[Extension] = [cls(self) for cls in load_extensions(wanted)
                                             if "*" in wanted or cls.name in wanted]
         # request type -> handler(ident, corr, msg): the runtime's own, then each extension's
         self.handlers: dict[type, Callable[[bytes, int, Message], Message | None]] = {
@@ -383,6 +384,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         log.info("event=stopped")
 
     def _kill_children(self) -> None:
+        _prefork.release(self.blanks)
         for slot in list(self.slots.values()):
             if slot.proc is not None:
                 kill_group(slot.proc.pid)
@@ -410,11 +412,15 @@ def setup_logging(cfg: Config, foreground: bool) -> None:
 def serve(cfg: Config, foreground: bool = False) -> int:
     """Run a daemon in this process until it is stopped; returns the exit code."""
     os.umask(0o077)  # journal, log, keys: this user's only (children get the user's own umask back)
-    setup_logging(cfg, foreground)
-    sup = Supervisor(cfg)
+    # the first workers are forked now, while nothing is open yet (see _prefork); they wait for their orders
+    blanks = _prefork.prefork(cfg.worker_count) if _prefork.enabled() else []
     try:
+        setup_logging(cfg, foreground)
+        sup = Supervisor(cfg)
+        sup.blanks = blanks
         sup.open()
-    except DaemonError:
+    except BaseException:
+        _prefork.release(blanks)
         raise
     log.info("event=start name=%s pid=%d version=%s workers=%d run_dir=%s", cfg.name, os.getpid(), __version__,
              sup.workers_wanted, sup.rundir.path)

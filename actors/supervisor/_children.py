@@ -17,6 +17,7 @@ import zmq
 
 from actors.messages import Heartbeat, Hello, Stop, decode, encode
 from actors._errors import EnsembleError, ProtocolError
+from actors.supervisor import _prefork
 from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
@@ -29,7 +30,7 @@ class Slot:
     name: str
     role: str
     module: str
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | _prefork.ForkedProc | None = None
     pidfd: int = -1
     incarnation: int = 0
     identity: bytes = b""
@@ -91,7 +92,15 @@ class ChildrenMixin(State):
         nice = self.cfg.supervision.worker_nice if slot.role == "worker" else 0
         # the extensions' own children may submit internal jobs (TaskSubmit); workers run jobs, they never submit
         env = {"ENSEMBLE_INTERNAL_TOKEN": self.internal_token} if slot.role != "worker" else {}
-        slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file, env=env)
+        slot.proc = None
+        if slot.module == "actors.worker" and self.blanks:  # a worker forked at start-up takes it (see _prefork)
+            blank = self.blanks.pop()
+            try:
+                slot.proc = _prefork.assign(blank, [self.cfg.to_json(), ident], nice, self.log_file, env)
+            except OSError:  # that blank died: reap it, spawn instead
+                _prefork.release([blank])
+        if slot.proc is None:
+            slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file, env=env)
         slot.identity = ident.encode()
         slot.pidfd = os.pidfd_open(slot.proc.pid)
         slot.state = "starting"

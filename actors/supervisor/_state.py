@@ -41,6 +41,7 @@ class State:
     by_pidfd: "dict[int, Slot]"
     remote_slots: "dict[bytes, Slot]"
     workers_wanted: int
+    blanks: list[Any]  # forked processes waiting to become workers (see _prefork)
     _worker_seq: int
     _remote_seq: int
     started: float

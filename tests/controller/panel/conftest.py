@@ -88,7 +88,7 @@ def loaded(p: Panel, script: Path) -> Any:
     from tests.conftest import wait_for
 
     c = p.daemon.client()
-    c.load_script(str(script))
+    c.load_script(str(script), wait=60)  # a reload of the same script too: the processor's stats alone cannot tell
     wait_for(lambda: p.daemon.actor("processor").stats.get("script") == str(script.resolve()),
              what="the script to load")
     return c

@@ -1,0 +1,181 @@
+"""Workers forked from the supervisor before it opens anything, instead of spawned as fresh interpreters.
+
+A spawned worker is a new Python: about 45 ms to start the interpreter and
+80 ms to import ensemble's modules before it says hello (measured on the
+2-core VM; twice that under load).  The supervisor's first workers are
+forked instead: first thing in :func:`~actors.supervisor.serve`, while the
+process is single-threaded and holds no ZeroMQ context, socket, journal,
+lock or log file, it forks one *blank* per initial worker, with
+``actors.worker`` already imported.  A blank waits on a pipe.  When the
+supervisor starts a worker (:meth:`~actors.supervisor._children.ChildrenMixin._spawn`)
+it hands a blank the worker's arguments, log file, niceness and environment;
+the blank applies them as :func:`actors._spawn.spawn` would (its own process
+group, the user's umask, ``/`` as working directory, stdout and stderr to the
+log) and runs the worker's ``child_main``.  Restarts and scale-ups spawn as
+before; blanks left over when the daemon stops read end-of-file and exit 0.
+
+A blank is a real child of the supervisor (reaped with ``waitpid``, watched
+through a pidfd) and dies with it (parent-death signal, set at fork).  Set
+``ENSEMBLE_PREFORK=0`` to spawn every worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors._spawn import NEUTRAL_CWD, restore_user_umask, set_parent_death_signal
+
+
+@dataclass
+class Blank:
+    """A forked process waiting for its worker's arguments on ``fd``."""
+
+    pid: int
+    fd: int
+
+
+class ForkedProc:
+    """What the supervisor uses of a ``subprocess.Popen``, for a process it forked itself."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: it is gone
+                self.returncode = -signal.SIGKILL
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None and self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self.returncode = -signal.SIGKILL
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
+            time.sleep(0.005)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def enabled() -> bool:
+    """Whether workers are forked (not with ``ENSEMBLE_PREFORK=0``)."""
+    return os.environ.get("ENSEMBLE_PREFORK", "1") != "0"
+
+
+def prefork(count: int) -> list[Blank]:
+    """Fork ``count`` blanks (call while single-threaded, before any socket or file of the daemon is open)."""
+    import actors.worker  # noqa: F401 - imported once here, shared by every blank
+
+    blanks: list[Blank] = []
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for _ in range(count):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the blank
+            os.close(write_end)
+            for b in blanks:
+                os.close(b.fd)
+            _blank_main(read_end, parent)  # never returns
+        os.close(read_end)
+        try:
+            os.setpgid(pid, pid)  # as the blank does itself: a kill of its group works whichever runs first
+        except (PermissionError, ProcessLookupError):
+            pass
+        blanks.append(Blank(pid, write_end))
+    return blanks
+
+
+def assign(blank: Blank, argv: list[str], nice: int, log_path: Path | None, env: dict[str, str]) -> ForkedProc:
+    """Make ``blank`` the worker ``python -m actors.worker ARGV`` would be; OSError if it is gone."""
+    data = json.dumps({"argv": argv, "nice": nice, "log": str(log_path) if log_path else "", "env": env}).encode()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(blank.fd, view):]
+    finally:
+        os.close(blank.fd)
+    return ForkedProc(blank.pid)
+
+
+def release(blanks: list[Blank]) -> None:
+    """Let unused blanks exit (end of file on their pipe) and reap them."""
+    for blank in blanks:
+        try:
+            os.close(blank.fd)
+        except OSError:
+            pass
+    for blank in blanks:
+        try:
+            os.waitpid(blank.pid, 0)
+        except ChildProcessError:
+            pass
+    blanks.clear()
+
+
+def _blank_main(fd: int, parent: int) -> None:
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != parent:  # the supervisor died before the signal was armed
+            os._exit(1)
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        os.close(fd)
+        if not chunks:  # the supervisor stopped without needing this blank
+            os._exit(0)
+        order = json.loads(b"".join(chunks))
+        restore_user_umask()
+        if order["nice"]:
+            os.nice(order["nice"])
+        os.chdir(NEUTRAL_CWD)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        out = os.open(order["log"] or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        os.environ.update(order["env"])
+        sys.argv = ["actors.worker", *order["argv"]]
+        from actors._child import child_main
+        from actors.worker import Worker
+
+        child_main(Worker)  # ends with os._exit
+    except BaseException:  # noqa: BLE001 - report, never return into the supervisor's code
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)

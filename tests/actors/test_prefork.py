@@ -1,0 +1,84 @@
+"""Workers forked at start-up (``actors/supervisor/_prefork.py``): they behave as spawned ones, and nothing is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Any, Callable
+
+from actors._spawn import child_env, python_argv
+from actors.config import load_config
+from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
+
+Make = Callable[..., Daemon]
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _workers(d: Daemon) -> dict[str, Any]:
+    return {a.name: a for a in d.status().actors if a.role == "worker"}
+
+
+def _all_running(d: Daemon, n: int) -> dict[str, Any] | None:
+    ws = _workers(d)
+    return ws if len(ws) == n and all(a.state == "running" and a.pid for a in ws.values()) else None
+
+
+def test_the_first_workers_are_forked_and_a_replacement_is_spawned(make_daemon: Make) -> None:
+    d = make_daemon(workers=2)
+    d.up()
+    workers = wait_for(lambda: _all_running(d, 2), 60, what="two running workers")
+    for a in workers.values():
+        assert "actors.supervisor" in _cmdline(a.pid)  # a fork of the supervisor, not a new interpreter
+        assert _ppid(a.pid) == d.pid  # its own child: reaped and watched as a spawned one is
+        assert os.getpgid(a.pid) == a.pid  # its own process group: a kill takes what its jobs started
+    with d.client() as c:
+        pids = {c.submit("tests.jobs:pid").result(60) for _ in range(8)}
+    assert pids <= {a.pid for a in workers.values()}
+
+    victim = workers["worker-1"]
+    os.kill(victim.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(victim.pid), 30, what="the killed worker to go")
+
+    def replaced() -> Any:
+        a = _workers(d)["worker-1"]
+        return a if a.state == "running" and a.pid not in (0, victim.pid) and a.restarts >= 1 else None
+
+    new = wait_for(replaced, 60, what="worker-1 to be replaced")
+    assert "actors.worker" in _cmdline(new.pid)  # restarts spawn a fresh interpreter
+    with d.client() as c:
+        assert c.submit("tests.jobs:square", 7).result(60) == 49
+
+
+def test_with_prefork_off_every_worker_is_spawned(make_daemon: Make) -> None:
+    d = make_daemon(workers=2, extra_env={"ENSEMBLE_PREFORK": "0"})
+    d.up()
+    workers = wait_for(lambda: _all_running(d, 2), 60, what="two running workers")
+    for a in workers.values():
+        assert "actors.worker" in _cmdline(a.pid)
+    with d.client() as c:
+        assert c.submit("tests.jobs:square", 3).result(60) == 9
+
+
+def test_a_daemon_that_cannot_start_leaves_no_forked_process(make_daemon: Make) -> None:
+    """The blanks are forked before the run directory is locked: a supervisor refused the lock takes them down."""
+    d = make_daemon(workers=2)
+    d.up()
+    before = {n: a.pid for n, a in _workers(d).items()}
+    cfg = load_config(env=d.env)
+    second = subprocess.run(python_argv("actors.supervisor", cfg.to_json()), env=child_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 1
+    assert "already running" in second.stderr
+    assert not [pid for pid in processes_mentioning(str(d.base)) if pid != d.pid and _ppid(pid) != d.pid
+                and pid not in before.values()]
+    assert {n: a.pid for n, a in _workers(d).items()} == before
