@@ -265,9 +265,9 @@ def test_sustain_pedal_holds_a_release_until_it_lifts(
     assert _processor(d)["midi_events"] == 4
 
 
-def _start_private_server(name: str) -> subprocess.Popen[bytes]:
+def _start_private_server(name: str, rate: int = RATE) -> subprocess.Popen[bytes]:
     env = dict(os.environ, JACK_DEFAULT_SERVER=name)
-    proc = subprocess.Popen(["jackd", "-n", name, "-r", "-d", "dummy", "-r", str(RATE), "-p", "256"],
+    proc = subprocess.Popen(["jackd", "-n", name, "-r", "-d", "dummy", "-r", str(rate), "-p", "256"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         wait_for(lambda: _jack_lsp(env) is not None, what=f"a private JACK server {name!r}")
@@ -311,8 +311,37 @@ def test_processor_survives_jack_going_away_and_reconnects(make_daemon: Callable
         d.down()
     finally:
         _stop(jackd)
-        for leftover in Path("/dev/shm").glob(f"jack_sem.*_{server}_*"):  # this test's own server's semaphores:
-            leftover.unlink(missing_ok=True)  # the jackd killed with SIGKILL could not remove them
+        _remove_semaphores(server)
+
+
+def _remove_semaphores(server: str) -> None:
+    """This test's own server's semaphores: a jackd killed, or restarted under its clients, leaves them."""
+    for leftover in Path("/dev/shm").glob(f"jack_sem.*_{server}_*"):
+        leftover.unlink(missing_ok=True)
+
+
+@pytest.mark.slow  # several seconds: two JACK servers in turn under one daemon
+def test_a_server_back_at_another_sample_rate_is_followed(make_daemon: Callable[..., Daemon]) -> None:
+    """JACK cannot change its rate while running: a server restarted at 44.1 kHz is how the rate changes."""
+    _need("jackd")
+    server = f"ens-rate-{os.getpid()}"
+    jackd = _start_private_server(server, 48000)
+    try:
+        d = make_daemon(workers=0, extra_env={"JACK_DEFAULT_SERVER": server, "ENSEMBLE_AUDIO_BACKEND": "auto"})
+        d.up()
+        first = wait_for(lambda: (s := _processor(d)).get("jack_state") == "connected" and s, what="the JACK backend")
+        assert first["samplerate"] == 48000
+        _stop(jackd)  # an orderly shutdown this time: JACK tells its clients
+        wait_for(lambda: _processor(d).get("jack_state") == "null-clock", what="the null clock")
+        jackd = _start_private_server(server, 44100)
+        back = wait_for(lambda: (s := _processor(d)).get("jack_state") == "connected" and s["samplerate"] == 44100
+                        and s, timeout=60, what="the processor back at 44100 Hz")
+        assert back["period_ms"] == pytest.approx(256 / 44100 * 1000, rel=1e-6)
+        wait_for(lambda: _processor(d)["blocks"] > back["blocks"] + 50, what="blocks at the new rate")
+        d.down()
+    finally:
+        _stop(jackd)
+        _remove_semaphores(server)
 
 
 if __name__ == "__main__":  # pragma: no cover
