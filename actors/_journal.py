@@ -33,7 +33,16 @@ from actors.messages import _encode_value
 
 TERMINAL = tuple(sorted(FINAL))  # for SQL parameters
 
-_SCHEMA = """
+# A job's end, as its columns (the same in ``jobs``, where the earlier layout kept it, and in ``results``).
+_END = """result BLOB,
+    error_type TEXT NOT NULL DEFAULT '',
+    error_message TEXT NOT NULL DEFAULT '',
+    traceback TEXT NOT NULL DEFAULT '',
+    progress REAL NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT '',
+    properties BLOB"""
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs(
     id INTEGER PRIMARY KEY,
     fn TEXT NOT NULL,
@@ -45,13 +54,7 @@ CREATE TABLE IF NOT EXISTS jobs(
     submitted REAL NOT NULL,
     started REAL NOT NULL DEFAULT 0,
     finished REAL NOT NULL DEFAULT 0,
-    result BLOB,
-    error_type TEXT NOT NULL DEFAULT '',
-    error_message TEXT NOT NULL DEFAULT '',
-    traceback TEXT NOT NULL DEFAULT '',
-    progress REAL NOT NULL DEFAULT 0,
-    status TEXT NOT NULL DEFAULT '',
-    properties BLOB,
+    {_END},
     worker TEXT NOT NULL DEFAULT '',
     owner TEXT NOT NULL DEFAULT ''
 );
@@ -60,13 +63,7 @@ CREATE TABLE IF NOT EXISTS results(
     id INTEGER PRIMARY KEY,
     state TEXT NOT NULL,
     finished REAL NOT NULL,
-    result BLOB,
-    error_type TEXT NOT NULL DEFAULT '',
-    error_message TEXT NOT NULL DEFAULT '',
-    traceback TEXT NOT NULL DEFAULT '',
-    progress REAL NOT NULL DEFAULT 0,
-    status TEXT NOT NULL DEFAULT '',
-    properties BLOB
+    {_END}
 );
 CREATE TABLE IF NOT EXISTS starts(
     id INTEGER PRIMARY KEY,
