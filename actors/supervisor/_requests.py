@@ -302,7 +302,7 @@ class RequestsMixin(State):
                 self.counters["stray_frames"] += 1
                 continue
             try:
-                _, msg = decode(parts[1], self.limits, handles)
+                _, msg = decode(parts[1], self.limits, handles, stored=tcp)  # keys a Ray-placed worker stored
             except ProtocolError as exc:
                 self.counters["bad_frames"] += 1
                 log.error("event=bad-child-frame name=%s reason=%s", slot.name, _short(str(exc)))

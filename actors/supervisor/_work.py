@@ -10,11 +10,13 @@ import logging
 import time
 from typing import Any
 
+import msgspec
 import zmq
 
 from actors._errors import EnsembleError, ProtocolError
 from actors._jobs import Job
-from actors.messages import AbortJob, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop, encode
+from actors.messages import (AbortJob, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop,
+                             StoredArray, encode)
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
 from actors.supervisor._transport import _inline
@@ -40,6 +42,12 @@ class WorkMixin(State):
             if job is None or done.job_id not in slot.outstanding:
                 self.counters["stale_results"] += 1
                 continue
+            if slot.remote and self.cluster is not None and done.ok and type(done.value) in (list, dict, StoredArray):
+                try:  # result arrays a Ray-placed worker left in its actor (only keys crossed the frame)
+                    done = msgspec.structs.replace(done, value=self.cluster.take(slot.key_name, done.value))
+                except EnsembleError as exc:
+                    done = msgspec.structs.replace(done, ok=False, value=None, error_type="ResultLost",
+                                                   error_message=f"the job returned but {exc}")
             if slot.outstanding[0] == done.job_id:
                 slot.outstanding.popleft()
             else:
@@ -104,6 +112,8 @@ class WorkMixin(State):
     def _finish(self, job: Job, state: str, now: float, value: Any = None, error_type: str = "",
                 error_message: str = "", traceback: str = "") -> None:
         assert self.book is not None
+        if self.cluster is not None:  # its arguments in Ray's object store go now
+            self.cluster.release(job.id)
         info = self.book.finish(job, state, now, value, error_type, error_message, traceback)
         if self.metrics is not None and job.started:
             self.metrics.job_finished(now - job.started)
@@ -163,7 +173,12 @@ class WorkMixin(State):
             for job in jobs:
                 s = job.spec
                 try:
-                    args, kwargs = (s.args, s.kwargs) if not slot.remote else (_inline(s.args, self.shm_prefix), _inline(s.kwargs, self.shm_prefix))
+                    if not slot.remote:
+                        args, kwargs = s.args, s.kwargs
+                    elif self.cluster is not None and slot.key_name in self.cluster.members:  # big arrays: Ray's store
+                        args, kwargs = self.cluster.stage(slot.key_name, job.id, [s.args, s.kwargs], self.shm_prefix)
+                    else:
+                        args, kwargs = _inline(s.args, self.shm_prefix), _inline(s.kwargs, self.shm_prefix)
                 except EnsembleError as exc:  # a segment gone since submit: this job fails, nothing else
                     self._finish(job, "failed", now, error_type="ProtocolError",
                                  error_message=f"the job cannot be dispatched: {exc}")
