@@ -23,9 +23,9 @@ The shape, daemon side (:class:`RayWorkers`, owned by the supervisor when
 Big arrays (at least ``[cluster] object_store_min_bytes``) travel through
 Ray's object store instead of the frame, and never as ``/dev/shm`` handles:
 
-* arguments: at dispatch the daemon ``ray.put``\ s the array (from the raw
-  shared-memory bytes, or an inline array a remote client sent) once per job,
-  keeps the ObjectRef until the job ends, and stages it on the worker's
+* arguments: at dispatch the daemon puts the array in the store (``ray.put``,
+  from the raw shared-memory bytes, or an inline array a remote client sent)
+  once per job, keeps the ObjectRef until the job ends, and stages it on the worker's
   actor with an actor call that carries the ref nested in a list (so Ray
   counts the actor as a borrower); the frame carries only a
   :class:`~actors.messages.StoredArray` key.  The worker asks its actor for
@@ -201,7 +201,6 @@ class WorkerHost:
     def _serve(self, sock: socket.socket, put: list[str]) -> None:
         """Answer the worker's ``get`` and ``put`` until it closes its end (a thread of this actor)."""
         import numpy as np
-        import ray
 
         from actors.messages import _check_dtype
 
@@ -217,6 +216,8 @@ class WorkerHost:
                         send_msg(sock, [False, 0, f"the daemon staged nothing under {key} within {_STAGE_WAIT:g}s"])
                         continue
                     try:
+                        import ray  # in the actor: Ray's own deserialisation, on the worker's node
+
                         arr = np.ascontiguousarray(ray.get(ref))
                     except Exception as exc:  # noqa: BLE001 - ObjectLostError and kin: the worker's job fails with it
                         send_msg(sock, [False, 0, f"{type(exc).__name__}: {exc}"])

@@ -11,18 +11,26 @@ bound to its key); what is particular to it is handled here:
 * queued jobs whose resources no worker offers get a worker placed for them
   (Ray keeps it pending until a node fits, or its autoscaler adds one);
 * ``scale --on ray`` retires idle workers first, as local scaling does; an
-  actor whose worker stopped is removed for good and its key revoked.
+  actor whose worker stopped is removed for good and its key revoked;
+* big result arrays come as :class:`~actors.messages.StoredArray` keys: they
+  are taken from the worker's actor through Ray before the job is recorded,
+  and a key anywhere else (a failed job's value, properties) is refused, so
+  no key ever reaches the journal or a client.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import msgspec
 import zmq
 
 from actors._errors import EnsembleError
-from actors.messages import Stop
+from actors.messages import JobDone, Stop, StoredArray
+from actors.shm import walk
 from actors.supervisor import _dispatch as plan
+from actors.supervisor._children import Slot
 from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
@@ -71,6 +79,37 @@ class ClusterMixin(State):
                     self._send_child(slot, Stop("scaled down"))
         log.info("event=scale workers=%d on=ray", n)
 
+    def _stored_results(self, slot: Slot, done: JobDone) -> JobDone:
+        """A remote worker's report with its result arrays taken from Ray's object store (keys elsewhere dropped).
+
+        A result that cannot be taken (the actor died, the key is unknown)
+        fails its job with ``ResultLost`` saying why.
+        """
+        assert self.cluster is not None
+        if done.properties and holds_stored(done.properties):
+            log.warning("event=stored-key-refused name=%s job=%d where=properties", slot.name, done.job_id)
+            done = msgspec.structs.replace(done, properties={})
+        if type(done.value) not in (list, dict, StoredArray):
+            return done
+        if not done.ok:
+            if holds_stored(done.value):
+                log.warning("event=stored-key-refused name=%s job=%d where=error", slot.name, done.job_id)
+                done = msgspec.structs.replace(done, value=None)
+            return done
+        try:
+            return msgspec.structs.replace(done, value=self.cluster.take(slot.key_name, done.value))
+        except EnsembleError as exc:
+            log.error("event=stored-result-lost name=%s job=%d reason=%s", slot.name, done.job_id, exc)
+            return msgspec.structs.replace(done, ok=False, value=None, error_type="ResultLost",
+                                           error_message=f"the job returned but {exc}")
+
     def _cluster_close(self) -> None:
         if self.cluster is not None:
             self.cluster.close()
+
+
+def holds_stored(value: Any) -> bool:
+    """Whether ``value`` holds a :class:`StoredArray` key anywhere."""
+    found: list[bool] = []
+    walk(value, lambda v: found.append(True) if type(v) is StoredArray else None)
+    return bool(found)

@@ -15,10 +15,10 @@ import zmq
 
 from actors._errors import EnsembleError, ProtocolError
 from actors._jobs import Job
-from actors.messages import (AbortJob, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop,
-                             StoredArray, encode)
+from actors.messages import AbortJob, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop, encode
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
+from actors.supervisor._cluster import holds_stored
 from actors.supervisor._transport import _inline
 from actors.supervisor._state import State
 
@@ -42,12 +42,8 @@ class WorkMixin(State):
             if job is None or done.job_id not in slot.outstanding:
                 self.counters["stale_results"] += 1
                 continue
-            if slot.remote and self.cluster is not None and done.ok and type(done.value) in (list, dict, StoredArray):
-                try:  # result arrays a Ray-placed worker left in its actor (only keys crossed the frame)
-                    done = msgspec.structs.replace(done, value=self.cluster.take(slot.key_name, done.value))
-                except EnsembleError as exc:
-                    done = msgspec.structs.replace(done, ok=False, value=None, error_type="ResultLost",
-                                                   error_message=f"the job returned but {exc}")
+            if slot.remote and self.cluster is not None:  # result arrays a Ray-placed worker left in Ray's store
+                done = self._stored_results(slot, done)
             if slot.outstanding[0] == done.job_id:
                 slot.outstanding.popleft()
             else:
@@ -91,6 +87,9 @@ class WorkMixin(State):
         job = book.jobs.get(msg.job_id)
         if job is None or msg.job_id not in slot.outstanding:
             return
+        if msg.properties and slot.remote and self.cluster is not None and holds_stored(msg.properties):
+            log.warning("event=stored-key-refused name=%s job=%d where=properties", slot.name, job.id)
+            msg = msgspec.structs.replace(msg, properties={})
         job.progress, job.status = msg.progress, msg.status
         timeout_ms = max(1, min(msg.timeout_ms, 86_400_000))
         if msg.properties or not msg.event:
