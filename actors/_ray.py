@@ -482,8 +482,9 @@ class RayWorkers:
                 if member is not None:
                     member.actor.release.remote(keys)
 
-    def take(self, name: str, value: Any) -> Any:
-        """A result ``value`` from member ``name`` with its :class:`StoredArray` keys replaced by the arrays.
+    def take(self, name: str, value: Any, land: Any = None) -> Any:
+        """A result ``value`` from member ``name`` with its :class:`StoredArray` keys replaced by the arrays
+        (or by what ``land(array)`` makes of each).
 
         Waits for the actor (at most ``_TAKE_TIMEOUT``); raises EnsembleError
         naming why when it cannot (the actor died, the key is unknown, the
@@ -517,7 +518,7 @@ class RayWorkers:
         for k, arr in zip(keys, arrays):
             if not isinstance(arr, np.ndarray) or arr.dtype.str != k.dtype or tuple(arr.shape) != k.shape:
                 raise EnsembleError(f"result array {k.key} from Ray worker {name} does not match its key")
-            got[k.key] = arr
+            got[k.key] = arr if land is None else land(arr)
             self.counters["ray_store_results"] += 1
             self.counters["ray_store_bytes"] += arr.nbytes
 

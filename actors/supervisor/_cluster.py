@@ -13,8 +13,9 @@ bound to its key); what is particular to it is handled here:
 * ``scale --on ray`` retires idle workers first, as local scaling does; an
   actor whose worker stopped is removed for good and its key revoked;
 * big result arrays come as :class:`~actors.messages.StoredArray` keys: they
-  are taken from the worker's actor through Ray before the job is recorded,
-  and a key anywhere else (a failed job's value, properties) is refused, so
+  are taken from the worker's actor through Ray before the job is recorded
+  and land in a shared-memory segment of this daemon, so the journal and a
+  local client get a handle as from a local worker; a key anywhere else (a failed job's value, properties) is refused, so
   no key ever reaches the journal or a client.
 """
 
@@ -28,7 +29,7 @@ import zmq
 
 from actors._errors import EnsembleError
 from actors.messages import JobDone, Stop, StoredArray
-from actors.shm import walk
+from actors.shm import SharedArray, walk
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
 from actors.supervisor._state import State
@@ -97,11 +98,27 @@ class ClusterMixin(State):
                 done = msgspec.structs.replace(done, value=None)
             return done
         try:
-            return msgspec.structs.replace(done, value=self.cluster.take(slot.key_name, done.value))
+            return msgspec.structs.replace(done, value=self.cluster.take(slot.key_name, done.value, self._land))
         except EnsembleError as exc:
             log.error("event=stored-result-lost name=%s job=%d reason=%s", slot.name, done.job_id, exc)
             return msgspec.structs.replace(done, ok=False, value=None, error_type="ResultLost",
                                            error_message=f"the job returned but {exc}")
+
+    def _land(self, array: Any) -> Any:
+        """A result array taken from Ray, as a local worker's would be: in a segment of this daemon, by handle.
+
+        The journal and the reply then carry the handle, not the bytes; a
+        local client maps the segment and unlinks it, a remote one gets the
+        bytes inline (``_encode_for``), as for any shared-memory result.
+        """
+        if array.nbytes <= self.cfg.jobs.inline_array_limit:
+            return array
+        seg = SharedArray.create(self.cfg.shm_key, array.shape, array.dtype)
+        try:
+            seg.array[...] = array
+            return seg.handle
+        finally:
+            seg.close()
 
     def _cluster_close(self) -> None:
         if self.cluster is not None:
