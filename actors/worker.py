@@ -41,6 +41,7 @@ from actors.messages import (
     JobDone,
     JobsDone,
     JobUpdate,
+    Limits,
     Message,
     Recall,
     Recalled,
@@ -355,7 +356,7 @@ def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
             raise ValueError(f"it is {size} bytes, over the daemon's frame limit of {max_frame} (daemon.max_frame); "
                              "return a numpy array (it travels through shared memory) or write it to a file")
         if type(done.value) not in _PLAIN or done.properties:  # containers: read back the way the daemon will
-            decode(frame, handles="", stored=True)
+            decode(frame, Limits(max_frame), handles="", stored=True)
         return done, size
     except (ProtocolError, ValueError) as exc:
         what = "return value or properties" if done.ok else "error"
