@@ -121,6 +121,7 @@ class Connection:
                 sock.routing_id = _unguessable_id()
             sock.connect(self.endpoint)
             self._local.sock = sock
+            self._local.rcvtimeo = None
             with self._lock:
                 self._direct.append(sock)
         corr = next(self._corr)
@@ -132,8 +133,12 @@ class Connection:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = -1 if end is None else max(0, int((end - time.monotonic()) * 1000))
-            if sock.rcvtimeo != wait:
+            # Set the receive timeout only when it moved by more than 50 ms (or between waiting forever and not):
+            # asking libzmq costs two calls per request, and the wait is approximate by that much at most.
+            last = getattr(self._local, "rcvtimeo", None)
+            if last is None or (last < 0) != (wait < 0) or abs(last - wait) > 50:
                 sock.rcvtimeo = wait
+                self._local.rcvtimeo = wait
             try:
                 answer = sock.recv()  # one blocking call (poll then recv costs a second round into libzmq)
             except zmq.Again:

@@ -82,6 +82,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self._worker_seq = 0
         self.started = time.time()
         self.running = True
+        self._wake_at = 0.0  # monotonic instant of the next deadline, kill or heartbeat (see _poll_timeout_ms)
         self.stopping_since = 0.0
         self.term_sent = False
         self.kill_sent = False
@@ -193,12 +194,17 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         next_dog = 0.0
         announced = False
         try:
+            quiet = False
             while self.running:
-                events = self.poller.poll(self._poll_timeout_ms())
+                events = self.poller.poll(self._poll_timeout_ms(quiet))
+                quiet = True  # until something other than a read-only request arrives
                 for sock, _ in events:
                     if sock is self.control or sock is self.control_tcp:
-                        self._drain_control(sock)
-                    elif sock is self.internal or sock is self.internal_tcp:
+                        if self._drain_control(sock):
+                            quiet = False
+                        continue
+                    quiet = False
+                    if sock is self.internal or sock is self.internal_tcp:
                         self._drain_internal(sock)
                     elif self.owner_fd is not None and sock == self.owner_fd:
                         self._owner_gone()
@@ -207,6 +213,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                         if slot is not None:
                             self._reap(slot)
                 mono = time.monotonic()
+                if mono >= self._wake_at or self.stopping_since:
+                    quiet = False
                 if not announced and self.slots and all(s.ready or s.state == "failed" for s in self.slots.values()):
                     announced = True
                     sdnotify.ready()
@@ -222,6 +230,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                     self._cluster_tick()
                     if self.metrics is not None:
                         self.metrics.update(self.status())
+                    quiet = False
+                if quiet:  # only read-only requests, and no deadline due: the job book is as it was
+                    self._flush()
+                    continue
                 self._timers(mono)
                 if not self.stopping_since:
                     self._dispatch(mono)
@@ -259,10 +271,18 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         log.warning("event=owner-gone detail=the process that owns this private daemon exited; stopping")
         self.begin_stop("owner exited")
 
-    def _poll_timeout_ms(self) -> int:
-        longest = 0.05 if self.stopping_since else self.cfg.supervision.heartbeat_interval
-        assert self.book is not None
-        return max(0, int(plan.next_wakeup(self.book, list(self.slots.values()), time.monotonic(), longest) * 1000 + 0.999))
+    def _poll_timeout_ms(self, quiet: bool = False) -> int:
+        """Milliseconds the poll may sleep: until the next deadline, kill or heartbeat (``_wake_at``).
+
+        After a quiet iteration (read-only requests only) nothing moved, so the
+        instant computed before still holds and is reused.
+        """
+        mono = time.monotonic()
+        if not quiet:
+            longest = 0.05 if self.stopping_since else self.cfg.supervision.heartbeat_interval
+            assert self.book is not None
+            self._wake_at = mono + plan.next_wakeup(self.book, list(self.slots.values()), mono, longest)
+        return max(0, int((self._wake_at - mono) * 1000 + 0.999))
 
     def _flush(self) -> None:
         assert self.journal is not None

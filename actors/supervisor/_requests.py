@@ -32,6 +32,8 @@ _REFUSED_CACHE = 4096  # job names whose check result is remembered
 # What each remote role may ask for of the runtime (extensions add their admin requests).
 CLIENT_REQUESTS = frozenset({Ping, Submit, Cancel, GetJobs, ListJobs, Watch, Unwatch})
 ADMIN_REQUESTS = CLIENT_REQUESTS | {Status, Scale, Shutdown}
+# Requests that only read: after an iteration that served nothing else, timers and dispatch have nothing new to do.
+QUIET_REQUESTS = frozenset({Ping, Status, GetJobs, ListJobs})
 _ROLE_HINT = {
     "client": "a client key submits jobs and reads or cancels its own; ask the operator for an admin key "
               "(`ensemble keys add-admin NAME`) to manage the daemon",
@@ -64,7 +66,13 @@ def _check_setup(spec: JobSpec, remote: bool, allow: Any) -> None:
 class RequestsMixin(State):
     """Request handling of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
 
-    def _drain_control(self, sock: Any) -> None:
+    def _drain_control(self, sock: Any) -> bool:
+        """Answer the requests waiting on a client socket; whether any of them may have changed state.
+
+        Only :data:`QUIET_REQUESTS` change nothing; after an iteration that
+        served nothing else, the loop skips its timers and dispatch.
+        """
+        changed = False
         tcp = sock is self.control_tcp
         handles = None if tcp else self.shm_prefix
         for parts, _key, role, name in self._frames(sock):
@@ -85,6 +93,8 @@ class RequestsMixin(State):
                 log.warning("event=bad-frame bytes=%d reason=%s", len(frame), _short(str(exc)))
                 self.replies.append((addr, encode(Error("protocol", str(exc)), peek_corr(frame))))
                 continue
+            if type(msg) not in QUIET_REQUESTS:
+                changed = True
             self._peer = Peer(role, name, addr)
             self._frame_len = len(frame)
             try:
@@ -98,9 +108,14 @@ class RequestsMixin(State):
                 self._peer = LOCAL
             if reply is not None:
                 try:
-                    self.replies.append((addr, self._encode_for(addr, reply, corr)))
+                    out = self._encode_for(addr, reply, corr)
+                    if type(reply) is Pong and not self.replies:  # nothing to commit or to keep in order: now
+                        self._send_client(addr, out)
+                    else:
+                        self.replies.append((addr, out))
                 except ProtocolError as exc:
                     self.replies.append((addr, encode(Error("protocol", f"the reply cannot be sent: {exc}"), corr)))
+        return changed
 
     def _request(self, ident: bytes, corr: int, msg: Message) -> Message | None:
         handler: Callable[[bytes, int, Message], Message | None] | None = self.handlers.get(type(msg))

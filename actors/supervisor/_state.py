@@ -91,7 +91,7 @@ class State:
     def _dispatch(self, mono: float) -> None:
         raise NotImplementedError
 
-    def _drain_control(self, sock: Any) -> None:
+    def _drain_control(self, sock: Any) -> bool:
         raise NotImplementedError
 
     def _drain_internal(self, sock: Any) -> None:
