@@ -426,7 +426,7 @@ class RayWorkers:
         job (a retry reuses the object); smaller ones cross inline, handles as
         bytes.  Raises EnsembleError when a segment is gone.
         """
-        from actors.shm import SharedArray, is_ndarray, walk
+        from actors.shm import SharedArray, copy_of, is_ndarray, walk
 
         member = self.members.get(name)
         refs = self.staged.get(job_id) or {}
@@ -440,13 +440,7 @@ class RayWorkers:
                 return v
             if member is None or not self.min_bytes or v.nbytes < self.min_bytes or (
                     not handle and v.dtype.kind not in "biufc"):
-                if not handle:
-                    return v
-                seg = SharedArray.attach(v, readonly=True, prefix=prefix)
-                try:
-                    return seg.array.copy()
-                finally:
-                    seg.close()
+                return copy_of(v, prefix) if handle else v
             seq += 1
             key = f"{self.token}.{job_id}.{seq}"
             if key not in refs:

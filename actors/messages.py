@@ -103,6 +103,16 @@ class Limits(msgspec.Struct, frozen=True):
     max_frame: int = DEFAULT_MAX_FRAME
 
 
+def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes of an array of ``dtype`` and ``shape``."""
+    import numpy as np  # numpy only where arrays are: a child that handles none never imports it
+
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count * np.dtype(dtype).itemsize
+
+
 class ArrayHandle:
     """A numpy array living in a named shared-memory segment, as it crosses a socket.
 
@@ -148,12 +158,7 @@ class ArrayHandle:
     @property
     def nbytes(self) -> int:
         """Size of the array data in bytes."""
-        import numpy as np  # numpy only where arrays are: a child that handles none never imports it
-
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count * np.dtype(self.dtype).itemsize
+        return _nbytes(self.dtype, self.shape)
 
 
 class StoredArray:
@@ -194,12 +199,7 @@ class StoredArray:
     @property
     def nbytes(self) -> int:
         """Size of the array data in bytes."""
-        import numpy as np
-
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count * np.dtype(self.dtype).itemsize
+        return _nbytes(self.dtype, self.shape)
 
 
 # --------------------------------------------------------------------------- messages

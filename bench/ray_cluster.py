@@ -56,6 +56,24 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
     raise TimeoutError(f"benchmark: {what} not reached within {timeout:g}s")
 
 
+def _start_cluster(ctx: Any, cluster_cls: Any, store: int) -> Any:
+    """A head with no CPUs and two 2-CPU nodes, ``store`` bytes of object store each (this process leaves
+    the run's shared Ray session first: one driver per process; later cases start it again on first use)."""
+    ctx.ray.shutdown()
+    ctx.ray._tried = False
+    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    cluster = cluster_cls(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store,
+                                                                "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=2, object_store_memory=store)
+        cluster.wait_for_nodes()
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster
+
+
 def case_ray_cluster(ctx: Any) -> list[Row]:
     try:
         import ray
@@ -64,16 +82,9 @@ def case_ray_cluster(ctx: Any) -> list[Row]:
         return [skipped(CASE, "-", "Ray not installed (pip install -e '.[ray]')")]
     if ctx.quick:
         return [skipped(CASE, "-", "a Ray cluster's start (~15 s on 2 cores) does not fit --quick; full mode runs it")]
-    ctx.ray.shutdown()  # one Ray driver per process: this case joins its own cluster
-    ctx.ray._tried = False  # later cases start the shared session again on first use
-    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     t = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE,
-                                                            "include_dashboard": False})
+    cluster = _start_cluster(ctx, Cluster, STORE)
     try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=2, object_store_memory=STORE)
-        cluster.wait_for_nodes()
         ctx.notes.append(f"ray_cluster: a head and two 2-CPU nodes started in {time.perf_counter() - t:.1f} s "
                          "(not measured)")
         d = BenchDaemon(workers=0, ENSEMBLE_TCP=f"tcp://127.0.0.1:{_free_port()}", ENSEMBLE_CLUSTER_RAY=cluster.address,
@@ -227,15 +238,8 @@ def case_ray_arrays(ctx: Any) -> list[Row]:
         return [skipped(ARRAYS_CASE, "-", "Ray not installed (pip install -e '.[ray]')")]
     if ctx.quick:
         return [skipped(ARRAYS_CASE, "-", "a Ray cluster's start does not fit --quick; full mode runs it")]
-    ctx.ray.shutdown()
-    ctx.ray._tried = False
-    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": ARRAY_STORE,
-                                                            "include_dashboard": False})
+    cluster = _start_cluster(ctx, Cluster, ARRAY_STORE)
     try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=2, object_store_memory=ARRAY_STORE)
-        cluster.wait_for_nodes()
         common = {"ENSEMBLE_CLUSTER_RAY": cluster.address, "ENSEMBLE_CLUSTER_WORKERS": "2",
                   "ENSEMBLE_EXTENSIONS": "", "ENSEMBLE_DAEMON_MAX_FRAME": str(256 * 1024 * 1024)}
         store = BenchDaemon(workers=0, ENSEMBLE_TCP=f"tcp://127.0.0.1:{_free_port()}", **common)
