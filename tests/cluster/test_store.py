@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -30,6 +30,20 @@ def store_use(cluster: Any) -> tuple[int, int]:
 
     stats = get_memory_info_reply(get_state_from_address(cluster.address)).store_stats
     return int(stats.num_local_objects), int(stats.object_store_bytes_used)
+
+
+def store_settles(cluster: Any, ok: Callable[[tuple[int, int]], bool], what: str) -> None:
+    """Poll the stores' use (twice a second: each look is a gRPC call) until ``ok``; fail naming the last seen."""
+    seen: list[tuple[int, int]] = []
+
+    def look() -> bool:
+        seen.append(store_use(cluster))
+        return ok(seen[-1])
+
+    try:
+        wait_for(look, 120, interval=0.5, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; (objects, bytes) last seen: {seen[-3:]}") from None
 
 
 def counters(d: Daemon) -> dict[str, Any]:
@@ -68,11 +82,10 @@ def test_big_arrays_cross_through_the_object_store_exactly_small_ones_in_the_fra
         assert np.array_equal(back, big[::-1])
     del back, handles
     # every job's objects are freed when it ends: the stores hold what they held before (Ray frees asynchronously)
-    wait_for(lambda: store_use(cluster)[1] <= base_bytes + MIB, 60,
-             what=f"the object stores to shrink back to {base_bytes} bytes (now {store_use(cluster)})")
-    assert store_use(cluster)[0] <= base_objects + 1
+    store_settles(cluster, lambda u: u[0] <= base_objects and u[1] <= base_bytes,
+                  f"the object stores to shrink back to {base_objects} objects, {base_bytes} bytes")
     d.down()  # and nothing of ensemble's is left in any store
-    wait_for(lambda: store_use(cluster) == (0, 0), 60, what=f"empty object stores after down ({store_use(cluster)})")
+    store_settles(cluster, lambda u: u == (0, 0), "empty object stores after down")
 
 
 def test_a_worker_killed_mid_job_with_a_staged_array_loses_nothing(
@@ -93,4 +106,4 @@ def test_a_worker_killed_mid_job_with_a_staged_array_loses_nothing(
     assert h.info.attempts == 2
     assert counters(d)["ray_store_args"] == 1  # put once, staged twice
     wait_for(lambda: len(ray_workers(d)) == 2, 120, what="the killed worker's slot to come back")
-    wait_for(lambda: store_use(cluster)[0] == 0, 60, what="the job's objects to be freed")
+    store_settles(cluster, lambda u: u[0] == 0, "the job's objects to be freed")
