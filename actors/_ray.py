@@ -184,10 +184,11 @@ class WorkerHost:
             self._cond.notify_all()
 
     def release(self, keys: list[str]) -> None:
-        """Drop staged arguments (their job ended): this actor no longer borrows them."""
+        """Drop staged arguments (their job ended: this actor no longer borrows them) or results nobody will take."""
         with self._cond:
             for key in keys:
                 self._staged.pop(key, None)
+                self._results.pop(key, None)
 
     def take(self, keys: list[str]) -> list[Any]:
         """The result arrays put under ``keys`` (each given once); KeyError naming a key that is not here."""
@@ -476,6 +477,13 @@ class RayWorkers:
                 if member is not None:
                     member.actor.release.remote(keys)
 
+    def discard(self, name: str, value: Any) -> None:
+        """Result arrays of a report the daemon will not use (a stale or refused one): the actor drops them."""
+        keys = stored_keys(value)
+        member = self.members.get(name)
+        if keys and member is not None:
+            member.actor.release.remote([k.key for k in keys])
+
     def take(self, name: str, value: Any, land: Any = None) -> Any:
         """A result ``value`` from member ``name`` with its :class:`StoredArray` keys replaced by the arrays
         (or by what ``land(array)`` makes of each).
@@ -487,14 +495,7 @@ class RayWorkers:
         from actors._errors import EnsembleError
         from actors.shm import walk
 
-        keys: list[StoredArray] = []
-
-        def find(v: Any) -> Any:
-            if type(v) is StoredArray:
-                keys.append(v)
-            return v
-
-        walk(value, find)
+        keys = stored_keys(value)
         if not keys:
             return value
         member = self.members.get(name)
@@ -517,3 +518,12 @@ class RayWorkers:
             self.counters["ray_store_bytes"] += arr.nbytes
 
         return walk(value, lambda v: got[v.key] if type(v) is StoredArray else v)
+
+
+def stored_keys(value: Any) -> list[StoredArray]:
+    """Every :class:`StoredArray` key in ``value`` (nested lists and maps), in order."""
+    from actors.shm import walk
+
+    keys: list[StoredArray] = []
+    walk(value, lambda v: keys.append(v) if type(v) is StoredArray else None)
+    return keys

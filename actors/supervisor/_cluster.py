@@ -95,6 +95,7 @@ class ClusterMixin(State):
         if not done.ok:
             if holds_stored(done.value):
                 log.warning("event=stored-key-refused name=%s job=%d where=error", slot.name, done.job_id)
+                self.cluster.discard(slot.key_name, done.value)
                 done = msgspec.structs.replace(done, value=None)
             return done
         try:

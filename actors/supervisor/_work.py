@@ -41,6 +41,8 @@ class WorkMixin(State):
             job = book.jobs.get(done.job_id)
             if job is None or done.job_id not in slot.outstanding:
                 self.counters["stale_results"] += 1
+                if slot.remote and self.cluster is not None:  # its result arrays in Ray's store go unread
+                    self.cluster.discard(slot.key_name, done.value)
                 continue
             if slot.remote and self.cluster is not None:  # result arrays a Ray-placed worker left in Ray's store
                 done = self._stored_results(slot, done)
