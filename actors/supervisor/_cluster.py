@@ -80,10 +80,12 @@ class ClusterMixin(State):
                     self._send_child(slot, Stop("scaled down"))
         log.info("event=scale workers=%d on=ray", n)
 
-    def _stored_results(self, slot: Slot, done: JobDone) -> JobDone:
+    def _stored_results(self, slot: Slot, done: JobDone, local: bool) -> JobDone:
         """A remote worker's report with its result arrays taken from Ray's object store (keys elsewhere dropped).
 
-        A result that cannot be taken (the actor died, the key is unknown)
+        ``local``: the job is a local client's, so its arrays land in segments
+        it maps (a remote client's stay arrays, journalled and sent inline,
+        with no segment left behind).  A result that cannot be taken (the actor died, the key is unknown)
         fails its job with ``ResultLost`` saying why.
         """
         assert self.cluster is not None
@@ -99,7 +101,8 @@ class ClusterMixin(State):
                 done = msgspec.structs.replace(done, value=None)
             return done
         try:
-            return msgspec.structs.replace(done, value=self.cluster.take(slot.key_name, done.value, self._land))
+            value = self.cluster.take(slot.key_name, done.value, self._land if local else None)
+            return msgspec.structs.replace(done, value=value)
         except EnsembleError as exc:
             log.error("event=stored-result-lost name=%s job=%d reason=%s", slot.name, done.job_id, exc)
             return msgspec.structs.replace(done, ok=False, value=None, error_type="ResultLost",

@@ -179,7 +179,7 @@ class State:
     def _cluster_open(self) -> None:
         raise NotImplementedError
 
-    def _stored_results(self, slot: Slot, done: JobDone) -> JobDone:
+    def _stored_results(self, slot: Slot, done: JobDone, local: bool) -> JobDone:
         raise NotImplementedError
 
     def _add_worker(self) -> Slot:

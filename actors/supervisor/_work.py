@@ -45,7 +45,7 @@ class WorkMixin(State):
                     self.cluster.discard(slot.key_name, done.value)
                 continue
             if slot.remote and self.cluster is not None:  # result arrays a Ray-placed worker left in Ray's store
-                done = self._stored_results(slot, done)
+                done = self._stored_results(slot, done, local=not job.owner)
             if slot.outstanding[0] == done.job_id:
                 slot.outstanding.popleft()
             else:
