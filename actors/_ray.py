@@ -25,8 +25,8 @@ Ray's object store instead of the frame, and never as ``/dev/shm`` handles:
 
 * arguments: at dispatch the daemon puts the array in the store (``ray.put``,
   from the raw shared-memory bytes, or an inline array a remote client sent)
-  once per job, keeps the ObjectRef until the job ends, and stages it on the worker's
-  actor with an actor call that carries the ref nested in a list (so Ray
+  once per job, keeps the ObjectRef until the job ends, and stages it on the
+  worker's actor with an actor call that carries the ref nested in a list (so Ray
   counts the actor as a borrower); the frame carries only a
   :class:`~actors.messages.StoredArray` key.  The worker asks its actor for
   the key over the node-local link (:mod:`actors._storelink`); the actor
@@ -36,7 +36,8 @@ Ray's object store instead of the frame, and never as ``/dev/shm`` handles:
 * results: the worker writes a big result's raw bytes to its actor over the
   link and sends the key in its ``JobsDone``; the daemon takes the array from
   the actor (``take``, a Ray call whose return value the daemon owns and
-  drops once the result is journalled).
+  drops once the array is copied out: into a segment for a local client's
+  job, into the journal and the reply for a remote client's).
 
 Where Ray deserialises (pickle): in the actor (arguments, on the worker's
 node) and in the daemon (``ray.get`` of a ``take``, and of ``run()``'s exit

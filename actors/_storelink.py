@@ -73,7 +73,7 @@ class StoreLink:
 
     def __init__(self, fd: int, min_bytes: int) -> None:
         self.sock = socket.socket(fileno=fd)
-        self.min_bytes = min_bytes  # results of at least this many bytes go to the store ([cluster] object_store_min_bytes)
+        self.min_bytes = min_bytes  # results this big go to the store ([cluster] object_store_min_bytes)
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
         self._prefix = f"r{os.getpid()}."

@@ -13,10 +13,11 @@ bound to its key); what is particular to it is handled here:
 * ``scale --on ray`` retires idle workers first, as local scaling does; an
   actor whose worker stopped is removed for good and its key revoked;
 * big result arrays come as :class:`~actors.messages.StoredArray` keys: they
-  are taken from the worker's actor through Ray before the job is recorded
-  and land in a shared-memory segment of this daemon, so the journal and a
-  local client get a handle as from a local worker; a key anywhere else (a failed job's value, properties) is refused, so
-  no key ever reaches the journal or a client.
+  are taken from the worker's actor through Ray before the job is recorded;
+  a local client's land in a shared-memory segment of this daemon, so the
+  journal and the client get a handle as from a local worker.  A key
+  anywhere else (a failed job's value, properties) is refused, so no key
+  ever reaches the journal or a client.
 """
 
 from __future__ import annotations
