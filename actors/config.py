@@ -125,8 +125,9 @@ class ClusterConfig:
     max_workers: int = 64  # at most this many Ray-placed workers, those started for jobs' resources included
     connect: str = ""  # where workers connect back (tcp://HOST:PORT); default [daemon] tcp on this node's IP
     # numeric arrays of at least this many bytes cross to and from Ray-placed workers through Ray's object
-    # store instead of the frame (0: never; everything goes in the frame, as to any remote worker)
-    object_store_min_bytes: int = 1 << 20
+    # store instead of the frame (0: never; everything goes in the frame, as to any remote worker).  2 MiB: the
+    # frame is as fast at 1 MiB and twice as slow at 2 MiB (bench/README.md, ray_arrays)
+    object_store_min_bytes: int = 2 << 20
 
 
 @dataclass(frozen=True)

@@ -221,11 +221,11 @@ ARRAY_STORE = 400 * 1024 * 1024  # per node: a 64 MB argument and result, and th
 
 
 def case_ray_arrays(ctx: Any) -> list[Row]:
-    """An array job (``bench.jobs:echo``: the argument back as the result) of 1, 8 and 64 MiB each way.
+    """An array job (``bench.jobs:echo``: the argument back as the result) of 1, 2, 4, 8 and 64 MiB each way.
 
     Two daemons on one cluster, the same run, jobs interleaved one at a
-    time: one with ``[cluster] object_store_min_bytes = 1 MiB`` (the
-    default: these arrays go through Ray's object store) and one with ``0``
+    time: one with ``[cluster] object_store_min_bytes = 1 MiB`` (every
+    size here goes through Ray's object store; the default is 2 MiB) and one with ``0``
     (every array in the frame, over CURVE tcp, as before).  Both with
     ``max_frame = 256 MiB`` so that 64 MiB fits the frame at all.  A Ray task
     returning its argument (``ray.get(f.remote(a))``) is reported beside.
@@ -242,7 +242,8 @@ def case_ray_arrays(ctx: Any) -> list[Row]:
     try:
         common = {"ENSEMBLE_CLUSTER_RAY": cluster.address, "ENSEMBLE_CLUSTER_WORKERS": "2",
                   "ENSEMBLE_EXTENSIONS": "", "ENSEMBLE_DAEMON_MAX_FRAME": str(256 * 1024 * 1024)}
-        store = BenchDaemon(workers=0, ENSEMBLE_TCP=f"tcp://127.0.0.1:{_free_port()}", **common)
+        store = BenchDaemon(workers=0, ENSEMBLE_TCP=f"tcp://127.0.0.1:{_free_port()}",
+                            ENSEMBLE_CLUSTER_OBJECT_STORE_MIN_BYTES=str(1 << 20), **common)
         frame = BenchDaemon(workers=0, ENSEMBLE_TCP=f"tcp://127.0.0.1:{_free_port()}",
                             ENSEMBLE_CLUSTER_OBJECT_STORE_MIN_BYTES="0", **common)
         store.cli("keys", "init")
@@ -266,7 +267,7 @@ def _arrays(np: Any, ray: Any, cs: Any, cf: Any) -> list[Row]:
     perf = time.perf_counter
     rows: list[Row] = []
     before = cs.status().daemon.counters.get("ray_store_bytes", 0)
-    for mb, n in ((1, 15), (8, 9), (64, 5)):  # MiB: 1 MiB is the default object_store_min_bytes
+    for mb, n in ((1, 15), (2, 11), (4, 11), (8, 9), (64, 5)):  # MiB
         a = np.random.default_rng(mb).integers(0, 255, mb << 20, dtype="u1")
         times: dict[str, list[float]] = {"store": [], "frame": [], "ray": []}
         for i in range(n + 1):  # the first round is warm-up; then interleaved, the order rotating

@@ -70,7 +70,7 @@ def test_big_arrays_cross_through_the_object_store_exactly_small_ones_in_the_fra
     moved = sum(a.nbytes for a in arrays) * 2
     assert after["ray_store_bytes"] - before.get("ray_store_bytes", 0) == moved
 
-    small = rng.standard_normal(1000)  # 8 kB, below object_store_min_bytes (1 MiB): in the frame as before
+    small = rng.standard_normal(1000)  # 8 kB, below object_store_min_bytes (2 MiB): in the frame as before
     back, total = c.submit("tests.jobs:reverse_array", small).result(60)
     assert np.array_equal(back, small[::-1]) and total == float(small.sum())
     assert counters(d)["ray_store_bytes"] == after["ray_store_bytes"]
