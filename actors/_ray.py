@@ -83,7 +83,8 @@ log = logging.getLogger("ensemble.ray")
 KEY_PREFIX = "ray-"  # names of the keys issued to Ray-placed workers (revoked at start if a dead daemon left any)
 _RESTART_PAUSE = 0.5  # seconds an actor waits before restarting a worker process that died
 _STAGE_WAIT = 60.0  # seconds the actor waits for the daemon's stage() of a key its worker asks for
-_TAKE_TIMEOUT = 60.0  # seconds the daemon waits for a result array from an actor
+_TAKE_WAIT = 5.0  # seconds the daemon waits for result arrays from an actor, plus a second per _TAKE_RATE bytes
+_TAKE_RATE = 50_000_000  # (the daemon's loop waits meanwhile: bounded, as a node that died could make it wait long)
 
 
 def import_ray() -> Any:
@@ -489,7 +490,8 @@ class RayWorkers:
         """A result ``value`` from member ``name`` with its :class:`StoredArray` keys replaced by the arrays
         (or by what ``land(array)`` makes of each).
 
-        Waits for the actor (at most ``_TAKE_TIMEOUT``); raises EnsembleError
+        Waits for the actor (at most 5 s plus a second per 50 MB: the
+        daemon's loop waits meanwhile); raises EnsembleError
         naming why when it cannot (the actor died, the key is unknown, the
         array does not match its key).
         """
@@ -504,7 +506,8 @@ class RayWorkers:
             raise EnsembleError(f"its result arrays were on Ray worker {name}, which is gone")
         try:
             # Ray unpickles the actor's return value here: inside the trust boundary (see the module docstring)
-            arrays = self.ray.get(member.actor.take.remote([k.key for k in keys]), timeout=_TAKE_TIMEOUT)
+            timeout = _TAKE_WAIT + sum(k.nbytes for k in keys) / _TAKE_RATE
+            arrays = self.ray.get(member.actor.take.remote([k.key for k in keys]), timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - RayActorError, GetTimeoutError, the actor's KeyError
             raise EnsembleError(f"its result arrays could not be taken from Ray worker {name}: "
                                 f"{type(exc).__name__}: {exc}") from exc
