@@ -198,7 +198,12 @@ class JobBook:
             self.queued += 1
             if spec.resources:
                 self._needs(spec.resources, 1)
+        self.mark_horizon()
         return queued, requeued, lost
+
+    def mark_horizon(self) -> None:
+        """Stage the journal's horizon: every job below the smallest unfinished id (in memory) has ended."""
+        self.journal.stage_horizon(min(self.jobs, default=self._next_id))
 
     # -- queue -----------------------------------------------------------------------
     def pop(self, n: int, offer: dict[str, float] | None = None) -> list[Job]:

@@ -27,7 +27,7 @@ from actors import _map
 from actors._connection import Connection
 from actors._exact import dumps_arguments
 from actors._errors import (
-    EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, RemoteError, TransportError, WaitTimeout,
+    EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, ProtocolError, RemoteError, TransportError, WaitTimeout,
 )
 from actors._jobfn import path_of
 from actors._rundir import RunDir
@@ -451,8 +451,8 @@ class Executor(concurrent.futures.Executor):
                 self._private.stop()
             raise
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
-        self._acks: list[Future[list[int]]] = []  # the daemon's answers to our submits (ids), for a clean close
-        self._acks_limit = 1024
+        self._acks: list[Future[list[int]]] = []  # the daemon's answers to map's submits (ids), for a clean close
+        self._unacked = 0  # submits whose ids have not come back yet (under _lock; _acked tells when none)
         self._exact = not self.conn.endpoint.startswith("tcp://")  # local: values cross pickled, exactly
         self._waiting: collections.deque[tuple[Future[Any], Callable[[], None]]] = collections.deque()
         self._grace = _grace(grace, timeout)
@@ -462,6 +462,8 @@ class Executor(concurrent.futures.Executor):
         self._live: set[Future[Any]] = set()  # every future not yet done, with or without its job id
         self._cancels: list[Future[Any]] = []  # Cancel requests for cancelled futures, sent before closing
         self._lock = threading.Lock()
+        self._acked = threading.Condition(self._lock)
+        self._templates: dict[Any, JobSpec] = {}  # per function: its JobSpec without arguments (see _template)
         self._shutdown = False
         self._broken = ""  # why the pool is broken (its initializer raised); submits then raise BrokenProcessPool
         self._setup: WorkerSetup | None = None
@@ -486,20 +488,25 @@ class Executor(concurrent.futures.Executor):
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
         self._check_open()
         fn, args, kwargs = _unwrap(fn, args, kwargs)
-        spec = make_spec(fn, args, kwargs, grace=self._grace, retries=self._retries, resources=self._resources)
-        if self._setup is not None:
-            spec = msgspec.structs.replace(spec, setup=self._setup)
+        try:
+            template = self._templates.get(fn)
+        except TypeError:  # an unhashable callable
+            template = None
+        if template is None:
+            template = self._template(fn)
         # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
         # yours); numpy arrays keep the MessagePack path, where big ones cross through shared memory
         pickled = self._exact and not any(is_ndarray(v) for v in (*args, *kwargs.values()))
         fut: Future[Any] = Future()
         if pickled:
             try:
-                blob = dumps_arguments(spec.fn, args, kwargs)
+                blob = dumps_arguments(template.fn, args, kwargs)
             except TypeError as exc:  # this job fails at once, as ProcessPoolExecutor's future would
                 fut.set_exception(exc)
                 return fut
-            spec = msgspec.structs.replace(spec, args=[blob], kwargs={}, pickled=True)
+            spec = msgspec.structs.replace(template, args=[blob], pickled=True)
+        else:
+            spec = msgspec.structs.replace(template, args=list(args), kwargs=dict(kwargs))
         early: list[JobInfo] = []
 
         def on_info(info: JobInfo) -> None:
@@ -514,13 +521,16 @@ class Executor(concurrent.futures.Executor):
                 self._broken = f"a worker's initializer failed: {info.error_message}"
             _complete(fut, info, pickled)
 
-        def on_ids(ids_fut: Future[list[int]]) -> None:
-            exc = ids_fut.exception()
-            if exc is not None:
+        def on_ids(ids: list[int] | None, exc: BaseException | None) -> None:
+            with self._lock:
+                self._unacked -= 1
+                if not self._unacked:
+                    self._acked.notify_all()
+            if exc is not None or not ids:
                 if _start(fut):
-                    fut.set_exception(exc)
+                    fut.set_exception(exc or ProtocolError("the daemon answered the submit with no job id"))
                 return
-            (jid,) = ids_fut.result()
+            (jid,) = ids
             with self._lock:
                 fut.job_id = jid  # type: ignore[attr-defined]
                 self._futures[jid] = fut
@@ -532,13 +542,14 @@ class Executor(concurrent.futures.Executor):
 
         def send() -> None:
             fut._ens_sent = True  # type: ignore[attr-defined]
-            ids = self.conn.submit([spec], on_info)
             with self._lock:
-                if len(self._acks) >= self._acks_limit:  # keep only the answers still awaited (amortised)
-                    self._acks = [a for a in self._acks if not a.done()]
-                    self._acks_limit = max(1024, 2 * len(self._acks))
-                self._acks.append(ids)
-            ids.add_done_callback(on_ids)
+                self._unacked += 1
+            try:
+                self.conn.submit_then([spec], on_info, on_ids)
+            except BaseException:
+                with self._lock:
+                    self._unacked -= 1
+                raise
 
         with self._lock:
             self._live.add(fut)
@@ -551,6 +562,19 @@ class Executor(concurrent.futures.Executor):
         if not held:
             send()
         return fut
+
+    def _template(self, fn: Callable[..., Any]) -> JobSpec:
+        """This executor's JobSpec for ``fn`` with no arguments yet, built once per function (name checks included)."""
+        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
+        if self._setup is not None:
+            spec = msgspec.structs.replace(spec, setup=self._setup)
+        try:
+            if len(self._templates) >= 256:  # bound methods and closures made per call must not pile up
+                self._templates.clear()
+            self._templates[fn] = spec
+        except TypeError:  # an unhashable callable: built every time
+            pass
+        return spec
 
     def _on_future_done(self, fut: Future[Any]) -> None:
         if fut.cancelled():
@@ -577,6 +601,8 @@ class Executor(concurrent.futures.Executor):
     def _close(self) -> None:
         # a future cancelled before the daemon named its job sends its Cancel once the id arrives: wait for the ids
         concurrent.futures.wait(list(self._acks), timeout=10)
+        with self._lock:
+            self._acked.wait_for(lambda: not self._unacked, timeout=10)
         concurrent.futures.wait(list(self._cancels), timeout=10)  # let the daemon hear every cancel
         self.conn.close()
         if self._private is not None:
@@ -610,7 +636,7 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._live.add(run.done)
             self._maps.add(run)
-            self._acks.extend(run.acks)
+            self._acks = [a for a in self._acks if not a.done()] + run.acks
 
         def ended(_: Future[None]) -> None:
             with self._lock:

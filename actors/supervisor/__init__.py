@@ -396,6 +396,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             for job in list(self.book.jobs.values()):
                 if job.killed:
                     self._finish(job, "killed", now, error_type="JobCancelled", error_message="killed: the daemon stopped")
+            self.book.mark_horizon()
         if self.journal is not None:
             self.journal.close()
 

@@ -258,7 +258,8 @@ class WorkMixin(State):
                 job.recalling = False
 
     def _prune(self) -> None:
-        assert self.journal is not None
+        assert self.journal is not None and self.book is not None
+        self.book.mark_horizon()  # committed at the end of this iteration, with the results it relies on
         n = self.journal.prune(time.time() - self.cfg.jobs.retention)
         if n:
             log.info("event=prune jobs=%d", n)

@@ -216,7 +216,7 @@ def test_1000_jobs_from_4_concurrent_clients_complete_exactly_once(module_daemon
     db = sqlite3.connect(str(module_daemon.base / "state" / "jobs.sqlite3"))
     try:
         marks_sql = ",".join("?" * len(ids))
-        states = db.execute(f"SELECT state, attempts, COUNT(*) FROM jobs WHERE id IN ({marks_sql}) GROUP BY 1, 2",
+        states = db.execute(f"SELECT state, attempts, COUNT(*) FROM job_rows WHERE id IN ({marks_sql}) GROUP BY 1, 2",
                             ids).fetchall()
     finally:
         db.close()

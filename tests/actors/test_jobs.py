@@ -21,7 +21,7 @@ def journal_rows(d: Daemon, ids: list[int]) -> dict[int, tuple[Any, ...]]:
     db = sqlite3.connect(str(d.base / "state" / "jobs.sqlite3"))
     try:
         marks = ",".join("?" * len(ids))
-        rows = db.execute(f"SELECT id, state, error_type, error_message, attempts FROM jobs WHERE id IN ({marks})",
+        rows = db.execute(f"SELECT id, state, error_type, error_message, attempts FROM job_rows WHERE id IN ({marks})",
                           ids).fetchall()
     finally:
         db.close()

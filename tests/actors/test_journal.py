@@ -41,7 +41,7 @@ def test_nothing_is_written_before_commit_and_everything_after(journal: Journal,
     try:
         assert other.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
         journal.commit()
-        assert other.execute("SELECT id, state FROM jobs ORDER BY id").fetchall() == [(i, "queued") for i in ids]
+        assert other.execute("SELECT id, state FROM job_rows ORDER BY id").fetchall() == [(i, "queued") for i in ids]
     finally:
         other.close()
 
@@ -55,7 +55,7 @@ def test_a_result_is_recorded_exactly_once(journal: Journal) -> None:
     journal.commit()
     journal.stage_finish(jid, "cancelled", time.time(), None)
     journal.commit()
-    row = journal.db.execute("SELECT state, result, error_type FROM jobs WHERE id=?", (jid,)).fetchone()
+    row = journal.db.execute("SELECT state, result, error_type FROM job_rows WHERE id=?", (jid,)).fetchone()
     assert row == ("done", b"\x01", "")
 
 
@@ -97,9 +97,9 @@ def test_recovery_requeues_or_fails_running_jobs_by_their_retries(tmp_path: Path
     book2 = JobBook(j2)
     assert book2.recover(time.time()) == (1, 1, 1)
     j2.commit()
-    states = dict(j2.db.execute("SELECT id, state FROM jobs").fetchall())
+    states = dict(j2.db.execute("SELECT id, state FROM job_rows").fetchall())
     assert states == {queued: "queued", retry: "queued", no_retry: "worker-lost"}
-    row = j2.db.execute("SELECT error_type, error_message FROM jobs WHERE id=?", (no_retry,)).fetchone()
+    row = j2.db.execute("SELECT error_type, error_message FROM job_rows WHERE id=?", (no_retry,)).fetchone()
     assert row[0] == "JobLost" and "no retry was left" in row[1]
     assert [e[1] for e in j2.events(retry)] == ["requeued"]
     assert {job.id for job in book2.pop(10)} == {queued, retry}
@@ -118,6 +118,75 @@ def test_prune_removes_old_finished_jobs_only(journal: Journal) -> None:
     assert journal.prune(time.time() - 60) == 1
     assert {r[0] for r in journal.db.execute("SELECT id FROM jobs")} == {recent, live}
     assert journal.events(old) == []
+
+
+def test_ids_are_not_reused_after_every_job_was_pruned(tmp_path: Path) -> None:
+    j1 = Journal(tmp_path / "jobs.sqlite3")
+    book = JobBook(j1)
+    a, b = book.accept([JobSpec("m:f"), JobSpec("m:f")], time.time())
+    for job in list(book.jobs.values()):
+        book.finish(job, "done", time.time() - 3600)
+    book.mark_horizon()
+    j1.commit()
+    assert j1.prune(time.time() - 60) == 2
+    j1.close()
+    j2 = Journal(tmp_path / "jobs.sqlite3")
+    assert JobBook(j2).accept([JobSpec("m:f")], time.time()) == [b + 1]
+    j2.close()
+
+
+def test_recovery_finds_unfinished_jobs_from_the_horizon_on(tmp_path: Path) -> None:
+    """Jobs below the recorded horizon have ended; the ones at or above it that did not end are found again."""
+    j1 = Journal(tmp_path / "jobs.sqlite3")
+    book = JobBook(j1)
+    ended, running, queued = book.accept([JobSpec("m:f"), JobSpec("m:f", retries=1), JobSpec("m:f")], time.time())
+    j1.commit()
+    book.finish(book.jobs[ended], "done", time.time())
+    job = book.pop(1)[0]
+    assert job.id == running
+    book.start(job, "worker-1", time.time(), time.monotonic())
+    book.mark_horizon()
+    j1.commit()
+    assert j1.horizon() == running
+    j1.close()  # as after kill -9: nothing else written
+    j2 = Journal(tmp_path / "jobs.sqlite3")
+    book2 = JobBook(j2)
+    assert book2.recover(time.time()) == (1, 1, 0)  # the queued one as it was, the running one requeued (a retry left)
+    j2.commit()
+    assert dict(j2.db.execute("SELECT id, state FROM job_rows").fetchall()) == {
+        ended: "done", running: "queued", queued: "queued"}
+    assert j2.db.execute("SELECT attempts FROM job_rows WHERE id=?", (running,)).fetchone() == (1,)
+    j2.close()
+
+
+def test_a_journal_of_the_earlier_layout_opens_with_its_ends_and_its_live_jobs(tmp_path: Path) -> None:
+    """Before the results table, a job's end was written into its own row (and a state index existed)."""
+    path = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(str(path))
+    old.executescript("""
+        CREATE TABLE jobs(id INTEGER PRIMARY KEY, fn TEXT NOT NULL, name TEXT NOT NULL DEFAULT '', spec BLOB NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            submitted REAL NOT NULL, started REAL NOT NULL DEFAULT 0, finished REAL NOT NULL DEFAULT 0, result BLOB,
+            error_type TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '',
+            traceback TEXT NOT NULL DEFAULT '', progress REAL NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT '',
+            properties BLOB, worker TEXT NOT NULL DEFAULT '', owner TEXT NOT NULL DEFAULT '');
+        CREATE INDEX jobs_state ON jobs(state);
+        CREATE TABLE events(job_id INTEGER NOT NULL, t REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+    """)
+    spec = pack_spec(JobSpec("m:f"))
+    old.execute("INSERT INTO jobs(id, fn, spec, state, submitted, finished, result) VALUES (1, 'm:f', ?, 'done', 1, 2, x'07')",
+                (spec,))
+    old.execute("INSERT INTO jobs(id, fn, spec, state, submitted) VALUES (2, 'm:f', ?, 'queued', 1)", (spec,))
+    old.commit()
+    old.close()
+    j = Journal(path)
+    assert j.db.execute("SELECT state, result FROM job_rows WHERE id=1").fetchone() == ("done", b"\x07")
+    assert [r[0] for r in j.unfinished()] == [2]
+    assert j.db.execute("SELECT name FROM sqlite_master WHERE name='jobs_state'").fetchone() is None
+    book = JobBook(j)
+    book.recover(time.time())
+    assert book.accept([JobSpec("m:f")], time.time()) == [3]
+    j.close()
 
 
 def test_spec_round_trips_through_the_journal_form() -> None:
@@ -192,7 +261,7 @@ def test_daemon_kill_9_in_a_submit_burst_loses_no_acknowledged_job(make_daemon: 
     db = sqlite3.connect(str(d.base / "state" / "jobs.sqlite3"))
     try:
         marks = ",".join("?" * len(ids))
-        journaled = dict(db.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", ids).fetchall())
+        journaled = dict(db.execute(f"SELECT id, state FROM job_rows WHERE id IN ({marks})", ids).fetchall())
     finally:
         db.close()
     assert set(journaled) == set(ids)  # every acknowledged job was on disk before its ack
@@ -216,7 +285,7 @@ def test_daemon_kill_9_in_a_submit_burst_loses_no_acknowledged_job(make_daemon: 
     db = sqlite3.connect(str(d.base / "state" / "jobs.sqlite3"))
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        left = db.execute(f"SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND id IN ({marks})",
+        left = db.execute(f"SELECT COUNT(*) FROM job_rows WHERE state IN ('queued', 'running') AND id IN ({marks})",
                           ids).fetchone()[0]
     finally:
         db.close()

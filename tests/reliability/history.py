@@ -113,7 +113,7 @@ def _read_journal(path: Path) -> tuple[dict[int, dict[str, Any]], list[int], col
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = {r[0]: {"state": r[1], "attempts": r[2], "retries": unpack_spec(r[3])[0].retries}
-                for r in db.execute("SELECT id, state, attempts, spec FROM jobs")}
+                for r in db.execute("SELECT id, state, attempts, spec FROM job_rows")}
         dup_rows = [r[0] for r in db.execute("SELECT id FROM jobs GROUP BY id HAVING COUNT(*) > 1")]
         deaths = collections.Counter(r[0] for r in db.execute(
             "SELECT job_id FROM events WHERE kind='requeued' AND (detail LIKE 'worker % died%' OR detail LIKE 'daemon%')"))
