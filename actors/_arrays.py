@@ -12,6 +12,12 @@ array (an argument, or one from ``task.empty()``) crosses as its handle; any
 other large result is copied once into a new segment.  The client maps a
 result segment and unlinks its name, so the memory lives exactly as long as
 the returned array.
+
+A worker placed on a Ray cluster has an object-store link instead
+(:class:`~actors._storelink.StoreLink`, set by ``run_remote``): arguments that
+arrive as :class:`~actors.messages.StoredArray` keys are fetched through it,
+and results of at least ``[cluster] object_store_min_bytes`` leave through it,
+the frame carrying only their keys.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from actors.messages import ArrayHandle, JobInfo
+from actors.messages import ArrayHandle, JobInfo, StoredArray
 from actors.shm import segment_prefix, SharedArray, handle_of, is_ndarray, shared_ndarray, walk
 
 _SIZE_CLASS = 1 << 20  # pool segments are rounded up to whole MiB
@@ -200,9 +206,17 @@ class WorkerArrays:
         self.daemon = daemon
         self.inline_limit = inline_limit
         self.shared = shared  # False on a remote host: everything crosses as bytes
+        self.link: Any = None  # a Ray-placed worker's StoreLink to its host actor (actors._storelink)
 
     def import_args(self, value: Any, mapped: list[SharedArray]) -> Any:
         def leaf(v: Any) -> Any:
+            if type(v) is StoredArray:
+                if self.link is None:
+                    from actors._errors import ProtocolError
+
+                    raise ProtocolError("an argument is in a Ray object store but this worker has no link to one "
+                                        "(only Ray-placed workers do)")
+                return self.link.get(v)
             if type(v) is not ArrayHandle:
                 return v
             seg = SharedArray.attach(v, prefix=segment_prefix(self.daemon))
@@ -227,6 +241,8 @@ class WorkerArrays:
             h = handle_of(v)
             if h is not None and self.shared:
                 return h
+            if self.link is not None and v.dtype.kind in "biufc" and self.link.wants(v.nbytes):
+                return self.link.put(v)
             if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc" or not self.shared:
                 return v
             seg = SharedArray.create(self.daemon, v.shape, v.dtype)

@@ -187,7 +187,8 @@ class Child:
                 return
             self.last_heard = time.monotonic()
             try:
-                _, msg = decode(frame, self.limits)
+                # stored: the daemon passes object-store keys to Ray-placed workers
+                _, msg = decode(frame, self.limits, stored=True)
             except ProtocolError as exc:
                 log.error("%s: bad frame from supervisor: %s", self.name, exc)
                 continue

@@ -20,6 +20,37 @@ The shape, daemon side (:class:`RayWorkers`, owned by the supervisor when
 * an actor removed for good (scale down, ``ensemble down``) is killed and its
   key revoked, so it no longer authenticates.
 
+Big arrays (at least ``[cluster] object_store_min_bytes``) travel through
+Ray's object store instead of the frame, and never as ``/dev/shm`` handles:
+
+* arguments: at dispatch the daemon puts the array in the store (``ray.put``,
+  from the raw shared-memory bytes, or an inline array a remote client sent)
+  once per job, keeps the ObjectRef until the job ends, and stages it on the
+  worker's actor with an actor call that carries the ref nested in a list (so Ray
+  counts the actor as a borrower); the frame carries only a
+  :class:`~actors.messages.StoredArray` key.  The worker asks its actor for
+  the key over the node-local link (:mod:`actors._storelink`); the actor
+  resolves the ref on its node and writes the raw bytes.  A retried job is
+  staged again from the same ref; when the job ends the daemon drops its ref
+  and tells the actor to drop its own, so Ray frees the object;
+* results: the worker writes a big result's raw bytes to its actor over the
+  link and sends the key in its ``JobsDone``; the daemon takes the array from
+  the actor (``take``, a Ray call whose return value the daemon owns and
+  drops once the array is copied out: into a segment for a local client's
+  job, into the journal and the reply for a remote client's).
+
+Where Ray deserialises (pickle): in the actor (arguments, on the worker's
+node) and in the daemon (``ray.get`` of a ``take``, and of ``run()``'s exit
+code, as before).  Nothing that crossed ensemble's tcp is ever unpickled:
+the frame holds a key, dtype and shape, read by msgspec; the link carries
+msgpack headers and raw bytes.  The daemon's ``ray.get`` reads objects that
+only processes of the Ray cluster could write, and the daemon joined that
+cluster as a driver: whoever can write there can already run code on every
+node, this host included (Ray has no authentication).  The cluster is inside
+the trust boundary, as the cluster guide says; a cluster that is not must
+set ``object_store_min_bytes = 0`` (every array then travels in the frame)
+-- and should not be given workers at all.
+
 Ray is imported only here and only when configured (:func:`import_ray`).
 Nothing here touches the daemon's sockets or jobs: the supervisor's
 :mod:`actors.supervisor._cluster` applies what this reports.  Runtime layer:
@@ -31,8 +62,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +75,16 @@ from actors._errors import ConfigError, DaemonError
 from actors._keys import add_peer, list_keys, revoke
 from actors._resources import describe, fits
 from actors._spawn import child_env, python_argv, set_parent_death_signal
+from actors._storelink import recv_exact, recv_header, send_msg
 from actors.config import Config
+from actors.messages import ArrayHandle, StoredArray
 
 log = logging.getLogger("ensemble.ray")
 KEY_PREFIX = "ray-"  # names of the keys issued to Ray-placed workers (revoked at start if a dead daemon left any)
 _RESTART_PAUSE = 0.5  # seconds an actor waits before restarting a worker process that died
+_STAGE_WAIT = 60.0  # seconds the actor waits for the daemon's stage() of a key its worker asks for
+_TAKE_WAIT = 5.0  # seconds the daemon waits for result arrays from an actor, plus a second per _TAKE_RATE bytes
+_TAKE_RATE = 50_000_000  # (the daemon's loop waits meanwhile: bounded, as a node that died could make it wait long)
 
 
 def import_ray() -> Any:
@@ -79,12 +117,22 @@ class WorkerHost:
     worker dies with this actor (parent-death signal).  Its keys reach it
     through pipes (``--key /dev/fd/N``): nothing secret is written to the
     node's disk, so an actor killed outright leaves nothing behind.
+
+    The object store: a thread serves the worker's end of a socketpair
+    (:mod:`actors._storelink`): ``get`` resolves an argument the daemon
+    staged (:meth:`stage`), ``put`` keeps a result array for the daemon's
+    :meth:`take`.  Results a worker process left untaken go with it.  Ray
+    runs the methods on a thread pool (``max_concurrency``), so ``stage`` and
+    ``take`` run while ``run()`` waits.
     """
 
     def __init__(self, endpoint: str, secret: str, server_public: str, name: str, env: dict[str, str],
                  resources: dict[str, float]) -> None:
         self.endpoint, self.secret, self.server_public = endpoint, secret, server_public
         self.name, self.env, self.resources = name, env, resources
+        self._cond = threading.Condition()
+        self._staged: dict[str, Any] = {}  # key -> ObjectRef of an argument the daemon staged (borrowed)
+        self._results: dict[str, Any] = {}  # key -> result array a worker put, until the daemon takes it
 
     def run(self) -> int:
         """Run the worker until it exits 0 (stopped by the daemon, or the daemon fell silent); restart it otherwise."""
@@ -97,21 +145,108 @@ class WorkerHost:
 
     def _run_once(self) -> int:
         fds: list[int] = []
+        mine, theirs = socket.socketpair()
         try:
             for text in (self.secret, self.server_public):  # a key file is ~400 bytes: a pipe holds it whole
                 r, w = os.pipe()
                 fds.append(r)
                 with os.fdopen(w, "w") as f:
                     f.write(text)
+            fds.append(theirs.fileno())
             argv = python_argv("actors", "worker", "--connect", self.endpoint, "--key", f"/dev/fd/{fds[0]}",
                                "--server-key", f"/dev/fd/{fds[1]}", "--worker-name", self.name,
-                               "--resources", describe(self.resources))
+                               "--resources", describe(self.resources), "--object-store-fd", str(fds[2]))
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=child_env(self.env), cwd="/", pass_fds=fds,
                                     start_new_session=True, preexec_fn=set_parent_death_signal)
         finally:
-            for fd in fds:
+            for fd in fds[:2]:
                 os.close(fd)
-        return proc.wait()
+            theirs.close()
+        put: list[str] = []
+        server = threading.Thread(target=self._serve, args=(mine, put), name="object-store-link", daemon=True)
+        server.start()
+        try:
+            return proc.wait()
+        finally:
+            try:
+                mine.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            server.join(10)
+            mine.close()
+            with self._cond:  # what this worker process put and the daemon did not take is nobody's now
+                for key in put:
+                    self._results.pop(key, None)
+
+    # -- the object store (Ray calls from the daemon, and the link to the worker) ---------------
+    def stage(self, keys: list[str], refs: list[Any]) -> None:
+        """Keep argument refs under their keys for the worker to fetch (``refs`` nested: Ray passes them as refs)."""
+        with self._cond:
+            self._staged.update(zip(keys, refs))
+            self._cond.notify_all()
+
+    def release(self, keys: list[str]) -> None:
+        """Drop staged arguments (their job ended: this actor no longer borrows them) or results nobody will take."""
+        with self._cond:
+            for key in keys:
+                self._staged.pop(key, None)
+                self._results.pop(key, None)
+
+    def take(self, keys: list[str]) -> list[Any]:
+        """The result arrays put under ``keys`` (each given once); KeyError naming a key that is not here."""
+        with self._cond:
+            missing = [k for k in keys if k not in self._results]
+            if missing:
+                raise KeyError(f"no result array {missing[0]!r} on this worker (its process ended before the "
+                               "daemon took it)")
+            return [self._results.pop(k) for k in keys]
+
+    def _serve(self, sock: socket.socket, put: list[str]) -> None:
+        """Answer the worker's ``get`` and ``put`` until it closes its end (a thread of this actor)."""
+        import numpy as np
+
+        from actors.messages import _check_dtype
+
+        try:
+            while True:
+                header = recv_header(sock)
+                if header[0] == "get":
+                    key = str(header[1])
+                    with self._cond:
+                        self._cond.wait_for(lambda: key in self._staged, _STAGE_WAIT)
+                        ref = self._staged.pop(key, None)
+                    if ref is None:
+                        send_msg(sock, [False, 0, f"the daemon staged nothing under {key} within {_STAGE_WAIT:g}s"])
+                        continue
+                    try:
+                        import ray  # in the actor: Ray's own deserialisation, on the worker's node
+
+                        arr = np.ascontiguousarray(ray.get(ref))
+                    except Exception as exc:  # noqa: BLE001 - ObjectLostError and kin: the worker's job fails with it
+                        send_msg(sock, [False, 0, f"{type(exc).__name__}: {exc}"])
+                        continue
+                    send_msg(sock, [True, arr.nbytes, ""], arr.reshape(-1).view(np.uint8).data)
+                    del arr, ref
+                elif header[0] == "put":
+                    _, key, dtype, shape, nbytes = header
+                    arr = np.empty(shape, _check_dtype(dtype))
+                    if arr.nbytes != nbytes:
+                        raise ValueError(f"result array {key}: {nbytes} bytes for shape {shape} of {dtype}")
+                    recv_exact(sock, nbytes, arr.reshape(-1).view(np.uint8))
+                    with self._cond:
+                        self._results[str(key)] = arr
+                    put.append(str(key))
+                    send_msg(sock, [True, 0, ""])
+                else:
+                    raise ValueError(f"unknown request {header[0]!r}")
+        except (EOFError, OSError):
+            return  # the worker process ended
+        except Exception as exc:  # noqa: BLE001 - a malformed request: the link goes, the worker's job fails
+            print(f"ensemble worker {self.name}: object-store link closed: {exc}", file=sys.stderr)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @dataclass
@@ -145,6 +280,10 @@ class RayWorkers:
         self.seq = 0
         self.endpoint = ""
         self._host_cls: Any = None
+        self.min_bytes = cfg.cluster.object_store_min_bytes
+        self.staged: dict[int, dict[str, Any]] = {}  # job id -> its arguments' ObjectRefs by key, until it ends
+        self.staged_on: dict[int, set[str]] = {}  # job id -> members it was staged on
+        self.counters = {"ray_store_args": 0, "ray_store_results": 0, "ray_store_bytes": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -166,7 +305,7 @@ class RayWorkers:
             raise DaemonError(f"cannot join the Ray cluster at {address!r} ([cluster] ray): {exc}; start one "
                               "(`ray start --head`) or fix the address") from exc
         self.endpoint = self.cfg.cluster.connect or self._connect_endpoint()
-        self._host_cls = ray.remote(max_restarts=-1, max_task_retries=0)(WorkerHost)
+        self._host_cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)(WorkerHost)
         log.info("event=ray-joined address=%s connect=%s workers=%d", address, self.endpoint, self.cfg.cluster.workers)
         self.scale(self.cfg.cluster.workers)
 
@@ -196,6 +335,7 @@ class RayWorkers:
             "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": str(self.cfg.supervision.heartbeat_timeout),
             "ENSEMBLE_SUPERVISION_STOP_GRACE": str(self.cfg.supervision.stop_grace),
             "ENSEMBLE_CLUSTER_RAY": "", "ENSEMBLE_CLUSTER_WORKERS": "0", "ENSEMBLE_DAEMON_TCP": "",
+            "ENSEMBLE_CLUSTER_OBJECT_STORE_MIN_BYTES": str(self.min_bytes),
         }
         actor = self._host_cls.options(name=name, **ray_options(resources)).remote(
             self.endpoint, secret_file.read_text(), (self.keys_dir / "server.key").read_text(), name, env, resources)
@@ -279,3 +419,115 @@ class RayWorkers:
                 out.append((member.name, "its worker stopped unasked; started again"))
         return out
 
+
+    # -- the object store ----------------------------------------------------------------
+    def stage(self, name: str, job_id: int, value: Any, prefix: str) -> Any:
+        """``value`` for the frame to member ``name``: big arrays as :class:`StoredArray` keys, staged on its actor.
+
+        Shared-memory handles (this daemon's, named with ``prefix``) and inline
+        arrays of at least ``object_store_min_bytes`` are ``ray.put`` once per
+        job (a retry reuses the object); smaller ones cross inline, handles as
+        bytes.  Raises EnsembleError when a segment is gone.
+        """
+        from actors.shm import SharedArray, copy_of, is_ndarray, walk
+
+        member = self.members.get(name)
+        refs = self.staged.get(job_id) or {}
+        new: dict[str, Any] = {}
+        seq = 0
+
+        def leaf(v: Any) -> Any:
+            nonlocal seq
+            handle = type(v) is ArrayHandle
+            if not handle and not is_ndarray(v):
+                return v
+            if member is None or not self.min_bytes or v.nbytes < self.min_bytes or (
+                    not handle and v.dtype.kind not in "biufc"):
+                return copy_of(v, prefix) if handle else v
+            seq += 1
+            key = f"{self.token}.{job_id}.{seq}"
+            if key not in refs:
+                if handle:
+                    seg = SharedArray.attach(v, readonly=True, prefix=prefix)
+                    try:  # ray.put copies the segment's bytes into the store (and pickles; nothing is unpickled)
+                        refs[key] = self.ray.put(seg.array)
+                    finally:
+                        seg.close()
+                else:
+                    refs[key] = self.ray.put(v)
+                self.counters["ray_store_args"] += 1
+                self.counters["ray_store_bytes"] += v.nbytes
+            new[key] = refs[key]
+            return StoredArray(key, v.dtype if handle else v.dtype.str, tuple(v.shape))
+
+        out = walk(value, leaf)
+        if refs:
+            self.staged[job_id] = refs
+        if new and member is not None:
+            member.actor.stage.remote(list(new), list(new.values()))  # nested in a list: passed as refs, borrowed
+            self.staged_on.setdefault(job_id, set()).add(name)
+        return out
+
+    def release(self, job_id: int) -> None:
+        """A job ended: drop its argument objects (the daemon's refs, and the actors' it was staged on)."""
+        refs = self.staged.pop(job_id, None)
+        names = self.staged_on.pop(job_id, ())
+        if refs:
+            keys = list(refs)
+            for name in names:
+                member = self.members.get(name)
+                if member is not None:
+                    member.actor.release.remote(keys)
+
+    def discard(self, name: str, value: Any) -> None:
+        """Result arrays of a report the daemon will not use (a stale or refused one): the actor drops them."""
+        keys = stored_keys(value)
+        member = self.members.get(name)
+        if keys and member is not None:
+            member.actor.release.remote([k.key for k in keys])
+
+    def take(self, name: str, value: Any, land: Any = None) -> Any:
+        """A result ``value`` from member ``name`` with its :class:`StoredArray` keys replaced by the arrays
+        (or by what ``land(array)`` makes of each).
+
+        Waits for the actor (at most 5 s plus a second per 50 MB: the
+        daemon's loop waits meanwhile); raises EnsembleError
+        naming why when it cannot (the actor died, the key is unknown, the
+        array does not match its key).
+        """
+        from actors._errors import EnsembleError
+        from actors.shm import walk
+
+        keys = stored_keys(value)
+        if not keys:
+            return value
+        member = self.members.get(name)
+        if member is None:
+            raise EnsembleError(f"its result arrays were on Ray worker {name}, which is gone")
+        try:
+            # Ray unpickles the actor's return value here: inside the trust boundary (see the module docstring)
+            timeout = _TAKE_WAIT + sum(k.nbytes for k in keys) / _TAKE_RATE
+            arrays = self.ray.get(member.actor.take.remote([k.key for k in keys]), timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - RayActorError, GetTimeoutError, the actor's KeyError
+            raise EnsembleError(f"its result arrays could not be taken from Ray worker {name}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        import numpy as np
+
+        got = {}
+        for k, arr in zip(keys, arrays):
+            if not isinstance(arr, np.ndarray) or arr.dtype.str != k.dtype or tuple(arr.shape) != k.shape:
+                raise EnsembleError(f"result array {k.key} from Ray worker {name} does not match its key")
+            got[k.key] = arr if land is None else land(arr)
+            self.counters["ray_store_results"] += 1
+            self.counters["ray_store_bytes"] += arr.nbytes
+
+        return walk(value, lambda v: got[v.key] if type(v) is StoredArray else v)
+
+
+def stored_keys(value: Any) -> list[StoredArray]:
+    """Every :class:`StoredArray` key in ``value`` (nested lists and maps), in order."""
+    from actors.shm import walk
+
+    keys: list[StoredArray] = []
+    walk(value, lambda v: keys.append(v) if type(v) is StoredArray else None)
+    return keys

@@ -460,9 +460,11 @@ def keys_list(ctx: click.Context) -> None:
 @click.option("--worker-name", default=None, help="Name shown in status (default: the host name).")
 @click.option("--resources", default="", metavar="NAME=AMOUNT,...",
               help="What it offers jobs, e.g. CPU=8,GPU=1 (default: this host's CPUs and memory).")
+@click.option("--object-store-fd", type=int, default=-1, hidden=True,
+              help="Set by a Ray host actor: its end of the node-local link to Ray's object store.")
 @click.pass_context
 def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_name: str | None,
-           resources: str) -> None:
+           resources: str, object_store_fd: int) -> None:
     """Run a worker on this host for a daemon elsewhere (restart it with systemd or Kubernetes)."""
     import socket
 
@@ -473,7 +475,8 @@ def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_
         offer = parse(resources, "--resources") if resources else host_resources()  # "none": offers nothing
     except EnsembleError as exc:
         fail(str(exc))
-    code = run_remote(config_of(ctx), endpoint, key, server_key, worker_name or socket.gethostname(), offer)
+    code = run_remote(config_of(ctx), endpoint, key, server_key, worker_name or socket.gethostname(), offer,
+                      object_store_fd)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: ZeroMQ's atexit term would wait on inproc sockets

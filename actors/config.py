@@ -125,6 +125,10 @@ class ClusterConfig:
     worker_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # what Ray reserves for each
     max_workers: int = 64  # at most this many Ray-placed workers, those started for jobs' resources included
     connect: str = ""  # where workers connect back (tcp://HOST:PORT); default [daemon] tcp on this node's IP
+    # numeric arrays of at least this many bytes cross to and from Ray-placed workers through Ray's object
+    # store instead of the frame (0: never; everything goes in the frame, as to any remote worker).  2 MiB: the
+    # frame is as fast at 1 MiB and twice as slow at 2 MiB (bench/README.md, ray_arrays)
+    object_store_min_bytes: int = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -328,6 +332,8 @@ def _validate_cluster(cfg: Config) -> None:
                           "e.g. \"tcp://0.0.0.0:7700\", and run `ensemble keys init`")
     if c.connect and not c.connect.startswith("tcp://"):
         raise ConfigError(f"cluster.connect {c.connect!r} must be a tcp:// endpoint")
+    if not 0 <= c.object_store_min_bytes <= 2**50:
+        raise ConfigError(f"cluster.object_store_min_bytes {c.object_store_min_bytes} must be 0 (never) .. 2**50 bytes")
 
 
 def _env_names() -> dict[str, tuple[str, str]]:

@@ -47,6 +47,7 @@ VERSION: Final = 2
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 EXT_INLINE_ARRAY = 1
 EXT_ARRAY_HANDLE = 2
+EXT_STORED_ARRAY = 3
 _SAFE_DTYPE_KINDS = frozenset("biufc")  # bool, int, uint, float, complex: no objects
 
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
@@ -102,6 +103,16 @@ class Limits(msgspec.Struct, frozen=True):
     max_frame: int = DEFAULT_MAX_FRAME
 
 
+def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes of an array of ``dtype`` and ``shape``."""
+    import numpy as np  # numpy only where arrays are: a child that handles none never imports it
+
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count * np.dtype(dtype).itemsize
+
+
 class ArrayHandle:
     """A numpy array living in a named shared-memory segment, as it crosses a socket.
 
@@ -147,12 +158,48 @@ class ArrayHandle:
     @property
     def nbytes(self) -> int:
         """Size of the array data in bytes."""
-        import numpy as np  # numpy only where arrays are: a child that handles none never imports it
+        return _nbytes(self.dtype, self.shape)
 
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count * np.dtype(self.dtype).itemsize
+
+class StoredArray:
+    """A numpy array waiting in a Ray cluster's object store, as it crosses the frame to or from a Ray-placed worker.
+
+    ``key`` is an opaque name that only the worker's host actor can resolve
+    (:mod:`actors._ray`): the daemon staged the object there under it
+    (arguments), or the actor holds the worker's result under it for the
+    daemon to take.  The frame carries no Ray object reference and nothing
+    pickled; ``dtype`` (numeric kinds only) and ``shape`` say what arrives.
+    Accepted only on the daemon<->worker link (``decode(..., stored=True)``),
+    never from a client.  Immutable, as :class:`ArrayHandle`.
+    """
+
+    __slots__ = ("dtype", "key", "shape")
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __init__(self, key: str, dtype: str, shape: tuple[int, ...]) -> None:
+        for attr, value in (("key", key), ("dtype", dtype), ("shape", tuple(shape))):
+            object.__setattr__(self, attr, value)
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        raise AttributeError(f"StoredArray is immutable (cannot set {attr!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not StoredArray:
+            return NotImplemented
+        return (self.key, self.dtype, self.shape) == (other.key, other.dtype, other.shape)
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.dtype, self.shape))
+
+    def __repr__(self) -> str:
+        return f"StoredArray(key={self.key!r}, dtype={self.dtype!r}, shape={self.shape!r})"
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the array data in bytes."""
+        return _nbytes(self.dtype, self.shape)
 
 
 # --------------------------------------------------------------------------- messages
@@ -525,12 +572,14 @@ register(Kind, *Message.__subclasses__())  # the runtime's own kinds
 
 
 # --------------------------------------------------------------------------- ext types
-# Their payloads are msgpack too: [dtype, shape, data] (ext 1), [name, dtype, shape, offset] (ext 2).
+# Their payloads are msgpack too: [dtype, shape, data] (ext 1), [name, dtype, shape, offset] (ext 2),
+# [key, dtype, shape] (ext 3).
 _pack_plain = msgspec.msgpack.Encoder().encode
 _DType = Annotated[str, Meta(max_length=64)]
 _Shape = Annotated[list[_Size], Meta(max_length=64)]
 _unpack_inline = msgspec.msgpack.Decoder(tuple[_DType, _Shape, bytes]).decode
 _unpack_handle = msgspec.msgpack.Decoder(tuple[Annotated[str, Meta(max_length=256)], _DType, _Shape, _Size]).decode
+_unpack_stored = msgspec.msgpack.Decoder(tuple[Annotated[str, Meta(max_length=128)], _DType, _Shape]).decode
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -538,6 +587,8 @@ def _enc_hook(obj: Any) -> Any:
     cls = type(obj)
     if cls is ArrayHandle:
         return msgspec.msgpack.Ext(EXT_ARRAY_HANDLE, _pack_plain((obj.name, obj.dtype, obj.shape, obj.offset)))
+    if cls is StoredArray:
+        return msgspec.msgpack.Ext(EXT_STORED_ARRAY, _pack_plain((obj.key, obj.dtype, obj.shape)))
     if cls.__module__ == "numpy":
         import numpy as np  # numpy only where arrays are: a child that sends none never imports it
 
@@ -555,8 +606,9 @@ def _enc_hook(obj: Any) -> Any:
     )
 
 
-def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemble.") -> Any:
-    """Decode our ext types.  ``handles``: the segment-name prefix a handle must carry (None: refuse handles)."""
+def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemble.", stored: bool = False) -> Any:
+    """Decode our ext types.  ``handles``: the segment-name prefix a handle must carry (None: refuse handles);
+    ``stored``: whether object-store keys (ext 3) are accepted (the daemon<->worker link only)."""
     if code == EXT_INLINE_ARRAY:
         try:
             dtype, shape, raw = _unpack_inline(data)
@@ -575,6 +627,16 @@ def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemb
             raise ProtocolError(f"array handle {name[:80]!r} does not name a segment of this daemon")
         _check_dtype(dtype)
         return ArrayHandle(name, dtype, tuple(shape), offset)
+    if code == EXT_STORED_ARRAY:
+        if not stored:
+            raise ProtocolError("object-store array keys pass only between the daemon and its Ray-placed workers; "
+                                "send the array itself")
+        try:
+            key, dtype, shape = _unpack_stored(data)
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(f"malformed object-store array key: {exc}") from exc
+        _check_dtype(dtype)
+        return StoredArray(key, dtype, tuple(shape))
     raise ProtocolError(f"unknown ext type {code}")
 
 
@@ -621,9 +683,10 @@ def encode(msg: Message, corr: int = 0) -> bytes:
 
 
 @functools.lru_cache(maxsize=16)
-def _decoder(handles: str | None, generation: int) -> msgspec.msgpack.Decoder[Any]:
+def _decoder(handles: str | None, generation: int, stored: bool = False) -> msgspec.msgpack.Decoder[Any]:
     """The frame decoder of one handle policy for the kinds registered so far (built on first use, kept)."""
-    hook = _ext_hook if handles == "ensemble." else functools.partial(_ext_hook, handles=handles)
+    hook = _ext_hook if handles == "ensemble." and not stored else functools.partial(_ext_hook, handles=handles,
+                                                                                     stored=stored)
     # One frame: [VERSION, kind, corr, [kind, *fields]].  A wrong version fails at once, at $[0].
     envelope = tuple[Literal[VERSION], int, _Size, Union[tuple(_REGISTRY.values())]]  # type: ignore[misc, valid-type]  # noqa: UP007
     return msgspec.msgpack.Decoder(envelope, ext_hook=hook)
@@ -632,12 +695,15 @@ def _decoder(handles: str | None, generation: int) -> msgspec.msgpack.Decoder[An
 _DEFAULT_LIMITS = Limits()
 
 
-def decode(frame: bytes, limits: Limits = _DEFAULT_LIMITS, handles: str | None = "ensemble.") -> tuple[int, Message]:
+def decode(frame: bytes, limits: Limits = _DEFAULT_LIMITS, handles: str | None = "ensemble.",
+           stored: bool = False) -> tuple[int, Message]:
     """Unpack and validate one frame; returns ``(corr, message)``.
 
     ``handles`` is the name prefix every :class:`ArrayHandle` in the frame must
     carry (a daemon passes its own segments' prefix); ``None`` refuses handles
-    altogether (frames from another host).  Every int field must fit a signed
+    altogether (frames from another host).  ``stored`` accepts
+    :class:`StoredArray` keys (ext 3): only frames between the daemon and its
+    workers pass True, never a client's.  Every int field must fit a signed
     64-bit int.  Raises :class:`ProtocolError` saying what was wrong: oversize
     frame, undecodable bytes, wrong envelope, unknown version or kind, bad field
     (named by its path, as in ``Submit.jobs[0].priority``), nesting too deep.
@@ -647,7 +713,7 @@ def decode(frame: bytes, limits: Limits = _DEFAULT_LIMITS, handles: str | None =
     if len(frame) > limits.max_frame:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
     try:
-        _, kind, corr, msg = _decoder(handles, _generation).decode(frame)
+        _, kind, corr, msg = _decoder(handles, _generation, stored).decode(frame)
     except ProtocolError:
         raise  # an ext hook's verdict on an array or a handle
     except (msgspec.DecodeError, RecursionError) as exc:
@@ -795,6 +861,7 @@ __all__ = [
     "Kind",
     "Limits",
     "Message",
+    "StoredArray",
     "decode",
     "encode",
     "peek_corr",

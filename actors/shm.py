@@ -220,6 +220,15 @@ def is_ndarray(value: Any) -> bool:
     return type(value).__module__ == "numpy" or type(value).__name__ == "SharedNDArray"
 
 
+def copy_of(handle: ArrayHandle, prefix: str) -> Any:
+    """A private copy of the array a handle names (segments named with ``prefix`` only; ProtocolError if gone)."""
+    seg = SharedArray.attach(handle, readonly=True, prefix=prefix)
+    try:
+        return seg.array.copy()
+    finally:
+        seg.close()
+
+
 def walk(value: Any, fn: Any, depth: int = 0) -> Any:
     """Apply ``fn`` to every leaf of nested lists/tuples/dicts (bounded depth)."""
     if depth > 16:

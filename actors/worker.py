@@ -41,6 +41,7 @@ from actors.messages import (
     JobDone,
     JobsDone,
     JobUpdate,
+    Limits,
     Message,
     Recall,
     Recalled,
@@ -355,7 +356,7 @@ def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
             raise ValueError(f"it is {size} bytes, over the daemon's frame limit of {max_frame} (daemon.max_frame); "
                              "return a numpy array (it travels through shared memory) or write it to a file")
         if type(done.value) not in _PLAIN or done.properties:  # containers: read back the way the daemon will
-            decode(frame, handles="")
+            decode(frame, Limits(max_frame), handles="", stored=True)
         return done, size
     except (ProtocolError, ValueError) as exc:
         what = "return value or properties" if done.ok else "error"
@@ -364,15 +365,21 @@ def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
 
 
 def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, name: str,
-               resources: dict[str, float] | None = None) -> int:
+               resources: dict[str, float] | None = None, store_fd: int = -1) -> int:
     """``ensemble worker --connect tcp://HOST:PORT``: a worker on another host (returns the exit code).
 
     ``resources``: what it offers jobs (``{"GPU": 1}``); only jobs that need
-    no more than that are dispatched to it.
+    no more than that are dispatched to it.  ``store_fd``: a Ray-placed
+    worker's end of the object-store link its host actor made (-1: none; see
+    :mod:`actors._storelink`).
     """
     one_line_logging("worker", sys.stderr)
     worker = Worker(cfg, f"{name}-{os.getpid()}-{os.urandom(6).hex()}", endpoint, (key_file, server_key_file))
     worker.resources = dict(resources or {})
+    if store_fd >= 0:
+        from actors._storelink import StoreLink
+
+        worker.arrays.link = StoreLink(store_fd, cfg.cluster.object_store_min_bytes)
     return worker.run()
 
 

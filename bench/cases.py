@@ -29,7 +29,7 @@ from bench._peers import RaySession, feature_arrays, feature_audio, feature_brid
 from bench._stats import Row, median, pct, row, skipped
 from bench.audio_jack import case_audio_jack
 from bench.panel import case_panel
-from bench.ray_cluster import case_ray_cluster
+from bench.ray_cluster import case_ray_arrays, case_ray_cluster
 
 CORES = len(os.sched_getaffinity(0))
 SPAWN = multiprocessing.get_context("spawn")
@@ -878,5 +878,6 @@ CASES: dict[str, Callable[[Ctx], list[Row]]] = {
     "ping": case_ping, "codec": case_codec, "throughput": case_throughput, "latency": case_latency, "cold": case_cold,
     "scaling": case_scaling, "cancel": case_cancel, "replacement": case_replacement, "up": case_up,
     "clients": case_clients, "memory": case_memory, "arrays": case_arrays, "audio": case_audio,
-    "bridges": case_bridges, "audio_jack": case_audio_jack, "ray_cluster": case_ray_cluster, "panel": case_panel,
+    "bridges": case_bridges, "audio_jack": case_audio_jack, "ray_cluster": case_ray_cluster,
+    "ray_arrays": case_ray_arrays, "panel": case_panel,
 }

@@ -56,6 +56,24 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
     raise TimeoutError(f"benchmark: {what} not reached within {timeout:g}s")
 
 
+def _start_cluster(ctx: Any, cluster_cls: Any, store: int) -> Any:
+    """A head with no CPUs and two 2-CPU nodes, ``store`` bytes of object store each (this process leaves
+    the run's shared Ray session first: one driver per process; later cases start it again on first use)."""
+    ctx.ray.shutdown()
+    ctx.ray._tried = False
+    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    cluster = cluster_cls(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store,
+                                                                "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=2, object_store_memory=store)
+        cluster.wait_for_nodes()
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster
+
+
 def case_ray_cluster(ctx: Any) -> list[Row]:
     try:
         import ray
@@ -64,16 +82,9 @@ def case_ray_cluster(ctx: Any) -> list[Row]:
         return [skipped(CASE, "-", "Ray not installed (pip install -e '.[ray]')")]
     if ctx.quick:
         return [skipped(CASE, "-", "a Ray cluster's start (~15 s on 2 cores) does not fit --quick; full mode runs it")]
-    ctx.ray.shutdown()  # one Ray driver per process: this case joins its own cluster
-    ctx.ray._tried = False  # later cases start the shared session again on first use
-    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     t = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE,
-                                                            "include_dashboard": False})
+    cluster = _start_cluster(ctx, Cluster, STORE)
     try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=2, object_store_memory=STORE)
-        cluster.wait_for_nodes()
         ctx.notes.append(f"ray_cluster: a head and two 2-CPU nodes started in {time.perf_counter() - t:.1f} s "
                          "(not measured)")
         d = BenchDaemon(workers=0, ENSEMBLE_TCP=f"tcp://127.0.0.1:{_free_port()}", ENSEMBLE_CLUSTER_RAY=cluster.address,
@@ -202,3 +213,84 @@ def _cancel(ray: Any, c: Any) -> list[Row]:
                 f"5 each; job ignores its abort, grace {grace * 1e3:.0f} ms; p50 ensemble {pct(ens, 50) * 1e3:.1f} ms, "
                 f"Ray {pct(rc, 50) * 1e3:.1f} ms")]
 
+
+
+# ================================================================== arrays: the frame vs Ray's object store
+ARRAYS_CASE = "Ray cluster: array jobs through the frame vs Ray's object store"
+ARRAY_STORE = 400 * 1024 * 1024  # per node: a 64 MB argument and result, and their copies on the way, fit
+
+
+def case_ray_arrays(ctx: Any) -> list[Row]:
+    """An array job (``bench.jobs:echo``: the argument back as the result) of 1, 2, 4, 8 and 64 MiB each way.
+
+    Two daemons on one cluster, the same run, jobs interleaved one at a
+    time: one with ``[cluster] object_store_min_bytes = 1 MiB`` (every
+    size here goes through Ray's object store; the default is 2 MiB) and one with ``0``
+    (every array in the frame, over CURVE tcp, as before).  Both with
+    ``max_frame = 256 MiB`` so that 64 MiB fits the frame at all.  A Ray task
+    returning its argument (``ray.get(f.remote(a))``) is reported beside.
+    """
+    try:
+        import numpy as np
+        import ray
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        return [skipped(ARRAYS_CASE, "-", "Ray not installed (pip install -e '.[ray]')")]
+    if ctx.quick:
+        return [skipped(ARRAYS_CASE, "-", "a Ray cluster's start does not fit --quick; full mode runs it")]
+    cluster = _start_cluster(ctx, Cluster, ARRAY_STORE)
+    try:
+        common = {"ENSEMBLE_CLUSTER_RAY": cluster.address, "ENSEMBLE_CLUSTER_WORKERS": "2",
+                  "ENSEMBLE_EXTENSIONS": "", "ENSEMBLE_DAEMON_MAX_FRAME": str(256 * 1024 * 1024)}
+        store = BenchDaemon(workers=0, ENSEMBLE_TCP=f"tcp://127.0.0.1:{_free_port()}",
+                            ENSEMBLE_CLUSTER_OBJECT_STORE_MIN_BYTES=str(1 << 20), **common)
+        frame = BenchDaemon(workers=0, ENSEMBLE_TCP=f"tcp://127.0.0.1:{_free_port()}",
+                            ENSEMBLE_CLUSTER_OBJECT_STORE_MIN_BYTES="0", **common)
+        store.cli("keys", "init")
+        frame.cli("keys", "init")
+        with store, frame:
+            cs, cf = store.client(timeout=300), frame.client(timeout=300)
+            for c in (cs, cf):
+                _wait(lambda c=c: sum(a.name.startswith("remote:ray-") for a in c.status().actors) == 2, 120,
+                      "two Ray-placed workers to join")
+            ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+            try:
+                return _arrays(np, ray, cs, cf)
+            finally:
+                ray.shutdown()
+    finally:
+        cluster.shutdown()
+
+
+def _arrays(np: Any, ray: Any, cs: Any, cf: Any) -> list[Row]:
+    echo = ray.remote(num_cpus=0)(bj.plain_echo)
+    perf = time.perf_counter
+    rows: list[Row] = []
+    before = cs.status().daemon.counters.get("ray_store_bytes", 0)
+    for mb, n in ((1, 15), (2, 11), (4, 11), (8, 9), (64, 5)):  # MiB
+        a = np.random.default_rng(mb).integers(0, 255, mb << 20, dtype="u1")
+        times: dict[str, list[float]] = {"store": [], "frame": [], "ray": []}
+        for i in range(n + 1):  # the first round is warm-up; then interleaved, the order rotating
+            sides = [("store", lambda: cs.submit("bench.jobs:echo", a).result(300)),
+                     ("frame", lambda: cf.submit("bench.jobs:echo", a).result(300)),
+                     ("ray", lambda: ray.get(echo.remote(a)))]
+            for name, fn in sides[i % 3:] + sides[:i % 3]:
+                t = perf()
+                back = fn()
+                took = perf() - t
+                if back.shape != a.shape or back[-1] != a[-1]:
+                    raise RuntimeError(f"{name}: the {mb} MiB array did not come back")
+                del back
+                if i:
+                    times[name].append(took)
+        s, f, r = (median(times[k]) * 1e3 for k in ("store", "frame", "ray"))
+        note = (f"{n} jobs each, interleaved; argument and result {mb} MiB each way; "
+                f"{2 * mb / (s / 1e3):.0f} MiB/s through the store, {2 * mb / (f / 1e3):.0f} MiB/s through the frame")
+        rows.append(row(ARRAYS_CASE, f"{mb} MiB array job, submit-to-result p50", s, "ms",
+                        "the same job through the frame (object_store_min_bytes = 0)", f, "(reported)", note=note))
+        rows.append(row(ARRAYS_CASE, f"{mb} MiB array job, submit-to-result p50", s, "ms",
+                        "Ray task returning its argument (ray.get(f.remote(a)))", r, "(reported)"))
+    moved = cs.status().daemon.counters.get("ray_store_bytes", 0) - before
+    if moved <= 0:
+        raise RuntimeError("the store daemon moved nothing through Ray's object store")
+    return rows

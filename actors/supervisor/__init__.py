@@ -318,6 +318,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         counters.update({f"jobs_{k}": v for k, v in book.counters.items()})
         if self.cluster is not None:
             counters["ray_workers"] = len(self.cluster.members)
+            counters.update(self.cluster.counters)
         daemon = DaemonInfo(
             self.cfg.name, os.getpid(), __version__, now - self.started, str(self.rundir.path),
             str(self.state_dir), str(self.log_file), self.workers_wanted, book.queued, running,

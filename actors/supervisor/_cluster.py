@@ -11,18 +11,28 @@ bound to its key); what is particular to it is handled here:
 * queued jobs whose resources no worker offers get a worker placed for them
   (Ray keeps it pending until a node fits, or its autoscaler adds one);
 * ``scale --on ray`` retires idle workers first, as local scaling does; an
-  actor whose worker stopped is removed for good and its key revoked.
+  actor whose worker stopped is removed for good and its key revoked;
+* big result arrays come as :class:`~actors.messages.StoredArray` keys: they
+  are taken from the worker's actor through Ray before the job is recorded;
+  a local client's land in a shared-memory segment of this daemon, so the
+  journal and the client get a handle as from a local worker.  A key
+  anywhere else (a failed job's value, properties) is refused, so no key
+  ever reaches the journal or a client.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import msgspec
 import zmq
 
 from actors._errors import EnsembleError
-from actors.messages import Stop
+from actors.messages import JobDone, Stop, StoredArray
+from actors.shm import SharedArray, walk
 from actors.supervisor import _dispatch as plan
+from actors.supervisor._children import Slot
 from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
@@ -71,6 +81,57 @@ class ClusterMixin(State):
                     self._send_child(slot, Stop("scaled down"))
         log.info("event=scale workers=%d on=ray", n)
 
+    def _stored_results(self, slot: Slot, done: JobDone, local: bool) -> JobDone:
+        """A remote worker's report with its result arrays taken from Ray's object store (keys elsewhere dropped).
+
+        ``local``: the job is a local client's, so its arrays land in segments
+        it maps (a remote client's stay arrays, journalled and sent inline,
+        with no segment left behind).  A result that cannot be taken (the actor died, the key is unknown)
+        fails its job with ``ResultLost`` saying why.
+        """
+        assert self.cluster is not None
+        if done.properties and holds_stored(done.properties):
+            log.warning("event=stored-key-refused name=%s job=%d where=properties", slot.name, done.job_id)
+            done = msgspec.structs.replace(done, properties={})
+        if type(done.value) not in (list, dict, StoredArray):
+            return done
+        if not done.ok:
+            if holds_stored(done.value):
+                log.warning("event=stored-key-refused name=%s job=%d where=error", slot.name, done.job_id)
+                self.cluster.discard(slot.key_name, done.value)
+                done = msgspec.structs.replace(done, value=None)
+            return done
+        try:
+            value = self.cluster.take(slot.key_name, done.value, self._land if local else None)
+            return msgspec.structs.replace(done, value=value)
+        except EnsembleError as exc:
+            log.error("event=stored-result-lost name=%s job=%d reason=%s", slot.name, done.job_id, exc)
+            return msgspec.structs.replace(done, ok=False, value=None, error_type="ResultLost",
+                                           error_message=f"the job returned but {exc}")
+
+    def _land(self, array: Any) -> Any:
+        """A result array taken from Ray, as a local worker's would be: in a segment of this daemon, by handle.
+
+        The journal and the reply then carry the handle, not the bytes; a
+        local client maps the segment and unlinks it, a remote one gets the
+        bytes inline (``_encode_for``), as for any shared-memory result.
+        """
+        if array.nbytes <= self.cfg.jobs.inline_array_limit:
+            return array
+        seg = SharedArray.create(self.cfg.shm_key, array.shape, array.dtype)
+        try:
+            seg.array[...] = array
+            return seg.handle
+        finally:
+            seg.close()
+
     def _cluster_close(self) -> None:
         if self.cluster is not None:
             self.cluster.close()
+
+
+def holds_stored(value: Any) -> bool:
+    """Whether ``value`` holds a :class:`StoredArray` key anywhere."""
+    found: list[bool] = []
+    walk(value, lambda v: found.append(True) if type(v) is StoredArray else None)
+    return bool(found)

@@ -317,7 +317,9 @@ class RequestsMixin(State):
                 self.counters["stray_frames"] += 1
                 continue
             try:
-                _, msg = decode(parts[1], self.limits, handles)
+                # object-store keys only from a Ray-placed worker (results it left with its host actor)
+                stored = tcp and self.cluster is not None and slot.key_name in self.cluster.members
+                _, msg = decode(parts[1], self.limits, handles, stored)
             except ProtocolError as exc:
                 self.counters["bad_frames"] += 1
                 log.error("event=bad-child-frame name=%s reason=%s", slot.name, _short(str(exc)))

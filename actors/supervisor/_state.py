@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from actors._rundir import RunDir
     from actors.config import Config
     from actors.extensions import Extension
-    from actors.messages import Dispatch, JobInfo, JobSpec, JobsDone, JobUpdate, Limits, Message, Recalled, StatusReply
+    from actors.messages import (Dispatch, JobDone, JobInfo, JobSpec, JobsDone, JobUpdate, Limits, Message, Recalled,
+                                 StatusReply)
     from actors.supervisor._children import Slot
     from actors.supervisor._transport import KeyRoles, Peer
 
@@ -178,6 +179,9 @@ class State:
         raise NotImplementedError
 
     def _cluster_open(self) -> None:
+        raise NotImplementedError
+
+    def _stored_results(self, slot: Slot, done: JobDone, local: bool) -> JobDone:
         raise NotImplementedError
 
     def _add_worker(self) -> Slot:

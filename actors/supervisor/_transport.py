@@ -69,18 +69,9 @@ class KeyRoles:
 def _inline(value: Any, prefix: str) -> Any:
     """Shared-memory arrays (this daemon's, named with ``prefix``) as bytes, for a worker on another host."""
     from actors.messages import ArrayHandle
-    from actors.shm import SharedArray, walk
+    from actors.shm import copy_of, walk
 
-    def leaf(v: Any) -> Any:
-        if type(v) is not ArrayHandle:
-            return v
-        seg = SharedArray.attach(v, readonly=True, prefix=prefix)
-        try:
-            return seg.array.copy()
-        finally:
-            seg.close()
-
-    return walk(value, leaf)
+    return walk(value, lambda v: copy_of(v, prefix) if type(v) is ArrayHandle else v)
 
 
 class TransportMixin(State):

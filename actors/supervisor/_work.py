@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+import msgspec
 import zmq
 
 from actors._errors import EnsembleError, ProtocolError
@@ -17,6 +18,7 @@ from actors._jobs import Job
 from actors.messages import AbortJob, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop, encode
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
+from actors.supervisor._cluster import holds_stored
 from actors.supervisor._transport import _inline
 from actors.supervisor._state import State
 
@@ -39,7 +41,11 @@ class WorkMixin(State):
             job = book.jobs.get(done.job_id)
             if job is None or done.job_id not in slot.outstanding:
                 self.counters["stale_results"] += 1
+                if slot.remote and self.cluster is not None:  # its result arrays in Ray's store go unread
+                    self.cluster.discard(slot.key_name, done.value)
                 continue
+            if slot.remote and self.cluster is not None:  # result arrays a Ray-placed worker left in Ray's store
+                done = self._stored_results(slot, done, local=not job.owner)
             if slot.outstanding[0] == done.job_id:
                 slot.outstanding.popleft()
             else:
@@ -83,6 +89,9 @@ class WorkMixin(State):
         job = book.jobs.get(msg.job_id)
         if job is None or msg.job_id not in slot.outstanding:
             return
+        if msg.properties and slot.remote and self.cluster is not None and holds_stored(msg.properties):
+            log.warning("event=stored-key-refused name=%s job=%d where=properties", slot.name, job.id)
+            msg = msgspec.structs.replace(msg, properties={})
         job.progress, job.status = msg.progress, msg.status
         timeout_ms = max(1, min(msg.timeout_ms, 86_400_000))
         if msg.properties or not msg.event:
@@ -104,6 +113,8 @@ class WorkMixin(State):
     def _finish(self, job: Job, state: str, now: float, value: Any = None, error_type: str = "",
                 error_message: str = "", traceback: str = "") -> None:
         assert self.book is not None
+        if self.cluster is not None:  # its arguments in Ray's object store go now
+            self.cluster.release(job.id)
         info = self.book.finish(job, state, now, value, error_type, error_message, traceback)
         if self.metrics is not None and job.started:
             self.metrics.job_finished(now - job.started)
@@ -163,7 +174,12 @@ class WorkMixin(State):
             for job in jobs:
                 s = job.spec
                 try:
-                    args, kwargs = (s.args, s.kwargs) if not slot.remote else (_inline(s.args, self.shm_prefix), _inline(s.kwargs, self.shm_prefix))
+                    if not slot.remote:
+                        args, kwargs = s.args, s.kwargs
+                    elif self.cluster is not None and slot.key_name in self.cluster.members:  # big arrays: Ray's store
+                        args, kwargs = self.cluster.stage(slot.key_name, job.id, [s.args, s.kwargs], self.shm_prefix)
+                    else:
+                        args, kwargs = _inline(s.args, self.shm_prefix), _inline(s.kwargs, self.shm_prefix)
                 except EnsembleError as exc:  # a segment gone since submit: this job fails, nothing else
                     self._finish(job, "failed", now, error_type="ProtocolError",
                                  error_message=f"the job cannot be dispatched: {exc}")

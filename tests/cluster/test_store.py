@@ -1,0 +1,137 @@
+"""Big arrays to and from Ray-placed workers travel through Ray's object store, not the frame, and are freed.
+
+Marked slow: each test starts its own cluster (a head and two one-CPU nodes).
+Proof that the store was used: the daemon's ``ray_store_args`` and
+``ray_store_results`` counters (``status``), and the object count and bytes
+Ray's own store statistics report (``FormatGlobalMemoryInfo``, as ``ray
+memory --stats-only`` reads them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from tests.cluster.conftest import ray_workers
+from tests.conftest import Daemon, wait_for
+
+pytestmark = pytest.mark.slow
+MIB = 1 << 20
+
+
+def store_use(cluster: Any) -> tuple[int, int]:
+    """``(objects, bytes)`` in the object stores of every node of ``cluster``."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    stats = get_memory_info_reply(get_state_from_address(cluster.address)).store_stats
+    return int(stats.num_local_objects), int(stats.object_store_bytes_used)
+
+
+def store_settles(cluster: Any, ok: Callable[[tuple[int, int]], bool], what: str) -> None:
+    """Poll the stores' use (twice a second: each look is a gRPC call) until ``ok``; fail naming the last seen."""
+    seen: list[tuple[int, int]] = []
+
+    def look() -> bool:
+        seen.append(store_use(cluster))
+        return ok(seen[-1])
+
+    try:
+        wait_for(look, 120, interval=0.5, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; (objects, bytes) last seen: {seen[-3:]}") from None
+
+
+def counters(d: Daemon) -> dict[str, Any]:
+    return dict(d.status().daemon.counters)
+
+
+def test_big_arrays_cross_through_the_object_store_exactly_small_ones_in_the_frame_and_nothing_stays(
+        ray_daemon: tuple[Daemon, Any]) -> None:
+    d, cluster = ray_daemon
+    c = d.client(timeout=120)
+    base_objects, base_bytes = store_use(cluster)
+    before = counters(d)
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal((1024, 520)).astype("<f8"),  # 4.1 MiB
+              rng.integers(-2**31, 2**31, (3, 700_000), dtype="<i4"),  # 8 MiB, 2-D
+              rng.integers(0, 255, 2 * MIB + 3, dtype="u1")]  # odd size
+    for a in arrays:
+        back, total = c.submit("tests.jobs:reverse_array", a).result(120)
+        assert back.dtype == a.dtype and back.shape == a.shape
+        assert np.array_equal(back, a[::-1]) and total == float(a.sum())
+    after = counters(d)
+    assert after["ray_store_args"] - before.get("ray_store_args", 0) == 3
+    assert after["ray_store_results"] - before.get("ray_store_results", 0) == 3
+    moved = sum(a.nbytes for a in arrays) * 2
+    assert after["ray_store_bytes"] - before.get("ray_store_bytes", 0) == moved
+
+    small = rng.standard_normal(1000)  # 8 kB, below object_store_min_bytes (2 MiB): in the frame as before
+    back, total = c.submit("tests.jobs:reverse_array", small).result(60)
+    assert np.array_equal(back, small[::-1]) and total == float(small.sum())
+    assert counters(d)["ray_store_bytes"] == after["ray_store_bytes"]
+
+    big = rng.standard_normal(MIB // 2)  # 4 MiB each way, 40 jobs: 320 MiB through stores of 80 MiB per node
+    handles = [c.submit("tests.jobs:reverse_array", big) for _ in range(40)]
+    for h in handles:
+        back, _ = h.result(180)
+        assert np.array_equal(back, big[::-1])
+    del back, handles
+    # every job's objects are freed when it ends: the stores hold what they held before (Ray frees asynchronously)
+    store_settles(cluster, lambda u: u[0] <= base_objects and u[1] <= base_bytes,
+                  f"the object stores to shrink back to {base_objects} objects, {base_bytes} bytes")
+    d.down()  # and nothing of ensemble's is left in any store
+    store_settles(cluster, lambda u: u == (0, 0), "empty object stores after down")
+
+
+def test_a_worker_killed_mid_job_with_a_staged_array_loses_nothing(
+        ray_daemon: tuple[Daemon, Any], tmp_path: Path) -> None:
+    d, cluster = ray_daemon
+    c = d.client(timeout=120)
+    a = np.arange(MIB, dtype="<i8")  # 8 MiB: staged in the object store
+    marker = str(tmp_path / "first-attempt")
+    h = c.submit("tests.jobs:reverse_array", a, marker, retries=1)
+    wait_for(lambda: os.path.exists(marker), 120, what="the first attempt to read its array")
+    pid, total = Path(marker).read_text().split()
+    assert float(total) == float(a.sum())  # it had its array
+    objects, held = store_use(cluster)
+    assert objects >= 1 and held >= a.nbytes  # in the object store while its job runs (the daemon's ref)
+    os.kill(int(pid), signal.SIGKILL)  # its worker dies mid-job; the host actor starts it again
+    back, total2 = h.result(180)  # retried: the array is staged again from the same object
+    assert np.array_equal(back, a[::-1]) and total2 == float(a.sum())
+    assert h.info.attempts == 2
+    assert counters(d)["ray_store_args"] == 1  # put once, staged twice
+    wait_for(lambda: len(ray_workers(d)) == 2, 120, what="the killed worker's slot to come back")
+    store_settles(cluster, lambda u: u[0] == 0, "the job's objects to be freed")
+
+
+def test_a_remote_client_s_inline_array_goes_through_the_store_and_leaves_no_segment(
+        make_daemon: Callable[..., Daemon], ray_cluster: Any) -> None:
+    from ensemble import Client
+    from tests.cluster.conftest import free_port
+
+    client_ep = f"tcp://127.0.0.1:{free_port()}"
+    d = make_daemon(workers=0, extra_env={
+        "ENSEMBLE_TCP": f"tcp://127.0.0.1:{free_port()}", "ENSEMBLE_CLIENT_TCP": client_ep,
+        "ENSEMBLE_JOBS_ALLOW": "tests.jobs:reverse_array", "ENSEMBLE_CLUSTER_RAY": ray_cluster.address,
+        "ENSEMBLE_CLUSTER_WORKERS": "1", "ENSEMBLE_EXTENSIONS": ""})
+    d.cli("keys", "init")
+    key = d.cli("keys", "add-client", "far").stdout.strip()
+    d.up()
+    try:
+        wait_for(lambda: len(ray_workers(d)) == 1, 120, what="a Ray-placed worker to join")
+        c = Client(config=d.config, endpoint=client_ep, curve=(key, str(d.base / "state" / "keys" / "server.key")),
+                   timeout=120)
+        d._clients.append(c)
+        a = np.arange(3 * MIB // 8, dtype="<f8")  # 3 MiB: inline in the client's frame, then the store to the worker
+        back, total = c.submit("tests.jobs:reverse_array", a).result(120)
+        assert np.array_equal(back, a[::-1]) and total == float(a.sum())
+        assert counters(d)["ray_store_args"] == 1 and counters(d)["ray_store_results"] == 1
+        shm_key = d.config.shm_key
+        assert not list(Path("/dev/shm").glob(f"ensemble.{shm_key}.*"))  # a remote client's result: no segment
+    finally:
+        d.cleanup()
