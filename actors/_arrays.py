@@ -32,6 +32,7 @@ import msgspec
 from actors.messages import ArrayHandle, JobInfo, StoredArray
 from actors.shm import segment_prefix, SharedArray, handle_of, is_ndarray, shared_ndarray, walk
 
+_PLAIN = frozenset({type(None), bytes, str, int, float, bool})  # results that hold no array
 _SIZE_CLASS = 1 << 20  # pool segments are rounded up to whole MiB
 
 
@@ -130,7 +131,7 @@ class ClientArrays:
         ``strict=False`` leaves a handle whose segment is gone in place (a listing
         of old jobs); ``result()`` then says the array is no longer available.
         """
-        if info.result is None or info.state != "done":
+        if info.state != "done" or type(info.result) in _PLAIN:  # nothing to map (a pickled result is bytes)
             return info
         from actors._errors import JobError
 

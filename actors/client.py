@@ -705,14 +705,24 @@ def _outcome(info: JobInfo, pickled: bool = False) -> Any:
 
 
 def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
-    if not _start(fut):
+    """End ``fut`` with the job's outcome (straight from pending: a Future needs no ``running`` state first).
+
+    A future the user cancelled stays cancelled (its notification is
+    :meth:`Executor._on_future_done`'s business).
+    """
+    if fut.done():
         return
+    end: Callable[[Any], None]
     try:
         value = _outcome(info, pickled)
     except BaseException as exc:  # noqa: BLE001 - the job's own exception, or the error its end stands for
-        fut.set_exception(exc)
-        return
-    fut.set_result(value)
+        end, arg = fut.set_exception, exc
+    else:
+        end, arg = fut.set_result, value
+    try:
+        end(arg)
+    except concurrent.futures.InvalidStateError:  # cancelled meanwhile
+        pass
 
 
 def _aio() -> Any:

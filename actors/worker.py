@@ -55,6 +55,7 @@ from actors.messages import (
 )
 
 log = logging.getLogger("ensemble.worker")
+_POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the IntFlag costs a Python call
 _VOICES_TIMEOUT = 10.0  # seconds to wait for the processor to fall silent
 _RETIRE_WAIT = 5.0  # seconds a retiring worker waits for the supervisor's Stop before it leaves anyway
 
@@ -144,11 +145,8 @@ class Worker(Child):
 
     def on_ready(self, sock: Any) -> None:
         voices = 0
-        while True:
-            try:
-                frame = self.results_in.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        while self.results_in.getsockopt(zmq.EVENTS) & _POLLIN:  # type: ignore[operator]
+            frame = self.results_in.recv()
             if frame == b"v":
                 voices += 1
             elif frame == b"x":  # the job thread left: code changed on disk, or an Executor's max_tasks_per_child
