@@ -72,6 +72,11 @@ def _rotate(items: list[Any], k: int) -> list[Any]:
 
 
 # ================================================================== 1. ping
+# The job path's cases (throughput, latency) run a jobs-only daemon, as a private ``Executor()`` starts one:
+# no processor rendering on the null clock (at SCHED_FIFO 70) and no controller beside the jobs.
+JOBS_ONLY = ""
+
+
 def case_ping(ctx: Ctx) -> list[Row]:
     import msgpack
     import zmq
@@ -219,7 +224,7 @@ def case_throughput(ctx: Ctx) -> list[Row]:
     pool = SPAWN.Pool(2)
     try:
         pool.map(bj.plain_noop, range(8), chunksize=1)
-        with BenchDaemon(workers=2) as d:
+        with BenchDaemon(workers=2, ENSEMBLE_EXTENSIONS=JOBS_ONLY) as d:
             c = d.client()
             ex = Executor(config=d.config())
             try:
@@ -298,7 +303,7 @@ def case_latency(ctx: Ctx) -> list[Row]:
     rt: list[float] = []
     ppe = _ppe(2)
     try:
-        with BenchDaemon(workers=2) as d:
+        with BenchDaemon(workers=2, ENSEMBLE_EXTENSIONS=JOBS_ONLY) as d:
             c = d.client()
             rf = ray.remote(bj.plain_noop) if ray is not None else None
             perf = time.perf_counter
