@@ -44,7 +44,7 @@ from actors import (
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from actors import AsyncClient, Child, Executor, JobHandle, child_main
-    from controller.client import Client
+    from controller.client import Client, ScriptLoadError
 
 _LAZY = {"AsyncClient", "Child", "Executor", "JobHandle", "child_main"}
 
@@ -55,6 +55,10 @@ def __getattr__(name: str) -> object:
         from controller.client import Client
 
         return Client
+    if name == "ScriptLoadError":  # what load_script(wait=...) raises for a script whose module code failed
+        from controller.client import ScriptLoadError
+
+        return ScriptLoadError
     if name in _LAZY:
         import actors
 
@@ -62,4 +66,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'ensemble' has no attribute {name!r}")
 
 
-__all__ = ['AsyncClient', 'Child', 'Client', 'ClientClosed', 'Config', 'ConfigError', 'DaemonAlreadyRunning', 'DaemonError', 'DaemonNotRunning', 'EnsembleError', 'Executor', 'FINAL', 'JobCancelled', 'JobError', 'JobHandle', 'JobLost', 'JobNotFound', 'JobRefused', 'JobState', 'JobTimeout', 'OutOfRange', 'PermissionDenied', 'ProtocolError', 'QueueFull', 'RemoteError', 'Task', 'TransportError', 'WaitTimeout', 'WrongContextError', '__version__', 'child_main', 'current_task', 'load_config']
+__all__ = ['AsyncClient', 'Child', 'Client', 'ClientClosed', 'Config', 'ConfigError', 'DaemonAlreadyRunning', 'DaemonError', 'DaemonNotRunning', 'EnsembleError', 'Executor', 'FINAL', 'JobCancelled', 'JobError', 'JobHandle', 'JobLost', 'JobNotFound', 'JobRefused', 'JobState', 'JobTimeout', 'OutOfRange', 'PermissionDenied', 'ProtocolError', 'QueueFull', 'RemoteError', 'ScriptLoadError', 'Task', 'TransportError', 'WaitTimeout', 'WrongContextError', '__version__', 'child_main', 'current_task', 'load_config']

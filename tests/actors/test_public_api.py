@@ -79,7 +79,8 @@ def test_ensemble_is_the_runtime_s_names_with_the_full_client() -> None:
     import controller.client
     import ensemble
 
-    assert sorted(ensemble.__all__) == sorted(actors.__all__)
+    assert sorted(ensemble.__all__) == sorted([*actors.__all__, "ScriptLoadError"])  # plus the scripts' own error
+    assert ensemble.ScriptLoadError is controller.client.ScriptLoadError
     for name in actors.__all__:
         if name != "Client":
             assert getattr(ensemble, name) is getattr(actors, name), name

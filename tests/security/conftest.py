@@ -61,7 +61,6 @@ class Remote:
 @pytest.fixture
 def remote(make_daemon: Callable[..., Daemon]) -> Iterator[Remote]:
     client_ep, worker_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    scripts = make_daemon.__self__ if False else None  # noqa: F841 - placeholder kept simple
     d = make_daemon(workers=1, extra_env={"ENSEMBLE_CLIENT_TCP": client_ep, "ENSEMBLE_TCP": worker_ep,
                                            "ENSEMBLE_JOBS_ALLOW": "examples.jobs:add,examples.jobs:echo,"
                                                                   "tests.jobs:sleep,tests.jobs:wait_file"})
