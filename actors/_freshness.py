@@ -27,6 +27,7 @@ class UserCode:
     def __init__(self) -> None:
         self.added: set[str] = set()
         self.mtimes: dict[str, tuple[str, int]] = {}  # module name -> (file, mtime_ns when first seen)
+        self.entered = ""  # the cwd of the last job
         self._seen = 0  # len(sys.modules) at the last scan: nothing new imported, nothing to look at
 
     def add_path(self, path: list[str]) -> None:
@@ -36,8 +37,16 @@ class UserCode:
             sys.path[:0] = fresh
             self.added.update(fresh)
 
-    def enter(self, cwd: str) -> None:
-        """Run the next job in ``cwd``."""
+    def enter(self, cwd: str, look: bool = True) -> None:
+        """Run the next job in ``cwd``; without ``look``, trust that the last job's ``cwd`` is still current.
+
+        (The worker looks once per arrival of jobs: a job that changes the
+        directory itself leaves it changed for the rest of that arrival, as
+        ``ProcessPoolExecutor`` leaves it for every later job.)
+        """
+        if not look and cwd == self.entered:
+            return
+        self.entered = cwd
         if cwd and os.getcwd() != cwd:
             try:
                 os.chdir(cwd)

@@ -3,7 +3,8 @@
 ``concurrent.futures.Executor.map`` submits one job and builds one Future
 per item, and ignores ``chunksize``.  Here (a local client, whose values
 cross pickled) the items are cut into chunks of ``chunksize``, each chunk is
-one job whose pickled payload is a :class:`MapChunk`, the jobs go to the
+one job whose pickled payload is the chunk's list of argument tuples (a
+submitted job's is an ``(args, kwargs)`` tuple), the jobs go to the
 daemon in batches of :data:`BATCH` (the daemon starts the first batch while
 the next is being packed), and the I/O thread files each final
 :class:`~actors.messages.JobInfo` into the slot of its chunk.  The consumer
@@ -19,7 +20,7 @@ import functools
 import pickle
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import msgspec
 
@@ -31,22 +32,6 @@ if TYPE_CHECKING:
 
 BATCH = 2000  # jobs per Submit
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
-
-
-class MapChunk:
-    """The pickled payload of one map job: ``fn`` applied to each argument tuple, results in a list."""
-
-    __slots__ = ("items",)
-
-    def __init__(self, items: list[tuple[Any, ...]]) -> None:
-        self.items = items
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return MapChunk, (self.items,)
-
-    def run(self, fn: Callable[..., Any]) -> list[Any]:
-        """Worker side: the chunk's results, in order (the first exception ends the chunk, as in the pools)."""
-        return [fn(*args) for args in self.items]
 
 
 class MapRun:
@@ -74,7 +59,7 @@ class MapRun:
         self.acks: list[concurrent.futures.Future[list[int]]] = []
         self.cancels = cancels
         for start in range(0, self.n, BATCH):
-            specs = [msgspec.structs.replace(spec, args=[pickle.dumps(MapChunk(part), _PROTOCOL)])
+            specs = [msgspec.structs.replace(spec, args=[pickle.dumps(part, _PROTOCOL)])
                      for part in parts[start:start + BATCH]]
             ack = conn.submit(specs, self._on_info)
             ack.add_done_callback(functools.partial(self._on_ids, first=start))

@@ -8,8 +8,10 @@ directory belong to a dead daemon (``kill -9``) and are swept.
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import stat
+import struct
 from pathlib import Path
 
 from actors._errors import DaemonAlreadyRunning, DaemonError
@@ -61,25 +63,33 @@ def check_private_path(path: Path) -> None:
 class StartedLog:
     """A worker's record of the jobs it started: a count, then a ring of the last :data:`RING` job ids.
 
-    Written with two ``pwrite`` calls before each job function is called (the
-    id, then the count), so a job counts as begun only once both are on disk;
-    a crash in between leaves it not begun, which is the truth.
+    The file is mapped shared: each record is two stores into the page cache
+    (the id, then the count), no system call, and a ``kill -9`` loses neither
+    (the pages belong to the file, not to the process).  A job counts as begun
+    only once both are stored; a crash in between leaves it not begun, which
+    is the truth.
     """
 
     RING = 4096
+    _SLOT = struct.Struct("<q")
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.ftruncate(fd, 8 + self.RING * 8)
+            self.map = mmap.mmap(fd, 8 + self.RING * 8)
+        finally:
+            os.close(fd)
         self.count = 0
 
     def record(self, job_id: int) -> None:
         """Note that ``job_id`` starts now (call before the job function)."""
-        os.pwrite(self.fd, job_id.to_bytes(8, "little"), 8 + (self.count % self.RING) * 8)
+        self._SLOT.pack_into(self.map, 8 + (self.count % self.RING) * 8, job_id)
         self.count += 1
-        os.pwrite(self.fd, self.count.to_bytes(8, "little"), 0)
+        self._SLOT.pack_into(self.map, 0, self.count)
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.map.close()
 
     @classmethod
     def read(cls, path: Path) -> tuple[int, set[int]]:

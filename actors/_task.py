@@ -54,7 +54,7 @@ class Task:
         self._status = ""
         self._properties: dict[str, Any] = {}
         self._timeout_ms = timeout_ms
-        self._abort = threading.Event()
+        self._aborted = False  # set by another thread; a plain attribute (an Event costs ~3 us to make per job)
         self.abort_reason = ""
         self._dirty = False
         self._last_publish = 0.0
@@ -106,7 +106,7 @@ class Task:
         and once aborted it is force-killed when the timeout has passed.
         """
         self._last_check = time.monotonic()
-        return self._abort.is_set()
+        return self._aborted
 
     def set_timeout(self, ms: int) -> None:
         """Set the grace period (ms) between an abort request and a force kill (default 500)."""
@@ -124,12 +124,12 @@ class Task:
     def abort(self, reason: str = "") -> None:
         """Make :meth:`should_abort` return True (called by the worker on an abort request)."""
         self.abort_reason = reason
-        self._abort.set()
+        self._aborted = True
 
     @property
     def aborted(self) -> bool:
         """Whether an abort was requested."""
-        return self._abort.is_set()
+        return self._aborted
 
     # -- external programs -----------------------------------------------------------
     def run_process(

@@ -10,7 +10,6 @@ thread's ``pending`` deque, so an abort of one of them answers at once.
 from __future__ import annotations
 
 import collections
-import functools
 import os
 import pickle
 import itertools
@@ -29,7 +28,6 @@ from actors._child import Child, child_main
 from actors._exact import dumps
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
-from actors._map import MapChunk
 from actors._rundir import RunDir, StartedLog
 from actors._arrays import WorkerArrays
 from actors._errors import ProtocolError
@@ -71,6 +69,7 @@ class Worker(Child):
         self.current: tuple[Dispatch, Task] | None = None  # set by the job thread under _work
         self._work = threading.Condition(threading.Lock())
         self._stopping = False
+        self._arrived = False  # jobs came since the job thread last checked the user's code (see _job_loop)
         self._wake_sent = False  # coalesces job-thread wake-ups: one per drain of ``finished``
         self.results_in = self.ctx.socket(zmq.PAIR)
         self.results_in.bind(f"inproc://results-{id(self)}")
@@ -92,6 +91,7 @@ class Worker(Child):
         self.code = UserCode()
         self.retire_reason = ""
         self.retiring_since = 0.0  # monotonic time the job thread left to retire; the supervisor's Stop ends us
+        self.fns: dict[str, Callable[..., Any]] = {}  # job path -> its function, resolved once (job thread)
         self.setups: dict[str, int] = {}  # Executor key -> its jobs run here, once its initializer ran (job thread)
         self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
         self.thread.start()
@@ -113,6 +113,7 @@ class Worker(Child):
                     self.code.add_path(d.path)
             with self._work:
                 self.pending.extend(msg.jobs)
+                self._arrived = True
                 self._work.notify()
         elif isinstance(msg, AbortJob):
             self._abort(msg.job_id, msg.reason)
@@ -239,16 +240,21 @@ class Worker(Child):
                 d = self.pending.popleft()
                 task = Task(d.job_id, d.timeout_ms, self._kill_voices_and_call, self.arrays)
                 self.current = (d, task)
+                # the user's code is looked at once per arrival of jobs (those that came together were all
+                # submitted before it): a module edited before a submit is seen before that job runs
+                look = self._arrived and bool(d.cwd)
+                if look:
+                    self._arrived = False
             if d.cwd:  # a local client's job: its directory, its import path, its current code
-                changed = self.code.stale()
+                changed = self.code.stale() if look else ""
                 if changed:  # never run a job on old code: leave; the replacement imports the new one
                     self.retire_reason = f"module {changed} changed on disk since this worker imported it"
                     self.results_out.send(b"x")
                     return
-                self.code.enter(d.cwd)
+                self.code.enter(d.cwd, look)
             if self._started is not None:
                 self._started.record(d.job_id)
-            done = _sendable(_run_one(d, task, self.arrays, self._set_up), self.cfg.daemon.max_frame)
+            done = _sendable(_run_one(d, task, self.arrays, self._set_up, self.fns), self.cfg.daemon.max_frame)
             if d.cwd:
                 self.code.note_imports()
             with self._work:
@@ -297,14 +303,20 @@ def _pickled_error(exc: BaseException) -> bytes | None:
 
 
 def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
-             set_up: Callable[[WorkerSetup], None] | None = None) -> JobDone:
+             set_up: Callable[[WorkerSetup], None] | None = None,
+             fns: dict[str, Callable[..., Any]] | None = None) -> JobDone:
     token = activate(task)
     started = task.started
     mapped: list[Any] = []
     try:
         if d.setup is not None and set_up is not None:
             set_up(d.setup)
-        fn = resolve_internal(d.fn) if d.internal else resolve(d.fn)
+        if d.internal:
+            fn = resolve_internal(d.fn)
+        elif fns is None:
+            fn = resolve(d.fn)
+        else:  # a worker resolves each name once: its modules stay as imported (changed code retires it)
+            fn = fns.get(d.fn) or fns.setdefault(d.fn, resolve(d.fn))
         if d.pickled:  # a local client's exact values (its own user: pickle is trusted here, never in the daemon)
             payload = pickle.loads(d.args[0])
         else:
@@ -313,8 +325,9 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
         # (a script's background task) keep the seed's fn(task) form
         with_task = d.with_task if d.internal else takes_task(fn)
         value: Any
-        if type(payload) is MapChunk:  # Executor.map: fn over each item of the chunk
-            value = payload.run(functools.partial(fn, task) if with_task else fn)
+        if type(payload) is list:  # an Executor.map chunk: fn over each argument tuple, results in a list
+            # (the first exception ends the chunk, as in the pools)
+            value = [fn(task, *a) for a in payload] if with_task else [fn(*a) for a in payload]
         else:
             args, kwargs = payload
             value = fn(task, *args, **kwargs) if with_task else fn(*args, **kwargs)
@@ -334,6 +347,8 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
+_SMALL = (bool, float)
+_INT64, _UINT64 = -2**63, 2**64  # the integers MessagePack carries
 
 
 def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
@@ -347,6 +362,12 @@ def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
     if len(done.error_message) > 65536 or len(done.traceback) > 65536:
         done = msgspec.structs.replace(done, error_message=done.error_message[:65536],
                                        traceback=done.traceback[-65536:])
+    value = done.value
+    if done.ok and not done.status and not done.properties and (
+            value is None or type(value) in _SMALL or type(value) is int and _INT64 <= value < _UINT64
+            or type(value) is bytes and len(value) < max_frame - 8192):
+        # nothing in it the codec could refuse (no text: a lone surrogate would be): its size, without encoding it
+        return done, 256 + (len(value) if type(value) is bytes else 0)
     try:
         frame = encode(JobsDone([done]))
         size = len(frame)
