@@ -3,8 +3,8 @@
 ``concurrent.futures.Executor.map`` submits one job and builds one Future
 per item, and ignores ``chunksize``.  Here (a local client, whose values
 cross pickled) the items are cut into chunks of ``chunksize``, each chunk is
-one job whose pickled payload is the chunk's list of argument tuples (a
-submitted job's is an ``(args, kwargs)`` tuple), the jobs go to the
+one job whose pickled payload is a list with the chunk's slice of each
+iterable (a submitted job's is an ``(args, kwargs)`` tuple), the jobs go to the
 daemon in batches of :data:`BATCH` (the daemon starts the first batch while
 the next is being packed), and the I/O thread files each final
 :class:`~actors.messages.JobInfo` into the slot of its chunk.  The consumer
@@ -42,7 +42,7 @@ class MapRun:
     ``cancel_futures``; cancelling it cancels the jobs still running).
     """
 
-    def __init__(self, conn: "Connection", spec: JobSpec, parts: list[list[tuple[Any, ...]]],
+    def __init__(self, conn: "Connection", spec: JobSpec, parts: list[list[list[Any]]],
                  cancels: list[concurrent.futures.Future[Any]]) -> None:
         """``cancels``: where the Cancel requests this run sends are kept (the executor waits for them on close)."""
         self.conn = conn
@@ -108,18 +108,22 @@ class MapRun:
         """The values in order; raises the first failure, or TimeoutError past ``timeout`` (from now)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            for i in range(self.n):
+            i, infos = 0, self.infos
+            while i < self.n:
                 with self.cond:
-                    while self.infos[i] is None:
+                    while infos[i] is None:
                         if self.failed_submit is not None:
                             raise self.failed_submit
                         left = None if deadline is None else deadline - time.monotonic()
                         if left is not None and left <= 0:
                             raise concurrent.futures.TimeoutError()
                         self.cond.wait(left)
-                    info = self.infos[i]
-                assert info is not None
-                yield from _values(info)
+                    ready: list[Any] = []  # every chunk ended from here on, taken under one hold of the lock
+                    while i < self.n and infos[i] is not None:
+                        ready.append(infos[i])
+                        i += 1
+                for info in ready:
+                    yield from _values(info)
         finally:
             self.cancel()
 

@@ -32,7 +32,7 @@ from actors._errors import (
 from actors._jobfn import path_of
 from actors._rundir import RunDir
 from actors._state import FINAL
-from actors.shm import is_ndarray
+from actors.shm import is_ndarray, is_ndarray_type
 from actors.config import Config, load_config
 from actors.messages import (
     Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, Scale, Shutdown, Status, StatusReply, Submitted, TaskSubmit, Watch,
@@ -624,11 +624,19 @@ class Executor(concurrent.futures.Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         self._check_open()
-        items = list(zip(*iterables))
+        if len(iterables) == 1:  # the common case, as the pools take it: the values, not 1-tuples of them
+            cols = [list(iterables[0])]
+        else:  # zip's rule: as long as the shortest (an endless iterable beside a finite one is fine)
+            items = list(zip(*iterables))
+            cols = [list(c) for c in zip(*items)] if items else []
+        n = len(cols[0]) if cols else 0
+        if not n:
+            return iter(())
         if not self._exact or self._cap is not None or isinstance(fn, functools.partial) \
-                or any(is_ndarray(v) for args in items for v in args):
-            return super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
-        parts = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+                or any(is_ndarray_type(t) for c in cols for t in set(map(type, c))):
+            return super().map(fn, *cols, timeout=timeout)
+        # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does
+        parts = [[c[i:i + chunksize] for c in cols] for i in range(0, n, chunksize)]
         spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
         if self._setup is not None:  # the initializer and max_tasks_per_child hold for map's jobs too
             spec = msgspec.structs.replace(spec, setup=self._setup)

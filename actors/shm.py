@@ -217,7 +217,12 @@ def handle_of(value: Any) -> ArrayHandle | None:
 
 def is_ndarray(value: Any) -> bool:
     """Whether ``value`` is a numpy array (without importing numpy for other values)."""
-    return type(value).__module__ == "numpy" or type(value).__name__ == "SharedNDArray"
+    return is_ndarray_type(type(value))
+
+
+def is_ndarray_type(t: type) -> bool:
+    """Whether values of type ``t`` are numpy arrays (ask once per distinct type of many values)."""
+    return t.__module__ == "numpy" or t.__name__ == "SharedNDArray"
 
 
 def copy_of(handle: ArrayHandle, prefix: str) -> Any:

@@ -325,9 +325,9 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
         # (a script's background task) keep the seed's fn(task) form
         with_task = d.with_task if d.internal else takes_task(fn)
         value: Any
-        if type(payload) is list:  # an Executor.map chunk: fn over each argument tuple, results in a list
-            # (the first exception ends the chunk, as in the pools)
-            value = [fn(task, *a) for a in payload] if with_task else [fn(*a) for a in payload]
+        if type(payload) is list:  # an Executor.map chunk: a slice of each iterable; fn over them, results in a
+            # list (the first exception ends the chunk, as in the pools)
+            value = [fn(task, *a) for a in zip(*payload)] if with_task else list(map(fn, *payload))
         else:
             args, kwargs = payload
             value = fn(task, *args, **kwargs) if with_task else fn(*args, **kwargs)
