@@ -22,7 +22,10 @@ folded in).  Finding unfinished jobs at start-up scans from the ``horizon``
 
 from __future__ import annotations
 
+import os
+import queue
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -132,18 +135,29 @@ class Journal:
         self._events: list[tuple[Any, ...]] = []
         self._progress: dict[int, tuple[Any, ...]] = {}
         self._horizon: int | None = None
+        # the writer thread (commit_async): one batch in flight, numbered; started lazily
+        self.started_seq = 0  # commits begun (sync or handed over)
+        self.done_seq = 0  # commits written and collected
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._writer: threading.Thread | None = None
+        self._batches: "queue.SimpleQueue[tuple[Any, ...] | None]" = queue.SimpleQueue()
+        self._written = threading.Event()
+        self._inflight = False
+        self._error: BaseException | None = None
 
     def _has_table(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
     def horizon(self) -> int:
         """The recorded smallest id that may still be unfinished (every job below it has ended)."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
         row = self.db.execute("SELECT value FROM meta WHERE key='horizon'").fetchone()
         return int(row[0]) if row else 0
 
     # -- staging ---------------------------------------------------------------
     def next_id(self) -> int:
         """The id after the largest one ever journaled (never below the horizon: pruned ids are not reused)."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
         row = self.db.execute("SELECT MAX(id) FROM jobs").fetchone()
         return max((row[0] or 0) + 1, self.horizon())
 
@@ -204,50 +218,123 @@ class Journal:
             or self._horizon is not None
         )
 
+    def staged_rows(self) -> int:
+        """How many rows the next commit writes (about)."""
+        return (len(self._inserts) + len(self._starts) + len(self._finishes) + len(self._requeues)
+                + len(self._events) + len(self._progress))
+
+    @property
+    def busy(self) -> bool:
+        """Whether a commit handed to the writer thread has not been collected yet."""
+        return self._inflight
+
     def commit(self) -> None:
-        """Write everything staged in one transaction (group commit)."""
+        """Write everything staged in one transaction (group commit), after any commit still in flight."""
+        self._settle()
         if not self.dirty:
             return
+        batch = self._take()
+        self.started_seq += 1
+        self._write(batch)
+        self.done_seq = self.started_seq
+
+    def commit_async(self) -> None:
+        """Hand everything staged to the writer thread as one transaction (its number is ``started_seq``).
+
+        The caller keeps what must wait for it until :attr:`done_seq` reaches
+        that number: :attr:`wake_fd` turns readable when the writer is done,
+        and :meth:`collect` then records it (or raises its error).  One commit
+        is in flight at a time; what is staged meanwhile is the next one.
+        While the writer runs, SQLite runs without the GIL, so the daemon's
+        loop goes on with the next messages on the other core.
+        """
+        assert not self._inflight, "one commit in flight at a time"
+        if not self.dirty:
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
+            self._writer.start()
+        batch = self._take()
+        self.started_seq += 1
+        self._inflight = True
+        self._written.clear()
+        self._batches.put(batch)
+
+    def collect(self) -> bool:
+        """Record the writer's finished commit, if it finished (raises its DaemonError); whether one did."""
+        try:
+            os.eventfd_read(self.wake_fd)
+        except BlockingIOError:
+            pass
+        if not self._inflight or not self._written.is_set():
+            return False
+        self._settle()
+        return True
+
+    def _settle(self) -> None:
+        """Wait for the commit in flight, if any, and record it (raises its DaemonError)."""
+        if not self._inflight:
+            return
+        self._written.wait()
+        self._inflight = False
+        self.done_seq = self.started_seq
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._batches.get()
+            if batch is None:
+                return
+            try:
+                self._write(batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to the daemon's loop, which raises it
+                self._error = exc
+            self._written.set()
+            os.eventfd_write(self.wake_fd, 1)
+
+    def _take(self) -> tuple[Any, ...]:
+        batch = (self._inserts, self._requeues, self._starts, list(self._progress.values()), self._finishes,
+                 self._events, self._horizon)
+        self._inserts, self._requeues, self._starts, self._finishes, self._events = [], [], [], [], []
+        self._progress = {}
+        self._horizon = None
+        return batch
+
+    def _write(self, batch: tuple[Any, ...]) -> None:
+        inserts, requeues, starts, progress, finishes, events, horizon = batch
         db = self.db
         try:
             db.execute("BEGIN")
-            if self._inserts:
+            if inserts:
                 db.executemany(
                     "INSERT INTO jobs(id, fn, name, spec, priority, state, submitted, owner) VALUES (?,?,?,?,?,?,?,?)",
-                    self._inserts,
+                    inserts,
                 )
-            if self._requeues:
-                db.executemany("UPDATE jobs SET state='queued', attempts=?, worker='' WHERE id=?", self._requeues)
-                db.executemany("DELETE FROM starts WHERE id=?", [(r[1],) for r in self._requeues])
-            if self._starts:
-                db.executemany("INSERT OR REPLACE INTO starts(started, worker, attempts, id) VALUES (?,?,?,?)",
-                               self._starts)
-            if self._progress:
-                db.executemany("UPDATE jobs SET progress=?, status=?, properties=? WHERE id=?",
-                               list(self._progress.values()))
-            if self._finishes:  # the first end of a job wins: exactly once
-                db.executemany("INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", self._finishes)
-            if self._events:
-                db.executemany("INSERT INTO events(job_id, t, kind, detail) VALUES (?,?,?,?)", self._events)
-            if self._horizon is not None:
-                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('horizon', ?)", (self._horizon,))
+            if requeues:
+                db.executemany("UPDATE jobs SET state='queued', attempts=?, worker='' WHERE id=?", requeues)
+                db.executemany("DELETE FROM starts WHERE id=?", [(r[1],) for r in requeues])
+            if starts:
+                db.executemany("INSERT OR REPLACE INTO starts(started, worker, attempts, id) VALUES (?,?,?,?)", starts)
+            if progress:
+                db.executemany("UPDATE jobs SET progress=?, status=?, properties=? WHERE id=?", progress)
+            if finishes:  # the first end of a job wins: exactly once
+                db.executemany("INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", finishes)
+            if events:
+                db.executemany("INSERT INTO events(job_id, t, kind, detail) VALUES (?,?,?,?)", events)
+            if horizon is not None:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('horizon', ?)", (horizon,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise DaemonError(f"job journal {self.path} write failed: {exc}") from exc
-        finally:
-            self._inserts.clear()
-            self._starts.clear()
-            self._finishes.clear()
-            self._requeues.clear()
-            self._events.clear()
-            self._progress.clear()
-            self._horizon = None
 
     # -- reading -----------------------------------------------------------------
     def unfinished(self) -> list[tuple[int, bytes, int, str, int, float]]:
         """Jobs that were queued or running when the last daemon stopped."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
         rows = self.db.execute(
             "SELECT j.id, j.spec, j.priority, IIF(s.id IS NULL, j.state, 'running'), IIF(s.id IS NULL, j.attempts, "
             "s.attempts), j.submitted FROM jobs j LEFT JOIN starts s ON s.id = j.id "
@@ -258,6 +345,7 @@ class Journal:
 
     def infos(self, ids: Sequence[int]) -> list[tuple[Any, ...]]:
         """Rows for the given ids (see ``_INFO_COLUMNS``), with events, in id order."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
         ids = [i for i in ids if -2**63 <= i < 2**63]  # no row has an id SQLite cannot even bind
         out = []
         for chunk_start in range(0, len(ids), 500):
@@ -268,6 +356,7 @@ class Journal:
 
     def recent(self, states: Iterable[str], limit: int, owner: str | None = None) -> list[tuple[Any, ...]]:
         """The most recent jobs, newest first, optionally filtered by state and by owner."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
         where, params = [], []
         states = list(states)
         if states:
@@ -282,6 +371,7 @@ class Journal:
 
     def owners(self, ids: Sequence[int]) -> dict[int, str]:
         """Who submitted each of the given jobs ("" for a local client)."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
         out: dict[int, str] = {}
         ids = [i for i in ids if -2**63 <= i < 2**63]
         for start in range(0, len(ids), 500):
@@ -292,15 +382,18 @@ class Journal:
 
     def events(self, job_id: int) -> list[list[Any]]:
         """Events recorded on one job, oldest first, as ``[t, kind, detail]``."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
         rows = self.db.execute("SELECT t, kind, detail FROM events WHERE job_id=? ORDER BY rowid", (job_id,))
         return [list(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
         return dict(self.db.execute("SELECT state, COUNT(*) FROM job_rows GROUP BY state").fetchall())
 
     def prune(self, older_than: float) -> int:
         """Delete terminal jobs finished before ``older_than`` (epoch seconds) and their events."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
         with self.db:
             ids = [r[0] for r in self.db.execute("SELECT id FROM results WHERE finished < ? LIMIT 10000", (older_than,))]
             if ids:
@@ -315,4 +408,8 @@ class Journal:
         try:
             self.commit()
         finally:
+            if self._writer is not None:
+                self._batches.put(None)
+                self._writer.join()
+            os.close(self.wake_fd)
             self.db.close()

@@ -55,6 +55,9 @@ from actors.supervisor._requests import ADMIN_REQUESTS, CLIENT_REQUESTS, Request
 from actors.supervisor._transport import LOCAL, KeyRoles, Peer, TransportMixin
 from actors.supervisor._work import WorkMixin
 
+# a commit of at least this many rows goes to the journal's writer thread (see Supervisor._flush)
+_ASYNC_ROWS = 8
+
 log = logging.getLogger("ensemble.supervisor")
 
 
@@ -89,6 +92,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.kill_sent = False
         self.counters: collections.Counter[str] = collections.Counter()
         self.replies: list[tuple[bytes, bytes]] = []  # sent after the journal commit
+        # replies and pushes waiting for a commit in the journal's writer thread: (its number, frames), in order
+        self.held: collections.deque[tuple[int, list[tuple[bytes, bytes]]]] = collections.deque()
         self.control_tcp: Any = None
         self.internal_tcp: Any = None
         self.remote_slots: dict[bytes, Slot] = {}  # routing id on the tcp worker endpoint -> its slot
@@ -173,6 +178,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.internal, zmq.POLLIN)
+        self.poller.register(self.journal.wake_fd, zmq.POLLIN)
         self._watch_owner()
         if self.cfg.daemon.tcp or self.cfg.daemon.client_tcp:
             self._bind_tcp()
@@ -207,6 +213,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                     quiet = False
                     if sock is self.internal or sock is self.internal_tcp:
                         self._drain_internal(sock)
+                    elif self.journal is not None and sock == self.journal.wake_fd:
+                        self._journal_written()
                     elif self.owner_fd is not None and sock == self.owner_fd:
                         self._owner_gone()
                     else:
@@ -286,17 +294,56 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         return max(0, int((self._wake_at - mono) * 1000 + 0.999))
 
     def _flush(self) -> None:
-        assert self.journal is not None
-        self.journal.commit()
-        for ident, frame in self.replies:
-            self._send_client(ident, frame)
-        self.replies.clear()
+        """Commit what this iteration staged, then send its replies and pushes (never before their commit).
+
+        A small commit (one job's worth, as when jobs come one at a time) is
+        written here; a larger one goes to the journal's writer thread
+        (:meth:`Journal.commit_async`) and the loop serves the next messages
+        while SQLite writes on the other core.  Replies and pushes wait in
+        ``held``, in order, until the commit they depend on is written; what
+        is staged while one commit is in flight is the next one.
+        """
+        journal = self.journal
+        assert journal is not None
+        if journal.busy:
+            journal.collect()
+        if journal.dirty and not journal.busy:
+            if journal.staged_rows() >= _ASYNC_ROWS and self.running and not self.stopping_since:
+                journal.commit_async()
+            else:
+                journal.commit()
+        out = self.replies
+        self.replies = []
         for ident, infos in self.pushes.items():
-            self._send_client(ident, self._encode_for(ident, JobInfos(infos)))
+            out.append((ident, self._encode_for(ident, JobInfos(infos))))
         self.pushes.clear()
         for ident, by_id in self.progress_pushes.items():
-            self._send_client(ident, self._encode_for(ident, JobInfos(list(by_id.values()))))
+            out.append((ident, self._encode_for(ident, JobInfos(list(by_id.values())))))
         self.progress_pushes.clear()
+        if out:
+            # the commit these depend on: the one staged now if the writer was busy, else the last one begun
+            need = journal.started_seq + (1 if journal.dirty else 0)
+            if not self.held and need <= journal.done_seq:
+                for ident, frame in out:
+                    self._send_client(ident, frame)
+                return
+            self.held.append((need, out))
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Send the held replies and pushes whose commit is written, oldest first."""
+        journal = self.journal
+        assert journal is not None
+        held = self.held
+        while held and held[0][0] <= journal.done_seq:
+            for ident, frame in held.popleft()[1]:
+                self._send_client(ident, frame)
+
+    def _journal_written(self) -> None:
+        """The writer thread finished a commit: record it and send what waited for it."""
+        assert self.journal is not None
+        self.journal.collect()
+        self._release_held()
 
     def status(self) -> StatusReply:
         """Snapshot of the daemon and every actor."""

@@ -109,7 +109,7 @@ class RequestsMixin(State):
             if reply is not None:
                 try:
                     out = self._encode_for(addr, reply, corr)
-                    if type(reply) is Pong and not self.replies:  # nothing to commit or to keep in order: now
+                    if type(reply) is Pong and not self.replies and not self.held:  # nothing to commit or keep in order
                         self._send_client(addr, out)
                     else:
                         self.replies.append((addr, out))

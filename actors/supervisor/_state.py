@@ -52,6 +52,7 @@ class State:
     kill_sent: bool
     counters: "collections.Counter[str]"
     replies: list[tuple[bytes, bytes]]
+    held: "collections.deque[tuple[int, list[tuple[bytes, bytes]]]]"
     pushes: "dict[bytes, list[JobInfo]]"
     progress_pushes: "dict[bytes, dict[int, JobInfo]]"
     ctx: "zmq.Context[Any]"
