@@ -322,8 +322,10 @@ class JobBook:
                                   job.progress, job.status, props)
         self.jobs.pop(job.id, None)
         self.counters[state] += 1
-        return job.info(state=state, result=value, error_type=error_type, error_message=error_message,
-                        traceback=traceback, finished=now)
+        # the job leaves the book: its snapshot takes its events as they are (positional: the hot path)
+        return JobInfo(job.id, job.spec.fn, job.spec.name, state, job.progress, job.status, job.properties, value,
+                       error_type, error_message, traceback, job.events, job.submitted, job.started, now,
+                       job.attempts, job.worker, job.spec.priority)
 
     # -- reading -----------------------------------------------------------------------
     def infos(self, ids: list[int]) -> dict[int, JobInfo]:

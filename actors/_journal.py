@@ -22,6 +22,7 @@ folded in).  Finding unfinished jobs at start-up scans from the ``horizon``
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -34,7 +35,9 @@ from actors._errors import DaemonError
 from actors._state import FINAL
 from actors.messages import _encode_value
 
+log = logging.getLogger("ensemble.journal")
 TERMINAL = tuple(sorted(FINAL))  # for SQL parameters
+_CHECKPOINT_ROWS = 5000  # rows committed between two checkpoints (a few MB of log)
 
 # A job's end, as its columns (the same in ``jobs``, where the earlier layout kept it, and in ``results``).
 _END = """result BLOB,
@@ -113,6 +116,8 @@ class Journal:
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            # checkpoints run in a thread of their own (see _checkpoint_loop), never inside a commit
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
             had_jobs = self._has_table("jobs")
             had_results = self._has_table("results")
             if had_jobs:
@@ -144,6 +149,10 @@ class Journal:
         self._written = threading.Event()
         self._inflight = False
         self._error: BaseException | None = None
+        self._unchecked = 0  # rows committed since the last checkpoint was asked for
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_due = threading.Event()
+        self._closing = False
 
     def _has_table(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
@@ -294,6 +303,35 @@ class Journal:
             self._written.set()
             os.eventfd_write(self.wake_fd, 1)
 
+    def _ask_checkpoint(self) -> None:
+        if self._checkpointer is None:
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="journal-checkpoint", daemon=True)
+            self._checkpointer.start()
+        self._checkpoint_due.set()
+
+    def _checkpoint_loop(self) -> None:
+        """Copy the write-ahead log back into the database, on a connection of its own.
+
+        SQLite's automatic checkpoint would run inside the commit that crosses
+        its threshold (1,000 pages) and stall that commit, and every reply
+        waiting for it, for the copy and its fsyncs.  A ``PASSIVE`` checkpoint
+        here runs beside the commits (it never blocks a writer) and lets the
+        log start over once everything in it is copied.
+        """
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            while True:
+                self._checkpoint_due.wait()
+                self._checkpoint_due.clear()
+                if self._closing:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # busy or failing: the next one tries again; commits go on
+                    log.warning("event=checkpoint-failed reason=%s", exc)
+        finally:
+            db.close()
+
     def _take(self) -> tuple[Any, ...]:
         batch = (self._inserts, self._requeues, self._starts, list(self._progress.values()), self._finishes,
                  self._events, self._horizon)
@@ -326,6 +364,10 @@ class Journal:
             if horizon is not None:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('horizon', ?)", (horizon,))
             db.execute("COMMIT")
+            self._unchecked += len(inserts) + len(starts) + len(finishes) + len(events) + len(progress) + len(requeues)
+            if self._unchecked >= _CHECKPOINT_ROWS:
+                self._unchecked = 0
+                self._ask_checkpoint()
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -411,5 +453,9 @@ class Journal:
             if self._writer is not None:
                 self._batches.put(None)
                 self._writer.join()
+            if self._checkpointer is not None:
+                self._closing = True
+                self._checkpoint_due.set()
+                self._checkpointer.join()
             os.close(self.wake_fd)
             self.db.close()
