@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from actors import ClientClosed, TransportError
+from actors._errors import DaemonError
 from actors._jobs import JobBook, pack_spec, unpack_spec
 from actors._journal import TERMINAL, Journal
 from actors.client import Client, make_spec
@@ -44,6 +45,66 @@ def test_nothing_is_written_before_commit_and_everything_after(journal: Journal,
         assert other.execute("SELECT id, state FROM job_rows ORDER BY id").fetchall() == [(i, "queued") for i in ids]
     finally:
         other.close()
+
+
+def _wake(journal: Journal, timeout: float = 30.0) -> bool:
+    """Wait for the writer thread's eventfd (as the daemon's poller does), then collect."""
+    import select
+
+    readable, _, _ = select.select([journal.wake_fd], [], [], timeout)
+    return bool(readable) and journal.collect()
+
+
+def test_a_commit_in_the_writer_thread_is_numbered_and_collected(journal: Journal, tmp_path: Path) -> None:
+    book = JobBook(journal)
+    ids = book.accept([JobSpec("tests.jobs:pid") for _ in range(20)], time.time())
+    journal.commit_async()
+    assert journal.busy and journal.started_seq == journal.done_seq + 1 and not journal.dirty
+    book.accept([JobSpec("tests.jobs:pid")], time.time())  # staged meanwhile: the next commit
+    assert _wake(journal)
+    assert not journal.busy and journal.done_seq == journal.started_seq
+    other = sqlite3.connect(str(tmp_path / "jobs.sqlite3"))
+    try:
+        assert other.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == len(ids)  # the one staged after: not yet
+    finally:
+        other.close()
+    journal.commit()
+    assert journal.done_seq == journal.started_seq and not journal.dirty
+
+
+def test_a_read_waits_for_the_commit_in_flight(journal: Journal) -> None:
+    book = JobBook(journal)
+    ids = book.accept([JobSpec("tests.jobs:pid") for _ in range(50)], time.time())
+    journal.commit_async()
+    rows = journal.infos(ids)  # the connection is the writer's until its commit is recorded
+    assert [r[0] for r in rows] == ids and not journal.busy
+
+
+def test_a_failed_commit_in_the_writer_thread_reaches_the_loop_and_the_journal_goes_on(journal: Journal) -> None:
+    book = JobBook(journal)
+    (jid,) = book.accept([JobSpec("tests.jobs:pid")], time.time())
+    journal.commit()
+    journal.stage_insert(jid, "tests.jobs:pid", "", b"x", 0, time.time())  # the same id again: refused by SQLite
+    journal.commit_async()
+    with pytest.raises(DaemonError, match="write failed"):
+        _wake(journal)
+    assert not journal.busy
+    (jid2,) = book.accept([JobSpec("tests.jobs:pid")], time.time())  # rolled back: the next commit works
+    journal.commit()
+    assert [r[0] for r in journal.infos([jid, jid2])] == [jid, jid2]
+
+
+def test_the_write_ahead_log_is_checkpointed_beside_the_commits(journal: Journal, tmp_path: Path) -> None:
+    db_file = tmp_path / "jobs.sqlite3"
+    journal.commit()
+    before = db_file.stat().st_size  # the schema only: every page written since lives in the log until a checkpoint
+    book = JobBook(journal)
+    for _ in range(60):
+        book.accept([JobSpec("tests.jobs:pid", [b"x" * 200]) for _ in range(100)], time.time())
+        journal.commit()
+    # nothing in a commit checkpoints (wal_autocheckpoint=0): the checkpoint thread copies the pages back
+    wait_for(lambda: db_file.stat().st_size > before + 500_000, what="the checkpoint thread to copy the log back")
+    assert any(t.name == "journal-checkpoint" for t in threading.enumerate())
 
 
 def test_a_result_is_recorded_exactly_once(journal: Journal) -> None:

@@ -198,3 +198,24 @@ def test_example_job_count_lines_runs_wc(module_daemon: Daemon, tmp_path: Path) 
     f = tmp_path / "lines.txt"
     f.write_text("a\nb\nc\n")
     assert module_daemon.client().submit("examples.jobs:count_lines", str(f)).result(30) == 3
+
+
+# --------------------------------------------------------------------------------- a result's way back, in-process
+@pytest.mark.parametrize("value", [None, True, 7, -2**63, 2**64 - 1, 1.5, b"", b"x" * 1000, "text", [1, "a"], {"k": 1}])
+def test_a_result_that_can_cross_is_sized_from_above(value: Any) -> None:
+    from actors.messages import JobDone, JobsDone, encode
+    from actors.worker import _sendable
+
+    done = JobDone(1, True, value, started=0.0)
+    out, size = _sendable(done, 64 * 1024 * 1024)
+    assert out is done and size >= len(encode(JobsDone([done])))  # what the worker's frame budget counts
+
+
+@pytest.mark.parametrize("value, why", [(2**64, "integer"), (-2**63 - 1, "integer"), ("\ud800", "surrogate"),
+                                        (b"x" * 70_000, "frame limit"), (complex(1, 2), "complex")])
+def test_a_result_that_cannot_cross_becomes_an_error_saying_why(value: Any, why: str) -> None:
+    from actors.messages import JobDone
+    from actors.worker import _sendable
+
+    out, _ = _sendable(JobDone(1, True, value, started=0.0), 64 * 1024)
+    assert not out.ok and out.error_type == "TypeError" and "cannot be sent" in out.error_message, why
