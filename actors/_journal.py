@@ -2,13 +2,18 @@
 
 The supervisor stages every change of one poll-loop iteration (new jobs, state
 changes, results, events) and :meth:`Journal.commit` writes them in one
-transaction, before any acknowledgement of that iteration is sent.
+transaction, before any acknowledgement of that iteration is sent.  A larger
+commit goes to a writer thread (:meth:`Journal.commit_async`) and the
+acknowledgements wait for it there; checkpoints of the log run in a thread of
+their own, never inside a commit.
 
 Layout, chosen for the cost per job (``python -m bench --only throughput``):
 a job is a row of ``jobs`` (its spec, inserted once as ``queued``), a row of
 ``starts`` while it runs (when, where, which attempt; removed when it is
 requeued) and, once it ended, a row of ``results`` (its final state and
-value), appended with ``INSERT OR IGNORE``.  So a job's result is recorded
+value; and its start, when the start is committed with the end, as it is
+for short jobs whose results come in batches: no ``starts`` row then),
+appended with ``INSERT OR IGNORE``.  So a job's result is recorded
 exactly once (the first end wins), the row holding the spec is not rewritten
 as the job moves, and ``jobs`` needs no index on its state.  Measured
 alone (20,000 jobs inserted, started and finished in batches of 200, the
@@ -48,6 +53,11 @@ _END = """result BLOB,
     status TEXT NOT NULL DEFAULT '',
     properties BLOB"""
 
+# A start committed with its job's end is folded into the end's row (NULL there when ``starts`` has it).
+_START_IN_RESULT = """started REAL,
+    worker TEXT,
+    attempts INTEGER"""
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs(
     id INTEGER PRIMARY KEY,
@@ -69,7 +79,8 @@ CREATE TABLE IF NOT EXISTS results(
     id INTEGER PRIMARY KEY,
     state TEXT NOT NULL,
     finished REAL NOT NULL,
-    {_END}
+    {_END},
+    {_START_IN_RESULT}
 );
 CREATE TABLE IF NOT EXISTS starts(
     id INTEGER PRIMARY KEY,
@@ -78,11 +89,13 @@ CREATE TABLE IF NOT EXISTS starts(
     attempts INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
-CREATE VIEW IF NOT EXISTS job_rows AS
+DROP VIEW IF EXISTS job_rows;
+CREATE VIEW job_rows AS
 SELECT j.id AS id, j.fn AS fn, j.name AS name, j.spec AS spec, j.priority AS priority,
     IIF(r.id IS NULL, IIF(s.id IS NULL, j.state, 'running'), r.state) AS state,
-    IIF(s.id IS NULL, j.attempts, s.attempts) AS attempts, j.submitted AS submitted,
-    IIF(s.id IS NULL, j.started, s.started) AS started, IIF(r.id IS NULL, j.finished, r.finished) AS finished,
+    COALESCE(r.attempts, IIF(s.id IS NULL, j.attempts, s.attempts)) AS attempts, j.submitted AS submitted,
+    COALESCE(r.started, IIF(s.id IS NULL, j.started, s.started)) AS started,
+    IIF(r.id IS NULL, j.finished, r.finished) AS finished,
     IIF(r.id IS NULL, j.result, r.result) AS result,
     IIF(r.id IS NULL, j.error_type, r.error_type) AS error_type,
     IIF(r.id IS NULL, j.error_message, r.error_message) AS error_message,
@@ -90,7 +103,7 @@ SELECT j.id AS id, j.fn AS fn, j.name AS name, j.spec AS spec, j.priority AS pri
     IIF(r.id IS NULL, j.progress, r.progress) AS progress,
     IIF(r.id IS NULL, j.status, r.status) AS status,
     IIF(r.id IS NULL, j.properties, r.properties) AS properties,
-    IIF(s.id IS NULL, j.worker, s.worker) AS worker, j.owner AS owner
+    COALESCE(r.worker, IIF(s.id IS NULL, j.worker, s.worker)) AS worker, j.owner AS owner
 FROM jobs j LEFT JOIN starts s ON s.id = j.id LEFT JOIN results r ON r.id = j.id;
 CREATE TABLE IF NOT EXISTS events(
     job_id INTEGER NOT NULL,
@@ -124,17 +137,21 @@ class Journal:
                 columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
                 if "owner" not in columns:  # a journal from before remote ownership: every job was local
                     self.db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            if had_results and "attempts" not in {row[1] for row in self.db.execute("PRAGMA table_info(results)")}:
+                for column in ("started REAL", "worker TEXT", "attempts INTEGER"):  # before folded starts
+                    self.db.execute(f"ALTER TABLE results ADD COLUMN {column}")
             self.db.executescript(_SCHEMA)
             if had_jobs and not had_results:  # a journal from before the results table: move the ended jobs' ends
                 with self.db:
                     self.db.execute(
-                        "INSERT OR IGNORE INTO results SELECT id, state, finished, result, error_type, error_message, "
+                        "INSERT OR IGNORE INTO results(id, state, finished, result, error_type, error_message, traceback, "
+                        "progress, status, properties) SELECT id, state, finished, result, error_type, error_message, "
                         f"traceback, progress, status, properties FROM jobs WHERE state IN ({','.join('?' * len(TERMINAL))})",
                         TERMINAL)
         except sqlite3.DatabaseError as exc:
             raise DaemonError(f"job journal {path} cannot be opened: {exc}") from exc
         self._inserts: list[tuple[Any, ...]] = []
-        self._starts: list[tuple[Any, ...]] = []
+        self._starts: dict[int, tuple[Any, ...]] = {}  # job id -> its start, until committed or folded
         self._finishes: list[tuple[Any, ...]] = []
         self._requeues: list[tuple[Any, ...]] = []
         self._events: list[tuple[Any, ...]] = []
@@ -181,7 +198,7 @@ class Journal:
 
     def stage_start(self, job_id: int, started: float, worker: str, attempts: int) -> None:
         """Record that a job started running on a worker."""
-        self._starts.append((started, worker, attempts, job_id))
+        self._starts[job_id] = (started, worker, attempts, job_id)
 
     def stage_requeue(self, job_id: int, attempts: int) -> None:
         """Put a job back to ``queued`` (its worker died and a retry is left).
@@ -189,8 +206,7 @@ class Journal:
         Requeues are written before starts, so a start staged earlier in this
         batch for the same job is dropped: the row must end ``queued``.
         """
-        if self._starts:
-            self._starts = [s for s in self._starts if s[3] != job_id]
+        self._starts.pop(job_id, None)
         self._requeues.append((attempts, job_id))
 
     def stage_progress(self, job_id: int, progress: float, status: str, properties: dict[str, Any]) -> None:
@@ -210,9 +226,16 @@ class Journal:
         status: str = "",
         properties: bytes | None = None,
     ) -> None:
-        """Record a terminal state; ignored if the job is already terminal (exactly once)."""
+        """Record a terminal state; ignored if the job is already terminal (exactly once).
+
+        A start staged in the same commit goes into the end's row instead of
+        a row of ``starts`` of its own (one row fewer per job when jobs are
+        short and results come in batches).
+        """
+        start = self._starts.pop(job_id, None)
         self._finishes.append(
-            (job_id, state, finished, result, error_type, error_message, traceback, progress, status, properties)
+            (job_id, state, finished, result, error_type, error_message, traceback, progress, status, properties,
+             *(start[:3] if start is not None else (None, None, None)))
         )
 
     def stage_event(self, job_id: int, kind: str, detail: str = "", t: float | None = None) -> None:
@@ -333,9 +356,10 @@ class Journal:
             db.close()
 
     def _take(self) -> tuple[Any, ...]:
-        batch = (self._inserts, self._requeues, self._starts, list(self._progress.values()), self._finishes,
-                 self._events, self._horizon)
-        self._inserts, self._requeues, self._starts, self._finishes, self._events = [], [], [], [], []
+        batch = (self._inserts, self._requeues, list(self._starts.values()), list(self._progress.values()),
+                 self._finishes, self._events, self._horizon)
+        self._inserts, self._requeues, self._finishes, self._events = [], [], [], []
+        self._starts = {}
         self._progress = {}
         self._horizon = None
         return batch
@@ -358,7 +382,9 @@ class Journal:
             if progress:
                 db.executemany("UPDATE jobs SET progress=?, status=?, properties=? WHERE id=?", progress)
             if finishes:  # the first end of a job wins: exactly once
-                db.executemany("INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)", finishes)
+                db.executemany("INSERT OR IGNORE INTO results(id, state, finished, result, error_type, error_message, "
+                               "traceback, progress, status, properties, started, worker, attempts) "
+                               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", finishes)
             if events:
                 db.executemany("INSERT INTO events(job_id, t, kind, detail) VALUES (?,?,?,?)", events)
             if horizon is not None:
