@@ -22,6 +22,12 @@ from actors.messages import JobInfo, JobSpec, WorkerSetup, _decode_value, _encod
 
 
 SCAN = 4096  # queued jobs one pop may look past because the worker lacks their resources
+_ID_MASK = (1 << 64) - 1
+
+
+def _key(priority: int, job_id: int) -> int:
+    """A queued job's place: higher priority first, then lower id (``(-priority, id)`` as one int; ids are >= 0)."""
+    return (-priority << 64) | job_id
 NO_CONTEXT: tuple[str, list[str]] = ("", [])  # no client directory or path (remote, internal): never mutated
 
 
@@ -114,7 +120,9 @@ class JobBook:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.jobs: dict[int, Job] = {}
-        self.heap: list[tuple[int, int]] = []  # (-priority, id): ids grow in submit order, so FIFO within a priority
+        # one int per queued job, ordered as (-priority, id) (see _key): ids grow in submit order, so FIFO within a
+        # priority; an int compares in half the time of that tuple
+        self.heap: list[int] = []
         self._next_id = journal.next_id()
         self.queued = 0
         self.needy = 0  # queued jobs that name resources (while 0, pop takes the plain path)
@@ -146,7 +154,7 @@ class JobBook:
             job.context = context
             self.jobs[jid] = job
             stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal, context), spec.priority, now, owner)
-            heapq.heappush(self.heap, (-spec.priority, jid))
+            heapq.heappush(self.heap, _key(spec.priority, jid))
             if spec.resources:
                 self._needs(spec.resources, 1)
             ids.append(jid)
@@ -194,7 +202,7 @@ class JobBook:
             else:
                 queued += 1
             self.jobs[jid] = job
-            heapq.heappush(self.heap, (-spec.priority, jid))
+            heapq.heappush(self.heap, _key(spec.priority, jid))
             self.queued += 1
             if spec.resources:
                 self._needs(spec.resources, 1)
@@ -217,8 +225,7 @@ class JobBook:
         out: list[Job] = []
         heap, jobs = self.heap, self.jobs
         while heap and len(out) < n:
-            _, jid = heapq.heappop(heap)
-            job = jobs.get(jid)
+            job = jobs.get(heapq.heappop(heap) & _ID_MASK)
             if job is None or job.state != "queued":
                 continue
             job.state = "dispatched"
@@ -237,11 +244,11 @@ class JobBook:
         if self.queued == self.needy and not any(fits(dict(k), offer) for k in self.needs):
             return []  # only jobs this worker cannot run are queued: nothing to look through
         out: list[Job] = []
-        passed: list[tuple[int, int]] = []
+        passed: list[int] = []
         heap, jobs = self.heap, self.jobs
         while heap and len(out) < n and len(passed) < SCAN:
             item = heapq.heappop(heap)
-            job = jobs.get(item[1])
+            job = jobs.get(item & _ID_MASK)
             if job is None or job.state != "queued":
                 continue
             need = job.spec.resources
@@ -273,7 +280,7 @@ class JobBook:
             job.events.append([time.time(), "requeued", reason])
             self.journal.stage_event(job.id, "requeued", reason)
             self.counters["retried"] += 1
-        heapq.heappush(self.heap, (-job.spec.priority, job.id))  # back in its place: recalled or retried jobs keep FIFO
+        heapq.heappush(self.heap, _key(job.spec.priority, job.id))  # back in its place: recalled or retried jobs keep FIFO
         self.queued += 1
         if job.spec.resources:
             self._needs(job.spec.resources, 1)
