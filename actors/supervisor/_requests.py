@@ -115,6 +115,8 @@ class RequestsMixin(State):
                         self.replies.append((addr, out))
                 except ProtocolError as exc:
                     self.replies.append((addr, encode(Error("protocol", f"the reply cannot be sent: {exc}"), corr)))
+            if type(msg) is Submit:
+                self._feed_hungry()  # a drain of many big submits must not leave the workers idle meanwhile
         return changed
 
     def _request(self, ident: bytes, corr: int, msg: Message) -> Message | None:

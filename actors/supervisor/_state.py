@@ -94,6 +94,9 @@ class State:
     def _dispatch(self, mono: float) -> None:
         raise NotImplementedError
 
+    def _feed_hungry(self) -> None:
+        raise NotImplementedError
+
     def _drain_control(self, sock: Any) -> bool:
         raise NotImplementedError
 

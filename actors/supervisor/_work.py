@@ -201,6 +201,22 @@ class WorkMixin(State):
             if was_idle:
                 self._advance(slot, now, mono)
 
+    def _feed_hungry(self) -> None:
+        """Dispatch now, in the middle of a drain, if a worker has (almost) run out of jobs.
+
+        The loop dispatches once per iteration, after draining every socket;
+        a drain of many large submits (thousands of jobs each, as ``map``
+        sends them) would otherwise keep the workers idle until it ends.
+        """
+        book = self.book
+        assert book is not None
+        if self.stopping_since or not book.queued:
+            return
+        for slot in self.slots.values():
+            if slot.role == "worker" and slot.ready and not slot.retire and len(slot.outstanding) < 2:
+                self._dispatch(time.monotonic())
+                return
+
     def _send_batch(self, slot: Slot, batch: list[Dispatch], jobs: list[Job], now: float) -> bool:
         """Send jobs to a worker; a job that cannot be encoded or fit a frame fails alone, the rest go."""
         try:
