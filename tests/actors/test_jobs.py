@@ -330,6 +330,7 @@ def test_retry_after_a_worker_death(make_daemon: Make, tmp_path: Path) -> None:
     assert c.submit("examples.jobs:add", 1, 1).result(30) == 2
 
 
+@pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_a_silent_worker_running_a_job_is_detected_by_heartbeat(make_daemon: Make, tmp_path: Path) -> None:
     d = make_daemon(workers=1)
     d.up()

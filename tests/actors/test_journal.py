@@ -261,6 +261,7 @@ def test_terminal_states_are_the_documented_ones() -> None:
 
 
 # --------------------------------------------------------------------------------- across daemon restarts
+@pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_queued_jobs_survive_an_orderly_restart(make_daemon: Make, tmp_path: Path) -> None:
     d = make_daemon(workers=1)
     d.up()

@@ -191,6 +191,7 @@ def test_kill_9_of_a_worker_takes_its_subprocesses(daemon: Daemon) -> None:
     replaced(daemon, worker, old)
 
 
+@pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_crash_looping_child_stops_at_the_intensity_limit_while_siblings_run(make_daemon: Make) -> None:
     # restart_period widened so a slow machine still packs 5 restarts into one window
     d = make_daemon(extra_env={"ENSEMBLE_TEST_CRASH_ROLE": "processor",
@@ -216,6 +217,7 @@ def test_crash_looping_child_stops_at_the_intensity_limit_while_siblings_run(mak
                 if b"audio.processor" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
+@pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_sigstopped_worker_is_detected_and_replaced(daemon: Daemon) -> None:
     old = actor(daemon, "worker-2").pid
     os.kill(old, signal.SIGSTOP)

@@ -60,6 +60,7 @@ def test_get_context_names_each_side_and_run_async_errors_raise_at_the_await(dae
     assert "ValueError: nope" in err
 
 
+@pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_parameters_and_on_save_state_survive_a_daemon_restart(make_daemon: Any) -> None:
     script = SCRIPTS / "stateful.py"
     d = make_daemon(extra_env={"ENSEMBLE_AUDIO_SCRIPT": str(script)})

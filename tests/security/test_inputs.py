@@ -26,6 +26,7 @@ def test_an_out_of_range_integer_is_refused_and_the_daemon_lives(daemon: Daemon)
     assert daemon.client().submit("examples.jobs:add", 1, 2, priority=2**63 - 1).result(60) == 3
 
 
+@pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_a_job_whose_segment_is_gone_fails_alone_and_the_daemon_survives_restarts(make_daemon: Any) -> None:
     d = make_daemon(workers=0)
     d.up()
