@@ -307,8 +307,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         assert journal is not None
         if journal.busy:
             journal.collect()
-        if journal.dirty and not journal.busy:
-            if journal.staged_rows() >= _ASYNC_ROWS and self.running and not self.stopping_since:
+        if self.stopping_since or not self.running:
+            journal.commit()  # waits for the one in flight too: nothing is held past the last iteration
+        elif journal.dirty and not journal.busy:
+            if journal.staged_rows() >= _ASYNC_ROWS:
                 journal.commit_async()
             else:
                 journal.commit()
