@@ -23,6 +23,8 @@ from actors.messages import JobInfo, JobSpec, WorkerSetup, _decode_value, _encod
 
 SCAN = 4096  # queued jobs one pop may look past because the worker lacks their resources
 _ID_MASK = (1 << 64) - 1
+_NO_PROPERTIES: dict[str, Any] = {}  # shared by the jobs that set none (see Job.__init__)
+_NO_EVENTS: list[list[Any]] = []
 
 
 def _key(priority: int, job_id: int) -> int:
@@ -55,8 +57,10 @@ class Job:
         self.worker = ""
         self.progress = 0.0
         self.status = ""
-        self.properties: dict[str, Any] = {}
-        self.events: list[list[Any]] = []
+        # shared until the job reports its own (only ever replaced, never changed in place): a queued job's
+        # memory counts (jobs.queue_limit of them), and an empty dict and list are 120 bytes of it
+        self.properties: dict[str, Any] = _NO_PROPERTIES
+        self.events: list[list[Any]] = _NO_EVENTS
         self.timeout_ms = spec.timeout_ms
         self.abort_reason = ""
         self.kill_at = 0.0  # monotonic time of the force kill, once aborted while running
@@ -66,6 +70,12 @@ class Job:
         self.progress_watchers: tuple[bytes, ...] | None = None
         self.blockers: list[tuple[bytes, int]] | None = None
         self.recalling = False  # a Recall is on its way to the worker holding it
+
+    def add_event(self, event: list[Any]) -> None:
+        """Record an event on the job (its own list from the first one on)."""
+        if self.events is _NO_EVENTS:
+            self.events = []
+        self.events.append(event)
 
     def info(self, **final: Any) -> JobInfo:
         """A snapshot for clients; ``final`` sets what only an ended job has (state, result, error, finished)."""
@@ -190,7 +200,7 @@ class JobBook:
                 if attempts <= spec.retries:
                     self.journal.stage_requeue(jid, attempts)
                     self.journal.stage_event(jid, "requeued", "daemon restarted while the job ran", now)
-                    job.events.append([now, "requeued", "daemon restarted while the job ran"])  # live snapshots too
+                    job.add_event([now, "requeued", "daemon restarted while the job ran"])  # live snapshots too
                     requeued += 1
                 else:
                     self.jobs[jid] = job
@@ -277,7 +287,7 @@ class JobBook:
         job.kill_at = job.deadline_at = 0.0
         job.abort_reason = ""
         if reason:
-            job.events.append([time.time(), "requeued", reason])
+            job.add_event([time.time(), "requeued", reason])
             self.journal.stage_event(job.id, "requeued", reason)
             self.counters["retried"] += 1
         heapq.heappush(self.heap, _key(job.spec.priority, job.id))  # back in its place: recalled or retried jobs keep FIFO
@@ -298,7 +308,7 @@ class JobBook:
     def event(self, job: Job, kind: str, detail: str) -> None:
         """Record an event (``stalled``, ``abort``, ...) on a job."""
         t = time.time()
-        job.events.append([t, kind, detail])
+        job.add_event([t, kind, detail])
         self.journal.stage_event(job.id, kind, detail, t)
 
     # -- finishing ------------------------------------------------------------------
@@ -330,8 +340,8 @@ class JobBook:
         self.jobs.pop(job.id, None)
         self.counters[state] += 1
         # the job leaves the book: its snapshot takes its events as they are (positional: the hot path)
-        return JobInfo(job.id, job.spec.fn, job.spec.name, state, job.progress, job.status, job.properties, value,
-                       error_type, error_message, traceback, job.events, job.submitted, job.started, now,
+        return JobInfo(job.id, job.spec.fn, job.spec.name, state, job.progress, job.status, job.properties,
+                       value, error_type, error_message, traceback, list(job.events), job.submitted, job.started, now,
                        job.attempts, job.worker, job.spec.priority)
 
     # -- reading -----------------------------------------------------------------------

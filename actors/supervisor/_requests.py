@@ -202,8 +202,9 @@ class RequestsMixin(State):
         ids = book.accept(jobs, time.time(), self._peer.owner, nbytes, internal, context)
         self._recall_below(max(spec.priority for spec in jobs) if jobs else 0)
         if watch:
+            watchers = (ident,)  # one tuple for the submit's jobs (a set would cost 216 bytes a job)
             for jid in ids:
-                book.jobs[jid].watchers = (ident,)  # a tuple: 56 bytes a job, where a set costs 216
+                book.jobs[jid].watchers = watchers
         self.replies.append((ident, encode(Submitted(ids), corr)))
         return None
 
