@@ -22,6 +22,7 @@ def _ensemble(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
                           timeout=120)
 
 
+@pytest.mark.slow  # a dozen CLI processes against a daemon: run by .ci/run's slow pass (default suite < 5 min)
 def test_name_and_config_work_before_and_after_the_command(short_tmp: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_")}
     env.update(PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(short_tmp / "r"), XDG_STATE_HOME=str(short_tmp / "s"),

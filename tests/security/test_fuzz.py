@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ _kinds = st.integers(0, 90).filter(lambda k: k not in (int(Kind.SCALE), int(Kind
 _typed = st.builds(lambda k, c, f: msgpack.packb([VERSION, k, c, [k, *f]]), _kinds, st.integers(0, 2**63 - 1), _fields)
 
 
+@pytest.mark.slow  # a daemon with both tcp endpoints, fuzzed with every role's key: run by .ci/run's slow pass (default suite < 5 min)
 def test_hostile_frames_on_both_tcp_endpoints_with_every_role(remote: Remote) -> None:
     before = {a.name: a.pid for a in remote.d.status().actors}
     peers = {"client@client_tcp": remote.raw("c1", remote.client_ep),
