@@ -77,15 +77,12 @@ class Job:
             self.events = []
         self.events.append(event)
 
-    def info(self, **final: Any) -> JobInfo:
-        """A snapshot for clients; ``final`` sets what only an ended job has (state, result, error, finished)."""
-        return JobInfo(
-            id=self.id, fn=self.spec.fn, name=self.spec.name, state=final.pop("state", self.state),
-            progress=self.progress, status=self.status, properties=self.properties, events=list(self.events),
-            submitted=self.submitted, started=self.started, attempts=self.attempts, worker=self.worker,
-            priority=self.spec.priority, **final,
-        )
-
+    def info(self, state: str = "", result: Any = None, error_type: str = "", error_message: str = "",
+             traceback: str = "", finished: float = 0.0) -> JobInfo:
+        """A snapshot for clients; an ended job's passes what only it has (state, result, error, finished)."""
+        return JobInfo(self.id, self.spec.fn, self.spec.name, state or self.state, self.progress, self.status,
+                       self.properties, result, error_type, error_message, traceback, list(self.events),
+                       self.submitted, self.started, finished, self.attempts, self.worker, self.spec.priority)
 
 def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
               context: tuple[str, list[str]] = NO_CONTEXT) -> bytes:
@@ -339,10 +336,7 @@ class JobBook:
                                   job.progress, job.status, props)
         self.jobs.pop(job.id, None)
         self.counters[state] += 1
-        # the job leaves the book: its snapshot takes its events as they are (positional: the hot path)
-        return JobInfo(job.id, job.spec.fn, job.spec.name, state, job.progress, job.status, job.properties,
-                       value, error_type, error_message, traceback, list(job.events), job.submitted, job.started, now,
-                       job.attempts, job.worker, job.spec.priority)
+        return job.info(state, value, error_type, error_message, traceback, now)
 
     # -- reading -----------------------------------------------------------------------
     def infos(self, ids: list[int]) -> dict[int, JobInfo]:

@@ -245,13 +245,10 @@ class Journal:
     @property
     def dirty(self) -> bool:
         """Whether anything is staged."""
-        return bool(
-            self._inserts or self._starts or self._finishes or self._requeues or self._events or self._progress
-            or self._horizon is not None
-        )
+        return self._horizon is not None or self.staged_rows() > 0
 
     def staged_rows(self) -> int:
-        """How many rows the next commit writes (about)."""
+        """How many rows the next commit writes (besides the horizon)."""
         return (len(self._inserts) + len(self._starts) + len(self._finishes) + len(self._requeues)
                 + len(self._events) + len(self._progress))
 
@@ -390,7 +387,7 @@ class Journal:
             if horizon is not None:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('horizon', ?)", (horizon,))
             db.execute("COMMIT")
-            self._unchecked += len(inserts) + len(starts) + len(finishes) + len(events) + len(progress) + len(requeues)
+            self._unchecked += sum(len(rows) for rows in batch[:-1])  # every part but the horizon
             if self._unchecked >= _CHECKPOINT_ROWS:
                 self._unchecked = 0
                 self._ask_checkpoint()
