@@ -23,6 +23,7 @@ the frame carrying only their keys.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import weakref
 from typing import Any
@@ -242,6 +243,8 @@ class WorkerArrays:
             h = handle_of(v)
             if h is not None and self.shared:
                 return h
+            if type(v).__name__ == "SharedNDArray":  # derived from a shared one (a * 2, a.sum()): a plain array
+                v = v.view(sys.modules["numpy"].ndarray)
             if self.link is not None and v.dtype.kind in "biufc" and self.link.wants(v.nbytes):
                 return self.link.put(v)
             if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc" or not self.shared:

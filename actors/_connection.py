@@ -220,7 +220,7 @@ class Connection:
         borrowed: list[list[Any]] = []
         out = []
         for spec in specs:
-            if spec.pickled:  # a local Executor's pickled values: never an array among them (they go unpickled)
+            if spec.pickled and len(spec.args) == 1:  # a local Executor's pickled values, with no array beside them
                 out.append(spec)
                 borrowed.append([])
                 continue

@@ -25,7 +25,7 @@ import msgspec
 
 from actors import _map
 from actors._connection import Connection
-from actors._exact import dumps_arguments
+from actors._exact import dumps_arguments, external, loads_referencing, pickled_value
 from actors._errors import (
     EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, ProtocolError, RemoteError, TransportError, WaitTimeout,
 )
@@ -535,16 +535,18 @@ class Executor(concurrent.futures.Executor):
         if template is None:
             template = self._template(fn)
         # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
-        # yours); numpy arrays keep the MessagePack path, where big ones cross through shared memory
-        pickled = self._exact and not any(is_ndarray(v) for v in (*args, *kwargs.values()))
+        # yours); big numpy arrays among the arguments leave the pickle and cross through shared memory
+        pickled = self._exact
         fut: Future[Any] = Future()
         if pickled:
+            keep = external(self.conn.arrays.inline_limit) if any(
+                is_ndarray(v) for v in (*args, *kwargs.values())) else None
             try:
-                blob = dumps_arguments(template.fn, args, kwargs)
+                payload = dumps_arguments(template.fn, args, kwargs, keep)
             except TypeError as exc:  # this job fails at once, as ProcessPoolExecutor's future would
                 fut.set_exception(exc)
                 return fut
-            spec = msgspec.structs.replace(template, args=[blob], pickled=True)
+            spec = msgspec.structs.replace(template, args=payload, pickled=True)
         else:
             spec = msgspec.structs.replace(template, args=list(args), kwargs=dict(kwargs))
         early: list[JobInfo] = []
@@ -736,9 +738,11 @@ def _outcome(info: JobInfo, pickled: bool = False) -> Any:
     """A final job's value, or raise what it stands for: the job's own exception (pickled jobs, its remote
     traceback as the cause, as ProcessPoolExecutor re-raises it), RemoteError for a value that cannot be
     rebuilt here, else the error of its final state (:func:`_raise_for`).  One rule for futures and ``map``."""
-    if pickled and isinstance(info.result, bytes) and info.state in ("done", "failed"):
-        try:
-            value = pickle.loads(info.result)  # from our own user's job, through our own daemon
+    crossed = pickled_value(info.result) if pickled and info.state in ("done", "failed") else None
+    if crossed is not None:
+        blob, refs = crossed
+        try:  # from our own user's job, through our own daemon; its big arrays came through shared memory
+            value = loads_referencing(blob, refs) if refs else pickle.loads(blob)
         except Exception as exc:  # noqa: BLE001 - e.g. a class whose constructor wants other arguments
             what = "return value" if info.state == "done" else f"exception ({info.error_type})"
             raise RemoteError(

@@ -595,8 +595,8 @@ def _enc_hook(obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
             if obj.dtype.kind not in _SAFE_DTYPE_KINDS:
                 raise TypeError(f"numpy arrays of dtype {obj.dtype} cannot be sent (numeric only)")
-            data = np.ascontiguousarray(obj)
-            return msgspec.msgpack.Ext(EXT_INLINE_ARRAY, _pack_plain((data.dtype.str, data.shape, data.tobytes())))
+            # tobytes() is C order whatever the layout (ascontiguousarray would turn a 0-d array into 1-d)
+            return msgspec.msgpack.Ext(EXT_INLINE_ARRAY, _pack_plain((obj.dtype.str, obj.shape, obj.tobytes())))
         if isinstance(obj, np.generic):
             return obj.item()
     raise TypeError(

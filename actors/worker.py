@@ -25,7 +25,7 @@ import msgspec
 import zmq
 
 from actors._child import Child, child_main
-from actors._exact import dumps
+from actors._exact import dumps, external, loads_referencing
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir, StartedLog
@@ -318,7 +318,9 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
         else:  # a worker resolves each name once: its modules stay as imported (changed code retires it)
             fn = fns.get(d.fn) or fns.setdefault(d.fn, resolve(d.fn))
         if d.pickled:  # a local client's exact values (its own user: pickle is trusted here, never in the daemon)
-            payload = pickle.loads(d.args[0])
+            # with its big arrays beside the bytes, mapped from shared memory (see actors._exact)
+            payload = pickle.loads(d.args[0]) if len(d.args) == 1 else \
+                loads_referencing(d.args[0], arrays.import_args(d.args[1:], mapped))
         else:
             payload = arrays.import_args(d.args, mapped), arrays.import_args(d.kwargs, mapped)
         # one calling convention for every entry point, read from the signature; internal jobs
@@ -331,7 +333,12 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
         else:
             args, kwargs = payload
             value = fn(task, *args, **kwargs) if with_task else fn(*args, **kwargs)
-        value = dumps(value, "the job's result") if d.pickled else arrays.export_result(value)
+        if d.pickled:  # big arrays in the result leave the pickle and cross through shared memory
+            value = dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit))
+            if type(value) is list:
+                value = [value[0], *arrays.export_result(value[1:])]
+        else:
+            value = arrays.export_result(value)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,
                        aborted=task.aborted, started=started)
@@ -347,6 +354,13 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _keep_arrays(value: Any, limit: int) -> Callable[[Any], int] | None:
+    """What leaves a pickled result by reference: big arrays, once numpy is in use here (else nothing to look at)."""
+    if type(value) in _PLAIN or "numpy" not in sys.modules:
+        return None
+    return external(limit)
 _SMALL = (bool, float)
 _INT64, _UINT64 = -2**63, 2**64  # the integers MessagePack carries
 

@@ -360,3 +360,20 @@ def reverse_array(task: Task, array: Any, marker: str = "") -> Any:
         while True:
             time.sleep(0.05)
     return [array[::-1].copy(), float(array.sum())]
+
+
+def array_origin(a: Any, *rest: Any) -> Any:
+    """Where an argument array came from: its type, whether it lives in a mapping (shared memory), and the rest."""
+    import mmap
+
+    base = a
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    base = getattr(base, "obj", base)  # numpy keeps a memoryview of the mapping
+    return type(a).__name__, isinstance(base, mmap.mmap), rest, a * 2, a.sum()
+
+
+def fill_sevens(a: Any) -> Any:
+    """Write into an array in place and return it (a shared one comes back as itself)."""
+    a[...] = 7
+    return a

@@ -88,6 +88,15 @@ def test_small_numpy_arrays_travel_inline() -> None:
     assert msg.stats["scalar"] == 7 and type(msg.stats["scalar"]) is int
 
 
+def test_inline_arrays_keep_their_shape_and_values_whatever_their_layout() -> None:
+    zero_d, fortran = np.array(2.5), np.asfortranarray(np.arange(6).reshape(2, 3))
+    _, msg = decode(encode(Heartbeat({"z": zero_d, "f": fortran, "v": fortran[:, 1]})))
+    assert isinstance(msg, Heartbeat)
+    assert msg.stats["z"].shape == () and float(msg.stats["z"]) == 2.5  # not turned into shape (1,)
+    np.testing.assert_array_equal(msg.stats["f"], fortran)
+    np.testing.assert_array_equal(msg.stats["v"], [1, 4])
+
+
 def test_inline_arrays_keep_the_ext_payload_of_version_1() -> None:
     """Journal rows hold ext types written by msgpack: the bytes are the same."""
     a = np.arange(4, dtype="<i2")

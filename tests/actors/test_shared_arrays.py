@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from tests import jobs
 from tests.conftest import Daemon
 
 
@@ -63,3 +64,44 @@ def test_an_argument_returned_as_the_result_goes_back_to_the_pool_when_dropped(d
     assert _ours(daemon) - before == lent
     c.close()
     assert _ours(daemon) - before == set()
+
+
+def _mapped(a: np.ndarray) -> bool:
+    import mmap
+
+    base = a
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    base = getattr(base, "obj", base)  # numpy keeps a memoryview of the mapping
+    return isinstance(base, mmap.mmap)
+
+
+def test_an_executor_s_arrays_keep_shared_memory_and_everything_around_them_keeps_its_type(daemon: Daemon) -> None:
+    from actors.client import Executor
+
+    before = _ours(daemon)
+    big = np.arange(1_000_000, dtype=np.float64)  # 8 MB: over the inline limit
+    with Executor(config=daemon.config) as ex:
+        kind, shared, rest, doubled, total = ex.submit(jobs.array_origin, big, (1, 2), {"k": frozenset({3})}).result(60)
+        # the argument came through shared memory as a plain array; the tuple, dict and frozenset stayed themselves
+        assert (kind, shared) == ("ndarray", True)
+        assert rest == ((1, 2), {"k": frozenset({3})}) and type(rest[0]) is tuple
+        assert type(doubled) is np.ndarray and np.array_equal(doubled, big * 2) and _mapped(doubled)
+        assert type(total) is np.float64 and total == big.sum()
+        kind, shared, rest, doubled, total = ex.submit(jobs.array_origin, np.arange(3), (4,)).result(60)
+        assert (kind, shared, rest) == ("ndarray", False, ((4,),)) and not _mapped(doubled)  # small: in the pickle
+        s = ex.conn.arrays.empty(1000)  # a shared array crosses by handle both ways and is written in place
+        assert ex.submit(jobs.fill_sevens, s).result(60) is s and float(s[999]) == 7.0
+        ex.conn.arrays.free(s)
+        zero_d = ex.submit(jobs.fill_sevens, np.zeros(())).result(60)
+        assert zero_d.shape == () and float(zero_d) == 7.0
+    assert _ours(daemon) - before == set()
+
+
+def test_results_derived_from_a_shared_argument_cross_the_messagepack_path(daemon: Daemon) -> None:
+    c = daemon.client()
+    a = np.ones(1_000_000)
+    kind, shared, rest, doubled, total = c.submit("tests.jobs:array_origin", a, 5).result(60)
+    # a * 2 and a.sum() of a shared argument are arrays of the shared subclass: they come back as plain ones
+    assert (kind, shared, rest) == ("SharedNDArray", True, [5])
+    assert np.array_equal(doubled, a * 2) and total.shape == () and float(total) == 1_000_000.0
