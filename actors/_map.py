@@ -20,7 +20,7 @@ import functools
 import pickle
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import msgspec
 
@@ -43,9 +43,15 @@ class MapRun:
     """
 
     def __init__(self, conn: "Connection", spec: JobSpec, parts: list[list[list[Any]]],
-                 cancels: list[concurrent.futures.Future[Any]]) -> None:
-        """``cancels``: where the Cancel requests this run sends are kept (the executor waits for them on close)."""
+                 cancels: list[concurrent.futures.Future[Any]],
+                 on_error: Callable[[JobInfo], None] | None = None) -> None:
+        """``cancels``: where the Cancel requests this run sends are kept (the executor waits for them on close).
+
+        ``on_error(info)``: called on the I/O thread for every job that ended with an error (the executor
+        marks itself broken when a worker's initializer failed, as for a submitted job).
+        """
         self.conn = conn
+        self.on_error = on_error
         self.cancelled = False  # cancel() was called: jobs whose ids arrive later are cancelled on arrival
         self.n = len(parts)
         self.infos: list[JobInfo | None] = [None] * self.n
@@ -89,6 +95,8 @@ class MapRun:
     def _on_info(self, info: JobInfo) -> None:
         if info.state not in FINAL:
             return
+        if info.error_type and self.on_error is not None:
+            self.on_error(info)
         with self.cond:
             i = self.index.get(info.id)
             if i is None:  # its batch's ids have not been filed yet (the ack's callback runs on our caller's

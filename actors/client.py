@@ -515,6 +515,11 @@ class Executor(concurrent.futures.Executor):
                 exact, max_tasks_per_child or 0)
         self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
 
+    def _note_broken(self, info: JobInfo) -> None:
+        """A worker's initializer failed for this job: the pool is broken from now on, as ProcessPoolExecutor's."""
+        if info.error_type == "BrokenProcessPool" and not self._broken:
+            self._broken = f"a worker's initializer failed: {info.error_message}"
+
     def _check_open(self) -> None:
         """Raise as ``ProcessPoolExecutor`` does for a broken pool (a failed initializer) or after shutdown."""
         if self._broken:
@@ -559,8 +564,7 @@ class Executor(concurrent.futures.Executor):
                     early.append(info)
                     return
                 self._futures.pop(info.id, None)
-            if info.error_type == "BrokenProcessPool" and not self._broken:
-                self._broken = f"a worker's initializer failed: {info.error_message}"
+            self._note_broken(info)
             _complete(fut, info, pickled)
 
         def on_ids(ids: list[int] | None, exc: BaseException | None) -> None:
@@ -682,7 +686,8 @@ class Executor(concurrent.futures.Executor):
         spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
         if self._setup is not None:  # the initializer and max_tasks_per_child hold for map's jobs too
             spec = msgspec.structs.replace(spec, setup=self._setup)
-        run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels)
+        run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels,
+                          self._note_broken)
         with self._lock:
             self._live.add(run.done)
             self._maps.add(run)

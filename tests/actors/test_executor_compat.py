@@ -86,6 +86,13 @@ def test_a_failing_initializer_breaks_the_pool_as_in_processpoolexecutor(module_
             fut.result(60)
         with pytest.raises(BrokenProcessPool):
             ex.submit(jobs.square, 4)
+    with Executor(config=module_daemon.config, initializer=jobs.init_fails, initargs=("no licence",)) as ex:
+        with pytest.raises(BrokenProcessPool, match="no licence"):  # the same through map's chunks
+            list(ex.map(jobs.square, range(10), chunksize=3))
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(jobs.square, 4)
+        with pytest.raises(BrokenProcessPool):
+            ex.map(jobs.square, range(3))
 
 
 def test_max_tasks_per_child_replaces_a_worker_after_that_many_jobs(module_daemon: Daemon) -> None:
