@@ -25,7 +25,7 @@ import msgspec
 import zmq
 
 from actors._child import Child, child_main
-from actors._exact import dumps, external, loads_referencing
+from actors._exact import External, dumps, external, loads_referencing
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir, StartedLog
@@ -356,7 +356,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
 
-def _keep_arrays(value: Any, limit: int) -> Callable[[Any], int] | None:
+def _keep_arrays(value: Any, limit: int) -> External | None:
     """What leaves a pickled result by reference: big arrays, once numpy is in use here (else nothing to look at)."""
     if type(value) in _PLAIN or "numpy" not in sys.modules:
         return None
