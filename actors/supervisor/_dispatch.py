@@ -33,6 +33,11 @@ def window(job_seconds: float, limit: int) -> int:
     return max(1, min(limit, int(BUFFERED_WORK / job_seconds)))
 
 
+def takes_jobs(slot: "Slot") -> bool:
+    """Whether a slot can be handed jobs now: a worker, ready, not retiring."""
+    return slot.role == "worker" and slot.ready and not slot.retire
+
+
 def plan(book: JobBook, slots: Iterable["Slot"], credit: int) -> list[tuple["Slot", list[Job]]]:
     """Pop queued jobs, best first, for every ready worker with free credit; returns ``(worker, jobs)`` pairs.
 
@@ -45,8 +50,7 @@ def plan(book: JobBook, slots: Iterable["Slot"], credit: int) -> list[tuple["Slo
     """
     if not book.queued:
         return []
-    ready = [s for s in slots
-             if s.role == "worker" and s.ready and not s.retire and len(s.outstanding) < credit]
+    ready = [s for s in slots if takes_jobs(s) and len(s.outstanding) < credit]
     ready.sort(key=lambda s: len(s.outstanding))
     out = []
     for i, slot in enumerate(ready):

@@ -213,7 +213,7 @@ class WorkMixin(State):
         if self.stopping_since or not book.queued:
             return
         for slot in self.slots.values():
-            if slot.role == "worker" and slot.ready and not slot.retire and len(slot.outstanding) < 2:
+            if plan.takes_jobs(slot) and len(slot.outstanding) < 2:
                 self._dispatch(time.monotonic())
                 return
 
