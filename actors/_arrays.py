@@ -236,18 +236,24 @@ class WorkerArrays:
             return np.empty(shape, dtype)
         return shared_ndarray(SharedArray.create(self.daemon, shape, dtype))
 
-    def export_result(self, value: Any) -> Any:
+    def export_result(self, value: Any, inline: bool = False) -> Any:
+        """Arrays in a result as handles (shared memory) or inline; ``inline``: the job's owner is on another
+        host, so nothing goes to shared memory (a segment of this job's own is copied and its name removed)."""
+        shared = self.shared and not inline
+
         def leaf(v: Any) -> Any:
             if not is_ndarray(v):
                 return v
             h = handle_of(v)
-            if h is not None and self.shared:
+            if h is not None and shared:
                 return h
             if type(v).__name__ == "SharedNDArray":  # derived from a shared one (a * 2, a.sum()): a plain array
+                if h is not None:  # a whole segment (task.empty()) going inline: it is not needed after this
+                    SharedArray.unlink_name(h.name)
                 v = v.view(sys.modules["numpy"].ndarray)
             if self.link is not None and v.dtype.kind in "biufc" and self.link.wants(v.nbytes):
                 return self.link.put(v)
-            if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc" or not self.shared:
+            if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc" or not shared:
                 return v
             seg = SharedArray.create(self.daemon, v.shape, v.dtype)
             seg.array[...] = v

@@ -318,6 +318,7 @@ class Dispatch(Record, frozen=True):
     path: list[str] = field(default_factory=list)  # the local client's import path, searched first
     pickled: bool = False  # see JobSpec.pickled: the result (or the exception) goes back pickled too
     setup: WorkerSetup | None = None  # see JobSpec.setup
+    inline: bool = False  # its owner is on another host: result arrays cross in the frame, never shared memory
 
 
 class JobDone(Record, frozen=True):

@@ -336,9 +336,9 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
         if d.pickled:  # big arrays in the result leave the pickle and cross through shared memory
             value = dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit))
             if type(value) is list:
-                value = [value[0], *arrays.export_result(value[1:])]
+                value = [value[0], *arrays.export_result(value[1:], d.inline)]
         else:
-            value = arrays.export_result(value)
+            value = arrays.export_result(value, d.inline)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,
                        aborted=task.aborted, started=started)

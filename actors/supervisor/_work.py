@@ -193,7 +193,7 @@ class WorkMixin(State):
                 elif path:
                     slot.path_sent = path
                 batch.append(Dispatch(job.id, s.fn, args, kwargs, job.timeout_ms, job.attempts + 1, s.with_task,
-                                      job.internal, cwd, path, s.pickled, s.setup))
+                                      job.internal, cwd, path, s.pickled, s.setup, bool(job.owner)))
             if not batch:
                 continue
             if not self._send_batch(slot, batch, sent, now):

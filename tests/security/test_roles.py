@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import time
 from pathlib import Path
 from typing import Any
@@ -141,3 +143,19 @@ def test_remote_peers_cannot_name_shared_memory(remote: Remote) -> None:
         assert corr == 7 and reply.code == "protocol" and "remote peer" in reply.message
     finally:
         s.close(0)
+
+
+def test_a_remote_client_s_array_result_comes_inline_and_leaves_no_segment(remote: Remote) -> None:
+    import numpy as np
+
+    prefix = f"ensemble.{remote.d.config.shm_key}."
+
+    def segments() -> set[str]:
+        return {p for p in os.listdir("/dev/shm") if p.startswith(prefix)}
+
+    before = segments()
+    a = np.arange(1 << 18, dtype="<f8")  # 2 MiB: a local client's would come back through shared memory
+    back = remote.client("c1").submit("examples.jobs:echo", a).result(60)
+    assert np.array_equal(back, a)
+    # the worker sent it in the frame (its owner is on another host): no segment waits for a `down`
+    assert segments() - before == set()
