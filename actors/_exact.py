@@ -94,32 +94,50 @@ def _ref(i: int) -> Any:
     return refs[i]
 
 
-def dumps_referencing(value: Any, keep: External) -> tuple[bytes, list[Any]]:
-    """``(blob, arrays)``: ``value`` pickled with the arrays ``keep`` picks left out, by index."""
-    np = sys.modules["numpy"]
-    refs: list[Any] = []
+_dumping = threading.local()  # (limit, arrays) of the value being pickled on this thread (dumps_referencing)
+_TABLE: dict[type, Any] = {}  # the pickler's dispatch table: numpy's array types added to copyreg's
 
-    def plain(arr: Any) -> Any:
-        if arr.dtype.kind in "biufc" and arr.nbytes > keep.limit and arr.flags.c_contiguous:
-            refs.append(arr)
-            return _plain_ref, (len(refs) - 1,)
-        return arr.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
-    def shared(arr: Any) -> Any:
-        if arr.shared_handle is None:  # a view of a shared one: a plain array
-            return plain(arr.view(np.ndarray))
+def _reduce_plain(arr: Any) -> Any:
+    limit, refs = _dumping.state
+    if arr.dtype.kind in "biufc" and arr.nbytes > limit and arr.flags.c_contiguous:
         refs.append(arr)
-        return _ref, (len(refs) - 1,)
+        return _plain_ref, (len(refs) - 1,)
+    return arr.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
-    table: dict[type, Any] = {**copyreg.dispatch_table, np.ndarray: plain}
+
+def _reduce_shared(arr: Any) -> Any:
+    if arr.shared_handle is None:  # a view of a shared one: a plain array
+        return _reduce_plain(arr.view(sys.modules["numpy"].ndarray))
+    refs = _dumping.state[1]
+    refs.append(arr)
+    return _ref, (len(refs) - 1,)
+
+
+def _table() -> dict[type, Any]:
     from actors import shm
 
-    if shm._SharedNDArray is not None:
-        table[shm._SharedNDArray] = shared
+    global _TABLE
+    shared = shm._SharedNDArray
+    if not _TABLE or (shared is not None and shared not in _TABLE):  # built once (again when shared arrays appear)
+        table = {**copyreg.dispatch_table, sys.modules["numpy"].ndarray: _reduce_plain}
+        if shared is not None:
+            table[shared] = _reduce_shared
+        _TABLE = table
+    return _TABLE
+
+
+def dumps_referencing(value: Any, keep: External) -> tuple[bytes, list[Any]]:
+    """``(blob, arrays)``: ``value`` pickled with the arrays ``keep`` picks left out, by index."""
+    refs: list[Any] = []
     buf = io.BytesIO()
     p = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
-    p.dispatch_table = table
-    p.dump(value)
+    p.dispatch_table = _table()
+    _dumping.state = (keep.limit, refs)
+    try:
+        p.dump(value)
+    finally:
+        _dumping.state = None
     return buf.getvalue(), refs
 
 
