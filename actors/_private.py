@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from actors._errors import DaemonError, EnsembleError
-from actors._launch import start_daemon, wait_ready
+from actors._launch import start_daemon, wait_signal
 from actors.config import Config, load_config
 
 log = logging.getLogger("ensemble.client")
@@ -50,10 +50,17 @@ class PrivateDaemon:
         err_path = self.dir / "daemon.err"
         # the daemon watches its owner: if this process dies without stopping it (kill -9), it stops itself
         # and removes this directory, so a killed program leaves no daemon, socket or segment behind
-        self.proc = start_daemon(self.config, err_path, {"ENSEMBLE_OWNER_PID": str(os.getpid()),
-                                                         "ENSEMBLE_PRIVATE_DIR": str(self.dir)})
+        read_end, write_end = os.pipe()  # the daemon's readiness pipe: one byte once it serves
         try:
-            wait_ready(self.config, self.proc, _START_TIMEOUT, err_path, actors=False)  # jobs queue until a worker is up
+            self.proc = start_daemon(self.config, err_path, {"ENSEMBLE_OWNER_PID": str(os.getpid()),
+                                                             "ENSEMBLE_PRIVATE_DIR": str(self.dir)}, write_end)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        try:
+            wait_signal(self.proc, read_end, _START_TIMEOUT, err_path)  # jobs queue until a worker is up
         except DaemonError as exc:
             raise DaemonError(f"the private daemon did not start: {exc}") from None
         log.info("event=private-daemon pid=%d workers=%d detail=started for this process; it stops with it",
