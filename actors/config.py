@@ -43,6 +43,7 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "ENSEMBLE_PANEL": "set by `ensemble up --panel` for the daemon: start the control panel at HOST:PORT",
     "ENSEMBLE_OWNER_PID": "set for a private daemon: the process that owns it (the daemon stops when it exits)",
     "ENSEMBLE_PRIVATE_DIR": "set for a private daemon: its directory, removed when its owner exits unasked",
+    "ENSEMBLE_PRIVATE_START": "fork (default) or spawn: how a private daemon starts (a fork of its owner, or a new interpreter)",
     "ENSEMBLE_PREFORK": "0: spawn every worker as a fresh interpreter (by default the first ones are forked at start-up)",
     "ENSEMBLE_TEST_CRASH_ROLE": "tests: a child of this role exits at start (restart-intensity tests)",
     "ENSEMBLE_FULL": "tests: run the reliability suite at full size",
