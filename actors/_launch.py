@@ -2,35 +2,86 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from actors._errors import DaemonError, DaemonNotRunning, EnsembleError
-from actors._spawn import NEUTRAL_CWD, child_env, python_argv
+from actors._spawn import NEUTRAL_CWD, ForkedProc, child_env, python_argv
 from actors.config import Config
 
+# what the daemon writes to its readiness pipe once it serves (see actors.supervisor.serve)
+READY = b"R"
 
-def start_daemon(cfg: Config, err_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+
+def start_daemon(cfg: Config, err_path: Path, env: dict[str, str] | None = None,
+                 ready_fd: int | None = None) -> subprocess.Popen[bytes]:
     """``python -P -m actors.supervisor`` in a session of its own, in ``/``; its stderr goes to ``err_path``.
 
     ``env``: variables added to the daemon's environment (a private daemon's owner).
+    ``ready_fd``: the write end of a pipe the daemon inherits and writes
+    :data:`READY` to once its sockets are bound and its workers started
+    (wait for it with :func:`wait_signal`); the caller closes its own copy
+    after this returns.
     """
+    argv = python_argv("actors.supervisor", cfg.to_json())
+    if ready_fd is not None:
+        argv.append(f"--ready-fd={ready_fd}")
     with open(err_path, "wb") as err:
-        return subprocess.Popen(python_argv("actors.supervisor", cfg.to_json()), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=child_env(env),
-                                cwd=NEUTRAL_CWD)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True, env=child_env(env), cwd=NEUTRAL_CWD,
+                                pass_fds=() if ready_fd is None else (ready_fd,))
+
+
+def exit_reason(proc: subprocess.Popen[bytes] | ForkedProc, err_path: Path) -> str:
+    """Why a daemon that exited did: its own last line on stderr, else its exit code."""
+    text = err_path.read_text(errors="replace").strip().splitlines() if err_path.exists() else []
+    if text:
+        return text[-1].removeprefix("ensemble: error: ")
+    return f"the daemon exited with code {proc.poll()}"
+
+
+def wait_signal(proc: subprocess.Popen[bytes] | ForkedProc, ready_fd: int, timeout: float, err_path: Path) -> None:
+    """Block until the daemon writes :data:`READY` to the read end ``ready_fd`` of its readiness pipe; closes it.
+
+    Exact and cheap: no polling, no client (one ``poll(2)`` on the pipe).  The
+    caller must have closed its copy of the write end, so that the daemon's
+    exit before it was ready reads as end of file: then DaemonError with the
+    daemon's own last line (``err_path``); DaemonError too when ``timeout``
+    seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(ready_fd, select.POLLIN)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DaemonError(f"the daemon was not ready within {timeout:g}s (its stderr: {err_path})")
+            if not poller.poll(left * 1000):
+                continue
+            if os.read(ready_fd, len(READY)) == READY:
+                return
+            try:  # end of file: it exited (or is exiting) before it was ready
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            raise DaemonError(exit_reason(proc, err_path))
+    finally:
+        os.close(ready_fd)
 
 
 def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_path: Path,
                actors: bool = True) -> Any:
     """The daemon's status once every actor runs (or failed); DaemonError if it exits or is not ready in time.
 
-    ``actors=False``: as soon as the daemon answers (a private daemon's jobs
-    wait in its queue until a worker is up).  Polls every 5 ms for the first
-    second, then every 20 ms, through one client; the error says the daemon's
-    own last line when it exited.
+    ``actors=False``: as soon as the daemon answers.  Polls every 5 ms for the
+    first second, then every 20 ms, through one client; the error says the
+    daemon's own last line when it exited.  (A private daemon waits on its
+    readiness pipe instead: :func:`wait_signal`.)
     """
     from actors.client import Client
 
@@ -41,9 +92,7 @@ def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_p
         while time.monotonic() < deadline:
             pause = 0.005 if time.monotonic() - start < 1.0 else 0.02
             if proc.poll() is not None:
-                text = err_path.read_text(errors="replace").strip().splitlines()
-                raise DaemonError(text[-1].removeprefix("ensemble: error: ") if text
-                                  else f"the daemon exited with code {proc.returncode}")
+                raise DaemonError(exit_reason(proc, err_path))
             if client is None:
                 try:
                     client = Client(config=cfg, timeout=2.0)

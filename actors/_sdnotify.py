@@ -8,7 +8,6 @@ With ``Type=notify`` systemd passes ``$NOTIFY_SOCKET`` (a datagram unix socket,
 from __future__ import annotations
 
 import os
-import socket
 
 
 def notify(state: str) -> bool:
@@ -16,6 +15,8 @@ def notify(state: str) -> bool:
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
+    import socket  # here: only a daemon under systemd pays for it (3 ms)
+
     address = "\0" + path[1:] if path.startswith("@") else path
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:

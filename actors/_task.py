@@ -9,10 +9,6 @@ always delivered) so clients can read them while the job runs.
 from __future__ import annotations
 
 import contextvars
-import queue
-import shlex
-import signal
-import subprocess
 import threading
 import time
 from typing import Any, Callable
@@ -146,6 +142,12 @@ class Task:
         Blocks the job thread.  Raises ``FileNotFoundError`` when the program
         does not exist.
         """
+        # imported here: only jobs that run programs pay for them (``import actors`` stays light for clients)
+        import queue
+        import shlex
+        import signal
+        import subprocess
+
         argv = [command, *(shlex.split(args) if isinstance(args, str) else [str(a) for a in args])]
         try:
             proc = subprocess.Popen(

@@ -14,12 +14,9 @@ command line.  :func:`load_config` returns a frozen :class:`Config`.  An
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import re
-import tempfile
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +24,9 @@ from typing import Any, Mapping
 
 from actors._errors import ConfigError
 from actors._resources import check, parse
+
+# tomllib (when a config file exists), difflib (for a typo's error) and tempfile (without XDG_RUNTIME_DIR) are
+# imported where they are used: every client and daemon imports this module, and most never need them (4 ms)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # What a *remote* client may run out of the box: the side-effect-free examples only (no file access).
@@ -43,6 +43,7 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "ENSEMBLE_PANEL": "set by `ensemble up --panel` for the daemon: start the control panel at HOST:PORT",
     "ENSEMBLE_OWNER_PID": "set for a private daemon: the process that owns it (the daemon stops when it exits)",
     "ENSEMBLE_PRIVATE_DIR": "set for a private daemon: its directory, removed when its owner exits unasked",
+    "ENSEMBLE_PRIVATE_START": "fork (default) or spawn: how a private daemon starts (a fork of its owner, or a new interpreter)",
     "ENSEMBLE_PREFORK": "0: spawn every worker as a fresh interpreter (by default the first ones are forked at start-up)",
     "ENSEMBLE_TEST_CRASH_ROLE": "tests: a child of this role exits at start (restart-intensity tests)",
     "ENSEMBLE_FULL": "tests: run the reliability suite at full size",
@@ -155,6 +156,8 @@ class Config:
         base = os.environ.get("XDG_RUNTIME_DIR")
         if base and os.path.isdir(base) and os.access(base, os.W_OK):
             return Path(base) / "ensemble" / self.name
+        import tempfile
+
         return Path(tempfile.gettempdir()) / f"ensemble-{os.getuid()}" / self.name
 
     @property
@@ -355,6 +358,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if not var.startswith("ENSEMBLE_") or var in OTHER_VARIABLES:
             continue
         if var not in names:
+            import difflib
+
             near = difflib.get_close_matches(var, [*names, *OTHER_VARIABLES], n=1)
             raise ConfigError(f"environment variable {var} names no setting"
                               + (f"; did you mean {near[0]}?" if near else "")
@@ -388,6 +393,8 @@ def load_config(
     if path is None and default_config_file(env).is_file():
         path = default_config_file(env)
     if path:
+        import tomllib
+
         p = Path(path)
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))

@@ -21,7 +21,6 @@ runs in the supervisor's one thread and must never block.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
@@ -31,6 +30,7 @@ from actors.messages import JobSpec, Message
 
 if TYPE_CHECKING:
     import collections
+    import importlib.metadata
 
     from actors.supervisor._children import Slot
     from actors.supervisor._transport import Peer
@@ -108,6 +108,14 @@ class Extension:
 
 
 def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
+    """The installed entry points of ``group``, by name.
+
+    Costs a scan of every installed distribution's metadata (14 ms with 187
+    installed, on the 2-core VM; importing importlib.metadata is another 9 ms,
+    so it is imported here, not by every daemon at start).
+    """
+    import importlib.metadata
+
     return sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name)
 
 
@@ -115,8 +123,11 @@ def load_extensions(wanted: tuple[str, ...] | list[str] = ("*",)) -> list[type[E
     """The installed :class:`Extension` classes, by entry-point name (a broken one is logged and skipped).
 
     ``wanted``: the entry-point names to load (``"*"``: all).  The others are
-    not even imported (``()``, a jobs-only daemon, imports no audio code).
+    not even imported (``()``, a jobs-only daemon such as a private one,
+    imports no audio code and does not scan the installed packages).
     """
+    if not wanted:
+        return []
     out = []
     for ep in _entry_points("ensemble.extensions"):
         if "*" not in wanted and ep.name not in wanted:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -103,7 +102,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self._allowed_mtime = 0.0
         self.allow = compile_allow(cfg.jobs.allow)
         self.shm_prefix = f"ensemble.{cfg.shm_key}."
-        self.internal_token = secrets.token_hex(16)  # the controller's proof for TaskSubmit (given at spawn)
+        self.internal_token = os.urandom(16).hex()  # the controller's proof for TaskSubmit (given at spawn)
         self._peer = LOCAL  # who sent the request being handled
         self.pushes: dict[bytes, list[JobInfo]] = {}
         self.progress_pushes: dict[bytes, dict[int, JobInfo]] = {}
@@ -459,11 +458,19 @@ def setup_logging(cfg: Config, foreground: bool) -> None:
                      getattr(logging, cfg.daemon.log_level.upper(), logging.INFO))
 
 
-def serve(cfg: Config, foreground: bool = False) -> int:
-    """Run a daemon in this process until it is stopped; returns the exit code."""
+def serve(cfg: Config, foreground: bool = False, ready_fd: int | None = None) -> int:
+    """Run a daemon in this process until it is stopped; returns the exit code.
+
+    ``ready_fd``: the write end of a readiness pipe (``--ready-fd``, or a
+    private daemon's fork): :data:`actors._launch.READY` is written to it, and
+    it is closed, once the sockets are bound and the workers started, so that
+    whoever started this daemon learns at once that requests will be answered
+    (:func:`actors._launch.wait_signal`).  An exit before that closes it unwritten.
+    """
     os.umask(0o077)  # journal, log, keys: this user's only (children get the user's own umask back)
     # the first workers are forked now, while nothing is open yet (see _prefork); they wait for their orders
-    blanks = _prefork.prefork(cfg.worker_count) if _prefork.enabled() else []
+    keep_out = () if ready_fd is None else (ready_fd,)
+    blanks = _prefork.prefork(cfg.worker_count, keep_out) if _prefork.enabled() else []
     try:
         setup_logging(cfg, foreground)
         sup = Supervisor(cfg)
@@ -481,6 +488,8 @@ def serve(cfg: Config, foreground: bool = False) -> int:
         raise
     if sup.owner_gone:  # a private daemon whose owner died while it started
         sup.begin_stop("owner exited")
+    if ready_fd is not None:
+        _say_ready(ready_fd)
     code = sup.run()
     private = os.environ.get("ENSEMBLE_PRIVATE_DIR")
     if sup.owner_gone and private:  # nobody is left to remove a private daemon's directory: do it here
@@ -488,11 +497,24 @@ def serve(cfg: Config, foreground: bool = False) -> int:
     return code
 
 
-def main() -> None:
-    """``python -m actors.supervisor CONFIG_JSON [--foreground]`` (used by ``ensemble up``)."""
-    cfg = Config.from_json(sys.argv[1])
+def _say_ready(fd: int) -> None:
+    """Write the ready byte to the readiness pipe and close it (its reader may be gone: then nobody waits)."""
+    from actors._launch import READY
+
     try:
-        code = serve(cfg, foreground="--foreground" in sys.argv[2:])
+        os.write(fd, READY)
+    except OSError:  # EPIPE: the starter stopped waiting
+        pass
+    finally:
+        os.close(fd)
+
+
+def main() -> None:
+    """``python -m actors.supervisor CONFIG_JSON [--foreground] [--ready-fd=N]`` (used by ``ensemble up``)."""
+    cfg = Config.from_json(sys.argv[1])
+    ready = [a.removeprefix("--ready-fd=") for a in sys.argv[2:] if a.startswith("--ready-fd=")]
+    try:
+        code = serve(cfg, foreground="--foreground" in sys.argv[2:], ready_fd=int(ready[-1]) if ready else None)
     except EnsembleError as exc:
         sys.stderr.write(f"ensemble: error: {exc}\n")
         sys.exit(1)

@@ -1,4 +1,4 @@
-"""``python -m actors.supervisor CONFIG_JSON [--foreground]`` (used by ``ensemble up``)."""
+"""``python -m actors.supervisor CONFIG_JSON [--foreground] [--ready-fd=N]`` (used by ``ensemble up``)."""
 
 from actors.supervisor import main
 

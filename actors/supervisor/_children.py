@@ -12,7 +12,7 @@ from typing import Any
 
 from actors._freshness import RETIRE_CODE
 from actors._resources import check as check_resources, host_resources
-from actors._spawn import kill_group, spawn
+from actors._spawn import ForkedProc, kill_group, spawn
 import zmq
 
 from actors.messages import Heartbeat, Hello, Stop, decode, encode
@@ -30,7 +30,7 @@ class Slot:
     name: str
     role: str
     module: str
-    proc: subprocess.Popen[bytes] | _prefork.ForkedProc | None = None
+    proc: subprocess.Popen[bytes] | ForkedProc | None = None
     pidfd: int = -1
     incarnation: int = 0
     identity: bytes = b""

@@ -24,13 +24,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors._spawn import NEUTRAL_CWD, restore_user_umask, set_parent_death_signal
+from actors._spawn import NEUTRAL_CWD, ForkedProc, restore_user_umask, set_parent_death_signal
 
 
 @dataclass
@@ -41,57 +39,17 @@ class Blank:
     fd: int
 
 
-class ForkedProc:
-    """What the supervisor uses of a ``subprocess.Popen``, for a process it forked itself."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: it is gone
-                self.returncode = -signal.SIGKILL
-                return self.returncode
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        if timeout is None and self.returncode is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:
-                self.returncode = -signal.SIGKILL
-        end = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if end is not None and time.monotonic() >= end:
-                raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
-            time.sleep(0.005)
-        assert self.returncode is not None
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-
 def enabled() -> bool:
     """Whether workers are forked (not with ``ENSEMBLE_PREFORK=0``)."""
     return os.environ.get("ENSEMBLE_PREFORK", "1") != "0"
 
 
-def prefork(count: int) -> list[Blank]:
-    """Fork ``count`` blanks (call while single-threaded, before any socket or file of the daemon is open)."""
+def prefork(count: int, keep_out: tuple[int, ...] = ()) -> list[Blank]:
+    """Fork ``count`` blanks (call while single-threaded, before any socket or file of the daemon is open).
+
+    ``keep_out``: descriptors a blank closes at once (the daemon's readiness
+    pipe: a worker holding it would hide the daemon's exit from its starter).
+    """
     import actors.worker  # noqa: F401 - imported once here, shared by every blank
 
     blanks: list[Blank] = []
@@ -103,8 +61,8 @@ def prefork(count: int) -> list[Blank]:
         pid = os.fork()
         if pid == 0:  # the blank
             os.close(write_end)
-            for b in blanks:
-                os.close(b.fd)
+            for fd in (*keep_out, *(b.fd for b in blanks)):
+                os.close(fd)
             _blank_main(read_end, parent)  # never returns
         os.close(read_end)
         try:

@@ -10,11 +10,13 @@ import pytest
 
 from actors.client import Executor
 from tests import jobs
-from tests.conftest import pid_alive, wait_for
+from tests.conftest import pid_alive, processes_mentioning, wait_for
 
 
-def test_an_executor_with_no_daemon_starts_a_private_one_and_stops_it(tmp_path: Path,
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_an_executor_with_no_daemon_starts_a_private_one_and_stops_it(start: str, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENSEMBLE_PRIVATE_START", start)
     monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
     monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))  # nothing runs there
     with Executor(2) as ex:
@@ -69,7 +71,8 @@ def test_a_client_starts_a_private_daemon_only_when_asked(tmp_path: Path, monkey
     assert not where.exists()
 
 
-def test_a_private_daemon_whose_owner_is_killed_stops_and_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_private_daemon_whose_owner_is_killed_stops_and_leaves_nothing(start: str, tmp_path: Path) -> None:
     """kill -9 of the program that owns a private daemon: the daemon notices (pidfd), stops in order, removes its dir."""
     import signal
     import subprocess
@@ -83,7 +86,7 @@ def test_a_private_daemon_whose_owner_is_killed_stops_and_leaves_nothing(tmp_pat
             "print(ex._private.proc.pid, ex._private.dir, flush=True)\n"
             "time.sleep(600)\n")
     env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), "ENSEMBLE_PRIVATE_START": start}
     owner = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout is not None
@@ -94,7 +97,68 @@ def test_a_private_daemon_whose_owner_is_killed_stops_and_leaves_nothing(tmp_pat
         owner.wait(30)
         wait_for(lambda: not pid_alive(daemon_pid), 60, what="the private daemon to stop after its owner was killed")
         wait_for(lambda: not Path(where).exists(), 30, what="the private daemon's directory to be removed")
+        wait_for(lambda: not processes_mentioning(where), 30, what="the private daemon's workers to exit")
     finally:
         if owner.poll() is None:
             owner.kill()
             owner.wait(30)
+
+
+def test_an_unknown_start_method_is_refused_with_the_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors import ConfigError
+
+    monkeypatch.setenv("ENSEMBLE_PRIVATE_START", "thread")
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    before = set(Path("/tmp").glob("ens-*"))
+    with pytest.raises(ConfigError, match="use fork .the default. or spawn"):
+        Executor(1)
+    assert set(Path("/tmp").glob("ens-*")) <= before  # its directory was removed
+
+
+def test_a_forked_private_daemon_is_a_daemon_not_a_copy_of_its_owner(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the fork must not keep of its owner: pipes, session, directory, signal handlers, log handlers."""
+    import logging
+    import signal
+    import threading
+
+    monkeypatch.setenv("ENSEMBLE_PRIVATE_START", "fork")
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    read_end, write_end = os.pipe()  # a pipe of the owner's: the daemon must not hold it open
+    seen = tmp_path / "owner.log"
+
+    class Catch(logging.Handler):  # the owner's own log handler: the daemon must not write through it
+        def emit(self, record: logging.LogRecord) -> None:
+            with open(seen, "a") as f:
+                f.write(f"{os.getpid()} {record.getMessage()}\n")
+
+    handler = Catch()
+    logging.getLogger("ensemble").addHandler(handler)
+    logging.getLogger("ensemble").setLevel(logging.INFO)
+    old_term = signal.signal(signal.SIGTERM, lambda *_: os.write(write_end, b"owner's handler ran"))
+    made: list[Executor] = []
+    try:
+        starter = threading.Thread(target=lambda: made.append(Executor(1)))  # forked from a thread, not main
+        starter.start()
+        starter.join(120)
+        assert made, "the executor did not start"
+        with made[0] as ex:
+            assert ex._private is not None
+            pid = ex._private.proc.pid
+            assert ex.submit(jobs.square, 4).result(60) == 16
+            assert os.getsid(pid) == pid != os.getsid(0)  # a session of its own
+            assert os.readlink(f"/proc/{pid}/cwd") == "/"
+            held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert f"pipe:[{os.fstat(read_end).st_ino}]" not in held
+        wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        logging.getLogger("ensemble").removeHandler(handler)
+        logging.getLogger("ensemble").setLevel(logging.NOTSET)
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as r:
+        assert r.read() == b""  # end of file at once: nobody else holds the write end, no handler of ours wrote
+    lines = seen.read_text().splitlines() if seen.exists() else []
+    assert not [line for line in lines if not line.startswith(f"{os.getpid()} ")]  # the daemon logs to its own file
