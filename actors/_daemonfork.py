@@ -42,7 +42,8 @@ What the child does, and why (the hazards of forking a program we do not own):
 
 What differs from a spawned daemon, by design: the daemon and its first
 workers (forked from it in turn, see :mod:`actors.supervisor._prefork`)
-start with the modules the caller had imported, and the caller's memory
+start with the modules the caller had imported, except the user's own code
+(:func:`_forget_user_modules`: the workers import it from disk), and the caller's memory
 shared copy-on-write; ``ps`` shows them under the caller's command line.
 """
 
@@ -115,7 +116,10 @@ def _child(cfg: Config, env: dict[str, str], ready_fd: int, err: int) -> None:
 
 
 def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
-    """Make this fork what ``start_daemon`` would have spawned (see the module docstring); returns ``ready_fd``'s new number."""
+    """Make this fork what ``start_daemon`` would have spawned (see the module docstring).
+
+    Returns ``ready_fd``'s new number.
+    """
     import fcntl
 
     if ready_fd < 3:  # a caller that had closed its stdin: keep the pipe clear of the stdio numbers
@@ -129,6 +133,7 @@ def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
         caller_cwd = os.getcwd()
     except OSError:  # removed under the caller
         caller_cwd = ""
+    _forget_user_modules()
     os.chdir(NEUTRAL_CWD)
     sys.path[:] = [p for p in sys.path if p not in ("", caller_cwd)]
     sys.argv = ["actors.supervisor"]
@@ -155,6 +160,29 @@ def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
     if tracebacks:
         faulthandler.enable(sys.stderr)
     return ready_fd
+
+
+def _forget_user_modules() -> None:
+    """Drop the caller's own modules from ``sys.modules`` (kept referenced, never finalised).
+
+    Those are the modules whose files are not in the standard library,
+    site-packages or ensemble's own packages: the user's code.  The daemon
+    never imports from the user's paths, and its workers, forked from it,
+    import that code from disk at their first job, so a module edited after
+    the caller imported it is run as it is on disk (the rule of
+    :mod:`actors._freshness`), as under a spawned daemon.  ``__main__`` stays.
+    """
+    from actors._freshness import _SYSTEM
+
+    files = [getattr(sys.modules.get(n), "__file__", None) for n in ("actors", "audio", "controller", "ensemble")]
+    own = tuple(os.path.realpath(os.path.dirname(f)) + os.sep for f in files if isinstance(f, str))
+    for name, mod in list(sys.modules.items()):
+        file = getattr(mod, "__file__", None)
+        if name == "__main__" or not isinstance(file, str):
+            continue
+        real = os.path.realpath(file)
+        if not real.startswith(_SYSTEM) and not real.startswith(own):
+            _KEPT.append(sys.modules.pop(name))
 
 
 def _reset_signals() -> None:

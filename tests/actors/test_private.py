@@ -162,3 +162,34 @@ def test_a_forked_private_daemon_is_a_daemon_not_a_copy_of_its_owner(tmp_path: P
         assert r.read() == b""  # end of file at once: nobody else holds the write end, no handler of ours wrote
     lines = seen.read_text().splitlines() if seen.exists() else []
     assert not [line for line in lines if not line.startswith(f"{os.getpid()} ")]  # the daemon logs to its own file
+
+
+_EDITED = '''
+import os
+import mod
+from ensemble import Executor
+
+with open("mod.py", "w") as f:
+    f.write("def val():\\n    return 2\\n")
+os.utime("mod.py", ns=(1, 1))  # another mtime even on a coarse clock
+with Executor(2) as ex:
+    print(ex.submit(mod.val).result(60), mod.val())
+'''
+
+
+def test_a_forked_private_daemon_runs_the_user_s_code_as_it_is_on_disk(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "mod.py").write_text("def val():\n    return 1\n")
+    (tmp_path / "main.py").write_text(_EDITED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_") and k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(ROOT), ENSEMBLE_NAME="nobody-home", ENSEMBLE_RUN_DIR=str(tmp_path / "run"),
+               ENSEMBLE_PRIVATE_START="fork")
+    out = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    # the caller imported mod before editing it: the worker, a fork of a fork of the caller, still runs the new code
+    assert out.stdout.split() == ["2", "1"]
