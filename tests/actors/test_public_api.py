@@ -94,6 +94,19 @@ def test_ensemble_is_the_runtime_s_names_with_the_full_client() -> None:
     assert light.stdout.strip() == "[]"  # `import ensemble` stays light: the clients load on first use
 
 
+def test_the_clients_and_the_cli_import_no_numpy_and_audio_s_names_load_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    script = ("import sys; from ensemble import Client; import actors.cli; print('numpy' in sys.modules); "
+              "import controller.offline, audio, audio._engine; from audio import render, Engine; "
+              "print(callable(render) and not isinstance(render, type(sys)), Engine is audio._engine.Engine, "
+              "sorted(audio.__all__) == sorted(n for n in audio.__all__ if getattr(audio, n, None) is not None))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    # `ensemble --help` and a client need no numpy; `audio.render` stays the function, not its module
+    assert out.stdout.split() == ["False", "True", "True", "True"], out.stdout
+
+
 ERRORS = [getattr(actors, n) for n in EXPORTED if isinstance(getattr(actors, n), type)
           and issubclass(getattr(actors, n), BaseException)]
 
