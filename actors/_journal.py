@@ -33,6 +33,7 @@ import queue
 import sqlite3
 import threading
 import time
+from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -367,10 +368,8 @@ class Journal:
         try:
             db.execute("BEGIN")
             if inserts:
-                db.executemany(
-                    "INSERT INTO jobs(id, fn, name, spec, priority, state, submitted, owner) VALUES (?,?,?,?,?,?,?,?)",
-                    inserts,
-                )
+                _insert_rows(db, "INSERT INTO jobs(id, fn, name, spec, priority, state, submitted, owner) VALUES ",
+                             inserts)
             if requeues:
                 db.executemany("UPDATE jobs SET state='queued', attempts=?, worker='' WHERE id=?", requeues)
                 db.executemany("DELETE FROM starts WHERE id=?", [(r[1],) for r in requeues])
@@ -379,9 +378,8 @@ class Journal:
             if progress:
                 db.executemany("UPDATE jobs SET progress=?, status=?, properties=? WHERE id=?", progress)
             if finishes:  # the first end of a job wins: exactly once
-                db.executemany("INSERT OR IGNORE INTO results(id, state, finished, result, error_type, error_message, "
-                               "traceback, progress, status, properties, started, worker, attempts) "
-                               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", finishes)
+                _insert_rows(db, "INSERT OR IGNORE INTO results(id, state, finished, result, error_type, error_message, "
+                                 "traceback, progress, status, properties, started, worker, attempts) VALUES ", finishes)
             if events:
                 db.executemany("INSERT INTO events(job_id, t, kind, detail) VALUES (?,?,?,?)", events)
             if horizon is not None:
@@ -482,3 +480,25 @@ class Journal:
                 self._checkpointer.join()
             os.close(self.wake_fd)
             self.db.close()
+
+
+_ROWS_PER_STATEMENT = 128  # 13 columns x 128 = 1,664 parameters, far below SQLite's limit of 32,766
+_STATEMENTS: dict[tuple[str, int, int], str] = {}
+
+
+def _insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``head`` + ``VALUES`` for every row, up to :data:`_ROWS_PER_STATEMENT` rows a statement.
+
+    ``executemany`` steps SQLite once a row, and every step gives up the GIL
+    and takes it back, a hand-over each time the daemon's loop thread wants
+    it too.  One statement of many rows steps once.
+    """
+    width = len(rows[0])
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        part = rows[start:start + _ROWS_PER_STATEMENT]
+        key = (head, width, len(part))
+        sql = _STATEMENTS.get(key)
+        if sql is None:
+            one = "(" + ",".join("?" * width) + ")"
+            sql = _STATEMENTS[key] = head + ",".join([one] * len(part))
+        db.execute(sql, list(chain.from_iterable(part)))

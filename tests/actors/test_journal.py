@@ -47,6 +47,23 @@ def test_nothing_is_written_before_commit_and_everything_after(journal: Journal,
         other.close()
 
 
+def test_a_commit_of_hundreds_of_jobs_writes_every_row_and_each_end_once(journal: Journal, tmp_path: Path) -> None:
+    # rows go in statements of many rows each (128 a statement): 300 crosses two boundaries
+    book = JobBook(journal)
+    ids = book.accept([JobSpec("tests.jobs:pid", [i]) for i in range(300)], time.time())
+    journal.commit()
+    for jid in ids:
+        journal.stage_finish(jid, "done", time.time(), b"\x01")
+    journal.stage_finish(ids[0], "failed", time.time(), None, "Late", "a second end is ignored")
+    journal.commit()
+    other = sqlite3.connect(str(tmp_path / "jobs.sqlite3"))
+    try:
+        rows = other.execute("SELECT id, state, spec IS NOT NULL FROM job_rows ORDER BY id").fetchall()
+    finally:
+        other.close()
+    assert rows == [(jid, "done", 1) for jid in ids]
+
+
 def _wake(journal: Journal, timeout: float = 30.0) -> bool:
     """Wait for the writer thread's eventfd (as the daemon's poller does), then collect."""
     import select
