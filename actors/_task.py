@@ -220,7 +220,9 @@ class Task:
             return self._progress, self._status, dict(self._properties), self._timeout_ms
 
     def final_state(self) -> tuple[float, str, dict[str, Any]]:
-        """Progress, status and properties at the end of the job."""
+        """Progress, status and properties at the end of the job (a task nobody touched: no lock, no copy)."""
+        if not self._dirty and not self._properties:
+            return self._progress, self._status, {}
         with self._lock:
             return self._progress, self._status, dict(self._properties)
 

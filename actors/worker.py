@@ -321,8 +321,10 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             # with its big arrays beside the bytes, mapped from shared memory (see actors._exact)
             payload = pickle.loads(d.args[0]) if len(d.args) == 1 else \
                 loads_referencing(d.args[0], arrays.import_args(d.args[1:], mapped))
-        else:
+        elif d.args or d.kwargs:
             payload = arrays.import_args(d.args, mapped), arrays.import_args(d.kwargs, mapped)
+        else:
+            payload = _NO_ARGS
         # one calling convention for every entry point, read from the signature; internal jobs
         # (a script's background task) keep the seed's fn(task) form
         with_task = d.with_task if d.internal else takes_task(fn)
@@ -337,7 +339,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             value = dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit))
             if type(value) is list:
                 value = [value[0], *arrays.export_result(value[1:], d.inline)]
-        else:
+        elif type(value) not in _PLAIN:  # a plain value holds no array
             value = arrays.export_result(value, d.inline)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,
@@ -354,6 +356,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
+_NO_ARGS: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})  # a job without arguments (never mutated: ** copies)
 
 
 def _keep_arrays(value: Any, limit: int) -> External | None:
