@@ -27,53 +27,37 @@ from typing import Any, Iterable
 _DEPTH = 32  # how deep the search for the failing part goes
 
 
-def dumps(value: Any, path: str, keep: External | None = None) -> bytes | list[Any]:
+def dumps(value: Any, path: str, limit: int | None = None) -> bytes | list[Any]:
     """``pickle.dumps(value)``, or raise :func:`unpicklable`'s TypeError (``path`` names the value: ``"result"``).
 
-    With ``keep``, the arrays it picks are left out: ``[blob, array, ...]`` when there are any.
+    With ``limit``, arrays over ``limit`` bytes (and shared ones) are left out:
+    ``[blob, array, ...]`` when there are any.
     """
     try:
-        if keep is None:
+        if limit is None:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        blob, refs = dumps_referencing(value, keep)
+        blob, refs = dumps_referencing(value, limit)
         return [blob, *refs] if refs else blob
     except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError, AttributeError (a local class)
         raise unpicklable(value, path, exc) from None
 
 
 def dumps_arguments(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    keep: External | None = None) -> list[Any]:
-    """A job's ``(args, kwargs)`` pickled, as it crosses: ``[blob]``, or ``[blob, array, ...]`` with ``keep``.
+                    limit: int | None = None) -> list[Any]:
+    """A job's ``(args, kwargs)`` pickled, as it crosses: ``[blob]``, or ``[blob, array, ...]`` with ``limit``.
 
     TypeError naming the argument that does not pickle.
     """
     try:
-        if keep is None:
+        if limit is None:
             return [pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)]
-        blob, refs = dumps_referencing((args, kwargs), keep)
+        blob, refs = dumps_referencing((args, kwargs), limit)
         return [blob, *refs]
     except Exception as exc:  # noqa: BLE001
         where, bad = culprit(args, f"{fn}: args")
         if bad is args:
             where, bad = culprit(kwargs, f"{fn}: kwargs")
         raise unpicklable(bad, where, exc) from None
-
-
-class External:
-    """Which arrays leave a pickle by reference: plain numeric C-contiguous ones over ``limit`` bytes, shared ones.
-
-    Found through the pickler's ``dispatch_table``, looked up by exact type in
-    C: only arrays cost a call into Python, so a result of 64 ints pickles as
-    fast as with ``pickle.dumps``.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-
-def external(limit: int) -> External:
-    """The rule for :func:`dumps_referencing`: arrays over ``limit`` bytes, and shared arrays, leave the pickle."""
-    return External(limit)
 
 
 _loading = threading.local()  # the arrays of the value being unpickled on this thread (loads_referencing)
@@ -127,13 +111,19 @@ def _table() -> dict[type, Any]:
     return _TABLE
 
 
-def dumps_referencing(value: Any, keep: External) -> tuple[bytes, list[Any]]:
-    """``(blob, arrays)``: ``value`` pickled with the arrays ``keep`` picks left out, by index."""
+def dumps_referencing(value: Any, limit: int) -> tuple[bytes, list[Any]]:
+    """``(blob, arrays)``: ``value`` pickled with its arrays left out, by index: the plain numeric C-contiguous
+    ones over ``limit`` bytes, and whole shared ones.
+
+    Found through the pickler's ``dispatch_table``, looked up by exact type in
+    C: only arrays cost a call into Python, so a result of 64 ints pickles
+    almost as fast as with ``pickle.dumps``.
+    """
     refs: list[Any] = []
     buf = io.BytesIO()
     p = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
     p.dispatch_table = _table()
-    _dumping.state = (keep.limit, refs)
+    _dumping.state = (limit, refs)
     try:
         p.dump(value)
     finally:

@@ -25,7 +25,7 @@ import msgspec
 
 from actors import _map
 from actors._connection import Connection
-from actors._exact import dumps_arguments, external, loads_referencing, pickled_value
+from actors._exact import dumps_arguments, loads_referencing, pickled_value
 from actors._errors import (
     EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, ProtocolError, RemoteError, TransportError, WaitTimeout,
 )
@@ -544,10 +544,9 @@ class Executor(concurrent.futures.Executor):
         pickled = self._exact
         fut: Future[Any] = Future()
         if pickled:
-            keep = external(self.conn.arrays.inline_limit) if any(
-                is_ndarray(v) for v in (*args, *kwargs.values())) else None
+            limit = self.conn.arrays.inline_limit if any(is_ndarray(v) for v in (*args, *kwargs.values())) else None
             try:
-                payload = dumps_arguments(template.fn, args, kwargs, keep)
+                payload = dumps_arguments(template.fn, args, kwargs, limit)
             except TypeError as exc:  # this job fails at once, as ProcessPoolExecutor's future would
                 fut.set_exception(exc)
                 return fut

@@ -25,7 +25,7 @@ import msgspec
 import zmq
 
 from actors._child import Child, child_main
-from actors._exact import External, dumps, external, loads_referencing
+from actors._exact import dumps, loads_referencing
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir, StartedLog
@@ -359,11 +359,11 @@ _PLAIN = (type(None), bool, int, float, str, bytes)
 _NO_ARGS: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})  # a job without arguments (never mutated: ** copies)
 
 
-def _keep_arrays(value: Any, limit: int) -> External | None:
+def _keep_arrays(value: Any, limit: int) -> int | None:
     """What leaves a pickled result by reference: big arrays, once numpy is in use here (else nothing to look at)."""
     if type(value) in _PLAIN or "numpy" not in sys.modules:
         return None
-    return external(limit)
+    return limit
 _SMALL = (bool, float)
 _INT64, _UINT64 = -2**63, 2**64  # the integers MessagePack carries
 
