@@ -362,15 +362,20 @@ def reverse_array(task: Task, array: Any, marker: str = "") -> Any:
     return [array[::-1].copy(), float(array.sum())]
 
 
-def array_origin(a: Any, *rest: Any) -> Any:
-    """Where an argument array came from: its type, whether it lives in a mapping (shared memory), and the rest."""
+def in_mapping(a: Any) -> bool:
+    """Whether an array's memory is a mapping (a shared-memory segment), not the heap."""
     import mmap
 
     base = a
     while getattr(base, "base", None) is not None:
         base = base.base
     base = getattr(base, "obj", base)  # numpy keeps a memoryview of the mapping
-    return type(a).__name__, isinstance(base, mmap.mmap), rest, a * 2, a.sum()
+    return isinstance(base, mmap.mmap)
+
+
+def array_origin(a: Any, *rest: Any) -> Any:
+    """Where an argument array came from: its type, whether it lives in a mapping (shared memory), and the rest."""
+    return type(a).__name__, in_mapping(a), rest, a * 2, a.sum()
 
 
 def fill_sevens(a: Any) -> Any:

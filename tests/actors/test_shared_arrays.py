@@ -66,16 +66,6 @@ def test_an_argument_returned_as_the_result_goes_back_to_the_pool_when_dropped(d
     assert _ours(daemon) - before == set()
 
 
-def _mapped(a: np.ndarray) -> bool:
-    import mmap
-
-    base = a
-    while getattr(base, "base", None) is not None:
-        base = base.base
-    base = getattr(base, "obj", base)  # numpy keeps a memoryview of the mapping
-    return isinstance(base, mmap.mmap)
-
-
 def test_an_executor_s_arrays_keep_shared_memory_and_everything_around_them_keeps_its_type(daemon: Daemon) -> None:
     from actors.client import Executor
 
@@ -86,10 +76,10 @@ def test_an_executor_s_arrays_keep_shared_memory_and_everything_around_them_keep
         # the argument came through shared memory as a plain array; the tuple, dict and frozenset stayed themselves
         assert (kind, shared) == ("ndarray", True)
         assert rest == ((1, 2), {"k": frozenset({3})}) and type(rest[0]) is tuple
-        assert type(doubled) is np.ndarray and np.array_equal(doubled, big * 2) and _mapped(doubled)
+        assert type(doubled) is np.ndarray and np.array_equal(doubled, big * 2) and jobs.in_mapping(doubled)
         assert type(total) is np.float64 and total == big.sum()
         kind, shared, rest, doubled, total = ex.submit(jobs.array_origin, np.arange(3), (4,)).result(60)
-        assert (kind, shared, rest) == ("ndarray", False, ((4,),)) and not _mapped(doubled)  # small: in the pickle
+        assert (kind, shared, rest) == ("ndarray", False, ((4,),)) and not jobs.in_mapping(doubled)  # small: in the pickle
         s = ex.conn.arrays.empty(1000)  # a shared array crosses by handle both ways and is written in place
         assert ex.submit(jobs.fill_sevens, s).result(60) is s and float(s[999]) == 7.0
         ex.conn.arrays.free(s)
