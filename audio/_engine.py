@@ -20,9 +20,13 @@
 # must never happen is an allocation proportional to block size or voice count.
 #
 # Voices are rendered all at once across the voice axis: each block segment
-# costs about twenty numpy operations over a ``[voices, frames]`` work area, no
-# matter how many voices sound.  A Python loop per voice is too slow for a
-# 128-frame block at 48 kHz; never add one.
+# costs about ten numpy operations over a ``[voices, frames]`` work area while
+# every voice is steady (one gain per voice), about twenty while an envelope
+# or fade ramps or a voice reaches its sample's end (a gain per voice and
+# frame), no matter how many voices sound.  A Python loop per voice is too
+# slow for a 128-frame block at 48 kHz; never add one.  The render's time is
+# most of the callback's, and a longer callback meets more of the host's
+# scheduling hiccups: measure it (audio/README.md, "Xruns and the GIL").
 
 """The realtime render core: one code path for every backend.
 
@@ -137,11 +141,14 @@ class _Call:
 class _Installed:
     """A sample buffer plus what the callback needs about it, made off the audio thread."""
 
-    __slots__ = ("buffer", "columns", "routes", "last", "ratio", "root", "engine_rate")
+    __slots__ = ("buffer", "columns", "nexts", "routes", "last", "ratio", "root", "engine_rate")
 
     def __init__(self, buffer: SampleBuffer, engine_rate: int, out_channels: int) -> None:
         self.buffer = buffer
         self.columns = buffer.columns
+        # column[1:]: indexed with a voice's read index it gives the next frame (clipped at the end as
+        # index + 1 would be), so the callback interpolates without an index + 1 array
+        self.nexts = tuple(column[1:] for column in buffer.columns)
         # Source channel c feeds every output channel o with o % channels == c;
         # a mono buffer feeds all outputs.
         self.routes = tuple(
@@ -355,12 +362,13 @@ class Engine:
         # [voices, frames] work areas.
         self._w_pos = np.zeros((v, f), dtype=np.float64)
         self._w_idx = np.zeros((v, f), dtype=np.intp)
-        self._w_idx1 = np.zeros((v, f), dtype=np.intp)
         self._w_frac = np.zeros((v, f), dtype=np.float32)
         self._w_env = np.zeros((v, f), dtype=np.float64)
         self._w_fade = np.zeros((v, f), dtype=np.float64)
         self._w_gain = np.zeros((v, f), dtype=np.float32)
         self._w_gain_slot = np.zeros((v, f), dtype=np.float32)
+        self._g_voice = np.zeros(v, dtype=np.float32)  # steady gain per voice (no ramp in the segment)
+        self._g_slot = np.zeros(v, dtype=np.float32)
         self._w_valid = np.zeros((v, f), dtype=bool)
         self._w_s0 = np.zeros((v, f), dtype=np.float32)
         self._w_s1 = np.zeros((v, f), dtype=np.float32)
@@ -719,8 +727,9 @@ class Engine:
         in segments between event offsets.
 
         Context: the audio thread only, one caller at a time.  Cost: about
-        twenty numpy operations over ``[active voice rows, segment frames]`` per
-        segment; no array allocation, no lock, no I/O.  Raises
+        ten numpy operations over ``[active voice rows, segment frames]`` per
+        segment while every voice is steady, twenty while any ramps; no array
+        allocation, no lock, no I/O.  Raises
         :class:`ValueError` only for an ``out`` of the wrong shape (a backend
         bug, never a user action).
         """
@@ -1073,42 +1082,59 @@ class Engine:
     # -- rendering -----------------------------------------------------
 
     def _rt_segment(self, out: npt.NDArray[np.float32], a: int, b: int) -> None:
-        """Render frames ``[a, b)`` of the block for all voices at once and mix into ``out``."""
+        """Render frames ``[a, b)`` of the block for all voices at once and mix into ``out``.
+
+        Steady voices (no envelope or fade ramping, none reaching its sample's
+        end in the segment: the common case) are weighted by one gain per
+        voice; otherwise the gain is computed per voice and frame.  Both give
+        the same samples for a steady voice.
+        """
         hi = self._hi
         if hi == 0:
             return
         n = b - a
-        gain = self._rt_gains(hi, n)
-        valid = self._w_valid[:hi, :n]
         pos = self._w_pos[:hi, :n]
         np.multiply(self._rate[:hi, None], self._ramp0[:n], out=pos)
         np.add(pos, self._pos[:hi, None], out=pos)
-        np.less(pos, self._last[:hi, None], out=valid)
-        np.multiply(gain, valid, out=gain)
+        gain = self._rt_gains(hi, n, pos)
         idx = self._w_idx[:hi, :n]
         np.copyto(idx, pos, casting="unsafe")  # truncation is floor: positions are >= 0
         frac = self._w_frac[:hi, :n]
         np.subtract(pos, idx, out=frac, casting="same_kind")
-        idx1 = self._w_idx1[:hi, :n]
-        np.add(idx, 1, out=idx1)
-        self._rt_mix_slots(out, a, b, hi, gain, idx, idx1, frac)
+        self._rt_mix_slots(out, a, b, hi, gain, idx, frac)
         self._rt_advance(hi, n)
 
-    def _rt_gains(self, hi: int, n: int) -> npt.NDArray[np.float32]:
-        """Per-voice, per-frame gain: velocity x envelope x fade, stepping the ramps."""
+    def _rt_gains(self, hi: int, n: int, pos: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        """Gain per voice (``[hi]``, steady voices) or per voice and frame (``[hi, n]``).
+
+        Velocity x envelope x fade, stepping the ramps, and zero past each
+        sample's end.
+        """
+        scale = self._t_a[:hi]
+        ending = self._m_b[:hi]
+        np.greater_equal(pos[:, n - 1], self._last[:hi], out=ending)  # a read position runs off the end
+        np.logical_and(ending, self._active[:hi], out=ending)
+        fading = bool(np.count_nonzero(self._fade_step[:hi]))
+        if not fading and not np.count_nonzero(self._env_step[:hi]) and not ending.any():
+            g = self._g_voice[:hi]
+            np.multiply(self._vgain[:hi], self._fade[:hi], out=scale)
+            np.multiply(self._env[:hi], scale, out=g, casting="same_kind")
+            return g
         env = self._env[:hi]
         ramp = self._w_env[:hi, :n]
         self._rt_ramp(ramp, env, self._env_step[:hi], self._env_target[:hi], n)
         gain = self._w_gain[:hi, :n]
-        if np.count_nonzero(self._fade_step[:hi]):
+        if fading:
             fade_ramp = self._w_fade[:hi, :n]
             self._rt_ramp(fade_ramp, self._fade[:hi], self._fade_step[:hi], self._fade_target[:hi], n)
             np.multiply(ramp, fade_ramp, out=ramp)
             np.multiply(ramp, self._vgain[:hi, None], out=gain, casting="same_kind")
         else:
-            scale = self._t_a[:hi]
             np.multiply(self._vgain[:hi], self._fade[:hi], out=scale)
             np.multiply(ramp, scale[:, None], out=gain, casting="same_kind")
+        valid = self._w_valid[:hi, :n]
+        np.less(pos, self._last[:hi, None], out=valid)
+        np.multiply(gain, valid, out=gain)
         return gain
 
     def _rt_ramp(
@@ -1122,27 +1148,26 @@ class Engine:
         its target (a release ends at exactly 0.0).
         """
         hi = level.shape[0]
-        lo = self._t_a[:hi]
-        up = self._t_b[:hi]
+        lo = self._t_b[:hi]
         np.minimum(level, target, out=lo)
-        np.maximum(level, target, out=up)
         np.multiply(step[:, None], self._ramp1[:n], out=ramp)
         np.add(ramp, level[:, None], out=ramp)
-        np.clip(ramp, lo[:, None], up[:, None], out=ramp)
+        np.maximum(ramp, lo[:, None], out=ramp)  # np.clip, as two ufuncs (np.clip's wrapper costs more)
+        np.maximum(level, target, out=lo)
+        np.minimum(ramp, lo[:, None], out=ramp)
         np.copyto(level, ramp[:, n - 1])
 
     def _rt_mix_slots(
         self, out: npt.NDArray[np.float32], a: int, b: int, hi: int,
-        gain: npt.NDArray[np.float32], idx: npt.NDArray[np.intp],
-        idx1: npt.NDArray[np.intp], frac: npt.NDArray[np.float32],
+        gain: npt.NDArray[np.float32], idx: npt.NDArray[np.intp], frac: npt.NDArray[np.float32],
     ) -> None:
         """Gather, interpolate and sum the voices of each buffer slot in use."""
         slots = self._slot[:hi]
         active = self._active[:hi]
-        first = int(np.min(slots, where=active, initial=_NEVER))
+        first = int(np.minimum.reduce(slots, where=active, initial=_NEVER))
         if first == _NEVER:
             return
-        last = int(np.max(slots, where=active, initial=-1))
+        last = int(np.maximum.reduce(slots, where=active, initial=-1))
         slot = first
         while True:
             installed = self._slots[slot]
@@ -1155,34 +1180,38 @@ class Engine:
             else:
                 slot_gain = gain
                 if first != last:
-                    slot_gain = self._w_gain_slot[:hi, : gain.shape[1]]
-                    np.multiply(gain, mask[:, None], out=slot_gain)
-                self._rt_mix_one(out, a, b, installed, slot_gain, idx, idx1, frac)
+                    if gain.ndim == 1:
+                        slot_gain = self._g_slot[:hi]
+                        np.multiply(gain, mask, out=slot_gain)
+                    else:
+                        slot_gain = self._w_gain_slot[:hi, : gain.shape[1]]
+                        np.multiply(gain, mask[:, None], out=slot_gain)
+                self._rt_mix_one(out, a, b, installed, slot_gain, idx, frac)
             if slot >= last:
                 return
             above = self._m_b[:hi]
             np.greater(slots, slot, out=above)
             np.logical_and(above, active, out=above)
-            slot = int(np.min(slots, where=above, initial=_NEVER))
+            slot = int(np.minimum.reduce(slots, where=above, initial=_NEVER))
             if slot == _NEVER:
                 return
 
     def _rt_mix_one(
         self, out: npt.NDArray[np.float32], a: int, b: int, installed: _Installed,
-        gain: npt.NDArray[np.float32], idx: npt.NDArray[np.intp],
-        idx1: npt.NDArray[np.intp], frac: npt.NDArray[np.float32],
+        gain: npt.NDArray[np.float32], idx: npt.NDArray[np.intp], frac: npt.NDArray[np.float32],
     ) -> None:
-        hi, n = gain.shape
+        hi, n = idx.shape
         s0 = self._w_s0[:hi, :n]
         s1 = self._w_s1[:hi, :n]
         col = self._col[:n]
-        for column, outputs in zip(installed.columns, installed.routes):
-            np.take(column, idx, out=s0, mode="clip")
-            np.take(column, idx1, out=s1, mode="clip")
+        spec = "vt,v->t" if gain.ndim == 1 else "vt,vt->t"
+        for column, following, outputs in zip(installed.columns, installed.nexts, installed.routes):
+            column.take(idx, out=s0, mode="clip")
+            following.take(idx, out=s1, mode="clip")  # the frame after each index
             np.subtract(s1, s0, out=s1)
             np.multiply(s1, frac, out=s1)
             np.add(s0, s1, out=s0)
-            np.einsum("vt,vt->t", s0, gain, out=col)
+            np.einsum(spec, s0, gain, out=col)
             for o in outputs:
                 target = out[a:b, o]
                 np.add(target, col, out=target)
@@ -1200,6 +1229,8 @@ class Engine:
         np.logical_and(released, self._releasing[:hi], out=released)
         np.logical_or(done, released, out=done)
         reached = self._m_b[:hi]
+        np.equal(self._env[:hi], self._env_target[:hi], out=reached)
+        np.copyto(self._env_step[:hi], 0.0, where=reached)  # an envelope at its target holds (steady gain)
         np.equal(self._fade[:hi], self._fade_target[:hi], out=reached)
         np.copyto(self._fade_step[:hi], 0.0, where=reached)  # a finished fade stops ramping
         np.logical_and(reached, self._fade_kill[:hi], out=reached)

@@ -95,6 +95,29 @@ def test_voice_frees_itself_at_the_end_of_its_sample() -> None:
     assert engine.stats().active_voices == 0
 
 
+def test_a_steady_voice_sounds_the_same_beside_a_ramping_one() -> None:
+    """Steady voices are weighted by one gain each, ramping ones per frame: both give the same samples.
+
+    The neighbour plays silence from another slot while it fades, which puts
+    every voice of the block on the per-frame path.
+    """
+
+    def play(fading_neighbour: bool) -> np.ndarray:
+        engine = make_engine(attack_ms=2.0)
+        engine.set_buffer(0, ramp(), root_key=60)
+        engine.set_buffer(1, np.zeros(48000, dtype=np.float32))
+        voice = engine.note_on(67, 0.7, at=0)
+        engine.fade(voice, None, 0.5, duration_ms=0.0, at=0)  # a level set at once: steady, not 1.0
+        if fading_neighbour:
+            neighbour = engine.note_on(60, 1.0, at=0, slot=1)
+            engine.fade(neighbour, None, 0.1, duration_ms=100.0, at=0)
+        return render_blocks(engine, 12)
+
+    alone = play(False)
+    assert np.count_nonzero(alone[:, 0]) > 3000  # the voice sounds through every block
+    np.testing.assert_array_equal(alone, play(True))
+
+
 def test_attack_ramps_linearly_from_the_first_frame() -> None:
     engine = make_engine(attack_ms=1.0)  # 48 frames
     engine.set_buffer(0, np.ones(48000, dtype=np.float32))
