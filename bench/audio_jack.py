@@ -16,10 +16,16 @@ running a CPU-bound job, and a client submitting no-op jobs as fast as it can
 (they queue in the journal behind the busy workers) while polling ``status``
 ten times a second.
 
+The two sides alternate in rounds (floor, ensemble, floor, ensemble, ...)
+on the same server, and each side's xruns are summed over its rounds: the
+VM's own hiccups come and go over minutes, and alternating lets both sides
+meet the same ones.
+
 Goal: no more xruns than the C client, and callback p99.9 <= 30 % of the
-period.  128 frames with 64 voices is the figure; full mode adds 256 frames
-and 64 frames with 32 voices (the stretch), 120 s per side.  ``--quick`` runs
-30 s per side at 128 frames.
+period (the worst round's).  128 frames with 64 voices is the figure; full
+mode adds 256 frames and 64 frames with 32 voices (the stretch), 120 s per
+side in four rounds.  ``--quick`` runs 30 s per side in two rounds, at 128
+frames.
 """
 
 from __future__ import annotations
@@ -61,6 +67,16 @@ class PrivateJack:
     def xruns(self) -> int:
         return self.log.read_text(errors="replace").count("JackEngine::XRun")
 
+    def late_clients(self) -> dict[str, int]:
+        """How JACK found the late client at the next cycle, over the whole log so far.
+
+        ``running``: its callback had begun and not returned; ``triggered``:
+        it had been woken and had not begun (the host did not run its thread).
+        """
+        lines = [line for line in self.log.read_text(errors="replace").splitlines() if "JackEngine::XRun" in line]
+        return {"running": sum("state = Running" in line for line in lines),
+                "triggered": sum("state = Triggered" in line for line in lines)}
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -74,6 +90,9 @@ class PrivateJack:
 
 def _under_load(server: PrivateJack, seconds: float, voices: int, backend: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Run a loaded daemon for ``seconds``; returns (xruns in the server's log, processor stats before, after).
+
+    The stats also carry ``log_running`` / ``log_triggered``: the late-client
+    states in the server's log, counted over the measured span.
 
     With ``backend="null"`` the processor stays off JACK and ``jack_simple_client``
     plays instead: the floor, under the same load.
@@ -109,12 +128,13 @@ def _under_load(server: PrivateJack, seconds: float, voices: int, backend: str) 
         thread.start()
         try:
             time.sleep(1.0)
-            s0, before = d.actor("processor").stats, server.xruns()
+            s0, before, states0 = d.actor("processor").stats, server.xruns(), server.late_clients()
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 c.status()
                 time.sleep(0.1)
-            s1, after = d.actor("processor").stats, server.xruns()
+            s1, after, states1 = d.actor("processor").stats, server.xruns(), server.late_clients()
+            s1 = dict(s1, **{f"log_{k}": states1[k] - states0[k] for k in states1})
         finally:
             stop.set()
             thread.join(30)
@@ -133,28 +153,40 @@ def case_audio_jack(ctx: Any) -> list[Row]:
         why = f"JACK programs missing ({', '.join(missing)}; Debian: jackd2)"
         return [skipped(CASE, "xruns", why, "<= C client", "jack_simple_client")]
     seconds = ctx.size(30.0, 120.0)
+    rounds = ctx.size(2, 4)
     settings = [(128, 64)] if ctx.quick else [(256, 64), (128, 64), (64, 32)]
     rows: list[Row] = []
     for frames, voices in settings:
+        floors: list[int] = []
+        ours: list[int] = []
+        callback_xruns = late = overruns = running = triggered = 0
+        p999 = top = 0.0
         with tempfile.TemporaryDirectory(prefix="ens-jack-") as tmp:
             try:
                 server = PrivateJack(frames, Path(tmp) / "jackd.log")
             except RuntimeError as exc:
                 return [skipped(CASE, "xruns", str(exc)[:200], "<= C client", "jack_simple_client")]
             try:
-                floor, _, _ = _under_load(server, seconds, voices, "null")
-                xruns, s0, s1 = _under_load(server, seconds, voices, "auto")
+                for _ in range(rounds):
+                    floors.append(_under_load(server, seconds / rounds, voices, "null")[0])
+                    xruns, s0, s1 = _under_load(server, seconds / rounds, voices, "auto")
+                    ours.append(xruns)
+                    callback_xruns += s1["xruns"] - s0["xruns"]
+                    late += s1.get("jack_late_cycles", 0) - s0.get("jack_late_cycles", 0)
+                    overruns += s1.get("jack_overrun_cycles", 0) - s0.get("jack_overrun_cycles", 0)
+                    p999, top = max(p999, s1["load_p999"]), max(top, s1["load_max"])
+                    running, triggered = running + s1["log_running"], triggered + s1["log_triggered"]
             finally:
                 server.close()
         label = f"{frames} frames, {voices} voices" + (" (stretch)" if frames == 64 else "")
-        note = (f"{seconds:g} s each, jackd -R dummy at 48 kHz; JACK's xrun callback in the processor counted "
-                f"{s1['xruns'] - s0['xruns']}; callback began > half a period late "
-                f"{s1.get('jack_late_cycles', 0) - s0.get('jack_late_cycles', 0)} times "
-                f"(late p99 {s1.get('jack_late_p99_ms', 0):.2f} ms, max {s1.get('jack_late_max_ms', 0):.2f} ms); "
-                f"ended after the period {s1.get('jack_overrun_cycles', 0) - s0.get('jack_overrun_cycles', 0)} times; "
-                f"load average {os.getloadavg()[0]:.1f} (2 cores shared)")
+        note = (f"{seconds:g} s each in {rounds} alternating rounds (ensemble {'+'.join(map(str, ours))}, "
+                f"C client {'+'.join(map(str, floors))}), jackd -R dummy at 48 kHz; jackd found ensemble still running "
+                f"{running} times, woken but not yet running {triggered} times; JACK's xrun callback in the "
+                f"processor counted {callback_xruns}; callback began > half a period late {late} times; "
+                f"ended after the period {overruns} times; load average {os.getloadavg()[0]:.1f} (2 cores shared)")
+        xruns, floor = sum(ours), sum(floors)
         rows.append(row(CASE, f"xruns, {label}", float(xruns), "xruns (jackd log)", "jack_simple_client",
                         float(floor), "<= C client", xruns <= floor, note))
-        rows.append(row(CASE, f"callback p99.9, {label}", s1["load_p999"], "of period", "", None, "<= 0.30",
-                        s1["load_p999"] <= 0.30, f"max {s1['load_max']:.2f} of the period"))
+        rows.append(row(CASE, f"callback p99.9, {label}", p999, "of period", "", None, "<= 0.30",
+                        p999 <= 0.30, f"worst round; max {top:.2f} of the period"))
     return rows
