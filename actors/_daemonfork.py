@@ -176,11 +176,19 @@ def _forget_user_modules() -> None:
 
     files = [getattr(sys.modules.get(n), "__file__", None) for n in ("actors", "audio", "controller", "ensemble")]
     own = tuple(os.path.realpath(os.path.dirname(f)) + os.sep for f in files if isinstance(f, str))
+    dirs: dict[str, str] = {}  # a directory's real path, resolved once (most modules share a few directories)
     for name, mod in list(sys.modules.items()):
         file = getattr(mod, "__file__", None)
         if name == "__main__" or not isinstance(file, str):
             continue
-        real = os.path.realpath(file)
+        if os.path.islink(file):  # a module file that is itself a link: where it points decides
+            real = os.path.realpath(file)
+        else:
+            head, tail = os.path.split(file)
+            real_dir = dirs.get(head)
+            if real_dir is None:
+                real_dir = dirs[head] = os.path.realpath(head)
+            real = os.path.join(real_dir, tail)
         if not real.startswith(_SYSTEM) and not real.startswith(own):
             _KEPT.append(sys.modules.pop(name))
 

@@ -97,8 +97,10 @@ class ChildrenMixin(State):
             blank = self.blanks.pop()
             try:
                 slot.proc = _prefork.assign(blank, [self.cfg.to_json(), ident], nice, self.log_file, env)
-            except OSError:  # that blank died: reap it, spawn instead
+            except OSError as exc:  # that blank died: reap it, spawn instead (slower, so say it)
                 _prefork.release([blank])
+                log.warning("event=blank-lost name=%s pid=%d reason=%s detail=the worker forked at start-up died "
+                            "before its orders; spawning a fresh one", slot.name, blank.pid, exc)
         if slot.proc is None:
             slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file, env=env)
         slot.identity = ident.encode()

@@ -193,3 +193,33 @@ def test_a_forked_private_daemon_runs_the_user_s_code_as_it_is_on_disk(tmp_path:
     assert out.returncode == 0, out.stderr
     # the caller imported mod before editing it: the worker, a fork of a fork of the caller, still runs the new code
     assert out.stdout.split() == ["2", "1"]
+
+
+_CLASSIFY = '''
+import sys
+import alias, json, mine
+from actors import _daemonfork
+
+_daemonfork._forget_user_modules()
+print(" ".join(sorted(n for n in ("actors", "alias", "json", "mine") if n in sys.modules)))
+'''
+
+
+def test_the_fork_drops_the_user_s_modules_and_keeps_what_a_link_points_into_the_system(tmp_path: Path) -> None:
+    """A module is the user's by where its file really is: a link into the standard library is not user code."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    stdlib_file = Path(json.__file__).parent.parent / "colorsys.py"
+    (tmp_path / "mine.py").write_text("VALUE = 1\n")
+    (tmp_path / "alias.py").symlink_to(stdlib_file)
+    (tmp_path / "main.py").write_text(_CLASSIFY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_") and k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["actors", "alias", "json"]
