@@ -8,6 +8,9 @@ so a user can catch the whole family in one ``except``.  Third-party errors
 
 from __future__ import annotations
 
+import sys
+from typing import Any, cast
+
 
 class EnsembleError(Exception):
     """Base of every error ensemble raises on purpose."""
@@ -99,6 +102,73 @@ class RemoteError(JobError):
         if self.traceback_text:
             text += "\n\nRemote traceback:\n" + self.traceback_text.rstrip()
         return text
+
+
+def error_name(cls: type) -> str:
+    """An exception class's name as Python's tracebacks print it: bare for builtins, ``module.qualname`` otherwise.
+
+    What a worker reports as a failed job's ``error_type``, so that a client
+    can find the class again (:func:`remote_error`).
+    """
+    module = getattr(cls, "__module__", "builtins")
+    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+
+
+_AS_ORIGINAL: dict[type, type] = {}  # the job's exception class -> its RemoteError twin (see remote_error)
+
+
+def remote_error(type_name: str, message: str, traceback_text: str = "") -> RemoteError:
+    """The error a client raises for a job that raised ``type_name``: a RemoteError, of the job's own class too.
+
+    When this process has the class ``type_name`` names (a builtin, or a class
+    of a module already imported here: nothing is imported on a remote
+    peer's word), the error is an instance of a subclass of both, named as
+    the original: ``except ValueError`` and ``except RemoteError`` both catch
+    it, and its text is the RemoteError's (type, message, remote traceback).
+    Only ``Exception`` subclasses qualify (a job's ``KeyboardInterrupt`` or
+    ``SystemExit`` must not stop the caller); otherwise a plain RemoteError.
+    """
+    cls = _find_class(type_name)
+    twin = _AS_ORIGINAL.get(cls) if cls is not None else None
+    if cls is not None and twin is None:
+        try:
+            twin = type(cls.__name__, (cls, RemoteError), {
+                "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__str__": RemoteError.__str__,
+                "__init__": RemoteError.__init__, "__doc__": cls.__doc__})
+        except Exception:  # noqa: BLE001 - a class that cannot be combined (layout, metaclass): plain RemoteError
+            twin = RemoteError
+        _AS_ORIGINAL[cls] = twin
+    if twin is None or twin is RemoteError:
+        return RemoteError(type_name, message, traceback_text)
+    try:
+        error = cast(Any, twin).__new__(twin)  # the class's own __new__ (OSError's, say), not its __init__
+        RemoteError.__init__(error, type_name, message, traceback_text)
+    except Exception:  # noqa: BLE001 - a __new__ that wants its own arguments
+        return RemoteError(type_name, message, traceback_text)
+    assert isinstance(error, RemoteError)
+    return error
+
+
+def _find_class(type_name: str) -> type | None:
+    """The ``Exception`` subclass ``type_name`` names in this process, or None (never imports anything)."""
+    import builtins
+
+    found: object = None
+    if "." not in type_name:
+        found = getattr(builtins, type_name, None)
+    else:
+        parts = type_name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):  # the longest imported module prefix, then the qualname in it
+            module = sys.modules.get(".".join(parts[:cut]))
+            if module is None:
+                continue
+            found = module
+            for attr in parts[cut:]:
+                found = getattr(found, attr, None)
+            break
+    if isinstance(found, type) and issubclass(found, Exception) and not issubclass(found, RemoteError):
+        return found
+    return None
 
 
 # Error codes carried in an ``Error`` reply, mapped back to classes by the client.

@@ -28,6 +28,7 @@ from actors._connection import Connection
 from actors._exact import dumps_arguments, loads_referencing, pickled_value
 from actors._errors import (
     EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, ProtocolError, RemoteError, TransportError, WaitTimeout,
+    remote_error,
 )
 from actors._jobfn import path_of
 from actors._rundir import RunDir
@@ -60,7 +61,7 @@ def _raise_for(info: JobInfo) -> Any:
 
         return walk(info.result, gone) if info.result is not None else None
     if info.state == "failed":
-        raise RemoteError(info.error_type or "Exception", info.error_message, info.traceback)
+        raise remote_error(info.error_type or "Exception", info.error_message, info.traceback)
     if info.state in ("cancelled", "killed"):
         cls = JobTimeout if info.error_type == "JobTimeout" else JobCancelled
         raise cls(f"job {info.id} ({info.fn}) {info.state}: {info.error_message or info.state}")
@@ -517,7 +518,7 @@ class Executor(concurrent.futures.Executor):
 
     def _note_broken(self, info: JobInfo) -> None:
         """A worker's initializer failed for this job: the pool is broken from now on, as ProcessPoolExecutor's."""
-        if info.error_type == "BrokenProcessPool" and not self._broken:
+        if info.error_type == "concurrent.futures.process.BrokenProcessPool" and not self._broken:
             self._broken = f"a worker's initializer failed: {info.error_message}"
 
     def _check_open(self) -> None:

@@ -30,7 +30,7 @@ from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir, StartedLog
 from actors._arrays import WorkerArrays
-from actors._errors import ProtocolError
+from actors._errors import ProtocolError, error_name
 from actors._jobfn import resolve, resolve_internal, takes_task
 from actors._task import Task, activate, deactivate
 from actors.messages import (
@@ -347,7 +347,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the client
         progress, status, props = task.final_state()
         tb = traceback.format_exc()
-        return JobDone(d.job_id, False, _pickled_error(exc) if d.pickled else None, type(exc).__qualname__, str(exc),
+        return JobDone(d.job_id, False, _pickled_error(exc) if d.pickled else None, error_name(type(exc)), str(exc),
                        tb, progress, status, props, aborted=task.aborted, started=started)
     finally:
         deactivate(token)

@@ -127,6 +127,20 @@ def boom(task: Task, message: str) -> None:
     inner_helper()
 
 
+def raise_builtin(kind: str, message: str) -> None:
+    """Raise the builtin exception named ``kind`` (ValueError, KeyError, FileNotFoundError ...) with ``message``."""
+    import builtins
+
+    raise getattr(builtins, kind)(message)
+
+
+def raise_remote_only(message: str) -> None:
+    """Raise an exception of a module the test process never imports (tests._remote_only)."""
+    from tests._remote_only import OnlyThereError
+
+    raise OnlyThereError(message)
+
+
 def run_lines(task: Task, command: str, args: Any = (), timeout_ms: int = 500) -> dict[str, Any]:
     """Run a program through task.run_process and return what log_fn saw."""
     task.set_timeout(timeout_ms)

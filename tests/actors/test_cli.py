@@ -93,7 +93,7 @@ def test_refused_submit_is_a_one_line_error(module_daemon: Daemon) -> None:
 
 def test_a_failing_job_is_one_line_and_debug_shows_the_remote_traceback(module_daemon: Daemon) -> None:
     line = one_line_error(module_daemon.cli("submit", "tests.jobs:boom", "went wrong", "--wait", check=False),
-                          "job raised CustomJobError: went wrong")
+                          "job raised tests.jobs.CustomJobError: went wrong")
     assert "--debug" in line
     proc = module_daemon.cli("--debug", "submit", "tests.jobs:boom", "went wrong", "--wait", check=False)
     assert proc.returncode != 0

@@ -176,7 +176,7 @@ def test_async_client_submits_awaits_and_cancels(module_daemon: Daemon) -> None:
             failing = await c.submit("tests.jobs:boom", "async")
             with pytest.raises(RemoteError) as info:
                 await failing
-            assert info.value.type_name == "CustomJobError"
+            assert info.value.type_name == "tests.jobs.CustomJobError"
             assert (await failing.refresh()).state == "failed"
             with pytest.raises(JobRefused):
                 await c.submit("os:system", "true")

@@ -249,12 +249,39 @@ def test_deadline_kills_a_job_that_ignores_it(module_daemon: Daemon) -> None:
     assert job.state == "killed" and {"abort", "killed"} <= set(kinds(job))
 
 
+def test_a_failed_job_raises_its_own_exception_type_where_the_client_has_that_class(module_daemon: Daemon) -> None:
+    """``except ValueError`` catches a job's ValueError; it is a RemoteError too; unknown classes stay RemoteError."""
+    import builtins
+    import sys
+
+    from tests.jobs import CustomJobError
+
+    c = module_daemon.client()
+    for kind in ("ValueError", "IndexError", "FileNotFoundError"):
+        with pytest.raises(getattr(builtins, kind)) as info:
+            c.submit("tests.jobs:raise_builtin", kind, "no such thing").result(30)
+        err = info.value
+        assert isinstance(err, RemoteError) and err.type_name == kind and err.remote_message == "no such thing"
+        assert type(err).__name__ == kind and "Remote traceback" in str(err) and "raise_builtin" in str(err)
+    with pytest.raises(CustomJobError) as custom:  # a class of the user's module, imported here: found by its name
+        c.submit("tests.jobs:boom", "bad value 7").result(30)
+    assert isinstance(custom.value, RemoteError) and custom.value.remote_message == "bad value 7"
+    assert "tests._remote_only" not in sys.modules  # the premise: this process never imported that module
+    with pytest.raises(RemoteError) as plain:
+        c.submit("tests.jobs:raise_remote_only", "over there").result(30)
+    assert type(plain.value) is RemoteError and plain.value.type_name == "tests._remote_only.OnlyThereError"
+    assert "tests._remote_only" not in sys.modules  # nothing was imported on the daemon's word
+    with pytest.raises(RemoteError) as stop:  # a job's SystemExit never becomes the caller's own
+        c.submit("tests.jobs:raise_builtin", "SystemExit", "bye").result(30)
+    assert type(stop.value) is RemoteError and stop.value.type_name == "SystemExit"
+
+
 def test_remote_error_carries_the_type_name_and_traceback(module_daemon: Daemon) -> None:
     job = module_daemon.client().submit("tests.jobs:boom", "bad value 42")
     with pytest.raises(RemoteError) as info:
         job.result(30)
     err = info.value
-    assert err.type_name == "CustomJobError" and err.remote_message == "bad value 42"
+    assert err.type_name == "tests.jobs.CustomJobError" and err.remote_message == "bad value 42"
     assert "Traceback (most recent call last)" in err.traceback_text
     assert "inner_helper" in err.traceback_text and "tests/jobs.py" in err.traceback_text
     assert "Remote traceback" in str(err) and "CustomJobError: bad value 42" in str(err)
