@@ -134,7 +134,7 @@ def remote_error(type_name: str, message: str, traceback_text: str = "") -> Remo
         try:
             twin = type(cls.__name__, (cls, RemoteError), {
                 "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__str__": RemoteError.__str__,
-                "__init__": RemoteError.__init__, "__doc__": cls.__doc__})
+                "__doc__": cls.__doc__})
         except Exception:  # noqa: BLE001 - a class that cannot be combined (layout, metaclass): plain RemoteError
             twin = RemoteError
         _AS_ORIGINAL[cls] = twin
