@@ -86,7 +86,12 @@ class Job:
 
 def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
               context: tuple[str, list[str]] = NO_CONTEXT) -> bytes:
-    """Journal form of a job spec, with who submitted it and (local clients) their cwd and import path."""
+    """Journal form of a job spec, with who submitted it.
+
+    ``context`` (a local client's cwd and import path) is kept here only by
+    rows of older releases and by tests: :meth:`JobBook.accept` gives the
+    journal one row per distinct context instead (:meth:`Journal.context_id`).
+    """
     return _encode_value([spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
                           spec.retries, spec.with_task, owner, internal, context[0], context[1], spec.pickled]
                          + ([spec.resources] if spec.resources or spec.setup is not None else [])
@@ -154,13 +159,14 @@ class JobBook:
         ids = []
         stage = self.journal.stage_insert
         each = nbytes // max(1, len(specs))
+        ctx = self.journal.context_id(*context)  # one row for the submit's context, not a copy in each spec
         for spec in specs:
             jid = self._next_id
             self._next_id += 1
             job = Job(jid, spec, now, 0, owner, each, internal)
             job.context = context
             self.jobs[jid] = job
-            stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal, context), spec.priority, now, owner)
+            stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal), spec.priority, now, owner, ctx)
             heapq.heappush(self.heap, _key(spec.priority, jid))
             if spec.resources:
                 self._needs(spec.resources, 1)
@@ -179,9 +185,14 @@ class JobBook:
         journal), so it is rerun only if its retries allow, as a running one is.
         """
         queued = requeued = lost = 0
-        for jid, blob, _prio, state, attempts, submitted in self.journal.unfinished():
+        for jid, blob, _prio, state, attempts, submitted, ctx in self.journal.unfinished():
             try:
                 spec, owner, internal, context = unpack_job(blob)
+                if ctx:
+                    shared = self.journal.context(ctx)
+                    if shared is None:
+                        raise LookupError(f"its client's context (cwd and import path, #{ctx}) is missing")
+                    context = shared
             except Exception as exc:  # noqa: BLE001 - a row no release can run: fail it, keep the rest
                 self.journal.stage_finish(jid, "failed", now, None, "ProtocolError",
                                           f"the journaled job cannot be read back ({exc}); it was never run", "",

@@ -185,6 +185,65 @@ def test_recovery_requeues_or_fails_running_jobs_by_their_retries(tmp_path: Path
     j2.close()
 
 
+def test_a_client_s_context_is_one_row_for_all_its_jobs_and_comes_back_after_a_restart(tmp_path: Path) -> None:
+    """A local client's cwd and import path are journaled once, not in every job's spec, and survive a crash."""
+    path = tmp_path / "jobs.sqlite3"
+    j = Journal(path)
+    book = JobBook(j)
+    here = ("/home/u/project", ["/home/u/project", "/usr/lib/python3.11"])
+    there = ("/srv/other", ["/srv/other"])
+    a = book.accept([JobSpec("m:f"), JobSpec("m:f")], time.time(), context=here)
+    b = book.accept([JobSpec("m:f")], time.time(), context=there)
+    c = book.accept([JobSpec("m:f")], time.time(), context=here)
+    book.accept([JobSpec("m:f")], time.time())  # a remote or internal job: no context at all
+    # a row an older release wrote: its context inside its spec, no context row
+    j.stage_insert(100, "m:f", "", pack_spec(JobSpec("m:f"), "", False, ("/old", ["/old/lib"])), 0, time.time())
+    j.commit()
+    assert j.db.execute("SELECT COUNT(*) FROM contexts").fetchone()[0] == 2
+    for (spec,) in j.db.execute("SELECT spec FROM jobs WHERE id < 100"):
+        assert b"/home/u/project" not in spec and b"/srv/other" not in spec
+    j.db.close()  # the daemon died here
+
+    j2 = Journal(path)
+    book2 = JobBook(j2)
+    assert book2.recover(time.time()) == (6, 0, 0)
+    got = {jid: book2.jobs[jid].context for jid in [*a, *b, *c, 100]}
+    assert got[a[0]] == got[a[1]] == got[c[0]] == here and got[b[0]] == there and got[100] == ("/old", ["/old/lib"])
+    assert got[a[0]] is got[c[0]]  # one tuple shared by the jobs of one context, in memory too
+    # new jobs from a known context name its row again; a new context gets the next id
+    book2.accept([JobSpec("m:f")], time.time(), context=here)
+    book2.accept([JobSpec("m:f")], time.time(), context=("/new", []))
+    j2.commit()
+    assert j2.db.execute("SELECT COUNT(*) FROM contexts").fetchone()[0] == 3
+    j2.close()
+
+
+def test_pruning_drops_contexts_no_job_names_but_keeps_those_in_use(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    j = Journal(path)
+    book = JobBook(j)
+    (old,) = book.accept([JobSpec("m:f")], time.time(), context=("/gone", []))
+    book.finish(book.jobs[old], "done", time.time() - 3600)
+    j.commit()
+    j.close()
+    j2 = Journal(path)  # a later daemon: it never handed "/gone" to a job
+    book2 = JobBook(j2)
+    (mine,) = book2.accept([JobSpec("m:f")], time.time(), context=("/here", []))
+    book2.finish(book2.jobs[mine], "done", time.time() - 3600)
+    j2.commit()
+    assert j2.prune(time.time() - 60) == 2
+    # "/gone" is dropped; "/here" stays: this daemon may give it to its next job without writing it again
+    assert [r[0] for r in j2.db.execute("SELECT cwd FROM contexts")] == ["/here"]
+    (later,) = book2.accept([JobSpec("m:f")], time.time(), context=("/here", []))
+    j2.commit()
+    j2.db.close()
+    j3 = Journal(path)
+    book3 = JobBook(j3)
+    book3.recover(time.time())
+    assert book3.jobs[later].context == ("/here", [])
+    j3.close()
+
+
 def test_prune_removes_old_finished_jobs_only(journal: Journal) -> None:
     book = JobBook(journal)
     old, recent, live = book.accept([JobSpec("m:f"), JobSpec("m:f"), JobSpec("m:f")], time.time())
