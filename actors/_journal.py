@@ -170,8 +170,8 @@ class Journal:
         self._context_by_id: dict[int, tuple[str, list[str]]] = {}
         self._new_contexts: list[tuple[int, str, bytes]] = []
         self._handed: set[int] = set()  # context ids this daemon gave to jobs (never pruned while it runs)
-        for cid, cwd, path in self.db.execute("SELECT id, cwd, path FROM contexts"):
-            self._remember_context(cid, cwd, list(_decode_value(path)))
+        for cid, cwd, packed in self.db.execute("SELECT id, cwd, path FROM contexts"):
+            self._remember_context(cid, cwd, list(_decode_value(packed)))
         row = self.db.execute("SELECT MAX(id) FROM contexts").fetchone()
         self._next_context = (row[0] or 0) + 1
         self._starts: dict[int, tuple[Any, ...]] = {}  # job id -> its start, until committed or folded
