@@ -67,14 +67,17 @@ def python_argv(module: str, *argv: str) -> list[str]:
 
 
 def spawn(module: str, argv: list[str], *, nice: int = 0, log_path: Path | None = None,
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``python -P -m module *argv`` as a supervised child (in :data:`NEUTRAL_CWD`) and return its Popen."""
+          env: dict[str, str] | None = None, stdin: int | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -P -m module *argv`` as a supervised child (in :data:`NEUTRAL_CWD`) and return its Popen.
+
+    ``stdin``: a descriptor to give it as its standard input (by default ``/dev/null``).
+    """
     parent = os.getpid()
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         return subprocess.Popen(
             python_argv(module, *argv),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=out,
             stderr=out,
             close_fds=True,

@@ -420,4 +420,8 @@ def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, nam
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--standby"]:  # the daemon's standby (--standby RUN_DIR): orders first (actors._blank)
+        from actors._blank import standby_main
+
+        standby_main()
     child_main(Worker)

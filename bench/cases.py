@@ -509,6 +509,7 @@ def case_replacement(ctx: Ctx) -> list[Row]:
             floor.append(time.perf_counter() - t)
         events = d.log_events()
     from_log, detect, start = [], [], []
+    used = sum(1 for _, f in events if f.get("event") == "standby-used")
     for wall, pid in kills:
         exit_t = next((ts for ts, f in events if ts >= wall - 0.002 and f.get("event") == "exit"
                        and f.get("pid") == str(pid)), None)
@@ -529,7 +530,9 @@ def case_replacement(ctx: Ctx) -> list[Row]:
                         "fresh python + import actors.worker", pct(floor, 50) * ms, "< 100 ms",
                         pct(from_log, 50) < 0.1,
                         f"kill -> new worker's ready (its first message) in the log; max {max(from_log) * ms:.0f} ms; "
-                        f"kill -> reaped {pct(detect, 50) * ms:.0f} ms, spawn -> ready {pct(start, 50) * ms:.0f} ms",
+                        f"kill -> reaped {pct(detect, 50) * ms:.0f} ms, spawn -> ready {pct(start, 50) * ms:.0f} ms; "
+                        f"{used} of {len(kills)} replacements were the daemon's standby worker (it keeps one once it "
+                        "had to replace a worker: the first replacement is a fresh interpreter)",
                         samples={"kill -> ready (log)": from_log, "fresh python + imports": floor}))
     rows.append(row(case, "p50, polled status", pct(polled, 50) * ms, "ms", "fresh python + import actors.worker",
                     pct(floor, 50) * ms, "< 100 ms", pct(polled, 50) < 0.1,

@@ -82,6 +82,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.by_pidfd: dict[int, Slot] = {}
         self.workers_wanted = cfg.worker_count
         self.blanks: list[_prefork.Blank] = []  # forked at start-up, waiting to become workers (serve() sets them)
+        self.standby: Any = None  # a spawned interpreter waiting to become a worker (_children.Standby)
+        self.standby_wanted = False  # set once a worker had to start after start-up
+        self.standby_losses = 0  # standbys that died in a row before their orders
+        self.children_started = False
         self._worker_seq = 0
         self.started = time.time()
         self.running = True
@@ -361,6 +365,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             ))
         running = sum(len(s.outstanding) > 0 for s in self.slots.values())
         counters: dict[str, Any] = dict(self.counters)
+        counters["standby"] = int(self.standby is not None)
         for ext in self.extensions:
             ext.status(counters)
         counters.update({f"jobs_{k}": v for k, v in book.counters.items()})
@@ -434,6 +439,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
 
     def _kill_children(self) -> None:
         _prefork.release(self.blanks)
+        self._release_standby()
         for slot in list(self.slots.values()):
             if slot.proc is not None:
                 kill_group(slot.proc.pid)

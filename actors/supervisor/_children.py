@@ -54,6 +54,17 @@ class Slot:
 
 
 
+@dataclass
+class Standby:
+    """A fresh interpreter waiting to become the next worker started after start-up (see :mod:`actors._blank`)."""
+
+    proc: subprocess.Popen[bytes]
+    fd: int  # the write end of its stdin: its orders go there
+
+
+_STANDBY_LOSSES = 3  # standbys that died before their orders, after which the daemon keeps none
+
+
 def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm") as f:
@@ -73,6 +84,7 @@ class ChildrenMixin(State):
                 self._add_slot(spec.name, spec.role, spec.module)
         for _ in range(self.workers_wanted):
             self._add_worker()
+        self.children_started = True
         self._cluster_open()
 
     def _add_worker(self) -> Slot:
@@ -101,6 +113,10 @@ class ChildrenMixin(State):
                 _prefork.release([blank])
                 log.warning("event=blank-lost name=%s pid=%d reason=%s detail=the worker forked at start-up died "
                             "before its orders; spawning a fresh one", slot.name, blank.pid, exc)
+        if slot.module == "actors.worker" and self.children_started:  # a restart or a scale-up: from now on keep
+            self.standby_wanted = True  # a standby, so that the next one does not wait for a new interpreter
+            if slot.proc is None and self.standby is not None:
+                slot.proc = self._use_standby(slot, [self.cfg.to_json(), ident], nice, env)
         if slot.proc is None:
             slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file, env=env)
         slot.identity = ident.encode()
@@ -115,6 +131,76 @@ class ChildrenMixin(State):
         self.by_pidfd[slot.pidfd] = slot
         self.poller.register(slot.pidfd, zmq.POLLIN)
         log.info("event=spawn name=%s pid=%d incarnation=%d", slot.name, slot.proc.pid, slot.incarnation)
+
+    def _use_standby(self, slot: Slot, argv: list[str], nice: int, env: dict[str, str]) -> Any:
+        """Give the standby ``slot``'s orders; its process, or None if it died (then a fresh one is spawned)."""
+        standby, self.standby = self.standby, None
+        assert standby is not None
+        if standby.proc.poll() is None:
+            try:
+                _prefork.give_orders(standby.fd, argv, nice, self.log_file, env)
+                self.standby_losses = 0
+                self.counters["standby_used"] += 1
+                log.info("event=standby-used name=%s pid=%d", slot.name, standby.proc.pid)
+                return standby.proc
+            except OSError:  # it died meanwhile (the pipe is closed by give_orders)
+                pass
+        else:
+            os.close(standby.fd)
+        self._standby_lost(standby)
+        return None
+
+    def _standby_lost(self, standby: Standby) -> None:
+        kill_group(standby.proc.pid)
+        code = standby.proc.wait()
+        self.standby_losses += 1
+        log.warning("event=standby-lost pid=%d code=%s detail=the standby worker exited before its orders%s",
+                    standby.proc.pid, code, "; no more standbys" if self.standby_losses >= _STANDBY_LOSSES else "")
+
+    def _keep_standby(self) -> None:
+        """Keep one standby worker waiting, once a worker had to be started after start-up.
+
+        It is spawned when no worker is starting (never beside one: on 2
+        cores they would share the CPU and the replacement would come later),
+        at the workers' niceness.  One that dies while it waits is reaped
+        here; after :data:`_STANDBY_LOSSES` such deaths in a row the daemon
+        keeps none (what kills them would kill every one).  ``ENSEMBLE_PREFORK=0``:
+        none at all.
+        """
+        standby = self.standby
+        if standby is not None:
+            if standby.proc.poll() is not None:
+                self.standby = None
+                os.close(standby.fd)
+                self._standby_lost(standby)
+            return
+        if (not self.standby_wanted or self.stopping_since or self.standby_losses >= _STANDBY_LOSSES
+                or not _prefork.enabled()):
+            return
+        if any(s.role == "worker" and s.proc is not None and not s.ready for s in self.slots.values()):
+            return
+        read_end, write_end = os.pipe()
+        try:
+            # the run directory only names it (in ps, and for whoever looks for the daemon's processes)
+            proc = spawn("actors.worker", ["--standby", str(self.rundir.path)], nice=self.cfg.supervision.worker_nice,
+                         log_path=self.log_file, env={}, stdin=read_end)
+        except OSError as exc:
+            os.close(write_end)
+            self.standby_losses += 1
+            log.warning("event=standby-failed reason=%s", exc)
+            return
+        finally:
+            os.close(read_end)
+        self.standby = Standby(proc, write_end)
+        log.info("event=standby pid=%d", proc.pid)
+
+    def _release_standby(self) -> None:
+        """Let the standby go (end of file on its orders) and reap it."""
+        standby, self.standby = self.standby, None
+        if standby is not None:
+            os.close(standby.fd)
+            kill_group(standby.proc.pid)  # it holds nothing: no need to wait for it to read the end of file
+            standby.proc.wait()
 
     def _kill(self, slot: Slot, reason: str, expected: bool = True) -> None:
         if slot.remote:
@@ -233,6 +319,7 @@ class ChildrenMixin(State):
         slot.outstanding.clear()
 
     def _heartbeats(self, mono: float) -> None:
+        self._keep_standby()
         timeout = self.cfg.supervision.heartbeat_timeout
         beat = encode(Heartbeat())
         for slot in list(self.slots.values()):

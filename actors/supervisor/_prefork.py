@@ -11,8 +11,9 @@ supervisor starts a worker (:meth:`~actors.supervisor._children.ChildrenMixin._s
 it hands a blank the worker's arguments, log file, niceness and environment;
 the blank applies them as :func:`actors._spawn.spawn` would (its own process
 group, the user's umask, ``/`` as working directory, stdout and stderr to the
-log) and runs the worker's ``child_main``.  Restarts and scale-ups spawn as
-before; blanks left over when the daemon stops read end-of-file and exit 0.
+log) and runs the worker's ``child_main`` (:mod:`actors._blank`, which the
+standby spawned for later restarts and scale-ups shares).  Blanks left over
+when the daemon stops read end-of-file and exit 0.
 
 A blank is a real child of the supervisor (reaped with ``waitpid``, watched
 through a pidfd) and dies with it (parent-death signal, set at fork).  Set
@@ -21,14 +22,14 @@ through a pidfd) and dies with it (parent-death signal, set at fork).  Set
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors._spawn import NEUTRAL_CWD, ForkedProc, restore_user_umask, set_parent_death_signal
+from actors._blank import become_worker, encode_orders, read_orders
+from actors._spawn import ForkedProc, set_parent_death_signal
 
 
 @dataclass
@@ -75,14 +76,22 @@ def prefork(count: int, keep_out: tuple[int, ...] = ()) -> list[Blank]:
 
 def assign(blank: Blank, argv: list[str], nice: int, log_path: Path | None, env: dict[str, str]) -> ForkedProc:
     """Make ``blank`` the worker ``python -m actors.worker ARGV`` would be; OSError if it is gone."""
-    data = json.dumps({"argv": argv, "nice": nice, "log": str(log_path) if log_path else "", "env": env}).encode()
+    give_orders(blank.fd, argv, nice, log_path, env)
+    return ForkedProc(blank.pid)
+
+
+def give_orders(fd: int, argv: list[str], nice: int, log_path: Path | None, env: dict[str, str]) -> None:
+    """Write a waiting process its orders (:mod:`actors._blank`) and close ``fd``; OSError if it is gone.
+
+    ``nice`` is the increment over the daemon's own niceness, as for a spawned worker.
+    """
+    data = encode_orders(argv, os.nice(0) + nice, str(log_path) if log_path else "", env)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(blank.fd, view):]
+            view = view[os.write(fd, view):]
     finally:
-        os.close(blank.fd)
-    return ForkedProc(blank.pid)
+        os.close(fd)
 
 
 def release(blanks: list[Blank]) -> None:
@@ -101,39 +110,18 @@ def release(blanks: list[Blank]) -> None:
 
 
 def _blank_main(fd: int, parent: int) -> None:
-    code = 1
     try:
         os.setpgid(0, 0)
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != parent:  # the supervisor died before the signal was armed
             os._exit(1)
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        os.close(fd)
-        if not chunks:  # the supervisor stopped without needing this blank
+        order = read_orders(fd)
+        if order is None:  # the supervisor stopped without needing this blank
             os._exit(0)
-        order = json.loads(b"".join(chunks))
-        restore_user_umask()
-        if order["nice"]:
-            os.nice(order["nice"])
-        os.chdir(NEUTRAL_CWD)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-        out = os.open(order["log"] or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
-        os.environ.update(order["env"])
-        sys.argv = ["actors.worker", *order["argv"]]
-        from actors._child import child_main
-        from actors.worker import Worker
-
-        child_main(Worker)  # ends with os._exit
+        become_worker(order)  # never returns
     except BaseException:  # noqa: BLE001 - report, never return into the supervisor's code
         import traceback
 
         traceback.print_exc()
     finally:
-        os._exit(code)
+        os._exit(1)

@@ -348,6 +348,8 @@ class RequestsMixin(State):
                 slot.ready = True
                 slot.state = "running"
                 log.info("event=ready name=%s pid=%d", slot.name, msg.pid)
+                if slot.role == "worker":
+                    self._keep_standby()  # a replacement is up: its successor may start warming now
                 for ext in self.extensions:
                     ext.child_ready(slot)
             elif type(msg) in self.child_handlers and not slot.remote:

@@ -43,6 +43,10 @@ class State:
     remote_slots: "dict[bytes, Slot]"
     workers_wanted: int
     blanks: list[Any]  # forked processes waiting to become workers (see _prefork)
+    standby: Any  # a spawned interpreter waiting to become the next worker (see _children.Standby)
+    standby_wanted: bool
+    standby_losses: int
+    children_started: bool
     _worker_seq: int
     _remote_seq: int
     started: float
@@ -180,6 +184,9 @@ class State:
         raise NotImplementedError
 
     def _spawn(self, slot: Slot) -> None:
+        raise NotImplementedError
+
+    def _keep_standby(self) -> None:
         raise NotImplementedError
 
     def _cluster_open(self) -> None:
