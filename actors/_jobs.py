@@ -131,7 +131,8 @@ class JobBook:
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
-        self.jobs: dict[int, Job] = {}
+        self.jobs: dict[int, Job] = {}  # in id order: accept and recover add them by growing id
+        self.running: dict[int, Job] = {}  # the jobs among them a worker has begun
         # one int per queued job, ordered as (-priority, id) (see _key): ids grow in submit order, so FIFO within a
         # priority; an int compares in half the time of that tuple
         self.heap: list[int] = []
@@ -290,6 +291,7 @@ class JobBook:
         """Put a job back in the queue (its worker died or stopped before finishing it)."""
         if job.state == "running":
             self.journal.stage_requeue(job.id, job.attempts)
+            self.running.pop(job.id, None)
         job.state = "queued"
         job.worker = ""
         job.kill_at = job.deadline_at = 0.0
@@ -306,6 +308,7 @@ class JobBook:
     def start(self, job: Job, worker: str, now: float, mono: float) -> None:
         """Record that ``job`` is now running on ``worker``."""
         job.state = "running"
+        self.running[job.id] = job
         job.attempts += 1
         job.started = now
         job.worker = worker
@@ -346,6 +349,7 @@ class JobBook:
         self.journal.stage_finish(job.id, state, now, result, error_type, error_message, traceback,
                                   job.progress, job.status, props)
         self.jobs.pop(job.id, None)
+        self.running.pop(job.id, None)
         self.counters[state] += 1
         return job.info(state, value, error_type, error_message, traceback, now)
 
@@ -375,10 +379,38 @@ class JobBook:
         return self.journal.owners([job_id]).get(job_id)
 
     def recent(self, states: list[str], limit: int, owner: str | None = None) -> list[JobInfo]:
-        """Recent jobs, newest first (only ``owner``'s when given); live state from memory."""
+        """Recent jobs, newest first (only ``owner``'s when given); live state from memory.
+
+        Asked only for unfinished states (``queued``, which covers ``dispatched``
+        as the journal does, or ``running``), the answer comes from memory,
+        which holds every unfinished job: the journal would compute each row's
+        state through its joins and read every row it keeps to find the few
+        that are running (19 ms at 100,000 rows, at every refresh of the panel).
+        """
+        wanted = set(states)
+        if wanted and wanted <= _LIVE:
+            return self._live(wanted, limit, owner)
         self.journal.commit()
         out = []
         for row in self.journal.recent(states, limit, owner):
             job = self.jobs.get(row[0])
             out.append(job.info() if job is not None else _row_info(row, []))
         return out
+
+    def _live(self, wanted: set[str], limit: int, owner: str | None) -> list[JobInfo]:
+        if "queued" in wanted:
+            wanted.add("dispatched")
+        if wanted == {"running"}:
+            pool: Iterable[Job] = [self.running[jid] for jid in sorted(self.running, reverse=True)]
+        else:
+            pool = reversed(self.jobs.values())  # newest first: the dict is in id order
+        out: list[JobInfo] = []
+        for job in pool:
+            if job.state in wanted and (owner is None or job.owner == owner):
+                out.append(job.info())
+                if len(out) >= limit:
+                    break
+        return out
+
+
+_LIVE = frozenset({"queued", "dispatched", "running"})  # the states of unfinished jobs (all of them in memory)

@@ -159,6 +159,36 @@ def test_queue_is_priority_first_then_fifo() -> None:
     assert book.queued == 0
 
 
+def test_unfinished_jobs_are_listed_from_memory_as_the_journal_lists_them(journal: Journal,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`jobs --state running` (the panel asks every refresh) is answered without reading the journal's rows,
+    with what the journal itself would answer: newest first, per owner, ``queued`` covering handed-out jobs."""
+    book = JobBook(journal)
+    now = time.time()
+    ids = book.accept([JobSpec("m:f", [i]) for i in range(4)], now)
+    ids += book.accept([JobSpec("m:f", [i]) for i in range(4)], now, owner="client:ann")
+    popped = book.pop(5)  # dispatched: ids[0..4]
+    for job in popped[:4]:
+        book.start(job, "worker-1", now, time.monotonic())
+    book.finish(popped[0], "done", now, 1)
+    book.requeue(popped[1], "its worker died")
+    journal.commit()
+    cases = [(["running"], 10, None), (["running"], 1, None), (["queued"], 10, None), (["queued", "running"], 3, None),
+             (["running"], 10, "client:ann"), (["queued"], 10, "client:ann"), (["queued"], 10, "client:bob")]
+    from_journal = [[(r[0], book.jobs[r[0]].state) for r in journal.recent(*case)] for case in cases]
+    assert from_journal[0] == [(ids[3], "running"), (ids[2], "running")]
+    assert [jid for jid, _ in from_journal[2]] == [ids[7], ids[6], ids[5], ids[4], ids[1]]
+
+    def no_rows(*_: Any) -> Any:
+        raise AssertionError("unfinished jobs are all in memory: the journal's rows need not be read")
+
+    monkeypatch.setattr(journal, "recent", no_rows)
+    assert [[(i.id, i.state) for i in book.recent(*case)] for case in cases] == from_journal
+    assert [(i.id, i.state) for i in book.recent(["dispatched"], 10)] == [(ids[4], "dispatched")]
+    with pytest.raises(AssertionError):  # finished states come from the journal
+        book.recent(["done"], 10)
+
+
 def test_recovery_requeues_or_fails_running_jobs_by_their_retries(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
     j = Journal(path)
