@@ -109,6 +109,9 @@ class StartedLog:
         return (ids[-1] if ids else 0), set(ids)
 
 
+RESULTS_SUFFIX = b"/results"  # a local worker's job thread: its routing id on the internal socket is the worker's + this
+
+
 class RunDir:
     """Paths inside one daemon's run directory."""
 

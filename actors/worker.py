@@ -1,10 +1,17 @@
 """A worker process: runs jobs one at a time, with the task handle, on its job thread.
 
 Threads: the main thread runs the supervision loop (heartbeats, dispatch,
-aborts, publishing progress); the job thread runs job functions.  They talk
-through an inproc PAIR socket (results, job thread -> main) and a queue (jobs,
-main -> job thread).  Jobs handed over but not yet started sit in the main
-thread's ``pending`` deque, so an abort of one of them answers at once.
+aborts, publishing progress); the job thread runs job functions.  Jobs go from
+main to the job thread through the ``pending`` deque (jobs handed over but not
+yet started sit there, so an abort of one of them answers at once).  A local
+worker's job thread sends each result to the daemon itself, on a DEALER of
+its own (routing id: the worker's name + :data:`~actors._rundir.RESULTS_SUFFIX`),
+and its ``Retiring`` after its last result on the same socket, so the daemon
+reads them in that order; handing each result to the main thread to send cost
+a thread wake-up and a wait for the GIL per job (the job thread spent a fifth
+of its time there in ``Executor.map``).  A remote worker's results go through
+the main thread (an inproc PAIR wakes it): its one CURVE connection is the
+main thread's.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from actors._child import Child, child_main
 from actors._exact import dumps, loads_referencing
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
-from actors._rundir import RunDir, StartedLog
+from actors._rundir import RESULTS_SUFFIX, RunDir, StartedLog
 from actors._arrays import WorkerArrays
 from actors._errors import ProtocolError, error_name
 from actors._jobfn import resolve, resolve_internal, takes_task
@@ -56,6 +63,8 @@ log = logging.getLogger("ensemble.worker")
 _POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the IntFlag costs a Python call
 _VOICES_TIMEOUT = 10.0  # seconds to wait for the processor to fall silent
 _RETIRE_WAIT = 5.0  # seconds a retiring worker waits for the supervisor's Stop before it leaves anyway
+_HOLD_MAX = 64  # results held back at most while jobs are pending (see Worker._hold)
+_HOLD_WAIT = 0.01  # seconds a held result waits at most for the job after it (the main thread then sends it)
 
 
 class Worker(Child):
@@ -71,6 +80,12 @@ class Worker(Child):
         self._stopping = False
         self._arrived = False  # jobs came since the job thread last checked the user's code (see _job_loop)
         self._wake_sent = False  # coalesces job-thread wake-ups: one per drain of ``finished``
+        self.direct = not self.remote  # results leave from the job thread (see the module's doc)
+        self.out: Any = None  # its socket for them; the main thread uses it too, under _out_lock
+        self._out_lock = threading.Lock()
+        self._held: list[JobDone] = []  # results not yet sent (see _hold)
+        self._held_size = 0
+        self._held_since = 0.0
         self.results_in = self.ctx.socket(zmq.PAIR)
         self.results_in.bind(f"inproc://results-{id(self)}")
         self.results_out = self.ctx.socket(zmq.PAIR)
@@ -104,6 +119,8 @@ class Worker(Child):
         return {"done": self.done_count, "pending": len(self.pending), "busy": self.current is not None}
 
     def poll_timeout(self) -> float:
+        if self._held:
+            return _HOLD_WAIT
         return 0.02 if self.current is not None else super().poll_timeout()
 
     def handle(self, msg: Message) -> None:
@@ -173,11 +190,16 @@ class Worker(Child):
             self.send(JobsDone(done))
         if self.retiring_since and not self.exit_code:
             # after its last results: the supervisor reads those, then answers Retiring with Stop, so the
-            # exit never races them (a job that returned would otherwise count as lost with its worker)
-            self.send(Retiring(self.retire_reason))
+            # exit never races them (a job that returned would otherwise count as lost with its worker); a
+            # direct job thread sent it itself, behind its results
+            if not self.direct:
+                self.send(Retiring(self.retire_reason))
             self.exit_code = RETIRE_CODE
 
     def tick(self, now: float) -> None:
+        if self._held and now - self._held_since > _HOLD_WAIT:  # the job after them runs long: send them now
+            with self._out_lock:
+                self._send_held()
         if self.retiring_since and time.monotonic() - self.retiring_since > _RETIRE_WAIT:
             self._request_stop(self.retire_reason)  # no Stop came (a remote worker's daemon sends none)
         cur = self.current
@@ -205,6 +227,7 @@ class Worker(Child):
             self._work.notify()
         self.thread.join(timeout=self.cfg.supervision.stop_grace)
         self.on_ready(self.results_in)  # report the job that returned
+        self._close_out()  # if the job thread is stuck in a job: what it held back leaves now
         if not self.thread.is_alive():  # let the context terminate (and flush) on exit
             self.results_out.close(linger=0)
             self.results_in.close(linger=0)
@@ -230,10 +253,67 @@ class Worker(Child):
             self.voice_waits.pop(token, None)
 
     def _job_loop(self) -> None:
-        """Job thread: take the next pending job, run it, queue the result (no hand-off per job)."""
+        """Job thread: take the next pending job, run it, send its result (or queue it for the main thread)."""
+        if self.direct:
+            out = self.ctx.socket(zmq.DEALER)
+            out.setsockopt(zmq.IDENTITY, self.name.encode() + RESULTS_SUFFIX)
+            out.setsockopt(zmq.SNDHWM, 0)
+            out.connect(RunDir(self.cfg.run_dir).internal_endpoint)
+            self.out = out
+        try:
+            self._run_jobs()
+        finally:
+            self._close_out()
+
+    def _close_out(self) -> None:
+        """Send what is held back and close the results socket (it is delivered before the process ends, see
+        actors._child): the job thread as it leaves, or the main thread on stop when the job thread is stuck."""
+        with self._out_lock:
+            if self.out is not None:
+                self._send_held()
+                self.out.close(linger=1000)
+                self.out = None
+
+    def _send_held(self) -> None:
+        """Send the results held back (job thread, or main when they wait too long; under ``_out_lock``)."""
+        if self._held and self.out is not None:
+            self.out.send(encode(JobsDone(self._held)))
+            self.done_count += len(self._held)
+            self._held, self._held_size = [], 0
+
+    def _hold(self, done: JobDone, cost: int) -> None:
+        """Send a result now, or hold it back while more jobs wait here (job thread).
+
+        Held results leave together, one frame for many short jobs: when no job
+        is pending any more, at :data:`_HOLD_MAX` of them or half a frame, or,
+        should the next job run long, from the main thread after :data:`_HOLD_WAIT`.
+        """
+        with self._out_lock:
+            if self._held and self._held_size + cost > self.cfg.daemon.max_frame // 2:
+                self._send_held()
+            if not self._held:
+                self._held_since = time.monotonic()
+            self._held.append(done)
+            self._held_size += cost
+            if not self.pending or len(self._held) >= _HOLD_MAX:
+                self._send_held()
+
+    def _leave(self, reason: str) -> None:
+        """Stop taking jobs, to be replaced (job thread): ``Retiring`` behind the last result, then tell main."""
+        self.retire_reason = reason
+        with self._out_lock:
+            if self.out is not None:
+                self._send_held()
+                self.out.send(encode(Retiring(reason)))
+        self.results_out.send(b"x")
+
+    def _run_jobs(self) -> None:
         while True:
             with self._work:
                 while not self.pending and not self._stopping:
+                    if self._held:  # nothing left to wait for
+                        with self._out_lock:
+                            self._send_held()
                     self._work.wait()
                 if self._stopping:
                     return
@@ -248,8 +328,7 @@ class Worker(Child):
             if d.cwd:  # a local client's job: its directory, its import path, its current code
                 changed = self.code.stale() if look else ""
                 if changed:  # never run a job on old code: leave; the replacement imports the new one
-                    self.retire_reason = f"module {changed} changed on disk since this worker imported it"
-                    self.results_out.send(b"x")
+                    self._leave(f"module {changed} changed on disk since this worker imported it")
                     return
                 self.code.enter(d.cwd, look)
             if self._started is not None:
@@ -259,13 +338,15 @@ class Worker(Child):
                 self.code.note_imports()
             with self._work:
                 self.current = None
-            self.finished.put(done)
-            if not self._wake_sent:
-                self._wake_sent = True
-                self.results_out.send(b"r")
+            if self.direct:
+                self._hold(*done)
+            else:
+                self.finished.put(done)
+                if not self._wake_sent:
+                    self._wake_sent = True
+                    self.results_out.send(b"r")
             if d.setup is not None and self._served(d.setup):
-                self.retire_reason = f"ran max_tasks_per_child={d.setup.max_tasks} jobs of one executor"
-                self.results_out.send(b"x")
+                self._leave(f"ran max_tasks_per_child={d.setup.max_tasks} jobs of one executor")
                 return
 
     def _set_up(self, setup: WorkerSetup) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from actors._freshness import RETIRE_CODE
 from actors._resources import check as check_resources, host_resources
+from actors._rundir import RESULTS_SUFFIX
 from actors._spawn import ForkedProc, kill_group, spawn
 import zmq
 
@@ -128,6 +129,8 @@ class ChildrenMixin(State):
         slot.expected_exit = False
         slot.stats = {}
         self.by_identity[slot.identity] = slot
+        if slot.role == "worker":  # its job thread sends results on a socket of its own (see actors.worker)
+            self.by_identity[slot.identity + RESULTS_SUFFIX] = slot
         self.by_pidfd[slot.pidfd] = slot
         self.poller.register(slot.pidfd, zmq.POLLIN)
         log.info("event=spawn name=%s pid=%d incarnation=%d", slot.name, slot.proc.pid, slot.incarnation)
@@ -227,6 +230,7 @@ class ChildrenMixin(State):
         os.close(slot.pidfd)
         slot.pidfd = -1
         self.by_identity.pop(slot.identity, None)
+        self.by_identity.pop(slot.identity + RESULTS_SUFFIX, None)
         slot.proc = None
         slot.ready = False
         log_fn = log.info if slot.expected_exit or slot.retire or self.stopping_since else log.error

@@ -401,3 +401,22 @@ def test_jobs_listing_newest_first(module_daemon: Daemon) -> None:
     recent = c.jobs(limit=2)
     assert [(j.id, j.name) for j in recent] == [(b.id, "second"), (a.id, "first")]
     assert all(j.state == "done" for j in c.jobs(["done"], limit=50))
+
+
+def test_results_held_back_for_a_batch_are_not_kept_waiting_by_a_long_job(make_daemon: Make, tmp_path: Path) -> None:
+    """A worker sends the results of jobs handed to it together in one frame; when the job after them runs
+    long, they leave without it (here it waits until the test has them: held behind it, they never would)."""
+    from actors.client import make_spec
+
+    d = make_daemon(workers=1)
+    d.up()
+    c = d.client()
+    go = tmp_path / "go"
+    jobs = c.submit_many([make_spec("tests.jobs:square", [i], {}) for i in range(20)]
+                         + [make_spec("tests.jobs:wait_file", [str(go)], {})])
+    try:
+        assert [j.result(60) for j in jobs[:20]] == [float(i * i) for i in range(20)]
+        assert jobs[20].state == "running"
+    finally:
+        go.touch()
+    assert jobs[20].result(60) == "released"
