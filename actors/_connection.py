@@ -33,13 +33,18 @@ Listener = Callable[[JobInfo], None]
 _MAX_BATCH = 5000
 
 
-def _context() -> tuple[str, list[str]]:
-    """This process's working directory and import path: where its jobs' functions and relative paths live."""
+def _context(search_cwd: bool = False) -> tuple[str, list[str]]:
+    """This process's working directory and import path: where its jobs' functions and relative paths live.
+
+    ``search_cwd``: the directory first on the path, as ``python -m`` has it
+    (the ``ensemble`` command's own path starts with its script's directory).
+    """
     try:
         cwd = os.getcwd()
     except OSError:  # the directory was removed under us
         return "", []
-    return cwd, [os.path.join(cwd, p) if not os.path.isabs(p) else p for p in sys.path]
+    path = [os.path.join(cwd, p) if not os.path.isabs(p) else p for p in sys.path]
+    return cwd, [cwd, *path] if search_cwd and cwd not in path else path
 
 
 def _unguessable_id() -> bytes:
@@ -97,6 +102,7 @@ class Connection:
     def __init__(self, cfg: Config, endpoint: str | None = None, curve: tuple[str, str] | None = None) -> None:
         self.cfg = cfg
         self.curve = curve
+        self.search_cwd = False  # jobs import from the working directory first (the command line's submit)
         if endpoint is not None and endpoint.startswith("tcp://") and curve is None:
             raise ProtocolError(f"{endpoint}: tcp needs CURVE keys: pass curve=(your .key_secret file, the daemon's server.key)")
         self.limits = Limits(max_frame=cfg.daemon.max_frame)
@@ -383,7 +389,7 @@ class Connection:
                         fut.set_exception(exc)
 
         outer.add_done_callback(propagate)
-        self._send(sock, Submit(specs, True, *_context()), outer, split)
+        self._send(sock, Submit(specs, True, *_context(self.search_cwd)), outer, split)
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         for _ in range(10_000):

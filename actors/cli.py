@@ -255,6 +255,7 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
     except EnsembleError as exc:
         fail(str(exc))
     with client_of(ctx) as c:
+        c.conn.search_cwd = True  # FN may be a module of the directory it is typed in, as with `python -m`
         held: list[bool] = []
         if wait:  # a first Ctrl-C during the submit waits for the job's id, so that the job can be cancelled
             previous = signal.signal(signal.SIGINT, lambda *_: _hold_interrupt(held))

@@ -56,3 +56,20 @@ def test_relative_paths_in_arguments_mean_the_client_s_directory(daemon: Any, tm
                           "--wait"], cwd=project, env=daemon.env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "3"
+
+
+def test_the_command_line_submits_a_module_of_the_directory_it_runs_in(daemon: Any, tmp_path: Path) -> None:
+    """`ensemble submit mywork:square 7` in a project directory, as `python -m` would import it: the installed
+    `ensemble` script's own import path starts with its bin directory, not the working directory."""
+    project, bin_dir = tmp_path / "p3", tmp_path / "bin"
+    project.mkdir()
+    bin_dir.mkdir()
+    (project / "mywork.py").write_text("def square(x):\n    return x * x\n")
+    script = bin_dir / "ensemble"  # what pip writes for the console script
+    script.write_text("import sys\nfrom actors.cli import run\nsys.exit(run())\n")
+    env = {k: v for k, v in daemon.env.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT)  # only so that `import actors` works from this checkout
+    out = subprocess.run([sys.executable, str(script), "submit", "mywork:square", "7", "--wait"], cwd=project,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "49"
