@@ -128,7 +128,9 @@ class Connection:
         self._lock = threading.Lock()
         self._outgoing: collections.deque[tuple[Any, ...]] = collections.deque()
         self._waiting: dict[int, tuple[Future[Any], Callable[[Message], Any] | None]] = {}
-        self._listeners: dict[int, list[Listener]] = {}
+        # job id -> its listener, or a list of them when there are several (one object less per job: a client
+        # holding thousands of jobs makes the collector's full passes that much shorter)
+        self._listeners: dict[int, Listener | list[Listener]] = {}
         self._closed = False
         self._local = threading.local()
         self._direct: list[Any] = []
@@ -214,15 +216,17 @@ class Connection:
         return fut
 
     def submit_then(self, specs: list[JobSpec], listener: Listener | None,
-                    on_ids: Callable[[list[int] | None, BaseException | None], None]) -> None:
+                    on_ids: Callable[[list[int] | None, BaseException | None], None], progress: bool = False) -> None:
         """:meth:`submit` without a Future: ``on_ids(ids, None)`` or ``on_ids(None, error)`` on the I/O thread.
 
         For callers that make one submit per job (``Executor.submit``): a Future
-        costs a Condition and a lock, a third of that path's time.
+        costs a Condition and a lock, a third of that path's time.  ``progress``:
+        the listener hears each job's start and progress too (``Submit.progress``).
         """
-        self._submit(specs, listener, _Sink(on_ids))
+        self._submit(specs, listener, _Sink(on_ids), progress)
 
-    def _submit(self, specs: list[JobSpec], listener: Listener | None, fut: "Future[list[int]] | _Sink") -> None:
+    def _submit(self, specs: list[JobSpec], listener: Listener | None, fut: "Future[list[int]] | _Sink",
+                progress: bool = False) -> None:
         borrowed: list[list[Any]] = []
         out = []
         for spec in specs:
@@ -238,7 +242,7 @@ class Connection:
             borrowed.append(lent)
         if any(borrowed):
             fut.add_done_callback(lambda f: self._lend(f, borrowed))
-        self._enqueue(("submit", out, fut, listener))
+        self._enqueue(("submit+progress" if progress else "submit", out, fut, listener))
 
     def _lend(self, fut: "Future[list[int]] | _Sink", borrowed: list[list[Any]]) -> None:
         if fut.exception() is not None:
@@ -251,16 +255,29 @@ class Connection:
     def listen(self, job_id: int, listener: Listener) -> None:
         """Call ``listener(info)`` (on the I/O thread) for every push about ``job_id``."""
         with self._lock:
-            self._listeners.setdefault(job_id, []).append(listener)
+            self._add_listener(job_id, listener)
+
+    def _add_listener(self, job_id: int, listener: Listener) -> None:
+        """(under ``_lock``)"""
+        found = self._listeners.get(job_id)
+        if found is None:
+            self._listeners[job_id] = listener
+        elif isinstance(found, list):
+            found.append(listener)
+        else:
+            self._listeners[job_id] = [found, listener]
 
     def unlisten(self, job_id: int, listener: Listener) -> None:
         """Remove a listener added with :meth:`listen`."""
         with self._lock:
-            lst = self._listeners.get(job_id)
-            if lst and listener in lst:
-                lst.remove(listener)
-                if not lst:
-                    del self._listeners[job_id]
+            found = self._listeners.get(job_id)
+            if isinstance(found, list):
+                if listener in found:
+                    found.remove(listener)
+                    if not found:
+                        del self._listeners[job_id]
+            elif found is not None and found == listener:
+                del self._listeners[job_id]
 
     def close(self) -> None:
         """Stop the I/O thread and close the socket; pending calls fail with ClientClosed."""
@@ -335,18 +352,23 @@ class Connection:
     def _send_pending(self, sock: zmq.Socket[bytes]) -> None:
         submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]] = []
         queued = 0  # jobs in ``submits`` (a running count: re-summing made big batches quadratic)
+        progress = False  # that of the submits in ``submits`` (one Submit carries one)
         while self._outgoing:
             kind, payload, fut, extra = self._outgoing.popleft()
-            if kind == "submit":
+            if kind == "submit" or kind == "submit+progress":
+                if submits and (kind != "submit") != progress:
+                    self._send_submits(sock, submits, progress)
+                    submits, queued = [], 0
+                progress = kind != "submit"
                 submits.append((payload, fut, extra))
                 queued += len(payload)
                 if queued >= _MAX_BATCH:
-                    self._send_submits(sock, submits)
+                    self._send_submits(sock, submits, progress)
                     submits, queued = [], 0
                 continue
             self._send(sock, payload, fut, extra)
         if submits:
-            self._send_submits(sock, submits)
+            self._send_submits(sock, submits, progress)
 
     def _send(self, sock: zmq.Socket[bytes], msg: Message, fut: Future[Any], convert: Any) -> None:
         corr = next(self._corr)
@@ -363,7 +385,8 @@ class Connection:
         self._waiting[corr] = (fut, convert)
         sock.send(frame)
 
-    def _send_submits(self, sock: zmq.Socket[bytes], submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]]) -> None:
+    def _send_submits(self, sock: zmq.Socket[bytes], submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]],
+                      progress: bool = False) -> None:
         specs = [spec for s in submits for spec in s[0]]
         outer: Future[Any] = Future()
 
@@ -374,7 +397,7 @@ class Connection:
                 for batch, _, listener in submits:
                     if listener is not None:
                         for jid in reply.ids[pos : pos + len(batch)]:
-                            self._listeners.setdefault(jid, []).append(listener)
+                            self._add_listener(jid, listener)
                     pos += len(batch)
             pos = 0
             for batch, fut, _ in submits:
@@ -389,7 +412,7 @@ class Connection:
                         fut.set_exception(exc)
 
         outer.add_done_callback(propagate)
-        self._send(sock, Submit(specs, True, *_context(self.search_cwd)), outer, split)
+        self._send(sock, Submit(specs, True, *_context(self.search_cwd), progress), outer, split)
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         for _ in range(10_000):
@@ -433,7 +456,9 @@ class Connection:
                     info = msgspec.structs.replace(info, state="failed", result=None,
                                                    error_type=type(exc).__name__, error_message=str(exc))
             with self._lock:
-                listeners = list(self._listeners.get(info.id, ()))
+                found = self._listeners.get(info.id)
+                listeners: list[Listener] | tuple[Listener, ...] = (
+                    list(found) if isinstance(found, list) else () if found is None else (found,))
                 if info.state in FINAL:
                     self._listeners.pop(info.id, None)
             for fn in listeners:

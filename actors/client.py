@@ -464,6 +464,7 @@ class Executor(concurrent.futures.Executor):
         """
         from actors._private import PrivateDaemon
 
+        self._done_cb = self._on_future_done  # one bound method for every future (an object less per job)
         del mp_context  # accepted for ProcessPoolExecutor code; the daemon's workers are its processes
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
@@ -554,59 +555,17 @@ class Executor(concurrent.futures.Executor):
             spec = msgspec.structs.replace(template, args=payload, pickled=True)
         else:
             spec = msgspec.structs.replace(template, args=list(args), kwargs=dict(kwargs))
-        early: list[JobInfo] = []
-
-        def on_info(info: JobInfo) -> None:
-            if info.state not in TERMINAL:
-                return
-            with self._lock:
-                if not hasattr(fut, "job_id"):
-                    early.append(info)
-                    return
-                self._futures.pop(info.id, None)
-            self._note_broken(info)
-            _complete(fut, info, pickled)
-
-        def on_ids(ids: list[int] | None, exc: BaseException | None) -> None:
-            with self._lock:
-                self._unacked -= 1
-                if not self._unacked:
-                    self._acked.notify_all()
-            if exc is not None or not ids:
-                if _start(fut):
-                    fut.set_exception(exc or ProtocolError("the daemon answered the submit with no job id"))
-                return
-            (jid,) = ids
-            with self._lock:
-                fut.job_id = jid  # type: ignore[attr-defined]
-                self._futures[jid] = fut
-                pending = list(early)
-            if fut.cancelled():  # cancelled before the daemon named the job: cancel it there too
-                self._on_future_done(fut)
-            for info in pending:
-                on_info(info)
-
-        def send() -> None:
-            fut._ens_sent = True  # type: ignore[attr-defined]
-            with self._lock:
-                self._unacked += 1
-            try:
-                self.conn.submit_then([spec], on_info, on_ids)
-            except BaseException:
-                with self._lock:
-                    self._unacked -= 1
-                raise
-
+        job = _Submitted(self, fut, spec, pickled)
         with self._lock:
             self._live.add(fut)
             held = self._cap is not None and self._running >= self._cap
             if held:
-                self._waiting.append((fut, send))
+                self._waiting.append((fut, job.send))
             else:
                 self._running += 1
-        fut.add_done_callback(self._on_future_done)
+        fut.add_done_callback(self._done_cb)
         if not held:
-            send()
+            job.send()
         return fut
 
     def _template(self, fn: Callable[..., Any]) -> JobSpec:
@@ -719,6 +678,70 @@ class Executor(concurrent.futures.Executor):
         if wait or not futures:
             concurrent.futures.wait(futures)
             self._close()
+
+
+class _Submitted:
+    """One ``Executor.submit`` in flight: its future's callbacks from the I/O thread, in one object (closures
+    cost six objects a job, which the collector's full passes then walk while thousands are pending)."""
+
+    __slots__ = ("ex", "fut", "spec", "pickled", "early")
+
+    def __init__(self, ex: Executor, fut: Future[Any], spec: JobSpec, pickled: bool) -> None:
+        self.ex = ex
+        self.fut = fut
+        self.spec: JobSpec | None = spec  # until it is sent
+        self.pickled = pickled
+        self.early: list[JobInfo] | None = None  # infos that came before the job's id
+
+    def send(self) -> None:
+        ex = self.ex
+        self.fut._ens_sent = True  # type: ignore[attr-defined]
+        with ex._lock:
+            ex._unacked += 1
+        spec, self.spec = self.spec, None
+        assert spec is not None, "sent twice"
+        try:
+            ex.conn.submit_then([spec], self.on_info, self.on_ids, progress=True)
+        except BaseException:
+            with ex._lock:
+                ex._unacked -= 1
+            raise
+
+    def on_info(self, info: JobInfo) -> None:
+        fut, ex = self.fut, self.ex
+        if info.state not in TERMINAL:
+            if info.state == "running" and not fut.done():  # as ProcessPoolExecutor's: running() is True, and
+                _start(fut)  # cancel() (shutdown's cancel_futures too) leaves it to finish
+            return
+        with ex._lock:
+            if not hasattr(fut, "job_id"):
+                if self.early is None:
+                    self.early = []
+                self.early.append(info)
+                return
+            ex._futures.pop(info.id, None)
+        ex._note_broken(info)
+        _complete(fut, info, self.pickled)
+
+    def on_ids(self, ids: list[int] | None, exc: BaseException | None) -> None:
+        fut, ex = self.fut, self.ex
+        with ex._lock:
+            ex._unacked -= 1
+            if not ex._unacked:
+                ex._acked.notify_all()
+        if exc is not None or not ids:
+            if _start(fut):
+                fut.set_exception(exc or ProtocolError("the daemon answered the submit with no job id"))
+            return
+        (jid,) = ids
+        with ex._lock:
+            fut.job_id = jid  # type: ignore[attr-defined]
+            ex._futures[jid] = fut
+            pending, self.early = self.early, None
+        if fut.cancelled():  # cancelled before the daemon named the job: cancel it there too
+            ex._on_future_done(fut)
+        for info in pending or ():
+            self.on_info(info)
 
 
 def _start(fut: Future[Any]) -> bool:

@@ -392,12 +392,15 @@ class Submit(Message, tag=Kind.SUBMIT.value, frozen=True):
     ``cwd`` and ``path`` are the submitting process's working directory and
     import path: a local client's jobs run with them (as under
     ``ProcessPoolExecutor``); the daemon ignores them from a remote peer.
+    ``progress``: push each job's start and progress too (as ``Watch`` with
+    progress does; an ``Executor``'s futures turn ``running`` with it).
     """
 
     jobs: list[JobSpec]
     watch: bool = True
     cwd: str = ""
     path: list[str] = field(default_factory=list)
+    progress: bool = False
 
 
 class TaskSubmit(Message, tag=Kind.TASK_SUBMIT.value, frozen=True):

@@ -319,12 +319,12 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                 journal.commit()
         out = self.replies
         self.replies = []
+        for ident, by_id in self.progress_pushes.items():  # before the ends: a job may start and end in one iteration
+            out.append((ident, self._encode_for(ident, JobInfos(list(by_id.values())))))
+        self.progress_pushes.clear()
         for ident, infos in self.pushes.items():
             out.append((ident, self._encode_for(ident, JobInfos(infos))))
         self.pushes.clear()
-        for ident, by_id in self.progress_pushes.items():
-            out.append((ident, self._encode_for(ident, JobInfos(list(by_id.values())))))
-        self.progress_pushes.clear()
         if out:
             # the commit these depend on: the one staged now if the writer was busy, else the last one begun
             need = journal.started_seq + (1 if journal.dirty else 0)

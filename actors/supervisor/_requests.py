@@ -164,7 +164,7 @@ class RequestsMixin(State):
             if spec.setup is not None:
                 _check_setup(spec, remote, self.allow)
         context = (msg.cwd, list(msg.path)) if not remote else ("", [])  # a remote peer's paths mean nothing here
-        return self._accept(ident, corr, msg.jobs, msg.watch, internal=False, context=context)
+        return self._accept(ident, corr, msg.jobs, msg.watch, internal=False, context=context, progress=msg.progress)
 
     def _on_task_submit(self, ident: bytes, corr: int, msg: TaskSubmit) -> Message | None:
         """The controller's jobs: internal and script functions, proven by the token given at its spawn."""
@@ -177,7 +177,7 @@ class RequestsMixin(State):
         return self._accept(ident, corr, msg.jobs, msg.watch, internal=True)
 
     def _accept(self, ident: bytes, corr: int, jobs: list[JobSpec], watch: bool, internal: bool,
-                context: tuple[str, list[str]] = ("", [])) -> Message | None:
+                context: tuple[str, list[str]] = ("", []), progress: bool = False) -> Message | None:
         book = self.book
         assert book is not None
         if self.stopping_since:
@@ -205,6 +205,9 @@ class RequestsMixin(State):
             watchers = (ident,)  # one tuple for the submit's jobs (a set would cost 216 bytes a job)
             for jid in ids:
                 book.jobs[jid].watchers = watchers
+            if progress:  # its start and progress too (an Executor's futures turn running)
+                for jid in ids:
+                    book.jobs[jid].progress_watchers = watchers
         self.replies.append((ident, encode(Submitted(ids), corr)))
         return None
 

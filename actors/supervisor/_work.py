@@ -80,6 +80,7 @@ class WorkMixin(State):
             job = self.book.jobs.get(slot.outstanding[0])
             if job is not None and job.state == "dispatched":
                 self.book.start(job, slot.name, now, mono)
+                self._push_progress(job)  # it runs now
                 if job.abort_reason and not job.kill_at:  # aborted while it waited in the worker's line
                     job.kill_at = mono + job.timeout_ms / 1000
 
@@ -105,6 +106,10 @@ class WorkMixin(State):
             log.warning("event=job-%s job=%d detail=%s", msg.event, job.id, msg.detail)
         else:
             book.journal.stage_progress(job.id, job.progress, job.status, job.properties)
+        self._push_progress(job)
+
+    def _push_progress(self, job: Job) -> None:
+        """Queue the job's snapshot for those watching its progress (the last one of an iteration is sent)."""
         if job.progress_watchers:
             info = job.info()
             for ident in job.progress_watchers:

@@ -134,26 +134,45 @@ def test_executor_shutdown_without_wait_lets_pending_futures_finish(module_daemo
     wait_for(lambda: ex.conn.closed, 30, what="the connection to close after the last future")
 
 
-def test_executor_shutdown_can_cancel_pending_futures(module_daemon: Daemon) -> None:
-    ex = Executor(config=module_daemon.config)
-    futures = [ex.submit(jobs.plain_sleep, 3600) for _ in range(3)]
-    wait_for(lambda: all(hasattr(f, "job_id") for f in futures), 30, what="job ids")
-    ex.shutdown(wait=True, cancel_futures=True)
-    assert all(f.cancelled() for f in futures)
+def _occupy_workers(c: Client, gate: Path) -> list[Any]:
+    """Both of the module daemon's workers busy until ``gate`` exists: jobs submitted now wait in the daemon."""
+    blockers = [c.submit("tests.jobs:wait_file", str(gate)) for _ in range(2)]
+    wait_for(lambda: all(b.state == "running" for b in blockers), 60, what="both workers busy")
+    return blockers
+
+
+def test_executor_shutdown_can_cancel_pending_futures(module_daemon: Daemon, tmp_path: Path) -> None:
     c = module_daemon.client()
-    for f in futures:
-        assert c.job(f.job_id).wait(60).state in ("cancelled", "killed")  # type: ignore[attr-defined]
+    gate = tmp_path / "gate"
+    blockers = _occupy_workers(c, gate)
+    try:
+        ex = Executor(config=module_daemon.config)
+        futures = [ex.submit(jobs.plain_sleep, 3600) for _ in range(3)]
+        wait_for(lambda: all(hasattr(f, "job_id") for f in futures), 30, what="job ids")
+        assert not any(f.running() for f in futures)
+        ex.shutdown(wait=True, cancel_futures=True)
+        assert all(f.cancelled() for f in futures)
+        for f in futures:
+            assert c.job(f.job_id).wait(60).state == "cancelled"  # type: ignore[attr-defined]
+    finally:
+        gate.touch()
+    assert [b.result(60) for b in blockers] == ["released", "released"]
 
 
-def test_cancelling_an_executor_future_cancels_the_job(module_daemon: Daemon) -> None:
-    with Executor(config=module_daemon.config) as ex:
-        fut = ex.submit(jobs.plain_sleep, 3600)
-        wait_for(lambda: hasattr(fut, "job_id"), 30, what="the job id")
-        c = module_daemon.client()
-        wait_for(lambda: c.job(fut.job_id).state == "running", 30, what="the job to run")  # type: ignore[attr-defined]
-        assert fut.cancel()
-        info = c.job(fut.job_id).wait(60)  # type: ignore[attr-defined]
-    assert info.state in ("cancelled", "killed")
+def test_cancelling_an_executor_future_cancels_the_job(module_daemon: Daemon, tmp_path: Path) -> None:
+    c = module_daemon.client()
+    gate = tmp_path / "gate"
+    blockers = _occupy_workers(c, gate)
+    try:
+        with Executor(config=module_daemon.config) as ex:
+            fut = ex.submit(jobs.plain_sleep, 3600)
+            wait_for(lambda: hasattr(fut, "job_id"), 30, what="the job id")
+            assert fut.cancel()
+            info = c.job(fut.job_id).wait(60)  # type: ignore[attr-defined]
+        assert info.state == "cancelled"
+    finally:
+        gate.touch()
+    assert [b.result(60) for b in blockers] == ["released", "released"]
 
 
 # --------------------------------------------------------------------------------- AsyncClient
@@ -280,3 +299,16 @@ def test_executor_values_come_back_as_processpoolexecutor_gives_them(module_daem
         assert ex.submit(jobs.identity, fractions.Fraction(1, 3)).result(60) == fractions.Fraction(1, 3)
         with pytest.raises(ValueError, match="plain"):
             ex.submit(jobs.plain_raise_value_error, "plain").result(60)
+
+
+def test_every_handle_on_one_job_hears_its_end(module_daemon: Daemon, tmp_path: Path) -> None:
+    """The submit's own handle, a reattached one and a watcher on the same client all get the final state."""
+    c = module_daemon.client()
+    gate = tmp_path / "gate"
+    first = c.submit("tests.jobs:wait_file", str(gate))
+    again = c.job(first.id)
+    heard: list[str] = []
+    watched = c.watch(first.id, lambda info: heard.append(info.state))
+    gate.touch()
+    assert first.result(60) == again.result(60) == watched.result(60) == "released"
+    wait_for(lambda: "done" in heard, 30, what="the watcher to hear the end")

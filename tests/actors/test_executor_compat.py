@@ -18,7 +18,7 @@ import pytest
 from actors import JobRefused
 from actors.client import Client, Executor
 from tests import jobs
-from tests.conftest import ROOT, Daemon
+from tests.conftest import ROOT, Daemon, wait_for
 
 
 # -- one calling convention
@@ -171,6 +171,23 @@ def test_as_completed_and_wait_see_cancelled_futures(module_daemon: Daemon) -> N
             f.cancel()
         done = list(concurrent.futures.as_completed(futures, timeout=60))
     assert len(done) == 10 and all(f.done() for f in futures)
+
+
+def test_a_running_future_is_running_and_cancel_futures_leaves_it_to_finish(module_daemon: Daemon,
+                                                                          tmp_path: Path) -> None:
+    """As in ProcessPoolExecutor: a future whose job started says running(), cannot be cancelled, and
+    shutdown(cancel_futures=True) cancels only the futures not started (it used to abort running jobs too)."""
+    gate = tmp_path / "gate"
+    with Executor(1, config=module_daemon.config) as ex:
+        first = ex.submit(jobs.plain_gate, str(tmp_path), str(gate))
+        rest = [ex.submit(jobs.plain_sleep, 0.01) for _ in range(5)]
+        wait_for(first.running, 60, what="the first job to be reported running")
+        assert not first.cancel() and not first.cancelled()
+        assert not any(f.running() for f in rest)  # one worker, capped at one job: the rest wait
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert all(f.cancelled() for f in rest)
+        gate.touch()
+        assert first.result(60) > 0  # it ran to the end (the worker's pid)
 
 
 # -- a new user's project, outside the repository, with no configuration at all
