@@ -860,12 +860,28 @@ class AsyncJobHandle:
 
 
 class AsyncClient:
-    """asyncio client: ``async with AsyncClient() as c: value = await (await c.submit(...))``."""
+    """asyncio client: ``async with AsyncClient() as c: value = await (await c.submit(...))``.
 
-    def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 30.0) -> None:
+    As :class:`Client`: the named daemon, or with ``private=True`` (and
+    ``max_workers``) a jobs-only daemon of its own, stopped on ``close()``.
+    """
+
+    def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 30.0, *,
+                 private: bool = False, max_workers: int | None = None) -> None:
+        from actors._private import PrivateDaemon
+
+        self._private: PrivateDaemon | None = None
+        if private:
+            self._private = PrivateDaemon(max_workers, config)
+            config = self._private.config
         self.config = config or load_config(overrides={"daemon": {"name": name}})
         self.timeout = timeout
-        self.conn = Connection(self.config)
+        try:
+            self.conn = Connection(self.config)
+        except BaseException:
+            if self._private is not None:
+                self._private.stop()
+            raise
 
     async def _call(self, msg: Any) -> Any:
         try:
@@ -899,8 +915,11 @@ class AsyncClient:
         return await self._call(Status())  # type: ignore[no-any-return]
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (a private daemon stops, off the event loop's thread)."""
         self.conn.close()
+        private, self._private = self._private, None
+        if private is not None:
+            await _aio().to_thread(private.stop)
 
     async def __aenter__(self) -> "AsyncClient":
         return self

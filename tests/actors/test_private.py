@@ -71,6 +71,32 @@ def test_a_client_starts_a_private_daemon_only_when_asked(tmp_path: Path, monkey
     assert not where.exists()
 
 
+def test_an_async_client_starts_a_private_daemon_only_when_asked(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from actors import DaemonNotRunning
+    from actors.client import AsyncClient
+
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    with pytest.raises(DaemonNotRunning):
+        AsyncClient()
+
+    async def main() -> tuple[int, Path, int, set[int]]:
+        async with AsyncClient(private=True, max_workers=1) as c:
+            assert c._private is not None
+            pid, where = c._private.proc.pid, c._private.dir
+            ran_on = await (await c.submit("tests.jobs:pid"))
+            workers = {a.pid for a in (await c.status()).actors if a.role == "worker"}
+        return pid, where, ran_on, workers
+
+    pid, where, ran_on, workers = asyncio.run(main())
+    assert ran_on in workers
+    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its client")
+    assert not where.exists()
+
+
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_a_private_daemon_whose_owner_is_killed_stops_and_leaves_nothing(start: str, tmp_path: Path) -> None:
     """kill -9 of the program that owns a private daemon: the daemon notices (pidfd), stops in order, removes its dir."""
