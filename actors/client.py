@@ -710,8 +710,10 @@ class _Submitted:
     def on_info(self, info: JobInfo) -> None:
         fut, ex = self.fut, self.ex
         if info.state not in TERMINAL:
-            if info.state == "running" and not fut.done():  # as ProcessPoolExecutor's: running() is True, and
-                _start(fut)  # cancel() (shutdown's cancel_futures too) leaves it to finish
+            # as ProcessPoolExecutor's: running() is True, and cancel() (shutdown's cancel_futures too) leaves it
+            # to finish (_start leaves a future alone unless it is pending: a retried job starts twice)
+            if info.state == "running":
+                _start(fut)
             return
         with ex._lock:
             if not hasattr(fut, "job_id"):
@@ -745,21 +747,18 @@ class _Submitted:
 
 
 def _start(fut: Future[Any]) -> bool:
-    """``set_running_or_notify_cancel`` that tolerates a future already cancelled and notified.
+    """``set_running_or_notify_cancel`` for a pending or cancelled future only, atomically; False otherwise.
 
-    Calling it a second time on a cancelled future would make ``concurrent.futures``
-    log a CRITICAL "in unexpected state" line (one per future: hundreds for a
-    cancelled ``map``), so a future already notified is not asked again.
+    Called on a future already running, finished, or cancelled and notified,
+    ``concurrent.futures`` logs a CRITICAL "in unexpected state" line (one per
+    future: hundreds for a cancelled ``map``).  The I/O thread (a job's start,
+    a failed submit) and the caller's thread (a cancel) may both get here: the
+    future's own lock (re-entrant) makes the look and the change one step.
     """
-    if fut.cancelled() and getattr(fut, "_ens_notified", False):
-        return False
-    try:
-        started = fut.set_running_or_notify_cancel()
-    except RuntimeError:  # notified already by someone else (a cancel raced the result)
-        return False
-    if not started:
-        fut._ens_notified = True  # type: ignore[attr-defined]
-    return started
+    with fut._condition:
+        if fut._state not in ("PENDING", "CANCELLED"):
+            return False
+        return fut.set_running_or_notify_cancel()
 
 
 def _outcome(info: JobInfo, pickled: bool = False) -> Any:

@@ -151,6 +151,10 @@ _SHUTDOWN_SCRIPT = """
         it = ex.map(jobs.plain_sleep, [0.05] * 40)
         next(it)
         ex.shutdown(wait=True, cancel_futures=True)
+    import os, tempfile
+    marker = os.path.join(tempfile.mkdtemp(), "crashed")
+    with Executor(max_workers=2, retries=1) as ex:  # its worker dies: the job starts again (a second "running")
+        assert ex.submit(jobs.crash_once, marker).result(60) == "survived"
     print("ok", cancelled)
 """
 
