@@ -48,10 +48,14 @@ Xruns JACK reports before this client's first cycle has run (while it joins
 the graph) are reported apart as ``startup_xruns``.
 
 JACK going away (server stopped or killed, client kicked out) is seen through
-the shutdown callback: the watcher thread closes the dead client, keeps the
-engine running on a :class:`audio.NullBackend` clock (scripts, timers and
-``wait()`` go on; no sound) with ``state == "null-clock"`` and a notice, and
-tries to open a new client every ``reconnect_interval`` seconds.  When the
+the shutdown callback, or, should that never come, through cycles that stop:
+no process cycle for :data:`SILENCE_LIMIT` seconds while connected counts as
+JACK gone too (a server stopped with ``SIGSTOP``, a shutdown notice lost).
+The watcher thread keeps the engine running on a :class:`audio.NullBackend`
+clock (scripts, timers and ``wait()`` go on; no sound) with ``state ==
+"null-clock"`` and a notice, and tries to open a new client every
+``reconnect_interval`` seconds.  The dead client is left as it is, never
+deactivated or closed (see ``_fall_back``: closing it could hang the process).  When the
 server is back, the clock is stopped, the client set up again and
 ``state == "connected"``, ``reconnects`` counts it.
 
@@ -77,6 +81,9 @@ from ._realtime import GcPause, SwitchInterval, thread_policy
 __all__ = ["JackBackend", "jack_module", "open_client"]
 
 _RING = 8192  # cycles of wake-up lateness kept for percentiles
+SILENCE_LIMIT = 3.0  # seconds without a process cycle, while connected, after which JACK counts as gone
+_WATCH_EVERY = 0.5  # seconds between the watcher's looks at the cycle count while connected
+_ENDED_CLOSE_AFTER = 1.0  # seconds after a dead client's thread ended itself before it is closed
 _jack_errors: deque[str] = deque(maxlen=20)  # libjack's error lines, instead of stderr
 
 
@@ -162,6 +169,9 @@ class JackBackend(Backend):
         self._stopping = False
         self._in_cycle = False
         self._cycles = 0
+        self._gen = 0  # the live client's number: a process callback of an older one renders nothing
+        self._dead: dict[int, Any] = {}  # clients given up for dead, by number (see _fall_back)
+        self._ended: dict[int, float] = {}  # their number -> when their thread ended itself (closed a while later)
         self._timed = 0  # cycles in the timing rings since the last reset_timing()
         self._held = False
         self._late = np.zeros(_RING, dtype=np.int64)  # frames since cycle start when the callback began
@@ -240,9 +250,22 @@ class JackBackend(Backend):
             outs = [client.outports.register(f"out_{c}") for c in range(channels)]
             midi = client.midi_inports.register("midi_in")
             self._bind_ports(client, outs, midi)
-            client.set_process_callback(self._process)
+            self._gen += 1
+            gen = self._gen
+
+            def process(frames: int) -> None:
+                if gen != self._gen:  # a client given up for dead whose server came back: libjack ends its
+                    self._ended.setdefault(gen, time.monotonic())  # thread when the callback fails
+                    raise jack.CallbackExit
+                self._process(frames)
+
+            def shutdown(status: Any, reason: str) -> None:
+                if gen == self._gen:  # not a dead client's, once its server resumed: that would end the live one
+                    self._on_shutdown(status, reason)
+
+            client.set_process_callback(process)
             client.set_xrun_callback(self._on_xrun)
-            client.set_shutdown_callback(self._on_shutdown)
+            client.set_shutdown_callback(shutdown)
             client.set_blocksize_callback(self._on_blocksize)
             client.set_samplerate_callback(self._on_samplerate)
             client.set_port_registration_callback(self._on_port_registration)
@@ -460,13 +483,19 @@ class JackBackend(Backend):
 
     # ------------------------------------------------------------------ the watcher thread
     def _watch(self) -> None:
+        seen, since = -1, time.monotonic()  # the cycle count last looked at, and when it last moved
         while not self._stopping:
-            timeout = None if self.state == "connected" else self.reconnect_interval
-            self._wake.wait(timeout)
+            self._wake.wait(_WATCH_EVERY if self.state == "connected" else self.reconnect_interval)
             self._wake.clear()
             if self._stopping:
                 return
             try:
+                now = time.monotonic()
+                self._close_ended(now)
+                if self._cycles != seen or self.state != "connected":
+                    seen, since = self._cycles, now
+                elif now - since > SILENCE_LIMIT and not self._lost:
+                    self._lost = f"no process cycle from JACK for {now - since:.1f} s"
                 if self._lost and self.state == "connected":
                     self._fall_back(self._lost)
                 elif self.state == "null-clock":
@@ -478,11 +507,29 @@ class JackBackend(Backend):
                 self.last_error = exc
                 self.notice = f"JACK watcher: {type(exc).__name__}: {exc}"
 
+    def _close_ended(self, now: float) -> None:
+        """Close the dead clients whose realtime thread ended itself a second ago (their server came back):
+        no thread of theirs can be cancelled while it waits for the GIL any more (see _fall_back)."""
+        for gen, when in list(self._ended.items()):
+            if now - when > _ENDED_CLOSE_AFTER:
+                del self._ended[gen]
+                dead = self._dead.pop(gen, None)
+                if dead is not None:
+                    dead.close(ignore_errors=True)
+
     def _fall_back(self, reason: str) -> None:
         deadline = time.monotonic() + 0.5
         while self._in_cycle and time.monotonic() < deadline:  # a last cycle still finishing
             time.sleep(0.001)
-        self._close_client()
+        self._gen += 1  # the dead client's cycles, should its server resume, end its thread (CallbackExit)
+        dead, self._client = self._client, None
+        if dead is not None:
+            # Never deactivated or closed: with its server gone, libjack cancels the client's realtime thread
+            # (pthread_cancel) at once, and if that thread is waiting for the GIL at that moment it dies
+            # holding the GIL's mutex and the whole process hangs (seen after an orderly `jackd` stop: the
+            # processor silent until the supervisor killed it). Left alone it stays parked in libjack, or
+            # ends itself at its next cycle if its server resumes; kept here so that no collection closes it.
+            self._dead[self._gen - 1] = dead
         fallback = NullBackend(self.engine)
         fallback.start()
         self._fallback = fallback

@@ -314,6 +314,39 @@ def test_processor_survives_jack_going_away_and_reconnects(make_daemon: Callable
         _remove_semaphores(server)
 
 
+@pytest.mark.slow  # SILENCE_LIMIT (3 s) of a stopped server, then its return
+def test_a_server_that_stops_running_cycles_is_given_up_and_rejoined(make_daemon: Callable[..., Daemon]) -> None:
+    """No shutdown notice at all (jackd stopped with SIGSTOP): cycles that stop count as JACK gone; when the
+    server resumes, the processor joins it again with a new client and the old one is dropped."""
+    _need("jackd")
+    server = f"ens-stop-{os.getpid()}"
+    jackd = _start_private_server(server)
+    try:
+        d = make_daemon(workers=0, extra_env={"JACK_DEFAULT_SERVER": server, "ENSEMBLE_AUDIO_BACKEND": "auto"})
+        d.up()
+        wait_for(lambda: _processor(d).get("jack_state") == "connected", what="the JACK backend")
+        pid = d.actor("processor").pid
+        jackd.send_signal(signal.SIGSTOP)
+        try:
+            lost = wait_for(lambda: (s := _processor(d)).get("jack_state") == "null-clock" and s, timeout=60,
+                            what="the null clock")
+            assert "no process cycle from JACK" in lost["notice"]
+            wait_for(lambda: _processor(d)["blocks"] > lost["blocks"] + 50, what="blocks on the null clock")
+        finally:
+            jackd.send_signal(signal.SIGCONT)
+        back = wait_for(lambda: (s := _processor(d)).get("jack_state") == "connected" and s, timeout=60,
+                        what="the processor to rejoin the server")
+        assert back["jack_reconnects"] == 1 and d.actor("processor").pid == pid
+        env = dict(os.environ, JACK_DEFAULT_SERVER=server)
+        wait_for(lambda: [p for p in (_jack_lsp(env) or "").split() if p.endswith(":out_0")] == [
+            f"{back['jack_client']}:out_0"], what="the old client to be dropped")
+        d.down()
+    finally:
+        jackd.send_signal(signal.SIGCONT)
+        _stop(jackd)
+        _remove_semaphores(server)
+
+
 def _remove_semaphores(server: str) -> None:
     """This test's own server's semaphores: a jackd killed, or restarted under its clients, leaves them."""
     for leftover in Path("/dev/shm").glob(f"jack_sem.*_{server}_*"):
