@@ -43,6 +43,8 @@ from actors.messages import (
 _log = logging.getLogger("ensemble.client")
 if TYPE_CHECKING:
     import asyncio
+
+    from actors._private import PrivateDaemon
 TERMINAL = FINAL  # the final job states (kept under its old name)
 _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushed result
 
@@ -248,6 +250,30 @@ class JobHandle:
         return f"<JobHandle {self.id} {state}>"
 
 
+def _connect(config: Config, private: "PrivateDaemon | None", endpoint: str | None = None,
+             curve: tuple[str, str] | None = None) -> Connection:
+    """A connection to ``config``'s daemon; the private daemon started for it stops if that fails."""
+    try:
+        return Connection(config, endpoint, curve)
+    except BaseException:
+        if private is not None:
+            private.stop()
+        raise
+
+
+def _open(name: str | None, config: Config | None, private: bool, max_workers: int | None,
+          endpoint: str | None = None, curve: tuple[str, str] | None = None
+          ) -> tuple[Config, "PrivateDaemon | None", Connection]:
+    """A client's config, its private daemon (when asked for one) and its connection."""
+    from actors._private import PrivateDaemon
+
+    own = PrivateDaemon(max_workers, config) if private else None
+    if own is not None:
+        config = own.config
+    config = config or load_config(overrides={"daemon": {"name": name}})
+    return config, own, _connect(config, own, endpoint, curve)
+
+
 class Client:
     """Synchronous client of a running daemon.  A context manager; close it when done.
 
@@ -265,20 +291,8 @@ class Client:
                  max_workers: int | None = None) -> None:
         """``endpoint``: a ``tcp://`` address of a daemon on another host, with ``curve`` =
         (this client's ``.key_secret`` file, the daemon's ``server.key``)."""
-        from actors._private import PrivateDaemon
-
-        self._private: PrivateDaemon | None = None
-        if private:
-            self._private = PrivateDaemon(max_workers, config)
-            config = self._private.config
-        self.config = config or load_config(overrides={"daemon": {"name": name}})
+        self.config, self._private, self.conn = _open(name, config, private, max_workers, endpoint, curve)
         self.timeout = timeout
-        try:
-            self.conn = Connection(self.config, endpoint, curve)
-        except BaseException:
-            if self._private is not None:
-                self._private.stop()
-            raise
 
     # -- plumbing
     def _call(self, msg: Any, timeout: float | None = -1.0) -> Any:
@@ -486,12 +500,7 @@ class Executor(concurrent.futures.Executor):
                 config = self._private.config
                 self._cap = None  # the pool is this executor's own
         self.config = config or load_config(overrides={"daemon": {"name": daemon}})
-        try:
-            self.conn = Connection(self.config)
-        except BaseException:
-            if self._private is not None:
-                self._private.stop()
-            raise
+        self.conn = _connect(self.config, self._private)
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
         self._acks: list[Future[list[int]]] = []  # the daemon's answers to map's submits (ids), for a clean close
         self._unacked = 0  # submits whose ids have not come back yet (under _lock; _acked tells when none)
@@ -867,20 +876,8 @@ class AsyncClient:
 
     def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 30.0, *,
                  private: bool = False, max_workers: int | None = None) -> None:
-        from actors._private import PrivateDaemon
-
-        self._private: PrivateDaemon | None = None
-        if private:
-            self._private = PrivateDaemon(max_workers, config)
-            config = self._private.config
-        self.config = config or load_config(overrides={"daemon": {"name": name}})
+        self.config, self._private, self.conn = _open(name, config, private, max_workers)
         self.timeout = timeout
-        try:
-            self.conn = Connection(self.config)
-        except BaseException:
-            if self._private is not None:
-                self._private.stop()
-            raise
 
     async def _call(self, msg: Any) -> Any:
         try:

@@ -288,15 +288,20 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         proc.wait()
 
 
+def _daemon_on(make_daemon: Callable[..., Daemon], server: str) -> tuple[Daemon, int]:
+    """A daemon with no workers whose processor is a client of JACK server ``server``: (it, the processor's pid)."""
+    d = make_daemon(workers=0, extra_env={"JACK_DEFAULT_SERVER": server, "ENSEMBLE_AUDIO_BACKEND": "auto"})
+    d.up()
+    wait_for(lambda: _processor(d).get("jack_state") == "connected", what="the JACK backend")
+    return d, d.actor("processor").pid
+
+
 def test_processor_survives_jack_going_away_and_reconnects(make_daemon: Callable[..., Daemon]) -> None:
     _need("jackd")
     server = f"ens-test-{os.getpid()}"
     jackd = _start_private_server(server)
     try:
-        d = make_daemon(workers=0, extra_env={"JACK_DEFAULT_SERVER": server, "ENSEMBLE_AUDIO_BACKEND": "auto"})
-        d.up()
-        wait_for(lambda: _processor(d).get("jack_state") == "connected", what="the JACK backend")
-        pid = d.actor("processor").pid
+        d, pid = _daemon_on(make_daemon, server)
         _stop(jackd, signal.SIGKILL)  # JACK killed under a running daemon
         lost = wait_for(lambda: (s := _processor(d)).get("jack_state") == "null-clock" and s, what="the null clock")
         assert "JACK went away" in lost["notice"]
@@ -322,10 +327,7 @@ def test_a_server_that_stops_running_cycles_is_given_up_and_rejoined(make_daemon
     server = f"ens-stop-{os.getpid()}"
     jackd = _start_private_server(server)
     try:
-        d = make_daemon(workers=0, extra_env={"JACK_DEFAULT_SERVER": server, "ENSEMBLE_AUDIO_BACKEND": "auto"})
-        d.up()
-        wait_for(lambda: _processor(d).get("jack_state") == "connected", what="the JACK backend")
-        pid = d.actor("processor").pid
+        d, pid = _daemon_on(make_daemon, server)
         jackd.send_signal(signal.SIGSTOP)
         try:
             lost = wait_for(lambda: (s := _processor(d)).get("jack_state") == "null-clock" and s, timeout=60,
