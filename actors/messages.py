@@ -90,6 +90,7 @@ class Kind(IntEnum):
     RECALL = 49
     RECALLED = 50
     RETIRING = 51
+    RESULTS_CLOSED = 52
     # 60..69: audio (audio/messages.py); 70..89: scripts (controller/messages.py)
 
 
@@ -530,6 +531,15 @@ class Retiring(Message, tag=Kind.RETIRING.value, frozen=True):
     """A worker leaves on purpose (code it imported changed on disk); replace it, count no failure."""
 
     reason: str
+
+
+class ResultsClosed(Message, tag=Kind.RESULTS_CLOSED.value, frozen=True):
+    """A local worker's results socket closes: every result it will send was sent before this.
+
+    A stopping worker's process may be seen to exit before the daemon has read
+    its last results off that socket; the daemon reads on until this arrives
+    before it counts the jobs still outstanding there as lost.
+    """
 
 
 class VoicesOp(Message, tag=Kind.VOICES_OP.value, frozen=True):

@@ -50,6 +50,7 @@ from actors.messages import (
     Message,
     Recall,
     Recalled,
+    ResultsClosed,
     Retiring,
     RunJobs,
     VoicesDone,
@@ -271,6 +272,7 @@ class Worker(Child):
         with self._out_lock:
             if self.out is not None:
                 self._send_held()
+                self.out.send(encode(ResultsClosed()))  # the daemon reads up to here before it reaps us
                 self.out.close(linger=1000)
                 self.out = None
 

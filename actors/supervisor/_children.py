@@ -52,6 +52,7 @@ class Slot:
     key_name: str = ""  # the name that key was issued under (Ray-placed workers: their actor's)
     path_sent: Any = None  # the import path last sent to this incarnation (sent again only when it changes)
     resources: dict[str, float] = field(default_factory=dict)  # what it offers jobs (actors._resources)
+    results_closed: bool = False  # this incarnation said all its results were sent (ResultsClosed)
 
 
 
@@ -63,6 +64,7 @@ class Standby:
     fd: int  # the write end of its stdin: its orders go there
 
 
+_LAST_RESULTS_WAIT = 2.0  # seconds a reaped worker's last results are waited for (see _read_last_results)
 _STANDBY_LOSSES = 3  # standbys that died before their orders, after which the daemon keeps none
 
 
@@ -101,6 +103,7 @@ class ChildrenMixin(State):
     def _spawn(self, slot: Slot) -> None:
         slot.incarnation += 1
         slot.path_sent = None  # a new process knows no import path yet
+        slot.results_closed = False
         ident = f"{slot.name}.{slot.incarnation}"
         nice = self.cfg.supervision.worker_nice if slot.role == "worker" else 0
         # the extensions' own children may submit internal jobs (TaskSubmit); workers run jobs, they never submit
@@ -225,6 +228,8 @@ class ChildrenMixin(State):
         kill_group(proc.pid)  # whatever it started goes with it
         if code == RETIRE_CODE and slot.role == "worker":  # it left on purpose (its code changed): no failure
             slot.expected_exit = True
+        if slot.role == "worker" and code in (0, RETIRE_CODE) and slot.outstanding:
+            self._read_last_results(slot)
         self.poller.unregister(slot.pidfd)
         del self.by_pidfd[slot.pidfd]
         os.close(slot.pidfd)
@@ -253,6 +258,19 @@ class ChildrenMixin(State):
             times.append(now)
         slot.restarts += 1
         self._spawn(slot)
+
+    def _read_last_results(self, slot: Slot) -> None:
+        """A worker that left in order may be reaped before its last results were read: read up to its
+        ``ResultsClosed`` (at most :data:`_LAST_RESULTS_WAIT` s, should it never come), so that a job it
+        finished is not counted lost (its process's exit and its results' socket race to the daemon)."""
+        deadline = time.monotonic() + _LAST_RESULTS_WAIT
+        while not slot.results_closed and slot.outstanding:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("event=last-results-missing name=%s outstanding=%d", slot.name, len(slot.outstanding))
+                return
+            if self.internal.poll(int(left * 1000) + 1, zmq.POLLIN):
+                self._drain_internal(self.internal)
 
     def _remote_hello(self, sock: Any, ident: bytes, key: bytes, name: str, frame: bytes) -> Slot | None:
         """A worker joining over tcp: a slot of its own, bound to its socket, routing id and key.

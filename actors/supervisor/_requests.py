@@ -19,8 +19,8 @@ from actors._errors import (
 from actors._jobfn import check_allowed, check_name
 from actors.messages import (
     Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message, Ping,
-    Pong, Recalled, Retiring, Scale, Shutdown, Status, Stop, Submit, Submitted, TaskSubmit, Unwatch, Watch, decode, encode,
-    peek_corr,
+    Pong, Recalled, ResultsClosed, Retiring, Scale, Shutdown, Status, Stop, Submit, Submitted, TaskSubmit, Unwatch,
+    Watch, decode, encode, peek_corr,
 )
 from actors._resources import check as check_resources
 from actors.supervisor import _dispatch as plan
@@ -342,6 +342,8 @@ class RequestsMixin(State):
                 self._job_update(slot, msg)
             elif isinstance(msg, Recalled):
                 self._recalled(slot, msg)
+            elif isinstance(msg, ResultsClosed) and not slot.remote:
+                slot.results_closed = True
             elif isinstance(msg, Retiring) and not slot.remote:  # it leaves on purpose: replace it, no failure
                 slot.ready = False
                 slot.expected_exit = True
