@@ -238,15 +238,24 @@ class JobBook:
 
         ``offer``: what the worker's slot offers; jobs needing more stay queued
         in their place (at most :data:`SCAN` of them are looked past per call).
+        A job whose row the journal has not written yet is never taken (the
+        write-ahead rule: a job that ran is known to the journal after a
+        crash, and its id is never handed out again).
         """
         if self.needy:
             return self._pop_fitting(n, offer or {})
         out: list[Job] = []
         heap, jobs = self.heap, self.jobs
+        written = self.journal.written_id
         while heap and len(out) < n:
-            job = jobs.get(heapq.heappop(heap) & _ID_MASK)
+            jid = heap[0] & _ID_MASK
+            job = jobs.get(jid)
             if job is None or job.state != "queued":
+                heapq.heappop(heap)
                 continue
+            if jid > written:  # its row is not written yet: it waits for its commit, and so do the ones behind it
+                break
+            heapq.heappop(heap)
             job.state = "dispatched"
             out.append(job)
         self.queued -= len(out)
@@ -265,11 +274,15 @@ class JobBook:
         out: list[Job] = []
         passed: list[int] = []
         heap, jobs = self.heap, self.jobs
+        written = self.journal.written_id
         while heap and len(out) < n and len(passed) < SCAN:
             item = heapq.heappop(heap)
             job = jobs.get(item & _ID_MASK)
             if job is None or job.state != "queued":
                 continue
+            if job.id > written:  # not written yet (see pop)
+                passed.append(item)
+                break
             need = job.spec.resources
             if need and not fits(need, offer):
                 passed.append(item)

@@ -180,6 +180,11 @@ class Journal:
         self._events: list[tuple[Any, ...]] = []
         self._progress: dict[int, tuple[Any, ...]] = {}
         self._horizon: int | None = None
+        # the write-ahead rule: every job with an id up to this one has its row written (a job is dispatched
+        # only then, so one that ran is never unknown to the journal after a crash: see JobBook.pop)
+        row = self.db.execute("SELECT MAX(id) FROM jobs").fetchone()
+        self.written_id = row[0] or 0
+        self._inflight_id = 0  # the largest id the commit in flight writes (0: none)
         # the writer thread (commit_async): one batch in flight, numbered; started lazily
         self.started_seq = 0  # commits begun (sync or handed over)
         self.done_seq = 0  # commits written and collected
@@ -328,10 +333,12 @@ class Journal:
         self._settle()
         if not self.dirty:
             return
+        top = self._inserts[-1][0] if self._inserts else 0  # ids are staged in increasing order
         batch = self._take()
         self.started_seq += 1
         self._write(batch)
         self.done_seq = self.started_seq
+        self.written_id = max(self.written_id, top)
 
     def commit_async(self) -> None:
         """Hand everything staged to the writer thread as one transaction (its number is ``started_seq``).
@@ -349,6 +356,7 @@ class Journal:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
             self._writer.start()
+        self._inflight_id = self._inserts[-1][0] if self._inserts else 0
         batch = self._take()
         self.started_seq += 1
         self._inflight = True
@@ -376,6 +384,7 @@ class Journal:
         error, self._error = self._error, None
         if error is not None:
             raise error
+        self.written_id = max(self.written_id, self._inflight_id)
 
     def _write_loop(self) -> None:
         while True:

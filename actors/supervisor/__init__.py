@@ -250,6 +250,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                     continue
                 self._timers(mono)
                 if not self.stopping_since:
+                    self._commit()  # jobs are dispatched once their rows are written (JobBook.pop)
                     self._dispatch(mono)
                     if mono >= next_prune:
                         next_prune = mono + 600
@@ -310,15 +311,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         """
         journal = self.journal
         assert journal is not None
-        if journal.busy:
-            journal.collect()
         if self.stopping_since or not self.running:
             journal.commit()  # waits for the one in flight too: nothing is held past the last iteration
-        elif journal.dirty and not journal.busy:
-            if journal.staged_rows() >= _ASYNC_ROWS:
-                journal.commit_async()
-            else:
-                journal.commit()
+        else:
+            self._commit()
         out = self.replies
         self.replies = []
         for ident, by_id in self.progress_pushes.items():  # before the ends: a job may start and end in one iteration
@@ -336,6 +332,19 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                 return
             self.held.append((need, out))
         self._release_held()
+
+    def _commit(self) -> None:
+        """Begin committing what is staged, unless a commit is in flight: written here if small, else handed
+        to the writer thread (see :meth:`_flush`)."""
+        journal = self.journal
+        assert journal is not None
+        if journal.busy:
+            journal.collect()
+        if journal.dirty and not journal.busy:
+            if journal.staged_rows() >= _ASYNC_ROWS:
+                journal.commit_async()
+            else:
+                journal.commit()
 
     def _release_held(self) -> None:
         """Send the held replies and pushes whose commit is written, oldest first."""

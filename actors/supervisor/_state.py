@@ -95,6 +95,9 @@ class State:
     def _bind_tcp(self) -> None:
         raise NotImplementedError
 
+    def _commit(self) -> None:
+        raise NotImplementedError
+
     def _dispatch(self, mono: float) -> None:
         raise NotImplementedError
 

@@ -219,6 +219,7 @@ class WorkMixin(State):
             return
         for slot in self.slots.values():
             if plan.takes_jobs(slot) and len(slot.outstanding) < 2:
+                self._commit()  # what was accepted so far may run once written
                 self._dispatch(time.monotonic())
                 return
 

@@ -16,6 +16,7 @@ from actors.supervisor._children import Slot
 def _book(tmp_path: Path, priorities: list[int]) -> JobBook:
     book = JobBook(Journal(tmp_path / "j.sqlite3"))
     book.accept([JobSpec("m:f", priority=p) for p in priorities], 0.0)
+    book.journal.commit()  # a job is dispatched once its row is written
     return book
 
 
@@ -79,6 +80,7 @@ def test_due_finds_expired_deadlines_and_ignored_aborts(tmp_path: Path) -> None:
 def _needy_book(tmp_path: Path, needs: list[tuple[int, dict[str, float]]]) -> JobBook:
     book = JobBook(Journal(tmp_path / "j.sqlite3"))
     book.accept([JobSpec("m:f", priority=p, resources=r) for p, r in needs], 0.0)
+    book.journal.commit()
     return book
 
 

@@ -141,6 +141,7 @@ def test_queue_is_priority_first_then_fifo() -> None:
     class NullJournal(Journal):
         def __init__(self) -> None:  # bookkeeping only: no file
             self._staged: list[Any] = []
+            self.written_id = 1 << 62  # as if every row were written
 
         def next_id(self) -> int:
             return 1
@@ -159,6 +160,28 @@ def test_queue_is_priority_first_then_fifo() -> None:
     assert book.queued == 0
 
 
+def test_a_job_is_dispatched_only_once_its_row_is_written(tmp_path: Path) -> None:
+    """The write-ahead rule: a daemon killed between handing a job out and writing its row would leave a job
+    that ran unknown to the journal (and its id free to be handed out again), so the queue holds a job back until
+    the commit that writes its row (synchronous or the writer thread's) is done."""
+    j = Journal(tmp_path / "jobs.sqlite3")
+    book = JobBook(j)
+    now = time.time()
+    first = book.accept([JobSpec("m:f") for _ in range(3)], now)
+    assert book.pop(10) == [] and book.queued == 3
+    j.commit()
+    second = book.accept([JobSpec("m:f", priority=9)], now)  # better, but not written: the rest wait behind it
+    assert book.pop(10) == []
+    j.commit_async()
+    wait_for(lambda: j.collect(), 10, what="the writer thread's commit")
+    assert [job.id for job in book.pop(10)] == second + first
+    third = book.accept([JobSpec("m:f", resources={"GPU": 1}), JobSpec("m:f")], now)
+    assert book.pop(10, {"GPU": 1}) == []  # the fitting path holds them back too
+    j.commit()
+    assert [job.id for job in book.pop(10, {"GPU": 1})] == third
+    j.close()
+
+
 def test_unfinished_jobs_are_listed_from_memory_as_the_journal_lists_them(journal: Journal,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """`jobs --state running` (the panel asks every refresh) is answered without reading the journal's rows,
@@ -167,6 +190,7 @@ def test_unfinished_jobs_are_listed_from_memory_as_the_journal_lists_them(journa
     now = time.time()
     ids = book.accept([JobSpec("m:f", [i]) for i in range(4)], now)
     ids += book.accept([JobSpec("m:f", [i]) for i in range(4)], now, owner="client:ann")
+    journal.commit()  # a job is dispatched once its row is written
     popped = book.pop(5)  # dispatched: ids[0..4]
     for job in popped[:4]:
         book.start(job, "worker-1", now, time.monotonic())
@@ -196,6 +220,7 @@ def test_recovery_requeues_or_fails_running_jobs_by_their_retries(tmp_path: Path
     now = time.time()
     retry, no_retry, queued = book.accept(
         [JobSpec("m:f", name="r", retries=1), JobSpec("m:f", name="n"), JobSpec("m:f", name="q")], now)
+    j.commit()
     for job in book.pop(2):  # FIFO: r and n start, q stays queued
         book.start(job, "worker-1", now, time.monotonic())
     j.commit()
