@@ -78,7 +78,9 @@ function renderLoading(l) {
 // Parameters: a control per type; a control being dragged or edited is not moved under the user's hand.
 let paramKeys = "";
 const busy = new Set();
+let lastParams = [];  // the newest values heard: a control let go shows what arrived while it was held
 function renderParams(params) {
+  lastParams = params;
   const box = $("#params");
   const keys = params.map((p) => `${p.name}:${p.kind}:${p.min}:${p.max}:${p.choices}`).join("|");
   if (keys !== paramKeys) {
@@ -86,13 +88,15 @@ function renderParams(params) {
     box.replaceChildren(...params.flatMap(makeParam));
     if (!params.length) box.append(el("p", { class: "muted", text: "no parameters" }));
   }
-  for (const p of params) {
-    const c = box.querySelector(`[data-param="${CSS.escape(p.name)}"]`);
-    const out = box.querySelector(`[data-value="${CSS.escape(p.name)}"]`);
-    if (!c || busy.has(p.name)) continue;
-    if (c.type === "checkbox") c.checked = !!p.value; else c.value = p.value;
-    if (out) out.textContent = fmt(p.value);
-  }
+  for (const p of params) showParam(box, p);
+}
+
+function showParam(box, p) {
+  const c = box.querySelector(`[data-param="${CSS.escape(p.name)}"]`);
+  const out = box.querySelector(`[data-value="${CSS.escape(p.name)}"]`);
+  if (!c || busy.has(p.name)) return;
+  if (c.type === "checkbox") c.checked = !!p.value; else c.value = p.value;
+  if (out) out.textContent = fmt(p.value);
 }
 
 function fmt(v) { return typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v); }
@@ -107,15 +111,26 @@ function makeParam(p) {
   } else c = el("input", { type: numeric ? "number" : "text" });
   c.dataset.param = p.name;
   const value = (x) => (p.kind === "bool" ? x.checked : numeric ? Number(x.value) : x.value);
-  let timer = null;
+  let timer = null, hold = null;
   const push = () => { timer = null; send({ op: "param", name: p.name, value: value(c) }); };
+  const release = () => {  // let go: show the newest value heard for it (one may have come while it was held)
+    hold = null;
+    busy.delete(p.name);
+    const now = lastParams.find((x) => x.name === p.name);
+    if (now) showParam($("#params"), now);
+  };
   c.addEventListener("input", () => {
     busy.add(p.name);
     const out = document.querySelector(`[data-value="${CSS.escape(p.name)}"]`);
     if (out) out.textContent = fmt(value(c));
     if (!timer) timer = setTimeout(push, 50);  // at most 20 changes a second reach the controller
   });
-  c.addEventListener("change", () => { if (timer) { clearTimeout(timer); } push(); setTimeout(() => busy.delete(p.name), 400); });
+  c.addEventListener("change", () => {
+    if (timer) { clearTimeout(timer); }
+    push();
+    if (hold) { clearTimeout(hold); }
+    hold = setTimeout(release, 400);  // the controller's echo of our own change lands meanwhile
+  });
   return [el("label", { text: p.long_name, title: p.name }), c, el("span", { class: "mono", "data-value": p.name })];
 }
 

@@ -91,6 +91,21 @@ def test_clicking_a_key_sounds_a_voice(browser: Any, panel: Panel) -> None:
     wait_for(lambda: panel.daemon.actor("processor").stats["peak_voices"] >= 1, what="a voice from the keyboard")
 
 
+def test_a_value_set_while_a_control_is_held_shows_once_it_is_let_go(browser: Any, panel: Panel) -> None:
+    """The page leaves a control alone while the user moves it and for a moment after (its own change echoes
+    back meanwhile); a value set elsewhere in that moment shows once the control is let go, not at the next change."""
+    loaded(panel, EXAMPLES / "download_panel.py")
+    _open(browser, panel)
+    slider = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, '[data-param="seconds"]'), what="the control")
+    c = panel.daemon.client()
+    start = c.get_param("seconds")
+    slider.click()
+    slider.send_keys(Keys.ARROW_RIGHT)  # input + change: the page holds the control for 400 ms
+    wait_for(lambda: c.get_param("seconds") != start, what="the control's change to reach the controller")
+    c.set_param("seconds", 42)  # within the hold: the page hears it while it holds the control
+    wait_for(lambda: float(slider.get_attribute("value")) == 42.0, what="the control to show 42 once let go")
+
+
 def test_a_control_and_the_cli_move_each_other(browser: Any, panel: Panel) -> None:
     loaded(panel, EXAMPLES / "download_panel.py")
     _open(browser, panel)
