@@ -83,6 +83,7 @@ class Worker(Child):
         self._wake_sent = False  # coalesces job-thread wake-ups: one per drain of ``finished``
         self.direct = not self.remote  # results leave from the job thread (see the module's doc)
         self.out: Any = None  # its socket for them; the main thread uses it too, under _out_lock
+        self._results_closed = False  # ResultsClosed was sent (the daemon reads up to it when it reaps us)
         self._out_lock = threading.Lock()
         self._held: list[JobDone] = []  # results not yet sent (see _hold)
         self._held_size = 0
@@ -229,6 +230,8 @@ class Worker(Child):
         self.thread.join(timeout=self.cfg.supervision.stop_grace)
         self.on_ready(self.results_in)  # report the job that returned
         self._close_out()  # if the job thread is stuck in a job: what it held back leaves now
+        if self.direct and not self._results_closed:  # its job thread never opened its socket: say it here
+            self.send(ResultsClosed())
         if not self.thread.is_alive():  # let the context terminate (and flush) on exit
             self.results_out.close(linger=0)
             self.results_in.close(linger=0)
@@ -273,6 +276,7 @@ class Worker(Child):
             if self.out is not None:
                 self._send_held()
                 self.out.send(encode(ResultsClosed()))  # the daemon reads up to here before it reaps us
+                self._results_closed = True
                 self.out.close(linger=1000)
                 self.out = None
 
