@@ -184,7 +184,7 @@ class Journal:
         # only then, so one that ran is never unknown to the journal after a crash: see JobBook.pop)
         row = self.db.execute("SELECT MAX(id) FROM jobs").fetchone()
         self.written_id = row[0] or 0
-        self._inflight_id = 0  # the largest id the commit in flight writes (0: none)
+        self._taken_id = 0  # the largest job id in the last batch taken to be written (0: none)
         # the writer thread (commit_async): one batch in flight, numbered; started lazily
         self.started_seq = 0  # commits begun (sync or handed over)
         self.done_seq = 0  # commits written and collected
@@ -333,12 +333,11 @@ class Journal:
         self._settle()
         if not self.dirty:
             return
-        top = self._inserts[-1][0] if self._inserts else 0  # ids are staged in increasing order
         batch = self._take()
         self.started_seq += 1
         self._write(batch)
         self.done_seq = self.started_seq
-        self.written_id = max(self.written_id, top)
+        self.written_id = max(self.written_id, self._taken_id)
 
     def commit_async(self) -> None:
         """Hand everything staged to the writer thread as one transaction (its number is ``started_seq``).
@@ -356,7 +355,6 @@ class Journal:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
             self._writer.start()
-        self._inflight_id = self._inserts[-1][0] if self._inserts else 0
         batch = self._take()
         self.started_seq += 1
         self._inflight = True
@@ -384,7 +382,7 @@ class Journal:
         error, self._error = self._error, None
         if error is not None:
             raise error
-        self.written_id = max(self.written_id, self._inflight_id)
+        self.written_id = max(self.written_id, self._taken_id)
 
     def _write_loop(self) -> None:
         while True:
@@ -428,6 +426,7 @@ class Journal:
             db.close()
 
     def _take(self) -> tuple[Any, ...]:
+        self._taken_id = self._inserts[-1][0] if self._inserts else 0  # ids are staged in increasing order
         batch = (self._new_contexts, self._inserts, self._requeues, list(self._starts.values()),
                  list(self._progress.values()), self._finishes, self._events, self._horizon)
         self._new_contexts, self._inserts, self._requeues, self._finishes, self._events = [], [], [], [], []
