@@ -6,6 +6,12 @@ thread are queued and the I/O thread sends them; submits queued together are
 merged into one :class:`Submit` (batched submits).  Replies complete
 ``concurrent.futures.Future`` objects; pushes (job updates, results) go to
 listeners registered per job id.
+
+A connection to a private daemon (``watch``: its pid) also watches that
+process: should it die, every call and job waiting on it ends at once with an
+error that says how it died, instead of waiting for answers that cannot come
+(a shared daemon may come back and resume its journal's jobs; a private one
+never does).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import signal
 import sys
 import threading
 import time
@@ -23,7 +30,7 @@ import msgspec
 import zmq
 
 from actors._arrays import ClientArrays
-from actors._errors import ClientClosed, DaemonNotRunning, EnsembleError, ProtocolError, TransportError, error_from_code
+from actors._errors import ClientClosed, DaemonError, DaemonNotRunning, EnsembleError, ProtocolError, TransportError, error_from_code
 from actors._state import FINAL
 from actors._rundir import RunDir, check_private_path, process_exists
 from actors.config import Config
@@ -99,7 +106,9 @@ class _Sink:
 class Connection:
     """Thread-safe request/reply and push routing over one DEALER socket."""
 
-    def __init__(self, cfg: Config, endpoint: str | None = None, curve: tuple[str, str] | None = None) -> None:
+    def __init__(self, cfg: Config, endpoint: str | None = None, curve: tuple[str, str] | None = None,
+                 watch: int | None = None) -> None:
+        """``watch``: the pid of a private daemon this process started (see the module's doc)."""
         self.cfg = cfg
         self.curve = curve
         self.search_cwd = False  # jobs import from the working directory first (the command line's submit)
@@ -141,6 +150,14 @@ class Connection:
         self._wake_tx.connect(self._wake_addr)
         self._wake_lock = threading.Lock()
         self._wake_pending = False  # a wake-up was sent and the I/O thread has not read the queue since
+        self.gone: Exception | None = None  # the watched daemon died: every call raises this
+        # what its death is, for this connection's user: the error every call raises (made from the message),
+        # and the (state, error_type) of the JobInfo that jobs still waiting end with (an Executor: its pool broke)
+        self.gone_as: Callable[[str], Exception] = DaemonError
+        self.lost_as = ("worker-lost", "DaemonError")
+        self._watch: tuple[int, int] | None = None  # (pid, pidfd) of the private daemon
+        if watch is not None:
+            self._watch = (watch, os.pidfd_open(watch))  # a zombie's pidfd opens too, and is readable at once
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._io, name="ensemble-client-io", daemon=True)
         self._thread.start()
@@ -162,6 +179,8 @@ class Connection:
         """
         if self._closed:
             raise ClientClosed("this client was closed; create a new one")
+        if self.gone is not None:
+            raise self.gone
         sock = getattr(self._local, "sock", None)
         if sock is None:
             sock = self.ctx.socket(zmq.DEALER)
@@ -286,6 +305,8 @@ class Connection:
         self._closed = True
         self._wake()
         self._thread.join(timeout=5)
+        if self._watch is not None:
+            os.close(self._watch[1])
         self._wake_tx.close(linger=0)
         for sock in self._direct:
             sock.close(linger=0)
@@ -301,6 +322,8 @@ class Connection:
     def _enqueue(self, item: tuple[Any, ...]) -> None:
         if self._closed:
             raise ClientClosed("this client was closed; create a new one")
+        if self.gone is not None:
+            raise self.gone
         self._outgoing.append(item)
         self._wake()
 
@@ -330,6 +353,8 @@ class Connection:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
+        if self._watch is not None:
+            poller.register(self._watch[1], zmq.POLLIN)
         self._ready.set()
         try:
             while not self._closed:
@@ -344,6 +369,9 @@ class Connection:
                 self._send_pending(sock)
                 if sock in events:
                     self._receive(sock)
+                if self._watch is not None and self._watch[1] in events:
+                    poller.unregister(self._watch[1])
+                    self._daemon_died(sock)
         finally:
             sock.close(linger=0)
             self._wake_rx.close(linger=0)
@@ -469,7 +497,22 @@ class Connection:
             if terminal:
                 self.arrays.job_ended(info.id)
 
-    def _fail_all(self, exc: EnsembleError) -> None:
+    def _daemon_died(self, sock: zmq.Socket[bytes]) -> None:
+        """The private daemon exited: read what it sent before, then end every call and job still waiting."""
+        pid = self._watch[0] if self._watch is not None else 0
+        end = time.monotonic() + 1.0  # its last frames may still be on their way through ZeroMQ's I/O thread
+        while time.monotonic() < end and sock.poll(50, zmq.POLLIN):
+            self._receive(sock)
+        self.gone = self.gone_as(
+            f"the private daemon (pid {pid}) {_how_it_ended(pid)}; the jobs it had are lost (create a new "
+            "Executor or Client to go on)")
+        self._fail_all(self.gone)
+        state, error_type = self.lost_as
+        with self._lock:
+            ids = list(self._listeners)
+        self._route([JobInfo(jid, "", "", state, error_type=error_type, error_message=str(self.gone)) for jid in ids])
+
+    def _fail_all(self, exc: Exception) -> None:
         for fut, _ in self._waiting.values():
             if not fut.done():
                 fut.set_exception(exc)
@@ -479,3 +522,20 @@ class Connection:
             fut = item[2]
             if not fut.done():
                 fut.set_exception(exc)
+
+
+def _how_it_ended(pid: int) -> str:
+    """"exited with code N" or "was killed by SIGX", for a child that ended (without reaping it)."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+    except ChildProcessError:  # reaped already (its owner stopping it): nothing more to say
+        return "exited"
+    if info is None:
+        return "exited"
+    if info.si_code == os.CLD_EXITED:
+        return f"exited with code {info.si_status}"
+    try:
+        name = signal.Signals(info.si_status).name
+    except ValueError:
+        name = f"signal {info.si_status}"
+    return f"was killed by {name}"

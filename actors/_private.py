@@ -20,6 +20,7 @@ from actors._daemonfork import fork_daemon
 from actors._errors import ConfigError, DaemonError, EnsembleError
 from actors._launch import start_daemon, wait_signal
 from actors._spawn import ForkedProc
+from actors.shm import sweep_segments
 from actors.config import Config, load_config
 
 log = logging.getLogger("ensemble.client")
@@ -101,6 +102,8 @@ class PrivateDaemon:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+        if proc is not None:  # a daemon that was killed cleaned nothing up: its segments go with its directories
+            sweep_segments(self.config.shm_key)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "PrivateDaemon":

@@ -27,8 +27,8 @@ from actors import _map
 from actors._connection import Connection
 from actors._exact import dumps_arguments, loads_referencing, pickled_value
 from actors._errors import (
-    EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, ProtocolError, RemoteError, TransportError, WaitTimeout,
-    remote_error,
+    DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, ProtocolError, RemoteError, TransportError,
+    WaitTimeout, remote_error,
 )
 from actors._jobfn import path_of
 from actors._rundir import RunDir
@@ -68,7 +68,7 @@ def _raise_for(info: JobInfo) -> Any:
         cls = JobTimeout if info.error_type == "JobTimeout" else JobCancelled
         raise cls(f"job {info.id} ({info.fn}) {info.state}: {info.error_message or info.state}")
     if info.state == "worker-lost":
-        raise JobLost(f"job {info.id} ({info.fn}): {info.error_message}")
+        raise JobLost(f"job {info.id}{f' ({info.fn})' if info.fn else ''}: {info.error_message}")
     raise EnsembleError(f"job {info.id} is not finished (state {info.state})")
 
 
@@ -254,7 +254,7 @@ def _connect(config: Config, private: "PrivateDaemon | None", endpoint: str | No
              curve: tuple[str, str] | None = None) -> Connection:
     """A connection to ``config``'s daemon; the private daemon started for it stops if that fails."""
     try:
-        return Connection(config, endpoint, curve)
+        return Connection(config, endpoint, curve, watch=private.proc.pid if private and private.proc else None)
     except BaseException:
         if private is not None:
             private.stop()
@@ -501,6 +501,9 @@ class Executor(concurrent.futures.Executor):
                 self._cap = None  # the pool is this executor's own
         self.config = config or load_config(overrides={"daemon": {"name": daemon}})
         self.conn = _connect(self.config, self._private)
+        if self._private is not None:  # its death breaks the pool, as a worker's does ProcessPoolExecutor's
+            self.conn.gone_as = _broken_pool
+            self.conn.lost_as = ("failed", "concurrent.futures.process.BrokenProcessPool")
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
         self._acks: list[Future[list[int]]] = []  # the daemon's answers to map's submits (ids), for a clean close
         self._unacked = 0  # submits whose ids have not come back yet (under _lock; _acked tells when none)
@@ -529,7 +532,8 @@ class Executor(concurrent.futures.Executor):
     def _note_broken(self, info: JobInfo) -> None:
         """A worker's initializer failed for this job: the pool is broken from now on, as ProcessPoolExecutor's."""
         if info.error_type == "concurrent.futures.process.BrokenProcessPool" and not self._broken:
-            self._broken = f"a worker's initializer failed: {info.error_message}"
+            self._broken = str(self.conn.gone) if self.conn.gone is not None else \
+                f"a worker's initializer failed: {info.error_message}"
 
     def _check_open(self) -> None:
         """Raise as ``ProcessPoolExecutor`` does for a broken pool (a failed initializer) or after shutdown."""
@@ -768,6 +772,20 @@ def _start(fut: Future[Any]) -> bool:
         if fut._state not in ("PENDING", "CANCELLED"):
             return False
         return fut.set_running_or_notify_cancel()
+
+
+def _broken_pool(message: str) -> Exception:
+    """The error an Executor's calls raise once its private daemon died: a ``BrokenProcessPool``, as
+    ``ProcessPoolExecutor`` raises when one of its processes dies (and a DaemonError)."""
+    global _BrokenPool
+    if _BrokenPool is None:
+        from concurrent.futures.process import BrokenProcessPool  # imports multiprocessing: only when it happens
+
+        _BrokenPool = type("BrokenProcessPool", (DaemonError, BrokenProcessPool), {"__module__": __name__})
+    return _BrokenPool(message)
+
+
+_BrokenPool: type[Exception] | None = None
 
 
 def _outcome(info: JobInfo, pickled: bool = False) -> Any:

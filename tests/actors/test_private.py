@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from actors.client import Executor
+from actors.client import Client, Executor
 from tests import jobs
 from tests.conftest import pid_alive, processes_mentioning, wait_for
 
@@ -31,8 +31,6 @@ def test_an_executor_with_no_daemon_starts_a_private_one_and_stops_it(start: str
 
 
 def ex_status(ex: Executor) -> Any:
-    from actors.client import Client
-
     with Client(config=ex.config, timeout=10) as c:
         return c.status()
 
@@ -58,7 +56,6 @@ def test_an_executor_attaches_to_a_running_daemon_and_caps_its_own_jobs(daemon: 
 
 def test_a_client_starts_a_private_daemon_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from actors import DaemonNotRunning
-    from actors.client import Client
 
     monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
     monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
@@ -249,3 +246,81 @@ def test_the_fork_drops_the_user_s_modules_and_keeps_what_a_link_points_into_the
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["actors", "alias", "json"]
+
+
+def _kill_daemon_under(private: Any, tmp_path: Path, submit: Any) -> tuple[list[int], Any]:
+    """Start jobs that wait on a gate (never opened), then kill -9 the private daemon (a pid this test started)."""
+    import signal
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    pending = submit(str(markers), str(tmp_path / "gate"))
+    wait_for(lambda: len(list(markers.iterdir())) >= 1, 60, what="a job to start")
+    with Client(config=private.config, timeout=10) as c:
+        workers = [a.pid for a in c.status().actors if a.role == "worker"]
+    os.kill(private.proc.pid, signal.SIGKILL)
+    return workers, pending
+
+
+def _left_nothing(pid: int, workers: list[int], where: Path, shm_key: str) -> None:
+    from actors.shm import segment_prefix
+
+    wait_for(lambda: not pid_alive(pid), 30, what="the killed daemon to be reaped")
+    wait_for(lambda: not any(pid_alive(w) for w in workers), 30, what="the dead daemon's workers to exit")
+    assert not where.exists()
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(segment_prefix(shm_key))]
+
+
+def test_an_executor_whose_private_daemon_dies_breaks_at_once_as_a_process_pool_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of a private daemon: running and queued futures, a map and later submits raise BrokenProcessPool
+    at once (ProcessPoolExecutor's error when one of its processes dies), saying how the daemon died; no hang."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    ex = Executor(2)
+    private = ex._private
+    assert private is not None
+    pid, where, key = private.proc.pid, private.dir, private.config.shm_key
+    try:
+        def submit(markers: str, gate: str) -> Any:
+            futures = [ex.submit(jobs.plain_gate, markers, gate) for _ in range(3)]  # two run, one waits
+            return futures, ex.map(jobs.plain_gate, [markers] * 2, [gate] * 2)
+
+        workers, (futures, mapped) = _kill_daemon_under(private, tmp_path, submit)
+        for fut in futures:
+            with pytest.raises(BrokenProcessPool, match=rf"private daemon \(pid {pid}\) was killed by SIGKILL"):
+                fut.result(60)  # the deadline only guards the test: the error comes as soon as the daemon is gone
+        with pytest.raises(BrokenProcessPool, match="was killed by SIGKILL"):
+            list(mapped)
+        with pytest.raises(BrokenProcessPool, match="was killed by SIGKILL"):
+            ex.submit(jobs.square, 2)
+    finally:
+        ex.shutdown()
+    _left_nothing(pid, workers, where, key)
+
+
+def test_a_client_whose_private_daemon_dies_fails_its_jobs_and_calls_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors import DaemonError, JobLost
+
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    c = Client(private=True, max_workers=1)
+    private = c._private
+    assert private is not None
+    pid, where, key = private.proc.pid, private.dir, private.config.shm_key
+    try:
+        def submit(markers: str, gate: str) -> Any:
+            return [c.submit("tests.jobs:plain_gate", markers, gate) for _ in range(2)]  # one runs, one waits
+
+        workers, handles = _kill_daemon_under(private, tmp_path, submit)
+        for handle in handles:
+            with pytest.raises(JobLost, match=rf"private daemon \(pid {pid}\) was killed by SIGKILL"):
+                handle.result(60)
+        with pytest.raises(DaemonError, match="was killed by SIGKILL"):
+            c.status()
+    finally:
+        c.close()
+    _left_nothing(pid, workers, where, key)
