@@ -12,6 +12,15 @@ process: should it die, every call and job waiting on it ends at once with an
 error that says how it died, instead of waiting for answers that cannot come
 (a shared daemon may come back and resume its journal's jobs; a private one
 never does).
+
+A shared daemon that stops or restarts under a connection: ZeroMQ reconnects
+the socket by itself, but what was asked of the old daemon is never answered
+and the new one knows nothing of this client's watches.  So when the link
+drops (a socket monitor's ``DISCONNECTED``) the requests still waiting fail
+with a TransportError that says so, and when it comes back (``CONNECTED``)
+every job with a listener is watched again: the reply brings each one's
+current state (a job that ended meanwhile ends now) and the rest is pushed as
+it happens.  A job the new daemon does not know ends as lost.
 """
 
 from __future__ import annotations
@@ -30,11 +39,15 @@ import msgspec
 import zmq
 
 from actors._arrays import ClientArrays
-from actors._errors import ClientClosed, DaemonError, DaemonNotRunning, EnsembleError, ProtocolError, TransportError, error_from_code
+from actors._errors import (
+    ClientClosed, DaemonError, DaemonNotRunning, EnsembleError, JobNotFound, ProtocolError, TransportError, error_from_code,
+)
 from actors._state import FINAL
 from actors._rundir import RunDir, check_private_path, process_exists
 from actors.config import Config
-from actors.messages import Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, decode, encode
+from actors.messages import (
+    Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, Watch, decode, encode,
+)
 
 Listener = Callable[[JobInfo], None]
 _MAX_BATCH = 5000
@@ -355,6 +368,9 @@ class Connection:
         poller.register(self._wake_rx, zmq.POLLIN)
         if self._watch is not None:
             poller.register(self._watch[1], zmq.POLLIN)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        poller.register(monitor, zmq.POLLIN)
+        self._link_lost = False
         self._ready.set()
         try:
             while not self._closed:
@@ -369,10 +385,14 @@ class Connection:
                 self._send_pending(sock)
                 if sock in events:
                     self._receive(sock)
+                if monitor in events:
+                    self._link_events(monitor, sock)
                 if self._watch is not None and self._watch[1] in events:
                     poller.unregister(self._watch[1])
                     self._daemon_died(sock)
         finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close(linger=0)
             self._wake_rx.close(linger=0)
             self._fail_all(ClientClosed("the client was closed before the daemon answered"))
@@ -496,6 +516,47 @@ class Connection:
                     pass
             if terminal:
                 self.arrays.job_ended(info.id)
+
+    def _link_events(self, monitor: zmq.Socket[Any], sock: zmq.Socket[bytes]) -> None:
+        """The daemon closed the connection, or one was made again (see the module's doc)."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator, arg-type]
+            event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+            if event == zmq.EVENT_DISCONNECTED and self._watch is None:  # (a private daemon's end: _daemon_died)
+                self._receive(sock)  # what the daemon sent before it closed came first: it is answered
+                self._link_lost = True
+                waiting, self._waiting = self._waiting, {}
+                for fut, _ in waiting.values():
+                    if not fut.done():
+                        fut.set_exception(TransportError(
+                            "the daemon closed the connection before answering (it stopped or restarted); a submit "
+                            "may or may not have been accepted: look at your jobs (`ensemble jobs`) before resubmitting"))
+            elif event == zmq.EVENT_CONNECTED and self._link_lost:
+                self._link_lost = False
+                with self._lock:
+                    ids = list(self._listeners)
+                for start in range(0, len(ids), 10_000):  # the daemon's limit for one Watch is 100,000
+                    self._watch_again(sock, ids[start:start + 10_000])
+
+    def _watch_again(self, sock: zmq.Socket[bytes], ids: list[int]) -> None:
+        """Watch ``ids`` on a daemon that came back; route their current states (I/O thread)."""
+        fut: Future[Any] = Future()
+
+        def answered(f: Future[Any]) -> None:
+            exc = f.exception()
+            if not isinstance(exc, JobNotFound):  # routed; or the link dropped again: it asks again when back
+                return
+            if len(ids) > 1:  # some of them are unknown to it: ask one by one to tell which
+                for jid in ids:
+                    self._watch_again(sock, [jid])
+                return
+            state, error_type = self.lost_as
+            self._route([JobInfo(ids[0], "", "", state, error_type=error_type, error_message=(
+                "the daemon restarted and does not know this job (its journal was removed, or pruned it)"))])
+
+        fut.add_done_callback(answered)
+        self._send(sock, Watch(ids, True), fut, lambda reply: self._route(reply.jobs))
 
     def _daemon_died(self, sock: zmq.Socket[bytes]) -> None:
         """The private daemon exited: read what it sent before, then end every call and job still waiting."""

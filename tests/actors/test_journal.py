@@ -513,3 +513,31 @@ def test_a_job_a_dead_daemon_s_worker_began_is_not_rerun_without_a_retry(tmp_pat
     assert untouched in book.jobs and retried in book.jobs and began not in book.jobs
     assert book.infos([began])[began].state == "worker-lost"
     assert book.jobs[retried].attempts == 1 and not list(run.path.glob("started.*"))
+
+
+@pytest.mark.slow  # two restarts of a daemon
+def test_an_executor_s_futures_end_across_a_restart_of_its_daemon(make_daemon: Make, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon restarts under an Executor attached to it: a queued job runs on the new daemon and its future
+    ends with the result (the new daemon knew nothing of the futures' watches: the client watches again)."""
+    from actors.client import Executor
+    from tests import jobs
+
+    d = make_daemon(workers=1)
+    d.up()
+    for key, value in d.env.items():
+        if key.startswith("ENSEMBLE_"):
+            monkeypatch.setenv(key, value)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    with Executor() as ex:
+        assert ex._private is None
+        running = ex.submit(jobs.plain_gate, str(markers), str(tmp_path / "gate"))  # `down` aborts it
+        wait_for(lambda: any(markers.iterdir()), 60, what="the worker to be busy")
+        queued = ex.submit(jobs.square, 7)  # behind it: stays queued in the journal
+        wait_for(lambda: any(j.fn == "tests.jobs:square" for j in d.client().jobs()), 30, what="the queued job")
+        d.down()
+        d.up()
+        assert queued.result(60) == 49  # it hung forever before
+        with pytest.raises(Exception, match="killed|cancelled"):
+            running.result(60)
