@@ -25,6 +25,7 @@ import zmq
 
 from actors._errors import ProtocolError
 from actors._logging import setup as one_line_logging
+from actors._spawn import take_job_output
 from actors.config import Config
 from actors.messages import Heartbeat, Hello, Limits, Message, Stop, decode, encode
 
@@ -223,7 +224,13 @@ def _deliver_and_term(ctx: zmq.Context[Any], timeout: float) -> None:
 
 def child_main(cls: type[Child]) -> None:
     """Entry point shared by every child module: ``python -m X <config-json> <name>``."""
-    one_line_logging(cls.role, sys.stderr)
+    log_stream = take_job_output() if cls.role == "worker" else None  # a private daemon's: jobs print to its owner
+    one_line_logging(cls.role, log_stream or sys.stderr)
+    if log_stream is not None:  # the jobs' own warnings reach the owner's stderr too, as Python's last resort prints
+        user = logging.StreamHandler(sys.stderr)
+        user.setLevel(logging.WARNING)
+        user.addFilter(lambda record: not record.name.startswith("ensemble"))
+        logging.getLogger().addHandler(user)
     if len(sys.argv) != 3:
         sys.stderr.write(f"usage: python -m {cls.__module__} CONFIG_JSON NAME\n")
         sys.exit(2)

@@ -36,7 +36,10 @@ What the child does, and why (the hazards of forking a program we do not own):
   ``-P`` keeps it off a spawned daemon's), stdin and stdout on
   ``/dev/null``, stderr to ``err_path``, every other inherited descriptor
   closed (a pipe of the caller's held open by the daemon would never read end
-  of file), and ``os.environ`` as :func:`actors._spawn.child_env` makes it,
+  of file) but duplicates of the caller's stdout and stderr, which its
+  workers' jobs print to (``actors._spawn.JOB_OUTPUT_ENV``, as a spawned
+  private daemon is given them; the daemon ends with its owner, so a pipe
+  reading them sees its end then), and ``os.environ`` as :func:`actors._spawn.child_env` makes it,
   with ``ENSEMBLE_OWNER_PID`` and ``ENSEMBLE_PRIVATE_DIR``: the daemon watches
   its owner and removes its directory when the owner dies (kill -9 included).
 
@@ -57,7 +60,7 @@ import sys
 from pathlib import Path
 
 from actors._errors import EnsembleError
-from actors._spawn import NEUTRAL_CWD, ForkedProc, child_env
+from actors._spawn import JOB_OUTPUT_ENV, NEUTRAL_CWD, ForkedProc, child_env, hold_output
 from actors.config import Config
 
 # what the child unhooked from the caller: kept referenced, so that it is never finalised in the child
@@ -139,6 +142,9 @@ def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
     sys.argv = ["actors.supervisor"]
     os.environ.clear()
     os.environ.update(child_env(env))
+    held = hold_output()  # the caller's stdout and stderr, for the workers' jobs to print to (JOB_OUTPUT_ENV)
+    if held is not None:
+        os.environ[JOB_OUTPUT_ENV] = f"{held[0]},{held[1]}"
     # stdio: the caller's stream objects are kept (never closed here); fresh ones over fds 0-2
     _KEPT.extend([sys.stdin, sys.stdout, sys.stderr])
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -151,8 +157,11 @@ def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
     if tracebacks:  # its file may be one of the caller's descriptors: it will write to stderr instead
         faulthandler.disable()
     # every other inherited descriptor: closed last, once nothing of the caller's can be finalised any more
-    os.closerange(3, ready_fd)
-    os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    low = 3
+    for keep in sorted({ready_fd, *(held or ())}):
+        os.closerange(low, keep)
+        low = keep + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
     # (sys.__std*__ stay: the interpreter's own objects over fds 0-2, which now lead where they should)
     sys.stdin = open(0, closefd=False)
     sys.stdout = open(1, "w", closefd=False)

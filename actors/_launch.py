@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from actors._errors import DaemonError, DaemonNotRunning, EnsembleError
-from actors._spawn import NEUTRAL_CWD, ForkedProc, child_env, python_argv
+from actors._spawn import JOB_OUTPUT_ENV, NEUTRAL_CWD, ForkedProc, child_env, hold_output, python_argv
 from actors.config import Config
 
 # what the daemon writes to its readiness pipe once it serves (see actors.supervisor.serve)
@@ -18,22 +18,31 @@ READY = b"R"
 
 
 def start_daemon(cfg: Config, err_path: Path, env: dict[str, str] | None = None,
-                 ready_fd: int | None = None) -> subprocess.Popen[bytes]:
+                 ready_fd: int | None = None, output: bool = False) -> subprocess.Popen[bytes]:
     """``python -P -m actors.supervisor`` in a session of its own, in ``/``; its stderr goes to ``err_path``.
 
     ``env``: variables added to the daemon's environment (a private daemon's owner).
     ``ready_fd``: the write end of a pipe the daemon inherits and writes
     :data:`READY` to once its sockets are bound and its workers started
     (wait for it with :func:`wait_signal`); the caller closes its own copy
-    after this returns.
+    after this returns.  ``output``: the daemon holds this process's stdout and
+    stderr for its workers' jobs (a private daemon: see ``actors._spawn.JOB_OUTPUT_ENV``).
     """
     argv = python_argv("actors.supervisor", cfg.to_json())
     if ready_fd is not None:
         argv.append(f"--ready-fd={ready_fd}")
-    with open(err_path, "wb") as err:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True, env=child_env(env), cwd=NEUTRAL_CWD,
-                                pass_fds=() if ready_fd is None else (ready_fd,))
+    held = hold_output() if output else None
+    env = dict(env or {})
+    if held is not None:
+        env[JOB_OUTPUT_ENV] = f"{held[0]},{held[1]}"
+    try:
+        with open(err_path, "wb") as err:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True, env=child_env(env), cwd=NEUTRAL_CWD,
+                                    pass_fds=(*(() if ready_fd is None else (ready_fd,)), *(held or ())))
+    finally:
+        for fd in held or ():
+            os.close(fd)
 
 
 def exit_reason(proc: subprocess.Popen[bytes] | ForkedProc, err_path: Path) -> str:

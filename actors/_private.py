@@ -4,6 +4,8 @@ Like ``ray.init()`` or Dask's ``LocalCluster``: jobs only (no controller, no
 processor), in a private run directory, sized by ``max_workers``.  The daemon
 is an ordinary one (journal, supervision, leak checks), just owned by its
 creator: it is stopped, and its directories removed, when the creator closes.
+Its workers' jobs print to the creator's stdout and stderr, as a
+``ProcessPoolExecutor``'s workers do (a shared daemon's write to its log).
 """
 
 from __future__ import annotations
@@ -70,10 +72,12 @@ class PrivateDaemon:
         # and removes this directory, so a killed program leaves no daemon, socket or segment behind
         env = {"ENSEMBLE_OWNER_PID": str(os.getpid()), "ENSEMBLE_PRIVATE_DIR": str(self.dir)}
         method = start_method()
-        start = fork_daemon if method == "fork" else start_daemon
         read_end, write_end = os.pipe()  # the daemon's readiness pipe: one byte once it serves
         try:
-            self.proc = start(self.config, err_path, env, write_end)
+            if method == "fork":  # the fork holds its caller's stdout and stderr for the jobs' output
+                self.proc = fork_daemon(self.config, err_path, env, write_end)
+            else:
+                self.proc = start_daemon(self.config, err_path, env, write_end, output=True)
         except BaseException:
             os.close(read_end)
             raise

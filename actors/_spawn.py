@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _USER_UMASK = os.umask(0o022)  # read once at import (umask has no getter), restored at once below
@@ -51,6 +52,60 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
 NEUTRAL_CWD = "/"
 
 
+# A private daemon holds its owner's stdout and stderr (duplicated descriptors, named here) for its workers:
+# a job's print() and tracebacks reach the owner's terminal, as a ProcessPoolExecutor worker's do.
+JOB_OUTPUT_ENV = "ENSEMBLE_JOB_OUTPUT"
+
+
+def hold_output() -> tuple[int, int] | None:
+    """Duplicates of this process's stdout and stderr above the stdio numbers (None if either is closed)."""
+    import fcntl
+
+    held: list[int] = []
+    try:
+        for fd in (1, 2):
+            held.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+    except OSError:
+        for fd in held:
+            os.close(fd)
+        return None
+    return held[0], held[1]
+
+
+def job_output_fds() -> tuple[int, int] | None:
+    """The owner's stdout and stderr a private daemon holds (``ENSEMBLE_JOB_OUTPUT``), if named and open."""
+    value = os.environ.get(JOB_OUTPUT_ENV)
+    if not value:
+        return None
+    try:
+        out, err = (int(v) for v in value.split(","))
+        os.fstat(out)
+        os.fstat(err)
+    except (ValueError, OSError):
+        return None
+    return out, err
+
+
+def take_job_output() -> Any:
+    """In a private daemon's worker: stdout and stderr become the owner's, so the jobs' output reaches the
+    owner's terminal; returns a text stream on what stderr was (the log), for the worker's own records.
+
+    None (and nothing changed) when there is no owner's output to take (a shared daemon's worker).
+    """
+    fds = job_output_fds()
+    os.environ.pop(JOB_OUTPUT_ENV, None)  # not for the jobs' own subprocesses: they inherit 1 and 2
+    if fds is None:
+        return None
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    log_fd = os.dup(2)
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    os.close(fds[0])
+    os.close(fds[1])
+    return open(log_fd, "w", buffering=1, errors="backslashreplace")
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a daemon process: ours, with this installation's root first on the import path."""
     env = dict(os.environ)
@@ -74,6 +129,7 @@ def spawn(module: str, argv: list[str], *, nice: int = 0, log_path: Path | None 
     """
     parent = os.getpid()
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    held = job_output_fds() if module == "actors.worker" else None  # a private daemon's: its jobs print there
     try:
         return subprocess.Popen(
             python_argv(module, *argv),
@@ -81,6 +137,7 @@ def spawn(module: str, argv: list[str], *, nice: int = 0, log_path: Path | None 
             stdout=out,
             stderr=out,
             close_fds=True,
+            pass_fds=held or (),
             cwd=NEUTRAL_CWD,
             env=child_env(env),
             preexec_fn=lambda: _child_setup(parent, nice),

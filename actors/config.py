@@ -43,6 +43,8 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "ENSEMBLE_PANEL": "set by `ensemble up --panel` for the daemon: start the control panel at HOST:PORT",
     "ENSEMBLE_OWNER_PID": "set for a private daemon: the process that owns it (the daemon stops when it exits)",
     "ENSEMBLE_PRIVATE_DIR": "set for a private daemon: its directory, removed when its owner exits unasked",
+    "ENSEMBLE_JOB_OUTPUT": "set for a private daemon: the descriptors of its owner's stdout and stderr, which its "
+                           "workers' jobs print to",
     "ENSEMBLE_PRIVATE_START": "fork (default) or spawn: how a private daemon starts (a fork of its owner, or a new interpreter)",
     "ENSEMBLE_PREFORK": "0: spawn every worker as a fresh interpreter (by default the first ones are forked at "
                         "start-up, and a standby waits for the next restart once one was needed)",

@@ -324,3 +324,44 @@ def test_a_client_whose_private_daemon_dies_fails_its_jobs_and_calls_at_once(
     finally:
         c.close()
     _left_nothing(pid, workers, where, key)
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_private_executor_s_jobs_print_to_its_owner_s_terminal(start: str, tmp_path: Path) -> None:
+    """As under ProcessPoolExecutor: a job's print(), its stderr and its own warnings reach the program's stdout and
+    stderr, also from a worker started after one died; the workers' own log records do not."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "talk.py").write_text(
+        "import logging, os, sys\n"
+        "def say(x):\n"
+        "    print('out', x, flush=True)\n"
+        "    print('err', x, file=sys.stderr, flush=True)\n"
+        "    logging.getLogger('mine').warning('warned %s', x)\n"
+        "    return x\n"
+        "def die():\n"
+        "    os._exit(1)\n")
+    (tmp_path / "main.py").write_text(
+        "from concurrent.futures import Future\n"
+        "from actors.client import Executor\n"
+        "import talk\n"
+        "with Executor(1) as ex:\n"
+        "    assert ex.submit(talk.say, 1).result(60) == 1\n"
+        "    try:\n"
+        "        ex.submit(talk.die).result(60)\n"
+        "    except Exception as exc:\n"
+        "        print('lost:', type(exc).__name__, flush=True)\n"
+        "    assert ex.submit(talk.say, 2).result(60) == 2\n"  # on the worker started in its place
+        "print('done', flush=True)\n")
+    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
+           "PYTHONPATH": str(ROOT), "ENSEMBLE_PRIVATE_START": start}
+    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["out 1", "lost: JobLost", "out 2", "done"]
+    err = proc.stderr.splitlines()
+    assert [line for line in err if line.startswith(("err ", "warned "))] == ["err 1", "warned 1", "err 2", "warned 2"]
+    assert not [line for line in err if "event=" in line]  # the workers' own records stay in the daemon's log
