@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import msgspec
 
-from actors import _map
+from actors import _map, callables
 from actors._connection import Connection
 from actors._exact import dumps_arguments, loads_referencing, pickled_value
 from actors._errors import (
-    DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobTimeout, ProtocolError, RemoteError, TransportError,
-    WaitTimeout, remote_error,
+    DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError, RemoteError,
+    TransportError, WaitTimeout, remote_error,
 )
-from actors._jobfn import path_of
+from actors._jobfn import ALWAYS_DENIED, check_name, path_of
 from actors._rundir import RunDir
 from actors._state import FINAL
 from actors.shm import is_ndarray, is_ndarray_type
@@ -478,6 +478,11 @@ class Executor(concurrent.futures.Executor):
         """
         from actors._private import PrivateDaemon
 
+        if callables.LOADING:  # a worker loading the user's script to find a function of it (actors.callables)
+            raise RuntimeError(
+                f"{callables.LOADING[-1]} starts an Executor when it is imported: a worker imports the script to "
+                "find your function, as multiprocessing does; put the code that starts the Executor under "
+                "`if __name__ == \"__main__\":`")
         self._done_cb = self._on_future_done  # one bound method for every future (an object less per job)
         del mp_context  # accepted for ProcessPoolExecutor code; the daemon's workers are its processes
         if max_workers is not None and max_workers < 1:
@@ -558,10 +563,13 @@ class Executor(concurrent.futures.Executor):
         # yours); big numpy arrays among the arguments leave the pickle and cross through shared memory
         pickled = self._exact
         fut: Future[Any] = Future()
+        if template.fn == callables.PATH:  # the callable itself travels, first among the arguments
+            args = (callables.head(fn), *args)
         if pickled:
             limit = self.conn.arrays.inline_limit if any(is_ndarray(v) for v in (*args, *kwargs.values())) else None
             try:
-                payload = dumps_arguments(template.fn, args, kwargs, limit)
+                payload = dumps_arguments(template.name if template.fn == callables.PATH else template.fn, args,
+                                          kwargs, limit)
             except TypeError as exc:  # this job fails at once, as ProcessPoolExecutor's future would
                 fut.set_exception(exc)
                 return fut
@@ -581,9 +589,40 @@ class Executor(concurrent.futures.Executor):
             job.send()
         return fut
 
+    def _template_of(self, fn: Callable[..., Any]) -> JobSpec:
+        """:meth:`_template`, from the cache when it is there."""
+        try:
+            found = self._templates.get(fn)
+        except TypeError:  # an unhashable callable
+            found = None
+        return found or self._template(fn)
+
     def _template(self, fn: Callable[..., Any]) -> JobSpec:
-        """This executor's JobSpec for ``fn`` with no arguments yet, built once per function (name checks included)."""
-        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
+        """This executor's JobSpec for ``fn`` with no arguments yet, built once per function (name checks included).
+
+        A callable without a ``module:function`` path (a bound method, a callable object, a function of the
+        script itself) is sent pickled, as ``ProcessPoolExecutor`` sends every function (see
+        :mod:`actors.callables`), by a local executor; a lambda or a closure is refused with the fix, and so is
+        what belongs to a module no job may name (``os``, ``subprocess``, the rest of ``builtins``...).
+        """
+        try:
+            spec: JobSpec | None = make_spec(fn, (), {}, grace=self._grace, retries=self._retries,
+                                             resources=self._resources)
+            refused: JobRefused | None = None
+        except JobRefused as exc:  # no path at all (a script's function, a callable object...)
+            spec, refused = None, exc
+        if self._exact and (spec is None or not _nameable(spec.fn)):
+            qualname, label = getattr(fn, "__qualname__", ""), callables.label(fn)
+            root = label.split(".", 1)[0].split(":", 1)[0]
+            if root in ALWAYS_DENIED:  # what no job path may name is not sent pickled either
+                if spec is None:
+                    raise JobRefused(f"job function {label!r} is refused: module {root!r} never runs as a job")
+            elif callable(fn) and "<lambda>" not in qualname and "<locals>" not in qualname:
+                spec = make_spec(callables.PATH, (), {}, name=label, grace=self._grace,
+                                 retries=self._retries, resources=self._resources)
+        if spec is None:
+            assert refused is not None
+            raise refused
         if self._setup is not None:
             spec = msgspec.structs.replace(spec, setup=self._setup)
         try:
@@ -651,6 +690,7 @@ class Executor(concurrent.futures.Executor):
         if not n:
             return iter(())
         if not self._exact or self._cap is not None or isinstance(fn, functools.partial) \
+                or self._template_of(fn).fn == callables.PATH \
                 or any(is_ndarray_type(t) for c in cols for t in set(map(type, c))):
             return super().map(fn, *cols, timeout=timeout)
         # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does
@@ -772,6 +812,15 @@ def _start(fut: Future[Any]) -> bool:
         if fut._state not in ("PENDING", "CANCELLED"):
             return False
         return fut.set_running_or_notify_cancel()
+
+
+def _nameable(path: str) -> bool:
+    """Whether a job path passes the name rules (else a local executor sends the callable pickled)."""
+    try:
+        check_name(path)
+    except JobRefused:
+        return False
+    return True
 
 
 def _broken_pool(message: str) -> Exception:

@@ -31,13 +31,14 @@ from typing import Any, Callable
 import msgspec
 import zmq
 
+from actors import callables
 from actors._child import Child, child_main
 from actors._exact import dumps, loads_referencing
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, RunDir, StartedLog
 from actors._arrays import WorkerArrays
-from actors._errors import ProtocolError, error_name
+from actors._errors import JobRefused, ProtocolError, error_name
 from actors._jobfn import resolve, resolve_internal, takes_task
 from actors._task import Task, activate, deactivate
 from actors.messages import (
@@ -412,6 +413,11 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             payload = arrays.import_args(d.args, mapped), arrays.import_args(d.kwargs, mapped)
         else:
             payload = _NO_ARGS
+        if fn is callables.pickled:  # a local Executor's callable, sent pickled as the head of its arguments
+            if not d.pickled or type(payload) is not tuple or not payload[0] or type(payload[0][0]) is not list:
+                raise JobRefused(f"{callables.PATH} runs only a callable pickled by a local Executor")
+            (head, *args), kwargs = payload
+            fn, payload = head[-1], (args, kwargs)
         # one calling convention for every entry point, read from the signature; internal jobs
         # (a script's background task) keep the seed's fn(task) form
         with_task = d.with_task if d.internal else takes_task(fn)

@@ -396,3 +396,25 @@ def fill_sevens(a: Any) -> Any:
     """Write into an array in place and return it (a shared one comes back as itself)."""
     a[...] = 7
     return a
+
+
+class Scaler:
+    """A picklable object whose methods and call are jobs (ProcessPoolExecutor pickles bound methods too)."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def scale(self, x: int) -> int:
+        return x * self.factor
+
+    def __call__(self, x: int) -> list[int]:
+        return [self.factor, x]
+
+    @staticmethod
+    def negate(x: int) -> int:
+        return -x
+
+
+def _private_helper(x: int) -> int:
+    """A module function whose name no job path may have (it starts with '_')."""
+    return x + 100

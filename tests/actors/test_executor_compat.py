@@ -53,6 +53,8 @@ def test_pure_builtins_and_partials_run_and_the_rest_of_builtins_stays_refused(m
         assert ex.submit(functools.partial(jobs.convention_named, x=8)).result(60) == ["named", True, 8]
         with pytest.raises(JobRefused, match="builtins"):
             ex.submit(eval, "1 + 1").result(60)
+        with pytest.raises(JobRefused, match="builtins"):  # sent pickled or not, a method of a denied module too
+            ex.submit(str.upper, "a").result(60)
     with Client(config=module_daemon.config) as c:
         assert c.submit(pow, 3, 4).result(60) == 81
         assert c.submit(functools.partial(pow, 2), 5).result(60) == 32  # a partial travels as its function
@@ -301,3 +303,26 @@ def test_map_in_chunks_keeps_the_calling_convention_and_the_worker_setup(module_
     assert [r[2] for r in got] == list(range(30)) and all(r[1] == ["m"] for r in got)
     assert max(collections.Counter(r[0] for r in got).values()) <= 3 * 4  # at most 3 chunk jobs per worker
     assert named == [["named", True, x] for x in range(6)] and partial == [(33, 1), (14, 2)]
+
+
+def test_callables_without_a_job_path_run_as_under_a_process_pool(module_daemon: Daemon) -> None:
+    """Bound methods (of the user's objects and of the library's), callable objects, static methods, private
+    functions: an
+    Executor sends them pickled (under actors.callables:pickled, their label as the job's name), as
+    ProcessPoolExecutor does; a lambda or a closure stays refused with the fix."""
+    scaler = jobs.Scaler(3)
+    with Executor(config=module_daemon.config) as ex:
+        assert ex.submit(scaler.scale, 5).result(60) == 15
+        assert ex.submit(scaler, 2).result(60) == [3, 2]
+        assert ex.submit(jobs.Scaler.negate, 4).result(60) == -4
+        assert ex.submit(collections.Counter("abca").most_common, 1).result(60) == [("a", 2)]
+        assert ex.submit(jobs._private_helper, 1).result(60) == 101
+        assert list(ex.map(scaler.scale, [1, 2, 3], timeout=60)) == [3, 6, 9]
+        with pytest.raises(JobRefused, match="lambda or a closure"):
+            ex.submit(lambda: 1)
+    with Client(config=module_daemon.config) as c:
+        named = [j.name for j in c.jobs(limit=50) if j.fn == "actors.callables:pickled"]
+        assert "tests.jobs:Scaler.scale" in named and "tests.jobs:Scaler" in named
+        # the job function that stands for a pickled callable runs nothing else (a path from a client)
+        with pytest.raises(JobRefused, match="only a callable pickled by a local Executor"):
+            c.submit("actors.callables:pickled", "tests.jobs:square", 3).result(60)

@@ -365,3 +365,82 @@ def test_a_private_executor_s_jobs_print_to_its_owner_s_terminal(start: str, tmp
     err = proc.stderr.splitlines()
     assert [line for line in err if line.startswith(("err ", "warned "))] == ["err 1", "warned 1", "err 2", "warned 2"]
     assert not [line for line in err if "event=" in line]  # the workers' own records stay in the daemon's log
+
+
+_SCRIPT = '''\
+import os
+from dataclasses import dataclass
+
+from actors.client import Executor
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+def shift(p, d):  # a function of the script itself, taking and returning the script's own class
+    return Point(p.x + d, p.y + d)
+
+
+def die():
+    os._exit(1)
+
+
+if __name__ == "__main__":
+    with Executor(1) as ex:
+        print(ex.submit(shift, Point(1, 2), 10).result(60), flush=True)
+        print(list(ex.map(shift, [Point(0, 0)], [1])), flush=True)
+        try:
+            ex.submit(die).result(60)
+        except Exception as exc:
+            print("lost:", type(exc).__name__, flush=True)
+        print(ex.submit(shift, Point(1, 1), 1).result(60), flush=True)  # a worker started after: it loads the script
+'''
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_script_s_own_functions_and_classes_run_as_under_a_process_pool(start: str, tmp_path: Path) -> None:
+    """The common ProcessPoolExecutor script: its function and dataclass defined in the script, the work under
+    ``if __name__ == "__main__":``. A worker forked from it has them; any other loads the script as __mp_main__."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "main.py").write_text(_SCRIPT)
+    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
+           "PYTHONPATH": str(ROOT), "ENSEMBLE_PRIVATE_START": start}
+    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["Point(x=11, y=12)", "[Point(x=1, y=1)]", "lost: JobLost", "Point(x=2, y=2)"]
+
+
+def test_a_script_that_starts_an_executor_unguarded_is_told_the_fix(tmp_path: Path) -> None:
+    """A worker that must load the script (not forked from it) would start an Executor in turn: refused, with the
+    guard to add, as multiprocessing refuses it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "main.py").write_text(
+        "from actors.client import Executor\n"
+        "def f(x):\n"
+        "    return x\n"
+        "ex = Executor(1)\n"
+        "try:\n"
+        "    print(ex.submit(f, 1).result(60), flush=True)\n"
+        "except RuntimeError as exc:\n"
+        "    print('refused:', exc, flush=True)\n"
+        "finally:\n"
+        "    ex.shutdown()\n")
+    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
+           "PYTHONPATH": str(ROOT), "ENSEMBLE_PRIVATE_START": "spawn"}  # its workers are not forks of the script
+    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused: "), proc.stdout
+    assert 'if __name__ == "__main__":' in proc.stdout

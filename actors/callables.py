@@ -1,0 +1,92 @@
+"""Callables a local Executor sends pickled: bound methods, callable objects, the script's own functions.
+
+``ProcessPoolExecutor`` pickles the function it is given, so whatever pickles
+runs.  A job here names its function by path (``module:function``), so that
+the daemon, the journal and the allow-list can read it; a callable without
+such a path (a bound method, a callable object, a static method, a method of
+a builtin type, a function or class of the script being run) travels pickled
+with the arguments instead, under the job function :data:`PATH`, with its
+label (``module:qualname``) as the job's name.  Only a local client's jobs
+are pickled (the daemon refuses pickled jobs from tcp and never unpickles
+anything), and a worker runs :data:`PATH` only for a pickled job.
+
+The first argument of such a job is its *head*: ``[callable]``, or
+``[ScriptMarker(path), callable]`` when the callable belongs to the script
+itself (``__main__``).  Unpickling the marker calls :func:`use_main` before
+the callable is looked up: a worker forked from the caller has the script's
+``__main__`` already; any other worker loads the script once as
+``__mp_main__``, as multiprocessing's spawn does, so code under
+``if __name__ == "__main__":`` does not run there (a script without that
+guard that starts an Executor at import is refused with the fix).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from typing import Any, Callable
+
+PATH = "actors.callables:pickled"
+MAIN = "__main__ is the script"  # what use_main returns: the head's first item, dropped by the worker
+LOADING: list[str] = []  # the script a worker is loading as __mp_main__ (an Executor started then is refused)
+_loaded: dict[str, types.ModuleType] = {}
+
+
+def pickled(*args: Any, **kwargs: Any) -> Any:
+    """Stands for a callable sent pickled with its arguments (see the module's doc); never runs itself."""
+    raise TypeError(f"{PATH} runs only a callable pickled by a local Executor, which sends it with its arguments")
+
+
+def label(fn: Any) -> str:
+    """``module:qualname`` of a callable, for people (the job's name): of its class for a callable object."""
+    owner = fn if hasattr(fn, "__qualname__") else type(fn)
+    module = (getattr(owner, "__module__", None) or getattr(getattr(fn, "__objclass__", None), "__module__", None)
+              or type(getattr(fn, "__self__", None)).__module__)  # a method of a builtin type: its class's module
+    return f"{module}:{getattr(owner, '__qualname__', type(fn).__name__)}"
+
+
+class ScriptMarker:
+    """Pickles as a call of :func:`use_main` with the script's path (it must come before the callable)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Callable[[str], str], tuple[str]]:
+        return use_main, (self.path,)
+
+
+def head(fn: Any) -> list[Any]:
+    """The first argument of a pickled-callable job: ``[fn]``, with a :class:`ScriptMarker` first if ``fn`` (its
+    function, the object it is bound to, or its class) belongs to a script run as ``__main__``."""
+    owners = (fn, getattr(fn, "__self__", None), type(getattr(fn, "__self__", None)), type(fn))
+    if any(getattr(o, "__module__", None) == "__main__" for o in owners if o is not None):
+        path = getattr(sys.modules.get("__main__"), "__file__", None)
+        if path:
+            # results of the script's own classes come back named __mp_main__ from a worker that loaded it
+            sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
+            return [ScriptMarker(os.path.abspath(path)), fn]
+    return [fn]
+
+
+def use_main(path: str) -> str:
+    """Unpickling in a worker: make the script at ``path`` this process's ``__main__`` (loaded once)."""
+    mine = getattr(sys.modules.get("__main__"), "__file__", None)
+    if isinstance(mine, str) and os.path.abspath(mine) == path:
+        return MAIN  # forked from the caller: its own
+    module = _loaded.get(path)
+    if module is None:
+        import runpy
+
+        module = types.ModuleType("__mp_main__")
+        module.__file__ = path
+        LOADING.append(path)
+        try:
+            module.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+        finally:
+            LOADING.remove(path)
+        _loaded[path] = module
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+    return MAIN
