@@ -330,11 +330,6 @@ def test_a_client_whose_private_daemon_dies_fails_its_jobs_and_calls_at_once(
 def test_a_private_executor_s_jobs_print_to_its_owner_s_terminal(start: str, tmp_path: Path) -> None:
     """As under ProcessPoolExecutor: a job's print(), its stderr and its own warnings reach the program's stdout and
     stderr, also from a worker started after one died; the workers' own log records do not."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     (tmp_path / "talk.py").write_text(
         "import logging, os, sys\n"
         "def say(x):\n"
@@ -356,11 +351,7 @@ def test_a_private_executor_s_jobs_print_to_its_owner_s_terminal(start: str, tmp
         "        print('lost:', type(exc).__name__, flush=True)\n"
         "    assert ex.submit(talk.say, 2).result(60) == 2\n"  # on the worker started in its place
         "print('done', flush=True)\n")
-    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
-           "PYTHONPATH": str(ROOT), "ENSEMBLE_PRIVATE_START": start}
-    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_script(tmp_path, start)
     assert proc.stdout.splitlines() == ["out 1", "lost: JobLost", "out 2", "done"]
     err = proc.stderr.splitlines()
     assert [line for line in err if line.startswith(("err ", "warned "))] == ["err 1", "warned 1", "err 2", "warned 2"]
@@ -404,28 +395,14 @@ if __name__ == "__main__":
 def test_a_script_s_own_functions_and_classes_run_as_under_a_process_pool(start: str, tmp_path: Path) -> None:
     """The common ProcessPoolExecutor script: its function and dataclass defined in the script, the work under
     ``if __name__ == "__main__":``. A worker forked from it has them; any other loads the script as __mp_main__."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     (tmp_path / "main.py").write_text(_SCRIPT)
-    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
-           "PYTHONPATH": str(ROOT), "ENSEMBLE_PRIVATE_START": start}
-    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_script(tmp_path, start)
     assert proc.stdout.splitlines() == ["Point(x=11, y=12)", "[Point(x=1, y=1)]", "lost: JobLost", "Point(x=2, y=2)"]
 
 
 def test_a_script_that_starts_an_executor_unguarded_is_told_the_fix(tmp_path: Path) -> None:
     """A worker that must load the script (not forked from it) would start an Executor in turn: refused, with the
     guard to add, as multiprocessing refuses it."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     (tmp_path / "main.py").write_text(
         "from actors.client import Executor\n"
         "def f(x):\n"
@@ -437,10 +414,22 @@ def test_a_script_that_starts_an_executor_unguarded_is_told_the_fix(tmp_path: Pa
         "    print('refused:', exc, flush=True)\n"
         "finally:\n"
         "    ex.shutdown()\n")
+    proc = _run_script(tmp_path, "spawn")  # its workers are not forks of the script
+    assert proc.stdout.startswith("refused: "), proc.stdout
+    assert 'if __name__ == "__main__":' in proc.stdout
+
+
+def _run_script(tmp_path: Path, start: str) -> Any:
+    """``python main.py`` in ``tmp_path`` with no daemon running (a private one starts as ``start`` says); it must
+    exit 0.  Returns the CompletedProcess, its output captured as text."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
     env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
-           "PYTHONPATH": str(ROOT), "ENSEMBLE_PRIVATE_START": "spawn"}  # its workers are not forks of the script
+           "PYTHONPATH": str(ROOT), "ENSEMBLE_PRIVATE_START": start}
     proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("refused: "), proc.stdout
-    assert 'if __name__ == "__main__":' in proc.stdout
+    return proc
