@@ -418,9 +418,13 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
                 raise JobRefused(f"{callables.PATH} runs only a callable pickled by a local Executor")
             (head, *args), kwargs = payload
             fn, payload = head[-1], (args, kwargs)
-        # one calling convention for every entry point, read from the signature; internal jobs
-        # (a script's background task) keep the seed's fn(task) form
-        with_task = d.with_task if d.internal else takes_task(fn)
+            # read afresh: the cache would keep each unpickled object alive (a bound method holds its instance),
+            # and a callable object may be unhashable
+            with_task = takes_task.__wrapped__(fn)
+        else:
+            # one calling convention for every entry point, read from the signature; internal jobs
+            # (a script's background task) keep the seed's fn(task) form
+            with_task = d.with_task if d.internal else takes_task(fn)
         value: Any
         if type(payload) is list:  # an Executor.map chunk: a slice of each iterable; fn over them, results in a
             # list (the first exception ends the chunk, as in the pools)

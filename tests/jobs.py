@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -418,3 +419,13 @@ class Scaler:
 def _private_helper(x: int) -> int:
     """A module function whose name no job path may have (it starts with '_')."""
     return x + 100
+
+
+@dataclasses.dataclass
+class Offset:
+    """A callable object that cannot be hashed (a dataclass compares by value)."""
+
+    by: int
+
+    def __call__(self, x: int) -> int:
+        return x + self.by

@@ -314,6 +314,7 @@ def test_callables_without_a_job_path_run_as_under_a_process_pool(module_daemon:
     with Executor(config=module_daemon.config) as ex:
         assert ex.submit(scaler.scale, 5).result(60) == 15
         assert ex.submit(scaler, 2).result(60) == [3, 2]
+        assert ex.submit(jobs.Offset(2), 3).result(60) == 5  # unhashable
         assert ex.submit(jobs.Scaler.negate, 4).result(60) == -4
         assert ex.submit(collections.Counter("abca").most_common, 1).result(60) == [("a", 2)]
         assert ex.submit(jobs._private_helper, 1).result(60) == 101
