@@ -58,12 +58,30 @@ class ScriptMarker:
         return use_main, (self.path,)
 
 
-def head(fn: Any) -> list[Any]:
+def _script() -> str | None:
+    """The file of the script run as ``__main__`` (None in an interactive session)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path if isinstance(path, str) else None
+
+
+def mentions_script(blob: bytes) -> bool:
+    """Whether pickled bytes may name something of the script run as ``__main__`` (a class of its, say)."""
+    return b"__main__" in blob and _script() is not None
+
+
+def holds_script_objects(columns: list[list[Any]]) -> bool:
+    """Whether a map's items include objects of the script's own classes (``map`` then sends them one by one,
+    each job as :func:`mentions_script` decides)."""
+    return _script() is not None and any(type(v).__module__ == "__main__" for c in columns for v in c)
+
+
+def head(fn: Any, script: bool = False) -> list[Any]:
     """The first argument of a pickled-callable job: ``[fn]``, with a :class:`ScriptMarker` first if ``fn`` (its
-    function, the object it is bound to, or its class) belongs to a script run as ``__main__``."""
+    function, the object it is bound to, or its class) belongs to a script run as ``__main__``, or ``script``
+    says the arguments hold something of it."""
     owners = (fn, getattr(fn, "__self__", None), type(getattr(fn, "__self__", None)), type(fn))
-    if any(getattr(o, "__module__", None) == "__main__" for o in owners if o is not None):
-        path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if script or any(getattr(o, "__module__", None) == "__main__" for o in owners if o is not None):
+        path = _script()
         if path:
             # results of the script's own classes come back named __mp_main__ from a worker that loaded it
             sys.modules.setdefault("__mp_main__", sys.modules["__main__"])

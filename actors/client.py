@@ -570,6 +570,12 @@ class Executor(concurrent.futures.Executor):
             try:
                 payload = dumps_arguments(template.name if template.fn == callables.PATH else template.fn, args,
                                           kwargs, limit)
+                if template.fn != callables.PATH and callables.mentions_script(payload[0]):
+                    # the script's own classes among the arguments: sent as a callable job, whose head has the
+                    # worker load the script first when it was not forked from it (see actors.callables)
+                    template = self._callable_template(fn)
+                    args = (callables.head(fn, script=True), *args)
+                    payload = dumps_arguments(template.name, args, kwargs, limit)
             except TypeError as exc:  # this job fails at once, as ProcessPoolExecutor's future would
                 fut.set_exception(exc)
                 return fut
@@ -597,6 +603,12 @@ class Executor(concurrent.futures.Executor):
             found = None
         return found or self._template(fn)
 
+    def _callable_template(self, fn: Callable[..., Any]) -> JobSpec:
+        """The JobSpec of a job that carries ``fn`` pickled (:mod:`actors.callables`), labelled by its name."""
+        spec = make_spec(callables.PATH, (), {}, name=callables.label(fn), grace=self._grace, retries=self._retries,
+                         resources=self._resources)
+        return spec if self._setup is None else msgspec.structs.replace(spec, setup=self._setup)
+
     def _template(self, fn: Callable[..., Any]) -> JobSpec:
         """This executor's JobSpec for ``fn`` with no arguments yet, built once per function (name checks included).
 
@@ -618,8 +630,7 @@ class Executor(concurrent.futures.Executor):
                 if spec is None:
                     raise JobRefused(f"job function {label!r} is refused: module {root!r} never runs as a job")
             elif callable(fn) and "<lambda>" not in qualname and "<locals>" not in qualname:
-                spec = make_spec(callables.PATH, (), {}, name=label, grace=self._grace,
-                                 retries=self._retries, resources=self._resources)
+                spec = self._callable_template(fn)
         if spec is None:
             assert refused is not None
             raise refused
@@ -690,7 +701,7 @@ class Executor(concurrent.futures.Executor):
         if not n:
             return iter(())
         if not self._exact or self._cap is not None or isinstance(fn, functools.partial) \
-                or self._template_of(fn).fn == callables.PATH \
+                or self._template_of(fn).fn == callables.PATH or callables.holds_script_objects(cols) \
                 or any(is_ndarray_type(t) for c in cols for t in set(map(type, c))):
             return super().map(fn, *cols, timeout=timeout)
         # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does

@@ -362,6 +362,8 @@ _SCRIPT = '''\
 import os
 from dataclasses import dataclass
 
+import geometry
+
 from actors.client import Executor
 
 
@@ -387,7 +389,10 @@ if __name__ == "__main__":
             ex.submit(die).result(60)
         except Exception as exc:
             print("lost:", type(exc).__name__, flush=True)
-        print(ex.submit(shift, Point(1, 1), 1).result(60), flush=True)  # a worker started after: it loads the script
+        # a worker started after the death: it loads the script for a module's function given the script's class
+        print(ex.submit(geometry.grow, Point(1, 2)).result(60), flush=True)
+        print(list(ex.map(geometry.grow, [Point(3, 4)])), flush=True)
+        print(ex.submit(shift, Point(1, 1), 1).result(60), flush=True)
 '''
 
 
@@ -396,8 +401,10 @@ def test_a_script_s_own_functions_and_classes_run_as_under_a_process_pool(start:
     """The common ProcessPoolExecutor script: its function and dataclass defined in the script, the work under
     ``if __name__ == "__main__":``. A worker forked from it has them; any other loads the script as __mp_main__."""
     (tmp_path / "main.py").write_text(_SCRIPT)
+    (tmp_path / "geometry.py").write_text("def grow(p):\n    return type(p)(p.x * 2, p.y * 2)\n")
     proc = _run_script(tmp_path, start)
-    assert proc.stdout.splitlines() == ["Point(x=11, y=12)", "[Point(x=1, y=1)]", "lost: JobLost", "Point(x=2, y=2)"]
+    assert proc.stdout.splitlines() == ["Point(x=11, y=12)", "[Point(x=1, y=1)]", "lost: JobLost", "Point(x=2, y=4)",
+                                        "[Point(x=6, y=8)]", "Point(x=2, y=2)"]
 
 
 def test_a_script_that_starts_an_executor_unguarded_is_told_the_fix(tmp_path: Path) -> None:
