@@ -69,10 +69,10 @@ def mentions_script(blob: bytes) -> bool:
     return b"__main__" in blob and _script() is not None
 
 
-def holds_script_objects(columns: list[list[Any]]) -> bool:
-    """Whether a map's items include objects of the script's own classes (``map`` then sends them one by one,
-    each job as :func:`mentions_script` decides)."""
-    return _script() is not None and any(type(v).__module__ == "__main__" for c in columns for v in c)
+def holds_script_objects(types: set[type]) -> bool:
+    """Whether a map's items (their ``types``) include objects of the script's own classes (``map`` then sends
+    them one by one, each job as :func:`mentions_script` decides)."""
+    return any(t.__module__ == "__main__" for t in types) and _script() is not None
 
 
 def head(fn: Any, script: bool = False) -> list[Any]:

@@ -700,9 +700,10 @@ class Executor(concurrent.futures.Executor):
         n = len(cols[0]) if cols else 0
         if not n:
             return iter(())
+        types = {t for c in cols for t in set(map(type, c))}  # one pass in C over the items
         if not self._exact or self._cap is not None or isinstance(fn, functools.partial) \
-                or self._template_of(fn).fn == callables.PATH or callables.holds_script_objects(cols) \
-                or any(is_ndarray_type(t) for c in cols for t in set(map(type, c))):
+                or self._template_of(fn).fn == callables.PATH or callables.holds_script_objects(types) \
+                or any(is_ndarray_type(t) for t in types):
             return super().map(fn, *cols, timeout=timeout)
         # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does
         parts = [[c[i:i + chunksize] for c in cols] for i in range(0, n, chunksize)]
