@@ -491,7 +491,7 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"max_tasks_per_child must be >= 1, got {max_tasks_per_child}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        init_path = path_of(initializer) if initializer is not None else ""
+        init_path, init_carried = _route(initializer) if initializer is not None else ("", False)
         daemon = daemon or name
         self._private: PrivateDaemon | None = None
         self._cap = max_workers
@@ -527,7 +527,9 @@ class Executor(concurrent.futures.Executor):
         self._broken = ""  # why the pool is broken (its initializer raised); submits then raise BrokenProcessPool
         self._setup: WorkerSetup | None = None
         if init_path or max_tasks_per_child:
-            exact = self._exact and not any(is_ndarray(v) for v in initargs)
+            if init_carried:  # the initializer itself travels, first among its arguments (see actors.callables)
+                initargs = (callables.head(initializer), *initargs)
+            exact = self._exact and (init_carried or not any(is_ndarray(v) for v in initargs))
             self._setup = WorkerSetup(
                 os.urandom(8).hex(), init_path,
                 [pickle.dumps(tuple(initargs), protocol=pickle.HIGHEST_PROTOCOL)] if exact else list(initargs),
@@ -617,23 +619,9 @@ class Executor(concurrent.futures.Executor):
         :mod:`actors.callables`), by a local executor; a lambda or a closure is refused with the fix, and so is
         what belongs to a module no job may name (``os``, ``subprocess``, the rest of ``builtins``...).
         """
-        try:
-            spec: JobSpec | None = make_spec(fn, (), {}, grace=self._grace, retries=self._retries,
-                                             resources=self._resources)
-            refused: JobRefused | None = None
-        except JobRefused as exc:  # no path at all (a script's function, a callable object...)
-            spec, refused = None, exc
-        if self._exact and (spec is None or not _nameable(spec.fn)):
-            qualname, label = getattr(fn, "__qualname__", ""), callables.label(fn)
-            root = label.split(".", 1)[0].split(":", 1)[0]
-            if root in ALWAYS_DENIED:  # what no job path may name is not sent pickled either
-                if spec is None:
-                    raise JobRefused(f"job function {label!r} is refused: module {root!r} never runs as a job")
-            elif callable(fn) and "<lambda>" not in qualname and "<locals>" not in qualname:
-                spec = self._callable_template(fn)
-        if spec is None:
-            assert refused is not None
-            raise refused
+        path, carried = _route(fn) if self._exact else (path_of(fn), False)
+        spec = self._callable_template(fn) if carried else make_spec(
+            path, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
         if self._setup is not None:
             spec = msgspec.structs.replace(spec, setup=self._setup)
         try:
@@ -824,6 +812,29 @@ def _start(fut: Future[Any]) -> bool:
         if fut._state not in ("PENDING", "CANCELLED"):
             return False
         return fut.set_running_or_notify_cancel()
+
+
+def _route(fn: Any) -> tuple[str, bool]:
+    """``(job path, whether fn travels pickled)`` for a local executor: a function with a job path goes by it;
+    another callable (a bound method, a callable object, the script's own function...) pickled under
+    ``actors.callables:pickled``.  Raises JobRefused for what can go neither way (a lambda, a closure, a
+    method of a module no job may name); a named function of such a module goes by its path, and the daemon
+    refuses it on the job's future, as before."""
+    try:
+        path, refused = path_of(fn), None
+        if _nameable(path):
+            return path, False
+    except JobRefused as exc:
+        path, refused = "", exc
+    qualname, label = getattr(fn, "__qualname__", ""), callables.label(fn)
+    root = label.split(".", 1)[0].split(":", 1)[0]
+    if root in ALWAYS_DENIED and not path:
+        raise JobRefused(f"job function {label!r} is refused: module {root!r} never runs as a job")
+    if root in ALWAYS_DENIED or not callable(fn) or "<lambda>" in qualname or "<locals>" in qualname:
+        if refused is not None:
+            raise refused
+        return path, False
+    return callables.PATH, True
 
 
 def _nameable(path: str) -> bool:

@@ -363,12 +363,16 @@ class Worker(Child):
         if setup.initializer:
             init = resolve(setup.initializer)
             args = pickle.loads(setup.initargs[0]) if setup.pickled else setup.initargs
+            if init is callables.pickled:  # a local Executor's initializer, pickled as the head of its arguments
+                if not setup.pickled or not args or type(args[0]) is not list:
+                    raise JobRefused(f"{callables.PATH} runs only a callable pickled by a local Executor")
+                init, args = args[0][-1], args[1:]
             try:
                 init(*args)
             except BaseException as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the pool is broken
                 from concurrent.futures.process import BrokenProcessPool
 
-                raise BrokenProcessPool(f"the executor's initializer {setup.initializer} raised "
+                raise BrokenProcessPool(f"the executor's initializer {callables.label(init)} raised "
                                         f"{type(exc).__name__}: {exc}") from exc
         self.setups[setup.key] = 0
 

@@ -381,8 +381,17 @@ def die():
     os._exit(1)
 
 
+def setup(tag):  # the initializer, a function of the script too
+    global TAG
+    TAG = tag
+
+
+def tagged(x):
+    return (TAG, x)
+
+
 if __name__ == "__main__":
-    with Executor(1) as ex:
+    with Executor(1, initializer=setup, initargs=("ready",)) as ex:
         print(ex.submit(shift, Point(1, 2), 10).result(60), flush=True)
         print(list(ex.map(shift, [Point(0, 0)], [1])), flush=True)
         try:
@@ -393,18 +402,20 @@ if __name__ == "__main__":
         print(ex.submit(geometry.grow, Point(1, 2)).result(60), flush=True)
         print(list(ex.map(geometry.grow, [Point(3, 4)])), flush=True)
         print(ex.submit(shift, Point(1, 1), 1).result(60), flush=True)
+        print(ex.submit(tagged, 1).result(60), flush=True)
 '''
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_a_script_s_own_functions_and_classes_run_as_under_a_process_pool(start: str, tmp_path: Path) -> None:
-    """The common ProcessPoolExecutor script: its function and dataclass defined in the script, the work under
-    ``if __name__ == "__main__":``. A worker forked from it has them; any other loads the script as __mp_main__."""
+    """The common ProcessPoolExecutor script: its functions (the initializer too) and dataclass defined in the
+    script, the work under ``if __name__ == "__main__":``. A worker forked from it has them; any other (a
+    replacement, or every worker of a spawned daemon) loads the script as __mp_main__."""
     (tmp_path / "main.py").write_text(_SCRIPT)
     (tmp_path / "geometry.py").write_text("def grow(p):\n    return type(p)(p.x * 2, p.y * 2)\n")
     proc = _run_script(tmp_path, start)
     assert proc.stdout.splitlines() == ["Point(x=11, y=12)", "[Point(x=1, y=1)]", "lost: JobLost", "Point(x=2, y=4)",
-                                        "[Point(x=6, y=8)]", "Point(x=2, y=2)"]
+                                        "[Point(x=6, y=8)]", "Point(x=2, y=2)", "('ready', 1)"]
 
 
 def test_a_script_that_starts_an_executor_unguarded_is_told_the_fix(tmp_path: Path) -> None:
