@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import os
 import signal
 import sys
@@ -50,6 +51,7 @@ from actors.messages import (
 )
 
 Listener = Callable[[JobInfo], None]
+log = logging.getLogger("ensemble.client")
 _MAX_BATCH = 5000
 
 
@@ -526,6 +528,9 @@ class Connection:
             if event == zmq.EVENT_DISCONNECTED and self._watch is None:  # (a private daemon's end: _daemon_died)
                 self._receive(sock)  # what the daemon sent before it closed came first: it is answered
                 self._link_lost = True
+                if self._listeners:  # say why results stop coming (a `with Executor()` would wait on in silence)
+                    log.warning("event=daemon-disconnected jobs=%d detail=the daemon closed the connection; these "
+                                "jobs are in its journal and end when it is back (`ensemble up`)", len(self._listeners))
                 waiting, self._waiting = self._waiting, {}
                 for fut, _ in waiting.values():
                     if not fut.done():
@@ -536,6 +541,8 @@ class Connection:
                 self._link_lost = False
                 with self._lock:
                     ids = list(self._listeners)
+                if ids:
+                    log.info("event=daemon-reconnected jobs=%d detail=watching them again", len(ids))
                 for start in range(0, len(ids), 10_000):  # the daemon's limit for one Watch is 100,000
                     self._watch_again(sock, ids[start:start + 10_000])
 

@@ -517,7 +517,8 @@ def test_a_job_a_dead_daemon_s_worker_began_is_not_rerun_without_a_retry(tmp_pat
 
 @pytest.mark.slow  # two restarts of a daemon
 def test_an_executor_s_futures_end_across_a_restart_of_its_daemon(make_daemon: Make, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """The daemon restarts under an Executor attached to it: a queued job runs on the new daemon and its future
     ends with the result (the new daemon knew nothing of the futures' watches: the client watches again)."""
     from actors.client import Executor
@@ -537,6 +538,7 @@ def test_an_executor_s_futures_end_across_a_restart_of_its_daemon(make_daemon: M
         queued = ex.submit(jobs.square, 7)  # behind it: stays queued in the journal
         wait_for(lambda: any(j.fn == "tests.jobs:square" for j in d.client().jobs()), 30, what="the queued job")
         d.down()
+        wait_for(lambda: "event=daemon-disconnected" in caplog.text, 30, what="the notice of the disconnect")
         d.up()
         assert queued.result(60) == 49  # it hung forever before
         with pytest.raises(Exception, match="killed|cancelled"):
