@@ -558,9 +558,8 @@ class Connection:
                 for jid in ids:
                     self._watch_again(sock, [jid])
                 return
-            state, error_type = self.lost_as
-            self._route([JobInfo(ids[0], "", "", state, error_type=error_type, error_message=(
-                "the daemon restarted and does not know this job (its journal was removed, or pruned it)"))])
+            self._end_as_lost(ids, "the daemon restarted and does not know this job (its journal was removed, or "
+                                   "pruned it)")
 
         fut.add_done_callback(answered)
         self._send(sock, Watch(ids, True), fut, lambda reply: self._route(reply.jobs))
@@ -575,10 +574,14 @@ class Connection:
             f"the private daemon (pid {pid}) {_how_it_ended(pid)}; the jobs it had are lost (create a new "
             "Executor or Client to go on)")
         self._fail_all(self.gone)
-        state, error_type = self.lost_as
         with self._lock:
             ids = list(self._listeners)
-        self._route([JobInfo(jid, "", "", state, error_type=error_type, error_message=str(self.gone)) for jid in ids])
+        self._end_as_lost(ids, str(self.gone))
+
+    def _end_as_lost(self, ids: list[int], why: str) -> None:
+        """End jobs the daemon can no longer tell about, as :attr:`lost_as` says, with ``why`` (I/O thread)."""
+        state, error_type = self.lost_as
+        self._route([JobInfo(jid, "", "", state, error_type=error_type, error_message=why) for jid in ids])
 
     def _fail_all(self, exc: Exception) -> None:
         for fut, _ in self._waiting.values():
