@@ -60,7 +60,7 @@ import sys
 from pathlib import Path
 
 from actors._errors import EnsembleError
-from actors._spawn import JOB_OUTPUT_ENV, NEUTRAL_CWD, ForkedProc, child_env, hold_output
+from actors._spawn import NEUTRAL_CWD, ForkedProc, child_env, hold_output
 from actors.config import Config
 
 # what the child unhooked from the caller: kept referenced, so that it is never finalised in the child
@@ -142,9 +142,7 @@ def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
     sys.argv = ["actors.supervisor"]
     os.environ.clear()
     os.environ.update(child_env(env))
-    held = hold_output()  # the caller's stdout and stderr, for the workers' jobs to print to (JOB_OUTPUT_ENV)
-    if held is not None:
-        os.environ[JOB_OUTPUT_ENV] = f"{held[0]},{held[1]}"
+    held = hold_output(os.environ)  # the caller's stdout and stderr, for the workers' jobs to print to
     # stdio: the caller's stream objects are kept (never closed here); fresh ones over fds 0-2
     _KEPT.extend([sys.stdin, sys.stdout, sys.stderr])
     devnull = os.open(os.devnull, os.O_RDWR)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from actors._errors import DaemonError, DaemonNotRunning, EnsembleError
-from actors._spawn import JOB_OUTPUT_ENV, NEUTRAL_CWD, ForkedProc, child_env, hold_output, python_argv
+from actors._spawn import NEUTRAL_CWD, ForkedProc, child_env, hold_output, python_argv
 from actors.config import Config
 
 # what the daemon writes to its readiness pipe once it serves (see actors.supervisor.serve)
@@ -31,10 +31,8 @@ def start_daemon(cfg: Config, err_path: Path, env: dict[str, str] | None = None,
     argv = python_argv("actors.supervisor", cfg.to_json())
     if ready_fd is not None:
         argv.append(f"--ready-fd={ready_fd}")
-    held = hold_output() if output else None
     env = dict(env or {})
-    if held is not None:
-        env[JOB_OUTPUT_ENV] = f"{held[0]},{held[1]}"
+    held = hold_output(env) if output else None
     try:
         with open(err_path, "wb") as err:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,

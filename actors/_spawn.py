@@ -57,8 +57,9 @@ NEUTRAL_CWD = "/"
 JOB_OUTPUT_ENV = "ENSEMBLE_JOB_OUTPUT"
 
 
-def hold_output() -> tuple[int, int] | None:
-    """Duplicates of this process's stdout and stderr above the stdio numbers (None if either is closed)."""
+def hold_output(env: Any) -> tuple[int, int] | None:
+    """Duplicates of this process's stdout and stderr above the stdio numbers, named in ``env`` (a mapping:
+    the environment a private daemon gets) as :data:`JOB_OUTPUT_ENV`; None if either is closed."""
     import fcntl
 
     held: list[int] = []
@@ -69,6 +70,7 @@ def hold_output() -> tuple[int, int] | None:
         for fd in held:
             os.close(fd)
         return None
+    env[JOB_OUTPUT_ENV] = f"{held[0]},{held[1]}"
     return held[0], held[1]
 
 

@@ -38,6 +38,16 @@ def pickled(*args: Any, **kwargs: Any) -> Any:
     raise TypeError(f"{PATH} runs only a callable pickled by a local Executor, which sends it with its arguments")
 
 
+def carried(args: Any, pickled: bool) -> tuple[Any, list[Any]]:
+    """In a worker: ``(callable, its other arguments)`` from the arguments of a job or initializer named
+    :data:`PATH`; JobRefused unless they were pickled by a local Executor with the head first."""
+    if not pickled or not isinstance(args, (tuple, list)) or not args or type(args[0]) is not list:
+        from actors._errors import JobRefused
+
+        raise JobRefused(f"{PATH} runs only a callable pickled by a local Executor")
+    return args[0][-1], list(args[1:])
+
+
 def label(fn: Any) -> str:
     """``module:qualname`` of a callable, for people (the job's name): of its class for a callable object."""
     owner = fn if hasattr(fn, "__qualname__") else type(fn)

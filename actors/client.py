@@ -555,12 +555,7 @@ class Executor(concurrent.futures.Executor):
         """Schedule ``fn(*args, **kwargs)`` on a worker; returns a Future."""
         self._check_open()
         fn, args, kwargs = _unwrap(fn, args, kwargs)
-        try:
-            template = self._templates.get(fn)
-        except TypeError:  # an unhashable callable
-            template = None
-        if template is None:
-            template = self._template(fn)
+        template = self._template_of(fn)
         # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
         # yours); big numpy arrays among the arguments leave the pickle and cross through shared memory
         pickled = self._exact
@@ -620,10 +615,12 @@ class Executor(concurrent.futures.Executor):
         what belongs to a module no job may name (``os``, ``subprocess``, the rest of ``builtins``...).
         """
         path, carried = _route(fn) if self._exact else (path_of(fn), False)
-        spec = self._callable_template(fn) if carried else make_spec(
-            path, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
-        if self._setup is not None:
-            spec = msgspec.structs.replace(spec, setup=self._setup)
+        if carried:
+            spec = self._callable_template(fn)
+        else:
+            spec = make_spec(path, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
+            if self._setup is not None:
+                spec = msgspec.structs.replace(spec, setup=self._setup)
         try:
             if len(self._templates) >= 256:  # bound methods and closures made per call must not pile up
                 self._templates.clear()

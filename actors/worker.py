@@ -38,7 +38,7 @@ from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, RunDir, StartedLog
 from actors._arrays import WorkerArrays
-from actors._errors import JobRefused, ProtocolError, error_name
+from actors._errors import ProtocolError, error_name
 from actors._jobfn import resolve, resolve_internal, takes_task
 from actors._task import Task, activate, deactivate
 from actors.messages import (
@@ -364,9 +364,7 @@ class Worker(Child):
             init = resolve(setup.initializer)
             args = pickle.loads(setup.initargs[0]) if setup.pickled else setup.initargs
             if init is callables.pickled:  # a local Executor's initializer, pickled as the head of its arguments
-                if not setup.pickled or not args or type(args[0]) is not list:
-                    raise JobRefused(f"{callables.PATH} runs only a callable pickled by a local Executor")
-                init, args = args[0][-1], args[1:]
+                init, args = callables.carried(args, setup.pickled)
             try:
                 init(*args)
             except BaseException as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the pool is broken
@@ -418,10 +416,8 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
         else:
             payload = _NO_ARGS
         if fn is callables.pickled:  # a local Executor's callable, sent pickled as the head of its arguments
-            if not d.pickled or type(payload) is not tuple or not payload[0] or type(payload[0][0]) is not list:
-                raise JobRefused(f"{callables.PATH} runs only a callable pickled by a local Executor")
-            (head, *args), kwargs = payload
-            fn, payload = head[-1], (args, kwargs)
+            fn, args = callables.carried(payload[0] if type(payload) is tuple else None, d.pickled)  # (not a map chunk)
+            payload = (args, payload[1])
             # read afresh: the cache would keep each unpickled object alive (a bound method holds its instance),
             # and a callable object may be unhashable
             with_task = takes_task.__wrapped__(fn)
