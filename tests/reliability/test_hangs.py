@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ def test_a_child_crashing_on_start_is_spawned_at_most_limit_plus_one_times(make_
     assert all(a.state == "running" and a.restarts == 0 for a in workers)
 
 
-def test_stopped_worker_and_gil_holding_job_are_detected(make_daemon: Any) -> None:
+def test_stopped_worker_and_gil_holding_job_are_detected(make_daemon: Any, tmp_path: Path) -> None:
     d = make_daemon(workers=2)
     d.up()
     c = d.client()
@@ -42,9 +43,12 @@ def test_stopped_worker_and_gil_holding_job_are_detected(make_daemon: Any) -> No
     spin.cancel()
     final = spin.wait(60)
     spin_s = time.monotonic() - t
-    # a SIGSTOPped worker running a job
-    sleeper = c.submit("tests.jobs:sleep", 3600.0)
-    wait_for(lambda: sleeper.refresh().state == "running", what="sleeper running")
+    # a SIGSTOPped worker running a job: stopped once the job has begun in it (a job shown "running" may not have
+    # begun yet, and one that never began is requeued, not lost, when its worker dies)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    sleeper = c.submit("tests.jobs:plain_gate", str(markers), str(tmp_path / "gate"), 3600.0)
+    wait_for(lambda: any(markers.iterdir()), what="sleeper begun")
     victim = next(a for a in d.status().actors if a.name == sleeper.refresh().worker)
     os.kill(victim.pid, signal.SIGSTOP)
     t = time.monotonic()
