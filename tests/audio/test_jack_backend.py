@@ -83,12 +83,19 @@ class Recording:
     def __init__(self, path: Path, port: str, seconds: float) -> None:
         self.path = path
         self.seconds = seconds
-        self.proc = subprocess.Popen(["jack_rec", "-f", str(path), "-d", f"{seconds:g}", "-b", "32", port],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = path.with_suffix(".log")
+        # -B: a ring buffer holding the whole recording, so a stalled disk thread cannot drop frames
+        frames = 1 << max(14, int(seconds * RATE + RATE).bit_length())
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["jack_rec", "-f", str(path), "-d", f"{seconds:g}", "-b", "32", "-B", str(frames), port],
+                stdout=log, stderr=subprocess.STDOUT)
 
     def samples(self) -> np.ndarray:
-        """Wait for the recording to end (jack_rec stops after ``seconds``) and read channel 1."""
-        assert self.proc.wait(timeout=self.seconds + 60) == 0, "jack_rec failed"
+        """Wait for the recording to end (jack_rec stops after ``seconds``) and read channel 1; no frame lost."""
+        code = self.proc.wait(timeout=self.seconds + 60)
+        said = self.log.read_text(errors="replace")
+        assert code == 0 and "overruns" not in said, f"jack_rec failed (exit {code}): {said}"
         audio, rate = soundfile.read(str(self.path), dtype="float64", always_2d=True)
         assert rate == RATE
         return audio[:, 0]
@@ -150,6 +157,29 @@ def check_timeline(recorded: np.ndarray, sequence: list[tuple[int, int]], transp
     return len(heard)
 
 
+def in_time(d: Daemon, record: Callable[[int], np.ndarray], check: Callable[[np.ndarray], Any], takes: int = 5) -> Any:
+    """``check(record(take))`` for the first take that passes; a failed take counts only if JACK saw no xrun in it.
+
+    When a client is late JACK skips cycles of the clients after it in the
+    graph, ``jack_rec`` among them: a take with an xrun may have lost whole
+    periods, and every note after the loss is heard early.  Such a take is
+    recorded again (a loaded machine gets more takes, never a looser check); a
+    take without an xrun that fails the check fails the test.
+    """
+    lost = []
+    for take in range(takes):
+        before = _processor(d)["xruns"]
+        recorded = record(take)
+        xruns = _processor(d)["xruns"] - before
+        try:
+            return check(recorded)
+        except AssertionError as exc:
+            if not xruns:
+                raise
+            lost.append(f"take {take} ({xruns} xruns): {exc}")
+    raise AssertionError("every take had JACK xruns and failed the check:\n" + "\n".join(lost))
+
+
 def test_midiseq_notes_start_on_their_frames_at_their_pitch(
     jack_server: None, make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
@@ -158,11 +188,14 @@ def test_midiseq_notes_start_on_their_frames_at_their_pitch(
     sequencer = Sequencer(seq_name, SEQUENCE)
     try:
         wait_for(lambda: _processor(d)["midi_events"] >= 2, what="MIDI from jack_midiseq to arrive")
-        with Recording(tmp_path / "out.wav", f"{client}:out_0", 3.5) as rec:
-            recorded = rec.samples()
+
+        def record(take: int) -> np.ndarray:
+            with Recording(tmp_path / f"out{take}.wav", f"{client}:out_0", 3.5) as rec:
+                return rec.samples()
+
+        heard = in_time(d, record, lambda recorded: check_timeline(recorded, SEQUENCE))
     finally:
         sequencer.close()
-    heard = check_timeline(recorded, SEQUENCE)
     stats = _processor(d)
     print(f"\n{heard} notes at their exact frames; JACK xruns {stats['xruns']} "
           f"(startup {stats['jack_startup_xruns']}), callback late p99 {stats['jack_late_p99_ms']:.3f} ms")
@@ -191,11 +224,15 @@ def test_midi_reaches_the_script_with_its_frame(
     sequencer = Sequencer(seq_name, sequence, loop=24000)
     try:
         wait_for(lambda: _processor(d)["midi_events"] >= 2, what="MIDI to arrive")
-        with Recording(tmp_path / "out.wav", f"{client}:out_0", 2.0) as rec:
-            recorded = rec.samples()
+
+        def record(take: int) -> np.ndarray:
+            with Recording(tmp_path / f"out{take}.wav", f"{client}:out_0", 2.0) as rec:
+                return rec.samples()
+
+        # on_note played an octave up, on the note's frame
+        in_time(d, record, lambda recorded: check_timeline(recorded, sequence, transpose=12, loop=24000))
     finally:
         sequencer.close()
-    check_timeline(recorded, sequence, transpose=12, loop=24000)  # on_note played an octave up, on the note's frame
     assert _processor(d)["script_errors"] == 0
 
 
@@ -248,21 +285,30 @@ def test_sustain_pedal_holds_a_release_until_it_lifts(
     d, client = _jack_daemon(make_daemon, midi_source.port.name)
     wait_for(lambda: midi_source.port.is_connected_to(f"{client}:midi_in"), what="the source connected to midi_in")
     note_on, pedal_down, note_off, pedal_up = 0, 1000, 12000, 48000
-    with Recording(tmp_path / "out.wav", f"{client}:out_0", 2.5) as rec:
-        jack = midi_source.client
-        wait_for(lambda: jack.get_all_connections(f"{client}:out_0"), what="jack_rec to connect")
-        midi_source.play([
-            (note_on, bytes([0x90, 60, 100])), (pedal_down, bytes([0xB0, 64, 127])),
-            (note_off, bytes([0x80, 60, 0])), (pedal_up, bytes([0xB0, 64, 0])),
-        ])
-        wait_for(lambda: midi_source.done, what="the source to play its events")
-        recorded = rec.samples()
-    sounding = np.flatnonzero(recorded != 0.0)
-    assert sounding.size, "nothing was heard"
-    first, last = int(sounding[0]), int(sounding[-1])
-    assert np.all(recorded[first : first + note_off + RELEASE + 1000] != 0.0)  # held past note off + release
-    assert last - first == pedal_up - note_on + RELEASE - 2  # released at the pedal's frame: exactly 0 on the release's last frame
-    assert _processor(d)["midi_events"] == 4
+    played = 0
+
+    def record(take: int) -> np.ndarray:
+        nonlocal played
+        with Recording(tmp_path / f"out{take}.wav", f"{client}:out_0", 2.5) as rec:
+            jack = midi_source.client
+            wait_for(lambda: jack.get_all_connections(f"{client}:out_0"), what="jack_rec to connect")
+            midi_source.play([
+                (note_on, bytes([0x90, 60, 100])), (pedal_down, bytes([0xB0, 64, 127])),
+                (note_off, bytes([0x80, 60, 0])), (pedal_up, bytes([0xB0, 64, 0])),
+            ])
+            wait_for(lambda: midi_source.done, what="the source to play its events")
+            played += 4
+            return rec.samples()
+
+    def check(recorded: np.ndarray) -> None:
+        sounding = np.flatnonzero(recorded != 0.0)
+        assert sounding.size, "nothing was heard"
+        first, last = int(sounding[0]), int(sounding[-1])
+        assert np.all(recorded[first : first + note_off + RELEASE + 1000] != 0.0)  # held past note off + release
+        assert last - first == pedal_up - note_on + RELEASE - 2  # released at the pedal's frame: exactly 0 on the release's last frame
+
+    in_time(d, record, check)
+    assert _processor(d)["midi_events"] == played
 
 
 def _start_private_server(name: str, rate: int = RATE) -> subprocess.Popen[bytes]:
