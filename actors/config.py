@@ -175,9 +175,9 @@ class Config:
     def shm_key(self) -> str:
         """This daemon's tag in shared-memory names (``ensemble.<key>.*``): its name plus a hash of its
         run directory, so two daemons of the same name (other users, tests) never sweep each other's."""
-        import hashlib
+        import zlib  # not hashlib: a tag, not a secret, and loading OpenSSL costs a private Executor 5 ms
 
-        return f"{self.name}.{hashlib.sha1(str(self.run_dir).encode()).hexdigest()[:8]}"
+        return f"{self.name}.{zlib.crc32(str(self.run_dir).encode()):08x}"
 
     @property
     def worker_count(self) -> int:
