@@ -234,9 +234,10 @@ def child_main(cls: type[Child]) -> None:
     if len(sys.argv) != 3:
         sys.stderr.write(f"usage: python -m {cls.__module__} CONFIG_JSON NAME\n")
         sys.exit(2)
-    if os.environ.get("ENSEMBLE_TEST_CRASH_ROLE") == cls.role:
-        # Test hook: a child of this role fails at start, so tests can drive the
-        # restart-intensity limit.  Unset in normal use; costs one dict lookup.
+    crash_role, _, crash_while = os.environ.get("ENSEMBLE_TEST_CRASH_ROLE", "").partition(":")
+    if crash_role == cls.role and (not crash_while or os.path.exists(crash_while)):
+        # Test hook: a child of this role fails at start (``ROLE``, or ``ROLE:FILE`` while FILE exists), so
+        # tests can drive the restart-intensity limit.  Unset in normal use; costs one dict lookup.
         sys.stderr.write(f"{cls.role}: ENSEMBLE_TEST_CRASH_ROLE={cls.role}: exiting at start\n")
         sys.exit(3)
     cfg = Config.from_json(sys.argv[1])

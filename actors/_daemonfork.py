@@ -140,8 +140,9 @@ def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
     os.chdir(NEUTRAL_CWD)
     sys.path[:] = [p for p in sys.path if p not in ("", caller_cwd)]
     sys.argv = ["actors.supervisor"]
+    environ = child_env(env)  # made from the caller's environment: read before it is cleared
     os.environ.clear()
-    os.environ.update(child_env(env))
+    os.environ.update(environ)
     held = hold_output(os.environ)  # the caller's stdout and stderr, for the workers' jobs to print to
     # stdio: the caller's stream objects are kept (never closed here); fresh ones over fds 0-2
     _KEPT.extend([sys.stdin, sys.stdout, sys.stderr])

@@ -524,7 +524,7 @@ class Executor(concurrent.futures.Executor):
         self._acked = threading.Condition(self._lock)
         self._templates: dict[Any, JobSpec] = {}  # per function: its JobSpec without arguments (see _template)
         self._shutdown = False
-        self._broken = ""  # why the pool is broken (its initializer raised); submits then raise BrokenProcessPool
+        self._broken = ""  # why the pool is broken (an initializer raised, no worker left); submits then raise it
         self._setup: WorkerSetup | None = None
         if init_path or max_tasks_per_child:
             if init_carried:  # the initializer itself travels, first among its arguments (see actors.callables)
@@ -537,10 +537,10 @@ class Executor(concurrent.futures.Executor):
         self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
 
     def _note_broken(self, info: JobInfo) -> None:
-        """A worker's initializer failed for this job: the pool is broken from now on, as ProcessPoolExecutor's."""
+        """A worker's initializer failed for this job, or no worker is left: the pool is broken from now on,
+        as ProcessPoolExecutor's."""
         if info.error_type == "concurrent.futures.process.BrokenProcessPool" and not self._broken:
-            self._broken = str(self.conn.gone) if self.conn.gone is not None else \
-                f"a worker's initializer failed: {info.error_message}"
+            self._broken = str(self.conn.gone) if self.conn.gone is not None else info.error_message
 
     def _check_open(self) -> None:
         """Raise as ``ProcessPoolExecutor`` does for a broken pool (a failed initializer) or after shutdown."""

@@ -48,7 +48,7 @@ OTHER_VARIABLES: Mapping[str, str] = {
     "ENSEMBLE_PRIVATE_START": "fork (default) or spawn: how a private daemon starts (a fork of its owner, or a new interpreter)",
     "ENSEMBLE_PREFORK": "0: spawn every worker as a fresh interpreter (by default the first ones are forked at "
                         "start-up, and a standby waits for the next restart once one was needed)",
-    "ENSEMBLE_TEST_CRASH_ROLE": "tests: a child of this role exits at start (restart-intensity tests)",
+    "ENSEMBLE_TEST_CRASH_ROLE": "tests: a child of this role exits at start (ROLE, or ROLE:FILE while FILE exists)",
     "ENSEMBLE_FULL": "tests: run the reliability suite at full size",
     "ENSEMBLE_FIGURES": "tests: append the reliability suite's figures to this file",
     "ENSEMBLE_PANEL_SCREENSHOTS": "tests: the browser tests save the panel's screenshots here",

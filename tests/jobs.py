@@ -307,6 +307,11 @@ def identity(value: Any) -> Any:
     return value
 
 
+def plain_env(name: str) -> str | None:
+    """A plain function: the worker's environment variable ``name``."""
+    return os.environ.get(name)
+
+
 def plain_raise_value_error(message: str) -> None:
     """A plain function raising a builtin exception type."""
     raise ValueError(message)

@@ -64,6 +64,9 @@ class Standby:
     fd: int  # the write end of its stdin: its orders go there
 
 
+# the error type of a job that failed because no worker is left to run it: ProcessPoolExecutor's for a pool
+# whose processes died (an Executor raises it; for a Client it is a RemoteError of that type)
+NO_WORKERS_ERROR = "concurrent.futures.process.BrokenProcessPool"
 _LAST_RESULTS_WAIT = 2.0  # seconds a reaped worker's last results are waited for (see _read_last_results)
 _STANDBY_LOSSES = 3  # standbys that died before their orders, after which the daemon keeps none
 
@@ -254,10 +257,45 @@ class ChildrenMixin(State):
                 slot.detail = (f"gave up: {len(times)} restarts within {self.cfg.supervision.restart_period:g}s "
                                f"(last exit code {code})")
                 log.critical("event=child-failed name=%s detail=%s; siblings keep running", slot.name, slot.detail)
+                if slot.role == "worker":
+                    self._check_workers_left()
                 return
             times.append(now)
         slot.restarts += 1
         self._spawn(slot)
+
+    def no_workers_left(self) -> str:
+        """Why no job can ever run here ("" while one can): every worker gave up restarting.
+
+        Only then: a daemon configured with no workers, or whose workers are
+        starting, restarting or retiring, or that has a cluster to place
+        workers on, keeps its queue (a worker may still come).
+        """
+        if self.cluster is not None:
+            return ""
+        workers = []
+        for s in self.slots.values():  # returns at the first worker that can still run a job: mostly the first
+            if s.role == "worker" and not s.retire:
+                if s.state != "failed":
+                    return ""
+                workers.append(s)
+        if not workers:
+            return ""
+        which = "; ".join(f"{s.name}: {s.detail}" for s in workers[:3]) + ("; ..." if len(workers) > 3 else "")
+        return (f"no worker can run jobs: every worker of this daemon gave up restarting ({which}); the daemon's "
+                "log says why they exit (`ensemble logs`); fix that, then `ensemble scale N` starts them again")
+
+    def _check_workers_left(self) -> None:
+        """A worker gave up: if it was the last one, every queued job fails now, saying why, instead of
+        waiting for a worker that will not come (as ``ProcessPoolExecutor`` breaks when its processes die)."""
+        why = self.no_workers_left()
+        if not why or self.book is None:
+            return
+        now = time.time()
+        queued = [job for job in self.book.jobs.values() if job.state == "queued"]
+        for job in queued:
+            self._finish(job, "failed", now, error_type=NO_WORKERS_ERROR, error_message=why)
+        log.critical("event=no-workers failed_jobs=%d detail=%s", len(queued), why)
 
     def _read_last_results(self, slot: Slot) -> None:
         """A worker that left in order may be reaped before its last results were read: read up to its
@@ -361,6 +399,11 @@ class ChildrenMixin(State):
         """Change the number of local workers: start new ones, or retire idle ones first (remote ones are not ours)."""
         self.workers_wanted = n
         workers = [s for s in self.slots.values() if s.role == "worker" and not s.retire and not s.remote]
+        for slot in workers[:n]:  # workers that gave up restarting start again, with a fresh restart intensity
+            if slot.state == "failed" and slot.proc is None:
+                slot.restart_times.clear()
+                slot.detail = ""
+                self._spawn(slot)
         for _ in range(n - len(workers)):
             self._add_worker()
         excess = len(workers) - n

@@ -182,6 +182,9 @@ class RequestsMixin(State):
         assert book is not None
         if self.stopping_since:
             raise DaemonError("the daemon is stopping; submit again after the next `ensemble up`")
+        gone = self.no_workers_left()
+        if gone:
+            raise JobRefused(gone)
         for spec in jobs:
             if spec.resources:
                 self._check_resources(spec)

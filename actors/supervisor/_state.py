@@ -98,6 +98,9 @@ class State:
     def _commit(self) -> None:
         raise NotImplementedError
 
+    def no_workers_left(self) -> str:
+        raise NotImplementedError
+
     def _dispatch(self, mono: float) -> None:
         raise NotImplementedError
 

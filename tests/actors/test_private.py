@@ -30,6 +30,42 @@ def test_an_executor_with_no_daemon_starts_a_private_one_and_stops_it(start: str
     assert not where.exists()
 
 
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_private_executor_s_jobs_see_its_owner_s_environment(start: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a ProcessPoolExecutor's workers do: a variable set before the executor, and PATH and HOME."""
+    monkeypatch.setenv("ENSEMBLE_PRIVATE_START", start)
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("MY_APP_SETTING", "set by the owner")
+    with Executor(1) as ex:
+        seen = list(ex.map(jobs.plain_env, ["MY_APP_SETTING", "PATH", "HOME"]))
+    assert seen == ["set by the owner", os.environ["PATH"], os.environ["HOME"]]
+
+
+def test_an_executor_whose_workers_cannot_start_breaks_instead_of_waiting(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every worker exits at start until the daemon gives up on it: queued jobs fail at once, saying why."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("ENSEMBLE_TEST_CRASH_ROLE", "worker")  # test hook: a worker exits 3 as it starts
+    monkeypatch.setenv("ENSEMBLE_SUPERVISION_MAX_RESTARTS", "1")
+    monkeypatch.setenv("ENSEMBLE_SUPERVISION_RESTART_PERIOD", "120")  # a slow machine still gives up in one window
+    with Executor(2) as ex:
+        assert ex._private is not None
+        pid, where = ex._private.proc.pid, ex._private.dir
+        futures = [ex.submit(jobs.square, x) for x in range(5)]
+        for f in futures:
+            with pytest.raises(BrokenProcessPool, match="no worker can run jobs: every worker .* gave up restarting"):
+                f.result(120)
+        with pytest.raises(BrokenProcessPool, match="gave up restarting"):  # the pool stays broken
+            ex.submit(jobs.square, 1)
+    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
+    assert not where.exists()
+
+
 def ex_status(ex: Executor) -> Any:
     with Client(config=ex.config, timeout=10) as c:
         return c.status()

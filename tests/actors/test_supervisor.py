@@ -217,6 +217,34 @@ def test_crash_looping_child_stops_at_the_intensity_limit_while_siblings_run(mak
                 if b"audio.processor" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
+def test_when_every_worker_gives_up_queued_jobs_fail_and_submits_are_refused_until_scaled(
+    make_daemon: Make, tmp_path: Path
+) -> None:
+    from actors import JobRefused, RemoteError
+
+    crashing = tmp_path / "crash"  # while it exists, a worker exits as it starts (the test hook)
+    d = make_daemon(workers=0, extra_env={"ENSEMBLE_TEST_CRASH_ROLE": f"worker:{crashing}",
+                                          "ENSEMBLE_SUPERVISION_MAX_RESTARTS": "1",
+                                          "ENSEMBLE_SUPERVISION_RESTART_PERIOD": "120"})
+    d.up()
+    c = d.client()
+    queued = [c.submit("examples.jobs:add", i, 1) for i in range(3)]  # no worker yet: they wait, as they should
+    assert [h.state for h in queued] == ["queued"] * 3
+    crashing.touch()
+    c.scale(2)  # two workers that exit as they start, until the daemon gives up on them
+    for handle in queued:  # failed, not waiting forever for a worker that will not come
+        with pytest.raises(RemoteError, match="no worker can run jobs: every worker of this daemon gave up"):
+            handle.result(120)
+    with pytest.raises(JobRefused, match=r"gave up restarting.*ensemble scale N"):
+        c.submit("examples.jobs:add", 1, 1)
+    assert all(a.state == "failed" for a in d.status().actors if a.role == "worker")
+    assert "event=no-workers failed_jobs=" in (d.base / "state" / "daemon.log").read_text()
+    assert pid_alive(d.pid)  # the daemon serves on
+    crashing.unlink()  # the cause fixed: scaling starts the workers that gave up again
+    c.scale(2)
+    assert c.submit("examples.jobs:add", 2, 3).result(120) == 5
+
+
 @pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_sigstopped_worker_is_detected_and_replaced(daemon: Daemon) -> None:
     old = actor(daemon, "worker-2").pid
