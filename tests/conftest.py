@@ -49,6 +49,17 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def fd_targets(pid: int) -> list[str]:
+    """What ``pid``'s descriptors lead to (``/proc/PID/fd`` links; one closed while they are read is skipped)."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed since the listing (a process still starting opens and closes some)
+            pass
+    return held
+
+
 class Daemon:
     """A daemon started for one test through the real CLI (``ensemble up`` / ``down``)."""
 

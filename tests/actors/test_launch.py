@@ -12,6 +12,7 @@ from actors import DaemonError
 from actors._launch import start_daemon, wait_signal
 from actors.client import Client
 from actors.config import Config, load_config
+from tests.conftest import fd_targets
 
 
 def _config(base: Path, run_dir: Path) -> Config:
@@ -48,8 +49,7 @@ def test_a_daemon_signals_ready_once_it_answers_and_its_workers_do_not_hold_the_
             workers = [a.pid for a in status.actors if a.role == "worker"]
             assert len(workers) == 2
             for pid in [proc.pid, *workers]:
-                held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-                assert pipe not in held, f"pid {pid} still holds the readiness pipe"
+                assert pipe not in fd_targets(pid), f"pid {pid} still holds the readiness pipe"
             c.shutdown()
         assert proc.wait(30) == 0
     finally:

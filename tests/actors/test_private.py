@@ -10,7 +10,7 @@ import pytest
 
 from actors.client import Client, Executor
 from tests import jobs
-from tests.conftest import pid_alive, processes_mentioning, wait_for
+from tests.conftest import fd_targets, pid_alive, processes_mentioning, wait_for
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
@@ -209,7 +209,7 @@ def test_a_forked_private_daemon_is_a_daemon_not_a_copy_of_its_owner(tmp_path: P
             assert ex.submit(jobs.square, 4).result(60) == 16
             assert os.getsid(pid) == pid != os.getsid(0)  # a session of its own
             assert os.readlink(f"/proc/{pid}/cwd") == "/"
-            held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            held = set(fd_targets(pid))
             assert f"pipe:[{os.fstat(read_end).st_ino}]" not in held
         wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
     finally:
