@@ -49,8 +49,8 @@ TERMINAL = FINAL  # the final job states (kept under its old name)
 _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushed result
 
 
-def _raise_for(info: JobInfo) -> Any:
-    """Return the job's value, or raise the error its final state stands for."""
+def _raise_for(info: JobInfo, lost: type[Exception] = JobLost) -> Any:
+    """Return the job's value, or raise the error its final state stands for (``lost``: for worker-lost)."""
     if info.state == "done":
         from actors.messages import ArrayHandle
         from actors.shm import walk
@@ -68,7 +68,7 @@ def _raise_for(info: JobInfo) -> Any:
         cls = JobTimeout if info.error_type == "JobTimeout" else JobCancelled
         raise cls(f"job {info.id} ({info.fn}) {info.state}: {info.error_message or info.state}")
     if info.state == "worker-lost":
-        raise JobLost(f"job {info.id}{f' ({info.fn})' if info.fn else ''}: {info.error_message}")
+        raise lost(f"job {info.id}{f' ({info.fn})' if info.fn else ''}: {info.error_message}")
     raise EnsembleError(f"job {info.id} is not finished (state {info.state})")
 
 
@@ -855,6 +855,19 @@ def _broken_pool(message: str) -> Exception:
 
 
 _BrokenPool: type[Exception] | None = None
+_LostInPool: type[Exception] | None = None
+
+
+def _lost_in_pool() -> type[Exception]:
+    """What an Executor's future raises when the worker running its job died: a ``BrokenProcessPool``, as
+    ``ProcessPoolExecutor`` raises then (code catching that keeps working), and a JobLost.  Unlike that
+    pool's, this one is not broken: the daemon replaced the worker, and later submits run."""
+    global _LostInPool
+    if _LostInPool is None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        _LostInPool = type("BrokenProcessPool", (JobLost, BrokenProcessPool), {"__module__": __name__})
+    return _LostInPool
 
 
 def _outcome(info: JobInfo, pickled: bool = False) -> Any:
@@ -876,7 +889,7 @@ def _outcome(info: JobInfo, pickled: bool = False) -> Any:
         if isinstance(value, BaseException):
             value.__cause__ = RemoteError(info.error_type, info.error_message, info.traceback)
             raise value
-    return _raise_for(info)
+    return _raise_for(info, _lost_in_pool() if info.state == "worker-lost" else JobLost)
 
 
 def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:

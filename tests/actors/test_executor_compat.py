@@ -97,6 +97,21 @@ def test_a_failing_initializer_breaks_the_pool_as_in_processpoolexecutor(module_
             ex.map(jobs.square, range(3))
 
 
+def test_a_worker_dying_under_a_job_raises_brokenprocesspool_and_the_pool_carries_on(module_daemon: Daemon,
+                                                                                    tmp_path: Path) -> None:
+    """ProcessPoolExecutor code catching BrokenProcessPool catches it (it is a JobLost too); unlike that pool,
+    this one is not broken by it: the daemon replaced the worker."""
+    from actors import JobLost
+
+    with Executor(config=module_daemon.config) as ex:
+        with pytest.raises(BrokenProcessPool, match="died while running the job") as caught:
+            ex.submit(jobs.crash_once, str(tmp_path / "crashed")).result(60)
+        assert isinstance(caught.value, JobLost)
+        with pytest.raises(BrokenProcessPool, match="died while running the job"):  # a chunk of map's: alike
+            list(ex.map(jobs.crash_once, [str(tmp_path / "again")] * 3, chunksize=3))
+        assert ex.submit(jobs.square, 4).result(60) == 16
+
+
 def test_max_tasks_per_child_replaces_a_worker_after_that_many_jobs(module_daemon: Daemon) -> None:
     before = {a.name: a.restarts for a in module_daemon.status().actors}
     with Executor(config=module_daemon.config, max_tasks_per_child=2) as ex:
