@@ -47,6 +47,7 @@ from actors.messages import _decode_value, _encode_value
 log = logging.getLogger("ensemble.journal")
 TERMINAL = tuple(sorted(FINAL))  # for SQL parameters
 _CHECKPOINT_ROWS = 5000  # rows committed between two checkpoints (a few MB of log)
+_RETRY_SECONDS = 1.0  # a commit that failed (disk full, say) is tried again this often, before anything newer
 _CONTEXTS_CACHED = 256  # distinct client contexts kept in memory (each also a row of ``contexts``)
 
 # A job's end, as its columns (the same in ``jobs``, where the earlier layout kept it, and in ``results``).
@@ -193,7 +194,14 @@ class Journal:
         self._batches: "queue.SimpleQueue[tuple[Any, ...] | None]" = queue.SimpleQueue()
         self._written = threading.Event()
         self._inflight = False
+        self._inflight_batch: tuple[Any, ...] = ()
         self._error: BaseException | None = None
+        # a commit that failed (disk full, a read-only file): kept, with its largest job id, and written again
+        # before anything staged since, every _RETRY_SECONDS; meanwhile ``write_error`` says why (the daemon
+        # accepts no new job, and what waits for that commit waits on)
+        self._failed: tuple[tuple[Any, ...], int] | None = None
+        self._retry_at = 0.0
+        self.write_error = ""
         self._unchecked = 0  # rows committed since the last checkpoint was asked for
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Event()
@@ -329,15 +337,49 @@ class Journal:
         return self._inflight
 
     def commit(self) -> None:
-        """Write everything staged in one transaction (group commit), after any commit still in flight."""
+        """Write everything staged in one transaction (group commit), after any commit still in flight.
+
+        A commit that fails for a reason that may pass (a full disk: see
+        :func:`_passing`) is kept and tried again first, at most every
+        :data:`_RETRY_SECONDS` (see :attr:`write_error`); nothing staged after
+        it is written before it.  Any other failure raises DaemonError.
+        """
         self._settle()
+        if self._failed is not None:
+            if time.monotonic() < self._retry_at:
+                return
+            batch, taken = self._failed
+            self._failed = None
+            if not self._write_or_keep(batch, taken):
+                return
+            log.warning("event=journal-write-recovered detail=the failed commit is written; accepting jobs again")
+            self.write_error = ""
         if not self.dirty:
             return
         batch = self._take()
         self.started_seq += 1
-        self._write(batch)
+        self._write_or_keep(batch, self._taken_id)
+
+    def _write_or_keep(self, batch: tuple[Any, ...], taken: int) -> bool:
+        """Write ``batch`` (the commit numbered ``started_seq``) now; on failure keep it for a retry."""
+        try:
+            self._write(batch)
+        except DaemonError as exc:
+            if not _passing(exc):
+                raise
+            self._keep_failed(batch, taken, exc)
+            return False
         self.done_seq = self.started_seq
-        self.written_id = max(self.written_id, self._taken_id)
+        self.written_id = max(self.written_id, taken)
+        return True
+
+    def _keep_failed(self, batch: tuple[Any, ...], taken: int, error: BaseException) -> None:
+        if not self.write_error:
+            log.error("event=journal-write-failed reason=%s detail=retried every %gs; no new job is accepted until "
+                      "it is written", error, _RETRY_SECONDS)
+        self._failed = (batch, taken)
+        self.write_error = str(error)
+        self._retry_at = time.monotonic() + _RETRY_SECONDS
 
     def commit_async(self) -> None:
         """Hand everything staged to the writer thread as one transaction (its number is ``started_seq``).
@@ -350,6 +392,9 @@ class Journal:
         loop goes on with the next messages on the other core.
         """
         assert not self._inflight, "one commit in flight at a time"
+        if self._failed is not None:  # the failed one first, on this thread (it is retried once a second at most)
+            self.commit()
+            return
         if not self.dirty:
             return
         if self._writer is None:
@@ -359,10 +404,12 @@ class Journal:
         self.started_seq += 1
         self._inflight = True
         self._written.clear()
+        self._inflight_batch = batch
         self._batches.put(batch)
 
     def collect(self) -> bool:
-        """Record the writer's finished commit, if it finished (raises its DaemonError); whether one did."""
+        """Record the writer's finished commit, if it finished (one that failed is kept: see :meth:`commit`);
+        whether one did."""
         try:
             os.eventfd_read(self.wake_fd)
         except BlockingIOError:
@@ -373,15 +420,18 @@ class Journal:
         return True
 
     def _settle(self) -> None:
-        """Wait for the commit in flight, if any, and record it (raises its DaemonError)."""
+        """Wait for the commit in flight, if any, and record it (or keep it for a retry, if it failed)."""
         if not self._inflight:
             return
         self._written.wait()
         self._inflight = False
-        self.done_seq = self.started_seq
         error, self._error = self._error, None
         if error is not None:
-            raise error
+            if not _passing(error):
+                raise error
+            self._keep_failed(self._inflight_batch, self._taken_id, error)
+            return
+        self.done_seq = self.started_seq
         self.written_id = max(self.written_id, self._taken_id)
 
     def _write_loop(self) -> None:
@@ -466,7 +516,10 @@ class Journal:
                 self._ask_checkpoint()
         except sqlite3.Error as exc:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:  # SQLite rolled it back itself (a full disk can end the transaction)
+                    pass
             raise DaemonError(f"job journal {self.path} write failed: {exc}") from exc
 
     # -- reading -----------------------------------------------------------------
@@ -552,9 +605,12 @@ class Journal:
         return len(ids)
 
     def close(self) -> None:
-        """Commit what is staged and close the database."""
+        """Commit what is staged and close the database; DaemonError if a commit could not be written."""
         try:
+            self._retry_at = 0.0  # a last try now
             self.commit()
+            if self._failed is not None:
+                raise DaemonError(f"job journal {self.path}: the last commit was not written: {self.write_error}")
         finally:
             if self._writer is not None:
                 self._batches.put(None)
@@ -565,6 +621,12 @@ class Journal:
                 self._checkpointer.join()
             os.close(self.wake_fd)
             self.db.close()
+
+
+def _passing(error: BaseException) -> bool:
+    """Whether a failed commit may succeed when written again: SQLite's operational errors (the disk full,
+    an I/O error, a read-only file, the database locked), not a broken rule or a corrupt file (a bug)."""
+    return isinstance(error.__cause__, sqlite3.OperationalError)
 
 
 _ROWS_PER_STATEMENT = 128  # 13 columns x 128 = 1,664 parameters, far below SQLite's limit of 32,766

@@ -193,6 +193,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
         table.add_row(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
                       _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail, style=style)
     console.print(table)
+    if d.counters.get("journal_error"):
+        console.print(f"[red]the job journal cannot be written: {d.counters['journal_error']}; no new job is "
+                      f"accepted until it can (free space in {d.state_dir}?)[/]")
 
 
 @main.command()

@@ -340,7 +340,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         assert journal is not None
         if journal.busy:
             journal.collect()
-        if journal.dirty and not journal.busy:
+        if (journal.dirty or journal.write_error) and not journal.busy:  # a failed commit is retried (Journal.commit)
             if journal.staged_rows() >= _ASYNC_ROWS:
                 journal.commit_async()
             else:
@@ -377,6 +377,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         running = sum(len(s.outstanding) > 0 for s in self.slots.values())
         counters: dict[str, Any] = dict(self.counters)
         counters["standby"] = int(self.standby is not None)
+        if self.journal is not None and self.journal.write_error:
+            counters["journal_error"] = self.journal.write_error
         for ext in self.extensions:
             ext.status(counters)
         counters.update({f"jobs_{k}": v for k, v in book.counters.items()})

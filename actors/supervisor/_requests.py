@@ -19,7 +19,8 @@ from actors._errors import (
 from actors._jobfn import check_allowed, check_name
 from actors.messages import (
     Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message, Ping,
-    Pong, Recalled, ResultsClosed, Retiring, Scale, Shutdown, Status, Stop, Submit, Submitted, TaskSubmit, Unwatch,
+    Pong, Recalled, ResultsClosed, Retiring, Scale, Shutdown, Status, StatusReply, Stop, Submit, Submitted, TaskSubmit,
+    Unwatch,
     Watch, decode, encode, peek_corr,
 )
 from actors._resources import check as check_resources
@@ -40,6 +41,7 @@ _ROLE_HINT = {
     "admin": "only the daemon's own user may send it, through the local socket",
 }
 # What a remote worker may send (scripts, voices and samples are the local children's business).
+_UNHELD = (Error, Pong, StatusReply)  # replies sent at once while the journal cannot commit (see _drain_control)
 _REMOTE_WORKER_SENDS = (Heartbeat, JobsDone, JobUpdate, Recalled, Hello)
 
 
@@ -110,6 +112,10 @@ class RequestsMixin(State):
                 try:
                     out = self._encode_for(addr, reply, corr)
                     if type(reply) is Pong and not self.replies and not self.held:  # nothing to commit or keep in order
+                        self._send_client(addr, out)
+                    elif self.held and type(reply) in _UNHELD and self.journal is not None and self.journal.write_error:
+                        # held replies wait for a commit that is failing: what depends on no commit (a refusal,
+                        # the status saying why) goes now, or the caller would wait as long as the disk is full
                         self._send_client(addr, out)
                     else:
                         self.replies.append((addr, out))
@@ -185,6 +191,10 @@ class RequestsMixin(State):
         gone = self.no_workers_left()
         if gone:
             raise JobRefused(gone)
+        if self.journal is not None and self.journal.write_error:
+            raise JobRefused(f"the daemon cannot write its job journal ({self.journal.write_error}), so it accepts "
+                             f"no new job until it can (is the disk of {self.state_dir} full?); the jobs it has "
+                             "accepted are kept and go on once it can write")
         for spec in jobs:
             if spec.resources:
                 self._check_resources(spec)

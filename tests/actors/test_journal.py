@@ -415,6 +415,72 @@ def test_queued_jobs_survive_an_orderly_restart(make_daemon: Make, tmp_path: Pat
     assert d.cli("result", str(ids[0])).stdout.strip() == "t0"
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 2 MiB tmpfs of this test's own (mounting needs root, as in CI; skipped elsewhere); unmounted after."""
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def _fill(where: Path) -> Path:
+    """Write a file in ``where`` until the disk is full; returns it (remove it to free the space)."""
+    filler = where / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError:  # ENOSPC
+        pass
+    try:
+        while True:
+            os.write(fd, b"\0" * 512)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_keeps_the_daemon_up_refusing_new_jobs_and_loses_none(make_daemon: Make,
+                                                                             small_disk: Path) -> None:
+    from actors import JobRefused
+
+    d = make_daemon(workers=1, extra_env={"ENSEMBLE_STATE_DIR": str(small_disk / "state")})
+    d.up()
+    c = d.client(timeout=10)
+    assert c.submit("examples.jobs:add", 1, 2).result(60) == 3
+    filler = _fill(small_disk)
+    big = "x" * 300_000  # its row needs pages the journal's files do not have yet
+    waiting: list[Any] = []
+    slow = d.client(timeout=120)  # its submit is acknowledged once the commit is written, after the disk is freed
+    submitter = threading.Thread(target=lambda: waiting.append(slow.submit("examples.jobs:add", big, "!")))
+    submitter.start()
+    wait_for(lambda: d.status().daemon.counters.get("journal_error"), 60, what="the journal to report its failure")
+    assert "disk is full" in d.status().daemon.counters["journal_error"]
+    with pytest.raises(JobRefused, match=r"cannot write its job journal .*disk is full.* accepts no new job"):
+        c.submit("examples.jobs:add", 3, 4)
+    assert "the job journal cannot be written" in d.cli("status").stdout
+    assert pid_alive(d.pid) and not waiting
+    filler.unlink()  # the disk has room again: the failed commit is written, the held submit answered
+    wait_for(lambda: not d.status().daemon.counters.get("journal_error"), 60, what="the journal to recover")
+    submitter.join(120)
+    assert waiting and waiting[0].result(60) == big + "!"  # accepted, journaled and run: nothing lost
+    assert c.submit("examples.jobs:add", 5, 6).result(60) == 11
+    log = (small_disk / "state" / "daemon.log").read_text()
+    assert "event=journal-write-recovered" in log
+    d.down()
+
+
 @pytest.mark.slow  # a burst, kill -9 and a recovery: several seconds (the reliability suite covers more)
 def test_daemon_kill_9_in_a_submit_burst_loses_no_acknowledged_job(make_daemon: Make) -> None:
     d = make_daemon(workers=2)
