@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ _PR_SET_PDEATHSIG = 1
 _USER_UMASK = os.umask(0o022)  # read once at import (umask has no getter), restored at once below
 os.umask(_USER_UMASK)
 _libc = ctypes.CDLL(None, use_errno=True)
+_USER_FILES = resource.getrlimit(resource.RLIMIT_NOFILE)  # the open-files limits its children get back
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -35,6 +37,39 @@ def _child_setup(parent_pid: int, nice: int) -> None:
         os._exit(1)
     if nice:
         os.nice(nice)
+    restore_user_limits()
+
+
+def raise_open_files() -> int:
+    """Raise this process's soft limit of open files to its hard limit (the daemon, once its blanks are forked).
+
+    Each client connection is a descriptor in the daemon, and libzmq aborts
+    the whole process when accepting one on the ipc socket fails for want of
+    descriptors (EMFILE): at the usual soft limit of 1,024 a program opening
+    clients in a loop took the daemon down.  The children the daemon starts
+    get the user's limits back (:func:`restore_user_limits`).  Returns the
+    limit now in force.
+    """
+    soft, hard = _USER_FILES
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = 1 << 20
+    want = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return want
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def restore_user_limits() -> None:
+    """Give this process the open-files limits of the user who started the daemon (see :func:`raise_open_files`)."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE) != _USER_FILES:
+        resource.setrlimit(resource.RLIMIT_NOFILE, _USER_FILES)
 
 
 def restore_user_umask() -> None:

@@ -44,7 +44,7 @@ from actors._jobs import JobBook
 from actors._journal import Journal
 from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir
-from actors._spawn import kill_group
+from actors._spawn import kill_group, raise_open_files
 from actors.config import Config
 from actors.extensions import ChildSpec, Extension, load_extensions
 from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Message, StatusReply, Stop
@@ -490,6 +490,7 @@ def serve(cfg: Config, foreground: bool = False, ready_fd: int | None = None) ->
     # the first workers are forked now, while nothing is open yet (see _prefork); they wait for their orders
     keep_out = () if ready_fd is None else (ready_fd,)
     blanks = _prefork.prefork(cfg.worker_count, keep_out) if _prefork.enabled() else []
+    open_files = raise_open_files()  # the daemon's own: one descriptor per client connection (its children: not)
     try:
         setup_logging(cfg, foreground)
         sup = Supervisor(cfg)
@@ -498,8 +499,8 @@ def serve(cfg: Config, foreground: bool = False, ready_fd: int | None = None) ->
     except BaseException:
         _prefork.release(blanks)
         raise
-    log.info("event=start name=%s pid=%d version=%s workers=%d run_dir=%s", cfg.name, os.getpid(), __version__,
-             sup.workers_wanted, sup.rundir.path)
+    log.info("event=start name=%s pid=%d version=%s workers=%d run_dir=%s open_files=%d", cfg.name, os.getpid(),
+             __version__, sup.workers_wanted, sup.rundir.path, open_files)
     try:
         sup.start_children()  # joins the Ray cluster too, when configured
     except BaseException:

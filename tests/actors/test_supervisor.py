@@ -245,6 +245,45 @@ def test_when_every_worker_gives_up_queued_jobs_fail_and_submits_are_refused_unt
     assert c.submit("examples.jobs:add", 2, 3).result(120) == 5
 
 
+def test_a_daemon_takes_more_connections_than_its_starter_s_soft_limit_and_its_children_keep_that_limit(
+    make_daemon: Make,
+) -> None:
+    """libzmq aborts the process when accepting on an ipc socket fails for want of descriptors: at the soft limit
+    a program opening clients in a loop took the daemon down.  The daemon raises its own limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard limit of open files is {hard}: too low to show the daemon rise above 256")
+    if soft < 1024:  # this test's 300 sockets need ~600 descriptors; the limit is put back at the end
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    d = make_daemon(workers=1)
+    started = subprocess.run([sys.executable, "-m", "actors", "up"], env=d.env, capture_output=True, text=True,
+                             timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048)))
+    assert started.returncode == 0, started.stderr
+    d.pid = int((d.base / "run" / "daemon.pid").read_text())
+    ctx = zmq.Context()
+    socks = []
+    try:
+        for _ in range(300):  # more connections than the soft limit the daemon was started with
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"ipc://{d.base / 'run' / 'control'}")
+            socks.append(sock)
+        wait_for(lambda: len(os.listdir(f"/proc/{d.pid}/fd")) > 300, 60, what="the daemon to accept every connection")
+        assert pid_alive(d.pid)
+        assert d.client().submit("examples.jobs:add", 2, 3).result(60) == 5
+        worker = actor(d, "worker-1").pid
+        limits = Path(f"/proc/{worker}/limits").read_text().split("Max open files")[1].split()[:2]
+        assert limits == ["256", "2048"]  # a job opens files under the user's limit, as before
+        assert "open_files=2048" in (d.base / "state" / "daemon.log").read_text()
+    finally:
+        for sock in socks:
+            sock.close()
+        ctx.term()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 @pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_sigstopped_worker_is_detected_and_replaced(daemon: Daemon) -> None:
     old = actor(daemon, "worker-2").pid
