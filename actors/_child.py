@@ -243,5 +243,8 @@ def child_main(cls: type[Child]) -> None:
     cfg = Config.from_json(sys.argv[1])
     child = cls(cfg, sys.argv[2])
     code = child.run()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a job closed or broke stdout: nothing is left to write there
+        pass
     os._exit(code)

@@ -374,7 +374,9 @@ def test_a_private_executor_s_jobs_print_to_its_owner_s_terminal(start: str, tmp
         "    logging.getLogger('mine').warning('warned %s', x)\n"
         "    return x\n"
         "def die():\n"
-        "    os._exit(1)\n")
+        "    os._exit(1)\n"
+        "def shut():\n"
+        "    sys.stdout.close()\n")
     (tmp_path / "main.py").write_text(
         "from concurrent.futures import Future\n"
         "from actors.client import Executor\n"
@@ -388,12 +390,14 @@ def test_a_private_executor_s_jobs_print_to_its_owner_s_terminal(start: str, tmp
         "        from actors import JobLost\n"
         "        print('lost:', isinstance(exc, BrokenProcessPool) and isinstance(exc, JobLost), flush=True)\n"
         "    assert ex.submit(talk.say, 2).result(60) == 2\n"  # on the worker started in its place
+        "    ex.submit(talk.shut).result(60)\n"  # a job that closes its stdout: its worker still ends quietly
         "print('done', flush=True)\n")
     proc = _run_script(tmp_path, start)
     assert proc.stdout.splitlines() == ["out 1", "lost: True", "out 2", "done"]
     err = proc.stderr.splitlines()
     assert [line for line in err if line.startswith(("err ", "warned "))] == ["err 1", "warned 1", "err 2", "warned 2"]
     assert not [line for line in err if "event=" in line]  # the workers' own records stay in the daemon's log
+    assert "Traceback" not in proc.stderr
 
 
 _SCRIPT = '''\
