@@ -7,6 +7,7 @@ this mixin applies their decisions to sockets and the job book.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -282,6 +283,12 @@ class WorkMixin(State):
     def _prune(self) -> None:
         assert self.journal is not None and self.book is not None
         self.book.mark_horizon()  # committed at the end of this iteration, with the results it relies on
-        n = self.journal.prune(time.time() - self.cfg.jobs.retention)
+        if self.journal.write_error:  # the disk is full, say: pruning writes too; the next prune tries again
+            return
+        try:
+            n = self.journal.prune(time.time() - self.cfg.jobs.retention)
+        except sqlite3.OperationalError as exc:  # as a commit's: it may pass (the disk full); the daemon goes on
+            log.warning("event=prune-failed reason=%s", exc)
+            return
         if n:
             log.info("event=prune jobs=%d", n)
