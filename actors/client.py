@@ -18,6 +18,7 @@ import pickle
 import threading
 import time
 import warnings
+import weakref
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -535,6 +536,8 @@ class Executor(concurrent.futures.Executor):
                 [pickle.dumps(tuple(initargs), protocol=pickle.HIGHEST_PROTOCOL)] if exact else list(initargs),
                 exact, max_tasks_per_child or 0)
         self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
+        if self._private is not None:
+            _finish_at_exit(self)
 
     def _note_broken(self, info: JobInfo) -> None:
         """A worker's initializer failed for this job, or no worker is left: the pool is broken from now on,
@@ -716,6 +719,7 @@ class Executor(concurrent.futures.Executor):
         Without ``wait`` it returns at once and the connection closes when the
         last pending future is done.
         """
+        _OPEN.discard(self)
         with self._lock:
             self._shutdown = True
             futures = list(self._live)
@@ -728,6 +732,33 @@ class Executor(concurrent.futures.Executor):
         if wait or not futures:
             concurrent.futures.wait(futures)
             self._close()
+
+
+_OPEN: "weakref.WeakSet[Executor]" = weakref.WeakSet()  # executors not shut down (see _finish_at_exit)
+
+
+def _finish_at_exit(ex: Executor) -> None:
+    """Have a private executor finish its submitted work when the interpreter exits, unless shut down before.
+
+    As ``ProcessPoolExecutor`` does: a script that submits and ends without
+    ``shutdown`` or ``with`` still gets its jobs run (their files written),
+    where the private daemon would otherwise stop with its owner and drop
+    them.  (A shared daemon runs them whether its client stays or not.)
+    """
+    if not _OPEN:
+        import atexit
+
+        atexit.unregister(_shutdown_open)  # registered once, whatever the number of executors
+        atexit.register(_shutdown_open)
+    _OPEN.add(ex)
+
+
+def _shutdown_open() -> None:
+    for ex in list(_OPEN):
+        try:
+            ex.shutdown(wait=True)
+        except Exception:  # noqa: BLE001 - the next executor gets its turn all the same
+            _log.exception("event=executor-exit-failed")
 
 
 class _Submitted:

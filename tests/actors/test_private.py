@@ -480,6 +480,29 @@ def test_a_script_that_starts_an_executor_unguarded_is_told_the_fix(tmp_path: Pa
     assert 'if __name__ == "__main__":' in proc.stdout
 
 
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_script_that_ends_without_shutdown_still_gets_its_jobs_run(start: str, tmp_path: Path) -> None:
+    """As ProcessPoolExecutor's: submitted work finishes when the interpreter exits, the daemon stops after."""
+    (tmp_path / "slow.py").write_text(
+        "import os, time\n"
+        "def write_later(i):\n"
+        "    time.sleep(0.3)\n"
+        "    with open(f'done-{i}', 'w') as f:\n"
+        "        f.write(str(os.getpid()))\n")
+    (tmp_path / "main.py").write_text(
+        "from actors.client import Executor\n"
+        "import slow\n"
+        "if __name__ == '__main__':\n"
+        "    ex = Executor(2)\n"
+        "    for i in range(4):\n"
+        "        ex.submit(slow.write_later, i)\n"
+        "    print(ex._private.dir, flush=True)\n")  # and it ends: no shutdown, no with
+    proc = _run_script(tmp_path, start)
+    assert sorted(p.name for p in tmp_path.glob("done-*")) == [f"done-{i}" for i in range(4)]
+    where = Path(proc.stdout.strip())
+    wait_for(lambda: not where.exists(), 30, what="the private daemon to stop and remove its directory")
+
+
 def _run_script(tmp_path: Path, start: str) -> Any:
     """``python main.py`` in ``tmp_path`` with no daemon running (a private one starts as ``start`` says); it must
     exit 0.  Returns the CompletedProcess, its output captured as text."""
