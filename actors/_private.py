@@ -47,12 +47,16 @@ def start_method() -> str:
 class PrivateDaemon:
     """A daemon of this process's own; ``config`` reaches it.  Close it with :meth:`stop` (or ``with``)."""
 
-    def __init__(self, max_workers: int | None = None, base: Config | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="ens-", dir="/tmp"))  # short: unix socket paths are limited
+    def __init__(self, max_workers: int | None = None, base: Config | None = None, start: bool = True) -> None:
+        """``start=False``: only choose its directory and config; :meth:`start` starts it (an Executor's, at its
+        first submit, as ProcessPoolExecutor starts its processes)."""
         base = base or load_config()
         workers = max_workers if max_workers is not None else base.worker_count
         if workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {workers}")
+        self.workers = workers
+        self.method = start_method()  # checked now: a wrong one is refused at once, not at the first submit
+        self.dir = Path(tempfile.mkdtemp(prefix="ens-", dir="/tmp"))  # short: unix socket paths are limited
         self.config = dataclasses.replace(
             base,
             daemon=dataclasses.replace(base.daemon, name=f"private-{os.getpid()}", workers=str(workers),
@@ -60,8 +64,17 @@ class PrivateDaemon:
                                        tcp="", client_tcp="", metrics_port=0, extensions=()),
         )
         self.proc: subprocess.Popen[bytes] | ForkedProc | None = None
+        self.started = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the daemon and wait until it serves (once; DaemonError if it cannot, its directory removed)."""
+        if self.started:
+            return
+        self.started = True
         try:
-            self._start(workers)
+            self._start(self.workers)
         except BaseException:
             self.stop()
             raise
@@ -71,7 +84,7 @@ class PrivateDaemon:
         # the daemon watches its owner: if this process dies without stopping it (kill -9), it stops itself
         # and removes this directory, so a killed program leaves no daemon, socket or segment behind
         env = {"ENSEMBLE_OWNER_PID": str(os.getpid()), "ENSEMBLE_PRIVATE_DIR": str(self.dir)}
-        method = start_method()
+        method = self.method
         read_end, write_end = os.pipe()  # the daemon's readiness pipe: one byte once it serves
         try:
             if method == "fork":  # the fork holds its caller's stdout and stderr for the jobs' output

@@ -501,19 +501,19 @@ class Executor(concurrent.futures.Executor):
             if RunDir(shared.run_dir).is_locked():
                 config = shared
                 _log.info("event=executor daemon=%s detail=attached to the running daemon", shared.name)
-            else:
-                self._private = PrivateDaemon(max_workers, shared)
+            else:  # started at the first submit, as ProcessPoolExecutor starts its processes (see conn)
+                self._private = PrivateDaemon(max_workers, shared, start=False)
                 config = self._private.config
                 self._cap = None  # the pool is this executor's own
         self.config = config or load_config(overrides={"daemon": {"name": daemon}})
-        self.conn = _connect(self.config, self._private)
-        if self._private is not None:  # its death breaks the pool, as a worker's does ProcessPoolExecutor's
-            self.conn.gone_as = _broken_pool
-            self.conn.lost_as = ("failed", "concurrent.futures.process.BrokenProcessPool")
+        self._starting = threading.Lock()
+        self._start_error: BaseException | None = None
+        self._conn: Connection | None = None if self._private is not None else _connect(self.config, None)
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
         self._acks: list[Future[list[int]]] = []  # the daemon's answers to map's submits (ids), for a clean close
         self._unacked = 0  # submits whose ids have not come back yet (under _lock; _acked tells when none)
-        self._exact = not self.conn.endpoint.startswith("tcp://")  # local: values cross pickled, exactly
+        # local: values cross pickled, exactly (a private daemon is always local)
+        self._exact = self._conn is None or not self._conn.endpoint.startswith("tcp://")
         self._waiting: collections.deque[tuple[Future[Any], Callable[[], None]]] = collections.deque()
         self._grace = _grace(grace, timeout)
         self._retries = retries
@@ -539,11 +539,40 @@ class Executor(concurrent.futures.Executor):
         if self._private is not None:
             _finish_at_exit(self)
 
+    @property
+    def conn(self) -> Connection:
+        """The connection to the daemon; a private one is started here, at its first use (a submit or a map).
+
+        As ``ProcessPoolExecutor`` (fork) starts its processes at the first
+        submit: a worker forked then has the functions the script defined
+        after creating the executor, and an executor never used starts nothing.
+        """
+        conn = self._conn
+        if conn is not None:
+            return conn
+        with self._starting:
+            if self._conn is None:
+                if self._start_error is not None:
+                    raise self._start_error
+                private = self._private
+                assert private is not None
+                try:
+                    private.start()
+                    conn = _connect(self.config, private)
+                except BaseException as exc:
+                    self._start_error = exc
+                    raise
+                conn.gone_as = _broken_pool  # its death breaks the pool, as a worker's does ProcessPoolExecutor's
+                conn.lost_as = ("failed", "concurrent.futures.process.BrokenProcessPool")
+                self._conn = conn
+            return self._conn
+
     def _note_broken(self, info: JobInfo) -> None:
         """A worker's initializer failed for this job, or no worker is left: the pool is broken from now on,
         as ProcessPoolExecutor's."""
         if info.error_type == "concurrent.futures.process.BrokenProcessPool" and not self._broken:
-            self._broken = str(self.conn.gone) if self.conn.gone is not None else info.error_message
+            gone = self._conn.gone if self._conn is not None else None
+            self._broken = str(gone) if gone is not None else info.error_message
 
     def _check_open(self) -> None:
         """Raise as ``ProcessPoolExecutor`` does for a broken pool (a failed initializer) or after shutdown."""
@@ -635,8 +664,9 @@ class Executor(concurrent.futures.Executor):
     def _on_future_done(self, fut: Future[Any]) -> None:
         if fut.cancelled():
             _start(fut)  # CANCELLED -> CANCELLED_AND_NOTIFIED: wait() and as_completed() count it as done
-            if hasattr(fut, "job_id") and not self.conn.closed:
-                self._cancels.append(self.conn.call(Cancel(fut.job_id, False)))
+            conn = self._conn
+            if hasattr(fut, "job_id") and conn is not None and not conn.closed:
+                self._cancels.append(conn.call(Cancel(fut.job_id, False)))
         with self._lock:
             self._live.discard(fut)
             nxt = None
@@ -648,7 +678,7 @@ class Executor(concurrent.futures.Executor):
                     nxt = None if held_fut.cancelled() else send_it
                 if nxt is None:
                     self._running -= 1
-            close_now = self._shutdown and not self._live and not self.conn.closed
+            close_now = self._shutdown and not self._live and self._conn is not None and not self._conn.closed
         if nxt is not None:
             nxt()
         if close_now:  # shutdown(wait=False) was called and the last future just finished
@@ -660,7 +690,11 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._acked.wait_for(lambda: not self._unacked, timeout=10)
         concurrent.futures.wait(list(self._cancels), timeout=10)  # let the daemon hear every cancel
-        self.conn.close()
+        with self._starting:  # none starts after this
+            self._start_error = self._start_error or RuntimeError("cannot schedule new futures after shutdown")
+            conn = self._conn
+        if conn is not None:
+            conn.close()
         if self._private is not None:
             self._private.stop()
 

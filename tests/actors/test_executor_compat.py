@@ -252,8 +252,8 @@ import mywork
 from ensemble import Executor, RemoteError
 
 with Executor() as ex:
-    print(ex._private.proc.pid, ex._private.dir)
     assert list(ex.map(mywork.square, range(1000))) == [x * x for x in range(1000)]
+    print(ex._private.proc.pid, ex._private.dir)
     values = [(1, 2), {1, 2}, frozenset({3}), {(1, 2): "t", 3: "i", None: 0}, 2 ** 100, 1 + 2j,
               datetime.datetime(2026, 12, 3, 11, 0, 1, 5), datetime.date(2026, 1, 2), datetime.time(1, 2),
               datetime.timedelta(days=3), decimal.Decimal("1.10"), uuid.UUID(int=7), pathlib.PurePosixPath("a/b"),

@@ -22,8 +22,10 @@ def test_an_executor_with_no_daemon_starts_a_private_one_and_stops_it(start: str
     with Executor(2) as ex:
         private = ex._private
         assert private is not None
-        pid, where = private.proc.pid, private.dir
+        assert private.proc is None  # started at the first submit or map, as ProcessPoolExecutor's processes
         assert list(ex.map(jobs.square, range(20))) == [x * x for x in range(20)]
+        assert private.proc is not None
+        pid, where = private.proc.pid, private.dir
         assert sum(a.role == "worker" for a in ex_status(ex).actors) == 2
         assert not any(a.role in ("controller", "processor") for a in ex_status(ex).actors)  # jobs only
     wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
@@ -54,9 +56,9 @@ def test_an_executor_whose_workers_cannot_start_breaks_instead_of_waiting(tmp_pa
     monkeypatch.setenv("ENSEMBLE_SUPERVISION_MAX_RESTARTS", "1")
     monkeypatch.setenv("ENSEMBLE_SUPERVISION_RESTART_PERIOD", "120")  # a slow machine still gives up in one window
     with Executor(2) as ex:
-        assert ex._private is not None
-        pid, where = ex._private.proc.pid, ex._private.dir
         futures = [ex.submit(jobs.square, x) for x in range(5)]
+        assert ex._private is not None and ex._private.proc is not None
+        pid, where = ex._private.proc.pid, ex._private.dir
         for f in futures:
             with pytest.raises(BrokenProcessPool, match="no worker can run jobs: every worker .* gave up restarting"):
                 f.result(120)
@@ -199,12 +201,17 @@ def test_a_forked_private_daemon_is_a_daemon_not_a_copy_of_its_owner(tmp_path: P
     old_term = signal.signal(signal.SIGTERM, lambda *_: os.write(write_end, b"owner's handler ran"))
     made: list[Executor] = []
     try:
-        starter = threading.Thread(target=lambda: made.append(Executor(1)))  # forked from a thread, not main
+        def start() -> None:
+            ex = Executor(1)
+            ex.conn  # its first use starts the private daemon: forked from this thread, not main
+            made.append(ex)
+
+        starter = threading.Thread(target=start)
         starter.start()
         starter.join(120)
         assert made, "the executor did not start"
         with made[0] as ex:
-            assert ex._private is not None
+            assert ex._private is not None and ex._private.proc is not None
             pid = ex._private.proc.pid
             assert ex.submit(jobs.square, 4).result(60) == 16
             assert os.getsid(pid) == pid != os.getsid(0)  # a session of its own
@@ -318,6 +325,8 @@ def test_an_executor_whose_private_daemon_dies_breaks_at_once_as_a_process_pool_
     ex = Executor(2)
     private = ex._private
     assert private is not None
+    ex.conn  # started (a first submit would start it too)
+    assert private.proc is not None
     pid, where, key = private.proc.pid, private.dir, private.config.shm_key
     try:
         def submit(markers: str, gate: str) -> Any:
@@ -501,6 +510,23 @@ def test_a_script_that_ends_without_shutdown_still_gets_its_jobs_run(start: str,
     assert sorted(p.name for p in tmp_path.glob("done-*")) == [f"done-{i}" for i in range(4)]
     where = Path(proc.stdout.strip())
     wait_for(lambda: not where.exists(), 30, what="the private daemon to stop and remove its directory")
+
+
+def test_a_function_defined_after_the_executor_runs_as_under_a_forking_process_pool(tmp_path: Path) -> None:
+    """The private daemon forks at the first submit, as ProcessPoolExecutor (fork) starts its processes: what the
+    script defined before that is in the workers' __main__.  An executor never used starts nothing."""
+    (tmp_path / "main.py").write_text(
+        "from actors.client import Executor\n"
+        "if __name__ == '__main__':\n"
+        "    with Executor(1) as unused:\n"
+        "        pass\n"
+        "    assert unused._private.proc is None and not unused._private.dir.exists()\n"
+        "    ex = Executor(1)\n"
+        "    def late(x):  # defined after the executor was created, before its first submit\n"
+        "        return x + 1\n"
+        "    print(ex.submit(late, 1).result(60), list(ex.map(late, [2, 3])), flush=True)\n"
+        "    ex.shutdown()\n")
+    assert _run_script(tmp_path, "fork").stdout.split() == ["2", "[3,", "4]"]
 
 
 def _run_script(tmp_path: Path, start: str) -> Any:
