@@ -79,10 +79,38 @@ def mentions_script(blob: bytes) -> bool:
     return b"__main__" in blob and _script() is not None
 
 
-def holds_script_objects(types: set[type]) -> bool:
-    """Whether a map's items (their ``types``) include objects of the script's own classes (``map`` then sends
-    them one by one, each job as :func:`mentions_script` decides)."""
-    return any(t.__module__ == "__main__" for t in types) and _script() is not None
+_CONTAINERS = (tuple, list, dict, set, frozenset)
+
+
+def holds_script_objects(types: set[type], columns: list[list[Any]] | None = None) -> bool:
+    """Whether a map's items (their ``types``; ``columns``, the items themselves) include objects of the script's
+    own classes, at their top or inside tuples, lists, dicts and sets (``map`` then sends them one by one, each
+    job as :func:`mentions_script` decides).  The items are walked only when they hold containers and the script
+    defines classes of its own."""
+    if _script() is None:
+        return False
+    if any(t.__module__ == "__main__" for t in types):
+        return True
+    if columns is None or not any(issubclass(t, _CONTAINERS) for t in types) or not _script_has_classes():
+        return False
+    stack: list[Any] = [v for column in columns for v in column if isinstance(v, _CONTAINERS)]
+    seen: set[int] = set()  # a container holding itself is walked once
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        for v in (value.items() if isinstance(value, dict) else value):
+            if type(v).__module__ == "__main__":
+                return True
+            if isinstance(v, _CONTAINERS):
+                stack.append(v)
+    return False
+
+
+def _script_has_classes() -> bool:
+    main = sys.modules.get("__main__")
+    return any(isinstance(v, type) and v.__module__ == "__main__" for v in vars(main).values()) if main else False
 
 
 def head(fn: Any, script: bool = False) -> list[Any]:

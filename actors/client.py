@@ -724,7 +724,7 @@ class Executor(concurrent.futures.Executor):
             return iter(())
         types = {t for c in cols for t in set(map(type, c))}  # one pass in C over the items
         if not self._exact or self._cap is not None or isinstance(fn, functools.partial) \
-                or self._template_of(fn).fn == callables.PATH or callables.holds_script_objects(types) \
+                or self._template_of(fn).fn == callables.PATH or callables.holds_script_objects(types, cols) \
                 or any(is_ndarray_type(t) for t in types):
             return super().map(fn, *cols, timeout=timeout)
         # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does

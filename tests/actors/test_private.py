@@ -466,8 +466,34 @@ def test_a_script_s_own_functions_and_classes_run_as_under_a_process_pool(start:
     (tmp_path / "geometry.py").write_text("def grow(p):\n    return type(p)(p.x * 2, p.y * 2)\n")
     proc = _run_script(tmp_path, start)
     assert proc.stdout.splitlines() == ["Point(x=11, y=12)", "[Point(x=1, y=1)]", "lost: BrokenProcessPool",
-                                        "Point(x=2, y=4)",
-                                        "[Point(x=6, y=8)]", "Point(x=2, y=2)", "('ready', 1)"]
+                                        "Point(x=2, y=4)", "[Point(x=6, y=8)]", "Point(x=2, y=2)", "('ready', 1)"]
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_map_finds_the_script_s_objects_inside_the_items(start: str, tmp_path: Path) -> None:
+    """An item holding an object of the script's class (a list of them) reaches a worker that was not forked from
+    the script (every worker of a spawned daemon, a replacement): it loads the script first."""
+    (tmp_path / "geometry.py").write_text("def first_grown(ps):\n    p = ps[0]\n    return type(p)(p.x * 2, p.y * 2)\n")
+    (tmp_path / "main.py").write_text(
+        "import os\n"
+        "from dataclasses import dataclass\n"
+        "from actors.client import Executor\n"
+        "import geometry\n"
+        "@dataclass\n"
+        "class Point:\n"
+        "    x: int\n"
+        "    y: int\n"
+        "def die():\n"
+        "    os._exit(1)\n"
+        "if __name__ == '__main__':\n"
+        "    with Executor(1) as ex:\n"
+        "        print(list(ex.map(geometry.first_grown, [[Point(1, 1)]])), flush=True)\n"
+        "        try:\n"
+        "            ex.submit(die).result(60)\n"
+        "        except Exception:\n"
+        "            pass\n"
+        "        print(list(ex.map(geometry.first_grown, [[Point(5, 6)]])), flush=True)  # on the replacement\n")
+    assert _run_script(tmp_path, start).stdout.splitlines() == ["[Point(x=2, y=2)]", "[Point(x=10, y=12)]"]
 
 
 def test_a_script_that_starts_an_executor_unguarded_is_told_the_fix(tmp_path: Path) -> None:
