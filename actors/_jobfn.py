@@ -45,7 +45,13 @@ _FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType)
 # arguments.  The rest of ``builtins`` (eval, exec, open, __import__, ...) stays denied with the module.
 PURE_BUILTINS = frozenset((
     "abs", "all", "any", "ascii", "bin", "chr", "divmod", "format", "hash", "hex", "len", "max", "min", "oct",
-    "ord", "pow", "repr", "round", "sorted", "sum",
+    "ord", "pow", "print", "repr", "round", "sorted", "sum",
+))
+# Builtin classes whose call only builds a value (``ex.map(str, ...)``): a local Executor sends them pickled,
+# as it sends any class (a class is no job function by path); the rest of builtins' classes stay denied.
+PURE_BUILTIN_TYPES = frozenset((
+    "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list", "range", "set", "slice",
+    "str", "tuple",
 ))
 
 

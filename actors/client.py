@@ -31,7 +31,7 @@ from actors._errors import (
     DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError, RemoteError,
     TransportError, WaitTimeout, remote_error,
 )
-from actors._jobfn import ALWAYS_DENIED, check_name, path_of
+from actors._jobfn import ALWAYS_DENIED, PURE_BUILTIN_TYPES, check_name, path_of
 from actors._rundir import RunDir
 from actors._state import FINAL
 from actors.shm import is_ndarray, is_ndarray_type
@@ -882,6 +882,14 @@ def _route(fn: Any) -> tuple[str, bool]:
     ``actors.callables:pickled``.  Raises JobRefused for what can go neither way (a lambda, a closure, a
     method of a module no job may name); a named function of such a module goes by its path, and the daemon
     refuses it on the job's future, as before."""
+    if isinstance(fn, type):  # a class (its call builds a value): it travels pickled, no job runs a class by path
+        root = (getattr(fn, "__module__", "") or "").split(".", 1)[0]
+        if root in ALWAYS_DENIED and not (root == "builtins" and fn.__name__ in PURE_BUILTIN_TYPES):
+            raise JobRefused(f"job function {callables.label(fn)!r} is refused: module {root!r} never runs as a job")
+        if "<locals>" in getattr(fn, "__qualname__", ""):
+            raise JobRefused(f"{fn.__qualname__} is a class defined in a function, which another process cannot "
+                             "import; define it at module level")
+        return callables.PATH, True
     try:
         path, refused = path_of(fn), None
         if _nameable(path):

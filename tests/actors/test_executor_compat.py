@@ -62,6 +62,27 @@ def test_pure_builtins_and_partials_run_and_the_rest_of_builtins_stays_refused(m
             c.submit("builtins:exec", "print(1)")
 
 
+def test_classes_run_as_their_constructors_as_under_a_process_pool(module_daemon: Daemon) -> None:
+    """``ex.map(str, ...)``, ``ex.submit(Decimal, "1.10")``, a user's dataclass: a class travels pickled (no job
+    runs a class by path); of builtins only the classes whose call builds a plain value, and print."""
+    import decimal
+    import fractions
+
+    with Executor(config=module_daemon.config) as ex:
+        assert list(ex.map(str, range(3), timeout=60)) == ["0", "1", "2"]
+        assert ex.submit(int, "7").result(60) == 7
+        assert ex.submit(tuple, [1, 2]).result(60) == (1, 2)
+        value = ex.submit(decimal.Decimal, "1.10").result(60)
+        assert type(value) is decimal.Decimal and str(value) == "1.10"
+        assert ex.submit(fractions.Fraction, 1, 3).result(60) == fractions.Fraction(1, 3)
+        assert ex.submit(jobs.Offset, 4).result(60) == jobs.Offset(4)
+        assert ex.submit(print, "printed by a job").result(60) is None
+        with pytest.raises(JobRefused, match="module 'subprocess' never runs as a job"):
+            ex.submit(subprocess.Popen, ["true"])
+        with pytest.raises(JobRefused, match="module 'builtins' never runs as a job"):
+            ex.submit(type, "X", (), {})
+
+
 # -- ProcessPoolExecutor's constructor
 def test_the_initializer_runs_once_per_worker_and_executor_before_its_first_job(
         module_daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
