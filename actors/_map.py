@@ -4,7 +4,9 @@
 per item, and ignores ``chunksize``.  Here (a local client, whose values
 cross pickled) the items are cut into chunks of ``chunksize``, each chunk is
 one job whose pickled payload is a list with the chunk's slice of each
-iterable (a submitted job's is an ``(args, kwargs)`` tuple), the jobs go to the
+iterable (a submitted job's is an ``(args, kwargs)`` tuple; a callable sent
+pickled, :mod:`actors.callables`, comes first in each chunk's list, as the
+pools pickle the function with each chunk), the jobs go to the
 daemon in batches of :data:`BATCH` (the daemon starts the first batch while
 the next is being packed), and the I/O thread files each final
 :class:`~actors.messages.JobInfo` into the slot of its chunk.  The consumer

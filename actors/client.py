@@ -707,8 +707,9 @@ class Executor(concurrent.futures.Executor):
         item (see :mod:`actors._map`).  The first failure is raised when the
         iterator reaches it; ``timeout`` (s, from this call) raises
         ``TimeoutError``; leaving the iterator early cancels what has not run.
-        On a remote daemon, under a ``max_workers`` cap on a shared one, or with
-        numpy arrays among the items (they keep their shared-memory path), it
+        On a remote daemon, under a ``max_workers`` cap on a shared one, for a
+        ``functools.partial``, with numpy arrays among the items (they keep
+        their shared-memory path) or objects of the script's own classes, it
         falls back to one job per item.
         """
         if chunksize < 1:
@@ -724,14 +725,14 @@ class Executor(concurrent.futures.Executor):
             return iter(())
         types = {t for c in cols for t in set(map(type, c))}  # one pass in C over the items
         if not self._exact or self._cap is not None or isinstance(fn, functools.partial) \
-                or self._template_of(fn).fn == callables.PATH or callables.holds_script_objects(types, cols) \
-                or any(is_ndarray_type(t) for t in types):
+                or callables.holds_script_objects(types, cols) or any(is_ndarray_type(t) for t in types):
             return super().map(fn, *cols, timeout=timeout)
         # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does
-        parts = [[c[i:i + chunksize] for c in cols] for i in range(0, n, chunksize)]
-        spec = make_spec(fn, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
-        if self._setup is not None:  # the initializer and max_tasks_per_child hold for map's jobs too
-            spec = msgspec.structs.replace(spec, setup=self._setup)
+        parts: list[list[Any]] = [[c[i:i + chunksize] for c in cols] for i in range(0, n, chunksize)]
+        spec = self._template_of(fn)  # the initializer and max_tasks_per_child hold for map's jobs too
+        if spec.fn == callables.PATH:  # a callable without a job path travels in each chunk, first (as the pools
+            head = callables.head(fn)  # pickle the function with each chunk)
+            parts = [[head, *part] for part in parts]
         run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels,
                           self._note_broken)
         with self._lock:

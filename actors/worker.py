@@ -416,8 +416,12 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
         else:
             payload = _NO_ARGS
         if fn is callables.pickled:  # a local Executor's callable, sent pickled as the head of its arguments
-            fn, args = callables.carried(payload[0] if type(payload) is tuple else None, d.pickled)  # (not a map chunk)
-            payload = (args, payload[1])
+            if type(payload) is list:  # a map chunk: the head, then the slice of each iterable
+                fn, columns = callables.carried(payload, d.pickled)
+                payload = columns
+            else:
+                fn, args = callables.carried(payload[0] if type(payload) is tuple else None, d.pickled)
+                payload = (args, payload[1])
             # read afresh: the cache would keep each unpickled object alive (a bound method holds its instance),
             # and a callable object may be unhashable
             with_task = takes_task.__wrapped__(fn)

@@ -29,6 +29,17 @@ def test_map_gives_every_result_in_order_at_any_chunksize(ex: Any, daemon: Any, 
     assert ran == -(-300 // chunksize)  # one job per chunk, as ProcessPoolExecutor sends them
 
 
+@pytest.mark.parametrize("callable_", ["bound method", "class", "callable object"])
+def test_a_callable_without_a_job_path_travels_in_each_chunk(ex: Any, daemon: Any, callable_: str) -> None:
+    """Pickled with each chunk, as the pools pickle the function with each chunk: one job a chunk still."""
+    fn, want = {"bound method": (jobs.Scaler(3).scale, [3 * x for x in range(100)]),
+                "class": (str, [str(x) for x in range(100)]),
+                "callable object": (jobs.Offset(1), [x + 1 for x in range(100)])}[callable_]
+    before = len(daemon.client().jobs(limit=10_000))
+    assert list(ex.map(fn, range(100), chunksize=25)) == want
+    assert len(daemon.client().jobs(limit=10_000)) - before == 4
+
+
 def test_map_zips_several_iterables_and_keeps_exact_types(ex: Any) -> None:
     assert list(ex.map(jobs.identity, [(1, 2), {3}, frozenset({4})], chunksize=2)) == [(1, 2), {3}, frozenset({4})]
     assert [type(v) for v in ex.map(jobs.identity, [(1,), {2}])] == [tuple, set]
