@@ -313,6 +313,10 @@ class Connection:
             elif found is not None and found == listener:
                 del self._listeners[job_id]
 
+    def on_io_thread(self) -> bool:
+        """Whether the caller runs on this connection's I/O thread (where :meth:`close` cannot join it)."""
+        return threading.current_thread() is self._thread
+
     def close(self) -> None:
         """Stop the I/O thread and close the socket; pending calls fail with ClientClosed."""
         if self._closed:

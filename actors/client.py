@@ -509,6 +509,10 @@ class Executor(concurrent.futures.Executor):
         self._starting = threading.Lock()
         self._start_error: BaseException | None = None
         self._conn: Connection | None = None if self._private is not None else _connect(self.config, None)
+        # what is released if this executor is collected unshut (or is still open at exit): its connection, once
+        # made, and its private daemon, made or not (its directory exists already), as a pool shuts down then
+        self._owned: list[Connection] = [] if self._conn is None else [self._conn]
+        weakref.finalize(self, _release, self._owned, self._private)
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
         self._acks: list[Future[list[int]]] = []  # the daemon's answers to map's submits (ids), for a clean close
         self._unacked = 0  # submits whose ids have not come back yet (under _lock; _acked tells when none)
@@ -564,6 +568,7 @@ class Executor(concurrent.futures.Executor):
                     raise
                 conn.gone_as = _broken_pool  # its death breaks the pool, as a worker's does ProcessPoolExecutor's
                 conn.lost_as = ("failed", "concurrent.futures.process.BrokenProcessPool")
+                self._owned.append(conn)
                 self._conn = conn
             return self._conn
 
@@ -786,6 +791,21 @@ def _finish_at_exit(ex: Executor) -> None:
         atexit.unregister(_shutdown_open)  # registered once, whatever the number of executors
         atexit.register(_shutdown_open)
     _OPEN.add(ex)
+
+
+def _release(owned: list[Connection], private: "PrivateDaemon | None") -> None:
+    """An Executor collected without ``shutdown``: close its connection and stop its private daemon (both safe
+    to repeat); from another thread when the last reference went on the connection's own I/O thread."""
+    def release() -> None:
+        for conn in owned:
+            conn.close()
+        if private is not None:
+            private.stop()
+
+    if any(conn.on_io_thread() for conn in owned):
+        threading.Thread(target=release, name="ensemble-executor-release", daemon=True).start()
+    else:
+        release()
 
 
 def _shutdown_open() -> None:

@@ -68,6 +68,29 @@ def test_an_executor_whose_workers_cannot_start_breaks_instead_of_waiting(tmp_pa
     assert not where.exists()
 
 
+def test_an_executor_dropped_without_shutdown_releases_its_private_daemon(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a ProcessPoolExecutor collected unshut stops its processes: used or not, nothing stays behind."""
+    import gc
+
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    ex = Executor(1)
+    assert ex._private is not None
+    where = ex._private.dir
+    assert where.exists()  # chosen at construction, the daemon not started
+    del ex
+    gc.collect()
+    wait_for(lambda: not where.exists(), 30, what="an unused executor's directory to go")
+    ex = Executor(1)
+    assert ex.submit(jobs.square, 3).result(60) == 9
+    assert ex._private is not None and ex._private.proc is not None
+    pid, where = ex._private.proc.pid, ex._private.dir
+    del ex
+    gc.collect()
+    wait_for(lambda: not pid_alive(pid) and not where.exists(), 60, what="a dropped executor's daemon to stop")
+
+
 def ex_status(ex: Executor) -> Any:
     with Client(config=ex.config, timeout=10) as c:
         return c.status()
