@@ -226,11 +226,19 @@ def _children() -> list[int]:
     return out
 
 
+def _our_dirs() -> set[str]:
+    """The ``/tmp/ens-*`` directories (a private daemon's, a test's short one) made by this user."""
+    uid = os.getuid()
+    return {str(p) for p in Path("/tmp").glob("ens-*") if p.is_dir() and p.stat().st_uid == uid}
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """After every test: no child process, no new shared-memory segment of ours."""
+    """After every test: no child process, no new shared-memory segment of ours, no private daemon's directory."""
     before = _our_segments()
+    dirs = _our_dirs()
     yield
     wait_for(lambda: not [p for p in _children() if pid_alive(p)], 15, what="child processes to exit")
     leaked = _our_segments() - before
     wait_for(lambda: not (_our_segments() - before), 10, what=f"shared-memory segments {leaked} to be unlinked")
+    wait_for(lambda: not (_our_dirs() - dirs), 15, what=f"directories {sorted(_our_dirs() - dirs)} to be removed")
