@@ -28,8 +28,7 @@ def test_an_executor_with_no_daemon_starts_a_private_one_and_stops_it(start: str
         pid, where = private.proc.pid, private.dir
         assert sum(a.role == "worker" for a in ex_status(ex).actors) == 2
         assert not any(a.role in ("controller", "processor") for a in ex_status(ex).actors)  # jobs only
-    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
-    assert not where.exists()
+    _stopped(pid, where, "executor")
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
@@ -64,8 +63,7 @@ def test_an_executor_whose_workers_cannot_start_breaks_instead_of_waiting(tmp_pa
                 f.result(120)
         with pytest.raises(BrokenProcessPool, match="gave up restarting"):  # the pool stays broken
             ex.submit(jobs.square, 1)
-    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its executor")
-    assert not where.exists()
+    _stopped(pid, where, "executor")
 
 
 def test_an_executor_dropped_without_shutdown_releases_its_private_daemon(tmp_path: Path,
@@ -89,6 +87,12 @@ def test_an_executor_dropped_without_shutdown_releases_its_private_daemon(tmp_pa
     del ex
     gc.collect()
     wait_for(lambda: not pid_alive(pid) and not where.exists(), 60, what="a dropped executor's daemon to stop")
+
+
+def _stopped(pid: int, where: Path, owner: str) -> None:
+    """The private daemon ``pid`` stops with its ``owner`` and its directory ``where`` is removed."""
+    wait_for(lambda: not pid_alive(pid), 30, what=f"the private daemon to stop with its {owner}")
+    assert not where.exists()
 
 
 def ex_status(ex: Executor) -> Any:
@@ -125,8 +129,7 @@ def test_a_client_starts_a_private_daemon_only_when_asked(tmp_path: Path, monkey
     with Client(private=True, max_workers=1) as c:
         pid, where = c._private.proc.pid, c._private.dir
         assert c.submit("tests.jobs:pid").result(60) in {a.pid for a in c.status().actors if a.role == "worker"}
-    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its client")
-    assert not where.exists()
+    _stopped(pid, where, "client")
 
 
 def test_an_async_client_starts_a_private_daemon_only_when_asked(tmp_path: Path,
@@ -151,8 +154,7 @@ def test_an_async_client_starts_a_private_daemon_only_when_asked(tmp_path: Path,
 
     pid, where, ran_on, workers = asyncio.run(main())
     assert ran_on in workers
-    wait_for(lambda: not pid_alive(pid), 30, what="the private daemon to stop with its client")
-    assert not where.exists()
+    _stopped(pid, where, "client")
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
