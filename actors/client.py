@@ -639,8 +639,11 @@ class Executor(concurrent.futures.Executor):
 
     def _callable_template(self, fn: Callable[..., Any]) -> JobSpec:
         """The JobSpec of a job that carries ``fn`` pickled (:mod:`actors.callables`), labelled by its name."""
-        spec = make_spec(callables.PATH, (), {}, name=callables.label(fn), grace=self._grace, retries=self._retries,
-                         resources=self._resources)
+        return self._spec(callables.PATH, callables.label(fn))
+
+    def _spec(self, path: str, name: str = "") -> JobSpec:
+        """A JobSpec of ``path`` with no arguments and this executor's job options (its worker setup too)."""
+        spec = make_spec(path, (), {}, name=name, grace=self._grace, retries=self._retries, resources=self._resources)
         return spec if self._setup is None else msgspec.structs.replace(spec, setup=self._setup)
 
     def _template(self, fn: Callable[..., Any]) -> JobSpec:
@@ -652,12 +655,7 @@ class Executor(concurrent.futures.Executor):
         what belongs to a module no job may name (``os``, ``subprocess``, the rest of ``builtins``...).
         """
         path, carried = _route(fn) if self._exact else (path_of(fn), False)
-        if carried:
-            spec = self._callable_template(fn)
-        else:
-            spec = make_spec(path, (), {}, grace=self._grace, retries=self._retries, resources=self._resources)
-            if self._setup is not None:
-                spec = msgspec.structs.replace(spec, setup=self._setup)
+        spec = self._callable_template(fn) if carried else self._spec(path)
         try:
             if len(self._templates) >= 256:  # bound methods and closures made per call must not pile up
                 self._templates.clear()
@@ -697,11 +695,7 @@ class Executor(concurrent.futures.Executor):
         concurrent.futures.wait(list(self._cancels), timeout=10)  # let the daemon hear every cancel
         with self._starting:  # none starts after this
             self._start_error = self._start_error or RuntimeError("cannot schedule new futures after shutdown")
-            conn = self._conn
-        if conn is not None:
-            conn.close()
-        if self._private is not None:
-            self._private.stop()
+        _release(self._owned, self._private)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
@@ -903,13 +897,15 @@ def _route(fn: Any) -> tuple[str, bool]:
     ``actors.callables:pickled``.  Raises JobRefused for what can go neither way (a lambda, a closure, a
     method of a module no job may name); a named function of such a module goes by its path, and the daemon
     refuses it on the job's future, as before."""
+    qualname, label = getattr(fn, "__qualname__", ""), callables.label(fn)
+    root = label.split(".", 1)[0].split(":", 1)[0]
+    denied = JobRefused(f"job function {label!r} is refused: module {root!r} never runs as a job")
     if isinstance(fn, type):  # a class (its call builds a value): it travels pickled, no job runs a class by path
-        root = (getattr(fn, "__module__", "") or "").split(".", 1)[0]
         if root in ALWAYS_DENIED and not (root == "builtins" and fn.__name__ in PURE_BUILTIN_TYPES):
-            raise JobRefused(f"job function {callables.label(fn)!r} is refused: module {root!r} never runs as a job")
-        if "<locals>" in getattr(fn, "__qualname__", ""):
-            raise JobRefused(f"{fn.__qualname__} is a class defined in a function, which another process cannot "
-                             "import; define it at module level")
+            raise denied
+        if "<locals>" in qualname:
+            raise JobRefused(f"{qualname} is a class defined in a function, which another process cannot import; "
+                             "define it at module level")
         return callables.PATH, True
     try:
         path, refused = path_of(fn), None
@@ -917,10 +913,8 @@ def _route(fn: Any) -> tuple[str, bool]:
             return path, False
     except JobRefused as exc:
         path, refused = "", exc
-    qualname, label = getattr(fn, "__qualname__", ""), callables.label(fn)
-    root = label.split(".", 1)[0].split(":", 1)[0]
     if root in ALWAYS_DENIED and not path:
-        raise JobRefused(f"job function {label!r} is refused: module {root!r} never runs as a job")
+        raise denied
     if root in ALWAYS_DENIED or not callable(fn) or "<lambda>" in qualname or "<locals>" in qualname:
         if refused is not None:
             raise refused
@@ -937,31 +931,25 @@ def _nameable(path: str) -> bool:
     return True
 
 
-def _broken_pool(message: str) -> Exception:
-    """The error an Executor's calls raise once its private daemon died: a ``BrokenProcessPool``, as
-    ``ProcessPoolExecutor`` raises when one of its processes dies (and a DaemonError)."""
-    global _BrokenPool
-    if _BrokenPool is None:
+_AS_BROKEN_POOL: dict[type[Exception], type[Exception]] = {}
+
+
+def _as_broken_pool(base: type[Exception]) -> type[Exception]:
+    """``base`` that is also a ``BrokenProcessPool`` (ProcessPoolExecutor's error when one of its processes
+    dies), so code catching that keeps working: a DaemonError when an Executor's private daemon died, a JobLost
+    when the worker running its job did (unlike that pool, this one is not broken then: the daemon replaced the
+    worker, and later submits run).  Made once per base."""
+    made = _AS_BROKEN_POOL.get(base)
+    if made is None:
         from concurrent.futures.process import BrokenProcessPool  # imports multiprocessing: only when it happens
 
-        _BrokenPool = type("BrokenProcessPool", (DaemonError, BrokenProcessPool), {"__module__": __name__})
-    return _BrokenPool(message)
+        made = _AS_BROKEN_POOL[base] = type("BrokenProcessPool", (base, BrokenProcessPool), {"__module__": __name__})
+    return made
 
 
-_BrokenPool: type[Exception] | None = None
-_LostInPool: type[Exception] | None = None
-
-
-def _lost_in_pool() -> type[Exception]:
-    """What an Executor's future raises when the worker running its job died: a ``BrokenProcessPool``, as
-    ``ProcessPoolExecutor`` raises then (code catching that keeps working), and a JobLost.  Unlike that
-    pool's, this one is not broken: the daemon replaced the worker, and later submits run."""
-    global _LostInPool
-    if _LostInPool is None:
-        from concurrent.futures.process import BrokenProcessPool
-
-        _LostInPool = type("BrokenProcessPool", (JobLost, BrokenProcessPool), {"__module__": __name__})
-    return _LostInPool
+def _broken_pool(message: str) -> Exception:
+    """The error an Executor's calls raise once its private daemon died."""
+    return _as_broken_pool(DaemonError)(message)
 
 
 def _outcome(info: JobInfo, pickled: bool = False) -> Any:
@@ -983,7 +971,7 @@ def _outcome(info: JobInfo, pickled: bool = False) -> Any:
         if isinstance(value, BaseException):
             value.__cause__ = RemoteError(info.error_type, info.error_message, info.traceback)
             raise value
-    return _raise_for(info, _lost_in_pool() if info.state == "worker-lost" else JobLost)
+    return _raise_for(info, _as_broken_pool(JobLost) if info.state == "worker-lost" else JobLost)
 
 
 def _complete(fut: Future[Any], info: JobInfo, pickled: bool = False) -> None:
