@@ -22,6 +22,7 @@ guard that starts an Executor at import is refused with the fix).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
@@ -128,7 +129,11 @@ def head(fn: Any, script: bool = False) -> list[Any]:
     """The first argument of a pickled-callable job: ``[fn]``, with a :class:`ScriptMarker` first if ``fn`` (its
     function, the object it is bound to, or its class) belongs to a script run as ``__main__``, or ``script``
     says the arguments hold something of it."""
-    owners = (fn, getattr(fn, "__self__", None), type(getattr(fn, "__self__", None)), type(fn))
+    base = fn
+    while isinstance(base, functools.partial):  # a partial: its function, and what it binds, decide
+        script = script or any(type(v).__module__ == "__main__" for v in (*base.args, *base.keywords.values()))
+        base = base.func
+    owners = (base, getattr(base, "__self__", None), type(getattr(base, "__self__", None)), type(base))
     if script or any(getattr(o, "__module__", None) == "__main__" for o in owners if o is not None):
         path = _script()
         if path:

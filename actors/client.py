@@ -706,10 +706,11 @@ class Executor(concurrent.futures.Executor):
         item (see :mod:`actors._map`).  The first failure is raised when the
         iterator reaches it; ``timeout`` (s, from this call) raises
         ``TimeoutError``; leaving the iterator early cancels what has not run.
-        On a remote daemon, under a ``max_workers`` cap on a shared one, for a
-        ``functools.partial``, with numpy arrays among the items (they keep
-        their shared-memory path) or objects of the script's own classes, it
-        falls back to one job per item.
+        A ``functools.partial`` travels pickled with each chunk, as the pools
+        send it (its function must be one a job may run).  On a remote daemon,
+        under a ``max_workers`` cap on a shared one, with numpy arrays among
+        the items (they keep their shared-memory path) or objects of the
+        script's own classes, it falls back to one job per item.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -723,12 +724,19 @@ class Executor(concurrent.futures.Executor):
         if not n:
             return iter(())
         types = {t for c in cols for t in set(map(type, c))}  # one pass in C over the items
-        if not self._exact or self._cap is not None or isinstance(fn, functools.partial) \
+        if not self._exact or self._cap is not None \
                 or callables.holds_script_objects(types, cols) or any(is_ndarray_type(t) for t in types):
             return super().map(fn, *cols, timeout=timeout)
         # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does
         parts: list[list[Any]] = [[c[i:i + chunksize] for c in cols] for i in range(0, n, chunksize)]
-        spec = self._template_of(fn)  # the initializer and max_tasks_per_child hold for map's jobs too
+        if isinstance(fn, functools.partial):  # its function passes the rules a submitted one does; it travels whole
+            inner = _unwrap(fn, (), {})[0]
+            path, carried = _route(inner)
+            if not carried:  # what the daemon would refuse by the function's path is refused here
+                check_name(path)
+            spec = self._callable_template(inner)
+        else:
+            spec = self._template_of(fn)  # the initializer and max_tasks_per_child hold for map's jobs too
         if spec.fn == callables.PATH:  # a callable without a job path travels in each chunk, first (as the pools
             head = callables.head(fn)  # pickle the function with each chunk)
             parts = [[head, *part] for part in parts]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from typing import Any
 
 import pytest
@@ -29,15 +30,28 @@ def test_map_gives_every_result_in_order_at_any_chunksize(ex: Any, daemon: Any, 
     assert ran == -(-300 // chunksize)  # one job per chunk, as ProcessPoolExecutor sends them
 
 
-@pytest.mark.parametrize("callable_", ["bound method", "class", "callable object"])
+@pytest.mark.parametrize("callable_", ["bound method", "class", "callable object", "partial", "partial of a builtin"])
 def test_a_callable_without_a_job_path_travels_in_each_chunk(ex: Any, daemon: Any, callable_: str) -> None:
     """Pickled with each chunk, as the pools pickle the function with each chunk: one job a chunk still."""
     fn, want = {"bound method": (jobs.Scaler(3).scale, [3 * x for x in range(100)]),
                 "class": (str, [str(x) for x in range(100)]),
-                "callable object": (jobs.Offset(1), [x + 1 for x in range(100)])}[callable_]
+                "callable object": (jobs.Offset(1), [x + 1 for x in range(100)]),
+                "partial": (functools.partial(jobs.plain_divmod, b=7), [divmod(x, 7) for x in range(100)]),
+                "partial of a builtin": (functools.partial(pow, 2), [2 ** x for x in range(100)])}[callable_]
     before = len(daemon.client().jobs(limit=10_000))
     assert list(ex.map(fn, range(100), chunksize=25)) == want
     assert len(daemon.client().jobs(limit=10_000)) - before == 4
+
+
+def test_a_partial_of_a_function_no_job_may_run_is_refused_as_its_submit_is(ex: Any) -> None:
+    import os
+
+    from actors import JobRefused
+
+    with pytest.raises(JobRefused, match="module 'posix' never runs as a job"):
+        list(ex.map(functools.partial(os.system), ["true"], chunksize=4))
+    with pytest.raises(JobRefused, match="lambda or a closure"):
+        list(ex.map(functools.partial(lambda a, b: a, 1), [1], chunksize=4))
 
 
 def test_map_zips_several_iterables_and_keeps_exact_types(ex: Any) -> None:

@@ -521,6 +521,28 @@ def test_map_finds_the_script_s_objects_inside_the_items(start: str, tmp_path: P
     assert _run_script(tmp_path, start).stdout.splitlines() == ["[Point(x=2, y=2)]", "[Point(x=10, y=12)]"]
 
 
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_map_sends_a_partial_of_the_script_s_function_or_object_in_chunks(start: str, tmp_path: Path) -> None:
+    """A partial travels pickled with each chunk; one of the script's function, or binding an object of the script's
+    class, reaches a worker not forked from the script (a spawned daemon's): it loads the script first."""
+    (tmp_path / "main.py").write_text(
+        "import functools\n"
+        "from dataclasses import dataclass\n"
+        "from actors.client import Executor\n"
+        "@dataclass\n"
+        "class Step:\n"
+        "    by: int\n"
+        "def scale(k, x):\n"
+        "    return k * x\n"
+        "def move(step, x):\n"
+        "    return x + step.by\n"
+        "if __name__ == '__main__':\n"
+        "    with Executor(1) as ex:\n"
+        "        print(list(ex.map(functools.partial(scale, 3), range(5), chunksize=2)), flush=True)\n"
+        "        print(list(ex.map(functools.partial(move, Step(10)), range(3), chunksize=2)), flush=True)\n")
+    assert _run_script(tmp_path, start).stdout.splitlines() == ["[0, 3, 6, 9, 12]", "[10, 11, 12]"]
+
+
 def test_a_script_that_starts_an_executor_unguarded_is_told_the_fix(tmp_path: Path) -> None:
     """A worker that must load the script (not forked from it) would start an Executor in turn: refused, with the
     guard to add, as multiprocessing refuses it."""
