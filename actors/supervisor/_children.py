@@ -68,6 +68,7 @@ class Standby:
 # whose processes died (an Executor raises it; for a Client it is a RemoteError of that type)
 NO_WORKERS_ERROR = "concurrent.futures.process.BrokenProcessPool"
 _LAST_RESULTS_WAIT = 2.0  # seconds a reaped worker's last results are waited for (see _read_last_results)
+_UNASKED_EXIT_WAIT = 0.1  # the same for a worker that exited 0 unasked (a job's os._exit(0)): the loop waits
 _STANDBY_LOSSES = 3  # standbys that died before their orders, after which the daemon keeps none
 
 
@@ -232,7 +233,13 @@ class ChildrenMixin(State):
         if code == RETIRE_CODE and slot.role == "worker":  # it left on purpose (its code changed): no failure
             slot.expected_exit = True
         if slot.role == "worker" and code in (0, RETIRE_CODE) and slot.outstanding:
-            self._read_last_results(slot)
+            if slot.expected_exit or slot.retire or self.stopping_since:
+                self._read_last_results(slot, _LAST_RESULTS_WAIT)
+            else:  # nobody asked it to leave (a job called os._exit(0)): what is on its way, but no long stall
+                log.warning("event=worker-exit-unasked name=%s code=%s outstanding=%d detail=it exited while running "
+                            "a job without being asked to (did the job call os._exit or exit the process?)",
+                            slot.name, code, len(slot.outstanding))
+                self._read_last_results(slot, _UNASKED_EXIT_WAIT)
         self.poller.unregister(slot.pidfd)
         del self.by_pidfd[slot.pidfd]
         os.close(slot.pidfd)
@@ -297,15 +304,17 @@ class ChildrenMixin(State):
             self._finish(job, "failed", now, error_type=NO_WORKERS_ERROR, error_message=why)
         log.critical("event=no-workers failed_jobs=%d detail=%s", len(queued), why)
 
-    def _read_last_results(self, slot: Slot) -> None:
+    def _read_last_results(self, slot: Slot, wait: float) -> None:
         """A worker that left in order may be reaped before its last results were read: read up to its
-        ``ResultsClosed`` (at most :data:`_LAST_RESULTS_WAIT` s, should it never come), so that a job it
-        finished is not counted lost (its process's exit and its results' socket race to the daemon)."""
-        deadline = time.monotonic() + _LAST_RESULTS_WAIT
+        ``ResultsClosed`` (at most ``wait`` s, should it never come; the daemon's loop waits meanwhile), so
+        that a job it finished is not counted lost (its process's exit and its results' socket race to the
+        daemon)."""
+        deadline = time.monotonic() + wait
         while not slot.results_closed and slot.outstanding:
             left = deadline - time.monotonic()
             if left <= 0:
-                log.warning("event=last-results-missing name=%s outstanding=%d", slot.name, len(slot.outstanding))
+                if wait >= _LAST_RESULTS_WAIT:
+                    log.warning("event=last-results-missing name=%s outstanding=%d", slot.name, len(slot.outstanding))
                 return
             if self.internal.poll(int(left * 1000) + 1, zmq.POLLIN):
                 self._drain_internal(self.internal)

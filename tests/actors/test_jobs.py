@@ -357,6 +357,23 @@ def test_retry_after_a_worker_death(make_daemon: Make, tmp_path: Path) -> None:
     assert c.submit("examples.jobs:add", 1, 1).result(30) == 2
 
 
+def test_a_job_that_exits_its_worker_with_code_0_is_lost_without_stalling_the_daemon(make_daemon: Make) -> None:
+    """An exit 0 nobody asked for (a job's os._exit(0)) is not an orderly leave: the daemon does not wait seconds,
+    its loop stalled, for a goodbye that never comes (it did, 2 s a time: every client waited)."""
+    d = make_daemon(workers=1)
+    d.up()
+    c = d.client()
+    job = c.submit("tests.jobs:exit_0")
+    with pytest.raises(JobLost, match="died while running the job and no retry was left"):
+        job.result(60)
+    assert job.state == "worker-lost"
+    wait_for(lambda: all(a.state == "running" for a in d.status().actors), 30, what="the worker to be replaced")
+    assert c.submit("examples.jobs:add", 1, 1).result(30) == 2
+    log = (d.base / "state" / "daemon.log").read_text()
+    assert "event=worker-exit-unasked name=worker-1 code=0 outstanding=1" in log
+    assert "event=last-results-missing" not in log  # the long wait, for workers that leave in order, was not taken
+
+
 @pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_a_silent_worker_running_a_job_is_detected_by_heartbeat(make_daemon: Make, tmp_path: Path) -> None:
     d = make_daemon(workers=1)
