@@ -95,7 +95,11 @@ class ScriptExtension(Extension):
                 raise PermissionDenied(f"script {msg.path[:200]!r} is outside the script directories a remote "
                                        f"admin may load from ({', '.join(map(str, dirs)) or 'none configured'}; "
                                        "[audio] script_dirs)")
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as exc:  # a name too long, a directory we may not search: said, not an internal error
+            raise DaemonError(f"script {str(path)[:200]!r} cannot be read: {exc.strerror}") from None
+        if not found:
             raise DaemonError(f"script {str(path)[:200]!r} does not exist")
         controller = self.host.child("controller")
         if controller is None:

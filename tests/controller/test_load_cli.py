@@ -29,3 +29,12 @@ def test_load_of_a_syntax_error_exits_non_zero_with_file_and_line(daemon: Daemon
     with pytest.raises(ScriptLoadError, match=rf"RuntimeError in module code: no licence \({raising.resolve()}:2"):
         daemon.client().load_script(str(raising), wait=30)
     assert daemon.cli("load", str(bad), "--timeout", "0").stdout.startswith("loading ")  # no wait: as before
+
+
+def test_load_of_a_path_the_system_cannot_look_up_says_why(daemon: Daemon) -> None:
+    """A name too long for the file system is the caller's mistake, said as such (not "internal error")."""
+    from actors import DaemonError
+
+    with pytest.raises(DaemonError, match="cannot be read: File name too long"):
+        daemon.client().load_script("/" + "x" * 5000)
+    assert daemon.client().ping() is not None
