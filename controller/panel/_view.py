@@ -132,8 +132,8 @@ class DaemonView:
     def act(self, msg: dict[str, Any]) -> str:
         """Carry out one page action; returns a short confirmation, raises ActionError saying why not."""
         op = msg.get("op")
-        c = self._c()
         try:
+            c = self._c()  # (its daemon gone: an error for the page, not a closed socket)
             if op == "note_on":
                 c.note_on(_int(msg, "note", 0, 127), _int(msg, "velocity", 1, 127, 100))
             elif op == "note_off":

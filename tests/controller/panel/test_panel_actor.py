@@ -186,3 +186,30 @@ def test_a_dropped_wav_becomes_a_sample_and_the_page_scales_workers(shared_panel
                    what="a bad note refused with the reason")
         page.send({"op": "drop_sample", "name": "ping"})  # the daemon shared by this module keeps no segment
         page.until(lambda s: s.get("samples") == [], what="the sample dropped")
+
+
+def test_every_page_action_with_awkward_values_is_answered_and_the_socket_stays_open(shared_panel: Panel) -> None:
+    """The page is the browser's: whatever an action holds (wrong types, NaN, huge numbers, unknown ops, no op),
+    it gets one ack or one error, and the WebSocket stays open for the next one."""
+    import random
+
+    panel = shared_panel
+    loaded(panel, EXAMPLES / "download_panel.py")
+    r = random.Random(20261204)
+    values = [None, True, 0, -1, 127, 128, 2**62, 2**64, 1.5, float("nan"), float("inf"), "", "x" * 2000, "seconds",
+              "\x00", [], [1, 2], {}, {"a": {"b": []}}]
+    ops = ["note_on", "note_off", "param", "ui", "cancel", "reload", "drop_sample", "nope", None, 3, ["param"]]
+    keys = ["note", "velocity", "name", "value", "id", "workers", "seq"]
+    sent = 0
+    with Page(panel) as page:
+        for _ in range(300):
+            action: dict[str, Any] = {k: r.choice(values) for k in r.sample(keys, r.randrange(len(keys)))}
+            if r.random() < 0.9:
+                action["op"] = r.choice(ops)
+            page.send(action)
+            sent += 1
+        page.until(lambda s: len(page.replies) >= sent, timeout=120, what=f"an answer to each of the {sent} actions")
+        assert {m["type"] for m in page.replies} <= {"ack", "error"} and len(page.replies) == sent
+        assert any(m["type"] == "error" for m in page.replies) and any(m["type"] == "ack" for m in page.replies)
+        page.send({"op": "note_on", "note": 60, "velocity": 100, "seq": "last"})  # the same socket still works
+        page.until(lambda s: any(m.get("seq") == "last" for m in page.replies), what="the last action's ack")
