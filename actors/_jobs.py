@@ -177,6 +177,26 @@ class JobBook:
         self.counters["submitted"] += len(ids)
         return ids
 
+    def forget(self, ids: Iterable[int]) -> list[int]:
+        """Drop queued jobs whose rows were never written (their submits are refused); returns those dropped.
+
+        A job no longer queued (cancelled meanwhile by someone reading the
+        queue) is left alone.  Their queue entries are skipped by :meth:`pop`.
+        """
+        dropped = []
+        for jid in ids:
+            job = self.jobs.get(jid)
+            if job is None or job.state != "queued":
+                continue
+            del self.jobs[jid]
+            self.queued -= 1
+            self.queued_bytes -= job.nbytes
+            self.counters["submitted"] -= 1
+            if job.spec.resources:
+                self._needs(job.spec.resources, -1)
+            dropped.append(jid)
+        return dropped
+
     def recover(self, now: float, begun: set[int] | frozenset[int] = frozenset()) -> tuple[int, int, int]:
         """Load jobs a previous daemon left queued or running; returns (queued, requeued, lost).
 

@@ -381,6 +381,23 @@ class Journal:
         self.write_error = str(error)
         self._retry_at = time.monotonic() + _RETRY_SECONDS
 
+    def drop_unwritten(self) -> list[int]:
+        """Take back the new jobs of the failed commit and those staged since: their ids.
+
+        For when a commit failed (:attr:`write_error`): no job in it or
+        staged after it was acknowledged (an acknowledgement waits for the
+        commit of its jobs), so their submits can be refused at once instead
+        of waiting for the disk; the rest of the failed commit (results,
+        starts) is kept and written when it can be.
+        """
+        ids = [row[0] for row in self._inserts]
+        self._inserts = []
+        if self._failed is not None:
+            inserts = self._failed[0][1]
+            ids += [row[0] for row in inserts]
+            inserts.clear()  # the kept batch holds this list: its retry writes no row of these jobs
+        return ids
+
     def commit_async(self) -> None:
         """Hand everything staged to the writer thread as one transaction (its number is ``started_seq``).
 

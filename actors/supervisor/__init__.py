@@ -98,6 +98,9 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.replies: list[tuple[bytes, bytes]] = []  # sent after the journal commit
         # replies and pushes waiting for a commit in the journal's writer thread: (its number, frames), in order
         self.held: collections.deque[tuple[int, list[tuple[bytes, bytes]]]] = collections.deque()
+        # acknowledgements of submits whose jobs are not written yet: (last job id, client, corr, the ack's frame);
+        # should their commit fail, they are refused instead (RequestsMixin._check_unacked)
+        self.unacked: collections.deque[tuple[int, bytes, int, bytes]] = collections.deque()
         self.control_tcp: Any = None
         self.internal_tcp: Any = None
         self.remote_slots: dict[bytes, Slot] = {}  # routing id on the tcp worker endpoint -> its slot
@@ -315,6 +318,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             journal.commit()  # waits for the one in flight too: nothing is held past the last iteration
         else:
             self._commit()
+        self._check_unacked()
         out = self.replies
         self.replies = []
         for ident, by_id in self.progress_pushes.items():  # before the ends: a job may start and end in one iteration
@@ -359,6 +363,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         """The writer thread finished a commit: record it and send what waited for it."""
         assert self.journal is not None
         self.journal.collect()
+        self._check_unacked()
         self._release_held()
 
     def status(self) -> StatusReply:

@@ -6,6 +6,7 @@ handlers through :mod:`actors.extensions`.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import logging
 import os
@@ -221,8 +222,41 @@ class RequestsMixin(State):
             if progress:  # its start and progress too (an Executor's futures turn running)
                 for jid in ids:
                     book.jobs[jid].progress_watchers = watchers
-        self.replies.append((ident, encode(Submitted(ids), corr)))
+        frame = encode(Submitted(ids), corr)
+        self.replies.append((ident, frame))
+        if ids:
+            self.unacked.append((ids[-1], ident, corr, frame))
         return None
+
+    def _check_unacked(self) -> None:
+        """Forget the acknowledgements whose jobs are written; if the journal's commit failed (a full disk),
+        refuse the submits whose jobs it did not write, at once.
+
+        None of them was acknowledged (an acknowledgement waits for its jobs'
+        commit), so nothing accepted is lost: their jobs leave the queue and
+        the journal's kept commit, and each submitter hears why now, instead
+        of waiting as long as the disk stays full.  The rest of the failed
+        commit (results, starts) is kept and written once it can be.
+        """
+        journal, book = self.journal, self.book
+        assert journal is not None and book is not None
+        unacked = self.unacked
+        while unacked and unacked[0][0] <= journal.written_id:  # written: acknowledged, or about to be
+            unacked.popleft()
+        if not journal.write_error or not unacked:
+            return
+        dropped = book.forget(journal.drop_unwritten())
+        frames = {id(rec[3]) for rec in unacked}
+        self.replies = [r for r in self.replies if id(r[1]) not in frames]
+        self.held = collections.deque((need, [r for r in out if id(r[1]) not in frames]) for need, out in self.held)
+        refusal = JobRefused(f"the daemon cannot write its job journal ({journal.write_error}): this submit's jobs "
+                             f"were not journaled, so none was accepted (is the disk of {self.state_dir} full?); "
+                             "submit them again once `ensemble status` shows no journal_error")
+        for _, ident, corr, _ in unacked:
+            self._send_client(ident, self._encode_for(ident, Error(code_of(refusal), str(refusal)), corr))
+        log.warning("event=submits-refused submits=%d jobs=%d reason=%s", len(unacked), len(dropped),
+                    journal.write_error)
+        unacked.clear()
 
     def _check_resources(self, spec: JobSpec) -> None:
         """JobRefused when a job's resources are malformed or no worker can ever offer them."""
