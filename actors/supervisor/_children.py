@@ -233,7 +233,7 @@ class ChildrenMixin(State):
         if code == RETIRE_CODE and slot.role == "worker":  # it left on purpose (its code changed): no failure
             slot.expected_exit = True
         if slot.role == "worker" and code in (0, RETIRE_CODE) and slot.outstanding:
-            if slot.expected_exit or slot.retire or self.stopping_since:
+            if self._asked_to_leave(slot):
                 self._read_last_results(slot, _LAST_RESULTS_WAIT)
             else:  # nobody asked it to leave (a job called os._exit(0)): what is on its way, but no long stall
                 log.warning("event=worker-exit-unasked name=%s code=%s outstanding=%d detail=it exited while running "
@@ -248,7 +248,7 @@ class ChildrenMixin(State):
         self.by_identity.pop(slot.identity + RESULTS_SUFFIX, None)
         slot.proc = None
         slot.ready = False
-        log_fn = log.info if slot.expected_exit or slot.retire or self.stopping_since else log.error
+        log_fn = log.info if self._asked_to_leave(slot) else log.error  # (a Retiring read just now counts)
         log_fn("event=exit name=%s pid=%d code=%s", slot.name, proc.pid, code)
         self._jobs_lost(slot)
         if self.stopping_since or slot.retire:
@@ -270,6 +270,10 @@ class ChildrenMixin(State):
             times.append(now)
         slot.restarts += 1
         self._spawn(slot)
+
+    def _asked_to_leave(self, slot: Slot) -> bool:
+        """Whether a child's exit was asked for: the daemon stopping, a scale-down, a retire, a kill on purpose."""
+        return bool(slot.expected_exit or slot.retire or self.stopping_since)
 
     def no_workers_left(self) -> str:
         """Why no job can ever run here ("" while one can): every worker gave up restarting.

@@ -41,8 +41,8 @@ _ROLE_HINT = {
               "(`ensemble keys add-admin NAME`) to manage the daemon",
     "admin": "only the daemon's own user may send it, through the local socket",
 }
-# What a remote worker may send (scripts, voices and samples are the local children's business).
 _UNHELD = (Error, Pong, StatusReply)  # replies sent at once while the journal cannot commit (see _drain_control)
+# What a remote worker may send (scripts, voices and samples are the local children's business).
 _REMOTE_WORKER_SENDS = (Heartbeat, JobsDone, JobUpdate, Recalled, Hello)
 
 
