@@ -259,6 +259,18 @@ class Connection:
         """
         self._submit(specs, listener, _Sink(on_ids), progress)
 
+    def sent(self) -> Future[None]:
+        """A future done once the I/O thread has sent everything queued before it, unmerged with what follows.
+
+        The I/O thread merges queued submits into one frame; a caller whose
+        first submit should reach the daemon now (``map``'s first batch, so
+        workers start while it packs the rest) waits for this in between: its
+        own packing would otherwise hold the GIL and delay the send.
+        """
+        fut: Future[None] = Future()
+        self._enqueue(("sent", None, fut, None))
+        return fut
+
     def _submit(self, specs: list[JobSpec], listener: Listener | None, fut: "Future[list[int]] | _Sink",
                 progress: bool = False) -> None:
         borrowed: list[list[Any]] = []
@@ -419,6 +431,12 @@ class Connection:
                 if queued >= _MAX_BATCH:
                     self._send_submits(sock, submits, progress)
                     submits, queued = [], 0
+                continue
+            if kind == "sent":
+                if submits:
+                    self._send_submits(sock, submits, progress)
+                    submits, queued = [], 0
+                fut.set_result(None)
                 continue
             self._send(sock, payload, fut, extra)
         if submits:

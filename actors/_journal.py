@@ -331,6 +331,10 @@ class Journal:
         return (len(self._inserts) + len(self._new_contexts) + len(self._starts) + len(self._finishes) + len(self._requeues)
                 + len(self._events) + len(self._progress))
 
+    def staged_jobs(self) -> int:
+        """How many new jobs are staged (not written yet)."""
+        return len(self._inserts)
+
     @property
     def busy(self) -> bool:
         """Whether a commit handed to the writer thread has not been collected yet."""
@@ -381,22 +385,58 @@ class Journal:
         self.write_error = str(error)
         self._retry_at = time.monotonic() + _RETRY_SECONDS
 
-    def drop_unwritten(self) -> list[int]:
-        """Take back the new jobs of the failed commit and those staged since: their ids.
+    def drop_unwritten(self, above: int = 0) -> list[int]:
+        """Take back the new jobs of the failed commit and those staged since, with ids over ``above``: their ids.
 
         For when a commit failed (:attr:`write_error`): no job in it or
         staged after it was acknowledged (an acknowledgement waits for the
         commit of its jobs), so their submits can be refused at once instead
         of waiting for the disk; the rest of the failed commit (results,
-        starts) is kept and written when it can be.
+        starts, and the jobs of a submit whose first ones were written ahead:
+        ``above`` is its last id) is kept and written when it can be.
         """
-        ids = [row[0] for row in self._inserts]
-        self._inserts = []
+        ids = [row[0] for row in self._inserts if row[0] > above]
+        self._inserts = [row for row in self._inserts if row[0] <= above]
         if self._failed is not None:
             inserts = self._failed[0][1]
-            ids += [row[0] for row in inserts]
-            inserts.clear()  # the kept batch holds this list: its retry writes no row of these jobs
-        return ids
+            ids += [row[0] for row in inserts if row[0] > above]
+            inserts[:] = [row for row in inserts if row[0] <= above]  # the kept batch holds this list: its retry
+        return ids                                                      # writes no row of the dropped jobs
+
+    def write_first(self, n: int) -> bool:
+        """Write the first ``n`` staged new jobs now, on this thread, ahead of the commit that stages them;
+        whether it did.
+
+        So the first jobs of a big submit may run while the writer thread
+        writes the rest (:meth:`JobBook.pop` takes only written jobs).  It is
+        outside the numbered commits: ``done_seq`` does not move, so nothing
+        held for the commit of these jobs (a submit's acknowledgement waits
+        for all its jobs) is sent early; only :attr:`written_id` moves.  Done
+        only when no commit is in flight or kept failed (every job staged
+        before is written, so these are the next ids) and there are more
+        than ``n``; a failure puts the rows back for the commit to meet.
+        """
+        if self._inflight or self._failed is not None or len(self._inserts) <= n or n < 1:
+            return False
+        first, contexts = self._inserts[:n], self._new_contexts
+        try:
+            self.db.execute("BEGIN")
+            if contexts:
+                self.db.executemany("INSERT OR REPLACE INTO contexts(id, cwd, path) VALUES (?,?,?)", contexts)
+            _insert_rows(self.db, _INSERT_JOBS, first)
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            return False  # still staged: the commit writes them, or keeps its failure and says why
+        del self._inserts[:n]
+        self._new_contexts = []
+        self._unchecked += n + len(contexts)
+        self.written_id = max(self.written_id, first[-1][0])
+        return True
 
     def commit_async(self) -> None:
         """Hand everything staged to the writer thread as one transaction (its number is ``started_seq``).
@@ -510,8 +550,7 @@ class Journal:
             if contexts:
                 db.executemany("INSERT OR REPLACE INTO contexts(id, cwd, path) VALUES (?,?,?)", contexts)
             if inserts:
-                _insert_rows(db, "INSERT INTO jobs(id, fn, name, spec, priority, state, submitted, owner, ctx) VALUES ",
-                             inserts)
+                _insert_rows(db, _INSERT_JOBS, inserts)
             if requeues:
                 db.executemany("UPDATE jobs SET state='queued', attempts=?, worker='' WHERE id=?", requeues)
                 db.executemany("DELETE FROM starts WHERE id=?", [(r[1],) for r in requeues])
@@ -648,6 +687,9 @@ def _passing(error: BaseException) -> bool:
 
 _ROWS_PER_STATEMENT = 128  # 13 columns x 128 = 1,664 parameters, far below SQLite's limit of 32,766
 _STATEMENTS: dict[tuple[str, int, int], str] = {}
+
+
+_INSERT_JOBS = "INSERT INTO jobs(id, fn, name, spec, priority, state, submitted, owner, ctx) VALUES "
 
 
 def _insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:

@@ -6,10 +6,11 @@ cross pickled) the items are cut into chunks of ``chunksize``, each chunk is
 one job whose pickled payload is a list with the chunk's slice of each
 iterable (a submitted job's is an ``(args, kwargs)`` tuple; a callable sent
 pickled, :mod:`actors.callables`, comes first in each chunk's list, as the
-pools pickle the function with each chunk), the jobs go to the
-daemon in batches of :data:`BATCH` (the daemon starts the first batch while
-the next is being packed), and the I/O thread files each final
-:class:`~actors.messages.JobInfo` into the slot of its chunk.  The consumer
+pools pickle the function with each chunk), the jobs go to the daemon in
+batches of :data:`BATCH`, each cut and packed as it goes, the first of
+:data:`FIRST` jobs (the daemon starts it while the next is being packed),
+and the I/O thread files each final :class:`~actors.messages.JobInfo` into
+the slot of its chunk.  The consumer
 unpickles chunk results in order and raises the first job's exception as
 ``ProcessPoolExecutor.map`` does (its original type, the remote traceback as
 its cause).  Leaving the iterator early cancels the jobs not yet finished.
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from actors._connection import Connection
 
 BATCH = 2000  # jobs per Submit
+FIRST = 64  # jobs in the first Submit: the daemon starts them while the rest is being packed
+_SENT_WAIT = 1.0  # s the packing waits for the first Submit to leave (it goes on after, sent or not)
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -44,18 +47,22 @@ class MapRun:
     ``cancel_futures``; cancelling it cancels the jobs still running).
     """
 
-    def __init__(self, conn: "Connection", spec: JobSpec, parts: list[list[list[Any]]],
-                 cancels: list[concurrent.futures.Future[Any]],
+    def __init__(self, conn: "Connection", spec: JobSpec, cols: list[list[Any]], chunksize: int,
+                 head: list[Any], cancels: list[concurrent.futures.Future[Any]],
                  on_error: Callable[[JobInfo], None] | None = None) -> None:
-        """``cancels``: where the Cancel requests this run sends are kept (the executor waits for them on close).
+        """``cols``: the items of each iterable, all as long; a chunk is ``head`` then each one's slice.
 
-        ``on_error(info)``: called on the I/O thread for every job that ended with an error (the executor
-        marks itself broken when a worker's initializer failed, as for a submitted job).
+        ``cancels``: where the Cancel requests this run sends are kept (the
+        executor waits for them on close).  ``on_error(info)``: called on the
+        I/O thread for every job that ended with an error (the executor marks
+        itself broken when a worker's initializer failed, as for a submitted
+        job).
         """
         self.conn = conn
         self.on_error = on_error
         self.cancelled = False  # cancel() was called: jobs whose ids arrive later are cancelled on arrival
-        self.n = len(parts)
+        items = len(cols[0])
+        self.n = -(-items // chunksize)
         self.infos: list[JobInfo | None] = [None] * self.n
         self.index: dict[int, int] = {}
         self.early: dict[int, JobInfo] = {}  # final infos that arrived before their job's id was filed
@@ -66,12 +73,17 @@ class MapRun:
         self.failed_submit: BaseException | None = None
         self.acks: list[concurrent.futures.Future[list[int]]] = []
         self.cancels = cancels
-        for start in range(0, self.n, BATCH):
-            specs = [msgspec.structs.replace(spec, args=[pickle.dumps(part, _PROTOCOL)])
-                     for part in parts[start:start + BATCH]]
+        start, replace, dumps = 0, msgspec.structs.replace, pickle.dumps
+        while start < self.n:  # each batch cut and packed as it goes: the first is small, so workers start early
+            end = min(self.n, start + (FIRST if start == 0 else BATCH))
+            specs = [replace(spec, args=[dumps([*head, *[c[i:i + chunksize] for c in cols]], _PROTOCOL)])
+                     for i in range(start * chunksize, end * chunksize, chunksize)]
             ack = conn.submit(specs, self._on_info)
             ack.add_done_callback(functools.partial(self._on_ids, first=start))
             self.acks.append(ack)
+            if start == 0 and end < self.n:  # on its way before the next is packed (a failure shows in its ack)
+                concurrent.futures.wait([conn.sent()], timeout=_SENT_WAIT)
+            start = end
         if self.n == 0:
             self.done.set_result(None)
 

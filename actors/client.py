@@ -727,8 +727,6 @@ class Executor(concurrent.futures.Executor):
         if not self._exact or self._cap is not None \
                 or callables.holds_script_objects(types, cols) or any(is_ndarray_type(t) for t in types):
             return super().map(fn, *cols, timeout=timeout)
-        # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does
-        parts: list[list[Any]] = [[c[i:i + chunksize] for c in cols] for i in range(0, n, chunksize)]
         if isinstance(fn, functools.partial):  # its function passes the rules a submitted one does; it travels whole
             inner = _unwrap(fn, (), {})[0]
             path, carried = _route(inner)
@@ -737,11 +735,11 @@ class Executor(concurrent.futures.Executor):
             spec = self._callable_template(inner)
         else:
             spec = self._template_of(fn)  # the initializer and max_tasks_per_child hold for map's jobs too
-        if spec.fn == callables.PATH:  # a callable without a job path travels in each chunk, first (as the pools
-            head = callables.head(fn)  # pickle the function with each chunk)
-            parts = [[head, *part] for part in parts]
-        run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), parts, self._cancels,
-                          self._note_broken)
+        # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does; a
+        # callable without a job path travels in each chunk, first (as the pools pickle the function with each)
+        head = [callables.head(fn)] if spec.fn == callables.PATH else []
+        run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), cols, chunksize, head,
+                          self._cancels, self._note_broken)
         with self._lock:
             self._live.add(run.done)
             self._maps.add(run)

@@ -98,9 +98,9 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.replies: list[tuple[bytes, bytes]] = []  # sent after the journal commit
         # replies and pushes waiting for a commit in the journal's writer thread: (its number, frames), in order
         self.held: collections.deque[tuple[int, list[tuple[bytes, bytes]]]] = collections.deque()
-        # acknowledgements of submits whose jobs are not written yet: (last job id, client, corr, the ack's frame);
-        # should their commit fail, they are refused instead (RequestsMixin._check_unacked)
-        self.unacked: collections.deque[tuple[int, bytes, int, bytes]] = collections.deque()
+        # acknowledgements of submits whose jobs are not written yet: (first and last job id, client, corr, the
+        # ack's frame); should their commit fail, they are refused instead (RequestsMixin._check_unacked)
+        self.unacked: collections.deque[tuple[int, int, bytes, int, bytes]] = collections.deque()
         self.control_tcp: Any = None
         self.internal_tcp: Any = None
         self.remote_slots: dict[bytes, Slot] = {}  # routing id on the tcp worker endpoint -> its slot

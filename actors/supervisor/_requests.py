@@ -225,7 +225,7 @@ class RequestsMixin(State):
         frame = encode(Submitted(ids), corr)
         self.replies.append((ident, frame))
         if ids:
-            self.unacked.append((ids[-1], ident, corr, frame))
+            self.unacked.append((ids[0], ids[-1], ident, corr, frame))
         return None
 
     def _check_unacked(self) -> None:
@@ -240,23 +240,30 @@ class RequestsMixin(State):
         """
         journal, book = self.journal, self.book
         assert journal is not None and book is not None
-        unacked = self.unacked
-        while unacked and unacked[0][0] <= journal.written_id:  # written: acknowledged, or about to be
+        unacked, written = self.unacked, journal.written_id
+        while unacked and unacked[0][1] <= written:  # written: acknowledged, or about to be
             unacked.popleft()
         if not journal.write_error or not unacked:
             return
-        dropped = book.forget(journal.drop_unwritten())
-        frames = {id(rec[3]) for rec in unacked}
+        # a submit whose first jobs were written ahead (Journal.write_first) may have them running: it is not
+        # refused but waits for the rest of its jobs to be written, as its acknowledgement always does
+        partly = [rec for rec in unacked if rec[0] <= written]
+        refused = [rec for rec in unacked if rec[0] > written]
+        if not refused:
+            return
+        dropped = book.forget(journal.drop_unwritten(above=max((rec[1] for rec in partly), default=0)))
+        frames = {id(rec[4]) for rec in refused}
         self.replies = [r for r in self.replies if id(r[1]) not in frames]
         self.held = collections.deque((need, [r for r in out if id(r[1]) not in frames]) for need, out in self.held)
         refusal = JobRefused(f"the daemon cannot write its job journal ({journal.write_error}): this submit's jobs "
                              f"were not journaled, so none was accepted (is the disk of {self.state_dir} full?); "
                              "submit them again once `ensemble status` shows no journal_error")
-        for _, ident, corr, _ in unacked:
+        for _, _, ident, corr, _ in refused:
             self._send_client(ident, self._encode_for(ident, Error(code_of(refusal), str(refusal)), corr))
-        log.warning("event=submits-refused submits=%d jobs=%d reason=%s", len(unacked), len(dropped),
+        log.warning("event=submits-refused submits=%d jobs=%d reason=%s", len(refused), len(dropped),
                     journal.write_error)
         unacked.clear()
+        unacked.extend(partly)
 
     def _check_resources(self, spec: JobSpec) -> None:
         """JobRefused when a job's resources are malformed or no worker can ever offer them."""

@@ -57,7 +57,7 @@ class State:
     counters: "collections.Counter[str]"
     replies: list[tuple[bytes, bytes]]
     held: "collections.deque[tuple[int, list[tuple[bytes, bytes]]]]"
-    unacked: "collections.deque[tuple[int, bytes, int, bytes]]"
+    unacked: "collections.deque[tuple[int, int, bytes, int, bytes]]"
     pushes: "dict[bytes, list[JobInfo]]"
     progress_pushes: "dict[bytes, dict[int, JobInfo]]"
     ctx: "zmq.Context[Any]"

@@ -218,11 +218,19 @@ class WorkMixin(State):
         assert book is not None
         if self.stopping_since or not book.queued:
             return
-        for slot in self.slots.values():
-            if plan.takes_jobs(slot) and len(slot.outstanding) < 2:
-                self._commit()  # what was accepted so far may run once written
-                self._dispatch(time.monotonic())
-                return
+        hungry = sum(1 for slot in self.slots.values() if plan.takes_jobs(slot) and len(slot.outstanding) < 2)
+        if hungry:
+            journal = self.journal
+            assert journal is not None
+            if journal.busy:
+                journal.collect()
+            # what was accepted so far may run once written: the jobs these workers take first are written
+            # here and now, the rest by the writer thread while they run (a map's first batches are thousands
+            # of short jobs: a quarter keeps the workers busy while the writer writes the rest)
+            journal.write_first(max(hungry * plan.window(self.job_seconds, self.cfg.jobs.window),
+                                    journal.staged_jobs() // 4))
+            self._commit()
+            self._dispatch(time.monotonic())
 
     def _send_batch(self, slot: Slot, batch: list[Dispatch], jobs: list[Job], now: float) -> bool:
         """Send jobs to a worker; a job that cannot be encoded or fit a frame fails alone, the rest go."""

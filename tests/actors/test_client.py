@@ -312,3 +312,40 @@ def test_every_handle_on_one_job_hears_its_end(module_daemon: Daemon, tmp_path: 
     gate.touch()
     assert first.result(60) == again.result(60) == watched.result(60) == "released"
     wait_for(lambda: "done" in heard, 30, what="the watcher to hear the end")
+
+
+def test_sent_sends_what_was_queued_before_it_in_a_frame_of_its_own(tmp_path: Path) -> None:
+    """The I/O thread merges queued submits into one frame; ``Connection.sent`` is the cut a ``map`` makes after
+    its first small batch, so the daemon starts those jobs while the caller packs the rest.  A ZeroMQ ROUTER
+    stands in for the daemon and reads what arrives."""
+    import zmq
+
+    from actors._connection import Connection
+    from actors.messages import JobSpec, Submit, decode
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"ipc://{tmp_path}/fake-daemon.sock"
+    router.bind(endpoint)
+    conn = Connection(load_config(env={"ENSEMBLE_RUN_DIR": str(tmp_path / "run")}), endpoint=endpoint)
+    try:
+        conn._wake_pending = True  # hold the I/O thread's wake-up until all three are queued (else it may
+        conn.submit([JobSpec("tests.jobs:pid")] * 3)  # take the first before the others arrive either way)
+        cut = conn.sent()
+        conn.submit([JobSpec("tests.jobs:pid")] * 5)
+        conn.submit([JobSpec("tests.jobs:pid")] * 7)
+        conn._wake_pending = False
+        conn._wake()
+        cut.result(30)
+        sizes: list[int] = []
+        while sum(sizes) < 15:
+            assert router.poll(30_000), f"the fake daemon got {sizes} jobs, not 15"
+            _, msg = decode(router.recv_multipart()[1])
+            assert isinstance(msg, Submit)
+            sizes.append(len(msg.jobs))
+        assert sizes == [3, 12]  # the two after the cut still travel together
+    finally:
+        conn.close()
+        router.close()
+        ctx.term()

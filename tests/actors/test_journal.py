@@ -182,6 +182,61 @@ def test_a_job_is_dispatched_only_once_its_row_is_written(tmp_path: Path) -> Non
     j.close()
 
 
+def test_the_first_jobs_of_a_big_submit_are_written_ahead_and_may_run_while_the_writer_writes_the_rest(
+        tmp_path: Path) -> None:
+    """``write_first``: the daemon writes the jobs idle workers take first at once, so a map's first thousands
+    of jobs start before the writer thread has written them all; the numbered commits (what an acknowledgement
+    waits for) do not move, only the write-ahead mark the queue goes by."""
+    j = Journal(tmp_path / "jobs.sqlite3")
+    book = JobBook(j)
+    ids = book.accept([JobSpec("m:f", [i]) for i in range(100)], time.time(), context=("/w", ["/w"]))
+    seq = j.done_seq
+    assert not j.write_first(100) and not j.write_first(0)  # all of them, or none: that is a commit's work
+    assert j.write_first(10)
+    assert j.written_id == ids[9] and j.done_seq == j.started_seq == seq and j.staged_jobs() == 90
+    other = sqlite3.connect(str(tmp_path / "jobs.sqlite3"))
+    try:
+        assert [r[0] for r in other.execute("SELECT id FROM jobs ORDER BY id")] == ids[:10]
+        assert other.execute("SELECT COUNT(*) FROM contexts").fetchone()[0] == 1  # the context the jobs name
+    finally:
+        other.close()
+    assert [job.id for job in book.pop(100)] == ids[:10]  # the rest waits for its commit
+    j.commit_async()
+    assert not j.write_first(1)  # nothing is written beside a commit in flight
+    assert _wake(j)
+    assert [job.id for job in book.pop(100)] == ids[10:] and j.done_seq == seq + 1
+    assert [r[0] for r in j.infos(ids)] == ids
+    j.close()
+
+
+def test_a_write_ahead_that_fails_leaves_its_jobs_staged_for_the_commit(journal: Journal) -> None:
+    book = JobBook(journal)
+    (old,) = book.accept([JobSpec("m:f")], time.time())
+    journal.commit()
+    ids = book.accept([JobSpec("m:f") for _ in range(5)], time.time())
+    journal.stage_insert(old, "m:f", "", b"x", 0, time.time())  # an id written before: SQLite refuses the row
+    journal._inserts.insert(0, journal._inserts.pop())  # ... first in line, so the write-ahead meets it
+    assert not journal.write_first(3)
+    assert journal.written_id == old and journal.staged_jobs() == 6 and not journal.db.in_transaction
+    journal._inserts.pop(0)
+    assert journal.write_first(3) and journal.written_id == ids[2]
+    journal.commit()
+    assert [r[0] for r in journal.infos(ids)] == ids
+
+
+def test_a_failed_commit_gives_back_only_the_jobs_of_submits_not_written_ahead(journal: Journal) -> None:
+    """When a commit fails (a full disk), the submits none of whose jobs is written are refused; one whose first
+    jobs were written ahead (and may be running) keeps the rest, to be written when the disk has room."""
+    book = JobBook(journal)
+    partly = book.accept([JobSpec("m:f") for _ in range(6)], time.time())
+    assert journal.write_first(2)
+    after = book.accept([JobSpec("m:f") for _ in range(3)], time.time())
+    assert journal.drop_unwritten(above=partly[-1]) == after
+    assert journal.staged_jobs() == 4  # the partly written submit's rest
+    journal.commit()
+    assert [r[0] for r in journal.infos(partly + after)] == partly
+
+
 def test_unfinished_jobs_are_listed_from_memory_as_the_journal_lists_them(journal: Journal,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """`jobs --state running` (the panel asks every refresh) is answered without reading the journal's rows,
