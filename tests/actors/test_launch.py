@@ -75,3 +75,51 @@ def test_the_wait_times_out_loudly_when_nothing_is_written(short_tmp: Path) -> N
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(30)
+
+
+@pytest.mark.parametrize("stdio", ["open", "closed"])
+def test_a_group_guard_kills_what_its_process_started_once_that_process_is_killed(tmp_path: Path,
+                                                                                   stdio: str) -> None:
+    """``guard_process_group``: a child of the daemon starts a sentinel ``sh`` in its own group; when the child
+    is killed (SIGKILL: nothing of its own runs), the sentinel kills the group, and with it a subprocess that a
+    job left behind, SIGTERM-proof and out of reach of the parent-death signal.  ``closed``: a process with no
+    fd 0-2 (a standby worker has read its orders and closed its stdin), where the sentinel's pipe gets fd 0;
+    the sentinel must not fire before its process dies."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import pid_alive, wait_for
+
+    pidfile = tmp_path / "grandchild"
+    code = (
+        "import os, subprocess, sys, time\n"
+        "from actors._spawn import guard_process_group\n"
+        "os.setpgid(0, 0)\n"  # leads its own group, as the daemon's children do
+        + ("os.close(0); os.close(1); os.close(2)\n" if stdio == "closed" else "")
+        + "fd = guard_process_group()\n"
+        # the sentinel, once it is sh: its stdin must be the pipe (closed, it reads EOF and kills us at once)
+        "(kid,) = open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read().split()\n"
+        "end = time.monotonic() + 30\n"
+        "while os.readlink(f'/proc/{kid}/exe') == os.readlink('/proc/self/exe') and time.monotonic() < end:\n"
+        "    time.sleep(0.001)\n"
+        "if not os.readlink(f'/proc/{kid}/fd/0').startswith('pipe:'): os._exit(3)\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+        f"open({str(pidfile)!r} + '.tmp', 'w').write(str(g.pid)); os.replace({str(pidfile)!r} + '.tmp', {str(pidfile)!r})\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        wait_for(pidfile.exists, 30, what="the grandchild's pid")
+        grandchild = int(pidfile.read_text())
+        assert pid_alive(grandchild)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_for(lambda: not pid_alive(grandchild), 30, what="the sentinel to kill the group")
+    finally:  # whatever is left of the group (it leads it: its pid is the group's id)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
