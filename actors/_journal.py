@@ -400,8 +400,9 @@ class Journal:
         if self._failed is not None:
             inserts = self._failed[0][1]
             ids += [row[0] for row in inserts if row[0] > above]
-            inserts[:] = [row for row in inserts if row[0] <= above]  # the kept batch holds this list: its retry
-        return ids                                                      # writes no row of the dropped jobs
+            # the kept batch holds this list: its retry writes no row of the dropped jobs
+            inserts[:] = [row for row in inserts if row[0] <= above]
+        return ids
 
     def write_first(self, n: int) -> bool:
         """Write the first ``n`` staged new jobs now, on this thread, ahead of the commit that stages them;
@@ -418,23 +419,13 @@ class Journal:
         """
         if self._inflight or self._failed is not None or len(self._inserts) <= n or n < 1:
             return False
-        first, contexts = self._inserts[:n], self._new_contexts
+        first = self._inserts[:n]
         try:
-            self.db.execute("BEGIN")
-            if contexts:
-                self.db.executemany("INSERT OR REPLACE INTO contexts(id, cwd, path) VALUES (?,?,?)", contexts)
-            _insert_rows(self.db, _INSERT_JOBS, first)
-            self.db.execute("COMMIT")
-        except sqlite3.Error:
-            if self.db.in_transaction:
-                try:
-                    self.db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            self._write((self._new_contexts, first, [], [], [], [], [], None))
+        except DaemonError:
             return False  # still staged: the commit writes them, or keeps its failure and says why
         del self._inserts[:n]
         self._new_contexts = []
-        self._unchecked += n + len(contexts)
         self.written_id = max(self.written_id, first[-1][0])
         return True
 
@@ -550,7 +541,8 @@ class Journal:
             if contexts:
                 db.executemany("INSERT OR REPLACE INTO contexts(id, cwd, path) VALUES (?,?,?)", contexts)
             if inserts:
-                _insert_rows(db, _INSERT_JOBS, inserts)
+                _insert_rows(db, "INSERT INTO jobs(id, fn, name, spec, priority, state, submitted, owner, ctx) VALUES ",
+                             inserts)
             if requeues:
                 db.executemany("UPDATE jobs SET state='queued', attempts=?, worker='' WHERE id=?", requeues)
                 db.executemany("DELETE FROM starts WHERE id=?", [(r[1],) for r in requeues])
@@ -687,9 +679,6 @@ def _passing(error: BaseException) -> bool:
 
 _ROWS_PER_STATEMENT = 128  # 13 columns x 128 = 1,664 parameters, far below SQLite's limit of 32,766
 _STATEMENTS: dict[tuple[str, int, int], str] = {}
-
-
-_INSERT_JOBS = "INSERT INTO jobs(id, fn, name, spec, priority, state, submitted, owner, ctx) VALUES "
 
 
 def _insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
