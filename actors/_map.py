@@ -7,10 +7,11 @@ one job whose pickled payload is a list with the chunk's slice of each
 iterable (a submitted job's is an ``(args, kwargs)`` tuple; a callable sent
 pickled, :mod:`actors.callables`, comes first in each chunk's list, as the
 pools pickle the function with each chunk), the jobs go to the daemon in
-batches of :data:`BATCH`, each cut and packed as it goes, the first of
-:data:`FIRST` jobs (the daemon starts it while the next is being packed),
-and the I/O thread files each final :class:`~actors.messages.JobInfo` into
-the slot of its chunk.  The consumer
+batches of up to :data:`BATCH`, each cut and packed as it goes (the first
+of :data:`FIRST` jobs, each next one four times the jobs before it, so the
+workers have jobs while the next is packed; a batch under :data:`BATCH`
+leaves before the next is packed), and the I/O thread files each final
+:class:`~actors.messages.JobInfo` into the slot of its chunk.  The consumer
 unpickles chunk results in order and raises the first job's exception as
 ``ProcessPoolExecutor.map`` does (its original type, the remote traceback as
 its cause).  Leaving the iterator early cancels the jobs not yet finished.
@@ -23,7 +24,7 @@ import functools
 import pickle
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import msgspec
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from actors._connection import Connection
 
 BATCH = 2000  # jobs per Submit
-FIRST = 64  # jobs in the first Submit: the daemon starts them while the rest is being packed
+FIRST = 64  # jobs in the first Submit: the daemon starts them while the next is being packed
 _SENT_WAIT = 1.0  # s the packing waits for the first Submit to leave (it goes on after, sent or not)
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -47,7 +48,7 @@ class MapRun:
     ``cancel_futures``; cancelling it cancels the jobs still running).
     """
 
-    def __init__(self, conn: "Connection", spec: JobSpec, cols: list[list[Any]], chunksize: int,
+    def __init__(self, conn: "Connection", spec: JobSpec, cols: "list[Sequence[Any]]", chunksize: int,
                  head: list[Any], cancels: list[concurrent.futures.Future[Any]],
                  on_error: Callable[[JobInfo], None] | None = None) -> None:
         """``cols``: the items of each iterable, all as long; a chunk is ``head`` then each one's slice.
@@ -75,13 +76,13 @@ class MapRun:
         self.cancels = cancels
         start, replace, dumps = 0, msgspec.structs.replace, pickle.dumps
         while start < self.n:  # each batch cut and packed as it goes: the first is small, so workers start early
-            end = min(self.n, start + (FIRST if start == 0 else BATCH))
+            end = min(self.n, start + (FIRST if start == 0 else min(BATCH, 4 * start)))
             specs = [replace(spec, args=[dumps([*head, *[c[i:i + chunksize] for c in cols]], _PROTOCOL)])
                      for i in range(start * chunksize, end * chunksize, chunksize)]
             ack = conn.submit(specs, self._on_info)
             ack.add_done_callback(functools.partial(self._on_ids, first=start))
             self.acks.append(ack)
-            if start == 0 and end < self.n:  # on its way before the next is packed (a failure shows in its ack)
+            if end - start < BATCH and end < self.n:  # on its way before the next is packed (a failure shows in its ack)
                 concurrent.futures.wait([conn.sent()], timeout=_SENT_WAIT)
             start = end
         if self.n == 0:

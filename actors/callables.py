@@ -26,7 +26,7 @@ import functools
 import os
 import sys
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 PATH = "actors.callables:pickled"
 MAIN = "__main__ is the script"  # what use_main returns: the head's first item, dropped by the worker
@@ -84,7 +84,7 @@ _CONTAINERS = (tuple, list, dict, set, frozenset)
 _LOOKED_INTO = 20_000  # values inside a map's items looked at, at most (see holds_script_objects)
 
 
-def holds_script_objects(types: set[type], columns: list[list[Any]] | None = None) -> bool:
+def holds_script_objects(types: set[type], columns: "list[Sequence[Any]] | None" = None) -> bool:
     """Whether a map's items (their ``types``; ``columns``, the items themselves) include objects of the script's
     own classes, at their top or inside tuples, lists, dicts and sets (``map`` then sends them one by one, each
     job as :func:`mentions_script` decides).  The items are looked into only when they hold containers and the

@@ -20,7 +20,7 @@ import time
 import warnings
 import weakref
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, cast
 
 import msgspec
 
@@ -440,6 +440,9 @@ class Client:
         self._call(Shutdown())
 
 
+_RANGE_CHUNK = 32  # a map's chunks of a range this long or longer travel as ranges (Executor.map)
+
+
 class Executor(concurrent.futures.Executor):
     """A :class:`concurrent.futures.Executor` running plain functions on the daemon's workers.
 
@@ -716,14 +719,21 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("chunksize must be >= 1.")
         self._check_open()
         if len(iterables) == 1:  # the common case, as the pools take it: the values, not 1-tuples of them
-            cols = [list(iterables[0])]
+            only = iterables[0]
+            # a list or tuple is read where it is (every chunk is cut before map returns), anything else listed once;
+            # a range holds ints only (no scan), and long chunks of it travel as ranges (no int made here; a
+            # pickled range costs more than a few ints, so short chunks go as lists)
+            kept = type(only) in (list, tuple) or (type(only) is range and chunksize >= _RANGE_CHUNK)
+            cols: list[Sequence[Any]] = [cast(Sequence[Any], only) if kept else list(only)]
+            ints = type(only) is range
         else:  # zip's rule: as long as the shortest (an endless iterable beside a finite one is fine)
             items = list(zip(*iterables))
             cols = [list(c) for c in zip(*items)] if items else []
+            ints = False
         n = len(cols[0]) if cols else 0
         if not n:
             return iter(())
-        types = {t for c in cols for t in set(map(type, c))}  # one pass in C over the items
+        types: set[type] = {int} if ints else {t for c in cols for t in set(map(type, c))}  # one pass in C over the items
         if not self._exact or self._cap is not None \
                 or callables.holds_script_objects(types, cols) or any(is_ndarray_type(t) for t in types):
             return super().map(fn, *cols, timeout=timeout)

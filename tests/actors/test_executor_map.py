@@ -54,6 +54,19 @@ def test_a_partial_of_a_function_no_job_may_run_is_refused_as_its_submit_is(ex: 
         list(ex.map(functools.partial(lambda a, b: a, 1), [1], chunksize=4))
 
 
+@pytest.mark.parametrize("chunksize", [1, 40])  # a range's chunks travel as lists, then as ranges
+@pytest.mark.parametrize("kind", ["range", "stepped range", "tuple", "list", "generator"])
+def test_a_range_a_tuple_a_list_or_any_iterable_map_alike_through_every_batch_size(ex: Any, kind: str,
+                                                                                    chunksize: int) -> None:
+    n = 3400 * chunksize  # 3,400 jobs: batches of 64, 256, 1,024, 2,000 and the rest (actors._map)
+    want = list(range(3 * n, 0, -3)) if kind == "stepped range" else list(range(n))
+    items = {"range": range(n), "stepped range": range(3 * n, 0, -3), "tuple": tuple(want), "list": list(want),
+             "generator": (x for x in want)}[kind]
+    out = list(ex.map(jobs.identity, items, chunksize=chunksize))
+    assert out == want
+    assert {type(v) for v in out} == {int}  # a range travels as ranges; the worker hands the function ints
+
+
 def test_map_zips_several_iterables_and_keeps_exact_types(ex: Any) -> None:
     assert list(ex.map(jobs.identity, [(1, 2), {3}, frozenset({4})], chunksize=2)) == [(1, 2), {3}, frozenset({4})]
     assert [type(v) for v in ex.map(jobs.identity, [(1,), {2}])] == [tuple, set]
