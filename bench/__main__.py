@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         _stop_resource_tracker()
     if ctx.ray.init_seconds:
         ctx.notes.append(f"Ray {info['machine']['packages'].get('ray')}: ray.init(num_cpus=2) took "
-                         f"{ctx.ray.init_seconds:.1f} s (not in any measurement)")
+                         f"{ctx.ray.init_seconds:.1f} s, then its first tasks and the machine quiet again "
+                         f"{ctx.ray.settle_seconds:.1f} s (neither in any measurement)")
     elif ctx.ray.reason:
         ctx.notes.append(f"Ray peers skipped: {ctx.ray.reason}")
     left = leftovers()

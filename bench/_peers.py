@@ -7,6 +7,7 @@ reported as skipped with the reason, never replaced by a made-up number.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ class RaySession:
         self.ray: Any = None
         self.reason = ""
         self.init_seconds = 0.0
+        self.settle_seconds = 0.0  # after init: Ray's first tasks, then the machine quiet again (see _settle)
         self._tried = False
 
     def get(self) -> Any:
@@ -46,6 +48,7 @@ class RaySession:
             self.reason = f"ray.init failed: {type(exc).__name__}: {exc}"[:200]
             return None
         self.init_seconds = time.perf_counter() - t
+        self.settle_seconds = _settle(ray)
         self.ray = ray
         return ray
 
@@ -53,6 +56,40 @@ class RaySession:
         if self.ray is not None:
             self.ray.shutdown()
             self.ray = None
+
+
+def _busy_cores(seconds: float) -> float:
+    """Cores this machine kept busy (all processes, from ``/proc/stat``) over the next ``seconds``."""
+    def ticks() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    (a0, i0), _ = ticks(), time.sleep(seconds)
+    a1, i1 = ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    return ((a1 - a0) - (i1 - i0)) / hz / seconds
+
+
+def _settle(ray: Any, quiet: float = 0.25, limit: float = 30.0) -> float:
+    """Seconds until Ray is ready and the machine quiet: what follows ``ray.init`` is not measured beside it.
+
+    ``ray.init`` returns while Ray still starts its worker processes, each
+    importing Ray for a second or more of CPU on this 2-core machine; a case
+    measured then shares the cores with that.  Run a task per CPU, then wait
+    (at most ``limit`` s) until every process together keeps under ``quiet``
+    of a core busy over half a second.
+    """
+    t = time.perf_counter()
+
+    @ray.remote
+    def nop() -> None:
+        return None
+
+    ray.get([nop.remote() for _ in range(2 * RAY_CPUS)])
+    while time.perf_counter() - t < limit and _busy_cores(0.5) > quiet:
+        pass
+    return time.perf_counter() - t
 
 
 # The floor of the ping case: the same envelope ([version, kind, corr, fields]) decoded and answered
