@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 BATCH = 2000  # jobs per Submit
 FIRST = 64  # jobs in the first Submit: the daemon starts them while the next is being packed
-_SENT_WAIT = 1.0  # s the packing waits for the first Submit to leave (it goes on after, sent or not)
+_SENT_WAIT = 1.0  # s the packing waits for a batch under BATCH to leave (it goes on after, sent or not)
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -82,7 +82,7 @@ class MapRun:
             ack = conn.submit(specs, self._on_info)
             ack.add_done_callback(functools.partial(self._on_ids, first=start))
             self.acks.append(ack)
-            if end - start < BATCH and end < self.n:  # on its way before the next is packed (a failure shows in its ack)
+            if end - start < BATCH and end < self.n:  # gone before the next is packed (a failure shows in its ack)
                 concurrent.futures.wait([conn.sent()], timeout=_SENT_WAIT)
             start = end
         if self.n == 0:

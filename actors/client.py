@@ -733,7 +733,7 @@ class Executor(concurrent.futures.Executor):
         n = len(cols[0]) if cols else 0
         if not n:
             return iter(())
-        types: set[type] = {int} if ints else {t for c in cols for t in set(map(type, c))}  # one pass in C over the items
+        types: set[type] = {int} if ints else {t for c in cols for t in set(map(type, c))}  # one pass in C
         if not self._exact or self._cap is not None \
                 or callables.holds_script_objects(types, cols) or any(is_ndarray_type(t) for t in types):
             return super().map(fn, *cols, timeout=timeout)

@@ -65,7 +65,8 @@ def _busy_cores(seconds: float) -> float:
             fields = [int(v) for v in f.readline().split()[1:]]
         return sum(fields), fields[3] + fields[4]  # all, idle + iowait
 
-    (a0, i0), _ = ticks(), time.sleep(seconds)
+    a0, i0 = ticks()
+    time.sleep(seconds)
     a1, i1 = ticks()
     hz = os.sysconf("SC_CLK_TCK")
     return ((a1 - a0) - (i1 - i0)) / hz / seconds
@@ -76,7 +77,7 @@ def _settle(ray: Any, quiet: float = 0.25, limit: float = 30.0) -> float:
 
     ``ray.init`` returns while Ray still starts its worker processes, each
     importing Ray for a second or more of CPU on this 2-core machine; a case
-    measured then shares the cores with that.  Run a task per CPU, then wait
+    measured then shares the cores with that.  Run two tasks per CPU, then wait
     (at most ``limit`` s) until every process together keeps under ``quiet``
     of a core busy over half a second.
     """
