@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx.notes.append("cleanup: " + ("nothing left (no process, run directory/socket or /dev/shm segment)"
                                     if not any(left.values()) else f"LEFT BEHIND: {left}"))
     info["seconds"] = round(time.perf_counter() - started, 1)
-    stem = "quick" if args.quick else "latest"
-    written, plot_note = plots(rows, out, "quick_" if args.quick else "")
+    # a partial run never replaces the full report beside it (the committed latest.*)
+    stem = "quick" if args.quick else "only" if args.only else "latest"
+    written, plot_note = plots(rows, out, "" if stem == "latest" else f"{stem}_")
     if plot_note:
         ctx.notes.append(plot_note)
     table(rows, f"ensemble benchmarks ({'quick' if args.quick else 'full'} mode)  -  {command}")
