@@ -189,13 +189,17 @@ class JobBook:
             if job is None or job.state != "queued":
                 continue
             del self.jobs[jid]
-            self.queued -= 1
+            self._unqueue(job)
             self.queued_bytes -= job.nbytes
             self.counters["submitted"] -= 1
-            if job.spec.resources:
-                self._needs(job.spec.resources, -1)
             dropped.append(jid)
         return dropped
+
+    def _unqueue(self, job: Job) -> None:
+        """Take a queued job out of the queue's counts (its heap entry is skipped by :meth:`pop` from now on)."""
+        self.queued -= 1
+        if job.spec.resources:
+            self._needs(job.spec.resources, -1)
 
     def recover(self, now: float, begun: set[int] | frozenset[int] = frozenset()) -> tuple[int, int, int]:
         """Load jobs a previous daemon left queued or running; returns (queued, requeued, lost).
@@ -369,9 +373,7 @@ class JobBook:
         """Record a terminal state (exactly once) and drop the job from memory."""
         assert state in TERMINAL, state
         if job.state == "queued":
-            self.queued -= 1
-            if job.spec.resources:
-                self._needs(job.spec.resources, -1)
+            self._unqueue(job)
         if job.id in self.jobs:
             self.queued_bytes -= job.nbytes
         job.state = state
