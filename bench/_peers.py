@@ -18,21 +18,30 @@ RAY_CPUS = 2  # the peer runs with as many CPUs as ensemble has workers in the c
 
 
 class RaySession:
-    """Ray started once per run on first use (``ray.init(num_cpus=2, include_dashboard=False)``), shut down at the end."""
+    """Ray (``ray.init(num_cpus=2, include_dashboard=False)``), started for a case's Ray peers and stopped after
+    them with :meth:`release`.
+
+    Only the Ray peers are measured with Ray running: its driver's threads live
+    in this process (26 threads against 12 after ``ray.shutdown()``) and its
+    raylet, GCS and workers share the two cores, which slowed ensemble's
+    ``Executor.submit`` by a fifth and ``ProcessPoolExecutor``'s by a tenth
+    when they ran beside it.  A case measures its other contenders first, then
+    calls :meth:`get`, measures Ray, and calls :meth:`release`.
+    """
 
     def __init__(self, quick: bool) -> None:
         self.quick = quick
         self.ray: Any = None
-        self.reason = ""
-        self.init_seconds = 0.0
-        self.settle_seconds = 0.0  # after init: Ray's first tasks, then the machine quiet again (see _settle)
-        self._tried = False
+        self.reason = ""  # set once Ray cannot be used here; get() returns None from then on
+        self.starts = 0
+        self.init_seconds = 0.0  # over every start
+        self.settle_seconds = 0.0  # after each start: Ray's first tasks, then the machine quiet again (see _settle)
+        self.quiet_seconds = 0.0  # after each release: the machine quiet again
 
     def get(self) -> Any:
         """The ``ray`` module, initialised; None with :attr:`reason` set when it is not available here."""
-        if self._tried:
+        if self.ray is not None or self.reason:
             return self.ray
-        self._tried = True
         try:
             import ray
         except ImportError:
@@ -47,10 +56,19 @@ class RaySession:
         except Exception as exc:  # noqa: BLE001 - a peer that cannot start is skipped, with why
             self.reason = f"ray.init failed: {type(exc).__name__}: {exc}"[:200]
             return None
-        self.init_seconds = time.perf_counter() - t
-        self.settle_seconds = _settle(ray)
+        self.starts += 1
+        self.init_seconds += time.perf_counter() - t
+        self.settle_seconds += _settle(ray)
         self.ray = ray
         return ray
+
+    def release(self) -> None:
+        """Stop Ray, if it runs, and wait until the machine is quiet again (at most 30 s); :meth:`get` starts it
+        again."""
+        if self.ray is None:
+            return
+        self.shutdown()
+        self.quiet_seconds += _quiet()
 
     def shutdown(self) -> None:
         if self.ray is not None:
@@ -88,6 +106,14 @@ def _settle(ray: Any, quiet: float = 0.25, limit: float = 30.0) -> float:
         return None
 
     ray.get([nop.remote() for _ in range(2 * RAY_CPUS)])
+    _quiet(quiet, max(0.0, limit - (time.perf_counter() - t)))
+    return time.perf_counter() - t
+
+
+def _quiet(quiet: float = 0.25, limit: float = 30.0) -> float:
+    """Seconds until every process together keeps under ``quiet`` of a core busy over half a second (at most
+    ``limit`` s)."""
+    t = time.perf_counter()
     while time.perf_counter() - t < limit and _busy_cores(0.5) > quiet:
         pass
     return time.perf_counter() - t

@@ -2,7 +2,10 @@
 
 Where both sides can run at once they are interleaved (blocks of samples or
 whole rounds in turn, rotating the order), so a noisy neighbour slows both
-alike; otherwise they run back to back.  Peers run in pools made with the
+alike; otherwise they run back to back.  Ray is the exception: its driver
+lives in this process and its processes share the cores, so it runs only
+while a Ray peer is measured, after a case's other contenders
+(:class:`~bench._peers.RaySession`).  Peers run in pools made with the
 ``spawn`` start method: the per-task cost is the same as with ``fork``, and no
 process is forked from one that already runs ZeroMQ or Ray threads.
 """
@@ -83,7 +86,6 @@ def case_ping(ctx: Ctx) -> list[Row]:
 
     case = "ping round trip"
     blocks, per = ctx.size((10, 50), (25, 200))
-    ray = ctx.ray.get()
     ens: list[float] = []
     floor: list[float] = []
     rt: list[float] = []
@@ -111,21 +113,6 @@ def case_ping(ctx: Ctx) -> list[Row]:
 
             sides: list[tuple[Callable[[list[float], int], None], list[float], int]] = [
                 (floor_block, floor, per), (ens_block, ens, per)]
-            if ray is not None:
-                @ray.remote
-                class Pinger:
-                    def ping(self) -> int:
-                        return 1
-
-                actor = Pinger.remote()  # type: ignore[attr-defined]
-
-                def ray_block(out: list[float], k: int) -> None:
-                    for _ in range(k):
-                        t = perf()
-                        ray.get(actor.ping.remote())
-                        out.append(perf() - t)
-
-                sides.append((ray_block, rt, max(10, per // 4)))
             for fn, _, k in sides:  # warm-up, discarded
                 fn([], 20)
             for b in range(blocks):
@@ -140,6 +127,23 @@ def case_ping(ctx: Ctx) -> list[Row]:
                 server.wait()
             sock.close(linger=0)
             zctx.term()
+    ray = ctx.ray.get()  # after the others: they are not measured beside Ray (see RaySession)
+    if ray is not None:
+        try:
+            @ray.remote
+            class Pinger:
+                def ping(self) -> int:
+                    return 1
+
+            actor = Pinger.remote()  # type: ignore[attr-defined]
+            for b in range(blocks + 1):  # the first block is a warm-up, discarded
+                out = rt if b else []
+                for _ in range(max(10, per // 4) if b else 20):
+                    t = time.perf_counter()
+                    ray.get(actor.ping.remote())
+                    out.append(time.perf_counter() - t)
+        finally:
+            ctx.ray.release()
     us = 1e6
     rows = [
         row(case, "p50", pct(ens, 50) * us, "us", "raw pyzmq DEALER/ROUTER + msgpack", pct(floor, 50) * us,
@@ -151,7 +155,8 @@ def case_ping(ctx: Ctx) -> list[Row]:
     if rt:
         rows.append(row(case, "p50 vs Ray", pct(ens, 50) * us, "us", "Ray actor call (ray.get(a.ping.remote()))",
                         pct(rt, 50) * us, "<= 0.2x (>= 5x faster than Ray)", pct(ens, 50) * 5 <= pct(rt, 50),
-                        f"Ray p99 {pct(rt, 99) * us:,.0f} us"))
+                        f"Ray p99 {pct(rt, 99) * us:,.0f} us; {len(rt)} calls, after the others, with Ray started "
+                        "only then"))
     else:
         rows.append(skipped(case, "p50 vs Ray", ctx.ray.reason, "<= 0.2x (>= 5x faster than Ray)", "Ray actor call"))
     return rows
@@ -219,7 +224,6 @@ def case_throughput(ctx: Ctx) -> list[Row]:
     # five rounds in full mode: multiprocessing.Pool.map's own rate moves 1.5-2x between rounds here (2.4-5.5M
     # items/s at chunksize 64 in one run), so a median of three could turn on one lucky or unlucky round
     rounds, n = ctx.size((2, 2000), (5, 20000))
-    ray = ctx.ray.get()
     n_ray = min(n, 5000)  # Ray is ~10x slower: fewer tasks measure its rate as well and save a minute
     rates: dict[str, list[float]] = {}
     ppe = _ppe(2)
@@ -254,9 +258,6 @@ def case_throughput(ctx: Ctx) -> list[Row]:
                     "multiprocessing.Pool.map (chunksize=64)": (16 * n, lambda k: pool.map(bj.plain_noop, range(k),
                                                                                            chunksize=64)),
                 }
-                if ray is not None:
-                    rf = ray.remote(bj.plain_noop)
-                    contenders["Ray tasks"] = (n_ray, lambda k: ray.get([rf.remote() for _ in range(k)]))
                 items = list(contenders.items())
                 for name, (_, fn) in items:  # warm-up, discarded
                     fn(500)
@@ -272,6 +273,18 @@ def case_throughput(ctx: Ctx) -> list[Row]:
         pool.close()
         pool.join()
         ppe.shutdown()
+    ray = ctx.ray.get()  # after the others: they are not measured beside Ray (see RaySession)
+    if ray is not None:
+        try:
+            rf = ray.remote(bj.plain_noop)
+            ray.get([rf.remote() for _ in range(500)])  # warm-up, discarded
+            rates["Ray tasks"] = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                ray.get([rf.remote() for _ in range(n_ray)])
+                rates["Ray tasks"].append(n_ray / (time.perf_counter() - t))
+        finally:
+            ctx.ray.release()
     m = {k: median(v) for k, v in rates.items()}
     note = f"median of {rounds} rounds x {n} jobs, contenders in rotating order"
     rows = [
@@ -294,7 +307,8 @@ def case_throughput(ctx: Ctx) -> list[Row]:
     ]
     if ray is not None:
         rows.append(row(case, "Client.submit_many", m["Client.submit_many"], "jobs/s", "Ray tasks (num_cpus=2)",
-                        m["Ray tasks"], "(reported)", note=f"Ray: {n_ray} tasks a round"))
+                        m["Ray tasks"], "(reported)",
+                        note=f"Ray: {n_ray} tasks a round, its rounds after the others, with Ray started only then"))
     else:
         rows.append(skipped(case, "Client.submit_many", ctx.ray.reason, "(reported)", "Ray tasks"))
     return rows
@@ -304,7 +318,6 @@ def case_throughput(ctx: Ctx) -> list[Row]:
 def case_latency(ctx: Ctx) -> list[Row]:
     case = "submit-to-result latency (one job at a time)"
     n = ctx.size(150, 1000)
-    ray = ctx.ray.get()
     ens: list[float] = []
     ppe_t: list[float] = []
     rt: list[float] = []
@@ -312,7 +325,6 @@ def case_latency(ctx: Ctx) -> list[Row]:
     try:
         with BenchDaemon(workers=2, ENSEMBLE_EXTENSIONS=JOBS_ONLY) as d:
             c = d.client()
-            rf = ray.remote(bj.plain_noop) if ray is not None else None
             perf = time.perf_counter
             hops: list[tuple[float, float, float, float]] = []
             for i in range(n + 20):  # interleaved job by job; the first 20 are warm-up
@@ -325,32 +337,39 @@ def case_latency(ctx: Ctx) -> list[Row]:
                     raise RuntimeError(f"no-op job ended {info.state}: {info.error_message}")
                 ppe.submit(bj.plain_noop).result(30)
                 t2 = perf()
-                if rf is not None:
-                    ray.get(rf.remote())
-                t3 = perf()
                 if i >= 20:
                     hops.append((info.submitted - w0, info.started - info.submitted, info.finished - info.started,
                                  w1 - info.finished))
                     ens.append(t1 - t)
                     ppe_t.append(t2 - t1)
-                    if rf is not None:
-                        rt.append(t3 - t2)
     finally:
         ppe.shutdown()
+    ray = ctx.ray.get()  # after the others: they are not measured beside Ray (see RaySession)
+    if ray is not None:
+        try:
+            rf = ray.remote(bj.plain_noop)
+            for i in range(n + 20):  # the first 20 are warm-up
+                t = time.perf_counter()
+                ray.get(rf.remote())
+                if i >= 20:
+                    rt.append(time.perf_counter() - t)
+        finally:
+            ctx.ray.release()
     ms = 1e3
     samples = {"ensemble Client.submit().result()": ens, "ProcessPoolExecutor(2)": ppe_t}
     if rt:
         samples["Ray task"] = rt
     h = [pct([x[k] for x in hops], 50) * 1e6 for k in range(4)]
-    hop_note = (f"{n} jobs each, interleaved; hops (p50, from the job's timestamps): client->daemon accepted "
-                f"{h[0]:.0f} us, ->worker started {h[1]:.0f} us, ->daemon finished {h[2]:.0f} us, ->client result "
+    hop_note = (f"{n} jobs each, ensemble and PPE interleaved; hops (p50, from the job's timestamps): "
+                f"client->daemon accepted {h[0]:.0f} us, ->worker started {h[1]:.0f} us, ->daemon finished {h[2]:.0f} us, ->client result "
                 f"{h[3]:.0f} us")
     rows = [row(case, f"p{p}", pct(ens, p) * ms, "ms", "ProcessPoolExecutor(2).submit().result()", pct(ppe_t, p) * ms,
                 "<= 1.0x", pct(ens, p) <= pct(ppe_t, p), hop_note if p == 50 else "",
                 samples=samples if p == 50 else None) for p in (50, 99)]
     if rt:
         rows.append(row(case, "p50", pct(ens, 50) * ms, "ms", "Ray task (ray.get(f.remote()))", pct(rt, 50) * ms,
-                        "(reported)", note=f"Ray p99 {pct(rt, 99) * ms:.2f} ms"))
+                        "(reported)", note=f"Ray p99 {pct(rt, 99) * ms:.2f} ms; after the others, with Ray started "
+                                           "only then"))
     else:
         rows.append(skipped(case, "p50", ctx.ray.reason, "(reported)", "Ray task"))
     return rows
@@ -682,13 +701,12 @@ def case_arrays(ctx: Ctx) -> list[Row]:
 
     sizes = ctx.size([10], [10, 100])
     reps = ctx.size(3, 5)
-    ray = ctx.ray.get()
     rows = []
     shared_transfer: dict[int, float] = {}
+    shared_total: dict[int, float] = {}  # the client.empty() job's whole round trip, beside Ray's
     with BenchDaemon(workers=1) as d, concurrent.futures.ProcessPoolExecutor(1, mp_context=SPAWN) as ppe:
         c = d.client()
         ppe.submit(bj.plain_noop).result()
-        rf = ray.remote(bj.plain_echo) if ray is not None else None
         for mb in sizes:
             count = mb * 2**20 // 8
             shared = c.empty(count)
@@ -707,8 +725,6 @@ def case_arrays(ctx: Ctx) -> list[Row]:
                 ("copy_fresh", reps, lambda: _copy_fresh(ordinary)),
                 ("ppe", reps, lambda: ppe.submit(bj.plain_echo, ordinary).result(120)),
             ]
-            if rf is not None:
-                patterns.append(("ray", reps, lambda: ray.get(rf.remote(ray.put(ordinary)))))
             t: dict[str, list[float]] = {}
             for key, k, fn in patterns:
                 fn()  # warm-up, discarded
@@ -722,6 +738,7 @@ def case_arrays(ctx: Ctx) -> list[Row]:
             ms = 1e3
             over = {k: max(0.0, m[k] - m["noop"]) for k in ("shared", "ord_in", "ord_io")}
             shared_transfer[mb] = over["shared"]
+            shared_total[mb] = m["shared"]
             label = f"{mb} MB {case}"
             rows.append(row(label, "client.empty() array, in+out", over["shared"] * ms, "ms",
                             "ProcessPoolExecutor (pickle), in+out", m["ppe"] * ms, "< 1 ms, flat in size",
@@ -736,11 +753,26 @@ def case_arrays(ctx: Ctx) -> list[Row]:
                             m["copy_warm"] * ms, goal, over["ord_io"] <= 1.5 * m["copy_warm"] if judged else None,
                             f"over a no-op job, jobs in a row; a copy into fresh pages costs {m['copy_fresh'] * ms:.1f} ms "
                             "here (the result takes the pooled segment, so the next job needs a new one)"))
-            if rf is not None:
-                rows.append(row(label, "client.empty() array, in+out", m["shared"] * ms, "ms",
-                                "Ray put + task + get", m["ray"] * ms, "(reported)", note="both include a task round trip"))
-            else:
+    ray = ctx.ray.get()  # after the others: they are not measured beside Ray (see RaySession)
+    try:
+        for mb in sizes:
+            label = f"{mb} MB {case}"
+            if ray is None:
                 rows.append(skipped(label, "vs Ray put/get", ctx.ray.reason, "(reported)", "Ray put + task + get"))
+                continue
+            rf = ray.remote(bj.plain_echo)
+            ordinary = np.ones(mb * 2**20 // 8)
+            times = []
+            for i in range(reps + 1):  # the first is a warm-up, discarded
+                s = time.perf_counter()
+                ray.get(rf.remote(ray.put(ordinary)))
+                if i:
+                    times.append(time.perf_counter() - s)
+            rows.append(row(label, "client.empty() array, in+out", shared_total[mb] * 1e3, "ms",
+                            "Ray put + task + get", median(times) * 1e3, "(reported)",
+                            note="both include a task round trip; Ray's after the others, with Ray started only then"))
+    finally:
+        ctx.ray.release()
     if len(shared_transfer) > 1:
         lo, hi = min(shared_transfer), max(shared_transfer)
         ctx.notes.append(f"arrays: client.empty() transfer {shared_transfer[lo] * 1e3:.2f} ms at {lo} MB vs "

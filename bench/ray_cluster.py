@@ -58,9 +58,8 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
 
 def _start_cluster(ctx: Any, cluster_cls: Any, store: int) -> Any:
     """A head with no CPUs and two 2-CPU nodes, ``store`` bytes of object store each (this process leaves
-    the run's shared Ray session first: one driver per process; later cases start it again on first use)."""
-    ctx.ray.shutdown()
-    ctx.ray._tried = False
+    the run's Ray session first, if one runs: one driver per process)."""
+    ctx.ray.release()
     os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     cluster = cluster_cls(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store,
                                                                 "include_dashboard": False})
