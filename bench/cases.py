@@ -361,8 +361,8 @@ def case_latency(ctx: Ctx) -> list[Row]:
         samples["Ray task"] = rt
     h = [pct([x[k] for x in hops], 50) * 1e6 for k in range(4)]
     hop_note = (f"{n} jobs each, ensemble and PPE interleaved; hops (p50, from the job's timestamps): "
-                f"client->daemon accepted {h[0]:.0f} us, ->worker started {h[1]:.0f} us, ->daemon finished {h[2]:.0f} us, ->client result "
-                f"{h[3]:.0f} us")
+                f"client->daemon accepted {h[0]:.0f} us, ->worker started {h[1]:.0f} us, ->daemon finished "
+                f"{h[2]:.0f} us, ->client result {h[3]:.0f} us")
     rows = [row(case, f"p{p}", pct(ens, p) * ms, "ms", "ProcessPoolExecutor(2).submit().result()", pct(ppe_t, p) * ms,
                 "<= 1.0x", pct(ens, p) <= pct(ppe_t, p), hop_note if p == 50 else "",
                 samples=samples if p == 50 else None) for p in (50, 99)]
