@@ -12,21 +12,22 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 RAY_CPUS = 2  # the peer runs with as many CPUs as ensemble has workers in the comparisons
 
 
 class RaySession:
     """Ray (``ray.init(num_cpus=2, include_dashboard=False)``), started for a case's Ray peers and stopped after
-    them with :meth:`release`.
+    them with :meth:`release` (:meth:`running` does both).
 
     Only the Ray peers are measured with Ray running: its driver's threads live
     in this process (26 threads against 12 after ``ray.shutdown()``) and its
     raylet, GCS and workers share the two cores, which slowed ensemble's
     ``Executor.submit`` by a fifth and ``ProcessPoolExecutor``'s by a tenth
     when they ran beside it.  A case measures its other contenders first, then
-    calls :meth:`get`, measures Ray, and calls :meth:`release`.
+    measures Ray inside ``with ctx.ray.running() as ray:``.
     """
 
     def __init__(self, quick: bool) -> None:
@@ -61,6 +62,15 @@ class RaySession:
         self.settle_seconds += _settle(ray)
         self.ray = ray
         return ray
+
+    @contextmanager
+    def running(self) -> Iterator[Any]:
+        """``with session.running() as ray:`` the module, started (None when Ray is not available here), released
+        on leaving (see :meth:`release`)."""
+        try:
+            yield self.get()
+        finally:
+            self.release()
 
     def release(self) -> None:
         """Stop Ray, if it runs, and wait until the machine is quiet again (at most 30 s); :meth:`get` starts it

@@ -127,9 +127,8 @@ def case_ping(ctx: Ctx) -> list[Row]:
                 server.wait()
             sock.close(linger=0)
             zctx.term()
-    ray = ctx.ray.get()  # after the others: they are not measured beside Ray (see RaySession)
-    if ray is not None:
-        try:
+    with ctx.ray.running() as ray:  # after the others: they are not measured beside Ray (see RaySession)
+        if ray is not None:
             @ray.remote
             class Pinger:
                 def ping(self) -> int:
@@ -142,8 +141,6 @@ def case_ping(ctx: Ctx) -> list[Row]:
                     t = time.perf_counter()
                     ray.get(actor.ping.remote())
                     out.append(time.perf_counter() - t)
-        finally:
-            ctx.ray.release()
     us = 1e6
     rows = [
         row(case, "p50", pct(ens, 50) * us, "us", "raw pyzmq DEALER/ROUTER + msgpack", pct(floor, 50) * us,
@@ -273,9 +270,8 @@ def case_throughput(ctx: Ctx) -> list[Row]:
         pool.close()
         pool.join()
         ppe.shutdown()
-    ray = ctx.ray.get()  # after the others: they are not measured beside Ray (see RaySession)
-    if ray is not None:
-        try:
+    with ctx.ray.running() as ray:  # after the others: they are not measured beside Ray (see RaySession)
+        if ray is not None:
             rf = ray.remote(bj.plain_noop)
             ray.get([rf.remote() for _ in range(500)])  # warm-up, discarded
             rates["Ray tasks"] = []
@@ -283,8 +279,6 @@ def case_throughput(ctx: Ctx) -> list[Row]:
                 t = time.perf_counter()
                 ray.get([rf.remote() for _ in range(n_ray)])
                 rates["Ray tasks"].append(n_ray / (time.perf_counter() - t))
-        finally:
-            ctx.ray.release()
     m = {k: median(v) for k, v in rates.items()}
     note = f"median of {rounds} rounds x {n} jobs, contenders in rotating order"
     rows = [
@@ -344,17 +338,14 @@ def case_latency(ctx: Ctx) -> list[Row]:
                     ppe_t.append(t2 - t1)
     finally:
         ppe.shutdown()
-    ray = ctx.ray.get()  # after the others: they are not measured beside Ray (see RaySession)
-    if ray is not None:
-        try:
+    with ctx.ray.running() as ray:  # after the others: they are not measured beside Ray (see RaySession)
+        if ray is not None:
             rf = ray.remote(bj.plain_noop)
             for i in range(n + 20):  # the first 20 are warm-up
                 t = time.perf_counter()
                 ray.get(rf.remote())
                 if i >= 20:
                     rt.append(time.perf_counter() - t)
-        finally:
-            ctx.ray.release()
     ms = 1e3
     samples = {"ensemble Client.submit().result()": ens, "ProcessPoolExecutor(2)": ppe_t}
     if rt:
@@ -753,8 +744,7 @@ def case_arrays(ctx: Ctx) -> list[Row]:
                             m["copy_warm"] * ms, goal, over["ord_io"] <= 1.5 * m["copy_warm"] if judged else None,
                             f"over a no-op job, jobs in a row; a copy into fresh pages costs {m['copy_fresh'] * ms:.1f} ms "
                             "here (the result takes the pooled segment, so the next job needs a new one)"))
-    ray = ctx.ray.get()  # after the others: they are not measured beside Ray (see RaySession)
-    try:
+    with ctx.ray.running() as ray:  # after the others: they are not measured beside Ray (see RaySession)
         for mb in sizes:
             label = f"{mb} MB {case}"
             if ray is None:
@@ -771,8 +761,6 @@ def case_arrays(ctx: Ctx) -> list[Row]:
             rows.append(row(label, "client.empty() array, in+out", shared_total[mb] * 1e3, "ms",
                             "Ray put + task + get", median(times) * 1e3, "(reported)",
                             note="both include a task round trip; Ray's after the others, with Ray started only then"))
-    finally:
-        ctx.ray.release()
     if len(shared_transfer) > 1:
         lo, hi = min(shared_transfer), max(shared_transfer)
         ctx.notes.append(f"arrays: client.empty() transfer {shared_transfer[lo] * 1e3:.2f} ms at {lo} MB vs "
