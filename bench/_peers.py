@@ -6,84 +6,71 @@ reported as skipped with the reason, never replaced by a made-up number.
 
 from __future__ import annotations
 
-import logging
+import importlib.util
+import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
 RAY_CPUS = 2  # the peer runs with as many CPUs as ensemble has workers in the comparisons
 
 
 class RaySession:
-    """Ray (``ray.init(num_cpus=2, include_dashboard=False)``), started for a case's Ray peers and stopped after
-    them with :meth:`release` (:meth:`running` does both).
+    """Ray (``ray.init(num_cpus=2, include_dashboard=False)``) for a case's Ray peer, in a child process of its
+    own (``bench._ray_peer``): :meth:`measure` starts it, reads the samples back and waits for the machine to be
+    quiet again.
 
-    Only the Ray peers are measured with Ray running: its driver's threads live
-    in this process (26 threads against 12 after ``ray.shutdown()``) and its
-    raylet, GCS and workers share the two cores, which slowed ensemble's
-    ``Executor.submit`` by a fifth and ``ProcessPoolExecutor``'s by a tenth
-    when they ran beside it.  A case measures its other contenders first, then
-    measures Ray inside ``with ctx.ray.running() as ray:``.
+    The bench's own process never imports Ray.  Ray's driver puts 26 threads
+    in the process that starts it (12 stay after ``ray.shutdown()``) and its
+    raylet, GCS and workers share the two cores: in the bench's process they
+    slowed the contenders measured after them (``Executor.submit`` 18.2k
+    jobs/s in full run C against 30.4k in a Ray-free copy of the same case).
+    A case measures its other contenders first, then its Ray peer.
     """
 
     def __init__(self, quick: bool) -> None:
         self.quick = quick
-        self.ray: Any = None
-        self.reason = ""  # set once Ray cannot be used here; get() returns None from then on
+        self.reason = ""  # set once Ray cannot be used here; measure() returns None from then on
         self.starts = 0
         self.init_seconds = 0.0  # over every start
-        self.settle_seconds = 0.0  # after each start: Ray's first tasks, then the machine quiet again (see _settle)
-        self.quiet_seconds = 0.0  # after each release: the machine quiet again
+        self.settle_seconds = 0.0  # after each start: Ray's first tasks, then the machine quiet again
+        self.quiet_seconds = 0.0  # after each child: the machine quiet again
 
-    def get(self) -> Any:
-        """The ``ray`` module, initialised; None with :attr:`reason` set when it is not available here."""
-        if self.ray is not None or self.reason:
-            return self.ray
-        try:
-            import ray
-        except ImportError:
+    def measure(self, kind: str, timeout: float = 900.0, **params: Any) -> Any:
+        """The samples of ``bench._ray_peer``'s ``kind`` measured with ``params`` in a child process; None with
+        :attr:`reason` set when Ray is not available here (or failed: the reason says how)."""
+        if self.reason:
+            return None
+        if importlib.util.find_spec("ray") is None:
             self.reason = "Ray not installed (pip install -e '.[bench]')"
             return None
         if self.quick:
             self.reason = "Ray's startup (~8 s on 2 cores) does not fit --quick; it runs in full mode"
             return None
-        t = time.perf_counter()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         try:
-            ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-        except Exception as exc:  # noqa: BLE001 - a peer that cannot start is skipped, with why
-            self.reason = f"ray.init failed: {type(exc).__name__}: {exc}"[:200]
+            proc = subprocess.run([sys.executable, "-m", "bench._ray_peer", kind, json.dumps(params)], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:  # run() has killed and reaped the child
+            self.reason = f"the Ray peer ({kind}) did not finish within {timeout:g} s"
             return None
-        self.starts += 1
-        self.init_seconds += time.perf_counter() - t
-        self.settle_seconds += _settle(ray)
-        self.ray = ray
-        return ray
-
-    @contextmanager
-    def running(self) -> Iterator[Any]:
-        """``with session.running() as ray:`` the module, started (None when Ray is not available here), released
-        on leaving (see :meth:`release`)."""
-        try:
-            yield self.get()
         finally:
-            self.release()
-
-    def release(self) -> None:
-        """Stop Ray, if it runs, and wait until the machine is quiet again (at most 30 s); :meth:`get` starts it
-        again."""
-        if self.ray is None:
-            return
-        self.shutdown()
-        self.quiet_seconds += _quiet()
-
-    def shutdown(self) -> None:
-        if self.ray is not None:
-            self.ray.shutdown()
-            self.ray = None
+            self.quiet_seconds += quiet_machine()
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            self.reason = f"the Ray peer ({kind}) exited {proc.returncode}: {tail}"[:200]
+            return None
+        out = json.loads(lines[-1])
+        self.starts += 1
+        self.init_seconds += out["init_seconds"]
+        self.settle_seconds += out["settle_seconds"]
+        return out["samples"]
 
 
 def _busy_cores(seconds: float) -> float:
@@ -100,27 +87,7 @@ def _busy_cores(seconds: float) -> float:
     return ((a1 - a0) - (i1 - i0)) / hz / seconds
 
 
-def _settle(ray: Any, quiet: float = 0.25, limit: float = 30.0) -> float:
-    """Seconds until Ray is ready and the machine quiet: what follows ``ray.init`` is not measured beside it.
-
-    ``ray.init`` returns while Ray still starts its worker processes, each
-    importing Ray for a second or more of CPU on this 2-core machine; a case
-    measured then shares the cores with that.  Run two tasks per CPU, then wait
-    (at most ``limit`` s) until every process together keeps under ``quiet``
-    of a core busy over half a second.
-    """
-    t = time.perf_counter()
-
-    @ray.remote
-    def nop() -> None:
-        return None
-
-    ray.get([nop.remote() for _ in range(2 * RAY_CPUS)])
-    _quiet(quiet, max(0.0, limit - (time.perf_counter() - t)))
-    return time.perf_counter() - t
-
-
-def _quiet(quiet: float = 0.25, limit: float = 30.0) -> float:
+def quiet_machine(quiet: float = 0.25, limit: float = 30.0) -> float:
     """Seconds until every process together keeps under ``quiet`` of a core busy over half a second (at most
     ``limit`` s)."""
     t = time.perf_counter()

@@ -88,7 +88,6 @@ def case_ping(ctx: Ctx) -> list[Row]:
     blocks, per = ctx.size((10, 50), (25, 200))
     ens: list[float] = []
     floor: list[float] = []
-    rt: list[float] = []
     with BenchDaemon(workers=0) as d:
         c = d.client()
         server = start_floor_server(f"ipc://{d.dir}/floor")
@@ -127,20 +126,8 @@ def case_ping(ctx: Ctx) -> list[Row]:
                 server.wait()
             sock.close(linger=0)
             zctx.term()
-    with ctx.ray.running() as ray:  # after the others: they are not measured beside Ray (see RaySession)
-        if ray is not None:
-            @ray.remote
-            class Pinger:
-                def ping(self) -> int:
-                    return 1
-
-            actor = Pinger.remote()  # type: ignore[attr-defined]
-            for b in range(blocks + 1):  # the first block is a warm-up, discarded
-                out = rt if b else []
-                for _ in range(max(10, per // 4) if b else 20):
-                    t = time.perf_counter()
-                    ray.get(actor.ping.remote())
-                    out.append(time.perf_counter() - t)
+    # after the others, in a child process of its own (see RaySession)
+    rt = ctx.ray.measure("ping", blocks=blocks, per=per) or []
     us = 1e6
     rows = [
         row(case, "p50", pct(ens, 50) * us, "us", "raw pyzmq DEALER/ROUTER + msgpack", pct(floor, 50) * us,
@@ -152,8 +139,8 @@ def case_ping(ctx: Ctx) -> list[Row]:
     if rt:
         rows.append(row(case, "p50 vs Ray", pct(ens, 50) * us, "us", "Ray actor call (ray.get(a.ping.remote()))",
                         pct(rt, 50) * us, "<= 0.2x (>= 5x faster than Ray)", pct(ens, 50) * 5 <= pct(rt, 50),
-                        f"Ray p99 {pct(rt, 99) * us:,.0f} us; {len(rt)} calls, after the others, with Ray started "
-                        "only then"))
+                        f"Ray p99 {pct(rt, 99) * us:,.0f} us; {len(rt)} calls, after the others, in a process of its "
+                        "own"))
     else:
         rows.append(skipped(case, "p50 vs Ray", ctx.ray.reason, "<= 0.2x (>= 5x faster than Ray)", "Ray actor call"))
     return rows
@@ -270,15 +257,9 @@ def case_throughput(ctx: Ctx) -> list[Row]:
         pool.close()
         pool.join()
         ppe.shutdown()
-    with ctx.ray.running() as ray:  # after the others: they are not measured beside Ray (see RaySession)
-        if ray is not None:
-            rf = ray.remote(bj.plain_noop)
-            ray.get([rf.remote() for _ in range(500)])  # warm-up, discarded
-            rates["Ray tasks"] = []
-            for _ in range(rounds):
-                t = time.perf_counter()
-                ray.get([rf.remote() for _ in range(n_ray)])
-                rates["Ray tasks"].append(n_ray / (time.perf_counter() - t))
+    ray_rates = ctx.ray.measure("throughput", rounds=rounds, n=n_ray)  # after the others, in a child (RaySession)
+    if ray_rates:
+        rates["Ray tasks"] = ray_rates
     m = {k: median(v) for k, v in rates.items()}
     note = f"median of {rounds} rounds x {n} jobs, contenders in rotating order"
     rows = [
@@ -299,10 +280,10 @@ def case_throughput(ctx: Ctx) -> list[Row]:
             m["Executor.map (chunksize=64)"] >= m["multiprocessing.Pool.map (chunksize=64)"],
             f"{16 * n} items a round ({16 * n // 64} chunks)"),
     ]
-    if ray is not None:
+    if ray_rates:
         rows.append(row(case, "Client.submit_many", m["Client.submit_many"], "jobs/s", "Ray tasks (num_cpus=2)",
                         m["Ray tasks"], "(reported)",
-                        note=f"Ray: {n_ray} tasks a round, its rounds after the others, with Ray started only then"))
+                        note=f"Ray: {n_ray} tasks a round, its rounds after the others, in a process of its own"))
     else:
         rows.append(skipped(case, "Client.submit_many", ctx.ray.reason, "(reported)", "Ray tasks"))
     return rows
@@ -314,7 +295,6 @@ def case_latency(ctx: Ctx) -> list[Row]:
     n = ctx.size(150, 1000)
     ens: list[float] = []
     ppe_t: list[float] = []
-    rt: list[float] = []
     ppe = _ppe(2)
     try:
         with BenchDaemon(workers=2, ENSEMBLE_EXTENSIONS=JOBS_ONLY) as d:
@@ -338,14 +318,7 @@ def case_latency(ctx: Ctx) -> list[Row]:
                     ppe_t.append(t2 - t1)
     finally:
         ppe.shutdown()
-    with ctx.ray.running() as ray:  # after the others: they are not measured beside Ray (see RaySession)
-        if ray is not None:
-            rf = ray.remote(bj.plain_noop)
-            for i in range(n + 20):  # the first 20 are warm-up
-                t = time.perf_counter()
-                ray.get(rf.remote())
-                if i >= 20:
-                    rt.append(time.perf_counter() - t)
+    rt = ctx.ray.measure("latency", n=n) or []  # after the others, in a child process of its own (see RaySession)
     ms = 1e3
     samples = {"ensemble Client.submit().result()": ens, "ProcessPoolExecutor(2)": ppe_t}
     if rt:
@@ -359,8 +332,8 @@ def case_latency(ctx: Ctx) -> list[Row]:
                 samples=samples if p == 50 else None) for p in (50, 99)]
     if rt:
         rows.append(row(case, "p50", pct(ens, 50) * ms, "ms", "Ray task (ray.get(f.remote()))", pct(rt, 50) * ms,
-                        "(reported)", note=f"Ray p99 {pct(rt, 99) * ms:.2f} ms; after the others, with Ray started "
-                                           "only then"))
+                        "(reported)", note=f"Ray p99 {pct(rt, 99) * ms:.2f} ms; after the others, in a process of "
+                                           "its own"))
     else:
         rows.append(skipped(case, "p50", ctx.ray.reason, "(reported)", "Ray task"))
     return rows
@@ -744,23 +717,15 @@ def case_arrays(ctx: Ctx) -> list[Row]:
                             m["copy_warm"] * ms, goal, over["ord_io"] <= 1.5 * m["copy_warm"] if judged else None,
                             f"over a no-op job, jobs in a row; a copy into fresh pages costs {m['copy_fresh'] * ms:.1f} ms "
                             "here (the result takes the pooled segment, so the next job needs a new one)"))
-    with ctx.ray.running() as ray:  # after the others: they are not measured beside Ray (see RaySession)
-        for mb in sizes:
-            label = f"{mb} MB {case}"
-            if ray is None:
-                rows.append(skipped(label, "vs Ray put/get", ctx.ray.reason, "(reported)", "Ray put + task + get"))
-                continue
-            rf = ray.remote(bj.plain_echo)
-            ordinary = np.ones(mb * 2**20 // 8)
-            times = []
-            for i in range(reps + 1):  # the first is a warm-up, discarded
-                s = time.perf_counter()
-                ray.get(rf.remote(ray.put(ordinary)))
-                if i:
-                    times.append(time.perf_counter() - s)
-            rows.append(row(label, "client.empty() array, in+out", shared_total[mb] * 1e3, "ms",
-                            "Ray put + task + get", median(times) * 1e3, "(reported)",
-                            note="both include a task round trip; Ray's after the others, with Ray started only then"))
+    ray_times = ctx.ray.measure("arrays", sizes=sizes, reps=reps)  # after the others, in a child (RaySession)
+    for mb in sizes:
+        label = f"{mb} MB {case}"
+        if ray_times is None:
+            rows.append(skipped(label, "vs Ray put/get", ctx.ray.reason, "(reported)", "Ray put + task + get"))
+            continue
+        rows.append(row(label, "client.empty() array, in+out", shared_total[mb] * 1e3, "ms",
+                        "Ray put + task + get", median(ray_times[str(mb)]) * 1e3, "(reported)",
+                        note="both include a task round trip; Ray's after the others, in a process of its own"))
     if len(shared_transfer) > 1:
         lo, hi = min(shared_transfer), max(shared_transfer)
         ctx.notes.append(f"arrays: client.empty() transfer {shared_transfer[lo] * 1e3:.2f} ms at {lo} MB vs "

@@ -56,10 +56,8 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
     raise TimeoutError(f"benchmark: {what} not reached within {timeout:g}s")
 
 
-def _start_cluster(ctx: Any, cluster_cls: Any, store: int) -> Any:
-    """A head with no CPUs and two 2-CPU nodes, ``store`` bytes of object store each (this process leaves
-    the run's Ray session first, if one runs: one driver per process)."""
-    ctx.ray.release()
+def _start_cluster(cluster_cls: Any, store: int) -> Any:
+    """A head with no CPUs and two 2-CPU nodes, ``store`` bytes of object store each."""
     os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     cluster = cluster_cls(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store,
                                                                 "include_dashboard": False})
@@ -82,7 +80,7 @@ def case_ray_cluster(ctx: Any) -> list[Row]:
     if ctx.quick:
         return [skipped(CASE, "-", "a Ray cluster's start (~15 s on 2 cores) does not fit --quick; full mode runs it")]
     t = time.perf_counter()
-    cluster = _start_cluster(ctx, Cluster, STORE)
+    cluster = _start_cluster(Cluster, STORE)
     try:
         ctx.notes.append(f"ray_cluster: a head and two 2-CPU nodes started in {time.perf_counter() - t:.1f} s "
                          "(not measured)")
@@ -237,7 +235,7 @@ def case_ray_arrays(ctx: Any) -> list[Row]:
         return [skipped(ARRAYS_CASE, "-", "Ray not installed (pip install -e '.[ray]')")]
     if ctx.quick:
         return [skipped(ARRAYS_CASE, "-", "a Ray cluster's start does not fit --quick; full mode runs it")]
-    cluster = _start_cluster(ctx, Cluster, ARRAY_STORE)
+    cluster = _start_cluster(Cluster, ARRAY_STORE)
     try:
         common = {"ENSEMBLE_CLUSTER_RAY": cluster.address, "ENSEMBLE_CLUSTER_WORKERS": "2",
                   "ENSEMBLE_EXTENSIONS": "", "ENSEMBLE_DAEMON_MAX_FRAME": str(256 * 1024 * 1024)}
