@@ -67,6 +67,13 @@ def test_a_range_a_tuple_a_list_or_any_iterable_map_alike_through_every_batch_si
     assert {type(v) for v in out} == {int}  # a range travels as ranges; the worker hands the function ints
 
 
+@pytest.mark.parametrize("items", [range(2**31 - 100, 2**31 + 100), range(-2**31 - 50, -2**31 + 50),
+                                   range(2**40, 2**40 - 2**33, -2**30), range(10**30, 10**30 + 70)])
+def test_a_range_past_32_bits_maps_alike(ex: Any, items: range) -> None:
+    """A chunk of a range whose bounds fit 32 bits is pickled by hand (actors._map); one that does not, by pickle."""
+    assert list(ex.map(jobs.identity, items, chunksize=32)) == list(items)
+
+
 def test_map_zips_several_iterables_and_keeps_exact_types(ex: Any) -> None:
     assert list(ex.map(jobs.identity, [(1, 2), {3}, frozenset({4})], chunksize=2)) == [(1, 2), {3}, frozenset({4})]
     assert [type(v) for v in ex.map(jobs.identity, [(1,), {2}])] == [tuple, set]
