@@ -20,6 +20,7 @@ from __future__ import annotations
 import copyreg
 import io
 import pickle
+import struct
 import sys
 import threading
 from typing import Any, Iterable
@@ -40,6 +41,36 @@ def dumps(value: Any, path: str, limit: int | None = None) -> bytes | list[Any]:
         return [blob, *refs] if refs else blob
     except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError, AttributeError (a local class)
         raise unpicklable(value, path, exc) from None
+
+
+# A map chunk [range(start, stop, step)] (actors._map) pickled by hand, with the opcodes pickle.dumps(..., 5) writes
+# for it less its frame and memo marks, and read back by hand: pickle's own reduction of a range took 3 us a chunk
+# in the caller, a tenth of its time in a map at chunksize 64, and loading it 1.8-3 us in the worker (the lookup
+# of builtins.range); by hand 0.35 us to write, 0.65 to read.  PROTO 5, EMPTY_LIST, 'builtins', 'range',
+# STACK_GLOBAL ...
+_RANGE_HEAD = b"\x80\x05]\x8c\x08builtins\x8c\x05range\x93"
+_RANGE_TAIL = struct.Struct("<cicici4s")  # ... BININT start, stop, step, TUPLE3, REDUCE, APPEND, STOP
+_RANGE_END = b"\x87Ra."
+_RANGE_BYTES = len(_RANGE_HEAD) + _RANGE_TAIL.size
+
+
+def dumps_range_chunk(chunk: list[range], protocol: int) -> bytes:
+    """``pickle.dumps(chunk, protocol)`` of a map chunk ``[r]``: by hand when r's bounds fit 32 bits, else by
+    pickle.  Either loads as the same list with :func:`loads` or :func:`pickle.loads`."""
+    r = chunk[0]
+    try:
+        return _RANGE_HEAD + _RANGE_TAIL.pack(b"J", r.start, b"J", r.stop, b"J", r.step, _RANGE_END)
+    except struct.error:
+        return pickle.dumps(chunk, protocol)
+
+
+def loads(blob: bytes) -> Any:
+    """``pickle.loads(blob)``, with a map chunk of one range (:func:`dumps_range_chunk`) read by hand."""
+    if len(blob) == _RANGE_BYTES and blob.startswith(_RANGE_HEAD):
+        j1, start, j2, stop, j3, step, end = _RANGE_TAIL.unpack_from(blob, len(_RANGE_HEAD))
+        if j1 == j2 == j3 == b"J" and end == _RANGE_END and step:
+            return [range(start, stop, step)]
+    return pickle.loads(blob)
 
 
 def dumps_arguments(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -22,13 +22,13 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import pickle
-import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import msgspec
 
+from actors._exact import dumps_range_chunk
 from actors._state import FINAL
 from actors.messages import Cancel, JobInfo, JobSpec
 
@@ -78,7 +78,7 @@ class MapRun:
         start, replace, dumps = 0, msgspec.structs.replace, pickle.dumps
         only = cols[0] if len(cols) == 1 and not head else None
         if type(only) is range:
-            dumps = _dumps_range  # type: ignore[assignment]
+            dumps = dumps_range_chunk  # type: ignore[assignment]
         while start < self.n:  # each batch cut and packed as it goes: the first is small, so workers start early
             end = min(self.n, start + (FIRST if start == 0 else min(BATCH, 4 * start)))
             specs = [replace(spec, args=[dumps([*head, *[c[i:i + chunksize] for c in cols]], _PROTOCOL)])
@@ -162,23 +162,6 @@ class MapRun:
             self.cancelled = True
             pending = [jid for jid, i in self.index.items() if self.infos[i] is None]
         self.cancels.extend(self.conn.call(Cancel(jid, False)) for jid in pending)
-
-
-# A map chunk [range(start, stop, step)] pickled by hand, with the opcodes pickle.dumps(..., 5) writes for it (less
-# its frame and memo marks): pickle's own reduction of a range took 3 us a chunk in the caller, a tenth of its time
-# in a map at chunksize 64; this takes 0.35.  PROTO 5, EMPTY_LIST, 'builtins', 'range', STACK_GLOBAL ...
-_RANGE_HEAD = b"\x80\x05]\x8c\x08builtins\x8c\x05range\x93"
-_RANGE_TAIL = struct.Struct("<cicici4s")  # ... BININT start, stop, step, TUPLE3, REDUCE, APPEND, STOP
-
-
-def _dumps_range(chunk: list[range], protocol: int) -> bytes:
-    """``pickle.dumps(chunk, protocol)`` of a chunk ``[r]``: by hand when r's bounds fit 32 bits (the same
-    object when loaded), else by pickle."""
-    r = chunk[0]
-    try:
-        return _RANGE_HEAD + _RANGE_TAIL.pack(b"J", r.start, b"J", r.stop, b"J", r.step, b"\x87Ra.")
-    except struct.error:
-        return pickle.dumps(chunk, protocol)
 
 
 def _values(info: JobInfo) -> list[Any]:

@@ -33,7 +33,7 @@ import zmq
 
 from actors import callables
 from actors._child import Child, child_main
-from actors._exact import dumps, loads_referencing
+from actors._exact import dumps, loads as exact_loads, loads_referencing
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, RunDir, StartedLog
@@ -409,7 +409,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             fn = fns.get(d.fn) or fns.setdefault(d.fn, resolve(d.fn))
         if d.pickled:  # a local client's exact values (its own user: pickle is trusted here, never in the daemon)
             # with its big arrays beside the bytes, mapped from shared memory (see actors._exact)
-            payload = pickle.loads(d.args[0]) if len(d.args) == 1 else \
+            payload = exact_loads(d.args[0]) if len(d.args) == 1 else \
                 loads_referencing(d.args[0], arrays.import_args(d.args[1:], mapped))
         elif d.args or d.kwargs:
             payload = arrays.import_args(d.args, mapped), arrays.import_args(d.kwargs, mapped)

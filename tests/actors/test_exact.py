@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from actors._exact import dumps, dumps_arguments, loads_referencing, pickled_value
+from actors._exact import dumps, dumps_arguments, dumps_range_chunk, loads, loads_referencing, pickled_value
 
 
 def test_big_arrays_leave_the_pickle_and_small_or_odd_ones_stay_in_it() -> None:
@@ -34,3 +34,18 @@ def test_a_reference_that_was_not_sent_is_an_error_not_a_wrong_value() -> None:
         loads_referencing(blob, [])
     with pytest.raises(pickle.UnpicklingError):
         pickle.loads(blob)  # outside loads_referencing: no arrays to resolve against
+
+
+@pytest.mark.parametrize("r", [range(64), range(10, -5, -1), range(-2**31, 2**31 - 1, 3)[5:70:2], range(0),
+                               range(2**31 - 1, 2**31 + 1), range(2**40, 2**40 + 5), range(0, 2**31 - 1, 2**30)[:2]])
+def test_a_range_chunk_pickled_by_hand_loads_the_same_by_hand_and_by_pickle(r: range) -> None:
+    blob = dumps_range_chunk([r], pickle.HIGHEST_PROTOCOL)
+    for load in (loads, pickle.loads):
+        chunk = load(blob)
+        assert chunk == [r] and type(chunk[0]) is range
+
+
+def test_loads_reads_any_other_pickle_by_pickle() -> None:
+    value = [(1, "x"), range(3), {2: frozenset({3})}]
+    assert loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL)) == value
+    assert loads(pickle.dumps([range(3)], 2)) == [range(3)]
