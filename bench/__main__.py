@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench._daemon import leftovers
+from bench._daemon import ROOT, leftovers
 from bench._peers import RaySession
 from bench._report import markdown, plots, table, write_json
 from bench._stats import Row, machine, skipped
@@ -36,10 +36,9 @@ def _compile_bytecode() -> str:
         return ""
     import compileall
 
-    root = Path(__file__).resolve().parent.parent
     for pkg in ("actors", "audio", "controller", "ensemble", "bench"):
-        if (root / pkg).is_dir():
-            compileall.compile_dir(str(root / pkg), quiet=1)
+        if (ROOT / pkg).is_dir():
+            compileall.compile_dir(str(ROOT / pkg), quiet=1)
     return ("PYTHONDONTWRITEBYTECODE is set here: the packages' bytecode was compiled first (compileall), as a "
             "pip install does, so that no measured process compiles them from source")
 
@@ -87,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if ctx.ray.starts:
         ctx.notes.append(f"Ray {info['machine']['packages'].get('ray')}: started only for the Ray peers, in a "
                          f"process of their own, {ctx.ray.starts} time(s); ray.init(num_cpus=2) took "
-                         f"{ctx.ray.init_seconds:.1f} s in all, its first tasks and the machine quiet again {ctx.ray.settle_seconds:.1f} s, the machine "
-                         f"quiet after each peer's process {ctx.ray.quiet_seconds:.1f} s (none of it in any measurement)")
+                         f"{ctx.ray.init_seconds:.1f} s in all, its first tasks and the machine quiet again "
+                         f"{ctx.ray.settle_seconds:.1f} s, the machine quiet after each peer's process "
+                         f"{ctx.ray.quiet_seconds:.1f} s (none of it in any measurement)")
     elif ctx.ray.reason:
         ctx.notes.append(f"Ray peers skipped: {ctx.ray.reason}")
     left = leftovers()

@@ -13,10 +13,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench._daemon import ROOT
+
 RAY_CPUS = 2  # the peer runs with as many CPUs as ensemble has workers in the comparisons
 
 
