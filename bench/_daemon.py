@@ -25,6 +25,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pythonpath() -> str:
+    """``PYTHONPATH`` for a child that imports the bench and ensemble from this tree: the tree first, then the
+    caller's own ``PYTHONPATH``, if any."""
+    return str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+
+
 _STARTED: list["BenchDaemon"] = []  # every daemon of this run, for the final leak check
 
 
@@ -40,7 +48,7 @@ class BenchDaemon:
             "ENSEMBLE_STATE_DIR": str(self.dir / "state"),
             "ENSEMBLE_WORKERS": str(workers),
             "ENSEMBLE_AUDIO_BACKEND": "null",
-            "PYTHONPATH": str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+            "PYTHONPATH": pythonpath(),
         })
         self.env.pop("ENSEMBLE_CONFIG", None)
         self.env.update(env)

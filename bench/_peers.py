@@ -15,7 +15,7 @@ import textwrap
 import time
 from typing import Any
 
-from bench._daemon import ROOT
+from bench._daemon import ROOT, pythonpath
 
 RAY_CPUS = 2  # the peer runs with as many CPUs as ensemble has workers in the comparisons
 
@@ -52,7 +52,7 @@ class RaySession:
         if self.quick:
             self.reason = "Ray's startup (~8 s on 2 cores) does not fit --quick; it runs in full mode"
             return None
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ, PYTHONPATH=pythonpath())
         try:
             proc = subprocess.run([sys.executable, "-m", "bench._ray_peer", kind, json.dumps(params)], cwd=ROOT,
                                   env=env, capture_output=True, text=True, timeout=timeout)

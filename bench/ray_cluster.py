@@ -31,7 +31,7 @@ import time
 from typing import Any, Callable
 
 from bench import jobs as bj
-from bench._daemon import ROOT, BenchDaemon, cancel_to_killed
+from bench._daemon import BenchDaemon, cancel_to_killed, pythonpath
 from bench._stats import Row, median, pct, row, skipped
 
 CASE = "Ray cluster: ensemble workers placed by Ray vs Ray tasks/actors"
@@ -58,7 +58,7 @@ def _wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
 
 def _start_cluster(cluster_cls: Any, store: int) -> Any:
     """A head with no CPUs and two 2-CPU nodes, ``store`` bytes of object store each."""
-    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    os.environ["PYTHONPATH"] = pythonpath()
     cluster = cluster_cls(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store,
                                                                 "include_dashboard": False})
     try:
