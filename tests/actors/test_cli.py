@@ -145,8 +145,11 @@ def test_result_no_wait_of_a_running_job(module_daemon: Daemon) -> None:
 def test_ctrl_c_during_submit_wait_cancels_the_job(module_daemon: Daemon) -> None:
     c = module_daemon.client()
     before = {j.id for j in c.jobs(limit=10_000)}
+    # faulthandler: should the CLI ever hang after its SIGINT (seen once in CI, never reproduced), SIGABRT makes it
+    # print every thread's stack, and the failure shows where it waited
+    env = {**module_daemon.env, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "actors", "submit", "tests.jobs:polite", "120", "--wait"],
-                            env=module_daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def started() -> Any:
             new = [j for j in c.jobs(limit=50) if j.id not in before and j.fn == "tests.jobs:polite"]
@@ -154,7 +157,12 @@ def test_ctrl_c_during_submit_wait_cancels_the_job(module_daemon: Daemon) -> Non
 
         job = wait_for(started, 30, what="the submitted job to run")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"the CLI did not exit within 60 s of its SIGINT; its threads then:\n{err}")
     finally:
         if proc.poll() is None:
             proc.kill()
