@@ -7,7 +7,6 @@ handlers through :mod:`actors.extensions`.
 from __future__ import annotations
 
 import collections
-import hmac
 import logging
 import os
 import time
@@ -175,6 +174,8 @@ class RequestsMixin(State):
 
     def _on_task_submit(self, ident: bytes, corr: int, msg: TaskSubmit) -> Message | None:
         """The controller's jobs: internal and script functions, proven by the token given at its spawn."""
+        import hmac  # here, not at the top: it loads OpenSSL (2-4 ms), on a private daemon's path to ready
+
         if not hmac.compare_digest(msg.token.encode(), self.internal_token.encode()):
             self.counters["denied_requests"] += 1
             raise PermissionDenied("TaskSubmit is the controller's own message; clients submit with Submit")
@@ -370,7 +371,7 @@ class RequestsMixin(State):
             if tcp:
                 if slot is None and len(parts) == 2:
                     slot = self._remote_hello(sock, parts[0], key, name, parts[1])
-                elif slot is not None and not hmac.compare_digest(slot.key, key):
+                elif slot is not None and not _same_key(slot.key, key):
                     self.counters["forged_frames"] += 1
                     continue
             if slot is None or len(parts) != 2:
@@ -415,3 +416,10 @@ class RequestsMixin(State):
                 self.child_handlers[type(msg)](slot, msg)
             else:
                 self.counters["stray_frames"] += 1
+
+
+def _same_key(a: bytes, b: bytes) -> bool:
+    """``hmac.compare_digest`` (constant time), imported at the first remote frame: see ``_on_task_submit``."""
+    import hmac
+
+    return hmac.compare_digest(a, b)

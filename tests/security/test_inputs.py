@@ -26,6 +26,23 @@ def test_an_out_of_range_integer_is_refused_and_the_daemon_lives(daemon: Daemon)
     assert daemon.client().submit("examples.jobs:add", 1, 2, priority=2**63 - 1).result(60) == 3
 
 
+def test_a_local_client_cannot_pass_for_the_controller(daemon: Daemon) -> None:
+    """``TaskSubmit`` may name internal and script functions: only the token the controller got at its spawn opens
+    it, to a local client as to a remote one (the remote roles tests send every kind from tcp)."""
+    from actors import PermissionDenied
+    from actors.client import make_spec
+    from actors.messages import TaskSubmit
+
+    c = daemon.client()
+    before = c.status().daemon.counters.get("denied_requests", 0)
+    for token in ("", "0" * 32, "not the token"):
+        with pytest.raises(PermissionDenied, match="controller's own message"):
+            c._call(TaskSubmit(token, [make_spec("examples.jobs:add", (1, 2), {})]))
+    assert c.status().daemon.counters.get("denied_requests", 0) == before + 3
+    assert not any(j.fn == "examples.jobs:add" for j in c.jobs(limit=100))  # nothing was queued
+    assert c.submit("examples.jobs:add", 1, 2).result(60) == 3
+
+
 @pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_a_job_whose_segment_is_gone_fails_alone_and_the_daemon_survives_restarts(make_daemon: Any) -> None:
     d = make_daemon(workers=0)
