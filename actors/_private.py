@@ -10,13 +10,14 @@ Its workers' jobs print to the creator's stdout and stderr, as a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+import msgspec
 
 from actors._daemonfork import fork_daemon
 from actors._errors import ConfigError, DaemonError, EnsembleError
@@ -57,9 +58,9 @@ class PrivateDaemon:
         self.workers = workers
         self.method = start_method()  # checked now: a wrong one is refused at once, not at the first submit
         self.dir = Path(tempfile.mkdtemp(prefix="ens-", dir="/tmp"))  # short: unix socket paths are limited
-        self.config = dataclasses.replace(
+        self.config = msgspec.structs.replace(
             base,
-            daemon=dataclasses.replace(base.daemon, name=f"private-{os.getpid()}", workers=str(workers),
+            daemon=msgspec.structs.replace(base.daemon, name=f"private-{os.getpid()}", workers=str(workers),
                                        run_dir=str(self.dir / "run"), state_dir=str(self.dir / "state"),
                                        tcp="", client_tcp="", metrics_port=0, extensions=()),
         )

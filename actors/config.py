@@ -13,14 +13,14 @@ command line.  :func:`load_config` returns a frozen :class:`Config`.  An
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+import msgspec
 
 from actors._errors import ConfigError
 from actors._resources import check, parse
@@ -55,8 +55,7 @@ OTHER_VARIABLES: Mapping[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class DaemonConfig:
+class DaemonConfig(msgspec.Struct, frozen=True):
     """Where the daemon lives and how many workers it runs."""
 
     name: str = "default"
@@ -73,8 +72,7 @@ class DaemonConfig:
     extensions: tuple[str, ...] = ("*",)  # installed packages that add to the daemon (audio, controller); () = jobs only
 
 
-@dataclass(frozen=True)
-class SupervisionConfig:
+class SupervisionConfig(msgspec.Struct, frozen=True):
     """Heartbeats, restart intensity and stop timing (OTP-style)."""
 
     heartbeat_interval: float = 0.5
@@ -86,8 +84,7 @@ class SupervisionConfig:
     worker_nice: int = 5
 
 
-@dataclass(frozen=True)
-class JobsConfig:
+class JobsConfig(msgspec.Struct, frozen=True):
     """What jobs may run and how much the daemon keeps."""
 
     allow: tuple[str, ...] = DEFAULT_ALLOW
@@ -98,8 +95,7 @@ class JobsConfig:
     inline_array_limit: int = 64 * 1024  # arrays above this size travel through shared memory
 
 
-@dataclass(frozen=True)
-class AudioConfig:
+class AudioConfig(msgspec.Struct, frozen=True):
     """The processor's backend and stream settings."""
 
     backend: str = "auto"  # auto (JACK if a server runs, else PortAudio, else null) | jack | sounddevice | null
@@ -115,8 +111,7 @@ class AudioConfig:
     midi_in: tuple[str, ...] = ()  # JACK MIDI sources (port-name regexes) connected to <client>:midi_in
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(msgspec.Struct, frozen=True):
     """Workers placed on a Ray cluster (``ray = "auto"`` or ``"ray://HOST:PORT"``; empty: no cluster).
 
     Needs ``pip install 'ensemble-rt[ray]'`` here and on every node, and a
@@ -126,7 +121,7 @@ class ClusterConfig:
 
     ray: str = ""  # "" (off) | "auto" (the cluster this host belongs to) | "ray://HOST:PORT" | "HOST:PORT"
     workers: int = 0  # Ray-placed workers started with the daemon (`ensemble scale N --on ray` changes it)
-    worker_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})  # what Ray reserves for each
+    worker_resources: dict[str, float] = msgspec.field(default_factory=lambda: {"CPU": 1.0})  # what Ray reserves for each
     max_workers: int = 64  # at most this many Ray-placed workers, those started for jobs' resources included
     connect: str = ""  # where workers connect back (tcp://HOST:PORT); default [daemon] tcp on this node's IP
     # numeric arrays of at least this many bytes cross to and from Ray-placed workers through Ray's object
@@ -135,15 +130,14 @@ class ClusterConfig:
     object_store_min_bytes: int = 2 << 20
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(msgspec.Struct, frozen=True):
     """The whole configuration; sections mirror the TOML tables."""
 
-    daemon: DaemonConfig = field(default_factory=DaemonConfig)
-    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
-    jobs: JobsConfig = field(default_factory=JobsConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
+    jobs: JobsConfig = msgspec.field(default_factory=JobsConfig)
+    audio: AudioConfig = msgspec.field(default_factory=AudioConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
     # -- derived values -------------------------------------------------
     @property
@@ -192,15 +186,15 @@ class Config:
             return os.path.abspath(p) if p else p
 
         d, a = self.daemon, self.audio
-        return dataclasses.replace(
+        return msgspec.structs.replace(
             self,
-            daemon=dataclasses.replace(d, run_dir=ab(d.run_dir), state_dir=ab(d.state_dir), keys_dir=ab(d.keys_dir)),
-            audio=dataclasses.replace(a, script=ab(a.script), script_dirs=tuple(ab(p) for p in a.script_dirs)),
+            daemon=msgspec.structs.replace(d, run_dir=ab(d.run_dir), state_dir=ab(d.state_dir), keys_dir=ab(d.keys_dir)),
+            audio=msgspec.structs.replace(a, script=ab(a.script), script_dirs=tuple(ab(p) for p in a.script_dirs)),
         )
 
     def to_json(self) -> str:
         """Serialise for handing to child processes (JSON, never pickle)."""
-        return json.dumps(dataclasses.asdict(self))
+        return msgspec.json.encode(self).decode()
 
     @classmethod
     def from_json(cls, text: str) -> "Config":

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from actors import DaemonError
@@ -17,7 +17,7 @@ from tests.conftest import fd_targets
 
 def _config(base: Path, run_dir: Path) -> Config:
     cfg = load_config(env={})
-    return dataclasses.replace(cfg, daemon=dataclasses.replace(
+    return msgspec.structs.replace(cfg, daemon=msgspec.structs.replace(
         cfg.daemon, name="launch", workers="2", run_dir=str(run_dir), state_dir=str(base / "state"), extensions=()))
 
 
