@@ -22,8 +22,9 @@ runs in the supervisor's one thread and must never block.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import msgspec
 
 from actors.config import Config
 from actors.messages import JobSpec, Message
@@ -41,8 +42,7 @@ RequestHandler = Callable[[int, Message], "Message | None"]
 ChildHandler = Callable[["Slot", Message], None]
 
 
-@dataclass(frozen=True)
-class ChildSpec:
+class ChildSpec(msgspec.Struct, frozen=True):
     """A supervised child an extension asks for: its slot name, role and ``python -m`` module."""
 
     name: str

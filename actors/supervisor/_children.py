@@ -7,13 +7,13 @@ import logging
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from actors._freshness import RETIRE_CODE
 from actors._resources import check as check_resources, host_resources
 from actors._rundir import RESULTS_SUFFIX
 from actors._spawn import ForkedProc, kill_group, spawn
+import msgspec
 import zmq
 
 from actors.messages import Heartbeat, Hello, Stop, decode, encode
@@ -24,8 +24,7 @@ from actors.supervisor._state import State
 log = logging.getLogger("ensemble.supervisor")
 
 
-@dataclass
-class Slot:
+class Slot(msgspec.Struct):
     """One supervised child position (``worker-3``), across its incarnations."""
 
     name: str
@@ -40,24 +39,23 @@ class Slot:
     last_heard: float = 0.0
     ready: bool = False
     restarts: int = 0
-    restart_times: collections.deque[float] = field(default_factory=collections.deque)
-    stats: dict[str, Any] = field(default_factory=dict)
+    restart_times: collections.deque[float] = msgspec.field(default_factory=collections.deque)
+    stats: dict[str, Any] = msgspec.field(default_factory=dict)
     detail: str = ""
     expected_exit: bool = False  # we killed it on purpose (job kill, retire): no intensity count
     retire: bool = False
-    outstanding: collections.deque[int] = field(default_factory=collections.deque)
+    outstanding: collections.deque[int] = msgspec.field(default_factory=collections.deque)
     remote: bool = False  # a worker that joined over tcp (no process of ours; liveness by heartbeat)
     sock: Any = None  # the ROUTER it talks through (internal ipc, or the tcp one)
     key: bytes = b""  # a remote worker's CURVE public key: its frames must carry it
     key_name: str = ""  # the name that key was issued under (Ray-placed workers: their actor's)
     path_sent: Any = None  # the import path last sent to this incarnation (sent again only when it changes)
-    resources: dict[str, float] = field(default_factory=dict)  # what it offers jobs (actors._resources)
+    resources: dict[str, float] = msgspec.field(default_factory=dict)  # what it offers jobs (actors._resources)
     results_closed: bool = False  # this incarnation said all its results were sent (ResultsClosed)
 
 
 
-@dataclass
-class Standby:
+class Standby(msgspec.Struct):
     """A fresh interpreter waiting to become the next worker started after start-up (see :mod:`actors._blank`)."""
 
     proc: subprocess.Popen[bytes]

@@ -25,15 +25,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from actors._blank import become_worker, encode_orders, read_orders
 from actors._spawn import ForkedProc, set_parent_death_signal
 
 
-@dataclass
-class Blank:
+class Blank(msgspec.Struct):
     """A forked process waiting for its worker's arguments on ``fd``."""
 
     pid: int

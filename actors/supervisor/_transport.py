@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -35,8 +34,7 @@ def _short(text: str) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
-@dataclass(frozen=True)
-class Peer:
+class Peer(msgspec.Struct, frozen=True):
     """Who sent a request: ``local`` (the daemon's own user, over the 0700 run dir) or a remote key's role."""
 
     role: str  # local | client | admin
