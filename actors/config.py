@@ -121,7 +121,8 @@ class ClusterConfig(msgspec.Struct, frozen=True):
 
     ray: str = ""  # "" (off) | "auto" (the cluster this host belongs to) | "ray://HOST:PORT" | "HOST:PORT"
     workers: int = 0  # Ray-placed workers started with the daemon (`ensemble scale N --on ray` changes it)
-    worker_resources: dict[str, float] = msgspec.field(default_factory=lambda: {"CPU": 1.0})  # what Ray reserves for each
+    # what Ray reserves for each Ray-placed worker
+    worker_resources: dict[str, float] = msgspec.field(default_factory=lambda: {"CPU": 1.0})
     max_workers: int = 64  # at most this many Ray-placed workers, those started for jobs' resources included
     connect: str = ""  # where workers connect back (tcp://HOST:PORT); default [daemon] tcp on this node's IP
     # numeric arrays of at least this many bytes cross to and from Ray-placed workers through Ray's object
@@ -188,7 +189,8 @@ class Config(msgspec.Struct, frozen=True):
         d, a = self.daemon, self.audio
         return msgspec.structs.replace(
             self,
-            daemon=msgspec.structs.replace(d, run_dir=ab(d.run_dir), state_dir=ab(d.state_dir), keys_dir=ab(d.keys_dir)),
+            daemon=msgspec.structs.replace(d, run_dir=ab(d.run_dir), state_dir=ab(d.state_dir),
+                                           keys_dir=ab(d.keys_dir)),
             audio=msgspec.structs.replace(a, script=ab(a.script), script_dirs=tuple(ab(p) for p in a.script_dirs)),
         )
 

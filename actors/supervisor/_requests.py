@@ -174,9 +174,7 @@ class RequestsMixin(State):
 
     def _on_task_submit(self, ident: bytes, corr: int, msg: TaskSubmit) -> Message | None:
         """The controller's jobs: internal and script functions, proven by the token given at its spawn."""
-        import hmac  # here, not at the top: it loads OpenSSL (2-4 ms), on a private daemon's path to ready
-
-        if not hmac.compare_digest(msg.token.encode(), self.internal_token.encode()):
+        if not _same_key(msg.token.encode(), self.internal_token.encode()):
             self.counters["denied_requests"] += 1
             raise PermissionDenied("TaskSubmit is the controller's own message; clients submit with Submit")
         for spec in msg.jobs:  # an extension that knows the function vouches for it, or it is refused
@@ -419,7 +417,11 @@ class RequestsMixin(State):
 
 
 def _same_key(a: bytes, b: bytes) -> bool:
-    """``hmac.compare_digest`` (constant time), imported at the first remote frame: see ``_on_task_submit``."""
+    """Whether two secrets are equal, in constant time (``hmac.compare_digest``).
+
+    ``hmac`` is imported at the first comparison, not with this module: it loads OpenSSL (2-4 ms), on a private
+    daemon's path to ready, where no token or remote key is compared.
+    """
     import hmac
 
     return hmac.compare_digest(a, b)
