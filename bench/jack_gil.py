@@ -78,8 +78,8 @@ def one_run(switch_ms: float, burst_ms: float, seconds: float, burners: int, mai
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     engine = Engine(48000, 256, 2, max_voices=64)
     engine.set_buffer(0, builtin_sample(48000, seconds + 10.0))
-    undo = _hold_while_rendering(hold_ms / 1000.0, switch_ms / 1000.0) if hold_ms else (lambda: None)
     backend = JackBackend(engine, client_name="gilbench", autoconnect=False)
+    undo = _hold_while_rendering(hold_ms / 1000.0, switch_ms / 1000.0) if hold_ms else (lambda: None)
     try:
         backend.start()
         for i in range(voices):
