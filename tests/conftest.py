@@ -40,6 +40,44 @@ def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
+def watch_handshakes(sock: Any) -> Any:
+    """A monitor of ``sock``'s handshakes, to attach before it connects (read it with :func:`wait_refused`)."""
+    import zmq
+
+    return sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                   | zmq.EVENT_DISCONNECTED)
+
+
+def wait_refused(sock: Any, monitor: Any, timeout: float = 60.0, what: str = "the peer") -> int:
+    """Wait until the peer refuses ``sock``'s handshake; the ZeroMQ event that said so.
+
+    The proof that a frame queued on ``sock`` was never delivered, without
+    sleeping and hoping: the handshake has to succeed before any frame
+    crosses, and here it failed (or the peer hung up before it succeeded).
+    A handshake that succeeds fails the test.  The monitor is closed after.
+    """
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    refused = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+               zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_DISCONNECTED)
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            if not monitor.poll(200):
+                continue
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                raise AssertionError(f"{what} accepted the handshake")
+            if event in refused:
+                return int(event)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what} to refuse the handshake")
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     try:

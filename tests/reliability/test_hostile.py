@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.messages import _REGISTRY, VERSION
-from tests.conftest import wait_for
+from tests.conftest import wait_for, wait_refused, watch_handshakes
 from tests.reliability.history import full, report
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # the fault-injection suite: .ci/run runs it (-m slow)
@@ -117,6 +117,7 @@ def test_access_control(make_daemon: Any) -> None:
     start = tcp_frames()
     ctx = zmq.Context()
     socks = []
+    monitors = []
     try:
         unknown_pub, unknown_sec = zmq.curve_keypair()
         wrong_server_pub, _ = zmq.curve_keypair()
@@ -130,11 +131,13 @@ def test_access_control(make_daemon: Any) -> None:
             s.setsockopt(zmq.LINGER, 0)
             if pub is not None:
                 s.curve_publickey, s.curve_secretkey, s.curve_serverkey = pub, sec, srv
+            monitors.append(watch_handshakes(s))
             s.connect("tcp://127.0.0.1:7791")
             for i in range(5):
-                s.send(msgpack.packb([VERSION, 20, i + 1, []]))
+                s.send(msgpack.packb([VERSION, 20, i + 1, []]))  # queued behind the handshake
             socks.append(s)
-        time.sleep(1.0)  # the attempts are fire-and-forget; give them time to be refused
+        for s, mon, who in zip(socks, monitors, ("an unknown client key", "a wrong server key", "no CURVE")):
+            wait_refused(s, mon, what=f"the client endpoint, to {who},")  # so none of the frames crossed
         assert all(not s.poll(0) for s in socks)
         denied = tcp_frames() - start
         from actors.client import Client

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import zmq
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, watch_handshakes
 
 
 def free_port() -> int:
@@ -38,8 +38,13 @@ class Remote:
         self.d._clients.append(c)
         return c
 
-    def raw(self, key: str, endpoint: str, routing_id: bytes | None = None) -> zmq.Socket[bytes]:
-        """A bare DEALER with a key's credentials, for frames no well-behaved client sends."""
+    def raw(self, key: str, endpoint: str, routing_id: bytes | None = None,
+            monitor: list[Any] | None = None) -> zmq.Socket[bytes]:
+        """A bare DEALER with a key's credentials, for frames no well-behaved client sends.
+
+        ``monitor``: a list to append the socket's handshake monitor to, attached
+        before it connects (for :func:`tests.conftest.wait_refused`).
+        """
         from actors._keys import curve_client
 
         s = zmq.Context.instance().socket(zmq.DEALER)
@@ -47,6 +52,8 @@ class Remote:
         curve_client(s, self.keys[key], self.server_key)
         if routing_id is not None:
             s.routing_id = routing_id
+        if monitor is not None:
+            monitor.append(watch_handshakes(s))
         s.connect(endpoint)
         return s
 

@@ -17,7 +17,7 @@ from actors.messages import (
     Hello, JobDone, JobSpec, JobsDone, ListJobs, Ping, Scale, Shutdown, Status, Submit, VERSION, decode, encode,
 )
 from controller.messages import ScriptLoad
-from tests.conftest import wait_for
+from tests.conftest import wait_for, wait_refused
 from tests.security.conftest import Remote
 
 
@@ -56,10 +56,11 @@ def test_a_worker_key_is_refused_on_the_client_endpoint_and_a_client_key_on_the_
     with remote.client("w1", timeout=3) as c:
         with pytest.raises(TransportError):
             c.ping()
-    s = remote.raw("c1", remote.worker_ep)
+    mon: list[Any] = []
+    s = remote.raw("c1", remote.worker_ep, monitor=mon)
     try:
-        s.send(encode(Hello("worker", "x", 1)))
-        time.sleep(0.5)
+        s.send(encode(Hello("worker", "x", 1)))  # queued behind a handshake the worker endpoint refuses
+        wait_refused(s, mon[0], what="the worker endpoint, to a client key,")
         assert not any(a.name.startswith("remote:") for a in remote.d.status().actors)
     finally:
         s.close(0)
@@ -94,17 +95,19 @@ def test_a_worker_key_cannot_finish_or_steal_another_worker_s_jobs(remote: Remot
         wait_for(lambda: len(_running_remote(remote)) == 2, 60, what="the second worker key to join")
         evil.send(encode(JobsDone([JobDone(job.id, True, "forged", started=time.time())])))
         # and a client key cannot even reach the worker endpoint to try
-        spy = remote.raw("c1", remote.worker_ep, routing_id=b"w1-1-" + b"0" * 12)
+        mon: list[Any] = []
+        spy = remote.raw("c1", remote.worker_ep, routing_id=b"w1-1-" + b"0" * 12, monitor=mon)
         spy.send(encode(JobsDone([JobDone(job.id, True, "forged too", started=time.time())])))
-        time.sleep(1.0)
+        wait_refused(spy, mon[0], what="the worker endpoint, to a client key,")
+        # the forged result was read and dropped (counted), not taken for the victim's
+        wait_for(lambda: remote.d.status().daemon.counters.get("stale_results", 0) >= 1, 60,
+                 what="the forged result to be counted as stale")
         assert job.refresh().state == "running"
         gate.write_text("go")
         assert job.result(60) == "released"  # the victim's own result, not a forged one
         spy.close(0)
     finally:
         evil.close(0)
-    counters = remote.d.status().daemon.counters
-    assert counters.get("stale_results", 0) >= 1
 
 
 @pytest.mark.parametrize("key", ["c1", "a1"])
