@@ -16,6 +16,7 @@ from typing import Any, Callable
 from actors._errors import EnsembleError
 
 _PUBLISH_EVERY = 0.02
+MAX_TIMEOUT_MS = 86_400_000  # a grace period of one day at most (set_timeout; the daemon clamps to the same)
 _current: contextvars.ContextVar["Task | None"] = contextvars.ContextVar("ensemble_task", default=None)
 
 
@@ -71,9 +72,18 @@ class Task:
         return self._progress
 
     def set_status_message(self, message: str) -> None:
-        """Set a human-readable status message, visible to clients while the job runs."""
+        """Set a human-readable status message, visible to clients while the job runs.
+
+        Raises ``ValueError`` for text that cannot cross to the clients (a lone
+        surrogate: it has no UTF-8 form), here in the job rather than later.
+        """
+        message = str(message)
+        try:
+            message.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"the status message cannot be sent to clients: {exc}") from None
         with self._lock:
-            self._status = str(message)
+            self._status = message
             self._dirty = True
 
     def get_status_message(self) -> str:
@@ -81,9 +91,15 @@ class Task:
         return self._status
 
     def set_property(self, key: str, value: Any) -> None:
-        """Store a value clients can read while the job runs (must be msgpack-able)."""
+        """Store a value clients can read while the job runs.
+
+        Raises ``TypeError`` here, in the job, for a value that cannot cross to
+        the clients (what MessagePack carries: None, bools, ints of 64 bits,
+        floats, text, bytes, lists and string-keyed dicts of them, numpy arrays).
+        """
         if not isinstance(key, str):
             raise TypeError(f"property keys must be strings, got {type(key).__name__}")
+        _check_sendable(key, value)
         with self._lock:
             self._properties[key] = value
             self._dirty = True
@@ -106,8 +122,8 @@ class Task:
 
     def set_timeout(self, ms: int) -> None:
         """Set the grace period (ms) between an abort request and a force kill (default 500)."""
-        if ms <= 0:
-            raise ValueError(f"timeout must be positive, got {ms} ms")
+        if not 0 < ms <= MAX_TIMEOUT_MS:  # (False for a NaN too)
+            raise ValueError(f"timeout must be a number of ms in 1..{MAX_TIMEOUT_MS}, got {ms!r}")
         with self._lock:
             self._timeout_ms = int(ms)
             self._dirty = True
@@ -246,3 +262,14 @@ def activate(task: Task) -> contextvars.Token["Task | None"]:
 def deactivate(token: contextvars.Token["Task | None"]) -> None:
     """Undo :func:`activate`."""
     _current.reset(token)
+
+
+def _check_sendable(key: str, value: Any) -> None:
+    """Raise ``TypeError`` if a property's value cannot be published to the clients (see ``Task.set_property``)."""
+    from actors._errors import ProtocolError
+    from actors.messages import JobUpdate, Limits, decode, encode
+
+    try:
+        decode(encode(JobUpdate(0, 0.0, "", {key: value}, 1)), Limits(), handles="", stored=True)
+    except ProtocolError as exc:
+        raise TypeError(f"property {key!r} cannot be sent to clients: {exc}") from None

@@ -211,7 +211,12 @@ class Worker(Child):
         d, task = cur
         snap = task.snapshot_if_due(now)
         if snap is not None:
-            self.send(JobUpdate(d.job_id, snap[0], snap[1], snap[2], snap[3]))
+            try:
+                self.send(JobUpdate(d.job_id, snap[0], snap[1], snap[2], snap[3]))
+            except ProtocolError as exc:  # a property changed in place since set_property checked it: the update
+                # goes without the properties, saying why (the job's result is checked again as it ends)
+                self.send(JobUpdate(d.job_id, snap[0], snap[1], {}, snap[3], "unsendable",
+                                    f"the job's properties cannot be sent: {exc}"))
         gap = task.stalled_for(now)
         if gap is not None:
             self.send(
@@ -267,6 +272,10 @@ class Worker(Child):
             self.out = out
         try:
             self._run_jobs()
+        except BaseException:  # a bug, not a job's failure (those are results): leave, so the job is not stuck
+            # here with a live-looking worker; the daemon replaces us and retries the job or reports it lost
+            log.exception("event=job-thread-failed name=%s", self.name)
+            self._leave("its job thread failed (the worker's log has the traceback)")
         finally:
             self._close_out()
 
@@ -382,6 +391,14 @@ class Worker(Child):
         return 0 < setup.max_tasks <= self.setups[setup.key]
 
 
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or what went wrong with it: an exception's own ``__str__`` may raise too."""
+    try:
+        return str(exc)
+    except BaseException as failed:  # noqa: BLE001 - any failure of the user's __str__
+        return f"<str() of the {type(exc).__name__} raised {type(failed).__name__}>"
+
+
 def _pickled_error(exc: BaseException) -> bytes | None:
     """The exception itself, pickled for a local client to re-raise (None if it cannot be pickled)."""
     try:
@@ -447,9 +464,9 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
                        aborted=task.aborted, started=started)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the client
         progress, status, props = task.final_state()
-        tb = traceback.format_exc()
-        return JobDone(d.job_id, False, _pickled_error(exc) if d.pickled else None, error_name(type(exc)), str(exc),
-                       tb, progress, status, props, aborted=task.aborted, started=started)
+        tb = traceback.format_exc()  # (safe: it prints "<exception str() failed>" where str() raises)
+        return JobDone(d.job_id, False, _pickled_error(exc) if d.pickled else None, error_name(type(exc)),
+                       _message(exc), tb, progress, status, props, aborted=task.aborted, started=started)
     finally:
         deactivate(token)
         for seg in mapped:

@@ -439,3 +439,41 @@ class Offset:
 
     def __call__(self, x: int) -> int:
         return x + self.by
+
+
+class Unprintable(Exception):
+    """An exception whose ``str()`` raises (a user's broken ``__str__``)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+def raise_unprintable(task: Task) -> None:
+    """Fail with an exception that cannot be printed."""
+    raise Unprintable()
+
+
+def mutate_property(task: Task, hold: float) -> str:
+    """Set a list property, then put an object into it in place (past set_property's check); work ``hold`` s."""
+    value: list[Any] = [1]
+    task.set_property("items", value)
+    value.append(object())
+    task.set_progress(0.5)
+    end = time.monotonic() + hold
+    while time.monotonic() < end:
+        time.sleep(0.01)
+    return "survived"
+
+
+def unsendable_updates(task: Task) -> list[str]:
+    """Try each update a client could not receive; what each raised, in order."""
+    said = []
+    for call in (lambda: task.set_status_message("\ud800"), lambda: task.set_property("p", object()),
+                 lambda: task.set_property("p", 2**70), lambda: task.set_timeout(1e300),
+                 lambda: task.set_timeout(float("nan"))):
+        try:
+            call()
+            said.append("accepted")
+        except (TypeError, ValueError) as exc:
+            said.append(type(exc).__name__)
+    return said

@@ -147,6 +147,31 @@ def test_progress_status_and_properties_are_readable_while_running(module_daemon
         job.result(10)
 
 
+def test_updates_a_client_could_not_receive_fail_in_the_job_not_the_worker(module_daemon: Daemon) -> None:
+    c = module_daemon.client()
+    # each one used to kill the worker as it published the update (the job: JobLost, "worker died")
+    assert c.submit("tests.jobs:unsendable_updates").result(60) == \
+        ["ValueError", "TypeError", "TypeError", "ValueError", "ValueError"]
+    # a property changed in place after its check cannot take the worker down either: the updates go without
+    # it, and the job fails as it ends, saying why (not JobLost)
+    job = c.submit("tests.jobs:mutate_property", 0.5)
+    with pytest.raises(TypeError, match="properties cannot be sent"):
+        job.result(60)
+
+
+def test_an_exception_whose_str_raises_fails_its_job_and_the_worker_goes_on(make_daemon: Make) -> None:
+    d = make_daemon(workers=1)
+    d.up()
+    c = d.client()
+    bad = c.submit("tests.jobs:raise_unprintable")
+    after = [c.submit("examples.jobs:add", i, 1) for i in range(4)]  # prefetched behind it on the one worker
+    with pytest.raises(RemoteError) as caught:
+        bad.result(60)
+    assert caught.value.type_name == "tests.jobs.Unprintable"
+    assert caught.value.remote_message == "<str() of the Unprintable raised RuntimeError>"
+    assert [j.result(60) for j in after] == [1, 2, 3, 4]
+
+
 def test_results_and_states_of_a_plain_job(module_daemon: Daemon) -> None:
     c = module_daemon.client()
     job = c.submit("examples.jobs:add", 2, 3.5)
