@@ -25,7 +25,7 @@ import zmq
 
 from actors._errors import ProtocolError
 from actors._logging import setup as one_line_logging
-from actors._spawn import take_job_output
+from actors._spawn import restore_user_env, take_job_output
 from actors.config import Config
 from actors.messages import Heartbeat, Hello, Limits, Message, Stop, decode, encode
 
@@ -224,7 +224,10 @@ def _deliver_and_term(ctx: zmq.Context[Any], timeout: float) -> None:
 
 def child_main(cls: type[Child]) -> None:
     """Entry point shared by every child module: ``python -m X <config-json> <name>``."""
-    log_stream = take_job_output() if cls.role == "worker" else None  # a private daemon's: jobs print to its owner
+    log_stream = None
+    if cls.role == "worker":
+        log_stream = take_job_output()  # a private daemon's: its jobs print to its owner
+        restore_user_env()
     one_line_logging(cls.role, log_stream or sys.stderr)
     if log_stream is not None:  # the jobs' own warnings reach the owner's stderr too, as Python's last resort prints
         user = logging.StreamHandler(sys.stderr)

@@ -143,14 +143,49 @@ def take_job_output() -> Any:
     return open(log_fd, "w", buffering=1, errors="backslashreplace")
 
 
+# What child_env changes, as the user had it (JSON, None for unset), for a worker to put back for its jobs.
+# Not ENSEMBLE_*: those name configuration keys.
+USER_ENV = "_ENSEMBLE_USER_ENV"
+_CHANGED = ("PYTHONSAFEPATH", "PYTHONPATH", "PYTHONSTARTUP")
+_DAEMON_ONLY = ("ENSEMBLE_OWNER_PID", "ENSEMBLE_PRIVATE_DIR")  # a private daemon's own: never a job's
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a daemon process: ours, with this installation's root first on the import path."""
+    """The environment of a daemon process: ours, with this installation's root first on the import path.
+
+    The user's own values of what changes are kept in :data:`USER_ENV` (by the
+    first of our processes to change them), for :func:`restore_user_env`.
+    """
     env = dict(os.environ)
+    if USER_ENV not in env:
+        import json
+
+        env[USER_ENV] = json.dumps({name: env.get(name) for name in _CHANGED})
     env.pop("PYTHONSTARTUP", None)
     env["PYTHONSAFEPATH"] = "1"
-    env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    path = env.get("PYTHONPATH", "")
+    if path.split(os.pathsep)[0] != _ROOT:  # (once: a worker's daemon was started this way too)
+        env["PYTHONPATH"] = _ROOT + (os.pathsep + path if path else "")
     env.update(extra or {})
     return env
+
+
+def restore_user_env() -> None:
+    """In a worker, before its first job: the environment as the user had it, as ``ProcessPoolExecutor``'s
+    workers have it, so that a job's own subprocesses see it too (``PYTHONSAFEPATH`` would keep a script's
+    directory off its import path); the private daemon's variables go."""
+    for name in _DAEMON_ONLY:
+        os.environ.pop(name, None)
+    saved = os.environ.pop(USER_ENV, None)
+    if saved is None:  # not started by a daemon (a remote worker): nothing was changed
+        return
+    import json
+
+    for name, value in json.loads(saved).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def python_argv(module: str, *argv: str) -> list[str]:

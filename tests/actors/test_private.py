@@ -39,9 +39,14 @@ def test_a_private_executor_s_jobs_see_its_owner_s_environment(start: str, tmp_p
     monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
     monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("MY_APP_SETTING", "set by the owner")
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    names = ["MY_APP_SETTING", "PATH", "HOME", "PYTHONPATH", "PYTHONSAFEPATH", "ENSEMBLE_OWNER_PID",
+             "ENSEMBLE_PRIVATE_DIR", "_ENSEMBLE_USER_ENV"]
     with Executor(1) as ex:
-        seen = list(ex.map(jobs.plain_env, ["MY_APP_SETTING", "PATH", "HOME"]))
-    assert seen == ["set by the owner", os.environ["PATH"], os.environ["HOME"]]
+        seen = list(ex.map(jobs.plain_env, names))
+    # and nothing the daemon's processes need for themselves: PYTHONSAFEPATH kept a job's own `python
+    # script.py` from importing the modules beside the script
+    assert seen == [os.environ.get(name) for name in names]
 
 
 def test_an_executor_whose_workers_cannot_start_breaks_instead_of_waiting(tmp_path: Path,
