@@ -132,8 +132,11 @@ class MapRun:
 
     # -- the caller's thread
     def results(self, timeout: float | None) -> Iterator[Any]:
-        """The values in order; raises the first failure, or TimeoutError past ``timeout`` (from now)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """The values in order; raises the first failure, or TimeoutError past ``timeout`` (counted from this
+        call, as the pools count it from ``map()``, not from the first ``next()``)."""
+        return self._results(None if timeout is None else time.monotonic() + timeout)
+
+    def _results(self, deadline: float | None) -> Iterator[Any]:
         try:
             i, infos = 0, self.infos
             while i < self.n:

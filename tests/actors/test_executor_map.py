@@ -98,6 +98,20 @@ def test_map_past_its_timeout_raises_timeout_error_and_cancels_the_rest(ex: Any,
                          if j.fn == "tests.jobs:plain_sleep"), 60, what="the map's other jobs to be cancelled")
 
 
+def test_map_s_timeout_counts_from_the_map_call_not_the_first_next(ex: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the pools': ``map(timeout=2)``, then 5 s before the first ``next()``: that ``next`` raises at once."""
+    import types
+
+    from actors import _map
+
+    now = [1000.0]  # the map's clock, moved by hand: no wall-clock time in the test
+    monkeypatch.setattr(_map, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    it = ex.map(jobs.plain_sleep, [0.2], timeout=2.0)
+    now[0] += 5.0
+    with pytest.raises(concurrent.futures.TimeoutError):  # counted from the first next(), the job's 0.2 s
+        next(it)                                          # result came well within its 2 s
+
+
 def test_leaving_the_iterator_early_cancels_what_has_not_run(ex: Any, daemon: Any) -> None:
     it = ex.map(jobs.plain_sleep, [0.0] + [30.0] * 5)
     assert next(it) == 0.0
