@@ -248,11 +248,14 @@ class ChildrenMixin(State):
         slot.ready = False
         log_fn = log.info if self._asked_to_leave(slot) else log.error  # (a Retiring read just now counts)
         log_fn("event=exit name=%s pid=%d code=%s", slot.name, proc.pid, code)
-        self._jobs_lost(slot)
+        under_a_job = self._jobs_lost(slot)
         if self.stopping_since or slot.retire:
             del self.slots[slot.name]
             return
-        if not slot.expected_exit:
+        # A worker that died under a job it had begun is restarted without counting toward giving up: that
+        # job's own retries bound those deaths (each one spends an attempt), so one job that kills its worker
+        # (os._exit, a crash in C) cannot make the daemon give up on its workers and fail everyone's queued jobs.
+        if not slot.expected_exit and not (under_a_job and slot.role == "worker"):
             now = time.monotonic()
             times = slot.restart_times
             while times and now - times[0] > self.cfg.supervision.restart_period:
@@ -292,7 +295,8 @@ class ChildrenMixin(State):
             return ""
         which = "; ".join(f"{s.name}: {s.detail}" for s in workers[:3]) + ("; ..." if len(workers) > 3 else "")
         return (f"no worker can run jobs: every worker of this daemon gave up restarting ({which}); the daemon's "
-                "log says why they exit (`ensemble logs`); fix that, then `ensemble scale N` starts them again")
+                "log says why they exit (`ensemble status` prints its path); fix that, then `ensemble scale N` "
+                "starts them again")
 
     def _check_workers_left(self) -> None:
         """A worker gave up: if it was the last one, every queued job fails now, saying why, instead of
@@ -358,7 +362,9 @@ class ChildrenMixin(State):
         self._jobs_lost(slot)
         self.slots.pop(slot.name, None)
 
-    def _jobs_lost(self, slot: Slot) -> None:
+    def _jobs_lost(self, slot: Slot) -> int:
+        """Settle the jobs a gone worker held: those it had begun are retried or lost, the rest queued again.
+        Returns how many it had begun."""
         book = self.book
         assert book is not None
         now = time.time()
@@ -388,6 +394,7 @@ class ChildrenMixin(State):
                     job.attempts -= 1
                 book.requeue(job, "")
         slot.outstanding.clear()
+        return begun
 
     def _heartbeats(self, mono: float) -> None:
         self._keep_standby()

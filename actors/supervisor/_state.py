@@ -181,7 +181,7 @@ class State:
     def status(self) -> StatusReply:
         raise NotImplementedError
 
-    def _jobs_lost(self, slot: Slot) -> None:
+    def _jobs_lost(self, slot: Slot) -> int:
         raise NotImplementedError
 
     def _advance(self, slot: Slot, now: float, mono: float) -> None:

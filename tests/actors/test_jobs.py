@@ -382,6 +382,23 @@ def test_retry_after_a_worker_death(make_daemon: Make, tmp_path: Path) -> None:
     assert c.submit("examples.jobs:add", 1, 1).result(30) == 2
 
 
+def test_a_job_that_keeps_killing_its_worker_spends_its_retries_not_the_workers_restarts(make_daemon: Make) -> None:
+    """Deaths under a job are bounded by its retries: they never make the daemon give up on its only worker
+    (which failed everyone's queued jobs with BrokenProcessPool and refused every later submit)."""
+    d = make_daemon(workers=1, extra_env={"ENSEMBLE_SUPERVISION_MAX_RESTARTS": "2",
+                                          "ENSEMBLE_SUPERVISION_RESTART_PERIOD": "600"})
+    d.up()
+    c = d.client()
+    always = c.submit("tests.jobs:crash", retries=4)  # five deaths, more than the two restarts allowed
+    others = [c.submit("examples.jobs:add", i, 1) for i in range(3)]
+    with pytest.raises(JobLost):
+        always.result(120)
+    assert always.wait(1).attempts == 5
+    assert [j.result(60) for j in others] == [1, 2, 3]
+    assert c.submit("examples.jobs:add", 1, 1).result(60) == 2
+    assert [a.state for a in d.status().actors if a.role == "worker"] == ["running"]
+
+
 def test_a_job_that_exits_its_worker_with_code_0_is_lost_without_stalling_the_daemon(make_daemon: Make) -> None:
     """An exit 0 nobody asked for (a job's os._exit(0)) is not an orderly leave: the daemon does not wait seconds,
     its loop stalled, for a goodbye that never comes (it did, 2 s a time: every client waited)."""
