@@ -12,16 +12,17 @@ import os
 import time
 from typing import Any, Callable
 
+import msgspec
+
 from actors import __version__
 from actors._errors import (
     DaemonError, EnsembleError, JobNotFound, JobRefused, PermissionDenied, ProtocolError, QueueFull, code_of,
 )
 from actors._jobfn import check_allowed, check_name
 from actors.messages import (
-    Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message, Ping,
-    Pong, Recalled, ResultsClosed, Retiring, Scale, Shutdown, Status, StatusReply, Stop, Submit, Submitted, TaskSubmit,
-    Unwatch,
-    Watch, decode, encode, peek_corr,
+    Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfo, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message,
+    Ping, Pong, Recalled, ResultsClosed, Retiring, Scale, Shutdown, Status, StatusReply, Stop, Submit, Submitted,
+    TaskSubmit, Unwatch, Watch, decode, encode, peek_corr,
 )
 from actors._resources import check as check_resources
 from actors.supervisor import _dispatch as plan
@@ -310,7 +311,8 @@ class RequestsMixin(State):
     def _on_list(self, ident: bytes, corr: int, msg: ListJobs) -> Message:
         assert self.book is not None
         owner = self._peer.owner if self._peer.role == "client" else None
-        return JobInfos(self.book.recent(list(msg.states), max(1, min(msg.limit, 10_000)), owner))
+        return _fitting(self.book.recent(list(msg.states), max(1, min(msg.limit, 10_000)), owner),
+                        self.cfg.daemon.max_frame)
 
     def _on_watch(self, ident: bytes, corr: int, msg: Watch) -> Message:
         assert self.book is not None
@@ -425,3 +427,27 @@ def _same_key(a: bytes, b: bytes) -> bool:
     import hmac
 
     return hmac.compare_digest(a, b)
+
+
+def _fitting(infos: list[JobInfo], max_frame: int) -> JobInfos:
+    """A listing that fits one frame: the biggest results (then tracebacks and properties) left out first.
+
+    Two jobs that each returned 40 MB made every ``ensemble jobs`` fail until
+    they were pruned.  A job's whole record stays one ``GetJobs`` away
+    (``ensemble result ID``); a job left out this way says so in its status.
+    """
+    reply = JobInfos(infos)
+    room = max_frame - 65536
+    if len(encode(reply)) <= room:  # (the common case: one encode here, one to send)
+        return reply
+    sizes = sorted(((len(encode(JobInfos([info]))), i) for i, info in enumerate(infos)), reverse=True)
+    total = sum(size for size, _ in sizes)
+    out = list(infos)
+    for size, i in sizes:
+        if total <= room:
+            break
+        info = out[i]
+        out[i] = msgspec.structs.replace(info, result=None, traceback="", properties={},
+                                         status=f"(too big to list: {size} bytes; `ensemble result {info.id}`)")
+        total -= size - len(encode(JobInfos([out[i]])))
+    return JobInfos(out)

@@ -357,6 +357,22 @@ def test_queue_full_is_a_clear_error(make_daemon: Make, tmp_path: Path) -> None:
     assert c.submit("examples.jobs:add", 1, 2).result(30) == 3  # room again
 
 
+def test_a_listing_of_big_results_fits_its_frame(make_daemon: Make) -> None:
+    """Three results of 1.5 MB under a 4 MiB frame limit: the listing leaves the biggest results out, saying
+    so, instead of failing (two 40 MB results broke every `ensemble jobs` until they were pruned)."""
+    d = make_daemon(workers=1, extra_env={"ENSEMBLE_MAX_FRAME": str(4 << 20)})
+    d.up()
+    c = d.client()
+    big = [c.submit("examples.jobs:echo", str(i) * 1_500_000) for i in range(3)]
+    assert [len(j.result(60)) for j in big] == [1_500_000] * 3
+    listed = {j.id: j for j in c.jobs(limit=10)}
+    assert set(listed) >= {j.id for j in big}
+    left_out = [listed[j.id] for j in big if listed[j.id].result is None]
+    assert left_out and all("too big to list" in j.status for j in left_out)
+    assert big[0].refresh().result == "0" * 1_500_000  # the whole record is one GetJobs away
+    assert d.cli("jobs").returncode == 0
+
+
 # --------------------------------------------------------------------------------- worker deaths
 def test_retry_after_a_worker_death(make_daemon: Make, tmp_path: Path) -> None:
     d = make_daemon()
