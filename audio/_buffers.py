@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SampleBuffer", "builtin_sample"]
+__all__ = ["SLOTS", "SampleBuffer", "builtin_sample"]
 
 BUILTIN_FREQUENCY = 261.63
 """Pitch of the built-in sample in Hz (middle C, MIDI key 60)."""
+
+SLOTS = 128
+"""Buffer slots an engine has unless told otherwise (``Engine(max_slots=...)``).
+
+The processor's built-in sample holds one of them."""
+
+_FINITE_CHUNK = 1 << 20  # samples checked per pass: bounds the temporary bool array to 1 MiB
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,10 +84,16 @@ class SampleBuffer:
             raise ValueError(f"samplerate must be a positive int, got {samplerate!r}")
         if not 0 <= int(root_key) <= 127:
             raise ValueError(f"root_key must be a MIDI key 0..127, got {root_key!r}")
-        if check_finite and not bool(np.isfinite(array).all()):
+        if check_finite and not _all_finite(array):
             raise ValueError("sample data contains NaN or infinity; clean it before loading")
         columns = tuple(array[:, c] for c in range(array.shape[1]))
         return cls(array, int(samplerate), int(root_key), name, columns)
+
+
+def _all_finite(array: npt.NDArray[np.float32]) -> bool:
+    """Whether every sample is finite, read in chunks so the temporary stays small however long the sample is."""
+    flat = array.reshape(-1)  # a view of a contiguous array (shared memory, a fresh conversion); a copy otherwise
+    return all(bool(np.isfinite(flat[i:i + _FINITE_CHUNK]).all()) for i in range(0, flat.size, _FINITE_CHUNK))
 
 
 def builtin_sample(samplerate: int = 48000, seconds: float = 2.0) -> npt.NDArray[np.float32]:

@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from ._buffers import SampleBuffer
+from ._buffers import SLOTS, SampleBuffer
 from ._events import ControlChange, Event, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 
 __all__ = ["Engine", "EngineStats", "STEAL_POLICIES"]
@@ -255,7 +255,7 @@ class Engine:
         steal_headroom: int | None = None,
         gain: float = 0.5,
         bend_range: float = 2.0,
-        max_slots: int = 128,
+        max_slots: int = SLOTS,
         max_events: int = 4096,
         stats_blocks: int = 8192,
     ) -> None:
@@ -424,18 +424,20 @@ class Engine:
         Context: non-realtime.  Cost: a validation pass over the data (see
         ``SampleBuffer.from_array``).  Returns the slot index.  Raises
         :class:`ValueError` for bad data or a slot out of range, and
-        :class:`OverflowError` when every slot already has a name.
+        :class:`OverflowError` when every slot already has a name; either way
+        no slot is taken.  A named slot stays named until
+        :meth:`remove_buffer`.
         """
-        index = self._resolve_slot(slot)
         if data is None:
             installed = None
-        else:
+        else:  # checked before a slot is resolved: bad data must not leave a name holding one
             name = slot if isinstance(slot, str) else None
             buffer = SampleBuffer.from_array(
                 data, self.samplerate if samplerate is None else samplerate,
                 root_key, name, check_finite=check_finite,
             )
             installed = _Installed(buffer, self.samplerate, self.channels)
+        index = self._resolve_slot(slot)
         self._slots_claimed.add(index)
         self._swaps.append((index, installed))
         return index
@@ -452,6 +454,22 @@ class Engine:
         if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self._max_slots:
             raise ValueError(f"slot must be a name or an int in 0..{self._max_slots - 1}, got {slot!r}")
         return int(slot)
+
+    def remove_buffer(self, name: str) -> int:
+        """Empty the slot named ``name`` and free it for another name; returns its index.
+
+        The callback empties the slot at the start of its next block (voices
+        playing it are freed and counted in ``orphaned_voices``; the buffer
+        comes back through :meth:`drain_retired`).  A buffer staged for the
+        index later, under any name, is installed after that, in order.
+
+        Context: non-realtime.  Cost: O(1).  Raises :class:`KeyError` if no
+        slot has that name.
+        """
+        index = self._slot_names.pop(name)
+        self._slots_claimed.discard(index)
+        self._swaps.append((index, None))
+        return index
 
     def slot_index(self, name: str) -> int:
         """The slot index a buffer name was given.  Raises :class:`KeyError` if unknown."""

@@ -17,9 +17,11 @@ from audio.messages import (
     SampleList, SampleLoad,
 )
 from actors.shm import SharedArray
+from audio._buffers import SLOTS, SampleBuffer
 from audio._midi_ports import MIDI_VIAS
 
 log = logging.getLogger("ensemble.supervisor")
+MAX_SAMPLES = SLOTS - 1  # the processor's engine has SLOTS buffer slots and its built-in sample holds one
 
 
 class AudioExtension(Extension):
@@ -82,13 +84,30 @@ class AudioExtension(Extension):
         return Ack(f"connecting {msg.port!r}")
 
     def _load(self, corr: int, msg: SampleLoad) -> Message:
+        """``upload_sample`` / ``sample load``: acknowledged only once the processor's own checks passed here.
+
+        Cost: one read of every sample (the finiteness check) in the
+        supervisor's thread.  Raises ProtocolError for a bad name, shape or
+        rate or a segment that is not ours, OutOfRange for data the processor
+        would refuse (NaN or inf, one frame, no channel, a root key outside
+        0..127), DaemonError when every sample slot is taken.
+        """
         info = msg.sample
         if not info.name or len(info.name) > 128:
             raise ProtocolError("a sample needs a name of 1..128 characters")
         if not (len(info.handle.shape) in (1, 2) and 1000 <= info.samplerate <= 768000):
             raise ProtocolError("a sample is [frames] or [frames, channels] at 1000..768000 Hz")
-        SharedArray.attach(info.handle, readonly=True, prefix=self.host.shm_prefix).close()  # ours, there, big enough
         old = self.samples.get(info.name)
+        if old is None and len(self.samples) >= MAX_SAMPLES:
+            raise DaemonError(f"sample {info.name!r} refused: all {MAX_SAMPLES} sample slots are taken; drop one "
+                              "(`ensemble sample list`, `ensemble sample drop NAME`) or load under a name in use")
+        sa = SharedArray.attach(info.handle, readonly=True, prefix=self.host.shm_prefix)  # ours, there, big enough
+        try:
+            problem = _refusal(sa, info)
+        finally:
+            sa.close()
+        if problem:
+            raise OutOfRange(f"sample {info.name!r} refused: {problem}; nothing was loaded")
         frames = info.handle.shape[0]
         channels = info.handle.shape[1] if len(info.handle.shape) == 2 else 1
         info = SampleInfo(info.name, info.handle, info.samplerate, info.root_key, frames, channels)
@@ -102,6 +121,7 @@ class AudioExtension(Extension):
         return Ack(f"sample {info.name!r}: {frames} frames")
 
     def _drop(self, corr: int, msg: SampleDrop) -> Message:
+        """Forget a sample: the processor frees its slot and voices, and the segment is unlinked."""
         info = self.samples.pop(msg.name, None)
         if info is None:
             raise DaemonError(f"no sample named {msg.name!r} is loaded")
@@ -129,3 +149,16 @@ class AudioExtension(Extension):
         waiting = self.voice_ops.pop(msg.token, None)
         if waiting is not None and waiting[0].identity == waiting[1] and waiting[0].ready:  # the same incarnation
             self.host.send_child(waiting[0], msg)
+
+
+def _refusal(sa: SharedArray, info: SampleInfo) -> str:
+    """Why the processor would refuse this sample (its own check, ``SampleBuffer.from_array``), or "".
+
+    Returns rather than raises, so no traceback keeps a view of the mapping
+    alive when the caller unmaps it.
+    """
+    try:
+        SampleBuffer.from_array(sa.array, info.samplerate, info.root_key, info.name)
+    except ValueError as exc:
+        return str(exc)
+    return ""

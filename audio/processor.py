@@ -258,8 +258,8 @@ class Processor(Child):
             return
         self.retiring[name].append(sa)
         try:
-            self.engine.set_buffer(name, None)
-        except (KeyError, ValueError):
+            self.engine.remove_buffer(name)  # frees the slot for the next name, not only its buffer
+        except KeyError:
             pass
         if self.default_sample == name:
             self.default_sample = next(reversed(self.mapped), "builtin") if self.mapped else "builtin"
@@ -289,6 +289,8 @@ class Processor(Child):
             name = getattr(buf, "name", None)
             if name and self.retiring.get(name):
                 self.retiring[name].popleft().close()
+                if not self.retiring[name]:
+                    del self.retiring[name]  # one entry per name ever dropped would grow without end
 
     def poll_timeout(self) -> float:
         return min(0.1, super().poll_timeout())

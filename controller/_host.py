@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,23 +50,31 @@ class ParamDef:
     processor: bool = False
 
     def coerce(self, value: Any) -> Any:
-        """Convert and range-check a new value; raises ValueError saying why."""
+        """Convert and range-check a new value; raises ValueError saying why.
+
+        The one check of a value, wherever it comes from: the daemon runs it
+        before it acknowledges ``param set``, the controller again when it
+        applies the value, and a saved value that fails it is replaced by the
+        default.  A float must be finite; an int whole and within 64 bits.
+        """
         try:
             if self.kind == "bool":
                 if isinstance(value, str):
                     value = value.strip().lower() in ("1", "true", "yes", "on")
                 return bool(value)
             if self.kind == "int":
-                value = int(value)
+                value = _whole(value)
             elif self.kind == "float":
                 value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError("a parameter value must be a finite number")
             elif self.kind == "str":
                 return str(value)
             elif self.kind == "choice":
                 if value not in self.choices:
                     raise ValueError(f"{value!r} is not one of {list(self.choices)}")
                 return value
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"parameter {self.name!r}: {value!r} is not a valid {self.kind}: {exc}") from None
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
             raise ValueError(f"parameter {self.name!r}: {value!r} is outside {self.min}..{self.max}")
@@ -89,6 +98,17 @@ class ParamDef:
         raise ValueError(f"parameter {self.name!r} ({self.kind}"
                          + (", no min and max" if self.kind in ("int", "float") else "")
                          + ") cannot follow a MIDI controller: it needs a bool, a choice, or a number with min and max")
+
+
+def _whole(value: Any) -> int:
+    """``value`` as an int parameter's: a whole number (``3``, ``3.0``, ``"3"``) within 64 bits, else ValueError."""
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("an int parameter takes a whole number" if math.isfinite(value)
+                         else "a parameter value must be a finite number")
+    number = int(value)
+    if not -2**63 <= number < 2**63:
+        raise ValueError("an int parameter must fit in 64 bits (-2**63..2**63-1)")
+    return number
 
 
 def load_module(path: str) -> ModuleType:

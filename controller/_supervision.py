@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from actors import DaemonError, JobRefused, PermissionDenied
+from actors import DaemonError, JobRefused, OutOfRange, PermissionDenied
 from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, JobSpec, Message
 from controller.messages import (
@@ -112,16 +112,20 @@ class ScriptExtension(Extension):
         return Ack(f"loading {self.script_path} (load {self.load_state[0]})")
 
     def _param_set(self, corr: int, msg: ParamSet) -> Message:
+        """``param set``: checked here against the declared kind, range and choices, then applied by the controller.
+
+        The controller's own check (``ParamDef.coerce``) runs here first, so a
+        value it would refuse is refused to the caller rather than acknowledged.
+        """
         if msg.name not in self.params:
             raise DaemonError(f"no parameter named {msg.name!r}" + (
                 f"; known: {', '.join(self.params)}" if self.params else "; no script with parameters is loaded"))
         p = self.params[msg.name]
-        if p.kind != "choice":
-            try:
-                value = ParamDef(p.name, p.long_name, p.default, p.min, p.max, p.kind).coerce(msg.value)
-            except ValueError as exc:
-                raise DaemonError(str(exc)) from None
-            msg = ParamSet(msg.name, value)
+        try:
+            value = ParamDef(p.name, p.long_name, p.default, p.min, p.max, p.kind, tuple(p.choices)).coerce(msg.value)
+        except ValueError as exc:
+            raise OutOfRange(str(exc)) from None
+        msg = ParamSet(msg.name, value)
         controller = self.host.child("controller")
         if controller is None or not self.host.send_child(controller, msg):
             raise DaemonError("the controller is not running; see `ensemble status`")
