@@ -8,12 +8,18 @@ named ``ENSEMBLE_<SECTION>_<KEY>`` (for example
 answer to ``ENSEMBLE_<KEY>``, e.g. ``ENSEMBLE_NAME``), then flags given on the
 command line.  :func:`load_config` returns a frozen :class:`Config`.  An
 ``ENSEMBLE_*`` variable that names no setting, and is none of
-:data:`OTHER_VARIABLES`, is an error, as an unknown TOML key is.
+:data:`OTHER_VARIABLES`, is an error, as an unknown TOML key is.  Every value
+is checked against what its key allows (the comment by each field says; the
+checks are in ``_RULES``) before anything starts: a wrong one is one
+:class:`ConfigError` line naming the key as it was written (``config file F:
+[audio] blocksize = 0``, ``ENSEMBLE_AUDIO_BLOCKSIZE='0' ([audio] blocksize)``),
+the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import typing
@@ -28,7 +34,7 @@ from actors._resources import check, parse
 # tomllib (when a config file exists), difflib (for a typo's error) and tempfile (without XDG_RUNTIME_DIR) are
 # imported where they are used: every client and daemon imports this module, and most never need them (4 ms)
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a daemon's name
 # What a *remote* client may run out of the box: the side-effect-free examples only (no file access).
 # Local clients are trusted as the daemon's user and are not bound by it; see actors/_jobfn.py.
 DEFAULT_ALLOW = ("examples.jobs:noop", "examples.jobs:echo", "examples.jobs:add", "examples.jobs:countdown",
@@ -58,16 +64,16 @@ OTHER_VARIABLES: Mapping[str, str] = {
 class DaemonConfig(msgspec.Struct, frozen=True):
     """Where the daemon lives and how many workers it runs."""
 
-    name: str = "default"
-    workers: str = "auto"  # a number or "auto" (CPU count)
+    name: str = "default"  # 1-64 letters, digits, '.', '_' or '-'
+    workers: str = "auto"  # "auto" (CPU count) or a number 0..1024
     run_dir: str = ""  # control sockets and lock; default $XDG_RUNTIME_DIR/ensemble/<name>
     state_dir: str = ""  # journal, log, parameters; default $XDG_STATE_HOME/ensemble/<name>
-    log_level: str = "info"
-    max_frame: int = 64 * 1024 * 1024  # bytes; larger frames are refused
+    log_level: str = "info"  # debug | info | warning | error | critical (any case, as logging takes them)
+    max_frame: int = 64 * 1024 * 1024  # bytes, 1024..2**32; larger frames are refused
     tcp: str = ""  # tcp endpoint for remote workers, e.g. tcp://0.0.0.0:7700 (needs CURVE keys)
     client_tcp: str = ""  # tcp endpoint for remote clients (needs CURVE keys)
     keys_dir: str = ""  # default <state dir>/keys
-    metrics_port: int = 0  # Prometheus metrics on 127.0.0.1:PORT; 0 = off
+    metrics_port: int = 0  # Prometheus metrics on 127.0.0.1:PORT (0..65535); 0 = off
     metrics_host: str = "127.0.0.1"
     extensions: tuple[str, ...] = ("*",)  # installed packages that add to the daemon (audio, controller); () = jobs only
 
@@ -75,24 +81,25 @@ class DaemonConfig(msgspec.Struct, frozen=True):
 class SupervisionConfig(msgspec.Struct, frozen=True):
     """Heartbeats, restart intensity and stop timing (OTP-style)."""
 
+    # seconds, finite and at most a year; the interval and timeouts above 0, the graces 0 or more
     heartbeat_interval: float = 0.5
-    heartbeat_timeout: float = 3.0
-    max_restarts: int = 5
+    heartbeat_timeout: float = 3.0  # greater than heartbeat_interval
+    max_restarts: int = 5  # 0..1000000
     restart_period: float = 10.0
     stop_grace: float = 2.0  # stop message -> SIGTERM
     term_grace: float = 1.0  # SIGTERM -> SIGKILL
-    worker_nice: int = 5
+    worker_nice: int = 5  # the nice increment workers start with, -20..19 (below 0 needs CAP_SYS_NICE)
 
 
 class JobsConfig(msgspec.Struct, frozen=True):
     """What jobs may run and how much the daemon keeps."""
 
-    allow: tuple[str, ...] = DEFAULT_ALLOW
-    queue_limit: int = 1_000_000
-    queue_bytes: int = 1024 * 1024 * 1024  # budget for the arguments of unfinished jobs held by the daemon
-    retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept
-    window: int = 64  # at most this many jobs handed to one worker at once (credit; adaptive below it)
-    inline_array_limit: int = 64 * 1024  # arrays above this size travel through shared memory
+    allow: tuple[str, ...] = DEFAULT_ALLOW  # MODULE or MODULE:FUNCTION globs (* and ? within a name part)
+    queue_limit: int = 1_000_000  # 1..2**40
+    queue_bytes: int = 1024 * 1024 * 1024  # budget for the arguments of unfinished jobs held by the daemon, 1024..2**50
+    retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept, finite, 0..100 years
+    window: int = 64  # at most this many jobs handed to one worker at once (credit; adaptive below it), 1..65536
+    inline_array_limit: int = 64 * 1024  # bytes, 0..2**32; arrays above this size travel through shared memory
 
 
 class AudioConfig(msgspec.Struct, frozen=True):
@@ -100,15 +107,15 @@ class AudioConfig(msgspec.Struct, frozen=True):
 
     backend: str = "auto"  # auto (JACK if a server runs, else PortAudio, else null) | jack | sounddevice | null
     device: str = ""
-    samplerate: int = 48000
-    blocksize: int = 256
-    channels: int = 2
-    max_voices: int = 64
+    samplerate: int = 48000  # Hz, 8000..768000
+    blocksize: int = 256  # frames, 1..8192 (JACK's largest period; any size, not only powers of two)
+    channels: int = 2  # 1..256
+    max_voices: int = 64  # 1..1024
     steal: str = "oldest"  # voice stealing at the polyphony limit: oldest | newest | quietest | none
     script: str = ""
     script_dirs: tuple[str, ...] = ()  # where `ensemble load` from a remote admin may load scripts from
     autoconnect: bool = True  # JACK backend: connect out_N to the physical playback ports at start
-    midi_in: tuple[str, ...] = ()  # JACK MIDI sources (port-name regexes) connected to <client>:midi_in
+    midi_in: tuple[str, ...] = ()  # JACK MIDI sources (port-name regexes, valid ones) connected to <client>:midi_in
 
 
 class ClusterConfig(msgspec.Struct, frozen=True):
@@ -120,15 +127,15 @@ class ClusterConfig(msgspec.Struct, frozen=True):
     """
 
     ray: str = ""  # "" (off) | "auto" (the cluster this host belongs to) | "ray://HOST:PORT" | "HOST:PORT"
-    workers: int = 0  # Ray-placed workers started with the daemon (`ensemble scale N --on ray` changes it)
+    workers: int = 0  # Ray-placed workers started with the daemon, 0..max_workers (`ensemble scale N --on ray`)
     # what Ray reserves for each Ray-placed worker
     worker_resources: dict[str, float] = msgspec.field(default_factory=lambda: {"CPU": 1.0})
-    max_workers: int = 64  # at most this many Ray-placed workers, those started for jobs' resources included
+    max_workers: int = 64  # at most this many Ray-placed workers, those started for jobs' resources included (1..1024)
     connect: str = ""  # where workers connect back (tcp://HOST:PORT); default [daemon] tcp on this node's IP
     # numeric arrays of at least this many bytes cross to and from Ray-placed workers through Ray's object
     # store instead of the frame (0: never; everything goes in the frame, as to any remote worker).  2 MiB: the
     # frame is as fast at 1 MiB and twice as slow at 2 MiB (bench/README.md, ray_arrays)
-    object_store_min_bytes: int = 2 << 20
+    object_store_min_bytes: int = 2 << 20  # 0..2**50
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -213,46 +220,61 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Coerce a TOML/env/flag value to the annotated type, or raise ConfigError."""
+# How a value reads in an error: ``(section, key, value as given)`` -> ``ENSEMBLE_AUDIO_BLOCKSIZE='0' ([audio]
+# blocksize)`` for the environment, ``config file F: [audio] blocksize = 0`` for the file.
+_Namer = typing.Callable[[str, str, Any], str]
+
+
+def _convert(value: Any, hint: Any, written: str) -> Any:
+    """Coerce a TOML/env/flag value to the annotated type, or raise ConfigError naming ``written``.
+
+    Numbers given as text take ASCII characters only (``int("٣")`` would read 3).
+    """
     origin = typing.get_origin(hint)
     try:
         if hint is bool:
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            if isinstance(value, bool):
-                return value
-            raise ValueError(value)
+            return _to_bool(value)
         if hint is int:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
+            return int(_ascii(value))
         if hint is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            return float(_ascii(value))
         if hint is str:
             if not isinstance(value, (str, int)) or isinstance(value, bool):
                 raise ValueError(value)
             return str(value)
         if origin is dict:  # resources: a TOML table, or NAME=AMOUNT,... from the environment or a flag
-            return parse(value, where) if isinstance(value, str) else check(value, where)
+            return parse(value, written) if isinstance(value, str) else check(value, written)
         if origin is tuple:
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ValueError(value)
             return tuple(value)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(hint)}") from exc
-    raise ConfigError(f"{where}: unsupported setting type {hint!r}")
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(f"{written} is not a valid {_type_name(hint)}") from exc
+    raise ConfigError(f"{written}: unsupported setting type {hint!r}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+    raise ValueError(value)
+
+
+def _ascii(value: Any) -> Any:
+    if isinstance(value, str) and not value.isascii():
+        raise ValueError(value)
+    return value
 
 
 def _type_name(hint: Any) -> str:
@@ -263,79 +285,196 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _build(data: Mapping[str, Any], where: str) -> Config:
+# -- what each key allows ---------------------------------------------------------------------------
+# A check takes the converted value and returns "" when it is allowed, else what is (the end of the error).
+_Check = typing.Callable[[Any], str]
+_YEAR = 365 * 24 * 3600.0
+
+
+def _whole(lo: int, hi: int, unit: str = "") -> _Check:
+    def check(value: int) -> str:
+        return "" if lo <= value <= hi else f"give a whole number {lo}..{hi}{unit}"
+    return check
+
+
+def _seconds(*, above_zero: bool, most: float = _YEAR, most_text: str = "a year") -> _Check:
+    least = "above 0" if above_zero else "0 or more"
+
+    def check(value: float) -> str:
+        ok = math.isfinite(value) and (value > 0 if above_zero else value >= 0) and value <= most
+        return "" if ok else f"give a finite number of seconds, {least}, at most {most_text} ({most:.0f})"
+    return check
+
+
+def _choice(*choices: str, any_case: bool = False, shown: str = "") -> _Check:
+    def check(value: str) -> str:
+        if (value.lower() if any_case else value) in choices:
+            return ""
+        return f"give {shown or ', '.join(choices)}" + (" (any case)" if any_case else "")
+    return check
+
+
+def _matching(pattern: str, allowed: str) -> _Check:
+    def check(value: str) -> str:  # compiled when first used (and cached by re): not at import, on every client
+        return "" if re.fullmatch(pattern, value) else allowed
+    return check
+
+
+def _each(item_check: _Check) -> _Check:
+    def check(values: tuple[str, ...]) -> str:
+        for item in values:
+            problem = item_check(item)
+            if problem:
+                return f"{item!r}: {problem}"
+        return ""
+    return check
+
+
+def _no_nul(value: str) -> str:
+    return "it cannot hold a NUL character" if "\0" in value else ""
+
+
+def _anything(value: Any) -> str:
+    return ""  # checked by its type (bool) or while converting (resources)
+
+
+def _workers(value: str) -> str:
+    if value == "auto" or re.fullmatch(r"[0-9]{1,4}", value) and int(value) <= 1024:
+        return ""
+    return "give 'auto' or a whole number 0..1024 (ASCII digits)"
+
+
+def _endpoint(value: str) -> str:
+    m = re.fullmatch(r"tcp://(\S+):([0-9]{1,5}|\*)", value)
+    if not value or m and (m[2] == "*" or int(m[2]) <= 65535):
+        return ""
+    return "give \"\" (off) or a tcp://HOST:PORT endpoint (PORT 0..65535 or *)"
+
+
+def _ray(value: str) -> str:
+    if not value or value == "auto" or value.startswith("ray://") or re.fullmatch(r"[\w.-]+:[0-9]+", value):
+        return ""
+    return "give \"auto\", \"ray://HOST:PORT\" or \"HOST:PORT\" (\"\": no cluster)"
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"not a regular expression ({exc})"
+    return ""
+
+
+_RULES: dict[str, dict[str, _Check]] = {
+    "daemon": {
+        "name": _matching(_NAME_PATTERN, "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+                                            "digit"),
+        "workers": _workers,
+        "run_dir": _no_nul,
+        "state_dir": _no_nul,
+        "log_level": _choice("debug", "info", "warning", "error", "critical", "notset", "warn", "fatal",
+                             any_case=True, shown="debug, info, warning, error or critical"),
+        "max_frame": _whole(1024, 2**32, " bytes (4 GiB)"),
+        "tcp": _endpoint,
+        "client_tcp": _endpoint,
+        "keys_dir": _no_nul,
+        "metrics_port": _whole(0, 65535, " (0: off)"),
+        "metrics_host": _matching(r"\S*", "give a host name or address, without spaces"),
+        "extensions": _each(_matching(r"\*|[\w.-]+", "give installed extension names (letters, digits, '_', '.', "
+                                                     "'-') or \"*\"")),
+    },
+    "supervision": {
+        "heartbeat_interval": _seconds(above_zero=True),
+        "heartbeat_timeout": _seconds(above_zero=True),
+        "max_restarts": _whole(0, 1_000_000),
+        "restart_period": _seconds(above_zero=True),
+        "stop_grace": _seconds(above_zero=False),
+        "term_grace": _seconds(above_zero=False),
+        "worker_nice": _whole(-20, 19, " (a nice increment; below 0 needs CAP_SYS_NICE)"),
+    },
+    "jobs": {
+        "allow": _each(_matching(r"[\w.*?]+(?::[\w*?]+)?", "give MODULE or MODULE:FUNCTION patterns (names, '.', "
+                                                           "'*' and '?')")),
+        "queue_limit": _whole(1, 2**40),
+        "queue_bytes": _whole(1024, 2**50, " bytes"),
+        "retention": _seconds(above_zero=False, most=100 * _YEAR, most_text="100 years"),
+        "window": _whole(1, 65536),
+        "inline_array_limit": _whole(0, 2**32, " bytes"),
+    },
+    "audio": {
+        "backend": _choice("auto", "jack", "sounddevice", "null", shown="auto, jack, sounddevice or null"),
+        "device": _no_nul,
+        "samplerate": _whole(8000, 768000, " Hz"),
+        "blocksize": _whole(1, 8192, " frames (8192: JACK's largest period)"),
+        "channels": _whole(1, 256),
+        "max_voices": _whole(1, 1024),
+        "steal": _choice("oldest", "newest", "quietest", "none", shown="oldest, newest, quietest or none"),
+        "script": _no_nul,
+        "script_dirs": _each(_no_nul),
+        "autoconnect": _anything,
+        "midi_in": _each(_regex),
+    },
+    "cluster": {
+        "ray": _ray,
+        "workers": _whole(0, 1024),
+        "worker_resources": _anything,
+        "max_workers": _whole(1, 1024),
+        "connect": _endpoint,
+        "object_store_min_bytes": _whole(0, 2**50, " bytes (0: never)"),
+    },
+}
+
+
+def _build(data: Mapping[str, Any], where: str, namer: _Namer | None = None) -> Config:
+    """The Config ``data`` gives, every value checked; ``namer`` says how each was written (default: in ``where``)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table of sections")
+    name = namer or (lambda section, key, value: f"{where}: [{section}] {key} = {value!r}")
     sections: dict[str, Any] = {}
     for key, value in data.items():
         if key not in _SECTIONS:
             raise ConfigError(f"{where}: unknown section [{key}]; known: {', '.join(_SECTIONS)}")
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: [{key}] must be a table")
-        sections[key] = _build_section(_SECTIONS[key], value, f"{where} [{key}]")
+        sections[key] = _build_section(key, value, f"{where} [{key}]", name)
     cfg = Config(**sections)
-    _validate(cfg)
+    _validate(cfg, name)
     return cfg
 
 
-def _build_section(cls: type, values: Mapping[str, Any], where: str) -> Any:
+def _build_section(section: str, values: Mapping[str, Any], where: str, name: _Namer) -> Any:
+    cls = _SECTIONS[section]
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in hints:
             raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(hints)}")
-        kwargs[key] = _convert(value, hints[key], f"{where} {key}")
+        written = name(section, key, value)
+        converted = _convert(value, hints[key], written)
+        problem = _RULES[section][key](converted)
+        if problem:
+            raise ConfigError(f"{written} is invalid: {problem}")
+        kwargs[key] = converted
     return cls(**kwargs)
 
 
-def _validate(cfg: Config) -> None:
-    if not _NAME_RE.match(cfg.daemon.name):
-        raise ConfigError(
-            f"daemon name {cfg.daemon.name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'"
-        )
-    workers = cfg.daemon.workers
-    if workers != "auto" and not (workers.isdigit() and 0 <= int(workers) <= 1024):
-        raise ConfigError(f"workers {workers!r} is invalid: give a number 0-1024 or 'auto'")
+def _validate(cfg: Config, name: _Namer) -> None:
+    """What no single key shows: the keys that must agree with each other."""
     sup = cfg.supervision
-    if sup.heartbeat_interval <= 0 or sup.heartbeat_timeout <= sup.heartbeat_interval:
-        raise ConfigError("heartbeat_timeout must be greater than heartbeat_interval > 0")
-    if sup.max_restarts < 0 or sup.restart_period <= 0:
-        raise ConfigError("max_restarts must be >= 0 and restart_period > 0")
-    if cfg.daemon.max_frame < 1024:
-        raise ConfigError(f"max_frame {cfg.daemon.max_frame} is too small (minimum 1024 bytes)")
-    for field_name in ("tcp", "client_tcp"):
-        endpoint = getattr(cfg.daemon, field_name)
-        if endpoint and not endpoint.startswith("tcp://"):
-            raise ConfigError(f"daemon.{field_name} {endpoint!r} must be a tcp:// endpoint")
-    if not 0 <= cfg.daemon.metrics_port <= 65535:
-        raise ConfigError(f"metrics_port {cfg.daemon.metrics_port} is not a port number")
-    if not 1 <= cfg.jobs.queue_limit <= 2**40 or not 1024 <= cfg.jobs.queue_bytes <= 2**50:
-        raise ConfigError("jobs.queue_limit must be 1..2**40 and jobs.queue_bytes 1024..2**50")
-    if cfg.jobs.window < 1:
-        raise ConfigError("jobs.window must be at least 1")
-    if cfg.audio.steal not in ("oldest", "newest", "quietest", "none"):
-        raise ConfigError(f"audio steal {cfg.audio.steal!r} is invalid: oldest, newest, quietest or none")
-    _validate_cluster(cfg)
-    if cfg.audio.backend not in ("auto", "jack", "sounddevice", "null"):
-        raise ConfigError(f"audio backend {cfg.audio.backend!r} is invalid: auto, jack, sounddevice or null")
-
-
-def _validate_cluster(cfg: Config) -> None:
+    if sup.heartbeat_timeout <= sup.heartbeat_interval:
+        raise ConfigError(f"{name('supervision', 'heartbeat_timeout', sup.heartbeat_timeout)} is invalid: "
+                          "heartbeat_timeout must be greater than heartbeat_interval, here "
+                          f"{name('supervision', 'heartbeat_interval', sup.heartbeat_interval)}")
     c = cfg.cluster
-    if c.ray and c.ray != "auto" and not c.ray.startswith("ray://") and not re.match(r"^[\w.-]+:\d+$", c.ray):
-        raise ConfigError(f"cluster ray {c.ray!r} is invalid: give \"auto\", \"ray://HOST:PORT\" or \"HOST:PORT\"")
-    if not 0 <= c.workers <= 1024 or not 1 <= c.max_workers <= 1024:
-        raise ConfigError("cluster.workers must be 0..1024 and cluster.max_workers 1..1024")
+    if c.workers > c.max_workers:
+        raise ConfigError(f"{name('cluster', 'workers', c.workers)} is invalid: more than "
+                          f"{name('cluster', 'max_workers', c.max_workers)}")
     if c.workers and not c.ray:
-        raise ConfigError(f"cluster.workers = {c.workers} needs a cluster: set [cluster] ray = \"auto\" "
+        raise ConfigError(f"{name('cluster', 'workers', c.workers)} needs a cluster: set [cluster] ray = \"auto\" "
                           "(or \"ray://HOST:PORT\")")
     if c.ray and not cfg.daemon.tcp:
-        raise ConfigError("[cluster] ray needs a worker endpoint the nodes can reach: set [daemon] tcp, "
-                          "e.g. \"tcp://0.0.0.0:7700\", and run `ensemble keys init`")
-    if c.connect and not c.connect.startswith("tcp://"):
-        raise ConfigError(f"cluster.connect {c.connect!r} must be a tcp:// endpoint")
-    if not 0 <= c.object_store_min_bytes <= 2**50:
-        raise ConfigError(f"cluster.object_store_min_bytes {c.object_store_min_bytes} must be 0 (never) .. 2**50 bytes")
+        raise ConfigError(f"{name('cluster', 'ray', c.ray)} needs a worker endpoint the nodes can reach: set "
+                          "[daemon] tcp, e.g. \"tcp://0.0.0.0:7700\", and run `ensemble keys init`")
 
 
 def _env_names() -> dict[str, tuple[str, str]]:
@@ -349,10 +488,13 @@ def _env_names() -> dict[str, tuple[str, str]]:
     return names
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """The settings ``ENSEMBLE_*`` variables give; ConfigError for one that names no setting (a typo)."""
+def _env_settings(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """``{(section, key): (variable, value)}`` for the ``ENSEMBLE_*`` settings in ``env``.
+
+    Raises ConfigError for a variable that names no setting (a typo).
+    """
     names = _env_names()
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[tuple[str, str], tuple[str, str]] = {}
     for var, value in env.items():
         if not var.startswith("ENSEMBLE_") or var in OTHER_VARIABLES:
             continue
@@ -364,9 +506,21 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
                               + (f"; did you mean {near[0]}?" if near else "")
                               + " (a setting is ENSEMBLE_<SECTION>_<KEY>, a [daemon] key also ENSEMBLE_<KEY>); "
                               "unset it or fix its name")
-        section, key = names[var]
-        out.setdefault(section, {})[key] = value
+        out[names[var]] = (var, value)
     return out
+
+
+def _namer(sources: Mapping[tuple[str, str], str]) -> _Namer:
+    """How a value reads in an error, after where it came from: ``sources`` maps ``(section, key)`` to an
+    ``ENSEMBLE_*`` variable, ``config file F`` or ``config`` (a flag); a key it lacks holds its default."""
+    def name(section: str, key: str, value: Any) -> str:
+        source = sources.get((section, key))
+        if source is None:
+            return f"[{section}] {key} = {value!r} (the default)"
+        if source.startswith("ENSEMBLE_"):
+            return f"{source}={value!r} ([{section}] {key})"
+        return f"{source}: [{section}] {key} = {value!r}"
+    return name
 
 
 def default_config_file(env: Mapping[str, str]) -> Path:
@@ -388,6 +542,7 @@ def load_config(
     """
     env = os.environ if env is None else env
     merged: dict[str, dict[str, Any]] = {}
+    sources: dict[tuple[str, str], str] = {}  # (section, key) -> where the user wrote it
     path = path or env.get("ENSEMBLE_CONFIG") or None
     if path is None and default_config_file(env).is_file():
         path = default_config_file(env)
@@ -407,14 +562,17 @@ def load_config(
             if not isinstance(values, dict):
                 raise ConfigError(f"config file {p}: [{section}] must be a table")
             merged.setdefault(section, {}).update(values)
+            sources.update(((section, key), f"config file {p}") for key in values)
         _build(merged, f"config file {p}")  # report file errors against the file
-    for section, values in _env_overrides(env).items():
-        merged.setdefault(section, {}).update(values)
+    for (section, key), (var, value) in _env_settings(env).items():
+        merged.setdefault(section, {})[key] = value
+        sources[section, key] = var
     for section, values in (overrides or {}).items():
         for key, value in values.items():
             if value is not None:
                 merged.setdefault(section, {})[key] = value
-    return _build(merged, "config")
+                sources[section, key] = "config"
+    return _build(merged, "config", _namer(sources))
 
 
 __all__ = [

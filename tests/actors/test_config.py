@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +17,7 @@ from actors._errors import ConfigError, EnsembleError
 from actors._errors import JobRefused
 from actors._jobfn import check_allowed
 from actors.config import DEFAULT_ALLOW, Config, load_config
-from tests.conftest import ROOT, Daemon
+from tests.conftest import ROOT, Daemon, processes_mentioning
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -94,11 +97,11 @@ def test_json_round_trip_for_children() -> None:
     ("[supervision]\nmax_restarts = 2.5", "is not a valid int"),
     ("[jobs]\nallow = 5", "is not a valid list of strings"),
     ("daemon = 3", "must be a table"),
-    ("[daemon]\nname = 'no spaces allowed'", "daemon name"),
-    ("[daemon]\nworkers = 'lots'", "workers 'lots' is invalid"),
+    ("[daemon]\nname = 'no spaces allowed'", "[daemon] name = 'no spaces allowed' is invalid"),
+    ("[daemon]\nworkers = 'lots'", "[daemon] workers = 'lots' is invalid"),
     ("[supervision]\nheartbeat_interval = 2.0\nheartbeat_timeout = 1.0", "heartbeat_timeout must be greater"),
-    ("[daemon]\nmax_frame = 10", "too small"),
-    ("[audio]\nbackend = 'wave'", "audio backend 'wave' is invalid"),
+    ("[daemon]\nmax_frame = 10", "[daemon] max_frame = 10 is invalid: give a whole number 1024.."),
+    ("[audio]\nbackend = 'wave'", "[audio] backend = 'wave' is invalid"),
 ])
 def test_bad_files_and_values_raise_one_clear_config_error(tmp_path: Path, text: str, fragment: str) -> None:
     path = write(tmp_path, text)
@@ -115,13 +118,160 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("env, fragment", [
-    ({"ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "soon"}, "'soon' is not a valid float"),
-    ({"ENSEMBLE_WORKERS": "-1"}, "workers '-1' is invalid"),
-    ({"ENSEMBLE_NAME": "../escape"}, "daemon name"),
+    ({"ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "soon"},
+     "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT='soon' ([supervision] heartbeat_timeout) is not a valid float"),
+    ({"ENSEMBLE_WORKERS": "-1"}, "ENSEMBLE_WORKERS='-1' ([daemon] workers) is invalid"),
+    ({"ENSEMBLE_NAME": "../escape"}, "ENSEMBLE_NAME='../escape' ([daemon] name) is invalid"),
 ])
 def test_bad_environment_values_are_clear_errors(env: dict[str, str], fragment: str) -> None:
-    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
         load_config(env=env)
+
+
+# -- every key's range, from the file and from the environment -------------------------------------
+BAD_VALUES = [
+    # section, key, a bad value in TOML, the same or another in the environment (None: no variable can hold it)
+    ("daemon", "name", "'a b'", "a b"),
+    ("daemon", "workers", "'-1'", "²"),
+    ("daemon", "run_dir", r'"a\u0000b"', None),
+    ("daemon", "state_dir", r'"a\u0000b"', None),
+    ("daemon", "log_level", "'bogus'", "bogus"),
+    ("daemon", "max_frame", "9223372036854775807", "10"),
+    ("daemon", "tcp", "'tcp://0.0.0.0'", "http://0.0.0.0:7700"),
+    ("daemon", "client_tcp", "'tcp://127.0.0.1:70000'", "tcp://127.0.0.1"),
+    ("daemon", "keys_dir", r'"a\u0000b"', None),
+    ("daemon", "metrics_port", "65536", "-1"),
+    ("daemon", "metrics_host", "'local host'", "local host"),
+    ("daemon", "extensions", "['au dio']", "audio,con/troller"),
+    ("supervision", "heartbeat_interval", "nan", "0"),
+    ("supervision", "heartbeat_timeout", "inf", "-1"),
+    ("supervision", "max_restarts", "-1", "10000000"),
+    ("supervision", "restart_period", "0.0", "nan"),
+    ("supervision", "stop_grace", "-0.5", "inf"),
+    ("supervision", "term_grace", "nan", "1e300"),
+    ("supervision", "worker_nice", "20", "-21"),
+    ("jobs", "allow", "['os;system']", "examples.jobs:add,os system"),
+    ("jobs", "queue_limit", "0", str(2**41)),
+    ("jobs", "queue_bytes", "10", str(2**51)),
+    ("jobs", "retention", "-1.0", "nan"),
+    ("jobs", "window", "0", "65537"),
+    ("jobs", "inline_array_limit", "-1", str(2**33)),
+    ("audio", "backend", "'wave'", "wave"),
+    ("audio", "device", r'"hw\u0000"', None),
+    ("audio", "samplerate", "0", "-1"),
+    ("audio", "blocksize", "8193", "0"),
+    ("audio", "channels", "0", "٣"),  # a digit, but not an ASCII one
+    ("audio", "max_voices", "0", "100000"),
+    ("audio", "steal", "'random'", "random"),
+    ("audio", "script", r'"a\u0000.py"', None),
+    ("audio", "script_dirs", r'["a\u0000"]', None),
+    ("audio", "autoconnect", "'maybe'", "maybe"),
+    ("audio", "midi_in", "['(unclosed']", "(unclosed"),
+    ("cluster", "ray", "'http://head'", "http://head"),
+    ("cluster", "workers", "5000", "-1"),
+    ("cluster", "worker_resources", "{GPU = -1}", "GPU=-1"),
+    ("cluster", "max_workers", "0", "1025"),
+    ("cluster", "connect", "'udp://head:1'", "tcp://head"),
+    ("cluster", "object_store_min_bytes", "-1", str(2**51)),
+]
+
+
+def test_every_key_of_every_section_has_a_check_and_a_bad_value_here() -> None:
+    from actors.config import _RULES, _SECTIONS
+
+    keys = {(section, key) for section, cls in _SECTIONS.items() for key in typing.get_type_hints(cls)}
+    assert {(section, key) for section, rules in _RULES.items() for key in rules} == keys
+    assert {(section, key) for section, key, _, _ in BAD_VALUES} == keys
+
+
+@pytest.mark.parametrize("section, key, toml", [(s, k, t) for s, k, t, _ in BAD_VALUES])
+def test_a_bad_value_in_the_file_is_refused_naming_its_key_and_value(tmp_path: Path, section: str, key: str,
+                                                                    toml: str) -> None:
+    text = f"[{section}]\n{key} = {toml}\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    value = tomllib.loads(text)[section][key]
+    message = str(info.value)
+    assert message.startswith(f"config file {path}: [{section}] {key} = {value!r}"), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("section, key, value", [(s, k, e) for s, k, _, e in BAD_VALUES if e is not None])
+def test_a_bad_value_in_the_environment_is_refused_naming_its_variable_and_value(section: str, key: str,
+                                                                                value: str) -> None:
+    variable = f"ENSEMBLE_{section.upper()}_{key.upper()}"
+    with pytest.raises(ConfigError) as info:
+        load_config(env={variable: value})
+    message = str(info.value)
+    assert message.startswith(f"{variable}={value!r} ([{section}] {key})"), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("variable, value, key, allowed", [  # what the reviewer found getting through
+    ("ENSEMBLE_AUDIO_BLOCKSIZE", "0", "[audio] blocksize", "give a whole number 1..8192 frames"),
+    ("ENSEMBLE_AUDIO_SAMPLERATE", "-1", "[audio] samplerate", "give a whole number 8000..768000 Hz"),
+    ("ENSEMBLE_SUPERVISION_HEARTBEAT_INTERVAL", "nan", "[supervision] heartbeat_interval",
+     "give a finite number of seconds, above 0"),
+    ("ENSEMBLE_MAX_FRAME", "9223372036854775807", "[daemon] max_frame", "give a whole number 1024..4294967296 bytes"),
+    ("ENSEMBLE_LOG_LEVEL", "bogus", "[daemon] log_level", "give debug, info, warning, error or critical (any case)"),
+    ("ENSEMBLE_WORKERS", "²", "[daemon] workers", "give 'auto' or a whole number 0..1024"),
+])
+def test_the_values_that_got_through_are_refused_saying_what_is_allowed(variable: str, value: str, key: str,
+                                                                        allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={variable: value})
+    assert str(info.value).startswith(f"{variable}={value!r} ({key}) is invalid: {allowed}"), str(info.value)
+
+
+@pytest.mark.parametrize("variable, lowest, highest", [
+    ("ENSEMBLE_AUDIO_BLOCKSIZE", 1, 8192),
+    ("ENSEMBLE_AUDIO_SAMPLERATE", 8000, 768000),
+    ("ENSEMBLE_AUDIO_CHANNELS", 1, 256),
+    ("ENSEMBLE_AUDIO_MAX_VOICES", 1, 1024),
+    ("ENSEMBLE_MAX_FRAME", 1024, 2**32),
+    ("ENSEMBLE_METRICS_PORT", 0, 65535),
+    ("ENSEMBLE_SUPERVISION_MAX_RESTARTS", 0, 1_000_000),
+    ("ENSEMBLE_SUPERVISION_WORKER_NICE", -20, 19),
+    ("ENSEMBLE_JOBS_QUEUE_LIMIT", 1, 2**40),
+    ("ENSEMBLE_JOBS_WINDOW", 1, 65536),
+    ("ENSEMBLE_CLUSTER_MAX_WORKERS", 1, 1024),
+])
+def test_whole_number_ranges_include_their_ends_and_nothing_past_them(variable: str, lowest: int,
+                                                                      highest: int) -> None:
+    for good in (lowest, highest):
+        load_config(env={variable: str(good)})
+    for bad in (lowest - 1, highest + 1):
+        with pytest.raises(ConfigError, match=re.escape(f"{variable}='{bad}' (")):
+            load_config(env={variable: str(bad)})
+
+
+@pytest.mark.parametrize("variable, good, bad", [
+    ("ENSEMBLE_LOG_LEVEL", ["debug", "INFO", "Warning", "error", "CRITICAL", "warn"], ["verbose", "", "10"]),
+    ("ENSEMBLE_WORKERS", ["auto", "0", "1024", "007"], ["1025", "²", "٣", "+4", "4.0", "AUTO"]),
+    ("ENSEMBLE_SUPERVISION_STOP_GRACE", ["0", "0.25", "3e1"], ["inf", "-inf", "nan", "-0.1", "1e300"]),
+    ("ENSEMBLE_JOBS_RETENTION", ["0", "86400"], ["nan", "-1", "1e12"]),
+    ("ENSEMBLE_TCP", ["", "tcp://0.0.0.0:7700", "tcp://[::1]:7700", "tcp://127.0.0.1:*"],
+     ["tcp://0.0.0.0", "tcp://h:65536", "ipc:///tmp/x"]),
+])
+def test_text_values_are_read_as_documented(variable: str, good: list[str], bad: list[str]) -> None:
+    for value in good:
+        load_config(env={variable: value})
+    for value in bad:
+        with pytest.raises(ConfigError, match=re.escape(f"{variable}={value!r} (")):
+            load_config(env={variable: value})
+
+
+def test_keys_that_must_agree_are_named_as_written(tmp_path: Path) -> None:
+    path = write(tmp_path, "[supervision]\nheartbeat_interval = 2.0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "1.5"})
+    assert str(info.value) == ("ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT=1.5 ([supervision] heartbeat_timeout) is "
+                               "invalid: heartbeat_timeout must be greater than heartbeat_interval, here "
+                               f"config file {path}: [supervision] heartbeat_interval = 2.0")
+    with pytest.raises(ConfigError, match=re.escape("[cluster] max_workers = 64 (the default)")):
+        load_config(env={"ENSEMBLE_TCP": "tcp://0.0.0.0:1", "ENSEMBLE_CLUSTER_RAY": "auto",
+                         "ENSEMBLE_CLUSTER_WORKERS": "65"})
 
 
 # --------------------------------------------------------------------------------- through the CLI
@@ -167,6 +317,19 @@ def test_cli_flags_beat_environment_beat_toml(make_daemon: Callable[..., Daemon]
     assert sum(a.role == "worker" for a in st.actors) == 1
     assert st.daemon.workers_wanted == 1
     d.down()
+
+
+def test_up_with_a_zero_blocksize_exits_with_one_line_and_starts_nothing(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon()
+    d.env["ENSEMBLE_AUDIO_BLOCKSIZE"] = "0"  # the processor would refuse it after `up` said the daemon was up
+    proc = d.cli("up", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "ensemble: error: ENSEMBLE_AUDIO_BLOCKSIZE='0' ([audio] blocksize) is invalid: give a whole number 1..8192 "
+        "frames (8192: JACK's largest period)"]
+    assert proc.stdout == ""
+    assert not (d.base / "run").exists() and not (d.base / "state").exists()
+    assert processes_mentioning(str(d.base)) == []
 
 
 def cfg_with(**sections: Any) -> Config:
