@@ -28,8 +28,13 @@ def _age(s: float) -> str:
     return f"{s:.1f}s" if s < 60 else f"{s / 60:.1f}m" if s < 3600 else f"{s / 3600:.1f}h"
 
 
+def _cells(*texts: str) -> list[Text]:
+    """Table cells shown as the text they are: what the daemon sends is never parsed as Rich markup."""
+    return [Text(t) for t in texts]
+
+
 def render(status: StatusReply, jobs: list[JobInfo]) -> Group:
-    """The whole screen for one refresh."""
+    """The whole screen for one refresh (every daemon-supplied string as plain ``Text``, never markup)."""
     d = status.daemon
     head = Text.assemble((f"ensemble {d.version}", "bold"), f"  daemon {d.name} pid {d.pid}  up {_age(d.uptime)}  ",
                          f"queued {d.queued}  running {d.running}  RSS {d.rss / 2**20:.0f} MiB   (q quits)")
@@ -38,23 +43,26 @@ def render(status: StatusReply, jobs: list[JobInfo]) -> Group:
         actors.add_column(col, no_wrap=col != "detail", overflow="ellipsis")
     for a in status.actors:
         style = "red" if a.state == "failed" else "yellow" if a.state != "running" else None
-        actors.add_row(a.name, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
-                       _age(a.heartbeat_age) if a.pid else "-", f"{a.rss / 2**20:.0f} MiB", a.detail, style=style)
+        actors.add_row(*_cells(a.name, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
+                               _age(a.heartbeat_age) if a.pid else "-", f"{a.rss / 2**20:.0f} MiB", a.detail),
+                       style=style)
     table = Table(expand=True, title="jobs")
     for col in ("id", "function", "state", "progress", "status"):
         table.add_column(col, no_wrap=col != "status", overflow="ellipsis")
     order = {"running": 0, "queued": 1}
     for j in sorted(jobs, key=lambda j: (order.get(j.state, 2), -j.id))[:15]:
-        table.add_row(str(j.id), j.fn, j.state, ProgressBar(total=1.0, completed=j.progress, width=20), j.status)
+        table.add_row(*_cells(str(j.id), j.fn, j.state), ProgressBar(total=1.0, completed=j.progress, width=20),
+                      *_cells(j.status))
     parts: list[Any] = [head, actors, table]
     proc = next((a for a in status.actors if a.role == "processor" and a.stats), None)
     if proc is not None:
         s = proc.stats
-        parts.append(Panel(
+        parts.append(Panel(Text(
             f"backend {s.get('backend', '?')}  blocks {s.get('blocks', 0)}  voices {s.get('active_voices', 0)}  "
             f"callback p50 {s.get('callback_p50_ms', 0):.3f} ms  p99 {s.get('callback_p99_ms', 0):.3f} ms  "
             f"p99.9 {s.get('callback_p999_ms', 0):.3f} ms  of {s.get('period_ms', 0):.2f} ms  "
-            f"xruns {s.get('xruns', 0)}  deadline misses {s.get('deadline_misses', 0)}  late {s.get('late_events', 0)}",
+            f"xruns {s.get('xruns', 0)}  deadline misses {s.get('deadline_misses', 0)}  "
+            f"late {s.get('late_events', 0)}"),
             title="audio"))
     return Group(*parts)
 

@@ -1,12 +1,17 @@
 """The ``ensemble`` command line (click + rich).
 
 Every error is one clear line on stderr and a non-zero exit; ``--debug`` shows
-the traceback.
+the traceback.  Bad input is refused by its option's type (:class:`Number`,
+:class:`RegularFile`) before anything runs.  Text the daemon sends (job names,
+statuses, errors, script errors) is untrusted: it is shown as plain
+``rich.text.Text``, never parsed as Rich markup.  JSON output is total: what
+JSON cannot carry is printed as :func:`json_text` says.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -45,6 +50,100 @@ class _Group(click.Group):
             fail("interrupted", 130)
 
 
+class Number(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click (>= 8.2)
+    """A finite int or float between two bounds; refused in one line naming the bounds and why.
+
+    (click's ``FloatRange`` lets ``nan`` through: every comparison with it is false.)
+    ``low_open``: the low bound itself is refused (``more than 0``).
+    """
+
+    def __init__(self, kind: type[int] | type[float], low: float, high: float, why: str, *,
+                 unit: str = "", low_open: bool = False) -> None:
+        self.kind, self.low, self.high, self.why, self.unit, self.low_open = kind, low, high, why, unit, low_open
+        self.name = "integer" if kind is int else "float"
+
+    def _bounds(self) -> str:
+        low, high = (f"{x:g}" if self.kind is float else str(x) for x in (self.low, self.high))
+        text = f"more than {low} and at most {high}" if self.low_open else f"{low} to {high}"
+        return f"{text} {self.unit}".rstrip()
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = self.kind(value)
+        except (TypeError, ValueError, OverflowError):
+            self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}; give {self._bounds()} "
+                      f"({self.why})", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number; give {self._bounds()} ({self.why})", param, ctx)
+        if not ((self.low < number) if self.low_open else (self.low <= number)) or number > self.high:
+            self.fail(f"{value} is out of range: give {self._bounds()} ({self.why})", param, ctx)
+        return number
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's ``FloatRange`` (its range shown in the help), NaN refused too: every comparison with NaN is false."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value} is not a number; give {self._describe_range()}", param, ctx)
+        return number
+
+
+class RegularFile(click.Path):
+    """A path that, if it exists, must be a regular file: a FIFO or a device would block the read or mean nothing."""
+
+    def __init__(self, exists: bool = False) -> None:
+        super().__init__(exists=exists, dir_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        if os.path.exists(path) and not os.path.isfile(path):
+            self.fail(f"{os.fsdecode(path)!r} is not a regular file (a FIFO, device or socket cannot be read "
+                      "as one)", param, ctx)
+        return path
+
+
+_INT64_MAX = 2**63 - 1  # the wire carries 64-bit signed integers
+JOB_ID = Number(int, 0, _INT64_MAX, "job ids are 64-bit integers")
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON, whatever it holds: the one rendering of every JSON the CLI prints.
+
+    JSON carries str, int, finite float, bool, None, lists and dicts with
+    such keys (int, float, bool and None keys become strings, as ``json``
+    does).  The rest is rendered, never refused: an array (``tolist``) as a
+    list, a tuple as a list, a struct as an object; any other value, or key,
+    as its Python ``repr`` string (``{b"k": 1}`` -> ``{"b'k'": 1}``, a bytes
+    value ``"b'...'"``, a ``(1, 2)`` key ``"(1, 2)"``, NaN ``"nan"``).
+    """
+    return json.dumps(_plain(value), indent=indent, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` made of what JSON carries (see :func:`json_text`)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {_plain_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__struct_fields__"):  # a msgspec Struct
+        return {f: _plain(getattr(value, f)) for f in value.__struct_fields__}
+    if hasattr(value, "tolist") and not isinstance(value, memoryview):  # numpy arrays and scalars
+        return _plain(value.tolist())
+    return repr(value)
+
+
+def _plain_key(key: Any) -> Any:
+    if key is None or isinstance(key, (str, bool, int)) or (isinstance(key, float) and math.isfinite(key)):
+        return key
+    return repr(key)
+
+
 def _one_line(exc: Exception) -> str:
     text = str(exc)
     from actors._errors import RemoteError
@@ -76,11 +175,11 @@ def client_of(ctx: click.Context, cls: type[Any] | None = None) -> Any:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--name", "-n", default=None, help="Daemon name (default: 'default', or $ENSEMBLE_NAME).")
-@click.option("--config", "-c", "config", default=None, type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--config", "-c", "config", default=None, type=RegularFile(), help="TOML config file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.option("--connect", default=None, metavar="tcp://HOST:PORT", help="A daemon on another host (CURVE).")
-@click.option("--key", default=None, type=click.Path(dir_okay=False), help="With --connect: your .key_secret file.")
-@click.option("--server-key", default=None, type=click.Path(dir_okay=False), help="With --connect: the daemon's server.key.")
+@click.option("--key", default=None, type=RegularFile(), help="With --connect: your .key_secret file.")
+@click.option("--server-key", default=None, type=RegularFile(), help="With --connect: the daemon's server.key.")
 @click.version_option(__version__, prog_name="ensemble")
 @click.pass_context
 def main(ctx: click.Context, name: str | None, config: str | None, debug: bool, connect: str | None,
@@ -97,7 +196,9 @@ def main(ctx: click.Context, name: str | None, config: str | None, debug: bool, 
 @main.command()
 @click.option("--workers", "-w", default=None, help="Number of workers, or 'auto' (CPU count).")
 @click.option("--foreground", is_flag=True, help="Stay in the foreground, log to stderr (systemd, containers).")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for every actor to be ready.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for every actor to be ready.",
+              type=Number(float, 0, 86400, "how long to wait for the daemon to be ready", unit="seconds",
+                          low_open=True))
 @click.pass_context
 def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float) -> None:
     """Start the daemon: controller, processor and workers."""
@@ -124,7 +225,9 @@ def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float
 
 
 @main.command()
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the daemon to exit.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the daemon to exit.",
+              type=Number(float, 0, 86400, "how long to wait before the daemon is killed", unit="seconds",
+                          low_open=True))
 @click.pass_context
 def down(ctx: click.Context, timeout: float) -> None:
     """Stop the daemon in order (stop message, SIGTERM, SIGKILL); nothing is left behind."""
@@ -172,16 +275,18 @@ def status(ctx: click.Context, as_json: bool) -> None:
     with client_of(ctx) as c:
         st = c.status()
     if as_json:
-        click.echo(json.dumps({"daemon": msgspec.structs.asdict(st.daemon),
-                               "actors": [msgspec.structs.asdict(a) for a in st.actors]}, indent=2, default=str))
+        click.echo(json_text({"daemon": msgspec.structs.asdict(st.daemon),
+                              "actors": [msgspec.structs.asdict(a) for a in st.actors]}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     d = st.daemon
     console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(f"[bold]ensemble {d.version}[/] daemon [bold]{d.name}[/] pid {d.pid}, up {_age(d.uptime)}, "
-                  f"RSS {_mib(d.rss)}; jobs queued {d.queued}, running {d.running}; log {d.log_file}")
+    console.print(Text.assemble((f"ensemble {d.version}", "bold"), " daemon ", (d.name, "bold"),
+                                f" pid {d.pid}, up {_age(d.uptime)}, RSS {_mib(d.rss)}; jobs queued {d.queued}, "
+                                f"running {d.running}; log {d.log_file}"))
     table = Table()
     for col in ("actor", "role", "pid", "state", "uptime", "restarts", "heartbeat", "RSS"):
         table.add_column(col, no_wrap=True)
@@ -190,16 +295,24 @@ def status(ctx: click.Context, as_json: bool) -> None:
         style = "red" if a.state == "failed" else None
         detail = a.detail or ", ".join(f"{k}={v}" for k, v in a.stats.items()
                                        if k in ("backend", "done", "xruns", "notice", "loading") and v not in ("", {}))
-        table.add_row(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
-                      _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail, style=style)
+        table.add_row(*_cells(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
+                              _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail), style=style)
     console.print(table)
     if d.counters.get("journal_error"):
-        console.print(f"[red]the job journal cannot be written: {d.counters['journal_error']}; no new job is "
-                      f"accepted until it can (free space in {d.state_dir}?)[/]")
+        console.print(Text(f"the job journal cannot be written: {d.counters['journal_error']}; no new job is "
+                           f"accepted until it can (free space in {d.state_dir}?)", style="red"))
+
+
+def _cells(*texts: str) -> list[Any]:
+    """Table cells shown as the text they are: what the daemon sends is never parsed as Rich markup."""
+    from rich.text import Text
+
+    return [Text(t) for t in texts]
 
 
 @main.command()
-@click.option("--refresh", default=0.25, show_default=True, type=click.FloatRange(0.05, 10), help="Seconds between refreshes.")
+@click.option("--refresh", default=0.25, show_default=True, type=FiniteFloatRange(0.05, 10),
+              help="Seconds between refreshes.")
 @click.pass_context
 def top(ctx: click.Context, refresh: float) -> None:
     """A live view of actors, jobs and audio; q or Ctrl-C quits."""
@@ -210,7 +323,7 @@ def top(ctx: click.Context, refresh: float) -> None:
 
 
 @main.command()
-@click.argument("workers", type=int)
+@click.argument("workers", type=Number(int, 0, 1024, "the daemon runs at most 1024 workers"))
 @click.option("--on", "on", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Which workers: this host's, or those placed on the Ray cluster ([cluster] ray).")
 @click.pass_context
@@ -234,11 +347,16 @@ def parse_arg(text: str) -> Any:
 @click.argument("args", nargs=-1)
 @click.option("--kw", multiple=True, help="Keyword argument NAME=VALUE (VALUE read as JSON where it parses).")
 @click.option("--wait", is_flag=True, help="Wait with a live progress bar and print the result; Ctrl-C cancels.")
-@click.option("--priority", default=0, help="Higher runs first.")
+@click.option("--priority", default=0, help="Higher runs first.",
+              type=Number(int, -_INT64_MAX - 1, _INT64_MAX, "a 64-bit integer, as the wire carries it"))
 @click.option("--grace", "--timeout", "grace", default=0.5, show_default=True,
-              help="Seconds between an abort (cancel, deadline, stop) and the force kill (--timeout: the old name).")
-@click.option("--deadline", default=None, type=float, help="Run-time limit in seconds from the start.")
-@click.option("--retries", default=0, help="Reruns after a worker death.")
+              help="Seconds between an abort (cancel, deadline, stop) and the force kill (--timeout: the old name).",
+              type=Number(float, 0, 86400, "the time from an abort to the force kill, as the daemon accepts it",
+                          unit="seconds", low_open=True))
+@click.option("--deadline", default=None, help="Run-time limit in seconds from the start.",
+              type=Number(float, 0, 1e9, "leave --deadline out for no run-time limit", unit="seconds", low_open=True))
+@click.option("--retries", default=0, help="Reruns after a worker death.",
+              type=Number(int, 0, 1000, "the daemon reruns a job at most 1000 times"))
 @click.option("--job-name", "job_name", default="", help="A name for the job (--name is the daemon's, as everywhere).")
 @click.option("--resources", default="", metavar="NAME=AMOUNT,...", help="What its worker must offer, e.g. GPU=1.")
 @click.pass_context
@@ -295,9 +413,12 @@ def _follow(c: Any, job_id: int, cancel_on_interrupt: bool) -> None:
 
     changed = threading.Event()
     handle = c.watch(job_id, lambda info: changed.set())
+    from rich.markup import escape
+
+    # the state is escaped and the status shown as plain text: the job's own words are never markup
     with Progress(TextColumn("job {task.fields[jid]} [bold]{task.fields[state]}[/]"), BarColumn(),
-                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), TextColumn("{task.description}"),
-                  transient=True) as bar:
+                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                  TextColumn("{task.description}", markup=False), transient=True) as bar:
         task = bar.add_task("", total=1.0, jid=job_id, state="queued")
         try:
             while not handle.done():
@@ -305,7 +426,7 @@ def _follow(c: Any, job_id: int, cancel_on_interrupt: bool) -> None:
                 changed.clear()
                 info = handle._info
                 if info is not None:
-                    bar.update(task, completed=info.progress, description=info.status, state=info.state)
+                    bar.update(task, completed=info.progress, description=info.status, state=escape(info.state))
         except KeyboardInterrupt:
             if not cancel_on_interrupt:
                 raise
@@ -320,22 +441,15 @@ def _print_result(handle: Any) -> None:
         value = handle.result()
     except JobCancelled as exc:
         fail(str(exc))
-    click.echo(json.dumps(value, default=_jsonable) if not isinstance(value, str) else value)
+    click.echo(value if isinstance(value, str) else json_text(value))
     _ = info
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, bytes):
-        return obj.hex()
-    return str(obj)
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True,
+              type=Number(int, 1, 10_000, "the daemon lists at most 10000 jobs"))
 @click.pass_context
 def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int) -> None:
     """List recent jobs, newest first."""
@@ -344,7 +458,7 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     with client_of(ctx) as c:
         infos = c.jobs(states, limit)
     if as_json:
-        click.echo(json.dumps([msgspec.structs.asdict(i) for i in infos], indent=2, default=_jsonable))
+        click.echo(json_text([msgspec.structs.asdict(i) for i in infos], indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -355,13 +469,13 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     table.add_column("status", overflow="ellipsis", max_width=40)
     table.add_column("error", overflow="ellipsis", max_width=50)
     for i in infos:
-        table.add_row(str(i.id), i.fn, i.name, i.state, f"{i.progress * 100:.0f}%", i.worker, i.status,
-                      f"{i.error_type}: {i.error_message}" if i.error_type else "")
+        table.add_row(*_cells(str(i.id), i.fn, i.name, i.state, f"{i.progress * 100:.0f}%", i.worker, i.status,
+                              f"{i.error_type}: {i.error_message}" if i.error_type else ""))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.pass_context
 def watch(ctx: click.Context, job_id: int) -> None:
     """Follow a job's progress until it ends, then print its result."""
@@ -370,7 +484,7 @@ def watch(ctx: click.Context, job_id: int) -> None:
 
 
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--wait", is_flag=True, help="Return only when the job has stopped.")
 @click.pass_context
 def cancel(ctx: click.Context, job_id: int, wait: bool) -> None:
@@ -381,7 +495,7 @@ def cancel(ctx: click.Context, job_id: int, wait: bool) -> None:
 
 
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--wait/--no-wait", default=True, help="Wait for the job if it is still running.")
 @click.pass_context
 def result(ctx: click.Context, job_id: int, wait: bool) -> None:
@@ -459,8 +573,8 @@ def keys_list(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--connect", "endpoint", required=True, metavar="tcp://HOST:PORT", help="The daemon's worker endpoint.")
-@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="This worker's .key_secret file.")
-@click.option("--server-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The daemon's server.key.")
+@click.option("--key", required=True, type=RegularFile(exists=True), help="This worker's .key_secret file.")
+@click.option("--server-key", required=True, type=RegularFile(exists=True), help="The daemon's server.key.")
 @click.option("--worker-name", default=None, help="Name shown in status (default: the host name).")
 @click.option("--resources", default="", metavar="NAME=AMOUNT,...",
               help="What it offers jobs, e.g. CPU=8,GPU=1 (default: this host's CPUs and memory).")
@@ -507,7 +621,7 @@ def accept_global_options(group: click.Group) -> None:
         for decls, name, help_text in ((("--name", "-n"), "daemon_name_after", "Daemon name (as before the command)."),
                                        (("--config", "-c"), "config_after", "TOML config file (as before the command).")):
             if not taken & set(decls):
-                path = click.Path(dir_okay=False) if name == "config_after" else None
+                path = RegularFile() if name == "config_after" else None
                 cmd.params.append(click.Option([*decls, name], default=None, expose_value=False, callback=_remember,
                                                help=help_text, type=path))
         if isinstance(cmd, click.Group):

@@ -98,8 +98,11 @@ def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[st
     Whether the function gets the task handle first is decided by the worker
     from its signature (see :func:`actors._jobfn.takes_task`), alike for every entry point.
     """
-    if grace <= 0:
-        raise ValueError(f"grace must be positive, got {grace}")
+    if not (isinstance(grace, (int, float)) and 0 < grace <= 86400):  # (a NaN fails every comparison)
+        raise ValueError(f"grace must be positive: a finite number of seconds, at most 86400 (the daemon's limit), "
+                         f"got {grace!r}")
+    if deadline is not None and not (isinstance(deadline, (int, float)) and 0 <= deadline <= 1e9):
+        raise ValueError(f"deadline must be a finite number of seconds, 0 to 1e9 (None or 0: no limit), got {deadline!r}")
     fn, args, kwargs = _unwrap(fn, args, kwargs)  # a partial of a module-level function travels as that function
     return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
                    float(deadline or 0.0), int(retries), True, False,
@@ -339,7 +342,8 @@ class Client:
         ``resources`` (``{"GPU": 1}``): it runs only on a worker whose slot offers
         them, waiting in the queue by priority while those are busy.
         Raises :class:`JobRefused` (not allowed, bad path, lambda, resources no
-        worker can ever offer) or :class:`QueueFull`.
+        worker can ever offer) or :class:`QueueFull`; ``ValueError`` for a
+        ``grace`` (``timeout``) or ``deadline`` that is not a finite number in range.
         """
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
                          deadline=deadline, retries=retries, resources=resources)
@@ -769,7 +773,6 @@ class Executor(concurrent.futures.Executor):
         Without ``wait`` it returns at once and the connection closes when the
         last pending future is done.
         """
-        _OPEN.discard(self)
         with self._lock:
             self._shutdown = True
             futures = list(self._live)
@@ -780,8 +783,11 @@ class Executor(concurrent.futures.Executor):
             for run in maps:
                 run.cancel()
         if wait or not futures:
+            _OPEN.discard(self)
             concurrent.futures.wait(futures)
             self._close()
+        # else: still in _OPEN, so a private executor's work still runs if the program ends now: the pool's
+        # exit waits for its work after shutdown(wait=False) too
 
 
 _OPEN: "weakref.WeakSet[Executor]" = weakref.WeakSet()  # executors not shut down (see _finish_at_exit)

@@ -281,7 +281,7 @@ class ControllerScript:
         loc = next((f"{f.filename}:{f.lineno} in {f.name}" for f in reversed(tb) if f.filename == file), "")
         if isinstance(exc, SyntaxError) and exc.filename:  # where the parser stopped, not where it was called
             loc = f"{exc.filename}:{exc.lineno}"
-        if kind == "overrun":
+        if isinstance(exc, ScriptTimeout):  # in module code too (kind load-failed): the reason is the budget
             text = f"{name} ran past the controller's budget of {self.budget_s * 1000:.0f} ms and was stopped"
         else:
             text = f"{type(exc).__name__} in {name}: {exc}"

@@ -567,9 +567,10 @@ def test_a_script_that_starts_an_executor_unguarded_is_told_the_fix(tmp_path: Pa
     assert 'if __name__ == "__main__":' in proc.stdout
 
 
-@pytest.mark.parametrize("start", ["fork", "spawn"])
-def test_a_script_that_ends_without_shutdown_still_gets_its_jobs_run(start: str, tmp_path: Path) -> None:
-    """As ProcessPoolExecutor's: submitted work finishes when the interpreter exits, the daemon stops after."""
+@pytest.mark.parametrize("start,ending", [("fork", ""), ("spawn", ""), ("fork", "    ex.shutdown(wait=False)\n")])
+def test_a_script_that_ends_without_shutdown_still_gets_its_jobs_run(start: str, ending: str, tmp_path: Path) -> None:
+    """As ProcessPoolExecutor's: submitted work finishes when the interpreter exits, the daemon stops after; so
+    too after ``shutdown(wait=False)`` (which returns at once, the work going on)."""
     (tmp_path / "slow.py").write_text(
         "import os, time\n"
         "def write_later(i):\n"
@@ -583,7 +584,7 @@ def test_a_script_that_ends_without_shutdown_still_gets_its_jobs_run(start: str,
         "    ex = Executor(2)\n"
         "    for i in range(4):\n"
         "        ex.submit(slow.write_later, i)\n"
-        "    print(ex._private.dir, flush=True)\n")  # and it ends: no shutdown, no with
+        "    print(ex._private.dir, flush=True)\n" + ending)  # and it ends: no shutdown (or one that does not wait)
     proc = _run_script(tmp_path, start)
     assert sorted(p.name for p in tmp_path.glob("done-*")) == [f"done-{i}" for i in range(4)]
     where = Path(proc.stdout.strip())

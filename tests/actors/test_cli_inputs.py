@@ -1,0 +1,211 @@
+"""The ``ensemble`` command line fed hostile or out-of-range input: one-line errors, never a traceback.
+
+Against a real daemon through real CLI processes: text the daemon sends back
+(job names, statuses, errors, script errors) is shown as text, never parsed
+as Rich markup; results JSON cannot carry are still printed as JSON; every
+numeric option is checked (finite, in range) before anything runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import click
+import pytest
+
+from tests.conftest import ROOT, Daemon, wait_for
+
+JOBS = '''
+import time
+
+
+def bytes_key(task):
+    return {b"k": 1}
+
+
+def tuple_key(task):
+    return {(1, 2): "a", "raw": b"\\x00z"}
+
+
+def say(task, message, seconds=1.0):
+    """Show ``message`` as the job's status for ``seconds`` (long enough for a progress bar to draw it)."""
+    task.set_status_message(message)
+    time.sleep(seconds)
+    return "said"
+'''
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    """A running daemon (1 worker) that can import this module's jobs (``cli_input_jobs``)."""
+    base = Path(tempfile.mkdtemp(prefix="ens-i", dir="/tmp"))
+    mods = base / "mods"
+    mods.mkdir()
+    (mods / "cli_input_jobs.py").write_text(JOBS)
+    d = Daemon(base, workers=1, extra_env={"PYTHONPATH": os.pathsep.join([str(ROOT), str(mods)])})
+    try:
+        d.up()
+        yield d
+    finally:
+        d.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Assert the CLI failed with exactly one ``ensemble: error:`` line containing every fragment."""
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("ensemble: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------ daemon text is not markup
+def test_job_errors_and_names_that_look_like_markup_are_listed_as_text(daemon: Daemon) -> None:
+    one_line_error(daemon.cli("submit", "examples.jobs:fail", "[/b] oops", "--wait", check=False), "[/b] oops")
+    daemon.cli("submit", "examples.jobs:add", "1", "2", "--job-name", "[/x] :thumbs_up:", "--wait")
+    out = daemon.cli("jobs").stdout  # was: rich.errors.MarkupError for every user while the job is listed
+    assert "ValueError: [/b] oops" in out
+    assert "[/x] :thumbs_up:" in out  # neither markup nor an emoji code
+
+
+def test_a_status_message_that_looks_like_markup_does_not_break_submit_wait(daemon: Daemon) -> None:
+    proc = daemon.cli("submit", "cli_input_jobs:say", "copying [/tmp/x] [bold]", "--wait", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "said"
+
+
+def test_a_script_error_that_looks_like_markup_is_shown_by_status(daemon: Daemon) -> None:
+    script = daemon.base / "bad_markup.py"
+    script.write_text('raise ValueError("missing [/samples] dir")\n')
+    one_line_error(daemon.cli("load", str(script), check=False), "[/samples]")
+    daemon.env["COLUMNS"] = "200"
+    out = daemon.cli("status").stdout  # the controller's detail holds the script error
+    assert "[/samples]" in out
+
+
+def test_top_renders_daemon_text_as_text(daemon: Daemon) -> None:
+    from rich.console import Console
+
+    from actors._top import render
+    from actors.messages import JobInfo
+
+    status = daemon.status()
+    job = JobInfo(1, "mod:fn[/i]", "[/x]", "running", 0.5, "copying [/tmp/x] :thumbs_up:")
+    console = Console(file=io.StringIO(), width=200)
+    console.print(render(status, [job]))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "copying [/tmp/x] :thumbs_up:" in text and "mod:fn[/i]" in text
+
+
+# ------------------------------------------------------------------------------ JSON output is total
+def test_a_result_with_bytes_keys_is_printed_as_json(daemon: Daemon) -> None:
+    proc = daemon.cli("submit", "cli_input_jobs:bytes_key", "--wait", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"b'k'": 1}  # a key JSON cannot carry: its repr
+
+
+def test_a_result_with_tuple_keys_is_printed_as_json_everywhere(daemon: Daemon) -> None:
+    job_id = int(daemon.cli("submit", "cli_input_jobs:tuple_key").stdout)
+    expected = {"(1, 2)": "a", "raw": "b'\\x00z'"}  # a tuple key and a bytes value as their repr
+    assert json.loads(daemon.cli("result", str(job_id)).stdout) == expected
+    listed = json.loads(daemon.cli("jobs", "--json").stdout)  # was: TypeError for everyone while it is listed
+    assert next(j for j in listed if j["id"] == job_id)["result"] == expected
+    json.loads(daemon.cli("status", "--json").stdout)
+
+
+# ------------------------------------------------------------------------------ numeric options
+@pytest.mark.parametrize("args, fragments", [
+    (["submit", "examples.jobs:add", "1", "2", "--timeout", "0"], ["--timeout", "0 is out of range", "more than 0"]),
+    (["submit", "examples.jobs:add", "1", "2", "--timeout", "nan"], ["--timeout", "nan is not a finite number"]),
+    (["submit", "examples.jobs:add", "1", "2", "--grace", "inf"], ["--grace", "inf is not a finite number"]),
+    (["submit", "examples.jobs:add", "1", "2", "--grace", "1e6"], ["--grace", "at most 86400"]),
+    (["submit", "examples.jobs:add", "1", "2", "--deadline", "nan"], ["--deadline", "not a finite number"]),
+    (["submit", "examples.jobs:add", "1", "2", "--deadline", "-1"], ["--deadline", "out of range"]),
+    (["submit", "examples.jobs:add", "1", "2", "--priority", str(2**70)], ["--priority", "64-bit"]),
+    (["submit", "examples.jobs:add", "1", "2", "--retries", "1001"], ["--retries", "0 to 1000"]),
+    (["up", "--timeout", "0"], ["--timeout", "more than 0"]),
+    (["up", "--timeout", "nan"], ["--timeout", "not a finite number"]),
+    (["down", "--timeout", "0"], ["--timeout", "more than 0"]),
+    (["down", "--timeout", "inf"], ["--timeout", "not a finite number"]),
+    (["scale", "5000"], ["WORKERS", "0 to 1024"]),
+    (["jobs", "--limit", "0"], ["--limit", "1 to 10000"]),
+    (["jobs", "--limit", str(2**70)], ["--limit", "1 to 10000"]),
+    (["result", str(2**70)], ["JOB_ID", "64-bit"]),
+    (["top", "--refresh", "nan"], ["--refresh", "nan is not a number"]),
+])
+def test_numeric_options_are_checked_with_one_line_errors(daemon: Daemon, args: list[str],
+                                                          fragments: list[str]) -> None:
+    one_line_error(daemon.cli(*args, check=False), *fragments)
+    if args[0] == "down":
+        assert daemon.cli("status", "--json", check=False).returncode == 0  # it was not stopped, nor killed
+
+
+def test_client_submit_names_the_argument_that_is_not_a_finite_number(daemon: Daemon) -> None:
+    from actors.client import AsyncClient
+
+    c = daemon.client()
+    with pytest.raises(ValueError, match=r"^grace must be positive.*86400.*got nan"):
+        c.submit("examples.jobs:add", 1, 2, grace=math.nan)
+    with pytest.raises(ValueError, match=r"^grace must be positive.*got inf"):
+        c.submit("examples.jobs:add", 1, 2, grace=math.inf)
+    with pytest.raises(ValueError, match=r"^deadline must be a finite number.*got nan"):
+        c.submit("examples.jobs:add", 1, 2, deadline=math.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(ValueError, match=r"^grace must be positive.*got nan"):  # (the old name of grace)
+            c.submit("examples.jobs:add", 1, 2, timeout=math.nan)
+    from actors.client import Executor
+
+    with Executor(config=daemon.config, grace=math.nan) as ex:  # the executor's job options alike
+        with pytest.raises(ValueError, match=r"^grace must be positive.*got nan"):
+            ex.submit(abs, -1)
+
+    async def async_submit() -> None:
+        async with AsyncClient(config=daemon.config) as ac:
+            await ac.submit("examples.jobs:add", 1, 2, grace=math.nan)
+
+    with pytest.raises(ValueError, match=r"^grace must be positive.*got nan"):
+        asyncio.run(async_submit())
+
+
+# ------------------------------------------------------------------------------ files, scripts, hints
+def test_a_config_that_is_not_a_regular_file_is_refused_not_read(daemon: Daemon) -> None:
+    fifo = daemon.base / "config.fifo"
+    os.mkfifo(fifo)
+    for args in (["--config", str(fifo), "status"], ["status", "--config", str(fifo)], ["-c", "/dev/null", "jobs"]):
+        one_line_error(daemon.cli(*args, check=False, timeout=20), "is not a regular file")  # was: a hang
+
+
+def test_a_script_stuck_in_module_code_names_the_budget(daemon: Daemon) -> None:
+    script = daemon.base / "forever.py"
+    script.write_text("while True:\n    pass\n")
+    line = one_line_error(daemon.cli("load", str(script), check=False), "forever.py")
+    assert re.search(r"module code ran past the controller's budget of \d+ ms", line), line
+    wait_for(lambda: "budget" in daemon.actor("controller").detail, 10, what="the controller to report the overrun")
+
+
+def test_every_ensemble_command_a_message_names_exists() -> None:
+    from actors.cli import main
+
+    named = []
+    for package in ("actors", "audio", "controller"):
+        for path in (ROOT / package).rglob("*.py"):
+            for m in re.finditer(r"`ensemble ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", path.read_text()):
+                cmd = main.commands.get(m.group(1))
+                if cmd is None or (isinstance(cmd, click.Group) and m.group(2) and m.group(2) not in cmd.commands):
+                    named.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+    assert not named, named
