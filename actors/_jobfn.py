@@ -146,7 +146,8 @@ def resolve(path: str) -> Callable[..., Any]:
     if obj is None:
         raise LookupError(f"job function {path!r}: module {module_name!r} defines no function {function!r}")
     if not isinstance(obj, _FUNCTION_TYPES):
-        raise JobRefused(f"job function {path!r} is a {type(obj).__name__}, not a function")
+        kind = type(obj).__name__
+        raise JobRefused(f"job function {path!r} is {'an' if kind[:1] in 'aeiou' else 'a'} {kind}, not a function")
     if getattr(obj, "__module__", None) != module_name:
         raise JobRefused(
             f"job function {path!r} is {getattr(obj, '__module__', '?')}.{function} imported into "

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from actors.cli import client_of, fail
+from actors.cli import RegularFile, client_of, fail
 from audio.client import Client
 
 
@@ -39,7 +39,7 @@ def sample() -> None:
 
 
 @sample.command("load")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=RegularFile(exists=True))
 @click.option("--sample-name", "sample_name", default=None,
               help="Name in the registry (default: the file name; --name is the daemon's, as everywhere).")
 @click.option("--root-key", default=60, type=click.IntRange(0, 127), show_default=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from actors.cli import client_of, fail, parse_arg
+from actors.cli import RegularFile, client_of, fail, parse_arg
 from controller.client import Client, ScriptLoadError
 
 
@@ -55,7 +55,7 @@ _WAIT_HELP = "Seconds to wait for the controller to load it (0: return once the 
 
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=RegularFile(exists=True))
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0), help=_WAIT_HELP)
 @click.pass_context
 def load(ctx: click.Context, path: str, timeout: float) -> None:
@@ -112,7 +112,7 @@ def param_get(ctx: click.Context, name: str) -> None:
         try:
             value = c.get_param(name)
         except KeyError as exc:
-            fail(str(exc).strip("'\""))
+            fail(str(exc.args[0]) if exc.args else str(exc))  # (str() of a KeyError quotes it)
     click.echo(json.dumps(value))
 
 

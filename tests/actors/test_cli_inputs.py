@@ -29,6 +29,8 @@ from tests.conftest import ROOT, Daemon, wait_for
 JOBS = '''
 import time
 
+ANSWER = 42
+
 
 def bytes_key(task):
     return {b"k": 1}
@@ -209,3 +211,15 @@ def test_every_ensemble_command_a_message_names_exists() -> None:
                 if cmd is None or (isinstance(cmd, click.Group) and m.group(2) and m.group(2) not in cmd.commands):
                     named.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
     assert not named, named
+
+
+def test_script_and_sample_files_must_be_regular_files_and_messages_read_right(daemon: Daemon) -> None:
+    fifo = daemon.base / "sample.fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    one_line_error(daemon.cli("sample", "load", str(fifo), check=False, timeout=20), "is not a regular file")  # hung
+    one_line_error(daemon.cli("load", "/dev/null", check=False, timeout=20), "is not a regular file")
+    # a missing parameter keeps both quotes of its name; a job path naming an int is "an int"
+    assert "'nope'" in one_line_error(daemon.cli("param", "get", "nope", check=False), "nope")
+    refused = daemon.cli("submit", "cli_input_jobs:ANSWER", "--wait", check=False)
+    assert refused.returncode != 0 and "is an int, not a function" in refused.stderr, refused.stderr
