@@ -28,7 +28,7 @@ def _age(s: float) -> str:
     return f"{s:.1f}s" if s < 60 else f"{s / 60:.1f}m" if s < 3600 else f"{s / 3600:.1f}h"
 
 
-def _cells(*texts: str) -> list[Text]:
+def cells(*texts: str) -> list[Text]:
     """Table cells shown as the text they are: what the daemon sends is never parsed as Rich markup."""
     return [Text(t) for t in texts]
 
@@ -43,7 +43,7 @@ def render(status: StatusReply, jobs: list[JobInfo]) -> Group:
         actors.add_column(col, no_wrap=col != "detail", overflow="ellipsis")
     for a in status.actors:
         style = "red" if a.state == "failed" else "yellow" if a.state != "running" else None
-        actors.add_row(*_cells(a.name, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
+        actors.add_row(*cells(a.name, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
                                _age(a.heartbeat_age) if a.pid else "-", f"{a.rss / 2**20:.0f} MiB", a.detail),
                        style=style)
     table = Table(expand=True, title="jobs")
@@ -51,8 +51,8 @@ def render(status: StatusReply, jobs: list[JobInfo]) -> Group:
         table.add_column(col, no_wrap=col != "status", overflow="ellipsis")
     order = {"running": 0, "queued": 1}
     for j in sorted(jobs, key=lambda j: (order.get(j.state, 2), -j.id))[:15]:
-        table.add_row(*_cells(str(j.id), j.fn, j.state), ProgressBar(total=1.0, completed=j.progress, width=20),
-                      *_cells(j.status))
+        table.add_row(*cells(str(j.id), j.fn, j.state), ProgressBar(total=1.0, completed=j.progress, width=20),
+                      *cells(j.status))
     parts: list[Any] = [head, actors, table]
     proc = next((a for a in status.actors if a.role == "processor" and a.stats), None)
     if proc is not None:

@@ -282,6 +282,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from actors._top import cells
+
     d = st.daemon
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(Text.assemble((f"ensemble {d.version}", "bold"), " daemon ", (d.name, "bold"),
@@ -295,19 +297,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
         style = "red" if a.state == "failed" else None
         detail = a.detail or ", ".join(f"{k}={v}" for k, v in a.stats.items()
                                        if k in ("backend", "done", "xruns", "notice", "loading") and v not in ("", {}))
-        table.add_row(*_cells(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
-                              _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail), style=style)
+        table.add_row(*cells(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
+                             _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail), style=style)
     console.print(table)
     if d.counters.get("journal_error"):
         console.print(Text(f"the job journal cannot be written: {d.counters['journal_error']}; no new job is "
                            f"accepted until it can (free space in {d.state_dir}?)", style="red"))
-
-
-def _cells(*texts: str) -> list[Any]:
-    """Table cells shown as the text they are: what the daemon sends is never parsed as Rich markup."""
-    from rich.text import Text
-
-    return [Text(t) for t in texts]
 
 
 @main.command()
@@ -463,14 +458,16 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     from rich.console import Console
     from rich.table import Table
 
+    from actors._top import cells
+
     table = Table()
     for col in ("id", "function", "name", "state", "progress", "worker"):
         table.add_column(col, no_wrap=True)
     table.add_column("status", overflow="ellipsis", max_width=40)
     table.add_column("error", overflow="ellipsis", max_width=50)
     for i in infos:
-        table.add_row(*_cells(str(i.id), i.fn, i.name, i.state, f"{i.progress * 100:.0f}%", i.worker, i.status,
-                              f"{i.error_type}: {i.error_message}" if i.error_type else ""))
+        table.add_row(*cells(str(i.id), i.fn, i.name, i.state, f"{i.progress * 100:.0f}%", i.worker, i.status,
+                             f"{i.error_type}: {i.error_message}" if i.error_type else ""))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
