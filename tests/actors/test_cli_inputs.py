@@ -192,6 +192,7 @@ def test_a_config_that_is_not_a_regular_file_is_refused_not_read(daemon: Daemon)
         one_line_error(daemon.cli(*args, check=False, timeout=20), "is not a regular file")  # was: a hang
 
 
+@pytest.mark.slow  # the controller's 5 s budget runs out: .ci/run's slow pass (default suite < 5 min)
 def test_a_script_stuck_in_module_code_names_the_budget(daemon: Daemon) -> None:
     script = daemon.base / "forever.py"
     script.write_text("while True:\n    pass\n")

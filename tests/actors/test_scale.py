@@ -99,7 +99,8 @@ def test_bad_scale_values_are_clear_errors(module_daemon: Daemon) -> None:
         module_daemon.client().scale(5000)
     proc = module_daemon.cli("scale", "5000", check=False)
     assert proc.returncode != 0
-    assert proc.stderr.strip() == "ensemble: error: cannot scale to 5000 workers: give 0..1024"
+    assert proc.stderr.strip() == ("ensemble: error: Invalid value for 'WORKERS': 5000 is out of range: give 0 to 1024 "
+                                   "(the daemon runs at most 1024 workers) (see `ensemble scale --help`)")
     assert len(workers(module_daemon)) == 2
 
 
