@@ -178,8 +178,9 @@ def client_of(ctx: click.Context, cls: type[Any] | None = None) -> Any:
 @click.option("--config", "-c", "config", default=None, type=RegularFile(), help="TOML config file.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.option("--connect", default=None, metavar="tcp://HOST:PORT", help="A daemon on another host (CURVE).")
-@click.option("--key", default=None, type=RegularFile(), help="With --connect: your .key_secret file.")
-@click.option("--server-key", default=None, type=RegularFile(), help="With --connect: the daemon's server.key.")
+# key files may be pipes (`--key /dev/fd/N`: how a Ray-placed worker gets its keys, never written to disk)
+@click.option("--key", default=None, type=click.Path(dir_okay=False), help="With --connect: your .key_secret file.")
+@click.option("--server-key", default=None, type=click.Path(dir_okay=False), help="With --connect: the daemon's server.key.")
 @click.version_option(__version__, prog_name="ensemble")
 @click.pass_context
 def main(ctx: click.Context, name: str | None, config: str | None, debug: bool, connect: str | None,
@@ -570,8 +571,9 @@ def keys_list(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--connect", "endpoint", required=True, metavar="tcp://HOST:PORT", help="The daemon's worker endpoint.")
-@click.option("--key", required=True, type=RegularFile(exists=True), help="This worker's .key_secret file.")
-@click.option("--server-key", required=True, type=RegularFile(exists=True), help="The daemon's server.key.")
+# (a pipe too: a Ray-placed worker's keys come as `--key /dev/fd/N`, see actors._ray)
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="This worker's .key_secret file.")
+@click.option("--server-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The daemon's server.key.")
 @click.option("--worker-name", default=None, help="Name shown in status (default: the host name).")
 @click.option("--resources", default="", metavar="NAME=AMOUNT,...",
               help="What it offers jobs, e.g. CPU=8,GPU=1 (default: this host's CPUs and memory).")
