@@ -16,7 +16,7 @@ from typing import Any, Callable
 from actors._errors import EnsembleError
 
 _PUBLISH_EVERY = 0.02
-MAX_TIMEOUT_MS = 86_400_000  # a grace period of one day at most (set_timeout; the daemon clamps to the same)
+MAX_TIMEOUT_MS = 86_400_000  # a job's grace period (abort to kill) of one day at most: every check of it reads this
 _current: contextvars.ContextVar["Task | None"] = contextvars.ContextVar("ensemble_task", default=None)
 
 

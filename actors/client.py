@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, c
 import msgspec
 
 from actors import _map, callables
+from actors._task import MAX_TIMEOUT_MS
 from actors._connection import Connection
 from actors._exact import dumps_arguments, loads_referencing, pickled_value
 from actors._errors import (
@@ -98,11 +99,12 @@ def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[st
     Whether the function gets the task handle first is decided by the worker
     from its signature (see :func:`actors._jobfn.takes_task`), alike for every entry point.
     """
-    if not (isinstance(grace, (int, float)) and 0 < grace <= 86400):  # (a NaN fails every comparison)
-        raise ValueError(f"grace must be positive: a finite number of seconds, at most 86400 (the daemon's limit), "
-                         f"got {grace!r}")
+    if not (isinstance(grace, (int, float)) and 0 < grace <= MAX_TIMEOUT_MS / 1000):  # (a NaN fails every comparison)
+        raise ValueError(f"grace must be positive: a finite number of seconds, at most {MAX_TIMEOUT_MS // 1000} "
+                         f"(the daemon's limit), got {grace!r}")
     if deadline is not None and not (isinstance(deadline, (int, float)) and 0 <= deadline <= 1e9):
-        raise ValueError(f"deadline must be a finite number of seconds, 0 to 1e9 (None or 0: no limit), got {deadline!r}")
+        raise ValueError(f"deadline must be a finite number of seconds, 0 to 1e9 (None or 0: no limit), "
+                         f"got {deadline!r}")
     fn, args, kwargs = _unwrap(fn, args, kwargs)  # a partial of a module-level function travels as that function
     return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
                    float(deadline or 0.0), int(retries), True, False,

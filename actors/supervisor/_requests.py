@@ -19,6 +19,7 @@ from actors._errors import (
     DaemonError, EnsembleError, JobNotFound, JobRefused, PermissionDenied, ProtocolError, QueueFull, code_of,
 )
 from actors._jobfn import check_allowed, check_name
+from actors._task import MAX_TIMEOUT_MS
 from actors.messages import (
     Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfo, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message,
     Ping, Pong, Recalled, ResultsClosed, Retiring, Scale, Shutdown, Status, StatusReply, Stop, Submit, Submitted,
@@ -199,9 +200,9 @@ class RequestsMixin(State):
         for spec in jobs:
             if spec.resources:
                 self._check_resources(spec)
-            if not (1 <= spec.timeout_ms <= 86_400_000 and 0 <= spec.deadline <= 1e9 and 0 <= spec.retries <= 1000
+            if not (1 <= spec.timeout_ms <= MAX_TIMEOUT_MS and 0 <= spec.deadline <= 1e9 and 0 <= spec.retries <= 1000
                     and len(spec.name) <= 1024):
-                raise JobRefused(f"job {spec.fn}: timeout must be 1..86400000 ms, deadline 0..1e9 s, "
+                raise JobRefused(f"job {spec.fn}: timeout must be 1..{MAX_TIMEOUT_MS} ms, deadline 0..1e9 s, "
                                  "retries 0..1000 and the name at most 1024 characters")
         limit = self.cfg.jobs.queue_limit
         if len(book.jobs) + len(jobs) > limit:

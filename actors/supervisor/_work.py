@@ -16,6 +16,7 @@ import zmq
 
 from actors._errors import EnsembleError, ProtocolError
 from actors._jobs import Job
+from actors._task import MAX_TIMEOUT_MS
 from actors.messages import AbortJob, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop, encode
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
@@ -95,7 +96,7 @@ class WorkMixin(State):
             log.warning("event=stored-key-refused name=%s job=%d where=properties", slot.name, job.id)
             msg = msgspec.structs.replace(msg, properties={})
         job.progress, job.status = msg.progress, msg.status
-        timeout_ms = max(1, min(msg.timeout_ms, 86_400_000))
+        timeout_ms = max(1, min(msg.timeout_ms, MAX_TIMEOUT_MS))
         if msg.properties or not msg.event:
             job.properties = msg.properties
         if timeout_ms != job.timeout_ms:
