@@ -370,6 +370,8 @@ class Connection:
                 self._wake_pending = False
 
     def _io(self) -> None:
+        # the user's Ctrl-C and SIGTERM are the main thread's: the kernel never hands them to this thread instead
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)

@@ -373,36 +373,37 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
         fail(str(exc))
     with client_of(ctx) as c:
         c.conn.search_cwd = True  # FN may be a module of the directory it is typed in, as with `python -m`
-        held: list[bool] = []
-        if wait:  # a first Ctrl-C during the submit waits for the job's id, so that the job can be cancelled
-            previous = signal.signal(signal.SIGINT, lambda *_: _hold_interrupt(held))
-        try:
-            handle = c.submit(fn, *[parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
-                              grace=grace, deadline=deadline, retries=retries, resources=need)
-        finally:
-            if wait:
-                signal.signal(signal.SIGINT, previous)
+        def send() -> Any:
+            return c.submit(fn, *[parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
+                            grace=grace, deadline=deadline, retries=retries, resources=need)
+
         if not wait:
-            click.echo(handle.id)
+            click.echo(send().id)
             return
+        # Ctrl-C only raises a flag from here to the job's end, and the progress loop polls it: a KeyboardInterrupt
+        # raised at an arbitrary point (inside the submit, between the submit and the watch, inside Rich) could
+        # leave the job running with nobody to cancel it. A second Ctrl-C raises: the user insists.
+        interrupted: list[bool] = []
+        previous = signal.signal(signal.SIGINT, lambda *_: _hold_interrupt(interrupted))
         try:
-            if held:
-                raise KeyboardInterrupt
-            _follow(c, handle.id, cancel_on_interrupt=True)
-        except KeyboardInterrupt:  # Ctrl-C before the progress bar took over: cancel all the same
-            c.cancel(handle.id, block=True)
-            _print_result(c.job(handle.id))
+            _follow(c, send().id, interrupted)
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _hold_interrupt(held: list[bool]) -> None:
-    """SIGINT handler while a submit is in flight: note the first Ctrl-C, raise on a second."""
+    """SIGINT handler while a submitted job is followed: note the first Ctrl-C, raise on a second."""
     if held:
         raise KeyboardInterrupt
     held.append(True)
 
 
-def _follow(c: Any, job_id: int, cancel_on_interrupt: bool) -> None:
-    """Live progress bar until the job ends; print the result or fail with its error."""
+def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
+    """Live progress bar until the job ends; print the result or fail with its error.
+
+    ``interrupted``: the flag :func:`_hold_interrupt` raises on Ctrl-C; once set, the job is cancelled (and
+    its end still printed). Without it Ctrl-C interrupts only the following, as usual.
+    """
     import threading
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -411,23 +412,23 @@ def _follow(c: Any, job_id: int, cancel_on_interrupt: bool) -> None:
     handle = c.watch(job_id, lambda info: changed.set())
     from rich.markup import escape
 
-    # the state is escaped and the status shown as plain text: the job's own words are never markup
+    # the state is escaped and the status shown as plain text: the job's own words are never markup.
+    # auto_refresh=False: the loop below refreshes, and no Rich thread exists to catch a signal meant for this one
     with Progress(TextColumn("job {task.fields[jid]} [bold]{task.fields[state]}[/]"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                  TextColumn("{task.description}", markup=False), transient=True) as bar:
+                  TextColumn("{task.description}", markup=False), transient=True, auto_refresh=False) as bar:
         task = bar.add_task("", total=1.0, jid=job_id, state="queued")
-        try:
-            while not handle.done():
-                changed.wait(0.25)
-                changed.clear()
-                info = handle._info
-                if info is not None:
-                    bar.update(task, completed=info.progress, description=info.status, state=escape(info.state))
-        except KeyboardInterrupt:
-            if not cancel_on_interrupt:
-                raise
-            bar.update(task, description="cancelling...")
-            handle.cancel(block=True)
+        while not handle.done():
+            if interrupted:
+                bar.update(task, description="cancelling...", refresh=True)
+                handle.cancel(block=True)
+                break
+            changed.wait(0.1)
+            changed.clear()
+            info = handle._info
+            if info is not None:
+                bar.update(task, completed=info.progress, description=info.status, state=escape(info.state),
+                           refresh=True)
     _print_result(handle)
 
 
@@ -478,7 +479,7 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
 def watch(ctx: click.Context, job_id: int) -> None:
     """Follow a job's progress until it ends, then print its result."""
     with client_of(ctx) as c:
-        _follow(c, job_id, cancel_on_interrupt=False)
+        _follow(c, job_id)
 
 
 @main.command()
