@@ -6,6 +6,10 @@ calls) before task notifications before timers before status.  A callback may
 be ``async def`` and ``await wait(ms)``; other callbacks run meanwhile.  A
 callback step that runs past the budget (5000 ms, as HALion's controller) is
 interrupted with :class:`~controller._watchdog.ScriptTimeout` and reported.
+A step the interrupt cannot reach (blocked in C) that still runs ``GRACE_S``
+(3 s) later is wedged: :meth:`ControllerScript.check_budget` names it, and the
+controller process exits to be restarted by the supervisor (see
+:mod:`controller._watchdog` and :mod:`controller.actor`).
 Reloading discards every pending callback and aborts the script's
 background tasks; parameter values survive.
 """
@@ -28,7 +32,7 @@ from actors import EnsembleError, WrongContextError
 from controller.messages import ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady
 from controller._host import ParamDef, function_name, load_module
 from controller._ui import ScriptUi
-from controller._watchdog import ScriptTimeout, interrupt
+from controller._watchdog import BUDGET_S, GRACE_S, ScriptTimeout, interrupt, wedged_text, where_blocked
 
 log = logging.getLogger("ensemble.controller")
 
@@ -129,11 +133,13 @@ class StateFile:
 class ControllerScript:
     """Hosts a script in the controller process."""
 
-    def __init__(self, outbox: Any, state_dir: Path, budget_ms: float = 5000.0, client_factory: Any = None) -> None:
+    def __init__(self, outbox: Any, state_dir: Path, budget_ms: float = BUDGET_S * 1000.0, client_factory: Any = None,
+                 grace_ms: float = GRACE_S * 1000.0) -> None:
         self.outbox = outbox
         self.state_dir = state_dir
         self.state = StateFile(state_dir / "script-state.json")
         self.budget_s = budget_ms / 1000.0
+        self.grace_s = grace_ms / 1000.0  # after the budget's interrupt, before the step counts as wedged
         self.client_factory = client_factory
         self.module: ModuleType | None = None
         self.path = ""
@@ -149,8 +155,10 @@ class ControllerScript:
         self.discarded = 0
         self.errors = 0
         self.ran: list[str] = []  # names of callbacks run, newest last (bounded)
-        self.busy_since = 0.0
+        self.busy_since = 0.0  # when the running step began (0: none runs); a step's identity for the watchdog
         self.busy_name = ""
+        self.loading_file = ""  # the script file whose module code runs now ("" when none)
+        self._interrupted = (0.0, 0.0)  # (busy_since of the step interrupted last, when it was interrupted)
         self.loading_status: dict[str, Any] = {}
         self.ui = ScriptUi()  # the script's buttons, labels and progress bars (the panel draws them)
         self.loop = asyncio.new_event_loop()
@@ -185,15 +193,42 @@ class ControllerScript:
         """Callbacks waiting in the queue."""
         return len(self.heap)
 
-    def check_budget(self) -> None:
-        """Main thread: interrupt a callback step running past the budget."""
-        since = self.busy_since
-        if since and time.monotonic() - since > self.budget_s and self.thread.ident:
-            self.busy_since = 0.0
-            interrupt(self.thread.ident, ScriptTimeout)
+    def check_budget(self) -> str:
+        """Main thread: interrupt a step running past the budget; the step's name once it is wedged, else "".
 
-    def stop(self) -> None:
-        """Abort background tasks and stop the script thread."""
+        A step is wedged when it still runs ``grace_ms`` after its interrupt:
+        blocked in C, where the interrupt cannot reach until the call returns.
+        Nothing can stop it short of ending the process (see
+        :mod:`controller._watchdog`); the caller decides.  Costs a few
+        attribute reads; called every tick.
+        """
+        since = self.busy_since
+        if not since or not self.thread.ident:
+            return ""
+        now = time.monotonic()
+        interrupted, at = self._interrupted
+        if since != interrupted:  # a step the interrupt has not been sent to yet
+            if now - since > self.budget_s:
+                self._interrupted = (since, now)
+                interrupt(self.thread.ident, ScriptTimeout)
+            return ""
+        return self.busy_name if now - at > self.grace_s else ""
+
+    def wedged(self, step: str) -> None:
+        """Main thread: report that ``step`` is wedged (the controller is about to leave; see check_budget)."""
+        files = tuple(f for f in (self.loading_file, getattr(self.module, "__file__", None) or "") if f)
+        loc = where_blocked(self.thread.ident or 0, files)
+        text = wedged_text(step, self.budget_s, self.grace_s)
+        log.critical("event=script-wedged %s at %s; leaving to be restarted", text, loc)
+        self.errors += 1
+        self.outbox.put(ScriptError("Controller", "wedged", text, loc))
+
+    def stop(self, wait: bool = True) -> None:
+        """Abort background tasks and stop the script thread (``wait``: for it to end, at most 5 s).
+
+        Writes the parameter values saved so far either way; a wedged script
+        thread (``wait=False``) is left to end with the process.
+        """
         for t in self.bg_tasks:
             t._abort_quietly()
         def shutdown() -> None:
@@ -202,7 +237,8 @@ class ControllerScript:
             self.loop.call_soon(self.loop.stop)
 
         self.loop.call_soon_threadsafe(shutdown)
-        self.thread.join(timeout=5)
+        if wait:
+            self.thread.join(timeout=5)
         self.state.close()
         if self._client is not None:
             self._client.close()
@@ -310,16 +346,18 @@ class ControllerScript:
         self.ui.clear()
         self.params = {}
         _context._loading["active"] = True
+        self.loading_file = str(Path(path).resolve())
         self.busy_since, self.busy_name = time.monotonic(), "module code"
         try:
             self.module = load_module(path)
         except BaseException as exc:  # noqa: BLE001
             self.module = None
-            self._report("module code", exc, loading=str(Path(path).resolve()))
+            self._report("module code", exc, loading=self.loading_file)
             return
         finally:
             _context._loading["active"] = False
             self.busy_since = 0.0
+            self.loading_file = ""
         self.path = str(Path(path).resolve())
         saved = self.state.read(self.path)
         for name, p in self.params.items():
@@ -360,23 +398,29 @@ class ControllerScript:
                 self._report("on_save", exc)
         self.state.save(self.path, entry)  # written by the state file's own thread
 
-    def _param_message(self, call: list[str]) -> ParamValues:
+    def _param_message(self, call: list[str], applied: int = 0) -> ParamValues:
         infos = [ParamInfo(p.name, p.long_name, self.values.get(p.name, p.default), p.default, p.min, p.max, p.kind,
                            p.processor, self.bindings.get(p.name, -1), list(p.choices)) for p in self.params.values()]
-        return ParamValues(infos, call)
+        return ParamValues(infos, call, applied)
 
-    def param_from_outside(self, name: str, value: Any) -> None:
-        """A ``param set`` from a client or the processor: a control callback (any thread)."""
-        self.submit(CONTROL, self._apply_param, (name, value), f"param {name}")
+    def param_from_outside(self, name: str, value: Any, seq: int = 0) -> None:
+        """A ``param set`` from a client or the processor: a control callback (any thread).
 
-    def _apply_param(self, name: str, value: Any) -> None:
+        ``seq``: the daemon's number for a client's change, echoed as
+        ``ParamValues.applied`` once the value is applied and saved (before
+        its ``on_change`` runs), so that the daemon knows which changes to
+        send again to a controller restarted before it applied them.
+        """
+        self.submit(CONTROL, self._apply_param, (name, value, seq), f"param {name}")
+
+    def _apply_param(self, name: str, value: Any, seq: int = 0) -> None:
         p = self.params.get(name)
         if p is None:
             raise KeyError(f"no parameter named {name!r}")
         value = p.coerce(value)
         self.values[name] = value
         self.save_state()
-        self.outbox.put(self._param_message([name] if p.processor and p.on_change else []))
+        self.outbox.put(self._param_message([name] if p.processor and p.on_change else [], seq))
         if p.on_change is not None and not p.processor:
             self._call(p.on_change, (value,), f"on_change({name})")
 

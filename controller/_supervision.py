@@ -4,6 +4,21 @@ Registered with the runtime through the ``ensemble.extensions`` entry point
 (see :mod:`actors.extensions`); runs in the supervisor's thread, never blocks.
 Controller and processor each host the script; this routes ``run_sync`` /
 ``run_async`` and parameter traffic between them and records script errors.
+
+A controller that went down (a crash, a heartbeat timeout, or its own exit
+with ``WEDGED_EXIT`` when a script step stayed blocked in C past its budget
+and grace: see :mod:`controller._watchdog`) is restarted by the supervisor
+like any child; when it says hello again (:meth:`ScriptExtension.child_ready`,
+which sees how the last one ended in ``slot.last_exit``):
+
+* a load it was running fails, saying why, and the new controller runs the
+  script that ran before it (loading the same file again would take it down
+  again; see ``_load_lost``); otherwise it reloads the script, with its saved
+  parameters;
+* every ``param set`` acknowledged but not yet applied (the controller echoes
+  each change's ``seq`` in ``ParamValues.applied``) is sent to it again, so an
+  acknowledged value is never lost to a restart; while no controller runs,
+  ``param set`` is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ from controller.messages import (
     ScriptError, ScriptLoad, ScriptReady, UiEvent, UiList, UiState,
 )
 from controller._host import ParamDef
+from controller._watchdog import WEDGED_EXIT, wedged_text
 
 log = logging.getLogger("ensemble.supervisor")
 INTERNAL_JOBS = frozenset({"controller._tasks:run_process_job", "controller._tasks:kill_voices_job"})
@@ -43,6 +59,11 @@ class ScriptExtension(Extension):
         # the latest load: [its number, "loading" | "ready" | "failed", the error]; `ensemble load` waits on it
         self.load_state: list[Any] = [0, "", ""]
         self.ui = UiState([])  # the script's UI elements as the controller last sent them
+        self.ready_path = ""  # the script the controller runs (its last ScriptReady; "" after a load that failed)
+        self.load_lost = False  # the latest load failed as the controller went down: its restart is no new load
+        self.wedge_heard = False  # this controller said it is wedged (ScriptError kind "wedged") before it left
+        self.param_seq = 0
+        self.unapplied: dict[str, ParamSet] = {}  # parameter -> its newest acknowledged change not yet applied
 
     def requests(self) -> dict[type, Any]:
         return {ScriptLoad: self._load, ParamSet: self._param_set, ParamList: self._param_list, ParamBind: self._param_bind,
@@ -56,11 +77,54 @@ class ScriptExtension(Extension):
         if slot.role == "processor" and self.script_ready:
             self.host.send_child(slot, ScriptLoad(self.script_path))
             self.host.send_child(slot, ParamValues(list(self.params.values())))
-        elif slot.role == "controller" and self.script_path:
-            self.script_ready = False
-            self._loading()
+        elif slot.role == "controller":
+            self._controller_back(slot)
             self.ui = UiState([], self.ui.version + 1)  # a new controller: its elements come with the script
-            self.host.send_child(slot, ScriptLoad(self.script_path))
+            if self.script_path:
+                self.script_ready = False
+                if not self.load_lost:
+                    self._loading()
+                self.host.send_child(slot, ScriptLoad(self.script_path))
+                for change in sorted(self.unapplied.values(), key=lambda m: m.seq):
+                    self.host.send_child(slot, change)
+                if self.unapplied:
+                    log.info("event=params-resent count=%d", len(self.unapplied))
+            else:
+                self.unapplied.clear()
+            self.load_lost = self.wedge_heard = False
+
+    def _controller_back(self, slot: Any) -> None:
+        """A controller said hello after its previous one ended: a load it ran fails; a wedge it hid is said."""
+        code = slot.last_exit
+        if code is None or self.load_lost:  # its first start; or the load failed already (its wedge report)
+            return
+        if self.load_state[1] == "loading":
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            silent = code == -9 and slot.detail.startswith("silent")  # the supervisor killed it: no heartbeat came
+            if silent:
+                how += f": {slot.detail}"
+            self._load_lost(f"{wedged_text('the script')}; the controller was restarted" if code == WEDGED_EXIT
+                            else f"the controller ended ({how}) while it loaded the script, and was restarted",
+                            stuck=silent or code == WEDGED_EXIT)
+        elif code == WEDGED_EXIT and not self.wedge_heard:  # its report was lost with it
+            self._script_error(slot, f"Controller wedged: {wedged_text('a callback')}; the controller was restarted")
+
+    def _load_lost(self, reason: str, stuck: bool) -> None:
+        """The load in progress fails as its controller goes down; the next controller runs the script before it.
+
+        ``stuck``: the script held the controller past its budget or its
+        heartbeat timeout.  Then not the same file again (a reload whose
+        ``on_load`` blocks): each try would cost a restart, slower than the
+        restart intensity counts, so the next controller runs no script.
+        After a crash the file is loaded again: a crash loop is fast, and the intensity ends it.
+        """
+        before = "" if stuck and self.ready_path == self.script_path else self.ready_path
+        self.script_path = self.ready_path = before
+        if not before:
+            self.params = {}
+        self.load_lost = True
+        self.load_state[1:] = ["failed", reason + (f", with the script it ran before ({before})"
+                                                   if before else ", with no script")]
 
     def _loading(self) -> None:
         self.load_state = [self.load_state[0] + 1, "loading", ""]
@@ -107,6 +171,7 @@ class ScriptExtension(Extension):
         self.script_path = str(path.resolve())
         self.script_ready = False
         self._loading()
+        self.unapplied.clear()  # the controller applies each change queued before the load, or the load discards it
         self.host.send_child(controller, ScriptLoad(self.script_path, msg.reload))
         log.info("event=script-load path=%s reload=%s load=%d", self.script_path, msg.reload, self.load_state[0])
         return Ack(f"loading {self.script_path} (load {self.load_state[0]})")
@@ -125,10 +190,14 @@ class ScriptExtension(Extension):
             value = ParamDef(p.name, p.long_name, p.default, p.min, p.max, p.kind, tuple(p.choices)).coerce(msg.value)
         except ValueError as exc:
             raise OutOfRange(str(exc)) from None
-        msg = ParamSet(msg.name, value)
+        self.param_seq += 1
+        msg = ParamSet(msg.name, value, self.param_seq)
         controller = self.host.child("controller")
         if controller is None or not self.host.send_child(controller, msg):
-            raise DaemonError("the controller is not running; see `ensemble status`")
+            raise DaemonError("the controller is not running (restarting, or failed: see `ensemble status`); "
+                              f"{msg.name} was not set: set it again once the controller runs")
+        self.unapplied.pop(msg.name, None)  # (kept in the order of their numbers)
+        self.unapplied[msg.name] = msg  # sent again to a controller restarted before it applied it
         return Ack(f"{msg.name} = {msg.value!r} queued")
 
     def _param_bind(self, corr: int, msg: ParamBind) -> Message:
@@ -174,6 +243,7 @@ class ScriptExtension(Extension):
         proc, ctl = self.host.child("processor"), self.host.child("controller")
         if isinstance(msg, ScriptReady):
             self.script_ready = True
+            self.ready_path = msg.path
             if self.load_state[1] == "loading":
                 self.load_state[1] = "ready"
             if proc is not None:
@@ -188,17 +258,30 @@ class ScriptExtension(Extension):
                 self.host.send_child(proc, RunAsyncResult(msg.token, False, None, "the controller is not running"))
         elif isinstance(msg, ParamValues):
             self.params = {p.name: p for p in msg.params}
+            if msg.applied:  # that change and every one before it are applied (control callbacks run in order)
+                self.unapplied = {n: m for n, m in self.unapplied.items() if m.seq > msg.applied}
             if proc is not None:
                 self.host.send_child(proc, msg)
         elif isinstance(msg, (ParamSet, ParamControl)):
             if ctl is not None:
                 self.host.send_child(ctl, msg)
         elif isinstance(msg, ScriptError):
-            text = f"{msg.context} {msg.kind}: {msg.message}" + (f" ({msg.location})" if msg.location else "")
+            where = f" ({msg.location})" if msg.location else ""
             if msg.kind == "load-failed" and self.load_state[1] == "loading":
-                self.load_state[1:] = ["failed", f"{msg.message}" + (f" ({msg.location})" if msg.location else "")]
-            self.errors.append(text)
-            self.host.counters["script_errors"] += 1
-            slot.detail = text[:600]
+                self.load_state[1:] = ["failed", f"{msg.message}{where}"]
+            if msg.kind == "load-failed" and slot.role == "controller":
+                self.ready_path = ""  # the controller runs no script now
+            if msg.kind == "wedged" and slot.role == "controller":  # it leaves now, to be restarted
+                self.wedge_heard = True
+                where += "; the controller was restarted"
+                if self.load_state[1] == "loading":
+                    self._load_lost(f"{msg.message}{where}", stuck=True)
             log.error("event=script-%s context=%s detail=%s location=%s", msg.kind, msg.context, msg.message,
                       msg.location)
+            self._script_error(slot, f"{msg.context} {msg.kind}: {msg.message}{where}")
+
+    def _script_error(self, slot: Any, text: str) -> None:
+        """Keep a script error for ``status`` (recent errors, the actor's detail)."""
+        self.errors.append(text)
+        self.host.counters["script_errors"] += 1
+        slot.detail = text[:600]

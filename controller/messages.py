@@ -55,6 +55,7 @@ class ScriptError(Message, tag=ScriptKind.SCRIPT_ERROR.value, frozen=True):
 
     context: str
     kind: str  # error | wrong-context | overrun | stopped | load-failed (module code raised: the script is not loaded)
+    #            | wedged (blocked in C past budget and grace: the controller leaves to be restarted)
     message: str
     location: str = ""
 
@@ -89,6 +90,7 @@ class ParamSet(Message, tag=ScriptKind.PARAM_SET.value, frozen=True):
 
     name: str
     value: Any
+    seq: Int64 = 0  # the daemon's number for a client's change (0: a script's own), echoed in ParamValues.applied
 
 
 class ParamInfo(Record, frozen=True):
@@ -107,10 +109,14 @@ class ParamInfo(Record, frozen=True):
 
 
 class ParamValues(Message, tag=ScriptKind.PARAM_VALUES.value, frozen=True):
-    """Parameter values after a change; ``call`` names parameters whose processor callback should run."""
+    """Parameter values after a change; ``call`` names parameters whose processor callback should run.
+
+    ``applied``: the ``seq`` of the client's change this message follows (0: none).
+    """
 
     params: list[ParamInfo]
     call: list[str] = field(default_factory=list)
+    applied: Int64 = 0
 
 
 class ParamList(Message, tag=ScriptKind.PARAM_LIST.value, frozen=True):

@@ -52,6 +52,7 @@ class Slot(msgspec.Struct):
     path_sent: Any = None  # the import path last sent to this incarnation (sent again only when it changes)
     resources: dict[str, float] = msgspec.field(default_factory=dict)  # what it offers jobs (actors._resources)
     results_closed: bool = False  # this incarnation said all its results were sent (ResultsClosed)
+    last_exit: int | None = None  # how the previous incarnation ended (its exit code, -N: signal N; None: first)
 
 
 
@@ -246,6 +247,7 @@ class ChildrenMixin(State):
         self.by_identity.pop(slot.identity + RESULTS_SUFFIX, None)
         slot.proc = None
         slot.ready = False
+        slot.last_exit = code  # an extension reads it when the next incarnation says hello (child_ready)
         log_fn = log.info if self._asked_to_leave(slot) else log.error  # (a Retiring read just now counts)
         log_fn("event=exit name=%s pid=%d code=%s", slot.name, proc.pid, code)
         under_a_job = self._jobs_lost(slot)

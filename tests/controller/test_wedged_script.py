@@ -1,0 +1,125 @@
+"""A script blocked in C past its budget (where the interrupt cannot reach): the controller is restarted.
+
+The socket-less test drives the deadline with a short budget; the daemon
+tests wait out the real one (5 s and the grace after it) through the CLI and
+the client, as a user would.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller._controller_side import CONTROL, ControllerScript
+from tests.conftest import Daemon, pid_alive, wait_for
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+STATEFUL = SCRIPTS / "stateful.py"
+
+
+class Collect:
+    """An outbox that keeps what the runtime sends (the runtime's real peer is the supervisor)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def put(self, msg: Any) -> None:
+        self.items.append(msg)
+
+
+def test_a_step_blocked_in_c_past_budget_and_grace_is_reported_wedged(tmp_path: Path) -> None:
+    rt = ControllerScript(Collect(), tmp_path, budget_ms=100, grace_ms=200)
+    held = threading.Lock()
+    held.acquire()
+    try:
+        rt.submit(CONTROL, held.acquire, (True, 60.0), "stuck")  # blocked in C: the interrupt waits for it
+        wait_for(lambda: rt.busy_name == "stuck", what="the callback to start")
+        assert wait_for(rt.check_budget, 30, what="the deadline to pass") == "stuck"
+        ran: list[int] = []
+        rt.submit(CONTROL, ran.append, (1,), "after")
+        held.release()  # the call returns, the interrupt lands, and the queue goes on
+        wait_for(lambda: ran == [1], what="the queue to go on once the call returned")
+        assert rt.check_budget() == ""
+    finally:
+        if held.locked():
+            held.release()
+        rt.stop()
+
+
+def _load_cli(d: Daemon, script: Path) -> subprocess.Popen[str]:
+    """``ensemble load SCRIPT`` running in the background (it waits for the controller)."""
+    return subprocess.Popen([sys.executable, "-m", "actors", "load", str(script)], env=d.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _restarted(d: Daemon, old_pid: int) -> Any:
+    def check() -> Any:
+        a = d.actor("controller")
+        return a if a.state == "running" and a.pid not in (0, old_pid) and a.restarts >= 1 else None
+
+    return wait_for(check, 30, what="the controller to be restarted")
+
+
+@pytest.mark.slow  # waits out the controller's 5 s budget and its grace
+def test_module_code_blocked_in_c_fails_the_load_and_restarts_the_controller(daemon: Daemon) -> None:
+    c = daemon.client()
+    c.load_script(str(STATEFUL), wait=30)
+    c.set_param("gain", 0.8)
+    wait_for(lambda: c.get_param("gain") == 0.8, what="gain set")
+    old = daemon.actor("controller").pid
+    wedge = daemon.base / "wedge.py"
+    wedge.write_text("import time\ntime.sleep(100000)\n")
+    number = daemon.status().daemon.counters["script_load"][0]
+    load = _load_cli(daemon, wedge)
+    try:
+        wait_for(lambda: daemon.status().daemon.counters["script_load"][:2] == [number + 1, "loading"],
+                 what="the load to start")
+        c.set_param("gain", 0.25)  # acknowledged while the controller is stuck: applied after the restart
+        out, err = load.communicate(timeout=60)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    assert load.returncode == 1, out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ensemble: error: script "), err
+    assert "blocked past the controller's budget" in lines[0] and "cannot be interrupted" in lines[0], lines[0]
+    assert "the controller was restarted" in lines[0] and f"{wedge.resolve()}:2" in lines[0], lines[0]
+    _restarted(daemon, old)
+    wait_for(lambda: not pid_alive(old), 10, what="the stuck controller to be gone")
+    wait_for(lambda: c.get_param("gain") == 0.25, what="the change made while it was stuck to be applied")
+    assert daemon.status().daemon.counters["script"] == str(STATEFUL.resolve())  # the script it ran before
+    wait_for(lambda: c.get_param("restored") == "0.8", what="on_load to get its saved state back")
+    good = daemon.cli("load", str(STATEFUL))  # and the next load is not "still loading"
+    assert good.stdout.strip() == f"loaded {STATEFUL.resolve()}"
+
+
+@pytest.mark.slow  # waits out the controller's 5 s budget and its grace
+def test_a_callback_blocked_in_c_restarts_the_controller_and_later_changes_still_apply(daemon: Daemon) -> None:
+    script = daemon.base / "hang.py"
+    script.write_text(
+        "import time\n"
+        "from controller.script import define_parameter\n\n"
+        "def on_hang(value):\n"
+        "    if value:\n"
+        "        time.sleep(100000)\n\n"
+        "define_parameter('hang', 'Hang', False, on_change=on_hang)\n"
+        "define_parameter('gain', 'Gain', 0.5, 0.0, 1.0)\n"
+    )
+    c = daemon.client()
+    c.load_script(str(script), wait=30)
+    old = daemon.actor("controller").pid
+    c.set_param("hang", True)
+    wait_for(lambda: c.get_param("hang") is True, what="the blocking change to be applied")
+    c.set_param("gain", 0.75)  # queued behind the blocked callback
+    _restarted(daemon, old)
+    wait_for(lambda: c.get_param("gain") == 0.75, what="the queued change to be applied after the restart")
+    assert c.get_param("hang") is True  # saved before its on_change ran, and not run again
+    detail = daemon.actor("controller").detail
+    assert "on_change(hang) blocked past the controller's budget" in detail, detail
+    assert "the controller was restarted" in detail and f"{script.resolve()}:6" in detail, detail
