@@ -124,16 +124,22 @@ def remote_error(type_name: str, message: str, traceback_text: str = "") -> Remo
     of a module already imported here: nothing is imported on a remote
     peer's word), the error is an instance of a subclass of both, named as
     the original: ``except ValueError`` and ``except RemoteError`` both catch
-    it, and its text is the RemoteError's (type, message, remote traceback).
-    Only ``Exception`` subclasses qualify (a job's ``KeyboardInterrupt`` or
-    ``SystemExit`` must not stop the caller); otherwise a plain RemoteError.
+    it.  Its text is the original's, as ``concurrent.futures`` re-raises it
+    (``str()`` is ``boom``, a traceback ends ``TypeError: boom``, never
+    ``TypeError: TypeError: boom``; ``args`` is ``(message,)``), and its
+    cause is a plain RemoteError whose text carries the remote traceback, as
+    ``ProcessPoolExecutor`` chains its own.  Only ``Exception`` subclasses
+    qualify (a job's ``KeyboardInterrupt`` or ``SystemExit`` must not stop
+    the caller); otherwise a plain RemoteError, whose text names the job's
+    type (``TypeError: boom``, its own name being ``RemoteError``) and carries
+    the remote traceback.
     """
     cls = _find_class(type_name)
     twin = _AS_ORIGINAL.get(cls) if cls is not None else None
     if cls is not None and twin is None:
         try:
             twin = type(cls.__name__, (cls, RemoteError), {
-                "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__str__": RemoteError.__str__,
+                "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__str__": _original_text,
                 "__doc__": cls.__doc__})
         except Exception:  # noqa: BLE001 - a class that cannot be combined (layout, metaclass): plain RemoteError
             twin = RemoteError
@@ -143,10 +149,17 @@ def remote_error(type_name: str, message: str, traceback_text: str = "") -> Remo
     try:
         error = cast(Any, twin).__new__(twin)  # the class's own __new__ (OSError's, say), not its __init__
         RemoteError.__init__(error, type_name, message, traceback_text)
+        error.args = (message,)
     except Exception:  # noqa: BLE001 - a __new__ that wants its own arguments
         return RemoteError(type_name, message, traceback_text)
     assert isinstance(error, RemoteError)
+    error.__cause__ = RemoteError(type_name, message, traceback_text)
     return error
+
+
+def _original_text(self: RemoteError) -> str:
+    """``str()`` of a RemoteError twin: the job's exception's own text (its type is the twin's name already)."""
+    return self.remote_message
 
 
 def _find_class(type_name: str) -> type | None:

@@ -26,7 +26,7 @@ from actors._completion import completion
 from actors._errors import EnsembleError, JobCancelled
 from actors._rundir import RunDir, check_private_path
 from actors._launch import start_daemon, wait_ready
-from actors.config import Config, load_config
+from actors.config import Config, load_config, not_regular_file
 from actors.extensions import register_commands
 
 _DEBUG = False
@@ -98,9 +98,9 @@ class RegularFile(click.Path):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         path = super().convert(value, param, ctx)
-        if os.path.exists(path) and not os.path.isfile(path):
-            self.fail(f"{os.fsdecode(path)!r} is not a regular file (a FIFO, device or socket cannot be read "
-                      "as one)", param, ctx)
+        problem = not_regular_file(os.fsdecode(path))
+        if problem:
+            self.fail(f"{os.fsdecode(path)!r} {problem}", param, ctx)
         return path
 
 
@@ -318,7 +318,9 @@ def top(ctx: click.Context, refresh: float) -> None:
         run_top(c, refresh)
 
 
-@main.command()
+# ignore_unknown_options: `scale -1` reaches WORKERS, whose range error says what to give (click would call it
+# an unknown option); an unknown option after WORKERS is still an unexpected extra argument
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("workers", type=Number(int, 0, 1024, "the daemon runs at most 1024 workers"))
 @click.option("--on", "on", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Which workers: this host's, or those placed on the Ray cluster ([cluster] ray).")

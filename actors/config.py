@@ -529,6 +529,42 @@ def default_config_file(env: Mapping[str, str]) -> Path:
     return Path(base) / "ensemble" / "config.toml"
 
 
+def not_regular_file(path: str | os.PathLike[str]) -> str:
+    """Why ``path`` cannot be read as a file: ``"is not a regular file (...)"``, or "" when it is one or is missing.
+
+    A FIFO would block the read forever, a device or a socket means nothing
+    as a file.  Costs one ``stat`` (symbolic links followed).  The one check
+    behind ``--config``, ``load`` and ``sample load`` (the CLI's
+    ``RegularFile``) and behind the config file :func:`load_config` reads.
+    """
+    if os.path.exists(path) and not os.path.isfile(path):
+        return "is not a regular file (a FIFO, device or socket cannot be read as one)"
+    return ""
+
+
+def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    """The config file to read (``path``, ``$ENSEMBLE_CONFIG``, else the default when it exists), or None.
+
+    Raises ConfigError, naming where the path came from, when it is not a regular file: reading a FIFO
+    would hang.
+    """
+    if path:
+        p = Path(path)
+        named, fix = f"config file {p}", "give a TOML file"
+    elif env.get("ENSEMBLE_CONFIG"):
+        p = Path(env["ENSEMBLE_CONFIG"])
+        named, fix = f"ENSEMBLE_CONFIG={env['ENSEMBLE_CONFIG']!r}", "point it at a TOML file or unset it"
+    else:
+        p = default_config_file(env)
+        if not p.exists():
+            return None
+        named, fix = f"config file {p} (the default)", "make it a TOML file or remove it"
+    problem = not_regular_file(p)
+    if problem:
+        raise ConfigError(f"{named} {problem}; {fix}")
+    return p
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
@@ -538,18 +574,16 @@ def load_config(
 
     ``overrides`` is ``{"daemon": {"name": "x"}}``-shaped (from CLI flags; ``None``
     values are ignored).  Raises :class:`ConfigError` with one clear line on any
-    bad file, key or value.
+    bad file, key or value; a config path that is not a regular file (a FIFO
+    would block the read forever) is refused before it is opened.
     """
     env = os.environ if env is None else env
     merged: dict[str, dict[str, Any]] = {}
     sources: dict[tuple[str, str], str] = {}  # (section, key) -> where the user wrote it
-    path = path or env.get("ENSEMBLE_CONFIG") or None
-    if path is None and default_config_file(env).is_file():
-        path = default_config_file(env)
-    if path:
+    p = _config_path(path, env)
+    if p is not None:
         import tomllib
 
-        p = Path(path)
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:

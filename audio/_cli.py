@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from actors.cli import RegularFile, client_of, fail
+from actors.cli import Number, RegularFile, client_of, fail
 from audio.client import Client
 
 
@@ -163,8 +163,10 @@ def midi_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--via", type=click.Choice(["auto", "jack", "alsa", "rtmidi-jack"]), default="auto", show_default=True,
               help="auto: a JACK MIDI output of that name (sample-accurate), else an ALSA sequencer input (RtMidi, "
                    "timestamped); rtmidi-jack: RtMidi's own JACK client (the timestamped path without ALSA).")
-@click.option("--timeout", default=10.0, type=click.FloatRange(0.5, 120), show_default=True,
-              help="Seconds to wait for the processor to report the connection.")
+@click.option("--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for the processor to report the connection.",
+              type=Number(float, 0.5, 120, "how long to wait for the processor to report the connection",
+                          unit="seconds"))
 @click.pass_context
 def midi_connect(ctx: click.Context, port: str, via: str, timeout: float) -> None:
     """Connect MIDI source PORT (as `ensemble midi list` names it) to the running processor.

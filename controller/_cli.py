@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from actors.cli import RegularFile, client_of, fail, parse_arg
+from actors.cli import Number, RegularFile, client_of, fail, json_text, parse_arg
 from controller.client import Client, ScriptLoadError
 
 
@@ -52,11 +52,13 @@ def render(script: str | None, midi: str | None, sample: str | None, seconds: fl
 
 
 _WAIT_HELP = "Seconds to wait for the controller to load it (0: return once the daemon accepted the request)."
+_WAIT = Number(float, 0, 86400, "how long to wait for the controller to load it; 0 returns once the daemon "
+               "accepted the request", unit="seconds")
 
 
 @click.command()
 @click.argument("path", type=RegularFile(exists=True))
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0), help=_WAIT_HELP)
+@click.option("--timeout", default=30.0, show_default=True, type=_WAIT, help=_WAIT_HELP)
 @click.pass_context
 def load(ctx: click.Context, path: str, timeout: float) -> None:
     """Load an instrument script (controller first, then the processor); exit 1 with its error if it fails."""
@@ -69,7 +71,7 @@ def load(ctx: click.Context, path: str, timeout: float) -> None:
 
 
 @click.command()
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0), help=_WAIT_HELP)
+@click.option("--timeout", default=30.0, show_default=True, type=_WAIT, help=_WAIT_HELP)
 @click.pass_context
 def reload(ctx: click.Context, timeout: float) -> None:
     """Reload the script: pending callbacks discarded, background tasks aborted, parameters kept."""
@@ -91,12 +93,10 @@ def param() -> None:
 @click.pass_context
 def param_list(ctx: click.Context, as_json: bool) -> None:
     """List the script's parameters and their values."""
-    import msgspec
-
     with client_of(ctx, Client) as c:
         params = c.params()
-    if as_json:
-        click.echo(json.dumps([msgspec.structs.asdict(p) for p in params], indent=2, default=str))
+    if as_json:  # json_text: what JSON cannot carry (an infinite min, a tuple key) as the CLI's other JSON has it
+        click.echo(json_text(params, indent=2))
         return
     for p in params:
         rng = f" [{p.min}..{p.max}]" if p.min is not None or p.max is not None else ""

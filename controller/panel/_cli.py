@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from actors.cli import client_of, config_of, fail
+from actors.cli import Number, client_of, config_of, fail
 
 START_ENV = "ENSEMBLE_PANEL"  # read by controller.panel._supervision when the daemon starts
 
@@ -68,7 +68,9 @@ def _wait_url(ctx: click.Context, client: Any, timeout: float) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback exposes the panel (still behind the token).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default web browser.")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the panel to listen.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the panel to listen.",
+              type=Number(float, 0, 86400, "how long to wait for the panel to listen", unit="seconds",
+                          low_open=True))
 @click.pass_context
 def panel(ctx: click.Context, port: int | None, host: str, open_browser: bool, timeout: float) -> None:
     """Serve the instrument panel (a local web page) and print its URL with the token.
