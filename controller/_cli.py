@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -113,7 +112,7 @@ def param_get(ctx: click.Context, name: str) -> None:
             value = c.get_param(name)
         except KeyError as exc:
             fail(str(exc.args[0]) if exc.args else str(exc))  # (str() of a KeyError quotes it)
-    click.echo(json.dumps(value))
+    click.echo(json_text(value))
 
 
 @param.command("set")
