@@ -39,7 +39,7 @@ class Job:
     __slots__ = (
         "id", "spec", "state", "attempts", "submitted", "started", "worker", "progress", "status",
         "properties", "events", "timeout_ms", "abort_reason", "kill_at", "deadline_at", "killed",
-        "watchers", "progress_watchers", "blockers", "recalling", "owner", "nbytes", "internal", "context",
+        "watchers", "progress_watchers", "blockers", "recalling", "unstarted_cancels", "owner", "nbytes", "internal", "context",
     )
 
     def __init__(self, job_id: int, spec: JobSpec, submitted: float, attempts: int = 0, owner: str = "",
@@ -70,6 +70,8 @@ class Job:
         self.progress_watchers: tuple[bytes, ...] | None = None
         self.blockers: list[tuple[bytes, int]] | None = None
         self.recalling = False  # a Recall is on its way to the worker holding it
+        # Cancel(if_queued) requests waiting for the Recall of this job's worker to tell whether it started
+        self.unstarted_cancels: list[tuple[bytes, int]] | None = None
 
     def add_event(self, event: list[Any]) -> None:
         """Record an event on the job (its own list from the first one on)."""

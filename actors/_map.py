@@ -14,7 +14,7 @@ leaves before the next is packed), and the I/O thread files each final
 :class:`~actors.messages.JobInfo` into the slot of its chunk.  The consumer
 unpickles chunk results in order and raises the first job's exception as
 ``ProcessPoolExecutor.map`` does (its original type, the remote traceback as
-its cause).  Leaving the iterator early cancels the jobs not yet finished.
+its cause).  Leaving the iterator early cancels the jobs not yet started.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class MapRun:
         for info in early:
             self._on_info(info)
         if late:
-            self.cancels.extend(self.conn.call(Cancel(jid, False)) for jid in ack.result())
+            self.cancels.extend(self.conn.call(Cancel(jid, False, True)) for jid in ack.result())
 
     def _on_info(self, info: JobInfo) -> None:
         if info.state not in FINAL:
@@ -158,13 +158,14 @@ class MapRun:
             self.cancel()
 
     def cancel(self) -> None:
-        """Ask the daemon to cancel the jobs that have not ended (those whose ids are still coming, on arrival)."""
+        """Ask the daemon to cancel the jobs that have not started (those whose ids are still coming, on
+        arrival); those that started run to their end, as the pools' (their values are dropped)."""
         with self.cond:
             if self.ended == self.n:
                 return
             self.cancelled = True
             pending = [jid for jid, i in self.index.items() if self.infos[i] is None]
-        self.cancels.extend(self.conn.call(Cancel(jid, False)) for jid in pending)
+        self.cancels.extend(self.conn.call(Cancel(jid, False, True)) for jid in pending)
 
 
 def _values(info: JobInfo) -> list[Any]:

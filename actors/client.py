@@ -32,7 +32,7 @@ from actors._errors import (
     DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError, RemoteError,
     TransportError, WaitTimeout, remote_error,
 )
-from actors._jobfn import ALWAYS_DENIED, PURE_BUILTIN_TYPES, check_name, path_of
+from actors._jobfn import check_name, path_of
 from actors._rundir import RunDir
 from actors._state import FINAL
 from actors.shm import is_ndarray, is_ndarray_type
@@ -43,6 +43,7 @@ from actors.messages import (
 )
 
 _log = logging.getLogger("ensemble.client")
+_CANCEL_WAIT = 10.0  # seconds a Future.cancel waits for its job id and the daemon's answer, at most
 if TYPE_CHECKING:
     import asyncio
 
@@ -493,7 +494,6 @@ class Executor(concurrent.futures.Executor):
                 f"{callables.LOADING[-1]} starts an Executor when it is imported: a worker imports the script to "
                 "find your function, as multiprocessing does; put the code that starts the Executor under "
                 "`if __name__ == \"__main__\":`")
-        self._done_cb = self._on_future_done  # one bound method for every future (an object less per job)
         del mp_context  # accepted for ProcessPoolExecutor code; the daemon's workers are its processes
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
@@ -605,7 +605,7 @@ class Executor(concurrent.futures.Executor):
         # local: the exact values, as ProcessPoolExecutor passes them (tuples stay tuples, sets sets, your classes
         # yours); big numpy arrays among the arguments leave the pickle and cross through shared memory
         pickled = self._exact
-        fut: Future[Any] = Future()
+        fut: Future[Any] = _JobFuture(self)
         if template.fn == callables.PATH:  # the callable itself travels, first among the arguments
             args = (callables.head(fn), *args)
         if pickled:
@@ -633,7 +633,7 @@ class Executor(concurrent.futures.Executor):
                 self._waiting.append((fut, job.send))
             else:
                 self._running += 1
-        fut.add_done_callback(self._done_cb)
+        fut.add_done_callback(_future_done)  # a plain function: a bound method kept here would be a cycle
         if not held:
             job.send()
         return fut
@@ -658,10 +658,10 @@ class Executor(concurrent.futures.Executor):
     def _template(self, fn: Callable[..., Any]) -> JobSpec:
         """This executor's JobSpec for ``fn`` with no arguments yet, built once per function (name checks included).
 
-        A callable without a ``module:function`` path (a bound method, a callable object, a function of the
-        script itself) is sent pickled, as ``ProcessPoolExecutor`` sends every function (see
-        :mod:`actors.callables`), by a local executor; a lambda or a closure is refused with the fix, and so is
-        what belongs to a module no job may name (``os``, ``subprocess``, the rest of ``builtins``...).
+        A callable without a ``module:function`` path a job may name (a bound method, a callable object, a
+        function of the script itself, ``subprocess.run``...) is sent pickled by a local executor, as
+        ``ProcessPoolExecutor`` sends every function (see :mod:`actors.callables` and :func:`_route`); a lambda
+        or a closure is refused with the fix.  A remote executor sends paths only, which the daemon checks.
         """
         path, carried = _route(fn) if self._exact else (path_of(fn), False)
         spec = self._callable_template(fn) if carried else self._spec(path)
@@ -677,8 +677,9 @@ class Executor(concurrent.futures.Executor):
         if fut.cancelled():
             _start(fut)  # CANCELLED -> CANCELLED_AND_NOTIFIED: wait() and as_completed() count it as done
             conn = self._conn
-            if hasattr(fut, "job_id") and conn is not None and not conn.closed:
-                self._cancels.append(conn.call(Cancel(fut.job_id, False)))
+            if hasattr(fut, "job_id") and conn is not None and not conn.closed \
+                    and not getattr(fut, "_ens_cancelling", False):  # (else the daemon cancelled it already)
+                self._cancels.append(conn.call(Cancel(fut.job_id, False, True)))
         with self._lock:
             self._live.discard(fut)
             nxt = None
@@ -705,6 +706,54 @@ class Executor(concurrent.futures.Executor):
         with self._starting:  # none starts after this
             self._start_error = self._start_error or RuntimeError("cannot schedule new futures after shutdown")
         _release(self._owned, self._private)
+
+    def _cancel(self, futures: list[Future[Any]]) -> list[bool]:
+        """Cancel these futures as ``ProcessPoolExecutor`` does, in one pipelined round trip: a job the daemon
+        has not started is cancelled; one that started runs on (its future now says ``running()``); the
+        answer for each is the future's ``cancel()``.
+
+        A future whose submit is in flight waits for its job id first. On the connection's I/O thread (a done
+        callback) nothing may wait: the future is cancelled here and its job at the daemon if still queued.
+        """
+        conn = self._conn
+        if conn is None or conn.closed or conn.on_io_thread():
+            return [Future.cancel(f) for f in futures]
+        waits, unsent = [], set()
+        with self._lock:
+            for f in futures:
+                if not getattr(f, "_ens_sent", False):
+                    unsent.add(f)
+                elif not hasattr(f, "job_id"):
+                    f._ens_idwait = threading.Event()  # type: ignore[attr-defined]  # set by _Submitted.on_ids
+                    waits.append(f._ens_idwait)  # type: ignore[attr-defined]
+            if unsent:  # held back under the cap: they never leave
+                self._waiting = collections.deque(w for w in self._waiting if w[0] not in unsent)
+        deadline = time.monotonic() + _CANCEL_WAIT
+        for ev in waits:
+            ev.wait(max(0.0, deadline - time.monotonic()))
+        asked: list[tuple[int, Future[Any]]] = []
+        for i, f in enumerate(futures):
+            jid = getattr(f, "job_id", None)
+            if jid is not None and f._state == "PENDING":
+                f._ens_cancelling = True  # type: ignore[attr-defined]  # its "cancelled" info is this answer's
+                asked.append((i, conn.call(Cancel(jid, False, True))))
+        answers = dict.fromkeys(range(len(futures)), "cancelled")  # never sent, or no id: cancelled here
+        for i, call in asked:
+            try:
+                answers[i] = call.result(max(0.1, deadline - time.monotonic())).detail
+            except Exception:  # noqa: BLE001 - no answer (the daemon gone, say): cancelled here, as before
+                pass
+        out = []
+        for i, f in enumerate(futures):
+            detail = answers[i]
+            if detail == "cancelled" or detail.endswith("(cancelled)"):
+                out.append(Future.cancel(f))
+            else:  # it started (or ended): as the pool's call queue, it runs on; its end completes the future
+                if detail == "running":
+                    _start(f)
+                out.append(False)
+            f._ens_cancelling = False  # type: ignore[attr-defined]
+        return out
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
@@ -754,17 +803,26 @@ class Executor(concurrent.futures.Executor):
         # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does; a
         # callable without a job path travels in each chunk, first (as the pools pickle the function with each)
         head = [callables.head(fn)] if spec.fn == callables.PATH else []
+        me = weakref.ref(self)  # the run is kept here (its acks): a strong reference back would be a cycle
+
+        def note_broken(info: JobInfo) -> None:
+            ex = me()
+            if ex is not None:
+                ex._note_broken(info)
+
         run = _map.MapRun(self.conn, msgspec.structs.replace(spec, pickled=True), cols, chunksize, head,
-                          self._cancels, self._note_broken)
+                          self._cancels, note_broken)
         with self._lock:
             self._live.add(run.done)
             self._maps.add(run)
             self._acks = [a for a in self._acks if not a.done()] + run.acks
 
         def ended(_: Future[None]) -> None:
-            with self._lock:
-                self._live.discard(run.done)
-                self._maps.discard(run)
+            ex = me()
+            if ex is not None:
+                with ex._lock:
+                    ex._live.discard(run.done)
+                    ex._maps.discard(run)
 
         run.done.add_done_callback(ended)
         return run.results(timeout)
@@ -780,8 +838,7 @@ class Executor(concurrent.futures.Executor):
             futures = list(self._live)
             maps = list(self._maps)
         if cancel_futures:
-            for f in futures:
-                f.cancel()
+            self._cancel([f for f in futures if f._state == "PENDING" and isinstance(f, _JobFuture)])
             for run in maps:
                 run.cancel()
         if wait or not futures:
@@ -790,6 +847,33 @@ class Executor(concurrent.futures.Executor):
             self._close()
         # else: still in _OPEN, so a private executor's work still runs if the program ends now: the pool's
         # exit waits for its work after shutdown(wait=False) too
+
+
+class _JobFuture(Future):  # type: ignore[type-arg]  # Future[Any]: subscripting at runtime needs 3.9+ only
+    """An :class:`Executor` future whose :meth:`cancel` is ``ProcessPoolExecutor``'s: it cancels a job that
+    has not started, and returns False, leaving the job to finish, for one that has.
+
+    It knows its executor until it is done, no longer: a future kept by the
+    user does not keep an executor (and its private daemon) alive.
+    """
+
+    def __init__(self, ex: Executor) -> None:
+        super().__init__()
+        self._ens_ex: Executor | None = ex
+
+    def cancel(self) -> bool:
+        ex = self._ens_ex
+        if ex is None or self._state != "PENDING":
+            return super().cancel()
+        return ex._cancel([self])[0]
+
+
+def _future_done(fut: Future[Any]) -> None:
+    """Every Executor future's done callback: its executor's bookkeeping, then the future forgets it."""
+    ex = getattr(fut, "_ens_ex", None)
+    if ex is not None:
+        ex._on_future_done(fut)
+        fut._ens_ex = None  # type: ignore[attr-defined]
 
 
 _OPEN: "weakref.WeakSet[Executor]" = weakref.WeakSet()  # executors not shut down (see _finish_at_exit)
@@ -869,6 +953,8 @@ class _Submitted:
             if info.state == "running":
                 _start(fut)
             return
+        if info.state == "cancelled" and getattr(fut, "_ens_cancelling", False):
+            return  # Executor._cancel asked for it and cancels the future with the daemon's answer
         with ex._lock:
             if not hasattr(fut, "job_id"):
                 if self.early is None:
@@ -888,12 +974,19 @@ class _Submitted:
         if exc is not None or not ids:
             if _start(fut):
                 fut.set_exception(exc or ProtocolError("the daemon answered the submit with no job id"))
+            with ex._lock:
+                waiting = getattr(fut, "_ens_idwait", None)
+            if waiting is not None:
+                waiting.set()
             return
         (jid,) = ids
         with ex._lock:
             fut.job_id = jid  # type: ignore[attr-defined]
             ex._futures[jid] = fut
             pending, self.early = self.early, None
+            waiting = getattr(fut, "_ens_idwait", None)  # a cancel waits for this id (set under this lock)
+        if waiting is not None:
+            waiting.set()
         if fut.cancelled():  # cancelled before the daemon named the job: cancel it there too
             ex._on_future_done(fut)
         for info in pending or ():
@@ -917,32 +1010,30 @@ def _start(fut: Future[Any]) -> bool:
 
 def _route(fn: Any) -> tuple[str, bool]:
     """``(job path, whether fn travels pickled)`` for a local executor: a function with a job path goes by it;
-    another callable (a bound method, a callable object, the script's own function...) pickled under
-    ``actors.callables:pickled``.  Raises JobRefused for what can go neither way (a lambda, a closure, a
-    method of a module no job may name); a named function of such a module goes by its path, and the daemon
-    refuses it on the job's future, as before."""
-    qualname, label = getattr(fn, "__qualname__", ""), callables.label(fn)
-    root = label.split(".", 1)[0].split(":", 1)[0]
-    denied = JobRefused(f"job function {label!r} is refused: module {root!r} never runs as a job")
+    any other callable (a bound method, a callable object, the script's own function, and the standard
+    library's ``subprocess.run``, ``os.stat``, ``open``, ``str.upper``...) pickled under
+    ``actors.callables:pickled``, as ``ProcessPoolExecutor`` runs whatever pickles.
+
+    A local client is the daemon's own user (it could pickle a function of its own that calls ``os.system``):
+    the modules no job may *name* (``actors._jobfn.ALWAYS_DENIED``, a rule for names peers send) are no reason
+    to refuse it.  Raises JobRefused for what cannot go at all (a lambda, a closure, a class defined in a
+    function) and TypeError for what is no callable.
+    """
+    if not callable(fn):
+        raise TypeError(f"{type(fn).__name__!r} object is not callable")
+    qualname = getattr(fn, "__qualname__", "")
     if isinstance(fn, type):  # a class (its call builds a value): it travels pickled, no job runs a class by path
-        if root in ALWAYS_DENIED and not (root == "builtins" and fn.__name__ in PURE_BUILTIN_TYPES):
-            raise denied
         if "<locals>" in qualname:
             raise JobRefused(f"{qualname} is a class defined in a function, which another process cannot import; "
                              "define it at module level")
         return callables.PATH, True
     try:
-        path, refused = path_of(fn), None
+        path = path_of(fn)
         if _nameable(path):
             return path, False
-    except JobRefused as exc:
-        path, refused = "", exc
-    if root in ALWAYS_DENIED and not path:
-        raise denied
-    if root in ALWAYS_DENIED or not callable(fn) or "<lambda>" in qualname or "<locals>" in qualname:
-        if refused is not None:
-            raise refused
-        return path, False
+    except JobRefused:
+        if "<lambda>" in qualname or "<locals>" in qualname:  # (its message says how to fix it)
+            raise
     return callables.PATH, True
 
 

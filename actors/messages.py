@@ -419,10 +419,16 @@ class TaskSubmit(Message, tag=Kind.TASK_SUBMIT.value, frozen=True):
 
 
 class Cancel(Message, tag=Kind.CANCEL.value, frozen=True):
-    """Ask a job to stop; with ``block`` the reply waits until it has stopped."""
+    """Ask a job to stop; with ``block`` the reply waits until it has stopped.
+
+    ``if_queued``: only if it has not started (``concurrent.futures``' cancel, which never interrupts a
+    running call). The reply's detail is then ``cancelled``, ``running`` (it started: it runs on) or says
+    that it had already ended; a job handed to a worker but not started there is first taken back from it.
+    """
 
     job_id: Int64
     block: bool = False
+    if_queued: bool = False
 
 
 class GetJobs(Message, tag=Kind.GET_JOBS.value, frozen=True):
@@ -516,7 +522,8 @@ class JobsDone(Message, tag=Kind.JOBS_DONE.value, frozen=True):
 
 
 class Recall(Message, tag=Kind.RECALL.value, frozen=True):
-    """Give back jobs handed over but not started (a higher-priority job arrived)."""
+    """Give back jobs handed over but not started (a higher-priority job arrived, an idle worker can run them, a
+    cancel that must not interrupt a started job); answered in order, one :class:`Recalled` each."""
 
     job_ids: list[Int64]
 

@@ -124,7 +124,9 @@ class Worker(Child):
     def poll_timeout(self) -> float:
         if self._held:
             return _HOLD_WAIT
-        return 0.02 if self.current is not None else super().poll_timeout()
+        # busy: a job runs or is about to (the job thread may not have taken it yet), so that a result it holds
+        # back (see _hold) leaves within _HOLD_WAIT and not at the next heartbeat
+        return 0.02 if self.current is not None or self.pending else super().poll_timeout()
 
     def handle(self, msg: Message) -> None:
         if isinstance(msg, RunJobs):
@@ -350,6 +352,7 @@ class Worker(Child):
             if self._started is not None:
                 self._started.record(d.job_id)
             done = _sendable(_run_one(d, task, self.arrays, self._set_up, self.fns), self.cfg.daemon.max_frame)
+            _flush_output()  # what the job printed is out before its result: in order, not at the worker's exit
             if d.cwd:
                 self.code.note_imports()
             with self._work:
@@ -389,6 +392,21 @@ class Worker(Child):
             return False
         self.setups[setup.key] += 1
         return 0 < setup.max_tasks <= self.setups[setup.key]
+
+
+def _flush_output() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr`` as a job left them (job thread; about a microsecond when empty).
+
+    A worker's ``sys.stdout`` is block-buffered (it starts on its log, not a
+    terminal), so without this what a job prints would appear at the
+    worker's exit, after the results of later jobs.  A stream the job
+    closed, broke or replaced with something that cannot flush is let be.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - the job's own doing (closed, a broken pipe, None): nothing to write to
+            pass
 
 
 def _message(exc: BaseException) -> str:

@@ -53,6 +53,9 @@ class Slot(msgspec.Struct):
     resources: dict[str, float] = msgspec.field(default_factory=dict)  # what it offers jobs (actors._resources)
     results_closed: bool = False  # this incarnation said all its results were sent (ResultsClosed)
     last_exit: int | None = None  # how the previous incarnation ended (its exit code, -N: signal N; None: first)
+    # the job ids of each Recall sent to this incarnation and not answered yet, oldest first (a worker answers in
+    # order): what a Recalled reply did not give back had started (see WorkMixin._recalled)
+    recalls: Any = msgspec.field(default_factory=collections.deque)
 
 
 
@@ -107,6 +110,7 @@ class ChildrenMixin(State):
         slot.incarnation += 1
         slot.path_sent = None  # a new process knows no import path yet
         slot.results_closed = False
+        slot.recalls.clear()  # a new process owes no answers
         ident = f"{slot.name}.{slot.incarnation}"
         nice = self.cfg.supervision.worker_nice if slot.role == "worker" else 0
         # the extensions' own children may submit internal jobs (TaskSubmit); workers run jobs, they never submit

@@ -1,4 +1,4 @@
-"""Dispatch policy as pure code: which queued jobs go to which worker, what to recall, what is due.
+"""Dispatch policy as pure code: which queued jobs go to which worker, what to recall or steal, what is due.
 
 Nothing here touches a socket or a clock of its own: each function takes the
 job book, the worker slots and the time it is told, changes the bookkeeping
@@ -9,8 +9,9 @@ supervisor must send.  So the policy is unit-tested without processes
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Collection, Iterable
 
 from actors._jobs import Job, JobBook
 from actors._resources import describe, fits
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
     from actors.supervisor._children import Slot
 
 BUFFERED_WORK = 0.02  # seconds of work the dispatch window aims to keep queued at each worker
+# a worker's current job has overrun (see overrun) once it has run this long and this many average jobs:
+# the jobs prefetched behind it may then move to an idle worker (see steals)
+OVERRUN_SECONDS = 0.05
+OVERRUN_JOBS = 2.0
 
 
 def window(job_seconds: float, limit: int) -> int:
@@ -38,19 +43,27 @@ def takes_jobs(slot: "Slot") -> bool:
     return slot.role == "worker" and slot.ready and not slot.retire
 
 
-def plan(book: JobBook, slots: Iterable["Slot"], credit: int) -> list[tuple["Slot", list[Job]]]:
+def plan(book: JobBook, slots: Iterable["Slot"], credit: int,
+         late: Collection[str] = ()) -> list[tuple["Slot", list[Job]]]:
     """Pop queued jobs, best first, for every ready worker with free credit; returns ``(worker, jobs)`` pairs.
 
     Workers with the fewest outstanding jobs are served first, and the queue is
     shared out evenly so that one worker never takes a backlog others could
     run.  A job naming resources goes only to a worker whose slot offers them
     (:func:`actors._resources.fits`); it keeps its place in the queue
-    meanwhile.  The popped jobs are ``dispatched`` in the book; the caller records
-    them on the slot and sends them (or requeues them if it cannot).
+    meanwhile.  The workers named in ``late`` (their current job overran, see
+    :func:`overrun`) are handed jobs only when no other worker can take any:
+    what they hold waits behind that job.  The popped jobs are ``dispatched``
+    in the book; the caller records them on the slot and sends them (or
+    requeues them if it cannot).
     """
     if not book.queued:
         return []
     ready = [s for s in slots if takes_jobs(s) and len(s.outstanding) < credit]
+    if late:
+        prompt = [s for s in ready if s.name not in late]
+        if prompt:
+            ready = prompt
     ready.sort(key=lambda s: len(s.outstanding))
     out = []
     for i, slot in enumerate(ready):
@@ -111,6 +124,63 @@ def recalls(book: JobBook, slots: Iterable["Slot"], priority: int) -> list[tuple
             if job is not None and job.state == "dispatched" and job.spec.priority < priority and not job.recalling:
                 job.recalling = True
                 ids.append(jid)
+        if ids:
+            out.append((slot, ids))
+    return out
+
+
+def overrun(book: JobBook, slots: Iterable["Slot"], now: float, job_seconds: float) -> set[str]:
+    """Names of the workers whose current job has overrun at wall-clock time ``now``: jobs behind it may wait long.
+
+    A job overruns once it has run :data:`OVERRUN_SECONDS` and
+    :data:`OVERRUN_JOBS` times ``job_seconds`` (the moving average of a job's
+    run time): a worker going through short jobs never has one, so what it
+    holds stays where it is.  Costs a look at each worker's head job.
+    """
+    after = max(OVERRUN_SECONDS, OVERRUN_JOBS * job_seconds)
+    out = set()
+    for slot in slots:
+        if slot.outstanding and slot.role == "worker":
+            job = book.jobs.get(slot.outstanding[0])
+            if job is not None and job.state == "running" and now - job.started >= after:
+                out.add(slot.name)
+    return out
+
+
+def steals(book: JobBook, slots: Iterable["Slot"], now: float, job_seconds: float) -> list[tuple["Slot", list[int]]]:
+    """Jobs waiting behind an overrun job to ask back for idle workers (marked ``recalling``): ``(worker, ids)`` pairs.
+
+    Called after :func:`plan`: a local worker that is still idle found nothing
+    in the queue for it.  Then every job that waits, not started, behind a
+    local worker's overrun job (:func:`overrun`: no one can say when that
+    worker will reach them) is asked back, if an idle worker offers the
+    resources it needs; once queued again it keeps its place by priority,
+    and ``plan`` hands it to a worker that is not late.  Workers on other
+    hosts (Ray-placed or remote) are neither robbed nor counted as idle.
+    Jobs being aborted are left alone, and a worker that has a Recall to
+    answer is asked nothing more until it has: its line is changing.
+    """
+    slots = list(slots)
+    idle = [s.resources for s in slots if takes_jobs(s) and not s.remote and not s.outstanding]
+    if not idle:
+        return []
+    late = overrun(book, slots, now, job_seconds)
+    out = []
+    for slot in slots:
+        if slot.name not in late or slot.remote or not slot.ready or len(slot.outstanding) < 2:
+            continue
+        behind = [book.jobs.get(jid) for jid in itertools.islice(slot.outstanding, 1, None)]
+        if any(job is not None and job.recalling for job in behind):
+            continue
+        ids = []
+        for job in behind:
+            if job is None or job.state != "dispatched" or job.abort_reason:
+                continue
+            need = job.spec.resources
+            if need and not any(fits(need, offer) for offer in idle):
+                continue
+            job.recalling = True
+            ids.append(job.id)
         if ids:
             out.append((slot, ids))
     return out

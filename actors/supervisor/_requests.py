@@ -290,6 +290,17 @@ class RequestsMixin(State):
         if job.state == "queued":
             self._finish(job, "cancelled", time.time(), error_type="JobCancelled", error_message="cancelled before it started")
             return Ack("cancelled")
+        if msg.if_queued:  # never interrupt what started: a job still in its worker's line is taken back first
+            slot = self._slot_of(job.id) if job.state == "dispatched" and not job.abort_reason else None
+            if slot is None:
+                return Ack("running")
+            if job.unstarted_cancels is None:
+                job.unstarted_cancels = []
+            job.unstarted_cancels.append((ident, corr))  # answered by _recalled (or _finish, should it end first)
+            if not job.recalling:  # (else the Recall on its way answers for it)
+                job.recalling = True
+                self._ask_back(slot, [job.id])
+            return None
         self._abort(job, "cancel")
         if msg.block:
             if job.blockers is None:

@@ -221,6 +221,9 @@ class State:
     def _slot_of(self, job_id: int) -> Slot | None:
         raise NotImplementedError
 
+    def _ask_back(self, slot: Slot, ids: list[int]) -> None:
+        raise NotImplementedError
+
     def _recv_tcp(self, sock: Any) -> tuple[list[bytes], bytes, str, str] | None:
         raise NotImplementedError
 

@@ -17,7 +17,7 @@ import zmq
 from actors._errors import EnsembleError, ProtocolError
 from actors._jobs import Job
 from actors._task import MAX_TIMEOUT_MS
-from actors.messages import AbortJob, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop, encode
+from actors.messages import AbortJob, Ack, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop, encode
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
 from actors.supervisor._cluster import holds_stored
@@ -76,11 +76,15 @@ class WorkMixin(State):
             self._send_child(slot, Stop("scaled down"))
 
     def _advance(self, slot: Slot, now: float, mono: float) -> None:
-        """Mark the job now at the head of a worker's line as running."""
+        """Mark the job now at the head of a worker's line as running.
+
+        Not while a Recall of it is on its way: the worker may give it back
+        unstarted; :meth:`_recalled` advances once it has answered.
+        """
         assert self.book is not None
         if slot.outstanding and not self.stopping_since:  # stopping workers start nothing new
             job = self.book.jobs.get(slot.outstanding[0])
-            if job is not None and job.state == "dispatched":
+            if job is not None and job.state == "dispatched" and not job.recalling:
                 self.book.start(job, slot.name, now, mono)
                 self._push_progress(job)  # it runs now
                 if job.abort_reason and not job.kill_at:  # aborted while it waited in the worker's line
@@ -131,6 +135,9 @@ class WorkMixin(State):
         if job.blockers:
             for ident, corr in job.blockers:
                 self.replies.append((ident, self._encode_for(ident, JobInfos([info]), corr)))
+        if job.unstarted_cancels:
+            self._answer_unstarted(job, "cancelled" if state == "cancelled" and not job.started
+                                   else f"job {job.id} had already ended ({state})")
 
     def _finish_killed(self, job: Job, now: float) -> None:
         self._finish(job, "killed", now, error_type="JobTimeout" if job.killed == "deadline" else "JobCancelled",
@@ -171,11 +178,13 @@ class WorkMixin(State):
                 self._finish_killed(job, time.time())
 
     def _dispatch(self, mono: float) -> None:
-        """Send what :func:`~actors.supervisor._dispatch.plan` hands each worker."""
+        """Send what :func:`~actors.supervisor._dispatch.plan` hands each worker, then steal for the idle ones."""
         book = self.book
         assert book is not None
         now = time.time()
-        for slot, jobs in plan.plan(book, list(self.slots.values()), plan.window(self.job_seconds, self.cfg.jobs.window)):
+        slots = list(self.slots.values())
+        late = plan.overrun(book, slots, now, self.job_seconds) if book.queued else ()
+        for slot, jobs in plan.plan(book, slots, plan.window(self.job_seconds, self.cfg.jobs.window), late):
             was_idle = not slot.outstanding
             batch, sent = [], []
             for job in jobs:
@@ -193,6 +202,7 @@ class WorkMixin(State):
                     continue
                 slot.outstanding.append(job.id)
                 job.worker = slot.name
+                job.recalling = False  # (a Recall to a worker that died since was never answered)
                 sent.append(job)
                 cwd, path = job.context if not slot.remote else ("", [])
                 if path and path is slot.path_sent:  # one submit's jobs share one list: the worker keeps it
@@ -207,6 +217,35 @@ class WorkMixin(State):
                 continue
             if was_idle:
                 self._advance(slot, now, mono)
+        self._steal(slots, now)
+
+    def _steal(self, slots: list[Slot], now: float) -> None:
+        """Ask local workers stuck in a long job for the jobs waiting behind it, for idle workers to run.
+
+        :func:`~actors.supervisor._dispatch.steals` decides; the jobs a worker
+        gives back (those it had not started) are queued again by
+        :meth:`_recalled` and handed out by the next :meth:`_dispatch`.  It
+        runs after every dispatch: a steal that falls due while nothing
+        happens waits for the next iteration (a heartbeat's at most).
+        """
+        assert self.book is not None
+        for slot, ids in plan.steals(self.book, slots, now, self.job_seconds):
+            self._ask_back(slot, ids)
+            self.counters["stolen"] += len(ids)
+            log.info("event=steal name=%s jobs=%d", slot.name, len(ids))
+
+    def _ask_back(self, slot: Slot, ids: list[int]) -> None:
+        """Send a worker a Recall of ``ids`` (marked ``recalling``); if it cannot go, none of them is being recalled."""
+        if self._send_child(slot, Recall(ids)):
+            slot.recalls.append(ids)
+            return
+        assert self.book is not None
+        for jid in ids:
+            job = self.book.jobs.get(jid)
+            if job is not None:
+                job.recalling = False
+                if job.unstarted_cancels:  # (the worker is going: the job will be requeued or lost, then ended)
+                    self._answer_unstarted(job, "running")
 
     def _feed_hungry(self) -> None:
         """Dispatch now, in the middle of a drain, if a worker has (almost) run out of jobs.
@@ -272,22 +311,44 @@ class WorkMixin(State):
         """Ask workers to give back prefetched jobs of lower priority than a newly queued one."""
         assert self.book is not None
         for slot, ids in plan.recalls(self.book, list(self.slots.values()), priority):
-            self._send_child(slot, Recall(ids))
+            self._ask_back(slot, ids)
 
     def _recalled(self, slot: Slot, msg: Recalled) -> None:
+        """Queue again the jobs a worker gave back unstarted; the rest of its line stays, its head runs now."""
         book = self.book
         assert book is not None
+        asked = slot.recalls.popleft() if slot.recalls else msg.job_ids  # what this reply answers
         for jid in msg.job_ids:
             job = book.jobs.get(jid)
             if job is None or jid not in slot.outstanding:
                 continue
             slot.outstanding.remove(jid)
             job.recalling = False
+            if job.state == "running":  # marked so as the job before it ended: it never began, no attempt spent
+                job.attempts -= 1
+                job.started = 0.0
+            if job.abort_reason == "cancel":  # its AbortJob came after the Recall: the worker had nothing to stop
+                self._finish(job, "cancelled", time.time(), error_type="JobCancelled",
+                             error_message="cancelled before it started")
+                continue
             book.requeue(job, "")
-        for jid in slot.outstanding:  # those that had started meanwhile stay where they are
-            job = book.jobs.get(jid)
+            if job.unstarted_cancels:  # taken back for a Cancel(if_queued): it never started, it is cancelled
+                self._finish(job, "cancelled", time.time(), error_type="JobCancelled",
+                             error_message="cancelled before it started")
+        pending = {j for ids in slot.recalls for j in ids}  # asked back again, by a Recall not answered yet
+        for jid in asked:  # those asked that had started meanwhile stay where they are
+            job = book.jobs.get(jid) if jid in slot.outstanding and jid not in pending else None
             if job is not None:
                 job.recalling = False
+                if job.unstarted_cancels:
+                    self._answer_unstarted(job, "running")
+        self._advance(slot, time.time(), time.monotonic())
+
+    def _answer_unstarted(self, job: Job, detail: str) -> None:
+        """Answer the Cancel(if_queued) requests waiting for this job's Recall."""
+        for ident, corr in job.unstarted_cancels or ():
+            self.replies.append((ident, self._encode_for(ident, Ack(detail), corr)))
+        job.unstarted_cancels = None
 
     def _prune(self) -> None:
         assert self.journal is not None and self.book is not None

@@ -112,8 +112,7 @@ def test_executor_futures_carry_remote_errors(module_daemon: Daemon) -> None:
         assert isinstance(exc, KeyError) and "missing-key" in str(exc)  # the job's own exception, as PPE gives it
         assert isinstance(exc.__cause__, RemoteError) and "plain_fail" in exc.__cause__.traceback_text
         assert ex.submit(__import__("json").dumps, [1]).result(60) == "[1]"  # local: trusted as the user
-        refused = ex.submit(__import__("os").system, "id")
-        assert isinstance(refused.exception(60), JobRefused)
+        assert ex.submit(__import__("os").system, "true").result(60) == 0  # pickled, as the pool runs it
         with pytest.raises(JobRefused, match="lambda"):
             ex.submit(lambda: 1)
 
@@ -284,8 +283,8 @@ def test_cancelled_executor_futures_log_nothing_alarming(module_daemon: Daemon,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("DEBUG", logger="concurrent.futures"):
         ex = Executor(config=module_daemon.config)
-        futures = [ex.submit(jobs.plain_sleep, 30.0) for _ in range(20)]
-        ex.shutdown(wait=True, cancel_futures=True)
+        futures = [ex.submit(jobs.plain_sleep, 2.0) for _ in range(20)]
+        ex.shutdown(wait=True, cancel_futures=True)  # (those that started run to their end, as the pool's)
     assert all(f.cancelled() or f.done() for f in futures)
     assert not [r for r in caplog.records if "unexpected state" in r.getMessage()]
 

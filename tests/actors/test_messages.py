@@ -75,7 +75,7 @@ def test_defaults_fill_missing_trailing_fields() -> None:
 
 def test_extra_trailing_fields_are_ignored() -> None:
     """A newer peer may append fields; this side reads the ones it knows."""
-    assert decode(frame(CANCEL, 3, 5, True, "a field from the future")) == (3, Cancel(5, True))
+    assert decode(frame(CANCEL, 3, 5, True, False, "a field from the future")) == (3, Cancel(5, True))
 
 
 def test_small_numpy_arrays_travel_inline() -> None:
