@@ -403,6 +403,7 @@ def test_retry_after_a_worker_death(make_daemon: Make, tmp_path: Path) -> None:
     assert c.submit("examples.jobs:add", 1, 1).result(30) == 2
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_a_job_that_keeps_killing_its_worker_spends_its_retries_not_the_workers_restarts(make_daemon: Make) -> None:
     """Deaths under a job are bounded by its retries: they never make the daemon give up on its only worker
     (which failed everyone's queued jobs with BrokenProcessPool and refused every later submit)."""
@@ -458,6 +459,7 @@ def test_a_silent_worker_running_a_job_is_detected_by_heartbeat(make_daemon: Mak
     assert "silent" in d.actor("worker-1").detail
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_down_aborts_running_jobs_and_kills_those_that_ignore_it(make_daemon: Make) -> None:
     d = make_daemon()
     d.up()

@@ -506,6 +506,7 @@ def _fill(where: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_a_full_disk_keeps_the_daemon_up_refusing_new_jobs_and_loses_none(make_daemon: Make,
                                                                              small_disk: Path) -> None:
     """A submit whose commit cannot be written is refused at once, saying why (it used to wait, unanswered, as

@@ -34,6 +34,7 @@ def test_the_readiness_pipe_reports_a_daemon_that_cannot_start_with_its_own_word
     assert proc.wait(10) == 1
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_a_daemon_signals_ready_once_it_answers_and_its_workers_do_not_hold_the_pipe(short_tmp: Path) -> None:
     cfg = _config(short_tmp, short_tmp / "run")
     read_end, write_end = os.pipe()

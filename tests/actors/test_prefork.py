@@ -104,6 +104,7 @@ def _replaced(d: Daemon, name: str, old: int) -> Any:
     return a if a.state == "running" and a.pid not in (0, old) else None
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_once_a_worker_was_replaced_a_standby_waits_and_becomes_the_next_replacement(make_daemon: Make) -> None:
     d = make_daemon(workers=2)
     d.up()

@@ -217,6 +217,7 @@ def test_crash_looping_child_stops_at_the_intensity_limit_while_siblings_run(mak
                 if b"audio.processor" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_when_every_worker_gives_up_queued_jobs_fail_and_submits_are_refused_until_scaled(
     make_daemon: Make, tmp_path: Path
 ) -> None:

@@ -65,6 +65,7 @@ def test_processor_kill_9_is_replaced_and_samples_are_mapped_again(daemon: Daemo
     assert c.submit("examples.jobs:add", 2, 3).result(30) == 5
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_segments_left_by_a_killed_daemon_are_swept_at_the_next_up(make_daemon: Any) -> None:
     d = make_daemon()
     d.up()

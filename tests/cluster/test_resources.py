@@ -19,6 +19,7 @@ def worker_pid(*_: Any) -> int:
     return os.getpid()
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_resources_decide_the_worker_and_an_impossible_job_is_refused_at_submit(make_daemon: Any) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     d = make_daemon(workers=1, extra_env={"ENSEMBLE_TCP": endpoint, "ENSEMBLE_EXTENSIONS": ""})

@@ -78,6 +78,7 @@ def test_parameters_and_on_save_state_survive_a_daemon_restart(make_daemon: Any)
     assert _param(c, "gain") == 0.8
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_processor_budget_overrun_is_counted_and_a_runaway_callback_stops_the_script(daemon: Daemon) -> None:
     c = _load(daemon, SCRIPTS / "heavy.py")
     c.note_on(1)

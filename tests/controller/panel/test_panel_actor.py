@@ -83,6 +83,7 @@ def _ui(state: dict[str, Any], id: str) -> dict[str, Any]:
     return next((e for e in state.get("ui", []) if e["id"] == id), {})
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_ensemble_panel_starts_it_on_demand_and_prints_the_same_url_again(make_daemon: Callable[..., Daemon]) -> None:
     d = make_daemon()
     d.up()
