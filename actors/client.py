@@ -849,7 +849,7 @@ class Executor(concurrent.futures.Executor):
         # exit waits for its work after shutdown(wait=False) too
 
 
-class _JobFuture(Future):  # type: ignore[type-arg]  # Future[Any]: subscripting at runtime needs 3.9+ only
+class _JobFuture(Future[Any]):
     """An :class:`Executor` future whose :meth:`cancel` is ``ProcessPoolExecutor``'s: it cancels a job that
     has not started, and returns False, leaving the job to finish, for one that has.
 
