@@ -12,21 +12,25 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from tests.conftest import Daemon
 
 
-@pytest.fixture(scope="module")
-def module_daemon() -> Iterator[Daemon]:
-    """A running daemon (2 workers, fast heartbeats) shared by one test module."""
-    base = Path(tempfile.mkdtemp(prefix="ens-m", dir="/tmp"))
-    d = Daemon(base)
+def running_daemon(base: Path, **kwargs: Any) -> Iterator[Daemon]:
+    """A module fixture's body: ``Daemon(base, **kwargs)`` up, yielded, then stopped and ``base`` removed."""
+    d = Daemon(base, **kwargs)
     try:
         d.up()
         yield d
     finally:
         d.cleanup()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def module_daemon() -> Iterator[Daemon]:
+    """A running daemon (2 workers, fast heartbeats) shared by one test module."""
+    yield from running_daemon(Path(tempfile.mkdtemp(prefix="ens-m", dir="/tmp")))

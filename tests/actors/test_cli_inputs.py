@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import warnings
@@ -24,6 +23,7 @@ from typing import Iterator
 import click
 import pytest
 
+from tests.actors.conftest import running_daemon
 from tests.conftest import ROOT, Daemon, wait_for
 
 JOBS = '''
@@ -55,13 +55,7 @@ def daemon() -> Iterator[Daemon]:
     mods = base / "mods"
     mods.mkdir()
     (mods / "cli_input_jobs.py").write_text(JOBS)
-    d = Daemon(base, workers=1, extra_env={"PYTHONPATH": os.pathsep.join([str(ROOT), str(mods)])})
-    try:
-        d.up()
-        yield d
-    finally:
-        d.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
+    yield from running_daemon(base, workers=1, extra_env={"PYTHONPATH": os.pathsep.join([str(ROOT), str(mods)])})
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> str:
