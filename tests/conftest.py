@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -134,16 +135,51 @@ class Daemon:
         return proc
 
     def up(self, *extra: str) -> None:
-        """Start the daemon and wait until every actor is ready."""
-        self.cli("up", *extra)
+        """Start the daemon and wait until every actor is ready.
+
+        With ``extra`` CLI flags, through ``ensemble up``; without, through the
+        functions that command calls (:func:`actors._launch.start_daemon`,
+        :func:`~actors._launch.wait_ready`) from this process, which saves the
+        CLI's interpreter start on every test (``tests/actors/test_cli.py``
+        covers the command itself).  The daemon is then this process's child:
+        a thread reaps it when it exits, and :func:`no_leaks` does not count
+        it as a leak while it runs (a module's daemon outlives its tests).
+        """
+        if extra:
+            self.cli("up", *extra)
+        else:
+            self._start()
         self.pid = int((self.base / "run" / "daemon.pid").read_text())
 
+    def _start(self) -> None:
+        from actors._launch import start_daemon, wait_ready
+
+        self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        err = self.config.state_dir / "daemon.err"
+        with _environment(self.env):  # the daemon's environment is made from ours, as the CLI's would be
+            proc = start_daemon(self.config, err)
+        try:
+            wait_ready(self.config, proc, 60.0, err)
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            raise
+        _DAEMONS.add(proc.pid)
+        threading.Thread(target=_reap, args=(proc,), name=f"reap-daemon-{proc.pid}", daemon=True).start()
+
     def down(self) -> None:
-        """Stop the daemon in order (also closes clients made by :meth:`client`)."""
+        """Stop the daemon in order (also closes clients made by :meth:`client`), as ``ensemble down`` does."""
         for c in self._clients:
             c.close()
         self._clients.clear()
-        self.cli("down")
+        from actors._rundir import RunDir
+        from actors.client import Client
+
+        with Client(config=self.config, timeout=10) as c:
+            c.shutdown()
+        run = RunDir(self.config.run_dir)
+        wait_for(lambda: not run.is_locked() and not pid_alive(self.pid), 30, what="the daemon to exit after shutdown")
 
     def client(self, **kw: Any) -> Any:
         """An :class:`ensemble.Client` (jobs, audio, scripts) connected to this daemon (closed at teardown)."""
@@ -170,7 +206,12 @@ class Daemon:
             c.close()
         self._clients.clear()
         run = self.base / "run"
-        if (run / "daemon.lock").exists():
+        if (run / "daemon.lock").exists() and self.pid and pid_alive(self.pid):
+            try:
+                self.down()
+            except Exception:  # noqa: BLE001 - it did not stop in order: killed below
+                pass
+        elif (run / "daemon.lock").exists():
             self.cli("down", check=False, timeout=60)
         if self.pid and pid_alive(self.pid):
             os.kill(self.pid, signal.SIGKILL)
@@ -182,6 +223,32 @@ class Daemon:
         """Socket files left in the run directory."""
         run = self.base / "run"
         return [p for p in run.iterdir() if p.is_socket()] if run.exists() else []
+
+
+_DAEMONS: set[int] = set()  # pids of daemons Daemon.up started from this process (its children until they exit)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a daemon this process started, so that it leaves no zombie (and is no child any more)."""
+    proc.wait()
+    _DAEMONS.discard(proc.pid)
+
+
+class _environment:
+    """``os.environ`` replaced by ``env`` for the ``with`` block (this process's own is restored after)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.saved: dict[str, str] = {}
+
+    def __enter__(self) -> None:
+        self.saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(self.env)
+
+    def __exit__(self, *exc: object) -> None:
+        os.environ.clear()
+        os.environ.update(self.saved)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -276,7 +343,8 @@ def no_leaks() -> Iterator[None]:
     before = _our_segments()
     dirs = _our_dirs()
     yield
-    wait_for(lambda: not [p for p in _children() if pid_alive(p)], 15, what="child processes to exit")
+    wait_for(lambda: not [p for p in _children() if pid_alive(p) and p not in _DAEMONS], 15,
+             what="child processes to exit")
     leaked = _our_segments() - before
     wait_for(lambda: not (_our_segments() - before), 10, what=f"shared-memory segments {leaked} to be unlinked")
     wait_for(lambda: not (_our_dirs() - dirs), 15, what=f"directories {sorted(_our_dirs() - dirs)} to be removed")
