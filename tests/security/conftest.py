@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -65,17 +66,29 @@ class Remote:
         )
 
 
+def issue_keys(d: Daemon, names: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """The daemon's key pair and a key per name with its role, as ``ensemble keys init`` / ``keys add-ROLE``
+    write them (through the functions those commands call, in this process: ``tests/actors/test_remote.py``
+    runs the commands themselves); returns each name's secret key file."""
+    from actors._keys import add_peer, init_keys, keys_dir
+
+    mask = os.umask(0o077)  # as the `keys` command group sets it
+    try:
+        d.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = keys_dir(d.config)
+        init_keys(folder, False)
+        return {name: str(add_peer(folder, name, role)) for role, group in names.items() for name in group}
+    finally:
+        os.umask(mask)
+
+
 @pytest.fixture
 def remote(make_daemon: Callable[..., Daemon]) -> Iterator[Remote]:
     client_ep, worker_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     d = make_daemon(workers=1, extra_env={"ENSEMBLE_CLIENT_TCP": client_ep, "ENSEMBLE_TCP": worker_ep,
                                            "ENSEMBLE_JOBS_ALLOW": "examples.jobs:add,examples.jobs:echo,"
                                                                   "tests.jobs:sleep,tests.jobs:wait_file"})
-    d.cli("keys", "init")
-    keys = {}
-    for role, names in (("worker", ("w1", "w2")), ("client", ("c1", "c2")), ("admin", ("a1",))):
-        for name in names:
-            keys[name] = d.cli("keys", f"add-{role}", name).stdout.strip()
+    keys = issue_keys(d, {"worker": ("w1", "w2"), "client": ("c1", "c2"), "admin": ("a1",)})
     d.up()
     r = Remote(d, client_ep, worker_ep, keys, str(d.base / "state" / "keys" / "server.key"))
     procs: list[subprocess.Popen[bytes]] = []
