@@ -14,15 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from .messages import SLOTS  # the constant lives with the schema, which the supervisor imports without numpy
+
 __all__ = ["SLOTS", "SampleBuffer", "builtin_sample"]
 
 BUILTIN_FREQUENCY = 261.63
 """Pitch of the built-in sample in Hz (middle C, MIDI key 60)."""
-
-SLOTS = 128
-"""Buffer slots an engine has unless told otherwise (``Engine(max_slots=...)``).
-
-The processor's built-in sample holds one of them."""
 
 _FINITE_CHUNK = 1 << 20  # samples checked per pass: bounds the temporary bool array to 1 MiB
 

@@ -13,12 +13,10 @@ from actors import DaemonError, OutOfRange, ProtocolError
 from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, Message, VoicesDone, VoicesOp
 from audio.messages import (
-    AUDIO_EVENTS, ControlEvent, KillAllEvent, MidiConnect, NoteOffEvent, NoteOnEvent, SampleDrop, SampleInfo, SampleInfos,
-    SampleList, SampleLoad,
+    AUDIO_EVENTS, MIDI_VIAS, SLOTS, ControlEvent, KillAllEvent, MidiConnect, NoteOffEvent, NoteOnEvent, SampleDrop,
+    SampleInfo, SampleInfos, SampleList, SampleLoad,
 )
 from actors.shm import SharedArray
-from audio._buffers import SLOTS, SampleBuffer
-from audio._midi_ports import MIDI_VIAS
 
 log = logging.getLogger("ensemble.supervisor")
 MAX_SAMPLES = SLOTS - 1  # the processor's engine has SLOTS buffer slots and its built-in sample holds one
@@ -157,6 +155,8 @@ def _refusal(sa: SharedArray, info: SampleInfo) -> str:
     Returns rather than raises, so no traceback keeps a view of the mapping
     alive when the caller unmaps it.
     """
+    from audio._buffers import SampleBuffer  # numpy: imported with the first sample, not at the daemon's start
+
     try:
         SampleBuffer.from_array(sa.array, info.samplerate, info.root_key, info.name)
     except ValueError as exc:

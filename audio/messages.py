@@ -11,6 +11,16 @@ from enum import IntEnum
 
 from actors.messages import ArrayHandle, Int64, Message, Record, register
 
+SLOTS = 128
+"""Buffer slots an engine has unless told otherwise (``Engine(max_slots=...)``).
+
+The processor's built-in sample holds one of them.  (Here, not in
+``audio._buffers``, so that the supervisor's audio extension knows it without
+importing numpy at start.)"""
+
+MIDI_VIAS = ("auto", "jack", "alsa", "rtmidi-jack")
+"""How ``ensemble midi connect`` reaches a port: JACK's graph, or RtMidi on ALSA's sequencer or on JACK."""
+
 
 class AudioKind(IntEnum):
     """Audio message kinds; the numbers are part of the wire protocol."""

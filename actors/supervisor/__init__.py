@@ -46,7 +46,7 @@ from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir
 from actors._spawn import kill_group, raise_open_files
 from actors.config import Config
-from actors.extensions import ChildSpec, Extension, load_extensions
+from actors.extensions import ChildSpec, Extension, load_extensions, pass_down
 from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Message, StatusReply, Stop
 from actors.supervisor import _dispatch as plan, _prefork
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
@@ -123,6 +123,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.job_seconds = 0.0  # moving average of a job's run time (sizes the dispatch window)
         self._frame_len = 0  # bytes of the request being handled (counted against jobs.queue_bytes)
         wanted = cfg.daemon.extensions
+        if wanted:  # one scan of the installed entry points, for this process and the children it spawns
+            pass_down()
         self.extensions: list[Extension] = [cls(self) for cls in load_extensions(wanted)
                                             if "*" in wanted or cls.name in wanted]
         # request type -> handler(ident, corr, msg): the runtime's own, then each extension's
