@@ -15,33 +15,41 @@ from tests.conftest import wait_for
 
 
 @pytest.fixture
-def ex(daemon: Any) -> Any:
-    """An Executor on the test daemon (no cap: the fast map path)."""
+def ex(module_daemon: Any) -> Any:
+    """An Executor on the module's daemon (no cap: the fast map path), for tests that only look at results."""
+    e = Executor(config=module_daemon.config)
+    yield e
+    e.shutdown(cancel_futures=True)
+
+
+@pytest.fixture
+def own_ex(daemon: Any) -> Any:
+    """An Executor on a daemon of the test's own, for tests that count every job's end state."""
     e = Executor(config=daemon.config)
     yield e
     e.shutdown(cancel_futures=True)
 
 
 @pytest.mark.parametrize("chunksize", [1, 7, 64, 1000])
-def test_map_gives_every_result_in_order_at_any_chunksize(ex: Any, daemon: Any, chunksize: int) -> None:
-    before = len(daemon.client().jobs(limit=10_000))
+def test_map_gives_every_result_in_order_at_any_chunksize(ex: Any, module_daemon: Any, chunksize: int) -> None:
+    before = len(module_daemon.client().jobs(limit=10_000))
     out = list(ex.map(jobs.identity, range(300), chunksize=chunksize))
     assert out == list(range(300))
-    ran = len(daemon.client().jobs(limit=10_000)) - before
+    ran = len(module_daemon.client().jobs(limit=10_000)) - before
     assert ran == -(-300 // chunksize)  # one job per chunk, as ProcessPoolExecutor sends them
 
 
 @pytest.mark.parametrize("callable_", ["bound method", "class", "callable object", "partial", "partial of a builtin"])
-def test_a_callable_without_a_job_path_travels_in_each_chunk(ex: Any, daemon: Any, callable_: str) -> None:
+def test_a_callable_without_a_job_path_travels_in_each_chunk(ex: Any, module_daemon: Any, callable_: str) -> None:
     """Pickled with each chunk, as the pools pickle the function with each chunk: one job a chunk still."""
     fn, want = {"bound method": (jobs.Scaler(3).scale, [3 * x for x in range(100)]),
                 "class": (str, [str(x) for x in range(100)]),
                 "callable object": (jobs.Offset(1), [x + 1 for x in range(100)]),
                 "partial": (functools.partial(jobs.plain_divmod, b=7), [divmod(x, 7) for x in range(100)]),
                 "partial of a builtin": (functools.partial(pow, 2), [2 ** x for x in range(100)])}[callable_]
-    before = len(daemon.client().jobs(limit=10_000))
+    before = len(module_daemon.client().jobs(limit=10_000))
     assert list(ex.map(fn, range(100), chunksize=25)) == want
-    assert len(daemon.client().jobs(limit=10_000)) - before == 4
+    assert len(module_daemon.client().jobs(limit=10_000)) - before == 4
 
 
 def test_a_partial_travels_as_its_submit_would(ex: Any) -> None:
@@ -109,8 +117,8 @@ def _ended_without_interrupting(daemon: Any, tmp_path: Path, gates: list[Path], 
     assert len(list((tmp_path / "ran").iterdir())) == running
 
 
-def test_map_past_its_timeout_raises_timeout_error_and_cancels_the_rest(ex: Any, daemon: Any, tmp_path: Path) -> None:
-    it, gates = _gated_map(ex, tmp_path, 5, timeout=1.0)
+def test_map_past_its_timeout_raises_timeout_error_and_cancels_the_rest(own_ex: Any, daemon: Any, tmp_path: Path) -> None:
+    it, gates = _gated_map(own_ex, tmp_path, 5, timeout=1.0)
     assert next(it) > 0
     wait_for(lambda: len(list((tmp_path / "ran").iterdir())) == 3, 60, what="both workers to start a gated job")
     with pytest.raises(concurrent.futures.TimeoutError):
@@ -132,8 +140,8 @@ def test_map_s_timeout_counts_from_the_map_call_not_the_first_next(ex: Any, monk
         next(it)                                          # result came well within its 2 s
 
 
-def test_leaving_the_iterator_early_cancels_what_has_not_run(ex: Any, daemon: Any, tmp_path: Path) -> None:
-    it, gates = _gated_map(ex, tmp_path, 6)
+def test_leaving_the_iterator_early_cancels_what_has_not_run(own_ex: Any, daemon: Any, tmp_path: Path) -> None:
+    it, gates = _gated_map(own_ex, tmp_path, 6)
     assert next(it) > 0
     wait_for(lambda: len(list((tmp_path / "ran").iterdir())) == 3, 60, what="both workers to start a gated job")
     it.close()  # the caller left the loop: as ProcessPoolExecutor.map, what has not started is cancelled
