@@ -385,6 +385,7 @@ class ChildrenMixin(State):
             job = book.jobs.get(jid)
             if job is None:
                 continue
+            job.recalling = False  # a Recall on its way to the gone worker will never be answered
             if job.killed:
                 self._finish_killed(job, now)
             elif i < begun and job.state in ("running", "dispatched"):
@@ -392,14 +393,21 @@ class ChildrenMixin(State):
                     book.start(job, slot.name, now, time.monotonic())
                 if job.attempts <= job.spec.retries and not self.stopping_since:
                     book.requeue(job, f"worker {slot.name} died (attempt {job.attempts} of {job.spec.retries + 1})")
+                    if job.unstarted_cancels:  # it had started: a Cancel(if_queued) leaves it to run again
+                        self._answer_unstarted(job, "running")
                 else:
                     self._finish(job, "worker-lost", now, error_type="JobLost",
                                  error_message=f"worker {slot.name} died while running the job and no retry was left")
             else:  # it never began: no attempt spent
                 if job.state == "running":
                     job.attempts -= 1
+                    job.started = 0.0
                 book.requeue(job, "")
+                if job.unstarted_cancels:  # a Cancel(if_queued) waited for its Recall: it never started, cancel it
+                    self._finish(job, "cancelled", now, error_type="JobCancelled",
+                                 error_message="cancelled before it started")
         slot.outstanding.clear()
+        slot.recalls.clear()  # their answers died with the worker
         return begun
 
     def _heartbeats(self, mono: float) -> None:

@@ -124,6 +124,9 @@ class State:
     def _finish_killed(self, job: Job, now: float) -> None:
         raise NotImplementedError
 
+    def _answer_unstarted(self, job: Job, detail: str) -> None:
+        raise NotImplementedError
+
     def _frames(self, sock: Any) -> Iterator[tuple[list[bytes], bytes, str, str]]:
         raise NotImplementedError
 

@@ -104,3 +104,38 @@ def test_future_cancel_before_the_job_id_came_back_still_cancels_it(module_daemo
     finally:
         for _, gate in blockers:
             gate.touch()
+
+
+def test_a_cancel_waiting_for_a_dead_worker_s_recall_is_answered_when_it_dies(make_daemon: Any,
+                                                                               tmp_path: Path) -> None:
+    """A Cancel(if_queued) of a job in a worker's line waits for the worker to give it back; if the worker
+    dies first, the job (never started) is cancelled then and there, and the cancel answered: it used to
+    wait until the job, requeued, had run to its end on another worker."""
+    import os
+    import signal
+
+    from tests.conftest import pid_alive
+
+    d = make_daemon(workers=1)
+    d.up()
+    c = d.client()
+    blocker, _ = _gate_job(c, tmp_path, "b")  # never opened: the worker dies running it
+    wait_for(lambda: blocker.state == "running", 60, what="the worker to be busy")
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    (tmp_path / "open").touch()
+    behind = c.submit("tests.jobs:plain_gate", str(ran), str(tmp_path / "open"), retries=1)
+    wait_for(lambda: c.job(behind.id).state == "dispatched", 60, what="the job to wait in the worker's line")
+    worker = d.actor("worker-1").pid
+    os.kill(worker, signal.SIGSTOP)  # it can no longer answer a Recall
+    try:
+        answer = c.conn.call(Cancel(behind.id, False, True))
+        wait_for(lambda: c.job(behind.id).state == "dispatched", 10, what="the Recall to be on its way")
+        assert not answer.done()
+    finally:
+        os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(worker), 30, what="the stopped worker to die")
+    assert answer.result(60).detail == "cancelled"
+    assert behind.wait(60).state == "cancelled"
+    assert blocker.wait(60).state == "worker-lost"  # it had begun, and had no retry
+    assert not list(ran.iterdir())  # the cancelled job never ran
