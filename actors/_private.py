@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import msgspec
@@ -65,6 +66,7 @@ class PrivateDaemon:
                                        tcp="", client_tcp="", metrics_port=0, extensions=()),
         )
         self.proc: subprocess.Popen[bytes] | ForkedProc | None = None
+        self._stopping = threading.Lock()  # one stop at a time: a second caller waits for the first to end
         self.started = False
         if start:
             self.start()
@@ -105,7 +107,17 @@ class PrivateDaemon:
                  self.proc.pid, workers, method)
 
     def stop(self) -> None:
-        """Stop the daemon in order (SIGKILL after a grace) and remove its directories; safe to call twice."""
+        """Stop the daemon in order (SIGKILL after a grace) and remove its directories; safe to call twice.
+
+        Serialised: an executor's last future (its close thread) and the
+        interpreter's exit may both stop it, and a second stop that removed
+        the directories while the first still talked to the daemon took the
+        first's socket away (its shutdown then waited 5 s for no answer).
+        """
+        with self._stopping:
+            self._stop()
+
+    def _stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             from actors.client import Client

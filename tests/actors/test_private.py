@@ -629,3 +629,35 @@ def _run_script(tmp_path: Path, start: str) -> Any:
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def test_two_stops_at_once_stop_the_daemon_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An executor's last future (its close thread) and the interpreter's exit may stop its daemon at the same
+    time: the second waits for the first. A second stop used to remove the directories while the first still
+    asked the daemon to stop, whose socket was then gone: the first gave up after 5 s and sent SIGTERM."""
+    import threading
+
+    from actors._private import PrivateDaemon
+
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    d = PrivateDaemon(1)
+    proc = d.proc
+    assert proc is not None
+    terminated: list[int] = []
+    real = proc.terminate
+    proc.terminate = lambda: (terminated.append(1), real())[1]  # type: ignore[method-assign]
+    go = threading.Barrier(2)
+    seen: list[tuple[bool, bool]] = []  # as each stop returned: (the daemon had exited, its directory was gone)
+
+    def stop() -> None:
+        go.wait(30)
+        d.stop()
+        seen.append((proc.poll() is not None, not d.dir.exists()))
+
+    both = [threading.Thread(target=stop) for _ in range(2)]
+    for t in both:
+        t.start()
+    for t in both:
+        t.join(60)
+    assert seen == [(True, True), (True, True)], "a stop returned before the daemon had stopped and gone"
+    assert not terminated, "a stop had to fall back to SIGTERM"
