@@ -154,6 +154,8 @@ class Daemon:
     def _start(self) -> None:
         from actors._launch import start_daemon, wait_ready
 
+        self.config = load_config(env=self.env)  # as the CLI would read it now (a test may have changed env)
+        _SESSION_KEYS.add(self.config.shm_key)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         err = self.config.state_dir / "daemon.err"
         with _environment(self.env):  # the daemon's environment is made from ours, as the CLI's would be
