@@ -100,7 +100,7 @@ def fd_targets(pid: int) -> list[str]:
 
 
 class Daemon:
-    """A daemon started for one test through the real CLI (``ensemble up`` / ``down``)."""
+    """A daemon started for one test as ``ensemble up`` / ``down`` do (the CLI's own functions, see :meth:`up`)."""
 
     def __init__(self, base: Path, name: str = "t", workers: int = 2, extra_env: dict[str, str] | None = None,
                  config_text: str = "") -> None:

@@ -3,8 +3,9 @@
 Tests that kill, stop or reconfigure a daemon use the function-scoped ``daemon``
 / ``make_daemon`` fixtures of ``tests/conftest.py``; tests that only submit
 jobs and read state share ``module_daemon`` to keep the suite fast.  It is
-started through the real CLI and stopped with ``ensemble down`` at the end of
-the module (``Daemon.cleanup`` kills whatever is left).
+started as ``ensemble up`` starts one (``Daemon.up``) and stopped as ``ensemble
+down`` stops it at the end of the module (``Daemon.cleanup`` kills whatever is
+left).
 """
 
 from __future__ import annotations
