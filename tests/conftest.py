@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from unittest.mock import patch
 
 import pytest
 
@@ -158,7 +159,7 @@ class Daemon:
         _SESSION_KEYS.add(self.config.shm_key)
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         err = self.config.state_dir / "daemon.err"
-        with _environment(self.env):  # the daemon's environment is made from ours, as the CLI's would be
+        with patch.dict(os.environ, self.env, clear=True):  # the daemon's environment is made from ours, as the CLI's
             proc = start_daemon(self.config, err)
         try:
             wait_ready(self.config, proc, 60.0, err)
@@ -208,13 +209,14 @@ class Daemon:
             c.close()
         self._clients.clear()
         run = self.base / "run"
-        if (run / "daemon.lock").exists() and self.pid and pid_alive(self.pid):
-            try:
-                self.down()
-            except Exception:  # noqa: BLE001 - it did not stop in order: killed below
-                pass
-        elif (run / "daemon.lock").exists():
-            self.cli("down", check=False, timeout=60)
+        if (run / "daemon.lock").exists():
+            if self.pid and pid_alive(self.pid):
+                try:
+                    self.down()
+                except Exception:  # noqa: BLE001 - it did not stop in order: killed below
+                    pass
+            else:
+                self.cli("down", check=False, timeout=60)
         if self.pid and pid_alive(self.pid):
             os.kill(self.pid, signal.SIGKILL)
             wait_for(lambda: not pid_alive(self.pid), 10, what="daemon to die")
@@ -234,23 +236,6 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
     """Wait for a daemon this process started, so that it leaves no zombie (and is no child any more)."""
     proc.wait()
     _DAEMONS.discard(proc.pid)
-
-
-class _environment:
-    """``os.environ`` replaced by ``env`` for the ``with`` block (this process's own is restored after)."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.saved: dict[str, str] = {}
-
-    def __enter__(self) -> None:
-        self.saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(self.env)
-
-    def __exit__(self, *exc: object) -> None:
-        os.environ.clear()
-        os.environ.update(self.saved)
 
 
 def processes_mentioning(text: str) -> list[int]:
