@@ -47,7 +47,7 @@ from actors._rundir import RunDir
 from actors._spawn import kill_group, raise_open_files
 from actors.config import Config
 from actors.extensions import ChildSpec, Extension, load_extensions, pass_down
-from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Message, StatusReply, Stop
+from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Message, StatusReply
 from actors.supervisor import _dispatch as plan, _prefork
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
 from actors.supervisor._cluster import ClusterMixin
@@ -413,7 +413,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         for slot in self.slots.values():
             if slot.proc is not None or slot.remote:
                 slot.state = "stopping"
-                self._send_child(slot, Stop(reason))
+                self.stop_child(slot, reason)
 
     def _stop_step(self, mono: float) -> None:
         alive = [s for s in self.slots.values() if s.proc is not None]

@@ -56,7 +56,13 @@ class Slot(msgspec.Struct):
     # the job ids of each Recall sent to this incarnation and not answered yet, oldest first (a worker answers in
     # order): what a Recalled reply did not give back had started (see WorkMixin._recalled)
     recalls: Any = msgspec.field(default_factory=collections.deque)
+    # a Stop this incarnation was sent before it connected: ZeroMQ's ROUTER refuses a frame for a peer it does not
+    # know yet (ROUTER_MANDATORY), so the reason is kept here and the Stop sent when its Hello comes (see stop_child)
+    stop_owed: str = ""
 
+
+
+_RETIRE_FIRST = {"failed": 0, "starting": 1}  # scale-down order among equally idle workers (then the rest)
 
 
 class Standby(msgspec.Struct):
@@ -100,6 +106,17 @@ class ChildrenMixin(State):
         self._worker_seq += 1
         return self._add_slot(f"worker-{self._worker_seq}", "worker", "actors.worker", host_resources())
 
+    def stop_child(self, slot: Slot, reason: str) -> None:
+        """Ask a child to stop; if it has not connected yet, when it does (its Hello).
+
+        A Stop for a process whose socket has not finished connecting is
+        refused by the ROUTER (an unknown peer): a worker still starting when
+        the daemon stopped missed it, said Hello, and waited out the stop
+        grace for SIGTERM (2 s at the end of a short ``with Executor()``).
+        """
+        if not self._send_child(slot, Stop(reason)) and not slot.ready:
+            slot.stop_owed = reason
+
     def _add_slot(self, name: str, role: str, module: str, resources: dict[str, float] | None = None) -> Slot:
         slot = Slot(name, role, module, resources=resources or {})
         self.slots[name] = slot
@@ -111,6 +128,7 @@ class ChildrenMixin(State):
         slot.path_sent = None  # a new process knows no import path yet
         slot.results_closed = False
         slot.recalls.clear()  # a new process owes no answers
+        slot.stop_owed = ""
         ident = f"{slot.name}.{slot.incarnation}"
         nice = self.cfg.supervision.worker_nice if slot.role == "worker" else 0
         # the extensions' own children may submit internal jobs (TaskSubmit); workers run jobs, they never submit
@@ -440,11 +458,12 @@ class ChildrenMixin(State):
             self._add_worker()
         excess = len(workers) - n
         if excess > 0:
-            workers.sort(key=lambda s: (len(s.outstanding), s.state != "failed"))
+            # the idlest go first and, among those, a failed one, then one still starting (it serves nobody yet)
+            workers.sort(key=lambda s: (len(s.outstanding), _RETIRE_FIRST.get(s.state, len(_RETIRE_FIRST))))
             for slot in workers[:excess]:
                 slot.retire = True
                 if slot.state == "failed":
                     del self.slots[slot.name]
                 elif not slot.outstanding:
-                    self._send_child(slot, Stop("scaled down"))
+                    self.stop_child(slot, "scaled down")
         log.info("event=scale workers=%d", n)

@@ -29,7 +29,7 @@ import msgspec
 import zmq
 
 from actors._errors import EnsembleError
-from actors.messages import JobDone, Stop, StoredArray
+from actors.messages import JobDone, StoredArray
 from actors.shm import SharedArray, walk
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
@@ -78,7 +78,7 @@ class ClusterMixin(State):
             for slot in slots:
                 slot.retire = True
                 if not slot.outstanding:
-                    self._send_child(slot, Stop("scaled down"))
+                    self.stop_child(slot, "scaled down")
         log.info("event=scale workers=%d on=ray", n)
 
     def _stored_results(self, slot: Slot, done: JobDone, local: bool) -> JobDone:

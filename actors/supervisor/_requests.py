@@ -420,6 +420,13 @@ class RequestsMixin(State):
                 slot.ready = True
                 slot.state = "running"
                 log.info("event=ready name=%s pid=%d", slot.name, msg.pid)
+                if slot.stop_owed:  # it was asked to stop before it connected: now it can hear it
+                    log.info("event=stop-resent name=%s reason=%s detail=it connected after its Stop was sent",
+                             slot.name, slot.stop_owed)
+                    reason, slot.stop_owed = slot.stop_owed, ""
+                    self._send_child(slot, Stop(reason))
+                    if self.stopping_since:
+                        slot.state = "stopping"
                 if slot.role == "worker":
                     self._keep_standby()  # a replacement is up: its successor may start warming now
                 for ext in self.extensions:

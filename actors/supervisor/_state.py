@@ -169,6 +169,9 @@ class State:
     def _send_client(self, addr: bytes, frame: bytes) -> None:
         raise NotImplementedError
 
+    def stop_child(self, slot: Slot, reason: str) -> None:
+        raise NotImplementedError
+
     def _timers(self, mono: float) -> None:
         raise NotImplementedError
 

@@ -17,7 +17,7 @@ import zmq
 from actors._errors import EnsembleError, ProtocolError
 from actors._jobs import Job
 from actors._task import MAX_TIMEOUT_MS
-from actors.messages import AbortJob, Ack, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, Stop, encode
+from actors.messages import AbortJob, Ack, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, encode
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
 from actors.supervisor._cluster import holds_stored
@@ -73,7 +73,7 @@ class WorkMixin(State):
                              done.error_message, done.traceback)
         self._advance(slot, now, time.monotonic())
         if slot.retire and not slot.outstanding:
-            self._send_child(slot, Stop("scaled down"))
+            self.stop_child(slot, "scaled down")
 
     def _advance(self, slot: Slot, now: float, mono: float) -> None:
         """Mark the job now at the head of a worker's line as running.
