@@ -442,9 +442,20 @@ def _build(data: Mapping[str, Any], where: str, namer: _Namer | None = None) -> 
     return cfg
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """A section's resolved field types, once per process (``typing.get_type_hints`` compiles each annotation)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
 def _build_section(section: str, values: Mapping[str, Any], where: str, name: _Namer) -> Any:
     cls = _SECTIONS[section]
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in hints:
@@ -481,7 +492,7 @@ def _env_names() -> dict[str, tuple[str, str]]:
     """Every environment variable naming a setting: ``{variable: (section, key)}``."""
     names: dict[str, tuple[str, str]] = {}
     for section, cls in _SECTIONS.items():
-        for key in typing.get_type_hints(cls):
+        for key in cls.__struct_fields__:  # not typing.get_type_hints: it compiles every annotation (~3 ms)
             names[f"ENSEMBLE_{section.upper()}_{key.upper()}"] = (section, key)
             if section == "daemon":
                 names[f"ENSEMBLE_{key.upper()}"] = (section, key)
