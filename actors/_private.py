@@ -32,6 +32,16 @@ _START_TIMEOUT = 60.0
 _STARTS = ("fork", "spawn")
 
 
+_PARENT_MAX = 64  # a longer temporary directory would leave too little of a unix socket path (100) for run/internal
+
+
+def private_parent() -> str:
+    """Where a private daemon's directory is made: the temporary directory (``$TMPDIR``, as ``tempfile`` finds it)
+    when its path leaves room for the daemon's unix sockets, else ``/tmp``."""
+    parent = tempfile.gettempdir()
+    return parent if len(parent) <= _PARENT_MAX else "/tmp"
+
+
 def start_method() -> str:
     """How private daemons start: ``$ENSEMBLE_PRIVATE_START``, ``fork`` (the default) or ``spawn``.
 
@@ -58,7 +68,7 @@ class PrivateDaemon:
             raise ValueError(f"max_workers must be at least 1, got {workers}")
         self.workers = workers
         self.method = start_method()  # checked now: a wrong one is refused at once, not at the first submit
-        self.dir = Path(tempfile.mkdtemp(prefix="ens-", dir="/tmp"))  # short: unix socket paths are limited
+        self.dir = Path(tempfile.mkdtemp(prefix="ens-", dir=private_parent()))
         self.config = msgspec.structs.replace(
             base,
             daemon=msgspec.structs.replace(base.daemon, name=f"private-{os.getpid()}", workers=str(workers),

@@ -1,8 +1,8 @@
 """Shared fixtures: a real daemon in a private run directory, and leak checks.
 
-Every test that starts a daemon gets its own short run directory under /tmp
-(unix socket paths are limited to ~100 characters) and its own state
-directory.  At the end of the session no child process, no ``ensemble.*``
+Every test that starts a daemon gets its own short run directory under the
+session's temporary directory, ``/tmp/ens-s<pid>-*`` (unix socket paths are
+limited to ~100 characters), and its own state directory.  At the end of the session no child process, no ``ensemble.*``
 shared-memory segment and no socket file may remain.
 """
 
@@ -25,6 +25,18 @@ import pytest
 from actors.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# This session's temporary directory: every short directory a test makes, and every private daemon's directory
+# (they follow $TMPDIR, see actors._private.private_parent), goes under it, so that the leak check (no_leaks) sees
+# this session's directories only, and another suite run beside this one is not taken for a leak.  pytest's own
+# tmp_path stays where it was (PYTEST_DEBUG_TEMPROOT).  Removed when the session ends.
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+SESSION_TMP = Path(tempfile.mkdtemp(prefix=f"ens-s{os.getpid()}-", dir="/tmp"))
+os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_TMP)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> Any:
@@ -257,7 +269,7 @@ def processes_mentioning(text: str) -> list[int]:
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short temporary directory (unix socket paths must stay under ~100 characters)."""
-    path = Path(tempfile.mkdtemp(prefix="ens-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="ens-"))  # under SESSION_TMP
     try:
         yield path
     finally:
@@ -319,9 +331,8 @@ def _children() -> list[int]:
 
 
 def _our_dirs() -> set[str]:
-    """The ``/tmp/ens-*`` directories (a private daemon's, a test's short one) made by this user."""
-    uid = os.getuid()
-    return {str(p) for p in Path("/tmp").glob("ens-*") if p.is_dir() and p.stat().st_uid == uid}
+    """This session's ``ens-*`` directories (a private daemon's, a test's short one): under SESSION_TMP."""
+    return {str(p) for p in SESSION_TMP.glob("ens-*") if p.is_dir()}
 
 
 @pytest.fixture(autouse=True)

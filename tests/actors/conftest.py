@@ -34,4 +34,4 @@ def running_daemon(base: Path, **kwargs: Any) -> Iterator[Daemon]:
 @pytest.fixture(scope="module")
 def module_daemon() -> Iterator[Daemon]:
     """A running daemon (2 workers, fast heartbeats) shared by one test module."""
-    yield from running_daemon(Path(tempfile.mkdtemp(prefix="ens-m", dir="/tmp")))
+    yield from running_daemon(Path(tempfile.mkdtemp(prefix="ens-m")))

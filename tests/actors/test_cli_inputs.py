@@ -51,7 +51,7 @@ def say(task, message, seconds=1.0):
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
     """A running daemon (1 worker) that can import this module's jobs (``cli_input_jobs``)."""
-    base = Path(tempfile.mkdtemp(prefix="ens-i", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="ens-i"))
     mods = base / "mods"
     mods.mkdir()
     (mods / "cli_input_jobs.py").write_text(JOBS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -208,10 +209,10 @@ def test_an_unknown_start_method_is_refused_with_the_choices(tmp_path: Path, mon
     monkeypatch.setenv("ENSEMBLE_PRIVATE_START", "thread")
     monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
     monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
-    before = set(Path("/tmp").glob("ens-*"))
+    before = set(Path(tempfile.gettempdir()).glob("ens-*"))
     with pytest.raises(ConfigError, match="use fork .the default. or spawn"):
         Executor(1)
-    assert set(Path("/tmp").glob("ens-*")) <= before  # its directory was removed
+    assert set(Path(tempfile.gettempdir()).glob("ens-*")) <= before  # its directory was removed
 
 
 def test_a_forked_private_daemon_is_a_daemon_not_a_copy_of_its_owner(tmp_path: Path,
@@ -661,3 +662,23 @@ def test_two_stops_at_once_stop_the_daemon_in_order(monkeypatch: pytest.MonkeyPa
         t.join(60)
     assert seen == [(True, True), (True, True)], "a stop returned before the daemon had stopped and gone"
     assert not terminated, "a stop had to fall back to SIGTERM"
+
+
+def test_a_private_daemon_s_directory_follows_tmpdir_unless_it_is_too_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors._private import PrivateDaemon, private_parent
+
+    base = Path(tempfile.mkdtemp(prefix="ens-t"))
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(base))
+        assert private_parent() == str(base)
+        d = PrivateDaemon(1, start=False)
+        try:
+            assert d.dir.parent == base and d.config.run_dir.is_relative_to(base)
+        finally:
+            d.stop()
+        assert not d.dir.exists()
+        long = base / ("x" * 80)
+        monkeypatch.setattr(tempfile, "tempdir", str(long))
+        assert private_parent() == "/tmp"  # run/internal would not fit a unix socket path under it
+    finally:
+        os.rmdir(base)

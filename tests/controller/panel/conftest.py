@@ -70,7 +70,7 @@ def panel(make_daemon: Callable[..., Daemon]) -> Panel:
 @pytest.fixture(scope="module")
 def shared_panel() -> Iterator[Panel]:
     """One daemon with its panel for a whole test module (for tests that only read, or clean up after them)."""
-    base = Path(tempfile.mkdtemp(prefix="ens-p", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="ens-p"))
     d = Daemon(base)
     try:
         yield start_panel(d)
