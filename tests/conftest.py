@@ -8,6 +8,7 @@ shared-memory segment and no socket file may remain.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -33,10 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
 SESSION_TMP = Path(tempfile.mkdtemp(prefix=f"ens-s{os.getpid()}-", dir="/tmp"))
 os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_TMP)
+_SESSION_PID = os.getpid()
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(SESSION_TMP, ignore_errors=True)
+@atexit.register
+def _remove_session_tmp() -> None:  # at exit, also of a script that imported this module outside pytest
+    if os.getpid() == _SESSION_PID:  # not in a forked child that exits normally
+        shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> Any:
