@@ -211,7 +211,7 @@ class Config(msgspec.Struct, frozen=True):
         return _build(json.loads(text), "config")
 
 
-_SECTIONS: dict[str, type] = {
+_SECTIONS: dict[str, type[msgspec.Struct]] = {
     "daemon": DaemonConfig,
     "supervision": SupervisionConfig,
     "jobs": JobsConfig,

@@ -10,9 +10,38 @@ three and nothing imports it.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
-from actors import (
+
+def _check_not_shadowed(*names: str) -> None:
+    """Refuse, naming the file and the fix, a module of the user's that hides one of ensemble's packages ``names``.
+
+    ensemble's packages are top-level (``actors``, ``audio``, ``controller``):
+    an ``actors.py`` beside the user's script comes first on ``sys.path`` and
+    every import below would fail with an error that does not say why.
+    ``audio`` and ``controller`` are checked when the full client is first
+    used: a program that only runs jobs may have an ``audio.py`` of its own.
+    """
+    import importlib.util
+    import os
+
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    for name in names:
+        mod = sys.modules.get(name)
+        origin = getattr(mod, "__file__", None) if mod is not None else None
+        if mod is None:
+            spec = importlib.util.find_spec(name)
+            origin = spec.origin if spec is not None else None
+        if origin and os.path.dirname(os.path.dirname(os.path.realpath(origin))) != here:
+            raise ImportError(f"ensemble cannot import its package {name!r}: {origin} hides it (a module of yours "
+                              f"with the same name, found first on sys.path); rename that module. ensemble's "
+                              f"top-level packages are actors, audio, controller and ensemble", name=name, path=origin)
+
+
+_check_not_shadowed("actors")
+
+from actors import (  # noqa: E402 - after the check above
     ClientClosed as ClientClosed,
     Config as Config,
     ConfigError as ConfigError,
@@ -51,6 +80,8 @@ _LAZY = {"AsyncClient", "Child", "Executor", "JobHandle", "child_main"}
 
 def __getattr__(name: str) -> object:
     """The clients on first use, so that ``import ensemble`` stays light (no numpy, no sockets)."""
+    if name in ("Client", "ScriptLoadError"):
+        _check_not_shadowed("audio", "controller")
     if name == "Client":
         from controller.client import Client
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import os
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +195,35 @@ def test_importing_actors_stays_light() -> None:
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True, cwd=ROOT)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_module_of_the_user_s_that_hides_a_package_of_ensemble_s_is_named_in_the_error(tmp_path: Path) -> None:
+    """An ``actors.py`` beside the script used to fail as "cannot import name 'ClientClosed' from 'actors'"."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    (tmp_path / "work.py").write_text("def double(x):\n    return 2 * x\n")
+    (tmp_path / "run.py").write_text(
+        "import work\nfrom ensemble import Executor\n"
+        "if __name__ == '__main__':\n    with Executor(1) as ex:\n        print(list(ex.map(work.double, [1, 2])))\n")
+    (tmp_path / "full.py").write_text("from ensemble import Client\n")
+
+    def run(script: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env=env)
+
+    (tmp_path / "actors.py").write_text("X = 1\n")
+    out = run("run.py")
+    assert out.returncode == 1
+    assert f"ensemble cannot import its package 'actors': {tmp_path / 'actors.py'} hides it" in out.stderr
+    assert "rename that module" in out.stderr
+    (tmp_path / "actors.py").unlink()
+    (tmp_path / "audio.py").write_text("X = 1\n")  # a jobs-only program may keep an audio.py of its own
+    out = run("run.py")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "[2, 4]"
+    out = run("full.py")  # the full client needs ensemble's audio package
+    assert out.returncode == 1 and "its package 'audio'" in out.stderr and "audio.py hides it" in out.stderr
