@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,10 @@ from controller._host import ParamDef
 from controller._watchdog import WEDGED_EXIT, wedged_text
 
 log = logging.getLogger("ensemble.supervisor")
+# a script whose callbacks wedge the controller again within this long of the restart that followed the last wedge is
+# not run again: each wedge costs the budget, the grace and a restart (~9 s), slower than the restart intensity
+# counts, so a timer that blocks in C would otherwise restart the controller forever
+REWEDGE_S = 60.0
 INTERNAL_JOBS = frozenset({"controller._tasks:run_process_job", "controller._tasks:kill_voices_job"})
 
 
@@ -62,6 +67,7 @@ class ScriptExtension(Extension):
         self.ready_path = ""  # the script the controller runs (its last ScriptReady; "" after a load that failed)
         self.load_lost = False  # the latest load failed as the controller went down: its restart is no new load
         self.wedge_heard = False  # this controller said it is wedged (ScriptError kind "wedged") before it left
+        self.wedged_at = 0.0  # when the running script's callback last wedged the controller (monotonic; 0: never)
         self.param_seq = 0
         self.unapplied: dict[str, ParamSet] = {}  # parameter -> its newest acknowledged change not yet applied
 
@@ -106,8 +112,32 @@ class ScriptExtension(Extension):
             self._load_lost(f"{wedged_text('the script')}; the controller was restarted" if code == WEDGED_EXIT
                             else f"the controller ended ({how}) while it loaded the script, and was restarted",
                             stuck=silent or code == WEDGED_EXIT)
-        elif code == WEDGED_EXIT and not self.wedge_heard:  # its report was lost with it
-            self._script_error(slot, f"Controller wedged: {wedged_text('a callback')}; the controller was restarted")
+        elif code == WEDGED_EXIT:
+            if not self.wedge_heard:  # its report was lost with it
+                self._script_error(slot, f"Controller wedged: {wedged_text('a callback')}; the controller was restarted")
+            self._callback_wedged(slot)
+
+    def _callback_wedged(self, slot: Any) -> None:
+        """A callback of the running script wedged the controller: run the script again, unless it did so before.
+
+        Once is run again (a parameter change that blocked need not come back:
+        its value is saved and its ``on_change`` not run again).  Twice within
+        :data:`REWEDGE_S` (a timer or ``on_load`` work that blocks each time):
+        the next controller runs no script, and ``status`` says why.
+        """
+        now = time.monotonic()
+        if not (self.wedged_at and now - self.wedged_at < REWEDGE_S) or not self.script_path:
+            self.wedged_at = now
+            return
+        path, self.wedged_at = self.script_path, 0.0
+        self.script_path = self.ready_path = ""
+        self.params = {}
+        self.unapplied.clear()
+        log.warning("event=script-dropped path=%s detail=its callbacks wedged the controller twice within %.0f s",
+                    path, REWEDGE_S)
+        self._script_error(slot, f"script {path} is not run again: its callbacks wedged the controller twice within "
+                                 f"{REWEDGE_S:.0f} s (see the error before: the callback and its line); fix it and "
+                                 f"`ensemble load` it again")
 
     def _load_lost(self, reason: str, stuck: bool) -> None:
         """The load in progress fails as its controller goes down; the next controller runs the script before it.
@@ -170,6 +200,7 @@ class ScriptExtension(Extension):
             raise DaemonError("the controller is not running; see `ensemble status`")
         self.script_path = str(path.resolve())
         self.script_ready = False
+        self.wedged_at = 0.0  # a load of the user's own: a new chance
         self._loading()
         self.unapplied.clear()  # the controller applies each change queued before the load, or the load discards it
         self.host.send_child(controller, ScriptLoad(self.script_path, msg.reload))

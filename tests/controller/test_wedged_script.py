@@ -123,3 +123,37 @@ def test_a_callback_blocked_in_c_restarts_the_controller_and_later_changes_still
     detail = daemon.actor("controller").detail
     assert "on_change(hang) blocked past the controller's budget" in detail, detail
     assert "the controller was restarted" in detail and f"{script.resolve()}:6" in detail, detail
+
+
+@pytest.mark.slow  # waits out the controller's budget and grace twice (~20 s)
+def test_a_timer_that_wedges_the_controller_each_time_is_not_run_again_after_the_second_wedge(daemon: Daemon) -> None:
+    script = daemon.base / "timer_hang.py"
+    script.write_text(
+        "import time\n"
+        "from actors import WrongContextError\n"
+        "from controller.script import define_parameter, start_timer\n\n"
+        "def tick():\n"
+        "    time.sleep(100000)\n\n"
+        "try:\n"
+        "    start_timer(200, tick)\n"
+        "except WrongContextError:  # the processor runs the module code too\n"
+        "    pass\n"
+        "define_parameter('gain', 'Gain', 0.5, 0.0, 1.0)\n"
+    )
+    c = daemon.client()
+    c.load_script(str(script), wait=30)
+    first = _restarted(daemon, daemon.actor("controller").pid)  # the timer wedged it: run again once
+
+    def dropped() -> Any:
+        a = daemon.actor("controller")
+        return a if a.state == "running" and a.pid != first.pid and "is not run again" in a.detail else None
+
+    ctl = wait_for(dropped, 60, what="the controller to come back without the script after its second wedge")
+    assert ctl.restarts == 2, ctl
+    assert f"script {script.resolve()} is not run again: its callbacks wedged the controller twice" in ctl.detail
+    assert "fix it and `ensemble load` it again" in ctl.detail
+    assert "event=script-dropped" in (daemon.base / "state" / "daemon.log").read_text()
+    c.load_script(str(STATEFUL), wait=30)  # the user's next load runs as usual
+    c.set_param("gain", 0.8)
+    wait_for(lambda: c.get_param("gain") == 0.8, what="a parameter of the new script to change")
+    assert daemon.actor("controller").restarts == 2  # the dropped script's timer runs nowhere any more
