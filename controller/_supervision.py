@@ -70,6 +70,7 @@ class ScriptExtension(Extension):
         self.wedged_at = 0.0  # when the running script's callback last wedged the controller (monotonic; 0: never)
         self.param_seq = 0
         self.unapplied: dict[str, ParamSet] = {}  # parameter -> its newest acknowledged change not yet applied
+        self.unbound: dict[str, ParamBind] = {}  # parameter -> its acknowledged bind the controller has not shown yet
 
     def requests(self) -> dict[type, Any]:
         return {ScriptLoad: self._load, ParamSet: self._param_set, ParamList: self._param_list, ParamBind: self._param_bind,
@@ -95,8 +96,13 @@ class ScriptExtension(Extension):
                     self.host.send_child(slot, change)
                 if self.unapplied:
                     log.info("event=params-resent count=%d", len(self.unapplied))
+                for bind in self.unbound.values():  # binds the last controller acknowledged but never applied
+                    self.host.send_child(slot, bind)
+                if self.unbound:
+                    log.info("event=binds-resent count=%d", len(self.unbound))
             else:
                 self.unapplied.clear()
+                self.unbound.clear()
             self.load_lost = self.wedge_heard = False
 
     def _controller_back(self, slot: Any) -> None:
@@ -133,6 +139,7 @@ class ScriptExtension(Extension):
         self.script_path = self.ready_path = ""
         self.params = {}
         self.unapplied.clear()
+        self.unbound.clear()
         log.warning("event=script-dropped path=%s detail=its callbacks wedged the controller twice within %.0f s",
                     path, REWEDGE_S)
         self._script_error(slot, f"script {path} is not run again: its callbacks wedged the controller twice within "
@@ -203,6 +210,7 @@ class ScriptExtension(Extension):
         self.wedged_at = 0.0  # a load of the user's own: a new chance
         self._loading()
         self.unapplied.clear()  # the controller applies each change queued before the load, or the load discards it
+        self.unbound.clear()
         self.host.send_child(controller, ScriptLoad(self.script_path, msg.reload))
         log.info("event=script-load path=%s reload=%s load=%d", self.script_path, msg.reload, self.load_state[0])
         return Ack(f"loading {self.script_path} (load {self.load_state[0]})")
@@ -248,6 +256,7 @@ class ScriptExtension(Extension):
         controller = self.host.child("controller")
         if controller is None or not self.host.send_child(controller, msg):
             raise DaemonError("the controller is not running; see `ensemble status`")
+        self.unbound[msg.name] = msg  # sent again to a new controller until one shows it applied (a wedged one may not)
         what = f"bound to CC {msg.controller}" if msg.controller >= 0 else "unbound"
         return Ack(f"{msg.name} {what}")
 
@@ -291,6 +300,9 @@ class ScriptExtension(Extension):
             self.params = {p.name: p for p in msg.params}
             if msg.applied:  # that change and every one before it are applied (control callbacks run in order)
                 self.unapplied = {n: m for n, m in self.unapplied.items() if m.seq > msg.applied}
+            if self.unbound:
+                self.unbound = {n: m for n, m in self.unbound.items()
+                                if n in self.params and self.params[n].cc != m.controller}
             if proc is not None:
                 self.host.send_child(proc, msg)
         elif isinstance(msg, (ParamSet, ParamControl)):

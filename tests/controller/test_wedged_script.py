@@ -117,8 +117,12 @@ def test_a_callback_blocked_in_c_restarts_the_controller_and_later_changes_still
     c.set_param("hang", True)
     wait_for(lambda: c.get_param("hang") is True, what="the blocking change to be applied")
     c.set_param("gain", 0.75)  # queued behind the blocked callback
+    c.bind_param("gain", 74)  # so is this bind: acknowledged, and lost with the wedged controller unless sent again
     _restarted(daemon, old)
     wait_for(lambda: c.get_param("gain") == 0.75, what="the queued change to be applied after the restart")
+    wait_for(lambda: next(p.cc for p in c.params() if p.name == "gain") == 74,
+             what="the queued bind to be applied after the restart")
+    assert "event=binds-resent count=1" in (daemon.base / "state" / "daemon.log").read_text()
     assert c.get_param("hang") is True  # saved before its on_change ran, and not run again
     detail = daemon.actor("controller").detail
     assert "on_change(hang) blocked past the controller's budget" in detail, detail
