@@ -34,7 +34,7 @@ class Slot(msgspec.Struct):
     pidfd: int = -1
     incarnation: int = 0
     identity: bytes = b""
-    state: str = "starting"  # starting | running | failed | stopping
+    state: str = "starting"  # pending (a scale-up's, not started yet) | starting | running | failed | stopping
     started: float = 0.0
     last_heard: float = 0.0
     ready: bool = False
@@ -62,7 +62,8 @@ class Slot(msgspec.Struct):
 
 
 
-_RETIRE_FIRST = {"failed": 0, "starting": 1}  # scale-down order among equally idle workers (then the rest)
+_RETIRE_FIRST = {"pending": 0, "failed": 1, "starting": 2}  # scale-down order among equally idle workers, then the rest
+STARTING_MAX = max(2, os.cpu_count() or 2)  # scale-up workers starting at once (see ChildrenMixin.start_pending)
 
 
 class Standby(msgspec.Struct):
@@ -102,9 +103,9 @@ class ChildrenMixin(State):
         self.children_started = True
         self._cluster_open()
 
-    def _add_worker(self) -> Slot:
+    def _add_worker(self, start: bool = True) -> Slot:
         self._worker_seq += 1
-        return self._add_slot(f"worker-{self._worker_seq}", "worker", "actors.worker", host_resources())
+        return self._add_slot(f"worker-{self._worker_seq}", "worker", "actors.worker", host_resources(), start)
 
     def stop_child(self, slot: Slot, reason: str) -> None:
         """Ask a child to stop; if it has not connected yet, when it does (its Hello).
@@ -117,11 +118,35 @@ class ChildrenMixin(State):
         if not self._send_child(slot, Stop(reason)) and not slot.ready:
             slot.stop_owed = reason
 
-    def _add_slot(self, name: str, role: str, module: str, resources: dict[str, float] | None = None) -> Slot:
+    def _add_slot(self, name: str, role: str, module: str, resources: dict[str, float] | None = None,
+                  start: bool = True) -> Slot:
         slot = Slot(name, role, module, resources=resources or {})
         self.slots[name] = slot
-        self._spawn(slot)
+        if start:
+            self._spawn(slot)
+        else:
+            slot.state = "pending"  # started by start_pending
         return slot
+
+    def start_pending(self) -> None:
+        """Start the scale-up's workers that wait (state ``pending``), at most :data:`STARTING_MAX` starting at once.
+
+        ``ensemble scale 70`` started all 70 in the request's handler: each
+        start is a fork and exec (60-100 ms on 2 cores once the earlier ones
+        compete for the CPU), the loop sent no heartbeat for 6 s, and the
+        processor, the controller and the running workers took the
+        supervisor for dead and exited.  Now ``scale`` answers at once and
+        the rest start as the first say Hello (and on each heartbeat tick).
+        """
+        if self.stopping_since:
+            return
+        pending = [s for s in self.slots.values() if s.state == "pending"]
+        if not pending:
+            return
+        starting = sum(1 for s in self.slots.values()
+                       if s.role == "worker" and s.proc is not None and not s.ready and not s.remote)
+        for slot in pending[:max(0, STARTING_MAX - starting)]:
+            self._spawn(slot)
 
     def _spawn(self, slot: Slot) -> None:
         slot.incarnation += 1
@@ -429,6 +454,7 @@ class ChildrenMixin(State):
         return begun
 
     def _heartbeats(self, mono: float) -> None:
+        self.start_pending()
         self._keep_standby()
         timeout = self.cfg.supervision.heartbeat_timeout
         beat = encode(Heartbeat())
@@ -453,17 +479,18 @@ class ChildrenMixin(State):
             if slot.state == "failed" and slot.proc is None:
                 slot.restart_times.clear()
                 slot.detail = ""
-                self._spawn(slot)
+                slot.state = "pending"
         for _ in range(n - len(workers)):
-            self._add_worker()
+            self._add_worker(start=False)
         excess = len(workers) - n
         if excess > 0:
-            # the idlest go first and, among those, a failed one, then one still starting (it serves nobody yet)
+            # the idlest go first and, among those, one not started yet, a failed one, then one still starting
             workers.sort(key=lambda s: (len(s.outstanding), _RETIRE_FIRST.get(s.state, len(_RETIRE_FIRST))))
             for slot in workers[:excess]:
                 slot.retire = True
-                if slot.state == "failed":
+                if slot.state in ("failed", "pending"):  # no process to stop
                     del self.slots[slot.name]
                 elif not slot.outstanding:
                     self.stop_child(slot, "scaled down")
+        self.start_pending()
         log.info("event=scale workers=%d", n)

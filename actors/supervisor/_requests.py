@@ -428,6 +428,7 @@ class RequestsMixin(State):
                     if self.stopping_since:
                         slot.state = "stopping"
                 if slot.role == "worker":
+                    self.start_pending()  # a start slot is free: the next of a scale-up may begin
                     self._keep_standby()  # a replacement is up: its successor may start warming now
                 for ext in self.extensions:
                     ext.child_ready(slot)

@@ -172,6 +172,9 @@ class State:
     def stop_child(self, slot: Slot, reason: str) -> None:
         raise NotImplementedError
 
+    def start_pending(self) -> None:
+        raise NotImplementedError
+
     def _timers(self, mono: float) -> None:
         raise NotImplementedError
 

@@ -112,3 +112,50 @@ def test_workers_auto_is_the_cpu_count(make_daemon: Make) -> None:
     d.up("--workers", "auto")
     assert len(all_running(d, cpus)) == cpus
     assert d.status().daemon.workers_wanted == cpus
+
+
+def test_a_big_scale_up_answers_at_once_and_starts_a_few_workers_at_a_time(make_daemon: Make) -> None:
+    """`scale 70` started every worker inside the request: the loop sent no heartbeat for seconds, and the
+    processor, the controller and the running workers took the supervisor for dead and exited."""
+    from actors.supervisor._children import STARTING_MAX
+
+    d = make_daemon(workers=1)
+    d.up()
+    others = {a.name: a.pid for a in d.status().actors}
+    c = d.client()
+    c.scale(STARTING_MAX + 6)
+    first = workers(d)
+    states = [a.state for a in first.values()]
+    assert states.count("pending") >= 1, states  # the rest wait for a start slot
+    assert sum(s == "starting" for s in states) <= STARTING_MAX, states
+    seen_starting = 0
+
+    def grown() -> bool:
+        nonlocal seen_starting
+        w = workers(d)
+        seen_starting = max(seen_starting, sum(a.state == "starting" for a in w.values()))
+        return len(w) == STARTING_MAX + 6 and all(a.state == "running" for a in w.values())
+
+    wait_for(grown, 120, what=f"{STARTING_MAX + 6} running workers")
+    assert seen_starting <= STARTING_MAX
+    after = {a.name: a for a in d.status().actors}
+    for name, pid in others.items():  # nobody took the supervisor for dead
+        assert after[name].pid == pid and after[name].restarts == 0, after[name]
+    c.scale(2)  # the ones not started are dropped first; the rest retire
+    wait_for(lambda: len(workers(d)) == 2, 60, what="2 workers after scaling down")
+    assert c.submit("examples.jobs:add", 1, 2).result(30) == 3
+
+
+def test_scaling_down_before_a_scale_up_started_drops_the_workers_not_started(make_daemon: Make) -> None:
+    from actors.supervisor._children import STARTING_MAX
+
+    d = make_daemon(workers=1)
+    d.up()
+    c = d.client()
+    c.scale(STARTING_MAX + 6)
+    c.scale(1)
+    assert "pending" not in [a.state for a in workers(d).values()]
+    w = wait_for(lambda: (lambda w: w if len(w) == 1 and all(a.state == "running" for a in w.values()) else None)(
+        workers(d)), 60, what="one running worker")
+    assert list(w) == ["worker-1"]  # the running one stays: the pending and starting ones went first
+    assert c.submit("examples.jobs:add", 2, 2).result(30) == 4
