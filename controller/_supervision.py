@@ -313,7 +313,10 @@ class ScriptExtension(Extension):
             if msg.kind == "load-failed" and self.load_state[1] == "loading":
                 self.load_state[1:] = ["failed", f"{msg.message}{where}"]
             if msg.kind == "load-failed" and slot.role == "controller":
-                self.ready_path = ""  # the controller runs no script now
+                self.ready_path = ""  # the controller runs no script now, so it has no parameters either: a
+                self.params = {}  # `param set` of the last script's is refused, not acknowledged and then lost
+                self.unapplied.clear()
+                self.unbound.clear()
             if msg.kind == "wedged" and slot.role == "controller":  # it leaves now, to be restarted
                 self.wedge_heard = True
                 where += "; the controller was restarted"

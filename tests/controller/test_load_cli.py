@@ -38,3 +38,23 @@ def test_load_of_a_path_the_system_cannot_look_up_says_why(daemon: Daemon) -> No
     with pytest.raises(DaemonError, match="cannot be read: File name too long"):
         daemon.client().load_script("/" + "x" * 5000)
     assert daemon.client().ping() is not None
+
+
+def test_after_a_load_that_failed_the_last_script_s_parameters_are_refused_not_lost(daemon: Daemon,
+                                                                                     tmp_path: Path) -> None:
+    """The controller runs no script after a load failed: a `param set` of the script before was acknowledged
+    (the daemon still listed its parameters) and then dropped by the controller."""
+    from actors import DaemonError
+
+    c = daemon.client()
+    c.load_script(str(ROOT / "tests" / "scripts" / "stateful.py"), wait=30)
+    assert "gain" in [p.name for p in c.params()]
+    bad = tmp_path / "broken.py"
+    bad.write_text("def on_note(e)\n    pass\n")
+    with pytest.raises(ScriptLoadError, match="SyntaxError"):
+        c.load_script(str(bad), wait=30)
+    assert c.params() == []
+    with pytest.raises(DaemonError, match="no parameter named 'gain'; no script with parameters is loaded"):
+        c.set_param("gain", 0.7)
+    out = daemon.cli("param", "set", "gain", "0.7", check=False)
+    assert out.returncode == 1 and "no parameter named 'gain'" in out.stderr
