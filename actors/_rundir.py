@@ -152,8 +152,12 @@ class RunDir:
         if self.path.parent.name.startswith("ensemble"):
             os.chmod(self.path.parent, 0o700)
 
-    def acquire(self) -> None:
-        """Take the daemon lock or raise :class:`DaemonAlreadyRunning`; sweep stale files."""
+    def acquire(self, name: str = "") -> None:
+        """Take the daemon lock or raise :class:`DaemonAlreadyRunning`; sweep stale files.
+
+        ``name``: the daemon's name, for the error (the directory's own name is
+        not it when ``ENSEMBLE_RUN_DIR`` is set).
+        """
         self.create()
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
@@ -161,10 +165,11 @@ class RunDir:
         except BlockingIOError:
             os.close(fd)
             pid = self.read_pid()
+            name = name or self.path.name
             raise DaemonAlreadyRunning(
-                f"a daemon named {self.path.name!r} is already running"
+                f"a daemon named {name!r} is already running in {self.path}"
                 + (f" (pid {pid})" if pid else "")
-                + f"; stop it with `ensemble down --name {self.path.name}` or pick another --name"
+                + f"; stop it with `ensemble down --name {name}` or pick another --name"
             ) from None
         self._lock_fd = fd
         self.sweep(started=False)  # the started-job records are read by recovery (take_all_started)

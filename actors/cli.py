@@ -214,7 +214,7 @@ def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float
         pid = rundir.read_pid()
         fail(f"a daemon named {cfg.name!r} is already running" + (f" (pid {pid})" if pid else "")
              + f"; stop it with `ensemble down --name {cfg.name}` or pick another --name")
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cfg.make_state_dir()
     err_path = cfg.state_dir / "daemon.err"
     status = wait_ready(cfg, start_daemon(cfg, err_path), timeout, err_path)
     d = status.daemon
@@ -490,9 +490,15 @@ def watch(ctx: click.Context, job_id: int) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, job_id: int, wait: bool) -> None:
     """Cancel a job: should_abort() turns true; force kill after its timeout."""
-    with client_of(ctx) as c:
-        info = c.cancel(job_id, block=wait)
-    click.echo(f"job {job_id}: {info.state}" if info is not None else f"job {job_id}: abort requested")
+    from actors.messages import Ack, Cancel, JobInfos
+
+    with client_of(ctx) as c:  # the daemon's own answer: "cancelled", "abort requested", "had already ended (done)"
+        reply = c._call(Cancel(job_id, wait), timeout=30.0)
+    if isinstance(reply, JobInfos):
+        click.echo(f"job {job_id}: {reply.jobs[0].state}")
+    else:
+        detail = reply.detail if isinstance(reply, Ack) else "abort requested"
+        click.echo(detail if detail.startswith(f"job {job_id} ") else f"job {job_id}: {detail}")
 
 
 @main.command()
@@ -519,7 +525,7 @@ def _keys_dir(ctx: click.Context) -> Path:
     from actors._keys import keys_dir
 
     cfg = config_of(ctx)
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cfg.make_state_dir()
     return keys_dir(cfg)
 
 

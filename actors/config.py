@@ -173,6 +173,19 @@ class Config(msgspec.Struct, frozen=True):
         base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return Path(base) / "ensemble" / self.name
 
+    def make_state_dir(self) -> Path:
+        """Create :attr:`state_dir` (mode 0700, parents too) and return it; ConfigError, naming it, if it cannot be."""
+        path = self.state_dir
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except FileExistsError:
+            raise ConfigError(f"state directory {path} exists and is not a directory; set ENSEMBLE_STATE_DIR "
+                              "([daemon] state_dir) to a directory") from None
+        except OSError as exc:
+            raise ConfigError(f"state directory {path} cannot be created: {exc.strerror}; set ENSEMBLE_STATE_DIR "
+                              "([daemon] state_dir) to a directory you can write") from None
+        return path
+
     @property
     def shm_key(self) -> str:
         """This daemon's tag in shared-memory names (``ensemble.<key>.*``): its name plus a hash of its

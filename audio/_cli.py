@@ -52,6 +52,8 @@ def sample_load(ctx: click.Context, path: str, sample_name: str | None, root_key
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
         fail(f"cannot read {path}: {exc}")
+    if not len(data):  # a valid file with no audio in it: nothing a voice could play
+        fail(f"{path} holds no audio frames: a sample needs at least one")
     name = sample_name or Path(path).stem
     with client_of(ctx, Client) as c:
         info = c.upload_sample(data, name, int(rate), root_key)

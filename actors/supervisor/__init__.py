@@ -168,8 +168,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
 
     def open(self) -> None:
         """Take the lock, sweep what a killed daemon left, bind sockets, open the journal."""
-        self.rundir.acquire()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.rundir.acquire(self.cfg.name)
+        self.cfg.make_state_dir()
         from actors.shm import sweep_segments
 
         swept = sweep_segments(self.cfg.shm_key)
@@ -479,7 +479,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
 
 def setup_logging(cfg: Config, foreground: bool) -> None:
     """Log to ``<state dir>/daemon.log`` (and stderr in the foreground), one grep-able line per event."""
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cfg.make_state_dir()
     one_line_logging("supervisor", sys.stderr if foreground else None, str(cfg.state_dir / "daemon.log"),
                      getattr(logging, cfg.daemon.log_level.upper(), logging.INFO))
 

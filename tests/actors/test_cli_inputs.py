@@ -16,11 +16,13 @@ import os
 import re
 import subprocess
 import tempfile
+import sys
 import warnings
 from pathlib import Path
 from typing import Iterator
 
 import click
+import numpy as np
 import pytest
 
 from tests.actors.conftest import running_daemon
@@ -218,3 +220,19 @@ def test_script_and_sample_files_must_be_regular_files_and_messages_read_right(d
     assert "'nope'" in one_line_error(daemon.cli("param", "get", "nope", check=False), "nope")
     refused = daemon.cli("submit", "cli_input_jobs:ANSWER", "--wait", check=False)
     assert refused.returncode != 0 and "is an int, not a function" in refused.stderr, refused.stderr
+
+
+def test_a_state_dir_that_is_a_file_and_an_empty_sample_file_are_one_line_errors(daemon: Daemon,
+                                                                                  tmp_path: Path) -> None:
+    """Both were tracebacks (FileExistsError from `up`, ValueError from `sample load`)."""
+    import soundfile as sf
+
+    afile = tmp_path / "not-a-dir"
+    afile.write_text("")
+    env = {**daemon.env, "ENSEMBLE_NAME": "statefile", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
+           "ENSEMBLE_STATE_DIR": str(afile)}
+    up = subprocess.run([sys.executable, "-m", "actors", "up"], env=env, capture_output=True, text=True, timeout=60)
+    one_line_error(up, f"state directory {afile} exists and is not a directory", "ENSEMBLE_STATE_DIR")
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros((0, 1), dtype=np.float32), 48000)
+    one_line_error(daemon.cli("sample", "load", str(empty), check=False), "holds no audio frames")

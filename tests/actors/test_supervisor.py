@@ -473,3 +473,16 @@ def test_a_daemon_whose_state_dir_vanished_still_leaves_nothing_behind(make_daem
     wait_for(lambda: not [p for p in os.listdir("/dev/shm") if p.startswith(prefix)], 30,
              what="the daemon's segments to be swept")
     assert not d.socket_files()
+
+
+def test_the_lock_s_refusal_names_the_daemon_not_its_run_directory(daemon: Daemon) -> None:
+    """The loser of two `up` at once is refused by the lock itself: it named the run directory's basename
+    ("a daemon named 'run'") when ENSEMBLE_RUN_DIR was set, and told to `down --name run`."""
+    from actors import DaemonAlreadyRunning
+    from actors._rundir import RunDir
+
+    run = RunDir(daemon.config.run_dir)
+    assert run.path.name == "run" and daemon.config.name == "t"
+    with pytest.raises(DaemonAlreadyRunning, match=rf"a daemon named 't' is already running in {run.path} "
+                                                   rf"\(pid {daemon.pid}\); stop it with `ensemble down --name t`"):
+        run.acquire("t")
