@@ -39,8 +39,13 @@ class ScriptHost(Protocol):
     def controllers_moved(self, values: dict[int, float]) -> None:
         """Main thread: bound controllers moved to these values (0..1); tell the controller, which moves the parameters."""
 
-    def tick(self, period_ns: float) -> None:
-        """Main thread, every loop: follow the block period, stop a callback past its hard limit, flush prints."""
+    def tick(self, period_ns: float) -> int:
+        """Main thread, every loop: follow the block period, stop a callback past its hard limit, flush prints.
+
+        Returns 0, or the exit code the processor leaves with: a callback
+        blocked the audio thread where nothing can stop it (the host has
+        reported it), and only a new process brings the audio back.
+        """
 
     def stats(self) -> dict[str, Any]:
         """Figures for ``ensemble status``."""
@@ -66,8 +71,8 @@ class NoScriptHost:
     def controllers_moved(self, values: dict[int, float]) -> None:
         pass
 
-    def tick(self, period_ns: float) -> None:
-        pass
+    def tick(self, period_ns: float) -> int:
+        return 0
 
     def stats(self) -> dict[str, Any]:
         return {}

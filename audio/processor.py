@@ -13,6 +13,13 @@ the null clock, reconnects) that sleeps until JACK tells it something.
 Automatic garbage collection is off while the backend runs (see
 ``audio._realtime``); the main loop runs a young collection when idle.
 
+A script callback blocked in C (a long ``time.sleep``) holds the audio thread,
+and no exception reaches it.  The script host's ``tick`` tells the main thread
+so once its limits have passed (it has sent the report); the processor then
+leaves, one heartbeat interval later (the report goes before the exit), with
+the code the host gave, without stopping the backend (that would wait for the
+blocked thread), and the supervisor restarts it like any child that died.
+
 The GIL.  The callback needs the GIL, so any Python work on the main thread
 can delay it.  Two measures keep that delay far below a block (numbers and
 commands in audio/README.md, "Xruns and the GIL"): the switch interval is
@@ -83,6 +90,7 @@ class Processor(Child):
         if self._notice():
             log.warning("event=audio-notice detail=%s", self._notice())
         self.backend_name = type(self.backend).__name__.removesuffix("Backend").lower()
+        self.leave_at = 0.0  # when a processor whose audio thread a script callback wedged exits (0: not wedged)
 
     def _notice(self) -> str:
         """The choice notice plus what the backend says now (JACK lost, format followed, ...)."""
@@ -278,7 +286,15 @@ class Processor(Child):
             self.engine.resume()
 
     def tick(self, now: float) -> None:
-        self.script.tick(self.engine.period_ns)
+        if self.leave_at:
+            if now >= self.leave_at:
+                self._request_stop("script wedged the audio thread")
+            return
+        code = self.script.tick(self.engine.period_ns)
+        if code:
+            self.exit_code = code  # the supervisor restarts us: the one way to free a thread blocked in C
+            self.leave_at = now + self.cfg.supervision.heartbeat_interval
+            return
         if self.moved:  # bound controllers: the latest value of each goes to the controller
             latest: dict[int, float] = {}
             while self.moved:
@@ -296,6 +312,8 @@ class Processor(Child):
         return min(0.1, super().poll_timeout())
 
     def on_stop(self) -> None:
+        if self.leave_at:  # the audio thread is blocked: stopping the backend would wait for it (JACK, PortAudio:
+            return  # forever); the process's exit closes the device, the mappings and the ports
         self.backend.stop()
         inputs, self.timed_inputs = self.timed_inputs, ()
         for source in inputs:

@@ -32,7 +32,7 @@ from actors import EnsembleError, WrongContextError
 from controller.messages import ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady
 from controller._host import ParamDef, function_name, load_module
 from controller._ui import ScriptUi
-from controller._watchdog import BUDGET_S, GRACE_S, ScriptTimeout, interrupt, wedged_text, where_blocked
+from controller._watchdog import BUDGET_S, GRACE_S, Deadline, ScriptTimeout, wedged_text, where_blocked
 
 log = logging.getLogger("ensemble.controller")
 
@@ -138,8 +138,7 @@ class ControllerScript:
         self.outbox = outbox
         self.state_dir = state_dir
         self.state = StateFile(state_dir / "script-state.json")
-        self.budget_s = budget_ms / 1000.0
-        self.grace_s = grace_ms / 1000.0  # after the budget's interrupt, before the step counts as wedged
+        self.deadline = Deadline(budget_ms / 1000.0, grace_ms / 1000.0)  # the budget's interrupt, then the grace
         self.client_factory = client_factory
         self.module: ModuleType | None = None
         self.path = ""
@@ -158,7 +157,6 @@ class ControllerScript:
         self.busy_since = 0.0  # when the running step began (0: none runs); a step's identity for the watchdog
         self.busy_name = ""
         self.loading_file = ""  # the script file whose module code runs now ("" when none)
-        self._interrupted = (0.0, 0.0)  # (busy_since of the step interrupted last, when it was interrupted)
         self.loading_status: dict[str, Any] = {}
         self.ui = ScriptUi()  # the script's buttons, labels and progress bars (the panel draws them)
         self.loop = asyncio.new_event_loop()
@@ -202,23 +200,13 @@ class ControllerScript:
         :mod:`controller._watchdog`); the caller decides.  Costs a few
         attribute reads; called every tick.
         """
-        since = self.busy_since
-        if not since or not self.thread.ident:
-            return ""
-        now = time.monotonic()
-        interrupted, at = self._interrupted
-        if since != interrupted:  # a step the interrupt has not been sent to yet
-            if now - since > self.budget_s:
-                self._interrupted = (since, now)
-                interrupt(self.thread.ident, ScriptTimeout)
-            return ""
-        return self.busy_name if now - at > self.grace_s else ""
+        return self.busy_name if self.deadline.check(self.busy_since, self.thread.ident or 0) else ""
 
     def wedged(self, step: str) -> None:
         """Main thread: report that ``step`` is wedged (the controller is about to leave; see check_budget)."""
         files = tuple(f for f in (self.loading_file, getattr(self.module, "__file__", None) or "") if f)
         loc = where_blocked(self.thread.ident or 0, files)
-        text = wedged_text(step, self.budget_s, self.grace_s)
+        text = wedged_text(step, self.deadline.budget_s, self.deadline.grace_s)
         log.critical("event=script-wedged %s at %s; leaving to be restarted", text, loc)
         self.errors += 1
         self.outbox.put(ScriptError("Controller", "wedged", text, loc))
@@ -318,7 +306,7 @@ class ControllerScript:
         if isinstance(exc, SyntaxError) and exc.filename:  # where the parser stopped, not where it was called
             loc = f"{exc.filename}:{exc.lineno}"
         if isinstance(exc, ScriptTimeout):  # in module code too (kind load-failed): the reason is the budget
-            text = f"{name} ran past the controller's budget of {self.budget_s * 1000:.0f} ms and was stopped"
+            text = f"{name} ran past the controller's budget of {self.deadline.budget_s * 1000:.0f} ms and was stopped"
         else:
             text = f"{type(exc).__name__} in {name}: {exc}"
         log.error("event=script-%s %s at %s", kind, text, loc)

@@ -9,6 +9,13 @@ Each callback invocation is a coroutine.  ``await wait(ms)`` parks it until
 the block containing the target frame, and events it posts then land at that
 exact frame; ``await wait_for_release()`` parks it until its note is released;
 ``await run_async(fn)`` parks it until the controller's answer arrives.
+
+A step past the hard limit (1000 ms) is interrupted from the main thread
+(:class:`~controller._watchdog.Deadline`); one blocked in C, where the
+interrupt cannot reach, holds the audio thread with it.  If it still runs
+:data:`GRACE_MS` after the interrupt, the main thread reports it (``ScriptError``
+kind ``wedged``: the callback and the script line it is blocked on) and the
+processor leaves with ``WEDGED_EXIT`` to be restarted (see ``audio.processor``).
 """
 
 from __future__ import annotations
@@ -27,10 +34,16 @@ from controller.messages import ParamControl, ParamValues, RunAsync, RunAsyncRes
 from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, set_context
 from controller._host import OffsideTask, ParamDef, function_name, install, load_module
-from controller._watchdog import ScriptTimeout, interrupt
+from controller._watchdog import WEDGED_EXIT, Deadline, wedged_text, where_blocked
 from controller.script import Event
 
 _log = logging.getLogger("ensemble.processor")
+# How long a callback step may go on after the hard limit's interrupt before the processor is restarted.  Shorter than
+# the controller's 3 s: here the blocked thread is the audio thread, silent since the step began (the hard limit's
+# 1 s already), and each second of grace is a second more of silence.  An interrupted Python step ends at its next
+# bytecode, so the grace only has to let a C call that is about to return (a short sleep, a read, a page fault) finish;
+# past 1 s, a restart (about 1 s, samples and script mapped again) brings the audio back sooner than waiting would.
+GRACE_MS = 1000.0
 
 
 class _Park:
@@ -65,7 +78,8 @@ class _Task:
 class ProcessorScript:
     """Hosts a script in the processor process; ``block`` is the engine's block hook."""
 
-    def __init__(self, engine: Any, outbox: Any, budget_fraction: float = 0.5, hard_limit_ms: float = 1000.0) -> None:
+    def __init__(self, engine: Any, outbox: Any, budget_fraction: float = 0.5, hard_limit_ms: float = 1000.0,
+                 grace_ms: float = GRACE_MS) -> None:
         self.engine = engine
         self.outbox = outbox  # actors._child.Outbox: messages for the main thread to send
         self.module: ModuleType | None = None
@@ -89,6 +103,7 @@ class ProcessorScript:
         self.period_ns = engine.blocksize * 1e9 / engine.samplerate
         self.budget_ns = budget_fraction * self.period_ns
         self.hard_ns = hard_limit_ms * 1e6
+        self.deadline = Deadline(hard_limit_ms / 1000.0, grace_ms / 1000.0)  # the hard limit's interrupt, the grace
         self.overruns = 0
         self.last_overrun = ""
         self.errors = 0
@@ -432,17 +447,35 @@ class ProcessorScript:
     def get_time(self) -> float:
         return float((self._now() - self.init_frame) * 1000.0 / self.engine.samplerate)
 
-    def tick(self, period_ns: float) -> None:
-        """Main thread, every loop: follow the block period, stop a callback past its hard limit, flush prints."""
+    def tick(self, period_ns: float) -> int:
+        """Main thread, every loop: follow the block period, stop a callback past its hard limit, flush prints.
+
+        Returns 0, or ``WEDGED_EXIT`` once a callback step still runs
+        :data:`GRACE_MS` after the hard limit's interrupt: blocked in C, and
+        the audio thread with it.  It is then reported (:meth:`_wedged`), and
+        the processor must leave with that code: only a new process brings
+        the audio back.  Costs a few attribute reads.
+        """
         if self.period_ns != period_ns:  # the backend followed a new block size or rate
             self.period_ns = period_ns
             self.budget_ns = period_ns / 2
-        busy = self.busy_since
-        if busy and time.monotonic() - busy > self.hard_ns / 1e9 and self.thread_id:
-            self.busy_since = 0.0
-            interrupt(self.thread_id, ScriptTimeout)
         while self.logs:
             _log.info("event=script-print %s", self.logs.popleft())
+        if self.deadline.check(self.busy_since, self.thread_id):
+            self._wedged()
+            return WEDGED_EXIT
+        return 0
+
+    def _wedged(self) -> None:
+        """Main thread: report the callback step that holds the audio thread (the processor is about to leave)."""
+        task = self.current
+        step = task.name if task is not None else "a callback"
+        text = wedged_text(step, self.deadline.budget_s, self.deadline.grace_s, "the processor's hard limit")
+        loc = where_blocked(self.thread_id, (self._file(),))
+        _log.critical("event=script-wedged %s at %s; leaving to be restarted", text, loc)
+        self.errors += 1
+        self.outbox.put(ScriptError("Processor", "wedged", f"{text}; the processor was restarted, and the audio with it",
+                                    loc))
 
     def stats(self) -> dict[str, Any]:
         return {"script": self.path, "script_overruns": self.overruns, "script_errors": self.errors,
