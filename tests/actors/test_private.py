@@ -102,6 +102,24 @@ def test_an_executor_dropped_without_shutdown_releases_its_private_daemon(tmp_pa
         gc.enable()
 
 
+def test_the_results_of_a_map_on_an_executor_nobody_holds_still_come(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``list(Executor().map(f, xs))``: the executor was collected as map returned, and the results failed with
+    ClientClosed.  The results hold it now; once they are read it goes, its private daemon with it."""
+    import gc
+
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    gc.disable()
+    try:
+        assert list(Executor(1).map(jobs.square, [1, 2, 3])) == [1, 4, 9]
+        results = Executor(1).map(jobs.square, range(4), chunksize=2)
+        assert [r for r in results] == [0, 1, 4, 9]
+        assert sorted(str(p) for p in Path(tempfile.gettempdir()).glob("ens-*")) == []  # both daemons went
+    finally:
+        gc.enable()
+
+
 def _stopped(pid: int, where: Path, owner: str) -> None:
     """The private daemon ``pid`` stops with its ``owner`` and its directory ``where`` is removed."""
     wait_for(lambda: not pid_alive(pid), 30, what=f"the private daemon to stop with its {owner}")
