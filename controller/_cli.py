@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from actors.cli import Number, RegularFile, client_of, fail, json_text, parse_arg
+from controller._host import ParamDef
 from controller.client import Client, ScriptLoadError
+from controller.messages import ParamInfo
 
 
 def register(main: click.Group) -> None:
@@ -120,10 +123,27 @@ def param_get(ctx: click.Context, name: str) -> None:
 @click.argument("value")
 @click.pass_context
 def param_set(ctx: click.Context, name: str, value: str) -> None:
-    """Set a parameter (VALUE read as JSON where it parses)."""
+    """Set a parameter (VALUE read as JSON where it parses); prints the value it takes, as `param get` prints it."""
+    wanted = parse_arg(value)
     with client_of(ctx, Client) as c:
-        c.set_param(name, parse_arg(value))
-    click.echo(f"{name} = {value}")
+        c.set_param(name, wanted)  # the daemon checks the value first (ParamDef.coerce) and refuses it saying why
+        taken = _as_taken(c.params(), name, wanted)
+    click.echo(f"{name} = {json_text(taken)}")
+
+
+def _as_taken(params: list[ParamInfo], name: str, value: Any) -> Any:
+    """``value`` converted as parameter ``name`` takes it (``on`` -> true, ``1`` -> 1.0): the daemon's own check.
+
+    ``value`` as it is if the parameter is gone or its definition changed
+    since the daemon accepted it (a reload in between).
+    """
+    p = next((p for p in params if p.name == name), None)
+    if p is None:
+        return value
+    try:
+        return ParamDef(p.name, p.long_name, p.default, p.min, p.max, p.kind, tuple(p.choices)).coerce(value)
+    except ValueError:
+        return value
 
 
 @param.command("bind")

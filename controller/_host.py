@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -15,6 +15,9 @@ from actors import EnsembleError
 _current: dict[str, Any] = {"runtime": None}
 _by_context: dict[str, Any] = {}
 SCRIPT_MODULE = "ensemble_instrument"
+KINDS = ("float", "int", "bool", "str", "choice")  # what a parameter can be (ParamDef.kind)
+TRUE_WORDS = ("true", "1", "yes", "on")  # a bool parameter's value as text (any case; ParamDef.coerce)
+FALSE_WORDS = ("false", "0", "no", "off")
 
 
 def runtime() -> Any:
@@ -55,13 +58,16 @@ class ParamDef:
         The one check of a value, wherever it comes from: the daemon runs it
         before it acknowledges ``param set``, the controller again when it
         applies the value, and a saved value that fails it is replaced by the
-        default.  A float must be finite; an int whole and within 64 bits.
+        default.  A bool takes true/false, 0/1 and the words of :data:`TRUE_WORDS`
+        and :data:`FALSE_WORDS` (what ``ensemble param set`` passes on as text);
+        a float must be finite; an int whole and within 64 bits; neither
+        number takes a bool.
         """
         try:
             if self.kind == "bool":
-                if isinstance(value, str):
-                    value = value.strip().lower() in ("1", "true", "yes", "on")
-                return bool(value)
+                return _truth(value)
+            if self.kind in ("int", "float") and isinstance(value, bool):
+                raise ValueError(f"{self.kind} parameters take a number, not true or false")
             if self.kind == "int":
                 value = _whole(value)
             elif self.kind == "float":
@@ -79,6 +85,33 @@ class ParamDef:
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
             raise ValueError(f"parameter {self.name!r}: {value!r} is outside {self.min}..{self.max}")
         return value
+
+    def checked(self) -> ParamDef:
+        """This definition with its default converted by :meth:`coerce`, once ``define_parameter`` made it.
+
+        Raises ValueError naming the parameter when it could never hold a
+        value: an unknown kind, bounds on a kind that has none, a bound that
+        is no number, ``min`` above ``max``, or a default the parameter itself
+        would refuse.  Pure (no process, no socket).
+        """
+        where = f"parameter {self.name!r}"
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}: kind {self.kind!r} is none of {', '.join(KINDS)}")
+        for label, bound in (("min", self.min), ("max", self.max)):
+            if bound is None:
+                continue
+            if self.kind not in ("int", "float"):
+                raise ValueError(f"{where}: a {self.kind} parameter has no {label}; leave it out")
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or math.isnan(bound):
+                raise ValueError(f"{where}: {label} {bound!r} is not a number")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"{where}: min {self.min!r} is greater than max {self.max!r}; give min <= max")
+        try:
+            default = self.coerce(self.default)
+        except ValueError as exc:
+            reason = str(exc).removeprefix(f"{where}: ")
+            raise ValueError(f"{where}: the default is refused: {reason}; give a default the parameter accepts") from None
+        return replace(self, default=default)
 
     def from_controller(self, value: float) -> Any:
         """The value a MIDI controller at ``value`` (0..1) gives this parameter.
@@ -98,6 +131,18 @@ class ParamDef:
         raise ValueError(f"parameter {self.name!r} ({self.kind}"
                          + (", no min and max" if self.kind in ("int", "float") else "")
                          + ") cannot follow a MIDI controller: it needs a bool, a choice, or a number with min and max")
+
+
+def _truth(value: Any) -> bool:
+    """``value`` as a bool parameter's: True/False, 1/0, or a word of TRUE_WORDS/FALSE_WORDS, else ValueError."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise ValueError("a bool parameter takes true or false (or 1/0, yes/no, on/off)")
 
 
 def _whole(value: Any) -> int:

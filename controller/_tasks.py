@@ -174,6 +174,9 @@ def load_script(path: str) -> ModuleType:
     if mod is None:
         if _host._current["runtime"] is None:
             _host.install(_WorkerHost())
+        host = _host._current["runtime"]
+        if isinstance(host, _WorkerHost):
+            host.params = {}  # this file's module code defines its parameters afresh (a second name is refused)
         _context._loading["active"] = True
         try:
             mod = load_module(path)

@@ -91,11 +91,19 @@ def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: An
     with ``choices``.  ``on_change(value)`` runs in the controller's queue as a
     control callback, or with ``processor=True`` in the processor at the start
     of the next block.  Call it in the script's module code.
+
+    Raises ValueError, and the script does not load, for a parameter that
+    could never be set: ``min`` above ``max``, a default outside them (or not
+    among ``choices``), bounds on a kind without any, or a name defined before.
     """
     if not kind:
         kind = "choice" if choices else ("bool" if isinstance(default, bool) else "int" if isinstance(default, int)
                                          else "str" if isinstance(default, str) else "float")
-    runtime().define(ParamDef(name, long_name or name, default, min, max, kind, tuple(choices or ()), on_change, processor))
+    rt = runtime()
+    if name in rt.params:
+        raise ValueError(f"parameter {name!r} is defined twice; give each define_parameter a name of its own")
+    rt.define(ParamDef(name, long_name or name, default, min, max, kind, tuple(choices or ()), on_change,
+                       processor).checked())
 
 
 @available_in(CONTROLLER, PROCESSOR)

@@ -33,6 +33,12 @@ def _add_panel_option(up: click.Command) -> None:
     def up_with_panel(ctx: click.Context, /, panel_address: str | None, **kwargs: Any) -> Any:
         if panel_address is None:
             return ctx.invoke(original, **kwargs)
+        from controller.panel._settings import parse_address
+
+        try:
+            parse_address(panel_address)  # before the daemon starts: it would only log the refusal
+        except ValueError as exc:
+            fail(str(exc))
         os.environ[START_ENV] = panel_address  # the daemon (in-process with --foreground) starts it
         if kwargs.get("foreground"):
             return ctx.invoke(original, **kwargs)
@@ -54,9 +60,12 @@ def _wait_url(ctx: click.Context, client: Any, timeout: float) -> str:
         actor = next((a for a in client.status().actors if a.role == "panel"), None)
         if actor is not None and actor.state == "failed":
             fail(f"the panel could not start: {actor.detail or 'see the daemon log'}")
-        if actor is not None and actor.state == "running" and actor.stats.get("port"):
-            settings = _settings.read(cfg.run_dir)
-            if settings is not None and settings.port == actor.stats["port"]:
+        settings = _settings.read(cfg.run_dir)
+        if actor is not None and actor.state == "running" and settings is not None \
+                and actor.stats.get("serial", 0) == settings.serial:  # its report on these settings, not older ones
+            if actor.stats.get("bind_error"):
+                fail(f"the panel could not start: {actor.stats['bind_error']}")
+            if actor.stats.get("port") and settings.port == actor.stats["port"]:
                 return settings.url()
         time.sleep(0.05)
     fail(f"the panel did not start within {timeout:g}s; see {cfg.state_dir / 'daemon.log'}")

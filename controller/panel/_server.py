@@ -113,6 +113,9 @@ class PanelServer:
             self.loop.run_until_complete(self._serve())
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             self._bind_error = exc if isinstance(exc, OSError) else OSError(str(exc))
+            if self._runner is not None:  # set up, then the bind failed: nothing of it stays open
+                self.loop.run_until_complete(self._runner.cleanup())
+            self.loop.close()
             self._ready.set()
             return
         self._ready.set()

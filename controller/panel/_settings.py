@@ -6,14 +6,21 @@ every start, so a restarted panel serves the same port and token and an open
 page reconnects.  When the port asked for is 0 the panel writes back the port
 it got.  The CLI reads the token from it to print the URL: only the daemon's
 own user can.
+
+Also the checks of an address, as pure functions: :func:`host_refusal` (what
+the daemon refuses before any process tries it) and :func:`bind_refusal` (why
+an address could not be bound, and what to do instead).
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
+import re
 import secrets
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +36,7 @@ class PanelSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     token: str = ""
+    serial: int = 0  # which request for the panel wrote it: the panel reports the serial it last tried to serve
 
     @property
     def loopback(self) -> bool:
@@ -51,6 +59,63 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def host_refusal(host: str) -> str:
+    """Why the panel cannot be asked to bind ``host`` ("" if it may try): not an IP address or a host name.
+
+    Only the text is checked, never resolved (the daemon's loop must not
+    wait for DNS): a name that does not resolve is a :func:`bind_refusal`.
+    Dotted numbers are an IPv4 address or nothing (``999.999.1.1`` is refused).
+    """
+    fix = "give an IP address of this host (127.0.0.1: this host only; 0.0.0.0: every interface) or a host name"
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    if not host or len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"panel host {host[:100]!r} is not an IP address or a host name; {fix}"
+    if labels[-1].isdigit():  # a name never ends in a number: meant as an IPv4 address, and it is none
+        return f"panel host {host[:100]!r} is not an IPv4 address (four numbers 0..255); {fix}"
+    return ""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``PORT`` or ``HOST`` -> (host, port); raises ValueError saying what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = ("", text) if text.isdigit() else (text, str(DEFAULT_PORT))
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"panel address {text!r}: the port must be 0..65535")
+    why = host_refusal(host)
+    if why:
+        raise ValueError(why)
+    return host, int(port)
+
+
+def bind_refusal(host: str, port: int, exc: OSError) -> str:
+    """What a failed bind of ``host:port`` means for the user, and the fix: the panel's error text."""
+    code = exc.errno
+    if isinstance(exc, socket.gaierror):
+        return (f"cannot bind {host}: the name does not resolve ({exc.strerror or exc}); "
+                "give an IP address of this host with --host")
+    reason = os.strerror(code) if code else str(exc)
+    if code == errno.EADDRINUSE:
+        return (f"port {port} is in use on {host} (another program listens there); choose another port with "
+                "`ensemble panel --port N` (0: any free port), or stop the program that holds it")
+    if code == errno.EADDRNOTAVAIL:
+        return (f"cannot bind {host}: {reason} (no interface of this host has that address); give one of its "
+                "addresses with `ensemble panel --host ADDRESS` (127.0.0.1: this host only)")
+    if code == errno.EACCES:
+        return (f"cannot bind {host}:{port}: {reason} (ports below 1024 need privileges); "
+                "choose a port from 1024 up with `ensemble panel --port N`")
+    return f"cannot bind {host}:{port}: {reason}; choose another address with `ensemble panel --host/--port`"
+
+
 def new_token() -> str:
     """A fresh token (32 bytes from the OS's random source, URL-safe)."""
     return secrets.token_urlsafe(32)
@@ -60,7 +125,7 @@ def read(run_dir: Path) -> PanelSettings | None:
     """The settings in ``run_dir``, or None if no panel was asked for (or the file is unreadable)."""
     try:
         data = json.loads((run_dir / FILE).read_text())
-        return PanelSettings(str(data["host"]), int(data["port"]), str(data["token"]))
+        return PanelSettings(str(data["host"]), int(data["port"]), str(data["token"]), int(data.get("serial", 0)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

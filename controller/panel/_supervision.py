@@ -24,17 +24,6 @@ SPEC = ChildSpec("panel", "panel", "controller.panel.actor")
 START_ENV = "ENSEMBLE_PANEL"  # HOST:PORT set by `ensemble up --panel`: start the panel with the daemon
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``PORT`` or ``HOST`` -> (host, port); raises ValueError saying what is wrong."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = ("", text) if text.isdigit() else (text, str(_settings.DEFAULT_PORT))
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"panel address {text!r}: the port must be 0..65535")
-    return host, int(port)
-
-
 class PanelExtension(Extension):
     """Starts the instrument panel's actor and keeps its settings (address and token) for its restarts."""
 
@@ -44,11 +33,12 @@ class PanelExtension(Extension):
         super().__init__(host)
         self.run_dir = host.cfg.run_dir
         self.settings: PanelSettings | None = None
+        self._serial = 0  # of the settings last written (PanelSettings.serial)
         self._at_start: tuple[str, int] | None = None
         wanted = os.environ.get(START_ENV, "")
         if wanted:
             try:
-                self._at_start = parse_address(wanted)
+                self._at_start = _settings.parse_address(wanted)
             except ValueError as exc:
                 log.error("event=panel-refused %s=%s reason=%s", START_ENV, wanted[:100], exc)
 
@@ -72,26 +62,54 @@ class PanelExtension(Extension):
     def status(self, counters: dict[str, Any]) -> None:
         current = _settings.read(self.run_dir) if self.settings is not None else None  # the port it really got
         if current is not None:
-            counters["panel"] = current.url(with_token=False)
+            refused = self._bind_error()
+            counters["panel"] = f"not serving: {refused}" if refused else current.url(with_token=False)
 
-    def _new(self, host: str, port: int) -> PanelSettings:
-        settings = PanelSettings(host, port, _settings.new_token())
+    def child_ready(self, slot: Any) -> None:
+        if slot.name == SPEC.name:  # a fresh start said hello: a give-up of an earlier start is history (in the log)
+            slot.detail = ""
+
+    def _bind_error(self) -> str:
+        """Why the running panel serves nothing (the address it was given could not be bound), else ""."""
+        slot = self.host.child(SPEC.name)
+        return str(slot.stats.get("bind_error") or "") if slot is not None else ""
+
+    def _new(self, host: str, port: int, token: str = "") -> PanelSettings:
+        self._serial += 1
+        settings = PanelSettings(host, port, token or _settings.new_token(), self._serial)
         _settings.write(self.run_dir, settings)
         return settings
 
     def _start(self, corr: int, msg: PanelStart) -> Message:
+        """``ensemble panel``: start the panel, or have the running one try again the address it could not bind.
+
+        Refuses what could never serve before any process tries it: a host
+        that is no IP address or host name, a port outside 0..65535.
+        """
         if self.host.peer.role != "local":
             raise PermissionDenied("the panel is started by the daemon's own user on its host (`ensemble panel`)")
         if not -1 <= msg.port <= 65535:
             raise DaemonError(f"panel port {msg.port} is not a port number (0..65535, or -1 for the current one)")
+        why = _settings.host_refusal(msg.host)
+        if why:
+            raise DaemonError(why)
         current = _settings.read(self.run_dir) if self.settings is not None else None
-        if current is not None and msg.host == current.host and msg.port in (-1, current.port):
+        same = current is not None and msg.host == current.host and msg.port in (-1, current.port)
+        refused = self._bind_error()
+        if current is not None and same and not refused:
             self.host.start_child(SPEC)  # a no-op while it runs; the same token and port after a failure
             return Ack(current.url(with_token=False))
-        if current is not None and self.host.child("panel") is not None:
+        if current is not None and not refused and self.host.child(SPEC.name) is not None:
             raise DaemonError(f"the panel already serves {current.url(with_token=False)}; stop the daemon "
                               "to move it, or run `ensemble panel` without --port/--host")
-        self.settings = self._new(msg.host, _settings.DEFAULT_PORT if msg.port == -1 else msg.port)
-        self.host.start_child(SPEC)
+        if current is not None and same:  # it could not bind that address: try it again (the port may be free now)
+            self.settings = self._new(current.host, current.port, current.token)
+        else:
+            self.settings = self._new(msg.host, _settings.DEFAULT_PORT if msg.port == -1 else msg.port)
+        slot = self.host.child(SPEC.name)
+        if refused and slot is not None:  # up, serving nothing: it serves the new settings (PanelStart)
+            self.host.send_child(slot, PanelStart(self.settings.port, self.settings.host))
+        else:
+            self.host.start_child(SPEC)
         log.info("event=panel-start address=%s", self.settings.url(with_token=False))
         return Ack(self.settings.url(with_token=False))

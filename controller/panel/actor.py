@@ -5,16 +5,27 @@ runs on a thread of its own (:class:`~controller.panel._server.PanelServer`)
 and reaches the daemon as a local client, like the CLI.  Killing this process
 changes nothing for audio or jobs: the supervisor restarts it with the same
 address and token (``<run dir>/panel.json``), and an open page reconnects.
+
+An address it cannot bind (the port in use, an address this host does not
+have) would fail again on every restart, so the process does not exit for
+it: it stays up without a server and says why in its heartbeat
+(``bind_error``, for the serial of ``panel.json`` it tried), which the CLI
+prints; the next ``ensemble panel`` writes new settings and sends it
+``PanelStart``: it then serves what ``panel.json`` names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 from actors import Child, child_main
+from actors.messages import Message
+from controller.messages import PanelStart
 from controller.panel import _settings
 from controller.panel._server import PanelServer
+from controller.panel._settings import PanelSettings
 from controller.panel._view import DaemonView
 
 log = logging.getLogger("ensemble.panel")
@@ -30,19 +41,52 @@ class Panel(Child):
         settings = _settings.read(cfg.run_dir)
         if settings is None:
             raise SystemExit(f"panel: no {cfg.run_dir / _settings.FILE}; start the panel with `ensemble panel`")
-        self.server = PanelServer(settings, DaemonView(cfg))
-        port = self.server.start()  # OSError (the port is taken): the exit is logged, the supervisor retries
+        self.server: PanelServer | None = None
+        self.tried = settings  # the settings it last tried to serve (their serial goes in every heartbeat)
+        self.bind_error = ""  # why those could not be bound, with the fix ("" while it serves)
+        self._serve(settings)
+
+    def _serve(self, settings: PanelSettings) -> None:
+        """Serve ``settings`` (already served: nothing to do); a bind error is kept for the stats, not raised."""
+        self.tried = settings
+        running = self.server
+        if running is not None and dataclasses.replace(running.settings, serial=settings.serial) == settings:
+            return
+        if running is not None:  # asked to move (a race with a failed bind): the new address replaces it
+            running.stop()
+            self.server = None
+        server = PanelServer(settings, DaemonView(self.cfg))
+        try:
+            port = server.start()
+        except OSError as exc:
+            server.stop()
+            self.bind_error = _settings.bind_refusal(settings.host, settings.port, exc)
+            log.error("event=panel-bind-failed address=%s reason=%s detail=not retried until the next "
+                      "`ensemble panel`", settings.url(with_token=False), self.bind_error)
+            return
+        self.server, self.bind_error = server, ""
         if port != settings.port:  # asked for any free port: keep the one we got across restarts
-            _settings.write(cfg.run_dir, _settings.PanelSettings(settings.host, port, settings.token))
-        log.info("event=panel-listening url=%s", settings.url(with_token=False).replace(f":{settings.port}/",
-                                                                                         f":{port}/"))
+            _settings.write(self.cfg.run_dir, dataclasses.replace(settings, port=port))
+        log.info("event=panel-listening url=%s", dataclasses.replace(settings, port=port).url(with_token=False))
+
+    def handle(self, msg: Message) -> None:
+        """``PanelStart`` from the daemon: serve what ``panel.json`` names now (after a bind that failed)."""
+        if not isinstance(msg, PanelStart):
+            super().handle(msg)
+            return
+        settings = _settings.read(self.cfg.run_dir)
+        if settings is not None:
+            self._serve(settings)
+            self.last_sent = 0.0  # the outcome goes out in a heartbeat at once
 
     def stats(self) -> dict[str, Any]:
-        return self.server.stats()
+        served = self.server.stats() if self.server is not None else {"host": self.tried.host, "port": 0, "pages": 0}
+        return {**served, "serial": self.tried.serial, "bind_error": self.bind_error}
 
     def on_stop(self) -> None:
         """The daemon stops (only then is this child told to stop): close the pages, remove the token file."""
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
         if self.stop_reason != "supervisor silent":  # a silent supervisor may come back and restart us
             _settings.remove(self.cfg.run_dir)
 

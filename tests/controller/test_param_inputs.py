@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from actors import OutOfRange
+from controller.client import ScriptLoadError
 from tests.conftest import Daemon, wait_for
 
 SCRIPT = '''
@@ -16,6 +17,7 @@ from controller.script import define_parameter
 define_parameter("gain", "Gain", 0.5, 0.0, 1.0)
 define_parameter("count", "Count", 3, 0, 16)
 define_parameter("mode", "Mode", "a", choices=["a", "b"])
+define_parameter("on", "On", False)
 '''
 
 
@@ -24,7 +26,7 @@ def _loaded(d: Daemon) -> Any:
     script.write_text(SCRIPT)
     c = d.client()
     c.load_script(str(script))
-    wait_for(lambda: {p.name for p in c.params()} == {"gain", "count", "mode"}, what="the script's parameters")
+    wait_for(lambda: {p.name for p in c.params()} == {"gain", "count", "mode", "on"}, what="the script's parameters")
     return c
 
 
@@ -73,6 +75,62 @@ def test_a_choice_parameter_refuses_a_value_it_does_not_offer(daemon: Daemon) ->
     _refused(daemon, "mode", "bogus", "'bogus' is not one of ['a', 'b']")
     with pytest.raises(OutOfRange, match="is not one of"):
         c.set_param("mode", 1)
-    assert daemon.cli("param", "set", "mode", "b").stdout.strip() == "mode = b"
+    assert daemon.cli("param", "set", "mode", "b").stdout.strip() == 'mode = "b"'
     wait_for(lambda: c.get_param("mode") == "b", what="an offered value to be applied")
     assert "script-error" not in _log(daemon)  # the controller never had a value to refuse
+
+
+def test_a_bool_parameter_takes_true_or_false_and_their_spellings_only(daemon: Daemon) -> None:
+    c = _loaded(daemon)
+    accepts = "a bool parameter takes true or false (or 1/0, yes/no, on/off)"
+    for text in ("maybe", "[]", "2", "0.5", '""', "null"):
+        _refused(daemon, "on", text, f"parameter 'on': ")
+        _refused(daemon, "on", text, accepts)
+    _refused(daemon, "on", "maybe", "'maybe' is not a valid bool")
+    with pytest.raises(OutOfRange, match="is not a valid bool"):
+        c.set_param("on", [])
+    assert not c.get_param("on") and '"on"' not in _state(daemon)  # nothing refused was stored
+    for text, value in (("on", True), ("NO", False), ("1", True), ("false", False), ("Yes", True)):
+        assert daemon.cli("param", "set", "on", text).stdout.strip() == f"on = {str(value).lower()}"
+        wait_for(lambda: c.get_param("on") is value, what=f"{text} to be applied as {value}")
+
+
+def test_a_number_parameter_refuses_true_and_false(daemon: Daemon) -> None:
+    c = _loaded(daemon)
+    _refused(daemon, "count", "true", "int parameters take a number, not true or false")
+    _refused(daemon, "gain", "false", "float parameters take a number, not true or false")
+    with pytest.raises(OutOfRange, match="not true or false"):
+        c.set_param("count", True)
+    assert c.get_param("count") == 3 and c.get_param("gain") == 0.5
+
+
+def test_param_set_prints_the_value_the_parameter_takes_as_param_get_prints_it(daemon: Daemon) -> None:
+    c = _loaded(daemon)
+    assert daemon.cli("param", "set", "gain", "1").stdout.strip() == "gain = 1.0"
+    assert daemon.cli("param", "set", "count", "4.0").stdout.strip() == "count = 4"
+    assert daemon.cli("param", "set", "on", "on").stdout.strip() == "on = true"
+    wait_for(lambda: c.get_param("on") is True and c.get_param("count") == 4, what="the values to be applied")
+    for name in ("gain", "count", "on"):
+        printed = daemon.cli("param", "get", name).stdout.strip()
+        assert daemon.cli("param", "set", name, printed).stdout.strip() == f"{name} = {printed}"
+
+
+@pytest.mark.parametrize("definitions, reason", [
+    ('define_parameter("x", default=5.0, min=10, max=0)',
+     "parameter 'x': min 10 is greater than max 0; give min <= max"),
+    ('define_parameter("x", default=5.0, min=0, max=1)',
+     "parameter 'x': the default is refused: 5.0 is outside 0..1"),
+    ('define_parameter("x", default="c", choices=["a", "b"])',
+     "parameter 'x': the default is refused: 'c' is not a valid choice"),
+    ('define_parameter("x", default=1.0)\ndefine_parameter("x", default=2.0)',
+     "parameter 'x' is defined twice"),
+])
+def test_a_parameter_that_could_never_be_set_fails_the_load_naming_it(daemon: Daemon, definitions: str,
+                                                                       reason: str) -> None:
+    script = daemon.base / "bad_params.py"
+    script.write_text(f"from controller.script import define_parameter\n{definitions}\n")
+    out = daemon.cli("load", str(script), check=False)
+    assert out.returncode == 1 and reason in out.stderr and "ValueError" in out.stderr, out.stderr
+    with pytest.raises(ScriptLoadError, match="did not load"):
+        daemon.client().load_script(str(script), wait=30)
+    assert daemon.client().params() == []  # not loaded, so no parameter that can never be set
