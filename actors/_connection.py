@@ -55,6 +55,12 @@ log = logging.getLogger("ensemble.client")
 _MAX_BATCH = 5000
 
 
+def payload_bytes(spec: JobSpec) -> int:
+    """About what a job's arguments add to a frame: its bytes and strings (a local Executor's pickled payload is
+    one bytes argument).  Submits are merged into one frame until their payloads reach half the frame limit."""
+    return sum(len(a) for a in spec.args if isinstance(a, (bytes, bytearray, str)))
+
+
 def _context(search_cwd: bool = False) -> tuple[str, list[str]]:
     """This process's working directory and import path: where its jobs' functions and relative paths live.
 
@@ -420,24 +426,28 @@ class Connection:
     def _send_pending(self, sock: zmq.Socket[bytes]) -> None:
         submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]] = []
         queued = 0  # jobs in ``submits`` (a running count: re-summing made big batches quadratic)
+        size = 0  # their payloads' bytes: merged submits over the frame limit failed all together (see payload_bytes)
+        budget = self.limits.max_frame // 2
         progress = False  # that of the submits in ``submits`` (one Submit carries one)
         while self._outgoing:
             kind, payload, fut, extra = self._outgoing.popleft()
             if kind == "submit" or kind == "submit+progress":
-                if submits and (kind != "submit") != progress:
+                adds = sum(payload_bytes(spec) for spec in payload)
+                if submits and ((kind != "submit") != progress or size + adds > budget):
                     self._send_submits(sock, submits, progress)
-                    submits, queued = [], 0
+                    submits, queued, size = [], 0, 0
                 progress = kind != "submit"
                 submits.append((payload, fut, extra))
                 queued += len(payload)
+                size += adds
                 if queued >= _MAX_BATCH:
                     self._send_submits(sock, submits, progress)
-                    submits, queued = [], 0
+                    submits, queued, size = [], 0, 0
                 continue
             if kind == "sent":
                 if submits:
                     self._send_submits(sock, submits, progress)
-                    submits, queued = [], 0
+                    submits, queued, size = [], 0, 0
                 fut.set_result(None)
                 continue
             self._send(sock, payload, fut, extra)

@@ -7,7 +7,7 @@ one job whose pickled payload is a list with the chunk's slice of each
 iterable (a submitted job's is an ``(args, kwargs)`` tuple; a callable sent
 pickled, :mod:`actors.callables`, comes first in each chunk's list, as the
 pools pickle the function with each chunk), the jobs go to the daemon in
-batches of up to :data:`BATCH`, each cut and packed as it goes (the first
+batches of up to :data:`BATCH` (and half the frame limit of payload), each cut and packed as it goes (the first
 of :data:`FIRST` jobs, each next one four times the jobs before it, so the
 workers have jobs while the next is packed; a batch under :data:`BATCH`
 leaves before the next is packed), and the I/O thread files each final
@@ -79,10 +79,18 @@ class MapRun:
         only = cols[0] if len(cols) == 1 and not head else None
         if type(only) is range:
             dumps = dumps_range_chunk  # type: ignore[assignment]
+        budget = conn.limits.max_frame // 2  # a batch's payloads: one frame must hold them (see payload_bytes)
         while start < self.n:  # each batch cut and packed as it goes: the first is small, so workers start early
             end = min(self.n, start + (FIRST if start == 0 else min(BATCH, 4 * start)))
-            specs = [replace(spec, args=[dumps([*head, *[c[i:i + chunksize] for c in cols]], _PROTOCOL)])
-                     for i in range(start * chunksize, end * chunksize, chunksize)]
+            specs: list[JobSpec] = []
+            size = 0
+            for i in range(start * chunksize, end * chunksize, chunksize):
+                payload = dumps([*head, *[c[i:i + chunksize] for c in cols]], _PROTOCOL)
+                if specs and size + len(payload) > budget:  # big items: this batch ends here, the rest follow
+                    end = start + len(specs)
+                    break
+                specs.append(replace(spec, args=[payload]))
+                size += len(payload)
             ack = conn.submit(specs, self._on_info)
             ack.add_done_callback(functools.partial(self._on_ids, first=start))
             self.acks.append(ack)

@@ -120,6 +120,23 @@ def test_the_results_of_a_map_on_an_executor_nobody_holds_still_come(tmp_path: P
         gc.enable()
 
 
+def test_many_items_whose_total_is_over_the_frame_limit_cross_in_several_frames(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each item fits a frame, all of them together do not: map's batches (cut by job count only) and the
+    client's merged submits went over the limit, and every item failed with ProtocolError (PPE: no limit)."""
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("ENSEMBLE_MAX_FRAME", str(64 * 1024))
+    items = [b"y" * 3000 for _ in range(300)]  # 900 kB: fourteen frames' worth
+    with Executor(2) as ex:
+        assert sum(ex.map(len, items)) == 900_000
+        assert sum(ex.map(len, items, chunksize=7)) == 900_000
+        futures = [ex.submit(len, item) for item in items]  # queued faster than sent: merged, within the limit
+        assert sum(f.result(60) for f in futures) == 900_000
+        with pytest.raises(Exception, match="over the daemon's frame limit"):  # one too big is still refused
+            ex.submit(len, b"z" * 70_000).result(60)
+
+
 def _stopped(pid: int, where: Path, owner: str) -> None:
     """The private daemon ``pid`` stops with its ``owner`` and its directory ``where`` is removed."""
     wait_for(lambda: not pid_alive(pid), 30, what=f"the private daemon to stop with its {owner}")
