@@ -99,6 +99,7 @@ def test_up_with_a_panel_host_that_is_no_address_fails_before_the_daemon_starts(
     assert not (d.base / "run" / "daemon.pid").exists()
 
 
+@pytest.mark.slow  # waits for the panel to give up restarting (~5 s): run by .ci/run's slow pass
 def test_a_start_after_the_panel_gave_up_shows_no_give_up(make_daemon: Callable[..., Daemon],
                                                           tmp_path: Path) -> None:
     crash = tmp_path / "crash"
