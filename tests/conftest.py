@@ -8,7 +8,6 @@ shared-memory segment and no socket file may remain.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal
@@ -30,17 +29,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # This session's temporary directory: every short directory a test makes, and every private daemon's directory
 # (they follow $TMPDIR, see actors._private.private_parent), goes under it, so that the leak check (no_leaks) sees
 # this session's directories only, and another suite run beside this one is not taken for a leak.  pytest's own
-# tmp_path stays where it was (PYTEST_DEBUG_TEMPROOT).  Removed when the session ends.
-os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
-SESSION_TMP = Path(tempfile.mkdtemp(prefix=f"ens-s{os.getpid()}-", dir="/tmp"))
-os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_TMP)
-_SESSION_PID = os.getpid()
+# tmp_path stays where it was (PYTEST_DEBUG_TEMPROOT).  Made when pytest configures, not at import: a worker that
+# imports a test module for one of its jobs imports this module too, and would leave one behind.
+SESSION_TMP = Path("/nonexistent")
 
 
-@atexit.register
-def _remove_session_tmp() -> None:  # at exit, also of a script that imported this module outside pytest
-    if os.getpid() == _SESSION_PID:  # not in a forked child that exits normally
-        shutil.rmtree(SESSION_TMP, ignore_errors=True)
+def pytest_configure(config: pytest.Config) -> None:
+    global SESSION_TMP
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    SESSION_TMP = Path(tempfile.mkdtemp(prefix=f"ens-s{os.getpid()}-", dir="/tmp"))
+    os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_TMP)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> Any:
