@@ -137,14 +137,18 @@ class ScriptExtension(Extension):
             return
         path, self.wedged_at = self.script_path, 0.0
         self.script_path = self.ready_path = ""
-        self.params = {}
-        self.unapplied.clear()
-        self.unbound.clear()
+        self._forget_params()
         log.warning("event=script-dropped path=%s detail=its callbacks wedged the controller twice within %.0f s",
                     path, REWEDGE_S)
         self._script_error(slot, f"script {path} is not run again: its callbacks wedged the controller twice within "
                                  f"{REWEDGE_S:.0f} s (see the error before: the callback and its line); fix it and "
                                  f"`ensemble load` it again")
+
+    def _forget_params(self) -> None:
+        """The controller runs no script: no parameters, and no change or bind of theirs left to send again."""
+        self.params = {}
+        self.unapplied.clear()
+        self.unbound.clear()
 
     def _load_lost(self, reason: str, stuck: bool) -> None:
         """The load in progress fails as its controller goes down; the next controller runs the script before it.
@@ -314,9 +318,7 @@ class ScriptExtension(Extension):
                 self.load_state[1:] = ["failed", f"{msg.message}{where}"]
             if msg.kind == "load-failed" and slot.role == "controller":
                 self.ready_path = ""  # the controller runs no script now, so it has no parameters either: a
-                self.params = {}  # `param set` of the last script's is refused, not acknowledged and then lost
-                self.unapplied.clear()
-                self.unbound.clear()
+                self._forget_params()  # `param set` of the last script's is refused, not acknowledged and then lost
             if msg.kind == "wedged" and slot.role == "controller":  # it leaves now, to be restarted
                 self.wedge_heard = True
                 where += "; the controller was restarted"
