@@ -39,6 +39,7 @@ BATCH = 2000  # jobs per Submit
 FIRST = 64  # jobs in the first Submit: the daemon starts them while the next is being packed
 _SENT_WAIT = 1.0  # s the packing waits for a batch under BATCH to leave (it goes on after, sent or not)
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_CANCEL_WAIT = 10.0  # s leaving the iterator waits for the daemon to take its cancels (it goes on after)
 
 
 class MapRun:
@@ -173,7 +174,10 @@ class MapRun:
                 return
             self.cancelled = True
             pending = [jid for jid, i in self.index.items() if self.infos[i] is None]
-        self.cancels.extend(self.conn.call(Cancel(jid, False, True)) for jid in pending)
+        sent = [self.conn.call(Cancel(jid, False, True)) for jid in pending]
+        self.cancels.extend(sent)
+        if not self.conn.on_io_thread():  # as the pools' cancel: once this returns, no cancelled job starts
+            concurrent.futures.wait(sent, timeout=_CANCEL_WAIT)
 
 
 def _values(info: JobInfo) -> list[Any]:
