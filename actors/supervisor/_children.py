@@ -59,7 +59,10 @@ class Slot(msgspec.Struct):
     # a Stop this incarnation was sent before it connected: ZeroMQ's ROUTER refuses a frame for a peer it does not
     # know yet (ROUTER_MANDATORY), so the reason is kept here and the Stop sent when its Hello comes (see stop_child)
     stop_owed: str = ""
-
+    # a silent local worker's CPU time (s) and when it was read: one whose job holds the GIL in a long C call
+    # cannot heartbeat but keeps using the CPU, and is not taken for dead (see ChildrenMixin._busy_in_c)
+    cpu_seen: float = -1.0
+    cpu_at: float = 0.0
 
 
 _RETIRE_FIRST = {"pending": 0, "failed": 1, "starting": 2}  # scale-down order among equally idle workers, then the rest
@@ -87,6 +90,26 @@ def _rss(pid: int) -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+BUSY_SHARE = 0.1  # a silent worker using at least this share of one CPU since the last look is busy, not hung
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` (all its threads), from /proc; None when unreadable, or
+    when the process is stopped (SIGSTOP), traced or a zombie: such a process does not run, whatever it used."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+    except (OSError, IndexError):
+        return None
+    if fields[0] in (b"T", b"t", b"Z", b"X"):
+        return None
+    try:
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of proc(5)
+    except (ValueError, IndexError):
+        return None
 
 
 
@@ -457,6 +480,7 @@ class ChildrenMixin(State):
         self.start_pending()
         self._keep_standby()
         timeout = self.cfg.supervision.heartbeat_timeout
+        missed = 1.5 * self.cfg.supervision.heartbeat_interval  # a heartbeat is late: CPU time is read from here on
         beat = encode(Heartbeat())
         for slot in list(self.slots.values()):
             if slot.proc is None and not slot.remote:
@@ -465,11 +489,38 @@ class ChildrenMixin(State):
                 (slot.sock or self.internal).send_multipart([slot.identity, beat], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-            if mono - slot.last_heard > timeout and not self.stopping_since:
+            silent = mono - slot.last_heard
+            if silent <= missed:
+                if slot.detail.startswith("busy"):  # it answers again
+                    slot.detail = ""
+                continue
+            if not self.stopping_since and self._busy_in_c(slot, mono) and silent > timeout:
+                if not slot.detail.startswith("busy"):
+                    log.warning("event=busy-silent name=%s seconds=%.1f detail=its job holds the GIL in a C call: "
+                                "no heartbeat, but it uses the CPU; not replaced", slot.name, silent)
+                slot.detail = (f"busy: silent for {silent:.1f}s while its job runs a C call holding the GIL "
+                               "(it still uses the CPU)")
+                continue
+            if silent > timeout and not self.stopping_since:
                 if not slot.detail.startswith("silent"):
                     log.error("event=silent name=%s seconds=%.1f", slot.name, mono - slot.last_heard)
                 slot.detail = f"silent for {mono - slot.last_heard:.1f}s; replaced"
                 self._kill(slot, "heartbeat timeout", expected=False)
+
+    def _busy_in_c(self, slot: Slot, mono: float) -> bool:
+        """Whether a silent local worker running a job used the CPU since the last look (read each tick once a
+        heartbeat is late): a job in one long C call that holds the GIL (a big-number
+        ``pow``, a regular expression backtracking, an extension that never releases it) stops the
+        worker's heartbeats but not its work; it ends, or its job's timeout or a cancel kills it, as a
+        job that checks ``should_abort()`` rarely.  A worker stopped, hung on a lock or blocked in a call
+        uses no CPU and is replaced at the timeout as before.  Linux (/proc) only; elsewhere never busy."""
+        if slot.remote or slot.role != "worker" or not slot.outstanding or slot.proc is None:
+            return False
+        now = cpu_seconds(slot.proc.pid)
+        before, at = slot.cpu_seen, slot.cpu_at
+        slot.cpu_seen, slot.cpu_at = (-1.0 if now is None else now), mono
+        return (now is not None and before >= 0 and at > slot.last_heard  # the last look was in this silence
+                and now - before >= BUSY_SHARE * (mono - at))
 
     def scale(self, n: int) -> None:
         """Change the number of local workers: start new ones, or retire idle ones first (remote ones are not ours)."""
