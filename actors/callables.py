@@ -58,15 +58,17 @@ def label(fn: Any) -> str:
 
 
 class ScriptMarker:
-    """Pickles as a call of :func:`use_main` with the script's path (it must come before the callable)."""
+    """Pickles as a call of :func:`use_main` with the script's path and command line (it must come before the
+    callable)."""
 
-    __slots__ = ("path",)
+    __slots__ = ("path", "argv")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, argv: Sequence[str] = ()) -> None:
         self.path = path
+        self.argv = list(argv)
 
-    def __reduce__(self) -> tuple[Callable[[str], str], tuple[str]]:
-        return use_main, (self.path,)
+    def __reduce__(self) -> tuple[Callable[[str, list[str]], str], tuple[str, list[str]]]:
+        return use_main, (self.path, self.argv)
 
 
 def _script() -> str | None:
@@ -139,12 +141,18 @@ def head(fn: Any, script: bool = False) -> list[Any]:
         if path:
             # results of the script's own classes come back named __mp_main__ from a worker that loaded it
             sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
-            return [ScriptMarker(os.path.abspath(path)), fn]
+            return [ScriptMarker(os.path.abspath(path), sys.argv), fn]
     return [fn]
 
 
-def use_main(path: str) -> str:
-    """Unpickling in a worker: make the script at ``path`` this process's ``__main__`` (loaded once)."""
+def use_main(path: str, argv: Sequence[str] = ()) -> str:
+    """Unpickling in a worker: make the script at ``path`` this process's ``__main__`` (loaded once), with the
+    caller's command line ``argv`` as ``sys.argv``, as multiprocessing's fork and spawn give their children the
+    parent's:
+    a script that parses its arguments at import (``args = parser.parse_args()`` outside the ``__main__``
+    guard) finds its own, not the worker's (which hold the daemon's configuration)."""
+    if argv and sys.argv != argv:  # a worker forked from the caller has its script but the worker's argv
+        sys.argv = list(argv)
     mine = getattr(sys.modules.get("__main__"), "__file__", None)
     if isinstance(mine, str) and os.path.abspath(mine) == path:
         return MAIN  # forked from the caller: its own
