@@ -495,6 +495,11 @@ class Executor(concurrent.futures.Executor):
                 "find your function, as multiprocessing does; put the code that starts the Executor under "
                 "`if __name__ == \"__main__\":`")
         del mp_context  # accepted for ProcessPoolExecutor code; the daemon's workers are its processes
+        if max_workers is not None:  # a float failed only at the first submit, in the daemon
+            if isinstance(max_workers, bool) or not hasattr(type(max_workers), "__index__"):
+                raise TypeError(f"max_workers must be an int (a number of worker processes) or None, got "
+                                f"{max_workers!r}")
+            max_workers = int(max_workers)  # numpy's integers too
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         if max_tasks_per_child is not None and max_tasks_per_child < 1:

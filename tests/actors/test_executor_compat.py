@@ -176,6 +176,9 @@ def test_the_constructor_takes_processpoolexecutor_s_arguments_and_checks_them(m
         Executor(max_tasks_per_child=0, config=cfg)
     with pytest.raises(TypeError, match="initializer"):
         Executor(initializer=42, config=cfg)  # type: ignore[arg-type]
+    for bad in (2.5, True, "2"):  # refused here, not at the first submit
+        with pytest.raises(TypeError, match=f"max_workers must be an int .*got {bad!r}"):
+            Executor(bad, config=cfg)  # type: ignore[arg-type]
 
 
 # -- shutdown and stderr
