@@ -24,6 +24,7 @@ import click
 from actors import __version__
 from actors._completion import completion
 from actors._errors import EnsembleError, JobCancelled
+from actors._state import JobState
 from actors._rundir import RunDir, check_private_path
 from actors._launch import start_daemon, wait_ready
 from actors.config import Config, load_config, not_regular_file
@@ -446,7 +447,8 @@ def _print_result(handle: Any) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--state", "states", multiple=True, help="Only jobs in this state (repeatable).")
+@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in JobState]),
+              help="Only jobs in this state (repeatable).")
 @click.option("--limit", default=50, show_default=True,
               type=Number(int, 1, 10_000, "the daemon lists at most 10000 jobs"))
 @click.pass_context

@@ -130,3 +130,18 @@ def test_the_cli_s_debug_traceback_of_a_failed_job_names_its_type_once(module_da
     assert proc.stderr.rstrip().splitlines()[-1] == "TypeError: boom", proc.stderr  # was: TypeError: TypeError: boom
     assert "TypeError: TypeError" not in proc.stderr
     assert "Remote traceback" in proc.stderr and "raise_builtin" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ jobs --state
+def test_jobs_state_is_refused_by_the_parser_naming_every_state(module_daemon: Daemon) -> None:
+    from actors._state import JobState
+
+    proc = module_daemon.cli("jobs", "--state", "bogus", check=False)
+    assert proc.returncode == 2, proc.stdout  # was: an empty table, exit 0
+    line = one_line_error(proc, "Invalid value for '--state': 'bogus' is not one of")
+    assert all(repr(s.value) in line for s in JobState), line
+    assert proc.stdout == ""
+    job = module_daemon.client().submit("tests.jobs:square", 3)
+    assert job.result(30) == 9
+    listed = json.loads(module_daemon.cli("jobs", "--json", "--state", "done", "--state", "worker-lost").stdout)
+    assert job.id in [j["id"] for j in listed] and {j["state"] for j in listed} <= {"done", "worker-lost"}
