@@ -105,6 +105,74 @@ class RegularFile(click.Path):
         return path
 
 
+class NumbersAsArguments(click.Command):
+    """A command whose arguments may be negative numbers: ``submit FN -1``, ``param set NAME -3``, no ``--`` needed.
+
+    click reads every word that starts with ``-`` as an option.  Here a word
+    that is a number (``-1``, ``-2.5``, ``-1e3``, ``-inf``) and no option of
+    the command is an argument where it stands; the value of an option
+    (``--priority -5``) stays the option's.  Any other unknown ``-word`` is
+    still refused as an option, as click refuses it.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _numbers_as_arguments(args, self.get_params(ctx)))
+
+
+def _numbers_as_arguments(words: list[str], params: list[click.Parameter]) -> list[str]:
+    """``words`` with their negative-number arguments after a ``--``, in an order click parses as the words given.
+
+    The options (each with the words it takes) first, then ``--``, then the
+    arguments in their order: click takes options and arguments interspersed,
+    so this is the same command line, except that a negative number is now
+    an argument.  ``words`` as they are when no argument is a negative number.
+    """
+    takes: dict[str, int] = {}  # an option's spelling -> how many words after it are its value
+    for p in params:
+        if isinstance(p, click.Option):
+            for spelling in (*p.opts, *p.secondary_opts):
+                takes[spelling] = 0 if p.is_flag or p.count else p.nargs
+    options: list[str] = []
+    arguments: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == "--":
+            arguments += words[i:]
+            break
+        if not word.startswith("-") or word == "-" or (word not in takes and _is_number(word)):
+            arguments.append(word)
+            continue
+        n = _value_words(word, takes)
+        options += [word, *words[i:i + n]]
+        i += n
+    if not any(a.startswith("-") and _is_number(a) for a in arguments):
+        return words
+    return [*options, "--", *arguments]
+
+
+def _value_words(option: str, takes: dict[str, int]) -> int:
+    """How many of the words after ``option`` (``--name``, ``--name=x``, ``-n``, ``-nx``, ``-hn``) are its value."""
+    if option.startswith("--"):
+        return 0 if "=" in option else takes.get(option, 0)
+    for j, letter in enumerate(option[1:], 2):  # a cluster of short options: the first that takes a value ends it
+        n = takes.get(f"-{letter}")
+        if n is None:  # unknown: click refuses the word
+            return 0
+        if n:
+            return n if j == len(option) else n - 1  # the rest of the word is its first value word
+    return 0
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
 _INT64_MAX = 2**63 - 1  # the wire carries 64-bit signed integers
 JOB_ID = Number(int, 0, _INT64_MAX, "job ids are 64-bit integers")
 
@@ -341,7 +409,7 @@ def parse_arg(text: str) -> Any:
         return text
 
 
-@main.command(context_settings={"ignore_unknown_options": False})
+@main.command(cls=NumbersAsArguments)  # `submit FN -1`: a negative number is an argument
 @click.argument("fn")
 @click.argument("args", nargs=-1)
 @click.option("--kw", multiple=True, help="Keyword argument NAME=VALUE (VALUE read as JSON where it parses).")
@@ -361,7 +429,7 @@ def parse_arg(text: str) -> Any:
 @click.pass_context
 def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ...], wait: bool, priority: int,
            grace: float, deadline: float | None, retries: int, job_name: str, resources: str) -> None:
-    """Submit a job FN ('module:function') with ARGS (each read as JSON where it parses)."""
+    """Submit a job FN ('module:function') with ARGS (each read as JSON where it parses; -1 is a number)."""
     kwargs = {}
     for item in kw:
         key, sep, value = item.partition("=")

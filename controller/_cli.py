@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from actors.cli import Number, RegularFile, client_of, fail, json_text, parse_arg
+from actors.cli import Number, NumbersAsArguments, RegularFile, client_of, fail, json_text, parse_arg
 from controller._host import ParamDef
 from controller.client import Client, ScriptLoadError
 from controller.messages import ParamInfo
@@ -118,7 +118,7 @@ def param_get(ctx: click.Context, name: str) -> None:
     click.echo(json_text(value))
 
 
-@param.command("set")
+@param.command("set", cls=NumbersAsArguments)  # `param set NAME -3`: a negative number is the value
 @click.argument("name")
 @click.argument("value")
 @click.pass_context

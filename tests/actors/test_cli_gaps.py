@@ -145,3 +145,24 @@ def test_jobs_state_is_refused_by_the_parser_naming_every_state(module_daemon: D
     assert job.result(30) == 9
     listed = json.loads(module_daemon.cli("jobs", "--json", "--state", "done", "--state", "worker-lost").stdout)
     assert job.id in [j["id"] for j in listed] and {j["state"] for j in listed} <= {"done", "worker-lost"}
+
+
+# ------------------------------------------------------------------------------ negative numbers as arguments
+def test_negative_numbers_are_arguments_without_a_double_dash(module_daemon: Daemon) -> None:
+    d = module_daemon
+    out = d.cli("submit", "tests.jobs:nap", "0", "-1.5", "--priority", "-5", "--job-name", "neg", "--wait")
+    assert out.stdout.strip().splitlines()[-1] == "-1.5"  # was: No such option '-1.5'
+    (info,) = [j for j in json.loads(d.cli("jobs", "--json").stdout) if j["name"] == "neg"]
+    assert info["priority"] == -5  # an option's value is still the option's
+    assert d.cli("submit", "tests.jobs:nap", "-0", "-2e1", "--wait").stdout.strip().splitlines()[-1] == "-20.0"
+    assert d.cli("submit", "tests.jobs:nap", "0", "--wait", "--", "-x").stdout.strip().splitlines()[-1] == "-x"
+    one_line_error(d.cli("submit", "tests.jobs:nap", "0", "-1", "--bogus", check=False), "No such option '--bogus'")
+    one_line_error(d.cli("submit", "tests.jobs:nap", "0", "-x", check=False), "No such option '-x'")
+
+    script = d.base / "gaps_negative.py"
+    script.write_text('from controller.script import define_parameter\n'
+                      'define_parameter("gain", "Gain", 0.0, -60.0, 12.0)\n')
+    d.cli("load", str(script))
+    assert d.cli("param", "set", "gain", "-3").stdout.strip() == "gain = -3.0"  # was: No such option '-3'
+    assert d.cli("param", "set", "-n", "t", "gain", "-4.5").stdout.strip() == "gain = -4.5"
+    one_line_error(d.cli("param", "set", "gain", "-100", check=False), "-100.0 is outside -60.0..12.0")
