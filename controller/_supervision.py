@@ -68,6 +68,7 @@ class ScriptExtension(Extension):
         self.load_lost = False  # the latest load failed as the controller went down: its restart is no new load
         self.wedge_heard = False  # this controller said it is wedged (ScriptError kind "wedged") before it left
         self.wedged_at = 0.0  # when the running script's callback last wedged the controller (monotonic; 0: never)
+        self.processor_wedged_at = 0.0  # the same for the processor (see _processor_rewedged)
         self.param_seq = 0
         self.unapplied: dict[str, ParamSet] = {}  # parameter -> its newest acknowledged change not yet applied
         self.unbound: dict[str, ParamBind] = {}  # parameter -> its acknowledged bind the controller has not shown yet
@@ -82,6 +83,8 @@ class ScriptExtension(Extension):
 
     def child_ready(self, slot: Any) -> None:
         if slot.role == "processor" and self.script_ready:
+            if slot.last_exit == WEDGED_EXIT and self._processor_rewedged(slot):
+                return
             self.host.send_child(slot, ScriptLoad(self.script_path))
             self.host.send_child(slot, ParamValues(list(self.params.values())))
         elif slot.role == "controller":
@@ -143,6 +146,29 @@ class ScriptExtension(Extension):
         self._script_error(slot, f"script {path} is not run again: its callbacks wedged the controller twice within "
                                  f"{REWEDGE_S:.0f} s (see the error before: the callback and its line); fix it and "
                                  f"`ensemble load` it again")
+
+    def _processor_rewedged(self, slot: Any) -> bool:
+        """A processor that left wedged said hello: whether it must run without the script this time.
+
+        As for the controller (:meth:`_callback_wedged`): once, the script is
+        loaded again (a callback that blocked once, say on one note).  Twice
+        within :data:`REWEDGE_S` (an ``on_note`` that blocks on every note
+        would restart the processor on every note, until the restart
+        intensity gave up on it and the audio stopped for good): the
+        processor runs with no script, the audio goes on, and ``status`` says
+        why, until the next ``ensemble load``.
+        """
+        now = time.monotonic()
+        if not (self.processor_wedged_at and now - self.processor_wedged_at < REWEDGE_S):
+            self.processor_wedged_at = now
+            return False
+        self.processor_wedged_at = 0.0
+        log.warning("event=script-dropped side=processor path=%s detail=its callbacks wedged the processor twice "
+                    "within %.0f s", self.script_path, REWEDGE_S)
+        self._script_error(slot, f"the processor runs without script {self.script_path}: its callbacks wedged the "
+                                 f"processor twice within {REWEDGE_S:.0f} s (see the error before: the callback and "
+                                 f"its line); fix it and `ensemble load` it again")
+        return True
 
     def _forget_params(self) -> None:
         """The controller runs no script: no parameters, and no change or bind of theirs left to send again."""
@@ -211,7 +237,7 @@ class ScriptExtension(Extension):
             raise DaemonError("the controller is not running; see `ensemble status`")
         self.script_path = str(path.resolve())
         self.script_ready = False
-        self.wedged_at = 0.0  # a load of the user's own: a new chance
+        self.wedged_at = self.processor_wedged_at = 0.0  # a load of the user's own: a new chance
         self._loading()
         self.unapplied.clear()  # the controller applies each change queued before the load, or the load discards it
         self.unbound.clear()

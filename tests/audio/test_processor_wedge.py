@@ -85,3 +85,16 @@ def test_on_note_blocked_in_c_is_reported_and_the_restarted_processor_plays_agai
     wait_for(lambda: _proc(daemon).stats.get("script") == str(script.resolve()), what="the script to be loaded again")
     assert daemon.actor("controller").pid == controller  # one_for_one: only the processor was restarted
     assert "Processor wedged: on_note" in daemon.cli("status").stdout
+    # the same callback wedges it again within REWEDGE_S: the next processor runs without the script, and plays
+    second = _proc(daemon)
+    c.note_on(60)
+    third = wait_for(lambda: (p := _proc(daemon)).pid not in (0, second.pid) and p.state == "running"
+                     and p.restarts >= 2 and "runs without script" in p.detail and p.stats and p, 60,
+                     what="the processor to be restarted without the script")
+    assert "its callbacks wedged the processor twice within 60 s" in third.detail, third.detail
+    start = third.stats["blocks"]
+    wait_for(lambda: _proc(daemon).stats["blocks"] > start + 50, what="the audio to run without the script")
+    assert not _proc(daemon).stats.get("script")
+    assert "event=script-dropped side=processor" in (daemon.base / "state" / "daemon.log").read_text()
+    c.load_script(str(script), wait=30)  # the user's own load: the processor runs it again
+    wait_for(lambda: _proc(daemon).stats.get("script") == str(script.resolve()), what="the processor to load it again")
