@@ -76,10 +76,11 @@ class ParamDef:
                     raise ValueError("a parameter value must be a finite number")
             elif self.kind == "str":
                 return str(value)
-            elif self.kind == "choice":
-                if value not in self.choices:
-                    raise ValueError(f"{value!r} is not one of {list(self.choices)}")
-                return value
+            elif self.kind == "choice":  # true is no 1 here (Python's True == 1): a bool matches only a bool
+                for choice in self.choices:
+                    if choice == value and isinstance(choice, bool) == isinstance(value, bool):
+                        return choice
+                raise ValueError(f"{value!r} is not one of {list(self.choices)}")
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"parameter {self.name!r}: {value!r} is not a valid {self.kind}: {exc}") from None
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):

@@ -80,6 +80,20 @@ def test_a_choice_parameter_refuses_a_value_it_does_not_offer(daemon: Daemon) ->
     assert "script-error" not in _log(daemon)  # the controller never had a value to refuse
 
 
+def test_a_choice_of_numbers_does_not_take_true_for_1_and_gives_back_the_choice_itself() -> None:
+    from controller._host import ParamDef
+
+    numbers = ParamDef("n", "N", 1, kind="choice", choices=(1, 2.5)).checked()
+    for bad in (True, False, "1"):
+        with pytest.raises(ValueError, match="is not one of"):
+            numbers.coerce(bad)
+    assert [(v, type(v)) for v in (numbers.coerce(1.0), numbers.coerce(2.5))] == [(1, int), (2.5, float)]
+    flags = ParamDef("f", "F", True, kind="choice", choices=(True, "auto")).checked()
+    assert flags.coerce(True) is True
+    with pytest.raises(ValueError, match="is not one of"):
+        flags.coerce(1)
+
+
 def test_a_bool_parameter_takes_true_or_false_and_their_spellings_only(daemon: Daemon) -> None:
     c = _loaded(daemon)
     accepts = "a bool parameter takes true or false (or 1/0, yes/no, on/off)"
