@@ -485,11 +485,18 @@ def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
 
     # the state is escaped and the status shown as plain text: the job's own words are never markup.
     # auto_refresh=False: the loop below refreshes, and no Rich thread exists to catch a signal meant for this one
+    look_at = time.monotonic() + _QUEUED_HINT_AFTER  # when to see whether a worker could take it (0: said already)
     with Progress(TextColumn("job {task.fields[jid]} [bold]{task.fields[state]}[/]"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
                   TextColumn("{task.description}", markup=False), transient=True, auto_refresh=False) as bar:
         task = bar.add_task("", total=1.0, jid=job_id, state="queued")
         while not handle.done():
+            if look_at and time.monotonic() >= look_at and handle._info is not None and handle._info.state == "queued":
+                hint = _no_worker_hint(c)
+                if hint:  # on stderr (above the bar on a terminal); and it goes on waiting: a worker may come
+                    click.echo(f"ensemble: note: job {job_id} is still queued: {hint} (still waiting; Ctrl-C "
+                               f"{'cancels it' if interrupted is not None else 'stops waiting'})", err=True)
+                look_at = 0.0 if hint else time.monotonic() + _QUEUED_HINT_AFTER
             if interrupted:
                 bar.update(task, description="cancelling...", refresh=True)
                 handle.cancel(block=True)
@@ -501,6 +508,24 @@ def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
                 bar.update(task, completed=info.progress, description=info.status, state=escape(info.state),
                            refresh=True)
     _print_result(handle)
+
+
+_QUEUED_HINT_AFTER = 2.0  # seconds a followed job stays queued before the daemon's workers are looked at
+
+
+def _no_worker_hint(c: Any) -> str:
+    """Why no job can start: the daemon has no ready worker, said with what to do ('' when one is ready).
+
+    Cost: one ``status`` round trip.
+    """
+    st = c.status()
+    if any(a.role == "worker" and a.state == "running" for a in st.actors):
+        return ""
+    wanted, ray = st.daemon.workers_wanted, st.daemon.counters.get("ray_workers", 0)
+    if not wanted and not ray:
+        return "no workers are running: `ensemble scale N` starts some"
+    return (f"no worker is ready ({wanted} wanted here" + (f", {ray} on Ray" if ray else "")
+            + ": starting, restarting or failed; see `ensemble status`)")
 
 
 def _print_result(handle: Any) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import traceback
 from typing import Any, Callable
 
@@ -15,7 +17,7 @@ import pytest
 
 from actors import RemoteError
 from tests.actors.test_cli import one_line_error
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 
 Make = Callable[..., Daemon]
 
@@ -166,3 +168,26 @@ def test_negative_numbers_are_arguments_without_a_double_dash(module_daemon: Dae
     assert d.cli("param", "set", "gain", "-3").stdout.strip() == "gain = -3.0"  # was: No such option '-3'
     assert d.cli("param", "set", "-n", "t", "gain", "-4.5").stdout.strip() == "gain = -4.5"
     one_line_error(d.cli("param", "set", "gain", "-100", check=False), "-100.0 is outside -60.0..12.0")
+
+
+# ------------------------------------------------------------------------------ submit --wait with no worker
+def test_submit_wait_with_no_worker_says_so_once_and_keeps_waiting(make_daemon: Make) -> None:
+    d = make_daemon(workers=0)
+    d.up()
+    err = d.base / "submit.err"
+    with open(err, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "actors", "submit", "tests.jobs:square", "3", "--wait"],
+                                env=d.env, stdout=subprocess.PIPE, stderr=err_file, text=True)
+    try:
+        hint = "is still queued: no workers are running: `ensemble scale N` starts some (still waiting"
+        wait_for(lambda: hint in err.read_text(), what="the hint that no worker runs")  # was: silence, forever
+        assert proc.poll() is None  # it goes on waiting: a worker may come
+        d.client().scale(1)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and out.strip().splitlines()[-1] == "9", out
+    lines = err.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ensemble: note: job ") and hint in lines[0], lines
