@@ -53,9 +53,10 @@ def render(script: str | None, midi: str | None, sample: str | None, seconds: fl
 
 
 
-_WAIT_HELP = "Seconds to wait for the controller to load it (0: return once the daemon accepted the request)."
-_WAIT = Number(float, 0, 86400, "how long to wait for the controller to load it; 0 returns once the daemon "
-               "accepted the request", unit="seconds")
+_WAIT_HELP = ("Seconds to wait for the controller, then the processor, to load it (0: return once the daemon "
+              "accepted the request).")
+_WAIT = Number(float, 0, 86400, "how long to wait for the controller and the processor to load it; 0 returns once "
+               "the daemon accepted the request", unit="seconds")
 
 
 @click.command()

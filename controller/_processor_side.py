@@ -30,7 +30,9 @@ from typing import Any, Callable
 
 from actors import EnsembleError
 from actors.messages import Message
-from controller.messages import ParamControl, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad
+from controller.messages import (
+    ParamControl, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad, ScriptReady,
+)
 from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, set_context
 from controller._host import OffsideTask, ParamDef, function_name, install, load_module
@@ -113,11 +115,14 @@ class ProcessorScript:
     # ------------------------------------------------------------------ main thread
     def handle(self, msg: Message) -> bool:
         """A message of the script schema from the daemon: carry it out (True); anything else: False."""
-        if isinstance(msg, ScriptLoad):
+        if isinstance(msg, ScriptLoad):  # answered: the daemon's load waits for this side too
             try:
                 self.load(msg.path)
-            except Exception as exc:  # module code failed here: report, keep playing
-                self.outbox.put(ScriptError("Processor", "error", f"loading {msg.path}: {type(exc).__name__}: {exc}"))
+            except Exception as exc:  # module code failed here: report (the load fails), keep playing
+                self.outbox.put(ScriptError("Processor", "load-failed", f"{type(exc).__name__} in the processor's "
+                                            f"module code: {exc}", _where(exc, msg.path)))
+            else:
+                self.outbox.put(ScriptReady(msg.path))
         elif isinstance(msg, RunSync):
             self.run_sync_call(msg.fn, msg.args, msg.id)
         elif isinstance(msg, RunAsyncResult):
@@ -488,6 +493,14 @@ class ProcessorScript:
     # the controller-only API, for a clear error if reached (available_in checks first)
     def run_sync(self, *a: Any) -> None:  # pragma: no cover - guarded by available_in
         raise EnsembleError("run_sync is not available in the processor")
+
+
+def _where(exc: BaseException, path: str) -> str:
+    """Where in script ``path`` its module code raised ``exc`` (``file:line in name``; a SyntaxError's own line)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = reversed(traceback.extract_tb(exc.__traceback__))
+    return next((f"{f.filename}:{f.lineno} in {f.name}" for f in frames if f.filename == path), "")
 
 
 def processor_host(engine: Any, outbox: Any) -> ProcessorScript:

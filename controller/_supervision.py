@@ -61,8 +61,10 @@ class ScriptExtension(Extension):
         self.script_ready = False  # the controller ran module code, parameters and on_load
         self.params: dict[str, ParamInfo] = {}
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
-        # the latest load: [its number, "loading" | "ready" | "failed", the error]; `ensemble load` waits on it
+        # the latest load: [its number, "loading" | "ready" | "failed", the error]; `ensemble load` waits on it.  It
+        # is "loading" until both sides ran the script: the controller, then the processor (see _loading_in)
         self.load_state: list[Any] = [0, "", ""]
+        self.processor_loading = False  # the controller ran the load in progress; the processor's answer is awaited
         self.ui = UiState([])  # the script's UI elements as the controller last sent them
         self.ready_path = ""  # the script the controller runs (its last ScriptReady; "" after a load that failed)
         self.load_lost = False  # the latest load failed as the controller went down: its restart is no new load
@@ -113,7 +115,7 @@ class ScriptExtension(Extension):
         code = slot.last_exit
         if code is None or self.load_lost:  # its first start; or the load failed already (its wedge report)
             return
-        if self.load_state[1] == "loading":
+        if self._loading_in("controller"):
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             silent = code == -9 and slot.detail.startswith("silent")  # the supervisor killed it: no heartbeat came
             if silent:
@@ -195,6 +197,12 @@ class ScriptExtension(Extension):
 
     def _loading(self) -> None:
         self.load_state = [self.load_state[0] + 1, "loading", ""]
+        self.processor_loading = False
+
+    def _loading_in(self, side: str) -> bool:
+        """Whether a load is in progress in ``side`` ("controller", then "processor": it answers ScriptReady or
+        ScriptError kind load-failed; a load fails if either side's module code raises)."""
+        return self.load_state[1] == "loading" and self.processor_loading == (side == "processor")
 
     def check_task(self, spec: JobSpec) -> bool:
         """Script tasks name the loaded script's functions; the two internal helpers are ours."""
@@ -311,13 +319,16 @@ class ScriptExtension(Extension):
     # -- routing between controller and processor
     def _route(self, slot: Any, msg: Message) -> None:
         proc, ctl = self.host.child("processor"), self.host.child("controller")
-        if isinstance(msg, ScriptReady):
+        if isinstance(msg, ScriptReady) and slot.role == "processor":  # the processor ran it too: loaded
+            if self._loading_in("processor") and msg.path == self.script_path:
+                self.load_state[1] = "ready"
+        elif isinstance(msg, ScriptReady):
             self.script_ready = True
             self.ready_path = msg.path
-            if self.load_state[1] == "loading":
-                self.load_state[1] = "ready"
-            if proc is not None:
-                self.host.send_child(proc, ScriptLoad(msg.path))
+            sent = proc is not None and self.host.send_child(proc, ScriptLoad(msg.path))
+            if self._loading_in("controller"):  # no processor now: the one that starts loads it (child_ready)
+                self.processor_loading = sent
+                self.load_state[1] = "loading" if sent else "ready"
         elif isinstance(msg, (RunSync, RunAsyncResult)):
             if proc is not None:
                 self.host.send_child(proc, msg)
@@ -340,7 +351,7 @@ class ScriptExtension(Extension):
                 self.host.send_child(ctl, msg)
         elif isinstance(msg, ScriptError):
             where = f" ({msg.location})" if msg.location else ""
-            if msg.kind == "load-failed" and self.load_state[1] == "loading":
+            if msg.kind == "load-failed" and self._loading_in(slot.role):
                 self.load_state[1:] = ["failed", f"{msg.message}{where}"]
             if msg.kind == "load-failed" and slot.role == "controller":
                 self.ready_path = ""  # the controller runs no script now, so it has no parameters either: a
@@ -348,7 +359,7 @@ class ScriptExtension(Extension):
             if msg.kind == "wedged" and slot.role == "controller":  # it leaves now, to be restarted
                 self.wedge_heard = True
                 where += "; the controller was restarted"
-                if self.load_state[1] == "loading":
+                if self._loading_in("controller"):
                     self._load_lost(f"{msg.message}{where}", stuck=True)
             log.error("event=script-%s context=%s detail=%s location=%s", msg.kind, msg.context, msg.message,
                       msg.location)

@@ -27,8 +27,9 @@ class Client(audio.client.Client):
 
         Returns once the daemon accepted the request; with ``wait`` (seconds),
         only once the controller ran the script's module code, parameters and
-        ``on_load``.  Then raises :class:`ScriptLoadError` if the module code
-        raised (a ``SyntaxError``: the message names file and line), and
+        ``on_load``, and then the processor its module code.  Then raises
+        :class:`ScriptLoadError` if the module code raised in either (a
+        ``SyntaxError``: the message names file and line), and
         :class:`WaitTimeout` if ``wait`` seconds pass first.  Blocks the caller.
         """
         before = self._load_state()[0] if wait is not None else 0

@@ -45,7 +45,8 @@ class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
 
 
 class ScriptReady(Message, tag=ScriptKind.SCRIPT_READY.value, frozen=True):
-    """The controller ran a script's module code, parameters and on_load; the processor may run on_init."""
+    """A side ran a script: the controller its module code, parameters and on_load (the processor loads it next),
+    then the processor its module code (the load is done; on_init runs in its next block)."""
 
     path: str
 

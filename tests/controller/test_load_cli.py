@@ -58,3 +58,28 @@ def test_after_a_load_that_failed_the_last_script_s_parameters_are_refused_not_l
         c.set_param("gain", 0.7)
     out = daemon.cli("param", "set", "gain", "0.7", check=False)
     assert out.returncode == 1 and "no parameter named 'gain'" in out.stderr
+
+
+PROCESSOR_ONLY_FAILURE = """from controller.script import get_context
+
+if get_context() == "Processor":
+    raise RuntimeError("no DSP licence here")
+"""
+
+
+def test_load_of_a_script_whose_processor_side_fails_exits_non_zero_with_the_processor_s_error(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """The controller ran it, the processor's copy raised: not "loaded" (the daemon waited for the controller only)."""
+    bad = tmp_path / "processor_fails.py"
+    bad.write_text(PROCESSOR_ONLY_FAILURE)
+    out = daemon.cli("load", str(bad), check=False)
+    assert out.returncode == 1 and out.stdout == "", out.stdout  # was: "loaded ...", exit 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ensemble: error: script {bad} did not load: "), lines
+    assert f"RuntimeError in the processor's module code: no DSP licence here ({bad.resolve()}:4" in lines[0]
+    out = daemon.cli("reload", check=False)
+    assert out.returncode == 1 and "no DSP licence here" in out.stderr and out.stdout == ""
+    with pytest.raises(ScriptLoadError, match="in the processor's module code: no DSP licence here"):
+        daemon.client().load_script(str(bad), wait=30)
+    good = ROOT / "examples" / "instruments" / "fade_all.py"
+    assert daemon.cli("load", str(good)).stdout.strip() == f"loaded {good.resolve()}"
