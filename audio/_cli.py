@@ -154,8 +154,8 @@ def midi_list(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{'*' if p.connected else ' '} {p.via}\t{p.name}")
     for t in timed:
         click.echo(f"* {t['via']}\t{t['port']}\t(timestamped: {t['received']} received, {t['late']} late)")
-    for line in notes:
-        click.echo(f"  ({line})")
+    for line in notes:  # what could not be looked at, and why: one line each
+        click.echo(f"  {line}")
     if not ports and not timed:
         click.echo("no MIDI sources found")
 

@@ -41,9 +41,13 @@ stalled) is played at the block's first frame and counted in ``late``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +84,62 @@ def _api(rtmidi: Any, via: str) -> int:
     return int(rtmidi.API_UNIX_JACK if via == "rtmidi-jack" else rtmidi.API_LINUX_ALSA)
 
 
+def _midi_in(via: str, name: str) -> Any:
+    """A new ``rtmidi.MidiIn`` on ``via``'s API ("alsa" or "rtmidi-jack").
+
+    Raises :class:`BackendUnavailable` saying why not; for ALSA without
+    ``/dev/snd/seq`` before RtMidi is asked (see :func:`alsa_sequencer_reason`).
+    ALSA's own error lines ("ALSA lib seq_hw.c:...") are kept off stderr
+    meanwhile: what they say is in the exception.  Context: non-realtime.
+    """
+    rtmidi = rtmidi_module()
+    reason = "" if via == "rtmidi-jack" else alsa_sequencer_reason()
+    if reason:
+        raise BackendUnavailable(f"the ALSA sequencer is unavailable: {reason}")
+    try:
+        with _alsa_quiet():
+            return rtmidi.MidiIn(_api(rtmidi, via), name=name)
+    except Exception as exc:  # rtmidi raises SystemError / RtMidiError from C++
+        api = "RtMidi's JACK client" if via == "rtmidi-jack" else "the ALSA sequencer"
+        raise BackendUnavailable(f"RtMidi cannot open {api} ({_first_line(exc)})") from exc
+
+
+# void (*)(const char *file, int line, const char *function, int err, const char *fmt, ...): the variadic rest is
+# not declared, and not read
+_ALSA_ERROR_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                       ctypes.c_char_p)
+_ALSA_SILENT = _ALSA_ERROR_HANDLER(lambda *_: None)  # kept alive here: libasound holds the bare pointer
+
+
+@functools.cache
+def _libasound() -> Any:
+    """libasound (the one RtMidi uses: loaded once per process), or None where it cannot be loaded."""
+    try:
+        lib = ctypes.CDLL("libasound.so.2")
+        lib.snd_lib_error_set_handler.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
+@contextlib.contextmanager
+def _alsa_quiet() -> Iterator[None]:
+    """libasound prints nothing on stderr inside (its error handler is a no-op), then prints as before.
+
+    Process-wide for its duration: an ALSA error of another thread is not
+    printed either.  Context: non-realtime.
+    """
+    lib = _libasound()
+    if lib is None:
+        yield
+        return
+    lib.snd_lib_error_set_handler(ctypes.cast(_ALSA_SILENT, ctypes.c_void_p))
+    try:
+        yield
+    finally:
+        lib.snd_lib_error_set_handler(None)  # NULL: libasound's own handler again
+
+
 def rtmidi_inputs(via: str = "alsa") -> list[str]:
     """The input ports RtMidi sees through ``via`` ("alsa" or "rtmidi-jack").
 
@@ -88,11 +148,7 @@ def rtmidi_inputs(via: str = "alsa") -> list[str]:
     cannot open (no ``/dev/snd/seq``: the ``snd-seq`` kernel module is not
     loaded; no JACK server).
     """
-    rtmidi = rtmidi_module()
-    try:
-        probe = rtmidi.MidiIn(_api(rtmidi, via), name="ensemble-probe")
-    except Exception as exc:  # rtmidi raises SystemError / RtMidiError from C++
-        raise BackendUnavailable(f"RtMidi cannot open the {via} MIDI API ({_first_line(exc)})") from exc
+    probe = _midi_in(via, "ensemble-probe")
     try:
         return [str(p) for p in probe.get_ports()]
     finally:
@@ -121,7 +177,7 @@ def list_ports(jack_client: Any = None, connected_to: str = "") -> tuple[list[Mi
     try:
         ports.extend(MidiPort(name, "alsa") for name in rtmidi_inputs("alsa"))
     except BackendUnavailable as exc:
-        notes.append(f"ALSA sequencer: {exc}")
+        notes.append(str(exc))  # why, in one line: no /dev/snd/seq, RtMidi refused, no python-rtmidi
     return ports, notes
 
 
@@ -207,14 +263,10 @@ class TimedMidiInput:
     """
 
     def __init__(self, engine: Engine, decoder: MidiDecoder, port: str, via: str = "alsa") -> None:
-        rtmidi = rtmidi_module()
         self.via = via
         self.queue = ArrivalQueue(engine, decoder)
         self.block = self.queue.block
-        try:
-            self._midi = rtmidi.MidiIn(_api(rtmidi, via), name="ensemble")
-        except Exception as exc:  # noqa: BLE001 - C++ errors surface as SystemError / RtMidiError
-            raise BackendUnavailable(f"RtMidi cannot open the {via} MIDI API ({_first_line(exc)})") from exc
+        self._midi = _midi_in(via, "ensemble")
         names = [str(p) for p in self._midi.get_ports()]
         matches = [i for i, n in enumerate(names) if n == port] or [i for i, n in enumerate(names) if port in n]
         if len(matches) != 1:
@@ -255,4 +307,5 @@ def _first_line(exc: BaseException) -> str:
 
 def alsa_sequencer_reason() -> str:
     """Why the ALSA sequencer is not usable here ('' when ``/dev/snd/seq`` exists).  Context: any."""
-    return "" if os.path.exists("/dev/snd/seq") else "no /dev/snd/seq (the snd-seq kernel module is not loaded)"
+    return "" if os.path.exists("/dev/snd/seq") else ("no /dev/snd/seq, the snd-seq kernel module is not loaded "
+                                                     "(`sudo modprobe snd-seq` loads it)")
