@@ -179,7 +179,6 @@ def midi_connect(ctx: click.Context, port: str, via: str, timeout: float) -> Non
     """
     with client_of(ctx, Client) as c:
         before = _processor_stats(ctx) or {}
-        errors_before = list(before.get("midi_errors_recent", []))
         c.connect_midi(port, via)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -191,8 +190,21 @@ def midi_connect(ctx: click.Context, port: str, via: str, timeout: float) -> Non
         if timed:
             click.echo(f"connected {timed[0]['port']} ({timed[0]['via']}, timestamped on arrival)")
             return
-        errors = [e for e in stats.get("midi_errors_recent", []) if e not in errors_before and repr(port) in e]
-        if errors:
-            fail(errors[-1])
+        error = _connect_error(port, before, stats)
+        if error:
+            fail(error if "`ensemble midi list`" in error else f"{error}; `ensemble midi list` shows the sources")
         time.sleep(0.1)
     fail(f"the processor did not report {port!r} connected within {timeout:g}s; see `ensemble status`")
+
+
+def _connect_error(port: str, before: dict[str, Any], now: dict[str, Any]) -> str:
+    """The processor's reason why ``midi connect PORT`` failed, from its figures before and now ('' if none yet).
+
+    Once ``midi_connects`` shows the request carried out, the newest error
+    naming the port is its outcome, even one the same as an earlier attempt's.
+    (A processor without that count: an error line that was not there before.)
+    """
+    named = [e for e in now.get("midi_errors_recent", []) if repr(port) in e]
+    if "midi_connects" in now and "midi_connects" in before:
+        return named[-1] if named and now["midi_connects"] > before["midi_connects"] else ""
+    return next((e for e in reversed(named) if e not in before.get("midi_errors_recent", [])), "")

@@ -77,6 +77,7 @@ class Processor(Child):
         self.engine.add_block_hook(self.script.block)
         self.moved: deque[tuple[int, float]] = deque()  # bound controllers that moved (audio thread -> main)
         self.midi_errors: deque[str] = deque(maxlen=5)
+        self.midi_connects = 0  # `midi connect` requests carried out, connected or refused: the CLI waits for its own
         self.midi = MidiDecoder(self.engine, self._midi_deliver)
         self.midi.slot = self.script.default_slot_index = self.engine.slot_index("builtin")
         control = promote_control_thread()  # before the backend's threads start: they inherit it
@@ -145,6 +146,7 @@ class Processor(Child):
             s["midi_timed_inputs"] = [t.stats() for t in self.timed_inputs]
         if self.midi_errors:
             s["midi_errors_recent"] = list(self.midi_errors)
+        s["midi_connects"] = self.midi_connects
         if self.script.bound_controllers:
             s["midi_bound_ccs"] = sorted(self.script.bound_controllers)
         return s
@@ -200,7 +202,8 @@ class Processor(Child):
         """``ensemble midi connect``: a JACK MIDI output to ``midi_in``, else an RtMidi input (main thread).
 
         The outcome shows in ``status``: ``midi_sources`` / ``midi_timed_inputs``,
-        or a line in ``midi_errors_recent``.
+        or a line in ``midi_errors_recent``; ``midi_connects`` counts the
+        requests carried out (the heartbeat that shows it up shows the outcome).
         """
         try:
             source = self._open_midi(msg.port, msg.via)
@@ -208,6 +211,8 @@ class Processor(Child):
             self.midi_errors.append(f"midi connect {msg.port!r}: {exc}")
             log.warning("event=midi-connect-failed port=%s reason=%s", msg.port, exc)
             return
+        finally:
+            self.midi_connects += 1
         if source is not None:
             self.timed_inputs = (*self.timed_inputs, source)
             log.info("event=midi-connect port=%s via=%s", source.name, source.via)

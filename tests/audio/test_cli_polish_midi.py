@@ -95,3 +95,17 @@ def test_libasound_s_own_error_lines_are_kept_off_stderr_while_the_sequencer_is_
     if "ALSA lib" not in loud:
         pytest.skip("libasound prints nothing here: the ALSA sequencer opens")
     assert stderr_of("with _alsa_quiet():") == ""
+
+
+def test_midi_connect_of_an_unknown_port_fails_with_the_reason_every_time(daemon: Daemon) -> None:
+    """Each attempt gets its own outcome: the same reason as an earlier attempt's is no reason to wait it out."""
+    for attempt in range(7):  # past the processor's five recent errors, all the same line
+        proc = daemon.cli("midi", "connect", "ens-no-such:port", check=False)
+        assert proc.returncode == 1 and proc.stdout == "", (attempt, proc.stdout)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, (attempt, proc.stderr)
+        # was, from the second attempt on: "the processor did not report 'ens-no-such:port' connected within 10s"
+        assert lines[0].startswith("ensemble: error: midi connect 'ens-no-such:port': "), (attempt, lines[0])
+        assert "`ensemble midi list`" in lines[0], (attempt, lines[0])  # was: no word on how to see the ports
+    stats = daemon.actor("processor").stats
+    assert stats["midi_connects"] == 7 and not stats.get("midi_timed_inputs")
