@@ -483,12 +483,14 @@ def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
     handle = c.watch(job_id, lambda info: changed.set())
     from rich.markup import escape
 
-    # the state is escaped and the status shown as plain text: the job's own words are never markup.
-    # auto_refresh=False: the loop below refreshes, and no Rich thread exists to catch a signal meant for this one
     look_at = time.monotonic() + _QUEUED_HINT_AFTER  # when to see whether a worker could take it (0: said already)
+    # the state is escaped and the status shown as plain text: the job's own words are never markup.
+    # auto_refresh=False: the loop below refreshes, and no Rich thread exists to catch a signal meant for this one.
+    # No bar where stdout is no terminal: Rich would end it with an empty line, before the result
     with Progress(TextColumn("job {task.fields[jid]} [bold]{task.fields[state]}[/]"), BarColumn(),
                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                  TextColumn("{task.description}", markup=False), transient=True, auto_refresh=False) as bar:
+                  TextColumn("{task.description}", markup=False), transient=True, auto_refresh=False,
+                  disable=not sys.stdout.isatty()) as bar:
         task = bar.add_task("", total=1.0, jid=job_id, state="queued")
         while not handle.done():
             if look_at and time.monotonic() >= look_at and handle._info is not None and handle._info.state == "queued":

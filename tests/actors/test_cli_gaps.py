@@ -188,6 +188,6 @@ def test_submit_wait_with_no_worker_says_so_once_and_keeps_waiting(make_daemon: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0 and out.strip().splitlines()[-1] == "9", out
+    assert proc.returncode == 0 and out == "9\n", repr(out)  # only the result (was: an empty line first)
     lines = err.read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ensemble: note: job ") and hint in lines[0], lines
