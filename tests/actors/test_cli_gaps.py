@@ -1,5 +1,6 @@
 """Gaps the command line had: a config path that is a FIFO, wait timeouts that took NaN, ``param list --json``
-that was not JSON, ``scale -1``, and a job's error text that named its type twice.
+that was not JSON, ``scale -1``, a job's error text that named its type twice, ``jobs --state`` that took any
+word, negative-number arguments that needed ``--``, and ``submit --wait`` silent with no worker to run its job.
 
 Against real CLI processes and a real daemon; each test fails on the code before its fix.
 """
