@@ -165,6 +165,10 @@ class ScriptExtension(Extension):
             self.processor_wedged_at = now
             return False
         self.processor_wedged_at = 0.0
+        if self._loading_in("processor"):  # the load it ran gets no answer from this processor: it fails now
+            self.load_state[1:] = ["failed", f"the script wedged the processor twice within {REWEDGE_S:.0f} s "
+                                             "(see `ensemble status`: the callback and its line); the processor "
+                                             "runs without it"]
         log.warning("event=script-dropped side=processor path=%s detail=its callbacks wedged the processor twice "
                     "within %.0f s", self.script_path, REWEDGE_S)
         self._script_error(slot, f"the processor runs without script {self.script_path}: its callbacks wedged the "
