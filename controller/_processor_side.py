@@ -118,7 +118,9 @@ class ProcessorScript:
         if isinstance(msg, ScriptLoad):  # answered: the daemon's load waits for this side too
             try:
                 self.load(msg.path)
-            except Exception as exc:  # module code failed here: report (the load fails), keep playing
+            except Exception as exc:  # module code failed here: report (the load fails), keep playing, with no
+                self.path = ""  # script: the one before had its parameters cleared for this load, and would run
+                self.unload()  # beside a controller that runs the new one
                 self.outbox.put(ScriptError("Processor", "load-failed", f"{type(exc).__name__} in the processor's "
                                             f"module code: {exc}", _where(exc, msg.path)))
             else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from controller.client import ScriptLoadError
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -70,6 +70,9 @@ if get_context() == "Processor":
 def test_load_of_a_script_whose_processor_side_fails_exits_non_zero_with_the_processor_s_error(
         daemon: Daemon, tmp_path: Path) -> None:
     """The controller ran it, the processor's copy raised: not "loaded" (the daemon waited for the controller only)."""
+    good = ROOT / "examples" / "instruments" / "fade_all.py"
+    daemon.cli("load", str(good))
+    wait_for(lambda: daemon.actor("processor").stats.get("script") == str(good.resolve()), what="the first script")
     bad = tmp_path / "processor_fails.py"
     bad.write_text(PROCESSOR_ONLY_FAILURE)
     out = daemon.cli("load", str(bad), check=False)
@@ -77,9 +80,10 @@ def test_load_of_a_script_whose_processor_side_fails_exits_non_zero_with_the_pro
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"ensemble: error: script {bad} did not load: "), lines
     assert f"RuntimeError in the processor's module code: no DSP licence here ({bad.resolve()}:4" in lines[0]
+    # the processor runs no script after it (not the one before, its parameters cleared for this load)
+    wait_for(lambda: daemon.actor("processor").stats.get("script") == "", what="the processor to run no script")
     out = daemon.cli("reload", check=False)
     assert out.returncode == 1 and "no DSP licence here" in out.stderr and out.stdout == ""
     with pytest.raises(ScriptLoadError, match="in the processor's module code: no DSP licence here"):
         daemon.client().load_script(str(bad), wait=30)
-    good = ROOT / "examples" / "instruments" / "fade_all.py"
     assert daemon.cli("load", str(good)).stdout.strip() == f"loaded {good.resolve()}"
