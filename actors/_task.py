@@ -9,11 +9,12 @@ always delivered) so clients can read them while the job runs.
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 import time
 from typing import Any, Callable
 
-from actors._errors import EnsembleError
+from actors._errors import EnsembleError, WrongContextError
 
 _PUBLISH_EVERY = 0.02
 MAX_TIMEOUT_MS = 86_400_000  # a job's grace period (abort to kill) of one day at most: every check of it reads this
@@ -218,12 +219,29 @@ class Task:
         """Fade and kill all voices, keep the processor silent while ``fn()`` runs here, then resume.
 
         Use it when a job replaces sample buffers the instrument plays.  Returns
-        whether ``fn`` ran (False when no processor is running).
+        whether ``fn`` ran (False when no processor is running).  Raises
+        :class:`WrongContextError` in a process the job forked.
         """
         if self._kill_voices is None:
             fn()
             return True
         return self._kill_voices(fn)
+
+    # -- in a process the job forked (worker side) ------------------------------------------
+    def forked(self) -> None:
+        """Make this handle the own one of a process the job forked (worker internal; the child's thread, first).
+
+        The worker publishes nothing of the child's, so the child's updates
+        stay in the child, and :meth:`should_abort` keeps the answer it had
+        at the fork.  Its lock is a new one (the worker's main thread may have
+        held this one at the fork, for ever in the child), :meth:`empty` makes
+        plain numpy arrays (a segment made there would be nobody's to free), and
+        :meth:`kill_voices_and_call` raises :class:`WrongContextError` (the
+        worker's sockets are not the child's to use).
+        """
+        self._lock = threading.Lock()
+        self._arrays = None
+        self._kill_voices = _refuse_in_forked_child
 
     # -- publishing (worker side) -------------------------------------------------------
     def snapshot_if_due(self, now: float, force: bool = False) -> tuple[float, str, dict[str, Any], int] | None:
@@ -252,6 +270,12 @@ class Task:
             self._stall_reported_for = last
             return gap
         return None
+
+
+def _refuse_in_forked_child(fn: Callable[[], Any]) -> bool:
+    """``Task.kill_voices_and_call`` in a process the job forked (see :meth:`Task.forked`): raise, saying why."""
+    raise WrongContextError(f"kill_voices_and_call() runs in the job's worker process, not in process {os.getpid()} "
+                            "the job forked: call it from the job itself")
 
 
 def activate(task: Task) -> contextvars.Token["Task | None"]:

@@ -12,6 +12,13 @@ a thread wake-up and a wait for the GIL per job (the job thread spent a fifth
 of its time there in ``Executor.map``).  A remote worker's results go through
 the main thread (an inproc PAIR wakes it): its one CURVE connection is the
 main thread's.
+
+A job may fork (a ``multiprocessing.Pool`` of the fork start method,
+``os.fork``): the child is a copy of the worker with the job thread alone in
+it, and :meth:`Worker._forked` makes it a process of its own before it runs
+anything (the signal handlers of a fresh interpreter, a task handle of its
+own); it never touches the worker's ZeroMQ sockets, and one that returns from
+the job ends there.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ import pickle
 import itertools
 import logging
 import queue
+import signal
 import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import msgspec
 import zmq
@@ -67,6 +75,7 @@ _VOICES_TIMEOUT = 10.0  # seconds to wait for the processor to fall silent
 _RETIRE_WAIT = 5.0  # seconds a retiring worker waits for the supervisor's Stop before it leaves anyway
 _HOLD_MAX = 64  # results held back at most while jobs are pending (see Worker._hold)
 _HOLD_WAIT = 0.01  # seconds a held result waits at most for the job after it (the main thread then sends it)
+_FORK_SIGNALS = {signal.SIGTERM, signal.SIGINT}  # held back while a job forks (see Worker._before_fork)
 
 
 class Worker(Child):
@@ -111,6 +120,9 @@ class Worker(Child):
         self.retiring_since = 0.0  # monotonic time the job thread left to retire; the supervisor's Stop ends us
         self.fns: dict[str, Callable[..., Any]] = {}  # job path -> its function, resolved once (job thread)
         self.setups: dict[str, int] = {}  # Executor key -> its jobs run here, once its initializer ran (job thread)
+        self._pid = os.getpid()  # a process a job forks has another (see _run_jobs)
+        self._fork_masks = threading.local()  # each forking thread's signal mask, while it forks
+        os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork, after_in_child=self._forked)
         self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
         self.thread.start()
 
@@ -244,6 +256,37 @@ class Worker(Child):
             self.results_out.close(linger=0)
             self.results_in.close(linger=0)
 
+    # -- forks (in the thread that forks: the job thread or one of the job's) ------------------------
+    def _before_fork(self) -> None:
+        """Before a fork in this worker (the forking thread): hold SIGTERM and SIGINT back until the child has
+        its own handlers (see :meth:`_forked`), so that one sent at once is not lost to the worker's handler
+        (``Process.terminate()`` just after ``start()``).  Two system calls."""
+        self._fork_masks.old = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_SIGNALS)
+
+    def _after_fork(self) -> None:
+        """After a fork in this worker, in the worker (the forking thread): its signal mask back."""
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_masks.old)
+
+    def _forked(self) -> None:
+        """In a process forked from this worker, before anything else runs there (``os.register_at_fork``).
+
+        Runs in the child's one thread, the one that forked (the job thread, or
+        a thread the job started), and makes the child a process of its own,
+        as a ``ProcessPoolExecutor`` worker's child is: SIGTERM and SIGINT act
+        as in a fresh interpreter, and only then reach it (the worker's SIGTERM
+        handler, inherited, would only ask the child's copy of the main loop to
+        stop: the child outlived ``terminate()``, and a ``multiprocessing.Pool``
+        whose worker had missed its sentinel waited for it in ``join`` for
+        ever), and the job's task handle becomes the child's own
+        (:meth:`Task.forked`).  It touches no socket and takes no lock.
+        """
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        cur = self.current
+        if cur is not None:
+            cur[1].forked()
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_masks.old)
+
     # -- job thread ------------------------------------------------------------------
     def _kill_voices_and_call(self, fn: Any) -> bool:
         """Suspend the processor's voices, run ``fn`` here, resume (job thread)."""
@@ -351,7 +394,10 @@ class Worker(Child):
                 self.code.enter(d.cwd, look)
             if self._started is not None:
                 self._started.record(d.job_id)
-            done = _sendable(_run_one(d, task, self.arrays, self._set_up, self.fns), self.cfg.daemon.max_frame)
+            result = _run_one(d, task, self.arrays, self._set_up, self.fns)
+            if os.getpid() != self._pid:
+                _end_forked(result)
+            done = _sendable(result, self.cfg.daemon.max_frame)
             _flush_output()  # what the job printed is out before its result: in order, not at the worker's exit
             if d.cwd:
                 self.code.note_imports()
@@ -407,6 +453,17 @@ def _flush_output() -> None:
             stream.flush()
         except Exception:  # noqa: BLE001 - the job's own doing (closed, a broken pipe, None): nothing to write to
             pass
+
+
+def _end_forked(done: JobDone) -> NoReturn:
+    """End a process the job forked that returned from the job rather than end with ``os._exit`` (its thread).
+
+    It would otherwise run on as a second copy of the worker, sending on the
+    worker's ZeroMQ sockets (whose I/O threads it lacks) and taking its jobs.
+    Flushes what it printed; exits 0 if the job returned there, 1 if it raised.
+    """
+    _flush_output()
+    os._exit(0 if done.ok else 1)
 
 
 def _message(exc: BaseException) -> str:
