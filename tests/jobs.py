@@ -477,3 +477,90 @@ def unsendable_updates(task: Task) -> list[str]:
         except (TypeError, ValueError) as exc:
             said.append(type(exc).__name__)
     return said
+
+
+def pool_sum(n: int = 50) -> int:
+    """Sum ``abs`` over ``range(-n, n)`` in a ``multiprocessing.Pool(2)`` of the default start method (fork)."""
+    import multiprocessing
+
+    with multiprocessing.Pool(2) as pool:
+        return sum(pool.map(abs, range(-n, n)))
+
+
+def terminate_forked(how: str, seconds: float = 10.0) -> int | None:
+    """Fork a child that sleeps ``seconds``, SIGTERM it at once and return how it ended (-15: killed by it).
+
+    ``how``: ``"os"`` (``os.fork``) or ``"process"`` (``multiprocessing``'s fork
+    start method).  A child that survives SIGTERM sleeps its time out and ends 0.
+    """
+    import multiprocessing
+
+    if how == "process":
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(seconds,))
+        child.start()
+        child.terminate()
+        child.join(seconds + 30)
+        return child.exitcode
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(seconds)
+        os._exit(0)
+    os.kill(pid, signal.SIGTERM)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def task_in_forked_child(task: Task) -> list[Any]:
+    """Use the task handle in a child forked by the job; what the child saw (through a pipe), and the job's pid."""
+    import json
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        seen: list[Any] = []
+        try:
+            task.set_progress(0.5)
+            task.set_status_message("from the child")
+            seen.append(task.get_progress())
+            seen.append(in_mapping(task.empty(4)))
+            try:
+                seen.append(task.kill_voices_and_call(lambda: None))
+            except Exception as exc:  # noqa: BLE001 - reported to the job
+                seen.append(type(exc).__name__)
+            os.write(write_end, json.dumps(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        seen = json.loads(f.read())
+    os.waitpid(pid, 0)
+    return [seen, task.get_progress(), task.get_status_message()]
+
+
+def return_in_forked_child(task: Task, marker: str) -> str:
+    """Fork, and return from the job in both processes (the child should have called ``os._exit``).
+
+    The child creates ``marker`` (its pid) before it returns."""
+    pid = os.fork()
+    if pid == 0:
+        Path(marker + ".tmp").write_text(str(os.getpid()))
+        os.rename(marker + ".tmp", marker)
+        return "child"
+    os.waitpid(pid, 0)
+    return "parent"
+
+
+def wait_on_forked_children(pidfile: str, stubborn: bool = False) -> None:
+    """Fork two children that sleep for an hour (``stubborn``: ignoring SIGTERM), write their pids, wait on them."""
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            if stubborn:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(3600)
+            os._exit(0)
+        pids.append(pid)
+    Path(pidfile + ".tmp").write_text(" ".join(map(str, pids)))
+    os.rename(pidfile + ".tmp", pidfile)
+    for pid in pids:
+        os.waitpid(pid, 0)
