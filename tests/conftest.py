@@ -1,9 +1,13 @@
 """Shared fixtures: a real daemon in a private run directory, and leak checks.
 
-Every test that starts a daemon gets its own short run directory under the
+Every daemon a test starts gets its own short run directory under the
 session's temporary directory, ``/tmp/ens-s<pid>-*`` (unix socket paths are
-limited to ~100 characters), and its own state directory.  At the end of the session no child process, no ``ensemble.*``
-shared-memory segment and no socket file may remain.
+limited to ~100 characters), and its own state directory.  Tests that kill,
+stop or reconfigure a daemon start their own (``daemon``, ``make_daemon``);
+tests that only submit jobs and read state share one per module
+(``module_daemon``, ``shared_daemon``) to keep the suite fast.  After every
+test no child process, no ``ensemble.*`` shared-memory segment and no
+private daemon's directory of its own may remain.
 """
 
 from __future__ import annotations
@@ -191,9 +195,7 @@ class Daemon:
 
     def down(self) -> None:
         """Stop the daemon in order (also closes clients made by :meth:`client`), as ``ensemble down`` does."""
-        for c in self._clients:
-            c.close()
-        self._clients.clear()
+        self.close_clients()
         from actors._rundir import RunDir
         from actors.client import Client
 
@@ -210,6 +212,12 @@ class Daemon:
         self._clients.append(c)
         return c
 
+    def close_clients(self) -> None:
+        """Close every client made by :meth:`client` (and the shared memory they hold)."""
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+
     def status(self) -> Any:
         """``status`` through a fresh client."""
         from actors.client import Client
@@ -223,9 +231,7 @@ class Daemon:
 
     def cleanup(self) -> None:
         """Make sure nothing of this daemon survives the test."""
-        for c in self._clients:
-            c.close()
-        self._clients.clear()
+        self.close_clients()
         run = self.base / "run"
         if (run / "daemon.lock").exists():
             if self.pid and pid_alive(self.pid):
@@ -305,6 +311,40 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     d = make_daemon()
     d.up()
     return d
+
+
+def running_daemon(base: Path, **kwargs: Any) -> Iterator[Daemon]:
+    """A module fixture's body: ``Daemon(base, **kwargs)`` up, yielded, then stopped and ``base`` removed."""
+    d = Daemon(base, **kwargs)
+    try:
+        d.up()
+        yield d
+    finally:
+        d.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def module_daemon() -> Iterator[Daemon]:
+    """A running daemon (2 workers, fast heartbeats) shared by one test module's well-behaved tests.
+
+    For tests that only submit jobs, load scripts and read state: a test that
+    kills, stops, scales or reconfigures a daemon takes ``daemon`` or
+    ``make_daemon`` (a daemon of its own).  Clients it makes stay open until
+    the module ends; :func:`shared_daemon` closes them after each test.
+    """
+    yield from running_daemon(Path(tempfile.mkdtemp(prefix="ens-m")))
+
+
+@pytest.fixture
+def shared_daemon(module_daemon: Daemon) -> Iterator[Daemon]:
+    """The module's daemon, with the clients this test made closed at its end.
+
+    For tests that hold shared memory through their clients: the leak check
+    (:func:`no_leaks`) runs after this teardown and sees every segment freed.
+    """
+    yield module_daemon
+    module_daemon.close_clients()
 
 
 _SESSION_KEYS: set[str] = set()  # shm keys of the daemons this test session made

@@ -25,8 +25,7 @@ import click
 import numpy as np
 import pytest
 
-from tests.actors.conftest import running_daemon
-from tests.conftest import ROOT, Daemon, wait_for
+from tests.conftest import ROOT, Daemon, running_daemon, wait_for
 
 JOBS = '''
 import time

@@ -1,9 +1,18 @@
-"""A parameter value the script would refuse is refused to the caller of ``param set``, never acknowledged."""
+"""A parameter value the script would refuse is refused to the caller of ``param set``, never acknowledged.
+
+Most tests share one daemon: each loads the script from a path of its own
+(``tmp_path``), so that no value another test saved is restored, and reads
+only its own script's saved state and the log lines written since it began.
+The tests that assert a parameter's default take a daemon of their own: a
+controller keeps the values the script before it had for parameters of the
+same name.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -21,63 +30,93 @@ define_parameter("on", "On", False)
 '''
 
 
-def _loaded(d: Daemon) -> Any:
-    script = d.base / "params.py"
-    script.write_text(SCRIPT)
+@pytest.fixture
+def daemon(shared_daemon: Daemon) -> Daemon:
+    """The module's daemon (this module's tests only load scripts and set their parameters)."""
+    return shared_daemon
+
+
+@pytest.fixture
+def own_daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    """A daemon of the test's own, whose controller has run no script before (every parameter at its default)."""
+    d = make_daemon()
+    d.up()
+    return d
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    """This test's own copy of :data:`SCRIPT` (the daemon saves parameter values per script path)."""
+    path = tmp_path / "params.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+@pytest.fixture
+def new_log(daemon: Daemon) -> Callable[[], str]:
+    """The daemon's log as written since this test began."""
+    log = daemon.base / "state" / "daemon.log"
+    start = log.stat().st_size
+    return lambda: log.read_bytes()[start:].decode(errors="replace")
+
+
+def _loaded(d: Daemon, script: Path) -> Any:
     c = d.client()
-    c.load_script(str(script))
+    c.load_script(str(script), wait=60)  # ready: the parameters listed are this script's, not the test's before
     wait_for(lambda: {p.name for p in c.params()} == {"gain", "count", "mode", "on"}, what="the script's parameters")
     return c
 
 
-def _refused(d: Daemon, name: str, value: str, reason: str) -> None:
-    """``ensemble param set NAME VALUE`` fails with ``reason`` and does not claim the value was set."""
+def _refused(d: Daemon, name: str, value: str, *reasons: str) -> None:
+    """``ensemble param set NAME VALUE`` fails saying each of ``reasons`` and does not claim the value was set."""
     proc = d.cli("param", "set", "--", name, value, check=False)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    assert reason in proc.stderr, proc.stderr
+    assert all(reason in proc.stderr for reason in reasons), proc.stderr
     assert f"{name} = " not in proc.stdout
 
 
-def _log(d: Daemon) -> str:
-    return (d.base / "state" / "daemon.log").read_text()
-
-
-def _state(d: Daemon) -> str:
+def _state(d: Daemon, script: Path) -> str:
+    """What the daemon saved for ``script`` (its entry in ``script-state.json``, as JSON text; "" when none)."""
     path = d.base / "state" / "script-state.json"
-    return path.read_text() if path.exists() else ""
+    if not path.exists():
+        return ""
+    entry = json.loads(path.read_text()).get(str(script.resolve()))  # written whole (renamed over the old one)
+    return json.dumps(entry) if entry is not None else ""
 
 
-def test_a_float_parameter_refuses_nan_and_infinity(daemon: Daemon) -> None:
-    c = _loaded(daemon)
+def test_a_float_parameter_refuses_nan_and_infinity(daemon: Daemon, script: Path) -> None:
+    c = _loaded(daemon, script)
     for text in ("NaN", "Infinity", "-Infinity", "1e999"):
         _refused(daemon, "gain", text, "a parameter value must be a finite number")
     with pytest.raises(OutOfRange, match="finite"):
         c.set_param("gain", float("nan"))
     daemon.cli("param", "set", "gain", "0.25")
     wait_for(lambda: c.get_param("gain") == 0.25, what="a good value to be applied")
-    wait_for(lambda: '"gain": 0.25' in _state(daemon), what="the good value to be persisted")
-    assert "NaN" not in _state(daemon) and "Infinity" not in _state(daemon)
+    wait_for(lambda: '"gain": 0.25' in _state(daemon, script), what="the good value to be persisted")
+    assert "NaN" not in _state(daemon, script) and "Infinity" not in _state(daemon, script)
 
 
-def test_an_int_parameter_refuses_what_is_no_int_in_range_without_an_internal_error(daemon: Daemon) -> None:
-    c = _loaded(daemon)
+def test_an_int_parameter_refuses_what_is_no_int_in_range_without_an_internal_error(
+        daemon: Daemon, script: Path, new_log: Callable[[], str]) -> None:
+    c = _loaded(daemon, script)
     _refused(daemon, "count", "1e999", "a parameter value must be a finite number")
     _refused(daemon, "count", "2.5", "an int parameter takes a whole number")
     _refused(daemon, "count", str(2**63), "an int parameter must fit in 64 bits")
     _refused(daemon, "count", "17", "outside 0..16")
-    assert "request-failed" not in _log(daemon) and "internal error" not in _log(daemon)
+    assert "request-failed" not in new_log() and "internal error" not in new_log()
     daemon.cli("param", "set", "count", "7")
     wait_for(lambda: c.get_param("count") == 7, what="a good value to be applied")
 
 
-def test_a_choice_parameter_refuses_a_value_it_does_not_offer(daemon: Daemon) -> None:
-    c = _loaded(daemon)
+def test_a_choice_parameter_refuses_a_value_it_does_not_offer(daemon: Daemon, script: Path,
+                                                              new_log: Callable[[], str]) -> None:
+    c = _loaded(daemon, script)
     _refused(daemon, "mode", "bogus", "'bogus' is not one of ['a', 'b']")
     with pytest.raises(OutOfRange, match="is not one of"):
         c.set_param("mode", 1)
     assert daemon.cli("param", "set", "mode", "b").stdout.strip() == 'mode = "b"'
     wait_for(lambda: c.get_param("mode") == "b", what="an offered value to be applied")
-    assert "script-error" not in _log(daemon)  # the controller never had a value to refuse
+    assert "script-error" not in new_log()  # the controller never had a value to refuse
 
 
 def test_a_choice_of_numbers_does_not_take_true_for_1_and_gives_back_the_choice_itself() -> None:
@@ -94,32 +133,32 @@ def test_a_choice_of_numbers_does_not_take_true_for_1_and_gives_back_the_choice_
         flags.coerce(1)
 
 
-def test_a_bool_parameter_takes_true_or_false_and_their_spellings_only(daemon: Daemon) -> None:
-    c = _loaded(daemon)
+def test_a_bool_parameter_takes_true_or_false_and_their_spellings_only(own_daemon: Daemon, script: Path) -> None:
+    c = _loaded(own_daemon, script)
     accepts = "a bool parameter takes true or false (or 1/0, yes/no, on/off)"
     for text in ("maybe", "[]", "2", "0.5", '""', "null"):
-        _refused(daemon, "on", text, f"parameter 'on': ")
-        _refused(daemon, "on", text, accepts)
-    _refused(daemon, "on", "maybe", "'maybe' is not a valid bool")
+        _refused(own_daemon, "on", text, "parameter 'on': ", accepts)
+    _refused(own_daemon, "on", "maybe", "'maybe' is not a valid bool")
     with pytest.raises(OutOfRange, match="is not a valid bool"):
         c.set_param("on", [])
-    assert not c.get_param("on") and '"on"' not in _state(daemon)  # nothing refused was stored
+    assert not c.get_param("on") and '"on"' not in _state(own_daemon, script)  # nothing refused was stored
     for text, value in (("on", True), ("NO", False), ("1", True), ("false", False), ("Yes", True)):
-        assert daemon.cli("param", "set", "on", text).stdout.strip() == f"on = {str(value).lower()}"
+        assert own_daemon.cli("param", "set", "on", text).stdout.strip() == f"on = {str(value).lower()}"
         wait_for(lambda: c.get_param("on") is value, what=f"{text} to be applied as {value}")
 
 
-def test_a_number_parameter_refuses_true_and_false(daemon: Daemon) -> None:
-    c = _loaded(daemon)
-    _refused(daemon, "count", "true", "int parameters take a number, not true or false")
-    _refused(daemon, "gain", "false", "float parameters take a number, not true or false")
+def test_a_number_parameter_refuses_true_and_false(own_daemon: Daemon, script: Path) -> None:
+    c = _loaded(own_daemon, script)
+    _refused(own_daemon, "count", "true", "int parameters take a number, not true or false")
+    _refused(own_daemon, "gain", "false", "float parameters take a number, not true or false")
     with pytest.raises(OutOfRange, match="not true or false"):
         c.set_param("count", True)
     assert c.get_param("count") == 3 and c.get_param("gain") == 0.5
 
 
-def test_param_set_prints_the_value_the_parameter_takes_as_param_get_prints_it(daemon: Daemon) -> None:
-    c = _loaded(daemon)
+def test_param_set_prints_the_value_the_parameter_takes_as_param_get_prints_it(daemon: Daemon,
+                                                                              script: Path) -> None:
+    c = _loaded(daemon, script)
     assert daemon.cli("param", "set", "gain", "1").stdout.strip() == "gain = 1.0"
     assert daemon.cli("param", "set", "count", "4.0").stdout.strip() == "count = 4"
     assert daemon.cli("param", "set", "on", "on").stdout.strip() == "on = true"
@@ -139,9 +178,9 @@ def test_param_set_prints_the_value_the_parameter_takes_as_param_get_prints_it(d
     ('define_parameter("x", default=1.0)\ndefine_parameter("x", default=2.0)',
      "parameter 'x' is defined twice"),
 ])
-def test_a_parameter_that_could_never_be_set_fails_the_load_naming_it(daemon: Daemon, definitions: str,
-                                                                       reason: str) -> None:
-    script = daemon.base / "bad_params.py"
+def test_a_parameter_that_could_never_be_set_fails_the_load_naming_it(daemon: Daemon, tmp_path: Path,
+                                                                       definitions: str, reason: str) -> None:
+    script = tmp_path / "bad_params.py"
     script.write_text(f"from controller.script import define_parameter\n{definitions}\n")
     out = daemon.cli("load", str(script), check=False)
     assert out.returncode == 1 and reason in out.stderr and "ValueError" in out.stderr, out.stderr
