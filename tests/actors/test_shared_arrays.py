@@ -1,4 +1,8 @@
-"""Numpy arrays in jobs: shared memory instead of the socket, and no segment left behind."""
+"""Numpy arrays in jobs: shared memory instead of the socket, and no segment left behind.
+
+The tests share the module's daemon: each counts only the segments that
+appeared since it began, and its clients are closed after it (``shared_daemon``).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ def _ours(d: Daemon) -> set[str]:
     return {p for p in os.listdir("/dev/shm") if p.startswith(f"ensemble.{d.config.shm_key}.")}
 
 
-def test_large_arguments_and_results_cross_through_shared_memory(daemon: Daemon) -> None:
-    c = daemon.client()
+def test_large_arguments_and_results_cross_through_shared_memory(shared_daemon: Daemon) -> None:
+    c = shared_daemon.client()
     a = np.arange(1_000_000, dtype=np.float64)  # 8 MB: over the inline limit
     r = c.submit("tests.jobs:scale_array", a, 2.0).result(60)
     assert isinstance(r, np.ndarray) and r.shape == a.shape and np.array_equal(r, a * 2)
@@ -23,8 +27,8 @@ def test_large_arguments_and_results_cross_through_shared_memory(daemon: Daemon)
     assert small.tolist() == [3.0, 3.0, 3.0, 3.0]
 
 
-def test_runtime_allocated_arrays_cross_by_handle_and_are_written_in_place(daemon: Daemon) -> None:
-    c = daemon.client()
+def test_runtime_allocated_arrays_cross_by_handle_and_are_written_in_place(shared_daemon: Daemon) -> None:
+    c = shared_daemon.client()
     s = c.empty(1_000_000, "float64")
     s[:] = 1.0
     r = c.submit("tests.jobs:double_in_place", s).result(60)
@@ -34,44 +38,45 @@ def test_runtime_allocated_arrays_cross_by_handle_and_are_written_in_place(daemo
     assert made.dtype == np.float32 and made.shape == (2_000_000,) and float(made[-1]) == 1.5
 
 
-def test_segments_are_released_when_the_client_closes(daemon: Daemon) -> None:
-    before = _ours(daemon)
-    c = daemon.client()
+def test_segments_are_released_when_the_client_closes(shared_daemon: Daemon) -> None:
+    before = _ours(shared_daemon)
+    c = shared_daemon.client()
     for _ in range(3):  # the pool reuses one segment for the same size
         c.submit("tests.jobs:scale_array", np.ones(500_000), 1.0).result(60)
     s = c.empty(1000)
-    mid = _ours(daemon) - before
+    mid = _ours(shared_daemon) - before
     assert s.shared_handle.name in mid
     assert len([n for n in mid if n != s.shared_handle.name]) == 1  # one pooled argument segment
     c.close()
-    assert _ours(daemon) - before == set()
+    assert _ours(shared_daemon) - before == set()
 
 
-def test_an_argument_returned_as_the_result_goes_back_to_the_pool_when_dropped(daemon: Daemon) -> None:
+def test_an_argument_returned_as_the_result_goes_back_to_the_pool_when_dropped(shared_daemon: Daemon) -> None:
     import gc
 
-    before = _ours(daemon)
-    c = daemon.client()
+    before = _ours(shared_daemon)
+    c = shared_daemon.client()
     a = np.arange(1_000_000, dtype=np.float64)
     r = c.submit("tests.jobs:double_in_place", a).result(60)  # returns its (pooled) argument
     assert np.array_equal(r, a * 2) and not np.shares_memory(r, a)
-    lent = _ours(daemon) - before
+    lent = _ours(shared_daemon) - before
     del r
     gc.collect()
     for _ in range(3):  # the same pooled segment serves every later submit: no new segment appears
         assert float(c.submit("tests.jobs:double_in_place", a).result(60)[7]) == 14.0
         gc.collect()
-    assert _ours(daemon) - before == lent
+    assert _ours(shared_daemon) - before == lent
     c.close()
-    assert _ours(daemon) - before == set()
+    assert _ours(shared_daemon) - before == set()
 
 
-def test_an_executor_s_arrays_keep_shared_memory_and_everything_around_them_keeps_its_type(daemon: Daemon) -> None:
+def test_an_executor_s_arrays_keep_shared_memory_and_everything_around_them_keeps_its_type(
+        shared_daemon: Daemon) -> None:
     from actors.client import Executor
 
-    before = _ours(daemon)
+    before = _ours(shared_daemon)
     big = np.arange(1_000_000, dtype=np.float64)  # 8 MB: over the inline limit
-    with Executor(config=daemon.config) as ex:
+    with Executor(config=shared_daemon.config) as ex:
         kind, shared, rest, doubled, total = ex.submit(jobs.array_origin, big, (1, 2), {"k": frozenset({3})}).result(60)
         # the argument came through shared memory as a plain array; the tuple, dict and frozenset stayed themselves
         assert (kind, shared) == ("ndarray", True)
@@ -85,11 +90,11 @@ def test_an_executor_s_arrays_keep_shared_memory_and_everything_around_them_keep
         ex.conn.arrays.free(s)
         zero_d = ex.submit(jobs.fill_sevens, np.zeros(())).result(60)
         assert zero_d.shape == () and float(zero_d) == 7.0
-    assert _ours(daemon) - before == set()
+    assert _ours(shared_daemon) - before == set()
 
 
-def test_results_derived_from_a_shared_argument_cross_the_messagepack_path(daemon: Daemon) -> None:
-    c = daemon.client()
+def test_results_derived_from_a_shared_argument_cross_the_messagepack_path(shared_daemon: Daemon) -> None:
+    c = shared_daemon.client()
     a = np.ones(1_000_000)
     kind, shared, rest, doubled, total = c.submit("tests.jobs:array_origin", a, 5).result(60)
     # a * 2 and a.sum() of a shared argument are arrays of the shared subclass: they come back as plain ones
