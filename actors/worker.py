@@ -29,6 +29,7 @@ import pickle
 import itertools
 import logging
 import queue
+import re
 import signal
 import sys
 import threading
@@ -428,6 +429,11 @@ class Worker(Child):
             except BaseException as exc:  # noqa: BLE001 - as ProcessPoolExecutor: the pool is broken
                 from concurrent.futures.process import BrokenProcessPool
 
+                # as the pool's worker logs it: on the worker's stderr (a private daemon's is the caller's)
+                print(f"Exception in initializer {callables.label(init)}:", file=sys.stderr)
+                traceback.print_exc()
+                _flush_output()
+
                 raise BrokenProcessPool(f"the executor's initializer {callables.label(init)} raised "
                                         f"{type(exc).__name__}: {exc}") from exc
         self.setups[setup.key] = 0
@@ -464,6 +470,24 @@ def _end_forked(done: JobDone) -> NoReturn:
     """
     _flush_output()
     os._exit(0 if done.ok else 1)
+
+
+_ARG_COUNT = re.compile(r"^(\S+\(\) takes )(?:from (\d+) to )?(\d+)( positional arguments?)"
+                        r"(?: \(and .*\))?( but )(\d+)( (?:was|were) given)$")
+
+
+def _uncount_task(exc: TypeError) -> None:
+    """Python counts the task handle among a job function's positional arguments (``add() takes 3 positional
+    arguments but 4 were given`` for ``add(task, a, b)`` given three): the message, in place, counts the
+    caller's only."""
+    m = _ARG_COUNT.match(str(exc)) if len(exc.args) == 1 else None
+    if m is None:
+        return
+    low, high, given = (None if m[2] is None else int(m[2]) - 1), int(m[3]) - 1, int(m[6]) - 1
+    takes = f"from {low} to {high}" if low is not None else str(high)
+    noun = "argument" if high == 1 and low is None else "arguments"
+    verb = "was" if given == 1 else "were"
+    exc.args = (f"{m[1]}{takes} positional {noun} after the task handle but {given} {verb} given",)
 
 
 def _message(exc: BaseException) -> str:
@@ -527,7 +551,12 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             value = [fn(task, *a) for a in zip(*payload)] if with_task else list(map(fn, *payload))
         else:
             args, kwargs = payload
-            value = fn(task, *args, **kwargs) if with_task else fn(*args, **kwargs)
+            try:
+                value = fn(task, *args, **kwargs) if with_task else fn(*args, **kwargs)
+            except TypeError as exc:
+                if with_task and exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                    _uncount_task(exc)  # the call itself failed (the arguments did not fit), not the function
+                raise
         if d.pickled:  # big arrays in the result leave the pickle and cross through shared memory
             value = dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit))
             if type(value) is list:

@@ -73,3 +73,18 @@ def test_the_command_line_submits_a_module_of_the_directory_it_runs_in(daemon: A
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "49"
+
+
+def test_a_wrong_argument_count_is_told_in_the_caller_s_arguments_not_counting_the_task(daemon: Any) -> None:
+    """``add(task, a, b)`` given three: Python says "takes 3 ... but 4 were given", counting the task handle the
+    caller never passed; the message counts the caller's arguments. A TypeError the function raises is its own."""
+    import pytest
+
+    c = daemon.client()
+    with pytest.raises(TypeError, match=r"^add\(\) takes 2 positional arguments after the task handle but 3 were "
+                                        r"given$"):
+        c.submit("examples.jobs:add", 1, 2, 3).result(60)
+    with pytest.raises(TypeError, match=r"^add\(\) missing 1 required positional argument: 'b'$"):
+        c.submit("examples.jobs:add", 1).result(60)
+    with pytest.raises(TypeError, match="unsupported operand"):  # raised inside add: untouched
+        c.submit("examples.jobs:add", 1, "x").result(60)
