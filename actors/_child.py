@@ -137,7 +137,10 @@ class Child:
     def run(self) -> int:
         """Main loop: returns the process exit code."""
         signal.signal(signal.SIGTERM, lambda *_: self._request_stop("SIGTERM"))
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # a Ctrl-C is the daemon's to act on (it stops its children in order): caught and dropped here, not
+        # ignored, since an ignored signal stays ignored through exec: a job's subprocess (`jack_rec`, ffmpeg)
+        # would ignore the SIGINT that asks it to stop
+        signal.signal(signal.SIGINT, _dropped)
         for s in self.extra_sockets():
             self.poller.register(s, zmq.POLLIN)
         self.send(Hello(self.role, self.name, os.getpid(), self.resources))
@@ -206,6 +209,10 @@ class Child:
                 self._request_stop(msg.reason or "stop")
                 continue
             self.handle(msg)
+
+
+def _dropped(signum: int, frame: Any) -> None:
+    """The children's SIGINT handler: nothing (see :meth:`Child.run`)."""
 
 
 def _deliver_and_term(ctx: zmq.Context[Any], timeout: float) -> None:

@@ -564,3 +564,11 @@ def wait_on_forked_children(pidfile: str, stubborn: bool = False) -> None:
     os.rename(pidfile + ".tmp", pidfile)
     for pid in pids:
         os.waitpid(pid, 0)
+
+
+def subprocess_ignored_signals() -> int:
+    """A plain function: the mask of signals a subprocess it starts ignores (SigIgn of /proc/PID/status)."""
+    import subprocess
+
+    out = subprocess.run(["sh", "-c", "grep SigIgn /proc/$$/status"], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[1], 16)

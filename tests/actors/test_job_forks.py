@@ -10,6 +10,7 @@ its test instead of stalling the suite.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,14 @@ def test_a_child_forked_by_a_job_dies_of_sigterm(module_daemon: Daemon, how: str
     """As any process does: the worker's own SIGTERM handler is not the child's."""
     c = module_daemon.client()
     assert c.submit(jobs.terminate_forked, how, deadline=_DEADLINE).result(_DEADLINE + 30) == -15
+
+
+def test_a_job_s_subprocess_does_not_ignore_sigint(module_daemon: Daemon) -> None:
+    """An ignored signal stays ignored through exec: a worker that ignored SIGINT gave every program a job ran
+    (`jack_rec`, ffmpeg) a SIGINT that could not stop it; the worker catches it instead."""
+    c = module_daemon.client()
+    ignored = c.submit(jobs.subprocess_ignored_signals, deadline=_DEADLINE).result(_DEADLINE + 30)
+    assert not ignored & (1 << (signal.SIGINT - 1)), hex(ignored)
 
 
 def test_the_task_handle_in_a_forked_child_is_the_childs_own(module_daemon: Daemon) -> None:
