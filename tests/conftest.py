@@ -123,10 +123,15 @@ def fd_targets(pid: int) -> list[str]:
 
 
 class Daemon:
-    """A daemon started for one test as ``ensemble up`` / ``down`` do (the CLI's own functions, see :meth:`up`)."""
+    """A daemon started for one test as ``ensemble up`` / ``down`` do (the CLI's own functions, see :meth:`up`).
+
+    ``jobs_only``: no audio, controller or panel (``[daemon] extensions = []``,
+    as an Executor's private daemon runs), for tests of jobs and workers; it is
+    ready in a third of the time, without a processor and a controller to start.
+    """
 
     def __init__(self, base: Path, name: str = "t", workers: int = 2, extra_env: dict[str, str] | None = None,
-                 config_text: str = "") -> None:
+                 config_text: str = "", jobs_only: bool = False) -> None:
         self.base = base
         self.env = dict(os.environ)
         self.env.update({
@@ -139,6 +144,8 @@ class Daemon:
             "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "2.0",
             "PYTHONPATH": str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", ""),
         })
+        if jobs_only:
+            self.env["ENSEMBLE_EXTENSIONS"] = ""
         self.env.update(extra_env or {})
         if config_text:
             cfg_file = base / "ensemble.toml"

@@ -160,7 +160,7 @@ def test_updates_a_client_could_not_receive_fail_in_the_job_not_the_worker(modul
 
 
 def test_an_exception_whose_str_raises_fails_its_job_and_the_worker_goes_on(make_daemon: Make) -> None:
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     c = d.client()
     bad = c.submit("tests.jobs:raise_unprintable")
@@ -243,7 +243,7 @@ def test_ignoring_job_and_its_sigterm_proof_grandchild_are_killed(module_daemon:
 
 def test_gap_between_should_abort_calls_is_recorded_as_stalled(module_daemon: Daemon) -> None:
     c = module_daemon.client()
-    job = c.submit("tests.jobs:stall_after_check", 1.0, grace=0.2)
+    job = c.submit("tests.jobs:stall_after_check", 0.6, grace=0.2)  # away 3 times the 200 ms
     wait_for(lambda: "stalled" in kinds(job), 30, what="a stalled event while the job runs")
     assert job.result(30) == "ok"
     stalled = [e for e in job.events() if e[1] == "stalled"]
@@ -259,7 +259,7 @@ def test_no_stalled_event_for_a_job_that_checks_often(module_daemon: Daemon) -> 
 
 
 def test_deadline_aborts_a_polite_job_with_job_timeout(module_daemon: Daemon) -> None:
-    job = module_daemon.client().submit("tests.jobs:polite", 120, deadline=1.0)
+    job = module_daemon.client().submit("tests.jobs:polite", 120, deadline=0.5)
     with pytest.raises(JobTimeout, match="deadline"):
         job.result(30)
     info = job.wait(1)
@@ -268,7 +268,7 @@ def test_deadline_aborts_a_polite_job_with_job_timeout(module_daemon: Daemon) ->
 
 
 def test_deadline_kills_a_job_that_ignores_it(module_daemon: Daemon) -> None:
-    job = module_daemon.client().submit("tests.jobs:stubborn", deadline=1.0, grace=0.2)
+    job = module_daemon.client().submit("tests.jobs:stubborn", deadline=0.5, grace=0.2)
     with pytest.raises(JobTimeout, match="killed: deadline"):
         job.result(30)
     assert job.state == "killed" and {"abort", "killed"} <= set(kinds(job))
@@ -334,19 +334,19 @@ def run_priority_plan(d: Daemon, tmp_path: Path) -> list[str]:
 
 def test_priority_runs_higher_first_and_fifo_within_a_priority(make_daemon: Make, tmp_path: Path) -> None:
     # window 1: the busy worker holds no prefetched jobs, so the daemon's queue alone decides the order
-    d = make_daemon(workers=1, extra_env={"ENSEMBLE_JOBS_WINDOW": "1"})
+    d = make_daemon(jobs_only=True, workers=1, extra_env={"ENSEMBLE_JOBS_WINDOW": "1"})
     d.up()
     assert run_priority_plan(d, tmp_path) == ["e", "g", "b", "d", "a", "c", "f"]
 
 
 def test_priority_holds_with_the_default_window(make_daemon: Make, tmp_path: Path) -> None:
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     assert run_priority_plan(d, tmp_path) == ["e", "g", "b", "d", "a", "c", "f"]
 
 
 def test_queue_full_is_a_clear_error(make_daemon: Make, tmp_path: Path) -> None:
-    d = make_daemon(workers=1, extra_env={"ENSEMBLE_JOBS_QUEUE_LIMIT": "3"})
+    d = make_daemon(jobs_only=True, workers=1, extra_env={"ENSEMBLE_JOBS_QUEUE_LIMIT": "3"})
     d.up()
     c = d.client()
     go = str(tmp_path / "go")
@@ -365,7 +365,7 @@ def test_queue_full_is_a_clear_error(make_daemon: Make, tmp_path: Path) -> None:
 def test_a_listing_of_big_results_fits_its_frame(make_daemon: Make) -> None:
     """Three results of 1.5 MB under a 4 MiB frame limit: the listing leaves the biggest results out, saying
     so, instead of failing (two 40 MB results broke every `ensemble jobs` until they were pruned)."""
-    d = make_daemon(workers=1, extra_env={"ENSEMBLE_MAX_FRAME": str(4 << 20)})
+    d = make_daemon(jobs_only=True, workers=1, extra_env={"ENSEMBLE_MAX_FRAME": str(4 << 20)})
     d.up()
     c = d.client()
     big = [c.submit("examples.jobs:echo", str(i) * 1_500_000) for i in range(3)]
@@ -380,7 +380,7 @@ def test_a_listing_of_big_results_fits_its_frame(make_daemon: Make) -> None:
 
 # --------------------------------------------------------------------------------- worker deaths
 def test_retry_after_a_worker_death(make_daemon: Make, tmp_path: Path) -> None:
-    d = make_daemon()
+    d = make_daemon(jobs_only=True)
     d.up()
     c = d.client()
     retried = c.submit("tests.jobs:crash_once", str(tmp_path / "m1"), retries=1)
@@ -407,8 +407,8 @@ def test_retry_after_a_worker_death(make_daemon: Make, tmp_path: Path) -> None:
 def test_a_job_that_keeps_killing_its_worker_spends_its_retries_not_the_workers_restarts(make_daemon: Make) -> None:
     """Deaths under a job are bounded by its retries: they never make the daemon give up on its only worker
     (which failed everyone's queued jobs with BrokenProcessPool and refused every later submit)."""
-    d = make_daemon(workers=1, extra_env={"ENSEMBLE_SUPERVISION_MAX_RESTARTS": "2",
-                                          "ENSEMBLE_SUPERVISION_RESTART_PERIOD": "600"})
+    d = make_daemon(jobs_only=True, workers=1, extra_env={"ENSEMBLE_SUPERVISION_MAX_RESTARTS": "2",
+                                                          "ENSEMBLE_SUPERVISION_RESTART_PERIOD": "600"})
     d.up()
     c = d.client()
     always = c.submit("tests.jobs:crash", retries=4)  # five deaths, more than the two restarts allowed
@@ -424,7 +424,7 @@ def test_a_job_that_keeps_killing_its_worker_spends_its_retries_not_the_workers_
 def test_a_job_that_exits_its_worker_with_code_0_is_lost_without_stalling_the_daemon(make_daemon: Make) -> None:
     """An exit 0 nobody asked for (a job's os._exit(0)) is not an orderly leave: the daemon does not wait seconds,
     its loop stalled, for a goodbye that never comes (it did, 2 s a time: every client waited)."""
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     c = d.client()
     job = c.submit("tests.jobs:exit_0")
@@ -440,7 +440,7 @@ def test_a_job_that_exits_its_worker_with_code_0_is_lost_without_stalling_the_da
 
 @pytest.mark.slow  # restarts or waits out a detection timeout: run by .ci/run's slow pass (default suite < 5 min)
 def test_a_silent_worker_running_a_job_is_detected_by_heartbeat(make_daemon: Make, tmp_path: Path) -> None:
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     c = d.client()
     job = c.submit("tests.jobs:polite", 120)
@@ -461,7 +461,7 @@ def test_a_silent_worker_running_a_job_is_detected_by_heartbeat(make_daemon: Mak
 
 @pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
 def test_down_aborts_running_jobs_and_kills_those_that_ignore_it(make_daemon: Make) -> None:
-    d = make_daemon()
+    d = make_daemon(jobs_only=True)
     d.up()
     c = d.client()
     polite = c.submit("tests.jobs:polite", 120)
@@ -490,7 +490,7 @@ def test_results_held_back_for_a_batch_are_not_kept_waiting_by_a_long_job(make_d
     long, they leave without it (here it waits until the test has them: held behind it, they never would)."""
     from actors.client import make_spec
 
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     c = d.client()
     go = tmp_path / "go"
