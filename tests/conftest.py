@@ -320,6 +320,14 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return d
 
 
+@pytest.fixture
+def jobs_daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    """A running jobs-only daemon (no audio, controller or panel) with 2 workers, for a test of jobs alone."""
+    d = make_daemon(jobs_only=True)
+    d.up()
+    return d
+
+
 def running_daemon(base: Path, **kwargs: Any) -> Iterator[Daemon]:
     """A module fixture's body: ``Daemon(base, **kwargs)`` up, yielded, then stopped and ``base`` removed."""
     d = Daemon(base, **kwargs)

@@ -38,11 +38,11 @@ def test_a_running_job_is_left_to_run(module_daemon: Daemon, tmp_path: Path) -> 
     assert job.wait(60).state == "done" and job.result() == "released"
 
 
-def test_a_queued_or_waiting_job_is_cancelled_and_never_runs(daemon: Daemon, tmp_path: Path) -> None:
+def test_a_queued_or_waiting_job_is_cancelled_and_never_runs(jobs_daemon: Daemon, tmp_path: Path) -> None:
     """Both workers busy: the jobs behind them wait, in the daemon's queue or already in a worker's line.
 
     A new daemon (no job run time measured yet) hands each worker a few jobs ahead."""
-    c = daemon.client()
+    c = jobs_daemon.client()
     blockers = [_gate_job(c, tmp_path, f"b{i}") for i in range(2)]
     wait_for(lambda: all(b.state == "running" for b, _ in blockers), 60, what="both workers busy")
     ran = tmp_path / "ran"
@@ -116,7 +116,7 @@ def test_a_cancel_waiting_for_a_dead_worker_s_recall_is_answered_when_it_dies(ma
 
     from tests.conftest import pid_alive
 
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     c = d.client()
     blocker, _ = _gate_job(c, tmp_path, "b")  # never opened: the worker dies running it

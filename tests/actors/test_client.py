@@ -243,7 +243,7 @@ def test_1000_jobs_from_4_concurrent_clients_complete_exactly_once(module_daemon
 
 # --------------------------------------------------------------------------------- limits and failures
 def test_oversize_payload_is_refused_on_the_client_side(make_daemon: Make) -> None:
-    d = make_daemon(extra_env={"ENSEMBLE_MAX_FRAME": "65536"})
+    d = make_daemon(jobs_only=True, extra_env={"ENSEMBLE_MAX_FRAME": "65536"})
     d.up()
     c = d.client()
     with pytest.raises(ProtocolError, match="over the daemon's frame limit of 65536"):
@@ -267,7 +267,7 @@ def test_no_daemon_and_closed_client_are_clear_errors(tmp_path: Path, module_dae
 
 
 def test_an_unresponsive_daemon_is_a_transport_error(make_daemon: Make) -> None:
-    d = make_daemon()
+    d = make_daemon(jobs_only=True)
     d.up()
     c = d.client(timeout=0.3)
     os.kill(d.pid, signal.SIGSTOP)
@@ -283,7 +283,7 @@ def test_cancelled_executor_futures_log_nothing_alarming(module_daemon: Daemon,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("DEBUG", logger="concurrent.futures"):
         ex = Executor(config=module_daemon.config)
-        futures = [ex.submit(jobs.plain_sleep, 2.0) for _ in range(20)]
+        futures = [ex.submit(jobs.plain_sleep, 0.5) for _ in range(20)]  # 5 s of work on 2 workers: most cancelled
         ex.shutdown(wait=True, cancel_futures=True)  # (those that started run to their end, as the pool's)
     assert all(f.cancelled() or f.done() for f in futures)
     assert not [r for r in caplog.records if "unexpected state" in r.getMessage()]

@@ -23,9 +23,9 @@ def ex(module_daemon: Any) -> Any:
 
 
 @pytest.fixture
-def own_ex(daemon: Any) -> Any:
-    """An Executor on a daemon of the test's own, for tests that count every job's end state."""
-    e = Executor(config=daemon.config)
+def own_ex(jobs_daemon: Any) -> Any:
+    """An Executor on a (jobs-only) daemon of the test's own, for tests that count every job's end state."""
+    e = Executor(config=jobs_daemon.config)
     yield e
     e.shutdown(cancel_futures=True)
 
@@ -117,13 +117,14 @@ def _ended_without_interrupting(daemon: Any, tmp_path: Path, gates: list[Path], 
     assert len(list((tmp_path / "ran").iterdir())) == running
 
 
-def test_map_past_its_timeout_raises_timeout_error_and_cancels_the_rest(own_ex: Any, daemon: Any, tmp_path: Path) -> None:
+def test_map_past_its_timeout_raises_timeout_error_and_cancels_the_rest(own_ex: Any, jobs_daemon: Any,
+                                                                        tmp_path: Path) -> None:
     it, gates = _gated_map(own_ex, tmp_path, 5, timeout=1.0)
     assert next(it) > 0
     wait_for(lambda: len(list((tmp_path / "ran").iterdir())) == 3, 60, what="both workers to start a gated job")
     with pytest.raises(concurrent.futures.TimeoutError):
         next(it)
-    _ended_without_interrupting(daemon, tmp_path, gates, running=3)
+    _ended_without_interrupting(jobs_daemon, tmp_path, gates, running=3)
 
 
 def test_map_s_timeout_counts_from_the_map_call_not_the_first_next(ex: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,35 +141,35 @@ def test_map_s_timeout_counts_from_the_map_call_not_the_first_next(ex: Any, monk
         next(it)                                          # result came well within its 2 s
 
 
-def test_leaving_the_iterator_early_cancels_what_has_not_run(own_ex: Any, daemon: Any, tmp_path: Path) -> None:
+def test_leaving_the_iterator_early_cancels_what_has_not_run(own_ex: Any, jobs_daemon: Any, tmp_path: Path) -> None:
     it, gates = _gated_map(own_ex, tmp_path, 6)
     assert next(it) > 0
     wait_for(lambda: len(list((tmp_path / "ran").iterdir())) == 3, 60, what="both workers to start a gated job")
     it.close()  # the caller left the loop: as ProcessPoolExecutor.map, what has not started is cancelled
-    _ended_without_interrupting(daemon, tmp_path, gates, running=3)
+    _ended_without_interrupting(jobs_daemon, tmp_path, gates, running=3)
 
 
-def test_shutdown_waits_for_a_map_and_cancel_futures_stops_it(daemon: Any, tmp_path: Path) -> None:
-    e = Executor(config=daemon.config)
+def test_shutdown_waits_for_a_map_and_cancel_futures_stops_it(jobs_daemon: Any, tmp_path: Path) -> None:
+    e = Executor(config=jobs_daemon.config)
     results = e.map(jobs.square, range(50), chunksize=5)
     e.shutdown(wait=True)
     assert list(results) == [x * x for x in range(50)]
     with pytest.raises(RuntimeError, match="after shutdown"):
         e.map(jobs.square, [1])
-    e2 = Executor(config=daemon.config)
+    e2 = Executor(config=jobs_daemon.config)
     _, gates = _gated_map(e2, tmp_path, 5)
     wait_for(lambda: len(list((tmp_path / "ran").iterdir())) == 3, 60, what="both workers to start a gated job")
     e2.shutdown(wait=False, cancel_futures=True)  # what has not started is cancelled; the two running finish
-    c = daemon.client()
+    c = jobs_daemon.client()
     wait_for(lambda: sorted(j.state for j in c.jobs(limit=100) if j.fn == "tests.jobs:plain_gate")
              == ["cancelled", "cancelled", "done", "running", "running"], 20, what="the unstarted jobs cancelled "
              + str([(j.state, j.error_message) for j in c.jobs(limit=100) if j.fn == "tests.jobs:plain_gate"]))
-    _ended_without_interrupting(daemon, tmp_path, gates, running=3)
+    _ended_without_interrupting(jobs_daemon, tmp_path, gates, running=3)
 
 
-def test_under_a_cap_on_a_shared_daemon_map_still_gives_every_result(daemon: Any,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in daemon.env.items():
+def test_under_a_cap_on_a_shared_daemon_map_still_gives_every_result(module_daemon: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in module_daemon.env.items():
         if key.startswith("ENSEMBLE_"):
             monkeypatch.setenv(key, value)
     with Executor(max_workers=1) as e:

@@ -31,7 +31,7 @@ def all_running(d: Daemon, n: int) -> dict[str, Any]:
 
 
 def test_scale_up_and_down_without_restarting_running_workers(make_daemon: Make, tmp_path: Path) -> None:
-    d = make_daemon(workers=2)
+    d = make_daemon(jobs_only=True, workers=2)
     d.up()
     before = {name: a.pid for name, a in all_running(d, 2).items()}
 
@@ -82,7 +82,7 @@ def test_scale_up_and_down_without_restarting_running_workers(make_daemon: Make,
 
 
 def test_scale_to_zero_queues_jobs_until_workers_return(make_daemon: Make) -> None:
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     c = d.client()
     c.scale(0)
@@ -108,7 +108,7 @@ def test_workers_auto_is_the_cpu_count(make_daemon: Make) -> None:
     cpus = len(os.sched_getaffinity(0))
     if cpus > 8:
         pytest.skip(f"{cpus} CPUs: too many workers for a quick test (the config test covers 'auto')")
-    d = make_daemon()
+    d = make_daemon(jobs_only=True)
     d.up("--workers", "auto")
     assert len(all_running(d, cpus)) == cpus
     assert d.status().daemon.workers_wanted == cpus
@@ -149,7 +149,7 @@ def test_a_big_scale_up_answers_at_once_and_starts_a_few_workers_at_a_time(make_
 def test_scaling_down_before_a_scale_up_started_drops_the_workers_not_started(make_daemon: Make) -> None:
     from actors.supervisor._children import STARTING_MAX
 
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     c = d.client()
     c.scale(STARTING_MAX + 6)

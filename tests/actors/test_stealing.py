@@ -158,7 +158,7 @@ def _executions(path: Path) -> collections.Counter[int]:
 
 
 def test_short_jobs_handed_to_a_blocked_worker_run_on_the_idle_one(make_daemon: Make, tmp_path: Path) -> None:
-    d = make_daemon(workers=2)
+    d = make_daemon(jobs_only=True, workers=2)
     d.up()
     c = d.client()
     gate, runs = tmp_path / "gate", tmp_path / "runs"
@@ -205,7 +205,7 @@ def test_a_job_cancelled_while_its_recall_is_answered_is_cancelled_not_queued_ag
                                                                                     tmp_path: Path) -> None:
     """The worker answers the Recall first (giving the job back unstarted), so the AbortJob behind it finds nothing
     to stop: the daemon must end the job as cancelled then, not queue it again to run later."""
-    d = make_daemon(workers=1, extra_env={"ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "120"})
+    d = make_daemon(jobs_only=True, workers=1, extra_env={"ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "120"})
     d.up()
     c = d.client()
     gate, runs = tmp_path / "gate", tmp_path / "runs"

@@ -30,7 +30,7 @@ def _log(d: Daemon) -> str:
 
 def test_a_worker_still_starting_when_the_daemon_stops_gets_its_stop_when_it_connects(
         make_daemon: Callable[..., Daemon]) -> None:
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     d.client().scale(2)  # a fresh interpreter after start-up: ~0.1 s or more before it connects
     worker = _starting_worker(d, "worker-2")
@@ -48,7 +48,7 @@ def test_a_worker_still_starting_when_the_daemon_stops_gets_its_stop_when_it_con
 
 
 def test_a_worker_still_starting_when_scaled_down_stops_when_it_connects(make_daemon: Callable[..., Daemon]) -> None:
-    d = make_daemon(workers=1)
+    d = make_daemon(jobs_only=True, workers=1)
     d.up()
     c = d.client()
     c.scale(2)
