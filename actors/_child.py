@@ -162,9 +162,11 @@ class Child:
             if now - self.last_sent >= sup.heartbeat_interval:
                 self.send(Heartbeat(self.stats()))
             if now - self.last_heard > sup.heartbeat_timeout:
-                log.error("%s: supervisor silent for %.1fs, exiting", self.name, now - self.last_heard)
-                self._request_stop("supervisor silent")
-                break
+                self._drain()  # what came while this thread could not run (a job held the GIL in C) counts
+                if self.running and time.monotonic() - self.last_heard > sup.heartbeat_timeout:
+                    log.error("%s: supervisor silent for %.1fs, exiting", self.name, now - self.last_heard)
+                    self._request_stop("supervisor silent")
+                    break
         self.on_stop()
         while self.outbox.items:
             self.send(self.outbox.items.popleft())

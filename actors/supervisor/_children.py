@@ -63,6 +63,7 @@ class Slot(msgspec.Struct):
     # cannot heartbeat but keeps using the CPU, and is not taken for dead (see ChildrenMixin._busy_in_c)
     cpu_seen: float = -1.0
     cpu_at: float = 0.0
+    cpu_busy: bool = False  # the verdict of the last window that ended in this silence
 
 
 _RETIRE_FIRST = {"pending": 0, "failed": 1, "starting": 2}  # scale-down order among equally idle workers, then the rest
@@ -480,7 +481,10 @@ class ChildrenMixin(State):
         self.start_pending()
         self._keep_standby()
         timeout = self.cfg.supervision.heartbeat_timeout
-        missed = 1.5 * self.cfg.supervision.heartbeat_interval  # a heartbeat is late: CPU time is read from here on
+        interval = self.cfg.supervision.heartbeat_interval
+        missed = 1.5 * interval  # a heartbeat is late: the silent worker's CPU time is read from here on, and
+        window = max(interval, timeout - missed - interval)  # judged over windows this long (the first ends a
+        # tick before the timeout): long enough that a busy worker's CPU time moves even on a loaded machine
         beat = encode(Heartbeat())
         for slot in list(self.slots.values()):
             if slot.proc is None and not slot.remote:
@@ -494,7 +498,7 @@ class ChildrenMixin(State):
                 if slot.detail.startswith("busy"):  # it answers again
                     slot.detail = ""
                 continue
-            if not self.stopping_since and self._busy_in_c(slot, mono) and silent > timeout:
+            if not self.stopping_since and self._busy_in_c(slot, mono, window) and silent > timeout:
                 if not slot.detail.startswith("busy"):
                     log.warning("event=busy-silent name=%s seconds=%.1f detail=its job holds the GIL in a C call: "
                                 "no heartbeat, but it uses the CPU; not replaced", slot.name, silent)
@@ -507,20 +511,25 @@ class ChildrenMixin(State):
                 slot.detail = f"silent for {mono - slot.last_heard:.1f}s; replaced"
                 self._kill(slot, "heartbeat timeout", expected=False)
 
-    def _busy_in_c(self, slot: Slot, mono: float) -> bool:
-        """Whether a silent local worker running a job used the CPU since the last look (read each tick once a
-        heartbeat is late): a job in one long C call that holds the GIL (a big-number
+    def _busy_in_c(self, slot: Slot, mono: float, window: float) -> bool:
+        """Whether a silent local worker running a job used the CPU in the last ``window`` s of its silence (read
+        each tick once a heartbeat is late): a job in one long C call that holds the GIL (a big-number
         ``pow``, a regular expression backtracking, an extension that never releases it) stops the
         worker's heartbeats but not its work; it ends, or its job's timeout or a cancel kills it, as a
         job that checks ``should_abort()`` rarely.  A worker stopped, hung on a lock or blocked in a call
         uses no CPU and is replaced at the timeout as before.  Linux (/proc) only; elsewhere never busy."""
         if slot.remote or slot.role != "worker" or not slot.outstanding or slot.proc is None:
             return False
+        if slot.cpu_at > slot.last_heard and mono - slot.cpu_at < window:
+            return slot.cpu_busy  # the window runs: the last verdict stands
         now = cpu_seconds(slot.proc.pid)
-        before, at = slot.cpu_seen, slot.cpu_at
+        if slot.cpu_at > slot.last_heard:  # a window of this silence ended: judge it
+            slot.cpu_busy = (now is not None and slot.cpu_seen >= 0
+                             and now - slot.cpu_seen >= BUSY_SHARE * (mono - slot.cpu_at))
+        else:  # the first look in this silence
+            slot.cpu_busy = False
         slot.cpu_seen, slot.cpu_at = (-1.0 if now is None else now), mono
-        return (now is not None and before >= 0 and at > slot.last_heard  # the last look was in this silence
-                and now - before >= BUSY_SHARE * (mono - at))
+        return slot.cpu_busy
 
     def scale(self, n: int) -> None:
         """Change the number of local workers: start new ones, or retire idle ones first (remote ones are not ours)."""

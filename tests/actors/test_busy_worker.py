@@ -47,33 +47,34 @@ def _worker(d: Daemon) -> Any:
     return d.actor("worker-1")
 
 
-def test_a_job_holding_the_gil_in_c_is_not_taken_for_a_dead_worker(make_daemon: Callable[..., Daemon],
-                                                                   tmp_path: Path) -> None:
+def _started(make_daemon: Callable[..., Daemon], tmp_path: Path, fn: str, *args: Any) -> tuple[Daemon, int, Any]:
+    """A one-worker daemon with fast heartbeats running job ``fn(*args, marker)`` in its C call: (daemon, the
+    worker's pid, the job)."""
     d = make_daemon(workers=1, extra_env=_FAST)
     d.up()
-    c = d.client()
     pid = _worker(d).pid
     marker = tmp_path / "started"
-    job = c.submit(f"{__name__}:busy_in_c", 3.0, str(marker))  # five heartbeat timeouts without a heartbeat
+    job = d.client().submit(f"{__name__}:{fn}", *args, str(marker))
     wait_for(marker.exists, 60, what="the job to start its C call")
+    return d, pid, job
+
+
+def test_a_job_holding_the_gil_in_c_is_not_taken_for_a_dead_worker(make_daemon: Callable[..., Daemon],
+                                                                   tmp_path: Path) -> None:
+    d, pid, job = _started(make_daemon, tmp_path, "busy_in_c", 3.0)  # five heartbeat timeouts without a heartbeat
     wait_for(lambda: _worker(d).detail.startswith("busy"), 30, what="status to say the worker is busy in C")
     assert job.result(120) == pid  # it ran to its end, in the worker it started in
     w = _worker(d)
-    assert w.pid == pid and w.restarts == 0
+    assert w.pid == pid and w.restarts == 0, [line for line in (d.base / "state" / "daemon.log").read_text().splitlines()
+                                              if "worker-1" in line]
     wait_for(lambda: not _worker(d).detail, 30, what="the busy note to clear once it answers again")
     log = (d.base / "state" / "daemon.log").read_text()
-    assert "event=busy-silent name=worker-1" in log and "event=silent " not in log
+    assert "event=busy-silent name=worker-1" in log and "event=silent name=worker-1" not in log
 
 
 def test_a_job_hung_in_c_with_the_gil_still_loses_its_worker(make_daemon: Callable[..., Daemon],
                                                              tmp_path: Path) -> None:
-    d = make_daemon(workers=1, extra_env=_FAST)
-    d.up()
-    c = d.client()
-    pid = _worker(d).pid
-    marker = tmp_path / "started"
-    job = c.submit(f"{__name__}:stuck_in_c", str(marker))
-    wait_for(marker.exists, 60, what="the job to start its C call")
+    d, pid, job = _started(make_daemon, tmp_path, "stuck_in_c")
     with pytest.raises(JobLost):
         job.result(60)
     assert "silent" in _worker(d).detail
