@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 import zmq
@@ -82,21 +85,38 @@ def issue_keys(d: Daemon, names: dict[str, tuple[str, ...]]) -> dict[str, str]:
         os.umask(mask)
 
 
-@pytest.fixture
-def remote(make_daemon: Callable[..., Daemon]) -> Iterator[Remote]:
+def remote_daemon(base: Path) -> Iterator[Remote]:
+    """A fixture's body: a daemon (1 worker) with both tcp endpoints and a key of every role, up; then stopped."""
     client_ep, worker_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    d = make_daemon(workers=1, extra_env={"ENSEMBLE_CLIENT_TCP": client_ep, "ENSEMBLE_TCP": worker_ep,
+    d = Daemon(base, workers=1, extra_env={"ENSEMBLE_CLIENT_TCP": client_ep, "ENSEMBLE_TCP": worker_ep,
                                            "ENSEMBLE_JOBS_ALLOW": "examples.jobs:add,examples.jobs:echo,"
                                                                   "tests.jobs:sleep,tests.jobs:wait_file"})
-    keys = issue_keys(d, {"worker": ("w1", "w2"), "client": ("c1", "c2"), "admin": ("a1",)})
-    d.up()
-    r = Remote(d, client_ep, worker_ep, keys, str(d.base / "state" / "keys" / "server.key"))
     procs: list[subprocess.Popen[bytes]] = []
-    r.procs = procs  # type: ignore[attr-defined]
     try:
+        keys = issue_keys(d, {"worker": ("w1", "w2"), "client": ("c1", "c2"), "admin": ("a1",)})
+        d.up()
+        r = Remote(d, client_ep, worker_ep, keys, str(d.base / "state" / "keys" / "server.key"))
+        r.procs = procs  # type: ignore[attr-defined]
         yield r
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait(30)
+        d.cleanup()
+
+
+@pytest.fixture
+def remote(short_tmp: Path) -> Iterator[Remote]:
+    """A remote-ready daemon of the test's own (for a test that scales it or joins workers to it)."""
+    yield from remote_daemon(short_tmp)
+
+
+@pytest.fixture(scope="module")
+def shared_remote() -> Iterator[Remote]:
+    """One remote-ready daemon for a module's tests that only send requests and run jobs."""
+    base = Path(tempfile.mkdtemp(prefix="ens-r"))
+    try:
+        yield from remote_daemon(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

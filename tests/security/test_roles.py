@@ -1,4 +1,8 @@
-"""Findings 3 and 4: a remote key is exactly its role; identities are the daemon's, bound to socket and key."""
+"""Findings 3 and 4: a remote key is exactly its role; identities are the daemon's, bound to socket and key.
+
+The tests that only send requests and run short jobs share one daemon (``shared_remote``); those that kill a
+job, scale the daemon or join workers to it take one of their own (``remote``).
+"""
 
 from __future__ import annotations
 
@@ -66,13 +70,13 @@ def test_a_worker_key_is_refused_on_the_client_endpoint_and_a_client_key_on_the_
         s.close(0)
 
 
-def test_a_remote_admin_loads_scripts_only_from_the_script_dirs(remote: Remote, tmp_path: Path) -> None:
+def test_a_remote_admin_loads_scripts_only_from_the_script_dirs(shared_remote: Remote, tmp_path: Path) -> None:
     import subprocess as sp
 
-    admin = remote.client("a1")
+    admin = shared_remote.client("a1")
     with pytest.raises(PermissionDenied, match="script_dirs"):
         admin.load_script(sp.__file__)  # the standard library's subprocess.py, as in the review
-    assert remote.d.cli("status").returncode == 0
+    assert shared_remote.d.cli("status").returncode == 0
 
 
 def test_a_worker_key_cannot_finish_or_steal_another_worker_s_jobs(remote: Remote, tmp_path: Path) -> None:
@@ -111,12 +115,12 @@ def test_a_worker_key_cannot_finish_or_steal_another_worker_s_jobs(remote: Remot
 
 
 @pytest.mark.parametrize("key", ["c1", "a1"])
-def test_every_request_a_role_may_not_send_is_refused_and_the_daemon_lives(remote: Remote, key: str) -> None:
+def test_every_request_a_role_may_not_send_is_refused_and_the_daemon_lives(shared_remote: Remote, key: str) -> None:
     from actors.extensions import load_extensions
     from actors.messages import _REGISTRY
     from actors.supervisor._requests import ADMIN_REQUESTS, CLIENT_REQUESTS
 
-    s = remote.raw(key, remote.client_ep)
+    s = shared_remote.raw(key, shared_remote.client_ep)
     allowed = CLIENT_REQUESTS if key.startswith("c") else ADMIN_REQUESTS.union(
         *(ext.admin_requests for ext in load_extensions()))
     try:
@@ -130,16 +134,16 @@ def test_every_request_a_role_may_not_send_is_refused_and_the_daemon_lives(remot
             assert reply.code in ("permission", "protocol"), (cls.__name__, reply)
     finally:
         s.close(0)
-    assert remote.d.cli("status").returncode == 0
-    assert not any(a.restarts for a in remote.d.status().actors)
+    assert shared_remote.d.cli("status").returncode == 0
+    assert not any(a.restarts for a in shared_remote.d.status().actors)
 
 
-def test_remote_peers_cannot_name_shared_memory(remote: Remote) -> None:
+def test_remote_peers_cannot_name_shared_memory(shared_remote: Remote) -> None:
     from actors.messages import ArrayHandle
 
-    s = remote.raw("c1", remote.client_ep)
+    s = shared_remote.raw("c1", shared_remote.client_ep)
     try:
-        handle = ArrayHandle(f"ensemble.{remote.d.config.shm_key}.1.0", "<f8", (4,), 0)
+        handle = ArrayHandle(f"ensemble.{shared_remote.d.config.shm_key}.1.0", "<f8", (4,), 0)
         s.send(encode(Submit([JobSpec("examples.jobs:echo", [handle])]), 7))
         assert s.poll(10_000)
         corr, reply = decode(s.recv())
@@ -148,17 +152,17 @@ def test_remote_peers_cannot_name_shared_memory(remote: Remote) -> None:
         s.close(0)
 
 
-def test_a_remote_client_s_array_result_comes_inline_and_leaves_no_segment(remote: Remote) -> None:
+def test_a_remote_client_s_array_result_comes_inline_and_leaves_no_segment(shared_remote: Remote) -> None:
     import numpy as np
 
-    prefix = f"ensemble.{remote.d.config.shm_key}."
+    prefix = f"ensemble.{shared_remote.d.config.shm_key}."
 
     def segments() -> set[str]:
         return {p for p in os.listdir("/dev/shm") if p.startswith(prefix)}
 
     before = segments()
     a = np.arange(1 << 18, dtype="<f8")  # 2 MiB: a local client's would come back through shared memory
-    back = remote.client("c1").submit("examples.jobs:echo", a).result(60)
+    back = shared_remote.client("c1").submit("examples.jobs:echo", a).result(60)
     assert np.array_equal(back, a)
     # the worker sent it in the frame (its owner is on another host): no segment waits for a `down`
     assert segments() - before == set()
