@@ -71,11 +71,11 @@ def test_an_imported_function_is_not_the_module_s_own() -> None:
         resolve("tests.security.test_names:check_name")  # actors._jobfn.check_name, imported here
 
 
-def test_walks_refused_by_a_live_daemon_and_nothing_ran(daemon: Any, tmp_path: Path) -> None:
+def test_walks_refused_by_a_live_daemon_and_nothing_ran(module_daemon: Any, tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("keep me")
     marker = tmp_path / "ran"
-    c = daemon.client()
+    c = module_daemon.client()
     for path, args in [
         ("examples.jobs:Task.run_process", ["/bin/sh", ["-c", f"id > {marker}"], "x"]),
         ("examples.jobs:Path.unlink", [str(victim)]),
@@ -88,7 +88,7 @@ def test_walks_refused_by_a_live_daemon_and_nothing_ran(daemon: Any, tmp_path: P
         with pytest.raises(JobRefused):
             c.submit(path, *args)
     # the CLI says so in one line, too
-    out = daemon.cli("submit", "examples.jobs:Path.unlink", str(victim), check=False)
+    out = module_daemon.cli("submit", "examples.jobs:Path.unlink", str(victim), check=False)
     assert out.returncode != 0 and "no attribute walk" in out.stderr
     # a name that passes the shape check but is not a function fails in the worker, with the reason
     with pytest.raises(RemoteError, match="not a function"):
@@ -97,11 +97,11 @@ def test_walks_refused_by_a_live_daemon_and_nothing_ran(daemon: Any, tmp_path: P
     assert c.submit("examples.jobs:add", 1, 2).result(timeout=60) == 3  # the worker is fine
 
 
-def test_task_submit_needs_the_controller_s_token(daemon: Any, tmp_path: Path) -> None:
-    c = daemon.client()
+def test_task_submit_needs_the_controller_s_token(module_daemon: Any, tmp_path: Path) -> None:
+    c = module_daemon.client()
     marker = tmp_path / "ran"
     with pytest.raises(PermissionDenied, match="controller"):
         c._submit_task("guess", "controller._tasks:run_process_job", ["/dev/null", "/bin/sh",
                        ["-c", f"id>{marker}"], "split"], "x", 1.0)
     assert not marker.exists()
-    assert daemon.cli("status").returncode == 0
+    assert module_daemon.cli("status").returncode == 0
