@@ -50,7 +50,7 @@ def _worker(d: Daemon) -> Any:
 def _started(make_daemon: Callable[..., Daemon], tmp_path: Path, fn: str, *args: Any) -> tuple[Daemon, int, Any]:
     """A one-worker daemon with fast heartbeats running job ``fn(*args, marker)`` in its C call: (daemon, the
     worker's pid, the job)."""
-    d = make_daemon(workers=1, extra_env=_FAST)
+    d = make_daemon(workers=1, extra_env=_FAST, jobs_only=True)
     d.up()
     pid = _worker(d).pid
     marker = tmp_path / "started"
