@@ -148,9 +148,9 @@ def ex_status(ex: Executor) -> Any:
         return c.status()
 
 
-def test_an_executor_attaches_to_a_running_daemon_and_caps_its_own_jobs(daemon: Any, tmp_path: Path,
+def test_an_executor_attaches_to_a_running_daemon_and_caps_its_own_jobs(jobs_daemon: Any, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in daemon.env.items():
+    for key, value in jobs_daemon.env.items():
         if key.startswith("ENSEMBLE_"):
             monkeypatch.setenv(key, value)
     markers, gate = tmp_path / "markers", tmp_path / "gate"
@@ -159,7 +159,7 @@ def test_an_executor_attaches_to_a_running_daemon_and_caps_its_own_jobs(daemon: 
         assert ex._private is None
         futures = [ex.submit(jobs.plain_gate, str(markers), str(gate)) for _ in range(3)]
         wait_for(lambda: len(list(markers.iterdir())) == 1, 60, what="the first job to start")
-        c = daemon.client()
+        c = jobs_daemon.client()
         assert len([j for j in c.jobs() if j.fn == "tests.jobs:plain_gate"]) == 1  # the others wait here
         gate.touch()
         assert len({f.result(60) for f in futures}) >= 1
