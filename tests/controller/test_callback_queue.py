@@ -6,6 +6,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from controller import _controller_side
 from controller._controller_side import CONTROL, STATUS, TASK, TIMER, ControllerScript
 from tests.conftest import wait_for
 
@@ -93,7 +96,8 @@ def test_budget_overrun_is_stopped_and_reported(tmp_path: Path) -> None:
         rt.stop()
 
 
-def test_on_status_runs_periodically_at_status_priority(tmp_path: Path) -> None:
+def test_on_status_runs_periodically_at_status_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_controller_side, "STATUS_INTERVAL_MS", 50.0)  # every 50 ms, not every second: the same timer
     script = _script(tmp_path, "seen = []\ndef on_status():\n    seen.append(1)\n")
     rt = ControllerScript(Collect(), tmp_path)
     try:
