@@ -20,6 +20,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from unittest.mock import patch
@@ -163,6 +165,16 @@ class Daemon:
         if check and proc.returncode != 0:
             raise AssertionError(f"ensemble {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
+
+    def cli_each(self, *commands: Sequence[str], timeout: float = 60.0) -> list[subprocess.CompletedProcess[str]]:
+        """Run ``ensemble ARGS`` for each of ``commands``, a few at a time; their results in order (none checked).
+
+        For commands that do not depend on each other (refusals, queries): a
+        CLI process spends its time starting and importing, so two CPUs run
+        two of them in the time of one.
+        """
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(lambda args: self.cli(*args, check=False, timeout=timeout), commands))
 
     def up(self, *extra: str) -> None:
         """Start the daemon and wait until every actor is ready.

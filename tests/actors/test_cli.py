@@ -87,15 +87,16 @@ def test_bad_kw_is_a_one_line_error(module_daemon: Daemon) -> None:
 
 
 def test_refused_submit_is_a_one_line_error(module_daemon: Daemon) -> None:
-    one_line_error(module_daemon.cli("submit", "os:system", "ls", check=False), "never runs as a job")
-    one_line_error(module_daemon.cli("submit", "examples.jobs:Path.unlink", "x", check=False), "no attribute walk")
+    system, walk = module_daemon.cli_each(["submit", "os:system", "ls"], ["submit", "examples.jobs:Path.unlink", "x"])
+    one_line_error(system, "never runs as a job")
+    one_line_error(walk, "no attribute walk")
 
 
 def test_a_failing_job_is_one_line_and_debug_shows_the_remote_traceback(module_daemon: Daemon) -> None:
-    line = one_line_error(module_daemon.cli("submit", "tests.jobs:boom", "went wrong", "--wait", check=False),
-                          "job raised tests.jobs.CustomJobError: went wrong")
+    plain, proc = module_daemon.cli_each(["submit", "tests.jobs:boom", "went wrong", "--wait"],
+                                         ["--debug", "submit", "tests.jobs:boom", "went wrong", "--wait"])
+    line = one_line_error(plain, "job raised tests.jobs.CustomJobError: went wrong")
     assert "--debug" in line
-    proc = module_daemon.cli("--debug", "submit", "tests.jobs:boom", "went wrong", "--wait", check=False)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "Remote traceback" in proc.stderr and "inner_helper" in proc.stderr
 
@@ -129,11 +130,13 @@ def test_cancel_with_and_without_wait(module_daemon: Daemon) -> None:
     assert module_daemon.cli("cancel", str(a.id), "--wait").stdout.strip() == f"job {a.id}: cancelled"
     assert module_daemon.cli("cancel", str(b.id)).stdout.strip() == f"job {b.id}: abort requested"
     assert b.wait(30).state == "cancelled"
-    one_line_error(module_daemon.cli("result", str(a.id), check=False), "cancelled")
+    result, again, again_wait, unknown = module_daemon.cli_each(
+        ["result", str(a.id)], ["cancel", str(a.id)], ["cancel", str(a.id), "--wait"], ["cancel", "999999999"])
+    one_line_error(result, "cancelled")
     # the daemon's answer, not "abort requested" for a job that had ended (a reviewer's report)
-    assert module_daemon.cli("cancel", str(a.id)).stdout.strip() == f"job {a.id} had already ended (cancelled)"
-    assert module_daemon.cli("cancel", str(a.id), "--wait").stdout.strip() == f"job {a.id} had already ended (cancelled)"
-    one_line_error(module_daemon.cli("cancel", "999999999", check=False), "unknown to this daemon")
+    for out in (again, again_wait):
+        assert out.returncode == 0 and out.stdout.strip() == f"job {a.id} had already ended (cancelled)", out
+    one_line_error(unknown, "unknown to this daemon")
 
 
 def test_result_no_wait_of_a_running_job(module_daemon: Daemon) -> None:
@@ -175,17 +178,17 @@ def test_ctrl_c_during_submit_wait_cancels_the_job(module_daemon: Daemon) -> Non
 
 def test_errors_without_a_daemon_are_one_line_unless_debug(make_daemon: Make) -> None:
     d = make_daemon()  # configured, never started
-    for args in (["status"], ["jobs"], ["submit", "examples.jobs:add", "1", "2"], ["cancel", "1"], ["scale", "2"]):
-        one_line_error(d.cli(*args, check=False), "no daemon named 't' is running")
-    proc = d.cli("--debug", "status", check=False)
+    *plain, proc = d.cli_each(["status"], ["jobs"], ["submit", "examples.jobs:add", "1", "2"], ["cancel", "1"],
+                              ["scale", "2"], ["--debug", "status"])
+    for out in plain:
+        one_line_error(out, "no daemon named 't' is running")
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "DaemonNotRunning" in proc.stderr
     down = d.cli("down")
     assert down.returncode == 0 and "no daemon named 't' is running" in down.stdout
 
 
 def test_usage_errors_exit_2_without_traceback(module_daemon: Daemon) -> None:
-    for args in (["no-such-command"], ["scale"], ["scale", "many"], ["cancel", "abc"]):
-        proc = module_daemon.cli(*args, check=False)
+    for proc in module_daemon.cli_each(["no-such-command"], ["scale"], ["scale", "many"], ["cancel", "abc"]):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.startswith("ensemble: error: ") and len(proc.stderr.strip().splitlines()) == 1
         assert "--help" in proc.stderr  # and it says where the usage is
