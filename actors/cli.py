@@ -572,7 +572,7 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
-@main.command()
+@main.command(cls=NumbersAsArguments)  # `watch -1`: the id's range error, not "no such option"
 @click.argument("job_id", type=JOB_ID)
 @click.pass_context
 def watch(ctx: click.Context, job_id: int) -> None:
@@ -581,7 +581,7 @@ def watch(ctx: click.Context, job_id: int) -> None:
         _follow(c, job_id)
 
 
-@main.command()
+@main.command(cls=NumbersAsArguments)  # `cancel -1`: the id's range error, not "no such option"
 @click.argument("job_id", type=JOB_ID)
 @click.option("--wait", is_flag=True, help="Return only when the job has stopped.")
 @click.pass_context
@@ -598,7 +598,7 @@ def cancel(ctx: click.Context, job_id: int, wait: bool) -> None:
         click.echo(detail if detail.startswith(f"job {job_id} ") else f"job {job_id}: {detail}")
 
 
-@main.command()
+@main.command(cls=NumbersAsArguments)  # `result -1`: the id's range error, not "no such option"
 @click.argument("job_id", type=JOB_ID)
 @click.option("--wait/--no-wait", default=True, help="Wait for the job if it is still running.")
 @click.pass_context

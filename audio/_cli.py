@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from actors.cli import Number, RegularFile, client_of, fail
+from actors.cli import Number, NumbersAsArguments, RegularFile, client_of, fail
 from audio.client import Client
 
 
@@ -19,7 +19,7 @@ def register(main: click.Group) -> None:
         main.add_command(cmd)
 
 
-@click.command()
+@click.command(cls=NumbersAsArguments)  # `note -1`: the range error, not "no such option"
 @click.argument("note", type=click.IntRange(0, 127))
 @click.option("--velocity", "-v", default=100, type=click.IntRange(1, 127), show_default=True, help="MIDI velocity.")
 @click.option("--length", "-l", default=1.0, type=click.FloatRange(0, 3600), show_default=True, help="Seconds until note off.")

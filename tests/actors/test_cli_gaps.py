@@ -169,6 +169,9 @@ def test_negative_numbers_are_arguments_without_a_double_dash(module_daemon: Dae
     assert d.cli("param", "set", "gain", "-3").stdout.strip() == "gain = -3.0"  # was: No such option '-3'
     assert d.cli("param", "set", "-n", "t", "gain", "-4.5").stdout.strip() == "gain = -4.5"
     one_line_error(d.cli("param", "set", "gain", "-100", check=False), "-100.0 is outside -60.0..12.0")
+    for cmd in ("cancel", "watch", "result"):  # a negative id is the id's range error, not "No such option '-1'"
+        one_line_error(d.cli(cmd, "-1", check=False), "Invalid value for 'JOB_ID': -1 is out of range")
+    one_line_error(d.cli("note", "-1", check=False), "Invalid value for 'NOTE': -1 is not in the range")
 
 
 # ------------------------------------------------------------------------------ submit --wait with no worker
