@@ -67,12 +67,13 @@ def _loaded(d: Daemon, script: Path) -> Any:
     return c
 
 
-def _refused(d: Daemon, name: str, value: str, *reasons: str) -> None:
-    """``ensemble param set NAME VALUE`` fails saying each of ``reasons`` and does not claim the value was set."""
-    proc = d.cli("param", "set", "--", name, value, check=False)
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    assert all(reason in proc.stderr for reason in reasons), proc.stderr
-    assert f"{name} = " not in proc.stdout
+def _refused(d: Daemon, *cases: tuple[str, ...]) -> None:
+    """``ensemble param set NAME VALUE`` of each case ``(NAME, VALUE, *REASONS)`` (run side by side) fails saying
+    each of its reasons and does not claim the value was set."""
+    for (name, value, *reasons), proc in zip(cases, d.cli_each(*(["param", "set", "--", *case[:2]] for case in cases))):
+        assert proc.returncode == 1, (value, proc.stdout, proc.stderr)
+        assert all(reason in proc.stderr for reason in reasons), (value, proc.stderr)
+        assert f"{name} = " not in proc.stdout
 
 
 def _state(d: Daemon, script: Path) -> str:
@@ -86,8 +87,8 @@ def _state(d: Daemon, script: Path) -> str:
 
 def test_a_float_parameter_refuses_nan_and_infinity(daemon: Daemon, script: Path) -> None:
     c = _loaded(daemon, script)
-    for text in ("NaN", "Infinity", "-Infinity", "1e999"):
-        _refused(daemon, "gain", text, "a parameter value must be a finite number")
+    _refused(daemon, *(("gain", text, "a parameter value must be a finite number")
+                       for text in ("NaN", "Infinity", "-Infinity", "1e999")))
     with pytest.raises(OutOfRange, match="finite"):
         c.set_param("gain", float("nan"))
     daemon.cli("param", "set", "gain", "0.25")
@@ -99,10 +100,10 @@ def test_a_float_parameter_refuses_nan_and_infinity(daemon: Daemon, script: Path
 def test_an_int_parameter_refuses_what_is_no_int_in_range_without_an_internal_error(
         daemon: Daemon, script: Path, new_log: Callable[[], str]) -> None:
     c = _loaded(daemon, script)
-    _refused(daemon, "count", "1e999", "a parameter value must be a finite number")
-    _refused(daemon, "count", "2.5", "an int parameter takes a whole number")
-    _refused(daemon, "count", str(2**63), "an int parameter must fit in 64 bits")
-    _refused(daemon, "count", "17", "outside 0..16")
+    _refused(daemon, ("count", "1e999", "a parameter value must be a finite number"),
+             ("count", "2.5", "an int parameter takes a whole number"),
+             ("count", str(2**63), "an int parameter must fit in 64 bits"),
+             ("count", "17", "outside 0..16"))
     assert "request-failed" not in new_log() and "internal error" not in new_log()
     daemon.cli("param", "set", "count", "7")
     wait_for(lambda: c.get_param("count") == 7, what="a good value to be applied")
@@ -111,7 +112,7 @@ def test_an_int_parameter_refuses_what_is_no_int_in_range_without_an_internal_er
 def test_a_choice_parameter_refuses_a_value_it_does_not_offer(daemon: Daemon, script: Path,
                                                               new_log: Callable[[], str]) -> None:
     c = _loaded(daemon, script)
-    _refused(daemon, "mode", "bogus", "'bogus' is not one of ['a', 'b']")
+    _refused(daemon, ("mode", "bogus", "'bogus' is not one of ['a', 'b']"))
     with pytest.raises(OutOfRange, match="is not one of"):
         c.set_param("mode", 1)
     assert daemon.cli("param", "set", "mode", "b").stdout.strip() == 'mode = "b"'
@@ -136,9 +137,8 @@ def test_a_choice_of_numbers_does_not_take_true_for_1_and_gives_back_the_choice_
 def test_a_bool_parameter_takes_true_or_false_and_their_spellings_only(own_daemon: Daemon, script: Path) -> None:
     c = _loaded(own_daemon, script)
     accepts = "a bool parameter takes true or false (or 1/0, yes/no, on/off)"
-    for text in ("maybe", "[]", "2", "0.5", '""', "null"):
-        _refused(own_daemon, "on", text, "parameter 'on': ", accepts)
-    _refused(own_daemon, "on", "maybe", "'maybe' is not a valid bool")
+    _refused(own_daemon, ("on", "maybe", "'maybe' is not a valid bool"),
+             *(("on", text, "parameter 'on': ", accepts) for text in ("maybe", "[]", "2", "0.5", '""', "null")))
     with pytest.raises(OutOfRange, match="is not a valid bool"):
         c.set_param("on", [])
     assert not c.get_param("on") and '"on"' not in _state(own_daemon, script)  # nothing refused was stored
@@ -149,8 +149,8 @@ def test_a_bool_parameter_takes_true_or_false_and_their_spellings_only(own_daemo
 
 def test_a_number_parameter_refuses_true_and_false(own_daemon: Daemon, script: Path) -> None:
     c = _loaded(own_daemon, script)
-    _refused(own_daemon, "count", "true", "int parameters take a number, not true or false")
-    _refused(own_daemon, "gain", "false", "float parameters take a number, not true or false")
+    _refused(own_daemon, ("count", "true", "int parameters take a number, not true or false"),
+             ("gain", "false", "float parameters take a number, not true or false"))
     with pytest.raises(OutOfRange, match="not true or false"):
         c.set_param("count", True)
     assert c.get_param("count") == 3 and c.get_param("gain") == 0.5
@@ -159,13 +159,13 @@ def test_a_number_parameter_refuses_true_and_false(own_daemon: Daemon, script: P
 def test_param_set_prints_the_value_the_parameter_takes_as_param_get_prints_it(daemon: Daemon,
                                                                               script: Path) -> None:
     c = _loaded(daemon, script)
-    assert daemon.cli("param", "set", "gain", "1").stdout.strip() == "gain = 1.0"
-    assert daemon.cli("param", "set", "count", "4.0").stdout.strip() == "count = 4"
-    assert daemon.cli("param", "set", "on", "on").stdout.strip() == "on = true"
+    names = ("gain", "count", "on")
+    set_to = daemon.cli_each(*(["param", "set", name, text] for name, text in zip(names, ("1", "4.0", "on"))))
+    assert [out.stdout.strip() for out in set_to] == ["gain = 1.0", "count = 4", "on = true"], set_to
     wait_for(lambda: c.get_param("on") is True and c.get_param("count") == 4, what="the values to be applied")
-    for name in ("gain", "count", "on"):
-        printed = daemon.cli("param", "get", name).stdout.strip()
-        assert daemon.cli("param", "set", name, printed).stdout.strip() == f"{name} = {printed}"
+    printed = [out.stdout.strip() for out in daemon.cli_each(*(["param", "get", name] for name in names))]
+    again = daemon.cli_each(*(["param", "set", name, value] for name, value in zip(names, printed)))
+    assert [out.stdout.strip() for out in again] == [f"{name} = {value}" for name, value in zip(names, printed)], again
 
 
 @pytest.mark.parametrize("definitions, reason", [
