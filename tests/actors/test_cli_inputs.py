@@ -72,8 +72,11 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> s
 
 # ------------------------------------------------------------------------------ daemon text is not markup
 def test_job_errors_and_names_that_look_like_markup_are_listed_as_text(daemon: Daemon) -> None:
-    one_line_error(daemon.cli("submit", "examples.jobs:fail", "[/b] oops", "--wait", check=False), "[/b] oops")
-    daemon.cli("submit", "examples.jobs:add", "1", "2", "--job-name", "[/x] :thumbs_up:", "--wait")
+    failed, named = daemon.cli_each(
+        ["submit", "examples.jobs:fail", "[/b] oops", "--wait"],
+        ["submit", "examples.jobs:add", "1", "2", "--job-name", "[/x] :thumbs_up:", "--wait"])
+    one_line_error(failed, "[/b] oops")
+    assert named.returncode == 0, named.stderr
     out = daemon.cli("jobs").stdout  # was: rich.errors.MarkupError for every user while the job is listed
     assert "ValueError: [/b] oops" in out
     assert "[/x] :thumbs_up:" in out  # neither markup nor an emoji code
@@ -118,10 +121,11 @@ def test_a_result_with_bytes_keys_is_printed_as_json(daemon: Daemon) -> None:
 def test_a_result_with_tuple_keys_is_printed_as_json_everywhere(daemon: Daemon) -> None:
     job_id = int(daemon.cli("submit", "cli_input_jobs:tuple_key").stdout)
     expected = {"(1, 2)": "a", "raw": "b'\\x00z'"}  # a tuple key and a bytes value as their repr
-    assert json.loads(daemon.cli("result", str(job_id)).stdout) == expected
-    listed = json.loads(daemon.cli("jobs", "--json").stdout)  # was: TypeError for everyone while it is listed
+    assert json.loads(daemon.cli("result", str(job_id)).stdout) == expected  # it waits for the job to end
+    jobs, status = daemon.cli_each(["jobs", "--json"], ["status", "--json"])
+    listed = json.loads(jobs.stdout)  # was: TypeError for everyone while it is listed
     assert next(j for j in listed if j["id"] == job_id)["result"] == expected
-    json.loads(daemon.cli("status", "--json").stdout)
+    assert status.returncode == 0 and json.loads(status.stdout)
 
 
 # ------------------------------------------------------------------------------ numeric options
@@ -183,8 +187,9 @@ def test_client_submit_names_the_argument_that_is_not_a_finite_number(daemon: Da
 def test_a_config_that_is_not_a_regular_file_is_refused_not_read(daemon: Daemon) -> None:
     fifo = daemon.base / "config.fifo"
     os.mkfifo(fifo)
-    for args in (["--config", str(fifo), "status"], ["status", "--config", str(fifo)], ["-c", "/dev/null", "jobs"]):
-        one_line_error(daemon.cli(*args, check=False, timeout=20), "is not a regular file")  # was: a hang
+    for out in daemon.cli_each(["--config", str(fifo), "status"], ["status", "--config", str(fifo)],
+                               ["-c", "/dev/null", "jobs"], timeout=20):
+        one_line_error(out, "is not a regular file")  # was: a hang
 
 
 @pytest.mark.slow  # the controller's 5 s budget runs out: .ci/run's slow pass (default suite < 5 min)
@@ -213,11 +218,13 @@ def test_script_and_sample_files_must_be_regular_files_and_messages_read_right(d
     fifo = daemon.base / "sample.fifo"
     if not fifo.exists():
         os.mkfifo(fifo)
-    one_line_error(daemon.cli("sample", "load", str(fifo), check=False, timeout=20), "is not a regular file")  # hung
-    one_line_error(daemon.cli("load", "/dev/null", check=False, timeout=20), "is not a regular file")
+    sample, script, param, refused = daemon.cli_each(["sample", "load", str(fifo)], ["load", "/dev/null"],
+                                                     ["param", "get", "nope"],
+                                                     ["submit", "cli_input_jobs:ANSWER", "--wait"], timeout=20)
+    one_line_error(sample, "is not a regular file")  # it hung
+    one_line_error(script, "is not a regular file")
     # a missing parameter keeps both quotes of its name; a job path naming an int is "an int"
-    assert "'nope'" in one_line_error(daemon.cli("param", "get", "nope", check=False), "nope")
-    refused = daemon.cli("submit", "cli_input_jobs:ANSWER", "--wait", check=False)
+    assert "'nope'" in one_line_error(param, "nope")
     assert refused.returncode != 0 and "is an int, not a function" in refused.stderr, refused.stderr
 
 
