@@ -5,9 +5,9 @@ session's temporary directory, ``/tmp/ens-s<pid>-*`` (unix socket paths are
 limited to ~100 characters), and its own state directory.  Tests that kill,
 stop or reconfigure a daemon start their own (``daemon``, ``make_daemon``);
 tests that only submit jobs and read state share one per module
-(``module_daemon``, ``shared_daemon``) to keep the suite fast.  After every
-test no child process, no ``ensemble.*`` shared-memory segment and no
-private daemon's directory of its own may remain.
+(``module_daemon``, ``shared_daemon``) to keep the suite fast.  At the end of
+the session no child process, no ``ensemble.*`` shared-memory segment and no
+socket file may remain.
 """
 
 from __future__ import annotations
