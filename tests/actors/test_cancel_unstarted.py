@@ -120,7 +120,9 @@ def test_a_cancel_waiting_for_a_dead_worker_s_recall_is_answered_when_it_dies(ma
     d.up()
     c = d.client()
     blocker, _ = _gate_job(c, tmp_path, "b")  # never opened: the worker dies running it
-    wait_for(lambda: blocker.state == "running", 60, what="the worker to be busy")
+    # its status is set inside the function, after the worker recorded its start: "running" alone may come
+    # before (a worker stopped then had not begun it, and it ran again on the next worker, for ever)
+    wait_for(lambda: blocker.refresh().status.startswith("waiting for"), 60, what="the worker to be busy")
     ran = tmp_path / "ran"
     ran.mkdir()
     (tmp_path / "open").touch()
