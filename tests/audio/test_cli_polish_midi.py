@@ -57,7 +57,9 @@ def test_midi_list_without_a_sequencer_says_why_in_one_line_and_lists_jack_ports
         pytest.skip("this machine has /dev/snd/seq: the ALSA sequencer is there to list")
     _need_rtmidi()
     source = MidiSource("ens-polish-src")  # on the private server: JACK_DEFAULT_SERVER
-    port = source.port.name
+    # by its client's name: in a CI run whose earlier tests used the default server from this process,
+    # `source.port.name` gave "ensemble-01:out_0", a port of that other server (jack2 names a port by an index)
+    port = f"{source.client.name}:out"
     try:
         d = make_daemon()  # never started: the list is looked up from the CLI's own process
         d.env["JACK_DEFAULT_SERVER"] = private_jack
