@@ -129,7 +129,7 @@ def test_a_result_with_tuple_keys_is_printed_as_json_everywhere(daemon: Daemon) 
 
 
 # ------------------------------------------------------------------------------ numeric options
-@pytest.mark.parametrize("args, fragments", [
+NUMERIC_REFUSALS = [
     (["submit", "examples.jobs:add", "1", "2", "--timeout", "0"], ["--timeout", "0 is out of range", "more than 0"]),
     (["submit", "examples.jobs:add", "1", "2", "--timeout", "nan"], ["--timeout", "nan is not a finite number"]),
     (["submit", "examples.jobs:add", "1", "2", "--grace", "inf"], ["--grace", "inf is not a finite number"]),
@@ -147,10 +147,21 @@ def test_a_result_with_tuple_keys_is_printed_as_json_everywhere(daemon: Daemon) 
     (["jobs", "--limit", str(2**70)], ["--limit", "1 to 10000"]),
     (["result", str(2**70)], ["JOB_ID", "64-bit"]),
     (["top", "--refresh", "nan"], ["--refresh", "nan is not a number"]),
-])
-def test_numeric_options_are_checked_with_one_line_errors(daemon: Daemon, args: list[str],
-                                                          fragments: list[str]) -> None:
-    one_line_error(daemon.cli(*args, check=False), *fragments)
+]
+
+
+@pytest.fixture(scope="module")
+def numeric_refusals(daemon: Daemon) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """What each command of :data:`NUMERIC_REFUSALS` did, all run once side by side (each test reads its own)."""
+    commands = [args for args, _ in NUMERIC_REFUSALS]
+    return dict(zip(map(tuple, commands), daemon.cli_each(*commands)))
+
+
+@pytest.mark.parametrize("args, fragments", NUMERIC_REFUSALS)
+def test_numeric_options_are_checked_with_one_line_errors(
+        daemon: Daemon, numeric_refusals: dict[tuple[str, ...], subprocess.CompletedProcess[str]], args: list[str],
+        fragments: list[str]) -> None:
+    one_line_error(numeric_refusals[tuple(args)], *fragments)
     if args[0] == "down":
         assert daemon.cli("status", "--json", check=False).returncode == 0  # it was not stopped, nor killed
 
