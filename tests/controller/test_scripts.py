@@ -1,4 +1,9 @@
-"""Instrument scripts in a running daemon: contexts, parameters, init order, budgets, run_async, tasks."""
+"""Instrument scripts in a running daemon: contexts, parameters, init order, budgets, run_async, tasks.
+
+The tests of contexts and of the key-colour example share the module's daemon (each waits for its own error
+text or log line); the download example's tests set a parameter that starts a task and take a daemon of their
+own (a controller keeps the values of the script before for parameters of the same name).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 def _load(d: Daemon, script: Path) -> Any:
     c = d.client()
-    c.load_script(str(script))
+    c.load_script(str(script), wait=60)  # loaded again if it was already: the processor's stats alone cannot tell
     wait_for(lambda: d.actor("processor").stats.get("script") == str(script.resolve()), what="processor to load the script")
     return c
 
@@ -28,29 +33,32 @@ def _blocks(d: Daemon) -> int:
     return int(d.actor("processor").stats["blocks"])
 
 
-def test_wrong_context_in_the_processor_is_reported_and_audio_goes_on(daemon: Daemon) -> None:
-    c = _load(daemon, SCRIPTS / "contexts.py")
-    before = _blocks(daemon)
+def _detail(d: Daemon, actor: str, text: str) -> str:
+    """``actor``'s detail in status once it holds ``text`` (a script error; the daemon keeps the latest)."""
+    return str(wait_for(lambda: text in (detail := d.actor(actor).detail) and detail, what=f"{text!r} in status"))
+
+
+def test_wrong_context_in_the_processor_is_reported_and_audio_goes_on(shared_daemon: Daemon) -> None:
+    c = _load(shared_daemon, SCRIPTS / "contexts.py")
+    before = _blocks(shared_daemon)
     c.note_on(1)
-    detail = wait_for(lambda: daemon.actor("processor").detail, what="the error in status")
-    assert "run_sync() is available in: Controller" in detail
+    detail = _detail(shared_daemon, "processor", "run_sync() is available in: Controller")
     assert "called in: Processor" in detail
     assert "contexts.py:" in detail and "run_async" in detail
-    wait_for(lambda: _blocks(daemon) > before + 10, what="the processor to keep rendering")
+    wait_for(lambda: _blocks(shared_daemon) > before + 10, what="the processor to keep rendering")
 
 
-def test_wrong_context_in_the_controller_is_reported(daemon: Daemon) -> None:
-    c = _load(daemon, SCRIPTS / "contexts.py")
+def test_wrong_context_in_the_controller_is_reported(shared_daemon: Daemon) -> None:
+    c = _load(shared_daemon, SCRIPTS / "contexts.py")
     c.set_param("bad", 1)
-    detail = wait_for(lambda: daemon.actor("controller").detail, what="the error in status")
-    assert "play_note() is available in: Processor" in detail
+    detail = _detail(shared_daemon, "controller", "play_note() is available in: Processor")
     assert "called in: Controller" in detail and "run_sync" in detail
-    log = (daemon.base / "state" / "daemon.log").read_text()
+    log = (shared_daemon.base / "state" / "daemon.log").read_text()
     assert "wrong-context" in log
 
 
-def test_get_context_names_each_side_and_run_async_errors_raise_at_the_await(daemon: Daemon) -> None:
-    c = _load(daemon, SCRIPTS / "contexts.py")
+def test_get_context_names_each_side_and_run_async_errors_raise_at_the_await(shared_daemon: Daemon) -> None:
+    c = _load(shared_daemon, SCRIPTS / "contexts.py")
     c.note_on(2)
     wait_for(lambda: _param(c, "ctx_seen") == "Processor", what="processor context")
     c.note_on(3)
@@ -103,13 +111,13 @@ def test_hise_download_example_runs_and_cancels_gracefully(daemon: Daemon) -> No
     assert jobs[0].name == "DownloadTest" and jobs[0].state == "cancelled"
 
 
-def test_halion_key_colour_example_awaits_the_controller(daemon: Daemon) -> None:
-    c = _load(daemon, ROOT / "examples" / "instruments" / "key_colour.py")
+def test_halion_key_colour_example_awaits_the_controller(shared_daemon: Daemon) -> None:
+    c = _load(shared_daemon, ROOT / "examples" / "instruments" / "key_colour.py")
     c.note_on(60, 114)  # MIDI velocities: the script sees 0.9 and 0.1
     c.note_on(62, 13)
-    log = daemon.base / "state" / "daemon.log"
+    log = shared_daemon.base / "state" / "daemon.log"
     wait_for(lambda: "key 60 is red" in log.read_text() and "key 62 is blue" in log.read_text(), what="both notes")
-    wait_for(lambda: daemon.actor("processor").stats["peak_voices"] >= 1, what="the notes to play")
+    wait_for(lambda: shared_daemon.actor("processor").stats["peak_voices"] >= 1, what="the notes to play")
 
 
 def test_reload_keeps_parameters_and_aborts_background_tasks(daemon: Daemon) -> None:
