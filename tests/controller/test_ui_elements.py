@@ -87,13 +87,13 @@ def test_elements_are_sent_when_they_change_and_dropped_on_reload(tmp_path: Path
 
 def _load(d: Daemon, path: Path) -> Any:
     c = d.client()
-    c.load_script(str(path))
+    c.load_script(str(path), wait=60)  # loaded again if it was already: the processor's stats alone cannot tell
     wait_for(lambda: d.actor("processor").stats.get("script") == str(path.resolve()), what="the script to load")
     return c
 
 
-def test_a_click_through_the_daemon_runs_the_button_callback(daemon: Daemon) -> None:
-    c = _load(daemon, SCRIPTS / "ui.py")
+def test_a_click_through_the_daemon_runs_the_button_callback(shared_daemon: Daemon) -> None:
+    c = _load(shared_daemon, SCRIPTS / "ui.py")
     ui = wait_for(lambda: c.ui_elements().elements, what="the elements to reach the daemon")
     assert [(e.id, e.kind, e.text) for e in ui][:2] == [("go", "button", "Go"), ("status", "label", "never clicked")]
     c.ui_event("go")
@@ -105,8 +105,9 @@ def test_a_click_through_the_daemon_runs_the_button_callback(daemon: Daemon) -> 
         c.ui_event("nope")
 
 
-def test_a_ui_function_in_the_processor_is_a_wrong_context_error(daemon: Daemon) -> None:
-    c = _load(daemon, SCRIPTS / "ui.py")
+def test_a_ui_function_in_the_processor_is_a_wrong_context_error(shared_daemon: Daemon) -> None:
+    c = _load(shared_daemon, SCRIPTS / "ui.py")
     c.note_on(1)
-    detail = wait_for(lambda: daemon.actor("processor").detail, what="the error in status")
+    detail = wait_for(lambda: "add_button()" in (text := shared_daemon.actor("processor").detail) and text,
+                      what="the error in status")
     assert "add_button() is available in: Controller" in detail and "called in: Processor" in detail
