@@ -462,6 +462,11 @@ class ChildrenMixin(State):
                     book.requeue(job, f"worker {slot.name} died (attempt {job.attempts} of {job.spec.retries + 1})")
                     if job.unstarted_cancels:  # it had started: a Cancel(if_queued) leaves it to run again
                         self._answer_unstarted(job, "running")
+                elif i < begun - 1:  # one job thread takes them in order: this one had returned
+                    self._finish(job, "worker-lost", now, error_type="JobLost",
+                                 error_message=f"the job returned, but worker {slot.name} died (under the job after "
+                                               f"it, {ids[begun - 1]}) before its result left the process, and no "
+                                               "retry was left: a job without retries runs at most once")
                 else:
                     self._finish(job, "worker-lost", now, error_type="JobLost",
                                  error_message=f"worker {slot.name} died while running the job and no retry was left")
