@@ -11,7 +11,9 @@ A step the interrupt cannot reach (blocked in C) that still runs ``GRACE_S``
 controller process exits to be restarted by the supervisor (see
 :mod:`controller._watchdog` and :mod:`controller.actor`).
 Reloading discards every pending callback and aborts the script's
-background tasks; parameter values survive.
+background tasks; parameter values survive.  Another script starts from its
+own saved values (``script-state.json``) or its defaults, never the values
+of the script before.
 """
 
 from __future__ import annotations
@@ -346,16 +348,11 @@ class ControllerScript:
             _context._loading["active"] = False
             self.busy_since = 0.0
             self.loading_file = ""
-        self.path = str(Path(path).resolve())
+        path = str(Path(path).resolve())
+        live = self.values if path == self.path else {}  # a reload of the same script keeps its live values
+        self.path = path
         saved = self.state.read(self.path)
-        for name, p in self.params.items():
-            if name in saved.get("params", {}):
-                try:
-                    self.values[name] = p.coerce(saved["params"][name])
-                    continue
-                except ValueError:
-                    pass
-            self.values.setdefault(name, p.default)
+        self.values = self._values_at_load(live, saved.get("params", {}))
         self.bindings = {name: int(cc) for name, cc in saved.get("bindings", {}).items()
                          if name in self.params and isinstance(cc, int) and 0 <= cc <= 127}
         on_load = getattr(self.module, "on_load", None)
@@ -368,6 +365,25 @@ class ControllerScript:
         self.outbox.put(ScriptReady(self.path))
         log.info("event=script-loaded path=%s reload=%s params=%d discarded=%d", self.path, reload,
                  len(self.params), self.discarded)
+
+    def _values_at_load(self, live: dict[str, Any], saved: Any) -> dict[str, Any]:
+        """Each declared parameter's first value it takes of: ``live`` (a reload), ``saved`` (the script's own), its default.
+
+        Only declared parameters get a value, so that none of an earlier
+        script, or of this one's earlier version, is kept or saved with it.
+        """
+        saved = saved if isinstance(saved, dict) else {}
+        values: dict[str, Any] = {}
+        for name, p in self.params.items():
+            values[name] = p.default
+            for source in (live, saved):
+                if name in source:
+                    try:
+                        values[name] = p.coerce(source[name])
+                        break
+                    except ValueError:
+                        pass
+        return values
 
     # ------------------------------------------------------------------ parameters
     def define(self, p: ParamDef) -> None:
