@@ -148,6 +148,7 @@ class ControllerScript:
         self.values: dict[str, Any] = {}
         self.bindings: dict[str, int] = {}  # parameter name -> MIDI controller (``param bind``), persisted
         self.generation = 0  # bumped on reload; callbacks of older generations are dropped
+        self.load_number = 0  # the daemon's number of the load running or last run (ScriptLoad.load), echoed back
         self.heap: list[tuple[int, int, int | None, Callable[..., Any], tuple[Any, ...], str]] = []
         self._seq = itertools.count()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -312,36 +313,39 @@ class ControllerScript:
         else:
             text = f"{type(exc).__name__} in {name}: {exc}"
         log.error("event=script-%s %s at %s", kind, text, loc)
-        self.outbox.put(ScriptError("Controller", kind, text, loc))
+        self.outbox.put(ScriptError("Controller", kind, text, loc, self.load_number if loading else 0))
 
     # ------------------------------------------------------------------ loading (script thread)
-    def load(self, path: str, reload: bool) -> None:
-        """Queue loading ``path`` (module code, parameters, on_load); then the processor may init."""
-        self.loop.call_soon_threadsafe(self._load, path, reload)
+    def load(self, path: str, reload: bool, number: int = 0) -> None:
+        """Queue loading ``path`` (module code, parameters, on_load); then the processor may init.
 
-    def _load(self, path: str, reload: bool) -> None:
+        ``number``: the daemon's number of this load, echoed in the
+        ``ScriptReady`` or ``load-failed`` ``ScriptError`` that answers it.
+        Any thread; returns at once.
+        """
+        self.loop.call_soon_threadsafe(self._load, path, reload, number)
+
+    def unload(self, reason: str) -> None:
+        """Queue running no script: the load failed in the processor, so it failed as a whole (any thread).
+
+        Pending callbacks are discarded and background tasks aborted, as for
+        a load; the parameters go too (an empty ``ParamValues`` says so).
+        The values saved so far stay in ``script-state.json``.
+        """
+        self.loop.call_soon_threadsafe(self._unload, reason)
+
+    def _load(self, path: str, reload: bool, number: int = 0) -> None:
         from controller import _context
 
-        self.generation += 1
-        self.discarded += len(self.heap)
-        self.heap.clear()
-        for t in list(self.tasks):
-            t.cancel()
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
-        for bg in self.bg_tasks:
-            bg._abort_quietly()
-        self.bg_tasks.clear()
-        self.ui.clear()
-        self.params = {}
+        self.load_number = number
+        self._drop_callbacks()
         _context._loading["active"] = True
         self.loading_file = str(Path(path).resolve())
         self.busy_since, self.busy_name = time.monotonic(), "module code"
         try:
             self.module = load_module(path)
         except BaseException as exc:  # noqa: BLE001
-            self.module = None
+            self._forget_script()
             self._report("module code", exc, loading=self.loading_file)
             return
         finally:
@@ -362,9 +366,9 @@ class ControllerScript:
         if callable(on_status):  # status/paint-like notifications: lowest priority, once a second
             self.start_timer(STATUS_INTERVAL_MS, on_status, STATUS)
         self.outbox.put(self._param_message([]))
-        self.outbox.put(ScriptReady(self.path))
-        log.info("event=script-loaded path=%s reload=%s params=%d discarded=%d", self.path, reload,
-                 len(self.params), self.discarded)
+        self.outbox.put(ScriptReady(self.path, number))
+        log.info("event=script-loaded path=%s reload=%s params=%d discarded=%d load=%d", self.path, reload,
+                 len(self.params), self.discarded, number)
 
     def _values_at_load(self, live: dict[str, Any], saved: Any) -> dict[str, Any]:
         """Each declared parameter's first value it takes of: ``live`` (a reload), ``saved`` (the script's own), its default.
@@ -384,6 +388,36 @@ class ControllerScript:
                     except ValueError:
                         pass
         return values
+
+    def _unload(self, reason: str) -> None:
+        self._drop_callbacks()
+        self._forget_script()
+        self.outbox.put(self._param_message([]))  # after any ParamValues of the script: the daemon lists none
+        log.warning("event=script-unloaded reason=%s", reason)
+
+    def _drop_callbacks(self) -> None:
+        """Discard pending callbacks, cancel tasks and timers, abort background tasks, drop UI and parameters."""
+        self.generation += 1
+        self.discarded += len(self.heap)
+        self.heap.clear()
+        for t in list(self.tasks):
+            t.cancel()
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+        for bg in self.bg_tasks:
+            bg._abort_quietly()
+        self.bg_tasks.clear()
+        self.ui.clear()
+        self.params = {}
+
+    def _forget_script(self) -> None:
+        """Run no script: no module, parameters, values or bindings (a failed load; saved values stay on disk)."""
+        self.module = None
+        self.path = ""
+        self.params = {}
+        self.values = {}
+        self.bindings = {}
 
     # ------------------------------------------------------------------ parameters
     def define(self, p: ParamDef) -> None:

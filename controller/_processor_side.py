@@ -31,7 +31,7 @@ from typing import Any, Callable
 from actors import EnsembleError
 from actors.messages import Message
 from controller.messages import (
-    ParamControl, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad, ScriptReady,
+    ParamControl, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad, ScriptReady, ScriptUnload,
 )
 from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, set_context
@@ -120,11 +120,15 @@ class ProcessorScript:
                 self.load(msg.path)
             except Exception as exc:  # module code failed here: report (the load fails), keep playing, with no
                 self.path = ""  # script: the one before had its parameters cleared for this load, and would run
-                self.unload()  # beside a controller that runs the new one
+                self.unload()  # beside a controller that does not (the daemon has it unload the new one too)
                 self.outbox.put(ScriptError("Processor", "load-failed", f"{type(exc).__name__} in the processor's "
-                                            f"module code: {exc}", _where(exc, msg.path)))
+                                            f"module code: {exc}", _where(exc, msg.path), msg.load))
             else:
-                self.outbox.put(ScriptReady(msg.path))
+                self.outbox.put(ScriptReady(msg.path, msg.load))
+        elif isinstance(msg, ScriptUnload):  # the load failed in the controller: the script runs nowhere
+            self.path = ""
+            self.unload()
+            _log.warning("event=script-unloaded reason=%s", msg.reason)
         elif isinstance(msg, RunSync):
             self.run_sync_call(msg.fn, msg.args, msg.id)
         elif isinstance(msg, RunAsyncResult):

@@ -4,6 +4,9 @@ Registered with the runtime through the ``ensemble.extensions`` entry point
 (see :mod:`actors.extensions`); runs in the supervisor's thread, never blocks.
 Controller and processor each host the script; this routes ``run_sync`` /
 ``run_async`` and parameter traffic between them and records script errors.
+A load is numbered, and each side's answer carries its number; a load whose
+module code raises on either side fails as a whole, and the other side is
+told to run no script either (:meth:`ScriptExtension._load_failed`).
 
 A controller that went down (a crash, a heartbeat timeout, or its own exit
 with ``WEDGED_EXIT`` when a script step stayed blocked in C past its budget
@@ -34,7 +37,7 @@ from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, JobSpec, Message
 from controller.messages import (
     ParamBind, ParamControl, ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync,
-    ScriptError, ScriptLoad, ScriptReady, UiEvent, UiList, UiState,
+    ScriptError, ScriptLoad, ScriptReady, ScriptUnload, UiEvent, UiList, UiState,
 )
 from controller._host import ParamDef
 from controller._watchdog import WEDGED_EXIT, wedged_text
@@ -44,6 +47,8 @@ log = logging.getLogger("ensemble.supervisor")
 # not run again: each wedge costs the budget, the grace and a restart (~9 s), slower than the restart intensity
 # counts, so a timer that blocks in C would otherwise restart the controller forever
 REWEDGE_S = 60.0
+# how a load that failed on either side ends: the other side is told to run no script either (ScriptUnload)
+NO_SCRIPT = "neither the controller nor the processor runs a script until the next load"
 INTERNAL_JOBS = frozenset({"controller._tasks:run_process_job", "controller._tasks:kill_voices_job"})
 
 
@@ -87,7 +92,7 @@ class ScriptExtension(Extension):
         if slot.role == "processor" and self.script_ready:
             if slot.last_exit == WEDGED_EXIT and self._processor_rewedged(slot):
                 return
-            self.host.send_child(slot, ScriptLoad(self.script_path))
+            self.host.send_child(slot, ScriptLoad(self.script_path, load=self.load_state[0]))
             self.host.send_child(slot, ParamValues(list(self.params.values())))
         elif slot.role == "controller":
             self._controller_back(slot)
@@ -96,7 +101,7 @@ class ScriptExtension(Extension):
                 self.script_ready = False
                 if not self.load_lost:
                     self._loading()
-                self.host.send_child(slot, ScriptLoad(self.script_path))
+                self.host.send_child(slot, ScriptLoad(self.script_path, load=self.load_state[0]))
                 for change in sorted(self.unapplied.values(), key=lambda m: m.seq):
                     self.host.send_child(slot, change)
                 if self.unapplied:
@@ -203,10 +208,18 @@ class ScriptExtension(Extension):
         self.load_state = [self.load_state[0] + 1, "loading", ""]
         self.processor_loading = False
 
-    def _loading_in(self, side: str) -> bool:
+    def _loading_in(self, side: str, load: int | None = None) -> bool:
         """Whether a load is in progress in ``side`` ("controller", then "processor": it answers ScriptReady or
-        ScriptError kind load-failed; a load fails if either side's module code raises)."""
-        return self.load_state[1] == "loading" and self.processor_loading == (side == "processor")
+        ScriptError kind load-failed; a load fails if either side's module code raises).
+
+        ``load``: the number an answer carries (``ScriptLoad.load`` echoed);
+        only the latest load's answer counts.  Without it, two loads of one
+        file close together were taken for one: the processor's answer to
+        the first marked the second ready before the controller had run it
+        (and the controller's error for it was then ignored).
+        """
+        return (self.load_state[1] == "loading" and self.processor_loading == (side == "processor")
+                and (load is None or load == self.load_state[0]))
 
     def check_task(self, spec: JobSpec) -> bool:
         """Script tasks name the loaded script's functions; the two internal helpers are ours."""
@@ -253,7 +266,7 @@ class ScriptExtension(Extension):
         self._loading()
         self.unapplied.clear()  # the controller applies each change queued before the load, or the load discards it
         self.unbound.clear()
-        self.host.send_child(controller, ScriptLoad(self.script_path, msg.reload))
+        self.host.send_child(controller, ScriptLoad(self.script_path, msg.reload, self.load_state[0]))
         log.info("event=script-load path=%s reload=%s load=%d", self.script_path, msg.reload, self.load_state[0])
         return Ack(f"loading {self.script_path} (load {self.load_state[0]})")
 
@@ -324,13 +337,13 @@ class ScriptExtension(Extension):
     def _route(self, slot: Any, msg: Message) -> None:
         proc, ctl = self.host.child("processor"), self.host.child("controller")
         if isinstance(msg, ScriptReady) and slot.role == "processor":  # the processor ran it too: loaded
-            if self._loading_in("processor") and msg.path == self.script_path:
+            if self._loading_in("processor", msg.load) and msg.path == self.script_path:
                 self.load_state[1] = "ready"
         elif isinstance(msg, ScriptReady):
             self.script_ready = True
             self.ready_path = msg.path
-            sent = proc is not None and self.host.send_child(proc, ScriptLoad(msg.path))
-            if self._loading_in("controller"):  # no processor now: the one that starts loads it (child_ready)
+            sent = proc is not None and self.host.send_child(proc, ScriptLoad(msg.path, load=msg.load))
+            if self._loading_in("controller", msg.load):  # no processor now: the one that starts loads it (child_ready)
                 self.processor_loading = sent
                 self.load_state[1] = "loading" if sent else "ready"
         elif isinstance(msg, (RunSync, RunAsyncResult)):
@@ -355,11 +368,8 @@ class ScriptExtension(Extension):
                 self.host.send_child(ctl, msg)
         elif isinstance(msg, ScriptError):
             where = f" ({msg.location})" if msg.location else ""
-            if msg.kind == "load-failed" and self._loading_in(slot.role):
-                self.load_state[1:] = ["failed", f"{msg.message}{where}"]
-            if msg.kind == "load-failed" and slot.role == "controller":
-                self.ready_path = ""  # the controller runs no script now, so it has no parameters either: a
-                self._forget_params()  # `param set` of the last script's is refused, not acknowledged and then lost
+            if msg.kind == "load-failed":
+                self._load_failed(slot, msg, where)
             if msg.kind == "wedged" and slot.role == "controller":  # it leaves now, to be restarted
                 self.wedge_heard = True
                 where += "; the controller was restarted"
@@ -368,6 +378,32 @@ class ScriptExtension(Extension):
             log.error("event=script-%s context=%s detail=%s location=%s", msg.kind, msg.context, msg.message,
                       msg.location)
             self._script_error(slot, f"{msg.context} {msg.kind}: {msg.message}{where}")
+
+    def _load_failed(self, slot: Any, msg: ScriptError, where: str) -> None:
+        """A side's module code raised: the load fails as a whole, and neither side runs a script.
+
+        The controller runs none after its own failure (whichever load it
+        was), and the processor is told to run none either (it still ran the
+        script before).  A processor that failed the latest load runs none
+        (``ProcessorScript.handle``), and the controller, which ran the new
+        script, is told to unload it; the processor's answer to an earlier
+        load changes nothing (the controller runs a newer one).  The daemon
+        then lists no parameters: a ``param set`` of the script's is refused,
+        not acknowledged and then lost.  ``status`` (``script_load``) and
+        ``ensemble load`` say so.
+        """
+        latest = self._loading_in(slot.role, msg.load)
+        if latest:
+            self.load_state[1:] = ["failed", f"{msg.message}{where}; {NO_SCRIPT}"]
+        elif slot.role == "processor":
+            return
+        other = self.host.child("processor" if slot.role == "controller" else "controller")
+        self.ready_path = ""
+        self.script_ready = False  # a processor that starts now is sent no script
+        self._forget_params()
+        if other is not None:
+            self.host.send_child(other, ScriptUnload(f"load {msg.load} failed in the {slot.role}: {msg.message}"))
+        log.warning("event=script-unloaded load=%d failed_in=%s", msg.load, slot.role)
 
     def _script_error(self, slot: Any, text: str) -> None:
         """Keep a script error for ``status`` (recent errors, the actor's detail)."""

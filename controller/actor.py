@@ -24,7 +24,7 @@ from typing import Any
 
 from actors import Child, child_main
 from actors.messages import Message
-from controller.messages import ParamBind, ParamControl, ParamSet, RunAsync, ScriptLoad, UiEvent
+from controller.messages import ParamBind, ParamControl, ParamSet, RunAsync, ScriptLoad, ScriptUnload, UiEvent
 from controller._context import CONTROLLER, set_context
 from controller._controller_side import ControllerScript
 from controller._host import install
@@ -51,7 +51,9 @@ class Controller(Child):
 
     def handle(self, msg: Message) -> None:
         if isinstance(msg, ScriptLoad):
-            self.script.load(msg.path, msg.reload)
+            self.script.load(msg.path, msg.reload, msg.load)
+        elif isinstance(msg, ScriptUnload):
+            self.script.unload(msg.reason)
         elif isinstance(msg, RunAsync):
             self.script.run_async_call(msg.token, msg.fn, msg.args)
         elif isinstance(msg, ParamSet):

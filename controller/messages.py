@@ -2,7 +2,7 @@
 
 Part of the wire protocol (see :mod:`actors.messages` for the envelope, the
 codec and the limits); its kinds are 70..89 (82..85: the script's UI elements
-and the instrument panel).  Importing this module adds them to the decoder of
+and the instrument panel; 86: unloading a script).  Importing this module adds them to the decoder of
 the process.
 """
 
@@ -35,20 +35,36 @@ class ScriptKind(IntEnum):
     UI_LIST = 83
     UI_EVENT = 84
     PANEL_START = 85
+    SCRIPT_UNLOAD = 86
 
 
 class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
-    """Load (or with ``reload`` re-load) an instrument script from a file path."""
+    """Load (or with ``reload`` re-load) an instrument script from a file path.
+
+    ``load``: the daemon's number of the load it belongs to (0 from a
+    client: the daemon numbers it), echoed in the side's :class:`ScriptReady`
+    or ``load-failed`` :class:`ScriptError`, so that the answer to an earlier
+    load of the same file never counts for a later one.
+    """
 
     path: str
     reload: bool = False
+    load: Int64 = 0
 
 
 class ScriptReady(Message, tag=ScriptKind.SCRIPT_READY.value, frozen=True):
     """A side ran a script: the controller its module code, parameters and on_load (the processor loads it next),
-    then the processor its module code (the load is done; on_init runs in its next block)."""
+    then the processor its module code (the load is done; on_init runs in its next block).  ``load``: as in the
+    :class:`ScriptLoad` it answers."""
 
     path: str
+    load: Int64 = 0
+
+
+class ScriptUnload(Message, tag=ScriptKind.SCRIPT_UNLOAD.value, frozen=True):
+    """Daemon to controller or processor: run no script (the load failed on the other side); ``reason`` is logged."""
+
+    reason: str = ""
 
 
 class ScriptError(Message, tag=ScriptKind.SCRIPT_ERROR.value, frozen=True):
@@ -59,6 +75,7 @@ class ScriptError(Message, tag=ScriptKind.SCRIPT_ERROR.value, frozen=True):
     #            | wedged (blocked in C past budget and grace: the controller leaves to be restarted)
     message: str
     location: str = ""
+    load: Int64 = 0  # kind load-failed: the number of the ScriptLoad that failed (as in ScriptReady)
 
 
 class RunSync(Message, tag=ScriptKind.RUN_SYNC.value, frozen=True):
@@ -188,8 +205,8 @@ class PanelStart(Message, tag=ScriptKind.PANEL_START.value, frozen=True):
 
 
 register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
-         ParamList, ParamInfos, ParamBind, ParamControl, UiState, UiList, UiEvent, PanelStart)
+         ParamList, ParamInfos, ParamBind, ParamControl, UiState, UiList, UiEvent, PanelStart, ScriptUnload)
 
 __all__ = ["PanelStart", "ParamBind", "ParamControl", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues",
            "RunAsync", "RunAsyncResult", "RunSync", "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady",
-           "UiElement", "UiEvent", "UiList", "UiState"]
+           "ScriptUnload", "UiElement", "UiEvent", "UiList", "UiState"]
