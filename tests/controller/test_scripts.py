@@ -2,7 +2,8 @@
 
 The tests of contexts and of the key-colour example share the module's daemon (each waits for its own error
 text or log line); the download example's tests set a parameter that starts a task and take a daemon of their
-own (a controller keeps the values of the script before for parameters of the same name).
+own (each reads the daemon's job list, and on a shared daemon the saved ``run = True`` would start the next
+load's download at once).
 """
 
 from __future__ import annotations
