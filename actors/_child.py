@@ -1,7 +1,8 @@
 """The child side of supervision: connect, say hello, heartbeat, obey stop.
 
 Every supervised process (controller, processor, worker) runs a :class:`Child`
-loop on its main thread: a DEALER socket to the supervisor's internal ROUTER,
+loop (:meth:`Child.serve`) on its main thread, a worker on a thread of its own
+(its main thread runs jobs): a DEALER socket to the supervisor's internal ROUTER,
 a heartbeat every ``heartbeat_interval``, and an exit when the supervisor has
 been silent past ``heartbeat_timeout`` (belt and braces beside the
 parent-death signal).
@@ -135,12 +136,28 @@ class Child:
         """Called once when a stop was requested, before the loop ends."""
 
     def run(self) -> int:
-        """Main loop: returns the process exit code."""
-        signal.signal(signal.SIGTERM, lambda *_: self._request_stop("SIGTERM"))
+        """Catch the signals, then run :meth:`serve` on this, the main thread; returns the process exit code.
+
+        A worker overrides it: its main thread runs jobs, :meth:`serve` a thread of its own.
+        """
+        self.catch_signals()
+        return self.serve()
+
+    def catch_signals(self) -> None:
+        """Install the child's SIGTERM handler (an orderly stop) and SIGINT handler (none) (main thread)."""
+        signal.signal(signal.SIGTERM, self.on_sigterm)
         # a Ctrl-C is the daemon's to act on (it stops its children in order): caught and dropped here, not
         # ignored, since an ignored signal stays ignored through exec: a job's subprocess (`jack_rec`, ffmpeg)
         # would ignore the SIGINT that asks it to stop
         signal.signal(signal.SIGINT, _dropped)
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        """The SIGTERM handler (main thread, between two bytecodes): ask the loop to stop."""
+        self._request_stop("SIGTERM")
+
+    def serve(self) -> int:
+        """The supervision loop: Hello, heartbeats, messages, until a stop; then :meth:`on_stop`, the last
+        messages out and the socket closed.  Returns the process exit code.  Blocks until the stop."""
         for s in self.extra_sockets():
             self.poller.register(s, zmq.POLLIN)
         self.send(Hello(self.role, self.name, os.getpid(), self.resources))
@@ -224,7 +241,7 @@ def _deliver_and_term(ctx: zmq.Context[Any], timeout: float) -> None:
     with the last messages (results, the final JobsDone) still queued.
     ``ctx.term()`` waits for closed sockets to flush (their linger) but also for
     every socket to be closed, so it runs in a thread and is given up on after
-    ``timeout`` if a stuck job thread still holds one.
+    ``timeout`` if a stuck job still holds one (a worker's).
     """
     thread = threading.Thread(target=ctx.term, name="zmq-term", daemon=True)
     thread.start()

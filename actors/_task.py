@@ -156,8 +156,8 @@ class Task:
         ``args`` is a list, or a string split at unquoted whitespace (shell
         quoting respected).  While the program runs, an abort request kills it
         at once and this returns its exit code (negative: killed by signal).
-        Blocks the job thread.  Raises ``FileNotFoundError`` when the program
-        does not exist.
+        Blocks the job (on the worker's main thread).  Raises
+        ``FileNotFoundError`` when the program does not exist.
         """
         # imported here: only jobs that run programs pay for them (``import actors`` stays light for clients)
         import queue
@@ -233,7 +233,7 @@ class Task:
 
         The worker publishes nothing of the child's, so the child's updates
         stay in the child, and :meth:`should_abort` keeps the answer it had
-        at the fork.  Its lock is a new one (the worker's main thread may have
+        at the fork.  Its lock is a new one (the worker's loop thread may have
         held this one at the fork, for ever in the child), :meth:`empty` makes
         plain numpy arrays (a segment made there would be nobody's to free), and
         :meth:`kill_voices_and_call` raises :class:`WrongContextError` (the

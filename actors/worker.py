@@ -1,24 +1,39 @@
-"""A worker process: runs jobs one at a time, with the task handle, on its job thread.
+"""A worker process: runs jobs one at a time, with the task handle, on its main thread.
 
-Threads: the main thread runs the supervision loop (heartbeats, dispatch,
-aborts, publishing progress); the job thread runs job functions.  Jobs go from
-main to the job thread through the ``pending`` deque (jobs handed over but not
-yet started sit there, so an abort of one of them answers at once).  A local
-worker's job thread sends each result to the daemon itself, on a DEALER of
-its own (routing id: the worker's name + :data:`~actors._rundir.RESULTS_SUFFIX`),
-and its ``Retiring`` after its last result on the same socket, so the daemon
-reads them in that order; handing each result to the main thread to send cost
-a thread wake-up and a wait for the GIL per job (the job thread spent a fifth
-of its time there in ``Executor.map``).  A remote worker's results go through
-the main thread (an inproc PAIR wakes it): its one CURVE connection is the
-main thread's.
+Threads: the main thread runs job functions, as a ``ProcessPoolExecutor``
+worker's does (a job may use ``signal.signal``, ``signal.alarm``, or anything
+else only the main thread may); the loop thread runs the supervision loop
+(:meth:`Child.serve <actors._child.Child.serve>`: heartbeats, dispatch, aborts,
+publishing progress).  Jobs go from the loop to the main thread through the
+``pending`` deque (jobs handed over but not yet started sit there, so an abort
+of one of them answers at once).  A local worker's main thread sends each
+result to the daemon itself, on a DEALER of its own (routing id: the worker's
+name + :data:`~actors._rundir.RESULTS_SUFFIX`), and its ``Retiring`` after its
+last result on the same socket, so the daemon reads them in that order;
+handing each result to the loop thread to send cost a thread wake-up and a
+wait for the GIL per job (the job side spent a fifth of its time there in
+``Executor.map``).  A remote worker's results go through the loop thread (an
+inproc PAIR wakes it): its one CURVE connection is the loop's.
+
+Signals: Python runs handlers on the main thread only, which may be deep in a
+job's C call.  The worker's SIGTERM handler asks for an orderly stop, and the
+loop thread learns of a SIGTERM through the wake-up fd of Python's signal
+handling (:class:`~actors._signals.SignalPipe`) without waiting for that
+handler, so a worker stops as promptly whatever its job does.  The loop thread
+blocks the asynchronous signals, so they land on the main thread (a job's
+``signal.alarm`` interrupts its ``time.sleep``).  A job that installs a SIGTERM
+handler of its own (or an Executor's initializer) has it run instead, as in a
+``ProcessPoolExecutor`` worker, for the rest of the worker's life: the worker
+then stops on its supervisor's ``Stop`` message alone, which never depended on
+a signal, and a daemon that is stopping SIGKILLs a worker still there
+``term_grace`` after its SIGTERM.
 
 A job may fork (a ``multiprocessing.Pool`` of the fork start method,
-``os.fork``): the child is a copy of the worker with the job thread alone in
-it, and :meth:`Worker._forked` makes it a process of its own before it runs
-anything (the signal handlers of a fresh interpreter, a task handle of its
-own); it never touches the worker's ZeroMQ sockets, and one that returns from
-the job ends there.
+``os.fork``): the child is a copy of the worker with the forking thread alone
+in it, and :meth:`Worker._forked` makes it a process of its own before it runs
+anything (the signal handlers of a fresh interpreter, no wake-up fd, a task
+handle of its own); it never touches the worker's ZeroMQ sockets, and one that
+returns from the job ends there.
 """
 
 from __future__ import annotations
@@ -49,6 +64,7 @@ from actors._rundir import RESULTS_SUFFIX, RunDir, StartedLog
 from actors._arrays import WorkerArrays
 from actors._errors import ProtocolError, error_name
 from actors._jobfn import resolve, resolve_internal, takes_task
+from actors._signals import SignalPipe, start_unsignalled
 from actors._task import Task, activate, deactivate
 from actors.messages import (
     AbortJob,
@@ -75,7 +91,7 @@ _POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the IntFlag costs a Python call
 _VOICES_TIMEOUT = 10.0  # seconds to wait for the processor to fall silent
 _RETIRE_WAIT = 5.0  # seconds a retiring worker waits for the supervisor's Stop before it leaves anyway
 _HOLD_MAX = 64  # results held back at most while jobs are pending (see Worker._hold)
-_HOLD_WAIT = 0.01  # seconds a held result waits at most for the job after it (the main thread then sends it)
+_HOLD_WAIT = 0.01  # seconds a held result waits at most for the job after it (the loop thread then sends it)
 _FORK_SIGNALS = {signal.SIGTERM, signal.SIGINT}  # held back while a job forks (see Worker._before_fork)
 
 
@@ -87,13 +103,15 @@ class Worker(Child):
     def __init__(self, cfg: Any, name: str, endpoint: str | None = None, curve: tuple[str, str] | None = None) -> None:
         super().__init__(cfg, name, endpoint, curve)
         self.pending: collections.deque[Dispatch] = collections.deque()  # guarded by _work
-        self.current: tuple[Dispatch, Task] | None = None  # set by the job thread under _work
+        self.current: tuple[Dispatch, Task] | None = None  # set by the main thread under _work
         self._work = threading.Condition(threading.Lock())
         self._stopping = False
-        self._arrived = False  # jobs came since the job thread last checked the user's code (see _job_loop)
-        self._wake_sent = False  # coalesces job-thread wake-ups: one per drain of ``finished``
-        self.direct = not self.remote  # results leave from the job thread (see the module's doc)
-        self.out: Any = None  # its socket for them; the main thread uses it too, under _out_lock
+        self._jobs_over = threading.Event()  # the main thread left its job loop (see run)
+        self._signals = SignalPipe()  # what the main thread's signal handling caught, for the loop thread
+        self._arrived = False  # jobs came since the main thread last checked the user's code (see _job_loop)
+        self._wake_sent = False  # coalesces loop-thread wake-ups: one per drain of ``finished``
+        self.direct = not self.remote  # results leave from the main thread (see the module's doc)
+        self.out: Any = None  # its socket for them; the loop thread uses it too, under _out_lock
         self._results_closed = False  # ResultsClosed was sent (the daemon reads up to it when it reaps us)
         self._out_lock = threading.Lock()
         self._held: list[JobDone] = []  # results not yet sent (see _hold)
@@ -118,18 +136,61 @@ class Worker(Child):
             self._started = StartedLog(RunDir(cfg.run_dir).started_file(name))
         self.code = UserCode()
         self.retire_reason = ""
-        self.retiring_since = 0.0  # monotonic time the job thread left to retire; the supervisor's Stop ends us
-        self.fns: dict[str, Callable[..., Any]] = {}  # job path -> its function, resolved once (job thread)
-        self.setups: dict[str, int] = {}  # Executor key -> its jobs run here, once its initializer ran (job thread)
+        self.retiring_since = 0.0  # monotonic time the main thread left to retire; the supervisor's Stop ends us
+        self.fns: dict[str, Callable[..., Any]] = {}  # job path -> its function, resolved once (main thread)
+        self.setups: dict[str, int] = {}  # Executor key -> its jobs run here, once its initializer ran (main thread)
         self._pid = os.getpid()  # a process a job forks has another (see _run_jobs)
         self._fork_masks = threading.local()  # each forking thread's signal mask, while it forks
         os.register_at_fork(before=self._before_fork, after_in_parent=self._after_fork, after_in_child=self._forked)
-        self.thread = threading.Thread(target=self._job_loop, name="job", daemon=True)
-        self.thread.start()
 
-    # -- main thread ---------------------------------------------------------------
+    def run(self) -> int:
+        """Run jobs on this, the main thread, and :meth:`serve` on the loop thread until a stop; the exit code.
+
+        Returns once both are over; should a job ignore its abort past the
+        stop grace, the loop thread ends the process instead (see :meth:`_supervise`).
+        """
+        self.catch_signals()
+        self._signals.install()
+        loop = threading.Thread(target=self._supervise, name="supervision", daemon=True)
+        start_unsignalled(loop)
+        try:
+            self._job_loop()
+        finally:
+            self._jobs_over.set()
+        loop.join()  # (it ends soon: the job loop returns on a stop, or to retire, which ends in one within 5 s)
+        return self.exit_code
+
+    # -- loop thread ---------------------------------------------------------------
+    def _supervise(self) -> None:
+        """The loop thread: :meth:`serve`; then, if the main thread is still in a job, end the process here.
+
+        That job ignored its abort for the whole stop grace (the daemon would
+        SIGKILL it next); a failure of the loop itself ends the process too
+        (code 1, its traceback in the log), or jobs would run unsupervised.
+        """
+        try:
+            code = self.serve()
+        except BaseException:  # noqa: BLE001 - a bug: said in the log, and the daemon replaces this worker
+            log.exception("event=loop-thread-failed name=%s", self.name)
+            code = 1
+        else:
+            if self._jobs_over.is_set():
+                return  # the main thread returns the exit code
+        _flush_output()  # (as child_main does after run)
+        os._exit(code)
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        """The SIGTERM handler (main thread): an orderly stop, the loop woken (a job may have changed the wake-up fd)."""
+        self._request_stop("SIGTERM")
+        self._signals.poke()
+
+    def _caught(self) -> None:
+        """Signals caught (the wake-up fd): SIGTERM stops, unless a job put a handler of its own in place of ours."""
+        if signal.SIGTERM in self._signals.caught() and signal.getsignal(signal.SIGTERM) == self.on_sigterm:
+            self._request_stop("SIGTERM")
+
     def extra_sockets(self) -> list[Any]:
-        return [self.results_in]
+        return [self.results_in, self._signals.read_fd]
 
     def stats(self) -> dict[str, Any]:
         return {"done": self.done_count, "pending": len(self.pending), "busy": self.current is not None}
@@ -137,7 +198,7 @@ class Worker(Child):
     def poll_timeout(self) -> float:
         if self._held:
             return _HOLD_WAIT
-        # busy: a job runs or is about to (the job thread may not have taken it yet), so that a result it holds
+        # busy: a job runs or is about to (the main thread may not have taken it yet), so that a result it holds
         # back (see _hold) leaves within _HOLD_WAIT and not at the next heartbeat
         return 0.02 if self.current is not None or self.pending else super().poll_timeout()
 
@@ -180,12 +241,15 @@ class Worker(Child):
                                     aborted=True, started=time.time())]))
 
     def on_ready(self, sock: Any) -> None:
+        if sock == self._signals.read_fd:
+            self._caught()
+            return
         voices = 0
         while self.results_in.getsockopt(zmq.EVENTS) & _POLLIN:  # type: ignore[operator]
             frame = self.results_in.recv()
             if frame == b"v":
                 voices += 1
-            elif frame == b"x":  # the job thread left: code changed on disk, or an Executor's max_tasks_per_child
+            elif frame == b"x":  # the job loop left: code changed on disk, or an Executor's max_tasks_per_child
                 self.retiring_since = time.monotonic()
         for _ in range(voices):
             self.send(self.voice_requests.get_nowait())
@@ -209,7 +273,7 @@ class Worker(Child):
         if self.retiring_since and not self.exit_code:
             # after its last results: the supervisor reads those, then answers Retiring with Stop, so the
             # exit never races them (a job that returned would otherwise count as lost with its worker); a
-            # direct job thread sent it itself, behind its results
+            # direct worker's main thread sent it itself, behind its results
             if not self.direct:
                 self.send(Retiring(self.retire_reason))
             self.exit_code = RETIRE_CODE
@@ -248,16 +312,16 @@ class Worker(Child):
             if self.current is not None:
                 self.current[1].abort(self.stop_reason or "worker stopping")
             self._work.notify()
-        self.thread.join(timeout=self.cfg.supervision.stop_grace)
+        self._jobs_over.wait(timeout=self.cfg.supervision.stop_grace)
         self.on_ready(self.results_in)  # report the job that returned
-        self._close_out()  # if the job thread is stuck in a job: what it held back leaves now
-        if self.direct and not self._results_closed:  # its job thread never opened its socket: say it here
+        self._close_out()  # if the main thread is stuck in a job: what it held back leaves now
+        if self.direct and not self._results_closed:  # its main thread never opened its socket: say it here
             self.send(ResultsClosed())
-        if not self.thread.is_alive():  # let the context terminate (and flush) on exit
+        if self._jobs_over.is_set():  # let the context terminate (and flush) on exit
             self.results_out.close(linger=0)
             self.results_in.close(linger=0)
 
-    # -- forks (in the thread that forks: the job thread or one of the job's) ------------------------
+    # -- forks (in the thread that forks: the main thread or one of the job's) ------------------------
     def _before_fork(self) -> None:
         """Before a fork in this worker (the forking thread): hold SIGTERM and SIGINT back until the child has
         its own handlers (see :meth:`_forked`), so that one sent at once is not lost to the worker's handler
@@ -271,26 +335,29 @@ class Worker(Child):
     def _forked(self) -> None:
         """In a process forked from this worker, before anything else runs there (``os.register_at_fork``).
 
-        Runs in the child's one thread, the one that forked (the job thread, or
+        Runs in the child's one thread, the one that forked (the main thread, or
         a thread the job started), and makes the child a process of its own,
         as a ``ProcessPoolExecutor`` worker's child is: SIGTERM and SIGINT act
         as in a fresh interpreter, and only then reach it (the worker's SIGTERM
-        handler, inherited, would only ask the child's copy of the main loop to
+        handler, inherited, would only ask the child's copy of the loop to
         stop: the child outlived ``terminate()``, and a ``multiprocessing.Pool``
         whose worker had missed its sentinel waited for it in ``join`` for
-        ever), and the job's task handle becomes the child's own
-        (:meth:`Task.forked`).  It touches no socket and takes no lock.
+        ever), its signals no longer write to the worker's wake-up pipe (a
+        SIGTERM it caught would stop the worker), and the job's task handle
+        becomes the child's own (:meth:`Task.forked`).  It touches no socket and
+        takes no lock.
         """
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.set_wakeup_fd(-1)
         cur = self.current
         if cur is not None:
             cur[1].forked()
         signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_masks.old)
 
-    # -- job thread ------------------------------------------------------------------
+    # -- main thread: jobs --------------------------------------------------------------
     def _kill_voices_and_call(self, fn: Any) -> bool:
-        """Suspend the processor's voices, run ``fn`` here, resume (job thread)."""
+        """Suspend the processor's voices, run ``fn`` here, resume (main thread, in a job)."""
         token = next(self._voice_tokens)
         wait: list[Any] = [threading.Event(), None]
         self.voice_waits[token] = wait
@@ -309,7 +376,7 @@ class Worker(Child):
             self.voice_waits.pop(token, None)
 
     def _job_loop(self) -> None:
-        """Job thread: take the next pending job, run it, send its result (or queue it for the main thread)."""
+        """Main thread: take the next pending job, run it, send its result (or queue it for the loop thread)."""
         if self.direct:
             out = self.ctx.socket(zmq.DEALER)
             out.setsockopt(zmq.IDENTITY, self.name.encode() + RESULTS_SUFFIX)
@@ -320,14 +387,15 @@ class Worker(Child):
             self._run_jobs()
         except BaseException:  # a bug, not a job's failure (those are results): leave, so the job is not stuck
             # here with a live-looking worker; the daemon replaces us and retries the job or reports it lost
-            log.exception("event=job-thread-failed name=%s", self.name)
-            self._leave("its job thread failed (the worker's log has the traceback)")
+            # (or an exception a job's signal handler raised between two jobs)
+            log.exception("event=job-loop-failed name=%s", self.name)
+            self._leave("its job loop failed (the worker's log has the traceback)")
         finally:
             self._close_out()
 
     def _close_out(self) -> None:
         """Send what is held back and close the results socket (it is delivered before the process ends, see
-        actors._child): the job thread as it leaves, or the main thread on stop when the job thread is stuck."""
+        actors._child): the main thread as it leaves its job loop, or the loop thread on stop when a job is stuck."""
         with self._out_lock:
             if self.out is not None:
                 self._send_held()
@@ -337,18 +405,18 @@ class Worker(Child):
                 self.out = None
 
     def _send_held(self) -> None:
-        """Send the results held back (job thread, or main when they wait too long; under ``_out_lock``)."""
+        """Send the results held back (main thread, or the loop when they wait too long; under ``_out_lock``)."""
         if self._held and self.out is not None:
             self.out.send(encode(JobsDone(self._held)))
             self.done_count += len(self._held)
             self._held, self._held_size = [], 0
 
     def _hold(self, done: JobDone, cost: int) -> None:
-        """Send a result now, or hold it back while more jobs wait here (job thread).
+        """Send a result now, or hold it back while more jobs wait here (main thread).
 
         Held results leave together, one frame for many short jobs: when no job
         is pending any more, at :data:`_HOLD_MAX` of them or half a frame, or,
-        should the next job run long, from the main thread after :data:`_HOLD_WAIT`.
+        should the next job run long, from the loop thread after :data:`_HOLD_WAIT`.
         """
         with self._out_lock:
             if self._held and self._held_size + cost > self.cfg.daemon.max_frame // 2:
@@ -361,7 +429,7 @@ class Worker(Child):
                 self._send_held()
 
     def _leave(self, reason: str) -> None:
-        """Stop taking jobs, to be replaced (job thread): ``Retiring`` behind the last result, then tell main."""
+        """Stop taking jobs, to be replaced (main thread): ``Retiring`` behind the last result, then tell the loop."""
         self.retire_reason = reason
         with self._out_lock:
             if self.out is not None:
@@ -416,7 +484,7 @@ class Worker(Child):
                 return
 
     def _set_up(self, setup: WorkerSetup) -> None:
-        """Run an Executor's initializer before its first job here (job thread); raise BrokenProcessPool if it fails."""
+        """Run an Executor's initializer before its first job here (main thread); raise BrokenProcessPool if it fails."""
         if setup.key in self.setups:
             return
         if setup.initializer:
@@ -439,7 +507,7 @@ class Worker(Child):
         self.setups[setup.key] = 0
 
     def _served(self, setup: WorkerSetup) -> bool:
-        """Count one more job of an Executor; whether this worker has now run its ``max_tasks`` (job thread)."""
+        """Count one more job of an Executor; whether this worker has now run its ``max_tasks`` (main thread)."""
         if setup.key not in self.setups:  # its initializer failed: the job never ran
             return False
         self.setups[setup.key] += 1
@@ -447,7 +515,7 @@ class Worker(Child):
 
 
 def _flush_output() -> None:
-    """Flush ``sys.stdout`` and ``sys.stderr`` as a job left them (job thread; about a microsecond when empty).
+    """Flush ``sys.stdout`` and ``sys.stderr`` as a job left them (main thread; about a microsecond when empty).
 
     A worker's ``sys.stdout`` is block-buffered (it starts on its log, not a
     terminal), so without this what a job prints would appear at the

@@ -572,3 +572,54 @@ def subprocess_ignored_signals() -> int:
 
     out = subprocess.run(["sh", "-c", "grep SigIgn /proc/$$/status"], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[1], 16)
+
+
+def on_main_thread() -> list[Any]:
+    """A plain function: whether it runs on its process's main thread, and that thread's name."""
+    import threading
+
+    return [threading.current_thread() is threading.main_thread(), threading.current_thread().name]
+
+
+def alarm_timeout(seconds: int = 1, nap: float = 300.0) -> str:
+    """A per-call timeout the usual way: a SIGALRM handler that raises, ``signal.alarm(seconds)``, then a call that
+    runs long (a ``nap`` s sleep); 'timed out' when the alarm cut it short.  Restores the handler and the alarm."""
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"no answer within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        time.sleep(nap)
+        return "slept through"
+    except TimeoutError:
+        return "timed out"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def pid_then_wait(task: Task, marker: str, gate: str, seconds: float = 120.0) -> str:
+    """Write the worker's pid to ``marker``, then sleep in short naps until ``gate`` exists ('released'), an abort
+    ('aborted') or ``seconds`` pass ('expired')."""
+    Path(marker + ".tmp").write_text(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if task.should_abort():
+            return "aborted"
+        if os.path.exists(gate):
+            return "released"
+        time.sleep(0.05)
+    return "expired"
+
+
+def own_sigterm_handler(marker: str) -> int:
+    """Install a SIGTERM handler of the job's own (it writes ``marker``) and leave it there; the worker's pid."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        Path(marker).write_text("caught")
+
+    signal.signal(signal.SIGTERM, on_term)
+    return os.getpid()
