@@ -324,10 +324,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         out = self.replies
         self.replies = []
         for ident, by_id in self.progress_pushes.items():  # before the ends: a job may start and end in one iteration
-            out.append((ident, self._encode_for(ident, JobInfos(list(by_id.values())))))
+            out += self._push_frames(ident, list(by_id.values()))
         self.progress_pushes.clear()
         for ident, infos in self.pushes.items():
-            out.append((ident, self._encode_for(ident, JobInfos(infos))))
+            out += self._push_frames(ident, infos)
         self.pushes.clear()
         if out:
             # the commit these depend on: the one staged now if the writer was busy, else the last one begun
@@ -338,6 +338,21 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                 return
             self.held.append((need, out))
         self._release_held()
+
+    def _push_frames(self, ident: bytes, infos: list[JobInfo]) -> list[tuple[bytes, bytes]]:
+        """``infos`` pushed to one client in frames that fit ``daemon.max_frame``, in order.
+
+        The jobs that end in one iteration can hold more than a frame between
+        them (four workers' batches of big results): a client refuses a frame
+        over the limit, and its jobs' results would never arrive.  Halved
+        until each part fits (one job's record fits: its worker sent it in a
+        frame).
+        """
+        frame = self._encode_for(ident, JobInfos(infos))
+        if len(frame) <= self.cfg.daemon.max_frame or len(infos) == 1:
+            return [(ident, frame)]
+        half = len(infos) // 2
+        return self._push_frames(ident, infos[:half]) + self._push_frames(ident, infos[half:])
 
     def _commit(self) -> None:
         """Begin committing what is staged, unless a commit is in flight: written here if small, else handed

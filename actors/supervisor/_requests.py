@@ -32,6 +32,9 @@ from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
 _REFUSED_CACHE = 4096  # job names whose check result is remembered
+_SNAPSHOT_CHUNK = 256  # job records read (and measured) at a time for one GetJobs or Watch
+_MAX_PATH = 4096  # characters of a local client's working directory or of one import-path entry (PATH_MAX)
+_MAX_PATHS = 1024  # entries of a local client's import path
 # What each remote role may ask for of the runtime (extensions add their admin requests).
 CLIENT_REQUESTS = frozenset({Ping, Submit, Cancel, GetJobs, ListJobs, Watch, Unwatch})
 ADMIN_REQUESTS = CLIENT_REQUESTS | {Status, Scale, Shutdown}
@@ -65,6 +68,22 @@ def _check_setup(spec: JobSpec, remote: bool, allow: Any) -> None:
         raise JobRefused(f"job {spec.fn}: pickled initargs are accepted only from local clients")
     if setup.max_tasks < 0 or len(setup.key) > 64:
         raise JobRefused(f"job {spec.fn}: max_tasks must be >= 0 and the setup key at most 64 characters")
+
+
+def _check_context(cwd: str, path: list[str]) -> None:
+    """A local client's working directory and import path, as a worker can use them.
+
+    A NUL in either made every worker that took the job fail in ``chdir`` or
+    ``realpath`` and retire, and the job went to the next one, for ever,
+    taking the jobs dispatched beside it down as lost; a path of a million
+    entries would slow every later import of the worker that took it.
+    """
+    if len(cwd) > _MAX_PATH or len(path) > _MAX_PATHS or any(len(p) > _MAX_PATH for p in path):
+        raise JobRefused(f"the submit's working directory and import-path entries may be at most {_MAX_PATH} "
+                         f"characters, and the import path at most {_MAX_PATHS} entries")
+    if "\x00" in cwd or any("\x00" in p for p in path):
+        raise JobRefused("the submit's working directory or an import-path entry holds a NUL character, "
+                         "which no directory name can")
 
 
 class RequestsMixin(State):
@@ -113,6 +132,10 @@ class RequestsMixin(State):
             if reply is not None:
                 try:
                     out = self._encode_for(addr, reply, corr)
+                    if len(out) > self.cfg.daemon.max_frame:  # the client would refuse it, and wait on
+                        out = encode(Error("protocol", f"the reply to {type(msg).__name__} is {len(out)} bytes, over "
+                                                       f"the frame limit of {self.cfg.daemon.max_frame} "
+                                                       "(daemon.max_frame); ask for less at once"), corr)
                     if type(reply) is Pong and not self.replies and not self.held:  # nothing to commit or keep in order
                         self._send_client(addr, out)
                     elif self.held and type(reply) in _UNHELD and self.journal is not None and self.journal.write_error:
@@ -171,6 +194,8 @@ class RequestsMixin(State):
                                  "a remote peer sends MessagePack values")
             if spec.setup is not None:
                 _check_setup(spec, remote, self.allow)
+        if not remote:
+            _check_context(msg.cwd, msg.path)
         context = (msg.cwd, list(msg.path)) if not remote else ("", [])  # a remote peer's paths mean nothing here
         return self._accept(ident, corr, msg.jobs, msg.watch, internal=False, context=context, progress=msg.progress)
 
@@ -310,15 +335,62 @@ class RequestsMixin(State):
         return Ack("abort requested")
 
     def _on_get(self, ident: bytes, corr: int, msg: GetJobs) -> Message:
-        assert self.book is not None
-        if len(msg.job_ids) > 100_000:
-            raise ProtocolError(f"GetJobs asks for {len(msg.job_ids)} jobs; at most 100000 at once")
-        ids = [j for j in msg.job_ids if self._mine(j)]
-        infos = self.book.infos(ids)
-        missing = [j for j in msg.job_ids if j not in infos]
+        return self._snapshots("GetJobs", msg.job_ids)
+
+    def _snapshots(self, what: str, job_ids: list[int]) -> JobInfos:
+        """The snapshots of ``job_ids`` in that order (for ``GetJobs`` and ``Watch``), within one frame.
+
+        Each job once: a job named 100,000 times would make a reply 100,000
+        times its record (a 1 MB result: 100 GB for one small request).  The
+        records are read a chunk at a time and measured as they come, so a
+        reply that could not fit a frame (which the client refuses, and whose
+        jobs it would then wait for) costs no more than a frame before it is
+        refused, saying so.  A client key sees only its own jobs (one query
+        for all of them); the others are unknown to it.
+        """
+        book = self.book
+        assert book is not None
+        if len(job_ids) > 100_000:
+            raise ProtocolError(f"{what} asks for {len(job_ids)} jobs; at most 100000 at once")
+        if len(set(job_ids)) != len(job_ids):
+            twice = next(j for j, n in collections.Counter(job_ids).items() if n > 1)
+            raise ProtocolError(f"{what} names job {twice} more than once; name each job once")
+        ids = self._owned(job_ids)
+        room = self.cfg.daemon.max_frame - 4096
+        infos: dict[int, JobInfo] = {}
+        size = 0
+        for start in range(0, len(ids), _SNAPSHOT_CHUNK):
+            chunk = book.infos(ids[start:start + _SNAPSHOT_CHUNK])
+            if len(ids) > 1:  # (one job's record fits: its worker sent it in a frame)
+                size += sum(len(encode(JobInfos([info]))) for info in chunk.values())
+                if size > room:
+                    raise ProtocolError(
+                        f"{what} of {len(ids)} jobs: their records come to more than the frame limit of "
+                        f"{self.cfg.daemon.max_frame} bytes (daemon.max_frame), a reply the client could not read; "
+                        "ask for fewer jobs at once (`ensemble result ID` reads one)")
+            infos.update(chunk)
+        missing = [j for j in job_ids if j not in infos]
         if missing:
-            raise JobNotFound(f"job(s) {', '.join(map(str, missing))} unknown to this daemon (never submitted, or pruned)")
-        return JobInfos([infos[j] for j in msg.job_ids])
+            shown = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            raise JobNotFound(f"job(s) {shown} unknown to this daemon (never submitted, or pruned)")
+        return JobInfos([infos[j] for j in job_ids])
+
+    def _owned(self, job_ids: list[int]) -> list[int]:
+        """Those of ``job_ids`` the requesting peer may see: all of them, or a client key's own (one journal query
+        for the jobs no longer in memory, where a query per job held the loop 0.5 s for 100,000 ids)."""
+        book = self.book
+        assert book is not None
+        if self._peer.role != "client":
+            return list(job_ids)
+        owner = self._peer.owner
+        live = book.jobs
+        mine = [j for j in job_ids if j in live and live[j].owner == owner]
+        rest = [j for j in job_ids if j not in live]
+        if rest:
+            book.journal.commit()
+            owners = book.journal.owners(rest)
+            mine += [j for j in rest if owners.get(j) == owner]
+        return mine
 
     def _on_list(self, ident: bytes, corr: int, msg: ListJobs) -> Message:
         assert self.book is not None
@@ -328,13 +400,14 @@ class RequestsMixin(State):
 
     def _on_watch(self, ident: bytes, corr: int, msg: Watch) -> Message:
         assert self.book is not None
-        for jid in msg.job_ids[:100_000]:
+        reply = self._snapshots("Watch", msg.job_ids)  # (refused as a whole: nothing watched)
+        for jid in msg.job_ids:
             job = self.book.jobs.get(jid)
-            if job is not None and self._mine(jid):
+            if job is not None:
                 job.watchers = _with(job.watchers, ident)
                 if msg.progress:
                     job.progress_watchers = _with(job.progress_watchers, ident)
-        return self._on_get(ident, corr, GetJobs(msg.job_ids))
+        return reply
 
     def _on_unwatch(self, ident: bytes, corr: int, msg: Unwatch) -> Message:
         assert self.book is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ensemble.supervisor")
 _DRAIN = 2000  # messages read per socket per iteration
+# seconds spent on one socket's messages per iteration: a flood of costly requests (or one peer's thousands) must
+# leave the loop its turn at the children's heartbeats, which it judges after the drain (a 26 s drain of
+# requests took every worker for dead, and their jobs with them)
+_DRAIN_S = 0.05
 _POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the IntFlag costs a Python call
 TCP = b"\x00\xfeTCP:"  # address prefix of tcp clients: ZeroMQ's own ids are 5 bytes, so none collides
 
@@ -173,10 +178,12 @@ class TransportMixin(State):
         Local sockets give role ``local``; tcp ones only frames from keys still allowed, with their role.
         """
         tcp = sock is self.control_tcp or sock is self.internal_tcp
+        until = time.monotonic() + _DRAIN_S
         for n in range(_DRAIN):
             # The poller saw the first message: read it without asking (ZMQ_EVENTS costs as much as the
-            # read, ~5 us); before each further one ask, which is cheaper than a read raising Again.
-            if n and not sock.getsockopt(zmq.EVENTS) & _POLLIN:
+            # read, ~5 us); before each further one ask, which is cheaper than a read raising Again.  The rest
+            # waits for the next iteration once the time is spent (the poller sees them at once).
+            if n and (time.monotonic() > until or not sock.getsockopt(zmq.EVENTS) & _POLLIN):
                 return
             try:
                 if tcp:
