@@ -47,7 +47,7 @@ from actors._state import FINAL
 from actors._rundir import RunDir, check_private_path, process_exists
 from actors.config import Config
 from actors.messages import (
-    Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, Watch, decode, encode,
+    Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, Watch, decode, encode, peek_corr,
 )
 
 Listener = Callable[[JobInfo], None]
@@ -506,7 +506,8 @@ class Connection:
                 return
             try:
                 corr, msg = decode(frame, self.limits)
-            except ProtocolError:
+            except ProtocolError as exc:
+                self._unreadable(frame, exc)
                 continue
             if corr == 0:
                 if isinstance(msg, JobInfos):
@@ -529,6 +530,22 @@ class Connection:
             except Exception as exc:  # a listener bug must not kill the I/O thread
                 if not fut.done():
                     fut.set_exception(exc)
+
+    def _unreadable(self, frame: bytes, exc: ProtocolError) -> None:
+        """A frame from the daemon that this client cannot read (over its ``max_frame``, another version):
+        the request it answers fails with the reason at once, instead of waiting out its timeout; a push
+        (no request) is said in the log, with what to change."""
+        corr = peek_corr(frame)
+        entry = self._waiting.pop(corr, None) if corr else None
+        if entry is not None:
+            if not entry[0].done():
+                entry[0].set_exception(ProtocolError(
+                    f"the daemon's reply could not be read: {exc} (does this client's daemon.max_frame match "
+                    "the daemon's?)"))
+            return
+        log.warning("event=unreadable-push detail=a message from the daemon could not be read and was dropped: %s; "
+                    "a job it reported may look unfinished here (give this client the daemon's daemon.max_frame)",
+                    exc)
 
     def _route(self, infos: list[JobInfo]) -> None:
         for info in infos:

@@ -348,3 +348,20 @@ def test_sent_sends_what_was_queued_before_it_in_a_frame_of_its_own(tmp_path: Pa
         conn.close()
         router.close()
         ctx.term()
+
+
+def test_a_reply_the_client_cannot_read_fails_its_request_at_once_saying_why(module_daemon: Daemon) -> None:
+    import msgspec
+
+    done = module_daemon.client().submit("tests.jobs:big_string", 200_000)
+    assert done.result(60) == "x" * 200_000
+    cfg = module_daemon.config
+    small = msgspec.structs.replace(cfg, daemon=msgspec.structs.replace(cfg.daemon, max_frame=65_536))
+    # its reply is over this client's limit: it used to be dropped, and the request waited out its timeout
+    reader = Client(config=small, timeout=120)
+    try:
+        with pytest.raises(ProtocolError, match="reply could not be read.*exceeds the limit of 65536.*max_frame"):
+            reader.job(done.id).refresh()
+        assert reader.ping().version  # the connection still serves
+    finally:
+        reader.close()
