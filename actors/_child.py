@@ -192,11 +192,10 @@ class Child:
         _deliver_and_term(self.ctx, timeout=1.0)
         return self.exit_code
 
-    def _kill_own_group(self) -> None:
-        """A remote worker told to die (its job ignored an abort): take the job's processes with it."""
+    def _die(self) -> None:
+        """A remote worker told to die (its job ignored an abort): exit at once; its keeper then kills what its
+        jobs started (:mod:`actors._keeper`), not its process group, which it may share (``... | tee log``)."""
         log.error("%s: killed by the supervisor", self.name)
-        if os.getpgrp() == os.getpid():
-            os.killpg(0, signal.SIGKILL)
         os._exit(137)
 
     def _request_stop(self, reason: str) -> None:
@@ -224,7 +223,7 @@ class Child:
                 continue
             if isinstance(msg, Stop):
                 if msg.reason == "kill" and self.remote:
-                    self._kill_own_group()
+                    self._die()
                 self._request_stop(msg.reason or "stop")
                 continue
             self.handle(msg)

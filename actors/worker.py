@@ -64,6 +64,7 @@ from actors._rundir import RESULTS_SUFFIX, RunDir, StartedLog
 from actors._arrays import WorkerArrays
 from actors._errors import ProtocolError, error_name
 from actors._jobfn import resolve, resolve_internal, takes_task
+from actors._keeper import fork_keeper
 from actors._signals import SignalPipe, start_unsignalled
 from actors._task import Task, activate, deactivate
 from actors.messages import (
@@ -697,9 +698,13 @@ def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, nam
     ``resources``: what it offers jobs (``{"GPU": 1}``); only jobs that need
     no more than that are dispatched to it.  ``store_fd``: a Ray-placed
     worker's end of the object-store link its host actor made (-1: none; see
-    :mod:`actors._storelink`).
+    :mod:`actors._storelink`).  The process forks first: its child is the
+    worker, and this process stays behind as the worker's keeper, which
+    SIGKILLs whatever the worker's jobs left running once the worker has
+    ended, and exits with its code (:mod:`actors._keeper`).
     """
     one_line_logging("worker", sys.stderr)
+    fork_keeper()  # before ZeroMQ starts its threads; returns in the worker only
     worker = Worker(cfg, f"{name}-{os.getpid()}-{os.urandom(6).hex()}", endpoint, (key_file, server_key_file))
     worker.resources = dict(resources or {})
     if store_fd >= 0:

@@ -623,3 +623,24 @@ def own_sigterm_handler(marker: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     return os.getpid()
+
+
+def leave_processes(pidfile: str) -> list[int]:
+    """A plain function: start processes and return with them running: a child (``sh``) with a grandchild it waits
+    on (``sleep``), and a grandchild left orphaned (a ``sleep`` its ``sh`` put in the background, then exited).
+    Their pids, in that order, written to ``pidfile`` too."""
+    import subprocess
+
+    waited = pidfile + ".waited"
+    child = subprocess.Popen(["sh", "-c", f'sleep 1000 & echo $! > "{waited}.tmp"; mv "{waited}.tmp" "{waited}"; wait'],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    orphan = subprocess.run(["sh", "-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!"], capture_output=True,
+                            text=True, check=True, timeout=60)
+    end = time.monotonic() + 60
+    while not os.path.exists(waited) and time.monotonic() < end:
+        time.sleep(0.01)
+    pids = [child.pid, int(Path(waited).read_text()), int(orphan.stdout)]
+    child.returncode = 0  # left running on purpose: no "still running" warning when the handle goes
+    Path(pidfile + ".tmp").write_text(" ".join(map(str, pids)))
+    os.rename(pidfile + ".tmp", pidfile)
+    return pids
