@@ -285,7 +285,7 @@ class ChildrenMixin(State):
     def _kill(self, slot: Slot, reason: str, expected: bool = True) -> None:
         if slot.remote:
             log.warning("event=kill name=%s remote=1 reason=%s", slot.name, reason)
-            self._send_child(slot, Stop("kill"))  # the remote worker kills its own process group
+            self._send_child(slot, Stop("kill"))  # the remote worker exits; its keeper kills what its jobs started
             self._remote_gone(slot, reason)
             return
         if slot.proc is not None and slot.proc.poll() is None:
