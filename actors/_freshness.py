@@ -54,15 +54,15 @@ class UserCode:
         if cwd and os.getcwd() != cwd:
             try:
                 os.chdir(cwd)
-            except OSError:
-                pass  # gone since submit: the job runs where the worker is, and relative paths fail there
+            except (OSError, ValueError):  # gone since submit (or a NUL, which the daemon refuses before): the
+                pass  # job runs where the worker is, and relative paths fail there
 
     def note_imports(self) -> None:
         """Remember the user modules imported so far (after a job ran) with their files' times."""
         if not self.added or len(sys.modules) == self._seen:
             return
         self._seen = len(sys.modules)
-        roots = tuple(os.path.realpath(p) + os.sep for p in self.added if p)
+        roots = tuple(os.path.realpath(p) + os.sep for p in self.added if p and "\0" not in p)
         known = self._known
         for name, mod in list(sys.modules.items()):
             if name in known:

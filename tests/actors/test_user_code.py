@@ -88,3 +88,23 @@ def test_a_wrong_argument_count_is_told_in_the_caller_s_arguments_not_counting_t
         c.submit("examples.jobs:add", 1).result(60)
     with pytest.raises(TypeError, match="unsupported operand"):  # raised inside add: untouched
         c.submit("examples.jobs:add", 1, "x").result(60)
+
+
+def test_a_directory_or_import_path_no_process_can_use_leaves_the_worker_s_code_tracking_working(tmp_path: Path) -> None:
+    # the daemon refuses such a submit (tests/reliability/test_hostile_inputs.py); should one reach a worker,
+    # its job runs where the worker is instead of failing the worker's job loop (it retired, and the job
+    # moved to the next worker, for ever)
+    from actors._freshness import UserCode
+
+    here = os.getcwd()
+    code = UserCode()
+    try:
+        code.add_path([str(tmp_path), "/no\0where"])
+        code.enter("/no\0where")
+        code.enter(str(tmp_path / "gone"))
+        assert os.getcwd() == here
+        code.note_imports()
+        assert code.stale() == ""
+    finally:
+        sys.path[:] = [p for p in sys.path if p not in (str(tmp_path), "/no\0where")]
+        os.chdir(here)
