@@ -3,6 +3,12 @@
 One daemon per name: the daemon holds an exclusive ``flock`` on ``daemon.lock``
 for its whole life.  A lock that can be taken means any files left in the
 directory belong to a dead daemon (``kill -9``) and are swept.
+
+Each local worker incarnation also keeps two files here, mapped shared so that
+a ``kill -9`` of the worker loses nothing stored in them: ``started.<identity>``,
+the jobs it started (:class:`StartedLog`), and ``held.<identity>``, the results
+it holds back (:class:`HeldResults`).  The daemon reads and removes both when it
+reaps that incarnation.
 """
 
 from __future__ import annotations
@@ -109,6 +115,86 @@ class StartedLog:
         return (ids[-1] if ids else 0), set(ids)
 
 
+class HeldResults:
+    """A worker's record of the results it held back: each job id with its encoded ``JobDone``, in two halves.
+
+    Layout: two halves of :data:`HALF` bytes, each the length in bytes of its
+    published records (8 bytes), then the records, each ``[the size of the
+    JobDone: 4 bytes][the job id: 8 bytes][the JobDone as MessagePack]``.  The
+    file is mapped shared, as :class:`StartedLog` is: :meth:`add` writes a
+    record past the published ones, then stores the new length, which
+    publishes it (a crash before that store leaves the record unpublished,
+    never half read).  Two stores and a copy into the page cache a record, no
+    system call; a sparse file mapped once, whose pages take memory as they
+    are written.
+
+    A record stays after its result was sent (the frame may still wait in
+    ZeroMQ's queue in the worker when a job kills it): records go when their
+    half is reused, once the other half is full (:meth:`turn`), so the reader
+    finds those of results it already has, and ignores them.
+    """
+
+    HALF = 512 << 10  # bytes of each half
+    ITEM_MAX = 64 << 10  # a bigger result is not held: it leaves at once (see actors.worker Worker._hold)
+    _LENGTH = struct.Struct("<Q")
+    _HEAD = struct.Struct("<Iq")  # a record's head: the size of its JobDone, its job id
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.ftruncate(fd, 2 * (8 + self.HALF))
+            self.map = mmap.mmap(fd, 2 * (8 + self.HALF))
+        finally:
+            os.close(fd)
+        self.base = 0  # where the half written now starts
+        self.used = 0  # bytes of records published there
+
+    def fits(self, size: int) -> bool:
+        """Whether the record of a ``JobDone`` of ``size`` bytes fits in the half written now."""
+        return self.used + 12 + size <= self.HALF
+
+    def add(self, job_id: int, item: bytes | memoryview) -> None:
+        """Write a job's encoded ``JobDone`` (it must fit, see :meth:`fits`), then publish it."""
+        at = self.base + 8 + self.used
+        self._HEAD.pack_into(self.map, at, len(item), job_id)
+        self.map[at + 12:at + 12 + len(item)] = item
+        self.used += 12 + len(item)
+        self._LENGTH.pack_into(self.map, self.base, self.used)
+
+    def turn(self) -> None:
+        """Write the other half from now on, emptied first: its records are a half's worth of results old."""
+        self.base = 8 + self.HALF - self.base
+        self.used = 0
+        self._LENGTH.pack_into(self.map, self.base, 0)
+
+    def close(self) -> None:
+        self.map.close()
+
+    @classmethod
+    def read(cls, path: Path) -> list[tuple[int, bytes]]:
+        """The published records of a file, ``(job id, encoded JobDone)`` each (missing: none); reads only those."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return []
+        records: list[tuple[int, bytes]] = []
+        try:
+            for base in (0, 8 + cls.HALF):
+                head = os.pread(fd, 8, base)
+                length = min(int.from_bytes(head, "little"), cls.HALF) if len(head) == 8 else 0
+                data = os.pread(fd, length, base + 8) if length else b""
+                at = 0
+                while at + 12 <= len(data):
+                    size, job_id = cls._HEAD.unpack_from(data, at)
+                    if at + 12 + size > len(data):
+                        break
+                    records.append((job_id, data[at + 12:at + 12 + size]))
+                    at += 12 + size
+        finally:
+            os.close(fd)
+        return records
+
+
 RESULTS_SUFFIX = b"/results"  # a local worker's job thread: its routing id on the internal socket is the worker's + this
 
 
@@ -208,6 +294,22 @@ class RunDir:
         path.unlink(missing_ok=True)
         return last
 
+    def held_file(self, identity: str) -> Path:
+        """Where a local worker incarnation keeps the results it holds back (see :class:`HeldResults`)."""
+        return self.path / f"held.{identity}"
+
+    def take_held(self, identity: str, read: bool = True) -> list[tuple[int, bytes]]:
+        """The results a dead worker incarnation held back, ``(job id, encoded JobDone)`` each, removing its file.
+
+        Held results die with the process, but not this record of them: the
+        daemon finishes the jobs among them it has no result for.  ``read``
+        False only removes the file (the worker had nothing outstanding).
+        """
+        path = self.held_file(identity)
+        records = HeldResults.read(path) if read else []
+        path.unlink(missing_ok=True)
+        return records
+
     def take_all_started(self) -> set[int]:
         """Every job id the workers of a dead daemon recorded as begun, removing their records.
 
@@ -218,12 +320,16 @@ class RunDir:
         for path in self.path.glob("started.*"):
             begun |= StartedLog.read(path)[1]
             path.unlink(missing_ok=True)
+        for path in self.path.glob("held.*"):  # their jobs count as begun (above); the results are not read
+            path.unlink(missing_ok=True)
         return begun
 
     def sweep(self, started: bool = True) -> list[str]:
-        """Remove socket, pid and (with ``started``) started-job files a dead daemon left; returns their names."""
+        """Remove socket, pid and (with ``started``) the workers' started-job and held-result files a dead daemon
+        left; returns their names."""
         removed = []
-        for p in (self.control, self.internal, self.pid_file, *(self.path.glob("started.*") if started else ())):
+        workers = (*self.path.glob("started.*"), *self.path.glob("held.*")) if started else ()
+        for p in (self.control, self.internal, self.pid_file, *workers):
             try:
                 p.unlink()
                 removed.append(p.name)

@@ -15,6 +15,16 @@ wait for the GIL per job (the job side spent a fifth of its time there in
 ``Executor.map``).  A remote worker's results go through the loop thread (an
 inproc PAIR wakes it): its one CURVE connection is the loop's.
 
+Held results: while more jobs wait, a local worker holds short jobs' results
+back to send them in one frame (:meth:`Worker._hold`).  Each is encoded once,
+as it is held, and written to the incarnation's held-results file in the run
+directory (:class:`~actors._rundir.HeldResults`, mapped shared: a ``kill -9``
+of the worker loses nothing stored there); the frame is built from those
+encoded items (``msgspec.Raw``).  Should the next job kill the worker, the
+daemon reads that file when it reaps it and finishes the held jobs with their
+results, as if the frame had come (:meth:`ChildrenMixin._held_results
+<actors.supervisor._children.ChildrenMixin._held_results>`).
+
 Signals: Python runs handlers on the main thread only, which may be deep in a
 job's C call.  The worker's SIGTERM handler asks for an orderly stop, and the
 loop thread learns of a SIGTERM through the wake-up fd of Python's signal
@@ -60,7 +70,7 @@ from actors._child import Child, child_main
 from actors._exact import dumps, loads as exact_loads, loads_referencing
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
-from actors._rundir import RESULTS_SUFFIX, RunDir, StartedLog
+from actors._rundir import RESULTS_SUFFIX, HeldResults, RunDir, StartedLog
 from actors._arrays import WorkerArrays
 from actors._errors import ProtocolError, error_name
 from actors._jobfn import resolve, resolve_internal, takes_task
@@ -94,6 +104,10 @@ _RETIRE_WAIT = 5.0  # seconds a retiring worker waits for the supervisor's Stop 
 _HOLD_MAX = 64  # results held back at most while jobs are pending (see Worker._hold)
 _HOLD_WAIT = 0.01  # seconds a held result waits at most for the job after it (the loop thread then sends it)
 _FORK_SIGNALS = {signal.SIGTERM, signal.SIGINT}  # held back while a job forks (see Worker._before_fork)
+# A frame of one result is ``[VERSION, kind, 0, [kind, [result]]]``: the result starts where it would end in a frame
+# of none (the header of a list of one is as long as that of an empty one), and a frame of many is the same
+# header over the results' own bytes, each a ``msgspec.Raw`` (tests/actors/test_held_results.py checks both)
+_ITEM_AT = len(encode(JobsDone([])))
 
 
 class Worker(Child):
@@ -115,7 +129,7 @@ class Worker(Child):
         self.out: Any = None  # its socket for them; the loop thread uses it too, under _out_lock
         self._results_closed = False  # ResultsClosed was sent (the daemon reads up to it when it reaps us)
         self._out_lock = threading.Lock()
-        self._held: list[JobDone] = []  # results not yet sent (see _hold)
+        self._held: list[Any] = []  # results not yet sent, each a msgspec.Raw of its encoded JobDone (see _hold)
         self._held_size = 0
         self._held_since = 0.0
         self.results_in = self.ctx.socket(zmq.PAIR)
@@ -133,8 +147,12 @@ class Worker(Child):
         # the id of the job last started, written before the job runs: after a SIGKILL the supervisor reads
         # it to tell prefetched jobs that had begun (their results unsent) from those that never started
         self._started: StartedLog | None = None
+        # the results held back, also where a kill -9 leaves them for the supervisor (see _hold)
+        self._kept: HeldResults | None = None
         if not self.remote:
-            self._started = StartedLog(RunDir(cfg.run_dir).started_file(name))
+            run = RunDir(cfg.run_dir)
+            self._started = StartedLog(run.started_file(name))
+            self._kept = HeldResults(run.held_file(name))
         self.code = UserCode()
         self.retire_reason = ""
         self.retiring_since = 0.0  # monotonic time the main thread left to retire; the supervisor's Stop ends us
@@ -406,26 +424,52 @@ class Worker(Child):
                 self.out = None
 
     def _send_held(self) -> None:
-        """Send the results held back (main thread, or the loop when they wait too long; under ``_out_lock``)."""
+        """Send the results held back (main thread, or the loop when they wait too long; under ``_out_lock``).
+
+        Their records stay in the held-results file (until its half is reused,
+        see :meth:`HeldResults.turn <actors._rundir.HeldResults.turn>`): the
+        frame may still wait in ZeroMQ's queue, in this process, when the next
+        job kills it; the supervisor ignores the records of results it has.
+        """
         if self._held and self.out is not None:
             self.out.send(encode(JobsDone(self._held)))
             self.done_count += len(self._held)
             self._held, self._held_size = [], 0
 
-    def _hold(self, done: JobDone, cost: int) -> None:
+    def _hold(self, job_id: int, frame: bytes) -> None:
         """Send a result now, or hold it back while more jobs wait here (main thread).
 
-        Held results leave together, one frame for many short jobs: when no job
-        is pending any more, at :data:`_HOLD_MAX` of them or half a frame, or,
-        should the next job run long, from the loop thread after :data:`_HOLD_WAIT`.
+        ``frame``: the result encoded as a ``JobsDone`` of its own.  Held
+        results leave together, one frame for many short jobs: when no job is
+        pending any more, at :data:`_HOLD_MAX` of them or half a frame, when
+        the held-results file turns to its other half, or, should the next job
+        run long, from the loop thread after :data:`_HOLD_WAIT`.  Each is
+        written to the held-results file as it is held (a copy of its bytes into
+        a shared mapping, no system call): the supervisor ends its job from
+        there should the worker die first.  A result over
+        :data:`HeldResults.ITEM_MAX <actors._rundir.HeldResults.ITEM_MAX>` bytes,
+        or one with no job pending after it, is not held: it leaves at once,
+        behind those held.
         """
+        item = memoryview(frame)[_ITEM_AT:]
+        kept = self._kept
+        assert kept is not None  # a local worker's
         with self._out_lock:
-            if self._held and self._held_size + cost > self.cfg.daemon.max_frame // 2:
+            if self.out is not None and (len(item) > kept.ITEM_MAX or not self._held and not self.pending):
                 self._send_held()
+                self.out.send(frame)
+                self.done_count += 1
+                return
+            if self._held and self._held_size + len(frame) > self.cfg.daemon.max_frame // 2:
+                self._send_held()
+            if not kept.fits(len(item)):  # this half is full: what it holds leaves, the other half is reused
+                self._send_held()
+                kept.turn()
             if not self._held:
                 self._held_since = time.monotonic()
-            self._held.append(done)
-            self._held_size += cost
+            kept.add(job_id, item)
+            self._held.append(msgspec.Raw(item))
+            self._held_size += len(frame)
             if not self.pending or len(self._held) >= _HOLD_MAX:
                 self._send_held()
 
@@ -467,16 +511,16 @@ class Worker(Child):
             result = _run_one(d, task, self.arrays, self._set_up, self.fns)
             if os.getpid() != self._pid:
                 _end_forked(result)
-            done = _sendable(result, self.cfg.daemon.max_frame)
+            done, cost, frame = _sendable_encoded(result, self.cfg.daemon.max_frame)
             _flush_output()  # what the job printed is out before its result: in order, not at the worker's exit
             if d.cwd:
                 self.code.note_imports()
             with self._work:
                 self.current = None
             if self.direct:
-                self._hold(*done)
+                self._hold(done.job_id, frame or encode(JobsDone([done])))
             else:
-                self.finished.put(done)
+                self.finished.put((done, cost))
                 if not self._wake_sent:
                     self._wake_sent = True
                     self.results_out.send(b"r")
@@ -660,7 +704,17 @@ _INT64, _UINT64 = -2**63, 2**64  # the integers MessagePack carries
 
 
 def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
-    """``(done, bytes it costs)``, the result replaced by an error saying why when it cannot cross the wire.
+    """``(done, bytes it costs)``, the result replaced by an error saying why when it cannot cross the wire
+    (:func:`_sendable_encoded` without the frame)."""
+    checked = _sendable_encoded(done, max_frame)
+    return checked[0], checked[1]
+
+
+def _sendable_encoded(done: JobDone, max_frame: int) -> tuple[JobDone, int, bytes]:
+    """``(done, bytes it costs, its frame)``, the result replaced by an error saying why when it cannot cross the wire.
+
+    Its frame: ``encode(JobsDone([done]))`` when this had to encode it to
+    know, else ``b""`` (a plain value's size is known without encoding it).
 
     It cannot when the codec cannot encode it (an object, a complex number),
     when the daemon's decoder would refuse it (a property name that is not a
@@ -675,7 +729,7 @@ def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
             value is None or type(value) in _SMALL or type(value) is int and _INT64 <= value < _UINT64
             or type(value) is bytes and len(value) < max_frame - 8192):
         # nothing in it the codec could refuse (no text: a lone surrogate would be): its size, without encoding it
-        return done, 256 + (len(value) if type(value) is bytes else 0)
+        return done, 256 + (len(value) if type(value) is bytes else 0), b""
     try:
         frame = encode(JobsDone([done]))
         size = len(frame)
@@ -684,11 +738,11 @@ def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
                              "return a numpy array (it travels through shared memory) or write it to a file")
         if type(done.value) not in _PLAIN or done.properties:  # containers: read back the way the daemon will
             decode(frame, Limits(max_frame), handles="", stored=True)
-        return done, size
+        return done, size, frame
     except (ProtocolError, ValueError) as exc:
         what = "return value or properties" if done.ok else "error"
         return JobDone(done.job_id, False, None, "TypeError", f"the job's {what} cannot be sent: {exc}",
-                       "", done.progress, done.status, {}, done.aborted, done.started), 1024
+                       "", done.progress, done.status, {}, done.aborted, done.started), 1024, b""
 
 
 def run_remote(cfg: Any, endpoint: str, key_file: str, server_key_file: str, name: str,

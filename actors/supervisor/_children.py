@@ -16,7 +16,7 @@ from actors._spawn import ForkedProc, kill_group, spawn
 import msgspec
 import zmq
 
-from actors.messages import Heartbeat, Hello, Stop, decode, encode
+from actors.messages import Heartbeat, Hello, JobDone, JobsDone, Stop, decode, encode
 from actors._errors import EnsembleError, ProtocolError
 from actors.supervisor import _prefork
 from actors.supervisor._state import State
@@ -436,10 +436,12 @@ class ChildrenMixin(State):
         self.slots.pop(slot.name, None)
 
     def _jobs_lost(self, slot: Slot) -> int:
-        """Settle the jobs a gone worker held: those it had begun are retried or lost, the rest queued again.
-        Returns how many it had begun."""
+        """Settle the jobs a gone worker held: those whose results it held back end with them, those it had
+        begun are retried or lost, the rest queued again.  Returns how many it had begun."""
         book = self.book
         assert book is not None
+        if not slot.remote:
+            self._held_results(slot)
         now = time.time()
         ids = list(slot.outstanding)
         if slot.remote:  # no record of what it started: its head counts as begun
@@ -481,6 +483,37 @@ class ChildrenMixin(State):
         slot.outstanding.clear()
         slot.recalls.clear()  # their answers died with the worker
         return begun
+
+    def _held_results(self, slot: Slot) -> None:
+        """End the jobs whose results a dead local worker held back, with those results, read from its
+        held-results file (:class:`~actors._rundir.HeldResults`, which a ``kill -9`` does not reach), and remove it.
+
+        They end as if their frame had come (:meth:`WorkMixin._jobs_done
+        <actors.supervisor._work.WorkMixin._jobs_done>`: journal, pushes,
+        arrays alike).  A record of a job no longer outstanding is ignored: its
+        result came on the socket (a frame that comes after this one is
+        ignored in turn), so no result is delivered twice.  A record that does
+        not decode is said in the log and skipped: its job is settled as lost.
+        """
+        records = self.rundir.take_held(slot.identity.decode(), read=bool(slot.outstanding))
+        line = {jid: i for i, jid in enumerate(slot.outstanding)}
+        results: list[JobDone] = []
+        for job_id, raw in records:
+            if job_id not in line:  # (most records: results that came, or their job's end was settled)
+                continue
+            item: Any = msgspec.Raw(raw)  # encoded as it is
+            try:  # each as a frame of its own: checked as a live worker's, within the frame limit
+                _, msg = decode(encode(JobsDone([item])), self.limits, self.shm_prefix)
+            except ProtocolError as exc:
+                log.error("event=bad-held-result name=%s job=%d reason=%s", slot.name, job_id, exc)
+                continue
+            assert isinstance(msg, JobsDone)
+            results.extend(done for done in msg.results if done.job_id == job_id)
+        results.sort(key=lambda done: line[done.job_id])  # in the order they ran (the file's halves may not be)
+        if results:
+            log.info("event=held-results name=%s jobs=%d detail=results its worker held back when it died",
+                     slot.name, len(results))
+            self._jobs_done(slot, JobsDone(results))
 
     def _heartbeats(self, mono: float) -> None:
         self.start_pending()

@@ -31,10 +31,18 @@ class WorkMixin(State):
     """The job path of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
 
     def _jobs_done(self, slot: Slot, msg: JobsDone) -> None:
+        """End the jobs of a worker's results (those still outstanding there; others are stale), then start its next.
+
+        Also for the results a local worker held back when it died, read from
+        its file (:meth:`ChildrenMixin._held_results
+        <actors.supervisor._children.ChildrenMixin._held_results>`): its line
+        is then settled there, so nothing starts.
+        """
         book = self.book
         assert book is not None
         now = time.time()
-        if msg.results:
+        gone = slot.proc is None and not slot.remote  # a reaped local worker's held results
+        if msg.results and not gone:
             first = msg.results[0]
             if first.started:
                 took = max(1e-6, (now - first.started) / len(msg.results))
@@ -71,6 +79,8 @@ class WorkMixin(State):
                 # a pickled job's exception travels back pickled (opaque bytes here), for the client to re-raise
                 self._finish(job, "failed", now, done.value if job.spec.pickled else None, done.error_type,
                              done.error_message, done.traceback)
+        if gone:
+            return
         self._advance(slot, now, time.monotonic())
         if slot.retire and not slot.outstanding:
             self.stop_child(slot, "scaled down")
