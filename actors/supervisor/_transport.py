@@ -18,7 +18,7 @@ import msgspec
 import zmq
 
 from actors._errors import EnsembleError, ProtocolError
-from actors.messages import JobInfos, Message, encode
+from actors.messages import JobInfo, JobInfos, Message, encode
 from actors.supervisor._state import State
 
 if TYPE_CHECKING:
@@ -75,6 +75,20 @@ def _inline(value: Any, prefix: str) -> Any:
     from actors.shm import copy_of, walk
 
     return walk(value, lambda v: copy_of(v, prefix) if type(v) is ArrayHandle else v)
+
+
+def _fitting(info: JobInfo, limit: int) -> JobInfo:
+    """``info``, or, if its result makes a frame over ``limit`` (an array copied out of shared memory for a client
+    on another host), the job ``failed`` for that client, saying why: a frame over the limit would be dropped
+    there, and the job would look unfinished for ever."""
+    size = len(encode(JobInfos([info])))
+    if size <= limit:
+        return info
+    return msgspec.structs.replace(
+        info, state="failed", result=None, error_type="ProtocolError",
+        error_message=f"job {info.id} ended {info.state}, but its result makes a message of {size} bytes, over the "
+                      f"frame limit of {limit} (daemon.max_frame): a result this large reaches only a client on "
+                      "the daemon's host (through shared memory); have the job write it to a file instead")
 
 
 class TransportMixin(State):
@@ -207,6 +221,12 @@ class TransportMixin(State):
                 except EnsembleError:
                     infos.append(info)  # its segment is gone: the handle goes as it is, and fails to map there
             msg = JobInfos(infos)
+            frame = encode(msg, corr)
+            # a result copied out of shared memory may not fit: one job's push (pushes are split down to one
+            # job, see Supervisor._push_frames) says so; a reply of several is refused as a whole
+            if len(frame) <= self.cfg.daemon.max_frame or len(infos) != 1:
+                return frame
+            msg = JobInfos([_fitting(infos[0], self.cfg.daemon.max_frame)])
         return encode(msg, corr)
 
     def _send_client(self, addr: bytes, frame: bytes) -> None:

@@ -21,6 +21,7 @@ import pytest
 import zmq
 
 from actors._rundir import RunDir
+from actors._state import FINAL
 from actors.messages import (
     Error, GetJobs, JobInfos, JobSpec, Limits, Message, Pong, Submit, Submitted, Watch, decode, encode,
 )
@@ -31,13 +32,14 @@ LIMIT = 1 << 20  # daemon.max_frame of the module's daemon
 
 
 def _remote(base: Path, workers: int) -> Generator[Remote, None, None]:
-    """A fixture's body: a jobs-only daemon with a CURVE client endpoint and keys c1, c2; stopped after."""
+    """A fixture's body: a jobs-only daemon with a CURVE client endpoint, client keys c1, c2 and admin key a1;
+    stopped after."""
     client_ep = f"tcp://127.0.0.1:{free_port()}"
     d = Daemon(base, workers=workers, jobs_only=True,
                extra_env={"ENSEMBLE_CLIENT_TCP": client_ep, "ENSEMBLE_MAX_FRAME": str(LIMIT),
                           "ENSEMBLE_JOBS_ALLOW": "examples.jobs:add,examples.jobs:echo,tests.jobs:big_string"})
     try:
-        keys = issue_keys(d, {"client": ("c1", "c2")})
+        keys = issue_keys(d, {"client": ("c1", "c2"), "admin": ("a1",)})
         d.up()
         yield Remote(d, client_ep, "", keys, str(d.base / "state" / "keys" / "server.key"))
     finally:
@@ -189,6 +191,46 @@ def test_a_submit_whose_directory_or_import_path_no_worker_can_use_is_refused(
     finally:
         s.close(0)
     _alive(hostile.d, before)
+
+
+def gated_shared(task: Any, gate: str) -> Any:
+    """A job: wait for ``gate`` to exist, then return a 2 MiB array made in shared memory."""
+    end = time.monotonic() + 120
+    while not Path(gate).exists() and time.monotonic() < end:
+        time.sleep(0.01)
+    out = task.empty(1 << 19, "float32")
+    out[:] = 1.5
+    return out
+
+
+def test_a_shared_memory_result_too_big_for_tcp_reaches_a_remote_watcher_as_a_failure_saying_why(
+        hostile: Remote, tmp_path: Path) -> None:
+    """A local client's job returns a 2 MiB array (in shared memory, so within the frame limit locally); a remote
+    admin watching it gets the array copied into the push, over the 1 MiB limit: the push was sent as it was,
+    its client dropped it, and the job looked unfinished there for ever."""
+    gate = tmp_path / "gate"
+    job = hostile.d.client().submit(f"{__name__}:gated_shared", str(gate))
+    s = hostile.raw("a1", hostile.client_ep)
+    try:
+        s.send(encode(Watch([job.id]), 7))
+        _answer(s, 7)  # watching it now, while it waits for the gate
+        gate.touch()
+        end = time.monotonic() + 60
+        while True:  # the push of the job's end
+            assert time.monotonic() < end, "no push of the job's end"
+            if not s.poll(200):
+                continue
+            frame = s.recv()
+            assert len(frame) <= LIMIT, f"a frame of {len(frame)} bytes, over the frame limit a client reads"
+            corr, msg = decode(frame, Limits(LIMIT), handles=None)
+            if corr == 0 and isinstance(msg, JobInfos) and any(i.id == job.id and i.state in FINAL for i in msg.jobs):
+                break
+        (info,) = [i for i in msg.jobs if i.id == job.id]
+        assert info.state == "failed" and info.result is None, info
+        assert "ended done" in info.error_message and "frame limit" in info.error_message, info
+        assert job.result(60).nbytes == 2 << 20  # for the daemon, and its local client, the job is done
+    finally:
+        s.close(0)
 
 
 @pytest.mark.slow  # about 15 s: a daemon of its own, held busy on purpose
