@@ -11,14 +11,14 @@ from __future__ import annotations
 import collections
 import heapq
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgspec
 
 from actors._errors import JobRefused
 from actors._journal import TERMINAL, Journal
 from actors._resources import fits
-from actors.messages import JobInfo, JobSpec, WorkerSetup, _decode_value, _encode_value
+from actors.messages import JobDone, JobInfo, JobSpec, WorkerSetup, _decode_value, _encode_value
 
 
 SCAN = 4096  # queued jobs one pop may look past because the worker lacks their resources
@@ -203,13 +203,21 @@ class JobBook:
         if job.spec.resources:
             self._needs(job.spec.resources, -1)
 
-    def recover(self, now: float, begun: set[int] | frozenset[int] = frozenset()) -> tuple[int, int, int]:
+    def recover(self, now: float, begun: set[int] | frozenset[int] = frozenset(),
+                returned: Callable[[int], tuple[str, JobDone] | None] | None = None) -> tuple[int, int, int]:
         """Load jobs a previous daemon left queued or running; returns (queued, requeued, lost).
 
         ``begun``: jobs the dead daemon's workers recorded as started
         (:meth:`RunDir.take_all_started`).  Such a job ran even if the journal
         still says queued (its start, or its result, never reached the
         journal), so it is rerun only if its retries allow, as a running one is.
+
+        ``returned``: asked for each unfinished job, the result its worker held
+        back when the daemon died, with that worker's name, or None
+        (:meth:`RunDir.take_all_held`, read by the supervisor, which decides
+        which results can still be delivered).  Such a job ran and returned: it
+        ends with that result (:meth:`_finish_returned`), before anything else
+        is decided, and is counted in none of the three.
         """
         queued = requeued = lost = 0
         for jid, blob, _prio, state, attempts, submitted, ctx in self.journal.unfinished():
@@ -225,6 +233,11 @@ class JobBook:
                                           f"the journaled job cannot be read back ({exc}); it was never run", "",
                                           0.0, "", None)
                 lost += 1
+                continue
+            ended = returned(jid) if returned is not None else None
+            if ended is not None:
+                self._finish_returned(Job(jid, spec, submitted, attempts, owner, len(blob), internal), state,
+                                      *ended, now)
                 continue
             if state == "queued" and jid in begun:  # it ran; only its start was lost with the daemon
                 state, attempts = "running", attempts + 1
@@ -253,6 +266,27 @@ class JobBook:
                 self._needs(spec.resources, 1)
         self.mark_horizon()
         return queued, requeued, lost
+
+    def _finish_returned(self, job: Job, journaled: str, worker: str, done: JobDone, now: float) -> None:
+        """End a recovered job with the result its worker held back when the daemon died (it ran and returned).
+
+        As a result from a worker ends a job: its start, if the journal never
+        got it (the journal held it ``queued``), goes into its end's row, with
+        the time the worker started it and one attempt more; then ``done`` with
+        its value, or ``failed`` with its error (and, for a pickled job, the
+        pickled exception).  The job is never queued, nor left in memory.
+        """
+        if journaled == "running":  # its start is journaled, with its attempt
+            job.state = "running"
+            self.running[job.id] = job
+        else:
+            self.start(job, worker, done.started or now, time.monotonic())
+        job.progress, job.status, job.properties = done.progress, done.status, done.properties
+        if done.ok:
+            self.finish(job, "done", now, done.value)
+        else:
+            self.finish(job, "failed", now, done.value if job.spec.pickled else None, done.error_type,
+                        done.error_message, done.traceback)
 
     def mark_horizon(self) -> None:
         """Stage the journal's horizon: every job below the smallest unfinished id (in memory) has ended."""

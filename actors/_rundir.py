@@ -8,7 +8,9 @@ Each local worker incarnation also keeps two files here, mapped shared so that
 a ``kill -9`` of the worker loses nothing stored in them: ``started.<identity>``,
 the jobs it started (:class:`StartedLog`), and ``held.<identity>``, the results
 it holds back (:class:`HeldResults`).  The daemon reads and removes both when it
-reaps that incarnation.
+reaps that incarnation; those of a dead daemon's workers are read and removed
+by the next daemon's recovery (:meth:`RunDir.take_all_held`,
+:meth:`RunDir.take_all_started`).
 """
 
 from __future__ import annotations
@@ -315,14 +317,32 @@ class RunDir:
 
         Read at start-up, before recovery: a job the journal still holds as
         queued may have run on a worker whose start never reached the journal.
+        (Their held results are taken apart: :meth:`take_all_held`.)
         """
         begun: set[int] = set()
         for path in self.path.glob("started.*"):
             begun |= StartedLog.read(path)[1]
             path.unlink(missing_ok=True)
-        for path in self.path.glob("held.*"):  # their jobs count as begun (above); the results are not read
-            path.unlink(missing_ok=True)
         return begun
+
+    def take_all_held(self) -> dict[int, tuple[str, bytes]]:
+        """The results the workers of a dead daemon held back, removing their files:
+        ``{job id: (worker identity, encoded JobDone)}``.
+
+        Read at start-up, before recovery: a job that had returned may have
+        its result only here (held, or sent but never read or journaled by the
+        daemon that died).  Most records are of results that daemon had
+        already journaled (a record stays until its half is reused): recovery
+        looks up only the jobs the journal holds as unfinished.  A job id in
+        two files (none should be) keeps the record read last.
+        """
+        held: dict[int, tuple[str, bytes]] = {}
+        for path in sorted(self.path.glob("held.*")):
+            identity = path.name.partition(".")[2]
+            for job_id, raw in HeldResults.read(path):
+                held[job_id] = (identity, raw)
+            path.unlink(missing_ok=True)
+        return held
 
     def sweep(self, started: bool = True) -> list[str]:
         """Remove socket, pid and (with ``started``) the workers' started-job and held-result files a dead daemon

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import signal
@@ -644,3 +645,25 @@ def leave_processes(pidfile: str) -> list[int]:
     Path(pidfile + ".tmp").write_text(" ".join(map(str, pids)))
     os.rename(pidfile + ".tmp", pidfile)
     return pids
+
+
+_LIBC: Any = None  # the C library, for stuck_keeping_gil (looked up by record_keeping_gil)
+
+
+def record_keeping_gil(task: Task, path: str) -> int:
+    """:func:`record_execution`, after which the worker's main thread keeps the GIL until it blocks in a system
+    call: Python no longer makes it hand the GIL to another thread (``sys.setswitchinterval``, for the rest of
+    this worker's life).  The worker's loop thread then cannot run (nor send a result held back) while the main
+    thread goes on to the next job, if that job blocks in C with the GIL held, as :func:`stuck_keeping_gil` does."""
+    global _LIBC
+    _LIBC = ctypes.PyDLL(None)  # PyDLL: its calls keep the GIL
+    _LIBC.creat, _LIBC.sleep  # noqa: B018 - looked up now, not in the next job
+    sys.setswitchinterval(3600.0)
+    return record_execution(task, path)
+
+
+def stuck_keeping_gil(marker: str) -> None:
+    """Create ``marker``, then sleep an hour, both in C with the GIL held (a hung extension): from the moment the
+    marker exists no other thread of the worker runs.  Follows :func:`record_keeping_gil` on the same worker."""
+    _LIBC.creat(os.fsencode(marker), 0o600)
+    _LIBC.sleep(3600)

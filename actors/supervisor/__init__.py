@@ -14,7 +14,7 @@ The parts, one file each:
 * :mod:`._requests` — who may ask for what; the runtime's request handlers;
 * :mod:`._work` — jobs on workers: dispatch, results, aborts, kills;
 * :mod:`._dispatch` — the dispatch policy as pure functions;
-* this module — the loop, status and stopping.
+* this module — start-up and the recovery of a dead daemon's jobs, the loop, status and stopping.
 
 Packages built on the runtime (audio, scripts) add children, requests and
 routing through :mod:`actors.extensions`.
@@ -34,11 +34,12 @@ import sys
 import time
 from typing import Any, Callable
 
+import msgspec
 import zmq
 
 from actors import __version__
 from actors import _sdnotify as sdnotify
-from actors._errors import DaemonError, EnsembleError
+from actors._errors import DaemonError, EnsembleError, ProtocolError
 from actors._jobfn import compile_allow
 from actors._jobs import JobBook
 from actors._journal import Journal
@@ -47,7 +48,8 @@ from actors._rundir import RunDir
 from actors._spawn import kill_group, raise_open_files
 from actors.config import Config
 from actors.extensions import ChildSpec, Extension, load_extensions, pass_down
-from actors.messages import ActorInfo, DaemonInfo, JobInfo, JobInfos, Limits, Message, StatusReply
+from actors.messages import (ActorInfo, DaemonInfo, JobDone, JobInfo, JobInfos, JobsDone, Limits, Message, StatusReply,
+                             decode, encode)
 from actors.supervisor import _dispatch as plan, _prefork
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
 from actors.supervisor._cluster import ClusterMixin
@@ -177,10 +179,12 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             log.warning("event=sweep segments=%d detail=shared-memory segments of a dead daemon removed", swept)
         self.journal = Journal(self.state_dir / "jobs.sqlite3")
         self.book = JobBook(self.journal)
-        q, rq, lost = self.book.recover(time.time(), self.rundir.take_all_started())
+        returned = _HeldAtCrash(self.rundir.take_all_held(), self.limits, self.shm_prefix)
+        q, rq, lost = self.book.recover(time.time(), self.rundir.take_all_started(), returned.take)
         self.journal.commit()
-        if q or rq or lost:
-            log.info("event=recover queued=%d requeued=%d worker_lost=%d", q, rq, lost)
+        if q or rq or lost or returned.ended:
+            log.info("event=recover queued=%d requeued=%d worker_lost=%d held_results=%d", q, rq, lost,
+                     returned.ended)
         self.ctx = zmq.Context()
         self.control = self._bind(self.rundir.control, hwm=100_000)
         self.internal = self._bind(self.rundir.internal, hwm=0)
@@ -490,6 +494,57 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             self.book.mark_horizon()
         if self.journal is not None:
             self.journal.close()
+
+
+class _HeldAtCrash:
+    """The results a dead daemon's workers held back (:meth:`RunDir.take_all_held`), for its recovery to end
+    their jobs with (:meth:`JobBook.recover <actors._jobs.JobBook.recover>`).
+
+    Each record is decoded only when recovery asks for its job (one the
+    journal holds as unfinished), as a live worker's frame of one result is,
+    within the frame limit.  A result that names a shared-memory segment (an
+    array, in its value or its properties) is not given: the segments of the
+    dead daemon's run were swept at start-up (:meth:`Supervisor.open`), and a
+    handle to a removed segment is never handed out.  That job, and one whose
+    record does not decode, is left to the rest of recovery (retried, or
+    ``worker-lost`` as begun), and the log says why.
+    """
+
+    def __init__(self, records: dict[int, tuple[str, bytes]], limits: Limits, prefix: str) -> None:
+        self.records = records
+        self.limits = limits
+        self.prefix = prefix  # this daemon's segment names, the dead one's too (same name, same run directory)
+        self.ended = 0  # results given
+
+    def take(self, job_id: int) -> tuple[str, JobDone] | None:
+        """``(the worker's name, its result)`` for a job, or None; each record is given once."""
+        found = self.records.pop(job_id, None)
+        if found is None:
+            return None
+        identity, raw = found
+        item: Any = msgspec.Raw(raw)
+        frame = encode(JobsDone([item]))
+        try:
+            _, msg = decode(frame, self.limits, self.prefix)
+        except ProtocolError as exc:
+            log.error("event=bad-held-result job=%d worker=%s reason=%s detail=recovered as begun",
+                      job_id, identity, exc)
+            return None
+        try:
+            decode(frame, self.limits, None)  # the same, refusing array handles (and nothing else)
+        except ProtocolError:
+            log.warning("event=held-result-unrecoverable job=%d worker=%s detail=its result refers to shared "
+                        "memory of the dead daemon, removed at start-up; recovered as begun (retried, or "
+                        "worker-lost)", job_id, identity)
+            return None
+        assert isinstance(msg, JobsDone)
+        done = msg.results[0]
+        if done.job_id != job_id:
+            log.error("event=bad-held-result job=%d worker=%s reason=the record holds job %d's result "
+                      "detail=recovered as begun", job_id, identity, done.job_id)
+            return None
+        self.ended += 1
+        return identity.rpartition(".")[0] or identity, done
 
 
 def setup_logging(cfg: Config, foreground: bool) -> None:
