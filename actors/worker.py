@@ -23,7 +23,8 @@ of the worker loses nothing stored there); the frame is built from those
 encoded items (``msgspec.Raw``).  Should the next job kill the worker, the
 daemon reads that file when it reaps it and finishes the held jobs with their
 results, as if the frame had come (:meth:`ChildrenMixin._held_results
-<actors.supervisor._children.ChildrenMixin._held_results>`).
+<actors.supervisor._children.ChildrenMixin._held_results>`); after a daemon
+``kill -9``, the next daemon's recovery reads them (``RunDir.take_all_held``).
 
 Signals: Python runs handlers on the main thread only, which may be deep in a
 job's C call.  The worker's SIGTERM handler asks for an orderly stop, and the
