@@ -180,11 +180,22 @@ def pickled_value(payload: Any) -> tuple[bytes, list[Any]] | None:
     return None
 
 
-def unpicklable(value: Any, path: str, exc: BaseException) -> TypeError:
-    """The error for a value that does not pickle: the failing part's type and where it sits in ``value``."""
+def unpicklable(value: Any, path: str, exc: BaseException) -> Exception:
+    """The error for a value that does not pickle: the failing part's type and where it sits in ``value``.
+
+    Of pickle's own error class, as ``ProcessPoolExecutor`` raises it (``TypeError`` for a lock,
+    ``pickle.PicklingError`` for a lambda, ``AttributeError`` for a local function, ``RecursionError`` for a
+    value nested too deep); ``TypeError`` when pickle's error came from elsewhere (a ``__reduce__`` of the
+    user's that raised an exception class of its own).
+    """
     where, bad = culprit(value, path)
-    return TypeError(f"{where} cannot cross to another process: a {type(bad).__module__}.{type(bad).__qualname__} "
-                     f"does not pickle ({exc}); pass something picklable (a module-level class or function)")
+    text = (f"{where} cannot cross to another process: a {type(bad).__module__}.{type(bad).__qualname__} "
+            f"does not pickle ({exc}); pass something picklable (a module-level class or function)")
+    cls = type(exc)
+    return cls(text) if cls in PICKLE_ERRORS else TypeError(text)
+
+
+PICKLE_ERRORS = (TypeError, AttributeError, RecursionError, ValueError, pickle.PicklingError)  # what unpicklable raises
 
 
 def culprit(value: Any, path: str, depth: int = 0) -> tuple[str, Any]:

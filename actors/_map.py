@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import msgspec
 
-from actors._exact import dumps_range_chunk
+from actors._exact import dumps_range_chunk, unpicklable
 from actors._state import FINAL
 from actors.messages import Cancel, JobInfo, JobSpec
 
@@ -74,6 +74,10 @@ class MapRun:
         self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.done.set_running_or_notify_cancel()
         self.failed_submit: BaseException | None = None
+        # the error of the chunk at index n, whose items (or callable) did not pickle: no job was sent for it or
+        # for those after it; the iterator raises it there, after the values before it, as the pools' map raises
+        # an item's pickling error where it reaches that item
+        self.unsent: Exception | None = None
         self.acks: list[concurrent.futures.Future[list[int]]] = []
         self.cancels = cancels
         start, replace, dumps = 0, msgspec.structs.replace, pickle.dumps
@@ -86,19 +90,36 @@ class MapRun:
             specs: list[JobSpec] = []
             size = 0
             for i in range(start * chunksize, end * chunksize, chunksize):
-                payload = dumps([*head, *[c[i:i + chunksize] for c in cols]], _PROTOCOL)
+                try:
+                    payload = dumps([*head, *[c[i:i + chunksize] for c in cols]], _PROTOCOL)
+                except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError...: an item that does not pickle
+                    self.unsent = _unpicklable(spec, head, cols, i, chunksize, exc)
+                    end = start + len(specs)
+                    break
                 if specs and size + len(payload) > budget:  # big items: this batch ends here, the rest follow
                     end = start + len(specs)
                     break
                 specs.append(replace(spec, args=[payload]))
                 size += len(payload)
-            ack = conn.submit(specs, self._on_info)
-            ack.add_done_callback(functools.partial(self._on_ids, first=start))
-            self.acks.append(ack)
+            if specs:
+                ack = conn.submit(specs, self._on_info)
+                ack.add_done_callback(functools.partial(self._on_ids, first=start))
+                self.acks.append(ack)
+            if self.unsent is not None:
+                self._stop_at(end)
+                break
             if end - start < BATCH and end < self.n:  # gone before the next is packed (a failure shows in its ack)
                 concurrent.futures.wait([conn.sent()], timeout=_SENT_WAIT)
             start = end
         if self.n == 0:
+            self.done.set_result(None)
+
+    def _stop_at(self, n: int) -> None:
+        """The run has ``n`` jobs, not more (the chunk at ``n`` did not pickle); done if they all ended already."""
+        with self.cond:
+            self.n = n
+            last = self.ended == n
+        if last and n and not self.done.done():
             self.done.set_result(None)
 
     # -- I/O thread
@@ -163,6 +184,8 @@ class MapRun:
                         i += 1
                 for info in ready:
                     yield from _values(info)
+            if self.unsent is not None:
+                raise self.unsent
         finally:
             self.cancel()
 
@@ -178,6 +201,22 @@ class MapRun:
         self.cancels.extend(sent)
         if not self.conn.on_io_thread():  # as the pools' cancel: once this returns, no cancelled job starts
             concurrent.futures.wait(sent, timeout=_CANCEL_WAIT)
+
+
+def _unpicklable(spec: JobSpec, head: list[Any], cols: "list[Sequence[Any]]", start: int, chunksize: int,
+                 exc: Exception) -> Exception:
+    """The error of a chunk that did not pickle (:func:`actors._exact.unpicklable`): which item of which
+    iterable (or the callable travelling with each chunk), and which part of it."""
+    name = spec.name or spec.fn
+    candidates = [(f"{name}: the callable", h) for h in head[-1:]]
+    candidates += [(f"{name}: map item {k}" + (f" of iterable {j}" if len(cols) > 1 else ""), item)
+                   for j, c in enumerate(cols) for k, item in enumerate(c[start:start + chunksize], start)]
+    for where, value in candidates:
+        try:
+            pickle.dumps(value, _PROTOCOL)
+        except Exception as own:  # noqa: BLE001
+            return unpicklable(value, where, own)
+    return unpicklable([*head, *[c[start:start + chunksize] for c in cols]], f"{name}: map chunk", exc)
 
 
 def _values(info: JobInfo) -> list[Any]:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, c
 import msgspec
 
 from actors import _map, callables
-from actors._task import MAX_TIMEOUT_MS
+from actors._task import MAX_TIMEOUT_MS, _current as _current_task
 from actors._connection import Connection
-from actors._exact import dumps_arguments, loads_referencing, pickled_value
+from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, pickled_value
 from actors._errors import (
     DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError, RemoteError,
     TransportError, WaitTimeout, remote_error,
@@ -507,12 +507,20 @@ class Executor(concurrent.futures.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         init_path, init_carried = _route(initializer) if initializer is not None else ("", False)
+        if init_carried:  # the initializer itself travels, first among its arguments (see actors.callables)
+            initargs = (callables.head(initializer), *initargs)
+        # pickled now, before a private daemon's directory is made: one that does not pickle is refused saying which
+        init_blob = cast(bytes, dumps(tuple(initargs), "initargs")) if init_path or max_tasks_per_child else b""
         daemon = daemon or name
         self._private: PrivateDaemon | None = None
         self._cap = max_workers
         if config is None and daemon is None:
             shared = load_config()
-            if RunDir(shared.run_dir).is_locked():
+            # in a job, an executor of its own, as a process pool made in a pool's worker is a new pool: the
+            # running daemon may be the job's own, whose workers would all wait for jobs queued behind them
+            # (config= or daemon= still picks a running daemon)
+            in_job = _current_task.get() is not None
+            if not in_job and RunDir(shared.run_dir).is_locked():
                 config = shared
                 _log.info("event=executor daemon=%s detail=attached to the running daemon", shared.name)
             else:  # started at the first submit, as ProcessPoolExecutor starts its processes (see conn)
@@ -546,13 +554,9 @@ class Executor(concurrent.futures.Executor):
         self._broken = ""  # why the pool is broken (an initializer raised, no worker left); submits then raise it
         self._setup: WorkerSetup | None = None
         if init_path or max_tasks_per_child:
-            if init_carried:  # the initializer itself travels, first among its arguments (see actors.callables)
-                initargs = (callables.head(initializer), *initargs)
             exact = self._exact and (init_carried or not any(is_ndarray(v) for v in initargs))
-            self._setup = WorkerSetup(
-                os.urandom(8).hex(), init_path,
-                [pickle.dumps(tuple(initargs), protocol=pickle.HIGHEST_PROTOCOL)] if exact else list(initargs),
-                exact, max_tasks_per_child or 0)
+            self._setup = WorkerSetup(os.urandom(8).hex(), init_path, [init_blob] if exact else list(initargs),
+                                      exact, max_tasks_per_child or 0)
         self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
         if self._private is not None:
             _finish_at_exit(self)
@@ -624,7 +628,7 @@ class Executor(concurrent.futures.Executor):
                     template = self._callable_template(fn)
                     args = (callables.head(fn, script=True), *args)
                     payload = dumps_arguments(template.name, args, kwargs, limit)
-            except TypeError as exc:  # this job fails at once, as ProcessPoolExecutor's future would
+            except PICKLE_ERRORS as exc:  # this job fails at once, as ProcessPoolExecutor's future would
                 fut.set_exception(exc)
                 return fut
             spec = msgspec.structs.replace(template, args=payload, pickled=True)
