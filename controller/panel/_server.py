@@ -5,8 +5,15 @@ Runs an asyncio loop on a thread of the panel process
 :func:`controller.panel._security.refusal` first.  Live updates are
 coalesced: while at least one page is connected, a broadcaster takes one
 snapshot of the daemon every ``TICK`` seconds (:class:`~controller.panel._view.DaemonView`,
-on a one-thread executor) and sends each page only the sections that changed,
-as one JSON message.  Without pages the panel asks the daemon nothing.
+on a one-thread executor) and hands each page the sections that changed; each
+page's own writer (:class:`~controller.panel._page.PageSocket`) sends them as
+one JSON message, coalescing while the page reads slowly, so a page that stops
+reading holds up nobody else.  Without pages the panel asks the daemon nothing.
+
+Whatever a page sends gets an answer on its socket: an action is parsed by
+:func:`~controller.panel._view.parse_action`, a malformed one is answered
+with the reason, a bug while doing it is logged with its traceback and
+answered as an internal error; the socket stays open.
 """
 
 from __future__ import annotations
@@ -23,14 +30,19 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from actors import EnsembleError
+from controller.panel._page import PageSocket
 from controller.panel._security import cookie_name, refusal
 from controller.panel._settings import PanelSettings
-from controller.panel._view import ActionError, DaemonView
+from controller.panel._sound import MAX_UPLOAD
+from controller.panel._view import MAX_ACTION, ActionError, DaemonView, parse_action
 
 log = logging.getLogger("ensemble.panel")
 TICK = 0.25  # seconds between two snapshots while a page is open (as `ensemble top` refreshes)
 ASSETS = {"panel.js": "text/javascript", "panel.css": "text/css", "index.html": "text/html"}
-MAX_WS_MESSAGE = 64 * 1024
+# A WebSocket message over MAX_ACTION characters is answered with an error; one over MAX_WS_MESSAGE bytes is not
+# even read: aiohttp closes the WebSocket with 1009 (message too big).
+MAX_WS_MESSAGE = 16 * MAX_ACTION
+MAX_PAGES = 32  # open WebSockets; one more is refused (each holds a socket, a writer task and pending state)
 
 
 def _asset(name: str) -> bytes:
@@ -41,7 +53,7 @@ class Hub:
     """The connected pages and the last state each section had (what a new page gets first)."""
 
     def __init__(self) -> None:
-        self.sockets: set[web.WebSocketResponse] = set()
+        self.pages: dict[web.WebSocketResponse, PageSocket] = {}
         self.state: dict[str, Any] = {}
         self.pushes = 0  # messages sent to pages
         self.snapshots = 0
@@ -53,12 +65,8 @@ class Hub:
         self.state.update(diff)
         return diff
 
-    async def send(self, ws: web.WebSocketResponse, payload: dict[str, Any]) -> None:
-        try:
-            await ws.send_str(json.dumps(payload, default=str))
-            self.pushes += 1
-        except (ConnectionError, RuntimeError):
-            self.sockets.discard(ws)
+    def sent(self) -> None:
+        self.pushes += 1
 
 
 class PanelServer:
@@ -70,6 +78,7 @@ class PanelServer:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="panel-client")
         self.loop = asyncio.new_event_loop()
         self.hub: Hub | None = None
+        self._uploading: asyncio.Lock | None = None
         self.port = 0
         self.error = ""
         self._runner: web.AppRunner | None = None
@@ -103,7 +112,7 @@ class PanelServer:
     def stats(self) -> dict[str, Any]:
         """For the actor's heartbeat: where it listens and how busy it is (never the token)."""
         hub = self.hub
-        return {"host": self.settings.host, "port": self.port, "pages": len(hub.sockets) if hub else 0,
+        return {"host": self.settings.host, "port": self.port, "pages": len(hub.pages) if hub else 0,
                 "pushes": hub.pushes if hub else 0, "snapshots": hub.snapshots if hub else 0, "error": self.error}
 
     # ------------------------------------------------------------------ the server's thread
@@ -125,7 +134,8 @@ class PanelServer:
 
     async def _serve(self) -> None:
         self.hub = Hub()
-        app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024 * 1024 + 4096)
+        self._uploading = asyncio.Lock()
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_UPLOAD)
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/ws", self._ws)
@@ -143,8 +153,8 @@ class PanelServer:
     async def _shutdown(self) -> None:
         hub = self.hub
         if hub is not None:
-            for ws in list(hub.sockets):
-                await ws.close(code=1001, message=b"panel stopping")
+            for page in list(hub.pages.values()):
+                await page.close(reason="panel stopping")
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -178,51 +188,77 @@ class PanelServer:
         return web.Response(body=_asset(name), content_type=ASSETS[name])
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
-        name = request.query.get("name", "")
-        data = await request.read()
-        try:
-            text = await self.loop.run_in_executor(self.pool, self.view.load_wav, name, data)
-        except ActionError as exc:
-            return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        """A sound file in the body; one upload at a time, the body read only if it may be taken."""
+        if request.content_length is not None and request.content_length > MAX_UPLOAD:
+            return _refuse(413, f"the file is {request.content_length} bytes; the upload limit is {MAX_UPLOAD} "
+                                f"bytes ({MAX_UPLOAD // (1024 * 1024)} MiB)")
+        lock = self._uploading
+        assert lock is not None
+        if lock.locked():
+            return _refuse(503, "another upload is being decoded; send this file when it is done")
+        async with lock:
+            try:
+                data = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _refuse(413, f"the file is over the upload limit of {MAX_UPLOAD // (1024 * 1024)} MiB")
+            try:
+                text = await self.loop.run_in_executor(self.pool, self.view.load_wav, request.query.get("name", ""),
+                                                       data)
+            except ActionError as exc:
+                return _refuse(400, str(exc))
+            except Exception:  # noqa: BLE001 - a bug: said in the log with its traceback, the server goes on
+                log.exception("event=panel-upload-failed")
+                return _refuse(500, "internal error in the panel while loading the file (the daemon's log has it)")
         return web.json_response({"ok": True, "detail": text})
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         hub = self.hub
         assert hub is not None
+        if len(hub.pages) >= MAX_PAGES:
+            return web.Response(status=503, text=f"ensemble panel: {MAX_PAGES} pages are open; close one\n")
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_WS_MESSAGE)
         await ws.prepare(request)
-        hub.sockets.add(ws)
+        page = PageSocket(ws, request.transport, hub.sent)
+        hub.pages[ws] = page
         hub.wake.set()
         if hub.state:
-            await hub.send(ws, {"type": "state", "data": hub.state})
+            page.push_state(dict(hub.state))
         try:
             async for m in ws:
-                if m.type != WSMsgType.TEXT:
-                    continue
-                await self._action(ws, m.data)
+                if m.type == WSMsgType.TEXT:
+                    await page.reply(await self._answer(m.data))
+                    hub.wake.set()  # show the action's effect at once rather than at the next tick
+                elif m.type == WSMsgType.BINARY:
+                    await page.reply(_error(f"the panel reads actions as JSON text; a binary message "
+                                            f"({len(m.data)} bytes) was ignored"))
         finally:
-            hub.sockets.discard(ws)
+            hub.pages.pop(ws, None)
+            page.stop()
+            if request.transport is not None and request.transport.get_write_buffer_size():
+                request.transport.abort()  # ended with data the page never read (its heartbeat failed): drop it
         return ws
 
-    async def _action(self, ws: web.WebSocketResponse, text: str) -> None:
-        assert self.hub is not None
+    async def _answer(self, text: str) -> dict[str, Any]:
+        """The answer to one action: an ack, or an error saying what was wrong (never raises)."""
+        seq: Any = None
         try:
-            msg = json.loads(text)
-            if not isinstance(msg, dict):
-                raise ActionError("an action is a JSON object")
+            msg = parse_action(text)
+            seq = msg.get("seq")
+            seq = seq[:100] if isinstance(seq, str) else seq
             detail = await self.loop.run_in_executor(self.pool, self.view.act, msg)
-            reply: dict[str, Any] = {"type": "ack", "op": msg.get("op"), "detail": detail, "seq": msg.get("seq")}
-        except (ActionError, ValueError) as exc:
-            reply = {"type": "error", "message": str(exc)[:500], "seq": None}
-        await self.hub.send(ws, reply)
-        self.hub.wake.set()  # show the action's effect at once rather than at the next tick
+        except ActionError as exc:
+            return _error(str(exc), seq)
+        except Exception:  # noqa: BLE001 - a bug: said in the log with its traceback, the page's socket stays
+            log.exception("event=panel-action-failed action=%r", text[:200])
+            return _error("internal error in the panel while doing this action (the daemon's log has it)", seq)
+        return {"type": "ack", "op": msg.get("op"), "detail": detail, "seq": seq}
 
     async def _broadcast(self) -> None:
         """Every TICK while pages are open: one snapshot, each page gets the changed sections in one message."""
         hub = self.hub
         assert hub is not None
         while True:
-            if not hub.sockets:
+            if not hub.pages:
                 hub.wake.clear()
                 await hub.wake.wait()
             try:
@@ -231,16 +267,28 @@ class PanelServer:
             except EnsembleError as exc:
                 self.error = str(exc).splitlines()[0][:300]
                 snap = {"error": self.error}
+            except Exception:  # noqa: BLE001 - a bug: said in the log; the pages keep their last state
+                log.exception("event=panel-snapshot-failed")
+                self.error = "internal error in the panel while taking a snapshot (the daemon's log has it)"
+                snap = {"error": self.error}
             else:
                 snap["error"] = ""
             hub.snapshots += 1
             diff = hub.changed(snap)
             if diff:
-                for ws in list(hub.sockets):
-                    await hub.send(ws, {"type": "state", "data": diff})
+                for page in list(hub.pages.values()):
+                    page.push_state(diff)
             hub.wake.clear()
             try:
                 await asyncio.wait_for(hub.wake.wait(), TICK)
                 await asyncio.sleep(0.03)  # a burst of actions still makes one snapshot
             except asyncio.TimeoutError:
                 pass
+
+
+def _error(message: str, seq: Any = None) -> dict[str, Any]:
+    return {"type": "error", "message": message[:500], "seq": seq}
+
+
+def _refuse(status: int, message: str) -> web.Response:
+    return web.json_response({"ok": False, "error": message}, status=status)

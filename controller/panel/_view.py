@@ -11,7 +11,7 @@ as the jobs' latest state at the next snapshot, never one message per update.
 
 from __future__ import annotations
 
-import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from actors import EnsembleError
 from controller.client import Client
 from actors.config import Config
 from actors.messages import JobInfo
+from controller.panel._sound import SoundRefused, decode
 
 JOB_ROWS = 30
 LOG_LINES = 40
@@ -28,11 +29,40 @@ SAMPLES_EVERY = 8  # snapshots between two sample-list requests (samples change 
 AUDIO_KEYS = ("backend", "samplerate", "blocksize", "active_voices", "peak_voices", "load_p50", "load_p99",
               "load_max", "xruns", "underflows", "deadline_misses", "blocks", "script_errors", "script_overruns",
               "output_peak")
-MAX_UPLOAD = 64 * 1024 * 1024
+MAX_ACTION = 64 * 1024  # characters of one action as JSON text (the page's are under 200)
+SCALARS = (str, int, float, bool, type(None))
 
 
 class ActionError(Exception):
     """A page asked for something that cannot be done; the message goes back to the page."""
+
+
+def parse_action(text: str) -> dict[str, Any]:
+    """One action from a page's JSON text: an object whose fields hold strings, numbers, booleans or null.
+
+    Pure; raises ActionError saying what is wrong (too long, not JSON, nested
+    too deep for the reader, not an object, a field holding a list or an object).
+    """
+    if len(text) > MAX_ACTION:
+        raise ActionError(f"an action is at most {MAX_ACTION} characters of JSON; this one has {len(text)}")
+    try:
+        msg = json.loads(text)
+    except RecursionError:
+        raise ActionError("an action is a flat JSON object; this one nests too deeply to read") from None
+    except ValueError as exc:  # JSONDecodeError, and an integer of more than 4300 digits
+        raise ActionError(f"an action is a JSON object; this one is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(msg, dict):
+        raise ActionError(f"an action is a JSON object, not a {_kind(msg)}")
+    for key, value in msg.items():
+        if not isinstance(value, SCALARS):
+            raise ActionError(f"field {key[:40]!r} of an action holds a {_kind(value)}; "
+                              "fields hold a string, a number, true/false or null")
+    return msg
+
+
+def _kind(value: Any) -> str:
+    return {dict: "JSON object", list: "JSON list", str: "string", type(None): "null", bool: "boolean"}.get(
+        type(value), "number")
 
 
 def _job(j: JobInfo) -> dict[str, Any]:
@@ -157,23 +187,25 @@ class DaemonView:
         return f"{op} done"
 
     def load_wav(self, name: str, data: bytes) -> str:
-        """Decode a sound file the page dropped and register it as sample ``name``."""
-        import soundfile
+        """Decode a sound file the page dropped and register it as sample ``name`` (its stem).
 
-        if not name or len(name) > 128:
-            raise ActionError("a sample needs a name of 1..128 characters")
-        if len(data) > MAX_UPLOAD:
-            raise ActionError(f"the file is larger than {MAX_UPLOAD // (1024 * 1024)} MiB")
+        Blocking; the decoded audio is bounded by ``_sound.MAX_DECODED``.
+        Raises ActionError: no usable name, not a sound file, too large, or
+        the daemon's refusal.
+        """
+        stem = Path(name).stem if name and len(name) <= 128 else ""
+        if not stem:
+            raise ActionError(f"a sample needs a file name of 1..128 characters, got {name[:40]!r}")
         try:
-            array, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
-        except Exception as exc:  # noqa: BLE001 - soundfile raises its own error types
-            raise ActionError(f"not a sound file soundfile can read: {exc}") from None
+            array, rate = decode(data)
+        except SoundRefused as exc:
+            raise ActionError(str(exc)) from None
         try:
-            self._c().upload_sample(array, Path(name).stem, int(rate))
+            self._c().upload_sample(array, stem, rate)
         except EnsembleError as exc:
             raise ActionError(str(exc).splitlines()[0]) from None
         self._n = 0  # the sample list is read again at the next snapshot
-        return f"sample {Path(name).stem!r}: {len(array)} frames at {rate} Hz"
+        return f"sample {stem!r}: {len(array)} frames at {rate} Hz"
 
 
 def _int(msg: dict[str, Any], key: str, lo: int, hi: int, default: int | None = None) -> int:
