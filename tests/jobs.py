@@ -602,18 +602,10 @@ def alarm_timeout(seconds: int = 1, nap: float = 300.0) -> str:
 
 
 def pid_then_wait(task: Task, marker: str, gate: str, seconds: float = 120.0) -> str:
-    """Write the worker's pid to ``marker``, then sleep in short naps until ``gate`` exists ('released'), an abort
-    ('aborted') or ``seconds`` pass ('expired')."""
+    """Write the worker's pid to ``marker``, then :func:`wait_file` for ``gate``."""
     Path(marker + ".tmp").write_text(str(os.getpid()))
     os.rename(marker + ".tmp", marker)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if task.should_abort():
-            return "aborted"
-        if os.path.exists(gate):
-            return "released"
-        time.sleep(0.05)
-    return "expired"
+    return wait_file(task, gate, seconds)
 
 
 def own_sigterm_handler(marker: str) -> int:
