@@ -849,6 +849,15 @@ def _read_int(frame: bytes, pos: int, out: list[int]) -> int | None:
     return pos + 1 + size
 
 
+def decode_result(raw: bytes, limits: Limits, handles: str | None) -> JobDone:
+    """One encoded :class:`JobDone` (a held result's record, see :class:`actors._rundir.HeldResults`), checked as a
+    worker's frame of that one result is (within ``limits``, array handles as ``handles`` says); ProtocolError."""
+    item: Any = msgspec.Raw(raw)  # encoded as it is
+    _, msg = decode(encode(JobsDone([item])), limits, handles)
+    assert isinstance(msg, JobsDone)
+    return msg.results[0]
+
+
 def peek_corr(frame: bytes) -> int:
     """Best-effort correlation id of a frame that failed to decode (0 if unknown)."""
     header = _header(frame)
@@ -886,6 +895,7 @@ __all__ = [
     "decode",
     "encode",
     "peek_corr",
+    "decode_result",
 ]
 __all__ += ["Record", "register"]
 __all__ += [c.__name__ for c in _REGISTRY.values()]

@@ -34,7 +34,6 @@ import sys
 import time
 from typing import Any, Callable
 
-import msgspec
 import zmq
 
 from actors import __version__
@@ -48,8 +47,8 @@ from actors._rundir import RunDir
 from actors._spawn import kill_group, raise_open_files
 from actors.config import Config
 from actors.extensions import ChildSpec, Extension, load_extensions, pass_down
-from actors.messages import (ActorInfo, DaemonInfo, JobDone, JobInfo, JobInfos, JobsDone, Limits, Message, StatusReply,
-                             decode, encode)
+from actors.messages import (ActorInfo, DaemonInfo, JobDone, JobInfo, JobInfos, Limits, Message, StatusReply,
+                             decode_result)
 from actors.supervisor import _dispatch as plan, _prefork
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
 from actors.supervisor._cluster import ClusterMixin
@@ -522,23 +521,19 @@ class _HeldAtCrash:
         if found is None:
             return None
         identity, raw = found
-        item: Any = msgspec.Raw(raw)
-        frame = encode(JobsDone([item]))
         try:
-            _, msg = decode(frame, self.limits, self.prefix)
+            done = decode_result(raw, self.limits, self.prefix)
         except ProtocolError as exc:
             log.error("event=bad-held-result job=%d worker=%s reason=%s detail=recovered as begun",
                       job_id, identity, exc)
             return None
         try:
-            decode(frame, self.limits, None)  # the same, refusing array handles (and nothing else)
+            decode_result(raw, self.limits, None)  # the same, refusing array handles (and nothing else)
         except ProtocolError:
             log.warning("event=held-result-unrecoverable job=%d worker=%s detail=its result refers to shared "
                         "memory of the dead daemon, removed at start-up; recovered as begun (retried, or "
                         "worker-lost)", job_id, identity)
             return None
-        assert isinstance(msg, JobsDone)
-        done = msg.results[0]
         if done.job_id != job_id:
             log.error("event=bad-held-result job=%d worker=%s reason=the record holds job %d's result "
                       "detail=recovered as begun", job_id, identity, done.job_id)

@@ -16,7 +16,7 @@ from actors._spawn import ForkedProc, kill_group, spawn
 import msgspec
 import zmq
 
-from actors.messages import Heartbeat, Hello, JobDone, JobsDone, Stop, decode, encode
+from actors.messages import Heartbeat, Hello, JobDone, JobsDone, Stop, decode, decode_result, encode
 from actors._errors import EnsembleError, ProtocolError
 from actors.supervisor import _prefork
 from actors.supervisor._state import State
@@ -501,14 +501,13 @@ class ChildrenMixin(State):
         for job_id, raw in records:
             if job_id not in line:  # (most records: results that came, or their job's end was settled)
                 continue
-            item: Any = msgspec.Raw(raw)  # encoded as it is
             try:  # each as a frame of its own: checked as a live worker's, within the frame limit
-                _, msg = decode(encode(JobsDone([item])), self.limits, self.shm_prefix)
+                done = decode_result(raw, self.limits, self.shm_prefix)
             except ProtocolError as exc:
                 log.error("event=bad-held-result name=%s job=%d reason=%s", slot.name, job_id, exc)
                 continue
-            assert isinstance(msg, JobsDone)
-            results.extend(done for done in msg.results if done.job_id == job_id)
+            if done.job_id == job_id:
+                results.append(done)
         results.sort(key=lambda done: line[done.job_id])  # in the order they ran (the file's halves may not be)
         if results:
             log.info("event=held-results name=%s jobs=%d detail=results its worker held back when it died",
