@@ -68,6 +68,17 @@ def check_private_path(path: Path) -> None:
                               "set ENSEMBLE_RUN_DIR to a directory of your own")
 
 
+def _mapped(path: Path, size: int) -> mmap.mmap:
+    """A new (truncated) file of ``size`` bytes, mode 0600, mapped shared: what is stored there outlives a
+    ``kill -9`` of the process (the pages belong to the file)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
 class StartedLog:
     """A worker's record of the jobs it started: a count, then a ring of the last :data:`RING` job ids.
 
@@ -82,12 +93,7 @@ class StartedLog:
     _SLOT = struct.Struct("<q")
 
     def __init__(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.ftruncate(fd, 8 + self.RING * 8)
-            self.map = mmap.mmap(fd, 8 + self.RING * 8)
-        finally:
-            os.close(fd)
+        self.map = _mapped(path, 8 + self.RING * 8)
         self.count = 0
 
     def record(self, job_id: int) -> None:
@@ -142,12 +148,7 @@ class HeldResults:
     _HEAD = struct.Struct("<Iq")  # a record's head: the size of its JobDone, its job id
 
     def __init__(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.ftruncate(fd, 2 * (8 + self.HALF))
-            self.map = mmap.mmap(fd, 2 * (8 + self.HALF))
-        finally:
-            os.close(fd)
+        self.map = _mapped(path, 2 * (8 + self.HALF))
         self.base = 0  # where the half written now starts
         self.used = 0  # bytes of records published there
 
