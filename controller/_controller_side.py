@@ -392,7 +392,9 @@ class ControllerScript:
     def _unload(self, reason: str) -> None:
         self._drop_callbacks()
         self._forget_script()
-        self.outbox.put(self._param_message([]))  # after any ParamValues of the script: the daemon lists none
+        # after any ParamValues of the script; the daemon, which forgot the parameters when it sent the unload,
+        # ignores this one as it does those before it (they carry the unloaded load's number)
+        self.outbox.put(self._param_message([]))
         log.warning("event=script-unloaded reason=%s", reason)
 
     def _drop_callbacks(self) -> None:
@@ -439,7 +441,7 @@ class ControllerScript:
     def _param_message(self, call: list[str], applied: int = 0) -> ParamValues:
         infos = [ParamInfo(p.name, p.long_name, self.values.get(p.name, p.default), p.default, p.min, p.max, p.kind,
                            p.processor, self.bindings.get(p.name, -1), list(p.choices)) for p in self.params.values()]
-        return ParamValues(infos, call, applied)
+        return ParamValues(infos, call, applied, self.load_number)  # the load's number: see ParamValues.load
 
     def param_from_outside(self, name: str, value: Any, seq: int = 0) -> None:
         """A ``param set`` from a client or the processor: a control callback (any thread).

@@ -6,7 +6,11 @@ Controller and processor each host the script; this routes ``run_sync`` /
 ``run_async`` and parameter traffic between them and records script errors.
 A load is numbered, and each side's answer carries its number; a load whose
 module code raises on either side fails as a whole, and the other side is
-told to run no script either (:meth:`ScriptExtension._load_failed`).
+told to run no script either (:meth:`ScriptExtension._load_failed`).  So does
+a processor that loads the controller's script again outside a load (it was
+restarted, and reads the file as it is now) and fails: the controller drops
+the script too.  Parameters the controller sent before it dropped a script
+carry that load's number and are not listed again (``ParamValues.load``).
 
 A controller that went down (a crash, a heartbeat timeout, or its own exit
 with ``WEDGED_EXIT`` when a script step stayed blocked in C past its budget
@@ -72,6 +76,9 @@ class ScriptExtension(Extension):
         self.processor_loading = False  # the controller ran the load in progress; the processor's answer is awaited
         self.ui = UiState([])  # the script's UI elements as the controller last sent them
         self.ready_path = ""  # the script the controller runs (its last ScriptReady; "" after a load that failed)
+        self.ready_load = 0  # the number of the load whose script the controller runs (as its last ScriptReady)
+        self.dropped_load = 0  # the latest load whose script the controller was told to drop (see _params_from)
+        self.processor_back = ""  # how the processor came back, while its answer to the script it was sent is due
         self.load_lost = False  # the latest load failed as the controller went down: its restart is no new load
         self.wedge_heard = False  # this controller said it is wedged (ScriptError kind "wedged") before it left
         self.wedged_at = 0.0  # when the running script's callback last wedged the controller (monotonic; 0: never)
@@ -92,6 +99,10 @@ class ScriptExtension(Extension):
         if slot.role == "processor" and self.script_ready:
             if slot.last_exit == WEDGED_EXIT and self._processor_rewedged(slot):
                 return
+            # it reads the file as it is now: should that fail, the script is dropped on both sides (_load_failed)
+            code = slot.last_exit
+            self.processor_back = f"was restarted ({_ended(code)})" if code is not None else "started"
+            log.info("event=script-reload side=processor path=%s load=%d", self.script_path, self.load_state[0])
             self.host.send_child(slot, ScriptLoad(self.script_path, load=self.load_state[0]))
             self.host.send_child(slot, ParamValues(list(self.params.values())))
         elif slot.role == "controller":
@@ -121,7 +132,7 @@ class ScriptExtension(Extension):
         if code is None or self.load_lost:  # its first start; or the load failed already (its wedge report)
             return
         if self._loading_in("controller"):
-            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            how = _ended(code)
             silent = code == -9 and slot.detail.startswith("silent")  # the supervisor killed it: no heartbeat came
             if silent:
                 how += f": {slot.detail}"
@@ -339,9 +350,10 @@ class ScriptExtension(Extension):
         if isinstance(msg, ScriptReady) and slot.role == "processor":  # the processor ran it too: loaded
             if self._loading_in("processor", msg.load) and msg.path == self.script_path:
                 self.load_state[1] = "ready"
+            self.processor_back = ""
         elif isinstance(msg, ScriptReady):
             self.script_ready = True
-            self.ready_path = msg.path
+            self.ready_path, self.ready_load = msg.path, msg.load
             sent = proc is not None and self.host.send_child(proc, ScriptLoad(msg.path, load=msg.load))
             if self._loading_in("controller", msg.load):  # no processor now: the one that starts loads it (child_ready)
                 self.processor_loading = sent
@@ -355,6 +367,8 @@ class ScriptExtension(Extension):
             elif proc is not None:
                 self.host.send_child(proc, RunAsyncResult(msg.token, False, None, "the controller is not running"))
         elif isinstance(msg, ParamValues):
+            if not self._params_from(slot, msg):
+                return
             self.params = {p.name: p for p in msg.params}
             if msg.applied:  # that change and every one before it are applied (control callbacks run in order)
                 self.unapplied = {n: m for n, m in self.unapplied.items() if m.seq > msg.applied}
@@ -386,27 +400,62 @@ class ScriptExtension(Extension):
         was), and the processor is told to run none either (it still ran the
         script before).  A processor that failed the latest load runs none
         (``ProcessorScript.handle``), and the controller, which ran the new
-        script, is told to unload it; the processor's answer to an earlier
-        load changes nothing (the controller runs a newer one).  The daemon
-        then lists no parameters: a ``param set`` of the script's is refused,
-        not acknowledged and then lost.  ``status`` (``script_load``) and
-        ``ensemble load`` say so.
+        script, is told to unload it.  So is a processor that failed the
+        script the controller runs, sent to it outside a load (it was
+        restarted and read the file as it is now, which an edit since the load
+        broke): the rule of a load, where a restart had left the controller
+        running the script alone.  The processor's answer to an earlier load
+        changes nothing (the controller runs a newer one, or will).  The
+        daemon then lists no parameters: a ``param set`` of the script's is
+        refused, not acknowledged and then lost; those the controller sent
+        before it heard of the unload stay unlisted (:meth:`_params_from`).
+        ``status`` (``script_load``) and ``ensemble load`` say so.
         """
-        latest = self._loading_in(slot.role, msg.load)
-        if latest:
+        if self._loading_in(slot.role, msg.load):
             self.load_state[1:] = ["failed", f"{msg.message}{where}; {NO_SCRIPT}"]
         elif slot.role == "processor":
-            return
+            if self.load_state[1] == "loading" or not self.ready_path or msg.load != self.ready_load:
+                return
+            came = f"the processor {self.processor_back} and loaded" if self.processor_back else "the processor loaded"
+            self.load_state[1:] = ["failed", f"{came} {self.ready_path} again from its file as it is now, and "
+                                             f"failed: {msg.message}{where}; {NO_SCRIPT}"]
+            log.warning("event=script-reload-failed side=processor path=%s load=%d detail=%s", self.ready_path,
+                        msg.load, self.load_state[2])
+        self.processor_back = ""
         other = self.host.child("processor" if slot.role == "controller" else "controller")
         self.ready_path = ""
         self.script_ready = False  # a processor that starts now is sent no script
+        self.dropped_load = max(self.dropped_load, msg.load)
         self._forget_params()
         if other is not None:
             self.host.send_child(other, ScriptUnload(f"load {msg.load} failed in the {slot.role}: {msg.message}"))
         log.warning("event=script-unloaded load=%d failed_in=%s", msg.load, slot.role)
+
+    def _params_from(self, slot: Any, msg: ParamValues) -> bool:
+        """Whether ``msg`` describes the script the controller runs (else it is not listed, nor sent on).
+
+        Not when it carries the number of a load whose script the controller
+        was told to drop, or an earlier one: the controller sent it before it
+        read the unload (a change it applied, its script's ``set_parameter``),
+        and it crossed the unload on the way.  Listed, it brought the dropped
+        script's parameters back, and a ``param set`` of one was acknowledged
+        and then lost.  Messages of one process arrive in order, so nothing
+        the controller sends after the unload carries that number but its own
+        empty list, also dropped (the daemon forgot the parameters already).
+        """
+        if slot.role != "controller" or not self.dropped_load or msg.load > self.dropped_load:
+            return True
+        log.info("event=params-ignored load=%d count=%d detail=the controller was told to drop that load's script",
+                 msg.load, len(msg.params))
+        return False
 
     def _script_error(self, slot: Any, text: str) -> None:
         """Keep a script error for ``status`` (recent errors, the actor's detail)."""
         self.errors.append(text)
         self.host.counters["script_errors"] += 1
         slot.detail = text[:600]
+
+
+def _ended(code: int) -> str:
+    """How a child ended, as ``Slot.last_exit`` says (``signal 9``, ``exit code 1``)."""
+    return f"signal {-code}" if code < 0 else f"exit code {code}"

@@ -129,12 +129,15 @@ class ParamInfo(Record, frozen=True):
 class ParamValues(Message, tag=ScriptKind.PARAM_VALUES.value, frozen=True):
     """Parameter values after a change; ``call`` names parameters whose processor callback should run.
 
-    ``applied``: the ``seq`` of the client's change this message follows (0: none).
+    ``applied``: the ``seq`` of the client's change this message follows (0: none).  ``load``: the number of the
+    load whose script declared these parameters (the controller's, as in :class:`ScriptLoad`; 0 from the daemon),
+    so that the daemon can tell the parameters of a script it has had unloaded from those of the next one.
     """
 
     params: list[ParamInfo]
     call: list[str] = field(default_factory=list)
     applied: Int64 = 0
+    load: Int64 = 0
 
 
 class ParamList(Message, tag=ScriptKind.PARAM_LIST.value, frozen=True):
