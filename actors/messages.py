@@ -864,6 +864,18 @@ def peek_corr(frame: bytes) -> int:
     return header[2] if header is not None and 0 <= header[2] < 2**63 else 0
 
 
+def peek_kind(frame: bytes) -> int:
+    """The kind of a frame this process encoded (0 if unreadable), read from its header alone."""
+    header = _header(frame)
+    return header[1] if header is not None else 0
+
+
+def pushed_ids(frame: bytes) -> list[int]:
+    """The job ids in a :class:`JobInfos` frame this process encoded (a push it could not send yet)."""
+    _, _, _, (_, jobs) = msgspec.msgpack.decode(frame, ext_hook=lambda code, data: None)
+    return [job[0] for job in jobs]
+
+
 # --------------------------------------------------------------------------- plain values
 _plain_decoder = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
 

@@ -52,6 +52,7 @@ from actors.messages import (ActorInfo, DaemonInfo, JobDone, JobInfo, JobInfos, 
 from actors.supervisor import _dispatch as plan, _prefork
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
 from actors.supervisor._cluster import ClusterMixin
+from actors.supervisor._outbox import RETRY_S, Outbox
 from actors.supervisor._requests import ADMIN_REQUESTS, CLIENT_REQUESTS, RequestsMixin
 from actors.supervisor._transport import LOCAL, KeyRoles, Peer, TransportMixin
 from actors.supervisor._work import WorkMixin
@@ -114,6 +115,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.internal_token = os.urandom(16).hex()  # the controller's proof for TaskSubmit (given at spawn)
         self._peer = LOCAL  # who sent the request being handled
         self.pushes: dict[bytes, list[JobInfo]] = {}
+        self.outbox = Outbox(cfg.daemon.max_frame)  # what clients have not read yet, and pushes owed to them
+        self._owed_at = 0.0  # when the pushes owed are next tried
         self.progress_pushes: dict[bytes, dict[int, JobInfo]] = {}
         self._module_ok: dict[str, str] = {}  # job name -> "" (fine) or why it is refused; bounded
         self._module_ok_remote: dict[str, str] = {}
@@ -250,9 +253,13 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                     if self.auth is not None:
                         self._refresh_allowed()
                     self._cluster_tick()
+                    self.outbox.sweep(mono)
                     if self.metrics is not None:
                         self.metrics.update(self.status())
                     quiet = False
+                if self.outbox.owed and mono >= self._owed_at:
+                    self._owed_at = mono + RETRY_S
+                    self._owed_pushes()
                 if quiet:  # only read-only requests, and no deadline due: the job book is as it was
                     self._flush()
                     continue
@@ -305,7 +312,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             longest = 0.05 if self.stopping_since else self.cfg.supervision.heartbeat_interval
             assert self.book is not None
             self._wake_at = mono + plan.next_wakeup(self.book, list(self.slots.values()), mono, longest)
-        return max(0, int((self._wake_at - mono) * 1000 + 0.999))
+        wake_at = min(self._wake_at, self._owed_at) if self.outbox.owed else self._wake_at
+        return max(0, int((wake_at - mono) * 1000 + 0.999))
 
     def _flush(self) -> None:
         """Commit what this iteration staged, then send its replies and pushes (never before their commit).

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from actors.messages import (Dispatch, JobDone, JobInfo, JobSpec, JobsDone, JobUpdate, Limits, Message, Recalled,
                                  StatusReply)
     from actors.supervisor._children import Slot
+    from actors.supervisor._outbox import Outbox
     from actors.supervisor._transport import KeyRoles, Peer
 
 
@@ -59,6 +60,7 @@ class State:
     held: "collections.deque[tuple[int, list[tuple[bytes, bytes]]]]"
     unacked: "collections.deque[tuple[int, int, bytes, int, bytes]]"
     pushes: "dict[bytes, list[JobInfo]]"
+    outbox: "Outbox"
     progress_pushes: "dict[bytes, dict[int, JobInfo]]"
     ctx: "zmq.Context[Any]"
     control: Any

@@ -18,7 +18,8 @@ import msgspec
 import zmq
 
 from actors._errors import EnsembleError, ProtocolError
-from actors.messages import JobInfo, JobInfos, Message, encode
+from actors.messages import Error, JobInfo, JobInfos, Kind, Message, encode, peek_corr, peek_kind, pushed_ids
+from actors.supervisor._outbox import SMALL
 from actors.supervisor._state import State
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ _DRAIN = 2000  # messages read per socket per iteration
 # requests took every worker for dead, and their jobs with them)
 _DRAIN_S = 0.05
 _POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the IntFlag costs a Python call
+_REFUSABLE = frozenset({Kind.JOB_INFOS.value, Kind.STATUS_REPLY.value})  # replies a client may ask for again
 TCP = b"\x00\xfeTCP:"  # address prefix of tcp clients: ZeroMQ's own ids are 5 bytes, so none collides
 
 
@@ -126,6 +128,11 @@ class TransportMixin(State):
             sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.daemon.max_frame + 4096)
+            if field_name == "client_tcp":
+                # what a client has not read is bounded in bytes per key (see _outbox), not in messages: a count
+                # would drop a slow client's replies and pushes, and bound nothing when each is big
+                sock.setsockopt(zmq.SNDHWM, 0)
+                sock.copy_threshold = 0  # every frame zero-copy, so that its tracker says when it has left
             sock.curve_server = True
             sock.curve_publickey = public
             sock.curve_secretkey = secret
@@ -205,6 +212,9 @@ class TransportMixin(State):
                     if got is None:
                         continue
                     self.counters["tcp_frames"] += 1  # only frames from allowed keys get this far
+                    if sock is self.control_tcp and self._refuse_over_budget(
+                            TCP + got[0][0], f"{got[2]}:{got[3]}", got[0][-1]):
+                        continue
                     yield got
                 else:
                     yield sock.recv_multipart(zmq.NOBLOCK), b"", "local", ""
@@ -230,16 +240,59 @@ class TransportMixin(State):
         return encode(msg, corr)
 
     def _send_client(self, addr: bytes, frame: bytes) -> None:
-        if addr.startswith(TCP):
-            sock, addr = self.control_tcp, addr[len(TCP):]
-        else:
-            sock = self.control
+        """Send a reply or push; what a slow client cannot take yet is owed or refused (see :mod:`._outbox`)."""
+        outbox = self.outbox
+        if outbox.owed and addr in outbox.owed and not peek_corr(frame):  # behind the pushes it is owed, in order
+            outbox.owe(addr, pushed_ids(frame))
+            return
         try:
-            sock.send_multipart([addr, frame], zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters["push_dropped"] += 1
+            if addr.startswith(TCP):
+                now = time.monotonic()
+                if outbox.over(addr, now):
+                    if not peek_corr(frame):
+                        outbox.owe(addr, pushed_ids(frame))
+                        self.counters["push_deferred"] += 1
+                        return
+                    if len(frame) > SMALL and peek_kind(frame) in _REFUSABLE:  # read-only: nothing is lost
+                        self.counters["reply_refused"] += 1
+                        frame = encode(Error("daemon", f"reply not sent: {outbox.describe(addr)}"), peek_corr(frame))
+                tracker = self.control_tcp.send_multipart([addr[len(TCP):], frame], zmq.NOBLOCK, copy=False,
+                                                          track=True)
+                outbox.sent(addr, tracker, len(frame), now)
+            else:
+                self.control.send_multipart([addr, frame], zmq.NOBLOCK)
+        except zmq.Again:  # its queue is full (ZeroMQ's high-water mark)
+            if not peek_corr(frame):
+                outbox.owe(addr, pushed_ids(frame))
+                self.counters["push_deferred"] += 1
+            else:
+                self.counters["reply_dropped"] += 1
         except zmq.ZMQError:  # EHOSTUNREACH: the client is gone
+            outbox.gone(addr)
             self.counters["client_gone"] += 1
+
+    def _refuse_over_budget(self, addr: bytes, key: str, frame: bytes) -> bool:
+        """Whether a request from a tcp client (a connection of ``key``) is refused, unread, because the key is over
+        its budget of unread replies (the refusal is sent here: acting on it would queue yet more)."""
+        outbox = self.outbox
+        outbox.heard(addr, key, time.monotonic())
+        if not outbox.over(addr):
+            return False
+        self.counters["requests_over_budget"] += 1
+        if not outbox.over(addr, share=2.0):  # beyond twice its budget even refusals would pile up: unanswered
+            self._send_client(addr, encode(Error("daemon", f"request not read: {outbox.describe(addr)}"),
+                                           peek_corr(frame)))
+        return True
+
+    def _owed_pushes(self) -> None:
+        """Queue again, as pushes of their current states, the jobs owed to clients that can take them now."""
+        book = self.book
+        assert book is not None
+        for addr, ids in self.outbox.due():
+            for start in range(0, len(ids), 10_000):
+                infos = book.infos(ids[start:start + 10_000])
+                if infos:
+                    self.pushes[addr] = list(infos.values()) + self.pushes.get(addr, [])
 
     def _send_child(self, slot: Slot, msg: Message) -> bool:
         try:
