@@ -120,9 +120,10 @@ _AS_ORIGINAL: dict[type, type] = {}  # the job's exception class -> its RemoteEr
 def remote_error(type_name: str, message: str, traceback_text: str = "") -> RemoteError:
     """The error a client raises for a job that raised ``type_name``: a RemoteError, of the job's own class too.
 
-    When this process has the class ``type_name`` names (a builtin, or a class
-    of a module already imported here: nothing is imported on a remote
-    peer's word), the error is an instance of a subclass of both, named as
+    When this process has the class ``type_name`` names (a builtin, a class
+    of a module already imported here, or one of the script run as
+    ``__main__``: nothing is imported on a remote peer's word; see
+    :func:`_find_class`), the error is an instance of a subclass of both, named as
     the original: ``except ValueError`` and ``except RemoteError`` both catch
     it.  Its text is the original's, as ``concurrent.futures`` re-raises it
     (``str()`` is ``boom``, a traceback ends ``TypeError: boom``, never
@@ -163,25 +164,49 @@ def _original_text(self: RemoteError) -> str:
 
 
 def _find_class(type_name: str) -> type | None:
-    """The ``Exception`` subclass ``type_name`` names in this process, or None (never imports anything)."""
+    """The ``Exception`` subclass ``type_name`` names in this process, or None (never imports anything).
+
+    ``type_name`` as :func:`error_name` wrote it: a builtin's bare name, ``module.qualname`` of a module
+    imported here, or the bare qualname of a class of the script run as ``__main__``, as a traceback names it.
+    That is where a job of the script finds it when its worker was forked from this process, as
+    ``pickle`` finds ``__main__.MyError`` here for ``ProcessPoolExecutor``; a worker that loaded the script
+    itself ran it as ``__mp_main__``, which :func:`actors.callables.head` made a name of this process's
+    ``__main__`` when it sent the job.  A bare name is a builtin's first; in ``__main__`` only a class the
+    script defined counts (not one it imported under that name).
+    """
     import builtins
 
-    found: object = None
     if "." not in type_name:
-        found = getattr(builtins, type_name, None)
+        found = _attribute(builtins, [type_name])
+        if found is None:
+            found = _script_class(type_name)
     else:
         parts = type_name.split(".")
+        found = None
         for cut in range(len(parts) - 1, 0, -1):  # the longest imported module prefix, then the qualname in it
             module = sys.modules.get(".".join(parts[:cut]))
-            if module is None:
-                continue
-            found = module
-            for attr in parts[cut:]:
-                found = getattr(found, attr, None)
-            break
+            if module is not None:
+                found = _attribute(module, parts[cut:])
+                break
+        else:
+            found = _script_class(type_name)  # a class nested in one of the script's (``Outer.MyError``)
     if isinstance(found, type) and issubclass(found, Exception) and not issubclass(found, RemoteError):
         return found
     return None
+
+
+def _attribute(owner: object, names: list[str]) -> object:
+    """``owner.a.b`` for ``names`` ``["a", "b"]``, or None."""
+    found: object = owner
+    for name in names:
+        found = getattr(found, name, None)
+    return found
+
+
+def _script_class(qualname: str) -> object:
+    """The class ``qualname`` names in the script run as ``__main__``, if the script defined it, else None."""
+    found = _attribute(sys.modules.get("__main__"), qualname.split("."))
+    return found if getattr(found, "__module__", None) in ("__main__", "__mp_main__") else None
 
 
 # Error codes carried in an ``Error`` reply, mapped back to classes by the client.

@@ -29,7 +29,7 @@ _DEPTH = 32  # how deep the search for the failing part goes
 
 
 def dumps(value: Any, path: str, limit: int | None = None) -> bytes | list[Any]:
-    """``pickle.dumps(value)``, or raise :func:`unpicklable`'s TypeError (``path`` names the value: ``"result"``).
+    """``pickle.dumps(value)``, or raise :func:`unpicklable`'s error (``path`` names the value: ``"result"``).
 
     With ``limit``, arrays over ``limit`` bytes (and shared ones) are left out:
     ``[blob, array, ...]`` when there are any.
@@ -77,7 +77,7 @@ def dumps_arguments(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                     limit: int | None = None) -> list[Any]:
     """A job's ``(args, kwargs)`` pickled, as it crosses: ``[blob]``, or ``[blob, array, ...]`` with ``limit``.
 
-    TypeError naming the argument that does not pickle.
+    Raises :func:`unpicklable`'s error, naming the argument that does not pickle.
     """
     try:
         if limit is None:
@@ -180,22 +180,29 @@ def pickled_value(payload: Any) -> tuple[bytes, list[Any]] | None:
     return None
 
 
-def unpicklable(value: Any, path: str, exc: BaseException) -> Exception:
-    """The error for a value that does not pickle: the failing part's type and where it sits in ``value``.
+def unpicklable(value: Any, path: str, exc: Exception) -> Exception:
+    """The error for a value that does not pickle, as ``ProcessPoolExecutor`` raises it, saying where it failed.
 
-    Of pickle's own error class, as ``ProcessPoolExecutor`` raises it (``TypeError`` for a lock,
-    ``pickle.PicklingError`` for a lambda, ``AttributeError`` for a local function, ``RecursionError`` for a
-    value nested too deep); ``TypeError`` when pickle's error came from elsewhere (a ``__reduce__`` of the
-    user's that raised an exception class of its own).
+    Pickle's own error (``TypeError`` for a lock, ``pickle.PicklingError`` for a lambda, ``AttributeError``
+    for a local function, ``RecursionError`` for a value nested too deep; those of ``_PICKLES_OWN``) is
+    raised again, of its class, its text naming the failing part's type and where it sits in ``value``.
+    Any other exception came from the value's own pickling (a ``__reduce__`` of the user's that raised an
+    exception class of its own): ``exc`` itself, as the pool raises it, its type and text untouched, with
+    where it failed as a note (``add_note``: a traceback prints it under the message).
     """
     where, bad = culprit(value, path)
-    text = (f"{where} cannot cross to another process: a {type(bad).__module__}.{type(bad).__qualname__} "
-            f"does not pickle ({exc}); pass something picklable (a module-level class or function)")
+    what = f"{where} cannot cross to another process: a {type(bad).__module__}.{type(bad).__qualname__}"
     cls = type(exc)
-    return cls(text) if cls in PICKLE_ERRORS else TypeError(text)
+    if cls not in _PICKLES_OWN:
+        note = f"{what} raised this when it was pickled"
+        if note not in getattr(exc, "__notes__", ()):  # the same instance raised again (a module-level one)
+            exc.add_note(note)
+        return exc
+    return cls(f"{what} does not pickle ({exc}); pass something picklable (a module-level class or function)")
 
 
-PICKLE_ERRORS = (TypeError, AttributeError, RecursionError, ValueError, pickle.PicklingError)  # what unpicklable raises
+_PICKLES_OWN = (TypeError, AttributeError, RecursionError, ValueError, pickle.PicklingError)  # raised by pickle itself
+PICKLE_ERRORS = (Exception,)  # what unpicklable raises: pickle's own errors, or whatever a value's own pickling raised
 
 
 def culprit(value: Any, path: str, depth: int = 0) -> tuple[str, Any]:

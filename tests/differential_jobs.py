@@ -62,6 +62,21 @@ class LockedError(Exception):
         self.lock = threading.Lock()
 
 
+class PickleRefused(Exception):
+    """What :class:`RefusesPickle` raises when it is pickled: an exception class of the user's, not pickle's."""
+
+
+class RefusesPickle:
+    """A value whose own pickling raises :class:`PickleRefused` (a handle that must stay in its process)."""
+
+    def __reduce__(self) -> Any:
+        raise PickleRefused("this handle stays in its process")
+
+
+def return_refuses_pickle() -> RefusesPickle:
+    return RefusesPickle()
+
+
 def raise_plain(message: str) -> None:
     raise PlainError(message)
 

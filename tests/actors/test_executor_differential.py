@@ -11,6 +11,7 @@ import collections
 import concurrent.futures as cf
 import datetime
 import decimal
+import json
 import logging
 import multiprocessing
 import os
@@ -29,7 +30,7 @@ import pytest
 from actors import JobLost, JobRefused, RemoteError
 from actors.client import Executor
 from tests import differential_jobs as J
-from tests.conftest import ROOT, Daemon, pid_alive, running_daemon, wait_for
+from tests.conftest import ROOT, Daemon, pid_alive, processes_mentioning, running_daemon, wait_for
 
 POOLS = ("ppe", "ensemble")
 Scenario = Callable[[Any, Path], dict[str, Any]]
@@ -219,6 +220,43 @@ def unpicklable(pool: Any, tmp: Path) -> dict[str, Any]:
             "local function as result": where_it_fails(pool, J.return_local_function),
             "result nested too deep": where_it_fails(pool, J.nested, 5000),
             "map item": map_fails(1), "map item in a chunk": map_fails(2), "map texts": texts}
+
+
+@shared
+def own_pickle_error(pool: Any, tmp: Path) -> dict[str, Any]:
+    """Values whose own pickling raises an exception class of the user's (``J.RefusesPickle``)."""
+    notes: dict[str, list[str]] = {}
+
+    def fails(key: str, call: Callable[[list[str]], Any]) -> tuple[Any, ...]:
+        """``(stage, type, text)`` of ``call()``'s failure; its notes kept in ``notes[key]``."""
+        stage = ["submit"]
+        try:
+            call(stage)
+        except Exception as exc:  # noqa: BLE001
+            notes[key] = getattr(exc, "__notes__", [])
+            return stage[-1], type(exc), str(exc)
+        return ("returned",)
+
+    def submitted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[list[str]], Any]:
+        def call(stage: list[str]) -> Any:
+            fut = pool.submit(fn, *args, **kwargs)
+            stage.append("result")
+            return fut.result(60)
+        return call
+
+    def mapped(stage: list[str]) -> Any:
+        it = pool.map(J.identity, [1, J.RefusesPickle(), 3])
+        stage.append("next() past item 0")
+        assert next(it) == 1
+        stage.append("next() at item 1")
+        return next(it)
+
+    out = {"argument": fails("argument", submitted(J.identity, J.RefusesPickle())),
+           "nested in a keyword argument": fails("nested in a keyword argument",
+                                                 submitted(J.identity, value=[1, {"k": J.RefusesPickle()}])),
+           "result": fails("result", submitted(J.return_refuses_pickle)),
+           "map item": fails("map item", mapped)}
+    return {**out, "notes": notes}
 
 
 @shared
@@ -426,6 +464,23 @@ def test_a_value_that_does_not_pickle_fails_at_result_with_pickle_s_own_error_sa
     assert where in ens[2] and "cannot cross to another process" in ens[2], ens[2]
 
 
+@pytest.mark.parametrize("key, where", [
+    ("argument", "tests.differential_jobs:identity: args[0]"),
+    ("nested in a keyword argument", "tests.differential_jobs:identity: kwargs['value'][1]['k']"),
+    ("result", "the job's result"), ("map item", "tests.differential_jobs:identity: map item 1")])
+def test_a_value_whose_own_pickling_raises_fails_with_that_exception_saying_where_as_a_note(seen: Any, key: str,
+                                                                                         where: str) -> None:
+    """A ``__reduce__`` of the user's that raises an exception class of the user's: the pool raises that exception
+    from ``result()`` (from ``next()`` at the item in ``map``), its type and text; ensemble the same (it raised
+    TypeError), where the value sits added as a note, which a traceback prints under the user's own text."""
+    stage = "next() at item 1" if key == "map item" else "result"
+    assert seen["own_pickle_error"]["ppe"][key] == (stage, J.PickleRefused, "this handle stays in its process")
+    _same(seen, "own_pickle_error", key)
+    assert seen["own_pickle_error"]["ensemble"]["notes"][key] == [
+        f"{where} cannot cross to another process: a tests.differential_jobs.RefusesPickle raised this when it was "
+        "pickled"]
+
+
 @pytest.mark.parametrize("key", ["map item", "map item in a chunk"])
 def test_a_map_item_that_does_not_pickle_fails_where_the_iterator_reaches_it(seen: Any, key: str) -> None:
     """As the pool's map: the values before it come, then its error (map() itself raised it, and the chunks
@@ -530,3 +585,109 @@ def test_shutdown_without_wait_then_exit_still_runs_the_submitted_jobs(kind: str
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout == "left\n" and out.stderr == "", out.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "run") == [str(i) for i in range(6)]
+
+
+_MAIN_ERRORS_SCRIPT = """
+    import json
+    import sys
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    from actors import RemoteError
+    from actors.client import Executor
+
+
+    class MyError(Exception):
+        '''Rebuilds: the pool re-raises it as itself.'''
+
+
+    class TwoArgError(Exception):
+        '''Pickles, but cannot be rebuilt: its constructor takes two arguments, its args hold one.'''
+
+        def __init__(self, a, b):
+            super().__init__(f"{a}/{b}")
+
+
+    class LockedError(Exception):
+        '''Cannot be pickled at all: it holds a lock.'''
+
+        def __init__(self, message):
+            super().__init__(message)
+            self.lock = threading.Lock()
+
+
+    def raise_my_error():
+        raise MyError("mine")
+
+
+    def raise_two_arg():
+        raise TwoArgError(1, 2)
+
+
+    def raise_locked():
+        raise LockedError("holds a lock")
+
+
+    if __name__ == "__main__":
+        seen = {}
+        for name, fn, cls in [("plain", raise_my_error, MyError), ("two-argument constructor", raise_two_arg,
+                              TwoArgError), ("holds a lock", raise_locked, LockedError)]:
+            with (ProcessPoolExecutor if sys.argv[1] == "ppe" else Executor)(1) as pool:  # a pool each: one breaks
+                try:
+                    pool.submit(fn).result(60)
+                except Exception as exc:
+                    seen[name] = {"type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                                  "the script's class": isinstance(exc, cls),
+                                  "a RemoteError": isinstance(exc, RemoteError), "text": str(exc),
+                                  "its cause names the function": fn.__name__ in str(exc.__cause__)}
+        print(json.dumps(seen))
+"""
+MAIN_KINDS: dict[str, dict[str, str]] = {"ppe": {}, "ensemble": {},
+                                         "ensemble, a spawned daemon": {"ENSEMBLE_PRIVATE_START": "spawn"}}
+
+
+@pytest.fixture(scope="module")
+def main_script_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, dict[str, Any]]]:
+    """``[kind][case]``: what a script run as ``__main__`` sees of the exceptions of its own classes its own
+    functions raise, on each pool (ensemble's private daemon forked from the script, as by default, whose
+    workers have the script as their ``__main__``; or spawned, whose workers load it as ``__mp_main__``)."""
+    base = tmp_path_factory.mktemp("main-errors")
+    script = base / "script_errors.py"
+    script.write_text(textwrap.dedent(_MAIN_ERRORS_SCRIPT))
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for kind, extra in MAIN_KINDS.items():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_")}
+        env.update(PYTHONPATH=str(ROOT), ENSEMBLE_NAME="nobody-home", ENSEMBLE_RUN_DIR=str(base / "run"), **extra)
+        proc = subprocess.run([sys.executable, str(script), "ppe" if kind == "ppe" else "ensemble"], env=env,
+                              cwd=base, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stderr == "", (kind, proc.stderr)
+        out[kind] = json.loads(proc.stdout)
+        wait_for(lambda: not processes_mentioning(str(base)), 30, what=f"the script's processes ({kind}) to exit")
+    return out
+
+
+def test_an_exception_of_a_class_of_the_script_comes_back_as_that_class(
+        main_script_errors: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """A job function of the script run as ``__main__`` raises an exception class of the script: the pool
+    re-raises it as that class (pickle finds ``__main__.MyError`` in the caller), its text the job's, the remote
+    traceback as its cause; ensemble the same, however its daemon started."""
+    assert main_script_errors["ppe"]["plain"] == {
+        "type": "__main__.MyError", "the script's class": True, "a RemoteError": False, "text": "mine",
+        "its cause names the function": True}
+    for kind in MAIN_KINDS:
+        assert main_script_errors[kind]["plain"] == main_script_errors["ppe"]["plain"], kind
+
+
+@pytest.mark.parametrize("case, text", [("two-argument constructor", "1/2"), ("holds a lock", "holds a lock")])
+def test_an_exception_of_the_script_that_cannot_come_back_still_comes_back_as_its_class(
+        main_script_errors: dict[str, dict[str, dict[str, Any]]], case: str, text: str) -> None:
+    """As for a module's class (above): the pool breaks or raises pickle's TypeError; ensemble raises a RemoteError
+    of the script's class, its text the job's, the remote traceback as its cause.  (A worker forked from the
+    script names the class bare, as a traceback does, and only builtins were looked in: a plain RemoteError.)"""
+    ppe = main_script_errors["ppe"][case]
+    assert ppe["type"] == {"two-argument constructor": "concurrent.futures.process.BrokenProcessPool",
+                           "holds a lock": "builtins.TypeError"}[case]
+    for kind in ("ensemble", "ensemble, a spawned daemon"):
+        assert main_script_errors[kind][case] == {
+            "type": f"__main__.{'TwoArgError' if case.startswith('two') else 'LockedError'}",
+            "the script's class": True, "a RemoteError": True, "text": text, "its cause names the function": True}, kind
