@@ -1,7 +1,8 @@
 """The ``ensemble`` command line (click + rich).
 
 Every error is one clear line on stderr and a non-zero exit; ``--debug`` shows
-the traceback.  Bad input is refused by its option's type (:class:`Number`,
+the traceback.  A value in it longer than 200 characters is clipped, its
+length said (:func:`_echo_error`).  Bad input is refused by its option's type (:class:`Number`,
 :class:`RegularFile`) before anything runs.  Text the daemon sends (job names,
 statuses, errors, script errors) is untrusted: it is shown as plain
 ``rich.text.Text``, never parsed as Rich markup.  JSON output is total: what
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -34,9 +36,47 @@ _DEBUG = False
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one error line and exit."""
-    click.echo(f"ensemble: error: {message}", err=True)
+    """Print one error line (a long value in it clipped: :func:`_echo_error`) and exit."""
+    _echo_error(message)
     sys.exit(code)
+
+
+def _echo_error(message: str) -> None:
+    """Print ``ensemble: error: MESSAGE`` on stderr, each value in it longer than :data:`_SHOWN` clipped.
+
+    Every error line of the command goes through here (its own messages,
+    click's, and those it passes on from the config, the daemon and the
+    packages' commands), so a value a user gave (an argument, an option, an
+    environment variable) is never echoed whole: 100,000 characters of it
+    made an error line of 100,000.  A value is a quoted one (``'...'``, as
+    ``repr`` and click quote them) or a run without spaces; a line still
+    longer than :data:`_LINE` (a long value with spaces, unquoted) is
+    clipped itself.
+    """
+    lines = _LONG_VALUE.sub(_clip_match, message).split("\n")
+    click.echo("\n".join(f"ensemble: error: {_clipped(line, _LINE)}" if i == 0 else _clipped(line, _LINE)
+                          for i, line in enumerate(lines)), err=True)
+
+
+_SHOWN = 200  # characters of a value an error line shows whole; a longer one is clipped to that many (_clipped)
+_LINE = 2000  # characters of an error line, at most, once its values are clipped (a message with a few of them)
+_LONG_VALUE = re.compile(r"""(['"])((?:(?!\1)[^\\\n]|\\.){%d,})\1|[^\s'"]{%d,}""" % (_SHOWN + 1, _SHOWN + 1))
+
+
+def _clipped(text: str, limit: int = _SHOWN, quote: str = "") -> str:
+    """``text`` in ``quote``, whole if it has at most ``limit`` characters; else its start and its end around an
+    ellipsis, ``limit`` characters of it in all (the start of a mistyped value, the end of a path: both tell),
+    then its length as shown (a repr's escapes count): ``'aaaa...zzzz' (100000 characters)``."""
+    if len(text) <= limit:
+        return f"{quote}{text}{quote}"
+    head = limit * 3 // 4
+    return f"{quote}{text[:head]}...{text[len(text) - (limit - head):]}{quote} ({len(text)} characters)"
+
+
+def _clip_match(match: re.Match[str]) -> str:
+    """:func:`_clipped` of a long value :data:`_LONG_VALUE` found: a quoted one in its quotes."""
+    quote = match.group(1)
+    return _clipped(match.group(2), quote=quote) if quote else _clipped(match.group(0))
 
 
 class _Group(click.Group):
@@ -744,13 +784,13 @@ def run() -> None:
         code = main.main(prog_name="ensemble", standalone_mode=False)
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-        click.echo(f"ensemble: error: {exc.format_message()}{hint}", err=True)
+        _echo_error(f"{exc.format_message()}{hint}")
         sys.exit(2)
     except click.Abort:
-        click.echo("ensemble: error: aborted", err=True)
+        _echo_error("aborted")
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"ensemble: error: {exc.format_message()}", err=True)
+        _echo_error(exc.format_message())
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
