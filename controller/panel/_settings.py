@@ -2,10 +2,12 @@
 
 The supervisor's panel extension writes the file when a client asks for the
 panel (``ensemble panel``, ``up --panel``); the panel process reads it at
-every start, so a restarted panel serves the same port and token and an open
-page reconnects.  When the port asked for is 0 the panel writes back the port
-it got.  The CLI reads the token from it to print the URL: only the daemon's
-own user can.
+every start, so a restarted panel (killed, or terminated alone) serves the
+same port and token and an open page reconnects.  When the port asked for is
+0 the panel writes back the port it got.  The CLI reads the token from it to
+print the URL: only the daemon's own user can.  The file goes when the daemon
+stops (the panel removes it on the daemon's ``Stop``); one an earlier daemon
+left behind is removed when the next one starts its children.
 
 Also the checks of an address, as pure functions: :func:`host_refusal` (what
 the daemon refuses before any process tries it) and :func:`bind_refusal` (why

@@ -45,7 +45,17 @@ class PanelExtension(Extension):
     @property
     def children(self) -> tuple[ChildSpec, ...]:  # type: ignore[override]  # a class attribute in Extension
         """The panel, when the daemon was started with it (read once, as the children start: the run
-        directory exists by then, and the settings file the panel reads is written into it here)."""
+        directory exists by then, and the settings file the panel reads is written into it here).
+
+        A settings file already there is an earlier daemon's (its panel was
+        killed as that daemon stopped, or the daemon was): its token is
+        removed, never served again.
+        """
+        if self.settings is None:
+            try:
+                _settings.remove(self.run_dir)
+            except OSError as exc:
+                log.error("event=panel-stale-settings file=%s reason=%s", self.run_dir / _settings.FILE, exc)
         if self._at_start is None:
             return ()
         if self.settings is None:

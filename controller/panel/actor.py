@@ -3,8 +3,10 @@
 The main thread runs the usual child loop (heartbeats, stop); the web server
 runs on a thread of its own (:class:`~controller.panel._server.PanelServer`)
 and reaches the daemon as a local client, like the CLI.  Killing this process
-changes nothing for audio or jobs: the supervisor restarts it with the same
-address and token (``<run dir>/panel.json``), and an open page reconnects.
+(SIGKILL, or SIGTERM to it alone) changes nothing for audio or jobs: the
+supervisor restarts it with the same address and token (``<run dir>/panel.json``),
+and an open page reconnects.  Only the daemon's own stop (its ``Stop``
+message) removes that file.
 
 An address it cannot bind (the port in use, an address this host does not
 have) would fail again on every restart, so the process does not exit for
@@ -44,6 +46,7 @@ class Panel(Child):
         self.server: PanelServer | None = None
         self.tried = settings  # the settings it last tried to serve (their serial goes in every heartbeat)
         self.bind_error = ""  # why those could not be bound, with the fix ("" while it serves)
+        self.signalled = False  # a SIGTERM came before any Stop: this process alone ends, the daemon goes on
         self._serve(settings)
 
     def _serve(self, settings: PanelSettings) -> None:
@@ -83,12 +86,26 @@ class Panel(Child):
         served = self.server.stats() if self.server is not None else {"host": self.tried.host, "port": 0, "pages": 0}
         return {**served, "serial": self.tried.serial, "bind_error": self.bind_error}
 
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        """SIGTERM (main thread): stop.  Before the daemon's ``Stop`` it was sent to this process alone."""
+        if self.running:  # no Stop read yet (a SIGTERM after it is the daemon's stop running out of patience)
+            self.signalled = True
+        super().on_sigterm(signum, frame)
+
     def on_stop(self) -> None:
-        """The daemon stops (only then is this child told to stop): close the pages, remove the token file."""
-        if self.server is not None:
-            self.server.stop()
-        if self.stop_reason != "supervisor silent":  # a silent supervisor may come back and restart us
-            _settings.remove(self.cfg.run_dir)
+        """Close the pages; when the daemon stops (its ``Stop``), remove the token file too.
+
+        A SIGTERM to this process alone keeps the file, as a silent
+        supervisor does: the supervisor restarts the panel and the restart
+        serves the same address and token (without the file it could not
+        start at all).
+        """
+        try:
+            if self.server is not None:
+                self.server.stop()
+        finally:
+            if not self.signalled and self.stop_reason != "supervisor silent":
+                _settings.remove(self.cfg.run_dir)
 
 
 if __name__ == "__main__":
