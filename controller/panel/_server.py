@@ -2,7 +2,9 @@
 
 Runs an asyncio loop on a thread of the panel process
 (:class:`PanelServer`).  Every request and WebSocket upgrade passes
-:func:`controller.panel._security.refusal` first.  Live updates are
+:func:`controller.panel._security.refusal` first; a refused request, and one
+aiohttp cannot parse, is one log line within a budget
+(:mod:`controller.panel._requestlog`).  Live updates are
 coalesced: while at least one page is connected, a broadcaster takes one
 snapshot of the daemon every ``TICK`` seconds (:class:`~controller.panel._view.DaemonView`,
 on a one-thread executor) and hands each page the sections that changed; each
@@ -31,6 +33,7 @@ from aiohttp import WSMsgType, web
 
 from actors import EnsembleError
 from controller.panel._page import PageSocket
+from controller.panel._requestlog import request_logger
 from controller.panel._security import cookie_name, refusal
 from controller.panel._settings import PanelSettings
 from controller.panel._sound import MAX_UPLOAD
@@ -140,7 +143,8 @@ class PanelServer:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/ws", self._ws)
         app.router.add_post("/samples", self._upload)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # what aiohttp logs of a request it cannot parse: one line, within the refusals' budget (_requestlog)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=request_logger())
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
         await site.start()
@@ -165,7 +169,7 @@ class PanelServer:
                       request.cookies.get(cookie_name(self.settings)),
                       websocket=request.headers.get("Upgrade", "").lower() == "websocket")
         if why:
-            log.warning("event=panel-refused path=%s reason=%s", request.path[:100], why)
+            request_logger().warning("event=panel-refused path=%s reason=%s", request.path[:100], why)
             return web.Response(status=403, text=f"ensemble panel: refused: {why}\n")
         response: web.StreamResponse = await handler(request)
         return response
@@ -195,12 +199,16 @@ class PanelServer:
         lock = self._uploading
         assert lock is not None
         if lock.locked():
-            return _refuse(503, "another upload is being decoded; send this file when it is done")
+            return _refuse(503, "another upload is in progress (the panel takes one at a time); send this file "
+                                "when it is done")
         async with lock:
             try:
                 data = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return _refuse(413, f"the file is over the upload limit of {MAX_UPLOAD // (1024 * 1024)} MiB")
+            except ConnectionError:  # the page went away mid-body (aiohttp would log a traceback): nobody to answer
+                request_logger().info("event=panel-upload-aborted name=%r", request.query.get("name", "")[:100])
+                return _refuse(400, "the upload ended before its body did")
             try:
                 text = await self.loop.run_in_executor(self.pool, self.view.load_wav, request.query.get("name", ""),
                                                        data)

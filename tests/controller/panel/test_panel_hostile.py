@@ -1,4 +1,5 @@
-"""The panel against a hostile page: malformed WebSocket messages, a page that stops reading, uploads that expand.
+"""The panel against a hostile page: malformed WebSocket messages, a page that stops reading, uploads that expand,
+requests the parser refuses; and its limits: pages open at once, uploads at a time.
 
 Against the real panel of a real daemon (one for the module), over real
 sockets; the page is aiohttp's WebSocket client or a raw socket.
@@ -13,7 +14,7 @@ import json
 import os
 import socket
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import aiohttp
 import numpy as np
@@ -21,9 +22,11 @@ import pytest
 import soundfile
 
 from controller.panel._page import SEND_TIMEOUT
+from controller.panel._requestlog import BURST
+from controller.panel._server import MAX_PAGES
 from controller.panel._sound import MAX_DECODED, MAX_UPLOAD
-from tests.conftest import wait_for
-from tests.controller.panel.conftest import EXAMPLES, Panel, loaded
+from tests.conftest import Daemon, wait_for
+from tests.controller.panel.conftest import EXAMPLES, Panel, loaded, start_panel
 from tests.controller.panel.test_panel_actor import Page
 
 
@@ -197,3 +200,151 @@ def _empty_wav() -> bytes:
     buf = io.BytesIO()
     soundfile.write(buf, np.zeros((0, 1), "float32"), 48000, format="WAV")
     return buf.getvalue()
+
+
+def _until_closed(s: socket.socket) -> bytes:
+    """What the panel sends on ``s`` until it closes the connection."""
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    return got
+
+
+def _raw_answer(panel: Panel, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection; the answer (the panel closes the connection after it)."""
+    with socket.create_connection(("127.0.0.1", panel.port), timeout=30) as s:
+        s.sendall(request)
+        return _until_closed(s)
+
+
+def _oversized(panel: Panel, n: int) -> bytes:
+    return (f"GET /?n={n} HTTP/1.1\r\nHost: 127.0.0.1:{panel.port}\r\nX-Fill: {'a' * 100_000}\r\n\r\n").encode()
+
+
+def _log_after(panel: Panel, offset: int) -> str:
+    with open(panel.daemon.base / "state" / "daemon.log", "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def test_a_request_the_parser_refuses_is_a_400_and_one_log_line(panel: Panel) -> None:
+    """A 100 kB header line (no token): aiohttp answered 400 but logged its ~10-line traceback at ERROR, so
+    anyone who reaches the port could fill daemon.log; now each is one WARNING line with the reason."""
+    offset = (panel.daemon.base / "state" / "daemon.log").stat().st_size
+    for n in range(5):
+        answer = _raw_answer(panel, _oversized(panel, n))
+        assert answer.startswith(b"HTTP/1.") and answer.split(b" ", 2)[1] == b"400", answer[:200]
+    wait_for(lambda: _log_after(panel, offset).count("event=panel-bad-request") == 5, what="a line per request")
+    grown = _log_after(panel, offset)
+    assert "Traceback" not in grown, grown
+    assert len(grown.splitlines()) <= 2 * 5, grown  # one line each (a few others may come from the daemon)
+    line = next(ln for ln in grown.splitlines() if "event=panel-bad-request" in ln)
+    assert "WARNING" in line and "status=400" in line and "8190 bytes" in line and len(line) < 600, line
+    assert panel.request("GET", "/", {"Cookie": panel.cookie})[0] == 200  # the panel serves on
+
+
+def test_a_flood_of_refused_requests_logs_a_bounded_number_of_lines(make_daemon: Callable[..., Daemon]) -> None:
+    """Four times the log's budget of bad requests (oversized headers, requests without a token): each is
+    answered (400, 403), and the log gains at most the budget's lines (plus what it regains while they come: far
+    fewer than the requests), none with a traceback.  Each line is written before its answer is sent.  A panel
+    of its own: the module's keeps its budget."""
+    panel = start_panel(make_daemon())
+    offset = (panel.daemon.base / "state" / "daemon.log").stat().st_size
+    sent = 4 * BURST
+    for n in range(sent):
+        if n % 2:
+            assert panel.request("GET", f"/?n={n}")[0] == 403
+        else:
+            assert _raw_answer(panel, _oversized(panel, n)).split(b" ", 2)[1] == b"400"
+    wait_for(lambda: "event=panel-" in _log_after(panel, offset), what="the first lines")
+    assert panel.request("GET", "/", {"Cookie": panel.cookie})[0] == 200  # after the flood: served (and not logged)
+    grown = _log_after(panel, offset)
+    refused = [ln for ln in grown.splitlines() if "event=panel-bad-request" in ln or "event=panel-refused" in ln]
+    assert "Traceback" not in grown, grown
+    assert 0 < len(refused) < 2 * BURST, (len(refused), grown[-2000:])
+
+
+class HeldUpload:
+    """An upload sent by hand: its headers and the first half of its body, then nothing until told."""
+
+    def __init__(self, panel: Panel, name: str, body: bytes) -> None:
+        self.body = body
+        self.sock = socket.create_connection(("127.0.0.1", panel.port), timeout=30)
+        self.sock.sendall((f"POST /samples?name={name} HTTP/1.1\r\nHost: 127.0.0.1:{panel.port}\r\n"
+                           f"Origin: {panel.origin}\r\nCookie: {panel.cookie}\r\nContent-Length: {len(body)}\r\n"
+                           "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode())
+        # the panel answers 100 Continue once the upload's handler runs: from then on it is the upload in progress
+        assert self.sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.sock.sendall(body[:len(body) // 2])
+
+    def finish(self) -> tuple[int, Any]:
+        """Send the rest of the body; the panel's answer."""
+        self.sock.sendall(self.body[len(self.body) // 2:])
+        with self.sock:
+            got = _until_closed(self.sock)
+        return int(got.split(b" ", 2)[1]), json.loads(got.split(b"\r\n\r\n", 1)[1])
+
+    def abort(self) -> None:
+        self.sock.close()
+
+
+def test_one_upload_at_a_time_and_the_next_one_once_it_is_done(panel: Panel) -> None:
+    """An upload whose body is still coming holds the upload slot: a second one is refused (503, saying why)
+    until the first completes; a first one that is aborted mid-body frees it too."""
+    c = panel.daemon.client()
+    offset = (panel.daemon.base / "state" / "daemon.log").stat().st_size
+    held = HeldUpload(panel, "first.flac", _flac(48000 * 5))
+    status, body = _upload(panel, "second.flac", _flac(4800))
+    assert status == 503 and "another upload" in body["error"], (status, body)
+    assert held.finish() == (200, {"ok": True, "detail": "sample 'first': 240000 frames at 48000 Hz"})
+    status, body = _upload(panel, "second.flac", _flac(4800))
+    assert status == 200 and body["ok"], body
+    held = HeldUpload(panel, "aborted.flac", _flac(48000 * 5))
+    assert _upload(panel, "third.flac", _flac(4800))[0] == 503
+    held.abort()
+    wait_for(lambda: _upload(panel, "third.flac", _flac(4800))[0] == 200, what="an upload after the aborted one")
+    assert sorted(s.name for s in c.samples()) == ["first", "second", "third"]
+    for name in ("first", "second", "third"):
+        c.drop_sample(name)
+    grown = _log_after(panel, offset)
+    assert "Traceback" not in grown, grown
+
+
+def _upgrade_headers(panel: Panel) -> dict[str, str]:
+    return {"Origin": panel.origin, "Cookie": panel.cookie, "Upgrade": "websocket", "Connection": "Upgrade",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Version": "13"}
+
+
+def test_at_most_max_pages_are_open_and_a_closed_one_makes_room(panel: Panel) -> None:
+    """MAX_PAGES + 4 pages open at once: MAX_PAGES get their socket (and their first state), the others a 503
+    saying why; once one closes, a new page opens."""
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as s:
+            async def page() -> Any:
+                try:
+                    return await s.ws_connect(f"http://127.0.0.1:{panel.port}/ws",
+                                              headers={"Origin": panel.origin, "Cookie": panel.cookie})
+                except aiohttp.WSServerHandshakeError as exc:
+                    return exc.status
+
+            opened = await asyncio.gather(*(page() for _ in range(MAX_PAGES + 4)))
+            pages = [p for p in opened if not isinstance(p, int)]
+            try:
+                assert len(pages) == MAX_PAGES and sorted(set(opened) - set(pages)) == [503], opened
+                for ws in pages:  # each of them is a live page
+                    assert (await ws.receive_json(timeout=60))["type"] == "state"
+                status, _, body = await asyncio.to_thread(panel.request, "GET", "/ws", _upgrade_headers(panel))
+                assert status == 503 and f"{MAX_PAGES} pages are open; close one" in body.decode(), (status, body)
+                await pages.pop().close()
+                await asyncio.to_thread(wait_for, lambda: panel.daemon.actor("panel").stats["pages"] == MAX_PAGES - 1,
+                                        what="the closed page to be gone")
+                pages.append(await s.ws_connect(f"http://127.0.0.1:{panel.port}/ws",
+                                                headers={"Origin": panel.origin, "Cookie": panel.cookie}))
+                assert (await pages[-1].receive_json(timeout=60))["type"] == "state"
+            finally:
+                for ws in pages:
+                    await ws.close()
+
+    asyncio.run(run())
+    wait_for(lambda: panel.daemon.actor("panel").stats["pages"] == 0, what="every page closed")
