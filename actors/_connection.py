@@ -180,9 +180,15 @@ class Connection:
         if watch is not None:
             self._watch = (watch, os.pidfd_open(watch))  # a zombie's pidfd opens too, and is readable at once
         self._ready = threading.Event()
+        self._setup_error: BaseException | None = None  # what stopped the I/O thread making its socket
         self._thread = threading.Thread(target=self._io, name="ensemble-client-io", daemon=True)
         self._thread.start()
         self._ready.wait()
+        if self._setup_error is not None:  # (a key file that is no key): raised here, not left to hang the caller
+            self._thread.join()
+            self._wake_tx.close(linger=0)
+            self.ctx.term()
+            raise self._setup_error
 
     # ------------------------------------------------------------------ API (any thread)
     def call(self, msg: Message, convert: Callable[[Message], Any] | None = None) -> Future[Any]:
@@ -379,16 +385,23 @@ class Connection:
         # the user's Ctrl-C and SIGTERM are the main thread's: the kernel never hands them to this thread instead
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.IDENTITY, f"client-{os.getpid()}-{id(self):x}".encode())
-        if self.curve is not None:
-            from actors._keys import curve_client
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.IDENTITY, f"client-{os.getpid()}-{id(self):x}".encode())
+            if self.curve is not None:
+                from actors._keys import curve_client
 
-            curve_client(sock, *self.curve)
-            sock.routing_id = _unguessable_id()
-        sock.connect(self.endpoint)
+                curve_client(sock, *self.curve)
+                sock.routing_id = _unguessable_id()
+            sock.connect(self.endpoint)
+        except BaseException as exc:  # noqa: BLE001 - handed to the constructor, which raises it
+            sock.close(linger=0)
+            self._wake_rx.close(linger=0)
+            self._setup_error = exc
+            self._ready.set()
+            return
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
