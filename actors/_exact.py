@@ -74,10 +74,12 @@ def loads(blob: bytes) -> Any:
 
 
 def dumps_arguments(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    limit: int | None = None) -> list[Any]:
+                    limit: int | None = None, head: bool = False) -> list[Any]:
     """A job's ``(args, kwargs)`` pickled, as it crosses: ``[blob]``, or ``[blob, array, ...]`` with ``limit``.
 
-    Raises :func:`unpicklable`'s error, naming the argument that does not pickle.
+    Raises :func:`unpicklable`'s error, naming the argument that does not pickle.  ``head``: ``args[0]`` is
+    the function itself (a callable job, :func:`actors.callables.head`), which the caller did not pass as an
+    argument: the caller's arguments are named from ``args[0]`` as the caller counts them.
     """
     try:
         if limit is None:
@@ -85,9 +87,12 @@ def dumps_arguments(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],
         blob, refs = dumps_referencing((args, kwargs), limit)
         return [blob, *refs]
     except Exception as exc:  # noqa: BLE001
-        where, bad = culprit(args, f"{fn}: args")
-        if bad is args:
+        own = args[1:] if head else args
+        where, bad = culprit(own, f"{fn}: args")
+        if bad is own:
             where, bad = culprit(kwargs, f"{fn}: kwargs")
+        if bad is kwargs and head:
+            where, bad = culprit(args[0], f"{fn}: the function")
         raise unpicklable(bad, where, exc) from None
 
 

@@ -620,14 +620,14 @@ class Executor(concurrent.futures.Executor):
         if pickled:
             limit = self.conn.arrays.inline_limit if any(is_ndarray(v) for v in (*args, *kwargs.values())) else None
             try:
-                payload = dumps_arguments(template.name if template.fn == callables.PATH else template.fn, args,
-                                          kwargs, limit)
+                head = template.fn == callables.PATH
+                payload = dumps_arguments(template.name if head else template.fn, args, kwargs, limit, head)
                 if template.fn != callables.PATH and callables.mentions_script(payload[0]):
                     # the script's own classes among the arguments: sent as a callable job, whose head has the
                     # worker load the script first when it was not forked from it (see actors.callables)
                     template = self._callable_template(fn)
                     args = (callables.head(fn, script=True), *args)
-                    payload = dumps_arguments(template.name, args, kwargs, limit)
+                    payload = dumps_arguments(template.name, args, kwargs, limit, head=True)
             except PICKLE_ERRORS as exc:  # this job fails at once, as ProcessPoolExecutor's future would
                 fut.set_exception(exc)
                 return fut

@@ -63,3 +63,14 @@ def test_pickle_s_own_errors_keep_their_class_with_where_in_their_text() -> None
     assert not getattr(caught.value, "__notes__", None)
     with pytest.raises(pickle.PicklingError, match="result cannot cross"):
         dumps(_LAMBDA, "result")
+
+
+def test_a_callable_job_s_arguments_are_named_as_the_caller_counts_them() -> None:
+    """A function that travels with its arguments is ``args[0]`` on the wire; the caller's first argument is
+    still ``args[0]`` in the error (it said ``args[1]``), and a function that does not pickle is named so."""
+    with pytest.raises(TypeError, match=r"m:f: args\[0\] cannot cross .* _thread.lock"):
+        dumps_arguments("m:f", (len, threading.Lock()), {}, head=True)
+    with pytest.raises(TypeError, match=r"m:f: kwargs\['y'\] cannot cross .* _thread.lock"):
+        dumps_arguments("m:f", (len, 1), {"y": threading.Lock()}, head=True)
+    with pytest.raises(pickle.PicklingError, match=r"m:f: the function cannot cross"):
+        dumps_arguments("m:f", (_LAMBDA, 1), {}, head=True)
