@@ -4,24 +4,38 @@ Pure bookkeeping, no sockets: the supervisor asks it to accept, start, requeue
 and finish jobs; it stages each change in the :class:`Journal` and keeps the
 priority queue (higher priority first, FIFO within a priority).  Finished jobs
 leave memory; their rows stay in the journal until pruned.
+
+An abort is journaled before it is acted on: a cancel or a deadline
+(:data:`BINDING_ABORTS`) is the job's ``abort`` event, and its worker is told
+only once the commit that writes it is done (:meth:`JobBook.abort`,
+:meth:`JobBook.durable_aborts`), as a client hears of its submit only once its
+jobs are written.  So a daemon killed at any instant leaves every abort it
+acted on in its journal, and :meth:`JobBook.recover` ends that job
+``cancelled`` instead of running it again.
 """
 
 from __future__ import annotations
 
 import collections
 import heapq
+import logging
 import time
 from typing import Any, Callable, Iterable
 
 import msgspec
 
 from actors._errors import JobRefused
-from actors._journal import TERMINAL, Journal
+from actors._journal import ABORT_EVENT, TERMINAL, Journal
 from actors._resources import fits
 from actors.messages import JobDone, JobInfo, JobSpec, WorkerSetup, _decode_value, _encode_value
 
 
+log = logging.getLogger("ensemble.jobs")
 SCAN = 4096  # queued jobs one pop may look past because the worker lacks their resources
+# The aborts that bind after a daemon crash: the job ends cancelled from the journaled event, never runs again.
+# (A stop's abort does not: a job running when the daemon stopped is retried or lost, as after a crash.)
+BINDING_ABORTS = frozenset({"cancel", "deadline"})
+_ABORT_TEXT = {"cancel": "cancelled", "shutdown": "the daemon stopped"}
 _ID_MASK = (1 << 64) - 1
 _NO_PROPERTIES: dict[str, Any] = {}  # shared by the jobs that set none (see Job.__init__)
 _NO_EVENTS: list[list[Any]] = []
@@ -86,6 +100,23 @@ class Job:
                        self.properties, result, error_type, error_message, traceback, list(self.events),
                        self.submitted, self.started, finished, self.attempts, self.worker, self.spec.priority)
 
+
+def aborted_error(reason: str, spec: JobSpec, done: JobDone | None = None) -> tuple[str, str]:
+    """The error type and message of a job that ends ``cancelled`` after an abort for ``reason``.
+
+    ``JobTimeout`` for its deadline, else ``JobCancelled``; ``done``, the
+    result it returned after the abort, if any: the message says when it then
+    raised something else.
+    """
+    if reason == "deadline":
+        etype, text = "JobTimeout", f"deadline of {spec.deadline:g}s passed"
+    else:
+        etype, text = "JobCancelled", _ABORT_TEXT.get(reason, reason)
+    if done is not None and not done.ok and done.error_type not in ("JobCancelled", "JobTimeout"):
+        text += f"; the job then raised {done.error_type}: {done.error_message}"
+    return etype, text
+
+
 def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
               context: tuple[str, list[str]] = NO_CONTEXT) -> bytes:
     """Journal form of a job spec, with who submitted it.
@@ -145,6 +176,9 @@ class JobBook:
         self.queued_bytes = 0  # sum of ``nbytes`` over unfinished jobs
         self.counters = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "killed": 0,
                          "worker-lost": 0, "retried": 0}
+        # jobs whose binding abort waits for the commit that writes it before their workers are told:
+        # job id -> (that commit's number, the job), in the order they were aborted (see abort)
+        self.aborting: dict[int, tuple[int, Job]] = {}
 
     # -- accepting -----------------------------------------------------------------
     def accept(self, specs: Iterable[JobSpec], now: float, owner: str = "", nbytes: int = 0,
@@ -218,8 +252,14 @@ class JobBook:
         which results can still be delivered).  Such a job ran and returned: it
         ends with that result (:meth:`_finish_returned`), before anything else
         is decided, and is counted in none of the three.
+
+        A job whose cancel or deadline the journal holds (:data:`BINDING_ABORTS`:
+        the dead daemon acted on it) ends ``cancelled`` (:meth:`_finish_aborted`;
+        with its held result, if any, as a live daemon ends it), is never run
+        again, and is counted in none of the three either (the log says how many).
         """
-        queued = requeued = lost = 0
+        queued = requeued = lost = aborted = 0
+        aborts = self.journal.aborts(BINDING_ABORTS)
         for jid, blob, _prio, state, attempts, submitted, ctx in self.journal.unfinished():
             try:
                 spec, owner, internal, context = unpack_job(blob)
@@ -234,14 +274,19 @@ class JobBook:
                                           0.0, "", None)
                 lost += 1
                 continue
+            reason = aborts.get(jid, "")
             ended = returned(jid) if returned is not None else None
             if ended is not None:
                 self._finish_returned(Job(jid, spec, submitted, attempts, owner, len(blob), internal), state,
-                                      *ended, now)
+                                      *ended, now, reason)
                 continue
             if state == "queued" and jid in begun:  # it ran; only its start was lost with the daemon
                 state, attempts = "running", attempts + 1
             job = Job(jid, spec, submitted, attempts, owner, len(blob), internal)
+            if reason:
+                self._finish_aborted(job, state == "running", reason, now)
+                aborted += 1
+                continue
             job.context = context
             self.queued_bytes += job.nbytes
             if state == "running":
@@ -265,9 +310,27 @@ class JobBook:
             if spec.resources:
                 self._needs(spec.resources, 1)
         self.mark_horizon()
+        if aborted:
+            log.info("event=recover-aborted jobs=%d detail=cancelled or past their deadline when the daemon stopped: "
+                     "ended cancelled, not run again", aborted)
         return queued, requeued, lost
 
-    def _finish_returned(self, job: Job, journaled: str, worker: str, done: JobDone, now: float) -> None:
+    def _finish_aborted(self, job: Job, ran: bool, reason: str, now: float) -> None:
+        """End a recovered job whose binding abort the journal holds: ``cancelled``, with the abort's error.
+
+        ``ran``: it had begun (its worker died with the daemon, the job
+        unfinished: the message says so); else it never started.  The job is
+        never queued, nor left in memory.
+        """
+        etype, text = aborted_error(reason, job.spec)
+        if ran:
+            text += "; the daemon stopped before the job returned"
+        elif reason == "cancel":
+            text = "cancelled before it started"
+        self.finish(job, "cancelled", now, error_type=etype, error_message=text)
+
+    def _finish_returned(self, job: Job, journaled: str, worker: str, done: JobDone, now: float,
+                         aborted: str = "") -> None:
         """End a recovered job with the result its worker held back when the daemon died (it ran and returned).
 
         As a result from a worker ends a job: its start, if the journal never
@@ -275,6 +338,9 @@ class JobBook:
         the time the worker started it and one attempt more; then ``done`` with
         its value, or ``failed`` with its error (and, for a pickled job, the
         pickled exception).  The job is never queued, nor left in memory.
+        ``aborted``: the reason of its journaled cancel or deadline, if any:
+        then it ends ``cancelled`` with what it returned, as :meth:`WorkMixin._jobs_done
+        <actors.supervisor._work.WorkMixin._jobs_done>` ends an aborted job.
         """
         if journaled == "running":  # its start is journaled, with its attempt
             job.state = "running"
@@ -282,7 +348,10 @@ class JobBook:
         else:
             self.start(job, worker, done.started or now, time.monotonic())
         job.progress, job.status, job.properties = done.progress, done.status, done.properties
-        if done.ok:
+        if aborted:
+            etype, text = aborted_error(aborted, job.spec, done)
+            self.finish(job, "cancelled", now, done.value, etype, text, done.traceback)
+        elif done.ok:
             self.finish(job, "done", now, done.value)
         else:
             self.finish(job, "failed", now, done.value if job.spec.pickled else None, done.error_type,
@@ -389,6 +458,46 @@ class JobBook:
             job.deadline_at = mono + job.spec.deadline
         self.journal.stage_start(job.id, now, worker, job.attempts)
 
+    def abort(self, job: Job, reason: str) -> bool:
+        """Record that ``job`` is to stop for ``reason`` (its ``abort`` event); whether to tell its worker now.
+
+        Once per job: a job already aborted keeps its first reason (False).  A
+        cancel or a deadline (:data:`BINDING_ABORTS`) binds a recovery from
+        this record (:meth:`recover`), so its worker must hear of it only once
+        the journal has written it: False, and :meth:`durable_aborts` hands
+        the job back after that commit (the event rides the iteration's group
+        commit; nothing more is written, and a job that is not aborted costs
+        nothing).  Any other reason (a stop) is told at once: True.
+        """
+        if job.abort_reason:
+            return False
+        job.abort_reason = reason
+        self.event(job, ABORT_EVENT, reason)
+        if reason not in BINDING_ABORTS:
+            return True
+        self.aborting.pop(job.id, None)  # (an earlier abort, undone by a requeue: this one is the latest)
+        self.aborting[job.id] = (self.journal.staged_seq, job)
+        return False
+
+    def durable_aborts(self) -> list[Job]:
+        """The jobs whose binding abort the journal has written since the last call, in the order they were
+        aborted: their workers are to be told now (each job once).
+
+        A job that ended meanwhile, or was put back in the queue (its abort
+        undone), is left out: no worker holds it for that abort.
+        """
+        aborting, done = self.aborting, self.journal.done_seq
+        out = []
+        while aborting:
+            jid = next(iter(aborting))
+            seq, job = aborting[jid]
+            if seq > done:
+                break
+            del aborting[jid]
+            if self.jobs.get(jid) is job and job.abort_reason:
+                out.append(job)
+        return out
+
     def event(self, job: Job, kind: str, detail: str) -> None:
         """Record an event (``stalled``, ``abort``, ...) on a job."""
         t = time.time()
@@ -408,9 +517,9 @@ class JobBook:
     ) -> JobInfo:
         """Record a terminal state (exactly once) and drop the job from memory."""
         assert state in TERMINAL, state
-        if job.state == "queued":
-            self._unqueue(job)
-        if job.id in self.jobs:
+        if job.id in self.jobs:  # (a recovered job may end before it is ever queued)
+            if job.state == "queued":
+                self._unqueue(job)
             self.queued_bytes -= job.nbytes
         job.state = state
         result = _encode_value(value) if value is not None else None

@@ -23,6 +23,10 @@ state index at the start and again at the end.
 A local client's context (its cwd and import path, ~230 bytes) is a row of
 ``contexts`` that its jobs name in their ``ctx`` column, not a copy in each
 spec.
+A job's abort (a cancel, its deadline, a stop) is a row of ``events`` of kind
+``abort`` (:data:`ABORT_EVENT`), its reason the detail; a cancel's or a
+deadline's is written before its worker is told, and recovery reads them back
+(:meth:`Journal.aborts`).
 Read jobs through the ``job_rows`` view (a job's row with its result
 folded in).  Finding unfinished jobs at start-up scans from the ``horizon``
 (the smallest id that was still live when last recorded), not the whole table.
@@ -46,6 +50,7 @@ from actors.messages import _decode_value, _encode_value
 
 log = logging.getLogger("ensemble.journal")
 TERMINAL = tuple(sorted(FINAL))  # for SQL parameters
+ABORT_EVENT = "abort"  # the kind of the event that records a job's abort (its detail: the reason)
 _CHECKPOINT_ROWS = 5000  # rows committed between two checkpoints (a few MB of log)
 _RETRY_SECONDS = 1.0  # a commit that failed (disk full, say) is tried again this often, before anything newer
 _CONTEXTS_CACHED = 256  # distinct client contexts kept in memory (each also a row of ``contexts``)
@@ -340,6 +345,12 @@ class Journal:
         """Whether a commit handed to the writer thread has not been collected yet."""
         return self._inflight
 
+    @property
+    def staged_seq(self) -> int:
+        """The number of the commit that will write what is staged now: the next one begun (after the one in
+        flight, or kept failed, if any).  What is staged is written once :attr:`done_seq` reaches it."""
+        return self.started_seq + 1
+
     def commit(self) -> None:
         """Write everything staged in one transaction (group commit), after any commit still in flight.
 
@@ -581,6 +592,20 @@ class Journal:
             "ORDER BY j.id", (self.horizon(),)
         ).fetchall()
         return [tuple(r) for r in rows]
+
+    def aborts(self, reasons: Iterable[str]) -> dict[int, str]:
+        """The aborts for one of ``reasons`` recorded on jobs from the horizon on: job id -> reason (the latest).
+
+        An abort is the job's ``abort`` event, its reason the event's detail
+        (as :meth:`JobBook.abort <actors._jobs.JobBook.abort>` stages it);
+        journals of older releases hold them the same way.
+        """
+        self._settle()  # the connection is the writer thread's while a commit is in flight
+        reasons = list(reasons)
+        rows = self.db.execute(  # (events_job: from the horizon on, not the whole table)
+            f"SELECT job_id, detail FROM events WHERE job_id >= ? AND kind = ? AND detail IN "
+            f"({','.join('?' * len(reasons))}) ORDER BY rowid", (self.horizon(), ABORT_EVENT, *reasons))
+        return dict(rows.fetchall())
 
     def infos(self, ids: Sequence[int]) -> list[tuple[Any, ...]]:
         """Rows for the given ids (see ``_INFO_COLUMNS``), with events, in id order."""

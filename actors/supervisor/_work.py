@@ -2,6 +2,10 @@
 
 What to send is decided by the pure functions of :mod:`actors.supervisor._dispatch`;
 this mixin applies their decisions to sockets and the job book.
+
+A cancel or a deadline reaches the worker only once the journal has written
+it (:meth:`WorkMixin._abort`, :meth:`~WorkMixin._tell_aborts`): the next
+``up`` after a kill -9 then ends the job cancelled, never runs it again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import msgspec
 import zmq
 
 from actors._errors import EnsembleError, ProtocolError
-from actors._jobs import Job
+from actors._jobs import Job, aborted_error
 from actors._task import MAX_TIMEOUT_MS
 from actors.messages import AbortJob, Ack, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, encode
 from actors.supervisor import _dispatch as plan
@@ -66,13 +70,8 @@ class WorkMixin(State):
             if done.started and job.state == "running":
                 job.started = done.started
             if job.abort_reason:
-                etype = "JobTimeout" if job.abort_reason == "deadline" else "JobCancelled"
-                state = "cancelled"
-                msg_text = {"deadline": f"deadline of {job.spec.deadline:g}s passed",
-                            "cancel": "cancelled", "shutdown": "the daemon stopped"}.get(job.abort_reason, job.abort_reason)
-                if not done.ok and done.error_type not in ("JobCancelled", "JobTimeout"):
-                    msg_text += f"; the job then raised {done.error_type}: {done.error_message}"
-                self._finish(job, state, now, done.value, etype, msg_text, done.traceback)
+                etype, text = aborted_error(job.abort_reason, job.spec, done)
+                self._finish(job, "cancelled", now, done.value, etype, text, done.traceback)
             elif done.ok:
                 self._finish(job, "done", now, done.value)
             else:
@@ -97,7 +96,8 @@ class WorkMixin(State):
             if job is not None and job.state == "dispatched" and not job.recalling:
                 self.book.start(job, slot.name, now, mono)
                 self._push_progress(job)  # it runs now
-                if job.abort_reason and not job.kill_at:  # aborted while it waited in the worker's line
+                # aborted while it waited in the worker's line (and told: else the kill waits for the telling)
+                if job.abort_reason and not job.kill_at and job.id not in self.book.aborting:
                     job.kill_at = mono + job.timeout_ms / 1000
 
     def _job_update(self, slot: Slot, msg: JobUpdate) -> None:
@@ -154,16 +154,41 @@ class WorkMixin(State):
                      error_message=f"killed: {job.killed} (no return within {job.timeout_ms} ms of the abort)")
 
     def _abort(self, job: Job, reason: str) -> None:
-        if job.abort_reason:
-            return
-        job.abort_reason = reason
+        """Ask a job to stop for ``reason`` (once: a second abort changes nothing).
+
+        A cancel or a deadline is journaled first (:meth:`JobBook.abort
+        <actors._jobs.JobBook.abort>`) and its worker told by
+        :meth:`_tell_aborts` once the commit that writes it is done (the same
+        iteration's, for a commit written on the loop's thread); a stop's is
+        told at once.
+        """
         assert self.book is not None
-        self.book.event(job, "abort", reason)
+        if self.book.abort(job, reason):
+            self._tell_abort(job)
+
+    def _tell_abort(self, job: Job) -> None:
+        """Send an aborted job's worker the AbortJob; the grace before the kill runs from now if the job runs."""
         slot = self.slots.get(job.worker) if job.worker else self._slot_of(job.id)
         if slot is not None:
-            self._send_child(slot, AbortJob(job.id, reason))
+            self._send_child(slot, AbortJob(job.id, job.abort_reason))
             if job.state == "running":
                 job.kill_at = time.monotonic() + job.timeout_ms / 1000
+
+    def _tell_aborts(self) -> None:
+        """Tell the workers of the cancels and deadlines the journal has written since (JobBook.durable_aborts).
+
+        Called after every commit the loop collects (through
+        :meth:`RequestsMixin._check_unacked
+        <actors.supervisor._requests.RequestsMixin._check_unacked>`, which the
+        loop calls then), before the replies that waited for that commit (a
+        cancel's acknowledgement among them) are sent.  Cheap when there is
+        none: one test.
+        """
+        book = self.book
+        if book is None or not book.aborting:
+            return
+        for job in book.durable_aborts():
+            self._tell_abort(job)
 
     def _slot_of(self, job_id: int) -> Slot | None:
         for slot in self.slots.values():
