@@ -331,6 +331,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             journal.commit()  # waits for the one in flight too: nothing is held past the last iteration
         else:
             self._commit()
+        self._tell_aborts()  # the cancels and deadlines now written go to their workers
         self._check_unacked()
         out = self.replies
         self.replies = []
@@ -391,6 +392,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         """The writer thread finished a commit: record it and send what waited for it."""
         assert self.journal is not None
         self.journal.collect()
+        self._tell_aborts()  # the cancels and deadlines now written go to their workers
         self._check_unacked()
         self._release_held()
 

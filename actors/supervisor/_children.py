@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from actors._freshness import RETIRE_CODE
+from actors._jobs import BINDING_ABORTS, aborted_error
 from actors._resources import check as check_resources, host_resources
 from actors._rundir import RESULTS_SUFFIX
 from actors._spawn import ForkedProc, kill_group, spawn
@@ -457,6 +458,10 @@ class ChildrenMixin(State):
             job.recalling = False  # a Recall on its way to the gone worker will never be answered
             if job.killed:
                 self._finish_killed(job, now)
+            elif job.abort_reason in BINDING_ABORTS:  # cancelled or past its deadline: never run (again)
+                etype, text = aborted_error(job.abort_reason, job.spec)
+                how = f"worker {slot.name} died before the job returned" if i < begun else "it had not started"
+                self._finish(job, "cancelled", now, error_type=etype, error_message=f"{text}; {how}")
             elif i < begun and job.state in ("running", "dispatched"):
                 if job.state == "dispatched":
                     book.start(job, slot.name, now, time.monotonic())

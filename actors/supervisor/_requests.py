@@ -10,7 +10,7 @@ import collections
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import msgspec
 
@@ -88,9 +88,6 @@ def _check_context(cwd: str, path: list[str]) -> None:
 
 class RequestsMixin(State):
     """Request handling of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
-
-    if TYPE_CHECKING:  # WorkMixin's (declared here for the checker only: at run time the MRO finds WorkMixin's)
-        def _tell_aborts(self) -> None: ...
 
     def _drain_control(self, sock: Any) -> bool:
         """Answer the requests waiting on a client socket; whether any of them may have changed state.
@@ -259,8 +256,7 @@ class RequestsMixin(State):
 
     def _check_unacked(self) -> None:
         """Forget the acknowledgements whose jobs are written; if the journal's commit failed (a full disk),
-        refuse the submits whose jobs it did not write, at once.  First, tell the workers of the cancels and
-        deadlines now written (:meth:`WorkMixin._tell_aborts <actors.supervisor._work.WorkMixin._tell_aborts>`).
+        refuse the submits whose jobs it did not write, at once.
 
         The loop calls this after every commit it collects, before it sends
         what waited for that commit.  None of the submits refused was
@@ -270,7 +266,6 @@ class RequestsMixin(State):
         of waiting as long as the disk stays full.  The rest of the failed
         commit (results, starts) is kept and written once it can be.
         """
-        self._tell_aborts()  # (this is the loop's one call after each commit: an abort waits for its commit too)
         journal, book = self.journal, self.book
         assert journal is not None and book is not None
         unacked, written = self.unacked, journal.written_id

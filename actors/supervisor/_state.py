@@ -98,6 +98,9 @@ class State:
     def _bind_tcp(self) -> None:
         raise NotImplementedError
 
+    def _tell_aborts(self) -> None:
+        raise NotImplementedError
+
     def _commit(self) -> None:
         raise NotImplementedError
 

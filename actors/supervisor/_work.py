@@ -177,11 +177,9 @@ class WorkMixin(State):
     def _tell_aborts(self) -> None:
         """Tell the workers of the cancels and deadlines the journal has written since (JobBook.durable_aborts).
 
-        Called after every commit the loop collects (through
-        :meth:`RequestsMixin._check_unacked
-        <actors.supervisor._requests.RequestsMixin._check_unacked>`, which the
-        loop calls then), before the replies that waited for that commit (a
-        cancel's acknowledgement among them) are sent.  Cheap when there is
+        Called after every commit the loop collects (``Supervisor._flush``,
+        ``Supervisor._journal_written``), before the replies that waited for
+        that commit (a cancel's acknowledgement among them) are sent.  Cheap when there is
         none: one test.
         """
         book = self.book

@@ -196,8 +196,6 @@ def die_on_abort(task: Task, runs: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@pytest.mark.xfail(strict=True, reason="actors/supervisor/_children.py _jobs_lost retries a begun job whose worker "
-                                       "died after its cancel (JobBook.requeue then clears the abort)")
 def test_a_job_whose_worker_dies_after_its_cancel_is_not_run_again(make_daemon: Callable[..., Daemon],
                                                                    tmp_path: Path) -> None:
     d = make_daemon(workers=1, jobs_only=True)
