@@ -278,9 +278,19 @@ def _refuse_in_forked_child(fn: Callable[[], Any]) -> bool:
                             "the job forked: call it from the job itself")
 
 
+_ran_jobs = False  # this process has run a job: a worker (or a process one of its jobs forked), on any thread
+
+
 def activate(task: Task) -> contextvars.Token["Task | None"]:
     """Make ``task`` the current task of this thread (worker internal)."""
+    global _ran_jobs
+    _ran_jobs = True
     return _current.set(task)
+
+
+def in_job_process() -> bool:
+    """Whether this process runs jobs (a worker, or a process a job forked), whichever thread asks."""
+    return _ran_jobs
 
 
 def deactivate(token: contextvars.Token["Task | None"]) -> None:

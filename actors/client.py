@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, c
 import msgspec
 
 from actors import _map, callables
-from actors._task import MAX_TIMEOUT_MS, _current as _current_task
+from actors._task import MAX_TIMEOUT_MS, in_job_process
 from actors._connection import Connection
 from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, pickled_value
 from actors._errors import (
@@ -519,7 +519,7 @@ class Executor(concurrent.futures.Executor):
             # in a job, an executor of its own, as a process pool made in a pool's worker is a new pool: the
             # running daemon may be the job's own, whose workers would all wait for jobs queued behind them
             # (config= or daemon= still picks a running daemon)
-            in_job = _current_task.get() is not None
+            in_job = in_job_process()  # any of its threads: one a job started waits on the job as much
             if not in_job and RunDir(shared.run_dir).is_locked():
                 config = shared
                 _log.info("event=executor daemon=%s detail=attached to the running daemon", shared.name)

@@ -148,6 +148,14 @@ def nested_executor(kind: str, x: int) -> int:
         return int(inner.submit(add, x, 1).result(60))
 
 
+def nested_executor_in_thread(kind: str, x: int) -> int:
+    """:func:`nested_executor` on a thread the job starts and waits for (a library's worker thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as threads:
+        return threads.submit(nested_executor, kind, x).result(120)
+
+
 def raising_items(n: int) -> Any:
     """A generator that yields ``n`` items, then raises."""
     yield from range(n)

@@ -550,13 +550,16 @@ def jobs_only_daemon() -> Iterator[Daemon]:
     yield from running_daemon(Path(tempfile.mkdtemp(prefix="ens-m")), jobs_only=True)
 
 
-def test_a_job_s_own_executor_is_a_pool_of_its_own_not_its_daemon(jobs_only_daemon: Daemon) -> None:
+@pytest.mark.parametrize("where", ["job", "thread"])
+def test_a_job_s_own_executor_is_a_pool_of_its_own_not_its_daemon(jobs_only_daemon: Daemon, where: str) -> None:
     """Both workers run a job that makes an ``Executor()`` and waits on it, as jobs making a process pool do.
     The daemon those jobs run on is running and is the default where they run: the inner executors attached to
-    it, and their jobs waited behind the outer ones for ever.  A job's executor starts a pool of its own now."""
+    it, and their jobs waited behind the outer ones for ever.  A job's executor starts a pool of its own now,
+    also when a thread the job started makes it (it attached to the daemon)."""
     ex = Executor(config=jobs_only_daemon.config)
+    fn = J.nested_executor if where == "job" else J.nested_executor_in_thread
     try:
-        futures = [ex.submit(J.nested_executor, "ensemble", x) for x in range(2)]
+        futures = [ex.submit(fn, "ensemble", x) for x in range(2)]
         done, _ = cf.wait(futures, timeout=60)
         assert len(done) == 2, "the jobs' own executors waited for the workers their jobs held"
         assert [f.result(0) for f in futures] == [1, 2]
