@@ -9,10 +9,16 @@ client's jobs looked unfinished for ever.
 
 :class:`Outbox` keeps the accounts the supervisor's transport acts on:
 
-- Every frame to a tcp client is sent zero-copy with a ZeroMQ tracker; until
-  the tracker is done (ZeroMQ has handed the frame to the connection, which
+- Frames to a tcp client are sent zero-copy with a ZeroMQ tracker; until the
+  tracker is done (ZeroMQ has handed the frame to the connection, which
   takes it only as fast as the peer reads) its bytes count as *unread* for the
-  key that connection authenticated with.  A key's connections share one
+  key that connection authenticated with.  A tracker costs a wake-up of
+  pyzmq's collector thread (a tcp ping took twice as long), so small frames
+  go untracked, copied, and their bytes ride on the next tracked frame: one
+  in every :data:`SMALL_BATCH` bytes is tracked, and a connection's frames
+  leave in order, so when it is done those before it are too.  The small
+  frames since the last tracked one (under 64 KiB a connection) are the only
+  bytes a key may have unread beyond its count.  A key's connections share one
   budget (:attr:`Outbox.budget`, ``2 * daemon.max_frame``, at least 4 MiB).
 - Over budget, a request from that key is refused before it is acted on (and
   over twice the budget not even answered: the refusals would pile up), a
@@ -35,6 +41,7 @@ import collections
 from typing import Any
 
 SMALL = 4096  # bytes: replies up to this size always go (acknowledgements, errors, small snapshots)
+SMALL_BATCH = 64 * 1024  # bytes of small frames sent untracked before the next one is tracked
 RETRY_S = 0.05  # seconds between two attempts at the pushes owed
 IDLE_S = 300.0  # seconds after which a connection with nothing unread or owed is forgotten
 MIN_BUDGET = 4 * 1024 * 1024
@@ -43,12 +50,13 @@ MIN_BUDGET = 4 * 1024 * 1024
 class _Conn:
     """One tcp connection (by its address): its key, and the frames ZeroMQ has not handed to it yet."""
 
-    __slots__ = ("key", "sent", "seen")
+    __slots__ = ("key", "sent", "seen", "untracked")
 
     def __init__(self, key: str, seen: float) -> None:
         self.key = key
         self.sent: collections.deque[tuple[Any, int]] = collections.deque()  # (zmq.MessageTracker, bytes)
         self.seen = seen
+        self.untracked = 0  # bytes of small frames sent since the last tracked one (counted with the next one)
 
 
 class Outbox:
@@ -94,11 +102,20 @@ class Outbox:
         """Whether ``addr``'s key has more unread than ``share`` of its budget."""
         return self.unread(addr, now) > self.budget * share
 
+    def tracks(self, addr: bytes, size: int, now: float) -> bool:
+        """Whether the next frame to ``addr``, of ``size`` bytes, is to be sent with a tracker."""
+        return size > SMALL or self._conn(addr, now).untracked + size >= SMALL_BATCH
+
     def sent(self, addr: bytes, tracker: Any, size: int, now: float) -> None:
-        """A frame of ``size`` bytes went to ``addr`` (``tracker`` says when ZeroMQ is done with it)."""
+        """A frame of ``size`` bytes went to ``addr``: with ``tracker`` (which says when ZeroMQ is done with it and
+        with the untracked ones before it), or None (a small one, see :meth:`tracks`)."""
         conn = self._conn(addr, now)
-        conn.sent.append((tracker, size))
-        self.unread_bytes[conn.key] += size
+        if tracker is None:
+            conn.untracked += size
+            return
+        conn.sent.append((tracker, size + conn.untracked))
+        self.unread_bytes[conn.key] += size + conn.untracked
+        conn.untracked = 0
 
     def describe(self, addr: bytes) -> str:
         """Why a key is over its budget, for the error its client gets."""

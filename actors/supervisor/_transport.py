@@ -256,8 +256,11 @@ class TransportMixin(State):
                     if len(frame) > SMALL and peek_kind(frame) in _REFUSABLE:  # read-only: nothing is lost
                         self.counters["reply_refused"] += 1
                         frame = encode(Error("daemon", f"reply not sent: {outbox.describe(addr)}"), peek_corr(frame))
-                tracker = self.control_tcp.send_multipart([addr[len(TCP):], frame], zmq.NOBLOCK, copy=False,
-                                                          track=True)
+                parts = [addr[len(TCP):], frame]
+                if outbox.tracks(addr, len(frame), now):
+                    tracker = self.control_tcp.send_multipart(parts, zmq.NOBLOCK, copy=False, track=True)
+                else:
+                    tracker = self.control_tcp.send_multipart(parts, zmq.NOBLOCK)
                 outbox.sent(addr, tracker, len(frame), now)
             else:
                 self.control.send_multipart([addr, frame], zmq.NOBLOCK)
