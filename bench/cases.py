@@ -33,6 +33,7 @@ from bench._stats import Row, median, pct, row, skipped
 from bench.audio_jack import case_audio_jack
 from bench.panel import case_panel
 from bench.ray_cluster import case_ray_arrays, case_ray_cluster
+from bench.remote import case_remote
 
 CORES = len(os.sched_getaffinity(0))
 SPAWN = multiprocessing.get_context("spawn")
@@ -879,5 +880,5 @@ CASES: dict[str, Callable[[Ctx], list[Row]]] = {
     "scaling": case_scaling, "cancel": case_cancel, "replacement": case_replacement, "up": case_up,
     "clients": case_clients, "memory": case_memory, "arrays": case_arrays, "audio": case_audio,
     "bridges": case_bridges, "audio_jack": case_audio_jack, "ray_cluster": case_ray_cluster,
-    "ray_arrays": case_ray_arrays, "panel": case_panel,
+    "ray_arrays": case_ray_arrays, "panel": case_panel, "remote": case_remote,
 }

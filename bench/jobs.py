@@ -74,3 +74,8 @@ def plain_hang_marked(path: str) -> None:
         f.write(str(os.getpid()))
     while True:
         time.sleep(0.01)
+
+
+def blob(task: Any, size: int) -> bytes:
+    """``size`` bytes as the result (results over tcp: the ``remote`` case)."""
+    return b"x" * size
