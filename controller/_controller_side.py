@@ -13,7 +13,9 @@ controller process exits to be restarted by the supervisor (see
 Reloading discards every pending callback and aborts the script's
 background tasks; parameter values survive.  Another script starts from its
 own saved values (``script-state.json``) or its defaults, never the values
-of the script before.
+of the script before.  ``ScriptReady`` says the digest of the source the
+module code ran, and the parameters and UI elements sent carry the load's
+number (see :mod:`controller._supervision`).
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class ControllerScript:
         self.client_factory = client_factory
         self.module: ModuleType | None = None
         self.path = ""
+        self.digest = ""  # of the source the module code ran (ScriptReady.digest; "" when no script runs)
         self.params: dict[str, ParamDef] = {}
         self.values: dict[str, Any] = {}
         self.bindings: dict[str, int] = {}  # parameter name -> MIDI controller (``param bind``), persisted
@@ -343,7 +346,7 @@ class ControllerScript:
         self.loading_file = str(Path(path).resolve())
         self.busy_since, self.busy_name = time.monotonic(), "module code"
         try:
-            self.module = load_module(path)
+            self.module, digest = load_module(path)
         except BaseException as exc:  # noqa: BLE001
             self._forget_script()
             self._report("module code", exc, loading=self.loading_file)
@@ -354,7 +357,7 @@ class ControllerScript:
             self.loading_file = ""
         path = str(Path(path).resolve())
         live = self.values if path == self.path else {}  # a reload of the same script keeps its live values
-        self.path = path
+        self.path, self.digest = path, digest
         saved = self.state.read(self.path)
         self.values = self._values_at_load(live, saved.get("params", {}))
         self.bindings = {name: int(cc) for name, cc in saved.get("bindings", {}).items()
@@ -366,7 +369,7 @@ class ControllerScript:
         if callable(on_status):  # status/paint-like notifications: lowest priority, once a second
             self.start_timer(STATUS_INTERVAL_MS, on_status, STATUS)
         self.outbox.put(self._param_message([]))
-        self.outbox.put(ScriptReady(self.path, number))
+        self.outbox.put(ScriptReady(self.path, number, digest))
         log.info("event=script-loaded path=%s reload=%s params=%d discarded=%d load=%d", self.path, reload,
                  len(self.params), self.discarded, number)
 
@@ -410,13 +413,18 @@ class ControllerScript:
         for bg in self.bg_tasks:
             bg._abort_quietly()
         self.bg_tasks.clear()
-        self.ui.clear()
+        self.ui.clear(self.load_number)  # what module code adds now belongs to this load
         self.params = {}
 
     def _forget_script(self) -> None:
-        """Run no script: no module, parameters, values or bindings (a failed load; saved values stay on disk)."""
+        """Run no script: no module, parameters, values, bindings or UI elements (saved values stay on disk).
+
+        The elements module code added before it raised go too, still
+        counted as the failed load's (the daemon ignores them either way).
+        """
         self.module = None
-        self.path = ""
+        self.ui.clear(self.load_number)
+        self.path = self.digest = ""
         self.params = {}
         self.values = {}
         self.bindings = {}
@@ -585,8 +593,8 @@ class ControllerScript:
         return task
 
     def stats(self) -> dict[str, Any]:
-        return {"script": self.path, "pending": len(self.heap), "discarded": self.discarded,
-                "script_errors": self.errors, "loading": self.loading_status}
+        return {"script": self.path, "script_digest": self.digest[:12], "pending": len(self.heap),
+                "discarded": self.discarded, "script_errors": self.errors, "loading": self.loading_status}
 
 
 def not_available(*_: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import sys
@@ -157,22 +158,33 @@ def _whole(value: Any) -> int:
     return number
 
 
-def load_module(path: str) -> ModuleType:
-    """Execute a script file as the module ``ensemble_instrument`` (replacing an earlier one)."""
+def load_module(path: str) -> tuple[ModuleType, str]:
+    """Execute a script file as the module ``ensemble_instrument`` (replacing an earlier one).
+
+    Returns the module and the digest of the source it ran (SHA-256, hex):
+    the file is read once, and those bytes are compiled and run, never a
+    cached bytecode file, so the digest names the code that ran even if the
+    file changes meanwhile.  The controller and the processor each run the
+    file as it is when they load it; the daemon compares their digests
+    (``ScriptReady.digest``).  Raises EnsembleError if there is no such
+    file, OSError if it cannot be read, and whatever the module code raises
+    (``SyntaxError`` naming the file and line).  Blocks for the module code.
+    """
     p = Path(path).resolve()
     if not p.is_file():
         raise EnsembleError(f"script {path} does not exist")
     spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, p)
     if spec is None or spec.loader is None:
         raise EnsembleError(f"script {path} cannot be loaded as a Python module")
+    source = p.read_bytes()
     module = importlib.util.module_from_spec(spec)
     sys.modules[SCRIPT_MODULE] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(p), "exec", dont_inherit=True), module.__dict__)
     except BaseException:
         sys.modules.pop(SCRIPT_MODULE, None)
         raise
-    return module
+    return module, hashlib.sha256(source).hexdigest()
 
 
 def function_name(module: ModuleType | None, fn: Callable[..., Any] | str, bridge: str) -> str:

@@ -87,6 +87,7 @@ class ProcessorScript:
         self.module: ModuleType | None = None
         self.bound_controllers: frozenset[int] = frozenset()  # `param bind`: read by the processor on the audio thread
         self.path = ""
+        self.digest = ""  # of the source the module code ran (ScriptReady.digest; "" when no script runs)
         self.params: dict[str, ParamDef] = {}
         self.values: dict[str, Any] = {}
         self.inbox: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -119,14 +120,14 @@ class ProcessorScript:
             try:
                 self.load(msg.path)
             except Exception as exc:  # module code failed here: report (the load fails), keep playing, with no
-                self.path = ""  # script: the one before had its parameters cleared for this load, and would run
-                self.unload()  # beside a controller that does not (the daemon has it unload the new one too)
+                self.path = self.digest = ""  # script: the one before had its parameters cleared for this load,
+                self.unload()  # and would run beside a controller that does not (the daemon has it unload the new one)
                 self.outbox.put(ScriptError("Processor", "load-failed", f"{type(exc).__name__} in the processor's "
                                             f"module code: {exc}", _where(exc, msg.path), msg.load))
             else:
-                self.outbox.put(ScriptReady(msg.path, msg.load))
+                self.outbox.put(ScriptReady(msg.path, msg.load, self.digest))
         elif isinstance(msg, ScriptUnload):  # the load failed in the controller: the script runs nowhere
-            self.path = ""
+            self.path = self.digest = ""
             self.unload()
             _log.warning("event=script-unloaded reason=%s", msg.reason)
         elif isinstance(msg, RunSync):
@@ -152,11 +153,11 @@ class ProcessorScript:
         _context._loading["active"] = True
         try:
             self.params = {}
-            module = load_module(path)
+            module, digest = load_module(path)
         finally:
             _context._loading["active"] = False
         self.module = module
-        self.path = path
+        self.path, self.digest = path, digest
         for name, p in self.params.items():
             self.values.setdefault(name, p.default)
         self.inbox.append(("init",))
@@ -489,9 +490,10 @@ class ProcessorScript:
                                     loc))
 
     def stats(self) -> dict[str, Any]:
-        return {"script": self.path, "script_overruns": self.overruns, "script_errors": self.errors,
-                "script_stopped": self.stopped, "script_tasks": len(self.ready) + len(self.waiting)
-                + len(self.on_async) + sum(len(v) for v in self.on_release_wait.values())}
+        return {"script": self.path, "script_digest": self.digest[:12], "script_overruns": self.overruns,
+                "script_errors": self.errors, "script_stopped": self.stopped,
+                "script_tasks": len(self.ready) + len(self.waiting) + len(self.on_async)
+                + sum(len(v) for v in self.on_release_wait.values())}
 
     def create_background_task(self, name: str) -> Any:
         return OffsideTask(name, "Processor")

@@ -9,8 +9,30 @@ module code raises on either side fails as a whole, and the other side is
 told to run no script either (:meth:`ScriptExtension._load_failed`).  So does
 a processor that loads the controller's script again outside a load (it was
 restarted, and reads the file as it is now) and fails: the controller drops
-the script too.  Parameters the controller sent before it dropped a script
-carry that load's number and are not listed again (``ParamValues.load``).
+the script too.  Parameters and UI elements the controller sent before it
+dropped a script carry that load's number and are not taken again
+(``ParamValues.load``, ``UiState.load``; :meth:`ScriptExtension._dropped`).
+
+Both sides run one version of the script's file.  Each reads the file as it
+is when it loads it (the processor after the controller, and again when it
+is restarted outside a load) and says in ``ScriptReady`` the digest of the
+source it ran (:func:`controller._host.load_module`); when the processor's
+differs from the controller's (the file was edited since the controller ran
+it, in a way that still loads), the daemon reloads the controller to the
+file as it is now, a numbered load of its own that ``status`` explains
+(:meth:`ScriptExtension._processor_ran`).  Why not keep the source the
+controller ran and send the processor that instead: the script has a third
+reader, the workers that run its background-task functions, which import
+the file as it is when the job starts (``controller._tasks.load_script``);
+pinning the old source on two sides would leave the third on the new one
+(and the processor's errors would name lines of a file that no longer
+holds them).
+And one rule covers both outcomes: a restarted processor reads the file as
+it is now; if the edit fails there, no side runs the script
+(:meth:`ScriptExtension._load_failed`); if it loads, both sides run it.
+The cost is a controller reload the user did not ask for (its queued
+callbacks and background tasks go, as in any reload; live parameter values
+stay, and acknowledged changes not yet applied are sent again).
 
 A controller that went down (a crash, a heartbeat timeout, or its own exit
 with ``WEDGED_EXIT`` when a script step stayed blocked in C past its budget
@@ -70,13 +92,15 @@ class ScriptExtension(Extension):
         self.script_ready = False  # the controller ran module code, parameters and on_load
         self.params: dict[str, ParamInfo] = {}
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
-        # the latest load: [its number, "loading" | "ready" | "failed", the error]; `ensemble load` waits on it.  It
-        # is "loading" until both sides ran the script: the controller, then the processor (see _loading_in)
+        # the latest load: [its number, "loading" | "ready" | "failed", the error (or, for a load the daemon started,
+        # why: see _controller_follows)]; `ensemble load` waits on it.  It is "loading" until both sides ran the
+        # script: the controller, then the processor (see _loading_in)
         self.load_state: list[Any] = [0, "", ""]
         self.processor_loading = False  # the controller ran the load in progress; the processor's answer is awaited
         self.ui = UiState([])  # the script's UI elements as the controller last sent them
         self.ready_path = ""  # the script the controller runs (its last ScriptReady; "" after a load that failed)
         self.ready_load = 0  # the number of the load whose script the controller runs (as its last ScriptReady)
+        self.ready_digest = ""  # the digest of the source the controller ran (its last ScriptReady)
         self.dropped_load = 0  # the latest load whose script the controller was told to drop (see _params_from)
         self.processor_back = ""  # how the processor came back, while its answer to the script it was sent is due
         self.load_lost = False  # the latest load failed as the controller went down: its restart is no new load
@@ -113,18 +137,26 @@ class ScriptExtension(Extension):
                 if not self.load_lost:
                     self._loading()
                 self.host.send_child(slot, ScriptLoad(self.script_path, load=self.load_state[0]))
-                for change in sorted(self.unapplied.values(), key=lambda m: m.seq):
-                    self.host.send_child(slot, change)
-                if self.unapplied:
-                    log.info("event=params-resent count=%d", len(self.unapplied))
-                for bind in self.unbound.values():  # binds the last controller acknowledged but never applied
-                    self.host.send_child(slot, bind)
-                if self.unbound:
-                    log.info("event=binds-resent count=%d", len(self.unbound))
+                self._resend_unapplied(slot)
             else:
                 self.unapplied.clear()
                 self.unbound.clear()
             self.load_lost = self.wedge_heard = False
+
+    def _resend_unapplied(self, controller: Any) -> None:
+        """Send ``controller``, after the load just sent it, the acknowledged changes and binds not shown applied.
+
+        The load discards what it had queued (a restarted controller never
+        had them); sent again, they are queued after it.
+        """
+        for change in sorted(self.unapplied.values(), key=lambda m: m.seq):
+            self.host.send_child(controller, change)
+        if self.unapplied:
+            log.info("event=params-resent count=%d", len(self.unapplied))
+        for bind in self.unbound.values():  # binds the controller acknowledged but never applied
+            self.host.send_child(controller, bind)
+        if self.unbound:
+            log.info("event=binds-resent count=%d", len(self.unbound))
 
     def _controller_back(self, slot: Any) -> None:
         """A controller said hello after its previous one ended: a load it ran fails; a wedge it hid is said."""
@@ -158,7 +190,7 @@ class ScriptExtension(Extension):
             return
         path, self.wedged_at = self.script_path, 0.0
         self.script_path = self.ready_path = ""
-        self._forget_params()
+        self._forget_script()
         log.warning("event=script-dropped path=%s detail=its callbacks wedged the controller twice within %.0f s",
                     path, REWEDGE_S)
         self._script_error(slot, f"script {path} is not run again: its callbacks wedged the controller twice within "
@@ -192,9 +224,10 @@ class ScriptExtension(Extension):
                                  f"its line); fix it and `ensemble load` it again")
         return True
 
-    def _forget_params(self) -> None:
-        """The controller runs no script: no parameters, and no change or bind of theirs left to send again."""
+    def _forget_script(self) -> None:
+        """The controller runs no script: no parameters, no UI elements, no change or bind left to send again."""
         self.params = {}
+        self.ui = UiState([], self.ui.version + 1)
         self.unapplied.clear()
         self.unbound.clear()
 
@@ -342,18 +375,18 @@ class ScriptExtension(Extension):
         return Ack(f"{msg.id} queued")
 
     def _ui_state(self, slot: Any, msg: UiState) -> None:
-        self.ui = UiState(msg.elements[:256], self.ui.version + 1, msg.script)
+        if self._dropped(slot, msg.load, "ui", len(msg.elements)):
+            return
+        self.ui = UiState(msg.elements[:256], self.ui.version + 1, msg.script, msg.load)
 
     # -- routing between controller and processor
     def _route(self, slot: Any, msg: Message) -> None:
         proc, ctl = self.host.child("processor"), self.host.child("controller")
-        if isinstance(msg, ScriptReady) and slot.role == "processor":  # the processor ran it too: loaded
-            if self._loading_in("processor", msg.load) and msg.path == self.script_path:
-                self.load_state[1] = "ready"
-            self.processor_back = ""
+        if isinstance(msg, ScriptReady) and slot.role == "processor":
+            self._processor_ran(msg)
         elif isinstance(msg, ScriptReady):
             self.script_ready = True
-            self.ready_path, self.ready_load = msg.path, msg.load
+            self.ready_path, self.ready_load, self.ready_digest = msg.path, msg.load, msg.digest
             sent = proc is not None and self.host.send_child(proc, ScriptLoad(msg.path, load=msg.load))
             if self._loading_in("controller", msg.load):  # no processor now: the one that starts loads it (child_ready)
                 self.processor_loading = sent
@@ -367,7 +400,7 @@ class ScriptExtension(Extension):
             elif proc is not None:
                 self.host.send_child(proc, RunAsyncResult(msg.token, False, None, "the controller is not running"))
         elif isinstance(msg, ParamValues):
-            if not self._params_from(slot, msg):
+            if self._dropped(slot, msg.load, "params", len(msg.params)):
                 return
             self.params = {p.name: p for p in msg.params}
             if msg.applied:  # that change and every one before it are applied (control callbacks run in order)
@@ -393,6 +426,53 @@ class ScriptExtension(Extension):
                       msg.location)
             self._script_error(slot, f"{msg.context} {msg.kind}: {msg.message}{where}")
 
+    def _processor_ran(self, msg: ScriptReady) -> None:
+        """The processor ran a script: the load is done, unless it ran another version of the file than the controller.
+
+        Each side reads the file as it is when it loads it.  The processor
+        loads after the controller, and again when it is restarted (a crash,
+        kill -9): an edit since the controller ran the file (one that still
+        loads; one that fails drops the script, :meth:`_load_failed`) gives
+        the processor the new code beside the controller's old.  The digests
+        in the two ``ScriptReady`` tell (:func:`controller._host.load_module`);
+        then the controller is reloaded, as the next load
+        (:meth:`_controller_follows`).  Only an answer to the load the
+        controller ran, while no newer one runs, counts.
+        """
+        back, self.processor_back = self.processor_back, ""
+        current = msg.path == self.ready_path and msg.load == self.ready_load == self.load_state[0]
+        if current and msg.digest != self.ready_digest:
+            self._controller_follows(back)
+        elif self._loading_in("processor", msg.load) and msg.path == self.script_path:
+            self.load_state[1] = "ready"
+
+    def _controller_follows(self, back: str) -> None:
+        """The processor runs another version of the script's file than the controller: reload the controller to it.
+
+        A new load, numbered and in ``status`` (``script_load``: why the
+        daemon started it, kept once it is ready, and before the error
+        should it fail), ``event=script-reload side=controller`` in the log;
+        ``ensemble load`` waiting for a load of the edit waits for this one.
+        The controller runs the file as it is now, then the processor again;
+        should the file change once more meanwhile, once more.  Parameter
+        changes and binds acknowledged and not yet applied are sent again
+        after the load, which discards what it had queued: the user did not
+        ask for this reload.  A controller that is not running now loads the
+        file when it starts (:meth:`child_ready`), and the processor after it.
+        """
+        path, was = self.ready_path, self.ready_load
+        came = f"the processor {back} and ran" if back else "the processor ran"
+        self._loading()
+        self.load_state[2] = (f"started by the daemon: {came} {path} as it is now, another version than load {was}, "
+                              "which the controller ran (the file was edited); so the controller was reloaded to "
+                              "run it too")
+        self.script_ready = False  # a processor that starts now waits for the controller, as in a load
+        log.warning("event=script-reload side=controller path=%s load=%d was=%d detail=%s", path, self.load_state[0],
+                    was, self.load_state[2])
+        controller = self.host.child("controller")
+        if controller is not None and self.host.send_child(controller, ScriptLoad(path, True, self.load_state[0])):
+            self._resend_unapplied(controller)
+
     def _load_failed(self, slot: Any, msg: ScriptError, where: str) -> None:
         """A side's module code raised: the load fails as a whole, and neither side runs a script.
 
@@ -412,7 +492,8 @@ class ScriptExtension(Extension):
         ``status`` (``script_load``) and ``ensemble load`` say so.
         """
         if self._loading_in(slot.role, msg.load):
-            self.load_state[1:] = ["failed", f"{msg.message}{where}; {NO_SCRIPT}"]
+            started = f"{self.load_state[2]}; that failed: " if self.load_state[2] else ""  # _controller_follows
+            self.load_state[1:] = ["failed", f"{started}{msg.message}{where}; {NO_SCRIPT}"]
         elif slot.role == "processor":
             if self.load_state[1] == "loading" or not self.ready_path or msg.load != self.ready_load:
                 return
@@ -426,28 +507,31 @@ class ScriptExtension(Extension):
         self.ready_path = ""
         self.script_ready = False  # a processor that starts now is sent no script
         self.dropped_load = max(self.dropped_load, msg.load)
-        self._forget_params()
+        self._forget_script()
         if other is not None:
             self.host.send_child(other, ScriptUnload(f"load {msg.load} failed in the {slot.role}: {msg.message}"))
         log.warning("event=script-unloaded load=%d failed_in=%s", msg.load, slot.role)
 
-    def _params_from(self, slot: Any, msg: ParamValues) -> bool:
-        """Whether ``msg`` describes the script the controller runs (else it is not listed, nor sent on).
+    def _dropped(self, slot: Any, load: int, what: str, count: int) -> bool:
+        """Whether a message of the controller's (``ParamValues``, ``UiState``) is of a script it was told to drop.
 
-        Not when it carries the number of a load whose script the controller
-        was told to drop, or an earlier one: the controller sent it before it
-        read the unload (a change it applied, its script's ``set_parameter``),
-        and it crossed the unload on the way.  Listed, it brought the dropped
-        script's parameters back, and a ``param set`` of one was acknowledged
-        and then lost.  Messages of one process arrive in order, so nothing
-        the controller sends after the unload carries that number but its own
-        empty list, also dropped (the daemon forgot the parameters already).
+        It is when it carries the number of a load whose script the
+        controller was told to drop, or an earlier one: the controller sent
+        it before it read the unload (a change it applied, its script's
+        ``set_parameter``, a UI element its script changed, its main thread's
+        next ``UiState``), and it crossed the unload on the way.  Taken, it
+        brought the dropped script's parameters back (and a ``param set`` of
+        one was acknowledged and then lost), or its UI elements, until the
+        controller's next state.  Messages of one process arrive in order, so
+        nothing the controller sends after the unload carries that number
+        but its own empty list and elements, also ignored (the daemon forgot
+        them already).  ``what``, ``count``: for the log.
         """
-        if slot.role != "controller" or not self.dropped_load or msg.load > self.dropped_load:
-            return True
-        log.info("event=params-ignored load=%d count=%d detail=the controller was told to drop that load's script",
-                 msg.load, len(msg.params))
-        return False
+        if slot.role != "controller" or not self.dropped_load or load > self.dropped_load:
+            return False
+        log.info("event=%s-ignored load=%d count=%d detail=the controller was told to drop that load's script",
+                 what, load, count)
+        return True
 
     def _script_error(self, slot: Any, text: str) -> None:
         """Keep a script error for ``status`` (recent errors, the actor's detail)."""

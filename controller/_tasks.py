@@ -179,7 +179,7 @@ def load_script(path: str) -> ModuleType:
             host.params = {}  # this file's module code defines its parameters afresh (a second name is refused)
         _context._loading["active"] = True
         try:
-            mod = load_module(path)
+            mod, _ = load_module(path)
         finally:
             _context._loading["active"] = False
         _modules[key] = mod

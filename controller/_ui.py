@@ -8,6 +8,10 @@ the elements; the controller's main thread takes a snapshot (under a lock)
 and sends it to the supervisor when it changed, at most every
 ``SEND_INTERVAL`` seconds, so a chatty script costs one message per interval.
 A progress bar bound to a background task follows the task's progress.
+Each state carries the number of the load whose script added the elements
+(``UiState.load``, set with the elements under the lock when a load or an
+unload clears them), so that the supervisor can ignore the elements of a
+script it has had unloaded, sent before the controller read the unload.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class ScriptUi:
     elements: dict[str, _Element] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     version: int = 0
-    _sent: list[UiElement] | None = None
+    load: int = 0  # the number of the load whose script adds the elements (see clear)
+    _sent: tuple[int, list[UiElement]] | None = None
     _sent_at: float = 0.0
 
     def add(self, kind: str, id: str, text: str, on_click: Callable[..., Any] | None = None, task: Any = None) -> None:
@@ -67,10 +72,11 @@ class ScriptUi:
             for key, value in values.items():
                 setattr(el, key, value)
 
-    def clear(self) -> None:
-        """Forget every element (a reload: the new module code adds its own)."""
+    def clear(self, load: int) -> None:
+        """Forget every element (a reload: the new module code adds its own); those added next belong to ``load``."""
         with self.lock:
             self.elements.clear()
+            self.load = load
 
     def click_handler(self, id: str) -> Callable[..., Any] | None:
         """The callback a click on ``id`` runs, if it is a button with one."""
@@ -80,23 +86,31 @@ class ScriptUi:
 
     def snapshot(self) -> list[UiElement]:
         """The elements as they would be sent now (a bound bar reads its task's progress)."""
+        return self._taken()[1]
+
+    def _taken(self) -> tuple[int, list[UiElement]]:
+        """The load the elements belong to, and the elements, read together under the lock."""
         with self.lock:
-            els = list(self.elements.values())
+            load, els = self.load, list(self.elements.values())
         out = []
         for el in els:
             value = el.value
             if el.task is not None:
                 value = float(el.task.get_progress()) if el.task.running else 0.0
             out.append(UiElement(el.id, el.kind, el.text, el.visible, max(0.0, min(1.0, value))))
-        return out
+        return load, out
 
     def message_if_changed(self, now: float, script: str) -> UiState | None:
-        """A UiState to send if the elements changed since the last one and the interval passed (main thread)."""
+        """A UiState to send if the elements or their load changed since the last one and the interval passed.
+
+        Main thread.  A new load with the same elements is sent too: the
+        supervisor may have dropped the elements of the load before.
+        """
         if now - self._sent_at < SEND_INTERVAL:
             return None
-        snap = self.snapshot()
-        if snap == self._sent:
+        taken = self._taken()
+        if taken == self._sent:
             return None
-        self._sent, self._sent_at = snap, now
+        self._sent, self._sent_at = taken, now
         self.version += 1
-        return UiState(snap, self.version, script)
+        return UiState(taken[1], self.version, script, taken[0])

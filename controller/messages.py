@@ -55,10 +55,12 @@ class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
 class ScriptReady(Message, tag=ScriptKind.SCRIPT_READY.value, frozen=True):
     """A side ran a script: the controller its module code, parameters and on_load (the processor loads it next),
     then the processor its module code (the load is done; on_init runs in its next block).  ``load``: as in the
-    :class:`ScriptLoad` it answers."""
+    :class:`ScriptLoad` it answers.  ``digest``: of the source the side ran (``controller._host.load_module``);
+    each side reads the file as it is then, and the daemon reloads the controller when the two differ."""
 
     path: str
     load: Int64 = 0
+    digest: str = ""
 
 
 class ScriptUnload(Message, tag=ScriptKind.SCRIPT_UNLOAD.value, frozen=True):
@@ -178,12 +180,15 @@ class UiElement(Record, frozen=True):
 class UiState(Message, tag=ScriptKind.UI_STATE.value, frozen=True):
     """The script's UI elements, in the order they were added (controller → supervisor, and the reply to UiList).
 
-    ``version`` grows with every change, so a reader can skip an unchanged state.
+    ``version`` grows with every change, so a reader can skip an unchanged state.  ``load``: the number of the
+    load whose script added the elements (as in :class:`ParamValues`), so that the daemon can ignore the elements
+    of a script it has had unloaded; its reply to UiList says which load's elements it holds (0: none yet).
     """
 
     elements: list[UiElement]
     version: Int64 = 0
     script: str = ""
+    load: Int64 = 0
 
 
 class UiList(Message, tag=ScriptKind.UI_LIST.value, frozen=True):
