@@ -53,6 +53,7 @@ from actors.supervisor import _dispatch as plan, _prefork
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
 from actors.supervisor._cluster import ClusterMixin
 from actors.supervisor._outbox import RETRY_S, Outbox
+from actors.supervisor._tcpcap import ConnectionCap
 from actors.supervisor._requests import ADMIN_REQUESTS, CLIENT_REQUESTS, RequestsMixin
 from actors.supervisor._transport import LOCAL, KeyRoles, Peer, TransportMixin
 from actors.supervisor._work import WorkMixin
@@ -116,6 +117,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self._peer = LOCAL  # who sent the request being handled
         self.pushes: dict[bytes, list[JobInfo]] = {}
         self.outbox = Outbox(cfg.daemon.max_frame)  # what clients have not read yet, and pushes owed to them
+        self.tcp_cap = ConnectionCap(self.counters)  # the tcp endpoints' connections, capped (see _tcpcap)
         self._owed_at = 0.0  # when the pushes owed are next tried
         self.progress_pushes: dict[bytes, dict[int, JobInfo]] = {}
         self._module_ok: dict[str, str] = {}  # job name -> "" (fine) or why it is refused; bounded
@@ -233,6 +235,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                         self._journal_written()
                     elif self.owner_fd is not None and sock == self.owner_fd:
                         self._owner_gone()
+                    elif sock in self.tcp_cap.monitors:
+                        self.tcp_cap.events(sock)
                     else:
                         slot = self.by_pidfd.get(sock)
                         if slot is not None:

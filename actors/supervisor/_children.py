@@ -95,6 +95,7 @@ def _rss(pid: int) -> int:
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_NOT_STARTED = "could not start its process"  # a slot's detail while its process cannot be started
 BUSY_SHARE = 0.1  # a silent worker using at least this share of one CPU since the last look is busy, not hung
 
 
@@ -196,10 +197,18 @@ class ChildrenMixin(State):
             self.standby_wanted = True  # a standby, so that the next one does not wait for a new interpreter
             if slot.proc is None and self.standby is not None:
                 slot.proc = self._use_standby(slot, [self.cfg.to_json(), ident], nice, env)
-        if slot.proc is None:
-            slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file, env=env)
+        try:
+            if slot.proc is None:
+                slot.proc = spawn(slot.module, [self.cfg.to_json(), ident], nice=nice, log_path=self.log_file,
+                                  env=env)
+            pidfd = os.pidfd_open(slot.proc.pid)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._not_started(slot, exc)
+            return
+        if slot.detail.startswith(_NOT_STARTED):
+            slot.detail = ""
         slot.identity = ident.encode()
-        slot.pidfd = os.pidfd_open(slot.proc.pid)
+        slot.pidfd = pidfd
         slot.state = "starting"
         slot.ready = False
         slot.started = time.time()
@@ -212,6 +221,20 @@ class ChildrenMixin(State):
         self.by_pidfd[slot.pidfd] = slot
         self.poller.register(slot.pidfd, zmq.POLLIN)
         log.info("event=spawn name=%s pid=%d incarnation=%d", slot.name, slot.proc.pid, slot.incarnation)
+
+    def _not_started(self, slot: Slot, exc: BaseException) -> None:
+        """A child's process could not be started (no descriptor, no process left for this user, no memory):
+        the slot waits as ``pending``, started again at each heartbeat; the daemon goes on (it stopped here)."""
+        if slot.proc is not None:  # started, but it cannot be watched: it goes (by its own pid), and is tried again
+            kill_group(slot.proc.pid)
+            slot.proc.wait()
+            slot.proc = None
+        self.counters["spawn_failed"] += 1
+        first = not slot.detail.startswith(_NOT_STARTED)
+        slot.state = "pending"
+        slot.detail = f"{_NOT_STARTED}: {exc}; tried again at each heartbeat"
+        if first:
+            log.error("event=spawn-failed name=%s reason=%s detail=tried again at each heartbeat", slot.name, exc)
 
     def _use_standby(self, slot: Slot, argv: list[str], nice: int, env: dict[str, str]) -> Any:
         """Give the standby ``slot``'s orders; its process, or None if it died (then a fresh one is spawned)."""
@@ -260,12 +283,16 @@ class ChildrenMixin(State):
             return
         if any(s.role == "worker" and s.proc is not None and not s.ready for s in self.slots.values()):
             return
-        read_end, write_end = os.pipe()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as exc:  # no descriptor left: the next heartbeat tries again
+            log.warning("event=standby-failed reason=%s", exc)
+            return
         try:
             # the run directory only names it (in ps, and for whoever looks for the daemon's processes)
             proc = spawn("actors.worker", ["--standby", str(self.rundir.path)], nice=self.cfg.supervision.worker_nice,
                          log_path=self.log_file, env={}, stdin=read_end)
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             os.close(write_end)
             self.standby_losses += 1
             log.warning("event=standby-failed reason=%s", exc)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
                                  StatusReply)
     from actors.supervisor._children import Slot
     from actors.supervisor._outbox import Outbox
+    from actors.supervisor._tcpcap import ConnectionCap
     from actors.supervisor._transport import KeyRoles, Peer
 
 
@@ -61,6 +62,7 @@ class State:
     unacked: "collections.deque[tuple[int, int, bytes, int, bytes]]"
     pushes: "dict[bytes, list[JobInfo]]"
     outbox: "Outbox"
+    tcp_cap: "ConnectionCap"
     progress_pushes: "dict[bytes, dict[int, JobInfo]]"
     ctx: "zmq.Context[Any]"
     control: Any
@@ -241,5 +243,5 @@ class State:
     def _recv_tcp(self, sock: Any) -> tuple[list[bytes], bytes, str, str] | None:
         raise NotImplementedError
 
-    def _allowed_stamp(self) -> float:
+    def _allowed_stamp(self) -> float | None:
         raise NotImplementedError

@@ -139,28 +139,46 @@ class TransportMixin(State):
             sock.zap_domain = b"ensemble-worker" if field_name == "tcp" else b"ensemble-client"
             sock.bind(endpoint)
             self.poller.register(sock, zmq.POLLIN)
+            self.poller.register(self.tcp_cap.watch(sock), zmq.POLLIN)  # no peer takes every descriptor
             if field_name == "tcp":
                 self.internal_tcp = sock
             else:
                 self.control_tcp = sock
             log.info("event=bind endpoint=%s mechanism=CURVE allowed_keys=%d", endpoint, len(self.roles.keys))
 
-    def _allowed_stamp(self) -> float:
+    def _allowed_stamp(self) -> float | None:
+        """The newest change under the allow-lists; None when they cannot be read now (no descriptor left)."""
+        d = self.keys_dir / "allowed"
         try:
-            d = self.keys_dir / "allowed"
             dirs = [d] + [p for p in d.iterdir() if p.is_dir()]
             return max([p.stat().st_mtime for p in dirs] + [f.stat().st_mtime for p in dirs for f in p.iterdir()])
-        except (OSError, ValueError, AttributeError):
+        except FileNotFoundError:
             return 0.0
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def _refresh_allowed(self, force: bool = False) -> None:
-        """Re-read the allow-lists when they changed (revocation without a restart)."""
+        """Re-read the allow-lists when they changed (revocation without a restart).
+
+        When they cannot be read (every descriptor taken: a flood of tcp
+        connections), the keys stay as they were and the next heartbeat tries
+        again; at start (``force``) the error stops the daemon, saying why.
+        """
         from actors._keys import allowed_keys
 
         stamp = self._allowed_stamp()
-        if force or stamp != self._allowed_mtime:
-            self._allowed_mtime = stamp
-            self.roles.keys = allowed_keys(self.keys_dir)
+        if force or (stamp is not None and stamp != self._allowed_mtime):
+            try:
+                keys = allowed_keys(self.keys_dir)
+            except OSError as exc:
+                if force:
+                    raise
+                self.counters["allow_list_unreadable"] += 1
+                log.warning("event=allow-list-unreadable reason=%s detail=the keys stay as they were; read again at "
+                            "the next heartbeat", exc)
+                return
+            self._allowed_mtime = stamp if stamp is not None else 0.0
+            self.roles.keys = keys
             if not force:
                 log.info("event=allow-list-reloaded keys=%d", len(self.roles.keys))
             for slot in [s for s in self.slots.values() if s.remote and s.key not in self.roles.keys]:
