@@ -50,13 +50,14 @@ MIN_BUDGET = 4 * 1024 * 1024
 class _Conn:
     """One tcp connection (by its address): its key, and the frames ZeroMQ has not handed to it yet."""
 
-    __slots__ = ("key", "sent", "seen", "untracked")
+    __slots__ = ("key", "sent", "seen", "untracked", "bytes")
 
     def __init__(self, key: str, seen: float) -> None:
         self.key = key
         self.sent: collections.deque[tuple[Any, int]] = collections.deque()  # (zmq.MessageTracker, bytes)
         self.seen = seen
         self.untracked = 0  # bytes of small frames sent since the last tracked one (counted with the next one)
+        self.bytes = 0  # the sum of the sizes in ``sent``
 
 
 class Outbox:
@@ -66,7 +67,8 @@ class Outbox:
         self.budget = max(2 * max_frame, MIN_BUDGET)
         self.conns: dict[bytes, _Conn] = {}
         self.keys: dict[str, set[bytes]] = {}  # key -> addresses of its connections
-        self.unread_bytes: collections.Counter[str] = collections.Counter()  # key -> bytes not read (at last look)
+        # key -> bytes not read: its connections' ``bytes``, less what a tracker done but not looked at yet says
+        self.unread_bytes: collections.Counter[str] = collections.Counter()
         self.owed: dict[bytes, dict[int, None]] = {}  # address -> job ids whose state it is owed (in order)
 
     def heard(self, addr: bytes, key: str, now: float) -> None:
@@ -86,21 +88,30 @@ class Outbox:
             self.keys.setdefault(conn.key, set()).add(addr)
         return conn
 
-    def unread(self, addr: bytes, now: float = 0.0) -> int:
-        """Bytes sent to ``addr``'s key that ZeroMQ still holds (its connections looked at now)."""
-        key = self._conn(addr, now).key
-        total = 0
-        for a in self.keys.get(key, ()):
-            sent = self.conns[a].sent
-            while sent and sent[0][0].done:
-                sent.popleft()
-            total += sum(size for _, size in sent)
-        self.unread_bytes[key] = total
-        return total
+    def _prune(self, conn: _Conn) -> None:
+        """Drop the frames of ``conn`` that ZeroMQ is done with from its count and its key's."""
+        sent, freed = conn.sent, 0
+        while sent and sent[0][0].done:
+            freed += sent.popleft()[1]
+        if freed:
+            conn.bytes -= freed
+            self.unread_bytes[conn.key] -= freed
+
+    def unread(self, addr: bytes, now: float = 0.0, every: bool = False) -> int:
+        """Bytes sent to ``addr``'s key that ZeroMQ still holds: that connection looked at now, and with ``every``
+        all the key's (else those of its other connections as last looked at: at most too many)."""
+        conn = self._conn(addr, now)
+        self._prune(conn)
+        if every:
+            for a in self.keys.get(conn.key, ()):
+                self._prune(self.conns[a])
+        return self.unread_bytes[conn.key]
 
     def over(self, addr: bytes, now: float = 0.0, share: float = 1.0) -> bool:
-        """Whether ``addr``'s key has more unread than ``share`` of its budget."""
-        return self.unread(addr, now) > self.budget * share
+        """Whether ``addr``'s key has more unread than ``share`` of its budget (its other connections are looked
+        at only when this one's count says so: a key with many connections costs one look a request)."""
+        limit = self.budget * share
+        return self.unread(addr, now) > limit and self.unread(addr, now, every=True) > limit
 
     def tracks(self, addr: bytes, size: int, now: float) -> bool:
         """Whether the next frame to ``addr``, of ``size`` bytes, is to be sent with a tracker."""
@@ -114,6 +125,7 @@ class Outbox:
             conn.untracked += size
             return
         conn.sent.append((tracker, size + conn.untracked))
+        conn.bytes += size + conn.untracked
         self.unread_bytes[conn.key] += size + conn.untracked
         conn.untracked = 0
 
@@ -137,7 +149,7 @@ class Outbox:
         ids; they are no longer owed (a push that fails again owes them again)."""
         out = []
         for addr in list(self.owed):
-            if addr in self.conns and self.unread(addr) > self.budget * budget_share:
+            if addr in self.conns and self.over(addr, share=budget_share):
                 continue
             out.append((addr, list(self.owed.pop(addr))))
         return out
@@ -150,6 +162,7 @@ class Outbox:
 
     def _forget(self, addr: bytes) -> None:
         conn = self.conns.pop(addr)
+        self.unread_bytes[conn.key] -= conn.bytes
         addrs = self.keys.get(conn.key)
         if addrs is not None:
             addrs.discard(addr)
@@ -160,8 +173,6 @@ class Outbox:
     def sweep(self, now: float) -> None:
         """Forget connections with nothing unread or owed that have been quiet for :data:`IDLE_S`."""
         for addr, conn in list(self.conns.items()):
-            sent = conn.sent
-            while sent and sent[0][0].done:
-                sent.popleft()
-            if not sent and addr not in self.owed and now - conn.seen > IDLE_S:
+            self._prune(conn)
+            if not conn.sent and addr not in self.owed and now - conn.seen > IDLE_S:
                 self._forget(addr)
