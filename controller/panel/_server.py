@@ -12,6 +12,11 @@ page's own writer (:class:`~controller.panel._page.PageSocket`) sends them as
 one JSON message, coalescing while the page reads slowly, so a page that stops
 reading holds up nobody else.  Without pages the panel asks the daemon nothing.
 
+Limits on what pages cost: at most :data:`MAX_PAGES` WebSockets, each counted
+from before its handshake until it ends; one upload at a time, whose body may
+go :data:`~controller.panel._upload.UPLOAD_STALL` seconds without a byte before
+it is abandoned (408) and the next upload may start.
+
 Whatever a page sends gets an answer on its socket: an action is parsed by
 :func:`~controller.panel._view.parse_action`, a malformed one is answered
 with the reason, a bug while doing it is logged with its traceback and
@@ -37,6 +42,7 @@ from controller.panel._requestlog import request_logger
 from controller.panel._security import cookie_name, refusal
 from controller.panel._settings import PanelSettings
 from controller.panel._sound import MAX_UPLOAD
+from controller.panel._upload import BodyStalled, BodyTooLarge, read_body
 from controller.panel._view import MAX_ACTION, ActionError, DaemonView, parse_action
 
 log = logging.getLogger("ensemble.panel")
@@ -46,6 +52,7 @@ ASSETS = {"panel.js": "text/javascript", "panel.css": "text/css", "index.html": 
 # even read: aiohttp closes the WebSocket with 1009 (message too big).
 MAX_WS_MESSAGE = 16 * MAX_ACTION
 MAX_PAGES = 32  # open WebSockets; one more is refused (each holds a socket, a writer task and pending state)
+CLOSE_WAIT = 5.0  # seconds stop() waits for the daemon's client to close (it may be waiting for an answer)
 
 
 def _asset(name: str) -> bytes:
@@ -53,10 +60,11 @@ def _asset(name: str) -> bytes:
 
 
 class Hub:
-    """The connected pages and the last state each section had (what a new page gets first)."""
+    """The open pages, how many count against MAX_PAGES, and the last state of each section (what a new page gets)."""
 
     def __init__(self) -> None:
         self.pages: dict[web.WebSocketResponse, PageSocket] = {}
+        self.admitted = 0  # pages counted against MAX_PAGES: open, or admitted and not through their handshake yet
         self.state: dict[str, Any] = {}
         self.pushes = 0  # messages sent to pages
         self.snapshots = 0
@@ -67,6 +75,20 @@ class Hub:
         diff = {k: v for k, v in snap.items() if self.state.get(k) != v}
         self.state.update(diff)
         return diff
+
+    def admit(self) -> bool:
+        """Count one more page against :data:`MAX_PAGES` (before its handshake); False if that many are counted.
+
+        Each True is followed by one :meth:`release`, whatever becomes of the page.
+        """
+        if self.admitted >= MAX_PAGES:
+            return False
+        self.admitted += 1
+        return True
+
+    def release(self) -> None:
+        """A page admitted ended (closed, or its handshake failed): its place goes to the next one."""
+        self.admitted -= 1
 
     def sent(self) -> None:
         self.pushes += 1
@@ -100,7 +122,15 @@ class PanelServer:
         return self.port
 
     def stop(self) -> None:
-        """Close every page's WebSocket and the listening socket, end the thread, close the client."""
+        """Close every page's WebSocket and the listening socket, end the thread, close the client.
+
+        Blocks for at most 10 s plus :data:`CLOSE_WAIT`.  The client is closed
+        on its own thread, after the request it may be waiting on (a snapshot
+        while a page is open).  When the daemon leaves that request unanswered
+        for CLOSE_WAIT seconds (it is paused, or gone silent, which is why the
+        panel stops), stop() says so in one log line and returns; the client
+        then closes after that request, unless the process has exited first.
+        """
         if self.thread.is_alive():
             fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
             try:
@@ -109,8 +139,13 @@ class PanelServer:
                 pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
-        self.pool.submit(self.view.close).result(5)
-        self.pool.shutdown(wait=True)
+        closed = self.pool.submit(self.view.close)
+        try:
+            closed.result(CLOSE_WAIT)
+        except concurrent.futures.TimeoutError:
+            log.warning("event=panel-stop-late reason=a request to the daemon is still unanswered after %gs; the "
+                        "panel stops without waiting for it", CLOSE_WAIT)
+        self.pool.shutdown(wait=False)  # the client closes after that request, unless the process is gone first
 
     def stats(self) -> dict[str, Any]:
         """For the actor's heartbeat: where it listens and how busy it is (never the token)."""
@@ -192,7 +227,12 @@ class PanelServer:
         return web.Response(body=_asset(name), content_type=ASSETS[name])
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
-        """A sound file in the body; one upload at a time, the body read only if it may be taken."""
+        """A sound file in the body; one upload at a time, the body read only if it may be taken.
+
+        A body that stops arriving gives the slot back after
+        :data:`~controller.panel._upload.UPLOAD_STALL` seconds without a byte
+        (408, one log line); the next upload may start then.
+        """
         if request.content_length is not None and request.content_length > MAX_UPLOAD:
             return _refuse(413, f"the file is {request.content_length} bytes; the upload limit is {MAX_UPLOAD} "
                                 f"bytes ({MAX_UPLOAD // (1024 * 1024)} MiB)")
@@ -201,17 +241,23 @@ class PanelServer:
         if lock.locked():
             return _refuse(503, "another upload is in progress (the panel takes one at a time); send this file "
                                 "when it is done")
+        name = request.query.get("name", "")
         async with lock:
             try:
-                data = await request.read()
-            except web.HTTPRequestEntityTooLarge:
+                data = await read_body(request.content, MAX_UPLOAD)
+            except BodyTooLarge:
                 return _refuse(413, f"the file is over the upload limit of {MAX_UPLOAD // (1024 * 1024)} MiB")
+            except BodyStalled as exc:  # the client went quiet without closing: the slot is the next upload's
+                request_logger().warning("event=panel-upload-stalled name=%r received=%d expected=%s reason=no byte "
+                                         "of the body for %gs; the upload is abandoned and the next one may start",
+                                         name[:100], exc.received, request.content_length, exc.seconds)
+                return await _answer_and_close(request, _refuse(408, f"no byte of the file came for {exc.seconds:g}s; "
+                                                                     "the upload was abandoned (send the file again)"))
             except ConnectionError:  # the page went away mid-body (aiohttp would log a traceback): nobody to answer
-                request_logger().info("event=panel-upload-aborted name=%r", request.query.get("name", "")[:100])
+                request_logger().info("event=panel-upload-aborted name=%r", name[:100])
                 return _refuse(400, "the upload ended before its body did")
             try:
-                text = await self.loop.run_in_executor(self.pool, self.view.load_wav, request.query.get("name", ""),
-                                                       data)
+                text = await self.loop.run_in_executor(self.pool, self.view.load_wav, name, data)
             except ActionError as exc:
                 return _refuse(400, str(exc))
             except Exception:  # noqa: BLE001 - a bug: said in the log with its traceback, the server goes on
@@ -220,12 +266,23 @@ class PanelServer:
         return web.json_response({"ok": True, "detail": text})
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
+        """A page's WebSocket: counted against MAX_PAGES from before its handshake until it ends."""
         hub = self.hub
         assert hub is not None
-        if len(hub.pages) >= MAX_PAGES:
+        if not hub.admit():
             return web.Response(status=503, text=f"ensemble panel: {MAX_PAGES} pages are open; close one\n")
+        try:
+            return await self._page(request, hub)
+        finally:
+            hub.release()
+
+    async def _page(self, request: web.Request, hub: Hub) -> web.StreamResponse:
+        """The handshake, then the page's messages until it closes (its slot in the hub already taken)."""
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_WS_MESSAGE)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionError:  # the page went away mid-handshake (aiohttp would log a traceback): nobody to answer
+            return web.Response(status=400, text="ensemble panel: the connection closed during the handshake\n")
         page = PageSocket(ws, request.transport, hub.sent)
         hub.pages[ws] = page
         hub.wake.set()
@@ -300,3 +357,15 @@ def _error(message: str, seq: Any = None) -> dict[str, Any]:
 
 def _refuse(status: int, message: str) -> web.Response:
     return web.json_response({"ok": False, "error": message}, status=status)
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` now, then close the connection (aiohttp would wait up to 10 s for the rest of the body)."""
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:  # the client went away meanwhile: nobody to answer
+        pass
+    request.protocol.force_close()  # the transport sends what was written, then closes
+    return response

@@ -1,8 +1,10 @@
-"""The panel against a hostile page: malformed WebSocket messages, a page that stops reading, uploads that expand,
-requests the parser refuses; and its limits: pages open at once, uploads at a time.
+"""The panel against a hostile page: malformed WebSocket messages, a page that stops reading, uploads that expand
+or stall, requests the parser refuses, handshakes that fail; and its limits: pages open at once, uploads at a time.
 
-Against the real panel of a real daemon (one for the module), over real
-sockets; the page is aiohttp's WebSocket client or a raw socket.
+Against the real panel of a real daemon (one for the module; a panel of its
+own where the test changes it), over real sockets; the page is aiohttp's
+WebSocket client or a raw socket.  One test runs the panel's server in this
+process, with a stand-in view, to make aiohttp's handshake yield.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import io
 import json
 import os
 import socket
+import struct
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -20,11 +24,14 @@ import aiohttp
 import numpy as np
 import pytest
 import soundfile
+from aiohttp import web
 
 from controller.panel._page import SEND_TIMEOUT
 from controller.panel._requestlog import BURST
-from controller.panel._server import MAX_PAGES
+from controller.panel._server import MAX_PAGES, PanelServer
+from controller.panel._settings import PanelSettings
 from controller.panel._sound import MAX_DECODED, MAX_UPLOAD
+from controller.panel._upload import STALL_ENV
 from tests.conftest import Daemon, wait_for
 from tests.controller.panel.conftest import EXAMPLES, Panel, loaded, start_panel
 from tests.controller.panel.test_panel_actor import Page
@@ -280,6 +287,10 @@ class HeldUpload:
     def finish(self) -> tuple[int, Any]:
         """Send the rest of the body; the panel's answer."""
         self.sock.sendall(self.body[len(self.body) // 2:])
+        return self.answer()
+
+    def answer(self) -> tuple[int, Any]:
+        """The panel's answer, read until it closes the connection."""
         with self.sock:
             got = _until_closed(self.sock)
         return int(got.split(b" ", 2)[1]), json.loads(got.split(b"\r\n\r\n", 1)[1])
@@ -307,6 +318,33 @@ def test_one_upload_at_a_time_and_the_next_one_once_it_is_done(panel: Panel) -> 
     for name in ("first", "second", "third"):
         c.drop_sample(name)
     grown = _log_after(panel, offset)
+    assert "Traceback" not in grown, grown
+
+
+def test_an_upload_whose_body_stalls_is_abandoned_and_the_next_one_is_taken(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """An upload that sent its headers and half its body, then nothing, without closing: it held the upload slot
+    until its client closed the connection (every other upload got 503 meanwhile).  Now, once no byte came for
+    the stall limit (shortened to 2 s for this panel), it is answered 408 and closed, one log line says so, and
+    the next upload is taken.  A panel of its own: the limit is read from its environment."""
+    panel = start_panel(make_daemon(extra_env={STALL_ENV: "2"}))
+    offset = (panel.daemon.base / "state" / "daemon.log").stat().st_size
+    held = HeldUpload(panel, "stalled.flac", _flac(48000 * 5))
+    statuses: list[int] = []
+
+    def next_upload() -> bool:
+        statuses.append(_upload(panel, "next.flac", _flac(4800))[0])
+        return statuses[-1] == 200
+
+    wait_for(next_upload, timeout=90, interval=0.2, what="an upload taken while the stalled one's client stays")
+    assert set(statuses[:-1]) <= {503}, statuses  # refused while the slot was held, never failed
+    status, body = held.answer()
+    assert status == 408 and "no byte of the file came for 2s" in body["error"], (status, body)
+    assert [s.name for s in panel.daemon.client().samples()] == ["next"]
+    wait_for(lambda: "event=panel-upload-stalled" in _log_after(panel, offset), what="the stall's log line")
+    grown = _log_after(panel, offset)
+    stalled = [ln for ln in grown.splitlines() if "event=panel-upload-stalled" in ln]
+    assert len(stalled) == 1 and "name='stalled.flac'" in stalled[0] and "for 2s" in stalled[0], stalled
     assert "Traceback" not in grown, grown
 
 
@@ -348,3 +386,145 @@ def test_at_most_max_pages_are_open_and_a_closed_one_makes_room(panel: Panel) ->
 
     asyncio.run(run())
     wait_for(lambda: panel.daemon.actor("panel").stats["pages"] == 0, what="every page closed")
+
+
+def _hang_up_mid_handshake(panel: Panel) -> None:
+    """An upgrade request whose sender resets the connection at once: the panel cannot write its 101."""
+    s = socket.create_connection(("127.0.0.1", panel.port), timeout=30)
+    headers = "".join(f"{k}: {v}\r\n" for k, v in _upgrade_headers(panel).items())
+    s.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{panel.port}\r\n{headers}\r\n".encode())
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends a reset
+    s.close()
+
+
+async def _open_pages(url: str, headers: dict[str, str], s: aiohttp.ClientSession, n: int) -> list[Any]:
+    """``n`` pages opened at once, each its first state read; a refusal fails the test (it shows its status)."""
+    async def page() -> Any:
+        try:
+            ws = await s.ws_connect(url, headers=headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+        assert (await ws.receive_json(timeout=60))["type"] == "state"
+        return ws
+
+    opened = await asyncio.gather(*(page() for _ in range(n)))
+    pages = [p for p in opened if not isinstance(p, int)]
+    if len(pages) < n:
+        for ws in pages:
+            await ws.close()
+        raise AssertionError(f"{n - len(pages)} of {n} pages were refused: {opened}")
+    return pages
+
+
+def test_handshakes_that_fail_leave_no_slot_taken_and_log_no_traceback(panel: Panel) -> None:
+    """Many upgrades at once while pages open and close: some whose page resets the connection before the
+    panel's 101 (aiohttp logged a traceback at ERROR for each), some with a WebSocket version aiohttp refuses
+    (400).  None keeps a place among the MAX_PAGES: then exactly MAX_PAGES pages open at once, and one more is
+    refused; nothing is logged with a traceback."""
+    offset = (panel.daemon.base / "state" / "daemon.log").stat().st_size
+    url = f"http://127.0.0.1:{panel.port}/ws"
+    headers = {"Origin": panel.origin, "Cookie": panel.cookie}
+    bad_version = {**_upgrade_headers(panel), "Sec-WebSocket-Version": "12"}
+
+    async def open_and_close(s: aiohttp.ClientSession) -> None:
+        for ws in await _open_pages(url, headers, s, MAX_PAGES // 2):
+            await ws.close()
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as s:
+            hang_ups = (asyncio.to_thread(_hang_up_mid_handshake, panel) for _ in range(MAX_PAGES // 2))
+            refused = (asyncio.to_thread(panel.request, "GET", "/ws", bad_version) for _ in range(MAX_PAGES // 2))
+            _, answers, _ = await asyncio.gather(asyncio.gather(*hang_ups), asyncio.gather(*refused),
+                                                 open_and_close(s))
+            assert [a[0] for a in answers] == [400] * (MAX_PAGES // 2), answers
+            await asyncio.to_thread(wait_for, lambda: panel.daemon.actor("panel").stats["pages"] == 0,
+                                    what="the pages opened meanwhile to be closed")
+            pages = await _open_pages(url, headers, s, MAX_PAGES)
+            try:
+                status, _, body = await asyncio.to_thread(panel.request, "GET", "/ws", _upgrade_headers(panel))
+                assert status == 503 and b"pages are open" in body, (status, body)
+                await asyncio.to_thread(wait_for, lambda: panel.daemon.actor("panel").stats["pages"] == MAX_PAGES,
+                                        what="the panel to count MAX_PAGES pages")
+            finally:
+                for ws in pages:
+                    await ws.close()
+
+    asyncio.run(run())
+    wait_for(lambda: panel.daemon.actor("panel").stats["pages"] == 0, what="every page closed")
+    grown = _log_after(panel, offset)
+    assert "Traceback" not in grown and "Error handling request" not in grown, grown
+
+
+class StillView:
+    """A stand-in for DaemonView: the same small snapshot every time."""
+
+    def collect(self) -> dict[str, Any]:
+        return {"daemon": {"name": "stand-in"}}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_page_counts_against_the_limit_from_before_its_handshake(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages were counted once through aiohttp's handshake (WebSocketResponse.prepare), so the limit held only
+    while prepare did not yield to the loop.  Here it yields, as it may (a write that has to wait), until every
+    upgrade has entered it or been refused, and 4 of them then fail (their page went away).  Of MAX_PAGES + 8
+    upgrades at once, 8 are refused before their handshake (none was, and MAX_PAGES + 4 pages opened); the failed
+    ones give their places back, so topping up opens exactly MAX_PAGES, and one more is refused.  The panel's
+    server in this process, with a stand-in view: no daemon makes aiohttp yield there."""
+    total, failing = MAX_PAGES + 8, 4
+    entered = 0
+    gate = threading.Event()
+    handshake = web.WebSocketResponse.prepare
+
+    async def yielding_prepare(ws: web.WebSocketResponse, request: web.BaseRequest) -> Any:
+        nonlocal entered
+        entered += 1
+        deadline = time.monotonic() + 60
+        while not gate.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if "fail" in request.query:
+            raise ConnectionResetError("the page went away mid-handshake")
+        return await handshake(ws, request)
+
+    monkeypatch.setattr(web.WebSocketResponse, "prepare", yielding_prepare)
+    server = PanelServer(PanelSettings("127.0.0.1", 0, "t" * 43, 1), StillView())  # type: ignore[arg-type]
+    port = server.start()
+    panel = Panel(None, "", port, "t" * 43)  # type: ignore[arg-type]  # no daemon: the view stands in
+    url = f"http://127.0.0.1:{port}/ws"
+    headers = {"Origin": panel.origin, "Cookie": panel.cookie}
+
+    async def run() -> None:
+        refused: list[int] = []
+        async with aiohttp.ClientSession() as s:
+            async def page(n: int) -> Any:
+                try:
+                    return await s.ws_connect(url + ("?fail=1" if n < failing else ""), headers=headers)
+                except aiohttp.WSServerHandshakeError as exc:
+                    refused.append(exc.status)
+                    return exc.status
+
+            attempts = asyncio.gather(*(page(n) for n in range(total)))
+            deadline = time.monotonic() + 60
+            while entered + refused.count(503) < total and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            gate.set()
+            opened = await attempts
+            pages = [p for p in opened if not isinstance(p, int)]
+            try:
+                assert refused.count(503) == total - MAX_PAGES and len(pages) + refused.count(400) == MAX_PAGES, \
+                    (refused, len(pages))
+                pages += await _open_pages(url, headers, s, MAX_PAGES - len(pages))  # the failed handshakes' places
+                with pytest.raises(aiohttp.WSServerHandshakeError) as one_more:
+                    pages.append(await s.ws_connect(url, headers=headers))
+                assert one_more.value.status == 503 and server.stats()["pages"] == MAX_PAGES
+            finally:
+                for ws in pages:
+                    await ws.close()
+
+    try:
+        asyncio.run(run())
+        wait_for(lambda: server.stats()["pages"] == 0, what="every page closed")
+    finally:
+        gate.set()
+        server.stop()

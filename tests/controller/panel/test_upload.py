@@ -1,0 +1,73 @@
+"""Reading an upload's body (``controller.panel._upload``): whole, within the size limit, and never stalled for long.
+
+Pure: an aiohttp StreamReader this test feeds, no sockets (test_panel_hostile.py
+stalls an upload to a real panel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+from unittest.mock import Mock
+
+import pytest
+from aiohttp import StreamReader
+
+from controller.panel._upload import DEFAULT_STALL, STALL_ENV, BodyStalled, BodyTooLarge, read_body, stall_limit
+
+
+def test_the_stall_limit_is_the_environments_when_it_is_a_number_above_zero() -> None:
+    assert stall_limit({}) == DEFAULT_STALL == 20.0
+    assert stall_limit({STALL_ENV: "2"}) == 2.0
+    assert stall_limit({STALL_ENV: "0.5"}) == 0.5
+    for ignored in ("", "0", "-1", "nan", "inf", "two"):
+        assert stall_limit({STALL_ENV: ignored}) == DEFAULT_STALL, ignored
+
+
+def _read(feed: Callable[[StreamReader], None], limit: int = 1000, stall: float = 30.0) -> bytes:
+    """What read_body returns from a body that ``feed`` gives (on the loop, once the read waits)."""
+    async def run() -> bytes:
+        content = StreamReader(Mock(), 2**16, loop=asyncio.get_running_loop())
+        asyncio.get_running_loop().call_soon(feed, content)
+        return await read_body(content, limit, stall)
+
+    return asyncio.run(run())
+
+
+def _pieces(*chunks: bytes, eof: bool = True, error: BaseException | None = None) -> Callable[[StreamReader], None]:
+    """A feeder that gives ``chunks`` one loop iteration apart, then the end of the body (or ``error``)."""
+    def feed(content: StreamReader, rest: tuple[bytes, ...] = chunks) -> None:
+        if rest:
+            content.feed_data(rest[0])
+            asyncio.get_running_loop().call_soon(feed, content, rest[1:])
+        elif error is not None:
+            content.set_exception(error)
+        elif eof:
+            content.feed_eof()
+
+    return feed
+
+
+def test_a_body_that_comes_in_pieces_is_read_whole() -> None:
+    assert _read(_pieces(b"RIFF", b"x" * 500, b"end")) == b"RIFF" + b"x" * 500 + b"end"
+    assert _read(_pieces()) == b""
+
+
+def test_a_body_that_stops_coming_is_given_up_after_the_stall_limit() -> None:
+    """Half a body, then nothing and no end (a client gone quiet without closing)."""
+    with pytest.raises(BodyStalled) as stalled:
+        _read(_pieces(b"x" * 300, b"y" * 200, eof=False), stall=0.05)
+    assert (stalled.value.received, stalled.value.seconds) == (500, 0.05)
+    assert "no byte of the body came for 0.05s (500 bytes had come)" in str(stalled.value)
+
+
+def test_a_body_past_the_limit_is_refused_as_it_passes_it() -> None:
+    """Chunked: no length up front; the read stops at the chunk that passes the limit, not at the end."""
+    with pytest.raises(BodyTooLarge):
+        _read(_pieces(b"x" * 600, b"x" * 600, eof=False), limit=1000)
+    assert len(_read(_pieces(b"x" * 600, b"x" * 400), limit=1000)) == 1000
+
+
+def test_a_client_that_goes_away_mid_body_is_a_connection_error() -> None:
+    with pytest.raises(ConnectionError):
+        _read(_pieces(b"x" * 300, error=ConnectionResetError("Connection lost")))
