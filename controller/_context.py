@@ -30,9 +30,11 @@ def set_context(name: str) -> None:
     _context["name"] = name
 
 
-def set_thread_context(name: str) -> None:
-    """Name the calling thread's script context, overriding the process's."""
+def set_thread_context(name: str) -> str:
+    """Name the calling thread's script context, overriding the process's ("": none); returns the name before."""
+    previous: str = getattr(_thread, "name", "")
     _thread.name = name
+    return previous
 
 
 def get_context() -> str:

@@ -15,7 +15,10 @@ background tasks; parameter values survive.  Another script starts from its
 own saved values (``script-state.json``) or its defaults, never the values
 of the script before.  ``ScriptReady`` says the digest of the source the
 module code ran, and the parameters and UI elements sent carry the load's
-number (see :mod:`controller._supervision`).
+number (see :mod:`controller._supervision`).  The script thread is bound to
+its runtime (:func:`controller._host.bind_thread`), and a stopped runtime is
+installed nowhere, so runtimes hosted one after another in a process (tests,
+an offline render) never reach each other.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any, Callable
 
 from actors import EnsembleError, WrongContextError
 from controller.messages import ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady
-from controller._host import ParamDef, function_name, load_module
+from controller._host import ParamDef, bind_thread, function_name, load_module, uninstall
 from controller._ui import ScriptUi
 from controller._watchdog import BUDGET_S, GRACE_S, Deadline, ScriptTimeout, wedged_text, where_blocked
 
@@ -221,8 +224,11 @@ class ControllerScript:
         """Abort background tasks and stop the script thread (``wait``: for it to end, at most 5 s).
 
         Writes the parameter values saved so far either way; a wedged script
-        thread (``wait=False``) is left to end with the process.
+        thread (``wait=False``) is left to end with the process.  The runtime
+        is no longer installed anywhere (:func:`controller._host.uninstall`):
+        a runtime made after it in the same process starts clean.
         """
+        uninstall(self)
         for t in self.bg_tasks:
             t._abort_quietly()
         def shutdown() -> None:
@@ -242,6 +248,7 @@ class ControllerScript:
         from controller._context import CONTROLLER, set_thread_context
 
         set_thread_context(CONTROLLER)
+        bind_thread(self)  # module code and callbacks run here reach this runtime, whatever else the process hosts
         asyncio.set_event_loop(self.loop)
         self.loop.create_task(self._dispatch())
         self.loop.call_soon(self._ready.set)

@@ -1,4 +1,14 @@
-"""The script runtime this process hosts (one per process), reached by the script API."""
+"""The script runtime that code calling the script API belongs to, and loading a script's file.
+
+Which runtime a call reaches, first found: the one bound to the calling
+thread (:func:`bind_thread`: a controller runtime's script thread, an offline
+render's thread), the one installed for the calling context
+(:func:`install` with ``context``), the process's (:func:`install`).  The
+controller and processor processes install theirs for the process; a
+runtime hosted inside another program (an offline render, a test) binds its
+threads and is forgotten when it stops (:func:`uninstall`), so that a second
+one in the same process starts clean.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import hashlib
 import importlib.util
 import math
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +26,7 @@ from actors import EnsembleError
 
 _current: dict[str, Any] = {"runtime": None}
 _by_context: dict[str, Any] = {}
+_thread = threading.local()  # .runtime: the runtime the calling thread belongs to (see bind_thread)
 SCRIPT_MODULE = "ensemble_instrument"
 KINDS = ("float", "int", "bool", "str", "choice")  # what a parameter can be (ParamDef.kind)
 TRUE_WORDS = ("true", "1", "yes", "on")  # a bool parameter's value as text (any case; ParamDef.coerce)
@@ -25,18 +37,53 @@ def runtime() -> Any:
     """The hosting runtime, or raise EnsembleError when no script runtime runs here."""
     from controller._context import get_context
 
-    rt = _by_context.get(get_context()) or _current["runtime"]
+    rt = getattr(_thread, "runtime", None)
+    if rt is None:
+        rt = _by_context.get(get_context())
+    if rt is None:
+        rt = _current["runtime"]
     if rt is None:
         raise EnsembleError("no ensemble script runtime in this process; load the script with `ensemble load PATH`")
     return rt
 
 
 def install(rt: Any, context: str = "") -> None:
-    """Make ``rt`` this process's runtime (or, with ``context``, the runtime of that context only)."""
+    """Make ``rt`` this process's runtime (or, with ``context``, the runtime of that context only).
+
+    Until :func:`uninstall` (a controller runtime's ``stop`` calls it) or
+    another install; a runtime bound to the calling thread comes first.
+    """
     if context:
         _by_context[context] = rt
     else:
         _current["runtime"] = rt
+
+
+def uninstall(rt: Any) -> None:
+    """``rt`` stops: it is no longer the process's runtime nor any context's (another installed since stays).
+
+    Any thread; costs a dict scan.  A runtime left installed after it
+    stopped took the calls of the next one hosted in the process: module
+    code run by a new controller runtime defined its parameters in the old.
+    """
+    if _current["runtime"] is rt:
+        _current["runtime"] = None
+    for context, installed in list(_by_context.items()):
+        if installed is rt:
+            del _by_context[context]
+
+
+def bind_thread(rt: Any) -> Any:
+    """Make ``rt`` the runtime of every script API call on the calling thread (None: unbind); returns the one before.
+
+    Ahead of any installed runtime.  A controller runtime binds its script
+    thread, so the module code it runs reaches it whatever else the process
+    hosts; an offline render binds the thread it renders on, and binds the
+    one before again when it closes (the binding lives as long as the thread).
+    """
+    previous = getattr(_thread, "runtime", None)
+    _thread.runtime = rt
+    return previous
 
 
 @dataclass

@@ -7,11 +7,15 @@ them are routed in-process.  Between two blocks the renderer waits until the
 controller's queue has drained, so run_async answers arrive in the next block
 and parameter changes scheduled with ``--set`` apply at a fixed block: the
 same inputs give the same file, as long as controller callbacks do not wait on
-wall-clock time.
+wall-clock time.  A render leaves the process as it found it, whether it
+finished or raised: no runtime installed, no script thread, the calling
+thread's script context as before; a program may render any number of
+scripts one after another.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from audio import midi_events
 from audio.render import TAIL_SECONDS, demo_events
 from controller._context import CONTROLLER, PROCESSOR, set_thread_context
 from controller._controller_side import ControllerScript
-from controller._host import install
+from controller._host import SCRIPT_MODULE, bind_thread
 from controller._processor_side import ProcessorScript
 
 
@@ -44,7 +48,17 @@ class _Route:
 
 
 class OfflineScriptHost:
-    """Both sides of a script around one engine, for offline rendering."""
+    """Both sides of a script around one engine, for offline rendering; a context manager.
+
+    Made on the thread that renders (which it names context Processor, bound
+    to the processor side: :func:`controller._host.bind_thread`), and closed
+    there: :meth:`close` stops the controller side's script thread and gives
+    that thread back the context and runtime it had, so that a render after
+    it in the same process starts clean.  The constructor raises
+    EnsembleError naming the errors when the script does not load on both
+    sides, after closing what it made.  Nothing is installed for the whole
+    process: each side's runtime is bound to the thread that runs it.
+    """
 
     def __init__(self, engine: Engine, script: str, state_dir: Path) -> None:
         self.engine = engine
@@ -52,15 +66,25 @@ class OfflineScriptHost:
         self.ready = False
         self.to_proc: list[Any] = []  # controller -> processor messages, applied on the render thread
         self.proc = ProcessorScript(engine, _Route(self, PROCESSOR))
-        self.ctrl = ControllerScript(_Route(self, CONTROLLER), state_dir)
-        install(self.proc, PROCESSOR)
-        install(self.ctrl, CONTROLLER)
+        self.ctrl = ControllerScript(_Route(self, CONTROLLER), state_dir)  # its script thread is bound to it
+        self._closed = False
+        self._thread_context = set_thread_context(PROCESSOR)
+        self._thread_runtime = bind_thread(self.proc)
         engine.add_block_hook(self.proc.block)
-        set_thread_context(PROCESSOR)
-        self.ctrl.load(script, False)
-        self.sync()
-        if not self.ready:
-            raise EnsembleError(f"script {script} did not load: {'; '.join(self.errors) or 'unknown error'}")
+        try:
+            self.ctrl.load(script, False)
+            self.sync()
+            if not self.ready:
+                raise EnsembleError(f"script {script} did not load: {'; '.join(self.errors) or 'unknown error'}")
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> OfflineScriptHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def sync(self) -> None:
         """Render thread: wait for the controller's queue, then apply what it sent the processor."""
@@ -97,8 +121,24 @@ class OfflineScriptHost:
             self.proc.event("cc", event.controller, 0.0, event.value, at)
 
     def close(self) -> None:
-        self.ctrl.stop()
-        self.engine.remove_block_hook(self.proc.block)
+        """Stop both sides and give the render thread back its context and runtime (the thread that made it).
+
+        Waits for the controller's script thread (at most 5 s) and its state
+        writes; the script's module is removed from ``sys.modules``.  Closing
+        again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.ctrl.stop()
+            self.engine.remove_block_hook(self.proc.block)
+        finally:
+            bind_thread(self._thread_runtime)
+            set_thread_context(self._thread_context)
+            loaded = sys.modules.get(SCRIPT_MODULE)
+            if loaded is not None and loaded in (self.proc.module, self.ctrl.module):
+                del sys.modules[SCRIPT_MODULE]
 
 
 def parse_set(text: str) -> tuple[str, Any, float]:
@@ -119,7 +159,13 @@ def parse_set(text: str) -> tuple[str, Any, float]:
 def render_script(script: str, *, out: str | Path, midi: str | Path | None = None, sample: str | Path | None = None,
                   seconds: float | None = None, sets: list[tuple[str, Any, float]] = (),  # type: ignore[assignment]
                   samplerate: int = 48000, blocksize: int = 256, channels: int = 2, max_voices: int = 64) -> tuple[Path, list[str]]:
-    """Render ``script`` offline; returns the path written and the script errors reported."""
+    """Render ``script`` offline; returns the path written and the script errors reported.
+
+    Runs on the calling thread and blocks until the file is written.  Raises
+    EnsembleError when the script does not load, and what soundfile raises
+    on I/O; either way both sides are stopped first and the process is left
+    as it was, so a second render starts clean.
+    """
     engine = Engine(samplerate, blocksize, channels, max_voices)
     if sample is None:
         engine.set_buffer(0, builtin_sample(samplerate), samplerate, 60)
@@ -132,8 +178,7 @@ def render_script(script: str, *, out: str | Path, midi: str | Path | None = Non
         last = max([last] + [p[0] for p in pending])
         seconds = last / samplerate + TAIL_SECONDS
     with tempfile.TemporaryDirectory(prefix="ensemble-render-") as state:
-        host = OfflineScriptHost(engine, str(script), Path(state))
-        try:
+        with OfflineScriptHost(engine, str(script), Path(state)) as host:
             def between(frame: int) -> None:
                 while pending and pending[0][0] < frame + blocksize:
                     _, name, value = pending.pop(0)
@@ -142,6 +187,4 @@ def render_script(script: str, *, out: str | Path, midi: str | Path | None = Non
 
             backend = OfflineBackend(engine, out, seconds, events, feed=host.feed, between_blocks=between)
             backend.start()
-        finally:
-            host.close()
     return Path(out), host.errors
