@@ -32,7 +32,12 @@ it is now; if the edit fails there, no side runs the script
 (:meth:`ScriptExtension._load_failed`); if it loads, both sides run it.
 The cost is a controller reload the user did not ask for (its queued
 callbacks and background tasks go, as in any reload; live parameter values
-stay, and acknowledged changes not yet applied are sent again).
+stay, and acknowledged changes not yet applied are sent again).  At most
+:data:`FOLLOW_RELOADS` in a row: a file rewritten on every load (by its own
+module code, an editor or a generator) would have the controller reloaded
+forever, so the next mismatch drops the script on both sides as a load that
+fails, ``status`` saying that the file kept changing and how to get out
+(:meth:`ScriptExtension._kept_changing`).
 
 A controller that went down (a crash, a heartbeat timeout, or its own exit
 with ``WEDGED_EXIT`` when a script step stayed blocked in C past its budget
@@ -75,6 +80,11 @@ log = logging.getLogger("ensemble.supervisor")
 REWEDGE_S = 60.0
 # how a load that failed on either side ends: the other side is told to run no script either (ScriptUnload)
 NO_SCRIPT = "neither the controller nor the processor runs a script until the next load"
+# reloads of the controller the daemon starts in a row, each because the processor ran another version of the file
+# (_controller_follows), before it gives up and drops the script on both sides: a file rewritten on every load (by its
+# own module code, an editor or a generator) would otherwise have the controller reloaded forever.  Two: an edit
+# between the two sides of a load, and one more made while the first reload ran (an editor saving twice)
+FOLLOW_RELOADS = 2
 INTERNAL_JOBS = frozenset({"controller._tasks:run_process_job", "controller._tasks:kill_voices_job"})
 
 
@@ -103,6 +113,7 @@ class ScriptExtension(Extension):
         self.ready_digest = ""  # the digest of the source the controller ran (its last ScriptReady)
         self.dropped_load = 0  # the latest load whose script the controller was told to drop (see _params_from)
         self.processor_back = ""  # how the processor came back, while its answer to the script it was sent is due
+        self.follows = 0  # controller reloads the daemon started in a row since both sides last agreed (FOLLOW_RELOADS)
         self.load_lost = False  # the latest load failed as the controller went down: its restart is no new load
         self.wedge_heard = False  # this controller said it is wedged (ScriptError kind "wedged") before it left
         self.wedged_at = 0.0  # when the running script's callback last wedged the controller (monotonic; 0: never)
@@ -307,6 +318,7 @@ class ScriptExtension(Extension):
         self.script_path = str(path.resolve())
         self.script_ready = False
         self.wedged_at = self.processor_wedged_at = 0.0  # a load of the user's own: a new chance
+        self.follows = 0
         self._loading()
         self.unapplied.clear()  # the controller applies each change queued before the load, or the load discards it
         self.unbound.clear()
@@ -383,7 +395,7 @@ class ScriptExtension(Extension):
     def _route(self, slot: Any, msg: Message) -> None:
         proc, ctl = self.host.child("processor"), self.host.child("controller")
         if isinstance(msg, ScriptReady) and slot.role == "processor":
-            self._processor_ran(msg)
+            self._processor_ran(slot, msg)
         elif isinstance(msg, ScriptReady):
             self.script_ready = True
             self.ready_path, self.ready_load, self.ready_digest = msg.path, msg.load, msg.digest
@@ -426,7 +438,7 @@ class ScriptExtension(Extension):
                       msg.location)
             self._script_error(slot, f"{msg.context} {msg.kind}: {msg.message}{where}")
 
-    def _processor_ran(self, msg: ScriptReady) -> None:
+    def _processor_ran(self, slot: Any, msg: ScriptReady) -> None:
         """The processor ran a script: the load is done, unless it ran another version of the file than the controller.
 
         Each side reads the file as it is when it loads it.  The processor
@@ -436,14 +448,22 @@ class ScriptExtension(Extension):
         the processor the new code beside the controller's old.  The digests
         in the two ``ScriptReady`` tell (:func:`controller._host.load_module`);
         then the controller is reloaded, as the next load
-        (:meth:`_controller_follows`).  Only an answer to the load the
-        controller ran, while no newer one runs, counts.
+        (:meth:`_controller_follows`), at most :data:`FOLLOW_RELOADS` times
+        in a row; once more, the file keeps changing under the loads and the
+        script is dropped (:meth:`_kept_changing`).  Only an answer to the
+        load the controller ran, while no newer one runs, counts.
         """
         back, self.processor_back = self.processor_back, ""
         current = msg.path == self.ready_path and msg.load == self.ready_load == self.load_state[0]
         if current and msg.digest != self.ready_digest:
-            self._controller_follows(back)
-        elif self._loading_in("processor", msg.load) and msg.path == self.script_path:
+            if self.follows < FOLLOW_RELOADS:
+                self._controller_follows(back)
+            else:
+                self._kept_changing(slot, msg)
+            return
+        if current:
+            self.follows = 0  # both sides run one version: a reload after a later edit is no loop
+        if self._loading_in("processor", msg.load) and msg.path == self.script_path:
             self.load_state[1] = "ready"
 
     def _controller_follows(self, back: str) -> None:
@@ -454,7 +474,9 @@ class ScriptExtension(Extension):
         should it fail), ``event=script-reload side=controller`` in the log;
         ``ensemble load`` waiting for a load of the edit waits for this one.
         The controller runs the file as it is now, then the processor again;
-        should the file change once more meanwhile, once more.  Parameter
+        should the file change once more meanwhile, once more, up to
+        :data:`FOLLOW_RELOADS` reloads in a row (counted until both sides
+        run one version, or the user loads a script).  Parameter
         changes and binds acknowledged and not yet applied are sent again
         after the load, which discards what it had queued: the user did not
         ask for this reload.  A controller that is not running now loads the
@@ -462,6 +484,7 @@ class ScriptExtension(Extension):
         """
         path, was = self.ready_path, self.ready_load
         came = f"the processor {back} and ran" if back else "the processor ran"
+        self.follows += 1
         self._loading()
         self.load_state[2] = (f"started by the daemon: {came} {path} as it is now, another version than load {was}, "
                               "which the controller ran (the file was edited); so the controller was reloaded to "
@@ -472,6 +495,40 @@ class ScriptExtension(Extension):
         controller = self.host.child("controller")
         if controller is not None and self.host.send_child(controller, ScriptLoad(path, True, self.load_state[0])):
             self._resend_unapplied(controller)
+
+    def _kept_changing(self, slot: Any, msg: ScriptReady) -> None:
+        """The processor ran yet another version after :data:`FOLLOW_RELOADS` reloads in a row: drop the script.
+
+        Each reload the daemon started ran a file that had changed again
+        before the processor read it: something rewrites it on every load
+        (the script's own module code, an editor saving in a loop, a
+        generator), and one more reload would only go round again.  The load
+        fails as a load that fails does (:meth:`_load_failed`): neither side
+        runs the script (both are sent ``ScriptUnload``), the daemon lists no
+        parameters, ``status`` (``script_load``, the recent errors) says why
+        and how to get out, and ``ensemble load`` waiting on the load raises
+        with that; ``event=script-dropped side=both`` in the log.  The next
+        load of the user's own tries again.
+        """
+        path, number = self.ready_path, self.load_state[0]
+        started = f"{self.load_state[2]}; " if self.load_state[2] else ""
+        reason = (f"{path} kept changing under the load: {self.follows} times in a row the daemon reloaded the "
+                  "controller to the file as it was, and each time the processor, which reads it after the "
+                  "controller, ran yet another version; something rewrites the file whenever it is loaded (its own "
+                  "module code writing it, or an editor or a generator saving it over and over): stop that, then "
+                  f"load it again (`ensemble load {path}`)")
+        self.load_state[1:] = ["failed", f"{started}{reason}; {NO_SCRIPT}"]
+        log.warning("event=script-dropped side=both path=%s load=%d detail=the file kept changing under %d reloads "
+                    "in a row", path, number, self.follows)
+        self.ready_path = ""
+        self.script_ready = False  # a processor that starts now is sent no script
+        self.dropped_load = max(self.dropped_load, msg.load)
+        self._forget_script()
+        for role in ("controller", "processor"):
+            child = self.host.child(role)
+            if child is not None:
+                self.host.send_child(child, ScriptUnload(f"load {number}: {reason}"))
+        self._script_error(slot, reason)
 
     def _load_failed(self, slot: Any, msg: ScriptError, where: str) -> None:
         """A side's module code raised: the load fails as a whole, and neither side runs a script.
