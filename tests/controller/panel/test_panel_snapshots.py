@@ -106,6 +106,7 @@ class StuckView:
         self.closed.set()
 
 
+@pytest.mark.slow  # stop() waits out its 5 s bound for the client's close on purpose
 def test_stop_while_a_snapshot_waits_for_the_daemon_returns_and_says_so_in_one_line(
         caplog: pytest.LogCaptureFixture) -> None:
     """stop() waited 5 s for the client to close behind a snapshot the daemon did not answer, then raised
