@@ -1187,25 +1187,104 @@ class AsyncClient:
 
     As :class:`Client`: the named daemon, or with ``private=True`` (and
     ``max_workers``) a jobs-only daemon of its own, stopped on ``close()``.
+    Every await ends:
+
+    - a call the daemon does not answer within ``timeout`` seconds (``None``:
+      no limit) raises :class:`TransportError`;
+    - an await cancelled (``task.cancel()``, ``asyncio.wait_for``) leaves the
+      client as it was; a submit cancelled or timed out cancels its job should
+      the daemon accept it after all (nobody holds its handle);
+    - while a loop has unfinished handles the client pings the daemon from it
+      once a second: should the daemon not answer (killed, gone), each one
+      awaited raises TransportError, and the handle stays usable (await it again
+      once the daemon is back: the job is in its journal);
+    - ``close()`` ends every unfinished handle with :class:`ClientClosed` (the
+      jobs go on in the daemon).
+
+    Usable from several event loops, one after another or at once (a handle
+    belongs to the loop that submitted it).
     """
 
-    def __init__(self, name: str | None = None, config: Config | None = None, timeout: float = 30.0, *,
+    def __init__(self, name: str | None = None, config: Config | None = None, timeout: float | None = 30.0, *,
                  private: bool = False, max_workers: int | None = None) -> None:
+        """Raises ValueError for a ``timeout`` that is not ``None`` or a number of seconds, more than 0 and at
+        most 1e9 (before anything starts); :class:`DaemonNotRunning` as :class:`Client`."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 < timeout <= 1e9):  # (NaN fails the comparison too)
+            raise ValueError(f"timeout must be None (no limit) or a number of seconds, more than 0 and at most "
+                             f"1e9, got {timeout!r}")
         self.config, self._private, self.conn = _open(name, config, private, max_workers)
         self.timeout = timeout
+        self._lock = threading.Lock()  # what follows: the client may serve loops of several threads
+        self._settled = threading.Condition(self._lock)  # notified as _abandoned empties
+        self._closed = False
+        # submits nobody awaits any more, until answered, then the cancels of their jobs until answered: close()
+        # lets them finish (closing drops what is not sent yet)
+        self._abandoned: set[Future[Any]] = set()
+        self._unfinished: dict[asyncio.AbstractEventLoop, set[AsyncJobHandle]] = {}  # per loop
+        self._pingers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}  # per loop, while it has some
+
+    async def _answer(self, fut: Future[Any], what: str,
+                      abandoned: Callable[[Future[Any]], None] | None = None) -> Any:
+        """``fut``'s value (a Connection's future), awaited for at most :attr:`timeout` seconds.
+
+        ``fut`` itself is never cancelled, whatever happens to this await: the
+        connection resolves it on its own thread, and a cancelled one there
+        failed the other submits merged with it (their jobs accepted, their
+        callers told InvalidStateError).  ``abandoned(fut)`` runs should this
+        await end first (cancelled or timed out).
+        """
+        aio = _aio()
+        loop = aio.get_running_loop()
+        mine: asyncio.Future[Any] = loop.create_future()
+
+        def settle(f: Future[Any]) -> None:  # on the loop
+            if mine.done():
+                return
+            if f.cancelled():
+                mine.cancel()
+                return
+            error = f.exception()
+            if error is not None:
+                mine.set_exception(error)
+            else:
+                mine.set_result(f.result())
+
+        def relay(f: Future[Any]) -> None:  # on the connection's I/O thread (or here, when done already)
+            try:
+                loop.call_soon_threadsafe(settle, f)
+            except RuntimeError:  # the loop was closed meanwhile: nobody awaits this any more
+                pass
+
+        fut.add_done_callback(relay)
+        try:
+            return await aio.wait_for(mine, self.timeout)
+        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
+            raise TransportError(f"the daemon did not answer {what} within {self.timeout:g}s; is it overloaded or "
+                                 "stopped? (`ensemble status`)") from None
+        finally:
+            if mine.cancelled() and abandoned is not None:
+                abandoned(fut)
 
     async def _call(self, msg: Any) -> Any:
-        try:
-            return await _aio().wait_for(_aio().wrap_future(self.conn.call(msg)), self.timeout)
-        except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
-            raise TransportError(f"the daemon did not answer {type(msg).__name__} within {self.timeout:g}s") from None
+        return await self._answer(self.conn.call(msg), type(msg).__name__)
 
     async def submit(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0,
                      grace: float = 0.5, deadline: float | None = None, retries: int = 0,
                      kwargs: dict[str, Any] | None = None, timeout: float | None = None,
                      resources: dict[str, float] | None = None) -> AsyncJobHandle:
-        """Submit a job (as :meth:`Client.submit`); returns an awaitable handle."""
+        """Submit a job (as :meth:`Client.submit`); returns an awaitable handle.
+
+        Raises TransportError when the daemon does not answer within
+        :attr:`timeout` seconds; then, as when this await is cancelled, the job
+        is cancelled should the daemon accept it later (:meth:`close` waits
+        for that); ClientClosed after :meth:`close`.
+        """
         loop = _aio().get_running_loop()
+        if self._closed:  # (close() may still be waiting for abandoned submits: the connection is open)
+            from actors._errors import ClientClosed
+
+            raise ClientClosed("this client was closed; create a new one")
         spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
                          deadline=deadline, retries=retries, resources=resources)
         handle = AsyncJobHandle(self, 0)
@@ -1213,9 +1292,114 @@ class AsyncClient:
         def listener(info: JobInfo) -> None:  # the handle's own loop applies every push, in order
             loop.call_soon_threadsafe(handle._update, info)
 
-        (jid,) = await _aio().wait_for(_aio().wrap_future(self.conn.submit([spec], listener)), self.timeout)
+        (jid,) = await self._answer(self.conn.submit([spec], listener), "Submit", self._abandon)
         handle.id = jid
+        self._track(loop, handle)
         return handle
+
+    def _abandon(self, submitted: Future[Any]) -> None:
+        """Cancel the jobs of a submit nobody awaits any more, once the daemon has accepted them."""
+        with self._lock:
+            self._abandoned.add(submitted)
+        submitted.add_done_callback(self._cancel_abandoned)
+
+    def _cancel_abandoned(self, submitted: Future[Any]) -> None:
+        """(``submitted`` answered, on the connection's I/O thread)"""
+        cancels: list[Future[Any]] = []
+        if not submitted.cancelled() and submitted.exception() is None:
+            for jid in submitted.result():
+                try:
+                    cancels.append(self.conn.call(Cancel(jid, False)))
+                except EnsembleError:  # closed meanwhile, or its private daemon died: its jobs went with it
+                    break
+        with self._settled:
+            self._abandoned.update(cancels)  # before the submit goes: the set is never empty in between
+            self._abandoned.discard(submitted)
+            self._settled.notify_all()
+        for cancel in cancels:
+            cancel.add_done_callback(self._settle)
+
+    def _settle(self, fut: Future[Any]) -> None:
+        with self._settled:
+            self._abandoned.discard(fut)
+            self._settled.notify_all()
+
+    def _wait_abandoned(self) -> None:
+        """Wait until the daemon answered the submits nobody awaits and the cancels of their jobs; at most
+        ``timeout`` seconds, and 10 s (a thread's: blocks)."""
+        end = time.monotonic() + min(self.timeout or _CANCEL_WAIT, _CANCEL_WAIT)
+        with self._settled:
+            while self._abandoned and self._settled.wait(max(0.0, end - time.monotonic())):
+                pass
+
+    def _track(self, loop: asyncio.AbstractEventLoop, handle: AsyncJobHandle) -> None:
+        """Keep ``handle`` until it ends, for the pings and :meth:`close` (on ``loop``, its loop)."""
+        with self._lock:
+            for old in [other for other in self._unfinished if other.is_closed()]:  # loops that ended
+                del self._unfinished[old]
+                self._pingers.pop(old, None)
+            closed = self._closed
+            if not closed:
+                self._unfinished.setdefault(loop, set()).add(handle)
+                pinger = self._pingers.get(loop)
+                if pinger is None or pinger.done():
+                    self._pingers[loop] = loop.create_task(self._ping_while_unfinished(loop))
+        if closed:  # close() ran while the daemon answered this submit
+            self._end_closed(handle)
+
+    async def _ping_while_unfinished(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Ping the daemon once a second while ``loop`` has unfinished handles; should it not answer, each one
+        awaited raises TransportError (and is awaited anew after).  Runs on ``loop``; ends with the last handle."""
+        while True:
+            await _aio().sleep(_REFETCH_EVERY)
+            with self._lock:
+                handles = self._unfinished.get(loop, set())
+                handles.difference_update([h for h in handles if h._final.done()])
+                if not handles or self._closed:
+                    self._unfinished.pop(loop, None)
+                    if self._pingers.get(loop) is _aio().current_task():
+                        del self._pingers[loop]
+                    return
+                waiting = list(handles)
+            try:
+                await self._call(Ping())
+            except EnsembleError as exc:
+                if self.conn.closed or self.conn.gone is not None:  # (a private daemon's death ends its jobs)
+                    return
+                for handle in waiting:
+                    self._interrupt(handle, TransportError(
+                        f"job {handle.id}: no answer from the daemon ({exc}); the job is kept in its journal: "
+                        "await the handle again once the daemon is back"))
+
+    @staticmethod
+    def _interrupt(handle: AsyncJobHandle, exc: Exception) -> None:
+        """End the awaits of ``handle`` with ``exc``; later awaits wait anew (on the handle's loop)."""
+        ending = handle._final
+        if ending.done():
+            return
+        handle._final = ending.get_loop().create_future()
+        ending.set_exception(exc)
+        ending.exception()  # retrieved: asyncio would log it as never retrieved when no await was waiting
+
+    def _end_closed(self, handle: AsyncJobHandle) -> None:
+        """End ``handle`` for good with ClientClosed, on its loop (from any thread; a closed loop: nothing)."""
+        from actors._errors import ClientClosed
+
+        def end() -> None:
+            if not handle._final.done():
+                handle._final.set_exception(ClientClosed(
+                    f"job {handle.id}: this client was closed before the job ended (it goes on in the daemon: "
+                    f"`ensemble result {handle.id}`, or a new client)"))
+                handle._final.exception()  # retrieved (see _interrupt)
+
+        loop = handle._final.get_loop()
+        if loop is _aio().get_running_loop():
+            end()
+            return
+        try:
+            loop.call_soon_threadsafe(end)
+        except RuntimeError:  # its loop is closed: nobody can await the handle
+            pass
 
     async def ping(self) -> Pong:
         """Round trip to the daemon."""
@@ -1226,11 +1410,38 @@ class AsyncClient:
         return await self._call(Status())  # type: ignore[no-any-return]
 
     async def close(self) -> None:
-        """Close the connection (a private daemon stops, off the event loop's thread)."""
-        self.conn.close()
+        """Close the connection; unfinished handles raise ClientClosed (their jobs go on); a private daemon
+        stops, off the event loop's thread.  Closing again does nothing.
+
+        Waits first, off the loop too, until the daemon answered the submits cancelled or timed out and the
+        cancels of their jobs (at most ``timeout`` seconds, and 10 s): closing drops what is not sent yet.
+        """
+        with self._lock:
+            self._closed = True
+            abandoned = bool(self._abandoned) and not self.conn.closed
+        try:
+            if abandoned:
+                await _aio().to_thread(self._wait_abandoned)
+        finally:  # (this await cancelled too: the connection closes all the same)
+            self._close_connection()
         private, self._private = self._private, None
         if private is not None:
             await _aio().to_thread(private.stop)
+
+    def _close_connection(self) -> None:
+        """Close the connection, end the unfinished handles with ClientClosed and stop the pings."""
+        with self._lock:
+            handles = [h for loop_handles in self._unfinished.values() for h in loop_handles]
+            self._unfinished.clear()
+            pingers, self._pingers = list(self._pingers.values()), {}
+        self.conn.close()
+        for handle in handles:
+            self._end_closed(handle)
+        for pinger in pingers:  # (each ends at its next ping anyway)
+            try:
+                pinger.get_loop().call_soon_threadsafe(pinger.cancel)
+            except RuntimeError:  # its loop is closed
+                pass
 
     async def __aenter__(self) -> "AsyncClient":
         return self
