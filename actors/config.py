@@ -343,12 +343,24 @@ def _each(item_check: _Check) -> _Check:
     return check
 
 
-def _no_nul(value: str) -> str:
-    return "it cannot hold a NUL character" if "\0" in value else ""
+def _text_problem(value: Any) -> str:
+    """What no text of any key may hold, in a string, a list's item or a table's name: a NUL (C libraries and
+    ZeroMQ cut the text there) or bytes that are not UTF-8 (an environment variable's; the daemon's config
+    travels as JSON, ZeroMQ endpoints as UTF-8).  "" when there is none."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, tuple) else \
+        list(value) if isinstance(value, dict) else []
+    for text in texts:
+        if "\0" in text:
+            return "it cannot hold a NUL character"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "it holds bytes that are not UTF-8 (the \\udcXX above); write it in UTF-8"
+    return ""
 
 
 def _anything(value: Any) -> str:
-    return ""  # checked by its type (bool) or while converting (resources)
+    return ""  # checked by its type (bool), while converting (resources) or as text alone (_text_problem)
 
 
 def _workers(value: str) -> str:
@@ -383,14 +395,14 @@ _RULES: dict[str, dict[str, _Check]] = {
         "name": _matching(_NAME_PATTERN, "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
                                             "digit"),
         "workers": _workers,
-        "run_dir": _no_nul,
-        "state_dir": _no_nul,
+        "run_dir": _anything,
+        "state_dir": _anything,
         "log_level": _choice("debug", "info", "warning", "error", "critical", "notset", "warn", "fatal",
                              any_case=True, shown="debug, info, warning, error or critical"),
         "max_frame": _whole(1024, 2**32, " bytes (4 GiB)"),
         "tcp": _endpoint,
         "client_tcp": _endpoint,
-        "keys_dir": _no_nul,
+        "keys_dir": _anything,
         "metrics_port": _whole(0, 65535, " (0: off)"),
         "metrics_host": _matching(r"\S*", "give a host name or address, without spaces"),
         "extensions": _each(_matching(r"\*|[\w.-]+", "give installed extension names (letters, digits, '_', '.', "
@@ -416,14 +428,14 @@ _RULES: dict[str, dict[str, _Check]] = {
     },
     "audio": {
         "backend": _choice("auto", "jack", "sounddevice", "null", shown="auto, jack, sounddevice or null"),
-        "device": _no_nul,
+        "device": _anything,
         "samplerate": _whole(8000, 768000, " Hz"),
         "blocksize": _whole(1, 8192, " frames (8192: JACK's largest period)"),
         "channels": _whole(1, 256),
         "max_voices": _whole(1, 1024),
         "steal": _choice("oldest", "newest", "quietest", "none", shown="oldest, newest, quietest or none"),
-        "script": _no_nul,
-        "script_dirs": _each(_no_nul),
+        "script": _anything,
+        "script_dirs": _anything,
         "autoconnect": _anything,
         "midi_in": _each(_regex),
     },
@@ -475,7 +487,7 @@ def _build_section(section: str, values: Mapping[str, Any], where: str, name: _N
             raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(hints)}")
         written = name(section, key, value)
         converted = _convert(value, hints[key], written)
-        problem = _RULES[section][key](converted)
+        problem = _text_problem(converted) or _RULES[section][key](converted)
         if problem:
             raise ConfigError(f"{written} is invalid: {problem}")
         kwargs[key] = converted
@@ -566,11 +578,11 @@ def not_regular_file(path: str | os.PathLike[str]) -> str:
     return ""
 
 
-def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
-    """The config file to read (``path``, ``$ENSEMBLE_CONFIG``, else the default when it exists), or None.
+def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> tuple[Path, str, str] | None:
+    """The config file to read (``path``, ``$ENSEMBLE_CONFIG``, else the default when it exists), or None;
+    with how an error names it (where the path came from) and what to do about it.
 
-    Raises ConfigError, naming where the path came from, when it is not a regular file: reading a FIFO
-    would hang.
+    Raises ConfigError, so named, when it is not a regular file: reading a FIFO would hang.
     """
     if path:
         p = Path(path)
@@ -586,7 +598,27 @@ def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) ->
     problem = not_regular_file(p)
     if problem:
         raise ConfigError(f"{named} {problem}; {fix}")
-    return p
+    return p, named, fix
+
+
+def _read_toml(p: Path, named: str, fix: str) -> dict[str, Any]:
+    """The tables of the TOML file ``p``; ConfigError, naming it as ``named`` (and ``fix``), when it cannot be."""
+    import tomllib
+
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{named} does not exist; {fix}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{named} cannot be read: {exc}; {fix}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{named} cannot be read: byte {exc.object[exc.start:exc.start + 1]!r} at offset "
+                          f"{exc.start} is not UTF-8; save it as UTF-8 (TOML files are)") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    except ValueError as exc:  # a NUL in the path given: no variable or argument can hold one (after
+        # TOMLDecodeError and UnicodeDecodeError, ValueErrors too)
+        raise ConfigError(f"config file {str(p)!r} cannot be read: its path holds a NUL character; {fix}") from exc
 
 
 def load_config(
@@ -604,18 +636,10 @@ def load_config(
     env = os.environ if env is None else env
     merged: dict[str, dict[str, Any]] = {}
     sources: dict[tuple[str, str], str] = {}  # (section, key) -> where the user wrote it
-    p = _config_path(path, env)
-    if p is not None:
-        import tomllib
-
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {p} does not exist") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {p} cannot be read: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    found = _config_path(path, env)
+    if found is not None:
+        p = found[0]
+        raw = _read_toml(*found)
         for section, values in raw.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"config file {p}: [{section}] must be a table")
