@@ -25,9 +25,9 @@ import click
 
 from actors import __version__
 from actors._completion import completion
-from actors._errors import EnsembleError, JobCancelled
+from actors._errors import EnsembleError, JobCancelled, TransportError
 from actors._state import JobState
-from actors._rundir import RunDir, check_private_path
+from actors._rundir import RunDir, check_private_path, process_exists
 from actors._launch import start_daemon, wait_ready
 from actors.config import Config, load_config, not_regular_file
 from actors.extensions import register_commands
@@ -352,8 +352,6 @@ def down(ctx: click.Context, timeout: float) -> None:
     with Client(config=cfg, timeout=10) as c:
         c.shutdown()
     deadline = time.monotonic() + timeout
-    from actors._rundir import process_exists
-
     while rundir.is_locked() or (pid and process_exists(pid)):  # return only once the process is gone
         if time.monotonic() > deadline:
             if pid:
@@ -521,6 +519,7 @@ def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
 
     changed = threading.Event()
     handle = c.watch(job_id, lambda info: changed.set())
+    pulse = _Pulse(c)
     from rich.markup import escape
 
     look_at = time.monotonic() + _QUEUED_HINT_AFTER  # when to see whether a worker could take it (0: said already)
@@ -540,9 +539,13 @@ def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
                                f"{'cancels it' if interrupted is not None else 'stops waiting'})", err=True)
                 look_at = 0.0 if hint else time.monotonic() + _QUEUED_HINT_AFTER
             if interrupted:
+                if pulse.silent_since is not None:  # a cancel would wait out the timeout too
+                    fail(f"interrupted; job {job_id} is not cancelled: the daemon does not answer. It is in the "
+                         f"daemon's journal: `ensemble cancel {job_id}` once the daemon is back", 130)
                 bar.update(task, description="cancelling...", refresh=True)
                 handle.cancel(block=True)
                 break
+            pulse.check(job_id)
             changed.wait(0.1)
             changed.clear()
             info = handle._info
@@ -553,6 +556,51 @@ def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
 
 
 _QUEUED_HINT_AFTER = 2.0  # seconds a followed job stays queued before the daemon's workers are looked at
+
+
+class _Pulse:
+    """Whether the daemon of a followed job still answers: one ping a second, each waited for a second at most.
+
+    A killed daemon sends no more updates, and the following waited for them
+    for ever.  Now it ends, in one ``ensemble: error:`` line, once the daemon
+    has not answered for the client's timeout, or at once when the local
+    daemon that answered before is no longer a process.
+    """
+
+    EVERY = 1.0
+
+    def __init__(self, c: Any) -> None:
+        self.c = c
+        self.next = time.monotonic()  # the first at once: its answer says the daemon's pid
+        self.silent_since: float | None = None  # when the first ping in a row went unanswered
+        self.pid = 0  # the daemon's, from its last answer
+
+    def check(self, job_id: int) -> None:
+        """Ping when one is due (blocks a second at most); fail when the daemon is gone."""
+        from actors.messages import Ping
+
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + self.EVERY
+        try:
+            self.pid = self.c._call(Ping(), timeout=self.EVERY).pid
+            self.silent_since = None
+            return
+        except TransportError:
+            pass
+        first, self.silent_since = self.silent_since is None, self.silent_since or now
+        local = not self.c.conn.endpoint.startswith("tcp://")
+        gone = local and self.pid and not process_exists(self.pid)
+        silent = time.monotonic() - self.silent_since
+        if gone or (self.c.timeout is not None and silent >= self.c.timeout):
+            why = f"the daemon (pid {self.pid}) is gone" if gone else f"the daemon has not answered for {silent:.0f}s"
+            fail(f"job {job_id} is not finished and {why}; the job is in the daemon's journal: once the daemon is "
+                 f"back (`ensemble up`), `ensemble result {job_id}`")
+        if first:  # on stderr, above the bar on a terminal
+            within = f" within {self.c.timeout:g}s" if self.c.timeout is not None else ""
+            click.echo(f"ensemble: note: the daemon does not answer (stopped or overloaded?); job {job_id} is "
+                       f"followed again should it answer{within}", err=True)
 
 
 def _no_worker_hint(c: Any) -> str:
