@@ -461,7 +461,8 @@ class Connection:
                 if submits:
                     self._send_submits(sock, submits, progress)
                     submits, queued, size = [], 0, 0
-                fut.set_result(None)
+                if not fut.done():
+                    fut.set_result(None)
                 continue
             self._send(sock, payload, fut, extra)
         if submits:
@@ -477,7 +478,8 @@ class Connection:
                     f"{self.limits.max_frame}; pass large arrays through shared memory (client.empty / upload)"
                 )
         except ProtocolError as exc:
-            fut.set_exception(exc)
+            if not fut.done():  # (its caller may have cancelled it: a cancelled future takes nothing)
+                fut.set_exception(exc)
             return
         self._waiting[corr] = (fut, convert)
         sock.send(frame)
@@ -498,7 +500,8 @@ class Connection:
                     pos += len(batch)
             pos = 0
             for batch, fut, _ in submits:
-                fut.set_result(reply.ids[pos : pos + len(batch)])
+                if not fut.done():  # one caller's cancel must not fail the submits merged with its own
+                    fut.set_result(reply.ids[pos : pos + len(batch)])
                 pos += len(batch)
 
         def propagate(f: Future[Any]) -> None:
@@ -531,7 +534,8 @@ class Connection:
                 continue
             fut, convert = entry
             if isinstance(msg, Error):
-                fut.set_exception(error_from_code(msg.code, msg.message))
+                if not fut.done():
+                    fut.set_exception(error_from_code(msg.code, msg.message))
                 continue
             try:
                 if isinstance(msg, JobInfos):

@@ -110,7 +110,9 @@ def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_p
                 status = client.status()
             except EnsembleError:
                 continue
-            if not actors or status.actors and all(a.state in ("running", "failed") for a in status.actors) and all(
+            # (no actors at all is ready too: a jobs-only daemon scaled to 0 workers, which `up` waited out before)
+            if not actors or (status.actors or not status.daemon.workers_wanted) and all(
+                    a.state in ("running", "failed") for a in status.actors) and all(
                     a.stats for a in status.actors if a.state == "running" and a.role == "processor"):
                 return status
             time.sleep(pause)

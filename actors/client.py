@@ -281,6 +281,15 @@ def _open(name: str | None, config: Config | None, private: bool, max_workers: i
     return config, own, _connect(config, own, endpoint, curve)
 
 
+
+def _check_timeout(timeout: Any, or_none: str = "") -> None:
+    """ValueError unless ``timeout`` is a number of seconds, more than 0 and at most 1e9 (or None, when ``or_none``
+    says so): NaN, inf, 0, a bool or a string made every later call fail with a raw error instead."""
+    if timeout is None and or_none:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1e9:  # NaN fails too
+        raise ValueError(f"timeout must be {or_none}a number of seconds, more than 0 and at most 1e9, got {timeout!r}")
+
 class Client:
     """Synchronous client of a running daemon.  A context manager; close it when done.
 
@@ -297,7 +306,9 @@ class Client:
                  endpoint: str | None = None, curve: tuple[str, str] | None = None, *, private: bool = False,
                  max_workers: int | None = None) -> None:
         """``endpoint``: a ``tcp://`` address of a daemon on another host, with ``curve`` =
-        (this client's ``.key_secret`` file, the daemon's ``server.key``)."""
+        (this client's ``.key_secret`` file, the daemon's ``server.key``).  ValueError for a ``timeout`` that is not
+        a number of seconds, more than 0 and at most 1e9 (before anything starts)."""
+        _check_timeout(timeout)
         self.config, self._private, self.conn = _open(name, config, private, max_workers, endpoint, curve)
         self.timeout = timeout
 
@@ -1209,10 +1220,7 @@ class AsyncClient:
                  private: bool = False, max_workers: int | None = None) -> None:
         """Raises ValueError for a ``timeout`` that is not ``None`` or a number of seconds, more than 0 and at
         most 1e9 (before anything starts); :class:`DaemonNotRunning` as :class:`Client`."""
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not 0 < timeout <= 1e9):  # (NaN fails the comparison too)
-            raise ValueError(f"timeout must be None (no limit) or a number of seconds, more than 0 and at most "
-                             f"1e9, got {timeout!r}")
+        _check_timeout(timeout, "None (no limit) or ")
         self.config, self._private, self.conn = _open(name, config, private, max_workers)
         self.timeout = timeout
         self._lock = threading.Lock()  # what follows: the client may serve loops of several threads
