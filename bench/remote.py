@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench._daemon import BenchDaemon
+from bench.panel import _cpu
 from bench._stats import Row, median, pct, row
 
 RESULT = 200_000  # bytes of each job's result
@@ -289,17 +290,6 @@ def _throughput(ctx: Any, remote: Any, local: Any) -> list[Row]:
                 f"{n} no-op jobs per round in batches of {BATCH}, until every result is in; median of {rounds} "
                 "rounds in rotating order")]
 
-
-def _cpu(pid: int) -> float:
-    """CPU seconds every thread of ``pid`` has run (its loop, journal writer and ZeroMQ I/O threads: schedstat)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that just ended
-    return total / 1e9
 
 
 def _results(ctx: Any, remote: Any, local: Any, floor: CurveFloor, daemon_pid: int) -> list[Row]:

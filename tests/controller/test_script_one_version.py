@@ -85,9 +85,8 @@ def _both_run(d: Daemon, c: Any, path: str, source: str, edition: int) -> None:
              what=f"both sides to say they run edition {edition}")
 
 
-def test_a_processor_restarted_after_an_edit_that_loads_has_the_controller_reloaded_to_it(daemon: Daemon,
-                                                                                          tmp_path: Path) -> None:
-    """The restarted processor read the edited file and ran its code; the controller went on running the old."""
+def _edition_1_loaded(daemon: Daemon, tmp_path: Path) -> tuple[Path, str, Any, int]:
+    """``instrument.py`` of edition 1, loaded and run by both sides: (its file, its path, a client, the load's number)."""
     script = tmp_path / "instrument.py"
     script.write_text(EDITION_1)
     path = str(script.resolve())
@@ -95,6 +94,13 @@ def test_a_processor_restarted_after_an_edit_that_loads_has_the_controller_reloa
     c.load_script(str(script), wait=30)
     number = _counters(daemon)["script_load"][0]
     _both_run(daemon, c, path, EDITION_1, 1)
+    return script, path, c, number
+
+
+def test_a_processor_restarted_after_an_edit_that_loads_has_the_controller_reloaded_to_it(daemon: Daemon,
+                                                                                          tmp_path: Path) -> None:
+    """The restarted processor read the edited file and ran its code; the controller went on running the old."""
+    script, path, c, number = _edition_1_loaded(daemon, tmp_path)
 
     script.write_text(EDITION_2)  # edited, not loaded
     _kill_processor(daemon)
@@ -155,13 +161,7 @@ if get_context() == "Controller":
 def test_a_reload_to_the_edit_that_fails_in_the_controller_drops_the_script_on_both_sides(daemon: Daemon,
                                                                                            tmp_path: Path) -> None:
     """The processor, restarted, ran the edit; the controller, reloaded to it, fails it: a load that fails."""
-    script = tmp_path / "instrument.py"
-    script.write_text(EDITION_1)
-    path = str(script.resolve())
-    c = daemon.client()
-    c.load_script(str(script), wait=30)
-    number = _counters(daemon)["script_load"][0]
-    _both_run(daemon, c, path, EDITION_1, 1)
+    script, path, c, number = _edition_1_loaded(daemon, tmp_path)
 
     script.write_text(FAILS_IN_THE_CONTROLLER)
     _kill_processor(daemon)
