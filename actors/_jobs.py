@@ -117,6 +117,21 @@ def aborted_error(reason: str, spec: JobSpec, done: JobDone | None = None) -> tu
     return etype, text
 
 
+def ending(done: JobDone, spec: JobSpec, aborted: str = "") -> tuple[str, Any, str, str, str]:
+    """How a job that sent ``done`` ends: ``(state, value, error type, error message, traceback)``.
+
+    ``cancelled`` after an abort for ``aborted`` (:func:`aborted_error`), else
+    ``done`` or ``failed``; a pickled job's exception travels back pickled
+    (opaque bytes here), for the client to re-raise, so its value is kept.
+    """
+    if aborted:
+        etype, text = aborted_error(aborted, spec, done)
+        return "cancelled", done.value, etype, text, done.traceback
+    if done.ok:
+        return "done", done.value, "", "", ""
+    return "failed", done.value if spec.pickled else None, done.error_type, done.error_message, done.traceback
+
+
 def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
               context: tuple[str, list[str]] = NO_CONTEXT) -> bytes:
     """Journal form of a job spec, with who submitted it.
@@ -348,14 +363,8 @@ class JobBook:
         else:
             self.start(job, worker, done.started or now, time.monotonic())
         job.progress, job.status, job.properties = done.progress, done.status, done.properties
-        if aborted:
-            etype, text = aborted_error(aborted, job.spec, done)
-            self.finish(job, "cancelled", now, done.value, etype, text, done.traceback)
-        elif done.ok:
-            self.finish(job, "done", now, done.value)
-        else:
-            self.finish(job, "failed", now, done.value if job.spec.pickled else None, done.error_type,
-                        done.error_message, done.traceback)
+        state, value, etype, text, traceback = ending(done, job.spec, aborted)
+        self.finish(job, state, now, value, etype, text, traceback)
 
     def mark_horizon(self) -> None:
         """Stage the journal's horizon: every job below the smallest unfinished id (in memory) has ended."""

@@ -19,7 +19,7 @@ import msgspec
 import zmq
 
 from actors._errors import EnsembleError, ProtocolError
-from actors._jobs import Job, aborted_error
+from actors._jobs import Job, ending
 from actors._task import MAX_TIMEOUT_MS
 from actors.messages import AbortJob, Ack, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, encode
 from actors.supervisor import _dispatch as plan
@@ -69,15 +69,8 @@ class WorkMixin(State):
             job.progress, job.status, job.properties = done.progress, done.status, done.properties
             if done.started and job.state == "running":
                 job.started = done.started
-            if job.abort_reason:
-                etype, text = aborted_error(job.abort_reason, job.spec, done)
-                self._finish(job, "cancelled", now, done.value, etype, text, done.traceback)
-            elif done.ok:
-                self._finish(job, "done", now, done.value)
-            else:
-                # a pickled job's exception travels back pickled (opaque bytes here), for the client to re-raise
-                self._finish(job, "failed", now, done.value if job.spec.pickled else None, done.error_type,
-                             done.error_message, done.traceback)
+            state, value, etype, text, traceback = ending(done, job.spec, job.abort_reason)
+            self._finish(job, state, now, value, etype, text, traceback)
         if gone:
             return
         self._advance(slot, now, time.monotonic())
