@@ -141,6 +141,7 @@ def _lines(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
+@pytest.mark.slow  # a daemon killed and brought up again: ~2 s each
 def test_a_job_cancelled_or_past_its_deadline_when_the_daemon_is_killed_ends_so_at_the_next_up(
         make_daemon: Callable[..., Daemon], tmp_path: Path, how: str) -> None:
     d = make_daemon(workers=1, jobs_only=True)

@@ -59,6 +59,7 @@ def _started(make_daemon: Callable[..., Daemon], tmp_path: Path, fn: str, *args:
     return d, pid, job
 
 
+@pytest.mark.slow  # a 3 s call in C: ~4 s
 def test_a_job_holding_the_gil_in_c_is_not_taken_for_a_dead_worker(make_daemon: Callable[..., Daemon],
                                                                    tmp_path: Path) -> None:
     d, pid, job = _started(make_daemon, tmp_path, "busy_in_c", 3.0)  # five heartbeat timeouts without a heartbeat

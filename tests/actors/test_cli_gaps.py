@@ -151,6 +151,7 @@ def test_jobs_state_is_refused_by_the_parser_naming_every_state(module_daemon: D
 
 
 # ------------------------------------------------------------------------------ negative numbers as arguments
+@pytest.mark.slow  # many CLI processes: ~4.5 s
 def test_negative_numbers_are_arguments_without_a_double_dash(module_daemon: Daemon) -> None:
     d = module_daemon
     out = d.cli("submit", "tests.jobs:nap", "0", "-1.5", "--priority", "-5", "--job-name", "neg", "--wait")
@@ -175,6 +176,7 @@ def test_negative_numbers_are_arguments_without_a_double_dash(module_daemon: Dae
 
 
 # ------------------------------------------------------------------------------ submit --wait with no worker
+@pytest.mark.slow  # waits for the note: ~3 s
 def test_submit_wait_with_no_worker_says_so_once_and_keeps_waiting(make_daemon: Make) -> None:
     d = make_daemon(workers=0)
     d.up()

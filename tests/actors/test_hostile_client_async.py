@@ -98,6 +98,7 @@ def test_close_ends_every_awaited_handle_with_client_closed_and_the_job_goes_on(
     wait_for(lambda: set(_io_threads()) <= before, 10, what="the client's I/O thread to end")
 
 
+@pytest.mark.slow  # waits out a timeout: ~2 s
 def test_a_daemon_that_does_not_answer_ends_the_submit_with_transport_error_and_its_job_is_cancelled(
         jobs_daemon: Daemon) -> None:
     """A submit past the client's timeout raised a bare TimeoutError (outside the error tree); now
@@ -123,6 +124,7 @@ def test_a_daemon_that_does_not_answer_ends_the_submit_with_transport_error_and_
              what="the submit that timed out to have its job cancelled")
 
 
+@pytest.mark.slow  # a daemon killed and brought up again: ~3.5 s
 def test_a_shared_daemon_killed_ends_an_awaited_handle_which_waits_again_after_up(make_daemon: Make,
                                                                                   tmp_path: Any) -> None:
     """kill -9 of a shared daemon: an awaited handle (no timeout) waited for ever; now TransportError once the

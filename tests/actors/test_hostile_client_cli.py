@@ -63,6 +63,7 @@ def _end(proc: subprocess.Popen[str], reader: threading.Thread) -> None:
 
 
 @pytest.mark.parametrize("command", ["submit --wait", "watch"])
+@pytest.mark.slow  # a daemon killed under a follower: ~5 s each
 def test_following_a_job_ends_with_a_clear_line_when_the_daemon_is_killed(make_daemon: Make, command: str) -> None:
     """kill -9 of the daemon while a job is followed: the command waited for updates for ever."""
     d = _without_workers(make_daemon)  # the job stays queued, and the follower says so: it follows
@@ -89,6 +90,7 @@ def test_following_a_job_ends_with_a_clear_line_when_the_daemon_is_killed(make_d
     assert d.cli("result", str(jid)).stdout.strip() == "3"
 
 
+@pytest.mark.slow  # waits for a silent daemon's note: ~5 s
 def test_ctrl_c_while_the_daemon_does_not_answer_exits_at_once_and_says_the_job_is_not_cancelled(
         make_daemon: Make) -> None:
     """The cancel Ctrl-C asks for waited out the client's 30 s, then said "did not answer Cancel"."""

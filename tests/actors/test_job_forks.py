@@ -33,6 +33,7 @@ def _pool_jobs(d: Daemon, count: int) -> None:
             pytest.fail(f"Pool job {n} of {count} did not end: {exc}")
 
 
+@pytest.mark.slow  # multiprocessing pools in jobs: ~3.5 s
 def test_pool_jobs_end(daemon: Daemon) -> None:
     """A job's Pool shuts down every time: its terminate() SIGTERMs the pool's workers that missed their
     sentinel, and they die of it.  Before the fix between one such job in 5 and one in 90 hung in Pool.join

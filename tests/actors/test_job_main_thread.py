@@ -48,6 +48,7 @@ def test_a_job_runs_on_the_main_thread(main_daemon: Daemon) -> None:
         assert list(ex.map(jobs.identity, range(3), timeout=_DEADLINE)) == [0, 1, 2]
 
 
+@pytest.mark.slow  # waits for the alarm: ~3 s
 def test_signal_alarm_times_out_a_call_in_a_job(main_daemon: Daemon) -> None:
     """``signal.signal(SIGALRM, handler); signal.alarm(1)`` cuts a long sleep short, as in a process pool
     (on a job thread ``signal.signal`` raised "signal only works in main thread of the main interpreter")."""

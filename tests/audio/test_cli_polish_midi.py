@@ -104,6 +104,7 @@ def test_libasound_s_own_error_lines_are_kept_off_stderr_while_the_sequencer_is_
     assert stderr_of("with _alsa_quiet():") == ""
 
 
+@pytest.mark.slow  # several CLI processes on JACK: ~3.5 s
 def test_midi_connect_of_an_unknown_port_fails_with_the_reason_every_time(daemon: Daemon) -> None:
     """Each attempt gets its own outcome: the same reason as an earlier attempt's is no reason to wait it out."""
     for attempt in range(7):  # past the processor's five recent errors, all the same line

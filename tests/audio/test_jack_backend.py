@@ -185,6 +185,7 @@ def in_time(d: Daemon, record: Callable[[int], np.ndarray], check: Callable[[np.
     raise AssertionError("every take had JACK xruns and failed the check:\n" + "\n".join(lost))
 
 
+@pytest.mark.slow  # records seconds of JACK audio: ~4 s
 def test_midiseq_notes_start_on_their_frames_at_their_pitch(
     jack_server: None, make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
@@ -284,6 +285,7 @@ def midi_source() -> Iterator[MidiSource]:
         source.close()
 
 
+@pytest.mark.slow  # records seconds of JACK audio: ~3 s
 def test_sustain_pedal_holds_a_release_until_it_lifts(
     jack_server: None, make_daemon: Callable[..., Daemon], midi_source: MidiSource, tmp_path: Path
 ) -> None:
@@ -347,6 +349,7 @@ def _daemon_on(make_daemon: Callable[..., Daemon], server: str) -> tuple[Daemon,
     return d, d.actor("processor").pid
 
 
+@pytest.mark.slow  # restarts a JACK server: ~2.3 s
 def test_processor_survives_jack_going_away_and_reconnects(make_daemon: Callable[..., Daemon]) -> None:
     _need("jackd")
     server = f"ens-test-{os.getpid()}"

@@ -6,9 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.cluster.conftest import free_port
 
 
+@pytest.mark.slow  # ~3 s
 def test_ray_configured_but_missing_is_one_clear_error(make_daemon: Any, tmp_path: Path) -> None:
     fake = tmp_path / "noray" / "ray"
     fake.mkdir(parents=True)

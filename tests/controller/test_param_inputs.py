@@ -134,6 +134,7 @@ def test_a_choice_of_numbers_does_not_take_true_for_1_and_gives_back_the_choice_
         flags.coerce(1)
 
 
+@pytest.mark.slow  # many CLI processes: ~2.7 s
 def test_a_bool_parameter_takes_true_or_false_and_their_spellings_only(own_daemon: Daemon, script: Path) -> None:
     c = _loaded(own_daemon, script)
     accepts = "a bool parameter takes true or false (or 1/0, yes/no, on/off)"

@@ -46,6 +46,7 @@ def _number(d: Daemon) -> int:
     return int(_counters(d).get("script_load", [0])[0])
 
 
+@pytest.mark.slow  # three reloads on both sides: ~3 s
 def test_a_script_that_rewrites_its_file_on_every_load_is_dropped_after_the_bounded_reloads(daemon: Daemon,
                                                                                             tmp_path: Path) -> None:
     script = tmp_path / "instrument.py"
@@ -78,6 +79,7 @@ def test_a_script_that_rewrites_its_file_on_every_load_is_dropped_after_the_boun
     _both_run(daemon, c, path, EDITION_1, 1)
 
 
+@pytest.mark.slow  # three processor restarts: ~2.5 s
 def test_edits_that_each_end_in_one_version_are_followed_however_many(daemon: Daemon, tmp_path: Path) -> None:
     """Each edit followed by a processor restart costs one reload, and both sides then agree: no loop, no drop."""
     script = tmp_path / "instrument.py"

@@ -71,6 +71,7 @@ def _kill_processor(d: Daemon) -> None:
     _restarted_processor(d, old)
 
 
+@pytest.mark.slow  # two processor restarts: ~2 s
 def test_a_processor_restarted_after_an_edit_that_fails_in_it_drops_the_script_on_both_sides(daemon: Daemon,
                                                                                               tmp_path: Path) -> None:
     """The processor, restarted, loaded the edited file and failed; the controller went on running the script."""

@@ -17,6 +17,8 @@ import socket
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 from tests.conftest import Daemon, wait_for
 from tests.security.conftest import Remote, free_port, issue_keys
 
@@ -36,6 +38,7 @@ def _set_soft_limit(pid: int, soft: int) -> int:
     return int(old)
 
 
+@pytest.mark.slow  # 400 connections: ~2.4 s
 def test_a_flood_of_tcp_connections_without_a_key_cannot_take_the_daemon_down(
         make_daemon: Callable[..., Daemon]) -> None:
     port = free_port()

@@ -321,6 +321,7 @@ def test_one_upload_at_a_time_and_the_next_one_once_it_is_done(panel: Panel) -> 
     assert "Traceback" not in grown, grown
 
 
+@pytest.mark.slow  # waits out the stall limit: ~3.5 s
 def test_an_upload_whose_body_stalls_is_abandoned_and_the_next_one_is_taken(
         make_daemon: Callable[..., Daemon]) -> None:
     """An upload that sent its headers and half its body, then nothing, without closing: it held the upload slot
