@@ -201,7 +201,12 @@ class ScriptExtension(Extension):
             return
         path, self.wedged_at = self.script_path, 0.0
         self.script_path = self.ready_path = ""
+        self.script_ready = False  # a processor that starts now is sent no script (it was sent an empty path)
         self._forget_script()
+        proc = self.host.child("processor")
+        if proc is not None:  # neither side runs it, as after a load that fails (the processor went on running it)
+            self.host.send_child(proc, ScriptUnload(f"script {path} is not run again: its callbacks wedged the "
+                                                    "controller twice"))
         log.warning("event=script-dropped path=%s detail=its callbacks wedged the controller twice within %.0f s",
                     path, REWEDGE_S)
         self._script_error(slot, f"script {path} is not run again: its callbacks wedged the controller twice within "

@@ -157,6 +157,9 @@ def test_a_timer_that_wedges_the_controller_each_time_is_not_run_again_after_the
     assert f"script {script.resolve()} is not run again: its callbacks wedged the controller twice" in ctl.detail
     assert "fix it and `ensemble load` it again" in ctl.detail
     assert "event=script-dropped" in (daemon.base / "state" / "daemon.log").read_text()
+    # neither side runs it: the processor, which never wedged, went on running the script the controller dropped
+    wait_for(lambda: daemon.actor("processor").stats.get("script", "") == "", 60,
+             what="the processor to drop the script too")
     c.load_script(str(STATEFUL), wait=30)  # the user's next load runs as usual
     c.set_param("gain", 0.8)
     wait_for(lambda: c.get_param("gain") == 0.8, what="a parameter of the new script to change")
