@@ -30,7 +30,7 @@ from actors._connection import Connection
 from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, pickled_value
 from actors._errors import (
     DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError, RemoteError,
-    TransportError, WaitTimeout, remote_error,
+    TransportError, WaitTimeout, WrongContextError, remote_error,
 )
 from actors._jobfn import check_name, path_of
 from actors._rundir import RunDir
@@ -1165,7 +1165,12 @@ class AsyncJobHandle:
             self._final.set_result(info)
 
     async def wait(self, timeout: float | None = None) -> JobInfo:
-        """Await the job's end; returns its final snapshot."""
+        """Await the job's end; returns its final snapshot.  WrongContextError on another event loop than the one
+        that submitted it (its pushes are applied there)."""
+        if self._final.get_loop() is not _aio().get_running_loop():
+            raise WrongContextError(
+                f"job {self.id}'s handle belongs to the event loop that submitted it: await it there (another "
+                f"loop or thread can follow the job through a Client: `Client().job({self.id}).result()`)")
         try:
             info: JobInfo = await _aio().wait_for(_aio().shield(self._final), timeout)
             return info

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 
-from actors import ClientClosed, DaemonError, JobError, JobLost, TransportError
+from actors import ClientClosed, DaemonError, JobError, JobLost, TransportError, WrongContextError
 from actors.client import AsyncClient, Client
 from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
 
@@ -210,3 +210,24 @@ def test_one_client_serves_loops_one_after_another_and_at_once(jobs_daemon: Daem
 def test_a_timeout_that_is_no_number_of_seconds_is_refused_before_anything_starts(timeout: Any) -> None:
     with pytest.raises(ValueError, match="timeout must be None .* or a number of seconds"):
         AsyncClient(name="nobody-home-hostile", timeout=timeout)
+
+
+def test_a_handle_awaited_on_another_loop_says_where_it_belongs(jobs_daemon: Daemon) -> None:
+    """It raised asyncio's "attached to a different loop", which says nothing of what to do."""
+    c = AsyncClient(config=jobs_daemon.config)
+    try:
+        async def submit() -> Any:
+            return await c.submit("examples.jobs:add", 2, 3)
+
+        handle = asyncio.run(submit())
+
+        async def elsewhere() -> Any:
+            return await handle
+
+        with pytest.raises(WrongContextError, match=rf"job {handle.id}'s handle belongs to the event loop that "
+                                                    rf"submitted it.*Client\(\)\.job\({handle.id}\)"):
+            asyncio.run(elsewhere())
+        with Client(config=jobs_daemon.config) as sync:
+            assert sync.job(handle.id).result(60) == 5
+    finally:
+        asyncio.run(c.close())
