@@ -208,6 +208,7 @@ def test_midiseq_notes_start_on_their_frames_at_their_pitch(
     assert stats["midi_dropped"] == 0 and stats["late_events"] == 0
 
 
+@pytest.mark.slow  # plays and records JACK MIDI: ~3.5 s
 def test_midi_reaches_the_script_with_its_frame(
     jack_server: None, make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:

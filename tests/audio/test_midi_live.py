@@ -200,6 +200,7 @@ def _timed(d: Daemon) -> list[dict[str, Any]]:
     return list(_processor(d).get("midi_timed_inputs", []))
 
 
+@pytest.mark.slow  # ~2.3 s
 def test_rtmidi_input_is_timestamped_and_played(make_daemon: Callable[..., Daemon], rtmidi_out: Any) -> None:
     """The RtMidi path through the daemon, on RtMidi's JACK API (this VM has no ALSA sequencer).
 
@@ -219,6 +220,7 @@ def test_rtmidi_input_is_timestamped_and_played(make_daemon: Callable[..., Daemo
     assert f"* rtmidi-jack\t{port}" in d.cli("midi", "list").stdout
 
 
+@pytest.mark.slow  # ~1.7 s
 def test_rtmidi_jack_is_refused_beside_the_jack_backend(jack_server: None, make_daemon: Callable[..., Daemon],
                                                         rtmidi_out: Any) -> None:
     d, _ = _jack_daemon(make_daemon, NOWHERE)

@@ -41,6 +41,7 @@ def _url(d: Daemon, *args: str) -> str:
     return out
 
 
+@pytest.mark.slow  # two panels' binds: ~1.7 s
 def test_a_busy_port_is_said_with_its_fix_and_not_retried_until_asked_again(
         make_daemon: Callable[..., Daemon], busy_port: socket.socket) -> None:
     d = make_daemon()
@@ -62,6 +63,7 @@ def test_a_busy_port_is_said_with_its_fix_and_not_retried_until_asked_again(
     assert d.status().daemon.counters["panel"] == url.split("?")[0]
 
 
+@pytest.mark.slow  # two panels' binds: ~1.6 s
 def test_an_address_this_host_does_not_have_is_said_and_another_one_serves(make_daemon: Callable[..., Daemon]) -> None:
     d = make_daemon()
     d.up()
