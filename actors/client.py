@@ -165,8 +165,11 @@ class JobHandle:
         self._callbacks: list[Callable[[JobInfo], None]] = []
 
     def _update(self, info: JobInfo) -> None:
-        if self._done.is_set() and info.state not in TERMINAL:
-            return  # a stale snapshot (a reply or push sent before the end) must not undo it
+        if self._done.is_set():
+            # a stale snapshot (a reply or push sent before the end) must not undo it, nor a second copy of the end
+            # replace the first: a refresh racing the push of the end gets its shared-memory result too, which the
+            # push's import took already (handed over once), and made result() say it was taken
+            return
         self._info = info
         if info.state in TERMINAL:
             self._done.set()

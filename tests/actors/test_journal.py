@@ -16,7 +16,7 @@ from actors import ClientClosed, TransportError
 from actors._errors import DaemonError
 from actors._jobs import JobBook, pack_spec, unpack_spec
 from actors._journal import TERMINAL, Journal
-from actors._rundir import StartedLog
+from actors._rundir import HeldResults, StartedLog
 from actors.client import Client, make_spec
 from actors.messages import JobSpec
 from tests.conftest import Daemon, pid_alive, wait_for
@@ -591,6 +591,9 @@ def test_daemon_kill_9_in_a_submit_burst_loses_no_acknowledged_job(make_daemon: 
     for log in (d.base / "run").rglob("started.*"):
         begun |= StartedLog.read(log)[1]
     was_running += [i for i, s in journaled.items() if s == "queued" and i in begun]
+    # a job that had returned, its result held back by its worker (in a file the kill cannot reach), ends with that
+    # result at the next up: it ran once, and is not requeued
+    returned = {jid for log in (d.base / "run").glob("held.*") for jid, _ in HeldResults.read(log)}
 
     d.up()  # sweeps the dead daemon's files, recovers the journal
     c = d.client()
@@ -605,7 +608,7 @@ def test_daemon_kill_9_in_a_submit_burst_loses_no_acknowledged_job(make_daemon: 
             assert i in was_running and retries == 0 and info.error_type == "JobLost"
     for i in was_running:
         if acked[i][1] == 1:
-            assert states[i] == "done" and any(e[1] == "requeued" for e in finals[i].events)
+            assert states[i] == "done" and (i in returned or any(e[1] == "requeued" for e in finals[i].events))
     d.down()
     db = sqlite3.connect(str(d.base / "state" / "jobs.sqlite3"))
     try:
