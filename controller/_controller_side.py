@@ -438,6 +438,9 @@ class ControllerScript:
 
     # ------------------------------------------------------------------ parameters
     def define(self, p: ParamDef) -> None:
+        """define_parameter in the module code of the script loading."""
+        if p.name in self.params:
+            raise ValueError(f"parameter {p.name!r} is defined twice; give each define_parameter a name of its own")
         self.params[p.name] = p
 
     def save_state(self) -> None:

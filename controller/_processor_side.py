@@ -84,11 +84,13 @@ class ProcessorScript:
                  grace_ms: float = GRACE_MS) -> None:
         self.engine = engine
         self.outbox = outbox  # actors._child.Outbox: messages for the main thread to send
-        self.module: ModuleType | None = None
+        self.module: ModuleType | None = None  # the script loaded last, as the main thread sees it
+        self.running: ModuleType | None = None  # the script whose callbacks the audio thread runs
         self.bound_controllers: frozenset[int] = frozenset()  # `param bind`: read by the processor on the audio thread
         self.path = ""
         self.digest = ""  # of the source the module code ran (ScriptReady.digest; "" when no script runs)
-        self.params: dict[str, ParamDef] = {}
+        self.params: dict[str, ParamDef] = {}  # the running script's (audio thread)
+        self.defining: dict[str, ParamDef] = {}  # the loading script's, until its init swaps them in
         self.values: dict[str, Any] = {}
         self.inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self.ready: list[_Task] = []
@@ -147,23 +149,28 @@ class ProcessorScript:
             self.outbox.put(ParamControl(controller, value))
 
     def load(self, path: str) -> None:
-        """Import the script here (module code only; on_init runs in the first block after)."""
+        """Import the script here (module code only; on_init runs in the first block after).
+
+        The module and its parameters reach the audio thread together, at its
+        init: callbacks of the script before (an on_init still running, say)
+        keep their own parameters while this one's module code runs.
+        """
         from controller import _context
 
         _context._loading["active"] = True
+        self.defining = {}
         try:
-            self.params = {}
             module, digest = load_module(path)
         finally:
             _context._loading["active"] = False
-        self.module = module
-        self.path, self.digest = path, digest
-        for name, p in self.params.items():
-            self.values.setdefault(name, p.default)
-        self.inbox.append(("init",))
+        self.module, self.path, self.digest = module, path, digest
+        self.inbox.append(("init", module, self.defining))
 
     def define(self, p: ParamDef) -> None:
-        self.params[p.name] = p
+        """define_parameter in the module code of the script loading."""
+        if p.name in self.defining:
+            raise ValueError(f"parameter {p.name!r} is defined twice; give each define_parameter a name of its own")
+        self.defining[p.name] = p
 
     def set_values(self, values: dict[str, Any], call: list[str]) -> None:
         """New parameter values from the controller (applied at the next block)."""
@@ -191,6 +198,7 @@ class ProcessorScript:
 
     def unload(self) -> None:
         """Forget the script: pending callbacks are dropped."""
+        self.module = None
         self.inbox.append(("unload",))
 
     # ------------------------------------------------------------------ audio thread
@@ -205,7 +213,7 @@ class ProcessorScript:
         inbox = self.inbox
         while inbox:
             self._apply(inbox.popleft(), start)
-        if self.module is None or self.stopped:
+        if self.running is None or self.stopped:
             return
         if self.waiting:
             still = []
@@ -253,22 +261,25 @@ class ProcessorScript:
                 if p is not None and p.on_change is not None:
                     self._start(p.on_change, (self.values.get(name),), start, -1, 0, f"on_change({name})")
         elif kind == "init":
+            self.running, self.params = item[1], item[2]
+            for name, p in self.params.items():
+                self.values.setdefault(name, p.default)
             self.stopped = ""
             self.ready.clear()
             self.waiting.clear()
             self.on_release_wait.clear()
             self.on_async.clear()
             self.init_frame = start
-            fn = getattr(self.module, "on_init", None)
+            fn = getattr(self.running, "on_init", None)
             if callable(fn):
                 self._start(fn, (), start, -1, 0, "on_init")
         elif kind == "unload":
-            self.module = None
+            self.running, self.params = None, {}
             self.ready.clear()
             self.waiting.clear()
 
     def _incoming(self, kind: str, note: int, velocity: float, value: float, at: int, slot: int | None) -> None:
-        mod = self.module
+        mod = self.running
         if kind == "note_on":
             eid = next(self._ids)
             self.held.setdefault(note, []).append(eid)
@@ -376,7 +387,7 @@ class ProcessorScript:
         self.outbox.put(ScriptError("Processor", "stopped", f"script stopped: {why}; audio continues", task.location))
 
     def _file(self) -> str:
-        return getattr(self.module, "__file__", "") or ""
+        return getattr(self.running, "__file__", "") or ""
 
     def _guarded_call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self._start(fn, args, self.engine.frame, -1, 0, f"run_sync({getattr(fn, '__name__', fn)})")
@@ -404,7 +415,7 @@ class ProcessorScript:
         return _Park("release", None)
 
     def run_async(self, fn: Any, args: tuple[Any, ...]) -> _Park:
-        name = function_name(self.module, fn, "run_async")
+        name = function_name(self.running, fn, "run_async")
         token = next(self._tokens)
         self.outbox.put(RunAsync(token, name, list(args)))
         return _Park("async", token)

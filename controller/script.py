@@ -99,11 +99,8 @@ def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: An
     if not kind:
         kind = "choice" if choices else ("bool" if isinstance(default, bool) else "int" if isinstance(default, int)
                                          else "str" if isinstance(default, str) else "float")
-    rt = runtime()
-    if name in rt.params:
-        raise ValueError(f"parameter {name!r} is defined twice; give each define_parameter a name of its own")
-    rt.define(ParamDef(name, long_name or name, default, min, max, kind, tuple(choices or ()), on_change,
-                       processor).checked())
+    runtime().define(ParamDef(name, long_name or name, default, min, max, kind, tuple(choices or ()), on_change,
+                              processor).checked())
 
 
 @available_in(CONTROLLER, PROCESSOR)
