@@ -12,6 +12,7 @@ JSON cannot carry is printed as :func:`json_text` says.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -33,6 +34,12 @@ from actors.config import Config, load_config, not_regular_file
 from actors.extensions import register_commands
 
 _DEBUG = False
+
+
+def _said_by_the_cli(record: logging.LogRecord) -> bool:
+    """The client's line that the daemon closed the connection: a command following a job says it in its own
+    error line (which names the job and what to do), so the log line would say it twice."""
+    return not str(record.msg).startswith("event=daemon-disconnected")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -297,6 +304,8 @@ def main(ctx: click.Context, name: str | None, config: str | None, debug: bool, 
     """ensemble: a multiprocess actor runtime for realtime audio."""
     global _DEBUG
     _DEBUG = debug
+    if _said_by_the_cli not in logging.getLogger("ensemble.client").filters:
+        logging.getLogger("ensemble.client").addFilter(_said_by_the_cli)
     if connect and not (key and server_key):
         fail("--connect needs --key (your .key_secret file) and --server-key (the daemon's server.key)")
     ctx.ensure_object(dict).update(name=name, config=config, connect=connect, key=key, server_key=server_key)
@@ -694,9 +703,12 @@ def result(ctx: click.Context, job_id: int, wait: bool) -> None:
     """Print a job's result (its error, and exit 1, if it did not succeed)."""
     with client_of(ctx) as c:
         handle = c.job(job_id)
-        if not wait and not handle.done():
+        if handle.done():
+            _print_result(handle)
+        elif not wait:
             fail(f"job {job_id} is still {handle.state}")
-        _print_result(handle)
+        else:  # as `watch` follows it: ends with a line of its own should the daemon go away meanwhile
+            _follow(c, job_id)
 
 
 # ---------------------------------------------------------------------------- keys and remote workers

@@ -1,9 +1,8 @@
-"""The command line following a job whose daemon dies or stops answering: ``submit --wait`` and ``watch`` under
-kill -9 (they waited for updates for ever), Ctrl-C while the daemon does not answer (the cancel waited out its
-30 s timeout, then said "did not answer Cancel").
+"""The command line following a job whose daemon dies or stops answering: ``submit --wait``, ``watch`` and
+``result`` under kill -9 (they waited for updates for ever), Ctrl-C while the daemon does not answer (the cancel
+waited out its 30 s timeout, then said "did not answer Cancel").
 
-Real daemons and CLI processes; each test fails on the code before its fix.
-"""
+Real daemons and CLI processes; each test fails on the code before its fix."""
 
 from __future__ import annotations
 
@@ -62,15 +61,15 @@ def _end(proc: subprocess.Popen[str], reader: threading.Thread) -> None:
         reader.join(10)
 
 
-@pytest.mark.parametrize("command", ["submit --wait", "watch"])
+@pytest.mark.parametrize("command", ["submit --wait", "watch", "result"])
 @pytest.mark.slow  # a daemon killed under a follower: ~5 s each
 def test_following_a_job_ends_with_a_clear_line_when_the_daemon_is_killed(make_daemon: Make, command: str) -> None:
     """kill -9 of the daemon while a job is followed: the command waited for updates for ever."""
     d = _without_workers(make_daemon)  # the job stays queued, and the follower says so: it follows
-    if command == "watch":
+    if command in ("watch", "result"):
         with Client(config=d.config) as c:
             jid = c.submit("examples.jobs:add", 1, 2).id
-        proc, lines, reader = _follow(d, "watch", str(jid))
+        proc, lines, reader = _follow(d, command, str(jid))
     else:
         proc, lines, reader = _follow(d, "submit", "--wait", "examples.jobs:add", "1", "2")
         jid = 1  # the daemon's first job
@@ -81,6 +80,7 @@ def test_following_a_job_ends_with_a_clear_line_when_the_daemon_is_killed(make_d
         _end(proc, reader)
     assert proc.returncode == 1, lines
     assert "Traceback" not in "".join(lines)
+    assert not [line for line in lines if "event=" in line]  # one line says it: not the client's log line too
     assert lines[-1].strip() == (f"ensemble: error: job {jid} is not finished and the daemon (pid {d.pid}) is gone; "
                                  f"the job is in the daemon's journal: once the daemon is back (`ensemble up`), "
                                  f"`ensemble result {jid}`")
