@@ -699,8 +699,49 @@ def encode(msg: Message, corr: int = 0) -> bytes:
     """
     try:
         return _encoder.encode((VERSION, msg.KIND, corr, msg))
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"cannot encode {type(msg).__name__}: {_not_utf8(msg) or exc}") from exc
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise ProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+
+
+def _not_utf8(value: Any, where: str = "", depth: int = 0) -> str:
+    """Where in ``value`` a text holds bytes that are not UTF-8, said for an error ('' if nowhere).
+
+    Python keeps such bytes of a command-line argument, a variable or a file
+    name as lone surrogates ('\\udcff' for the byte 0xff); UTF-8 cannot carry them.
+    """
+    if depth > 50:
+        return ""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start:exc.end]
+            raw = bad.encode("utf-8", "surrogateescape") if all("\udc80" <= ch <= "\udcff" for ch in bad) else b""
+            held = f"the bytes {raw!r}" if raw else f"{bad!r}"
+            return (f"{where or 'a text'} ({_clip(value)}) holds {held}, which are not UTF-8 (from a command-line "
+                    "argument, a variable or a file name?); messages carry text as UTF-8: pass it as UTF-8 text")
+        return ""
+    if isinstance(value, msgspec.Struct):
+        items: Any = ((f"{where}.{name}" if where else name, getattr(value, name)) for name in value.__struct_fields__)
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, dict):
+        items = ((f"{where}[{k!r}]", v) for k, v in value.items())
+        keys = ((f"a key of {where or 'a dict'}", k) for k in value)
+        items = (*keys, *items)
+    else:
+        return ""
+    for name, v in items:
+        found = _not_utf8(v, name, depth + 1)
+        if found:
+            return found
+    return ""
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 @functools.lru_cache(maxsize=16)
@@ -887,6 +928,8 @@ def _encode_value(value: Any) -> bytes:
     """
     try:
         return _encoder.encode(value)
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"cannot encode a {type(value).__name__}: {_not_utf8(value) or exc}") from exc
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise ProtocolError(f"cannot encode a {type(value).__name__}: {exc}") from exc
 

@@ -25,6 +25,7 @@ import click
 import numpy as np
 import pytest
 
+from actors import ProtocolError
 from tests.conftest import ROOT, Daemon, running_daemon, wait_for
 
 JOBS = '''
@@ -192,6 +193,17 @@ def test_client_submit_names_the_argument_that_is_not_a_finite_number(daemon: Da
 
     with pytest.raises(ValueError, match=r"^grace must be positive.*got nan"):
         asyncio.run(async_submit())
+
+
+def test_an_argument_that_is_not_utf8_is_named_in_one_line(daemon: Daemon) -> None:
+    """Bytes that are not UTF-8 in an argument (subprocess passes '\\udcff' as the byte 0xff): the error said only
+    "'utf-8' codec can't encode character '\\udcff' in position 1", not which argument."""
+    submit, param = daemon.cli_each(("submit", "examples.jobs:add", "1", "a\udcffb"), ("param", "set", "\udcff", "1"))
+    one_line_error(submit, "cannot encode Submit: jobs[0].args[1] ('a\\udcffb') holds the bytes b'\\xff', which are "
+                           "not UTF-8")
+    one_line_error(param, "cannot encode ParamSet: name ('\\udcff') holds the bytes b'\\xff'")
+    with pytest.raises(ProtocolError, match=re.escape("jobs[0].args[0]['k'][1] ('\\udcfe') holds the bytes b'\\xfe'")):
+        daemon.client().submit("examples.jobs:add", {"k": ["ok", "\udcfe"]}, 1)
 
 
 # ------------------------------------------------------------------------------ files, scripts, hints
