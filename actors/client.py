@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from actors._private import PrivateDaemon
 TERMINAL = FINAL  # the final job states (kept under its old name)
 _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushed result
+_REFETCH_AT_ONCE = 64  # an AsyncClient's poll: the unfinished handles of a loop fetched at a time
 
 
 def _raise_for(info: JobInfo, lost: type[Exception] = JobLost) -> Any:
@@ -1161,8 +1162,8 @@ class AsyncJobHandle:
         self._final: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
 
     def _update(self, info: JobInfo) -> None:
-        if self._final.done() and info.state not in TERMINAL:
-            return  # a stale snapshot must not undo the end
+        if self.info is not None and self.info.state in TERMINAL:
+            return  # the first end heard stays (a stale snapshot must not undo it; a second copy's result is taken)
         self.info = info
         if info.state in TERMINAL and not self._final.done():
             self._final.set_result(info)
@@ -1213,10 +1214,11 @@ class AsyncClient:
     - an await cancelled (``task.cancel()``, ``asyncio.wait_for``) leaves the
       client as it was; a submit cancelled or timed out cancels its job should
       the daemon accept it after all (nobody holds its handle);
-    - while a loop has unfinished handles the client pings the daemon from it
-      once a second: should the daemon not answer (killed, gone), each one
-      awaited raises TransportError, and the handle stays usable (await it again
-      once the daemon is back: the job is in its journal);
+    - while a loop has unfinished handles the client fetches them from the
+      daemon once a second (64 at a time, in turn), as :meth:`JobHandle.wait`
+      does should a push be lost: should the daemon not answer (killed, gone),
+      each one awaited raises TransportError, and the handle stays usable
+      (await it again once the daemon is back: the job is in its journal);
     - ``close()`` ends every unfinished handle with :class:`ClientClosed` (the
       jobs go on in the daemon).
 
@@ -1364,8 +1366,11 @@ class AsyncClient:
             self._end_closed(handle)
 
     async def _ping_while_unfinished(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Ping the daemon once a second while ``loop`` has unfinished handles; should it not answer, each one
-        awaited raises TransportError (and is awaited anew after).  Runs on ``loop``; ends with the last handle."""
+        """Fetch ``loop``'s unfinished handles from the daemon once a second while it has some (at most
+        :data:`_REFETCH_AT_ONCE` a time, in turn): the fallback, should a push be lost, that
+        :meth:`JobHandle.wait` has too, and the ping: should the daemon not answer, each handle awaited raises
+        TransportError (and is awaited anew after).  Runs on ``loop``; ends with the last handle."""
+        turn = 0
         while True:
             await _aio().sleep(_REFETCH_EVERY)
             with self._lock:
@@ -1376,16 +1381,25 @@ class AsyncClient:
                     if self._pingers.get(loop) is _aio().current_task():
                         del self._pingers[loop]
                     return
-                waiting = list(handles)
+                waiting = sorted(handles, key=lambda h: h.id)
+            start = turn * _REFETCH_AT_ONCE % len(waiting)
+            batch = waiting[start:start + _REFETCH_AT_ONCE]
+            turn += 1
             try:
-                await self._call(Ping())
-            except EnsembleError as exc:
+                reply = await self._call(GetJobs([h.id for h in batch]))
+            except TransportError as exc:
                 if self.conn.closed or self.conn.gone is not None:  # (a private daemon's death ends its jobs)
                     return
                 for handle in waiting:
                     self._interrupt(handle, TransportError(
                         f"job {handle.id}: no answer from the daemon ({exc}); the job is kept in its journal: "
                         "await the handle again once the daemon is back"))
+            except EnsembleError:  # it answered (a job it no longer knows, records over a frame): pushes go on
+                if self.conn.closed or self.conn.gone is not None:
+                    return
+            else:
+                for handle, info in zip(batch, reply.jobs):
+                    handle._update(info)
 
     @staticmethod
     def _interrupt(handle: AsyncJobHandle, exc: Exception) -> None:

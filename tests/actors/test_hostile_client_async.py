@@ -231,3 +231,19 @@ def test_a_handle_awaited_on_another_loop_says_where_it_belongs(jobs_daemon: Dae
             assert sync.job(handle.id).result(60) == 5
     finally:
         asyncio.run(c.close())
+
+
+def test_an_awaited_handle_whose_pushes_stop_comes_to_the_end_by_itself(jobs_daemon: Daemon) -> None:
+    """A handle heard its job's end only from the daemon's push; with no push (here the client stopped watching
+    the job, as a push lost would leave it) an await waited for ever, where JobHandle.wait fetches the job each
+    second it hears nothing.  The ping that runs while a loop has unfinished handles fetches them now."""
+    from actors.messages import Unwatch
+
+    async def main() -> tuple[Any, Any]:
+        async with AsyncClient(config=jobs_daemon.config) as c:
+            handle = await c.submit("examples.jobs:countdown", 2.0, 0.05)
+            await c._call(Unwatch([handle.id]))  # no more pushes of it: the job runs on for 2 s
+            return await handle.result(30), handle.info
+
+    value, info = asyncio.run(main())
+    assert value == "done" and info.state == "done", (value, info)
