@@ -26,7 +26,9 @@ reader, the workers that run its background-task functions, which import
 the file as it is when the job starts (``controller._tasks.load_script``);
 pinning the old source on two sides would leave the third on the new one
 (and the processor's errors would name lines of a file that no longer
-holds them).
+holds them).  A worker refuses a file edited since the controller ran it
+(each task's job names the controller's digest): the task fails, saying to
+load the edit.
 And one rule covers both outcomes: a restarted processor reads the file as
 it is now; if the edit fails there, no side runs the script
 (:meth:`ScriptExtension._load_failed`); if it loads, both sides run it.

@@ -3,7 +3,9 @@
 ``create_background_task(name)`` in the controller returns a :class:`ScriptTask`.
 ``call_on_background_thread(fn)`` submits ``fn`` — a top-level function of the
 script — as a job; the worker loads the same script file and calls ``fn(task)``
-with its own task handle.  Progress, status and properties the job sets are
+with its own task handle.  The job names the digest of the source the
+controller ran: a worker refuses a file edited since (it would run other code
+than the controller's) and says to load the edit.  Progress, status and properties the job sets are
 pushed back and readable here; the finish callback runs on the controller's
 script thread (task priority) when the task starts and when it stops.
 """
@@ -43,17 +45,17 @@ class ScriptTask:
     def call_on_background_thread(self, fn: Callable[..., Any] | str) -> None:
         """Run the script function ``fn(task)`` as a job on a worker; returns at once."""
         name = function_name(self.rt.module, fn, "call_on_background_thread")
-        self._submit(f"script:{self.rt.path}:{name}", [])
+        self._submit(f"script:{self.rt.path}:{name}{_AT}{self.rt.digest[:16]}", [])
 
     def run_process(self, command: str, args: list[str] | str, log_fn: Callable[..., Any] | str) -> None:
         """Run a program on a worker; the script function ``log_fn(task, finished, line_or_code)`` sees its output."""
         log_name = function_name(self.rt.module, log_fn, "run_process")
-        self._submit("controller._tasks:run_process_job", [self.rt.path, command, args, log_name])
+        self._submit("controller._tasks:run_process_job", [self.rt.path, command, args, log_name, self.rt.digest[:16]])
 
     def kill_voices_and_call(self, fn: Callable[..., Any] | str) -> None:
         """On a worker: fade and kill all voices, call the script function ``fn()`` while silent, resume."""
         name = function_name(self.rt.module, fn, "kill_voices_and_call")
-        self._submit("controller._tasks:kill_voices_job", [self.rt.path, name])
+        self._submit("controller._tasks:kill_voices_job", [self.rt.path, name, self.rt.digest[:16]])
 
     def _submit(self, fn: str, args: list[Any]) -> None:
         if self.job_id and not self._stopped.is_set():
@@ -138,7 +140,8 @@ class ScriptTask:
 
 
 # ------------------------------------------------------------------ worker side
-_modules: dict[tuple[str, float], ModuleType] = {}
+_modules: dict[tuple[str, float], tuple[ModuleType, str]] = {}  # (path, mtime) -> the module, its source's digest
+_AT = "@"  # script:FILE:name@DIGEST (no function name holds one)
 
 
 class _WorkerHost:
@@ -164,14 +167,20 @@ class _WorkerHost:
         logging.getLogger("ensemble.script").info("event=script-print %s", text)
 
 
-def load_script(path: str) -> ModuleType:
-    """Load (or reuse) a script file in a worker."""
+def load_script(path: str, digest: str = "") -> ModuleType:
+    """Load (or reuse) a script file in a worker.
+
+    ``digest``: of the source the controller ran (its ``ScriptReady``); a
+    file whose source is another raises EnsembleError: it was edited since
+    the controller loaded it, and its functions would run code the
+    controller's do not.
+    """
     from controller import _context, _host
     from controller._host import load_module
 
     key = (path, Path(path).stat().st_mtime)
-    mod = _modules.get(key)
-    if mod is None:
+    loaded = _modules.get(key)
+    if loaded is None:
         if _host._current["runtime"] is None:
             _host.install(_WorkerHost())
         host = _host._current["runtime"]
@@ -179,32 +188,37 @@ def load_script(path: str) -> ModuleType:
             host.params = {}  # this file's module code defines its parameters afresh (a second name is refused)
         _context._loading["active"] = True
         try:
-            mod, _ = load_module(path)
+            loaded = _modules[key] = load_module(path)
         finally:
             _context._loading["active"] = False
-        _modules[key] = mod
+    mod, ran = loaded
+    if digest and ran[:len(digest)] != digest:
+        raise EnsembleError(f"script {path} was edited since the controller loaded it: this background task would "
+                            f"run the edited code beside the controller's (source {ran[:12]}, the controller's "
+                            f"{digest[:12]}); `ensemble load {path}` loads the edit on every side")
     return mod
 
 
 def resolve_script_fn(fn_path: str) -> Callable[..., Any]:
-    """``script:/abs/path.py:function`` -> the function, loaded in this worker."""
+    """``script:/abs/path.py:function@DIGEST`` -> the function, loaded in this worker (see :func:`load_script`)."""
     _, rest = fn_path.split(":", 1)
     path, _, name = rest.rpartition(":")
-    func = getattr(load_script(path), name, None)
+    name, _, digest = name.partition(_AT)
+    func = getattr(load_script(path, digest), name, None)
     if not callable(func):
         raise LookupError(f"script {path} has no function {name!r}")
     return func  # type: ignore[no-any-return]
 
 
-def run_process_job(task: Any, path: str, command: str, args: Any, log_name: str) -> int:
+def run_process_job(task: Any, path: str, command: str, args: Any, log_name: str, digest: str = "") -> int:
     """Job: run a program with the script's log function (``ScriptTask.run_process``)."""
-    log_fn = getattr(load_script(path), log_name)
+    log_fn = getattr(load_script(path, digest), log_name)
     return int(task.run_process(command, args, log_fn))
 
 
-def kill_voices_job(task: Any, path: str, name: str) -> bool:
+def kill_voices_job(task: Any, path: str, name: str, digest: str = "") -> bool:
     """Job: ``task.kill_voices_and_call(script.name)``."""
-    fn = getattr(load_script(path), name)
+    fn = getattr(load_script(path, digest), name)
     return bool(task.kill_voices_and_call(fn))
 
 
