@@ -42,7 +42,7 @@ from controller.panel._requestlog import request_logger
 from controller.panel._security import cookie_name, refusal
 from controller.panel._settings import PanelSettings
 from controller.panel._sound import MAX_UPLOAD
-from controller.panel._upload import BodyStalled, BodyTooLarge, read_body
+from controller.panel._upload import BodyStalled, BodyTooLarge, BodyTooSlow, read_body
 from controller.panel._view import MAX_ACTION, ActionError, DaemonView, parse_action
 
 log = logging.getLogger("ensemble.panel")
@@ -247,6 +247,12 @@ class PanelServer:
                 data = await read_body(request.content, MAX_UPLOAD)
             except BodyTooLarge:
                 return _refuse(413, f"the file is over the upload limit of {MAX_UPLOAD // (1024 * 1024)} MiB")
+            except BodyTooSlow as exc:  # a trickle: as a stall, the slot is the next upload's
+                request_logger().warning("event=panel-upload-too-slow name=%r received=%d expected=%s seconds=%.0f "
+                                         "reason=%s; the upload is abandoned and the next one may start",
+                                         name[:100], exc.received, request.content_length, exc.seconds, exc)
+                return await _answer_and_close(request, _refuse(408, f"{exc}; the upload was abandoned (send the "
+                                                                     "file again over a faster link)"))
             except BodyStalled as exc:  # the client went quiet without closing: the slot is the next upload's
                 request_logger().warning("event=panel-upload-stalled name=%r received=%d expected=%s reason=no byte "
                                          "of the body for %gs; the upload is abandoned and the next one may start",

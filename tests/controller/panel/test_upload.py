@@ -13,7 +13,9 @@ from unittest.mock import Mock
 import pytest
 from aiohttp import StreamReader
 
-from controller.panel._upload import DEFAULT_STALL, STALL_ENV, BodyStalled, BodyTooLarge, read_body, stall_limit
+from controller.panel._upload import (
+    DEFAULT_STALL, MIN_RATE, STALL_ENV, BodyStalled, BodyTooLarge, BodyTooSlow, read_body, stall_limit,
+)
 
 
 def test_the_stall_limit_is_the_environments_when_it_is_a_number_above_zero() -> None:
@@ -59,6 +61,36 @@ def test_a_body_that_stops_coming_is_given_up_after_the_stall_limit() -> None:
         _read(_pieces(b"x" * 300, b"y" * 200, eof=False), stall=0.05)
     assert (stalled.value.received, stalled.value.seconds) == (500, 0.05)
     assert "no byte of the body came for 0.05s (500 bytes had come)" in str(stalled.value)
+
+
+def test_a_body_that_trickles_is_given_up_once_it_falls_under_the_rate_past_the_stall_limit() -> None:
+    """A byte every 10 ms never stalls (the limit is 1 s) and would hold the slot for ever; past its first second
+    it must have averaged MIN_RATE bytes a second."""
+    def trickle(content: StreamReader) -> None:
+        content.feed_data(b"x")
+        asyncio.get_running_loop().call_later(0.01, trickle, content)
+
+    async def run() -> float:
+        content = StreamReader(Mock(), 2**16, loop=asyncio.get_running_loop())
+        asyncio.get_running_loop().call_soon(trickle, content)
+        start = asyncio.get_running_loop().time()
+        with pytest.raises(BodyTooSlow) as slow:
+            await read_body(content, 10**9, 1.0)
+        assert isinstance(slow.value, BodyStalled)  # the server frees the slot as for a stall
+        assert slow.value.received < MIN_RATE * (slow.value.seconds - 1.0), (slow.value.received, slow.value.seconds)
+        assert f"under the {MIN_RATE} bytes a second an upload must average after its first 1s" in str(slow.value)
+        return asyncio.get_running_loop().time() - start
+
+    assert asyncio.run(run()) >= 1.0  # never before the first stall limit passed
+
+    def steady(content: StreamReader, left: int = 15) -> None:  # 8 KiB every 100 ms for 1.5 s: past the first 1 s
+        if not left:
+            content.feed_eof()
+            return
+        content.feed_data(b"x" * 2 * MIN_RATE)
+        asyncio.get_running_loop().call_later(0.1, steady, content, left - 1)
+
+    assert _read(steady, limit=10**6, stall=1.0) == b"x" * 2 * MIN_RATE * 15
 
 
 def test_a_body_past_the_limit_is_refused_as_it_passes_it() -> None:
