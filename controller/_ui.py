@@ -100,13 +100,14 @@ class ScriptUi:
             out.append(UiElement(el.id, el.kind, el.text, el.visible, max(0.0, min(1.0, value))))
         return load, out
 
-    def message_if_changed(self, now: float, script: str) -> UiState | None:
-        """A UiState to send if the elements or their load changed since the last one and the interval passed.
+    def message_if_changed(self, now: float, script: str, at_once: bool = False) -> UiState | None:
+        """A UiState to send if the elements or their load changed since the last one and the interval passed
+        (``at_once``: whether it passed or not).
 
         Main thread.  A new load with the same elements is sent too: the
         supervisor may have dropped the elements of the load before.
         """
-        if now - self._sent_at < SEND_INTERVAL:
+        if now - self._sent_at < SEND_INTERVAL and not at_once:
             return None
         taken = self._taken()
         if taken == self._sent:

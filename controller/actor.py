@@ -20,11 +20,14 @@ not applied.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from actors import Child, child_main
 from actors.messages import Message
-from controller.messages import ParamBind, ParamControl, ParamSet, RunAsync, ScriptLoad, ScriptUnload, UiEvent
+from controller.messages import (
+    ParamBind, ParamControl, ParamSet, RunAsync, ScriptLoad, ScriptReady, ScriptUnload, UiEvent,
+)
 from controller._context import CONTROLLER, set_context
 from controller._controller_side import ControllerScript
 from controller._host import install
@@ -66,6 +69,20 @@ class Controller(Child):
             self.script.ui_event(msg.id, msg.value)
         else:
             super().handle(msg)
+
+    def send(self, msg: Message) -> None:
+        """Send one message; a load's ``ScriptReady`` goes after its UI elements.
+
+        The elements otherwise go at the next tick (:meth:`tick`), up to a
+        poll timeout later: the daemon then called the load ready while it
+        still had the elements of the load before, or none, and a click on
+        one a page showed was refused.
+        """
+        if isinstance(msg, ScriptReady):
+            ui = self.script.ui.message_if_changed(time.monotonic(), self.script.path, at_once=True)
+            if ui is not None:
+                super().send(ui)
+        super().send(msg)
 
     def poll_timeout(self) -> float:
         return min(0.1, super().poll_timeout())

@@ -111,3 +111,21 @@ def test_a_ui_function_in_the_processor_is_a_wrong_context_error(shared_daemon: 
     detail = wait_for(lambda: "add_button()" in (text := shared_daemon.actor("processor").detail) and text,
                       what="the error in status")
     assert "add_button() is available in: Controller" in detail and "called in: Processor" in detail
+
+
+def test_a_load_is_ready_only_with_its_ui_elements_in_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    """`load_script(wait=)` returned while the controller had yet to send the new load's elements (they went at its
+    next tick, up to 0.15 s later): a page showing the elements of the load before, or none, then had a click
+    refused with "the script has no UI element 'run' (known: none)" (a CI run of the panel's download test)."""
+    script = tmp_path / "buttons.py"
+    c = daemon.client()
+    for edition in range(1, 9):
+        script.write_text("from controller.script import add_button, add_label\n\n"
+                          f"add_label('edition', 'edition {edition}')\n"
+                          "add_button('run', 'Run', lambda: None)\n")
+        c.load_script(str(script), wait=30)
+        load = dict(daemon.status().daemon.counters)["script_load"][0]
+        ui = c.ui_elements()  # at once: what a page opened now, or a click sent now, meets
+        assert (ui.load, [(e.id, e.text) for e in ui.elements]) == (
+            load, [("edition", f"edition {edition}"), ("run", "Run")]), (edition, ui)
+        c.ui_event("run")
