@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from actors import EnsembleError, WrongContextError
 from controller.messages import ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady
-from controller._host import ParamDef, bind_thread, function_name, load_module, uninstall
+from controller._host import ParamDef, add_param, bind_thread, function_name, load_module, uninstall
 from controller._ui import ScriptUi
 from controller._watchdog import BUDGET_S, GRACE_S, Deadline, ScriptTimeout, wedged_text, where_blocked
 
@@ -439,9 +439,7 @@ class ControllerScript:
     # ------------------------------------------------------------------ parameters
     def define(self, p: ParamDef) -> None:
         """define_parameter in the module code of the script loading."""
-        if p.name in self.params:
-            raise ValueError(f"parameter {p.name!r} is defined twice; give each define_parameter a name of its own")
-        self.params[p.name] = p
+        add_param(self.params, p)
 
     def save_state(self) -> None:
         """Persist parameter values and what ``on_save()`` returns (script thread)."""

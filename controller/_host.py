@@ -234,6 +234,13 @@ def load_module(path: str) -> tuple[ModuleType, str]:
     return module, hashlib.sha256(source).hexdigest()
 
 
+def add_param(params: dict[str, ParamDef], p: ParamDef) -> None:
+    """``define_parameter``'s entry in a runtime's ``params``; ValueError for a name defined before."""
+    if p.name in params:
+        raise ValueError(f"parameter {p.name!r} is defined twice; give each define_parameter a name of its own")
+    params[p.name] = p
+
+
 def function_name(module: ModuleType | None, fn: Callable[..., Any] | str, bridge: str) -> str:
     """The name by which ``fn`` crosses to the other process, or raise EnsembleError saying why not."""
     if isinstance(fn, str):

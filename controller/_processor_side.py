@@ -35,7 +35,7 @@ from controller.messages import (
 )
 from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, set_context
-from controller._host import OffsideTask, ParamDef, function_name, install, load_module
+from controller._host import OffsideTask, ParamDef, add_param, function_name, install, load_module
 from controller._watchdog import WEDGED_EXIT, Deadline, wedged_text, where_blocked
 from controller.script import Event
 
@@ -168,9 +168,7 @@ class ProcessorScript:
 
     def define(self, p: ParamDef) -> None:
         """define_parameter in the module code of the script loading."""
-        if p.name in self.defining:
-            raise ValueError(f"parameter {p.name!r} is defined twice; give each define_parameter a name of its own")
-        self.defining[p.name] = p
+        add_param(self.defining, p)
 
     def set_values(self, values: dict[str, Any], call: list[str]) -> None:
         """New parameter values from the controller (applied at the next block)."""

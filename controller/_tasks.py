@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from actors import FINAL, EnsembleError
 from actors.messages import JobInfo
-from controller._host import ParamDef, function_name
+from controller._host import ParamDef, add_param, function_name
 
 
 
@@ -151,7 +151,7 @@ class _WorkerHost:
         self.params: dict[str, ParamDef] = {}
 
     def define(self, p: ParamDef) -> None:
-        self.params[p.name] = p
+        add_param(self.params, p)
 
     def get_parameter(self, name: str) -> Any:
         return self.params[name].default
