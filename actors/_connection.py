@@ -161,6 +161,9 @@ class Connection:
         # job id -> its listener, or a list of them when there are several (one object less per job: a client
         # holding thousands of jobs makes the collector's full passes that much shorter)
         self._listeners: dict[int, Listener | list[Listener]] = {}
+        # the identity of the daemon's journal, as its last Submitted or JobInfos reply said: the listeners' job
+        # ids are numbers in that journal (a daemon back on another one numbers anew: _watch_again)
+        self.journal = ""
         self._closed = False
         self._local = threading.local()
         self._direct: list[Any] = []
@@ -248,7 +251,7 @@ class Connection:
             if isinstance(reply, Error):
                 raise error_from_code(reply.code, reply.message)
             if isinstance(reply, JobInfos):
-                reply = JobInfos([self.arrays.import_info(i, strict=False) for i in reply.jobs])
+                reply = JobInfos([self.arrays.import_info(i, strict=False) for i in reply.jobs], reply.journal)
             return reply
 
     def submit(self, specs: list[JobSpec], listener: Listener | None = None) -> Future[list[int]]:
@@ -537,9 +540,11 @@ class Connection:
                 if not fut.done():
                     fut.set_exception(error_from_code(msg.code, msg.message))
                 continue
+            if isinstance(msg, (Submitted, JobInfos)) and msg.journal:
+                self.journal = msg.journal
             try:
                 if isinstance(msg, JobInfos):
-                    msg = JobInfos([self.arrays.import_info(i, strict=False) for i in msg.jobs])
+                    msg = JobInfos([self.arrays.import_info(i, strict=False) for i in msg.jobs], msg.journal)
                 fut.set_result(convert(msg) if convert is not None else msg)
             except EnsembleError as exc:
                 if not fut.done():
@@ -612,10 +617,14 @@ class Connection:
                 if ids:
                     log.info("event=daemon-reconnected jobs=%d detail=watching them again", len(ids))
                 for start in range(0, len(ids), 10_000):  # the daemon's limit for one Watch is 100,000
-                    self._watch_again(sock, ids[start:start + 10_000])
+                    self._watch_again(sock, ids[start:start + 10_000], self.journal)
 
-    def _watch_again(self, sock: zmq.Socket[bytes], ids: list[int]) -> None:
-        """Watch ``ids`` on a daemon that came back; route their current states (I/O thread)."""
+    def _watch_again(self, sock: zmq.Socket[bytes], ids: list[int], journal: str) -> None:
+        """Watch ``ids`` (numbers in ``journal``) on a daemon that came back; route their current states (I/O thread).
+
+        A daemon back on another journal (the old one removed or replaced)
+        numbers its jobs anew: there the same ids name other jobs, or none.
+        """
         fut: Future[Any] = Future()
 
         def answered(f: Future[Any]) -> None:
@@ -624,13 +633,20 @@ class Connection:
                 return
             if len(ids) > 1:  # some of them are unknown to it: ask one by one to tell which
                 for jid in ids:
-                    self._watch_again(sock, [jid])
+                    self._watch_again(sock, [jid], journal)
                 return
             self._end_as_lost(ids, "the daemon restarted and does not know this job (its journal was removed, or "
                                    "pruned it)")
 
+        def route(reply: JobInfos) -> None:
+            if journal and reply.journal and reply.journal != journal:
+                self._end_as_lost(ids, "the daemon restarted on another journal (its journal was removed or "
+                                       "replaced): this job's id names another job there, or none")
+            else:
+                self._route(reply.jobs)
+
         fut.add_done_callback(answered)
-        self._send(sock, Watch(ids, True), fut, lambda reply: self._route(reply.jobs))
+        self._send(sock, Watch(ids, True), fut, route)
 
     def _daemon_died(self, sock: zmq.Socket[bytes]) -> None:
         """The private daemon exited: read what it sent before, then end every call and job still waiting."""

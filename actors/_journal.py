@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -167,6 +168,12 @@ class Journal:
                         "progress, status, properties) SELECT id, state, finished, result, error_type, error_message, "
                         f"traceback, progress, status, properties FROM jobs WHERE state IN ({','.join('?' * len(TERMINAL))})",
                         TERMINAL)
+            # the journal's identity, made with it: job ids count anew in another journal (Submitted.journal)
+            row = self.db.execute("SELECT value FROM meta WHERE key='journal'").fetchone()
+            if row is None:
+                row = (secrets.token_hex(8),)
+                self.db.execute("INSERT INTO meta(key, value) VALUES ('journal', ?)", row)
+            self.ident = str(row[0])
         except sqlite3.DatabaseError as exc:
             raise DaemonError(f"job journal {path} cannot be opened: {exc}") from exc
         self._inserts: list[tuple[Any, ...]] = []

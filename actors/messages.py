@@ -359,16 +359,26 @@ class Pong(Message, tag=Kind.PONG.value, frozen=True):
     pid: Int64
 
 
+_Journal = Annotated[str, Meta(max_length=64)]
+
+
 class Submitted(Message, tag=Kind.SUBMITTED.value, frozen=True):
-    """The jobs of a :class:`Submit` are journaled; their ids in order."""
+    """The jobs of a :class:`Submit` are journaled; their ids in order.
+
+    ``journal``: the identity of the journal that holds them (made with it):
+    a daemon started on another journal (the old one removed or replaced)
+    numbers its jobs anew, and the same id names another job there.
+    """
 
     ids: list[Int64]
+    journal: _Journal = ""
 
 
 class JobInfos(Message, tag=Kind.JOB_INFOS.value, frozen=True):
-    """Job snapshots: a reply, or a push (corr 0) to watchers."""
+    """Job snapshots: a reply, or a push (corr 0) to watchers; a reply says its ``journal`` (see :class:`Submitted`)."""
 
     jobs: list[JobInfo]
+    journal: _Journal = ""
 
 
 class StatusReply(Message, tag=Kind.STATUS_REPLY.value, frozen=True):
@@ -913,8 +923,8 @@ def peek_kind(frame: bytes) -> int:
 
 def pushed_ids(frame: bytes) -> list[int]:
     """The job ids in a :class:`JobInfos` frame this process encoded (a push it could not send yet)."""
-    _, _, _, (_, jobs) = msgspec.msgpack.decode(frame, ext_hook=lambda code, data: None)
-    return [job[0] for job in jobs]
+    _, _, _, body = msgspec.msgpack.decode(frame, ext_hook=lambda code, data: None)
+    return [job[0] for job in body[1]]  # body: [kind, jobs, journal]
 
 
 # --------------------------------------------------------------------------- plain values

@@ -248,7 +248,7 @@ class RequestsMixin(State):
             if progress:  # its start and progress too (an Executor's futures turn running)
                 for jid in ids:
                     book.jobs[jid].progress_watchers = watchers
-        frame = encode(Submitted(ids), corr)
+        frame = encode(Submitted(ids, book.journal.ident), corr)
         self.replies.append((ident, frame))
         if ids:
             self.unacked.append((ids[0], ids[-1], ident, corr, frame))
@@ -375,7 +375,7 @@ class RequestsMixin(State):
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
             raise JobNotFound(f"job(s) {shown} unknown to this daemon (never submitted, or pruned)")
-        return JobInfos([infos[j] for j in job_ids])
+        return JobInfos([infos[j] for j in job_ids], book.journal.ident)
 
     def _owned(self, job_ids: list[int]) -> list[int]:
         """Those of ``job_ids`` the requesting peer may see: all of them, or a client key's own (one journal query

@@ -248,13 +248,13 @@ class TransportMixin(State):
                     infos.append(msgspec.structs.replace(info, result=_inline(info.result, self.shm_prefix)))
                 except EnsembleError:
                     infos.append(info)  # its segment is gone: the handle goes as it is, and fails to map there
-            msg = JobInfos(infos)
+            msg = JobInfos(infos, msg.journal)
             frame = encode(msg, corr)
             # a result copied out of shared memory may not fit: one job's push (pushes are split down to one
             # job, see Supervisor._push_frames) says so; a reply of several is refused as a whole
             if len(frame) <= self.cfg.daemon.max_frame or len(infos) != 1:
                 return frame
-            msg = JobInfos([_fitting(infos[0], self.cfg.daemon.max_frame)])
+            msg = JobInfos([_fitting(infos[0], self.cfg.daemon.max_frame)], msg.journal)
         return encode(msg, corr)
 
     def _send_client(self, addr: bytes, frame: bytes) -> None:
