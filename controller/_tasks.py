@@ -5,9 +5,10 @@
 script — as a job; the worker loads the same script file and calls ``fn(task)``
 with its own task handle.  The job names the digest of the source the
 controller ran: a worker refuses a file edited since (it would run other code
-than the controller's) and says to load the edit.  Progress, status and properties the job sets are
-pushed back and readable here; the finish callback runs on the controller's
-script thread (task priority) when the task starts and when it stops.
+than the controller's) and says to load the edit.  Progress, status and
+properties the job sets are pushed back and readable here; the finish
+callback runs on the controller's script thread (task priority) when the
+task starts and when it stops.
 """
 
 from __future__ import annotations
@@ -45,17 +46,21 @@ class ScriptTask:
     def call_on_background_thread(self, fn: Callable[..., Any] | str) -> None:
         """Run the script function ``fn(task)`` as a job on a worker; returns at once."""
         name = function_name(self.rt.module, fn, "call_on_background_thread")
-        self._submit(f"script:{self.rt.path}:{name}{_AT}{self.rt.digest[:16]}", [])
+        self._submit(f"script:{self.rt.path}:{name}{_AT}{self._ran()}", [])
 
     def run_process(self, command: str, args: list[str] | str, log_fn: Callable[..., Any] | str) -> None:
         """Run a program on a worker; the script function ``log_fn(task, finished, line_or_code)`` sees its output."""
         log_name = function_name(self.rt.module, log_fn, "run_process")
-        self._submit("controller._tasks:run_process_job", [self.rt.path, command, args, log_name, self.rt.digest[:16]])
+        self._submit("controller._tasks:run_process_job", [self.rt.path, command, args, log_name, self._ran()])
 
     def kill_voices_and_call(self, fn: Callable[..., Any] | str) -> None:
         """On a worker: fade and kill all voices, call the script function ``fn()`` while silent, resume."""
         name = function_name(self.rt.module, fn, "kill_voices_and_call")
-        self._submit("controller._tasks:kill_voices_job", [self.rt.path, name, self.rt.digest[:16]])
+        self._submit("controller._tasks:kill_voices_job", [self.rt.path, name, self._ran()])
+
+    def _ran(self) -> str:
+        """The digest of the source the controller ran, as a task's job names it (see :func:`load_script`)."""
+        return str(self.rt.digest)[:_DIGEST_CHARS]
 
     def _submit(self, fn: str, args: list[Any]) -> None:
         if self.job_id and not self._stopped.is_set():
@@ -142,6 +147,7 @@ class ScriptTask:
 # ------------------------------------------------------------------ worker side
 _modules: dict[tuple[str, float], tuple[ModuleType, str]] = {}  # (path, mtime) -> the module, its source's digest
 _AT = "@"  # script:FILE:name@DIGEST (no function name holds one)
+_DIGEST_CHARS = 16  # of the controller's SHA-256 hex digest, in a task's job
 
 
 class _WorkerHost:
