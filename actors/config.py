@@ -116,6 +116,9 @@ class AudioConfig(msgspec.Struct, frozen=True):
     script_dirs: tuple[str, ...] = ()  # where `ensemble load` from a remote admin may load scripts from
     autoconnect: bool = True  # JACK backend: connect out_N to the physical playback ports at start
     midi_in: tuple[str, ...] = ()  # JACK MIDI sources (port-name regexes, valid ones) connected to <client>:midi_in
+    # JACK backend: blocks a render thread keeps ready for a native process callback (0: render in JACK's
+    # callback, the lowest latency; N adds N periods of output latency and N periods of slack; needs numba)
+    jack_ahead: int = 0  # 0..16
 
 
 class ClusterConfig(msgspec.Struct, frozen=True):
@@ -438,6 +441,7 @@ _RULES: dict[str, dict[str, _Check]] = {
         "script_dirs": _anything,
         "autoconnect": _anything,
         "midi_in": _each(_regex),
+        "jack_ahead": _whole(0, 16, " blocks"),
     },
     "cluster": {
         "ray": _ray,

@@ -23,7 +23,7 @@ BACKENDS = ("auto", "jack", "sounddevice", "null")
 
 def choose_backend(
     engine: Engine, requested: str = "auto", *, device: int | str | None = None,
-    autoconnect: bool = True, midi_in: tuple[str, ...] = (), midi: MidiDecoder | None = None,
+    autoconnect: bool = True, midi_in: tuple[str, ...] = (), midi: MidiDecoder | None = None, jack_ahead: int = 0,
 ) -> tuple[Backend, str]:
     """Pick a backend by name (see :data:`BACKENDS`); returns (backend, notice).
 
@@ -31,7 +31,7 @@ def choose_backend(
     starting one), else the sounddevice backend when PortAudio loads and
     offers an output device (``device`` if given), else the null backend with
     a one-line notice saying why; the notice is '' when nothing needs saying.
-    ``autoconnect``, ``midi_in`` and ``midi`` go to the JACK backend (see
+    ``autoconnect``, ``midi_in``, ``midi`` and ``jack_ahead`` (its ``ahead``) go to the JACK backend (see
     :class:`audio._jack.JackBackend`).  Nothing is started, but a chosen JACK
     backend holds an open client: ``start()`` or ``stop()`` it.
 
@@ -51,7 +51,8 @@ def choose_backend(
             if requested == "jack":
                 raise
         else:
-            return JackBackend(engine, client=client, autoconnect=autoconnect, midi_in=midi_in, midi=midi), ""
+            return JackBackend(engine, client=client, autoconnect=autoconnect, midi_in=midi_in, midi=midi,
+                               ahead=jack_ahead), ""
     return _portaudio(engine, requested, device)
 
 

@@ -73,10 +73,11 @@ from typing import Any
 
 import numpy as np
 
+from ._ahead import CYCLES, AheadRing, NativeUnavailable, native_callback, realtime_priority
 from ._backends import JACK_CLIENT_NAME, Backend, BackendUnavailable, NullBackend
 from ._engine import Engine
 from ._midi_in import MidiDecoder
-from ._realtime import GcPause, SwitchInterval, thread_policy
+from ._realtime import CONTROL_PRIORITY, GcPause, SwitchInterval, thread_policy
 
 __all__ = ["JackBackend", "jack_module", "open_client"]
 
@@ -104,6 +105,11 @@ def jack_module() -> Any:
     jack.set_error_function(_jack_errors.append)
     jack.set_info_function(lambda message: None)
     return jack
+
+
+def _address(ffi: Any, pointer: Any) -> int:
+    """A cffi pointer as an int (what the native callback's header holds)."""
+    return int(ffi.cast("uintptr_t", pointer))
 
 
 def last_jack_errors() -> list[str]:
@@ -141,7 +147,7 @@ class JackBackend(Backend):
     def __init__(
         self, engine: Engine, *, client_name: str = JACK_CLIENT_NAME, autoconnect: bool = True,
         midi_in: tuple[str, ...] | list[str] = (), midi: MidiDecoder | None = None,
-        reconnect_interval: float = 1.0, client: Any = None,
+        reconnect_interval: float = 1.0, client: Any = None, ahead: int = 0,
     ) -> None:
         super().__init__(engine)
         self.client_name = client_name
@@ -149,6 +155,10 @@ class JackBackend(Backend):
         self.midi_in = tuple(midi_in)
         self.midi = midi or MidiDecoder(engine)
         self.reconnect_interval = reconnect_interval
+        self.ahead = ahead  # blocks rendered ahead by the render thread (0: render in JACK's callback)
+        self.ahead_refused = ""  # why render-ahead was asked for and could not be had
+        self._ring: AheadRing | None = None  # the live client's, in render-ahead mode
+        self._dead_rings: dict[int, AheadRing] = {}  # the dead clients' (their callbacks may still run)
         self.state = "stopped"
         self.jack_client: str | None = None
         self.thread_policy = ""
@@ -195,6 +205,12 @@ class JackBackend(Backend):
         if self.running:
             raise RuntimeError("JackBackend is already running; stop() it first")
         self._jack = jack_module()
+        if self.ahead:
+            try:
+                native_callback()
+            except NativeUnavailable as exc:
+                self.ahead_refused = f"{exc}; rendering in JACK's callback instead of {self.ahead} block(s) ahead"
+                self.ahead = 0
         client, self._client = self._client, None
         if client is None:
             client = open_client(self.client_name)
@@ -207,6 +223,8 @@ class JackBackend(Backend):
         except BaseException:
             self._release_holds()
             raise
+        if self.ahead_refused:
+            self.notice = "; ".join(x for x in (self.ahead_refused, self.notice) if x)
         self._watcher = threading.Thread(target=self._watch, name="ensemble-jack-watch", daemon=True)
         self._watcher.start()
 
@@ -252,6 +270,8 @@ class JackBackend(Backend):
             self._bind_ports(client, outs, midi)
             self._gen += 1
             gen = self._gen
+            if self.ahead:
+                self._go_ahead(client, outs, midi)
 
             def process(frames: int) -> None:
                 if gen != self._gen:  # a client given up for dead whose server came back: libjack ends its
@@ -263,7 +283,8 @@ class JackBackend(Backend):
                 if gen == self._gen:  # not a dead client's, once its server resumed: that would end the live one
                     self._on_shutdown(status, reason)
 
-            client.set_process_callback(process)
+            if not self.ahead:
+                client.set_process_callback(process)
             client.set_xrun_callback(self._on_xrun)
             client.set_shutdown_callback(shutdown)
             client.set_blocksize_callback(self._on_blocksize)
@@ -274,11 +295,37 @@ class JackBackend(Backend):
             client.activate()
         except jack.JackError as exc:
             client.close()
+            self._close_ring()
             raise BackendUnavailable(f"cannot set up the JACK client: {exc}") from exc
         self._client = client
         self.jack_client = client.name
         self.state = "connected"
         self._connect_ports(first=True)
+
+    def _go_ahead(self, client: Any, outs: list[Any], midi: Any) -> None:
+        """Render-ahead mode: the native process callback, a ring filled ``ahead`` blocks deep, its thread."""
+        jack, ffi = self._jack, self._ffi
+        ring = AheadRing(self.engine, self.ahead, self.midi)
+        ring.bind([_address(ffi, p._ptr) for p in outs], _address(ffi, midi._ptr))
+        ring.prepare(self._frames)
+        status = self._lib.jack_set_process_callback(
+            client._ptr, ffi.cast("JackProcessCallback", native_callback().address), ffi.cast("void *", ring.address))
+        if status != 0:
+            ring.close()
+            raise jack.JackError(f"jack_set_process_callback failed ({status})")
+        jack_priority = realtime_priority(_address(ffi, client._ptr))
+        ring.start(max(CONTROL_PRIORITY + 1, jack_priority - 1))  # below JACK's thread, above the main thread
+        self._ring = ring
+
+    def _close_ring(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()
+
+    def _cycle_count(self) -> int:
+        """JACK cycles the live client has seen (its native callback counts them in render-ahead mode)."""
+        ring = self._ring
+        return int(ring.header[CYCLES]) if ring is not None else self._cycles
 
     def _bind_ports(self, client: Any, outs: list[Any], midi: Any) -> None:
         jack = self._jack
@@ -458,7 +505,7 @@ class JackBackend(Backend):
 
     # ------------------------------------------------------------------ JACK notifications (non-realtime)
     def _on_xrun(self, delayed_usecs: float) -> None:
-        if self._cycles == 0:
+        if self._cycle_count() == 0:
             self.startup_xruns += 1
         else:
             self.engine.report_status(xrun=True)
@@ -467,10 +514,17 @@ class JackBackend(Backend):
 
     def _on_blocksize(self, blocksize: int) -> None:
         # JACK2 runs this with the cycle halted (driver stopped, clients notified synchronously).
-        self._follow_format(self.engine.samplerate, blocksize)
+        self._reformat(self.engine.samplerate, blocksize)
 
     def _on_samplerate(self, samplerate: int) -> None:
-        self._follow_format(samplerate, self.engine.blocksize)
+        self._reformat(samplerate, self.engine.blocksize)
+
+    def _reformat(self, samplerate: int, blocksize: int) -> None:
+        ring = self._ring
+        if ring is None:
+            self._follow_format(samplerate, blocksize)
+        else:  # the render thread renders outside JACK's cycle: wait for its block, then refill at the new size
+            ring.prepare(blocksize, before=lambda: self._follow_format(samplerate, blocksize))
 
     def _on_shutdown(self, status: Any, reason: str) -> None:
         self._lost = reason or "the JACK server shut the client down"
@@ -492,8 +546,9 @@ class JackBackend(Backend):
             try:
                 now = time.monotonic()
                 self._close_ended(now)
-                if self._cycles != seen or self.state != "connected":
-                    seen, since = self._cycles, now
+                cycles = self._cycle_count()
+                if cycles != seen or self.state != "connected":
+                    seen, since = cycles, now
                 elif now - since > SILENCE_LIMIT and not self._lost:
                     self._lost = f"no process cycle from JACK for {now - since:.1f} s"
                 if self._lost and self.state == "connected":
@@ -510,18 +565,28 @@ class JackBackend(Backend):
     def _close_ended(self, now: float) -> None:
         """Close the dead clients whose realtime thread ended itself a second ago (their server came back):
         no thread of theirs can be cancelled while it waits for the GIL any more (see _fall_back)."""
+        for gen, ring in self._dead_rings.items():
+            if ring.ended:  # its native callback ended the thread
+                self._ended.setdefault(gen, now)
         for gen, when in list(self._ended.items()):
             if now - when > _ENDED_CLOSE_AFTER:
                 del self._ended[gen]
                 dead = self._dead.pop(gen, None)
                 if dead is not None:
                     dead.close(ignore_errors=True)
+                if gen in self._dead_rings:
+                    self._dead_rings.pop(gen).close()
 
     def _fall_back(self, reason: str) -> None:
         deadline = time.monotonic() + 0.5
         while self._in_cycle and time.monotonic() < deadline:  # a last cycle still finishing
             time.sleep(0.001)
         self._gen += 1  # the dead client's cycles, should its server resume, end its thread (CallbackExit)
+        ring, self._ring = self._ring, None
+        if ring is not None:  # its callback ends its thread instead; the ring stays while libjack may call it
+            ring.kill()
+            ring.stop()
+            self._dead_rings[self._gen - 1] = ring
         dead, self._client = self._client, None
         if dead is not None:
             # Never deactivated or closed: with its server gone, libjack cancels the client's realtime thread
@@ -559,6 +624,7 @@ class JackBackend(Backend):
         if client is not None:
             client.deactivate(ignore_errors=True)
             client.close(ignore_errors=True)
+        self._close_ring()
 
     def _stop_fallback(self) -> None:
         fallback, self._fallback = self._fallback, None
@@ -569,6 +635,8 @@ class JackBackend(Backend):
     def reset_timing(self) -> None:
         """Forget the recorded callback start/end times (e.g. after warm-up).  Context: non-realtime."""
         self._timed = 0
+        if self._ring is not None:
+            self._ring.timed = 0
 
     def stats(self) -> dict[str, Any]:
         """Backend figures for ``status``: connection state, JACK's view of load and xruns, MIDI counts.
@@ -580,6 +648,13 @@ class JackBackend(Backend):
         """
         n = min(self._timed, _RING)
         rate = self.engine.samplerate
+        ring = self._ring
+        if ring is not None:
+            self.thread_policy = ring.thread_policy
+            return {**self._stats(0, rate), **ring.stats()}
+        return self._stats(n, rate)
+
+    def _stats(self, n: int, rate: int) -> dict[str, Any]:
         if n:
             late_ms = self._late[:n] * (1000.0 / rate)
             p50, p99 = (float(v) for v in np.percentile(late_ms, (50.0, 99.0)))
@@ -613,4 +688,6 @@ class JackBackend(Backend):
             "midi_events": self.midi.events,
             "midi_ignored": self.midi.ignored,
             "midi_dropped": self.midi.dropped,
+            "jack_ahead": 0,
+            "jack_ahead_refused": self.ahead_refused,
         }

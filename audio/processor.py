@@ -83,7 +83,7 @@ class Processor(Child):
         control = promote_control_thread()  # before the backend's threads start: they inherit it
         self.backend, self.notice = choose_backend(
             self.engine, a.backend, device=a.device or None, autoconnect=a.autoconnect,
-            midi_in=a.midi_in, midi=self.midi,
+            midi_in=a.midi_in, midi=self.midi, jack_ahead=a.jack_ahead,
         )
         if control:
             self.notice = "; ".join(x for x in (self.notice, f"main thread: {control}") if x)

@@ -9,7 +9,11 @@ the figure.  For each block size, one after the other:
 1. the floor: ``jack_simple_client`` (JACK's C example client) plays while a
    daemon with its processor on the null backend carries the load below;
 2. ensemble: the same, with the processor a JACK client (backend ``auto``)
-   and no C client.
+   and no C client, rendering in JACK's process callback (the default);
+3. ensemble rendering :data:`AHEAD` block(s) ahead (``[audio] jack_ahead``):
+   JACK calls a native callback that copies blocks a render thread keeps
+   ready.  Its figure adds the cycles that found the ring empty (silence
+   JACK does not see, ``ahead_underruns``) to the xruns in JACK's log.
 
 The load, for ``seconds``: ``voices`` voices sounding, every worker (nice 5)
 running a CPU-bound job, and a client submitting no-op jobs as fast as it can
@@ -44,6 +48,7 @@ from bench._daemon import BenchDaemon
 from bench._stats import Row, row, skipped
 
 CASE = "audio on JACK: xruns under load"
+AHEAD = 2  # blocks rendered ahead on side 3 (one period of added latency)
 
 
 class PrivateJack:
@@ -88,7 +93,8 @@ class PrivateJack:
         self._out.close()
 
 
-def _under_load(server: PrivateJack, seconds: float, voices: int, backend: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def _under_load(server: PrivateJack, seconds: float, voices: int, backend: str,
+                ahead: int = 0) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Run a loaded daemon for ``seconds``; returns (xruns in the server's log, processor stats before, after).
 
     The stats also carry ``log_running`` / ``log_triggered``: the late-client
@@ -101,7 +107,7 @@ def _under_load(server: PrivateJack, seconds: float, voices: int, backend: str) 
 
     floor = None
     with BenchDaemon(workers=2, JACK_DEFAULT_SERVER=server.name, ENSEMBLE_AUDIO_BACKEND=backend,
-                     ENSEMBLE_AUDIO_AUTOCONNECT="false") as d:
+                     ENSEMBLE_AUDIO_AUTOCONNECT="false", ENSEMBLE_AUDIO_JACK_AHEAD=str(ahead)) as d:
         c = d.client()
         c.upload_sample((np.sin(np.arange(480000) * 0.01) * 0.1).astype(np.float32), "tone", 48000)
         deadline = time.monotonic() + 60
@@ -111,6 +117,8 @@ def _under_load(server: PrivateJack, seconds: float, voices: int, backend: str) 
             time.sleep(0.05)
         if backend == "auto" and d.actor("processor").stats.get("backend") != "jack":
             raise RuntimeError(f"the processor is not on JACK: {d.actor('processor').stats.get('notice')}")
+        if ahead and d.actor("processor").stats.get("jack_ahead") != ahead:
+            raise RuntimeError(f"the processor is not rendering ahead: {d.actor('processor').stats.get('notice')}")
         if backend == "null":
             floor = subprocess.Popen(["jack_simple_client"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      env=server.env)
@@ -159,6 +167,9 @@ def case_audio_jack(ctx: Any) -> list[Row]:
     for frames, voices in settings:
         floors: list[int] = []
         ours: list[int] = []
+        aheads: list[int] = []
+        drops = 0
+        ahead_p999 = 0.0
         callback_xruns = late = overruns = running = triggered = 0
         p999 = top = 0.0
         with tempfile.TemporaryDirectory(prefix="ens-jack-") as tmp:
@@ -176,6 +187,11 @@ def case_audio_jack(ctx: Any) -> list[Row]:
                     overruns += s1.get("jack_overrun_cycles", 0) - s0.get("jack_overrun_cycles", 0)
                     p999, top = max(p999, s1["load_p999"]), max(top, s1["load_max"])
                     running, triggered = running + s1["log_running"], triggered + s1["log_triggered"]
+                    xruns, s0, s1 = _under_load(server, seconds / rounds, voices, "auto", AHEAD)
+                    dropped = s1["ahead_underruns"] - s0["ahead_underruns"]
+                    aheads.append(xruns + dropped)
+                    drops += dropped
+                    ahead_p999 = max(ahead_p999, s1["load_p999"])
             finally:
                 server.close()
         label = f"{frames} frames, {voices} voices" + (" (stretch)" if frames == 64 else "")
@@ -189,4 +205,12 @@ def case_audio_jack(ctx: Any) -> list[Row]:
                         float(floor), "<= C client", xruns <= floor, note))
         rows.append(row(CASE, f"callback p99.9, {label}", p999, "of period", "", None, "<= 0.30",
                         p999 <= 0.30, f"worst round; max {top:.2f} of the period"))
+        ahead_xruns = sum(aheads)
+        rows.append(row(CASE, f"xruns + ring underruns, {label}, {AHEAD} block(s) ahead", float(ahead_xruns),
+                        "xruns (jackd log) + underruns", "jack_simple_client", float(floor), "<= C client",
+                        ahead_xruns <= floor,
+                        f"the same rounds, a third side: [audio] jack_ahead = {AHEAD} (native JACK callback, render "
+                        f"thread {AHEAD} block(s) ahead, +{AHEAD * frames / 48:.2f} ms latency): "
+                        f"{'+'.join(map(str, aheads))}, of them {drops} ring underruns; render p99.9 "
+                        f"{ahead_p999:.3f} of the period"))
     return rows

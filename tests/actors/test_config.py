@@ -167,6 +167,7 @@ BAD_VALUES = [
     ("audio", "script_dirs", r'["a\u0000"]', None),
     ("audio", "autoconnect", "'maybe'", "maybe"),
     ("audio", "midi_in", "['(unclosed']", "(unclosed"),
+    ("audio", "jack_ahead", "17", "-1"),
     ("cluster", "ray", "'http://head'", "http://head"),
     ("cluster", "workers", "5000", "-1"),
     ("cluster", "worker_resources", "{GPU = -1}", "GPU=-1"),

@@ -65,6 +65,18 @@ def _processor(d: Daemon) -> dict[str, Any]:
     return dict(d.actor("processor").stats)
 
 
+@pytest.fixture(params=["0", "2"], ids=["in-callback", "ahead-2"])
+def ahead(request: pytest.FixtureRequest) -> str:
+    """``[audio] jack_ahead``: render in JACK's callback (0), or 2 blocks ahead behind a native callback."""
+    if request.param != "0":
+        try:
+            from audio._ahead import native_callback
+            native_callback()
+        except Exception as exc:  # noqa: BLE001 - numba or libjack missing: say which
+            pytest.skip(f"render-ahead unavailable: {exc}")
+    return str(request.param)
+
+
 def _jack_daemon(make_daemon: Callable[..., Daemon], source: str, **env: str) -> tuple[Daemon, str]:
     """A daemon whose processor is a JACK client taking MIDI from ports matching ``source``; (daemon, client name)."""
     d = make_daemon(workers=0, extra_env={
@@ -187,10 +199,11 @@ def in_time(d: Daemon, record: Callable[[int], np.ndarray], check: Callable[[np.
 
 @pytest.mark.slow  # records seconds of JACK audio: ~4 s
 def test_midiseq_notes_start_on_their_frames_at_their_pitch(
-    jack_server: None, make_daemon: Callable[..., Daemon], tmp_path: Path
+    jack_server: None, make_daemon: Callable[..., Daemon], tmp_path: Path, ahead: str
 ) -> None:
     seq_name = f"ens-seq-{os.getpid()}"
-    d, client = _jack_daemon(make_daemon, f"{seq_name}:out")
+    d, client = _jack_daemon(make_daemon, f"{seq_name}:out", ENSEMBLE_AUDIO_JACK_AHEAD=ahead)
+    assert _processor(d).get("jack_ahead", 0) == int(ahead)
     sequencer = Sequencer(seq_name, SEQUENCE)
     try:
         wait_for(lambda: _processor(d)["midi_events"] >= 2, what="MIDI from jack_midiseq to arrive")
@@ -288,9 +301,9 @@ def midi_source() -> Iterator[MidiSource]:
 
 @pytest.mark.slow  # records seconds of JACK audio: ~3 s
 def test_sustain_pedal_holds_a_release_until_it_lifts(
-    jack_server: None, make_daemon: Callable[..., Daemon], midi_source: MidiSource, tmp_path: Path
+    jack_server: None, make_daemon: Callable[..., Daemon], midi_source: MidiSource, tmp_path: Path, ahead: str
 ) -> None:
-    d, client = _jack_daemon(make_daemon, midi_source.port.name)
+    d, client = _jack_daemon(make_daemon, midi_source.port.name, ENSEMBLE_AUDIO_JACK_AHEAD=ahead)
     wait_for(lambda: midi_source.port.is_connected_to(f"{client}:midi_in"), what="the source connected to midi_in")
     note_on, pedal_down, note_off, pedal_up = 0, 1000, 12000, 48000
     played = 0
@@ -342,21 +355,22 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         proc.wait()
 
 
-def _daemon_on(make_daemon: Callable[..., Daemon], server: str) -> tuple[Daemon, int]:
+def _daemon_on(make_daemon: Callable[..., Daemon], server: str, ahead: str = "0") -> tuple[Daemon, int]:
     """A daemon with no workers whose processor is a client of JACK server ``server``: (it, the processor's pid)."""
-    d = make_daemon(workers=0, extra_env={"JACK_DEFAULT_SERVER": server, "ENSEMBLE_AUDIO_BACKEND": "auto"})
+    d = make_daemon(workers=0, extra_env={"JACK_DEFAULT_SERVER": server, "ENSEMBLE_AUDIO_BACKEND": "auto",
+                                          "ENSEMBLE_AUDIO_JACK_AHEAD": ahead})
     d.up()
     wait_for(lambda: _processor(d).get("jack_state") == "connected", what="the JACK backend")
     return d, d.actor("processor").pid
 
 
 @pytest.mark.slow  # restarts a JACK server: ~2.3 s
-def test_processor_survives_jack_going_away_and_reconnects(make_daemon: Callable[..., Daemon]) -> None:
+def test_processor_survives_jack_going_away_and_reconnects(make_daemon: Callable[..., Daemon], ahead: str) -> None:
     _need("jackd")
     server = f"ens-test-{os.getpid()}"
     jackd = _start_private_server(server)
     try:
-        d, pid = _daemon_on(make_daemon, server)
+        d, pid = _daemon_on(make_daemon, server, ahead)
         _stop(jackd, signal.SIGKILL)  # JACK killed under a running daemon
         lost = wait_for(lambda: (s := _processor(d)).get("jack_state") == "null-clock" and s, what="the null clock")
         assert "JACK went away" in lost["notice"]
@@ -375,14 +389,15 @@ def test_processor_survives_jack_going_away_and_reconnects(make_daemon: Callable
 
 
 @pytest.mark.slow  # SILENCE_LIMIT (3 s) of a stopped server, then its return
-def test_a_server_that_stops_running_cycles_is_given_up_and_rejoined(make_daemon: Callable[..., Daemon]) -> None:
+def test_a_server_that_stops_running_cycles_is_given_up_and_rejoined(make_daemon: Callable[..., Daemon],
+                                                                    ahead: str) -> None:
     """No shutdown notice at all (jackd stopped with SIGSTOP): cycles that stop count as JACK gone; when the
     server resumes, the processor joins it again with a new client and the old one is dropped."""
     _need("jackd")
     server = f"ens-stop-{os.getpid()}"
     jackd = _start_private_server(server)
     try:
-        d, pid = _daemon_on(make_daemon, server)
+        d, pid = _daemon_on(make_daemon, server, ahead)
         jackd.send_signal(signal.SIGSTOP)
         try:
             lost = wait_for(lambda: (s := _processor(d)).get("jack_state") == "null-clock" and s, timeout=60,
