@@ -53,6 +53,7 @@ ASSETS = {"panel.js": "text/javascript", "panel.css": "text/css", "index.html": 
 MAX_WS_MESSAGE = 16 * MAX_ACTION
 MAX_PAGES = 32  # open WebSockets; one more is refused (each holds a socket, a writer task and pending state)
 CLOSE_WAIT = 5.0  # seconds stop() waits for the daemon's client to close (it may be waiting for an answer)
+STOP_TASKS_WAIT = 2.0  # seconds the server's thread gives its tasks to end once cancelled, as it stops
 
 
 def _asset(name: str) -> bytes:
@@ -167,6 +168,13 @@ class PanelServer:
             return
         self._ready.set()
         self.loop.run_forever()
+        # the snapshot loop and any request still in progress end here, not as "destroyed but pending" tasks
+        # when the closed loop is collected; a task that will not end within STOP_TASKS_WAIT is left
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.wait(pending, timeout=STOP_TASKS_WAIT))
         self.loop.run_until_complete(asyncio.sleep(0))
         self.loop.close()
 

@@ -10,6 +10,7 @@ server in this process with a stand-in view.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -84,6 +85,26 @@ def test_a_snapshot_that_raises_a_bug_is_an_internal_error_on_the_page_and_the_n
         assert len(failed) == 2 and all(r.exc_info and r.exc_info[0] is KeyError for r in failed), failed
     finally:
         server.stop()
+
+
+def test_a_stopped_server_leaves_no_task_pending(caplog: pytest.LogCaptureFixture) -> None:
+    """Its snapshot loop ended with it: asyncio said "Task was destroyed but it is pending!
+    PanelServer._broadcast()" when the closed loop was collected (at the interpreter's exit)."""
+    for page_open in (False, True):
+        server = PanelServer(PanelSettings("127.0.0.1", 0, "t" * 43, 1), FlakyView())  # type: ignore[arg-type]
+        port = server.start()
+        with caplog.at_level(logging.ERROR, "asyncio"):
+            if page_open:
+                panel = Panel(None, "", port, "t" * 43)  # type: ignore[arg-type]  # no daemon: the view stands in
+                with Page(panel) as page:
+                    page.until(lambda s: s.get("daemon", {}).get("snapshot", 0) > 3, what="snapshots")
+                    server.stop()
+            else:
+                server.stop()
+            del server
+            gc.collect()
+        pending = [r.getMessage() for r in caplog.records if "destroyed but it is pending" in r.getMessage()]
+        assert not pending, pending
 
 
 class StuckView:
