@@ -71,7 +71,7 @@ import numpy as np
 from ._engine import Engine
 from ._midi_in import MidiDecoder
 
-__all__ = ["AheadRing", "NativeUnavailable", "native_callback", "realtime_priority"]
+__all__ = ["AheadRing", "NativeUnavailable", "native_callback", "realtime_priority", "warm_native"]
 
 # header slots (int64)
 READ, WRITTEN, SLOTS, FRAMES, CHANNELS, RING_ADDR, EVENTFD, UNDERRUNS = range(8)
@@ -105,6 +105,15 @@ def native_callback() -> Any:
         if _cached is None:
             _cached = _compile()
         return _cached
+
+
+def warm_native() -> None:
+    """Compile the callback now if it can be (at normal priority, before a thread turns realtime); never raises:
+    the backend says why it cannot when it starts.  Context: non-realtime."""
+    try:
+        native_callback()
+    except NativeUnavailable:
+        pass
 
 
 def realtime_priority(client: int) -> int:

@@ -44,6 +44,7 @@ from audio.messages import ControlEvent, KillAllEvent, MidiConnect, NoteOffEvent
 from actors.shm import SharedArray, segment_prefix
 from audio._buffers import builtin_sample
 from audio._backends import BackendUnavailable
+from audio._ahead import warm_native
 from audio._choose import choose_backend
 from audio._engine import Engine
 from audio._events import ControlChange, KillAllVoices, NoteOff, NoteOn
@@ -80,6 +81,8 @@ class Processor(Child):
         self.midi_connects = 0  # `midi connect` requests carried out, connected or refused: the CLI waits for its own
         self.midi = MidiDecoder(self.engine, self._midi_deliver)
         self.midi.slot = self.script.default_slot_index = self.engine.slot_index("builtin")
+        if a.jack_ahead and a.backend in ("auto", "jack"):
+            warm_native()  # compile render-ahead's callback (~1 s of CPU) before this thread turns realtime
         control = promote_control_thread()  # before the backend's threads start: they inherit it
         self.backend, self.notice = choose_backend(
             self.engine, a.backend, device=a.device or None, autoconnect=a.autoconnect,
