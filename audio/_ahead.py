@@ -45,7 +45,8 @@ The header shared by the two sides is one int64 array (:data:`HEADER` slots
 plus the MIDI ring); the audio ring is a float32 array ``[slots, channels,
 frames]``.  While both run, each index has one writer: the native callback
 writes ``READ``, ``UNDERRUNS``, ``CYCLES``, ``ODD``, ``MIDI_WRITE``,
-``MIDI_DROPPED`` and the MIDI ring; the render thread writes ``WRITTEN``,
+``MIDI_DROPPED``, the MIDI ring, ``CLOCK``, ``TIMED`` and the timing ring;
+the render thread writes ``WRITTEN``,
 ``MIDI_READ`` and the ring's blocks.  A format change rewrites the sizes and
 ``WRITTEN`` while JACK holds its cycle and the render thread waits for the
 ring's lock.  The ring relies on x86-64's store order (an aligned int64 store
@@ -81,9 +82,14 @@ EVENT = 20  # 3 slots: a jack_midi_event_t {uint32 time; size_t size; uint8 *buf
 BYTES = 23  # the event's first 8 bytes
 PORTS = 24  # output port pointers, up to MAX_CHANNELS
 MAX_CHANNELS = 32
-HEADER = PORTS + MAX_CHANNELS
+CLOCK = PORTS + MAX_CHANNELS  # 2 slots: a struct timespec
+TIMED = CLOCK + 2  # callbacks timed (their durations are in the timing ring)
+HEADER = TIMED + 2
 MIDI_CAP = 1024  # events in the MIDI ring (3 slots each: block, offset, bytes)
 MIDI_SLOTS = 3
+TIMES = HEADER + MIDI_CAP * MIDI_SLOTS  # the timing ring: each callback's duration in ns
+TIMES_CAP = 8192
+TOTAL = TIMES + TIMES_CAP
 
 _cached: Any = None
 _lock = threading.Lock()
@@ -156,10 +162,14 @@ def _compile() -> Any:
     memcpy = _function(libc, "memcpy", i64, i64, i64, size)
     memset = _function(libc, "memset", i64, i64, ctypes.c_int, size)
     write = _function(libc, "write", ctypes.c_ssize_t, ctypes.c_int, i64, size)
-    total = HEADER + MIDI_CAP * MIDI_SLOTS
+    clock_gettime = _function(libc, "clock_gettime", ctypes.c_int, ctypes.c_int, i64)
+    monotonic = 1  # CLOCK_MONOTONIC
+    total = TOTAL
 
     def process(nframes: int, arg: Any) -> int:  # pragma: no cover - runs as machine code
         h = carray(arg, (total,), dtype=np.int64)
+        clock_gettime(monotonic, h[SELF_ADDR] + CLOCK * 8)
+        began = h[CLOCK] * 1000000000 + h[CLOCK + 1]
         if h[DEAD] != 0:  # a client given up for dead whose server came back: end its thread
             h[ENDED] = 1
             return -1
@@ -204,6 +214,9 @@ def _compile() -> Any:
         h[READ] = r + played  # only now: the block it frees is rendered after this cycle's events are recorded
         h[CYCLES] += 1
         write(h[EVENTFD], h[ONE_ADDR], 8)  # wake the render thread
+        clock_gettime(monotonic, h[SELF_ADDR] + CLOCK * 8)
+        h[TIMES + h[TIMED] % TIMES_CAP] = h[CLOCK] * 1000000000 + h[CLOCK + 1] - began
+        h[TIMED] += 1
         return 0
 
     # not cached on disk: the libjack and libc addresses it calls are compiled in, and differ per process
@@ -225,7 +238,7 @@ class AheadRing:
         self.engine = engine
         self.ahead = ahead
         self.midi = midi
-        self.header = np.zeros(HEADER + MIDI_CAP * MIDI_SLOTS, dtype=np.int64)
+        self.header = np.zeros(TOTAL, dtype=np.int64)
         self._one = np.ones(1, dtype=np.int64)
         self._fd = os.eventfd(0, os.EFD_CLOEXEC)
         h = self.header
@@ -278,14 +291,19 @@ class AheadRing:
         """Figures for ``status``: the render thread's timing and the ring's drops.  Context: non-realtime.
 
         ``jack_done_*_ms``: each block's render time (the render thread's,
-        not JACK's callback); ``ahead_underruns``: cycles that found no block
+        not JACK's callback); ``ahead_callback_*_ms``: the native callback's
+        own time over its last 8192 cycles; ``ahead_underruns``: cycles that found no block
         ready and played silence (also counted in the engine's ``underflows``).
         """
         n = min(self.timed, len(self.render_ns))
         done = self.render_ns[:n] / 1e6
         h = self.header
+        m = min(int(h[TIMED]), TIMES_CAP)
+        callback = h[TIMES:TIMES + m] / 1e6
         return {
             "jack_ahead": self.ahead,
+            "ahead_callback_p999_ms": float(np.percentile(callback, 99.9)) if m else 0.0,
+            "ahead_callback_max_ms": float(callback.max()) if m else 0.0,
             "jack_done_p99_ms": float(np.percentile(done, 99.0)) if n else 0.0,
             "jack_done_max_ms": float(done.max()) if n else 0.0,
             "ahead_underruns": int(h[UNDERRUNS]),

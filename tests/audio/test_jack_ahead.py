@@ -81,6 +81,7 @@ def test_the_ring_keeps_up_and_a_stalled_render_thread_is_counted_as_underruns(s
         s = backend.stats()
         assert s["jack_ahead"] == 2 and s["ahead_latency_ms"] == pytest.approx(2 * engine.blocksize / 48, rel=1e-9)
         assert s["ahead_render_errors"] == 0 and engine.stats().output_peak > 0
+        assert s["ahead_callback_max_ms"] > 0  # the native callback times itself
         before = s["ahead_underruns"]
         stall["ms"] = 150.0  # 28 periods of 256 frames: the ring (2 blocks) runs dry, JACK's callback plays silence
         wait_for(lambda: backend.stats()["ahead_underruns"] >= before + 10, what="underruns while the render stalls")
