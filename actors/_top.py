@@ -61,8 +61,10 @@ def render(status: StatusReply, jobs: list[JobInfo]) -> Group:
             f"backend {s.get('backend', '?')}  blocks {s.get('blocks', 0)}  voices {s.get('active_voices', 0)}  "
             f"callback p50 {s.get('callback_p50_ms', 0):.3f} ms  p99 {s.get('callback_p99_ms', 0):.3f} ms  "
             f"p99.9 {s.get('callback_p999_ms', 0):.3f} ms  of {s.get('period_ms', 0):.2f} ms  "
-            f"xruns {s.get('xruns', 0)}  deadline misses {s.get('deadline_misses', 0)}  "
-            f"late {s.get('late_events', 0)}"),
+            f"xruns {s.get('xruns', 0)}  underflows {s.get('underflows', 0)}  "
+            f"deadline misses {s.get('deadline_misses', 0)}  late {s.get('late_events', 0)}"
+            + (f"  rendering {s['jack_ahead']} block(s) ahead (+{s.get('ahead_latency_ms', 0):.2f} ms)"
+               if s.get("jack_ahead") else "")),
             title="audio"))
     return Group(*parts)
 

@@ -37,6 +37,19 @@ def test_render_shows_actors_jobs_and_audio() -> None:
     assert text.index("countdown") < text.index("examples.jobs:add")  # running jobs first
 
 
+def test_render_shows_dropped_blocks_and_render_ahead() -> None:
+    """Underflows (PortAudio's flags, render-ahead's empty ring) beside JACK's xruns, and the render-ahead latency."""
+    status = _status()
+    stats = {"backend": "jack", "blocks": 9000, "period_ms": 2.67, "xruns": 1, "underflows": 3, "jack_ahead": 2,
+             "ahead_latency_ms": 5.333}
+    status.actors[0] = ActorInfo("processor", "processor", 101, "running", 12.0, 0, 0.1, 40 << 20, "", stats)
+    console = Console(record=True, width=200)
+    console.print(render(status, []))
+    text = " ".join(console.export_text().split())
+    for needle in ("xruns 1", "underflows 3", "rendering 2 block(s) ahead (+5.33 ms)"):
+        assert needle in text, needle
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
 def test_top_runs_in_a_terminal_and_quits_on_q(daemon: Daemon) -> None:
     session = f"enstop{daemon.base.name}"
