@@ -72,7 +72,7 @@ import numpy as np
 from ._engine import Engine
 from ._midi_in import MidiDecoder
 
-__all__ = ["AheadRing", "NativeUnavailable", "native_callback", "realtime_priority", "warm_native"]
+__all__ = ["AheadRing", "NativeUnavailable", "native_callback", "realtime_priority", "require", "warm_native"]
 
 # header slots (int64)
 READ, WRITTEN, SLOTS, FRAMES, CHANNELS, RING_ADDR, EVENTFD, UNDERRUNS = range(8)
@@ -111,6 +111,14 @@ def native_callback() -> Any:
         if _cached is None:
             _cached = _compile()
         return _cached
+
+
+def require(channels: int) -> None:
+    """Raise :class:`NativeUnavailable`, saying why, unless render-ahead can play ``channels`` channels here
+    (numba, libjack and x86-64 present; the callback compiled).  Context: non-realtime."""
+    if channels > MAX_CHANNELS:
+        raise NativeUnavailable(f"render-ahead plays at most {MAX_CHANNELS} channels, the engine has {channels}")
+    native_callback()
 
 
 def warm_native() -> None:
@@ -226,15 +234,14 @@ def _compile() -> Any:
 class AheadRing:
     """The ring of rendered blocks between the render thread and the native callback, and that thread.
 
-    ``ahead``: how many blocks the render thread keeps ready.  ``midi``: the
+    ``ahead``: how many blocks the render thread keeps ready (the caller
+    has called :func:`require`).  ``midi``: the
     decoder the MIDI events of the client's ``midi_in`` port go to.  Context
     of each method: see its docstring.
     """
 
     def __init__(self, engine: Engine, ahead: int, midi: MidiDecoder) -> None:
-        if engine.channels > MAX_CHANNELS:
-            raise NativeUnavailable(f"render-ahead plays at most {MAX_CHANNELS} channels, the engine has "
-                                    f"{engine.channels}")
+        assert engine.channels <= MAX_CHANNELS, "checked by require()"
         self.engine = engine
         self.ahead = ahead
         self.midi = midi

@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from ._ahead import CYCLES, AheadRing, NativeUnavailable, native_callback, realtime_priority
+from ._ahead import CYCLES, AheadRing, NativeUnavailable, native_callback, realtime_priority, require
 from ._backends import JACK_CLIENT_NAME, Backend, BackendUnavailable, NullBackend
 from ._engine import Engine
 from ._midi_in import MidiDecoder
@@ -207,7 +207,7 @@ class JackBackend(Backend):
         self._jack = jack_module()
         if self.ahead:
             try:
-                native_callback()
+                require(self.engine.channels)
             except NativeUnavailable as exc:
                 self.ahead_refused = f"{exc}; rendering in JACK's callback instead of {self.ahead} block(s) ahead"
                 self.ahead = 0

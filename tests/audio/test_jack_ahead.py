@@ -168,3 +168,17 @@ def test_without_numba_the_backend_says_so_and_renders_in_jacks_callback(
     finally:
         backend.stop()
 
+
+
+def test_more_channels_than_render_ahead_plays_are_refused_and_rendered_in_jacks_callback(server: None) -> None:
+    """The refusal was raised from inside the client's set-up: the backend, and the processor, failed to start."""
+    _native()
+    engine = Engine(48000, 128, 33, max_voices=4)
+    backend = JackBackend(engine, client_name="ahead-wide", autoconnect=False, ahead=2)
+    backend.start()
+    try:
+        assert backend.ahead == 0 and backend.state == "connected"
+        assert "render-ahead plays at most 32 channels, the engine has 33" in backend.notice
+        wait_for(lambda: engine.stats().blocks > 50, what="blocks rendered in JACK's callback")
+    finally:
+        backend.stop()
