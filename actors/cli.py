@@ -413,7 +413,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for a in st.actors:
         style = "red" if a.state == "failed" else None
         detail = a.detail or ", ".join(f"{k}={v}" for k, v in a.stats.items()
-                                       if k in ("backend", "done", "xruns", "notice", "loading") and v not in ("", {}))
+                                       if k in ("backend", "done", "xruns", "underflows", "notice", "loading") and v not in ("", {}))
         table.add_row(*cells(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
                              _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail), style=style)
     console.print(table)

@@ -88,7 +88,7 @@ HEADER = TIMED + 2
 MIDI_CAP = 1024  # events in the MIDI ring (3 slots each: block, offset, bytes)
 MIDI_SLOTS = 3
 TIMES = HEADER + MIDI_CAP * MIDI_SLOTS  # the timing ring: each callback's duration in ns
-TIMES_CAP = 8192
+TIMES_CAP = 8192  # cycles kept for the timing percentiles (the JACK backend's own rings are as long)
 TOTAL = TIMES + TIMES_CAP
 
 _cached: Any = None
@@ -256,7 +256,7 @@ class AheadRing:
         self._thread: threading.Thread | None = None
         self._stop = False
         self.reported_underruns = 0
-        self.render_ns = np.zeros(8192, dtype=np.int64)  # each block's render time (ring)
+        self.render_ns = np.zeros(TIMES_CAP, dtype=np.int64)  # each block's render time (ring)
         self.timed = 0
         self.thread_policy = ""
         self.last_error: BaseException | None = None
@@ -299,7 +299,7 @@ class AheadRing:
 
         ``jack_done_*_ms``: each block's render time (the render thread's,
         not JACK's callback); ``ahead_callback_*_ms``: the native callback's
-        own time over its last 8192 cycles; ``ahead_underruns``: cycles that found no block
+        own time over its last :data:`TIMES_CAP` cycles; ``ahead_underruns``: cycles that found no block
         ready and played silence (also counted in the engine's ``underflows``).
         """
         n = min(self.timed, len(self.render_ns))
@@ -391,7 +391,7 @@ class AheadRing:
             engine.render(out)
             ring[written % ring.shape[0]] = out.T
             h[WRITTEN] = written + 1
-            i = self.timed % 8192
+            i = self.timed % TIMES_CAP
             self.render_ns[i] = time.perf_counter_ns() - began
             self.timed += 1
 

@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from ._ahead import CYCLES, AheadRing, NativeUnavailable, native_callback, realtime_priority, require
+from ._ahead import CYCLES, TIMES_CAP, AheadRing, NativeUnavailable, native_callback, realtime_priority, require
 from ._backends import JACK_CLIENT_NAME, Backend, BackendUnavailable, NullBackend
 from ._engine import Engine
 from ._midi_in import MidiDecoder
@@ -81,7 +81,7 @@ from ._realtime import CONTROL_PRIORITY, GcPause, SwitchInterval, thread_policy
 
 __all__ = ["JackBackend", "jack_module", "open_client"]
 
-_RING = 8192  # cycles of wake-up lateness kept for percentiles
+_RING = TIMES_CAP  # cycles of wake-up lateness kept for percentiles (as many as render-ahead's timing ring)
 SILENCE_LIMIT = 3.0  # seconds without a process cycle, while connected, after which JACK counts as gone
 _WATCH_EVERY = 0.5  # seconds between the watcher's looks at the cycle count while connected
 _ENDED_CLOSE_AFTER = 1.0  # seconds after a dead client's thread ended itself before it is closed
@@ -643,7 +643,7 @@ class JackBackend(Backend):
 
         ``jack_late_*_ms``: how long after the start of JACK's cycle the
         callback began running Python (waiting for the GIL and the scheduler),
-        over the last 8192 cycles.  Context: non-realtime.  Cost: sorts the
+        over the last ``_RING`` (8192) cycles.  Context: non-realtime.  Cost: sorts the
         ring.
         """
         n = min(self._timed, _RING)

@@ -81,13 +81,13 @@ class Processor(Child):
         self.midi_connects = 0  # `midi connect` requests carried out, connected or refused: the CLI waits for its own
         self.midi = MidiDecoder(self.engine, self._midi_deliver)
         self.midi.slot = self.script.default_slot_index = self.engine.slot_index("builtin")
-        if a.jack_ahead and a.backend in ("auto", "jack"):
-            warm_native()  # compile render-ahead's callback (~1 s of CPU) before this thread turns realtime
-        control = promote_control_thread()  # before the backend's threads start: they inherit it
-        self.backend, self.notice = choose_backend(
+        self.backend, self.notice = choose_backend(  # starts no thread (libjack's own set their policy)
             self.engine, a.backend, device=a.device or None, autoconnect=a.autoconnect,
             midi_in=a.midi_in, midi=self.midi, jack_ahead=a.jack_ahead,
         )
+        if a.jack_ahead and isinstance(self.backend, JackBackend):  # only once JACK is there: ~1 s of CPU
+            warm_native()  # compile render-ahead's callback before this thread turns realtime
+        control = promote_control_thread()  # before the backend's threads start: they inherit it
         if control:
             self.notice = "; ".join(x for x in (self.notice, f"main thread: {control}") if x)
         self.backend.start()

@@ -48,6 +48,10 @@ def test_status_table_names_every_actor(module_daemon: Daemon) -> None:
     out = module_daemon.cli("status").stdout
     for word in ("controller", "processor", "worker-1", "worker-2", "restarts", "heartbeat", str(module_daemon.pid)):
         assert word in out
+    # the processor's line counts both kinds of lost block: the device's (or JACK's) xruns and the underflows
+    # (PortAudio's flags, a render-ahead ring found empty)
+    line = next(x for x in out.splitlines() if "processor" in x)
+    assert "xruns=" in line and "underflows=" in line, line
 
 
 def test_submit_prints_the_id_and_result_prints_the_value(module_daemon: Daemon) -> None:

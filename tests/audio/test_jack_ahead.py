@@ -17,13 +17,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from audio import Engine, builtin_sample
 from audio._backends import BackendUnavailable
 from audio._jack import JackBackend, jack_module
-from tests.conftest import wait_for
+from tests.conftest import Daemon, wait_for
 
 pytestmark = pytest.mark.jack
 
@@ -182,3 +183,26 @@ def test_more_channels_than_render_ahead_plays_are_refused_and_rendered_in_jacks
         wait_for(lambda: engine.stats().blocks > 50, what="blocks rendered in JACK's callback")
     finally:
         backend.stop()
+
+
+def _compiled(pid: int) -> bool:
+    """Whether process ``pid`` has numba's compiler (llvmlite's library) mapped: it compiled the native callback."""
+    return "llvmlite" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_the_processor_compiles_the_native_callback_only_when_jack_is_its_backend(
+        server: None, make_daemon: Callable[..., Daemon]) -> None:
+    _native()
+    # backend auto and no JACK server under that name: the processor falls back, and spends no second compiling
+    gone = make_daemon(workers=0, extra_env={"JACK_DEFAULT_SERVER": f"ens-none-{os.getpid()}",
+                                             "ENSEMBLE_AUDIO_BACKEND": "auto", "ENSEMBLE_AUDIO_JACK_AHEAD": "2"})
+    gone.up()
+    stats = dict(gone.actor("processor").stats)
+    assert stats.get("backend") != "jack", stats
+    assert not _compiled(gone.actor("processor").pid)
+    gone.down()
+    # the same with the server there: JACK is the backend, and the callback is compiled before the blocks play
+    there = make_daemon(workers=0, extra_env={"ENSEMBLE_AUDIO_BACKEND": "auto", "ENSEMBLE_AUDIO_JACK_AHEAD": "2"})
+    there.up()
+    wait_for(lambda: dict(there.actor("processor").stats).get("jack_ahead") == 2, what="rendering ahead on JACK")
+    assert _compiled(there.actor("processor").pid)
