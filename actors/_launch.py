@@ -15,6 +15,7 @@ from actors.config import Config
 
 # what the daemon writes to its readiness pipe once it serves (see actors.supervisor.serve)
 READY = b"R"
+_STATUS_WAIT = 0.5  # seconds wait_ready waits for one status answer before it looks at the process and asks again
 
 
 def start_daemon(cfg: Config, err_path: Path, env: dict[str, str] | None = None,
@@ -86,11 +87,14 @@ def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_p
     """The daemon's status once every actor runs (or failed); DaemonError if it exits or is not ready in time.
 
     ``actors=False``: as soon as the daemon answers.  Polls every 5 ms for the
-    first second, then every 20 ms, through one client; the error says the
-    daemon's own last line when it exited.  (A private daemon waits on its
+    first second, then every 20 ms, through one client, each status waited
+    for :data:`_STATUS_WAIT` at most (a daemon that exits after it binds is
+    seen within that, not the client's 2 s); the error says the daemon's own
+    last line when it exited.  (A private daemon waits on its
     readiness pipe instead: :func:`wait_signal`.)
     """
     from actors.client import Client
+    from actors.messages import Status
 
     start = time.monotonic()
     deadline = start + timeout
@@ -106,8 +110,8 @@ def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_p
                 except DaemonNotRunning:
                     time.sleep(pause)
                     continue
-            try:
-                status = client.status()
+            try:  # asked again after _STATUS_WAIT, so that a daemon that exits meanwhile is seen within it
+                status = client._call(Status(), timeout=_STATUS_WAIT)
             except EnsembleError:
                 continue
             # (no actors at all is ready too: a jobs-only daemon scaled to 0 workers, which `up` waited out before)
