@@ -258,6 +258,7 @@ class AheadRing:
         self.reported_underruns = 0
         self.render_ns = np.zeros(TIMES_CAP, dtype=np.int64)  # each block's render time (ring)
         self.timed = 0
+        self.callbacks_from = 0  # the callback's timing ring counts from this cycle (see reset_timing)
         self.thread_policy = ""
         self.last_error: BaseException | None = None
         self.errors = 0
@@ -299,14 +300,16 @@ class AheadRing:
 
         ``jack_done_*_ms``: each block's render time (the render thread's,
         not JACK's callback); ``ahead_callback_*_ms``: the native callback's
-        own time over its last :data:`TIMES_CAP` cycles; ``ahead_underruns``: cycles that found no block
+        own time over its last :data:`TIMES_CAP` cycles since :meth:`reset_timing`;
+        ``ahead_underruns``: cycles that found no block
         ready and played silence (also counted in the engine's ``underflows``).
         """
         n = min(self.timed, len(self.render_ns))
         done = self.render_ns[:n] / 1e6
         h = self.header
-        m = min(int(h[TIMED]), TIMES_CAP)
-        callback = h[TIMES:TIMES + m] / 1e6
+        t = int(h[TIMED])
+        m = min(t - self.callbacks_from, TIMES_CAP)
+        callback = h[TIMES:TIMES + TIMES_CAP][np.arange(t - m, t) % TIMES_CAP] / 1e6
         return {
             "jack_ahead": self.ahead,
             "ahead_callback_p999_ms": float(np.percentile(callback, 99.9)) if m else 0.0,
@@ -319,6 +322,12 @@ class AheadRing:
             "ahead_midi_dropped": int(h[MIDI_DROPPED]),
             "ahead_latency_ms": self.ahead * int(h[FRAMES]) * 1000.0 / self.engine.samplerate,
         }
+
+    def reset_timing(self) -> None:
+        """Forget the timings so far (the render thread's, and the native callback's: as the callback is its ring's
+        only writer, its cycles before now are left out of :meth:`stats` instead).  Context: non-realtime."""
+        self.timed = 0
+        self.callbacks_from = int(self.header[TIMED])
 
     def kill(self) -> None:
         """Make the native callback end its thread at its next cycle (a client given up for dead)."""

@@ -636,7 +636,7 @@ class JackBackend(Backend):
         """Forget the recorded callback start/end times (e.g. after warm-up).  Context: non-realtime."""
         self._timed = 0
         if self._ring is not None:
-            self._ring.timed = 0
+            self._ring.reset_timing()
 
     def stats(self) -> dict[str, Any]:
         """Backend figures for ``status``: connection state, JACK's view of load and xruns, MIDI counts.

@@ -22,6 +22,7 @@ from typing import Callable
 import pytest
 
 from audio import Engine, builtin_sample
+from audio._ahead import TIMED, TIMES, TIMES_CAP
 from audio._backends import BackendUnavailable
 from audio._jack import JackBackend, jack_module
 from tests.conftest import Daemon, wait_for
@@ -83,6 +84,14 @@ def test_the_ring_keeps_up_and_a_stalled_render_thread_is_counted_as_underruns(s
         assert s["jack_ahead"] == 2 and s["ahead_latency_ms"] == pytest.approx(2 * engine.blocksize / 48, rel=1e-9)
         assert s["ahead_render_errors"] == 0 and engine.stats().output_peak > 0
         assert s["ahead_callback_max_ms"] > 0  # the native callback times itself
+        # reset_timing leaves the callback's earlier cycles out (it is its timing ring's only writer)
+        h = backend._ring.header
+        t = int(h[TIMED])
+        h[TIMES + (t - 1) % TIMES_CAP] = 10**12  # an earlier cycle said to have taken 1,000 s
+        assert backend.stats()["ahead_callback_max_ms"] >= 1e6
+        backend.reset_timing()
+        wait_for(lambda: int(h[TIMED]) > t + 20, what="cycles timed after the reset")
+        assert 0 < backend.stats()["ahead_callback_max_ms"] < 1e6
         before = s["ahead_underruns"]
         stall["ms"] = 150.0  # 28 periods of 256 frames: the ring (2 blocks) runs dry, JACK's callback plays silence
         wait_for(lambda: backend.stats()["ahead_underruns"] >= before + 10, what="underruns while the render stalls")
