@@ -308,7 +308,7 @@ class AheadRing:
         done = self.render_ns[:n] / 1e6
         h = self.header
         t = int(h[TIMED])
-        m = min(t - self.callbacks_from, TIMES_CAP)
+        m = max(0, min(t - self.callbacks_from, TIMES_CAP))
         callback = h[TIMES:TIMES + TIMES_CAP][np.arange(t - m, t) % TIMES_CAP] / 1e6
         return {
             "jack_ahead": self.ahead,
