@@ -64,9 +64,20 @@ def render(status: StatusReply, jobs: list[JobInfo]) -> Group:
             f"xruns {s.get('xruns', 0)}  underflows {s.get('underflows', 0)}  "
             f"deadline misses {s.get('deadline_misses', 0)}  late {s.get('late_events', 0)}"
             + (f"  rendering {s['jack_ahead']} block(s) ahead (+{s.get('ahead_latency_ms', 0):.2f} ms)"
-               if s.get("jack_ahead") else "")),
+               if s.get("jack_ahead") else _ahead_hint(s))),
             title="audio"))
     return Group(*parts)
+
+
+def _ahead_hint(s: dict[str, Any]) -> str:
+    """What to try when JACK reports xruns while the engine renders in its callback: render-ahead, and its cost
+    (or why the backend refused it)."""
+    if s.get("backend") != "jack" or not s.get("xruns"):
+        return ""
+    if s.get("jack_ahead_refused"):
+        return f"  (render-ahead refused: {s['jack_ahead_refused']})"
+    return (f"  (fewer xruns under load: [audio] jack_ahead = 2 renders 2 blocks ahead, "
+            f"+{2 * s.get('period_ms', 0):.2f} ms of latency)")
 
 
 def _key_pressed(fd: int) -> str:

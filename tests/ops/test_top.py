@@ -50,6 +50,24 @@ def test_render_shows_dropped_blocks_and_render_ahead() -> None:
         assert needle in text, needle
 
 
+def test_render_suggests_render_ahead_for_xruns_in_jacks_callback() -> None:
+    """JACK's xruns while the engine renders in its callback: the panel names render-ahead and its latency, or
+    why it was refused; none on another backend, or with no xrun."""
+    status = _status()
+    seen = {}
+    for label, extra in (("in-callback", {}), ("refused", {"jack_ahead_refused": "render-ahead needs numba"}),
+                         ("no xrun", {"xruns": 0}), ("null", {"backend": "null"})):
+        stats = {"backend": "jack", "blocks": 9000, "period_ms": 2.67, "xruns": 4, "underflows": 0, "jack_ahead": 0,
+                 **extra}
+        status.actors[0] = ActorInfo("processor", "processor", 101, "running", 12.0, 0, 0.1, 40 << 20, "", stats)
+        console = Console(record=True, width=400)
+        console.print(render(status, []))
+        seen[label] = " ".join(console.export_text().split())
+    assert "[audio] jack_ahead = 2 renders 2 blocks ahead, +5.34 ms of latency" in seen["in-callback"]
+    assert "(render-ahead refused: render-ahead needs numba)" in seen["refused"]
+    assert "jack_ahead" not in seen["no xrun"] and "jack_ahead" not in seen["null"]
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
 def test_top_runs_in_a_terminal_and_quits_on_q(daemon: Daemon) -> None:
     session = f"enstop{daemon.base.name}"
