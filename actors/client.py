@@ -849,7 +849,7 @@ class Executor(concurrent.futures.Executor):
                     ex._maps.discard(run)
 
         run.done.add_done_callback(ended)
-        return _keeping(self, run.results(timeout))
+        return run.results(timeout, keep=self)  # the values hold this executor until read or dropped
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``wait`` block until submitted futures finish.
@@ -917,15 +917,6 @@ def _finish_at_exit(ex: Executor) -> None:
         atexit.unregister(_shutdown_open)  # registered once, whatever the number of executors
         atexit.register(_shutdown_open)
     _OPEN.add(ex)
-
-
-def _keeping(ex: Executor, results: Iterator[Any]) -> Iterator[Any]:
-    """``results``, holding ``ex`` until they are read or dropped: ``list(Executor().map(f, xs))`` collected the
-    executor as soon as map returned, and its finalizer closed the connection the results were coming on."""
-    try:
-        yield from results
-    finally:
-        del ex
 
 
 def _release(owned: list[Connection], private: "PrivateDaemon | None") -> None:
