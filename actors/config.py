@@ -98,7 +98,7 @@ class JobsConfig(msgspec.Struct, frozen=True):
     queue_limit: int = 1_000_000  # 1..2**40
     queue_bytes: int = 1024 * 1024 * 1024  # budget for the arguments of unfinished jobs held by the daemon, 1024..2**50
     retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept, finite, 0..100 years
-    window: int = 64  # at most this many jobs handed to one worker at once (credit; adaptive below it), 1..65536
+    window: int = 256  # at most this many jobs handed to one worker at once (credit; adaptive below it), 1..65536
     inline_array_limit: int = 64 * 1024  # bytes, 0..2**32; arrays above this size travel through shared memory
 
 
