@@ -170,7 +170,7 @@ class MapRun:
         soon as map returned, and its finalizer closed the connection the
         results were coming on).  Held by the generator itself, not by a
         generator around it: one more generator step per value cost the
-        caller ~1.7 us a chunk of 64 (``bench --only throughput``, chunksize 64).
+        caller ~0.8 us of CPU a chunk of 64 (bench/README, "A twelfth pass").
         """
         return self._results(None if timeout is None else time.monotonic() + timeout, keep)
 
