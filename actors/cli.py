@@ -67,6 +67,7 @@ def _echo_error(message: str) -> None:
 
 _SHOWN = 200  # characters of a value an error line shows whole; a longer one is clipped to that many (_clipped)
 _LINE = 2000  # characters of an error line, at most, once its values are clipped (a message with a few of them)
+_STATUS_STATS = ("backend", "done", "xruns", "underflows", "notice", "loading")  # an actor's stats `status` shows
 _LONG_VALUE = re.compile(r"""(['"])((?:(?!\1)[^\\\n]|\\.){%d,})\1|[^\s'"]{%d,}""" % (_SHOWN + 1, _SHOWN + 1))
 
 
@@ -413,7 +414,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for a in st.actors:
         style = "red" if a.state == "failed" else None
         detail = a.detail or ", ".join(f"{k}={v}" for k, v in a.stats.items()
-                                       if k in ("backend", "done", "xruns", "underflows", "notice", "loading") and v not in ("", {}))
+                                       if k in _STATUS_STATS and v not in ("", {}))
         table.add_row(*cells(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
                              _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail), style=style)
     console.print(table)
