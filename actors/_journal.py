@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -171,7 +170,7 @@ class Journal:
             # the journal's identity, made with it: job ids count anew in another journal (Submitted.journal)
             row = self.db.execute("SELECT value FROM meta WHERE key='journal'").fetchone()
             if row is None:
-                row = (secrets.token_hex(8),)
+                row = (os.urandom(8).hex(),)  # (secrets.token_hex's bytes; secrets imports OpenSSL)
                 self.db.execute("INSERT INTO meta(key, value) VALUES ('journal', ?)", row)
             self.ident = str(row[0])
         except sqlite3.DatabaseError as exc:

@@ -28,7 +28,6 @@ import socket
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger("ensemble.supervisor")
 HANDSHAKE_MS = 10_000  # ZMQ_HANDSHAKE_IVL of the tcp endpoints
@@ -64,6 +63,9 @@ class ConnectionCap:
 
     def events(self, monitor: zmq.Socket[Any]) -> None:
         """Read a monitor's events; shut each connection accepted over the cap."""
+        # (imported here: zmq.utils.monitor imports asyncio, 14 ms a daemon with no tcp endpoint need not pay)
+        from zmq.utils.monitor import recv_monitor_message
+
         port, fds = self.monitors[monitor]
         limit = cap()
         while monitor.getsockopt(zmq.EVENTS) & _POLLIN:  # type: ignore[operator]
