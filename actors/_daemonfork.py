@@ -62,6 +62,7 @@ from pathlib import Path
 from actors._errors import EnsembleError
 from actors._spawn import NEUTRAL_CWD, ForkedProc, child_env, hold_output
 from actors.config import Config
+from actors.messages import warm
 
 # what the child unhooked from the caller: kept referenced, so that it is never finalised in the child
 _KEPT: list[object] = []
@@ -84,6 +85,7 @@ def fork_daemon(cfg: Config, err_path: Path, env: dict[str, str], ready_fd: int)
                     stream.flush()
             except (OSError, ValueError):
                 pass
+        warm()  # the messages' type information, built once here for the daemon and its workers to inherit
         pid = os.fork()
         if pid == 0:
             _child(cfg, env, ready_fd, err)  # never returns

@@ -764,6 +764,18 @@ def _decoder(handles: str | None, generation: int, stored: bool = False) -> msgs
     return msgspec.msgpack.Decoder(envelope, ext_hook=hook)
 
 
+def warm() -> None:
+    """Build the decoders' type information for every kind registered so far now, not at the first frame.
+
+    msgspec keeps what it learns of each message class on the class (2 ms of
+    ``get_type_hints`` for the core kinds), so a process that then forks
+    passes it on: :func:`actors._daemonfork.fork_daemon` calls this first, and
+    neither the private daemon nor its workers (forks of it) spend that time on
+    the way to their first message, when start-up keeps both cores busy.
+    """
+    _decoder("ensemble.", _generation)
+
+
 _DEFAULT_LIMITS = Limits()
 
 
