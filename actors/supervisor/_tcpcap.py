@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import logging
 import resource
-import socket
 from typing import Any
 
 import zmq
@@ -87,6 +86,8 @@ class ConnectionCap:
 def _shut(fd: int, port: int) -> bool:
     """``shutdown(2)`` a connection libzmq accepted, if ``fd`` is still a tcp socket on ``port`` (libzmq closes it
     when it sees the peer leave; closing it here would pull it from under libzmq)."""
+    import socket  # (here: a daemon with no connection over the cap never needs it, 1.5 ms to import)
+
     try:
         sock = socket.socket(fileno=fd)
     except OSError:  # closed since (not a socket now)
