@@ -163,8 +163,13 @@ def _original_text(self: RemoteError) -> str:
     return self.remote_message
 
 
+# ProcessPoolExecutor's error for a pool whose processes died or whose initializer failed: the type of a job's
+# failure when no worker is left to run it, or its worker's initializer raised (an Executor raises it)
+BROKEN_POOL = "concurrent.futures.process.BrokenProcessPool"
+
+
 def _find_class(type_name: str) -> type | None:
-    """The ``Exception`` subclass ``type_name`` names in this process, or None (never imports anything).
+    """The ``Exception`` subclass ``type_name`` names in this process, or None (imports nothing but :data:`BROKEN_POOL`'s).
 
     ``type_name`` as :func:`error_name` wrote it: a builtin's bare name, ``module.qualname`` of a module
     imported here, or the bare qualname of a class of the script run as ``__main__``, as a traceback names it.
@@ -175,6 +180,9 @@ def _find_class(type_name: str) -> type | None:
     script defined counts (not one it imported under that name).
     """
     import builtins
+
+    if type_name == BROKEN_POOL:  # the one exception: a standard module, imported by no client until its pool broke
+        import concurrent.futures.process  # noqa: F401
 
     if "." not in type_name:
         found = _attribute(builtins, [type_name])

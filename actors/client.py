@@ -29,8 +29,8 @@ from actors._task import MAX_TIMEOUT_MS, in_job_process
 from actors._connection import Connection
 from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, pickled_value
 from actors._errors import (
-    DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError, RemoteError,
-    TransportError, WaitTimeout, WrongContextError, remote_error,
+    BROKEN_POOL, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError,
+    RemoteError, TransportError, WaitTimeout, WrongContextError, remote_error,
 )
 from actors._jobfn import check_name, path_of
 from actors._rundir import RunDir
@@ -600,7 +600,7 @@ class Executor(concurrent.futures.Executor):
                     self._start_error = exc
                     raise
                 conn.gone_as = _broken_pool  # its death breaks the pool, as a worker's does ProcessPoolExecutor's
-                conn.lost_as = ("failed", "concurrent.futures.process.BrokenProcessPool")
+                conn.lost_as = ("failed", BROKEN_POOL)
                 self._owned.append(conn)
                 self._conn = conn
             return self._conn
@@ -608,7 +608,7 @@ class Executor(concurrent.futures.Executor):
     def _note_broken(self, info: JobInfo) -> None:
         """A worker's initializer failed for this job, or no worker is left: the pool is broken from now on,
         as ProcessPoolExecutor's."""
-        if info.error_type == "concurrent.futures.process.BrokenProcessPool" and not self._broken:
+        if info.error_type == BROKEN_POOL and not self._broken:
             gone = self._conn.gone if self._conn is not None else None
             self._broken = str(gone) if gone is not None else info.error_message
 

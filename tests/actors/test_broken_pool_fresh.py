@@ -1,0 +1,48 @@
+"""An Executor whose workers cannot start raises ``BrokenProcessPool`` in a program that never imported it.
+
+The daemon fails the queued jobs with ProcessPoolExecutor's error once every
+worker gave up restarting; the client rebuilds that error as its own class
+only if it has the class, and ``concurrent.futures.process`` is imported by
+nothing until a pool breaks.  Run in a fresh interpreter: the test process
+itself has imported it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+_SCRIPT = '''\
+import concurrent.futures
+import sys
+
+from ensemble import Executor
+
+
+def work(x):
+    return x
+
+
+if __name__ == "__main__":
+    with Executor(1) as ex:
+        try:
+            ex.submit(work, 1).result(120)
+        except concurrent.futures.BrokenExecutor as exc:
+            print("caught", type(exc).__name__, flush=True)
+        except Exception as exc:
+            print("not caught", type(exc).__name__, exc, flush=True)
+'''
+
+
+def test_workers_that_cannot_start_break_the_pool_as_processpoolexecutor_s_do(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text(_SCRIPT)
+    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
+           "PYTHONPATH": str(ROOT), "ENSEMBLE_TEST_CRASH_ROLE": "worker"}
+    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["caught BrokenProcessPool"], proc.stdout + proc.stderr
