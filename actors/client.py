@@ -659,7 +659,11 @@ class Executor(concurrent.futures.Executor):
                 self._running += 1
         fut.add_done_callback(_future_done)  # a plain function: a bound method kept here would be a cycle
         if not held:
-            job.send()
+            try:
+                job.send()
+            except BaseException as exc:  # (its private daemon could not start, say): the caller gets the error,
+                fut.set_exception(exc)  # and the future ends with it, so no shutdown, nor the program's exit, waits
+                raise
         return fut
 
     def _template_of(self, fn: Callable[..., Any]) -> JobSpec:
@@ -717,9 +721,25 @@ class Executor(concurrent.futures.Executor):
                     self._running -= 1
             close_now = self._shutdown and not self._live and self._conn is not None and not self._conn.closed
         if nxt is not None:
-            nxt()
+            try:
+                nxt()
+            except BaseException as exc:  # noqa: BLE001 - the daemon is gone: this job and those held after it
+                self._fail_held(held_fut, exc)  # fail with its error (none is sent, nothing waits on them)
         if close_now:  # shutdown(wait=False) was called and the last future just finished
             threading.Thread(target=self._close, name="ensemble-executor-close", daemon=True).start()
+
+    def _fail_held(self, first: Future[Any], exc: BaseException) -> None:
+        """End ``first`` (its send failed) and every job still held back under the cap with ``exc``.
+
+        Taken out of the line first: a future ending here finds nothing left
+        to send, so no callback sends again (nor recurses) on a dead connection.
+        """
+        with self._lock:
+            held = [f for f, _ in self._waiting]
+            self._waiting.clear()
+        for fut in (first, *held):
+            if not fut.done():
+                fut.set_exception(exc)
 
     def _close(self) -> None:
         # a future cancelled before the daemon named its job sends its Cancel once the id arrives: wait for the ids

@@ -1,4 +1,5 @@
-"""An Executor whose workers cannot start raises ``BrokenProcessPool`` in a program that never imported it.
+"""An Executor whose workers cannot start raises ``BrokenProcessPool`` in a program that never imported it;
+one whose private daemon cannot start raises at the submit, and the program still exits.
 
 The daemon fails the queued jobs with ProcessPoolExecutor's error once every
 worker gave up restarting; the client rebuilds that error as its own class
@@ -46,3 +47,44 @@ def test_workers_that_cannot_start_break_the_pool_as_processpoolexecutor_s_do(tm
                           timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["caught BrokenProcessPool"], proc.stdout + proc.stderr
+
+
+_NO_START = '''\
+import os
+import sys
+
+from ensemble import Executor
+
+OWNER = os.getpid()
+
+
+def refuse(event, args):
+    # fault injection: the private daemon (a fork of this process) fails as it opens its journal
+    if event == "sqlite3.connect" and os.getpid() != OWNER:
+        raise OSError("no journal here (the test's audit hook)")
+
+
+def work(x):
+    return x
+
+
+if __name__ == "__main__":
+    sys.addaudithook(refuse)
+    ex = Executor(2)
+    try:
+        ex.submit(work, 1)
+    except Exception as exc:
+        print("submit raised", type(exc).__name__, flush=True)
+    print("end of script", flush=True)
+'''
+
+
+def test_a_submit_whose_private_daemon_cannot_start_raises_and_the_program_still_exits(tmp_path: Path) -> None:
+    """The future of that submit ends with the error too: the exit's shutdown waited for it for ever."""
+    (tmp_path / "main.py").write_text(_NO_START)
+    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["submit raised DaemonError", "end of script"], proc.stdout + proc.stderr
