@@ -104,6 +104,20 @@ def wait_refused(sock: Any, monitor: Any, timeout: float = 60.0, what: str = "th
         monitor.close(0)
 
 
+def run_main(tmp_path: Path, script: str | None = None, timeout: float = 180, **env: str) -> Any:
+    """``python main.py`` in ``tmp_path`` (``script`` written there first, when given) with no daemon running,
+    so that an Executor starts a private one; ``env`` adds variables.  It must exit 0.  Returns the
+    CompletedProcess, its output captured as text."""
+    if script is not None:
+        (tmp_path / "main.py").write_text(script)
+    full = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
+            "PYTHONPATH": str(ROOT), **env}
+    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=full, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     try:

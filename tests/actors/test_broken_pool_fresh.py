@@ -10,12 +10,9 @@ itself has imported it.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import run_main
 
 _SCRIPT = '''\
 import concurrent.futures
@@ -40,12 +37,7 @@ if __name__ == "__main__":
 
 
 def test_workers_that_cannot_start_break_the_pool_as_processpoolexecutor_s_do(tmp_path: Path) -> None:
-    (tmp_path / "main.py").write_text(_SCRIPT)
-    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
-           "PYTHONPATH": str(ROOT), "ENSEMBLE_TEST_CRASH_ROLE": "worker"}
-    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                          timeout=180)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_main(tmp_path, _SCRIPT, ENSEMBLE_TEST_CRASH_ROLE="worker")
     assert proc.stdout.splitlines() == ["caught BrokenProcessPool"], proc.stdout + proc.stderr
 
 
@@ -81,10 +73,5 @@ if __name__ == "__main__":
 
 def test_a_submit_whose_private_daemon_cannot_start_raises_and_the_program_still_exits(tmp_path: Path) -> None:
     """The future of that submit ends with the error too: the exit's shutdown waited for it for ever."""
-    (tmp_path / "main.py").write_text(_NO_START)
-    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                          timeout=180)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_main(tmp_path, _NO_START)
     assert proc.stdout.splitlines() == ["submit raised DaemonError", "end of script"], proc.stdout + proc.stderr

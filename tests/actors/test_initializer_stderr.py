@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import run_main
 
 _SCRIPT = '''\
 from actors.client import Executor
@@ -31,12 +28,7 @@ if __name__ == "__main__":
 
 
 def test_a_failing_initializer_prints_its_traceback_on_the_caller_s_stderr(tmp_path: Path) -> None:
-    (tmp_path / "main.py").write_text(_SCRIPT)
-    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_main(tmp_path, _SCRIPT, timeout=120)
     assert proc.stdout.splitlines() == ["raised BrokenProcessPool"]
     err = proc.stderr
     assert "Exception in initializer __main__:setup:" in err, err

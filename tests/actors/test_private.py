@@ -654,17 +654,9 @@ def test_a_function_defined_after_the_executor_runs_as_under_a_forking_process_p
 def _run_script(tmp_path: Path, start: str) -> Any:
     """``python main.py`` in ``tmp_path`` with no daemon running (a private one starts as ``start`` says); it must
     exit 0.  Returns the CompletedProcess, its output captured as text."""
-    import subprocess
-    import sys
+    from tests.conftest import run_main
 
-    from tests.conftest import ROOT
-
-    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run"),
-           "PYTHONPATH": str(ROOT), "ENSEMBLE_PRIVATE_START": start}
-    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc
+    return run_main(tmp_path, timeout=120, ENSEMBLE_PRIVATE_START=start)
 
 
 def test_two_stops_at_once_stop_the_daemon_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
