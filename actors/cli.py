@@ -11,6 +11,11 @@ JSON cannot carry is printed as :func:`json_text` says.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # ``python -m actors.cli``: run the module itself, not a second copy that the
+    import importlib  # commands of the installed packages would import beside this one
+
+    importlib.import_module("actors.cli").run()
+
 import json
 import logging
 import math

@@ -114,3 +114,13 @@ def test_every_ensemble_variable_the_code_uses_is_known() -> None:
                 used |= set(re.findall(r"(?<![A-Za-z_])ENSEMBLE_[A-Z0-9_]+", text))
     used -= {"ENSEMBLE_"}
     assert used - known == set(), "add these to actors.config.OTHER_VARIABLES (or fix their names)"
+
+
+def test_python_m_actors_cli_runs_the_command_line() -> None:
+    """``python -m actors.cli`` (the module itself, beside ``python -m actors``): the installed packages' commands
+    imported a second copy of it, half built, and it failed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "actors.cli", "--help"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Usage: ensemble"), out.stdout
