@@ -94,7 +94,6 @@ def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_p
     readiness pipe instead: :func:`wait_signal`.)
     """
     from actors.client import Client
-    from actors.messages import Status
 
     start = time.monotonic()
     deadline = start + timeout
@@ -106,12 +105,12 @@ def wait_ready(cfg: Config, proc: subprocess.Popen[bytes], timeout: float, err_p
                 raise DaemonError(exit_reason(proc, err_path))
             if client is None:
                 try:
-                    client = Client(config=cfg, timeout=2.0)
+                    client = Client(config=cfg, timeout=_STATUS_WAIT)
                 except DaemonNotRunning:
                     time.sleep(pause)
                     continue
             try:  # asked again after _STATUS_WAIT, so that a daemon that exits meanwhile is seen within it
-                status = client._call(Status(), timeout=_STATUS_WAIT)
+                status = client.status()
             except EnsembleError:
                 continue
             # (no actors at all is ready too: a jobs-only daemon scaled to 0 workers, which `up` waited out before)
