@@ -169,7 +169,7 @@ BROKEN_POOL = "concurrent.futures.process.BrokenProcessPool"
 
 
 def _find_class(type_name: str) -> type | None:
-    """The ``Exception`` subclass ``type_name`` names in this process, or None (imports nothing but :data:`BROKEN_POOL`'s).
+    """The ``Exception`` subclass ``type_name`` names in this process, or None (imports none but BROKEN_POOL's).
 
     ``type_name`` as :func:`error_name` wrote it: a builtin's bare name, ``module.qualname`` of a module
     imported here, or the bare qualname of a class of the script run as ``__main__``, as a traceback names it.
