@@ -13,6 +13,14 @@ as a reference, an index into a list that travels beside the bytes
 handles and back).  A plain array comes back a plain ``numpy.ndarray``, a
 shared one shared.  Everything around the arrays keeps its exact type; a
 value with no such array is a bare ``bytes`` as before.
+
+A ``bytes`` or ``bytearray`` over the same limit among a job's arguments (each
+argument, each keyword's value) or as its result (the value itself, or an item
+of a result tuple or list of up to 8) leaves the pickle the same way, as an
+array of bytes, and comes back as the ``bytes`` or ``bytearray`` it was: a
+value ``ProcessPoolExecutor`` carries through its pipe (200 MB, say) would
+otherwise be over the daemon's frame limit.  (Pickle calls no hook of ours
+for a ``bytes``, so the ones nested deeper stay inside.)
 """
 
 from __future__ import annotations
@@ -31,12 +39,17 @@ _DEPTH = 32  # how deep the search for the failing part goes
 def dumps(value: Any, path: str, limit: int | None = None) -> bytes | list[Any]:
     """``pickle.dumps(value)``, or raise :func:`unpicklable`'s error (``path`` names the value: ``"result"``).
 
-    With ``limit``, arrays over ``limit`` bytes (and shared ones) are left out:
-    ``[blob, array, ...]`` when there are any.
+    With ``limit``, arrays over ``limit`` bytes (and shared ones) are left out,
+    and bytes over it that are the value or an item of a short tuple or list
+    (see the module's doc): ``[blob, array, ...]`` when there are any.
     """
     try:
         if limit is None:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        if type(value) in _BYTES:
+            value = _boxed(value, limit)
+        elif type(value) in (tuple, list) and len(value) <= _SCANNED:
+            value = type(value)(_boxed(v, limit) for v in value)
         blob, refs = dumps_referencing(value, limit)
         return [blob, *refs] if refs else blob
     except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError, AttributeError (a local class)
@@ -84,7 +97,8 @@ def dumps_arguments(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     try:
         if limit is None:
             return [pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)]
-        blob, refs = dumps_referencing((args, kwargs), limit)
+        boxed = (tuple(_boxed(v, limit) for v in args), {k: _boxed(v, limit) for k, v in kwargs.items()})
+        blob, refs = dumps_referencing(boxed, limit)
         return [blob, *refs]
     except Exception as exc:  # noqa: BLE001
         own = args[1:] if head else args
@@ -94,6 +108,47 @@ def dumps_arguments(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],
         if bad is kwargs and head:
             where, bad = culprit(args[0], f"{fn}: the function")
         raise unpicklable(bad, where, exc) from None
+
+
+_BYTES = (bytes, bytearray)
+# a result tuple or list up to this long has its items looked at for bytes over the limit: a (meta, data) pair,
+# a map chunk's results at chunksize 8 or less (at 64 the look would cost 3 us a chunk, every chunk)
+_SCANNED = 8
+
+
+def big_bytes(value: Any, limit: int) -> bool:
+    """Whether ``value`` is, or (a tuple or list of up to :data:`_SCANNED`) holds, a bytes or bytearray over
+    ``limit``: what :func:`dumps` with ``limit`` leaves out of the pickle."""
+    if type(value) in _BYTES:
+        return len(value) > limit
+    return type(value) in (tuple, list) and len(value) <= _SCANNED and any(
+        type(v) in _BYTES and len(v) > limit for v in value)
+
+
+class _OutOfBand:
+    """A bytes or bytearray over the limit, boxed to leave the pickle as an array of bytes (see :func:`dumps`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+
+def _boxed(value: Any, limit: int) -> Any:
+    return _OutOfBand(value) if type(value) in _BYTES and len(value) > limit else value
+
+
+def _reduce_out_of_band(box: _OutOfBand) -> Any:
+    np = sys.modules["numpy"]
+    refs = _dumping.state[1]
+    refs.append(np.frombuffer(box.data, dtype=np.uint8))  # (no copy: the export copies it once, as an array)
+    return _bytes_ref, (len(refs) - 1, type(box.data) is bytearray)
+
+
+def _bytes_ref(i: int, mutable: bool) -> bytes | bytearray:
+    """Unpickling: the bytes (``mutable``: bytearray) sent beside the pickle at ``i``, as an array of bytes."""
+    arr = _ref(i)
+    return bytearray(arr) if mutable else bytes(arr)
 
 
 _loading = threading.local()  # the arrays of the value being unpickled on this thread (loads_referencing)
@@ -140,7 +195,7 @@ def _table() -> dict[type, Any]:
     global _TABLE
     shared = shm._SharedNDArray
     if not _TABLE or (shared is not None and shared not in _TABLE):  # built once (again when shared arrays appear)
-        table = {**copyreg.dispatch_table, sys.modules["numpy"].ndarray: _reduce_plain}
+        table = {**copyreg.dispatch_table, sys.modules["numpy"].ndarray: _reduce_plain, _OutOfBand: _reduce_out_of_band}
         if shared is not None:
             table[shared] = _reduce_shared
         _TABLE = table

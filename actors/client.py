@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import pickle
+import sys
 import threading
 import time
 import warnings
@@ -633,7 +634,11 @@ class Executor(concurrent.futures.Executor):
         if template.fn == callables.PATH:  # the callable itself travels, first among the arguments
             args = (callables.head(fn), *args)
         if pickled:
-            limit = self.conn.arrays.inline_limit if any(is_ndarray(v) for v in (*args, *kwargs.values())) else None
+            inline = self.conn.arrays.inline_limit
+            limit = inline if any(is_ndarray(v) or type(v) in (bytes, bytearray) and len(v) > inline
+                                  for v in (*args, *kwargs.values())) else None
+            if limit is not None and "numpy" not in sys.modules:  # big bytes leave as arrays of bytes (actors._exact)
+                import numpy  # noqa: F401
             try:
                 head = template.fn == callables.PATH
                 payload = dumps_arguments(template.name if head else template.fn, args, kwargs, limit, head)

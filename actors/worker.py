@@ -68,7 +68,7 @@ import zmq
 
 from actors import callables
 from actors._child import Child, child_main
-from actors._exact import dumps, loads as exact_loads, loads_referencing
+from actors._exact import big_bytes, dumps, loads as exact_loads, loads_referencing
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, HeldResults, RunDir, StartedLog
@@ -696,7 +696,12 @@ _NO_ARGS: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})  # a job without arg
 
 
 def _keep_arrays(value: Any, limit: int) -> int | None:
-    """What leaves a pickled result by reference: big arrays, once numpy is in use here (else nothing to look at)."""
+    """What leaves a pickled result by reference: big arrays, once numpy is in use here (else nothing to look at),
+    and big bytes (:func:`actors._exact.big_bytes`: they leave as arrays of bytes)."""
+    if big_bytes(value, limit):
+        import numpy  # noqa: F401 - (in sys.modules from now on, for the pickler's table)
+
+        return limit
     if type(value) in _PLAIN or "numpy" not in sys.modules:
         return None
     return limit

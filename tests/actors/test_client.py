@@ -249,7 +249,7 @@ def test_oversize_payload_is_refused_on_the_client_side(make_daemon: Make) -> No
     with pytest.raises(ProtocolError, match="over the daemon's frame limit of 65536"):
         c.submit("examples.jobs:echo", "x" * 100_000)
     with Executor(config=d.config) as ex:
-        assert isinstance(ex.submit(jobs.square, b"x" * 100_000).exception(30), ProtocolError)
+        assert isinstance(ex.submit(jobs.square, "x" * 100_000).exception(30), ProtocolError)  # (big bytes: shm)
     assert c.jobs() == []  # nothing reached the journal
     assert c.submit("examples.jobs:echo", "x" * 1000).result(30) == "x" * 1000
 

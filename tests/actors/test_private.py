@@ -134,7 +134,33 @@ def test_many_items_whose_total_is_over_the_frame_limit_cross_in_several_frames(
         futures = [ex.submit(len, item) for item in items]  # queued faster than sent: merged, within the limit
         assert sum(f.result(60) for f in futures) == 900_000
         with pytest.raises(Exception, match="over the daemon's frame limit"):  # one too big is still refused
-            ex.submit(len, b"z" * 70_000).result(60)
+            ex.submit(len, "z" * 70_000).result(60)
+        assert ex.submit(len, b"z" * 70_000).result(60) == 70_000  # (bytes over the limit cross as an array)
+
+
+def ident(value: Any) -> Any:
+    return value
+
+
+def framed(data: bytes, *, extra: bytearray) -> tuple[str, bytes, bytearray]:
+    return "meta", data, extra
+
+
+def test_bytes_over_the_frame_limit_cross_both_ways_as_they_do_in_processpoolexecutor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bytes or bytearray argument or result over the daemon's frame limit leaves the frame through shared
+    memory, as a big array does, and comes back of its own type (it was refused: over the frame limit)."""
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("ENSEMBLE_MAX_FRAME", str(64 * 1024))
+    big, mutable = bytes(range(256)) * 1000, bytearray(b"m" * 200_000)  # 256 kB and 200 kB, over 64 kB
+    with Executor(2) as ex:
+        back = ex.submit(ident, big).result(60)
+        assert back == big and type(back) is bytes
+        back = ex.submit(ident, mutable).result(60)
+        assert back == mutable and type(back) is bytearray
+        out = ex.submit(framed, big, extra=mutable).result(60)
+        assert out == ("meta", big, mutable) and [type(v) for v in out] == [str, bytes, bytearray]
 
 
 def _stopped(pid: int, where: Path, owner: str) -> None:
