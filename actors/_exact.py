@@ -47,9 +47,10 @@ def dumps(value: Any, path: str, limit: int | None = None) -> bytes | list[Any]:
         if limit is None:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         if type(value) in _BYTES:
-            value = _boxed(value, limit)
+            value = _boxed(value, limit, {})
         elif type(value) in (tuple, list) and len(value) <= _SCANNED:
-            value = type(value)(_boxed(v, limit) for v in value)
+            boxes: dict[int, Any] = {}
+            value = type(value)(_boxed(v, limit, boxes) for v in value)
         blob, refs = dumps_referencing(value, limit)
         return [blob, *refs] if refs else blob
     except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError, AttributeError (a local class)
@@ -97,7 +98,8 @@ def dumps_arguments(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     try:
         if limit is None:
             return [pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)]
-        boxed = (tuple(_boxed(v, limit) for v in args), {k: _boxed(v, limit) for k, v in kwargs.items()})
+        boxes: dict[int, Any] = {}
+        boxed = (tuple(_boxed(v, limit, boxes) for v in args), {k: _boxed(v, limit, boxes) for k, v in kwargs.items()})
         blob, refs = dumps_referencing(boxed, limit)
         return [blob, *refs]
     except Exception as exc:  # noqa: BLE001
@@ -134,8 +136,15 @@ class _OutOfBand:
         self.data = data
 
 
-def _boxed(value: Any, limit: int) -> Any:
-    return _OutOfBand(value) if type(value) in _BYTES and len(value) > limit else value
+def _boxed(value: Any, limit: int, boxes: dict[int, Any]) -> Any:
+    """``value`` boxed when it is a bytes or bytearray over ``limit``; the same object twice, the same box (so
+    pickle's memo makes it one object again on the other side, as a bytearray passed twice must be)."""
+    if type(value) not in _BYTES or len(value) <= limit:
+        return value
+    box = boxes.get(id(value))
+    if box is None:
+        box = boxes[id(value)] = _OutOfBand(value)
+    return box
 
 
 def _reduce_out_of_band(box: _OutOfBand) -> Any:

@@ -69,3 +69,11 @@ def test_big_bytes_leave_the_pickle_as_arrays_of_bytes_and_come_back_as_they_wer
         if type(value) in (tuple, list):
             assert [type(v) for v in back] == [type(v) for v in value]
     assert type(dumps(small, "result", 1024)) is bytes  # under the limit: inside, as before
+
+
+def test_a_big_bytearray_passed_twice_is_one_object_on_the_other_side_as_pickle_makes_it() -> None:
+    shared = bytearray(b"m" * 5000)
+    payload = dumps_arguments("m:f", (shared, shared), {"again": shared}, 1024)
+    assert len(payload) == 2  # one array beside the pickle, not three
+    args, kwargs = loads_referencing(payload[0], [payload[1].copy()])
+    assert args[0] is args[1] is kwargs["again"] and args[0] == shared
