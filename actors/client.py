@@ -815,9 +815,10 @@ class Executor(concurrent.futures.Executor):
         ``TimeoutError``; leaving the iterator early cancels what has not run.
         A ``functools.partial`` travels pickled with each chunk, as the pools
         send it (its function must be one a job may run).  On a remote daemon,
-        under a ``max_workers`` cap on a shared one, with numpy arrays among
-        the items (they keep their shared-memory path) or objects of the
-        script's own classes, it falls back to one job per item.
+        under a ``max_workers`` cap on a shared one, with numpy arrays or
+        bytes over ``jobs.inline_array_limit`` among the items (they keep
+        their shared-memory path) or objects of the script's own classes, it
+        falls back to one job per item.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -838,8 +839,8 @@ class Executor(concurrent.futures.Executor):
         if not n:
             return iter(())
         types: set[type] = {int} if ints else {t for c in cols for t in set(map(type, c))}  # one pass in C
-        if not self._exact or self._cap is not None \
-                or callables.holds_script_objects(types, cols) or any(is_ndarray_type(t) for t in types):
+        if not self._exact or self._cap is not None or callables.holds_script_objects(types, cols) \
+                or any(is_ndarray_type(t) for t in types) or _big_bytes_among(types, cols, self.config):
             return super().map(fn, *cols, timeout=timeout)
         if isinstance(fn, functools.partial):  # its function passes the rules a submitted one does; it travels whole
             inner = _unwrap(fn, (), {})[0]
@@ -896,6 +897,16 @@ class Executor(concurrent.futures.Executor):
             self._close()
         # else: still in _OPEN, so a private executor's work still runs if the program ends now: the pool's
         # exit waits for its work after shutdown(wait=False) too
+
+
+def _big_bytes_among(types: set[type], cols: list[Sequence[Any]], cfg: Config) -> bool:
+    """Whether a map's items hold a bytes or bytearray over the inline limit: they go one job each then, and so
+    through shared memory (:mod:`actors._exact`), as items that are arrays do (looked at only when bytes are
+    among the items' types)."""
+    if bytes not in types and bytearray not in types:
+        return False
+    limit = cfg.jobs.inline_array_limit
+    return any(type(v) in (bytes, bytearray) and len(v) > limit for c in cols for v in c)
 
 
 class _JobFuture(Future[Any]):

@@ -161,6 +161,7 @@ def test_bytes_over_the_frame_limit_cross_both_ways_as_they_do_in_processpoolexe
         assert back == mutable and type(back) is bytearray
         out = ex.submit(framed, big, extra=mutable).result(60)
         assert out == ("meta", big, mutable) and [type(v) for v in out] == [str, bytes, bytearray]
+        assert list(ex.map(ident, [b"small", big, mutable])) == [b"small", big, mutable]  # one job per item
 
 
 def _stopped(pid: int, where: Path, owner: str) -> None:
