@@ -46,12 +46,13 @@ def dumps(value: Any, path: str, limit: int | None = None) -> bytes | list[Any]:
     try:
         if limit is None:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        boxed = value
         if type(value) in _BYTES:
-            value = _boxed(value, limit, {})
+            boxed = _boxed(value, limit, {})
         elif type(value) in (tuple, list) and len(value) <= _SCANNED:
             boxes: dict[int, Any] = {}
-            value = type(value)(_boxed(v, limit, boxes) for v in value)
-        blob, refs = dumps_referencing(value, limit)
+            boxed = type(value)(_boxed(v, limit, boxes) for v in value)
+        blob, refs = dumps_referencing(boxed, limit)
         return [blob, *refs] if refs else blob
     except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError, AttributeError (a local class)
         raise unpicklable(value, path, exc) from None
