@@ -664,12 +664,15 @@ def case_arrays(ctx: Ctx) -> list[Row]:
                 skipped(f"100 MB {case}", "ordinary array", why, "one warm copy")]
     import numpy as np
 
+    from actors.client import Executor
+
     sizes = ctx.size([10], [10, 100])
     reps = ctx.size(3, 5)
     rows = []
     shared_transfer: dict[int, float] = {}
     shared_total: dict[int, float] = {}  # the client.empty() job's whole round trip, beside Ray's
-    with BenchDaemon(workers=1) as d, concurrent.futures.ProcessPoolExecutor(1, mp_context=SPAWN) as ppe:
+    with BenchDaemon(workers=1) as d, concurrent.futures.ProcessPoolExecutor(1, mp_context=SPAWN) as ppe, \
+            Executor(config=d.config()) as ex:
         c = d.client()
         ppe.submit(bj.plain_noop).result()
         for mb in sizes:
@@ -679,6 +682,7 @@ def case_arrays(ctx: Ctx) -> list[Row]:
             ordinary = np.ones(count)
             warm = np.empty(count)
             warm[:] = 0.0
+            blob = ordinary.tobytes()
             # each pattern in a run of its own, so each is in its steady state: a job that returns its
             # (copied) argument hands the pooled segment to the caller, and the next one needs a new segment
             patterns: list[tuple[str, int, Callable[[], Any]]] = [
@@ -689,6 +693,9 @@ def case_arrays(ctx: Ctx) -> list[Row]:
                 ("copy_warm", reps, lambda: np.copyto(warm, ordinary)),
                 ("copy_fresh", reps, lambda: _copy_fresh(ordinary)),
                 ("ppe", reps, lambda: ppe.submit(bj.plain_echo, ordinary).result(120)),
+                # bytes through a local Executor (pickled values): out of the pickle, through shared memory
+                ("bytes", reps, lambda: ex.submit(bj.plain_echo, blob).result(120)),
+                ("ppe_bytes", reps, lambda: ppe.submit(bj.plain_echo, blob).result(120)),
             ]
             t: dict[str, list[float]] = {}
             for key, k, fn in patterns:
@@ -718,6 +725,10 @@ def case_arrays(ctx: Ctx) -> list[Row]:
                             m["copy_warm"] * ms, goal, over["ord_io"] <= 1.5 * m["copy_warm"] if judged else None,
                             f"over a no-op job, jobs in a row; a copy into fresh pages costs {m['copy_fresh'] * ms:.1f} ms "
                             "here (the result takes the pooled segment, so the next job needs a new one)"))
+            rows.append(row(label, "bytes, in+out (Executor)", m["bytes"] * ms, "ms",
+                            "ProcessPoolExecutor (pickle), in+out", m["ppe_bytes"] * ms, "(reported)",
+                            note="a local Executor: bytes over jobs.inline_array_limit leave the pickle through "
+                                 "shared memory (over 64 MiB they were refused before)"))
     ray_times = ctx.ray.measure("arrays", sizes=sizes, reps=reps)  # after the others, in a child (RaySession)
     for mb in sizes:
         label = f"{mb} MB {case}"
