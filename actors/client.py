@@ -906,6 +906,8 @@ def _big_bytes_among(types: set[type], cols: list[Sequence[Any]], cfg: Config) -
     if bytes not in types and bytearray not in types:
         return False
     limit = cfg.jobs.inline_array_limit
+    if types <= {bytes, bytearray}:  # items of bytes only: their lengths read in C
+        return any(max(map(len, c)) > limit for c in cols)
     return any(type(v) in (bytes, bytearray) and len(v) > limit for c in cols for v in c)
 
 
