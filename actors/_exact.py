@@ -119,13 +119,17 @@ _BYTES = (bytes, bytearray)
 _SCANNED = 8
 
 
+def over(value: Any, limit: int) -> bool:
+    """Whether ``value`` is a bytes or bytearray over ``limit``: one that leaves the pickle as an array of bytes."""
+    return type(value) in _BYTES and len(value) > limit
+
+
 def big_bytes(value: Any, limit: int) -> bool:
     """Whether ``value`` is, or (a tuple or list of up to :data:`_SCANNED`) holds, a bytes or bytearray over
     ``limit``: what :func:`dumps` with ``limit`` leaves out of the pickle."""
-    if type(value) in _BYTES:
-        return len(value) > limit
-    return type(value) in (tuple, list) and len(value) <= _SCANNED and any(
-        type(v) in _BYTES and len(v) > limit for v in value)
+    if type(value) in (tuple, list):
+        return len(value) <= _SCANNED and any(over(v, limit) for v in value)
+    return over(value, limit)
 
 
 class _OutOfBand:
@@ -140,7 +144,7 @@ class _OutOfBand:
 def _boxed(value: Any, limit: int, boxes: dict[int, Any]) -> Any:
     """``value`` boxed when it is a bytes or bytearray over ``limit``; the same object twice, the same box (so
     pickle's memo makes it one object again on the other side, as a bytearray passed twice must be)."""
-    if type(value) not in _BYTES or len(value) <= limit:
+    if not over(value, limit):
         return value
     box = boxes.get(id(value))
     if box is None:

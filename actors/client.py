@@ -28,7 +28,7 @@ import msgspec
 from actors import _map, callables
 from actors._task import MAX_TIMEOUT_MS, in_job_process
 from actors._connection import Connection
-from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, pickled_value
+from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, over, pickled_value
 from actors._errors import (
     BROKEN_POOL, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError,
     RemoteError, TransportError, WaitTimeout, WrongContextError, remote_error,
@@ -635,8 +635,7 @@ class Executor(concurrent.futures.Executor):
             args = (callables.head(fn), *args)
         if pickled:
             inline = self.conn.arrays.inline_limit
-            limit = inline if any(is_ndarray(v) or type(v) in (bytes, bytearray) and len(v) > inline
-                                  for v in (*args, *kwargs.values())) else None
+            limit = inline if any(is_ndarray(v) or over(v, inline) for v in (*args, *kwargs.values())) else None
             if limit is not None and "numpy" not in sys.modules:  # big bytes leave as arrays of bytes (actors._exact)
                 import numpy  # noqa: F401
             try:
@@ -908,7 +907,7 @@ def _big_bytes_among(types: set[type], cols: list[Sequence[Any]], cfg: Config) -
     limit = cfg.jobs.inline_array_limit
     if types <= {bytes, bytearray}:  # items of bytes only: their lengths read in C
         return any(max(map(len, c)) > limit for c in cols)
-    return any(type(v) in (bytes, bytearray) and len(v) > limit for c in cols for v in c)
+    return any(over(v, limit) for c in cols for v in c)
 
 
 class _JobFuture(Future[Any]):
