@@ -209,10 +209,11 @@ def _nbytes(h: ArrayHandle) -> int:
 class WorkerArrays:
     """Arrays in a worker: map argument handles, export results."""
 
-    def __init__(self, daemon: str, inline_limit: int, shared: bool = True) -> None:
+    def __init__(self, daemon: str, inline_limit: int, shared: bool = True, spill_over: int = 2**62) -> None:
         self.daemon = daemon
         self.inline_limit = inline_limit
         self.shared = shared  # False on a remote host: everything crosses as bytes
+        self.spill_over = spill_over  # a pickled result's own bytes over this leave the frame (actors._exact.spill)
         self.link: Any = None  # a Ray-placed worker's StoreLink to its host actor (actors._storelink)
 
     def import_args(self, value: Any, mapped: list[SharedArray]) -> Any:

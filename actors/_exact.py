@@ -21,6 +21,14 @@ array of bytes, and comes back as the ``bytes`` or ``bytearray`` it was: a
 value ``ProcessPoolExecutor`` carries through its pipe (200 MB, say) would
 otherwise be over the daemon's frame limit.  (Pickle calls no hook of ours
 for a ``bytes``, so the ones nested deeper stay inside.)
+
+A pickle that is itself over half the frame limit (a 100 MB ``str``, big bytes
+nested in a dict, a long list of numbers: whatever is left in it) leaves the
+frame too: :func:`spill` moves it beside the value as one more array of bytes
+(``[b"", pickle, array, ...]``; no pickle is empty, so the empty head says
+where it went), and it crosses through shared memory as the arrays do.  So
+every value ``ProcessPoolExecutor`` carries crosses here too, whatever its
+size; only what remains in the frame counts against the limit.
 """
 
 from __future__ import annotations
@@ -236,8 +244,24 @@ def dumps_referencing(value: Any, limit: int) -> tuple[bytes, list[Any]]:
     return buf.getvalue(), refs
 
 
+def spill(payload: Any, most: int) -> Any:
+    """A pickled value as it crosses (``bytes``, or ``[blob, array, ...]``), its pickle moved beside it as an
+    array of bytes when that is over ``most`` bytes: ``[b"", pickle, array, ...]`` (see the module's doc)."""
+    blob = payload if type(payload) is bytes else payload[0]
+    if len(blob) <= most:
+        return payload
+    import numpy as np
+
+    return [b"", np.frombuffer(blob, dtype=np.uint8), *([] if type(payload) is bytes else payload[1:])]
+
+
 def loads_referencing(blob: bytes, refs: list[Any]) -> Any:
-    """The inverse of :func:`dumps_referencing`: ``refs`` are the arrays, mapped again on this side."""
+    """The inverse of :func:`dumps_referencing`: ``refs`` are the arrays, mapped again on this side; an empty
+    ``blob`` says the pickle itself is the first of them (:func:`spill`)."""
+    if not blob:
+        if not refs:
+            raise pickle.UnpicklingError("an empty pickle with no array of bytes beside it")
+        blob, refs = refs[0], refs[1:]
     _loading.refs = refs
     try:
         return pickle.loads(blob)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import msgspec
 
-from actors._exact import dumps_range_chunk, unpicklable
+from actors._exact import dumps_range_chunk, spill, unpicklable
 from actors._state import FINAL
 from actors.messages import Cancel, JobInfo, JobSpec
 
@@ -99,6 +99,9 @@ class MapRun:
                 if specs and size + len(payload) > budget:  # big items: this batch ends here, the rest follow
                     end = start + len(specs)
                     break
+                if len(payload) > budget:  # a chunk this big crosses beside the frame, through shared memory
+                    specs.append(replace(spec, args=spill([payload], budget)))
+                    continue
                 specs.append(replace(spec, args=[payload]))
                 size += len(payload)
             if specs:

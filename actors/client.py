@@ -28,7 +28,7 @@ import msgspec
 from actors import _map, callables
 from actors._task import MAX_TIMEOUT_MS, in_job_process
 from actors._connection import Connection
-from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, over, pickled_value
+from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, over, pickled_value, spill
 from actors._errors import (
     BROKEN_POOL, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError,
     RemoteError, TransportError, WaitTimeout, WrongContextError, remote_error,
@@ -647,6 +647,7 @@ class Executor(concurrent.futures.Executor):
                     template = self._callable_template(fn)
                     args = (callables.head(fn, script=True), *args)
                     payload = dumps_arguments(template.name, args, kwargs, limit, head=True)
+                payload = spill(payload, self.conn.limits.max_frame // 2)  # a pickle over it crosses beside the frame
             except PICKLE_ERRORS as exc:  # this job fails at once, as ProcessPoolExecutor's future would
                 fut.set_exception(exc)
                 return fut

@@ -68,7 +68,7 @@ import zmq
 
 from actors import callables
 from actors._child import Child, child_main
-from actors._exact import big_bytes, dumps, loads as exact_loads, loads_referencing
+from actors._exact import big_bytes, dumps, loads as exact_loads, loads_referencing, spill
 from actors._freshness import RETIRE_CODE, UserCode
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, HeldResults, RunDir, StartedLog
@@ -140,7 +140,7 @@ class Worker(Child):
         self.finished: "queue.SimpleQueue[tuple[JobDone, int]]" = queue.SimpleQueue()
         # on another host shared memory is out of reach: arrays cross as bytes, within the frame limit
         self.arrays = WorkerArrays(cfg.shm_key, cfg.daemon.max_frame if self.remote else cfg.jobs.inline_array_limit,
-                                   shared=not self.remote)
+                                   shared=not self.remote, spill_over=cfg.daemon.max_frame // 2)
         self.voice_requests: "queue.SimpleQueue[VoicesOp]" = queue.SimpleQueue()
         self.voice_waits: dict[int, list[Any]] = {}
         self._voice_tokens = itertools.count(1)
@@ -672,7 +672,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
                     _uncount_task(exc)  # the call itself failed (the arguments did not fit), not the function
                 raise
         if d.pickled:  # big arrays in the result leave the pickle and cross through shared memory
-            value = dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit))
+            value = spill(dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit)), arrays.spill_over)
             if type(value) is list:
                 value = [value[0], *arrays.export_result(value[1:], d.inline)]
         elif type(value) not in _PLAIN:  # a plain value holds no array

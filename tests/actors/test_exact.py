@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from actors._exact import dumps, dumps_arguments, dumps_range_chunk, loads, loads_referencing, pickled_value
+from actors._exact import dumps, dumps_arguments, dumps_range_chunk, loads, loads_referencing, pickled_value, spill
 
 
 def test_big_arrays_leave_the_pickle_and_small_or_odd_ones_stay_in_it() -> None:
@@ -77,3 +77,23 @@ def test_a_big_bytearray_passed_twice_is_one_object_on_the_other_side_as_pickle_
     assert len(payload) == 2  # one array beside the pickle, not three
     args, kwargs = loads_referencing(payload[0], [payload[1].copy()])
     assert args[0] is args[1] is kwargs["again"] and args[0] == shared
+
+
+def test_a_pickle_over_the_limit_is_spilled_beside_the_value_and_reads_back_the_same() -> None:
+    """spill moves a pickle over ``most`` bytes into an array of bytes ahead of the value's own arrays; the
+    empty head says so, and loads_referencing reads it from there (a small one stays as it was)."""
+    arr = np.arange(100_000, dtype=np.float64)
+    value = {"text": "t" * 5000, "deep": [[b"b" * 3000]], "arr": arr}
+    payload = dumps(value, "value", 1000)
+    assert type(payload) is list and len(payload) == 2  # the array left the pickle
+    spilled = spill(payload, 1000)
+    assert spilled[0] == b"" and spilled[1].dtype == np.uint8 and spilled[2] is arr
+    blob, refs = pickled_value(spilled)
+    back = loads_referencing(blob, refs)
+    assert back["text"] == value["text"] and back["deep"] == value["deep"] and np.array_equal(back["arr"], arr)
+    plain = dumps(["x" * 5000], "value")
+    assert type(plain) is bytes and spill(plain, 10_000) is plain  # under the limit: untouched
+    blob, refs = pickled_value(spill(plain, 1000))
+    assert blob == b"" and loads_referencing(blob, refs) == ["x" * 5000]
+    with pytest.raises(pickle.UnpicklingError, match="empty pickle"):
+        loads_referencing(b"", [])
