@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import msgspec
 
+from actors._connection import setup_bytes
 from actors._exact import dumps_range_chunk, spill, unpicklable
 from actors._state import FINAL
 from actors.messages import Cancel, JobInfo, JobSpec
@@ -85,6 +86,7 @@ class MapRun:
         if type(only) is range:
             dumps = dumps_range_chunk  # type: ignore[assignment]
         budget = conn.limits.max_frame // 2  # a batch's payloads: one frame must hold them (see payload_bytes)
+        each = setup_bytes(spec)  # what every job carries besides its chunk
         while start < self.n:  # each batch cut and packed as it goes: the first is small, so workers start early
             end = min(self.n, start + (FIRST if start == 0 else min(BATCH, 4 * start)))
             specs: list[JobSpec] = []
@@ -96,14 +98,15 @@ class MapRun:
                     self.unsent = _unpicklable(spec, head, cols, i, chunksize, exc)
                     end = start + len(specs)
                     break
-                if specs and size + len(payload) > budget:  # big items: this batch ends here, the rest follow
+                if specs and size + len(payload) + each > budget:  # big items: this batch ends here, the rest follow
                     end = start + len(specs)
                     break
                 if len(payload) > budget:  # a chunk this big crosses beside the frame, through shared memory
                     specs.append(replace(spec, args=spill([payload], budget)))
+                    size += each
                     continue
                 specs.append(replace(spec, args=[payload]))
-                size += len(payload)
+                size += len(payload) + each
             if specs:
                 ack = conn.submit(specs, self._on_info)
                 ack.add_done_callback(functools.partial(self._on_ids, first=start))

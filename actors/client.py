@@ -36,7 +36,7 @@ from actors._errors import (
 from actors._jobfn import check_name, path_of
 from actors._rundir import RunDir
 from actors._state import FINAL
-from actors.shm import is_ndarray, is_ndarray_type
+from actors.shm import handle_of, is_ndarray, is_ndarray_type
 from actors.config import Config, load_config
 from actors.messages import (
     Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, Scale, Shutdown, Status, StatusReply, Submitted, TaskSubmit, Watch,
@@ -464,6 +464,9 @@ class Client:
 
 
 _RANGE_CHUNK = 32  # a map's chunks of a range this long or longer travel as ranges (Executor.map)
+# pickled initargs over this many bytes go once into shared memory, every job carrying only their handle (see
+# Executor._spec): each job carries its executor's setup, and a 1 MB table made every submit a 1 MB frame
+_SETUP_INLINE = 4096
 
 
 class Executor(concurrent.futures.Executor):
@@ -686,7 +689,26 @@ class Executor(concurrent.futures.Executor):
     def _spec(self, path: str, name: str = "") -> JobSpec:
         """A JobSpec of ``path`` with no arguments and this executor's job options (its worker setup too)."""
         spec = make_spec(path, (), {}, name=name, grace=self._grace, retries=self._retries, resources=self._resources)
-        return spec if self._setup is None else msgspec.structs.replace(spec, setup=self._setup)
+        setup = self._setup
+        if setup is not None and setup.pickled and len(setup.initargs[0]) > _SETUP_INLINE:
+            setup = self._share_setup(setup)
+        return spec if setup is None else msgspec.structs.replace(spec, setup=setup)
+
+    def _share_setup(self, setup: WorkerSetup) -> WorkerSetup:
+        """``setup`` with its pickled initargs moved into shared memory: ``[b"", handle]``, as a spilled value
+        (:func:`actors._exact.spill`); the segment is this executor's connection's, unlinked when it closes,
+        after the executor's last job.  Done once, at the first job."""
+        conn = self.conn  # (starts a private daemon: outside the lock)
+        with self._lock:
+            if self._setup is setup:
+                import numpy as np
+
+                blob = setup.initargs[0]
+                arr = conn.arrays.empty((len(blob),), "uint8")
+                arr[:] = np.frombuffer(blob, dtype=np.uint8)
+                self._setup = msgspec.structs.replace(setup, initargs=[b"", handle_of(arr)])
+            assert self._setup is not None
+            return self._setup
 
     def _template(self, fn: Callable[..., Any]) -> JobSpec:
         """This executor's JobSpec for ``fn`` with no arguments yet, built once per function (name checks included).

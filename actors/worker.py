@@ -535,7 +535,14 @@ class Worker(Child):
             return
         if setup.initializer:
             init = resolve(setup.initializer)
-            args = pickle.loads(setup.initargs[0]) if setup.pickled else setup.initargs
+            args = setup.initargs
+            if setup.pickled:  # the pickle, or [b"", its handle] when it was big (Executor._share_setup)
+                mapped: list[Any] = []
+                try:
+                    args = loads_referencing(args[0], self.arrays.import_args(args[1:], mapped))
+                finally:
+                    for seg in mapped:
+                        seg.close()
             if init is callables.pickled:  # a local Executor's initializer, pickled as the head of its arguments
                 init, args = callables.carried(args, setup.pickled)
             try:

@@ -361,6 +361,17 @@ def initialised(x: Any) -> list[Any]:
     return [os.getpid(), list(_INITIALISED), x]
 
 
+def init_table(table: bytes) -> None:
+    """An initializer handing its jobs a lookup table (the usual reason for one: big data, sent once a worker)."""
+    _INITIALISED[:] = [table]
+
+
+def look_up(i: int) -> int:
+    """Byte ``i`` (modulo its length) of the table :func:`init_table` set in this worker."""
+    table = _INITIALISED[0]
+    return table[i % len(table)]
+
+
 def init_fails(message: str) -> None:
     """An initializer that raises."""
     raise ValueError(message)
