@@ -41,6 +41,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal, Union, get_args, ge
 import msgspec
 from msgspec import Meta, field
 
+from actors import _values
 from actors._errors import ProtocolError
 
 VERSION: Final = 2
@@ -48,6 +49,7 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 EXT_INLINE_ARRAY = 1
 EXT_ARRAY_HANDLE = 2
 EXT_STORED_ARRAY = 3
+EXT_VALUE = 4  # a Python value MessagePack has no type for: a tuple, a set, a datetime... (actors._values)
 _SAFE_DTYPE_KINDS = frozenset("biufc")  # bool, int, uint, float, complex: no objects
 
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
@@ -614,8 +616,13 @@ _unpack_stored = msgspec.msgpack.Decoder(tuple[Annotated[str, Meta(max_length=12
 
 
 def _enc_hook(obj: Any) -> Any:
-    """What msgspec cannot pack itself: array handles (ext 2), numeric numpy arrays (ext 1) and scalars."""
+    """What msgspec cannot pack itself: array handles (ext 2), numeric numpy arrays (ext 1) and scalars, exact
+    values (ext 4: :func:`actors._values.to_wire` made them)."""
     cls = type(obj)
+    if cls is _values.Exact:
+        return msgspec.msgpack.Ext(EXT_VALUE, _encoder.encode((obj.tag, obj.data)))
+    if cls in _values.HOOKED:  # met outside a job's values too (a property): as exact as it can be
+        return _enc_hook(_values.to_wire(obj))
     if cls is ArrayHandle:
         return msgspec.msgpack.Ext(EXT_ARRAY_HANDLE, _pack_plain((obj.name, obj.dtype, obj.shape, obj.offset)))
     if cls is StoredArray:
@@ -632,8 +639,8 @@ def _enc_hook(obj: Any) -> Any:
             return obj.item()
     raise TypeError(
         f"cannot send a value of type {cls.__module__}.{cls.__qualname__}: "
-        "only None, bool, int, float, str, bytes, lists, maps "
-        "and numeric numpy arrays cross the wire"
+        "only None, bool, int, float, complex, str, bytes, bytearray, lists, tuples, sets, maps, datetime, date, "
+        "time, timedelta, Decimal, UUID, Path and numeric numpy arrays cross the wire"
     )
 
 
@@ -668,7 +675,45 @@ def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemb
             raise ProtocolError(f"malformed object-store array key: {exc}") from exc
         _check_dtype(dtype)
         return StoredArray(key, dtype, tuple(shape))
+    if code == EXT_VALUE:
+        return _exact_value(data, handles, stored)
     raise ProtocolError(f"unknown ext type {code}")
+
+
+_KEEPS_EXACT = [0]  # the pid of the process that keeps exact values as they came: the daemon (keep_exact_values)
+
+
+def keep_exact_values() -> None:
+    """This process (the daemon) reads exact values (ext 4) as :class:`actors._values.Exact`, checked, and sends
+    them on so; every other process, a fork of it too, rebuilds them (see :mod:`actors._values`)."""
+    import os
+
+    _KEEPS_EXACT[0] = os.getpid()
+
+
+def _exact_value(data: memoryview | bytes, handles: str | None, stored: bool) -> Any:
+    """An ext 4 payload ``[tag, data]`` (read with the same policy for the arrays inside): the value it stands
+    for, or in the daemon its :class:`~actors._values.Exact` once that value rebuilt; ProtocolError if it does not."""
+    try:
+        tag, inner = _payload_decoder(handles, stored).decode(data)
+        value = _values.rebuild(tag, inner)
+    except ProtocolError:
+        raise
+    except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise ProtocolError(f"malformed exact value (ext {EXT_VALUE}): {exc}") from exc
+    if _KEEPS_EXACT[0]:
+        import os
+
+        if _KEEPS_EXACT[0] == os.getpid():
+            return _values.Exact(tag, inner)
+    return value
+
+
+@functools.lru_cache(maxsize=16)
+def _payload_decoder(handles: str | None, stored: bool) -> msgspec.msgpack.Decoder[Any]:
+    """The decoder of an ext 4 payload, ``[tag, data]``, whose own ext types follow the frame's policy."""
+    return msgspec.msgpack.Decoder(tuple[int, Any], ext_hook=functools.partial(_ext_hook, handles=handles,
+                                                                               stored=stored))
 
 
 def _check_dtype(text: str) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from actors._errors import ProtocolError
+from actors._values import Exact
 from actors.messages import ArrayHandle
 
 SHM_DIR = Path("/dev/shm")
@@ -235,13 +236,19 @@ def copy_of(handle: ArrayHandle, prefix: str) -> Any:
 
 
 def walk(value: Any, fn: Any, depth: int = 0) -> Any:
-    """Apply ``fn`` to every leaf of nested lists/tuples/dicts (bounded depth)."""
+    """Apply ``fn`` to every leaf of nested lists, tuples (kept tuples), dicts and exact values in transit
+    (:class:`actors._values.Exact`), to a bounded depth; sets and dict keys hold no arrays and are left as they are."""
     if depth > 16:
         return value
-    if isinstance(value, list):
+    cls = type(value)
+    if cls is list or isinstance(value, list):
         return [walk(v, fn, depth + 1) for v in value]
+    if cls is tuple:
+        return tuple(walk(v, fn, depth + 1) for v in value)
     if isinstance(value, tuple):
         return [walk(v, fn, depth + 1) for v in value]
     if isinstance(value, dict):
         return {k: walk(v, fn, depth + 1) for k, v in value.items()}
+    if cls is Exact:
+        return Exact(value.tag, walk(value.data, fn, depth + 1))
     return fn(value)

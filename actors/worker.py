@@ -682,7 +682,9 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             value = spill(dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit)), arrays.spill_over)
             if type(value) is list:
                 value = [value[0], *arrays.export_result(value[1:], d.inline)]
-        elif type(value) not in _PLAIN:  # a plain value holds no array
+        elif type(value) not in _PLAIN or type(value) is int and not _INT64 <= value < _UINT64:
+            # arrays leave as handles, and exact values as ext 4 (a tuple stays a tuple: actors._values); a plain
+            # value needs neither
             value = arrays.export_result(value, d.inline)
         progress, status, props = task.final_state()
         return JobDone(d.job_id, True, value, progress=progress, status=status, properties=props,

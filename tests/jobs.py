@@ -670,3 +670,8 @@ def stuck_keeping_gil(marker: str) -> None:
     marker exists no other thread of the worker runs.  Follows :func:`record_keeping_gil` on the same worker."""
     _LIBC.creat(os.fsencode(marker), 0o600)
     _LIBC.sleep(3600)
+
+
+def type_names(*args: Any, **kwargs: Any) -> list[str]:
+    """The exact type of each argument, as the job received it (keyword arguments by sorted name)."""
+    return [type(v).__name__ for v in args] + [type(kwargs[k]).__name__ for k in sorted(kwargs)]

@@ -48,7 +48,7 @@ from actors._spawn import kill_group, raise_open_files
 from actors.config import Config
 from actors.extensions import ChildSpec, Extension, load_extensions, pass_down
 from actors.messages import (ActorInfo, DaemonInfo, JobDone, JobInfo, JobInfos, Limits, Message, StatusReply,
-                             decode_result)
+                             decode_result, keep_exact_values)
 from actors.supervisor import _dispatch as plan, _prefork
 from actors.supervisor._children import ChildrenMixin, Slot, _rss
 from actors.supervisor._cluster import ClusterMixin
@@ -573,6 +573,7 @@ def serve(cfg: Config, foreground: bool = False, ready_fd: int | None = None) ->
     (:func:`actors._launch.wait_signal`).  An exit before that closes it unwritten.
     """
     os.umask(0o077)  # journal, log, keys: this user's only (children get the user's own umask back)
+    keep_exact_values()  # a job's tuples, sets, datetimes... pass through as they came (actors._values)
     # the first workers are forked now, while nothing is open yet (see _prefork); they wait for their orders
     keep_out = () if ready_fd is None else (ready_fd,)
     blanks = _prefork.prefork(cfg.worker_count, keep_out) if _prefork.enabled() else []

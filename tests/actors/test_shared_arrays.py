@@ -98,5 +98,5 @@ def test_results_derived_from_a_shared_argument_cross_the_messagepack_path(share
     a = np.ones(1_000_000)
     kind, shared, rest, doubled, total = c.submit("tests.jobs:array_origin", a, 5).result(60)
     # a * 2 and a.sum() of a shared argument are arrays of the shared subclass: they come back as plain ones
-    assert (kind, shared, rest) == ("SharedNDArray", True, [5])
+    assert (kind, shared, rest) == ("SharedNDArray", True, (5,))  # (a tuple of the job's, a tuple here)
     assert np.array_equal(doubled, a * 2) and total.shape == () and float(total) == 1_000_000.0

@@ -166,3 +166,33 @@ def test_a_remote_client_s_array_result_comes_inline_and_leaves_no_segment(share
     assert np.array_equal(back, a)
     # the worker sent it in the frame (its owner is on another host): no segment waits for a `down`
     assert segments() - before == set()
+
+
+def test_a_remote_client_s_exact_values_cross_and_hide_no_handle(shared_remote: Remote) -> None:
+    """Tuples, sets, datetimes... cross from another host too (ext 4 is data only); an array handle hidden inside
+    one is refused as it is in the open, and a malformed one is a protocol error; the daemon answers after both."""
+    import datetime
+
+    import msgspec
+
+    from actors._values import Exact
+    from actors.messages import ArrayHandle, EXT_VALUE
+
+    value = ((1, 2), {3}, datetime.datetime(2026, 1, 2, 3, 4), 2**80)
+    back = shared_remote.client("c1").submit("examples.jobs:echo", value).result(60)
+    assert back == value and [type(v) for v in back] == [tuple, set, datetime.datetime, int]
+    s = shared_remote.raw("c1", shared_remote.client_ep)
+    try:
+        handle = ArrayHandle(f"ensemble.{shared_remote.d.config.shm_key}.1.0", "<f8", (4,), 0)
+        s.send(encode(Submit([JobSpec("examples.jobs:echo", [Exact(0, ["x", handle])])]), 8))
+        assert s.poll(10_000)
+        corr, reply = decode(s.recv())
+        assert corr == 8 and reply.code == "protocol" and "remote peer" in reply.message
+        bad = msgspec.msgpack.Ext(EXT_VALUE, msgspec.msgpack.encode([5, ["not a date", ""]]))
+        s.send(encode(Submit([JobSpec("examples.jobs:echo", [bad])]), 9))
+        assert s.poll(10_000)
+        corr, reply = decode(s.recv())
+        assert corr == 9 and reply.code == "protocol" and "malformed exact value" in reply.message
+    finally:
+        s.close(0)
+    assert shared_remote.client("c1").submit("examples.jobs:add", 1, 2).result(60) == 3

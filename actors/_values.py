@@ -1,0 +1,177 @@
+"""Exact values in MessagePack: the Python types it has no type of its own for, as one ext type (4).
+
+MessagePack carries ``None``, bools, 64-bit ints, floats, text, bytes, arrays and
+maps.  Packed as they are, a tuple or a set comes back a list, a ``datetime`` or
+a ``Decimal`` a string, and a big int or a ``Path`` cannot be sent.  These
+values travel instead as ``ext 4`` whose payload is MessagePack again, ``[tag,
+data]`` (the tags below), so a :class:`~actors.client.Client` job gets back
+what it sent, from any host: tuples stay tuples, and so do sets, frozensets,
+ints of any size, complex numbers, ``datetime``/``date``/``time``/``timedelta``
+(an aware one keeps its ``zoneinfo`` zone; another ``tzinfo`` comes back as the
+fixed offset it had), ``Decimal``, ``UUID``, ``Path`` and ``bytearray``.  Each
+is data only: nothing is imported or called by name to rebuild it, so ext 4 is
+read from any peer, remote ones included.
+
+:func:`to_wire` turns a value into what the encoder packs (:class:`Exact` for
+each of those types, the leaves passed to ``leaf``: arrays become handles
+there).  Reading, every process but the daemon rebuilds the value
+(:func:`rebuild`, called by the decoder's ext hook); the daemon checks that it
+rebuilds and keeps the :class:`Exact` (it never holds a user's values as
+Python objects, and must send them on as they came: a tuple it rebuilt would
+leave as a list).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import pathlib
+import uuid
+from typing import Any, Callable
+
+TUPLE, SET, FROZENSET, BIGINT, COMPLEX, DATETIME, DATE, TIME, TIMEDELTA, DECIMAL, UUID, PATH, PURE_PATH, \
+    BYTEARRAY = range(14)
+_INT64, _UINT64 = -2**63, 2**64  # the ints MessagePack carries itself
+_DEPTH = 64  # nesting a value may have here (the decoder refuses deeper ones too)
+_PLAIN = frozenset({type(None), bool, float, str, bytes})
+# the types msgspec cannot pack, so its hook meets them wherever they are (tuples, datetimes... it packs its way)
+HOOKED = frozenset({complex, pathlib.PosixPath, pathlib.PurePosixPath})
+
+
+class Exact:
+    """A value of one of the module's types as it crosses: its tag and its data (MessagePack values, with
+    :class:`Exact` inside for nested ones).  Hashed by identity: one that was a dict key stays a distinct key."""
+
+    __slots__ = ("tag", "data")
+
+    def __init__(self, tag: int, data: Any) -> None:
+        self.tag = tag
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Exact({self.tag}, {self.data!r})"
+
+
+def _zone(t: datetime.datetime | datetime.time) -> str:
+    key = getattr(t.tzinfo, "key", None)  # a zoneinfo.ZoneInfo
+    return key if type(key) is str and type(t.tzinfo).__name__ == "ZoneInfo" else ""
+
+
+def to_wire(value: Any, leaf: Callable[[Any], Any] | None = None, depth: int = 0) -> Any:
+    """``value`` as the encoder packs it: the types above as :class:`Exact`, lists and dicts (keys too) walked,
+    everything else passed to ``leaf`` (or left as it is).  Deeper than the limit, the rest is left as it is."""
+    cls = type(value)
+    if cls in _PLAIN:
+        return value
+    if cls is int:
+        if _INT64 <= value < _UINT64:
+            return value
+        return Exact(BIGINT, value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True))
+    if depth > _DEPTH:
+        return value
+    depth += 1
+    if cls is list:
+        return [to_wire(v, leaf, depth) for v in value]
+    if cls is dict:
+        return {to_wire(k, leaf, depth): to_wire(v, leaf, depth) for k, v in value.items()}
+    if cls is tuple:
+        return Exact(TUPLE, [to_wire(v, leaf, depth) for v in value])
+    if cls is set or cls is frozenset:
+        return Exact(SET if cls is set else FROZENSET, [to_wire(v, leaf, depth) for v in value])
+    if cls is bytearray:
+        return Exact(BYTEARRAY, bytes(value))
+    if cls is datetime.datetime:
+        return Exact(DATETIME, [value.isoformat(), _zone(value)])
+    if cls is datetime.date:
+        return Exact(DATE, value.isoformat())
+    if cls is datetime.time:
+        return Exact(TIME, [value.isoformat(), _zone(value)])
+    if cls is datetime.timedelta:
+        return Exact(TIMEDELTA, [value.days, value.seconds, value.microseconds])
+    if cls is decimal.Decimal:
+        return Exact(DECIMAL, str(value))
+    if cls is uuid.UUID:
+        return Exact(UUID, value.bytes)
+    if cls is complex:
+        return Exact(COMPLEX, [value.real, value.imag])
+    if cls is pathlib.PosixPath:
+        return Exact(PATH, str(value))
+    if cls is pathlib.PurePosixPath:
+        return Exact(PURE_PATH, str(value))
+    return leaf(value) if leaf is not None else value
+
+
+def rebuild(tag: int, data: Any) -> Any:
+    """The value ``[tag, data]`` stands for; ValueError or TypeError saying why when it is not one."""
+    if tag == TUPLE:
+        return tuple(_items(data))
+    if tag == SET:
+        return set(_items(data))
+    if tag == FROZENSET:
+        return frozenset(_items(data))
+    if tag == BYTEARRAY:
+        return bytearray(_of(data, bytes))
+    if tag == BIGINT:
+        return int.from_bytes(_of(data, bytes), "little", signed=True)
+    if tag == DATETIME:
+        text, zone = _pair(data, str, str)
+        moment = datetime.datetime.fromisoformat(text)
+        if not zone:
+            return moment
+        zoned = moment.replace(tzinfo=_zone_named(zone))
+        # the second of a wall time that happens twice (clocks going back): the offset it was sent with says so
+        return zoned.replace(fold=1) if moment.tzinfo is not None and zoned.utcoffset() != moment.utcoffset() else zoned
+    if tag == DATE:
+        return datetime.date.fromisoformat(_of(data, str))
+    if tag == TIME:
+        text, zone = _pair(data, str, str)
+        clock = datetime.time.fromisoformat(text)
+        return clock.replace(tzinfo=_zone_named(zone)) if zone else clock
+    if tag == TIMEDELTA:
+        if type(data) is not list or len(data) != 3 or any(type(v) is not int for v in data):
+            raise TypeError("a timedelta is [days, seconds, microseconds], all ints")
+        return datetime.timedelta(days=data[0], seconds=data[1], microseconds=data[2])
+    if tag == DECIMAL:
+        try:
+            return decimal.Decimal(_of(data, str))
+        except decimal.InvalidOperation:
+            raise ValueError(f"{data[:40]!r} is not a Decimal") from None
+    if tag == UUID:
+        return uuid.UUID(bytes=_of(data, bytes))
+    if tag == COMPLEX:
+        real, imag = _pair(data, float, float)
+        return complex(real, imag)
+    if tag == PATH:
+        return pathlib.Path(_of(data, str))
+    if tag == PURE_PATH:
+        return pathlib.PurePosixPath(_of(data, str))
+    raise ValueError(f"unknown exact-value tag {tag!r}")
+
+
+def _items(data: Any) -> list[Any]:
+    if type(data) is not list:
+        raise TypeError(f"a tuple or set is a list of its items, not a {type(data).__name__}")
+    return data
+
+
+def _of(data: Any, cls: type) -> Any:
+    if type(data) is not cls:
+        raise TypeError(f"expected {cls.__name__}, got {type(data).__name__}")
+    return data
+
+
+def _pair(data: Any, first: type, second: type) -> tuple[Any, Any]:
+    if type(data) is not list or len(data) != 2 or type(data[0]) is not first or type(data[1]) is not second:
+        raise TypeError(f"expected [{first.__name__}, {second.__name__}]")
+    return data[0], data[1]
+
+
+def _zone_named(key: str) -> Any:
+    import zoneinfo
+
+    if len(key) > 64:
+        raise ValueError("a time zone's name is at most 64 characters")
+    try:
+        return zoneinfo.ZoneInfo(key)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {key[:64]!r}") from exc

@@ -1,0 +1,100 @@
+"""A Client job's values come back as they went in: tuples, sets, big ints, datetimes... as MessagePack ext 4."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import pathlib
+import uuid
+import zoneinfo
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+
+from actors import ProtocolError
+from actors._values import Exact, rebuild, to_wire
+from actors.messages import EXT_VALUE, _decode_value, _encode_value
+from tests import jobs
+from tests.conftest import Daemon
+
+BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
+VALUES: list[Any] = [
+    (1, "two", (3.0, None)), {1, 2}, frozenset({"a"}), 2**100, -(2**64), 2**64 - 1, 1 + 2j,
+    datetime.datetime(2026, 12, 6, 10, 0, 0, 123456), datetime.datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN, fold=1),
+    datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=-3))), datetime.date(2026, 2, 28),
+    datetime.time(23, 59, 59, 5, tzinfo=datetime.timezone.utc), datetime.timedelta(days=-2, microseconds=9),
+    decimal.Decimal("-1.2300"), uuid.UUID(int=2**127 + 5), pathlib.Path("rel/in.wav"), pathlib.PurePosixPath("/x"),
+    bytearray(b"\x00\xff"), {(1, 2): "pair", frozenset({3}): "set", datetime.date(2026, 1, 1): "day", "k": [(), {()}]},
+]
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, of the same type all the way down (and an aware datetime in the same zone, the same fold)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(k, j) for k, j in zip(a, b)) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (datetime.datetime, datetime.time)):
+        return a == b and a.tzinfo == b.tzinfo and a.fold == b.fold
+    return bool(a == b)
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_every_exact_type_round_trips_through_the_codec(value: Any) -> None:
+    back = _decode_value(_encode_value(to_wire(value)))
+    assert same(back, value), (back, value)
+
+
+@pytest.mark.parametrize("tag, data, why", [
+    (0, "ab", "list of its items"), (3, "12", "expected bytes"), (5, ["2026-13-01", ""], "month"),
+    (5, ["2026-01-01", "Nowhere/Atlantis"], "unknown time zone"), (8, [1, 2], "days, seconds"),
+    (9, "one", "Decimal"), (10, b"short", "16"), (4, [1, 2], "float"), (99, None, "unknown exact-value tag"),
+    (1, [[1]], "unhashable")])
+def test_a_malformed_exact_value_is_a_protocol_error_saying_what(tag: int, data: Any, why: str) -> None:
+    blob = msgspec.msgpack.encode(msgspec.msgpack.Ext(EXT_VALUE, msgspec.msgpack.encode([tag, data])))
+    with pytest.raises(ProtocolError, match="malformed exact value") as info:
+        _decode_value(blob)
+    assert why.lower() in str(info.value).lower()
+
+
+def test_the_daemon_keeps_exact_values_as_they_came_and_sends_them_on_the_same() -> None:
+    from actors import messages
+
+    blob = _encode_value(to_wire([(1, 2), {datetime.date(2026, 1, 1): 2**70}]))
+    saved = messages._KEEPS_EXACT[0]
+    try:
+        messages.keep_exact_values()  # this process, as the daemon does at start
+        kept = _decode_value(blob)
+        assert type(kept[0]) is Exact and type(kept[1]) is dict  # checked, not rebuilt
+        again = _encode_value(kept)
+    finally:
+        messages._KEEPS_EXACT[0] = saved
+    assert again == blob
+    assert same(_decode_value(again), [(1, 2), {datetime.date(2026, 1, 1): 2**70}])
+
+
+def test_rebuild_names_an_unknown_tag() -> None:
+    with pytest.raises(ValueError, match="tag 42"):
+        rebuild(42, [])
+
+
+def test_a_client_job_gets_and_gives_back_every_value_as_it_was(shared_daemon: Daemon) -> None:
+    c = shared_daemon.client()
+    handles = [c.submit("examples.jobs:echo", v) for v in VALUES]
+    for value, h in zip(VALUES, handles):
+        assert same(h.result(60), value), value
+    got = c.submit("tests.jobs:type_names", (1,), {2}, 2**65, datetime.date(2026, 1, 1),
+                   kwargs={"when": datetime.time(1), "path": pathlib.Path("a")}).result(60)
+    assert got == ["tuple", "set", "int", "date", "PosixPath", "time"]  # as the job received them
+
+
+def test_arrays_inside_exact_values_keep_the_shared_memory_path(shared_daemon: Daemon) -> None:
+    c = shared_daemon.client()
+    big = np.arange(100_000, dtype=np.float64)  # 800 kB: through shared memory
+    back = c.submit("examples.jobs:echo", ("meta", big, {1, 2})).result(60)
+    assert type(back) is tuple and back[0] == "meta" and back[2] == {1, 2}
+    assert np.array_equal(back[1], big)
