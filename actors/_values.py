@@ -10,7 +10,9 @@ ints of any size, complex numbers, ``datetime``/``date``/``time``/``timedelta``
 (an aware one keeps its ``zoneinfo`` zone; another ``tzinfo`` comes back as the
 fixed offset it had), ``Decimal``, ``UUID``, ``Path`` and ``bytearray``.  Each
 is data only: nothing is imported or called by name to rebuild it, so ext 4 is
-read from any peer, remote ones included.
+read from any peer, remote ones included.  Nested deeper than 64 levels, the
+rest packs as MessagePack would (lists); a frame nesting ext 4 deeper than
+the reader's recursion allows is refused as malformed.
 
 :func:`to_wire` turns a value into what the encoder packs (:class:`Exact` for
 each of those types, the leaves passed to ``leaf``: arrays become handles
