@@ -138,16 +138,22 @@ def test_every_request_a_role_may_not_send_is_refused_and_the_daemon_lives(share
     assert not any(a.restarts for a in shared_remote.d.status().actors)
 
 
+def _refused(s: Any, arg: Any, corr: int) -> str:
+    """Submit one echo job of ``arg`` on the raw socket ``s``: the daemon's protocol error, its message."""
+    s.send(encode(Submit([JobSpec("examples.jobs:echo", [arg])]), corr))
+    assert s.poll(10_000)
+    got, reply = decode(s.recv())
+    assert got == corr and reply.code == "protocol", reply
+    return str(reply.message)
+
+
 def test_remote_peers_cannot_name_shared_memory(shared_remote: Remote) -> None:
     from actors.messages import ArrayHandle
 
     s = shared_remote.raw("c1", shared_remote.client_ep)
     try:
         handle = ArrayHandle(f"ensemble.{shared_remote.d.config.shm_key}.1.0", "<f8", (4,), 0)
-        s.send(encode(Submit([JobSpec("examples.jobs:echo", [handle])]), 7))
-        assert s.poll(10_000)
-        corr, reply = decode(s.recv())
-        assert corr == 7 and reply.code == "protocol" and "remote peer" in reply.message
+        assert "remote peer" in _refused(s, handle, 7)
     finally:
         s.close(0)
 
@@ -184,15 +190,9 @@ def test_a_remote_client_s_exact_values_cross_and_hide_no_handle(shared_remote: 
     s = shared_remote.raw("c1", shared_remote.client_ep)
     try:
         handle = ArrayHandle(f"ensemble.{shared_remote.d.config.shm_key}.1.0", "<f8", (4,), 0)
-        s.send(encode(Submit([JobSpec("examples.jobs:echo", [Exact(0, ["x", handle])])]), 8))
-        assert s.poll(10_000)
-        corr, reply = decode(s.recv())
-        assert corr == 8 and reply.code == "protocol" and "remote peer" in reply.message
+        assert "remote peer" in _refused(s, Exact(0, ["x", handle]), 8)
         bad = msgspec.msgpack.Ext(EXT_VALUE, msgspec.msgpack.encode([5, ["not a date", ""]]))
-        s.send(encode(Submit([JobSpec("examples.jobs:echo", [bad])]), 9))
-        assert s.poll(10_000)
-        corr, reply = decode(s.recv())
-        assert corr == 9 and reply.code == "protocol" and "malformed exact value" in reply.message
+        assert "malformed exact value" in _refused(s, bad, 9)
     finally:
         s.close(0)
     assert shared_remote.client("c1").submit("examples.jobs:add", 1, 2).result(60) == 3
