@@ -83,6 +83,10 @@ def test_remote_worker_killed_mid_job_requeues_or_fails_by_retry_policy(make_dae
         wait_for(lambda: _remote(d), 60, what="the remote worker to join from the other namespace")
         c = d.client()
         assert c.submit("examples.jobs:add", 20, 22).result(60) == 42
+        # a tuple, a set, a big int reach a worker on another host, and come back, as they were (ext 4)
+        assert c.submit("tests.jobs:type_names", (1,), {2}, 2**70).result(60) == ["tuple", "set", "int"]
+        back = c.submit("examples.jobs:echo", ((1, 2), {3}, 2**70)).result(60)
+        assert back == ((1, 2), {3}, 2**70) and type(back) is tuple and type(back[1]) is set
 
         retried = c.submit("tests.jobs:sleep", 3.0, retries=1, grace=1.0)
         wait_for(lambda: retried.refresh().state == "running", 60, what="the job to run remotely")
