@@ -12,6 +12,8 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors import ProtocolError
 from actors._values import Exact, rebuild, to_wire
@@ -98,3 +100,30 @@ def test_arrays_inside_exact_values_keep_the_shared_memory_path(shared_daemon: D
     back = c.submit("examples.jobs:echo", ("meta", big, {1, 2})).result(60)
     assert type(back) is tuple and back[0] == "meta" and back[2] == {1, 2}
     assert np.array_equal(back[1], big)
+
+
+_leaf = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=12)
+         | st.binary(max_size=20))
+_data = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.integers(-3, 20), _data, st.booleans())
+def test_any_ext_4_payload_is_a_value_or_a_protocol_error(tag: int, data: Any, daemon: bool) -> None:
+    """Generated ``[tag, data]`` payloads, read by a worker or client and by the daemon: the value, or one
+    ProtocolError saying so; never another exception."""
+    from actors import messages
+
+    blob = msgspec.msgpack.encode(msgspec.msgpack.Ext(EXT_VALUE, msgspec.msgpack.encode([tag, data])))
+    saved = messages._KEEPS_EXACT[0]
+    try:
+        if daemon:
+            messages.keep_exact_values()
+        try:
+            value = _decode_value(blob)
+        except ProtocolError:
+            return
+        if daemon:
+            assert type(value) is Exact and _encode_value(value) == blob  # passed on as it came
+    finally:
+        messages._KEEPS_EXACT[0] = saved
