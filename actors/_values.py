@@ -25,7 +25,7 @@ leave as a list).
 
 from __future__ import annotations
 
-import datetime
+import datetime  # (msgspec imports these three anyway: no cost here)
 import decimal
 import pathlib
 import uuid

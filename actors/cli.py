@@ -16,6 +16,8 @@ if __name__ == "__main__":  # ``python -m actors.cli``: run the module itself, n
 
     importlib.import_module("actors.cli").run()
 
+import datetime
+import decimal
 import json
 import logging
 import math
@@ -24,7 +26,8 @@ import re
 import signal
 import sys
 import time
-from pathlib import Path
+import uuid
+from pathlib import Path, PurePath
 from typing import Any, NoReturn
 
 import click
@@ -236,9 +239,11 @@ def json_text(value: Any, indent: int | None = None) -> str:
     JSON carries str, int, finite float, bool, None, lists and dicts with
     such keys (int, float, bool and None keys become strings, as ``json``
     does).  The rest is rendered, never refused: an array (``tolist``) as a
-    list, a tuple as a list, a struct as an object; any other value, or key,
-    as its Python ``repr`` string (``{b"k": 1}`` -> ``{"b'k'": 1}``, a bytes
-    value ``"b'...'"``, a ``(1, 2)`` key ``"(1, 2)"``, NaN ``"nan"``).
+    list, a tuple or a set as a list, a struct as an object, a ``datetime``,
+    ``date`` or ``time`` in ISO 8601, a ``Decimal``, ``UUID`` or path as its
+    text; any other value, or key, as its Python ``repr`` string (``{b"k": 1}``
+    -> ``{"b'k'": 1}``, a bytes value ``"b'...'"``, a ``(1, 2)`` key
+    ``"(1, 2)"``, NaN ``"nan"``).
     """
     return json.dumps(_plain(value), indent=indent, allow_nan=False)
 
@@ -251,8 +256,12 @@ def _plain(value: Any) -> Any:
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, dict):
         return {_plain_key(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_plain(v) for v in value]
+    if isinstance(value, (datetime.date, datetime.time)):  # (a datetime is a date)
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, uuid.UUID, PurePath)):
+        return str(value)
     if hasattr(value, "__struct_fields__"):  # a msgspec Struct
         return {f: _plain(getattr(value, f)) for f in value.__struct_fields__}
     if hasattr(value, "tolist") and not isinstance(value, memoryview):  # numpy arrays and scalars

@@ -265,3 +265,20 @@ def test_a_state_dir_that_is_a_file_and_an_empty_sample_file_are_one_line_errors
     empty = tmp_path / "empty.wav"
     sf.write(empty, np.zeros((0, 1), dtype=np.float32), 48000)
     one_line_error(daemon.cli("sample", "load", str(empty), check=False), "holds no audio frames")
+
+
+def test_exact_values_print_as_json_a_reader_can_use() -> None:
+    """What a Client job gives back exactly (a set, a datetime, a Decimal...) prints as JSON meant for it."""
+    import datetime
+    import decimal
+    import uuid
+    from pathlib import Path
+
+    from actors.cli import json_text
+
+    value = {"s": {3}, "t": (1, frozenset({2})), "when": datetime.datetime(2026, 12, 6, 10, 30),
+             "day": datetime.date(2026, 12, 6), "at": datetime.time(7, 5), "price": decimal.Decimal("1.50"),
+             "id": uuid.UUID(int=1), "file": Path("/tmp/x.wav"), "c": 1 + 2j}
+    assert json.loads(json_text(value)) == {
+        "s": [3], "t": [1, [2]], "when": "2026-12-06T10:30:00", "day": "2026-12-06", "at": "07:05:00",
+        "price": "1.50", "id": "00000000-0000-0000-0000-000000000001", "file": "/tmp/x.wav", "c": "(1+2j)"}
