@@ -20,7 +20,11 @@ drops (a socket monitor's ``DISCONNECTED``) the requests still waiting fail
 with a TransportError that says so, and when it comes back (``CONNECTED``)
 every job with a listener is watched again: the reply brings each one's
 current state (a job that ended meanwhile ends now) and the rest is pushed as
-it happens.  A job the new daemon does not know ends as lost.
+it happens.  A job the new daemon does not know ends as lost.  A daemon that
+is not back within ``[jobs] reconnect_wait`` seconds is given up, as a
+private one that died is: the jobs waited on end and every call fails, saying
+that the jobs are still in its journal (a ``with Executor()`` on a daemon
+killed for good would otherwise wait for ever).
 """
 
 from __future__ import annotations
@@ -186,6 +190,7 @@ class Connection:
         # what its death is, for this connection's user: the error every call raises (made from the message),
         # and the (state, error_type) of the JobInfo that jobs still waiting end with (an Executor: its pool broke)
         self.gone_as: Callable[[str], Exception] = DaemonError
+        self._lost_at = 0.0  # monotonic time the link to a shared daemon dropped (see _give_up)
         self.lost_as = ("worker-lost", "DaemonError")
         self._watch: tuple[int, int] | None = None  # (pid, pidfd) of the private daemon
         if watch is not None:
@@ -440,6 +445,9 @@ class Connection:
                 if self._watch is not None and self._watch[1] in events:
                     poller.unregister(self._watch[1])
                     self._daemon_died(sock)
+                if self._link_lost and self.gone is None and \
+                        time.monotonic() - self._lost_at >= self.cfg.jobs.reconnect_wait:
+                    self._give_up()
         finally:
             sock.disable_monitor()
             monitor.close(linger=0)
@@ -609,6 +617,7 @@ class Connection:
             if event == zmq.EVENT_DISCONNECTED and self._watch is None:  # (a private daemon's end: _daemon_died)
                 self._receive(sock)  # what the daemon sent before it closed came first: it is answered
                 self._link_lost = True
+                self._lost_at = time.monotonic()
                 if self._listeners:  # say why results stop coming (a `with Executor()` would wait on in silence)
                     log.warning("event=daemon-disconnected jobs=%d detail=the daemon closed the connection; these "
                                 "jobs are in its journal and end when it is back (`ensemble up`)", len(self._listeners))
@@ -618,7 +627,7 @@ class Connection:
                         fut.set_exception(TransportError(
                             "the daemon closed the connection before answering (it stopped or restarted); a submit "
                             "may or may not have been accepted: look at your jobs (`ensemble jobs`) before resubmitting"))
-            elif event == zmq.EVENT_CONNECTED and self._link_lost:
+            elif event == zmq.EVENT_CONNECTED and self._link_lost and self.gone is None:
                 self._link_lost = False
                 with self._lock:
                     ids = list(self._listeners)
@@ -665,6 +674,19 @@ class Connection:
         self.gone = self.gone_as(
             f"the private daemon (pid {pid}) {_how_it_ended(pid)}; the jobs it had are lost (create a new "
             "Executor or Client to go on)")
+        self._fail_all(self.gone)
+        with self._lock:
+            ids = list(self._listeners)
+        self._end_as_lost(ids, str(self.gone))
+
+    def _give_up(self) -> None:
+        """The shared daemon went away and was not back within ``reconnect_wait``: end every call and job still
+        waiting on it, as :meth:`_daemon_died` does for a private one (I/O thread)."""
+        wait = self.cfg.jobs.reconnect_wait
+        self.gone = self.gone_as(
+            f"the daemon {self.cfg.name!r} went away and was not back within {wait:g} s ([jobs] reconnect_wait); "
+            "the jobs it had are still in its journal: `ensemble up` runs them, and Client.job(id) follows one then")
+        log.warning("event=daemon-given-up detail=%s", self.gone)
         self._fail_all(self.gone)
         with self._lock:
             ids = list(self._listeners)

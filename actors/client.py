@@ -550,6 +550,9 @@ class Executor(concurrent.futures.Executor):
         self._starting = threading.Lock()
         self._start_error: BaseException | None = None
         self._conn: Connection | None = None if self._private is not None else _connect(self.config, None)
+        if self._conn is not None:  # a shared daemon given up for gone ([jobs] reconnect_wait) breaks the pool too
+            self._conn.gone_as = _broken_pool
+            self._conn.lost_as = ("failed", BROKEN_POOL)
         # what is released if this executor is collected unshut (or is still open at exit): its connection, once
         # made, and its private daemon, made or not (its directory exists already), as a pool shuts down then
         self._owned: list[Connection] = [] if self._conn is None else [self._conn]
@@ -1147,7 +1150,7 @@ def _as_broken_pool(base: type[Exception]) -> type[Exception]:
 
 
 def _broken_pool(message: str) -> Exception:
-    """The error an Executor's calls raise once its private daemon died."""
+    """The error an Executor's calls raise once its private daemon died, or its shared one was given up."""
     return _as_broken_pool(DaemonError)(message)
 
 

@@ -100,6 +100,9 @@ class JobsConfig(msgspec.Struct, frozen=True):
     retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept, finite, 0..100 years
     window: int = 256  # at most this many jobs handed to one worker at once (credit; adaptive below it), 1..65536
     inline_array_limit: int = 64 * 1024  # bytes, 0..2**32; arrays above this size travel through shared memory
+    # seconds a client waits for a shared daemon that went away (stopped, killed) to come back; then the jobs it
+    # waits on end (an Executor's pool is broken) and its calls fail, instead of waiting for ever
+    reconnect_wait: float = 60.0
 
 
 class AudioConfig(msgspec.Struct, frozen=True):
@@ -428,6 +431,7 @@ _RULES: dict[str, dict[str, _Check]] = {
         "retention": _seconds(above_zero=False, most=100 * _YEAR, most_text="100 years"),
         "window": _whole(1, 65536),
         "inline_array_limit": _whole(0, 2**32, " bytes"),
+        "reconnect_wait": _seconds(above_zero=False),
     },
     "audio": {
         "backend": _choice("auto", "jack", "sounddevice", "null", shown="auto, jack, sounddevice or null"),

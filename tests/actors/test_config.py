@@ -156,6 +156,7 @@ BAD_VALUES = [
     ("jobs", "retention", "-1.0", "nan"),
     ("jobs", "window", "0", "65537"),
     ("jobs", "inline_array_limit", "-1", str(2**33)),
+    ("jobs", "reconnect_wait", "-1.0", "inf"),
     ("audio", "backend", "'wave'", "wave"),
     ("audio", "device", r'"hw\u0000"', None),
     ("audio", "samplerate", "0", "-1"),

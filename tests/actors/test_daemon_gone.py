@@ -1,0 +1,44 @@
+"""A shared daemon killed for good: what waits on it ends after ``[jobs] reconnect_wait``, never waits for ever."""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable
+
+import pytest
+
+from actors import DaemonError
+from actors.client import Executor
+from tests import jobs
+from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
+
+
+@pytest.mark.slow  # a daemon killed, and two seconds of waiting for it: ~5 s
+def test_jobs_and_calls_on_a_daemon_that_does_not_come_back_end_saying_so(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """An Executor's future waited for ever, and so did the `with` block's shutdown (PPE: BrokenProcessPool);
+    a Client's handle too. Now each ends once the daemon has been gone for reconnect_wait, saying where the
+    jobs are."""
+    d = make_daemon(workers=2, jobs_only=True, extra_env={"ENSEMBLE_JOBS_RECONNECT_WAIT": "2"})
+    d.up()
+    ex = Executor(config=d.config)
+    fut = ex.submit(jobs.plain_sleep, 120)
+    wait_for(fut.running, 60, what="the executor's job to start")
+    c = d.client(timeout=10)
+    handle = c.submit("tests.jobs:sleep", 120)
+    wait_for(lambda: handle.refresh().state == "running", 60, what="the client's job to start")
+    os.kill(d.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(d.pid) and not processes_mentioning(str(d.base)), 30,
+             what="the daemon and its workers to die")
+    with pytest.raises(BrokenProcessPool, match="reconnect_wait") as info:
+        fut.result(60)
+    assert "still in its journal" in str(info.value)
+    with pytest.raises(BrokenProcessPool):
+        ex.submit(jobs.square, 2)
+    ex.shutdown(wait=True)  # returns: nothing is left to wait for
+    ended = handle.wait(60)
+    assert ended.state == "worker-lost" and "reconnect_wait" in ended.error_message, ended
+    with pytest.raises(DaemonError, match="reconnect_wait"):
+        c.status()
