@@ -447,7 +447,7 @@ class Connection:
                     self._daemon_died(sock)
                 if self._link_lost and self.gone is None and \
                         time.monotonic() - self._lost_at >= self.cfg.jobs.reconnect_wait:
-                    self._give_up()
+                    self._give_up(sock)
         finally:
             sock.disable_monitor()
             monitor.close(linger=0)
@@ -679,9 +679,15 @@ class Connection:
             ids = list(self._listeners)
         self._end_as_lost(ids, str(self.gone))
 
-    def _give_up(self) -> None:
+    def _give_up(self, sock: zmq.Socket[bytes]) -> None:
         """The shared daemon went away and was not back within ``reconnect_wait``: end every call and job still
-        waiting on it, as :meth:`_daemon_died` does for a private one (I/O thread)."""
+        waiting on it, as :meth:`_daemon_died` does for a private one (I/O thread).  The socket is disconnected
+        first: the submits ZeroMQ holds for the daemon are dropped, so a daemon started later never runs a job
+        whose caller was told it failed."""
+        try:
+            sock.disconnect(self.endpoint)
+        except zmq.ZMQError:  # (never connected under that name: nothing is held for it)
+            pass
         wait = self.cfg.jobs.reconnect_wait
         self.gone = self.gone_as(
             f"the daemon {self.cfg.name!r} went away and was not back within {wait:g} s ([jobs] reconnect_wait); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -17,7 +18,7 @@ from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
 
 @pytest.mark.slow  # a daemon killed, and two seconds of waiting for it: ~5 s
 def test_jobs_and_calls_on_a_daemon_that_does_not_come_back_end_saying_so(
-        make_daemon: Callable[..., Daemon]) -> None:
+        make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """An Executor's future waited for ever, and so did the `with` block's shutdown (PPE: BrokenProcessPool);
     a Client's handle too. Now each ends once the daemon has been gone for reconnect_wait, saying where the
     jobs are."""
@@ -32,13 +33,25 @@ def test_jobs_and_calls_on_a_daemon_that_does_not_come_back_end_saying_so(
     os.kill(d.pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(d.pid) and not processes_mentioning(str(d.base)), 30,
              what="the daemon and its workers to die")
+    markers, gate = tmp_path / "markers", tmp_path / "gate"
+    markers.mkdir()
+    gate.touch()
+    late = ex.submit(jobs.plain_gate, str(markers), str(gate))  # while it is gone: held by ZeroMQ, then dropped
+    with pytest.raises(BrokenProcessPool, match="reconnect_wait"):
+        late.result(60)
     with pytest.raises(BrokenProcessPool, match="reconnect_wait") as info:
         fut.result(60)
     assert "still in its journal" in str(info.value)
     with pytest.raises(BrokenProcessPool):
         ex.submit(jobs.square, 2)
-    ex.shutdown(wait=True)  # returns: nothing is left to wait for
     ended = handle.wait(60)
     assert ended.state == "worker-lost" and "reconnect_wait" in ended.error_message, ended
     with pytest.raises(DaemonError, match="reconnect_wait"):
         c.status()
+    d.up()  # a daemon started again never gets the submit its caller was told had failed (the executor still open)
+    fresh = d.client()
+    assert fresh.submit("examples.jobs:add", 1, 2).result(60) == 3
+    # (ZeroMQ's reconnect may take seconds: this sees a held submit only if it came by now; without the socket's
+    # disconnect at the give-up, one came within 5 s here)
+    assert list(markers.iterdir()) == [] and not [j for j in fresh.jobs() if j.fn.endswith("plain_gate")]
+    ex.shutdown(wait=True)  # returns: nothing is left to wait for
