@@ -190,8 +190,8 @@ class Connection:
         # what its death is, for this connection's user: the error every call raises (made from the message),
         # and the (state, error_type) of the JobInfo that jobs still waiting end with (an Executor: its pool broke)
         self.gone_as: Callable[[str], Exception] = DaemonError
-        self._lost_at = 0.0  # monotonic time the link to a shared daemon dropped (see _give_up)
         self.lost_as = ("worker-lost", "DaemonError")
+        self._lost_at = 0.0  # monotonic time the link to a shared daemon dropped (see _give_up)
         self._watch: tuple[int, int] | None = None  # (pid, pidfd) of the private daemon
         if watch is not None:
             self._watch = (watch, os.pidfd_open(watch))  # a zombie's pidfd opens too, and is readable at once
@@ -620,7 +620,9 @@ class Connection:
                 self._lost_at = time.monotonic()
                 if self._listeners:  # say why results stop coming (a `with Executor()` would wait on in silence)
                     log.warning("event=daemon-disconnected jobs=%d detail=the daemon closed the connection; these "
-                                "jobs are in its journal and end when it is back (`ensemble up`)", len(self._listeners))
+                                "jobs are in its journal and end when it is back (`ensemble up`), or end lost if it "
+                                "is not back within %g s ([jobs] reconnect_wait)", len(self._listeners),
+                                self.cfg.jobs.reconnect_wait)
                 waiting, self._waiting = self._waiting, {}
                 for fut, _ in waiting.values():
                     if not fut.done():
