@@ -18,7 +18,7 @@ from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
 
 @pytest.mark.slow  # a daemon killed, and two seconds of waiting for it: ~5 s
 def test_jobs_and_calls_on_a_daemon_that_does_not_come_back_end_saying_so(
-        make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+        make_daemon: Callable[..., Daemon], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An Executor's future waited for ever, and so did the `with` block's shutdown (PPE: BrokenProcessPool);
     a Client's handle too. Now each ends once the daemon has been gone for reconnect_wait, saying where the
     jobs are."""
@@ -33,6 +33,9 @@ def test_jobs_and_calls_on_a_daemon_that_does_not_come_back_end_saying_so(
     os.kill(d.pid, signal.SIGKILL)
     wait_for(lambda: not pid_alive(d.pid) and not processes_mentioning(str(d.base)), 30,
              what="the daemon and its workers to die")
+    # both connections (the executor's, the client's) noticed: a submit sent before that fails as one the daemon
+    # may or may not have taken (TransportError), not as one made while it is away
+    wait_for(lambda: caplog.text.count("event=daemon-disconnected") >= 2, 30, what="the clients to notice")
     markers, gate = tmp_path / "markers", tmp_path / "gate"
     markers.mkdir()
     gate.touch()
