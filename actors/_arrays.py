@@ -30,28 +30,12 @@ from typing import Any
 
 import msgspec
 
-from actors._values import to_wire
+from actors._values import flat, to_wire
 from actors.messages import ArrayHandle, JobInfo, StoredArray
 from actors.shm import segment_prefix, SharedArray, handle_of, is_ndarray, shared_ndarray, walk
 
 _PLAIN = frozenset({type(None), bytes, str, int, float, bool})  # results that hold no array
 _SIZE_CLASS = 1 << 20  # pool segments are rounded up to whole MiB
-
-
-_FLAT = frozenset({type(None), bytes, str, float, bool})
-_INT64, _UINT64 = -2**63, 2**64  # the ints MessagePack carries itself
-
-
-def _flat(items: Any) -> bool:
-    """Whether every item is a value MessagePack carries as it is (an int within 64 bits): nothing to walk."""
-    for v in items:
-        cls = type(v)
-        if cls is int:
-            if not _INT64 <= v < _UINT64:
-                return False
-        elif cls not in _FLAT:
-            return False
-    return True
 
 
 def _size_class(nbytes: int) -> int:
@@ -97,7 +81,7 @@ class ClientArrays:
         a tenth of ``submit_many``'s time in the caller for jobs of no arguments.
         """
         items = value if type(value) is list else value.values() if type(value) is dict else None
-        if items is not None and _flat(items):
+        if items is not None and flat(items):
             return value
         changed.append(True)  # (exact values: a tuple, a set, a datetime... leave as ext 4, see actors._values)
 

@@ -59,6 +59,18 @@ def _zone(t: datetime.datetime | datetime.time) -> str:
     return key if type(key) is str and type(t.tzinfo).__name__ == "ZoneInfo" else ""
 
 
+def flat(items: Any) -> bool:
+    """Whether :func:`to_wire` leaves every item as it is (MessagePack carries each itself): nothing to walk."""
+    for v in items:
+        cls = type(v)
+        if cls is int:
+            if not _INT64 <= v < _UINT64:
+                return False
+        elif cls not in _PLAIN:
+            return False
+    return True
+
+
 def to_wire(value: Any, leaf: Callable[[Any], Any] | None = None, depth: int = 0) -> Any:
     """``value`` as the encoder packs it: the types above as :class:`Exact`, lists and dicts (keys too) walked,
     everything else passed to ``leaf`` (or left as it is).  Deeper than the limit, the rest is left as it is."""

@@ -34,6 +34,7 @@ memory (ext 2).
 from __future__ import annotations
 
 import functools
+import os
 import re
 from enum import IntEnum
 from typing import Annotated, Any, ClassVar, Final, Literal, Union, get_args, get_origin
@@ -686,8 +687,6 @@ _KEEPS_EXACT = [0]  # the pid of the process that keeps exact values as they cam
 def keep_exact_values() -> None:
     """This process (the daemon) reads exact values (ext 4) as :class:`actors._values.Exact`, checked, and sends
     them on so; every other process, a fork of it too, rebuilds them (see :mod:`actors._values`)."""
-    import os
-
     _KEEPS_EXACT[0] = os.getpid()
 
 
@@ -701,11 +700,8 @@ def _exact_value(data: memoryview | bytes, handles: str | None, stored: bool) ->
         raise
     except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise ProtocolError(f"malformed exact value (ext {EXT_VALUE}): {exc}") from exc
-    if _KEEPS_EXACT[0]:
-        import os
-
-        if _KEEPS_EXACT[0] == os.getpid():
-            return _values.Exact(tag, inner)
+    if _KEEPS_EXACT[0] and _KEEPS_EXACT[0] == os.getpid():  # (a client never asks for its pid)
+        return _values.Exact(tag, inner)
     return value
 
 

@@ -241,7 +241,7 @@ def walk(value: Any, fn: Any, depth: int = 0) -> Any:
     if depth > 16:
         return value
     cls = type(value)
-    if cls is list or isinstance(value, list):
+    if isinstance(value, list):
         return [walk(v, fn, depth + 1) for v in value]
     if cls is tuple:
         return tuple(walk(v, fn, depth + 1) for v in value)
