@@ -63,14 +63,16 @@ def payload_bytes(spec: JobSpec) -> int:
     """About what a job's arguments add to a frame: its bytes and strings (a local Executor's pickled payload is
     one bytes argument), and its Executor's initargs, which every job carries.  Submits are merged into one
     frame until their payloads reach half the frame limit."""
-    return sum(len(a) for a in spec.args if isinstance(a, (bytes, bytearray, str))) + setup_bytes(spec)
+    return _text_bytes(spec.args) + setup_bytes(spec)
 
 
 def setup_bytes(spec: JobSpec) -> int:
     """What a job's Executor setup adds to its frame: its initargs' bytes and strings (see :func:`payload_bytes`)."""
-    if spec.setup is None:
-        return 0
-    return sum(len(a) for a in spec.setup.initargs if isinstance(a, (bytes, bytearray, str)))
+    return 0 if spec.setup is None else _text_bytes(spec.setup.initargs)
+
+
+def _text_bytes(values: list[Any]) -> int:
+    return sum(len(a) for a in values if isinstance(a, (bytes, bytearray, str)))
 
 
 def _context(search_cwd: bool = False) -> tuple[str, list[str]]:

@@ -59,16 +59,15 @@ def _zone(t: datetime.datetime | datetime.time) -> str:
     return key if type(key) is str and type(t.tzinfo).__name__ == "ZoneInfo" else ""
 
 
+def plain(value: Any) -> bool:
+    """Whether :func:`to_wire` leaves ``value`` as it is: MessagePack carries it itself (an int within 64 bits)."""
+    cls = type(value)
+    return cls in _PLAIN or cls is int and _INT64 <= value < _UINT64
+
+
 def flat(items: Any) -> bool:
-    """Whether :func:`to_wire` leaves every item as it is (MessagePack carries each itself): nothing to walk."""
-    for v in items:
-        cls = type(v)
-        if cls is int:
-            if not _INT64 <= v < _UINT64:
-                return False
-        elif cls not in _PLAIN:
-            return False
-    return True
+    """Whether every item is :func:`plain`: nothing to walk."""
+    return all(map(plain, items))
 
 
 def to_wire(value: Any, leaf: Callable[[Any], Any] | None = None, depth: int = 0) -> Any:

@@ -70,6 +70,7 @@ from actors import callables
 from actors._child import Child, child_main
 from actors._exact import big_bytes, dumps, loads as exact_loads, loads_referencing, spill
 from actors._freshness import RETIRE_CODE, UserCode
+from actors._values import plain
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, HeldResults, RunDir, StartedLog
 from actors._arrays import WorkerArrays
@@ -539,7 +540,7 @@ class Worker(Child):
             if setup.pickled:  # the pickle, or [b"", its handle] when it was big (Executor._share_setup)
                 mapped: list[Any] = []
                 try:
-                    args = loads_referencing(args[0], self.arrays.import_args(args[1:], mapped))
+                    args = _unpickled(args, self.arrays, mapped)
                 finally:
                     for seg in mapped:
                         seg.close()
@@ -629,6 +630,14 @@ def _pickled_error(exc: BaseException) -> bytes | None:
         return None
 
 
+def _unpickled(crossed: list[Any], arrays: WorkerArrays, mapped: list[Any]) -> Any:
+    """A local client's pickled value as it crossed (``[blob]``, or ``[blob, array, ...]``: see :mod:`actors._exact`),
+    its arrays mapped from shared memory (appended to ``mapped``, for the caller to close)."""
+    if len(crossed) == 1:
+        return exact_loads(crossed[0])
+    return loads_referencing(crossed[0], arrays.import_args(crossed[1:], mapped))
+
+
 def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
              set_up: Callable[[WorkerSetup], None] | None = None,
              fns: dict[str, Callable[..., Any]] | None = None) -> JobDone:
@@ -646,8 +655,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             fn = fns.get(d.fn) or fns.setdefault(d.fn, resolve(d.fn))
         if d.pickled:  # a local client's exact values (its own user: pickle is trusted here, never in the daemon)
             # with its big arrays beside the bytes, mapped from shared memory (see actors._exact)
-            payload = exact_loads(d.args[0]) if len(d.args) == 1 else \
-                loads_referencing(d.args[0], arrays.import_args(d.args[1:], mapped))
+            payload = _unpickled(d.args, arrays, mapped)
         elif d.args or d.kwargs:
             payload = arrays.import_args(d.args, mapped), arrays.import_args(d.kwargs, mapped)
         else:
@@ -682,7 +690,7 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             value = spill(dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit)), arrays.spill_over)
             if type(value) is list:
                 value = [value[0], *arrays.export_result(value[1:], d.inline)]
-        elif type(value) not in _PLAIN or type(value) is int and not _INT64 <= value < _UINT64:
+        elif not plain(value):
             # arrays leave as handles, and exact values as ext 4 (a tuple stays a tuple: actors._values); a plain
             # value needs neither
             value = arrays.export_result(value, d.inline)
