@@ -18,6 +18,10 @@ A worker placed on a Ray cluster has an object-store link instead
 arrive as :class:`~actors.messages.StoredArray` keys are fetched through it,
 and results of at least ``[cluster] object_store_min_bytes`` leave through it,
 the frame carrying only their keys.
+
+Both sides of a local job also pickle here what MessagePack cannot carry (a
+dataclass, an ``Enum`` member, an array of objects: see :mod:`actors._values`),
+a value at a time, as ``ext 5``; nothing is pickled for another host.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Any
 
 import msgspec
 
-from actors._values import flat, to_wire
+from actors._values import flat, pickled, to_wire
+from actors._errors import ProtocolError
 from actors.messages import ArrayHandle, JobInfo, StoredArray
 from actors.shm import segment_prefix, SharedArray, handle_of, is_ndarray, shared_ndarray, walk
 
@@ -42,12 +47,56 @@ def _size_class(nbytes: int) -> int:
     return max(_SIZE_CLASS, -(-nbytes // _SIZE_CLASS) * _SIZE_CLASS)
 
 
-class ClientArrays:
-    """A client's shared-memory arrays: the argument pool and the user's own arrays."""
+class _NoPickle(Exception):
+    """A leaf that does not pickle (its error the cause): the caller names where it sits in the whole value."""
 
-    def __init__(self, daemon: str, inline_limit: int) -> None:
+
+def _pickled_leaf(value: Any) -> Any:
+    """``value`` (what MessagePack cannot carry) pickled to cross to a process of this host; a ``memoryview``,
+    which does not pickle, is left for MessagePack (bytes)."""
+    if type(value) in (ArrayHandle, StoredArray, memoryview):
+        return value
+    try:
+        return pickled(value)
+    except Exception as exc:  # noqa: BLE001 - pickle's own errors, or a __reduce__ of the user's that raised
+        raise _NoPickle() from exc
+
+
+def _exported(value: Any, leaf: Any, where: str) -> Any:
+    """``to_wire(value, leaf)``, or pickle's error for the part that does not pickle, saying what and where
+    (:func:`actors._exact.unpicklable`: ``the job's result['held'][0] ... a _thread.lock does not pickle``)."""
+    try:
+        return to_wire(value, leaf)
+    except _NoPickle as exc:
+        from actors._exact import unpicklable
+
+        assert isinstance(exc.__cause__, Exception)
+        raise unpicklable(value, where, exc.__cause__) from None
+
+
+def _sent_remote(value: Any) -> Any:
+    """A value a client on another host sends as MessagePack has it; an object with fields (a dataclass, an attrs
+    class, a Struct), which the codec would turn into a dict, is refused naming its class."""
+    if hasattr(type(value), "__dataclass_fields__") or hasattr(type(value), "__attrs_attrs__") \
+            or isinstance(value, msgspec.Struct):
+        cls = type(value)
+        raise ProtocolError(f"cannot send a {cls.__module__}.{cls.__qualname__} to a daemon on another host: only "
+                            "a client on its host sends your objects (pickled); send its fields as a dict")
+    return value
+
+
+class ClientArrays:
+    """A client's shared-memory arrays: the argument pool and the user's own arrays.
+
+    ``pickles``: the client is on the daemon's host, so a value MessagePack
+    cannot carry crosses pickled (:mod:`actors._values`); from another host it
+    is refused, naming its type.
+    """
+
+    def __init__(self, daemon: str, inline_limit: int, pickles: bool = True) -> None:
         self.daemon = daemon
         self.inline_limit = inline_limit
+        self.pickles = pickles
         self._lock = threading.Lock()
         self._free: dict[int, list[SharedArray]] = collections.defaultdict(list)
         self._in_use: dict[int, list[SharedArray]] = {}  # job id -> pooled segments it borrowed
@@ -84,14 +133,17 @@ class ClientArrays:
         if items is not None and flat(items):
             return value
         changed.append(True)  # (exact values: a tuple, a set, a datetime... leave as ext 4, see actors._values)
+        pickles = self.pickles
 
         def leaf(v: Any) -> Any:
-            if not is_ndarray(v):
-                return v
+            if not is_ndarray(v) or pickles and not isinstance(v, sys.modules["numpy"].ndarray):  # (a numpy scalar)
+                return _pickled_leaf(v) if pickles else _sent_remote(v)
             h = handle_of(v)
             if h is not None:
                 changed.append(True)
                 return h
+            if v.dtype.kind not in "biufc" and pickles:  # an array of objects or strings, as a pool sends it
+                return _pickled_leaf(v)
             if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc":
                 return v
             seg = self._take(v.nbytes)
@@ -101,7 +153,13 @@ class ClientArrays:
             view[...] = v
             return ArrayHandle(seg.handle.name, v.dtype.str, tuple(v.shape), 0)
 
-        return to_wire(value, leaf)
+        try:
+            return _exported(value, leaf, "the arguments")
+        except ProtocolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - refused at submit, as a value MessagePack cannot carry is
+            notes = "; ".join(getattr(exc, "__notes__", ()))
+            raise ProtocolError(f"{type(exc).__name__}: {exc}{f' ({notes})' if notes else ''}") from exc
 
     def _take(self, nbytes: int) -> SharedArray:
         size = _size_class(nbytes)
@@ -247,11 +305,13 @@ class WorkerArrays:
     def export_result(self, value: Any, inline: bool = False) -> Any:
         """Arrays in a result as handles (shared memory) or inline; ``inline``: the job's owner is on another
         host, so nothing goes to shared memory (a segment of this job's own is copied and its name removed)."""
-        shared = self.shared and not inline
+        shared = self.shared and not inline  # (and so the job's owner is a client of this host: it may pickle)
 
         def leaf(v: Any) -> Any:
-            if not is_ndarray(v):
-                return v
+            if not is_ndarray(v) or shared and not isinstance(v, sys.modules["numpy"].ndarray):  # (a numpy scalar)
+                return _pickled_leaf(v) if shared else v
+            if v.dtype.kind not in "biufc" and shared:
+                return _pickled_leaf(v)
             h = handle_of(v)
             if h is not None and shared:
                 return h
@@ -269,4 +329,4 @@ class WorkerArrays:
             seg.close()
             return h
 
-        return to_wire(value, leaf)
+        return _exported(value, leaf, "the job's result")

@@ -166,7 +166,9 @@ class Connection:
             endpoint = rundir.control_endpoint
         self.endpoint = endpoint
         remote = endpoint.startswith("tcp://")  # another host: arrays travel inline, never as shared memory
-        self.arrays = ClientArrays(cfg.shm_key, cfg.daemon.max_frame if remote else cfg.jobs.inline_array_limit)
+        self.local = not remote  # on the daemon's host: values MessagePack cannot carry cross pickled (ext 5)
+        self.arrays = ClientArrays(cfg.shm_key, cfg.daemon.max_frame if remote else cfg.jobs.inline_array_limit,
+                                   pickles=self.local)
         self.ctx = zmq.Context()
         self._corr = itertools.count(1)
         self._lock = threading.Lock()
@@ -312,8 +314,13 @@ class Connection:
                 continue
             lent: list[Any] = []
             changed: list[bool] = []
-            args = self.arrays.export(spec.args, lent, changed)
-            kwargs = self.arrays.export(spec.kwargs, lent, changed)
+            try:
+                args = self.arrays.export(spec.args, lent, changed)
+                kwargs = self.arrays.export(spec.kwargs, lent, changed)
+            except BaseException:  # a value that cannot cross: the pooled segments taken so far go back
+                for taken in (*borrowed, lent):
+                    self.arrays.return_unused(taken)
+                raise
             out.append(msgspec.structs.replace(spec, args=args, kwargs=kwargs) if changed else spec)
             borrowed.append(lent)
         if any(borrowed):

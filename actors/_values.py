@@ -21,6 +21,17 @@ there).  Reading, every process but the daemon rebuilds the value
 rebuilds and keeps the :class:`Exact` (it never holds a user's values as
 Python objects, and must send them on as they came: a tuple it rebuilt would
 leave as a list).
+
+What MessagePack cannot carry at all (a dataclass, a named tuple, an ``Enum``
+member, a numpy scalar, a ``Fraction``, your own classes) a *local* client and
+its workers pickle, one value at a time, as ``ext 5`` (:class:`Pickled`): it is
+the same user on both ends, as under ``ProcessPoolExecutor``.  The daemon keeps
+those bytes as they came and never unpickles them; it refuses them from tcp
+peers, and runs a job that carries any only on its own host's workers.  A
+reader unpickles them when the value is asked for (:func:`unpickled`: a
+worker once the job's import path is in place, a client in ``result()``), so
+a listing of jobs never runs a user's code, and a value that cannot be rebuilt
+fails only the call that asked for it.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from __future__ import annotations
 import datetime  # (msgspec imports these three anyway: no cost here)
 import decimal
 import pathlib
+import pickle
 import uuid
 from typing import Any, Callable
 
@@ -52,6 +64,54 @@ class Exact:
 
     def __repr__(self) -> str:
         return f"Exact({self.tag}, {self.data!r})"
+
+
+class Pickled:
+    """A value only pickle carries, pickled by a local client or worker, as it crosses (ext 5): opaque bytes to
+    every process until :func:`unpickled` is asked for its value.  Equal when the bytes are (a dict key)."""
+
+    __slots__ = ("blob",)
+    made = 0  # how many this process has read from the wire: none, and nothing needs looking through
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Pickled and other.blob == self.blob
+
+    def __hash__(self) -> int:
+        return hash(self.blob)
+
+    def __repr__(self) -> str:
+        return f"<pickled value, {len(self.blob)} bytes>"
+
+
+def pickled(value: Any) -> Pickled:
+    """``value`` pickled to cross (pickle's own error, raised as it is, when it does not pickle)."""
+    return Pickled(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def unpickled(value: Any, load: Callable[[bytes], Any] = pickle.loads, depth: int = 0) -> Any:
+    """``value`` with every :class:`Pickled` in it (in lists, tuples, dicts, their keys too, and sets) replaced by
+    ``load(its bytes)``; ``value`` itself when this process never read one.  Raises what ``load`` raised (for
+    ``pickle.loads``: a class that is gone, a module that does not import here)."""
+    if not Pickled.made:
+        return value
+    cls = type(value)
+    if cls is Pickled:
+        return load(value.blob)
+    if depth > _DEPTH or cls in _PLAIN or cls is int:
+        return value
+    depth += 1
+    if cls is list:
+        return [unpickled(v, load, depth) for v in value]
+    if cls is tuple:
+        return tuple(unpickled(v, load, depth) for v in value)
+    if cls is dict:
+        return {unpickled(k, load, depth): unpickled(v, load, depth) for k, v in value.items()}
+    if cls is set or cls is frozenset:
+        return cls(unpickled(v, load, depth) for v in value)
+    return value
 
 
 def _zone(t: datetime.datetime | datetime.time) -> str:

@@ -36,6 +36,7 @@ from actors._errors import (
 from actors._jobfn import check_name, path_of
 from actors._rundir import RunDir
 from actors._state import FINAL
+from actors._values import Pickled, unpickled
 from actors.shm import handle_of, is_ndarray, is_ndarray_type
 from actors.config import Config, load_config
 from actors.messages import (
@@ -54,8 +55,9 @@ _REFETCH_EVERY = 1.0  # seconds between fallback polls while waiting for a pushe
 _REFETCH_AT_ONCE = 64  # an AsyncClient's poll: the unfinished handles of a loop fetched at a time
 
 
-def _raise_for(info: JobInfo, lost: type[Exception] = JobLost) -> Any:
-    """Return the job's value, or raise the error its final state stands for (``lost``: for worker-lost)."""
+def _raise_for(info: JobInfo, lost: type[Exception] = JobLost, local: bool = True) -> Any:
+    """Return the job's value, or raise the error its final state stands for (``lost``: for worker-lost).
+    ``local``: this client is on the daemon's host, so it may unpickle what a worker pickled for one (ext 5)."""
     if info.state == "done":
         from actors.messages import ArrayHandle
         from actors.shm import walk
@@ -66,7 +68,8 @@ def _raise_for(info: JobInfo, lost: type[Exception] = JobLost) -> Any:
                                "or the daemon restarted; results in shared memory are handed over once")
             return v
 
-        return walk(info.result, gone) if info.result is not None else None
+        value = walk(info.result, gone) if info.result is not None else None
+        return _unpickled_result(info, value, local) if Pickled.made else value
     if info.state == "failed":
         raise remote_error(info.error_type or "Exception", info.error_message, info.traceback)
     if info.state in ("cancelled", "killed"):
@@ -75,6 +78,23 @@ def _raise_for(info: JobInfo, lost: type[Exception] = JobLost) -> Any:
     if info.state == "worker-lost":
         raise lost(f"job {info.id}{f' ({info.fn})' if info.fn else ''}: {info.error_message}")
     raise EnsembleError(f"job {info.id} is not finished (state {info.state})")
+
+
+def _unpickled_result(info: JobInfo, value: Any, local: bool) -> Any:
+    """A result with what its worker pickled for a local client rebuilt (:func:`actors._values.unpickled`), or
+    :class:`RemoteError` saying why it cannot be: this client is on another host, or the value does not
+    unpickle here."""
+    def refuse(blob: bytes) -> Any:
+        raise RemoteError("TypeError", f"job {info.id} ({info.fn}): its value holds Python objects its worker "
+                          "pickled for a client on the daemon's host; nothing that crossed tcp is unpickled here")
+
+    try:
+        return unpickled(value, pickle.loads if local else refuse)
+    except RemoteError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the value's unpickling raised
+        raise RemoteError("TypeError", f"job {info.id} ({info.fn}): its return value came back but cannot be "
+                          f"rebuilt here: {type(exc).__name__}: {exc}", info.traceback) from None
 
 
 def _grace(grace: float, timeout: float | None) -> float:
@@ -244,7 +264,7 @@ class JobHandle:
         if it passed its deadline, :class:`JobLost` if its worker died with no
         retry left, and :class:`WaitTimeout` if ``timeout`` seconds pass first.
         """
-        return _raise_for(self.wait(timeout))
+        return _raise_for(self.wait(timeout), local=self.client.conn.local)
 
     def cancel(self, block: bool = False, timeout: float | None = 30.0) -> JobInfo | None:
         """Ask the job to stop (``should_abort()`` turns true; force kill after its timeout).
@@ -1237,7 +1257,7 @@ class AsyncJobHandle:
 
     async def result(self, timeout: float | None = None) -> Any:
         """Await the job's value (errors as for :meth:`JobHandle.result`)."""
-        return _raise_for(await self.wait(timeout))
+        return _raise_for(await self.wait(timeout), local=self.client.conn.local)
 
     def __await__(self) -> Any:
         return self.result().__await__()

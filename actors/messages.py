@@ -26,9 +26,13 @@ in C while it unpacks (ints must fit a signed 64-bit int; maps typed
 ``dict[str, Any]`` need string keys; values typed ``Any`` may be any plain
 data, maps with other keys included) and Python's recursion limit bounds
 nesting.  Nothing but plain data ever reaches the code: nothing is unpickled or
-evaluated.  Numpy arrays of numeric dtypes travel as MessagePack ext types:
-small ones inline (ext 1), large ones as an :class:`ArrayHandle` to shared
-memory (ext 2).
+evaluated while decoding.  Numpy arrays of numeric dtypes travel as MessagePack
+ext types: small ones inline (ext 1), large ones as an :class:`ArrayHandle` to
+shared memory (ext 2), Ray-stored ones as a key (ext 3, daemon and its workers
+only).  Python values MessagePack has no type for are ext 4 (data, rebuilt
+without an import: :mod:`actors._values`), and ones only pickle carries are
+ext 5: opaque bytes, accepted only in frames of this host, unpickled by a
+client or a worker when the value is asked for, never by the daemon.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ EXT_INLINE_ARRAY = 1
 EXT_ARRAY_HANDLE = 2
 EXT_STORED_ARRAY = 3
 EXT_VALUE = 4  # a Python value MessagePack has no type for: a tuple, a set, a datetime... (actors._values)
+EXT_PICKLED = 5  # a value only pickle carries, between a local client and this host's workers (actors._values)
 _SAFE_DTYPE_KINDS = frozenset("biufc")  # bool, int, uint, float, complex: no objects
 
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
@@ -622,6 +627,8 @@ def _enc_hook(obj: Any) -> Any:
     cls = type(obj)
     if cls is _values.Exact:
         return msgspec.msgpack.Ext(EXT_VALUE, _encoder.encode((obj.tag, obj.data)))
+    if cls is _values.Pickled:
+        return msgspec.msgpack.Ext(EXT_PICKLED, obj.blob)
     if cls in _values.HOOKED:  # met outside a job's values too (a property): as exact as it can be
         return _enc_hook(_values.to_wire(obj))
     if cls is ArrayHandle:
@@ -678,6 +685,12 @@ def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemb
         return StoredArray(key, dtype, tuple(shape))
     if code == EXT_VALUE:
         return _exact_value(data, handles, stored)
+    if code == EXT_PICKLED:
+        if handles is None:  # the daemon reading a peer on another host
+            raise ProtocolError("pickled values (ext 5) are accepted only from a client on the daemon's host; "
+                                "from another host send values MessagePack carries")
+        _values.Pickled.made += 1
+        return _values.Pickled(bytes(data))
     raise ProtocolError(f"unknown ext type {code}")
 
 

@@ -70,7 +70,7 @@ from actors import callables
 from actors._child import Child, child_main
 from actors._exact import big_bytes, dumps, loads as exact_loads, loads_referencing, spill
 from actors._freshness import RETIRE_CODE, UserCode
-from actors._values import plain
+from actors._values import Pickled, plain, unpickled
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, HeldResults, RunDir, StartedLog
 from actors._arrays import WorkerArrays
@@ -638,6 +638,17 @@ def _unpickled(crossed: list[Any], arrays: WorkerArrays, mapped: list[Any]) -> A
     return loads_referencing(crossed[0], arrays.import_args(crossed[1:], mapped))
 
 
+def _rebuilt(payload: tuple[list[Any], dict[str, Any]]) -> tuple[list[Any], dict[str, Any]]:
+    """A job's arguments with the values its local client pickled unpickled (:func:`actors._values.unpickled`);
+    one that does not unpickle here fails the job, saying which argument and why."""
+    args, kwargs = payload
+    try:
+        return unpickled(args), unpickled(kwargs)
+    except Exception as exc:  # noqa: BLE001 - whatever the value's unpickling raised
+        raise TypeError(f"an argument came pickled from the client but cannot be rebuilt in the worker: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
 def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
              set_up: Callable[[WorkerSetup], None] | None = None,
              fns: dict[str, Callable[..., Any]] | None = None) -> JobDone:
@@ -658,6 +669,8 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             payload = _unpickled(d.args, arrays, mapped)
         elif d.args or d.kwargs:
             payload = arrays.import_args(d.args, mapped), arrays.import_args(d.kwargs, mapped)
+            if Pickled.made:  # values a local client pickled (ext 5), read now that the job's import path is in place
+                payload = _rebuilt(payload)
         else:
             payload = _NO_ARGS
         if fn is callables.pickled:  # a local Executor's callable, sent pickled as the head of its arguments

@@ -324,8 +324,15 @@ def plain_raise_value_error(message: str) -> None:
 
 
 def object_result(task: Task) -> object:
-    """A result MessagePack cannot carry (``Client.submit`` jobs travel as MessagePack)."""
+    """A result MessagePack cannot carry: a local client gets it pickled, a remote one an error."""
     return object()
+
+
+def lock_result() -> Any:
+    """A result neither MessagePack nor pickle carries."""
+    import threading
+
+    return {"held": [threading.Lock()]}
 
 
 # -- one calling convention, ProcessPoolExecutor parity (tests/actors/test_executor_compat.py)
@@ -675,3 +682,20 @@ def stuck_keeping_gil(marker: str) -> None:
 def type_names(*args: Any, **kwargs: Any) -> list[str]:
     """The exact type of each argument, as the job received it (keyword arguments by sorted name)."""
     return [type(v).__name__ for v in args] + [type(kwargs[k]).__name__ for k in sorted(kwargs)]
+
+
+def load_refused(why: str) -> Any:
+    """What unpickling a :class:`LoadsNowhere` calls: it raises, wherever it is read."""
+    raise ValueError(f"refused to load: {why}")
+
+
+class LoadsNowhere:
+    """A value that pickles but cannot be unpickled (its reduce names :func:`load_refused`)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return load_refused, ("LoadsNowhere",)
+
+
+def unloadable_result() -> Any:
+    """A result that pickles in the worker and cannot be rebuilt in the client."""
+    return {"inside": LoadsNowhere()}

@@ -174,6 +174,45 @@ def test_a_remote_client_s_array_result_comes_inline_and_leaves_no_segment(share
     assert segments() - before == set()
 
 
+def test_a_remote_peer_s_pickled_values_are_refused_and_its_objects_are_not_sent(shared_remote: Remote,
+                                                                                tmp_path: Path) -> None:
+    """Pickled values (ext 5) cross only between a client and the workers of the daemon's host: from a tcp peer
+    they are refused, in the open or inside an exact value, and nothing runs; a remote client does not pickle
+    what MessagePack cannot carry, it is refused naming the type."""
+    import dataclasses
+    import pickle
+
+    from actors import ProtocolError
+    from actors._values import Exact, Pickled
+
+    marker = tmp_path / "ran"
+    evil = Pickled(pickle.dumps(_Opens(str(marker))))
+    s = shared_remote.raw("c1", shared_remote.client_ep)
+    try:
+        assert "accepted only from a client on the daemon's host" in _refused(s, evil, 11)
+        assert "accepted only from a client on the daemon's host" in _refused(s, Exact(0, [1, evil]), 12)
+    finally:
+        s.close(0)
+    assert not marker.exists()
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    c = shared_remote.client("c1")
+    with pytest.raises(ProtocolError, match="Point to a daemon on another host"):
+        c.submit("examples.jobs:echo", [Point(1)]).result(60)
+    assert c.submit("examples.jobs:add", 1, 2).result(60) == 3
+
+
+class _Opens:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (self.path, "w")
+
+
 def test_a_remote_client_s_exact_values_cross_and_hide_no_handle(shared_remote: Remote) -> None:
     """Tuples, sets, datetimes... cross from another host too (ext 4 is data only); an array handle hidden inside
     one is refused as it is in the open, and a malformed one is a protocol error; the daemon answers after both."""

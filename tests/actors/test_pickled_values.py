@@ -1,0 +1,148 @@
+"""A local client's values that only pickle carries (dataclasses, named tuples, enums, numpy scalars, your
+classes) cross as ext 5 and come back as they went in; the daemon never unpickles them (issue 13).
+
+A ``ProcessPoolExecutor`` carries them between local processes, so a local ``Client`` does too: the client
+and the worker pickle them a value at a time, the daemon keeps the bytes.  What does not pickle is refused at
+submit naming where it sits; what does not unpickle fails only the call that reads it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import fractions
+from typing import Any
+
+import numpy as np
+import pytest
+
+from actors import ProtocolError, RemoteError
+from actors._values import Pickled
+from actors.messages import EXT_PICKLED, JobInfo, _decode_value, _encode_value, decode, encode
+from tests.conftest import Daemon
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    tags: tuple[str, ...] = ()
+
+
+class Mode(enum.Enum):
+    FAST = "fast"
+
+
+Pair = collections.namedtuple("Pair", "left right")
+
+VALUES: list[Any] = [
+    Point(1, ("a",)), Mode.FAST, fractions.Fraction(1, 3), Pair(1, "x"), np.float32(2.5), np.int16(-3),
+    collections.OrderedDict(b=1, a=2), collections.defaultdict(list, {"k": [1]}), collections.Counter("aab"),
+    {Point(2): "a dataclass as a key", "plain": [Pair(3, 4), (5, Mode.FAST)]}, {frozenset({Point(3)})},
+]
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, of the same type all the way down."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(k, j) for k, j in zip(a, b)) and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def test_a_local_client_gets_back_what_only_pickle_carries(shared_daemon: Daemon) -> None:
+    c = shared_daemon.client()
+    handles = [c.submit("examples.jobs:echo", v) for v in VALUES]
+    for value, h in zip(VALUES, handles):
+        assert same(h.result(60), value), value
+    objects = np.array([Point(1), "text", None], dtype=object)  # an array of objects, as a pool sends it
+    back = c.submit("examples.jobs:echo", objects).result(60)
+    assert back.dtype == object and list(back) == list(objects)
+    got = c.submit("tests.jobs:type_names", Point(1), Pair(1, 2), kwargs={"m": Mode.FAST, "n": np.int8(1)}).result(60)
+    assert got == ["Point", "Pair", "Mode", "int8"]  # as the job received them
+
+
+def test_a_reattached_job_rebuilds_its_value_and_a_listing_runs_no_user_code(shared_daemon: Daemon) -> None:
+    from tests import jobs
+
+    c = shared_daemon.client()
+    done = c.submit("examples.jobs:echo", Point(7))
+    assert done.result(60) == Point(7)
+    assert c.job(done.id).result(60) == Point(7)
+    bad = c.submit("tests.jobs:unloadable_result")
+    bad.wait(60)
+    listed = {info.id: info for info in c.jobs(limit=20)}
+    assert type(listed[done.id].result) is Pickled  # a listing keeps the bytes: it rebuilds nothing
+    assert type(listed[bad.id].result["inside"]) is Pickled
+    with pytest.raises(RemoteError, match=r"cannot be rebuilt here: ValueError: refused to load: LoadsNowhere"):
+        bad.result(60)
+    assert bad.wait(1).state == "done"  # the job itself succeeded; only reading its value here failed
+    assert jobs.LoadsNowhere  # (the class the result holds)
+
+
+def test_what_does_not_pickle_is_refused_at_submit_and_what_does_not_unpickle_fails_its_job(
+        shared_daemon: Daemon) -> None:
+    import threading
+
+    from tests import jobs
+
+    c = shared_daemon.client()
+    with pytest.raises(ProtocolError, match=r"the arguments\[1\]\['held'\] cannot cross .*_thread.lock does not "
+                                            r"pickle"):
+        c.submit("examples.jobs:echo", 1, {"held": threading.Lock()})
+    big = np.arange(200_000, dtype=np.float64)  # its pooled segment goes back to the pool, not lost
+    with pytest.raises(ProtocolError, match="does not pickle"):
+        c.submit("tests.jobs:type_names", big, threading.Lock())
+    assert np.array_equal(c.submit("examples.jobs:echo", big).result(60), big)
+    with pytest.raises(RemoteError, match="cannot be rebuilt in the worker: ValueError: refused to load") as info:
+        c.submit("examples.jobs:echo", [jobs.LoadsNowhere()]).result(60)
+    assert isinstance(info.value, TypeError)
+    assert c.submit("examples.jobs:add", 2, 3).result(60) == 5  # the daemon and the worker carry on
+
+
+def test_the_daemon_keeps_pickled_bytes_as_they_came_and_refuses_them_from_another_host() -> None:
+    from actors import messages
+    from actors._values import to_wire
+    from actors.messages import JobSpec, Submit
+
+    blob = _encode_value(to_wire([(Pickled(b"\x80\x05K\x01."),)]))
+    saved = messages._KEEPS_EXACT[0]
+    try:
+        messages.keep_exact_values()  # this process, as the daemon does at start
+        kept = _decode_value(blob)
+        assert _encode_value(kept) == blob  # passed on as it came, never unpickled
+    finally:
+        messages._KEEPS_EXACT[0] = saved
+    frame = encode(Submit([JobSpec("examples.jobs:echo", [Pickled(b"\x80\x05K\x01.")])]), 3)
+    assert decode(frame, handles="ensemble.x.")[1].jobs[0].args[0] == Pickled(b"\x80\x05K\x01.")
+    with pytest.raises(ProtocolError, match="accepted only from a client on the daemon's host"):
+        decode(frame, handles=None)  # a tcp peer's frame, in the daemon
+    assert EXT_PICKLED == 5
+
+
+def test_a_client_on_another_host_never_unpickles_a_result(tmp_path: Any) -> None:
+    """A result holding a pickled value, read by a tcp client: refused before any byte is unpickled."""
+    import os
+    import pickle
+
+    from actors.client import _raise_for
+
+    marker = tmp_path / "ran"
+    evil = Pickled(pickle.dumps(_Touch(str(marker))))
+    info = JobInfo(1, "examples.jobs:echo", "", "done", result={"x": [evil]})
+    with pytest.raises(RemoteError, match="nothing that crossed tcp is unpickled"):
+        _raise_for(info, local=False)
+    assert not os.path.exists(marker)
+    _raise_for(info, local=True)  # the same value, read locally, is rebuilt (and so runs its reduce)
+    assert os.path.exists(marker)
+
+
+class _Touch:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (self.path, "w")
