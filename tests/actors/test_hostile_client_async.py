@@ -19,7 +19,7 @@ from typing import Any, Callable
 import pytest
 
 from actors import ClientClosed, DaemonError, JobError, JobLost, TransportError, WrongContextError
-from actors.client import AsyncClient, Client
+from actors.client import AsyncClient, AsyncJobHandle, Client
 from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
 
 Make = Callable[..., Daemon]
@@ -50,8 +50,10 @@ def test_a_cancelled_submit_fails_no_other_submit_and_its_job_is_cancelled(jobs_
                 task.cancel()
             got = await asyncio.gather(*tasks, return_exceptions=True)
             handles = [h for h in got if not isinstance(h, BaseException)]
-            assert all(isinstance(r, asyncio.CancelledError) for r in got[1::4]), got
-            assert len(handles) == 30, got  # was: InvalidStateError for the submits sent with a cancelled one
+            # a cancelled await whose answer was already on the loop still returns its handle (Python 3.11's
+            # wait_for); every other submit gets its handle: was InvalidStateError for those sent with a cancelled one
+            assert all(isinstance(r, (asyncio.CancelledError, AsyncJobHandle)) for r in got[1::4]), got
+            assert all(isinstance(r, AsyncJobHandle) for i, r in enumerate(got) if i % 4 != 1), got
             assert (await c.ping()).pid == jobs_daemon.pid  # the client goes on
             for h in handles:
                 await h.cancel()
