@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from actors._values import flat, pickled, to_wire
+from actors._values import Pickled, flat, pickled, to_wire
 from actors._errors import ProtocolError
 from actors.messages import ArrayHandle, JobInfo, StoredArray
 from actors.shm import segment_prefix, SharedArray, handle_of, is_ndarray, shared_ndarray, walk
@@ -54,7 +54,7 @@ class _NoPickle(Exception):
 def _pickled_leaf(value: Any) -> Any:
     """``value`` (what MessagePack cannot carry) pickled to cross to a process of this host; a ``memoryview``,
     which does not pickle, is left for MessagePack (bytes)."""
-    if type(value) in (ArrayHandle, StoredArray, memoryview):
+    if type(value) in (ArrayHandle, StoredArray, memoryview, Pickled):  # (a Pickled is on its way already)
         return value
     try:
         return pickled(value)

@@ -117,7 +117,8 @@ def error_name(cls: type) -> str:
 _AS_ORIGINAL: dict[type, type] = {}  # the job's exception class -> its RemoteError twin (see remote_error)
 
 
-def remote_error(type_name: str, message: str, traceback_text: str = "") -> RemoteError:
+def remote_error(type_name: str, message: str, traceback_text: str = "", raised: BaseException | None = None
+                 ) -> RemoteError:
     """The error a client raises for a job that raised ``type_name``: a RemoteError, of the job's own class too.
 
     When this process has the class ``type_name`` names (a builtin, a class
@@ -134,6 +135,11 @@ def remote_error(type_name: str, message: str, traceback_text: str = "") -> Remo
     the caller); otherwise a plain RemoteError, whose text names the job's
     type (``TypeError: boom``, its own name being ``RemoteError``) and carries
     the remote traceback.
+
+    ``raised``: the job's exception itself, when it reached this process (a
+    local client's job: its worker pickled it).  The error then has its
+    ``args`` and attributes too (an ``OSError``'s ``errno`` and ``filename``,
+    the fields of a class of the user's), as under ``ProcessPoolExecutor``.
     """
     cls = _find_class(type_name)
     twin = _AS_ORIGINAL.get(cls) if cls is not None else None
@@ -147,15 +153,37 @@ def remote_error(type_name: str, message: str, traceback_text: str = "") -> Remo
         _AS_ORIGINAL[cls] = twin
     if twin is None or twin is RemoteError:
         return RemoteError(type_name, message, traceback_text)
+    made = _as_raised(twin, cls, raised, type_name, message, traceback_text) if type(raised) is cls else None
     try:
-        error = cast(Any, twin).__new__(twin)  # the class's own __new__ (OSError's, say), not its __init__
-        RemoteError.__init__(error, type_name, message, traceback_text)
-        error.args = (message,)
+        error = made or cast(Any, twin).__new__(twin)  # the class's own __new__ (OSError's, say), not its __init__
+        if made is None:
+            RemoteError.__init__(error, type_name, message, traceback_text)
+            error.args = (message,)
     except Exception:  # noqa: BLE001 - a __new__ that wants its own arguments
         return RemoteError(type_name, message, traceback_text)
     assert isinstance(error, RemoteError)
     error.__cause__ = RemoteError(type_name, message, traceback_text)
     return error
+
+
+def _as_raised(twin: type, cls: type, raised: Any, type_name: str, message: str, traceback_text: str) -> Any:
+    """A ``twin`` with the state of ``raised`` (an instance of ``cls``), rebuilt as pickle rebuilds it (its
+    ``__reduce__``: the arguments its ``__new__`` reads, an ``OSError``'s ``errno``, ``strerror`` and
+    ``filename``, then its ``__dict__``); None when it does not reduce that way."""
+    try:
+        reduced = raised.__reduce__()
+        if type(reduced) is not tuple or len(reduced) < 2 or reduced[0] is not cls or type(reduced[1]) is not tuple:
+            return None
+        error = cast(Any, twin).__new__(twin, *reduced[1])
+        RemoteError.__init__(error, type_name, message, traceback_text)
+        error.args = raised.args
+        state = reduced[2] if len(reduced) > 2 else None
+        if isinstance(state, dict):
+            fields = {"type_name", "remote_message", "traceback_text"}
+            error.__dict__.update({k: v for k, v in state.items() if k not in fields})
+        return error
+    except Exception:  # noqa: BLE001 - a class whose rebuilding wants more: the plain twin, as before
+        return None
 
 
 def _original_text(self: RemoteError) -> str:

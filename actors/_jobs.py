@@ -27,6 +27,7 @@ import msgspec
 from actors._errors import JobRefused
 from actors._journal import ABORT_EVENT, TERMINAL, Journal
 from actors._resources import fits
+from actors._values import Pickled
 from actors.messages import JobDone, JobInfo, JobSpec, WorkerSetup, _decode_value, _encode_value
 
 
@@ -122,14 +123,17 @@ def ending(done: JobDone, spec: JobSpec, aborted: str = "") -> tuple[str, Any, s
 
     ``cancelled`` after an abort for ``aborted`` (:func:`aborted_error`), else
     ``done`` or ``failed``; a pickled job's exception travels back pickled
-    (opaque bytes here), for the client to re-raise, so its value is kept.
+    (opaque bytes here), for the client to re-raise, so its value is kept, as
+    is the exception a worker pickled for a local client's job (ext 5: its
+    attributes, ``errno`` and ``filename``, a class's own fields).
     """
     if aborted:
         etype, text = aborted_error(aborted, spec, done)
         return "cancelled", done.value, etype, text, done.traceback
     if done.ok:
         return "done", done.value, "", "", ""
-    return "failed", done.value if spec.pickled else None, done.error_type, done.error_message, done.traceback
+    kept = done.value if spec.pickled or type(done.value) is Pickled else None
+    return "failed", kept, done.error_type, done.error_message, done.traceback
 
 
 def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,

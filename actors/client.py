@@ -36,7 +36,7 @@ from actors._errors import (
 from actors._jobfn import check_name, path_of
 from actors._rundir import RunDir
 from actors._state import FINAL
-from actors._values import Pickled, unpickled
+from actors._values import Pickled, pickled, unpickled
 from actors.shm import handle_of, is_ndarray, is_ndarray_type
 from actors.config import Config, load_config
 from actors.messages import (
@@ -71,13 +71,23 @@ def _raise_for(info: JobInfo, lost: type[Exception] = JobLost, local: bool = Tru
         value = walk(info.result, gone) if info.result is not None else None
         return _unpickled_result(info, value, local) if Pickled.made else value
     if info.state == "failed":
-        raise remote_error(info.error_type or "Exception", info.error_message, info.traceback)
+        raised = _raised(info.result) if local and Pickled.made and type(info.result) is Pickled else None
+        raise remote_error(info.error_type or "Exception", info.error_message, info.traceback, raised)
     if info.state in ("cancelled", "killed"):
         cls = JobTimeout if info.error_type == "JobTimeout" else JobCancelled
         raise cls(f"job {info.id} ({info.fn}) {info.state}: {info.error_message or info.state}")
     if info.state == "worker-lost":
         raise lost(f"job {info.id}{f' ({info.fn})' if info.fn else ''}: {info.error_message}")
     raise EnsembleError(f"job {info.id} is not finished (state {info.state})")
+
+
+def _raised(blob: Pickled) -> BaseException | None:
+    """The exception a local client's job raised, as its worker pickled it; None if it does not unpickle here."""
+    try:
+        raised = unpickled(blob)
+    except Exception:  # noqa: BLE001 - the RemoteError with the type and text still says what happened
+        return None
+    return raised if isinstance(raised, BaseException) else None
 
 
 def _unpickled_result(info: JobInfo, value: Any, local: bool) -> Any:
@@ -132,6 +142,36 @@ def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[st
     return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
                    float(deadline or 0.0), int(retries), True, False,
                    {k: float(v) for k, v in resources.items()} if resources else {})
+
+
+def _spec_for(conn: Connection, fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[str, Any],
+              **options: Any) -> JobSpec:
+    """:func:`make_spec` for a client's ``submit``: on the daemon's host a callable without a job path (the
+    script's own function, a bound method, a callable object) travels pickled, as a local Executor sends it
+    (:mod:`actors.callables`), and so does a module function whose arguments hold objects of the script's own
+    classes (the head then has a worker not forked from the script load it first)."""
+    if not conn.local or not isinstance(fn, str) and not callable(fn):  # (make_spec refuses what is no function)
+        return make_spec(fn, args, kwargs, **options)
+    if isinstance(fn, str):  # a path: the worker resolves it, after loading the script when that is needed
+        path, carried = fn, False
+    else:
+        fn, args, kwargs = _unwrap(fn, args, kwargs)
+        path, carried = _route(fn)
+    values = [*args, *kwargs.values()]
+    script = callables.holds_script_objects({type(v) for v in values}, [values])
+    if not carried and not script:
+        return make_spec(path, args, kwargs, **options)
+    if not carried:  # a path, its arguments holding objects of the script's classes: the head names it
+        check_name(path)  # (refused here as the daemon would refuse it)
+        fn = path
+    try:
+        head = pickled(callables.head(fn, script))
+    except Exception as exc:  # noqa: BLE001 - pickle's own errors, or the callable's own __reduce__'s
+        from actors._exact import unpicklable
+
+        raise JobRefused(str(unpicklable(fn, "the function", exc))) from None
+    options["name"] = options.get("name") or (fn if isinstance(fn, str) else callables.label(fn))
+    return make_spec(callables.PATH, (head, *args), kwargs, **options)
 
 
 _EVENT_LOCK = threading.Lock()
@@ -384,7 +424,7 @@ class Client:
         worker can ever offer) or :class:`QueueFull`; ``ValueError`` for a
         ``grace`` (``timeout``) or ``deadline`` that is not a finite number in range.
         """
-        spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
+        spec = _spec_for(self.conn, fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
                          deadline=deadline, retries=retries, resources=resources)
         return self.submit_many([spec])[0]
 
@@ -1178,6 +1218,8 @@ def _outcome(info: JobInfo, pickled: bool = False) -> Any:
     """A final job's value, or raise what it stands for: the job's own exception (pickled jobs, its remote
     traceback as the cause, as ProcessPoolExecutor re-raises it), RemoteError for a value that cannot be
     rebuilt here, else the error of its final state (:func:`_raise_for`).  One rule for futures and ``map``."""
+    if pickled and info.state == "done" and type(info.result) is tuple:  # it ran on a worker of another host:
+        return _raise_for(info)[0]  # its value came as MessagePack, which the daemon wrapped (never a pickle)
     crossed = pickled_value(info.result) if pickled and info.state in ("done", "failed") else None
     if crossed is not None:
         blob, refs = crossed
@@ -1377,7 +1419,7 @@ class AsyncClient:
             from actors._errors import ClientClosed
 
             raise ClientClosed("this client was closed; create a new one")
-        spec = make_spec(fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
+        spec = _spec_for(self.conn, fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
                          deadline=deadline, retries=retries, resources=resources)
         handle = AsyncJobHandle(self, 0)
 

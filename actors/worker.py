@@ -673,12 +673,15 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
                 payload = _rebuilt(payload)
         else:
             payload = _NO_ARGS
-        if fn is callables.pickled:  # a local Executor's callable, sent pickled as the head of its arguments
+        if fn is callables.pickled:  # a local client's callable, sent pickled as the head of its arguments
             if type(payload) is list:  # a map chunk: the head, then the slice of each iterable
                 fn, columns = callables.carried(payload, d.pickled)
                 payload = columns
-            else:
-                fn, args = callables.carried(payload[0] if type(payload) is tuple else None, d.pickled)
+            else:  # (a Client's head is ext 5, which the daemon takes from a client on its host only)
+                local = d.pickled or bool(d.args) and type(d.args[0]) is Pickled
+                fn, args = callables.carried(payload[0] if type(payload) is tuple else None, local)
+                if type(fn) is str:  # a job path whose arguments needed the script loaded first (Client)
+                    fn = resolve(fn)
                 payload = (args, payload[1])
             # read afresh: the cache would keep each unpickled object alive (a bound method holds its instance),
             # and a callable object may be unhashable
@@ -699,7 +702,8 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
                 if with_task and exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
                     _uncount_task(exc)  # the call itself failed (the arguments did not fit), not the function
                 raise
-        if d.pickled:  # big arrays in the result leave the pickle and cross through shared memory
+        if d.pickled and arrays.shared:  # big arrays in the result leave the pickle and cross through shared memory
+            # (a worker on another host sends MessagePack: nothing it sends is unpickled)
             value = spill(dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit)), arrays.spill_over)
             if type(value) is list:
                 value = [value[0], *arrays.export_result(value[1:], d.inline)]
@@ -713,7 +717,12 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the client
         progress, status, props = task.final_state()
         tb = traceback.format_exc()  # (safe: it prints "<exception str() failed>" where str() raises)
-        return JobDone(d.job_id, False, _pickled_error(exc) if d.pickled else None, error_name(type(exc)),
+        if d.pickled:
+            raised: Any = _pickled_error(exc) if arrays.shared else None
+        else:  # a local client's job: the exception itself too, for result() to raise it with its attributes
+            raised = _pickled_error(exc) if arrays.shared and not d.inline else None
+            raised = Pickled(raised) if raised is not None else None
+        return JobDone(d.job_id, False, raised, error_name(type(exc)),
                        _message(exc), tb, progress, status, props, aborted=task.aborted, started=started)
     finally:
         deactivate(token)

@@ -699,3 +699,22 @@ class LoadsNowhere:
 def unloadable_result() -> Any:
     """A result that pickles in the worker and cannot be rebuilt in the client."""
     return {"inside": LoadsNowhere()}
+
+
+class FieldsError(Exception):
+    """An exception with fields of its own beside its message."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+
+def raise_with_fields(code: int, detail: str) -> None:
+    """Raises :class:`FieldsError` (a client should see ``code`` and ``detail``)."""
+    raise FieldsError(code, detail)
+
+
+def open_missing(path: str) -> None:
+    """Opens ``path``, which does not exist: FileNotFoundError with its errno and filename."""
+    open(path).close()

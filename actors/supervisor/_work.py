@@ -21,6 +21,7 @@ import zmq
 from actors._errors import EnsembleError, ProtocolError
 from actors._jobs import Job, ending
 from actors._task import MAX_TIMEOUT_MS
+from actors._values import TUPLE, Exact
 from actors.messages import AbortJob, Ack, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, encode
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
@@ -70,6 +71,10 @@ class WorkMixin(State):
             if done.started and job.state == "running":
                 job.started = done.started
             state, value, etype, text, traceback = ending(done, job.spec, job.abort_reason)
+            if slot.remote and job.spec.pickled:  # nothing a worker of another host sends is unpickled: its value
+                # (MessagePack, as it sends a pickled job's) goes as a 1-tuple, which no local client takes for a
+                # pickle (those are bytes or lists: actors._exact.pickled_value), and its exception by name only
+                value = Exact(TUPLE, [value]) if state == "done" else None
             self._finish(job, state, now, value, etype, text, traceback)
         if gone:
             return

@@ -99,9 +99,9 @@ def test_lambdas_and_closures_are_refused_with_an_explanation(module_daemon: Dae
     def main_fn(task: Any) -> None:
         pass
 
-    main_fn.__module__, main_fn.__qualname__ = "__main__", "main_fn"
-    with pytest.raises(JobRefused, match="__main__, which workers cannot import"):
-        c.submit(main_fn)
+    main_fn.__module__, main_fn.__qualname__ = "__main__", "main_fn"  # (claims to be the script's: it is not)
+    with pytest.raises(JobRefused, match="the function cannot cross .* does not pickle"):
+        c.submit(main_fn)  # a local client sends the script's own functions pickled: this one cannot be
     with pytest.raises(JobRefused, match="not a function"):
         c.submit(42)  # type: ignore[arg-type]
 
@@ -293,10 +293,13 @@ def test_a_failed_job_raises_its_own_exception_type_where_the_client_has_that_cl
         c.submit("tests.jobs:boom", "bad value 7").result(30)
     assert isinstance(custom.value, RemoteError) and custom.value.remote_message == "bad value 7"
     assert "tests._remote_only" not in sys.modules  # the premise: this process never imported that module
-    with pytest.raises(RemoteError) as plain:
-        c.submit("tests.jobs:raise_remote_only", "over there").result(30)
-    assert type(plain.value) is RemoteError and plain.value.type_name == "tests._remote_only.OnlyThereError"
-    assert "tests._remote_only" not in sys.modules  # nothing was imported on the daemon's word
+    with pytest.raises(RemoteError) as there:  # a class of a module this process never imported: a client on the
+        c.submit("tests.jobs:raise_remote_only", "over there").result(30)  # daemon's host gets the exception its
+    # worker pickled, and unpickling it imports the class's module, as under ProcessPoolExecutor (a client of
+    # another host imports nothing on the daemon's word: tests/actors/test_errors_script_classes.py)
+    assert type(there.value).__name__ == "OnlyThereError"
+    assert there.value.type_name == "tests._remote_only.OnlyThereError"
+    assert isinstance(there.value, sys.modules["tests._remote_only"].OnlyThereError)
     with pytest.raises(RemoteError) as stop:  # a job's SystemExit never becomes the caller's own
         c.submit("tests.jobs:raise_builtin", "SystemExit", "bye").result(30)
     assert type(stop.value) is RemoteError and stop.value.type_name == "SystemExit"

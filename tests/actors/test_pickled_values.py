@@ -146,3 +146,91 @@ class _Touch:
 
     def __reduce__(self) -> tuple[Any, tuple[str, str]]:
         return open, (self.path, "w")
+
+
+def test_a_local_client_s_error_keeps_the_job_s_exception_s_attributes(shared_daemon: Daemon, tmp_path: Any) -> None:
+    """A job's exception came back with its class and text only: ``errno``, ``filename`` and a class's own fields
+    were lost (``ProcessPoolExecutor`` keeps them).  It is still a RemoteError with the remote traceback."""
+    from tests import jobs
+
+    c = shared_daemon.client()
+    missing = str(tmp_path / "nowhere.wav")
+    with pytest.raises(FileNotFoundError) as info:
+        c.submit("tests.jobs:open_missing", missing).result(60)
+    assert (info.value.errno, info.value.filename) == (2, missing)
+    assert isinstance(info.value, RemoteError) and "open_missing" in info.value.traceback_text
+    assert str(info.value) == f"[Errno 2] No such file or directory: '{missing}'"
+    with pytest.raises(jobs.FieldsError) as fields:
+        c.submit("tests.jobs:raise_with_fields", 42, "why").result(60)
+    assert (fields.value.code, fields.value.detail, fields.value.args) == (42, "why", (42, "why"))
+    assert isinstance(fields.value, RemoteError) and fields.value.type_name == "tests.jobs.FieldsError"
+
+
+def test_a_client_on_another_host_never_unpickles_an_error(tmp_path: Any) -> None:
+    import os
+    import pickle
+
+    from actors.client import _raise_for
+
+    marker = tmp_path / "ran"
+    info = JobInfo(1, "examples.jobs:echo", "", "failed", result=Pickled(pickle.dumps(_Touch(str(marker)))),
+                   error_type="ValueError", error_message="boom")
+    with pytest.raises(ValueError, match="boom"):
+        _raise_for(info, local=False)
+    assert not os.path.exists(marker)
+
+
+_SCRIPT = '''\\
+import dataclasses
+import sys
+
+from actors.client import Client
+
+
+@dataclasses.dataclass
+class Cfg:
+    gain: float
+
+
+def scale(cfg, x):
+    return Cfg(cfg.gain * x)
+
+
+class Mixer:
+    def __init__(self, level):
+        self.level = level
+
+    def mix(self, x):
+        return self.level + x
+
+    def __call__(self, x):
+        return self.level * x
+
+
+if __name__ == "__main__":
+    with Client() as c:
+        # first a module's function named by path, the script's objects among its arguments (the workers have
+        # loaded no script yet), then inside them
+        print(c.submit("tests.jobs:type_names", Cfg(1.0)).result(60), flush=True)
+        print(c.submit("tests.jobs:type_names", [Cfg(1.0)]).result(60), flush=True)
+        print(c.submit(scale, Cfg(2.0), 3).result(60), flush=True)
+        print(c.submit(Mixer(10).mix, 1).result(60), c.submit(Mixer(10), 2).result(60), flush=True)
+        job = c.submit(Mixer(1).mix, 1)
+        print(c.jobs(limit=1)[0].name, job.result(60), flush=True)
+'''
+
+
+def test_a_client_runs_the_script_s_own_functions_and_classes_on_a_shared_daemon(shared_daemon: Daemon,
+                                                                                 tmp_path: Any) -> None:
+    """``Client.submit`` refused the script's own function ("defined in __main__, which workers cannot import"),
+    where ``Executor.submit`` runs it: one calling convention now.  The workers were not forked from the
+    script: they load it as ``__mp_main__`` (its ``__main__`` block does not run there)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "main.py").write_text(_SCRIPT)
+    proc = subprocess.run([sys.executable, "main.py"], cwd=str(tmp_path), env=shared_daemon.env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["['Cfg']", "['list']", "Cfg(gain=6.0)", "11 20",
+                                      "__main__:Mixer.mix 2"]

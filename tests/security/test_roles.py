@@ -70,6 +70,44 @@ def test_a_worker_key_is_refused_on_the_client_endpoint_and_a_client_key_on_the_
         s.close(0)
 
 
+def test_a_worker_key_s_results_are_never_unpickled_by_a_local_executor(remote: Remote, tmp_path: Path) -> None:
+    """A local Executor's job run on a worker of another host: its result crossed tcp, so it must not be
+    unpickled.  A forged pickle sent as the result was unpickled in the Executor's process (code as the
+    daemon's user, from a key that may only run jobs); now the daemon hands it on as a MessagePack value, and a
+    pickled exception is dropped (the error by name only)."""
+    import pickle
+
+    from actors.client import Executor
+    from actors.messages import RunJobs
+
+    remote.d.cli("scale", "0")
+    wait_for(lambda: not [a for a in remote.d.status().actors if a.role == "worker" and a.pid], 60,
+             what="local workers to retire")
+    marker = tmp_path / "ran"
+    forged = pickle.dumps(_Opens(str(marker)))
+    evil = remote.raw("w2", remote.worker_ep)
+    try:
+        evil.send(encode(Hello("worker", "evil", 4242)))
+        wait_for(lambda: len(_running_remote(remote)) == 1, 60, what="the worker key to join")
+        with Executor(config=remote.d.config) as ex:
+            futures = [ex.submit(pow, 2, 3), ex.submit(pow, 2, 4)]
+            ids = []
+            while len(ids) < 2:  # the worker's side of the protocol, by hand: each job answered with the pickle
+                assert evil.poll(60_000), "no job reached the worker key"
+                _, msg = decode(evil.recv(), handles="", stored=True)
+                if isinstance(msg, RunJobs):
+                    ids += [d.job_id for d in msg.jobs]
+                    assert all(d.pickled for d in msg.jobs)
+            evil.send(encode(JobsDone([JobDone(ids[0], True, forged, started=time.time()),
+                                       JobDone(ids[1], False, forged, "ValueError", "forged", started=time.time())])))
+            assert futures[0].result(60) == forged  # the bytes it sent, as bytes
+            with pytest.raises(ValueError, match="forged"):
+                futures[1].result(60)
+        assert not marker.exists()  # nothing it sent ran here
+    finally:
+        evil.close(0)
+
+
 def test_a_remote_admin_loads_scripts_only_from_the_script_dirs(shared_remote: Remote, tmp_path: Path) -> None:
     import subprocess as sp
 
