@@ -20,6 +20,7 @@ import pytest
 from actors import ProtocolError, RemoteError
 from actors._values import Pickled
 from actors.messages import EXT_PICKLED, JobInfo, _decode_value, _encode_value, decode, encode
+from tests.actors.test_exact_values import same
 from tests.conftest import Daemon
 
 
@@ -40,17 +41,6 @@ VALUES: list[Any] = [
     collections.OrderedDict(b=1, a=2), collections.defaultdict(list, {"k": [1]}), collections.Counter("aab"),
     {Point(2): "a dataclass as a key", "plain": [Pair(3, 4), (5, Mode.FAST)]}, {frozenset({Point(3)})},
 ]
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal, of the same type all the way down."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(k, j) for k, j in zip(a, b)) and all(same(a[k], b[k]) for k in a)
-    return bool(a == b)
 
 
 def test_a_local_client_gets_back_what_only_pickle_carries(shared_daemon: Daemon) -> None:
