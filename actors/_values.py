@@ -26,8 +26,9 @@ What MessagePack cannot carry at all (a dataclass, a named tuple, an ``Enum``
 member, a numpy scalar, a ``Fraction``, your own classes) a *local* client and
 its workers pickle, one value at a time, as ``ext 5`` (:class:`Pickled`): it is
 the same user on both ends, as under ``ProcessPoolExecutor``.  The daemon keeps
-those bytes as they came and never unpickles them; it refuses them from tcp
-peers, and runs a job that carries any only on its own host's workers.  A
+those bytes as they came and never unpickles them, and refuses them in any
+frame that came over tcp (a worker of another host may receive them, as it
+receives a local ``Executor``'s pickled jobs, but never sends any).  A
 reader unpickles them when the value is asked for (:func:`unpickled`: a
 worker once the job's import path is in place, a client in ``result()``), so
 a listing of jobs never runs a user's code, and a value that cannot be rebuilt
