@@ -51,15 +51,17 @@ class _NoPickle(Exception):
     """A leaf that does not pickle (its error the cause): the caller names where it sits in the whole value."""
 
 
-def _pickled_leaf(value: Any) -> Any:
-    """``value`` (what MessagePack cannot carry) pickled to cross to a process of this host; a ``memoryview``,
+def _pickled_leaf(value: Any, limit: int, share: Any) -> Any:
+    """``value`` (what MessagePack cannot carry) pickled to cross to a process of this host, its big numeric arrays
+    and its shared ones left out and passed to ``share`` (they keep the shared-memory path); a ``memoryview``,
     which does not pickle, is left for MessagePack (bytes)."""
     if type(value) in (ArrayHandle, StoredArray, memoryview, Pickled):  # (a Pickled is on its way already)
         return value
     try:
-        return pickled(value)
+        crossing = pickled(value, limit)
     except Exception as exc:  # noqa: BLE001 - pickle's own errors, or a __reduce__ of the user's that raised
         raise _NoPickle() from exc
+    return Pickled(crossing.blob, [share(a) for a in crossing.refs]) if crossing.refs else crossing
 
 
 def _exported(value: Any, leaf: Any, where: str) -> Any:
@@ -137,13 +139,13 @@ class ClientArrays:
 
         def leaf(v: Any) -> Any:
             if not is_ndarray(v) or pickles and not isinstance(v, sys.modules["numpy"].ndarray):  # (a numpy scalar)
-                return _pickled_leaf(v) if pickles else _sent_remote(v)
+                return _pickled_leaf(v, self.inline_limit, leaf) if pickles else _sent_remote(v)
             h = handle_of(v)
             if h is not None:
                 changed.append(True)
                 return h
             if v.dtype.kind not in "biufc" and pickles:  # an array of objects or strings, as a pool sends it
-                return _pickled_leaf(v)
+                return _pickled_leaf(v, self.inline_limit, leaf)
             if v.nbytes <= self.inline_limit or v.dtype.kind not in "biufc":
                 return v
             seg = self._take(v.nbytes)
@@ -309,9 +311,9 @@ class WorkerArrays:
 
         def leaf(v: Any) -> Any:
             if not is_ndarray(v) or shared and not isinstance(v, sys.modules["numpy"].ndarray):  # (a numpy scalar)
-                return _pickled_leaf(v) if shared else v
+                return _pickled_leaf(v, self.inline_limit, leaf) if shared else v
             if v.dtype.kind not in "biufc" and shared:
-                return _pickled_leaf(v)
+                return _pickled_leaf(v, self.inline_limit, leaf)
             h = handle_of(v)
             if h is not None and shared:
                 return h

@@ -41,6 +41,7 @@ import datetime  # (msgspec imports these three anyway: no cost here)
 import decimal
 import pathlib
 import pickle
+import sys
 import uuid
 from typing import Any, Callable
 
@@ -69,38 +70,66 @@ class Exact:
 
 class Pickled:
     """A value only pickle carries, pickled by a local client or worker, as it crosses (ext 5): opaque bytes to
-    every process until :func:`unpickled` is asked for its value.  Equal when the bytes are (a dict key)."""
+    every process until :func:`unpickled` is asked for its value.
 
-    __slots__ = ("blob",)
+    ``refs``: the big numpy arrays the value holds, left out of the pickle by index
+    (:func:`actors._exact.dumps_referencing`), so they keep the shared-memory path: array handles on the
+    wire (walked by :func:`actors.shm.walk` as any handle is), arrays once mapped.  Equal when the bytes are
+    and neither holds arrays (a dict key)."""
+
+    __slots__ = ("blob", "refs")
     made = 0  # how many this process has read from the wire: none, and nothing needs looking through
 
-    def __init__(self, blob: bytes) -> None:
+    def __init__(self, blob: bytes, refs: list[Any] | None = None) -> None:
         self.blob = blob
+        self.refs = refs or []
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Pickled and other.blob == self.blob
+        if self is other:
+            return True
+        return type(other) is Pickled and not self.refs and not other.refs and other.blob == self.blob
 
     def __hash__(self) -> int:
         return hash(self.blob)
 
     def __repr__(self) -> str:
-        return f"<pickled value, {len(self.blob)} bytes>"
+        return f"<pickled value, {len(self.blob)} bytes{f', {len(self.refs)} arrays' if self.refs else ''}>"
 
 
-def pickled(value: Any) -> Pickled:
-    """``value`` pickled to cross (pickle's own error, raised as it is, when it does not pickle)."""
+def pickled(value: Any, limit: int | None = None) -> Pickled:
+    """``value`` pickled to cross (pickle's own error, raised as it is, when it does not pickle); with ``limit``,
+    its numeric arrays over ``limit`` bytes and its shared ones left out as :attr:`Pickled.refs`."""
+    if limit is not None and "numpy" in sys.modules:
+        from actors._exact import dumps_referencing
+
+        return Pickled(*dumps_referencing(value, limit))
     return Pickled(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def unpickled(value: Any, load: Callable[[bytes], Any] = pickle.loads, depth: int = 0) -> Any:
+def _load(value: Pickled) -> Any:
+    """What ``value`` pickled, its arrays put back (they must have been mapped: a handle left means the array's
+    segment was gone)."""
+    if not value.refs:
+        return pickle.loads(value.blob)
+    from actors._exact import loads_referencing
+    from actors.messages import ArrayHandle
+
+    for ref in value.refs:
+        if type(ref) is ArrayHandle:
+            raise LookupError(f"its array {ref.name} is no longer in shared memory (results there are handed over "
+                              "once)")
+    return loads_referencing(value.blob, value.refs)
+
+
+def unpickled(value: Any, load: Callable[[Pickled], Any] = _load, depth: int = 0) -> Any:
     """``value`` with every :class:`Pickled` in it (in lists, tuples, dicts, their keys too, and sets) replaced by
-    ``load(its bytes)``; ``value`` itself when this process never read one.  Raises what ``load`` raised (for
-    ``pickle.loads``: a class that is gone, a module that does not import here)."""
+    ``load(it)``; ``value`` itself when this process never read one.  Raises what ``load`` raised (for the
+    default: a class that is gone, a module that does not import here)."""
     if not Pickled.made:
         return value
     cls = type(value)
     if cls is Pickled:
-        return load(value.blob)
+        return load(value)
     if depth > _DEPTH or cls in _PLAIN or cls is int:
         return value
     depth += 1

@@ -94,12 +94,12 @@ def _unpickled_result(info: JobInfo, value: Any, local: bool) -> Any:
     """A result with what its worker pickled for a local client rebuilt (:func:`actors._values.unpickled`), or
     :class:`RemoteError` saying why it cannot be: this client is on another host, or the value does not
     unpickle here."""
-    def refuse(blob: bytes) -> Any:
+    def refuse(value: Pickled) -> Any:
         raise RemoteError("TypeError", f"job {info.id} ({info.fn}): its value holds Python objects its worker "
                           "pickled for a client on the daemon's host; nothing that crossed tcp is unpickled here")
 
     try:
-        return unpickled(value, pickle.loads if local else refuse)
+        return unpickled(value) if local else unpickled(value, refuse)
     except RemoteError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the value's unpickling raised

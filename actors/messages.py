@@ -627,8 +627,8 @@ def _enc_hook(obj: Any) -> Any:
     cls = type(obj)
     if cls is _values.Exact:
         return msgspec.msgpack.Ext(EXT_VALUE, _encoder.encode((obj.tag, obj.data)))
-    if cls is _values.Pickled:
-        return msgspec.msgpack.Ext(EXT_PICKLED, obj.blob)
+    if cls is _values.Pickled:  # the pickle alone, or [pickle, array handle, ...] (a pickle never starts 0x9_/0xdc)
+        return msgspec.msgpack.Ext(EXT_PICKLED, _encoder.encode([obj.blob, *obj.refs]) if obj.refs else obj.blob)
     if cls in _values.HOOKED:  # met outside a job's values too (a property): as exact as it can be
         return _enc_hook(_values.to_wire(obj))
     if cls is ArrayHandle:
@@ -690,7 +690,17 @@ def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemb
             raise ProtocolError("pickled values (ext 5) are accepted only from a client on the daemon's host; "
                                 "from another host send values MessagePack carries")
         _values.Pickled.made += 1
-        return _values.Pickled(bytes(data))
+        if not data or data[0] == 0x80:  # pickle's PROTO opcode: the value holds no array
+            return _values.Pickled(bytes(data))
+        try:  # [pickle, array, ...], the arrays under the frame's policy
+            blob, *refs = _refs_decoder(handles, stored).decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ProtocolError(f"malformed pickled value (ext {EXT_PICKLED}): {exc}") from exc
+        if type(blob) is not bytes or any(type(r) not in (ArrayHandle, StoredArray) and type(r).__module__ != "numpy"
+                                          for r in refs):
+            raise ProtocolError(f"malformed pickled value (ext {EXT_PICKLED}): it is a pickle, or [pickle, array, "
+                                "...]")
+        return _values.Pickled(blob, refs)
     raise ProtocolError(f"unknown ext type {code}")
 
 
@@ -716,6 +726,13 @@ def _exact_value(data: memoryview | bytes, handles: str | None, stored: bool) ->
     if _KEEPS_EXACT[0] and _KEEPS_EXACT[0] == os.getpid():  # (a client never asks for its pid)
         return _values.Exact(tag, inner)
     return value
+
+
+@functools.lru_cache(maxsize=16)
+def _refs_decoder(handles: str | None, stored: bool) -> msgspec.msgpack.Decoder[Any]:
+    """The decoder of an ext 5 payload with arrays, ``[pickle, array, ...]``, under the frame's policy."""
+    return msgspec.msgpack.Decoder(Annotated[list[Any], Meta(min_length=2, max_length=1 << 16)],
+                                   ext_hook=functools.partial(_ext_hook, handles=handles, stored=stored))
 
 
 @functools.lru_cache(maxsize=16)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from actors._errors import ProtocolError
-from actors._values import Exact
+from actors._values import Exact, Pickled
 from actors.messages import ArrayHandle
 
 SHM_DIR = Path("/dev/shm")
@@ -236,8 +236,9 @@ def copy_of(handle: ArrayHandle, prefix: str) -> Any:
 
 
 def walk(value: Any, fn: Any, depth: int = 0) -> Any:
-    """Apply ``fn`` to every leaf of nested lists, tuples (kept tuples), dicts and exact values in transit
-    (:class:`actors._values.Exact`), to a bounded depth; sets and dict keys hold no arrays and are left as they are."""
+    """Apply ``fn`` to every leaf of nested lists, tuples (kept tuples), dicts, exact values in transit
+    (:class:`actors._values.Exact`) and the arrays beside a pickled value (:class:`actors._values.Pickled`), to a
+    bounded depth; sets and dict keys hold no arrays and are left as they are."""
     if depth > 16:
         return value
     cls = type(value)
@@ -251,4 +252,6 @@ def walk(value: Any, fn: Any, depth: int = 0) -> Any:
         return {k: walk(v, fn, depth + 1) for k, v in value.items()}
     if cls is Exact:
         return Exact(value.tag, walk(value.data, fn, depth + 1))
+    if cls is Pickled:  # its arrays, beside the pickle
+        return Pickled(value.blob, [walk(v, fn, depth + 1) for v in value.refs]) if value.refs else value
     return fn(value)

@@ -224,3 +224,51 @@ def test_a_client_runs_the_script_s_own_functions_and_classes_on_a_shared_daemon
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["['Cfg']", "['list']", "Cfg(gain=6.0)", "11 20",
                                       "__main__:Mixer.mix 2"]
+
+
+@dataclasses.dataclass
+class Voice:
+    name: str
+    buffer: Any
+
+
+def test_arrays_inside_pickled_values_keep_the_shared_memory_path(make_daemon: Any) -> None:
+    """A dataclass holding a big array crossed inside its pickle, so over the frame limit it could not cross
+    at all; its arrays now leave the pickle and cross through shared memory (a shared one stays shared)."""
+    d = make_daemon(jobs_only=True, extra_env={"ENSEMBLE_MAX_FRAME": str(1 << 20)})
+    d.up()
+    c = d.client()
+    voice = Voice("pad", np.arange(1_000_000, dtype=np.float32))  # 4 MB, four times the frame limit
+    back = c.submit("examples.jobs:echo", voice).result(60)
+    assert type(back) is Voice and back.name == "pad" and np.array_equal(back.buffer, voice.buffer)
+    shared = c.empty((300_000,), "float64")
+    shared[:] = 0.5
+    again = c.submit("examples.jobs:echo", {"v": Voice("shared", shared)}).result(60)
+    assert type(again["v"].buffer).__name__ == "SharedNDArray" and float(again["v"].buffer[-1]) == 0.5
+    assert c.submit("examples.jobs:echo", Voice("small", np.ones(3))).result(60).buffer.tolist() == [1.0] * 3
+
+
+def test_a_pickled_value_with_arrays_is_checked_and_kept_as_it_came() -> None:
+    import msgspec
+
+    from actors import messages
+    from actors.messages import ArrayHandle
+
+    def ext5(payload: Any) -> bytes:
+        return msgspec.msgpack.encode(msgspec.msgpack.Ext(EXT_PICKLED, msgspec.msgpack.encode(payload)))
+
+    for bad in ([b"\x80\x05N.", 1], [1, 2], [b"x"], "text"):
+        with pytest.raises(ProtocolError, match="pickled value"):
+            _decode_value(ext5(bad))
+    handle = ArrayHandle("ensemble.k.1.0", "<f8", (4,), 0)
+    blob = _encode_value([Pickled(b"\x80\x05N.", [handle])])
+    saved = messages._KEEPS_EXACT[0]
+    try:
+        messages.keep_exact_values()
+        kept = _decode_value(blob)
+        assert kept[0].refs == [handle] and _encode_value(kept) == blob
+    finally:
+        messages._KEEPS_EXACT[0] = saved
+    frame = encode(messages.Submit([messages.JobSpec("examples.jobs:echo", [Pickled(b"\x80\x05N.", [handle])])]), 4)
+    with pytest.raises(ProtocolError, match="does not name a segment of this daemon"):
+        decode(frame, handles="ensemble.other.")  # the arrays beside a pickle follow the frame's policy
