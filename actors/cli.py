@@ -18,6 +18,7 @@ if __name__ == "__main__":  # ``python -m actors.cli``: run the module itself, n
 
 import datetime
 import decimal
+import enum
 import json
 import logging
 import math
@@ -239,7 +240,8 @@ def json_text(value: Any, indent: int | None = None) -> str:
     JSON carries str, int, finite float, bool, None, lists and dicts with
     such keys (int, float, bool and None keys become strings, as ``json``
     does).  The rest is rendered, never refused: an array (``tolist``) as a
-    list, a tuple or a set as a list, a struct as an object, a ``datetime``,
+    list, a tuple or a set as a list, a struct or a dataclass as an object, an
+    ``Enum`` member as its value, a ``datetime``,
     ``date`` or ``time`` in ISO 8601, a ``Decimal``, ``UUID`` or path as its
     text; any other value, or key, as its Python ``repr`` string (``{b"k": 1}``
     -> ``{"b'k'": 1}``, a bytes value ``"b'...'"``, a ``(1, 2)`` key
@@ -264,6 +266,11 @@ def _plain(value: Any) -> Any:
         return str(value)
     if hasattr(value, "__struct_fields__"):  # a msgspec Struct
         return {f: _plain(getattr(value, f)) for f in value.__struct_fields__}
+    fields = getattr(type(value), "__dataclass_fields__", None)
+    if isinstance(fields, dict):  # a dataclass (a local job's value comes back of its own class)
+        return {name: _plain(getattr(value, name, None)) for name in fields}
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
     if hasattr(value, "tolist") and not isinstance(value, memoryview):  # numpy arrays and scalars
         return _plain(value.tolist())
     return repr(value)
@@ -541,6 +548,8 @@ def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if os.getcwd() not in sys.path:  # a value of the job's own classes unpickles from where the job imported
+        sys.path.insert(0, os.getcwd())  # them: this directory, first on a local job's path (see `submit`)
     changed = threading.Event()
     handle = c.watch(job_id, lambda info: changed.set())
     pulse = _Pulse(c)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +74,16 @@ def test_the_command_line_submits_a_module_of_the_directory_it_runs_in(daemon: A
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "49"
+    # a value of the module's own class comes back pickled: the command line reads it from where the job
+    # imported it (it failed: "cannot be rebuilt here: No module named 'mywork'"), and prints it as JSON
+    (project / "mywork.py").write_text("import dataclasses\nimport enum\n\n\nclass Mode(enum.Enum):\n"
+                                       "    FAST = 'fast'\n\n\n@dataclasses.dataclass\nclass Report:\n"
+                                       "    peak: float\n    mode: Mode\n\n\ndef report():\n"
+                                       "    return Report(0.5, Mode.FAST)\n")
+    out = subprocess.run([sys.executable, str(script), "submit", "mywork:report", "--wait"], cwd=project,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"peak": 0.5, "mode": "fast"}
 
 
 def test_a_wrong_argument_count_is_told_in_the_caller_s_arguments_not_counting_the_task(daemon: Any) -> None:
