@@ -785,6 +785,8 @@ def _sendable_encoded(done: JobDone, max_frame: int) -> tuple[JobDone, int, byte
             decode(frame, Limits(max_frame), handles="", stored=True)
         return done, size, frame
     except (ProtocolError, ValueError) as exc:
+        if not done.ok and done.value is not None:  # the exception itself, pickled, too big: its type and text go
+            return _sendable_encoded(msgspec.structs.replace(done, value=None), max_frame)
         what = "return value or properties" if done.ok else "error"
         return JobDone(done.job_id, False, None, "TypeError", f"the job's {what} cannot be sent: {exc}",
                        "", done.progress, done.status, {}, done.aborted, done.started), 1024, b""

@@ -718,3 +718,8 @@ def raise_with_fields(code: int, detail: str) -> None:
 def open_missing(path: str) -> None:
     """Opens ``path``, which does not exist: FileNotFoundError with its errno and filename."""
     open(path).close()
+
+
+def raise_big(nbytes: int) -> None:
+    """Raises a ValueError whose args hold ``nbytes`` of bytes (its pickle is over a small frame limit)."""
+    raise ValueError("too big to carry", b"x" * nbytes)

@@ -246,6 +246,8 @@ def test_arrays_inside_pickled_values_keep_the_shared_memory_path(make_daemon: A
     again = c.submit("examples.jobs:echo", {"v": Voice("shared", shared)}).result(60)
     assert type(again["v"].buffer).__name__ == "SharedNDArray" and float(again["v"].buffer[-1]) == 0.5
     assert c.submit("examples.jobs:echo", Voice("small", np.ones(3))).result(60).buffer.tolist() == [1.0] * 3
+    with pytest.raises(ValueError, match="too big to carry"):  # an exception whose pickle is over the limit still
+        c.submit("tests.jobs:raise_big", 2 << 20).result(60)  # comes back as itself, by type and text
 
 
 def test_a_pickled_value_with_arrays_is_checked_and_kept_as_it_came() -> None:
