@@ -124,7 +124,9 @@ class ClientArrays:
             SharedArray.unlink_name(h.name)
 
     def export(self, value: Any, borrowed: list[SharedArray], changed: list[bool]) -> Any:
-        """Replace large arrays in ``value`` by handles (copying ordinary ones into pooled segments).
+        """Replace large arrays in ``value`` by handles (copying ordinary ones into pooled segments), and, on the
+        daemon's host, what MessagePack cannot carry by its pickle (ProtocolError, saying where, for what does
+        not pickle; from another host for an object with fields).
 
         Appends to ``borrowed`` the pooled segments used and to ``changed`` a
         marker for every array replaced.  Arguments of plain values only (the
