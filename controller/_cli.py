@@ -101,6 +101,9 @@ def param_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:  # json_text: what JSON cannot carry (an infinite min, a tuple key) as the CLI's other JSON has it
         click.echo(json_text(params, indent=2))
         return
+    if not params:  # said on stderr: stdout stays the (empty) list a script reads
+        click.echo("no parameters: no script is loaded, or it defines none (`ensemble load FILE` loads one)",
+                   err=True)
     for p in params:
         rng = f" [{p.min}..{p.max}]" if p.min is not None or p.max is not None else ""
         click.echo(f"{p.name} = {p.value!r}\t{p.long_name} ({p.kind}{rng}, default {p.default!r})")
