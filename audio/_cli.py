@@ -72,6 +72,8 @@ def sample_list(ctx: click.Context, as_json: bool) -> None:
                                 "samplerate": i.samplerate, "root_key": i.root_key, "segment": i.handle.name}
                                for i in infos], indent=2))
         return
+    if not infos:  # said on stderr: stdout stays the (empty) list a script reads
+        click.echo("no samples loaded (`ensemble sample load FILE.wav` loads one)", err=True)
     for i in infos:
         click.echo(f"{i.name}\t{i.frames} frames\t{i.channels} ch\t{i.samplerate} Hz\troot {i.root_key}")
 

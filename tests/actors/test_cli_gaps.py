@@ -79,13 +79,16 @@ def _reject(constant: str) -> Any:
     raise AssertionError(f"{constant} is not JSON")
 
 
-def test_param_list_says_why_it_is_empty_on_stderr(make_daemon: Any) -> None:
-    """With no script loaded `ensemble param list` printed nothing at all; it says why, on stderr."""
+def test_param_and_sample_lists_say_why_they_are_empty_on_stderr(make_daemon: Any) -> None:
+    """With no script or sample loaded `ensemble param list` and `sample list` printed nothing at all; they say
+    why, on stderr."""
     d = make_daemon()
     d.up()
     out = d.cli("param", "list")
     assert out.stdout == "" and "no script is loaded" in out.stderr and "ensemble load" in out.stderr
     assert json.loads(d.cli("param", "list", "--json").stdout) == []
+    out = d.cli("sample", "list")  # the same for samples
+    assert out.stdout == "" and "no samples loaded" in out.stderr
 
 
 def test_param_list_json_is_json_whatever_the_parameters_hold(module_daemon: Daemon) -> None:
