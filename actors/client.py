@@ -411,7 +411,9 @@ class Client:
                resources: dict[str, float] | None = None) -> JobHandle:
         """Submit a job; returns once the daemon journaled it.
 
-        ``fn`` is ``"module:function"`` or a module-level function, called with
+        ``fn`` is ``"module:function"`` or a module-level function (from the
+        daemon's host also a bound method, a callable object or the script's
+        own function: they travel pickled, as an ``Executor`` sends them), called with
         ``args`` and ``kwargs``; it reaches its task handle through
         :func:`actors.current_task`, or receives it first when its first parameter
         is named ``task`` (or annotated ``Task``), as from every entry point.  ``grace`` (s) is the
