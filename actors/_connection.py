@@ -682,13 +682,9 @@ class Connection:
         end = time.monotonic() + 1.0  # its last frames may still be on their way through ZeroMQ's I/O thread
         while time.monotonic() < end and sock.poll(50, zmq.POLLIN):
             self._receive(sock)
-        self.gone = self.gone_as(
+        self._end_all(self.gone_as(
             f"the private daemon (pid {pid}) {_how_it_ended(pid)}; the jobs it had are lost (create a new "
-            "Executor or Client to go on)")
-        self._fail_all(self.gone)
-        with self._lock:
-            ids = list(self._listeners)
-        self._end_as_lost(ids, str(self.gone))
+            "Executor or Client to go on)"))
 
     def _give_up(self, sock: zmq.Socket[bytes]) -> None:
         """The shared daemon went away and was not back within ``reconnect_wait``: end every call and job still
@@ -700,14 +696,20 @@ class Connection:
         except zmq.ZMQError:  # (never connected under that name: nothing is held for it)
             pass
         wait = self.cfg.jobs.reconnect_wait
-        self.gone = self.gone_as(
+        gone = self.gone_as(
             f"the daemon {self.cfg.name!r} went away and was not back within {wait:g} s ([jobs] reconnect_wait); "
             "the jobs it had are still in its journal: `ensemble up` runs them, and Client.job(id) follows one then")
-        log.warning("event=daemon-given-up detail=%s", self.gone)
-        self._fail_all(self.gone)
+        log.warning("event=daemon-given-up detail=%s", gone)
+        self._end_all(gone)
+
+    def _end_all(self, gone: Exception) -> None:
+        """The daemon is gone for good (``gone`` says why): every call fails with it, every job waited on ends
+        lost, and every later call raises it (I/O thread)."""
+        self.gone = gone
+        self._fail_all(gone)
         with self._lock:
             ids = list(self._listeners)
-        self._end_as_lost(ids, str(self.gone))
+        self._end_as_lost(ids, str(gone))
 
     def _end_as_lost(self, ids: list[int], why: str) -> None:
         """End jobs the daemon can no longer tell about, as :attr:`lost_as` says, with ``why`` (I/O thread)."""
