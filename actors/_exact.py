@@ -307,7 +307,7 @@ def culprit(value: Any, path: str, depth: int = 0) -> tuple[str, Any]:
     """``(path, part)``: the innermost part of ``value`` that does not pickle (``value`` itself if none inside does)."""
     if depth >= _DEPTH:
         return path, value
-    for sub_path, item in _parts(value, path):
+    for sub_path, item in parts(value, path):
         try:
             pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # noqa: BLE001
@@ -315,7 +315,7 @@ def culprit(value: Any, path: str, depth: int = 0) -> tuple[str, Any]:
     return path, value
 
 
-def _parts(value: Any, path: str) -> Iterable[tuple[str, Any]]:
+def parts(value: Any, path: str) -> Iterable[tuple[str, Any]]:
     if isinstance(value, dict):
         return ((f"{path}[{k!r}]", v) for k, v in value.items())
     if isinstance(value, (list, tuple)):

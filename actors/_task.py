@@ -94,9 +94,16 @@ class Task:
     def set_property(self, key: str, value: Any) -> None:
         """Store a value clients can read while the job runs.
 
-        Raises ``TypeError`` here, in the job, for a value that cannot cross to
-        the clients (what MessagePack carries: None, bools, ints of 64 bits,
-        floats, text, bytes, lists and string-keyed dicts of them, numpy arrays).
+        Clients read it back as it was set: None, bools, ints of any size,
+        floats, complex, text, bytes, bytearray, lists, tuples, sets,
+        frozensets, dicts with keys of these, ``datetime``/``date``/``time``/
+        ``timedelta``, ``Decimal``, ``UUID``, ``Path`` and numeric numpy arrays
+        (:mod:`actors._values`, readable by any client, remote ones too; a numpy
+        scalar is read back as the Python number it holds, a ``defaultdict`` or
+        a named tuple as the plain dict or tuple).  Anything else (a
+        dataclass, an ``Enum`` member, an object) raises ``TypeError`` here, in
+        the job, naming its type and where it sits in ``value``: properties
+        are never pickled, so pass an object's fields as a dict.
         """
         if not isinstance(key, str):
             raise TypeError(f"property keys must be strings, got {type(key).__name__}")
@@ -251,14 +258,14 @@ class Task:
                 return None
             self._dirty = False
             self._last_publish = now
-            return self._progress, self._status, dict(self._properties), self._timeout_ms
+            return self._progress, self._status, _wire(self._properties), self._timeout_ms
 
     def final_state(self) -> tuple[float, str, dict[str, Any]]:
         """Progress, status and properties at the end of the job (a task nobody touched: no lock, no copy)."""
         if not self._dirty and not self._properties:
             return self._progress, self._status, {}
         with self._lock:
-            return self._progress, self._status, dict(self._properties)
+            return self._progress, self._status, _wire(self._properties)
 
     def stalled_for(self, now: float) -> float | None:
         """Seconds since the last should_abort() if past the timeout (reported once per gap)."""
@@ -298,12 +305,73 @@ def deactivate(token: contextvars.Token["Task | None"]) -> None:
     _current.reset(token)
 
 
+def _wire(properties: dict[str, Any]) -> dict[str, Any]:
+    """``properties`` as they are published: tuples, sets, big ints, datetimes... as exact values (ext 4), so a
+    client reads back what the job set.  A value changed in place since its check is not checked again here: the
+    encoder refuses what it cannot carry, and the update goes without the properties, saying why."""
+    from actors._values import plain, to_wire
+
+    return {k: v if plain(v) else to_wire(v, _lenient_leaf) for k, v in properties.items()}
+
+
+def _lenient_leaf(value: Any) -> Any:
+    try:
+        return _property_leaf(value)
+    except _Refused:
+        return value  # (changed in place since its check: the encoder refuses it, or carries it as it can)
+
+
+class _Refused(Exception):
+    def __init__(self, part: Any) -> None:
+        super().__init__()
+        self.part = part
+
+
+def _property_leaf(value: Any) -> Any:
+    """What :func:`actors._values.to_wire` leaves in a property: numpy's arrays and scalars, which the encoder
+    carries, and a subclass of dict, list or tuple (a ``defaultdict``, a named tuple), carried as the plain one
+    (it compares equal); anything else would come back as something else (a dataclass as a dict) or not at all."""
+    if type(value).__module__ == "numpy":
+        return value
+    from actors._values import to_wire
+
+    for base in (dict, list, tuple):
+        if isinstance(value, base):
+            return to_wire(base(value), _property_leaf)
+    raise _Refused(value)
+
+
 def _check_sendable(key: str, value: Any) -> None:
     """Raise ``TypeError`` if a property's value cannot be published to the clients (see ``Task.set_property``)."""
     from actors._errors import ProtocolError
+    from actors._values import to_wire
     from actors.messages import JobUpdate, Limits, decode, encode
 
     try:
-        decode(encode(JobUpdate(0, 0.0, "", {key: value}, 1)), Limits(), handles="", stored=True)
+        wire = to_wire(value, _property_leaf)
+    except _Refused as refused:
+        cls = type(refused.part)
+        where = _path_to(value, refused.part, f"property {key!r}") or f"an item of property {key!r}"
+        raise TypeError(f"{where} is a {cls.__module__}.{cls.__qualname__}, which a property cannot hold (it is "
+                        "never pickled): pass None, bools, numbers, text, bytes, lists, tuples, sets, dicts, "
+                        "datetime, Decimal, UUID, Path or numeric numpy arrays, an object as a dict of its "
+                        "fields") from None
+    try:
+        decode(encode(JobUpdate(0, 0.0, "", {key: wire}, 1)), Limits(), handles="", stored=True)
     except ProtocolError as exc:
         raise TypeError(f"property {key!r} cannot be sent to clients: {exc}") from None
+
+
+def _path_to(value: Any, part: Any, path: str, depth: int = 0) -> str | None:
+    """Where ``part`` sits in ``value`` (``property 'p'[1]['k']``), or None if it is not found (a dict key)."""
+    if value is part:
+        return path
+    if depth >= 64:
+        return None
+    from actors._exact import parts
+
+    for sub_path, item in parts(value, path):
+        found = _path_to(item, part, sub_path, depth + 1)
+        if found is not None:
+            return found
+    return None

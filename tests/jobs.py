@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,16 @@ def props(task: Task, n: int) -> dict[str, Any]:
     while not task.should_abort():
         time.sleep(0.01)
     return {"n": n}
+
+
+def hold_properties(task: Task, values: list[Any]) -> int:
+    """Set property ``v<i>`` to each of ``values`` (as this job received them), then wait for an abort."""
+    for i, value in enumerate(values):
+        task.set_property(f"v{i}", value)
+    task.set_progress(0.5)
+    while not task.should_abort():
+        time.sleep(0.01)
+    return len(values)
 
 
 def swap_while_silent(task: Task) -> bool:
@@ -488,7 +499,7 @@ def unsendable_updates(task: Task) -> list[str]:
     """Try each update a client could not receive; what each raised, in order."""
     said = []
     for call in (lambda: task.set_status_message("\ud800"), lambda: task.set_property("p", object()),
-                 lambda: task.set_property("p", 2**70), lambda: task.set_timeout(1e300),
+                 lambda: task.set_property("p", [1, Fraction(1, 3)]), lambda: task.set_timeout(1e300),
                  lambda: task.set_timeout(float("nan"))):
         try:
             call()

@@ -16,11 +16,12 @@ Runs on the panel server's event loop only.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any, Callable
 
 from aiohttp import WSCloseCode, web
+
+from actors.jsontext import json_text
 
 log = logging.getLogger("ensemble.panel")
 MAX_REPLIES = 64
@@ -100,7 +101,7 @@ class PageSocket:
             self._drop()
 
     async def _send(self, message: dict[str, Any]) -> None:
-        text = json.dumps(message, default=str)
+        text = json_text(message)  # never NaN, which the page's JSON.parse refuses (a job's property may be one)
         await asyncio.wait_for(self.ws.send_str(text), SEND_TIMEOUT)
         self.sent += 1
         self._on_sent()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import decimal
+import math
 import pathlib
+import signal
 import uuid
 import zoneinfo
 from typing import Any
@@ -15,11 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors import ProtocolError
+from actors import ProtocolError, Task
 from actors._values import Exact, rebuild, to_wire
 from actors.messages import EXT_VALUE, _decode_value, _encode_value
 from tests import jobs
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 VALUES: list[Any] = [
@@ -127,3 +130,29 @@ def test_any_ext_4_payload_is_a_value_or_a_protocol_error(tag: int, data: Any, d
             assert type(value) is Exact and _encode_value(value) == blob  # passed on as it came
     finally:
         messages._KEEPS_EXACT[0] = saved
+
+
+def test_a_job_s_properties_are_read_back_as_the_job_set_them(shared_daemon: Daemon) -> None:
+    c = shared_daemon.client()
+    values = [*VALUES, float("nan")]
+    job = c.submit("tests.jobs:hold_properties", values)
+    wait_for(lambda: len(job.properties) == len(values), 60, what="the job's properties while it runs")
+    running = dict(job.properties)
+    final = job.cancel(block=True)
+    assert final is not None and final.state == "cancelled"
+    listed = next(i for i in c.jobs(states=["cancelled"], limit=1000) if i.id == job.id)  # read from the journal
+    for seen in (running, final.properties, listed.properties):
+        for i, value in enumerate(VALUES):
+            assert same(seen[f"v{i}"], value), (seen[f"v{i}"], value)
+        assert math.isnan(seen[f"v{len(VALUES)}"])
+
+
+def test_a_property_that_would_come_back_as_something_else_is_refused_in_the_job_saying_where() -> None:
+    task = Task(1, 500)
+    with pytest.raises(TypeError, match=r"property 'p'\['held'\]\[1\] is a tests\.jobs\.Offset, which a property "
+                                        r"cannot hold .* a dict of its fields"):
+        task.set_property("p", {"held": [1, jobs.Offset(2)]})
+    with pytest.raises(TypeError, match=r"property 'q' is a signal\.Signals"):  # an IntEnum would come back an int
+        task.set_property("q", signal.SIGTERM)
+    task.set_property("r", collections.defaultdict(list, {"k": [(1, 2)]}))  # a dict and a tuple, as they compare
+    assert task.get_property("r") == {"k": [(1, 2)]} and task.get_property("q") is None

@@ -62,9 +62,10 @@ class Page:
                 if value:
                     return value
                 try:
-                    msg = await self.ws.receive_json(timeout=max(0.05, end - time.monotonic()))
+                    text = await self.ws.receive_str(timeout=max(0.05, end - time.monotonic()))
                 except (asyncio.TimeoutError, TypeError):
                     break
+                msg = json.loads(text, parse_constant=_not_json)  # as strict as the page's JSON.parse
                 if msg["type"] == "state":
                     self.state.update(msg["data"])
                     self.pushes += 1
@@ -73,6 +74,10 @@ class Page:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; replies {self.replies[-3:]}")
 
         return self.loop.run_until_complete(run())
+
+
+def _not_json(word: str) -> Any:
+    raise AssertionError(f"the panel sent {word}, which is not JSON: the page's JSON.parse refuses the message")
 
 
 def _param(state: dict[str, Any], name: str) -> Any:
@@ -143,6 +148,19 @@ def test_a_cli_job_appears_and_is_cancelled_from_the_page(shared_panel: Panel) -
         page.send({"op": "cancel", "id": job_id})
         page.until(lambda s: any(j["id"] == job_id and j["state"] == "cancelled" for j in s.get("jobs", [])),
                    what="the job cancelled")
+
+
+def test_a_job_s_odd_properties_reach_the_page_as_json_it_can_read(shared_panel: Panel) -> None:
+    panel = shared_panel
+    c = panel.daemon.client()
+    job = c.submit("tests.jobs:hold_properties", [float("nan"), float("inf"), {1, 2}, (3, 4), {(5, 6): "pair"}])
+    try:
+        with Page(panel) as page:
+            row = page.until(lambda s: next((j for j in s.get("jobs", []) if j["id"] == job.id
+                                             and len(j["properties"]) == 5), None), what="the job with its properties")
+        assert row["properties"] == {"v0": "nan", "v1": "inf", "v2": [1, 2], "v3": [3, 4], "v4": {"(5, 6)": "pair"}}
+    finally:
+        job.cancel(block=True)
 
 
 @pytest.mark.slow  # about 8 s; the browser test kills the panel too
