@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from actors.cli import Number, NumbersAsArguments, RegularFile, client_of, fail, json_text, parse_arg
+from actors.cli import Number, NumbersAsArguments, RegularFile, client_of, fail, parse_arg
+from actors.jsontext import json_text
 from controller._host import ParamDef
 from controller.client import Client, ScriptLoadError
 from controller.messages import ParamInfo

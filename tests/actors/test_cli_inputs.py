@@ -274,7 +274,7 @@ def test_exact_values_print_as_json_a_reader_can_use() -> None:
     import uuid
     from pathlib import Path
 
-    from actors.cli import json_text
+    from actors.jsontext import json_text
 
     value = {"s": {3}, "t": (1, frozenset({2})), "when": datetime.datetime(2026, 12, 6, 10, 30),
              "day": datetime.date(2026, 12, 6), "at": datetime.time(7, 5), "price": decimal.Decimal("1.50"),
