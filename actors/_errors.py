@@ -186,6 +186,19 @@ def _as_raised(twin: type, cls: type, raised: Any, type_name: str, message: str,
         return None
 
 
+def rebuilt_exception(cls: type, args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
+    """An exception of ``cls`` with ``args`` and the attributes in ``state``, made without calling its
+    ``__init__`` (as ``copy`` makes one): how a worker pickles an exception whose ``__init__`` cannot be called
+    with its own ``args`` (see :func:`actors.worker._pickled_error`)."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)) or type(args) is not tuple:
+        raise TypeError("rebuilt_exception takes an exception class and a tuple of arguments")
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
+
+
 def _original_text(self: RemoteError) -> str:
     """``str()`` of a RemoteError twin: the job's exception's own text (its type is the twin's name already)."""
     return self.remote_message

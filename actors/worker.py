@@ -50,6 +50,7 @@ returns from the job ends there.
 from __future__ import annotations
 
 import collections
+import io
 import os
 import pickle
 import itertools
@@ -74,7 +75,7 @@ from actors._values import Pickled, plain, unpickled
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, HeldResults, RunDir, StartedLog
 from actors._arrays import WorkerArrays
-from actors._errors import ProtocolError, error_name
+from actors._errors import ProtocolError, error_name, rebuilt_exception
 from actors._jobfn import resolve, resolve_internal, takes_task
 from actors._keeper import fork_keeper
 from actors._signals import SignalPipe, start_unsignalled
@@ -621,13 +622,42 @@ def _message(exc: BaseException) -> str:
 
 
 def _pickled_error(exc: BaseException) -> bytes | None:
-    """The exception itself, pickled for a local client to re-raise (None if it cannot be pickled)."""
-    try:
-        blob = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt: the client gets RemoteError then
-        return blob
-    except Exception:  # noqa: BLE001
-        return None
+    """The exception itself, pickled for a local client to re-raise (None if it cannot be pickled).
+
+    An exception whose ``__init__`` wants other arguments than its ``args``
+    (``super().__init__(message)`` beside fields of its own, a common form)
+    pickles but does not unpickle: pickle calls the class with ``args``.  It
+    is pickled again to be rebuilt as ``copy`` rebuilds it, without its
+    ``__init__`` (:func:`actors._errors.rebuilt_exception`), so its fields
+    still come back.  One that does not rebuild either comes back by name
+    and text only (RemoteError).
+    """
+    for dump in (pickle.dumps, _dumps_without_init):
+        try:
+            blob = dump(exc, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.loads(blob)  # (it rebuilds here: it rebuilds in the client, which has the same modules)
+            return blob
+        except Exception:  # noqa: BLE001 - whatever the exception's own pickling or rebuilding raised
+            continue
+    return None
+
+
+def _dumps_without_init(exc: BaseException, protocol: int) -> bytes:
+    """``exc`` pickled to be rebuilt by :func:`actors._errors.rebuilt_exception` (what it holds pickled as usual)."""
+    out = io.BytesIO()
+    _WithoutInit(out, protocol, exc).dump(exc)
+    return out.getvalue()
+
+
+class _WithoutInit(pickle.Pickler):
+    def __init__(self, file: Any, protocol: int, exc: BaseException) -> None:
+        super().__init__(file, protocol)
+        self.exc = exc
+
+    def reducer_override(self, obj: Any) -> Any:
+        if obj is self.exc:
+            return rebuilt_exception, (type(obj), obj.args, vars(obj) or None)
+        return NotImplemented
 
 
 def _unpickled(crossed: list[Any], arrays: WorkerArrays, mapped: list[Any]) -> Any:

@@ -721,6 +721,19 @@ class FieldsError(Exception):
         self.detail = detail
 
 
+class StatusError(Exception):
+    """The common form pickle cannot rebuild: ``__init__`` takes a field and the message, passes the message on."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def raise_status(status: int, message: str) -> None:
+    """Raises :class:`StatusError` (its ``args`` are ``(message,)``: pickle would call ``StatusError(message)``)."""
+    raise StatusError(status, message)
+
+
 def raise_with_fields(code: int, detail: str) -> None:
     """Raises :class:`FieldsError` (a client should see ``code`` and ``detail``)."""
     raise FieldsError(code, detail)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors import ProtocolError, RemoteError
+from actors import Executor, ProtocolError, RemoteError
 from actors._values import Pickled
 from actors.messages import EXT_PICKLED, JobInfo, _decode_value, _encode_value, decode, encode
 from tests.actors.test_exact_values import same
@@ -154,6 +154,23 @@ def test_a_local_client_s_error_keeps_the_job_s_exception_s_attributes(shared_da
         c.submit("tests.jobs:raise_with_fields", 42, "why").result(60)
     assert (fields.value.code, fields.value.detail, fields.value.args) == (42, "why", (42, "why"))
     assert isinstance(fields.value, RemoteError) and fields.value.type_name == "tests.jobs.FieldsError"
+
+
+def test_an_exception_pickle_cannot_rebuild_still_comes_back_with_its_fields(shared_daemon: Daemon) -> None:
+    """``__init__(self, status, message)`` calling ``super().__init__(message)``: pickle rebuilds it as
+    ``StatusError(message)``, which raises (``ProcessPoolExecutor`` breaks its pool on it).  It came back by name
+    and text, its ``status`` lost; it is rebuilt without its ``__init__`` now, from a Client and an Executor."""
+    from tests import jobs
+
+    with pytest.raises(jobs.StatusError) as client_side:
+        shared_daemon.client().submit("tests.jobs:raise_status", 404, "not here").result(60)
+    with Executor(config=shared_daemon.config) as ex:
+        with pytest.raises(jobs.StatusError) as executor_side:
+            ex.submit(jobs.raise_status, 503, "busy").result(60)
+    for caught, status, message in ((client_side, 404, "not here"), (executor_side, 503, "busy")):
+        assert (caught.value.status, caught.value.args, str(caught.value)) == (status, (message,), message)
+        assert "raise_status" in str(caught.value.__cause__)  # the remote traceback
+    assert isinstance(client_side.value, RemoteError)  # (an Executor raises the job's exception itself, as PPE does)
 
 
 def test_a_client_on_another_host_never_unpickles_an_error(tmp_path: Any) -> None:
