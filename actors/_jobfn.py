@@ -71,7 +71,8 @@ def path_of(fn: Callable[..., Any] | str) -> str:
     if module == "__main__":
         raise JobRefused(
             f"{qualname} is defined in __main__, which workers cannot import; "
-            "move it into a module and pass 'module:function'"
+            "move it into a module and pass 'module:function' (a client on the daemon's host takes it as it is: "
+            "Client.submit, or Client.spec to build a spec for submit_many)"
         )
     return f"{module}:{qualname}"
 

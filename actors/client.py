@@ -426,12 +426,21 @@ class Client:
         worker can ever offer) or :class:`QueueFull`; ``ValueError`` for a
         ``grace`` (``timeout``) or ``deadline`` that is not a finite number in range.
         """
-        spec = _spec_for(self.conn, fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
-                         deadline=deadline, retries=retries, resources=resources)
+        spec = self.spec(fn, *args, name=name, priority=priority, grace=_grace(grace, timeout), deadline=deadline,
+                         retries=retries, kwargs=kwargs, resources=resources)
         return self.submit_many([spec])[0]
 
+    def spec(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0, grace: float = 0.5,
+             deadline: float | None = None, retries: int = 0, kwargs: dict[str, Any] | None = None,
+             resources: dict[str, float] | None = None) -> JobSpec:
+        """The job :meth:`submit` would send, for :meth:`submit_many`: it takes what ``submit`` takes (the
+        script's own functions, bound methods and callable objects too, on the daemon's host), where
+        :func:`make_spec`, which knows no daemon, takes ``"module:function"`` and module functions only."""
+        return _spec_for(self.conn, fn, args, kwargs or {}, name=name, priority=priority, grace=grace,
+                         deadline=deadline, retries=retries, resources=resources)
+
     def submit_many(self, specs: list[JobSpec]) -> list[JobHandle]:
-        """Submit many jobs in one message (see :func:`make_spec`)."""
+        """Submit many jobs in one message: specs from :meth:`spec` (what ``submit`` takes) or :func:`make_spec`."""
         handles: dict[int, JobHandle] = {}
         early: dict[int, JobInfo] = {}
         lock = threading.Lock()

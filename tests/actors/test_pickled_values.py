@@ -224,6 +224,8 @@ if __name__ == "__main__":
         print(c.submit(Mixer(10).mix, 1).result(60), c.submit(Mixer(10), 2).result(60), flush=True)
         job = c.submit(Mixer(1).mix, 1)
         print(c.jobs(limit=1)[0].name, job.result(60), flush=True)
+        many = c.submit_many([c.spec(scale, Cfg(1.0), i, priority=1) for i in range(3)] + [c.spec(Mixer(5), 2)])
+        print([h.result(60) for h in many], flush=True)
 '''
 
 
@@ -231,7 +233,8 @@ def test_a_client_runs_the_script_s_own_functions_and_classes_on_a_shared_daemon
                                                                                  tmp_path: Any) -> None:
     """``Client.submit`` refused the script's own function ("defined in __main__, which workers cannot import"),
     where ``Executor.submit`` runs it: one calling convention now.  The workers were not forked from the
-    script: they load it as ``__mp_main__`` (its ``__main__`` block does not run there)."""
+    script: they load it as ``__mp_main__`` (its ``__main__`` block does not run there).  ``Client.spec`` builds
+    the same jobs for ``submit_many`` (``make_spec`` refused them, knowing no daemon)."""
     import subprocess
     import sys
 
@@ -240,7 +243,7 @@ def test_a_client_runs_the_script_s_own_functions_and_classes_on_a_shared_daemon
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["['Cfg']", "['list']", "Cfg(gain=6.0)", "11 20",
-                                      "__main__:Mixer.mix 2"]
+                                      "__main__:Mixer.mix 2", "[Cfg(gain=0.0), Cfg(gain=1.0), Cfg(gain=2.0), 10]"]
 
 
 @dataclasses.dataclass
