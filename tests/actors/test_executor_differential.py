@@ -502,16 +502,18 @@ def test_a_lambda_or_a_local_function_is_refused_at_submit_saying_what_to_do(see
 
 
 def test_an_exception_that_cannot_come_back_still_comes_back_as_its_class(seen: Any) -> None:
-    """The pool breaks (an exception it cannot rebuild) or raises pickle's TypeError (one it cannot pickle);
-    ensemble raises a RemoteError of the job's class, its text the job's, the remote traceback as its cause."""
+    """The pool breaks (an exception it cannot rebuild) or raises pickle's TypeError (one it cannot pickle).
+    ensemble raises the one pickle cannot rebuild as it raises any job's exception (itself, rebuilt without its
+    ``__init__``), and the one that does not pickle as a RemoteError of the job's class; each with the job's text
+    and the remote traceback as its cause."""
     ppe = {**seen["unrebuildable_exception"]["ppe"], **seen["unpicklable_exception"]["ppe"]}
     ens = {**seen["unrebuildable_exception"]["ensemble"], **seen["unpicklable_exception"]["ensemble"]}
     assert issubclass(ppe["two-argument constructor"][1], BrokenProcessPool)
     assert ppe["holds a lock"][1] is TypeError
-    for key, cls, text in [("two-argument constructor", J.TwoArgError, "1/2"),
-                           ("holds a lock", J.LockedError, "holds a lock")]:
-        _, got, message, caused = ens[key]
-        assert issubclass(got, cls) and issubclass(got, RemoteError) and message == text and caused, ens[key]
+    _, got, message, caused = ens["two-argument constructor"]
+    assert got is J.TwoArgError and message == "1/2" and caused, ens["two-argument constructor"]
+    _, got, message, caused = ens["holds a lock"]
+    assert issubclass(got, J.LockedError) and issubclass(got, RemoteError) and message == "holds a lock" and caused
 
 
 def test_a_worker_that_exits_loses_its_job_only(seen: Any) -> None:
@@ -684,13 +686,15 @@ def test_an_exception_of_a_class_of_the_script_comes_back_as_that_class(
 @pytest.mark.parametrize("case, text", [("two-argument constructor", "1/2"), ("holds a lock", "holds a lock")])
 def test_an_exception_of_the_script_that_cannot_come_back_still_comes_back_as_its_class(
         main_script_errors: dict[str, dict[str, dict[str, Any]]], case: str, text: str) -> None:
-    """As for a module's class (above): the pool breaks or raises pickle's TypeError; ensemble raises a RemoteError
-    of the script's class, its text the job's, the remote traceback as its cause.  (A worker forked from the
-    script names the class bare, as a traceback does, and only builtins were looked in: a plain RemoteError.)"""
+    """As for a module's class (above): the pool breaks or raises pickle's TypeError; ensemble raises the script's
+    class, its text the job's, the remote traceback as its cause: the exception itself when it pickles (rebuilt
+    without its ``__init__``), a RemoteError of that class when it does not.  (A worker forked from the script
+    names the class bare, as a traceback does, and only builtins were looked in: a plain RemoteError.)"""
     ppe = main_script_errors["ppe"][case]
     assert ppe["type"] == {"two-argument constructor": "concurrent.futures.process.BrokenProcessPool",
                            "holds a lock": "builtins.TypeError"}[case]
     for kind in ("ensemble", "ensemble, a spawned daemon"):
         assert main_script_errors[kind][case] == {
             "type": f"__main__.{'TwoArgError' if case.startswith('two') else 'LockedError'}",
-            "the script's class": True, "a RemoteError": True, "text": text, "its cause names the function": True}, kind
+            "the script's class": True, "a RemoteError": case == "holds a lock", "text": text,
+            "its cause names the function": True}, kind
