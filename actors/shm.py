@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from actors._errors import ProtocolError
-from actors._values import Exact, Pickled
+from actors._values import MANY, Exact, Pickled, scalars
 from actors.messages import ArrayHandle
 
 SHM_DIR = Path("/dev/shm")
@@ -243,12 +243,16 @@ def walk(value: Any, fn: Any, depth: int = 0) -> Any:
         return value
     cls = type(value)
     if isinstance(value, list):
+        if cls is list and len(value) > MANY and scalars(value):  # no leaf to visit: the list itself (a C loop)
+            return value
         return [walk(v, fn, depth + 1) for v in value]
     if cls is tuple:
-        return tuple(walk(v, fn, depth + 1) for v in value)
+        return value if len(value) > MANY and scalars(value) else tuple(walk(v, fn, depth + 1) for v in value)
     if isinstance(value, tuple):
         return [walk(v, fn, depth + 1) for v in value]
     if isinstance(value, dict):
+        if cls is dict and len(value) > MANY and scalars(value.values()):
+            return value
         return {k: walk(v, fn, depth + 1) for k, v in value.items()}
     if cls is Exact:
         return Exact(value.tag, walk(value.data, fn, depth + 1))

@@ -71,7 +71,7 @@ from actors import callables
 from actors._child import Child, child_main
 from actors._exact import big_bytes, dumps, loads as exact_loads, loads_referencing, spill
 from actors._freshness import RETIRE_CODE, UserCode
-from actors._values import Pickled, plain, unpickled
+from actors._values import Pickled, plain, scalars, unpickled
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, HeldResults, RunDir, StartedLog
 from actors._arrays import WorkerArrays
@@ -811,8 +811,8 @@ def _sendable_encoded(done: JobDone, max_frame: int) -> tuple[JobDone, int, byte
         if size > max_frame - 4096:
             raise ValueError(f"it is {size} bytes, over the daemon's frame limit of {max_frame} (daemon.max_frame); "
                              "return a numpy array (it travels through shared memory) or write it to a file")
-        if type(done.value) not in _PLAIN or done.properties:  # containers: read back the way the daemon will
-            decode(frame, Limits(max_frame), handles="", stored=True)
+        if (type(done.value) not in _PLAIN and not (type(done.value) is list and scalars(done.value))) or done.properties:
+            decode(frame, Limits(max_frame), handles="", stored=True)  # containers: read back the way the daemon will
         return done, size, frame
     except (ProtocolError, ValueError) as exc:
         if not done.ok and done.value is not None:  # the exception itself, pickled, too big: its type and text go

@@ -745,6 +745,42 @@ def case_arrays(ctx: Ctx) -> list[Row]:
     return rows
 
 
+def case_values(ctx: Ctx) -> list[Row]:
+    """Big plain values in and out of a job: a list of ints, a dict of floats (no arrays: they travel in frames)."""
+    from actors.client import Executor
+
+    n = ctx.size(250_000, 1_000_000)
+    reps = ctx.size(3, 7)
+    values = {f"list of {n:,} ints": list(range(n)), f"dict of {n // 4:,} str -> float": {
+        str(i): float(i) for i in range(n // 4)}}
+    rows = []
+    with BenchDaemon(workers=2) as d, _ppe(2) as ppe, Executor(config=d.config()) as ex:
+        c = d.client()
+        ppe.submit(bj.plain_noop).result()
+        for label, value in values.items():
+            sides: dict[str, Callable[[], Any]] = {
+                "client": lambda: c.submit("bench.jobs:plain_echo", value).result(120),
+                "executor": lambda: ex.submit(bj.plain_echo, value).result(120),
+                "ppe": lambda: ppe.submit(bj.plain_echo, value).result(120)}
+            t: dict[str, list[float]] = {k: [] for k in sides}
+            for fn in sides.values():
+                fn()  # warm-up, discarded
+            for i in range(reps):
+                for key in _rotate(list(sides), i):
+                    s = time.perf_counter()
+                    sides[key]()
+                    t[key].append(time.perf_counter() - s)
+            m = {k: median(v) for k, v in t.items()}
+            case = f"{label} in and out of a job"
+            note = "in frames, journaled twice (arguments, result); sides interleaved"
+            rows.append(row(case, "Client.submit, journal on", m["client"] * 1e3, "ms",
+                            "ProcessPoolExecutor(2).submit", m["ppe"] * 1e3, "(reported)", None, note, samples=t))
+            rows.append(row(case, "Executor.submit", m["executor"] * 1e3, "ms",
+                            "ProcessPoolExecutor(2).submit", m["ppe"] * 1e3, "(reported)", None,
+                            "pickled, as PPE does"))
+    return rows
+
+
 def _copy_fresh(a: Any) -> None:
     """One copy into pages never touched before (an anonymous mapping, as a new segment is)."""
     import mmap
@@ -889,7 +925,8 @@ def case_bridges(ctx: Ctx) -> list[Row]:
 CASES: dict[str, Callable[[Ctx], list[Row]]] = {
     "ping": case_ping, "codec": case_codec, "throughput": case_throughput, "latency": case_latency, "cold": case_cold,
     "scaling": case_scaling, "cancel": case_cancel, "replacement": case_replacement, "up": case_up,
-    "clients": case_clients, "memory": case_memory, "arrays": case_arrays, "audio": case_audio,
+    "clients": case_clients, "memory": case_memory, "arrays": case_arrays, "values": case_values,
+    "audio": case_audio,
     "bridges": case_bridges, "audio_jack": case_audio_jack, "ray_cluster": case_ray_cluster,
     "ray_arrays": case_ray_arrays, "panel": case_panel, "remote": case_remote,
 }

@@ -45,6 +45,8 @@ def same(a: Any, b: Any) -> bool:
         return list(a) == list(b) and all(same(k, j) for k, j in zip(a, b)) and all(same(a[k], b[k]) for k in a)
     if isinstance(a, (datetime.datetime, datetime.time)):
         return a == b and a.tzinfo == b.tzinfo and a.fold == b.fold
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
     return bool(a == b)
 
 
@@ -156,3 +158,30 @@ def test_a_property_that_would_come_back_as_something_else_is_refused_in_the_job
         task.set_property("q", signal.SIGTERM)
     task.set_property("r", collections.defaultdict(list, {"k": [(1, 2)]}))  # a dict and a tuple, as they compare
     assert task.get_property("r") == {"k": [(1, 2)]} and task.get_property("q") is None
+
+
+LONG: list[Any] = [
+    list(range(100)) + [2**64], [2**70] + list(range(100)), [float("nan"), *range(50), -(2**63) - 1],
+    [1.5] * 40 + [2**65, "x"], tuple(range(40)) + (2**80,), tuple(range(40)), [True, False, None] * 20 + [(1, 2)],
+    {str(i): i for i in range(40)} | {"big": 2**100}, {i: float(i) for i in range(40)} | {(1, 2): "pair"},
+    [[0] * 30, [2**66] * 30, {"k": {1, 2}}], ["text"] * 40 + [datetime.date(2026, 1, 1)],
+]
+
+
+@pytest.mark.parametrize("value", LONG, ids=range(len(LONG)))
+def test_a_long_value_s_fast_paths_keep_every_exact_item(value: Any) -> None:
+    """Lists, tuples and dicts of more than a few items are looked at with C loops first (their types, the least
+    and greatest int); a big int, a tuple or a date among many plain items must still cross exactly."""
+    back = _decode_value(_encode_value(to_wire(value)))
+    assert same(back, value), (back, value)
+    from actors.shm import walk
+
+    assert same(walk(back, lambda v: v), value)  # the client's and the worker's walks keep it too
+
+
+def test_a_client_job_gives_back_a_long_list_with_a_big_int_as_it_was(shared_daemon: Daemon) -> None:
+    c = shared_daemon.client()
+    value = [*range(100_000), 2**64, (1, 2), {3}]
+    assert same(c.submit("examples.jobs:echo", value).result(60), value)
+    plain = list(range(100_000))
+    assert same(c.submit("examples.jobs:echo", plain).result(60), plain)
