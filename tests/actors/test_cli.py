@@ -120,9 +120,17 @@ def test_jobs_lists_recent_jobs(module_daemon: Daemon) -> None:
     c = module_daemon.client()
     job = c.submit("examples.jobs:add", 5, 5, name="listed")
     job.result(30)
+    failed = c.submit("tests.jobs:boom", "listed too")
+    with pytest.raises(actors.RemoteError):
+        failed.result(30)
     listed = json.loads(module_daemon.cli("jobs", "--json", "--limit", "500").stdout)
     mine = next(j for j in listed if j["id"] == job.id)
     assert mine["state"] == "done" and mine["name"] == "listed" and mine["result"] == 10
+    # a failed job's result was its exception pickled for a client ("<pickled value, 120 bytes>"): its type and
+    # message say what it raised
+    wrong = next(j for j in listed if j["id"] == failed.id)
+    assert wrong["state"] == "failed" and wrong["result"] is None
+    assert (wrong["error_type"], wrong["error_message"]) == ("tests.jobs.CustomJobError", "listed too")
     only_done = json.loads(module_daemon.cli("jobs", "--json", "--state", "done").stdout)
     assert only_done and all(j["state"] == "done" for j in only_done)
     module_daemon.env["COLUMNS"] = "200"
