@@ -21,7 +21,7 @@ import time
 import warnings
 import weakref
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, cast
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterator, Sequence, cast
 
 import msgspec
 
@@ -1287,13 +1287,69 @@ class AsyncJobHandle:
         import asyncio  # only for the asyncio client: `import actors.client` stays free of asyncio (~0.1 s)
 
         self._final: asyncio.Future[JobInfo] = asyncio.get_running_loop().create_future()
+        self._followers: list[asyncio.Queue[JobInfo]] = []  # of updates(), each its own
 
     def _update(self, info: JobInfo) -> None:
         if self.info is not None and self.info.state in TERMINAL:
             return  # the first end heard stays (a stale snapshot must not undo it; a second copy's result is taken)
         self.info = info
+        for queue in self._followers:
+            queue.put_nowait(info)
         if info.state in TERMINAL and not self._final.done():
             self._final.set_result(info)
+
+    async def updates(self) -> "AsyncIterator[JobInfo]":
+        """Every snapshot of the job as it changes (progress, status message, properties, state), ending with its
+        final one: ``async for info in handle.updates(): ...``.
+
+        The first is the job's current state, asked of the daemon; the rest
+        are pushed as they happen (progress at most every 20 ms, the last
+        value always), and read as :attr:`progress`, :attr:`properties`...
+        too.  The value or error is still :meth:`result`'s.
+        """
+        queue: asyncio.Queue[JobInfo] = _aio().Queue()
+        self._followers.append(queue)
+        try:
+            (info,) = (await self.client._call(Watch([self.id], True))).jobs  # progress is pushed from now on
+            self._update(info)
+            while True:
+                info = await queue.get()
+                yield info
+                if info.state in TERMINAL:
+                    return
+        finally:
+            self._followers.remove(queue)
+
+    def _known(self) -> JobInfo:
+        if self.info is None:  # (a handle is made once the submit is acknowledged: its state is pushed from then on)
+            return JobInfo(self.id, "", "", "queued")
+        return self.info
+
+    @property
+    def state(self) -> str:
+        """The job's state as this client last heard it (no round trip): its end is pushed, its progress while
+        :meth:`updates` runs, and the client asks for the rest once a second (``queued`` until then); await
+        :meth:`refresh` to ask the daemon now."""
+        return self._known().state
+
+    @property
+    def progress(self) -> float:
+        """Progress 0..1 as last heard (as :attr:`state`)."""
+        return self._known().progress
+
+    @property
+    def status_message(self) -> str:
+        """The job's status message as last heard (as :attr:`state`)."""
+        return self._known().status
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """Properties the job set with ``task.set_property``, as last heard (as :attr:`state`)."""
+        return self._known().properties
+
+    def done(self) -> bool:
+        """Whether the job reached a final state (as far as this client has heard)."""
+        return self._final.done()
 
     async def wait(self, timeout: float | None = None) -> JobInfo:
         """Await the job's end; returns its final snapshot.  WrongContextError on another event loop than the one

@@ -202,6 +202,31 @@ def test_async_client_submits_awaits_and_cancels(module_daemon: Daemon) -> None:
     asyncio.run(main())
 
 
+def test_an_async_handle_follows_its_job_s_progress_to_the_end(module_daemon: Daemon) -> None:
+    """An AsyncJobHandle had no progress, status or properties at all (AttributeError), and no way to follow
+    them: ``updates()`` yields each snapshot as the daemon pushes it, ending with the final one."""
+    async def main() -> None:
+        async with AsyncClient(config=module_daemon.config) as c:
+            job = await c.submit("examples.jobs:countdown", 1.0, 0.05)
+            assert not job.done() and job.state in ("queued", "running")
+            seen = [info async for info in job.updates()]
+            assert seen[-1].state == "done" and job.done() and job.state == "done" and job.progress == 1.0
+            running = [i.progress for i in seen if i.state == "running"]
+            assert len(set(running)) >= 3 and running == sorted(running), running  # pushed as it went
+            assert await job == "done"
+            held = await c.submit("tests.jobs:props", 7)  # sets its properties, then waits for an abort
+            first, second = held.updates(), held.updates()
+            async for info in first:
+                if info.properties:
+                    break
+            assert held.properties == {"n": 7} and held.status_message == "half way" and held.progress == 0.5
+            await held.cancel()
+            ends = [i.state async for i in second]
+            assert ends[-1] == "cancelled" and held.state == "cancelled"
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------------- concurrency
 def test_1000_jobs_from_4_concurrent_clients_complete_exactly_once(module_daemon: Daemon, tmp_path: Path) -> None:
     marks = str(tmp_path / "marks")
