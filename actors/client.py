@@ -1614,6 +1614,36 @@ class AsyncClient:
         except RuntimeError:  # its loop is closed: nobody can await the handle
             pass
 
+    async def job(self, job_id: int) -> AsyncJobHandle:
+        """Reattach to a job by id (submitted by any process of the same owner): an awaitable handle, its updates
+        pushed from now on (as :meth:`Client.job`)."""
+        loop = _aio().get_running_loop()
+        handle = AsyncJobHandle(self, job_id)
+
+        def listener(info: JobInfo) -> None:
+            loop.call_soon_threadsafe(handle._update, info)
+
+        self.conn.listen(job_id, listener)
+        try:
+            (info,) = (await self._call(Watch([job_id], True))).jobs
+        except BaseException:
+            self.conn.unlisten(job_id, listener)
+            raise
+        handle._update(info)
+        if not handle.done():
+            self._track(loop, handle)
+        return handle
+
+    async def jobs(self, states: Iterable[str] = (), limit: int = 100) -> list[JobInfo]:
+        """Recent jobs, newest first, optionally only in the given states (as :meth:`Client.jobs`)."""
+        return list((await self._call(ListJobs(list(states), limit))).jobs)
+
+    async def cancel(self, job_id: int, block: bool = False) -> JobInfo | None:
+        """Cancel a job by id; with ``block`` return its final snapshot once it has stopped (as
+        :meth:`Client.cancel`)."""
+        reply = await self._call(Cancel(job_id, block))
+        return reply.jobs[0] if isinstance(reply, JobInfos) else None
+
     async def ping(self) -> Pong:
         """Round trip to the daemon."""
         return await self._call(Ping())  # type: ignore[no-any-return]

@@ -17,8 +17,8 @@ from typing import Any, Callable
 import pytest
 
 from actors import (
-    ClientClosed, DaemonNotRunning, JobCancelled, JobRefused, JobTimeout, ProtocolError, RemoteError, TransportError,
-    WaitTimeout,
+    ClientClosed, DaemonNotRunning, JobCancelled, JobNotFound, JobRefused, JobTimeout, ProtocolError, RemoteError,
+    TransportError, WaitTimeout,
 )
 from actors.client import AsyncClient, Client, Executor
 from actors.config import load_config
@@ -223,6 +223,29 @@ def test_an_async_handle_follows_its_job_s_progress_to_the_end(module_daemon: Da
             await held.cancel()
             ends = [i.state async for i in second]
             assert ends[-1] == "cancelled" and held.state == "cancelled"
+
+    asyncio.run(main())
+
+
+def test_an_async_client_reattaches_lists_and_cancels_by_id(module_daemon: Daemon) -> None:
+    """An AsyncClient could only submit: a job of another client could not be awaited, listed or cancelled."""
+    polite = module_daemon.client().submit("tests.jobs:polite", 120)
+    done = module_daemon.client().submit("examples.jobs:add", 2, 3)
+    done.result(60)
+
+    async def main() -> None:
+        async with AsyncClient(config=module_daemon.config) as c:
+            assert await (await c.job(done.id)) == 5
+            again = await c.job(polite.id)
+            assert not again.done()
+            listed = {i.id: i.state for i in await c.jobs(limit=1000)}
+            assert listed[polite.id] in ("queued", "running") and listed[done.id] == "done"
+            final = await c.cancel(polite.id, block=True)
+            assert final is not None and final.state == "cancelled"
+            with pytest.raises(JobCancelled):
+                await again.result(60)
+            with pytest.raises(JobNotFound):
+                await c.job(10**9)
 
     asyncio.run(main())
 
