@@ -1305,15 +1305,29 @@ class AsyncJobHandle:
         The first is the job's current state, asked of the daemon; the rest
         are pushed as they happen (progress at most every 20 ms, the last
         value always), and read as :attr:`progress`, :attr:`properties`...
-        too.  The value or error is still :meth:`result`'s.
+        too.  The value or error is still :meth:`result`'s.  It raises what
+        an await of the handle would, should that end first (TransportError
+        when the daemon stops answering, ClientClosed).
         """
-        queue: asyncio.Queue[JobInfo] = _aio().Queue()
+        aio = _aio()
+        queue: asyncio.Queue[JobInfo] = aio.Queue()
         self._followers.append(queue)
         try:
-            (info,) = (await self.client._call(Watch([self.id], True))).jobs  # progress is pushed from now on
-            self._update(info)
+            if not self._final.done():
+                (info,) = (await self.client._call(Watch([self.id], True))).jobs  # progress is pushed from now on
+                self._update(info)
             while True:
-                info = await queue.get()
+                if queue.empty() and self._final.done():  # it ended before this began (nothing more is pushed)
+                    yield self._final.result()  # (or raises how it ended)
+                    return
+                getter = aio.ensure_future(queue.get())
+                ending = self._final
+                await aio.wait({getter, ending}, return_when=aio.FIRST_COMPLETED)
+                if not getter.done():  # interrupted (TransportError) or closed (ClientClosed): raise it
+                    getter.cancel()
+                    ending.result()
+                    continue
+                info = getter.result()
                 yield info
                 if info.state in TERMINAL:
                     return

@@ -214,6 +214,7 @@ def test_an_async_handle_follows_its_job_s_progress_to_the_end(module_daemon: Da
             running = [i.progress for i in seen if i.state == "running"]
             assert len(set(running)) >= 3 and running == sorted(running), running  # pushed as it went
             assert await job == "done"
+            assert [i.state async for i in job.updates()] == ["done"]  # one that ended: its final snapshot
             held = await c.submit("tests.jobs:props", 7)  # sets its properties, then waits for an abort
             first, second = held.updates(), held.updates()
             async for info in first:
@@ -223,6 +224,21 @@ def test_an_async_handle_follows_its_job_s_progress_to_the_end(module_daemon: Da
             await held.cancel()
             ends = [i.state async for i in second]
             assert ends[-1] == "cancelled" and held.state == "cancelled"
+        c = AsyncClient(config=module_daemon.config)
+        left = await c.submit("tests.jobs:polite", 120)
+        seen: list[str] = []
+
+        async def follow() -> None:
+            async for info in left.updates():
+                seen.append(info.state)
+
+        following = asyncio.ensure_future(follow())
+        while not seen:
+            await asyncio.sleep(0.01)
+        await c.close()  # the job goes on in the daemon; this client's follower ends, saying why
+        with pytest.raises(ClientClosed):
+            await asyncio.wait_for(following, 60)
+        module_daemon.client().cancel(left.id, block=True)
 
     asyncio.run(main())
 
