@@ -811,7 +811,8 @@ def _sendable_encoded(done: JobDone, max_frame: int) -> tuple[JobDone, int, byte
         if size > max_frame - 4096:
             raise ValueError(f"it is {size} bytes, over the daemon's frame limit of {max_frame} (daemon.max_frame); "
                              "return a numpy array (it travels through shared memory) or write it to a file")
-        if (type(done.value) not in _PLAIN and not (type(done.value) is list and scalars(done.value))) or done.properties:
+        scalar_list = type(done.value) is list and scalars(done.value)  # (reads back whole if it encoded)
+        if (type(done.value) not in _PLAIN and not scalar_list) or done.properties:
             decode(frame, Limits(max_frame), handles="", stored=True)  # containers: read back the way the daemon will
         return done, size, frame
     except (ProtocolError, ValueError) as exc:
