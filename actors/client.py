@@ -1495,22 +1495,54 @@ class AsyncClient:
         is cancelled should the daemon accept it later (:meth:`close` waits
         for that); ClientClosed after :meth:`close`.
         """
+        spec = self.spec(fn, *args, name=name, priority=priority, grace=_grace(grace, timeout), deadline=deadline,
+                         retries=retries, kwargs=kwargs, resources=resources)
+        (handle,) = await self.submit_many([spec])
+        return handle
+
+    def spec(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0, grace: float = 0.5,
+             deadline: float | None = None, retries: int = 0, kwargs: dict[str, Any] | None = None,
+             resources: dict[str, float] | None = None) -> JobSpec:
+        """The job :meth:`submit` would send, for :meth:`submit_many` (as :meth:`Client.spec`)."""
+        return _spec_for(self.conn, fn, args, kwargs or {}, name=name, priority=priority, grace=grace,
+                         deadline=deadline, retries=retries, resources=resources)
+
+    async def submit_many(self, specs: list[JobSpec]) -> list[AsyncJobHandle]:
+        """Submit many jobs in one message (specs from :meth:`spec` or :func:`make_spec`); their awaitable
+        handles in order, once the daemon journaled them all.  Errors and cancellation as for :meth:`submit`."""
         loop = _aio().get_running_loop()
         if self._closed:  # (close() may still be waiting for abandoned submits: the connection is open)
             from actors._errors import ClientClosed
 
             raise ClientClosed("this client was closed; create a new one")
-        spec = _spec_for(self.conn, fn, args, kwargs or {}, name=name, priority=priority, grace=_grace(grace, timeout),
-                         deadline=deadline, retries=retries, resources=resources)
-        handle = AsyncJobHandle(self, 0)
+        handles: dict[int, AsyncJobHandle] = {}
+        early: dict[int, list[JobInfo]] = {}
 
-        def listener(info: JobInfo) -> None:  # the handle's own loop applies every push, in order
-            loop.call_soon_threadsafe(handle._update, info)
+        def apply(info: JobInfo) -> None:  # on the loop, in the order pushed: before the handles exist, kept
+            handle = handles.get(info.id)
+            if handle is None:
+                early.setdefault(info.id, []).append(info)
+            else:
+                handle._update(info)
 
-        (jid,) = await self._answer(self.conn.submit([spec], listener), "Submit", self._abandon)
-        handle.id = jid
-        self._track(loop, handle)
-        return handle
+        def listener(info: JobInfo) -> None:
+            loop.call_soon_threadsafe(apply, info)
+
+        ids = await self._answer(self.conn.submit(specs, listener), "Submit", self._abandon)
+        for jid in ids:
+            handles[jid] = AsyncJobHandle(self, jid)
+            for info in early.pop(jid, ()):
+                handles[jid]._update(info)
+            self._track(loop, handles[jid])
+        return [handles[jid] for jid in ids]
+
+    def empty(self, shape: Any, dtype: Any = "float64") -> Any:
+        """A numpy array in shared memory, passed to jobs without a copy (as :meth:`Client.empty`)."""
+        return self.conn.arrays.empty(shape, dtype)
+
+    def free(self, array: Any) -> None:
+        """Release an array from :meth:`empty`."""
+        self.conn.arrays.free(array)
 
     def _abandon(self, submitted: Future[Any]) -> None:
         """Cancel the jobs of a submit nobody awaits any more, once the daemon has accepted them."""

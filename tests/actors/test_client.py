@@ -266,6 +266,25 @@ def test_an_async_client_reattaches_lists_and_cancels_by_id(module_daemon: Daemo
     asyncio.run(main())
 
 
+def test_an_async_client_submits_many_at_once_and_passes_shared_arrays(module_daemon: Daemon) -> None:
+    """``submit_many``, ``spec``, ``empty`` and ``free`` were the Client's only: an asyncio program could not
+    send a batch in one message, nor an array without a copy."""
+    import numpy as np
+
+    async def main() -> None:
+        async with AsyncClient(config=module_daemon.config) as c:
+            handles = await c.submit_many([c.spec("examples.jobs:add", i, i, priority=1) for i in range(50)])
+            assert [h.id for h in handles] == sorted(h.id for h in handles)  # in order, one message
+            assert await asyncio.gather(*handles) == [2 * i for i in range(50)]
+            big = c.empty(250_000, "float32")  # 1 MB in shared memory
+            big[:] = 0.5
+            back = await (await c.submit("examples.jobs:echo", big))
+            assert isinstance(back, np.ndarray) and back.shape == (250_000,) and float(back[-1]) == 0.5
+            c.free(big)
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------------- concurrency
 def test_1000_jobs_from_4_concurrent_clients_complete_exactly_once(module_daemon: Daemon, tmp_path: Path) -> None:
     marks = str(tmp_path / "marks")
