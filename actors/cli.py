@@ -624,9 +624,7 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     with client_of(ctx) as c:
         infos = c.jobs(states, limit)
     if as_json:
-        # a failed job's result is its exception pickled for a client to raise: its type and message say it
-        click.echo(json_text([msgspec.structs.asdict(i if i.state == "done" else msgspec.structs.replace(i, result=None))
-                              for i in infos], indent=2))
+        click.echo(json_text([msgspec.structs.asdict(i) for i in infos], indent=2))
         return
     from rich.console import Console
     from rich.table import Table

@@ -107,6 +107,12 @@ def _unpickled_result(info: JobInfo, value: Any, local: bool) -> Any:
                           f"rebuilt here: {type(exc).__name__}: {exc}", info.traceback) from None
 
 
+def _listed(infos: Sequence[JobInfo]) -> list[JobInfo]:
+    """A listing's snapshots, a failed job's ``result`` left out: it is the job's exception pickled for
+    ``result()`` to raise (``error_type`` and ``error_message`` say what it raised)."""
+    return [i if i.state != "failed" or i.result is None else msgspec.structs.replace(i, result=None) for i in infos]
+
+
 def _grace(grace: float, timeout: float | None) -> float:
     """``grace``, or the deprecated ``timeout`` it replaced (same meaning: the abort-to-kill grace)."""
     if timeout is not None:
@@ -498,7 +504,7 @@ class Client:
 
     def jobs(self, states: Iterable[str] = (), limit: int = 100) -> list[JobInfo]:
         """Recent jobs, newest first, optionally only in the given states."""
-        return list(self._call(ListJobs(list(states), limit)).jobs)
+        return _listed(self._call(ListJobs(list(states), limit)).jobs)
 
     def cancel(self, job_id: int, block: bool = False) -> JobInfo | None:
         """Cancel a job by id (see :meth:`JobHandle.cancel`)."""
@@ -1682,7 +1688,7 @@ class AsyncClient:
 
     async def jobs(self, states: Iterable[str] = (), limit: int = 100) -> list[JobInfo]:
         """Recent jobs, newest first, optionally only in the given states (as :meth:`Client.jobs`)."""
-        return list((await self._call(ListJobs(list(states), limit))).jobs)
+        return _listed((await self._call(ListJobs(list(states), limit))).jobs)
 
     async def cancel(self, job_id: int, block: bool = False) -> JobInfo | None:
         """Cancel a job by id; with ``block`` return its final snapshot once it has stopped (as
