@@ -1704,6 +1704,14 @@ class AsyncClient:
         """The daemon's and every actor's state."""
         return await self._call(Status())  # type: ignore[no-any-return]
 
+    async def scale(self, workers: int, on: str = "") -> None:
+        """Change the number of workers at runtime (as :meth:`Client.scale`)."""
+        await self._call(Scale(int(workers), on))
+
+    async def shutdown(self) -> None:
+        """Ask the daemon to stop in order (returns once it accepted; as :meth:`Client.shutdown`)."""
+        await self._call(Shutdown())
+
     async def close(self) -> None:
         """Close the connection; unfinished handles raise ClientClosed (their jobs go on); a private daemon
         stops, off the event loop's thread.  Closing again does nothing.

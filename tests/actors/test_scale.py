@@ -94,6 +94,32 @@ def test_scale_to_zero_queues_jobs_until_workers_return(make_daemon: Make) -> No
     all_running(d, 2)
 
 
+def test_an_async_client_scales_and_shuts_the_daemon_down(make_daemon: Make) -> None:
+    """``scale`` and ``shutdown`` were the Client's only."""
+    import asyncio
+
+    from actors.client import AsyncClient
+
+    d = make_daemon(jobs_only=True, workers=1)
+    d.up()
+
+    async def scale() -> None:
+        async with AsyncClient(config=d.config) as c:
+            await c.scale(2)
+            with pytest.raises(EnsembleError, match="cannot scale to 5000 workers"):
+                await c.scale(5000)
+
+    asyncio.run(scale())
+    all_running(d, 2)
+
+    async def shutdown() -> None:
+        async with AsyncClient(config=d.config) as c:
+            await c.shutdown()
+
+    asyncio.run(shutdown())
+    wait_for(lambda: not pid_alive(d.pid), 60, what="the daemon to stop")
+
+
 def test_bad_scale_values_are_clear_errors(module_daemon: Daemon) -> None:
     with pytest.raises(EnsembleError, match="cannot scale to 5000 workers: give 0..1024"):
         module_daemon.client().scale(5000)
