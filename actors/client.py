@@ -361,7 +361,34 @@ def _check_timeout(timeout: Any, or_none: str = "") -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1e9:  # NaN fails too
         raise ValueError(f"timeout must be {or_none}a number of seconds, more than 0 and at most 1e9, got {timeout!r}")
 
-class Client:
+class _OnConnection:
+    """What :class:`Client` and :class:`AsyncClient` do alike without asking the daemon: build a job's spec, and
+    make and free shared-memory arrays."""
+
+    conn: Connection
+
+    def spec(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0, grace: float = 0.5,
+             deadline: float | None = None, retries: int = 0, kwargs: dict[str, Any] | None = None,
+             resources: dict[str, float] | None = None) -> JobSpec:
+        """The job :meth:`submit` would send, for :meth:`submit_many`: it takes what ``submit`` takes (the
+        script's own functions, bound methods and callable objects too, on the daemon's host), where
+        :func:`make_spec`, which knows no daemon, takes ``"module:function"`` and module functions only."""
+        return _spec_for(self.conn, fn, args, kwargs or {}, name=name, priority=priority, grace=grace,
+                         deadline=deadline, retries=retries, resources=resources)
+
+    def empty(self, shape: Any, dtype: Any = "float64") -> Any:
+        """A numpy array in shared memory: passed to jobs by handle, no copy (and written in place).
+
+        It stays allocated until :meth:`free` or :meth:`close`.
+        """
+        return self.conn.arrays.empty(shape, dtype)
+
+    def free(self, array: Any) -> None:
+        """Release an array from :meth:`empty`."""
+        self.conn.arrays.free(array)
+
+
+class Client(_OnConnection):
     """Synchronous client of a running daemon.  A context manager; close it when done.
 
     ``Client()`` connects to the daemon named in the config (``default``);
@@ -436,15 +463,6 @@ class Client:
                          retries=retries, kwargs=kwargs, resources=resources)
         return self.submit_many([spec])[0]
 
-    def spec(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0, grace: float = 0.5,
-             deadline: float | None = None, retries: int = 0, kwargs: dict[str, Any] | None = None,
-             resources: dict[str, float] | None = None) -> JobSpec:
-        """The job :meth:`submit` would send, for :meth:`submit_many`: it takes what ``submit`` takes (the
-        script's own functions, bound methods and callable objects too, on the daemon's host), where
-        :func:`make_spec`, which knows no daemon, takes ``"module:function"`` and module functions only."""
-        return _spec_for(self.conn, fn, args, kwargs or {}, name=name, priority=priority, grace=grace,
-                         deadline=deadline, retries=retries, resources=resources)
-
     def submit_many(self, specs: list[JobSpec]) -> list[JobHandle]:
         """Submit many jobs in one message: specs from :meth:`spec` (what ``submit`` takes) or :func:`make_spec`."""
         handles: dict[int, JobHandle] = {}
@@ -509,18 +527,6 @@ class Client:
     def cancel(self, job_id: int, block: bool = False) -> JobInfo | None:
         """Cancel a job by id (see :meth:`JobHandle.cancel`)."""
         return JobHandle(self, job_id).cancel(block)
-
-    # -- arrays
-    def empty(self, shape: Any, dtype: Any = "float64") -> Any:
-        """A numpy array in shared memory: passed to jobs by handle, no copy (and written in place).
-
-        It stays allocated until :meth:`free` or :meth:`close`.
-        """
-        return self.conn.arrays.empty(shape, dtype)
-
-    def free(self, array: Any) -> None:
-        """Release an array from :meth:`empty`."""
-        self.conn.arrays.free(array)
 
     # -- daemon
     def ping(self) -> Pong:
@@ -1391,11 +1397,13 @@ class AsyncJobHandle:
     def __await__(self) -> Any:
         return self.result().__await__()
 
-    async def cancel(self, block: bool = False) -> None:
-        """Ask the job to stop; with ``block`` return once it has."""
+    async def cancel(self, block: bool = False) -> JobInfo | None:
+        """Ask the job to stop; with ``block`` return its final snapshot once it has."""
         reply = await self.client._call(Cancel(self.id, block))
         if isinstance(reply, JobInfos):
             self._update(reply.jobs[0])
+            return reply.jobs[0]
+        return None
 
     async def refresh(self) -> JobInfo:
         """Fetch the current snapshot."""
@@ -1405,7 +1413,7 @@ class AsyncJobHandle:
         return info
 
 
-class AsyncClient:
+class AsyncClient(_OnConnection):
     """asyncio client: ``async with AsyncClient() as c: value = await (await c.submit(...))``.
 
     As :class:`Client`: the named daemon, or with ``private=True`` (and
@@ -1506,13 +1514,6 @@ class AsyncClient:
         (handle,) = await self.submit_many([spec])
         return handle
 
-    def spec(self, fn: Callable[..., Any] | str, *args: Any, name: str = "", priority: int = 0, grace: float = 0.5,
-             deadline: float | None = None, retries: int = 0, kwargs: dict[str, Any] | None = None,
-             resources: dict[str, float] | None = None) -> JobSpec:
-        """The job :meth:`submit` would send, for :meth:`submit_many` (as :meth:`Client.spec`)."""
-        return _spec_for(self.conn, fn, args, kwargs or {}, name=name, priority=priority, grace=grace,
-                         deadline=deadline, retries=retries, resources=resources)
-
     async def submit_many(self, specs: list[JobSpec]) -> list[AsyncJobHandle]:
         """Submit many jobs in one message (specs from :meth:`spec` or :func:`make_spec`); their awaitable
         handles in order, once the daemon journaled them all.  Errors and cancellation as for :meth:`submit`."""
@@ -1541,14 +1542,6 @@ class AsyncClient:
                 handles[jid]._update(info)
             self._track(loop, handles[jid])
         return [handles[jid] for jid in ids]
-
-    def empty(self, shape: Any, dtype: Any = "float64") -> Any:
-        """A numpy array in shared memory, passed to jobs without a copy (as :meth:`Client.empty`)."""
-        return self.conn.arrays.empty(shape, dtype)
-
-    def free(self, array: Any) -> None:
-        """Release an array from :meth:`empty`."""
-        self.conn.arrays.free(array)
 
     def _abandon(self, submitted: Future[Any]) -> None:
         """Cancel the jobs of a submit nobody awaits any more, once the daemon has accepted them."""
@@ -1693,8 +1686,7 @@ class AsyncClient:
     async def cancel(self, job_id: int, block: bool = False) -> JobInfo | None:
         """Cancel a job by id; with ``block`` return its final snapshot once it has stopped (as
         :meth:`Client.cancel`)."""
-        reply = await self._call(Cancel(job_id, block))
-        return reply.jobs[0] if isinstance(reply, JobInfos) else None
+        return await AsyncJobHandle(self, job_id).cancel(block)
 
     async def ping(self) -> Pong:
         """Round trip to the daemon."""
