@@ -48,7 +48,8 @@ from actors._errors import (
     ClientClosed, DaemonError, DaemonNotRunning, EnsembleError, JobNotFound, ProtocolError, TransportError, error_from_code,
 )
 from actors._state import FINAL
-from actors._rundir import RunDir, check_private_path, process_exists
+from actors._procs import alive as process_alive
+from actors._rundir import RunDir, check_private_path
 from actors.config import Config
 from actors.messages import (
     Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, Watch, decode, encode, peek_corr,
@@ -158,7 +159,7 @@ class Connection:
                     f"no daemon named {cfg.name!r} is running (no socket at {rundir.control}); start one with `ensemble up`"
                 )
             pid = rundir.read_pid()
-            if pid is None or not process_exists(pid):  # a socket left by a daemon that was killed
+            if pid is None or not process_alive(pid):  # a socket left by a daemon that was killed
                 raise DaemonNotRunning(
                     f"no daemon named {cfg.name!r} is running (pid {pid} is gone; its files in {rundir.path} "
                     "are stale); start one with `ensemble up`, which cleans them up"

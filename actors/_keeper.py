@@ -29,6 +29,7 @@ import sys
 import time
 from typing import NoReturn
 
+from actors._procs import descendants, stat
 from actors._spawn import set_parent_death_signal
 
 log = logging.getLogger("ensemble.keeper")
@@ -99,7 +100,7 @@ def _sweep(deadline: float) -> None:
     killed: set[int] = set()
     while True:
         _reap()
-        below = _descendants(me)
+        below = descendants(me)
         if not below and not _has_children():
             break
         if time.monotonic() > deadline:
@@ -133,35 +134,6 @@ def _has_children() -> bool:
     return True
 
 
-def _stat(pid: int) -> tuple[int, str] | None:
-    """``(parent pid, state letter)`` of ``pid`` from ``/proc/PID/stat``; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    return int(fields[1]), fields[0].decode()
-
-
-def _descendants(root: int) -> set[int]:
-    """The live (not zombie) processes below ``root``, from one pass over ``/proc``."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        st = _stat(int(entry))
-        if st is not None and st[1] != "Z":
-            children.setdefault(st[0], []).append(int(entry))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for pid in children.get(todo.pop(), ()):
-            if pid not in found:
-                found.add(pid)
-                todo.append(pid)
-    return found
-
-
 def _kill_if_below(pid: int, parents: set[int]) -> bool:
     """SIGKILL ``pid`` if its parent is still one of ``parents``; whether it was signalled."""
     try:
@@ -169,8 +141,8 @@ def _kill_if_below(pid: int, parents: set[int]) -> bool:
     except ProcessLookupError:
         return False
     try:
-        st = _stat(pid)  # read after the pidfd pinned the process: a reused pid fails the send below
-        if st is None or st[0] not in parents:
+        st = stat(pid)  # read after the pidfd pinned the process: a reused pid fails the send below
+        if st is None or int(st[1]) not in parents:
             return False
         signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True

@@ -27,15 +27,6 @@ from actors._errors import DaemonAlreadyRunning, DaemonError
 _IPC_PATH_MAX = 100  # sockaddr_un.sun_path is 108 bytes including the NUL
 
 
-def process_exists(pid: int) -> bool:
-    """Whether process ``pid`` is alive (a zombie counts as gone: it only waits to be reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def check_private_path(path: Path) -> None:
     """Refuse a directory another user could have planted or could write into.
 

@@ -34,7 +34,8 @@ from actors._completion import completion
 from actors.jsontext import json_text
 from actors._errors import EnsembleError, JobCancelled, TransportError
 from actors._state import JobState
-from actors._rundir import RunDir, check_private_path, process_exists
+from actors._procs import alive as process_alive
+from actors._rundir import RunDir, check_private_path
 from actors._launch import start_daemon, wait_ready
 from actors.config import Config, load_config, not_regular_file
 from actors.extensions import register_commands
@@ -332,7 +333,7 @@ def down(ctx: click.Context, timeout: float) -> None:
     with Client(config=cfg, timeout=10) as c:
         c.shutdown()
     deadline = time.monotonic() + timeout
-    while rundir.is_locked() or (pid and process_exists(pid)):  # return only once the process is gone
+    while rundir.is_locked() or (pid and process_alive(pid)):  # return only once the process is gone
         if time.monotonic() > deadline:
             if pid:
                 os.kill(pid, signal.SIGKILL)
@@ -573,7 +574,7 @@ class _Pulse:
             pass
         first, self.silent_since = self.silent_since is None, self.silent_since or now
         local = not self.c.conn.endpoint.startswith("tcp://")
-        gone = local and self.pid and not process_exists(self.pid)
+        gone = local and self.pid and not process_alive(self.pid)
         silent = time.monotonic() - self.silent_since
         if gone or (self.c.timeout is not None and silent >= self.c.timeout):
             why = f"the daemon (pid {self.pid}) is gone" if gone else f"the daemon has not answered for {silent:.0f}s"

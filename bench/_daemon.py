@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors._procs import alive, children, processes_mentioning
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,7 +90,7 @@ class BenchDaemon:
                 except Exception:  # noqa: BLE001 - closing what is left, best effort
                     pass
             self.clients.clear()
-            if (self.dir / "run" / "daemon.lock").exists() or (self.pid and _alive(self.pid)):
+            if (self.dir / "run" / "daemon.lock").exists() or (self.pid and alive(self.pid)):
                 try:
                     self.cli("down", timeout=60)
                 except (RuntimeError, subprocess.TimeoutExpired) as err:
@@ -98,7 +100,7 @@ class BenchDaemon:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _kill_leftovers(self) -> None:
-        if self.pid and _alive(self.pid):
+        if self.pid and alive(self.pid):
             os.kill(self.pid, signal.SIGKILL)
         end = time.monotonic() + 5
         while time.monotonic() < end and self.processes():
@@ -159,47 +161,6 @@ _FIELD = re.compile(r"(\w+)=(\S+)")
 
 def _parse_time(stamp: str) -> float:
     return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, as logging writes it
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of live processes whose command line contains ``text``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd and _alive(int(entry)):
-            out.append(int(entry))
-    return out
-
-
-def children() -> list[int]:
-    """Live child processes of this process."""
-    me = os.getpid()
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me and fields[0] != "Z":
-            out.append(int(entry))
-    return out
 
 
 def leftovers() -> dict[str, list[str]]:

@@ -28,6 +28,8 @@ from unittest.mock import patch
 
 import pytest
 
+from actors._procs import alive as pid_alive
+from actors._procs import children, processes_mentioning
 from actors.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,15 +118,6 @@ def run_main(tmp_path: Path, script: str | None = None, timeout: float = 180, **
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return proc
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def fd_targets(pid: int) -> list[str]:
@@ -295,22 +288,6 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
     _DAEMONS.discard(proc.pid)
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of live processes whose command line contains ``text`` (a test's private directory)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd and pid_alive(int(entry)):
-            out.append(int(entry))
-    return out
-
-
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short temporary directory (unix socket paths must stay under ~100 characters)."""
@@ -401,22 +378,6 @@ def _our_segments() -> set[str]:
     return {p for p in names if me in p or any(p.startswith(f"ensemble.{k}.") for k in _SESSION_KEYS)}
 
 
-def _children() -> list[int]:
-    me = os.getpid()
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me:
-            out.append(int(entry))
-    return out
-
-
 def _our_dirs() -> set[str]:
     """This session's ``ens-*`` directories (a private daemon's, a test's short one): under SESSION_TMP."""
     return {str(p) for p in SESSION_TMP.glob("ens-*") if p.is_dir()}
@@ -428,7 +389,7 @@ def no_leaks() -> Iterator[None]:
     before = _our_segments()
     dirs = _our_dirs()
     yield
-    wait_for(lambda: not [p for p in _children() if pid_alive(p) and p not in _DAEMONS], 15,
+    wait_for(lambda: not [p for p in children(os.getpid()) if p not in _DAEMONS], 15,
              what="child processes to exit")
     leaked = _our_segments() - before
     wait_for(lambda: not (_our_segments() - before), 10, what=f"shared-memory segments {leaked} to be unlinked")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from actors import EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, QueueFull, RemoteError
+from actors._procs import stat
 from tests.conftest import Daemon, pid_alive, wait_for
 
 Make = Callable[..., Daemon]
@@ -30,12 +31,8 @@ def journal_rows(d: Daemon, ids: list[int]) -> dict[int, tuple[Any, ...]]:
 
 def start_time(pid: int) -> int | None:
     """The kernel's start time of process ``pid`` (tells a process from a later one reusing its pid)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
+    fields = stat(pid)
+    return None if fields is None or fields[0] == "Z" else int(fields[19])
 
 
 def kinds(handle: Any) -> list[str]:

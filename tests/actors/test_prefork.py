@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
+from actors._procs import stat
 from actors._spawn import child_env, python_argv
 from actors.config import load_config
 from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
@@ -22,8 +23,7 @@ def _cmdline(pid: int) -> str:
 
 
 def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return int(_stat(pid)[1])
 
 
 def _workers(d: Daemon) -> dict[str, Any]:
@@ -95,8 +95,13 @@ def _standbys(d: Daemon) -> list[int]:
 
 
 def _nice(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[16])
+    return int(_stat(pid)[16])
+
+
+def _stat(pid: int) -> list[str]:
+    fields = stat(pid)
+    assert fields is not None, f"process {pid} is gone"
+    return fields
 
 
 def _replaced(d: Daemon, name: str, old: int) -> Any:

@@ -18,6 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 import actors
+from actors._procs import group_members
 from actors.messages import VERSION, Cancel, Error, Heartbeat, Hello, Kind, Ping, decode, encode, peek_corr
 from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
 
@@ -30,21 +31,6 @@ def actor(d: Daemon, name: str) -> Any:
 
 def child_pids(d: Daemon) -> dict[str, int]:
     return {a.name: a.pid for a in d.status().actors}
-
-
-def group_members(pgids: set[int]) -> list[int]:
-    """Live processes in any of the given process groups."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[2]) in pgids:
-                out.append(int(entry))
-    return out
 
 
 def log_tail(d: Daemon, lines: int = 40) -> str:

@@ -148,22 +148,6 @@ def full() -> bool:
     return os.environ.get("ENSEMBLE_FULL") == "1"
 
 
-def zombies_of(parent: int) -> list[int]:
-    """Children of ``parent`` in state Z (exited, never reaped)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z" and int(fields[1]) == parent:
-            out.append(int(entry))
-    return out
-
-
 def rss(pid: int) -> int:
     """Resident set size of ``pid`` in bytes."""
     with open(f"/proc/{pid}/statm") as f:

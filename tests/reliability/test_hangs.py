@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from actors._procs import zombies_of
 from tests.conftest import pid_alive, wait_for
-from tests.reliability.history import report, zombies_of
+from tests.reliability.history import report
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # the fault-injection suite: .ci/run runs it (-m slow)
 
