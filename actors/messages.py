@@ -654,7 +654,23 @@ def _enc_hook(obj: Any) -> Any:
 
 def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemble.", stored: bool = False) -> Any:
     """Decode our ext types.  ``handles``: the segment-name prefix a handle must carry (None: refuse handles);
-    ``stored``: whether object-store keys (ext 3) are accepted (the daemon<->worker link only)."""
+    ``stored``: whether object-store keys (ext 3) are accepted (the daemon<->worker link only).
+
+    Whatever a payload makes numpy or the value rebuilders raise (a shape
+    numpy cannot reshape to, a dtype text its parser chokes on with a
+    ``SyntaxError``) comes out as :class:`ProtocolError`: a peer's frame is
+    refused, it never ends the process reading it.
+    """
+    try:
+        return _ext_value(code, data, handles, stored)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure on a peer's bytes is that peer's malformed frame
+        raise ProtocolError(f"malformed ext {code} value: {type(exc).__name__}: {exc}") from exc
+
+
+def _ext_value(code: int, data: memoryview | bytes, handles: str | None, stored: bool) -> Any:
+    """What :func:`_ext_hook` reads, with its checks."""
     if code == EXT_INLINE_ARRAY:
         try:
             dtype, shape, raw = _unpack_inline(data)
@@ -748,8 +764,8 @@ def _check_dtype(text: str) -> Any:
 
     try:
         dtype = np.dtype(text)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"unknown array dtype {text!r}") from exc
+    except Exception as exc:  # noqa: BLE001 - numpy's parser raises SyntaxError too ('f8,(')
+        raise ProtocolError(f"unknown array dtype {text[:80]!r}") from exc
     if dtype.kind not in _SAFE_DTYPE_KINDS or dtype.hasobject:
         raise ProtocolError(f"array dtype {text!r} is not allowed (numeric only)")
     return dtype
@@ -765,7 +781,10 @@ def _inline_array(dtype_text: str, shape: list[int], raw: bytes) -> Any:
         count *= dim
     if count * dtype.itemsize != len(raw):
         raise ProtocolError("inline array size does not match its shape and dtype")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    except ValueError as exc:  # a shape numpy cannot make: [2**62, 2**62, 0] holds no item, and is too big anyway
+        raise ProtocolError(f"inline array shape {shape[:8]} is not one numpy can make: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- codec
@@ -873,6 +892,8 @@ def decode(frame: bytes, limits: Limits = _DEFAULT_LIMITS, handles: str | None =
         raise  # an ext hook's verdict on an array or a handle
     except (msgspec.DecodeError, RecursionError) as exc:
         raise _refusal(frame, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - a hostile frame must not end the process that reads it
+        raise ProtocolError(f"frame could not be decoded: {type(exc).__name__}: {exc}") from exc
     if kind != msg.KIND:
         raise ProtocolError(f"the envelope says kind {kind} but the message is of kind {msg.KIND.value} "
                             f"({type(msg).__name__})")

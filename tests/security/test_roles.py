@@ -273,3 +273,33 @@ def test_a_remote_client_s_exact_values_cross_and_hide_no_handle(shared_remote: 
     finally:
         s.close(0)
     assert shared_remote.client("c1").submit("examples.jobs:add", 1, 2).result(60) == 3
+
+
+@pytest.mark.parametrize("payload, why", [
+    (["<f8", [2**62, 2**62, 0], b""], "shape"),       # no item, so the size check passes; numpy cannot make it
+    (["<f8", [0, 2**63 - 1], b""], "shape"),
+    (["f8,(", [1], b"\0" * 8], "unknown array dtype"),  # numpy's dtype parser raises SyntaxError
+    (["f8,)", [1], b"\0" * 8], "unknown array dtype"),
+])
+def test_an_inline_array_numpy_cannot_make_is_a_protocol_error(shared_remote: Remote, payload: list[Any],
+                                                               why: str) -> None:
+    """One frame with such an array (ext 1), in the open or inside an exact value (ext 4), ended the daemon: what
+    numpy raised escaped the decoder.  It is the sender's protocol error now, and the daemon keeps its jobs."""
+    import msgspec
+
+    from actors._values import Exact
+    from actors.messages import EXT_INLINE_ARRAY
+
+    c = shared_remote.client("c1")
+    running = c.submit("tests.jobs:sleep", 600)
+    wait_for(lambda: running.state == "running", 60, what="the job to start")
+    array = msgspec.msgpack.Ext(EXT_INLINE_ARRAY, msgspec.msgpack.encode(payload))
+    s = shared_remote.raw("c1", shared_remote.client_ep)
+    try:
+        assert why in _refused(s, array, 11)
+        assert why in _refused(s, Exact(0, [array]), 12)  # nested in a tuple
+    finally:
+        s.close(0)
+    assert running.state == "running"  # the daemon did not restart under it
+    c.cancel(running.id, block=True)
+    assert c.submit("examples.jobs:add", 1, 2).result(60) == 3
