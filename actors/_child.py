@@ -198,6 +198,10 @@ class Child:
         log.error("%s: killed by the supervisor", self.name)
         os._exit(137)
 
+    def unreadable(self, frame: bytes) -> None:
+        """A frame from the supervisor that :func:`decode` refused (logged already): what it held that can still
+        be read, for a child that must answer for it (a worker's jobs).  Nothing by default."""
+
     def _request_stop(self, reason: str) -> None:
         self.stop_reason = reason
         self.running = False
@@ -218,6 +222,7 @@ class Child:
                 _, msg = decode(frame, self.limits, stored=True)
             except ProtocolError as exc:
                 log.error("%s: bad frame from supervisor: %s", self.name, exc)
+                self.unreadable(frame)
                 continue
             if isinstance(msg, Heartbeat):
                 continue

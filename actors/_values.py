@@ -56,13 +56,23 @@ HOOKED = frozenset({complex, pathlib.PosixPath, pathlib.PurePosixPath})
 
 class Exact:
     """A value of one of the module's types as it crosses: its tag and its data (MessagePack values, with
-    :class:`Exact` inside for nested ones).  Hashed by identity: one that was a dict key stays a distinct key."""
+    :class:`Exact` inside for nested ones).  Equal by identity: one that was a dict key stays a distinct key.
+
+    Hashed as the value it stands for, so one that is no key where it is rebuilt (a tuple holding a list, a set)
+    is refused as a dict key or a set item where it is read (the daemon), not in the worker that rebuilds it.
+    """
 
     __slots__ = ("tag", "data")
 
     def __init__(self, tag: int, data: Any) -> None:
         self.tag = tag
         self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return hash(rebuild(self.tag, self.data))  # TypeError (unhashable) for what may not be a key
 
     def __repr__(self) -> str:
         return f"Exact({self.tag}, {self.data!r})"

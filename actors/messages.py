@@ -1013,6 +1013,46 @@ def decode_result(raw: bytes, limits: Limits, handles: str | None) -> JobDone:
     return msg.results[0]
 
 
+def salvage_run_jobs(frame: bytes, limits: Limits, stored: bool = True
+                     ) -> tuple[list[Dispatch], list[tuple[int, str]]] | None:
+    """A :class:`RunJobs` frame :func:`decode` refused, read job by job: the jobs that read, and ``(job id, why)``
+    of each that does not (None if the frame is no RunJobs, or not even its jobs' list reads).
+
+    The daemon checks what it dispatches, so this is a defence in depth: a value it let through and a worker
+    cannot rebuild fails that one job, where a dropped frame would hold every job in it running for ever.
+    """
+    if len(frame) > limits.max_frame:
+        return None
+    try:
+        _, kind, _, body = _run_jobs_raw.decode(frame)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if kind != Kind.RUN_JOBS or body[0] != Kind.RUN_JOBS:
+        return None
+    jobs: list[Dispatch] = []
+    failed: list[tuple[int, str]] = []
+    for raw in body[1]:
+        try:
+            jobs.append(_dispatch_decoder(stored).decode(raw))
+        except Exception as exc:  # noqa: BLE001 - whatever this job's bytes raise is this job's failure
+            try:
+                head = msgspec.msgpack.decode(raw, ext_hook=lambda code, data: None)
+            except Exception:  # noqa: BLE001
+                head = None
+            if type(head) is list and head and type(head[0]) is int:  # Dispatch is packed as [job_id, ...]
+                failed.append((head[0], str(exc) if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}"))
+            # else no id to fail it by: the daemon's job timeout or a cancel ends it
+    return jobs, failed
+
+
+_run_jobs_raw = msgspec.msgpack.Decoder(tuple[int, int, int, tuple[int, list[msgspec.Raw]]])
+
+
+@functools.lru_cache(maxsize=2)
+def _dispatch_decoder(stored: bool) -> msgspec.msgpack.Decoder[Dispatch]:
+    return msgspec.msgpack.Decoder(Dispatch, ext_hook=functools.partial(_ext_hook, stored=stored))
+
+
 def peek_corr(frame: bytes) -> int:
     """Best-effort correlation id of a frame that failed to decode (0 if unknown)."""
     header = _header(frame)

@@ -98,6 +98,7 @@ from actors.messages import (
     WorkerSetup,
     decode,
     encode,
+    salvage_run_jobs,
 )
 
 log = logging.getLogger("ensemble.worker")
@@ -248,6 +249,20 @@ class Worker(Child):
                 wait[0].set()
         else:
             super().handle(msg)
+
+    def unreadable(self, frame: bytes) -> None:
+        """Jobs of a :class:`RunJobs` this worker cannot read whole: those that read run, each that does not
+        fails now, saying why (a dropped frame would hold them all running for ever)."""
+        salvaged = salvage_run_jobs(frame, self.limits)
+        if salvaged is None:
+            return
+        jobs, failed = salvaged
+        if jobs:
+            self.handle(RunJobs(jobs))
+        if failed:
+            now = time.time()
+            self.send(JobsDone([JobDone(job_id, False, None, "ProtocolError", f"the job's arguments cannot be read "
+                                        f"in the worker: {why}", "", started=now) for job_id, why in failed]))
 
     def _abort(self, job_id: int, reason: str) -> None:
         with self._work:

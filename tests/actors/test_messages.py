@@ -302,3 +302,20 @@ def test_plain_values_round_trip(value: object) -> None:
     _, msg = decode(encode(Heartbeat({"v": value})))
     assert isinstance(msg, Heartbeat)
     assert msg.stats["v"] == value
+
+
+def test_a_run_jobs_frame_a_worker_cannot_read_whole_is_read_job_by_job() -> None:
+    """A worker that cannot read one job of a RunJobs (a dict key it cannot rebuild: a tuple holding a list) runs
+    the others and fails that one by its id, where dropping the frame held every job in it running for ever."""
+    from actors.messages import EXT_VALUE, Dispatch, RunJobs, salvage_run_jobs
+
+    key = msgspec.msgpack.encode(msgspec.msgpack.Ext(EXT_VALUE, msgspec.msgpack.encode([0, [[1, 2]]])))
+    poison = msgspec.Raw(b"\x81" + key + b"\x01")  # {([1, 2],): 1}
+    jobs = [Dispatch(1, "m:f", [1], {}, 0, 1), Dispatch(2, "m:f", [poison], {}, 0, 1), Dispatch(3, "m:g", [], {}, 0, 1)]
+    frame = encode(RunJobs(jobs))  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="hashable"):
+        decode(frame)
+    read, failed = salvage_run_jobs(frame, Limits())  # type: ignore[misc]
+    assert [(d.job_id, d.fn, d.args) for d in read] == [(1, "m:f", [1]), (3, "m:g", [])]
+    assert [job_id for job_id, _ in failed] == [2] and "hashable" in failed[0][1]
+    assert salvage_run_jobs(encode(Ping()), Limits()) is None  # not a RunJobs: nothing to answer for

@@ -303,3 +303,41 @@ def test_an_inline_array_numpy_cannot_make_is_a_protocol_error(shared_remote: Re
     assert running.state == "running"  # the daemon did not restart under it
     c.cancel(running.id, block=True)
     assert c.submit("examples.jobs:add", 1, 2).result(60) == 3
+
+
+
+def _exact_bytes(tag: int, data: Any) -> bytes:
+    """An exact value (ext 4) as a client would encode it: ``[tag, data]``, ``data`` MessagePack (may hold more)."""
+    import msgspec
+
+    from actors.messages import EXT_VALUE
+
+    return msgspec.msgpack.encode(msgspec.msgpack.Ext(EXT_VALUE, msgspec.msgpack.encode([tag, data])))
+
+
+def _set_in_a_set() -> bytes:
+    import msgspec
+
+    from actors._values import SET
+
+    return _exact_bytes(SET, [msgspec.msgpack.decode(_exact_bytes(SET, [1]))])
+
+
+@pytest.mark.parametrize("arg, why", [
+    (b"\x81" + _exact_bytes(0, [[1, 2]]) + b"\x01", "map keys must be hashable"),  # {([1, 2],): 1}
+    (_set_in_a_set(), "unhashable type: 'set'"),  # {{1}}
+], ids=["tuple-holding-a-list-as-a-key", "set-in-a-set"])
+def test_an_exact_value_that_is_no_key_where_it_is_rebuilt_is_refused_at_the_daemon(shared_remote: Remote, arg: bytes,
+                                                                                    why: str) -> None:
+    """The daemon keeps exact values (ext 4) as they came, and hashed them by identity, so a tuple holding a list
+    passed as a dict key, and a set as a set's item: the job was accepted, its worker could not read the frame,
+    and the job held that worker running for ever.  Such a value is the sender's protocol error now."""
+    import msgspec
+
+    s = shared_remote.raw("c1", shared_remote.client_ep)
+    try:
+        assert why in _refused(s, msgspec.Raw(arg), 13)
+    finally:
+        s.close(0)
+    c = shared_remote.client("c1")
+    assert [c.submit("examples.jobs:add", i, 1).result(60) for i in range(3)] == [1, 2, 3]  # no worker is held
