@@ -40,6 +40,8 @@ _ABORT_TEXT = {"cancel": "cancelled", "shutdown": "the daemon stopped"}
 _ID_MASK = (1 << 64) - 1
 _NO_PROPERTIES: dict[str, Any] = {}  # shared by the jobs that set none (see Job.__init__)
 _NO_EVENTS: list[list[Any]] = []
+MAX_EVENTS = 64  # events a job keeps (see Job.add_event)
+MAX_EVENT_DETAIL = 1000  # characters of an event's detail that are kept
 
 
 def _key(priority: int, job_id: int) -> int:
@@ -88,11 +90,24 @@ class Job:
         # Cancel(if_queued) requests waiting for the Recall of this job's worker to tell whether it started
         self.unstarted_cancels: list[tuple[bytes, int]] | None = None
 
-    def add_event(self, event: list[Any]) -> None:
-        """Record an event on the job (its own list from the first one on)."""
+    def add_event(self, event: list[Any]) -> bool:
+        """Record an event on the job (its own list from the first one on); whether it is kept as it is.
+
+        A job keeps at most :data:`MAX_EVENTS`: past them (a job a little slower than its timeout is ``stalled``
+        at every check, for as long as it runs) the last one counts the events not kept and names the latest,
+        so that a job's record, sent whole to every watcher, stays the size of one frame.
+        """
         if self.events is _NO_EVENTS:
             self.events = []
-        self.events.append(event)
+        if len(self.events) < MAX_EVENTS - 1:
+            self.events.append(event)
+            return True
+        t, kind, detail = event
+        # the count so far is the summary's first word (an event stays a [t, kind, detail] triple)
+        dropped = 1 + (int(self.events[-1][2].split(" ", 1)[0]) if len(self.events) == MAX_EVENTS else 0)
+        self.events[MAX_EVENTS - 1:] = [[t, "more", f"{dropped} more events not kept; the latest: {kind}: "
+                                                    f"{detail[:200]}"]]
+        return False
 
     def info(self, state: str = "", result: Any = None, error_type: str = "", error_message: str = "",
              traceback: str = "", finished: float = 0.0) -> JobInfo:
@@ -514,8 +529,9 @@ class JobBook:
     def event(self, job: Job, kind: str, detail: str) -> None:
         """Record an event (``stalled``, ``abort``, ...) on a job."""
         t = time.time()
-        job.add_event([t, kind, detail])
-        self.journal.stage_event(job.id, kind, detail, t)
+        kind, detail = kind[:64], detail[:MAX_EVENT_DETAIL]  # a worker's texts: a remote one may be anyone's
+        if job.add_event([t, kind, detail]):
+            self.journal.stage_event(job.id, kind, detail, t)
 
     # -- finishing ------------------------------------------------------------------
     def finish(
@@ -539,6 +555,9 @@ class JobBook:
         props = _encode_value(job.properties) if job.properties else None
         if len(error_message) > 4096:
             error_message = error_message[:4096] + " [...]"
+        if len(job.events) == MAX_EVENTS and job.events[-1][1] == "more":  # its count, final now (see add_event)
+            t, kind, detail = job.events[-1]
+            self.journal.stage_event(job.id, kind, detail, t)
         self.journal.stage_finish(job.id, state, now, result, error_type, error_message, traceback,
                                   job.progress, job.status, props)
         self.jobs.pop(job.id, None)

@@ -304,6 +304,8 @@ class ScriptExtension(Extension):
 
     # -- requests
     def _load(self, corr: int, msg: ScriptLoad) -> Message:
+        if "\0" in msg.path:  # no file has such a name (and Path.resolve raises ValueError on it)
+            raise DaemonError(f"script path {msg.path[:200]!r} holds a NUL character; give the path of a file")
         path = Path(msg.path or self.script_path)
         if not msg.path and not self.script_path:
             raise DaemonError("no script is loaded; give a path: `ensemble load path/to/instrument.py`")

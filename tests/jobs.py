@@ -64,6 +64,16 @@ def stall_after_check(task: Task, seconds: float) -> str:
     return "ok"
 
 
+def stall_often(task: Task, times: int, gap: float) -> int:
+    """Stay away from should_abort() for ``gap`` seconds, ``times`` times over (one stall each, past a short
+    timeout); how many gaps."""
+    for _ in range(times):
+        task.should_abort()
+        time.sleep(gap)
+    task.should_abort()
+    return times
+
+
 def crash(task: Task) -> None:
     """Kill the worker process itself."""
     os.kill(os.getpid(), signal.SIGKILL)

@@ -16,9 +16,11 @@ import msgspec
 
 from actors import __version__
 from actors._errors import (
-    DaemonError, EnsembleError, JobNotFound, JobRefused, PermissionDenied, ProtocolError, QueueFull, code_of,
+    DaemonError, EnsembleError, JobNotFound, JobRefused, OutOfRange, PermissionDenied, ProtocolError, QueueFull,
+    code_of,
 )
 from actors._jobfn import check_allowed, check_name
+from actors._state import JobState
 from actors._task import MAX_TIMEOUT_MS
 from actors.messages import (
     Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfo, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message,
@@ -35,6 +37,7 @@ _REFUSED_CACHE = 4096  # job names whose check result is remembered
 _SNAPSHOT_CHUNK = 256  # job records read (and measured) at a time for one GetJobs or Watch
 _MAX_PATH = 4096  # characters of a local client's working directory or of one import-path entry (PATH_MAX)
 _MAX_PATHS = 1024  # entries of a local client's import path
+_STATES = frozenset(JobState)  # what a listing may ask for
 # What each remote role may ask for of the runtime (extensions add their admin requests).
 CLIENT_REQUESTS = frozenset({Ping, Submit, Cancel, GetJobs, ListJobs, Watch, Unwatch})
 ADMIN_REQUESTS = CLIENT_REQUESTS | {Status, Scale, Shutdown}
@@ -398,8 +401,14 @@ class RequestsMixin(State):
     def _on_list(self, ident: bytes, corr: int, msg: ListJobs) -> Message:
         assert self.book is not None
         owner = self._peer.owner if self._peer.role == "client" else None
-        return _fitting(self.book.recent(list(msg.states), max(1, min(msg.limit, 10_000)), owner),
-                        self.cfg.daemon.max_frame)
+        states = set(msg.states)
+        unknown = states - _STATES
+        if unknown:
+            raise OutOfRange(f"no job is in state {sorted(unknown)[0][:40]!r}: give states of "
+                             f"{', '.join(sorted(_STATES))}")
+        if msg.limit < 1:
+            raise OutOfRange(f"a listing of {msg.limit} jobs: give a limit of 1 or more (at most 10000 are sent)")
+        return _fitting(self.book.recent(sorted(states), min(msg.limit, 10_000), owner), self.cfg.daemon.max_frame)
 
     def _on_watch(self, ident: bytes, corr: int, msg: Watch) -> Message:
         assert self.book is not None

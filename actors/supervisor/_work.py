@@ -26,7 +26,7 @@ from actors.messages import AbortJob, Ack, Dispatch, JobInfos, JobsDone, JobUpda
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
 from actors.supervisor._cluster import holds_stored
-from actors.supervisor._transport import _inline
+from actors.supervisor._transport import _inline, _short
 from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
@@ -117,7 +117,7 @@ class WorkMixin(State):
                 job.kill_at = time.monotonic() + timeout_ms / 1000
         if msg.event:
             book.event(job, msg.event, msg.detail)
-            log.warning("event=job-%s job=%d detail=%s", msg.event, job.id, msg.detail)
+            log.warning("event=job-%s job=%d detail=%s", _short(msg.event), job.id, _short(msg.detail))
         else:
             book.journal.stage_progress(job.id, job.progress, job.status, job.properties)
         self._push_progress(job)

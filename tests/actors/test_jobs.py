@@ -249,6 +249,23 @@ def test_gap_between_should_abort_calls_is_recorded_as_stalled(module_daemon: Da
     assert gap_ms >= 200  # reported once past 200 ms, in whole ms: a gap of 200.4 ms reads "200"
 
 
+def test_a_job_keeps_a_bounded_number_of_events_and_counts_the_rest(module_daemon: Daemon) -> None:
+    """A job a little slower than its timeout is stalled at every check, for as long as it runs: its events grew
+    without end (in memory, the journal and every snapshot sent, until one passed the frame limit and its owner
+    could no longer be told the result).  It keeps MAX_EVENTS, the last counting those not kept."""
+    from actors._jobs import MAX_EVENTS
+
+    job = module_daemon.client().submit("tests.jobs:stall_often", 150, 0.06, grace=0.02)
+    wait_for(lambda: kinds(job)[-1:] == ["more"], 60, what="the events past the cap to be counted")
+    assert len(job.events()) == MAX_EVENTS and not job.done()  # while it runs, from the daemon's memory
+    assert job.result(120) == 150
+    events = job.events()
+    assert len(events) == MAX_EVENTS and all(e[1] == "stalled" for e in events[:-1]), events[:3]
+    more = events[-1]
+    assert more[1] == "more" and "more events not kept; the latest: stalled: no should_abort() call" in more[2]
+    assert int(more[2].split()[0]) >= 150 - MAX_EVENTS - 20  # about one stall a gap (the worker looks every 20 ms)
+
+
 def test_no_stalled_event_for_a_job_that_checks_often(module_daemon: Daemon) -> None:
     job = module_daemon.client().submit("tests.jobs:polite", 0.3, grace=5.0)  # checks every 10 ms
     assert job.result(30) == "finished"

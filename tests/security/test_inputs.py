@@ -195,3 +195,28 @@ def test_a_client_maps_only_its_own_daemon_s_segments(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError):
         SharedArray.attach(ArrayHandle("ensemble.../x", "<f8", (1,), 0), prefix=segment_prefix(cfg.shm_key))
     _ = ROOT
+
+
+def test_a_listing_of_states_no_job_has_or_of_no_jobs_is_refused_saying_so(shared_daemon: Daemon) -> None:
+    """``jobs(states=["bogus"])`` answered nothing, as if no job were in it, and 500,000 states an internal error
+    (too many SQL variables); ``limit=0`` listed one job.  Each is the caller's OutOfRange now, naming the fix."""
+    from actors import OutOfRange
+
+    c = shared_daemon.client()
+    c.submit("examples.jobs:add", 1, 2).result(60)
+    with pytest.raises(OutOfRange, match="no job is in state 'bogus': give states of .*running"):
+        c.jobs(states=["bogus"])
+    with pytest.raises(OutOfRange, match="no job is in state"):
+        c.jobs(states=[f"s{i}" for i in range(500_000)])
+    for limit in (0, -1):
+        with pytest.raises(OutOfRange, match="give a limit of 1 or more"):
+            c.jobs(limit=limit)
+    assert [j.state for j in c.jobs(states=["done"] * 3, limit=1)] == ["done"]  # a state named twice: once
+
+
+def test_a_script_path_with_a_nul_is_refused_as_a_bad_path_not_an_internal_error(shared_daemon: Daemon) -> None:
+    from actors import DaemonError
+
+    with pytest.raises(DaemonError, match="holds a NUL character") as caught:
+        shared_daemon.client().load_script("instrument\0.py")
+    assert "internal error" not in str(caught.value)
