@@ -26,7 +26,9 @@ a value at a time, as ``ext 5``; nothing is pickled for another host.
 
 from __future__ import annotations
 
+import atexit
 import collections
+import os
 import sys
 import threading
 import weakref
@@ -35,7 +37,7 @@ from typing import Any
 import msgspec
 
 from actors._values import Pickled, flat, pickled, to_wire
-from actors._errors import ProtocolError
+from actors._errors import ClientClosed, ProtocolError
 from actors.messages import ArrayHandle, JobInfo, StoredArray
 from actors.shm import segment_prefix, SharedArray, handle_of, is_ndarray, shared_ndarray, walk
 
@@ -106,12 +108,20 @@ class ClientArrays:
         self._lent: dict[str, SharedArray] = {}  # pooled segments returned as results, until collected
         self._user: dict[str, Any] = {}  # name -> SharedNDArray from empty()
         self._results: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._closed = False
+        _OPEN[self] = os.getpid()  # closed at exit if its client was not (a fork of this process leaves it be)
 
     def empty(self, shape: Any, dtype: Any = "float64") -> Any:
-        """A new array in shared memory that jobs receive without a copy."""
+        """A new array in shared memory that jobs receive without a copy (ClientClosed once closed: nothing
+        would unlink it)."""
+        if self._closed:
+            raise ClientClosed("this client was closed; create a new one")
         seg = SharedArray.create(self.daemon, shape, dtype)
         arr = shared_ndarray(seg)
         with self._lock:
+            if self._closed:  # closed meanwhile, on another thread
+                seg.unlink()
+                raise ClientClosed("this client was closed; create a new one")
             self._user[seg.handle.name] = arr
         return arr
 
@@ -256,6 +266,7 @@ class ClientArrays:
     def close(self) -> None:
         """Unlink every segment this client created (mappings live on in existing arrays)."""
         with self._lock:
+            self._closed = True
             names = list(self._by_name) + list(self._user) + list(self._lent)
             self._lent.clear()
             self._by_name.clear()
@@ -264,6 +275,19 @@ class ClientArrays:
             self._in_use.clear()
         for name in names:
             SharedArray.unlink_name(name)
+
+
+_OPEN: "weakref.WeakKeyDictionary[ClientArrays, int]" = weakref.WeakKeyDictionary()  # -> the pid that made it
+
+
+@atexit.register
+def _close_open() -> None:
+    """At exit, unlink the segments of clients this process never closed: no one else would until the daemon's
+    next start (``empty()`` arrays, the argument pool).  Not in a fork, whose exit is not its parent's."""
+    me = os.getpid()
+    for arrays, pid in list(_OPEN.items()):
+        if pid == me:
+            arrays.close()
 
 
 def _nbytes(h: ArrayHandle) -> int:

@@ -1321,6 +1321,7 @@ class AsyncJobHandle:
         an await of the handle would, should that end first (TransportError
         when the daemon stops answering, ClientClosed).
         """
+        self._on_own_loop("follow it")  # pushes are applied on that loop: another would wait for ever
         aio = _aio()
         queue: asyncio.Queue[JobInfo] = aio.Queue()
         self._followers.append(queue)
@@ -1345,6 +1346,13 @@ class AsyncJobHandle:
                     return
         finally:
             self._followers.remove(queue)
+
+    def _on_own_loop(self, what: str) -> None:
+        """WrongContextError unless this runs on the event loop that submitted the job (its pushes land there)."""
+        if self._final.get_loop() is not _aio().get_running_loop():
+            raise WrongContextError(
+                f"job {self.id}'s handle belongs to the event loop that submitted it: {what} there (another "
+                f"loop or thread can follow the job through a Client: `Client().job({self.id}).result()`)")
 
     def _known(self) -> JobInfo:
         if self.info is None:  # (a handle is made once the submit is acknowledged: its state is pushed from then on)
@@ -1380,10 +1388,7 @@ class AsyncJobHandle:
     async def wait(self, timeout: float | None = None) -> JobInfo:
         """Await the job's end; returns its final snapshot.  WrongContextError on another event loop than the one
         that submitted it (its pushes are applied there)."""
-        if self._final.get_loop() is not _aio().get_running_loop():
-            raise WrongContextError(
-                f"job {self.id}'s handle belongs to the event loop that submitted it: await it there (another "
-                f"loop or thread can follow the job through a Client: `Client().job({self.id}).result()`)")
+        self._on_own_loop("await it")
         try:
             info: JobInfo = await _aio().wait_for(_aio().shield(self._final), timeout)
             return info

@@ -285,6 +285,37 @@ def test_an_async_client_submits_many_at_once_and_passes_shared_arrays(module_da
     asyncio.run(main())
 
 
+def test_empty_after_close_is_refused_and_a_client_never_closed_leaves_no_segment(module_daemon: Daemon,
+                                                                                   tmp_path: Path) -> None:
+    """``empty()`` after ``close()`` made a segment nothing would unlink until the daemon's next start, and a
+    program that never closed its client left its arrays there too."""
+    from actors import ClientClosed
+    from actors.shm import segment_prefix
+    from tests.conftest import ROOT
+
+    c = Client(config=module_daemon.config)
+    c.close()
+    with pytest.raises(ClientClosed, match="this client was closed"):
+        c.empty(10)
+
+    async def closed_async() -> None:
+        a = AsyncClient(config=module_daemon.config)
+        await a.close()
+        a.empty(10)
+
+    with pytest.raises(ClientClosed):
+        asyncio.run(closed_async())
+    prefix = segment_prefix(module_daemon.config.daemon.name)
+    before = {p for p in os.listdir("/dev/shm") if p.startswith(prefix)}
+    script = ("import sys\nfrom actors.config import Config\nfrom ensemble import Client\n"
+              "c = Client(config=Config.from_json(sys.argv[1]))\nbig = c.empty(1000)\n"
+              "print(c.submit('examples.jobs:echo', big).result(60).shape)\n")  # and exits, c never closed
+    out = subprocess.run([sys.executable, "-c", script, module_daemon.config.to_json()], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "(1000,)", out.stderr
+    assert not {p for p in os.listdir("/dev/shm") if p.startswith(prefix)} - before
+
+
 # --------------------------------------------------------------------------------- concurrency
 def test_1000_jobs_from_4_concurrent_clients_complete_exactly_once(module_daemon: Daemon, tmp_path: Path) -> None:
     marks = str(tmp_path / "marks")

@@ -229,6 +229,12 @@ def test_a_handle_awaited_on_another_loop_says_where_it_belongs(jobs_daemon: Dae
         with pytest.raises(WrongContextError, match=rf"job {handle.id}'s handle belongs to the event loop that "
                                                     rf"submitted it.*Client\(\)\.job\({handle.id}\)"):
             asyncio.run(elsewhere())
+
+        async def follow() -> list[Any]:  # updates() waited for ever there: the pushes land on the first loop
+            return [info async for info in handle.updates()]
+
+        with pytest.raises(WrongContextError, match="follow it there"):
+            asyncio.run(asyncio.wait_for(follow(), 60))
         with Client(config=jobs_daemon.config) as sync:
             assert sync.job(handle.id).result(60) == 5
     finally:
