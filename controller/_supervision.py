@@ -104,6 +104,8 @@ class ScriptExtension(Extension):
         self.script_ready = False  # the controller ran module code, parameters and on_load
         self.params: dict[str, ParamInfo] = {}
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
+        # actor slot name -> (its slot, the script error this set as its detail): cleared by the next load
+        self.shown: dict[str, tuple[Any, str]] = {}
         # the latest load: [its number, "loading" | "ready" | "failed", the error (or, for a load the daemon started,
         # why: see _controller_follows)]; `ensemble load` waits on it.  It is "loading" until both sides ran the
         # script: the controller, then the processor (see _loading_in)
@@ -331,6 +333,7 @@ class ScriptExtension(Extension):
         self._loading()
         self.unapplied.clear()  # the controller applies each change queued before the load, or the load discards it
         self.unbound.clear()
+        self._clear_shown()
         self.host.send_child(controller, ScriptLoad(self.script_path, msg.reload, self.load_state[0]))
         log.info("event=script-load path=%s reload=%s load=%d", self.script_path, msg.reload, self.load_state[0])
         return Ack(f"loading {self.script_path} (load {self.load_state[0]})")
@@ -600,10 +603,25 @@ class ScriptExtension(Extension):
         return True
 
     def _script_error(self, slot: Any, text: str) -> None:
-        """Keep a script error for ``status`` (recent errors, the actor's detail)."""
+        """Keep a script error for ``status`` (recent errors, the actor's detail, until the next load)."""
         self.errors.append(text)
         self.host.counters["script_errors"] += 1
         slot.detail = text[:600]
+        self.shown[slot.name] = (slot, slot.detail)
+
+    def _clear_shown(self) -> None:
+        """A load of the user's: the actors' details stop showing the script errors before it.
+
+        A detail set here hides the actor's own figures in ``status`` (the
+        processor's notice: JACK gone, the null clock; its xruns), so an error
+        of a script since replaced must not stay there for ever.  The errors
+        stay listed in ``script_errors_recent``.  A detail the supervisor set
+        since (a restart, "gave up") is its own and stays.
+        """
+        for slot, text in self.shown.values():
+            if slot.detail == text:
+                slot.detail = ""
+        self.shown.clear()
 
 
 def _ended(code: int) -> str:
