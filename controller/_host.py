@@ -166,8 +166,11 @@ class ParamDef:
         """The value a MIDI controller at ``value`` (0..1) gives this parameter.
 
         Across ``min..max`` (float: linear; int: rounded), a bool is on from
-        0.5, a choice picks by position.  Raises ValueError for a kind no
-        controller can move (str) or a number without both bounds.
+        0.5, a choice picks by position.  ``min * (1 - x) + max * x``: no
+        ``max - min``, which overflows to infinity for bounds as wide as
+        -1e308..1e308.  Raises ValueError for a kind no controller can move
+        (str), a number without both bounds, or a bound that is infinite (no
+        position of a controller is a point of an infinite range).
         """
         value = min(1.0, max(0.0, float(value)))
         if self.kind == "bool":
@@ -175,8 +178,14 @@ class ParamDef:
         if self.kind == "choice" and self.choices:
             return self.choices[min(len(self.choices) - 1, int(value * len(self.choices)))]
         if self.kind in ("int", "float") and self.min is not None and self.max is not None:
-            scaled = self.min + value * (self.max - self.min)
-            return int(round(scaled)) if self.kind == "int" else float(scaled)
+            low, high = float(self.min), float(self.max)
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise ValueError(f"parameter {self.name!r} ({self.kind}, {self.min}..{self.max}) cannot follow a "
+                                 "MIDI controller: its range is infinite; give it a finite min and max")
+            scaled = low * (1.0 - value) + high * value
+            if self.kind == "float":
+                return min(high, max(low, scaled))
+            return min(self.max, max(self.min, int(round(scaled))))  # float rounding may step past a 64-bit bound
         raise ValueError(f"parameter {self.name!r} ({self.kind}"
                          + (", no min and max" if self.kind in ("int", "float") else "")
                          + ") cannot follow a MIDI controller: it needs a bool, a choice, or a number with min and max")
