@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._buffers import SLOTS, SampleBuffer
-from ._events import ControlChange, Event, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
+from ._events import ControlChange, Event, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend, _check_midi
 
 __all__ = ["Engine", "EngineStats", "STEAL_POLICIES"]
 
@@ -620,7 +620,13 @@ class Engine:
         return self._frame
 
     def cc(self, controller: int) -> float:
-        """The last value of MIDI controller ``controller`` (0.0..1.0) the callback applied."""
+        """The last value of MIDI controller ``controller`` (0.0..1.0) the callback applied.
+
+        Context: any (a script's callbacks on the audio thread read it).
+        Raises :class:`ValueError` for a controller that is no int in 0..127,
+        as :class:`ControlChange` does (-1 would read controller 127).
+        """
+        _check_midi("controller", controller)
         return float(self._cc[controller])
 
     # ------------------------------------------------------------------

@@ -34,12 +34,26 @@ class Client(actors.client.Client):
         self._call(NoteOnEvent(note, velocity / 127, float(at or 0.0), sample))
 
     def note_off(self, note: int, at: float | None = None) -> None:
-        """Release every voice playing ``note`` (release envelope, no click)."""
-        self._call(NoteOffEvent(int(note), float(at or 0.0)))
+        """Release every voice playing ``note`` (0..127; release envelope, no click).
+
+        Raises :class:`OutOfRange` for a note that is no int in 0..127 (60.5
+        is refused, not cut to 60) and for ``at`` outside 0..3600 s or not finite.
+        """
+        if type(note) is not int or not 0 <= note <= 127:
+            raise OutOfRange(f"note_off({note!r}): note is an int 0..127")
+        self._call(NoteOffEvent(note, float(at or 0.0)))
 
     def control_change(self, controller: int, value: float, at: float | None = None) -> None:
-        """Send controller ``controller`` (0..127) with ``value`` (0..1) to the processor."""
-        self._call(ControlEvent(int(controller), float(value), float(at or 0.0)))
+        """Send controller ``controller`` (0..127) with ``value`` (0..1) to the processor.
+
+        Raises :class:`OutOfRange` for a controller that is no int in 0..127
+        (74.5 is refused, not cut to 74, as ``note_on`` refuses 60.5) or a
+        value outside 0..1.
+        """
+        if type(controller) is not int or not 0 <= controller <= 127:
+            raise OutOfRange(f"control_change({controller!r}, {value!r}): controller is an int 0..127 and value "
+                             "0..1 (as MIDI numbers its controllers)")
+        self._call(ControlEvent(controller, float(value), float(at or 0.0)))
 
     def kill_all_voices(self, fade_ms: float = 10.0) -> None:
         """Fade out and free every sounding voice."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import numbers
 import logging
 import time
 import traceback
@@ -46,6 +47,8 @@ _log = logging.getLogger("ensemble.processor")
 # bytecode, so the grace only has to let a C call that is about to return (a short sleep, a read, a page fault) finish;
 # past 1 s, a restart (about 1 s, samples and script mapped again) brings the audio back sooner than waiting would.
 GRACE_MS = 1000.0
+# the longest ``play_note(duration=...)``: an hour, as the daemon bounds a client event's delay
+MAX_DURATION_MS = 3_600_000.0
 
 
 class _Park:
@@ -425,8 +428,12 @@ class ProcessorScript:
         return self.current.now if self.current is not None else self.frame
 
     def play_note(self, note: int, velocity: float, duration: float, sample: str) -> int:
+        if duration is not None and duration != -1 and not (isinstance(duration, numbers.Real)
+                                                           and 0 <= duration <= MAX_DURATION_MS):
+            raise ValueError(f"duration must be a number of milliseconds 0..{MAX_DURATION_MS:g} (0 or -1: until "
+                             f"released), got {duration!r}")
         slot = self.engine.slot_index(sample) if sample else self.default_slot()
-        ev = self.engine.post(NoteOn(int(note), float(velocity), self._now(), slot))
+        ev = self.engine.post(NoteOn(_whole(note), float(velocity), self._now(), slot))
         if duration is not None and duration > 0:
             self.engine.post(NoteOff(note_id=ev.note_id, at=self._now() + int(duration * self.engine.samplerate / 1000)))
         return int(ev.note_id)
@@ -457,10 +464,10 @@ class ProcessorScript:
         if controller == PITCH_BEND:
             self.engine.post(PitchBend(float(value), self._now()))
         elif controller != AFTERTOUCH:
-            self.engine.post(ControlChange(int(controller), float(value), self._now()))
+            self.engine.post(ControlChange(_whole(controller), float(value), self._now()))
 
     def get_cc(self, controller: int) -> float:
-        return float(self.engine.cc(controller))
+        return float(self.engine.cc(_whole(controller)))
 
     def kill_all_voices(self, fade_ms: float) -> None:
         self.engine.post(KillAllVoices(fade_ms, self._now()))
@@ -510,6 +517,18 @@ class ProcessorScript:
     # the controller-only API, for a clear error if reached (available_in checks first)
     def run_sync(self, *a: Any) -> None:  # pragma: no cover - guarded by available_in
         raise EnsembleError("run_sync is not available in the processor")
+
+
+def _whole(number: Any) -> Any:
+    """A MIDI number as the script gave it, a whole float (``60.0``) as its int.
+
+    Anything else goes on as it is, for the event to refuse (``NoteOn``,
+    ``ControlChange``: "note must be an int in 0..127, got 60.7"): a
+    fraction is refused, never cut to the int below it.
+    """
+    if isinstance(number, float) and number.is_integer():
+        return int(number)
+    return number
 
 
 def _where(exc: BaseException, path: str) -> str:

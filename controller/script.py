@@ -136,7 +136,10 @@ def print_(*values: Any) -> None:
 def play_note(note: int, velocity: float = 1.0, duration: float = -1, sample: str = "") -> int:
     """Start a note now (at the callback's current frame); returns its note id.
 
-    ``duration`` in ms (-1: until released).  ``velocity`` 0..1.
+    ``note`` an int 0..127 (a whole float such as 60.0 is taken; 60.7 is
+    refused, not cut to 60).  ``duration`` in ms, 0..3600000 (-1 or 0: until
+    released).  ``velocity`` 0..1.  Raises ValueError for a value out of its
+    range: a NaN, infinite or negative duration would hold the voice for ever.
     """
     return int(runtime().play_note(note, velocity, duration, sample))
 
@@ -161,13 +164,16 @@ def fade(note_id: int, start: float | None, end: float, duration_ms: float, kill
 
 @available_in(PROCESSOR)
 def control_change(controller: int, value: float) -> None:
-    """Send a controller value (0..1) into the engine now (129: pitch bend, -1..1; 128, pressure, is ignored)."""
+    """Send a controller value (0..1) into the engine now (129: pitch bend, -1..1; 128, pressure, is ignored).
+
+    ``controller`` an int 0..127, 128 or 129; a fraction (74.5) is refused with ValueError, not cut.
+    """
     runtime().control_change(controller, value)
 
 
 @available_in(PROCESSOR)
 def get_cc(controller: int) -> float:
-    """The last value (0..1) of a controller."""
+    """The last value (0..1) of a controller 0..127; ValueError for any other (-1 is no alias of 127)."""
     return float(runtime().get_cc(controller))
 
 
