@@ -22,7 +22,9 @@ def register(main: click.Group) -> None:
 @click.command(cls=NumbersAsArguments)  # `note -1`: the range error, not "no such option"
 @click.argument("note", type=click.IntRange(0, 127))
 @click.option("--velocity", "-v", default=100, type=click.IntRange(1, 127), show_default=True, help="MIDI velocity.")
-@click.option("--length", "-l", default=1.0, type=click.FloatRange(0, 3600), show_default=True, help="Seconds until note off.")
+@click.option("--length", "-l", default=1.0, show_default=True, help="Seconds until note off.",
+              # checked before the note on is sent: a note off the daemon refused would leave the note hanging
+              type=Number(float, 0, 3600, "how long the note sounds", unit="seconds"))
 @click.option("--sample", "-s", default="", help="Name of a loaded sample (default: the last loaded, else built-in).")
 @click.pass_context
 def note(ctx: click.Context, note: int, velocity: int, length: float, sample: str) -> None:
