@@ -21,7 +21,17 @@ __all__ = ["SLOTS", "SampleBuffer", "builtin_sample"]
 BUILTIN_FREQUENCY = 261.63
 """Pitch of the built-in sample in Hz (middle C, MIDI key 60)."""
 
-_FINITE_CHUNK = 1 << 20  # samples checked per pass: bounds the temporary bool array to 1 MiB
+_FINITE_CHUNK = 1 << 20  # samples checked per pass (two reductions each, no temporary array)
+
+MAX_MAGNITUDE = 1000.0
+"""The largest sample magnitude a buffer may hold.
+
+Float audio is nominally within ±1 (full scale).  Data a thousand times
+louder is no recording but a scaling mistake (16-bit integers read as floats
+reach 32767), and values far beyond it (3e38) overflow float32 when voices
+are mixed: the output would be infinite.  1000 leaves room for any real
+headroom, and for every voice the engine mixes at full velocity, without
+overflow."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +74,8 @@ class SampleBuffer:
         array becomes a ``[frames, 1]`` view); a conversion copy otherwise;
         ``check_finite`` reads every sample once.  Raises :class:`ValueError`
         for a shape other than ``[frames]`` / ``[frames, channels]``, fewer than
-        2 frames, a non-finite sample, a bad samplerate or root key.
+        2 frames, a non-finite sample or one beyond ±:data:`MAX_MAGNITUDE`
+        (``check_finite``), a bad samplerate or root key.
         """
         array = np.asarray(data)
         if array.dtype != np.float32:
@@ -81,16 +92,32 @@ class SampleBuffer:
             raise ValueError(f"samplerate must be a positive int, got {samplerate!r}")
         if not 0 <= int(root_key) <= 127:
             raise ValueError(f"root_key must be a MIDI key 0..127, got {root_key!r}")
-        if check_finite and not _all_finite(array):
-            raise ValueError("sample data contains NaN or infinity; clean it before loading")
+        problem = _unplayable(array) if check_finite else ""
+        if problem:
+            raise ValueError(problem)
         columns = tuple(array[:, c] for c in range(array.shape[1]))
         return cls(array, int(samplerate), int(root_key), name, columns)
 
 
-def _all_finite(array: npt.NDArray[np.float32]) -> bool:
-    """Whether every sample is finite, read in chunks so the temporary stays small however long the sample is."""
+def _unplayable(array: npt.NDArray[np.float32]) -> str:
+    """Why the samples cannot be played ('' if they can): NaN or infinity, or a magnitude beyond MAX_MAGNITUDE.
+
+    Read in chunks, each with a max and a min (NaN wins both), so nothing is
+    allocated however long the sample is.
+    """
     flat = array.reshape(-1)  # a view of a contiguous array (shared memory, a fresh conversion); a copy otherwise
-    return all(bool(np.isfinite(flat[i:i + _FINITE_CHUNK]).all()) for i in range(0, flat.size, _FINITE_CHUNK))
+    loudest = 0.0
+    for i in range(0, flat.size, _FINITE_CHUNK):
+        chunk = flat[i:i + _FINITE_CHUNK]
+        high, low = float(chunk.max()), float(chunk.min())
+        if not (math.isfinite(high) and math.isfinite(low)):
+            return "sample data contains NaN or infinity; clean it before loading"
+        loudest = max(loudest, high, -low)
+    if loudest > MAX_MAGNITUDE:
+        return (f"sample data reaches {loudest:.3g}, beyond ±{MAX_MAGNITUDE:g}: float audio is nominally within ±1 "
+                "(full scale), and values this large overflow when voices are mixed; scale it (divide by its peak, "
+                "or by 32768 for 16-bit integers) before loading")
+    return ""
 
 
 def builtin_sample(samplerate: int = 48000, seconds: float = 2.0) -> npt.NDArray[np.float32]:

@@ -83,7 +83,8 @@ _PEAK = 17
 _TIMED = 18  # blocks in the timing ring since the last reset_timing()
 _UNDERFLOWS = 19
 _CLOCK_SLIPS = 20
-_N_COUNTERS = 21
+_SILENCED = 21  # blocks whose mix was not finite, sent as silence
+_N_COUNTERS = 22
 
 _NEVER = np.iinfo(np.int64).max
 
@@ -216,6 +217,7 @@ class EngineStats:
     buffer_swaps: int
     last_error: str | None
     output_peak: float = 0.0  # the output's peak level (linear, 1.0 = full scale), held and falling 20 dB/s
+    silenced_blocks: int = 0  # blocks whose mix held NaN or infinity, sent as silence instead (see render)
 
 
 class Engine:
@@ -669,7 +671,7 @@ class Engine:
             call_errors=int(counters[_CALL_ERRORS]), hook_errors=int(counters[_HOOK_ERRORS]),
             buffer_swaps=int(counters[_SWAPS]),
             last_error=None if err is None else f"{type(err).__name__}: {err}",
-            output_peak=self._level,
+            output_peak=self._level, silenced_blocks=int(counters[_SILENCED]),
         )
 
     def reset_timing(self) -> None:
@@ -793,6 +795,10 @@ class Engine:
         # reductions over the block, no allocation)
         block = out[:frames]
         peak = max(float(block.max()), -float(block.min()))
+        if not math.isfinite(peak):  # NaN or infinity (a mix that overflowed float32): never to the device or the
+            block.fill(0.0)  # meter, where an inf would stay held for ever; the reductions above already tell, so
+            peak = 0.0  # the check costs one comparison a block
+            self._counters[_SILENCED] += 1
         held = self._level * 10.0 ** (-frames / self.samplerate)
         self._level = peak if peak > held else held
         self._frame = end

@@ -87,8 +87,8 @@ class AudioExtension(Extension):
         Cost: one read of every sample (the finiteness check) in the
         supervisor's thread.  Raises ProtocolError for a bad name, shape or
         rate or a segment that is not ours, OutOfRange for data the processor
-        would refuse (NaN or inf, one frame, no channel, a root key outside
-        0..127), DaemonError when every sample slot is taken.
+        would refuse (NaN or inf, a value beyond ±1000, one frame, no channel, a
+        root key outside 0..127), DaemonError when every sample slot is taken.
         """
         info = msg.sample
         if not info.name or len(info.name) > 128:
