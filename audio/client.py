@@ -64,7 +64,11 @@ class Client(actors.client.Client):
 
         The daemon's registry owns the segment from then on (``drop_sample``
         releases it); replacing a sample the processor plays swaps it at a
-        block boundary.  Cost: one copy of the data.
+        block boundary.  Returns its registry entry (as :meth:`samples` lists
+        it: frames and channels of ``array``).  Cost: one copy of the data.
+        Raises :class:`ValueError` for an array of another shape and
+        :class:`OutOfRange` for data the processor refuses (NaN or infinity,
+        magnitudes beyond ±1000, fewer than 2 frames).
         """
         import numpy as np
 
@@ -76,7 +80,8 @@ class Client(actors.client.Client):
         sa = SharedArray.create(self.config.shm_key, data.shape, np.float32)
         try:
             sa.array[...] = data
-            info = SampleInfo(name, sa.handle, int(samplerate), int(root_key))
+            info = SampleInfo(name, sa.handle, int(samplerate), int(root_key), data.shape[0],
+                              data.shape[1] if data.ndim == 2 else 1)
             self._call(SampleLoad(info))
         except BaseException:
             sa.unlink()
