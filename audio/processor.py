@@ -34,12 +34,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
+import time
 from collections import defaultdict, deque
-from typing import Any
+from typing import Any, NoReturn
 
 from actors import Child, child_main
 
-from actors.messages import Message, VoicesDone, VoicesOp
+from actors.messages import Heartbeat, Message, VoicesDone, VoicesOp
 from audio.messages import ControlEvent, KillAllEvent, MidiConnect, NoteOffEvent, NoteOnEvent, SampleDrop, SampleLoad
 from actors.shm import SharedArray, segment_prefix
 from audio._buffers import builtin_sample
@@ -56,6 +58,9 @@ from audio._script_host import make_script_host
 
 log = logging.getLogger("ensemble.processor")
 _SILENCE_TIMEOUT = 2.0  # seconds kill_voices_and_call waits for the voices to fall silent
+# seconds a processor that cannot start waits, its last stats flushed, before it exits: the supervisor reads them in
+# its next loop (it drops what a child sent once it has seen that child exit)
+_LAST_WORDS_S = 0.2
 
 
 class Processor(Child):
@@ -81,10 +86,13 @@ class Processor(Child):
         self.midi_connects = 0  # `midi connect` requests carried out, connected or refused: the CLI waits for its own
         self.midi = MidiDecoder(self.engine, self._midi_deliver)
         self.midi.slot = self.script.default_slot_index = self.engine.slot_index("builtin")
-        self.backend, self.notice = choose_backend(  # starts no thread (libjack's own set their policy)
-            self.engine, a.backend, device=a.device or None, autoconnect=a.autoconnect,
-            midi_in=a.midi_in, midi=self.midi, jack_ahead=a.jack_ahead,
-        )
+        try:
+            self.backend, self.notice = choose_backend(  # starts no thread (libjack's own set their policy)
+                self.engine, a.backend, device=a.device or None, autoconnect=a.autoconnect,
+                midi_in=a.midi_in, midi=self.midi, jack_ahead=a.jack_ahead,
+            )
+        except BackendUnavailable as exc:  # an explicit backend that cannot work here
+            self._cannot_start(a.backend, exc)
         if a.jack_ahead and isinstance(self.backend, JackBackend):  # only once JACK is there: ~1 s of CPU
             warm_native()  # compile render-ahead's callback before this thread turns realtime
         control = promote_control_thread()  # before the backend's threads start: they inherit it
@@ -95,6 +103,29 @@ class Processor(Child):
             log.warning("event=audio-notice detail=%s", self._notice())
         self.backend_name = type(self.backend).__name__.removesuffix("Backend").lower()
         self.leave_at = 0.0  # when a processor whose audio thread a script callback wedged exits (0: not wedged)
+
+    def _cannot_start(self, requested: str, exc: BackendUnavailable) -> NoReturn:
+        """Leave with exit code 1, having told the supervisor why: the backend asked for cannot be had.
+
+        The reason goes out as this process's stats (a ``Heartbeat`` before any
+        ``Hello``: the supervisor keeps a child's last stats), with the fix,
+        as the ``notice`` that ``ensemble up`` prints and ``status`` shows;
+        before, it was only in the daemon log's tracebacks, and ``status``
+        said "gave up: 5 restarts" once the restarts ran out.  Then the
+        message is flushed (ZeroMQ's linger, at most 1 s) and a moment given
+        for the supervisor to read it before it sees the exit (it drops what
+        a child sends after that).  Blocks about 1.2 s at most.
+        """
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        notice = f"the processor cannot start: backend {requested!r}: {reason}; {_start_fix(requested)}"
+        log.critical("event=processor-start-failed backend=%s reason=%s", requested, reason)
+        self.send(Heartbeat({"backend": requested, "notice": notice, "start_error": reason}))
+        self.sock.close(linger=1000)
+        flush = threading.Thread(target=self.ctx.term, name="zmq-term", daemon=True)
+        flush.start()
+        flush.join(1.0)
+        time.sleep(_LAST_WORDS_S)
+        os._exit(1)
 
     def _notice(self) -> str:
         """The choice notice plus what the backend says now (JACK lost, format followed, ...)."""
@@ -230,7 +261,7 @@ class Processor(Child):
         jack_reason = ""
         if via in ("auto", "jack"):
             if jack is None:
-                jack_reason = f"the processor is not on JACK (backend {self.backend_name!r})"
+                jack_reason = _not_on_jack(backend, self.backend_name)
             else:
                 try:
                     jack.connect_midi(port)
@@ -332,6 +363,23 @@ class Processor(Child):
             for sa in q:
                 sa.close()
         collect_young()
+
+
+def _start_fix(requested: str) -> str:
+    """What to do when the backend ``requested`` cannot start (one clause, for the start failure's notice)."""
+    then = "then `ensemble down` and `ensemble up`"
+    if requested == "jack":
+        return ("start a JACK server under the name the daemon uses (JACK_DEFAULT_SERVER; `jackd -d alsa`, or "
+                f"`jackd -d dummy` without a sound card), or set [audio] backend = \"auto\"; {then}")
+    return f"see `ensemble devices` and [audio] device, or set [audio] backend = \"auto\"; {then}"
+
+
+def _not_on_jack(backend: Any, name: str) -> str:
+    """Why a JACK MIDI port cannot be connected now: JACK is away (the null clock runs), or no JACK backend at all."""
+    if isinstance(backend, JackBackend) and backend.state == "null-clock":
+        return (f"JACK is away: the processor runs on the null clock until the JACK server is back (it tries every "
+                f"{backend.reconnect_interval:g} s); connect the port again then")
+    return f"the processor is no JACK client (backend {name!r}; [audio] backend = \"auto\" or \"jack\" with a JACK server)"
 
 
 if __name__ == "__main__":
