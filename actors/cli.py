@@ -589,9 +589,15 @@ class _Pulse:
 def _no_worker_hint(c: Any) -> str:
     """Why no job can start: the daemon has no ready worker, said with what to do ('' when one is ready).
 
-    Cost: one ``status`` round trip.
+    Cost: one ``status`` round trip, waited for a second at most ('' when none comes: the daemon stopped,
+    or is busy, and :class:`_Pulse` says which; the full timeout here held off Ctrl-C and the daemon's end).
     """
-    st = c.status()
+    from actors.messages import Status
+
+    try:
+        st = c._call(Status(), timeout=_Pulse.EVERY)
+    except TransportError:
+        return ""
     if any(a.role == "worker" and a.state == "running" for a in st.actors):
         return ""
     wanted, ray = st.daemon.workers_wanted, st.daemon.counters.get("ray_workers", 0)

@@ -119,3 +119,21 @@ def test_ctrl_c_while_the_daemon_does_not_answer_exits_at_once_and_says_the_job_
         job = c.job(1)
         assert job.state == "queued"
     assert d.cli("cancel", "1").stdout.strip() == "job 1: cancelled"
+
+
+@pytest.mark.slow  # a daemon of its own, stopped: ~5 s
+def test_the_follower_s_look_for_a_ready_worker_never_outwaits_its_pulse(make_daemon: Make) -> None:
+    """A followed job that waits behind others makes the follower ask every 2 s whether a worker is ready; that
+    ``status`` waited out the client's whole timeout when the daemon stopped answering (30 s; here 600), holding
+    off Ctrl-C and the check that the daemon is gone, and then said only that Status was not answered."""
+    from actors.cli import _no_worker_hint
+
+    d = make_daemon(jobs_only=True, workers=1)
+    d.up()
+    with Client(config=d.config, timeout=600) as c:
+        assert _no_worker_hint(c) == ""  # a worker is ready
+        os.kill(d.pid, signal.SIGSTOP)
+        try:
+            assert _no_worker_hint(c) == ""  # not known: the pulse says the daemon does not answer (was: 600 s)
+        finally:
+            os.kill(d.pid, signal.SIGCONT)
