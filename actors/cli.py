@@ -311,7 +311,9 @@ def up(ctx: click.Context, workers: str | None, foreground: bool, timeout: float
     click.echo(f"ensemble {d.version}: daemon {d.name!r} up (pid {d.pid}), "
                f"{sum(a.role == 'worker' for a in status.actors)} workers; log: {d.log_file}")
     for a in status.actors:
-        if a.role == "processor" and a.stats.get("notice"):
+        if a.state == "failed":  # the daemon is up and serves the rest: said, and still exit 0
+            click.echo(f"ensemble: warning: {a.name} failed: {a.detail}", err=True)
+        elif a.role == "processor" and a.stats.get("notice"):
             click.echo(f"notice: {a.stats['notice']}")
 
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import collections
 import itertools
-import numbers
 import logging
+import numbers
 import time
 import traceback
 from types import ModuleType

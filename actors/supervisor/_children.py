@@ -363,8 +363,9 @@ class ChildrenMixin(State):
                 times.popleft()
             if len(times) >= self.cfg.supervision.max_restarts:
                 slot.state = "failed"
+                notice = slot.stats.get("notice")  # a child's own last word on why (the processor's backend)
                 slot.detail = (f"gave up: {len(times)} restarts within {self.cfg.supervision.restart_period:g}s "
-                               f"(last exit code {code})")
+                               f"(last exit code {code})" + (f"; {notice}" if isinstance(notice, str) else ""))
                 log.critical("event=child-failed name=%s detail=%s; siblings keep running", slot.name, slot.detail)
                 if slot.role == "worker":
                     self._check_workers_left()

@@ -91,8 +91,10 @@ def test_a_processor_whose_backend_cannot_start_says_why(make_daemon: Any) -> No
                                "ENSEMBLE_SUPERVISION_RESTART_PERIOD": "120"})
     up = d.cli("up")  # exits 0: the daemon is up, and runs jobs; the processor failed
     d.pid = int((d.base / "run" / "daemon.pid").read_text())
-    lines = [line for line in up.stdout.splitlines() if "cannot start" in line]
-    assert len(lines) == 1 and "no JACK server reachable" in lines[0] and "backend = \"auto\"" in lines[0], up.stdout
+    lines = [line for line in up.stderr.splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and lines[0].startswith("ensemble: warning: processor failed: gave up:"), up.stderr
+    assert "no JACK server reachable" in lines[0] and "backend = \"auto\"" in lines[0], up.stderr
     processor = d.actor("processor")
     assert processor.state == "failed"
-    assert "no JACK server reachable" in processor.stats["notice"]  # `status --json`; the table: see the report
+    assert "no JACK server reachable" in processor.stats["notice"]  # `status --json`
+    assert "no JACK server reachable" in processor.detail  # the table's row, where "gave up" alone said nothing
