@@ -16,6 +16,8 @@ import sysconfig
 from types import ModuleType
 
 RETIRE_CODE = 75  # EX_TEMPFAIL: "the code changed; start me again", not a failure
+_UNKNOWN = -1  # the time of a file written while its module may have been imported: no file has it, so it is stale
+_TICK_NS = 20_000_000  # more than a tick of the clock file times are stamped with (1-10 ms)
 
 _SYSTEM = tuple(os.path.realpath(p) + os.sep for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib",
                                                                                            "purelib", "platlib")})
@@ -57,8 +59,14 @@ class UserCode:
             except (OSError, ValueError):  # gone since submit (or a NUL, which the daemon refuses before): the
                 pass  # job runs where the worker is, and relative paths fail there
 
-    def note_imports(self) -> None:
-        """Remember the user modules imported so far (after a job ran) with their files' times."""
+    def note_imports(self, since_ns: int = 0) -> None:
+        """Remember the user modules imported so far (after a job ran) with their files' times.
+
+        ``since_ns``: when the job that ran began (``time.time_ns()``).  A file
+        whose time is later was written while that job ran, perhaps after it was
+        imported: it is remembered as changed, so the next job is not run on
+        what may be the code before the edit (the time read now is the edit's).
+        """
         if not self.added or len(sys.modules) == self._seen:
             return
         self._seen = len(sys.modules)
@@ -76,7 +84,9 @@ class UserCode:
             real = os.path.realpath(file)
             if real.startswith(roots) and not real.startswith(_SYSTEM):
                 try:
-                    self.mtimes[name] = (file, os.stat(file).st_mtime_ns)
+                    mtime = os.stat(file).st_mtime_ns
+                    # a file's time is the kernel's coarse clock, up to a tick behind time.time_ns(): allow one
+                    self.mtimes[name] = (file, _UNKNOWN if since_ns and mtime >= since_ns - _TICK_NS else mtime)
                 except OSError:
                     continue
 

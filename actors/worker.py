@@ -526,13 +526,14 @@ class Worker(Child):
                 self.code.enter(d.cwd, look)
             if self._started is not None:
                 self._started.record(d.job_id)
+            began = time.time_ns() if d.cwd else 0
             result = _run_one(d, task, self.arrays, self._set_up, self.fns)
             if os.getpid() != self._pid:
                 _end_forked(result)
             done, cost, frame = _sendable_encoded(result, self.cfg.daemon.max_frame)
             _flush_output()  # what the job printed is out before its result: in order, not at the worker's exit
             if d.cwd:
-                self.code.note_imports()
+                self.code.note_imports(began)
             with self._work:
                 self.current = None
             if self.direct:

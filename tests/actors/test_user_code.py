@@ -119,3 +119,41 @@ def test_a_directory_or_import_path_no_process_can_use_leaves_the_worker_s_code_
     finally:
         sys.path[:] = [p for p in sys.path if p not in (str(tmp_path), "/no\0where")]
         os.chdir(here)
+
+
+def test_a_module_edited_while_the_job_that_imported_it_runs_is_imported_again(tmp_path: Path) -> None:
+    """The worker took a module's file time after the job that imported it ended: an edit made while that job
+    ran was taken for the code it had imported, and every later job ran the code before the edit."""
+    from tests.conftest import run_main
+
+    module = textwrap.dedent("""
+        import os, time
+        VERSION = 1
+
+        def first(started, go):
+            open(started, "w").close()
+            while not os.path.exists(go):
+                time.sleep(0.01)
+            return VERSION
+
+        def version():
+            return VERSION
+    """)
+    (tmp_path / "slowmod.py").write_text(module)
+    script = textwrap.dedent("""
+        import os, pathlib, time
+        import slowmod
+        from actors.client import Executor
+
+        with Executor(max_workers=1) as ex:  # a private daemon: one worker, which runs both jobs
+            f = ex.submit(slowmod.first, "started", "go")
+            end = time.monotonic() + 120
+            while not os.path.exists("started") and time.monotonic() < end:
+                time.sleep(0.01)
+            src = pathlib.Path("slowmod.py")
+            src.write_text(src.read_text().replace("VERSION = 1", "VERSION = 2"))
+            open("go", "w").close()
+            print(f.result(60), ex.submit(slowmod.version).result(60))
+    """)
+    out = run_main(tmp_path, script).stdout.split()
+    assert out == ["1", "2"]  # the first ran the code it imported; the next one the code on disk
