@@ -197,6 +197,10 @@ class MapRun:
                         ready.append(infos[i])
                         i += 1
                 for info in ready:
+                    if self.cancelled and info.state == "cancelled" and info.error_type == "JobCancelled":
+                        # this run cancelled it (shutdown(cancel_futures=True)): the pools' map raises the
+                        # cancelled future's CancelledError there, which `except CancelledError` expects
+                        raise concurrent.futures.CancelledError()
                     yield from _values(info)
             if self.unsent is not None:
                 raise self.unsent

@@ -930,6 +930,8 @@ class Executor(concurrent.futures.Executor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if not isinstance(chunksize, int):  # (the pools' islice raises ValueError for 1.5 too)
+            raise ValueError(f"chunksize must be an int, got {chunksize!r}")
         self._check_open()
         if len(iterables) == 1:  # the common case, as the pools take it: the values, not 1-tuples of them
             only = iterables[0]

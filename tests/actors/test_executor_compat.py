@@ -253,6 +253,21 @@ def test_as_completed_and_wait_see_cancelled_futures(module_daemon: Daemon) -> N
     assert len(done) == 10 and all(f.done() for f in futures)
 
 
+def test_a_map_read_past_shutdown_with_cancel_futures_raises_cancelled_error(module_daemon: Daemon) -> None:
+    """The pools' map raises the cancelled future's CancelledError where its values stop; ours raised JobCancelled,
+    which ``except CancelledError`` misses."""
+    with Executor(config=module_daemon.config) as ex:  # (no max_workers: a cap on a shared daemon maps by submits)
+        it = ex.map(jobs.plain_sleep, [0.1] * 60)
+        got = [next(it)]
+        ex.shutdown(wait=True, cancel_futures=True)
+        with pytest.raises(concurrent.futures.CancelledError):
+            got.extend(it)  # the values of the chunks that had started, then the error
+    assert 1 <= len(got) < 60 and set(got) == {0.1}
+    with Executor(config=module_daemon.config) as ex:
+        with pytest.raises(ValueError, match="chunksize must be an int, got 1.5"):  # TypeError, where the pools'
+            ex.map(jobs.square, range(4), chunksize=1.5)  # type: ignore[arg-type]  # islice says ValueError
+
+
 def test_a_running_future_is_running_and_cancel_futures_leaves_it_to_finish(module_daemon: Daemon,
                                                                           tmp_path: Path) -> None:
     """As in ProcessPoolExecutor: a future whose job started says running(), cannot be cancelled, and
