@@ -28,9 +28,21 @@ def _age(s: float) -> str:
     return f"{s:.1f}s" if s < 60 else f"{s / 60:.1f}m" if s < 3600 else f"{s / 3600:.1f}h"
 
 
+# control characters (but newline and tab) written as escapes: a terminal acts on ESC sequences (titles, colours,
+# cursor moves), and Rich strips BEL but passes ESC; C1 controls too (0x9b is a one-byte CSI for some terminals)
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f, *range(0x80, 0xa0)) if c not in (0x09, 0x0a)}
+
+
+def visible(text: str) -> str:
+    """``text`` safe to show on a terminal: its control characters written as ``\\xNN`` (a job's name, status or
+    result is anyone's text: a remote key's, a job's)."""
+    return text.translate(_CONTROLS)
+
+
 def cells(*texts: str) -> list[Text]:
-    """Table cells shown as the text they are: what the daemon sends is never parsed as Rich markup."""
-    return [Text(t) for t in texts]
+    """Table cells shown as the text they are: what the daemon sends is never parsed as Rich markup, and its
+    control characters are shown, not sent to the terminal (:func:`visible`)."""
+    return [Text(visible(t)) for t in texts]
 
 
 def render(status: StatusReply, jobs: list[JobInfo]) -> Group:

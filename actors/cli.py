@@ -67,7 +67,9 @@ def _echo_error(message: str) -> None:
     longer than :data:`_LINE` (a long value with spaces, unquoted) is
     clipped itself.
     """
-    lines = _LONG_VALUE.sub(_clip_match, message).split("\n")
+    from actors._top import visible  # a job's error is anyone's text: its control characters are shown
+
+    lines = _LONG_VALUE.sub(_clip_match, visible(message)).split("\n")
     click.echo("\n".join(f"ensemble: error: {_clipped(line, _LINE)}" if i == 0 else _clipped(line, _LINE)
                           for i, line in enumerate(lines)), err=True)
 
@@ -507,6 +509,8 @@ def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
     pulse = _Pulse(c)
     from rich.markup import escape
 
+    from actors._top import visible
+
     look_at = time.monotonic() + _QUEUED_HINT_AFTER  # when to see whether a worker could take it (0: said already)
     # the state is escaped and the status shown as plain text: the job's own words are never markup.
     # auto_refresh=False: the loop below refreshes, and no Rich thread exists to catch a signal meant for this one.
@@ -535,8 +539,8 @@ def _follow(c: Any, job_id: int, interrupted: list[bool] | None = None) -> None:
             changed.clear()
             info = handle._info
             if info is not None:
-                bar.update(task, completed=info.progress, description=info.status, state=escape(info.state),
-                           refresh=True)
+                bar.update(task, completed=info.progress, description=visible(info.status),
+                           state=escape(info.state), refresh=True)
     _print_result(handle)
 
 
@@ -610,12 +614,17 @@ def _no_worker_hint(c: Any) -> str:
 
 
 def _print_result(handle: Any) -> None:
+    from actors._top import visible
+
     info = handle.wait()
     try:
         value = handle.result()
     except JobCancelled as exc:
         fail(str(exc))
-    click.echo(value if isinstance(value, str) else json_text(value))
+    if isinstance(value, str):  # as the job returned it into a pipe or a file; on a terminal, its controls shown
+        click.echo(visible(value) if sys.stdout.isatty() else value)
+    else:
+        click.echo(json_text(value))  # (JSON escapes every control character)
     _ = info
 
 

@@ -83,6 +83,22 @@ def test_job_errors_and_names_that_look_like_markup_are_listed_as_text(daemon: D
     assert "[/x] :thumbs_up:" in out  # neither markup nor an emoji code
 
 
+def test_control_characters_from_jobs_are_shown_not_sent_to_the_terminal(daemon: Daemon) -> None:
+    """A job's name, error or result is anyone's text (a remote key's): its ESC sequences (a window title, colours,
+    the cursor) reached the terminal through `jobs` and the error line; they are shown as \\x1b now.  A result
+    piped on is the job's text as it returned it."""
+    title = "\x1b]0;PWNED\x07"
+    failed, named, piped = daemon.cli_each(
+        ["submit", "examples.jobs:fail", f"oops{title}", "--wait"],
+        ["submit", "examples.jobs:add", "1", "2", "--job-name", f"n{title}x", "--wait"],
+        ["submit", "examples.jobs:echo", title, "--wait"])  # (no JSON: taken as the text)
+    assert "\x1b" not in failed.stderr and "oops\\x1b]0;PWNED\\x07" in failed.stderr, failed.stderr
+    daemon.env["COLUMNS"] = "300"
+    listed = daemon.cli("jobs").stdout
+    assert "\x1b" not in listed and "n\\x1b]0;PWNED\\x07x" in listed
+    assert piped.stdout.splitlines()[-1] == title  # not a terminal: the value itself
+
+
 def test_a_status_message_that_looks_like_markup_does_not_break_submit_wait(daemon: Daemon) -> None:
     proc = daemon.cli("submit", "cli_input_jobs:say", "copying [/tmp/x] [bold]", "--wait", check=False)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
