@@ -59,8 +59,12 @@ def parse(text: str, what: str) -> dict[str, float]:
         if not part:
             continue
         name, sep, amount = part.partition("=")
+        if not sep:
+            raise ConfigError(f"{what}: {part[:80]!r} is no NAME=AMOUNT (e.g. GPU=1)")
+        if name.strip() in out:
+            raise ConfigError(f"{what}: resource {name.strip()[:80]} is given twice; give it once")
         try:
-            out[name.strip()] = float(amount) if sep else math.nan
+            out[name.strip()] = float(amount)
         except ValueError:
             out[name.strip()] = amount
     return check(out, what)

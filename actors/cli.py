@@ -458,6 +458,8 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             fail(f"--kw {item!r} must look like NAME=VALUE")
+        if key in kwargs:  # (the last one won, silently)
+            fail(f"--kw {key} is given twice; give each keyword once")
         kwargs[key] = parse_arg(value)
     from actors._resources import parse
 

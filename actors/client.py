@@ -30,8 +30,8 @@ from actors._task import MAX_TIMEOUT_MS, in_job_process
 from actors._connection import Connection
 from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, over, pickled_value, spill
 from actors._errors import (
-    BROKEN_POOL, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, ProtocolError,
-    RemoteError, TransportError, WaitTimeout, WrongContextError, remote_error,
+    BROKEN_POOL, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, OutOfRange,
+    ProtocolError, RemoteError, TransportError, WaitTimeout, WrongContextError, remote_error,
 )
 from actors._jobfn import check_name, path_of
 from actors._rundir import RunDir
@@ -361,6 +361,25 @@ def _check_timeout(timeout: Any, or_none: str = "") -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1e9:  # NaN fails too
         raise ValueError(f"timeout must be {or_none}a number of seconds, more than 0 and at most 1e9, got {timeout!r}")
 
+def _specs_of(specs: Any) -> list[JobSpec]:
+    """``submit_many``'s specs as a list; TypeError naming the first that is no JobSpec (it raised AttributeError
+    from deep inside the connection)."""
+    specs = list(specs)
+    if specs and set(map(type, specs)) != {JobSpec}:  # (one pass in C)
+        i, bad = next((i, s) for i, s in enumerate(specs) if type(s) is not JobSpec)
+        raise TypeError(f"submit_many takes the JobSpecs spec() or make_spec() build; item {i} is a "
+                        f"{type(bad).__name__}")
+    return specs
+
+
+def _workers_of(workers: Any) -> int:
+    """``scale``'s number of workers; OutOfRange for one that is no whole number (2.5 was taken as 2)."""
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        if not (isinstance(workers, float) and workers.is_integer()):
+            raise OutOfRange(f"cannot scale to {workers!r} workers: give a whole number 0..1024")
+    return int(workers)
+
+
 class _OnConnection:
     """What :class:`Client` and :class:`AsyncClient` do alike without asking the daemon: build a job's spec, and
     make and free shared-memory arrays."""
@@ -477,7 +496,7 @@ class Client(_OnConnection):
                     return
             h._update(info)
 
-        fut = self.conn.submit(specs, listener)
+        fut = self.conn.submit(_specs_of(specs), listener)
         try:
             ids = fut.result(self.timeout)
         except concurrent.futures.TimeoutError:
@@ -539,7 +558,7 @@ class Client(_OnConnection):
 
     def scale(self, workers: int, on: str = "") -> None:
         """Change the number of workers at runtime (idle ones retire first); ``on="ray"``: the Ray-placed ones."""
-        self._call(Scale(int(workers), on))
+        self._call(Scale(_workers_of(workers), on))
 
     def shutdown(self) -> None:
         """Ask the daemon to stop in order (returns once it accepted)."""
@@ -1542,7 +1561,7 @@ class AsyncClient(_OnConnection):
         def listener(info: JobInfo) -> None:
             loop.call_soon_threadsafe(apply, info)
 
-        ids = await self._answer(self.conn.submit(specs, listener), "Submit", self._abandon)
+        ids = await self._answer(self.conn.submit(_specs_of(specs), listener), "Submit", self._abandon)
         for jid in ids:
             handles[jid] = AsyncJobHandle(self, jid)
             for info in early.pop(jid, ()):
@@ -1705,7 +1724,7 @@ class AsyncClient(_OnConnection):
 
     async def scale(self, workers: int, on: str = "") -> None:
         """Change the number of workers at runtime (as :meth:`Client.scale`)."""
-        await self._call(Scale(int(workers), on))
+        await self._call(Scale(_workers_of(workers), on))
 
     async def shutdown(self) -> None:
         """Ask the daemon to stop in order (returns once it accepted; as :meth:`Client.shutdown`)."""

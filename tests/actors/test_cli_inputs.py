@@ -99,6 +99,15 @@ def test_control_characters_from_jobs_are_shown_not_sent_to_the_terminal(daemon:
     assert piped.stdout.splitlines()[-1] == title  # not a terminal: the value itself
 
 
+def test_a_keyword_given_twice_and_a_resource_without_an_amount_are_refused_saying_so(daemon: Daemon) -> None:
+    """``--kw x=3 --kw x=4`` ran with x=4, the first dropped; ``--resources GPU`` said "GPU = nan must be a
+    number"."""
+    twice, bare = daemon.cli_each(["submit", "examples.jobs:add", "1", "--kw", "b=3", "--kw", "b=4", "--wait"],
+                                  ["submit", "examples.jobs:add", "1", "2", "--resources", "GPU", "--wait"])
+    one_line_error(twice, "--kw b is given twice; give each keyword once")
+    one_line_error(bare, "--resources: 'GPU' is no NAME=AMOUNT (e.g. GPU=1)")
+
+
 def test_a_status_message_that_looks_like_markup_does_not_break_submit_wait(daemon: Daemon) -> None:
     proc = daemon.cli("submit", "cli_input_jobs:say", "copying [/tmp/x] [bold]", "--wait", check=False)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

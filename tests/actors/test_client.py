@@ -316,6 +316,28 @@ def test_empty_after_close_is_refused_and_a_client_never_closed_leaves_no_segmen
     assert not {p for p in os.listdir("/dev/shm") if p.startswith(prefix)} - before
 
 
+def test_submit_many_of_no_specs_and_a_scale_to_part_of_a_worker_are_refused_saying_so(module_daemon: Daemon) -> None:
+    """``submit_many(["x"])`` raised AttributeError from inside the connection; ``scale(2.5)`` scaled to 2."""
+    from actors import OutOfRange
+
+    with Client(config=module_daemon.config) as c:
+        with pytest.raises(TypeError, match="submit_many takes the JobSpecs spec.. or make_spec.. build; item 1 is "
+                                            "a str"):
+            c.submit_many([c.spec("examples.jobs:add", 1, 2), "examples.jobs:add"])  # type: ignore[list-item]
+        with pytest.raises(OutOfRange, match="cannot scale to 2.5 workers: give a whole number"):
+            c.scale(2.5)  # type: ignore[arg-type]
+        assert [h.result(60) for h in c.submit_many([c.spec("examples.jobs:add", 1, 2)])] == [3]  # nothing sent
+
+    async def main() -> None:
+        async with AsyncClient(config=module_daemon.config) as a:
+            with pytest.raises(TypeError, match="item 0 is a str"):
+                await a.submit_many(["x"])  # type: ignore[list-item]
+            with pytest.raises(OutOfRange):
+                await a.scale(2.5)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------------- concurrency
 def test_1000_jobs_from_4_concurrent_clients_complete_exactly_once(module_daemon: Daemon, tmp_path: Path) -> None:
     marks = str(tmp_path / "marks")
