@@ -364,12 +364,12 @@ def _check_timeout(timeout: Any, or_none: str = "") -> None:
 def _specs_of(specs: Any) -> list[JobSpec]:
     """``submit_many``'s specs as a list; TypeError naming the first that is no JobSpec (it raised AttributeError
     from deep inside the connection)."""
-    specs = list(specs)
-    if specs and set(map(type, specs)) != {JobSpec}:  # (one pass in C)
-        i, bad = next((i, s) for i, s in enumerate(specs) if type(s) is not JobSpec)
+    listed: list[JobSpec] = list(specs)
+    if listed and set(map(type, listed)) != {JobSpec}:  # (one pass in C)
+        i, bad = next((i, s) for i, s in enumerate(listed) if type(s) is not JobSpec)
         raise TypeError(f"submit_many takes the JobSpecs spec() or make_spec() build; item {i} is a "
                         f"{type(bad).__name__}")
-    return specs
+    return listed
 
 
 def _workers_of(workers: Any) -> int:
