@@ -545,9 +545,13 @@ def _env_settings(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, st
         if var not in names:
             import difflib
 
-            near = difflib.get_close_matches(var, [*names, *OTHER_VARIABLES], n=1)
+            # a near name among what a user sets (not what the runtime sets for its children, nor the tests'),
+            # compared without the ENSEMBLE_ every name shares (ENSEMBLE_BOGUS was "near" ENSEMBLE_FIGURES)
+            own = [*names, *(k for k, why in OTHER_VARIABLES.items() if not why.startswith(("tests:", "set ")))]
+            near = difflib.get_close_matches(var.removeprefix("ENSEMBLE_"), [k.removeprefix("ENSEMBLE_") for k in own],
+                                             n=1)
             raise ConfigError(f"environment variable {var} names no setting"
-                              + (f"; did you mean {near[0]}?" if near else "")
+                              + (f"; did you mean ENSEMBLE_{near[0]}?" if near else "")
                               + " (a setting is ENSEMBLE_<SECTION>_<KEY>, a [daemon] key also ENSEMBLE_<KEY>); "
                               "unset it or fix its name")
         out[names[var]] = (var, value)
