@@ -546,7 +546,7 @@ def _env_settings(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, st
             import difflib
 
             # a near name among what a user sets (not what the runtime sets for its children, nor the tests'),
-            # compared without the ENSEMBLE_ every name shares (ENSEMBLE_BOGUS was "near" ENSEMBLE_FIGURES)
+            # compared without the ENSEMBLE_ every name shares (a typo of any name was "near" the tests' ENSEMBLE_FIGURES)
             own = [*names, *(k for k, why in OTHER_VARIABLES.items() if not why.startswith(("tests:", "set ")))]
             near = difflib.get_close_matches(var.removeprefix("ENSEMBLE_"), [k.removeprefix("ENSEMBLE_") for k in own],
                                              n=1)
