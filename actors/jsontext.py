@@ -8,6 +8,7 @@ refuses (a page reading it would stop at that message).
 
 from __future__ import annotations
 
+import collections
 import datetime
 import decimal
 import enum
@@ -41,7 +42,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, dict):
-        return {_plain_key(k): _plain(v) for k, v in value.items()}
+        return _plain_dict(value)
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_plain(v) for v in value]
     if isinstance(value, (datetime.date, datetime.time)):  # (a datetime is a date)
@@ -58,6 +59,20 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "tolist") and not isinstance(value, memoryview):  # numpy arrays and scalars
         return _plain(value.tolist())
     return repr(value)
+
+
+def _plain_dict(value: dict[Any, Any]) -> dict[Any, Any]:
+    """A dict's items under the keys JSON gives them; a key whose text another one has too (``1`` and ``"1"``,
+    ``None`` and ``"null"``) told apart by its type (``"1 (int)"``): JSON keeps the last of two equal keys, so
+    one value was lost to every reader."""
+    keys = [_plain_key(k) for k in value]
+    values = [_plain(v) for v in value.values()]
+    texts = [k if type(k) is str else json.dumps(k) for k in keys]
+    if len(set(texts)) == len(texts):
+        return dict(zip(keys, values))
+    twice = {t for t, n in collections.Counter(texts).items() if n > 1}
+    return {(f"{t} ({type(k).__name__})" if t in twice and type(k) is not str else t): v
+            for t, k, v in zip(texts, value, values)}
 
 
 def _plain_key(key: Any) -> Any:

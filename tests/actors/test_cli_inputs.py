@@ -19,7 +19,7 @@ import tempfile
 import sys
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import click
 import numpy as np
@@ -307,3 +307,16 @@ def test_exact_values_print_as_json_a_reader_can_use() -> None:
     assert json.loads(json_text(value)) == {
         "s": [3], "t": [1, [2]], "when": "2026-12-06T10:30:00", "day": "2026-12-06", "at": "07:05:00",
         "price": "1.50", "id": "00000000-0000-0000-0000-000000000001", "file": "/tmp/x.wav", "c": "(1+2j)"}
+
+
+def test_keys_json_would_write_alike_stay_apart() -> None:
+    """``{1: "a", "1": "b"}`` printed as ``{"1": "a", "1": "b"}``, and every reader kept "b" alone: JSON keeps
+    the last of equal keys.  A key that is no string is told apart by its type then (and only then)."""
+    from actors.jsontext import json_text
+
+    def pairs(text: str) -> list[tuple[str, Any]]:
+        return json.loads(text, object_pairs_hook=list)  # type: ignore[no-any-return]
+
+    assert pairs(json_text({1: "a", "1": "b", None: "c", "null": "d", 2: "e"})) == [
+        ("1 (int)", "a"), ("1", "b"), ("null (NoneType)", "c"), ("null", "d"), ("2", "e")]
+    assert pairs(json_text({1: {2: "x"}, 3.5: None})) == [("1", [("2", "x")]), ("3.5", None)]  # no collision: as json
