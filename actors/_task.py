@@ -286,6 +286,17 @@ def _refuse_in_forked_child(fn: Callable[[], Any]) -> bool:
 
 
 _ran_jobs = False  # this process has run a job: a worker (or a process one of its jobs forked), on any thread
+_home: list[Any] = [None]  # the Config of the daemon whose local worker this process is (set_home)
+
+
+def set_home(cfg: Any) -> None:
+    """This process is a local worker of the daemon ``cfg`` describes: a job's ``Client()`` reaches it."""
+    _home[0] = cfg
+
+
+def home() -> Any:
+    """The Config of the daemon running this process's jobs (a local worker, a process it forked), else None."""
+    return _home[0]
 
 
 def activate(task: Task) -> contextvars.Token["Task | None"]:

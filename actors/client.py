@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Iterat
 import msgspec
 
 from actors import _map, callables
-from actors._task import MAX_TIMEOUT_MS, in_job_process
+from actors._task import MAX_TIMEOUT_MS, home, in_job_process
 from actors._connection import Connection
 from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, over, pickled_value, spill
 from actors._errors import (
@@ -348,9 +348,10 @@ def _open(name: str | None, config: Config | None, private: bool, max_workers: i
     own = PrivateDaemon(max_workers, config) if private else None
     if own is not None:
         config = own.config
+    if config is None and name is None and endpoint is None:  # in a job: the daemon that runs it (whatever --name
+        config = home()  # or config file it was started with; its jobs have the user's environment)
     config = config or load_config(overrides={"daemon": {"name": name}})
     return config, own, _connect(config, own, endpoint, curve)
-
 
 
 def _check_timeout(timeout: Any, or_none: str = "") -> None:
@@ -360,6 +361,7 @@ def _check_timeout(timeout: Any, or_none: str = "") -> None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1e9:  # NaN fails too
         raise ValueError(f"timeout must be {or_none}a number of seconds, more than 0 and at most 1e9, got {timeout!r}")
+
 
 def _specs_of(specs: Any) -> list[JobSpec]:
     """``submit_many``'s specs as a list; TypeError naming the first that is no JobSpec (it raised AttributeError
@@ -410,8 +412,8 @@ class _OnConnection:
 class Client(_OnConnection):
     """Synchronous client of a running daemon.  A context manager; close it when done.
 
-    ``Client()`` connects to the daemon named in the config (``default``);
-    ``Client(name="x")`` to another.  Raises :class:`DaemonNotRunning` when none
+    ``Client()`` connects to the daemon named in the config (``default``), or
+    in a job to the daemon running it; ``Client(name="x")`` to another.  Raises :class:`DaemonNotRunning` when none
     runs, unless you ask for a private one: ``Client(private=True,
     max_workers=N)`` starts a jobs-only daemon of its own and stops it on
     ``close()`` (its audio and script calls need the real daemon).  Methods

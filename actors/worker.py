@@ -79,7 +79,7 @@ from actors._errors import ProtocolError, error_name, rebuilt_exception
 from actors._jobfn import resolve, resolve_internal, takes_task
 from actors._keeper import fork_keeper
 from actors._signals import SignalPipe, start_unsignalled
-from actors._task import Task, activate, deactivate
+from actors._task import Task, activate, deactivate, set_home
 from actors.messages import (
     AbortJob,
     Dispatch,
@@ -121,6 +121,8 @@ class Worker(Child):
 
     def __init__(self, cfg: Any, name: str, endpoint: str | None = None, curve: tuple[str, str] | None = None) -> None:
         super().__init__(cfg, name, endpoint, curve)
+        if not self.remote:  # a job's Client() reaches this daemon (a remote worker's daemon is another host's)
+            set_home(cfg)
         self.pending: collections.deque[Dispatch] = collections.deque()  # guarded by _work
         self.current: tuple[Dispatch, Task] | None = None  # set by the main thread under _work
         self._work = threading.Condition(threading.Lock())

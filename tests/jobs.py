@@ -74,6 +74,19 @@ def stall_often(task: Task, times: int, gap: float) -> int:
     return times
 
 
+def daemon_of_client() -> str:
+    """The name of the daemon a ``Client()`` made in this job reaches, with no ``ENSEMBLE_`` variable saying which
+    (as when the daemon was started with ``--name`` or ``--config``); the variables are put back after."""
+    from ensemble import Client
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("ENSEMBLE_")}
+    try:
+        with Client() as c:
+            return str(c.status().daemon.name)
+    finally:
+        os.environ.update(saved)
+
+
 def crash(task: Task) -> None:
     """Kill the worker process itself."""
     os.kill(os.getpid(), signal.SIGKILL)

@@ -338,6 +338,13 @@ def test_submit_many_of_no_specs_and_a_scale_to_part_of_a_worker_are_refused_say
     asyncio.run(main())
 
 
+def test_a_client_made_in_a_job_reaches_the_daemon_that_runs_it(module_daemon: Daemon) -> None:
+    """A job's ``Client()`` looked for the daemon named ``default``: a daemon started with ``--name`` (the
+    instruments guide's job that uploads a sample) failed with DaemonNotRunning."""
+    with Client(config=module_daemon.config) as c:
+        assert c.submit("tests.jobs:daemon_of_client").result(60) == module_daemon.config.daemon.name != "default"
+
+
 # --------------------------------------------------------------------------------- concurrency
 def test_1000_jobs_from_4_concurrent_clients_complete_exactly_once(module_daemon: Daemon, tmp_path: Path) -> None:
     marks = str(tmp_path / "marks")
