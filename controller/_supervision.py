@@ -438,7 +438,7 @@ class ScriptExtension(Extension):
             if ctl is not None:
                 self.host.send_child(ctl, msg)
         elif isinstance(msg, ScriptError):
-            where = f" ({msg.location})" if msg.location else ""
+            where = msg.where()
             if msg.kind == "load-failed":
                 self._load_failed(slot, msg, where)
             if msg.kind == "wedged" and slot.role == "controller":  # it leaves now, to be restarted

@@ -79,6 +79,11 @@ class ScriptError(Message, tag=ScriptKind.SCRIPT_ERROR.value, frozen=True):
     location: str = ""
     load: Int64 = 0  # kind load-failed: the number of the ScriptLoad that failed (as in ScriptReady)
 
+    def where(self) -> str:
+        """`` (file:line in function)``, or '' when the message says it already (a wrong-context error names
+        where it was called) or nothing is known."""
+        return f" ({self.location})" if self.location and self.location not in self.message else ""
+
 
 class RunSync(Message, tag=ScriptKind.RUN_SYNC.value, frozen=True):
     """Run the script function ``fn`` in the processor at the start of the next block."""

@@ -94,7 +94,7 @@ class OfflineScriptHost:
 
     def deliver(self, side: str, msg: Any) -> None:
         if isinstance(msg, ScriptError):
-            self.errors.append(f"{msg.context} {msg.kind}: {msg.message} {msg.location}".strip())
+            self.errors.append(f"{msg.context} {msg.kind}: {msg.message}{msg.where()}")
         elif side == CONTROLLER:
             self.to_proc.append(msg)
         elif isinstance(msg, RunAsync):

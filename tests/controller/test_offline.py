@@ -91,3 +91,14 @@ def test_run_sync_with_the_same_id_replaces_one_not_yet_run(tmp_path: Path) -> N
         assert host.errors == []
     finally:
         host.close()
+
+
+def test_a_script_error_names_its_place_once() -> None:
+    """A wrong-context error names where it was called; the place was added again after it."""
+    from controller.messages import ScriptError
+
+    loc = "/home/you/wrong.py:9 in on_note"
+    wrong = ScriptError("Processor", "wrong-context", f"... it was called in: Processor at {loc}; call it ...", loc)
+    plain = ScriptError("Processor", "error", "RuntimeError in on_note: boom", loc)
+    assert wrong.where() == "" and plain.where() == f" ({loc})"
+    assert ScriptError("Controller", "error", "boom").where() == ""
