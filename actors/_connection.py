@@ -45,7 +45,8 @@ import zmq
 
 from actors._arrays import ClientArrays
 from actors._errors import (
-    ClientClosed, DaemonError, DaemonNotRunning, EnsembleError, JobNotFound, ProtocolError, TransportError, error_from_code,
+    ClientClosed, DaemonError, DaemonNotRunning, EnsembleError, JobNotFound, PermissionDenied, ProtocolError,
+    TransportError, error_from_code,
 )
 from actors._state import FINAL
 from actors._procs import alive as process_alive
@@ -433,7 +434,10 @@ class Connection:
         poller.register(self._wake_rx, zmq.POLLIN)
         if self._watch is not None:
             poller.register(self._watch[1], zmq.POLLIN)
-        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        link = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+        if self.endpoint.startswith("tcp://"):  # CURVE: the daemon's ZAP handler may refuse our key
+            link |= zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        monitor = sock.get_monitor_socket(link)
         poller.register(monitor, zmq.POLLIN)
         self._link_lost = False
         self._ready.set()
@@ -639,6 +643,11 @@ class Connection:
                         fut.set_exception(TransportError(
                             "the daemon closed the connection before answering (it stopped or restarted); a submit "
                             "may or may not have been accepted: look at your jobs (`ensemble jobs`) before resubmitting"))
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.gone is None:  # no request would be answered
+                self._end_all(PermissionDenied(
+                    f"the daemon at {self.endpoint} refused this client's key in the CURVE handshake: the key was "
+                    "revoked, or this daemon never issued it (`ensemble keys list` on its host); ask its operator "
+                    "for a key"))
             elif event == zmq.EVENT_CONNECTED and self._link_lost and self.gone is None:
                 self._link_lost = False
                 with self._lock:

@@ -341,3 +341,19 @@ def test_an_exact_value_that_is_no_key_where_it_is_rebuilt_is_refused_at_the_dae
         s.close(0)
     c = shared_remote.client("c1")
     assert [c.submit("examples.jobs:add", i, 1).result(60) for i in range(3)] == [1, 2, 3]  # no worker is held
+
+
+def test_a_revoked_key_is_told_so_at_once(remote: Remote) -> None:
+    """A revoked client's submit said the daemon "stopped or restarted", and its listing waited out the whole
+    timeout: the daemon refuses the key in the CURVE handshake, and the client says that, for every call."""
+    c = remote.client("c2", timeout=600)
+    assert c.submit("examples.jobs:add", 1, 2).result(60) == 3
+    remote.d.cli("keys", "revoke", "c2")
+    log = remote.d.base / "state" / "daemon.log"
+    wait_for(lambda: "event=allow-list-reloaded" in log.read_text(), 30, what="the daemon to read the allow-list")
+    revoked = remote.client("c2", timeout=600)  # (a client made after the revocation: its handshake is refused)
+    for call in (lambda: revoked.submit("examples.jobs:add", 1, 2), revoked.jobs):
+        with pytest.raises(PermissionDenied, match="refused this client's key in the CURVE handshake: the key was "
+                                                   "revoked"):
+            call()
+    assert remote.client("c1").submit("examples.jobs:add", 2, 2).result(60) == 4  # the others go on
