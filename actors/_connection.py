@@ -251,8 +251,11 @@ class Connection:
                                 f"{self.limits.max_frame}")
         sock.send(frame)
         end = None if timeout is None else time.monotonic() + timeout
+        remote = self.curve is not None  # waits in slices: its key may be refused meanwhile (self.gone says so)
         while True:
             wait = -1 if end is None else max(0, int((end - time.monotonic()) * 1000))
+            if remote and not 0 <= wait <= _GONE_CHECK_MS:
+                wait = _GONE_CHECK_MS
             # Set the receive timeout only when it moved by more than 50 ms (or between waiting forever and not):
             # asking libzmq costs two calls per request, and the wait is approximate by that much at most.
             last = getattr(self._local, "rcvtimeo", None)
@@ -262,6 +265,10 @@ class Connection:
             try:
                 answer = sock.recv()  # one blocking call (poll then recv costs a second round into libzmq)
             except zmq.Again:
+                if self.gone is not None:
+                    raise self.gone from None
+                if remote and (end is None or time.monotonic() < end):
+                    continue
                 raise TransportError(f"the daemon did not answer {type(msg).__name__} within {timeout:g}s; "
                                      "is it overloaded or stopped? (`ensemble status`)") from None
             got, reply = decode(answer, self.limits)
@@ -736,6 +743,9 @@ class Connection:
             fut = item[2]
             if not fut.done():
                 fut.set_exception(exc)
+
+
+_GONE_CHECK_MS = 250  # a remote client's request looks at whether its key was refused this often while it waits
 
 
 def _how_it_ended(pid: int) -> str:
