@@ -137,17 +137,27 @@ _INFO_COLUMNS = (
 )
 
 
+JOURNAL_VERSION = 1  # the journal's layout (PRAGMA user_version): raise it with each change an older release would
+# misread; a journal of a higher version is refused (0: a journal from before versions, migrated on open)
+
 class Journal:
     """SQLite journal of jobs and their events; one writer (the supervisor)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock_fd = _lock(path)
         try:
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             # checkpoints run in a thread of their own (see _checkpoint_loop), never inside a commit
             self.db.execute("PRAGMA wal_autocheckpoint=0")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > JOURNAL_VERSION:  # its rows may hold what this release does not write (a column it
+                # leaves empty, a state it never ends): taking it would fail at the first submit, or hang its jobs
+                raise DaemonError(f"job journal {path} was written by a newer ensemble (journal version {version}; "
+                                  f"this one reads up to {JOURNAL_VERSION}): run that release, or move the journal "
+                                  "aside to start with an empty one")
             had_jobs = self._has_table("jobs")
             had_results = self._has_table("results")
             if had_jobs:
@@ -167,13 +177,21 @@ class Journal:
                         "progress, status, properties) SELECT id, state, finished, result, error_type, error_message, "
                         f"traceback, progress, status, properties FROM jobs WHERE state IN ({','.join('?' * len(TERMINAL))})",
                         TERMINAL)
+            if version < JOURNAL_VERSION:
+                self.db.execute(f"PRAGMA user_version={JOURNAL_VERSION}")  # migrated above: this release's now
             # the journal's identity, made with it: job ids count anew in another journal (Submitted.journal)
             row = self.db.execute("SELECT value FROM meta WHERE key='journal'").fetchone()
             if row is None:
                 row = (os.urandom(8).hex(),)  # (secrets.token_hex's bytes; secrets imports OpenSSL)
                 self.db.execute("INSERT INTO meta(key, value) VALUES ('journal', ?)", row)
             self.ident = str(row[0])
+            st = os.stat(path)
+            self._file_id = (st.st_dev, st.st_ino)  # the file this connection writes (see check_file)
+        except DaemonError:
+            os.close(self._lock_fd)
+            raise
         except sqlite3.DatabaseError as exc:
+            os.close(self._lock_fd)
             raise DaemonError(f"job journal {path} cannot be opened: {exc}") from exc
         self._inserts: list[tuple[Any, ...]] = []
         # a local client's (cwd, import path), a row of ``contexts`` shared by every job submitted from it, not
@@ -211,12 +229,38 @@ class Journal:
         # before anything staged since, every _RETRY_SECONDS; meanwhile ``write_error`` says why (the daemon
         # accepts no new job, and what waits for that commit waits on)
         self._failed: tuple[tuple[Any, ...], int] | None = None
+        self.lost_file = ""  # why the journal file is no longer the one written (check_file), else ""
         self._retry_at = 0.0
         self.write_error = ""
         self._unchecked = 0  # rows committed since the last checkpoint was asked for
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Event()
         self._closing = False
+
+    def check_file(self) -> str:
+        """Whether the journal file is still the one this daemon writes: '' if so, else why not (said once, kept
+        in :attr:`lost_file`).
+
+        Removed or replaced under a running daemon (an ``rm`` of the state
+        directory, a restore of a backup), it took every write since into a
+        file no later start reads: the jobs acknowledged meanwhile were lost
+        at the next start, and nothing said so.  The daemon looks once a
+        heartbeat and accepts no new job once it is not (one ``stat``).
+        """
+        if self.lost_file:
+            return self.lost_file
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._file_id
+        except FileNotFoundError:
+            same = False
+        except OSError:  # (no descriptor left, say: looked at again at the next heartbeat)
+            return ""
+        if not same:
+            self.lost_file = (f"the job journal {self.path} was removed or replaced while the daemon ran: what it "
+                              "writes now no later start reads, so it accepts no new job; the jobs it has go on. Stop "
+                              "it (`ensemble down`) and start it again to use the journal found there")
+        return self.lost_file
 
     def _has_table(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
@@ -700,6 +744,39 @@ class Journal:
                 self._checkpointer.join()
             os.close(self.wake_fd)
             self.db.close()
+            os.close(self._lock_fd)
+
+
+def _lock(path: Path) -> int:
+    """An exclusive lock on ``path``'s journal, held while it is open (``PATH.lock``, naming its holder's pid);
+    DaemonError if another daemon holds it.
+
+    The daemon's own lock is in its run directory, per name: two daemons of
+    different names with one state directory (one ``ENSEMBLE_STATE_DIR`` for a
+    whole environment, say) both wrote this journal, and the second one's
+    writes ended the first daemon (a job id taken twice).
+    """
+    import fcntl
+
+    lock_file = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise DaemonError(f"job journal {path} cannot be locked ({lock_file}: {exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise DaemonError(f"job journal {path} is in use by another daemon" + (f" (pid {holder})" if holder else "")
+                          + ": each daemon needs a state directory of its own ([daemon] state_dir, "
+                          "ENSEMBLE_STATE_DIR; by default one per --name)") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:  # (a full disk: the lock holds all the same, without its pid)
+        pass
+    return fd
 
 
 def _passing(error: BaseException) -> bool:

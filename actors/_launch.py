@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import select
 import subprocess
 import time
@@ -49,6 +50,13 @@ def exit_reason(proc: subprocess.Popen[bytes] | ForkedProc, err_path: Path) -> s
     text = err_path.read_text(errors="replace").strip().splitlines() if err_path.exists() else []
     if text:
         return text[-1].removeprefix("ensemble: error: ")
+    try:  # nothing written: a full disk takes the daemon's stderr (and its journal) with it
+        full = shutil.disk_usage(err_path.parent).free == 0
+    except OSError:
+        full = False
+    if full:
+        return (f"the daemon exited with code {proc.poll()}, and the disk of {err_path.parent} is full (the reason "
+                "could not be written there either): free some space, or point [daemon] state_dir elsewhere")
     return f"the daemon exited with code {proc.poll()}"
 
 

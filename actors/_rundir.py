@@ -257,6 +257,10 @@ class RunDir:
         tmp.write_text(f"{os.getpid()}\n")
         os.replace(tmp, self.pid_file)
 
+    def holds_lock(self) -> bool:
+        """Whether this process took the daemon lock (:meth:`acquire`) and still holds it."""
+        return self._lock_fd is not None
+
     def is_locked(self) -> bool:
         """Whether a live daemon holds the lock (without taking it)."""
         try:

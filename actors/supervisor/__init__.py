@@ -254,6 +254,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                 if mono >= next_beat:
                     next_beat = mono + sup.heartbeat_interval
                     self._heartbeats(mono)
+                    if self.journal is not None and not self.journal.lost_file and self.journal.check_file():
+                        log.critical("event=journal-lost detail=%s", self.journal.lost_file)
                     if self.auth is not None:
                         self._refresh_allowed()
                     self._cluster_tick()
@@ -416,8 +418,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         running = sum(len(s.outstanding) > 0 for s in self.slots.values())
         counters: dict[str, Any] = dict(self.counters)
         counters["standby"] = int(self.standby is not None)
-        if self.journal is not None and self.journal.write_error:
-            counters["journal_error"] = self.journal.write_error
+        if self.journal is not None and (self.journal.write_error or self.journal.lost_file):
+            counters["journal_error"] = self.journal.lost_file or self.journal.write_error
         for ext in self.extensions:
             ext.status(counters)
         counters.update({f"jobs_{k}": v for k, v in book.counters.items()})
@@ -578,13 +580,17 @@ def serve(cfg: Config, foreground: bool = False, ready_fd: int | None = None) ->
     keep_out = () if ready_fd is None else (ready_fd,)
     blanks = _prefork.prefork(cfg.worker_count, keep_out) if _prefork.enabled() else []
     open_files = raise_open_files()  # the daemon's own: one descriptor per client connection (its children: not)
+    sup: Supervisor | None = None
     try:
         setup_logging(cfg, foreground)
         sup = Supervisor(cfg)
         sup.blanks = blanks
         sup.open()
-    except BaseException:
+    except BaseException as exc:
         _prefork.release(blanks)
+        if sup is not None and sup.rundir.holds_lock():  # this name's daemon: what it opened goes, and why
+            log.critical("event=start-failed reason=%s", exc)  # (daemon.err, where the traceback goes, is
+            sup.close()  # truncated by the next start, and cannot be written on a full disk)
         raise
     log.info("event=start name=%s pid=%d version=%s workers=%d run_dir=%s open_files=%d", cfg.name, os.getpid(),
              __version__, sup.workers_wanted, sup.rundir.path, open_files)

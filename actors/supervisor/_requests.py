@@ -221,6 +221,8 @@ class RequestsMixin(State):
         gone = self.no_workers_left()
         if gone:
             raise JobRefused(gone)
+        if self.journal is not None and self.journal.lost_file:
+            raise JobRefused(self.journal.lost_file)
         if self.journal is not None and self.journal.write_error:
             raise JobRefused(f"the daemon cannot write its job journal ({self.journal.write_error}), so it accepts "
                              f"no new job until it can (is the disk of {self.state_dir} full?); the jobs it has "

@@ -269,6 +269,24 @@ def test_unfinished_jobs_are_listed_from_memory_as_the_journal_lists_them(journa
         book.recent(["done"], 10)
 
 
+def _died(j: Journal) -> None:
+    """What the end of a killed daemon leaves: its database and its journal's lock closed, nothing written."""
+    j.db.close()
+    os.close(j._lock_fd)
+
+
+def test_a_journal_is_one_daemon_s(tmp_path: Path) -> None:
+    """Two daemons of different names sharing a state directory both wrote its journal, and the second one's
+    writes ended the first (a job id taken twice).  The journal is locked while open, naming its holder."""
+    path = tmp_path / "jobs.sqlite3"
+    first = Journal(path)
+    with pytest.raises(DaemonError, match=rf"job journal {path} is in use by another daemon \(pid {os.getpid()}\): "
+                                          "each daemon needs a state directory of its own"):
+        Journal(path)
+    first.close()
+    Journal(path).close()  # free again once closed
+
+
 def test_recovery_requeues_or_fails_running_jobs_by_their_retries(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
     j = Journal(path)
@@ -280,7 +298,7 @@ def test_recovery_requeues_or_fails_running_jobs_by_their_retries(tmp_path: Path
     for job in book.pop(2):  # FIFO: r and n start, q stays queued
         book.start(job, "worker-1", now, time.monotonic())
     j.commit()
-    j.db.close()  # the daemon died here
+    _died(j)  # the daemon died here
 
     j2 = Journal(path)
     book2 = JobBook(j2)
@@ -313,7 +331,7 @@ def test_a_client_s_context_is_one_row_for_all_its_jobs_and_comes_back_after_a_r
     assert j.db.execute("SELECT COUNT(*) FROM contexts").fetchone()[0] == 2
     for (spec,) in j.db.execute("SELECT spec FROM jobs WHERE id < 100"):
         assert b"/home/u/project" not in spec and b"/srv/other" not in spec
-    j.db.close()  # the daemon died here
+    _died(j)  # the daemon died here
 
     j2 = Journal(path)
     book2 = JobBook(j2)
@@ -347,7 +365,7 @@ def test_pruning_drops_contexts_no_job_names_but_keeps_those_in_use(tmp_path: Pa
     assert [r[0] for r in j2.db.execute("SELECT cwd FROM contexts")] == ["/here"]
     (later,) = book2.accept([JobSpec("m:f")], time.time(), context=("/here", []))
     j2.commit()
-    j2.db.close()
+    _died(j2)
     j3 = Journal(path)
     book3 = JobBook(j3)
     book3.recover(time.time())
@@ -678,3 +696,60 @@ def test_an_executor_s_futures_end_across_a_restart_of_its_daemon(make_daemon: M
         assert queued.result(60) == 49  # it hung forever before
         with pytest.raises(Exception, match="killed|cancelled"):
             running.result(60)
+
+
+def test_a_second_daemon_on_one_state_directory_is_refused_and_the_first_keeps_its_jobs(make_daemon: Any) -> None:
+    """Two daemons of different names with one state directory: the second started, both wrote the journal, and
+    the first one died at its next commit (a job id taken twice), with no reason in its log."""
+    first = make_daemon(workers=1, jobs_only=True)
+    first.up()
+    second = make_daemon(workers=1, jobs_only=True, extra_env={"ENSEMBLE_STATE_DIR": first.env["ENSEMBLE_STATE_DIR"]})
+    out = second.cli("up", check=False)
+    assert out.returncode == 1 and "is in use by another daemon" in out.stderr, out.stderr
+    assert f"(pid {first.pid})" in out.stderr and "a state directory of its own" in out.stderr
+    assert not (second.base / "run").exists() or not list((second.base / "run").iterdir())  # nothing left behind
+    log = (first.base / "state" / "daemon.log").read_text()
+    assert "event=start-failed reason=job journal" in log  # (the one log both wrote: the reason is in it)
+    with first.client() as c:
+        assert c.submit("examples.jobs:add", 1, 2).result(60) == 3  # the first serves on
+
+
+def test_a_journal_of_a_newer_release_is_refused_saying_so(tmp_path: Path) -> None:
+    """A newer release's journal was taken as it was: a column this release does not fill failed the first submit
+    (and ended the daemon), a state it does not know left its jobs waiting for ever."""
+    from actors._journal import JOURNAL_VERSION
+
+    path = tmp_path / "jobs.sqlite3"
+    Journal(path).close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == JOURNAL_VERSION
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={JOURNAL_VERSION + 1}")
+    db.close()
+    with pytest.raises(DaemonError, match=rf"written by a newer ensemble \(journal version {JOURNAL_VERSION + 1}; "
+                                          rf"this one reads up to {JOURNAL_VERSION}\)"):
+        Journal(path)
+    Journal(tmp_path / "other.sqlite3").close()  # (the lock of the refused one was let go: nothing is held)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=0")  # one from before versions: migrated, and marked
+    db.close()
+    Journal(path).close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == JOURNAL_VERSION
+
+
+def test_a_journal_removed_under_the_daemon_stops_new_submits_saying_so(make_daemon: Any) -> None:
+    """Removed while the daemon ran, the journal took every later submit into a file no later start reads: the
+    jobs acknowledged meanwhile were gone after a restart, and nothing said so."""
+    from actors import JobRefused
+
+    d = make_daemon(workers=1, jobs_only=True)
+    d.up()
+    with d.client() as c:
+        assert c.submit("examples.jobs:add", 1, 2).result(60) == 3
+        for f in (d.base / "state").glob("jobs.sqlite3*"):
+            if not f.name.endswith(".lock"):
+                f.unlink()
+        wait_for(lambda: "removed or replaced" in str(c.status().daemon.counters.get("journal_error", "")), 30,
+                 what="the daemon to see its journal gone")
+        with pytest.raises(JobRefused, match="was removed or replaced while the daemon ran: .* accepts no new job"):
+            c.submit("examples.jobs:add", 1, 2)
+    assert "event=journal-lost" in (d.base / "state" / "daemon.log").read_text()

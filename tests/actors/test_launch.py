@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -124,3 +126,32 @@ def test_a_group_guard_kills_what_its_process_started_once_that_process_is_kille
         except ProcessLookupError:
             pass
         proc.wait(10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs to fill (needs root)")
+def test_a_daemon_that_left_no_reason_on_a_full_disk_is_said_to_have_one(tmp_path: Path) -> None:
+    """`up` on a full state disk said only "the daemon exited with code 1": its stderr file, on that disk, was
+    empty.  It says the disk is full now."""
+    from actors._launch import exit_reason
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        err = small / "daemon.err"
+        err.touch()
+        fd = os.open(small / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:  # ENOSPC: full
+            pass
+        finally:
+            os.close(fd)
+        proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+        proc.wait(60)
+        assert exit_reason(proc, err) == (f"the daemon exited with code 1, and the disk of {small} is full (the "
+                                          "reason could not be written there either): free some space, or point "
+                                          "[daemon] state_dir elsewhere")
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
