@@ -147,6 +147,14 @@ def wait_file(task: Task, path: str, seconds: float = 120.0) -> str:
     return "expired"
 
 
+def big_after_file(path: str, size: int, seconds: float = 120.0) -> str:
+    """``size`` characters once ``path`` exists (a result whose row needs new pages of the journal)."""
+    end = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < end:
+        time.sleep(0.01)
+    return "x" * size
+
+
 def crash_once(task: Task, marker: str) -> str:
     """Kill the worker on the first attempt (leaving ``marker``); return 'survived' on a retry."""
     if not os.path.exists(marker):

@@ -48,6 +48,7 @@ _ROLE_HINT = {
               "(`ensemble keys add-admin NAME`) to manage the daemon",
     "admin": "only the daemon's own user may send it, through the local socket",
 }
+_READS = (GetJobs, ListJobs, Watch)  # requests answered with job snapshots (held for the commit they show)
 _UNHELD = (Error, Pong, StatusReply)  # replies sent at once while the journal cannot commit (see _drain_control)
 # What a remote worker may send (scripts, voices and samples are the local children's business).
 _REMOTE_WORKER_SENDS = (Heartbeat, JobsDone, JobUpdate, Recalled, Hello)
@@ -145,6 +146,13 @@ class RequestsMixin(State):
                         # held replies wait for a commit that is failing: what depends on no commit (a refusal,
                         # the status saying why) goes now, or the caller would wait as long as the disk is full
                         self._send_client(addr, out)
+                    elif type(msg) in _READS and self.journal is not None and self.journal.write_error:
+                        # a listing would say what the journal does not hold yet, so it waits for the commit: as
+                        # long as the disk is full, its caller timed out saying the daemon did not answer
+                        self._send_client(addr, encode(Error("daemon", (
+                            f"the daemon cannot write its job journal ({self.journal.write_error}); it answers "
+                            f"{type(msg).__name__} once it can (is the disk of {self.state_dir} full? `ensemble "
+                            "status` shows journal_error while it lasts)")), corr))
                     else:
                         self.replies.append((addr, out))
                 except ProtocolError as exc:

@@ -269,6 +269,27 @@ def test_unfinished_jobs_are_listed_from_memory_as_the_journal_lists_them(journa
         book.recent(["done"], 10)
 
 
+@pytest.mark.slow  # a few seconds: the default suite stays near its 5 minutes
+def test_while_the_journal_cannot_be_written_listings_say_why_and_down_stops(make_daemon: Make, small_disk: Path,
+                                                                              tmp_path: Path) -> None:
+    """A job that ended while the disk was full left its commit failing: a listing waited for it and timed out
+    ("did not answer ListJobs"), and `down` waited 10 s for an answer the stopped daemon never sent, then failed."""
+    d = make_daemon(workers=1, jobs_only=True, extra_env={"ENSEMBLE_STATE_DIR": str(small_disk / "state")})
+    d.up()
+    c = d.client(timeout=120)
+    go = tmp_path / "go"
+    job = c.submit("tests.jobs:big_after_file", str(go), 300_000)
+    wait_for(lambda: job.state == "running", 60, what="the job to start")
+    _fill(small_disk)
+    go.touch()  # it ends now, and its result's commit cannot be written
+    wait_for(lambda: d.status().daemon.counters.get("journal_error"), 60, what="the result's commit to fail")
+    with pytest.raises(DaemonError, match="cannot write its job journal .* it answers ListJobs once it can"):
+        c.jobs()
+    out = d.cli("down", check=False)
+    assert out.returncode == 0 and out.stdout.strip() == f"daemon {d.config.daemon.name!r} stopped", out.stderr
+    d.pid = 0  # (stopped: nothing left to clean)
+
+
 def _died(j: Journal) -> None:
     """What the end of a killed daemon leaves: its database and its journal's lock closed, nothing written."""
     j.db.close()
