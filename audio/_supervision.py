@@ -7,6 +7,7 @@ Registered with the runtime through the ``ensemble.extensions`` entry point
 from __future__ import annotations
 
 import logging
+import unicodedata
 from typing import Any
 
 from actors import DaemonError, OutOfRange, ProtocolError
@@ -85,14 +86,17 @@ class AudioExtension(Extension):
         """``upload_sample`` / ``sample load``: acknowledged only once the processor's own checks passed here.
 
         Cost: one read of every sample (the finiteness check) in the
-        supervisor's thread.  Raises ProtocolError for a bad name, shape or
-        rate or a segment that is not ours, OutOfRange for data the processor
-        would refuse (NaN or inf, a value beyond ±1000, one frame, no channel, a
+        supervisor's thread.  Raises ProtocolError for a bad name (empty, over
+        128 characters, a control character), shape or rate or a segment that
+        is not ours, OutOfRange for data the processor would refuse (NaN or inf, a value beyond ±1000, one frame, no channel, a
         root key outside 0..127), DaemonError when every sample slot is taken.
         """
         info = msg.sample
         if not info.name or len(info.name) > 128:
             raise ProtocolError("a sample needs a name of 1..128 characters")
+        if any(unicodedata.category(ch) == "Cc" for ch in info.name):  # NUL, newline, ESC: `sample list` prints names
+            raise ProtocolError(f"sample name {info.name!r} holds a control character; a sample's name is printable "
+                                "text (rename the file)")
         if not (len(info.handle.shape) in (1, 2) and 1000 <= info.samplerate <= 768000):
             raise ProtocolError("a sample is [frames] or [frames, channels] at 1000..768000 Hz")
         old = self.samples.get(info.name)

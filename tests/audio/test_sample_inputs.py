@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors import DaemonError, OutOfRange
+from actors import DaemonError, OutOfRange, ProtocolError
 from audio._buffers import SLOTS
 from tests.audio.signals import make_engine, render_blocks
 from tests.conftest import Daemon, wait_for
@@ -46,6 +46,18 @@ def test_a_sample_the_processor_would_refuse_is_refused_to_the_uploader(daemon: 
     wait_for(lambda: _mapped(daemon) == ["fine"], what="the processor to map the good sample")
     log = (daemon.base / "state" / "daemon.log").read_text()
     assert "sample-map-failed" not in log  # the processor never saw a sample it had to refuse
+
+
+def test_a_sample_name_with_a_control_character_is_refused(daemon: Daemon) -> None:
+    """NUL, newline, ESC, DEL: `ensemble sample list` printed them raw (a NUL byte, a fake line); refused, and the
+    refusal leaves no segment."""
+    c = daemon.client()
+    for name in ("a\x00b", "kick\nfake line", "\x1b[2Jclear", "del\x7f", "c1\x85"):
+        with pytest.raises(ProtocolError, match="control character"):
+            c.upload_sample(GOOD, name, 48000)
+    assert c.samples() == [] and not _segments(daemon)
+    c.upload_sample(GOOD, "kick-é ü", 48000)  # printable text of any script passes
+    assert [s.name for s in c.samples()] == ["kick-é ü"]
 
 
 def test_dropping_samples_frees_their_slots_for_new_names(daemon: Daemon) -> None:
