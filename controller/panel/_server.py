@@ -12,6 +12,11 @@ page's own writer (:class:`~controller.panel._page.PageSocket`) sends them as
 one JSON message, coalescing while the page reads slowly, so a page that stops
 reading holds up nobody else.  Without pages the panel asks the daemon nothing.
 
+Every connection passes a gate first (:mod:`controller.panel._connections`):
+one that has shown no token :data:`~controller.panel._connections.HEADER_TIMEOUT`
+seconds after its accept is closed, and their number is capped with a reserve
+for connections that showed the token.
+
 Limits on what pages cost: at most :data:`MAX_PAGES` WebSockets, each counted
 from before its handshake until it ends; one upload at a time, whose body may
 go :data:`~controller.panel._upload.UPLOAD_STALL` seconds without a byte before
@@ -37,6 +42,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from actors import EnsembleError
+from controller.panel._connections import ConnectionGate, GatedSite
 from controller.panel._page import PageSocket
 from controller.panel._requestlog import request_logger
 from controller.panel._security import cookie_name, refusal
@@ -105,6 +111,7 @@ class PanelServer:
         self.loop = asyncio.new_event_loop()
         self.hub: Hub | None = None
         self._uploading: asyncio.Lock | None = None
+        self.gate = ConnectionGate()
         self.port = 0
         self.error = ""
         self._runner: web.AppRunner | None = None
@@ -157,6 +164,7 @@ class PanelServer:
     # ------------------------------------------------------------------ the server's thread
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        self.loop.set_exception_handler(self.gate.exception_handler)  # a failed accept: one line in the budget
         try:
             self.loop.run_until_complete(self._serve())
         except BaseException as exc:  # noqa: BLE001 - reported to start()
@@ -189,11 +197,9 @@ class PanelServer:
         # what aiohttp logs of a request it cannot parse: one line, within the refusals' budget (_requestlog)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=request_logger())
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, reuse_address=True)
+        site = GatedSite(self._runner, self.settings.host, self.settings.port, self.gate)
         await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        self.port = site.port
         self.settings = dataclasses.replace(self.settings, port=self.port)  # port 0 asked: Host checks need the real one
         self.loop.create_task(self._broadcast())
 
@@ -214,6 +220,7 @@ class PanelServer:
         if why:
             request_logger().warning("event=panel-refused path=%s reason=%s", request.path[:100], why)
             return web.Response(status=403, text=f"ensemble panel: refused: {why}\n")
+        self.gate.trust(request.transport)  # its connection showed the token: no header deadline for it now
         response: web.StreamResponse = await handler(request)
         return response
 
