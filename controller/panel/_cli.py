@@ -85,8 +85,8 @@ def panel(ctx: click.Context, port: int | None, host: str, open_browser: bool, t
     """Serve the instrument panel (a local web page) and print its URL with the token.
 
     The panel is a supervised actor of the daemon: it plays notes, moves
-    parameters, shows the script's buttons, the jobs and the actors.  Every
-    request needs the token in the URL (then a cookie the page keeps).
+    parameters, shows the script's buttons, the jobs and the actors.  Open the
+    URL with the token: the page keeps it in its browser tab (no cookie).
     """
     from controller.messages import PanelStart
 

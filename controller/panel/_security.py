@@ -1,12 +1,20 @@
-"""Who may use the panel: the token (in the URL once, then a cookie), the Host and the Origin.
+"""Who may use the panel: the token (sent explicitly with every request that needs it), the Host and the Origin.
 
 Pure functions over a request's parts, testable without sockets; the server
 (``controller.panel._server``) calls :func:`refusal` for every HTTP request
 and WebSocket upgrade and answers 403 with the reason when it returns one.
 
-* **Token**: ``?token=T`` on the first visit or the cookie set then; compared
-  in constant time.  Without either, everything is refused (the page, its
-  assets, the WebSocket, uploads).
+* **Token**: ``?token=T`` in the URL, the :data:`TOKEN_HEADER` header (the
+  page's uploads), or, on a WebSocket, the subprotocol
+  ``token.T`` offered beside :data:`WS_PROTOCOL` (a browser's WebSocket can
+  set no header); compared in constant time.  There is no cookie: browsers
+  send a cookie of 127.0.0.1 to every port of 127.0.0.1, so any local web
+  server would have received it.  The page keeps the token in its tab's
+  ``sessionStorage``, which only this scheme, host and port can read.
+  Without a token the WebSocket and uploads are refused.  The page's shell
+  (``/`` and its static files, the same bytes for everyone, nothing of the
+  daemon in them) is served without one, so that a reload finds the token
+  the tab kept; a token that is given must be valid, there too.
 * **Host**: on loopback, the ``Host`` header must name the loopback address
   the panel serves (a page on another site that resolves its own name to
   127.0.0.1 — DNS rebinding — sends its own name and is refused).
@@ -22,12 +30,10 @@ from typing import Mapping
 
 from controller.panel._settings import LOOPBACK_NAMES, PanelSettings
 
-COOKIE = "ensemble_panel"
-
-
-def cookie_name(settings: PanelSettings) -> str:
-    """The cookie's name (per port: two panels on one host keep their own)."""
-    return f"{COOKIE}_{settings.port}"
+COOKIE = "ensemble_panel"  # the cookie earlier releases kept the token in (ensemble_panel_<port>); deleted on sight
+TOKEN_HEADER = "X-Ensemble-Token"
+WS_PROTOCOL = "ensemble-panel"  # the subprotocol the panel answers with (never the token's)
+WS_TOKEN_PREFIX = "token."  # the subprotocol that carries the token: token.<T> (a token is URL-safe base64)
 
 
 def allowed_hosts(settings: PanelSettings) -> frozenset[str]:
@@ -43,9 +49,23 @@ def token_ok(settings: PanelSettings, given: str | None) -> bool:
     return bool(given) and bool(settings.token) and hmac.compare_digest(given.encode(), settings.token.encode())  # type: ignore[union-attr]
 
 
+def given_tokens(headers: Mapping[str, str], query_token: str | None) -> list[str]:
+    """The tokens a request carries: in its URL, its :data:`TOKEN_HEADER`, its WebSocket subprotocols."""
+    tokens = [t for t in (query_token, headers.get(TOKEN_HEADER)) if t is not None]
+    for offered in headers.get("Sec-WebSocket-Protocol", "").split(","):
+        offered = offered.strip()
+        if offered.startswith(WS_TOKEN_PREFIX):
+            tokens.append(offered[len(WS_TOKEN_PREFIX):])
+    return tokens
+
+
 def refusal(settings: PanelSettings, method: str, headers: Mapping[str, str], query_token: str | None,
-            cookie_token: str | None, websocket: bool) -> str:
-    """Why this request is refused, or "" if it may go on."""
+            websocket: bool, shell: bool = False) -> str:
+    """Why this request is refused, or "" if it may go on.
+
+    ``shell``: a GET of the page's shell (``/``, its static files), which
+    needs no token, though one given must be valid.
+    """
     host = headers.get("Host", "")
     if settings.loopback and host not in allowed_hosts(settings):
         return f"Host {host[:100]!r} is not this panel's address"
@@ -55,6 +75,9 @@ def refusal(settings: PanelSettings, method: str, headers: Mapping[str, str], qu
             return "a WebSocket or a change needs an Origin header (a browser sends it)"
         if origin != f"http://{host}":
             return f"Origin {origin[:100]!r} is not this panel's ({'http://' + host!r})"
-    if not (token_ok(settings, query_token) or token_ok(settings, cookie_token)):
+    tokens = given_tokens(headers, query_token)
+    if shell and not websocket and method in ("GET", "HEAD") and not tokens:
+        return ""
+    if not any(token_ok(settings, t) for t in tokens):
         return "no valid token: open the URL `ensemble panel` prints (it carries ?token=...)"
     return ""

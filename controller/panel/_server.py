@@ -45,7 +45,7 @@ from actors import EnsembleError
 from controller.panel._connections import ConnectionGate, GatedSite
 from controller.panel._page import PageSocket
 from controller.panel._requestlog import request_logger
-from controller.panel._security import cookie_name, refusal
+from controller.panel._security import COOKIE, WS_PROTOCOL, given_tokens, refusal
 from controller.panel._settings import PanelSettings
 from controller.panel._sound import MAX_UPLOAD
 from controller.panel._upload import BodyStalled, BodyTooLarge, BodyTooSlow, read_body
@@ -214,26 +214,27 @@ class PanelServer:
     # ------------------------------------------------------------------ requests
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        shell = request.path == "/" or request.path.startswith("/static/")  # the same bytes for everyone
         why = refusal(self.settings, request.method, request.headers, request.query.get("token"),
-                      request.cookies.get(cookie_name(self.settings)),
-                      websocket=request.headers.get("Upgrade", "").lower() == "websocket")
+                      websocket=request.headers.get("Upgrade", "").lower() == "websocket", shell=shell)
         if why:
             request_logger().warning("event=panel-refused path=%s reason=%s", request.path[:100], why)
             return web.Response(status=403, text=f"ensemble panel: refused: {why}\n")
-        self.gate.trust(request.transport)  # its connection showed the token: no header deadline for it now
+        if given_tokens(request.headers, request.query.get("token")):  # it showed a valid token (refusal checked it)
+            self.gate.trust(request.transport)  # no header deadline for its connection now
         response: web.StreamResponse = await handler(request)
         return response
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
-        if "token" in request.query:  # the first visit: the token becomes a cookie and leaves the address bar
-            response = web.HTTPSeeOther("/")
-            response.set_cookie(cookie_name(self.settings), self.settings.token, httponly=True, samesite="Strict",
-                                path="/")
-            return response
-        return web.Response(body=_asset("index.html"), content_type="text/html",
-                            headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
-                                     "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; "
-                                                                "frame-ancestors 'none'"})
+        """The page's shell.  The page takes ``?token=`` into its tab's sessionStorage and out of the address bar."""
+        response = web.Response(body=_asset("index.html"), content_type="text/html",
+                                headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                         "Referrer-Policy": "no-referrer",
+                                         "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; "
+                                                                    "frame-ancestors 'none'"})
+        if "token" in request.query:  # a cookie an earlier release set went to every port of this host: gone
+            response.del_cookie(f"{COOKIE}_{self.port}", path="/")
+        return response
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -299,7 +300,7 @@ class PanelServer:
 
     async def _page(self, request: web.Request, hub: Hub) -> web.StreamResponse:
         """The handshake, then the page's messages until it closes (its slot in the hub already taken)."""
-        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_WS_MESSAGE)
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_WS_MESSAGE, protocols=(WS_PROTOCOL,))
         try:
             await ws.prepare(request)
         except ConnectionError:  # the page went away mid-handshake (aiohttp would log a traceback): nobody to answer

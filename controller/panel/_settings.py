@@ -33,7 +33,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
 
 @dataclass(frozen=True)
 class PanelSettings:
-    """The panel's address and the token every request must carry (in the URL once, then as a cookie)."""
+    """The panel's address and the token its WebSocket and uploads must carry (the page keeps it in its tab)."""
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT

@@ -18,8 +18,27 @@ const history = [];  // audio load over time, for the plot
 let lastBlocks = null;
 
 // ------------------------------------------------------------------ connection
+// The token: taken from ?token= once into this tab's sessionStorage (only this scheme, host and port read it)
+// and out of the address bar; sent with the WebSocket (a subprotocol) and each upload (a header), never a cookie.
+const TOKEN_KEY = "ensemble-panel-token";
+function takeToken() {
+  const url = new URL(location.href);
+  const given = url.searchParams.get("token");
+  if (given) {
+    sessionStorage.setItem(TOKEN_KEY, given);
+    url.searchParams.delete("token");
+    window.history.replaceState(null, "", url.pathname + url.search + url.hash);  // (`history` is the plot's)
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+const token = takeToken();
+
 function connect() {
-  ws = new WebSocket(`ws://${location.host}/ws`);
+  if (!token) {
+    $("#conn").textContent = "no token: open the URL `ensemble panel` prints"; $("#conn").className = "conn off";
+    return;
+  }
+  ws = new WebSocket(`ws://${location.host}/ws`, ["ensemble-panel", `token.${token}`]);
   ws.onopen = () => { $("#conn").textContent = "live"; $("#conn").className = "conn on"; };
   ws.onclose = () => {
     $("#conn").textContent = "reconnecting"; $("#conn").className = "conn off";
@@ -294,7 +313,8 @@ function setup() {
   drop.addEventListener("drop", async (e) => {
     e.preventDefault(); drop.classList.remove("over");
     for (const f of e.dataTransfer.files) {
-      const r = await fetch(`/samples?name=${encodeURIComponent(f.name)}`, { method: "POST", body: f });
+      const r = await fetch(`/samples?name=${encodeURIComponent(f.name)}`,
+                            { method: "POST", body: f, headers: { "X-Ensemble-Token": token || "" } });
       const j = await r.json();
       $("#drop-result").textContent = j.ok ? j.detail : `refused: ${j.error}`;
     }

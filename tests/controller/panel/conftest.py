@@ -29,9 +29,6 @@ class Panel:
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def cookie(self) -> str:
-        return f"ensemble_panel_{self.port}={self.token}"
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:

@@ -8,9 +8,11 @@ screenshots the docs show (``docs/images/panel-*.png``).
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -76,14 +78,63 @@ def _reached(slider: Any, controller_value: Any) -> None:
              what=f"the controller to have the control's last change ({shown})")
 
 
-def test_the_page_loads_only_with_the_token(browser: Any, panel: Panel) -> None:
+def test_the_page_works_only_with_the_token_which_stays_in_its_tab(browser: Any, panel: Panel) -> None:
+    """Without the token the shell loads and says so; a wrong one is refused; the right one leaves the address bar
+    for the tab's sessionStorage (no cookie: a cookie of 127.0.0.1 goes to every port), and a reload finds it."""
     browser.get(f"http://127.0.0.1:{panel.port}/")
-    assert "refused" in browser.find_element(By.TAG_NAME, "body").text
+    wait_for(lambda: "no token" in browser.find_element(By.ID, "conn").text, what="the page to say it has no token")
     browser.get(f"http://127.0.0.1:{panel.port}/?token=wrong")
     assert "no valid token" in browser.find_element(By.TAG_NAME, "body").text
     _open(browser, panel)
     assert browser.current_url == f"http://127.0.0.1:{panel.port}/"  # the token left the address bar
-    assert browser.get_cookie(f"ensemble_panel_{panel.port}")["httpOnly"] is True
+    assert browser.get_cookies() == []
+    assert browser.execute_script("return sessionStorage.getItem('ensemble-panel-token')") == panel.token
+    browser.refresh()
+    wait_for(lambda: browser.find_element(By.ID, "conn").text == "live", 60, what="the reloaded page's WebSocket")
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Another local web server: records the headers of each request it gets."""
+
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.seen.append(str(self.headers))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"another service")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def other_server() -> Iterator[tuple[int, list[str]]]:
+    """An HTTP server on another port of 127.0.0.1, and the headers of the requests it got."""
+    seen: list[str] = []
+    handler = type("Recorder", (_Recorder,), {"seen": seen})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_another_local_web_server_never_gets_the_token(browser: Any, panel: Panel,
+                                                       other_server: tuple[int, list[str]]) -> None:
+    """Browsers send a cookie of 127.0.0.1 to every port of 127.0.0.1: with the token in a cookie, any web server
+    on this machine received it with each visit.  A page that uploads, too, sends it to the panel only."""
+    port, seen = other_server
+    _open(browser, panel)
+    browser.get(f"http://127.0.0.1:{port}/")
+    wait_for(lambda: seen, what="the other server to get the visit")
+    browser.execute_script(f"fetch('http://127.0.0.1:{port}/x', {{mode: 'no-cors', credentials: 'include'}})")
+    wait_for(lambda: len(seen) >= 2, what="the other server to get the fetch")
+    assert not any(panel.token in headers for headers in seen), seen
 
 
 def test_clicking_a_key_sounds_a_voice(browser: Any, panel: Panel) -> None:

@@ -38,7 +38,7 @@ class Page:
     async def _open(self) -> None:
         self.session = aiohttp.ClientSession()
         self.ws = await self.session.ws_connect(f"http://127.0.0.1:{self.panel.port}/ws",
-                                                headers={"Origin": self.panel.origin, "Cookie": self.panel.cookie})
+                                                headers={"Origin": self.panel.origin, "X-Ensemble-Token": self.panel.token})
 
     def __exit__(self, *exc: object) -> None:
         async def close() -> None:
@@ -192,7 +192,7 @@ def test_a_dropped_wav_becomes_a_sample_and_the_page_scales_workers(shared_panel
     buf = io.BytesIO()
     soundfile.write(buf, (0.1 * np.sin(np.linspace(0, 200, 4800))).astype("float32"), 48000, format="WAV")
     status, _, body = panel.request("POST", "/samples?name=ping.wav",
-                                    {"Cookie": panel.cookie, "Origin": panel.origin}, buf.getvalue())
+                                    {"X-Ensemble-Token": panel.token, "Origin": panel.origin}, buf.getvalue())
     assert status == 200 and json.loads(body)["ok"], body
     c = panel.daemon.client()
     assert [(s.name, s.frames) for s in c.samples()] == [("ping", 4800)]

@@ -48,7 +48,7 @@ async def _answers(panel: Panel, frames: list[str | bytes]) -> tuple[list[dict[s
     answers: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as s:
         async with s.ws_connect(f"http://127.0.0.1:{panel.port}/ws",
-                                headers={"Origin": panel.origin, "Cookie": panel.cookie}) as ws:
+                                headers={"Origin": panel.origin, "X-Ensemble-Token": panel.token}) as ws:
             for frame in frames:
                 await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
                 while True:
@@ -97,7 +97,7 @@ def _raw_page(panel: Panel) -> socket.socket:
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{panel.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {panel.origin}\r\n"
-               f"Cookie: {panel.cookie}\r\n\r\n").encode())
+               f"X-Ensemble-Token: {panel.token}\r\n\r\n").encode())
     assert s.recv(12) == b"HTTP/1.1 101"
     return s
 
@@ -176,7 +176,7 @@ def _flac(frames: int, channels: int = 2, claim: int | None = None) -> bytes:
 
 def _upload(panel: Panel, name: str, body: bytes | None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     status, _, raw = panel.request("POST", f"/samples?name={name}",
-                                   {"Cookie": panel.cookie, "Origin": panel.origin, **(headers or {})}, body)
+                                   {"X-Ensemble-Token": panel.token, "Origin": panel.origin, **(headers or {})}, body)
     return status, json.loads(raw)
 
 
@@ -247,7 +247,7 @@ def test_a_request_the_parser_refuses_is_a_400_and_one_log_line(panel: Panel) ->
     assert len(grown.splitlines()) <= 2 * 5, grown  # one line each (a few others may come from the daemon)
     line = next(ln for ln in grown.splitlines() if "event=panel-bad-request" in ln)
     assert "WARNING" in line and "status=400" in line and "8190 bytes" in line and len(line) < 600, line
-    assert panel.request("GET", "/", {"Cookie": panel.cookie})[0] == 200  # the panel serves on
+    assert panel.request("GET", "/", {"X-Ensemble-Token": panel.token})[0] == 200  # the panel serves on
 
 
 def test_a_flood_of_refused_requests_logs_a_bounded_number_of_lines(make_daemon: Callable[..., Daemon]) -> None:
@@ -260,11 +260,11 @@ def test_a_flood_of_refused_requests_logs_a_bounded_number_of_lines(make_daemon:
     sent = 4 * BURST
     for n in range(sent):
         if n % 2:
-            assert panel.request("GET", f"/?n={n}")[0] == 403
+            assert panel.request("GET", f"/ws?n={n}")[0] == 403
         else:
             assert _raw_answer(panel, _oversized(panel, n)).split(b" ", 2)[1] == b"400"
     wait_for(lambda: "event=panel-" in _log_after(panel, offset), what="the first lines")
-    assert panel.request("GET", "/", {"Cookie": panel.cookie})[0] == 200  # after the flood: served (and not logged)
+    assert panel.request("GET", "/", {"X-Ensemble-Token": panel.token})[0] == 200  # after the flood: served (and not logged)
     grown = _log_after(panel, offset)
     refused = [ln for ln in grown.splitlines() if "event=panel-bad-request" in ln or "event=panel-refused" in ln]
     assert "Traceback" not in grown, grown
@@ -278,7 +278,7 @@ class HeldUpload:
         self.body = body
         self.sock = socket.create_connection(("127.0.0.1", panel.port), timeout=30)
         self.sock.sendall((f"POST /samples?name={name} HTTP/1.1\r\nHost: 127.0.0.1:{panel.port}\r\n"
-                           f"Origin: {panel.origin}\r\nCookie: {panel.cookie}\r\nContent-Length: {len(body)}\r\n"
+                           f"Origin: {panel.origin}\r\nX-Ensemble-Token: {panel.token}\r\nContent-Length: {len(body)}\r\n"
                            "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode())
         # the panel answers 100 Continue once the upload's handler runs: from then on it is the upload in progress
         assert self.sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -350,7 +350,7 @@ def test_an_upload_whose_body_stalls_is_abandoned_and_the_next_one_is_taken(
 
 
 def _upgrade_headers(panel: Panel) -> dict[str, str]:
-    return {"Origin": panel.origin, "Cookie": panel.cookie, "Upgrade": "websocket", "Connection": "Upgrade",
+    return {"Origin": panel.origin, "X-Ensemble-Token": panel.token, "Upgrade": "websocket", "Connection": "Upgrade",
             "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(), "Sec-WebSocket-Version": "13"}
 
 
@@ -363,7 +363,7 @@ def test_at_most_max_pages_are_open_and_a_closed_one_makes_room(panel: Panel) ->
             async def page() -> Any:
                 try:
                     return await s.ws_connect(f"http://127.0.0.1:{panel.port}/ws",
-                                              headers={"Origin": panel.origin, "Cookie": panel.cookie})
+                                              headers={"Origin": panel.origin, "X-Ensemble-Token": panel.token})
                 except aiohttp.WSServerHandshakeError as exc:
                     return exc.status
 
@@ -379,7 +379,7 @@ def test_at_most_max_pages_are_open_and_a_closed_one_makes_room(panel: Panel) ->
                 await asyncio.to_thread(wait_for, lambda: panel.daemon.actor("panel").stats["pages"] == MAX_PAGES - 1,
                                         what="the closed page to be gone")
                 pages.append(await s.ws_connect(f"http://127.0.0.1:{panel.port}/ws",
-                                                headers={"Origin": panel.origin, "Cookie": panel.cookie}))
+                                                headers={"Origin": panel.origin, "X-Ensemble-Token": panel.token}))
                 assert (await pages[-1].receive_json(timeout=60))["type"] == "state"
             finally:
                 for ws in pages:
@@ -424,7 +424,7 @@ def test_handshakes_that_fail_leave_no_slot_taken_and_log_no_traceback(panel: Pa
     refused; nothing is logged with a traceback."""
     offset = (panel.daemon.base / "state" / "daemon.log").stat().st_size
     url = f"http://127.0.0.1:{panel.port}/ws"
-    headers = {"Origin": panel.origin, "Cookie": panel.cookie}
+    headers = {"Origin": panel.origin, "X-Ensemble-Token": panel.token}
     bad_version = {**_upgrade_headers(panel), "Sec-WebSocket-Version": "12"}
 
     async def open_and_close(s: aiohttp.ClientSession) -> None:
@@ -493,7 +493,7 @@ def test_a_page_counts_against_the_limit_from_before_its_handshake(monkeypatch: 
     port = server.start()
     panel = Panel(None, "", port, "t" * 43)  # type: ignore[arg-type]  # no daemon: the view stands in
     url = f"http://127.0.0.1:{port}/ws"
-    headers = {"Origin": panel.origin, "Cookie": panel.cookie}
+    headers = {"Origin": panel.origin, "X-Ensemble-Token": panel.token}
 
     async def run() -> None:
         refused: list[int] = []

@@ -32,9 +32,9 @@ def test_a_panel_terminated_alone_comes_back_serving_the_same_address_and_token(
     os.kill(before.pid, signal.SIGTERM)
     after = wait_for(lambda: _restarted(panel, before.pid), timeout=60, what="a new panel process serving")
     assert (d.base / "run" / "panel.json").read_text() == settings  # the same address and token
-    status, _, body = panel.request("GET", "/", {"Cookie": panel.cookie})
+    status, _, body = panel.request("GET", "/", {"X-Ensemble-Token": panel.token})
     assert status == 200 and b"<html" in body.lower(), (status, body[:200])
-    status, _, _ = panel.request("GET", "/")  # still behind the token
+    status, _, _ = panel.request("GET", "/ws")  # still behind the token
     assert status == 403
     assert d.actor("panel").pid == after.pid  # it stays up (no crash loop behind the first answer)
     os.kill(d.pid, signal.SIGTERM)  # SIGTERM to the daemon: it stops in order, its panel too (Stop "SIGTERM")

@@ -43,7 +43,7 @@ def test_a_daemon_that_stops_answering_is_an_error_on_the_page_and_the_panel_ser
         try:
             error = page.until(lambda s: s.get("error"), timeout=90, what="the snapshot's error on the page")
             assert "the daemon did not answer" in error, error
-            assert panel.request("GET", "/", {"Cookie": panel.cookie})[0] == 200  # the panel serves on
+            assert panel.request("GET", "/", {"X-Ensemble-Token": panel.token})[0] == 200  # the panel serves on
             with Page(panel) as second:  # a page opened now gets the last state, error included
                 second.until(lambda s: s.get("error") == error, what="the error on a new page")
         finally:
@@ -80,7 +80,7 @@ def test_a_snapshot_that_raises_a_bug_is_an_internal_error_on_the_page_and_the_n
             page.until(lambda s: s.get("error", "").startswith("internal error in the panel while taking a snapshot"),
                        what="the bug as an error on the page")
             page.until(lambda s: s.get("error") == "" and s["daemon"]["snapshot"] > 3, what="the next snapshots")
-            assert panel.request("GET", "/", {"Cookie": panel.cookie})[0] == 200
+            assert panel.request("GET", "/", {"X-Ensemble-Token": panel.token})[0] == 200
         failed = [r for r in caplog.records if "event=panel-snapshot-failed" in r.getMessage()]
         assert len(failed) == 2 and all(r.exc_info and r.exc_info[0] is KeyError for r in failed), failed
     finally:
