@@ -279,33 +279,52 @@ class ControllerScript:
         self.ran.append(name)
         del self.ran[:-2000]
         if asyncio.iscoroutine(result):
-            task = self.loop.create_task(self._drive(result, name, self.generation))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._track(self._run_callback(result, name))
         return result
 
+    def _track(self, coro: Any) -> None:
+        """Run ``coro`` as a task of the script: cancelled when the script is reloaded, unloaded or stopped."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run_callback(self, coro: Any, name: str) -> None:
+        try:
+            await self._drive(coro, name, self.generation)
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - reported, never fatal
+            self._report(name, exc)
+
     async def _drive(self, coro: Any, name: str, gen: int) -> Any:
-        """Step a coroutine callback ourselves so each step is timed against the budget."""
-        value: Any = None
+        """Step a coroutine callback ourselves so that each step is timed against the budget.
+
+        Returns what the coroutine returns and raises what it raises
+        (:class:`ScriptTimeout` for a step past the budget); raises
+        CancelledError, after closing it, when the script it belongs to was
+        reloaded or the task cancelled.  Between steps the coroutine waits
+        for the future it awaited, as an asyncio Task would, and other
+        callbacks run.
+        """
         exc: BaseException | None = None
         while True:
             if gen != self.generation:
                 coro.close()
-                return None
+                raise asyncio.CancelledError(f"{name}: its script was reloaded")
             self.busy_since, self.busy_name = time.monotonic(), name
             try:
-                fut = coro.throw(exc) if exc is not None else coro.send(value)
+                yielded = coro.throw(exc) if exc is not None else coro.send(None)
             except StopIteration as stop:
                 return stop.value
-            except BaseException as e:  # noqa: BLE001
-                self._report(name, e)
-                return None
             finally:
                 self.busy_since = 0.0
-            value, exc = None, None
+            exc = None
             try:
-                value = await fut
-            except BaseException as e:  # noqa: BLE001
+                await _settle(yielded, name)
+            except asyncio.CancelledError:
+                coro.close()
+                raise
+            except BaseException as e:  # noqa: BLE001 - raised in the coroutine, where it awaited
                 exc = e
 
     def _report(self, name: str, exc: BaseException, loading: str = "") -> None:
@@ -603,6 +622,28 @@ class ControllerScript:
     def stats(self) -> dict[str, Any]:
         return {"script": self.path, "script_digest": self.digest[:12], "pending": len(self.heap),
                 "discarded": self.discarded, "script_errors": self.errors, "loading": self.loading_status}
+
+
+async def _settle(yielded: Any, name: str) -> None:
+    """Wait until the future a coroutine step yielded is done (the coroutine then reads its result itself).
+
+    A bare ``yield`` (``asyncio.sleep(0)``) waits one turn of the loop.
+    Raises RuntimeError for anything else: only asyncio awaitables
+    (``wait(ms)``, futures) can be awaited in the controller.  Cancelled,
+    it cancels the future too.
+    """
+    if yielded is None:
+        await asyncio.sleep(0)
+        return
+    if not asyncio.isfuture(yielded):
+        raise RuntimeError(f"{name} awaited {yielded!r}; in the controller only wait(ms) and asyncio awaitables "
+                           "can be awaited")
+    yielded._asyncio_future_blocking = False  # taken over, as asyncio's Task does
+    try:
+        await asyncio.wait([yielded])
+    except asyncio.CancelledError:
+        yielded.cancel()
+        raise
 
 
 def not_available(*_: Any) -> None:
