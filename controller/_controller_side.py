@@ -36,7 +36,9 @@ from types import ModuleType
 from typing import Any, Callable
 
 from actors import EnsembleError, WrongContextError
-from controller.messages import ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady
+from controller.messages import (
+    ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady, as_sent,
+)
 from controller._host import ParamDef, add_param, bind_thread, function_name, load_module, uninstall
 from controller._ui import ScriptUi
 from controller._watchdog import BUDGET_S, GRACE_S, Deadline, ScriptTimeout, wedged_text, where_blocked
@@ -548,10 +550,15 @@ class ControllerScript:
 
     def run_sync(self, fn: Any, args: tuple[Any, ...], id: Any) -> None:
         name = function_name(self.module, fn, "run_sync")
-        self.outbox.put(RunSync(name, list(args), "" if id is None else str(id)))
+        self.outbox.put(as_sent(RunSync(name, list(args), "" if id is None else str(id)), "run_sync", list(args)))
 
     def run_async_call(self, token: int, fn: str, args: list[Any]) -> None:
-        """A run_async request from the processor: runs as a control callback, answers with the result."""
+        """A run_async request from the processor: runs as a control callback, answers with the result.
+
+        An ``async def`` function is driven as a callback is (each step
+        within the budget, dropped on reload); what it returns or raises is
+        the answer.
+        """
 
         def call() -> None:
             func = getattr(self.module, fn, None)
@@ -561,20 +568,34 @@ class ControllerScript:
             try:
                 value = func(*args)
             except BaseException as exc:  # noqa: BLE001
-                self.outbox.put(RunAsyncResult(token, False, None, f"{type(exc).__name__}: {exc}"))
+                self.outbox.put(RunAsyncResult(token, False, None, _error_text(exc)))
                 return
             if asyncio.iscoroutine(value):
-                async def finish() -> None:
-                    try:
-                        v = await value
-                        self.outbox.put(RunAsyncResult(token, True, v))
-                    except BaseException as exc:  # noqa: BLE001
-                        self.outbox.put(RunAsyncResult(token, False, None, f"{type(exc).__name__}: {exc}"))
-                self.loop.create_task(finish())
+                self._track(self._finish_async(token, value, f"run_async({fn})"))
                 return
-            self.outbox.put(RunAsyncResult(token, True, value))
+            self._answer(token, value)
 
         self.submit(CONTROL, call, (), f"run_async({fn})")
+
+    async def _finish_async(self, token: int, coro: Any, name: str) -> None:
+        try:
+            value = await self._drive(coro, name, self.generation)
+        except asyncio.CancelledError:
+            return  # reloaded: the processor dropped the callback that waits for it
+        except BaseException as exc:  # noqa: BLE001 - the answer
+            if isinstance(exc, ScriptTimeout):
+                self._report(name, exc)
+            self.outbox.put(RunAsyncResult(token, False, None, _error_text(exc)))
+            return
+        self._answer(token, value)
+
+    def _answer(self, token: int, value: Any) -> None:
+        """Send a run_async function's return value, or, when it cannot be sent, a TypeError saying so."""
+        try:
+            msg = as_sent(RunAsyncResult(token, True, value), "run_async's return value", [value])
+        except TypeError as exc:
+            msg = RunAsyncResult(token, False, None, _error_text(exc))
+        self.outbox.put(msg)
 
     def start_timer(self, interval_ms: float, fn: Callable[[], Any], priority: int = TIMER) -> None:
         gen = self.generation
@@ -622,6 +643,12 @@ class ControllerScript:
     def stats(self) -> dict[str, Any]:
         return {"script": self.path, "script_digest": self.digest[:12], "pending": len(self.heap),
                 "discarded": self.discarded, "script_errors": self.errors, "loading": self.loading_status}
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` of an exception, as a run_async answer carries it (the processor raises it again)."""
+    text = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+    return f"{type(exc).__name__}: {text}"
 
 
 async def _settle(yielded: Any, name: str) -> None:

@@ -33,6 +33,7 @@ from actors import EnsembleError
 from actors.messages import Message
 from controller.messages import (
     ParamControl, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad, ScriptReady, ScriptUnload,
+    as_sent,
 )
 from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, set_context
@@ -418,7 +419,7 @@ class ProcessorScript:
     def run_async(self, fn: Any, args: tuple[Any, ...]) -> _Park:
         name = function_name(self.running, fn, "run_async")
         token = next(self._tokens)
-        self.outbox.put(RunAsync(token, name, list(args)))
+        self.outbox.put(as_sent(RunAsync(token, name, list(args)), "run_async", list(args)))
         return _Park("async", token)
 
     def print(self, text: str) -> None:

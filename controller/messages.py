@@ -13,7 +13,8 @@ from typing import Any
 
 from msgspec import field
 
-from actors.messages import Int64, Message, Record, register
+from actors import ProtocolError
+from actors.messages import Int64, Message, Record, decode, encode, register
 
 
 class ScriptKind(IntEnum):
@@ -223,3 +224,35 @@ register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, Ru
 __all__ = ["PanelStart", "ParamBind", "ParamControl", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues",
            "RunAsync", "RunAsyncResult", "RunSync", "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady",
            "ScriptUnload", "UiElement", "UiEvent", "UiList", "UiState"]
+
+
+def as_sent(msg: Message, bridge: str, values: list[Any]) -> Message:
+    """``msg`` as the other process receives it (a tuple or a set arrives as a list), or raise TypeError.
+
+    ``bridge`` names the call (``run_sync``, ``run_async``) and ``values``
+    the script's values ``msg`` carries: the error names the first that
+    cannot be sent.  Costs an encode and a decode of ``msg`` (microseconds
+    for a few small values).  An offline render passes every message through
+    here too, so that a script sees there what it sees live.
+    """
+    try:
+        return decode(encode(msg))[1]
+    except ProtocolError as exc:
+        bad = next((v for v in values if not _sendable(v)), None)
+        what = f"{_clip(repr(bad))} ({type(bad).__name__})" if bad is not None else "a value"
+        raise TypeError(f"{bridge}: {what} cannot be sent to the other process ({exc}); the arguments and the "
+                        "return value of run_sync/run_async functions must be msgpack-able: None, bool, int, "
+                        "float, str, bytes, and lists, tuples and dicts of them (a tuple or a set arrives as a list)"
+                        ) from exc
+
+
+def _sendable(value: Any) -> bool:
+    try:
+        encode(RunSync("", [value]))
+    except ProtocolError:
+        return False
+    return True
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

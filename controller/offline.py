@@ -23,7 +23,7 @@ from typing import Any
 import soundfile
 
 from actors import EnsembleError
-from controller.messages import ParamSet, RunAsync, ScriptError, ScriptReady
+from controller.messages import ParamSet, RunAsync, ScriptError, ScriptReady, as_sent
 from audio import OfflineBackend
 from audio import builtin_sample
 from audio import Engine
@@ -37,14 +37,19 @@ from controller._processor_side import ProcessorScript
 
 
 class _Route:
-    """An outbox whose messages are delivered in-process to the other side."""
+    """An outbox whose messages are delivered in-process to the other side, as the daemon would carry them.
+
+    Each message is encoded and decoded on the way, so that the other side
+    sees what it sees live (a tuple or a set arrives as a list), and a value
+    the daemon could not carry raises TypeError here as it would there.
+    """
 
     def __init__(self, host: "OfflineScriptHost", side: str) -> None:
         self.host = host
         self.side = side
 
     def put(self, msg: Any) -> None:
-        self.host.deliver(self.side, msg)
+        self.host.deliver(self.side, as_sent(msg, type(msg).__name__, []))
 
 
 class OfflineScriptHost:

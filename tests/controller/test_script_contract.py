@@ -59,3 +59,48 @@ define_parameter("ping", "ping", 0, on_change=lambda v: seen.append("ping"))
         assert _errors(out) == []
     finally:
         rt.stop()
+
+
+def test_a_value_that_cannot_be_sent_raises_at_the_call_and_render_converts_as_live(tmp_path: Path) -> None:
+    """run_async/run_sync with an object() raised nothing in render and killed the process live (ProtocolError on
+    send); a tuple or a set arrived unchanged in render but as a list live."""
+    log = tmp_path / "log.txt"
+    script = _script(tmp_path, f"""
+def rec(*a):
+    with open({str(log)!r}, "a") as f:
+        f.write(" ".join(map(str, a)) + "\\n")
+def echo(x):
+    return x
+def ret_set():
+    return {{1, 2}}
+def ret_object():
+    return object()
+def ps(x):
+    rec("ps ran", repr(x))
+async def on_init():
+    for fn, arg in ((echo, object()), (echo, (1, 2)), (ret_set, None), (ret_object, None)):
+        try:
+            v = await (run_async(fn) if arg is None else run_async(fn, arg))
+            rec("P", fn.__name__, "->", repr(v))
+        except Exception as e:
+            rec("P", fn.__name__, "raised", type(e).__name__, "object" in str(e) and "msgpack" in str(e))
+def on_rs(v):
+    try:
+        run_sync(ps, object())
+    except TypeError as e:
+        rec("C run_sync raised TypeError", "object" in str(e))
+    run_sync(ps, {{3}})
+define_parameter("rs", "rs", False, on_change=on_rs)
+""")
+    from controller.offline import parse_set, render_script
+
+    _, errors = render_script(script, out=tmp_path / "out.wav", seconds=0.5, sets=[parse_set("rs=true@0.1")])
+    assert errors == []
+    assert log.read_text().splitlines() == [
+        "P echo raised TypeError True",
+        "P echo -> [1, 2]",
+        "P ret_set -> [1, 2]",
+        "P ret_object raised EnsembleError True",  # the TypeError, as the controller raised it
+        "C run_sync raised TypeError True",
+        "ps ran [3]",
+    ]
