@@ -39,6 +39,7 @@ class PageSocket:
         self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_REPLIES)
         self._ready = asyncio.Event()
         self.sent = 0
+        self.notes: set[int] = set()  # notes the page started and has not ended: ended for it when it goes away
         self.closed = False
         self._closing: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference to a task
         self._handler = asyncio.current_task()  # the request's task, reading the page's messages

@@ -313,7 +313,7 @@ class PanelServer:
         try:
             async for m in ws:
                 if m.type == WSMsgType.TEXT:
-                    await page.reply(await self._answer(m.data))
+                    await page.reply(await self._answer(m.data, page.notes))
                     hub.wake.set()  # show the action's effect at once rather than at the next tick
                 elif m.type == WSMsgType.BINARY:
                     await page.reply(_error(f"the panel reads actions as JSON text; a binary message "
@@ -321,18 +321,38 @@ class PanelServer:
         finally:
             hub.pages.pop(ws, None)
             page.stop()
+            self._release_notes(page.notes)
             if request.transport is not None and request.transport.get_write_buffer_size():
                 request.transport.abort()  # ended with data the page never read (its heartbeat failed): drop it
         return ws
 
-    async def _answer(self, text: str) -> dict[str, Any]:
-        """The answer to one action: an ack, or an error saying what was wrong (never raises)."""
+    def _release_notes(self, notes: set[int]) -> None:
+        """A page went away (closed, dropped, the panel stopping) holding ``notes``: their note offs, on the client's
+        thread (queued there, not awaited: the page's task may be cancelled)."""
+        if not notes:
+            return
+        held = sorted(notes)
+        notes.clear()
+        try:
+            self.pool.submit(self.view.release_notes, held)
+        except RuntimeError:  # the pool is shut down: the panel's process is ending
+            log.warning("event=panel-notes-held notes=%s reason=the panel stopped before their note offs", held)
+
+    async def _answer(self, text: str, notes: set[int]) -> dict[str, Any]:
+        """The answer to one action: an ack, or an error saying what was wrong (never raises).
+
+        ``notes``: the notes this page holds, kept up to date by its note ons and offs.
+        """
         seq: Any = None
         try:
             msg = parse_action(text)
             seq = msg.get("seq")
             seq = seq[:100] if isinstance(seq, str) else seq
             detail = await self.loop.run_in_executor(self.pool, self.view.act, msg)
+            if msg.get("op") == "note_on":
+                notes.add(msg["note"])
+            elif msg.get("op") == "note_off":
+                notes.discard(msg["note"])
         except ActionError as exc:
             return _error(str(exc), seq)
         except Exception:  # noqa: BLE001 - a bug: said in the log with its traceback, the page's socket stays

@@ -12,6 +12,7 @@ as the jobs' latest state at the next snapshot, never one message per update.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from actors.config import Config
 from actors.messages import JobInfo
 from controller.panel._sound import SoundRefused, decode
 
+log = logging.getLogger("ensemble.panel")
 JOB_ROWS = 30
 LOG_LINES = 40
 LOG_BYTES = 16 * 1024
@@ -31,6 +33,7 @@ AUDIO_KEYS = ("backend", "samplerate", "blocksize", "active_voices", "peak_voice
               "output_peak")
 MAX_ACTION = 64 * 1024  # characters of one action as JSON text (the page's are under 200)
 SCALARS = (str, int, float, bool, type(None))
+RELOAD_WAIT = 30.0  # seconds a reload from the page may take before the page is told it has not loaded yet
 
 
 class ActionError(Exception):
@@ -175,7 +178,7 @@ class DaemonView:
             elif op == "cancel":
                 c.cancel(_int(msg, "id", 1, 2**62))
             elif op == "reload":
-                c.reload_script()
+                c.reload_script(wait=RELOAD_WAIT)  # its outcome, as `ensemble reload` reports it
             elif op == "scale":
                 c.scale(_int(msg, "workers", 0, 1024))
             elif op == "drop_sample":
@@ -185,6 +188,16 @@ class DaemonView:
         except EnsembleError as exc:
             raise ActionError(str(exc).splitlines()[0]) from None
         return f"{op} done"
+
+    def release_notes(self, notes: list[int]) -> None:
+        """Note offs for ``notes``, which a page that went away still held.  Blocking; a failure is logged."""
+        for note in notes:
+            try:
+                self._c().note_off(note)
+            except EnsembleError as exc:
+                log.warning("event=panel-note-release-failed note=%d reason=%s", note, str(exc).splitlines()[0])
+                return
+        log.info("event=panel-notes-released notes=%s reason=the page that held them went away", notes)
 
     def load_wav(self, name: str, data: bytes) -> str:
         """Decode a sound file the page dropped and register it as sample ``name`` (its stem).

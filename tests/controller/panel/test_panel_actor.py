@@ -232,3 +232,39 @@ def test_every_page_action_with_awkward_values_is_answered_and_the_socket_stays_
         assert any(m["type"] == "error" for m in page.replies) and any(m["type"] == "ack" for m in page.replies)
         page.send({"op": "note_on", "note": 60, "velocity": 100, "seq": "last"})  # the same socket still works
         page.until(lambda s: any(m.get("seq") == "last" for m in page.replies), what="the last action's ack")
+
+
+def test_a_page_that_goes_away_holding_a_note_has_it_ended(shared_panel: Panel) -> None:
+    """A page closed (a tab shut, the network dropped, a reconnect) while a key was down left the voice sounding:
+    the panel now ends the notes a page started and did not end when that page goes."""
+    panel = shared_panel
+    loaded(panel, EXAMPLES / "download_panel.py")
+    voices = lambda: panel.daemon.actor("processor").stats["active_voices"]  # noqa: E731
+    with Page(panel) as page:
+        page.send({"op": "note_on", "note": 64, "velocity": 100, "seq": "on"})
+        page.send({"op": "note_on", "note": 67, "velocity": 100, "seq": "on2"})
+        page.send({"op": "note_off", "note": 67, "seq": "off2"})
+        page.until(lambda s: any(r.get("seq") == "off2" for r in page.replies), what="the acks")
+        wait_for(lambda: voices() >= 1, what="the held note to sound")
+    wait_for(lambda: voices() == 0, what="the note of the page that went away to end")
+    log = (panel.daemon.base / "state" / "daemon.log").read_text()
+    assert "event=panel-notes-released notes=[64]" in log
+
+
+def test_reloading_a_broken_script_from_the_page_reports_the_failure(shared_panel: Panel, tmp_path: Any) -> None:
+    """The page's reload was acked "reload done" before the script had loaded; a script that no longer loads
+    is now reported as `ensemble reload` reports it."""
+    panel = shared_panel
+    script = tmp_path / "breaks.py"
+    script.write_text("from controller.script import define_parameter\ndefine_parameter('x', 'X', 1.0)\n")
+    loaded(panel, script)
+    with Page(panel) as page:
+        page.send({"op": "reload", "seq": "good"})
+        page.until(lambda s: any(r.get("seq") == "good" for r in page.replies), 60, what="the first reload's answer")
+        assert page.replies[-1]["type"] == "ack", page.replies[-1]
+        script.write_text("def broken(:\n")
+        page.send({"op": "reload", "seq": "bad"})
+        page.until(lambda s: any(r.get("seq") == "bad" for r in page.replies), 60, what="the second reload's answer")
+        answer = page.replies[-1]
+        assert answer["type"] == "error" and "did not load" in answer["message"] and "breaks.py" in answer["message"]
+    loaded(panel, EXAMPLES / "download_panel.py")  # the module's panel goes on with the usual script
