@@ -42,6 +42,7 @@ function connect() {
   ws.onopen = () => { $("#conn").textContent = "live"; $("#conn").className = "conn on"; };
   ws.onclose = () => {
     $("#conn").textContent = "reconnecting"; $("#conn").className = "conn off";
+    releaseAll(false);  // the panel ends the notes a page held when its socket goes
     setTimeout(connect, 1000);
   };
   ws.onmessage = (ev) => {
@@ -114,40 +115,70 @@ function showParam(box, p) {
   const c = box.querySelector(`[data-param="${CSS.escape(p.name)}"]`);
   const out = box.querySelector(`[data-value="${CSS.escape(p.name)}"]`);
   if (!c || busy.has(p.name)) return;
-  if (c.type === "checkbox") c.checked = !!p.value; else c.value = p.value;
+  if (c.type === "checkbox") c.checked = !!p.value;
+  else if (p.kind === "choice") c.value = String(choiceIndex(p, p.value));
+  else c.value = p.value;
   if (out) out.textContent = fmt(p.value);
 }
 
+// A choice's option carries its index: the value sent is the choice itself (1, true), never its text ("1", "true").
+function choiceIndex(p, value) {
+  const i = p.choices.findIndex((x) => x === value);
+  return i >= 0 ? i : p.choices.findIndex((x) => String(x) === String(value));
+}
+
 function fmt(v) { return typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : String(v); }
+
+// A slider only for a number with finite bounds (an infinite bound arrives as the string "inf" or "-inf").
+function bounded(p) { return [p.min, p.max].every((b) => typeof b === "number" && Number.isFinite(b)); }
+
+// What a control holds, as the parameter's value; throws Error saying why when a number field holds no number.
+function controlValue(p, c) {
+  if (p.kind === "bool") return c.checked;
+  if (p.kind === "choice") return p.choices[Number(c.value)];
+  if (p.kind !== "float" && p.kind !== "int") return c.value;
+  const text = c.value.trim();
+  const n = Number(text);
+  if (text === "" || !Number.isFinite(n)) throw new Error(`${p.name}: not a number; the value stays ${fmt(currentValue(p))}`);
+  if (p.kind === "int" && !Number.isInteger(n)) throw new Error(`${p.name}: a whole number is needed, got ${text}`);
+  return n;
+}
+
+function currentValue(p) { const now = lastParams.find((x) => x.name === p.name); return now ? now.value : p.value; }
 
 function makeParam(p) {
   let c;
   const numeric = p.kind === "float" || p.kind === "int";
   if (p.kind === "bool") c = el("input", { type: "checkbox" });
-  else if (p.kind === "choice") c = el("select", {}, ...p.choices.map((x) => el("option", { value: x, text: x })));
-  else if (numeric && p.min !== null && p.max !== null) {
+  else if (p.kind === "choice") c = el("select", {}, ...p.choices.map((x, i) => el("option", { value: String(i), text: String(x) })));
+  else if (numeric && bounded(p)) {
     c = el("input", { type: "range", min: p.min, max: p.max, step: p.kind === "int" ? 1 : "any" });
   } else c = el("input", { type: numeric ? "number" : "text" });
   c.dataset.param = p.name;
-  const value = (x) => (p.kind === "bool" ? x.checked : numeric ? Number(x.value) : x.value);
   let timer = null, hold = null;
-  const push = () => { timer = null; send({ op: "param", name: p.name, value: value(c) }); };
   const release = () => {  // let go: show the newest value heard for it (one may have come while it was held)
     hold = null;
     busy.delete(p.name);
     const now = lastParams.find((x) => x.name === p.name);
     if (now) showParam($("#params"), now);
   };
+  const push = () => {
+    timer = null;
+    let value;
+    try { value = controlValue(p, c); } catch (err) { toast(err.message); release(); return; }  // nothing sent
+    send({ op: "param", name: p.name, value });
+  };
   c.addEventListener("input", () => {
     busy.add(p.name);
     const out = document.querySelector(`[data-value="${CSS.escape(p.name)}"]`);
-    if (out) out.textContent = fmt(value(c));
-    if (!timer) timer = setTimeout(push, 50);  // at most 20 changes a second reach the controller
+    try { if (out) out.textContent = fmt(controlValue(p, c)); } catch (err) { /* said on change */ }
+    if (!timer && c.type === "range") timer = setTimeout(push, 50);  // at most 20 changes a second reach the controller
   });
   c.addEventListener("change", () => {
     if (timer) { clearTimeout(timer); }
     push();
     if (hold) { clearTimeout(hold); }
+    if (!busy.has(p.name)) return;  // refused: already shown as it was
     hold = setTimeout(release, 400);  // the controller's echo of our own change lands meanwhile
   });
   return [el("label", { text: p.long_name, title: p.name }), c, el("span", { class: "mono", "data-value": p.name })];
@@ -279,23 +310,33 @@ function noteOn(n, src) {
   held.set(n, src); send({ op: "note_on", note: n, velocity: 100 });
   document.querySelector(`[data-note="${n}"]`)?.classList.add("down");
 }
-function noteOff(n) {
+function noteOff(n, tell = true) {
   if (!held.has(n)) return;
-  held.delete(n); send({ op: "note_off", note: n });
+  held.delete(n);
+  if (tell) send({ op: "note_off", note: n });
   document.querySelector(`[data-note="${n}"]`)?.classList.remove("down");
 }
+// Every held note let go (the window lost focus: its key ups will not come); ``tell`` false when the socket went
+// (the panel ended them).
+function releaseAll(tell = true) { for (const n of [...held.keys()]) noteOff(n, tell); keyNotes.clear(); }
 
+const keyNotes = new Map();  // computer key -> the note its key down started (the octave may change while held)
 document.addEventListener("keydown", (e) => {
   if (e.repeat || e.target.matches("input, select, textarea")) return;
-  const i = KEYMAP.indexOf(e.key.toLowerCase());
-  if (i >= 0) noteOn(octave + i, e.key.toLowerCase());
-  if (e.key === "z") octave = Math.max(0, octave - 12);
-  if (e.key === "x") octave = Math.min(115, octave + 12);
+  const key = e.key.toLowerCase();
+  const i = KEYMAP.indexOf(key);
+  if (i >= 0 && !keyNotes.has(key)) { keyNotes.set(key, octave + i); noteOn(octave + i, key); }
+  if (key === "z") octave = Math.max(0, octave - 12);
+  if (key === "x") octave = Math.min(115, octave + 12);
 });
 document.addEventListener("keyup", (e) => {
-  const i = KEYMAP.indexOf(e.key.toLowerCase());
-  if (i >= 0) noteOff(octave + i);
+  const key = e.key.toLowerCase();
+  if (!keyNotes.has(key)) return;
+  const n = keyNotes.get(key);
+  keyNotes.delete(key);
+  if (held.get(n) === key) noteOff(n);  // the note this key started, whatever the octave is now
 });
+window.addEventListener("blur", () => releaseAll());
 
 // ------------------------------------------------------------------ the rest of the page
 function setup() {

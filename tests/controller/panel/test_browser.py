@@ -244,3 +244,56 @@ def test_killing_the_panel_while_the_page_is_open(browser: Any, panel: Panel) ->
     wait_for(lambda: d.actor("processor").stats["blocks"] > before.blocks + 50, what="audio to go on")
     wait_for(lambda: browser.find_element(By.CSS_SELECTOR, 'tr[data-actor="panel"]'), what="the actors table")
     _shot(browser, "runtime")
+
+
+def test_a_key_held_across_an_octave_change_ends_its_own_note(browser: Any, panel: Panel) -> None:
+    """Hold A (note 60), press Z (an octave down), let A go: the page sent the note off for 48, and 60 sounded on."""
+    loaded(panel, EXAMPLES / "download_panel.py")
+    _open(browser, panel)
+    ActionChains(browser).key_down("a").pause(0.2).key_down("z").key_up("z").pause(0.2).key_up("a").perform()
+    wait_for(lambda: panel.daemon.actor("processor").stats["peak_voices"] >= 1, what="the note to sound")
+    wait_for(lambda: panel.daemon.actor("processor").stats["active_voices"] == 0, what="the note to end")
+    assert browser.execute_script("return held.size") == 0
+    assert "down" not in browser.find_element(By.CSS_SELECTOR, '[data-note="60"]').get_attribute("class")
+
+
+PARAMS = '''
+from controller.script import define_parameter
+define_parameter("mode", "Mode", 2, kind="choice", choices=[1, 2, 4])
+define_parameter("flag", "Flag", True, kind="choice", choices=[True, False])
+define_parameter("free_int", "Free int", 3)
+define_parameter("free_float", "Free float", 2.5)
+define_parameter("wide", "Wide", 0.0, float("-inf"), float("inf"))
+'''
+
+
+def test_choices_empty_numbers_and_unbounded_numbers(browser: Any, panel: Panel, tmp_path: Path) -> None:
+    """A choice that is no string is sent as itself (the page sent "4" for 4 and was refused); an emptied number
+    field or one holding no number shows an error and keeps the value (it set 0); a number with an infinite
+    bound is a number field (its slider ran 0..100)."""
+    from selenium.webdriver.support.ui import Select
+
+    script = tmp_path / "params.py"
+    script.write_text(PARAMS)
+    c = loaded(panel, script)
+    _open(browser, panel)
+    mode = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, '[data-param="mode"]'), what="the controls")
+    Select(mode).select_by_visible_text("4")
+    wait_for(lambda: c.get_param("mode") == 4, what="mode to be 4")
+    assert type(c.get_param("mode")) is int
+    Select(browser.find_element(By.CSS_SELECTOR, '[data-param="flag"]')).select_by_visible_text("false")
+    wait_for(lambda: c.get_param("flag") is False, what="flag to be False")
+    toast = browser.find_element(By.ID, "toast")
+    for name, typed, kept in (("free_int", "", 3), ("free_float", "abc", 2.5)):
+        field = browser.find_element(By.CSS_SELECTOR, f'[data-param="{name}"]')
+        field.clear()
+        field.send_keys(typed, Keys.TAB)
+        wait_for(lambda: "not a number" in toast.get_attribute("textContent"), what=f"the error for {name}")
+        wait_for(lambda: field.get_attribute("value") == str(kept), what=f"{name}'s field to show its value again")
+        assert c.get_param(name) == kept
+        browser.execute_script("document.querySelector('#toast').textContent = ''")
+    wide = browser.find_element(By.CSS_SELECTOR, '[data-param="wide"]')
+    assert wide.get_attribute("type") == "number"
+    wide.clear()
+    wide.send_keys("5000", Keys.TAB)
+    wait_for(lambda: c.get_param("wide") == 5000.0, what="the unbounded number to take 5000")
