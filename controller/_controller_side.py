@@ -28,6 +28,7 @@ import heapq
 import itertools
 import json
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -39,7 +40,7 @@ from actors import EnsembleError, WrongContextError
 from controller.messages import (
     ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady, as_sent,
 )
-from controller._host import ParamDef, add_param, bind_thread, function_name, load_module, uninstall
+from controller._host import SCRIPT_MODULE, ParamDef, add_param, bind_thread, function_name, load_module, uninstall
 from controller._ui import ScriptUi
 from controller._watchdog import BUDGET_S, GRACE_S, Deadline, ScriptTimeout, wedged_text, where_blocked
 
@@ -177,6 +178,7 @@ class ControllerScript:
         self.thread.start()
         self._ready.wait()
         self._client: Any = None
+        self._held: list[Any] = []  # run_sync calls of the module code running, sent once the script is ready
 
     # ------------------------------------------------------------------ any thread
     def submit(self, priority: int, fn: Callable[..., Any], args: tuple[Any, ...] = (), name: str = "",
@@ -373,6 +375,7 @@ class ControllerScript:
         _context._loading["active"] = True
         self.loading_file = str(Path(path).resolve())
         self.busy_since, self.busy_name = time.monotonic(), "module code"
+        self._held = []
         try:
             self.module, digest = load_module(path)
         except BaseException as exc:  # noqa: BLE001
@@ -398,6 +401,9 @@ class ControllerScript:
             self.start_timer(STATUS_INTERVAL_MS, on_status, STATUS)
         self.outbox.put(self._param_message([]))
         self.outbox.put(ScriptReady(self.path, number, digest))
+        held, self._held = self._held, []
+        for msg in held:
+            self.outbox.put(msg)
         log.info("event=script-loaded path=%s reload=%s params=%d discarded=%d load=%d", self.path, reload,
                  len(self.params), self.discarded, number)
 
@@ -549,8 +555,19 @@ class ControllerScript:
         log.info("event=script-print %s", text)
 
     def run_sync(self, fn: Any, args: tuple[Any, ...], id: Any) -> None:
-        name = function_name(self.module, fn, "run_sync")
-        self.outbox.put(as_sent(RunSync(name, list(args), "" if id is None else str(id)), "run_sync", list(args)))
+        """Send a run_sync call; in module code, ``fn`` is the loading script's and the call is held until it is ready.
+
+        Held calls are sent after the load's ``ScriptReady``: the processor
+        then has the script loaded, and runs them after its ``on_init``
+        starts.  A load that fails drops them.
+        """
+        loading = sys.modules.get(SCRIPT_MODULE) if self.loading_file else None
+        name = function_name(loading or self.module, fn, "run_sync")
+        msg = as_sent(RunSync(name, list(args), "" if id is None else str(id)), "run_sync", list(args))
+        if loading is not None:
+            self._held.append(msg)
+        else:
+            self.outbox.put(msg)
 
     def run_async_call(self, token: int, fn: str, args: list[Any]) -> None:
         """A run_async request from the processor: runs as a control callback, answers with the result.

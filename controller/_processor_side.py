@@ -106,6 +106,7 @@ class ProcessorScript:
         self._tokens = itertools.count(1)
         self._ids = itertools.count(1)
         self.current: _Task | None = None
+        self.deferred: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []  # run_sync calls awaiting their init
         self.frame = 0
         self.init_frame = 0
         self.stopped = ""
@@ -275,8 +276,13 @@ class ProcessorScript:
             fn = getattr(self.running, "on_init", None)
             if callable(fn):
                 self._start(fn, (), start, -1, 0, "on_init")
+            deferred, self.deferred = self.deferred, []
+            for call, args in deferred:
+                if getattr(call, "__globals__", None) is vars(self.running):
+                    self._guarded_call(call, args)
         elif kind == "unload":
             self.running, self.params = None, {}
+            self.deferred.clear()
             self.ready.clear()
             self.waiting.clear()
 
@@ -392,6 +398,10 @@ class ProcessorScript:
         return getattr(self.running, "__file__", "") or ""
 
     def _guarded_call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Audio thread: a run_sync call; one of a script whose init is still in the inbox waits for it."""
+        if self.running is None or getattr(fn, "__globals__", None) is not vars(self.running):
+            self.deferred.append((fn, args))  # run after that script's on_init starts, dropped by another's
+            return
         self._start(fn, args, self.engine.frame, -1, 0, f"run_sync({getattr(fn, '__name__', fn)})")
 
     # ------------------------------------------------------------------ API used by controller.script

@@ -214,7 +214,9 @@ def run_async(fn: Callable[..., Any] | str, *args: Any) -> Any:
     The calling callback is suspended (never the audio callback) and resumes
     with ``fn``'s return value at least one block later; an exception in
     ``fn`` is raised at the ``await``.  ``fn`` must be a top-level function of
-    the script; args must be msgpack-able.
+    the script; args and the return value must be msgpack-able (a tuple or
+    a set arrives as a list): TypeError is raised here for an argument, at
+    the ``await`` for a return value.
     """
     return runtime().run_async(fn, args)
 
@@ -225,7 +227,14 @@ def run_sync(fn: Callable[..., Any] | str, *args: Any, id: Any = None) -> None:
     """Run the script function ``fn(*args)`` in the processor at the start of the next block; returns at once.
 
     A later call with the same ``id`` replaces one that has not run yet, so
-    only the last runs.  ``fn`` must be a top-level function of the script.
+    only the last runs.  ``fn`` must be a top-level function of the script
+    (or its name); args must be msgpack-able (a tuple or a set arrives as a
+    list), else TypeError is raised here, naming the value.  In module code,
+    ``fn`` is a function of the script being loaded, defined above the call;
+    the call is held until the script has loaded in the processor and runs
+    there after its ``on_init`` starts (not at all if the load fails).
+    Nothing runs while the processor has the script stopped (a callback past
+    its hard limit); each refused call is reported as a script error.
     """
     runtime().run_sync(fn, args, id)
 

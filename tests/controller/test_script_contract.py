@@ -104,3 +104,43 @@ define_parameter("rs", "rs", False, on_change=on_rs)
         "C run_sync raised TypeError True",
         "ps ran [3]",
     ]
+
+
+MODULE_RUN_SYNC = """
+VERSION = {version!r}
+def ps(tag):
+    with open({log!r}, "a") as f:
+        f.write(f"ps of {{VERSION}} called by {{tag}}\\n")
+if get_context() == "Controller":
+    run_sync("ps", "name")
+    run_sync(ps, "function")
+"""
+
+
+def test_run_sync_in_module_code_runs_the_loading_scripts_function(tmp_path: Path) -> None:
+    """Render said "the script has no top-level function named 'ps'"; passing the function said it was not the
+    script's; live, the call ran the function of the script loaded before."""
+    log = tmp_path / "log.txt"
+    script = _script(tmp_path, MODULE_RUN_SYNC.format(version="v1", log=str(log)))
+    from controller.offline import render_script
+
+    _, errors = render_script(script, out=tmp_path / "out.wav", seconds=0.2)
+    assert errors == []
+    assert log.read_text().splitlines() == ["ps of v1 called by name", "ps of v1 called by function"]
+
+
+def test_run_sync_in_module_code_is_sent_after_its_scripts_ready(tmp_path: Path) -> None:
+    """The processor loads a script when the daemon forwards the controller's ScriptReady: a call sent before it
+    reached the script before."""
+    log = str(tmp_path / "log.txt")
+    rt, out = _loaded(tmp_path, MODULE_RUN_SYNC.format(version="v1", log=log))
+    try:
+        _script(tmp_path, MODULE_RUN_SYNC.format(version="v2", log=log))
+        rt.load(str(tmp_path / "instrument.py"), True, number=2)
+        wait_for(lambda: sum(isinstance(m, RunSync) for m in out.items) == 4, what="the reload's run_sync calls")
+        kinds = [(type(m).__name__, getattr(m, "load", None)) for m in out.items if isinstance(m, (ScriptReady, RunSync))]
+        assert kinds == [("ScriptReady", 0), ("RunSync", None), ("RunSync", None),
+                         ("ScriptReady", 2), ("RunSync", None), ("RunSync", None)]
+        assert _errors(out) == []
+    finally:
+        rt.stop()
