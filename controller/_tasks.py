@@ -42,6 +42,7 @@ class ScriptTask:
         self._status = ""
         self._props: dict[str, Any] = {}
         self._stopped = threading.Event()
+        self._gen = rt.generation  # of the script whose module code made it: its callbacks go when that one does
 
     def call_on_background_thread(self, fn: Callable[..., Any] | str) -> None:
         """Run the script function ``fn(task)`` as a job on a worker; returns at once."""
@@ -71,7 +72,7 @@ class ScriptTask:
         self.job_id = client._submit_task(os.environ.get("ENSEMBLE_INTERNAL_TOKEN", ""), fn, args, self.name,
                                           self._timeout_ms / 1000)  # the seed's set_timeout: the abort grace
         if self._finish is not None:
-            self.rt.submit(1, self._finish, (False, False), f"finish callback {self.name}")
+            self.rt.submit(1, self._finish, (False, False), f"finish callback {self.name}", self._gen)
         client.watch(self.job_id, self._update)
 
     def _update(self, info: JobInfo) -> None:  # client I/O thread
@@ -84,7 +85,8 @@ class ScriptTask:
             if self._forward:
                 self.rt.loading_status = {}
             if self._finish is not None:
-                self.rt.submit(1, self._finish, (True, info.state in ("cancelled", "killed")), f"finish callback {self.name}")
+                self.rt.submit(1, self._finish, (True, info.state in ("cancelled", "killed")),
+                               f"finish callback {self.name}", self._gen)
 
     def set_finish_callback(self, fn: Callable[[bool, bool], Any]) -> None:
         """``fn(is_finished, was_cancelled)`` runs on the script thread when the task starts and when it stops."""

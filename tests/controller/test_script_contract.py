@@ -15,6 +15,7 @@ from typing import Any
 
 from controller._controller_side import ControllerScript
 from controller._host import install
+from actors.messages import JobInfo
 from controller.messages import RunSync, ScriptError, ScriptReady
 from tests.conftest import wait_for
 from tests.controller.test_callback_queue import Collect
@@ -141,6 +142,63 @@ def test_run_sync_in_module_code_is_sent_after_its_scripts_ready(tmp_path: Path)
         kinds = [(type(m).__name__, getattr(m, "load", None)) for m in out.items if isinstance(m, (ScriptReady, RunSync))]
         assert kinds == [("ScriptReady", 0), ("RunSync", None), ("RunSync", None),
                          ("ScriptReady", 2), ("RunSync", None), ("RunSync", None)]
+        assert _errors(out) == []
+    finally:
+        rt.stop()
+
+
+class _Client:
+    """The daemon client a script's background tasks use, as far as an abort needs it: the final snapshot."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[tuple[int, bool]] = []
+
+    def cancel(self, job_id: int, block: bool = False) -> JobInfo:
+        self.cancelled.append((job_id, block))
+        return JobInfo(id=job_id, fn="", name="t", state="cancelled")
+
+    def close(self) -> None:
+        pass
+
+
+OLD_AND_NEW = """
+seen = []
+VERSION = {version!r}
+async def slow():
+    await wait(300)
+    seen.append("slow resumed")
+    set_parameter("marker", "slow of " + VERSION)
+    return 5
+async def on_late(v):
+    await wait(600)
+    seen.append("late done")
+task = create_background_task("t")
+task.set_finish_callback(lambda done, cancelled: seen.append(("finish", done, cancelled)))
+define_parameter("marker", "marker", "")
+define_parameter("late", "late", False, on_change=on_late)
+"""
+
+
+def test_nothing_of_the_old_script_runs_after_a_reload(tmp_path: Path) -> None:
+    """An async run_async function (started with loop.create_task, never tracked) resumed after the reload and set
+    a parameter of the new script; a background task's finish callback of the old module ran after the new one
+    loaded."""
+    rt, out = _loaded(tmp_path, OLD_AND_NEW.format(version="v1"), client_factory=_Client)
+    try:
+        old = rt.module
+        assert old is not None
+        rt.run_async_call(1, "slow", [])
+        wait_for(lambda: rt.tasks and rt.busy_since == 0.0, what="slow to suspend at its wait")
+        old.task.job_id = 7  # a job that started (its submission needs a daemon)
+        _script(tmp_path, OLD_AND_NEW.format(version="v2"))
+        rt.load(str(tmp_path / "instrument.py"), True, number=2)
+        wait_for(lambda: rt.module is not old and rt.generation == 2, what="the reload")
+        old.task._update(JobInfo(id=7, fn="", name="t", state="cancelled"))  # the watch reports the aborted job
+        rt.param_from_outside("late", True)  # resumes 600 ms on, after the old slow would have (300 ms)
+        wait_for(lambda: rt.module.seen == ["late done"], what="the new script's callback")  # type: ignore[union-attr]
+        rt.barrier()
+        assert old.seen == []
+        assert rt.get_parameter("marker") == ""
         assert _errors(out) == []
     finally:
         rt.stop()
