@@ -261,7 +261,7 @@ class ProcessorScript:
             self.values.update(item[1])
             for name in item[2]:
                 p = self.params.get(name)
-                if p is not None and p.on_change is not None:
+                if p is not None and p.on_change is not None and not self._refused(f"on_change({name})"):
                     self._start(p.on_change, (self.values.get(name),), start, -1, 0, f"on_change({name})")
         elif kind == "init":
             self.running, self.params = item[1], item[2]
@@ -394,6 +394,14 @@ class ProcessorScript:
         self.on_async.clear()
         self.outbox.put(ScriptError("Processor", "stopped", f"script stopped: {why}; audio continues", task.location))
 
+    def _refused(self, name: str) -> bool:
+        """Audio thread: whether the script is stopped, so that callback ``name`` must not run (reported if so)."""
+        if not self.stopped:
+            return False
+        self.outbox.put(ScriptError("Processor", "stopped", f"{name} did not run: the script is stopped "
+                                    f"({self.stopped}); nothing of it runs until it is loaded again"))
+        return True
+
     def _file(self) -> str:
         return getattr(self.running, "__file__", "") or ""
 
@@ -401,6 +409,8 @@ class ProcessorScript:
         """Audio thread: a run_sync call; one of a script whose init is still in the inbox waits for it."""
         if self.running is None or getattr(fn, "__globals__", None) is not vars(self.running):
             self.deferred.append((fn, args))  # run after that script's on_init starts, dropped by another's
+            return
+        if self._refused(f"run_sync({getattr(fn, '__name__', fn)})"):
             return
         self._start(fn, args, self.engine.frame, -1, 0, f"run_sync({getattr(fn, '__name__', fn)})")
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from controller._controller_side import ControllerScript
 from controller._host import install
 from actors.messages import JobInfo
@@ -202,3 +204,37 @@ def test_nothing_of_the_old_script_runs_after_a_reload(tmp_path: Path) -> None:
         assert _errors(out) == []
     finally:
         rt.stop()
+
+
+def test_a_stopped_script_runs_no_run_sync_call_nor_processor_on_change(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After "script stopped: ... audio continues" the processor still ran run_sync functions and processor=True
+    on_change callbacks of the stopped script."""
+    import functools
+
+    from controller import offline
+    from controller._processor_side import ProcessorScript
+
+    monkeypatch.setattr(offline, "ProcessorScript", functools.partial(ProcessorScript, hard_limit_ms=50.0))
+    log = tmp_path / "log.txt"
+    script = _script(tmp_path, f"""
+import time
+def rec(*a):
+    with open({str(log)!r}, "a") as f:
+        f.write(" ".join(map(str, a)) + "\\n")
+async def on_init():
+    end = time.monotonic() + 0.1
+    while time.monotonic() < end:
+        pass
+    await wait(1)  # the step ends here, past the hard limit
+def ps(v):
+    rec("run_sync ran", v)
+define_parameter("rs", "rs", 0, on_change=lambda v: run_sync(ps, v))
+define_parameter("pp", "pp", 0, on_change=lambda v: rec("on_change ran", v), processor=True)
+""")
+    _, errors = offline.render_script(script, out=tmp_path / "out.wav", seconds=0.5,
+                                      sets=[offline.parse_set("rs=1@0.1"), offline.parse_set("pp=2@0.2")])
+    assert not log.exists(), (log.read_text(), errors)
+    assert any("script stopped: on_init ran" in e for e in errors)
+    assert any("run_sync(ps) did not run: the script is stopped" in e for e in errors)
+    assert any("on_change(pp) did not run: the script is stopped" in e for e in errors)
