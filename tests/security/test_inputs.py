@@ -172,10 +172,14 @@ def test_state_files_keys_and_log_lines_stay_private_and_honest(make_daemon: Any
     assert out.returncode != 0 and "invalid" in out.stderr
     assert (state / "keys" / "server.key").exists()
     d.up()
-    for f in ("jobs.sqlite3", "daemon.log"):
+    for f in ("jobs.sqlite3", "jobs.sqlite3.lock", "daemon.log"):
         assert stat.S_IMODE((state / f).stat().st_mode) & 0o077 == 0, f
     c = d.client()
-    c.upload_sample(np.zeros(100_000, dtype=np.float32), "snare\n2026-01-01 CRITICAL forged", 48000)
+    from actors import ProtocolError
+
+    with pytest.raises(ProtocolError, match="holds a control character"):  # (it was taken, and logged escaped)
+        c.upload_sample(np.zeros(100_000, dtype=np.float32), "snare\n2026-01-01 CRITICAL forged", 48000)
+    c.upload_sample(np.zeros(100_000, dtype=np.float32), "snare", 48000)
     wait_for(lambda: "event=sample-load" in (state / "daemon.log").read_text(), what="the sample-load line")
     log = (state / "daemon.log").read_text()
     assert not any(line.startswith("2026-01-01 CRITICAL") or line.startswith("CRITICAL forged")
