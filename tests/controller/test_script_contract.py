@@ -18,7 +18,7 @@ import pytest
 from controller._controller_side import ControllerScript
 from controller._host import install
 from actors.messages import JobInfo
-from controller.messages import RunSync, ScriptError, ScriptReady
+from controller.messages import RunAsyncResult, RunSync, ScriptError, ScriptReady
 from tests.conftest import wait_for
 from tests.controller.test_callback_queue import Collect
 
@@ -238,3 +238,25 @@ define_parameter("pp", "pp", 0, on_change=lambda v: rec("on_change ran", v), pro
     assert any("script stopped: on_init ran" in e for e in errors)
     assert any("run_sync(ps) did not run: the script is stopped" in e for e in errors)
     assert any("on_change(pp) did not run: the script is stopped" in e for e in errors)
+
+
+def test_an_async_run_async_function_is_bounded_by_the_budget(tmp_path: Path) -> None:
+    """Started outside the callback driver, each step of an async run_async function ran unbounded."""
+    rt, out = _loaded(tmp_path, """
+async def heavy():
+    await wait(10)
+    while True:
+        pass
+""", budget_ms=200)
+    try:
+        rt.run_async_call(1, "heavy", [])
+
+        def answered() -> Any:
+            rt.check_budget()  # the controller's main loop does this every tick
+            return next((m for m in out.items if isinstance(m, RunAsyncResult)), None)
+
+        answer = wait_for(answered, what="heavy to be stopped at the budget")
+        assert not answer.ok and answer.error.startswith("ScriptTimeout")
+        assert any("run_async(heavy) ran past the controller's budget" in e for e in _errors(out))
+    finally:
+        rt.stop()
