@@ -20,6 +20,7 @@ processor leaves with ``WEDGED_EXIT`` to be restarted (see ``audio.processor``).
 
 from __future__ import annotations
 
+import builtins
 import collections
 import itertools
 import logging
@@ -106,6 +107,7 @@ class ProcessorScript:
         self._tokens = itertools.count(1)
         self._ids = itertools.count(1)
         self.current: _Task | None = None
+        self.issued: dict[int, str] = {}  # run_async tokens not answered yet -> the function's name
         self.deferred: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []  # run_sync calls awaiting their init
         self.frame = 0
         self.init_frame = 0
@@ -250,13 +252,18 @@ class ProcessorScript:
             self._incoming(item[1], item[2], item[3], item[4], item[5] if item[5] is not None else start, item[6])
         elif kind == "async":
             task = self.on_async.pop(item[1], None)
+            name = self.issued.pop(item[1], "")
             if task is not None:
                 if item[2]:
                     task.send = item[3]
                 else:
-                    task.throw = EnsembleError(f"run_async function failed in the controller: {item[4]}")
+                    task.throw = _raised_in_controller(item[4])
                 task.now = max(task.now, start)
                 self.ready.append(task)
+            elif name and not item[2]:  # never awaited: the error would be lost
+                self.errors += 1
+                self.outbox.put(ScriptError("Processor", "error", f"run_async({name}) was not awaited, and its "
+                                            f"function raised in the controller: {item[4]}"))
         elif kind == "params":
             self.values.update(item[1])
             for name in item[2]:
@@ -272,6 +279,7 @@ class ProcessorScript:
             self.waiting.clear()
             self.on_release_wait.clear()
             self.on_async.clear()
+            self.issued.clear()
             self.init_frame = start
             fn = getattr(self.running, "on_init", None)
             if callable(fn):
@@ -283,6 +291,7 @@ class ProcessorScript:
         elif kind == "unload":
             self.running, self.params = None, {}
             self.deferred.clear()
+            self.issued.clear()
             self.ready.clear()
             self.waiting.clear()
 
@@ -392,6 +401,7 @@ class ProcessorScript:
         self.waiting.clear()
         self.on_release_wait.clear()
         self.on_async.clear()
+        self.issued.clear()
         self.outbox.put(ScriptError("Processor", "stopped", f"script stopped: {why}; audio continues", task.location))
 
     def _refused(self, name: str) -> bool:
@@ -440,6 +450,7 @@ class ProcessorScript:
         name = function_name(self.running, fn, "run_async")
         token = next(self._tokens)
         self.outbox.put(as_sent(RunAsync(token, name, list(args)), "run_async", list(args)))
+        self.issued[token] = name
         return _Park("async", token)
 
     def print(self, text: str) -> None:
@@ -550,6 +561,26 @@ def _whole(number: Any) -> Any:
     if isinstance(number, float) and number.is_integer():
         return int(number)
     return number
+
+
+def _raised_in_controller(error: str) -> BaseException:
+    """The exception a run_async function raised (``Type: message``), to raise at the ``await``.
+
+    A builtin exception type comes back as itself with its message (a note
+    says it was raised in the controller); any other, or an answer that is
+    no exception, as EnsembleError naming it.
+    """
+    name, sep, text = error.partition(": ")
+    cls = getattr(builtins, name, None)
+    if sep and isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            exc: BaseException = cls(text)
+        except Exception:  # noqa: BLE001 - a type that needs other arguments
+            pass
+        else:
+            exc.add_note("raised by the run_async function in the controller")
+            return exc
+    return EnsembleError(f"run_async function failed in the controller: {error}")
 
 
 def _where(exc: BaseException, path: str) -> str:

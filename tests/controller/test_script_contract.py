@@ -103,7 +103,7 @@ define_parameter("rs", "rs", False, on_change=on_rs)
         "P echo raised TypeError True",
         "P echo -> [1, 2]",
         "P ret_set -> [1, 2]",
-        "P ret_object raised EnsembleError True",  # the TypeError, as the controller raised it
+        "P ret_object raised TypeError True",
         "C run_sync raised TypeError True",
         "ps ran [3]",
     ]
@@ -260,3 +260,38 @@ async def heavy():
         assert any("run_async(heavy) ran past the controller's budget" in e for e in _errors(out))
     finally:
         rt.stop()
+
+
+def test_a_run_async_error_keeps_its_type_and_one_not_awaited_is_reported(tmp_path: Path) -> None:
+    """An exception in fn arrived as EnsembleError('run_async function failed in the controller: ValueError: boom');
+    the error of a run_async never awaited was lost silently."""
+    log = tmp_path / "log.txt"
+    script = _script(tmp_path, f"""
+class Custom(Exception):
+    pass
+def rec(*a):
+    with open({str(log)!r}, "a") as f:
+        f.write(" ".join(map(str, a)) + "\\n")
+def boom(n):
+    raise ValueError(f"boom {{n}}")
+def lost():
+    raise KeyError("lost")
+def custom():
+    raise Custom("mine")
+async def on_init():
+    for fn in (boom, custom):
+        try:
+            await (run_async(fn, 1) if fn is boom else run_async(fn))
+        except Exception as e:
+            rec(type(e).__name__, str(e))
+    run_async(lost)
+""")
+    from controller.offline import render_script
+
+    _, errors = render_script(script, out=tmp_path / "out.wav", seconds=0.2)
+    assert log.read_text().splitlines() == [
+        "ValueError boom 1",
+        "EnsembleError run_async function failed in the controller: Custom: mine",
+    ]
+    assert errors == ["Processor error: run_async(lost) was not awaited, and its function raised in the controller: "
+                      "KeyError: lost"]
