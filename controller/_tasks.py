@@ -42,6 +42,7 @@ class ScriptTask:
         self._status = ""
         self._props: dict[str, Any] = {}
         self._stopped = threading.Event()
+        self._lock = threading.Lock()
         self._gen = rt.generation  # of the script whose module code made it: its callbacks go when that one does
 
     def call_on_background_thread(self, fn: Callable[..., Any] | str) -> None:
@@ -75,13 +76,22 @@ class ScriptTask:
             self.rt.submit(1, self._finish, (False, False), f"finish callback {self.name}", self._gen)
         client.watch(self.job_id, self._update)
 
-    def _update(self, info: JobInfo) -> None:  # client I/O thread
+    def _update(self, info: JobInfo) -> None:
+        """A snapshot of the job (client I/O thread; the script thread after a blocking abort).
+
+        One of a job before the current one (its watch, late) is ignored.
+        """
+        if info.id != self.job_id:
+            return
         self._info = info
         self._progress, self._status, self._props = info.progress, info.status, dict(info.properties)
         if self._forward:
             self.rt.loading_status = {"task": self.name, "progress": info.progress, "status": info.status}
-        if info.state in FINAL and not self._stopped.is_set():
-            self._stopped.set()
+        with self._lock:  # the finish callback runs once per job, whichever thread sees the end first
+            stopped_now = info.state in FINAL and not self._stopped.is_set()
+            if stopped_now:
+                self._stopped.set()
+        if stopped_now:
             if self._forward:
                 self.rt.loading_status = {}
             if self._finish is not None:
@@ -93,10 +103,18 @@ class ScriptTask:
         self._finish = fn
 
     def send_abort_signal(self, block_until_stopped: bool = False) -> None:
-        """Make the job's ``should_abort()`` true; with ``block_until_stopped`` wait until it has stopped."""
+        """Make the job's ``should_abort()`` true; with ``block_until_stopped`` wait until it has stopped.
+
+        Blocking, it returns once the job has stopped (force-killed after its
+        ``set_timeout`` grace): ``running`` is then False, the task may start
+        again, and the finish callback is queued.  Blocks the script thread
+        meanwhile.
+        """
         self._aborted = True
         if self.job_id and not self._stopped.is_set():
-            self.rt.client().cancel(self.job_id, block=block_until_stopped)
+            info = self.rt.client().cancel(self.job_id, block=block_until_stopped)
+            if block_until_stopped and info is not None:
+                self._update(info)
 
     def _abort_quietly(self) -> None:
         try:

@@ -295,3 +295,49 @@ async def on_init():
     ]
     assert errors == ["Processor error: run_async(lost) was not awaited, and its function raised in the controller: "
                       "KeyError: lost"]
+
+
+class _Jobs(_Client):
+    """A client that also starts jobs (numbered from 8) and watches them (the watch never reports)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids = iter(range(8, 100))
+
+    def _submit_task(self, *_: Any) -> int:
+        return next(self.ids)
+
+    def watch(self, job_id: int, fn: Any) -> None:
+        pass
+
+
+def test_a_blocking_abort_returns_with_the_task_stopped(tmp_path: Path) -> None:
+    """send_abort_signal(True) returned while task.running was still True (the job's final update had not come),
+    so starting it again at once raised "already running"."""
+    rt, out = _loaded(tmp_path, """
+seen = []
+task = create_background_task("t")
+task.set_finish_callback(lambda done, cancelled: seen.append(("finish", done, cancelled)))
+def polite(t):
+    pass
+def on_restart(v):
+    task.send_abort_signal(True)
+    seen.append(("running after the abort", task.running))
+    task.call_on_background_thread(polite)
+    seen.append(("started", task.job_id))
+define_parameter("restart", "restart", False, on_change=on_restart)
+""", client_factory=_Jobs)
+    try:
+        mod = rt.module
+        assert mod is not None
+        mod.task.job_id = 7  # a job that started (its submission needs a daemon)
+        rt.param_from_outside("restart", True)
+        wait_for(lambda: len(mod.seen) == 4, what="the restart and its finish callbacks")
+        assert mod.seen == [("running after the abort", False), ("started", 8), ("finish", True, True),
+                            ("finish", False, False)]
+        mod.task._update(JobInfo(id=7, fn="", name="t", state="cancelled"))  # job 7's watch, late
+        assert mod.task.running  # job 8 runs on
+        rt.barrier()
+        assert len(mod.seen) == 4 and _errors(out) == []
+    finally:
+        rt.stop()
