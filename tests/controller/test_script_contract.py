@@ -341,3 +341,46 @@ define_parameter("restart", "restart", False, on_change=on_restart)
         assert len(mod.seen) == 4 and _errors(out) == []
     finally:
         rt.stop()
+
+
+LIVE = """
+def echo(x):
+    return x
+def ps(x):
+    pass
+async def on_note(event):
+    try:
+        await run_async(echo, object())
+    except TypeError:
+        set_parameter("proc_err", "TypeError")
+def on_rs(v):
+    try:
+        run_sync(ps, object())
+    except TypeError:
+        set_parameter("ctl_err", "TypeError")
+async def on_aw(v):
+    await wait(50)
+    set_parameter("after", True)
+define_parameter("proc_err", "p", "")
+define_parameter("ctl_err", "c", "")
+define_parameter("after", "after", False)
+define_parameter("rs", "rs", 0, on_change=on_rs)
+define_parameter("aw", "aw", 0, on_change=on_aw)
+"""
+
+
+def test_live_unsendable_values_raise_in_the_script_and_no_process_restarts(tmp_path: Path, daemon: Any) -> None:
+    """Live, run_async(echo, object()) restarted the processor and run_sync(ps, object()) the controller; an async
+    on_change never resumed after its wait."""
+    script = Path(_script(tmp_path, LIVE, "live.py"))
+    c = daemon.client()
+    c.load_script(str(script), wait=60)
+    wait_for(lambda: daemon.actor("processor").stats.get("script") == str(script.resolve()), what="the processor load")
+    before = {name: (daemon.actor(name).pid, daemon.actor(name).restarts) for name in ("processor", "controller")}
+    c.note_on(60)
+    c.set_param("rs", 1)
+    c.set_param("aw", 1)
+    wait_for(lambda: c.get_param("proc_err") == "TypeError", what="run_async's TypeError in on_note")
+    wait_for(lambda: c.get_param("ctl_err") == "TypeError", what="run_sync's TypeError in on_rs")
+    wait_for(lambda: c.get_param("after") is True, what="on_aw to resume after its wait")
+    assert {name: (daemon.actor(name).pid, daemon.actor(name).restarts) for name in before} == before
