@@ -97,6 +97,19 @@ def import_ray() -> Any:
     return ray
 
 
+RAY_RESERVED = ("object_store_memory", "bundle")  # resource names Ray keeps for itself (an actor asking for one
+# is refused by Ray when it is placed)
+
+
+def unplaceable(resources: dict[str, float]) -> str:
+    """Why Ray can place no worker for ``resources`` whatever the cluster ('' when it may)."""
+    taken = [name for name in resources if name in RAY_RESERVED or "_group_" in name]
+    if taken:
+        return (f"the resource name {taken[0]!r} is one Ray keeps for itself (object store memory, placement "
+                "groups): name the resource otherwise (a node's custom resources: `ray start --resources`)")
+    return ""
+
+
 def ray_options(resources: dict[str, float]) -> dict[str, Any]:
     """Ray actor options reserving ``resources`` (``CPU``, ``GPU``, ``memory`` and custom names)."""
     opts: dict[str, Any] = {"num_cpus": resources.get("CPU", 0.0), "num_gpus": resources.get("GPU", 0.0)}
@@ -364,15 +377,28 @@ class RayWorkers:
         for suffix in (".key", ".key_secret"):
             (self.keys_dir / "issued" / f"{name}{suffix}").unlink(missing_ok=True)
 
-    def place(self, needs: list[dict[str, float]]) -> None:
-        """Start a worker for each resource need no member offers yet (within ``[cluster] max_workers``)."""
+    def place(self, needs: list[dict[str, float]]) -> list[tuple[dict[str, float], str]]:
+        """Start a worker for each resource need no member offers yet (within ``[cluster] max_workers``); the needs
+        Ray refused to place, with why (their jobs can never run: the supervisor fails them).
+
+        A refusal of Ray's (a resource name it keeps, an option it does not
+        take) raised out of the daemon's loop and ended the daemon, and the
+        job, still queued in the journal, ended every later start too.
+        """
+        refused: list[tuple[dict[str, float], str]] = []
         for need in needs:
+            if any(fits(need, m.resources) for m in self.members.values()):
+                continue
             if len(self.members) >= self.cfg.cluster.max_workers:
                 log.warning("event=ray-placement-capped need=%s max_workers=%d", describe(need),
                             self.cfg.cluster.max_workers)
-                return
-            if not any(fits(need, m.resources) for m in self.members.values()):
+                break
+            try:
                 self.add({**self.cfg.cluster.worker_resources, **need}, demand=True)
+            except Exception as exc:  # noqa: BLE001 - Ray's refusal of this need is this need's jobs' failure
+                log.error("event=ray-placement-refused need=%s reason=%s", describe(need), exc)
+                refused.append((need, f"Ray cannot place a worker with {describe(need)}: {exc}"))
+        return refused
 
     def scale(self, n: int) -> list[str]:
         """Aim for ``n`` members; returns the names to retire (the supervisor stops their workers, then :meth:`reap`).

@@ -23,12 +23,14 @@ bound to its key); what is particular to it is handled here:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import msgspec
 import zmq
 
 from actors._errors import EnsembleError
+from actors._values import Exact
 from actors.messages import JobDone, StoredArray
 from actors.shm import SharedArray, walk
 from actors.supervisor import _dispatch as plan
@@ -64,7 +66,10 @@ class ClusterMixin(State):
         assert self.book is not None
         needs = plan.unmet(self.book, self.slots.values())
         if needs:
-            cluster.place(needs)
+            for need, why in cluster.place(needs):
+                now = time.time()
+                for job in [j for j in self.book.jobs.values() if j.state == "queued" and j.spec.resources == need]:
+                    self._finish(job, "failed", now, error_type="JobRefused", error_message=f"job {job.spec.fn}: {why}")
 
     def scale_cluster(self, n: int) -> None:
         """Aim for ``n`` Ray-placed workers: start actors, or retire idle workers first (then remove their actors)."""
@@ -93,7 +98,7 @@ class ClusterMixin(State):
         if done.properties and holds_stored(done.properties):
             log.warning("event=stored-key-refused name=%s job=%d where=properties", slot.name, done.job_id)
             done = msgspec.structs.replace(done, properties={})
-        if type(done.value) not in (list, dict, StoredArray):
+        if type(done.value) not in (list, dict, StoredArray, Exact):  # (a tuple is an Exact here: arrays in it too)
             return done
         if not done.ok:
             if holds_stored(done.value):

@@ -135,3 +135,22 @@ def test_a_remote_client_s_inline_array_goes_through_the_store_and_leaves_no_seg
         assert not list(Path("/dev/shm").glob(f"ensemble.{shm_key}.*"))  # a remote client's result: no segment
     finally:
         d.cleanup()
+
+
+def test_a_tuple_result_holding_a_big_array_comes_back_and_listings_stay_readable(
+        ray_daemon: tuple[Daemon, Any]) -> None:
+    """A Ray-placed job's tuple result with an array in the object store was journaled holding the store's key:
+    the client got a ProtocolError instead of its result, and every later job listing failed the same way, after
+    restarts too.  A resource name Ray keeps for itself passed the submit, and Ray's refusal to place a worker for
+    it ended the daemon, at every later start as well (the job stayed queued)."""
+    from actors import JobRefused
+
+    d, _ = ray_daemon
+    c = d.client(timeout=120)
+    big = np.arange(1_000_000, dtype=np.float64)  # 8 MB: through the object store
+    back = c.submit("tests.jobs:identity", (big, {1, 2})).result(120)
+    assert type(back) is tuple and np.array_equal(back[0], big) and back[1] == {1, 2}
+    assert [j.state for j in c.jobs(limit=5)][0] == "done"  # the listing reads
+    with pytest.raises(JobRefused, match="'object_store_memory' is one Ray keeps for itself"):
+        c.submit("examples.jobs:add", 1, 2, resources={"object_store_memory": 1})
+    assert c.submit("examples.jobs:add", 1, 2).result(120) == 3  # the daemon lives
