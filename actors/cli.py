@@ -344,8 +344,12 @@ def down(ctx: click.Context, timeout: float) -> None:
             except TransportError:
                 if not rundir.is_locked() or not (pid and process_alive(pid)):
                     break  # it stopped
-                if time.monotonic() > asked_until:
-                    raise
+                if time.monotonic() > asked_until:  # its loop does not answer (blocked: in a Ray join, say):
+                    click.echo(f"ensemble: note: the daemon (pid {pid}) does not answer; sending it SIGTERM, "
+                               f"SIGKILL after {timeout:g}s", err=True)  # the signals the help promises
+                    if pid:
+                        os.kill(pid, signal.SIGTERM)
+                    break
     deadline = time.monotonic() + timeout
     while rundir.is_locked() or (pid and process_alive(pid)):  # return only once the process is gone
         if time.monotonic() > deadline:

@@ -137,3 +137,18 @@ def test_the_follower_s_look_for_a_ready_worker_never_outwaits_its_pulse(make_da
             assert _no_worker_hint(c) == ""  # not known: the pulse says the daemon does not answer (was: 600 s)
         finally:
             os.kill(d.pid, signal.SIGCONT)
+
+
+@pytest.mark.slow  # waits out the 10 s a Shutdown is asked for
+def test_down_of_a_daemon_that_does_not_answer_signals_it_as_its_help_says(make_daemon: Make) -> None:
+    """A daemon whose loop does not answer (blocked in a Ray join, or stopped): `down` said "did not answer
+    Shutdown" and left it running; its help promises SIGTERM, then SIGKILL."""
+    d = make_daemon(jobs_only=True, workers=1)
+    d.up()
+    os.kill(d.pid, signal.SIGSTOP)  # (a stopped process takes SIGKILL; SIGTERM waits for it to run)
+    out = d.cli("down", "--timeout", "2", check=False)
+    assert out.returncode == 1, out.stderr
+    assert f"the daemon (pid {d.pid}) does not answer; sending it SIGTERM, SIGKILL after 2s" in out.stderr
+    assert f"the daemon did not stop within 2s; killed pid {d.pid}" in out.stderr
+    wait_for(lambda: not pid_alive(d.pid) and not processes_mentioning(str(d.base)), 30,
+             what="the daemon and its workers to be gone")
