@@ -400,13 +400,16 @@ class RayWorkers:
                 refused.append((need, f"Ray cannot place a worker with {describe(need)}: {exc}"))
         return refused
 
-    def scale(self, n: int) -> list[str]:
+    def scale(self, n: int, busy: "set[str] | frozenset[str]" = frozenset()) -> list[str]:
         """Aim for ``n`` members; returns the names to retire (the supervisor stops their workers, then :meth:`reap`).
 
-        Growing starts actors at once.  Shrinking picks placement-made members
-        first, then the newest; those not yet connected are removed at once.
+        Growing starts actors at once.  Shrinking picks idle members first
+        (``busy``: the names whose workers run jobs; a busy one retires once
+        its jobs end), placement-made ones first among them, then the newest;
+        those not yet connected are removed at once.
         """
-        have = sorted((m for m in self.members.values() if not m.retiring), key=lambda m: (not m.demand, -m.started))
+        have = sorted((m for m in self.members.values() if not m.retiring),
+                      key=lambda m: (m.name in busy, not m.demand, -m.started))
         for _ in range(n - len(have)):
             self.add(dict(self.cfg.cluster.worker_resources))
         going = have[:max(0, len(have) - n)]

@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from actors._errors import EnsembleError
+from actors._errors import EnsembleError, OutOfRange
 from actors._values import Exact
 from actors.messages import JobDone, StoredArray
 from actors.shm import SharedArray, walk
@@ -76,7 +76,11 @@ class ClusterMixin(State):
         if self.cluster is None:
             raise EnsembleError("this daemon runs no Ray workers: set [cluster] ray (and [daemon] tcp) in its "
                                 "config and restart it")
-        for name in self.cluster.scale(n):
+        cap = self.cfg.cluster.max_workers
+        if n > cap:  # (it started as many as asked, past the cap the placement keeps to)
+            raise OutOfRange(f"cannot scale to {n} workers on Ray: at most [cluster] max_workers = {cap}")
+        busy = {s.key_name for s in self.slots.values() if s.remote and s.outstanding}
+        for name in self.cluster.scale(n, busy):
             slots = [s for s in self.slots.values() if s.remote and s.key_name == name]
             if not slots:  # not connected yet: nothing to finish
                 self.cluster.remove(name, "scaled down")

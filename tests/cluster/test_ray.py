@@ -123,3 +123,20 @@ def test_a_daemon_killed_and_started_again_replaces_its_ray_workers_and_their_ke
     assert not [n for n in old if (keys / "allowed" / "worker" / f"{n}.key").exists()]  # revoked at the new start
     c = d.client(timeout=60)
     assert [h.result(60) for h in [c.submit("examples.jobs:add", i, 1) for i in range(10)]] == list(range(1, 11))
+
+
+def test_scaling_down_retires_an_idle_worker_and_up_keeps_to_max_workers(ray_daemon: tuple[Daemon, Any]) -> None:
+    """A scale-down retired the newest Ray worker even when it ran a job and an idle one was there (the job was
+    not lost, but the guide says idle ones retire first); a scale-up started as many as asked, past
+    [cluster] max_workers."""
+    d, _ = ray_daemon
+    c = d.client(timeout=120)
+    job = c.submit("tests.jobs:wait_file", str(d.base / "go"), 600.0)
+    wait_for(lambda: job.state == "running", 120, what="the job to start on a Ray worker")
+    busy = job.refresh().worker
+    out = d.cli("scale", "999", "--on", "ray", check=False)
+    assert out.returncode != 0 and "at most [cluster] max_workers" in out.stderr, out.stderr
+    d.cli("scale", "1", "--on", "ray")
+    wait_for(lambda: [a.name for a in ray_workers(d)] == [busy], 60, what="the idle worker to retire")
+    (d.base / "go").touch()
+    assert job.result(120) == "released"  # the busy one finished its job
