@@ -175,7 +175,7 @@ def leftovers() -> dict[str, list[str]]:
                 segs += [s for s in os.listdir("/dev/shm") if s.startswith(f"ensemble.{d.shm_key}.")]
             except FileNotFoundError:
                 pass
-    procs += [f"{pid} (child of the bench)" for pid in children()]
+    procs += [f"{pid} (child of the bench)" for pid in children(os.getpid())]
     return {"processes": procs, "directories": dirs, "shm_segments": segs}
 
 

@@ -83,7 +83,7 @@ class _Page:
         origin = f"http://127.0.0.1:{self.port}"
         try:
             async with aiohttp.ClientSession() as s, s.ws_connect(
-                    f"{origin}/ws", headers={"Origin": origin, "Cookie": f"ensemble_panel_{self.port}={self.token}"}) as ws:
+                    f"{origin}/ws", headers={"Origin": origin, "X-Ensemble-Token": self.token}) as ws:
                 await ws.receive_json(timeout=30)  # the first state: the page is up
                 self.ready.set()
                 while not self.done.is_set():
