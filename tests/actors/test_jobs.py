@@ -249,6 +249,7 @@ def test_gap_between_should_abort_calls_is_recorded_as_stalled(module_daemon: Da
     assert gap_ms >= 200  # reported once past 200 ms, in whole ms: a gap of 200.4 ms reads "200"
 
 
+@pytest.mark.slow  # ~9 s of stalls: the default suite stays under its 5 minutes
 def test_a_job_keeps_a_bounded_number_of_events_and_counts_the_rest(module_daemon: Daemon) -> None:
     """A job a little slower than its timeout is stalled at every check, for as long as it runs: its events grew
     without end (in memory, the journal and every snapshot sent, until one passed the frame limit and its owner

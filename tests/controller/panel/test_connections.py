@@ -102,6 +102,7 @@ def flood(panel: Panel) -> Iterator[list[socket.socket]]:
             s.close()
 
 
+@pytest.mark.slow  # 5-13 s: the default suite stays under its 5 minutes
 @pytest.mark.timeout(120)
 def test_half_open_connections_without_the_token_are_capped_and_closed_and_the_token_holder_gets_in(
         panel: Panel, flood: list[socket.socket]) -> None:
@@ -122,6 +123,7 @@ def test_half_open_connections_without_the_token_are_capped_and_closed_and_the_t
     assert len(lines) <= BURST, lines
 
 
+@pytest.mark.slow  # 5-13 s: the default suite stays under its 5 minutes
 @pytest.mark.timeout(120)
 def test_accepts_that_find_no_descriptor_are_logged_within_the_budget(panel: Panel,
                                                                      flood: list[socket.socket]) -> None:
