@@ -115,13 +115,13 @@ class ClientArrays:
         """A new array in shared memory that jobs receive without a copy (ClientClosed once closed: nothing
         would unlink it)."""
         if self._closed:
-            raise ClientClosed("this client was closed; create a new one")
+            raise ClientClosed()
         seg = SharedArray.create(self.daemon, shape, dtype)
         arr = shared_ndarray(seg)
         with self._lock:
             if self._closed:  # closed meanwhile, on another thread
                 seg.unlink()
-                raise ClientClosed("this client was closed; create a new one")
+                raise ClientClosed()
             self._user[seg.handle.name] = arr
         return arr
 

@@ -227,7 +227,7 @@ class Connection:
         Raises the ``Error`` reply as its exception and TransportError on timeout.
         """
         if self._closed:
-            raise ClientClosed("this client was closed; create a new one")
+            raise ClientClosed()
         if self.gone is not None:
             raise self.gone
         sock = getattr(self._local, "sock", None)
@@ -398,7 +398,7 @@ class Connection:
     # ------------------------------------------------------------------ internals
     def _enqueue(self, item: tuple[Any, ...]) -> None:
         if self._closed:
-            raise ClientClosed("this client was closed; create a new one")
+            raise ClientClosed()
         if self.gone is not None:
             raise self.gone
         self._outgoing.append(item)

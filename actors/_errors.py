@@ -39,6 +39,9 @@ class TransportError(EnsembleError):
 class ClientClosed(EnsembleError):
     """Raised when a client is used after ``close()`` (you closed it; nothing broke)."""
 
+    def __init__(self, message: str = "this client was closed; create a new one") -> None:
+        super().__init__(message)
+
 
 class WaitTimeout(EnsembleError, TimeoutError):
     """Raised when your wait for a job ran out of time; the job itself goes on."""

@@ -1549,7 +1549,7 @@ class AsyncClient(_OnConnection):
         if self._closed:  # (close() may still be waiting for abandoned submits: the connection is open)
             from actors._errors import ClientClosed
 
-            raise ClientClosed("this client was closed; create a new one")
+            raise ClientClosed()
         handles: dict[int, AsyncJobHandle] = {}
         early: dict[int, list[JobInfo]] = {}
 
