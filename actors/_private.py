@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -23,7 +24,7 @@ import msgspec
 from actors._daemonfork import fork_daemon
 from actors._errors import ConfigError, DaemonError, EnsembleError
 from actors._launch import start_daemon, wait_signal
-from actors._spawn import ForkedProc
+from actors._spawn import AUTHKEY_ENV, ForkedProc
 from actors.shm import sweep_segments
 from actors.config import Config, load_config
 
@@ -97,6 +98,9 @@ class PrivateDaemon:
         # the daemon watches its owner: if this process dies without stopping it (kill -9), it stops itself
         # and removes this directory, so a killed program leaves no daemon, socket or segment behind
         env = {"ENSEMBLE_OWNER_PID": str(os.getpid()), "ENSEMBLE_PRIVATE_DIR": str(self.dir)}
+        mp = sys.modules.get("multiprocessing.process")
+        if mp is not None:  # its workers take this process's key, so a Manager proxy passed to a job connects
+            env[AUTHKEY_ENV] = bytes(mp.current_process().authkey).hex()  # (a spawned one would have its own)
         method = self.method
         read_end, write_end = os.pipe()  # the daemon's readiness pipe: one byte once it serves
         try:

@@ -147,7 +147,10 @@ def take_job_output() -> Any:
 # Not ENSEMBLE_*: those name configuration keys.
 USER_ENV = "_ENSEMBLE_USER_ENV"
 _CHANGED = ("PYTHONSAFEPATH", "PYTHONPATH", "PYTHONSTARTUP")
-_DAEMON_ONLY = ("ENSEMBLE_OWNER_PID", "ENSEMBLE_PRIVATE_DIR")  # a private daemon's own: never a job's
+# The owner's multiprocessing key (hex), for a private daemon's workers: a Manager proxy passed to a job connects
+# back to its manager with the key of the process that unpickles it, as in ProcessPoolExecutor's workers.
+AUTHKEY_ENV = "_ENSEMBLE_AUTHKEY"
+_DAEMON_ONLY = ("ENSEMBLE_OWNER_PID", "ENSEMBLE_PRIVATE_DIR", AUTHKEY_ENV)  # a private daemon's own: never a job's
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -173,7 +176,12 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def restore_user_env() -> None:
     """In a worker, before its first job: the environment as the user had it, as ``ProcessPoolExecutor``'s
     workers have it, so that a job's own subprocesses see it too (``PYTHONSAFEPATH`` would keep a script's
-    directory off its import path); the private daemon's variables go."""
+    directory off its import path); the private daemon's variables go, its owner's multiprocessing key taken."""
+    key = os.environ.get(AUTHKEY_ENV)
+    if key:
+        import multiprocessing.process
+
+        multiprocessing.process.current_process().authkey = bytes.fromhex(key)
     for name in _DAEMON_ONLY:
         os.environ.pop(name, None)
     saved = os.environ.pop(USER_ENV, None)
