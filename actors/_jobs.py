@@ -50,6 +50,21 @@ def _key(priority: int, job_id: int) -> int:
 NO_CONTEXT: tuple[str, list[str]] = ("", [])  # no client directory or path (remote, internal): never mutated
 
 
+class CappedEvents(list[list[Any]]):
+    """The events of a job that had more than :data:`MAX_EVENTS` (see :meth:`Job.add_event`): the first ones,
+    then one that sums up the rest; :attr:`dropped` counts those not kept.
+
+    A list of its own type, so that no other job pays for the count: a
+    :class:`Job` has ``__slots__``, and a slot is 8 bytes on every queued job.
+    """
+
+    __slots__ = ("dropped",)
+
+    def __init__(self, events: Iterable[list[Any]] = ()) -> None:
+        super().__init__(events)
+        self.dropped = 0  # events past the cap, summed up by the last one
+
+
 class Job:
     """One unfinished job."""
 
@@ -95,18 +110,21 @@ class Job:
 
         A job keeps at most :data:`MAX_EVENTS`: past them (a job a little slower than its timeout is ``stalled``
         at every check, for as long as it runs) the last one counts the events not kept and names the latest,
-        so that a job's record, sent whole to every watcher, stays the size of one frame.
+        so that a job's record, sent whole to every watcher, stays the size of one frame.  The count is kept
+        by the list itself (:class:`CappedEvents`, which only such a job has), not read back from the text.
         """
-        if self.events is _NO_EVENTS:
-            self.events = []
-        if len(self.events) < MAX_EVENTS - 1:
-            self.events.append(event)
+        events = self.events
+        if len(events) < MAX_EVENTS - 1:
+            if events is _NO_EVENTS:
+                events = self.events = []
+            events.append(event)
             return True
+        if type(events) is not CappedEvents:
+            events = self.events = CappedEvents(events)
+        events.dropped += 1
         t, kind, detail = event
-        # the count so far is the summary's first word (an event stays a [t, kind, detail] triple)
-        dropped = 1 + (int(self.events[-1][2].split(" ", 1)[0]) if len(self.events) == MAX_EVENTS else 0)
-        self.events[MAX_EVENTS - 1:] = [[t, "more", f"{dropped} more events not kept; the latest: {kind}: "
-                                                    f"{detail[:200]}"]]
+        events[MAX_EVENTS - 1:] = [[t, "more", f"{events.dropped} more events not kept; the latest: {kind}: "
+                                               f"{detail[:200]}"]]
         return False
 
     def info(self, state: str = "", result: Any = None, error_type: str = "", error_message: str = "",
@@ -555,7 +573,7 @@ class JobBook:
         props = _encode_value(job.properties) if job.properties else None
         if len(error_message) > 4096:
             error_message = error_message[:4096] + " [...]"
-        if len(job.events) == MAX_EVENTS and job.events[-1][1] == "more":  # its count, final now (see add_event)
+        if type(job.events) is CappedEvents:  # the summary's count, final now (see Job.add_event)
             t, kind, detail = job.events[-1]
             self.journal.stage_event(job.id, kind, detail, t)
         self.journal.stage_finish(job.id, state, now, result, error_type, error_message, traceback,
