@@ -54,6 +54,9 @@ ABORT_EVENT = "abort"  # the kind of the event that records a job's abort (its d
 _CHECKPOINT_ROWS = 5000  # rows committed between two checkpoints (a few MB of log)
 _RETRY_SECONDS = 1.0  # a commit that failed (disk full, say) is tried again this often, before anything newer
 _CONTEXTS_CACHED = 256  # distinct client contexts kept in memory (each also a row of ``contexts``)
+# disk space the journal keeps beside it (``PATH.reserve``) for its last commit, freed only for that: a daemon
+# stopped while its disk is full writes the ends of the jobs that finished meanwhile (see Journal.close)
+_RESERVE_BYTES = 1 << 20
 
 # A job's end, as its columns (the same in ``jobs``, where the earlier layout kept it, and in ``results``).
 _END = """result BLOB,
@@ -147,11 +150,7 @@ class Journal:
         self.path = path
         self._lock_fd = _lock(path)
         try:
-            self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            # checkpoints run in a thread of their own (see _checkpoint_loop), never inside a commit
-            self.db.execute("PRAGMA wal_autocheckpoint=0")
+            self.db = _connect(path)
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > JOURNAL_VERSION:  # its rows may hold what this release does not write (a column it
                 # leaves empty, a state it never ends): taking it would fail at the first submit, or hang its jobs
@@ -236,6 +235,8 @@ class Journal:
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Event()
         self._closing = False
+        self.reserve = path.with_name(path.name + ".reserve")
+        _make_reserve(self.reserve)
 
     def check_file(self) -> str:
         """Whether the journal file is still the one this daemon writes: '' if so, else why not (said once, kept
@@ -254,13 +255,87 @@ class Journal:
             same = (st.st_dev, st.st_ino) == self._file_id
         except FileNotFoundError:
             same = False
+            st = None
         except OSError:  # (no descriptor left, say: looked at again at the next heartbeat)
             return ""
-        if not same:
-            self.lost_file = (f"the job journal {self.path} was removed or replaced while the daemon ran: what it "
-                              "writes now no later start reads, so it accepts no new job; the jobs it has go on. Stop "
-                              "it (`ensemble down`) and start it again to use the journal found there")
+        if same:
+            return ""
+        if st is None:  # removed: what this daemon holds is written there again, and the journal goes on
+            why = self.restore()
+            if not why:
+                return ""
+            self.lost_file = (f"the job journal {self.path} was removed while the daemon ran and could not be "
+                              f"written there again ({why}): what it writes now no later start reads, so it accepts "
+                              "no new job; the jobs it has go on, and `ensemble down` tries once more to save them")
+        else:
+            self.lost_file = (f"the job journal {self.path} was replaced while the daemon ran: what it writes now no "
+                              "later start reads, so it accepts no new job; the jobs it has go on. Stop it (`ensemble "
+                              "down`) and start it again to use the journal found there")
         return self.lost_file
+
+    def restore(self) -> str:
+        """Write the journal again at its path, removed under the daemon, and go on there: '' if done, else why not.
+
+        SQLite's backup copies the open database (everything committed,
+        written since to the removed file too) into a new file beside it,
+        which then takes the journal's name (never over a file found there);
+        the connections of the removed file are closed first, so that none
+        takes the new file for its own, and the daemon's writes go on in the
+        new one.  Its lock is taken again if the lock file went too (refused if
+        another daemon took the directory meanwhile).  What is staged, or kept
+        from a commit that failed, is written there by the next commit.
+        Blocks for the copy (a few milliseconds a megabyte).
+        """
+        self._settle()  # the connection is the writer thread's while a commit is in flight
+        tmp = self.path.with_name(self.path.name + ".restoring")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (an `rm -r` of the state directory)
+            self._relock()
+            tmp.unlink(missing_ok=True)
+            copy = sqlite3.connect(str(tmp))
+            try:
+                self.db.backup(copy)
+            finally:
+                copy.close()
+        except (OSError, sqlite3.Error, DaemonError) as exc:
+            _unlink(tmp)
+            return str(exc)
+        self._stop_checkpointer()
+        self.db.close()  # (the last connection of the removed file: it removes the log files of that name)
+        for leftover in ("-wal", "-shm"):
+            _unlink(self.path.with_name(self.path.name + leftover))
+        try:
+            os.link(tmp, self.path)
+            where = self.path
+        except OSError as exc:  # a file appeared there meanwhile (kept), or the link failed: the copy is the journal
+            where = tmp
+            why = f"{self.path} could not take the copy ({exc}); the daemon writes {tmp} now"
+        else:
+            _unlink(tmp)
+            why = ""
+        self.db = _connect(where)
+        st = os.stat(where)
+        self._file_id = (st.st_dev, st.st_ino)
+        if why:
+            return why
+        _make_reserve(self.reserve)
+        log.warning("event=journal-restored path=%s detail=the job journal was removed while the daemon ran: the "
+                    "jobs it holds are written there again, and it goes on there", self.path)
+        return ""
+
+    def _relock(self) -> None:
+        """Hold the lock of the journal's path again if its lock file was removed or replaced (DaemonError if
+        another daemon holds it now: that daemon's journal is not written over)."""
+        st = os.fstat(self._lock_fd)
+        try:
+            found = os.stat(self.path.with_name(self.path.name + ".lock"))
+            if (found.st_dev, found.st_ino) == (st.st_dev, st.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        fd = _lock(self.path)
+        os.close(self._lock_fd)
+        self._lock_fd = fd
 
     def _has_table(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
@@ -463,6 +538,8 @@ class Journal:
             ids += [row[0] for row in inserts if row[0] > above]
             # the kept batch holds this list: its retry writes no row of the dropped jobs
             inserts[:] = [row for row in inserts if row[0] <= above]
+            if not any(self._failed[0][:-1]):  # nothing else failed with them: the next commit tries at once
+                self._retry_at = 0.0
         return ids
 
     def write_first(self, n: int) -> bool:
@@ -560,6 +637,15 @@ class Journal:
             self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="journal-checkpoint", daemon=True)
             self._checkpointer.start()
         self._checkpoint_due.set()
+
+    def _stop_checkpointer(self) -> None:
+        """End the checkpoint thread and close its connection (the next checkpoint asked for starts another)."""
+        if self._checkpointer is not None:
+            self._closing = True
+            self._checkpoint_due.set()
+            self._checkpointer.join()
+            self._checkpointer = None
+            self._closing = False
 
     def _checkpoint_loop(self) -> None:
         """Copy the write-ahead log back into the database, on a connection of its own.
@@ -728,23 +814,95 @@ class Journal:
         return len(ids)
 
     def close(self) -> None:
-        """Commit what is staged and close the database; DaemonError if a commit could not be written."""
+        """Commit what is staged and close the database; DaemonError if a commit could not be written.
+
+        A journal removed under the daemon is written at its path again first
+        (:meth:`restore`), if it was not yet.  A last commit that fails for
+        want of space (a full disk) is tried once more with the space of the
+        reserve freed (``PATH.reserve``, made again at the next start): so the
+        ends of the jobs that finished while the disk was full, whose results
+        their clients were sent from memory, are journaled, not found
+        unfinished by the next start.  If it still fails, the error says how
+        many ends were not written, and what the next start makes of them.
+        """
         try:
+            if self.lost_file and not self.path.exists() and not self.restore():
+                log.warning("event=journal-saved-at-stop path=%s", self.path)
             self._retry_at = 0.0  # a last try now
             self.commit()
+            if self._failed is not None and _unlink(self.reserve):
+                log.warning("event=journal-reserve-freed detail=the last commit failed (%s); tried again with the "
+                            "%d bytes kept for it", self.write_error, _RESERVE_BYTES)
+                self._retry_at = 0.0
+                self.commit()
             if self._failed is not None:
-                raise DaemonError(f"job journal {self.path}: the last commit was not written: {self.write_error}")
+                raise DaemonError(self._unwritten())
         finally:
             if self._writer is not None:
                 self._batches.put(None)
                 self._writer.join()
-            if self._checkpointer is not None:
-                self._closing = True
-                self._checkpoint_due.set()
-                self._checkpointer.join()
+            self._stop_checkpointer()
             os.close(self.wake_fd)
             self.db.close()
             os.close(self._lock_fd)
+
+    def _unwritten(self) -> str:
+        """What is lost when the last commit cannot be written (at close): the ends of jobs above all."""
+        failed = self._failed[0] if self._failed is not None else ()
+        ends = [row[0] for row in chain(failed[5] if failed else (), self._finishes)]
+        text = f"job journal {self.path}: the last commit was not written ({self.write_error})"
+        if not ends:
+            return text
+        shown = ", ".join(map(str, ends[:20])) + (f" and {len(ends) - 20} more" if len(ends) > 20 else "")
+        return (f"{text}: {len(ends)} finished job(s) ({shown}) are not journaled as ended (their clients were "
+                "sent their ends from memory, if connected); the next start finds them unfinished and runs them "
+                "again if retries are left, else ends them worker-lost")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection to the journal at ``path`` as the daemon writes it (WAL, its checkpoints left to
+    :meth:`Journal._checkpoint_loop`, never inside a commit)."""
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    return db
+
+
+def _make_reserve(path: Path) -> None:
+    """Keep :data:`_RESERVE_BYTES` of the disk at ``path`` (allocated, not sparse); without it if there is no room."""
+    try:
+        if os.stat(path).st_blocks * 512 >= _RESERVE_BYTES:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        log.warning("event=journal-no-reserve path=%s reason=%s", path, exc.strerror)
+        return
+    try:
+        os.posix_fallocate(fd, 0, _RESERVE_BYTES)
+    except OSError as exc:  # no room (or a file system that cannot allocate ahead): no reserve this time
+        log.warning("event=journal-no-reserve path=%s reason=%s", path, exc.strerror)
+        os.close(fd)
+        _unlink(path)
+        return
+    os.close(fd)
+
+
+def _unlink(path: Path) -> bool:
+    """Remove ``path``; whether there was one."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("event=unlink-failed path=%s reason=%s", path, exc.strerror)
+        return False
 
 
 def _lock(path: Path) -> int:

@@ -149,10 +149,8 @@ class RequestsMixin(State):
                     elif type(msg) in _READS and self.journal is not None and self.journal.write_error:
                         # a listing would say what the journal does not hold yet, so it waits for the commit: as
                         # long as the disk is full, its caller timed out saying the daemon did not answer
-                        self._send_client(addr, encode(Error("daemon", (
-                            f"the daemon cannot write its job journal ({self.journal.write_error}); it answers "
-                            f"{type(msg).__name__} once it can (is the disk of {self.state_dir} full? `ensemble "
-                            "status` shows journal_error while it lasts)")), corr))
+                        self._send_client(addr, encode(Error("daemon", self._unwritable(
+                            f"; it answers {type(msg).__name__} once it can")), corr))
                     else:
                         self.replies.append((addr, out))
                 except ProtocolError as exc:
@@ -171,6 +169,13 @@ class RequestsMixin(State):
             raise PermissionDenied(f"{type(msg).__name__} is not allowed for a remote {role} key "
                                    f"({self._peer.name!r}); {_ROLE_HINT[role]}")
         return handler(ident, corr, msg)
+
+    def _unwritable(self, then: str) -> str:
+        """What a client is told while the journal cannot be written: that, with SQLite's reason, ``then`` (what
+        follows from it for this request), and where to look (for a submit refused, a listing put off)."""
+        assert self.journal is not None
+        return (f"the daemon cannot write its job journal ({self.journal.write_error}){then} (is the disk of "
+                f"{self.state_dir} full? `ensemble status` shows journal_error while it lasts)")
 
     def _mine(self, job_id: int) -> bool:
         """Whether the requesting peer may see and cancel this job (a client key: only its own)."""
@@ -232,9 +237,8 @@ class RequestsMixin(State):
         if self.journal is not None and self.journal.lost_file:
             raise JobRefused(self.journal.lost_file)
         if self.journal is not None and self.journal.write_error:
-            raise JobRefused(f"the daemon cannot write its job journal ({self.journal.write_error}), so it accepts "
-                             f"no new job until it can (is the disk of {self.state_dir} full?); the jobs it has "
-                             "accepted are kept and go on once it can write")
+            raise JobRefused(self._unwritable(", so it accepts no new job until it can; the jobs it has accepted "
+                                              "are kept and go on once it can write"))
         for spec in jobs:
             if spec.resources:
                 self._check_resources(spec)
@@ -269,7 +273,8 @@ class RequestsMixin(State):
 
     def _check_unacked(self) -> None:
         """Forget the acknowledgements whose jobs are written; if the journal's commit failed (a full disk),
-        refuse the submits whose jobs it did not write, at once.
+        refuse the submits whose jobs it did not write, at once, and send what waited for that commit
+        (:meth:`_send_held_unjournaled`).
 
         The loop calls this after every commit it collects, before it sends
         what waited for that commit.  None of the submits refused was
@@ -284,8 +289,18 @@ class RequestsMixin(State):
         unacked, written = self.unacked, journal.written_id
         while unacked and unacked[0][1] <= written:  # written: acknowledged, or about to be
             unacked.popleft()
-        if not journal.write_error or not unacked:
+        if not journal.write_error:
             return
+        if unacked:
+            self._refuse_unwritten()
+        if journal.write_error:
+            self._send_held_unjournaled()
+
+    def _refuse_unwritten(self) -> None:
+        """Refuse, at once, the submits none of whose jobs the journal could write (see :meth:`_check_unacked`)."""
+        journal, book = self.journal, self.book
+        assert journal is not None and book is not None
+        unacked, written = self.unacked, journal.written_id
         # a submit whose first jobs were written ahead (Journal.write_first) may have them running: it is not
         # refused but waits for the rest of its jobs to be written, as its acknowledgement always does
         partly = [rec for rec in unacked if rec[0] <= written]
@@ -296,15 +311,51 @@ class RequestsMixin(State):
         frames = {id(rec[4]) for rec in refused}
         self.replies = [r for r in self.replies if id(r[1]) not in frames]
         self.held = collections.deque((need, [r for r in out if id(r[1]) not in frames]) for need, out in self.held)
-        refusal = JobRefused(f"the daemon cannot write its job journal ({journal.write_error}): this submit's jobs "
-                             f"were not journaled, so none was accepted (is the disk of {self.state_dir} full?); "
-                             "submit them again once `ensemble status` shows no journal_error")
+        refusal = JobRefused(self._unwritable(": this submit's jobs were not journaled, so none was accepted; "
+                                              "submit them again once it can"))
         for _, _, ident, corr, _ in refused:
             self._send_client(ident, self._encode_for(ident, Error(code_of(refusal), str(refusal)), corr))
         log.warning("event=submits-refused submits=%d jobs=%d reason=%s", len(refused), len(dropped),
                     journal.write_error)
         unacked.clear()
         unacked.extend(partly)
+        journal.commit()  # at once if what failed was only these jobs (Journal.drop_unwritten): nothing fails now
+
+    def _send_held_unjournaled(self) -> None:
+        """While the journal cannot be written, send what waits for its commit: from memory, not journaled yet.
+
+        Replies and pushes wait for the commit that journals what they tell
+        (:meth:`Supervisor._flush <actors.supervisor.Supervisor._flush>`).
+        A commit that cannot be written (a full disk) held them as long as
+        it failed: the result of a job that finished meanwhile, which the
+        daemon holds, never reached the client waiting for it, nor did the
+        answer to a cancel or to ``down``.  They go now, in order, up to the
+        acknowledgement of a submit some of whose jobs are not written yet
+        (see :meth:`_refuse_unwritten`): it, and what follows it, wait on.
+        The ends sent so are journaled once the journal can be written (at
+        ``down`` with the space it keeps in reserve: :meth:`Journal.close
+        <actors._journal.Journal.close>`); until then a daemon killed would
+        find those jobs unfinished at its next start (``replies_unjournaled``
+        in ``ensemble status`` counts what was sent so).
+        """
+        held = self.held
+        if not held:
+            return
+        waiting = {id(rec[4]) for rec in self.unacked}  # the frames of acknowledgements not to send yet
+        sent = 0
+        while held:
+            need, out = held[0]
+            stop = next((i for i, (_, frame) in enumerate(out) if id(frame) in waiting), None)
+            for ident, frame in out[:stop]:
+                self._send_client(ident, frame)
+            if stop is not None:
+                sent += stop
+                held[0] = (need, out[stop:])
+                break
+            sent += len(out)
+            held.popleft()
+        if sent:
+            self.counters["replies_unjournaled"] += sent
 
     def _check_resources(self, spec: JobSpec) -> None:
         """JobRefused when a job's resources are malformed or no worker can ever offer them."""
