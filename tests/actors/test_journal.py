@@ -757,20 +757,23 @@ def test_a_journal_of_a_newer_release_is_refused_saying_so(tmp_path: Path) -> No
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == JOURNAL_VERSION
 
 
-def test_a_journal_removed_under_the_daemon_stops_new_submits_saying_so(make_daemon: Any) -> None:
-    """Removed while the daemon ran, the journal took every later submit into a file no later start reads: the
-    jobs acknowledged meanwhile were gone after a restart, and nothing said so."""
+def test_a_journal_replaced_under_the_daemon_stops_new_submits_saying_so(make_daemon: Any) -> None:
+    """Replaced while the daemon ran (another file at its path), the journal took every later submit into a file
+    no later start reads: the jobs acknowledged meanwhile were gone after a restart, and nothing said so.  The
+    file found there is never written over (a removed one is written there again: test_journal_unwritable)."""
+    import shutil
+
     from actors import JobRefused
 
     d = make_daemon(workers=1, jobs_only=True)
     d.up()
+    path = d.base / "state" / "jobs.sqlite3"
     with d.client() as c:
         assert c.submit("examples.jobs:add", 1, 2).result(60) == 3
-        for f in (d.base / "state").glob("jobs.sqlite3*"):
-            if not f.name.endswith(".lock"):
-                f.unlink()
-        wait_for(lambda: "removed or replaced" in str(c.status().daemon.counters.get("journal_error", "")), 30,
-                 what="the daemon to see its journal gone")
-        with pytest.raises(JobRefused, match="was removed or replaced while the daemon ran: .* accepts no new job"):
+        shutil.copy(path, path.with_name("other"))
+        os.replace(path.with_name("other"), path)
+        wait_for(lambda: "was replaced while the daemon ran" in str(c.status().daemon.counters.get("journal_error", "")),
+                 30, what="the daemon to see its journal replaced")
+        with pytest.raises(JobRefused, match="was replaced while the daemon ran: .* accepts no new job"):
             c.submit("examples.jobs:add", 1, 2)
     assert "event=journal-lost" in (d.base / "state" / "daemon.log").read_text()
