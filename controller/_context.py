@@ -3,7 +3,8 @@
 A script function is declared with :func:`available_in`; calling it anywhere
 else raises :class:`~actors.WrongContextError` naming the function, where it is
 available, where it was called (context, script file and line) and the way out
-(``run_sync`` from the controller, ``run_async`` from the processor).
+(``run_sync`` from the controller, ``run_async`` from the processor; in a
+background task, which has neither, its handle and its finish callback).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from actors import WrongContextError
 
 CONTROLLER = "Controller"
 PROCESSOR = "Processor"
+BACKGROUND = "Background task"  # a script function running as a background task's job on a worker
 _context = {"name": ""}  # set once per process by the actor that hosts the script
 _thread = threading.local()  # a thread may name its own context (offline render hosts both sides)
 _loading = {"active": False}  # module code of a script is being executed
@@ -38,7 +40,12 @@ def set_thread_context(name: str) -> str:
 
 
 def get_context() -> str:
-    """The context the calling code runs in: ``"Controller"``, ``"Processor"`` or ``""`` (outside ensemble).
+    """The context the calling code runs in: ``"Controller"``, ``"Processor"``, ``"Background task"`` or ``""``.
+
+    ``"Background task"``: a function a background task runs on a worker
+    (``call_on_background_thread``, ``run_process``'s log function,
+    ``kill_voices_and_call``); ``""``: outside ensemble, or a worker's copy
+    of the script's module code.
 
     **Available in:** Controller, Processor.
     """
@@ -57,11 +64,12 @@ def _caller() -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
 
 
-def available_in(*contexts: str, during_load: bool = False) -> Callable[[F], F]:
+def available_in(*contexts: str, during_load: bool = False, fix: str = "") -> Callable[[F], F]:
     """Declare where a script function may run; the wrapper raises WrongContextError elsewhere.
 
     ``during_load``: also allowed while a script's module code runs in any
     context (definitions such as ``define_parameter`` are recorded on both sides).
+    ``fix``: the way out the error names, when no bridge leads there (see :func:`way_out`).
     """
 
     def wrap(fn: F) -> F:
@@ -73,18 +81,35 @@ def available_in(*contexts: str, during_load: bool = False) -> Callable[[F], F]:
         def checked(*args: Any, **kwargs: Any) -> Any:
             here = get_context()
             if here not in contexts and not (during_load and _loading["active"]):
-                bridge = ("call it from a function passed to run_sync(fn) (Controller -> Processor)"
-                          if PROCESSOR in contexts else
-                          "call it from a function passed to `await run_async(fn)` (Processor -> Controller)")
                 raise WrongContextError(
                     f"{fn.__name__}() is available in: {where}; it was called in: {here or 'no script context'} "
-                    f"at {_caller()}; {bridge}"
+                    f"at {_caller()}; {fix or way_out(contexts, here)}"
                 )
             return fn(*args, **kwargs)
 
         return checked  # type: ignore[return-value]
 
     return wrap
+
+
+def way_out(contexts: tuple[str, ...], here: str) -> str:
+    """What a WrongContextError advises: the bridge from ``here`` to one of ``contexts``, one that ``here`` has.
+
+    The controller reaches the processor with ``run_sync`` and the processor
+    the controller with ``await run_async``.  A background task has neither
+    (both are refused on a worker): it hands its result to the controller
+    through its handle, and the task's finish callback, which runs in the
+    controller, acts on it (and from there ``run_sync`` reaches the processor).
+    """
+    if here == BACKGROUND:
+        then = ("; from there run_sync(fn) reaches the Processor" if CONTROLLER not in contexts else "")
+        return ("a background task has neither bridge (run_sync and run_async are not available in it): hand the "
+                "result over with task.set_property(key, value) or task.set_status_message(text), and call it in "
+                "the finish callback (set_finish_callback on the handle create_background_task returned), which "
+                f"runs in the Controller when the task stops and reads the result with get_property(key){then}")
+    if PROCESSOR in contexts:
+        return "call it from a function passed to run_sync(fn) (Controller -> Processor)"
+    return "call it from a function passed to `await run_async(fn)` (Processor -> Controller)"
 
 
 def contexts_table() -> str:

@@ -270,7 +270,10 @@ def function_name(module: ModuleType | None, fn: Callable[..., Any] | str, bridg
 
 
 class OffsideTask:
-    """A background task as seen outside the controller (processor, worker): every use is a context error."""
+    """A background task as seen outside the controller (processor, worker): every use is a context error.
+
+    ``context``: where this copy of the script runs (``Processor``, ``Background task``), as the error names it.
+    """
 
     def __init__(self, name: str, context: str) -> None:
         self.name = name
@@ -286,7 +289,7 @@ class OffsideTask:
 
             raise WrongContextError(
                 f"background task {self.name!r}: {attr}() is available in: Controller; it was called in: "
-                f"{self.context}; call it from a function passed to `await run_async(fn)`"
+                f"{self.context}; {_context.way_out((_context.CONTROLLER,), self.context)}"
             )
 
         return refuse

@@ -13,17 +13,18 @@ task starts and when it stops.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from actors import FINAL, EnsembleError
 from actors.messages import JobInfo
+from controller._context import BACKGROUND, set_thread_context
 from controller._host import ParamDef, add_param, function_name
-
-
 
 
 class ScriptTask:
@@ -185,7 +186,7 @@ class _WorkerHost:
     def create_background_task(self, name: str) -> Any:
         from controller._host import OffsideTask
 
-        return OffsideTask(name, "a worker")
+        return OffsideTask(name, BACKGROUND)
 
     def print(self, text: str) -> None:
         import logging
@@ -233,18 +234,41 @@ def resolve_script_fn(fn_path: str) -> Callable[..., Any]:
     func = getattr(load_script(path, digest), name, None)
     if not callable(func):
         raise LookupError(f"script {path} has no function {name!r}")
-    return func  # type: ignore[no-any-return]
+
+    @functools.wraps(func)
+    def in_background(*args: Any, **kwargs: Any) -> Any:
+        with _in_background():
+            return func(*args, **kwargs)
+
+    return in_background
 
 
 def run_process_job(task: Any, path: str, command: str, args: Any, log_name: str, digest: str = "") -> int:
     """Job: run a program with the script's log function (``ScriptTask.run_process``)."""
     log_fn = getattr(load_script(path, digest), log_name)
-    return int(task.run_process(command, args, log_fn))
+    with _in_background():
+        return int(task.run_process(command, args, log_fn))
 
 
 def kill_voices_job(task: Any, path: str, name: str, digest: str = "") -> bool:
     """Job: ``task.kill_voices_and_call(script.name)``."""
     fn = getattr(load_script(path, digest), name)
-    return bool(task.kill_voices_and_call(fn))
+    with _in_background():
+        return bool(task.kill_voices_and_call(fn))
+
+
+@contextlib.contextmanager
+def _in_background() -> Iterator[None]:
+    """The job's thread runs script code of a background task meanwhile: context ``Background task``.
+
+    So a script function called there that is available elsewhere raises
+    WrongContextError with the way out a task has (see
+    :func:`controller._context.way_out`), and ``get_context()`` says where it runs.
+    """
+    previous = set_thread_context(BACKGROUND)
+    try:
+        yield
+    finally:
+        set_thread_context(previous)
 
 

@@ -80,8 +80,9 @@ class Event:
         return f"Event({self.type!r}, note={self.note}, velocity={self.velocity:.3f}, id={self.id})"
 
 
-# ------------------------------------------------------------------ both contexts
-@available_in(CONTROLLER, PROCESSOR, during_load=True)
+# ------------------------------------------------------------------ controller (and every side's module code)
+@available_in(CONTROLLER, during_load=True, fix="define parameters in the script's module code (its top level), "
+              "which runs when the script loads; a callback cannot add one")
 def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: Any = None, max: Any = None,
                      on_change: Callable[[Any], Any] | None = None, *, kind: str = "", choices: list[Any] | None = None,
                      processor: bool = False) -> None:
@@ -90,7 +91,9 @@ def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: An
     ``kind`` is inferred from ``default`` (bool, int, float, str) or ``"choice"``
     with ``choices``.  ``on_change(value)`` runs in the controller's queue as a
     control callback, or with ``processor=True`` in the processor at the start
-    of the next block.  Call it in the script's module code.
+    of the next block.  Call it in the script's module code: that runs in
+    every context (the processor records the definitions it needs too), but a
+    processor callback calling it raises WrongContextError, as in HALion.
 
     Raises ValueError, and the script does not load, for a parameter that
     could never be set: ``min`` above ``max``, a default outside them (or not
@@ -103,6 +106,7 @@ def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: An
                               processor).checked())
 
 
+# ------------------------------------------------------------------ both contexts
 @available_in(CONTROLLER, PROCESSOR)
 def get_parameter(name: str) -> Any:
     """The current value of a parameter (in the processor: as of the current block).  Raises KeyError if undefined."""
