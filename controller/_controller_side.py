@@ -5,7 +5,9 @@ a time, taken from a priority queue: control (parameter changes, run_async
 calls) before task notifications before timers before status.  A callback may
 be ``async def`` and ``await wait(ms)``; other callbacks run meanwhile.  A
 callback step that runs past the budget (5000 ms, as HALion's controller) is
-interrupted with :class:`~controller._watchdog.ScriptTimeout` and reported.
+interrupted with :class:`~controller._watchdog.ScriptTimeout` and reported, and
+the script stops, as HALion's does: none of its controller callbacks runs
+until it is loaded again (:meth:`ControllerScript._stop_script`).
 A step the interrupt cannot reach (blocked in C) that still runs ``GRACE_S``
 (3 s) later is wedged: :meth:`ControllerScript.check_budget` names it, and the
 controller process exits to be restarted by the supervisor (see
@@ -170,6 +172,8 @@ class ControllerScript:
         self.busy_name = ""
         self.loading_file = ""  # the script file whose module code runs now ("" when none)
         self.loading_status: dict[str, Any] = {}
+        self.stopped = ""  # why the script is stopped (a callback ran past the budget); "" while it runs
+        self._kept_state: dict[str, Any] = {}  # {"state": what on_save last returned}, saved while it is stopped
         self.ui = ScriptUi()  # the script's buttons, labels and progress bars (the panel draws them)
         self.loop = asyncio.new_event_loop()
         self._wakeup = asyncio.Event()
@@ -272,6 +276,8 @@ class ControllerScript:
                 await asyncio.sleep(0)  # let suspended callbacks and timers breathe between callbacks
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], name: str) -> Any:
+        if self.stopped and self._of_script(fn) and self._refused(name):
+            return None
         self.busy_since, self.busy_name = time.monotonic(), name
         try:
             result = fn(*args)
@@ -341,12 +347,56 @@ class ControllerScript:
         loc = next((f"{f.filename}:{f.lineno} in {f.name}" for f in reversed(tb) if f.filename == file), "")
         if isinstance(exc, SyntaxError) and exc.filename:  # where the parser stopped, not where it was called
             loc = f"{exc.filename}:{exc.lineno}"
+        overran = isinstance(exc, ScriptTimeout) and not loading
         if isinstance(exc, ScriptTimeout):  # in module code too (kind load-failed): the reason is the budget
             text = f"{name} ran past the controller's budget of {self.deadline.budget_s * 1000:.0f} ms and was stopped"
+            if overran:
+                text += (f"; the script is stopped: none of its controller callbacks runs until it is loaded "
+                         f"again (`ensemble load {self.path or 'SCRIPT'}`)")
         else:
             text = f"{type(exc).__name__} in {name}: {exc}"
         log.error("event=script-%s %s at %s", kind, text, loc)
         self.outbox.put(ScriptError("Controller", kind, text, loc, self.load_number if loading else 0))
+        if overran:
+            self._stop_script(f"{name} ran past the controller's budget of {self.deadline.budget_s * 1000:.0f} ms")
+
+    def _stop_script(self, why: str) -> None:
+        """A callback ran past the budget: the script stops, as HALion's does (script thread).
+
+        Its suspended callbacks are cancelled, its timers stopped and its
+        background tasks aborted; a callback of it that comes up later (a
+        parameter's ``on_change``, a timer, a click, a ``run_async`` call, a
+        finish callback) does not run and is reported (:meth:`_refused`).
+        Parameters stay: a change is still applied, saved and sent on (its
+        ``on_change`` does not run).  A load, of this script or another,
+        runs it again.  The processor's callbacks are the processor's: an
+        overrun there stops them (``ProcessorScript._stop``), one here does not.
+        """
+        self.stopped = why
+        for t in list(self.tasks):
+            t.cancel()
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+        for bg in self.bg_tasks:
+            bg._abort_quietly()
+        log.error("event=script-stopped context=Controller reason=%s", why)
+
+    def _of_script(self, fn: Any) -> bool:
+        """Whether ``fn`` is the running script's code (a function, lambda or method its module defines)."""
+        code = getattr(fn, "__globals__", None) or getattr(getattr(fn, "__func__", None), "__globals__", None)
+        return self.module is not None and code is vars(self.module)
+
+    def _refused(self, name: str) -> bool:
+        """Whether the script is stopped, so that its callback ``name`` must not run (reported if so)."""
+        if not self.stopped:
+            return False
+        self.errors += 1
+        text = (f"{name} did not run: the script is stopped ({self.stopped}); nothing of it runs in the controller "
+                f"until it is loaded again")
+        log.error("event=script-stopped %s", text)
+        self.outbox.put(ScriptError("Controller", "stopped", text))
+        return True
 
     # ------------------------------------------------------------------ loading (script thread)
     def load(self, path: str, reload: bool, number: int = 0) -> None:
@@ -371,6 +421,7 @@ class ControllerScript:
         from controller import _context
 
         self.load_number = number
+        carried = self._acknowledged_sets()
         self._drop_callbacks()
         _context._loading["active"] = True
         self.loading_file = str(Path(path).resolve())
@@ -381,6 +432,8 @@ class ControllerScript:
         except BaseException as exc:  # noqa: BLE001
             self._forget_script()
             self._report("module code", exc, loading=self.loading_file)
+            for name, value, _ in carried:
+                self._not_applied(name, value, f"the load of {self.loading_file} failed, and no script runs")
             return
         finally:
             _context._loading["active"] = False
@@ -393,9 +446,12 @@ class ControllerScript:
         self.values = self._values_at_load(live, saved.get("params", {}))
         self.bindings = {name: int(cc) for name, cc in saved.get("bindings", {}).items()
                          if name in self.params and isinstance(cc, int) and 0 <= cc <= 127}
+        self._kept_state = {"state": saved["state"]} if "state" in saved else {}
         on_load = getattr(self.module, "on_load", None)
         if callable(on_load) and "state" in saved:
             self._call(on_load, (saved["state"],), "on_load")
+        for name, value, seq in carried:  # first in the new script's queue, after its on_load
+            self._push(CONTROL, self.generation, self._apply_carried, (name, value, seq), f"param {name}")
         on_status = getattr(self.module, "on_status", None)
         if callable(on_status):  # status/paint-like notifications: lowest priority, once a second
             self.start_timer(STATUS_INTERVAL_MS, on_status, STATUS)
@@ -426,7 +482,46 @@ class ControllerScript:
                         pass
         return values
 
+    def _acknowledged_sets(self) -> list[tuple[str, Any, int]]:
+        """The clients' ``param set`` changes still queued, in order: (name, value, seq), taken out of the queue.
+
+        The daemon acknowledged each (and forgets them when it sends a load):
+        a load carries them over to the script it loads rather than
+        discarding them with the other callbacks (see :meth:`_apply_carried`).
+        Changes of the script's own (``set_parameter``, seq 0) go with it.
+        """
+        carried = sorted((args[2], args[0], args[1]) for _, _, gen, fn, args, _ in self.heap
+                         if fn == self._apply_param and gen == self.generation and args[2] > 0)
+        if carried:
+            self.heap = [item for item in self.heap if not (item[3] == self._apply_param and item[4][2] > 0)]
+            heapq.heapify(self.heap)
+        return [(name, value, seq) for seq, name, value in carried]
+
+    def _apply_carried(self, name: str, value: Any, seq: int) -> None:
+        """An acknowledged change queued before a load: applied to the script loaded, else reported not applied."""
+        p = self.params.get(name)
+        if p is None:
+            self._not_applied(name, value, f"the script loaded since ({self.path}) has no parameter {name!r}")
+            return
+        try:
+            p.coerce(value)
+        except ValueError as exc:
+            self._not_applied(name, value, f"the script loaded since ({self.path}) refuses it: {exc}")
+            return
+        self._apply_param(name, value, seq)
+
+    def _not_applied(self, name: str, value: Any, why: str) -> None:
+        """Report an acknowledged ``param set`` that a load kept from being applied (status and log say so)."""
+        self.errors += 1
+        text = (f"param set {name}={value!r} was acknowledged but not applied: a load came before it ran, and "
+                f"{why}; set it again if it still matters")
+        log.error("event=script-error %s", text)
+        self.outbox.put(ScriptError("Controller", "error", text, ""))
+
     def _unload(self, reason: str) -> None:
+        carried = self._acknowledged_sets()
+        for name, value, _ in carried:
+            self._not_applied(name, value, f"the script was unloaded ({reason})")
         self._drop_callbacks()
         self._forget_script()
         # after any ParamValues of the script; the daemon, which forgot the parameters when it sent the unload,
@@ -437,6 +532,8 @@ class ControllerScript:
     def _drop_callbacks(self) -> None:
         """Discard pending callbacks, cancel tasks and timers, abort background tasks, drop UI and parameters."""
         self.generation += 1
+        self.stopped = ""  # what loads next runs (a load, or none at all)
+        self._kept_state = {}
         self.discarded += len(self.heap)
         self.heap.clear()
         for t in list(self.tasks):
@@ -474,9 +571,12 @@ class ControllerScript:
         if self.bindings:
             entry["bindings"] = dict(self.bindings)
         on_save = getattr(self.module, "on_save", None)
-        if callable(on_save):
+        if callable(on_save) and self.stopped:
+            entry.update(self._kept_state)  # no script code runs: what it last returned stays saved
+        elif callable(on_save):
             try:
                 entry["state"] = on_save()
+                self._kept_state = {"state": entry["state"]}
             except BaseException as exc:  # noqa: BLE001
                 self._report("on_save", exc)
         self.state.save(self.path, entry)  # written by the state file's own thread
@@ -504,7 +604,7 @@ class ControllerScript:
         self.values[name] = value
         self.save_state()
         self.outbox.put(self._param_message([name] if p.processor and p.on_change else [], seq))
-        if p.on_change is not None and not p.processor:
+        if p.on_change is not None and not p.processor and not self._refused(f"on_change({name})"):
             self._call(p.on_change, (value,), f"on_change({name})")
 
     def bind_from_outside(self, name: str, controller: int) -> None:
@@ -578,6 +678,11 @@ class ControllerScript:
         """
 
         def call() -> None:
+            if self.stopped:
+                self._refused(f"run_async({fn})")
+                self.outbox.put(RunAsyncResult(token, False, None, f"EnsembleError: run_async({fn}) did not run: "
+                                               f"the controller's script is stopped ({self.stopped})"))
+                return
             func = getattr(self.module, fn, None)
             if not callable(func):
                 self.outbox.put(RunAsyncResult(token, False, None, f"the script has no function {fn!r}"))
@@ -637,6 +742,8 @@ class ControllerScript:
 
         def call() -> Any:
             fn = self.ui.click_handler(id)
+            if fn is not None and self._refused(f"ui {id[:64]}"):
+                return None
             if fn is None:
                 log.warning("event=ui-event-ignored id=%s detail=no button with a callback has this id", id[:64])
                 return None
@@ -659,7 +766,8 @@ class ControllerScript:
 
     def stats(self) -> dict[str, Any]:
         return {"script": self.path, "script_digest": self.digest[:12], "pending": len(self.heap),
-                "discarded": self.discarded, "script_errors": self.errors, "loading": self.loading_status}
+                "discarded": self.discarded, "script_errors": self.errors, "loading": self.loading_status,
+                "script_stopped": self.stopped}
 
 
 def _error_text(exc: BaseException) -> str:
