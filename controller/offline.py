@@ -7,7 +7,11 @@ them are routed in-process.  Between two blocks the renderer waits until the
 controller's queue has drained, so run_async answers arrive in the next block
 and parameter changes scheduled with ``--set`` apply at a fixed block: the
 same inputs give the same file, as long as controller callbacks do not wait on
-wall-clock time.  A render leaves the process as it found it, whether it
+wall-clock time.  Callbacks are held to the limits they have live: a
+processor callback step past the hard limit (1000 ms) is interrupted and the
+script stopped in the processor, with the error the live processor reports,
+and a controller step past its budget (5000 ms) likewise (see
+:class:`_Watchdog`).  A render leaves the process as it found it, whether it
 finished or raised: no runtime installed, no script thread, the calling
 thread's script context as before; a program may render any number of
 scripts one after another.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ from controller._context import CONTROLLER, PROCESSOR, set_thread_context
 from controller._controller_side import ControllerScript
 from controller._host import SCRIPT_MODULE, bind_thread
 from controller._processor_side import ProcessorScript
+from controller._watchdog import wedged_text
 
 
 class _Route:
@@ -50,6 +56,52 @@ class _Route:
 
     def put(self, msg: Any) -> None:
         self.host.deliver(self.side, as_sent(msg, type(msg).__name__, []))
+
+
+class _Watchdog:
+    """What the live processes' main threads do for their script callbacks, on a thread of its own for a render.
+
+    Live, each process's main thread interrupts a callback step past its
+    context's limit (:class:`controller._watchdog.Deadline`: the processor's
+    hard limit, the controller's budget); the step raises
+    :class:`~controller._watchdog.ScriptTimeout` and is reported as it is
+    live.  A step blocked in C past the limit and its grace, which live takes
+    its process down to be restarted, is reported once (kind ``wedged``): a
+    render has no process to restart, and waits for the call to return.
+    Costs a clock read every :data:`INTERVAL_S`; stopped by :meth:`close`.
+    """
+
+    INTERVAL_S = 0.01
+
+    def __init__(self, host: "OfflineScriptHost") -> None:
+        self.host = host
+        self._wedged: set[tuple[str, float]] = set()  # (side, start of the step) reported wedged
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="render-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        proc, ctrl = self.host.proc, self.host.ctrl
+        while not self._closing.wait(self.INTERVAL_S):
+            since = proc.busy_since
+            if proc.deadline.check(since, proc.thread_id):
+                step = proc.current.name if proc.current is not None else "a callback"
+                self._report(PROCESSOR, since, wedged_text(step, proc.deadline.budget_s, proc.deadline.grace_s,
+                                                           "the processor's hard limit"))
+            since = ctrl.busy_since
+            step = ctrl.check_budget()
+            if step:
+                self._report(CONTROLLER, since, wedged_text(step, ctrl.deadline.budget_s, ctrl.deadline.grace_s))
+
+    def _report(self, side: str, since: float, text: str) -> None:
+        if (side, since) not in self._wedged:
+            self._wedged.add((side, since))
+            self.host.errors.append(f"{side} wedged: {text}; the render waits for it to return")
+
+    def close(self) -> None:
+        """Stop watching (waits for the thread, at most 5 s)."""
+        self._closing.set()
+        self._thread.join(timeout=5)
 
 
 class OfflineScriptHost:
@@ -75,6 +127,7 @@ class OfflineScriptHost:
         self._closed = False
         self._thread_context = set_thread_context(PROCESSOR)
         self._thread_runtime = bind_thread(self.proc)
+        self._watchdog = _Watchdog(self)  # both sides' limits, as the live processes' main threads keep them
         engine.add_block_hook(self.proc.block)
         try:
             self.ctrl.load(script, False)
@@ -136,6 +189,7 @@ class OfflineScriptHost:
             return
         self._closed = True
         try:
+            self._watchdog.close()
             self.ctrl.stop()
             self.engine.remove_block_hook(self.proc.block)
         finally:
