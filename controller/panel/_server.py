@@ -53,7 +53,12 @@ from controller.panel._view import MAX_ACTION, ActionError, DaemonView, parse_ac
 
 log = logging.getLogger("ensemble.panel")
 TICK = 0.25  # seconds between two snapshots while a page is open (as `ensemble top` refreshes)
-ASSETS = {"panel.js": "text/javascript", "panel.css": "text/css", "index.html": "text/html"}
+ASSETS = {"panel.js": "text/javascript", "panel.css": "text/css", "index.html": "text/html",
+          "favicon.svg": "image/svg+xml"}
+# Paths of the page's shell: the same bytes for everyone, nothing of the daemon in them, served without a token.
+# /favicon.ico is asked for by browsers on their own (and by any client that shows an icon): without it, each
+# page load cost a line of the refused requests' budget.
+SHELL_PATHS = ("/", "/favicon.ico")
 # A WebSocket message over MAX_ACTION characters is answered with an error; one over MAX_WS_MESSAGE bytes is not
 # even read: aiohttp closes the WebSocket with 1009 (message too big).
 MAX_WS_MESSAGE = 16 * MAX_ACTION
@@ -192,6 +197,7 @@ class PanelServer:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_UPLOAD)
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/favicon.ico", self._favicon)
         app.router.add_get("/ws", self._ws)
         app.router.add_post("/samples", self._upload)
         # what aiohttp logs of a request it cannot parse: one line, within the refusals' budget (_requestlog)
@@ -214,7 +220,7 @@ class PanelServer:
     # ------------------------------------------------------------------ requests
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        shell = request.path == "/" or request.path.startswith("/static/")  # the same bytes for everyone
+        shell = request.path in SHELL_PATHS or request.path.startswith("/static/")  # the same bytes for everyone
         why = refusal(self.settings, request.method, request.headers, request.query.get("token"),
                       websocket=request.headers.get("Upgrade", "").lower() == "websocket", shell=shell)
         if why:
@@ -241,6 +247,11 @@ class PanelServer:
         if name not in ASSETS:
             raise web.HTTPNotFound()
         return web.Response(body=_asset(name), content_type=ASSETS[name])
+
+    async def _favicon(self, request: web.Request) -> web.StreamResponse:
+        """The icon a browser asks for by convention (the page names ``/static/favicon.svg`` as its icon)."""
+        return web.Response(body=_asset("favicon.svg"), content_type=ASSETS["favicon.svg"],
+                            headers={"Cache-Control": "max-age=86400"})
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
         """A sound file in the body; one upload at a time, the body read only if it may be taken.

@@ -93,6 +93,24 @@ def test_the_page_works_only_with_the_token_which_stays_in_its_tab(browser: Any,
     wait_for(lambda: browser.find_element(By.ID, "conn").text == "live", 60, what="the reloaded page's WebSocket")
 
 
+def test_a_page_load_costs_no_line_of_the_refused_requests_log(browser: Any, panel: Panel) -> None:
+    """The browser asked for /favicon.ico at every load, without the token: refused, 403, one line of the refused
+    requests' budget each time.  The page names its icon now, and the shell serves it: loads log no refusal."""
+    log = panel.daemon.base / "state" / "daemon.log"
+    offset = log.stat().st_size
+    _open(browser, panel)
+    for _ in range(3):
+        browser.refresh()
+        wait_for(lambda: browser.find_element(By.ID, "conn").text == "live", 60, what="the reloaded page's WebSocket")
+    icon = browser.execute_script("return fetch('/favicon.ico')"  # as the browser asks for it: no token
+                                  ".then(r => r.status + ' ' + r.headers.get('content-type'))")
+    assert icon == "200 image/svg+xml", icon
+    with open(log, "rb") as f:
+        f.seek(offset)
+        grown = f.read().decode(errors="replace")
+    assert "event=panel-refused" not in grown, grown[-2000:]
+
+
 class _Recorder(http.server.BaseHTTPRequestHandler):
     """Another local web server: records the headers of each request it gets."""
 

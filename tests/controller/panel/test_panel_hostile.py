@@ -271,6 +271,25 @@ def test_a_flood_of_refused_requests_logs_a_bounded_number_of_lines(make_daemon:
     assert 0 < len(refused) < 2 * BURST, (len(refused), grown[-2000:])
 
 
+def test_the_favicon_a_browser_asks_for_is_served_and_costs_no_line_of_the_log(panel: Panel) -> None:
+    """A browser asks for /favicon.ico at every page load, without the token (the page keeps it in the tab):
+    it was refused, 403, and each page load spent a line of the refused requests' budget (and filled the log).
+    Now it is an icon, as the shell's files are (no daemon data in it), and the page names its own icon under
+    /static/; a token that is given must still be valid there, and the WebSocket still needs one."""
+    offset = (panel.daemon.base / "state" / "daemon.log").stat().st_size
+    for _ in range(2 * BURST):  # twice the budget: refused, the last ones would not even have been logged
+        status, headers, body = panel.request("GET", "/favicon.ico")  # as a browser asks: Host, no token, no Origin
+        assert status == 200 and headers["content-type"] == "image/svg+xml" and body.startswith(b"<svg"), status
+    status, _, page = panel.request("GET", "/")
+    assert status == 200 and b'<link rel="icon" href="/static/favicon.svg"' in page
+    status, headers, body = panel.request("GET", "/static/favicon.svg")
+    assert status == 200 and headers["content-type"] == "image/svg+xml" and body.startswith(b"<svg")
+    assert panel.request("GET", "/favicon.ico?token=" + "x" * 43)[0] == 403  # a token given must be valid
+    assert panel.request("GET", "/ws")[0] == 403  # what carries daemon data still needs the token
+    refused = [ln for ln in _log_after(panel, offset).splitlines() if "path=/favicon.ico" in ln]
+    assert len(refused) <= 1, refused  # at most the line of the wrong token (the budget may leave it out)
+
+
 class HeldUpload:
     """An upload sent by hand: its headers and the first half of its body, then nothing until told."""
 
