@@ -11,6 +11,8 @@ on a one-thread executor) and hands each page the sections that changed; each
 page's own writer (:class:`~controller.panel._page.PageSocket`) sends them as
 one JSON message, coalescing while the page reads slowly, so a page that stops
 reading holds up nobody else.  Without pages the panel asks the daemon nothing.
+The first thing the client thread does is end the notes an earlier panel
+process left sounding (:mod:`controller.panel._held`).
 
 Every connection passes a gate first (:mod:`controller.panel._connections`):
 one that has shown no token :data:`~controller.panel._connections.HEADER_TIMEOUT`
@@ -126,7 +128,13 @@ class PanelServer:
 
     # ------------------------------------------------------------------ lifecycle (main thread)
     def start(self, timeout: float = 10.0) -> int:
-        """Bind and serve; returns the port.  Raises OSError when the address cannot be bound."""
+        """Bind and serve; returns the port.  Raises OSError when the address cannot be bound.
+
+        First queues, on the client thread, the note offs an earlier panel
+        process owed (it died holding notes): they go out before any page's
+        action, and whether or not the address can be bound.
+        """
+        self.pool.submit(self.view.release_left_over)
         self.thread.start()
         if not self._ready.wait(timeout):
             raise OSError(f"the panel's server did not start within {timeout:g}s")

@@ -16,7 +16,7 @@ from actors import DaemonError, PermissionDenied
 from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, Message
 from controller.messages import PanelStart
-from controller.panel import _settings
+from controller.panel import _held, _settings
 from controller.panel._settings import PanelSettings
 
 log = logging.getLogger("ensemble.supervisor")
@@ -49,13 +49,16 @@ class PanelExtension(Extension):
 
         A settings file already there is an earlier daemon's (its panel was
         killed as that daemon stopped, or the daemon was): its token is
-        removed, never served again.
+        removed, never served again; so is its record of held notes (that
+        daemon's audio is gone: this one's panel must not end notes of a
+        keyboard playing now).
         """
         if self.settings is None:
-            try:
-                _settings.remove(self.run_dir)
-            except OSError as exc:
-                log.error("event=panel-stale-settings file=%s reason=%s", self.run_dir / _settings.FILE, exc)
+            for module, file in ((_settings, _settings.FILE), (_held, _held.FILE)):
+                try:
+                    module.remove(self.run_dir)
+                except OSError as exc:
+                    log.error("event=panel-stale-settings file=%s reason=%s", self.run_dir / file, exc)
         if self._at_start is None:
             return ()
         if self.settings is None:

@@ -21,6 +21,7 @@ from actors import EnsembleError
 from controller.client import Client
 from actors.config import Config
 from actors.messages import JobInfo
+from controller.panel._held import HeldNotes
 from controller.panel._sound import SoundRefused, decode
 
 log = logging.getLogger("ensemble.panel")
@@ -81,6 +82,7 @@ class DaemonView:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.client: Client | None = None
+        self.held = HeldNotes(cfg.run_dir)  # the notes the pages hold, on disk for a successor
         self.log_file = cfg.state_dir / "daemon.log"
         self._n = 0
         self._samples: list[dict[str, Any]] = []
@@ -168,9 +170,11 @@ class DaemonView:
         try:
             c = self._c()  # (its daemon gone: an error for the page, not a closed socket)
             if op == "note_on":
-                c.note_on(_int(msg, "note", 0, 127), _int(msg, "velocity", 1, 127, 100))
+                self._note_on(c, _int(msg, "note", 0, 127), _int(msg, "velocity", 1, 127, 100))
             elif op == "note_off":
-                c.note_off(_int(msg, "note", 0, 127))
+                note = _int(msg, "note", 0, 127)
+                c.note_off(note)
+                self.held.ended(note)
             elif op == "param":
                 c.set_param(str(msg.get("name", "")), msg.get("value"))
             elif op == "ui":
@@ -189,15 +193,43 @@ class DaemonView:
             raise ActionError(str(exc).splitlines()[0]) from None
         return f"{op} done"
 
-    def release_notes(self, notes: list[int]) -> None:
-        """Note offs for ``notes``, which a page that went away still held.  Blocking; a failure is logged."""
+    def _note_on(self, c: Client, note: int, velocity: int) -> None:
+        """Record ``note`` as held (on disk, for a successor, should this process die), then send its note on."""
+        self.held.started(note)
+        try:
+            c.note_on(note, velocity)
+        except BaseException:
+            self.held.ended(note)  # it may have gone out all the same: a successor's note off would be harmless
+            raise
+
+    def release_notes(self, notes: list[int], reason: str = "the page that held them went away") -> bool:
+        """Client thread: note offs for ``notes``, which nobody holds any more.  Blocking; a failure is logged.
+
+        Returns False if the daemon refused or did not answer (the notes not
+        yet ended stay recorded, for a successor to end).
+        """
         for note in notes:
             try:
                 self._c().note_off(note)
             except EnsembleError as exc:
                 log.warning("event=panel-note-release-failed note=%d reason=%s", note, str(exc).splitlines()[0])
-                return
-        log.info("event=panel-notes-released notes=%s reason=the page that held them went away", notes)
+                return False
+            self.held.ended(note)
+        log.info("event=panel-notes-released notes=%s reason=%s", notes, reason)
+        return True
+
+    def release_left_over(self) -> None:
+        """Client thread, before anything else: end the notes an earlier panel process held when it ended.
+
+        That process died without its note offs (SIGKILL, a crash); its
+        notes are in ``panel-notes.json`` (:mod:`~controller.panel._held`).
+        Those not ended (the daemon did not answer) stay in the file for the
+        next panel process.  Blocking.
+        """
+        left = self.held.left_over()
+        if left:
+            self.held.adopt(left)
+            self.release_notes(left, "the panel process that held them ended without their note offs")
 
     def load_wav(self, name: str, data: bytes) -> str:
         """Decode a sound file the page dropped and register it as sample ``name`` (its stem).

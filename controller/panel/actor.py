@@ -6,7 +6,8 @@ and reaches the daemon as a local client, like the CLI.  Killing this process
 (SIGKILL, or SIGTERM to it alone) changes nothing for audio or jobs: the
 supervisor restarts it with the same address and token (``<run dir>/panel.json``),
 and an open page reconnects.  Only the daemon's own stop (its ``Stop``
-message) removes that file.
+message) removes that file.  The notes its pages held when it was killed are
+ended by its successor, before anything else (:mod:`controller.panel._held`).
 
 An address it cannot bind (the port in use, an address this host does not
 have) would fail again on every restart, so the process does not exit for
@@ -25,7 +26,7 @@ from typing import Any
 from actors import Child, child_main
 from actors.messages import Message
 from controller.messages import PanelStart
-from controller.panel import _settings
+from controller.panel import _held, _settings
 from controller.panel._server import PanelServer
 from controller.panel._settings import PanelSettings
 from controller.panel._view import DaemonView
@@ -93,7 +94,8 @@ class Panel(Child):
         super().on_sigterm(signum, frame)
 
     def on_stop(self) -> None:
-        """Close the pages; when the daemon stops (its ``Stop``), remove the token file too.
+        """Close the pages (their notes end); when the daemon stops (its ``Stop``), remove the token file too,
+        and the record of held notes (the audio stops with the daemon).
 
         A SIGTERM to this process alone keeps the file, as a silent
         supervisor does: the supervisor restarts the panel and the restart
@@ -106,6 +108,7 @@ class Panel(Child):
         finally:
             if not self.signalled and self.stop_reason != "supervisor silent":
                 _settings.remove(self.cfg.run_dir)
+                _held.remove(self.cfg.run_dir)
 
 
 if __name__ == "__main__":

@@ -484,6 +484,9 @@ class StillView:
     def close(self) -> None:
         pass
 
+    def release_left_over(self) -> None:
+        pass
+
 
 def test_a_page_counts_against_the_limit_from_before_its_handshake(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages were counted once through aiohttp's handshake (WebSocketResponse.prepare), so the limit held only

@@ -12,7 +12,8 @@ import signal
 from typing import Any
 
 from tests.conftest import pid_alive, wait_for
-from tests.controller.panel.conftest import Panel
+from tests.controller.panel.conftest import EXAMPLES, Panel, kill_panel, loaded
+from tests.controller.panel.test_panel_actor import Page
 
 
 def _restarted(panel: Panel, old_pid: int) -> object:
@@ -53,3 +54,28 @@ def test_a_token_file_an_earlier_daemon_left_is_removed_when_the_next_one_starts
     d.up()
     assert not stale.exists()
     assert "panel" not in d.status().daemon.counters  # no panel was asked for
+
+
+def test_notes_a_killed_panel_held_are_ended_by_the_panel_that_replaces_it(panel: Panel) -> None:
+    """A page held a note when its panel was killed (SIGKILL: no note off from it); the note sounded on, for
+    ever, through the restart.  The panel records the notes its pages hold (panel-notes.json, before each note
+    on leaves), and the process the supervisor starts in its place ends them before anything else."""
+    import numpy as np
+
+    d = panel.daemon
+    c = loaded(panel, EXAMPLES / "download_panel.py")
+    # a note of the built-in sound ends by itself within 2 s; one of this sample sounds for 90 s unless ended
+    c.upload_sample((0.1 * np.sin(np.arange(90 * 48000) * 0.05)).astype(np.float32), "long", 48000)
+    voices = lambda: d.actor("processor").stats["active_voices"]  # noqa: E731
+    notes = d.base / "run" / "panel-notes.json"
+    with Page(panel) as page:
+        page.send({"op": "note_on", "note": 64, "velocity": 100, "seq": "on"})
+        page.until(lambda s: any(r.get("seq") == "on" for r in page.replies), what="the note on's ack")
+        wait_for(lambda: voices() >= 1, what="the held note to sound")
+        before = kill_panel(d)
+        wait_for(lambda: _restarted(panel, before.panel.pid), timeout=60, what="a new panel process serving")
+        wait_for(lambda: voices() == 0, what="the note the killed panel held to end")
+    assert before.others_untouched(d)  # the processor was not restarted: the note off ended the voice
+    assert not notes.exists()  # nothing held any more
+    log = (d.base / "state" / "daemon.log").read_text()
+    assert "event=panel-notes-released notes=[64] reason=the panel process that held them ended" in log

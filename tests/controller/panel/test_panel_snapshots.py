@@ -68,6 +68,9 @@ class FlakyView:
     def close(self) -> None:
         pass
 
+    def release_left_over(self) -> None:
+        pass
+
 
 def test_a_snapshot_that_raises_a_bug_is_an_internal_error_on_the_page_and_the_next_one_goes_out(
         caplog: pytest.LogCaptureFixture) -> None:
@@ -125,6 +128,9 @@ class StuckView:
 
     def close(self) -> None:
         self.closed.set()
+
+    def release_left_over(self) -> None:
+        pass
 
 
 @pytest.mark.slow  # stop() waits out its 5 s bound for the client's close on purpose
