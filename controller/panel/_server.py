@@ -7,12 +7,15 @@ aiohttp cannot parse, is one log line within a budget
 (:mod:`controller.panel._requestlog`).  Live updates are
 coalesced: while at least one page is connected, a broadcaster takes one
 snapshot of the daemon every ``TICK`` seconds (:class:`~controller.panel._view.DaemonView`,
-on a one-thread executor) and hands each page the sections that changed; each
+on the client thread, a one-thread executor) and hands each page the sections that changed; each
 page's own writer (:class:`~controller.panel._page.PageSocket`) sends them as
 one JSON message, coalescing while the page reads slowly, so a page that stops
 reading holds up nobody else.  Without pages the panel asks the daemon nothing.
-The first thing the client thread does is end the notes an earlier panel
-process left sounding (:mod:`controller.panel._held`).
+What may wait long on the daemon (a reload waiting for its script, an
+upload) runs on a second thread with a client of its own (the slow thread),
+so that it holds up no page's updates.  The first thing the client thread
+does is end the notes an earlier panel process left sounding
+(:mod:`controller.panel._held`).
 
 Every connection passes a gate first (:mod:`controller.panel._connections`):
 one that has shown no token :data:`~controller.panel._connections.HEADER_TIMEOUT`
@@ -51,7 +54,7 @@ from controller.panel._security import COOKIE, WS_PROTOCOL, given_tokens, refusa
 from controller.panel._settings import PanelSettings
 from controller.panel._sound import MAX_UPLOAD
 from controller.panel._upload import BodyStalled, BodyTooLarge, BodyTooSlow, read_body
-from controller.panel._view import MAX_ACTION, ActionError, DaemonView, parse_action
+from controller.panel._view import MAX_ACTION, SLOW_OPS, ActionError, DaemonView, parse_action
 
 log = logging.getLogger("ensemble.panel")
 TICK = 0.25  # seconds between two snapshots while a page is open (as `ensemble top` refreshes)
@@ -115,6 +118,7 @@ class PanelServer:
         self.settings = settings
         self.view = view
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="panel-client")
+        self.slow_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="panel-slow")  # SLOW_OPS, uploads
         self.loop = asyncio.new_event_loop()
         self.hub: Hub | None = None
         self._uploading: asyncio.Lock | None = None
@@ -145,12 +149,13 @@ class PanelServer:
     def stop(self) -> None:
         """Close every page's WebSocket and the listening socket, end the thread, close the client.
 
-        Blocks for at most 10 s plus :data:`CLOSE_WAIT`.  The client is closed
+        Blocks for at most 10 s plus :data:`CLOSE_WAIT`.  Each client is closed
         on its own thread, after the request it may be waiting on (a snapshot
-        while a page is open).  When the daemon leaves that request unanswered
-        for CLOSE_WAIT seconds (it is paused, or gone silent, which is why the
-        panel stops), stop() says so in one log line and returns; the client
-        then closes after that request, unless the process has exited first.
+        while a page is open, a reload).  When the daemon leaves that request
+        unanswered for CLOSE_WAIT seconds (it is paused, or gone silent, which
+        is why the panel stops), stop() says so in one log line and returns;
+        the client then closes after that request, unless the process has
+        exited first.
         """
         if self.thread.is_alive():
             fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
@@ -160,13 +165,13 @@ class PanelServer:
                 pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
-        closed = self.pool.submit(self.view.close)
-        try:
-            closed.result(CLOSE_WAIT)
-        except concurrent.futures.TimeoutError:
+        closed = [self.pool.submit(self.view.close), self.slow_pool.submit(self.view.close_slow)]
+        _, late = concurrent.futures.wait(closed, CLOSE_WAIT)
+        if late:
             log.warning("event=panel-stop-late reason=a request to the daemon is still unanswered after %gs; the "
                         "panel stops without waiting for it", CLOSE_WAIT)
-        self.pool.shutdown(wait=False)  # the client closes after that request, unless the process is gone first
+        for pool in (self.pool, self.slow_pool):
+            pool.shutdown(wait=False)  # each client closes after its request, unless the process is gone first
 
     def stats(self) -> dict[str, Any]:
         """For the actor's heartbeat: where it listens and how busy it is (never the token)."""
@@ -298,7 +303,7 @@ class PanelServer:
                 request_logger().info("event=panel-upload-aborted name=%r", name[:100])
                 return _refuse(400, "the upload ended before its body did")
             try:
-                text = await self.loop.run_in_executor(self.pool, self.view.load_wav, name, data)
+                text = await self.loop.run_in_executor(self.slow_pool, self.view.load_wav, name, data)
             except ActionError as exc:
                 return _refuse(400, str(exc))
             except Exception:  # noqa: BLE001 - a bug: said in the log with its traceback, the server goes on
@@ -367,7 +372,8 @@ class PanelServer:
             msg = parse_action(text)
             seq = msg.get("seq")
             seq = seq[:100] if isinstance(seq, str) else seq
-            detail = await self.loop.run_in_executor(self.pool, self.view.act, msg)
+            pool = self.slow_pool if msg.get("op") in SLOW_OPS else self.pool  # a reload holds up no snapshot
+            detail = await self.loop.run_in_executor(pool, self.view.act, msg)
             if msg.get("op") == "note_on":
                 notes.add(msg["note"])
             elif msg.get("op") == "note_off":

@@ -1,12 +1,16 @@
 """What the panel shows and does, as a local client of the daemon (no web code here).
 
-:class:`DaemonView` runs on one thread of the panel (the server hands it
-work through a one-thread executor, so its :class:`~actors.client.Client`
-keeps one socket).  :meth:`DaemonView.collect` takes one snapshot of the
-daemon as JSON-ready sections; :meth:`DaemonView.act` carries out one action
-a page asked for.  The cost to the supervisor is a fixed number of requests
-per snapshot whatever happens in the daemon: a burst of job updates is seen
-as the jobs' latest state at the next snapshot, never one message per update.
+:class:`DaemonView` runs on two threads of the panel, each with its own
+:class:`~actors.client.Client` (one socket each): the **client thread**
+(snapshots and the quick actions) and the **slow thread** (:data:`SLOW_OPS`,
+which wait on the daemon for many seconds, and uploads), so that a reload
+waiting for its script does not hold up the snapshots every page gets.  The
+server hands each its work through a one-thread executor.
+:meth:`DaemonView.collect` takes one snapshot of the daemon as JSON-ready
+sections; :meth:`DaemonView.act` carries out one action a page asked for.
+The cost to the supervisor is a fixed number of requests per snapshot
+whatever happens in the daemon: a burst of job updates is seen as the jobs'
+latest state at the next snapshot, never one message per update.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ AUDIO_KEYS = ("backend", "samplerate", "blocksize", "active_voices", "peak_voice
 MAX_ACTION = 64 * 1024  # characters of one action as JSON text (the page's are under 200)
 SCALARS = (str, int, float, bool, type(None))
 RELOAD_WAIT = 30.0  # seconds a reload from the page may take before the page is told it has not loaded yet
+SLOW_OPS = frozenset({"reload"})  # actions that may wait long on the daemon: done on the slow thread, with its client
 
 
 class ActionError(Exception):
@@ -77,14 +82,19 @@ def _job(j: JobInfo) -> dict[str, Any]:
 
 
 class DaemonView:
-    """Snapshots of the daemon and actions on it, through one local client (one thread only)."""
+    """Snapshots of the daemon and actions on it, through two local clients: the client thread's and the slow one's.
+
+    Each method says on which thread it runs; each thread has its own client.
+    """
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.client: Client | None = None
-        self.held = HeldNotes(cfg.run_dir)  # the notes the pages hold, on disk for a successor
+        self.client: Client | None = None  # the client thread's
+        self.slow_client: Client | None = None  # the slow thread's (SLOW_OPS, uploads)
+        self.held = HeldNotes(cfg.run_dir)  # client thread: the notes the pages hold, on disk for a successor
         self.log_file = cfg.state_dir / "daemon.log"
         self._n = 0
+        self._samples_stale = False  # set by the slow thread after an upload: the next snapshot lists the samples
         self._samples: list[dict[str, Any]] = []
         self._jobs_key: Any = None
         self._recent: list[JobInfo] = []
@@ -94,15 +104,27 @@ class DaemonView:
             self.client = Client(config=self.cfg, timeout=10.0)
         return self.client
 
+    def _slow(self) -> Client:
+        if self.slow_client is None:
+            self.slow_client = Client(config=self.cfg, timeout=10.0)
+        return self.slow_client
+
     def close(self) -> None:
-        """Close the client (the panel stops)."""
+        """Client thread: close its client (the panel stops)."""
         if self.client is not None:
             self.client.close()
             self.client = None
 
+    def close_slow(self) -> None:
+        """Slow thread: close its client (the panel stops)."""
+        if self.slow_client is not None:
+            self.slow_client.close()
+            self.slow_client = None
+
     # ------------------------------------------------------------------ snapshots
     def collect(self) -> dict[str, Any]:
-        """One snapshot: ``daemon``, ``actors``, ``audio``, ``loading``, ``jobs``, ``params``, ``ui``, ``samples``, ``log``.
+        """Client thread: one snapshot: ``daemon``, ``actors``, ``audio``, ``loading``, ``jobs``, ``params``, ``ui``,
+        ``samples``, ``log``.
 
         Status, parameters and UI elements; the running jobs while some run and
         the newest jobs when the job counters moved; the samples every
@@ -132,7 +154,8 @@ class DaemonView:
         ui = c.ui_elements()
         out["ui"] = [{"id": e.id, "kind": e.kind, "text": e.text, "visible": e.visible, "value": round(e.value, 4)}
                      for e in ui.elements]
-        if self._n % SAMPLES_EVERY == 0:
+        if self._samples_stale or self._n % SAMPLES_EVERY == 0:
+            self._samples_stale = False
             self._samples = [{"name": s.name, "frames": s.frames, "channels": s.channels,
                               "samplerate": s.samplerate, "root_key": s.root_key} for s in c.samples()]
         self._n += 1
@@ -165,10 +188,13 @@ class DaemonView:
 
     # ------------------------------------------------------------------ actions
     def act(self, msg: dict[str, Any]) -> str:
-        """Carry out one page action; returns a short confirmation, raises ActionError saying why not."""
+        """Carry out one page action; returns a short confirmation, raises ActionError saying why not.
+
+        On the slow thread for an op in :data:`SLOW_OPS`, on the client thread for any other.
+        """
         op = msg.get("op")
         try:
-            c = self._c()  # (its daemon gone: an error for the page, not a closed socket)
+            c = self._slow() if op in SLOW_OPS else self._c()  # (its daemon gone: an error for the page)
             if op == "note_on":
                 self._note_on(c, _int(msg, "note", 0, 127), _int(msg, "velocity", 1, 127, 100))
             elif op == "note_off":
@@ -232,7 +258,7 @@ class DaemonView:
             self.release_notes(left, "the panel process that held them ended without their note offs")
 
     def load_wav(self, name: str, data: bytes) -> str:
-        """Decode a sound file the page dropped and register it as sample ``name`` (its stem).
+        """Slow thread: decode a sound file the page dropped and register it as sample ``name`` (its stem).
 
         Blocking; the decoded audio is bounded by ``_sound.MAX_DECODED``.
         Raises ActionError: no usable name, not a sound file, too large, or
@@ -246,10 +272,10 @@ class DaemonView:
         except SoundRefused as exc:
             raise ActionError(str(exc)) from None
         try:
-            self._c().upload_sample(array, stem, rate)
+            self._slow().upload_sample(array, stem, rate)
         except EnsembleError as exc:
             raise ActionError(str(exc).splitlines()[0]) from None
-        self._n = 0  # the sample list is read again at the next snapshot
+        self._samples_stale = True  # the sample list is read again at the next snapshot
         return f"sample {stem!r}: {len(array)} frames at {rate} Hz"
 
 

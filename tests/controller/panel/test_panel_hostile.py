@@ -484,6 +484,9 @@ class StillView:
     def close(self) -> None:
         pass
 
+    def close_slow(self) -> None:
+        pass
+
     def release_left_over(self) -> None:
         pass
 

@@ -24,7 +24,7 @@ from controller.panel import _server
 from controller.panel._server import PanelServer
 from controller.panel._settings import PanelSettings
 from tests.conftest import Daemon, pid_alive, wait_for
-from tests.controller.panel.conftest import Panel, start_panel
+from tests.controller.panel.conftest import EXAMPLES, Panel, loaded, start_panel
 from tests.controller.panel.test_panel_actor import Page
 
 
@@ -53,6 +53,34 @@ def test_a_daemon_that_stops_answering_is_an_error_on_the_page_and_the_panel_ser
         page.until(lambda s: s.get("daemon", {}).get("workers_wanted") == 3, what="updates after the pause")
 
 
+def test_a_reload_waiting_for_its_script_holds_up_no_page_s_updates(make_daemon: Callable[..., Daemon]) -> None:
+    """One page's reload waits for the script to load (the controller paused here: SIGSTOP, so the load stays
+    pending); it waited on the panel's one client thread, and every page's snapshots waited behind it (up to the
+    reload's 30 s).  Now a reload runs on a thread of its own: another page sees a change made meanwhile, and
+    the reload is answered once the controller goes on.  The daemon's heartbeat timeout outlasts the pause."""
+    d = make_daemon(extra_env={"ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "120"})
+    panel = start_panel(d)
+    c = loaded(panel, EXAMPLES / "download_panel.py")
+    load = lambda: c.status().daemon.counters["script_load"]  # noqa: E731  # [number, state, detail]
+    controller = d.actor("controller").pid
+    with Page(panel) as reloading, Page(panel) as watching:
+        watching.until(lambda s: s.get("daemon", {}).get("workers_wanted") == 2, what="a first state")
+        before = load()[0]
+        os.kill(controller, signal.SIGSTOP)
+        try:
+            reloading.send({"op": "reload", "seq": "reload"})
+            wait_for(lambda: load()[0] > before and load()[1] == "loading", what="the reload to be under way")
+            c.scale(3)
+            watching.until(lambda s: s.get("daemon", {}).get("workers_wanted") == 3, timeout=20,
+                           what="the other page's update while the reload waits")
+            assert load()[1] == "loading"  # the reload was still waiting all along
+        finally:
+            os.kill(controller, signal.SIGCONT)
+        answer = reloading.until(lambda s: next((r for r in reloading.replies if r.get("seq") == "reload"), None),
+                                 timeout=60, what="the reload's answer")
+        assert answer["type"] == "ack", answer
+
+
 class FlakyView:
     """A stand-in for DaemonView whose second and third snapshots raise a bug (KeyError)."""
 
@@ -66,6 +94,9 @@ class FlakyView:
         return {"daemon": {"snapshot": self.snapshots}}
 
     def close(self) -> None:
+        pass
+
+    def close_slow(self) -> None:
         pass
 
     def release_left_over(self) -> None:
@@ -128,6 +159,9 @@ class StuckView:
 
     def close(self) -> None:
         self.closed.set()
+
+    def close_slow(self) -> None:
+        pass
 
     def release_left_over(self) -> None:
         pass
