@@ -1,8 +1,10 @@
 """A job's states, defined once.
 
-``queued`` (journaled, waiting) → ``dispatched`` (handed to a worker, not yet
-begun: internal, clients see it rarely) → ``running`` → one of the final
-states.  The values are the strings that travel on the wire and sit in the
+``queued`` (journaled, waiting) → ``dispatched`` (in a worker's line, not yet
+begun: each worker is handed about 20 ms of work at a time, so a job submitted
+while every worker is busy often waits here, behind the jobs of that line; an
+idle worker takes back jobs that wait behind one that overran) → ``running`` →
+one of the final states.  The values are the strings that travel on the wire and sit in the
 journal, so a :class:`JobState` compares equal to its string.
 """
 
