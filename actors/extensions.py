@@ -5,8 +5,9 @@ built on it (``audio``, ``controller``) contributes through entry points of
 the distribution, so the runtime never imports it by name:
 
 * ``ensemble.extensions`` — an :class:`Extension` subclass: children the
-  supervisor starts and watches, requests it answers for clients, messages
-  from children it routes, what it adds to ``status``;
+  supervisor starts and watches (told when one says hello and when one
+  exits), requests it answers for clients, messages from children it
+  routes, what it adds to ``status``;
 * ``ensemble.cli`` — a function ``register(group)`` adding click commands to
   the ``ensemble`` command line;
 * ``ensemble.internal_jobs`` — ``resolve(path) -> function`` for the
@@ -101,6 +102,18 @@ class Extension:
 
     def child_ready(self, slot: "Slot") -> None:
         """A child (of any role) said hello: send it what it needs (samples, the script, ...)."""
+
+    def child_exited(self, slot: "Slot") -> None:
+        """A child's process (of any role) exited and was reaped: settle what it leaves behind.
+
+        Called before the supervisor decides whether to start it again (it
+        may not: past its restart intensity, while the daemon stops, on a
+        scale-down), so what only the child could have ended is ended here.
+        ``slot.last_exit`` holds its exit code (-N: signal N); the slot is no
+        longer ready (``host.child(slot.name)`` is None).  Runs in the
+        supervisor's thread: must not block (a small file read at most); an
+        exception is logged and the daemon goes on.
+        """
 
     def check_task(self, spec: JobSpec) -> bool:
         """Whether this extension vouches for a controller job (``TaskSubmit``); raise JobRefused to refuse it."""

@@ -350,6 +350,7 @@ class ChildrenMixin(State):
         log_fn = log.info if self._asked_to_leave(slot) else log.error  # (a Retiring read just now counts)
         log_fn("event=exit name=%s pid=%d code=%s", slot.name, proc.pid, code)
         under_a_job = self._jobs_lost(slot)
+        self._tell_exited(slot)
         if self.stopping_since or slot.retire:
             del self.slots[slot.name]
             return
@@ -373,6 +374,21 @@ class ChildrenMixin(State):
             times.append(now)
         slot.restarts += 1
         self._spawn(slot)
+
+    def _tell_exited(self, slot: Slot) -> None:
+        """Tell each extension that ``slot``'s process exited (``Extension.child_exited``), before any restart.
+
+        A child that is not started again (given up on, the daemon stopping)
+        leaves to its extension what only it could have ended (the panel's
+        held notes).  An extension's exception is logged, never raised: the
+        reap and the restart go on.
+        """
+        for ext in self.extensions:
+            try:
+                ext.child_exited(slot)
+            except Exception:  # noqa: BLE001 - one extension's bug must not take the daemon down
+                log.exception("event=extension-hook-failed extension=%s hook=child_exited name=%s",
+                              ext.name, slot.name)
 
     def _asked_to_leave(self, slot: Slot) -> bool:
         """Whether a child's exit was asked for: the daemon stopping, a scale-down, a retire, a kill on purpose."""

@@ -1,4 +1,4 @@
-"""The notes the panel's pages hold, on disk too, so that a panel that dies holding them has its successor end them.
+"""The notes the panel's pages hold, on disk too, so that a panel that dies holding them still has them ended.
 
 A page's note on starts a voice that sounds until its note off (or the end
 of its sample, which may be minutes long).  A page that
@@ -6,18 +6,23 @@ goes away has its notes ended by the panel (``PanelServer._release_notes``),
 but a panel process that dies (SIGKILL, a crash) ends nothing: the
 processor, another process, goes on playing them.  So the panel records
 every note a page started and has not ended in ``<run dir>/panel-notes.json``
-(mode 0600, written atomically) *before* the note on leaves, and the next
-panel process the supervisor starts sends a note off for each note that file
-names before it does anything else (``DaemonView.release_left_over``).
+(mode 0600, written atomically) *before* the note on leaves.  When the
+process exits, the supervisor tells the panel's extension as it reaps it
+(``PanelExtension.child_exited``, before any restart), which sends a note
+off to the processor for each note that file names and clears it: the notes
+end whether or not a panel is started again (the supervisor gave up on it
+after too many restarts, or each start exits before serving).  Those it
+could not send (no processor running) stay in the file, and the next panel
+process sends them before it does anything else
+(``DaemonView.release_left_over``).
 
 The file goes when the daemon stops (its audio stops with it), and one an
 earlier daemon left is removed when the next one starts its children, as
-``panel.json`` is.  A panel that is not started again (the supervisor gave
-up on it after too many restarts) leaves its notes sounding: the supervisor
-tells its extensions of no exit, only of a start (``child_ready``).
+``panel.json`` is.
 
 :class:`HeldNotes` is bookkeeping over a file, without sockets; it is used
-on the panel's client thread only (no lock).  Writing it costs one small
+on the panel's client thread only (no lock), and by the supervisor once that
+process is gone.  Writing it costs one small
 file write and a rename per note on or off.
 """
 

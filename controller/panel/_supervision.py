@@ -4,6 +4,9 @@ Registered through the ``ensemble.extensions`` entry point; runs in the
 supervisor's thread and never blocks.  The panel is a supervised child like
 the others (restarted on a crash, within the restart intensity), but it is
 started only when asked for: a daemon without a panel runs no web server.
+When its process exits, the notes its pages held (``panel-notes.json``,
+:mod:`~controller.panel._held`) are ended here, whether or not it is started
+again (:meth:`PanelExtension.child_exited`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from actors import DaemonError, PermissionDenied
 from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, Message
+from audio.messages import NoteOffEvent
 from controller.messages import PanelStart
 from controller.panel import _held, _settings
 from controller.panel._settings import PanelSettings
@@ -81,6 +85,38 @@ class PanelExtension(Extension):
     def child_ready(self, slot: Any) -> None:
         if slot.name == SPEC.name:  # a fresh start said hello: a give-up of an earlier start is history (in the log)
             slot.detail = ""
+
+    def child_exited(self, slot: Any) -> None:
+        """The panel's process exited: send a note off for each note its pages held, and clear the record.
+
+        The process wrote the notes it started and had not ended to
+        ``panel-notes.json`` before each note on; dead, it ends none of
+        them, and the supervisor may not start another (past its restart
+        intensity, or each start exits before serving).  Those that cannot
+        go (no processor running) stay in the file, for a panel process
+        started later (``DaemonView.release_left_over``).  Supervisor's
+        thread: one small file read, and a write when notes are left.
+        """
+        if slot.name != SPEC.name:
+            return
+        held = _held.HeldNotes(self.run_dir)
+        left = held.left_over()
+        if not left:
+            return
+        processor = self.host.child("processor")
+        ended = []
+        for note in left:
+            if processor is None or not self.host.send_child(processor, NoteOffEvent(note)):
+                break
+            ended.append(note)
+        kept = left[len(ended):]
+        held.adopt(kept)  # the file names those left only (none: it goes)
+        if ended:
+            log.info("event=panel-notes-released notes=%s reason=the panel process that held them ended "
+                     "without their note offs (exit code %s)", ended, slot.last_exit)
+        if kept:
+            log.warning("event=panel-note-release-failed notes=%s reason=the processor is not reachable "
+                        "detail=a panel process started later ends them", kept)
 
     def _bind_error(self) -> str:
         """Why the running panel serves nothing (the address it was given could not be bound), else ""."""
