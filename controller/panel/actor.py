@@ -7,7 +7,8 @@ and reaches the daemon as a local client, like the CLI.  Killing this process
 supervisor restarts it with the same address and token (``<run dir>/panel.json``),
 and an open page reconnects.  Only the daemon's own stop (its ``Stop``
 message) removes that file.  The notes its pages held when it was killed are
-ended by its successor, before anything else (:mod:`controller.panel._held`).
+ended by the panel's extension in the daemon as the process is reaped, or else
+by its successor, before anything else (:mod:`controller.panel._held`).
 
 An address it cannot bind (the port in use, an address this host does not
 have) would fail again on every restart, so the process does not exit for
