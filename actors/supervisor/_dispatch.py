@@ -14,6 +14,7 @@ import math
 from typing import TYPE_CHECKING, Collection, Iterable
 
 from actors._jobs import Job, JobBook
+from actors._ray import unplaceable
 from actors._resources import describe, fits
 
 if TYPE_CHECKING:
@@ -86,10 +87,14 @@ def refusal(need: dict[str, float], offered: list[dict[str, float]], placeable: 
     """Why a job needing ``need`` can never run ("" when it can): no worker offers it and none can be placed.
 
     ``placeable``: a cluster (Ray) may still start a worker offering it (its
-    nodes and autoscaler decide), so nothing is refused for its resources then.
+    nodes and autoscaler decide), so nothing is refused for its resources
+    then, unless it names a resource Ray keeps for itself
+    (:func:`actors._ray.unplaceable`): no worker could ever be placed for it.
     """
-    if not need or placeable or any(fits(need, o) for o in offered):
+    if not need or any(fits(need, o) for o in offered):
         return ""
+    if placeable:
+        return unplaceable(need)
     best = ", ".join(sorted({describe(o) for o in offered})[:4]) or "no workers"
     return (f"it needs {describe(need)} and no worker offers that (workers offer: {best}); "
             "add a worker that does (`ensemble worker --resources`, or [cluster] ray) or ask for less")
