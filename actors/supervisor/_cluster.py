@@ -44,7 +44,12 @@ class ClusterMixin(State):
     """Ray placement of the :class:`~actors.supervisor.Supervisor` (mixed in); ``self.cluster`` is None without it."""
 
     def _cluster_open(self) -> None:
-        """Join the Ray cluster and start ``[cluster] workers`` (ConfigError without Ray, DaemonError without a cluster)."""
+        """Start joining the Ray cluster, which then starts ``[cluster] workers`` (ConfigError without Ray).
+
+        Returns at once: a cluster that is unreachable is reported by
+        ``status`` (``ray_cluster``, ``ray_error``) and the log, and joined
+        once it answers; local workers run jobs meanwhile.
+        """
         if not self.cfg.cluster.ray:
             return
         from actors._ray import RayWorkers
@@ -64,12 +69,48 @@ class ClusterMixin(State):
                 slot.detail = why
                 self._remote_gone(slot, why)
         assert self.book is not None
+        self._cluster_where()
+        self._cluster_unneeded()
         needs = plan.unmet(self.book, self.slots.values())
-        if needs:
-            for need, why in cluster.place(needs):
-                now = time.time()
-                for job in [j for j in self.book.jobs.values() if j.state == "queued" and j.spec.resources == need]:
-                    self._finish(job, "failed", now, error_type="JobRefused", error_message=f"job {job.spec.fn}: {why}")
+        for need, why in cluster.place(needs):
+            now = time.time()
+            for job in [j for j in self.book.jobs.values() if j.state == "queued" and j.spec.resources == need]:
+                self._finish(job, "failed", now, error_type="JobRefused", error_message=f"job {job.spec.fn}: {why}")
+
+    def _cluster_where(self) -> None:
+        """Say in each Ray-placed worker's ``detail`` where it runs: its node, its host, its pid there, since when.
+
+        ``status`` shows pid "-" for a worker of another host (no process of
+        this daemon's); the driver asks its actor once per slot.
+        """
+        for slot in self.slots.values():
+            member = self.cluster.members.get(slot.key_name) if slot.remote else None
+            if member is None:
+                continue
+            self.cluster.locate(member.name, slot.name)
+            if member.pid and (not slot.detail or slot.detail.startswith("on Ray node")):
+                joined = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(slot.started))
+                slot.detail = (f"on Ray node {member.node[:12]} ({member.host}), worker pid {member.pid} there, "
+                               f"joined {joined}")
+
+    def _cluster_unneeded(self) -> None:
+        """Remove workers placed for queued jobs that no queued job needs any more (cancelled, or run elsewhere).
+
+        One not connected yet goes at once (Ray, and its autoscaler, no
+        longer hold a node for it); a connected one retires as a scale-down's.
+        """
+        assert self.book is not None
+        busy = {s.key_name for s in self.slots.values() if s.remote and s.outstanding}
+        joined = {s.key_name for s in self.slots.values() if s.remote}
+        for name in self.cluster.unneeded(self.book.waiting_needs(), busy, joined):
+            slots = [s for s in self.slots.values() if s.remote and s.key_name == name]
+            if not slots:
+                self.cluster.remove(name, "no queued job needs it")
+                continue
+            self.cluster.retire(name)
+            for slot in slots:
+                slot.retire = True
+                self.stop_child(slot, "no queued job needs it")
 
     def scale_cluster(self, n: int) -> None:
         """Aim for ``n`` Ray-placed workers: start actors, or retire idle workers first (then remove their actors)."""
