@@ -405,11 +405,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
         detail = a.detail or ", ".join(f"{k}={v}" for k, v in a.stats.items()
                                        if k in _STATUS_STATS and v not in ("", {}))
         table.add_row(*cells(a.name, a.role, str(a.pid or "-"), a.state, _age(a.uptime), str(a.restarts),
-                             _age(a.heartbeat_age) if a.pid else "-", _mib(a.rss), detail), style=style)
+                             _age(a.heartbeat_age) if a.pid or a.uptime else "-", _mib(a.rss), detail), style=style)
     console.print(table)
     if d.counters.get("journal_error"):
         console.print(Text(f"the job journal cannot be written: {d.counters['journal_error']}; no new job is "
                            f"accepted until it can (free space in {d.state_dir}?)", style="red"))
+    if d.counters.get("ray_error"):
+        console.print(Text(f"Ray cluster {d.counters.get('ray_cluster', '')}: {d.counters['ray_error']}", style="red"))
 
 
 @main.command()

@@ -410,9 +410,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         actors = []
         for slot in self.slots.values():
             pid = slot.proc.pid if slot.proc is not None else 0
+            live = pid or slot.remote  # (a remote worker's pid is on its host: no local RSS is read for it)
             actors.append(ActorInfo(
-                slot.name, slot.role, pid, ("retiring" if slot.retire else slot.state) if pid else slot.state,
-                now - slot.started if pid else 0.0, slot.restarts, mono - slot.last_heard if pid else 0.0,
+                slot.name, slot.role, pid, ("retiring" if slot.retire else slot.state) if live else slot.state,
+                now - slot.started if live else 0.0, slot.restarts, mono - slot.last_heard if live else 0.0,
                 _rss(pid) if pid else 0, slot.detail, slot.stats, slot.resources,
             ))
         running = sum(len(s.outstanding) > 0 for s in self.slots.values())

@@ -364,10 +364,6 @@ class RequestsMixin(State):
         except EnsembleError as exc:
             raise JobRefused(str(exc)) from None
         why = plan.refusal(spec.resources, plan.offers(self.slots.values()), self.cluster is not None)
-        if not why and self.cluster is not None:
-            from actors._ray import unplaceable
-
-            why = unplaceable(spec.resources)
         if why:
             raise JobRefused(f"job {spec.fn}: {why}")
 

@@ -105,6 +105,8 @@ def test_an_unreachable_ray_address_does_not_hold_up_start_and_is_named_in_statu
         error = counters(d)["ray_error"]
         assert address in error and "cannot join the Ray cluster" in error, error
         assert "ray-cluster-unreachable" in (d.base / "state" / "daemon.log").read_text()
+        shown = d.cli("status").stdout  # the table's reader is told too, not only --json
+        assert "Ray cluster unreachable" in shown and address in shown, shown
     finally:
         d.cleanup()
 
