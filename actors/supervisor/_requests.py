@@ -377,10 +377,14 @@ class RequestsMixin(State):
             infos = book.infos([msg.job_id])
             if msg.job_id not in infos:
                 raise JobNotFound(f"job {msg.job_id} is unknown to this daemon (never submitted, or pruned)")
+            if msg.block:  # it has stopped: its final snapshot, as for a job that stops later
+                return JobInfos([infos[msg.job_id]])
             return Ack(f"job {msg.job_id} had already ended ({infos[msg.job_id].state})")
         if job.state == "queued":
+            if msg.block:  # answered with its final snapshot as it ends, just below (see _finish)
+                job.blockers = [*(job.blockers or ()), (ident, corr)]
             self._finish(job, "cancelled", time.time(), error_type="JobCancelled", error_message="cancelled before it started")
-            return Ack("cancelled")
+            return None if msg.block else Ack("cancelled")
         if msg.if_queued:  # never interrupt what started: a job still in its worker's line is taken back first
             slot = self._slot_of(job.id) if job.state == "dispatched" and not job.abort_reason else None
             if slot is None:

@@ -508,3 +508,34 @@ def test_a_reply_the_client_cannot_read_fails_its_request_at_once_saying_why(mod
         assert reader.ping().version  # the connection still serves
     finally:
         reader.close()
+
+
+def test_a_blocking_cancel_returns_the_final_snapshot_of_a_queued_or_ended_job_too(make_daemon: Make) -> None:
+    """``cancel(block=True)`` promises the job's final snapshot once it has stopped: a job still queued, or one
+    that had already ended, gave ``None`` (its caller's ``info.state`` raised AttributeError)."""
+    d = make_daemon(workers=1, jobs_only=True)
+    d.up()
+    with d.client() as c:
+        ended = c.submit("examples.jobs:add", 1, 2)
+        assert ended.result(60) == 3
+        info = ended.cancel(block=True)
+        assert info is not None and info.state == "done" and info.id == ended.id
+        again = c.cancel(ended.id, block=True)
+        assert again is not None and again.state == "done"
+
+        c.scale(0)  # no worker: the next job stays queued
+        wait_for(lambda: not [a for a in c.status().actors if a.role == "worker"], 60, what="the worker to go")
+        queued = c.submit("examples.jobs:add", 3, 4)
+        assert queued.state == "queued"
+        final = queued.cancel(block=True)
+        assert final is not None and final.state == "cancelled" and final.id == queued.id
+        assert queued.state == "cancelled"  # the handle took the snapshot too
+
+        async def from_asyncio() -> Any:
+            from actors.client import AsyncClient
+
+            async with AsyncClient(config=d.config) as ac:
+                return await (await ac.job(ended.id)).cancel(block=True)
+
+        got = asyncio.run(from_asyncio())
+        assert got is not None and got.state == "done"
