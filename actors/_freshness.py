@@ -22,12 +22,18 @@ _TICK_NS = 20_000_000  # more than a tick of the clock file times are stamped wi
 _SYSTEM = tuple(os.path.realpath(p) + os.sep for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib",
                                                                                            "purelib", "platlib")})
 
+# ensemble's own packages (a job may import their modules later, lazily): never the user's code, even where the
+# user's directory holds them (a checkout of ensemble on the client's path)
+_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_RUNTIME = tuple(os.path.join(_ROOT, pkg) + os.sep for pkg in ("actors", "audio", "controller", "ensemble"))
+
 
 class UserCode:
     """Tracks the client directories on ``sys.path`` and the modules imported from them (job thread only)."""
 
     def __init__(self) -> None:
-        self.added: set[str] = set()
+        self.added: set[str] = set()  # what this worker put on sys.path
+        self.paths: set[str] = set()  # every client directory, those on sys.path before included (PYTHONPATH)
         self.mtimes: dict[str, tuple[str, int]] = {}  # module name -> (file, mtime_ns when first seen)
         self.entered = ""  # the cwd of the last job
         self._seen = 0  # len(sys.modules) at the last scan: nothing new imported, nothing to look at
@@ -42,6 +48,9 @@ class UserCode:
         if fresh:
             sys.path[:0] = fresh
             self.added.update(fresh)
+        # a directory the worker had on its path already (the daemon's PYTHONPATH) holds the user's code too: its
+        # modules are watched as well, or an edit there was never seen
+        self.paths.update(path)
 
     def enter(self, cwd: str, look: bool = True) -> None:
         """Run the next job in ``cwd``; without ``look``, trust that the last job's ``cwd`` is still current.
@@ -67,10 +76,10 @@ class UserCode:
         imported: it is remembered as changed, so the next job is not run on
         what may be the code before the edit (the time read now is the edit's).
         """
-        if not self.added or len(sys.modules) == self._seen:
+        if not self.paths or len(sys.modules) == self._seen:
             return
         self._seen = len(sys.modules)
-        roots = tuple(os.path.realpath(p) + os.sep for p in self.added if p and "\0" not in p)
+        roots = tuple(os.path.realpath(p) + os.sep for p in self.paths if p and "\0" not in p)
         known = self._known
         for name, mod in list(sys.modules.items()):
             if name in known:
@@ -82,7 +91,7 @@ class UserCode:
             if not file:
                 continue
             real = os.path.realpath(file)
-            if real.startswith(roots) and not real.startswith(_SYSTEM):
+            if real.startswith(roots) and not real.startswith(_SYSTEM) and not real.startswith(_RUNTIME):
                 try:
                     mtime = os.stat(file).st_mtime_ns
                     # a file's time is the kernel's coarse clock, up to a tick behind time.time_ns(): allow one

@@ -157,3 +157,30 @@ def test_a_module_edited_while_the_job_that_imported_it_runs_is_imported_again(t
     """)
     out = run_main(tmp_path, script).stdout.split()
     assert out == ["1", "2"]  # the first ran the code it imported; the next one the code on disk
+
+
+def test_an_edit_is_seen_in_a_directory_the_daemon_had_on_its_path_already(make_daemon: Any, tmp_path: Path) -> None:
+    """A project directory on the daemon's own PYTHONPATH (as a user who exported it before `ensemble up` has it)
+    was never watched: the worker had it on its path already, so the directory was not the client's to add, and
+    after an edit every job ran the old code (a new function was "not defined")."""
+    project = (tmp_path / "onpath").resolve()
+    project.mkdir()
+    (project / "fresh_mod.py").write_text("def version():\n    return 1\n\n\ndef added():\n    return 'old'\n")
+    daemon = make_daemon(workers=1, jobs_only=True, extra_env={"PYTHONPATH": f"{project}{os.pathsep}{ROOT}"})
+    daemon.up()
+    (project / "main.py").write_text(  # run as `python main.py`: the client's path starts with this directory
+        "import fresh_mod\nfrom actors.client import Client, Executor\n"
+        "with Executor() as ex:\n    print(ex.submit(fresh_mod.version).result(60))\n"
+        "with Client() as c:\n    print(c.submit('fresh_mod:added').result(60))\n")
+    env = {**daemon.env, "PYTHONPATH": f"{project}{os.pathsep}{ROOT}"}
+
+    def run() -> list[str]:
+        out = subprocess.run([sys.executable, "main.py"], cwd=project, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert run() == ["1", "old"]
+    (project / "fresh_mod.py").write_text("def version():\n    return 2\n\n\ndef added():\n    return 'new'\n")
+    os.utime(project / "fresh_mod.py", ns=(1, 1))  # a different mtime even on a coarse clock
+    assert run() == ["2", "new"]
