@@ -680,7 +680,10 @@ class Executor(concurrent.futures.Executor):
         self._broken = ""  # why the pool is broken (an initializer raised, no worker left); submits then raise it
         self._setup: WorkerSetup | None = None
         if init_path or max_tasks_per_child:
-            exact = self._exact and (init_carried or not any(is_ndarray(v) for v in initargs))
+            # local: pickled, arrays too, as ProcessPoolExecutor pickles them; over 4 kB it crosses once, in shared
+            # memory (_share_setup), not with each job (an array sent as MessagePack went, and was journaled, with
+            # each: 4 MB a job for an array of 500,000 floats, and a map's merged submits over the frame limit)
+            exact = self._exact
             self._setup = WorkerSetup(os.urandom(8).hex(), init_path, [init_blob] if exact else list(initargs),
                                       exact, max_tasks_per_child or 0)
         self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended

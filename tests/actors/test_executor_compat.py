@@ -121,16 +121,19 @@ def test_the_initializer_runs_once_per_worker_and_executor_before_its_first_job(
     assert len(list(second.iterdir())) == 1
 
 
-@pytest.mark.parametrize("size", [3_000, 2_000_000])
+@pytest.mark.parametrize("size", [3_000, 2_000_000, "array"])
 def test_initargs_of_any_size_reach_every_worker_while_each_job_stays_small(
-        size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        size: int | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every job carries its executor's setup: 3 kB initargs times 200 queued submits made one merged frame over
     a 64 kB limit (every job failed with ProtocolError), and 2 MB initargs made each job over it. Now the
-    merges count them, and initargs over 4 kB go once into shared memory, the jobs carrying a handle."""
+    merges count them, and initargs over 4 kB go once into shared memory, the jobs carrying a handle.  A numpy
+    array among them went with each job as MessagePack (and was journaled with each): pickled now, as the rest."""
+    import numpy as np
+
     monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
     monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("ENSEMBLE_MAX_FRAME", str(64 * 1024))
-    table = bytes(range(256)) * (size // 256)
+    table: Any = np.arange(100_000) % 256 if size == "array" else bytes(range(256)) * (int(size) // 256)
     with Executor(2, initializer=jobs.init_table, initargs=(table,)) as ex:
         futures = [ex.submit(jobs.look_up, i) for i in range(200)]
         assert [f.result(60) for f in futures] == [table[i % len(table)] for i in range(200)]
