@@ -33,7 +33,7 @@ from actors._errors import (
     BROKEN_POOL, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, OutOfRange,
     ProtocolError, RemoteError, TransportError, WaitTimeout, WrongContextError, remote_error,
 )
-from actors._jobfn import check_name, path_of
+from actors._jobfn import _FUNCTION_TYPES, check_name, path_of
 from actors._rundir import RunDir
 from actors._state import FINAL
 from actors._values import Pickled, pickled, unpickled
@@ -1225,8 +1225,8 @@ def _route(fn: Any) -> tuple[str, bool]:
         return callables.PATH, True
     try:
         path = path_of(fn)
-        if _nameable(path):
-            return path, False
+        if _nameable(path) and isinstance(fn, _FUNCTION_TYPES):  # (a numpy ufunc has a path but is no function:
+            return path, False  # a worker refuses to run it by name, so it travels pickled, as in the pool)
     except JobRefused:
         if "<lambda>" in qualname or "<locals>" in qualname:  # (its message says how to fix it)
             raise

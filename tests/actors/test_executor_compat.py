@@ -56,6 +56,10 @@ def test_builtins_and_partials_run_and_a_client_naming_a_denied_builtin_is_refus
         assert ex.submit(functools.partial(jobs.convention_named, x=8)).result(60) == ["named", True, 8]
         assert ex.submit(eval, "1 + 1").result(60) == 2
         assert ex.submit(str.upper, "a").result(60) == "A"
+        import numpy as np  # a ufunc has a module and a name, but is no function: it was refused by its path
+
+        assert list(ex.map(np.negative, [1, 2], timeout=60)) == [-1, -2]
+        assert ex.submit(np.add, 1, 2).result(60) == 3
     with Client(config=module_daemon.config) as c:
         assert c.submit(pow, 3, 4).result(60) == 81
         assert c.submit(functools.partial(pow, 2), 5).result(60) == 32  # a partial travels as its function
