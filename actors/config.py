@@ -190,6 +190,10 @@ class Config(msgspec.Struct, frozen=True):
         except OSError as exc:
             raise ConfigError(f"state directory {path} cannot be created: {exc.strerror}; set ENSEMBLE_STATE_DIR "
                               "([daemon] state_dir) to a directory you can write") from None
+        if not os.access(path, os.W_OK | os.X_OK):  # (a read-only file system too: EROFS, root or not)
+            why = "it is on a read-only file system" if _read_only(path) else "this user cannot write it"
+            raise ConfigError(f"state directory {path} cannot be written: {why}; set ENSEMBLE_STATE_DIR "
+                              "([daemon] state_dir) to a directory you can write")
         return path
 
     @property
@@ -410,7 +414,7 @@ _RULES: dict[str, dict[str, _Check]] = {
         "client_tcp": _endpoint,
         "keys_dir": _anything,
         "metrics_port": _whole(0, 65535, " (0: off)"),
-        "metrics_host": _matching(r"\S*", "give a host name or address, without spaces"),
+        "metrics_host": _matching(r"\S+", "give a host name or address, without spaces"),
         "extensions": _each(_matching(r"\*|[\w.-]+", "give installed extension names (letters, digits, '_', '.', "
                                                      "'-') or \"*\"")),
     },
@@ -679,3 +683,11 @@ __all__ = [
     "load_config",
 ]
 
+
+
+def _read_only(path: Path) -> bool:
+    """Whether ``path`` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -142,6 +142,7 @@ BAD_VALUES = [
     ("daemon", "keys_dir", r'"a\u0000b"', None),
     ("daemon", "metrics_port", "65536", "-1"),
     ("daemon", "metrics_host", "'local host'", "local host"),
+    ("daemon", "metrics_host", "''", ""),  # (bound by the daemon, an empty host failed as socket.gaierror)
     ("daemon", "extensions", "['au dio']", "audio,con/troller"),
     ("supervision", "heartbeat_interval", "nan", "0"),
     ("supervision", "heartbeat_timeout", "inf", "-1"),
@@ -371,3 +372,23 @@ def test_cluster_mistakes_are_one_clear_line(tmp_path: Path, text: str, words: s
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text), env={})
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small read-only tmpfs (needs root)")
+def test_a_state_directory_on_a_read_only_file_system_is_one_line_naming_it(tmp_path: Path) -> None:
+    """`up` with its state directory on a read-only mount printed a traceback (`daemon.err` could not be
+    made); it is refused as a directory that cannot be created is, naming it and the setting."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(ro)], check=True)
+    try:
+        (ro / "state").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        cfg = load_config(env={"ENSEMBLE_STATE_DIR": str(ro / "state")})
+        with pytest.raises(ConfigError, match=r"state directory .*/ro/state cannot be written: it is on a "
+                                              r"read-only file system; set ENSEMBLE_STATE_DIR"):
+            cfg.make_state_dir()
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
