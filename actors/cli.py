@@ -789,7 +789,9 @@ def keys_list(ctx: click.Context) -> None:
 # (a pipe too: a Ray-placed worker's keys come as `--key /dev/fd/N`, see actors._ray)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="This worker's .key_secret file.")
 @click.option("--server-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The daemon's server.key.")
-@click.option("--worker-name", default=None, help="Name shown in status (default: the host name).")
+@click.option("--worker-name", default=None,
+              help="What this worker calls itself, shown in its status row beside the name its key gives it "
+                   "(default: the host name).")
 @click.option("--resources", default="", metavar="NAME=AMOUNT,...",
               help="What it offers jobs, e.g. CPU=8,GPU=1 (default: this host's CPUs and memory).")
 @click.option("--object-store-fd", type=int, default=-1, hidden=True,

@@ -468,9 +468,11 @@ class ChildrenMixin(State):
         slot_name = f"remote:{name}#{self._remote_seq}"
         slot = Slot(slot_name, "worker", "", remote=True, sock=sock, identity=ident, started=time.time(),
                     last_heard=time.monotonic(), key=key, key_name=name, resources=resources)
+        # what it calls itself (`ensemble worker --worker-name`, else its host name): its own word, so only shown
+        slot.detail = f"calls itself {msg.name[:64]!r}, pid {msg.pid} on its host"
         self.slots[slot_name] = slot
         self.remote_slots[ident] = slot
-        log.info("event=remote-worker-joined name=%s pid=%d", slot_name, msg.pid)
+        log.info("event=remote-worker-joined name=%s pid=%d calls_itself=%r", slot_name, msg.pid, msg.name[:64])
         return slot
 
     def _remote_gone(self, slot: Slot, reason: str) -> None:

@@ -56,7 +56,7 @@ def _start_worker(d: Daemon, ns: str, endpoint: str, key: str) -> subprocess.Pop
     server_key = str(d.base / "state" / "keys" / "server.key")
     return subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, "-m", "actors", "worker", "--connect", endpoint, "--key", key,
-         "--server-key", server_key, "--worker-name", "hostb"],
+         "--server-key", server_key, "--worker-name", "box-7"],
         env=d.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -80,7 +80,9 @@ def test_remote_worker_killed_mid_job_requeues_or_fails_by_retry_policy(make_dae
     workers: list[subprocess.Popen[bytes]] = []
     try:
         workers.append(_start_worker(d, ns_b, endpoint, key))
-        wait_for(lambda: _remote(d), 60, what="the remote worker to join from the other namespace")
+        joined = wait_for(lambda: _remote(d), 60, what="the remote worker to join from the other namespace")
+        # named after its key, never after what the peer says; what it calls itself is shown beside
+        assert joined.name.startswith("remote:hostb#") and "calls itself 'box-7-" in joined.detail, joined
         c = d.client()
         assert c.submit("examples.jobs:add", 20, 22).result(60) == 42
         # a tuple, a set, a big int reach a worker on another host, and come back, as they were (ext 4)
