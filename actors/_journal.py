@@ -41,6 +41,7 @@ import sqlite3
 import threading
 import time
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -51,7 +52,23 @@ from actors.messages import _decode_value, _encode_value
 log = logging.getLogger("ensemble.journal")
 TERMINAL = tuple(sorted(FINAL))  # for SQL parameters
 ABORT_EVENT = "abort"  # the kind of the event that records a job's abort (its detail: the reason)
-_CHECKPOINT_ROWS = 5000  # rows committed between two checkpoints (a few MB of log)
+_CHECKPOINT_ROWS = 5000  # rows committed between two checkpoints (a few MB of log when the rows are small) ...
+# ... or bytes of values (specs, results, tracebacks, properties) written, whichever comes first: big rows fill the
+# log with their overflow pages, not with rows (20 jobs of 0.5 MB made 20 MB of log and 40 rows). 32 MiB is copied
+# back by one checkpoint in a fraction of a second, beside the commits; far fewer would checkpoint a stream of big
+# results all the time, far more would let the log (which every read searches through its index) grow for long
+_CHECKPOINT_BYTES = 32 << 20
+# the write-ahead log's file is truncated back to this size (PRAGMA journal_size_limit) by the first commit after a
+# checkpoint copied all of it (SQLite then starts the log over): it is reused up to there, not grown and kept forever
+_WAL_LIMIT_BYTES = 2 * _CHECKPOINT_BYTES
+_CHECKPOINT_RETRY_SECONDS = 0.25  # a checkpoint that could not copy the whole log (a reader, commits meanwhile) is
+# tried again after this long, until it does: else the log is never started over and its file only grows
+# Pruning runs in slices, one transaction each, on the daemon's loop (between two iterations that serve requests):
+# a slice deletes up to ``Journal.prune_slice`` jobs, halved when a slice took more than _PRUNE_SLICE_SECONDS and
+# doubled when it took less than half of it, within _PRUNE_SLICE_JOBS. A slice of jobs with small rows takes ~2 us a
+# job (10,000 jobs ~20 ms here); a job whose result was megabytes frees hundreds of overflow pages, read one by one
+_PRUNE_SLICE_SECONDS = 0.02
+_PRUNE_SLICE_JOBS = (100, 5000, 100_000)  # (fewest, first, most) jobs a slice deletes
 _RETRY_SECONDS = 1.0  # a commit that failed (disk full, say) is tried again this often, before anything newer
 _CONTEXTS_CACHED = 256  # distinct client contexts kept in memory (each also a row of ``contexts``)
 # disk space the journal keeps beside it (``PATH.reserve``) for its last commit, freed only for that: a daemon
@@ -232,8 +249,14 @@ class Journal:
         self._retry_at = 0.0
         self.write_error = ""
         self._unchecked = 0  # rows committed since the last checkpoint was asked for
+        self._unchecked_bytes = 0  # bytes of values committed since then
+        self.prune_slice = _PRUNE_SLICE_JOBS[1]  # jobs the next slice of pruning deletes at most (see prune)
+        self.prune_behind = False  # whether the last slice of pruning found more to delete than it could
+        self._orphans: set[int] = set()  # contexts whose jobs were pruned, looked at once a pruning is through
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Event()
+        self._checkpoint_partial = False  # the last checkpoint left part of the log uncopied (it is retried)
+        self._checkpoints_asked = self._checkpoints_done = 0  # (see checkpoint_busy)
         self._closing = False
         self.reserve = path.with_name(path.name + ".reserve")
         _make_reserve(self.reserve)
@@ -632,7 +655,22 @@ class Journal:
             self._written.set()
             os.eventfd_write(self.wake_fd, 1)
 
+    def _wrote(self, rows: int, nbytes: int) -> None:
+        """Count what a commit wrote; ask for a checkpoint once :data:`_CHECKPOINT_ROWS` rows or
+        :data:`_CHECKPOINT_BYTES` bytes were written since the last one was asked for."""
+        self._unchecked += rows
+        self._unchecked_bytes += nbytes
+        if self._unchecked >= _CHECKPOINT_ROWS or self._unchecked_bytes >= _CHECKPOINT_BYTES:
+            self._unchecked = self._unchecked_bytes = 0
+            self._ask_checkpoint()
+
+    @property
+    def checkpoint_busy(self) -> bool:
+        """Whether a checkpoint was asked for and has not yet copied the whole log (one that could not is retried)."""
+        return self._checkpoints_done < self._checkpoints_asked or self._checkpoint_partial
+
     def _ask_checkpoint(self) -> None:
+        self._checkpoints_asked += 1
         if self._checkpointer is None:
             self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="journal-checkpoint", daemon=True)
             self._checkpointer.start()
@@ -654,19 +692,27 @@ class Journal:
         its threshold (1,000 pages) and stall that commit, and every reply
         waiting for it, for the copy and its fsyncs.  A ``PASSIVE`` checkpoint
         here runs beside the commits (it never blocks a writer) and lets the
-        log start over once everything in it is copied.
+        log start over once everything in it is copied: the next commit then
+        writes from the start of the file and truncates it to
+        :data:`_WAL_LIMIT_BYTES`.  One that could not copy everything (a
+        reader still on an older snapshot, commits meanwhile) is tried again
+        every :data:`_CHECKPOINT_RETRY_SECONDS` until it does, asked or not.
         """
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         try:
             while True:
-                self._checkpoint_due.wait()
+                self._checkpoint_due.wait(_CHECKPOINT_RETRY_SECONDS if self._checkpoint_partial else None)
                 self._checkpoint_due.clear()
                 if self._closing:
                     return
+                asked = self._checkpoints_asked
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:  # busy or failing: the next one tries again; commits go on
+                    busy, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self._checkpoint_partial = bool(busy) or copied < logged
+                except sqlite3.Error as exc:  # busy or failing: tried again; commits go on
+                    self._checkpoint_partial = True
                     log.warning("event=checkpoint-failed reason=%s", exc)
+                self._checkpoints_done = asked
         finally:
             db.close()
 
@@ -705,10 +751,9 @@ class Journal:
             if horizon is not None:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('horizon', ?)", (horizon,))
             db.execute("COMMIT")
-            self._unchecked += sum(len(rows) for rows in batch[:-1])  # every part but the horizon
-            if self._unchecked >= _CHECKPOINT_ROWS:
-                self._unchecked = 0
-                self._ask_checkpoint()
+            self._wrote(sum(len(rows) for rows in batch[:-1]),  # every part but the horizon
+                        _sizes(inserts, 3) + _sizes(finishes, 3) + _sizes(finishes, 6) + _sizes(finishes, 9)
+                        + _sizes(progress, 2))
         except sqlite3.Error as exc:
             if db.in_transaction:
                 try:
@@ -792,26 +837,68 @@ class Journal:
         return dict(self.db.execute("SELECT state, COUNT(*) FROM job_rows GROUP BY state").fetchall())
 
     def prune(self, older_than: float) -> int:
-        """Delete terminal jobs finished before ``older_than`` (epoch seconds) and their events."""
+        """Delete up to :attr:`prune_slice` terminal jobs finished before ``older_than`` (epoch seconds), with
+        their starts and events, in one transaction; how many it deleted.
+
+        Runs on the daemon's loop, so it is one bounded slice: the caller
+        calls again soon while :attr:`prune_behind` says there is more (a
+        journal of millions of ended jobs is pruned in a few minutes, not at
+        10,000 jobs per prune), and the size of the next slice follows the
+        time this one took (:data:`_PRUNE_SLICE_SECONDS`).  Once a slice finds
+        no more, the contexts no job names any more are deleted too (a scan
+        of ``jobs``: once per pruning, not per slice).  Raises
+        sqlite3.OperationalError if it cannot write (the disk full): nothing
+        of the slice is deleted then.
+        """
         self._settle()  # the connection is the writer thread's while a commit is in flight
-        with self.db:
-            ids = [r[0] for r in self.db.execute("SELECT id FROM results WHERE finished < ? LIMIT 10000", (older_than,))]
-            if ids:
-                self.db.executemany("DELETE FROM events WHERE job_id=?", [(i,) for i in ids])
-                self.db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
-                self.db.executemany("DELETE FROM results WHERE id=?", [(i,) for i in ids])
-                self.db.executemany("DELETE FROM starts WHERE id=?", [(i,) for i in ids])
-                # contexts no job names any more, except those this daemon handed out (a job being staged may
-                # name one); a dropped one is forgotten here too, so it is never handed out again
-                keep = list(self._handed) or [0]
-                gone = [r[0] for r in self.db.execute(
-                    f"SELECT id FROM contexts WHERE id NOT IN (SELECT ctx FROM jobs) AND id NOT IN "
-                    f"({','.join('?' * len(keep))})", keep)]
-                self.db.executemany("DELETE FROM contexts WHERE id=?", [(i,) for i in gone])
-                for cid in gone:
-                    cwd, path = self._context_by_id.pop(cid, ("", []))
-                    self._context_ids.pop((cwd, tuple(path)), None)
-        return len(ids)
+        began = time.perf_counter()
+        self.prune_behind = False
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            n, last = db.execute("SELECT COUNT(*), MAX(id) FROM (SELECT id FROM results WHERE finished < ? ORDER BY id "
+                                 "LIMIT ?)", (older_than, self.prune_slice)).fetchone()
+            if n:  # the same rows again, the scan of ``results`` bounded by the last one's id
+                chosen, params = "SELECT id FROM results WHERE id <= ? AND finished < ?", (last, older_than)
+                self._orphans.update(r[0] for r in db.execute(f"SELECT DISTINCT ctx FROM jobs WHERE id IN ({chosen})",
+                                                               params))
+                for rows in ("events WHERE job_id", "starts WHERE id", "jobs WHERE id", "results WHERE id"):
+                    db.execute(f"DELETE FROM {rows} IN ({chosen})", params)  # results last: it chooses the rows
+            if n < self.prune_slice:
+                self._drop_orphans()
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:  # SQLite rolled it back itself (a full disk can end the transaction)
+                    pass
+            raise
+        self.prune_behind = n >= self.prune_slice
+        self._wrote(4 * n, 0)
+        self._size_slice(time.perf_counter() - began)
+        return int(n)
+
+    def _drop_orphans(self) -> None:
+        """Delete the contexts of pruned jobs that no job names any more, except those this daemon handed out (a
+        job being staged may name one); a dropped one is forgotten here too, so it is never handed out again."""
+        orphans = [cid for cid in self._orphans - self._handed if cid]
+        self._orphans.clear()
+        gone = [cid for cid in orphans if self.db.execute("SELECT 1 FROM jobs WHERE ctx=? LIMIT 1", (cid,)).fetchone()
+                is None]
+        self.db.executemany("DELETE FROM contexts WHERE id=?", [(cid,) for cid in gone])
+        for cid in gone:
+            cwd, path = self._context_by_id.pop(cid, ("", []))
+            self._context_ids.pop((cwd, tuple(path)), None)
+
+    def _size_slice(self, took: float) -> None:
+        """The next slice of pruning: halved after one that took more than :data:`_PRUNE_SLICE_SECONDS`, doubled
+        after one that took less than half of it (when it was full), within :data:`_PRUNE_SLICE_JOBS`."""
+        fewest, _, most = _PRUNE_SLICE_JOBS
+        if took > _PRUNE_SLICE_SECONDS:
+            self.prune_slice = max(fewest, self.prune_slice // 2)
+        elif took < _PRUNE_SLICE_SECONDS / 2 and self.prune_behind:
+            self.prune_slice = min(most, self.prune_slice * 2)
 
     def close(self) -> None:
         """Commit what is staged and close the database; DaemonError if a commit could not be written.
@@ -866,7 +953,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")  # (applied by this connection's commits)
     return db
+
+
+def _sizes(rows: Sequence[tuple[Any, ...]], column: int) -> int:
+    """The total length of ``column`` (bytes or str; None counts 0) in ``rows``: what a commit writes of them."""
+    return sum(map(len, filter(None, map(itemgetter(column), rows)))) if rows else 0
 
 
 def _make_reserve(path: Path) -> None:

@@ -60,6 +60,9 @@ from actors.supervisor._work import WorkMixin
 
 # a commit of at least this many rows goes to the journal's writer thread (see Supervisor._flush)
 _ASYNC_ROWS = 8
+PRUNE_FIRST_S = 5.0  # the first slice of pruning comes this long after the start (a slice is short: see Journal.prune)
+PRUNE_EVERY_S = 600.0  # then one pruning every this long ...
+PRUNE_AGAIN_S = 0.05  # ... whose slices follow one another at least this far apart while one leaves more to delete
 
 log = logging.getLogger("ensemble.supervisor")
 
@@ -94,6 +97,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.started = time.time()
         self.running = True
         self._wake_at = 0.0  # monotonic instant of the next deadline, kill or heartbeat (see _poll_timeout_ms)
+        self._prune_at = 0.0  # monotonic instant of the next slice of pruning (see _prune_slice)
         self.stopping_since = 0.0
         self.term_sent = False
         self.kill_sent = False
@@ -214,7 +218,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         sup = self.cfg.supervision
         next_beat = 0.0
-        next_prune = time.monotonic() + 60
+        self._prune_at = time.monotonic() + PRUNE_FIRST_S
         dog = sdnotify.watchdog_interval()
         next_dog = 0.0
         announced = False
@@ -242,7 +246,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                         if slot is not None:
                             self._reap(slot)
                 mono = time.monotonic()
-                if mono >= self._wake_at or self.stopping_since:
+                if mono >= self._wake_at or mono >= self._prune_at or self.stopping_since:
                     quiet = False
                 if not announced and self.slots and all(s.ready or s.state == "failed" for s in self.slots.values()):
                     announced = True
@@ -273,15 +277,31 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                 if not self.stopping_since:
                     self._commit()  # jobs are dispatched once their rows are written (JobBook.pop)
                     self._dispatch(mono)
-                    if mono >= next_prune:
-                        next_prune = mono + 600
-                        self._prune()
+                    if mono >= self._prune_at:
+                        self._prune_at = self._prune_slice(mono)
                 else:
                     self._stop_step(mono)
                 self._flush()
         finally:
             self.close()
         return 0
+
+    def _prune_slice(self, mono: float) -> float:
+        """Prune one slice of the journal (:meth:`Journal.prune`); when to prune next.
+
+        Every :data:`PRUNE_EVERY_S`; but while a slice leaves more to delete
+        (``prune_behind``), again after four times as long as it took (at least
+        :data:`PRUNE_AGAIN_S`): a backlog of millions of jobs goes in minutes,
+        faster than jobs can end, and the loop spends at most a fifth of its
+        time on it, serving requests between slices.
+        """
+        began = time.monotonic()
+        self._prune()
+        assert self.journal is not None
+        if not self.journal.prune_behind or self.journal.write_error:
+            return mono + PRUNE_EVERY_S
+        now = time.monotonic()
+        return max(mono + PRUNE_AGAIN_S, now + 4 * (now - began))
 
     def _watch_owner(self) -> None:
         """A private daemon (``ENSEMBLE_OWNER_PID``) watches the process that owns it through a pidfd."""
@@ -308,7 +328,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.begin_stop("owner exited")
 
     def _poll_timeout_ms(self, quiet: bool = False) -> int:
-        """Milliseconds the poll may sleep: until the next deadline, kill or heartbeat (``_wake_at``).
+        """Milliseconds the poll may sleep: until the next deadline, kill or heartbeat (``_wake_at``), or slice of
+        pruning (``_prune_at``).
 
         After a quiet iteration (read-only requests only) nothing moved, so the
         instant computed before still holds and is reused.
@@ -319,6 +340,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             assert self.book is not None
             self._wake_at = mono + plan.next_wakeup(self.book, list(self.slots.values()), mono, longest)
         wake_at = min(self._wake_at, self._owed_at) if self.outbox.owed else self._wake_at
+        wake_at = min(wake_at, self._prune_at)
         return max(0, int((wake_at - mono) * 1000 + 0.999))
 
     def _flush(self) -> None:
