@@ -391,5 +391,7 @@ class WorkMixin(State):
         except sqlite3.OperationalError as exc:  # as a commit's: it may pass (the disk full); the daemon goes on
             log.warning("event=prune-failed reason=%s", exc)
             return
-        if n:
-            log.info("event=prune jobs=%d", n)
+        self.pruned += n
+        if self.pruned and not self.journal.prune_behind:  # once a round (a backlog takes hundreds of slices)
+            log.info("event=prune jobs=%d", self.pruned)
+            self.pruned = 0
