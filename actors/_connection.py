@@ -25,6 +25,14 @@ is not back within ``[jobs] reconnect_wait`` seconds is given up, as a
 private one that died is: the jobs waited on end and every call fails, saying
 that the jobs are still in its journal (a ``with Executor()`` on a daemon
 killed for good would otherwise wait for ever).
+
+Threads: :meth:`Connection.request` runs on the calling thread, on a DEALER
+socket of that thread's own (ZeroMQ sockets are not thread-safe).  A thread's
+socket is closed when the thread ends; :meth:`Connection.close` closes those
+not in use itself, and terminating the context ends the calls in flight
+(ZeroMQ's ``ETERM``), whose threads then close their own: every call pending
+or made after it raises ClientClosed.  In a fork's child the parent's
+connections are refused, never touched (:func:`_forked`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -46,7 +55,7 @@ import zmq
 from actors._arrays import ClientArrays
 from actors._errors import (
     ClientClosed, DaemonError, DaemonNotRunning, EnsembleError, JobNotFound, PermissionDenied, ProtocolError,
-    TransportError, error_from_code,
+    TransportError, WrongContextError, error_from_code,
 )
 from actors._state import FINAL
 from actors._procs import alive as process_alive
@@ -140,6 +149,37 @@ class _Sink:
         self._fn(value, error)
 
 
+class _Direct:
+    """One thread's own DEALER socket for :meth:`Connection.request`, kept in that thread's ``threading.local``.
+
+    ``busy`` (under the connection's lock) while its thread is in a request:
+    :meth:`Connection.close` closes an idle socket itself and leaves a busy
+    one to its thread.  The thread-local holds the only strong reference, so
+    the object goes when its thread ends, and a finalizer closes the socket
+    then (:func:`_drop_socket`): a thread per request leaves no socket behind.
+    """
+
+    __slots__ = ("sock", "rcvtimeo", "busy", "__weakref__")
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self.sock = sock
+        self.rcvtimeo: int | None = None  # the receive timeout last set on it (ms), None before the first
+        self.busy = False
+
+
+def _drop_socket(sock: zmq.Socket[bytes], pid: int) -> None:
+    """A thread's :class:`_Direct` went (the thread ended, or its connection was dropped): close its socket.
+
+    Runs where the object is freed: in the ending thread, which owned it, or
+    in the thread that dropped the connection, when nothing can use it any
+    more.  In a fork's child (the parent's threads' objects are freed there
+    too) the parent's socket is left alone: closing it there would touch the
+    parent's ZeroMQ context (pyzmq only drops it).
+    """
+    if os.getpid() == pid:
+        sock.close(linger=0)
+
+
 class Connection:
     """Thread-safe request/reply and push routing over one DEALER socket."""
 
@@ -182,9 +222,11 @@ class Connection:
         # the identity of the daemon's journal, as its last Submitted or JobInfos reply said: the listeners' job
         # ids are numbers in that journal (a daemon back on another one numbers anew: _watch_again)
         self.journal = ""
-        self._closed = False
-        self._local = threading.local()
-        self._direct: list[Any] = []
+        self._closed = False  # (under _lock, read without it on the fast paths)
+        self.pid = os.getpid()  # the process that made it; in a fork's child it is refused (see _forked)
+        self.forked = False  # this process is a fork's child of ``pid``: nothing here is usable, nor closed
+        self._local = threading.local()  # .direct: the calling thread's _Direct
+        self._direct: weakref.WeakSet[_Direct] = weakref.WeakSet()  # every live thread's (changed under _lock)
         self._wake_addr = f"inproc://wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PAIR)
         self._wake_rx.bind(self._wake_addr)
@@ -211,6 +253,7 @@ class Connection:
             self._wake_tx.close(linger=0)
             self.ctx.term()
             raise self._setup_error
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ API (any thread)
     def call(self, msg: Message, convert: Callable[[Message], Any] | None = None) -> Future[Any]:
@@ -224,15 +267,47 @@ class Connection:
 
         For requests whose answer is the whole story (ping, status, listings,
         cancel, scale, audio, parameters); pushes still arrive on the I/O thread.
-        Raises the ``Error`` reply as its exception and TransportError on timeout.
+        Blocks the calling thread until the answer, ``timeout`` seconds at most
+        (None: no limit).  Raises the ``Error`` reply as its exception,
+        TransportError on timeout, ClientClosed when the connection is closed
+        before or meanwhile (from another thread), WrongContextError in a
+        fork's child.  The first request of a thread opens its socket, which
+        is closed when the thread ends.
         """
-        if self._closed:
-            raise ClientClosed()
-        if self.gone is not None:
-            raise self.gone
-        sock = getattr(self._local, "sock", None)
-        if sock is None:
+        direct = self._begin()
+        try:
+            return self._ask(direct, msg, timeout)
+        except zmq.ZMQError as exc:  # (zmq.Again is handled in _ask)
+            if self._closed:  # closed meanwhile: the context's termination ended the call (ETERM)
+                raise self._refusal() from exc
+            raise TransportError(f"the request {type(msg).__name__} to the daemon failed: {exc}") from exc
+        finally:
+            with self._lock:
+                direct.busy = False
+                if self._closed:  # close() left this socket to this thread, which used it: closed here
+                    direct.sock.close(linger=0)
+
+    def _begin(self) -> _Direct:
+        """The calling thread's socket, made at its first request, marked busy; the refusal once closed."""
+        direct: _Direct | None = getattr(self._local, "direct", None)
+        with self._lock:  # (a socket is made, or marked busy, only while the connection is open: see close)
+            if self._closed:
+                raise self._refusal()
+            if self.gone is not None:
+                raise self.gone
+            if direct is None:
+                direct = self._new_direct()
+            direct.busy = True
+        return direct
+
+    def _new_direct(self) -> _Direct:
+        """Open and connect a socket for the calling thread (under ``_lock``); TransportError if ZeroMQ cannot."""
+        try:
             sock = self.ctx.socket(zmq.DEALER)
+        except zmq.ZMQError as exc:  # (EMFILE: ZeroMQ's limit of sockets per context, or the process's of files)
+            raise TransportError(f"no socket to the daemon could be opened for this thread: {exc} ({len(self._direct)} "
+                                 "threads hold one; each thread that makes requests holds one until it ends)") from exc
+        try:
             sock.setsockopt(zmq.LINGER, 0)
             if self.curve is not None:
                 from actors._keys import curve_client
@@ -240,10 +315,20 @@ class Connection:
                 curve_client(sock, *self.curve)
                 sock.routing_id = _unguessable_id()
             sock.connect(self.endpoint)
-            self._local.sock = sock
-            self._local.rcvtimeo = None
-            with self._lock:
-                self._direct.append(sock)
+        except BaseException as exc:
+            sock.close(linger=0)
+            if isinstance(exc, zmq.ZMQError):
+                raise TransportError(f"could not connect to the daemon at {self.endpoint}: {exc}") from exc
+            raise
+        direct = _Direct(sock)
+        weakref.finalize(direct, _drop_socket, sock, self.pid).atexit = False  # (at exit: see _drop_socket)
+        self._local.direct = direct
+        self._direct.add(direct)
+        return direct
+
+    def _ask(self, direct: _Direct, msg: Message, timeout: float | None) -> Message:
+        """Send ``msg`` on ``direct`` and wait for its answer (see :meth:`request`); ZMQError passes through."""
+        sock = direct.sock
         corr = next(self._corr)
         frame = encode(msg, corr)
         if len(frame) > self.limits.max_frame:
@@ -258,10 +343,10 @@ class Connection:
                 wait = _GONE_CHECK_MS
             # Set the receive timeout only when it moved by more than 50 ms (or between waiting forever and not):
             # asking libzmq costs two calls per request, and the wait is approximate by that much at most.
-            last = getattr(self._local, "rcvtimeo", None)
+            last = direct.rcvtimeo
             if last is None or (last < 0) != (wait < 0) or abs(last - wait) > 50:
                 sock.rcvtimeo = wait
-                self._local.rcvtimeo = wait
+                direct.rcvtimeo = wait
             try:
                 answer = sock.recv()  # one blocking call (poll then recv costs a second round into libzmq)
             except zmq.Again:
@@ -376,33 +461,70 @@ class Connection:
         return threading.current_thread() is self._thread
 
     def close(self) -> None:
-        """Stop the I/O thread and close the socket; pending calls fail with ClientClosed."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop the I/O thread and close the sockets; pending calls fail with ClientClosed (any thread).
+
+        Sockets not in use are closed here; the calls in flight on other
+        threads end with ClientClosed at once (the context's termination
+        interrupts them) and their threads close their own sockets.  Returns
+        once they did, or at once when the I/O thread is held up (a listener
+        that does not return): the context is then terminated in the
+        background.  In a fork's child it does nothing (the parent's
+        connection: see :func:`_forked`).  Closing again does nothing.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            directs = list(self._direct)  # (dropped after the lock: a dead thread's object may go with it)
+            for direct in directs:
+                if not direct.busy:  # its thread is not in it, and marks it busy only while open (_begin)
+                    direct.sock.close(linger=0)
         self._wake()
-        self._thread.join(timeout=5)
+        if not self.on_io_thread():
+            self._thread.join(timeout=5)
         if self._watch is not None:
             os.close(self._watch[1])
-        self._wake_tx.close(linger=0)
-        for sock in self._direct:
-            sock.close(linger=0)
-        self.ctx.destroy(linger=0)
+        with self._wake_lock:  # (no _wake sends on it meanwhile)
+            self._wake_tx.close(linger=0)
+        if self._thread.is_alive():  # its sockets are still open: terminating would wait for them
+            threading.Thread(target=self.ctx.term, name="ensemble-client-term", daemon=True).start()
+        else:  # interrupts the requests in flight (ETERM), and returns once their threads closed their sockets
+            self.ctx.term()
         self.arrays.close()
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
+        """Whether :meth:`close` was called (or this process is a fork's child of the one that made it)."""
         return self._closed
+
+    def _refusal(self) -> EnsembleError:
+        """What a call on a closed connection raises: ClientClosed, or WrongContextError in a fork's child."""
+        if self.forked:
+            return WrongContextError(
+                f"this client belongs to process {self.pid}, and this process ({os.getpid()}) is a fork of it: a "
+                "connection does not cross a fork; make a new Client() or Executor() in this process")
+        return ClientClosed()
+
+    def _in_child(self) -> None:
+        """This process is a fork's child of the one that made the connection (:func:`_forked`): refuse every call
+        from now on, touching nothing of ZeroMQ's (the context, its sockets and the I/O thread are the parent's)
+        nor the parent's shared memory.  The locks are made anew: a thread of the parent's may have held one."""
+        self._lock = threading.Lock()
+        self._wake_lock = threading.Lock()
+        self.forked = True
+        self._closed = True
+        self._wake_pending = True  # (no wake-up is sent: nothing reads it here)
 
     # ------------------------------------------------------------------ internals
     def _enqueue(self, item: tuple[Any, ...]) -> None:
         if self._closed:
-            raise ClientClosed()
+            raise self._refusal()
         if self.gone is not None:
             raise self.gone
         self._outgoing.append(item)
         self._wake()
+        if self._closed:  # closed meanwhile: the I/O thread may have failed the queue already, before this item
+            self._fail_queued(self._refusal())
 
     def _wake(self) -> None:
         """Wake the I/O thread, unless a wake-up is already on its way (a burst of calls costs one)."""
@@ -738,14 +860,34 @@ class Connection:
             if not fut.done():
                 fut.set_exception(exc)
         self._waiting.clear()
-        while self._outgoing:
-            item = self._outgoing.popleft()
+        self._fail_queued(exc)
+
+    def _fail_queued(self, exc: Exception) -> None:
+        """Fail every call still queued for the I/O thread (from it, or from a caller that found it closed)."""
+        while True:
+            try:
+                item = self._outgoing.popleft()
+            except IndexError:  # (emptied, by the other thread too)
+                return
             fut = item[2]
             if not fut.done():
                 fut.set_exception(exc)
 
 
 _GONE_CHECK_MS = 250  # a remote client's request looks at whether its key was refused this often while it waits
+_LIVE: "weakref.WeakSet[Connection]" = weakref.WeakSet()  # the connections made in this process (see _forked)
+
+
+def _forked() -> None:
+    """In a fork's child (``os.register_at_fork``): the parent's connections are refused from now on, saying
+    so at once (their I/O thread is not in this process, so a call would wait out its timeout, and a future
+    never end).  Costs nothing per call: the closed check every call makes already refuses them."""
+    for conn in list(_LIVE):
+        conn._in_child()
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _how_it_ended(pid: int) -> str:

@@ -446,11 +446,13 @@ class Client(_OnConnection):
             ) from None
 
     def close(self) -> None:
-        """Close the connection (jobs keep running in the daemon; a private daemon stops)."""
+        """Close the connection (jobs keep running in the daemon; a private daemon stops).
+
+        In a fork's child it only lets go: the connection and the private daemon are the parent's."""
         self.conn.close()
-        if self._private is not None:
-            self._private.stop()
-            self._private = None
+        private, self._private = self._private, None
+        if private is not None and not self.conn.forked:
+            private.stop()
 
     def __enter__(self) -> "Client":
         return self
@@ -660,7 +662,8 @@ class Executor(concurrent.futures.Executor):
         # what is released if this executor is collected unshut (or is still open at exit): its connection, once
         # made, and its private daemon, made or not (its directory exists already), as a pool shuts down then
         self._owned: list[Connection] = [] if self._conn is None else [self._conn]
-        weakref.finalize(self, _release, self._owned, self._private)
+        self._pid = os.getpid()  # the process it serves: a fork's child may not use it, nor release it
+        weakref.finalize(self, _release, self._owned, self._private, self._pid)
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
         self._acks: list[Future[list[int]]] = []  # the daemon's answers to map's submits (ids), for a clean close
         self._unacked = 0  # submits whose ids have not come back yet (under _lock; _acked tells when none)
@@ -705,6 +708,10 @@ class Executor(concurrent.futures.Executor):
             if self._conn is None:
                 if self._start_error is not None:
                     raise self._start_error
+                if os.getpid() != self._pid:  # its private daemon would start in the child, in the parent's place
+                    raise WrongContextError(
+                        f"this Executor belongs to process {self._pid}, and this process ({os.getpid()}) is a fork "
+                        "of it: an executor does not cross a fork; make a new Executor() in this process")
                 private = self._private
                 assert private is not None
                 try:
@@ -886,7 +893,7 @@ class Executor(concurrent.futures.Executor):
         concurrent.futures.wait(list(self._cancels), timeout=10)  # let the daemon hear every cancel
         with self._starting:  # none starts after this
             self._start_error = self._start_error or RuntimeError("cannot schedule new futures after shutdown")
-        _release(self._owned, self._private)
+        _release(self._owned, self._private, self._pid)
 
     def _cancel(self, futures: list[Future[Any]]) -> list[bool]:
         """Cancel these futures as ``ProcessPoolExecutor`` does, in one pipelined round trip: a job the daemon
@@ -1091,9 +1098,13 @@ def _finish_at_exit(ex: Executor) -> None:
     _OPEN.add(ex)
 
 
-def _release(owned: list[Connection], private: "PrivateDaemon | None") -> None:
+def _release(owned: list[Connection], private: "PrivateDaemon | None", pid: int) -> None:
     """An Executor collected without ``shutdown``: close its connection and stop its private daemon (both safe
-    to repeat); from another thread when the last reference went on the connection's own I/O thread."""
+    to repeat); from another thread when the last reference went on the connection's own I/O thread.  Nothing
+    in a fork's child (not the executor's process, ``pid``): they are the parent's."""
+    if os.getpid() != pid:
+        return
+
     def release() -> None:
         for conn in owned:
             conn.close()
@@ -1108,6 +1119,8 @@ def _release(owned: list[Connection], private: "PrivateDaemon | None") -> None:
 
 def _shutdown_open() -> None:
     for ex in list(_OPEN):
+        if ex._pid != os.getpid():  # a fork's child exiting: the parent's executor, its futures never end here
+            continue
         try:
             ex.shutdown(wait=True)
         except Exception:  # noqa: BLE001 - the next executor gets its turn all the same
@@ -1751,7 +1764,7 @@ class AsyncClient(_OnConnection):
         finally:  # (this await cancelled too: the connection closes all the same)
             self._close_connection()
         private, self._private = self._private, None
-        if private is not None:
+        if private is not None and not self.conn.forked:  # (a fork's child: the parent's daemon)
             await _aio().to_thread(private.stop)
 
     def _close_connection(self) -> None:
