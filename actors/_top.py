@@ -2,26 +2,33 @@
 
 :func:`render` builds the screen from a status snapshot and a job list (a
 pure function, tested on its own); :func:`run_top` refreshes it a few times a
-second and quits on ``q`` or Ctrl-C, restoring the terminal.
+second and quits on ``q`` or Ctrl-C, restoring the terminal, or once the daemon
+has stopped.  The daemon is asked on a thread of its own (:class:`_Feed`), with
+a short timeout: the keys and the screen never wait on it.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import termios
+import threading
 import time
 import tty
 from typing import Any
 
+import click
 from rich.console import Group
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from actors.messages import JobInfo, StatusReply
+from actors._errors import DaemonNotRunning, EnsembleError, TransportError
+from actors._rundir import RunDir
+from actors.messages import JobInfo, ListJobs, Status, StatusReply
 
 
 def _age(s: float) -> str:
@@ -92,31 +99,171 @@ def _ahead_hint(s: dict[str, Any]) -> str:
             f"+{2 * s.get('period_ms', 0):.2f} ms of latency)")
 
 
-def _key_pressed(fd: int) -> str:
-    ready, _, _ = select.select([fd], [], [], 0)
-    return os.read(fd, 16).decode(errors="replace") if ready else ""
+_ANSWER_WITHIN_MAX = 5.0  # s: the longest a snapshot request is waited for (the refresh scales it below this)
+
+
+class NoTerminal(click.ClickException):
+    """Raised when ``top`` is run with standard output no terminal (a pipe, a file): exit status 2, as a usage error,
+    without click's hint to read ``--help`` (which would not help)."""
+
+    exit_code = 2
+
+    def __init__(self) -> None:
+        super().__init__("top needs a terminal; use `ensemble status` or `ensemble jobs` for output to a pipe or file")
+
+
+def _answer_within(refresh: float) -> float:
+    """Seconds one Status or job listing is waited for: four refreshes, at least 1 s (a busy daemon's answer),
+    at most :data:`_ANSWER_WITHIN_MAX` (after ``q`` the screen is left at once, but the process may wait that long
+    for the request in flight to end)."""
+    return min(_ANSWER_WITHIN_MAX, max(1.0, 4 * refresh))
+
+
+class _Feed:
+    """The daemon's latest snapshot, asked for on a thread of its own: the screen and the keys never wait on it.
+
+    Each request is waited for :func:`_answer_within` seconds at most; one not
+    answered in time is asked again at the next refresh (its late answer is
+    dropped by the connection).  Any other error ends the feed and is kept in
+    :attr:`error`.  A context manager: on exit the thread is told to stop and
+    joined, which takes until its request in flight ends (:func:`_answer_within`
+    at most), so that the client is never closed under it.
+    """
+
+    def __init__(self, client: Any, refresh: float) -> None:
+        self.client, self.refresh, self.wait = client, refresh, _answer_within(refresh)
+        self.snapshot: tuple[StatusReply, list[JobInfo]] | None = None  # the last answer (replaced whole)
+        self.answered = time.monotonic()  # when the last answer came (or the feed started)
+        self.error: EnsembleError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ensemble-top-feed", daemon=True)
+
+    def __enter__(self) -> "_Feed":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.wait + 5.0)
+
+    def silent_for(self) -> float:
+        """Seconds since the daemon last answered (0 while it answers in time)."""
+        silent = time.monotonic() - self.answered
+        return silent if silent > self.wait else 0.0
+
+    def _run(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # Ctrl-C is the main thread's
+        while not self._stop.is_set():
+            try:
+                status = self.client._call(Status(), timeout=self.wait)
+                jobs = self.client._call(ListJobs([], 30), timeout=self.wait).jobs
+            except TransportError:  # not answered in time: asked again (the main thread watches the daemon's lock)
+                pass
+            except EnsembleError as exc:  # closed, refused, gone for good: the main thread ends top with it
+                self.error = exc
+                return
+            else:
+                self.snapshot, self.answered = (status, jobs), time.monotonic()
+            self._stop.wait(self.refresh)
+
+
+def _daemon_gone(client: Any) -> str | None:
+    """None while the local daemon holds its run directory's lock; else what became of it (``"stopped"``: in
+    order, its socket removed; ``"died"``: its files left behind).  Always None for a daemon on another host.
+    Costs an open and a ``flock`` of the lock file."""
+    if client.conn.endpoint.startswith("tcp://"):
+        return None
+    run = RunDir(client.config.run_dir)
+    if run.is_locked():
+        return None
+    return "died" if run.control.exists() else "stopped"
+
+
+class _Keys:
+    """Keys typed on standard input, read with a bound on the wait (the terminal in cbreak mode meanwhile).
+
+    A context manager restoring the terminal.  When standard input is no
+    terminal no key is read (Ctrl-C still quits) and :meth:`wait` only sleeps.
+    """
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno() if sys.stdin.isatty() else -1
+        self.saved: list[Any] | None = None
+
+    def __enter__(self) -> "_Keys":
+        if self.fd >= 0:
+            self.saved = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def wait(self, seconds: float) -> str:
+        """The keys typed within ``seconds`` (returns at the first), or "" (blocks ``seconds`` at most)."""
+        if self.fd < 0:
+            time.sleep(seconds)
+            return ""
+        ready, _, _ = select.select([self.fd], [], [], seconds)
+        return os.read(self.fd, 16).decode(errors="replace") if ready else ""
+
+
+def _screen(feed: _Feed) -> Any:
+    """What to show now: the last snapshot, under a line saying so when the daemon has stopped answering."""
+    if feed.snapshot is None:
+        return Text("asking the daemon for its state... (q quits)" + _silence(feed))
+    screen = render(*feed.snapshot)
+    silence = _silence(feed)
+    return Group(Text(silence.strip(), style="yellow"), screen) if silence else screen
+
+
+def _silence(feed: _Feed) -> str:
+    silent = feed.silent_for()
+    return f"  no answer from the daemon for {silent:.0f}s: this is its last state (busy?)" if silent else ""
 
 
 def run_top(client: Any, refresh: float = 0.25) -> None:
-    """Show the live view until ``q`` or Ctrl-C (restoring the terminal either way)."""
+    """Show the live view until ``q`` or Ctrl-C, or until the daemon stops (restoring the terminal either way).
+
+    ``client``: an :class:`actors.client.Client`.  Runs on the main thread,
+    for the whole session; the daemon is asked for its state on a thread of
+    its own (:class:`_Feed`), so ``q`` and Ctrl-C are honoured within a
+    refresh whatever the daemon does.  Every refresh it also checks that the
+    local daemon still holds its lock (:func:`_daemon_gone`): once it does
+    not, ``top`` leaves the screen, and
+
+    * the daemon stopped in order (``ensemble down``): prints ``the daemon
+      'NAME' stopped`` and returns: exit status 0, as for ``q``, since a
+      daemon stopped on purpose is not ``top``'s failure;
+    * the daemon died (killed, its files left): raises
+      :class:`DaemonNotRunning`, which the command shows as one error line,
+      exit status 1.
+
+    Raises :class:`NoTerminal` (exit status 2) at once when standard output
+    is no terminal: a live view written to a pipe or a file would grow
+    forever and show nothing until the end; ``ensemble status`` and
+    ``ensemble jobs`` are the snapshots for that.  Raises the
+    :class:`EnsembleError` that ended the feed (a key refused, say).
+    """
     from rich.live import Live
 
-    fd = sys.stdin.fileno() if sys.stdin.isatty() else -1
-    saved = termios.tcgetattr(fd) if fd >= 0 else None
+    if not sys.stdout.isatty():
+        raise NoTerminal()
+    gone = None
     try:
-        if fd >= 0:
-            tty.setcbreak(fd)
-        with Live(render(client.status(), client.jobs(limit=30)), refresh_per_second=max(1, int(1 / refresh)),
-                  screen=sys.stdout.isatty()) as live:
-            while True:
-                end = time.monotonic() + refresh
-                while time.monotonic() < end:
-                    if fd >= 0 and "q" in _key_pressed(fd).lower():
-                        return
-                    time.sleep(0.02)
-                live.update(render(client.status(), client.jobs(limit=30)))
+        with _Feed(client, refresh) as feed, _Keys() as keys, \
+                Live(_screen(feed), auto_refresh=False, screen=True) as live:
+            while (gone := _daemon_gone(client)) is None and feed.error is None:
+                if "q" in keys.wait(refresh).lower():
+                    return
+                live.update(_screen(feed), refresh=True)
     except KeyboardInterrupt:
         return
-    finally:
-        if saved is not None:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    if feed.error is not None and gone is None:
+        raise feed.error
+    name = client.config.name
+    if gone == "died":
+        raise DaemonNotRunning(f"the daemon {name!r} died (its files are left in {client.config.run_dir}); "
+                               "`ensemble up` starts it again and runs the jobs in its journal")
+    click.echo(f"the daemon {name!r} stopped")
