@@ -420,8 +420,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def top(ctx: click.Context, refresh: float) -> None:
     """A live view of actors, jobs and audio; q or Ctrl-C quits."""
-    from actors._top import run_top
+    from actors._top import NoTerminal, run_top
 
+    if not sys.stdout.isatty():  # said before a daemon is looked for: a pipe is the mistake either way
+        raise NoTerminal()
     with client_of(ctx) as c:
         run_top(c, refresh)
 

@@ -20,6 +20,7 @@ import sys
 import termios
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -126,3 +127,13 @@ def test_top_refuses_output_that_is_no_terminal(jobs_daemon: Daemon) -> None:
     assert proc.stdout == ""
     assert proc.stderr == ("ensemble: error: top needs a terminal; use `ensemble status` or `ensemble jobs` for "
                            "output to a pipe or file\n")
+
+
+def test_top_into_a_pipe_says_it_needs_a_terminal_before_it_looks_for_a_daemon(tmp_path: Any) -> None:
+    """With no daemon running, `ensemble top | cat` said "no daemon" (exit 1): the pipe is the mistake either
+    way, and starting a daemon would not have helped."""
+    env = {**os.environ, "ENSEMBLE_NAME": "nobody-home", "ENSEMBLE_RUN_DIR": str(tmp_path / "run")}
+    proc = subprocess.run([sys.executable, "-m", "actors", "top"], env=env, capture_output=True, text=True,
+                          timeout=_ENDS_WITHIN)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("ensemble: error: top needs a terminal"), proc.stderr
