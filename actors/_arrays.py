@@ -205,22 +205,43 @@ class ClientArrays:
                 if seg.handle.name in self._by_name:
                     self._free[seg.handle.nbytes].append(seg)
 
-    def import_info(self, info: JobInfo, strict: bool = True) -> JobInfo:
+    def import_info(self, info: JobInfo, strict: bool = True, take: bool = True) -> JobInfo:
         """Turn result handles into arrays (mapping and unlinking result segments).
 
         ``strict=False`` leaves a handle whose segment is gone in place (a listing
         of old jobs); ``result()`` then says the array is no longer available.
+        ``take=False`` (a listing) maps a result segment without unlinking it: a
+        result in shared memory is handed over once, to whoever asks for that
+        job's result (its owner's handle or future, ``ensemble result``), not to
+        a listing that happens to show it.
         """
         if info.state != "done" or type(info.result) in _PLAIN:  # nothing to map (a pickled result is bytes)
             return info
         from actors._errors import JobError
 
         try:
-            return msgspec.structs.replace(info, result=walk(info.result, self._import_leaf))
+            return msgspec.structs.replace(info, result=walk(info.result, self._import_leaf if take else self._view))
         except JobError:
             if strict:
                 raise
             return info
+
+    def _view(self, v: Any) -> Any:
+        """A result segment mapped for a listing, its name left for the job's taker (see :meth:`import_info`)."""
+        if type(v) is not ArrayHandle:
+            return v
+        with self._lock:
+            mine = self._user.get(v.name)
+            if mine is None:
+                mine = self._results.get(v.name)
+        if mine is not None or v.name in self._by_name:  # this client's own memory: taking it unlinks nothing
+            return self._import_leaf(v)
+        try:
+            return SharedArray.attach(v, prefix=segment_prefix(self.daemon)).array
+        except Exception as exc:  # taken by a client, or the daemon went down
+            from actors._errors import JobError
+
+            raise JobError(f"the job's result array ({v.name}) is no longer in shared memory: {exc}") from exc
 
     def _import_leaf(self, v: Any) -> Any:
         if type(v) is not ArrayHandle:

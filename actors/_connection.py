@@ -62,7 +62,7 @@ from actors._procs import alive as process_alive
 from actors._rundir import RunDir, check_private_path
 from actors.config import Config
 from actors.messages import (
-    Error, JobInfo, JobInfos, JobSpec, Limits, Message, Submit, Submitted, Watch, decode, encode, peek_corr,
+    Error, JobInfo, JobInfos, JobSpec, Limits, ListJobs, Message, Submit, Submitted, Watch, decode, encode, peek_corr,
 )
 
 Listener = Callable[[JobInfo], None]
@@ -216,6 +216,7 @@ class Connection:
         self._lock = threading.Lock()
         self._outgoing: collections.deque[tuple[Any, ...]] = collections.deque()
         self._waiting: dict[int, tuple[Future[Any], Callable[[Message], Any] | None]] = {}
+        self._listings: set[int] = set()  # correlation ids of ListJobs calls in flight (see _send_call)
         # job id -> its listener, or a list of them when there are several (one object less per job: a client
         # holding thousands of jobs makes the collector's full passes that much shorter)
         self._listeners: dict[int, Listener | list[Listener]] = {}
@@ -361,8 +362,10 @@ class Connection:
                 continue  # the late answer to a request that timed out earlier
             if isinstance(reply, Error):
                 raise error_from_code(reply.code, reply.message)
-            if isinstance(reply, JobInfos):
-                reply = JobInfos([self.arrays.import_info(i, strict=False) for i in reply.jobs], reply.journal)
+            if isinstance(reply, JobInfos):  # a listing shows results without taking them (ClientArrays.import_info)
+                take = not isinstance(msg, ListJobs)
+                reply = JobInfos([self.arrays.import_info(i, strict=False, take=take) for i in reply.jobs],
+                                 reply.journal)
             return reply
 
     def submit(self, specs: list[JobSpec], listener: Listener | None = None) -> Future[list[int]]:
@@ -644,6 +647,8 @@ class Connection:
                 fut.set_exception(exc)
             return
         self._waiting[corr] = (fut, convert)
+        if type(msg) is ListJobs:  # its reply shows results without taking them (see request)
+            self._listings.add(corr)
         sock.send(frame)
 
     def _send_submits(self, sock: zmq.Socket[bytes], submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]],
@@ -701,9 +706,13 @@ class Connection:
                 continue
             if isinstance(msg, (Submitted, JobInfos)) and msg.journal:
                 self.journal = msg.journal
+            listing = corr in self._listings
+            if listing:
+                self._listings.discard(corr)
             try:
                 if isinstance(msg, JobInfos):
-                    msg = JobInfos([self.arrays.import_info(i, strict=False) for i in msg.jobs], msg.journal)
+                    msg = JobInfos([self.arrays.import_info(i, strict=False, take=not listing) for i in msg.jobs],
+                                   msg.journal)
                 fut.set_result(convert(msg) if convert is not None else msg)
             except EnsembleError as exc:
                 if not fut.done():
@@ -731,18 +740,18 @@ class Connection:
     def _route(self, infos: list[JobInfo]) -> None:
         for info in infos:
             terminal = info.state in FINAL
-            if terminal:
+            with self._lock:
+                found = self._listeners.get(info.id)
+                listeners: list[Listener] | tuple[Listener, ...] = (
+                    list(found) if isinstance(found, list) else () if found is None else (found,))
+                if terminal:
+                    self._listeners.pop(info.id, None)
+            if terminal and listeners:  # (an end nobody here listens for any more leaves its arrays to their taker)
                 try:
                     info = self.arrays.import_info(info)
                 except EnsembleError as exc:
                     info = msgspec.structs.replace(info, state="failed", result=None,
                                                    error_type=type(exc).__name__, error_message=str(exc))
-            with self._lock:
-                found = self._listeners.get(info.id)
-                listeners: list[Listener] | tuple[Listener, ...] = (
-                    list(found) if isinstance(found, list) else () if found is None else (found,))
-                if info.state in FINAL:
-                    self._listeners.pop(info.id, None)
             for fn in listeners:
                 try:
                     fn(info)

@@ -491,8 +491,16 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
             return c.submit(fn, *[parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
                             grace=grace, deadline=deadline, retries=retries, resources=need)
 
-        if not wait:
-            click.echo(send().id)
+        if not wait:  # submitted unwatched: its end, pushed here before this exits, took its result arrays
+            from concurrent.futures import TimeoutError as NoAck  # out of shared memory, where `result ID` looks
+
+            spec = c.spec(fn, *[parse_arg(a) for a in args], kwargs=kwargs, name=job_name, priority=priority,
+                          grace=grace, deadline=deadline, retries=retries, resources=need)
+            try:
+                (job_id,) = c.conn.submit([spec]).result(c.timeout)
+            except NoAck:
+                fail(f"the daemon did not acknowledge the submit within {c.timeout:g}s")
+            click.echo(job_id)
             return
         # Ctrl-C only raises a flag from here to the job's end, and the progress loop polls it: a KeyboardInterrupt
         # raised at an arbitrary point (inside the submit, between the submit and the watch, inside Rich) could

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from tests import jobs
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 
 
 def _ours(d: Daemon) -> set[str]:
@@ -100,3 +100,26 @@ def test_results_derived_from_a_shared_argument_cross_the_messagepack_path(share
     # a * 2 and a.sum() of a shared argument are arrays of the shared subclass: they come back as plain ones
     assert (kind, shared, rest) == ("SharedNDArray", True, (5,))  # (a tuple of the job's, a tuple here)
     assert np.array_equal(doubled, a * 2) and total.shape == () and float(total) == 1_000_000.0
+
+
+def test_a_result_array_is_handed_to_its_taker_not_to_a_listing_or_the_unwatched_submit(shared_daemon: Daemon) -> None:
+    """A result in shared memory is handed over once: `ensemble submit` without --wait took it when the job ended
+    before it exited, and a listing (`ensemble jobs`, `Client.jobs()`) took it too, so `ensemble result ID`
+    then said it was already taken."""
+    import json
+
+    d = shared_daemon
+    job_id = int(d.cli("submit", "tests.jobs:make_shared", "100000").stdout.strip())
+
+    def listed_state() -> str:
+        rows = json.loads(d.cli("jobs", "--json", "--limit", "50").stdout)
+        return next((r["state"] for r in rows if r["id"] == job_id), "")
+
+    wait_for(lambda: listed_state() == "done", 60, what="the job to end, as a listing shows it")
+    with d.client() as c:  # a listing in Python shows the array, and leaves it too
+        shown = next(i for i in c.jobs(limit=50) if i.id == job_id)
+        assert float(shown.result[0]) == 1.5 and len(shown.result) == 100000
+    got = d.cli("result", str(job_id), check=False)
+    assert got.returncode == 0 and "1.5" in got.stdout, got
+    again = d.cli("result", str(job_id), check=False)  # taken once: the second is told so, as before
+    assert again.returncode == 1 and "already taken" in again.stderr, again
