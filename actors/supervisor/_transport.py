@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import msgspec
 import zmq
 
-from actors._errors import EnsembleError, ProtocolError
+from actors._errors import ConfigError, EnsembleError, ProtocolError
 from actors.messages import Error, JobInfo, JobInfos, Kind, Message, encode, peek_corr, peek_kind, pushed_ids
 from actors.supervisor._outbox import SMALL
 from actors.supervisor._state import State
@@ -137,7 +137,13 @@ class TransportMixin(State):
             sock.curve_publickey = public
             sock.curve_secretkey = secret
             sock.zap_domain = b"ensemble-worker" if field_name == "tcp" else b"ensemble-client"
-            sock.bind(endpoint)
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:  # (the port in use, an address this host does not have)
+                sock.close(0)
+                why = zmq.strerror(exc.errno) if exc.errno is not None else str(exc)
+                raise ConfigError(f"[daemon] {field_name} {endpoint} cannot be bound: {why}; choose another port, "
+                                  "or an address of this host") from None
             self.poller.register(sock, zmq.POLLIN)
             self.poller.register(self.tcp_cap.watch(sock), zmq.POLLIN)  # no peer takes every descriptor
             if field_name == "tcp":
