@@ -373,6 +373,11 @@ class ControllerScript:
         overrun there stops them (``ProcessorScript._stop``), one here does not.
         """
         self.stopped = why
+        self._halt_running()
+        log.error("event=script-stopped context=Controller reason=%s", why)
+
+    def _halt_running(self) -> None:
+        """Cancel the script's suspended callbacks and timers and abort its background tasks."""
         for t in list(self.tasks):
             t.cancel()
         for timer in self.timers:
@@ -380,7 +385,6 @@ class ControllerScript:
         self.timers.clear()
         for bg in self.bg_tasks:
             bg._abort_quietly()
-        log.error("event=script-stopped context=Controller reason=%s", why)
 
     def _of_script(self, fn: Any) -> bool:
         """Whether ``fn`` is the running script's code (a function, lambda or method its module defines)."""
@@ -536,13 +540,7 @@ class ControllerScript:
         self._kept_state = {}
         self.discarded += len(self.heap)
         self.heap.clear()
-        for t in list(self.tasks):
-            t.cancel()
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
-        for bg in self.bg_tasks:
-            bg._abort_quietly()
+        self._halt_running()
         self.bg_tasks.clear()
         self.ui.clear(self.load_number)  # what module code adds now belongs to this load
         self.params = {}

@@ -107,8 +107,6 @@ class HeldNotes:
 
 def remove(run_dir: Path) -> None:
     """Remove the file (no note held; the daemon stops, or a new one starts)."""
-    for name in (FILE, FILE + ".tmp"):
-        try:
-            (run_dir / name).unlink()
-        except FileNotFoundError:
-            pass
+    from controller.panel._settings import remove_written
+
+    remove_written(run_dir, FILE)

@@ -143,7 +143,12 @@ def write(run_dir: Path, settings: PanelSettings) -> None:
 
 def remove(run_dir: Path) -> None:
     """Remove the settings file (the daemon stops; nothing is left in the run directory)."""
-    for name in (FILE, FILE + ".tmp"):
+    remove_written(run_dir, FILE)
+
+
+def remove_written(run_dir: Path, file: str) -> None:
+    """Remove ``file`` of the run directory and the temporary file it is written through, if there."""
+    for name in (file, file + ".tmp"):
         try:
             (run_dir / name).unlink()
         except FileNotFoundError:
