@@ -116,6 +116,7 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.slow  # 2-4 s: the default suite keeps under its 5 minutes
 def test_a_thread_per_request_leaves_no_socket_behind(jobs_only: Daemon) -> None:
     """Each thread that made a request kept its socket (two descriptors) for good: after ~1,018 threads, as a
     ThreadingHTTPServer makes them, calls failed with zmq's raw 'Too many open files'."""

@@ -241,6 +241,7 @@ def test_a_handle_awaited_on_another_loop_says_where_it_belongs(jobs_daemon: Dae
         asyncio.run(c.close())
 
 
+@pytest.mark.slow  # 2-4 s: the default suite keeps under its 5 minutes
 def test_an_awaited_handle_whose_pushes_stop_comes_to_the_end_by_itself(jobs_daemon: Daemon) -> None:
     """A handle heard its job's end only from the daemon's push; with no push (here the client stopped watching
     the job, as a push lost would leave it) an await waited for ever, where JobHandle.wait fetches the job each

@@ -130,6 +130,7 @@ finally:
 """
 
 
+@pytest.mark.slow  # 2-4 s: the default suite keeps under its 5 minutes
 def test_a_buffer_size_change_resizes_the_ring_and_the_engine(tmp_path: Path) -> None:
     """In a child process on a private server: ``jack_bufsize`` under a render-ahead client (whose ring and
     engine follow), without touching the server the other tests share."""

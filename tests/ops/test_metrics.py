@@ -6,6 +6,7 @@ import socket
 import urllib.request
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_for
@@ -49,6 +50,7 @@ def test_daemon_exports_jobs_queue_workers_restarts_and_audio(make_daemon: Any) 
     assert "ensemble_audio_xruns" in families
 
 
+@pytest.mark.slow  # 2-4 s: the default suite keeps under its 5 minutes
 def test_types_and_help_texts_stay_what_monitoring_expects(make_daemon: Any) -> None:
     """The callback time is a summary whose HELP never changes; bad frames a counter (``ensemble_bad_frames_total``).
 

@@ -94,6 +94,7 @@ def test_top_ends_by_itself_when_the_daemon_stops(jobs_daemon: Daemon, terminal:
     assert "did not answer" not in terminal.text()
 
 
+@pytest.mark.slow  # 2-4 s: the default suite keeps under its 5 minutes
 def test_top_ends_with_an_error_when_the_daemon_dies(jobs_daemon: Daemon, terminal: _Terminal) -> None:
     """The daemon killed (SIGKILL: its socket left behind): top exits 1 with one error line saying it died and what
     to do. Before, it froze for 30 s and blamed a timeout."""
@@ -105,6 +106,7 @@ def test_top_ends_with_an_error_when_the_daemon_dies(jobs_daemon: Daemon, termin
             "`ensemble up` starts it again and runs the jobs in its journal") in terminal.text()
 
 
+@pytest.mark.slow  # 2-4 s: the default suite keeps under its 5 minutes
 def test_top_quits_on_q_while_the_daemon_does_not_answer(jobs_daemon: Daemon, terminal: _Terminal) -> None:
     """A daemon that holds its lock but answers nothing (stopped with SIGSTOP): top says it has no answer, shows
     the last state, and quits on q. Before, it was blocked in the request and read no key for 30 s."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 
 from tests.conftest import Daemon, wait_for
 from tests.controller.panel.conftest import EXAMPLES, Kill, Panel, kill_panel, loaded, start_panel
@@ -55,6 +56,7 @@ def test_notes_a_panel_the_supervisor_gave_up_on_held_are_ended(make_daemon: Cal
     assert _released(d)
 
 
+@pytest.mark.slow  # 2-4 s: the default suite keeps under its 5 minutes
 def test_notes_a_panel_that_cannot_start_again_held_are_ended(panel: Panel) -> None:
     """The panel's settings file is gone when it is killed, so each process started in its place exits at
     start-up, before serving or ending anything; the notes its predecessor held end all the same."""

@@ -63,6 +63,7 @@ def test_a_body_that_stops_coming_is_given_up_after_the_stall_limit() -> None:
     assert "no byte of the body came for 0.05s (500 bytes had come)" in str(stalled.value)
 
 
+@pytest.mark.slow  # 2-4 s: the default suite keeps under its 5 minutes
 def test_a_body_that_trickles_is_given_up_once_it_falls_under_the_rate_past_the_stall_limit() -> None:
     """A byte every 10 ms never stalls (the limit is 1 s) and would hold the slot for ever; past its first second
     it must have averaged MIN_RATE bytes a second."""
