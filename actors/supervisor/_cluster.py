@@ -88,7 +88,8 @@ class ClusterMixin(State):
             if member is None:
                 continue
             self.cluster.locate(member.name, slot.name)
-            if member.pid and (not slot.detail or slot.detail.startswith("on Ray node")):
+            # (over what the worker said of itself at its hello: Ray's word is the daemon's, and says more)
+            if member.pid and (not slot.detail or slot.detail.startswith(("on Ray node", "calls itself"))):
                 joined = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(slot.started))
                 slot.detail = (f"on Ray node {member.node[:12]} ({member.host}), worker pid {member.pid} there, "
                                f"joined {joined}")
