@@ -105,6 +105,7 @@ def test_param_list_json_is_json_whatever_the_parameters_hold(module_daemon: Dae
 
 
 # ------------------------------------------------------------------------------ scale -1
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_a_negative_scale_is_the_same_range_error_as_a_too_large_one(module_daemon: Daemon) -> None:
     def error(count: str) -> str:
         proc = module_daemon.cli("scale", count, check=False)

@@ -108,6 +108,7 @@ def test_a_keyword_given_twice_and_a_resource_without_an_amount_are_refused_sayi
     one_line_error(bare, "--resources: 'GPU' is no NAME=AMOUNT (e.g. GPU=1)")
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_a_status_message_that_looks_like_markup_does_not_break_submit_wait(daemon: Daemon) -> None:
     proc = daemon.cli("submit", "cli_input_jobs:say", "copying [/tmp/x] [bold]", "--wait", check=False)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

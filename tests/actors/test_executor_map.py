@@ -117,6 +117,7 @@ def _ended_without_interrupting(daemon: Any, tmp_path: Path, gates: list[Path], 
     assert len(list((tmp_path / "ran").iterdir())) == running
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_map_past_its_timeout_raises_timeout_error_and_cancels_the_rest(own_ex: Any, jobs_daemon: Any,
                                                                         tmp_path: Path) -> None:
     it, gates = _gated_map(own_ex, tmp_path, 5, timeout=1.0)

@@ -80,6 +80,7 @@ def test_segments_left_by_a_killed_daemon_are_swept_at_the_next_up(make_daemon: 
     d.down()
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_kill_voices_and_call_silences_the_processor_while_the_job_runs(daemon: Daemon) -> None:
     c = daemon.client()
     c.upload_sample(np.full(480000, 0.2, dtype=np.float32), "long", 48000)

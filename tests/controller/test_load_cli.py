@@ -67,6 +67,7 @@ if get_context() == "Processor":
 """
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_load_of_a_script_whose_processor_side_fails_exits_non_zero_with_the_processor_s_error(
         daemon: Daemon, tmp_path: Path) -> None:
     """The controller ran it, the processor's copy raised: not "loaded" (the daemon waited for the controller only)."""

@@ -106,6 +106,7 @@ def _edition_1_loaded(daemon: Daemon, tmp_path: Path) -> tuple[Path, str, Any, i
     return script, path, c, number
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_a_processor_restarted_after_an_edit_that_loads_has_the_controller_reloaded_to_it(daemon: Daemon,
                                                                                           tmp_path: Path) -> None:
     """The restarted processor read the edited file and ran its code; the controller went on running the old."""
@@ -167,6 +168,7 @@ if get_context() == "Controller":
 """
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_a_reload_to_the_edit_that_fails_in_the_controller_drops_the_script_on_both_sides(daemon: Daemon,
                                                                                            tmp_path: Path) -> None:
     """The processor, restarted, ran the edit; the controller, reloaded to it, fails it: a load that fails."""

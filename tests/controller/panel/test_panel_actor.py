@@ -104,6 +104,7 @@ def test_ensemble_panel_starts_it_on_demand_and_prints_the_same_url_again(make_d
     assert not (d.base / "run" / "panel.json").exists()  # the token file goes with the daemon
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_controls_move_parameters_and_the_cli_moves_controls(shared_panel: Panel) -> None:
     panel = shared_panel
     c = loaded(panel, EXAMPLES / "download_panel.py")
@@ -120,6 +121,7 @@ def test_controls_move_parameters_and_the_cli_moves_controls(shared_panel: Panel
     c.close()
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_the_download_button_starts_and_cancels_and_the_finish_callback_shows(shared_panel: Panel) -> None:
     panel = shared_panel
     loaded(panel, EXAMPLES / "download_panel.py").set_param("seconds", 30.0)
@@ -182,6 +184,7 @@ def test_killing_the_panel_changes_nothing_for_audio_and_jobs(panel: Panel) -> N
         page.until(lambda s: any(a["name"] == "panel" for a in s.get("actors", [])), what="state from the new panel")
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_a_dropped_wav_becomes_a_sample_and_the_page_scales_workers(shared_panel: Panel, tmp_path: Any) -> None:
     panel = shared_panel
     import io

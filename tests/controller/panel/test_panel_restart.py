@@ -11,6 +11,8 @@ import os
 import signal
 from typing import Any
 
+import pytest
+
 from tests.conftest import pid_alive, wait_for
 from tests.controller.panel.conftest import EXAMPLES, Panel, kill_panel, loaded
 from tests.controller.panel.test_panel_actor import Page
@@ -22,6 +24,7 @@ def _restarted(panel: Panel, old_pid: int) -> object:
     return a.state == "running" and a.pid != old_pid and a.stats.get("port") == panel.port and a
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_a_panel_terminated_alone_comes_back_serving_the_same_address_and_token(panel: Panel) -> None:
     """SIGTERM to the panel's process (not the daemon's) removed panel.json on the way out, so every restart
     exited at once ("no panel.json") until the supervisor gave up; now the restart serves the same port and

@@ -53,6 +53,7 @@ def test_a_daemon_that_stops_answering_is_an_error_on_the_page_and_the_panel_ser
         page.until(lambda s: s.get("daemon", {}).get("workers_wanted") == 3, what="updates after the pause")
 
 
+@pytest.mark.slow  # 1-2 s: the default suite keeps under its 5 minutes in CI
 def test_a_reload_waiting_for_its_script_holds_up_no_page_s_updates(make_daemon: Callable[..., Daemon]) -> None:
     """One page's reload waits for the script to load (the controller paused here: SIGSTOP, so the load stays
     pending); it waited on the panel's one client thread, and every page's snapshots waited behind it (up to the
