@@ -53,9 +53,15 @@ def ray_workers(d: Daemon) -> list[Any]:
 @pytest.fixture
 def ray_daemon(make_daemon: Callable[..., Daemon], ray_cluster: Any) -> Iterator[tuple[Daemon, Any]]:
     """A jobs-only daemon with no local workers and two workers placed on ``ray_cluster``, all joined."""
+    yield from two_ray_workers(make_daemon, ray_cluster)
+
+
+def two_ray_workers(make_daemon: Callable[..., Daemon], ray_cluster: Any,
+                    **env: str) -> Iterator[tuple[Daemon, Any]]:
+    """A fixture's body: :func:`ray_daemon`'s daemon, ``env`` added to its environment (a cap, say)."""
     d = make_daemon(workers=0, extra_env={
         "ENSEMBLE_TCP": f"tcp://127.0.0.1:{free_port()}", "ENSEMBLE_CLUSTER_RAY": ray_cluster.address,
-        "ENSEMBLE_CLUSTER_WORKERS": "2", "ENSEMBLE_EXTENSIONS": ""})
+        "ENSEMBLE_CLUSTER_WORKERS": "2", "ENSEMBLE_EXTENSIONS": "", **env})
     d.cli("keys", "init")
     d.up()
     try:

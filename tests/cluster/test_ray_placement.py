@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from actors._procs import alive
-from tests.cluster.conftest import free_port, ray_workers
+from tests.cluster.conftest import ray_workers, two_ray_workers
 from tests.conftest import Daemon, wait_for
 
 pytestmark = pytest.mark.slow
@@ -19,16 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def capped_daemon(make_daemon: Callable[..., Daemon], ray_cluster: Any) -> Iterator[tuple[Daemon, Any]]:
     """Two Ray-placed workers joined, at most three: room for one worker placed for a job's resources."""
-    d = make_daemon(workers=0, extra_env={
-        "ENSEMBLE_TCP": f"tcp://127.0.0.1:{free_port()}", "ENSEMBLE_CLUSTER_RAY": ray_cluster.address,
-        "ENSEMBLE_CLUSTER_WORKERS": "2", "ENSEMBLE_CLUSTER_MAX_WORKERS": "3", "ENSEMBLE_EXTENSIONS": ""})
-    d.cli("keys", "init")
-    d.up()
-    try:
-        wait_for(lambda: len(ray_workers(d)) == 2, 120, what="two Ray-placed workers to join")
-        yield d, ray_cluster
-    finally:
-        d.cleanup()
+    yield from two_ray_workers(make_daemon, ray_cluster, ENSEMBLE_CLUSTER_MAX_WORKERS="3")
 
 
 def pending_actors(cluster: Any) -> list[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.offline import render_script
-from tests.conftest import Daemon, wait_for
+from tests.conftest import Daemon
+from tests.controller.test_script_task_version import _task_ends
 
 DEFINE_IN_ON_NOTE = """from controller.script import *
 
@@ -60,12 +61,7 @@ def _task_error(c: Any, script: Path, call: str) -> Any:
     """Load a script whose background task makes ``call``; the job that ran it, once it ended."""
     script.write_text(TASK_CALLS.format(call=call))
     c.load_script(str(script), wait=30)
-    before = max((j.id for j in c.jobs()), default=0)
-    c.set_param("go", False)
-    c.set_param("go", True)
-    wait_for(lambda: [j for j in c.jobs() if j.id > before and j.state in ("done", "failed")], 60,
-             what="the background task's job to end")
-    return next(j for j in c.jobs() if j.id > before)
+    return _task_ends(c, max((j.id for j in c.jobs()), default=0))
 
 
 def test_a_wrong_context_error_in_a_background_task_names_what_the_task_can_do(daemon: Daemon,
