@@ -6,8 +6,8 @@ calls) before task notifications before timers before status.  A callback may
 be ``async def`` and ``await wait(ms)``; other callbacks run meanwhile.  A
 callback step that runs past the budget (5000 ms, as HALion's controller) is
 interrupted with :class:`~controller._watchdog.ScriptTimeout` and reported, and
-the script stops, as HALion's does: none of its controller callbacks runs
-until it is loaded again (:meth:`ControllerScript._stop_script`).
+the script stops, as HALion's does: none of its callbacks runs, here or in
+the processor, until it is loaded again (:meth:`ControllerScript._stop_script`).
 A step the interrupt cannot reach (blocked in C) that still runs ``GRACE_S``
 (3 s) later is wedged: :meth:`ControllerScript.check_budget` names it, and the
 controller process exits to be restarted by the supervisor (see
@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from actors import EnsembleError, WrongContextError
 from controller.messages import (
-    ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady, as_sent,
+    ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady, ScriptStop, as_sent,
 )
 from controller._host import SCRIPT_MODULE, ParamDef, add_param, bind_thread, function_name, load_module, uninstall
 from controller._ui import ScriptUi
@@ -352,7 +352,8 @@ class ControllerScript:
             text = f"{name} ran past the controller's budget of {self.deadline.budget_s * 1000:.0f} ms and was stopped"
             if overran:
                 text += (f"; the script is stopped: none of its controller callbacks runs until it is loaded "
-                         f"again (`ensemble load {self.path or 'SCRIPT'}`)")
+                         f"again (`ensemble load {self.path or 'SCRIPT'}`), nor its processor callbacks (notes "
+                         "play the default sampler)")
         else:
             text = f"{type(exc).__name__} in {name}: {exc}"
         log.error("event=script-%s %s at %s", kind, text, loc)
@@ -369,11 +370,14 @@ class ControllerScript:
         finish callback) does not run and is reported (:meth:`_refused`).
         Parameters stay: a change is still applied, saved and sent on (its
         ``on_change`` does not run).  A load, of this script or another,
-        runs it again.  The processor's callbacks are the processor's: an
-        overrun there stops them (``ProcessorScript._stop``), one here does not.
+        runs it again.  The script stops as a whole, as HALion's does: a
+        :class:`~controller.messages.ScriptStop` tells the processor (through
+        the daemon) to stop its callbacks too, and notes play the default
+        sampler there (``ProcessorScript.handle``).
         """
         self.stopped = why
         self._halt_running()
+        self.outbox.put(ScriptStop(why, self.load_number))
         log.error("event=script-stopped context=Controller reason=%s", why)
 
     def _halt_running(self) -> None:

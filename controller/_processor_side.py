@@ -16,6 +16,9 @@ interrupt cannot reach, holds the audio thread with it.  If it still runs
 :data:`GRACE_MS` after the interrupt, the main thread reports it (``ScriptError``
 kind ``wedged``: the callback and the script line it is blocked on) and the
 processor leaves with ``WEDGED_EXIT`` to be restarted (see ``audio.processor``).
+A script the controller stopped (a callback past its budget there) stops here
+too, at the next block (``ScriptStop``): the script stops as a whole, as
+HALion's does, and notes play the default sampler until the next load.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from typing import Any, Callable
 from actors import EnsembleError
 from actors.messages import Message
 from controller.messages import (
-    ParamControl, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad, ScriptReady, ScriptUnload,
-    as_sent,
+    ParamControl, ParamValues, RunAsync, RunAsyncResult, RunSync, ScriptError, ScriptLoad, ScriptReady, ScriptStop,
+    ScriptUnload, as_sent,
 )
 from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, set_context
@@ -139,6 +142,8 @@ class ProcessorScript:
             self.path = self.digest = ""
             self.unload()
             _log.warning("event=script-unloaded reason=%s", msg.reason)
+        elif isinstance(msg, ScriptStop):  # the controller stopped the script: it stops here too, at the next block
+            self.inbox.append(("stop", msg.reason))
         elif isinstance(msg, RunSync):
             self.run_sync_call(msg.fn, msg.args, msg.id)
         elif isinstance(msg, RunAsyncResult):
@@ -288,6 +293,12 @@ class ProcessorScript:
             for call, args in deferred:
                 if getattr(call, "__globals__", None) is vars(self.running):
                     self._guarded_call(call, args)
+        elif kind == "stop":
+            if self.running is not None and not self.stopped:
+                self._halt(f"the controller stopped it: {item[1]}")
+                self.outbox.put(ScriptError("Processor", "stopped", f"script stopped: {self.stopped}; none of its "
+                                            "processor callbacks runs until it is loaded again: notes play the "
+                                            "default sampler"))
         elif kind == "unload":
             self.running, self.params = None, {}
             self.deferred.clear()
@@ -396,13 +407,21 @@ class ProcessorScript:
         self.outbox.put(ScriptError("Processor", kind, f"{type(exc).__name__} in {task.name}: {exc}", loc))
 
     def _stop(self, task: _Task, why: str) -> None:
+        self._halt(why)
+        self.outbox.put(ScriptError("Processor", "stopped", f"script stopped: {why}; audio continues", task.location))
+
+    def _halt(self, why: str) -> None:
+        """Audio thread: the script is stopped (``why``): its suspended callbacks are dropped, none starts again.
+
+        Until its next load (``init``); meanwhile events go to the default
+        sampler (:meth:`_incoming`) and each callback refused is reported.
+        """
         self.stopped = why
         self.ready.clear()
         self.waiting.clear()
         self.on_release_wait.clear()
         self.on_async.clear()
         self.issued.clear()
-        self.outbox.put(ScriptError("Processor", "stopped", f"script stopped: {why}; audio continues", task.location))
 
     def _refused(self, name: str) -> bool:
         """Audio thread: whether the script is stopped, so that callback ``name`` must not run (reported if so)."""

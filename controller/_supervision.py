@@ -70,7 +70,7 @@ from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, JobSpec, Message
 from controller.messages import (
     ParamBind, ParamControl, ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync,
-    ScriptError, ScriptLoad, ScriptReady, ScriptUnload, UiEvent, UiList, UiState,
+    ScriptError, ScriptLoad, ScriptReady, ScriptStop, ScriptUnload, UiEvent, UiList, UiState,
 )
 from controller._host import ParamDef
 from controller._watchdog import WEDGED_EXIT, wedged_text
@@ -125,6 +125,7 @@ class ScriptExtension(Extension):
         self.param_seq = 0
         self.unapplied: dict[str, ParamSet] = {}  # parameter -> its newest acknowledged change not yet applied
         self.unbound: dict[str, ParamBind] = {}  # parameter -> its acknowledged bind the controller has not shown yet
+        self.stopped = ""  # why the running script is stopped (the controller's ScriptStop); "" while it runs
 
     def requests(self) -> dict[type, Any]:
         return {ScriptLoad: self._load, ParamSet: self._param_set, ParamList: self._param_list, ParamBind: self._param_bind,
@@ -132,7 +133,8 @@ class ScriptExtension(Extension):
 
     def child_messages(self) -> dict[type, Any]:
         return {**{t: self._route for t in (ScriptReady, RunSync, RunAsync, RunAsyncResult, ParamValues, ParamSet,
-                                            ParamControl, ScriptError)}, UiState: self._ui_state}
+                                            ParamControl, ScriptError)}, UiState: self._ui_state,
+                ScriptStop: self._script_stopped}
 
     def child_ready(self, slot: Any) -> None:
         if slot.role == "processor" and self.script_ready:
@@ -144,6 +146,8 @@ class ScriptExtension(Extension):
             log.info("event=script-reload side=processor path=%s load=%d", self.script_path, self.load_state[0])
             self.host.send_child(slot, ScriptLoad(self.script_path, load=self.load_state[0]))
             self.host.send_child(slot, ParamValues(list(self.params.values())))
+            if self.stopped:  # the controller stopped the script: stopped on this side too, after its init
+                self.host.send_child(slot, ScriptStop(self.stopped, self.load_state[0]))
         elif slot.role == "controller":
             self._controller_back(slot)
             self.ui = UiState([], self.ui.version + 1)  # a new controller: its elements come with the script
@@ -250,6 +254,7 @@ class ScriptExtension(Extension):
         self.ui = UiState([], self.ui.version + 1)
         self.unapplied.clear()
         self.unbound.clear()
+        self.stopped = ""
 
     def _load_lost(self, reason: str, stuck: bool) -> None:
         """The load in progress fails as its controller goes down; the next controller runs the script before it.
@@ -303,6 +308,10 @@ class ScriptExtension(Extension):
             counters["script_errors_recent"] = list(self.errors)
         if self.load_state[0]:
             counters["script_load"] = list(self.load_state)
+        if self.stopped:
+            counters["script_stopped"] = (f"stopped in the controller: {self.stopped}; none of its callbacks runs, "
+                                          "in the controller or the processor (notes play the default sampler), "
+                                          f"until it is loaded again (`ensemble load {self.ready_path}`)")
 
     # -- requests
     def _load(self, corr: int, msg: ScriptLoad) -> Message:
@@ -410,6 +419,7 @@ class ScriptExtension(Extension):
             self._processor_ran(slot, msg)
         elif isinstance(msg, ScriptReady):
             self.script_ready = True
+            self.stopped = ""  # the controller runs the script loaded anew, and the processor will (its init)
             self.ready_path, self.ready_load, self.ready_digest = msg.path, msg.load, msg.digest
             sent = proc is not None and self.host.send_child(proc, ScriptLoad(msg.path, load=msg.load))
             if self._loading_in("controller", msg.load):  # no processor now: the one that starts loads it (child_ready)
@@ -449,6 +459,24 @@ class ScriptExtension(Extension):
             log.error("event=script-%s context=%s detail=%s location=%s", msg.kind, msg.context, msg.message,
                       msg.location)
             self._script_error(slot, f"{msg.context} {msg.kind}: {msg.message}{where}")
+
+    def _script_stopped(self, slot: Any, msg: ScriptStop) -> None:
+        """The controller stopped its script (a callback past its budget): the processor stops it too.
+
+        The script stops as a whole, as HALion's does: the processor's
+        callbacks stop (notes play the default sampler), and ``status`` says
+        so (``script_stopped``) until the next load runs it again.  A
+        processor restarted meanwhile is told again after its load
+        (:meth:`child_ready`).  A stop of a script the controller was told
+        to drop (it crossed the unload) stops nothing.
+        """
+        if slot.role != "controller" or self._dropped(slot, msg.load, "stop", 1):
+            return
+        self.stopped = msg.reason
+        log.warning("event=script-stopped side=both load=%d reason=%s", msg.load, msg.reason)
+        proc = self.host.child("processor")
+        if proc is not None:
+            self.host.send_child(proc, msg)
 
     def _processor_ran(self, slot: Any, msg: ScriptReady) -> None:
         """The processor ran a script: the load is done, unless it ran another version of the file than the controller.

@@ -2,7 +2,7 @@
 
 Part of the wire protocol (see :mod:`actors.messages` for the envelope, the
 codec and the limits); its kinds are 70..89 (82..85: the script's UI elements
-and the instrument panel; 86: unloading a script).  Importing this module adds them to the decoder of
+and the instrument panel; 86: unloading a script; 87: a script stopped in the controller).  Importing this module adds them to the decoder of
 the process.
 """
 
@@ -37,6 +37,7 @@ class ScriptKind(IntEnum):
     UI_EVENT = 84
     PANEL_START = 85
     SCRIPT_UNLOAD = 86
+    SCRIPT_STOP = 87
 
 
 class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
@@ -68,6 +69,20 @@ class ScriptUnload(Message, tag=ScriptKind.SCRIPT_UNLOAD.value, frozen=True):
     """Daemon to controller or processor: run no script (the load failed on the other side); ``reason`` is logged."""
 
     reason: str = ""
+
+
+class ScriptStop(Message, tag=ScriptKind.SCRIPT_STOP.value, frozen=True):
+    """Controller -> daemon -> processor: the script stopped in the controller (a callback ran past its budget).
+
+    The processor stops the script's callbacks too (notes play the default
+    sampler) until the next load; the daemon shows ``reason`` in ``status``
+    (``script_stopped``) and sends this again to a processor restarted
+    meanwhile.  ``load``: the number of the load whose script stopped (as
+    in :class:`ScriptLoad`).
+    """
+
+    reason: str
+    load: Int64 = 0
 
 
 class ScriptError(Message, tag=ScriptKind.SCRIPT_ERROR.value, frozen=True):
@@ -219,11 +234,12 @@ class PanelStart(Message, tag=ScriptKind.PANEL_START.value, frozen=True):
 
 
 register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
-         ParamList, ParamInfos, ParamBind, ParamControl, UiState, UiList, UiEvent, PanelStart, ScriptUnload)
+         ParamList, ParamInfos, ParamBind, ParamControl, UiState, UiList, UiEvent, PanelStart, ScriptUnload,
+         ScriptStop)
 
 __all__ = ["PanelStart", "ParamBind", "ParamControl", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues",
            "RunAsync", "RunAsyncResult", "RunSync", "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady",
-           "ScriptUnload", "UiElement", "UiEvent", "UiList", "UiState"]
+           "ScriptStop", "ScriptUnload", "UiElement", "UiEvent", "UiList", "UiState"]
 
 
 def as_sent(msg: Message, bridge: str, values: list[Any]) -> Message:
