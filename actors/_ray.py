@@ -9,14 +9,14 @@ the journal, priorities), and a job's resources decide which one runs it.
 The shape, daemon side (:class:`RayWorkers`, owned by the supervisor when
 ``[cluster] ray`` is set):
 
-* the Ray driver is a child process of the daemon (:func:`driver_main`,
-  :class:`Driver`), never the daemon itself: Ray's core worker ends its
+* the Ray driver is a child process of the daemon
+  (:mod:`actors._ray_driver`), never the daemon itself: Ray's core worker ends its
   driver's process when the cluster goes away, and that ends only the child
   (its workers are then lost, ``status`` says why, a new driver joins once
   the cluster is back); the daemon sends it commands and reads its reports
   over a socketpair (msgpack headers and raw array bytes, as the link below);
 * for each worker it issues a ``worker`` key (``ray-<token>-<n>``, see
-  :mod:`actors._keys`) and starts a Ray actor (:class:`WorkerHost`) with the
+  :mod:`actors._keys`) and starts a Ray actor (:class:`~actors._ray_host.WorkerHost`) with the
   resources Ray must reserve for it, the key and the daemon's public key;
 * the actor runs ``ensemble worker --connect`` as a subprocess in its own
   process group (restarted if a job kill takes it down) and reports its exit;
@@ -59,8 +59,10 @@ the trust boundary, as the cluster guide says; a cluster that is not must
 set ``object_store_min_bytes = 0`` (every array then travels in the frame)
 -- and should not be given workers at all.
 
-Ray is imported only here and only when configured (:func:`import_ray`: the
-daemon imports it to check it is installed; only its driver process joins).
+Ray is imported only when configured (:func:`import_ray`: the daemon imports
+it to check it is installed; only its driver process joins), by this module,
+:mod:`actors._ray_driver` (the driver process) and :mod:`actors._ray_host`
+(the actor, in Ray's worker processes).
 Nothing here touches the daemon's sockets or jobs: the supervisor's
 :mod:`actors.supervisor._cluster` applies what this reports.  Runtime layer:
 no audio or controller imports.
@@ -72,7 +74,6 @@ import logging
 import os
 import queue
 import secrets
-import select
 import socket
 import struct
 import subprocess
@@ -83,18 +84,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors._errors import ConfigError, DaemonError
+from actors._errors import ConfigError
 from actors._keys import add_peer, list_keys, revoke
 from actors._resources import describe, fits
-from actors._spawn import child_env, python_argv, set_parent_death_signal
+from actors._spawn import child_env, set_parent_death_signal
 from actors._storelink import recv_exact, recv_header, send_msg
 from actors.config import Config
 from actors.messages import ArrayHandle, StoredArray
 
 log = logging.getLogger("ensemble.ray")
 KEY_PREFIX = "ray-"  # names of the keys issued to Ray-placed workers (revoked at start if a dead daemon left any)
-_RESTART_PAUSE = 0.5  # seconds an actor waits before restarting a worker process that died
-_STAGE_WAIT = 60.0  # seconds the actor waits for the daemon's stage() of a key its worker asks for
 _TAKE_WAIT = 5.0  # seconds the daemon waits for result arrays from an actor, plus a second per _TAKE_RATE bytes
 _TAKE_RATE = 50_000_000  # (the daemon's loop waits meanwhile: bounded, as a node that died could make it wait long)
 _JOIN_WAIT = 45.0  # seconds a driver may take to join the cluster before the daemon ends it and reports why
@@ -127,165 +126,6 @@ def unplaceable(resources: dict[str, float]) -> str:
     return ""
 
 
-def ray_options(resources: dict[str, float]) -> dict[str, Any]:
-    """Ray actor options reserving ``resources`` (``CPU``, ``GPU``, ``memory`` and custom names)."""
-    opts: dict[str, Any] = {"num_cpus": resources.get("CPU", 0.0), "num_gpus": resources.get("GPU", 0.0)}
-    if resources.get("memory"):
-        opts["memory"] = resources["memory"]
-    custom = {k: v for k, v in resources.items() if k not in ("CPU", "GPU", "memory")}
-    if custom:
-        opts["resources"] = custom
-    return opts
-
-
-class WorkerHost:
-    """The Ray actor: runs one ensemble worker process and reports when it ends (runs on a cluster node).
-
-    ``run()`` starts ``python -m actors worker --connect ...`` in its own
-    process group and waits; a worker that exits non-zero (a job kill, a
-    crash) is started again, one that exits 0 ends ``run()`` with 0.  The
-    worker dies with this actor (parent-death signal).  Its keys reach it
-    through pipes (``--key /dev/fd/N``): nothing secret is written to the
-    node's disk, so an actor killed outright leaves nothing behind.
-
-    The object store: a thread serves the worker's end of a socketpair
-    (:mod:`actors._storelink`): ``get`` resolves an argument the daemon
-    staged (:meth:`stage`), ``put`` keeps a result array for the daemon's
-    :meth:`take`.  Results a worker process left untaken go with it.  Ray
-    runs the methods on a thread pool (``max_concurrency``), so ``stage`` and
-    ``take`` run while ``run()`` waits.
-    """
-
-    def __init__(self, endpoint: str, secret: str, server_public: str, name: str, env: dict[str, str],
-                 resources: dict[str, float]) -> None:
-        self.endpoint, self.secret, self.server_public = endpoint, secret, server_public
-        self.name, self.env, self.resources = name, env, resources
-        self._cond = threading.Condition()
-        self._staged: dict[str, Any] = {}  # key -> ObjectRef of an argument the daemon staged (borrowed)
-        self._results: dict[str, Any] = {}  # key -> result array a worker put, until the daemon takes it
-        self._pid = 0  # the current worker process's
-
-    def run(self) -> int:
-        """Run the worker until it exits 0 (stopped by the daemon, or the daemon fell silent); restart it otherwise."""
-        while True:
-            code = self._run_once()
-            if code == 0:
-                return 0
-            print(f"ensemble worker {self.name} exited with code {code}; starting it again", file=sys.stderr)
-            time.sleep(_RESTART_PAUSE)
-
-    def _run_once(self) -> int:
-        fds: list[int] = []
-        mine, theirs = socket.socketpair()
-        try:
-            for text in (self.secret, self.server_public):  # a key file is ~400 bytes: a pipe holds it whole
-                r, w = os.pipe()
-                fds.append(r)
-                with os.fdopen(w, "w") as f:
-                    f.write(text)
-            fds.append(theirs.fileno())
-            argv = python_argv("actors", "worker", "--connect", self.endpoint, "--key", f"/dev/fd/{fds[0]}",
-                               "--server-key", f"/dev/fd/{fds[1]}", "--worker-name", self.name,
-                               "--resources", describe(self.resources), "--object-store-fd", str(fds[2]))
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=child_env(self.env), cwd="/", pass_fds=fds,
-                                    start_new_session=True, preexec_fn=set_parent_death_signal)
-            self._pid = proc.pid
-        finally:
-            for fd in fds[:2]:
-                os.close(fd)
-            theirs.close()
-        put: list[str] = []
-        server = threading.Thread(target=self._serve, args=(mine, put), name="object-store-link", daemon=True)
-        server.start()
-        try:
-            return proc.wait()
-        finally:
-            try:
-                mine.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            server.join(10)
-            mine.close()
-            with self._cond:  # what this worker process put and the daemon did not take is nobody's now
-                for key in put:
-                    self._results.pop(key, None)
-
-    def where(self) -> tuple[int, str, str]:
-        """``(pid, node id, node address)`` of this actor's worker process (pid 0 before it started)."""
-        ray = import_ray()
-        return self._pid, ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
-
-    # -- the object store (Ray calls from the daemon, and the link to the worker) ---------------
-    def stage(self, keys: list[str], refs: list[Any]) -> None:
-        """Keep argument refs under their keys for the worker to fetch (``refs`` nested: Ray passes them as refs)."""
-        with self._cond:
-            self._staged.update(zip(keys, refs))
-            self._cond.notify_all()
-
-    def release(self, keys: list[str]) -> None:
-        """Drop staged arguments (their job ended: this actor no longer borrows them) or results nobody will take."""
-        with self._cond:
-            for key in keys:
-                self._staged.pop(key, None)
-                self._results.pop(key, None)
-
-    def take(self, keys: list[str]) -> list[Any]:
-        """The result arrays put under ``keys`` (each given once); KeyError naming a key that is not here."""
-        with self._cond:
-            missing = [k for k in keys if k not in self._results]
-            if missing:
-                raise KeyError(f"no result array {missing[0]!r} on this worker (its process ended before the "
-                               "daemon took it)")
-            return [self._results.pop(k) for k in keys]
-
-    def _serve(self, sock: socket.socket, put: list[str]) -> None:
-        """Answer the worker's ``get`` and ``put`` until it closes its end (a thread of this actor)."""
-        import numpy as np
-
-        from actors.messages import _check_dtype
-
-        try:
-            while True:
-                header = recv_header(sock)
-                if header[0] == "get":
-                    key = str(header[1])
-                    with self._cond:
-                        self._cond.wait_for(lambda: key in self._staged, _STAGE_WAIT)
-                        ref = self._staged.pop(key, None)
-                    if ref is None:
-                        send_msg(sock, [False, 0, f"the daemon staged nothing under {key} within {_STAGE_WAIT:g}s"])
-                        continue
-                    try:
-                        import ray  # in the actor: Ray's own deserialisation, on the worker's node
-
-                        arr = np.ascontiguousarray(ray.get(ref))
-                    except Exception as exc:  # noqa: BLE001 - ObjectLostError and kin: the worker's job fails with it
-                        send_msg(sock, [False, 0, f"{type(exc).__name__}: {exc}"])
-                        continue
-                    send_msg(sock, [True, arr.nbytes, ""], arr.reshape(-1).view(np.uint8).data)
-                    del arr, ref
-                elif header[0] == "put":
-                    _, key, dtype, shape, nbytes = header
-                    arr = np.empty(shape, _check_dtype(dtype))
-                    if arr.nbytes != nbytes:
-                        raise ValueError(f"result array {key}: {nbytes} bytes for shape {shape} of {dtype}")
-                    recv_exact(sock, nbytes, arr.reshape(-1).view(np.uint8))
-                    with self._cond:
-                        self._results[str(key)] = arr
-                    put.append(str(key))
-                    send_msg(sock, [True, 0, ""])
-                else:
-                    raise ValueError(f"unknown request {header[0]!r}")
-        except (EOFError, OSError):
-            return  # the worker process ended
-        except Exception as exc:  # noqa: BLE001 - a malformed request: the link goes, the worker's job fails
-            print(f"ensemble worker {self.name}: object-store link closed: {exc}", file=sys.stderr)
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 @dataclass
 class Member:
     """One Ray-placed worker as the daemon sees it: its key name, what Ray reserved, and where it runs once known."""
@@ -306,8 +146,9 @@ class Member:
 class RayWorkers:
     """The daemon's Ray-placed workers: start, scale, notice deaths, remove (keys revoked); Ray itself in a child.
 
-    The Ray driver runs in a child process of the daemon (:func:`driver_main`),
-    never in the daemon: when Ray's GCS or the local raylet goes away, Ray's
+    The Ray driver runs in a child process of the daemon
+    (:func:`actors._ray_driver.driver_main`), never in the daemon: when
+    Ray's GCS or the local raylet goes away, Ray's
     core worker ends its driver's process after a while (a minute for the
     GCS), and a daemon that was the driver ended with it.  Now only the
     child ends: its workers are reported lost (their jobs retried or ended as
@@ -776,7 +617,7 @@ class RayWorkers:
                             f"Ray driver ({self.broken or 'it ended or took too long'})")
 
 
-_DRIVER_MAIN = "import sys; from actors._ray import driver_main; sys.exit(driver_main(sys.argv[1:]))"
+_DRIVER_MAIN = "import sys; from actors._ray_driver import driver_main; sys.exit(driver_main(sys.argv[1:]))"
 
 
 def _read_reports(sock: socket.socket, inbox: "queue.Queue[list[Any]]") -> None:
@@ -823,166 +664,6 @@ def _auth_failure(text: str) -> str:
     return ""
 
 
-# -- the driver process --------------------------------------------------------------------
-def driver_main(argv: list[str]) -> int:
-    """The Ray driver's process: join the cluster, then carry out the daemon's commands until it says ``stop``.
-
-    ``argv``: the link's descriptor, the cluster address, the namespace and
-    the daemon's worker endpoint.  Ray's core worker may end this process
-    (the GCS or the raylet went away): the daemon notices the link close.
-    Returns 0 after ``stop`` or when the daemon closed the link, 1 when
-    joining failed (the reason sent as ``failed``).
-    """
-    fd, address, namespace, bound = argv
-    sock = socket.socket(fileno=int(fd))
-    ray = import_ray()
-    try:
-        ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
-                 configure_logging=False)
-    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
-        send_msg(sock, ["failed", f"{type(exc).__name__}: {exc}"])
-        return 1
-    try:
-        driver = Driver(ray, sock, _connect_endpoint(ray, bound))
-        send_msg(sock, ["joined", driver.endpoint])
-        driver.serve()
-    finally:
-        ray.shutdown()
-    return 0
-
-
-def _connect_endpoint(ray: Any, bound: str) -> str:
-    host, _, port = bound.removeprefix("tcp://").rpartition(":")
-    if host in ("0.0.0.0", "*", "", "[::]", "::"):
-        host = ray.util.get_node_ip_address()
-    return f"tcp://{host}:{port}"
-
-
-class Driver:
-    """The driver process's side: the actors, their pending ``run()``s, and the argument objects it owns."""
-
-    def __init__(self, ray: Any, sock: socket.socket, endpoint: str) -> None:
-        self.ray, self.sock, self.endpoint = ray, sock, endpoint
-        self.host_cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)(WorkerHost)
-        self.actors: dict[str, Any] = {}
-        self.runs: dict[Any, str] = {}  # pending run() ref -> member name
-        self.wheres: dict[Any, str] = {}  # pending where() ref -> member name
-        self.retiring: set[str] = set()
-        self.refs: dict[str, Any] = {}  # key -> ObjectRef of a staged argument, until its job ends
-
-    def serve(self) -> None:
-        """Carry out commands and report ended runs until ``stop`` or the daemon closes the link."""
-        try:
-            while True:
-                ready, _, _ = select.select([self.sock], [], [], 0.2)
-                if ready and not self.command(recv_header(self.sock)):
-                    return
-                self.watch()
-        except EOFError:
-            return
-        finally:
-            for actor in self.actors.values():
-                try:
-                    self.ray.kill(actor, no_restart=True)
-                except Exception:  # noqa: BLE001,S110 - already gone
-                    pass
-
-    def command(self, cmd: list[Any]) -> bool:  # noqa: C901 - one branch per command
-        """Carry out one command of the daemon's; False for ``stop``."""
-        kind = cmd[0]
-        if kind == "add":
-            _, name, resources, secret, server_public, env = cmd
-            try:
-                actor = self.host_cls.options(name=name, **ray_options(resources)).remote(
-                    self.endpoint, secret, server_public, name, env, resources)
-            except Exception as exc:  # noqa: BLE001 - Ray's refusal of these options: this need's jobs fail
-                send_msg(self.sock, ["refused", name, f"{type(exc).__name__}: {exc}"])
-                return True
-            self.actors[name] = actor
-            self.runs[actor.run.remote()] = name
-        elif kind == "kill":
-            actor = self.actors.pop(cmd[1], None)
-            self.retiring.discard(cmd[1])
-            if actor is not None:
-                try:
-                    self.ray.kill(actor, no_restart=True)
-                except Exception as exc:  # noqa: BLE001 - already gone
-                    print(f"ensemble: kill of {cmd[1]} failed: {exc}", file=sys.stderr)
-        elif kind == "retiring":
-            self.retiring.add(cmd[1])
-        elif kind == "where" and cmd[1] in self.actors:
-            self.wheres[self.actors[cmd[1]].where.remote()] = cmd[1]
-        elif kind == "put":
-            import numpy as np
-
-            from actors.messages import _check_dtype
-
-            _, key, dtype, shape, nbytes = cmd
-            arr = np.empty(shape, _check_dtype(dtype))
-            recv_exact(self.sock, nbytes, arr.reshape(-1).view(np.uint8))
-            self.refs[key] = self.ray.put(arr)
-        elif kind == "stage" and cmd[1] in self.actors:
-            keys = [k for k in cmd[2] if k in self.refs]  # nested in a list: passed as refs, borrowed by the actor
-            self.actors[cmd[1]].stage.remote(keys, [self.refs[k] for k in keys])
-        elif kind == "release":
-            for key in cmd[1]:
-                self.refs.pop(key, None)
-            for name in cmd[2]:
-                if name in self.actors:
-                    self.actors[name].release.remote(cmd[1])
-        elif kind == "discard" and cmd[1] in self.actors:
-            self.actors[cmd[1]].release.remote(cmd[2])
-        elif kind == "take":
-            self.take(*cmd[1:])
-        elif kind == "stop":
-            return False
-        return True
-
-    def take(self, seq: int, name: str, keys: list[str], timeout: float) -> None:
-        """Answer a ``take``: the arrays' dtypes, shapes and sizes, then their bytes (or why not)."""
-        import numpy as np
-
-        actor = self.actors.get(name)
-        try:
-            if actor is None:
-                raise KeyError(f"no actor {name} here")
-            # Ray unpickles the actor's return value here: inside the trust boundary (see the module docstring)
-            arrays = [np.ascontiguousarray(a) for a in self.ray.get(actor.take.remote(keys), timeout=timeout)]
-            if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biufc" for a in arrays):
-                raise TypeError("the actor returned something other than numeric arrays")
-        except Exception as exc:  # noqa: BLE001 - RayActorError, GetTimeoutError, the actor's KeyError
-            send_msg(self.sock, ["took", seq, f"{type(exc).__name__}: {exc}", []])
-            return
-        send_msg(self.sock, ["took", seq, "", [[a.dtype.str, list(a.shape), a.nbytes] for a in arrays]])
-        for a in arrays:
-            self.sock.sendall(a.reshape(-1).view(np.uint8).data)
-
-    def watch(self) -> None:
-        """Report the runs that ended (submitting them again unless retiring) and the workers located."""
-        if self.runs:
-            ready, _ = self.ray.wait(list(self.runs), num_returns=len(self.runs), timeout=0)
-            for ref in ready:
-                name = self.runs.pop(ref)
-                if name not in self.actors:
-                    continue
-                try:
-                    self.ray.get(ref, timeout=0)
-                    ok, why = True, ""
-                except Exception as exc:  # noqa: BLE001 - RayActorError and kin: it died; Ray restarts it
-                    ok, why = False, type(exc).__name__
-                if not ok or name not in self.retiring:
-                    self.runs[self.actors[name].run.remote()] = name
-                send_msg(self.sock, ["ended", name, ok, why])
-        if self.wheres:
-            ready, _ = self.ray.wait(list(self.wheres), num_returns=len(self.wheres), timeout=0)
-            for ref in ready:
-                name = self.wheres.pop(ref)
-                try:
-                    pid, node, host = self.ray.get(ref, timeout=0)
-                except Exception:  # noqa: BLE001,S112 - it died meanwhile: asked again when it joins again
-                    continue
-                send_msg(self.sock, ["where", name, pid, node, host])
-
 
 def stored_keys(value: Any) -> list[StoredArray]:
     """Every :class:`StoredArray` key in ``value`` (nested lists and maps), in order."""
@@ -991,3 +672,4 @@ def stored_keys(value: Any) -> list[StoredArray]:
     keys: list[StoredArray] = []
     walk(value, lambda v: keys.append(v) if type(v) is StoredArray else None)
     return keys
+

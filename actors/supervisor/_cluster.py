@@ -1,7 +1,9 @@
 """Workers on a Ray cluster, as the supervisor sees them: open, scale, deaths Ray reports, placement for resources.
 
-The Ray side lives in :mod:`actors._ray` (imported only when ``[cluster] ray``
-is set); this mixin applies what it reports to the daemon's slots.  A
+The Ray side lives in :mod:`actors._ray` (the daemon's end, imported only
+when ``[cluster] ray`` is set; its driver process is
+:mod:`actors._ray_driver`, the actor on each node :mod:`actors._ray_host`);
+this mixin applies what it reports to the daemon's slots.  A
 Ray-placed worker joins like any remote worker (a ``remote:ray-...`` slot,
 bound to its key); what is particular to it is handled here:
 

@@ -26,7 +26,7 @@ def test_ray_configured_but_missing_is_one_clear_error(make_daemon: Any, tmp_pat
 
 
 def test_ray_options_map_resource_names_to_ray_s() -> None:
-    from actors._ray import ray_options
+    from actors._ray_driver import ray_options
 
     assert ray_options({"CPU": 1.0}) == {"num_cpus": 1.0, "num_gpus": 0.0}
     assert ray_options({"GPU": 1.0, "memory": 2e9, "accel": 4.0}) == {

@@ -1,6 +1,6 @@
 """The daemon and a Ray cluster that goes away, is not there, or refuses it: the daemon lives, says why, runs jobs.
 
-The Ray driver runs in a child of the daemon (``actors._ray.driver_main``):
+The Ray driver runs in a child of the daemon (``actors._ray_driver.driver_main``):
 Ray's core worker ends its driver a minute after the cluster's GCS went
 away, and a daemon that was the driver ended with it.  Marked slow: each
 test starts a cluster of its own (or waits for Ray to give up joining one).

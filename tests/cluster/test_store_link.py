@@ -26,7 +26,7 @@ def test_a_stored_key_crosses_only_where_the_decoder_accepts_keys() -> None:
 
 
 def test_the_link_carries_raw_bytes_both_ways_and_the_actor_keeps_results_until_taken() -> None:
-    from actors._ray import WorkerHost
+    from actors._ray_host import WorkerHost
     from actors._storelink import StoreLink
 
     host = WorkerHost("tcp://127.0.0.1:1", "", "", "ray-test-1", {}, {})

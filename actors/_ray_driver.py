@@ -1,0 +1,199 @@
+"""The Ray driver: a child process of the daemon that joins the cluster and carries out the daemon's commands.
+
+The daemon (:class:`actors._ray.RayWorkers`) starts ``driver_main`` in a
+process of its own, never in itself: Ray's core worker ends its driver's
+process when the cluster goes away, and that ends only this child.  The two
+talk over a socketpair in :mod:`actors._storelink`'s framing (msgpack
+headers, raw array bytes): the daemon sends commands (``add``, ``kill``,
+``retiring``, ``where``, ``put`` with an array's bytes, ``stage``,
+``release``, ``discard``, ``take``, ``stop``) and this process reports
+(``joined``/``failed``, ``ended``, ``where``, ``refused``, ``took`` with the
+arrays' bytes).  Here alone Ray is joined, and here Ray deserialises (pickle)
+what the cluster's actors return.  Runtime layer: no audio or controller
+imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import sys
+from typing import Any
+
+from actors._ray import import_ray
+from actors._ray_host import WorkerHost
+from actors._storelink import recv_exact, recv_header, send_msg
+
+
+def ray_options(resources: dict[str, float]) -> dict[str, Any]:
+    """Ray actor options reserving ``resources`` (``CPU``, ``GPU``, ``memory`` and custom names)."""
+    opts: dict[str, Any] = {"num_cpus": resources.get("CPU", 0.0), "num_gpus": resources.get("GPU", 0.0)}
+    if resources.get("memory"):
+        opts["memory"] = resources["memory"]
+    custom = {k: v for k, v in resources.items() if k not in ("CPU", "GPU", "memory")}
+    if custom:
+        opts["resources"] = custom
+    return opts
+
+
+
+def driver_main(argv: list[str]) -> int:
+    """The Ray driver's process: join the cluster, then carry out the daemon's commands until it says ``stop``.
+
+    ``argv``: the link's descriptor, the cluster address, the namespace and
+    the daemon's worker endpoint.  Ray's core worker may end this process
+    (the GCS or the raylet went away): the daemon notices the link close.
+    Returns 0 after ``stop`` or when the daemon closed the link, 1 when
+    joining failed (the reason sent as ``failed``).
+    """
+    fd, address, namespace, bound = argv
+    sock = socket.socket(fileno=int(fd))
+    ray = import_ray()
+    try:
+        ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+        send_msg(sock, ["failed", f"{type(exc).__name__}: {exc}"])
+        return 1
+    try:
+        driver = Driver(ray, sock, _connect_endpoint(ray, bound))
+        send_msg(sock, ["joined", driver.endpoint])
+        driver.serve()
+    finally:
+        ray.shutdown()
+    return 0
+
+
+def _connect_endpoint(ray: Any, bound: str) -> str:
+    host, _, port = bound.removeprefix("tcp://").rpartition(":")
+    if host in ("0.0.0.0", "*", "", "[::]", "::"):
+        host = ray.util.get_node_ip_address()
+    return f"tcp://{host}:{port}"
+
+
+class Driver:
+    """The driver process's side: the actors, their pending ``run()``s, and the argument objects it owns."""
+
+    def __init__(self, ray: Any, sock: socket.socket, endpoint: str) -> None:
+        self.ray, self.sock, self.endpoint = ray, sock, endpoint
+        self.host_cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)(WorkerHost)
+        self.actors: dict[str, Any] = {}
+        self.runs: dict[Any, str] = {}  # pending run() ref -> member name
+        self.wheres: dict[Any, str] = {}  # pending where() ref -> member name
+        self.retiring: set[str] = set()
+        self.refs: dict[str, Any] = {}  # key -> ObjectRef of a staged argument, until its job ends
+
+    def serve(self) -> None:
+        """Carry out commands and report ended runs until ``stop`` or the daemon closes the link."""
+        try:
+            while True:
+                ready, _, _ = select.select([self.sock], [], [], 0.2)
+                if ready and not self.command(recv_header(self.sock)):
+                    return
+                self.watch()
+        except EOFError:
+            return
+        finally:
+            for actor in self.actors.values():
+                try:
+                    self.ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001,S110 - already gone
+                    pass
+
+    def command(self, cmd: list[Any]) -> bool:  # noqa: C901 - one branch per command
+        """Carry out one command of the daemon's; False for ``stop``."""
+        kind = cmd[0]
+        if kind == "add":
+            _, name, resources, secret, server_public, env = cmd
+            try:
+                actor = self.host_cls.options(name=name, **ray_options(resources)).remote(
+                    self.endpoint, secret, server_public, name, env, resources)
+            except Exception as exc:  # noqa: BLE001 - Ray's refusal of these options: this need's jobs fail
+                send_msg(self.sock, ["refused", name, f"{type(exc).__name__}: {exc}"])
+                return True
+            self.actors[name] = actor
+            self.runs[actor.run.remote()] = name
+        elif kind == "kill":
+            actor = self.actors.pop(cmd[1], None)
+            self.retiring.discard(cmd[1])
+            if actor is not None:
+                try:
+                    self.ray.kill(actor, no_restart=True)
+                except Exception as exc:  # noqa: BLE001 - already gone
+                    print(f"ensemble: kill of {cmd[1]} failed: {exc}", file=sys.stderr)
+        elif kind == "retiring":
+            self.retiring.add(cmd[1])
+        elif kind == "where" and cmd[1] in self.actors:
+            self.wheres[self.actors[cmd[1]].where.remote()] = cmd[1]
+        elif kind == "put":
+            import numpy as np
+
+            from actors.messages import _check_dtype
+
+            _, key, dtype, shape, nbytes = cmd
+            arr = np.empty(shape, _check_dtype(dtype))
+            recv_exact(self.sock, nbytes, arr.reshape(-1).view(np.uint8))
+            self.refs[key] = self.ray.put(arr)
+        elif kind == "stage" and cmd[1] in self.actors:
+            keys = [k for k in cmd[2] if k in self.refs]  # nested in a list: passed as refs, borrowed by the actor
+            self.actors[cmd[1]].stage.remote(keys, [self.refs[k] for k in keys])
+        elif kind == "release":
+            for key in cmd[1]:
+                self.refs.pop(key, None)
+            for name in cmd[2]:
+                if name in self.actors:
+                    self.actors[name].release.remote(cmd[1])
+        elif kind == "discard" and cmd[1] in self.actors:
+            self.actors[cmd[1]].release.remote(cmd[2])
+        elif kind == "take":
+            self.take(*cmd[1:])
+        elif kind == "stop":
+            return False
+        return True
+
+    def take(self, seq: int, name: str, keys: list[str], timeout: float) -> None:
+        """Answer a ``take``: the arrays' dtypes, shapes and sizes, then their bytes (or why not)."""
+        import numpy as np
+
+        actor = self.actors.get(name)
+        try:
+            if actor is None:
+                raise KeyError(f"no actor {name} here")
+            # Ray unpickles the actor's return value here: inside the trust boundary (see the module docstring)
+            arrays = [np.ascontiguousarray(a) for a in self.ray.get(actor.take.remote(keys), timeout=timeout)]
+            if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biufc" for a in arrays):
+                raise TypeError("the actor returned something other than numeric arrays")
+        except Exception as exc:  # noqa: BLE001 - RayActorError, GetTimeoutError, the actor's KeyError
+            send_msg(self.sock, ["took", seq, f"{type(exc).__name__}: {exc}", []])
+            return
+        send_msg(self.sock, ["took", seq, "", [[a.dtype.str, list(a.shape), a.nbytes] for a in arrays]])
+        for a in arrays:
+            self.sock.sendall(a.reshape(-1).view(np.uint8).data)
+
+    def watch(self) -> None:
+        """Report the runs that ended (submitting them again unless retiring) and the workers located."""
+        if self.runs:
+            ready, _ = self.ray.wait(list(self.runs), num_returns=len(self.runs), timeout=0)
+            for ref in ready:
+                name = self.runs.pop(ref)
+                if name not in self.actors:
+                    continue
+                try:
+                    self.ray.get(ref, timeout=0)
+                    ok, why = True, ""
+                except Exception as exc:  # noqa: BLE001 - RayActorError and kin: it died; Ray restarts it
+                    ok, why = False, type(exc).__name__
+                if not ok or name not in self.retiring:
+                    self.runs[self.actors[name].run.remote()] = name
+                send_msg(self.sock, ["ended", name, ok, why])
+        if self.wheres:
+            ready, _ = self.ray.wait(list(self.wheres), num_returns=len(self.wheres), timeout=0)
+            for ref in ready:
+                name = self.wheres.pop(ref)
+                try:
+                    pid, node, host = self.ray.get(ref, timeout=0)
+                except Exception:  # noqa: BLE001,S112 - it died meanwhile: asked again when it joins again
+                    continue
+                send_msg(self.sock, ["where", name, pid, node, host])
+
