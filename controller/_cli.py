@@ -10,7 +10,7 @@ import click
 from actors.cli import Number, NumbersAsArguments, RegularFile, client_of, fail, parse_arg
 from actors.jsontext import json_text
 from controller._host import ParamDef
-from controller.client import Client, ScriptLoadError
+from controller.client import Client, ParamNotApplied, ScriptLoadError
 from controller.messages import ParamInfo
 
 
@@ -123,6 +123,9 @@ def param_get(ctx: click.Context, name: str) -> None:
     click.echo(json_text(value))
 
 
+SET_WAIT_S = 10.0  # how long `param set` waits for the controller to apply the value (a callback may hold it 5 s)
+
+
 @param.command("set", cls=NumbersAsArguments)  # `param set NAME -3`: a negative number is the value
 @click.argument("name")
 @click.argument("value")
@@ -131,7 +134,10 @@ def param_set(ctx: click.Context, name: str, value: str) -> None:
     """Set a parameter (VALUE read as JSON where it parses); prints the value it takes, as `param get` prints it."""
     wanted = parse_arg(value)
     with client_of(ctx, Client) as c:
-        c.set_param(name, wanted)  # the daemon checks the value first (ParamDef.coerce) and refuses it saying why
+        try:  # the daemon checks the value first (ParamDef.coerce) and refuses it saying why; then the controller
+            c.set_param(name, wanted, wait=SET_WAIT_S)  # applies it, or drops it (a load came first): said, exit 1
+        except ParamNotApplied as exc:
+            fail(str(exc))
         taken = _as_taken(c.params(), name, wanted)
     click.echo(f"{name} = {json_text(taken)}")
 

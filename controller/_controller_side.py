@@ -440,8 +440,8 @@ class ControllerScript:
         except BaseException as exc:  # noqa: BLE001
             self._forget_script()
             self._report("module code", exc, loading=self.loading_file)
-            for name, value, _ in carried:
-                self._not_applied(name, value, f"the load of {self.loading_file} failed, and no script runs")
+            for name, value, seq in carried:
+                self._not_applied(name, value, f"the load of {self.loading_file} failed, and no script runs", seq)
             return
         finally:
             _context._loading["active"] = False
@@ -509,27 +509,33 @@ class ControllerScript:
         """An acknowledged change queued before a load: applied to the script loaded, else reported not applied."""
         p = self.params.get(name)
         if p is None:
-            self._not_applied(name, value, f"the script loaded since ({self.path}) has no parameter {name!r}")
+            self._not_applied(name, value, f"the script loaded since ({self.path}) has no parameter {name!r}", seq)
             return
         try:
             p.coerce(value)
         except ValueError as exc:
-            self._not_applied(name, value, f"the script loaded since ({self.path}) refuses it: {exc}")
+            self._not_applied(name, value, f"the script loaded since ({self.path}) refuses it: {exc}", seq)
             return
         self._apply_param(name, value, seq)
 
-    def _not_applied(self, name: str, value: Any, why: str) -> None:
-        """Report an acknowledged ``param set`` that a load kept from being applied (status and log say so)."""
+    def _not_applied(self, name: str, value: Any, why: str, seq: int, load: bool = True) -> None:
+        """Report an acknowledged ``param set`` that was not applied (status and log say so, and its sender).
+
+        ``load``: a load came before it ran (else the controller refused it
+        itself).  ``seq``: the daemon's number of the change, with which the
+        daemon tells the client that sent it (``ParamState``).
+        """
         self.errors += 1
-        text = (f"param set {name}={value!r} was acknowledged but not applied: a load came before it ran, and "
-                f"{why}; set it again if it still matters")
+        came = "a load came before it ran, and " if load else ""
+        text = (f"param set {name}={value!r} was acknowledged but not applied: {came}{why}; set it again if it "
+                "still matters")
         log.error("event=script-error %s", text)
-        self.outbox.put(ScriptError("Controller", "error", text, ""))
+        self.outbox.put(ScriptError("Controller", "error", text, "", seq=seq))
 
     def _unload(self, reason: str) -> None:
         carried = self._acknowledged_sets()
-        for name, value, _ in carried:
-            self._not_applied(name, value, f"the script was unloaded ({reason})")
+        for name, value, seq in carried:
+            self._not_applied(name, value, f"the script was unloaded ({reason})", seq)
         self._drop_callbacks()
         self._forget_script()
         # after any ParamValues of the script; the daemon, which forgot the parameters when it sent the unload,
@@ -600,9 +606,18 @@ class ControllerScript:
 
     def _apply_param(self, name: str, value: Any, seq: int = 0) -> None:
         p = self.params.get(name)
-        if p is None:
-            raise KeyError(f"no parameter named {name!r}")
-        value = p.coerce(value)
+        try:
+            if p is None:
+                raise KeyError(f"no parameter named {name!r}")
+            value = p.coerce(value)
+        except (KeyError, ValueError) as exc:
+            if not seq:  # the script's own set_parameter: its error
+                raise
+            # a client's, acknowledged by a daemon that did not know yet (a load failed, or unloaded the script)
+            running = f"the script running ({self.path}) refuses it: " if self.path else "no script runs: "
+            self._not_applied(name, value, running + (exc.args[0] if isinstance(exc, KeyError) else str(exc)), seq,
+                              load=False)
+            return
         self.values[name] = value
         self.save_state()
         self.outbox.put(self._param_message([name] if p.processor and p.on_change else [], seq))

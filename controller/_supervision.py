@@ -55,6 +55,12 @@ which sees how the last one ended in ``slot.last_exit``):
   each change's ``seq`` in ``ParamValues.applied``) is sent to it again, so an
   acknowledged value is never lost to a restart; while no controller runs,
   ``param set`` is refused.
+
+The reply to ``param set`` numbers the change (``ParamState``, ``queued``), and
+its sender may ask what became of it (``ParamCheck``): applied, or dropped
+and why (a load came first and the script it loaded has no such parameter or
+refuses the value, or the script was dropped), as ``status`` says it;
+``ensemble param set`` waits for that and exits 1 with the reason.
 """
 
 from __future__ import annotations
@@ -69,7 +75,8 @@ from actors import DaemonError, JobRefused, OutOfRange, PermissionDenied
 from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, JobSpec, Message
 from controller.messages import (
-    ParamBind, ParamControl, ParamInfo, ParamInfos, ParamList, ParamSet, ParamValues, RunAsync, RunAsyncResult, RunSync,
+    ParamBind, ParamCheck, ParamControl, ParamInfo, ParamInfos, ParamList, ParamSet, ParamState, ParamValues, RunAsync,
+    RunAsyncResult, RunSync,
     ScriptError, ScriptLoad, ScriptReady, ScriptStop, ScriptUnload, UiEvent, UiList, UiState,
 )
 from controller._host import ParamDef
@@ -95,7 +102,7 @@ class ScriptExtension(Extension):
 
     name = "controller"
     children = (ChildSpec("controller", "controller", "controller.actor"),)
-    admin_requests = frozenset({ScriptLoad, ParamSet, ParamList, ParamBind, UiList, UiEvent})
+    admin_requests = frozenset({ScriptLoad, ParamSet, ParamCheck, ParamList, ParamBind, UiList, UiEvent})
 
     def __init__(self, host: Any) -> None:
         super().__init__(host)
@@ -124,12 +131,14 @@ class ScriptExtension(Extension):
         self.processor_wedged_at = 0.0  # the same for the processor (see _processor_rewedged)
         self.param_seq = 0
         self.unapplied: dict[str, ParamSet] = {}  # parameter -> its newest acknowledged change not yet applied
+        self.applied_seq = 0  # every change numbered up to this one was applied or dropped (ParamValues.applied)
+        self.set_drops: collections.OrderedDict[int, str] = collections.OrderedDict()  # seq -> why it was dropped
         self.unbound: dict[str, ParamBind] = {}  # parameter -> its acknowledged bind the controller has not shown yet
         self.stopped = ""  # why the running script is stopped (the controller's ScriptStop); "" while it runs
 
     def requests(self) -> dict[type, Any]:
-        return {ScriptLoad: self._load, ParamSet: self._param_set, ParamList: self._param_list, ParamBind: self._param_bind,
-                UiList: self._ui_list, UiEvent: self._ui_event}
+        return {ScriptLoad: self._load, ParamSet: self._param_set, ParamCheck: self._param_check,
+                ParamList: self._param_list, ParamBind: self._param_bind, UiList: self._ui_list, UiEvent: self._ui_event}
 
     def child_messages(self) -> dict[type, Any]:
         return {**{t: self._route for t in (ScriptReady, RunSync, RunAsync, RunAsyncResult, ParamValues, ParamSet,
@@ -158,7 +167,7 @@ class ScriptExtension(Extension):
                 self.host.send_child(slot, ScriptLoad(self.script_path, load=self.load_state[0]))
                 self._resend_unapplied(slot)
             else:
-                self.unapplied.clear()
+                self._drop_unapplied("the controller was restarted, and runs no script")
                 self.unbound.clear()
             self.load_lost = self.wedge_heard = False
 
@@ -252,9 +261,25 @@ class ScriptExtension(Extension):
         """The controller runs no script: no parameters, no UI elements, no change or bind left to send again."""
         self.params = {}
         self.ui = UiState([], self.ui.version + 1)
-        self.unapplied.clear()
+        self._drop_unapplied("the script was dropped before the controller applied it (see `ensemble status`)")
         self.unbound.clear()
         self.stopped = ""
+
+    def _drop_unapplied(self, why: str) -> None:
+        """The acknowledged changes not applied yet will never be: each is a drop its sender is told of.
+
+        The controller reports those it had queued itself, in more words,
+        when it drops them (``ScriptError.seq``); its report replaces this one.
+        """
+        for msg in self.unapplied.values():
+            self._set_dropped(msg.seq, f"param set {msg.name}={msg.value!r} was acknowledged but not applied: {why}")
+        self.unapplied.clear()
+
+    def _set_dropped(self, seq: int, text: str) -> None:
+        """Remember why the change numbered ``seq`` was not applied, for its sender (``ParamCheck``); the last 1,000."""
+        self.set_drops[seq] = text
+        while len(self.set_drops) > 1000:
+            self.set_drops.popitem(last=False)
 
     def _load_lost(self, reason: str, stuck: bool) -> None:
         """The load in progress fails as its controller goes down; the next controller runs the script before it.
@@ -369,7 +394,24 @@ class ScriptExtension(Extension):
                               f"{msg.name} was not set: set it again once the controller runs")
         self.unapplied.pop(msg.name, None)  # (kept in the order of their numbers)
         self.unapplied[msg.name] = msg  # sent again to a controller restarted before it applied it
-        return Ack(f"{msg.name} = {msg.value!r} queued")
+        return ParamState(msg.name, msg.seq, "queued")
+
+    def _param_check(self, corr: int, msg: ParamCheck) -> Message:
+        """What became of the change numbered ``msg.seq``: queued, applied, dropped (and why), or unknown.
+
+        The controller applies changes in their order, and says the last it
+        applied (``ParamValues.applied``): a change up to that one not
+        reported dropped (``ScriptError.seq``) was applied, or replaced by
+        a later change of the same parameter that was.  Costs a dict lookup.
+        """
+        seq = msg.seq
+        name = next((m.name for m in self.unapplied.values() if m.seq == seq), "")
+        if seq in self.set_drops:
+            return ParamState(name, seq, "dropped", self.set_drops[seq])
+        if not 0 < seq <= self.param_seq:
+            return ParamState(name, seq, "unknown", f"the daemon numbered no param set {seq} (it numbered "
+                                                    f"{self.param_seq} since it started)")
+        return ParamState(name, seq, "applied" if seq <= self.applied_seq else "queued")
 
     def _param_bind(self, corr: int, msg: ParamBind) -> Message:
         """``param bind NAME ccN``: checked here (name, controller, a kind a controller can move), applied by the controller."""
@@ -439,6 +481,7 @@ class ScriptExtension(Extension):
             self.params = {p.name: p for p in msg.params}
             if msg.applied:  # that change and every one before it are applied (control callbacks run in order)
                 self.unapplied = {n: m for n, m in self.unapplied.items() if m.seq > msg.applied}
+                self.applied_seq = max(self.applied_seq, msg.applied)
             if self.unbound:
                 self.unbound = {n: m for n, m in self.unbound.items()
                                 if n in self.params and self.params[n].cc != m.controller}
@@ -449,6 +492,9 @@ class ScriptExtension(Extension):
                 self.host.send_child(ctl, msg)
         elif isinstance(msg, ScriptError):
             where = msg.where()
+            if msg.seq and slot.role == "controller":  # a client's change was not applied: its sender is told
+                self._set_dropped(msg.seq, f"{msg.message}{where}")
+                self.unapplied = {n: m for n, m in self.unapplied.items() if m.seq != msg.seq}  # not sent again
             if msg.kind == "load-failed":
                 self._load_failed(slot, msg, where)
             if msg.kind == "wedged" and slot.role == "controller":  # it leaves now, to be restarted

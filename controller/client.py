@@ -12,11 +12,17 @@ from typing import Any
 
 import audio.client
 from actors import EnsembleError, WaitTimeout
-from controller.messages import ParamBind, ParamInfo, ParamList, ParamSet, ScriptLoad, UiEvent, UiList, UiState
+from controller.messages import (
+    ParamBind, ParamCheck, ParamInfo, ParamList, ParamSet, ParamState, ScriptLoad, UiEvent, UiList, UiState,
+)
 
 
 class ScriptLoadError(EnsembleError):
     """A script did not load: its module code raised (the message says what, with file and line)."""
+
+
+class ParamNotApplied(EnsembleError):
+    """A ``param set`` the daemon acknowledged was never applied (a load came first, or the script was dropped)."""
 
 
 class Client(audio.client.Client):
@@ -72,9 +78,37 @@ class Client(audio.client.Client):
                 return p.value
         raise KeyError(f"no parameter named {name!r}")
 
-    def set_param(self, name: str, value: Any) -> None:
-        """Set a parameter: it enters the controller's queue as a control callback."""
-        self._call(ParamSet(name, value))
+    def set_param(self, name: str, value: Any, wait: float | None = None) -> None:
+        """Set a parameter: it enters the controller's queue as a control callback.
+
+        The daemon checks the value first and refuses one the parameter
+        would refuse (OutOfRange, DaemonError for an unknown name), then
+        acknowledges it: the change is queued.  Returns then; with ``wait``
+        (seconds), only once the controller applied the value (and saved it;
+        its ``on_change`` runs after).  An acknowledged change can still be
+        dropped before it runs: a load came first and the script it loaded has
+        no such parameter or refuses the value, or the script was dropped.
+        With ``wait`` that raises :class:`ParamNotApplied` saying why (without,
+        ``ensemble status`` and the log say it), and :class:`WaitTimeout` if
+        ``wait`` seconds pass first (the change stays queued: a long callback
+        holds the controller's queue).  Blocks the caller.
+        """
+        queued = self._call(ParamSet(name, value))
+        if wait is not None and isinstance(queued, ParamState):
+            self._wait_applied(name, queued.seq, wait)
+
+    def _wait_applied(self, name: str, seq: int, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            state = self._call(ParamCheck(seq))
+            if state.state == "applied":
+                return
+            if state.state in ("dropped", "unknown"):
+                raise ParamNotApplied(state.error or f"param set {name} was not applied")
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"param set {name} was not applied within {wait:g}s: it waits in the controller's "
+                                  "queue behind a callback still running (see `ensemble status`)")
+            time.sleep(0.02)
 
     def bind_param(self, name: str, controller: int | None) -> None:
         """Bind a parameter to MIDI controller ``controller`` (0..127; None unbinds); persisted with the parameter."""

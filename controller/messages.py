@@ -2,7 +2,8 @@
 
 Part of the wire protocol (see :mod:`actors.messages` for the envelope, the
 codec and the limits); its kinds are 70..89 (82..85: the script's UI elements
-and the instrument panel; 86: unloading a script; 87: a script stopped in the controller).  Importing this module adds them to the decoder of
+and the instrument panel; 86: unloading a script; 87: a script stopped in the controller; 88, 89: what became of a
+``param set``).  Importing this module adds them to the decoder of
 the process.
 """
 
@@ -38,6 +39,8 @@ class ScriptKind(IntEnum):
     PANEL_START = 85
     SCRIPT_UNLOAD = 86
     SCRIPT_STOP = 87
+    PARAM_CHECK = 88
+    PARAM_STATE = 89
 
 
 class ScriptLoad(Message, tag=ScriptKind.SCRIPT_LOAD.value, frozen=True):
@@ -94,6 +97,7 @@ class ScriptError(Message, tag=ScriptKind.SCRIPT_ERROR.value, frozen=True):
     message: str
     location: str = ""
     load: Int64 = 0  # kind load-failed: the number of the ScriptLoad that failed (as in ScriptReady)
+    seq: Int64 = 0  # a client's param set (ParamSet.seq) this error says was not applied: the daemon tells its sender
 
     def where(self) -> str:
         """`` (file:line in function)``, or '' when the message says it already (a wrong-context error names
@@ -132,6 +136,28 @@ class ParamSet(Message, tag=ScriptKind.PARAM_SET.value, frozen=True):
     name: str
     value: Any
     seq: Int64 = 0  # the daemon's number for a client's change (0: a script's own), echoed in ParamValues.applied
+
+
+class ParamCheck(Message, tag=ScriptKind.PARAM_CHECK.value, frozen=True):
+    """Client -> daemon: what became of the ``param set`` the daemon numbered ``seq``; answered with :class:`ParamState`."""
+
+    seq: Int64
+
+
+class ParamState(Message, tag=ScriptKind.PARAM_STATE.value, frozen=True):
+    """What became of a client's ``param set``: the daemon's reply to :class:`ParamSet` (``queued``) and :class:`ParamCheck`.
+
+    ``state``: ``queued`` (acknowledged, waiting in the controller's queue),
+    ``applied`` (the controller took the value, and saved it; its
+    ``on_change`` runs after), ``dropped`` (acknowledged but never applied:
+    ``error`` says why, as ``status`` does), or ``unknown`` (a number the
+    daemon did not give, or no longer remembers: it keeps the last 1,000 drops).
+    """
+
+    name: str
+    seq: Int64
+    state: str
+    error: str = ""
 
 
 class ParamInfo(Record, frozen=True):
@@ -235,9 +261,10 @@ class PanelStart(Message, tag=ScriptKind.PANEL_START.value, frozen=True):
 
 register(ScriptKind, ScriptLoad, ScriptReady, ScriptError, RunSync, RunAsync, RunAsyncResult, ParamSet, ParamValues,
          ParamList, ParamInfos, ParamBind, ParamControl, UiState, UiList, UiEvent, PanelStart, ScriptUnload,
-         ScriptStop)
+         ScriptStop, ParamCheck, ParamState)
 
-__all__ = ["PanelStart", "ParamBind", "ParamControl", "ParamInfo", "ParamInfos", "ParamList", "ParamSet", "ParamValues",
+__all__ = ["PanelStart", "ParamBind", "ParamCheck", "ParamControl", "ParamInfo", "ParamInfos", "ParamList", "ParamSet",
+           "ParamState", "ParamValues",
            "RunAsync", "RunAsyncResult", "RunSync", "ScriptError", "ScriptKind", "ScriptLoad", "ScriptReady",
            "ScriptStop", "ScriptUnload", "UiElement", "UiEvent", "UiList", "UiState"]
 
