@@ -64,26 +64,37 @@ def _caller() -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
 
 
-def available_in(*contexts: str, during_load: bool = False, fix: str = "") -> Callable[[F], F]:
+def available_in(*contexts: str, during_load: bool = False, load_only: bool = False,
+                 fix: str = "") -> Callable[[F], F]:
     """Declare where a script function may run; the wrapper raises WrongContextError elsewhere.
 
     ``during_load``: also allowed while a script's module code runs in any
     context (definitions such as ``define_parameter`` are recorded on both sides).
+    ``load_only``: allowed *only* while module code runs (HALion defines
+    parameters when the script loads): a callback of ``contexts`` calling it
+    after the load gets the error too, naming when it may be called.
     ``fix``: the way out the error names, when no bridge leads there (see :func:`way_out`).
     """
 
     def wrap(fn: F) -> F:
         REGISTRY[fn.__name__] = contexts
         where = ", ".join(contexts)
-        fn.__doc__ = (fn.__doc__ or "").rstrip() + f"\n\n    **Available in:** {where}.\n"
+        when = " (while the script loads: its module code)" if load_only else ""
+        fn.__doc__ = (fn.__doc__ or "").rstrip() + f"\n\n    **Available in:** {where}{when}.\n"
 
         @functools.wraps(fn)
         def checked(*args: Any, **kwargs: Any) -> Any:
             here = get_context()
-            if here not in contexts and not (during_load and _loading["active"]):
+            loading = _loading["active"]
+            if here not in contexts and not (during_load and loading):
                 raise WrongContextError(
                     f"{fn.__name__}() is available in: {where}; it was called in: {here or 'no script context'} "
                     f"at {_caller()}; {fix or way_out(contexts, here)}"
+                )
+            if load_only and not loading:
+                raise WrongContextError(
+                    f"{fn.__name__}() may be called only while the script loads, in its module code; it was "
+                    f"called in: {here} at {_caller()}, after the script loaded; {fix or 'call it at the top level'}"
                 )
             return fn(*args, **kwargs)
 

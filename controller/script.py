@@ -81,8 +81,9 @@ class Event:
 
 
 # ------------------------------------------------------------------ controller (and every side's module code)
-@available_in(CONTROLLER, during_load=True, fix="define parameters in the script's module code (its top level), "
-              "which runs when the script loads; a callback cannot add one")
+@available_in(CONTROLLER, during_load=True, load_only=True,
+              fix="define parameters in the script's module code (its top level), which runs when the script "
+                  "loads; a callback cannot add one")
 def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: Any = None, max: Any = None,
                      on_change: Callable[[Any], Any] | None = None, *, kind: str = "", choices: list[Any] | None = None,
                      processor: bool = False) -> None:
@@ -92,8 +93,10 @@ def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: An
     with ``choices``.  ``on_change(value)`` runs in the controller's queue as a
     control callback, or with ``processor=True`` in the processor at the start
     of the next block.  Call it in the script's module code: that runs in
-    every context (the processor records the definitions it needs too), but a
-    processor callback calling it raises WrongContextError, as in HALion.
+    every context (the processor records the definitions it needs too).  As
+    in HALion, parameters are defined when the script loads: a callback
+    calling it, a controller one too (``on_load``, ``on_change``, a timer, a
+    click), raises WrongContextError saying so.
 
     Raises ValueError, and the script does not load, for a parameter that
     could never be set: ``min`` above ``max``, a default outside them (or not
