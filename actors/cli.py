@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -39,6 +39,9 @@ from actors._rundir import RunDir, check_private_path
 from actors._launch import start_daemon, wait_ready
 from actors.config import Config, load_config, not_regular_file
 from actors.extensions import register_commands
+
+if TYPE_CHECKING:
+    from actors.messages import JobInfo
 
 _DEBUG = False
 
@@ -699,19 +702,66 @@ def watch(ctx: click.Context, job_id: int) -> None:
 
 @main.command(cls=NumbersAsArguments)  # `cancel -1`: the id's range error, not "no such option"
 @click.argument("job_id", type=JOB_ID)
-@click.option("--wait", is_flag=True, help="Return only when the job has stopped.")
+@click.option("--wait", is_flag=True, help="Return only when the job has stopped, and say how it ended.")
 @click.pass_context
 def cancel(ctx: click.Context, job_id: int, wait: bool) -> None:
-    """Cancel a job: should_abort() turns true; force kill after its timeout."""
-    from actors.messages import Ack, Cancel, JobInfos
+    """Cancel a job: should_abort() turns true; force kill after its grace (submit --grace).
+
+    \b
+    What it says, on standard output, with exit status 0:
+      job N: cancelled                 it had not started
+      job N: abort requested           it is asked to stop
+      job N: STATE                     --wait: it stopped (cancelled; killed: why;
+                                       done or failed: it ended first)
+      job N had already ended (STATE)  nothing to cancel, --wait or not
+    Exit status 1: the job is unknown, or the daemon does not answer.
+    """
+    from actors.messages import Ack, Cancel
 
     with client_of(ctx) as c:  # the daemon's own answer: "cancelled", "abort requested", "had already ended (done)"
-        reply = c._call(Cancel(job_id, wait), timeout=30.0)
-    if isinstance(reply, JobInfos):
-        click.echo(f"job {job_id}: {reply.jobs[0].state}")
-    else:
+        reply = c._call(Cancel(job_id, False), timeout=30.0)
         detail = reply.detail if isinstance(reply, Ack) else "abort requested"
-        click.echo(detail if detail.startswith(f"job {job_id} ") else f"job {job_id}: {detail}")
+        if not wait or detail != "abort requested":
+            click.echo(detail if detail.startswith(f"job {job_id} ") else f"job {job_id}: {detail}")
+            return
+        info = _stopped(c, job_id)
+    click.echo(f"job {job_id}: {_how_it_ended(info)}")
+
+
+_CANCEL_ASK = 10.0  # seconds a Cancel(block) is waited for before the daemon is pinged and the job asked for again
+
+
+def _stopped(c: Any, job_id: int) -> JobInfo:
+    """The final snapshot of a job asked to stop, however long its grace (its JobInfo).
+
+    A waiting Cancel is asked again every :data:`_CANCEL_ASK` seconds while the
+    daemon answers its pings (:class:`_Pulse`, which ends the command in one
+    error line once it does not).  One wait of 30 s said "the daemon did not
+    answer Cancel" of a job whose grace was longer, stopping as asked.
+    """
+    from actors.messages import Cancel, JobInfos
+
+    pulse = _Pulse(c)
+    while True:
+        pulse.check(job_id)
+        asked = time.monotonic()
+        try:
+            reply = c._call(Cancel(job_id, True), timeout=_CANCEL_ASK)
+        except TransportError:
+            if time.monotonic() - asked < _CANCEL_ASK:  # not a wait that ran out: the request itself failed
+                raise
+            continue
+        assert isinstance(reply, JobInfos)
+        return reply.jobs[0]
+
+
+def _how_it_ended(info: JobInfo) -> str:
+    """A final state with what the daemon said of it: ``cancelled``, ``killed: cancel (no return within 500 ms
+    of the abort)``, ``failed (ValueError: boom)``, ``done``."""
+    said = f"{info.error_type}: {info.error_message}" if info.state == "failed" else info.error_message
+    if not said or said == info.state:
+        return str(info.state)
+    return said if said.startswith(f"{info.state}:") else f"{info.state} ({said})"
 
 
 @main.command(cls=NumbersAsArguments)  # `result -1`: the id's range error, not "no such option"
