@@ -660,10 +660,12 @@ def _print_result(handle: Any) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: each job's snapshot as the daemon keeps it (its progress as the job "
+                   "last set it, 0.0 if it never did, done or not; the table shows a done job at 100%).")
 @click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in JobState]),
               help="Only jobs in this state (repeatable).")
-@click.option("--limit", default=50, show_default=True,
+@click.option("--limit", default=50, show_default=True, help="List at most this many jobs (1 to 10000).",
               type=Number(int, 1, 10_000, "the daemon lists at most 10000 jobs"))
 @click.pass_context
 def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int) -> None:
@@ -678,7 +680,7 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     from rich.console import Console
     from rich.table import Table
 
-    from actors._top import cells
+    from actors._top import cells, shown_progress
 
     table = Table()
     for col in ("id", "function", "name", "state", "progress", "worker"):
@@ -686,7 +688,7 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     table.add_column("status", overflow="ellipsis", max_width=40)
     table.add_column("error", overflow="ellipsis", max_width=50)
     for i in infos:
-        table.add_row(*cells(str(i.id), i.fn, i.name, i.state, f"{i.progress * 100:.0f}%", i.worker, i.status,
+        table.add_row(*cells(str(i.id), i.fn, i.name, i.state, f"{shown_progress(i) * 100:.0f}%", i.worker, i.status,
                              f"{i.error_type}: {i.error_message}" if i.error_type else ""))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 

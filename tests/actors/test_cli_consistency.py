@@ -67,3 +67,34 @@ def test_cancel_wait_waits_out_a_grace_longer_than_30_seconds(module_daemon: Dae
     out = module_daemon.cli("cancel", str(job.id), "--wait", check=False, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"job {job.id}: cancelled", out
     assert "did not answer" not in out.stderr
+
+
+# ------------------------------------------------------------------------------ progress of a done job
+def test_a_done_job_that_never_set_its_progress_shows_100_percent_and_json_keeps_0(module_daemon: Daemon) -> None:
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    from actors._top import render
+
+    c = module_daemon.client()
+    done, failed = c.submit("examples.jobs:add", 1, 2), c.submit("examples.jobs:fail", "boom")
+    done.wait(30)
+    failed.wait(30)
+    table, as_json, helped = (p.stdout for p in module_daemon.cli_each(["jobs", "--limit", "50"],
+                                                                        ["jobs", "--json", "--limit", "50"],
+                                                                        ["jobs", "--help"]))
+    assert "100%" in _table_row(table, done.id), table  # (it read 0%)
+    assert " 0%" in _table_row(table, failed.id), table  # where a job that did not end well stopped
+    listed = {j["id"]: j for j in json.loads(as_json)}
+    assert listed[done.id]["progress"] == 0.0 and listed[done.id]["state"] == "done"  # the raw value, as documented
+    helped = " ".join(helped.split())
+    assert "0.0 if it never did, done or not" in helped
+    assert "--limit INTEGER List at most this many jobs (1 to 10000)." in helped  # (it had no text)
+
+    infos = {j.id: j for j in c.jobs(limit=50)}
+    screen = render(c.status(), [infos[done.id], infos[failed.id]])
+    jobs_table = screen.renderables[2]
+    assert isinstance(jobs_table, Table)
+    bars = {int(str(i)): bar for i, bar in zip(jobs_table.columns[0].cells, jobs_table.columns[3].cells)
+            if isinstance(bar, ProgressBar)}
+    assert bars[done.id].completed == 1.0 and bars[failed.id].completed == 0.0  # top's bar of a done job was empty
