@@ -16,13 +16,42 @@ if __name__ == "__main__":  # ``python -m actors.cli``: run the module itself, n
 
     importlib.import_module("actors.cli").run()
 
+import os
+import signal
+import sys
+
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """SIGINT before :func:`run` takes over: the line and the status of any other Ctrl-C (130), at once.
+
+    The command imports for ~0.2 s before it runs (click, rich, the packages' commands); a Ctrl-C then raised
+    a KeyboardInterrupt in whichever import it hit, and Python printed its traceback.  Nothing is open yet,
+    so there is nothing to close: ``os._exit``.  (What runs before this module, Python's start and the
+    ``actors`` package's ``__init__``, is not covered: a Ctrl-C there is still Python's.)
+    """
+    os.write(2, b"ensemble: error: interrupted\n")
+    os._exit(130)
+
+
+def _started_as_the_command() -> bool:
+    """Whether this import is the ``ensemble`` command's own: its console script, ``python -m actors`` or
+    ``python -m actors.cli`` (a program that imports this module keeps its own Ctrl-C)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None:
+        return spec.name in ("actors.__main__", "actors.cli")
+    return bool(sys.argv) and os.path.basename(sys.argv[0]) == "ensemble"  # the script pip writes
+
+
+if _started_as_the_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    try:  # (SIG_IGN, from a shell that runs the command in the background, is left as it is)
+        signal.signal(signal.SIGINT, _interrupted_while_starting)  # until run() starts
+    except ValueError:  # imported off the main thread: not the command's start
+        pass
+
 import json
 import logging
 import math
-import os
 import re
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -912,15 +941,21 @@ accept_global_options(main)
 
 
 def run() -> None:
-    """Console-script entry point: usage errors are one line too (``ensemble: error: ...``, exit 2)."""
+    """Console-script entry point: usage errors are one line too (``ensemble: error: ...``, exit 2); Ctrl-C is
+    ``ensemble: error: interrupted``, exit 130, from this module's import on (:func:`_interrupted_while_starting`)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:  # from here a KeyboardInterrupt, which the
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # commands handle (a job to cancel, a terminal)
     try:
         code = main.main(prog_name="ensemble", standalone_mode=False)
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
         _echo_error(f"{exc.format_message()}{hint}")
         sys.exit(2)
-    except click.Abort:
-        _echo_error("aborted")
+    except click.Abort as exc:  # click's, for a Ctrl-C while it parses the command line
+        _echo_error("interrupted" if isinstance(exc.__cause__, KeyboardInterrupt) else "aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:  # before click's own handling began
+        _echo_error("interrupted")
         sys.exit(130)
     except click.ClickException as exc:
         _echo_error(exc.format_message())

@@ -98,3 +98,77 @@ def test_a_done_job_that_never_set_its_progress_shows_100_percent_and_json_keeps
     bars = {int(str(i)): bar for i, bar in zip(jobs_table.columns[0].cells, jobs_table.columns[3].cells)
             if isinstance(bar, ProgressBar)}
     assert bars[done.id].completed == 1.0 and bars[failed.id].completed == 0.0  # top's bar of a done job was empty
+
+
+# ------------------------------------------------------------------------------ Ctrl-C while starting
+# what pip writes for the console script (`[project.scripts] ensemble = "actors.cli:run"`)
+PIP_SCRIPT = """# -*- coding: utf-8 -*-
+import re
+import sys
+from actors.cli import run
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(run())
+"""
+
+
+def _interrupted_while_starting(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], bool]:
+    """Run ``argv`` (a Python run with ``-X importtime``), send it SIGINT as soon as the command's module has
+    imported click, and return how it ended and whether it was still importing then (``actors.cli``'s own import
+    never ended: its importtime line is missing)."""
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # importtime's lines, each as an import ends (EOF should the process end first)
+            seen.append(line)
+            if re.search(r"\|\s+click$", line.rstrip()):
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = "".join(seen) + err
+    assert any(re.search(r"\|\s+click$", line.rstrip()) for line in seen), f"click was never imported:\n{err}"
+    still_importing = not re.search(r"^import time:.*\|\s*actors\.cli$", err, re.M)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), still_importing
+
+
+@pytest.mark.parametrize("entry", ["console script", "python -m actors"])
+def test_ctrl_c_while_the_command_imports_exits_130_in_one_line(module_daemon: Daemon, tmp_path: Path,
+                                                                entry: str) -> None:
+    """A Ctrl-C in the command's first ~0.2 s (its imports) printed a KeyboardInterrupt traceback and ended in
+    SIGINT (-2); now the one line and the 130 of any other Ctrl-C. Should the signal come after the imports, the
+    command (``watch`` of a running job) is interrupted as usual: the same line, the same status."""
+    job = module_daemon.client().submit("tests.jobs:polite", 120)
+    if entry == "console script":
+        script = tmp_path / "bin" / "ensemble"  # named as pip names it: the command is told by that name
+        script.parent.mkdir()
+        script.write_text(PIP_SCRIPT)
+        argv = [sys.executable, "-X", "importtime", str(script), "watch", str(job.id)]
+    else:
+        argv = [sys.executable, "-X", "importtime", "-m", "actors", "watch", str(job.id)]
+    during_import = 0
+    try:
+        for _ in range(8):  # until two landed in the imports (a slow reader may land later: that is fine too)
+            proc, importing = _interrupted_while_starting(argv, module_daemon.env)
+            assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+            assert proc.returncode == 130, (proc.returncode, proc.stderr[-3000:])
+            assert proc.stderr.rstrip().splitlines()[-1] == INTERRUPTED, proc.stderr[-3000:]
+            during_import += importing
+            if during_import >= 2:
+                break
+    finally:
+        job.cancel(block=True)
+    assert during_import, "no SIGINT landed while the command was importing: the test tested nothing"
+
+
+def test_a_program_that_imports_the_cli_keeps_its_own_ctrl_c() -> None:
+    """The handler is the command's only: a program importing ``actors.cli`` still gets its KeyboardInterrupt."""
+    code = ("import signal, actors.cli\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr
