@@ -81,8 +81,12 @@ def _said_by_the_cli(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("event=daemon-disconnected")
 
 
+USAGE = 2  # the exit status of a usage error (an argument or option the command refuses), as click's own
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one error line (a long value in it clipped: :func:`_echo_error`) and exit."""
+    """Print one error line (a long value in it clipped: :func:`_echo_error`) and exit (``code``: 1, an error;
+    :data:`USAGE`, a usage error; 130, interrupted: the exit statuses the man page lists)."""
     _echo_error(message)
     sys.exit(code)
 
@@ -313,7 +317,7 @@ def main(ctx: click.Context, name: str | None, config: str | None, debug: bool, 
     if _said_by_the_cli not in logging.getLogger("ensemble.client").filters:
         logging.getLogger("ensemble.client").addFilter(_said_by_the_cli)
     if connect and not (key and server_key):
-        fail("--connect needs --key (your .key_secret file) and --server-key (the daemon's server.key)")
+        fail("--connect needs --key (your .key_secret file) and --server-key (the daemon's server.key)", USAGE)
     ctx.ensure_object(dict).update(name=name, config=config, connect=connect, key=key, server_key=server_key)
 
 
@@ -507,16 +511,16 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
     for item in kw:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
-            fail(f"--kw {item!r} must look like NAME=VALUE")
+            fail(f"--kw {item!r} must look like NAME=VALUE", USAGE)
         if key in kwargs:  # (the last one won, silently)
-            fail(f"--kw {key} is given twice; give each keyword once")
+            fail(f"--kw {key} is given twice; give each keyword once", USAGE)
         kwargs[key] = parse_arg(value)
     from actors._resources import parse
 
     try:
         need = parse(resources, "--resources") if resources else None
     except EnsembleError as exc:
-        fail(str(exc))
+        fail(str(exc), USAGE)
     with client_of(ctx) as c:
         c.conn.search_cwd = True  # FN may be a module of the directory it is typed in, as with `python -m`
         def send() -> Any:
@@ -899,7 +903,7 @@ def worker(ctx: click.Context, endpoint: str, key: str, server_key: str, worker_
     try:
         offer = parse(resources, "--resources") if resources else host_resources()  # "none": offers nothing
     except EnsembleError as exc:
-        fail(str(exc))
+        fail(str(exc), USAGE)
     code = run_remote(config_of(ctx), endpoint, key, server_key, worker_name or socket.gethostname(), offer,
                       object_store_fd)
     sys.stdout.flush()

@@ -172,3 +172,24 @@ def test_a_program_that_imports_the_cli_keeps_its_own_ctrl_c() -> None:
             "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
+
+
+# ------------------------------------------------------------------------------ usage errors exit 2
+USAGE_MISTAKES: list[tuple[list[str], str]] = [
+    (["submit", "examples.jobs:add", "--kw", "no-equals"], "--kw 'no-equals' must look like NAME=VALUE"),
+    (["submit", "examples.jobs:add", "--kw", "a=1", "--kw", "a=2"], "--kw a is given twice"),
+    (["submit", "examples.jobs:add", "1", "2", "--resources", "GPU"], "--resources: 'GPU' is no NAME=AMOUNT"),
+    (["--connect", "tcp://127.0.0.1:9", "status"], "--connect needs --key"),
+]
+
+
+def test_usage_mistakes_the_command_checks_itself_exit_2_as_click_s_own(module_daemon: Daemon) -> None:
+    """They exited 1, the status of an error, where the man page says a usage error is 2 (and click's are)."""
+    key = module_daemon.base / "some.key"
+    key.write_text("x")
+    mistakes = [*USAGE_MISTAKES, (["worker", "--connect", "tcp://127.0.0.1:9", "--key", str(key), "--server-key",
+                                   str(key), "--resources", "X"], "--resources: 'X' is no NAME=AMOUNT")]
+    for (args, fragment), out in zip(mistakes, module_daemon.cli_each(*(a for a, _ in mistakes))):
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, out.returncode, out.stderr)
+        assert "Traceback" not in out.stderr
