@@ -158,8 +158,9 @@ def test_cancel_with_and_without_wait(module_daemon: Daemon) -> None:
     one_line_error(result, "cancelled")
     # the daemon's answer, not "abort requested" for a job that had ended (a reviewer's report)
     assert again.returncode == 0 and again.stdout.strip() == f"job {a.id} had already ended (cancelled)", again
-    # --wait: its final snapshot, as for a job that stops while it waits
-    assert again_wait.returncode == 0 and again_wait.stdout.strip() == f"job {a.id}: cancelled", again_wait
+    # --wait or not: a job that had ended is said to have ended (it said "job N: cancelled", as if just stopped)
+    assert again_wait.returncode == 0 and again_wait.stdout.strip() == f"job {a.id} had already ended (cancelled)", \
+        again_wait
     one_line_error(unknown, "unknown to this daemon")
 
 
