@@ -6,7 +6,11 @@ modules and may change.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from actors import _command_start
+
+_command_start.guard()  # first: a Ctrl-C while the `ensemble` command imports is one line, not a traceback
+
+from typing import TYPE_CHECKING  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -16,49 +16,20 @@ if __name__ == "__main__":  # ``python -m actors.cli``: run the module itself, n
 
     importlib.import_module("actors.cli").run()
 
-import os
-import signal
-import sys
-
-
-def _interrupted_while_starting(signum: int, frame: object) -> None:
-    """SIGINT before :func:`run` takes over: the line and the status of any other Ctrl-C (130), at once.
-
-    The command imports for ~0.2 s before it runs (click, rich, the packages' commands); a Ctrl-C then raised
-    a KeyboardInterrupt in whichever import it hit, and Python printed its traceback.  Nothing is open yet,
-    so there is nothing to close: ``os._exit``.  (What runs before this module, Python's start and the
-    ``actors`` package's ``__init__``, is not covered: a Ctrl-C there is still Python's.)
-    """
-    os.write(2, b"ensemble: error: interrupted\n")
-    os._exit(130)
-
-
-def _started_as_the_command() -> bool:
-    """Whether this import is the ``ensemble`` command's own: its console script, ``python -m actors`` or
-    ``python -m actors.cli`` (a program that imports this module keeps its own Ctrl-C)."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if spec is not None:
-        return spec.name in ("actors.__main__", "actors.cli")
-    return bool(sys.argv) and os.path.basename(sys.argv[0]) == "ensemble"  # the script pip writes
-
-
-if _started_as_the_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    try:  # (SIG_IGN, from a shell that runs the command in the background, is left as it is)
-        signal.signal(signal.SIGINT, _interrupted_while_starting)  # until run() starts
-    except ValueError:  # imported off the main thread: not the command's start
-        pass
-
 import json
 import logging
 import math
+import os
 import re
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from actors import __version__
+from actors import __version__, _command_start
 from actors._completion import completion
 from actors.jsontext import json_text
 from actors._errors import EnsembleError, JobCancelled, TransportError
@@ -946,9 +917,8 @@ accept_global_options(main)
 
 def run() -> None:
     """Console-script entry point: usage errors are one line too (``ensemble: error: ...``, exit 2); Ctrl-C is
-    ``ensemble: error: interrupted``, exit 130, from this module's import on (:func:`_interrupted_while_starting`)."""
-    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:  # from here a KeyboardInterrupt, which the
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # commands handle (a job to cancel, a terminal)
+    ``ensemble: error: interrupted``, exit 130, from the package's import on (:mod:`actors._command_start`)."""
+    _command_start.release()  # from here a KeyboardInterrupt, which the commands handle (a job to cancel, a terminal)
     try:
         code = main.main(prog_name="ensemble", standalone_mode=False)
     except click.UsageError as exc:

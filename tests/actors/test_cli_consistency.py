@@ -112,9 +112,11 @@ if __name__ == '__main__':
 """
 
 
-def _interrupted_while_starting(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], bool]:
-    """Run ``argv`` (a Python run with ``-X importtime``), send it SIGINT as soon as the command's module has
-    imported click, and return how it ended and whether it was still importing then (``actors.cli``'s own import
+def _interrupted_while_starting(argv: list[str], env: dict[str, str],
+                                 trigger: str) -> tuple[subprocess.CompletedProcess[str], bool]:
+    """Run ``argv`` (a Python run with ``-X importtime``), send it SIGINT as soon as module ``trigger`` has been
+    imported (``msgspec``: by the ``actors`` package itself; ``click``: by ``actors.cli``), and return how it
+    ended and whether it was still importing then (``actors.cli``'s own import
     never ended: its importtime line is missing)."""
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -123,7 +125,7 @@ def _interrupted_while_starting(argv: list[str], env: dict[str, str]) -> tuple[s
         assert proc.stderr is not None
         for line in proc.stderr:  # importtime's lines, each as an import ends (EOF should the process end first)
             seen.append(line)
-            if re.search(r"\|\s+click$", line.rstrip()):
+            if re.search(rf"\|\s+{trigger}$", line.rstrip()):
                 proc.send_signal(signal.SIGINT)
                 break
         out, err = proc.communicate(timeout=60)
@@ -132,14 +134,15 @@ def _interrupted_while_starting(argv: list[str], env: dict[str, str]) -> tuple[s
             proc.kill()
             proc.communicate()
     err = "".join(seen) + err
-    assert any(re.search(r"\|\s+click$", line.rstrip()) for line in seen), f"click was never imported:\n{err}"
+    assert any(re.search(rf"\|\s+{trigger}$", line.rstrip()) for line in seen), f"{trigger} never imported:\n{err}"
     still_importing = not re.search(r"^import time:.*\|\s*actors\.cli$", err, re.M)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err), still_importing
 
 
+@pytest.mark.parametrize("trigger", ["msgspec", "click"])
 @pytest.mark.parametrize("entry", ["console script", "python -m actors"])
 def test_ctrl_c_while_the_command_imports_exits_130_in_one_line(module_daemon: Daemon, tmp_path: Path,
-                                                                entry: str) -> None:
+                                                                entry: str, trigger: str) -> None:
     """A Ctrl-C in the command's first ~0.2 s (its imports) printed a KeyboardInterrupt traceback and ended in
     SIGINT (-2); now the one line and the 130 of any other Ctrl-C. Should the signal come after the imports, the
     command (``watch`` of a running job) is interrupted as usual: the same line, the same status."""
@@ -154,7 +157,7 @@ def test_ctrl_c_while_the_command_imports_exits_130_in_one_line(module_daemon: D
     during_import = 0
     try:
         for _ in range(8):  # until two landed in the imports (a slow reader may land later: that is fine too)
-            proc, importing = _interrupted_while_starting(argv, module_daemon.env)
+            proc, importing = _interrupted_while_starting(argv, module_daemon.env, trigger)
             assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
             assert proc.returncode == 130, (proc.returncode, proc.stderr[-3000:])
             assert proc.stderr.rstrip().splitlines()[-1] == INTERRUPTED, proc.stderr[-3000:]
@@ -166,9 +169,11 @@ def test_ctrl_c_while_the_command_imports_exits_130_in_one_line(module_daemon: D
     assert during_import, "no SIGINT landed while the command was importing: the test tested nothing"
 
 
-def test_a_program_that_imports_the_cli_keeps_its_own_ctrl_c() -> None:
-    """The handler is the command's only: a program importing ``actors.cli`` still gets its KeyboardInterrupt."""
-    code = ("import signal, actors.cli\n"
+@pytest.mark.parametrize("module", ["actors", "actors.cli"])
+def test_a_program_that_imports_the_cli_keeps_its_own_ctrl_c(module: str) -> None:
+    """The handler is the command's only: a program importing ``actors`` or ``actors.cli`` still gets its
+    KeyboardInterrupt."""
+    code = (f"import signal, {module}\n"
             "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
