@@ -275,6 +275,9 @@ def child_main(cls: type[Child]) -> None:
         sys.exit(3)
     cfg = Config.from_json(sys.argv[1])
     child = cls(cfg, sys.argv[2])
+    # what the code run here (jobs, scripts) sees as its command line: not the daemon's whole configuration
+    # (a job of a script run as __main__ gets its caller's: actors.callables.use_main)
+    sys.argv = [sys.argv[0]]
     code = child.run()
     try:
         sys.stdout.flush()
