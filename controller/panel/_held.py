@@ -9,7 +9,8 @@ every note a page started and has not ended in ``<run dir>/panel-notes.json``
 (mode 0600, written atomically) *before* the note on leaves.  When the
 process exits, the supervisor tells the panel's extension as it reaps it
 (``PanelExtension.child_exited``, before any restart), which sends a note
-off to the processor for each note that file names and clears it: the notes
+off to the processor for each note that file names (and each the daemon
+passed on and saw no note off for) and clears it: the notes
 end whether or not a panel is started again (the supervisor gave up on it
 after too many restarts, or each start exits before serving).  Those it
 could not send (no processor running) stay in the file, and the next panel

@@ -5,8 +5,12 @@ supervisor's thread and never blocks.  The panel is a supervised child like
 the others (restarted on a crash, within the restart intensity), but it is
 started only when asked for: a daemon without a panel runs no web server.
 When its process exits, the notes its pages held (``panel-notes.json``,
-:mod:`~controller.panel._held`) are ended here, whether or not it is started
-again (:meth:`PanelExtension.child_exited`).
+:mod:`~controller.panel._held`, and the daemon's own record) are ended here,
+whether or not it is started again (:meth:`PanelExtension.child_exited`).
+The panel sends its pages' notes on its own channel (its child socket), not
+as a client: the daemon reads that channel only while the process lives, so
+a note on still on its way when the process is reaped is dropped with its
+other frames, never carried out after the note off (:meth:`PanelExtension._note`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from actors import DaemonError, PermissionDenied
 from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, Message
-from audio.messages import NoteOffEvent
+from audio.messages import NoteOffEvent, NoteOnEvent
 from controller.messages import PanelStart
 from controller.panel import _held, _settings
 from controller.panel._settings import PanelSettings
@@ -38,6 +42,7 @@ class PanelExtension(Extension):
         self.run_dir = host.cfg.run_dir
         self.settings: PanelSettings | None = None
         self._serial = 0  # of the settings last written (PanelSettings.serial)
+        self.sounding: set[int] = set()  # notes the running panel process started and has not ended (_note)
         self._at_start: tuple[str, int] | None = None
         wanted = os.environ.get(START_ENV, "")
         if wanted:
@@ -76,6 +81,36 @@ class PanelExtension(Extension):
     def requests(self) -> dict[type, Any]:
         return {PanelStart: self._start}
 
+    def child_messages(self) -> dict[type, Any]:
+        return {NoteOnEvent: self._note, NoteOffEvent: self._note}
+
+    def _note(self, slot: Any, msg: NoteOnEvent | NoteOffEvent) -> None:
+        """A page's note on or off, on the panel process's own channel: to the processor, and into our record.
+
+        In the order the panel sent them, and only while that process lives:
+        the supervisor reads no frame of a process it has reaped, so every
+        note on passed on here came before :meth:`child_exited` ends the
+        notes left (our record of what was passed on, and the panel's file).
+        A note from another child, or out of range, is dropped; one the
+        processor cannot take (not running) is logged.
+        """
+        if slot.name != SPEC.name or not 0 <= msg.note <= 127:
+            log.warning("event=panel-note-ignored from=%s note=%s", slot.name, msg.note)
+            return
+        if isinstance(msg, NoteOnEvent):
+            if not 0.0 < msg.velocity <= 1.0:
+                log.warning("event=panel-note-ignored from=%s note=%d velocity=%s", slot.name, msg.note, msg.velocity)
+                return
+            self.sounding.add(msg.note)
+            event: NoteOnEvent | NoteOffEvent = NoteOnEvent(msg.note, msg.velocity)
+        else:
+            self.sounding.discard(msg.note)
+            event = NoteOffEvent(msg.note)
+        processor = self.host.child("processor")
+        if processor is None or not self.host.send_child(processor, event):
+            log.warning("event=panel-note-dropped kind=%s note=%d reason=the processor is not running",
+                        type(event).__name__, msg.note)
+
     def status(self, counters: dict[str, Any]) -> None:
         current = _settings.read(self.run_dir) if self.settings is not None else None  # the port it really got
         if current is not None:
@@ -90,9 +125,11 @@ class PanelExtension(Extension):
         """The panel's process exited: send a note off for each note its pages held, and clear the record.
 
         The process wrote the notes it started and had not ended to
-        ``panel-notes.json`` before each note on; dead, it ends none of
-        them, and the supervisor may not start another (past its restart
-        intensity, or each start exits before serving).  Those that cannot
+        ``panel-notes.json`` before each note on, and the notes it sent came
+        through :meth:`_note`, which keeps its own record; dead, it ends none
+        of them, and the supervisor may not start another (past its restart
+        intensity, or each start exits before serving).  Its frames still on
+        their way are not read (its note ons too).  Those that cannot
         go (no processor running) stay in the file, for a panel process
         started later (``DaemonView.release_left_over``).  Supervisor's
         thread: one small file read, and a write when notes are left.
@@ -100,7 +137,8 @@ class PanelExtension(Extension):
         if slot.name != SPEC.name:
             return
         held = _held.HeldNotes(self.run_dir)
-        left = held.left_over()
+        left = sorted(set(held.left_over()) | self.sounding)  # ours: a note off it sent after it wrote the file
+        self.sounding = set()  # the next process starts holding none
         if not left:
             return
         processor = self.host.child("processor")

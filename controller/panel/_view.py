@@ -19,12 +19,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from actors import EnsembleError
 from controller.client import Client
 from actors.config import Config
-from actors.messages import JobInfo
+from actors.messages import JobInfo, Message
+from audio.messages import NoteOffEvent, NoteOnEvent
 from controller.panel._held import HeldNotes
 from controller.panel._sound import SoundRefused, decode
 
@@ -85,10 +86,14 @@ class DaemonView:
     """Snapshots of the daemon and actions on it, through two local clients: the client thread's and the slow one's.
 
     Each method says on which thread it runs; each thread has its own client.
+    ``send`` puts a message on the panel process's own channel to the daemon
+    (its child socket, :class:`actors._child.Outbox`): the notes go there, not
+    through a client (see :meth:`_note_on`).
     """
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, send: Callable[[Message], None]) -> None:
         self.cfg = cfg
+        self.send = send
         self.client: Client | None = None  # the client thread's
         self.slow_client: Client | None = None  # the slow thread's (SLOW_OPS, uploads)
         self.held = HeldNotes(cfg.run_dir)  # client thread: the notes the pages hold, on disk for a successor
@@ -196,10 +201,10 @@ class DaemonView:
         try:
             c = self._slow() if op in SLOW_OPS else self._c()  # (its daemon gone: an error for the page)
             if op == "note_on":
-                self._note_on(c, _int(msg, "note", 0, 127), _int(msg, "velocity", 1, 127, 100))
+                self._note_on(_int(msg, "note", 0, 127), _int(msg, "velocity", 1, 127, 100))
             elif op == "note_off":
                 note = _int(msg, "note", 0, 127)
-                c.note_off(note)
+                self.send(NoteOffEvent(note))
                 self.held.ended(note)
             elif op == "param":
                 c.set_param(str(msg.get("name", "")), msg.get("value"))
@@ -219,27 +224,28 @@ class DaemonView:
             raise ActionError(str(exc).splitlines()[0]) from None
         return f"{op} done"
 
-    def _note_on(self, c: Client, note: int, velocity: int) -> None:
-        """Record ``note`` as held (on disk, for a successor, should this process die), then send its note on."""
+    def _note_on(self, note: int, velocity: int) -> None:
+        """Record ``note`` as held (on disk, for the daemon, should this process die), then send its note on.
+
+        Notes go on the panel process's own channel to the daemon, which reads
+        it only while this process lives: as it reaps the process it ends the
+        notes held (``PanelExtension.child_exited``), and a note on still on
+        its way then is dropped with the dead process's other frames.  Sent as
+        a client request, such a note on was carried out after that note off,
+        and sounded on.  Never blocks; a note the daemon cannot pass on (no
+        processor running) is logged there.
+        """
         self.held.started(note)
-        try:
-            c.note_on(note, velocity)
-        except BaseException:
-            self.held.ended(note)  # it may have gone out all the same: a successor's note off would be harmless
-            raise
+        self.send(NoteOnEvent(note, velocity / 127))
 
     def release_notes(self, notes: list[int], reason: str = "the page that held them went away") -> bool:
-        """Client thread: note offs for ``notes``, which nobody holds any more.  Blocking; a failure is logged.
+        """Client thread: note offs for ``notes``, which nobody holds any more, on the channel of the note ons.
 
-        Returns False if the daemon refused or did not answer (the notes not
-        yet ended stay recorded, for a successor to end).
+        Never blocks; returns True (the daemon ends each note whatever becomes
+        of this process: it keeps its own record of the notes the panel holds).
         """
         for note in notes:
-            try:
-                self._c().note_off(note)
-            except EnsembleError as exc:
-                log.warning("event=panel-note-release-failed note=%d reason=%s", note, str(exc).splitlines()[0])
-                return False
+            self.send(NoteOffEvent(note))
             self.held.ended(note)
         log.info("event=panel-notes-released notes=%s reason=%s", notes, reason)
         return True
@@ -247,10 +253,9 @@ class DaemonView:
     def release_left_over(self) -> None:
         """Client thread, before anything else: end the notes an earlier panel process held when it ended.
 
-        That process died without its note offs (SIGKILL, a crash); its
-        notes are in ``panel-notes.json`` (:mod:`~controller.panel._held`).
-        Those not ended (the daemon did not answer) stay in the file for the
-        next panel process.  Blocking.
+        That process died without its note offs (SIGKILL, a crash), and the
+        daemon could not end its notes then (no processor ran); they are in
+        ``panel-notes.json`` (:mod:`~controller.panel._held`).  Never blocks.
         """
         left = self.held.left_over()
         if left:

@@ -60,7 +60,7 @@ class Panel(Child):
         if running is not None:  # asked to move (a race with a failed bind): the new address replaces it
             running.stop()
             self.server = None
-        server = PanelServer(settings, DaemonView(self.cfg))
+        server = PanelServer(settings, DaemonView(self.cfg, self.outbox.put))  # notes: on our own channel
         try:
             port = server.start()
         except OSError as exc:
