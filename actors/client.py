@@ -393,14 +393,18 @@ _reaper_lock = threading.Lock()
 def _close_when_dropped(client: object, conn: Connection, private: Any) -> "weakref.finalize[Any, Any]":
     """Close ``conn`` (and stop ``private``) once ``client`` is collected without ``close()``; the finalizer.
 
-    Its I/O thread kept a dropped client's connection open for the life of
-    the process (13 descriptors and a thread here, 2 descriptors in the
-    daemon: 1,000 dropped clients held 13,006 and 3,001).  The collector runs
-    the finalizer in whatever thread it runs in, which may hold the
-    connection's locks, so it only queues the connection for the reaper
-    thread (``queue.SimpleQueue.put`` is safe there).  A client's pending
-    jobs keep it alive (their listeners hold its handles), so it goes once
-    they have ended.  Not at exit: the program's end closes what is left.
+    For a :class:`Client` and an :class:`AsyncClient`.  Its I/O thread kept a
+    dropped client's connection open for the life of the process (13
+    descriptors and a thread here, 2 descriptors in the daemon: 1,000 dropped
+    clients held 13,006 and 3,001).  The collector runs the finalizer in
+    whatever thread it runs in, which may hold the connection's locks (or be
+    an event loop's, which must not wait for a daemon to stop), so it only
+    queues the connection for the reaper thread (``queue.SimpleQueue.put`` is
+    safe there), which needs no event loop: an async client's may be closed
+    by then.  A client's pending jobs keep it alive (their listeners hold its
+    handles; an async client's pinger task too, while its loop runs), so it
+    goes once they have ended.  Not at exit: the program's end closes what is
+    left.
     """
     global _DROPPED, _reaper
     with _reaper_lock:
@@ -1525,6 +1529,10 @@ class AsyncClient(_OnConnection):
     - ``close()`` ends every unfinished handle with :class:`ClientClosed` (the
       jobs go on in the daemon).
 
+    Dropped without ``close()``, it is closed once collected (a handle held
+    keeps it, and so does a job it follows until the job ends), and a private
+    daemon stops: by a thread of its own, without its event loop.
+
     Usable from several event loops, one after another or at once (a handle
     belongs to the loop that submitted it).
     """
@@ -1544,6 +1552,8 @@ class AsyncClient(_OnConnection):
         self._abandoned: set[Future[Any]] = set()
         self._unfinished: dict[asyncio.AbstractEventLoop, set[AsyncJobHandle]] = {}  # per loop
         self._pingers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}  # per loop, while it has some
+        # dropped unclosed: closed by the reaper, off every loop (the loops that used it may be closed by then)
+        self._dropped = _close_when_dropped(self, self.conn, self._private)
 
     async def _answer(self, fut: Future[Any], what: str,
                       abandoned: Callable[[Future[Any]], None] | None = None) -> Any:
@@ -1681,7 +1691,10 @@ class AsyncClient(_OnConnection):
                 self._unfinished.setdefault(loop, set()).add(handle)
                 pinger = self._pingers.get(loop)
                 if pinger is None or pinger.done():
-                    self._pingers[loop] = loop.create_task(self._ping_while_unfinished(loop))
+                    pinger = self._pingers[loop] = loop.create_task(self._ping_while_unfinished(loop))
+                    # a loop closed by hand while it waits leaves it pending, harmlessly (it holds the client and
+                    # is collected with it): asyncio logged "Task was destroyed but it is pending!" then
+                    cast(Any, pinger)._log_destroy_pending = False  # (as asyncio's run_until_complete does)
         if closed:  # close() ran while the daemon answered this submit
             self._end_closed(handle)
 
@@ -1811,6 +1824,7 @@ class AsyncClient(_OnConnection):
                 await _aio().to_thread(self._wait_abandoned)
         finally:  # (this await cancelled too: the connection closes all the same)
             self._close_connection()
+        self._dropped.detach()  # (here, not first: a close cancelled before leaves the private daemon to it)
         private, self._private = self._private, None
         if private is not None and not self.conn.forked:  # (a fork's child: the parent's daemon)
             await _aio().to_thread(private.stop)
