@@ -27,6 +27,11 @@ A job's abort (a cancel, its deadline, a stop) is a row of ``events`` of kind
 ``abort`` (:data:`ABORT_EVENT`), its reason the detail; a cancel's or a
 deadline's is written before its worker is told, and recovery reads them back
 (:meth:`Journal.aborts`).
+A result that names shared-memory segments its worker made (arrays nobody
+owns but its taker) has a row of ``result_segments`` naming them, written
+with its end; pruning the job hands those names back to be unlinked
+(:meth:`Journal.prune`), so a result nobody took leaves ``/dev/shm`` with its
+row.  Only such results have one: the others cost nothing.
 Read jobs through the ``job_rows`` view (a job's row with its result
 folded in).  Finding unfinished jobs at start-up scans from the ``horizon``
 (the smallest id that was still live when last recorded), not the whole table.
@@ -43,7 +48,7 @@ import time
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from actors._errors import DaemonError
 from actors._state import FINAL
@@ -124,6 +129,10 @@ CREATE TABLE IF NOT EXISTS starts(
     started REAL NOT NULL,
     worker TEXT NOT NULL,
     attempts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS result_segments(
+    id INTEGER PRIMARY KEY,
+    names TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
 DROP VIEW IF EXISTS job_rows;
@@ -224,6 +233,7 @@ class Journal:
         self._finishes: list[tuple[Any, ...]] = []
         self._requeues: list[tuple[Any, ...]] = []
         self._events: list[tuple[Any, ...]] = []
+        self._segments: list[tuple[int, str]] = []  # (job id, the names of its result's segments)
         self._progress: dict[int, tuple[Any, ...]] = {}
         self._horizon: int | None = None
         # the write-ahead rule: every job with an id up to this one has its row written (a job is dispatched
@@ -470,6 +480,17 @@ class Journal:
              *(start[:3] if start is not None else (None, None, None)))
         )
 
+    def staged_result(self, job_id: int) -> bytes | None:
+        """The result (as it is written) of the end staged last, if that end is ``job_id``'s; else None."""
+        row = self._finishes[-1] if self._finishes else None
+        return row[3] if row is not None and row[0] == job_id else None
+
+    def stage_segments(self, job_id: int, names: Sequence[str]) -> None:
+        """Record that a job's result names these shared-memory segments (made by its worker, for its taker):
+        unlinked when the job is pruned (:meth:`prune`).  Staged with the job's end, written in its commit;
+        the first record of a job wins, as its end does.  ``names`` hold no whitespace (segment names)."""
+        self._segments.append((job_id, " ".join(names)))
+
     def stage_event(self, job_id: int, kind: str, detail: str = "", t: float | None = None) -> None:
         """Record an event on a job (stalled, retried, killed, ...)."""
         self._events.append((job_id, time.time() if t is None else t, kind, detail))
@@ -482,7 +503,7 @@ class Journal:
     def staged_rows(self) -> int:
         """How many rows the next commit writes (besides the horizon)."""
         return (len(self._inserts) + len(self._new_contexts) + len(self._starts) + len(self._finishes) + len(self._requeues)
-                + len(self._events) + len(self._progress))
+                + len(self._events) + len(self._progress) + len(self._segments))
 
     def staged_jobs(self) -> int:
         """How many new jobs are staged (not written yet)."""
@@ -582,7 +603,7 @@ class Journal:
             return False
         first = self._inserts[:n]
         try:
-            self._write((self._new_contexts, first, [], [], [], [], [], None))
+            self._write((self._new_contexts, first, [], [], [], [], [], [], None))
         except DaemonError:
             return False  # still staged: the commit writes them, or keeps its failure and says why
         del self._inserts[:n]
@@ -719,15 +740,16 @@ class Journal:
     def _take(self) -> tuple[Any, ...]:
         self._taken_id = self._inserts[-1][0] if self._inserts else 0  # ids are staged in increasing order
         batch = (self._new_contexts, self._inserts, self._requeues, list(self._starts.values()),
-                 list(self._progress.values()), self._finishes, self._events, self._horizon)
+                 list(self._progress.values()), self._finishes, self._events, self._segments, self._horizon)
         self._new_contexts, self._inserts, self._requeues, self._finishes, self._events = [], [], [], [], []
+        self._segments = []
         self._starts = {}
         self._progress = {}
         self._horizon = None
         return batch
 
     def _write(self, batch: tuple[Any, ...]) -> None:
-        contexts, inserts, requeues, starts, progress, finishes, events, horizon = batch
+        contexts, inserts, requeues, starts, progress, finishes, events, segments, horizon = batch
         db = self.db
         try:
             db.execute("BEGIN")
@@ -748,6 +770,8 @@ class Journal:
                                  "traceback, progress, status, properties, started, worker, attempts) VALUES ", finishes)
             if events:
                 db.executemany("INSERT INTO events(job_id, t, kind, detail) VALUES (?,?,?,?)", events)
+            if segments:
+                db.executemany("INSERT OR IGNORE INTO result_segments(id, names) VALUES (?,?)", segments)
             if horizon is not None:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('horizon', ?)", (horizon,))
             db.execute("COMMIT")
@@ -836,9 +860,17 @@ class Journal:
         self._settle()  # the connection is the writer thread's while a commit is in flight
         return dict(self.db.execute("SELECT state, COUNT(*) FROM job_rows GROUP BY state").fetchall())
 
-    def prune(self, older_than: float) -> int:
+    def prune(self, older_than: float, unlink: Callable[[list[tuple[str, float]]], object] | None = None) -> int:
         """Delete up to :attr:`prune_slice` terminal jobs finished before ``older_than`` (epoch seconds), with
         their starts and events, in one transaction; how many it deleted.
+
+        ``unlink`` is called once that transaction is committed, with the
+        shared-memory segments the deleted jobs' results named (see
+        :meth:`stage_segments`), as ``(name, when its job ended)``, if any:
+        nobody can ask for those results any more.  The names are as the
+        journal held them; ``unlink`` checks them
+        (:func:`actors.shm.unlink_ended`).  Most jobs have none: one lookup
+        in an empty range of ``result_segments`` a slice.
 
         Runs on the daemon's loop, so it is one bounded slice: the caller
         calls again soon while :attr:`prune_behind` says there is more (a
@@ -862,8 +894,14 @@ class Journal:
                 chosen, params = "SELECT id FROM results WHERE id <= ? AND finished < ?", (last, older_than)
                 self._orphans.update(r[0] for r in db.execute(f"SELECT DISTINCT ctx FROM jobs WHERE id IN ({chosen})",
                                                                params))
+                named = db.execute("SELECT s.id, s.names, r.finished FROM result_segments s JOIN results r ON "
+                                   "r.id = s.id WHERE s.id <= ? AND r.finished < ?", params).fetchall()
+                if named:  # (by id: a subquery of the chosen rows would be built once more for a table mostly empty)
+                    db.executemany("DELETE FROM result_segments WHERE id=?", [row[:1] for row in named])
                 for rows in ("events WHERE job_id", "starts WHERE id", "jobs WHERE id", "results WHERE id"):
                     db.execute(f"DELETE FROM {rows} IN ({chosen})", params)  # results last: it chooses the rows
+            else:
+                named = []
             if n < self.prune_slice:
                 self._drop_orphans()
             db.execute("COMMIT")
@@ -876,6 +914,8 @@ class Journal:
             raise
         self.prune_behind = n >= self.prune_slice
         self._wrote(4 * n, 0)
+        if named and unlink is not None:
+            unlink([(name, ended) for _, names, ended in named for name in names.split()])
         self._size_slice(time.perf_counter() - began)
         return int(n)
 

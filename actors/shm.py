@@ -2,7 +2,9 @@
 
 Segments are named ``ensemble.<daemon>.<run-dir hash>.<pid>.<n>`` (see ``Config.shm_key``) so that the daemon can
 sweep the ones a killed process left behind (at ``ensemble up`` and at
-``ensemble down``).  :class:`actors.messages.ArrayHandle` is the wire form.
+``ensemble down``), and tell the segments a worker made for a job's result
+(:func:`made_by`), unlinked when the job is pruned should nobody take them
+(:func:`unlink_ended`).  :class:`actors.messages.ArrayHandle` is the wire form.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import itertools
 import logging
 import mmap
 import os
+import re
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from actors._errors import ProtocolError
 from actors._values import MANY, Exact, Pickled, scalars
@@ -31,6 +35,84 @@ def segment_prefix(daemon: str) -> str:
 def new_segment_name(daemon: str) -> str:
     """A fresh segment name for this process."""
     return f"{segment_prefix(daemon)}{os.getpid()}.{next(_counter)}"
+
+
+def process_prefix(prefix: str, pid: int) -> str:
+    """Name prefix of the segments the process ``pid`` makes for the daemon whose prefix is ``prefix``."""
+    return f"{prefix}{pid}."
+
+
+_PLAIN = frozenset({type(None), bytes, str, int, float, bool})  # values that hold no array handle
+_TAIL = re.compile(r"[0-9]{1,20}")  # what follows a process's prefix in the name of a segment it made
+_OWN_NAME = re.compile(r"[0-9]{1,10}\.[0-9]{1,20}")  # what follows a daemon's prefix: <pid>.<n>
+# a result segment made later than this after its job ended is another one of that name: a process with the same
+# pid (once pids wrapped round, or after a restart) made it again; ctime is the kernel's coarse clock, ms behind
+_MADE_AFTER_END_S = 1.0
+
+
+def made_by(value: Any, maker: str) -> list[str]:
+    """The names of the segments that ``value`` (a job's value as the daemon decoded it) names and one process
+    made: ``maker`` is that process's prefix (:func:`process_prefix`), the worker that ran the job.
+
+    So the segments of a job's result that nobody owns but its taker: what
+    the worker copied a result into, or a ``task.empty()`` array; not an
+    argument it returned (the client's ``empty()`` array, or the client's
+    pooled segment), which its client keeps and unlinks.  Reads the
+    handles only (a pickled value is never unpickled).  One type test for
+    a value of no container (None, bytes, str, a number); else a walk of
+    its leaves (:func:`walk`).
+    """
+    if type(value) in _PLAIN:
+        return []
+    found: dict[str, None] = {}
+    start = len(maker)
+
+    def leaf(v: Any) -> Any:
+        if type(v) is ArrayHandle and v.name.startswith(maker) and _TAIL.fullmatch(v.name, start):
+            found[v.name] = None
+        return v
+
+    walk(value, leaf)
+    return list(found)
+
+
+def unlink_ended(segments: Iterable[tuple[str, float]], prefix: str) -> int:
+    """Unlink the result segments of jobs whose journal rows were pruned: ``(name, when its job ended)``
+    pairs, ``prefix`` the daemon's own (``ensemble.<key>.``); how many it removed.
+
+    A name is checked before anything is done with it (it came from a
+    worker, and through the journal's file): it must be ``prefix`` then
+    ``<pid>.<n>`` (else it is logged and skipped); the segment must be a
+    file of this user, made no later than its job ended (one made after
+    is another segment of that name, made again by a process with the same
+    pid: left alone).  One already gone is fine: its result was taken (the
+    taker unlinks it), or the daemon restarted since (segments are swept at
+    ``up`` and ``down``).  One ``lstat`` and one ``unlink`` a segment;
+    what fails is logged, never raised (ValueError only for a ``prefix``
+    that is no daemon's).
+    """
+    if not prefix.startswith("ensemble.") or "/" in prefix:
+        raise ValueError(f"{prefix!r} is not a daemon's segment prefix")
+    uid = os.getuid()
+    removed = 0
+    start = len(prefix)
+    for name, ended in segments:
+        if not name.startswith(prefix) or not _OWN_NAME.fullmatch(name, start):
+            log.warning("event=foreign-result-segment name=%r detail=not one of this daemon's segment names; "
+                        "left alone", name[:120])
+            continue
+        path = SHM_DIR / name
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_ctime > ended + _MADE_AFTER_END_S:
+                continue
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("event=unlink-failed name=%s reason=%s", name, exc.strerror)
+    return removed
 
 
 def sweep_segments(daemon: str) -> int:

@@ -6,6 +6,12 @@ this mixin applies their decisions to sockets and the job book.
 A cancel or a deadline reaches the worker only once the journal has written
 it (:meth:`WorkMixin._abort`, :meth:`~WorkMixin._tell_aborts`): the next
 ``up`` after a kill -9 then ends the job cancelled, never runs it again.
+
+A result array a worker put in shared memory is its taker's to unlink (the
+client that asks for the result); one nobody takes is unlinked when its job
+is pruned: the journal records which segments a result holds with its end
+(:meth:`WorkMixin._note_segments`), and pruning hands them back
+(:meth:`WorkMixin._prune`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from actors._jobs import Job, ending
 from actors._task import MAX_TIMEOUT_MS
 from actors._values import TUPLE, Exact
 from actors.messages import AbortJob, Ack, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, encode
+from actors.shm import made_by, process_prefix, unlink_ended
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
 from actors.supervisor._cluster import holds_stored
@@ -30,6 +37,9 @@ from actors.supervisor._transport import _inline, _short
 from actors.supervisor._state import State
 
 log = logging.getLogger("ensemble.supervisor")
+# a job is pruned no sooner than this after it ended, whatever the retention: its end may still be on its way to
+# its owner, whose client maps its result arrays when it comes (pruning unlinks the ones nobody took)
+KEEP_ENDED_S = 60.0
 
 
 class WorkMixin(State):
@@ -76,11 +86,34 @@ class WorkMixin(State):
                 # pickle (those are bytes or lists: actors._exact.pickled_value), and its exception by name only
                 value = Exact(TUPLE, [value]) if state == "done" else None
             self._finish(job, state, now, value, etype, text, traceback)
+            if value is not None and slot.proc is not None and not slot.remote:
+                self._note_segments(job, value, slot.proc.pid)
         if gone:
             return
         self._advance(slot, now, time.monotonic())
         if slot.retire and not slot.outstanding:
             self.stop_child(slot, "scaled down")
+
+    def _note_segments(self, job: Job, value: Any, pid: int) -> None:
+        """Journal the shared-memory segments a job's result holds that its worker (process ``pid``) made, with
+        the job's end (just staged), to be unlinked when the job is pruned should nobody take them
+        (:func:`actors.shm.made_by`: not an argument the job returned, which its client owns).
+
+        The result as the journal writes it is searched for the names that
+        worker gives its segments first (a segment's name is there as it is,
+        at any depth): the walk of the value's leaves, a Python loop, is made
+        only for a result that holds one.  Held results of a worker that died
+        (read from its file, its pid gone) are not looked at: theirs stay
+        until ``ensemble down``.
+        """
+        assert self.book is not None
+        journal = self.book.journal
+        maker = process_prefix(self.shm_prefix, pid)
+        blob = journal.staged_result(job.id)
+        if blob is not None and maker.encode() in blob:
+            names = made_by(value, maker)
+            if names:
+                journal.stage_segments(job.id, names)
 
     def _advance(self, slot: Slot, now: float, mono: float) -> None:
         """Mark the job now at the head of a worker's line as running.
@@ -382,12 +415,15 @@ class WorkMixin(State):
         job.unstarted_cancels = None
 
     def _prune(self) -> None:
+        """One slice of pruning (:meth:`Journal.prune <actors._journal.Journal.prune>`): jobs that ended
+        ``[jobs] retention`` ago (and at least :data:`KEEP_ENDED_S`) leave the journal, and the result arrays
+        nobody took leave shared memory with them."""
         assert self.journal is not None and self.book is not None
         self.book.mark_horizon()  # committed at the end of this iteration, with the results it relies on
         if self.journal.write_error:  # the disk is full, say: pruning writes too; the next prune tries again
             return
         try:
-            n = self.journal.prune(time.time() - self.cfg.jobs.retention)
+            n = self.journal.prune(time.time() - max(self.cfg.jobs.retention, KEEP_ENDED_S), self._unlink_pruned)
         except sqlite3.OperationalError as exc:  # as a commit's: it may pass (the disk full); the daemon goes on
             log.warning("event=prune-failed reason=%s", exc)
             return
@@ -395,3 +431,7 @@ class WorkMixin(State):
         if self.pruned and not self.journal.prune_behind:  # once a round (a backlog takes hundreds of slices)
             log.info("event=prune jobs=%d", self.pruned)
             self.pruned = 0
+
+    def _unlink_pruned(self, segments: list[tuple[str, float]]) -> None:
+        """Unlink the result segments of pruned jobs that nobody took (counted in ``result_segments_unlinked``)."""
+        self.counters["result_segments_unlinked"] += unlink_ended(segments, self.shm_prefix)
