@@ -5,7 +5,9 @@ changes, results, events) and :meth:`Journal.commit` writes them in one
 transaction, before any acknowledgement of that iteration is sent.  A larger
 commit goes to a writer thread (:meth:`Journal.commit_async`) and the
 acknowledgements wait for it there; checkpoints of the log run in a thread of
-their own, never inside a commit.
+their own, never inside a commit (under a steady stream of big values the
+writer copies the last tail of the log between two commits, so that the log
+starts over: :meth:`Journal._copy_tail`).
 
 Layout, chosen for the cost per job (``python -m bench --only throughput``):
 a job is a row of ``jobs`` (its spec, inserted once as ``queued``), a row of
@@ -68,6 +70,19 @@ _CHECKPOINT_BYTES = 32 << 20
 _WAL_LIMIT_BYTES = 2 * _CHECKPOINT_BYTES
 _CHECKPOINT_RETRY_SECONDS = 0.25  # a checkpoint that could not copy the whole log (a reader, commits meanwhile) is
 # tried again after this long, until it does: else the log is never started over and its file only grows
+# A checkpoint during which commits were written copied the log only up to where it began: the log is not started
+# over. Once the log is half of _WAL_LIMIT_BYTES long, the checkpoint thread then copies on at once, each pass
+# copying what came during the one before, in less time, while a pass copies more than _TAIL_FRAMES frames (~1 MiB
+# of 4 KiB pages), at most half of what the one before copied (past that, the passes' syncs take their time, not
+# the copying: the tails shrink no more) and for _CHASE_PASSES passes at most; the rest, what came during the last
+# pass, is copied by the writer between two commits (Journal._copy_tail). A shorter log is left as it is: small
+# rows (no-op jobs) fill it slowly, and a checkpoint ends between two of their commits often enough
+_TAIL_FRAMES = 256
+_CHASE_PASSES = 4
+# bytes of values committed between two looks (one stat) at the size of the log's file: past _WAL_LIMIT_BYTES (the
+# checkpoints cannot keep up: a disk slower than the results coming in), the writer copies the log back itself
+_LOG_LOOK_BYTES = 1 << 20
+_COPY_TAIL = ("copy the log's tail",)  # handed to the writer thread, as a batch is (see Journal._copy_tail_later)
 # Pruning runs in slices, one transaction each, on the daemon's loop (between two iterations that serve requests):
 # a slice deletes up to ``Journal.prune_slice`` jobs, halved when a slice took more than _PRUNE_SLICE_SECONDS and
 # doubled when it took less than half of it, within _PRUNE_SLICE_JOBS. A slice of jobs with small rows takes ~2 us a
@@ -260,6 +275,11 @@ class Journal:
         self.write_error = ""
         self._unchecked = 0  # rows committed since the last checkpoint was asked for
         self._unchecked_bytes = 0  # bytes of values committed since then
+        self._commits = 0  # commits written (the checkpoint thread tells by it whether commits came during a pass)
+        self._tail_due = False  # the log's tail is for the writer to copy at its next commit (see _copy_tail)
+        self._pass_lock = threading.Lock()  # held for each checkpoint, on either thread (one at a time)
+        self._unlooked_bytes = 0  # bytes of values committed since the log's file was last looked at
+        self._wal = Path(f"{path}-wal")  # the log's file
         self.prune_slice = _PRUNE_SLICE_JOBS[1]  # jobs the next slice of pruning deletes at most (see prune)
         self.prune_behind = False  # whether the last slice of pruning found more to delete than it could
         self._orphans: set[int] = set()  # contexts whose jobs were pruned, looked at once a pruning is through
@@ -347,6 +367,7 @@ class Journal:
             _unlink(tmp)
             why = ""
         self.db = _connect(where)
+        self._wal = Path(f"{where}-wal")
         st = os.stat(where)
         self._file_id = (st.st_dev, st.st_ino)
         if why:
@@ -670,7 +691,10 @@ class Journal:
             if batch is None:
                 return
             try:
-                self._write(batch)
+                if batch is _COPY_TAIL:
+                    self._copy_tail()
+                else:
+                    self._write(batch)
             except BaseException as exc:  # noqa: BLE001 - handed to the daemon's loop, which raises it
                 self._error = exc
             self._written.set()
@@ -678,12 +702,68 @@ class Journal:
 
     def _wrote(self, rows: int, nbytes: int) -> None:
         """Count what a commit wrote; ask for a checkpoint once :data:`_CHECKPOINT_ROWS` rows or
-        :data:`_CHECKPOINT_BYTES` bytes were written since the last one was asked for."""
+        :data:`_CHECKPOINT_BYTES` bytes were written since the last one was asked for; copy the log's tail if
+        the checkpoint thread left it to the writer, or if the log's file has grown past
+        :data:`_WAL_LIMIT_BYTES` (:meth:`_copy_tail`; looked at every :data:`_LOG_LOOK_BYTES`).  Never
+        raises: the commit is written."""
+        self._commits += 1
         self._unchecked += rows
         self._unchecked_bytes += nbytes
         if self._unchecked >= _CHECKPOINT_ROWS or self._unchecked_bytes >= _CHECKPOINT_BYTES:
             self._unchecked = self._unchecked_bytes = 0
             self._ask_checkpoint()
+        self._unlooked_bytes += nbytes
+        if self._unlooked_bytes >= _LOG_LOOK_BYTES:
+            self._unlooked_bytes = 0
+            try:
+                self._tail_due = self._tail_due or os.stat(self._wal).st_size > _WAL_LIMIT_BYTES
+            except OSError:  # (no log yet)
+                pass
+        if self._tail_due:
+            self._tail_due = False
+            if threading.current_thread() is self._writer:
+                self._copy_tail()
+            else:  # a commit written on the daemon's loop: the loop goes on meanwhile, the next commit waits
+                self._copy_tail_later()
+
+    def _copy_tail_later(self) -> None:
+        """Hand :meth:`_copy_tail` to the writer thread as if it were a commit (:attr:`busy` until collected:
+        the daemon begins no commit meanwhile, and what waits for one waits for it; nothing else waits)."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
+            self._writer.start()
+        self._inflight = True
+        self._written.clear()
+        self._inflight_batch = ()
+        self._batches.put(_COPY_TAIL)
+
+    def _copy_tail(self) -> None:
+        """Copy back the tail of the log that the checkpoint thread could not, here, between two commits: so
+        that the next commit starts the log over and cuts its file back to :data:`_WAL_LIMIT_BYTES`.
+
+        Under a steady stream of commits (big results, one after another)
+        every checkpoint beside them ends with commits written meanwhile,
+        uncopied, and SQLite starts the log over only once all of it is
+        copied: the log's file grew by all that was written (600 MiB for
+        3,000 results of 200 KB).  No commit can come in here (this
+        connection is the only writer, on the thread that writes), so this
+        copies the tail whole unless a reader (another process) holds an
+        older snapshot.  The checkpoint thread hands over a short tail (see
+        :data:`_TAIL_FRAMES`): some copying and two syncs before the next
+        commit (on the writer thread: :meth:`_copy_tail_later`), once per
+        half of :data:`_WAL_LIMIT_BYTES` of log written while such a stream
+        lasts.  A checkpoint of that thread under way is waited for first:
+        when the log outgrew its file, the checkpoints could not keep up,
+        and the commits wait for them (the disk takes the results no faster).
+        """
+        with self._pass_lock:
+            try:
+                busy = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]
+            except sqlite3.Error as exc:
+                log.warning("event=checkpoint-failed reason=%s", exc)
+                return
+        if busy:  # a checkpoint of another process under way: tried again after the next commit
+            self._tail_due = True
 
     @property
     def checkpoint_busy(self) -> bool:
@@ -716,26 +796,55 @@ class Journal:
         log start over once everything in it is copied: the next commit then
         writes from the start of the file and truncates it to
         :data:`_WAL_LIMIT_BYTES`.  One that could not copy everything (a
-        reader still on an older snapshot, commits meanwhile) is tried again
-        every :data:`_CHECKPOINT_RETRY_SECONDS` until it does, asked or not.
+        reader still on an older snapshot) is tried again every
+        :data:`_CHECKPOINT_RETRY_SECONDS` until it does, asked or not.  One
+        during which commits were written copied the log up to where it
+        began only (and says it copied it all): once the log is long, it goes
+        on at once, and leaves the last tail to the writer (:meth:`_next_pass`).
         """
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         try:
+            long_log = _WAL_LIMIT_BYTES // 2 // (db.execute("PRAGMA page_size").fetchone()[0] + 24)  # (frames)
+            logged = copied = last = 0  # (last: the frames the last pass copied)
+            chase = 0  # passes made at once in a row, each after one during which commits came
             while True:
-                self._checkpoint_due.wait(_CHECKPOINT_RETRY_SECONDS if self._checkpoint_partial else None)
+                if not chase:
+                    self._checkpoint_due.wait(_CHECKPOINT_RETRY_SECONDS if self._checkpoint_partial else None)
                 self._checkpoint_due.clear()
                 if self._closing:
                     return
                 asked = self._checkpoints_asked
+                if self._tail_due:  # the writer copies the log's tail at its next commit: a pass now would only
+                    self._checkpoints_done = asked  # make it wait, and end with a tail again
+                    chase = 0
+                    continue
+                commits = self._commits
+                before = copied
                 try:
-                    busy, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    with self._pass_lock:
+                        busy, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     self._checkpoint_partial = bool(busy) or copied < logged
                 except sqlite3.Error as exc:  # busy or failing: tried again; commits go on
                     self._checkpoint_partial = True
                     log.warning("event=checkpoint-failed reason=%s", exc)
+                frames = copied - before if copied >= before else copied  # (the log started over in between)
+                chase = 0 if self._checkpoint_partial or self._commits == commits or logged < long_log \
+                    else self._next_pass(frames, last, chase)
+                last = frames
                 self._checkpoints_done = asked
         finally:
             db.close()
+
+    def _next_pass(self, frames: int, before: int, chase: int) -> int:
+        """After a pass that copied ``frames`` frames (the one before it, ``before``) while commits were
+        written (what they wrote is not copied, so the log is not started over): the number of the next pass
+        to make at once, or 0 to hand the tail to the writer (:meth:`_copy_tail`), once the last pass copied
+        :data:`_TAIL_FRAMES` or fewer (the tail it left is shorter still), no less than half of the one before
+        it (the tails shrink no more), or after :data:`_CHASE_PASSES` passes."""
+        if frames > _TAIL_FRAMES and chase < _CHASE_PASSES and (not chase or frames <= before // 2):
+            return chase + 1
+        self._tail_due = True
+        return 0
 
     def _take(self) -> tuple[Any, ...]:
         self._taken_id = self._inserts[-1][0] if self._inserts else 0  # ids are staged in increasing order
