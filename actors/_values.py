@@ -58,8 +58,12 @@ class Exact:
     """A value of one of the module's types as it crosses: its tag and its data (MessagePack values, with
     :class:`Exact` inside for nested ones).  Equal by identity: one that was a dict key stays a distinct key.
 
-    Hashed as the value it stands for, so one that is no key where it is rebuilt (a tuple holding a list, a set)
-    is refused as a dict key or a set item where it is read (the daemon), not in the worker that rebuilds it.
+    Hashed by identity too, as equality says, once the value it stands for has been found hashable: one that is
+    no key where it is rebuilt (a tuple holding a list, a set) is refused as a dict key or a set item where it is
+    read (the daemon), not in the worker that rebuilds it.  Not the value's own hash: a peer could send a set or
+    a map of many values whose hashes collide (big ints ``k * (2**61 - 1)``, or one tuple sent N times, which
+    are N distinct keys here), and each insert would compare with all before it: seconds of the daemon's loop
+    for a frame of 100 KB.
     """
 
     __slots__ = ("tag", "data")
@@ -72,7 +76,8 @@ class Exact:
         return self is other
 
     def __hash__(self) -> int:
-        return hash(rebuild(self.tag, self.data))  # TypeError (unhashable) for what may not be a key
+        hash(rebuild(self.tag, self.data))  # TypeError (unhashable) for what may not be a key
+        return id(self) >> 4
 
     def __repr__(self) -> str:
         return f"Exact({self.tag}, {self.data!r})"
