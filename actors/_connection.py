@@ -62,7 +62,8 @@ from actors._procs import alive as process_alive
 from actors._rundir import RunDir, check_private_path
 from actors.config import Config
 from actors.messages import (
-    Error, JobInfo, JobInfos, JobSpec, Limits, ListJobs, Message, Submit, Submitted, Watch, decode, encode, peek_corr,
+    MAX_SUBMIT, Error, JobInfo, JobInfos, JobSpec, Limits, ListJobs, Message, Submit, Submitted, Watch, decode, encode,
+    peek_corr,
 )
 
 Listener = Callable[[JobInfo], None]
@@ -84,6 +85,31 @@ def setup_bytes(spec: JobSpec) -> int:
 
 def _text_bytes(values: list[Any]) -> int:
     return sum(len(a) for a in values if isinstance(a, (bytes, bytearray, str)))
+
+
+def _pieces(specs: list[JobSpec], fut: Future[list[int]],
+            listener: Listener | None) -> list[tuple[list[JobSpec], Future[list[int]], Listener | None]]:
+    """A batch longer than one Submit may carry, as pieces of :data:`MAX_SUBMIT` jobs, each with a future of its own;
+    ``fut`` gets the ids of all of them in order once each has its own, or the first piece's error (the pieces
+    accepted before it run on: a queue that fills midway refuses only what came after)."""
+    parts = [specs[i:i + MAX_SUBMIT] for i in range(0, len(specs), MAX_SUBMIT)]
+    futs: list[Future[list[int]]] = [Future() for _ in parts]
+
+    def one_done(_: Future[list[int]]) -> None:
+        if fut.done():
+            return
+        for f in futs:
+            if not f.done():
+                return
+            exc = f.exception()
+            if exc is not None:
+                fut.set_exception(exc)
+                return
+        fut.set_result([jid for f in futs for jid in f.result()])
+
+    for f in futs:
+        f.add_done_callback(one_done)
+    return [(part, f, listener) for part, f in zip(parts, futs)]
 
 
 def _context(search_cwd: bool = False) -> tuple[str, list[str]]:
@@ -653,6 +679,27 @@ class Connection:
 
     def _send_submits(self, sock: zmq.Socket[bytes], submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]],
                       progress: bool = False) -> None:
+        """Send the pending submits merged, in frames of at most :data:`MAX_SUBMIT` jobs (the daemon refuses a longer
+        one); a batch longer than that goes in pieces, and its future has every piece's ids, or the first error."""
+        if sum(len(s[0]) for s in submits) <= MAX_SUBMIT:  # (nearly always: one frame)
+            self._send_submit_frame(sock, submits, progress)
+            return
+        frame: list[tuple[list[JobSpec], Future[list[int]], Listener | None]] = []
+        count = 0
+        for specs, fut, listener in submits:
+            pieces = [(specs, fut, listener)] if len(specs) <= MAX_SUBMIT else _pieces(specs, fut, listener)
+            for piece in pieces:
+                if count + len(piece[0]) > MAX_SUBMIT:
+                    self._send_submit_frame(sock, frame, progress)
+                    frame, count = [], 0
+                frame.append(piece)
+                count += len(piece[0])
+        if frame:
+            self._send_submit_frame(sock, frame, progress)
+
+    def _send_submit_frame(self, sock: zmq.Socket[bytes],
+                           submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]],
+                           progress: bool = False) -> None:
         specs = [spec for s in submits for spec in s[0]]
         outer: Future[Any] = Future()
 

@@ -61,6 +61,13 @@ _SAFE_DTYPE_KINDS = frozenset("biufc")  # bool, int, uint, float, complex: no ob
 Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 """Every int field: a signed 64-bit int, what SQLite, numpy and every peer can hold."""
 _Size = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # correlation ids, array dimensions and offsets
+# How many items a request's lists may hold, checked from the list's header as the frame is read (before its
+# items are): a frame of 64 MiB holds millions of job ids or specs, and handling them held the daemon's loop
+# for seconds (its workers, hearing nothing, left; the jobs they ran were lost).
+MAX_IDS: Final = 100_000  # job ids one GetJobs, Watch, Unwatch, Recall or Recalled names
+MAX_SUBMIT: Final = 16_384  # jobs one Submit or TaskSubmit carries (a client sends a bigger batch in frames of it)
+_Ids = Annotated[list[Int64], Meta(max_length=MAX_IDS)]
+_Specs = Annotated[list["JobSpec"], Meta(max_length=MAX_SUBMIT)]
 
 
 class Kind(IntEnum):
@@ -415,7 +422,7 @@ class Submit(Message, tag=Kind.SUBMIT.value, frozen=True):
     progress does; an ``Executor``'s futures turn ``running`` with it).
     """
 
-    jobs: list[JobSpec]
+    jobs: _Specs
     watch: bool = True
     cwd: str = ""
     path: list[str] = field(default_factory=list)
@@ -432,7 +439,7 @@ class TaskSubmit(Message, tag=Kind.TASK_SUBMIT.value, frozen=True):
     """
 
     token: str
-    jobs: list[JobSpec]
+    jobs: _Specs
     watch: bool = True
 
 
@@ -452,27 +459,27 @@ class Cancel(Message, tag=Kind.CANCEL.value, frozen=True):
 class GetJobs(Message, tag=Kind.GET_JOBS.value, frozen=True):
     """Fetch snapshots of the given jobs."""
 
-    job_ids: list[Int64]
+    job_ids: _Ids
 
 
 class ListJobs(Message, tag=Kind.LIST_JOBS.value, frozen=True):
     """List recent jobs, optionally only those in the given states."""
 
-    states: list[str] = field(default_factory=list)
+    states: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=1024)] = field(default_factory=list)
     limit: Int64 = 100
 
 
 class Watch(Message, tag=Kind.WATCH.value, frozen=True):
     """Subscribe to updates of jobs (progress, status, state, result)."""
 
-    job_ids: list[Int64]
+    job_ids: _Ids
     progress: bool = True
 
 
 class Unwatch(Message, tag=Kind.UNWATCH.value, frozen=True):
     """Stop receiving updates of jobs."""
 
-    job_ids: list[Int64]
+    job_ids: _Ids
 
 
 class Scale(Message, tag=Kind.SCALE.value, frozen=True):
@@ -543,13 +550,13 @@ class Recall(Message, tag=Kind.RECALL.value, frozen=True):
     """Give back jobs handed over but not started (a higher-priority job arrived, an idle worker can run them, a
     cancel that must not interrupt a started job); answered in order, one :class:`Recalled` each."""
 
-    job_ids: list[Int64]
+    job_ids: _Ids
 
 
 class Recalled(Message, tag=Kind.RECALLED.value, frozen=True):
     """The jobs of a :class:`Recall` that had not started; the supervisor queues them again."""
 
-    job_ids: list[Int64]
+    job_ids: _Ids
 
 
 class Retiring(Message, tag=Kind.RETIRING.value, frozen=True):

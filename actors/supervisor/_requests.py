@@ -23,8 +23,8 @@ from actors._jobfn import check_allowed, check_name
 from actors._state import JobState
 from actors._task import MAX_TIMEOUT_MS
 from actors.messages import (
-    Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfo, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs, Message,
-    Ping, Pong, Recalled, ResultsClosed, Retiring, Scale, Shutdown, Status, StatusReply, Stop, Submit, Submitted,
+    MAX_IDS, Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfo, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs,
+    Message, Ping, Pong, Recalled, ResultsClosed, Retiring, Scale, Shutdown, Status, StatusReply, Stop, Submit, Submitted,
     TaskSubmit, Unwatch, Watch, decode, encode, peek_corr,
 )
 from actors._resources import check as check_resources
@@ -38,6 +38,10 @@ _SNAPSHOT_CHUNK = 256  # job records read (and measured) at a time for one GetJo
 _MAX_PATH = 4096  # characters of a local client's working directory or of one import-path entry (PATH_MAX)
 _MAX_PATHS = 1024  # entries of a local client's import path
 _STATES = frozenset(JobState)  # what a listing may ask for
+# a remote worker's heartbeat is ~200 bytes; its stats are kept decoded and sent in every status, so one that
+# sent megabytes a second (a worker key is no admin) took the daemon's memory and every status's time
+REMOTE_STATS_BYTES = 16_384
+_STATS_DROPPED: dict[str, object] = {"dropped": f"its heartbeats were over {REMOTE_STATS_BYTES} bytes"}
 # What each remote role may ask for of the runtime (extensions add their admin requests).
 CLIENT_REQUESTS = frozenset({Ping, Submit, Cancel, GetJobs, ListJobs, Watch, Unwatch})
 ADMIN_REQUESTS = CLIENT_REQUESTS | {Status, Scale, Shutdown}
@@ -420,8 +424,8 @@ class RequestsMixin(State):
         """
         book = self.book
         assert book is not None
-        if len(job_ids) > 100_000:
-            raise ProtocolError(f"{what} asks for {len(job_ids)} jobs; at most 100000 at once")
+        if len(job_ids) > MAX_IDS:  # (the decoder refuses a longer list as it reads the frame: kept for the
+            raise ProtocolError(f"{what} asks for {len(job_ids)} jobs; at most {MAX_IDS} at once")  # internal calls)
         if len(set(job_ids)) != len(job_ids):
             twice = next(j for j, n in collections.Counter(job_ids).items() if n > 1)
             raise ProtocolError(f"{what} names job {twice} more than once; name each job once")
@@ -552,7 +556,14 @@ class RequestsMixin(State):
                 continue
             slot.last_heard = time.monotonic()
             if isinstance(msg, Heartbeat):
-                slot.stats = msg.stats
+                if slot.remote and len(parts[1]) > REMOTE_STATS_BYTES:  # kept decoded, shown in every status
+                    self.counters["bad_frames"] += 1
+                    if slot.stats is not _STATS_DROPPED:  # said once a run of them
+                        log.warning("event=remote-stats-dropped name=%s bytes=%d limit=%d", slot.name,
+                                    len(parts[1]), REMOTE_STATS_BYTES)
+                    slot.stats = _STATS_DROPPED
+                else:
+                    slot.stats = msg.stats
             elif isinstance(msg, JobsDone):
                 self._jobs_done(slot, msg)
             elif isinstance(msg, JobUpdate):
