@@ -42,6 +42,13 @@ def cap() -> int:
     return max(16, soft - max(256, soft // 4))
 
 
+def limit_handshake(sock: zmq.Socket[bytes]) -> None:
+    """A connection that has not completed its handshake within :data:`HANDSHAKE_MS` is closed.  Before ``bind``:
+    libzmq copies the option into the listener then, and one set after it held silent connections 30 s (its
+    default), not 10."""
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+
+
 class ConnectionCap:
     """The open connections of each tcp endpoint, from its socket monitor; those over :func:`cap` shut."""
 
@@ -50,8 +57,10 @@ class ConnectionCap:
         self.counters = counters
 
     def watch(self, sock: zmq.Socket[bytes]) -> zmq.Socket[Any]:
-        """Count the connections of a bound tcp socket; returns its monitor, for the caller's poller."""
-        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        """Count the connections of a bound tcp socket; returns its monitor, for the caller's poller.
+
+        Its handshake limit is :func:`limit_handshake`'s, set before the bind (libzmq reads it then).
+        """
         port = int(sock.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])  # type: ignore[union-attr]
         monitor = sock.get_monitor_socket(_EVENTS)
         self.monitors[monitor] = (port, set())

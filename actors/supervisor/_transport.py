@@ -20,6 +20,7 @@ import zmq
 from actors._errors import ConfigError, EnsembleError, ProtocolError
 from actors.messages import Error, JobInfo, JobInfos, Kind, Message, encode, peek_corr, peek_kind, pushed_ids
 from actors.supervisor._outbox import SMALL
+from actors.supervisor._tcpcap import limit_handshake
 from actors.supervisor._state import State
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ class TransportMixin(State):
             sock.curve_publickey = public
             sock.curve_secretkey = secret
             sock.zap_domain = b"ensemble-worker" if field_name == "tcp" else b"ensemble-client"
+            limit_handshake(sock)
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:  # (the port in use, an address this host does not have)
