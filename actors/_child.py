@@ -73,6 +73,8 @@ class Child:
         (own secret key file, daemon public key file)) for a worker on another host."""
         self.cfg = cfg
         self.remote = endpoint is not None
+        self._parent = os.getppid()  # a local child's daemon (it waits out the daemon's silences: _silence_outlived)
+        self._silence_noted = -1.0  # the last_heard of the silence last said in the log
         self._sentinel_fd = -1
         if not self.remote and os.getpgrp() == os.getpid():  # a child of the local daemon
             from actors._spawn import guard_process_group
@@ -181,6 +183,8 @@ class Child:
             if now - self.last_heard > sup.heartbeat_timeout:
                 self._drain()  # what came while this thread could not run (a job held the GIL in C) counts
                 if self.running and time.monotonic() - self.last_heard > sup.heartbeat_timeout:
+                    if self._silence_outlived(now):
+                        continue
                     log.error("%s: supervisor silent for %.1fs, exiting", self.name, now - self.last_heard)
                     self._request_stop("supervisor silent")
                     break
@@ -191,6 +195,22 @@ class Child:
         os.close(self.outbox.fd)
         _deliver_and_term(self.ctx, timeout=1.0)
         return self.exit_code
+
+    def _silence_outlived(self, now: float) -> bool:
+        """The supervisor said nothing for ``heartbeat_timeout``: whether this child waits on (True) or leaves.
+
+        A local child waits while its daemon lives: the daemon is its parent, and its death kills this process
+        (the parent-death signal, :mod:`actors._spawn`), so a silent parent is a slow one (its loop held by one
+        long request, the host's scheduler): leaving would lose the job it runs and the state it holds for a
+        stall.  A remote worker cannot tell a slow daemon from a lost one, and leaves.  Said once a silence.
+        """
+        if self.remote or os.getppid() != self._parent:
+            return False
+        if self._silence_noted != self.last_heard:
+            self._silence_noted = self.last_heard
+            log.warning("%s: supervisor silent for %.1fs; it is alive (its parent): waiting for it", self.name,
+                        now - self.last_heard)
+        return True
 
     def _die(self) -> None:
         """A remote worker told to die (its job ignored an abort): exit at once; its keeper then kills what its
