@@ -19,8 +19,12 @@ argument, each keyword's value) or as its result (the value itself, or an item
 of a result tuple or list of up to 8) leaves the pickle the same way, as an
 array of bytes, and comes back as the ``bytes`` or ``bytearray`` it was: a
 value ``ProcessPoolExecutor`` carries through its pipe (200 MB, say) would
-otherwise be over the daemon's frame limit.  (Pickle calls no hook of ours
-for a ``bytes``, so the ones nested deeper stay inside.)
+otherwise be over the daemon's frame limit.  The pickle rebuilds it first and
+pickle's memo names it, so every other reference to that object in the value,
+however deep, is that one object again on the other side, and the value around
+it is pickled as it is (a list that holds itself still does): identities come
+back as pickle makes them (:func:`dumps_referencing`).  (Pickle calls no hook
+of ours for a ``bytes``, so other big ones nested deeper stay inside.)
 
 A pickle that is itself over half the frame limit (a 100 MB ``str``, big bytes
 nested in a dict, a long list of numbers: whatever is left in it) leaves the
@@ -39,7 +43,7 @@ import pickle
 import struct
 import sys
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 _DEPTH = 32  # how deep the search for the failing part goes
 
@@ -54,13 +58,12 @@ def dumps(value: Any, path: str, limit: int | None = None) -> bytes | list[Any]:
     try:
         if limit is None:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        boxed = value
+        leaving: list[bytes | bytearray] = []
         if type(value) in _BYTES:
-            boxed = _boxed(value, limit, {})
+            leaving = _over_once((value,), limit)
         elif type(value) in (tuple, list) and len(value) <= _SCANNED:
-            boxes: dict[int, Any] = {}
-            boxed = type(value)(_boxed(v, limit, boxes) for v in value)
-        blob, refs = dumps_referencing(boxed, limit)
+            leaving = _over_once(value, limit)
+        blob, refs = dumps_referencing(value, limit, leaving)
         return [blob, *refs] if refs else blob
     except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError, AttributeError (a local class)
         raise unpicklable(value, path, exc) from None
@@ -107,9 +110,8 @@ def dumps_arguments(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     try:
         if limit is None:
             return [pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)]
-        boxes: dict[int, Any] = {}
-        boxed = (tuple(_boxed(v, limit, boxes) for v in args), {k: _boxed(v, limit, boxes) for k, v in kwargs.items()})
-        blob, refs = dumps_referencing(boxed, limit)
+        leaving = _over_once((*args, *kwargs.values()), limit)
+        blob, refs = dumps_referencing((args, kwargs), limit, leaving)
         return [blob, *refs]
     except Exception as exc:  # noqa: BLE001
         own = args[1:] if head else args
@@ -140,37 +142,26 @@ def big_bytes(value: Any, limit: int) -> bool:
     return over(value, limit)
 
 
-class _OutOfBand:
-    """A bytes or bytearray over the limit, boxed to leave the pickle as an array of bytes (see :func:`dumps`)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.data = data
-
-
-def _boxed(value: Any, limit: int, boxes: dict[int, Any]) -> Any:
-    """``value`` boxed when it is a bytes or bytearray over ``limit``; the same object twice, the same box (so
-    pickle's memo makes it one object again on the other side, as a bytearray passed twice must be)."""
-    if not over(value, limit):
-        return value
-    box = boxes.get(id(value))
-    if box is None:
-        box = boxes[id(value)] = _OutOfBand(value)
-    return box
+def _over_once(values: Iterable[Any], limit: int) -> list[bytes | bytearray]:
+    """The bytes and bytearrays over ``limit`` among ``values``, each object once (the same one twice is one
+    object on the other side: :func:`dumps_referencing`)."""
+    found: dict[int, bytes | bytearray] = {}
+    for v in values:
+        if type(v) in _BYTES and len(v) > limit:
+            found.setdefault(id(v), v)
+    return list(found.values())
 
 
-def _reduce_out_of_band(box: _OutOfBand) -> Any:
-    np = sys.modules["numpy"]
-    refs = _dumping.state[1]
-    refs.append(np.frombuffer(box.data, dtype=np.uint8))  # (no copy: the export copies it once, as an array)
-    return _bytes_ref, (len(refs) - 1, type(box.data) is bytearray)
+def _rebuilding(cls: type[bytes | bytearray]) -> bytes:
+    """Pickle's opcodes that push ``cls(buffer)`` of the next out-of-band buffer and memoize it (as pickle
+    writes a ``cls(PickleBuffer)`` reduction), then drop it from the stack: it stays in the memo only."""
+    names = b"".join(pickle.SHORT_BINUNICODE + bytes([len(n)]) + n for n in (b"builtins", cls.__name__.encode()))
+    made = names + pickle.STACK_GLOBAL + pickle.NEXT_BUFFER + pickle.TUPLE1 + pickle.REDUCE
+    return made + pickle.MEMOIZE + pickle.POP
 
 
-def _bytes_ref(i: int, mutable: bool) -> bytes | bytearray:
-    """Unpickling: the bytes (``mutable``: bytearray) sent beside the pickle at ``i``, as an array of bytes."""
-    arr = _ref(i)
-    return bytearray(arr) if mutable else bytes(arr)
+_PROTO = pickle.PROTO + bytes([pickle.HIGHEST_PROTOCOL])
+_REBUILT = {bytes: _rebuilding(bytes), bytearray: _rebuilding(bytearray)}
 
 
 _loading = threading.local()  # the arrays of the value being unpickled on this thread (loads_referencing)
@@ -217,25 +208,41 @@ def _table() -> dict[type, Any]:
     global _TABLE
     shared = shm._SharedNDArray
     if not _TABLE or (shared is not None and shared not in _TABLE):  # built once (again when shared arrays appear)
-        table = {**copyreg.dispatch_table, sys.modules["numpy"].ndarray: _reduce_plain, _OutOfBand: _reduce_out_of_band}
+        table = {**copyreg.dispatch_table, sys.modules["numpy"].ndarray: _reduce_plain}
         if shared is not None:
             table[shared] = _reduce_shared
         _TABLE = table
     return _TABLE
 
 
-def dumps_referencing(value: Any, limit: int) -> tuple[bytes, list[Any]]:
+def dumps_referencing(value: Any, limit: int,
+                      leaving: Sequence[bytes | bytearray] = ()) -> tuple[bytes, list[Any]]:
     """``(blob, arrays)``: ``value`` pickled with its arrays left out, by index: the plain numeric C-contiguous
     ones over ``limit`` bytes, and whole shared ones.
 
     Found through the pickler's ``dispatch_table``, looked up by exact type in
     C: only arrays cost a call into Python, so a result of 64 ints pickles
     almost as fast as with ``pickle.dumps``.
+
+    ``leaving``: bytes and bytearrays of ``value`` (each object once) that leave
+    too, as the first arrays, of bytes (no copy here).  The pickle opens by
+    rebuilding each from its array, pickle's out-of-band buffer
+    (:func:`loads_referencing` hands the arrays to pickle as its ``buffers``),
+    and memoizing it; the pickler's memo is told so beforehand, and every
+    reference to one of them in ``value`` is written as that memo entry: one
+    object on the other side, wherever it sits.
     """
     refs: list[Any] = []
     buf = io.BytesIO()
     p = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
     p.dispatch_table = _table()
+    if leaving:
+        np = sys.modules["numpy"]
+        buf.write(_PROTO)
+        for data in leaving:
+            refs.append(np.frombuffer(data, dtype=np.uint8))  # (the export copies it once, as an array)
+            buf.write(_REBUILT[type(data)])
+        p.memo = {id(data): (i, data) for i, data in enumerate(leaving)}  # (pickle numbers MEMOIZE from 0)
     _dumping.state = (limit, refs)
     try:
         p.dump(value)
@@ -256,15 +263,16 @@ def spill(payload: Any, most: int) -> Any:
 
 
 def loads_referencing(blob: bytes, refs: list[Any]) -> Any:
-    """The inverse of :func:`dumps_referencing`: ``refs`` are the arrays, mapped again on this side; an empty
-    ``blob`` says the pickle itself is the first of them (:func:`spill`)."""
+    """The inverse of :func:`dumps_referencing`: ``refs`` are the arrays, mapped again on this side (the first
+    ones, of bytes that left, are also pickle's out-of-band buffers); an empty ``blob`` says the pickle itself is
+    the first of them (:func:`spill`)."""
     if not blob:
         if not refs:
             raise pickle.UnpicklingError("an empty pickle with no array of bytes beside it")
         blob, refs = refs[0], refs[1:]
     _loading.refs = refs
     try:
-        return pickle.loads(blob)
+        return pickle.loads(blob, buffers=refs)
     finally:
         _loading.refs = None
 
