@@ -76,8 +76,7 @@ from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, JobSpec, Message
 from controller.messages import (
     ParamBind, ParamCheck, ParamControl, ParamInfo, ParamInfos, ParamList, ParamSet, ParamState, ParamValues, RunAsync,
-    RunAsyncResult, RunSync,
-    ScriptError, ScriptLoad, ScriptReady, ScriptStop, ScriptUnload, UiEvent, UiList, UiState,
+    RunAsyncResult, RunSync, ScriptError, ScriptLoad, ScriptReady, ScriptStop, ScriptUnload, UiEvent, UiList, UiState,
 )
 from controller._host import ParamDef
 from controller._watchdog import WEDGED_EXIT, wedged_text
