@@ -207,9 +207,12 @@ def _original_text(self: RemoteError) -> str:
     return self.remote_message
 
 
-# ProcessPoolExecutor's error for a pool whose processes died or whose initializer failed: the type of a job's
-# failure when no worker is left to run it, or its worker's initializer raised (an Executor raises it)
+# ProcessPoolExecutor's error for a pool whose processes died or whose initializer failed
 BROKEN_POOL = "concurrent.futures.process.BrokenProcessPool"
+# the type of a job's failure when the pool broke: no worker is left to run it, or its worker's initializer
+# raised. Raised as BROKEN_POOL's class, and an Executor is broken from then on; a job that raises
+# BrokenProcessPool itself (its own pool lost a process) is named BROKEN_POOL and breaks nothing.
+POOL_BROKEN = "concurrent.futures.BrokenProcessPool"
 
 
 def _find_class(type_name: str) -> type | None:
@@ -225,8 +228,11 @@ def _find_class(type_name: str) -> type | None:
     """
     import builtins
 
-    if type_name == BROKEN_POOL:  # the one exception: a standard module, imported by no client until its pool broke
-        import concurrent.futures.process  # noqa: F401
+    if type_name in (BROKEN_POOL, POOL_BROKEN):  # the one exception: a standard module, imported by no client
+        import concurrent.futures.process  # until its pool broke
+
+        if type_name == POOL_BROKEN:
+            return concurrent.futures.process.BrokenProcessPool
 
     if "." not in type_name:
         found = _attribute(builtins, [type_name])

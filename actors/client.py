@@ -30,7 +30,7 @@ from actors._task import MAX_TIMEOUT_MS, home, in_job_process
 from actors._connection import Connection
 from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, over, pickled_value, spill
 from actors._errors import (
-    BROKEN_POOL, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, OutOfRange,
+    POOL_BROKEN, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, OutOfRange,
     ProtocolError, RemoteError, TransportError, WaitTimeout, WrongContextError, remote_error,
 )
 from actors._jobfn import _FUNCTION_TYPES, check_name, path_of
@@ -710,7 +710,7 @@ class Executor(concurrent.futures.Executor):
         self._conn: Connection | None = None if self._private is not None else _connect(self.config, None)
         if self._conn is not None:  # a shared daemon given up for gone ([jobs] reconnect_wait) breaks the pool too
             self._conn.gone_as = _broken_pool
-            self._conn.lost_as = ("failed", BROKEN_POOL)
+            self._conn.lost_as = ("failed", POOL_BROKEN)
         # what is released if this executor is collected unshut (or is still open at exit): its connection, once
         # made, and its private daemon, made or not (its directory exists already), as a pool shuts down then
         self._owned: list[Connection] = [] if self._conn is None else [self._conn]
@@ -773,7 +773,7 @@ class Executor(concurrent.futures.Executor):
                     self._start_error = exc
                     raise
                 conn.gone_as = _broken_pool  # its death breaks the pool, as a worker's does ProcessPoolExecutor's
-                conn.lost_as = ("failed", BROKEN_POOL)
+                conn.lost_as = ("failed", POOL_BROKEN)
                 self._owned.append(conn)
                 self._conn = conn
             return self._conn
@@ -781,7 +781,7 @@ class Executor(concurrent.futures.Executor):
     def _note_broken(self, info: JobInfo) -> None:
         """A worker's initializer failed for this job, or no worker is left: the pool is broken from now on,
         as ProcessPoolExecutor's."""
-        if info.error_type == BROKEN_POOL and not self._broken:
+        if info.error_type == POOL_BROKEN and not self._broken:
             gone = self._conn.gone if self._conn is not None else None
             self._broken = str(gone) if gone is not None else info.error_message
 

@@ -75,7 +75,7 @@ from actors._values import Pickled, plain, scalars, unpickled
 from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, HeldResults, RunDir, StartedLog
 from actors._arrays import WorkerArrays
-from actors._errors import ProtocolError, error_name, rebuilt_exception
+from actors._errors import POOL_BROKEN, ProtocolError, error_name, rebuilt_exception
 from actors._jobfn import resolve, resolve_internal, takes_task
 from actors._keeper import fork_keeper
 from actors._signals import SignalPipe, start_unsignalled
@@ -575,8 +575,10 @@ class Worker(Child):
                 traceback.print_exc()
                 _flush_output()
 
-                raise BrokenProcessPool(f"the executor's initializer {callables.label(init)} raised "
-                                        f"{type(exc).__name__}: {exc}") from exc
+                broken = BrokenProcessPool(f"the executor's initializer {callables.label(init)} raised "
+                                           f"{type(exc).__name__}: {exc}")
+                broken.pool_broken = True  # type: ignore[attr-defined]  # (reported as POOL_BROKEN: _run_one)
+                raise broken from exc
         self.setups[setup.key] = 0
 
     def _served(self, setup: WorkerSetup) -> bool:
@@ -770,8 +772,9 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
         else:  # a local client's job: the exception itself too, for result() to raise it with its attributes
             raised = _pickled_error(exc) if arrays.shared and not d.inline else None
             raised = Pickled(raised) if raised is not None else None
-        return JobDone(d.job_id, False, raised, error_name(type(exc)),
-                       _message(exc), tb, progress, status, props, aborted=task.aborted, started=started)
+        name = POOL_BROKEN if getattr(exc, "pool_broken", False) is True else error_name(type(exc))
+        return JobDone(d.job_id, False, raised, name, _message(exc), tb, progress, status, props,
+                       aborted=task.aborted, started=started)
     finally:
         deactivate(token)
         for seg in mapped:

@@ -18,7 +18,7 @@ import msgspec
 import zmq
 
 from actors.messages import Heartbeat, Hello, JobDone, JobsDone, Stop, decode, decode_result, encode
-from actors._errors import BROKEN_POOL, EnsembleError, ProtocolError
+from actors._errors import POOL_BROKEN, EnsembleError, ProtocolError
 from actors.supervisor import _prefork
 from actors.supervisor._state import State
 
@@ -80,7 +80,7 @@ class Standby(msgspec.Struct):
 
 # the error type of a job that failed because no worker is left to run it: ProcessPoolExecutor's for a pool
 # whose processes died (a client raises it, a RemoteError too)
-NO_WORKERS_ERROR = BROKEN_POOL
+NO_WORKERS_ERROR = POOL_BROKEN
 _LAST_RESULTS_WAIT = 2.0  # seconds a reaped worker's last results are waited for (see _read_last_results)
 _UNASKED_EXIT_WAIT = 0.1  # the same for a worker that exited 0 unasked (a job's os._exit(0)): the loop waits
 _STANDBY_LOSSES = 3  # standbys that died before their orders, after which the daemon keeps none

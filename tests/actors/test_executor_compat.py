@@ -160,6 +160,21 @@ def test_a_failing_initializer_breaks_the_pool_as_in_processpoolexecutor(module_
             ex.map(jobs.square, range(3))
 
 
+def inner_pool_lost_a_process() -> None:
+    """A job whose own pool broke: it raises BrokenProcessPool itself."""
+    raise BrokenProcessPool("a process of the job's own pool terminated abruptly")
+
+
+def test_a_job_raising_brokenprocesspool_itself_breaks_nothing(module_daemon: Daemon) -> None:
+    """The job's own error comes back, and the executor goes on, as ProcessPoolExecutor's does: it was taken for
+    a failed initializer (the same type name), and every later submit and map raised BrokenProcessPool."""
+    with Executor(config=module_daemon.config) as ex:
+        with pytest.raises(BrokenProcessPool, match="the job's own pool"):
+            ex.submit(inner_pool_lost_a_process).result(60)
+        assert ex.submit(jobs.square, 3).result(60) == 9
+        assert list(ex.map(jobs.square, [1, 2], timeout=60)) == [1, 4]
+
+
 def test_a_worker_dying_under_a_job_raises_brokenprocesspool_and_the_pool_carries_on(module_daemon: Daemon,
                                                                                     tmp_path: Path) -> None:
     """ProcessPoolExecutor code catching BrokenProcessPool catches it (it is a JobLost too); unlike that pool,
