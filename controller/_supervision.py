@@ -131,13 +131,14 @@ class ScriptExtension(Extension):
         self.param_seq = 0
         self.unapplied: dict[str, ParamSet] = {}  # parameter -> its newest acknowledged change not yet applied
         self.applied_seq = 0  # every change numbered up to this one was applied or dropped (ParamValues.applied)
-        self.set_drops: collections.OrderedDict[int, str] = collections.OrderedDict()  # seq -> why it was dropped
+        self.set_drops: collections.OrderedDict[int, str] = collections.OrderedDict()  # seq -> why not applied
         self.unbound: dict[str, ParamBind] = {}  # parameter -> its acknowledged bind the controller has not shown yet
         self.stopped = ""  # why the running script is stopped (the controller's ScriptStop); "" while it runs
 
     def requests(self) -> dict[type, Any]:
         return {ScriptLoad: self._load, ParamSet: self._param_set, ParamCheck: self._param_check,
-                ParamList: self._param_list, ParamBind: self._param_bind, UiList: self._ui_list, UiEvent: self._ui_event}
+                ParamList: self._param_list, ParamBind: self._param_bind, UiList: self._ui_list,
+                UiEvent: self._ui_event}
 
     def child_messages(self) -> dict[type, Any]:
         return {**{t: self._route for t in (ScriptReady, RunSync, RunAsync, RunAsyncResult, ParamValues, ParamSet,

@@ -139,13 +139,13 @@ class ParamSet(Message, tag=ScriptKind.PARAM_SET.value, frozen=True):
 
 
 class ParamCheck(Message, tag=ScriptKind.PARAM_CHECK.value, frozen=True):
-    """Client -> daemon: what became of the ``param set`` the daemon numbered ``seq``; answered with :class:`ParamState`."""
+    """Client -> daemon: what became of the ``param set`` the daemon numbered ``seq``; answer: :class:`ParamState`."""
 
     seq: Int64
 
 
 class ParamState(Message, tag=ScriptKind.PARAM_STATE.value, frozen=True):
-    """What became of a client's ``param set``: the daemon's reply to :class:`ParamSet` (``queued``) and :class:`ParamCheck`.
+    """What became of a client's ``param set``: the reply to :class:`ParamSet` (``queued``) and to :class:`ParamCheck`.
 
     ``state``: ``queued`` (acknowledged, waiting in the controller's queue),
     ``applied`` (the controller took the value, and saved it; its

@@ -46,12 +46,13 @@ def test_a_controller_callback_defining_a_parameter_is_told_when_it_may(tmp_path
         rt.stop()
     file = tmp_path / "instrument.py"
     errors = [m.message for m in out.items if isinstance(m, ScriptError)]
-    assert errors == [f"WrongContextError in {name}: " + WHY.format(file=file) for name in ("on_load", "on_change(go)")], \
-        errors
+    assert errors == [f"WrongContextError in {name}: " + WHY.format(file=file)
+                      for name in ("on_load", "on_change(go)")], errors
     assert all([p.name for p in m.params] == ["go"] for m in out.items if isinstance(m, ParamValues))
 
 
-def test_live_the_error_is_in_status_and_the_daemon_lists_what_module_code_defined(shared_daemon: Daemon, tmp_path: Path) -> None:
+def test_live_the_error_is_in_status_and_the_daemon_lists_what_module_code_defined(shared_daemon: Daemon,
+                                                                                   tmp_path: Path) -> None:
     script = tmp_path / "late.py"
     script.write_text("from controller.script import *\n" + LATE)
     c = shared_daemon.client()
