@@ -76,7 +76,8 @@ def _raise_for(info: JobInfo, lost: type[Exception] = JobLost, local: bool = Tru
         raise remote_error(info.error_type or "Exception", info.error_message, info.traceback, raised)
     if info.state in ("cancelled", "killed"):
         cls = JobTimeout if info.error_type == "JobTimeout" else JobCancelled
-        raise cls(f"job {info.id} ({info.fn}) {info.state}: {info.error_message or info.state}")
+        why = info.error_message if info.error_message and info.error_message != info.state else ""
+        raise cls(f"job {info.id} ({info.fn}) {info.state}{f': {why}' if why else ''}")  # (never "cancelled: cancelled")
     if info.state == "worker-lost":
         raise lost(f"job {info.id}{f' ({info.fn})' if info.fn else ''}: {info.error_message}")
     raise EnsembleError(f"job {info.id} is not finished (state {info.state})")

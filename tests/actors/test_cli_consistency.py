@@ -198,3 +198,18 @@ def test_usage_mistakes_the_command_checks_itself_exit_2_as_click_s_own(module_d
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, out.returncode, out.stderr)
         assert "Traceback" not in out.stderr
+
+
+def test_the_error_of_a_cancelled_job_names_its_state_once(module_daemon: Daemon) -> None:
+    """``result``/``watch`` of a job cancelled before it said why printed ``job N (fn) cancelled: cancelled``."""
+    from actors import JobCancelled
+
+    c = module_daemon.client()
+    job = c.submit("tests.jobs:polite", 120)
+    wait_for(lambda: job.state == "running", 60, what="the job to run")
+    job.cancel(block=True)
+    with pytest.raises(JobCancelled) as caught:
+        job.result(60)
+    assert "cancelled: cancelled" not in str(caught.value) and f"job {job.id} " in str(caught.value), caught.value
+    out = module_daemon.cli("result", str(job.id), check=False)
+    assert "cancelled: cancelled" not in out.stderr and "cancelled" in out.stderr, out
