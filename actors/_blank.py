@@ -11,8 +11,10 @@ Two kinds of process wait so, and become a worker the same way:
   2-core VM).
 
 The orders are one JSON object, then end of file: the worker's ``argv``, its
-niceness (``nice``: the level it must run at), its ``log`` file and the
-``env`` to add.  End of file with no orders (the daemon stopped without
+niceness (``nice``: the level it must run at), its ``log`` file, whether its
+stdout and stderr are a pipe to the daemon instead (``piped``: a blank's pipe
+made at its fork, or the one a standby's spawn gave it; see
+:mod:`actors._childoutput`) and the ``env`` to add.  End of file with no orders (the daemon stopped without
 needing this process) is a clean exit.  This module must not import the
 supervisor: a standby loads only what a worker needs.
 """
@@ -36,13 +38,16 @@ def read_orders(fd: int) -> dict[str, Any] | None:
     return json.loads(b"".join(chunks)) if chunks else None
 
 
-def encode_orders(argv: list[str], nice: int, log_path: str, env: dict[str, str]) -> bytes:
+def encode_orders(argv: list[str], nice: int, log_path: str, env: dict[str, str], piped: bool = False) -> bytes:
     """The orders that make a waiting process the worker ``python -m actors.worker ARGV`` would be."""
-    return json.dumps({"argv": argv, "nice": nice, "log": log_path, "env": env}).encode()
+    return json.dumps({"argv": argv, "nice": nice, "log": log_path, "env": env, "piped": piped}).encode()
 
 
-def become_worker(order: dict[str, Any]) -> NoReturn:
-    """Apply ``order`` as :func:`actors._spawn.spawn` would (umask, niceness, ``/``, stdio, environment) and run."""
+def become_worker(order: dict[str, Any], output: int | None = None) -> NoReturn:
+    """Apply ``order`` as :func:`actors._spawn.spawn` would (umask, niceness, ``/``, stdio, environment) and run.
+
+    ``output``: a blank's pipe to the daemon, its stdout and stderr if the order says ``piped``.
+    """
     from actors._spawn import NEUTRAL_CWD, restore_user_umask
 
     restore_user_umask()
@@ -53,10 +58,16 @@ def become_worker(order: dict[str, Any]) -> NoReturn:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    out = os.open(order["log"] or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.close(out)
+    if order.get("piped"):  # a blank's pipe, or the one a standby's spawn gave it (then already its 1 and 2)
+        out = output
+    else:
+        out = os.open(order["log"] or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if output is not None:
+            os.close(output)
+    if out is not None:
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
     os.environ.update(order["env"])
     sys.argv = ["actors.worker", *order["argv"]]
     from actors._child import child_main

@@ -59,6 +59,7 @@ import signal
 import sys
 from pathlib import Path
 
+from actors import _childoutput
 from actors._errors import EnsembleError
 from actors._spawn import NEUTRAL_CWD, ForkedProc, child_env, hold_output
 from actors.config import Config
@@ -114,6 +115,7 @@ def _child(cfg: Config, env: dict[str, str], ready_fd: int, err: int) -> None:
             pass
     finally:
         try:
+            _childoutput.stop()  # what its children printed last, into its log (os._exit runs no atexit handler)
             sys.stderr.flush()
         except BaseException:  # noqa: BLE001
             pass

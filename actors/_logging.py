@@ -3,14 +3,27 @@
 Values in log records often come from peers (sample names, script paths,
 error messages); control characters in them are escaped, so no value can
 start a line of its own and forge a record.  Tracebacks stay multi-line.
+
+The children the daemon starts append their own records to its log by the
+file's path (:class:`FollowedFileHandler`), opening it again once it was
+moved.  What they print is not written there by them: it comes through the
+daemon (:mod:`actors._childoutput`), each line marked as their output.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import logging.handlers
+import os
 from typing import IO
 
 CONTROL = str.maketrans({c: f"\\x{c:02x}" for c in range(32)} | {127: "\\x7f"})
+
+# Set by the daemon in the environment of a child it starts (actors._spawn): the daemon's log, which the child
+# appends its records to (its stdout and stderr are a pipe to the daemon).  Removed by setup(): nothing a job
+# starts sees it.
+LOG_FILE_ENV = "_ENSEMBLE_LOG_FILE"
 
 
 class OneLineFormatter(logging.Formatter):
@@ -21,16 +34,38 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class FollowedFileHandler(logging.handlers.WatchedFileHandler):
+    """A child's records, appended to the daemon's log by its path; opened again when the path names another
+    file or none (moved by logrotate), before the next record.  Costs one ``stat`` a record.
+
+    A file it has to create is made 0600, as the daemon makes its own (the child runs with the user's umask).
+    """
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup(role: str, stream: IO[str] | None = None, path: str | None = None, level: int = logging.INFO) -> None:
-    """Log ``ROLE pid=N name: message`` lines to ``stream`` and/or the file ``path`` (replacing other handlers)."""
+    """Log ``ROLE pid=N name: message`` lines to ``stream`` and/or the file ``path`` (replacing other handlers).
+
+    ``path`` is the daemon's own log.  A process
+    the daemon started, whose environment names the daemon's log
+    (:data:`LOG_FILE_ENV`), appends its records to that file instead of
+    ``stream`` (its stderr is a pipe to the daemon, whose lines are logged as
+    its output), following the file when it is moved.
+    """
     fmt = OneLineFormatter(f"%(asctime)s %(levelname)s {role} pid=%(process)d %(message)s" if role == "supervisor"
                            else f"%(asctime)s %(levelname)s {role} pid=%(process)d %(name)s: %(message)s")
+    daemons_log = os.environ.pop(LOG_FILE_ENV, None)
     root = logging.getLogger()
     root.handlers.clear()
     handlers: list[logging.Handler] = []
     if path is not None:
-        handlers.append(logging.FileHandler(path))
-    if stream is not None:
+        handlers.append(logging.FileHandler(path, encoding="utf-8", errors="backslashreplace"))
+    if daemons_log and path is None:
+        handlers.append(FollowedFileHandler(daemons_log, encoding="utf-8", errors="backslashreplace"))
+    elif stream is not None:
         handlers.append(logging.StreamHandler(stream))
     for h in handlers:
         h.setFormatter(fmt)

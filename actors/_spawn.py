@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors import _childoutput
+from actors._logging import LOG_FILE_ENV
+
 _PR_SET_PDEATHSIG = 1
 _USER_UMASK = os.umask(0o022)  # read once at import (umask has no getter), restored at once below
 os.umask(_USER_UMASK)
@@ -125,7 +128,8 @@ def job_output_fds() -> tuple[int, int] | None:
 
 def take_job_output() -> Any:
     """In a private daemon's worker: stdout and stderr become the owner's, so the jobs' output reaches the
-    owner's terminal; returns a text stream on what stderr was (the log), for the worker's own records.
+    owner's terminal; returns a text stream on what stderr was (the pipe to the daemon's log), for the worker's
+    own records (which go to the log file itself when the daemon named it: :func:`actors._logging.setup`).
 
     None (and nothing changed) when there is no owner's output to take (a shared daemon's worker).
     """
@@ -205,13 +209,27 @@ def spawn(module: str, argv: list[str], *, nice: int = 0, log_path: Path | None 
           env: dict[str, str] | None = None, stdin: int | None = None) -> subprocess.Popen[bytes]:
     """Start ``python -P -m module *argv`` as a supervised child (in :data:`NEUTRAL_CWD`) and return its Popen.
 
+    ``log_path``: the daemon's log.  In the daemon (which reads its children's
+    output: :mod:`actors._childoutput`) the child's stdout and stderr are a
+    pipe to it, each line logged marked as that child's output, and the child
+    appends its own records to ``log_path`` (:data:`actors._logging.LOG_FILE_ENV`);
+    elsewhere both are appended to ``log_path`` as they are.  Without it: ``/dev/null``.
     ``stdin``: a descriptor to give it as its standard input (by default ``/dev/null``).
     """
     parent = os.getpid()
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    output = _childoutput.current() if log_path else None
+    env = dict(env or {})
+    read_end = -1
+    if output is not None:
+        read_end, out = os.pipe()  # (both non-inheritable: Popen makes ``out`` the child's 1 and 2 only)
+        env[LOG_FILE_ENV] = str(log_path)
+    elif log_path:
+        out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    else:
+        out = subprocess.DEVNULL
     held = job_output_fds() if module == "actors.worker" else None  # a private daemon's: its jobs print there
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             python_argv(module, *argv),
             stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=out,
@@ -222,9 +240,16 @@ def spawn(module: str, argv: list[str], *, nice: int = 0, log_path: Path | None 
             env=child_env(env),
             preexec_fn=lambda: _child_setup(parent, nice),
         )
+    except BaseException:
+        if read_end >= 0:
+            os.close(read_end)
+        raise
     finally:
-        if log_path:
-            out.close()  # type: ignore[union-attr]
+        if out != subprocess.DEVNULL:
+            os.close(out)
+    if output is not None:
+        output.attach(read_end, proc.pid, module)
+    return proc
 
 
 # The sentinel: wakes when its parent (a child of the daemon) is gone, by end of file on the pipe

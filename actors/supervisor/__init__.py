@@ -37,7 +37,7 @@ from typing import Any, Callable
 import zmq
 
 from actors import __version__
-from actors import _sdnotify as sdnotify
+from actors import _childoutput, _sdnotify as sdnotify
 from actors._errors import DaemonError, EnsembleError, ProtocolError
 from actors._jobfn import compile_allow
 from actors._jobs import JobBook
@@ -583,10 +583,12 @@ class _HeldAtCrash:
 
 
 def setup_logging(cfg: Config, foreground: bool) -> None:
-    """Log to ``<state dir>/daemon.log`` (and stderr in the foreground), one grep-able line per event."""
+    """Log to ``<state dir>/daemon.log`` (and stderr in the foreground), one grep-able line per event, the
+    children's output included (:mod:`actors._childoutput`)."""
     cfg.make_state_dir()
     one_line_logging("supervisor", sys.stderr if foreground else None, str(cfg.state_dir / "daemon.log"),
                      getattr(logging, cfg.daemon.log_level.upper(), logging.INFO))
+    _childoutput.start()
 
 
 def serve(cfg: Config, foreground: bool = False, ready_fd: int | None = None) -> int:

@@ -10,9 +10,10 @@ lock or log file, it forks one *blank* per initial worker, with
 supervisor starts a worker (:meth:`~actors.supervisor._children.ChildrenMixin._spawn`)
 it hands a blank the worker's arguments, log file, niceness and environment;
 the blank applies them as :func:`actors._spawn.spawn` would (its own process
-group, the user's umask, ``/`` as working directory, stdout and stderr to the
-log) and runs the worker's ``child_main`` (:mod:`actors._blank`, which the
-standby spawned for later restarts and scale-ups shares).  Blanks left over
+group, the user's umask, ``/`` as working directory, stdout and stderr to a
+pipe the supervisor reads, made at the fork: :mod:`actors._childoutput`) and
+runs the worker's ``child_main`` (:mod:`actors._blank`, which the standby
+spawned for later restarts and scale-ups shares).  Blanks left over
 when the daemon stops read end-of-file and exit 0.
 
 A blank is a real child of the supervisor (reaped with ``waitpid``, watched
@@ -29,15 +30,18 @@ from pathlib import Path
 
 import msgspec
 
+from actors import _childoutput
 from actors._blank import become_worker, encode_orders, read_orders
+from actors._logging import LOG_FILE_ENV
 from actors._spawn import ForkedProc, set_parent_death_signal
 
 
 class Blank(msgspec.Struct):
-    """A forked process waiting for its worker's arguments on ``fd``."""
+    """A forked process waiting for its worker's arguments on ``fd``; ``out`` reads what it prints once a worker."""
 
     pid: int
     fd: int
+    out: int = -1  # the read end of its stdout and stderr, until handed to the daemon's reader (assign)
 
 
 def enabled() -> bool:
@@ -59,23 +63,35 @@ def prefork(count: int, keep_out: tuple[int, ...] = ()) -> list[Blank]:
     sys.stderr.flush()
     for _ in range(count):
         read_end, write_end = os.pipe()
+        out_read, out_write = os.pipe()  # its stdout and stderr once it is a worker
         pid = os.fork()
         if pid == 0:  # the blank
             os.close(write_end)
-            for fd in (*keep_out, *(b.fd for b in blanks)):
+            os.close(out_read)
+            for fd in (*keep_out, *(b.fd for b in blanks), *(b.out for b in blanks)):
                 os.close(fd)
-            _blank_main(read_end, parent)  # never returns
+            _blank_main(read_end, out_write, parent)  # never returns
         os.close(read_end)
+        os.close(out_write)
         try:
             os.setpgid(pid, pid)  # as the blank does itself: a kill of its group works whichever runs first
         except (PermissionError, ProcessLookupError):
             pass
-        blanks.append(Blank(pid, write_end))
+        blanks.append(Blank(pid, write_end, out_read))
     return blanks
 
 
 def assign(blank: Blank, argv: list[str], nice: int, log_path: Path | None, env: dict[str, str]) -> ForkedProc:
-    """Make ``blank`` the worker ``python -m actors.worker ARGV`` would be; OSError if it is gone."""
+    """Make ``blank`` the worker ``python -m actors.worker ARGV`` would be; OSError if it is gone.
+
+    What it prints goes through the pipe made at its fork to the daemon's
+    reader (:mod:`actors._childoutput`), which takes the pipe here; in a
+    process without one, to ``log_path``.
+    """
+    output = _childoutput.current() if log_path else None
+    if output is not None and blank.out >= 0:
+        output.attach(blank.out, blank.pid, "actors.worker")
+        blank.out = -1
     give_orders(blank.fd, argv, nice, log_path, env)
     return ForkedProc(blank.pid)
 
@@ -83,9 +99,14 @@ def assign(blank: Blank, argv: list[str], nice: int, log_path: Path | None, env:
 def give_orders(fd: int, argv: list[str], nice: int, log_path: Path | None, env: dict[str, str]) -> None:
     """Write a waiting process its orders (:mod:`actors._blank`) and close ``fd``; OSError if it is gone.
 
-    ``nice`` is the increment over the daemon's own niceness, as for a spawned worker.
+    ``nice`` is the increment over the daemon's own niceness, as for a spawned worker.  In the daemon (which
+    reads its children's output) the process keeps the pipe it has as stdout and stderr and appends its own
+    records to ``log_path``; elsewhere both go to ``log_path``.
     """
-    data = encode_orders(argv, os.nice(0) + nice, str(log_path) if log_path else "", env)
+    piped = log_path is not None and _childoutput.current() is not None
+    if piped:
+        env = {**env, LOG_FILE_ENV: str(log_path)}
+    data = encode_orders(argv, os.nice(0) + nice, str(log_path) if log_path else "", env, piped=piped)
     try:
         view = memoryview(data)
         while view:
@@ -97,10 +118,12 @@ def give_orders(fd: int, argv: list[str], nice: int, log_path: Path | None, env:
 def release(blanks: list[Blank]) -> None:
     """Let unused blanks exit (end of file on their pipe) and reap them."""
     for blank in blanks:
-        try:
-            os.close(blank.fd)
-        except OSError:
-            pass
+        for fd in (blank.fd, blank.out):
+            try:
+                os.close(fd)
+            except OSError:  # (-1, or closed by give_orders)
+                pass
+        blank.out = -1
     for blank in blanks:
         try:
             os.waitpid(blank.pid, 0)
@@ -109,7 +132,7 @@ def release(blanks: list[Blank]) -> None:
     blanks.clear()
 
 
-def _blank_main(fd: int, parent: int) -> None:
+def _blank_main(fd: int, output: int, parent: int) -> None:
     try:
         os.setpgid(0, 0)
         set_parent_death_signal(signal.SIGKILL)
@@ -118,7 +141,7 @@ def _blank_main(fd: int, parent: int) -> None:
         order = read_orders(fd)
         if order is None:  # the supervisor stopped without needing this blank
             os._exit(0)
-        become_worker(order)  # never returns
+        become_worker(order, output)  # never returns
     except BaseException:  # noqa: BLE001 - report, never return into the supervisor's code
         import traceback
 
