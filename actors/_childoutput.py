@@ -24,6 +24,9 @@ for :data:`PARTIAL_AFTER` s or has ended.  So the daemon holds at most one
 line of each child, whatever a job prints; a job printing faster than the
 disk takes it waits on its pipe, as it would on the file.  The daemon's loop
 only hands pipes over (:meth:`ChildOutput.attach`) and never waits on them.
+
+The same thread reopens the daemon's log on SIGHUP (:meth:`ChildOutput.reopen`,
+for logrotate's ``postrotate``), so the children's output follows at once.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import os
 import selectors
 import threading
 import time
+
+from actors._logging import reopen_files
 
 MAX_LINE = 8192  # bytes of a line that are logged; the rest of a longer one is dropped (and said so)
 PARTIAL_AFTER = 0.5  # seconds of silence after which text with no newline is logged as it is
@@ -60,16 +65,18 @@ class _Pipe:
 
 
 class ChildOutput:
-    """The daemon's reader of its children's output pipes (one thread)."""
+    """The daemon's reader of its children's output pipes and reopener of its log (one thread)."""
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
+        # never closed: a signal handler may write here until the process ends
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._pipes: dict[int, _Pipe] = {}  # by read end (the thread's only)
         self._lock = threading.Lock()
         self._incoming: list[_Pipe] = []  # handed over by attach(), registered by the thread
         self._stopping = False
+        self._reopen = False
         self._thread = threading.Thread(target=self._run, name="child-output", daemon=True)
         self._thread.start()
 
@@ -92,6 +99,14 @@ class ChildOutput:
             if pidfd >= 0:
                 os.close(pidfd)
             return
+        self._wake()
+
+    def reopen(self) -> None:
+        """Have the thread reopen the daemon's log files (:func:`actors._logging.reopen_files`).
+
+        Safe in a signal handler: it sets a flag and writes one byte.
+        """
+        self._reopen = True
         self._wake()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -147,6 +162,14 @@ class ChildOutput:
             self._selector.register(pipe.fd, selectors.EVENT_READ, (pipe, False))
             if pipe.pidfd >= 0:
                 self._selector.register(pipe.pidfd, selectors.EVENT_READ, (pipe, True))
+        if self._reopen:
+            self._reopen = False
+            failed = reopen_files()
+            for path, exc in failed:
+                _log.error("event=log-reopen-failed path=%s reason=%s detail=still writing to the file it had open",
+                           path, exc)
+            if not failed:
+                _log.info("event=log-reopened signal=SIGHUP")
 
     def _timeout(self) -> float | None:
         """Until the first text with no newline is due (None: no such text, wait for the pipes)."""

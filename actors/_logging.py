@@ -4,10 +4,12 @@ Values in log records often come from peers (sample names, script paths,
 error messages); control characters in them are escaped, so no value can
 start a line of its own and forge a record.  Tracebacks stay multi-line.
 
-The children the daemon starts append their own records to its log by the
-file's path (:class:`FollowedFileHandler`), opening it again once it was
-moved.  What they print is not written there by them: it comes through the
-daemon (:mod:`actors._childoutput`), each line marked as their output.
+The daemon's log follows log rotation: the daemon reopens its file on SIGHUP
+(:meth:`DaemonLogHandler.reopen`, called by :mod:`actors._childoutput`), and
+the children it starts append their own records to the file by its path
+(:class:`FollowedFileHandler`), opening it again once it was moved.  What the
+children print is not written there by them: it comes through the daemon
+(:mod:`actors._childoutput`), each line marked as their output.
 """
 
 from __future__ import annotations
@@ -34,6 +36,26 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class DaemonLogHandler(logging.FileHandler):
+    """The daemon's ``daemon.log`` (mode 0600 under its umask), which :meth:`reopen` opens again by its path."""
+
+    def reopen(self) -> None:
+        """Close the file and open its path again: a new file once logrotate moved the old one away.
+
+        Any thread; waits for a record being written (the handler's lock).
+        Raises ``OSError`` if the path cannot be opened (the old file is
+        kept, and written on).
+        """
+        new = self._open()
+        self.acquire()
+        try:
+            old, self.stream = self.stream, new
+        finally:
+            self.release()
+        if old is not None:
+            old.close()
+
+
 class FollowedFileHandler(logging.handlers.WatchedFileHandler):
     """A child's records, appended to the daemon's log by its path; opened again when the path names another
     file or none (moved by logrotate), before the next record.  Costs one ``stat`` a record.
@@ -49,7 +71,7 @@ class FollowedFileHandler(logging.handlers.WatchedFileHandler):
 def setup(role: str, stream: IO[str] | None = None, path: str | None = None, level: int = logging.INFO) -> None:
     """Log ``ROLE pid=N name: message`` lines to ``stream`` and/or the file ``path`` (replacing other handlers).
 
-    ``path`` is the daemon's own log.  A process
+    ``path`` is the daemon's own log (a :class:`DaemonLogHandler`).  A process
     the daemon started, whose environment names the daemon's log
     (:data:`LOG_FILE_ENV`), appends its records to that file instead of
     ``stream`` (its stderr is a pipe to the daemon, whose lines are logged as
@@ -62,7 +84,7 @@ def setup(role: str, stream: IO[str] | None = None, path: str | None = None, lev
     root.handlers.clear()
     handlers: list[logging.Handler] = []
     if path is not None:
-        handlers.append(logging.FileHandler(path, encoding="utf-8", errors="backslashreplace"))
+        handlers.append(DaemonLogHandler(path, encoding="utf-8", errors="backslashreplace"))
     if daemons_log and path is None:
         handlers.append(FollowedFileHandler(daemons_log, encoding="utf-8", errors="backslashreplace"))
     elif stream is not None:
@@ -71,3 +93,18 @@ def setup(role: str, stream: IO[str] | None = None, path: str | None = None, lev
         h.setFormatter(fmt)
         root.addHandler(h)
     root.setLevel(level)
+
+
+def reopen_files() -> list[tuple[str, OSError]]:
+    """Reopen every :class:`DaemonLogHandler` of the root logger (SIGHUP: see :mod:`actors._childoutput`).
+
+    Any thread.  Returns the paths that could not be opened again, with why.
+    """
+    failed = []
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, DaemonLogHandler):
+            try:
+                handler.reopen()
+            except OSError as exc:
+                failed.append((handler.baseFilename, exc))
+    return failed

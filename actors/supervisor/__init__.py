@@ -216,7 +216,6 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         _collect_rarely()
         signal.signal(signal.SIGTERM, lambda *_: self.begin_stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: self.begin_stop("SIGINT"))
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         sup = self.cfg.supervision
         next_beat = 0.0
         self._prune_at = time.monotonic() + PRUNE_FIRST_S
@@ -584,11 +583,12 @@ class _HeldAtCrash:
 
 def setup_logging(cfg: Config, foreground: bool) -> None:
     """Log to ``<state dir>/daemon.log`` (and stderr in the foreground), one grep-able line per event, the
-    children's output included (:mod:`actors._childoutput`)."""
+    children's output included (:mod:`actors._childoutput`); SIGHUP reopens the file (after logrotate moved it)."""
     cfg.make_state_dir()
     one_line_logging("supervisor", sys.stderr if foreground else None, str(cfg.state_dir / "daemon.log"),
                      getattr(logging, cfg.daemon.log_level.upper(), logging.INFO))
-    _childoutput.start()
+    output = _childoutput.start()
+    signal.signal(signal.SIGHUP, lambda *_: output.reopen())
 
 
 def serve(cfg: Config, foreground: bool = False, ready_fd: int | None = None) -> int:

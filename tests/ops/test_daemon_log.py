@@ -1,4 +1,4 @@
-"""The daemon's log: what children print is marked as their output.
+"""The daemon's log: what children print is marked as their output, and SIGHUP reopens the file (logrotate).
 
 Real daemons; the jobs are this module's functions (a worker imports it).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from actors._childoutput import MAX_LINE, ChildOutput
 from actors._procs import stat
-from tests.conftest import Daemon, processes_mentioning, wait_for
+from tests.conftest import ROOT, Daemon, processes_mentioning, wait_for
 
 # a record of the daemon's (timestamp, level, role, pid): what nothing a job prints may look like
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \w+ pid=\d+ ")
@@ -101,18 +102,72 @@ def test_a_standby_that_becomes_the_worker_prints_into_the_log_through_the_daemo
     assert all(RECORD.match(line) for line in _log(d).splitlines())
 
 
+def test_sighup_reopens_the_log_for_the_daemon_its_children_and_their_output(make_daemon: Any) -> None:
+    d = make_daemon(jobs_only=True, workers=1)
+    d.up()
+    state = d.base / "state"
+    with d.client() as c:
+        before = c.submit(f"{__name__}:say", "before").result(30)
+        wait_for(lambda: "printed before" in _log(d), 30, what="the job's output")
+        os.rename(state / "daemon.log", state / "daemon.log.1")  # as logrotate does
+        os.kill(d.pid, signal.SIGHUP)
+        wait_for(lambda: "event=log-reopened signal=SIGHUP" in _log(d), 30, what="a new daemon.log")
+        assert (state / "daemon.log").stat().st_mode & 0o777 == 0o600
+        after = c.submit(f"{__name__}:say", "after").result(30)  # the daemon stays up and serves
+    assert after == before
+    wait_for(lambda: f"event=job-output pid={after} text=printed after" in _log(d), 30, what="output in the new log")
+    wait_for(lambda: f"WARNING worker pid={after} job: logged after" in _log(d), 30,
+             what="the worker's own record in the new log")
+    old = _log(d, "daemon.log.1")
+    assert "printed before" in old and "logged before" in old and "log-reopened" not in old
+    assert "printed after" not in old and "logged after" not in old
+    assert "printed before" not in _log(d) and "logged before" not in _log(d)
+    assert all(RECORD.match(line) for line in _log(d).splitlines())
+    d.down()
+    assert "event=stopped" in _log(d)
+
+
+LOGROTATE = shutil.which("logrotate") or ("/usr/sbin/logrotate" if os.path.exists("/usr/sbin/logrotate") else None)
+
+
+@pytest.mark.skipif(LOGROTATE is None, reason="logrotate is not installed (Debian: apt-get install logrotate)")
+def test_the_shipped_logrotate_rule_rotates_a_running_daemon_s_log(make_daemon: Any, tmp_path: Path) -> None:
+    """deploy/logrotate/ensemble, its paths pointed at a test daemon's, run by logrotate itself (-f: now)."""
+    d = make_daemon(jobs_only=True, workers=1)
+    d.up()
+    state = d.base / "state"
+    rule = (ROOT / "deploy" / "logrotate" / "ensemble").read_text()
+    for shipped, ours in (("/var/lib/ensemble/default", str(state)), ("/run/ensemble/default", str(d.base / "run")),
+                          ("create 0600 ensemble ensemble", "create 0600")):
+        assert shipped in rule
+        rule = rule.replace(shipped, ours)
+    (tmp_path / "rule").write_text(rule)
+    rotated = subprocess.run([str(LOGROTATE), "-f", "-s", str(tmp_path / "status"), str(tmp_path / "rule")],
+                             capture_output=True, text=True, timeout=60)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "event=start" in (state / "daemon.log.1").read_text()
+    wait_for(lambda: "event=log-reopened" in _log(d), 30, what="the daemon to reopen its log")
+    with d.client() as c:
+        pid = c.submit(f"{__name__}:say", "after").result(30)
+    wait_for(lambda: f"event=job-output pid={pid} text=printed after" in _log(d), 30, what="output in the new log")
+    assert "event=start" not in _log(d) and "printed after" not in (state / "daemon.log.1").read_text()
+
+
 @pytest.mark.slow  # a whole daemon (processor and controller): run by .ci/run's slow pass
 def test_the_controller_and_processor_print_into_the_log_through_the_daemon(make_daemon: Any, tmp_path: Path) -> None:
     d = make_daemon(workers=1)
     d.up()
     script = tmp_path / "printing.py"
     script.write_text('print("ERROR supervisor: from a script")\n')
+    os.rename(d.base / "state" / "daemon.log", d.base / "state" / "daemon.log.1")
+    os.kill(d.pid, signal.SIGHUP)
+    wait_for(lambda: "event=log-reopened" in _log(d), 30, what="a new daemon.log")
     with d.client() as c:
         c.load_script(str(script), wait=30)
     pids = {a.role: a.pid for a in d.status().actors}
     for role, module in (("controller", "controller.actor"), ("processor", "audio.processor")):
         marked = f"event=child-output module={module} pid={pids[role]} text=ERROR supervisor: from a script"
-        wait_for(lambda: marked in _log(d), 30, what=f"the {role}'s output")
+        wait_for(lambda: marked in _log(d), 30, what=f"the {role}'s output in the new log")
     assert all(RECORD.match(line) for line in _log(d).splitlines())
 
 
