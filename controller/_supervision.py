@@ -134,6 +134,7 @@ class ScriptExtension(Extension):
         self.set_drops: collections.OrderedDict[int, str] = collections.OrderedDict()  # seq -> why not applied
         self.unbound: dict[str, ParamBind] = {}  # parameter -> its acknowledged bind the controller has not shown yet
         self.stopped = ""  # why the running script is stopped (the controller's ScriptStop); "" while it runs
+        self.stopped_load = 0  # the load whose script stopped (ScriptStop.load)
 
     def requests(self) -> dict[type, Any]:
         return {ScriptLoad: self._load, ParamSet: self._param_set, ParamCheck: self._param_check,
@@ -155,11 +156,12 @@ class ScriptExtension(Extension):
             log.info("event=script-reload side=processor path=%s load=%d", self.script_path, self.load_state[0])
             self.host.send_child(slot, ScriptLoad(self.script_path, load=self.load_state[0]))
             self.host.send_child(slot, ParamValues(list(self.params.values())))
-            if self.stopped:  # the controller stopped the script: stopped on this side too, after its init
-                self.host.send_child(slot, ScriptStop(self.stopped, self.load_state[0]))
+            if self.stopped and self.stopped_load == self.ready_load:  # stopped on this side too, after its init
+                self.host.send_child(slot, ScriptStop(self.stopped, self.stopped_load))
         elif slot.role == "controller":
             self._controller_back(slot)
             self.ui = UiState([], self.ui.version + 1)  # a new controller: its elements come with the script
+            self.stopped = ""  # and nothing of its script is stopped (it loads it now)
             if self.script_path:
                 self.script_ready = False
                 if not self.load_lost:
@@ -461,9 +463,12 @@ class ScriptExtension(Extension):
             self._processor_ran(slot, msg)
         elif isinstance(msg, ScriptReady):
             self.script_ready = True
-            self.stopped = ""  # the controller runs the script loaded anew, and the processor will (its init)
+            if self.stopped_load != msg.load:  # the controller runs the script loaded anew, and the processor will
+                self.stopped = ""
             self.ready_path, self.ready_load, self.ready_digest = msg.path, msg.load, msg.digest
             sent = proc is not None and self.host.send_child(proc, ScriptLoad(msg.path, load=msg.load))
+            if sent and proc is not None and self.stopped:  # stopped as it loaded (on_load past the budget): after init
+                self.host.send_child(proc, ScriptStop(self.stopped, msg.load))
             if self._loading_in("controller", msg.load):  # no processor now: the one that starts loads it (child_ready)
                 self.processor_loading = sent
                 self.load_state[1] = "loading" if sent else "ready"
@@ -513,15 +518,18 @@ class ScriptExtension(Extension):
         callbacks stop (notes play the default sampler), and ``status`` says
         so (``script_stopped``) until the next load runs it again.  A
         processor restarted meanwhile is told again after its load
-        (:meth:`child_ready`).  A stop of a script the controller was told
+        (:meth:`child_ready`).  A script that stopped as it loaded (its
+        ``on_load`` ran past the budget, before its ``ScriptReady``) stops in
+        the processor once it is loaded there (:meth:`_route`), not the one
+        the processor still runs.  A stop of a script the controller was told
         to drop (it crossed the unload) stops nothing.
         """
         if slot.role != "controller" or self._dropped(slot, msg.load, "stop", 1):
             return
-        self.stopped = msg.reason
+        self.stopped, self.stopped_load = msg.reason, msg.load
         log.warning("event=script-stopped side=both load=%d reason=%s", msg.load, msg.reason)
         proc = self.host.child("processor")
-        if proc is not None:
+        if proc is not None and msg.load == self.ready_load:  # the script the processor runs, or was sent
             self.host.send_child(proc, msg)
 
     def _processor_ran(self, slot: Any, msg: ScriptReady) -> None:

@@ -119,3 +119,47 @@ def test_a_controller_overrun_stops_the_processor_callbacks_until_the_script_is_
     c.note_on(63)
     wait_for(lambda: "on_note 63" in _ran(log), what="on_note to run again")
     assert _ran(log) == ["on_note 60", "on_note 63"]  # neither 61 nor 62 reached the stopped script
+
+
+ON_LOAD_SPINS = """from controller.script import *
+from pathlib import Path
+
+def rec(text):
+    with open({log!r}, "a") as f:
+        f.write(text + "\\n")
+
+def on_save():
+    return 1
+
+def on_load(state):
+    while Path({spin!r}).exists():  # Python code: the budget's interrupt stops it
+        pass
+
+def on_note(event):
+    rec(f"on_note {{event.note}}")
+
+define_parameter("x", "X", 0, 0, 10)
+"""
+
+
+@pytest.mark.slow  # waits out the controller's budget of 5 s
+def test_a_script_whose_on_load_runs_past_the_budget_is_stopped_in_the_processor_once_loaded_there(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """The stop came before the load's ScriptReady: the daemon passed it to the processor, which still ran the
+    script before and stopped that one, then loaded the stopped script and ran its on_note."""
+    log, spin = tmp_path / "log.txt", tmp_path / "spin"
+    script = tmp_path / "loader.py"
+    script.write_text(ON_LOAD_SPINS.format(log=str(log), spin=str(spin)))
+    c = daemon.client()
+    c.load_script(str(script), wait=30)
+    c.set_param("x", 1, wait=10)  # saves on_save()'s state: the next load runs on_load with it
+    spin.touch()
+    c.reload_script(wait=30)
+    why = "on_load ran past the controller's budget of 5000 ms"
+    wait_for(lambda: daemon.actor("controller").stats.get("script_stopped") == why, what="the controller's stop")
+    wait_for(lambda: daemon.actor("processor").stats.get("script_stopped") == f"the controller stopped it: {why}", 30,
+             what="the processor to stop the script it loaded")
+    assert daemon.status().daemon.counters["script_stopped"].startswith(f"stopped in the controller: {why};")
+    c.note_on(60)
+    wait_for(lambda: daemon.actor("processor").stats["peak_voices"] >= 1, what="the default sampler to play 60")
+    assert _ran(log) == []
