@@ -98,7 +98,12 @@ _TAKE_WAIT = 5.0  # seconds the daemon waits for result arrays from an actor, pl
 _TAKE_RATE = 50_000_000  # (the daemon's loop waits meanwhile: bounded, as a node that died could make it wait long)
 _JOIN_WAIT = 45.0  # seconds a driver may take to join the cluster before the daemon ends it and reports why
 _RETRY_FIRST, _RETRY_MAX = 2.0, 30.0  # seconds between attempts to (re)join the cluster: doubling, at most this
-_SEND_WAIT = 5  # seconds a write to the driver may block (one that stopped reading its link is taken for broken)
+_SEND_WAIT = 5  # seconds a write to the driver may block (its reading thread makes no Ray call: one that does not
+# read for this long is stopped or hung, and taken for broken)
+_PING_EVERY = 1.0  # seconds between the daemon's pings of a joined driver (answered by its reading thread)
+_PING_WAIT = 10.0  # seconds a joined driver has to answer a ping before it is taken for stopped or hung
+_STUCK_WAIT = 300.0  # seconds one Ray call of the driver may last before it is taken for hung (a take aside: it has
+# a timeout of its own)
 _END_WAIT = 10.0  # seconds the driver has to end after its link closed or it was told to stop
 _DEMAND_IDLE = 30.0  # seconds a connected worker placed for queued jobs stays once no queued job needs it
 
@@ -163,6 +168,16 @@ class RayWorkers:
     driver, at most :data:`_SEND_WAIT` s if it stopped reading), except
     :meth:`take` (waits for the driver's answer, bounded) and :meth:`close`.
     A thread reads the driver's reports into a queue that :meth:`poll` drains.
+
+    Liveness: the driver reads its link on a thread that makes no Ray call,
+    so a driver waiting on Ray (a ``ray.put`` of a big array, a cluster slow
+    to answer) still reads the daemon's writes and answers its pings (one a
+    second), saying what it waits on and for how long (``status``:
+    ``ray_driver_busy``, ``ray_driver_busy_s``, from a second on).  A driver
+    that answers no ping within :data:`_PING_WAIT` s, stops reading for
+    :data:`_SEND_WAIT` s (stopped, hung, or its link gone), or has spent
+    :data:`_STUCK_WAIT` s in one Ray call is ended and taken for lost, as one
+    that ended.
     """
 
     def __init__(self, cfg: Config, keys_dir: Path, bound: str) -> None:
@@ -189,7 +204,9 @@ class RayWorkers:
         self.attempt_at = 0.0  # monotonic time the current driver started
         self.retry_at = 0.0  # monotonic time to start a new driver (no driver runs meanwhile)
         self.pause = _RETRY_FIRST
-        self.broken = ""  # why a write to the driver failed (it is ended at the next poll)
+        self.broken = ""  # why the driver is taken for broken (it is ended at the next poll)
+        self.ping_at = 0.0  # monotonic time of the ping the driver has not answered yet (0: none out)
+        self.pong_at = 0.0  # monotonic time of its last answer (or of its join)
         self.refused: list[tuple[dict[str, float], str]] = []  # needs Ray refused to place (reported by the driver)
         self.capped: list[dict[str, float]] = []  # needs the last placement left without a worker (max_workers)
         self.take_seq = 0
@@ -235,6 +252,7 @@ class RayWorkers:
         finally:
             theirs.close()
         self.sock, self.inbox, self.broken = mine, queue.Queue(), ""
+        self.ping_at = 0.0
         self.reader = threading.Thread(target=_read_reports, args=(mine, self.inbox), name="ray-driver-reports",
                                        daemon=True)
         self.reader.start()
@@ -305,6 +323,8 @@ class RayWorkers:
         self.staged.clear()
         self.staged_on.clear()
         self.pending.clear()
+        self.counters.pop("ray_driver_busy", None)
+        self.counters.pop("ray_driver_busy_s", None)
         self.retry_at = time.monotonic() + self.pause
         self.pause = min(self.pause * 2, _RETRY_MAX)
 
@@ -315,7 +335,7 @@ class RayWorkers:
         try:
             send_msg(self.sock, header, payload)
         except OSError as exc:
-            self.broken = f"the Ray driver stopped reading its commands ({exc})"
+            self.broken = f"its Ray driver stopped reading its commands for {_SEND_WAIT}s ({exc})"
 
     # -- placing -------------------------------------------------------------------------
     def add(self, resources: dict[str, float], need: dict[str, float] | None = None) -> Member:
@@ -440,8 +460,9 @@ class RayWorkers:
         A run that returned (its worker stopped) removes a retiring member and
         starts the worker again for any other; one that failed (actor or node
         died) waits for Ray's restart of the actor.  A driver that ended (Ray
-        went away), failed to join, or took longer than :data:`_JOIN_WAIT` to:
-        every member is lost and a new driver starts after a pause.
+        went away), failed to join, or took longer than :data:`_JOIN_WAIT` to,
+        or is taken for stopped or hung (see the class's liveness): every
+        member is lost and a new driver starts after a pause.
         """
         out: list[tuple[str, str]] = []
         reports, self.pending = self.pending, []
@@ -458,14 +479,23 @@ class RayWorkers:
             self._lost(self.broken, out)
         elif self.proc is not None and not self.joined and mono - self.attempt_at > _JOIN_WAIT:
             self._lost(f"no answer within {_JOIN_WAIT:g}s", out)
+        elif self.proc is not None and self.joined and self.ping_at and mono - self.ping_at > _PING_WAIT:
+            self._lost(f"its Ray driver (pid {self.proc.pid}) answered no ping for {_PING_WAIT:g}s: it is stopped "
+                       "or hung", out)
+        elif self.proc is not None and self.joined and not self.ping_at and mono - self.pong_at >= _PING_EVERY:
+            self.ping_at = mono
+            self._send(["ping"])
         elif self.proc is None and mono >= self.retry_at:
             self._launch()
         return out
 
     def _apply(self, report: list[Any], out: list[tuple[str, str]]) -> None:
         kind = report[0]
-        if kind == "joined":
+        if kind == "pong":
+            self._pong(str(report[1]), float(report[2]))
+        elif kind == "joined":
             self.joined, self.endpoint, self.pause = True, str(report[1]), _RETRY_FIRST
+            self.pong_at = time.monotonic()
             self._state("joined", "")
             log.info("event=ray-joined address=%s connect=%s workers=%d", self.address, self.endpoint, self.wanted)
             self.scale(self.wanted)
@@ -496,6 +526,17 @@ class RayWorkers:
                 log.error("event=ray-placement-refused need=%s reason=%s", describe(member.resources), report[2])
                 self.refused.append((need, f"Ray cannot place a worker with {describe(member.resources)}: "
                                            f"{report[2]}"))
+
+    def _pong(self, what: str, seconds: float) -> None:
+        """The driver answered a ping: it lives, and has spent ``seconds`` in Ray call ``what`` ('' idle)."""
+        self.ping_at, self.pong_at = 0.0, time.monotonic()
+        if what and seconds >= 1.0:
+            self.counters["ray_driver_busy"], self.counters["ray_driver_busy_s"] = what, round(seconds, 1)
+        else:
+            self.counters.pop("ray_driver_busy", None)
+            self.counters.pop("ray_driver_busy_s", None)
+        if what not in ("", "take") and seconds > _STUCK_WAIT:
+            self.broken = f"its Ray driver has been in one Ray call ({what}) for {seconds:.0f}s: it is hung"
 
     # -- the object store ----------------------------------------------------------------
     def stage(self, name: str, job_id: int, value: Any, prefix: str) -> Any:

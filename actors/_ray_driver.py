@@ -6,19 +6,23 @@ process when the cluster goes away, and that ends only this child.  The two
 talk over a socketpair in :mod:`actors._storelink`'s framing (msgpack
 headers, raw array bytes): the daemon sends commands (``add``, ``kill``,
 ``retiring``, ``where``, ``put`` with an array's bytes, ``stage``,
-``release``, ``discard``, ``take``, ``stop``) and this process reports
-(``joined``/``failed``, ``ended``, ``where``, ``refused``, ``took`` with the
-arrays' bytes).  Here alone Ray is joined, and here Ray deserialises (pickle)
-what the cluster's actors return.  Runtime layer: no audio or controller
-imports.
+``release``, ``discard``, ``take``, ``stop``, and ``ping``) and this process
+reports (``joined``/``failed``, ``ended``, ``where``, ``refused``, ``took``
+with the arrays' bytes, ``pong``).  A thread that makes no Ray call reads
+the commands and answers ``ping``, so a driver that waits on Ray is not
+taken for a hung one (:class:`Driver`).  Here alone Ray is joined, and here
+Ray deserialises (pickle) what the cluster's actors return.  Runtime layer:
+no audio or controller imports.
 """
 
 from __future__ import annotations
 
 import logging
-import select
+import queue
 import socket
 import sys
+import threading
+import time
 from typing import Any
 
 from actors._ray import import_ray
@@ -35,7 +39,6 @@ def ray_options(resources: dict[str, float]) -> dict[str, Any]:
     if custom:
         opts["resources"] = custom
     return opts
-
 
 
 def driver_main(argv: list[str]) -> int:
@@ -73,7 +76,17 @@ def _connect_endpoint(ray: Any, bound: str) -> str:
 
 
 class Driver:
-    """The driver process's side: the actors, their pending ``run()``s, and the argument objects it owns."""
+    """The driver process's side: the actors, their pending ``run()``s, and the argument objects it owns.
+
+    Two threads.  :meth:`read` (a thread of its own) reads the daemon's
+    commands as they come, a ``put``'s bytes included, queues them, and
+    answers ``ping`` at once with what the main thread is doing and for how
+    long; it makes no Ray call, so the daemon can tell a driver that waits on
+    Ray (a ``ray.put`` of a big array, a cluster slow to answer) from one
+    that is stopped, hung or gone.  The main thread (:meth:`serve`) carries
+    the commands out in order, in Ray calls that may block, and watches the
+    actors.  Both write to the link, one whole message at a time.
+    """
 
     def __init__(self, ray: Any, sock: socket.socket, endpoint: str) -> None:
         self.ray, self.sock, self.endpoint = ray, sock, endpoint
@@ -83,17 +96,29 @@ class Driver:
         self.wheres: dict[Any, str] = {}  # pending where() ref -> member name
         self.retiring: set[str] = set()
         self.refs: dict[str, Any] = {}  # key -> ObjectRef of a staged argument, until its job ends
+        self.commands: queue.Queue[list[Any]] = queue.Queue()  # read, not yet carried out (``eof`` last)
+        self.step: tuple[str, float] = ("", 0.0)  # what the main thread does (a command, "watch") and since when
+        self._writing = threading.Lock()  # one message at a time on the link
+
+    def send(self, header: list[Any], *payloads: Any) -> None:
+        """One report to the daemon (``payloads``: buffers sent after the header); either thread."""
+        with self._writing:
+            send_msg(self.sock, header)
+            for payload in payloads:
+                self.sock.sendall(payload)
 
     def serve(self) -> None:
         """Carry out commands and report ended runs until ``stop`` or the daemon closes the link."""
+        threading.Thread(target=self.read, name="daemon-commands", daemon=True).start()
         try:
             while True:
-                ready, _, _ = select.select([self.sock], [], [], 0.2)
-                if ready and not self.command(recv_header(self.sock)):
+                try:
+                    cmd = self.commands.get(timeout=0.2)
+                except queue.Empty:
+                    cmd = None
+                if cmd is not None and (cmd[0] == "eof" or not self.timed(cmd[0], self.command, cmd)):
                     return
-                self.watch()
-        except EOFError:
-            return
+                self.timed("watch", self.watch)
         finally:
             for actor in self.actors.values():
                 try:
@@ -101,8 +126,47 @@ class Driver:
                 except Exception:  # noqa: BLE001,S110 - already gone
                     pass
 
+    def timed(self, what: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` with ``what`` as the step a ``ping`` reports meanwhile (main thread)."""
+        self.step = (what, time.monotonic())
+        try:
+            return fn(*args)
+        finally:
+            self.step = ("", 0.0)
+
+    def read(self) -> None:
+        """Read the daemon's commands into the queue, answering ``ping`` at once, until the link closes (a thread).
+
+        A ``put``'s bytes are read here into an array of their own, so the
+        daemon's write never waits for a Ray call.  ``eof`` is queued last
+        (the link closed or broke, or a command was malformed).
+        """
+        import numpy as np
+
+        from actors.messages import _check_dtype
+
+        try:
+            while True:
+                cmd = list(recv_header(self.sock))
+                if cmd[0] == "ping":
+                    what, since = self.step
+                    self.send(["pong", what, time.monotonic() - since if what else 0.0])
+                    continue
+                if cmd[0] == "put":
+                    _, key, dtype, shape, nbytes = cmd
+                    arr = np.empty(shape, _check_dtype(dtype))
+                    if arr.nbytes != nbytes:
+                        raise ValueError(f"put {key}: {nbytes} bytes for shape {shape} of {dtype}")
+                    recv_exact(self.sock, nbytes, arr.reshape(-1).view(np.uint8))
+                    cmd = ["put", key, arr]
+                self.commands.put(cmd)
+        except Exception as exc:  # noqa: BLE001 - EOF, a reset link, a malformed command: the daemon is done with us
+            if not isinstance(exc, EOFError):
+                print(f"ensemble: the daemon's link: {type(exc).__name__}: {exc}", file=sys.stderr)
+            self.commands.put(["eof"])
+
     def command(self, cmd: list[Any]) -> bool:  # noqa: C901 - one branch per command
-        """Carry out one command of the daemon's; False for ``stop``."""
+        """Carry out one command of the daemon's; False for ``stop`` (main thread)."""
         kind = cmd[0]
         if kind == "add":
             _, name, resources, secret, server_public, env = cmd
@@ -110,7 +174,7 @@ class Driver:
                 actor = self.host_cls.options(name=name, **ray_options(resources)).remote(
                     self.endpoint, secret, server_public, name, env, resources)
             except Exception as exc:  # noqa: BLE001 - Ray's refusal of these options: this need's jobs fail
-                send_msg(self.sock, ["refused", name, f"{type(exc).__name__}: {exc}"])
+                self.send(["refused", name, f"{type(exc).__name__}: {exc}"])
                 return True
             self.actors[name] = actor
             self.runs[actor.run.remote()] = name
@@ -127,14 +191,7 @@ class Driver:
         elif kind == "where" and cmd[1] in self.actors:
             self.wheres[self.actors[cmd[1]].where.remote()] = cmd[1]
         elif kind == "put":
-            import numpy as np
-
-            from actors.messages import _check_dtype
-
-            _, key, dtype, shape, nbytes = cmd
-            arr = np.empty(shape, _check_dtype(dtype))
-            recv_exact(self.sock, nbytes, arr.reshape(-1).view(np.uint8))
-            self.refs[key] = self.ray.put(arr)
+            self.refs[cmd[1]] = self.ray.put(cmd[2])  # (the array read by :meth:`read`)
         elif kind == "stage" and cmd[1] in self.actors:
             keys = [k for k in cmd[2] if k in self.refs]  # nested in a list: passed as refs, borrowed by the actor
             self.actors[cmd[1]].stage.remote(keys, [self.refs[k] for k in keys])
@@ -165,11 +222,10 @@ class Driver:
             if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biufc" for a in arrays):
                 raise TypeError("the actor returned something other than numeric arrays")
         except Exception as exc:  # noqa: BLE001 - RayActorError, GetTimeoutError, the actor's KeyError
-            send_msg(self.sock, ["took", seq, f"{type(exc).__name__}: {exc}", []])
+            self.send(["took", seq, f"{type(exc).__name__}: {exc}", []])
             return
-        send_msg(self.sock, ["took", seq, "", [[a.dtype.str, list(a.shape), a.nbytes] for a in arrays]])
-        for a in arrays:
-            self.sock.sendall(a.reshape(-1).view(np.uint8).data)
+        self.send(["took", seq, "", [[a.dtype.str, list(a.shape), a.nbytes] for a in arrays]],
+                  *(a.reshape(-1).view(np.uint8).data for a in arrays))
 
     def watch(self) -> None:
         """Report the runs that ended (submitting them again unless retiring) and the workers located."""
@@ -186,7 +242,7 @@ class Driver:
                     ok, why = False, type(exc).__name__
                 if not ok or name not in self.retiring:
                     self.runs[self.actors[name].run.remote()] = name
-                send_msg(self.sock, ["ended", name, ok, why])
+                self.send(["ended", name, ok, why])
         if self.wheres:
             ready, _ = self.ray.wait(list(self.wheres), num_returns=len(self.wheres), timeout=0)
             for ref in ready:
@@ -195,5 +251,5 @@ class Driver:
                     pid, node, host = self.ray.get(ref, timeout=0)
                 except Exception:  # noqa: BLE001,S112 - it died meanwhile: asked again when it joins again
                     continue
-                send_msg(self.sock, ["where", name, pid, node, host])
+                self.send(["where", name, pid, node, host])
 
