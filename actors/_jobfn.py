@@ -21,14 +21,17 @@ own user and is trusted as that user: the allow-list does not apply to it.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import importlib
 import inspect
 import re
+import sys
 import types
 from typing import Any, Callable, Sequence
 
 from actors._errors import JobRefused
+from actors._task import Task
 
 _IDENT = r"[A-Za-z][A-Za-z0-9_]*"
 _PATH_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}$")
@@ -161,28 +164,122 @@ def resolve(path: str) -> Callable[..., Any]:
 def takes_task(fn: Callable[..., Any]) -> bool:
     """Whether a job function receives the task handle as its first argument: the one calling convention.
 
-    It does when its first parameter is named ``task`` or annotated ``Task``
-    (``actors.Task``, or the string ``"Task"`` under ``from __future__ import
-    annotations``); every other function is called with the job's arguments
-    alone and reaches its handle through :func:`actors.current_task`.  The same
-    rule holds for ``Client.submit``, ``Executor.submit`` and ``ensemble submit``.
-    A builtin without a signature (``sorted``) takes none.  Decided once per
-    function object (cached), in the worker.
+    It does when its first parameter is annotated with ensemble's own
+    :class:`~actors.Task` (``actors.Task``, re-exported as ``ensemble.Task``),
+    also as a string under ``from __future__ import annotations``: the string
+    is resolved as a dotted name (``"Task"``, ``"actors.Task"``) in the
+    function's own module, so a class of the user's that is also called
+    ``Task`` never matches.  A parameter's name decides nothing: ``def
+    handle(task)`` gets its caller's first argument, as under
+    ``ProcessPoolExecutor``.  Every other function is called with the job's
+    arguments alone and reaches its handle through :func:`actors.current_task`.
+    The same rule holds for ``Client.submit``, ``Executor.submit`` and
+    ``ensemble submit``.  A builtin without a signature (``sorted``) takes none.
+    Decided once per function object (cached), in the worker; never raises.
     """
+    first = _first_parameter(fn)
+    if first is None:
+        return False
+    ann = first.annotation
+    if isinstance(ann, str):
+        try:
+            ann = _named(fn, ann)
+        except Exception:  # noqa: BLE001 - an object whose attributes raise (a proxy): no handle
+            return False
+    return ann is Task
+
+
+def _first_parameter(fn: Callable[..., Any]) -> inspect.Parameter | None:
+    """The parameter a first positional argument binds to (``self`` of a bound method excluded), or None."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # a builtin without a text signature
-        return False
+        return None
     if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
                                             inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return None
+    return params[0]
+
+
+def _function_of(fn: Any) -> Any:
+    """The plain function behind a partial, a bound method or a decorator's ``functools.wraps``."""
+    for _ in range(100):  # (a cycle of __wrapped__ must not hang the worker)
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif isinstance(fn, types.MethodType):
+            fn = fn.__func__
+        elif getattr(fn, "__wrapped__", None) is not None:
+            fn = fn.__wrapped__
+        else:
+            break
+    return fn
+
+
+def _named(fn: Callable[..., Any], text: str) -> Any:
+    """What a string annotation of ``fn`` names when it is a dotted name, looked up in ``fn``'s module (its
+    ``__globals__``, then builtins); None for anything else (no code is evaluated)."""
+    text = text.strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # "'Task'": a quoted one under the future import
+        text = text[1:-1]
+    parts = text.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return None
+    inner = _function_of(fn)
+    scope = getattr(inner, "__globals__", None)
+    if not isinstance(scope, dict):  # a callable object: its class's module
+        module = sys.modules.get(str(getattr(inner, "__module__", None) or type(inner).__module__))
+        scope = vars(module) if module is not None else {}
+    missing = object()
+    obj = scope.get(parts[0], missing)
+    if obj is missing:
+        obj = getattr(builtins, parts[0], None)
+    for part in parts[1:]:
+        obj = getattr(obj, part, None)
+    return obj
+
+
+_TASK_API = frozenset([*(name for name in dir(Task) if not name.startswith("_")), "job_id", "abort_reason", "started"])
+
+
+def explain_task_parameter(exc: BaseException, fn: Callable[..., Any]) -> None:
+    """Say, in ``exc``'s message, that ``fn`` got no task handle, when ``exc`` comes of expecting one there.
+
+    For a job function written for the old rule (a first parameter named
+    ``task``, unannotated, got the handle): a call whose arguments do not fit
+    (``TypeError`` raised by the call itself), or an ``AttributeError`` for
+    one of :class:`Task`'s names on the very object its ``task`` parameter
+    holds.  Anything else is left as it is.  In the worker, after the job
+    failed; cheap (no I/O); never raises.
+    """
+    try:
+        if not _expects_handle(exc, fn):
+            return
+        name = getattr(_function_of(fn), "__name__", "the job function")
+        exc.args = (f"{exc.args[0]} ({name}()'s first parameter `task` has no annotation, so it is given the "
+                    "job's first argument: ensemble passes the task handle only to a first parameter annotated "
+                    "Task (from ensemble import Task; def f(task: Task, ...)), or current_task() gives it)",)
+    except Exception:  # noqa: BLE001 - a hint must never replace the job's own error
+        return
+
+
+def _expects_handle(exc: BaseException, fn: Callable[..., Any]) -> bool:
+    """Whether ``exc`` is the failure :func:`explain_task_parameter` explains (see there)."""
+    if len(exc.args) != 1 or not isinstance(exc.args[0], str):
         return False
-    first = params[0]
-    if first.name == "task":
-        return True
-    ann = first.annotation
-    if isinstance(ann, str):
-        return ann.rpartition(".")[2] == "Task"
-    return getattr(ann, "__name__", None) == "Task" and getattr(ann, "__module__", "").startswith("actors")
+    first = _first_parameter(fn)
+    if first is None or first.name != "task" or first.annotation is not inspect.Parameter.empty:
+        return False
+    tb = exc.__traceback__
+    if type(exc) is TypeError:  # the arguments did not bind (no frame of fn's ran), one short of its positionals
+        return tb is not None and tb.tb_next is None and " missing 1 required positional argument" in exc.args[0]
+    if not isinstance(exc, AttributeError) or exc.name not in _TASK_API:
+        return False
+    code = getattr(_function_of(fn), "__code__", None)
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            return tb.tb_frame.f_locals.get("task", exc) is exc.obj
+        tb = tb.tb_next
+    return False
 
 
 def resolve_internal(path: str) -> Callable[..., Any]:

@@ -76,7 +76,7 @@ from actors._logging import setup as one_line_logging
 from actors._rundir import RESULTS_SUFFIX, HeldResults, RunDir, StartedLog
 from actors._arrays import WorkerArrays
 from actors._errors import POOL_BROKEN, ProtocolError, error_name, rebuilt_exception
-from actors._jobfn import resolve, resolve_internal, takes_task
+from actors._jobfn import explain_task_parameter, resolve, resolve_internal, takes_task
 from actors._keeper import fork_keeper
 from actors._signals import SignalPipe, start_unsignalled
 from actors._task import Task, activate, deactivate, set_home
@@ -741,17 +741,20 @@ def _run_one(d: Dispatch, task: Task, arrays: WorkerArrays,
             # (a script's background task) keep the seed's fn(task) form
             with_task = d.with_task if d.internal else takes_task(fn)
         value: Any
-        if type(payload) is list:  # an Executor.map chunk: a slice of each iterable; fn over them, results in a
-            # list (the first exception ends the chunk, as in the pools)
-            value = [fn(task, *a) for a in zip(*payload)] if with_task else list(map(fn, *payload))
-        else:
-            args, kwargs = payload
-            try:
+        try:
+            if type(payload) is list:  # an Executor.map chunk: a slice of each iterable; fn over them, results in
+                # a list (the first exception ends the chunk, as in the pools)
+                value = [fn(task, *a) for a in zip(*payload)] if with_task else list(map(fn, *payload))
+            else:
+                args, kwargs = payload
                 value = fn(task, *args, **kwargs) if with_task else fn(*args, **kwargs)
-            except TypeError as exc:
-                if with_task and exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
-                    _uncount_task(exc)  # the call itself failed (the arguments did not fit), not the function
-                raise
+        except (TypeError, AttributeError) as exc:
+            if not with_task:  # a function written for the old rule (a first parameter named task) says so
+                explain_task_parameter(exc, fn)
+            elif isinstance(exc, TypeError) and type(payload) is not list and exc.__traceback__ is not None \
+                    and exc.__traceback__.tb_next is None:
+                _uncount_task(exc)  # the call itself failed (the arguments did not fit), not the function
+            raise
         if d.pickled and arrays.shared:  # big arrays in the result leave the pickle and cross through shared memory
             # (a worker on another host sends MessagePack: nothing it sends is unpickled)
             value = spill(dumps(value, "the job's result", _keep_arrays(value, arrays.inline_limit)), arrays.spill_over)

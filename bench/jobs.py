@@ -10,8 +10,10 @@ import os
 import time
 from typing import Any
 
+from actors import Task
 
-def noop(task: Any = None, *args: Any) -> None:
+
+def noop(task: Task, *args: Any) -> None:
     """Nothing at all (throughput and latency)."""
 
 
@@ -19,7 +21,7 @@ def plain_noop(*args: Any) -> None:
     """Nothing, without a task argument."""
 
 
-def echo(task: Any, value: Any) -> Any:
+def echo(task: Task, value: Any) -> Any:
     """Return the argument (arrays in and out)."""
     return value
 
@@ -29,7 +31,7 @@ def plain_echo(value: Any) -> Any:
     return value
 
 
-def nbytes(task: Any, value: Any) -> int:
+def nbytes(task: Task, value: Any) -> int:
     """An array in, a number out (arrays in only)."""
     return int(value.nbytes)
 
@@ -38,7 +40,7 @@ def plain_nbytes(value: Any) -> int:
     return int(value.nbytes)
 
 
-def burn(task: Any, seconds: float) -> int:
+def burn(task: Task, seconds: float) -> int:
     """Spin the CPU for ``seconds`` of wall time (CPU-bound scaling)."""
     return plain_burn(seconds)
 
@@ -51,7 +53,7 @@ def plain_burn(seconds: float) -> int:
     return n
 
 
-def spin(task: Any, iterations: int) -> int:
+def spin(task: Task, iterations: int) -> int:
     """A fixed amount of CPU work (``iterations`` loop turns), whatever the wall time."""
     return plain_spin(iterations)
 
@@ -63,7 +65,7 @@ def plain_spin(iterations: int) -> int:
     return x
 
 
-def ignore_abort(task: Any, seconds: float = 60.0) -> None:
+def ignore_abort(task: Task, seconds: float = 60.0) -> None:
     """Never look at should_abort() (cancel to killed)."""
     time.sleep(seconds)
 
@@ -76,6 +78,6 @@ def plain_hang_marked(path: str) -> None:
         time.sleep(0.01)
 
 
-def blob(task: Any, size: int) -> bytes:
+def blob(task: Task, size: int) -> bytes:
     """``size`` bytes as the result (results over tcp: the ``remote`` case)."""
     return b"x" * size

@@ -1,4 +1,4 @@
-"""Example jobs (allowed by default): each takes the task handle first (its first parameter is named ``task``).
+"""Example jobs (allowed by default): each takes the task handle first (its first parameter is annotated ``Task``).
 
     ensemble submit examples.jobs:sine_sweep 2.0 --wait
     ensemble submit examples.jobs:normalize in.wav out.wav --wait

@@ -388,8 +388,8 @@ def convention_plain(x: int) -> list[Any]:
     return ["plain", current_task().job_id > 0, x]
 
 
-def convention_named(task: Any, x: int) -> list[Any]:
-    """A first parameter named ``task``: receives the handle first, from every entry point."""
+def convention_named(task: Task, x: int) -> list[Any]:
+    """A first parameter ``task: Task``: receives the handle first, from every entry point."""
     return ["named", task.job_id > 0, x]
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
-from actors import JobLost
+from actors import JobLost, Task
 from tests.conftest import Daemon, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 _FAST = {"ENSEMBLE_SUPERVISION_HEARTBEAT_INTERVAL": "0.1", "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "0.6"}
 
 
-def busy_in_c(task: Any, seconds: float, marker: str) -> int:
+def busy_in_c(task: Task, seconds: float, marker: str) -> int:
     """A job: touch ``marker``, then one ``pow`` (C, GIL held, CPU-bound) of about ``seconds``; the worker's pid."""
     modulus = (1 << 8192) | 1
     t = time.perf_counter()
@@ -37,7 +37,7 @@ def busy_in_c(task: Any, seconds: float, marker: str) -> int:
     return os.getpid()
 
 
-def stuck_in_c(task: Any, marker: str) -> None:
+def stuck_in_c(task: Task, marker: str) -> None:
     """A job: touch ``marker``, then sleep in C with the GIL held (a hung extension): silent and idle."""
     Path(marker).touch()
     ctypes.PyDLL(None).sleep(3600)  # PyDLL: the GIL stays held through the call

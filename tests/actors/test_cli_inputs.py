@@ -31,18 +31,20 @@ from tests.conftest import ROOT, Daemon, running_daemon, wait_for
 JOBS = '''
 import time
 
+from actors import Task
+
 ANSWER = 42
 
 
-def bytes_key(task):
+def bytes_key(task: Task):
     return {b"k": 1}
 
 
-def tuple_key(task):
+def tuple_key(task: Task):
     return {(1, 2): "a", "raw": b"\\x00z"}
 
 
-def say(task, message, seconds=1.0):
+def say(task: Task, message, seconds=1.0):
     """Show ``message`` as the job's status for ``seconds`` (long enough for a progress bar to draw it)."""
     task.set_status_message(message)
     time.sleep(seconds)

@@ -20,6 +20,7 @@ from typing import Any, Generator, Iterator
 import pytest
 import zmq
 
+from actors import Task
 from actors._rundir import RunDir
 from actors._state import FINAL
 from actors.messages import (
@@ -193,7 +194,7 @@ def test_a_submit_whose_directory_or_import_path_no_worker_can_use_is_refused(
     _alive(hostile.d, before)
 
 
-def gated_shared(task: Any, gate: str) -> Any:
+def gated_shared(task: Task, gate: str) -> Any:
     """A job: wait for ``gate`` to exist, then return a 2 MiB array made in shared memory."""
     end = time.monotonic() + 120
     while not Path(gate).exists() and time.monotonic() < end:

@@ -154,7 +154,8 @@ def test_children_never_import_from_the_current_directory(make_daemon: Any, tmp_
     planted = tmp_path / "cwd"
     (planted / "examples").mkdir(parents=True)
     (planted / "examples" / "__init__.py").write_text("")
-    (planted / "examples" / "jobs.py").write_text("def add(task, a, b):\n    return 'planted'\n")
+    (planted / "examples" / "jobs.py").write_text(
+        "from actors import Task\n\n\ndef add(task: Task, a, b):\n    return 'planted'\n")
     d = make_daemon()
     up = subprocess.run([sys.executable, "-m", "actors", "up"], env=d.env, cwd=planted, capture_output=True,
                         text=True, timeout=60)
