@@ -525,7 +525,8 @@ class Client(_OnConnection):
         own function: they travel pickled, as an ``Executor`` sends them), called with
         ``args`` and ``kwargs``; it reaches its task handle through
         :func:`actors.current_task`, or receives it first when its first parameter
-        is named ``task`` (or annotated ``Task``), as from every entry point.  ``grace`` (s) is the
+        is annotated ``Task`` (``actors.Task``; a parameter merely named ``task``
+        gets its argument), as from every entry point.  ``grace`` (s) is the
         time between an abort (cancel, deadline, stop) and the force kill;
         ``deadline`` (s) the run-time limit from the start; ``retries`` how often
         to rerun after a worker death.  ``timeout`` is the old name of ``grace``.
@@ -634,8 +635,8 @@ class Executor(concurrent.futures.Executor):
     Drop-in for ``ProcessPoolExecutor`` code: ``submit``/``map``/``shutdown``,
     Futures that work with ``as_completed`` and ``wait``.  Functions are called
     as ``fn(*args, **kwargs)`` and reach their task handle through
-    ``actors.current_task()`` (one whose first parameter is named ``task``
-    gets it first, as from ``Client.submit``).
+    ``actors.current_task()`` (one whose first parameter is annotated
+    ``Task``, ``actors.Task``, gets it first, as from ``Client.submit``).
     Submits made close together travel as one batch.
 
     Which daemon: with ``config`` or ``daemon="name"`` given, that one (it must
