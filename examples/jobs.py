@@ -75,14 +75,20 @@ def normalize(task: Task, src: str, dst: str, peak_db: float = -1.0) -> dict[str
 
 
 def count_lines(task: Task, path: str) -> int:
-    """Count the lines of a file with ``wc -l`` through ``run_process``."""
+    """Count the lines of a file with ``wc -l`` through ``run_process``.
+
+    It reads any file the daemon's user may read: a function that takes a path is for local clients (its
+    user's own), never for a remote key's allow-list.  The path is given after ``--``, so that it is read
+    as a file name even when it looks like an option (``--files0-from=FILE`` made ``wc`` print FILE's
+    contents in its error, which came back in this job's).
+    """
     out: list[str] = []
 
     def log(t: Task, finished: bool, data: Any) -> None:
         if not finished:
             out.append(data)
 
-    code = task.run_process("wc", ["-l", path], log)
+    code = task.run_process("wc", ["-l", "--", path], log)
     if code != 0:
         raise RuntimeError(f"wc exited with {code}: {' '.join(out)}")
     return int(out[-1].split()[0])
