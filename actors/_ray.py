@@ -43,8 +43,9 @@ Ray's object store instead of the frame, and never as ``/dev/shm`` handles:
 * results: the worker writes a big result's raw bytes to its actor over the
   link and sends the key in its ``JobsDone``; the daemon has its driver take
   the array from the actor (``take``, a Ray call whose return value the
-  driver owns and drops once it sent the raw bytes) and copies it out: into
-  a segment for a local client's job, into the journal and the reply for a
+  driver owns and drops once it sent the raw bytes) and reads the bytes
+  straight into a segment it made for a local client's job (no copy of its
+  own on the way), or into an array for the journal and the reply of a
   remote client's.
 
 Where Ray deserialises (pickle): in the actor (arguments, on the worker's
@@ -210,6 +211,7 @@ class RayWorkers:
         self.refused: list[tuple[dict[str, float], str]] = []  # needs Ray refused to place (reported by the driver)
         self.capped: list[dict[str, float]] = []  # needs the last placement left without a worker (max_workers)
         self.take_seq = 0
+        self.landing: dict[int, list[Any]] = {}  # take number -> where its arrays go (read by the reports' thread)
         self._state("joining", "")
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -253,8 +255,8 @@ class RayWorkers:
             theirs.close()
         self.sock, self.inbox, self.broken = mine, queue.Queue(), ""
         self.ping_at = 0.0
-        self.reader = threading.Thread(target=_read_reports, args=(mine, self.inbox), name="ray-driver-reports",
-                                       daemon=True)
+        self.reader = threading.Thread(target=_read_reports, args=(mine, self.inbox, self.landing),
+                                       name="ray-driver-reports", daemon=True)
         self.reader.start()
         self.attempt_at = time.monotonic()  # (``ray_cluster`` stays "unreachable" with its error until it joins)
         log.info("event=ray-driver-started pid=%d address=%s", self.proc.pid, self.address)
@@ -607,35 +609,67 @@ class RayWorkers:
         if keys and name in self.members:
             self._send(["discard", name, [k.key for k in keys]])
 
-    def take(self, name: str, value: Any, land: Any = None) -> Any:
-        """A result ``value`` from member ``name`` with its :class:`StoredArray` keys replaced by the arrays
-        (or by what ``land(array)`` makes of each).
+    def take(self, name: str, value: Any, local: bool = False) -> Any:
+        """A result ``value`` from member ``name`` with its :class:`StoredArray` keys replaced by the arrays.
 
-        Waits for the driver (at most 5 s plus a second per 50 MB, and a
-        little more for the link: the daemon's loop waits meanwhile); raises
-        EnsembleError naming why when it cannot (the actor died, the key is
-        unknown, the array does not match its key, the cluster went away).
+        ``local`` (a local client's job): each array above ``[jobs]
+        inline_array_limit`` lands in a new shared-memory segment of this
+        daemon and is replaced by its handle, as a local worker's result
+        would be; its bytes are read from the driver straight into the
+        segment (no copy of its own on the way).  Waits for the driver (at
+        most 5 s plus a second per 50 MB, and a little more for the link: the
+        daemon's loop waits meanwhile); raises EnsembleError naming why when
+        it cannot (the actor died, the key is unknown, the array does not
+        match its key, the cluster went away), its segments unlinked.
         """
         from actors._errors import EnsembleError
-        from actors.shm import walk
+        from actors.shm import SharedArray, walk
 
         keys = stored_keys(value)
         if not keys:
             return value
         if name not in self.members or not self.joined:
             raise EnsembleError(f"its result arrays were on Ray worker {name}, which is gone")
+        limit = self.cfg.jobs.inline_array_limit
+        segs = [SharedArray.create(self.cfg.shm_key, k.shape, k.dtype) if local and k.nbytes > limit else None
+                for k in keys]
+        try:
+            got = self._take(name, keys, segs)
+        except BaseException:
+            for seg in segs:
+                if seg is not None:
+                    seg.unlink()
+            raise
+        finally:
+            for seg in segs:
+                if seg is not None:
+                    seg.close()
+        return walk(value, lambda v: got[v.key] if type(v) is StoredArray else v)
+
+    def _take(self, name: str, keys: list[StoredArray], segs: list[Any]) -> dict[str, Any]:
+        """The arrays under ``keys`` from member ``name``'s actor, by key: the handle of its segment where
+        ``segs`` has one (read straight into it), else the array."""
+        from actors._errors import EnsembleError
+
         self.take_seq += 1
+        seq = self.take_seq
         timeout = _TAKE_WAIT + sum(k.nbytes for k in keys) / _TAKE_RATE
-        self._send(["take", self.take_seq, name, [k.key for k in keys], timeout])
-        arrays = self._taken(self.take_seq, time.monotonic() + timeout + _END_WAIT, name)
-        got = {}
-        for k, arr in zip(keys, arrays):
-            if arr.dtype.str != k.dtype or tuple(arr.shape) != k.shape:
+        self.landing[seq] = [seg.array if seg is not None else None for seg in segs]
+        try:
+            self._send(["take", seq, name, [k.key for k in keys], timeout])
+            arrays = self._taken(seq, time.monotonic() + timeout + _END_WAIT, name)
+        finally:
+            self.landing.pop(seq, None)
+        if len(arrays) != len(keys):
+            raise EnsembleError(f"Ray worker {name} gave {len(arrays)} result arrays for {len(keys)} keys")
+        got: dict[str, Any] = {}
+        for k, arr, seg in zip(keys, arrays, segs):
+            if arr.dtype.str != k.dtype or tuple(arr.shape) != k.shape or (seg is not None and arr is not seg.array):
                 raise EnsembleError(f"result array {k.key} from Ray worker {name} does not match its key")
-            got[k.key] = arr if land is None else land(arr)
+            got[k.key] = arr if seg is None else seg.handle
             self.counters["ray_store_results"] += 1
             self.counters["ray_store_bytes"] += arr.nbytes
-        return walk(value, lambda v: got[v.key] if type(v) is StoredArray else v)
+        return got
 
     def _taken(self, seq: int, until: float, name: str) -> list[Any]:
         """The arrays of the driver's answer to take ``seq`` (other reports kept for :meth:`poll`)."""
@@ -661,27 +695,39 @@ class RayWorkers:
 _DRIVER_MAIN = "import sys; from actors._ray_driver import driver_main; sys.exit(driver_main(sys.argv[1:]))"
 
 
-def _read_reports(sock: socket.socket, inbox: "queue.Queue[list[Any]]") -> None:
-    """The daemon's thread reading the driver's reports (a ``took`` with its arrays) until the link closes."""
-    import numpy as np
+def _read_reports(sock: socket.socket, inbox: "queue.Queue[list[Any]]", landing: dict[int, list[Any]]) -> None:
+    """The daemon's thread reading the driver's reports (a ``took`` with its arrays) until the link closes.
 
-    from actors.messages import _check_dtype
-
+    ``landing``: take number -> where each of its arrays goes (a segment's
+    array, or None), set by :meth:`RayWorkers.take` before it asks.
+    """
     try:
         while True:
             report = list(recv_header(sock))
             if report[0] == "took":
-                arrays = []
-                for dtype, shape, nbytes in report[3]:
-                    arr = np.empty(shape, _check_dtype(dtype))
-                    if arr.nbytes != nbytes:
-                        raise ValueError(f"a taken array of {nbytes} bytes for shape {shape} of {dtype}")
-                    recv_exact(sock, nbytes, arr.reshape(-1).view(np.uint8))
-                    arrays.append(arr)
-                report[3] = arrays
+                report[3] = _read_arrays(sock, report[3], landing.pop(report[1], []))
             inbox.put(report)
     except Exception as exc:  # noqa: BLE001 - EOF, a reset link, a malformed report: the driver is done with
         inbox.put(["eof", f"{type(exc).__name__}: {exc}"])
+
+
+def _read_arrays(sock: socket.socket, sizes: list[Any], into: list[Any]) -> list[Any]:
+    """The arrays of a ``took`` (``sizes``: dtype, shape and bytes of each), each read straight into its place
+    in ``into`` when one is there of that dtype and shape (a segment's array), else into an array of its own."""
+    import numpy as np
+
+    from actors.messages import _check_dtype
+
+    arrays = []
+    for i, (dtype, shape, nbytes) in enumerate(sizes):
+        arr = into[i] if i < len(into) else None
+        if arr is None or arr.dtype.str != dtype or arr.shape != tuple(shape):
+            arr = np.empty(shape, _check_dtype(dtype))
+        if arr.nbytes != nbytes:
+            raise ValueError(f"a taken array of {nbytes} bytes for shape {shape} of {dtype}")
+        recv_exact(sock, nbytes, arr.reshape(-1).view(np.uint8))
+        arrays.append(arr)
+    return arrays
 
 
 def _tail(path: Path, size: int = 20_000) -> str:

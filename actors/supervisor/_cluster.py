@@ -34,7 +34,7 @@ import zmq
 from actors._errors import EnsembleError, OutOfRange
 from actors._values import Exact
 from actors.messages import JobDone, StoredArray
-from actors.shm import SharedArray, walk
+from actors.shm import walk
 from actors.supervisor import _dispatch as plan
 from actors.supervisor._children import Slot
 from actors.supervisor._state import State
@@ -155,28 +155,12 @@ class ClusterMixin(State):
                 done = msgspec.structs.replace(done, value=None)
             return done
         try:
-            value = self.cluster.take(slot.key_name, done.value, self._land if local else None)
+            value = self.cluster.take(slot.key_name, done.value, local)
             return msgspec.structs.replace(done, value=value)
         except EnsembleError as exc:
             log.error("event=stored-result-lost name=%s job=%d reason=%s", slot.name, done.job_id, exc)
             return msgspec.structs.replace(done, ok=False, value=None, error_type="ResultLost",
                                            error_message=f"the job returned but {exc}")
-
-    def _land(self, array: Any) -> Any:
-        """A result array taken from Ray, as a local worker's would be: in a segment of this daemon, by handle.
-
-        The journal and the reply then carry the handle, not the bytes; a
-        local client maps the segment and unlinks it, a remote one gets the
-        bytes inline (``_encode_for``), as for any shared-memory result.
-        """
-        if array.nbytes <= self.cfg.jobs.inline_array_limit:
-            return array
-        seg = SharedArray.create(self.cfg.shm_key, array.shape, array.dtype)
-        try:
-            seg.array[...] = array
-            return seg.handle
-        finally:
-            seg.close()
 
     def _cluster_close(self) -> None:
         if self.cluster is not None:

@@ -154,3 +154,27 @@ def test_a_tuple_result_holding_a_big_array_comes_back_and_listings_stay_readabl
     with pytest.raises(JobRefused, match="'object_store_memory' is one Ray keeps for itself"):
         c.submit("examples.jobs:add", 1, 2, resources={"object_store_memory": 1})
     assert c.submit("examples.jobs:add", 1, 2).result(120) == 3  # the daemon lives
+
+
+def rss_kib(pid: int, field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (the peak) of process ``pid``, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+def test_a_big_result_lands_in_its_segment_with_no_copy_of_its_own_in_the_daemon(
+        ray_daemon: tuple[Daemon, Any]) -> None:
+    """The daemon read a big result from its Ray driver into memory of its own, then copied it into the segment
+    its local client maps: the result's size twice at its peak, and a copy on every result's way."""
+    d, _ = ray_daemon
+    c = d.client(timeout=180)
+    n = 16 * MIB  # float32: 64 MiB, through the object store
+    before = rss_kib(d.pid, "VmRSS")
+    out = c.submit("tests.jobs:make_shared", n).result(180)
+    assert out.dtype == np.float32 and out.shape == (n,) and out[0] == out[-1] == 1.5
+    assert counters(d)["ray_store_results"] == 1
+    grew = (rss_kib(d.pid, "VmHWM") - before) * 1024
+    assert grew < 1.5 * out.nbytes, (f"the daemon's peak grew by {grew / MIB:.0f} MiB for a "
+                                     f"{out.nbytes / MIB:.0f} MiB result")
