@@ -14,6 +14,7 @@ children print is not written there by them: it comes through the daemon
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import logging.handlers
@@ -28,8 +29,22 @@ CONTROL = str.maketrans({c: f"\\x{c:02x}" for c in range(32)} | {127: "\\x7f"})
 LOG_FILE_ENV = "_ENSEMBLE_LOG_FILE"
 
 
+# A record with this attribute set holds several records' messages, one a line (the daemon's children's output,
+# actors._childoutput: one record, one write, for all the lines one read of a pipe got).
+LINES = "one_record_a_line"
+_SLOT = "\ue000"  # where the message goes in a formatted line (a private-use character: never escaped)
+
+
 class OneLineFormatter(logging.Formatter):
-    """A Formatter whose message part never spans lines."""
+    """A Formatter whose message part never spans lines (a :data:`LINES` record: one formatted line each)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not getattr(record, LINES, False):
+            return super().format(record)
+        one = copy.copy(record)
+        one.msg, one.args = _SLOT, None
+        head, _, tail = super().format(one).partition(_SLOT)
+        return "\n".join(head + line.translate(CONTROL) + tail for line in record.getMessage().split("\n"))
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = record.message.translate(CONTROL)

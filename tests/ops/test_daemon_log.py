@@ -30,6 +30,7 @@ def shout(long: int = 0) -> int:
     print("ERROR supervisor: worker 3 died")
     print("CRITICAL supervisor: on stderr", file=sys.stderr)
     subprocess.run(["/bin/sh", "-c", "echo from a subprocess"], check=True)
+    print("\x1b[31mred\rover")
     if long:
         print("x" * long + "THE END")
     print("half a line", end="")
@@ -64,6 +65,7 @@ def test_what_a_job_prints_is_logged_as_its_output(make_daemon: Any, prefork: st
     for said in ("ERROR supervisor: worker 3 died", "CRITICAL supervisor: on stderr", "from a subprocess"):
         (line,) = _output_lines(text, said)
         assert RECORD.match(line) and line.split(" INFO supervisor pid=")[1].endswith(f" {marked}{said}"), line
+    assert f"{marked}\\x1b[31mred\\x0dover\n" in text  # control characters escaped
     (cut,) = _output_lines(text, "xxxx")
     assert cut.endswith("x [cut: longer than 8192 bytes]") and "THE END" not in text
     assert all(RECORD.match(line) for line in text.splitlines()), "a line of the log is no record"
@@ -175,14 +177,14 @@ def test_the_controller_and_processor_print_into_the_log_through_the_daemon(make
 
 
 class _Records(logging.Handler):
-    """The messages of the records it handles (Handler.handle holds its lock while emit runs)."""
+    """The lines of the records' messages it handles (one record holds the lines of one read of a pipe)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+    def emit(self, record: logging.LogRecord) -> None:  # (Handler.handle holds self.lock)
+        self.lines.extend(record.getMessage().split("\n"))
 
     def taken(self) -> list[str]:
         with self.lock:  # type: ignore[union-attr]
