@@ -592,7 +592,7 @@ class Worker(Child):
 def _flush_output() -> None:
     """Flush ``sys.stdout`` and ``sys.stderr`` as a job left them (main thread; about a microsecond when empty).
 
-    A worker's ``sys.stdout`` is block-buffered (it starts on its log, not a
+    A worker's ``sys.stdout`` is block-buffered (it starts on a pipe to the daemon, not a
     terminal), so without this what a job prints would appear at the
     worker's exit, after the results of later jobs.  A stream the job
     closed, broke or replaced with something that cannot flush is let be.
