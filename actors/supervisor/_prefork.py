@@ -92,7 +92,8 @@ def assign(blank: Blank, argv: list[str], nice: int, log_path: Path | None, env:
     if output is not None and blank.out >= 0:
         output.attach(blank.out, blank.pid, "actors.worker")
         blank.out = -1
-    give_orders(blank.fd, argv, nice, log_path, env)
+    fd, blank.fd = blank.fd, -1  # closed by give_orders, gone or not: release must not close it again (by then
+    give_orders(fd, argv, nice, log_path, env)  # the number may be another descriptor's)
     return ForkedProc(blank.pid)
 
 
