@@ -42,6 +42,7 @@ def test_cancel_of_an_ended_job_says_it_had_already_ended_with_or_without_wait(m
         assert out.returncode == 0 and out.stdout.strip() == f"job {job.id} had already ended ({state})", (args, out)
 
 
+@pytest.mark.slow  # 1-4 s: run by .ci/run's slow pass (the default suite stays under 5 minutes)
 def test_cancel_wait_of_a_job_that_ignores_its_abort_says_it_was_killed_and_why(module_daemon: Daemon) -> None:
     """It said ``job N: killed``: not that the job ignored its abort for its grace.  And its help said "force
     kill after its timeout", an option submit calls --grace now, and nothing of what it prints."""
@@ -70,6 +71,7 @@ def test_cancel_wait_waits_out_a_grace_longer_than_30_seconds(module_daemon: Dae
 
 
 # ------------------------------------------------------------------------------ progress of a done job
+@pytest.mark.slow  # 1-4 s: run by .ci/run's slow pass (the default suite stays under 5 minutes)
 def test_a_done_job_that_never_set_its_progress_shows_100_percent_and_json_keeps_0(module_daemon: Daemon) -> None:
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -188,6 +190,7 @@ USAGE_MISTAKES: list[tuple[list[str], str]] = [
 ]
 
 
+@pytest.mark.slow  # 1-4 s: run by .ci/run's slow pass (the default suite stays under 5 minutes)
 def test_usage_mistakes_the_command_checks_itself_exit_2_as_click_s_own(module_daemon: Daemon) -> None:
     """They exited 1, the status of an error, where the man page says a usage error is 2 (and click's are)."""
     key = module_daemon.base / "some.key"

@@ -34,6 +34,7 @@ def _gone_or_zombie(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow  # waits out 3 s of silence: run by .ci/run's slow pass (the default suite stays under 5 minutes)
 def test_a_worker_waits_out_its_daemons_silence_and_its_job_ends_done(make_daemon: Callable[..., Daemon],
                                                                       tmp_path: Path) -> None:
     """A local worker left when its daemon said nothing for ``heartbeat_timeout``, so one request that held the

@@ -48,6 +48,7 @@ def test_a_submit_over_the_limit_is_refused_and_a_client_sends_a_big_batch_in_fr
     assert [handles[0].result(120), handles[-1].result(120)] == [1, M.MAX_SUBMIT + 5]
 
 
+@pytest.mark.slow  # a daemon of its own: run by .ci/run's slow pass (the default suite stays under 5 minutes)
 def test_a_worker_keys_oversize_heartbeat_stats_are_dropped(remote: Remote) -> None:
     sock = remote.raw("w1", remote.worker_ep)
     try:
