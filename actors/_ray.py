@@ -29,9 +29,11 @@ The shape, daemon side (:class:`RayWorkers`, owned by the supervisor when
 Big arrays (at least ``[cluster] object_store_min_bytes``) travel through
 Ray's object store instead of the frame, and never as ``/dev/shm`` handles:
 
-* arguments: at dispatch the daemon sends the array's raw bytes (from its
-  shared-memory segment, or an inline array a remote client sent) to its
-  driver, which puts it in the store (``ray.put``) once per job, keeps the
+* arguments: at dispatch the daemon hands its driver the array: a
+  shared-memory segment as a read-only descriptor (passed over the
+  socketpair: the driver maps it, and ``ray.put`` reads it from there), an
+  inline array a remote client sent as its raw bytes; the driver puts it in
+  the store (``ray.put``) once per job, keeps the
   ObjectRef until the job ends, and stages it on the
   worker's actor with an actor call that carries the ref nested in a list (so Ray
   counts the actor as a borrower); the frame carries only a
@@ -85,7 +87,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors._errors import ConfigError
+import msgspec
+
+from actors._errors import ConfigError, ProtocolError
 from actors._keys import add_peer, list_keys, revoke
 from actors._resources import describe, fits
 from actors._spawn import child_env, set_parent_death_signal
@@ -330,12 +334,18 @@ class RayWorkers:
         self.retry_at = time.monotonic() + self.pause
         self.pause = min(self.pause * 2, _RETRY_MAX)
 
-    def _send(self, header: list[Any], payload: Any = None) -> None:
-        """A command to the driver; a failed write marks it broken (ended at the next poll), never raises."""
+    def _send(self, header: list[Any], payload: Any = None, fd: int = -1) -> None:
+        """A command to the driver (with descriptor ``fd`` when given); a failed write marks it broken (ended at
+        the next poll), never raises."""
         if self.sock is None or self.broken:
             return
         try:
-            send_msg(self.sock, header, payload)
+            if fd >= 0:
+                frame = _frame(header)
+                sent = socket.send_fds(self.sock, [frame], [fd])  # (the descriptor goes with the first bytes)
+                self.sock.sendall(memoryview(frame)[sent:])
+            else:
+                send_msg(self.sock, header, payload)
         except OSError as exc:
             self.broken = f"its Ray driver stopped reading its commands for {_SEND_WAIT}s ({exc})"
 
@@ -548,9 +558,11 @@ class RayWorkers:
         arrays of at least ``object_store_min_bytes`` go to the driver, which
         puts them in Ray's store once per job (a retry reuses the object);
         smaller ones cross inline, handles as bytes.  Raises EnsembleError
-        when a segment is gone.  Costs a copy of each big array into the link.
+        when a segment is gone.  A segment goes to the driver as a read-only
+        descriptor (its bytes are read only by ``ray.put``); an inline array
+        costs a copy into the link.
         """
-        from actors.shm import SharedArray, copy_of, is_ndarray, walk
+        from actors.shm import copy_of, is_ndarray, walk
 
         member = self.members.get(name) if self.joined else None
         keys = self.staged.get(job_id) or set()
@@ -569,11 +581,7 @@ class RayWorkers:
             key = f"{self.token}.{job_id}.{seq}"
             if key not in keys:
                 if handle:
-                    seg = SharedArray.attach(v, readonly=True, prefix=prefix)
-                    try:
-                        self._put(key, seg.array)
-                    finally:
-                        seg.close()
+                    self._put_segment(key, v, prefix)
                 else:
                     self._put(key, v)
                 keys.add(key)
@@ -589,6 +597,15 @@ class RayWorkers:
             self._send(["stage", name, new])
             self.staged_on.setdefault(job_id, set()).add(name)
         return out
+
+    def _put_segment(self, key: str, handle: ArrayHandle, prefix: str) -> None:
+        """Have the driver put the array of segment ``handle`` in Ray's store from the segment itself: it gets a
+        read-only descriptor of it (the memory stays while it holds that, unlinked or not), not its bytes."""
+        fd = _open_segment(handle, prefix)
+        try:
+            self._send(["put_fd", key, handle.dtype, list(handle.shape), handle.offset], fd=fd)
+        finally:
+            os.close(fd)
 
     def _put(self, key: str, array: Any) -> None:
         import numpy as np
@@ -693,6 +710,29 @@ class RayWorkers:
 
 
 _DRIVER_MAIN = "import sys; from actors._ray_driver import driver_main; sys.exit(driver_main(sys.argv[1:]))"
+
+
+def _frame(header: list[Any]) -> bytes:
+    """``header`` framed as :func:`actors._storelink.send_msg` frames it: its length (4 bytes, big-endian), then it."""
+    head = msgspec.msgpack.encode(header)
+    return struct.pack(">I", len(head)) + head
+
+
+def _open_segment(handle: ArrayHandle, prefix: str) -> int:
+    """A read-only descriptor of the segment ``handle`` names, checked as
+    :meth:`~actors.shm.SharedArray.attach` checks it (one of this daemon's, ours, big enough); ProtocolError if not."""
+    from actors.shm import SHM_DIR, SharedArray
+
+    SharedArray.attach(handle, readonly=True, prefix=prefix).close()  # its name, owner and size (maps, reads nothing)
+    try:
+        fd = os.open(SHM_DIR / handle.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ProtocolError(f"shared-memory segment {handle.name} cannot be opened: {exc.strerror}") from exc
+    st = os.fstat(fd)
+    if st.st_uid != os.getuid() or st.st_size < handle.offset + handle.nbytes:  # (made again since the check)
+        os.close(fd)
+        raise ProtocolError(f"shared-memory segment {handle.name} changed while it was opened; refused")
+    return fd
 
 
 def _read_reports(sock: socket.socket, inbox: "queue.Queue[list[Any]]", landing: dict[int, list[Any]]) -> None:

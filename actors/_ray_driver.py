@@ -5,9 +5,9 @@ process of its own, never in itself: Ray's core worker ends its driver's
 process when the cluster goes away, and that ends only this child.  The two
 talk over a socketpair in :mod:`actors._storelink`'s framing (msgpack
 headers, raw array bytes): the daemon sends commands (``add``, ``kill``,
-``retiring``, ``where``, ``put`` with an array's bytes, ``stage``,
-``release``, ``discard``, ``take``, ``stop``, and ``ping``) and this process
-reports (``joined``/``failed``, ``ended``, ``where``, ``refused``, ``took``
+``retiring``, ``where``, ``put`` with an array's bytes, ``put_fd`` with a
+shared-memory segment's descriptor, ``stage``, ``release``, ``discard``,
+``take``, ``stop``, and ``ping``) and this process reports (``joined``/``failed``, ``ended``, ``where``, ``refused``, ``took``
 with the arrays' bytes, ``pong``).  A thread that makes no Ray call reads
 the commands and answers ``ping``, so a driver that waits on Ray is not
 taken for a hung one (:class:`Driver`).  Here alone Ray is joined, and here
@@ -18,6 +18,7 @@ no audio or controller imports.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
 import sys
@@ -66,6 +67,26 @@ def driver_main(argv: list[str]) -> int:
     finally:
         ray.shutdown()
     return 0
+
+
+def _peek_fds(sock: socket.socket) -> list[int]:
+    """The descriptors that came with the next command, peeked (its bytes stay for ``recv_header``); [] for most.
+
+    Blocks until a command comes.  A plain read of those bytes drops the
+    descriptors, so they are taken here first (a peek hands out copies).
+    """
+    import array
+
+    fds = array.array("i")  # (not socket.recv_fds: Python 3.11's passes it no flags, MSG_PEEK included)
+    _, ancillary, flags, _ = sock.recvmsg(1, socket.CMSG_LEN(fds.itemsize), socket.MSG_PEEK)
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a command came with more than one descriptor")
+    return list(fds)
 
 
 def _connect_endpoint(ray: Any, bound: str) -> str:
@@ -138,8 +159,9 @@ class Driver:
         """Read the daemon's commands into the queue, answering ``ping`` at once, until the link closes (a thread).
 
         A ``put``'s bytes are read here into an array of their own, so the
-        daemon's write never waits for a Ray call.  ``eof`` is queued last
-        (the link closed or broke, or a command was malformed).
+        daemon's write never waits for a Ray call; a ``put_fd`` comes with a
+        segment's descriptor, queued with it.  ``eof`` is queued last (the
+        link closed or broke, or a command was malformed).
         """
         import numpy as np
 
@@ -147,7 +169,15 @@ class Driver:
 
         try:
             while True:
+                fds = _peek_fds(self.sock)
                 cmd = list(recv_header(self.sock))
+                if cmd[0] == "put_fd" and len(fds) == 1:
+                    self.commands.put(cmd + fds)
+                    continue
+                for fd in fds:  # (none comes with any other command)
+                    os.close(fd)
+                if cmd[0] == "put_fd":
+                    raise ValueError(f"put_fd {cmd[1]} came without its descriptor")
                 if cmd[0] == "ping":
                     what, since = self.step
                     self.send(["pong", what, time.monotonic() - since if what else 0.0])
@@ -192,6 +222,8 @@ class Driver:
             self.wheres[self.actors[cmd[1]].where.remote()] = cmd[1]
         elif kind == "put":
             self.refs[cmd[1]] = self.ray.put(cmd[2])  # (the array read by :meth:`read`)
+        elif kind == "put_fd":
+            self.refs[cmd[1]] = self.put_segment(*cmd[2:])
         elif kind == "stage" and cmd[1] in self.actors:
             keys = [k for k in cmd[2] if k in self.refs]  # nested in a list: passed as refs, borrowed by the actor
             self.actors[cmd[1]].stage.remote(keys, [self.refs[k] for k in keys])
@@ -208,6 +240,30 @@ class Driver:
         elif kind == "stop":
             return False
         return True
+
+    def put_segment(self, dtype: str, shape: list[int], offset: int, fd: int) -> Any:
+        """``ray.put`` of the array in the segment ``fd`` opens (read-only; closed here), read from the segment
+        itself: Ray's copy into its store is the only one (main thread)."""
+        import mmap
+
+        import numpy as np
+
+        from actors.messages import _check_dtype
+
+        try:
+            mm = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        try:
+            count = 1
+            for n in shape:
+                count *= n
+            return self.ray.put(np.frombuffer(mm, _check_dtype(dtype), count, offset).reshape(shape))
+        finally:
+            try:
+                mm.close()
+            except BufferError:  # a view still held: unmapped when it goes
+                pass
 
     def take(self, seq: int, name: str, keys: list[str], timeout: float) -> None:
         """Answer a ``take``: the arrays' dtypes, shapes and sizes, then their bytes (or why not)."""

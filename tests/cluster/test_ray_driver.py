@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 
-from tests.cluster.conftest import ray_workers
+from tests.cluster.conftest import free_port, ray_workers
 from tests.conftest import Daemon, children, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
@@ -47,30 +47,47 @@ def joined_with_two_workers(d: Daemon) -> bool:
 
 @pytest.mark.timeout(600)
 def test_a_driver_waiting_on_the_object_store_is_not_taken_for_broken_and_its_jobs_run_once(
-        ray_daemon: tuple[Daemon, Any]) -> None:
+        make_daemon: Callable[..., Daemon], ray_cluster: Any) -> None:
     """The driver read its link on the thread that made its Ray calls: while a ``ray.put`` waited on the object
     store (a big array, a node slow to answer), the daemon's next big write went unread, and after 5 s the daemon
-    took the driver for broken: every Ray worker lost, their jobs retried or failed."""
-    d, cluster = ray_daemon
-    c = d.client(timeout=120)
-    raylet = cluster.head_node.all_processes["raylet"][0].process.pid  # the head's: the driver's object store
-    arrays = [np.arange(MIB, dtype="<i8") * k for k in (1, 2)]  # 8 MiB each: through the store, more than the link
-    os.kill(raylet, signal.SIGSTOP)  # its object store answers nothing: the driver's ray.put waits
+    took the driver for broken: every Ray worker lost, their jobs retried or failed.  (A remote client's arrays
+    are the daemon's big writes: their bytes cross the link; a local client's segment crosses as a descriptor.)"""
+    from ensemble import Client
+
+    client_ep = f"tcp://127.0.0.1:{free_port()}"
+    d = make_daemon(workers=0, extra_env={
+        "ENSEMBLE_TCP": f"tcp://127.0.0.1:{free_port()}", "ENSEMBLE_CLIENT_TCP": client_ep,
+        "ENSEMBLE_JOBS_ALLOW": "tests.jobs:reverse_array", "ENSEMBLE_CLUSTER_RAY": ray_cluster.address,
+        "ENSEMBLE_CLUSTER_WORKERS": "2", "ENSEMBLE_EXTENSIONS": ""})
+    d.cli("keys", "init")
+    key = d.cli("keys", "add-client", "far").stdout.strip()
+    d.up()
     try:
-        handles = [c.submit("tests.jobs:reverse_array", a) for a in arrays]
-        wait_for(lambda: counters(d).get("ray_cluster") != "joined" or counters(d).get("ray_driver_busy_s", 0) >= 8,
-                 90, what="the driver to have waited 8 s on its ray.put (past the 5 s a write may wait)")
-        seen = counters(d)
+        wait_for(lambda: joined_with_two_workers(d), 120, what="two Ray-placed workers to join")
+        c = Client(config=d.config, endpoint=client_ep, curve=(key, str(d.base / "state" / "keys" / "server.key")),
+                   timeout=120)
+        d._clients.append(c)
+        raylet = ray_cluster.head_node.all_processes["raylet"][0].process.pid  # the head's: the driver's store
+        arrays = [np.arange(MIB // 2, dtype="<i8") * k for k in (1, 2)]  # 4 MiB each: more than the link holds
+        os.kill(raylet, signal.SIGSTOP)  # its object store answers nothing: the driver's ray.put waits
+        try:
+            handles = [c.submit("tests.jobs:reverse_array", a) for a in arrays]
+            wait_for(lambda: counters(d).get("ray_cluster") != "joined"
+                     or counters(d).get("ray_driver_busy_s", 0) >= 8,
+                     90, what="the driver to have waited 8 s on its ray.put (past the 5 s a write may wait)")
+            seen = counters(d)
+        finally:
+            os.kill(raylet, signal.SIGCONT)
+        assert seen.get("ray_cluster") == "joined", seen.get("ray_error")
+        assert seen["ray_driver_busy"] == "put"  # status says what it waits on
+        for a, h in zip(arrays, handles):
+            back, total = h.result(120)
+            assert np.array_equal(back, a[::-1]) and total == float(a.sum())
+            assert h.info.attempts == 1  # nothing was retried: no worker was taken for lost
+        assert "ray-cluster-unreachable" not in (d.base / "state" / "daemon.log").read_text()
+        wait_for(lambda: "ray_driver_busy" not in counters(d), 30, what="status to say the driver waits no more")
     finally:
-        os.kill(raylet, signal.SIGCONT)
-    assert seen.get("ray_cluster") == "joined", seen.get("ray_error")
-    assert seen["ray_driver_busy"] == "put"  # status says what it waits on
-    for a, h in zip(arrays, handles):
-        back, total = h.result(120)
-        assert np.array_equal(back, a[::-1]) and total == float(a.sum())
-        assert h.info.attempts == 1  # nothing was retried: no worker was taken for lost
-    assert "ray-cluster-unreachable" not in (d.base / "state" / "daemon.log").read_text()
-    wait_for(lambda: "ray_driver_busy" not in counters(d), 30, what="status to say the driver waits no more")
+        d.cleanup()
 
 
 @pytest.mark.timeout(900)

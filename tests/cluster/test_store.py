@@ -178,3 +178,19 @@ def test_a_big_result_lands_in_its_segment_with_no_copy_of_its_own_in_the_daemon
     grew = (rss_kib(d.pid, "VmHWM") - before) * 1024
     assert grew < 1.5 * out.nbytes, (f"the daemon's peak grew by {grew / MIB:.0f} MiB for a "
                                      f"{out.nbytes / MIB:.0f} MiB result")
+
+
+def test_a_big_argument_reaches_the_driver_as_its_segment_and_the_daemon_reads_none_of_its_bytes(
+        ray_daemon: tuple[Daemon, Any]) -> None:
+    """The daemon read a big argument's segment and wrote its bytes to its Ray driver, which read them into memory
+    of its own before Ray copied them into its store: the daemon's loop busy with the copy, and two copies where Ray
+    needs none."""
+    d, _ = ray_daemon
+    c = d.client(timeout=180)
+    a = np.arange(8 * MIB, dtype="<i8")  # 64 MiB, in a segment of the client's
+    before = rss_kib(d.pid, "VmRSS")
+    assert c.submit("examples.jobs:noop", a).result(180) is None
+    assert counters(d)["ray_store_args"] == 1 and counters(d)["ray_store_bytes"] == a.nbytes
+    grew = (rss_kib(d.pid, "VmHWM") - before) * 1024
+    assert grew < a.nbytes / 2, (f"the daemon's peak grew by {grew / MIB:.0f} MiB for a "
+                                 f"{a.nbytes / MIB:.0f} MiB argument")
