@@ -66,6 +66,9 @@ class Child:
     """Base class of a supervised process; subclasses handle their own messages."""
 
     role = "child"
+    # whether a local child of this kind waits out its daemon's silence (_silence_outlived): one that holds a job
+    # or a script's state would lose it by leaving; one that holds neither (the panel) leaves and is started again
+    waits_out_silence = True
 
     def __init__(self, cfg: Config, name: str, endpoint: str | None = None,
                  curve: tuple[str, str] | None = None) -> None:
@@ -199,12 +202,12 @@ class Child:
     def _silence_outlived(self, now: float) -> bool:
         """The supervisor said nothing for ``heartbeat_timeout``: whether this child waits on (True) or leaves.
 
-        A local child waits while its daemon lives: the daemon is its parent, and its death kills this process
+        A local child (unless :attr:`waits_out_silence` is False) waits while its daemon lives: the daemon is its parent, and its death kills this process
         (the parent-death signal, :mod:`actors._spawn`), so a silent parent is a slow one (its loop held by one
         long request, the host's scheduler): leaving would lose the job it runs and the state it holds for a
         stall.  A remote worker cannot tell a slow daemon from a lost one, and leaves.  Said once a silence.
         """
-        if self.remote or os.getppid() != self._parent:
+        if self.remote or not self.waits_out_silence or os.getppid() != self._parent:
             return False
         if self._silence_noted != self.last_heard:
             self._silence_noted = self.last_heard

@@ -39,6 +39,7 @@ class Panel(Child):
     """Supervised panel process."""
 
     role = "panel"
+    waits_out_silence = False  # it holds no job and no sound: a silent daemon's panel leaves, started again later
 
     def __init__(self, cfg: Any, name: str) -> None:
         super().__init__(cfg, name)
