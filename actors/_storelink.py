@@ -1,6 +1,6 @@
 """The node-local link between a Ray-placed worker and its host actor, over which big arrays reach Ray's object store.
 
-A worker placed on a Ray cluster (:mod:`actors._ray`) is a subprocess of its
+A worker placed on a Ray cluster (:mod:`actors._ray_host`) is a subprocess of its
 host actor (``WorkerHost``) and never joins Ray itself: the actor makes a
 socketpair, passes one end to the worker (``--object-store-fd N``) and serves
 the other from a thread.  Over it, on the worker's job thread:

@@ -852,7 +852,7 @@ def keys_list(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--connect", "endpoint", required=True, metavar="tcp://HOST:PORT", help="The daemon's worker endpoint.")
-# (a pipe too: a Ray-placed worker's keys come as `--key /dev/fd/N`, see actors._ray)
+# (a pipe too: a Ray-placed worker's keys come as `--key /dev/fd/N`, see actors._ray_host)
 @click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="This worker's .key_secret file.")
 @click.option("--server-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The daemon's server.key.")
 @click.option("--worker-name", default=None,
