@@ -98,6 +98,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.running = True
         self._wake_at = 0.0  # monotonic instant of the next deadline, kill or heartbeat (see _poll_timeout_ms)
         self._prune_at = 0.0  # monotonic instant of the next slice of pruning (see _prune_slice)
+        self._beat_at = 0.0  # monotonic instant of the last heartbeat tick (a longer gap: this loop stalled)
         self.pruned = 0  # jobs pruned by the slices of this round so far (logged once the round ends)
         self.stopping_since = 0.0
         self.term_sent = False

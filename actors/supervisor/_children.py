@@ -574,6 +574,13 @@ class ChildrenMixin(State):
         window = max(interval, timeout - missed - interval)  # judged over windows this long (the first ends a
         # tick before the timeout): long enough that a busy worker's CPU time moves even on a loaded machine
         beat = encode(Heartbeat())
+        gap, self._beat_at = (mono - self._beat_at if self._beat_at else 0.0), mono
+        if gap > timeout:  # this loop did not run (one long request, SIGSTOP, the host's scheduler): what each
+            # child sent meanwhile may still sit in the sockets' queues, so silences are measured from now, not judged
+            log.warning("event=daemon-stalled seconds=%.1f detail=the daemon's own loop did not run; each child's "
+                        "silence is measured from now", gap)
+            for slot in self.slots.values():
+                slot.last_heard = mono
         for slot in list(self.slots.values()):
             if slot.proc is None and not slot.remote:
                 continue

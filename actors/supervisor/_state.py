@@ -54,6 +54,7 @@ class State:
     started: float
     running: bool
     stopping_since: float
+    _beat_at: float
     pruned: int  # jobs pruned by the slices of the round under way (logged once it ends)
     term_sent: bool
     kill_sent: bool

@@ -55,3 +55,37 @@ def test_a_worker_waits_out_its_daemons_silence_and_its_job_ends_done(make_daemo
     assert job.result(60) == pid  # done, by the same worker: not lost, not run again elsewhere
     assert not _gone_or_zombie(pid)
     assert "supervisor silent" in (d.base / "state" / "daemon.log").read_text()
+
+
+_SLOW_BEAT = {"ENSEMBLE_SUPERVISION_HEARTBEAT_INTERVAL": "0.1", "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "2"}
+
+
+@pytest.mark.slow  # waits out 5 s of silence: run by .ci/run's slow pass
+def test_a_daemon_back_from_a_stall_measures_silences_from_its_return(make_daemon: Callable[..., Daemon],
+                                                                      tmp_path: Path) -> None:
+    """Back from a stall, the daemon's first heartbeat tick judged each child by the time since it last read from
+    it: the whole stall, though what the child sent meanwhile was still queued, so a worker the host scheduled a
+    moment after the daemon was replaced and its job lost (a CI run under load).  A stall of its own loop now
+    restarts every silence; here the worker is held until the daemon has ticked, so the race is certain."""
+    d = make_daemon(workers=1, extra_env=_SLOW_BEAT, jobs_only=True)
+    d.up()
+    c = d.client()
+    pid = d.actor("worker-1").pid
+    marker, release = tmp_path / "started", tmp_path / "release"
+    job = c.submit(f"{__name__}:held", str(marker), str(release))
+    wait_for(marker.exists, 60, what="the job to start")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        os.kill(d.pid, signal.SIGSTOP)
+        try:
+            silence = time.monotonic() + 2.5 * 2  # two and a half heartbeat timeouts
+            wait_for(lambda: time.monotonic() > silence, 60, what="a long silence")
+        finally:
+            os.kill(d.pid, signal.SIGCONT)
+        c.ping()
+        c.ping()  # answered in a later loop iteration than the first: the daemon's first tick after the stall ran
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    release.touch()
+    assert job.result(60) == pid  # done, by the same worker: not replaced as silent
+    assert "event=daemon-stalled" in (d.base / "state" / "daemon.log").read_text()
