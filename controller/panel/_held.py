@@ -22,7 +22,7 @@ earlier daemon left is removed when the next one starts its children, as
 ``panel.json`` is.
 
 :class:`HeldNotes` is bookkeeping over a file, without sockets; it is used
-on the panel's client thread only (no lock), and by the supervisor once that
+on the panel's notes thread only (no lock), and by the supervisor once that
 process is gone.  Writing it costs one small
 file write and a rename per note on or off.
 """

@@ -13,8 +13,10 @@ one JSON message, coalescing while the page reads slowly, so a page that stops
 reading holds up nobody else.  Without pages the panel asks the daemon nothing.
 What may wait long on the daemon (a reload waiting for its script, an
 upload) runs on a second thread with a client of its own (the slow thread),
-so that it holds up no page's updates.  The first thing the client thread
-does is end the notes an earlier panel process left sounding
+so that it holds up no page's updates.  Notes (:data:`~controller.panel._view.NOTE_OPS`)
+go on a third thread, which asks the daemon nothing: a note on is never held up
+behind a snapshot or an action waiting on a slow daemon.  The first thing the
+notes thread does is end the notes an earlier panel process left sounding
 (:mod:`controller.panel._held`).
 
 Every connection passes a gate first (:mod:`controller.panel._connections`):
@@ -54,7 +56,7 @@ from controller.panel._security import COOKIE, WS_PROTOCOL, given_tokens, refusa
 from controller.panel._settings import PanelSettings
 from controller.panel._sound import MAX_UPLOAD
 from controller.panel._upload import BodyStalled, BodyTooLarge, BodyTooSlow, read_body
-from controller.panel._view import MAX_ACTION, SLOW_OPS, ActionError, DaemonView, parse_action
+from controller.panel._view import MAX_ACTION, NOTE_OPS, SLOW_OPS, ActionError, DaemonView, parse_action
 
 log = logging.getLogger("ensemble.panel")
 TICK = 0.25  # seconds between two snapshots while a page is open (as `ensemble top` refreshes)
@@ -119,6 +121,8 @@ class PanelServer:
         self.view = view
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="panel-client")
         self.slow_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="panel-slow")  # SLOW_OPS, uploads
+        # NOTE_OPS and the note offs of pages gone: in their order, and never behind a request to the daemon
+        self.notes_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="panel-notes")
         self.loop = asyncio.new_event_loop()
         self.hub: Hub | None = None
         self._uploading: asyncio.Lock | None = None
@@ -134,11 +138,11 @@ class PanelServer:
     def start(self, timeout: float = 10.0) -> int:
         """Bind and serve; returns the port.  Raises OSError when the address cannot be bound.
 
-        First queues, on the client thread, the note offs an earlier panel
+        First queues, on the notes thread, the note offs an earlier panel
         process owed (it died holding notes): they go out before any page's
         action, and whether or not the address can be bound.
         """
-        self.pool.submit(self.view.release_left_over)
+        self.notes_pool.submit(self.view.release_left_over)
         self.thread.start()
         if not self._ready.wait(timeout):
             raise OSError(f"the panel's server did not start within {timeout:g}s")
@@ -170,7 +174,7 @@ class PanelServer:
         if late:
             log.warning("event=panel-stop-late reason=a request to the daemon is still unanswered after %gs; the "
                         "panel stops without waiting for it", CLOSE_WAIT)
-        for pool in (self.pool, self.slow_pool):
+        for pool in (self.pool, self.slow_pool, self.notes_pool):
             pool.shutdown(wait=False)  # each client closes after its request, unless the process is gone first
 
     def stats(self) -> dict[str, Any]:
@@ -351,14 +355,14 @@ class PanelServer:
         return ws
 
     def _release_notes(self, notes: set[int]) -> None:
-        """A page went away (closed, dropped, the panel stopping) holding ``notes``: their note offs, on the client's
+        """A page went away (closed, dropped, the panel stopping) holding ``notes``: their note offs, on the notes
         thread (queued there, not awaited: the page's task may be cancelled)."""
         if not notes:
             return
         held = sorted(notes)
         notes.clear()
         try:
-            self.pool.submit(self.view.release_notes, held)
+            self.notes_pool.submit(self.view.release_notes, held)
         except RuntimeError:  # the pool is shut down: the panel's process is ending
             log.warning("event=panel-notes-held notes=%s reason=the panel stopped before their note offs", held)
 
@@ -372,7 +376,8 @@ class PanelServer:
             msg = parse_action(text)
             seq = msg.get("seq")
             seq = seq[:100] if isinstance(seq, str) else seq
-            pool = self.slow_pool if msg.get("op") in SLOW_OPS else self.pool  # a reload holds up no snapshot
+            op = msg.get("op")  # a reload holds up no snapshot, and a slow daemon no note
+            pool = self.notes_pool if op in NOTE_OPS else self.slow_pool if op in SLOW_OPS else self.pool
             detail = await self.loop.run_in_executor(pool, self.view.act, msg)
             if msg.get("op") == "note_on":
                 notes.add(msg["note"])

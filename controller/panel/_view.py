@@ -1,11 +1,13 @@
 """What the panel shows and does, as a local client of the daemon (no web code here).
 
-:class:`DaemonView` runs on two threads of the panel, each with its own
+:class:`DaemonView` runs on three threads of the panel, two with their own
 :class:`~actors.client.Client` (one socket each): the **client thread**
 (snapshots and the quick actions) and the **slow thread** (:data:`SLOW_OPS`,
 which wait on the daemon for many seconds, and uploads), so that a reload
-waiting for its script does not hold up the snapshots every page gets.  The
-server hands each its work through a one-thread executor.
+waiting for its script does not hold up the snapshots every page gets.  A
+third, the **notes thread** (:data:`NOTE_OPS`), has no client: notes go on
+the panel process's own channel, and none waits behind a request to a slow
+daemon.  The server hands each its work through a one-thread executor.
 :meth:`DaemonView.collect` takes one snapshot of the daemon as JSON-ready
 sections; :meth:`DaemonView.act` carries out one action a page asked for.
 The cost to the supervisor is a fixed number of requests per snapshot
@@ -41,6 +43,7 @@ MAX_ACTION = 64 * 1024  # characters of one action as JSON text (the page's are 
 SCALARS = (str, int, float, bool, type(None))
 RELOAD_WAIT = 30.0  # seconds a reload from the page may take before the page is told it has not loaded yet
 SLOW_OPS = frozenset({"reload"})  # actions that may wait long on the daemon: done on the slow thread, with its client
+NOTE_OPS = frozenset({"note_on", "note_off"})  # actions that ask the daemon nothing: done on the notes thread
 
 
 class ActionError(Exception):
@@ -96,7 +99,7 @@ class DaemonView:
         self.send = send
         self.client: Client | None = None  # the client thread's
         self.slow_client: Client | None = None  # the slow thread's (SLOW_OPS, uploads)
-        self.held = HeldNotes(cfg.run_dir)  # client thread: the notes the pages hold, on disk for a successor
+        self.held = HeldNotes(cfg.run_dir)  # notes thread: the notes the pages hold, on disk for a successor
         self.log_file = cfg.state_dir / "daemon.log"
         self._n = 0
         self._samples_stale = False  # set by the slow thread after an upload: the next snapshot lists the samples
@@ -195,18 +198,21 @@ class DaemonView:
     def act(self, msg: dict[str, Any]) -> str:
         """Carry out one page action; returns a short confirmation, raises ActionError saying why not.
 
-        On the slow thread for an op in :data:`SLOW_OPS`, on the client thread for any other.
+        On the notes thread for an op in :data:`NOTE_OPS`, the slow thread for one in :data:`SLOW_OPS`, the
+        client thread for any other.
         """
         op = msg.get("op")
+        if op == "note_on":  # (no client: it asks the daemon nothing)
+            self._note_on(_int(msg, "note", 0, 127), _int(msg, "velocity", 1, 127, 100))
+            return "note_on done"
+        if op == "note_off":
+            note = _int(msg, "note", 0, 127)
+            self.send(NoteOffEvent(note))
+            self.held.ended(note)
+            return "note_off done"
         try:
             c = self._slow() if op in SLOW_OPS else self._c()  # (its daemon gone: an error for the page)
-            if op == "note_on":
-                self._note_on(_int(msg, "note", 0, 127), _int(msg, "velocity", 1, 127, 100))
-            elif op == "note_off":
-                note = _int(msg, "note", 0, 127)
-                self.send(NoteOffEvent(note))
-                self.held.ended(note)
-            elif op == "param":
+            if op == "param":
                 c.set_param(str(msg.get("name", "")), msg.get("value"))
             elif op == "ui":
                 c.ui_event(str(msg.get("id", "")), msg.get("value"))
@@ -239,7 +245,7 @@ class DaemonView:
         self.send(NoteOnEvent(note, velocity / 127))
 
     def release_notes(self, notes: list[int], reason: str = "the page that held them went away") -> bool:
-        """Client thread: note offs for ``notes``, which nobody holds any more, on the channel of the note ons.
+        """Notes thread: note offs for ``notes``, which nobody holds any more, on the channel of the note ons.
 
         Never blocks; returns True (the daemon ends each note whatever becomes
         of this process: it keeps its own record of the notes the panel holds).
@@ -251,7 +257,7 @@ class DaemonView:
         return True
 
     def release_left_over(self) -> None:
-        """Client thread, before anything else: end the notes an earlier panel process held when it ended.
+        """Notes thread, before anything else: end the notes an earlier panel process held when it ended.
 
         That process died without its note offs (SIGKILL, a crash), and the
         daemon could not end its notes then (no processor ran); they are in

@@ -72,3 +72,29 @@ def test_a_note_on_in_flight_when_the_panel_is_killed_leaves_no_voice(make_daemo
                 os.kill(d.pid, signal.SIGCONT)
         wait_for(lambda: voices() == 0, 10, what="no voice of the killed panel to sound (the 90 s sample)")
         assert pid_alive(d.pid)
+
+
+@pytest.mark.slow  # a panel daemon, held a few seconds
+def test_a_note_on_is_not_held_up_behind_requests_waiting_on_a_stalled_daemon(panel: Panel) -> None:
+    """A note on ran on the thread of the panel's client, behind any snapshot or action waiting on the daemon: with
+    the daemon slow, the note waited (up to the client's 10 s timeout per request queued before it), unrecorded
+    should the panel die meanwhile (the test above failed so under load).  Notes ask the daemon nothing and have
+    their own thread: here two pages' cancels wait on a stopped daemon while a third page's note on is recorded
+    and acknowledged at once, and sounds once the daemon goes on."""
+    d = panel.daemon
+    voices = lambda: d.actor("processor").stats["active_voices"]  # noqa: E731
+    wait_for(lambda: d.actor("panel").state == "running", 60, what="the panel to serve")
+    with Page(panel) as player, Page(panel) as first, Page(panel) as second:
+        os.kill(d.pid, signal.SIGSTOP)
+        try:
+            first.send({"op": "cancel", "id": 1, "seq": "waits"})  # each waits on the stopped daemon for 10 s
+            second.send({"op": "cancel", "id": 2, "seq": "waits"})
+            player.send({"op": "note_on", "note": 60, "velocity": 100, "seq": "note"})
+            wait_for(lambda: 60 in _held(panel), 8, what="the panel to record the note while requests wait")
+            player.until(lambda s: any(r.get("seq") == "note" for r in player.replies), 8, what="the note's ack")
+        finally:
+            os.kill(d.pid, signal.SIGCONT)
+        assert next(r for r in player.replies if r.get("seq") == "note")["type"] == "ack"
+        wait_for(lambda: voices() >= 1, 30, what="the note to sound once the daemon goes on")
+        player.send({"op": "note_off", "note": 60, "seq": "off"})
+        wait_for(lambda: voices() == 0 and 60 not in _held(panel), 30, what="the note off to end it")
