@@ -73,14 +73,14 @@ from actors import (  # noqa: E402 - after the check above
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from actors import AsyncClient, Child, Executor, JobHandle, child_main
-    from controller.client import Client, ScriptLoadError
+    from controller.client import Client, ParamNotApplied, ScriptLoadError
 
 _LAZY = {"AsyncClient", "Child", "Executor", "JobHandle", "child_main"}
 
 
 def __getattr__(name: str) -> object:
     """The clients on first use, so that ``import ensemble`` stays light (no numpy, no sockets)."""
-    if name in ("Client", "ScriptLoadError"):
+    if name in ("Client", "ParamNotApplied", "ScriptLoadError"):
         _check_not_shadowed("audio", "controller")
     if name == "Client":
         from controller.client import Client
@@ -90,6 +90,10 @@ def __getattr__(name: str) -> object:
         from controller.client import ScriptLoadError
 
         return ScriptLoadError
+    if name == "ParamNotApplied":  # what set_param(wait=True) raises for a value the script refused or left unset
+        from controller.client import ParamNotApplied
+
+        return ParamNotApplied
     if name in _LAZY:
         import actors
 
@@ -97,4 +101,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'ensemble' has no attribute {name!r}")
 
 
-__all__ = ['AsyncClient', 'Child', 'Client', 'ClientClosed', 'Config', 'ConfigError', 'DaemonAlreadyRunning', 'DaemonError', 'DaemonNotRunning', 'EnsembleError', 'Executor', 'FINAL', 'JobCancelled', 'JobError', 'JobHandle', 'JobLost', 'JobNotFound', 'JobRefused', 'JobState', 'JobTimeout', 'OutOfRange', 'PermissionDenied', 'ProtocolError', 'QueueFull', 'RemoteError', 'ScriptLoadError', 'Task', 'TransportError', 'WaitTimeout', 'WrongContextError', '__version__', 'child_main', 'current_task', 'load_config']
+__all__ = ['AsyncClient', 'Child', 'Client', 'ClientClosed', 'Config', 'ConfigError', 'DaemonAlreadyRunning', 'DaemonError', 'DaemonNotRunning', 'EnsembleError', 'Executor', 'FINAL', 'JobCancelled', 'JobError', 'JobHandle', 'JobLost', 'JobNotFound', 'JobRefused', 'JobState', 'JobTimeout', 'OutOfRange', 'ParamNotApplied', 'PermissionDenied', 'ProtocolError', 'QueueFull', 'RemoteError', 'ScriptLoadError', 'Task', 'TransportError', 'WaitTimeout', 'WrongContextError', '__version__', 'child_main', 'current_task', 'load_config']

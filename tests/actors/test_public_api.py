@@ -81,8 +81,10 @@ def test_ensemble_is_the_runtime_s_names_with_the_full_client() -> None:
     import controller.client
     import ensemble
 
-    assert sorted(ensemble.__all__) == sorted([*actors.__all__, "ScriptLoadError"])  # plus the scripts' own error
+    scripts_errors = ["ParamNotApplied", "ScriptLoadError"]  # plus the scripts' own errors
+    assert sorted(ensemble.__all__) == sorted([*actors.__all__, *scripts_errors])
     assert ensemble.ScriptLoadError is controller.client.ScriptLoadError
+    assert ensemble.ParamNotApplied is controller.client.ParamNotApplied
     for name in actors.__all__:
         if name != "Client":
             assert getattr(ensemble, name) is getattr(actors, name), name
