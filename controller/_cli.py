@@ -129,13 +129,20 @@ SET_WAIT_S = 10.0  # how long `param set` waits for the controller to apply the 
 @param.command("set", cls=NumbersAsArguments)  # `param set NAME -3`: a negative number is the value
 @click.argument("name")
 @click.argument("value")
+@click.option("--wait", "wait", type=click.FloatRange(min=0), default=SET_WAIT_S, show_default=True,
+              metavar="SECONDS", help="How long to wait for the controller to apply the value (a callback may hold "
+              "its queue); 0: return once the daemon has queued it.")
 @click.pass_context
-def param_set(ctx: click.Context, name: str, value: str) -> None:
-    """Set a parameter (VALUE read as JSON where it parses); prints the value it takes, as `param get` prints it."""
+def param_set(ctx: click.Context, name: str, value: str, wait: float) -> None:
+    """Set a parameter (VALUE read as JSON where it parses); prints the value it takes, as `param get` prints it.
+
+    Exits 1 when the controller drops the change (a load came first and its script has no such parameter, or
+    refuses the value) or has not applied it within --wait seconds (it stays queued).
+    """
     wanted = parse_arg(value)
     with client_of(ctx, Client) as c:
         try:  # the daemon checks the value first (ParamDef.coerce) and refuses it saying why; then the controller
-            c.set_param(name, wanted, wait=SET_WAIT_S)  # applies it, or drops it (a load came first): said, exit 1
+            c.set_param(name, wanted, wait=wait or None)  # applies it, or drops it (a load came first): said, exit 1
         except ParamNotApplied as exc:
             fail(str(exc))
         taken = _as_taken(c.params(), name, wanted)

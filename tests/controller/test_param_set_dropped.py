@@ -108,3 +108,25 @@ def test_a_number_no_set_was_given_is_unknown(shared_daemon: Daemon, seq: int) -
     c = shared_daemon.client()
     state = c._call(ParamCheck(seq))
     assert state.state == "unknown" and "numbered no param set" in state.error, state
+
+
+def test_param_set_wait_bounds_how_long_it_waits_for_the_controller(daemon: Daemon, tmp_path: Path) -> None:
+    """``param set`` waited a fixed 10 s for the controller to apply the value; ``--wait SECONDS`` says how long (0:
+    return once the daemon queued it), and a change not applied in time is an error that says it stays queued."""
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    script = tmp_path / "instrument.py"
+    script.write_text(EDITION_1.format(gate=str(gate), started=str(started)))
+    c = daemon.client()
+    c.load_script(str(script), wait=30)
+    c.set_param("hold", True)
+    try:
+        wait_for(started.exists, what="the long callback to start")
+        late = daemon.cli("param", "set", "level", "0.5", "--wait", "0.2", check=False)
+        assert late.returncode == 1 and "param set level was not applied within 0.2s" in late.stderr, late
+        queued = daemon.cli("param", "set", "marker", "7", "--wait", "0")
+        assert queued.stdout == "marker = 7\n"  # (it returns once queued: the callback may still hold the queue)
+    finally:
+        gate.touch()
+    wait_for(lambda: c.get_param("level") == 0.5 and c.get_param("marker") == 7, what="both changes to be applied")
+    refused = daemon.cli("param", "set", "level", "0.1", "--wait", "-1", check=False)
+    assert refused.returncode == 2 and "--wait" in refused.stderr, refused
