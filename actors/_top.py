@@ -52,13 +52,6 @@ def cells(*texts: str) -> list[Text]:
     return [Text(visible(t)) for t in texts]
 
 
-def shown_progress(job: JobInfo) -> float:
-    """A job's progress as ``top`` and ``ensemble jobs`` show it: 1.0 once it is done, else as it last set it
-    (where a failed or cancelled job stopped).  A job that never set its progress read 0% once done.
-    ``--json`` outputs keep the value as it was set."""
-    return 1.0 if job.state == "done" else job.progress
-
-
 def render(status: StatusReply, jobs: list[JobInfo]) -> Group:
     """The whole screen for one refresh (every daemon-supplied string as plain ``Text``, never markup)."""
     d = status.daemon
@@ -77,7 +70,7 @@ def render(status: StatusReply, jobs: list[JobInfo]) -> Group:
         table.add_column(col, no_wrap=col != "status", overflow="ellipsis")
     order = {"running": 0, "queued": 1}
     for j in sorted(jobs, key=lambda j: (order.get(j.state, 2), -j.id))[:15]:
-        table.add_row(*cells(str(j.id), j.fn, j.state), ProgressBar(total=1.0, completed=shown_progress(j), width=20),
+        table.add_row(*cells(str(j.id), j.fn, j.state), ProgressBar(total=1.0, completed=j.shown_progress(), width=20),
                       *cells(j.status))
     parts: list[Any] = [head, actors, table]
     proc = next((a for a in status.actors if a.role == "processor" and a.stats), None)

@@ -684,7 +684,7 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     from rich.console import Console
     from rich.table import Table
 
-    from actors._top import cells, shown_progress
+    from actors._top import cells
 
     table = Table()
     for col in ("id", "function", "name", "state", "progress", "worker"):
@@ -692,7 +692,7 @@ def jobs(ctx: click.Context, as_json: bool, states: tuple[str, ...], limit: int)
     table.add_column("status", overflow="ellipsis", max_width=40)
     table.add_column("error", overflow="ellipsis", max_width=50)
     for i in infos:
-        table.add_row(*cells(str(i.id), i.fn, i.name, i.state, f"{shown_progress(i) * 100:.0f}%", i.worker, i.status,
+        table.add_row(*cells(str(i.id), i.fn, i.name, i.state, f"{i.shown_progress() * 100:.0f}%", i.worker, i.status,
                              f"{i.error_type}: {i.error_message}" if i.error_type else ""))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 

@@ -285,6 +285,12 @@ class JobInfo(Record, frozen=True):
     worker: str = ""
     priority: Int64 = 0
 
+    def shown_progress(self) -> float:
+        """The progress as ``top``, ``ensemble jobs`` and the panel show it: 1.0 once done, else as the job last set
+        it (where a failed or cancelled job stopped).  A job that never set its progress read 0% once done.
+        ``--json`` outputs keep :attr:`progress` as it was set."""
+        return 1.0 if self.state == "done" else self.progress
+
 
 class ActorInfo(Record, frozen=True):
     """One supervised child, as ``status`` shows it."""

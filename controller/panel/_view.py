@@ -79,9 +79,10 @@ def _kind(value: Any) -> str:
 
 
 def _job(j: JobInfo) -> dict[str, Any]:
-    return {"id": j.id, "fn": j.fn, "name": j.name, "state": j.state, "progress": j.progress, "status": j.status,
-            "properties": j.properties, "events": [list(e)[:3] for e in j.events[-5:]], "worker": j.worker,
-            "submitted": j.submitted, "started": j.started, "finished": j.finished, "attempts": j.attempts,
+    return {"id": j.id, "fn": j.fn, "name": j.name, "state": j.state, "progress": j.shown_progress(),
+            "status": j.status, "properties": j.properties, "events": [list(e)[:3] for e in j.events[-5:]],
+            "worker": j.worker, "submitted": j.submitted, "started": j.started, "finished": j.finished,
+            "attempts": j.attempts,
             "error": f"{j.error_type}: {j.error_message}" if j.error_type else ""}
 
 

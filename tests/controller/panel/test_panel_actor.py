@@ -152,6 +152,15 @@ def test_a_cli_job_appears_and_is_cancelled_from_the_page(shared_panel: Panel) -
                    what="the job cancelled")
 
 
+def test_a_done_job_shows_100_percent_as_ensemble_jobs_shows_it(shared_panel: Panel) -> None:
+    """A job that never set its progress read 0% on the page once done (``ensemble jobs`` and ``top`` said 100%)."""
+    job = shared_panel.daemon.client().submit("tests.jobs:pid")
+    job.result(60)
+    with Page(shared_panel) as page:
+        row = page.until(lambda s: next((j for j in s.get("jobs", []) if j["id"] == job.id), None), what="the job")
+    assert row["state"] == "done" and row["progress"] == 1.0, row
+
+
 def test_a_job_s_odd_properties_reach_the_page_as_json_it_can_read(shared_panel: Panel) -> None:
     panel = shared_panel
     c = panel.daemon.client()
