@@ -169,6 +169,33 @@ def ending(done: JobDone, spec: JobSpec, aborted: str = "") -> tuple[str, Any, s
     return "failed", kept, done.error_type, done.error_message, done.traceback
 
 
+_NO_ARGS, _NO_KWARGS = msgspec.Raw(_encode_value([])), msgspec.Raw(_encode_value({}))
+
+
+def held_spec(spec: JobSpec) -> JobSpec:
+    """``spec`` as the daemon holds it: its arguments packed (:class:`msgspec.Raw`: the bytes a frame carries them
+    as), not as the objects they decode to.
+
+    Decoded, a frame's arguments cost up to 75 times its bytes (an empty list is one byte on the wire and
+    64 in memory), so ``jobs.queue_bytes`` of 1 GiB let one client key make the daemon hold 75 GiB.  Packed, a
+    queued job costs about what it was sent as; a local worker's dispatch and the journal copy the bytes as they
+    are, and :func:`spec_values` decodes them where the daemon must read them (a worker on another host).
+    """
+    if type(spec.args) is msgspec.Raw:
+        return spec
+    args = _encode_value(spec.args) if spec.args else None
+    kwargs = _encode_value(spec.kwargs) if spec.kwargs else None
+    return msgspec.structs.replace(spec, args=msgspec.Raw(args) if args else _NO_ARGS,
+                                   kwargs=msgspec.Raw(kwargs) if kwargs else _NO_KWARGS)
+
+
+def spec_values(spec: JobSpec) -> tuple[list[Any], dict[str, Any]]:
+    """A held spec's arguments decoded (:func:`held_spec`): ``(args, kwargs)``."""
+    args, kwargs = spec.args, spec.kwargs
+    return (_decode_value(args) if type(args) is msgspec.Raw else args,
+            _decode_value(kwargs) if type(kwargs) is msgspec.Raw else kwargs)
+
+
 def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
               context: tuple[str, list[str]] = NO_CONTEXT) -> bytes:
     """Journal form of a job spec, with who submitted it.
@@ -252,6 +279,7 @@ class JobBook:
         for spec in specs:
             jid = self._next_id
             self._next_id += 1
+            spec = held_spec(spec)
             job = Job(jid, spec, now, 0, owner, each, internal)
             job.context = context
             self.jobs[jid] = job
@@ -315,6 +343,7 @@ class JobBook:
         for jid, blob, _prio, state, attempts, submitted, ctx in self.journal.unfinished():
             try:
                 spec, owner, internal, context = unpack_job(blob)
+                spec = held_spec(spec)
                 if ctx:
                     shared = self.journal.context(ctx)
                     if shared is None:

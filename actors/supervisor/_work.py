@@ -25,7 +25,7 @@ import msgspec
 import zmq
 
 from actors._errors import EnsembleError, ProtocolError
-from actors._jobs import Job, ending
+from actors._jobs import Job, ending, spec_values
 from actors._task import MAX_TIMEOUT_MS
 from actors._values import TUPLE, Exact
 from actors.messages import AbortJob, Ack, Dispatch, JobInfos, JobsDone, JobUpdate, Recall, Recalled, RunJobs, encode
@@ -255,11 +255,11 @@ class WorkMixin(State):
                 s = job.spec
                 try:
                     if not slot.remote:
-                        args, kwargs = s.args, s.kwargs
+                        args, kwargs = s.args, s.kwargs  # as held: packed (held_spec), copied into the frame
                     elif self.cluster is not None and slot.key_name in self.cluster.members:  # big arrays: Ray's store
-                        args, kwargs = self.cluster.stage(slot.key_name, job.id, [s.args, s.kwargs], self.shm_prefix)
+                        args, kwargs = self.cluster.stage(slot.key_name, job.id, list(spec_values(s)), self.shm_prefix)
                     else:
-                        args, kwargs = _inline(s.args, self.shm_prefix), _inline(s.kwargs, self.shm_prefix)
+                        args, kwargs = (_inline(v, self.shm_prefix) for v in spec_values(s))
                 except EnsembleError as exc:  # a segment gone since submit: this job fails, nothing else
                     self._finish(job, "failed", now, error_type="ProtocolError",
                                  error_message=f"the job cannot be dispatched: {exc}")

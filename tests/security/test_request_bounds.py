@@ -8,6 +8,9 @@ put in every status, whatever their size. (A trust-boundary probe found each; te
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -68,3 +71,31 @@ def test_the_decoder_refuses_a_long_list_from_its_header() -> None:
     """The limits are the messages' own (checked as msgspec reads the list's length), not a handler's."""
     with pytest.raises(ProtocolError, match="Unwatch.job_ids"):
         M.decode(M.encode(M.Unwatch(list(range(M.MAX_IDS + 1)))))
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_queued_jobs_cost_the_daemon_about_what_their_arguments_were_sent_as(remote: Remote, tmp_path: Path) -> None:
+    """An empty list is one byte on the wire and 64 in memory: the daemon kept a queued job's arguments decoded, so
+    ``jobs.queue_bytes`` (1 GiB) of them from one client key made it hold up to 75 GiB.  It holds them packed now."""
+    release = tmp_path / "release"
+    c = remote.client("c1", timeout=60)
+    first = c.submit("tests.jobs:wait_file", str(release))
+    wait_for(lambda: first.state == "running", 60, what="the first job to hold the worker")
+    before = _rss(remote.d.pid)
+    kind, sent = int(M.Kind.SUBMIT), 0
+    for _ in range(16):  # 16 jobs of 1 MB of empty lists each, queued behind the first
+        frame = msgspec.msgpack.encode([M.VERSION, kind, 7, [kind, [["tests.jobs:wait_file",
+                                                                      [str(release), [[]] * 1_000_000]]], True]])
+        sent += len(frame)
+        reply = _answer(remote, "c2", frame)
+        assert isinstance(reply, M.Submitted), reply
+    grown = _rss(remote.d.pid) - before
+    assert grown < 16 * sent, f"the daemon grew {grown >> 20} MiB for {sent >> 20} MiB of queued arguments"
+    release.touch()
+    assert first.result(60) == "released"
+    assert remote.d.status().daemon.pid == remote.d.pid
