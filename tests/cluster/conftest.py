@@ -7,6 +7,7 @@ stops the gcs server and every raylet it started); the leak check of
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Any, Callable, Iterator
 
@@ -69,3 +70,29 @@ def two_ray_workers(make_daemon: Callable[..., Daemon], ray_cluster: Any,
         yield d, ray_cluster
     finally:
         d.cleanup()  # `ensemble down` before the cluster goes (the fixture order guarantees it)
+
+
+@contextlib.contextmanager
+def remote_client_daemon(make_daemon: Callable[..., Daemon], ray_cluster: Any,
+                         workers: int) -> Iterator[tuple[Daemon, Any]]:
+    """A jobs-only daemon with ``workers`` workers placed on ``ray_cluster`` (all joined), allowed
+    ``tests.jobs:reverse_array``, and a :class:`~ensemble.Client` of a key of its own on its tcp client endpoint
+    (a remote client: its arrays cross inline in its frames); ``ensemble down`` at the end."""
+    from ensemble import Client
+
+    client_ep = f"tcp://127.0.0.1:{free_port()}"
+    d = make_daemon(workers=0, extra_env={
+        "ENSEMBLE_TCP": f"tcp://127.0.0.1:{free_port()}", "ENSEMBLE_CLIENT_TCP": client_ep,
+        "ENSEMBLE_JOBS_ALLOW": "tests.jobs:reverse_array", "ENSEMBLE_CLUSTER_RAY": ray_cluster.address,
+        "ENSEMBLE_CLUSTER_WORKERS": str(workers), "ENSEMBLE_EXTENSIONS": ""})
+    d.cli("keys", "init")
+    key = d.cli("keys", "add-client", "far").stdout.strip()
+    d.up()
+    try:
+        wait_for(lambda: len(ray_workers(d)) == workers, 120, what=f"{workers} Ray-placed worker(s) to join")
+        c = Client(config=d.config, endpoint=client_ep, curve=(key, str(d.base / "state" / "keys" / "server.key")),
+                   timeout=120)
+        d._clients.append(c)
+        yield d, c
+    finally:
+        d.cleanup()

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from tests.cluster.conftest import free_port, ray_workers
+from tests.cluster.conftest import ray_workers, remote_client_daemon
 from tests.conftest import Daemon, children, pid_alive, wait_for
 
 pytestmark = pytest.mark.slow
@@ -52,21 +52,8 @@ def test_a_driver_waiting_on_the_object_store_is_not_taken_for_broken_and_its_jo
     store (a big array, a node slow to answer), the daemon's next big write went unread, and after 5 s the daemon
     took the driver for broken: every Ray worker lost, their jobs retried or failed.  (A remote client's arrays
     are the daemon's big writes: their bytes cross the link; a local client's segment crosses as a descriptor.)"""
-    from ensemble import Client
-
-    client_ep = f"tcp://127.0.0.1:{free_port()}"
-    d = make_daemon(workers=0, extra_env={
-        "ENSEMBLE_TCP": f"tcp://127.0.0.1:{free_port()}", "ENSEMBLE_CLIENT_TCP": client_ep,
-        "ENSEMBLE_JOBS_ALLOW": "tests.jobs:reverse_array", "ENSEMBLE_CLUSTER_RAY": ray_cluster.address,
-        "ENSEMBLE_CLUSTER_WORKERS": "2", "ENSEMBLE_EXTENSIONS": ""})
-    d.cli("keys", "init")
-    key = d.cli("keys", "add-client", "far").stdout.strip()
-    d.up()
-    try:
+    with remote_client_daemon(make_daemon, ray_cluster, 2) as (d, c):
         wait_for(lambda: joined_with_two_workers(d), 120, what="two Ray-placed workers to join")
-        c = Client(config=d.config, endpoint=client_ep, curve=(key, str(d.base / "state" / "keys" / "server.key")),
-                   timeout=120)
-        d._clients.append(c)
         raylet = ray_cluster.head_node.all_processes["raylet"][0].process.pid  # the head's: the driver's store
         arrays = [np.arange(MIB // 2, dtype="<i8") * k for k in (1, 2)]  # 4 MiB each: more than the link holds
         os.kill(raylet, signal.SIGSTOP)  # its object store answers nothing: the driver's ray.put waits
@@ -86,8 +73,6 @@ def test_a_driver_waiting_on_the_object_store_is_not_taken_for_broken_and_its_jo
             assert h.info.attempts == 1  # nothing was retried: no worker was taken for lost
         assert "ray-cluster-unreachable" not in (d.base / "state" / "daemon.log").read_text()
         wait_for(lambda: "ray_driver_busy" not in counters(d), 30, what="status to say the driver waits no more")
-    finally:
-        d.cleanup()
 
 
 @pytest.mark.timeout(900)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from tests.cluster.conftest import ray_workers
+from tests.cluster.conftest import ray_workers, remote_client_daemon
 from tests.conftest import Daemon, wait_for
 
 pytestmark = pytest.mark.slow
@@ -111,30 +111,13 @@ def test_a_worker_killed_mid_job_with_a_staged_array_loses_nothing(
 
 def test_a_remote_client_s_inline_array_goes_through_the_store_and_leaves_no_segment(
         make_daemon: Callable[..., Daemon], ray_cluster: Any) -> None:
-    from ensemble import Client
-    from tests.cluster.conftest import free_port
-
-    client_ep = f"tcp://127.0.0.1:{free_port()}"
-    d = make_daemon(workers=0, extra_env={
-        "ENSEMBLE_TCP": f"tcp://127.0.0.1:{free_port()}", "ENSEMBLE_CLIENT_TCP": client_ep,
-        "ENSEMBLE_JOBS_ALLOW": "tests.jobs:reverse_array", "ENSEMBLE_CLUSTER_RAY": ray_cluster.address,
-        "ENSEMBLE_CLUSTER_WORKERS": "1", "ENSEMBLE_EXTENSIONS": ""})
-    d.cli("keys", "init")
-    key = d.cli("keys", "add-client", "far").stdout.strip()
-    d.up()
-    try:
-        wait_for(lambda: len(ray_workers(d)) == 1, 120, what="a Ray-placed worker to join")
-        c = Client(config=d.config, endpoint=client_ep, curve=(key, str(d.base / "state" / "keys" / "server.key")),
-                   timeout=120)
-        d._clients.append(c)
+    with remote_client_daemon(make_daemon, ray_cluster, 1) as (d, c):
         a = np.arange(3 * MIB // 8, dtype="<f8")  # 3 MiB: inline in the client's frame, then the store to the worker
         back, total = c.submit("tests.jobs:reverse_array", a).result(120)
         assert np.array_equal(back, a[::-1]) and total == float(a.sum())
         assert counters(d)["ray_store_args"] == 1 and counters(d)["ray_store_results"] == 1
         shm_key = d.config.shm_key
         assert not list(Path("/dev/shm").glob(f"ensemble.{shm_key}.*"))  # a remote client's result: no segment
-    finally:
-        d.cleanup()
 
 
 def test_a_tuple_result_holding_a_big_array_comes_back_and_listings_stay_readable(
