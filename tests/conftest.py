@@ -280,6 +280,9 @@ class Daemon:
 
 
 _DAEMONS: set[int] = set()  # pids of daemons Daemon.up started from this process (its children until they exit)
+# children a module-scoped fixture keeps across its module's tests (a shared Ray cluster's processes), until its
+# teardown; the leak check after the module's last test then finds them gone
+KEPT: set[int] = set()
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
@@ -389,7 +392,7 @@ def no_leaks() -> Iterator[None]:
     before = _our_segments()
     dirs = _our_dirs()
     yield
-    wait_for(lambda: not [p for p in children(os.getpid()) if p not in _DAEMONS], 15,
+    wait_for(lambda: not [p for p in children(os.getpid()) if p not in _DAEMONS and p not in KEPT], 15,
              what="child processes to exit")
     leaked = _our_segments() - before
     wait_for(lambda: not (_our_segments() - before), 10, what=f"shared-memory segments {leaked} to be unlinked")

@@ -8,12 +8,13 @@ stops the gcs server and every raylet it started); the leak check of
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import Daemon, wait_for
+from tests.conftest import KEPT, Daemon, children, wait_for
 
 STORE = 80 * 1024 * 1024  # object store per node: small, two shared cores and little use for it here
 
@@ -27,6 +28,25 @@ def free_port() -> int:
 @pytest.fixture
 def ray_cluster() -> Iterator[Any]:
     """A head with no CPUs (the daemon's host) and two nodes of one CPU each; shut down at teardown."""
+    yield from _cluster()
+
+
+@pytest.fixture(scope="module")
+def module_ray_cluster() -> Iterator[Any]:
+    """:func:`ray_cluster` for a whole module whose tests change no node (a cluster's start is 10-20 s of the
+    slow pass); its processes are kept from the leak check until the module's last test has run."""
+    before = set(children(os.getpid()))
+    for cluster in _cluster():
+        kept = set(children(os.getpid())) - before
+        KEPT.update(kept)
+        try:
+            yield cluster
+        finally:
+            KEPT.difference_update(kept)
+
+
+def _cluster() -> Iterator[Any]:
+    """A fixture's body: :func:`ray_cluster`'s."""
     cluster_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed (pip install -e '.[ray]')")
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": STORE, "include_dashboard": False})

@@ -16,6 +16,12 @@ from tests.conftest import Daemon, wait_for
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def ray_cluster(module_ray_cluster: Any) -> Any:
+    """One cluster for this module's tests: none adds, removes or stops a node."""
+    return module_ray_cluster
+
+
 @pytest.fixture
 def capped_daemon(make_daemon: Callable[..., Daemon], ray_cluster: Any) -> Iterator[tuple[Daemon, Any]]:
     """Two Ray-placed workers joined, at most three: room for one worker placed for a job's resources."""

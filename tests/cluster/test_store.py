@@ -21,6 +21,12 @@ from tests.cluster.conftest import ray_workers, remote_client_daemon
 from tests.conftest import Daemon, wait_for
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(module_ray_cluster: Any) -> Any:
+    """One cluster for this module's tests: none adds, removes or stops a node."""
+    return module_ray_cluster
 MIB = 1 << 20
 
 
