@@ -52,7 +52,9 @@ def test_the_daemon_outlives_its_ray_cluster_loses_nothing_and_joins_it_again_wh
     process, with its jobs and its local workers."""
     port = free_port()
     clusters = [make_cluster(port)]
-    d = make_daemon(workers=1, extra_env=ray_daemon_env(clusters[0].address))
+    # Ray's core worker gives a GCS gone 60 s before it ends the driver: 10 s here (the driver's only)
+    d = make_daemon(workers=1, extra_env={**ray_daemon_env(clusters[0].address),
+                                          "RAY_gcs_rpc_server_reconnect_timeout_s": "10"})
     try:
         d.cli("keys", "init")
         d.up()
