@@ -387,6 +387,18 @@ def _our_dirs() -> set[str]:
 
 
 @pytest.fixture(autouse=True)
+def not_a_job_process() -> Iterator[None]:
+    """A test that ran a job's code in this process (``actors._task.activate``) left it marked as a worker's for
+    the rest of the session, and a later ``Executor()`` here then started a daemon of its own instead of attaching
+    (tests/actors/test_executor_map.py failed after tests/actors/test_task.py in one process)."""
+    from actors import _task
+
+    yield
+    _task._ran_jobs = False
+    _task._home[0] = None
+
+
+@pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """After every test: no child process, no new shared-memory segment of ours, no private daemon's directory."""
     before = _our_segments()
