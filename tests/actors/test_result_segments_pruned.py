@@ -1,7 +1,7 @@
 """A result array nobody takes leaves shared memory when its job is pruned (it stayed until `ensemble down`).
 
 The daemon is a private one, forked from this process (``ENSEMBLE_PRIVATE_START=fork``), so it prunes as this
-module patches it: every 50 ms, jobs that ended at once (retention 0, no minimum age).
+module patches it: every 50 ms, jobs that ended 2 s before (retention 0).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def pruning_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
     monkeypatch.setenv("ENSEMBLE_JOBS_RETENTION", "0")
     monkeypatch.setattr(supervisor, "PRUNE_FIRST_S", 0.05)
     monkeypatch.setattr(supervisor, "PRUNE_EVERY_S", 0.05)
-    monkeypatch.setattr(work, "KEEP_ENDED_S", 0.0, raising=False)
+    # pruned 2 s after they end: time for a client to take a result array first (at 0, a loaded machine's
+    # client found its array pruned before it took it)
+    monkeypatch.setattr(work, "KEEP_ENDED_S", 2.0)
     with Client(private=True, max_workers=1) as c:
         yield c
 
