@@ -181,7 +181,8 @@ def held_spec(spec: JobSpec) -> JobSpec:
     queued job costs about what it was sent as; a local worker's dispatch and the journal copy the bytes as they
     are, and :func:`spec_values` decodes them where the daemon must read them (a worker on another host).
     """
-    if type(spec.args) is msgspec.Raw:
+    held: Any = spec.args  # (typed as the list a client sends; a held spec's is Raw)
+    if type(held) is msgspec.Raw:
         return spec
     args = _encode_value(spec.args) if spec.args else None
     kwargs = _encode_value(spec.kwargs) if spec.kwargs else None
@@ -191,7 +192,8 @@ def held_spec(spec: JobSpec) -> JobSpec:
 
 def spec_values(spec: JobSpec) -> tuple[list[Any], dict[str, Any]]:
     """A held spec's arguments decoded (:func:`held_spec`): ``(args, kwargs)``."""
-    args, kwargs = spec.args, spec.kwargs
+    args: Any = spec.args
+    kwargs: Any = spec.kwargs
     return (_decode_value(args) if type(args) is msgspec.Raw else args,
             _decode_value(kwargs) if type(kwargs) is msgspec.Raw else kwargs)
 
