@@ -184,10 +184,8 @@ def held_spec(spec: JobSpec) -> JobSpec:
     held: Any = spec.args  # (typed as the list a client sends; a held spec's is Raw)
     if type(held) is msgspec.Raw:
         return spec
-    args = _encode_value(spec.args) if spec.args else None
-    kwargs = _encode_value(spec.kwargs) if spec.kwargs else None
-    return msgspec.structs.replace(spec, args=msgspec.Raw(args) if args else _NO_ARGS,
-                                   kwargs=msgspec.Raw(kwargs) if kwargs else _NO_KWARGS)
+    return msgspec.structs.replace(spec, args=msgspec.Raw(_encode_value(spec.args)) if spec.args else _NO_ARGS,
+                                   kwargs=msgspec.Raw(_encode_value(spec.kwargs)) if spec.kwargs else _NO_KWARGS)
 
 
 def spec_values(spec: JobSpec) -> tuple[list[Any], dict[str, Any]]:
