@@ -24,7 +24,7 @@ import pytest
 from actors import DaemonError
 from controller._supervision import NO_SCRIPT
 from controller._ui import ScriptUi
-from tests.conftest import Daemon, pid_alive, wait_for
+from tests.conftest import Daemon, pid_alive, wait_for, without_overruns
 
 EDITION_1 = """from controller.script import add_label, define_parameter, set_parameter
 
@@ -55,7 +55,7 @@ def script_errors(counters: dict[str, Any]) -> list[str]:
     An overrun says a block's script callbacks took more than half its time
     by the clock: on a loaded machine any block may, so it says nothing here.
     """
-    return [e for e in counters.get("script_errors_recent", []) if not e.startswith("Processor overrun:")]
+    return without_overruns(counters.get("script_errors_recent", []))
 
 
 def _ran(d: Daemon, actor: str) -> tuple[str, str]:
