@@ -87,8 +87,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from actors._errors import ConfigError, ProtocolError
 from actors._keys import add_peer, list_keys, revoke
 from actors._resources import describe, fits
@@ -340,12 +338,7 @@ class RayWorkers:
         if self.sock is None or self.broken:
             return
         try:
-            if fd >= 0:
-                frame = _frame(header)
-                sent = socket.send_fds(self.sock, [frame], [fd])  # (the descriptor goes with the first bytes)
-                self.sock.sendall(memoryview(frame)[sent:])
-            else:
-                send_msg(self.sock, header, payload)
+            send_msg(self.sock, header, payload, fd)
         except OSError as exc:
             self.broken = f"its Ray driver stopped reading its commands for {_SEND_WAIT}s ({exc})"
 
@@ -710,12 +703,6 @@ class RayWorkers:
 
 
 _DRIVER_MAIN = "import sys; from actors._ray_driver import driver_main; sys.exit(driver_main(sys.argv[1:]))"
-
-
-def _frame(header: list[Any]) -> bytes:
-    """``header`` framed as :func:`actors._storelink.send_msg` frames it: its length (4 bytes, big-endian), then it."""
-    head = msgspec.msgpack.encode(header)
-    return struct.pack(">I", len(head)) + head
 
 
 def _open_segment(handle: ArrayHandle, prefix: str) -> int:

@@ -39,10 +39,15 @@ _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode
 
 
-def send_msg(sock: socket.socket, header: Any, payload: Any = None) -> None:
-    """One message: the length of the msgpack ``header``, the header, then ``payload``'s bytes (a buffer) if any."""
+def send_msg(sock: socket.socket, header: Any, payload: Any = None, fd: int = -1) -> None:
+    """One message: the length of the msgpack ``header``, the header, then ``payload``'s bytes (a buffer) if any.
+
+    ``fd`` (a descriptor, when given) goes with the header's first bytes (SCM_RIGHTS on a Unix socket).
+    """
     head = _pack(header)
-    sock.sendall(_LEN.pack(len(head)) + head)
+    frame = _LEN.pack(len(head)) + head
+    sent = socket.send_fds(sock, [frame], [fd]) if fd >= 0 else 0
+    sock.sendall(memoryview(frame)[sent:])
     if payload is not None:
         sock.sendall(payload)
 
