@@ -39,7 +39,8 @@ def render(script: str | None, midi: str | None, sample: str | None, seconds: fl
             from controller.offline import parse_set, render_script
 
             path, errors = render_script(script, out=out, midi=midi, sample=sample, seconds=seconds,
-                                         sets=[parse_set(s) for s in sets], samplerate=samplerate, blocksize=blocksize)
+                                         sets=[parse_set(s) for s in sets], samplerate=samplerate, blocksize=blocksize,
+                                         on_overrun=lambda r: click.echo(f"script (timing, live only): {r}", err=True))
             for err in errors:
                 click.echo(f"script: {err}", err=True)
         else:

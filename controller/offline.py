@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import soundfile
 
@@ -120,6 +120,9 @@ class OfflineScriptHost:
     def __init__(self, engine: Engine, script: str, state_dir: Path) -> None:
         self.engine = engine
         self.errors: list[str] = []
+        # the processor's soft-budget reports: how long callbacks took on this machine's clock, not a fault of the
+        # script's logic; kept apart so that errors say the same for the same inputs (render_script's on_overrun)
+        self.overruns: list[str] = []
         self.ready = False
         self.to_proc: list[Any] = []  # controller -> processor messages, applied on the render thread
         self.proc = ProcessorScript(engine, _Route(self, PROCESSOR))
@@ -151,7 +154,9 @@ class OfflineScriptHost:
             self._to_processor(self.to_proc.pop(0))
 
     def deliver(self, side: str, msg: Any) -> None:
-        if isinstance(msg, ScriptError):
+        if isinstance(msg, ScriptError) and msg.kind == "overrun":
+            self.overruns.append(f"{msg.context} {msg.kind}: {msg.message}{msg.where()}")
+        elif isinstance(msg, ScriptError):
             self.errors.append(f"{msg.context} {msg.kind}: {msg.message}{msg.where()}")
         elif side == CONTROLLER:
             self.to_proc.append(msg)
@@ -217,8 +222,16 @@ def parse_set(text: str) -> tuple[str, Any, float]:
 
 def render_script(script: str, *, out: str | Path, midi: str | Path | None = None, sample: str | Path | None = None,
                   seconds: float | None = None, sets: list[tuple[str, Any, float]] = (),  # type: ignore[assignment]
-                  samplerate: int = 48000, blocksize: int = 256, channels: int = 2, max_voices: int = 64) -> tuple[Path, list[str]]:
+                  samplerate: int = 48000, blocksize: int = 256, channels: int = 2, max_voices: int = 64,
+                  on_overrun: Callable[[str], None] | None = None) -> tuple[Path, list[str]]:
     """Render ``script`` offline; returns the path written and the script errors reported.
+
+    The errors are the same for the same inputs.  How long the processor's
+    callbacks took against a live block's budget is not among them: it
+    depends on the machine and its load, and a render has no deadline to
+    miss.  Those reports (``Processor overrun: ...``, each a sign the script
+    could overrun live) go to ``on_overrun`` once the file is written, or
+    nowhere when it is None.
 
     Runs on the calling thread and blocks until the file is written.  Raises
     EnsembleError when the script does not load, and what soundfile raises
@@ -246,4 +259,6 @@ def render_script(script: str, *, out: str | Path, midi: str | Path | None = Non
 
             backend = OfflineBackend(engine, out, seconds, events, feed=host.feed, between_blocks=between)
             backend.start()
+    for report in host.overruns if on_overrun is not None else ():
+        on_overrun(report)
     return Path(out), host.errors

@@ -79,7 +79,8 @@ def test_elements_are_sent_when_they_change_and_dropped_on_reload(tmp_path: Path
         with pytest.raises(ValueError, match="id of 1..64 characters"):
             rt.ui_add("button", "", "empty id")
         rt.load(str(SCRIPTS / "ui.py"), True)
-        wait_for(lambda: rt.generation == 2, what="the reload")
+        rt.barrier()  # queued behind the whole reload: generation is bumped before the module code runs
+        assert rt.generation == 2
         assert [e.id for e in rt.ui.snapshot()] == ["go", "status", "hint"]  # the new module code added them again
     finally:
         rt.stop()
