@@ -554,6 +554,8 @@ class Connection:
         self._wake()
         if self._closed:  # closed meanwhile: the I/O thread may have failed the queue already, before this item
             self._fail_queued(self._refusal())
+        elif self.gone is not None:  # likewise given up meanwhile (a key refused in the handshake): no answer comes
+            self._fail_queued(self.gone)
 
     def _wake(self) -> None:
         """Wake the I/O thread, unless a wake-up is already on its way (a burst of calls costs one)."""
@@ -628,6 +630,9 @@ class Connection:
             self._fail_all(ClientClosed("the client was closed before the daemon answered"))
 
     def _send_pending(self, sock: zmq.Socket[bytes]) -> None:
+        if self.gone is not None:  # queued after _end_all failed the queue: the daemon would never answer them
+            self._fail_queued(self.gone)
+            return
         submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]] = []
         queued = 0  # jobs in ``submits`` (a running count: re-summing made big batches quadratic)
         size = 0  # their payloads' bytes: merged submits over the frame limit failed all together (see payload_bytes)

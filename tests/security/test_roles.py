@@ -357,3 +357,23 @@ def test_a_revoked_key_is_told_so_at_once(remote: Remote) -> None:
                                                    "revoked"):
             call()
     assert remote.client("c1").submit("examples.jobs:add", 2, 2).result(60) == 4  # the others go on
+
+
+def test_a_call_queued_as_the_handshake_is_refused_fails_with_it(remote: Remote) -> None:
+    """A call that passed the client's refusal check just before the refusal was read, and was queued just after it
+    failed the queue, was sent to the daemon that refused the key and waited out the client's whole timeout (seen
+    once in a loaded default suite: test_a_revoked_key_is_told_so_at_once's submit hung).  The interleaving,
+    made certain: the call is queued once the refusal is known."""
+    from concurrent.futures import Future
+
+    remote.d.cli("keys", "revoke", "c2")
+    log = remote.d.base / "state" / "daemon.log"
+    wait_for(lambda: "event=allow-list-reloaded" in log.read_text(), 30, what="the daemon to read the allow-list")
+    conn = remote.client("c2", timeout=600).conn
+    wait_for(lambda: conn.gone is not None, 60, what="the client to read the refusal")
+    fut: Future[list[int]] = Future()
+    conn._outgoing.append(("submit", [], fut, None))  # what _enqueue appends, its check of gone passed before
+    conn._wake()
+    wait_for(fut.done, 30, what="the late call to fail")
+    with pytest.raises(PermissionDenied, match="refused this client's key in the CURVE handshake"):
+        fut.result(0)
