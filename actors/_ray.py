@@ -92,6 +92,7 @@ from actors._keys import add_peer, list_keys, revoke
 from actors._resources import describe, fits
 from actors._spawn import child_env, set_parent_death_signal
 from actors._storelink import recv_exact, recv_header, send_msg
+from actors._subreaper import started
 from actors.config import Config
 from actors.messages import ArrayHandle, StoredArray
 
@@ -255,6 +256,7 @@ class RayWorkers:
             raise
         finally:
             theirs.close()
+        started(self.proc.pid)  # the daemon's child, waited on here (see actors._subreaper)
         self.sock, self.inbox, self.broken = mine, queue.Queue(), ""
         self.ping_at = 0.0
         self.reader = threading.Thread(target=_read_reports, args=(mine, self.inbox, self.landing),

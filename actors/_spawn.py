@@ -22,6 +22,7 @@ from typing import Any
 
 from actors import _childoutput
 from actors._logging import LOG_FILE_ENV
+from actors._subreaper import started
 
 _PR_SET_PDEATHSIG = 1
 _USER_UMASK = os.umask(0o022)  # read once at import (umask has no getter), restored at once below
@@ -247,6 +248,7 @@ def spawn(module: str, argv: list[str], *, nice: int = 0, log_path: Path | None 
     finally:
         if out != subprocess.DEVNULL:
             os.close(out)
+    started(proc.pid)  # waited on by its owner: the daemon, a subreaper, must not reap it as an orphan
     if output is not None:
         output.attach(read_end, proc.pid, module)
     return proc

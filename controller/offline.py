@@ -259,6 +259,7 @@ def render_script(script: str, *, out: str | Path, midi: str | Path | None = Non
 
             backend = OfflineBackend(engine, out, seconds, events, feed=host.feed, between_blocks=between)
             backend.start()
-    for report in host.overruns if on_overrun is not None else ():
-        on_overrun(report)
+    if on_overrun is not None:
+        for report in host.overruns:
+            on_overrun(report)
     return Path(out), host.errors

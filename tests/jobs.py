@@ -778,3 +778,23 @@ def open_missing(path: str) -> None:
 def raise_big(nbytes: int) -> None:
     """Raises a ValueError whose args hold ``nbytes`` of bytes (its pickle is over a small frame limit)."""
     raise ValueError("too big to carry", b"x" * nbytes)
+
+
+def leave_sessions(pidfile: str) -> list[int]:
+    """A plain function: start processes outside the worker's process group and return with them running: a child
+    in a session of its own (``start_new_session``), an orphan in one (``setsid sleep 1000`` put in the background
+    by a ``sh`` that exited), and an orphan that ends within a second.  Their pids, in that order, written to
+    ``pidfile`` too."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "1000"], start_new_session=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child.returncode = 0  # left running on purpose: no "still running" warning when the handle goes
+    pids = [child.pid]
+    for seconds in (1000, 0.5):
+        orphan = subprocess.run(["sh", "-c", f"setsid sleep {seconds} </dev/null >/dev/null 2>&1 & echo $!"],
+                                capture_output=True, text=True, check=True, timeout=60)
+        pids.append(int(orphan.stdout))
+    Path(pidfile + ".tmp").write_text(" ".join(map(str, pids)))
+    os.rename(pidfile + ".tmp", pidfile)
+    return pids

@@ -45,6 +45,7 @@ from actors._journal import Journal
 from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir
 from actors._spawn import kill_group, raise_open_files
+from actors._subreaper import become_subreaper, reap_adopted, sweep
 from actors.config import Config
 from actors.extensions import ChildSpec, Extension, load_extensions, pass_down
 from actors.messages import (ActorInfo, DaemonInfo, JobDone, JobInfo, JobInfos, Limits, Message, StatusReply,
@@ -63,6 +64,7 @@ _ASYNC_ROWS = 8
 PRUNE_FIRST_S = 5.0  # the first slice of pruning comes this long after the start (a slice is short: see Journal.prune)
 PRUNE_EVERY_S = 600.0  # then one pruning every this long ...
 PRUNE_AGAIN_S = 0.05  # ... whose slices follow one another at least this far apart while one leaves more to delete
+_SWEEP_FOR = 10.0  # seconds the last step of close goes on killing what jobs left below the daemon (then says so)
 
 log = logging.getLogger("ensemble.supervisor")
 
@@ -259,6 +261,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                 if mono >= next_beat:
                     next_beat = mono + sup.heartbeat_interval
                     self._heartbeats(mono)
+                    reap_adopted()  # what a job left in a session of its own and has ended since (_subreaper)
                     if self.journal is not None and not self.journal.lost_file and self.journal.check_file():
                         log.critical("event=journal-lost detail=%s", self.journal.lost_file)
                     if self.auth is not None:
@@ -501,7 +504,9 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         from actors.shm import sweep_segments
 
         steps: list[tuple[str, Callable[[], None]]] = [
-            ("children", self._kill_children), ("ray", self._cluster_close), ("journal", self._close_journal),
+            ("children", self._kill_children), ("ray", self._cluster_close),
+            ("orphans", self._sweep_orphans),
+            ("journal", self._close_journal),
             ("auth", lambda: self.auth.stop() if self.auth is not None else None),
             ("metrics", lambda: self.metrics.stop() if self.metrics is not None else None),
             ("sockets", lambda: self.ctx.destroy(linger=0) if hasattr(self, "ctx") else None),
@@ -514,6 +519,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             except Exception as exc:  # noqa: BLE001 - the next steps must run all the same
                 log.error("event=close-step-failed step=%s reason=%s", what, exc)
         log.info("event=stopped")
+
+    def _sweep_orphans(self) -> None:
+        """Kill what jobs left below the daemon in sessions of their own (its own children are gone by now)."""
+        sweep(time.monotonic() + _SWEEP_FOR, "orphans")
 
     def _kill_children(self) -> None:
         _prefork.release(self.blanks)
@@ -602,6 +611,10 @@ def serve(cfg: Config, foreground: bool = False, ready_fd: int | None = None) ->
     (:func:`actors._launch.wait_signal`).  An exit before that closes it unwritten.
     """
     os.umask(0o077)  # journal, log, keys: this user's only (children get the user's own umask back)
+    try:
+        become_subreaper()  # what a job starts in a session of its own comes back here, not to init (_subreaper)
+    except OSError as exc:  # (a kernel before 3.4): such processes outlive the daemon, as they did before
+        sys.stderr.write(f"ensemble: warning: {exc}: processes a job starts with setsid may outlive the daemon\n")
     keep_exact_values()  # a job's tuples, sets, datetimes... pass through as they came (actors._values)
     # the first workers are forked now, while nothing is open yet (see _prefork); they wait for their orders
     keep_out = () if ready_fd is None else (ready_fd,)

@@ -34,6 +34,7 @@ from actors import _childoutput
 from actors._blank import become_worker, encode_orders, read_orders
 from actors._logging import LOG_FILE_ENV
 from actors._spawn import ForkedProc, set_parent_death_signal
+from actors._subreaper import started
 
 
 class Blank(msgspec.Struct):
@@ -71,6 +72,7 @@ def prefork(count: int, keep_out: tuple[int, ...] = ()) -> list[Blank]:
             for fd in (*keep_out, *(b.fd for b in blanks), *(b.out for b in blanks)):
                 os.close(fd)
             _blank_main(read_end, out_write, parent)  # never returns
+        started(pid)  # (see actors._subreaper)
         os.close(read_end)
         os.close(out_write)
         try:

@@ -1,0 +1,167 @@
+"""A child subreaper: the process that a job's processes fall back to when they leave their group and lose their parent.
+
+A worker's jobs' processes die with its process group, but a process can
+leave the group (``setsid``, ``start_new_session=True``, a daemonizing
+helper), and once its parent ends Linux gives it to init, beyond anyone's
+reach: it outlived ``ensemble down``.  A *child subreaper*
+(``PR_SET_CHILD_SUBREAPER``) gets such orphans of its descendants instead of
+init.  Two processes are one:
+
+- a remote worker's keeper (:mod:`actors._keeper`), which reaps every child
+  but the worker as it ends and, once the worker has ended, sweeps what is
+  left below it (:func:`sweep`);
+- the daemon (:func:`actors.supervisor.serve`), whose own children are
+  waited on by whoever started them (a slot's process through its pidfd, the
+  Ray driver by its ``Popen``): it must reap the orphans it adopts and only
+  them, or their owners would read ``ECHILD`` for an exit status
+  (``subprocess`` then says the child exited 0).  So each process it starts
+  is recorded (:func:`started`) and :func:`reap_adopted` reaps only ended
+  children that are not; the daemon's last step, once its own children are
+  gone, is :func:`sweep`.
+
+An orphan that is still running stays, as a remote worker's stay until its
+worker ends: a job may start a helper meant to outlive it.  It ends with the
+daemon (or the keeper) at the latest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import time
+
+from actors._procs import descendants, stat, zombies_of
+
+log = logging.getLogger("ensemble.subreaper")
+
+_PR_SET_CHILD_SUBREAPER = 36
+_started: dict[int, str] = {}  # pid -> its start time (``stat`` field [19]): children this process waits on itself
+_PRUNE_AT = 256  # records kept before those of processes that are gone are dropped
+
+
+def become_subreaper() -> None:
+    """Make this process a child subreaper (not inherited by its children); ``OSError`` if the system refuses."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def started(pid: int) -> None:
+    """Record ``pid`` as a child this process started and waits on itself (:func:`reap_adopted` leaves it)."""
+    fields = stat(pid)
+    if fields is None:  # it is gone, reaped already: nothing of it can be mistaken for an orphan
+        return
+    if len(_started) >= _PRUNE_AT:
+        for old, born in list(_started.items()):
+            now = stat(old)
+            if now is None or now[19] != born:
+                del _started[old]
+    _started[pid] = fields[19]
+
+
+def _mine(pid: int) -> bool:
+    born = _started.get(pid)
+    if born is None:
+        return False
+    fields = stat(pid)
+    return fields is not None and fields[19] == born  # (a pid used again by an orphan is not ours)
+
+
+def reap_adopted() -> int:
+    """Reap the children that ended and that this process did not start (orphans it adopted); never blocks.
+
+    Peeks at an ended child without reaping it (``waitid`` with
+    ``WNOWAIT``, one system call when there is none); when that one is this
+    process's own, waiting for its owner, the ended children are found in
+    ``/proc`` instead.  Returns how many were reaped.
+    """
+    reaped = 0
+    while True:
+        try:
+            found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if found is None:
+            return reaped
+        if not _mine(found.si_pid):
+            reaped += _reap(found.si_pid)
+            continue
+        return reaped + sum(_reap(pid) for pid in zombies_of(os.getpid()) if not _mine(pid))
+
+
+def _reap(pid: int) -> int:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return 0
+    return 1 if done else 0
+
+
+def sweep(deadline: float, who: str) -> int:
+    """SIGKILL every process below this one and reap every child that ends, until none is left; how many were killed.
+
+    For the end of a process none of whose own children still runs, or whose
+    own are waited on by now (each reap here may take any child's status).
+    Each kill goes through a pidfd opened before the process's parent is
+    checked again, so a pid reused meanwhile by a process that is not ours is
+    never signalled.  Gives up at ``deadline`` (monotonic), saying so in the
+    log as ``event=<who>-gave-up``.
+    """
+    me = os.getpid()
+    killed: set[int] = set()
+    while True:
+        _reap_all()
+        below = descendants(me)
+        if not below and not _has_children():
+            break
+        if time.monotonic() > deadline:
+            log.error("event=%s-gave-up left=%s", who, ",".join(map(str, sorted(below))))
+            break
+        for pid in below:
+            if _kill_if_below(pid, below | {me}):
+                killed.add(pid)
+        time.sleep(0.01)  # (SIGKILLed processes end in microseconds; their children then become ours)
+    if killed:
+        log.warning("event=%s-killed count=%d pids=%s", who, len(killed), ",".join(map(str, sorted(killed))))
+    return len(killed)
+
+
+def _reap_all() -> None:
+    """Reap every child that has ended (never blocks)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _has_children() -> bool:
+    """Whether this process has a child, ended or not."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def _kill_if_below(pid: int, parents: set[int]) -> bool:
+    """SIGKILL ``pid`` if its parent is still one of ``parents``; whether it was signalled."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        st = stat(pid)  # read after the pidfd pinned the process: a reused pid fails the send below
+        if st is None or int(st[1]) not in parents:
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)
