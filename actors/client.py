@@ -386,9 +386,23 @@ def _workers_of(workers: Any) -> int:
 
 # Clients collected unclosed (the program dropped them): closed by one thread of their own, never where the
 # collector ran (that thread may hold the connection's locks; see _close_when_dropped)
-_DROPPED: "SimpleQueue[tuple[Connection, Any]]"
+_DROPPED: "SimpleQueue[Callable[[], None]]"
 _reaper: threading.Thread | None = None
 _reaper_lock = threading.Lock()
+
+
+def _reaper_queue() -> "SimpleQueue[Callable[[], None]]":
+    """The queue of the reaper thread, which runs what is put there, one after another (started at first use)."""
+    global _DROPPED, _reaper
+    with _reaper_lock:
+        if _reaper is None or not _reaper.is_alive():  # (the first client; or in a fork's child, none runs)
+            import queue
+
+            if _reaper is None:
+                _DROPPED = queue.SimpleQueue()
+            _reaper = threading.Thread(target=_reap_dropped, name="ensemble-client-reaper", daemon=True)
+            _reaper.start()
+    return _DROPPED
 
 
 def _close_when_dropped(client: object, conn: Connection, private: Any) -> "weakref.finalize[Any, Any]":
@@ -400,35 +414,30 @@ def _close_when_dropped(client: object, conn: Connection, private: Any) -> "weak
     clients held 13,006 and 3,001).  The collector runs the finalizer in
     whatever thread it runs in, which may hold the connection's locks (or be
     an event loop's, which must not wait for a daemon to stop), so it only
-    queues the connection for the reaper thread (``queue.SimpleQueue.put`` is
+    queues the closing for the reaper thread (``queue.SimpleQueue.put`` is
     safe there), which needs no event loop: an async client's may be closed
     by then.  A client's pending jobs keep it alive (their listeners hold its
     handles; an async client's pinger task too, while its loop runs), so it
     goes once they have ended.  Not at exit: the program's end closes what is
     left.
     """
-    global _DROPPED, _reaper
-    with _reaper_lock:
-        if _reaper is None or not _reaper.is_alive():  # (the first client; or in a fork's child, none runs)
-            import queue
-
-            if _reaper is None:
-                _DROPPED = queue.SimpleQueue()
-            _reaper = threading.Thread(target=_reap_dropped, name="ensemble-client-reaper", daemon=True)
-            _reaper.start()
-    dropped = weakref.finalize(client, _DROPPED.put, (conn, private))
+    dropped = weakref.finalize(client, _reaper_queue().put, functools.partial(_close_dropped, conn, private))
     dropped.atexit = False
     return dropped
 
 
+def _close_dropped(conn: Connection, private: Any) -> None:
+    conn.close()
+    if private is not None and not conn.forked:
+        private.stop()
+
+
 def _reap_dropped() -> None:
-    """The reaper thread: close each dropped client's connection and stop its private daemon (see above)."""
+    """The reaper thread: close each dropped client's or executor's connection and stop its private daemon."""
     while True:
-        conn, private = _DROPPED.get()
+        release = _DROPPED.get()
         try:
-            conn.close()
-            if private is not None and not conn.forked:
-                private.stop()
+            release()
         except Exception:  # noqa: BLE001 - one that cannot be closed must not end the reaper
             _log.exception("event=dropped-client-close-failed")
 
@@ -717,7 +726,9 @@ class Executor(concurrent.futures.Executor):
         # made, and its private daemon, made or not (its directory exists already), as a pool shuts down then
         self._owned: list[Connection] = [] if self._conn is None else [self._conn]
         self._pid = os.getpid()  # the process it serves: a fork's child may not use it, nor release it
-        weakref.finalize(self, _release, self._owned, self._private, self._pid)
+        # collected unshut: released by the reaper thread, as a dropped Client is (see _close_when_dropped)
+        weakref.finalize(self, _reaper_queue().put, functools.partial(_release, self._owned, self._private,
+                                                                      self._pid))
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
         self._acks: list[Future[list[int]]] = []  # the daemon's answers to map's submits (ids), for a clean close
         self._unacked = 0  # submits whose ids have not come back yet (under _lock; _acked tells when none)
@@ -1153,9 +1164,9 @@ def _finish_at_exit(ex: Executor) -> None:
 
 
 def _release(owned: list[Connection], private: "PrivateDaemon | None", pid: int) -> None:
-    """An Executor collected without ``shutdown``: close its connection and stop its private daemon (both safe
-    to repeat); from another thread when the last reference went on the connection's own I/O thread.  Nothing
-    in a fork's child (not the executor's process, ``pid``): they are the parent's."""
+    """Close an Executor's connection and stop its private daemon (both safe to repeat): at its shutdown, or on
+    the reaper thread once it was collected unshut; from another thread when called on the connection's own I/O
+    thread.  Nothing in a fork's child (not the executor's process, ``pid``): they are the parent's."""
     if os.getpid() != pid:
         return
 

@@ -197,3 +197,26 @@ def test_executors_dropped_without_shutdown_let_their_threads_and_descriptors_go
         del ex
     gc.collect()
     wait_for(lambda: _released(threads, fds), 60, what="the dropped executors' threads and descriptors to go")
+
+
+def test_an_executor_collected_where_its_connection_is_locked_is_released_by_the_reaper(warm: Daemon) -> None:
+    """An Executor's finalizer closed its connection on the thread the collector ran in, which may hold that
+    connection's lock (a thread inside a call of it; the connection's lock is not reentrant): that thread waited on
+    itself for ever.  It is queued for the reaper thread now, as a dropped Client's is."""
+    ex = Executor(config=warm.config)
+    assert ex.submit(jobs.square, 3).result(60) == 9
+    conn = ex._conn
+    assert conn is not None
+    held = [ex]
+    del ex
+    dropped = threading.Event()
+
+    def drop_holding_the_lock() -> None:
+        with conn._lock:  # as a thread in the middle of a call holds it when the collector runs
+            held.clear()
+            gc.collect()
+        dropped.set()
+
+    threading.Thread(target=drop_holding_the_lock, name="drop-executor", daemon=True).start()
+    assert dropped.wait(30), "the thread that dropped the executor hung in its finalizer"
+    wait_for(lambda: conn.closed, 30, what="the reaper to close the dropped executor's connection")
