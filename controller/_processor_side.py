@@ -121,6 +121,7 @@ class ProcessorScript:
         self.deadline = Deadline(hard_limit_ms / 1000.0, grace_ms / 1000.0)  # the hard limit's interrupt, the grace
         self.overruns = 0
         self.last_overrun = ""
+        self.longest: tuple[str, int] = ("", 0)  # this block's longest callback step: (its name, ns)
         self.errors = 0
         self.busy_since = 0.0  # monotonic time a callback step started (0: idle); the watchdog reads it
         self.thread_id = 0
@@ -218,6 +219,7 @@ class ProcessorScript:
 
         self.thread_id = threading.get_ident()
         t0 = time.perf_counter_ns()
+        self.longest = ("", 0)
         self.frame = start
         end = start + frames
         inbox = self.inbox
@@ -243,13 +245,12 @@ class ProcessorScript:
             self.overruns += 1
             self.last_overrun = f"{spent / 1e6:.2f} ms of a {self.period_ns / 1e6:.2f} ms block"
             if self.overruns == 1 or self.overruns % 100 == 0:
+                name, took = self.longest
+                most = f"; the longest step: {name}, {took / 1e6:.2f} ms" if name else ""
                 self.outbox.put(ScriptError("Processor", "overrun",
                                             f"script callbacks took {self.last_overrun} (budget "
-                                            f"{self.budget_ns / 1e6:.2f} ms); {self.overruns} overrun(s) so far",
-                                            self._location_of_last()))
-
-    def _location_of_last(self) -> str:
-        return self.current.location if self.current is not None else ""
+                                            f"{self.budget_ns / 1e6:.2f} ms){most}; {self.overruns} overrun(s) "
+                                            "so far"))
 
     def _apply(self, item: tuple[Any, ...], start: int) -> None:
         kind = item[0]
@@ -341,6 +342,7 @@ class ProcessorScript:
         task = _Task(None, now, note, eid, name, slot)
         self.current = task
         self.busy_since = time.monotonic()
+        t0 = time.perf_counter_ns()
         try:
             result = fn(*args)
         except BaseException as exc:  # noqa: BLE001 - a script error never stops the audio
@@ -349,9 +351,15 @@ class ProcessorScript:
         finally:
             self.busy_since = 0.0
             self.current = None
+            self._took(name, time.perf_counter_ns() - t0)
         if hasattr(result, "send") and hasattr(result, "throw"):
             task.coro = result
             self._step(task)
+
+    def _took(self, name: str, ns: int) -> None:
+        """A callback step took ``ns``: remember it if it is this block's longest (the overrun report names it)."""
+        if ns > self.longest[1]:
+            self.longest = (name, ns)
 
     def _step(self, task: _Task) -> None:
         self.current = task
@@ -373,7 +381,9 @@ class ProcessorScript:
         finally:
             self.busy_since = 0.0
             self.current = None
-            task.spent_ns += time.perf_counter_ns() - t0
+            took = time.perf_counter_ns() - t0
+            task.spent_ns += took
+            self._took(task.name, took)
         if task.spent_ns > self.hard_ns:
             self._stop(task, f"{task.name} ran {task.spent_ns / 1e6:.0f} ms, past the processor's hard limit "
                              f"of {self.hard_ns / 1e6:.0f} ms")
