@@ -37,7 +37,7 @@ from actors._procs import descendants, stat, zombies_of
 log = logging.getLogger("ensemble.subreaper")
 
 _PR_SET_CHILD_SUBREAPER = 36
-_started: dict[int, str] = {}  # pid -> its start time (``stat`` field [19]): children this process waits on itself
+_started: dict[int, str] = {}  # pid -> its start time ("" unknown): children this process waits on itself
 _PRUNE_AT = 256  # records kept before those of processes that are gone are dropped
 
 
@@ -51,23 +51,43 @@ def become_subreaper() -> None:
 
 def started(pid: int) -> None:
     """Record ``pid`` as a child this process started and waits on itself (:func:`reap_adopted` leaves it)."""
-    fields = stat(pid)
-    if fields is None:  # it is gone, reaped already: nothing of it can be mistaken for an orphan
+    try:
+        born = _born(pid)
+    except OSError:  # unreadable (no descriptor left): kept as ours while the pid lives, whatever its start time
+        born = ""
+    if born is None:  # it is gone, reaped already: nothing of it can be mistaken for an orphan
         return
     if len(_started) >= _PRUNE_AT:
-        for old, born in list(_started.items()):
-            now = stat(old)
-            if now is None or now[19] != born:
+        for old, was in list(_started.items()):
+            try:
+                now = _born(old)
+            except OSError:
+                continue
+            if now is None or (was and now != was):
                 del _started[old]
-    _started[pid] = fields[19]
+    _started[pid] = born
+
+
+def _born(pid: int) -> str | None:
+    """The start time of process ``pid`` (``stat`` field [19]), or None if it is gone; OSError if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
 
 
 def _mine(pid: int) -> bool:
-    born = _started.get(pid)
-    if born is None:
+    """Whether ``pid`` is a child this process started; when that cannot be read (no descriptor left), it is
+    taken for one: an orphan reaped a tick later costs nothing, another's exit status taken loses it."""
+    if pid not in _started:
         return False
-    fields = stat(pid)
-    return fields is not None and fields[19] == born  # (a pid used again by an orphan is not ours)
+    born = _started[pid]
+    try:
+        now = _born(pid)
+    except OSError:
+        return True
+    return now is not None and (not born or now == born)  # (a pid used again by an orphan is not ours)
 
 
 def reap_adopted() -> int:
@@ -89,7 +109,11 @@ def reap_adopted() -> int:
         if not _mine(found.si_pid):
             reaped += _reap(found.si_pid)
             continue
-        return reaped + sum(_reap(pid) for pid in zombies_of(os.getpid()) if not _mine(pid))
+        try:
+            ended = zombies_of(os.getpid())
+        except OSError:  # /proc unreadable now (no descriptor left): the next tick tries again
+            return reaped
+        return reaped + sum(_reap(pid) for pid in ended if not _mine(pid))
 
 
 def _reap(pid: int) -> int:

@@ -261,7 +261,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                 if mono >= next_beat:
                     next_beat = mono + sup.heartbeat_interval
                     self._heartbeats(mono)
-                    reap_adopted()  # what a job left in a session of its own and has ended since (_subreaper)
+                    try:
+                        reap_adopted()  # what a job left in a session of its own and has ended since (_subreaper)
+                    except OSError as exc:  # (it handles what it can meet; the loop never ends for it)
+                        log.error("event=reap-adopted-failed reason=%s", exc)
                     if self.journal is not None and not self.journal.lost_file and self.journal.check_file():
                         log.critical("event=journal-lost detail=%s", self.journal.lost_file)
                     if self.auth is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +48,38 @@ def test_a_jobs_processes_in_sessions_of_their_own_are_reaped_and_end_with_the_d
         for pid in pids:
             if _ours(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+_OWN_CHILD_UNREADABLE = """
+import os, resource, subprocess, time
+from actors import _subreaper
+from actors._procs import stat
+
+child = subprocess.Popen(["sh", "-c", "exit 3"])
+_subreaper.started(child.pid)
+while stat(child.pid)[0] != "Z":  # ended, not reaped: as a slot's process is until the daemon reads its pidfd
+    time.sleep(0.01)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+held = []
+try:
+    while True:  # every descriptor taken: /proc cannot be read
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+try:
+    reaped = _subreaper.reap_adopted()
+finally:
+    for fd in held:
+        os.close(fd)
+print(reaped, child.wait())
+"""
+
+
+def test_an_ended_child_of_the_daemons_own_is_left_to_its_owner_when_proc_cannot_be_read() -> None:
+    """With no descriptor left (tests/reliability/test_descriptor_exhaustion.py), the daemon could not read whether
+    an ended child was one it started, took it for an orphan and reaped it: its owner then read no exit status
+    (``subprocess`` says 0), and the scan of ``/proc`` that followed raised out of the daemon's loop."""
+    out = subprocess.run([sys.executable, "-c", _OWN_CHILD_UNREADABLE], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "3"]  # none reaped; its owner reads its own exit code
