@@ -726,9 +726,8 @@ class Executor(concurrent.futures.Executor):
         # made, and its private daemon, made or not (its directory exists already), as a pool shuts down then
         self._owned: list[Connection] = [] if self._conn is None else [self._conn]
         self._pid = os.getpid()  # the process it serves: a fork's child may not use it, nor release it
-        # collected unshut: released by the reaper thread, as a dropped Client is (see _close_when_dropped)
-        weakref.finalize(self, _reaper_queue().put, functools.partial(_release, self._owned, self._private,
-                                                                      self._pid))
+        _reaper_queue()  # (started now, not in a finalizer: see _release_collected)
+        weakref.finalize(self, _release_collected, self._owned, self._private, self._pid)
         self._running = 0  # this executor's jobs submitted and not finished (for the cap)
         self._acks: list[Future[list[int]]] = []  # the daemon's answers to map's submits (ids), for a clean close
         self._unacked = 0  # submits whose ids have not come back yet (under _lock; _acked tells when none)
@@ -1164,9 +1163,9 @@ def _finish_at_exit(ex: Executor) -> None:
 
 
 def _release(owned: list[Connection], private: "PrivateDaemon | None", pid: int) -> None:
-    """Close an Executor's connection and stop its private daemon (both safe to repeat): at its shutdown, or on
-    the reaper thread once it was collected unshut; from another thread when called on the connection's own I/O
-    thread.  Nothing in a fork's child (not the executor's process, ``pid``): they are the parent's."""
+    """Close an Executor's connection and stop its private daemon (both safe to repeat): at its shutdown, or once
+    it was collected unshut (:func:`_release_collected`); from another thread when called on the connection's own
+    I/O thread.  Nothing in a fork's child (not the executor's process, ``pid``): they are the parent's."""
     if os.getpid() != pid:
         return
 
@@ -1180,6 +1179,34 @@ def _release(owned: list[Connection], private: "PrivateDaemon | None", pid: int)
         threading.Thread(target=release, name="ensemble-executor-release", daemon=True).start()
     else:
         release()
+
+
+def _release_collected(owned: list[Connection], private: "PrivateDaemon | None", pid: int) -> None:
+    """The finalizer of an Executor collected unshut: released at once, as at its shutdown, where that is safe;
+    else on the reaper thread (see :func:`_close_when_dropped`).
+
+    The collector runs it in whatever thread it runs in.  That thread may be
+    inside a call of the connection, holding a lock of it that closing takes
+    (they are not reentrant: it waited on itself for ever), or run an event
+    loop, which must not wait for a private daemon to stop.  Released here,
+    the results of ``list(Executor().map(...))`` are followed by the end of
+    its private daemon before the next line runs.
+    """
+    if os.getpid() != pid:
+        return
+    import asyncio
+
+    here = asyncio._get_running_loop() is None
+    for conn in owned if here else ():
+        for lock in (conn._lock, conn._wake_lock):
+            if not lock.acquire(blocking=False):  # this thread holds it, or another does for a moment
+                here = False
+                break
+            lock.release()
+    if here:
+        _release(owned, private, pid)
+    else:
+        _reaper_queue().put(functools.partial(_release, owned, private, pid))
 
 
 def _shutdown_open() -> None:
