@@ -5,7 +5,7 @@ leave the group (``setsid``, ``start_new_session=True``, a daemonizing
 helper), and once its parent ends Linux gives it to init, beyond anyone's
 reach: it outlived ``ensemble down``.  A *child subreaper*
 (``PR_SET_CHILD_SUBREAPER``) gets such orphans of its descendants instead of
-init.  Two processes are one:
+init.  Two kinds of process here are subreapers:
 
 - a remote worker's keeper (:mod:`actors._keeper`), which reaps every child
   but the worker as it ends and, once the worker has ended, sweeps what is
