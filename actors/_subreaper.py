@@ -21,7 +21,8 @@ init.  Two kinds of process here are subreapers:
 
 An orphan that is still running stays, as a remote worker's stay until its
 worker ends: a job may start a helper meant to outlive it.  It ends with the
-daemon (or the keeper) at the latest.
+daemon (or the keeper) at the latest, and with the job when the daemon kills
+its worker (an abort ignored, a heartbeat missed): :func:`kill_below`.
 """
 
 from __future__ import annotations
@@ -151,6 +152,27 @@ def sweep(deadline: float, who: str) -> int:
     if killed:
         log.warning("event=%s-killed count=%d pids=%s", who, len(killed), ",".join(map(str, sorted(killed))))
     return len(killed)
+
+
+def kill_below(root: int) -> list[int]:
+    """SIGKILL the processes below ``root`` (a child about to be killed) that left its process group; their pids.
+
+    Read while ``root`` lives, so the tree says whose they are: a process
+    its jobs started in a session of their own (``start_new_session``, a
+    ``setsid`` helper still below it) goes with the job that is killed,
+    instead of living on as this process's adopted orphan until the daemon
+    stops.  One scan of ``/proc``, for a kill, not for each tick.  Each is
+    signalled through a pidfd and only while its parent is still in the tree
+    (or is this process, which adopts them as ``root`` dies).
+    """
+    try:
+        group = os.getpgid(root)
+        below = descendants(root)
+    except OSError:  # gone already, or /proc unreadable (no descriptor left): the group's kill does what it can
+        return []
+    parents = below | {root, os.getpid()}
+    outside = [pid for pid in below if (st := stat(pid)) is not None and int(st[2]) != group]
+    return [pid for pid in outside if _kill_if_below(pid, parents)]
 
 
 def _reap_all() -> None:

@@ -45,6 +45,21 @@ def ignore_abort_with_grandchild(task: Task, pidfile: str) -> None:
         time.sleep(0.01)
 
 
+def ignore_abort_with_sessions(task: Task, pidfile: str) -> None:
+    """Start a child in a session of its own and a grandchild in another (below a ``sh`` that waits on it), write
+    their pids, then ignore aborts forever."""
+    child = subprocess.Popen(["sleep", "1000"], start_new_session=True, stdin=subprocess.DEVNULL)
+    shell = subprocess.Popen(["sh", "-c", "setsid sleep 1000 </dev/null & echo $!; wait"], stdout=subprocess.PIPE,
+                             text=True)
+    assert shell.stdout is not None
+    grandchild = int(shell.stdout.readline())
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(f"{child.pid} {grandchild}")
+    os.replace(pidfile + ".tmp", pidfile)
+    while True:
+        time.sleep(0.01)
+
+
 def polite(task: Task, seconds: float = 60.0) -> str:
     """Loop checking should_abort() every 10 ms; returns 'aborted' when asked (status 'started' once running)."""
     task.set_status_message("started")

@@ -14,6 +14,7 @@ from actors._jobs import BINDING_ABORTS, aborted_error
 from actors._resources import check as check_resources, host_resources
 from actors._rundir import RESULTS_SUFFIX
 from actors._spawn import ForkedProc, kill_group, spawn
+from actors._subreaper import kill_below
 import msgspec
 import zmq
 
@@ -321,7 +322,10 @@ class ChildrenMixin(State):
             slot.state = "restarting"
             slot.expected_exit = slot.expected_exit or expected
             log.warning("event=kill name=%s pid=%d reason=%s", slot.name, slot.proc.pid, reason)
+            outside = kill_below(slot.proc.pid)  # what its jobs started in sessions of their own, read before
             kill_group(slot.proc.pid)
+            if outside:
+                log.warning("event=kill-outside-group name=%s pids=%s", slot.name, ",".join(map(str, outside)))
 
     def _reap(self, slot: Slot) -> None:
         proc = slot.proc

@@ -83,3 +83,32 @@ def test_an_ended_child_of_the_daemons_own_is_left_to_its_owner_when_proc_cannot
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", "3"]  # none reaped; its owner reads its own exit code
+
+
+def test_a_killed_jobs_processes_in_sessions_of_their_own_go_with_it(make_daemon: Any, tmp_path: Path) -> None:
+    """A job that ignores its cancel: the daemon kills its worker's process group, and what the job started in a
+    session of its own (a child, a grandchild) lived on until the daemon stopped; it goes with the job now."""
+    from actors import JobCancelled
+
+    d = make_daemon(workers=1, jobs_only=True)
+    d.up()
+    pids: list[int] = []
+    try:
+        pidfile = tmp_path / "pids"
+        job = d.client().submit("tests.jobs:ignore_abort_with_sessions", str(pidfile), grace=0.3)
+        pids = [int(p) for p in wait_for(lambda: pidfile.exists() and pidfile.read_text(), 60,
+                                         what="the job's processes' pids").split()]
+        assert all(os.getsid(p) == p for p in pids) and all(pid_alive(p) for p in pids)
+        info = job.cancel(block=True)
+        assert info is not None and info.state == "killed"
+        try:
+            job.result(30)
+        except JobCancelled:
+            pass
+        wait_for(lambda: not any(pid_alive(p) for p in pids), 30,
+                 what=f"the killed job's processes {pids} to go with it (the daemon still runs)")
+        assert d.client().submit(jobs.square, 4).result(60) == 16  # its worker was replaced
+    finally:
+        for pid in pids:
+            if _ours(pid):
+                os.kill(pid, signal.SIGKILL)
