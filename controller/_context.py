@@ -21,7 +21,22 @@ PROCESSOR = "Processor"
 BACKGROUND = "Background task"  # a script function running as a background task's job on a worker
 _context = {"name": ""}  # set once per process by the actor that hosts the script
 _thread = threading.local()  # a thread may name its own context (offline render hosts both sides)
-_loading = {"active": False}  # module code of a script is being executed
+_loading = {"thread": 0}  # the thread running a script's module code (0: none); one load at a time per process
+
+
+def loading_here() -> bool:
+    """Whether this thread is running a script's module code (another thread's load allows this one nothing)."""
+    return _loading["thread"] == threading.get_ident()
+
+
+class loading_module:  # noqa: N801 - used as a statement: ``with loading_module():``
+    """While the block runs, this thread runs a script's module code (:func:`loading_here`)."""
+
+    def __enter__(self) -> None:
+        _loading["thread"] = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        _loading["thread"] = 0
 REGISTRY: dict[str, tuple[str, ...]] = {}  # function name -> contexts, for the docs table
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,7 +100,7 @@ def available_in(*contexts: str, during_load: bool = False, load_only: bool = Fa
         @functools.wraps(fn)
         def checked(*args: Any, **kwargs: Any) -> Any:
             here = get_context()
-            loading = _loading["active"]
+            loading = loading_here()
             if here not in contexts and not (during_load and loading):
                 raise WrongContextError(
                     f"{fn.__name__}() is available in: {where}; it was called in: {here or 'no script context'} "

@@ -431,12 +431,12 @@ class ControllerScript:
         self.load_number = number
         carried = self._acknowledged_sets()
         self._drop_callbacks()
-        _context._loading["active"] = True
         self.loading_file = str(Path(path).resolve())
         self.busy_since, self.busy_name = time.monotonic(), "module code"
         self._held = []
         try:
-            self.module, digest = load_module(path)
+            with _context.loading_module():
+                self.module, digest = load_module(path)
         except BaseException as exc:  # noqa: BLE001
             self._forget_script()
             self._report("module code", exc, loading=self.loading_file)
@@ -444,7 +444,6 @@ class ControllerScript:
                 self._not_applied(name, value, f"the load of {self.loading_file} failed, and no script runs", seq)
             return
         finally:
-            _context._loading["active"] = False
             self.busy_since = 0.0
             self.loading_file = ""
         path = str(Path(path).resolve())

@@ -284,7 +284,7 @@ class OffsideTask:
             from actors import WrongContextError
             from controller import _context
 
-            if _context._loading["active"] and attr.startswith("set_"):
+            if _context.loading_here() and attr.startswith("set_"):
                 return None  # configuration in module code: it matters in the controller's copy only
 
             raise WrongContextError(

@@ -170,12 +170,9 @@ class ProcessorScript:
         """
         from controller import _context
 
-        _context._loading["active"] = True
         self.defining = {}
-        try:
+        with _context.loading_module():  # (the audio thread, running the script before, is not loading)
             module, digest = load_module(path)
-        finally:
-            _context._loading["active"] = False
         self.module, self.path, self.digest = module, path, digest
         self.inbox.append(("init", module, self.defining))
 

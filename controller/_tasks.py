@@ -213,11 +213,8 @@ def load_script(path: str, digest: str = "") -> ModuleType:
         host = _host._current["runtime"]
         if isinstance(host, _WorkerHost):
             host.params = {}  # this file's module code defines its parameters afresh (a second name is refused)
-        _context._loading["active"] = True
-        try:
+        with _context.loading_module():
             loaded = _modules[key] = load_module(path)
-        finally:
-            _context._loading["active"] = False
     mod, ran = loaded
     if digest and ran[:len(digest)] != digest:
         raise EnsembleError(f"script {path} was edited since the controller loaded it: this background task would "

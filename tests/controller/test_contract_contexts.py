@@ -82,3 +82,36 @@ def test_a_wrong_context_error_in_a_background_task_names_what_the_task_can_do(d
                 "runs in the Controller when the task stops") in message, message
         if available == "Processor":
             assert message.endswith("from there run_sync(fn) reaches the Processor"), message
+
+
+def test_a_load_on_another_thread_allows_this_thread_no_definition() -> None:
+    """While the processor's main thread ran a new script's module code, a callback of the script before on the
+    audio thread could call define_parameter, and its parameter went into the new script's: the flag saying
+    module code runs was the whole process's.  It is the loading thread's now."""
+    import threading
+
+    import pytest
+
+    from actors import WrongContextError
+    from controller import _context, script
+    from controller._context import PROCESSOR, set_thread_context
+
+    entered, release = threading.Event(), threading.Event()
+
+    def load() -> None:
+        with _context.loading_module():  # as ProcessorScript.load runs module code on the main thread
+            entered.set()
+            release.wait(30)
+
+    loader = threading.Thread(target=load, name="loading")
+    loader.start()
+    set_thread_context(PROCESSOR)  # this thread: the audio thread, in a callback of the script before
+    try:
+        assert entered.wait(30)
+        with pytest.raises(WrongContextError, match=r"define_parameter\(\) is available in: Controller; it was "
+                                                     r"called in: Processor"):
+            script.define_parameter("late", "Late", 0.0)
+    finally:
+        set_thread_context("")
+        release.set()
+        loader.join(30)
