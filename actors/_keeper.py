@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from typing import NoReturn
 
 from actors._subreaper import become_subreaper, sweep
@@ -33,7 +32,6 @@ from actors._spawn import set_parent_death_signal
 
 log = logging.getLogger("ensemble.keeper")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
-_SWEEP_FOR = 10.0  # seconds the keeper goes on killing what is left below it before it gives up (and says so)
 
 
 def fork_keeper() -> None:
@@ -76,7 +74,7 @@ def _keep(worker: int, held: set[int | signal.Signals]) -> NoReturn:
         if pid == worker:
             break
     code = os.waitstatus_to_exitcode(status)
-    sweep(time.monotonic() + _SWEEP_FOR, "keeper")
+    sweep("keeper")
     try:
         sys.stderr.flush()
     except (OSError, ValueError):

@@ -40,6 +40,7 @@ log = logging.getLogger("ensemble.subreaper")
 _PR_SET_CHILD_SUBREAPER = 36
 _started: dict[int, str] = {}  # pid -> its start time ("" unknown): children this process waits on itself
 _PRUNE_AT = 256  # records kept before those of processes that are gone are dropped
+SWEEP_FOR = 10.0  # seconds a sweep goes on killing what is left below before it gives up (and says so)
 
 
 def become_subreaper() -> None:
@@ -125,16 +126,17 @@ def _reap(pid: int) -> int:
     return 1 if done else 0
 
 
-def sweep(deadline: float, who: str) -> int:
-    """SIGKILL every process below this one and reap every child that ends, until none is left; how many were killed.
+def sweep(who: str, within: float = SWEEP_FOR) -> None:
+    """SIGKILL every process below this one and reap every child that ends, until none is left.
 
     For the end of a process none of whose own children still runs, or whose
     own are waited on by now (each reap here may take any child's status).
     Each kill goes through a pidfd opened before the process's parent is
     checked again, so a pid reused meanwhile by a process that is not ours is
-    never signalled.  Gives up at ``deadline`` (monotonic), saying so in the
-    log as ``event=<who>-gave-up``.
+    never signalled.  Gives up after ``within`` seconds, saying so in the log
+    as ``event=<who>-gave-up``.
     """
+    deadline = time.monotonic() + within
     me = os.getpid()
     killed: set[int] = set()
     while True:
@@ -151,7 +153,6 @@ def sweep(deadline: float, who: str) -> int:
         time.sleep(0.01)  # (SIGKILLed processes end in microseconds; their children then become ours)
     if killed:
         log.warning("event=%s-killed count=%d pids=%s", who, len(killed), ",".join(map(str, sorted(killed))))
-    return len(killed)
 
 
 def kill_below(root: int) -> list[int]:

@@ -20,23 +20,24 @@ CONTROLLER = "Controller"
 PROCESSOR = "Processor"
 BACKGROUND = "Background task"  # a script function running as a background task's job on a worker
 _context = {"name": ""}  # set once per process by the actor that hosts the script
-_thread = threading.local()  # a thread may name its own context (offline render hosts both sides)
-_loading = {"thread": 0}  # the thread running a script's module code (0: none); one load at a time per process
+_thread = threading.local()  # a thread's own context (offline render hosts both sides), whether it loads
 
 
 def loading_here() -> bool:
     """Whether this thread is running a script's module code (another thread's load allows this one nothing)."""
-    return _loading["thread"] == threading.get_ident()
+    return getattr(_thread, "loading", False)
 
 
 class loading_module:  # noqa: N801 - used as a statement: ``with loading_module():``
     """While the block runs, this thread runs a script's module code (:func:`loading_here`)."""
 
     def __enter__(self) -> None:
-        _loading["thread"] = threading.get_ident()
+        _thread.loading = True
 
     def __exit__(self, *exc: object) -> None:
-        _loading["thread"] = 0
+        _thread.loading = False
+
+
 REGISTRY: dict[str, tuple[str, ...]] = {}  # function name -> contexts, for the docs table
 
 F = TypeVar("F", bound=Callable[..., Any])

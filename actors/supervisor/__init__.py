@@ -64,7 +64,6 @@ _ASYNC_ROWS = 8
 PRUNE_FIRST_S = 5.0  # the first slice of pruning comes this long after the start (a slice is short: see Journal.prune)
 PRUNE_EVERY_S = 600.0  # then one pruning every this long ...
 PRUNE_AGAIN_S = 0.05  # ... whose slices follow one another at least this far apart while one leaves more to delete
-_SWEEP_FOR = 10.0  # seconds the last step of close goes on killing what jobs left below the daemon (then says so)
 
 log = logging.getLogger("ensemble.supervisor")
 
@@ -508,7 +507,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
 
         steps: list[tuple[str, Callable[[], None]]] = [
             ("children", self._kill_children), ("ray", self._cluster_close),
-            ("orphans", self._sweep_orphans),
+            ("orphans", lambda: sweep("orphans")),  # what jobs left below the daemon, once its own children are gone
             ("journal", self._close_journal),
             ("auth", lambda: self.auth.stop() if self.auth is not None else None),
             ("metrics", lambda: self.metrics.stop() if self.metrics is not None else None),
@@ -522,10 +521,6 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             except Exception as exc:  # noqa: BLE001 - the next steps must run all the same
                 log.error("event=close-step-failed step=%s reason=%s", what, exc)
         log.info("event=stopped")
-
-    def _sweep_orphans(self) -> None:
-        """Kill what jobs left below the daemon in sessions of their own (its own children are gone by now)."""
-        sweep(time.monotonic() + _SWEEP_FOR, "orphans")
 
     def _kill_children(self) -> None:
         _prefork.release(self.blanks)
