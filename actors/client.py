@@ -1196,17 +1196,20 @@ def _release_collected(owned: list[Connection], private: "PrivateDaemon | None",
         return
     import asyncio
 
-    here = asyncio._get_running_loop() is None
-    for conn in owned if here else ():
-        for lock in (conn._lock, conn._wake_lock):
-            if not lock.acquire(blocking=False):  # this thread holds it, or another does for a moment
-                here = False
-                break
-            lock.release()
-    if here:
+    if asyncio._get_running_loop() is None and all(_free(lock) for conn in owned
+                                                   for lock in (conn._lock, conn._wake_lock)):
         _release(owned, private, pid)
     else:
         _reaper_queue().put(functools.partial(_release, owned, private, pid))
+
+
+def _free(lock: Any) -> bool:
+    """Whether ``lock`` could be taken now (it is given back at once): False if this thread holds it, or another
+    does for a moment."""
+    if not lock.acquire(blocking=False):
+        return False
+    lock.release()
+    return True
 
 
 def _shutdown_open() -> None:
