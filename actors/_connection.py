@@ -54,8 +54,8 @@ import zmq
 
 from actors._arrays import ClientArrays
 from actors._errors import (
-    ClientClosed, DaemonError, DaemonNotRunning, EnsembleError, JobNotFound, PermissionDenied, ProtocolError,
-    TransportError, WrongContextError, error_from_code,
+    ClientClosed, DaemonError, DaemonNotRunning, EnsembleError, JobNotFound, NoAnswer, PermissionDenied,
+    ProtocolError, TransportError, WrongContextError, error_from_code,
 )
 from actors._state import FINAL
 from actors._procs import alive as process_alive
@@ -296,7 +296,7 @@ class Connection:
         cancel, scale, audio, parameters); pushes still arrive on the I/O thread.
         Blocks the calling thread until the answer, ``timeout`` seconds at most
         (None: no limit).  Raises the ``Error`` reply as its exception,
-        TransportError on timeout, ClientClosed when the connection is closed
+        NoAnswer (a TransportError) on timeout, ClientClosed when the connection is closed
         before or meanwhile (from another thread), WrongContextError in a
         fork's child.  The first request of a thread opens its socket, which
         is closed when the thread ends.
@@ -381,7 +381,7 @@ class Connection:
                     raise self.gone from None
                 if remote and (end is None or time.monotonic() < end):
                     continue
-                raise TransportError(f"the daemon did not answer {type(msg).__name__} within {timeout:g}s; "
+                raise NoAnswer(f"the daemon did not answer {type(msg).__name__} within {timeout:g}s; "
                                      "is it overloaded or stopped? (`ensemble status`)") from None
             got, reply = decode(answer, self.limits)
             if got != corr:

@@ -32,7 +32,7 @@ import click
 from actors import __version__, _command_start
 from actors._completion import completion
 from actors.jsontext import json_text
-from actors._errors import EnsembleError, JobCancelled, TransportError
+from actors._errors import EnsembleError, JobCancelled, NoAnswer, TransportError
 from actors._state import JobState
 from actors._procs import alive as process_alive
 from actors._rundir import RunDir, check_private_path
@@ -750,12 +750,9 @@ def _stopped(c: Any, job_id: int) -> JobInfo:
     pulse = _Pulse(c)
     while True:
         pulse.check(job_id)
-        asked = time.monotonic()
         try:
             reply = c._call(Cancel(job_id, True), timeout=_CANCEL_ASK)
-        except TransportError:
-            if time.monotonic() - asked < _CANCEL_ASK:  # not a wait that ran out: the request itself failed
-                raise
+        except NoAnswer:  # a wait that ran out (any other TransportError: the request failed, and is raised)
             continue
         assert isinstance(reply, JobInfos)
         return reply.jobs[0]

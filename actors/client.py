@@ -30,8 +30,8 @@ from actors._task import MAX_TIMEOUT_MS, home, in_job_process
 from actors._connection import Connection
 from actors._exact import PICKLE_ERRORS, dumps, dumps_arguments, loads_referencing, over, pickled_value, spill
 from actors._errors import (
-    POOL_BROKEN, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, OutOfRange,
-    ProtocolError, RemoteError, TransportError, WaitTimeout, WrongContextError, remote_error,
+    POOL_BROKEN, DaemonError, EnsembleError, JobCancelled, JobError, JobLost, JobRefused, JobTimeout, NoAnswer,
+    OutOfRange, ProtocolError, RemoteError, TransportError, WaitTimeout, WrongContextError, remote_error,
 )
 from actors._jobfn import _FUNCTION_TYPES, check_name, path_of
 from actors._rundir import RunDir
@@ -501,7 +501,7 @@ class Client(_OnConnection):
         try:
             return fut.result(wait)
         except concurrent.futures.TimeoutError:
-            raise TransportError(
+            raise NoAnswer(
                 f"the daemon did not answer {type(msg).__name__} within {wait:g}s; is it overloaded or stopped? "
                 "(`ensemble status`)"
             ) from None
@@ -1634,7 +1634,7 @@ class AsyncClient(_OnConnection):
         try:
             return await aio.wait_for(mine, self.timeout)
         except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
-            raise TransportError(f"the daemon did not answer {what} within {self.timeout:g}s; is it overloaded or "
+            raise NoAnswer(f"the daemon did not answer {what} within {self.timeout:g}s; is it overloaded or "
                                  "stopped? (`ensemble status`)") from None
         finally:
             if mine.cancelled() and abandoned is not None:

@@ -57,6 +57,7 @@ from actors import (  # noqa: E402 - after the check above
     JobRefused as JobRefused,
     JobState as JobState,
     JobTimeout as JobTimeout,
+    NoAnswer as NoAnswer,
     OutOfRange as OutOfRange,
     PermissionDenied as PermissionDenied,
     ProtocolError as ProtocolError,
@@ -101,4 +102,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'ensemble' has no attribute {name!r}")
 
 
-__all__ = ['AsyncClient', 'Child', 'Client', 'ClientClosed', 'Config', 'ConfigError', 'DaemonAlreadyRunning', 'DaemonError', 'DaemonNotRunning', 'EnsembleError', 'Executor', 'FINAL', 'JobCancelled', 'JobError', 'JobHandle', 'JobLost', 'JobNotFound', 'JobRefused', 'JobState', 'JobTimeout', 'OutOfRange', 'ParamNotApplied', 'PermissionDenied', 'ProtocolError', 'QueueFull', 'RemoteError', 'ScriptLoadError', 'Task', 'TransportError', 'WaitTimeout', 'WrongContextError', '__version__', 'child_main', 'current_task', 'load_config']
+__all__ = ['AsyncClient', 'Child', 'Client', 'ClientClosed', 'Config', 'ConfigError', 'DaemonAlreadyRunning', 'DaemonError', 'DaemonNotRunning', 'EnsembleError', 'Executor', 'FINAL', 'JobCancelled', 'JobError', 'JobHandle', 'JobLost', 'JobNotFound', 'JobRefused', 'JobState', 'JobTimeout', 'NoAnswer', 'OutOfRange', 'ParamNotApplied', 'PermissionDenied', 'ProtocolError', 'QueueFull', 'RemoteError', 'ScriptLoadError', 'Task', 'TransportError', 'WaitTimeout', 'WrongContextError', '__version__', 'child_main', 'current_task', 'load_config']

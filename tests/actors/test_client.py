@@ -17,8 +17,8 @@ from typing import Any, Callable
 import pytest
 
 from actors import (
-    ClientClosed, DaemonNotRunning, JobCancelled, JobNotFound, JobRefused, JobTimeout, ProtocolError, RemoteError,
-    TransportError, WaitTimeout,
+    ClientClosed, DaemonNotRunning, JobCancelled, JobNotFound, JobRefused, JobTimeout, NoAnswer, ProtocolError,
+    RemoteError, TransportError, WaitTimeout,
 )
 from actors.client import AsyncClient, Client, Executor
 from actors.config import load_config
@@ -415,8 +415,9 @@ def test_an_unresponsive_daemon_is_a_transport_error(make_daemon: Make) -> None:
     c = d.client(timeout=0.3)
     os.kill(d.pid, signal.SIGSTOP)
     try:
-        with pytest.raises(TransportError, match="did not answer Status within 0.3s"):
+        with pytest.raises(TransportError, match="did not answer Status within 0.3s") as raised:
             c.status()
+        assert isinstance(raised.value, NoAnswer)  # a wait that ran out, told from a failed request by its type
     finally:
         os.kill(d.pid, signal.SIGCONT)
     wait_for(lambda: d.status().daemon.pid == d.pid, 30, what="the daemon to answer again")
