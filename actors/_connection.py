@@ -249,6 +249,9 @@ class Connection:
         # the identity of the daemon's journal, as its last Submitted or JobInfos reply said: the listeners' job
         # ids are numbers in that journal (a daemon back on another one numbers anew: _watch_again)
         self.journal = ""
+        # why the jobs of the last submit wait for a worker nobody started (Submitted.waiting; "" when one runs):
+        # said once in the log as it turns non-empty (one line for a map of thousands of jobs, not one each)
+        self.waiting = ""
         self._closed = False  # (under _lock, read without it on the fast paths)
         self.pid = os.getpid()  # the process that made it; in a fork's child it is refused (see _forked)
         self.forked = False  # this process is a fork's child of ``pid``: nothing here is usable, nor closed
@@ -733,6 +736,12 @@ class Connection:
         outer.add_done_callback(propagate)
         self._send(sock, Submit(specs, True, *_context(self.search_cwd), progress), outer, split)
 
+    def _note_waiting(self, why: str) -> None:
+        """A submit's answer said why its jobs wait (or not): the log hears it once, as it starts (I/O thread)."""
+        if why and not self.waiting:
+            log.warning("event=no-worker detail=%s", why)
+        self.waiting = why
+
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         for _ in range(10_000):
             try:
@@ -758,6 +767,8 @@ class Connection:
                 continue
             if isinstance(msg, (Submitted, JobInfos)) and msg.journal:
                 self.journal = msg.journal
+            if isinstance(msg, Submitted):
+                self._note_waiting(msg.waiting)
             listing = corr in self._listings
             if listing:
                 self._listings.discard(corr)

@@ -47,9 +47,9 @@ _DEBUG = False
 
 
 def _said_by_the_cli(record: logging.LogRecord) -> bool:
-    """The client's line that the daemon closed the connection: a command following a job says it in its own
-    error line (which names the job and what to do), so the log line would say it twice."""
-    return not str(record.msg).startswith("event=daemon-disconnected")
+    """The client's lines that the daemon closed the connection, or has no worker: a command says them in its
+    own lines (which name the job and what to do), so the log line would say them twice."""
+    return not str(record.msg).startswith(("event=daemon-disconnected", "event=no-worker"))
 
 
 USAGE = 2  # the exit status of a usage error (an argument or option the command refuses), as click's own
@@ -508,6 +508,8 @@ def submit(ctx: click.Context, fn: str, args: tuple[str, ...], kw: tuple[str, ..
             except NoAck:
                 fail(f"the daemon did not acknowledge the submit within {c.timeout:g}s")
             click.echo(job_id)
+            if c.conn.waiting:
+                click.echo(f"ensemble: note: job {job_id} waits: {c.conn.waiting}", err=True)
             return
         # Ctrl-C only raises a flag from here to the job's end, and the progress loop polls it: a KeyboardInterrupt
         # raised at an arbitrary point (inside the submit, between the submit and the watch, inside Rich) could

@@ -381,6 +381,7 @@ class Pong(Message, tag=Kind.PONG.value, frozen=True):
 
 
 _Journal = Annotated[str, Meta(max_length=64)]
+_Note = Annotated[str, Meta(max_length=1024)]  # a short explanation for the user, from the daemon
 
 
 class Submitted(Message, tag=Kind.SUBMITTED.value, frozen=True):
@@ -389,10 +390,13 @@ class Submitted(Message, tag=Kind.SUBMITTED.value, frozen=True):
     ``journal``: the identity of the journal that holds them (made with it):
     a daemon started on another journal (the old one removed or replaced)
     numbers its jobs anew, and the same id names another job there.
+    ``waiting``: why these jobs wait for a worker that nobody started ("" when
+    one runs or is coming; see ``no_worker_yet`` in the supervisor).
     """
 
     ids: list[Int64]
     journal: _Journal = ""
+    waiting: _Note = ""
 
 
 class JobInfos(Message, tag=Kind.JOB_INFOS.value, frozen=True):

@@ -420,6 +420,22 @@ class ChildrenMixin(State):
                 "log says why they exit (`ensemble status` prints its path); fix that, then `ensemble scale N` "
                 "starts them again")
 
+    def no_worker_yet(self) -> str:
+        """Why a job accepted now waits for a worker to be started ("" while one is, or may come of itself).
+
+        The daemon has no worker at all and none is wanted (scaled to 0, or
+        started with none): its queue waits for ``ensemble scale N`` or a
+        remote worker, and a submitter would wait in silence.  Workers that
+        are starting, restarting or retiring, and a cluster that places
+        them, count as coming.  One pass over the slots.
+        """
+        if self.workers_wanted or self.cluster is not None:
+            return ""
+        if any(s.role == "worker" and not s.retire for s in self.slots.values()):
+            return ""
+        return ("this daemon has no worker (scaled to 0, or started with none): its jobs wait in the queue until "
+                "`ensemble scale N` starts some or a remote worker joins")
+
     def _check_workers_left(self) -> None:
         """A worker gave up: if it was the last one, every queued job fails now, saying why, instead of
         waiting for a worker that will not come (as ``ProcessPoolExecutor`` breaks when its processes die)."""

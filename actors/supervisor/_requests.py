@@ -269,7 +269,7 @@ class RequestsMixin(State):
             if progress:  # its start and progress too (an Executor's futures turn running)
                 for jid in ids:
                     book.jobs[jid].progress_watchers = watchers
-        frame = encode(Submitted(ids, book.journal.ident), corr)
+        frame = encode(Submitted(ids, book.journal.ident, self.no_worker_yet() if ids else ""), corr)
         self.replies.append((ident, frame))
         if ids:
             self.unacked.append((ids[0], ids[-1], ident, corr, frame))

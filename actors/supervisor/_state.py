@@ -111,6 +111,9 @@ class State:
     def no_workers_left(self) -> str:
         raise NotImplementedError
 
+    def no_worker_yet(self) -> str:
+        raise NotImplementedError
+
     def _dispatch(self, mono: float) -> None:
         raise NotImplementedError
 
