@@ -512,6 +512,19 @@ class Journal:
         the first record of a job wins, as its end does.  ``names`` hold no whitespace (segment names)."""
         self._segments.append((job_id, " ".join(names)))
 
+    def segments_named(self, prefix: str) -> set[str]:
+        """The segment names starting with ``prefix`` that results' records hold (see :meth:`stage_segments`):
+        written, staged, or in a commit kept for a retry.  For the segments a dead worker made
+        (:func:`actors.shm.unlink_left_by`): those its results name are their takers'.  Waits for the commit
+        in flight; one scan of ``result_segments`` (a row per job whose result holds its worker's arrays)."""
+        self._settle()  # the connection is the writer thread's while a commit is in flight
+        found: set[str] = set()
+        rows = list(self._segments) + (list(self._failed[0][7]) if self._failed is not None else [])
+        rows += self.db.execute("SELECT id, names FROM result_segments WHERE instr(names, ?) > 0", (prefix,))
+        for _, names in rows:
+            found.update(name for name in names.split() if name.startswith(prefix))
+        return found
+
     def stage_event(self, job_id: int, kind: str, detail: str = "", t: float | None = None) -> None:
         """Record an event on a job (stalled, retried, killed, ...)."""
         self._events.append((job_id, time.time() if t is None else t, kind, detail))

@@ -115,6 +115,45 @@ def unlink_ended(segments: Iterable[tuple[str, float]], prefix: str) -> int:
     return removed
 
 
+def unlink_left_by(prefix: str, pid: int, keep: Iterable[str], died: float) -> int:
+    """Unlink the segments a dead process ``pid`` made for the daemon whose prefix is ``prefix`` and that no
+    result names (``keep``: the names a result's taker may still map); how many it removed.
+
+    For a worker killed or crashed in a job: what the job had made
+    (``task.empty()``, a result being copied out) has no owner once the
+    worker is gone, and stayed until ``ensemble down``.  Only a file of this
+    user, named ``<prefix><pid>.<n>``, made no later than ``died`` (epoch
+    seconds; one made after is another process's that got the same pid).
+    One directory listing, one ``lstat`` a candidate; failures are logged,
+    never raised.
+    """
+    maker = process_prefix(prefix, pid)
+    if not prefix.startswith("ensemble.") or "/" in prefix or pid <= 0:
+        raise ValueError(f"{prefix!r}, {pid} is not a daemon's segment prefix and a process id")
+    try:
+        names = [n for n in os.listdir(SHM_DIR) if n.startswith(maker) and _TAIL.fullmatch(n, len(maker))]
+    except OSError:
+        return 0
+    kept = set(keep)
+    uid = os.getuid()
+    removed = 0
+    for name in names:
+        if name in kept:
+            continue
+        path = SHM_DIR / name
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_ctime > died + _MADE_AFTER_END_S:
+                continue
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("event=unlink-failed name=%s reason=%s", name, exc.strerror)
+    return removed
+
+
 def sweep_segments(daemon: str) -> int:
     """Unlink every segment of ``daemon``; returns how many were removed."""
     n = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sqlite3
 import subprocess
 import time
 from typing import Any
@@ -20,6 +21,7 @@ import zmq
 
 from actors.messages import Heartbeat, Hello, JobDone, JobsDone, Stop, decode, decode_result, encode
 from actors._errors import POOL_BROKEN, EnsembleError, ProtocolError
+from actors.shm import process_prefix, unlink_left_by
 from actors.supervisor import _prefork
 from actors.supervisor._state import State
 
@@ -55,6 +57,7 @@ class Slot(msgspec.Struct):
     resources: dict[str, float] = msgspec.field(default_factory=dict)  # what it offers jobs (actors._resources)
     results_closed: bool = False  # this incarnation said all its results were sent (ResultsClosed)
     last_exit: int | None = None  # how the previous incarnation ended (its exit code, -N: signal N; None: first)
+    gone_pid: int = 0  # the pid of the incarnation being reaped (its held results' segments carry it)
     # the job ids of each Recall sent to this incarnation and not answered yet, oldest first (a worker answers in
     # order): what a Recalled reply did not give back had started (see WorkMixin._recalled)
     recalls: Any = msgspec.field(default_factory=collections.deque)
@@ -349,11 +352,14 @@ class ChildrenMixin(State):
         self.by_identity.pop(slot.identity, None)
         self.by_identity.pop(slot.identity + RESULTS_SUFFIX, None)
         slot.proc = None
+        slot.gone_pid = proc.pid
         slot.ready = False
         slot.last_exit = code  # an extension reads it when the next incarnation says hello (child_ready)
         log_fn = log.info if self._asked_to_leave(slot) else log.error  # (a Retiring read just now counts)
         log_fn("event=exit name=%s pid=%d code=%s", slot.name, proc.pid, code)
         under_a_job = self._jobs_lost(slot)
+        if slot.role == "worker" and not self.stopping_since:  # (`down` sweeps every segment anyway)
+            self._unlink_left(slot, proc.pid)
         self._tell_exited(slot)
         if self.stopping_since or slot.retire:
             del self.slots[slot.name]
@@ -378,6 +384,31 @@ class ChildrenMixin(State):
             times.append(now)
         slot.restarts += 1
         self._spawn(slot)
+
+    def _unlink_left(self, slot: Slot, pid: int) -> None:
+        """Unlink what a reaped local worker (process ``pid``) left in shared memory that no result names.
+
+        Its results are all in by now (read up to its end, and the held ones
+        from its file; a frame of it that comes later is ignored), so a
+        segment it made that no result's record names has no owner: what a
+        killed job had made (``task.empty()``, a result being copied out).
+        They stayed until ``ensemble down``: a job killed at its deadline
+        each minute filled ``/dev/shm`` with what it held.  A journal that
+        cannot be read leaves them all (logged): the sweep at ``down`` does it.
+        """
+        assert self.book is not None
+        maker = process_prefix(self.shm_prefix, pid)
+        try:
+            keep = self.book.journal.segments_named(maker)
+        except (sqlite3.Error, EnsembleError) as exc:
+            log.warning("event=segments-left name=%s pid=%d reason=%s detail=the journal could not say which "
+                        "segments results name; they stay until `ensemble down`", slot.name, pid, exc)
+            return
+        removed = unlink_left_by(self.shm_prefix, pid, keep, time.time())
+        if removed:
+            self.counters["dead_worker_segments_unlinked"] += removed
+            log.info("event=segments-left name=%s pid=%d unlinked=%d detail=shared memory its jobs made that no "
+                     "result names", slot.name, pid, removed)
 
     def _tell_exited(self, slot: Slot) -> None:
         """Tell each extension that ``slot``'s process exited (``Extension.child_exited``), before any restart.

@@ -86,8 +86,8 @@ class WorkMixin(State):
                 # pickle (those are bytes or lists: actors._exact.pickled_value), and its exception by name only
                 value = Exact(TUPLE, [value]) if state == "done" else None
             self._finish(job, state, now, value, etype, text, traceback)
-            if value is not None and slot.proc is not None and not slot.remote:
-                self._note_segments(job, value, slot.proc.pid)
+            if value is not None and not slot.remote:  # (a reaped worker's held results: its last pid)
+                self._note_segments(job, value, slot.proc.pid if slot.proc is not None else slot.gone_pid)
         if gone:
             return
         self._advance(slot, now, time.monotonic())
@@ -103,8 +103,10 @@ class WorkMixin(State):
         worker gives its segments first (a segment's name is there as it is,
         at any depth): the walk of the value's leaves, a Python loop, is made
         only for a result that holds one.  Held results of a worker that died
-        (read from its file, its pid gone) are not looked at: theirs stay
-        until ``ensemble down``.
+        (read from its file) are looked at with the pid it had: what they
+        name is kept when the rest it left is unlinked
+        (:meth:`ChildrenMixin._unlink_left
+        <actors.supervisor._children.ChildrenMixin._unlink_left>`).
         """
         assert self.book is not None
         journal = self.book.journal

@@ -37,7 +37,8 @@ def test_a_jobs_processes_in_sessions_of_their_own_are_reaped_and_end_with_the_d
     try:
         pids = d.client().submit(jobs.leave_sessions, str(tmp_path / "pids")).result(60)
         child, orphan, brief = pids
-        assert os.getsid(child) == child and os.getsid(orphan) == orphan  # outside the worker's group and session
+        # outside the worker's group and session (the orphan's pid is echoed before `setsid` ran in it: waited for)
+        wait_for(lambda: os.getsid(child) == child and os.getsid(orphan) == orphan, 30, what="their own sessions")
         wait_for(lambda: stat(orphan) is not None and int(stat(orphan)[1]) == d.pid, 30,  # type: ignore[index]
                  what="the daemon to adopt the orphan (before: init did)")
         wait_for(lambda: stat(brief) is None, 30, what="the orphan that ended to be reaped (not left a zombie)")
@@ -98,7 +99,9 @@ def test_a_killed_jobs_processes_in_sessions_of_their_own_go_with_it(make_daemon
         job = d.client().submit("tests.jobs:ignore_abort_with_sessions", str(pidfile), grace=0.3)
         pids = [int(p) for p in wait_for(lambda: pidfile.exists() and pidfile.read_text(), 60,
                                          what="the job's processes' pids").split()]
-        assert all(os.getsid(p) == p for p in pids) and all(pid_alive(p) for p in pids)
+        # (the grandchild's pid is echoed as `sh` forks it, before `setsid` ran in it: waited for, not asserted)
+        wait_for(lambda: all(os.getsid(p) == p for p in pids), 30, what="the job's processes in their own sessions")
+        assert all(pid_alive(p) for p in pids)
         info = job.cancel(block=True)
         assert info is not None and info.state == "killed"
         try:
