@@ -93,7 +93,6 @@ def unlink_ended(segments: Iterable[tuple[str, float]], prefix: str) -> int:
     """
     if not prefix.startswith("ensemble.") or "/" in prefix:
         raise ValueError(f"{prefix!r} is not a daemon's segment prefix")
-    uid = os.getuid()
     removed = 0
     start = len(prefix)
     for name, ended in segments:
@@ -101,18 +100,26 @@ def unlink_ended(segments: Iterable[tuple[str, float]], prefix: str) -> int:
             log.warning("event=foreign-result-segment name=%r detail=not one of this daemon's segment names; "
                         "left alone", name[:120])
             continue
-        path = SHM_DIR / name
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_ctime > ended + _MADE_AFTER_END_S:
-                continue
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("event=unlink-failed name=%s reason=%s", name, exc.strerror)
+        removed += _unlink_made_by(name, ended)
     return removed
+
+
+def _unlink_made_by(name: str, when: float) -> int:
+    """Unlink the segment ``name`` if it is a file of this user made no later than ``when`` (epoch seconds; one
+    made after is another of that name, made again by a process with the same pid); 1 if it did, else 0.
+    One ``lstat`` and one ``unlink``; one already gone is fine, another failure is logged, never raised."""
+    path = SHM_DIR / name
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_ctime > when + _MADE_AFTER_END_S:
+            return 0
+        path.unlink()
+        return 1
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        log.warning("event=unlink-failed name=%s reason=%s", name, exc.strerror)
+        return 0
 
 
 def unlink_left_by(prefix: str, pid: int, keep: Iterable[str], died: float) -> int:
@@ -135,23 +142,7 @@ def unlink_left_by(prefix: str, pid: int, keep: Iterable[str], died: float) -> i
     except OSError:
         return 0
     kept = set(keep)
-    uid = os.getuid()
-    removed = 0
-    for name in names:
-        if name in kept:
-            continue
-        path = SHM_DIR / name
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_ctime > died + _MADE_AFTER_END_S:
-                continue
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("event=unlink-failed name=%s reason=%s", name, exc.strerror)
-    return removed
+    return sum(_unlink_made_by(name, died) for name in names if name not in kept)
 
 
 def sweep_segments(daemon: str) -> int:
