@@ -36,12 +36,10 @@ class TransportError(EnsembleError):
     """Raised when the connection to the daemon broke or did not answer in time."""
 
 
+# apart from the other TransportErrors so that a caller asking again after a wait that ran out can tell it from a
+# request that failed: comparing clocks could not (a socket's wait is approximate by some ms)
 class NoAnswer(TransportError):
-    """Raised when the daemon did not answer one request within its timeout (the connection may well be fine).
-
-    Apart from the other :class:`TransportError` s so that a caller asking again after a wait that ran out can
-    tell it from a request that failed: comparing clocks could not (a socket's wait is approximate by some ms).
-    """
+    """Raised when the daemon did not answer one request within its timeout (the connection may well be fine)."""
 
 
 class ClientClosed(EnsembleError):

@@ -398,9 +398,9 @@ class ChildrenMixin(State):
         """
         assert self.book is not None
         maker = process_prefix(self.shm_prefix, pid)
-        try:
+        try:  # (a DaemonError of the commit it waits for is the journal's failure: raised, as on any read)
             keep = self.book.journal.segments_named(maker)
-        except (sqlite3.Error, EnsembleError) as exc:
+        except sqlite3.Error as exc:
             log.warning("event=segments-left name=%s pid=%d reason=%s detail=the journal could not say which "
                         "segments results name; they stay until `ensemble down`", slot.name, pid, exc)
             return
@@ -457,8 +457,9 @@ class ChildrenMixin(State):
         The daemon has no worker at all and none is wanted (scaled to 0, or
         started with none): its queue waits for ``ensemble scale N`` or a
         remote worker, and a submitter would wait in silence.  Workers that
-        are starting, restarting or retiring, and a cluster that places
-        them, count as coming.  One pass over the slots.
+        are starting or restarting (or failed: ``no_workers_left`` refuses
+        those submits), and a cluster that places them, count; one that is
+        retiring does not.  One pass over the slots.
         """
         if self.workers_wanted or self.cluster is not None:
             return ""

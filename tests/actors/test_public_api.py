@@ -34,7 +34,7 @@ EXPORTED = [
     "JobNotFound",
     "JobRefused",
     "JobState",
-    "JobTimeout",
+    "JobTimeout", "NoAnswer",
     "OutOfRange",
     "PermissionDenied",
     "ProtocolError",
