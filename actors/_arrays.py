@@ -28,19 +28,23 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import os
 import sys
 import threading
 import weakref
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from actors._values import Pickled, flat, pickled, to_wire
 from actors._errors import ClientClosed, ProtocolError
+from actors._rundir import OwnedSegments
 from actors.messages import ArrayHandle, JobInfo, StoredArray
 from actors.shm import segment_prefix, SharedArray, handle_of, is_ndarray, shared_ndarray, walk
 
+log = logging.getLogger("ensemble.client")
 _PLAIN = frozenset({type(None), bytes, str, int, float, bool})  # results that hold no array
 _SIZE_CLASS = 1 << 20  # pool segments are rounded up to whole MiB
 
@@ -97,10 +101,15 @@ class ClientArrays:
     is refused, naming its type.
     """
 
-    def __init__(self, daemon: str, inline_limit: int, pickles: bool = True) -> None:
+    def __init__(self, daemon: str, inline_limit: int, pickles: bool = True, run_dir: Path | None = None) -> None:
+        """``run_dir``: the daemon's run directory, where a local client lists the segments it makes, so that the
+        daemon unlinks them should this process be killed (:class:`~actors._rundir.OwnedSegments`; None: another
+        host's client, which makes none)."""
         self.daemon = daemon
         self.inline_limit = inline_limit
         self.pickles = pickles
+        self._run_dir = run_dir
+        self._owned: OwnedSegments | None = None  # made with the first segment (most clients make none)
         self._lock = threading.Lock()
         self._free: dict[int, list[SharedArray]] = collections.defaultdict(list)
         self._in_use: dict[int, list[SharedArray]] = {}  # job id -> pooled segments it borrowed
@@ -123,7 +132,22 @@ class ClientArrays:
                 seg.unlink()
                 raise ClientClosed()
             self._user[seg.handle.name] = arr
+            self._list(seg.handle.name)
         return arr
+
+    def _list(self, name: str) -> None:
+        """Add a segment this client made to its list in the run directory (under ``_lock``; see ``run_dir``)."""
+        if self._run_dir is None:
+            return
+        try:
+            if self._owned is None:
+                self._owned = OwnedSegments(self._run_dir)
+            if self._owned.add(name):  # now and then, the list shrinks to what this client still holds
+                self._owned.rewrite([*self._by_name, *self._user, *self._lent])
+        except OSError as exc:  # (the run directory went, or is full): the sweep at `down` remains
+            log.warning("event=segment-list-failed reason=%s detail=a kill of this process leaves its shared "
+                        "memory until the daemon stops", exc)
+            self._run_dir = None
 
     def free(self, array: Any) -> None:
         """Release an array from :meth:`empty` (its name is unlinked; the memory goes with the last view)."""
@@ -184,6 +208,7 @@ class ClientArrays:
         seg = SharedArray.create(self.daemon, size, "uint8")
         with self._lock:
             self._by_name[seg.handle.name] = seg
+            self._list(seg.handle.name)
         return seg
 
     def lend(self, job_id: int, borrowed: list[SharedArray]) -> None:
@@ -294,8 +319,11 @@ class ClientArrays:
             self._user.clear()
             self._free.clear()
             self._in_use.clear()
+            owned, self._owned = self._owned, None
         for name in names:
             SharedArray.unlink_name(name)
+        if owned is not None:
+            owned.close()
 
 
 _OPEN: "weakref.WeakKeyDictionary[ClientArrays, int]" = weakref.WeakKeyDictionary()  # -> the pid that made it

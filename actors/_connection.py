@@ -236,7 +236,7 @@ class Connection:
         remote = endpoint.startswith("tcp://")  # another host: arrays travel inline, never as shared memory
         self.local = not remote  # on the daemon's host: values MessagePack cannot carry cross pickled (ext 5)
         self.arrays = ClientArrays(cfg.shm_key, cfg.daemon.max_frame if remote else cfg.jobs.inline_array_limit,
-                                   pickles=self.local)
+                                   pickles=self.local, run_dir=None if remote else cfg.run_dir)
         self.ctx = zmq.Context()
         self._corr = itertools.count(1)
         self._lock = threading.Lock()

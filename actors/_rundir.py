@@ -11,6 +11,10 @@ it holds back (:class:`HeldResults`).  The daemon reads and removes both when it
 reaps that incarnation; those of a dead daemon's workers are read and removed
 by the next daemon's recovery (:meth:`RunDir.take_all_held`,
 :meth:`RunDir.take_all_started`).
+
+Each local client that makes shared-memory segments lists them in
+``clients/<pid>.<n>``, locked while it lives (:class:`OwnedSegments`): the
+daemon unlinks what a killed client listed (:meth:`RunDir.take_gone_clients`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from actors._errors import DaemonAlreadyRunning, DaemonError
 
 _IPC_PATH_MAX = 100  # sockaddr_un.sun_path is 108 bytes including the NUL
+_LIST_MAX = 64 << 20  # bytes of a client's list of segments read at most (a million names)
 
 
 def check_private_path(path: Path) -> None:
@@ -192,6 +197,68 @@ class HeldResults:
 RESULTS_SUFFIX = b"/results"  # a local worker's job thread: its routing id on the internal socket is the worker's + this
 
 
+class OwnedSegments:
+    """The shared-memory segments one local client made (its ``empty()`` arrays, its argument pool), listed in a
+    file of the daemon's run directory, ``clients/<pid>.<n>``, that the client holds locked (``flock``) while it
+    lives.
+
+    A client that exits unlinks its segments itself (at exit, or ``close``)
+    and removes its file; one that is killed (SIGKILL, a crash in C,
+    ``os._exit``) cannot, and its segments stayed until ``ensemble down``.
+    The daemon takes the lock of a file whose holder is gone, unlinks what
+    it lists and removes it (:meth:`RunDir.take_gone_clients`).  What the
+    client hands over is not listed (an uploaded sample is the daemon's
+    registry's).  Cost: one ``open``/``flock`` when the client makes its
+    first segment, one ``write`` a segment made; the list is rewritten
+    with what the client still holds every :data:`REWRITE_EVERY` names.
+    A ``fork`` of the client shares the lock: its segments stay while the
+    fork lives.  ``OSError`` if no file can be made (the caller goes on
+    without one: the sweep at ``down`` remains).
+    """
+
+    REWRITE_EVERY = 256
+    _seq = 0
+
+    def __init__(self, run_dir: Path) -> None:
+        folder = run_dir / "clients"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for _ in range(16):
+            OwnedSegments._seq += 1
+            path = folder / f"{os.getpid()}.{OwnedSegments._seq}"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                mine = os.fstat(fd)
+                now = os.stat(path, follow_symlinks=False)
+                if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):  # not a file the daemon removed meanwhile
+                    break
+            except (BlockingIOError, FileNotFoundError):  # the daemon holds it, sweeping a dead namesake's
+                pass
+            os.close(fd)
+        else:
+            raise OSError(f"no list of this client's segments could be made in {folder}")
+        self.path = path
+        self.fd = fd
+        self.added = 0
+
+    def add(self, name: str) -> bool:
+        """List a segment this client made; whether the list is due for a :meth:`rewrite`."""
+        os.write(self.fd, name.encode() + b"\n")
+        self.added += 1
+        return self.added % self.REWRITE_EVERY == 0
+
+    def rewrite(self, names: list[str]) -> None:
+        """Replace the list by ``names``, what the client still holds (the rest were unlinked or handed over)."""
+        os.ftruncate(self.fd, 0)
+        if names:
+            os.write(self.fd, "\n".join(names).encode() + b"\n")
+
+    def close(self) -> None:
+        """Remove the list (the client unlinked its segments itself)."""
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
 class RunDir:
     """Paths inside one daemon's run directory."""
 
@@ -339,6 +406,44 @@ class RunDir:
                 held[job_id] = (identity, raw)
             path.unlink(missing_ok=True)
         return held
+
+    def take_gone_clients(self) -> list[tuple[int, list[str], float]]:
+        """The lists of segments of the local clients that are gone, removing them: ``(pid, names, when the
+        list last grew)`` each (see :class:`OwnedSegments`).
+
+        A list whose lock can be taken has no holder left: its client ended
+        without removing it (killed).  One ``listdir``, and an ``open`` and
+        a ``flock`` a list (one per live client, mostly).  The names are the
+        file's words, unchecked: the caller checks each before it unlinks.
+        """
+        folder = self.path / "clients"
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            return []
+        gone: list[tuple[int, list[str], float]] = []
+        for entry in entries:
+            pid, dot, seq = entry.partition(".")
+            if not (dot and pid.isdigit() and seq.isdigit() and len(pid) <= 10):
+                continue
+            path = folder / entry
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                st = os.fstat(fd)
+                data = os.read(fd, min(st.st_size, _LIST_MAX)) if stat.S_ISREG(st.st_mode) else b""
+                path.unlink(missing_ok=True)  # (under the lock: a client opening it now sees it went, and retries)
+            except BlockingIOError:  # its client lives
+                continue
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            gone.append((int(pid), data.decode("ascii", "replace").split(), st.st_mtime))
+        return gone
 
     def sweep(self, started: bool = True) -> list[str]:
         """Remove socket, pid and (with ``started``) the workers' started-job and held-result files a dead daemon

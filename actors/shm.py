@@ -122,6 +122,21 @@ def _unlink_made_by(name: str, when: float) -> int:
         return 0
 
 
+def unlink_listed(prefix: str, pid: int, names: Iterable[str], before: float) -> int:
+    """Unlink the segments a gone client (process ``pid``) listed as its own (:class:`actors._rundir.OwnedSegments`),
+    those still there and made no later than ``before`` (when its list last grew); how many it removed.
+
+    Each name is checked first (the list is a file the client wrote): it
+    must be ``<prefix><pid>.<n>``, a name that client made; any other is
+    skipped.  Failures are logged, never raised.
+    """
+    maker = process_prefix(prefix, pid)
+    if not prefix.startswith("ensemble.") or "/" in prefix or pid <= 0:
+        raise ValueError(f"{prefix!r}, {pid} is not a daemon's segment prefix and a process id")
+    mine = {n for n in names if n.startswith(maker) and _TAIL.fullmatch(n, len(maker))}
+    return sum(_unlink_made_by(name, before) for name in mine)
+
+
 def unlink_left_by(prefix: str, pid: int, keep: Iterable[str], died: float) -> int:
     """Unlink the segments a dead process ``pid`` made for the daemon whose prefix is ``prefix`` and that no
     result names (``keep``: the names a result's taker may still map); how many it removed.

@@ -46,6 +46,7 @@ from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir
 from actors._spawn import kill_group, raise_open_files
 from actors._subreaper import become_subreaper, reap_adopted, sweep
+from actors.shm import unlink_listed
 from actors.config import Config
 from actors.extensions import ChildSpec, Extension, load_extensions, pass_down
 from actors.messages import (ActorInfo, DaemonInfo, JobDone, JobInfo, JobInfos, Limits, Message, StatusReply,
@@ -264,6 +265,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                         reap_adopted()  # what a job left in a session of its own and has ended since (_subreaper)
                     except OSError as exc:  # (it handles what it can meet; the loop never ends for it)
                         log.error("event=reap-adopted-failed reason=%s", exc)
+                    self._unlink_gone_clients()
                     if self.journal is not None and not self.journal.lost_file and self.journal.check_file():
                         log.critical("event=journal-lost detail=%s", self.journal.lost_file)
                     if self.auth is not None:
@@ -291,6 +293,22 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         finally:
             self.close()
         return 0
+
+    def _unlink_gone_clients(self) -> None:
+        """Unlink the shared memory of local clients that were killed (each heartbeat tick).
+
+        A client lists the segments it makes in the run directory, locked
+        while it lives (:class:`actors._rundir.OwnedSegments`); a list whose
+        lock is free has no client left, which could not unlink its own
+        ``empty()`` arrays and argument pool as a client that exits does:
+        they stayed until ``ensemble down``.
+        """
+        for pid, names, grew in self.rundir.take_gone_clients():
+            removed = unlink_listed(self.shm_prefix, pid, names, grew)
+            if removed:
+                self.counters["gone_client_segments_unlinked"] += removed
+                log.info("event=client-gone pid=%d unlinked=%d detail=the shared memory of a client that did not "
+                         "exit normally (killed?)", pid, removed)
 
     def _prune_slice(self, mono: float) -> float:
         """Prune one slice of the journal (:meth:`Journal.prune`); when to prune next.

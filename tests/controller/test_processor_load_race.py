@@ -45,6 +45,14 @@ def on_init():
 """
 
 
+def _errors(outbox: "_Outbox") -> list[Any]:
+    """The script's errors, not the budget's timing reports: a block that took more than half its period by this
+    machine's clock (an ``overrun``: a loaded CI machine, a test running beside this one) is no error of the script's
+    (a run under ``-n 2`` failed this test once, its message lost; an overrun is the one timing-dependent
+    report these blocks can make)."""
+    return [m for m in outbox.sent if isinstance(m, ScriptError) and m.kind != "overrun"]
+
+
 class _Outbox:
     def __init__(self) -> None:
         self.sent: list[Any] = []
@@ -77,12 +85,12 @@ def test_a_block_during_the_next_load_runs_the_script_before_with_its_own_parame
     second.write_text(SECOND)
     runtime.load(str(first))  # its on_init is due at the next block...
     runtime.load(str(second))  # ...which runs inside this load's module code
-    assert [m for m in outbox.sent if isinstance(m, ScriptError)] == []
+    assert _errors(outbox) == []
     assert [(m.name, m.value) for m in outbox.sent if isinstance(m, ParamSet)] == [("heard", 1)]
     assert list(runtime.params) == ["heard"]  # the second script's parameters wait for its init
 
     builtins._ensemble_test_block()  # type: ignore[attr-defined]
-    assert [m for m in outbox.sent if isinstance(m, ScriptError)] == []
+    assert _errors(outbox) == []
     assert [(m.name, m.value) for m in outbox.sent if isinstance(m, ParamSet)] == [("heard", 1), ("other", 2)]
     assert list(runtime.params) == ["other"] and runtime.running.__file__ == str(second)
 
