@@ -130,11 +130,7 @@ def unlink_listed(prefix: str, pid: int, names: Iterable[str], before: float) ->
     must be ``<prefix><pid>.<n>``, a name that client made; any other is
     skipped.  Failures are logged, never raised.
     """
-    maker = process_prefix(prefix, pid)
-    if not prefix.startswith("ensemble.") or "/" in prefix or pid <= 0:
-        raise ValueError(f"{prefix!r}, {pid} is not a daemon's segment prefix and a process id")
-    mine = {n for n in names if n.startswith(maker) and _TAIL.fullmatch(n, len(maker))}
-    return sum(_unlink_made_by(name, before) for name in mine)
+    return sum(_unlink_made_by(name, before) for name in set(_made_by_process(names, prefix, pid)))
 
 
 def unlink_left_by(prefix: str, pid: int, keep: Iterable[str], died: float) -> int:
@@ -149,15 +145,21 @@ def unlink_left_by(prefix: str, pid: int, keep: Iterable[str], died: float) -> i
     One directory listing, one ``lstat`` a candidate; failures are logged,
     never raised.
     """
-    maker = process_prefix(prefix, pid)
-    if not prefix.startswith("ensemble.") or "/" in prefix or pid <= 0:
-        raise ValueError(f"{prefix!r}, {pid} is not a daemon's segment prefix and a process id")
     try:
-        names = [n for n in os.listdir(SHM_DIR) if n.startswith(maker) and _TAIL.fullmatch(n, len(maker))]
+        names = os.listdir(SHM_DIR)
     except OSError:
         return 0
     kept = set(keep)
-    return sum(_unlink_made_by(name, died) for name in names if name not in kept)
+    return sum(_unlink_made_by(name, died) for name in _made_by_process(names, prefix, pid) if name not in kept)
+
+
+def _made_by_process(names: Iterable[str], prefix: str, pid: int) -> list[str]:
+    """Those of ``names`` that the process ``pid`` gives the segments it makes for the daemon whose prefix is
+    ``prefix`` (``<prefix><pid>.<n>``); ValueError for a ``prefix`` that is no daemon's or a ``pid`` under 1."""
+    if not prefix.startswith("ensemble.") or "/" in prefix or pid <= 0:
+        raise ValueError(f"{prefix!r}, {pid} is not a daemon's segment prefix and a process id")
+    maker = process_prefix(prefix, pid)
+    return [n for n in names if n.startswith(maker) and _TAIL.fullmatch(n, len(maker))]
 
 
 def sweep_segments(daemon: str) -> int:
