@@ -24,6 +24,7 @@ import mmap
 import os
 import stat
 import struct
+import time
 from pathlib import Path
 
 from actors._errors import DaemonAlreadyRunning, DaemonError
@@ -87,16 +88,34 @@ class StartedLog:
 
     RING = 4096
     _SLOT = struct.Struct("<q")
+    _SINCE = 8 + RING * 8  # where the start of the job recorded last is (CLOCK_BOOTTIME ns)
 
     def __init__(self, path: Path) -> None:
-        self.map = _mapped(path, 8 + self.RING * 8)
+        self.map = _mapped(path, self._SINCE + 8)
         self.count = 0
 
     def record(self, job_id: int) -> None:
         """Note that ``job_id`` starts now (call before the job function)."""
         self._SLOT.pack_into(self.map, 8 + (self.count % self.RING) * 8, job_id)
+        self._SLOT.pack_into(self.map, self._SINCE, time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         self.count += 1
         self._SLOT.pack_into(self.map, 0, self.count)
+
+    def ended(self) -> None:
+        """Note that the job recorded last returned (its start is no longer :meth:`last_start`)."""
+        self._SLOT.pack_into(self.map, self._SINCE, 0)
+
+    @classmethod
+    def last_start(cls, path: Path) -> int:
+        """When the job running in the worker started (``CLOCK_BOOTTIME`` ns, the clock ``/proc`` gives processes'
+        start times on); 0 if none runs (or the file is gone)."""
+        try:
+            with open(path, "rb") as f:
+                f.seek(cls._SINCE)
+                data = f.read(8)
+        except OSError:
+            return 0
+        return cls._SLOT.unpack(data)[0] if len(data) == 8 else 0
 
     def close(self) -> None:
         self.map.close()

@@ -22,7 +22,8 @@ init.  Two kinds of process here are subreapers:
 An orphan that is still running stays, as a remote worker's stay until its
 worker ends: a job may start a helper meant to outlive it.  It ends with the
 daemon (or the keeper) at the latest, and with the job when the daemon kills
-its worker (an abort ignored, a heartbeat missed): :func:`kill_below`.
+its worker (an abort ignored, a heartbeat missed): :func:`kill_below`, or
+when its worker died under it: :func:`kill_marked`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from actors._procs import descendants, stat, zombies_of
 
 log = logging.getLogger("ensemble.subreaper")
 
+# set by a local worker in its environment for its jobs' processes: its pid (see kill_marked)
+WORKER_ENV = "ENSEMBLE_WORKER_PID"
 _PR_SET_CHILD_SUBREAPER = 36
 _started: dict[int, str] = {}  # pid -> its start time ("" unknown): children this process waits on itself
 _PRUNE_AT = 256  # records kept before those of processes that are gone are dropped
@@ -155,25 +158,82 @@ def sweep(who: str, within: float = SWEEP_FOR) -> None:
         log.warning("event=%s-killed count=%d pids=%s", who, len(killed), ",".join(map(str, sorted(killed))))
 
 
-def kill_below(root: int) -> list[int]:
+def kill_below(root: int, since_ns: int | None = None) -> list[int]:
     """SIGKILL the processes below ``root`` (a child about to be killed) that left its process group; their pids.
 
     Read while ``root`` lives, so the tree says whose they are: a process
     its jobs started in a session of their own (``start_new_session``, a
     ``setsid`` helper still below it) goes with the job that is killed,
     instead of living on as this process's adopted orphan until the daemon
-    stops.  One scan of ``/proc``, for a kill, not for each tick.  Each is
-    signalled through a pidfd and only while its parent is still in the tree
-    (or is this process, which adopts them as ``root`` dies).
+    stops.  ``since_ns``, for a worker: when the job it runs started
+    (``CLOCK_BOOTTIME``; 0: it runs none): only what started since goes, and
+    a helper an earlier job left running stays, as :func:`kill_marked` has
+    it (None: all of them).  One scan of ``/proc``, for a kill, not for each
+    tick.  Each is signalled through a pidfd and only while its parent is
+    still in the tree (or is this process, which adopts them as ``root`` dies).
     """
+    if since_ns == 0:
+        return []
     try:
         group = os.getpgid(root)
         below = descendants(root)
     except OSError:  # gone already, or /proc unreadable (no descriptor left): the group's kill does what it can
         return []
+    since = 0 if since_ns is None else _ticks(since_ns)
     parents = below | {root, os.getpid()}
-    outside = [pid for pid in below if (st := stat(pid)) is not None and int(st[2]) != group]
+    outside = [pid for pid in below if (st := stat(pid)) is not None and int(st[2]) != group and int(st[19]) >= since]
     return [pid for pid in outside if _kill_if_below(pid, parents)]
+
+
+def _ticks(ns: int) -> int:
+    """``CLOCK_BOOTTIME`` nanoseconds as the clock ticks ``/proc/PID/stat`` counts processes' start times in."""
+    return ns * os.sysconf("SC_CLK_TCK") // 1_000_000_000
+
+
+def kill_marked(worker: int, since_ns: int) -> list[int]:
+    """SIGKILL the processes below this one that the job a worker (process ``worker``, ended) was running
+    started and that left its tree; their pids.
+
+    For a worker that died under a job (killed, or crashed on its own):
+    what that job started in a session of its own and left (its launcher
+    exited, or the worker's death reparented it) is an orphan of this
+    process by now, which :func:`kill_below` cannot place.  Such a process
+    carries the worker's pid in its environment (:data:`WORKER_ENV`, set by
+    the worker at its start and inherited) and started no earlier than the
+    job (``since_ns``, ``CLOCK_BOOTTIME``; ``/proc`` counts start times in
+    clock ticks, so one started in the same tick before the job counts
+    too); what an earlier job left, a helper meant to outlive it, stays.
+    Processes below a marked one go with it.  A process whose environment
+    was replaced without the mark is not found.  One scan of ``/proc``, and
+    an ``environ`` read per process of this tree started since the job.
+    """
+    me = os.getpid()
+    try:
+        below = descendants(me)
+    except OSError:
+        return []
+    since = _ticks(since_ns)
+    mark = f"\0{WORKER_ENV}={worker}\0".encode()
+    fields = {pid: st for pid in below if (st := stat(pid)) is not None and int(st[19]) >= since}
+    marked: set[int] = set()
+    for pid in fields:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark in b"\0" + f.read():
+                    marked.add(pid)
+        except OSError:
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, st in fields.items():
+        children.setdefault(int(st[1]), []).append(pid)
+    todo = list(marked)
+    while todo:  # (a child of a marked process started after it: in ``fields`` too)
+        for pid in children.get(todo.pop(), ()):
+            if pid not in marked:
+                marked.add(pid)
+                todo.append(pid)
+    parents = below | {me}
+    return sorted(pid for pid in marked if _kill_if_below(pid, parents))
 
 
 def _reap_all() -> None:

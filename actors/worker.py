@@ -78,6 +78,7 @@ from actors._arrays import WorkerArrays
 from actors._errors import POOL_BROKEN, ProtocolError, error_name, rebuilt_exception
 from actors._jobfn import explain_task_parameter, resolve, resolve_internal, takes_task
 from actors._keeper import fork_keeper
+from actors._subreaper import WORKER_ENV
 from actors._signals import SignalPipe, start_unsignalled
 from actors._task import Task, activate, deactivate, set_home
 from actors.messages import (
@@ -123,6 +124,9 @@ class Worker(Child):
         super().__init__(cfg, name, endpoint, curve)
         if not self.remote:  # a job's Client() reaches this daemon (a remote worker's daemon is another host's)
             set_home(cfg)
+            # inherited by what its jobs start: the daemon finds by it what a job of this worker, killed or crashed
+            # under it, left in a session of its own (actors._subreaper.kill_marked)
+            os.environ[WORKER_ENV] = str(os.getpid())
         self.pending: collections.deque[Dispatch] = collections.deque()  # guarded by _work
         self.current: tuple[Dispatch, Task] | None = None  # set by the main thread under _work
         self._work = threading.Condition(threading.Lock())
@@ -532,6 +536,8 @@ class Worker(Child):
             result = _run_one(d, task, self.arrays, self._set_up, self.fns)
             if os.getpid() != self._pid:
                 _end_forked(result)
+            if self._started is not None:
+                self._started.ended()
             done, cost, frame = _sendable_encoded(result, self.cfg.daemon.max_frame)
             _flush_output()  # what the job printed is out before its result: in order, not at the worker's exit
             if d.cwd:

@@ -60,6 +60,21 @@ def ignore_abort_with_sessions(task: Task, pidfile: str) -> None:
         time.sleep(0.01)
 
 
+def orphan_then(task: Task, pidfile: str, then: str) -> None:
+    """Leave an orphan in a session of its own (``setsid sleep`` put in the background by a ``sh`` that exits), write
+    its pid, then ignore aborts for ever (``then="ignore"``) or kill the worker (``"crash"``)."""
+    shell = subprocess.run(["sh", "-c", "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!"],
+                           capture_output=True, text=True, check=True, timeout=60)
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(shell.stdout.strip())
+    os.replace(pidfile + ".tmp", pidfile)
+    if then == "crash":
+        time.sleep(0.05)  # (after its start tick: the test waits for its own session first anyway)
+        os.kill(os.getpid(), signal.SIGKILL)
+    while True:
+        time.sleep(0.01)
+
+
 def polite(task: Task, seconds: float = 60.0) -> str:
     """Loop checking should_abort() every 10 ms; returns 'aborted' when asked (status 'started' once running)."""
     task.set_status_message("started")

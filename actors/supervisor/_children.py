@@ -13,9 +13,9 @@ from typing import Any
 from actors._freshness import RETIRE_CODE
 from actors._jobs import BINDING_ABORTS, aborted_error
 from actors._resources import check as check_resources, host_resources
-from actors._rundir import RESULTS_SUFFIX
+from actors._rundir import RESULTS_SUFFIX, StartedLog
 from actors._spawn import ForkedProc, kill_group, spawn
-from actors._subreaper import kill_below
+from actors._subreaper import kill_below, kill_marked
 import msgspec
 import zmq
 
@@ -325,7 +325,8 @@ class ChildrenMixin(State):
             slot.state = "restarting"
             slot.expected_exit = slot.expected_exit or expected
             log.warning("event=kill name=%s pid=%d reason=%s", slot.name, slot.proc.pid, reason)
-            outside = kill_below(slot.proc.pid)  # what its jobs started in sessions of their own, read before
+            # what its (running) job started in sessions of their own, read before the group's kill
+            outside = kill_below(slot.proc.pid, self._job_start(slot) if slot.role == "worker" else None)
             kill_group(slot.proc.pid)
             if outside:
                 log.warning("event=kill-outside-group name=%s pids=%s", slot.name, ",".join(map(str, outside)))
@@ -335,6 +336,10 @@ class ChildrenMixin(State):
         assert proc is not None
         code = proc.wait()
         kill_group(proc.pid)  # whatever it started goes with it
+        # a worker that died under a job (killed, or crashed): when that job started, by the worker's own record (0:
+        # it was between jobs); what the job left outside the group is looked for below, once its fate is settled
+        since = (self._job_start(slot)
+                 if slot.role == "worker" and code not in (0, RETIRE_CODE) and not self.stopping_since else 0)
         if code == RETIRE_CODE and slot.role == "worker":  # it left on purpose (its code changed): no failure
             slot.expected_exit = True
         if slot.role == "worker" and code in (0, RETIRE_CODE) and slot.outstanding:
@@ -360,6 +365,11 @@ class ChildrenMixin(State):
         under_a_job = self._jobs_lost(slot)
         if slot.role == "worker" and not self.stopping_since:  # (`down` sweeps every segment anyway)
             self._unlink_left(slot, proc.pid)
+        if since:
+            left = kill_marked(proc.pid, since)
+            if left:
+                log.warning("event=kill-left-by-job name=%s pids=%s detail=what the job it died under started in "
+                            "sessions of their own", slot.name, ",".join(map(str, left)))
         self._tell_exited(slot)
         if self.stopping_since or slot.retire:
             del self.slots[slot.name]
@@ -384,6 +394,10 @@ class ChildrenMixin(State):
             times.append(now)
         slot.restarts += 1
         self._spawn(slot)
+
+    def _job_start(self, slot: Slot) -> int:
+        """When the job a local worker runs started, by its record (``CLOCK_BOOTTIME`` ns; 0: it runs none)."""
+        return StartedLog.last_start(self.rundir.started_file(slot.identity.decode()))
 
     def _unlink_left(self, slot: Slot, pid: int) -> None:
         """Unlink what a reaped local worker (process ``pid``) left in shared memory that no result names.

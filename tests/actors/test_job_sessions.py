@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,45 @@ def test_a_killed_jobs_processes_in_sessions_of_their_own_go_with_it(make_daemon
         wait_for(lambda: not any(pid_alive(p) for p in pids), 30,
                  what=f"the killed job's processes {pids} to go with it (the daemon still runs)")
         assert d.client().submit(jobs.square, 4).result(60) == 16  # its worker was replaced
+    finally:
+        for pid in pids:
+            if _ours(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_what_a_job_left_before_its_worker_was_killed_or_crashed_goes_and_an_earlier_job_s_helper_stays(
+        make_daemon: Any, tmp_path: Path) -> None:
+    """A process a job left in a session of its own whose launcher had already exited (an orphan of the daemon by
+    then) lived on when the daemon killed the job's worker (kill_below reads only the worker's tree), and so did
+    everything such a job left when its worker crashed on its own.  They go with the job now; a helper an earlier
+    job on that worker left on purpose stays."""
+    d = make_daemon(workers=1, jobs_only=True)
+    d.up()
+    c = d.client()
+    pids: list[int] = []
+    try:
+        helpers = c.submit(jobs.leave_sessions, str(tmp_path / "helpers")).result(60)[:2]  # a child, an orphan
+        pids += helpers
+        # /proc counts start times in clock ticks: one started in the tick a job starts in counts as that job's
+        born = max(int(stat(p)[19]) for p in helpers)  # type: ignore[index]
+        wait_for(lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK") // 10**9 > born, 30,
+                 what="the clock to pass the helpers' start tick")
+        for then in ("ignore", "crash"):
+            pidfile = tmp_path / then
+            job = c.submit("tests.jobs:orphan_then", str(pidfile), then, grace=0.3)
+            orphan = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 60, what="the orphan's pid"))
+            pids.append(orphan)
+            wait_for(lambda: os.getsid(orphan) == orphan and int(stat(orphan)[1]) == d.pid, 30,  # type: ignore[index]
+                     what="the orphan to be the daemon's (its launcher exited)")
+            if then == "ignore":
+                info = job.cancel(block=True)
+                assert info is not None and info.state == "killed", info
+            else:
+                assert job.wait(60).state == "worker-lost"
+            wait_for(lambda: not _ours(orphan), 30,
+                     what=f"the orphan the {then} job left to go with it (it lived until the daemon stopped)")
+            assert all(_ours(p) for p in helpers)  # an earlier job's helpers stay
+        assert c.submit(jobs.square, 5).result(60) == 25
     finally:
         for pid in pids:
             if _ours(pid):
