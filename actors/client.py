@@ -1194,10 +1194,11 @@ def _release_collected(owned: list[Connection], private: "PrivateDaemon | None",
     """
     if os.getpid() != pid:
         return
-    import asyncio
-
-    if asyncio._get_running_loop() is None and all(_free(lock) for conn in owned
-                                                   for lock in (conn._lock, conn._wake_lock)):
+    # not `import asyncio`: the collector may run this inside the first import of asyncio (a module half made,
+    # without _get_running_loop yet: "partially initialized module"), when no loop can run yet either
+    running = getattr(sys.modules.get("asyncio"), "_get_running_loop", None)
+    if (running is None or running() is None) and all(_free(lock) for conn in owned
+                                                       for lock in (conn._lock, conn._wake_lock)):
         _release(owned, private, pid)
     else:
         _reaper_queue().put(functools.partial(_release, owned, private, pid))

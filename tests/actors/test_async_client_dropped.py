@@ -220,3 +220,27 @@ def test_an_executor_collected_where_its_connection_is_locked_is_released_by_the
     threading.Thread(target=drop_holding_the_lock, name="drop-executor", daemon=True).start()
     assert dropped.wait(30), "the thread that dropped the executor hung in its finalizer"
     wait_for(lambda: conn.closed, 30, what="the reaper to close the dropped executor's connection")
+
+
+def test_an_executor_collected_during_the_first_import_of_asyncio_is_released(
+        warm: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finalizer imported asyncio to see whether a loop runs; the collector can run it inside the first import
+    of asyncio, which then gave back the module half made ("partially initialized module 'asyncio' has no attribute
+    '_get_running_loop'", printed as an exception ignored in the finalizer, seen under a script run with a spawned
+    private daemon), and the executor was never released.  Such a module is what ``sys.modules`` holds then."""
+    import sys
+    import types
+
+    ex = Executor(config=warm.config)
+    assert ex.submit(jobs.square, 3).result(60) == 9
+    conn = ex._conn
+    assert conn is not None
+    half_made = types.ModuleType("asyncio")  # as sys.modules holds it while asyncio's own imports run
+    errors: list[str] = []
+    monkeypatch.setattr("sys.unraisablehook", lambda u: errors.append(f"{u.exc_type.__name__}: {u.exc_value}"))
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "asyncio", half_made)
+        del ex
+        gc.collect()
+    assert errors == []
+    wait_for(lambda: conn.closed, 30, what="the executor's connection to be released")
