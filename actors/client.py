@@ -394,6 +394,9 @@ _reaper_lock = threading.Lock()
 def _reaper_queue() -> "SimpleQueue[Callable[[], None]]":
     """The queue of the reaper thread, which runs what is put there, one after another (started at first use)."""
     global _DROPPED, _reaper
+    reaper = _reaper
+    if reaper is not None and reaper.is_alive():  # no lock once it runs: finalizers call this from wherever the
+        return _DROPPED                            # collector happens to run
     with _reaper_lock:
         if _reaper is None or not _reaper.is_alive():  # (the first client; or in a fork's child, none runs)
             import queue
