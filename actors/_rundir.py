@@ -77,13 +77,14 @@ def _mapped(path: Path, size: int) -> mmap.mmap:
 
 
 class StartedLog:
-    """A worker's record of the jobs it started: a count, then a ring of the last :data:`RING` job ids.
+    """A worker's record of the jobs it started: a count, then a ring of the last :data:`RING` job ids, then when
+    the job it runs started (0 between jobs: :meth:`ended`).
 
-    The file is mapped shared: each record is two stores into the page cache
-    (the id, then the count), no system call, and a ``kill -9`` loses neither
-    (the pages belong to the file, not to the process).  A job counts as begun
-    only once both are stored; a crash in between leaves it not begun, which
-    is the truth.
+    The file is mapped shared: each record is three stores into the page
+    cache (the id, the start, then the count; the clock is read without a
+    system call), and a ``kill -9`` loses none (the pages belong to the
+    file, not to the process).  A job counts as begun only once the count
+    is stored; a crash before leaves it not begun, which is the truth.
     """
 
     RING = 4096
