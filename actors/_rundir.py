@@ -245,7 +245,7 @@ class OwnedSegments:
         for _ in range(16):
             OwnedSegments._seq += 1
             path = folder / f"{os.getpid()}.{OwnedSegments._seq}"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 mine = os.fstat(fd)
@@ -259,19 +259,24 @@ class OwnedSegments:
             raise OSError(f"no list of this client's segments could be made in {folder}")
         self.path = path
         self.fd = fd
+        self.size = os.fstat(fd).st_size  # (a dead namesake's names, if its list was left: kept, ours follow)
         self.added = 0
 
     def add(self, name: str) -> bool:
         """List a segment this client made; whether the list is due for a :meth:`rewrite`."""
-        os.write(self.fd, name.encode() + b"\n")
+        line = name.encode() + b"\n"
+        os.pwrite(self.fd, line, self.size)
+        self.size += len(line)
         self.added += 1
         return self.added % self.REWRITE_EVERY == 0
 
     def rewrite(self, names: list[str]) -> None:
-        """Replace the list by ``names``, what the client still holds (the rest were unlinked or handed over)."""
-        os.ftruncate(self.fd, 0)
-        if names:
-            os.write(self.fd, "\n".join(names).encode() + b"\n")
+        """Replace the list by ``names``, what the client still holds (the rest were unlinked or handed over):
+        written over the old one, then cut to its length: a kill in between leaves every name it holds listed."""
+        data = "".join(f"{name}\n" for name in names).encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+        self.size = len(data)
 
     def close(self) -> None:
         """Remove the list (the client unlinked its segments itself)."""
