@@ -52,16 +52,23 @@ def zombies_of(parent: int) -> list[int]:
 
 def descendants(root: int) -> set[int]:
     """The live processes below ``root``, from one pass over ``/proc``."""
+    return set(tree(root))
+
+
+def tree(root: int) -> dict[int, list[str]]:
+    """The live processes below ``root`` with their :func:`stat` fields as that one pass over ``/proc`` read them."""
+    fields: dict[int, list[str]] = {}
     below: dict[int, list[int]] = {}
     for pid, f in each():
         if f[0] != "Z":
+            fields[pid] = f
             below.setdefault(int(f[1]), []).append(pid)
-    found: set[int] = set()
+    found: dict[int, list[str]] = {}
     todo = [root]
     while todo:
         for pid in below.get(todo.pop(), ()):
             if pid not in found:
-                found.add(pid)
+                found[pid] = fields[pid]
                 todo.append(pid)
     return found
 

@@ -34,7 +34,7 @@ import os
 import signal
 import time
 
-from actors._procs import descendants, stat, zombies_of
+from actors._procs import descendants, stat, tree, zombies_of
 
 log = logging.getLogger("ensemble.subreaper")
 
@@ -176,12 +176,12 @@ def kill_below(root: int, since_ns: int | None = None) -> list[int]:
         return []
     try:
         group = os.getpgid(root)
-        below = descendants(root)
+        below = tree(root)
     except OSError:  # gone already, or /proc unreadable (no descriptor left): the group's kill does what it can
         return []
     since = 0 if since_ns is None else _ticks(since_ns)
-    parents = below | {root, os.getpid()}
-    outside = [pid for pid in below if (st := stat(pid)) is not None and int(st[2]) != group and int(st[19]) >= since]
+    parents = below.keys() | {root, os.getpid()}
+    outside = [pid for pid, st in below.items() if int(st[2]) != group and int(st[19]) >= since]
     return [pid for pid in outside if _kill_if_below(pid, parents)]
 
 
@@ -209,12 +209,12 @@ def kill_marked(worker: int, since_ns: int) -> list[int]:
     """
     me = os.getpid()
     try:
-        below = descendants(me)
+        below = tree(me)
     except OSError:
         return []
     since = _ticks(since_ns)
     mark = f"\0{WORKER_ENV}={worker}\0".encode()
-    fields = {pid: st for pid in below if (st := stat(pid)) is not None and int(st[19]) >= since}
+    fields = {pid: st for pid, st in below.items() if int(st[19]) >= since}
     marked: set[int] = set()
     for pid in fields:
         try:
@@ -232,7 +232,7 @@ def kill_marked(worker: int, since_ns: int) -> list[int]:
             if pid not in marked:
                 marked.add(pid)
                 todo.append(pid)
-    parents = below | {me}
+    parents = below.keys() | {me}
     return sorted(pid for pid in marked if _kill_if_below(pid, parents))
 
 
