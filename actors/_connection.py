@@ -384,8 +384,7 @@ class Connection:
                     raise self.gone from None
                 if remote and (end is None or time.monotonic() < end):
                     continue
-                raise NoAnswer(f"the daemon did not answer {type(msg).__name__} within {timeout:g}s; "
-                                     "is it overloaded or stopped? (`ensemble status`)") from None
+                raise NoAnswer.to(type(msg).__name__, timeout) from None
             got, reply = decode(answer, self.limits)
             if got != corr:
                 continue  # the late answer to a request that timed out earlier

@@ -41,6 +41,12 @@ class TransportError(EnsembleError):
 class NoAnswer(TransportError):
     """Raised when the daemon did not answer one request within its timeout (the connection may well be fine)."""
 
+    @classmethod
+    def to(cls, request: str, seconds: float | None) -> "NoAnswer":
+        """The error for ``request`` (its message's name) unanswered after ``seconds``, saying what to look at."""
+        return cls(f"the daemon did not answer {request} within {seconds:g}s; is it overloaded or stopped? "
+                   "(`ensemble status`)")
+
 
 class ClientClosed(EnsembleError):
     """Raised when a client is used after ``close()`` (you closed it; nothing broke)."""

@@ -504,10 +504,7 @@ class Client(_OnConnection):
         try:
             return fut.result(wait)
         except concurrent.futures.TimeoutError:
-            raise NoAnswer(
-                f"the daemon did not answer {type(msg).__name__} within {wait:g}s; is it overloaded or stopped? "
-                "(`ensemble status`)"
-            ) from None
+            raise NoAnswer.to(type(msg).__name__, wait) from None
 
     def close(self) -> None:
         """Close the connection (jobs keep running in the daemon; a private daemon stops).
@@ -1638,8 +1635,7 @@ class AsyncClient(_OnConnection):
         try:
             return await aio.wait_for(mine, self.timeout)
         except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
-            raise NoAnswer(f"the daemon did not answer {what} within {self.timeout:g}s; is it overloaded or "
-                                 "stopped? (`ensemble status`)") from None
+            raise NoAnswer.to(what, self.timeout) from None
         finally:
             if mine.cancelled() and abandoned is not None:
                 abandoned(fut)
