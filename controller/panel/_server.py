@@ -40,6 +40,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import errno
+import functools
 import json
 import logging
 import threading
@@ -74,7 +76,10 @@ CLOSE_WAIT = 5.0  # seconds stop() waits for the daemon's client to close (it ma
 STOP_TASKS_WAIT = 2.0  # seconds the server's thread gives its tasks to end once cancelled, as it stops
 
 
+@functools.cache
 def _asset(name: str) -> bytes:
+    """The bytes of one of the page's files, read once: :meth:`PanelServer._serve` reads them all before it listens,
+    so serving one never needs a descriptor (a flood of connections can take every one the process may open)."""
     return resources.files("controller.panel").joinpath("static", name).read_bytes()
 
 
@@ -209,6 +214,8 @@ class PanelServer:
         self.loop.close()
 
     async def _serve(self) -> None:
+        for name in ASSETS:
+            _asset(name)
         self.hub = Hub()
         self._uploading = asyncio.Lock()
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_UPLOAD)
@@ -245,7 +252,17 @@ class PanelServer:
             return web.Response(status=403, text=f"ensemble panel: refused: {why}\n")
         if given_tokens(request.headers, request.query.get("token")):  # it showed a valid token (refusal checked it)
             self.gate.trust(request.transport)  # no header deadline for its connection now
-        response: web.StreamResponse = await handler(request)
+        try:
+            response: web.StreamResponse = await handler(request)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # the process is out of descriptors (a flood of connections holds them): a line within the budget and
+            # an answer that says to retry, not a traceback in the log for each request
+            request_logger().warning("event=panel-out-of-descriptors path=%s reason=%s", request.path[:100], exc)
+            return web.Response(status=503, text=f"ensemble panel: out of file descriptors ({exc.strerror}); "
+                                                 "retry once the connections holding them close\n",
+                                headers={"Retry-After": "1"})
         return response
 
     async def _index(self, request: web.Request) -> web.StreamResponse:

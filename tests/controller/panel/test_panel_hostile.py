@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import aiohttp
 import numpy as np
+import psutil
 import pytest
 import soundfile
 from aiohttp import web
@@ -248,6 +250,34 @@ def test_a_request_the_parser_refuses_is_a_400_and_one_log_line(panel: Panel) ->
     line = next(ln for ln in grown.splitlines() if "event=panel-bad-request" in ln)
     assert "WARNING" in line and "status=400" in line and "8190 bytes" in line and len(line) < 600, line
     assert panel.request("GET", "/", {"X-Ensemble-Token": panel.token})[0] == 200  # the panel serves on
+
+
+def test_a_panel_with_no_descriptor_to_spare_serves_its_page_from_memory(panel: Panel) -> None:
+    """The page's files are read once, as the panel starts: a request on a connection it already holds is answered
+    with no descriptor to spare.  Each request used to open its file, so under a flood of connections (which takes
+    every descriptor) the token holder's request was a 500 and a traceback in the log."""
+    proc = psutil.Process(panel.daemon.actor("panel").pid)
+    soft, hard = proc.rlimit(psutil.RLIMIT_NOFILE)
+    offset = (panel.daemon.base / "state" / "daemon.log").stat().st_size
+    headers = {"Host": f"127.0.0.1:{panel.port}", "X-Ensemble-Token": panel.token}
+    conn = http.client.HTTPConnection("127.0.0.1", panel.port, timeout=30)
+    answers = []
+    try:
+        conn.request("GET", "/favicon.ico", headers=headers)  # keep-alive: the panel holds this connection's socket
+        r = conn.getresponse()
+        assert (r.status, r.read()[:4]) == (200, b"<svg"), r.status
+        proc.rlimit(psutil.RLIMIT_NOFILE, (proc.num_fds(), hard))  # not one more descriptor
+        try:
+            for path in ("/", "/static/panel.js", "/static/panel.css"):
+                conn.request("GET", path, headers=headers)
+                r = conn.getresponse()
+                answers.append((path, r.status, len(r.read())))
+        finally:
+            proc.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+    finally:
+        conn.close()
+    assert all(status == 200 and size > 100 for _, status, size in answers), answers
+    assert "Traceback" not in _log_after(panel, offset)
 
 
 def test_a_flood_of_refused_requests_logs_a_bounded_number_of_lines(make_daemon: Callable[..., Daemon]) -> None:
