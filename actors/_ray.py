@@ -150,6 +150,11 @@ class Member:
     pid: int = 0  # its worker process's pid on its node, its node's id and address (``where``), once known
     node: str = ""
     host: str = ""
+    failures: int = 0  # runs of its actor that failed before its worker connected (its actor cannot start?)
+    failure: str = ""  # what the last of them said
+    unstartable: bool = False  # Ray could not create its actor (its constructor failed): it is replaced
+    connected: bool = False  # a worker of it has joined (once is enough)
+    died: bool = False  # Ray reported its actor dead since the supervisor last looked (failed_unconnected)
 
 
 class RayWorkers:
@@ -214,6 +219,11 @@ class RayWorkers:
         self.refused: list[tuple[dict[str, float], str]] = []  # needs Ray refused to place (reported by the driver)
         self.capped: list[dict[str, float]] = []  # needs the last placement left without a worker (max_workers)
         self.take_seq = 0
+        # actors Ray could not create (ensemble missing on a node, say) are replaced, with a pause between: no
+        # member is added before hold_until; the pause doubles with each such failure until a worker connects
+        self.unstartable = 0  # such failures since the last worker connected
+        self.hold_until = 0.0
+        self.replace = 0  # members removed that way and not added again yet (placement-made ones are placed again)
         self.landing: dict[int, list[Any]] = {}  # take number -> where its arrays go (read by the reports' thread)
         self._state("joining", "")
 
@@ -326,6 +336,7 @@ class RayWorkers:
             self._forget_key(name)
             out.append((name, f"the Ray cluster is unreachable ({why})"))
         self.members.clear()
+        self.replace = 0  # (scale() places [cluster] workers again once joined)
         self.staged.clear()
         self.staged_on.clear()
         self.pending.clear()
@@ -373,6 +384,49 @@ class RayWorkers:
         self._forget_key(name)
         log.info("event=ray-worker-removed name=%s reason=%s", name, reason)
 
+    def failed_unconnected(self, name: str, why: str) -> None:
+        """Ray says member ``name``'s actor died before its worker ever connected: say why (the first time, when the
+        cause changes, then at the 10th, 100th, ... time: the driver asks it to run again, later each time).
+
+        An actor that cannot start on its node fails this way, over and over,
+        and no worker ever joins: ensemble not installed on the node (its
+        class cannot be imported there), or a different version.  ``status``
+        says it too (``ray_worker_error``) until a worker of that member joins.
+        """
+        member = self.members.get(name)
+        if member is None or not member.died:  # (gone, or a worker that stopped: not a failure)
+            return
+        member.died = False
+        member.failures += 1
+        if member.unstartable:
+            self.unstartable += 1
+            pause = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (self.unstartable - 1))
+            self.hold_until = time.monotonic() + pause
+            self.remove(name, f"Ray could not start its actor; a new one in {pause:g}s")
+            if not member.demand and not member.retiring:
+                self.replace += 1  # (one placed for jobs' resources is placed again by place() once the pause ends)
+            count = self.unstartable
+        elif member.failure == why and member.failures not in (10, 100, 1000) and member.failures % 10_000:
+            return
+        else:
+            count = member.failures
+        member.failure = why
+        fix = ("install ensemble on every node of the cluster, the daemon's version (pip install 'ensemble-rt[ray]')"
+               if "No module named" in why or "ImportError" in why or "ModuleNotFoundError" in why else
+               "its output is in Ray's logs on its node (worker-*.err in the Ray session's logs directory)")
+        self.counters["ray_worker_error"] = f"{name}: {why}; {fix}"
+        log.error("event=ray-worker-failed name=%s count=%d reason=no worker of it has connected yet, and Ray "
+                  "says: %s fix=%s", name, count, why, fix)
+
+    def connected(self, name: str) -> None:
+        """Member ``name``'s worker joined: a failure said of it before is over."""
+        member = self.members.get(name)
+        if member is None or member.connected:
+            return
+        member.connected = True
+        member.failures, member.failure, self.unstartable = 0, "", 0
+        self.counters.pop("ray_worker_error", None)
+
     def _forget_key(self, name: str) -> None:
         try:
             revoke(self.keys_dir, name)
@@ -390,7 +444,7 @@ class RayWorkers:
         cap are warned about once, by name, until the set changes.
         """
         refused, self.refused = self.refused, []
-        if not self.joined:
+        if not self.joined or time.monotonic() < self.hold_until:  # (a pause after an actor Ray could not start)
             return refused
         capped = []
         for need in needs:
@@ -435,6 +489,7 @@ class RayWorkers:
         them, then the newest; those not yet connected are removed at once.
         """
         self.wanted = n
+        self.replace = 0  # (members removed as unstartable count as missing here)
         if not self.joined:
             return []
         have = sorted((m for m in self.members.values() if not m.retiring),
@@ -494,6 +549,10 @@ class RayWorkers:
             self._send(["ping"])
         elif self.proc is None and mono >= self.retry_at:
             self._launch()
+        if self.replace and self.joined and mono >= self.hold_until:
+            for _ in range(self.replace):
+                self.add(dict(self.cfg.cluster.worker_resources))
+            self.replace = 0
         return out
 
     def _apply(self, report: list[Any], out: list[tuple[str, str]]) -> None:
@@ -509,12 +568,15 @@ class RayWorkers:
         elif kind in ("failed", "eof"):
             self._lost(str(report[1]) if kind == "failed" else "its Ray driver ended", out)
         elif kind == "ended":
-            _, name, ok, why = report
+            _, name, ok, why, *rest = report
             member = self.members.get(name)
             if member is None:
                 return
-            member.pid, member.where_for = 0, ""
-            if not ok:
+            member.pid, member.where_for, member.died = 0, "", not ok
+            if not ok and rest and rest[0]:  # its constructor failed: Ray will not start it again
+                member.unstartable = True
+                out.append((name, f"Ray could not start its actor ({why})"))
+            elif not ok:
                 out.append((name, f"Ray reports its actor died ({why})"))
             elif member.retiring:
                 self.remove(name, "its worker stopped")

@@ -7,7 +7,8 @@ talk over a socketpair in :mod:`actors._storelink`'s framing (msgpack
 headers, raw array bytes): the daemon sends commands (``add``, ``kill``,
 ``retiring``, ``where``, ``put`` with an array's bytes, ``put_fd`` with a
 shared-memory segment's descriptor, ``stage``, ``release``, ``discard``,
-``take``, ``stop``, and ``ping``) and this process reports (``joined``/``failed``, ``ended``, ``where``, ``refused``, ``took``
+``take``, ``stop``, and ``ping``) and this process reports (``joined``/``failed``, ``ended`` (with the
+cause of a failed run, and whether Ray could not create the actor at all), ``where``, ``refused``, ``took``
 with the arrays' bytes, ``pong``).  A thread that makes no Ray call reads
 the commands and answers ``ping``, so a driver that waits on Ray is not
 taken for a hung one (:class:`Driver`).  Here alone Ray is joined, and here
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import socket
 import sys
 import threading
@@ -29,6 +31,25 @@ from typing import Any
 from actors._ray import import_ray
 from actors._ray_host import WorkerHost
 from actors._storelink import recv_exact, recv_header, send_msg
+
+_RERUN_FIRST, _RERUN_MAX = 0.5, 30.0  # seconds before an actor whose run failed twice in a row is asked to run
+# again: doubling while its runs keep failing (each fails at once while its actor is dead), at most this
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*)$")
+
+
+def failure_cause(exc: BaseException, limit: int = 300) -> str:
+    """What a failed run's exception says, short: its type and the last ``SomeError: ...`` line of its message.
+
+    Ray's errors carry the actor's whole traceback (``ActorDiedError: ... error
+    raised in its creation task ... ModuleNotFoundError: No module named
+    'actors'``); the last error line is the cause to show.
+    """
+    text = _ANSI.sub("", str(exc))
+    found = [m.group(1).strip() for m in map(_ERROR_LINE.match, text.splitlines()) if m]
+    cause = found[-1] if found else (text.strip().splitlines() or [""])[0]
+    why = cause if cause.startswith(type(exc).__name__) else f"{type(exc).__name__}: {cause}".rstrip(": ")
+    return why if len(why) <= limit else why[:limit - 3] + "..."
 
 
 def ray_options(resources: dict[str, float]) -> dict[str, Any]:
@@ -116,6 +137,8 @@ class Driver:
         self.runs: dict[Any, str] = {}  # pending run() ref -> member name
         self.wheres: dict[Any, str] = {}  # pending where() ref -> member name
         self.retiring: set[str] = set()
+        # member -> its runs that failed in a row, when to run it again (0: asked), when it was last asked to run
+        self.failing: dict[str, tuple[int, float, float]] = {}
         self.refs: dict[str, Any] = {}  # key -> ObjectRef of a staged argument, until its job ends
         self.commands: queue.Queue[list[Any]] = queue.Queue()  # read, not yet carried out (``eof`` last)
         self.step: tuple[str, float] = ("", 0.0)  # what the main thread does (a command, "watch") and since when
@@ -291,14 +314,34 @@ class Driver:
                 name = self.runs.pop(ref)
                 if name not in self.actors:
                     continue
+                unstartable = False
                 try:
                     self.ray.get(ref, timeout=0)
                     ok, why = True, ""
                 except Exception as exc:  # noqa: BLE001 - RayActorError and kin: it died; Ray restarts it
-                    ok, why = False, type(exc).__name__
-                if not ok or name not in self.retiring:
-                    self.runs[self.actors[name].run.remote()] = name
-                self.send(["ended", name, ok, why])
+                    ok, why = False, failure_cause(exc)
+                    # its constructor failed (its class cannot be imported on the node, say): Ray never restarts
+                    # it, and the daemon replaces it
+                    unstartable = bool(getattr(exc, "actor_init_failed", False))
+                if ok:
+                    self.failing.pop(name, None)
+                    if name not in self.retiring:
+                        self.runs[self.actors[name].run.remote()] = name
+                elif not unstartable:  # run again later, later each time it fails again
+                    now = time.monotonic()
+                    count, _, asked = self.failing.get(name, (0, 0.0, 0.0))
+                    count = count + 1 if now - asked < _RERUN_MAX else 1  # (a run that lasted: a new failure)
+                    pause = min(_RERUN_MAX, _RERUN_FIRST * 2 ** (count - 2)) if count > 1 else 0.0  # (a node
+                    # that died: Ray restarts the actor elsewhere and holds the run until then)
+                    self.failing[name] = (count, now + pause, asked)
+                self.send(["ended", name, ok, why, unstartable])
+        now = time.monotonic()
+        for name, (count, when, _) in list(self.failing.items()):
+            if name not in self.actors:
+                del self.failing[name]
+            elif when and now >= when:
+                self.failing[name] = (count, 0.0, now)
+                self.runs[self.actors[name].run.remote()] = name
         if self.wheres:
             ready, _ = self.ray.wait(list(self.wheres), num_returns=len(self.wheres), timeout=0)
             for ref in ready:

@@ -67,9 +67,12 @@ class ClusterMixin(State):
         if cluster is None or self.stopping_since:
             return
         for name, why in cluster.poll():
-            for slot in [s for s in self.slots.values() if s.remote and s.key_name == name]:
+            slots = [s for s in self.slots.values() if s.remote and s.key_name == name]
+            for slot in slots:
                 slot.detail = why
                 self._remote_gone(slot, why)
+            if not slots:
+                cluster.failed_unconnected(name, why)
         assert self.book is not None
         self._cluster_where()
         self._cluster_unneeded()
@@ -90,6 +93,7 @@ class ClusterMixin(State):
             if member is None:
                 continue
             self.cluster.locate(member.name, slot.name)
+            self.cluster.connected(member.name)
             # (over what the worker said of itself at its hello: Ray's word is the daemon's, and says more)
             if member.pid and (not slot.detail or slot.detail.startswith(("on Ray node", "calls itself"))):
                 joined = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(slot.started))
