@@ -155,6 +155,7 @@ class Member:
     unstartable: bool = False  # Ray could not create its actor (its constructor failed): it is replaced
     connected: bool = False  # a worker of it has joined (once is enough)
     died: bool = False  # Ray reported its actor dead since the supervisor last looked (failed_unconnected)
+    overdue: bool = False  # not joined within [cluster] join_wait: where its actor runs was asked (said once)
 
 
 class RayWorkers:
@@ -427,6 +428,22 @@ class RayWorkers:
         member.failures, member.failure, self.unstartable = 0, "", 0
         self.counters.pop("ray_worker_error", None)
 
+    def overdue(self) -> None:
+        """Ask where the actor of each member not joined within ``[cluster] join_wait`` runs (once per member).
+
+        Ray answers once the actor runs (an actor still pending, for want of a
+        node with its resources, is not answered: that wait is normal, and
+        ``status`` shows the jobs queued); the answer for a member still not
+        joined is logged as ``event=ray-worker-not-joined`` (:meth:`_apply`).
+        """
+        if not self.joined:
+            return
+        now = time.monotonic()
+        for m in self.members.values():
+            if not (m.connected or m.overdue or m.retiring) and now - m.started >= self.cfg.cluster.join_wait:
+                m.overdue = True
+                self._send(["where", m.name])
+
     def _forget_key(self, name: str) -> None:
         try:
             revoke(self.keys_dir, name)
@@ -587,6 +604,13 @@ class RayWorkers:
             member = self.members.get(report[1])
             if member is not None:
                 member.pid, member.node, member.host = int(report[2]), str(report[3]), str(report[4])
+                if member.overdue and not member.connected:
+                    log.warning("event=ray-worker-not-joined name=%s after=%.0fs node=%s host=%s reason=Ray runs "
+                                "its actor (pid %d there) but its worker has not joined: can that node reach %s "
+                                "([cluster] connect, else [daemon] tcp)? (what the worker prints reaches %s "
+                                "through Ray)",
+                                member.name, time.monotonic() - member.started, member.node[:12], member.host,
+                                member.pid, self.endpoint, self.log_path)
         elif kind == "refused":
             member = self.members.pop(report[1], None)
             if member is not None:

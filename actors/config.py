@@ -144,6 +144,9 @@ class ClusterConfig(msgspec.Struct, frozen=True):
     # store instead of the frame (0: never; everything goes in the frame, as to any remote worker).  2 MiB: the
     # frame is as fast at 1 MiB and twice as slow at 2 MiB (bench/README.md, ray_arrays)
     object_store_min_bytes: int = 2 << 20  # 0..2**50
+    # seconds a Ray-placed worker may take to join; past that, if Ray runs its actor, the daemon logs where it runs
+    # and that its worker cannot reach the daemon (ray-worker-not-joined)
+    join_wait: float = 60.0
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -460,6 +463,7 @@ _RULES: dict[str, dict[str, _Check]] = {
         "max_workers": _whole(1, 1024),
         "connect": _endpoint,
         "object_store_min_bytes": _whole(0, 2**50, " bytes (0: never)"),
+        "join_wait": _seconds(above_zero=True),
     },
 }
 

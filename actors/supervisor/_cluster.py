@@ -75,6 +75,7 @@ class ClusterMixin(State):
                 cluster.failed_unconnected(name, why)
         assert self.book is not None
         self._cluster_where()
+        cluster.overdue()
         self._cluster_unneeded()
         needs = plan.unmet(self.book, self.slots.values())
         for need, why in cluster.place(needs):

@@ -176,6 +176,7 @@ BAD_VALUES = [
     ("cluster", "max_workers", "0", "1025"),
     ("cluster", "connect", "'udp://head:1'", "tcp://head"),
     ("cluster", "object_store_min_bytes", "-1", str(2**51)),
+    ("cluster", "join_wait", "0.0", "nan"),
 ]
 
 
