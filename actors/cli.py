@@ -419,6 +419,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
                            f"accepted until it can (free space in {d.state_dir}?)", style="red"))
     if d.counters.get("ray_error"):
         console.print(Text(f"Ray cluster {d.counters.get('ray_cluster', '')}: {d.counters['ray_error']}", style="red"))
+    if d.counters.get("ray_worker_error"):
+        console.print(Text(f"a Ray-placed worker cannot start: {d.counters['ray_worker_error']}", style="red"))
 
 
 @main.command()
