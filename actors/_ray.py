@@ -392,7 +392,7 @@ class RayWorkers:
         An actor that cannot start on its node fails this way, over and over,
         and no worker ever joins: ensemble not installed on the node (its
         class cannot be imported there), or a different version.  ``status``
-        says it too (``ray_worker_error``) until a worker of that member joins.
+        says it too (``ray_worker_error``) until a worker joins.
         """
         member = self.members.get(name)
         if member is None or not member.died:  # (gone, or a worker that stopped: not a failure)
@@ -605,12 +605,12 @@ class RayWorkers:
             if member is not None:
                 member.pid, member.node, member.host = int(report[2]), str(report[3]), str(report[4])
                 if member.overdue and not member.connected:
-                    log.warning("event=ray-worker-not-joined name=%s after=%.0fs node=%s host=%s reason=Ray runs "
-                                "its actor (pid %d there) but its worker has not joined: can that node reach %s "
-                                "([cluster] connect, else [daemon] tcp)? (what the worker prints reaches %s "
-                                "through Ray)",
-                                member.name, time.monotonic() - member.started, member.node[:12], member.host,
-                                member.pid, self.endpoint, self.log_path)
+                    why = (f"Ray runs its actor on {member.host} (pid {member.pid} there) but its worker has not "
+                           f"joined: can that node reach {self.endpoint} ([cluster] connect, else [daemon] tcp)?")
+                    self.counters["ray_worker_error"] = f"{member.name}: {why}"  # (until a worker joins)
+                    log.warning("event=ray-worker-not-joined name=%s after=%.0fs node=%s host=%s reason=%s (what "
+                                "the worker prints reaches %s through Ray)", member.name,
+                                time.monotonic() - member.started, member.node[:12], member.host, why, self.log_path)
         elif kind == "refused":
             member = self.members.pop(report[1], None)
             if member is not None:

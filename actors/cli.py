@@ -420,7 +420,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if d.counters.get("ray_error"):
         console.print(Text(f"Ray cluster {d.counters.get('ray_cluster', '')}: {d.counters['ray_error']}", style="red"))
     if d.counters.get("ray_worker_error"):
-        console.print(Text(f"a Ray-placed worker cannot start: {d.counters['ray_worker_error']}", style="red"))
+        console.print(Text(f"a Ray-placed worker has not joined: {d.counters['ray_worker_error']}", style="red"))
 
 
 @main.command()

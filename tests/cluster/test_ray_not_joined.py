@@ -40,7 +40,11 @@ def test_a_worker_that_cannot_reach_the_daemon_is_named_with_its_node_and_the_ad
                  what="a line for each of the two workers that cannot join")
         for line in _lines(d, "event=ray-worker-not-joined"):
             assert "WARNING" in line and unreachable in line and "ray-driver.log" in line, line
-            assert "host=" in line and "Ray runs its actor (pid " in line, line
+            assert "host=" in line and "Ray runs its actor on " in line and "(pid " in line, line
+        error = str(dict(d.status().daemon.counters).get("ray_worker_error", ""))
+        assert unreachable in error and "has not joined" in error, error
+        shown = " ".join(d.cli("status").stdout.split())  # (rich wraps long lines)
+        assert "a Ray-placed worker has not joined:" in shown and unreachable in shown, shown
         assert ray_workers(d) == []
         end = time.monotonic() + 3  # said once per worker, not again at each tick
         wait_for(lambda: time.monotonic() > end, what="three more seconds of ticks")

@@ -69,7 +69,7 @@ def test_a_node_that_cannot_import_ensemble_is_named_with_the_fix_and_the_worker
             error = str(_counters(d).get("ray_worker_error", ""))
             assert "No module named 'actors._ray_host'" in error, error
             shown = " ".join(d.cli("status").stdout.split())  # (rich wraps long lines)
-            assert "a Ray-placed worker cannot start:" in shown and "pip install 'ensemble-rt[ray]'" in shown, shown
+            assert "a Ray-placed worker has not joined:" in shown and "pip install 'ensemble-rt[ray]'" in shown, shown
             assert "event=ray-worker-removed" in _log(d)  # each dead actor goes, its key revoked
             assert ray_workers(d) == []
             assert _log(d).count("event=ray-worker-added") >= 2  # placed again after the first failed
