@@ -34,7 +34,7 @@ import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import msgspec
 
@@ -101,10 +101,13 @@ class ClientArrays:
     is refused, naming its type.
     """
 
-    def __init__(self, daemon: str, inline_limit: int, pickles: bool = True, run_dir: Path | None = None) -> None:
+    def __init__(self, daemon: str, inline_limit: int, pickles: bool = True, run_dir: Path | None = None,
+                 hand_over: bool = True) -> None:
         """``run_dir``: the daemon's run directory, where a local client lists the segments it makes, so that the
         daemon unlinks them should this process be killed (:class:`~actors._rundir.OwnedSegments`; None: another
-        host's client, which makes none)."""
+        host's client, which makes none).  ``hand_over``: :meth:`close` leaves the segments of unfinished jobs
+        to the daemon (False for a private daemon, whose jobs end with it)."""
+        self._hand_over = hand_over
         self.daemon = daemon
         self.inline_limit = inline_limit
         self.pickles = pickles
@@ -117,6 +120,9 @@ class ClientArrays:
         self._lent: dict[str, SharedArray] = {}  # pooled segments returned as results, until collected
         self._user: dict[str, Any] = {}  # name -> SharedNDArray from empty()
         self._results: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        # segment name -> uses by submitted jobs not known to have ended (pooled and empty() arrays alike): what
+        # close() hands over to the daemon instead of unlinking (a job the daemon accepted still needs it)
+        self._out: collections.Counter[str] = collections.Counter()
         self._closed = False
         _OPEN[self] = os.getpid()  # closed at exit if its client was not (a fork of this process leaves it be)
 
@@ -179,6 +185,9 @@ class ClientArrays:
             h = handle_of(v)
             if h is not None:
                 changed.append(True)
+                if h.name in self._user:  # the job needs it until it ends, as it needs a pooled one
+                    borrowed.append(v._ens_segment)
+                    self._out[h.name] += 1
                 return h
             if v.dtype.kind not in "biufc" and pickles:  # an array of objects or strings, as a pool sends it
                 return _pickled_leaf(v, self.inline_limit, leaf)
@@ -186,6 +195,7 @@ class ClientArrays:
                 return v
             seg = self._take(v.nbytes)
             borrowed.append(seg)
+            self._out[seg.handle.name] += 1
             changed.append(True)
             view = seg.array[: v.nbytes].view(v.dtype).reshape(v.shape)
             view[...] = v
@@ -218,17 +228,26 @@ class ClientArrays:
                 self._in_use[job_id] = borrowed
 
     def return_unused(self, borrowed: list[SharedArray]) -> None:
-        """Segments of a submit that failed go straight back to the pool."""
+        """Segments of a submit that failed go straight back to the pool (no job has them)."""
         with self._lock:
-            for seg in borrowed:
-                self._free[seg.handle.nbytes].append(seg)
+            self._release(borrowed)
 
     def job_ended(self, job_id: int) -> None:
         """The job is over: its pooled segments go back to the pool."""
         with self._lock:
-            for seg in self._in_use.pop(job_id, ()):
-                if seg.handle.name in self._by_name:
-                    self._free[seg.handle.nbytes].append(seg)
+            self._release(self._in_use.pop(job_id, ()))
+
+    def _release(self, borrowed: "Iterable[SharedArray]") -> None:
+        """(under ``_lock``) A job no longer needs ``borrowed``: pooled ones go back to the pool."""
+        out = self._out
+        for seg in borrowed:
+            name = seg.handle.name
+            if out[name] <= 1:
+                out.pop(name, None)
+            else:
+                out[name] -= 1
+            if name in self._by_name:  # (not an empty() array, nor a pooled one lent to a caller as a result)
+                self._free[seg.handle.nbytes].append(seg)
 
     def import_info(self, info: JobInfo, strict: bool = True, take: bool = True) -> JobInfo:
         """Turn result handles into arrays (mapping and unlinking result segments).
@@ -310,20 +329,40 @@ class ClientArrays:
                 self._free[seg.handle.nbytes].append(seg)
 
     def close(self) -> None:
-        """Unlink every segment this client created (mappings live on in existing arrays)."""
+        """Unlink every segment this client created (mappings live on in existing arrays), but those that jobs
+        not known to have ended may still read: those are handed over to the daemon.
+
+        A job the daemon accepted runs after its client has gone (a script
+        that submits and exits, a client killed); its pooled or ``empty()``
+        argument went with the client, and the job failed ("segment no
+        longer exists").  Such segments stay listed, and the list is left
+        for the daemon (:meth:`OwnedSegments.hand_over`), which unlinks each
+        once no job it holds names it (:mod:`actors.supervisor._handed`).
+        A submit whose answer never came counts as accepted: the daemon
+        knows.  Without a list (another host's client, which makes no
+        segment) there is nothing to hand over.
+        """
         with self._lock:
             self._closed = True
             names = list(self._by_name) + list(self._user) + list(self._lent)
+            hand = self._owned is not None and self._hand_over
+            needed = [name for name in self._out if name in names] if hand else []
             self._lent.clear()
             self._by_name.clear()
             self._user.clear()
             self._free.clear()
             self._in_use.clear()
+            self._out.clear()
             owned, self._owned = self._owned, None
+        kept = set(needed)
         for name in names:
-            SharedArray.unlink_name(name)
+            if name not in kept:
+                SharedArray.unlink_name(name)
         if owned is not None:
-            owned.close()
+            if needed:
+                owned.hand_over(needed)
+            else:
+                owned.close()
 
 
 _OPEN: "weakref.WeakKeyDictionary[ClientArrays, int]" = weakref.WeakKeyDictionary()  # -> the pid that made it

@@ -236,7 +236,8 @@ class Connection:
         remote = endpoint.startswith("tcp://")  # another host: arrays travel inline, never as shared memory
         self.local = not remote  # on the daemon's host: values MessagePack cannot carry cross pickled (ext 5)
         self.arrays = ClientArrays(cfg.shm_key, cfg.daemon.max_frame if remote else cfg.jobs.inline_array_limit,
-                                   pickles=self.local, run_dir=None if remote else cfg.run_dir)
+                                   pickles=self.local, run_dir=None if remote else cfg.run_dir,
+                                   hand_over=watch is None)  # (a private daemon's jobs end with it)
         self.ctx = zmq.Context()
         self._corr = itertools.count(1)
         self._lock = threading.Lock()
@@ -453,9 +454,13 @@ class Connection:
         self._enqueue(("submit+progress" if progress else "submit", out, fut, listener))
 
     def _lend(self, fut: "Future[list[int]] | _Sink", borrowed: list[list[Any]]) -> None:
-        if fut.exception() is not None:
-            for lent in borrowed:
-                self.arrays.return_unused(lent)
+        exc = fut.exception()
+        if exc is not None:
+            # a submit whose answer never came (the client closed, the link dropped) may have been journaled: its
+            # segments stay the jobs' (handed over at close); one the daemon refused goes back to the pool
+            if not isinstance(exc, (ClientClosed, TransportError)):
+                for lent in borrowed:
+                    self.arrays.return_unused(lent)
             return
         for jid, lent in zip(fut.result() or [], borrowed):
             self.arrays.lend(jid, lent)

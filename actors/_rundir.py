@@ -233,7 +233,10 @@ class OwnedSegments:
     with what the client still holds every :data:`REWRITE_EVERY` names.
     A ``fork`` of the client shares the lock: its segments stay while the
     fork lives.  ``OSError`` if no file can be made (the caller goes on
-    without one: the sweep at ``down`` remains).
+    without one: the sweep at ``down`` remains).  A client that closes while
+    jobs it submitted may still read some of its segments leaves those
+    listed and unlocked (:meth:`hand_over`): the daemon unlinks each once
+    no job it holds names it, as it does a killed client's.
     """
 
     REWRITE_EVERY = 256
@@ -282,6 +285,14 @@ class OwnedSegments:
         """Remove the list (the client unlinked its segments itself)."""
         self.path.unlink(missing_ok=True)
         os.close(self.fd)
+
+    def hand_over(self, names: list[str]) -> None:
+        """Leave ``names`` to the daemon: the list becomes them and is unlocked, as a killed client's is; the
+        daemon unlinks each once no job it holds names it (see :meth:`RunDir.take_gone_clients`)."""
+        try:
+            self.rewrite(names)
+        finally:
+            os.close(self.fd)
 
 
 class RunDir:
@@ -431,6 +442,40 @@ class RunDir:
                 held[job_id] = (identity, raw)
             path.unlink(missing_ok=True)
         return held
+
+    def live_client_segments(self) -> set[str]:
+        """The names the lists of live local clients hold (each list's lock is held: see :class:`OwnedSegments`).
+
+        Their segments are theirs, not what a killed daemon left: a client's
+        connection outlives a restart of its daemon, and its argument pool
+        and ``empty()`` arrays must too.  A list whose lock is free is left
+        for :meth:`take_gone_clients`.
+        """
+        folder = self.path / "clients"
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            return set()
+        live: set[str] = set()
+        for entry in entries:
+            try:
+                fd = os.open(folder / entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    continue  # (closing the descriptor lets the lock go)
+                except BlockingIOError:  # its client lives
+                    pass
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    live.update(os.read(fd, min(st.st_size, _LIST_MAX)).decode("ascii", "replace").split())
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+        return live
 
     def take_gone_clients(self) -> list[tuple[int, list[str], float]]:
         """The lists of segments of the local clients that are gone, removing them: ``(pid, names, when the

@@ -162,8 +162,8 @@ def _made_by_process(names: Iterable[str], prefix: str, pid: int) -> list[str]:
     return [n for n in names if n.startswith(maker) and _TAIL.fullmatch(n, len(maker))]
 
 
-def sweep_segments(daemon: str) -> int:
-    """Unlink every segment of ``daemon``; returns how many were removed."""
+def sweep_segments(daemon: str, keep: "Iterable[str]" = ()) -> int:
+    """Unlink every segment of ``daemon`` but those named in ``keep``; returns how many were removed."""
     n = 0
     prefix = segment_prefix(daemon)
     try:
@@ -171,8 +171,9 @@ def sweep_segments(daemon: str) -> int:
     except FileNotFoundError:
         return 0
     uid = os.getuid()
+    kept = set(keep)
     for p in entries:
-        if p.name.startswith(prefix):
+        if p.name.startswith(prefix) and p.name not in kept:
             try:
                 if os.lstat(p).st_uid != uid:  # planted by another user: not ours to remove, never used
                     log.warning("event=foreign-segment name=%s detail=owned by another user; skipped", p.name)

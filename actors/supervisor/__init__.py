@@ -47,6 +47,7 @@ from actors._rundir import RunDir
 from actors._spawn import kill_group, raise_open_files
 from actors._subreaper import become_subreaper, reap_adopted, sweep
 from actors.shm import unlink_listed
+from actors.supervisor._handed import HandedSegments, referring
 from actors.config import Config
 from actors.extensions import ChildSpec, Extension, load_extensions, pass_down
 from actors.messages import (ActorInfo, DaemonInfo, JobDone, JobInfo, JobInfos, Limits, Message, StatusReply,
@@ -121,6 +122,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self._allowed_mtime = 0.0
         self.allow = compile_allow(cfg.jobs.allow)
         self.shm_prefix = f"ensemble.{cfg.shm_key}."
+        self.handed = HandedSegments(self.shm_prefix)  # gone clients' segments that jobs held still refer to
         self.internal_token = os.urandom(16).hex()  # the controller's proof for TaskSubmit (given at spawn)
         self._peer = LOCAL  # who sent the request being handled
         self.pushes: dict[bytes, list[JobInfo]] = {}
@@ -186,9 +188,6 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.cfg.make_state_dir()
         from actors.shm import sweep_segments
 
-        swept = sweep_segments(self.cfg.shm_key)
-        if swept:
-            log.warning("event=sweep segments=%d detail=shared-memory segments of a dead daemon removed", swept)
         self.journal = Journal(self.state_dir / "jobs.sqlite3")
         self.book = JobBook(self.journal)
         returned = _HeldAtCrash(self.rundir.take_all_held(), self.limits, self.shm_prefix)
@@ -197,6 +196,15 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         if q or rq or lost or returned.ended:
             log.info("event=recover queued=%d requeued=%d worker_lost=%d held_results=%d", q, rq, lost,
                      returned.ended)
+        # what a killed daemon left, but a live client's (its pool outlives the daemon, as its connection does) and
+        # what recovered jobs' arguments refer to (kept until they end: see _handed)
+        live = self.rundir.live_client_segments()
+        needed = {name: ids for name, ids in referring(self.book.jobs.values(), self.shm_prefix).items()
+                  if name not in live}
+        self.handed.adopt(needed, time.time())
+        swept = sweep_segments(self.cfg.shm_key, keep=live | needed.keys())
+        if swept:
+            log.warning("event=sweep segments=%d detail=shared-memory segments of a dead daemon removed", swept)
         self.ctx = zmq.Context()
         self.control = self._bind(self.rundir.control, hwm=100_000)
         self.internal = self._bind(self.rundir.internal, hwm=0)
@@ -301,14 +309,21 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         while it lives (:class:`actors._rundir.OwnedSegments`); a list whose
         lock is free has no client left, which could not unlink its own
         ``empty()`` arrays and argument pool as a client that exits does:
-        they stayed until ``ensemble down``.
+        they stayed until ``ensemble down``.  Those that jobs it submitted
+        still refer to stay until those jobs end (:mod:`actors.supervisor._handed`).
         """
+        jobs = self.book.jobs if self.book is not None else {}
         for pid, names, grew in self.rundir.take_gone_clients():
-            removed = unlink_listed(self.shm_prefix, pid, names, grew)
+            kept = self.handed.take(pid, names, grew, jobs)  # what jobs it submitted still read (see _handed)
+            removed = unlink_listed(self.shm_prefix, pid, [n for n in names if n not in kept], grew)
             if removed:
                 self.counters["gone_client_segments_unlinked"] += removed
-                log.info("event=client-gone pid=%d unlinked=%d detail=the shared memory of a client that did not "
-                         "exit normally (killed?)", pid, removed)
+            if removed or kept:
+                log.info("event=client-gone pid=%d unlinked=%d kept_for_jobs=%d detail=the shared memory of a "
+                         "client that ended with jobs it submitted unfinished, or did not exit normally", pid,
+                         removed, len(kept))
+        if self.handed.names:
+            self.counters["gone_client_segments_unlinked"] += self.handed.release(jobs)
 
     def _prune_slice(self, mono: float) -> float:
         """Prune one slice of the journal (:meth:`Journal.prune`); when to prune next.
@@ -530,7 +545,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             ("auth", lambda: self.auth.stop() if self.auth is not None else None),
             ("metrics", lambda: self.metrics.stop() if self.metrics is not None else None),
             ("sockets", lambda: self.ctx.destroy(linger=0) if hasattr(self, "ctx") else None),
-            ("segments", lambda: log.info("event=swept segments=%d", sweep_segments(self.cfg.shm_key))),
+            ("segments", lambda: log.info("event=swept segments=%d", sweep_segments(
+                self.cfg.shm_key, keep=self.rundir.live_client_segments()))),  # (a live client's are its own)
             ("run dir", self.rundir.release),
         ]
         for what, step in steps:

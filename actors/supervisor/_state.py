@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from actors.messages import (Dispatch, JobDone, JobInfo, JobSpec, JobsDone, JobUpdate, Limits, Message, Recalled,
                                  StatusReply)
     from actors.supervisor._children import Slot
+    from actors.supervisor._handed import HandedSegments
     from actors.supervisor._outbox import Outbox
     from actors.supervisor._tcpcap import ConnectionCap
     from actors.supervisor._transport import KeyRoles, Peer
@@ -78,6 +79,7 @@ class State:
     _allowed_mtime: float
     allow: "re.Pattern[str]"
     shm_prefix: str
+    handed: "HandedSegments"  # gone clients' segments that jobs held still refer to (see _handed)
     internal_token: str
     _peer: "Peer"
     _frame_len: int

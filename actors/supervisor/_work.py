@@ -107,15 +107,22 @@ class WorkMixin(State):
         name is kept when the rest it left is unlinked
         (:meth:`ChildrenMixin._unlink_left
         <actors.supervisor._children.ChildrenMixin._unlink_left>`).
+        An argument of a gone client that the result returns is recorded
+        the same way (:meth:`HandedSegments.claim
+        <actors.supervisor._handed.HandedSegments.claim>`): nobody else
+        would unlink it.
         """
         assert self.book is not None
         journal = self.book.journal
         maker = process_prefix(self.shm_prefix, pid)
         blob = journal.staged_result(job.id)
-        if blob is not None and maker.encode() in blob:
-            names = made_by(value, maker)
-            if names:
-                journal.stage_segments(job.id, names)
+        if blob is None:
+            return
+        names = made_by(value, maker) if maker.encode() in blob else []
+        if self.handed.names:  # an argument of a gone client, returned: the result's now (HandedSegments.claim)
+            names += self.handed.claim(value, blob)
+        if names:
+            journal.stage_segments(job.id, names)
 
     def _advance(self, slot: Slot, now: float, mono: float) -> None:
         """Mark the job now at the head of a worker's line as running.
