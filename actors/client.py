@@ -66,7 +66,8 @@ def _raise_for(info: JobInfo, lost: type[Exception] = JobLost, local: bool = Tru
         def gone(v: Any) -> Any:
             if type(v) is ArrayHandle:
                 raise JobError(f"job {info.id}: its result array ({v.name}) was already taken by a client, "
-                               "or the daemon restarted; results in shared memory are handed over once")
+                               "or the daemon was stopped since (`ensemble down` removes shared memory); results "
+                               "in shared memory are handed over once")
             return v
 
         value = walk(info.result, gone) if info.result is not None else None

@@ -86,8 +86,8 @@ def unlink_ended(segments: Iterable[tuple[str, float]], prefix: str) -> int:
     file of this user, made no later than its job ended (one made after
     is another segment of that name, made again by a process with the same
     pid: left alone).  One already gone is fine: its result was taken (the
-    taker unlinks it), or the daemon restarted since (segments are swept at
-    ``up`` and ``down``).  One ``lstat`` and one ``unlink`` a segment;
+    taker unlinks it), or the daemon was stopped since (``down`` sweeps
+    them; a start after a crash keeps those the journal records).  One ``lstat`` and one ``unlink`` a segment;
     what fails is logged, never raised (ValueError only for a ``prefix``
     that is no daemon's).
     """

@@ -196,13 +196,15 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         if q or rq or lost or returned.ended:
             log.info("event=recover queued=%d requeued=%d worker_lost=%d held_results=%d", q, rq, lost,
                      returned.ended)
-        # what a killed daemon left, but a live client's (its pool outlives the daemon, as its connection does) and
-        # what recovered jobs' arguments refer to (kept until they end: see _handed)
+        # what a killed daemon left, but a live client's (its pool outlives the daemon, as its connection does),
+        # what recovered jobs' arguments refer to (kept until they end: see _handed) and the result arrays that
+        # the journal records for their takers (unlinked when their jobs are pruned, as without a restart)
         live = self.rundir.live_client_segments()
         needed = {name: ids for name, ids in referring(self.book.jobs.values(), self.shm_prefix).items()
                   if name not in live}
         self.handed.adopt(needed, time.time())
-        swept = sweep_segments(self.cfg.shm_key, keep=live | needed.keys())
+        results = self.journal.segments_named(self.shm_prefix)
+        swept = sweep_segments(self.cfg.shm_key, keep=live | needed.keys() | results)
         if swept:
             log.warning("event=sweep segments=%d detail=shared-memory segments of a dead daemon removed", swept)
         self.ctx = zmq.Context()

@@ -24,8 +24,10 @@ that job ends, never unlinks one a job needs.  It runs once per gone list
 
 At start-up the daemon sweeps the segments a killed daemon left; it now
 keeps those a live client lists (its pool outlives a restart of its daemon,
-as its connection does) and those a recovered job refers to (here, until
-that job ends), and at ``down`` it keeps the live clients' again.
+as its connection does), those a recovered job refers to (here, until that
+job ends) and the result arrays the journal records for their takers
+(unlinked when their jobs are pruned); at ``down`` it keeps the live
+clients' again.
 """
 
 from __future__ import annotations

@@ -106,6 +106,28 @@ def test_a_live_client_s_arrays_and_a_recovered_job_s_argument_outlive_a_daemon_
              what=f"the killed client's segments {names} to be unlinked once its jobs ended")
 
 
+
+@pytest.mark.slow  # a daemon killed and brought up again
+def test_a_result_array_nobody_has_taken_outlives_a_daemon_killed_and_started_again(
+        make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(workers=1, jobs_only=True)
+    d.up()
+    c = d.client(timeout=60)
+    # unwatched (as `ensemble submit` without --wait): the result stays in shared memory for whoever takes it
+    (job_id,) = c.conn.submit([c.spec("tests.jobs:make_shared", 1000)]).result(60)
+    wait_for(lambda: any(i.id == job_id and i.state == "done" for i in c.jobs(limit=10)), 60, what="the result")
+    (name,) = [n for n in os.listdir(SHM_DIR) if n.startswith(f"ensemble.{d.config.shm_key}.")]
+    os.kill(d.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(d.pid) and not processes_mentioning(str(d.base)), 30,
+             what="the daemon and its worker to die")
+
+    d.up()
+    assert (SHM_DIR / name).exists()  # the journal records it as the job's result: not swept
+    taken = c.job(job_id).result(60)  # (it was "already taken by a client, or the daemon restarted")
+    assert taken.shape == (1000,) and float(taken[0]) == 1.5
+    assert not (SHM_DIR / name).exists()  # taken: handed over once, as without a restart
+
+
 def test_a_job_refers_to_the_names_its_packed_arguments_hold_and_to_no_longer_one() -> None:
     from actors._jobs import Job, held_spec
     from actors.messages import ArrayHandle, JobSpec
