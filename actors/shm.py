@@ -87,9 +87,9 @@ def unlink_ended(segments: Iterable[tuple[str, float]], prefix: str) -> int:
     is another segment of that name, made again by a process with the same
     pid: left alone).  One already gone is fine: its result was taken (the
     taker unlinks it), or the daemon was stopped since (``down`` sweeps
-    them; a start after a crash keeps those the journal records).  One ``lstat`` and one ``unlink`` a segment;
-    what fails is logged, never raised (ValueError only for a ``prefix``
-    that is no daemon's).
+    them; a start after a crash keeps those the journal records).  One
+    ``lstat`` and one ``unlink`` a segment; what fails is logged, never
+    raised (ValueError only for a ``prefix`` that is no daemon's).
     """
     if not prefix.startswith("ensemble.") or "/" in prefix:
         raise ValueError(f"{prefix!r} is not a daemon's segment prefix")

@@ -200,10 +200,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         # what recovered jobs' arguments refer to (kept until they end: see _handed) and the result arrays that
         # the journal records for their takers (unlinked when their jobs are pruned, as without a restart)
         live = self.rundir.live_client_segments()
-        needed = {name: ids for name, ids in referring(self.book.jobs.values(), self.shm_prefix).items()
-                  if name not in live}
-        self.handed.adopt(needed, time.time())
         results = self.journal.segments_named(self.shm_prefix)
+        needed = {name: ids for name, ids in referring(self.book.jobs.values(), self.shm_prefix).items()
+                  if name not in live and name not in results}  # (those stay their owners')
+        self.handed.adopt(needed, time.time())
         swept = sweep_segments(self.cfg.shm_key, keep=live | needed.keys() | results)
         if swept:
             log.warning("event=sweep segments=%d detail=shared-memory segments of a dead daemon removed", swept)

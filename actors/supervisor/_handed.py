@@ -55,11 +55,15 @@ def referring(jobs: Iterable[Job], head: str, tail: str = r"[0-9]{1,10}\.[0-9]{1
 
     ``head``: a process's prefix (:func:`process_prefix`, then ``tail`` is
     its counter ``[0-9]{1,20}``) or the daemon's (``<pid>.<n>`` follow).
+    Local clients' jobs only: a remote key's strings name nothing here (and
+    must not make the daemon keep, or later unlink, anything).
     """
     start = head.encode()
     pattern = re.compile(re.escape(start) + tail.encode())
     found: dict[str, set[int]] = {}
     for job in jobs:
+        if job.owner:  # a remote client's: its arrays crossed in the frame, it names no segment of this host
+            continue
         spec = job.spec
         for value in (spec.args, spec.kwargs):
             data = _packed(value)

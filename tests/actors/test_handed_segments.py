@@ -128,18 +128,19 @@ def test_a_result_array_nobody_has_taken_outlives_a_daemon_killed_and_started_ag
     assert not (SHM_DIR / name).exists()  # taken: handed over once, as without a restart
 
 
-def test_a_job_refers_to_the_names_its_packed_arguments_hold_and_to_no_longer_one() -> None:
+def test_a_local_job_refers_to_the_names_its_packed_arguments_hold_and_to_no_longer_one() -> None:
     from actors._jobs import Job, held_spec
     from actors.messages import ArrayHandle, JobSpec
     from actors.supervisor._handed import referring
 
-    def job(job_id: int, *args: object) -> Job:
-        return Job(job_id, held_spec(JobSpec("tests.jobs:numpy_sum", list(args), {})), 0.0)
+    def job(job_id: int, *args: object, owner: str = "") -> Job:
+        return Job(job_id, held_spec(JobSpec("tests.jobs:numpy_sum", list(args), {})), 0.0, owner=owner)
 
     held = [job(1, ArrayHandle("ensemble.k.12.1", "<f8", (3,))),
             job(2, {"a": [ArrayHandle("ensemble.k.12.10", "<f8", (3,))]}),
             job(3, b"pickled ... \x8c\x10ensemble.k.12.1\x94 ..."),  # a name inside a pickled value's bytes
-            job(4, ArrayHandle("ensemble.k.123.1", "<f8", (3,)), "ensemble.k.13.1")]
+            job(4, ArrayHandle("ensemble.k.123.1", "<f8", (3,)), "ensemble.k.13.1"),
+            job(5, "ensemble.k.12.1", "ensemble.k.12.2", owner="client:remote")]  # a remote key's: names nothing
     assert referring(held, "ensemble.k.12.", r"[0-9]{1,20}") == {"ensemble.k.12.1": {1, 3}, "ensemble.k.12.10": {2}}
     assert referring(held, "ensemble.k.") == {"ensemble.k.12.1": {1, 3}, "ensemble.k.12.10": {2},
                                               "ensemble.k.123.1": {4}, "ensemble.k.13.1": {4}}
