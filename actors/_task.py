@@ -17,6 +17,7 @@ from typing import Any, Callable
 from actors._errors import EnsembleError, WrongContextError
 
 _PUBLISH_EVERY = 0.02
+_DRAIN_AFTER_KILL = 1.0  # s run_process still reads a killed program's output, held open outside its group
 MAX_TIMEOUT_MS = 86_400_000  # a job's grace period (abort to kill) of one day at most: every check of it reads this
 _current: contextvars.ContextVar["Task | None"] = contextvars.ContextVar("ensemble_task", default=None)
 
@@ -163,8 +164,15 @@ class Task:
         ``args`` is a list, or a string split at unquoted whitespace (shell
         quoting respected).  While the program runs, an abort request kills it
         at once and this returns its exit code (negative: killed by signal).
-        Blocks the job (on the worker's main thread).  Raises
-        ``FileNotFoundError`` when the program does not exist.
+        The program runs in a process group of its own, and the abort kills
+        that group: what it started (``sh -c "a; b"``, a pipeline, a helper
+        in the background) goes with it, and this returns as promptly (it
+        read the output up to its end, which the program's children held
+        open: the job waited out its grace and was killed).  Output still
+        held open by a process that left the group is no longer waited for
+        :data:`_DRAIN_AFTER_KILL` seconds after the kill.  Blocks the job (on
+        the worker's main thread).  Raises ``FileNotFoundError`` when the
+        program does not exist.
         """
         # imported here: only jobs that run programs pay for them (``import actors`` stays light for clients)
         import queue
@@ -182,6 +190,7 @@ class Task:
                 text=True,
                 errors="replace",
                 bufsize=1,
+                process_group=0,  # (still in the worker's session: the daemon's kill of a job finds it below)
             )
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"run_process: program {command!r} was not found (searched PATH)") from exc
@@ -197,9 +206,19 @@ class Task:
 
         reader = threading.Thread(target=pump, name=f"run_process-{proc.pid}", daemon=True)
         reader.start()
+        killed_at = 0.0
         while True:
-            if self.should_abort() and proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+            if self.should_abort():
+                if not killed_at:
+                    killed_at = time.monotonic()
+                    # the group's id is the program's pid: not another's while the program is unreaped, nor
+                    # while anything it left in its group lives (and holds the output this still reads)
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):  # (none left in it)
+                        pass
+                elif time.monotonic() - killed_at > _DRAIN_AFTER_KILL:
+                    break  # a process that left its group holds the output: the job returns without the rest
             try:
                 line = lines.get(timeout=0.02)
             except queue.Empty:

@@ -160,6 +160,54 @@ def test_run_process_kills_the_program_when_aborted() -> None:
     wait_for(lambda: not pid_alive(program), 10, what="the program to be gone")
 
 
+
+def _aborted_while_running(script: str) -> tuple[list[int], list[list[Any]], float]:
+    """Run ``sh -c script`` through run_process, abort it once it printed its first line; (the pids it printed,
+    every call of log_fn, seconds from the abort to run_process's return)."""
+    task = Task(1, 500)
+    seen, log_fn = collecting()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(task.run_process("/bin/sh", ["-c", script], log_fn)))
+    thread.start()
+    try:
+        wait_for(lambda: seen, 30, what="the program's first line")
+        aborted = time.monotonic()
+        task.abort("cancel")
+        thread.join(30)
+        took = time.monotonic() - aborted
+        assert not thread.is_alive(), "run_process did not return after the abort"
+    finally:
+        task.abort()
+        thread.join(30)
+    return [int(line) for done, line in seen if not done and str(line).isdigit()], seen, took
+
+
+@pytest.mark.parametrize("script", [
+    "sleep 3600 & echo $!; wait",  # the program waits for its child
+    "sleep 3600 & echo $!",  # the program ended; its child, in its group, holds the output
+    "echo $$; sleep 3600; echo never",  # a command line: the shell's child, then more
+])
+def test_an_abort_kills_what_the_program_started_in_its_group_and_returns(script: str) -> None:
+    pids, seen, _ = _aborted_while_running(script)
+    assert pids and seen[-1][0] is True  # (it used to wait for the output's end, held open by the sleep)
+    assert "never" not in [line for _, line in seen]
+    for pid in pids:
+        wait_for(lambda: not pid_alive(pid), 10, what=f"process {pid} the program started to be gone")
+
+
+def test_an_abort_stops_waiting_for_output_held_by_a_process_that_left_the_group() -> None:
+    import os
+    import signal
+
+    pids, seen, _ = _aborted_while_running("setsid sleep 3600 & echo $!; wait")
+    try:
+        assert seen[-1][0] is True  # returned, though the setsid sleep still holds the output
+    finally:
+        for pid in pids:  # not the job's any more once it left the group: the daemon's kill of a job finds it
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 # --------------------------------------------------------------------------------- run_process inside jobs
 def test_run_process_in_a_job_with_list_args(module_daemon: Daemon) -> None:
     out = module_daemon.client().submit("tests.jobs:run_lines", PY, ["-c", "print('hello'); print('world')"]).result(30)
@@ -192,6 +240,18 @@ def test_cancel_kills_the_program_at_once_so_the_job_ends_cancelled(module_daemo
     assert not pid_alive(pid)
     with pytest.raises(JobCancelled):
         job.result(5)
+
+
+def test_cancel_of_a_command_line_ends_the_job_cancelled_and_its_processes(module_daemon: Daemon) -> None:
+    # sh runs sleep as a child and waits: the kill of sh alone left sleep holding the output, and the job waited
+    # out its grace (60 s here) to end 'killed'
+    job = module_daemon.client().submit("tests.jobs:run_lines", "/bin/sh", ["-c", "echo $$; sleep 3600; echo never"],
+                                        60_000, grace=60)
+    shell = int(wait_for(lambda: job.status_message, 30, what="the shell's pid line"))
+    info = job.cancel(block=True, timeout=120)
+    assert info is not None and info.state == "cancelled", info
+    assert "never" not in [line for _, line in info.result["calls"]]
+    wait_for(lambda: not pid_alive(shell), 10, what="the shell to be gone")
 
 
 def test_example_job_count_lines_runs_wc(module_daemon: Daemon, tmp_path: Path) -> None:
