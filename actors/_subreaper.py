@@ -34,12 +34,14 @@ import os
 import signal
 import time
 
-from actors._procs import descendants, stat, tree, zombies_of
+from actors._procs import descendants, each, stat, tree, zombies_of
 
 log = logging.getLogger("ensemble.subreaper")
 
 # set by a local worker in its environment for its jobs' processes: its pid (see kill_marked)
 WORKER_ENV = "ENSEMBLE_WORKER_PID"
+# set beside it: the daemon's shared-memory key, the same for every start of one daemon (see kill_left_by_daemon)
+DAEMON_ENV = "ENSEMBLE_WORKER_DAEMON"
 _PR_SET_CHILD_SUBREAPER = 36
 _started: dict[int, str] = {}  # pid -> its start time ("" unknown): children this process waits on itself
 _PRUNE_AT = 256  # records kept before those of processes that are gone are dropped
@@ -234,6 +236,66 @@ def kill_marked(worker: int, since_ns: int) -> list[int]:
                 todo.append(pid)
     parents = below.keys() | {me}
     return sorted(pid for pid in marked if _kill_if_below(pid, parents))
+
+
+def kill_left_by_daemon(key: str) -> list[int]:
+    """SIGKILL what the jobs of an earlier start of this daemon (``key``: its shared-memory key) left running,
+    with what is below it; their pids.  For a daemon's start-up, before it starts a worker.
+
+    A daemon that stops in order ends its jobs' helpers (the processes a job
+    moved into a session or group of its own are below it: :func:`sweep`);
+    one killed (``kill -9``, a crash, the machine's OOM killer) cannot, and
+    they were adopted by init and ran for ever (the next daemon's ``down``
+    did not see them either).  They carry the daemon's key in their
+    environment (:data:`DAEMON_ENV`, set by each local worker for what its
+    jobs start, as :data:`WORKER_ENV`), and no job of this start has run
+    yet, so each process of this user that carries it is a dead daemon's.
+    A process whose environment was replaced without the mark is not found,
+    as :func:`kill_marked` does not find it.  One scan of ``/proc`` and an
+    ``environ`` read a process of this user; each is signalled through a
+    pidfd while its start time is still the one that was read.
+    """
+    me, uid = os.getpid(), os.getuid()
+    mark = f"\0{DAEMON_ENV}={key}\0".encode()
+    fields = dict(each())
+    marked: set[int] = set()
+    for pid in fields:
+        if pid == me:
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark in b"\0" + f.read():
+                    marked.add(pid)
+        except OSError:
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, st in fields.items():
+        children.setdefault(int(st[1]), []).append(pid)
+    todo = list(marked)
+    while todo:  # what a marked process started, its environment replaced or not
+        for pid in children.get(todo.pop(), ()):
+            if pid not in marked and pid != me:
+                marked.add(pid)
+                todo.append(pid)
+    killed = []
+    for pid in sorted(marked):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            now = stat(pid)  # read after the pidfd pinned it: another process given the pid since is not signalled
+            if now is None or now[19] != fields[pid][19] or now[0] == "Z":
+                continue
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            continue
+        finally:
+            os.close(fd)
+    return killed
 
 
 def _reap_all() -> None:

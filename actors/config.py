@@ -53,6 +53,8 @@ OTHER_VARIABLES: Mapping[str, str] = {
                            "workers' jobs print to",
     "ENSEMBLE_WORKER_PID": "set by a local worker for its jobs: its pid, by which the daemon finds what a job of a "
                            "worker killed or crashed under it left in a session of its own",
+    "ENSEMBLE_WORKER_DAEMON": "set by a local worker for its jobs: its daemon's key, by which the next start of a "
+                              "daemon that was killed finds what its jobs left running",
     "ENSEMBLE_PRIVATE_START": "fork (default) or spawn: how a private daemon starts (a fork of its owner, or a new interpreter)",
     "ENSEMBLE_PREFORK": "0: spawn every worker as a fresh interpreter (by default the first ones are forked at "
                         "start-up, and a standby waits for the next restart once one was needed)",

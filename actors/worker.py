@@ -78,7 +78,7 @@ from actors._arrays import WorkerArrays
 from actors._errors import POOL_BROKEN, ProtocolError, error_name, rebuilt_exception
 from actors._jobfn import explain_task_parameter, resolve, resolve_internal, takes_task
 from actors._keeper import fork_keeper
-from actors._subreaper import WORKER_ENV
+from actors._subreaper import DAEMON_ENV, WORKER_ENV
 from actors._signals import SignalPipe, start_unsignalled
 from actors._task import Task, activate, deactivate, set_home
 from actors.messages import (
@@ -127,6 +127,7 @@ class Worker(Child):
             # inherited by what its jobs start: the daemon finds by it what a job of this worker, killed or crashed
             # under it, left in a session of its own (actors._subreaper.kill_marked)
             os.environ[WORKER_ENV] = str(os.getpid())
+            os.environ[DAEMON_ENV] = cfg.shm_key  # and the next start of a daemon killed meanwhile (kill_left_by_daemon)
         self.pending: collections.deque[Dispatch] = collections.deque()  # guarded by _work
         self.current: tuple[Dispatch, Task] | None = None  # set by the main thread under _work
         self._work = threading.Condition(threading.Lock())

@@ -45,7 +45,7 @@ from actors._journal import Journal
 from actors._logging import setup as one_line_logging
 from actors._rundir import RunDir
 from actors._spawn import kill_group, raise_open_files
-from actors._subreaper import become_subreaper, reap_adopted, sweep
+from actors._subreaper import become_subreaper, kill_left_by_daemon, reap_adopted, sweep
 from actors.shm import unlink_listed
 from actors.supervisor._handed import HandedSegments, referring
 from actors.config import Config
@@ -207,6 +207,11 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         swept = sweep_segments(self.cfg.shm_key, keep=live | needed.keys() | results)
         if swept:
             log.warning("event=sweep segments=%d detail=shared-memory segments of a dead daemon removed", swept)
+        left = kill_left_by_daemon(self.cfg.shm_key)  # (a stop in order ends them: one killed could not)
+        if left:
+            log.warning("event=jobs-left-killed count=%d pids=%s detail=processes the jobs of a daemon that was "
+                        "killed had left running (in a session or process group of their own)", len(left),
+                        ",".join(map(str, left[:50])))
         self.ctx = zmq.Context()
         self.control = self._bind(self.rundir.control, hwm=100_000)
         self.internal = self._bind(self.rundir.internal, hwm=0)

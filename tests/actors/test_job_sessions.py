@@ -10,6 +10,7 @@ orphans, reaps those that end, and kills the rest when it stops.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from actors._procs import stat
 from tests import jobs
-from tests.conftest import pid_alive, wait_for
+from tests.conftest import pid_alive, processes_mentioning, wait_for
 
 
 def _ours(pid: int) -> bool:
@@ -151,6 +154,32 @@ def test_what_a_job_left_before_its_worker_was_killed_or_crashed_goes_and_an_ear
                      what=f"the orphan the {then} job left to go with it (it lived until the daemon stopped)")
             assert all(_ours(p) for p in helpers)  # an earlier job's helpers stay
         assert c.submit(jobs.square, 5).result(60) == 25
+    finally:
+        for pid in pids:
+            if _ours(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow  # a daemon killed and brought up again
+def test_what_jobs_left_running_when_their_daemon_was_killed_goes_at_its_next_start(make_daemon: Any,
+                                                                                   tmp_path: Path) -> None:
+    d = make_daemon(workers=1, jobs_only=True)
+    d.up()
+    pids: list[int] = []
+    try:
+        child, orphan, _ = pids = d.client().submit(jobs.leave_sessions, str(tmp_path / "pids")).result(60)
+        wait_for(lambda: os.getsid(child) == child and os.getsid(orphan) == orphan, 30, what="their own sessions")
+        os.kill(d.pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(d.pid) and not processes_mentioning(str(d.base)), 30,
+                 what="the daemon and its worker to die")
+        assert _ours(child) and _ours(orphan)  # init has them now: nothing else would end them
+        d.up()
+        wait_for(lambda: not _ours(child) and not _ours(orphan), 30,
+                 what="the killed daemon's jobs' helpers to be killed at its next start (they ran for ever)")
+        logged = (d.base / "state" / "daemon.log").read_text()
+        # (the third, a sleep of 0.5 s, may have ended by then)
+        assert re.search(r"event=jobs-left-killed count=[23] ", logged), logged[-3000:]
+        d.down()
     finally:
         for pid in pids:
             if _ours(pid):
