@@ -266,6 +266,9 @@ class Connection:
         self._wake_lock = threading.Lock()
         self._wake_pending = False  # a wake-up was sent and the I/O thread has not read the queue since
         self.gone: Exception | None = None  # the watched daemon died: every call raises this
+        # how many times the link to the daemon dropped (I/O thread): a thread's own request sent before a drop is
+        # never answered (the daemon that had it is gone), and fails as the I/O thread's do (see _ask)
+        self.drops = 0
         # what its death is, for this connection's user: the error every call raises (made from the message),
         # and the (state, error_type) of the JobInfo that jobs still waiting end with (an Executor: its pool broke)
         self.gone_as: Callable[[str], Exception] = DaemonError
@@ -365,12 +368,14 @@ class Connection:
         if len(frame) > self.limits.max_frame:
             raise ProtocolError(f"{type(msg).__name__} is {len(frame)} bytes, over the daemon's frame limit of "
                                 f"{self.limits.max_frame}")
+        drops = self.drops
         sock.send(frame)
         end = None if timeout is None else time.monotonic() + timeout
-        remote = self.curve is not None  # waits in slices: its key may be refused meanwhile (self.gone says so)
+        # waits in slices: the link may drop meanwhile (the daemon restarted: it never answers), or the daemon be
+        # given up (or a remote client's key refused): self.drops and self.gone say so (_check_link)
         while True:
             wait = -1 if end is None else max(0, int((end - time.monotonic()) * 1000))
-            if remote and not 0 <= wait <= _GONE_CHECK_MS:
+            if not 0 <= wait <= _GONE_CHECK_MS:
                 wait = _GONE_CHECK_MS
             # Set the receive timeout only when it moved by more than 50 ms (or between waiting forever and not):
             # asking libzmq costs two calls per request, and the wait is approximate by that much at most.
@@ -381,9 +386,8 @@ class Connection:
             try:
                 answer = sock.recv()  # one blocking call (poll then recv costs a second round into libzmq)
             except zmq.Again:
-                if self.gone is not None:
-                    raise self.gone from None
-                if remote and (end is None or time.monotonic() < end):
+                self._check_link(direct, msg, drops)
+                if end is None or time.monotonic() < end:
                     continue
                 raise NoAnswer.to(type(msg).__name__, timeout) from None
             got, reply = decode(answer, self.limits)
@@ -396,6 +400,30 @@ class Connection:
                 reply = JobInfos([self.arrays.import_info(i, strict=False, take=take) for i in reply.jobs],
                                  reply.journal)
             return reply
+
+    def _check_link(self, direct: _Direct, msg: Message, drops: int) -> None:
+        """While a thread's request waits: raise if it can no longer be answered.
+
+        The daemon was given up (or a remote client's key refused): ``gone``.
+        The link dropped since the request was sent (``drops`` then): the
+        daemon that had it stopped or restarted, and a new one never answers
+        it; a TransportError that says so, as the I/O thread's calls get.
+        Either way the thread's socket is dropped first, and with it a frame
+        ZeroMQ may still hold for the daemon: a daemon started later never
+        acts on a request whose caller was told it failed.
+        """
+        if self.gone is None and self.drops == drops:
+            return
+        with self._lock:
+            self._direct.discard(direct)
+            if getattr(self._local, "direct", None) is direct:
+                self._local.direct = None
+        direct.sock.close(linger=0)  # (its thread's own: this one)
+        if self.gone is not None:
+            raise self.gone
+        raise TransportError(f"the daemon closed the connection before answering {type(msg).__name__} (it stopped "
+                             "or restarted); a cancel or scale may or may not have been carried out: look before "
+                             "asking again")
 
     def submit(self, specs: list[JobSpec], listener: Listener | None = None) -> Future[list[int]]:
         """Submit jobs (merged with other pending submits); the future gives their ids.
@@ -837,6 +865,7 @@ class Connection:
                 self._receive(sock)  # what the daemon sent before it closed came first: it is answered
                 self._link_lost = True
                 self._lost_at = time.monotonic()
+                self.drops += 1
                 if self._listeners:  # say why results stop coming (a `with Executor()` would wait on in silence)
                     log.warning("event=daemon-disconnected jobs=%d detail=the daemon closed the connection; these "
                                 "jobs are in its journal and end when it is back (`ensemble up`), or end lost if it "
@@ -950,7 +979,7 @@ class Connection:
                 fut.set_exception(exc)
 
 
-_GONE_CHECK_MS = 250  # a remote client's request looks at whether its key was refused this often while it waits
+_GONE_CHECK_MS = 250  # a thread's request looks this often at whether it can still be answered (Connection._check_link)
 _LIVE: "weakref.WeakSet[Connection]" = weakref.WeakSet()  # the connections made in this process (see _forked)
 
 
