@@ -215,25 +215,9 @@ def kill_marked(worker: int, since_ns: int) -> list[int]:
     except OSError:
         return []
     since = _ticks(since_ns)
-    mark = f"\0{WORKER_ENV}={worker}\0".encode()
     fields = {pid: st for pid, st in below.items() if int(st[19]) >= since}
-    marked: set[int] = set()
-    for pid in fields:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if mark in b"\0" + f.read():
-                    marked.add(pid)
-        except OSError:
-            continue
-    children: dict[int, list[int]] = {}
-    for pid, st in fields.items():
-        children.setdefault(int(st[1]), []).append(pid)
-    todo = list(marked)
-    while todo:  # (a child of a marked process started after it: in ``fields`` too)
-        for pid in children.get(todo.pop(), ()):
-            if pid not in marked:
-                marked.add(pid)
-                todo.append(pid)
+    # (a child of a marked process started after it: in ``fields`` too)
+    marked = _carrying(fields, f"\0{WORKER_ENV}={worker}\0".encode())
     parents = below.keys() | {me}
     return sorted(pid for pid in marked if _kill_if_below(pid, parents))
 
@@ -255,30 +239,8 @@ def kill_left_by_daemon(key: str) -> list[int]:
     ``environ`` read a process of this user; each is signalled through a
     pidfd while its start time is still the one that was read.
     """
-    me, uid = os.getpid(), os.getuid()
-    mark = f"\0{DAEMON_ENV}={key}\0".encode()
     fields = dict(each())
-    marked: set[int] = set()
-    for pid in fields:
-        if pid == me:
-            continue
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if mark in b"\0" + f.read():
-                    marked.add(pid)
-        except OSError:
-            continue
-    children: dict[int, list[int]] = {}
-    for pid, st in fields.items():
-        children.setdefault(int(st[1]), []).append(pid)
-    todo = list(marked)
-    while todo:  # what a marked process started, its environment replaced or not
-        for pid in children.get(todo.pop(), ()):
-            if pid not in marked and pid != me:
-                marked.add(pid)
-                todo.append(pid)
+    marked = _carrying(fields, f"\0{DAEMON_ENV}={key}\0".encode(), os.getuid())
     killed = []
     for pid in sorted(marked):
         try:
@@ -296,6 +258,35 @@ def kill_left_by_daemon(key: str) -> list[int]:
         finally:
             os.close(fd)
     return killed
+
+
+def _carrying(fields: dict[int, list[str]], mark: bytes, uid: int | None = None) -> set[int]:
+    """The processes of ``fields`` (pid -> stat fields) but this one whose environment holds ``mark`` (of user
+    ``uid`` only, when given), with every process of ``fields`` below them: what they started, its environment
+    replaced or not.  An ``environ`` read a process (one of another user cannot be read, but as root)."""
+    me = os.getpid()
+    marked: set[int] = set()
+    for pid in fields:
+        if pid == me:
+            continue
+        try:
+            if uid is not None and os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark in b"\0" + f.read():
+                    marked.add(pid)
+        except OSError:
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, st in fields.items():
+        children.setdefault(int(st[1]), []).append(pid)
+    todo = list(marked)
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            if pid not in marked and pid != me:
+                marked.add(pid)
+                todo.append(pid)
+    return marked
 
 
 def _reap_all() -> None:
