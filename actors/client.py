@@ -249,8 +249,13 @@ class JobHandle:
 
     def refresh(self) -> JobInfo:
         """Fetch the job's current snapshot from the daemon."""
+        return self._fetch(None)
+
+    def _fetch(self, timeout: float | None) -> JobInfo:
+        """:meth:`refresh` within ``timeout`` seconds and the client's own timeout (None: the client's)."""
         info: JobInfo
-        (info,) = self.client._call(GetJobs([self.id])).jobs
+        wait = self.client.timeout if timeout is None else min(timeout, self.client.timeout)
+        (info,) = self.client._call(GetJobs([self.id]), timeout=wait).jobs
         self._update(info)
         return info
 
@@ -302,17 +307,11 @@ class JobHandle:
                                   f"{self._info.state if self._info else 'queued'}; it goes on: wait again or cancel it)")
             if not self._done.wait(left):
                 try:  # fallback if a push was lost
-                    self._poll(None if end is None else max(0.1, end - time.monotonic()))
+                    self._fetch(None if end is None else max(0.1, end - time.monotonic()))
                 except TransportError:  # the daemon restarted, or is slow: no news, and this wait's time is its own
                     pass  # (the connection watches the job again once the daemon is back, or ends it as lost)
         assert self._info is not None
         return self._info
-
-    def _poll(self, timeout: float | None) -> None:
-        """One fetch of the job's snapshot for :meth:`wait`, within ``timeout`` and the client's own."""
-        wait = self.client.timeout if timeout is None else min(timeout, self.client.timeout)
-        (info,) = self.client._call(GetJobs([self.id]), timeout=wait).jobs
-        self._update(info)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job and return its value.
