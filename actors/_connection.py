@@ -185,15 +185,21 @@ class _Direct:
     then (:func:`_drop_socket`): a thread per request leaves no socket behind.
     """
 
-    __slots__ = ("sock", "rcvtimeo", "busy", "__weakref__")
+    __slots__ = ("sock", "monitor", "rcvtimeo", "busy", "__weakref__")
 
-    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[Any] | None = None) -> None:
         self.sock = sock
+        # a remote client's: its socket's CURVE handshake refused (a revoked key), which its requests then say
+        self.monitor = monitor
         self.rcvtimeo: int | None = None  # the receive timeout last set on it (ms), None before the first
         self.busy = False
 
+    def close(self) -> None:
+        """Close the socket (and its monitor): what ZeroMQ still held to send in it is dropped."""
+        _drop_socket(self.sock, os.getpid(), self.monitor)
 
-def _drop_socket(sock: zmq.Socket[bytes], pid: int) -> None:
+
+def _drop_socket(sock: zmq.Socket[bytes], pid: int, monitor: zmq.Socket[Any] | None = None) -> None:
     """A thread's :class:`_Direct` went (the thread ended, or its connection was dropped): close its socket.
 
     Runs where the object is freed: in the ending thread, which owned it, or
@@ -203,6 +209,12 @@ def _drop_socket(sock: zmq.Socket[bytes], pid: int) -> None:
     parent's ZeroMQ context (pyzmq only drops it).
     """
     if os.getpid() == pid:
+        if monitor is not None:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:  # (closed already)
+                pass
+            monitor.close(linger=0)
         sock.close(linger=0)
 
 
@@ -319,7 +331,7 @@ class Connection:
             with self._lock:
                 direct.busy = False
                 if self._closed:  # close() left this socket to this thread, which used it: closed here
-                    direct.sock.close(linger=0)
+                    direct.close()
 
     def _begin(self) -> _Direct:
         """The calling thread's socket, made at its first request, marked busy; the refusal once closed."""
@@ -341,6 +353,7 @@ class Connection:
         except zmq.ZMQError as exc:  # (EMFILE: ZeroMQ's limit of sockets per context, or the process's of files)
             raise TransportError(f"no socket to the daemon could be opened for this thread: {exc} ({len(self._direct)} "
                                  "threads hold one; each thread that makes requests holds one until it ends)") from exc
+        monitor = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
             if self.curve is not None:
@@ -348,14 +361,15 @@ class Connection:
 
                 curve_client(sock, *self.curve)
                 sock.routing_id = _unguessable_id()
+                monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             sock.connect(self.endpoint)
         except BaseException as exc:
-            sock.close(linger=0)
+            _drop_socket(sock, self.pid, monitor)
             if isinstance(exc, zmq.ZMQError):
                 raise TransportError(f"could not connect to the daemon at {self.endpoint}: {exc}") from exc
             raise
-        direct = _Direct(sock)
-        weakref.finalize(direct, _drop_socket, sock, self.pid).atexit = False  # (at exit: see _drop_socket)
+        direct = _Direct(sock, monitor)
+        weakref.finalize(direct, _drop_socket, sock, self.pid, monitor).atexit = False  # (at exit: _drop_socket)
         self._local.direct = direct
         self._direct.add(direct)
         return direct
@@ -389,6 +403,9 @@ class Connection:
                 self._check_link(direct, msg, drops)
                 if end is None or time.monotonic() < end:
                     continue
+                # the frame may still wait in the socket for a daemon that is away: dropped with it, so that no
+                # daemon acts later on a request its caller was told went unanswered
+                self._drop_direct(direct)
                 raise NoAnswer.to(type(msg).__name__, timeout) from None
             got, reply = decode(answer, self.limits)
             if got != corr:
@@ -412,18 +429,31 @@ class Connection:
         ZeroMQ may still hold for the daemon: a daemon started later never
         acts on a request whose caller was told it failed.
         """
-        if self.gone is None and self.drops == drops:
+        refused = direct.monitor is not None and bool(direct.monitor.poll(0))  # (the only event it reports)
+        if self.gone is None and self.drops == drops and not refused:
             return
+        self._drop_direct(direct)
+        if self.gone is not None:
+            raise self.gone
+        if refused:
+            raise self._key_refused()
+        raise TransportError(f"the daemon closed the connection before answering {type(msg).__name__} (it stopped "
+                             "or restarted); a cancel or scale may or may not have been carried out: look before "
+                             "asking again")
+
+    def _drop_direct(self, direct: _Direct) -> None:
+        """Close the calling thread's own socket (its next request opens another), and what it held to send."""
         with self._lock:
             self._direct.discard(direct)
             if getattr(self._local, "direct", None) is direct:
                 self._local.direct = None
-        direct.sock.close(linger=0)  # (its thread's own: this one)
-        if self.gone is not None:
-            raise self.gone
-        raise TransportError(f"the daemon closed the connection before answering {type(msg).__name__} (it stopped "
-                             "or restarted); a cancel or scale may or may not have been carried out: look before "
-                             "asking again")
+        direct.close()
+
+    def _key_refused(self) -> PermissionDenied:
+        return PermissionDenied(
+            f"the daemon at {self.endpoint} refused this client's key in the CURVE handshake: the key was "
+            "revoked, or this daemon never issued it (`ensemble keys list` on its host); ask its operator "
+            "for a key")
 
     def submit(self, specs: list[JobSpec], listener: Listener | None = None) -> Future[list[int]]:
         """Submit jobs (merged with other pending submits); the future gives their ids.
@@ -542,7 +572,7 @@ class Connection:
             directs = list(self._direct)  # (dropped after the lock: a dead thread's object may go with it)
             for direct in directs:
                 if not direct.busy:  # its thread is not in it, and marks it busy only while open (_begin)
-                    direct.sock.close(linger=0)
+                    direct.close()
         self._wake()
         if not self.on_io_thread():
             self._thread.join(timeout=5)
@@ -878,10 +908,7 @@ class Connection:
                             "the daemon closed the connection before answering (it stopped or restarted); a submit "
                             "may or may not have been accepted: look at your jobs (`ensemble jobs`) before resubmitting"))
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.gone is None:  # no request would be answered
-                self._end_all(PermissionDenied(
-                    f"the daemon at {self.endpoint} refused this client's key in the CURVE handshake: the key was "
-                    "revoked, or this daemon never issued it (`ensemble keys list` on its host); ask its operator "
-                    "for a key"))
+                self._end_all(self._key_refused())
             elif event == zmq.EVENT_CONNECTED and self._link_lost and self.gone is None:
                 self._link_lost = False
                 with self._lock:

@@ -359,6 +359,32 @@ def test_a_revoked_key_is_told_so_at_once(remote: Remote) -> None:
     assert remote.client("c1").submit("examples.jobs:add", 2, 2).result(60) == 4  # the others go on
 
 
+def test_a_revoked_key_s_request_on_a_new_thread_is_told_so_at_once(remote: Remote) -> None:
+    """A client made before the revocation: a thread's first request opens a socket of its own, whose handshake
+    the daemon refuses. Nothing watched that socket, and the request waited out the client's whole timeout to
+    end ``NoAnswer`` ("is it overloaded or stopped?"); it says why now."""
+    import threading
+
+    c = remote.client("c2", timeout=600)
+    assert c.ping().pid
+    remote.d.cli("keys", "revoke", "c2")
+    log = remote.d.base / "state" / "daemon.log"
+    wait_for(lambda: "event=allow-list-reloaded" in log.read_text(), 30, what="the daemon to read the allow-list")
+    out: list[Any] = []
+
+    def ping() -> None:
+        try:
+            out.append(c.ping())
+        except Exception as exc:  # noqa: BLE001 - what it raised is what the test looks at
+            out.append(exc)
+
+    thread = threading.Thread(target=ping, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the request waited on for an answer a refused handshake never brings"
+    assert isinstance(out[0], PermissionDenied) and "the key was revoked" in str(out[0]), out
+
+
 def test_a_call_queued_as_the_handshake_is_refused_fails_with_it(remote: Remote) -> None:
     """A call that passed the client's refusal check just before the refusal was read, and was queued just after it
     failed the queue, was sent to the daemon that refused the key and waited out the client's whole timeout (seen
