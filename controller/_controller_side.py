@@ -26,6 +26,7 @@ an offline render) never reach each other.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import json
@@ -37,6 +38,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
+
+import msgspec
 
 from actors import EnsembleError, WrongContextError
 from controller.messages import (
@@ -70,17 +73,21 @@ class StateFile:
     def __init__(self, file: Path) -> None:
         self.file = file
         self._pending: dict[str, str] = {}  # script path -> its entry as JSON text (the newest)
+        self._then: list[Callable[[], None]] = []  # called once the pending entries are written (see save)
         self._writing = False
         self._closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="state-writer", daemon=True)
         self._thread.start()
 
-    def save(self, script: str, entry: dict[str, Any]) -> None:
-        """Record ``script``'s newest entry (encoded now: later changes to its objects are not saved)."""
+    def save(self, script: str, entry: dict[str, Any], then: Callable[[], None] | None = None) -> None:
+        """Record ``script``'s newest entry (encoded now: later changes to its objects are not saved); ``then()``
+        is called on the writer's thread once it is written (or its write failed, which the log says)."""
         text = json.dumps(entry, default=str)
         with self._cond:
             self._pending[script] = text
+            if then is not None:
+                self._then.append(then)
             self._cond.notify_all()
 
     def read(self, script: str) -> dict[str, Any]:
@@ -118,6 +125,7 @@ class StateFile:
                 if not self._pending:
                     return
                 batch, self._pending = self._pending, {}
+                then, self._then = self._then, []
                 self._writing = True
             try:
                 self._write(batch)
@@ -127,6 +135,11 @@ class StateFile:
                 with self._cond:
                     self._writing = False
                     self._cond.notify_all()
+            for fn in then:
+                try:
+                    fn()
+                except Exception as exc:  # noqa: BLE001 - (the runtime stopped meanwhile): the writer goes on
+                    log.warning("event=state-saved-callback-failed reason=%s", exc)
 
     def _write(self, batch: dict[str, str]) -> None:
         try:
@@ -150,6 +163,8 @@ class ControllerScript:
         self.outbox = outbox
         self.state_dir = state_dir
         self.state = StateFile(state_dir / "script-state.json")
+        self._params_lock = threading.Lock()  # the values last sent, and each send (see _send_params, _saved)
+        self._params_sent: ParamValues | None = None
         self.deadline = Deadline(budget_ms / 1000.0, grace_ms / 1000.0)  # the budget's interrupt, then the grace
         self.client_factory = client_factory
         self.module: ModuleType | None = None
@@ -462,7 +477,7 @@ class ControllerScript:
         on_status = getattr(self.module, "on_status", None)
         if callable(on_status):  # status/paint-like notifications: lowest priority, once a second
             self.start_timer(STATUS_INTERVAL_MS, on_status, STATUS)
-        self.outbox.put(self._param_message([]))
+        self._send_params([])
         self.outbox.put(ScriptReady(self.path, number, digest))
         held, self._held = self._held, []
         for msg in held:
@@ -539,7 +554,7 @@ class ControllerScript:
         self._forget_script()
         # after any ParamValues of the script; the daemon, which forgot the parameters when it sent the unload,
         # ignores this one as it does those before it (they carry the unloaded load's number)
-        self.outbox.put(self._param_message([]))
+        self._send_params([])
         log.warning("event=script-unloaded reason=%s", reason)
 
     def _drop_callbacks(self) -> None:
@@ -572,8 +587,8 @@ class ControllerScript:
         """define_parameter in the module code of the script loading."""
         add_param(self.params, p)
 
-    def save_state(self) -> None:
-        """Persist parameter values and what ``on_save()`` returns (script thread)."""
+    def save_state(self, then: Callable[[], None] | None = None) -> None:
+        """Persist parameter values and what ``on_save()`` returns (script thread); ``then()`` once written."""
         entry: dict[str, Any] = {"params": dict(self.values)}
         if self.bindings:
             entry["bindings"] = dict(self.bindings)
@@ -586,20 +601,23 @@ class ControllerScript:
                 self._kept_state = {"state": entry["state"]}
             except BaseException as exc:  # noqa: BLE001
                 self._report("on_save", exc)
-        self.state.save(self.path, entry)  # written by the state file's own thread
+        self.state.save(self.path, entry, then)  # written by the state file's own thread
 
-    def _param_message(self, call: list[str], applied: int = 0) -> ParamValues:
+    def _param_message(self, call: list[str]) -> ParamValues:
         infos = [ParamInfo(p.name, p.long_name, self.values.get(p.name, p.default), p.default, p.min, p.max, p.kind,
                            p.processor, self.bindings.get(p.name, -1), list(p.choices)) for p in self.params.values()]
-        return ParamValues(infos, call, applied, self.load_number)  # the load's number: see ParamValues.load
+        return ParamValues(infos, call, 0, self.load_number)  # the load's number: see ParamValues.load
 
     def param_from_outside(self, name: str, value: Any, seq: int = 0) -> None:
         """A ``param set`` from a client or the processor: a control callback (any thread).
 
         ``seq``: the daemon's number for a client's change, echoed as
-        ``ParamValues.applied`` once the value is applied and saved (before
-        its ``on_change`` runs), so that the daemon knows which changes to
-        send again to a controller restarted before it applied them.
+        ``ParamValues.applied`` once the value is applied and written to the
+        state file (a control callback queued by the writer: :meth:`_saved`),
+        so that the daemon knows which changes to send again to a controller
+        restarted before that.  The values go out at once, without it: a
+        controller killed between the two used to lose a change the daemon
+        had already been told was saved.
         """
         self.submit(CONTROL, self._apply_param, (name, value, seq), f"param {name}")
 
@@ -618,10 +636,24 @@ class ControllerScript:
                               load=False)
             return
         self.values[name] = value
-        self.save_state()
-        self.outbox.put(self._param_message([name] if p.processor and p.on_change else [], seq))
+        self.save_state(functools.partial(self._saved, seq) if seq else None)
+        self._send_params([name] if p.processor and p.on_change else [])
         if p.on_change is not None and not p.processor and not self._refused(f"on_change({name})"):
             self._call(p.on_change, (value,), f"on_change({name})")
+
+    def _send_params(self, call: list[str]) -> None:
+        """Send the parameters' values (script thread), kept as the last sent for :meth:`_saved`."""
+        with self._params_lock:
+            self._params_sent = self._param_message(call)
+            self.outbox.put(self._params_sent)
+
+    def _saved(self, seq: int) -> None:
+        """The client's change numbered ``seq`` (and those before it) is on disk: the daemon hears so (the state
+        file's writer thread).  The values it carries are the last sent (under the lock the script thread sends
+        them under: never older than one already sent); the script thread's are not read here."""
+        with self._params_lock:
+            if self._params_sent is not None:
+                self.outbox.put(msgspec.structs.replace(self._params_sent, call=[], applied=seq))
 
     def bind_from_outside(self, name: str, controller: int) -> None:
         """A ``param bind``: parameter ``name`` follows MIDI controller ``controller`` (-1: unbind).  Any thread.
@@ -641,7 +673,7 @@ class ControllerScript:
             p.from_controller(0.0)  # refuses a kind no controller can move, before it is bound
             self.bindings[name] = controller
         self.save_state()
-        self.outbox.put(self._param_message([]))
+        self._send_params([])
         log.info("event=param-bind name=%s controller=%d", name, controller)
 
     def controller_moved(self, controller: int, value: float) -> None:

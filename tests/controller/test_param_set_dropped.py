@@ -76,7 +76,8 @@ def test_a_set_dropped_by_a_load_is_an_error_for_its_client_and_for_param_set(da
     assert str(failed[0]) == f"param set gone=3 {why}", failed[0]
     assert cli.returncode == 1, (out, err)
     assert out == "" and err == f"ensemble: error: param set gone=4 {why}\n", err
-    assert _state(c, queued.seq) == "applied"
+    # (applied once written to the state file: the controller says so after the write, a moment later)
+    wait_for(lambda: _state(c, queued.seq) == "applied", what="the held change to be applied and saved")
     assert _state(c, queued.seq + 1) == "dropped"
     assert _state(c, 10**6) == "unknown"
 

@@ -66,3 +66,47 @@ def test_a_save_does_not_wait_for_the_write_in_flight(tmp_path: Path) -> None:
         release.set()
         state.close()
     assert json.loads(file.read_text()) == {"/s/a.py": {"params": {"gain": 49}}}
+
+
+def test_a_client_s_change_is_reported_applied_only_once_it_is_on_disk(tmp_path: Path) -> None:
+    """The daemon stops sending a client's change again once the controller reports it applied
+    (``ParamValues.applied``); that report went out as the value was handed to the writer, so a controller killed
+    before the write lost a change the daemon thought saved (the next one read the old value from the file)."""
+    from controller._controller_side import ControllerScript
+    from controller.messages import ParamValues
+    from tests.conftest import wait_for
+    from tests.controller.test_callback_queue import Collect
+
+    script = tmp_path / "instrument.py"
+    script.write_text("from controller.script import define_parameter\n"
+                      "define_parameter('level', 'Level', 0.5, 0.0, 1.0)\n")
+    out = Collect()
+    rt = ControllerScript(out, tmp_path)
+    entered, release = threading.Event(), threading.Event()
+    write = rt.state._write
+
+    def slow_write(batch: dict[str, str]) -> None:  # the disk taking its time
+        entered.set()
+        release.wait(30)
+        write(batch)
+
+    def sent() -> list[ParamValues]:
+        return [m for m in list(out.items) if isinstance(m, ParamValues)]
+
+    try:
+        rt.load(str(script), False)
+        wait_for(lambda: rt.module is not None and sent(), what="the load")
+        rt.barrier()
+        rt.state._write = slow_write  # type: ignore[method-assign]
+        rt.param_from_outside("level", 0.75, seq=7)
+        wait_for(lambda: any(p.value == 0.75 for m in sent() for p in m.params), what="the value to be sent")
+        assert entered.wait(30)  # the write has begun, and waits
+        assert all(m.applied == 0 for m in sent()), "reported applied before the value was on disk"
+        release.set()
+        wait_for(lambda: any(m.applied == 7 for m in sent()), what="the change to be reported applied once written")
+        assert json.loads((tmp_path / "script-state.json").read_text())[str(script)]["params"]["level"] == 0.75
+        last = [m for m in sent() if m.applied == 7][-1]
+        assert [p.value for p in last.params] == [0.75]  # with the values last sent
+    finally:
+        release.set()
+        rt.stop()
