@@ -198,9 +198,15 @@ class ScriptExtension(Extension):
             silent = code == -9 and slot.detail.startswith("silent")  # the supervisor killed it: no heartbeat came
             if silent:
                 how += f": {slot.detail}"
-            self._load_lost(f"{wedged_text('the script')}; the controller was restarted" if code == WEDGED_EXIT
-                            else f"the controller ended ({how}) while it loaded the script, and was restarted",
-                            stuck=silent or code == WEDGED_EXIT)
+            if code == WEDGED_EXIT:
+                why = f"{wedged_text('the script')}; the controller was restarted"
+            elif code == -9 and not silent:  # killed from outside (a user, the OOM killer): not the script's doing
+                why = ("the controller was killed (signal 9, not by the daemon: a user, or the OOM killer) after the "
+                       "load was sent and before it reported the script loaded (nothing says the script caused it: "
+                       "load it again), and was restarted")
+            else:
+                why = f"the controller ended ({how}) while it loaded the script, and was restarted"
+            self._load_lost(why, stuck=silent or code == WEDGED_EXIT)
         elif code == WEDGED_EXIT:
             if not self.wedge_heard:  # its report was lost with it
                 self._script_error(slot, f"Controller wedged: {wedged_text('a callback')}; the controller was restarted")

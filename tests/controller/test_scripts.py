@@ -128,3 +128,33 @@ def test_reload_keeps_parameters_and_aborts_background_tasks(daemon: Daemon) -> 
     c.reload_script()
     wait_for(lambda: c.jobs()[0].state in ("cancelled", "killed"), what="reload to abort the task")
     assert _param(c, "run") is True
+
+
+def test_a_load_the_controller_was_killed_before_reading_does_not_blame_the_script(daemon: Daemon,
+                                                                                   tmp_path: Path) -> None:
+    """A load sent to a controller that was then killed from outside (signal 9, the OOM killer, a user), before it
+    read it, failed saying the controller "ended (signal 9) while it loaded the script": the new, harmless script
+    blamed. It says what is known now."""
+    import os
+    import signal
+
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    first.write_text("from controller.script import define_parameter\ndefine_parameter('a', 'A', 1, 0, 10)\n")
+    second.write_text("from controller.script import define_parameter\ndefine_parameter('b', 'B', 2, 0, 10)\n")
+    c = daemon.client()
+    c.load_script(str(first), wait=30)
+    pid = daemon.actor("controller").pid
+    os.kill(pid, signal.SIGSTOP)  # it cannot read the load sent next
+    try:
+        before = c._load_state()[0]
+        c.load_script(str(second))  # accepted and sent: loading
+        wait_for(lambda: c._load_state()[:2] == [before + 1, "loading"], what="the load to be under way")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    number, state, error = wait_for(lambda: (s := c._load_state())[1] == "failed" and s, 60, what="the load to fail")
+    assert number == before + 1
+    assert "the controller was killed (signal 9, not by the daemon" in error and "load it again" in error, error
+    assert "while it loaded the script" not in error, error
+    assert error.endswith(f", with the script it ran before ({first})"), error
+    wait_for(lambda: daemon.actor("controller").state == "running", 60, what="the controller to run again")
+    c.load_script(str(second), wait=30)  # and so it does
