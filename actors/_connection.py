@@ -281,6 +281,7 @@ class Connection:
         # how many times the link to the daemon dropped (I/O thread): a thread's own request sent before a drop is
         # never answered (the daemon that had it is gone), and fails as the I/O thread's do (see _ask)
         self.drops = 0
+        self._unsent: collections.deque[bytes] = collections.deque()  # frames the I/O socket would not take yet
         # what its death is, for this connection's user: the error every call raises (made from the message),
         # and the (state, error_type) of the JobInfo that jobs still waiting end with (an Executor: its pool broke)
         self.gone_as: Callable[[str], Exception] = DaemonError
@@ -383,8 +384,17 @@ class Connection:
             raise ProtocolError(f"{type(msg).__name__} is {len(frame)} bytes, over the daemon's frame limit of "
                                 f"{self.limits.max_frame}")
         drops = self.drops
-        sock.send(frame)
         end = None if timeout is None else time.monotonic() + timeout
+        while True:  # (a DEALER with no peer blocks a send: a refused handshake leaves it none, see _send_unsent)
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                self._check_link(direct, msg, drops)
+                if end is not None and time.monotonic() >= end:
+                    self._drop_direct(direct)
+                    raise NoAnswer.to(type(msg).__name__, timeout) from None
+                sock.poll(_GONE_CHECK_MS, zmq.POLLOUT)
         # waits in slices: the link may drop meanwhile (the daemon restarted: it never answers), or the daemon be
         # given up (or a remote client's key refused): self.drops and self.gone say so (_check_link)
         while True:
@@ -668,7 +678,7 @@ class Connection:
         self._ready.set()
         try:
             while not self._closed:
-                events = dict(poller.poll(1000))
+                events = dict(poller.poll(1000 if not self._unsent else _GONE_CHECK_MS))
                 if self._wake_rx in events:
                     while True:
                         try:
@@ -698,6 +708,7 @@ class Connection:
         if self.gone is not None:  # queued after _end_all failed the queue: the daemon would never answer them
             self._fail_queued(self.gone)
             return
+        self._send_unsent(sock)
         submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]] = []
         queued = 0  # jobs in ``submits`` (a running count: re-summing made big batches quadratic)
         size = 0  # their payloads' bytes: merged submits over the frame limit failed all together (see payload_bytes)
@@ -745,7 +756,30 @@ class Connection:
         self._waiting[corr] = (fut, convert)
         if type(msg) is ListJobs:  # its reply shows results without taking them (see request)
             self._listings.add(corr)
-        sock.send(frame)
+        if not self._unsent:
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+        self._unsent.append(frame)  # sent in order once the socket takes frames again (see _send_unsent)
+
+    def _send_unsent(self, sock: zmq.Socket[bytes]) -> None:
+        """Send the frames the socket would not take (I/O thread).
+
+        A DEALER blocks a send while it has no peer: a remote client whose
+        CURVE handshake the daemon refused (a revoked key) has none between
+        the refusal and the next attempt, and a blocking send held the I/O
+        thread there for ever: the refusal was never read, every call and
+        job waited.  Frames wait here instead, in order, until the socket
+        takes them, or the calls fail (:meth:`_fail_all` drops them).
+        """
+        while self._unsent:
+            try:
+                sock.send(self._unsent[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._unsent.popleft()
 
     def _send_submits(self, sock: zmq.Socket[bytes], submits: list[tuple[list[JobSpec], Future[list[int]], Listener | None]],
                       progress: bool = False) -> None:
@@ -902,6 +936,7 @@ class Connection:
                                 "is not back within %g s ([jobs] reconnect_wait)", len(self._listeners),
                                 self.cfg.jobs.reconnect_wait)
                 waiting, self._waiting = self._waiting, {}
+                self._unsent.clear()  # (their calls fail below: no later daemon gets them)
                 for fut, _ in waiting.values():
                     if not fut.done():
                         fut.set_exception(TransportError(
@@ -992,6 +1027,7 @@ class Connection:
             if not fut.done():
                 fut.set_exception(exc)
         self._waiting.clear()
+        self._unsent.clear()
         self._fail_queued(exc)
 
     def _fail_queued(self, exc: Exception) -> None:
