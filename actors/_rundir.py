@@ -25,6 +25,7 @@ import os
 import stat
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from actors._errors import DaemonAlreadyRunning, DaemonError
@@ -451,30 +452,10 @@ class RunDir:
         and ``empty()`` arrays must too.  A list whose lock is free is left
         for :meth:`take_gone_clients`.
         """
-        folder = self.path / "clients"
-        try:
-            entries = os.listdir(folder)
-        except OSError:
-            return set()
         live: set[str] = set()
-        for entry in entries:
-            try:
-                fd = os.open(folder / entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    continue  # (closing the descriptor lets the lock go)
-                except BlockingIOError:  # its client lives
-                    pass
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode):
-                    live.update(os.read(fd, min(st.st_size, _LIST_MAX)).decode("ascii", "replace").split())
-            except OSError:
-                continue
-            finally:
-                os.close(fd)
+        for _, held, data, _ in self._client_lists(take=False):
+            if held:
+                live.update(data.decode("ascii", "replace").split())
         return live
 
     def take_gone_clients(self) -> list[tuple[int, list[str], float]]:
@@ -486,12 +467,18 @@ class RunDir:
         a ``flock`` a list (one per live client, mostly).  The names are the
         file's words, unchecked: the caller checks each before it unlinks.
         """
+        return [(pid, data.decode("ascii", "replace").split(), grew)
+                for pid, held, data, grew in self._client_lists(take=True) if not held]
+
+    def _client_lists(self, take: bool) -> Iterator[tuple[int, bool, bytes, float]]:
+        """Each list of ``clients/``: ``(its client's pid, whether that client holds its lock, its bytes, when it
+        last grew)``.  The bytes of a list whose lock is free only with ``take``, which removes it (under the
+        lock: a client opening it then sees it went, and retries); a held one's only without ``take``."""
         folder = self.path / "clients"
         try:
             entries = os.listdir(folder)
         except OSError:
-            return []
-        gone: list[tuple[int, list[str], float]] = []
+            return
         for entry in entries:
             pid, dot, seq = entry.partition(".")
             if not (dot and pid.isdigit() and seq.isdigit() and len(pid) <= 10):
@@ -502,18 +489,22 @@ class RunDir:
             except OSError:
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = False
+                except BlockingIOError:  # its client lives
+                    held = True
+                if held == take:  # (a free list is left for take_gone_clients; a held one is not taken)
+                    continue
                 st = os.fstat(fd)
                 data = os.read(fd, min(st.st_size, _LIST_MAX)) if stat.S_ISREG(st.st_mode) else b""
-                path.unlink(missing_ok=True)  # (under the lock: a client opening it now sees it went, and retries)
-            except BlockingIOError:  # its client lives
-                continue
+                if take:
+                    path.unlink(missing_ok=True)
             except OSError:
                 continue
             finally:
                 os.close(fd)
-            gone.append((int(pid), data.decode("ascii", "replace").split(), st.st_mtime))
-        return gone
+            yield int(pid), held, data, st.st_mtime
 
     def sweep(self, started: bool = True) -> list[str]:
         """Remove socket, pid and (with ``started``) the workers' started-job and held-result files a dead daemon
