@@ -56,8 +56,10 @@ def test_a_blocking_cancel_sent_to_a_daemon_that_was_killed_fails_once_the_link_
     d = make_daemon(workers=1, jobs_only=True)
     d.up()
     c = d.client(timeout=60)
-    job = c.submit("tests.jobs:sleep", 120.0, grace=60.0)  # ignores the abort: the cancel waits for its grace
-    wait_for(lambda: job.refresh().state == "running", 60, what="the job to start")
+    job = c.submit("tests.jobs:stubborn", grace=60.0)  # ignores the abort: the cancel waits for its grace
+    # in its function, not only sent to a worker: an abort that reaches a job before its function starts ends it at
+    # once, and the cancel was answered before the daemon was killed
+    wait_for(lambda: job.refresh().status == "started", 60, what="the job's function to start")
     thread, out = _in_thread(lambda: job.cancel(block=True, timeout=None))
     wait_for(lambda: "abort" in [e[1] for e in job.events()], 60, what="the daemon to act on the cancel")
     _kill(d)
