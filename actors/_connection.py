@@ -1002,9 +1002,13 @@ class Connection:
         except zmq.ZMQError:  # (never connected under that name: nothing is held for it)
             pass
         wait = self.cfg.jobs.reconnect_wait
+        if self.local:
+            who, restart = f"the daemon {self.cfg.name!r}", "`ensemble up` runs them"
+        else:  # (a remote daemon: this client's config names none, and it is started on its own host)
+            who, restart = f"the daemon at {self.endpoint}", "its operator's `ensemble up` on its host runs them"
         gone = self.gone_as(
-            f"the daemon {self.cfg.name!r} went away and was not back within {wait:g} s ([jobs] reconnect_wait); "
-            "the jobs it had are still in its journal: `ensemble up` runs them, and Client.job(id) follows one then")
+            f"{who} went away and was not back within {wait:g} s ([jobs] reconnect_wait); the jobs it had are "
+            f"still in its journal: {restart}, and Client.job(id) follows one then")
         log.warning("event=daemon-given-up detail=%s", gone)
         self._end_all(gone)
 
