@@ -12,11 +12,12 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from actors import DaemonError, JobLost, TransportError
+from actors import DaemonError, JobLost, NoAnswer, TransportError
 from tests.conftest import Daemon, pid_alive, processes_mentioning, wait_for
 
 
@@ -110,3 +111,30 @@ def test_a_request_made_while_the_daemon_was_away_fails_when_it_is_given_up_and_
     d.up()
     with d.client(timeout=60) as fresh:  # (the given-up client refuses every call)
         assert fresh.job(queued.id).result(60) == 4  # the later daemon never saw the cancel: the job ran
+
+
+@pytest.mark.slow  # a daemon killed and started again
+def test_a_request_that_timed_out_while_the_daemon_was_away_is_never_carried_out_by_the_next_one(
+        make_daemon: Callable[..., Daemon], caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """ZeroMQ holds a thread's request for a daemon that is away and sends it to the next one: a cancel its
+    caller was told went unanswered (``NoAnswer``) was carried out once the daemon was back.  The timed-out
+    request's socket is dropped with what it held."""
+    d = make_daemon(workers=1, jobs_only=True)
+    d.up()
+    c = d.client(timeout=600)
+    running = c.submit("tests.jobs:sleep", 120.0)
+    gate = tmp_path / "gate"
+    queued = c.submit("tests.jobs:wait_file", str(gate), 120.0)  # behind it; returns "aborted" if cancelled
+    wait_for(lambda: running.refresh().state == "running", 60, what="the first job to start")
+    _kill(d)
+    wait_for(lambda: "event=daemon-disconnected" in caplog.text, 30,  # (else the cancel went to the dead one)
+             what="the client to notice")
+    with pytest.raises(NoAnswer):
+        queued.cancel(timeout=2.0)
+    d.up()
+    # the job runs on the daemon back, and the client's sockets are linked to it again (a frame held for it
+    # would have been sent by now: ZeroMQ reconnects every 100 ms)
+    wait_for(lambda: queued.refresh().status.startswith("waiting for"), 60, what="the queued job to start again")
+    assert c.ping().pid == d.pid
+    gate.touch()
+    assert queued.result(60) == "released"  # the daemon back never saw the cancel
