@@ -763,8 +763,7 @@ class Executor(concurrent.futures.Executor):
             self._setup = WorkerSetup(os.urandom(8).hex(), init_path, [init_blob] if exact else list(initargs),
                                       exact, max_tasks_per_child or 0)
         self._maps: set[_map.MapRun] = set()  # map calls whose jobs have not all ended
-        if self._private is not None:
-            _finish_at_exit(self)
+        _finish_at_exit(self)
 
     @property
     def conn(self) -> Connection:
@@ -1156,12 +1155,15 @@ _OPEN: "weakref.WeakSet[Executor]" = weakref.WeakSet()  # executors not shut dow
 
 
 def _finish_at_exit(ex: Executor) -> None:
-    """Have a private executor finish its submitted work when the interpreter exits, unless shut down before.
+    """Have an executor finish its submitted work when the interpreter exits, unless shut down before.
 
     As ``ProcessPoolExecutor`` does: a script that submits and ends without
-    ``shutdown`` or ``with`` still gets its jobs run (their files written),
-    where the private daemon would otherwise stop with its owner and drop
-    them.  (A shared daemon runs them whether its client stays or not.)
+    ``shutdown`` or ``with`` still gets its jobs run (their files written).
+    A private daemon would otherwise stop with its owner and drop them; an
+    executor attached to a shared daemon would never send the jobs its
+    ``max_workers`` holds back, nor those still in the batch its I/O thread
+    had not sent (a shared daemon runs the jobs it was sent whether their
+    client stays or not).
     """
     if not _OPEN:
         import atexit

@@ -592,6 +592,30 @@ def test_shutdown_without_wait_then_exit_still_runs_the_submitted_jobs(kind: str
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "run") == [str(i) for i in range(6)]
 
 
+_ATTACHED_EXIT_SCRIPT = """
+    import sys
+    from actors.client import Executor
+    from tests import differential_jobs as J
+
+    pool = Executor(int(sys.argv[2]) or None, daemon=sys.argv[3])
+    futures = [pool.submit(J.write, f"{sys.argv[1]}/{i}", str(i)) for i in range(int(sys.argv[4]))]
+    print("left")
+"""
+
+
+@pytest.mark.parametrize("cap, jobs", [(2, 6), (0, 300)])
+def test_an_executor_on_a_running_daemon_runs_its_jobs_when_its_script_ends_without_shutdown(
+        jobs_only_daemon: Daemon, tmp_path: Path, cap: int, jobs: int) -> None:
+    """The jobs its ``max_workers`` held back, and those its I/O thread had not sent yet, never reached the
+    daemon: 2 of 6 ran, or none of 300.  They run before the script ends, as ``ProcessPoolExecutor``'s."""
+    d = jobs_only_daemon
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_ATTACHED_EXIT_SCRIPT), str(tmp_path), str(cap),
+                          d.config.name, str(jobs)], env={**d.env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout == "left\n" and out.stderr == "", out.stderr
+    assert sorted(int(p.name) for p in tmp_path.iterdir()) == list(range(jobs))
+
+
 _MAIN_ERRORS_SCRIPT = """
     import json
     import sys
