@@ -704,10 +704,11 @@ class Executor(concurrent.futures.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         init_path, init_carried = _route(initializer) if initializer is not None else ("", False)
-        if init_carried:  # the initializer itself travels, first among its arguments (see actors.callables)
-            initargs = (callables.head(initializer), *initargs)
+        # the initializer itself travels, first among its arguments, when it has no importable name (actors.callables)
+        head = (callables.head(initializer),) if init_carried else ()
         # pickled now, before a private daemon's directory is made: one that does not pickle is refused saying which
-        init_blob = cast(bytes, dumps(tuple(initargs), "initargs")) if init_path or max_tasks_per_child else b""
+        init_blob = _dump_initargs(head, tuple(initargs)) if init_path or max_tasks_per_child else b""
+        initargs = (*head, *initargs)
         daemon = daemon or name
         self._private: PrivateDaemon | None = None
         self._cap = max_workers
@@ -1152,6 +1153,18 @@ def _future_done(fut: Future[Any]) -> None:
 
 
 _OPEN: "weakref.WeakSet[Executor]" = weakref.WeakSet()  # executors not shut down (see _finish_at_exit)
+
+
+def _dump_initargs(head: tuple[Any, ...], initargs: tuple[Any, ...]) -> bytes:
+    """``head + initargs`` pickled (``head``: the initializer, when it travels with them); the error of a part that
+    does not pickle names it as the caller does, ``initializer`` or ``initargs[i]`` counted in ``initargs``."""
+    try:
+        return cast(bytes, dumps((*head, *initargs), "initargs"))
+    except PICKLE_ERRORS:
+        if head:  # ([fn], or [a marker of the script, fn]: see callables.head)
+            dumps(head[0][-1], "initializer")
+        dumps(initargs, "initargs")
+        raise
 
 
 def _finish_at_exit(ex: Executor) -> None:

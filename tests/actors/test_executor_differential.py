@@ -14,6 +14,7 @@ import decimal
 import json
 import logging
 import multiprocessing
+import functools
 import os
 import subprocess
 import sys
@@ -536,14 +537,19 @@ def test_a_failing_initializer_breaks_the_pool_saying_why(seen: Any) -> None:
     assert issubclass(ens["first"][1], BrokenProcessPool) and issubclass(ens["later"][1], BrokenProcessPool)
 
 
-def test_initargs_that_do_not_pickle_are_refused_at_once_saying_which(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("initializer", [J.identity, functools.partial(J.identity)], ids=["named", "pickled"])
+def test_initargs_that_do_not_pickle_are_refused_at_once_saying_which(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      initializer: Any) -> None:
     """A forked pool never pickles its initargs; ensemble's cross to the daemon's workers, so one that cannot is
-    refused when the executor is made, naming it (it raised pickle's bare "cannot pickle '_thread.lock' object")."""
+    refused when the executor is made, naming it (it raised pickle's bare "cannot pickle '_thread.lock' object").
+    An initializer with no importable name travels first among them, and the error counted it: initargs[2]."""
     monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
     monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
-    with pytest.raises(TypeError, match=r"initargs\[1\] cannot cross to another process: a _thread.lock"):
-        Executor(1, initializer=J.identity, initargs=(1, threading.Lock()))
+    with pytest.raises(TypeError, match=r"^initargs\[1\] cannot cross to another process: a _thread.lock"):
+        Executor(1, initializer=initializer, initargs=(1, threading.Lock()))
+    with pytest.raises(TypeError, match=r"^initializer cannot cross to another process: a functools.partial does "
+                                          r"not pickle \(cannot pickle '_thread.lock' object\)"):
+        Executor(1, initializer=functools.partial(J.identity, threading.Lock()), initargs=(1,))
 
 
 # -- a job's own executor, beside a running daemon
