@@ -235,13 +235,13 @@ class Connection:
             check_private_path(rundir.path)  # never talk to a socket another user planted
             if not rundir.control.exists():
                 raise DaemonNotRunning(
-                    f"no daemon named {cfg.name!r} is running (no socket at {rundir.control}); start one with `ensemble up`"
+                    f"no daemon named {cfg.name!r} is running (no socket at {rundir.control}); start one with `{cfg.command('up')}`"
                 )
             pid = rundir.read_pid()
             if pid is None or not process_alive(pid):  # a socket left by a daemon that was killed
                 raise DaemonNotRunning(
                     f"no daemon named {cfg.name!r} is running (pid {pid} is gone; its files in {rundir.path} "
-                    "are stale); start one with `ensemble up`, which cleans them up"
+                    f"are stale); start one with `{cfg.command('up')}`, which cleans them up"
                 )
             endpoint = rundir.control_endpoint
         self.endpoint = endpoint
@@ -932,9 +932,9 @@ class Connection:
                 self.drops += 1
                 if self._listeners:  # say why results stop coming (a `with Executor()` would wait on in silence)
                     log.warning("event=daemon-disconnected jobs=%d detail=the daemon closed the connection; these "
-                                "jobs are in its journal and end when it is back (`ensemble up`), or end lost if it "
+                                "jobs are in its journal and end when it is back (`%s`), or end lost if it "
                                 "is not back within %g s ([jobs] reconnect_wait)", len(self._listeners),
-                                self.cfg.jobs.reconnect_wait)
+                                self.cfg.command("up"), self.cfg.jobs.reconnect_wait)
                 waiting, self._waiting = self._waiting, {}
                 self._unsent.clear()  # (their calls fail below: no later daemon gets them)
                 for fut, _ in waiting.values():
@@ -1003,7 +1003,7 @@ class Connection:
             pass
         wait = self.cfg.jobs.reconnect_wait
         if self.local:
-            who, restart = f"the daemon {self.cfg.name!r}", "`ensemble up` runs them"
+            who, restart = f"the daemon {self.cfg.name!r}", f"`{self.cfg.command('up')}` runs them"
         else:  # (a remote daemon: this client's config names none, and it is started on its own host)
             who, restart = f"the daemon at {self.endpoint}", "its operator's `ensemble up` on its host runs them"
         gone = self.gone_as(

@@ -265,5 +265,5 @@ def run_top(client: Any, refresh: float = 0.25) -> None:
     name = client.config.name
     if gone == "died":
         raise DaemonNotRunning(f"the daemon {name!r} died (its files are left in {client.config.run_dir}); "
-                               "`ensemble up` starts it again and runs the jobs in its journal")
+                               f"`{client.config.command('up')}` starts it again and runs the jobs in its journal")
     click.echo(f"the daemon {name!r} stopped")

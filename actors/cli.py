@@ -624,7 +624,7 @@ class _Pulse:
         if gone or (self.c.timeout is not None and silent >= self.c.timeout):
             why = f"the daemon (pid {self.pid}) is gone" if gone else f"the daemon has not answered for {silent:.0f}s"
             fail(f"job {job_id} is not finished and {why}; the job is in the daemon's journal: once the daemon is "
-                 f"back (`ensemble up`), `ensemble result {job_id}`")
+                 f"back (`{self.c.config.command('up')}`), `{self.c.config.command('result')} {job_id}`")
         if first:  # on stderr, above the bar on a terminal
             within = f" within {self.c.timeout:g}s" if self.c.timeout is not None else ""
             click.echo(f"ensemble: note: the daemon does not answer (stopped or overloaded?); job {job_id} is "

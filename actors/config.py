@@ -166,6 +166,11 @@ class Config(msgspec.Struct, frozen=True):
         """The daemon's name (one daemon per name and user)."""
         return self.daemon.name
 
+    def command(self, verb: str) -> str:
+        """The CLI command ``verb`` for this daemon, as a message shows it: ``ensemble up``, ``ensemble up --name N``
+        for a daemon not named ``default`` (the name an ``ensemble`` with no ``--name`` picks)."""
+        return f"ensemble {verb}" if self.name == "default" else f"ensemble {verb} --name {self.name}"
+
     @property
     def run_dir(self) -> Path:
         """Directory (mode 0700) holding the control socket, lock and pid file."""

@@ -82,8 +82,8 @@ def test_following_a_job_ends_with_a_clear_line_when_the_daemon_is_killed(make_d
     assert "Traceback" not in "".join(lines)
     assert not [line for line in lines if "event=" in line]  # one line says it: not the client's log line too
     assert lines[-1].strip() == (f"ensemble: error: job {jid} is not finished and the daemon (pid {d.pid}) is gone; "
-                                 f"the job is in the daemon's journal: once the daemon is back (`ensemble up`), "
-                                 f"`ensemble result {jid}`")
+                                 f"the job is in the daemon's journal: once the daemon is back (`ensemble up --name t`), "
+                                 f"`ensemble result --name t {jid}`")
     wait_for(lambda: not pid_alive(d.pid) and not processes_mentioning(str(d.base)), 30,
              what="the daemon and its workers to be gone")
     d.up()  # what the line says to do: the job is in the journal, still queued, and runs on the worker it starts

@@ -298,7 +298,7 @@ def test_daemon_kill_9_takes_every_child_and_the_next_up_sweeps(daemon: Daemon) 
     proc = daemon.cli("status", check=False)  # answers at once: the socket is stale, nobody listens
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
         f"ensemble: error: no daemon named 't' is running (pid {daemon.pid} is gone; its files in "
-        f"{daemon.base / 'run'} are stale); start one with `ensemble up`, which cleans them up"]
+        f"{daemon.base / 'run'} are stale); start one with `ensemble up --name t`, which cleans them up"]
     daemon.up()
     st = daemon.status()
     assert st.daemon.pid == daemon.pid and all(a.state == "running" for a in st.actors)

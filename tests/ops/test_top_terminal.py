@@ -103,7 +103,7 @@ def test_top_ends_with_an_error_when_the_daemon_dies(jobs_daemon: Daemon, termin
     wait_for(lambda: not terminal.reader.is_alive(), 10, what="top's last output")
     assert terminal.exit_status() == 1, terminal.text()[-2000:]
     assert (f"ensemble: error: the daemon 't' died (its files are left in {jobs_daemon.base / 'run'}); "
-            "`ensemble up` starts it again and runs the jobs in its journal") in terminal.text()
+            "`ensemble up --name t` starts it again and runs the jobs in its journal") in terminal.text()
 
 
 @pytest.mark.slow  # 2-4 s: the default suite keeps under its 5 minutes
