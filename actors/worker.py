@@ -165,6 +165,9 @@ class Worker(Child):
             self._started = StartedLog(run.started_file(name))
             self._kept = HeldResults(run.held_file(name))
         self.code = UserCode()
+        # job id -> the import path of its client (a Dispatch carries it only when it changed: the last one holds)
+        self._path_of: dict[int, list[str]] = {}
+        self._last_path: list[str] = []
         self.retire_reason = ""
         self.retiring_since = 0.0  # monotonic time the main thread left to retire; the supervisor's Stop ends us
         self.fns: dict[str, Callable[..., Any]] = {}  # job path -> its function, resolved once (main thread)
@@ -234,9 +237,12 @@ class Worker(Child):
 
     def handle(self, msg: Message) -> None:
         if isinstance(msg, RunJobs):
-            for d in msg.jobs:  # an import path comes only when it changed: apply it as it arrives
-                if d.path:
-                    self.code.add_path(d.path)
+            paths = self._path_of
+            for d in msg.jobs:  # an import path comes only when it changed: it holds for the jobs after it
+                if d.cwd:
+                    if d.path:
+                        self._last_path = d.path
+                    paths[d.job_id] = self._last_path
             with self._work:
                 self.pending.extend(msg.jobs)
                 self._arrived = True
@@ -248,6 +254,8 @@ class Worker(Child):
             with self._work:
                 back = [d.job_id for d in self.pending if d.job_id in wanted]
                 self.pending = collections.deque(d for d in self.pending if d.job_id not in wanted)
+            for job_id in back:
+                self._path_of.pop(job_id, None)
             self.send(Recalled(back))
         elif isinstance(msg, VoicesDone):
             wait = self.voice_waits.get(msg.token)
@@ -530,6 +538,9 @@ class Worker(Child):
                 if changed:  # never run a job on old code: leave; the replacement imports the new one
                     self._leave(f"module {changed} changed on disk since this worker imported it")
                     return
+                path = self._path_of.pop(d.job_id, None)
+                if path is not None and self.code.use(path):  # its client's path and modules (others' aside):
+                    self.fns.clear()  # functions looked up in the modules put aside are not this job's
                 self.code.enter(d.cwd, look)
             if self._started is not None:
                 self._started.record(d.job_id)

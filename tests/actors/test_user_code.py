@@ -184,3 +184,27 @@ def test_an_edit_is_seen_in_a_directory_the_daemon_had_on_its_path_already(make_
     (project / "fresh_mod.py").write_text("def version():\n    return 2\n\n\ndef added():\n    return 'new'\n")
     os.utime(project / "fresh_mod.py", ns=(1, 1))  # a different mtime even on a coarse clock
     assert run() == ["2", "new"]
+
+
+def test_two_projects_with_a_module_of_the_same_name_each_run_their_own(make_daemon: Any, tmp_path: Path) -> None:
+    """A worker kept every client's directories on its path and every module it imported: a job from a second
+    project ran the first project's ``shared.py``.  One worker, the two projects taking turns; a module's state
+    lives on while the other project's jobs run (it is put aside, not imported again)."""
+    daemon = make_daemon(workers=1, jobs_only=True)
+    daemon.up()
+    for name in ("x", "y"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "shared.py").write_text(f"CALLS = []\n\n\ndef who():\n    CALLS.append(1)\n"
+                                                    f"    return '{name}', len(CALLS)\n")
+    script = """
+        import shared
+        from actors.client import Client, Executor
+        with Executor() as ex:
+            print(*ex.submit(shared.who).result(60))
+        with Client() as c:
+            print(*c.submit("shared:who").result(60))
+    """
+    seen = [_run(tmp_path / name, daemon, script).split("\n") for name in ("x", "y", "x", "y")]
+    assert seen == [["x 1", "x 2"], ["y 1", "y 2"], ["x 3", "x 4"], ["y 3", "y 4"]]
+    status = daemon.status()
+    assert len([a for a in status.actors if a.role == "worker"]) == 1 and all(a.restarts == 0 for a in status.actors)
