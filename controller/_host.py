@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from actors import EnsembleError
+from actors.config import not_regular_file
 
 _current: dict[str, Any] = {"runtime": None}
 _by_context: dict[str, Any] = {}
@@ -224,11 +225,13 @@ def load_module(path: str) -> tuple[ModuleType, str]:
     file as it is when they load it; the daemon compares their digests
     (``ScriptReady.digest``).  Raises EnsembleError if there is no such
     file, OSError if it cannot be read, and whatever the module code raises
-    (``SyntaxError`` naming the file and line).  Blocks for the module code.
+    (``SyntaxError`` naming the file and line); EnsembleError too, saying
+    so, if it is a FIFO, a directory or a device (never opened).  Blocks for
+    the module code.
     """
     p = Path(path).resolve()
-    if not p.is_file():
-        raise EnsembleError(f"script {path} does not exist")
+    if not p.is_file():  # a FIFO is never opened (reading it would block): one stat says what it is
+        raise EnsembleError(f"script {path} {not_regular_file(p) or 'does not exist'}")
     spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, p)
     if spec is None or spec.loader is None:
         raise EnsembleError(f"script {path} cannot be loaded as a Python module")

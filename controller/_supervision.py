@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import DaemonError, JobRefused, OutOfRange, PermissionDenied
+from actors.config import not_regular_file
 from actors.extensions import ChildSpec, Extension
 from actors.messages import Ack, JobSpec, Message
 from controller.messages import (
@@ -363,8 +364,9 @@ class ScriptExtension(Extension):
             found = path.is_file()
         except OSError as exc:  # a name too long, a directory we may not search: said, not an internal error
             raise DaemonError(f"script {str(path)[:200]!r} cannot be read: {exc.strerror}") from None
-        if not found:
-            raise DaemonError(f"script {str(path)[:200]!r} does not exist")
+        if not found:  # a FIFO, a directory: said as the CLI says it (one stat; a FIFO is never opened)
+            raise DaemonError(f"script {str(path)[:200]!r} {not_regular_file(path) or 'does not exist'}; "
+                              "give the path of a Python file")
         controller = self.host.child("controller")
         if controller is None:
             raise DaemonError("the controller is not running; see `ensemble status`")
@@ -449,9 +451,24 @@ class ScriptExtension(Extension):
         return self.ui
 
     def _ui_event(self, corr: int, msg: UiEvent) -> Message:
-        if not any(e.id == msg.id for e in self.ui.elements):
+        """A click on a script's button, passed on to the controller; refused here what the script could not take.
+
+        Only a button is clicked, and a click carries no value (``on_click()``
+        takes no argument): anything else was acknowledged and then failed in
+        the script (a TypeError) or was dropped in the controller.  Raises
+        DaemonError naming the element and what it takes.
+        """
+        element = next((e for e in self.ui.elements if e.id == msg.id), None)
+        if element is None:
             known = ", ".join(e.id for e in self.ui.elements) or "none"
             raise DaemonError(f"the script has no UI element {msg.id[:64]!r} (known: {known[:300]})")
+        if element.kind != "button":
+            buttons = ", ".join(e.id for e in self.ui.elements if e.kind == "button") or "none"
+            raise DaemonError(f"UI element {msg.id[:64]!r} is a {element.kind}, which cannot be clicked; only a "
+                              f"button can (buttons: {buttons[:300]})")
+        if msg.value is not None:
+            raise DaemonError(f"button {msg.id[:64]!r} takes no value (its on_click() takes no argument), got "
+                              f"{_shown(msg.value)}; send the click without one")
         controller = self.host.child("controller")
         if controller is None or not self.host.send_child(controller, msg):
             raise DaemonError("the controller is not running; see `ensemble status`")
@@ -715,3 +732,9 @@ class ScriptExtension(Extension):
 def _ended(code: int) -> str:
     """How a child ended, as ``Slot.last_exit`` says (``signal 9``, ``exit code 1``)."""
     return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def _shown(value: object) -> str:
+    """A value a client sent, for an error message: its repr, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

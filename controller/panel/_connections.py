@@ -21,7 +21,10 @@ the token holder's requests timed out.  So every connection passes a
   and the reserve stays for connections that showed the token;
 * an accept that fails for want of descriptors (the process's limit, the
   system's) is one log line within the refused requests' budget
-  (:mod:`controller.panel._requestlog`), not a traceback each time.
+  (:mod:`controller.panel._requestlog`), not a traceback each time;
+* aiohttp's answer to a request it cannot parse echoes the parser's reason,
+  which quotes the request: :class:`MaskingRequestHandler` masks the token
+  in it (:func:`controller.panel._security.mask_tokens`).
 
 :class:`Gate` is bookkeeping over opaque connection handles with an
 injectable clock (testable without sockets); :class:`GatedProtocol` puts
@@ -39,6 +42,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from controller.panel._requestlog import request_logger
+from controller.panel._security import mask_tokens
 
 HEADER_TIMEOUT = 10.0  # seconds a connection may stay open without a request that passed the checks
 CONNECTIONS = 256  # connections open at once (lower when the process's descriptor limit is low)
@@ -226,14 +230,38 @@ def _note(fmt: str, *args: Any) -> None:
     request_logger().warning(fmt, *args)  # within the refused requests' budget
 
 
-class GatedSite(web.BaseSite):
-    """aiohttp's TCPSite, with every connection passed through a :class:`ConnectionGate`."""
+class MaskingRequestHandler(web.RequestHandler):
+    """aiohttp's protocol for one connection, whose error answers never echo the token.
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, gate: ConnectionGate) -> None:
+    aiohttp answers a request it cannot parse (a line over 8 KiB, a bad
+    request line, a control character) 400 with the parser's reason as the
+    body, and the reason quotes the request: ``?token=T`` included.
+    """
+
+    def __init__(self, manager: web.Server, token: str, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.token = token
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if message is not None:
+            message = mask_tokens(message, self.token)
+        return super().handle_error(request, status, exc, message)
+
+
+class GatedSite(web.BaseSite):
+    """aiohttp's TCPSite, with every connection passed through a :class:`ConnectionGate`.
+
+    ``token``: the panel's, masked in what aiohttp answers to a request it
+    cannot parse (:class:`MaskingRequestHandler`).
+    """
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, gate: ConnectionGate, token: str = "") -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._gate = gate
+        self._token = token
         self.port = port
 
     @property
@@ -244,8 +272,15 @@ class GatedSite(web.BaseSite):
         await super().start()
         handler = self._runner.server
         assert handler is not None
-        server = await asyncio.get_running_loop().create_server(
-            lambda: self._gate.protocol(handler), self._host, self._port, reuse_address=True)
+        loop = asyncio.get_running_loop()
+        # what web.Server() makes, but masking: the runner's handler arguments (logger, access_log) as it keeps them
+        kwargs = dict(handler._kwargs)
+
+        def make() -> MaskingRequestHandler:
+            return MaskingRequestHandler(handler, self._token, loop=loop, **kwargs)
+
+        server = await loop.create_server(lambda: self._gate.protocol(make), self._host, self._port,
+                                          reuse_address=True)
         self._server = server
         if server.sockets:
             self.port = server.sockets[0].getsockname()[1]

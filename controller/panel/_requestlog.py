@@ -10,7 +10,10 @@ through :func:`request_logger`, whose :class:`RequestLines` filter
 
 * turns aiohttp's record of a request it could not parse (an
   ``HttpProcessingError``: the client's fault) into one WARNING line
-  naming the peer, the status answered and the reason;
+  naming the peer, the status answered and the reason, with every token
+  in it masked (:func:`~controller.panel._security.mask_tokens`: the
+  reason quotes the request, ``?token=`` included, and the panel never
+  puts the token in the log);
 * lets such lines, and the panel's own refusals, through within a budget
   (:class:`Budget`: :data:`BURST` at once, refilled at :data:`PER_MINUTE`
   a minute); the next line that goes out says how many were left out.
@@ -27,6 +30,8 @@ import time
 from typing import Callable
 
 from aiohttp.http_exceptions import HttpProcessingError
+
+from controller.panel._security import mask_tokens
 
 LOGGER = "ensemble.panel.http"
 BURST = 20  # lines about refused requests that may go out at once
@@ -62,9 +67,10 @@ class Budget:
 class RequestLines(logging.Filter):
     """The filter of :func:`request_logger`: a client's bad request in one line, and every such line budgeted."""
 
-    def __init__(self, budget: Budget | None = None) -> None:
+    def __init__(self, budget: Budget | None = None, token: str = "") -> None:
         super().__init__()
         self.budget = budget or Budget()
+        self.token = token  # the panel's: masked in every line that goes out (set by request_logger)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -73,24 +79,35 @@ class RequestLines(logging.Filter):
         left_out = self.budget.take()
         if left_out is None:
             return False
-        text = _bad_request(record, exc) if isinstance(exc, HttpProcessingError) else record.getMessage()
+        if isinstance(exc, HttpProcessingError):
+            text = _bad_request(record, exc, self.token)
+        else:
+            text = mask_tokens(record.getMessage(), self.token) if self.token else record.getMessage()
         if left_out:
             text += f" (and {left_out} more refused requests not logged)"
         record.msg, record.args = text, None
         return True
 
 
-def _bad_request(record: logging.LogRecord, exc: HttpProcessingError) -> str:
-    """aiohttp's record of a request it could not parse, as one WARNING line (its traceback dropped)."""
+def _bad_request(record: logging.LogRecord, exc: HttpProcessingError, token: str) -> str:
+    """aiohttp's record of a request it could not parse, as one WARNING line (its traceback dropped, tokens masked)."""
     record.exc_info = record.exc_text = record.stack_info = None
     record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
-    reason = " ".join(str(exc.message).split())[:REASON_CHARS]
-    return f"event=panel-bad-request status={exc.code} reason={reason} detail={record.getMessage()}"
+    reason = mask_tokens(" ".join(str(exc.message).split()), token)[:REASON_CHARS]
+    return f"event=panel-bad-request status={exc.code} reason={reason} detail={mask_tokens(record.getMessage(), token)}"
 
 
-def request_logger() -> logging.Logger:
-    """The logger the panel's web server (and aiohttp under it) logs requests to, with its filter (added once)."""
+def request_logger(token: str | None = None) -> logging.Logger:
+    """The logger the panel's web server (and aiohttp under it) logs requests to, with its filter (added once).
+
+    ``token``: the panel's, which the filter masks from then on wherever it
+    shows in a line (the server gives it as it starts; None keeps the one set).
+    """
     logger = logging.getLogger(LOGGER)
-    if not any(isinstance(f, RequestLines) for f in logger.filters):
-        logger.addFilter(RequestLines())
+    lines = next((f for f in logger.filters if isinstance(f, RequestLines)), None)
+    if lines is None:
+        lines = RequestLines()
+        logger.addFilter(lines)
+    if token is not None:
+        lines.token = token
     return logger

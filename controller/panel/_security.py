@@ -26,6 +26,7 @@ and WebSocket upgrade and answers 403 with the reason when it returns one.
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Mapping
 
 from controller.panel._settings import LOOPBACK_NAMES, PanelSettings
@@ -34,6 +35,13 @@ COOKIE = "ensemble_panel"  # the cookie earlier releases kept the token in (ense
 TOKEN_HEADER = "X-Ensemble-Token"
 WS_PROTOCOL = "ensemble-panel"  # the subprotocol the panel answers with (never the token's)
 WS_TOKEN_PREFIX = "token."  # the subprotocol that carries the token: token.<T> (a token is URL-safe base64)
+MASK = "<token>"  # what stands for a token in what the panel logs or echoes
+# A value given for a token, as it shows in raw request text: ?token=V (or &token=V), the header "X-Ensemble-Token: V",
+# the subprotocol token.V.  The value runs to the next separator of a query, a header, a repr'd bytes literal.
+_TOKEN_FIELD = re.compile(rf"(token\s*=\s*|{re.escape(TOKEN_HEADER)}\s*:\s*|{re.escape(WS_TOKEN_PREFIX)})([^&\s'\",;]*)",
+                          re.IGNORECASE)
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")  # URL-safe base64: what a token is made of
+MIN_PIECE = 8  # a cut-off piece of the token this long (48 bits) or longer is masked too
 
 
 def allowed_hosts(settings: PanelSettings) -> frozenset[str]:
@@ -57,6 +65,35 @@ def given_tokens(headers: Mapping[str, str], query_token: str | None) -> list[st
         if offered.startswith(WS_TOKEN_PREFIX):
             tokens.append(offered[len(WS_TOKEN_PREFIX):])
     return tokens
+
+
+def mask_tokens(text: str, token: str = "") -> str:
+    """``text`` with every token in it replaced by :data:`MASK`: for what the panel logs or echoes of a request.
+
+    Masks the value of any ``token=``, ``X-Ensemble-Token:`` or ``token.``
+    field (whatever it holds: a bad request's text may be cut or garbled),
+    and ``token`` itself wherever it appears, whole or cut off at either end
+    (a parser's reason quotes the request cut short) down to
+    :data:`MIN_PIECE` characters.  Pure; cost linear in ``len(text)``.
+    """
+    text = _TOKEN_FIELD.sub(lambda m: m.group(1) + MASK, text)
+    if not token:
+        return text
+    text = text.replace(token, MASK)
+    return _TOKEN_CHARS.sub(lambda m: _mask_piece(m.group(0), token), text)
+
+
+def _mask_piece(run: str, token: str) -> str:
+    """A run of token characters with the end that is the token's start, or the start that is its end, masked."""
+    if len(run) < MIN_PIECE:
+        return run
+    for n in range(min(len(run), len(token)), MIN_PIECE - 1, -1):
+        if run.endswith(token[:n]):
+            return run[:-n] + MASK
+    for n in range(min(len(run), len(token)), MIN_PIECE - 1, -1):
+        if run.startswith(token[-n:]):
+            return MASK + run[n:]
+    return run
 
 
 def refusal(settings: PanelSettings, method: str, headers: Mapping[str, str], query_token: str | None,

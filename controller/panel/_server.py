@@ -225,9 +225,11 @@ class PanelServer:
         app.router.add_get("/ws", self._ws)
         app.router.add_post("/samples", self._upload)
         # what aiohttp logs of a request it cannot parse: one line, within the refusals' budget (_requestlog)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=request_logger())
+        # (the token masked in those lines and in the 400 aiohttp answers: the panel never logs or echoes it)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     logger=request_logger(self.settings.token))
         await self._runner.setup()
-        site = GatedSite(self._runner, self.settings.host, self.settings.port, self.gate)
+        site = GatedSite(self._runner, self.settings.host, self.settings.port, self.gate, self.settings.token)
         await site.start()
         self.port = site.port
         self.settings = dataclasses.replace(self.settings, port=self.port)  # port 0 asked: Host checks need the real one

@@ -8,11 +8,14 @@ load's download at once).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from actors import DaemonError, EnsembleError
+from controller._host import load_module
 from tests.conftest import Daemon, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -158,3 +161,24 @@ def test_a_load_the_controller_was_killed_before_reading_does_not_blame_the_scri
     assert error.endswith(f", with the script it ran before ({first})"), error
     wait_for(lambda: daemon.actor("controller").state == "running", 60, what="the controller to run again")
     c.load_script(str(second), wait=30)  # and so it does
+
+
+def test_a_fifo_or_a_directory_given_as_a_script_is_named_for_what_it_is_and_never_opened(
+        shared_daemon: Daemon, tmp_path: Path) -> None:
+    """The daemon said ``script '/tmp/x/fifo.py' does not exist`` of a FIFO and a directory (and on a reload of
+    a script replaced by a FIFO); now it says what the CLI says.  Opening the FIFO would hang the answer."""
+    fifo, folder, script = tmp_path / "fifo.py", tmp_path / "folder.py", tmp_path / "inst.py"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    c = shared_daemon.client()
+    for path in (fifo, folder):
+        with pytest.raises(DaemonError, match=r"is not a regular file \(a FIFO, device or socket cannot be read"):
+            c.load_script(str(path))
+    script.write_text((SCRIPTS / "ui.py").read_text())
+    _load(shared_daemon, script)
+    script.unlink()
+    os.mkfifo(script)  # the loaded file replaced by a FIFO: `ensemble reload`
+    with pytest.raises(DaemonError, match=r"inst\.py' is not a regular file"):
+        c.reload_script()
+    with pytest.raises(EnsembleError, match=r"fifo\.py is not a regular file"):  # the controller's own check
+        load_module(str(fifo))

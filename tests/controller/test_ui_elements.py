@@ -106,6 +106,28 @@ def test_a_click_through_the_daemon_runs_the_button_callback(shared_daemon: Daem
         c.ui_event("nope")
 
 
+def test_a_click_the_element_cannot_take_is_refused_up_front_and_the_script_never_sees_it(
+        shared_daemon: Daemon) -> None:
+    """A click with a value was acknowledged, then ``on_click(0.5)`` failed in the script (a TypeError in status);
+    a click on a label was acknowledged and dropped by the controller.  Both are now refused by the daemon."""
+    c = _load(shared_daemon, SCRIPTS / "ui.py")
+    wait_for(lambda: c.ui_elements().elements, what="the elements to reach the daemon")
+    log = shared_daemon.base / "state" / "daemon.log"
+    offset = log.stat().st_size
+    with pytest.raises(DaemonError, match=r"button 'go' takes no value \(its on_click\(\) takes no argument\), "
+                                          r"got 0\.5; send the click without one"):
+        c.ui_event("go", 0.5)
+    with pytest.raises(DaemonError, match=r"UI element 'status' is a label, which cannot be clicked; only a button "
+                                          r"can \(buttons: go\)"):
+        c.ui_event("status")
+    c.ui_event("go")  # after the refused ones in the controller's queue, had they been queued
+    wait_for(lambda: any(e.id == "status" and e.text == "clicked 1" for e in c.ui_elements().elements),
+             what="the click's callback")
+    detail = shared_daemon.actor("controller").detail
+    assert "TypeError" not in detail and "ui go" not in detail, detail
+    assert "event=ui-event-ignored" not in log.read_bytes()[offset:].decode(errors="replace")
+
+
 def test_a_ui_function_in_the_processor_is_a_wrong_context_error(shared_daemon: Daemon) -> None:
     c = _load(shared_daemon, SCRIPTS / "ui.py")
     c.note_on(1)

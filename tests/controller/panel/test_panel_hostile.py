@@ -90,6 +90,18 @@ def test_every_malformed_websocket_message_is_answered_and_the_socket_stays_open
     assert answers[-1] == {"type": "ack", "op": "note_on", "detail": "note_on done", "seq": "last"}
 
 
+def test_a_click_the_element_cannot_take_is_an_error_to_the_page(panel: Panel) -> None:
+    """``{"op": "ui", "id": "run", "value": 1}`` was acked "ui done" and then failed in the script's
+    ``on_click(1)``; a click on a label was acked and dropped.  Now each is an error naming what the element takes."""
+    loaded(panel, EXAMPLES / "download_panel.py")
+    frames: list[str | bytes] = [json.dumps({"op": "ui", "id": "run", "value": 1}),
+                                 json.dumps({"op": "ui", "id": "result"})]
+    answers, still_open = asyncio.run(_answers(panel, frames))
+    assert still_open and len(answers) == 2, answers
+    assert answers[0]["type"] == "error" and "button 'run' takes no value" in answers[0]["message"], answers
+    assert answers[1]["type"] == "error" and "'result' is a label, which cannot be clicked" in answers[1]["message"]
+
+
 def _raw_page(panel: Panel) -> socket.socket:
     """A WebSocket opened by hand that will read nothing (a small receive buffer fills at once)."""
     s = socket.socket()
@@ -250,6 +262,25 @@ def test_a_request_the_parser_refuses_is_a_400_and_one_log_line(panel: Panel) ->
     line = next(ln for ln in grown.splitlines() if "event=panel-bad-request" in ln)
     assert "WARNING" in line and "status=400" in line and "8190 bytes" in line and len(line) < 600, line
     assert panel.request("GET", "/", {"X-Ensemble-Token": panel.token})[0] == 200  # the panel serves on
+
+
+def test_a_request_the_parser_refuses_never_puts_the_token_in_the_log_or_the_answer(panel: Panel) -> None:
+    """The parser's reason quotes the request: ``?token=T`` in a line over 8 KiB, a bad HTTP version, a control
+    character went whole into daemon.log and into the 400's body.  Now the token is masked in both."""
+    offset = (panel.daemon.base / "state" / "daemon.log").stat().st_size
+    host = f"Host: 127.0.0.1:{panel.port}\r\n\r\n"
+    requests = [f"GET /?token={panel.token}&pad={'b' * 9000} HTTP/1.1\r\n{host}",
+                f"GET /?token={panel.token} HTTP/9.9\r\n{host}",
+                f"GET /?token={panel.token}\x01 HTTP/1.1\r\n{host}"]
+    for request in requests:
+        answer = _raw_answer(panel, request.encode())
+        assert answer.split(b" ", 2)[1:2] == [b"400"], answer[:300]
+        assert panel.token[:8].encode() not in answer and panel.token[-8:].encode() not in answer, answer[:600]
+    wait_for(lambda: _log_after(panel, offset).count("event=panel-bad-request") == len(requests),
+             what="a line per request")
+    grown = _log_after(panel, offset)
+    assert panel.token[:8] not in grown and panel.token[-8:] not in grown, grown
+    assert grown.count("token=<token>") == len(requests), grown
 
 
 def test_a_panel_with_no_descriptor_to_spare_serves_its_page_from_memory(panel: Panel) -> None:

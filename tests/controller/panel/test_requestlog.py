@@ -98,3 +98,40 @@ def test_a_bug_keeps_its_traceback_and_is_never_left_out(logged: tuple[logging.L
     text = out.getvalue()
     assert "ERROR Error handling request from 127.0.0.1\nTraceback (most recent call last):" in text, text
     assert "KeyError: 'bug'" in text
+
+
+TOKEN = "Zq3_kV9-mW2xLp7RtY4bNc8HdJ6sFg1AeU5oQiX0vKw"  # as secrets.token_urlsafe(32) makes them
+
+
+def test_a_token_in_a_refused_requests_reason_is_masked_whole_cut_or_in_any_field(clock: Clock) -> None:
+    """aiohttp's reason quotes the request: ``?token=T`` went to daemon.log whole (and cut off, for a long line)."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger(f"test.requestlog.masked.{id(out)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.addFilter(RequestLines(Budget(100, 60, clock), token=TOKEN))
+    try:
+        reasons: list[BaseException] = [
+            LineTooLong(bytearray(f"/?token={TOKEN}&pad={'b' * 9000}".encode()), "8190"),
+            LineTooLong(bytearray(f"/?pad=1&token={TOKEN}".encode())[:30], "8190"),  # cut inside the token
+            BadStatusLine(error=f"Invalid HTTP version: b'GET /?token={TOKEN} HTTP/9.9'"),
+            BadStatusLine(error=f"Invalid header value char: b'GET /?token={TOKEN}\\x01 HTTP/1.1'"),
+            BadStatusLine(error=f"Invalid header: b'X-Ensemble-Token: {TOKEN[:-3]}'"),  # a field, cut short
+            BadStatusLine(error=f"b'Sec-WebSocket-Protocol: ensemble-panel, token.{TOKEN}'"),
+            BadStatusLine(error=f"b'/{TOKEN[5:]}'"),  # the token alone, its start cut off
+            BadStatusLine(error="b'/?token=not-the-panels-but-masked-all-the-same'"),
+        ]
+        for exc in reasons:
+            logger.exception("Error handling request from %s", "127.0.0.1", exc_info=_raised(exc))
+        logger.warning("event=panel-refused path=/%s reason=no valid token", TOKEN)
+    finally:
+        logger.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(reasons) + 1, out.getvalue()
+    for line in lines:
+        assert TOKEN[:8] not in line and TOKEN[-8:] not in line and "not-the-panels" not in line, line
+        assert "<token>" in line, line
+    assert "reason=Got more than 8190 bytes when reading: bytearray(b'/?token=<token>&pad=bbb" in lines[0], lines[0]
+    assert "HTTP/9.9" in lines[2] and "/<token>" in lines[6], lines
