@@ -95,7 +95,7 @@ class MapRun:
                 try:
                     payload = dumps([*head, *[c[i:i + chunksize] for c in cols]], _PROTOCOL)
                 except Exception as exc:  # noqa: BLE001 - PicklingError, TypeError...: an item that does not pickle
-                    self.unsent = _unpicklable(spec, head, cols, i, chunksize, exc)
+                    self.unsent = unpicklable_chunk(spec, head, cols, i, chunksize, exc)
                     end = start + len(specs)
                     break
                 if specs and size + len(payload) + each > budget:  # big items: this batch ends here, the rest follow
@@ -221,7 +221,7 @@ class MapRun:
             concurrent.futures.wait(sent, timeout=_CANCEL_WAIT)
 
 
-def _unpicklable(spec: JobSpec, head: list[Any], cols: "list[Sequence[Any]]", start: int, chunksize: int,
+def unpicklable_chunk(spec: JobSpec, head: list[Any], cols: "list[Sequence[Any]]", start: int, chunksize: int,
                  exc: Exception) -> Exception:
     """The error of a chunk that did not pickle (:func:`actors._exact.unpicklable`): which item of which
     iterable (or the callable travelling with each chunk), and which part of it."""

@@ -847,6 +847,11 @@ class Executor(concurrent.futures.Executor):
             spec = msgspec.structs.replace(template, args=payload, pickled=True)
         else:
             spec = msgspec.structs.replace(template, args=list(args), kwargs=dict(kwargs))
+        return self._send_job(fut, spec, pickled)
+
+    def _send_job(self, fut: Future[Any], spec: JobSpec, pickled: bool) -> Future[Any]:
+        """Send ``spec``, whose end completes ``fut``, or hold it until this executor's ``max_workers`` cap lets it
+        go; ``fut`` (raises what sending raised: a private daemon that could not start)."""
         job = _Submitted(self, fut, spec, pickled)
         with self._lock:
             self._live.add(fut)
@@ -1026,8 +1031,9 @@ class Executor(concurrent.futures.Executor):
         iterator reaches it; ``timeout`` (s, from this call) raises
         ``TimeoutError``; leaving the iterator early cancels what has not run.
         A ``functools.partial`` travels pickled with each chunk, as the pools
-        send it (its function must be one a job may run).  On a remote daemon,
-        under a ``max_workers`` cap on a shared one, with numpy arrays or
+        send it (its function must be one a job may run).  Under a
+        ``max_workers`` cap on a shared daemon the chunks are jobs with a
+        Future each, held back as submits are.  On a remote daemon, with numpy arrays or
         bytes over ``jobs.inline_array_limit`` among the items (they keep
         their shared-memory path) or objects of the script's own classes, it
         falls back to one job per item.
@@ -1053,7 +1059,7 @@ class Executor(concurrent.futures.Executor):
         if not n:
             return iter(())
         types: set[type] = {int} if ints else {t for c in cols for t in set(map(type, c))}  # one pass in C
-        if not self._exact or self._cap is not None or callables.holds_script_objects(types, cols) \
+        if not self._exact or callables.holds_script_objects(types, cols) \
                 or any(is_ndarray_type(t) for t in types) or _big_bytes_among(types, cols, self.config):
             return super().map(fn, *cols, timeout=timeout)
         if isinstance(fn, functools.partial):  # its function passes the rules a submitted one does; it travels whole
@@ -1067,6 +1073,8 @@ class Executor(concurrent.futures.Executor):
         # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does; a
         # callable without a job path travels in each chunk, first (as the pools pickle the function with each)
         head = [callables.head(fn)] if spec.fn == callables.PATH else []
+        if self._cap is not None:  # under a cap on a shared daemon: chunk jobs held back as submits are
+            return self._capped_map(msgspec.structs.replace(spec, pickled=True), head, cols, n, chunksize, timeout)
         me = weakref.ref(self)  # the run is kept here (its acks): a strong reference back would be a cycle
 
         def note_broken(info: JobInfo) -> None:
@@ -1090,6 +1098,25 @@ class Executor(concurrent.futures.Executor):
 
         run.done.add_done_callback(ended)
         return run.results(timeout, keep=self)  # the values hold this executor until read or dropped
+
+    def _capped_map(self, spec: JobSpec, head: list[Any], cols: list[Sequence[Any]], n: int, chunksize: int,
+                    timeout: float | None) -> Iterator[Any]:
+        """:meth:`map` under a ``max_workers`` cap on a shared daemon: each chunk one job (the payload a map's
+        chunk has, see :mod:`actors._map`) with a Future, sent as the cap lets it, as ``ProcessPoolExecutor``
+        chunks its map over its futures.  A chunk that does not pickle fails its future, raised where the
+        iterator reaches it."""
+        budget = self.conn.limits.max_frame // 2
+        futures: list[Future[Any]] = []
+        for i in range(0, n, chunksize):
+            fut: Future[Any] = _JobFuture(self)
+            futures.append(fut)
+            try:
+                payload = pickle.dumps([*head, *[c[i:i + chunksize] for c in cols]], pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # noqa: BLE001 - an item that does not pickle: its chunk fails, as in the pools
+                fut.set_exception(_map.unpicklable_chunk(spec, head, cols, i, chunksize, exc))
+                break
+            self._send_job(fut, msgspec.structs.replace(spec, args=spill([payload], budget)), True)
+        return _chained(futures, timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``wait`` block until submitted futures finish.
@@ -1153,6 +1180,24 @@ def _future_done(fut: Future[Any]) -> None:
 
 
 _OPEN: "weakref.WeakSet[Executor]" = weakref.WeakSet()  # executors not shut down (see _finish_at_exit)
+
+
+def _chained(futures: list[Future[Any]], timeout: float | None) -> Iterator[Any]:
+    """The values of chunk jobs' futures in order (each a list), as ``ProcessPoolExecutor.map`` chains them:
+    ``timeout`` (s, from now) raises TimeoutError; leaving early cancels the futures not reached."""
+    end = None if timeout is None else time.monotonic() + timeout
+    futures.reverse()  # (popped from the end: a value read is not held here)
+
+    def values() -> Iterator[Any]:
+        try:
+            while futures:
+                fut = futures.pop()
+                yield from fut.result(None if end is None else max(0.0, end - time.monotonic()))
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    return values()
 
 
 def _dump_initargs(head: tuple[Any, ...], initargs: tuple[Any, ...]) -> bytes:

@@ -598,6 +598,26 @@ def test_shutdown_without_wait_then_exit_still_runs_the_submitted_jobs(kind: str
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "run") == [str(i) for i in range(6)]
 
 
+def test_map_under_a_cap_on_a_running_daemon_sends_a_job_per_chunk(jobs_only_daemon: Daemon) -> None:
+    """Under a ``max_workers`` cap, ``map`` fell back to a job per item whatever its chunksize (1,000 jobs for
+    ``chunksize=100``, 300 times slower than the pool).  A job per chunk now, the cap still held, the values
+    and the first error as ``ProcessPoolExecutor.map`` gives them."""
+    from ensemble import Client
+
+    d = jobs_only_daemon
+    with Client(config=d.config) as c, Executor(2, config=d.config) as ex:
+        before = c.submit("examples.jobs:add", 0, 0)
+        assert list(ex.map(J.add, range(1000), range(1000), chunksize=100)) == [2 * i for i in range(1000)]
+        after = c.submit("examples.jobs:add", 0, 0)
+        assert after.id - before.id - 1 == 10  # ten chunk jobs
+        values = ex.map(J.identity, [1, 2, threading.Lock(), 4], chunksize=2)
+        assert next(values) == 1 and next(values) == 2
+        with pytest.raises(TypeError, match=r"map item 2 cannot cross to another process: a _thread.lock"):
+            next(values)
+        with pytest.raises(ZeroDivisionError):
+            list(ex.map(divmod, [4, 5, 6], [2, 0, 3], chunksize=2))
+
+
 _ATTACHED_EXIT_SCRIPT = """
     import sys
     from actors.client import Executor
