@@ -46,7 +46,8 @@ What the child does, and why (the hazards of forking a program we do not own):
 What differs from a spawned daemon, by design: the daemon and its first
 workers (forked from it in turn, see :mod:`actors.supervisor._prefork`)
 start with the modules the caller had imported, except the user's own code
-(:func:`_forget_user_modules`: the workers import it from disk), and the caller's memory
+(:func:`_forget_user_modules`: the workers import it from disk, unless its file is
+older than the caller, which then imported what is on disk), and the caller's memory
 shared copy-on-write; ``ps`` shows them under the caller's command line.
 """
 
@@ -67,6 +68,10 @@ from actors.messages import warm
 
 # what the child unhooked from the caller: kept referenced, so that it is never finalised in the child
 _KEPT: list[object] = []
+# the caller's own modules the daemon keeps (their files older than the caller: what it imported is what is on
+# disk): name -> (real file, mtime_ns); its first workers, forked from it, watch them (actors._freshness)
+FORKED_USER: dict[str, tuple[str, int]] = {}
+_SAFE_NS = 1_000_000_000  # a file written this close before the caller started may be newer than its import
 
 
 def fork_daemon(cfg: Config, err_path: Path, env: dict[str, str], ready_fd: int) -> ForkedProc:
@@ -87,19 +92,34 @@ def fork_daemon(cfg: Config, err_path: Path, env: dict[str, str], ready_fd: int)
             except (OSError, ValueError):
                 pass
         warm()  # the messages' type information, built once here for the daemon and its workers to inherit
+        since = _started_ns() - _SAFE_NS
         pid = os.fork()
         if pid == 0:
-            _child(cfg, env, ready_fd, err)  # never returns
+            _child(cfg, env, ready_fd, err, since)  # never returns
     finally:
         os.close(err)
     return ForkedProc(pid)
 
 
-def _child(cfg: Config, env: dict[str, str], ready_fd: int, err: int) -> None:
+def _started_ns() -> int:
+    """When this process started (``time.time_ns()``'s clock, to a clock tick), or 0 if /proc cannot say."""
+    import time
+
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return time.time_ns() - int((uptime - ticks / os.sysconf("SC_CLK_TCK")) * 1e9)
+
+
+def _child(cfg: Config, env: dict[str, str], ready_fd: int, err: int, since: int) -> None:
     code = 1
     try:
         gc.freeze()
-        ready_fd = _become_daemon(env, ready_fd, err)
+        ready_fd = _become_daemon(env, ready_fd, err, since)
         from actors.supervisor import serve
 
         try:
@@ -122,10 +142,11 @@ def _child(cfg: Config, env: dict[str, str], ready_fd: int, err: int) -> None:
         os._exit(code)
 
 
-def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
+def _become_daemon(env: dict[str, str], ready_fd: int, err: int, since: int = 0) -> int:
     """Make this fork what ``start_daemon`` would have spawned (see the module docstring).
 
-    Returns ``ready_fd``'s new number.
+    ``since``: the caller's own modules whose files are older are kept (see
+    :func:`_forget_user_modules`).  Returns ``ready_fd``'s new number.
     """
     import fcntl
 
@@ -140,7 +161,7 @@ def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
         caller_cwd = os.getcwd()
     except OSError:  # removed under the caller
         caller_cwd = ""
-    _forget_user_modules()
+    _forget_user_modules(since)
     os.chdir(NEUTRAL_CWD)
     sys.path[:] = [p for p in sys.path if p not in ("", caller_cwd)]
     sys.argv = ["actors.supervisor"]
@@ -174,8 +195,9 @@ def _become_daemon(env: dict[str, str], ready_fd: int, err: int) -> int:
     return ready_fd
 
 
-def _forget_user_modules() -> None:
-    """Drop the caller's own modules from ``sys.modules`` (kept referenced, never finalised).
+def _forget_user_modules(kept_before_ns: int = 0) -> None:
+    """Drop the caller's own modules from ``sys.modules`` (kept referenced, never finalised), but those whose
+    files are older than ``kept_before_ns``.
 
     Those are the modules whose files are not in the standard library,
     site-packages or ensemble's own packages: the user's code.  The daemon
@@ -183,6 +205,13 @@ def _forget_user_modules() -> None:
     import that code from disk at their first job, so a module edited after
     the caller imported it is run as it is on disk (the rule of
     :mod:`actors._freshness`), as under a spawned daemon.  ``__main__`` stays.
+
+    A module whose file is older than the caller (``kept_before_ns``: its
+    start, less a second) is what is on disk: it stays, as in a forked pool's
+    workers, so the script's own functions (``__main__``, which stays) and
+    the jobs use one module, its classes one class (a result of ``mywork.DC``
+    made by a function of the script did not pickle: "not the same object").
+    :data:`FORKED_USER` lists them; the workers retire once one changes.
     """
     from actors._freshness import _SYSTEM
 
@@ -202,7 +231,14 @@ def _forget_user_modules() -> None:
                 real_dir = dirs[head] = os.path.realpath(head)
             real = os.path.join(real_dir, tail)
         if not real.startswith(_SYSTEM) and not real.startswith(own):
-            _KEPT.append(sys.modules.pop(name))
+            try:
+                mtime = os.stat(real).st_mtime_ns
+            except OSError:
+                mtime = kept_before_ns
+            if mtime < kept_before_ns:
+                FORKED_USER[name] = (real, mtime)
+            else:
+                _KEPT.append(sys.modules.pop(name))
 
 
 def _reset_signals() -> None:

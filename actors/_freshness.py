@@ -55,6 +55,12 @@ class UserCode:
         # client directory provides): each module's path is resolved once, not at every scan (~400 realpaths,
         # 8 ms, in a worker forked from a private daemon)
         self._known: set[str] = set(sys.modules)
+        # a worker forked from a private daemon, itself a fork of its client: the client's modules it kept, watched
+        forked = getattr(sys.modules.get("actors._daemonfork"), "FORKED_USER", {})
+        for name, (real, mtime) in forked.items():
+            if name in sys.modules:
+                self.mtimes[real] = (name, mtime)
+                self.active[name] = real
 
     def add_path(self, path: list[str]) -> None:
         """Search ``path`` (a client's import path) before the worker's own (see :meth:`use`)."""

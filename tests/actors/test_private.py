@@ -362,7 +362,8 @@ from ensemble import Executor
 
 with open("mod.py", "w") as f:
     f.write("def val():\\n    return 2\\n")
-os.utime("mod.py", ns=(1, 1))  # another mtime even on a coarse clock
+later = os.stat("mod.py").st_mtime_ns + 5_000_000_000
+os.utime("mod.py", ns=(later, later))  # another mtime even on a coarse clock
 with Executor(2) as ex:
     print(ex.submit(mod.val).result(60), mod.val())
 '''
@@ -384,6 +385,49 @@ def test_a_forked_private_daemon_runs_the_user_s_code_as_it_is_on_disk(tmp_path:
     assert out.returncode == 0, out.stderr
     # the caller imported mod before editing it: the worker, a fork of a fork of the caller, still runs the new code
     assert out.stdout.split() == ["2", "1"]
+
+
+_SCRIPT_OBJECTS = '''
+import mywork
+from ensemble import Executor
+
+
+def make(n):
+    return mywork.Point(n, [])
+
+
+def check(x):
+    return isinstance(x, mywork.Point)
+
+
+if __name__ == "__main__":
+    with Executor(1) as ex:
+        print(ex.submit(make, 1).result(60), ex.submit(check, mywork.Point(1, [])).result(60))
+'''
+
+
+def test_a_forked_private_daemon_s_script_functions_and_jobs_share_the_user_s_module(tmp_path: Path) -> None:
+    """The worker, a fork of the script, kept the script's functions but imported its module afresh: two copies of
+    ``mywork``, so a script function's ``mywork.Point`` did not pickle ("not the same object as mywork.Point")
+    and ``isinstance`` said False.  A module unchanged since the script started is kept, as in a forked pool."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "mywork.py").write_text("import dataclasses\n\n\n@dataclasses.dataclass\nclass Point:\n"
+                                        "    a: int\n    b: list\n")
+    before = time.time_ns() - 60_000_000_000  # written before the script started, as a project's files are
+    os.utime(tmp_path / "mywork.py", ns=(before, before))
+    (tmp_path / "main.py").write_text(_SCRIPT_OBJECTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_") and k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(ROOT), ENSEMBLE_NAME="nobody-home", ENSEMBLE_RUN_DIR=str(tmp_path / "run"),
+               ENSEMBLE_PRIVATE_START="fork")
+    out = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Point(a=1, b=[]) True"
 
 
 _CLASSIFY = '''
