@@ -304,7 +304,15 @@ def unpicklable(value: Any, path: str, exc: Exception) -> Exception:
         if note not in getattr(exc, "__notes__", ()):  # the same instance raised again (a module-level one)
             exc.add_note(note)
         return exc
-    return cls(f"{what} does not pickle ({exc}); pass something picklable (a module-level class or function)")
+    if cls is RecursionError:  # the part pickles: it is nested deeper than pickle recurses
+        return cls(f"{what} is nested too deep to pickle ({exc}); {_verb(path)} a flatter value")
+    return cls(f"{what} does not pickle ({exc}); {_verb(path)} something picklable (a module-level class or "
+               "function)")
+
+
+def _verb(path: str) -> str:
+    """What the one who made the value does about it: a job's result is returned, anything else passed."""
+    return "return" if path.startswith("the job's result") else "pass"
 
 
 _PICKLES_OWN = (TypeError, AttributeError, RecursionError, ValueError, pickle.PicklingError)  # raised by pickle itself

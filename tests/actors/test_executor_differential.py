@@ -463,6 +463,9 @@ def test_a_value_that_does_not_pickle_fails_at_result_with_pickle_s_own_error_sa
     assert ens[:2] == ppe[:2], (ppe, ens)
     where = "result" if "result" in key else "args[0]" if "argument" in key else "kwargs['key']"
     assert where in ens[2] and "cannot cross to another process" in ens[2], ens[2]
+    # what to do about it, said to whoever made the value: a list that is too deep pickles, a result is returned
+    fix = "a flatter value" if "too deep" in key else "something picklable"
+    assert f"; {'return' if 'result' in key else 'pass'} {fix}" in ens[2], ens[2]
 
 
 @pytest.mark.parametrize("key, where", [
