@@ -78,7 +78,8 @@ def _raise_for(info: JobInfo, lost: type[Exception] = JobLost, local: bool = Tru
     if info.state in ("cancelled", "killed"):
         cls = JobTimeout if info.error_type == "JobTimeout" else JobCancelled
         why = info.error_message if info.error_message and info.error_message != info.state else ""
-        raise cls(f"job {info.id} ({info.fn}) {info.state}{f': {why}' if why else ''}")  # (never "cancelled: cancelled")
+        why = why.removeprefix(f"{info.state}: ")  # (never "cancelled: cancelled", nor "killed: killed: shutdown")
+        raise cls(f"job {info.id} ({info.fn}) {info.state}{f': {why}' if why else ''}")
     if info.state == "worker-lost":
         raise lost(f"job {info.id}{f' ({info.fn})' if info.fn else ''}: {info.error_message}")
     raise EnsembleError(f"job {info.id} is not finished (state {info.state})")

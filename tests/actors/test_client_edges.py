@@ -51,3 +51,21 @@ def test_a_submit_to_a_daemon_with_no_worker_says_once_why_its_jobs_wait(make_da
         assert c.submit("tests.jobs:square", 5).result(timeout=60) == 25
     assert c.conn.waiting == "" and not [r for r in caplog.records if "no-worker" in r.getMessage()]
     assert d.cli("submit", "tests.jobs:square", "6").stderr == ""
+
+
+@pytest.mark.parametrize("state, message, said", [
+    ("killed", "killed: shutdown (no return within 500 ms of the abort)",
+     "job 7 (m:f) killed: shutdown (no return within 500 ms of the abort)"),
+    ("cancelled", "cancelled", "job 7 (m:f) cancelled"),
+    ("cancelled", "cancelled before it started", "job 7 (m:f) cancelled: cancelled before it started"),
+])
+def test_a_job_cancelled_or_killed_says_its_end_once(state: str, message: str, said: str) -> None:
+    """A job killed at the daemon's stop raised "killed: killed: shutdown ...": the daemon's text starts with the
+    state the client names too."""
+    from actors import JobCancelled
+    from actors.client import _raise_for
+    from actors.messages import JobInfo
+
+    with pytest.raises(JobCancelled) as got:
+        _raise_for(JobInfo(7, "m:f", "", state, error_type="JobCancelled", error_message=message))
+    assert str(got.value) == said
