@@ -135,19 +135,61 @@ SET_WAIT_S = 10.0  # how long `param set` waits for the controller to apply the 
               "its queue); 0: return once the daemon has queued it.")
 @click.pass_context
 def param_set(ctx: click.Context, name: str, value: str, wait: float) -> None:
-    """Set a parameter (VALUE read as JSON where it parses); prints the value it takes, as `param get` prints it.
+    """Set a parameter (VALUE read as its kind takes it); prints the value it takes, as `param get` prints it.
 
-    Exits 1 when the controller drops the change (a load came first and its script has no such parameter, or
-    refuses the value) or has not applied it within --wait seconds (it stays queued).
+    A text parameter stores VALUE exactly as typed; a number takes a number
+    as JSON writes it (3, -0.5, 1e3); a bool true/false, 1/0, yes/no, on/off;
+    a choice the one VALUE is read as JSON, else as text.  Exits 1 when the
+    value is refused (saying why), when the controller drops the change (a
+    load came first and its script has no such parameter, or refuses the
+    value) or has not applied it within --wait seconds (it stays queued).
     """
-    wanted = parse_arg(value)
     with client_of(ctx, Client) as c:
-        try:  # the daemon checks the value first (ParamDef.coerce) and refuses it saying why; then the controller
-            c.set_param(name, wanted, wait=wait or None)  # applies it, or drops it (a load came first): said, exit 1
+        try:  # checked here as the daemon checks it: a value the wire cannot carry (10**29) is never sent
+            wanted = _value_of(next((p for p in c.params() if p.name == name), None), value)
+        except ValueError as exc:
+            fail(str(exc))
+        try:  # the daemon checks the value again (ParamDef.coerce: a load may have come in between); then the
+            c.set_param(name, wanted, wait=wait or None)  # controller applies it, or drops it: said, exit 1
         except ParamNotApplied as exc:
             fail(str(exc))
         taken = _as_taken(c.params(), name, wanted)
     click.echo(f"{name} = {json_text(taken)}")
+
+
+def _value_of(p: ParamInfo | None, text: str) -> Any:
+    """The value ``param set NAME TEXT`` sends for parameter ``p``, checked as the daemon checks it (pure).
+
+    A str parameter takes ``text`` exactly as typed (``null``, ``1.50`` stay
+    text).  An int or float one takes only a number as JSON writes it, in
+    ASCII digits (no ``1_0``, no ``٣``, though Python's ``int`` takes both),
+    converted here: an int beyond 64 bits is refused as the daemon refuses
+    it, a float parameter takes ``1e29`` written out in digits as a float.
+    A bool one: JSON true/false or the words ``ParamDef.coerce`` knows; a
+    choice: the choice ``text`` is read as JSON, else the one it is as text.
+    ``p`` None (the daemon listed no such parameter): ``text`` as it is, for
+    the daemon to refuse naming the parameters it has.  Raises ValueError
+    naming the parameter, the value and what it takes.
+    """
+    if p is None:
+        return text
+    param = ParamDef(p.name, p.long_name, p.default, p.min, p.max, p.kind, tuple(p.choices))
+    if p.kind == "str":
+        return param.coerce(text)
+    value = parse_arg(text)
+    if p.kind in ("int", "float") and not isinstance(value, (int, float)):  # (true/false: coerce says why not)
+        example = "3 or -2" if p.kind == "int" else "0.5, -3 or 1e3"
+        raise ValueError(f"parameter {p.name!r}: {text!r} is not a number; an {p.kind} parameter takes a number "
+                         f"as JSON writes it, in ASCII digits, e.g. {example}")
+    try:
+        return param.coerce(value)
+    except ValueError as as_json:
+        if p.kind != "choice" or value == text:
+            raise
+        try:  # a choice that is text JSON reads otherwise: "1" of ["1", "2"], "null"
+            return param.coerce(text)
+        except ValueError:
+            raise as_json from None
 
 
 def _as_taken(params: list[ParamInfo], name: str, value: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import re
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -120,11 +121,14 @@ class ParamDef:
             if self.kind == "int":
                 value = _whole(value)
             elif self.kind == "float":
-                value = float(value)
+                value = float(_number_text(value))
                 if not math.isfinite(value):
                     raise ValueError("a parameter value must be a finite number")
-            elif self.kind == "str":
-                return str(value)
+            elif self.kind == "str":  # str(None) would store "None": a value that is no text is refused
+                if not isinstance(value, str):
+                    raise ValueError(f"a str parameter takes text (a string), not {type(value).__name__}; "
+                                     "send the text quoted")
+                return value
             elif self.kind == "choice":  # true is no 1 here (Python's True == 1): a bool matches only a bool
                 for choice in self.choices:
                     if choice == value and isinstance(choice, bool) == isinstance(value, bool):
@@ -204,12 +208,25 @@ def _truth(value: Any) -> bool:
     raise ValueError("a bool parameter takes true or false (or 1/0, yes/no, on/off)")
 
 
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def _number_text(value: Any) -> Any:
+    """``value``, refused (ValueError) if it is text that is no number as JSON writes it, in ASCII digits.
+
+    Python's ``int()`` and ``float()`` take ``"1_0"``, ``"٣"`` and ``" 5 "``: a typo set a value.
+    """
+    if isinstance(value, str) and not _JSON_NUMBER.fullmatch(value):
+        raise ValueError("a number parameter takes a number as JSON writes it, in ASCII digits (e.g. 3, -0.5, 1e3)")
+    return value
+
+
 def _whole(value: Any) -> int:
     """``value`` as an int parameter's: a whole number (``3``, ``3.0``, ``"3"``) within 64 bits, else ValueError."""
     if isinstance(value, float) and not value.is_integer():
         raise ValueError("an int parameter takes a whole number" if math.isfinite(value)
                          else "a parameter value must be a finite number")
-    number = int(value)
+    number = int(_number_text(value))
     if not -2**63 <= number < 2**63:
         raise ValueError("an int parameter must fit in 64 bits (-2**63..2**63-1)")
     return number

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import audio.client
-from actors import EnsembleError, WaitTimeout
+from actors import EnsembleError, OutOfRange, WaitTimeout
 from controller.messages import (
     ParamBind, ParamCheck, ParamInfo, ParamList, ParamSet, ParamState, ScriptLoad, UiEvent, UiList, UiState,
 )
@@ -93,6 +93,12 @@ class Client(audio.client.Client):
         ``wait`` seconds pass first (the change stays queued: a long callback
         holds the controller's queue).  Blocks the caller.
         """
+        if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
+            try:  # no wire int: as a float, which an int parameter refuses ("64 bits") and a float one takes
+                value = float(value)
+            except OverflowError:
+                raise OutOfRange(f"parameter {name!r}: an integer of {value.bit_length()} bits is beyond any "
+                                 "parameter's range (a float's, about 1.8e308)") from None
         queued = self._call(ParamSet(name, value))
         if wait is not None and isinstance(queued, ParamState):
             self._wait_applied(name, queued.seq, wait)

@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -186,6 +188,7 @@ def test_an_edit_is_seen_in_a_directory_the_daemon_had_on_its_path_already(make_
     assert run() == ["2", "new"]
 
 
+@pytest.mark.slow  # a daemon of its own and four client programs: run by .ci/run's slow pass (default suite < 5 min)
 def test_two_projects_with_a_module_of_the_same_name_each_run_their_own(make_daemon: Any, tmp_path: Path) -> None:
     """A worker kept every client's directories on its path and every module it imported: a job from a second
     project ran the first project's ``shared.py``.  One worker, the two projects taking turns; a module's state

@@ -16,8 +16,11 @@ from typing import Any, Callable
 
 import pytest
 
+import actors.cli  # noqa: F401 - first: controller._cli imports it, and it imports controller._cli (commands)
 from actors import OutOfRange
+from controller._cli import _value_of
 from controller.client import ScriptLoadError
+from controller.messages import ParamInfo
 from tests.conftest import Daemon, wait_for
 
 SCRIPT = '''
@@ -27,7 +30,10 @@ define_parameter("gain", "Gain", 0.5, 0.0, 1.0)
 define_parameter("count", "Count", 3, 0, 16)
 define_parameter("mode", "Mode", "a", choices=["a", "b"])
 define_parameter("on", "On", False)
+define_parameter("text", "Text", "hi")
+define_parameter("free", "Free", 0.0)
 '''
+NAMES = {"gain", "count", "mode", "on", "text", "free"}
 
 
 @pytest.fixture
@@ -63,7 +69,7 @@ def new_log(daemon: Daemon) -> Callable[[], str]:
 def _loaded(d: Daemon, script: Path) -> Any:
     c = d.client()
     c.load_script(str(script), wait=60)  # ready: the parameters listed are this script's, not the test's before
-    wait_for(lambda: {p.name for p in c.params()} == {"gain", "count", "mode", "on"}, what="the script's parameters")
+    wait_for(lambda: {p.name for p in c.params()} == NAMES, what="the script's parameters")
     return c
 
 
@@ -188,3 +194,72 @@ def test_a_parameter_that_could_never_be_set_fails_the_load_naming_it(daemon: Da
     with pytest.raises(ScriptLoadError, match="did not load"):
         daemon.client().load_script(str(script), wait=30)
     assert daemon.client().params() == []  # not loaded, so no parameter that can never be set
+
+
+AS_TYPED = ("null", "true", '{"a": 1}', "1.50", "1e2", "123456789012345678901234", "-3", '"quoted"', " spaced ")
+BIG = "100000000000000000000000000000"  # 10**29: beyond what the wire carries as an int (64 bits)
+
+
+def test_param_set_stores_a_text_parameter_s_value_exactly_as_typed(daemon: Daemon, script: Path) -> None:
+    c = _loaded(daemon, script)
+    typed_texts = ("true", '{"a": 1}', "1.50", "123456789012345678901234")  # (every one: the test without a daemon)
+    said = daemon.cli_each(*(["param", "set", "text", typed] for typed in typed_texts))
+    assert [(out.returncode, out.stdout.strip()) for out in said] == [
+        (0, f"text = {json.dumps(typed)}") for typed in typed_texts], said
+    daemon.cli("param", "set", "text", "null")
+    wait_for(lambda: c.get_param("text") == "null", what="the text 'null' to be applied as typed")
+    wait_for(lambda: '"text": "null"' in _state(daemon, script), what="the text 'null' to be persisted as typed")
+
+
+def test_a_number_too_large_for_the_wire_is_checked_as_the_parameter_takes_it(daemon: Daemon, script: Path) -> None:
+    c = _loaded(daemon, script)
+    _refused(daemon, ("count", BIG, "parameter 'count': ", "an int parameter must fit in 64 bits"),
+             ("count", "-" + BIG, "an int parameter must fit in 64 bits"),
+             ("on", BIG, "a bool parameter takes true or false"),
+             ("mode", BIG, f"{BIG} is not one of ['a', 'b']"))
+    assert daemon.cli("param", "set", "free", BIG).stdout.strip() == "free = 1e+29"
+    wait_for(lambda: c.get_param("free") == 1e29, what="the large number to be applied as a float")
+
+
+def test_a_number_parameter_takes_json_number_syntax_only(daemon: Daemon, script: Path) -> None:
+    c = _loaded(daemon, script)
+    before = c.get_param("count"), c.get_param("gain"), c.get_param("free")
+    typos = (("count", "1_0"), ("count", "\u0663"), ("gain", "\u0660.\u0665"), ("free", '"3"'))
+    _refused(daemon, *((name, text, f"parameter {name!r}: {text!r} is not a number", "JSON") for name, text in typos))
+    assert (c.get_param("count"), c.get_param("gain"), c.get_param("free")) == before
+
+
+def _info(kind: str, default: Any, choices: tuple[Any, ...] = (), low: Any = None, high: Any = None) -> ParamInfo:
+    return ParamInfo("p", "P", default, default, low, high, kind, choices=list(choices))
+
+
+def test_the_cli_reads_a_value_as_its_parameter_takes_it_without_a_daemon() -> None:
+    assert [_value_of(_info("str", ""), typed) for typed in AS_TYPED] == list(AS_TYPED)
+    assert _value_of(_info("float", 0.0), BIG) == 1e29 and _value_of(_info("float", 0.0), "1e2") == 100.0
+    assert [_value_of(_info("int", 0, low=0, high=10), text) for text in ("7", "4.0", "-0")] == [7, 4, 0]
+    for text, reason in ((BIG, "must fit in 64 bits"), ("11", "outside 0..10"), ("1_0", "is not a number"),
+                         ("\u0663", "is not a number"), ("NaN", "finite"), ("[]", "is not a number"),
+                         ("+1", "is not a number"), ('"3"', "is not a number"), (" 1_0", "is not a number")):
+        with pytest.raises(ValueError, match=reason):
+            _value_of(_info("int", 0, low=0, high=10), text)
+    assert _value_of(_info("choice", "1", ("1", "null")), "1") == "1"  # the text, as no JSON value is a choice
+    assert _value_of(_info("choice", "1", ("1", "null")), "null") == "null"
+    assert _value_of(_info("choice", 1, (1, 2.5)), "2.5") == 2.5
+    with pytest.raises(ValueError, match=r"^parameter 'p': 3 is not a valid choice: 3 is not one of \[1, 2.5\]"):
+        _value_of(_info("choice", 1, (1, 2.5)), "3")
+    assert [_value_of(_info("bool", False), text) for text in ("on", "false", "1")] == [True, False, True]
+    assert _value_of(None, BIG) == BIG  # no such parameter: sent as text, which the daemon refuses naming it
+def test_the_python_api_refuses_what_a_parameter_cannot_hold_saying_why(daemon: Daemon, script: Path) -> None:
+    c = _loaded(daemon, script)
+    before = c.get_param("text"), c.get_param("count")
+    for value in (None, True, {"a": 1}, 1.5, 10**29):
+        with pytest.raises(OutOfRange, match=r"^parameter 'text': .* a str parameter takes text \(a string\), not "):
+            c.set_param("text", value)
+    with pytest.raises(OutOfRange, match="an int parameter must fit in 64 bits"):
+        c.set_param("count", 10**29)
+    for typo in ("1_0", "\u0663", " 5 "):
+        with pytest.raises(OutOfRange, match="as JSON writes it, in ASCII digits"):
+            c.set_param("count", typo)
+    assert (c.get_param("text"), c.get_param("count")) == before
+    c.set_param("free", 10**29, wait=10)
+    assert c.get_param("free") == 1e29

@@ -17,6 +17,7 @@ from tests.conftest import pid_alive, processes_mentioning, wait_for
 from tests.security.conftest import Remote
 
 
+@pytest.mark.slow  # a daemon killed: run by .ci/run's slow pass (default suite < 5 min)
 def test_a_remote_client_given_up_names_the_daemon_s_endpoint_and_its_host(remote: Remote) -> None:
     from ensemble import Client
 

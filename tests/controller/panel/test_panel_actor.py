@@ -118,6 +118,9 @@ def test_controls_move_parameters_and_the_cli_moves_controls(shared_panel: Panel
         page.send({"op": "param", "name": "nope", "value": 1})
         page.until(lambda s: any(r["type"] == "error" and "no parameter named 'nope'" in r["message"]
                                  for r in page.replies), what="the refusal")
+        page.send({"op": "param", "name": "seconds", "value": 10**29})  # past the wire's ints: checked, not sent
+        page.until(lambda s: any(r["type"] == "error" and "parameter 'seconds': 1e+29 is outside" in r["message"]
+                                 for r in page.replies), what="the refusal of a number past the wire's ints")
     c.close()
 
 
