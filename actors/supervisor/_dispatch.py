@@ -27,16 +27,24 @@ OVERRUN_SECONDS = 0.05
 OVERRUN_JOBS = 2.0
 
 
-def window(job_seconds: float, limit: int) -> int:
+def window(job_seconds: float, limit: int, starting: int = 0) -> int:
     """Jobs to hand one worker at once: about :data:`BUFFERED_WORK` seconds of work, at most ``limit``.
 
     Short jobs travel in big batches (throughput); long ones one or two at a
     time, so an idle worker never waits while another holds a backlog.  Before
-    the first job has been timed (``job_seconds <= 0``): two.
+    the first job has been timed (``job_seconds <= 0``): two, or one while
+    ``starting`` workers are still on their way (the first one ready held the
+    second job behind the first, and the next one ready started the third:
+    jobs of a second each started out of order).
     """
     if job_seconds <= 0:
-        return min(2, limit)
+        return 1 if starting else min(2, limit)
     return max(1, min(limit, int(BUFFERED_WORK / job_seconds)))
+
+
+def starting(slots: Iterable["Slot"]) -> int:
+    """The workers on their way: started, not ready yet (and not retiring)."""
+    return sum(1 for s in slots if s.role == "worker" and not s.ready and not s.retire)
 
 
 def takes_jobs(slot: "Slot") -> bool:
@@ -75,7 +83,36 @@ def plan(book: JobBook, slots: Iterable["Slot"], credit: int,
                 continue
             break
         out.append((slot, jobs))
+    if len(out) > 1 and not book.needy:
+        _deal(out)
     return out
+
+
+def _deal(out: list[tuple["Slot", list[Job]]]) -> None:
+    """Hand the popped jobs out again one at a time, in turn, each worker keeping its count (in place).
+
+    Popped a worker at a time, the first worker got the queue's first jobs
+    and the next one those after: with two idle workers and jobs 0-3, jobs 0
+    and 2 started while 1 waited behind 0 (a cancel of the jobs not started
+    then spared 2 and cancelled 1).  Dealt in turn, each worker's first job
+    is among the oldest, so jobs start in about the order they were queued,
+    as a pool's workers take them.  Only when no queued job names resources
+    (any worker may run any of them).
+    """
+    jobs = [job for _, taken in out for job in taken]
+    counts = [len(taken) for _, taken in out]
+    if min(counts) == max(counts):  # (the usual case: every 'th job, by slicing)
+        for i, (slot, _) in enumerate(out):
+            out[i] = (slot, jobs[i::len(out)])
+        return
+    dealt: list[list[Job]] = [[] for _ in out]
+    it = iter(jobs)
+    for turn in range(max(counts)):
+        for i, count in enumerate(counts):
+            if turn < count:
+                dealt[i].append(next(it))
+    for i, (slot, _) in enumerate(out):
+        out[i] = (slot, dealt[i])
 
 
 def offers(slots: Iterable["Slot"]) -> list[dict[str, float]]:

@@ -257,7 +257,9 @@ class WorkMixin(State):
         now = time.time()
         slots = list(self.slots.values())
         late = plan.overrun(book, slots, now, self.job_seconds) if book.queued else ()
-        for slot, jobs in plan.plan(book, slots, plan.window(self.job_seconds, self.cfg.jobs.window), late):
+        credit = plan.window(self.job_seconds, self.cfg.jobs.window,
+                             plan.starting(slots) if self.job_seconds <= 0 else 0)
+        for slot, jobs in plan.plan(book, slots, credit, late):
             was_idle = not slot.outstanding
             batch, sent = [], []
             for job in jobs:

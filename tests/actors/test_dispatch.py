@@ -28,6 +28,8 @@ def _worker(name: str, outstanding: tuple[int, ...] = ()) -> Slot:
 
 def test_window_tracks_job_length() -> None:
     assert plan.window(0.0, 64) == 2  # untimed: two at a time
+    assert plan.window(0.0, 64, starting=1) == 1  # untimed, and a worker still starting: one each, in order
+    assert plan.window(0.0001, 64, starting=1) == 64
     assert plan.window(0.0001, 64) == 64  # 0.1 ms jobs: a full window
     assert plan.window(0.01, 64) == 2
     assert plan.window(5.0, 64) == 1  # long jobs one at a time
@@ -43,6 +45,19 @@ def test_plan_shares_the_queue_best_first_and_respects_credit(tmp_path: Path) ->
     assert sorted(got["a"] + got["b"], reverse=True) == [9, 5, 1, 0]  # the best four
     assert got["a"][0] == 9  # best first
     assert book.queued == 2 and all(j.state == "dispatched" for _, jobs in out for j in jobs)
+
+
+def test_plan_deals_the_queue_in_turn_so_jobs_start_in_the_order_they_came(tmp_path: Path) -> None:
+    """Two idle workers and four jobs: the first worker took jobs 1 and 2, the second 3 and 4, so 1 and 3 started
+    and 2 waited (a shutdown's cancel_futures spared 3 and cancelled 2).  Dealt in turn: 1 and 2 start first."""
+    book = _book(tmp_path, [0, 0, 0, 0, 0])
+    a, b = _worker("a"), _worker("b", (99,))
+    got = {slot.name: [j.id for j in jobs] for slot, jobs in plan.plan(book, [a, b], credit=2)}
+    assert got == {"a": [1, 3], "b": [2]}  # b had one outstanding: a's second job comes after b's first
+    (tmp_path / "2").mkdir()
+    book = _book(tmp_path / "2", [0, 0, 0, 0])
+    got = {slot.name: [j.id for j in jobs] for slot, jobs in plan.plan(book, [_worker("a"), _worker("b")], credit=2)}
+    assert got == {"a": [1, 3], "b": [2, 4]}
 
 
 def test_plan_skips_retiring_and_unready_workers(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ import collections
 import concurrent.futures as cf
 import datetime
 import decimal
+import functools
 import json
 import logging
 import multiprocessing
-import functools
 import os
 import subprocess
 import sys
@@ -619,6 +619,29 @@ def test_map_under_a_cap_on_a_running_daemon_sends_a_job_per_chunk(jobs_only_dae
             next(values)
         with pytest.raises(ZeroDivisionError):
             list(ex.map(divmod, [4, 5, 6], [2, 0, 3], chunksize=2))
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_jobs_start_in_the_order_they_were_submitted(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two idle workers and six jobs: the first worker was handed jobs 0 and 1, the second 2 and 3, so 0 and 2
+    ran while 1 waited, and a shutdown's ``cancel_futures`` cancelled 1 and spared 2.  The pools start jobs in
+    the order they came: what ran is the first ones."""
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    pool = _pool(kind, 2)
+    try:
+        assert pool.submit(J.add, 1, 1).result(60) == 2  # (the pool is up)
+        futures = [pool.submit(J.gate, str(marks), str(gate), i) for i in range(6)]
+        wait_for(lambda: len(list(marks.iterdir())) == 2, 60, what="both workers to start a job")
+        pool.shutdown(wait=False, cancel_futures=True)
+        gate.touch()
+        ran = [f.result(60) for f in futures if not f.cancelled()]
+        assert len(ran) >= 2 and ran == list(range(len(ran))), ran
+    finally:
+        gate.touch()
+        pool.shutdown()
 
 
 _ATTACHED_EXIT_SCRIPT = """
