@@ -282,6 +282,7 @@ class Connection:
         # never answered (the daemon that had it is gone), and fails as the I/O thread's do (see _ask)
         self.drops = 0
         self._unsent: collections.deque[bytes] = collections.deque()  # frames the I/O socket would not take yet
+        self.in_listener = 0.0  # monotonic time the I/O thread entered a job's listener (a user's callback); 0: not
         # what its death is, for this connection's user: the error every call raises (made from the message),
         # and the (state, error_type) of the JobInfo that jobs still waiting end with (an Executor: its pool broke)
         self.gone_as: Callable[[str], Exception] = DaemonError
@@ -458,6 +459,16 @@ class Connection:
             if getattr(self._local, "direct", None) is direct:
                 self._local.direct = None
         direct.close()
+
+    def held_by_listener(self) -> str:
+        """Why an answer the I/O thread reads may be late, for a timeout's error: it has been running a job's
+        listener (a ``watch`` callback of the user's) for over a second; else ""."""
+        since = self.in_listener
+        held = time.monotonic() - since if since else 0.0
+        if held < 1.0:
+            return ""
+        return (f"; this client's I/O thread has been running a watch callback for {held:.0f}s, and reads the "
+                "daemon's answers only after it: keep on_update callbacks short (hand long work to a thread)")
 
     def _key_refused(self) -> PermissionDenied:
         return PermissionDenied(
@@ -912,10 +923,13 @@ class Connection:
                     info = msgspec.structs.replace(info, state="failed", result=None,
                                                    error_type=type(exc).__name__, error_message=str(exc))
             for fn in listeners:
+                self.in_listener = time.monotonic()
                 try:
                     fn(info)
-                except Exception:
-                    pass
+                except Exception:  # (a listener's bug: logged, and the other listeners and jobs go on)
+                    log.exception("event=listener-failed job=%d", info.id)
+                finally:
+                    self.in_listener = 0.0
             if terminal:
                 self.arrays.job_ended(info.id)
 

@@ -13,6 +13,8 @@ import collections
 import concurrent.futures
 import functools
 import logging
+import math
+import numbers
 import os
 import pickle
 import sys
@@ -148,6 +150,13 @@ def make_spec(fn: Callable[..., Any] | str, args: Iterable[Any], kwargs: dict[st
     if deadline is not None and not (isinstance(deadline, (int, float)) and 0 <= deadline <= 1e9):
         raise ValueError(f"deadline must be a finite number of seconds, 0 to 1e9 (None or 0: no limit), "
                          f"got {deadline!r}")
+    for option, value in (("priority", priority), ("retries", retries)):  # int() took 1.5, "7" and True
+        if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+            raise TypeError(f"{option} must be a whole number, got {value!r}")
+    if not -2**63 <= priority < 2**63:
+        raise ValueError(f"priority must fit in 64 bits (-2**63..2**63-1), got {priority}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be text, got {type(name).__name__}")
     fn, args, kwargs = _unwrap(fn, args, kwargs)  # a partial of a module-level function travels as that function
     return JobSpec(path_of(fn), list(args), dict(kwargs), name, int(priority), max(1, round(grace * 1000)),
                    float(deadline or 0.0), int(retries), True, False,
@@ -246,7 +255,23 @@ class JobHandle:
         if info.state in TERMINAL:
             self._done.set()
         for cb in list(self._callbacks):
-            cb(info)
+            try:
+                cb(info)
+            except Exception:  # a bug of the caller's callback: in the log, never raised into watch() or a refresh
+                self._callback_failed(info)
+
+    def _callback_failed(self, info: JobInfo) -> None:
+        """A watch callback raised: the first time said with its traceback, and how often at the job's end
+        (a callback that fails at every update of a chatty job would flood the log)."""
+        failures = getattr(self, "_failures", 0) + 1
+        self._failures = failures
+        if failures == 1:
+            _log.exception("event=watch-callback-failed job=%d fn=%s detail=the on_update callback raised (it is "
+                           "called again at the next update; later failures are counted at the job's end)",
+                           self.id, info.fn)
+        elif info.state in TERMINAL:
+            _log.error("event=watch-callback-failed job=%d fn=%s failures=%d detail=the on_update callback raised "
+                       "at %d updates of this job", self.id, info.fn, failures, failures)
 
     def refresh(self) -> JobInfo:
         """Fetch the job's current snapshot from the daemon."""
@@ -300,6 +325,7 @@ class JobHandle:
 
         Raises :class:`WaitTimeout` when ``timeout`` seconds pass first (the job goes on).
         """
+        timeout = _wait_limit(timeout)
         end = None if timeout is None else time.monotonic() + timeout
         while not self._done.is_set():
             left = _REFETCH_EVERY if end is None else min(_REFETCH_EVERY, end - time.monotonic())
@@ -373,6 +399,22 @@ def _check_timeout(timeout: Any, or_none: str = "") -> None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1e9:  # NaN fails too
         raise ValueError(f"timeout must be {or_none}a number of seconds, more than 0 and at most 1e9, got {timeout!r}")
+
+
+def _wait_limit(timeout: Any) -> float | None:
+    """A wait's ``timeout`` as it is waited: None for no limit (``None`` or infinity), seconds (0 or less: look
+    once); ValueError for what is no number of seconds (NaN, a bool, a string: they waited for ever, or failed
+    with a raw TypeError)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or math.isnan(seconds := float(timeout)):
+        raise ValueError(f"timeout must be None (no limit) or a number of seconds, got {timeout!r}")
+    return None if seconds == math.inf else seconds
+
+
+def _states(states: Iterable[str] | str) -> list[str]:
+    """A listing's states: one state given as text is that state (``jobs("done")`` listed the states "d", "o"...)."""
+    return [states] if isinstance(states, str) else list(states)
 
 
 def _specs_of(specs: Any) -> list[JobSpec]:
@@ -577,7 +619,8 @@ class Client(_OnConnection):
         try:
             ids = fut.result(self.timeout)
         except concurrent.futures.TimeoutError:
-            raise TransportError(f"the daemon did not acknowledge the submit within {self.timeout:g}s") from None
+            raise TransportError(f"the daemon did not acknowledge the submit within {self.timeout:g}s"
+                                 f"{self.conn.held_by_listener()}") from None
         with lock:
             for jid in ids:
                 handles[jid] = JobHandle(self, jid)
@@ -608,7 +651,10 @@ class Client(_OnConnection):
         return handle
 
     def watch(self, job_id: int, on_update: Callable[[JobInfo], None]) -> JobHandle:
-        """Reattach to a job and call ``on_update(info)`` (on the client's I/O thread) for every update."""
+        """Reattach to a job and call ``on_update(info)`` for every update: the snapshot it finds here, on this
+        thread; pushes on the client's I/O thread, which waits for it (a callback that blocks holds every
+        other call and job of this client: hand long work to a thread of your own).  What it raises is logged
+        (``event=watch-callback-failed``, with its traceback), never raised here."""
         handle = JobHandle(self, job_id)
         handle._callbacks.append(on_update)
         self.conn.listen(job_id, handle._update)
@@ -616,9 +662,9 @@ class Client(_OnConnection):
         handle._update(info)
         return handle
 
-    def jobs(self, states: Iterable[str] = (), limit: int = 100) -> list[JobInfo]:
-        """Recent jobs, newest first, optionally only in the given states."""
-        return _listed(self._call(ListJobs(list(states), limit)).jobs)
+    def jobs(self, states: Iterable[str] | str = (), limit: int = 100) -> list[JobInfo]:
+        """Recent jobs, newest first, optionally only in the given states (one, or several)."""
+        return _listed(self._call(ListJobs(_states(states), limit)).jobs)
 
     def cancel(self, job_id: int, block: bool = False) -> JobInfo | None:
         """Cancel a job by id (see :meth:`JobHandle.cancel`)."""
@@ -1594,6 +1640,7 @@ class AsyncJobHandle:
         """Await the job's end; returns its final snapshot.  WrongContextError on another event loop than the one
         that submitted it (its pushes are applied there)."""
         self._on_own_loop("await it")
+        timeout = _wait_limit(timeout)
         try:
             info: JobInfo = await _aio().wait_for(_aio().shield(self._final), timeout)
             return info
@@ -1897,9 +1944,9 @@ class AsyncClient(_OnConnection):
             self._track(loop, handle)
         return handle
 
-    async def jobs(self, states: Iterable[str] = (), limit: int = 100) -> list[JobInfo]:
+    async def jobs(self, states: Iterable[str] | str = (), limit: int = 100) -> list[JobInfo]:
         """Recent jobs, newest first, optionally only in the given states (as :meth:`Client.jobs`)."""
-        return _listed((await self._call(ListJobs(list(states), limit))).jobs)
+        return _listed((await self._call(ListJobs(_states(states), limit))).jobs)
 
     async def cancel(self, job_id: int, block: bool = False) -> JobInfo | None:
         """Cancel a job by id; with ``block`` return its final snapshot once it has stopped (as

@@ -94,6 +94,19 @@ def _check_context(cwd: str, path: list[str]) -> None:
                          "which no directory name can")
 
 
+def _wrong_option(spec: JobSpec) -> str:
+    """What is wrong with a job's options, said for the one that is (the first), or ""."""
+    if not 1 <= spec.timeout_ms <= MAX_TIMEOUT_MS:
+        return f"its grace (the abort's timeout) must be 1..{MAX_TIMEOUT_MS} ms, got {spec.timeout_ms}"
+    if not 0 <= spec.deadline <= 1e9:
+        return f"its deadline must be 0..1e9 s, got {spec.deadline!r}"
+    if not 0 <= spec.retries <= 1000:
+        return f"its retries must be 0..1000, got {spec.retries}"
+    if len(spec.name) > 1024:
+        return f"its name may be at most 1024 characters, got {len(spec.name)}"
+    return ""
+
+
 class RequestsMixin(State):
     """Request handling of the :class:`~actors.supervisor.Supervisor` (mixed in)."""
 
@@ -246,10 +259,9 @@ class RequestsMixin(State):
         for spec in jobs:
             if spec.resources:
                 self._check_resources(spec)
-            if not (1 <= spec.timeout_ms <= MAX_TIMEOUT_MS and 0 <= spec.deadline <= 1e9 and 0 <= spec.retries <= 1000
-                    and len(spec.name) <= 1024):
-                raise JobRefused(f"job {spec.fn}: timeout must be 1..{MAX_TIMEOUT_MS} ms, deadline 0..1e9 s, "
-                                 "retries 0..1000 and the name at most 1024 characters")
+            wrong = _wrong_option(spec)
+            if wrong:
+                raise JobRefused(f"job {spec.fn[:200]}: {wrong}")
         limit = self.cfg.jobs.queue_limit
         if len(book.jobs) + len(jobs) > limit:
             raise QueueFull(f"queue full: {len(book.jobs)} unfinished jobs, limit {limit} (jobs.queue_limit); "

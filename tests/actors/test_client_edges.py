@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_for
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), True, "3", None])
@@ -69,3 +69,93 @@ def test_a_job_cancelled_or_killed_says_its_end_once(state: str, message: str, s
     with pytest.raises(JobCancelled) as got:
         _raise_for(JobInfo(7, "m:f", "", state, error_type="JobCancelled", error_message=message))
     assert str(got.value) == said
+
+
+def test_a_watch_callback_that_raises_is_logged_and_never_raised_into_the_caller(
+        module_daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    """The first snapshot's exception escaped ``watch()``; those of the pushes after it were dropped in silence.
+    The first is logged with its traceback, and how many there were at the job's end."""
+    calls: list[str] = []
+
+    def broken(info: Any) -> None:
+        calls.append(info.state)
+        raise RuntimeError("a bug of the callback")
+
+    c = module_daemon.client()
+    job = c.submit("examples.jobs:countdown", 0.5, 0.05)
+    c.watch(job.id, broken)  # (raised here before)
+    assert job.result(60) == "done"
+    wait_for(lambda: "failures=" in caplog.text, 30, what="the end to reach the callback")
+    logged = [r for r in caplog.records if "event=watch-callback-failed" in r.getMessage()]
+    assert len(logged) == 2 and logged[0].exc_info, [r.getMessage() for r in logged]  # the first, then how many
+    assert f"failures={len(calls)} " in logged[1].getMessage()
+
+
+def test_a_submit_held_behind_a_blocked_watch_callback_says_so(module_daemon: Daemon) -> None:
+    """The client's I/O thread runs the callbacks; one that blocks holds the submit's answer, and the submit's
+    timeout blamed the daemon ("did not acknowledge")."""
+    import threading
+
+    from actors import TransportError
+
+    release, entered = threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def slow(info: Any) -> None:
+        seen.append(info)
+        if len(seen) == 2:  # a push, on the I/O thread (the first is watch()'s own snapshot, on this thread)
+            entered.set()
+            release.wait(120)
+
+    c = module_daemon.client(timeout=3)
+    try:
+        job = c.submit("examples.jobs:countdown", 1.0, 0.05)
+        c.watch(job.id, slow)
+        assert entered.wait(60)
+        with pytest.raises(TransportError, match=r"did not acknowledge the submit within 3s; this client's I/O "
+                                                 r"thread has been running a watch callback for \d+s"):
+            c.submit("examples.jobs:add", 1, 2)
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "1", True])
+def test_a_wait_s_timeout_that_is_no_number_of_seconds_is_refused_by_both_clients(module_daemon: Daemon,
+                                                                                  timeout: Any) -> None:
+    """NaN waited for ever in one client and timed out at once in the other; a string raised a raw TypeError."""
+    import asyncio
+
+    from ensemble import AsyncClient
+
+    c = module_daemon.client()
+    job = c.submit("examples.jobs:add", 1, 2)
+    with pytest.raises(ValueError, match="timeout must be None .no limit. or a number of seconds, got "):
+        job.result(timeout=timeout)
+    assert job.result(timeout=float("inf")) == 3
+
+    async def run() -> None:
+        async with AsyncClient(config=module_daemon.config) as ac:
+            handle = await ac.submit("examples.jobs:add", 2, 2)
+            with pytest.raises(ValueError, match="timeout must be None .no limit. or a number of seconds"):
+                await handle.result(timeout=timeout)
+            assert await handle.result(timeout=float("inf")) == 4
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("option, value", [("priority", 1.5), ("priority", "7"), ("priority", True),
+                                           ("priority", None), ("priority", float("nan")), ("retries", 2.9),
+                                           ("retries", "3")])
+def test_a_job_option_that_is_no_whole_number_is_refused_naming_it(module_daemon: Daemon, option: str,
+                                                                   value: Any) -> None:
+    """``int()`` took 1.5 as 1, "7" as 7 and True as 1, and NaN or None raised its own error naming nothing."""
+    c = module_daemon.client()
+    with pytest.raises(TypeError, match=f"^{option} must be a whole number, got "):
+        c.submit("examples.jobs:add", 1, 2, **{option: value})
+
+
+def test_a_listing_of_one_state_given_as_text_lists_that_state(module_daemon: Daemon) -> None:
+    c = module_daemon.client()
+    job = c.submit("examples.jobs:add", 1, 2)
+    assert job.result(60) == 3
+    assert job.id in [i.id for i in c.jobs("done", limit=1000)]  # (it listed the states "d", "o", "n", "e")
