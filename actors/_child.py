@@ -31,6 +31,9 @@ from actors.config import Config
 from actors.messages import Heartbeat, Hello, Limits, Message, Stop, decode, encode
 
 log = logging.getLogger("ensemble.child")
+# a poll sleeps at most this long (s) and the loop goes round: a heartbeat interval of weeks (the config allows
+# a year) overflowed the poll's milliseconds (OverflowError past 2**31 - 1), and every worker failed
+_LONGEST_POLL = 3600.0
 _POLLIN = int(zmq.POLLIN)  # a plain int: `&` on the IntFlag costs a Python call
 
 
@@ -169,7 +172,7 @@ class Child:
         self.send(Heartbeat(self.stats()))  # stats (e.g. the audio backend's notice) at once
         sup = self.cfg.supervision
         while self.running:
-            events = dict(self.poller.poll(int(self.poll_timeout() * 1000)))
+            events = dict(self.poller.poll(int(min(self.poll_timeout(), _LONGEST_POLL) * 1000)))
             now = time.monotonic()
             if events.pop(self.sock, 0):
                 self._drain()

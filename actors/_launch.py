@@ -57,7 +57,11 @@ def exit_reason(proc: subprocess.Popen[bytes] | ForkedProc, err_path: Path) -> s
     if full:
         return (f"the daemon exited with code {proc.poll()}, and the disk of {err_path.parent} is full (the reason "
                 "could not be written there either): free some space, or point [daemon] state_dir elsewhere")
-    return f"the daemon exited with code {proc.poll()}"
+    code = proc.poll()
+    if code == 0:  # an orderly stop, asked for while it started: `ensemble down` from another shell, a SIGTERM
+        return ("the daemon was stopped before it was ready (exit code 0: `ensemble down`, or a stop signal, "
+                "while it started)")
+    return f"the daemon exited with code {code}"
 
 
 def wait_signal(proc: subprocess.Popen[bytes] | ForkedProc, ready_fd: int, timeout: float, err_path: Path) -> None:

@@ -73,7 +73,8 @@ class DaemonConfig(msgspec.Struct, frozen=True):
     run_dir: str = ""  # control sockets and lock; default $XDG_RUNTIME_DIR/ensemble/<name>
     state_dir: str = ""  # journal, log, parameters; default $XDG_STATE_HOME/ensemble/<name>
     log_level: str = "info"  # debug | info | warning | error | critical (any case, as logging takes them)
-    max_frame: int = 64 * 1024 * 1024  # bytes, 1024..2**32; larger frames are refused
+    max_frame: int = 64 * 1024 * 1024  # bytes, 65536..2**32; larger frames are refused (below 64 KiB, status
+    # and job listings of a few actors did not fit: `up` waited for a status that could never come)
     tcp: str = ""  # tcp endpoint for remote workers, e.g. tcp://0.0.0.0:7700 (needs CURVE keys)
     client_tcp: str = ""  # tcp endpoint for remote clients (needs CURVE keys)
     keys_dir: str = ""  # default <state dir>/keys
@@ -421,7 +422,7 @@ _RULES: dict[str, dict[str, _Check]] = {
         "state_dir": _anything,
         "log_level": _choice("debug", "info", "warning", "error", "critical", "notset", "warn", "fatal",
                              any_case=True, shown="debug, info, warning, error or critical"),
-        "max_frame": _whole(1024, 2**32, " bytes (4 GiB)"),
+        "max_frame": _whole(65536, 2**32, " bytes (4 GiB)"),
         "tcp": _endpoint,
         "client_tcp": _endpoint,
         "keys_dir": _anything,
@@ -575,6 +576,14 @@ def _env_settings(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, st
     return out
 
 
+def _section_hint(key: str) -> str:
+    """Where a key written outside every section belongs: ``put it under [daemon]``, or the sections there are."""
+    homes = [section for section, cls in _SECTIONS.items() if key in _hints(cls)]
+    if homes:
+        return f"put it under {' or '.join(f'[{h}]' for h in homes)}"
+    return f"keys go in a section: {', '.join(f'[{h}]' for h in _SECTIONS)}"
+
+
 def _namer(sources: Mapping[tuple[str, str], str]) -> _Namer:
     """How a value reads in an error, after where it came from: ``sources`` maps ``(section, key)`` to an
     ``ENSEMBLE_*`` variable, ``config file F`` or ``config`` (a flag); a key it lacks holds its default."""
@@ -670,11 +679,14 @@ def load_config(
         p = found[0]
         raw = _read_toml(*found)
         for section, values in raw.items():
-            if not isinstance(values, dict):
+            if not isinstance(values, dict) and section in _SECTIONS:
                 raise ConfigError(f"config file {p}: [{section}] must be a table")
+            if not isinstance(values, dict):  # a key written above every section (log_level = "debug")
+                raise ConfigError(f"config file {p}: {section} = {values!r} is outside every section: "
+                                  f"{_section_hint(section)}")
             merged.setdefault(section, {}).update(values)
             sources.update(((section, key), f"config file {p}") for key in values)
-        _build(merged, f"config file {p}")  # report file errors against the file
+        _build(merged, f"config file {p}", _namer(sources))  # file errors against the file, a default as one
     for (section, key), (var, value) in _env_settings(env).items():
         merged.setdefault(section, {})[key] = value
         sources[section, key] = var

@@ -175,14 +175,23 @@ def pass_down() -> None:
 def load_extensions(wanted: tuple[str, ...] | list[str] = ("*",)) -> list[type[Extension]]:
     """The installed :class:`Extension` classes, by entry-point name (a broken one is logged and skipped).
 
-    ``wanted``: the entry-point names to load (``"*"``: all).  The others are
+    ``wanted``: the entry-point names to load (``"*"``: all); ConfigError for
+    a name no installed package provides.  The others are
     not even imported (``()``, a jobs-only daemon such as a private one,
     imports no audio code and does not scan the installed packages).
     """
     if not wanted:
         return []
     out = []
-    for ep in _entry_points("ensemble.extensions"):
+    installed = list(_entry_points("ensemble.extensions"))
+    unknown = sorted(set(wanted) - {"*"} - {ep.name for ep in installed})
+    if unknown:  # a typo ("audo") started a daemon with no audio, and its clients read "unknown message kind 65"
+        from actors._errors import ConfigError
+
+        raise ConfigError(f"[daemon] extensions names {', '.join(map(repr, unknown))}, which no installed package "
+                          f"provides; installed: {', '.join(sorted(ep.name for ep in installed)) or 'none'} "
+                          "('*' for all, [] for jobs only)")
+    for ep in installed:
         if "*" not in wanted and ep.name not in wanted:
             continue
         try:

@@ -387,7 +387,7 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
             self._wake_at = mono + plan.next_wakeup(self.book, list(self.slots.values()), mono, longest)
         wake_at = min(self._wake_at, self._owed_at) if self.outbox.owed else self._wake_at
         wake_at = min(wake_at, self._prune_at)
-        return max(0, int((wake_at - mono) * 1000 + 0.999))
+        return max(0, min(int((wake_at - mono) * 1000 + 0.999), 3_600_000))  # (at most an hour: the poll's int)
 
     def _flush(self) -> None:
         """Commit what this iteration staged, then send its replies and pushes (never before their commit).

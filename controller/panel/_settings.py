@@ -99,23 +99,27 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# where a panel's address is given: its own command's flags, or the daemon's (`up --panel` has no --host)
+_WHERE = "`ensemble panel --host ADDRESS --port N`, or `ensemble up --panel ADDRESS:PORT`"
+
+
 def bind_refusal(host: str, port: int, exc: OSError) -> str:
     """What a failed bind of ``host:port`` means for the user, and the fix: the panel's error text."""
     code = exc.errno
     if isinstance(exc, socket.gaierror):
         return (f"cannot bind {host}: the name does not resolve ({exc.strerror or exc}); "
-                "give an IP address of this host with --host")
+                f"give an IP address of this host ({_WHERE})")
     reason = os.strerror(code) if code else str(exc)
     if code == errno.EADDRINUSE:
         return (f"port {port} is in use on {host} (another program listens there); choose another port with "
-                "`ensemble panel --port N` (0: any free port), or stop the program that holds it")
+                f"{_WHERE} (port 0: any free port), or stop the program that holds it")
     if code == errno.EADDRNOTAVAIL:
         return (f"cannot bind {host}: {reason} (no interface of this host has that address); give one of its "
-                "addresses with `ensemble panel --host ADDRESS` (127.0.0.1: this host only)")
+                f"addresses ({_WHERE}; 127.0.0.1: this host only)")
     if code == errno.EACCES:
         return (f"cannot bind {host}:{port}: {reason} (ports below 1024 need privileges); "
-                "choose a port from 1024 up with `ensemble panel --port N`")
-    return f"cannot bind {host}:{port}: {reason}; choose another address with `ensemble panel --host/--port`"
+                f"choose a port from 1024 up ({_WHERE})")
+    return f"cannot bind {host}:{port}: {reason}; choose another address ({_WHERE})"
 
 
 def new_token() -> str:

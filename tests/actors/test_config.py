@@ -63,11 +63,11 @@ def test_precedence_is_toml_then_env_then_flags(tmp_path: Path) -> None:
 
 def test_env_names_the_section_or_for_the_daemon_only_the_key() -> None:
     cfg = load_config(env={"ENSEMBLE_DAEMON_WORKERS": "4", "ENSEMBLE_JOBS_QUEUE_LIMIT": "10",
-                           "ENSEMBLE_JOBS_ALLOW": "mypkg.*, other:fn", "ENSEMBLE_MAX_FRAME": "2048"})
+                           "ENSEMBLE_JOBS_ALLOW": "mypkg.*, other:fn", "ENSEMBLE_MAX_FRAME": "70000"})
     assert cfg.worker_count == 4
     assert cfg.jobs.queue_limit == 10
     assert cfg.jobs.allow == ("mypkg.*", "other:fn")
-    assert cfg.daemon.max_frame == 2048
+    assert cfg.daemon.max_frame == 70000
 
 
 def test_config_file_from_environment(tmp_path: Path) -> None:
@@ -97,10 +97,14 @@ def test_json_round_trip_for_children() -> None:
     ("[supervision]\nmax_restarts = 2.5", "is not a valid int"),
     ("[jobs]\nallow = 5", "is not a valid list of strings"),
     ("daemon = 3", "must be a table"),
+    ("log_level = 'debug'", ": log_level = 'debug' is outside every section: put it under [daemon]"),
+    ("nosuchkey = 1", ": nosuchkey = 1 is outside every section: keys go in a section: [daemon], "),
+    ("[supervision]\nheartbeat_timeout = 0.2", "heartbeat_interval, here [supervision] heartbeat_interval = 0.5 "
+                                               "(the default)"),
     ("[daemon]\nname = 'no spaces allowed'", "[daemon] name = 'no spaces allowed' is invalid"),
     ("[daemon]\nworkers = 'lots'", "[daemon] workers = 'lots' is invalid"),
     ("[supervision]\nheartbeat_interval = 2.0\nheartbeat_timeout = 1.0", "heartbeat_timeout must be greater"),
-    ("[daemon]\nmax_frame = 10", "[daemon] max_frame = 10 is invalid: give a whole number 1024.."),
+    ("[daemon]\nmax_frame = 10", "[daemon] max_frame = 10 is invalid: give a whole number 65536.."),
     ("[audio]\nbackend = 'wave'", "[audio] backend = 'wave' is invalid"),
 ])
 def test_bad_files_and_values_raise_one_clear_config_error(tmp_path: Path, text: str, fragment: str) -> None:
@@ -217,7 +221,7 @@ def test_a_bad_value_in_the_environment_is_refused_naming_its_variable_and_value
     ("ENSEMBLE_AUDIO_SAMPLERATE", "-1", "[audio] samplerate", "give a whole number 8000..768000 Hz"),
     ("ENSEMBLE_SUPERVISION_HEARTBEAT_INTERVAL", "nan", "[supervision] heartbeat_interval",
      "give a finite number of seconds, above 0"),
-    ("ENSEMBLE_MAX_FRAME", "9223372036854775807", "[daemon] max_frame", "give a whole number 1024..4294967296 bytes"),
+    ("ENSEMBLE_MAX_FRAME", "9223372036854775807", "[daemon] max_frame", "give a whole number 65536..4294967296 bytes"),
     ("ENSEMBLE_LOG_LEVEL", "bogus", "[daemon] log_level", "give debug, info, warning, error or critical (any case)"),
     ("ENSEMBLE_WORKERS", "²", "[daemon] workers", "give 'auto' or a whole number 0..1024"),
 ])
@@ -233,7 +237,7 @@ def test_the_values_that_got_through_are_refused_saying_what_is_allowed(variable
     ("ENSEMBLE_AUDIO_SAMPLERATE", 8000, 768000),
     ("ENSEMBLE_AUDIO_CHANNELS", 1, 256),
     ("ENSEMBLE_AUDIO_MAX_VOICES", 1, 1024),
-    ("ENSEMBLE_MAX_FRAME", 1024, 2**32),
+    ("ENSEMBLE_MAX_FRAME", 65536, 2**32),
     ("ENSEMBLE_METRICS_PORT", 0, 65535),
     ("ENSEMBLE_SUPERVISION_MAX_RESTARTS", 0, 1_000_000),
     ("ENSEMBLE_SUPERVISION_WORKER_NICE", -20, 19),
@@ -393,3 +397,14 @@ def test_a_state_directory_on_a_read_only_file_system_is_one_line_naming_it(tmp_
             cfg.make_state_dir()
     finally:
         subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_an_extension_no_installed_package_provides_is_refused_naming_those_installed() -> None:
+    """``extensions = ["audo"]`` started a daemon with no audio and said nothing; its clients then read "unknown
+    message kind 65"."""
+    from actors.extensions import load_extensions
+
+    with pytest.raises(ConfigError, match=r"^\[daemon\] extensions names 'audo', which no installed package "
+                                          r"provides; installed: audio, controller, panel"):
+        load_extensions(["audo", "controller"])
+    assert [cls.name for cls in load_extensions(["controller"])] == ["controller"]

@@ -195,3 +195,16 @@ def test_a_daemon_that_left_no_reason_on_a_full_disk_is_said_to_have_one(tmp_pat
                                           "[daemon] state_dir elsewhere")
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_daemon_stopped_while_it_started_is_said_to_have_been_stopped(tmp_path: Path) -> None:
+    """`ensemble down` while `up` waited: `up` said "the daemon exited with code 0", as if it had failed."""
+    from actors._launch import exit_reason
+
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(0)"])
+    proc.wait(60)
+    assert exit_reason(proc, tmp_path / "daemon.err").startswith("the daemon was stopped before it was ready (exit "
+                                                                 "code 0: `ensemble down`, or a stop signal")
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    proc.wait(60)
+    assert exit_reason(proc, tmp_path / "daemon.err") == "the daemon exited with code 3"

@@ -472,3 +472,13 @@ def test_the_lock_s_refusal_names_the_daemon_not_its_run_directory(daemon: Daemo
     with pytest.raises(DaemonAlreadyRunning, match=rf"a daemon named 't' is already running in {run.path} "
                                                    rf"\(pid {daemon.pid}\); stop it with `ensemble down --name t`"):
         run.acquire("t")
+
+
+def test_a_heartbeat_interval_of_weeks_the_config_allows_runs_jobs(make_daemon: Callable[..., Daemon]) -> None:
+    """A heartbeat interval past 2**31 - 1 ms (about 25 days; the config allows a year) overflowed every child's
+    poll: the workers failed at start (OverflowError), and every job was refused for want of a worker."""
+    d = make_daemon(workers=1, jobs_only=True, extra_env={"ENSEMBLE_SUPERVISION_HEARTBEAT_INTERVAL": "3000000",
+                                                          "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "31536000"})
+    d.up()
+    assert d.client().submit("examples.jobs:add", 1, 2).result(60) == 3
+    assert "OverflowError" not in (d.base / "state" / "daemon.log").read_text()

@@ -137,6 +137,8 @@ def test_bind_errors_say_the_cause_and_the_fix() -> None:
     assert "below 1024" in bind_refusal("0.0.0.0", 80, OSError(errno.EACCES, "x"))
     unknown = bind_refusal("nowhere.invalid", 8765, socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
     assert "does not resolve (Name or service not known)" in unknown
+    # each names both places an address is given: `up` has no --host (it said "with --host" to `up --panel` too)
+    assert all("`ensemble up --panel ADDRESS:PORT`" in text for text in (in_use, absent, unknown))
 
 
 def test_panel_addresses_parse_and_refuse_what_no_host_has() -> None:
