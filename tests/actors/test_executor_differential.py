@@ -633,6 +633,12 @@ def test_jobs_start_in_the_order_they_were_submitted(kind: str, tmp_path: Path, 
     pool = _pool(kind, 2)
     try:
         assert pool.submit(J.add, 1, 1).result(60) == 2  # (the pool is up)
+        if kind == "ensemble":  # both workers ready (one still starting when the jobs come takes none of them)
+            from ensemble import Client
+
+            with Client(config=pool.config) as c:
+                wait_for(lambda: sum(a.role == "worker" and a.state == "running" for a in c.status().actors) == 2,
+                         60, what="both workers to be ready")
         futures = [pool.submit(J.gate, str(marks), str(gate), i) for i in range(6)]
         wait_for(lambda: len(list(marks.iterdir())) == 2, 60, what="both workers to start a job")
         pool.shutdown(wait=False, cancel_futures=True)
