@@ -370,21 +370,26 @@ with Executor(2) as ex:
 
 
 def test_a_forked_private_daemon_runs_the_user_s_code_as_it_is_on_disk(tmp_path: Path) -> None:
+    (tmp_path / "mod.py").write_text("def val():\n    return 1\n")
+    # the caller imported mod before editing it: the worker, a fork of a fork of the caller, still runs the new code
+    assert _run_forked(tmp_path, _EDITED).split() == ["2", "1"]
+
+
+def _run_forked(tmp_path: Path, main: str) -> str:
+    """What ``main`` (written to ``tmp_path/main.py``) prints, run there with a forked private daemon."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
-    (tmp_path / "mod.py").write_text("def val():\n    return 1\n")
-    (tmp_path / "main.py").write_text(_EDITED)
+    (tmp_path / "main.py").write_text(main)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_") and k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(ROOT), ENSEMBLE_NAME="nobody-home", ENSEMBLE_RUN_DIR=str(tmp_path / "run"),
                ENSEMBLE_PRIVATE_START="fork")
     out = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    # the caller imported mod before editing it: the worker, a fork of a fork of the caller, still runs the new code
-    assert out.stdout.split() == ["2", "1"]
+    return out.stdout
 
 
 _SCRIPT_OBJECTS = '''
@@ -410,24 +415,13 @@ def test_a_forked_private_daemon_s_script_functions_and_jobs_share_the_user_s_mo
     """The worker, a fork of the script, kept the script's functions but imported its module afresh: two copies of
     ``mywork``, so a script function's ``mywork.Point`` did not pickle ("not the same object as mywork.Point")
     and ``isinstance`` said False.  A module unchanged since the script started is kept, as in a forked pool."""
-    import subprocess
-    import sys
     import time
-
-    from tests.conftest import ROOT
 
     (tmp_path / "mywork.py").write_text("import dataclasses\n\n\n@dataclasses.dataclass\nclass Point:\n"
                                         "    a: int\n    b: list\n")
     before = time.time_ns() - 60_000_000_000  # written before the script started, as a project's files are
     os.utime(tmp_path / "mywork.py", ns=(before, before))
-    (tmp_path / "main.py").write_text(_SCRIPT_OBJECTS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENSEMBLE_") and k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(ROOT), ENSEMBLE_NAME="nobody-home", ENSEMBLE_RUN_DIR=str(tmp_path / "run"),
-               ENSEMBLE_PRIVATE_START="fork")
-    out = subprocess.run([sys.executable, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "Point(a=1, b=[]) True"
+    assert _run_forked(tmp_path, _SCRIPT_OBJECTS).strip() == "Point(a=1, b=[]) True"
 
 
 _CLASSIFY = '''

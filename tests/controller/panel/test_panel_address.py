@@ -50,7 +50,8 @@ def test_a_busy_port_is_said_with_its_fix_and_not_retried_until_asked_again(
     out = d.cli("panel", "--port", str(port), check=False)
     assert out.returncode == 1
     assert f"the panel could not start: port {port} is in use" in out.stderr, out.stderr
-    assert "ensemble panel --port N" in out.stderr and "gave up" not in out.stderr
+    assert "`ensemble panel --host ADDRESS --port N`, or `ensemble up --panel ADDRESS:PORT`" in out.stderr
+    assert "gave up" not in out.stderr
     panel = d.actor("panel")
     assert panel.state == "running" and panel.restarts == 0 and "in use" in panel.stats["bind_error"]
     assert d.status().daemon.counters["panel"].startswith(f"not serving: port {port} is in use")

@@ -6,6 +6,7 @@ Pure: log records through a real logger with a fake clock, no sockets
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from typing import Iterator
@@ -30,20 +31,27 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def logged(clock: Clock) -> Iterator[tuple[logging.Logger, io.StringIO]]:
-    """A logger with the filter (a budget of 3 lines, one regained a second) and what it wrote."""
+@contextlib.contextmanager
+def _filtered(lines: RequestLines) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger of its own with the filter ``lines``, and what it wrote (one line a record)."""
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(OneLineFormatter("%(levelname)s %(message)s"))
     logger = logging.getLogger(f"test.requestlog.{id(out)}")
     logger.propagate = False
     logger.addHandler(handler)
-    logger.addFilter(RequestLines(Budget(3, 60, clock)))
+    logger.addFilter(lines)
     try:
         yield logger, out
     finally:
         logger.removeHandler(handler)
+
+
+@pytest.fixture
+def logged(clock: Clock) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger with the filter (a budget of 3 lines, one regained a second) and what it wrote."""
+    with _filtered(RequestLines(Budget(3, 60, clock))) as made:
+        yield made
 
 
 def _raised(exc: BaseException) -> BaseException:
@@ -105,14 +113,7 @@ TOKEN = "Zq3_kV9-mW2xLp7RtY4bNc8HdJ6sFg1AeU5oQiX0vKw"  # as secrets.token_urlsaf
 
 def test_a_token_in_a_refused_requests_reason_is_masked_whole_cut_or_in_any_field(clock: Clock) -> None:
     """aiohttp's reason quotes the request: ``?token=T`` went to daemon.log whole (and cut off, for a long line)."""
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(OneLineFormatter("%(levelname)s %(message)s"))
-    logger = logging.getLogger(f"test.requestlog.masked.{id(out)}")
-    logger.propagate = False
-    logger.addHandler(handler)
-    logger.addFilter(RequestLines(Budget(100, 60, clock), token=TOKEN))
-    try:
+    with _filtered(RequestLines(Budget(100, 60, clock), token=TOKEN)) as (logger, out):
         reasons: list[BaseException] = [
             LineTooLong(bytearray(f"/?token={TOKEN}&pad={'b' * 9000}".encode()), "8190"),
             LineTooLong(bytearray(f"/?pad=1&token={TOKEN}".encode())[:30], "8190"),  # cut inside the token
@@ -126,8 +127,6 @@ def test_a_token_in_a_refused_requests_reason_is_masked_whole_cut_or_in_any_fiel
         for exc in reasons:
             logger.exception("Error handling request from %s", "127.0.0.1", exc_info=_raised(exc))
         logger.warning("event=panel-refused path=/%s reason=no valid token", TOKEN)
-    finally:
-        logger.removeHandler(handler)
     lines = out.getvalue().splitlines()
     assert len(lines) == len(reasons) + 1, out.getvalue()
     for line in lines:
