@@ -62,10 +62,6 @@ class UserCode:
                 self.mtimes[real] = (name, mtime)
                 self.active[name] = real
 
-    def add_path(self, path: list[str]) -> None:
-        """Search ``path`` (a client's import path) before the worker's own (see :meth:`use`)."""
-        self.use(path)
-
     def use(self, path: list[str]) -> bool:
         """Run the next jobs with ``path``, a client's import path: its directories first on ``sys.path``, no
         other client's there, and ``sys.modules`` holding the user modules of its directories only (those of

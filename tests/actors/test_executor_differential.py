@@ -621,6 +621,7 @@ def test_map_under_a_cap_on_a_running_daemon_sends_a_job_per_chunk(jobs_only_dae
             list(ex.map(divmod, [4, 5, 6], [2, 0, 3], chunksize=2))
 
 
+@pytest.mark.slow  # pools of their own or a program each: run by .ci/run's slow pass (default < 5 min)
 @pytest.mark.parametrize("kind", POOLS)
 def test_jobs_start_in_the_order_they_were_submitted(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two idle workers and six jobs: the first worker was handed jobs 0 and 1, the second 2 and 3, so 0 and 2
@@ -661,6 +662,7 @@ _ATTACHED_EXIT_SCRIPT = """
 """
 
 
+@pytest.mark.slow  # pools of their own or a program each: run by .ci/run's slow pass (default < 5 min)
 @pytest.mark.parametrize("cap, jobs", [(2, 6), (0, 300)])
 def test_an_executor_on_a_running_daemon_runs_its_jobs_when_its_script_ends_without_shutdown(
         jobs_only_daemon: Daemon, tmp_path: Path, cap: int, jobs: int) -> None:

@@ -411,6 +411,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow  # a daemon of its own: run by .ci/run's slow pass (default suite < 5 min)
 def test_a_forked_private_daemon_s_script_functions_and_jobs_share_the_user_s_module(tmp_path: Path) -> None:
     """The worker, a fork of the script, kept the script's functions but imported its module afresh: two copies of
     ``mywork``, so a script function's ``mywork.Point`` did not pickle ("not the same object as mywork.Point")

@@ -474,6 +474,7 @@ def test_the_lock_s_refusal_names_the_daemon_not_its_run_directory(daemon: Daemo
         run.acquire("t")
 
 
+@pytest.mark.slow  # a daemon of its own: run by .ci/run's slow pass (default suite < 5 min)
 def test_a_heartbeat_interval_of_weeks_the_config_allows_runs_jobs(make_daemon: Callable[..., Daemon]) -> None:
     """A heartbeat interval past 2**31 - 1 ms (about 25 days; the config allows a year) overflowed every child's
     poll: the workers failed at start (OverflowError), and every job was refused for want of a worker."""

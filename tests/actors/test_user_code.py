@@ -112,7 +112,7 @@ def test_a_directory_or_import_path_no_process_can_use_leaves_the_worker_s_code_
     here = os.getcwd()
     code = UserCode()
     try:
-        code.add_path([str(tmp_path), "/no\0where"])
+        code.use([str(tmp_path), "/no\0where"])
         code.enter("/no\0where")
         code.enter(str(tmp_path / "gone"))
         assert os.getcwd() == here
