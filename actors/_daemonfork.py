@@ -105,14 +105,13 @@ def _started_ns() -> int:
     """When this process started (``time.time_ns()``'s clock, to a clock tick), or 0 if /proc cannot say."""
     import time
 
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
-        with open("/proc/uptime", "rb") as f:
-            uptime = float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
+    from actors._procs import stat
+
+    fields = stat(os.getpid())
+    if fields is None:
         return 0
-    return time.time_ns() - int((uptime - ticks / os.sysconf("SC_CLK_TCK")) * 1e9)
+    age_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - int(fields[19]) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return time.time_ns() - age_ns
 
 
 def _child(cfg: Config, env: dict[str, str], ready_fd: int, err: int, since: int) -> None:
