@@ -259,7 +259,7 @@ class JackBackend(Backend):
             GcPause.exit()
 
     # ------------------------------------------------------------------ going live
-    def _go_live(self, client: Any) -> None:
+    def _go_live(self, client: Any, reconnect: bool = False) -> None:
         """Set up ``client`` and activate it: the engine renders on JACK from the next cycle."""
         jack = self._jack
         try:
@@ -299,6 +299,9 @@ class JackBackend(Backend):
             raise BackendUnavailable(f"cannot set up the JACK client: {exc}") from exc
         self._client = client
         self.jack_client = client.name
+        if reconnect:  # counted before the state says so: status is read from another thread
+            self.reconnects += 1
+            self.notice = f"reconnected to JACK as {self.jack_client!r} (reconnect #{self.reconnects})"
         self.state = "connected"
         self._connect_ports(first=True)
 
@@ -609,15 +612,12 @@ class JackBackend(Backend):
             return
         self._stop_fallback()
         try:
-            self._go_live(client)
+            self._go_live(client, reconnect=True)
         except BackendUnavailable as exc:
             self.notice = f"JACK is back but the client could not be set up ({exc}); retrying"
             fallback = NullBackend(self.engine)
             fallback.start()
             self._fallback = fallback
-            return
-        self.reconnects += 1
-        self.notice = f"reconnected to JACK as {self.jack_client!r} (reconnect #{self.reconnects})"
 
     def _close_client(self) -> None:
         client, self._client = self._client, None

@@ -676,6 +676,43 @@ def test_an_executor_on_a_running_daemon_runs_its_jobs_when_its_script_ends_with
     assert sorted(int(p.name) for p in tmp_path.iterdir()) == list(range(jobs))
 
 
+_COLLECTED_SCRIPT = """
+    import gc
+    import os
+    import sys
+    import time
+    from actors.client import Executor
+    from tests import differential_jobs as J
+
+    out, cap, name, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    pool = Executor(cap or None, daemon=name or None)
+    for i in range(n):
+        pool.submit(J.write, f"{out}/{i}", str(i))  # every future dropped at once
+    del pool
+    gc.collect()  # the executor, its futures and held jobs are a cycle: collected here unless something keeps it
+    end = time.monotonic() + 60
+    while len(os.listdir(out)) < n and time.monotonic() < end:
+        time.sleep(0.02)
+    print(len(os.listdir(out)))
+"""
+
+
+@pytest.mark.parametrize("cap, jobs", [(1, 6), (0, 50)])
+def test_an_executor_dropped_unshut_runs_its_submitted_jobs(jobs_only_daemon: Daemon, tmp_path: Path, cap: int,
+                                                           jobs: int) -> None:
+    """An executor on a running daemon, with its futures, dropped without ``shutdown`` while jobs are still to
+    run: ``ProcessPoolExecutor`` runs them all (its manager thread outlives it).  Ours was collected, its
+    connection closed, and the jobs its ``max_workers`` held back were never sent."""
+    d = jobs_only_daemon
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_COLLECTED_SCRIPT), str(out_dir), str(cap),
+                          d.config.name, str(jobs)], env={**d.env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout == f"{jobs}\n"
+
+
 _MAIN_ERRORS_SCRIPT = """
     import json
     import sys
