@@ -71,6 +71,14 @@ class ProtocolError(EnsembleError):
     """Raised when a frame is not a valid ensemble message (size, version, kind, fields)."""
 
 
+class UnknownKind(ProtocolError):
+    """A frame of a message kind this process has no class for: a package it did not load (``kind``: its number)."""
+
+    def __init__(self, kind: object) -> None:
+        super().__init__(f"unknown message kind {kind!r}")
+        self.kind = kind
+
+
 class WrongContextError(EnsembleError):
     """Raised when a script function is called in a context where it is not available."""
 

@@ -47,7 +47,7 @@ import msgspec
 from msgspec import Meta, field
 
 from actors import _values
-from actors._errors import ProtocolError
+from actors._errors import ProtocolError, UnknownKind
 
 VERSION: Final = 2
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
@@ -933,7 +933,7 @@ def _refusal(frame: bytes, exc: Exception) -> ProtocolError:
         return ProtocolError(f"correlation id {corr} is not a non-negative 64-bit int")
     cls = _REGISTRY.get(kind)
     if cls is None:
-        return ProtocolError(f"unknown message kind {kind!r}")
+        return UnknownKind(kind)
     if tag is not None and tag != kind:
         return ProtocolError(f"the envelope says kind {kind} ({cls.__name__}) but the message is of kind {tag}")
     if not isinstance(exc, msgspec.ValidationError):

@@ -17,7 +17,7 @@ import msgspec
 from actors import __version__
 from actors._errors import (
     DaemonError, EnsembleError, JobNotFound, JobRefused, OutOfRange, PermissionDenied, ProtocolError, QueueFull,
-    code_of,
+    UnknownKind, code_of,
 )
 from actors._jobfn import check_allowed, check_name
 from actors._state import JobState
@@ -135,7 +135,8 @@ class RequestsMixin(State):
             except ProtocolError as exc:
                 self.counters["bad_frames"] += 1
                 log.warning("event=bad-frame bytes=%d reason=%s", len(frame), _short(str(exc)))
-                self.replies.append((addr, encode(Error("protocol", str(exc)), peek_corr(frame))))
+                said = self._unknown_kind(exc.kind) if isinstance(exc, UnknownKind) else str(exc)
+                self.replies.append((addr, encode(Error("protocol", said), peek_corr(frame))))
                 continue
             if type(msg) not in QUIET_REQUESTS:
                 changed = True
@@ -175,6 +176,17 @@ class RequestsMixin(State):
             if type(msg) is Submit:
                 self._feed_hungry()  # a drain of many big submits must not leave the workers idle meanwhile
         return changed
+
+    def _unknown_kind(self, kind: object) -> str:
+        """Why a request of a kind this daemon has no class for is refused: the extension it needs is not loaded
+        here (the kinds of audio, scripts and samples are their packages', see :func:`actors.messages.register`)."""
+        names = ", ".join(ext.name for ext in self.extensions)
+        if not names:
+            return (f"unknown message kind {kind!r}: this daemon runs jobs only (no extension loaded: [daemon] "
+                    "extensions = [], as in a private daemon), so it has no audio, script, parameter or sample "
+                    "requests; use a daemon started with them (`ensemble up`, whose default is extensions = [\"*\"])")
+        return (f"unknown message kind {kind!r}: none of this daemon's extensions ({names}) answers it: a client of "
+                "another release, or a request of an extension this daemon was started without ([daemon] extensions)")
 
     def _request(self, ident: bytes, corr: int, msg: Message) -> Message | None:
         handler: Callable[[bytes, int, Message], Message | None] | None = self.handlers.get(type(msg))

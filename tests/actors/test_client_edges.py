@@ -19,11 +19,17 @@ def test_a_client_timeout_that_is_no_number_of_seconds_is_refused_before_anythin
 
 
 def test_up_of_a_jobs_only_daemon_with_no_workers_is_ready(make_daemon: Callable[..., Daemon]) -> None:
-    """`ensemble up` waited for actors that never come, said "did not get ready" and left the daemon running."""
+    """`ensemble up` waited for actors that never come, said "did not get ready" and left the daemon running.
+    Asked for what only audio or scripts answer, it said "unknown message kind 65" and no more."""
     d = make_daemon(workers=0, jobs_only=True)
     d.up()
     st = d.status()
     assert st.actors == [] and st.daemon.workers_wanted == 0
+    for command in (["note", "60"], ["param", "list"], ["sample", "list"]):
+        out = d.cli(*command, check=False)
+        assert out.returncode == 1 and "this daemon runs jobs only" in out.stderr and \
+            'extensions = ["*"]' in out.stderr, out.stderr
+    assert d.status().daemon.workers_wanted == 0  # and it goes on answering
 
 
 def test_a_submit_to_a_daemon_with_no_worker_says_once_why_its_jobs_wait(make_daemon: Callable[..., Daemon],
