@@ -253,7 +253,11 @@ def _one_line(exc: Exception) -> str:
 def config_of(ctx: click.Context, **daemon: Any) -> Config:
     """The config for this command: --config/--name, environment, flags; paths made absolute."""
     obj = ctx.ensure_object(dict)
-    return load_config(obj.get("config"), overrides={"daemon": {"name": obj.get("name"), **daemon}}).absolute()
+    return load_config(obj.get("config"), overrides={"daemon": {"name": obj.get("name"), **daemon}},
+                       flags=_FLAGS).absolute()
+
+
+_FLAGS = {("daemon", "name"): "--name", ("daemon", "workers"): "--workers"}  # the flags config_of's values come from
 
 
 def client_of(ctx: click.Context, cls: type[Any] | None = None) -> Any:

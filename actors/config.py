@@ -593,6 +593,8 @@ def _namer(sources: Mapping[tuple[str, str], str]) -> _Namer:
             return f"[{section}] {key} = {value!r} (the default)"
         if source.startswith("ENSEMBLE_"):
             return f"{source}={value!r} ([{section}] {key})"
+        if source.startswith("--"):  # a command's own flag (see load_config's flags)
+            return f"{source} {value!r} ([{section}] {key})"
         return f"{source}: [{section}] {key} = {value!r}"
     return name
 
@@ -663,13 +665,16 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     env: Mapping[str, str] | None = None,
+    flags: Mapping[tuple[str, str], str] | None = None,
 ) -> Config:
     """Load the configuration: TOML file, then ``ENSEMBLE_*`` environment, then ``overrides``.
 
     ``overrides`` is ``{"daemon": {"name": "x"}}``-shaped (from CLI flags; ``None``
     values are ignored).  Raises :class:`ConfigError` with one clear line on any
     bad file, key or value; a config path that is not a regular file (a FIFO
-    would block the read forever) is refused before it is opened.
+    would block the read forever) is refused before it is opened.  ``flags``
+    names the flag that gave an override, ``{("daemon", "workers"): "--workers"}``,
+    for its error (else it is named by its key).
     """
     env = os.environ if env is None else env
     merged: dict[str, dict[str, Any]] = {}
@@ -694,7 +699,7 @@ def load_config(
         for key, value in values.items():
             if value is not None:
                 merged.setdefault(section, {})[key] = value
-                sources[section, key] = "config"
+                sources[section, key] = (flags or {}).get((section, key), "config")
     return _build(merged, "config", _namer(sources))
 
 

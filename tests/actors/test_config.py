@@ -132,6 +132,22 @@ def test_bad_environment_values_are_clear_errors(env: dict[str, str], fragment: 
         load_config(env=env)
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["up", "--workers", "-1"], "--workers '-1' ([daemon] workers) is invalid: give 'auto' or a whole number"),
+    (["up", "--name", "a/b"], "--name 'a/b' ([daemon] name) is invalid"),
+    (["--name", "../x", "status"], "--name '../x' ([daemon] name) is invalid"),
+])
+def test_a_bad_flag_is_named_as_the_flag_not_as_a_config_key(tmp_path: Path, args: list[str], fragment: str) -> None:
+    """``up --workers -1`` said "config: [daemon] workers = '-1' is invalid", as if a file held it."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), "XDG_STATE_HOME": str(tmp_path),
+           "XDG_CONFIG_HOME": str(tmp_path)}
+    env.pop("ENSEMBLE_NAME", None)
+    out = subprocess.run([sys.executable, "-m", "actors.cli", *args], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode != 0 and out.stderr.startswith(f"ensemble: error: {fragment}"), out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started
+
+
 # -- every key's range, from the file and from the environment -------------------------------------
 BAD_VALUES = [
     # section, key, a bad value in TOML, the same or another in the environment (None: no variable can hold it)
