@@ -238,6 +238,24 @@ def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:
     )
 
 
+class _Capped:
+    """A client's group of jobs under a cap (``JobSpec.cap``: an Executor's ``max_workers`` on a shared daemon).
+
+    At most ``cap`` of them are ``admitted``: in the queue's heap, dispatched
+    or running; the others wait queued in ``held`` (heap keys, best first) and
+    enter the heap as admitted ones end.  So the daemon holds the cap, and a
+    worker that ends one of them is handed the next at once, with no round trip
+    to the client.
+    """
+
+    __slots__ = ("cap", "admitted", "held")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.admitted: set[int] = set()
+        self.held: list[int] = []
+
+
 class JobBook:
     """Unfinished jobs, the queue, and the journal they are written to."""
 
@@ -258,6 +276,7 @@ class JobBook:
         # jobs whose binding abort waits for the commit that writes it before their workers are told:
         # job id -> (that commit's number, the job), in the order they were aborted (see abort)
         self.aborting: dict[int, tuple[int, Job]] = {}
+        self.capped: dict[tuple[str, str], _Capped] = {}  # (owner, cap_group) -> its jobs under their cap
 
     # -- accepting -----------------------------------------------------------------
     def accept(self, specs: Iterable[JobSpec], now: float, owner: str = "", nbytes: int = 0,
@@ -284,7 +303,10 @@ class JobBook:
             job.context = context
             self.jobs[jid] = job
             stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal), spec.priority, now, owner, ctx)
-            heapq.heappush(self.heap, _key(spec.priority, jid))
+            if spec.cap:
+                self._queue_capped(job)
+            else:
+                heapq.heappush(self.heap, _key(spec.priority, jid))
             if spec.resources:
                 self._needs(spec.resources, 1)
             ids.append(jid)
@@ -306,10 +328,45 @@ class JobBook:
                 continue
             del self.jobs[jid]
             self._unqueue(job)
+            if job.spec.cap:
+                self._release_capped(job)
             self.queued_bytes -= job.nbytes
             self.counters["submitted"] -= 1
             dropped.append(jid)
         return dropped
+
+    def _queue_capped(self, job: Job) -> None:
+        """Queue a job of a capped group (accepted or recovered): into the heap if its group is under its cap,
+        else into the group's held line."""
+        spec = job.spec
+        group = self.capped.get((job.owner, spec.cap_group))
+        if group is None:
+            group = self.capped[job.owner, spec.cap_group] = _Capped(spec.cap)
+        group.cap = spec.cap  # (the latest submit's)
+        key = _key(spec.priority, job.id)
+        if len(group.admitted) >= group.cap:
+            heapq.heappush(group.held, key)
+            return
+        group.admitted.add(job.id)
+        heapq.heappush(self.heap, key)
+
+    def _release_capped(self, job: Job) -> None:
+        """A job of a capped group ended (or was dropped): its place goes to the group's best held job still queued.
+        A held job that ended (cancelled before it was admitted) is skipped here, where it is met."""
+        gk = (job.owner, job.spec.cap_group)
+        group = self.capped.get(gk)
+        if group is None:
+            return
+        group.admitted.discard(job.id)
+        held, jobs = group.held, self.jobs
+        while held and len(group.admitted) < group.cap:
+            key = heapq.heappop(held)
+            nxt = jobs.get(key & _ID_MASK)
+            if nxt is not None and nxt.state == "queued":
+                group.admitted.add(nxt.id)
+                heapq.heappush(self.heap, key)
+        if not group.admitted and not held:
+            del self.capped[gk]
 
     def _unqueue(self, job: Job) -> None:
         """Take a queued job out of the queue's counts (its heap entry is skipped by :meth:`pop` from now on)."""
@@ -386,7 +443,10 @@ class JobBook:
             else:
                 queued += 1
             self.jobs[jid] = job
-            heapq.heappush(self.heap, _key(spec.priority, jid))
+            if spec.cap:
+                self._queue_capped(job)
+            else:
+                heapq.heappush(self.heap, _key(spec.priority, jid))
             self.queued += 1
             if spec.resources:
                 self._needs(spec.resources, 1)
@@ -609,6 +669,8 @@ class JobBook:
                                   job.progress, job.status, props)
         self.jobs.pop(job.id, None)
         self.running.pop(job.id, None)
+        if job.spec.cap:
+            self._release_capped(job)
         self.counters[state] += 1
         return job.info(state, value, error_type, error_message, traceback, now)
 

@@ -785,12 +785,13 @@ class Executor(concurrent.futures.Executor):
         self._pid = os.getpid()  # the process it serves: a fork's child may not use it, nor release it
         _reaper_queue()  # (started now, not in a finalizer: see _release_collected)
         weakref.finalize(self, _release_collected, self._owned, self._private, self._pid)
-        self._running = 0  # this executor's jobs submitted and not finished (for the cap)
         self._acks: list[Future[list[int]]] = []  # the daemon's answers to map's submits (ids), for a clean close
         self._unacked = 0  # submits whose ids have not come back yet (under _lock; _acked tells when none)
         # local: values cross pickled, exactly (a private daemon is always local)
         self._exact = self._conn is None or not self._conn.endpoint.startswith("tcp://")
-        self._waiting: collections.deque[tuple[Future[Any], Callable[[], None]]] = collections.deque()
+        # on a shared daemon, at most _cap of this executor's jobs dispatched or running: held by the daemon, as
+        # this group's cap (JobSpec.cap)
+        self._cap_group = os.urandom(8).hex()
         self._grace = _grace(grace, timeout)
         self._retries = retries
         self._resources = resources
@@ -897,23 +898,18 @@ class Executor(concurrent.futures.Executor):
         return self._send_job(fut, spec, pickled)
 
     def _send_job(self, fut: Future[Any], spec: JobSpec, pickled: bool) -> Future[Any]:
-        """Send ``spec``, whose end completes ``fut``, or hold it until this executor's ``max_workers`` cap lets it
-        go; ``fut`` (raises what sending raised: a private daemon that could not start)."""
+        """Send ``spec``, whose end completes ``fut``; ``fut`` (raises what sending raised: a private daemon that
+        could not start).  Under a ``max_workers`` cap on a shared daemon the daemon holds back the jobs over it
+        (the spec's ``cap``, see :meth:`_spec`)."""
         job = _Submitted(self, fut, spec, pickled)
         with self._lock:
             self._live.add(fut)
-            held = self._cap is not None and self._running >= self._cap
-            if held:
-                self._waiting.append((fut, job.send))
-            else:
-                self._running += 1
         fut.add_done_callback(_future_done)  # a plain function: a bound method kept here would be a cycle
-        if not held:
-            try:
-                job.send()
-            except BaseException as exc:  # (its private daemon could not start, say): the caller gets the error,
-                fut.set_exception(exc)  # and the future ends with it, so no shutdown, nor the program's exit, waits
-                raise
+        try:
+            job.send()
+        except BaseException as exc:  # (its private daemon could not start, say): the caller gets the error,
+            fut.set_exception(exc)  # and the future ends with it, so no shutdown, nor the program's exit, waits
+            raise
         return fut
 
     def _template_of(self, fn: Callable[..., Any]) -> JobSpec:
@@ -931,6 +927,8 @@ class Executor(concurrent.futures.Executor):
     def _spec(self, path: str, name: str = "") -> JobSpec:
         """A JobSpec of ``path`` with no arguments and this executor's job options (its worker setup too)."""
         spec = make_spec(path, (), {}, name=name, grace=self._grace, retries=self._retries, resources=self._resources)
+        if self._cap is not None:
+            spec = msgspec.structs.replace(spec, cap=self._cap, cap_group=self._cap_group)
         setup = self._setup
         if setup is not None and setup.pickled and len(setup.initargs[0]) > _SETUP_INLINE:
             setup = self._share_setup(setup)
@@ -979,36 +977,9 @@ class Executor(concurrent.futures.Executor):
                 self._cancels.append(conn.call(Cancel(fut.job_id, False, True)))
         with self._lock:
             self._live.discard(fut)
-            nxt = None
-            if not getattr(fut, "_ens_sent", False):  # cancelled while held back under the cap: never sent
-                self._waiting = collections.deque(w for w in self._waiting if w[0] is not fut)
-            else:
-                while self._waiting and nxt is None:  # a slot under the cap is free: the next held job goes
-                    held_fut, send_it = self._waiting.popleft()
-                    nxt = None if held_fut.cancelled() else send_it
-                if nxt is None:
-                    self._running -= 1
             close_now = self._shutdown and not self._live and self._conn is not None and not self._conn.closed
-        if nxt is not None:
-            try:
-                nxt()
-            except BaseException as exc:  # noqa: BLE001 - the daemon is gone: this job and those held after it
-                self._fail_held(held_fut, exc)  # fail with its error (none is sent, nothing waits on them)
         if close_now:  # shutdown(wait=False) was called and the last future just finished
             threading.Thread(target=self._close, name="ensemble-executor-close", daemon=True).start()
-
-    def _fail_held(self, first: Future[Any], exc: BaseException) -> None:
-        """End ``first`` (its send failed) and every job still held back under the cap with ``exc``.
-
-        Taken out of the line first: a future ending here finds nothing left
-        to send, so no callback sends again (nor recurses) on a dead connection.
-        """
-        with self._lock:
-            held = [f for f, _ in self._waiting]
-            self._waiting.clear()
-        for fut in (first, *held):
-            if not fut.done():
-                fut.set_exception(exc)
 
     def _close(self) -> None:
         # a future cancelled before the daemon named its job sends its Cancel once the id arrives: wait for the ids
@@ -1031,16 +1002,12 @@ class Executor(concurrent.futures.Executor):
         conn = self._conn
         if conn is None or conn.closed or conn.on_io_thread():
             return [Future.cancel(f) for f in futures]
-        waits, unsent = [], set()
+        waits = []
         with self._lock:
             for f in futures:
-                if not getattr(f, "_ens_sent", False):
-                    unsent.add(f)
-                elif not hasattr(f, "job_id"):
+                if getattr(f, "_ens_sent", False) and not hasattr(f, "job_id"):  # its submit in flight
                     f._ens_idwait = threading.Event()  # type: ignore[attr-defined]  # set by _Submitted.on_ids
                     waits.append(f._ens_idwait)  # type: ignore[attr-defined]
-            if unsent:  # held back under the cap: they never leave
-                self._waiting = collections.deque(w for w in self._waiting if w[0] not in unsent)
         deadline = time.monotonic() + _CANCEL_WAIT
         for ev in waits:
             ev.wait(max(0.0, deadline - time.monotonic()))
@@ -1079,8 +1046,8 @@ class Executor(concurrent.futures.Executor):
         ``TimeoutError``; leaving the iterator early cancels what has not run.
         A ``functools.partial`` travels pickled with each chunk, as the pools
         send it (its function must be one a job may run).  Under a
-        ``max_workers`` cap on a shared daemon the chunks are jobs with a
-        Future each, held back as submits are.  On a remote daemon, with numpy arrays or
+        ``max_workers`` cap on a shared daemon the daemon holds back the
+        chunks over it, as submits.  On a remote daemon, with numpy arrays or
         bytes over ``jobs.inline_array_limit`` among the items (they keep
         their shared-memory path) or objects of the script's own classes, it
         falls back to one job per item.
@@ -1120,8 +1087,6 @@ class Executor(concurrent.futures.Executor):
         # a chunk is the slice of each iterable: the worker runs map(fn, *chunk), as the pools' mapstar does; a
         # callable without a job path travels in each chunk, first (as the pools pickle the function with each)
         head = [callables.head(fn)] if spec.fn == callables.PATH else []
-        if self._cap is not None:  # under a cap on a shared daemon: chunk jobs held back as submits are
-            return self._capped_map(msgspec.structs.replace(spec, pickled=True), head, cols, n, chunksize, timeout)
         me = weakref.ref(self)  # the run is kept here (its acks): a strong reference back would be a cycle
 
         def note_broken(info: JobInfo) -> None:
@@ -1145,25 +1110,6 @@ class Executor(concurrent.futures.Executor):
 
         run.done.add_done_callback(ended)
         return run.results(timeout, keep=self)  # the values hold this executor until read or dropped
-
-    def _capped_map(self, spec: JobSpec, head: list[Any], cols: list[Sequence[Any]], n: int, chunksize: int,
-                    timeout: float | None) -> Iterator[Any]:
-        """:meth:`map` under a ``max_workers`` cap on a shared daemon: each chunk one job (the payload a map's
-        chunk has, see :mod:`actors._map`) with a Future, sent as the cap lets it, as ``ProcessPoolExecutor``
-        chunks its map over its futures.  A chunk that does not pickle fails its future, raised where the
-        iterator reaches it."""
-        budget = self.conn.limits.max_frame // 2
-        futures: list[Future[Any]] = []
-        for i in range(0, n, chunksize):
-            fut: Future[Any] = _JobFuture(self)
-            futures.append(fut)
-            try:
-                payload = pickle.dumps([*head, *[c[i:i + chunksize] for c in cols]], pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:  # noqa: BLE001 - an item that does not pickle: its chunk fails, as in the pools
-                fut.set_exception(_map.unpicklable_chunk(spec, head, cols, i, chunksize, exc))
-                break
-            self._send_job(fut, msgspec.structs.replace(spec, args=spill([payload], budget)), True)
-        return _chained(futures, timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``wait`` block until submitted futures finish.
@@ -1229,24 +1175,6 @@ def _future_done(fut: Future[Any]) -> None:
 _OPEN: "weakref.WeakSet[Executor]" = weakref.WeakSet()  # executors not shut down (see _finish_at_exit)
 
 
-def _chained(futures: list[Future[Any]], timeout: float | None) -> Iterator[Any]:
-    """The values of chunk jobs' futures in order (each a list), as ``ProcessPoolExecutor.map`` chains them:
-    ``timeout`` (s, from now) raises TimeoutError; leaving early cancels the futures not reached."""
-    end = None if timeout is None else time.monotonic() + timeout
-    futures.reverse()  # (popped from the end: a value read is not held here)
-
-    def values() -> Iterator[Any]:
-        try:
-            while futures:
-                fut = futures.pop()
-                yield from fut.result(None if end is None else max(0.0, end - time.monotonic()))
-        finally:
-            for fut in futures:
-                fut.cancel()
-
-    return values()
-
-
 def _dump_initargs(head: tuple[Any, ...], initargs: tuple[Any, ...]) -> bytes:
     """``head + initargs`` pickled (``head``: the initializer, when it travels with them); the error of a part that
     does not pickle names it as the caller does, ``initializer`` or ``initargs[i]`` counted in ``initargs``."""
@@ -1265,10 +1193,9 @@ def _finish_at_exit(ex: Executor) -> None:
     As ``ProcessPoolExecutor`` does: a script that submits and ends without
     ``shutdown`` or ``with`` still gets its jobs run (their files written).
     A private daemon would otherwise stop with its owner and drop them; an
-    executor attached to a shared daemon would never send the jobs its
-    ``max_workers`` holds back, nor those still in the batch its I/O thread
-    had not sent (a shared daemon runs the jobs it was sent whether their
-    client stays or not).
+    executor attached to a shared daemon would never send those still in the
+    batch its I/O thread had not sent (a shared daemon runs the jobs it was
+    sent whether their client stays or not).
     """
     if not _OPEN:
         import atexit

@@ -261,6 +261,10 @@ class JobSpec(Record, frozen=True):
     pickled: bool = False  # args is [pickle of (args, kwargs)]: a local client's exact values (never from tcp)
     resources: dict[str, float] = field(default_factory=dict)  # what its worker's slot must offer ({"GPU": 1})
     setup: WorkerSetup | None = None  # an Executor's initializer and max_tasks_per_child
+    # at most ``cap`` jobs of this client's ``cap_group`` are dispatched or running at once (0: no cap): an
+    # Executor's max_workers on a shared daemon, held by the daemon (the rest wait queued, in their order)
+    cap: Int64 = 0
+    cap_group: str = ""
 
 
 class JobInfo(Record, frozen=True):

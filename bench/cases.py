@@ -218,6 +218,7 @@ def case_throughput(ctx: Ctx) -> list[Row]:
         with BenchDaemon(workers=2, ENSEMBLE_EXTENSIONS=JOBS_ONLY) as d:
             c = d.client()
             ex = Executor(config=d.config())
+            capped = Executor(2, config=d.config())  # max_workers on a shared daemon: the daemon holds the cap
             try:
                 def ens_many(k: int) -> None:
                     handles = []
@@ -234,6 +235,9 @@ def case_throughput(ctx: Ctx) -> list[Row]:
                     "Executor.map (chunksize=64)": (16 * n, lambda k: list(ex.map(bj.plain_noop, range(k),
                                                                                   chunksize=64))),
                     "Executor.submit": (n, lambda k: [f.result() for f in [ex.submit(bj.plain_noop) for _ in range(k)]]),
+                    # a cap is one job a slot at a time, round trips through the daemon: fewer jobs a round
+                    "Executor(2).submit, capped": (n // 4, lambda k: [f.result() for f in [
+                        capped.submit(bj.plain_noop) for _ in range(k)]]),
                     "ProcessPoolExecutor.submit": (n, lambda k: [f.result() for f in [ppe.submit(bj.plain_noop)
                                                                                     for _ in range(k)]]),
                     "ProcessPoolExecutor.map": (n, lambda k: list(ppe.map(bj.plain_noop, range(k)))),
@@ -254,6 +258,7 @@ def case_throughput(ctx: Ctx) -> list[Row]:
                         rates[name].append(k / (time.perf_counter() - t))
             finally:
                 ex.shutdown()
+                capped.shutdown()
     finally:
         pool.close()
         pool.join()
@@ -281,6 +286,10 @@ def case_throughput(ctx: Ctx) -> list[Row]:
             m["Executor.map (chunksize=64)"] >= m["multiprocessing.Pool.map (chunksize=64)"],
             f"{16 * n} items a round ({16 * n // 64} chunks)"),
     ]
+    rows.append(row(case, "Executor(max_workers=2).submit loop, attached to the daemon (cap held there)",
+                    m["Executor(2).submit, capped"], "jobs/s", "ProcessPoolExecutor(2).submit",
+                    m["ProcessPoolExecutor.submit"], "(reported)",
+                    note=f"{n // 4} jobs a round: at most 2 of them dispatched or running at once"))
     if ray_rates:
         rows.append(row(case, "Client.submit_many", m["Client.submit_many"], "jobs/s", "Ray tasks (num_cpus=2)",
                         m["Ray tasks"], "(reported)",

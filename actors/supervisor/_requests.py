@@ -104,7 +104,14 @@ def _wrong_option(spec: JobSpec) -> str:
         return f"its retries must be 0..1000, got {spec.retries}"
     if len(spec.name) > 1024:
         return f"its name may be at most 1024 characters, got {len(spec.name)}"
+    if not 0 <= spec.cap <= MAX_CAP:
+        return f"its cap (jobs of its group at once) must be 0..{MAX_CAP}, got {spec.cap}"
+    if spec.cap and not 1 <= len(spec.cap_group) <= 64:
+        return f"its cap_group must be 1..64 characters with a cap, got {len(spec.cap_group)}"
     return ""
+
+
+MAX_CAP = 1 << 20  # JobSpec.cap's bound (an Executor's max_workers)
 
 
 class RequestsMixin(State):

@@ -186,3 +186,38 @@ def test_the_book_counts_distinct_needs_and_skips_a_worker_none_fits(tmp_path: P
     assert book.pop(8, {"CPU": 4.0}) == [] and book.heap == heap  # nothing looked through, nothing moved
     (job,) = book.pop(8, {"TPU": 2.0})
     assert job.spec.resources == {"TPU": 2.0} and book.waiting_needs() == [{"GPU": 1.0}]
+
+
+def test_a_capped_group_has_at_most_its_cap_dispatched_and_the_next_goes_as_one_ends(tmp_path: Path) -> None:
+    """An Executor's ``max_workers`` on a shared daemon (``JobSpec.cap``): two idle workers, a group capped at 1
+    and another client's job.  The group's second job waits (queued) though a worker is free, the other client's
+    job goes; the group's next job goes once its first ends, cancelled held jobs are skipped, and the group is
+    forgotten once none of its jobs is left."""
+    book = JobBook(Journal(tmp_path / "j.sqlite3"))
+    capped = [JobSpec("m:f", cap=1, cap_group="g1") for _ in range(4)]
+    ids = book.accept(capped, 0.0) + book.accept([JobSpec("m:other")], 0.0)
+    book.journal.commit()
+    a, b = _worker("a"), _worker("b")
+    got = sorted(j.id for _, jobs in plan.plan(book, [a, b], credit=8) for j in jobs)
+    assert got == [ids[0], ids[4]] and book.queued == 3
+    assert plan.plan(book, [_worker("c")], credit=8) == []  # the rest are held, not poppable
+    book.finish(book.jobs[ids[1]], "cancelled", 1.0)  # a held job cancelled: skipped when its turn comes
+    book.finish(book.jobs[ids[0]], "done", 1.0)
+    got = [j.id for _, jobs in plan.plan(book, [a, b], credit=8) for j in jobs]
+    assert got == [ids[2]] and book.jobs[ids[3]].state == "queued"
+    book.finish(book.jobs[ids[2]], "done", 2.0)
+    assert [j.id for _, jobs in plan.plan(book, [a], credit=8) for j in jobs] == [ids[3]]
+    book.finish(book.jobs[ids[3]], "done", 3.0)
+    assert book.capped == {} and book.queued == 0
+    book.journal.close()
+
+
+def test_a_capped_group_is_one_client_s_own(tmp_path: Path) -> None:
+    """Two owners naming the same group each get its cap (a remote key cannot hold back another's jobs)."""
+    book = JobBook(Journal(tmp_path / "j.sqlite3"))
+    book.accept([JobSpec("m:f", cap=1, cap_group="g") for _ in range(2)], 0.0, owner="worker:x")
+    book.accept([JobSpec("m:f", cap=1, cap_group="g") for _ in range(2)], 0.0, owner="")
+    book.journal.commit()
+    out = plan.plan(book, [_worker("a"), _worker("b")], credit=8)
+    assert sorted(j.owner for _, jobs in out for j in jobs) == ["", "worker:x"]
+    book.journal.close()

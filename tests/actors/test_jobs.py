@@ -119,6 +119,13 @@ def test_bad_options_are_refused(module_daemon: Daemon) -> None:
         c.submit("tests.jobs:pid", grace=0)
     with pytest.raises(JobRefused, match=r"its retries must be 0..1000, got -1$"):
         c.submit("tests.jobs:pid", retries=-1)
+    import msgspec
+
+    spec = c.spec("tests.jobs:pid")
+    with pytest.raises(JobRefused, match=r"its cap \(jobs of its group at once\) must be 0..1048576, got -1$"):
+        c.submit_many([msgspec.structs.replace(spec, cap=-1, cap_group="g")])
+    with pytest.raises(JobRefused, match=r"its cap_group must be 1..64 characters with a cap, got 0$"):
+        c.submit_many([msgspec.structs.replace(spec, cap=2)])
 
 
 def test_refusals_are_job_errors_in_the_tree() -> None:
