@@ -206,8 +206,10 @@ def pack_spec(spec: JobSpec, owner: str = "", internal: bool = False,
     """
     return _encode_value([spec.fn, spec.args, spec.kwargs, spec.name, spec.priority, spec.timeout_ms, spec.deadline,
                           spec.retries, spec.with_task, owner, internal, context[0], context[1], spec.pickled]
-                         + ([spec.resources] if spec.resources or spec.setup is not None else [])
-                         + ([msgspec.structs.astuple(spec.setup)] if spec.setup is not None else []))
+                         + ([spec.resources] if spec.resources or spec.setup is not None or spec.cap else [])
+                         + ([msgspec.structs.astuple(spec.setup) if spec.setup is not None else None]
+                            if spec.setup is not None or spec.cap else [])
+                         + ([spec.cap, spec.cap_group] if spec.cap else []))
 
 
 def unpack_spec(blob: bytes) -> tuple[JobSpec, str, bool]:
@@ -224,8 +226,9 @@ def unpack_job(blob: bytes) -> tuple[JobSpec, str, bool, tuple[str, list[str]]]:
     pickled = bool(f[13]) if len(f) >= 14 else False
     resources = dict(f[14]) if len(f) >= 15 else {}
     setup = WorkerSetup(*f[15]) if len(f) >= 16 and f[15] is not None else None
-    return (JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pickled, resources, setup), owner,
-            internal, context)
+    cap, group = (int(f[16]), str(f[17])) if len(f) >= 18 else (0, "")
+    return (JobSpec(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], pickled, resources, setup, cap, group),
+            owner, internal, context)
 
 
 def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:

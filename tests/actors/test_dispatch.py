@@ -221,3 +221,21 @@ def test_a_capped_group_is_one_client_s_own(tmp_path: Path) -> None:
     out = plan.plan(book, [_worker("a"), _worker("b")], credit=8)
     assert sorted(j.owner for _, jobs in out for j in jobs) == ["", "worker:x"]
     book.journal.close()
+
+
+def test_a_capped_group_keeps_its_cap_across_a_daemon_restart(tmp_path: Path) -> None:
+    """The cap travels in the journaled spec: a new daemon's book recovers the group's jobs under it, one that
+    was running (requeued) among those admitted."""
+    book = JobBook(Journal(tmp_path / "j.sqlite3"))
+    ids = book.accept([JobSpec("m:f", cap=2, cap_group="g", retries=1) for _ in range(5)], 0.0)
+    book.journal.commit()
+    [(_, jobs)] = plan.plan(book, [_worker("a")], credit=1)
+    book.start(jobs[0], "a", 1.0, 1.0)
+    book.journal.commit()
+    book.journal.close()
+    again = JobBook(Journal(tmp_path / "j.sqlite3"))
+    assert again.recover(2.0) == (4, 1, 0)
+    again.journal.commit()
+    got = sorted(j.id for _, js in plan.plan(again, [_worker("a"), _worker("b")], credit=8) for j in js)
+    assert got == ids[:2] and again.queued == 3
+    again.journal.close()
