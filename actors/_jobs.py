@@ -44,9 +44,11 @@ MAX_EVENTS = 64  # events a job keeps (see Job.add_event)
 MAX_EVENT_DETAIL = 1000  # characters of an event's detail that are kept
 
 
-def _key(priority: int, job_id: int) -> int:
-    """A queued job's place: higher priority first, then lower id (``(-priority, id)`` as one int; ids are >= 0)."""
-    return (-priority << 64) | job_id
+def _key(priority: int, job_id: int, order: int = -1) -> int:
+    """A queued job's place: higher priority first, then lower ``order`` (its id, unless given), then lower id
+    (``(-priority, order, id)`` as one int; ids are >= 0).  A capped group's job enters the queue with the
+    next id to come as its order (see :meth:`JobBook._admit`): behind the jobs queued before it was admitted."""
+    return (-priority << 128) | ((job_id if order < 0 else order) << 64) | job_id
 NO_CONTEXT: tuple[str, list[str]] = ("", [])  # no client directory or path (remote, internal): never mutated
 
 
@@ -339,37 +341,39 @@ class JobBook:
         return dropped
 
     def _queue_capped(self, job: Job) -> None:
-        """Queue a job of a capped group (accepted or recovered): into the heap if its group is under its cap,
-        else into the group's held line."""
+        """Queue a job of a capped group (accepted or recovered): into the group's held line, then into the queue
+        as the group's cap allows (:meth:`_admit`; the cap is the latest submit's)."""
         spec = job.spec
         group = self.capped.get((job.owner, spec.cap_group))
         if group is None:
             group = self.capped[job.owner, spec.cap_group] = _Capped(spec.cap)
-        group.cap = spec.cap  # (the latest submit's)
-        key = _key(spec.priority, job.id)
-        if len(group.admitted) >= group.cap:
-            heapq.heappush(group.held, key)
-            return
-        group.admitted.add(job.id)
-        heapq.heappush(self.heap, key)
+        group.cap = spec.cap
+        heapq.heappush(group.held, _key(spec.priority, job.id))
+        self._admit(group)
 
     def _release_capped(self, job: Job) -> None:
-        """A job of a capped group ended (or was dropped): its place goes to the group's best held job still queued.
-        A held job that ended (cancelled before it was admitted) is skipped here, where it is met."""
+        """A job of a capped group ended (or was dropped): its place goes to the group's best held job still
+        queued, and the group is forgotten once it has none left."""
         gk = (job.owner, job.spec.cap_group)
         group = self.capped.get(gk)
         if group is None:
             return
         group.admitted.discard(job.id)
-        held, jobs = group.held, self.jobs
+        self._admit(group)
+        if not group.admitted and not group.held:
+            del self.capped[gk]
+
+    def _admit(self, group: _Capped) -> None:
+        """Move a capped group's best held jobs into the queue while it is under its cap.  Each enters behind the
+        jobs queued before now (as a job the client held back and sent now would): a group with as many places
+        as there are workers would otherwise have every later job of other clients wait for all of its own.
+        A held job that ended (cancelled before it was admitted) is dropped here, where it is met."""
+        held, jobs, order = group.held, self.jobs, self._next_id
         while held and len(group.admitted) < group.cap:
-            key = heapq.heappop(held)
-            nxt = jobs.get(key & _ID_MASK)
+            nxt = jobs.get(heapq.heappop(held) & _ID_MASK)
             if nxt is not None and nxt.state == "queued":
                 group.admitted.add(nxt.id)
-                heapq.heappush(self.heap, key)
-        if not group.admitted and not held:
-            del self.capped[gk]
+                heapq.heappush(self.heap, _key(nxt.spec.priority, nxt.id, order))
 
     def _unqueue(self, job: Job) -> None:
         """Take a queued job out of the queue's counts (its heap entry is skipped by :meth:`pop` from now on)."""

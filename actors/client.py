@@ -42,8 +42,8 @@ from actors._values import Pickled, pickled, unpickled
 from actors.shm import handle_of, is_ndarray, is_ndarray_type
 from actors.config import Config, load_config
 from actors.messages import (
-    Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, Scale, Shutdown, Status, StatusReply, Submitted, TaskSubmit, Watch,
-    WorkerSetup,
+    MAX_CAP, Cancel, GetJobs, JobInfo, JobInfos, JobSpec, ListJobs, Ping, Pong, Scale, Shutdown, Status, StatusReply, Submitted,
+    TaskSubmit, Watch, WorkerSetup,
 )
 
 _log = logging.getLogger("ensemble.client")
@@ -927,8 +927,8 @@ class Executor(concurrent.futures.Executor):
     def _spec(self, path: str, name: str = "") -> JobSpec:
         """A JobSpec of ``path`` with no arguments and this executor's job options (its worker setup too)."""
         spec = make_spec(path, (), {}, name=name, grace=self._grace, retries=self._retries, resources=self._resources)
-        if self._cap is not None:
-            spec = msgspec.structs.replace(spec, cap=self._cap, cap_group=self._cap_group)
+        if self._cap is not None:  # (a max_workers over MAX_CAP caps nothing the daemon could queue)
+            spec = msgspec.structs.replace(spec, cap=min(self._cap, MAX_CAP), cap_group=self._cap_group)
         setup = self._setup
         if setup is not None and setup.pickled and len(setup.initargs[0]) > _SETUP_INLINE:
             setup = self._share_setup(setup)

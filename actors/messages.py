@@ -267,6 +267,9 @@ class JobSpec(Record, frozen=True):
     cap_group: str = ""
 
 
+MAX_CAP = 1 << 20  # JobSpec.cap's bound (a client asks for no more: more than a queue's worth is no cap)
+
+
 class JobInfo(Record, frozen=True):
     """What the daemon knows about one job (a snapshot)."""
 

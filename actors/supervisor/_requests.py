@@ -23,7 +23,7 @@ from actors._jobfn import check_allowed, check_name
 from actors._state import JobState
 from actors._task import MAX_TIMEOUT_MS
 from actors.messages import (
-    MAX_IDS, Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfo, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs,
+    MAX_CAP, MAX_IDS, Ack, Cancel, Error, GetJobs, Heartbeat, Hello, JobInfo, JobInfos, JobSpec, JobsDone, JobUpdate, ListJobs,
     Message, Ping, Pong, Recalled, ResultsClosed, Retiring, Scale, Shutdown, Status, StatusReply, Stop, Submit, Submitted,
     TaskSubmit, Unwatch, Watch, decode, encode, peek_corr,
 )
@@ -109,9 +109,6 @@ def _wrong_option(spec: JobSpec) -> str:
     if spec.cap and not 1 <= len(spec.cap_group) <= 64:
         return f"its cap_group must be 1..64 characters with a cap, got {len(spec.cap_group)}"
     return ""
-
-
-MAX_CAP = 1 << 20  # JobSpec.cap's bound (an Executor's max_workers)
 
 
 class RequestsMixin(State):

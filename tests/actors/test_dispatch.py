@@ -239,3 +239,30 @@ def test_a_capped_group_keeps_its_cap_across_a_daemon_restart(tmp_path: Path) ->
     got = sorted(j.id for _, js in plan.plan(again, [_worker("a"), _worker("b")], credit=8) for j in js)
     assert got == ids[:2] and again.queued == 3
     again.journal.close()
+
+
+def test_a_capped_group_s_next_job_goes_behind_jobs_queued_before_it_was_admitted(tmp_path: Path) -> None:
+    """A group with as many places as workers: with its held jobs keeping their submit-time place, another
+    client's later job waited for every one of them (1.8 s behind 60 jobs of 0.1 s); held back in the client,
+    as before, the next capped job was sent after it.  An admitted job now enters behind what is queued."""
+    book = JobBook(Journal(tmp_path / "j.sqlite3"))
+    ids = book.accept([JobSpec("m:f", cap=1, cap_group="g") for _ in range(3)], 0.0)
+    book.journal.commit()
+    a = _worker("a")
+    [(_, [first])] = plan.plan(book, [a], credit=1)
+    later = book.accept([JobSpec("m:other")], 0.0)
+    book.journal.commit()
+    book.finish(first, "done", 1.0)  # ids[1] is admitted now, behind `later`
+    assert [j.id for _, js in plan.plan(book, [a], credit=1) for j in js] == later
+    assert [j.id for _, js in plan.plan(book, [_worker("b")], credit=1) for j in js] == [ids[1]]
+    book.journal.close()
+
+
+def test_a_raised_cap_admits_the_held_jobs_in_their_order_first(tmp_path: Path) -> None:
+    book = JobBook(Journal(tmp_path / "j.sqlite3"))
+    held = book.accept([JobSpec("m:f", cap=1, cap_group="g") for _ in range(3)], 0.0)
+    new = book.accept([JobSpec("m:f", cap=3, cap_group="g")], 0.0)
+    book.journal.commit()
+    got = [j.id for _, js in plan.plan(book, [_worker("a")], credit=8) for j in js]
+    assert got == held and book.jobs[new[0]].state == "queued"
+    book.journal.close()

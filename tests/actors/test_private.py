@@ -221,6 +221,17 @@ def test_an_executor_attaches_to_a_running_daemon_and_caps_its_own_jobs(jobs_dae
     assert os.path.exists(gate)
 
 
+def test_an_attached_executor_takes_any_max_workers(jobs_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_workers=2_000_000`` (``ProcessPoolExecutor`` takes it) failed every submit with the daemon's bound
+    on a cap the user never named; a cap over it caps nothing a queue could hold."""
+    for key, value in jobs_daemon.env.items():
+        if key.startswith("ENSEMBLE_"):
+            monkeypatch.setenv(key, value)
+    with Executor(max_workers=2_000_000) as ex:
+        assert ex._private is None
+        assert ex.submit(jobs.square, 3).result(60) == 9 and list(ex.map(jobs.square, range(4))) == [0, 1, 4, 9]
+
+
 def test_a_client_starts_a_private_daemon_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from actors import DaemonNotRunning
 
