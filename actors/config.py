@@ -512,12 +512,28 @@ def _build_section(section: str, values: Mapping[str, Any], where: str, name: _N
         if key not in hints:
             raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(hints)}")
         written = name(section, key, value)
-        converted = _convert(value, hints[key], written)
+        try:
+            converted = _convert(value, hints[key], written)
+        except ConfigError as exc:  # "is not a valid int": and what it should be, where the key's rule says it
+            want = _wanted(_RULES[section][key], hints[key])
+            raise ConfigError(f"{exc}: {want}" if want else str(exc)) from exc.__cause__
         problem = _text_problem(converted) or _RULES[section][key](converted)
         if problem:
             raise ConfigError(f"{written} is invalid: {problem}")
         kwargs[key] = converted
     return cls(**kwargs)
+
+
+def _wanted(rule: _Check, hint: Any) -> str:
+    """What a number key's ``rule`` asks for ("give a whole number 1..1024"), read by showing it a value of the
+    key's type that no rule takes; "" for other keys, or a rule that says nothing of it."""
+    probe = {int: -(2**70), float: math.nan}.get(hint)
+    if probe is None:
+        return ""
+    try:
+        return str(rule(probe))
+    except Exception:  # noqa: BLE001 - a rule for another kind of value: nothing to add
+        return ""
 
 
 def _validate(cfg: Config, name: _Namer) -> None:

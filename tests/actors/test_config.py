@@ -125,6 +125,8 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     ({"ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "soon"},
      "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT='soon' ([supervision] heartbeat_timeout) is not a valid float"),
     ({"ENSEMBLE_WORKERS": "-1"}, "ENSEMBLE_WORKERS='-1' ([daemon] workers) is invalid"),
+    ({"ENSEMBLE_MAX_FRAME": "1e9"},  # (it said "is not a valid int", and not what would be)
+     "ENSEMBLE_MAX_FRAME='1e9' ([daemon] max_frame) is not a valid int: give a whole number 65536..4294967296"),
     ({"ENSEMBLE_NAME": "../escape"}, "ENSEMBLE_NAME='../escape' ([daemon] name) is invalid"),
 ])
 def test_bad_environment_values_are_clear_errors(env: dict[str, str], fragment: str) -> None:

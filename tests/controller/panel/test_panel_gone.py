@@ -46,7 +46,10 @@ def _released(d: Daemon) -> bool:
 def test_notes_a_panel_the_supervisor_gave_up_on_held_are_ended(make_daemon: Callable[..., Any]) -> None:
     """No restart is allowed (``max_restarts = 0``): the supervisor gives up on the killed panel at once, and no
     panel process is left to read the held notes' file.  The notes end all the same, the processor untouched."""
-    panel = start_panel(make_daemon(extra_env={"ENSEMBLE_SUPERVISION_MAX_RESTARTS": "0"}))
+    # a heartbeat missed on a loaded machine (2 s in the tests) would end the processor or panel for good at `up`:
+    # this test's panel ends by a kill, which the supervisor sees at once whatever the timeout
+    panel = start_panel(make_daemon(extra_env={"ENSEMBLE_SUPERVISION_MAX_RESTARTS": "0",
+                                               "ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "60"}))
     d = panel.daemon
     before = _killed_holding_a_note(panel)
     wait_for(lambda: d.actor("panel").state == "failed", timeout=60, what="the supervisor to give up on the panel")
