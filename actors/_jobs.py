@@ -349,6 +349,9 @@ class JobBook:
             group = self.capped[job.owner, spec.cap_group] = _Capped(spec.cap)
         group.cap = spec.cap
         heapq.heappush(group.held, _key(spec.priority, job.id))
+        # what `ensemble jobs` and `top` show while it waits, a worker maybe idle beside it (it has run no code
+        # that could have set a status of its own yet)
+        job.status = f"held: its executor runs at most {spec.cap} of its jobs at once (max_workers)"
         self._admit(group)
 
     def _release_capped(self, job: Job) -> None:
@@ -372,6 +375,7 @@ class JobBook:
         while held and len(group.admitted) < group.cap:
             nxt = jobs.get(heapq.heappop(held) & _ID_MASK)
             if nxt is not None and nxt.state == "queued":
+                nxt.status = ""
                 group.admitted.add(nxt.id)
                 heapq.heappush(self.heap, _key(nxt.spec.priority, nxt.id, order))
 

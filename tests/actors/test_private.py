@@ -215,6 +215,8 @@ def test_an_executor_attaches_to_a_running_daemon_and_caps_its_own_jobs(jobs_dae
         mine = [j for j in c.jobs() if j.fn == "tests.jobs:plain_gate"]
         # all three are the daemon's, which holds two back (JobSpec.cap) though its second worker is idle
         assert sorted(j.state for j in mine) == ["queued", "queued", "running"], mine
+        held = "held: its executor runs at most 1 of its jobs at once (max_workers)"
+        assert sorted(j.status for j in mine) == ["", held, held]  # why they wait, a worker idle beside them
         gate.touch()
         assert len({f.result(60) for f in futures}) >= 1
     assert len(list(markers.iterdir())) == 3
