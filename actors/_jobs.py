@@ -246,19 +246,26 @@ def _row_info(row: tuple[Any, ...], events: list[list[Any]]) -> JobInfo:
 class _Capped:
     """A client's group of jobs under a cap (``JobSpec.cap``: an Executor's ``max_workers`` on a shared daemon).
 
-    At most ``cap`` of them are ``admitted``: in the queue's heap, dispatched
-    or running; the others wait queued in ``held`` (heap keys, best first) and
-    enter the heap as admitted ones end.  So the daemon holds the cap, and a
-    worker that ends one of them is handed the next at once, with no round trip
-    to the client.
+    The cap counts *workers*: at most ``cap`` of them hold the group's jobs
+    (dispatched or running) at once, and a worker runs one job at a time, so
+    at most ``cap`` of its jobs run at once, as in a pool of that size.  A
+    worker that holds some may be handed more (its window, as any job's: it
+    never idles between two of them waiting for the daemon to hear of the
+    first's end).  The group's other queued jobs wait in ``held`` (heap keys,
+    best first): the workers holding the group take them from there
+    (:meth:`JobBook.pop`), and while fewer than ``cap`` workers hold it, as
+    many as the free places enter the queue's heap (``admitted``), where any
+    worker may take one and so join the holders.
     """
 
-    __slots__ = ("cap", "admitted", "held")
+    __slots__ = ("cap", "admitted", "held", "holders", "where")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.admitted: set[int] = set()
-        self.held: list[int] = []
+        self.admitted: set[int] = set()  # its queued jobs that are in the queue's heap
+        self.held: list[int] = []  # heap keys of its other queued jobs (some may have ended: skipped when met)
+        self.holders: dict[str, int] = {}  # worker -> how many of its jobs that worker holds
+        self.where: dict[int, str] = {}  # its dispatched or running jobs -> the worker holding each
 
 
 class JobBook:
@@ -282,6 +289,7 @@ class JobBook:
         # job id -> (that commit's number, the job), in the order they were aborted (see abort)
         self.aborting: dict[int, tuple[int, Job]] = {}
         self.capped: dict[tuple[str, str], _Capped] = {}  # (owner, cap_group) -> its jobs under their cap
+        self.holding: dict[str, dict[tuple[str, str], _Capped]] = {}  # worker -> the capped groups it holds jobs of
 
     # -- accepting -----------------------------------------------------------------
     def accept(self, specs: Iterable[JobSpec], now: float, owner: str = "", nbytes: int = 0,
@@ -308,15 +316,9 @@ class JobBook:
             job.context = context
             self.jobs[jid] = job
             stage(jid, spec.fn, spec.name, pack_spec(spec, owner, internal), spec.priority, now, owner, ctx)
-            if spec.cap:
-                self._queue_capped(job)
-            else:
-                heapq.heappush(self.heap, _key(spec.priority, jid))
-            if spec.resources:
-                self._needs(spec.resources, 1)
+            self._enqueue(job)
             ids.append(jid)
         self.queued_bytes += each * len(ids)
-        self.queued += len(ids)
         self.counters["submitted"] += len(ids)
         return ids
 
@@ -340,44 +342,124 @@ class JobBook:
             dropped.append(jid)
         return dropped
 
+    def _enqueue(self, job: Job) -> None:
+        """Put a queued job in its place: the queue's heap, or its capped group's line (accept, recover, requeue)."""
+        spec = job.spec
+        if spec.cap:
+            self._queue_capped(job)
+        else:
+            heapq.heappush(self.heap, _key(spec.priority, job.id))
+        self.queued += 1
+        if spec.resources:
+            self._needs(spec.resources, 1)
+
     def _queue_capped(self, job: Job) -> None:
-        """Queue a job of a capped group (accepted or recovered): into the group's held line, then into the queue
-        as the group's cap allows (:meth:`_admit`; the cap is the latest submit's)."""
+        """Queue a job of a capped group: into the group's held line, then into the queue's heap as the group's
+        free places allow (:meth:`_admit`; the cap is the latest submit's)."""
         spec = job.spec
         group = self.capped.get((job.owner, spec.cap_group))
         if group is None:
             group = self.capped[job.owner, spec.cap_group] = _Capped(spec.cap)
         group.cap = spec.cap
-        heapq.heappush(group.held, _key(spec.priority, job.id))
-        # what `ensemble jobs` and `top` show while it waits, a worker maybe idle beside it (it has run no code
-        # that could have set a status of its own yet)
-        job.status = f"held: its executor runs at most {spec.cap} of its jobs at once (max_workers)"
+        self._hold_back(group, job)
         self._admit(group)
 
+    @staticmethod
+    def _hold_back(group: _Capped, job: Job) -> None:
+        heapq.heappush(group.held, _key(job.spec.priority, job.id))
+        # what `ensemble jobs` and `top` show while it waits, a worker maybe idle beside it (it has run no code
+        # that could have set a status of its own yet)
+        job.status = f"held: its executor runs at most {job.spec.cap} of its jobs at once (max_workers)"
+
     def _release_capped(self, job: Job) -> None:
-        """A job of a capped group ended (or was dropped): its place goes to the group's best held job still
-        queued, and the group is forgotten once it has none left."""
+        """A job of a capped group ended (or was dropped): its worker may no longer hold the group, so a place
+        may be free (:meth:`_admit`); the group is forgotten once it has no job left."""
         gk = (job.owner, job.spec.cap_group)
         group = self.capped.get(gk)
         if group is None:
             return
         group.admitted.discard(job.id)
+        self._unhold(group, job)
         self._admit(group)
-        if not group.admitted and not group.held:
+        if not group.admitted and not group.held and not group.where:
             del self.capped[gk]
 
     def _admit(self, group: _Capped) -> None:
-        """Move a capped group's best held jobs into the queue while it is under its cap.  Each enters behind the
-        jobs queued before now (as a job the client held back and sent now would): a group with as many places
-        as there are workers would otherwise have every later job of other clients wait for all of its own.
-        A held job that ended (cancelled before it was admitted) is dropped here, where it is met."""
+        """Move a capped group's best held jobs into the queue's heap, one per place no worker holds.  Each enters
+        behind the jobs queued before now (as a job the client held back and sent now would): a group with as many
+        places as there are workers would otherwise have every later job of other clients wait for all of its
+        own.  A held job that ended (cancelled before it was admitted) is dropped here, where it is met."""
         held, jobs, order = group.held, self.jobs, self._next_id
-        while held and len(group.admitted) < group.cap:
+        free = group.cap - len(group.holders)
+        while held and len(group.admitted) < free:
             nxt = jobs.get(heapq.heappop(held) & _ID_MASK)
             if nxt is not None and nxt.state == "queued":
                 nxt.status = ""
                 group.admitted.add(nxt.id)
                 heapq.heappush(self.heap, _key(nxt.spec.priority, nxt.id, order))
+
+    def _take_capped(self, job: Job, worker: str) -> bool:
+        """Whether ``worker`` may take this job of a capped group, met in the queue's heap (it is taken out of it
+        either way): yes if it holds the group's jobs already or a place is free; if not, the job goes back to
+        its group's line, for the workers that hold the group (:meth:`pop`)."""
+        group = self.capped[job.owner, job.spec.cap_group]
+        group.admitted.discard(job.id)
+        if worker in group.holders or len(group.holders) < group.cap:
+            self._hold(group, job, worker)
+            self._admit(group)
+            return True
+        self._hold_back(group, job)
+        return False
+
+    def _hold(self, group: _Capped, job: Job, worker: str) -> None:
+        group.where[job.id] = worker
+        n = group.holders.get(worker, 0)
+        group.holders[worker] = n + 1
+        if not n:
+            self.holding.setdefault(worker, {})[job.owner, job.spec.cap_group] = group
+
+    def _unhold(self, group: _Capped, job: Job) -> None:
+        worker = group.where.pop(job.id, None)
+        if worker is None:
+            return
+        n = group.holders[worker] - 1
+        if n:
+            group.holders[worker] = n
+            return
+        del group.holders[worker]
+        groups = self.holding[worker]
+        del groups[job.owner, job.spec.cap_group]
+        if not groups:
+            del self.holding[worker]
+
+    def _pull_held(self, worker: str, n: int, offer: dict[str, float] | None, out: list[Job]) -> None:
+        """Hand ``worker`` more of the held jobs of the capped groups it holds, up to ``n`` in ``out`` in all
+        (after what the queue's heap gave it: other clients' queued jobs go first)."""
+        jobs, written = self.jobs, self.journal.written_id
+        for group in list(self.holding[worker].values()):
+            held = group.held
+            while held and len(out) < n:
+                job = jobs.get(held[0] & _ID_MASK)
+                if job is None or job.state != "queued":
+                    heapq.heappop(held)
+                    continue
+                need = job.spec.resources
+                if job.id > written or (need and not fits(need, offer or {})):
+                    break  # (not written yet, see pop; or this worker cannot run it: a worker that can may take it)
+                heapq.heappop(held)
+                job.state = "dispatched"
+                if need:
+                    self._needs(need, -1)
+                self._hold(group, job, worker)
+                out.append(job)
+
+    def may_move(self, job: Job) -> bool:
+        """Whether a dispatched job could go to another worker (see :func:`actors.supervisor._dispatch.steals`):
+        a capped group's job only while a place is free for a worker that holds none of the group's jobs."""
+        if not job.spec.cap:
+            return True
+        group = self.capped.get((job.owner, job.spec.cap_group))
+        return group is None or len(group.holders) < group.cap
 
     def _unqueue(self, job: Job) -> None:
         """Take a queued job out of the queue's counts (its heap entry is skipped by :meth:`pop` from now on)."""
@@ -454,13 +536,7 @@ class JobBook:
             else:
                 queued += 1
             self.jobs[jid] = job
-            if spec.cap:
-                self._queue_capped(job)
-            else:
-                heapq.heappush(self.heap, _key(spec.priority, jid))
-            self.queued += 1
-            if spec.resources:
-                self._needs(spec.resources, 1)
+            self._enqueue(job)
         self.mark_horizon()
         if aborted:
             log.info("event=recover-aborted jobs=%d detail=cancelled or past their deadline when the daemon stopped: "
@@ -508,17 +584,19 @@ class JobBook:
         self.journal.stage_horizon(min(self.jobs, default=self._next_id))
 
     # -- queue -----------------------------------------------------------------------
-    def pop(self, n: int, offer: dict[str, float] | None = None) -> list[Job]:
-        """Take up to ``n`` queued jobs, best first (state becomes ``dispatched``).
+    def pop(self, n: int, offer: dict[str, float] | None = None, worker: str = "") -> list[Job]:
+        """Take up to ``n`` queued jobs for ``worker``, best first (state becomes ``dispatched``).
 
         ``offer``: what the worker's slot offers; jobs needing more stay queued
         in their place (at most :data:`SCAN` of them are looked past per call).
         A job whose row the journal has not written yet is never taken (the
         write-ahead rule: a job that ran is known to the journal after a
-        crash, and its id is never handed out again).
+        crash, and its id is never handed out again).  A capped group's job
+        goes only to a worker its cap allows (:class:`_Capped`); a worker
+        that holds such groups is then handed more of their held jobs.
         """
         if self.needy:
-            return self._pop_fitting(n, offer or {})
+            return self._pop_fitting(n, offer or {}, worker)
         out: list[Job] = []
         heap, jobs = self.heap, self.jobs
         written = self.journal.written_id
@@ -531,8 +609,12 @@ class JobBook:
             if jid > written:  # its row is not written yet: it waits for its commit, and so do the ones behind it
                 break
             heapq.heappop(heap)
+            if job.spec.cap and not self._take_capped(job, worker):
+                continue
             job.state = "dispatched"
             out.append(job)
+        if worker in self.holding and len(out) < n:
+            self._pull_held(worker, n, offer, out)
         self.queued -= len(out)
         return out
 
@@ -543,7 +625,7 @@ class JobBook:
         if self.needs[key] <= 0:
             del self.needs[key]
 
-    def _pop_fitting(self, n: int, offer: dict[str, float]) -> list[Job]:
+    def _pop_fitting(self, n: int, offer: dict[str, float], worker: str) -> list[Job]:
         if self.queued == self.needy and not any(fits(dict(k), offer) for k in self.needs):
             return []  # only jobs this worker cannot run are queued: nothing to look through
         out: list[Job] = []
@@ -562,12 +644,16 @@ class JobBook:
             if need and not fits(need, offer):
                 passed.append(item)
                 continue
+            if job.spec.cap and not self._take_capped(job, worker):
+                continue
             job.state = "dispatched"
             if need:
                 self._needs(need, -1)
             out.append(job)
         for item in passed:
             heapq.heappush(heap, item)
+        if worker in self.holding and len(out) < n:
+            self._pull_held(worker, n, offer, out)
         self.queued -= len(out)
         return out
 
@@ -588,15 +674,18 @@ class JobBook:
             job.add_event([time.time(), "requeued", reason])
             self.journal.stage_event(job.id, "requeued", reason)
             self.counters["retried"] += 1
-        heapq.heappush(self.heap, _key(job.spec.priority, job.id))  # back in its place: recalled or retried jobs keep FIFO
-        self.queued += 1
-        if job.spec.resources:
-            self._needs(job.spec.resources, 1)
+        if job.spec.cap:  # its worker holds it no longer
+            group = self.capped.get((job.owner, job.spec.cap_group))
+            if group is not None:
+                self._unhold(group, job)
+        self._enqueue(job)  # back in its place: recalled or retried jobs keep FIFO
 
     def start(self, job: Job, worker: str, now: float, mono: float) -> None:
         """Record that ``job`` is now running on ``worker``."""
         job.state = "running"
         self.running[job.id] = job
+        if job.spec.cap:  # (held for its cap until now, maybe in its worker's line)
+            job.status = ""
         job.attempts += 1
         job.started = now
         job.worker = worker

@@ -289,7 +289,7 @@ def case_throughput(ctx: Ctx) -> list[Row]:
     rows.append(row(case, "Executor(max_workers=2).submit loop, attached to the daemon (cap held there)",
                     m["Executor(2).submit, capped"], "jobs/s", "ProcessPoolExecutor(2).submit",
                     m["ProcessPoolExecutor.submit"], "(reported)",
-                    note=f"{n // 4} jobs a round: at most 2 of them dispatched or running at once"))
+                    note=f"{n // 4} jobs a round: held by at most 2 workers at once, each running one at a time"))
     if ray_rates:
         rows.append(row(case, "Client.submit_many", m["Client.submit_many"], "jobs/s", "Ray tasks (num_cpus=2)",
                         m["Ray tasks"], "(reported)",

@@ -380,6 +380,19 @@ def plain_gate(marker_dir: str, gate: str, seconds: float = 120.0) -> int:
     return os.getpid()
 
 
+def plain_alone(busy: str, seconds: float) -> int:
+    """A plain function that holds the file ``busy`` for ``seconds``: 1 if another job held it when it began (two
+    ran at once), else 0."""
+    try:
+        fd = os.open(busy, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return 1
+    os.close(fd)
+    time.sleep(seconds)
+    os.unlink(busy)
+    return 0
+
+
 def identity(value: Any) -> Any:
     """A plain function returning its argument (values must come back exactly as they went)."""
     return value

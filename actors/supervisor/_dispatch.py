@@ -64,7 +64,9 @@ def plan(book: JobBook, slots: Iterable["Slot"], credit: int,
     :func:`overrun`) are handed jobs only when no other worker can take any:
     what they hold waits behind that job.  The popped jobs are ``dispatched``
     in the book; the caller records them on the slot and sends them (or
-    requeues them if it cannot).
+    requeues them if it cannot).  A capped group's jobs (an Executor's
+    ``max_workers``) go only to the workers its cap allows
+    (:meth:`JobBook.pop`), so they are not dealt again among the workers.
     """
     if not book.queued:
         return []
@@ -77,13 +79,13 @@ def plan(book: JobBook, slots: Iterable["Slot"], credit: int,
     out = []
     for i, slot in enumerate(ready):
         share = math.ceil(book.queued / (len(ready) - i))
-        jobs = book.pop(min(credit - len(slot.outstanding), max(1, share)), slot.resources)
+        jobs = book.pop(min(credit - len(slot.outstanding), max(1, share)), slot.resources, slot.name)
         if not jobs:
-            if book.needy:  # this worker lacks what the queue's head needs; another may not
+            if book.needy or book.capped:  # this worker lacks what the queue's head needs, or its cap; another may not
                 continue
             break
         out.append((slot, jobs))
-    if len(out) > 1 and not book.needy:
+    if len(out) > 1 and not book.needy and not (book.capped and any(j.spec.cap for _, js in out for j in js)):
         _deal(out)
     return out
 
@@ -220,6 +222,8 @@ def steals(book: JobBook, slots: Iterable["Slot"], now: float, job_seconds: floa
                 continue
             need = job.spec.resources
             if need and not any(fits(need, offer) for offer in idle):
+                continue
+            if not book.may_move(job):  # its group's cap has no worker to spare: back, it would come here again
                 continue
             job.recalling = True
             ids.append(job.id)

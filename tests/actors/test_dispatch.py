@@ -188,28 +188,71 @@ def test_the_book_counts_distinct_needs_and_skips_a_worker_none_fits(tmp_path: P
     assert job.spec.resources == {"TPU": 2.0} and book.waiting_needs() == [{"GPU": 1.0}]
 
 
-def test_a_capped_group_has_at_most_its_cap_dispatched_and_the_next_goes_as_one_ends(tmp_path: Path) -> None:
-    """An Executor's ``max_workers`` on a shared daemon (``JobSpec.cap``): two idle workers, a group capped at 1
-    and another client's job.  The group's second job waits (queued) though a worker is free, the other client's
-    job goes; the group's next job goes once its first ends, cancelled held jobs are skipped, and the group is
-    forgotten once none of its jobs is left."""
+def _holders(book: JobBook, group: str = "g", owner: str = "") -> dict[str, int]:
+    return dict(book.capped[owner, group].holders)
+
+
+def test_a_capped_group_is_held_by_at_most_its_cap_of_workers_each_with_a_window(tmp_path: Path) -> None:
+    """An Executor's ``max_workers`` on a shared daemon (``JobSpec.cap``) counts workers: two idle workers, a group
+    capped at 1 and another client's job.  The worker that takes the group's first job is handed the rest as its
+    window (it runs one at a time: never more than one of them at once, and never idle waiting for the daemon to
+    hear of each end); the other worker gets none of them, though it is free.  Cancelled held jobs are skipped,
+    and the group is forgotten once none of its jobs is left."""
     book = JobBook(Journal(tmp_path / "j.sqlite3"))
-    capped = [JobSpec("m:f", cap=1, cap_group="g1") for _ in range(4)]
-    ids = book.accept(capped, 0.0) + book.accept([JobSpec("m:other")], 0.0)
+    ids = book.accept([JobSpec("m:f", cap=1, cap_group="g") for _ in range(4)], 0.0)
+    other = book.accept([JobSpec("m:other")], 0.0)
     book.journal.commit()
     a, b = _worker("a"), _worker("b")
-    got = sorted(j.id for _, jobs in plan.plan(book, [a, b], credit=8) for j in jobs)
-    assert got == [ids[0], ids[4]] and book.queued == 3
-    assert plan.plan(book, [_worker("c")], credit=8) == []  # the rest are held, not poppable
+    got = {slot.name: [j.id for j in jobs] for slot, jobs in plan.plan(book, [a, b], credit=2)}
+    assert got == {"a": [ids[0], other[0]]} and _holders(book) == {"a": 1}  # b: the group's one place is a's
+    assert plan.plan(book, [_worker("c")], credit=8) == []  # nor any other worker
     book.finish(book.jobs[ids[1]], "cancelled", 1.0)  # a held job cancelled: skipped when its turn comes
-    book.finish(book.jobs[ids[0]], "done", 1.0)
-    got = [j.id for _, jobs in plan.plan(book, [a, b], credit=8) for j in jobs]
-    assert got == [ids[2]] and book.jobs[ids[3]].state == "queued"
-    book.finish(book.jobs[ids[2]], "done", 2.0)
-    assert [j.id for _, jobs in plan.plan(book, [a], credit=8) for j in jobs] == [ids[3]]
-    book.finish(book.jobs[ids[3]], "done", 3.0)
-    assert book.capped == {} and book.queued == 0
+    assert [j.id for _, jobs in plan.plan(book, [a], credit=8) for j in jobs] == ids[2:]  # a's window
+    assert _holders(book) == {"a": 3} and book.queued == 0
+    for jid in (ids[0], other[0], ids[2], ids[3]):
+        book.finish(book.jobs[jid], "done", 2.0)
+    assert book.capped == {} and book.holding == {} and book.queued == 0
     book.journal.close()
+
+
+def test_a_capped_group_s_place_is_free_once_its_worker_holds_none_of_its_jobs(tmp_path: Path) -> None:
+    """Cap 2, three workers: two hold the group, the third gets none of it.  A holder's job that ends while it
+    holds more keeps its place; once it holds none (its last job ended, or was put back: its worker died), the
+    third worker may take one, and a job put back waits in the group's own line, where the holders find it."""
+    book = JobBook(Journal(tmp_path / "j.sqlite3"))
+    ids = book.accept([JobSpec("m:f", cap=2, cap_group="g", retries=1) for _ in range(8)], 0.0)
+    book.journal.commit()
+    a, b, c = _worker("a"), _worker("b"), _worker("c")
+    got = {s.name: [j.id for j in js] for s, js in plan.plan(book, [a, b, c], credit=2)}
+    assert sorted(got) == ["a", "b"] and len(got["a"]) == len(got["b"]) == 2
+    assert book.pop(8, {}, "c") == []
+    first, second = (book.jobs[jid] for jid in got["a"])
+    book.finish(first, "done", 1.0)  # a still holds `second`
+    assert book.pop(8, {}, "c") == [] and _holders(book) == {"a": 1, "b": 2}
+    book.start(second, "a", 1.0, 1.0)
+    book.requeue(second, "worker a died")  # a holds none now: its place is free
+    assert _holders(book) == {"b": 2}
+    taken = book.pop(1, {}, "c")
+    assert [j.id for j in taken] == [second.id]  # back in its place, first of the group's line
+    assert _holders(book) == {"b": 2, "c": 1} and book.pop(8, {}, "a") == []
+    assert len(book.pop(8, {}, "b")) == 4 and book.queued == 0  # the holders' windows: the rest of the line
+    book.journal.close()
+
+
+def test_a_job_behind_an_overrun_one_is_not_stolen_when_its_group_has_no_worker_to_spare(tmp_path: Path) -> None:
+    """Cap 1: the jobs waiting behind the group's long job can go to no other worker; asking them back would send
+    them to the same worker again, over and over.  With a place to spare (cap 2) they are asked back."""
+    for cap, stolen in ((1, False), (2, True)):
+        book = JobBook(Journal(tmp_path / f"j{cap}.sqlite3"))
+        book.accept([JobSpec("m:f", cap=cap, cap_group="g") for _ in range(4)], 0.0)
+        book.journal.commit()
+        busy, idle = _worker("busy"), _worker("idle")
+        jobs = book.pop(4, {}, "busy")
+        busy.outstanding.extend(j.id for j in jobs)
+        book.start(jobs[0], "busy", 0.0, 0.0)
+        out = plan.steals(book, [busy, idle], 1000.0, job_seconds=0.001)
+        assert bool(out) is stolen, cap
+        book.journal.close()
 
 
 def test_a_capped_group_is_one_client_s_own(tmp_path: Path) -> None:
@@ -225,7 +268,7 @@ def test_a_capped_group_is_one_client_s_own(tmp_path: Path) -> None:
 
 def test_a_capped_group_keeps_its_cap_across_a_daemon_restart(tmp_path: Path) -> None:
     """The cap travels in the journaled spec: a new daemon's book recovers the group's jobs under it, one that
-    was running (requeued) among those admitted."""
+    was running (requeued) first among them: two workers hold them, a third gets none."""
     book = JobBook(Journal(tmp_path / "j.sqlite3"))
     ids = book.accept([JobSpec("m:f", cap=2, cap_group="g", retries=1) for _ in range(5)], 0.0)
     book.journal.commit()
@@ -236,8 +279,11 @@ def test_a_capped_group_keeps_its_cap_across_a_daemon_restart(tmp_path: Path) ->
     again = JobBook(Journal(tmp_path / "j.sqlite3"))
     assert again.recover(2.0) == (4, 1, 0)
     again.journal.commit()
-    got = sorted(j.id for _, js in plan.plan(again, [_worker("a"), _worker("b")], credit=8) for j in js)
-    assert got == ids[:2] and again.queued == 3
+    got = {s.name: [j.id for j in js] for s, js in plan.plan(again, [_worker("a"), _worker("b"), _worker("c")],
+                                                             credit=8)}
+    assert sorted(got) == ["a", "b"] and got["a"][0] == ids[0]  # the requeued one first
+    assert _holders(again) == {"a": 2, "b": 2} and again.queued == 1
+    assert again.pop(8, {}, "c") == [] and [j.id for j in again.pop(8, {}, "a")] == ids[4:]
     again.journal.close()
 
 
@@ -263,6 +309,6 @@ def test_a_raised_cap_admits_the_held_jobs_in_their_order_first(tmp_path: Path) 
     held = book.accept([JobSpec("m:f", cap=1, cap_group="g") for _ in range(3)], 0.0)
     new = book.accept([JobSpec("m:f", cap=3, cap_group="g")], 0.0)
     book.journal.commit()
-    got = [j.id for _, js in plan.plan(book, [_worker("a")], credit=8) for j in js]
+    got = [j.id for _, js in plan.plan(book, [_worker("a"), _worker("b"), _worker("c")], credit=1) for j in js]
     assert got == held and book.jobs[new[0]].state == "queued"
     book.journal.close()
