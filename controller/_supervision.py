@@ -124,6 +124,7 @@ class ScriptExtension(Extension):
         self.ready_digest = ""  # the digest of the source the controller ran (its last ScriptReady)
         self.dropped_load = 0  # the latest load whose script the controller was told to drop (see _params_from)
         self.processor_back = ""  # how the processor came back, while its answer to the script it was sent is due
+        self.processor_reading = 0  # the load whose module code the processor was sent and has not answered (0: none)
         self.follows = 0  # controller reloads the daemon started in a row since both sides last agreed (FOLLOW_RELOADS)
         self.load_lost = False  # the latest load failed as the controller went down: its restart is no new load
         self.wedge_heard = False  # this controller said it is wedged (ScriptError kind "wedged") before it left
@@ -148,6 +149,10 @@ class ScriptExtension(Extension):
                 ScriptStop: self._script_stopped}
 
     def child_ready(self, slot: Any) -> None:
+        if slot.role == "processor":
+            reading, self.processor_reading = self.processor_reading, 0
+            if reading and slot.last_exit is not None:
+                self._processor_died_reading(slot, reading)
         if slot.role == "processor" and self.script_ready:
             if slot.last_exit == WEDGED_EXIT and self._processor_rewedged(slot):
                 return
@@ -155,7 +160,7 @@ class ScriptExtension(Extension):
             code = slot.last_exit
             self.processor_back = f"was restarted ({_ended(code)})" if code is not None else "started"
             log.info("event=script-reload side=processor path=%s load=%d", self.script_path, self.load_state[0])
-            self.host.send_child(slot, ScriptLoad(self.script_path, load=self.load_state[0]))
+            self._send_processor_load(slot, self.script_path, self.load_state[0])
             self.host.send_child(slot, ParamValues(list(self.params.values())))
             if self.stopped and self.stopped_load == self.ready_load:  # stopped on this side too, after its init
                 self.host.send_child(slot, ScriptStop(self.stopped, self.stopped_load))
@@ -238,6 +243,35 @@ class ScriptExtension(Extension):
         self._script_error(slot, f"script {path} is not run again: its callbacks wedged the controller twice within "
                                  f"{REWEDGE_S:.0f} s (see the error before: the callback and its line); fix it and "
                                  f"`ensemble load` it again")
+
+    def _send_processor_load(self, proc: Any, path: str, load: int) -> bool:
+        """Send the processor a script to load; its answer is awaited (see :meth:`_processor_died_reading`)."""
+        sent: bool = self.host.send_child(proc, ScriptLoad(path, load=load))
+        if sent:
+            self.processor_reading = load
+        return sent
+
+    def _processor_died_reading(self, slot: Any, load: int) -> None:
+        """The processor ended while it ran a script's module code (sent, not answered): the load fails as if that
+        code had raised there (:meth:`_load_failed`), and the new processor runs no script.
+
+        The processor runs module code in its main thread, which answers the
+        daemon's heartbeats: module code that takes longer than the
+        heartbeat timeout (a ``time.sleep``, a slow import, a loop) had the
+        processor killed, and each processor started after it was sent the
+        script again and killed again, with the audio down each time, for as
+        long as the script stayed loaded (found by a probe: 34 restarts).
+        """
+        how = _ended(slot.last_exit)
+        if slot.detail.startswith("silent"):  # the supervisor killed it: no heartbeat came
+            how += f": {slot.detail}"
+        why = (f"the processor ended ({how}) while it ran the script's module code, and was restarted without the "
+               "script; the processor runs module code in its main thread, which must answer the daemon's heartbeats "
+               "([supervision] heartbeat_timeout): keep slow work out of the processor's module code (under `if "
+               "get_context() == \"Controller\":`, or in a background task)")
+        log.warning("event=script-dropped side=processor load=%d detail=%s", load, why)
+        self._load_failed(slot, ScriptError("Processor", "load-failed", why, load=load), "")
+        self._script_error(slot, f"Processor load-failed: {why}")
 
     def _processor_rewedged(self, slot: Any) -> bool:
         """A processor that left wedged said hello: whether it must run without the script this time.
@@ -489,7 +523,7 @@ class ScriptExtension(Extension):
             if self.stopped_load != msg.load:  # the controller runs the script loaded anew, and the processor will
                 self.stopped = ""
             self.ready_path, self.ready_load, self.ready_digest = msg.path, msg.load, msg.digest
-            sent = proc is not None and self.host.send_child(proc, ScriptLoad(msg.path, load=msg.load))
+            sent = proc is not None and self._send_processor_load(proc, msg.path, msg.load)
             if sent and proc is not None and self.stopped:  # stopped as it loaded (on_load past the budget): after init
                 self.host.send_child(proc, ScriptStop(self.stopped, msg.load))
             if self._loading_in("controller", msg.load):  # no processor now: the one that starts loads it (child_ready)
@@ -524,6 +558,8 @@ class ScriptExtension(Extension):
                 self._set_dropped(msg.seq, f"{msg.message}{where}")
                 self.unapplied = {n: m for n, m in self.unapplied.items() if m.seq != msg.seq}  # not sent again
             if msg.kind == "load-failed":
+                if slot.role == "processor" and msg.load == self.processor_reading:
+                    self.processor_reading = 0
                 self._load_failed(slot, msg, where)
             if msg.kind == "wedged" and slot.role == "controller":  # it leaves now, to be restarted
                 self.wedge_heard = True
@@ -571,6 +607,8 @@ class ScriptExtension(Extension):
         load the controller ran, while no newer one runs, counts.
         """
         back, self.processor_back = self.processor_back, ""
+        if msg.load == self.processor_reading:
+            self.processor_reading = 0
         current = msg.path == self.ready_path and msg.load == self.ready_load == self.load_state[0]
         if current and msg.digest != self.ready_digest:
             if self.follows < FOLLOW_RELOADS:

@@ -164,3 +164,23 @@ def test_a_timer_that_wedges_the_controller_each_time_is_not_run_again_after_the
     c.set_param("gain", 0.8)
     wait_for(lambda: c.get_param("gain") == 0.8, what="a parameter of the new script to change")
     assert daemon.actor("controller").restarts == 2  # the dropped script's timer runs nowhere any more
+
+
+def test_processor_module_code_past_the_heartbeat_timeout_fails_the_load_once(daemon: Daemon) -> None:
+    """Module code that sleeps in the processor only (under the controller's budget, past the processor's
+    heartbeat timeout: the processor runs module code in its main thread) had the processor killed, and every
+    processor started after it was sent the script again and killed again, for as long as it stayed loaded (a
+    probe counted 34 restarts).  Now the load fails, saying why, and the one processor started after it runs no
+    script and stays up."""
+    slow = daemon.base / "slow_in_processor.py"
+    slow.write_text("import time\nfrom controller.script import get_context\n\n"
+                    "if get_context() == 'Processor':\n    time.sleep(6)\n")
+    out = daemon.cli("load", str(slow), check=False)
+    assert out.returncode == 1, out.stdout
+    assert "while it ran the script's module code" in out.stderr and "heartbeat" in out.stderr, out.stderr
+    proc = wait_for(lambda: (lambda a: a if a.state == "running" and a.restarts == 1 else None)(
+        daemon.actor("processor")), 30, what="the processor to be restarted once")
+    assert daemon.status().daemon.counters["script_load"][1] == "failed"  # and neither side runs it
+    daemon.client().load_script(str(STATEFUL), wait=30)  # the next load loads, on both sides
+    # and the processor started after the failure ran no script: it is the same one
+    assert daemon.actor("processor").pid == proc.pid and daemon.actor("processor").restarts == 1
