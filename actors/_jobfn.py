@@ -34,7 +34,7 @@ from actors._errors import JobRefused
 from actors._task import Task
 
 _IDENT = r"[A-Za-z][A-Za-z0-9_]*"
-_PATH_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}$")
+_PATH_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}")  # fullmatch: "$" also matches before a final newline
 _MAX_PATH = 256
 # Never runnable, whatever the allow-list says: they would hand a client a shell.
 ALWAYS_DENIED = frozenset((
@@ -82,7 +82,7 @@ def path_of(fn: Callable[..., Any] | str) -> str:
 
 def check_name(path: Any) -> tuple[str, str]:
     """``(module, function)`` of a well-formed job path, or raise JobRefused saying what is wrong."""
-    if not isinstance(path, str) or len(path) > _MAX_PATH or not _PATH_RE.match(path):
+    if not isinstance(path, str) or len(path) > _MAX_PATH or not _PATH_RE.fullmatch(path):
         shown = path[:80] + "..." if isinstance(path, str) and len(path) > 80 else path
         raise JobRefused(
             f"job function {shown!r} is not a job path: give 'package.module:function', one identifier after "
@@ -120,14 +120,14 @@ def compile_allow(allow: Sequence[str]) -> re.Pattern[str]:
     for pat in allow:
         module, sep, function = pat.partition(":")
         alts.append(f"{_glob_re(module)}:{_glob_re(function) if sep else '[^.]*'}")
-    return re.compile("^(?:" + "|".join(alts) + ")$" if alts else "(?!)")
+    return re.compile("(?:" + "|".join(alts) + ")" if alts else "(?!)")  # (used with fullmatch)
 
 
 def check_allowed(path: Any, allow: Sequence[str] | re.Pattern[str]) -> None:
     """Raise JobRefused unless ``path`` is a well-formed job path that the allow-list admits (remote clients)."""
     check_name(path)
     pattern = allow if isinstance(allow, re.Pattern) else compile_allow(allow)
-    if not pattern.match(path):
+    if not pattern.fullmatch(path):
         shown = ", ".join(allow) if not isinstance(allow, re.Pattern) else "jobs.allow"
         raise JobRefused(
             f"job function {path!r} is not in the daemon's allow-list for remote clients ({shown or 'empty'}); "

@@ -30,7 +30,7 @@ import zmq.auth
 from actors._errors import ConfigError
 from actors.config import Config
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # (fullmatch: "$" also matches before a final newline)
 ROLES = ("worker", "client", "admin")
 
 
@@ -50,7 +50,7 @@ def _mkdir(p: Path) -> None:
 
 def check_name(name: str) -> str:
     """A peer name, or ConfigError: 1-64 letters, digits, '.', '_' or '-', not starting with '.' (no paths)."""
-    if not isinstance(name, str) or not _NAME.match(name) or name == "server":
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name == "server":
         raise ConfigError(f"peer name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-' "
                           "(starting with a letter or digit; 'server' is the daemon's own)")
     return name

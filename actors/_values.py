@@ -63,20 +63,25 @@ class Exact:
     read (the daemon), not in the worker that rebuilds it.  Not the value's own hash: a peer could send a set or
     a map of many values whose hashes collide (big ints ``k * (2**61 - 1)``, or one tuple sent N times, which
     are N distinct keys here), and each insert would compare with all before it: seconds of the daemon's loop
-    for a frame of 100 KB.
+    for a frame of 100 KB.  The finding is kept (``hashed``): a set nested in a set checks its items' hashes,
+    so each level found every level below it hashable again, and a frame of 150 frozensets nested around 200,000
+    tuples (2 MB) held the daemon's loop for 20 s (a remote client key could send it).
     """
 
-    __slots__ = ("tag", "data")
+    __slots__ = ("tag", "data", "hashed")
 
     def __init__(self, tag: int, data: Any) -> None:
         self.tag = tag
         self.data = data
+        self.hashed = False  # the value was found hashable (see __hash__)
 
     def __eq__(self, other: object) -> bool:
         return self is other
 
     def __hash__(self) -> int:
-        hash(rebuild(self.tag, self.data))  # TypeError (unhashable) for what may not be a key
+        if not self.hashed:
+            hash(rebuild(self.tag, self.data))  # TypeError (unhashable) for what may not be a key
+            self.hashed = True
         return id(self) >> 4
 
     def __repr__(self) -> str:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from enum import IntEnum
 from typing import Annotated, Any, ClassVar, Final, Literal, Union, get_args, get_origin
 
@@ -676,6 +677,19 @@ def _enc_hook(obj: Any) -> Any:
     )
 
 
+# ext values (exact values, arrays...) a frame from another host may hold.  Each costs the daemon's loop a few
+# microseconds to read and check (a call into Python, a small decode, the value rebuilt): a remote key's frame of
+# millions of them (a 64 MiB frame holds ten million) would hold the loop for tens of seconds.  At this bound,
+# about a second at worst on a slow machine; a local client has none (it is the daemon's own user).
+REMOTE_EXT_VALUES = 1 << 18
+_remote = threading.local()  # .left: ext values the frame from another host being read on this thread may still hold
+
+
+def remote_ext_left() -> int:
+    """How many more ext values the last frame from another host decoded on this thread could have held."""
+    return int(getattr(_remote, "left", REMOTE_EXT_VALUES))
+
+
 def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemble.", stored: bool = False) -> Any:
     """Decode our ext types.  ``handles``: the segment-name prefix a handle must carry (None: refuse handles);
     ``stored``: whether object-store keys (ext 3) are accepted (the daemon<->worker link only).
@@ -685,6 +699,13 @@ def _ext_hook(code: int, data: memoryview | bytes, handles: str | None = "ensemb
     ``SyntaxError``) comes out as :class:`ProtocolError`: a peer's frame is
     refused, it never ends the process reading it.
     """
+    if handles is None:  # a frame from another host (see decode): it holds REMOTE_EXT_VALUES of them at most
+        left = getattr(_remote, "left", REMOTE_EXT_VALUES) - 1
+        if left < 0:
+            raise ProtocolError(f"a frame from another host may hold at most {REMOTE_EXT_VALUES:,} ext values (tuples, "
+                                "sets, big ints, datetimes, arrays...), and this one holds more: send plain lists, "
+                                "or split the job's values over several jobs")
+        _remote.left = left
     try:
         return _ext_value(code, data, handles, stored)
     except ProtocolError:
@@ -910,6 +931,8 @@ def decode(frame: bytes, limits: Limits = _DEFAULT_LIMITS, handles: str | None =
     """
     if len(frame) > limits.max_frame:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame}")
+    if handles is None:
+        _remote.left = REMOTE_EXT_VALUES
     try:
         _, kind, corr, msg = _decoder(handles, _generation, stored).decode(frame)
     except ProtocolError:

@@ -82,12 +82,14 @@ from actors._subreaper import DAEMON_ENV, WORKER_ENV
 from actors._signals import SignalPipe, start_unsignalled
 from actors._task import Task, activate, deactivate, set_home
 from actors.messages import (
+    REMOTE_EXT_VALUES,
     AbortJob,
     Dispatch,
     JobDone,
     JobsDone,
     JobUpdate,
     Limits,
+    remote_ext_left,
     Message,
     Recall,
     Recalled,
@@ -550,7 +552,7 @@ class Worker(Child):
                 _end_forked(result)
             if self._started is not None:
                 self._started.ended()
-            done, cost, frame = _sendable_encoded(result, self.cfg.daemon.max_frame)
+            done, cost, frame = _sendable_encoded(result, self.cfg.daemon.max_frame, self.remote)
             _flush_output()  # what the job printed is out before its result: in order, not at the worker's exit
             if d.cwd:
                 self.code.note_imports(began)
@@ -827,7 +829,7 @@ def _sendable(done: JobDone, max_frame: int) -> tuple[JobDone, int]:
     return checked[0], checked[1]
 
 
-def _sendable_encoded(done: JobDone, max_frame: int) -> tuple[JobDone, int, bytes]:
+def _sendable_encoded(done: JobDone, max_frame: int, remote: bool = False) -> tuple[JobDone, int, bytes]:
     """``(done, bytes it costs, its frame)``, the result replaced by an error saying why when it cannot cross the wire.
 
     Its frame: ``encode(JobsDone([done]))`` when this had to encode it to
@@ -837,12 +839,19 @@ def _sendable_encoded(done: JobDone, max_frame: int) -> tuple[JobDone, int, byte
     when the daemon's decoder would refuse it (a property name that is not a
     string), or when it is larger than the daemon's frame limit
     (``daemon.max_frame``; big numpy arrays go through shared memory and never count).
+
+    ``remote``: a worker on another host, whose frames the daemon reads as
+    any remote peer's: at most :data:`~actors.messages.REMOTE_EXT_VALUES`
+    ext values (tuples, sets, big ints...) a frame.  A result that holds more
+    fails its job saying so; the bytes it costs count its ext values too
+    (that many cost half a frame), so that the results sent in one frame
+    (:meth:`Worker._send_results`, half a frame at most) never hold more.
     """
     if len(done.error_message) > 65536 or len(done.traceback) > 65536:
         done = msgspec.structs.replace(done, error_message=done.error_message[:65536],
                                        traceback=done.traceback[-65536:])
     value = done.value
-    if done.ok and not done.status and not done.properties and (
+    if not remote and done.ok and not done.status and not done.properties and (
             value is None or type(value) in _SMALL or type(value) is int and _INT64 <= value < _UINT64
             or type(value) is bytes and len(value) < max_frame - 8192):
         # nothing in it the codec could refuse (no text: a lone surrogate would be): its size, without encoding it
@@ -853,13 +862,17 @@ def _sendable_encoded(done: JobDone, max_frame: int) -> tuple[JobDone, int, byte
         if size > max_frame - 4096:
             raise ValueError(f"it is {size} bytes, over the daemon's frame limit of {max_frame} (daemon.max_frame); "
                              "return a numpy array (it travels through shared memory) or write it to a file")
+        if remote:  # read back as the daemon will read a remote peer's frame
+            decode(frame, Limits(max_frame), handles=None)
+            exts = REMOTE_EXT_VALUES - remote_ext_left()
+            return done, max(size, exts * (max_frame // 2 // REMOTE_EXT_VALUES + 1)), frame
         scalar_list = type(done.value) is list and scalars(done.value)  # (reads back whole if it encoded)
         if (type(done.value) not in _PLAIN and not scalar_list) or done.properties:
             decode(frame, Limits(max_frame), handles="", stored=True)  # containers: read back the way the daemon will
         return done, size, frame
     except (ProtocolError, ValueError) as exc:
         if not done.ok and done.value is not None:  # the exception itself, pickled, too big: its type and text go
-            return _sendable_encoded(msgspec.structs.replace(done, value=None), max_frame)
+            return _sendable_encoded(msgspec.structs.replace(done, value=None), max_frame, remote)
         what = "return value or properties" if done.ok else "error"
         return JobDone(done.job_id, False, None, "TypeError", f"the job's {what} cannot be sent: {exc}",
                        "", done.progress, done.status, {}, done.aborted, done.started), 1024, b""

@@ -84,6 +84,59 @@ def test_the_daemon_keeps_exact_values_as_they_came_and_sends_them_on_the_same()
     assert same(_decode_value(again), [(1, 2), {datetime.date(2026, 1, 1): 2**70}])
 
 
+def test_the_daemon_checks_nested_sets_in_work_that_grows_with_the_frame_not_its_depth_times_its_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A set checks its items' hashes, and an Exact's hash rebuilt its value to see that it may be a key: each of
+    D nested frozensets rebuilt every level below it, D x M rebuilds for M tuples at the bottom (a remote client's
+    2 MB frame held the daemon's loop for 20 s).  The finding is kept: each value is rebuilt about twice."""
+    from actors import _values, messages
+
+    enc, ext = msgspec.msgpack.encode, msgspec.msgpack.Ext
+    depth, size = 60, 2000
+    node = ext(EXT_VALUE, enc([2, [ext(EXT_VALUE, enc([0, [i]])) for i in range(size)]]))  # frozenset of tuples
+    for _ in range(depth):
+        node = ext(EXT_VALUE, enc([2, [node]]))
+    calls = [0]
+    real = _values.rebuild
+
+    def counted(tag: int, data: Any) -> Any:
+        calls[0] += 1
+        return real(tag, data)
+
+    monkeypatch.setattr(_values, "rebuild", counted)
+    saved = messages._KEEPS_EXACT[0]
+    try:
+        messages.keep_exact_values()
+        kept = _decode_value(enc(node))
+    finally:
+        messages._KEEPS_EXACT[0] = saved
+    assert type(kept) is Exact
+    assert calls[0] <= 3 * (size + depth), calls[0]  # (D x M = 120,000 before)
+
+
+def test_a_frame_from_another_host_holds_a_bounded_number_of_ext_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ext value costs the daemon's loop a call into Python and a small decode: a remote key's 64 MiB frame
+    of ten million tuples would hold the loop for tens of seconds.  Over the bound, such a frame is refused saying
+    why; a local peer's is not bounded, and the count starts again with each frame."""
+    from actors import messages
+    from actors.worker import _sendable_encoded
+
+    monkeypatch.setattr(messages, "REMOTE_EXT_VALUES", 100)
+    frame = messages.encode(messages.Submit([messages.JobSpec("m:f", args=to_wire([(i,) for i in range(101)]))]))
+    with pytest.raises(ProtocolError, match=r"from another host may hold at most 100 ext values .*plain lists"):
+        messages.decode(frame, handles=None)
+    assert len(messages.decode(frame)[1].jobs[0].args) == 101  # a local client's
+    small = messages.encode(messages.Submit([messages.JobSpec("m:f", args=to_wire([(i,) for i in range(100)]))]))
+    for _ in range(2):
+        assert len(messages.decode(small, handles=None)[1].jobs[0].args) == 100
+    # a worker on another host checks its result as the daemon will read it: one over the bound fails its job
+    done = messages.JobDone(7, True, to_wire([(i,) for i in range(101)]))
+    failed, _, _ = _sendable_encoded(done, 1 << 20, remote=True)
+    assert not failed.ok and "at most 100 ext values" in failed.error_message
+    ok, cost, _ = _sendable_encoded(messages.JobDone(7, True, to_wire([(i,) for i in range(60)])), 1 << 20, True)
+    assert ok.ok and cost > (1 << 20) // 2 * 60 // 100  # two such results never share a frame (half a frame each)
+
+
 def test_rebuild_names_an_unknown_tag() -> None:
     with pytest.raises(ValueError, match="tag 42"):
         rebuild(42, [])

@@ -24,6 +24,8 @@ WALKS = [
     "builtins:eval",
     "script:/usr/lib/python3.11/subprocess.py:getoutput",
     "x" * 300 + ":f",
+    "examples.jobs:add\n",  # ("$" matches before a final newline: the worker then failed to find the function)
+    "examples.jobs\n:add",
 ]
 
 
@@ -35,11 +37,13 @@ def test_attribute_walks_private_names_and_denied_modules_are_refused(path: str)
 
 def test_a_star_never_crosses_a_dot() -> None:
     allow = compile_allow(["examples.*"])
-    assert allow.match("examples.jobs:add")
-    assert not allow.match("examples.jobs.inner:add")
-    assert not allow.match("examples.jobs:Task.run_process")
+    assert allow.fullmatch("examples.jobs:add")
+    assert not allow.fullmatch("examples.jobs.inner:add")
+    assert not allow.fullmatch("examples.jobs:Task.run_process")
     exact = compile_allow(["examples.jobs:add"])
-    assert exact.match("examples.jobs:add") and not exact.match("examples.jobs:add2")
+    assert exact.fullmatch("examples.jobs:add") and not exact.fullmatch("examples.jobs:add2")
+    with pytest.raises(JobRefused):
+        check_allowed("examples.jobs:add\n", ["examples.jobs:add"])
     with pytest.raises(JobRefused, match="allow-list"):
         check_allowed("examples.jobs:normalize", DEFAULT_ALLOW)  # writes files: not open to remote clients
     check_allowed("examples.jobs:add", DEFAULT_ALLOW)
