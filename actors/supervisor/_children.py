@@ -643,10 +643,10 @@ class ChildrenMixin(State):
         gap, self._beat_at = (mono - self._beat_at if self._beat_at else 0.0), mono
         if gap > timeout:  # this loop did not run (one long request, SIGSTOP, the host's scheduler): what each
             # child sent meanwhile may still sit in the sockets' queues, so silences are measured from now, not judged
-            log.warning("event=daemon-stalled seconds=%.1f detail=the daemon's own loop did not run; each child's "
-                        "silence is measured from now", gap)
-            for slot in self.slots.values():
-                slot.last_heard = mono
+            log.warning("event=daemon-stalled seconds=%.1f detail=the daemon's own loop did not run; the stall does "
+                        "not count in any child's silence", gap)
+            for slot in self.slots.values():  # (not "from now": a child silent before each of repeated stalls would
+                slot.last_heard = min(mono, slot.last_heard + gap)  # never have been judged, a probe saw)
         for slot in list(self.slots.values()):
             if slot.proc is None and not slot.remote:
                 continue

@@ -358,10 +358,11 @@ class WorkMixin(State):
             try:
                 (slot.sock or self.internal).send_multipart([slot.identity, frame], zmq.NOBLOCK)
                 return True
-            except zmq.ZMQError:
+            except zmq.ZMQError as exc:
                 for job in jobs:
                     slot.outstanding.remove(job.id)
                     self.book.requeue(job, "")  # type: ignore[union-attr]
+                self._unreachable(slot, exc)
                 return False
         sent_any = False
         for d, job in zip(batch, jobs):  # one at a time, to find the ones that cannot go
@@ -377,10 +378,26 @@ class WorkMixin(State):
             try:
                 (slot.sock or self.internal).send_multipart([slot.identity, one], zmq.NOBLOCK)
                 sent_any = True
-            except zmq.ZMQError:
+            except zmq.ZMQError as exc:
                 slot.outstanding.remove(job.id)
                 self.book.requeue(job, "")  # type: ignore[union-attr]
+                if self._unreachable(slot, exc):
+                    break
         return sent_any
+
+    def _unreachable(self, slot: Slot, exc: zmq.ZMQError) -> bool:
+        """A send to ``slot`` failed: a worker on another host that the socket no longer reaches is gone (True).
+
+        Its jobs were queued again, and would have been handed to it again at
+        the next dispatch, and failed again, for ever: a probe saw a daemon
+        whose loop stalled on each try (a job's arguments decoded for the
+        slot each time) never give the worker up.  A full queue (``EAGAIN``)
+        is no sign of that; a local worker's end is seen by its process.
+        """
+        if not slot.remote or exc.errno != zmq.EHOSTUNREACH or self.slots.get(slot.name) is not slot:
+            return False
+        self._remote_gone(slot, "a send to it failed: the connection is gone")
+        return True
 
     def _recall_below(self, priority: int) -> None:
         """Ask workers to give back prefetched jobs of lower priority than a newly queued one."""

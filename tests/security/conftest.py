@@ -85,12 +85,13 @@ def issue_keys(d: Daemon, names: dict[str, tuple[str, ...]]) -> dict[str, str]:
         os.umask(mask)
 
 
-def remote_daemon(base: Path) -> Iterator[Remote]:
+def remote_daemon(base: Path, workers: int = 1, env: dict[str, str] | None = None) -> Iterator[Remote]:
     """A fixture's body: a daemon (1 worker) with both tcp endpoints and a key of every role, up; then stopped."""
     client_ep, worker_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    d = Daemon(base, workers=1, extra_env={"ENSEMBLE_CLIENT_TCP": client_ep, "ENSEMBLE_TCP": worker_ep,
-                                           "ENSEMBLE_JOBS_ALLOW": "examples.jobs:add,examples.jobs:echo,"
-                                                                  "tests.jobs:sleep,tests.jobs:wait_file"})
+    d = Daemon(base, workers=workers, extra_env={"ENSEMBLE_CLIENT_TCP": client_ep, "ENSEMBLE_TCP": worker_ep,
+                                                 "ENSEMBLE_JOBS_ALLOW": "examples.jobs:add,examples.jobs:echo,"
+                                                                        "tests.jobs:sleep,tests.jobs:wait_file",
+                                                 **(env or {})})
     procs: list[subprocess.Popen[bytes]] = []
     try:
         keys = issue_keys(d, {"worker": ("w1", "w2"), "client": ("c1", "c2"), "admin": ("a1",)})

@@ -8,12 +8,15 @@ worker key sends crashes the daemon, restarts a local actor or ends a local job 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 from msgspec import inspect as mi
 
 import actors.messages as M
+from tests.conftest import wait_for
 from tests.reliability.history import full
-from tests.security.conftest import Remote
+from tests.security.conftest import Remote, remote_daemon
 from tests.security.test_typed_requests import _Values
 
 N = 5_000 if full() else 600
@@ -47,3 +50,27 @@ def test_well_typed_worker_frames_with_awkward_values_from_a_worker_key_break_no
     assert status.daemon.counters.get("stale_results", 0) > 0  # they reached the handlers, which dropped them
     assert c.job(mine.id).state in ("queued", "running")  # still the local worker's, untouched
     c.cancel(mine.id)
+
+
+def test_a_remote_worker_whose_connection_is_gone_is_given_up_at_the_send_that_fails(short_tmp: Path) -> None:
+    """A send to a worker on another host that the socket no longer reaches failed, its jobs were queued again
+    and handed to it again at the next dispatch, for ever, until its heartbeat silence was judged; and a
+    daemon whose loop stalled at each try (a probe's job with a costly argument) never judged it.  Now the send
+    that fails gives the worker up: with a heartbeat timeout of ten minutes, the job waits queued, not for the
+    timeout, and runs on the worker that comes next."""
+    for remote in remote_daemon(short_tmp, workers=0, env={"ENSEMBLE_SUPERVISION_HEARTBEAT_TIMEOUT": "600"}):
+        d = remote.d
+        sock = remote.raw("w1", remote.worker_ep)
+        try:
+            sock.send(M.encode(M.Hello("worker", "w1", 4242, {})))
+            wait_for(lambda: any(a.name.startswith("remote:w1") for a in d.status().actors), 30,
+                     what="the remote worker to join")
+        finally:
+            sock.close(0)  # gone, without a word: its heartbeats would say so only after 600 s
+        c = d.client()
+        job = c.submit("examples.jobs:add", 2, 3)
+        wait_for(lambda: not any(a.name.startswith("remote:w1") for a in d.status().actors), 60,
+                 what="the daemon to give the gone worker up at its failed send")
+        assert c.job(job.id).state == "queued"  # not lost: queued again
+        d.cli("scale", "1")
+        assert job.result(60) == 5
