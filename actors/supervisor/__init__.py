@@ -126,6 +126,10 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
         self.internal_token = os.urandom(16).hex()  # the controller's proof for TaskSubmit (given at spawn)
         self._peer = LOCAL  # who sent the request being handled
         self.pushes: dict[bytes, list[JobInfo]] = {}
+        # tcp client connections -> the public key each spoke with (to forget those of keys revoked since), and those
+        # forgotten (nothing more is sent to them: see _forget_revoked_clients)
+        self.tcp_peers: dict[bytes, bytes] = {}
+        self.revoked_addrs: set[bytes] = set()
         self.outbox = Outbox(cfg.daemon.max_frame)  # what clients have not read yet, and pushes owed to them
         self.tcp_cap = ConnectionCap(self.counters)  # the tcp endpoints' connections, capped (see _tcpcap)
         self._owed_at = 0.0  # when the pushes owed are next tried
@@ -287,6 +291,8 @@ class Supervisor(TransportMixin, ChildrenMixin, ClusterMixin, RequestsMixin, Wor
                         self._refresh_allowed()
                     self._cluster_tick()
                     self.outbox.sweep(mono)
+                    if len(self.tcp_peers) > 4096:  # connections gone quietly: those the outbox forgot too
+                        self.tcp_peers = {a: k for a, k in self.tcp_peers.items() if a in self.outbox.conns}
                     if self.metrics is not None:
                         self.metrics.update(self.status())
                     quiet = False

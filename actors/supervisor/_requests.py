@@ -123,7 +123,7 @@ class RequestsMixin(State):
         changed = False
         tcp = sock is self.control_tcp
         handles = None if tcp else self.shm_prefix
-        for parts, _key, role, name in self._frames(sock):
+        for parts, key, role, name in self._frames(sock):
             ident = parts[0]
             addr = TCP + ident if tcp else ident
             if len(parts) == 3 and parts[1] == b"" and not tcp:  # a local REQ client: keep its delimiter
@@ -144,7 +144,7 @@ class RequestsMixin(State):
                 continue
             if type(msg) not in QUIET_REQUESTS:
                 changed = True
-            self._peer = Peer(role, name, addr)
+            self._peer = Peer(role, name, addr, key)
             self._frame_len = len(frame)
             try:
                 reply = self._request(addr, corr, msg)

@@ -64,6 +64,8 @@ class State:
     held: "collections.deque[tuple[int, list[tuple[bytes, bytes]]]]"
     unacked: "collections.deque[tuple[int, int, bytes, int, bytes]]"
     pushes: "dict[bytes, list[JobInfo]]"
+    tcp_peers: dict[bytes, bytes]
+    revoked_addrs: set[bytes]
     outbox: "Outbox"
     tcp_cap: "ConnectionCap"
     progress_pushes: "dict[bytes, dict[int, JobInfo]]"

@@ -48,11 +48,17 @@ class Peer(msgspec.Struct, frozen=True):
     role: str  # local | client | admin
     name: str = ""  # the key's name (remote)
     addr: bytes = b""  # where replies and pushes go
+    key: bytes = b""  # its public key (remote)
 
     @property
     def owner(self) -> str:
-        """What jobs it submits are recorded under ("" for local)."""
-        return "" if self.role == "local" else f"{self.role}:{self.name}"
+        """What jobs it submits are recorded under ("" for local): its role, its key's name and the key itself (a
+        fingerprint of it), so a new key given a revoked one's name sees none of the old key's jobs."""
+        if self.role == "local":
+            return ""
+        import hashlib
+
+        return f"{self.role}:{self.name}#{hashlib.blake2b(self.key, digest_size=6).hexdigest()}"
 
 
 
@@ -191,6 +197,37 @@ class TransportMixin(State):
                 log.info("event=allow-list-reloaded keys=%d", len(self.roles.keys))
             for slot in [s for s in self.slots.values() if s.remote and s.key not in self.roles.keys]:
                 self._remote_gone(slot, "its key was revoked")
+            self._forget_revoked_clients()
+
+    def _forget_revoked_clients(self) -> None:
+        """The connections of client and admin keys revoked since: nothing more is sent to them.
+
+        Their watches, the pushes and answers pending for them and what the
+        outbox owes them go; a reply or push that would still be sent to one
+        is dropped (:meth:`_send_client`).  Their frames are dropped as they
+        come (:meth:`_recv_tcp`).  ZeroMQ gives a server no way to close one
+        peer's connection: it stays open, and unanswered, until the peer
+        closes it.  Before, a revoked key watching a job went on receiving
+        its progress and its result.
+        """
+        gone = {addr for addr, key in self.tcp_peers.items() if key not in self.roles.keys}
+        if not gone:
+            return
+        for addr in gone:
+            del self.tcp_peers[addr]
+            self.outbox.gone(addr)
+            self.pushes.pop(addr, None)
+            self.progress_pushes.pop(addr, None)
+        self.revoked_addrs |= gone
+        if self.book is not None:
+            for job in self.book.jobs.values():
+                if job.watchers and not gone.isdisjoint(job.watchers):
+                    job.watchers = tuple(w for w in job.watchers if w not in gone) or None
+                if job.progress_watchers and not gone.isdisjoint(job.progress_watchers):
+                    job.progress_watchers = tuple(w for w in job.progress_watchers if w not in gone) or None
+                if job.blockers:
+                    job.blockers = [b for b in job.blockers if b[0] not in gone] or None
+        log.info("event=revoked-connections-forgotten connections=%d", len(gone))
 
     def _recv_tcp(self, sock: Any) -> tuple[list[bytes], bytes, str, str] | None:
         """One message from a CURVE socket as ``(frames, key, role, name)``; None for a key revoked since."""
@@ -238,9 +275,10 @@ class TransportMixin(State):
                     if got is None:
                         continue
                     self.counters["tcp_frames"] += 1  # only frames from allowed keys get this far
-                    if sock is self.control_tcp and self._refuse_over_budget(
-                            TCP + got[0][0], f"{got[2]}:{got[3]}", got[0][-1]):
-                        continue
+                    if sock is self.control_tcp:
+                        self.tcp_peers[TCP + got[0][0]] = got[1]
+                        if self._refuse_over_budget(TCP + got[0][0], f"{got[2]}:{got[3]}", got[0][-1]):
+                            continue
                     yield got
                 else:
                     yield sock.recv_multipart(zmq.NOBLOCK), b"", "local", ""
@@ -268,6 +306,9 @@ class TransportMixin(State):
     def _send_client(self, addr: bytes, frame: bytes) -> None:
         """Send a reply or push; what a slow client cannot take yet is owed or refused (see :mod:`._outbox`)."""
         outbox = self.outbox
+        if self.revoked_addrs and addr in self.revoked_addrs:  # a connection of a key revoked since
+            self.counters["revoked_sends"] += 1
+            return
         if outbox.owed and addr in outbox.owed and not peek_corr(frame):  # behind the pushes it is owed, in order
             outbox.owe(addr, pushed_ids(frame))
             return

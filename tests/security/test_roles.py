@@ -403,3 +403,48 @@ def test_a_call_queued_as_the_handshake_is_refused_fails_with_it(remote: Remote)
     wait_for(fut.done, 30, what="the late call to fail")
     with pytest.raises(PermissionDenied, match="refused this client's key in the CURVE handshake"):
         fut.result(0)
+
+
+def test_a_revoked_key_is_sent_nothing_more_of_the_jobs_it_watched(remote: Remote) -> None:
+    """A revoked key's frames were dropped, but the daemon went on pushing it the progress and the result of the
+    jobs it watched (a probe counted 12-20 pushes after the revocation).  Its watches go with its key."""
+    gate = remote.d.base / "gate"
+    s = remote.raw("c2", remote.client_ep)
+    try:
+        s.send(encode(Submit([JobSpec("tests.jobs:wait_file", [str(gate)])], watch=True, progress=True), 7))
+        assert s.poll(30_000)
+        corr, reply = decode(s.recv())
+        assert corr == 7 and len(reply.ids) == 1, reply
+        local = remote.d.client()
+        wait_for(lambda: local.job(reply.ids[0]).state == "running", 60, what="the watched job to start")
+        while s.poll(1000):  # its start, pushed before the revocation
+            s.recv()
+        remote.d.cli("keys", "revoke", "c2")
+        log = remote.d.base / "state" / "daemon.log"
+        wait_for(lambda: "event=allow-list-reloaded" in log.read_text(), 30, what="the daemon to read the allow-list")
+        gate.touch()
+        wait_for(lambda: local.job(reply.ids[0]).state == "done", 60, what="the job to end")
+        assert not s.poll(2000), decode(s.recv())  # its end was pushed with the rest, before: not any more
+    finally:
+        s.close(0)
+
+
+def test_a_new_key_given_a_revoked_key_s_name_sees_none_of_its_jobs(remote: Remote) -> None:
+    """Jobs were recorded under the key's role and name: a key pair issued later under a revoked key's name read
+    the old key's jobs and results.  The owner names the key itself now."""
+    from actors import JobNotFound
+    from actors._keys import add_peer, keys_dir
+
+    old = remote.client("c2", timeout=60)
+    job = old.submit("examples.jobs:add", 40, 2)
+    assert job.result(60) == 42
+    remote.d.cli("keys", "revoke", "c2")
+    log = remote.d.base / "state" / "daemon.log"
+    wait_for(lambda: "event=allow-list-reloaded" in log.read_text(), 30, what="the daemon to read the allow-list")
+    remote.keys["c2"] = str(add_peer(keys_dir(remote.d.config), "c2", "client"))  # a new key, the same name
+    wait_for(lambda: log.read_text().count("event=allow-list-reloaded") >= 2, 30, what="the new key to be allowed")
+    new = remote.client("c2", timeout=60)
+    assert new.submit("examples.jobs:add", 1, 1).result(60) == 2  # it works
+    assert job.id not in [j.id for j in new.jobs(states=["done"])]
+    with pytest.raises(JobNotFound):
+        new.job(job.id)
