@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
-from actors.cli import Number, NumbersAsArguments, RegularFile, client_of, fail, parse_arg
+from actors.cli import FiniteFloatRange, Number, NumbersAsArguments, RegularFile, client_of, fail, parse_arg
 from actors.jsontext import json_text
 from controller._host import ParamDef
 from controller.client import Client, ParamNotApplied, ScriptLoadError
@@ -24,7 +25,7 @@ def register(main: click.Group) -> None:
 @click.argument("script", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--midi", type=click.Path(exists=True, dir_okay=False), help="Standard MIDI file to play.")
 @click.option("--sample", type=click.Path(exists=True, dir_okay=False), help="Sound file played across the keyboard.")
-@click.option("--seconds", type=click.FloatRange(0.001, 24 * 3600), default=None, help="Length (default: the MIDI file + 1 s).")
+@click.option("--seconds", type=FiniteFloatRange(0.001, 24 * 3600), default=None, help="Length (default: the MIDI file + 1 s).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
 @click.option("--samplerate", default=48000, show_default=True, type=click.IntRange(1000, 768000))
 @click.option("--blocksize", default=256, show_default=True, type=click.IntRange(1, 65536))
@@ -38,8 +39,10 @@ def render(script: str | None, midi: str | None, sample: str | None, seconds: fl
         if script:
             from controller.offline import parse_set, render_script
 
+            _quiet_script_logs()
             path, errors = render_script(script, out=out, midi=midi, sample=sample, seconds=seconds,
-                                         sets=[parse_set(s) for s in sets], samplerate=samplerate, blocksize=blocksize,
+                                         sets=[parse_set(s, seconds) for s in sets], samplerate=samplerate,
+                                         blocksize=blocksize,
                                          on_overrun=lambda r: click.echo(f"script (timing, live only): {r}", err=True))
             for err in errors:
                 click.echo(f"script: {err}", err=True)
@@ -51,6 +54,19 @@ def render(script: str | None, midi: str | None, sample: str | None, seconds: fl
     except (ValueError, RuntimeError, OSError) as exc:
         fail(str(exc))
     click.echo(f"wrote {path}")
+
+
+class _ScriptEvents(logging.Filter):
+    """Drops the script hosts' ``event=script-...`` records: ``render`` prints each script error itself, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("event=script-")
+
+
+def _quiet_script_logs() -> None:
+    """Keep the script hosts' logs of script errors off a render's stderr (its own ``script:`` lines say them)."""
+    for name in ("ensemble.controller", "ensemble.processor"):
+        logging.getLogger(name).addFilter(_ScriptEvents())
 
 
 
@@ -97,7 +113,7 @@ def param() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def param_list(ctx: click.Context, as_json: bool) -> None:
-    """List the script's parameters and their values."""
+    """List the script's parameters and their values."""  # a long one cut (_cut); --json, `param get`: whole
     with client_of(ctx, Client) as c:
         params = c.params()
     if as_json:  # json_text: what JSON cannot carry (an infinite min, a tuple key) as the CLI's other JSON has it
@@ -108,7 +124,20 @@ def param_list(ctx: click.Context, as_json: bool) -> None:
                    err=True)
     for p in params:
         rng = f" [{p.min}..{p.max}]" if p.min is not None or p.max is not None else ""
-        click.echo(f"{p.name} = {p.value!r}\t{p.long_name} ({p.kind}{rng}, default {p.default!r})")
+        click.echo(f"{_cut(p.name)} = {_cut(repr(p.value))}\t{_cut(p.long_name)} ({p.kind}{rng}, "
+                   f"default {_cut(repr(p.default))})")
+
+
+LISTED = 200  # characters of a name or value `param list` shows whole; a longer one is cut (`param get`: exact)
+
+
+def _cut(text: str) -> str:
+    """``text`` whole if it has at most :data:`LISTED` characters; else its start and end around ``...``, then
+    how many characters were left out: ``'aaaa...aaaa' (19999800 characters left out)`` (pure)."""
+    if len(text) <= LISTED:
+        return text
+    head = LISTED * 3 // 4
+    return f"{text[:head]}...{text[len(text) - (LISTED - head):]} ({len(text) - LISTED} characters left out)"
 
 
 @param.command("get")
@@ -179,7 +208,8 @@ def _value_of(p: ParamInfo | None, text: str) -> Any:
     value = parse_arg(text)
     if p.kind in ("int", "float") and not isinstance(value, (int, float)):  # (true/false: coerce says why not)
         example = "3 or -2" if p.kind == "int" else "0.5, -3 or 1e3"
-        raise ValueError(f"parameter {p.name!r}: {text!r} is not a number; an {p.kind} parameter takes a number "
+        article = "an" if p.kind == "int" else "a"
+        raise ValueError(f"parameter {p.name!r}: {text!r} is not a number; {article} {p.kind} parameter takes a number "
                          f"as JSON writes it, in ASCII digits, e.g. {example}")
     try:
         return param.coerce(value)

@@ -72,11 +72,21 @@ REGISTRY["get_context"] = (CONTROLLER, PROCESSOR)
 
 
 def _caller() -> str:
-    frame = sys._getframe(2)
+    return caller_location() or "unknown location"
+
+
+def caller_location() -> str:
+    """The line of script code that called into the runtime (``file:line in name``), "" if none is on the stack.
+
+    The first frame outside ``controller/``; costs a walk of the stack.  For
+    a report of a failure found after the call returned (a value the
+    controller refuses when it applies it), which has no script line of its own.
+    """
+    frame: Any = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS):
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     if frame is None:
-        return "unknown location"
+        return ""
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
 
 

@@ -45,7 +45,10 @@ from actors import EnsembleError, WrongContextError
 from controller.messages import (
     ParamInfo, ParamValues, RunAsyncResult, RunSync, ScriptError, ScriptReady, ScriptStop, as_sent,
 )
-from controller._host import SCRIPT_MODULE, ParamDef, add_param, bind_thread, function_name, load_module, uninstall
+from controller._context import caller_location, loading_here
+from controller._host import (
+    SCRIPT_MODULE, ParamDef, add_param, bind_thread, check_arguments, defined_at, function_name, load_module, uninstall,
+)
 from controller._ui import ScriptUi
 from controller._watchdog import BUDGET_S, GRACE_S, Deadline, ScriptTimeout, wedged_text, where_blocked
 
@@ -54,6 +57,7 @@ log = logging.getLogger("ensemble.controller")
 CONTROL, TASK, TIMER, STATUS = 0, 1, 2, 3
 STATUS_INTERVAL_MS = 1000.0  # how often a script's on_status() runs
 PRIORITY_NAMES = {CONTROL: "control", TASK: "task", TIMER: "timer", STATUS: "status"}
+TIMER_FAILURES = 5  # a timer whose callback raises this many times in a row is stopped (reported once)
 
 
 class StateFile:
@@ -179,7 +183,7 @@ class ControllerScript:
         self._seq = itertools.count()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.bg_tasks: list[Any] = []
-        self.timers: list[asyncio.TimerHandle] = []
+        self.timers: list[_Timer] = []
         self.discarded = 0
         self.errors = 0
         self.ran: list[str] = []  # names of callbacks run, newest last (bounded)
@@ -297,7 +301,7 @@ class ControllerScript:
         try:
             result = fn(*args)
         except BaseException as exc:  # noqa: BLE001 - reported, never fatal
-            self._report(name, exc)
+            self._report(name, exc, where=defined_at(fn))
             return None
         finally:
             self.busy_since = 0.0
@@ -352,8 +356,13 @@ class ControllerScript:
             except BaseException as e:  # noqa: BLE001 - raised in the coroutine, where it awaited
                 exc = e
 
-    def _report(self, name: str, exc: BaseException, loading: str = "") -> None:
-        """Send a script error to the supervisor; ``loading``: the file whose module code failed (kind load-failed)."""
+    def _report(self, name: str, exc: BaseException, loading: str = "", where: str = "") -> None:
+        """Send a script error to the supervisor; ``loading``: the file whose module code failed (kind load-failed).
+
+        ``where``: the location to give when the traceback holds no line of
+        the script (a call that failed before entering its function, a value
+        found wrong after the call that gave it returned).
+        """
         self.errors += 1
         kind = "overrun" if isinstance(exc, ScriptTimeout) else "wrong-context" if isinstance(exc, WrongContextError) else "error"
         kind = "load-failed" if loading else kind
@@ -362,6 +371,7 @@ class ControllerScript:
         loc = next((f"{f.filename}:{f.lineno} in {f.name}" for f in reversed(tb) if f.filename == file), "")
         if isinstance(exc, SyntaxError) and exc.filename:  # where the parser stopped, not where it was called
             loc = f"{exc.filename}:{exc.lineno}"
+        loc = loc or where
         overran = isinstance(exc, ScriptTimeout) and not loading
         if isinstance(exc, ScriptTimeout):  # in module code too (kind load-failed): the reason is the budget
             text = f"{name} ran past the controller's budget of {self.deadline.budget_s * 1000:.0f} ms and was stopped"
@@ -407,6 +417,7 @@ class ControllerScript:
 
     def _of_script(self, fn: Any) -> bool:
         """Whether ``fn`` is the running script's code (a function, lambda or method its module defines)."""
+        fn = getattr(fn, "__wrapped__", fn)  # a timer's tick: the script's function it calls
         code = getattr(fn, "__globals__", None) or getattr(getattr(fn, "__func__", None), "__globals__", None)
         return self.module is not None and code is vars(self.module)
 
@@ -621,15 +632,16 @@ class ControllerScript:
         """
         self.submit(CONTROL, self._apply_param, (name, value, seq), f"param {name}")
 
-    def _apply_param(self, name: str, value: Any, seq: int = 0) -> None:
+    def _apply_param(self, name: str, value: Any, seq: int = 0, where: str = "") -> None:
         p = self.params.get(name)
         try:
             if p is None:
                 raise KeyError(f"no parameter named {name!r}")
             value = p.coerce(value)
         except (KeyError, ValueError) as exc:
-            if not seq:  # the script's own set_parameter: its error
-                raise
+            if not seq:  # the script's own set_parameter (checked at its call: a reload came since): its error
+                self._report(f"set_parameter({name!r})", exc, where=where)
+                return
             # a client's, acknowledged by a daemon that did not know yet (a load failed, or unloaded the script)
             running = f"the script running ({self.path}) refuses it: " if self.path else "no script runs: "
             self._not_applied(name, value, running + (exc.args[0] if isinstance(exc, KeyError) else str(exc)), seq,
@@ -689,12 +701,26 @@ class ControllerScript:
 
     # ------------------------------------------------------------------ API used by controller.script
     def get_parameter(self, name: str) -> Any:
-        if name not in self.params:
-            raise KeyError(f"no parameter named {name!r}")
-        return self.values.get(name, self.params[name].default)
+        """A parameter's value; in module code its default, as every copy of the module code reads it."""
+        p = self._defined(name)
+        return p.default if loading_here() else self.values.get(name, p.default)
 
     def set_parameter(self, name: str, value: Any) -> None:
-        self.param_from_outside(name, value)
+        """The script's set_parameter: checked here (KeyError, ValueError), applied as a control callback.
+
+        Should it fail when applied (a reload came between), the report
+        names the line of the script that called it.
+        """
+        value = self._defined(name).coerce(value)
+        self.submit(CONTROL, self._apply_param, (name, value, 0, caller_location()), f"param {name}")
+
+    def _defined(self, name: str) -> ParamDef:
+        """The definition of parameter ``name``, or KeyError naming those there are."""
+        p = self.params.get(name) if isinstance(name, str) else None
+        if p is None:
+            known = ", ".join(self.params)[:300] or "none"
+            raise KeyError(f"no parameter named {name!r} (defined: {known}); define it with define_parameter first")
+        return p
 
     def wait(self, ms: float) -> Any:
         return asyncio.sleep(ms / 1000.0)
@@ -711,6 +737,7 @@ class ControllerScript:
         """
         loading = sys.modules.get(SCRIPT_MODULE) if self.loading_file else None
         name = function_name(loading or self.module, fn, "run_sync")
+        check_arguments(getattr(loading or self.module, name), args, f"run_sync({name})")
         msg = as_sent(RunSync(name, list(args), "" if id is None else str(id)), "run_sync", list(args))
         if loading is not None:
             self._held.append(msg)
@@ -768,16 +795,15 @@ class ControllerScript:
         self.outbox.put(msg)
 
     def start_timer(self, interval_ms: float, fn: Callable[[], Any], priority: int = TIMER) -> None:
-        gen = self.generation
-        interval = max(0.001, interval_ms / 1000.0)
+        """Queue ``fn()`` every ``interval_ms`` (``controller.script.start_timer`` checked both); any thread.
 
-        def fire() -> None:
-            if gen != self.generation:
-                return
-            self.submit(priority, fn, (), f"{PRIORITY_NAMES[priority]} {getattr(fn, '__name__', '')}", gen)
-            self.timers.append(self.loop.call_later(interval, fire))
-
-        self.timers.append(self.loop.call_later(interval, fire))
+        Until a reload or a stop, or until ``fn`` raised :data:`TIMER_FAILURES`
+        times in a row: each failure is reported, and then once that the
+        timer is stopped (see :class:`_Timer`).
+        """
+        timer = _Timer(self, fn, priority, max(0.001, interval_ms / 1000.0))
+        self.timers.append(timer)
+        self.loop.call_soon_threadsafe(timer.schedule)
 
     def ui_add(self, kind: str, id: str, text: str, on_click: Any = None, task: Any = None) -> None:
         self.ui.add(kind, id, text, on_click, task)
@@ -816,6 +842,84 @@ class ControllerScript:
         return {"script": self.path, "script_digest": self.digest[:12], "pending": len(self.heap),
                 "discarded": self.discarded, "script_errors": self.errors, "loading": self.loading_status,
                 "script_stopped": self.stopped}
+
+
+class _Timer:
+    """One script timer: queues its callback every interval; stopped by a reload, a stop, or failures in a row.
+
+    Script thread (``schedule`` and the callback run there).  A callback that
+    raises :data:`TIMER_FAILURES` times in a row (an ``async def`` one counted
+    when its coroutine raises) stops the timer: each failure is reported as
+    any callback's, then one report says the timer stopped, so a timer
+    failing on every tick cannot flood the log.
+    """
+
+    def __init__(self, rt: ControllerScript, fn: Callable[[], Any], priority: int, interval_s: float) -> None:
+        self.rt = rt
+        self.fn = fn
+        self.priority = priority
+        self.interval_s = interval_s
+        self.gen = rt.generation
+        self.name = f"{PRIORITY_NAMES[priority]} {getattr(fn, '__name__', '')}"
+        self.failures = 0
+        self.cancelled = False
+        self.handle: asyncio.TimerHandle | None = None
+        def tick() -> Any:
+            return self._tick()
+
+        self.tick = functools.wraps(fn)(tick)  # reports (defined_at) and a stop (_of_script) see the script's function
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def schedule(self) -> None:
+        if not self.cancelled:
+            self.handle = self.rt.loop.call_later(self.interval_s, self._fire)
+
+    def _fire(self) -> None:
+        if self.gen != self.rt.generation or self.cancelled:
+            return
+        if self.failures >= TIMER_FAILURES:
+            self._give_up()
+            return
+        self.rt.submit(self.priority, self.tick, (), self.name, self.gen)
+        self.schedule()
+
+    def _tick(self) -> Any:
+        if self.failures >= TIMER_FAILURES:
+            return None  # queued before the last failure: the timer is stopped
+        try:
+            result = self.fn()
+        except Exception:
+            self.failures += 1
+            raise
+        if asyncio.iscoroutine(result):
+            return self._counted(result)
+        self.failures = 0
+        return result
+
+    async def _counted(self, coro: Any) -> Any:
+        try:
+            value = await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.failures += 1
+            raise
+        self.failures = 0
+        return value
+
+    def _give_up(self) -> None:
+        self.cancel()
+        rt = self.rt
+        rt.errors += 1
+        text = (f"{self.name} raised {TIMER_FAILURES} times in a row: the timer is stopped (the errors above say "
+                "why); fix the callback and call start_timer again, or load the script again")
+        where = defined_at(self.fn)
+        log.error("event=script-error %s at %s", text, where)
+        rt.outbox.put(ScriptError("Controller", "error", text, where))
 
 
 def _error_text(exc: BaseException) -> str:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import math
+import numbers
 import re
 import sys
 import threading
@@ -33,6 +35,9 @@ SCRIPT_MODULE = "ensemble_instrument"
 KINDS = ("float", "int", "bool", "str", "choice")  # what a parameter can be (ParamDef.kind)
 TRUE_WORDS = ("true", "1", "yes", "on")  # a bool parameter's value as text (any case; ParamDef.coerce)
 FALSE_WORDS = ("false", "0", "no", "off")
+MAX_NAME = 64  # characters of a parameter's name (as of a UI element's id: the panel and `param list` show it)
+MAX_LONG_NAME = 256  # characters of a parameter's long name
+_OWN_DIR = str(Path(__file__).resolve().parent) + "/"  # controller/: frames and functions of the runtime, not the script
 
 
 def runtime() -> Any:
@@ -148,6 +153,7 @@ class ParamDef:
         is no number, ``min`` above ``max``, or a default the parameter itself
         would refuse.  Pure (no process, no socket).
         """
+        self._check_arguments()
         where = f"parameter {self.name!r}"
         if self.kind not in KINDS:
             raise ValueError(f"{where}: kind {self.kind!r} is none of {', '.join(KINDS)}")
@@ -166,6 +172,38 @@ class ParamDef:
             reason = str(exc).removeprefix(f"{where}: ")
             raise ValueError(f"{where}: the default is refused: {reason}; give a default the parameter accepts") from None
         return replace(self, default=default)
+
+    def _check_arguments(self) -> None:
+        """Raise ValueError naming ``define_parameter``, the argument and what it takes, for one of the wrong type.
+
+        The name is checked first, and shown cut, so that no message carries
+        a name of a megabyte.
+        """
+        if not isinstance(self.name, str) or not 1 <= len(self.name) <= MAX_NAME:
+            raise ValueError(f"define_parameter: name must be a str of 1..{MAX_NAME} characters, got "
+                             f"{_shown(self.name)}")
+        where = f"define_parameter({self.name!r})"
+        if not isinstance(self.long_name, str) or len(self.long_name) > MAX_LONG_NAME:
+            raise ValueError(f"{where}: long_name must be a str of at most {MAX_LONG_NAME} characters, got "
+                             f"{_shown(self.long_name)}")
+        if not isinstance(self.kind, str):
+            raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)} (a str), got {_shown(self.kind)}")
+        if not isinstance(self.processor, bool):
+            raise ValueError(f"{where}: processor must be True or False, got {_shown(self.processor)}")
+        if self.on_change is not None:
+            if not callable(self.on_change):
+                raise ValueError(f"{where}: on_change must be a function taking the new value, or None, got "
+                                 f"{_shown(self.on_change)}")
+            check_arguments(self.on_change, (self.default,), f"{where}: on_change", ValueError)
+        for choice in self.choices:
+            if isinstance(choice, float) and math.isnan(choice):
+                raise ValueError(f"{where}: choices must not hold NaN (it equals no value, so it could never be "
+                                 "chosen)")
+            if not isinstance(choice, (bool, int, float, str)):
+                raise ValueError(f"{where}: each of choices must be a bool, int, float or str, got "
+                                 f"{_shown(choice)}")
+        if self.kind == "choice" and not self.choices:
+            raise ValueError(f"{where}: a choice parameter needs choices (a non-empty list)")
 
     def from_controller(self, value: float) -> Any:
         """The value a MIDI controller at ``value`` (0..1) gives this parameter.
@@ -194,6 +232,57 @@ class ParamDef:
         raise ValueError(f"parameter {self.name!r} ({self.kind}"
                          + (", no min and max" if self.kind in ("int", "float") else "")
                          + ") cannot follow a MIDI controller: it needs a bool, a choice, or a number with min and max")
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, with its type: what an error message shows of a bad argument."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text)} characters)"
+    return f"{text} ({type(value).__name__})"
+
+
+def check_arguments(fn: Callable[..., Any], args: tuple[Any, ...], what: str,
+                    error: type[Exception] = TypeError) -> None:
+    """Raise ``error`` (naming ``what``) if ``fn(*args)`` would fail for its arguments alone, before it is ever called.
+
+    A function whose signature cannot be read (some builtins) is taken as
+    it is.  Costs a signature read; call it where the script passes ``fn``,
+    so that the error names the script's line, not the later call's.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*args)
+    except TypeError as exc:
+        name = getattr(fn, "__name__", repr(fn))
+        took = f"{len(args)} argument" + ("" if len(args) == 1 else "s")
+        raise error(f"{what}: {name}{sig} cannot be called with {took} ({exc}); give it a function that "
+                    f"takes {took}") from None
+
+
+def defined_at(fn: Any) -> str:
+    """Where a script function is defined (``file:line in name``), "" for one of the runtime's own or no function.
+
+    The location an error report gives when the traceback holds no frame of
+    the script (a call that failed before entering the function).
+    """
+    fn = inspect.unwrap(fn) if callable(fn) else fn
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__func__", None), "__code__", None)
+    if code is None or code.co_filename.startswith(_OWN_DIR):
+        return ""
+    return f"{code.co_filename}:{code.co_firstlineno} in {code.co_name}"
+
+
+def check_interval(interval_ms: Any, least: float, most: float, what: str) -> float:
+    """``interval_ms`` as a float, or ValueError naming ``what`` unless it is a number of ``least..most`` ms."""
+    if isinstance(interval_ms, bool) or not isinstance(interval_ms, numbers.Real) \
+            or not least <= float(interval_ms) <= most:
+        raise ValueError(f"{what}: interval_ms must be a number of milliseconds {least:g}..{most:g}, got "
+                         f"{_shown(interval_ms)}")
+    return float(interval_ms)
 
 
 def _truth(value: Any) -> bool:
@@ -274,6 +363,9 @@ def function_name(module: ModuleType | None, fn: Callable[..., Any] | str, bridg
     """The name by which ``fn`` crosses to the other process, or raise EnsembleError saying why not."""
     if isinstance(fn, str):
         name = fn
+    elif not callable(fn):
+        raise TypeError(f"{bridge}: fn must be a top-level function of the script (or its name as a str), got "
+                        f"{_shown(fn)}, which is not a function")
     else:
         name = getattr(fn, "__name__", "")
         qual = getattr(fn, "__qualname__", "")

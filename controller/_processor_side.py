@@ -28,6 +28,7 @@ import collections
 import itertools
 import logging
 import numbers
+import threading
 import time
 import traceback
 from types import ModuleType
@@ -40,8 +41,8 @@ from controller.messages import (
     ScriptUnload, as_sent,
 )
 from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
-from controller._context import PROCESSOR, set_context
-from controller._host import OffsideTask, ParamDef, add_param, function_name, install, load_module
+from controller._context import PROCESSOR, loading_here, set_context
+from controller._host import OffsideTask, ParamDef, add_param, defined_at, function_name, install, load_module
 from controller._watchdog import WEDGED_EXIT, Deadline, wedged_text, where_blocked
 from controller.script import Event
 
@@ -212,8 +213,6 @@ class ProcessorScript:
     # ------------------------------------------------------------------ audio thread
     def block(self, start: int, frames: int) -> None:
         """Engine block hook: apply inbox, resume due coroutines, check the budget."""
-        import threading
-
         self.thread_id = threading.get_ident()
         t0 = time.perf_counter_ns()
         self.longest = ("", 0)
@@ -343,7 +342,7 @@ class ProcessorScript:
         try:
             result = fn(*args)
         except BaseException as exc:  # noqa: BLE001 - a script error never stops the audio
-            self._error(task, exc)
+            self._error(task, exc, fn)
             return
         finally:
             self.busy_since = 0.0
@@ -400,7 +399,8 @@ class ProcessorScript:
         elif park.kind == "async":
             self.on_async[park.arg] = task
 
-    def _error(self, task: _Task, exc: BaseException) -> None:
+    def _error(self, task: _Task, exc: BaseException, fn: Any = None) -> None:
+        """Report a callback's error at its script line; one raised before entering ``fn`` (its arguments): at ``fn``."""
         from actors import WrongContextError
         from controller._watchdog import ScriptTimeout
 
@@ -411,6 +411,8 @@ class ProcessorScript:
         kind = "wrong-context" if isinstance(exc, WrongContextError) else "error"
         tb = traceback.extract_tb(exc.__traceback__)
         loc = next((f"{f.filename}:{f.lineno} in {f.name}" for f in reversed(tb) if f.filename == self._file()), "")
+        if not loc and fn is not None:
+            loc = defined_at(fn)
         self.outbox.put(ScriptError("Processor", kind, f"{type(exc).__name__} in {task.name}: {exc}", loc))
 
     def _stop(self, task: _Task, why: str) -> None:
@@ -452,16 +454,36 @@ class ProcessorScript:
 
     # ------------------------------------------------------------------ API used by controller.script
     def get_parameter(self, name: str) -> Any:
-        if name not in self.params:
-            raise KeyError(f"no parameter named {name!r}")
-        return self.values.get(name, self.params[name].default)
+        """A parameter's value as of this block; in module code, the default of one the module code defined."""
+        if self._in_module_code():  # its own definitions, not yet the running script's (see load)
+            return self._defined(self.defining, name).default
+        return self.values.get(name, self._defined(self.params, name).default)
 
     def set_parameter(self, name: str, value: Any) -> None:
+        """Check the value here (KeyError, ValueError) and send it to the controller, which applies it.
+
+        In module code only checked: the controller's copy of the module code sets it.
+        """
         from controller.messages import ParamSet
 
-        if name not in self.params:
-            raise KeyError(f"no parameter named {name!r}")
-        self.outbox.put(ParamSet(name, value))
+        loading = self._in_module_code()
+        value = self._defined(self.defining if loading else self.params, name).coerce(value)
+        if not loading:
+            self.outbox.put(ParamSet(name, value))
+
+    def _in_module_code(self) -> bool:
+        """Whether the caller is the module code loading, not a callback of the script before run by a block inside
+        it (on the loading thread when the engine renders from there, as a test's does; live, the audio thread's
+        callback in progress is another thread's)."""
+        return loading_here() and not (self.current is not None and threading.get_ident() == self.thread_id)
+
+    @staticmethod
+    def _defined(params: dict[str, ParamDef], name: str) -> ParamDef:
+        p = params.get(name) if isinstance(name, str) else None
+        if p is None:
+            known = ", ".join(params)[:300] or "none"
+            raise KeyError(f"no parameter named {name!r} (defined: {known}); define it with define_parameter first")
+        return p
 
     def wait(self, ms: float) -> _Park:
         return _Park("wait", ms * self.engine.samplerate / 1000.0)

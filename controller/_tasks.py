@@ -181,7 +181,19 @@ class _WorkerHost:
         add_param(self.params, p)
 
     def get_parameter(self, name: str) -> Any:
-        return self.params[name].default
+        """The default, as every copy of the module code reads it (KeyError naming the defined ones)."""
+        return self._defined(name).default
+
+    def set_parameter(self, name: str, value: Any) -> None:
+        """Module code's set_parameter: checked (KeyError, ValueError); the controller's copy sets it."""
+        self._defined(name).coerce(value)
+
+    def _defined(self, name: str) -> ParamDef:
+        p = self.params.get(name) if isinstance(name, str) else None
+        if p is None:
+            known = ", ".join(self.params)[:300] or "none"
+            raise KeyError(f"no parameter named {name!r} (defined: {known}); define it with define_parameter first")
+        return p
 
     def create_background_task(self, name: str) -> Any:
         from controller._host import OffsideTask

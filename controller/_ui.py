@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from controller._host import check_arguments
+from controller._tasks import ScriptTask
 from controller.messages import UiElement, UiState
 
 SEND_INTERVAL = 0.05  # seconds between two UiState messages at most
@@ -33,7 +35,7 @@ class _Element:
     kind: str
     text: str
     on_click: Callable[..., Any] | None = None
-    task: Any = None  # a ScriptTask whose progress a bar follows
+    task: ScriptTask | None = None  # whose progress a bar follows
     visible: bool = True
     value: float = 0.0
 
@@ -50,13 +52,19 @@ class ScriptUi:
     _sent_at: float = 0.0
 
     def add(self, kind: str, id: str, text: str, on_click: Callable[..., Any] | None = None, task: Any = None) -> None:
-        """Add (or replace) an element; raises ValueError for an empty id, an unknown kind or too many elements."""
+        """Add (or replace) an element; raises ValueError for an empty id, an unknown kind, too many elements,
+        ``on_click`` that is no function taking no argument, or ``task`` that is no :class:`ScriptTask`."""
         if kind not in KINDS:
             raise ValueError(f"unknown UI element kind {kind!r}; one of {', '.join(KINDS)}")
         if not isinstance(id, str) or not id or len(id) > 64:
             raise ValueError(f"a UI element needs an id of 1..64 characters, got {id!r}")
         if on_click is not None and not callable(on_click):
             raise ValueError(f"add_button({id!r}): on_click must be callable, got {on_click!r}")
+        if on_click is not None:  # a click carries no value (the daemon refuses one): on_click() takes none
+            check_arguments(on_click, (), f"add_button({id!r}): on_click", ValueError)
+        if task is not None and not isinstance(task, ScriptTask):
+            raise ValueError(f"add_progress({id!r}): task must be a background task (what create_background_task "
+                             f"returns) or None, got {task!r} ({type(task).__name__})")
         with self.lock:
             if id not in self.elements and len(self.elements) >= MAX_ELEMENTS:
                 raise ValueError(f"a script may add at most {MAX_ELEMENTS} UI elements")

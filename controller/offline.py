@@ -19,6 +19,7 @@ scripts one after another.
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 import threading
@@ -39,6 +40,7 @@ from controller._context import CONTROLLER, PROCESSOR, set_thread_context
 from controller._controller_side import ControllerScript
 from controller._host import SCRIPT_MODULE, bind_thread
 from controller._processor_side import ProcessorScript
+from controller._processor_side import _where as processor_where
 from controller._watchdog import wedged_text
 
 
@@ -102,6 +104,14 @@ class _Watchdog:
         """Stop watching (waits for the thread, at most 5 s)."""
         self._closing.set()
         self._thread.join(timeout=5)
+
+
+def _text_of(exc: BaseException) -> str:
+    """``str(exc)``, or what it is when the script's exception class cannot say (its ``__str__`` raised)."""
+    try:
+        return str(exc)
+    except Exception as again:  # noqa: BLE001 - the script's __str__
+        return f"(its str() raised {type(again).__name__})"
 
 
 class OfflineScriptHost:
@@ -168,10 +178,27 @@ class OfflineScriptHost:
     def _to_processor(self, msg: Any) -> None:
         proc = self.proc
         if isinstance(msg, ScriptReady):
-            proc.load(msg.path)
-            self.ready = True
+            self.ready = self._load_processor(msg.path)
         else:  # run_sync calls, run_async answers, parameter values: as the processor process hands them over
             proc.handle(msg)
+
+    def _load_processor(self, path: str) -> bool:
+        """Run the module code in the processor, as the live processor does; False (reported) if it raised.
+
+        A failure is reported as the live processor reports it (kind
+        ``load-failed``, with the script's file and line), so the render
+        refuses the script with the message ``ensemble load`` gives.  A
+        ``SystemExit`` in the module code fails the load too: the render's
+        process is not the script's to end.
+        """
+        try:
+            self.proc.load(path)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the script's own error, reported as live
+            self.deliver(PROCESSOR, ScriptError(PROCESSOR, "load-failed", f"{type(exc).__name__} in the "
+                                                f"processor's module code: {_text_of(exc)}",
+                                                processor_where(exc, path)))
+            return False
+        return True
 
     def feed(self, event: Event) -> None:
         """A MIDI event for the script's callbacks."""
@@ -205,8 +232,19 @@ class OfflineScriptHost:
                 del sys.modules[SCRIPT_MODULE]
 
 
-def parse_set(text: str) -> tuple[str, Any, float]:
-    """``name=value@seconds`` (value read as JSON where it parses) -> (name, value, seconds)."""
+LONGEST_S = 24 * 3600.0
+"""The longest render, in seconds (``--seconds``' bound): a ``--set`` time is refused past it."""
+
+
+def parse_set(text: str, seconds: float | None = None) -> tuple[str, Any, float]:
+    """``name=value@seconds`` (value read as JSON where it parses) -> (name, value, seconds).
+
+    ``seconds``: the render's length (None: as long as the MIDI and the
+    changes need, at most :data:`LONGEST_S`).  Raises ValueError naming the
+    ``--set`` option when ``text`` is not of that form or its time is not a
+    finite number of seconds from 0 to less than the render's length
+    (:func:`check_set_time`).  Context: any; pure.
+    """
     import json
 
     spec, _, when = text.rpartition("@")
@@ -217,7 +255,33 @@ def parse_set(text: str) -> tuple[str, Any, float]:
         value = json.loads(raw)
     except ValueError:
         value = raw
-    return name, value, float(when)
+    try:
+        at = float(when)
+    except ValueError:
+        raise ValueError(f"--set {text!r}: the time {when!r} is not a number of seconds; give one after the "
+                         "last @, e.g. NAME=VALUE@1.5") from None
+    check_set_time(text, at, seconds)
+    return name, value, at
+
+
+def check_set_time(text: str, at: float, seconds: float | None) -> None:
+    """Refuse the time ``at`` of parameter change ``text`` (``--set`` text) unless the render reaches it.
+
+    A change applies in the block that holds its frame, so its time must be
+    finite, not negative and less than ``seconds`` (the render's length;
+    None: :data:`LONGEST_S`, as the render then lasts until the last change
+    and a second more).  Raises ValueError naming ``--set``, the time and the
+    times allowed.  Context: any; pure.
+    """
+    length = LONGEST_S if seconds is None else seconds
+    why = ("is not a finite number" if not math.isfinite(at) else
+           "is before the start" if at < 0 else
+           f"is at or past the render's end ({length:g} s)" if at >= length else "")
+    if why:
+        until = (f"the render's length (--seconds {length:g})" if seconds is not None else
+                 f"the longest render ({LONGEST_S:g} s)")
+        raise ValueError(f"--set {text!r}: the time {at!r} {why}; give a time in seconds from 0 to less than "
+                         f"{until}, e.g. NAME=VALUE@1.5")
 
 
 def render_script(script: str, *, out: str | Path, midi: str | Path | None = None, sample: str | Path | None = None,
@@ -233,10 +297,15 @@ def render_script(script: str, *, out: str | Path, midi: str | Path | None = Non
     could overrun live) go to ``on_overrun`` once the file is written, or
     nowhere when it is None.
 
+    ``sets``: (name, value, seconds) parameter changes, as :func:`parse_set`
+    reads them; ValueError (naming ``--set``) for a time the render does not
+    reach (:func:`check_set_time`), before anything runs.
+
     Runs on the calling thread and blocks until the file is written.  Raises
-    EnsembleError when the script does not load, and what soundfile raises
-    on I/O; either way both sides are stopped first and the process is left
-    as it was, so a second render starts clean.
+    EnsembleError when the script does not load (its module code raised in
+    either context: the message says which, with file and line), and what
+    soundfile raises on I/O; either way both sides are stopped first and the
+    process is left as it was, so a second render starts clean.
     """
     engine = Engine(samplerate, blocksize, channels, max_voices)
     if sample is None:
@@ -245,6 +314,8 @@ def render_script(script: str, *, out: str | Path, midi: str | Path | None = Non
         data, rate = soundfile.read(str(sample), dtype="float32", always_2d=True)
         engine.set_buffer(0, data, int(rate), 60)
     events, last = midi_events(midi, samplerate) if midi is not None else demo_events(samplerate)
+    for name, value, t in sets:  # a time the render never reaches, or no time (inf, nan): refused, as parse_set does
+        check_set_time(f"{name}={value!r}@{t!r}", t, seconds)
     pending = sorted(((int(t * samplerate), name, value) for name, value, t in sets), key=lambda x: x[0])
     if seconds is None:
         last = max([last] + [p[0] for p in pending])

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from actors import WrongContextError
 from controller._context import CONTROLLER, PROCESSOR, available_in, get_context
-from controller._host import ParamDef, runtime
+from controller._host import ParamDef, check_arguments, check_interval, runtime
 
 __all__ = [
     "Event",
@@ -60,6 +60,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("ensemble.script")
+MIN_TIMER_MS = 10.0  # the shortest start_timer interval: 100 callbacks a second, each a turn of the controller's queue
+MAX_TIMER_MS = 86_400_000.0  # the longest: a day
 
 
 class Event:
@@ -100,8 +102,16 @@ def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: An
 
     Raises ValueError, and the script does not load, for a parameter that
     could never be set: ``min`` above ``max``, a default outside them (or not
-    among ``choices``), bounds on a kind without any, or a name defined before.
+    among ``choices``), bounds on a kind without any, or a name defined before;
+    and for an argument of the wrong kind: ``name`` not a str of 1..64
+    characters, ``long_name`` not a str (at most 256), ``min``/``max`` not a
+    number (NaN included; an infinite bound is taken, but no MIDI controller
+    can be bound to it), ``choices`` not a list of bool, int, float or str
+    (without NaN), ``on_change`` neither None nor a function taking one
+    argument.
     """
+    if choices is not None and not isinstance(choices, (list, tuple)):
+        raise ValueError(f"define_parameter({name!r}): choices must be a list, got {type(choices).__name__}")
     if not kind:
         kind = "choice" if choices else ("bool" if isinstance(default, bool) else "int" if isinstance(default, int)
                                          else "str" if isinstance(default, str) else "float")
@@ -110,15 +120,27 @@ def define_parameter(name: str, long_name: str = "", default: Any = 0.0, min: An
 
 
 # ------------------------------------------------------------------ both contexts
-@available_in(CONTROLLER, PROCESSOR)
+@available_in(CONTROLLER, PROCESSOR, during_load=True)
 def get_parameter(name: str) -> Any:
-    """The current value of a parameter (in the processor: as of the current block).  Raises KeyError if undefined."""
+    """The current value of a parameter (in the processor: as of the current block).  Raises KeyError if undefined.
+
+    In module code (every context's copy, a background task's worker's
+    too) a parameter the module code defined reads its default: the saved
+    value is restored after module code, before ``on_load``.
+    """
     return runtime().get_parameter(name)
 
 
-@available_in(CONTROLLER, PROCESSOR)
+@available_in(CONTROLLER, PROCESSOR, during_load=True)
 def set_parameter(name: str, value: Any) -> None:
-    """Set a parameter; the change enters the controller's queue as a control callback."""
+    """Set a parameter; the change enters the controller's queue as a control callback.
+
+    The value is checked here, as ``ensemble param set`` checks it: KeyError
+    for an undefined name, ValueError for a value the parameter refuses
+    (NaN, out of ``min..max``, the wrong type, not among ``choices``).  In
+    module code, only the controller's copy sets it, after the module code
+    (the processor's and a worker's copies check the value, nothing more).
+    """
     runtime().set_parameter(name, value)
 
 
@@ -229,7 +251,7 @@ def run_async(fn: Callable[..., Any] | str, *args: Any) -> Any:
 
 
 # ------------------------------------------------------------------ controller
-@available_in(CONTROLLER)
+@available_in(CONTROLLER, during_load=True)
 def run_sync(fn: Callable[..., Any] | str, *args: Any, id: Any = None) -> None:
     """Run the script function ``fn(*args)`` in the processor at the start of the next block; returns at once.
 
@@ -240,16 +262,44 @@ def run_sync(fn: Callable[..., Any] | str, *args: Any, id: Any = None) -> None:
     ``fn`` is a function of the script being loaded, defined above the call;
     the call is held until the script has loaded in the processor and runs
     there after its ``on_init`` starts (not at all if the load fails).
+    Module code runs in every context; the processor's copy of the call does
+    nothing (the controller's sends it).  TypeError here for ``fn`` that is
+    not a function, or args it cannot take.
     Nothing runs while the processor has the script stopped (a callback past
     its hard limit); each refused call is reported as a script error.
     """
+    if get_context() != CONTROLLER:  # another context's copy of the module code: the controller's sends the call
+        _callable_or_name(fn, "run_sync")
+        return
     runtime().run_sync(fn, args, id)
 
 
-@available_in(CONTROLLER)
+def _callable_or_name(fn: Any, what: str) -> None:
+    """TypeError naming ``what`` unless ``fn`` is a function or a name (what a bridge resolves in the other copy)."""
+    if not isinstance(fn, str) and not callable(fn):
+        raise TypeError(f"{what}: fn must be a top-level function of the script (or its name as a str), got "
+                        f"{fn!r} ({type(fn).__name__}), which is not a function")
+
+
+@available_in(CONTROLLER, during_load=True)
 def start_timer(interval_ms: float, fn: Callable[[], Any]) -> None:
-    """Call ``fn()`` every ``interval_ms`` in the controller's queue (timer priority)."""
-    runtime().start_timer(interval_ms, fn)
+    """Call ``fn()`` every ``interval_ms`` in the controller's queue (timer priority).
+
+    ``interval_ms`` a number of milliseconds 10..86400000 (a day): ValueError
+    for NaN, 0, a negative, an infinite or a shorter one.  ``fn`` a function
+    taking no argument, else TypeError.  A callback that raises is reported
+    with its script line; after 5 failures in a row the timer is stopped and
+    a report says so once (start it again once it is fixed).  In module code,
+    which runs in every context, only the controller's copy starts the
+    timer (the processor's checks the arguments and does nothing more).
+    """
+    check_interval(interval_ms, MIN_TIMER_MS, MAX_TIMER_MS, "start_timer")
+    if not callable(fn):
+        raise TypeError(f"start_timer: fn must be a function taking no argument, got {fn!r} ({type(fn).__name__})")
+    check_arguments(fn, (), "start_timer: fn")
+    if get_context() != CONTROLLER:  # another context's copy of the module code: the controller's starts it
+        return
+    runtime().start_timer(float(interval_ms), fn)
 
 
 @available_in(CONTROLLER, during_load=True)
@@ -278,7 +328,9 @@ def add_button(id: str, text: str, on_click: Callable[[], Any] | None = None) ->
     The click enters the controller's queue as a control callback (before task
     notifications, timers and status).  Adding an id again replaces the
     element.  Elements are dropped on reload; the module code adds them again.
-    Raises ValueError for an empty id.  Call it in module code or a controller callback.
+    Raises ValueError for an id that is not a str of 1..64 characters, or
+    ``on_click`` that is not a function taking no argument.  Call it in
+    module code or a controller callback.
     """
     rt = _ui()
     if rt is not None:
@@ -298,7 +350,9 @@ def add_progress(id: str, text: str = "", task: Any = None) -> None:
     """Add a progress bar to the instrument panel; with ``task`` (a background task) it follows its progress.
 
     The bar shows the task's progress while the task runs and is empty
-    otherwise; the panel sees changes at most every 50 ms.
+    otherwise; the panel sees changes at most every 50 ms.  Raises
+    ValueError for ``task`` that is not what :func:`create_background_task`
+    returned (nor None).
     """
     rt = _ui()
     if rt is not None:
