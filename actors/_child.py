@@ -255,6 +255,9 @@ class Child:
             if isinstance(msg, Stop):
                 if msg.reason == "kill" and self.remote:
                     self._die()
+                if self.remote and msg.reason.startswith("refused: "):  # its join (see Supervisor._remote_hello)
+                    log.error("%s: the daemon %s", self.name, msg.reason)
+                    self.exit_code = 1
                 self._request_stop(msg.reason or "stop")
                 continue
             self.handle(msg)

@@ -87,6 +87,8 @@ class Standby(msgspec.Struct):
 NO_WORKERS_ERROR = POOL_BROKEN
 _LAST_RESULTS_WAIT = 2.0  # seconds a reaped worker's last results are waited for (see _read_last_results)
 _UNASKED_EXIT_WAIT = 0.1  # the same for a worker that exited 0 unasked (a job's os._exit(0)): the loop waits
+REMOTE_WORKERS = 1024  # workers on other hosts joined at once, in all
+REMOTE_WORKERS_PER_KEY = 256  # of them with one key (a host's: one key must not take every place)
 _STANDBY_LOSSES = 3  # standbys that died before their orders, after which the daemon keeps none
 
 
@@ -522,8 +524,19 @@ class ChildrenMixin(State):
         if not isinstance(msg, Hello) or msg.role != "worker":
             self.counters["stray_frames"] += 1
             return None
-        if len(self.remote_slots) >= 1024:
-            log.warning("event=remote-worker-refused key=%s reason=1024 remote workers already", name)
+        why = ""
+        if len(self.remote_slots) >= REMOTE_WORKERS:
+            why = f"the daemon has {REMOTE_WORKERS} remote workers already"
+        elif sum(1 for s in self.remote_slots.values() if s.key == key) >= REMOTE_WORKERS_PER_KEY:
+            why = (f"key {name} has {REMOTE_WORKERS_PER_KEY} workers joined already (at most that many a key: give "
+                   "another host a key of its own, `ensemble keys add-worker`)")
+        if why:  # (said to the worker too: it stops, saying why, instead of waiting for jobs that never come)
+            log.warning("event=remote-worker-refused key=%s reason=%s", name, why)
+            self.counters["remote_workers_refused"] += 1
+            try:
+                sock.send_multipart([ident, encode(Stop(f"refused: {why}"))], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
             return None
         try:
             resources = check_resources(msg.resources, f"remote worker {name}")

@@ -74,3 +74,37 @@ def test_a_remote_worker_whose_connection_is_gone_is_given_up_at_the_send_that_f
         assert c.job(job.id).state == "queued"  # not lost: queued again
         d.cli("scale", "1")
         assert job.result(60) == 5
+
+
+def test_one_worker_key_cannot_take_every_remote_worker_place(remote: Remote) -> None:
+    """The daemon takes 1,024 remote workers; one key could join them all and keep every other host out, and the
+    worker refused was told nothing (it waited for jobs that never came).  A key joins 256 at most; the one
+    refused is told why, and another key still joins."""
+    from actors.supervisor._children import REMOTE_WORKERS_PER_KEY
+
+    socks = []
+    try:
+        for i in range(REMOTE_WORKERS_PER_KEY + 1):
+            if i == REMOTE_WORKERS_PER_KEY:  # (the hellos of several connections are read in any order)
+                wait_for(lambda: sum(a.name.startswith("remote:w1") for a in remote.d.status().actors)
+                         == REMOTE_WORKERS_PER_KEY, 60, what="the key's workers to join")
+            s = remote.raw("w1", remote.worker_ep)
+            socks.append(s)
+            s.send(M.encode(M.Hello("worker", f"w1-{i}", 4242 + i, {})))
+        last = socks[-1]
+        assert last.poll(60_000), "the refused worker was told nothing"
+        frames = []
+        while last.poll(100):
+            frames.append(M.decode(last.recv())[1])
+        stops = [f for f in frames if isinstance(f, M.Stop)]
+        assert stops and stops[0].reason.startswith(f"refused: key w1 has {REMOTE_WORKERS_PER_KEY} workers"), frames
+        other = remote.raw("w2", remote.worker_ep)
+        socks.append(other)
+        other.send(M.encode(M.Hello("worker", "w2", 99, {})))
+        wait_for(lambda: any(a.name.startswith("remote:w2") for a in remote.d.status().actors), 60,
+                 what="another key's worker to join")
+        joined = [a for a in remote.d.status().actors if a.name.startswith("remote:w1")]
+        assert len(joined) == REMOTE_WORKERS_PER_KEY
+    finally:
+        for s in socks:
+            s.close(0)
