@@ -283,6 +283,10 @@ class JobBook:
         self.needy = 0  # queued jobs that name resources (while 0, pop takes the plain path)
         self.needs: collections.Counter[tuple[tuple[str, float], ...]] = collections.Counter()  # their distinct needs
         self.queued_bytes = 0  # sum of ``nbytes`` over unfinished jobs
+        # remote keys' shares of them (owner -> unfinished jobs, and their nbytes): a remote key may take only part of
+        # the queue (see the supervisor's _accept); the local user's jobs (owner "") are not counted here
+        self.owned: collections.Counter[str] = collections.Counter()
+        self.owned_bytes: collections.Counter[str] = collections.Counter()
         self.counters = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "killed": 0,
                          "worker-lost": 0, "retried": 0}
         # jobs whose binding abort waits for the commit that writes it before their workers are told:
@@ -319,6 +323,9 @@ class JobBook:
             self._enqueue(job)
             ids.append(jid)
         self.queued_bytes += each * len(ids)
+        if owner:
+            self.owned[owner] += len(ids)
+            self.owned_bytes[owner] += each * len(ids)
         self.counters["submitted"] += len(ids)
         return ids
 
@@ -338,9 +345,23 @@ class JobBook:
             if job.spec.cap:
                 self._release_capped(job)
             self.queued_bytes -= job.nbytes
+            self._disown(job)
             self.counters["submitted"] -= 1
             dropped.append(jid)
         return dropped
+
+    def _disown(self, job: Job) -> None:
+        """An unfinished job left memory: its remote owner's share shrinks (an owner with none left is forgotten)."""
+        owner = job.owner
+        if not owner:
+            return
+        left = self.owned[owner] - 1
+        if left > 0:
+            self.owned[owner] = left
+            self.owned_bytes[owner] -= job.nbytes
+        else:
+            del self.owned[owner]
+            self.owned_bytes.pop(owner, None)
 
     def _enqueue(self, job: Job) -> None:
         """Put a queued job in its place: the queue's heap, or its capped group's line (accept, recover, requeue)."""
@@ -520,6 +541,9 @@ class JobBook:
                 continue
             job.context = context
             self.queued_bytes += job.nbytes
+            if owner:
+                self.owned[owner] += 1
+                self.owned_bytes[owner] += job.nbytes
             if state == "running":
                 if attempts <= spec.retries:
                     self.journal.stage_requeue(jid, attempts)
@@ -757,6 +781,8 @@ class JobBook:
             if job.state == "queued":
                 self._unqueue(job)
             self.queued_bytes -= job.nbytes
+            if job.owner:
+                self._disown(job)
         job.state = state
         result = _encode_value(value) if value is not None else None
         props = _encode_value(job.properties) if job.properties else None

@@ -288,7 +288,17 @@ class RequestsMixin(State):
             raise QueueFull(f"queue full: unfinished jobs hold {book.queued_bytes} bytes of arguments and this "
                             f"submit adds {nbytes}, budget {budget} (jobs.queue_bytes); retry later, pass big "
                             "arrays through shared memory (client.empty), or raise the budget")
-        ids = book.accept(jobs, time.time(), self._peer.owner, nbytes, internal, context)
+        owner = self._peer.owner
+        if owner:  # a remote key: half the queue at most, so that it never fills it for the daemon's own user
+            if book.owned[owner] + len(jobs) > limit // 2:
+                raise QueueFull(f"queue full for this key: it has {book.owned[owner]} unfinished jobs, and a remote "
+                                f"key may have at most half the queue ({limit // 2}, jobs.queue_limit / 2); retry "
+                                "later")
+            if book.owned_bytes[owner] + nbytes > budget // 2:
+                raise QueueFull(f"queue full for this key: its unfinished jobs hold {book.owned_bytes[owner]} bytes of "
+                                f"arguments and this submit adds {nbytes}; a remote key may hold at most half the "
+                                f"budget ({budget // 2} bytes, jobs.queue_bytes / 2); retry later")
+        ids = book.accept(jobs, time.time(), owner, nbytes, internal, context)
         self._recall_below(max(spec.priority for spec in jobs) if jobs else 0)
         if watch:
             watchers = (ident,)  # one tuple for the submit's jobs (a set would cost 216 bytes a job)

@@ -22,7 +22,7 @@ from actors.messages import (
 )
 from controller.messages import ScriptLoad
 from tests.conftest import wait_for, wait_refused
-from tests.security.conftest import Remote
+from tests.security.conftest import Remote, remote_daemon
 
 
 def _running_remote(r: Remote) -> list[Any]:
@@ -448,3 +448,22 @@ def test_a_new_key_given_a_revoked_key_s_name_sees_none_of_its_jobs(remote: Remo
     assert job.id not in [j.id for j in new.jobs(states=["done"])]
     with pytest.raises(JobNotFound):
         new.job(job.id)
+
+
+def test_a_remote_key_fills_half_the_queue_at_most(short_tmp: Path) -> None:
+    """Any client key could fill the whole queue (jobs.queue_limit, jobs.queue_bytes), and the daemon's own user
+    then had every submit refused "queue full".  A remote key holds half of it at most; the rest stays free."""
+    from actors import QueueFull
+
+    for remote in remote_daemon(short_tmp, env={"ENSEMBLE_JOBS_QUEUE_LIMIT": "10"}):
+        gate = remote.d.base / "gate"
+        c = remote.client("c1", timeout=60)
+        jobs = [c.submit("tests.jobs:wait_file", str(gate)) for _ in range(5)]
+        with pytest.raises(QueueFull, match=r"queue full for this key: it has 5 unfinished jobs, and a remote key "
+                                            r"may have at most half the queue \(5, jobs.queue_limit / 2\)"):
+            c.submit("tests.jobs:wait_file", str(gate))
+        local = remote.d.client()
+        mine = [local.submit("tests.jobs:wait_file", str(gate)) for _ in range(5)]  # the daemon's own user: room left
+        gate.touch()
+        assert [j.result(60) for j in jobs + mine] == ["released"] * 10
+        assert c.submit("examples.jobs:add", 1, 2).result(60) == 3  # its share is free again
