@@ -256,6 +256,8 @@ class ControllerScript:
         a runtime made after it in the same process starts clean.
         """
         uninstall(self)
+        if wait:  # (not a wedged script thread: nothing it is asked to run would run)
+            self.loop.call_soon_threadsafe(self._save_before_leaving)
         for t in self.bg_tasks:
             t._abort_quietly()
         def shutdown() -> None:
@@ -454,6 +456,7 @@ class ControllerScript:
     def _load(self, path: str, reload: bool, number: int = 0) -> None:
         from controller import _context
 
+        self._save_before_leaving()
         self.load_number = number
         carried = self._acknowledged_sets()
         self._drop_callbacks()
@@ -597,6 +600,18 @@ class ControllerScript:
     def define(self, p: ParamDef) -> None:
         """define_parameter in the module code of the script loading."""
         add_param(self.params, p)
+
+    def _save_before_leaving(self) -> None:
+        """The running script saves its state before it is replaced (a load, a reload) or the controller stops
+        (script thread): ``on_save()`` ran only when a parameter or a binding changed, so what the script kept
+        since (a click count) was lost to ``ensemble reload`` or ``down``.  Timed as any callback is."""
+        if self.module is None or not self.path:
+            return
+        self.busy_since, self.busy_name = time.monotonic(), "on_save"
+        try:
+            self.save_state()
+        finally:
+            self.busy_since = 0.0
 
     def save_state(self, then: Callable[[], None] | None = None) -> None:
         """Persist parameter values and what ``on_save()`` returns (script thread); ``then()`` once written."""

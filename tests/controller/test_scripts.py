@@ -182,3 +182,34 @@ def test_a_fifo_or_a_directory_given_as_a_script_is_named_for_what_it_is_and_nev
         c.reload_script()
     with pytest.raises(EnsembleError, match=r"fifo\.py is not a regular file"):  # the controller's own check
         load_module(str(fifo))
+
+
+def test_state_only_a_click_changed_is_saved_when_the_script_is_reloaded(shared_daemon: Daemon) -> None:
+    """on_save ran only when a parameter or a binding changed: what the script kept since (clicks counted in a
+    module global) was lost to a reload.  The running script saves before it is replaced, and before its
+    controller stops."""
+    script = SCRIPTS / "counter_state.py"
+    c = _load(shared_daemon, script)
+    for n in range(1, 4):
+        c.ui_event("inc")
+        wait_for(lambda: any(e.id == "seen" and e.text == f"{n} clicks" for e in c.ui_elements().elements),
+                 what=f"click {n} to be counted")
+    c.load_script(str(script), wait=30)  # a reload: the new module code starts from 0, on_load gets the saved state
+    wait_for(lambda: _param(c, "restored") == 3, what="on_load to get the count saved before the reload")
+
+
+@pytest.mark.slow  # restarts a daemon: run by .ci/run's slow pass (default suite < 5 min)
+def test_state_only_a_click_changed_is_saved_when_the_daemon_stops(make_daemon: Any) -> None:
+    script = SCRIPTS / "counter_state.py"
+    d = make_daemon(extra_env={"ENSEMBLE_AUDIO_SCRIPT": str(script)})
+    d.up()
+    c = d.client()
+    wait_for(lambda: d.actor("processor").stats.get("script") == str(script.resolve()), what="script from config")
+    for n in range(1, 3):
+        c.ui_event("inc")
+        wait_for(lambda: any(e.id == "seen" and e.text == f"{n} clicks" for e in c.ui_elements().elements),
+                 what=f"click {n} to be counted")
+    d.down()
+    d.up()
+    c = d.client()
+    wait_for(lambda: _param(c, "restored") == 2, what="on_load to get the count saved as the controller stopped")
