@@ -60,6 +60,41 @@ PRIORITY_NAMES = {CONTROL: "control", TASK: "task", TIMER: "timer", STATUS: "sta
 TIMER_FAILURES = 5  # a timer whose callback raises this many times in a row is stopped (reported once)
 
 
+class _NotJson(ValueError):
+    """What ``on_save()`` returned is not a value the state file keeps as it is."""
+
+
+def _json_exact(value: Any) -> None:
+    """Raise :class:`_NotJson` unless the state file keeps ``value``: None, bools, ints, finite floats, str, and
+    lists (tuples: they come back lists) and str-keyed dicts of them.  An int key would come back a str, an object
+    as its text and NaN as JSON's bare ``NaN``: refused, saying what and where."""
+    stack, seen = [(value, "on_save()'s value")], 0
+    while stack:
+        v, where = stack.pop()
+        seen += 1
+        if v is None or type(v) in (bool, int, str):
+            continue
+        if type(v) is float:
+            if v != v or v in (float("inf"), float("-inf")):
+                raise _NotJson(f"{where} is {v!r}, which JSON cannot hold; the state saved before is kept")
+            continue
+        if type(v) is list or type(v) is tuple:
+            if seen + len(v) > 1_000_000:
+                raise _NotJson("on_save()'s value holds over a million items; the state saved before is kept")
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(v))
+            continue
+        if type(v) is dict:
+            for k, item in v.items():
+                if type(k) is not str:
+                    raise _NotJson(f"{where} has the key {k!r} ({type(k).__name__}); the state file keeps str keys "
+                                   "only (JSON: it would come back a str); the state saved before is kept")
+                stack.append((item, f"{where}[{k!r}]"))
+            continue
+        raise _NotJson(f"{where} is a {type(v).__module__}.{type(v).__qualname__}, which the state file cannot keep "
+                       "(it takes None, bool, int, float, str, and lists and str-keyed dicts of them); the state saved "
+                       "before is kept")
+
+
 class StateFile:
     """``script-state.json`` (script path -> saved parameters and ``on_save()``), written by a thread of its own.
 
@@ -623,8 +658,13 @@ class ControllerScript:
             entry.update(self._kept_state)  # no script code runs: what it last returned stays saved
         elif callable(on_save):
             try:
-                entry["state"] = on_save()
-                self._kept_state = {"state": entry["state"]}
+                state = on_save()
+                _json_exact(state)
+                entry["state"] = state
+                self._kept_state = {"state": state}
+            except _NotJson as exc:  # (it was saved as its text: an object's repr, NaN as bare NaN)
+                self._report("on_save", exc, where=defined_at(on_save))
+                entry.update(self._kept_state)
             except BaseException as exc:  # noqa: BLE001
                 self._report("on_save", exc)
         self.state.save(self.path, entry, then)  # written by the state file's own thread

@@ -213,3 +213,20 @@ def test_state_only_a_click_changed_is_saved_when_the_daemon_stops(make_daemon: 
     d.up()
     c = d.client()
     wait_for(lambda: _param(c, "restored") == 2, what="on_load to get the count saved as the controller stopped")
+
+
+def test_an_on_save_value_the_state_file_cannot_keep_is_an_error_and_the_state_before_is_kept(
+        shared_daemon: Daemon) -> None:
+    """An object was saved as its text and NaN as bare NaN (not JSON): on_load got a string, or nothing.  Now the
+    script error says what and where, and the state saved before stays."""
+    script = SCRIPTS / "save_bad.py"
+    c = _load(shared_daemon, script)
+    c.set_param("how", "fine", wait=10)  # saves {"fine": ..., "pair": [1, 2]}
+    log = shared_daemon.base / "state" / "daemon.log"
+    for how, said in (("object", "Thing, which the state file cannot keep"), ("nan", "is nan, which JSON cannot hold"),
+                      ("intkey", "has the key 1 (int)")):
+        c.set_param("how", how, wait=10)
+        wait_for(lambda: said in log.read_text(), what=f"on_save's {how} value to be refused")
+    c.load_script(str(script), wait=30)
+    wait_for(lambda: _param(c, "restored") == "{'fine': [1, 2.5, 'three', None, True], 'pair': [1, 2]}",
+             what="on_load to get the state saved before")
