@@ -863,7 +863,7 @@ def _sendable_encoded(done: JobDone, max_frame: int, remote: bool = False) -> tu
             raise ValueError(f"it is {size} bytes, over the daemon's frame limit of {max_frame} (daemon.max_frame); "
                              "return a numpy array (it travels through shared memory) or write it to a file")
         if remote:  # read back as the daemon will read a remote peer's frame
-            decode(frame, Limits(max_frame), handles=None)
+            decode(frame, Limits(max_frame), handles=None, stored=True)
             exts = REMOTE_EXT_VALUES - remote_ext_left()
             return done, max(size, exts * (max_frame // 2 // REMOTE_EXT_VALUES + 1)), frame
         scalar_list = type(done.value) is list and scalars(done.value)  # (reads back whole if it encoded)
