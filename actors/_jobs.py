@@ -474,13 +474,16 @@ class JobBook:
                 self._hold(group, job, worker)
                 out.append(job)
 
-    def may_move(self, job: Job) -> bool:
-        """Whether a dispatched job could go to another worker (see :func:`actors.supervisor._dispatch.steals`):
-        a capped group's job only while a place is free for a worker that holds none of the group's jobs."""
+    def may_move(self, job: Job, to: Iterable[str] = ()) -> bool:
+        """Whether a dispatched job could go to one of the workers named ``to`` (see
+        :func:`actors.supervisor._dispatch.steals`): a capped group's job only while a place is free, or one of
+        them holds the group's jobs already (its next pop takes it from the group's line)."""
         if not job.spec.cap:
             return True
         group = self.capped.get((job.owner, job.spec.cap_group))
-        return group is None or len(group.holders) < group.cap
+        if group is None or len(group.holders) < group.cap:
+            return True
+        return any(w in group.holders and w != group.where.get(job.id) for w in to)
 
     def _unqueue(self, job: Job) -> None:
         """Take a queued job out of the queue's counts (its heap entry is skipped by :meth:`pop` from now on)."""
@@ -777,6 +780,8 @@ class JobBook:
     ) -> JobInfo:
         """Record a terminal state (exactly once) and drop the job from memory."""
         assert state in TERMINAL, state
+        if job.spec.cap and job.status.startswith("held: "):  # never started: no longer held, it ended
+            job.status = ""
         if job.id in self.jobs:  # (a recovered job may end before it is ever queued)
             if job.state == "queued":
                 self._unqueue(job)

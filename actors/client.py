@@ -81,10 +81,16 @@ def _raise_for(info: JobInfo, lost: type[Exception] = JobLost, local: bool = Tru
         cls = JobTimeout if info.error_type == "JobTimeout" else JobCancelled
         why = info.error_message if info.error_message and info.error_message != info.state else ""
         why = why.removeprefix(f"{info.state}: ")  # (never "cancelled: cancelled", nor "killed: killed: shutdown")
-        raise cls(f"job {info.id} ({info.fn}) {info.state}{f': {why}' if why else ''}")
+        raise cls(f"job {info.id} ({_fn_of(info)}) {info.state}{f': {why}' if why else ''}")
     if info.state == "worker-lost":
-        raise lost(f"job {info.id}{f' ({info.fn})' if info.fn else ''}: {info.error_message}")
+        raise lost(f"job {info.id}{f' ({_fn_of(info)})' if info.fn else ''}: {info.error_message}")
     raise EnsembleError(f"job {info.id} is not finished (state {info.state})")
+
+
+def _fn_of(info: JobInfo) -> str:
+    """The function a job ran, as its errors name it: an Executor's pickled callable by its own name (the job's
+    name, ``callables.label``), not by the runner that calls it (``actors.callables:pickled``)."""
+    return info.name if info.fn == callables.PATH and info.name else info.fn
 
 
 def _raised(blob: Pickled) -> BaseException | None:
@@ -101,7 +107,7 @@ def _unpickled_result(info: JobInfo, value: Any, local: bool) -> Any:
     :class:`RemoteError` saying why it cannot be: this client is on another host, or the value does not
     unpickle here."""
     def refuse(value: Pickled) -> Any:
-        raise RemoteError("TypeError", f"job {info.id} ({info.fn}): its value holds Python objects its worker "
+        raise RemoteError("TypeError", f"job {info.id} ({_fn_of(info)}): its value holds Python objects its worker "
                           "pickled for a client on the daemon's host; nothing that crossed tcp is unpickled here")
 
     try:
@@ -109,7 +115,7 @@ def _unpickled_result(info: JobInfo, value: Any, local: bool) -> Any:
     except RemoteError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the value's unpickling raised
-        raise RemoteError("TypeError", f"job {info.id} ({info.fn}): its return value came back but cannot be "
+        raise RemoteError("TypeError", f"job {info.id} ({_fn_of(info)}): its return value came back but cannot be "
                           f"rebuilt here: {type(exc).__name__}: {exc}", info.traceback) from None
 
 
@@ -1429,7 +1435,7 @@ def _outcome(info: JobInfo, pickled: bool = False) -> Any:
         except Exception as exc:  # noqa: BLE001 - e.g. a class whose constructor wants other arguments
             what = "return value" if info.state == "done" else f"exception ({info.error_type})"
             raise RemoteError(
-                "TypeError", f"job {info.id} ({info.fn}): its {what} came back but cannot be rebuilt here: "
+                "TypeError", f"job {info.id} ({_fn_of(info)}): its {what} came back but cannot be rebuilt here: "
                 f"{type(exc).__name__}: {exc}", info.traceback) from None
         if info.state == "done":
             return value

@@ -393,6 +393,13 @@ def plain_alone(busy: str, seconds: float) -> int:
     return 0
 
 
+class Crasher:
+    """A callable with no job path of its own (an Executor sends it pickled) whose method ends its worker."""
+
+    def crash(self) -> None:
+        os._exit(3)
+
+
 def identity(value: Any) -> Any:
     """A plain function returning its argument (values must come back exactly as they went)."""
     return value

@@ -61,8 +61,9 @@ def plan(book: JobBook, slots: Iterable["Slot"], credit: int,
     run.  A job naming resources goes only to a worker whose slot offers them
     (:func:`actors._resources.fits`); it keeps its place in the queue
     meanwhile.  The workers named in ``late`` (their current job overran, see
-    :func:`overrun`) are handed jobs only when no other worker can take any:
-    what they hold waits behind that job.  The popped jobs are ``dispatched``
+    :func:`overrun`) are handed jobs only when no other worker could (none
+    that is not late, or jobs that name resources): what they hold waits
+    behind that job.  The popped jobs are ``dispatched``
     in the book; the caller records them on the slot and sends them (or
     requeues them if it cannot).  A capped group's jobs (an Executor's
     ``max_workers``) go only to the workers its cap allows
@@ -70,10 +71,13 @@ def plan(book: JobBook, slots: Iterable["Slot"], credit: int,
     """
     if not book.queued:
         return []
+    slots = list(slots)
     ready = [s for s in slots if takes_jobs(s) and len(s.outstanding) < credit]
     if late:
         prompt = [s for s in ready if s.name not in late]
-        if prompt:
+        if prompt or (not book.needy and any(takes_jobs(s) and s.name not in late for s in slots)):
+            # a worker that is not late takes them once it has room: queued here, they go to whichever worker
+            # is free first (handed to the late one, they waited for its job, or were stolen back and forth)
             ready = prompt
     ready.sort(key=lambda s: len(s.outstanding))
     out = []
@@ -192,23 +196,35 @@ def overrun(book: JobBook, slots: Iterable["Slot"], now: float, job_seconds: flo
 
 
 def steals(book: JobBook, slots: Iterable["Slot"], now: float, job_seconds: float) -> list[tuple["Slot", list[int]]]:
-    """Jobs waiting behind an overrun job to ask back for idle workers (marked ``recalling``): ``(worker, ids)`` pairs.
+    """Jobs waiting behind an overrun job to ask back for other workers (marked ``recalling``): ``(worker, ids)`` pairs.
 
-    Called after :func:`plan`: a local worker that is still idle found nothing
-    in the queue for it.  Then every job that waits, not started, behind a
+    Called after :func:`plan`.  Every job that waits, not started, behind a
     local worker's overrun job (:func:`overrun`: no one can say when that
-    worker will reach them) is asked back, if an idle worker offers the
-    resources it needs; once queued again it keeps its place by priority,
-    and ``plan`` hands it to a worker that is not late.  Workers on other
-    hosts (Ray-placed or remote) are neither robbed nor counted as idle.
-    Jobs being aborted are left alone, and a worker that has a Recall to
-    answer is asked nothing more until it has: its line is changing.
+    worker will reach them) is asked back when another local worker can
+    take it: an idle one, or one whose current job has not overrun.  Before,
+    only an idle worker stole, so a stream of short jobs kept the other
+    worker busy, never idle, and the jobs dealt behind a long one waited for
+    all of it (4 s where a pool's shared queue took 0.2).  Once queued again
+    a job keeps its place by priority, and ``plan`` hands it to a worker
+    that is not late once that one has room (never to the late one while
+    another can take it: it would be asked back again).  A job the offered resources do not
+    fit, or a capped group's job no taker may hold
+    (:meth:`~actors._jobs.JobBook.may_move`), stays.  Workers on other
+    hosts (Ray-placed or remote) are neither robbed nor counted.  Jobs being
+    aborted are left alone, and a worker that has a Recall to answer is
+    asked nothing more until it has: its line is changing.
     """
     slots = list(slots)
-    idle = [s.resources for s in slots if takes_jobs(s) and not s.remote and not s.outstanding]
-    if not idle:
+    if len(slots) < 2:
         return []
     late = overrun(book, slots, now, job_seconds)
+    if not late:
+        return []
+    takers = [s for s in slots if takes_jobs(s) and not s.remote and s.name not in late]
+    if not takers:
+        return []
+    offered = [s.resources for s in takers]
+    names = [s.name for s in takers]
     out = []
     for slot in slots:
         if slot.name not in late or slot.remote or not slot.ready or len(slot.outstanding) < 2:
@@ -221,9 +237,9 @@ def steals(book: JobBook, slots: Iterable["Slot"], now: float, job_seconds: floa
             if job is None or job.state != "dispatched" or job.abort_reason:
                 continue
             need = job.spec.resources
-            if need and not any(fits(need, offer) for offer in idle):
+            if need and not any(fits(need, offer) for offer in offered):
                 continue
-            if not book.may_move(job):  # its group's cap has no worker to spare: back, it would come here again
+            if not book.may_move(job, names):  # its group's cap lets no taker hold it: back, it would come here again
                 continue
             job.recalling = True
             ids.append(job.id)

@@ -255,6 +255,16 @@ def test_a_job_behind_an_overrun_one_is_not_stolen_when_its_group_has_no_worker_
         book.journal.close()
 
 
+def test_a_held_job_that_ends_unstarted_no_longer_says_it_is_held(tmp_path: Path) -> None:
+    """A capped job cancelled while held kept "held: its executor runs at most 1 ..." beside its cancel."""
+    book = JobBook(Journal(tmp_path / "j.sqlite3"))
+    ids = book.accept([JobSpec("m:f", cap=1, cap_group="g") for _ in range(2)], 0.0)
+    held = book.jobs[ids[1]]
+    assert held.status.startswith("held: ")
+    assert book.finish(held, "cancelled", 1.0).status == ""
+    book.journal.close()
+
+
 def test_a_capped_group_is_one_client_s_own(tmp_path: Path) -> None:
     """Two owners naming the same group each get its cap (a remote key cannot hold back another's jobs)."""
     book = JobBook(Journal(tmp_path / "j.sqlite3"))

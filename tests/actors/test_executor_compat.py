@@ -416,6 +416,19 @@ def test_map_in_chunks_keeps_the_calling_convention_and_the_worker_setup(module_
     assert named == [["named", True, x] for x in range(6)] and partial == [(33, 1), (14, 2)]
 
 
+def test_a_pickled_callable_s_errors_name_it_not_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bound method that ended its worker said "job 3 (actors.callables:pickled): worker ... died": the runner
+    that calls every pickled callable, not the callable.  Its errors name the callable now."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+    monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+    with Executor(1) as ex:
+        with pytest.raises(BrokenProcessPool) as info:
+            ex.submit(jobs.Crasher().crash).result(60)
+    assert "(tests.jobs:Crasher.crash)" in str(info.value) and "callables:pickled" not in str(info.value), info.value
+
+
 def test_callables_without_a_job_path_run_as_under_a_process_pool(module_daemon: Daemon) -> None:
     """Bound methods (of the user's objects and of the library's), callable objects, static methods, private
     functions: an

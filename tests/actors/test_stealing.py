@@ -14,7 +14,7 @@ import functools
 import os
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -136,6 +136,9 @@ def test_stolen_jobs_keep_their_priority_and_leave_priority_recalls_and_aborts_a
 
 
 def test_a_late_worker_is_handed_jobs_only_when_no_other_can_take_them(tmp_path: Path) -> None:
+    """A late worker was handed jobs once the others' lines were full: they waited behind its long job (or were
+    stolen back at the next room elsewhere, and handed to it again).  They wait queued for a worker that is not
+    late now; a late worker is handed jobs only when it is the only one."""
     book = _book(tmp_path, [JobSpec("m:f") for _ in range(5)])
     late, other = _worker("late"), _worker("other")
     _hand(book, late, 1)
@@ -146,7 +149,9 @@ def test_a_late_worker_is_handed_jobs_only_when_no_other_can_take_them(tmp_path:
     assert slot is other and len(got) == 3  # all of the queue, none behind the overrun job
     book.requeue(got[-1], "")
     other.outstanding.extend(j.id for j in got[:-1])
-    (slot, got), = plan.plan(book, [late, other], credit=3, late=names)  # the other worker's credit is used
+    assert plan.plan(book, [late, other], credit=3, late=names) == []  # the other worker's credit is used: it waits
+    assert book.queued == 1
+    (slot, got), = plan.plan(book, [late], credit=3, late=names)  # no other worker: the late one takes it
     assert slot is late and len(got) == 1
 
 
@@ -199,6 +204,55 @@ def test_an_executor_s_short_jobs_do_not_wait_for_its_long_one(tmp_path: Path, m
         finally:
             gate.touch()
         assert blocked.result(60) != idle_pid
+
+
+@pytest.mark.parametrize("cap", [None, 2])
+def test_a_stream_of_short_jobs_never_waits_behind_a_long_one_while_the_other_worker_is_busy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int | None) -> None:
+    """A probe's stream: after jobs timed short, one long job, then short ones kept ten in flight.  The other
+    worker was never idle, so nothing was stolen, and the short jobs dealt behind the long one waited for all of
+    it (4 s, where ProcessPoolExecutor's worst was 0.2 s); attached and capped at 2 on 2 workers, the cap let no
+    other worker hold them either.  Every short job now ends while the long one still runs."""
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    if cap is None:
+        monkeypatch.setenv("ENSEMBLE_NAME", "nobody-home")
+        monkeypatch.setenv("ENSEMBLE_RUN_DIR", str(tmp_path / "run"))
+        ex = Executor(max_workers=2)
+    else:
+        d = Daemon(tmp_path / "d", workers=2, jobs_only=True)
+        d.up()
+        for key, value in d.env.items():
+            if key.startswith("ENSEMBLE_"):
+                monkeypatch.setenv(key, value)
+        ex = Executor(max_workers=cap)
+        assert ex._private is None
+    try:
+        list(ex.map(pow, range(3000), [2] * 3000))  # jobs timed short: each worker's window is deep from now on
+        blocked = ex.submit(jobs.plain_gate, str(marks), str(gate))
+        try:
+            inflight: set[concurrent.futures.Future[Any]] = set()
+            first: list[concurrent.futures.Future[Any]] = []
+            for n in range(150):  # ten in flight, dealt to both workers at first: the other one never runs dry
+                while len(inflight) >= 10:
+                    done, inflight = concurrent.futures.wait(inflight, timeout=60,
+                                                             return_when=concurrent.futures.FIRST_COMPLETED)
+                    assert done, "no short job ended"
+                inflight.add(ex.submit(jobs.plain_sleep, 0.02))
+                if n < 10:
+                    first.extend(inflight - set(first))
+            # a hundred and forty short jobs ended after them: none of the first ten waits behind the long job
+            assert all(f.done() for f in first), "a short job waited behind the long one while the other worker ran"
+            done, left = concurrent.futures.wait(inflight, timeout=60)
+            assert not left
+            assert not blocked.done()
+        finally:
+            gate.touch()
+        assert blocked.result(60)
+    finally:
+        ex.shutdown()
+        if cap is not None:
+            d.cleanup()
 
 
 def test_a_job_cancelled_while_its_recall_is_answered_is_cancelled_not_queued_again(make_daemon: Make,
