@@ -47,7 +47,8 @@ from controller.messages import (
 )
 from controller._context import caller_location, loading_here
 from controller._host import (
-    SCRIPT_MODULE, ParamDef, add_param, bind_thread, check_arguments, defined_at, function_name, load_module, uninstall,
+    SCRIPT_MODULE, ParamDef, add_param, bind_thread, check_arguments, defined_at, defined_param, function_name,
+    load_module, uninstall,
 )
 from controller._ui import ScriptUi
 from controller._watchdog import BUDGET_S, GRACE_S, Deadline, ScriptTimeout, wedged_text, where_blocked
@@ -771,11 +772,7 @@ class ControllerScript:
 
     def _defined(self, name: str) -> ParamDef:
         """The definition of parameter ``name``, or KeyError naming those there are."""
-        p = self.params.get(name) if isinstance(name, str) else None
-        if p is None:
-            known = ", ".join(self.params)[:300] or "none"
-            raise KeyError(f"no parameter named {name!r} (defined: {known}); define it with define_parameter first")
-        return p
+        return defined_param(self.params, name)
 
     def wait(self, ms: float) -> Any:
         return asyncio.sleep(ms / 1000.0)

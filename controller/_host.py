@@ -359,6 +359,16 @@ def add_param(params: dict[str, ParamDef], p: ParamDef) -> None:
     params[p.name] = p
 
 
+def defined_param(params: dict[str, ParamDef], name: str) -> ParamDef:
+    """The definition of parameter ``name`` among ``params``, or KeyError naming those there are (every side's
+    ``get_parameter`` and ``set_parameter``)."""
+    p = params.get(name) if isinstance(name, str) else None
+    if p is None:
+        known = ", ".join(params)[:300] or "none"
+        raise KeyError(f"no parameter named {name!r} (defined: {known}); define it with define_parameter first")
+    return p
+
+
 def function_name(module: ModuleType | None, fn: Callable[..., Any] | str, bridge: str) -> str:
     """The name by which ``fn`` crosses to the other process, or raise EnsembleError saying why not."""
     if isinstance(fn, str):

@@ -42,7 +42,9 @@ from controller.messages import (
 )
 from audio import AFTERTOUCH, PITCH_BEND, ControlChange, Fade, KillAllVoices, NoteOff, NoteOn, PitchBend
 from controller._context import PROCESSOR, loading_here, set_context
-from controller._host import OffsideTask, ParamDef, add_param, defined_at, function_name, install, load_module
+from controller._host import (
+    OffsideTask, ParamDef, add_param, defined_at, defined_param, function_name, install, load_module,
+)
 from controller._watchdog import WEDGED_EXIT, Deadline, wedged_text, where_blocked
 from controller.script import Event
 
@@ -477,13 +479,7 @@ class ProcessorScript:
         callback in progress is another thread's)."""
         return loading_here() and not (self.current is not None and threading.get_ident() == self.thread_id)
 
-    @staticmethod
-    def _defined(params: dict[str, ParamDef], name: str) -> ParamDef:
-        p = params.get(name) if isinstance(name, str) else None
-        if p is None:
-            known = ", ".join(params)[:300] or "none"
-            raise KeyError(f"no parameter named {name!r} (defined: {known}); define it with define_parameter first")
-        return p
+    _defined = staticmethod(defined_param)
 
     def wait(self, ms: float) -> _Park:
         return _Park("wait", ms * self.engine.samplerate / 1000.0)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from actors import FINAL, EnsembleError
 from actors.messages import JobInfo
 from controller._context import BACKGROUND, set_thread_context
-from controller._host import ParamDef, add_param, function_name
+from controller._host import ParamDef, add_param, defined_param, function_name
 
 
 class ScriptTask:
@@ -189,11 +189,7 @@ class _WorkerHost:
         self._defined(name).coerce(value)
 
     def _defined(self, name: str) -> ParamDef:
-        p = self.params.get(name) if isinstance(name, str) else None
-        if p is None:
-            known = ", ".join(self.params)[:300] or "none"
-            raise KeyError(f"no parameter named {name!r} (defined: {known}); define it with define_parameter first")
-        return p
+        return defined_param(self.params, name)
 
     def create_background_task(self, name: str) -> Any:
         from controller._host import OffsideTask
