@@ -851,7 +851,7 @@ def _sendable_encoded(done: JobDone, max_frame: int, remote: bool = False) -> tu
         done = msgspec.structs.replace(done, error_message=done.error_message[:65536],
                                        traceback=done.traceback[-65536:])
     value = done.value
-    if not remote and done.ok and not done.status and not done.properties and (
+    if done.ok and not done.status and not done.properties and (  # (no ext value in it either: remote too)
             value is None or type(value) in _SMALL or type(value) is int and _INT64 <= value < _UINT64
             or type(value) is bytes and len(value) < max_frame - 8192):
         # nothing in it the codec could refuse (no text: a lone surrogate would be): its size, without encoding it
